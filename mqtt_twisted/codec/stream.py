@@ -1,0 +1,99 @@
+"""The incremental framer: bytes in arbitrary pieces in, packets out."""
+
+from __future__ import annotations
+
+from mqtt_twisted.codec._decode import decode_body
+from mqtt_twisted.codec.packets import Connect, Packet
+from mqtt_twisted.constants import MAX_REMAINING_LENGTH
+from mqtt_twisted.errors import MalformedPacket, PacketTooLarge, ProtocolError
+
+#: The largest packet MQTT can frame: 1 type byte, 4 length bytes, the body.
+MAX_PACKET_SIZE = MAX_REMAINING_LENGTH + 5
+
+
+class StreamDecoder:
+    """Split a byte stream into packets.
+
+    With ``version=None`` (the server side) the first packet must be CONNECT,
+    whose protocol level then fixes the version for the rest of the stream.
+    The size limit is checked on the fixed header, before any body is
+    buffered.  Bytes are parsed in place in the chunk they arrived in; a
+    packet split across chunks is joined once, when its last byte arrives, so
+    the cost stays linear in the bytes fed however they are cut.
+
+    After an error the stream is unusable: the caller closes the connection.
+    """
+
+    __slots__ = ("version", "max_packet_size", "_pending", "_pending_size", "_need")
+
+    def __init__(self, version: int | None = None, max_packet_size: int = MAX_PACKET_SIZE):
+        self.version = version
+        self.max_packet_size = max_packet_size
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._need = 0  # bytes the pending partial packet needs in all; 0 if unknown
+
+    @property
+    def buffered(self) -> int:
+        """How many bytes wait for the rest of their packet."""
+        return self._pending_size
+
+    def feed(self, data: bytes) -> list[Packet]:
+        """Take the next piece of the stream; return the packets it completes."""
+        if self._pending:
+            self._pending.append(data)
+            self._pending_size += len(data)
+            if self._pending_size < self._need or self._pending_size < 2:
+                return []
+            data = b"".join(self._pending)
+            self._pending = []
+            self._pending_size = 0
+        packets: list[Packet] = []
+        pos = 0
+        n = len(data)
+        version = self.version
+        limit = self.max_packet_size
+        need = 0
+        while n - pos >= 2:
+            first = data[pos]
+            length = data[pos + 1]
+            header = 2
+            if length & 0x80:
+                length &= 0x7F
+                shift = 7
+                while True:
+                    if pos + header >= n:
+                        length = -1  # the length itself is still incomplete
+                        break
+                    byte = data[pos + header]
+                    header += 1
+                    length |= (byte & 0x7F) << shift
+                    if not byte & 0x80:
+                        if not byte:
+                            raise MalformedPacket("remaining length is not in its shortest form")
+                        break
+                    if header == 5:
+                        raise MalformedPacket("remaining length longer than four bytes")
+                    shift += 7
+                if length < 0:
+                    break
+            total = header + length
+            if total > limit:
+                raise PacketTooLarge(f"packet of {total} bytes exceeds the limit of {limit}")
+            end = pos + total
+            if end > n:
+                need = total
+                break
+            if version is None and first >> 4 != 1:
+                raise ProtocolError("the first packet must be CONNECT")  # [MQTT-3.1.0-1]
+            packet = decode_body(first, data, pos + header, end, version)
+            if version is None and type(packet) is Connect:
+                self.version = version = packet.protocol_level
+            packets.append(packet)
+            pos = end
+        self._need = need
+        if pos < n:
+            rest = data[pos:] if pos else data
+            self._pending.append(rest)
+            self._pending_size = len(rest)
+        return packets
