@@ -30,8 +30,8 @@ from mqtt_twisted.codec.packets import (
     SubAck,
     Subscribe,
     Subscription,
-    Unsubscribe,
     UnsubAck,
+    Unsubscribe,
     Will,
 )
 from mqtt_twisted.codec.properties import (

@@ -25,8 +25,8 @@ from mqtt_twisted.codec.packets import (
     SubAck,
     Subscribe,
     Subscription,
-    Unsubscribe,
     UnsubAck,
+    Unsubscribe,
     Will,
 )
 from mqtt_twisted.codec.properties import decode_properties
@@ -176,6 +176,8 @@ def decode_publish(flags: int, buf: bytes, pos: int, end: int, version: int | No
         raise MalformedPacket("PUBLISH topic is not well-formed UTF-8") from None
     pos = stop
     if "+" in topic or "#" in topic or "\x00" in topic:
+        if "\x00" in topic:
+            raise MalformedPacket("PUBLISH topic contains U+0000")  # [MQTT-1.5.4-2]
         raise InvalidTopicName(f"PUBLISH topic {topic!r} is invalid")  # [MQTT-3.3.2-2]
     packet_id = None
     if qos:
@@ -239,11 +241,11 @@ def decode_subscribe(flags: int, buf: bytes, pos: int, end: int, version: int | 
         options = buf[pos]
         pos += 1
         qos = options & 0x03
-        if qos == 3:
-            raise MalformedPacket("SUBSCRIBE requests QoS 3")
         if version == 5:
             if options & 0xC0:
                 raise MalformedPacket("SUBSCRIBE option reserved bits set")  # [MQTT-3.8.3-5]
+            if qos == 3:
+                raise ProtocolError("SUBSCRIBE requests QoS 3")  # a Protocol Error (3.8.3.1)
             retain_handling = (options >> 4) & 0x03
             if retain_handling == 3:
                 raise ProtocolError("SUBSCRIBE retain handling 3")
@@ -251,8 +253,9 @@ def decode_subscribe(flags: int, buf: bytes, pos: int, end: int, version: int | 
                 topic_filter, qos, bool(options & 0x04), bool(options & 0x08), retain_handling
             ))
         else:
-            if options & 0xFC:
-                raise MalformedPacket("SUBSCRIBE QoS byte reserved bits set")  # [MQTT-3.8.3-4]
+            if options & 0xFC or qos == 3:
+                # Reserved bits or QoS 3 [MQTT-3-8.3-4].
+                raise MalformedPacket("SUBSCRIBE QoS byte reserved bits set or QoS 3")
             subscriptions.append(Subscription(topic_filter, qos))
     if not subscriptions:
         raise ProtocolError("SUBSCRIBE without topic filters")  # [MQTT-3.8.3-3]

@@ -25,13 +25,12 @@ from mqtt_twisted.codec.packets import (
     PubRel,
     SubAck,
     Subscribe,
-    Unsubscribe,
     UnsubAck,
+    Unsubscribe,
 )
 from mqtt_twisted.codec.properties import encode_properties
 from mqtt_twisted.constants import PROTOCOL_NAMES, WILL_PROPERTIES, PacketType
 from mqtt_twisted.errors import ValidationError
-
 
 
 def _frame(first_byte: int, body: bytes) -> bytes:

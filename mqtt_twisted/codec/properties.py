@@ -104,9 +104,10 @@ def decode_properties(buf: bytes, pos: int, end: int, packet_type: int) -> tuple
             raise MalformedPacket(f"unknown property identifier 0x{ident:02X}")
         kind, allowed = spec
         if packet_type not in allowed:
-            raise ProtocolError(
+            # "An Identifier which is not valid for its packet type ... is a Malformed Packet".
+            raise MalformedPacket(
                 f"property {_ID_ENUM[ident].name} not allowed in packet type {packet_type}"
-            )
+            )  # [MQTT-2.2.2.2]
         if kind == BYTE:
             if pos >= stop:
                 raise MalformedPacket("property runs past its block")

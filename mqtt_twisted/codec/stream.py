@@ -56,6 +56,9 @@ class StreamDecoder:
         need = 0
         while n - pos >= 2:
             first = data[pos]
+            if version is None and first >> 4 != 1:
+                # Checked before the body is buffered [MQTT-3.1.0-1].
+                raise ProtocolError("the first packet must be CONNECT")
             length = data[pos + 1]
             header = 2
             if length & 0x80:
@@ -84,8 +87,6 @@ class StreamDecoder:
             if end > n:
                 need = total
                 break
-            if version is None and first >> 4 != 1:
-                raise ProtocolError("the first packet must be CONNECT")  # [MQTT-3.1.0-1]
             packet = decode_body(first, data, pos + header, end, version)
             if version is None and type(packet) is Connect:
                 self.version = version = packet.protocol_level

@@ -1,0 +1,113 @@
+"""Listener descriptions: ``[ADAPTER=]ENDPOINT[:ourKey=value...]``.
+
+The endpoint part is a Twisted server endpoint string; keys that belong to us
+(connection limit, CONNECT deadline, adapter options) are taken out of it
+before Twisted parses it, so ``tcp:1883:maxConnections=100`` works.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from zope.interface import implementer
+
+from mqtt_twisted.interfaces import IListenerSettings
+
+#: Listener keys every adapter understands, with their help text.
+COMMON_KEYS = {
+    "maxConnections": "connections held at most on this listener (0: no limit)",
+    "connectTimeout": "seconds a client may take to send CONNECT (0: no limit)",
+}
+
+_ADAPTER_PREFIX = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*)=(.*)$", re.S)
+
+
+@implementer(IListenerSettings)
+@dataclass(slots=True)
+class ListenerSettings:
+    """One parsed ``--listen`` value."""
+
+    adapter: str
+    endpoint: str
+    maxConnections: int = 0
+    connectTimeout: float = 10.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return f"{self.adapter}={self.endpoint}"
+
+
+def _split_unescaped(text: str) -> list[str]:
+    """Split on ':' not escaped by a backslash, keeping the escapes (Twisted unescapes)."""
+    parts, current, i = [], [], 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            current.append(text[i : i + 2])
+            i += 2
+            continue
+        if ch == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+        i += 1
+    parts.append("".join(current))
+    return parts
+
+
+def parse_listener(
+    value: str,
+    default_adapter: str = "mqtt",
+    adapter_keys: dict[str, Iterable[str]] | None = None,
+    max_connections: int = 0,
+    connect_timeout: float = 10.0,
+) -> ListenerSettings:
+    """Parse ``[ADAPTER=]ENDPOINT``; raise ValueError with a message a user can act on."""
+    adapter = default_adapter
+    endpoint = value.strip()
+    match = _ADAPTER_PREFIX.match(endpoint)
+    if match and ":" not in match.group(1):
+        adapter, endpoint = match.group(1), match.group(2)
+    if not endpoint:
+        raise ValueError(f"listener {value!r} has no endpoint (e.g. tcp:1883)")
+    own_keys = set(COMMON_KEYS)
+    if adapter_keys is not None:
+        if adapter not in adapter_keys:
+            known = ", ".join(sorted(adapter_keys))
+            raise ValueError(f"unknown adapter {adapter!r} in {value!r} (known: {known})")
+        own_keys.update(adapter_keys[adapter])
+    kept: list[str] = []
+    ours: dict[str, str] = {}
+    for i, part in enumerate(_split_unescaped(endpoint)):
+        key, eq, val = part.partition("=")
+        if i and eq and key in own_keys:
+            ours[key] = val
+        else:
+            kept.append(part)
+    settings = ListenerSettings(adapter, ":".join(kept), max_connections, connect_timeout)
+    try:
+        if "maxConnections" in ours:
+            settings.maxConnections = int(ours.pop("maxConnections"))
+        if "connectTimeout" in ours:
+            settings.connectTimeout = float(ours.pop("connectTimeout"))
+    except ValueError as e:
+        raise ValueError(f"bad listener option in {value!r}: {e}") from None
+    if settings.maxConnections < 0 or settings.connectTimeout < 0:
+        raise ValueError(f"listener limits must not be negative in {value!r}")
+    settings.extra = ours
+    return settings
+
+
+def check_endpoint(description: str, reactor: Any = None) -> None:
+    """Raise ValueError unless Twisted can parse ``description`` (reads TLS files too)."""
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        serverFromString(reactor, description)
+    except Exception as e:  # Twisted raises ValueError, KeyError, TypeError, OSError, SSL errors
+        detail = str(e) or e.__class__.__name__
+        raise ValueError(f"bad endpoint {description!r}: {detail}") from None

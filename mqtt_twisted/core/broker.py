@@ -1,0 +1,510 @@
+"""The sans-IO broker: sessions, routing, retained messages, wills.
+
+It holds the live sessions and the subscription index, and writes every
+durable change through to the store (whose calls may answer later: nothing
+here assumes a store is synchronous).  Time comes from the injected clock.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mqtt_twisted.codec.packets import Connect
+from mqtt_twisted.constants import PropertyId
+from mqtt_twisted.core.connection import CLOSED, MQTTConnection
+from mqtt_twisted.core.session import AWAITING_PUBCOMP, Outbound, Session, SubscriptionOptions
+from mqtt_twisted.core.settings import BrokerSettings
+from mqtt_twisted.core.stats import BrokerStats
+from mqtt_twisted.core.topic_tree import TopicTree
+from mqtt_twisted.errors import ClientIdentifierNotValid, ConnectError, MQTTError, StorageError
+from mqtt_twisted.interfaces import ICredentials
+from mqtt_twisted.message import Message
+
+_P = PropertyId
+_NEVER_EXPIRES = 0xFFFFFFFF
+
+
+def when(result: Any, callback: Callable[[Any], Any], errback: Callable[[Failure], Any]) -> None:
+    """Call ``callback`` with ``result`` now, or when it fires if it is a Deferred.
+
+    The core never imports the reactor side of Twisted, so it recognises
+    Deferreds by their methods.
+    """
+    if hasattr(result, "addCallbacks"):
+        result.addCallbacks(callback, errback)
+    else:
+        try:
+            callback(result)
+        except Exception:
+            errback(Failure())
+
+
+@implementer(ICredentials)
+class Credentials:
+    """What a client presented on CONNECT (or an adapter on its behalf)."""
+
+    __slots__ = ("adapter", "certificateIdentity", "clientId", "password", "peer", "username")
+
+    def __init__(self, clientId: str, username: str | None = None, password: bytes | None = None,
+                 certificateIdentity: str | None = None, peer: str = "", adapter: str = "mqtt"):
+        self.clientId = clientId
+        self.username = username
+        self.password = password
+        self.certificateIdentity = certificateIdentity
+        self.peer = peer
+        self.adapter = adapter
+
+
+class Broker:
+    """Routes messages between sessions; one per broker service."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: Any,
+        store: Any,
+        settings: BrokerSettings | None = None,
+        authenticator: Any = None,
+        authorizer: Any = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.clock = clock
+        self.store = store
+        self.settings = settings or BrokerSettings()
+        self.authenticator = authenticator
+        self.authorizer = authorizer
+        self.connect_timeout = connect_timeout
+        self.sessions: dict[str, Session] = {}
+        self.tree: TopicTree[SubscriptionOptions] = TopicTree()
+        self.stats = BrokerStats(clock.seconds())
+        self.connections: set[MQTTConnection] = set()
+        # A store that lives in this process (the memory store) needs no per-message
+        # writes: the live sessions are the copy of record.
+        self._durable = bool(getattr(store, "persistsMessages", True))
+
+    # --- connections ----------------------------------------------------------------------
+
+    def build_connection(self, transport: Any, peer: str = "", listener: Any = None,
+                         certificate_identity: str | None = None) -> MQTTConnection:
+        conn = MQTTConnection(self, transport, peer, listener, certificate_identity)
+        self.connections.add(conn)
+        return conn
+
+    def handle_connect(self, conn: MQTTConnection, packet: Connect) -> None:
+        """Authenticate, lock the client id, take over or resume the session, CONNACK."""
+        client_id = packet.client_id
+        assigned = None
+        if not client_id:
+            if not packet.clean_start and packet.protocol_level < 5:
+                conn.refuse(ClientIdentifierNotValid("empty client id needs clean session"))
+                return  # [MQTT-3.1.3-8]
+            client_id = assigned = self._assign_client_id()
+        conn.client_id = client_id
+        conn.keep_alive = packet.keep_alive
+        creds = Credentials(client_id, packet.username, packet.password,
+                            conn.certificate_identity, conn.peer,
+                            getattr(conn.listener, "adapter", "mqtt"))
+        if self.authenticator is None:
+            identity = packet.username
+            self._connect_authenticated(conn, packet, assigned, identity)
+            return
+        when(self.authenticator.authenticate(creds),
+             lambda identity: self._connect_authenticated(conn, packet, assigned, identity),
+             lambda f: self._connect_failed(conn, f))
+
+    def _assign_client_id(self) -> str:
+        return self.settings.assigned_id_prefix + uuid.uuid4().hex
+
+    def _connect_failed(self, conn: MQTTConnection, failure: Failure) -> None:
+        error = failure.value
+        if not isinstance(error, MQTTError):
+            self.log.failure("CONNECT of {client} failed", failure, client=conn.client_id)
+            error = ConnectError("internal error")
+        conn.refuse(error)
+
+    def _connect_authenticated(self, conn: MQTTConnection, packet: Connect,
+                               assigned: str | None, identity: Any) -> None:
+        if conn.state == CLOSED:
+            return
+        client_id = conn.client_id
+        when(self.store.acquireLock(client_id, self.settings.connect_store_timeout),
+             lambda lock: self._connect_locked(conn, packet, assigned, identity, lock),
+             lambda f: self._connect_failed(conn, f))
+
+    def _connect_locked(self, conn: MQTTConnection, packet: Connect, assigned: str | None,
+                        identity: Any, lock: Any) -> None:
+        try:
+            if conn.state == CLOSED:
+                return
+            client_id: str = conn.client_id  # type: ignore[assignment]
+            session = self.sessions.get(client_id)
+            if session is not None and session.connection is not None:
+                old = session.connection
+                self.stats.takeovers += 1
+                self.log.info("{client} connected again from {peer}; closing the old connection",
+                              client=client_id, peer=conn.peer)
+                old.taken_over()
+                self.connection_ended(old, send_will=True)
+                session = self.sessions.get(client_id)
+            present = session is not None and not packet.clean_start
+            if session is not None and packet.clean_start:
+                self.discard_session(session)  # [MQTT-3.1.2-6]
+                session = None
+            if session is None:
+                session = Session(client_id, min(self.settings.max_inflight, conn.send_quota),
+                                  self.settings.max_queued)
+                self.sessions[client_id] = session
+            self._configure_session(session, conn, packet, identity)
+            props = self._connack_properties(conn, packet, assigned)
+            if session.persistent:
+                self._persist(self.store.saveSession(session))
+            self.stats.client_connected()
+            conn.accept(session, present, packet, props)
+        finally:
+            lock.release()
+
+    def _configure_session(self, session: Session, conn: MQTTConnection, packet: Connect,
+                           identity: Any) -> None:
+        """Apply CONNECT's session settings: expiry, will; attach the connection."""
+        if session.expiry_call is not None and session.expiry_call.active():
+            session.expiry_call.cancel()
+        session.expiry_call = None
+        if session.will_call is not None and session.will_call.active():
+            session.will_call.cancel()  # [MQTT-3.1.3-9] reconnect within the will delay
+        session.will_call = None
+        settings = self.settings
+        if packet.protocol_level == 5:
+            expiry = packet.properties.get(_P.SESSION_EXPIRY_INTERVAL, 0)
+            self.set_session_expiry(session, expiry)
+        elif packet.clean_start:
+            session.expiryInterval = 0
+        else:
+            session.expiryInterval = settings.persistent_session_expiry
+        session.will = None
+        session.willDelay = 0
+        will = packet.will
+        if will is not None:
+            props = dict(will.properties)
+            session.willDelay = props.pop(_P.WILL_DELAY_INTERVAL, 0)
+            session.will = Message(will.topic, will.payload, will.qos, will.retain, None, props,
+                                   0.0, session.clientId)
+        session.identity = identity
+        session.disconnectedAt = None
+        session.connection = conn
+
+    def set_session_expiry(self, session: Session, expiry: int) -> None:
+        """v5 session expiry interval, capped by the operator's maximum."""
+        cap = self.settings.max_session_expiry
+        value: float | None = None if expiry == _NEVER_EXPIRES else expiry
+        if cap is not None and (value is None or value > cap):
+            value = cap
+        session.expiryInterval = value
+
+    def _connack_properties(self, conn: MQTTConnection, packet: Connect,
+                            assigned: str | None) -> dict:
+        if packet.protocol_level != 5:
+            if self.settings.max_keepalive and (
+                not conn.keep_alive or conn.keep_alive > self.settings.max_keepalive
+            ):
+                conn.keep_alive = self.settings.max_keepalive
+            return {}
+        s = self.settings
+        props: dict = {}
+        if assigned:
+            props[_P.ASSIGNED_CLIENT_IDENTIFIER] = assigned
+        if s.receive_maximum != 65535:
+            props[_P.RECEIVE_MAXIMUM] = s.receive_maximum
+        if s.maximum_qos < 2:
+            props[_P.MAXIMUM_QOS] = s.maximum_qos
+        if not s.retain_available:
+            props[_P.RETAIN_AVAILABLE] = 0
+        if s.max_packet_size < 268_435_460:
+            props[_P.MAXIMUM_PACKET_SIZE] = s.max_packet_size
+        if s.topic_alias_maximum:
+            props[_P.TOPIC_ALIAS_MAXIMUM] = s.topic_alias_maximum
+        if s.max_keepalive and (not conn.keep_alive or conn.keep_alive > s.max_keepalive):
+            conn.keep_alive = s.max_keepalive
+            props[_P.SERVER_KEEP_ALIVE] = s.max_keepalive
+        requested = packet.properties.get(_P.SESSION_EXPIRY_INTERVAL, 0)
+        cap = s.max_session_expiry
+        if cap is not None and requested > cap:
+            props[_P.SESSION_EXPIRY_INTERVAL] = int(cap)  # [MQTT-3.2.2-?] tell the client
+        return props
+
+    def connection_ended(self, conn: MQTTConnection, send_will: bool) -> None:
+        """A connection closed (any reason): will, then keep or drop its session."""
+        self.connections.discard(conn)
+        session = conn.session
+        conn.session = None
+        if session is None or session.connection is not conn:
+            return
+        session.connection = None
+        self.stats.client_disconnected()
+        will = session.will
+        session.will = None
+        if will is not None and send_will:
+            if session.willDelay and session.persistent:
+                session.will_call = self.clock.callLater(
+                    min(session.willDelay, session.expiryInterval or session.willDelay),
+                    self._publish_will, session, will)
+            else:
+                self._publish_will(session, will)
+        if not session.persistent:
+            self.discard_session(session)
+            return
+        session.disconnectedAt = self.clock.seconds()
+        if session.expiryInterval is not None:
+            session.expiry_call = self.clock.callLater(session.expiryInterval, self._expire,
+                                                       session)
+        self._persist(self.store.saveSession(session))
+
+    def _publish_will(self, session: Session, will: Message) -> None:
+        session.will_call = None
+        self.stats.wills_published += 1
+        will.received_at = self.clock.seconds()
+        if self.authorizer is None or self.may_publish(session, will.topic):
+            self.route(will)
+
+    def _expire(self, session: Session) -> None:
+        session.expiry_call = None
+        if session.connection is None and self.sessions.get(session.clientId) is session:
+            self.log.info("Session of {client} expired", client=session.clientId)
+            if session.will_call is not None and session.will_call.active():
+                session.will_call.cancel()
+                self._publish_will(session, session.will_call.args[1])
+            self.discard_session(session)
+
+    def discard_session(self, session: Session) -> None:
+        """Forget a session: its subscriptions, queue and stored state."""
+        if self.sessions.get(session.clientId) is session:
+            del self.sessions[session.clientId]
+        for topic_filter in list(session.subscriptions):
+            self.tree.remove(topic_filter, session.clientId)
+        session.subscriptions.clear()
+        session.inflight.clear()
+        session.queue.clear()
+        if session.expiry_call is not None and session.expiry_call.active():
+            session.expiry_call.cancel()
+        self._persist(self.store.deleteSession(session.clientId))
+
+    # --- subscriptions ------------------------------------------------------------------
+
+    def subscribe(self, session: Session, topic_filter: str, options: SubscriptionOptions) -> bool:
+        """Add or replace a subscription [MQTT-3.8.4-3]; True when it is new."""
+        is_new = topic_filter not in session.subscriptions
+        session.subscriptions[topic_filter] = options
+        self.tree.add(topic_filter, session.clientId, options)
+        if session.persistent:
+            self._persist(self.store.addSubscription(session.clientId, topic_filter, options))
+        return is_new
+
+    def unsubscribe(self, session: Session, topic_filter: str) -> bool:
+        if session.subscriptions.pop(topic_filter, None) is None:
+            return False
+        self.tree.remove(topic_filter, session.clientId)
+        if session.persistent:
+            self._persist(self.store.removeSubscription(session.clientId, topic_filter))
+        return True
+
+    def send_retained(self, session: Session, topic_filter: str,
+                      options: SubscriptionOptions) -> None:
+        """Deliver the retained messages matching a new subscription, retain=1."""
+        def deliver(messages: list[Message]) -> None:
+            if self.sessions.get(session.clientId) is not session:
+                return
+            for message in messages:
+                self.deliver(session, message, min(message.qos, options.qos), True,
+                             (options.subscription_id,) if options.subscription_id else None)
+
+        when(self.store.matchRetained(topic_filter), deliver, self._store_failed)
+
+    # --- routing --------------------------------------------------------------------------
+
+    def route(self, message: Message) -> int:
+        """Deliver a published message to every matching session; return how many."""
+        stats = self.stats
+        stats.messages_received += 1
+        if message.retain:
+            self._retain(message)
+        matches = self.tree.match(message.topic)
+        if not matches:
+            return 0
+        sessions = self.sessions
+        sender = message.sender
+        if len(matches) == 1:
+            client_id, options = matches[0]
+            if options.no_local and client_id == sender:
+                return 0
+            self.deliver(sessions[client_id], message,  # type: ignore[index]
+                         options.qos if options.qos < message.qos else message.qos,
+                         message.retain and options.retain_as_published,
+                         (options.subscription_id,) if options.subscription_id else None)
+            return 1
+        # Overlapping filters of one client: one copy at the highest QoS [MQTT-3.3.5-1],
+        # carrying every matching subscription identifier.
+        merged: dict[Any, list[Any]] = {}
+        for client_id, options in matches:
+            if options.no_local and client_id == sender:
+                continue
+            entry = merged.get(client_id)
+            if entry is None:
+                merged[client_id] = [options.qos, options.retain_as_published,
+                                     [options.subscription_id] if options.subscription_id else []]
+            else:
+                if options.qos > entry[0]:
+                    entry[0] = options.qos
+                entry[1] = entry[1] or options.retain_as_published
+                if options.subscription_id:
+                    entry[2].append(options.subscription_id)
+        for client_id, (qos, rap, sub_ids) in merged.items():
+            self.deliver(sessions[client_id], message,  # type: ignore[index]
+                         qos if qos < message.qos else message.qos,
+                         message.retain and rap, tuple(sub_ids) if sub_ids else None)
+        return len(merged)
+
+    def deliver(self, session: Session, message: Message, qos: int, retain: bool,
+                subscription_ids: tuple[int, ...] | None) -> None:
+        """Send now if the client is online and has room, else queue within bounds."""
+        conn = session.connection
+        if conn is not None and not conn.paused and not session.queue:
+            if not qos:
+                conn.send_publish(message, 0, retain, None, subscription_ids)
+                return
+            if len(session.inflight) < conn.send_quota:
+                self._send_inflight(session, conn, Outbound(message, qos, retain,
+                                                            subscription_ids))
+                return
+        elif conn is None and (not session.persistent
+                               or (not qos and not self.settings.queue_qos0_offline)):
+            return
+        out = Outbound(message, qos, retain, subscription_ids)
+        dropped = session.enqueue(out)
+        if dropped is not None:
+            self.stats.messages_dropped += 1
+            self.log.warn("Queue of {client} is full ({size}); dropped the oldest message "
+                          "(topic {topic})", client=session.clientId,
+                          size=self.settings.max_queued, topic=dropped.message.topic)
+        if qos and self._durable and session.persistent:
+            self._persist(self.store.storeOutbound(session.clientId, out))
+
+    def _send_inflight(self, session: Session, conn: MQTTConnection, out: Outbound) -> None:
+        pid = out.packet_id = session.allocate_packet_id()
+        session.inflight[pid] = out
+        if self._durable and session.persistent:
+            # Stored before it is sent, so that a crash cannot lose track of it.
+            self._persist(self.store.storeOutbound(session.clientId, out))
+        if not conn.send_publish(out.message, out.qos, out.retain, pid, out.subscription_ids):
+            self.outbound_done(session, pid)
+
+    def pump(self, session: Session) -> None:
+        """Move queued messages to the wire while the client has room."""
+        conn = session.connection
+        queue = session.queue
+        if conn is None:
+            return
+        while queue and not conn.paused and conn.state != CLOSED:
+            out = queue[0]
+            if out.qos and len(session.inflight) >= conn.send_quota:
+                return
+            queue.popleft()
+            if out.qos:
+                self._send_inflight(session, conn, out)
+            else:
+                conn.send_publish(out.message, 0, out.retain, None, out.subscription_ids)
+
+    def outbound_done(self, session: Session, packet_id: int) -> None:
+        """PUBACK or PUBCOMP: the flow for ``packet_id`` is complete."""
+        out = session.inflight.pop(packet_id, None)
+        if out is None:
+            return
+        if self._durable and session.persistent:
+            self._persist(self.store.removeOutbound(session.clientId, out.seq))
+        if session.queue:
+            self.pump(session)
+
+    def outbound_released(self, session: Session, out: Outbound) -> None:
+        """PUBREC: the message is delivered; only PUBREL/PUBCOMP remain [MQTT-4.3.3]."""
+        out.state = AWAITING_PUBCOMP
+        if self._durable and session.persistent:
+            self._persist(self.store.storeOutbound(session.clientId, out))
+
+    def add_inbound_qos2(self, session: Session, packet_id: int) -> None:
+        session.inboundQoS2.add(packet_id)
+        if self._durable and session.persistent:
+            self._persist(self.store.addInboundQoS2(session.clientId, packet_id))
+
+    def remove_inbound_qos2(self, session: Session, packet_id: int) -> None:
+        session.inboundQoS2.discard(packet_id)
+        if self._durable and session.persistent:
+            self._persist(self.store.removeInboundQoS2(session.clientId, packet_id))
+
+    # --- retained -------------------------------------------------------------------------
+
+    def _retain(self, message: Message) -> None:
+        if message.payload:
+            self._persist(self.store.setRetained(message))
+        else:
+            self._persist(self.store.deleteRetained(message.topic))  # [MQTT-3.3.1-10]
+
+    # --- authorization ------------------------------------------------------------------------
+
+    def may_publish(self, session: Session | None, topic: str) -> bool:
+        identity = session.identity if session is not None else None
+        client_id = session.clientId if session is not None else None
+        return bool(self.authorizer.mayPublish(identity, client_id, topic))
+
+    def may_subscribe(self, session: Session, topic_filter: str) -> bool:
+        return bool(self.authorizer.maySubscribe(session.identity, session.clientId,
+                                                 topic_filter))
+
+    # --- store plumbing -----------------------------------------------------------------------
+
+    def _persist(self, result: Any) -> None:
+        """Fire-and-forget a store write, logging (not raising) its failure."""
+        if hasattr(result, "addErrback") and not getattr(result, "called", False):
+            result.addErrback(self._store_failed)
+
+    def _store_failed(self, failure: Failure) -> None:
+        self.stats.store_errors += 1
+        if failure.check(StorageError):
+            self.log.warn("Store write failed: {error}", error=failure.value)
+        else:
+            self.log.failure("Store write failed", failure)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def restore_session(self, state: Any) -> Session:
+        """Rebuild a live session (and its subscriptions) from stored state at start-up."""
+        session = Session(state.clientId, self.settings.max_inflight, self.settings.max_queued)
+        session.expiryInterval = state.expiryInterval
+        session.will = state.will
+        session.willDelay = state.willDelay
+        session.disconnectedAt = state.disconnectedAt
+        session.inboundQoS2 = set(state.inboundQoS2)
+        for topic_filter, options in state.subscriptions.items():
+            session.subscriptions[topic_filter] = options
+            self.tree.add(topic_filter, session.clientId, options)
+        for out in state.outbound:
+            if out.packet_id is None:
+                session.queue.append(out)
+            else:
+                session.inflight[out.packet_id] = out
+        self.sessions[session.clientId] = session
+        if session.expiryInterval is not None:
+            gone = self.clock.seconds() - (session.disconnectedAt or self.clock.seconds())
+            session.expiry_call = self.clock.callLater(
+                max(0.0, session.expiryInterval - gone), self._expire, session)
+        return session
+
+    def close_all(self, reason_code: int) -> None:
+        """Disconnect every client (shutdown): no wills, sessions kept as they are."""
+        for conn in list(self.connections):
+            conn.clean_exit = True
+            conn.close(reason_code)

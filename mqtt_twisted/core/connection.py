@@ -1,0 +1,470 @@
+"""The per-connection MQTT protocol machine (sans-IO).
+
+Bytes come in through :meth:`MQTTConnection.dataReceived` from whatever adapter
+carries the stream (TCP, TLS, WebSocket); packets go out through the
+transport's ``write``.  Session and routing decisions are the broker's; this
+class enforces the packet-level rules and the acknowledgement state machines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from mqtt_twisted.codec._encode import encode
+from mqtt_twisted.codec.packets import (
+    Auth,
+    ConnAck,
+    Connect,
+    Disconnect,
+    Packet,
+    PingResp,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    SubAck,
+    Subscribe,
+    UnsubAck,
+    Unsubscribe,
+)
+from mqtt_twisted.codec.stream import StreamDecoder
+from mqtt_twisted.codec.topics import validate_topic_filter
+from mqtt_twisted.constants import PacketType, PropertyId, ReasonCode
+from mqtt_twisted.core.session import AWAITING_ACK, AWAITING_PUBCOMP, Session, SubscriptionOptions
+from mqtt_twisted.core.wire import publish_bytes, with_dup
+from mqtt_twisted.errors import InvalidTopicFilter, MQTTError, ProtocolError
+from mqtt_twisted.interfaces import IBrokerConnection
+from mqtt_twisted.message import Message
+
+if TYPE_CHECKING:
+    from mqtt_twisted.core.broker import Broker
+
+AWAIT_CONNECT, CONNECTING, CONNECTED, CLOSED = range(4)
+
+_P = PropertyId
+_TOPIC_ALIAS = PropertyId.TOPIC_ALIAS
+_PINGRESP = encode(PingResp())
+
+
+@implementer(IBrokerConnection)
+class MQTTConnection:
+    """One client connection, whatever transport carries it."""
+
+    log = Logger()
+
+    __slots__ = (
+        "broker", "transport", "peer", "listener", "certificate_identity", "decoder", "state",
+        "version", "session", "client_id", "keep_alive", "last_rx", "paused", "clean_exit",
+        "send_quota", "max_send_size", "_backlog", "_blocked", "_timer", "_aliases_in",
+        "_handlers", "__weakref__",
+    )
+
+    def __init__(
+        self,
+        broker: Broker,
+        transport: Any,
+        peer: str = "",
+        listener: Any = None,
+        certificate_identity: str | None = None,
+    ) -> None:
+        self.broker = broker
+        self.transport = transport
+        self.peer = peer
+        self.listener = listener
+        self.certificate_identity = certificate_identity
+        self.decoder = StreamDecoder(None, broker.settings.max_packet_size)
+        self.state = AWAIT_CONNECT
+        self.version = 4
+        self.session: Session | None = None
+        self.client_id: str | None = None
+        self.keep_alive = 0
+        self.last_rx = 0.0
+        self.paused = False
+        self.clean_exit = False  # a DISCONNECT that suppresses the will
+        self.send_quota = broker.settings.max_inflight
+        self.max_send_size = 0  # 0: no limit from the client
+        self._backlog: list[Packet] | None = None
+        self._blocked = False
+        self._aliases_in: dict[int, str] = {}
+        self._handlers: dict[int, Callable[[Any], None]] = {
+            PacketType.CONNECT: self._on_connect,
+            PacketType.PUBLISH: self._on_publish,
+            PacketType.PUBACK: self._on_puback,
+            PacketType.PUBREC: self._on_pubrec,
+            PacketType.PUBREL: self._on_pubrel,
+            PacketType.PUBCOMP: self._on_pubcomp,
+            PacketType.SUBSCRIBE: self._on_subscribe,
+            PacketType.UNSUBSCRIBE: self._on_unsubscribe,
+            PacketType.PINGREQ: self._on_pingreq,
+            PacketType.DISCONNECT: self._on_disconnect,
+            PacketType.AUTH: self._on_auth,
+        }
+        timeout = getattr(listener, "connectTimeout", None) or broker.connect_timeout
+        self._timer = broker.clock.callLater(timeout, self._connect_timed_out) if timeout else None
+
+    def __repr__(self) -> str:
+        return f"<MQTTConnection {self.client_id or '?'} from {self.peer}>"
+
+    # --- input ------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        """Feed bytes; handle every packet they complete."""
+        if self.state == CLOSED:
+            return
+        self.last_rx = self.broker.clock.seconds() if self.keep_alive else 0.0
+        try:
+            packets = self.decoder.feed(data)
+        except MQTTError as e:
+            self.violation(e)
+            return
+        if self._blocked:
+            self._backlog.extend(packets)  # type: ignore[union-attr]
+            return
+        handlers = self._handlers
+        for i, packet in enumerate(packets):
+            try:
+                handlers[packet.type](packet)
+            except MQTTError as e:
+                self.violation(e)
+                return
+            if self._blocked:
+                self._backlog.extend(packets[i + 1 :])  # type: ignore[union-attr]
+                return
+            if self.state == CLOSED:
+                return
+
+    def block(self) -> None:
+        """Hold further packets until :meth:`unblock` (an async step is under way)."""
+        self._blocked = True
+        if self._backlog is None:
+            self._backlog = []
+
+    def unblock(self) -> None:
+        """Resume handling packets, first those held while blocked."""
+        self._blocked = False
+        backlog, self._backlog = self._backlog, None
+        handlers = self._handlers
+        while backlog and self.state != CLOSED and not self._blocked:
+            packet = backlog.pop(0)
+            try:
+                handlers[packet.type](packet)
+            except MQTTError as e:
+                self.violation(e)
+                return
+        if self._blocked and backlog:
+            self._backlog = backlog + (self._backlog or [])
+
+    # --- output -----------------------------------------------------------------------
+
+    def send(self, packet: Packet) -> None:
+        """Encode and write one packet in this connection's protocol version."""
+        if self.state != CLOSED:
+            self.transport.write(encode(packet, self.version))
+
+    def send_publish(self, message: Message, qos: int, retain: bool, packet_id: int | None,
+                     subscription_ids: tuple[int, ...] | None, dup: bool = False) -> bool:
+        """Write one PUBLISH; False if it exceeds the client's maximum packet size."""
+        data = publish_bytes(message, self.version, qos, retain, packet_id, subscription_ids,
+                             self.broker.clock.seconds() if message.properties else 0.0)
+        if self.max_send_size and len(data) > self.max_send_size:
+            self.broker.stats.dropped_too_large += 1
+            return False  # [MQTT-3.1.2-25] the server discards it as if delivered
+        if dup:
+            data = with_dup(data)
+        self.transport.write(data)
+        self.broker.stats.messages_sent += 1
+        return True
+
+    def pauseWriting(self) -> None:
+        """The transport is full: queue deliveries in the session instead."""
+        self.paused = True
+
+    def resumeWriting(self) -> None:
+        """The transport drained: send what the session queued meanwhile."""
+        self.paused = False
+        if self.session is not None and self.state == CONNECTED:
+            self.broker.pump(self.session)
+
+    # --- closing ------------------------------------------------------------------------
+
+    def violation(self, error: MQTTError) -> None:
+        """Close this one connection for a protocol violation, with a log line."""
+        if self.state == CLOSED:
+            return
+        self.log.info(
+            "Closing {client} from {peer}: {error} (reason 0x{code:02X})",
+            client=self.client_id or "?", peer=self.peer, error=error.message,
+            code=int(error.reason_code),
+        )
+        self.broker.stats.protocol_errors += 1
+        self.close(error.reason_code)
+
+    def close(self, reason_code: int | None = None, properties: dict | None = None) -> None:
+        """Close the connection; v5 clients past CONNACK get a DISCONNECT with the reason."""
+        if self.state == CLOSED:
+            return
+        if reason_code is not None and self.version == 5 and self.state == CONNECTED:
+            self.send(Disconnect(reason_code, properties or {}))
+        self.state = CLOSED
+        self._cancel_timer()
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        """The transport is gone: let the broker end the session's connection."""
+        self.state = CLOSED
+        self._cancel_timer()
+        self._backlog = None
+        if self.session is not None:
+            self.broker.connection_ended(self, send_will=not self.clean_exit)
+
+    def taken_over(self) -> None:
+        """Another connection took this client id [MQTT-3.1.4-3]."""
+        self.close(ReasonCode.SESSION_TAKEN_OVER)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _connect_timed_out(self) -> None:
+        self._timer = None
+        if self.state in (AWAIT_CONNECT, CONNECTING):
+            self.log.info("No CONNECT from {peer} in time; closing", peer=self.peer)
+            self.broker.stats.connect_timeouts += 1
+            self.state = CLOSED
+            self.transport.abortConnection()
+
+    # --- CONNECT ----------------------------------------------------------------------
+
+    def _on_connect(self, packet: Connect) -> None:
+        if self.state != AWAIT_CONNECT:
+            raise ProtocolError("second CONNECT")  # [MQTT-3.1.0-2]
+        self.version = packet.protocol_level
+        self.state = CONNECTING
+        self.block()
+        self.broker.handle_connect(self, packet)
+
+    def refuse(self, error: MQTTError) -> None:
+        """Answer CONNECT with a failure code and close [MQTT-3.2.2-5]."""
+        if self.state == CLOSED:
+            return
+        if self.version == 5:
+            code = int(error.reason_code)
+            props = {}
+            if error.message:
+                props[_P.REASON_STRING] = error.message
+            self.send(ConnAck(False, code, props))
+        else:
+            code = error.v3_return_code or 3  # 3: server unavailable
+            self.send(ConnAck(False, code))
+        self.log.info("Refused CONNECT of {client} from {peer}: {error}",
+                      client=self.client_id or "?", peer=self.peer, error=error.message)
+        self.state = CLOSED
+        self._cancel_timer()
+        self.transport.loseConnection()
+
+    def accept(self, session: Session, session_present: bool, connect: Connect,
+               properties: dict) -> None:
+        """CONNECT succeeded: CONNACK, then resend in-flight messages, then the queue."""
+        self._cancel_timer()
+        self.session = session
+        self.state = CONNECTED
+        if self.version == 5:
+            client_props = connect.properties
+            receive_max = client_props.get(_P.RECEIVE_MAXIMUM)
+            if receive_max:
+                self.send_quota = min(self.send_quota, receive_max)
+            self.max_send_size = client_props.get(_P.MAXIMUM_PACKET_SIZE, 0)
+        self.send(ConnAck(session_present, 0, properties))
+        if self.keep_alive:
+            self.last_rx = self.broker.clock.seconds()
+            self._timer = self.broker.clock.callLater(self.keep_alive * 1.5, self._check_keepalive)
+        self._resend_inflight(session)
+        self.broker.pump(session)
+        self.unblock()
+
+    def _resend_inflight(self, session: Session) -> None:
+        """[MQTT-4.4.0-1] resend unacknowledged PUBLISH (DUP=1) and PUBREL, in order."""
+        for pid, out in list(session.inflight.items()):
+            if out.state == AWAITING_PUBCOMP:
+                self.send(PubRel(pid))
+            elif not self.send_publish(out.message, out.qos, out.retain, pid,
+                                       out.subscription_ids, dup=True):
+                del session.inflight[pid]
+
+    def _check_keepalive(self) -> None:
+        self._timer = None
+        if self.state != CONNECTED:
+            return
+        now = self.broker.clock.seconds()
+        limit = self.keep_alive * 1.5
+        idle = now - self.last_rx
+        if idle >= limit:  # [MQTT-3.1.2-24]
+            self.log.info("Keep alive of {client} expired after {idle:.1f}s",
+                          client=self.client_id, idle=idle)
+            self.broker.stats.keepalive_timeouts += 1
+            self.close(ReasonCode.KEEP_ALIVE_TIMEOUT)
+        else:
+            self._timer = self.broker.clock.callLater(limit - idle, self._check_keepalive)
+
+    # --- PUBLISH and acknowledgements --------------------------------------------------------
+
+    def _on_publish(self, packet: Publish) -> None:
+        session = self.session
+        qos = packet.qos
+        topic = packet.topic
+        props = packet.properties
+        if props:
+            alias = props.get(_TOPIC_ALIAS)
+            if alias is not None:
+                topic = self._resolve_alias(alias, topic)
+                del props[_TOPIC_ALIAS]
+        broker = self.broker
+        if qos > broker.settings.maximum_qos:
+            raise ProtocolError("QoS not supported", ReasonCode.QOS_NOT_SUPPORTED)
+        if packet.retain and not broker.settings.retain_available:
+            raise ProtocolError("retain not supported", ReasonCode.RETAIN_NOT_SUPPORTED)
+        message = Message(topic, packet.payload, qos, packet.retain, packet.packet_id, props,
+                          broker.clock.seconds() if props else 0.0, self.client_id)
+        if not qos:
+            if broker.authorizer is None or broker.may_publish(session, topic):
+                broker.route(message)
+            return
+        pid = packet.packet_id
+        if qos == 2 and pid in session.inboundQoS2:  # type: ignore[union-attr]
+            self.send(PubRec(pid))  # a resend: route it once only [MQTT-4.3.3-9]
+            return
+        code = 0
+        if broker.authorizer is not None and not broker.may_publish(session, topic):
+            code = ReasonCode.NOT_AUTHORIZED
+        elif not broker.route(message) and self.version == 5:
+            code = ReasonCode.NO_MATCHING_SUBSCRIBERS
+        if qos == 1:
+            self.send(PubAck(pid, code))
+            return
+        if code < 0x80:
+            if len(session.inboundQoS2) >= broker.settings.receive_maximum:  # type: ignore[union-attr]
+                raise ProtocolError("receive maximum exceeded", ReasonCode.RECEIVE_MAXIMUM_EXCEEDED)
+            broker.add_inbound_qos2(session, pid)
+        self.send(PubRec(pid, code))
+
+    def _resolve_alias(self, alias: int, topic: str) -> str:
+        """Map a v5 topic alias to its topic [MQTT-3.3.2-10..12]."""
+        if alias > self.broker.settings.topic_alias_maximum:
+            raise ProtocolError("topic alias out of range", ReasonCode.TOPIC_ALIAS_INVALID)
+        if topic:
+            self._aliases_in[alias] = topic
+            return topic
+        known = self._aliases_in.get(alias)
+        if known is None:
+            raise ProtocolError("unknown topic alias", ReasonCode.PROTOCOL_ERROR)
+        return known
+
+    def _on_puback(self, packet: PubAck) -> None:
+        session = self.session
+        out = session.inflight.get(packet.packet_id)  # type: ignore[union-attr]
+        if out is not None and out.qos == 1:
+            self.broker.outbound_done(session, packet.packet_id)  # type: ignore[arg-type]
+
+    def _on_pubrec(self, packet: PubRec) -> None:
+        session = self.session
+        pid = packet.packet_id
+        out = session.inflight.get(pid)  # type: ignore[union-attr]
+        if out is None or out.qos != 2:
+            if self.version == 5:
+                self.send(PubRel(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
+            else:
+                self.send(PubRel(pid))
+            return
+        if packet.reason_code >= 0x80:  # v5: the receiver refused it; the flow ends here
+            self.broker.outbound_done(session, pid)  # type: ignore[arg-type]
+            return
+        if out.state == AWAITING_ACK:
+            self.broker.outbound_released(session, out)  # type: ignore[arg-type]
+        self.send(PubRel(pid))
+
+    def _on_pubrel(self, packet: PubRel) -> None:
+        session = self.session
+        pid = packet.packet_id
+        if pid in session.inboundQoS2:  # type: ignore[union-attr]
+            self.broker.remove_inbound_qos2(session, pid)  # type: ignore[arg-type]
+            self.send(PubComp(pid))
+        elif self.version == 5:
+            self.send(PubComp(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
+        else:
+            self.send(PubComp(pid))
+
+    def _on_pubcomp(self, packet: PubComp) -> None:
+        session = self.session
+        out = session.inflight.get(packet.packet_id)  # type: ignore[union-attr]
+        if out is not None and out.qos == 2:
+            self.broker.outbound_done(session, packet.packet_id)  # type: ignore[arg-type]
+
+    # --- SUBSCRIBE / UNSUBSCRIBE -------------------------------------------------------------
+
+    def _on_subscribe(self, packet: Subscribe) -> None:
+        session = self.session
+        broker = self.broker
+        v5 = self.version == 5
+        sub_id = packet.properties.get(_P.SUBSCRIPTION_IDENTIFIER) if v5 else None
+        codes: list[int] = []
+        granted: list[tuple[str, SubscriptionOptions, bool]] = []
+        for sub in packet.subscriptions:
+            try:
+                shared = validate_topic_filter(sub.topic_filter)
+            except InvalidTopicFilter:
+                codes.append(ReasonCode.TOPIC_FILTER_INVALID if v5 else 0x80)
+                continue
+            if shared is not None and v5 and sub.no_local:
+                raise ProtocolError("no local on a shared subscription")  # [MQTT-3.8.3-4]
+            if broker.authorizer is not None and not broker.may_subscribe(session,
+                                                                          sub.topic_filter):
+                codes.append(ReasonCode.NOT_AUTHORIZED if v5 else 0x80)
+                continue
+            qos = min(sub.qos, broker.settings.maximum_qos)
+            options = SubscriptionOptions(qos, sub.no_local, sub.retain_as_published,
+                                          sub.retain_handling, sub_id)
+            is_new = broker.subscribe(session, sub.topic_filter, options)  # type: ignore[arg-type]
+            codes.append(qos)
+            if shared is None:
+                granted.append((sub.topic_filter, options, is_new))
+        self.send(SubAck(packet.packet_id, codes))
+        for topic_filter, options, is_new in granted:
+            # [MQTT-3.3.1-9] retained messages follow the SUBACK; v5 retain handling decides.
+            if options.retain_handling == 0 or (options.retain_handling == 1 and is_new):
+                broker.send_retained(session, topic_filter, options)  # type: ignore[arg-type]
+
+    def _on_unsubscribe(self, packet: Unsubscribe) -> None:
+        session = self.session
+        codes = []
+        for topic_filter in packet.topic_filters:
+            existed = self.broker.unsubscribe(session, topic_filter)  # type: ignore[arg-type]
+            codes.append(0 if existed else ReasonCode.NO_SUBSCRIPTION_EXISTED)
+        self.send(UnsubAck(packet.packet_id, codes if self.version == 5 else []))
+
+    # --- the rest -----------------------------------------------------------------------------
+
+    def _on_pingreq(self, packet: Any) -> None:
+        self.transport.write(_PINGRESP)
+
+    def _on_disconnect(self, packet: Disconnect) -> None:
+        session = self.session
+        if self.version == 5:
+            expiry = packet.properties.get(_P.SESSION_EXPIRY_INTERVAL)
+            if expiry is not None:
+                if session.expiryInterval == 0 and expiry:  # type: ignore[union-attr]
+                    raise ProtocolError("session expiry changed from 0 on DISCONNECT")
+                self.broker.set_session_expiry(session, expiry)  # type: ignore[arg-type]
+        # [MQTT-3.14.4-3] a DISCONNECT deletes the will, except v5's reason 0x04.
+        self.clean_exit = not (self.version == 5 and packet.reason_code == 0x04)
+        self.state = CLOSED
+        self._cancel_timer()
+        self.transport.loseConnection()
+
+    def _on_auth(self, packet: Auth) -> None:
+        raise ProtocolError("AUTH without an authentication method")

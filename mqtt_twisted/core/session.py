@@ -1,0 +1,151 @@
+"""Sessions: what the broker keeps for a client across connections.
+
+A session holds the subscriptions, the outbound messages (in flight, in packet
+id order, plus a bounded queue behind them) and the inbound QoS 2 packet ids.
+Delivery decisions live here; the wire format lives in the connection.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from zope.interface import implementer
+
+from mqtt_twisted.interfaces import ISessionState
+from mqtt_twisted.message import Message
+
+if TYPE_CHECKING:
+    from mqtt_twisted.core.connection import MQTTConnection
+
+#: Outbound states: waiting for PUBACK/PUBREC, or for PUBCOMP after our PUBREL.
+AWAITING_ACK = 0
+AWAITING_PUBCOMP = 1
+
+
+class SubscriptionOptions:
+    """A granted subscription: QoS and the v5 options."""
+
+    __slots__ = ("qos", "no_local", "retain_as_published", "retain_handling",
+                 "subscription_id")
+
+    def __init__(
+        self,
+        qos: int = 0,
+        no_local: bool = False,
+        retain_as_published: bool = False,
+        retain_handling: int = 0,
+        subscription_id: int | None = None,
+    ) -> None:
+        self.qos = qos
+        self.no_local = no_local
+        self.retain_as_published = retain_as_published
+        self.retain_handling = retain_handling
+        self.subscription_id = subscription_id
+
+    def as_tuple(self) -> tuple[int, bool, bool, int, int | None]:
+        return (self.qos, self.no_local, self.retain_as_published, self.retain_handling,
+                self.subscription_id)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SubscriptionOptions):
+            return NotImplemented
+        return self.as_tuple() == other.as_tuple()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return "SubscriptionOptions(qos={}, no_local={}, rap={}, rh={}, sid={})".format(
+            *self.as_tuple()
+        )
+
+
+class Outbound:
+    """One message held for a client: queued (packet_id None) or in flight."""
+
+    __slots__ = ("message", "qos", "retain", "subscription_ids", "packet_id", "state", "seq")
+
+    _counter = 0
+
+    def __init__(
+        self,
+        message: Message,
+        qos: int,
+        retain: bool,
+        subscription_ids: tuple[int, ...] | None,
+        packet_id: int | None = None,
+        state: int = AWAITING_ACK,
+    ) -> None:
+        self.message = message
+        self.qos = qos
+        self.retain = retain
+        self.subscription_ids = subscription_ids
+        self.packet_id = packet_id
+        self.state = state
+        # A stable id for stores, unique within the process run.
+        Outbound._counter += 1
+        self.seq = Outbound._counter
+
+
+@implementer(ISessionState)
+class Session:
+    """The broker's record of one client id."""
+
+    __slots__ = (
+        "clientId", "subscriptions", "will", "willDelay", "expiryInterval",
+        "disconnectedAt", "inflight", "queue", "inboundQoS2", "connection", "identity",
+        "_next_pid", "expiry_call", "will_call", "dropped", "max_inflight", "max_queued",
+    )
+
+    def __init__(self, client_id: str, max_inflight: int = 20, max_queued: int = 1000) -> None:
+        self.clientId = client_id
+        self.subscriptions: dict[str, SubscriptionOptions] = {}
+        self.will: Message | None = None
+        self.willDelay: float = 0
+        self.expiryInterval: float | None = 0
+        self.disconnectedAt: float | None = None
+        self.inflight: dict[int, Outbound] = {}
+        self.queue: deque[Outbound] = deque()
+        self.inboundQoS2: set[int] = set()
+        self.connection: MQTTConnection | None = None
+        self.identity: Any = None
+        self._next_pid = 1
+        self.expiry_call: Any = None
+        self.will_call: Any = None
+        self.dropped = 0
+        self.max_inflight = max_inflight
+        self.max_queued = max_queued
+
+    @property
+    def outbound(self) -> list[Outbound]:
+        """Held messages in delivery order: in flight first, then queued."""
+        held = list(self.inflight.values())
+        held.extend(self.queue)
+        return held
+
+    @property
+    def persistent(self) -> bool:
+        """Whether anything of the session outlives its connection."""
+        return self.expiryInterval is None or self.expiryInterval > 0
+
+    def allocate_packet_id(self) -> int:
+        """The next packet id not in flight [MQTT-2.3.1-2]."""
+        pid = self._next_pid
+        inflight = self.inflight
+        while pid in inflight:
+            pid = pid + 1 if pid < 65535 else 1
+        self._next_pid = pid + 1 if pid < 65535 else 1
+        return pid
+
+    def enqueue(self, item: Outbound) -> Outbound | None:
+        """Queue ``item``; when full drop the oldest and return it (the caller logs)."""
+        queue = self.queue
+        dropped = None
+        if len(queue) >= self.max_queued:
+            if not queue:
+                self.dropped += 1
+                return item
+            dropped = queue.popleft()
+            self.dropped += 1
+        queue.append(item)
+        return dropped

@@ -1,0 +1,40 @@
+"""Broker-wide settings, with the defaults an operator gets without a config file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mqtt_twisted.codec.stream import MAX_PACKET_SIZE
+
+
+@dataclass(slots=True)
+class BrokerSettings:
+    """Limits and policies of the sans-IO broker (see docs/user-guide.md)."""
+
+    #: QoS 1/2 messages in flight to one client at once (our side of receive maximum).
+    max_inflight: int = 20
+    #: Messages queued per session beyond the in-flight window; oldest dropped when full.
+    max_queued: int = 1000
+    #: QoS 1/2 PUBLISHes a client may have unacknowledged towards us (v5 receive maximum).
+    receive_maximum: int = 65535
+    #: Largest packet accepted from a client.
+    max_packet_size: int = MAX_PACKET_SIZE
+    #: Largest keep alive granted; 0 means no limit.  v5 clients get SERVER_KEEP_ALIVE.
+    max_keepalive: int = 0
+    #: Seconds a v3.1.1 persistent session (clean session 0) outlives its connection;
+    #: None keeps it until the client cleans it (Mosquitto's default).
+    persistent_session_expiry: float | None = None
+    #: Upper bound on a v5 session expiry interval; None: as the client asks.
+    max_session_expiry: float | None = None
+    #: Queue QoS 0 messages for offline persistent sessions (Mosquitto: queue_qos0_messages).
+    queue_qos0_offline: bool = False
+    #: Whether clients may send retained messages.
+    retain_available: bool = True
+    #: Highest QoS the broker accepts from and grants to clients.
+    maximum_qos: int = 2
+    #: Topic aliases a v5 client may use towards us.
+    topic_alias_maximum: int = 10
+    #: Seconds a CONNECT may take to be answered by the store/authenticator.
+    connect_store_timeout: float = 10.0
+    #: Prefix of server-assigned client identifiers.
+    assigned_id_prefix: str = "auto-"

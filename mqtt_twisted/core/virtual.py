@@ -1,0 +1,87 @@
+"""Virtual connections: sessions of adapters that are not MQTT streams (HTTP, CoAP).
+
+The broker delivers to them like to any connection; they hand each message to
+an :class:`~mqtt_twisted.interfaces.IMessageSink` and complete QoS 1/2 flows at
+once, since the sink has taken the message.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mqtt_twisted.core.connection import CLOSED, CONNECTED, CONNECTING
+from mqtt_twisted.message import Message
+
+if TYPE_CHECKING:
+    from mqtt_twisted.core.broker import Broker
+    from mqtt_twisted.core.session import Session
+
+
+class VirtualConnection:
+    """Stands where an MQTTConnection would, for a non-MQTT client."""
+
+    __slots__ = ("broker", "sink", "session", "client_id", "state", "paused", "send_quota",
+                 "peer", "clean_exit", "keep_alive", "listener", "certificate_identity",
+                 "version", "on_accept", "on_refuse")
+
+    def __init__(self, broker: Broker, sink: Any, client_id: str, peer: str = "",
+                 listener: Any = None) -> None:
+        self.broker = broker
+        self.sink = sink
+        self.session: Session | None = None
+        self.client_id = client_id
+        self.state = CONNECTING
+        self.paused = False
+        self.send_quota = 1 << 30
+        self.peer = peer
+        self.clean_exit = True
+        self.keep_alive = 0
+        self.listener = listener
+        self.certificate_identity = None
+        self.version = 4
+        self.on_accept: Any = None
+        self.on_refuse: Any = None
+
+    def accept(self, session: Session, session_present: bool, connect: Any,
+               properties: Any) -> None:
+        """The broker opened (or resumed) the session."""
+        self.session = session
+        self.state = CONNECTED
+        self.broker.pump(session)
+        if self.on_accept is not None:
+            self.on_accept(session)
+
+    def refuse(self, error: Exception) -> None:
+        self.state = CLOSED
+        if self.on_refuse is not None:
+            self.on_refuse(error)
+
+    def send_publish(self, message: Message, qos: int, retain: bool, packet_id: int | None,
+                     subscription_ids: Any, dup: bool = False) -> bool:
+        if self.state == CLOSED:
+            return False
+        if retain != message.retain or qos != message.qos:
+            message = message.copy(retain=retain, qos=qos)
+        self.sink.deliver(message, qos)
+        self.broker.stats.messages_sent += 1
+        if packet_id is not None and self.session is not None:
+            self.broker.outbound_done(self.session, packet_id)
+        return True
+
+    def send(self, packet: Any) -> None:
+        """Virtual clients receive no control packets."""
+
+    def taken_over(self) -> None:
+        self.close()
+
+    def close(self, reason_code: int | None = None, properties: Any = None) -> None:
+        """End the virtual connection; the sink hears of it, the broker keeps or drops
+        the session as for any connection."""
+        if self.state == CLOSED:
+            return
+        self.state = CLOSED
+        if self.session is not None:
+            self.broker.connection_ended(self, send_will=False)  # type: ignore[arg-type]
+        closed = getattr(self.sink, "sessionClosed", None)
+        if closed is not None:
+            closed(reason_code)

@@ -1,0 +1,77 @@
+"""Outbound PUBLISH bytes, encoded once per variant and shared across subscribers.
+
+A message fanned out to many subscribers is encoded at most once per
+(protocol version, QoS, retain) variant; QoS 1/2 copies differ only in their
+packet id, which is patched into the shared template.  Messages whose v5
+properties differ per subscriber (subscription identifiers, an aged expiry
+interval) are encoded individually.
+"""
+
+from __future__ import annotations
+
+from mqtt_twisted.codec._encode import encode_publish
+from mqtt_twisted.codec.packets import Publish
+from mqtt_twisted.constants import PropertyId
+from mqtt_twisted.message import Message
+
+_TOPIC_ALIAS = PropertyId.TOPIC_ALIAS
+_SUB_ID = PropertyId.SUBSCRIPTION_IDENTIFIER
+_EXPIRY = PropertyId.MESSAGE_EXPIRY_INTERVAL
+
+
+def forward_properties(
+    message: Message, subscription_ids: tuple[int, ...] | None, now: float
+) -> dict:
+    """The v5 properties a subscriber gets: no topic alias, its subscription ids,
+    and the expiry interval less the time the broker held the message [MQTT-3.3.2-6]."""
+    props = dict(message.properties)
+    props.pop(_TOPIC_ALIAS, None)
+    props.pop(_SUB_ID, None)
+    if subscription_ids:
+        props[_SUB_ID] = list(subscription_ids)
+    expiry = props.get(_EXPIRY)
+    if expiry is not None:
+        props[_EXPIRY] = max(0, int(expiry - (now - message.received_at)))
+    return props
+
+
+def _template(message: Message, version: int, qos: int, retain: bool) -> tuple[bytes, int]:
+    """Encode with a placeholder packet id; return (bytes, offset of the packet id)."""
+    packet = Publish(message.topic, message.payload, qos, retain, False, 1 if qos else None,
+                     {})
+    data = encode_publish(packet, version)
+    offset = len(data) - len(message.payload) - 2 - (1 if version == 5 else 0)
+    return data, offset
+
+
+def publish_bytes(
+    message: Message,
+    version: int,
+    qos: int,
+    retain: bool,
+    packet_id: int | None,
+    subscription_ids: tuple[int, ...] | None,
+    now: float,
+) -> bytes:
+    """The PUBLISH packet for one subscriber."""
+    if version == 5 and (message.properties or subscription_ids):
+        props = forward_properties(message, subscription_ids, now)
+        return encode_publish(
+            Publish(message.topic, message.payload, qos, retain, False, packet_id, props), version
+        )
+    wire = message.wire
+    if wire is None:
+        wire = message.wire = {}
+    key = (version, qos, retain)
+    cached = wire.get(key)
+    if cached is None:
+        cached = wire[key] = _template(message, version, qos, retain)
+    data, offset = cached
+    if not qos:
+        return data
+    return data[:offset] + packet_id.to_bytes(2, "big") + data[offset + 2 :]  # type: ignore[union-attr]
+
+
+def with_dup(data: bytes) -> bytes:
+    """The same PUBLISH with DUP=1, for a resend [MQTT-3.3.1-1]."""
+    return bytes((data[0] | 0x08,)) + data[1:]

@@ -1,0 +1,283 @@
+"""Every interface a plugin author implements or calls.
+
+Adapters, stores and authenticators are found as Twisted plugins (see
+:mod:`mqtt_twisted.plugins`) and talk to the broker only through these
+interfaces.  Store and auth calls return Deferreds so that a network backend
+(Redis, an HTTP auth service) fits the same contract as the in-memory one.
+"""
+
+from __future__ import annotations
+
+from twisted.plugin import IPlugin
+from zope.interface import Attribute, Interface
+
+# --- Plugins: what getPlugins() finds (they extend IPlugin, as getPlugins requires) ---
+
+
+class IAdapter(IPlugin):
+    """A protocol adapter: turns a listener description into a running listener.
+
+    Chosen per listener by name: ``--listen ws=tcp:8080`` uses the adapter
+    named ``ws``.  Byte-stream adapters build a Twisted factory and let an
+    endpoint listen; datagram adapters (CoAP over UDP) return their own service.
+    """
+
+    name = Attribute("Short name used before '=' in --listen, e.g. 'mqtt', 'ws', 'http'.")
+    description = Attribute("One line for --help.")
+    defaultEndpoint = Attribute("Endpoint used when the listener gives none, e.g. 'tcp:1883'.")
+    options = Attribute(
+        "Mapping of the adapter's own listener keys (e.g. 'path') to a one-line help text; "
+        "these are stripped from the endpoint string before Twisted parses it."
+    )
+
+    def buildListener(reactor, broker, endpointDescription, settings):
+        """Return an ``IService`` that listens while it runs.
+
+        :param reactor: the reactor to listen with.
+        :param broker: the :class:`IBrokerService` the listener feeds.
+        :param endpointDescription: a Twisted server endpoint string, our keys removed.
+        :param settings: an :class:`IListenerSettings` for this listener.
+        """
+
+
+class IStorePlugin(IPlugin):
+    """A store backend selectable with ``--store NAME[:ARGS]`` or a URL scheme."""
+
+    name = Attribute("Scheme or name, e.g. 'memory' or 'redis'.")
+    description = Attribute("One line for --help.")
+
+    def makeStore(reactor, argument):
+        """Return an :class:`IStore` configured from ``argument`` (the text after the name)."""
+
+
+class IAuthPlugin(IPlugin):
+    """An authentication/authorization backend selectable with ``--auth NAME[:ARGS]``."""
+
+    name = Attribute("Name used on the command line.")
+    description = Attribute("One line for --help.")
+
+    def makeAuthenticator(reactor, argument):
+        """Return an object providing :class:`IAuthenticator` (it may also provide IAuthorizer)."""
+
+
+# --- Listeners ---------------------------------------------------------------------------
+
+
+class IListenerSettings(Interface):
+    """Per-listener settings parsed from ``--listen`` (seed 002's ListenerConfig)."""
+
+    adapter = Attribute("The adapter name.")
+    endpoint = Attribute("The Twisted endpoint description, our keys removed.")
+    maxConnections = Attribute("Connections held at most; further sockets are refused. 0: none.")
+    connectTimeout = Attribute("Seconds a socket may take to send CONNECT before it is closed.")
+    extra = Attribute("Mapping of adapter-specific keys given in the listener string.")
+
+
+# --- The broker as adapters see it -----------------------------------------------------
+
+
+class IConnectionTransport(Interface):
+    """What the sans-IO connection machine needs from a byte stream (a subset of ITransport)."""
+
+    def write(data):
+        """Queue ``data`` (bytes) to the peer."""
+
+    def loseConnection():
+        """Close after flushing what is queued."""
+
+    def abortConnection():
+        """Close now, dropping what is queued."""
+
+
+class IBrokerConnection(Interface):
+    """One client's protocol machine, fed by a byte-stream adapter."""
+
+    def dataReceived(data):
+        """Bytes from the peer, in arbitrary pieces."""
+
+    def connectionLost(reason):
+        """The stream ended; ``reason`` is a Failure or None."""
+
+    def pauseWriting():
+        """The transport's buffer is full: stop writing, queue within the session's bounds."""
+
+    def resumeWriting():
+        """The transport drained: write what was queued."""
+
+
+class IMessageSink(Interface):
+    """Receives the messages routed to a virtual session (HTTP, CoAP observers)."""
+
+    def deliver(message, qos):
+        """Take one routed ``Message`` at the granted ``qos``; must not block."""
+
+
+class IBrokerService(Interface):
+    """The broker as adapters see it."""
+
+    stats = Attribute("The broker's counters (connections refused, messages, ...).")
+
+    def buildConnection(transport, peer, listener, certificateIdentity=None):
+        """Return an :class:`IBrokerConnection` for a new byte-stream client.
+
+        :param transport: an :class:`IConnectionTransport`.
+        :param peer: a string naming the remote address, for logs.
+        :param listener: the :class:`IListenerSettings` it arrived on.
+        :param certificateIdentity: the TLS client certificate's identity, if any.
+        """
+
+    def openSession(clientId, sink, clean=True, credentials=None):
+        """Open a virtual session delivering to ``sink`` (an :class:`IMessageSink`).
+
+        Returns a Deferred firing with the session handle; takes over any
+        session of that client id, as an MQTT CONNECT would.
+        """
+
+    def closeSession(clientId, remove=False):
+        """Disconnect ``clientId`` (from any adapter); ``remove`` also deletes its session."""
+
+    def publish(message, clientId=None):
+        """Route a ``Message``; Deferred fires once it is accepted (stored, for QoS 1/2)."""
+
+    def subscribe(clientId, topicFilter, qos=0):
+        """Subscribe an open session; Deferred firing with the granted QoS or a reason code."""
+
+    def unsubscribe(clientId, topicFilter):
+        """Remove one subscription of an open session; Deferred firing with a bool."""
+
+
+# --- Sessions ------------------------------------------------------------------------------
+
+
+class ISessionState(Interface):
+    """The durable part of a session, as stores hold it."""
+
+    clientId = Attribute("The client identifier.")
+    subscriptions = Attribute("Mapping of topic filter to SubscriptionOptions.")
+    will = Attribute("The will Message or None.")
+    willDelay = Attribute("Seconds to wait before publishing the will (v5), 0 for none.")
+    expiryInterval = Attribute("Seconds the session outlives its connection; None: forever.")
+    disconnectedAt = Attribute("Clock reading when it went offline, or None while online.")
+    outbound = Attribute(
+        "Sequence of Outbound records (message, qos, retain, packet_id or None when queued, "
+        "state, seq) held for the client, in delivery order."
+    )
+    inboundQoS2 = Attribute("Set of packet ids of QoS 2 PUBLISHes received but not released.")
+
+
+# --- Stores --------------------------------------------------------------------------------
+
+
+class ISessionStore(Interface):
+    """Sessions, their subscriptions and their queued and in-flight messages."""
+
+    def loadSession(clientId):
+        """Deferred firing with an :class:`ISessionState` or None."""
+
+    def saveSession(state):
+        """Store the whole session (replaces what was stored)."""
+
+    def deleteSession(clientId):
+        """Forget the session and everything queued for it."""
+
+    def listSessions():
+        """Deferred firing with the client ids of every stored session."""
+
+    def addSubscription(clientId, topicFilter, options):
+        """Record one subscription."""
+
+    def removeSubscription(clientId, topicFilter):
+        """Forget one subscription."""
+
+    def storeOutbound(clientId, outbound):
+        """Record (or update, by its ``seq``) an Outbound held for the client."""
+
+    def removeOutbound(clientId, seq):
+        """Forget an acknowledged outbound message."""
+
+    def addInboundQoS2(clientId, packetId):
+        """Record a received QoS 2 packet id awaiting PUBREL."""
+
+    def removeInboundQoS2(clientId, packetId):
+        """Forget a released QoS 2 packet id."""
+
+
+class IRetainedStore(Interface):
+    """Retained messages, matched by filter through an index, not a scan."""
+
+    def setRetained(message):
+        """Keep ``message`` as the retained one of its topic (an empty payload deletes)."""
+
+    def getRetained(topic):
+        """Deferred firing with the retained Message of ``topic`` or None."""
+
+    def deleteRetained(topic):
+        """Forget the retained message of ``topic``."""
+
+    def matchRetained(topicFilter):
+        """Deferred firing with a list of the retained Messages matching ``topicFilter``."""
+
+    def countRetained():
+        """Deferred firing with the number of retained messages."""
+
+
+class ILock(Interface):
+    """A held lock; release it exactly once."""
+
+    def release():
+        """Deferred firing once released."""
+
+
+class ILockProvider(Interface):
+    """Per-client locks, so that two connections never take one session over at once."""
+
+    def acquireLock(clientId, timeout):
+        """Deferred firing with an :class:`ILock`, or failing with StorageError on timeout."""
+
+
+class IStore(ISessionStore, IRetainedStore, ILockProvider):
+    """Everything the broker keeps: one object, one backend."""
+
+    name = Attribute("The backend's name, for logs.")
+    persistsMessages = Attribute(
+        "False for a store in the broker's own process (memory): the broker then skips "
+        "per-message writes, since its live sessions are the copy of record."
+    )
+
+    def start():
+        """Connect; Deferred fires once the store can answer."""
+
+    def stop():
+        """Flush and disconnect; Deferred fires when done."""
+
+
+# --- Authentication and authorization --------------------------------------------------
+
+
+class ICredentials(Interface):
+    """What a client presented when it connected."""
+
+    clientId = Attribute("The client identifier.")
+    username = Attribute("The user name, or None.")
+    password = Attribute("The password bytes (or token), or None.")
+    certificateIdentity = Attribute("Identity from the TLS client certificate, or None.")
+    peer = Attribute("The remote address as text.")
+    adapter = Attribute("Name of the adapter the client came through.")
+
+
+class IAuthenticator(Interface):
+    """Decides whether a client may connect."""
+
+    def authenticate(credentials):
+        """Deferred firing with an identity (a str, e.g. the user name) or failing with
+        AuthenticationError / AuthorizationError."""
+
+
+class IAuthorizer(Interface):
+    """Decides what an authenticated client may do."""
+
+    def mayPublish(identity, clientId, topic):
+        """True or False (or a Deferred of it): may this client publish to ``topic``?"""
+
+    def maySubscribe(identity, clientId, topicFilter):
+        """True or False (or a Deferred of it): may this client subscribe to ``topicFilter``?"""

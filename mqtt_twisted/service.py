@@ -1,0 +1,177 @@
+"""The broker service: owns the broker, the store and the listeners' lifecycle."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from mqtt_twisted.codec.packets import Connect
+from mqtt_twisted.codec.topics import validate_topic_filter
+from mqtt_twisted.constants import ReasonCode
+from mqtt_twisted.core.broker import Broker
+from mqtt_twisted.core.connection import CLOSED
+from mqtt_twisted.core.session import SubscriptionOptions
+from mqtt_twisted.core.settings import BrokerSettings
+from mqtt_twisted.core.virtual import VirtualConnection
+from mqtt_twisted.errors import MQTTError, ValidationError
+from mqtt_twisted.interfaces import IBrokerService
+from mqtt_twisted.message import Message
+
+#: How long shutdown waits for clients to go before closing the store anyway.
+SHUTDOWN_GRACE = 5.0
+
+
+@implementer(IBrokerService)
+class BrokerService(MultiService):
+    """One broker shared by every listener, whatever its adapter."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        store: Any,
+        settings: BrokerSettings | None = None,
+        authenticator: Any = None,
+        authorizer: Any = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.store = store
+        self.broker = Broker(reactor, store, settings, authenticator, authorizer,
+                             connect_timeout)
+        self._listeners: list[Service] = []
+        self.ready: Deferred[None] = Deferred()
+
+    @property
+    def stats(self) -> Any:
+        return self.broker.stats
+
+    def addListener(self, adapter: Any, settings: Any) -> Service:
+        """Create the listener for ``settings`` with ``adapter``; it starts with the broker."""
+        service = adapter.buildListener(self.reactor, self, settings.endpoint, settings)
+        service.setName(settings.describe())
+        self._listeners.append(service)
+        return service
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def startService(self) -> None:
+        """Open the store, restore stored sessions, then start listening."""
+        Service.startService(self)
+        d = self.store.start()
+        d.addCallback(lambda _: self._restore_sessions())
+        d.addCallback(lambda _: self._start_listeners())
+        d.addCallbacks(self.ready.callback, self._start_failed)
+
+    def _start_listeners(self) -> None:
+        for service in self._listeners:
+            service.setServiceParent(self)
+            self.log.info("Listening: {name}", name=service.name)
+
+    def _start_failed(self, failure: Any) -> None:
+        self.log.failure("The broker could not start", failure)
+        self.ready.errback(failure)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    @inlineCallbacks
+    def _restore_sessions(self) -> Any:
+        client_ids = yield self.store.listSessions()
+        for client_id in client_ids:
+            state = yield self.store.loadSession(client_id)
+            if state is not None and client_id not in self.broker.sessions:
+                self.broker.restore_session(state)
+        if client_ids:
+            self.log.info("Restored {n} stored sessions", n=len(client_ids))
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        """Close listeners, disconnect clients (v5: 0x8B), then flush and close the store."""
+        Service.stopService(self)
+        for service in reversed(list(self)):
+            if service.running:
+                yield service.disownServiceParent()
+        self.broker.close_all(ReasonCode.SERVER_SHUTTING_DOWN)
+        waited = 0.0
+        while self.broker.connections and waited < SHUTDOWN_GRACE:
+            yield deferLater(self.reactor, 0.05, lambda: None)
+            waited += 0.05
+        for client_id, session in list(self.broker.sessions.items()):
+            if session.persistent:
+                yield self.store.saveSession(session)
+            for call in (session.expiry_call, session.will_call):
+                if call is not None and call.active():
+                    call.cancel()
+        yield self.store.stop()
+
+    # --- IBrokerService -----------------------------------------------------------------
+
+    def buildConnection(self, transport: Any, peer: str, listener: Any,
+                        certificateIdentity: str | None = None) -> Any:
+        return self.broker.build_connection(transport, peer, listener, certificateIdentity)
+
+    def openSession(self, clientId: str, sink: Any, clean: bool = True,
+                    credentials: Any = None) -> Deferred[Any]:
+        """A virtual session for a non-MQTT client, opened like an MQTT CONNECT."""
+        d: Deferred[Any] = Deferred()
+        conn = VirtualConnection(self.broker, sink, clientId,
+                                 getattr(credentials, "peer", ""))
+        conn.on_accept = d.callback
+        conn.on_refuse = d.errback
+        username = getattr(credentials, "username", None)
+        password = getattr(credentials, "password", None)
+        packet = Connect(clientId, 4, clean, 0, None, username, password)
+        self.broker.handle_connect(conn, packet)  # type: ignore[arg-type]
+        return d
+
+    def closeSession(self, clientId: str, remove: bool = False) -> bool:
+        """Disconnect ``clientId``, whatever adapter it came through; True if known."""
+        session = self.broker.sessions.get(clientId)
+        if session is None:
+            return False
+        conn = session.connection
+        if conn is not None:
+            conn.clean_exit = True
+            conn.close(ReasonCode.ADMINISTRATIVE_ACTION)
+            self.broker.connection_ended(conn, send_will=False)
+        if remove and self.broker.sessions.get(clientId) is session:
+            self.broker.discard_session(session)
+        return True
+
+    def publish(self, message: Message, clientId: str | None = None) -> Deferred[int]:
+        """Route ``message``; fires with the number of sessions it reached."""
+        if message.received_at == 0.0:
+            message.received_at = self.reactor.seconds()
+        message.sender = clientId
+        return succeed(self.broker.route(message))
+
+    def subscribe(self, clientId: str, topicFilter: str, qos: int = 0) -> Deferred[int]:
+        session = self._open_session(clientId)
+        try:
+            validate_topic_filter(topicFilter)
+        except MQTTError as e:
+            return succeed(int(e.reason_code))
+        if self.broker.authorizer is not None and not self.broker.may_subscribe(session,
+                                                                                topicFilter):
+            return succeed(int(ReasonCode.NOT_AUTHORIZED))
+        options = SubscriptionOptions(min(qos, self.broker.settings.maximum_qos))
+        is_new = self.broker.subscribe(session, topicFilter, options)
+        if is_new:
+            self.broker.send_retained(session, topicFilter, options)
+        return succeed(options.qos)
+
+    def unsubscribe(self, clientId: str, topicFilter: str) -> Deferred[bool]:
+        return succeed(self.broker.unsubscribe(self._open_session(clientId), topicFilter))
+
+    def _open_session(self, clientId: str) -> Any:
+        session = self.broker.sessions.get(clientId)
+        if session is None or session.connection is None or session.connection.state == CLOSED:
+            raise ValidationError(f"no open session for {clientId!r}")
+        return session

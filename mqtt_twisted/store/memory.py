@@ -1,0 +1,190 @@
+"""The in-process store: the default, with nothing to set up.
+
+Every call answers with an already-fired Deferred, so the broker's code path
+is the same as with a network store.  It holds copies of what the broker
+gives it, never the broker's live objects, so what it returns is what was
+stored, as with any other backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredLock, succeed
+from zope.interface import implementer
+
+from mqtt_twisted.errors import StorageError
+from mqtt_twisted.interfaces import ILock, ISessionState, IStore
+from mqtt_twisted.message import Message
+from mqtt_twisted.store.retained_index import RetainedIndex
+
+
+@implementer(ISessionState)
+class StoredSession:
+    """A session as a store returns it: a detached copy."""
+
+    def __init__(self, clientId: str) -> None:
+        self.clientId = clientId
+        self.subscriptions: dict[str, Any] = {}
+        self.will: Message | None = None
+        self.willDelay: float = 0
+        self.expiryInterval: float | None = 0
+        self.disconnectedAt: float | None = None
+        self.outbound: list[Any] = []
+        self.inboundQoS2: set[int] = set()
+
+    @classmethod
+    def copy_of(cls, state: Any) -> StoredSession:
+        new = cls(state.clientId)
+        new.subscriptions = dict(state.subscriptions)
+        new.will = state.will
+        new.willDelay = state.willDelay
+        new.expiryInterval = state.expiryInterval
+        new.disconnectedAt = state.disconnectedAt
+        new.outbound = list(state.outbound)
+        new.inboundQoS2 = set(state.inboundQoS2)
+        return new
+
+
+@implementer(ILock)
+class _HeldLock:
+    def __init__(self, locks: dict[str, DeferredLock], clientId: str, lock: DeferredLock):
+        self._locks = locks
+        self._clientId = clientId
+        self._lock: DeferredLock | None = lock
+
+    def release(self) -> Deferred[None]:
+        lock = self._lock
+        if lock is not None:
+            self._lock = None
+            lock.release()
+            if not lock.locked and not lock.waiting and self._locks.get(self._clientId) is lock:
+                del self._locks[self._clientId]
+        return succeed(None)
+
+
+@implementer(IStore)
+class MemoryStore:
+    """Sessions, retained messages and client locks in dictionaries."""
+
+    name = "memory"
+    persistsMessages = False
+
+    def __init__(self, clock: Any = None) -> None:
+        self._clock = clock
+        self._sessions: dict[str, StoredSession] = {}
+        self._outbound: dict[str, dict[int, Any]] = {}
+        self._retained = RetainedIndex()
+        self._locks: dict[str, DeferredLock] = {}
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        return succeed(None)
+
+    def stop(self) -> Deferred[None]:
+        return succeed(None)
+
+    # --- sessions ----------------------------------------------------------------------
+
+    def loadSession(self, clientId: str) -> Deferred[StoredSession | None]:
+        stored = self._sessions.get(clientId)
+        if stored is None:
+            return succeed(None)
+        copy = StoredSession.copy_of(stored)
+        outbound = self._outbound.get(clientId)
+        if outbound:
+            copy.outbound = list(outbound.values())
+        return succeed(copy)
+
+    def saveSession(self, state: Any) -> Deferred[None]:
+        self._sessions[state.clientId] = StoredSession.copy_of(state)
+        self._outbound[state.clientId] = {o.seq: o for o in state.outbound}
+        return succeed(None)
+
+    def deleteSession(self, clientId: str) -> Deferred[None]:
+        self._sessions.pop(clientId, None)
+        self._outbound.pop(clientId, None)
+        return succeed(None)
+
+    def listSessions(self) -> Deferred[list[str]]:
+        return succeed(list(self._sessions))
+
+    def addSubscription(self, clientId: str, topicFilter: str, options: Any) -> Deferred[None]:
+        stored = self._sessions.get(clientId)
+        if stored is not None:
+            stored.subscriptions[topicFilter] = options
+        return succeed(None)
+
+    def removeSubscription(self, clientId: str, topicFilter: str) -> Deferred[None]:
+        stored = self._sessions.get(clientId)
+        if stored is not None:
+            stored.subscriptions.pop(topicFilter, None)
+        return succeed(None)
+
+    def storeOutbound(self, clientId: str, outbound: Any) -> Deferred[None]:
+        held = self._outbound.get(clientId)
+        if held is not None:
+            held[outbound.seq] = outbound
+        return succeed(None)
+
+    def removeOutbound(self, clientId: str, seq: int) -> Deferred[None]:
+        held = self._outbound.get(clientId)
+        if held is not None:
+            held.pop(seq, None)
+        return succeed(None)
+
+    def addInboundQoS2(self, clientId: str, packetId: int) -> Deferred[None]:
+        stored = self._sessions.get(clientId)
+        if stored is not None:
+            stored.inboundQoS2.add(packetId)
+        return succeed(None)
+
+    def removeInboundQoS2(self, clientId: str, packetId: int) -> Deferred[None]:
+        stored = self._sessions.get(clientId)
+        if stored is not None:
+            stored.inboundQoS2.discard(packetId)
+        return succeed(None)
+
+    # --- retained ------------------------------------------------------------------------
+
+    def setRetained(self, message: Message) -> Deferred[None]:
+        if message.payload:
+            self._retained.set(message)
+        else:
+            self._retained.delete(message.topic)
+        return succeed(None)
+
+    def getRetained(self, topic: str) -> Deferred[Message | None]:
+        return succeed(self._retained.get(topic))
+
+    def deleteRetained(self, topic: str) -> Deferred[None]:
+        self._retained.delete(topic)
+        return succeed(None)
+
+    def matchRetained(self, topicFilter: str) -> Deferred[list[Message]]:
+        return succeed(self._retained.match(topicFilter))
+
+    def countRetained(self) -> Deferred[int]:
+        return succeed(len(self._retained))
+
+    # --- locks ------------------------------------------------------------------------------
+
+    def acquireLock(self, clientId: str, timeout: float) -> Deferred[ILock]:
+        """A per-client lock; waiters queue in order, and give up after ``timeout``."""
+        lock = self._locks.get(clientId)
+        if lock is None:
+            lock = self._locks[clientId] = DeferredLock()
+        d = lock.acquire()
+        if not d.called and self._clock is not None and timeout:
+            call = self._clock.callLater(timeout, d.cancel)
+            d.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
+
+        def held(_: Any) -> _HeldLock:
+            return _HeldLock(self._locks, clientId, lock)
+
+        def timed_out(failure: Any) -> None:
+            raise StorageError(f"lock for {clientId!r} not acquired in {timeout}s")
+
+        d.addCallbacks(held, timed_out)
+        return d

@@ -1,0 +1,155 @@
+"""``twistd mqttbroker``: command-line options turned into a service tree."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from mqtt_twisted import __version__
+from mqtt_twisted.adapters.listener import ListenerSettings, check_endpoint, parse_listener
+from mqtt_twisted.core.settings import BrokerSettings
+from mqtt_twisted.interfaces import IAdapter, IAuthPlugin, IStorePlugin
+from mqtt_twisted.plugins import plugins_by_name
+
+DEFAULT_LISTENER = "tcp:1883"
+
+
+def _split_choice(value: str) -> tuple[str, str]:
+    """'redis://h:1/0' -> ('redis', '//h:1/0'); 'memory' -> ('memory', '')."""
+    name, _, argument = value.partition(":")
+    return name, argument
+
+
+class Options(usage.Options):
+    """Options of ``twistd mqttbroker``."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run the mqtt-twisted broker. --listen repeats; its value is [ADAPTER=]ENDPOINT, a "
+        "Twisted server endpoint with an optional adapter name in front (MQTT when none is "
+        "given): tcp:1883, tcp:1883:interface=127.0.0.1, "
+        "ssl:8883:privateKey=key.pem:certKey=cert.pem, unix:/run/mqtt.sock, ws=tcp:8080. "
+        "Listener keys maxConnections=N and connectTimeout=SECONDS may be added to the "
+        "endpoint. Default: --listen tcp:1883."
+    )
+
+    optParameters = [
+        ["store", None, "memory", "Store backend: memory, or a plugin's NAME[:ARGS]."],
+        ["auth", None, "anonymous", "Authentication backend: anonymous, or a plugin's NAME[:ARGS]."],
+        ["max-connections", None, 0, "Default connection limit per listener (0: none).", int],
+        ["connect-timeout", None, 10.0, "Seconds a client may take to send CONNECT (0: none).",
+         float],
+        ["max-inflight", None, 20, "QoS 1/2 messages in flight to one client.", int],
+        ["max-queued", None, 1000,
+         "Messages queued per session; when full the oldest is dropped.", int],
+        ["max-packet-size", None, 268_435_460, "Largest packet accepted, in bytes.", int],
+        ["max-keepalive", None, 0, "Largest keep alive granted in seconds (0: no limit).", int],
+        ["persistent-session-expiry", None, None,
+         "Seconds a clean-session-0 (v3.1.1) session outlives its client (default: forever).",
+         float],
+        ["max-session-expiry", None, None, "Cap on MQTT 5 session expiry intervals, seconds.",
+         float],
+    ]
+    optFlags = [
+        ["queue-qos0", None, "Queue QoS 0 messages for offline persistent sessions."],
+        ["list-plugins", None, "List the adapters, stores and auth backends found, and exit."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, value: str) -> None:
+        """A listener, [ADAPTER=]ENDPOINT (repeatable; default tcp:1883)."""
+        self["listen"].append(value)
+
+    opt_l = opt_listen
+
+    def opt_version(self) -> None:
+        """Print the version and exit."""
+        print(f"mqtt-twisted {__version__}")
+        raise SystemExit(0)
+
+    def postOptions(self) -> None:
+        adapters = plugins_by_name(IAdapter)
+        if self["list-plugins"]:
+            self._print_plugins(adapters)
+            raise SystemExit(0)
+        for name in ("max-connections", "max-inflight", "max-queued", "max-packet-size",
+                     "max-keepalive"):
+            if self[name] < 0:
+                raise usage.UsageError(f"--{name} must not be negative")
+        if self["max-inflight"] < 1 or self["max-inflight"] > 65535:
+            raise usage.UsageError("--max-inflight must be 1..65535")
+        self["adapters"] = adapters
+        listeners: list[ListenerSettings] = []
+        keys = {name: list(getattr(a, "options", {}) or {}) for name, a in adapters.items()}
+        for value in self["listen"] or [DEFAULT_LISTENER]:
+            try:
+                settings = parse_listener(value, "mqtt", keys, self["max-connections"],
+                                          self["connect-timeout"])
+                check_endpoint(settings.endpoint)
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
+            listeners.append(settings)
+        self["listeners"] = listeners
+        self["store-plugin"] = self._choose(IStorePlugin, "store")
+        self["auth-plugin"] = self._choose(IAuthPlugin, "auth")
+
+    def _choose(self, interface: Any, option: str) -> tuple[Any, str]:
+        name, argument = _split_choice(self[option])
+        found = plugins_by_name(interface)
+        if name not in found:
+            known = ", ".join(sorted(found))
+            raise usage.UsageError(f"unknown --{option} {name!r} (known: {known})")
+        return found[name], argument
+
+    def _print_plugins(self, adapters: dict[str, Any]) -> None:
+        for title, found in (("Adapters", adapters), ("Stores", plugins_by_name(IStorePlugin)),
+                             ("Auth", plugins_by_name(IAuthPlugin))):
+            print(f"{title}:")
+            for name, plugin in sorted(found.items()):
+                print(f"  {name:12} {plugin.description}")
+
+
+def broker_settings(options: Options) -> BrokerSettings:
+    return BrokerSettings(
+        max_inflight=options["max-inflight"],
+        max_queued=options["max-queued"],
+        max_packet_size=options["max-packet-size"],
+        max_keepalive=options["max-keepalive"],
+        persistent_session_expiry=options["persistent-session-expiry"],
+        max_session_expiry=options["max-session-expiry"],
+        queue_qos0_offline=bool(options["queue-qos0"]),
+    )
+
+
+def makeService(options: Options, reactor: Any = None) -> IService:
+    """Build the broker service and its listeners from parsed options."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    from mqtt_twisted.interfaces import IAuthorizer
+    from mqtt_twisted.service import BrokerService
+
+    store_plugin, store_arg = options["store-plugin"]
+    auth_plugin, auth_arg = options["auth-plugin"]
+    authenticator = auth_plugin.makeAuthenticator(reactor, auth_arg)
+    authorizer = authenticator if IAuthorizer.providedBy(authenticator) else None
+    if auth_plugin.name == "anonymous":
+        # Nothing to check: skip the calls on the hot path altogether.
+        authenticator = authorizer = None
+    service = BrokerService(
+        reactor,
+        store_plugin.makeStore(reactor, store_arg),
+        broker_settings(options),
+        authenticator,
+        authorizer,
+        options["connect-timeout"],
+    )
+    for listener in options["listeners"]:
+        service.addListener(options["adapters"][listener.adapter], listener)
+    return service
