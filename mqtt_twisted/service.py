@@ -103,7 +103,7 @@ class BrokerService(MultiService):
         while self.broker.connections and waited < SHUTDOWN_GRACE:
             yield deferLater(self.reactor, 0.05, lambda: None)
             waited += 0.05
-        for client_id, session in list(self.broker.sessions.items()):
+        for session in list(self.broker.sessions.values()):
             if session.persistent:
                 yield self.store.saveSession(session)
             for call in (session.expiry_call, session.will_call):
