@@ -16,10 +16,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mqtt_twisted.codec.packets import Connect
+from mqtt_twisted.codec.topics import SHARE_PREFIX, parse_shared_filter
 from mqtt_twisted.constants import PropertyId
 from mqtt_twisted.core.connection import CLOSED, MQTTConnection
 from mqtt_twisted.core.session import AWAITING_PUBCOMP, Outbound, Session, SubscriptionOptions
 from mqtt_twisted.core.settings import BrokerSettings
+from mqtt_twisted.core.shared import SharedGroup, Strategy, round_robin
 from mqtt_twisted.core.stats import BrokerStats
 from mqtt_twisted.core.topic_tree import TopicTree
 from mqtt_twisted.errors import ClientIdentifierNotValid, ConnectError, MQTTError, StorageError
@@ -83,6 +85,9 @@ class Broker:
         self.connect_timeout = connect_timeout
         self.sessions: dict[str, Session] = {}
         self.tree: TopicTree[SubscriptionOptions] = TopicTree()
+        self.shared_tree: TopicTree[SharedGroup] = TopicTree()
+        self.shared_groups: dict[str, SharedGroup] = {}
+        self.shared_strategy: Strategy = round_robin
         self.stats = BrokerStats(clock.seconds())
         self.connections: set[MQTTConnection] = set()
         # A store that lives in this process (the memory store) needs no per-message
@@ -108,6 +113,13 @@ class Broker:
             client_id = assigned = self._assign_client_id()
         conn.client_id = client_id
         conn.keep_alive = packet.keep_alive
+        max_keepalive = self.settings.max_keepalive
+        if (max_keepalive and packet.protocol_level < 5
+                and not 0 < packet.keep_alive <= max_keepalive):
+            # v3 has no way to tell the client another keep alive: refuse, as Mosquitto does.
+            conn.refuse(ClientIdentifierNotValid(
+                f"keep alive {packet.keep_alive} outside 1..{max_keepalive}"))
+            return
         creds = Credentials(client_id, packet.username, packet.password,
                             conn.certificate_identity, conn.peer,
                             getattr(conn.listener, "adapter", "mqtt"))
@@ -210,10 +222,6 @@ class Broker:
     def _connack_properties(self, conn: MQTTConnection, packet: Connect,
                             assigned: str | None) -> dict:
         if packet.protocol_level != 5:
-            if self.settings.max_keepalive and (
-                not conn.keep_alive or conn.keep_alive > self.settings.max_keepalive
-            ):
-                conn.keep_alive = self.settings.max_keepalive
             return {}
         s = self.settings
         props: dict = {}
@@ -257,6 +265,7 @@ class Broker:
             else:
                 self._publish_will(session, will)
         if not session.persistent:
+            self._hand_over_shared(session)
             self.discard_session(session)
             return
         session.disconnectedAt = self.clock.seconds()
@@ -264,6 +273,29 @@ class Broker:
             session.expiry_call = self.clock.callLater(session.expiryInterval, self._expire,
                                                        session)
         self._persist(self.store.saveSession(session))
+
+    def _hand_over_shared(self, session: Session) -> None:
+        """A departing member's unacknowledged shared messages go to another member."""
+        for out in session.outbound:
+            if out.group is not None and out.state == 0:
+                self._route_shared_to_group(out, session.clientId)
+
+    def _route_shared_to_group(self, out: Outbound, exclude: str) -> None:
+        group = self.shared_groups.get(out.group)  # type: ignore[arg-type]
+        if group is None:
+            return
+        others = [c for c in group.members if c != exclude]
+        if not others:
+            return
+        view = SharedGroup(group.name, group.topic_filter)
+        view.members = {c: group.members[c] for c in others}
+        view.cursor = group.cursor
+        client_id = self.shared_strategy(view, out.message, self.sessions)
+        if client_id is None:
+            return
+        options = group.members[client_id]
+        self.deliver(self.sessions[client_id], out.message, min(out.message.qos, options.qos),
+                     False, None, out.group)
 
     def _publish_will(self, session: Session, will: Message) -> None:
         session.will_call = None
@@ -276,17 +308,20 @@ class Broker:
         session.expiry_call = None
         if session.connection is None and self.sessions.get(session.clientId) is session:
             self.log.info("Session of {client} expired", client=session.clientId)
-            if session.will_call is not None and session.will_call.active():
-                session.will_call.cancel()
-                self._publish_will(session, session.will_call.args[1])
             self.discard_session(session)
 
     def discard_session(self, session: Session) -> None:
-        """Forget a session: its subscriptions, queue and stored state."""
+        """End a session: a delayed will goes out now [MQTT-3.1.3-9]; then forget its
+        subscriptions, queue and stored state."""
+        will_call = session.will_call
+        if will_call is not None and will_call.active():
+            will_call.cancel()
+            self._publish_will(session, will_call.args[1])
+        session.will_call = None
         if self.sessions.get(session.clientId) is session:
             del self.sessions[session.clientId]
-        for topic_filter in list(session.subscriptions):
-            self.tree.remove(topic_filter, session.clientId)
+        for topic_filter in session.subscriptions:
+            self._unindex(session.clientId, topic_filter)
         session.subscriptions.clear()
         session.inflight.clear()
         session.queue.clear()
@@ -300,7 +335,7 @@ class Broker:
         """Add or replace a subscription [MQTT-3.8.4-3]; True when it is new."""
         is_new = topic_filter not in session.subscriptions
         session.subscriptions[topic_filter] = options
-        self.tree.add(topic_filter, session.clientId, options)
+        self._index(session.clientId, topic_filter, options)
         if session.persistent:
             self._persist(self.store.addSubscription(session.clientId, topic_filter, options))
         return is_new
@@ -308,10 +343,33 @@ class Broker:
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:
         if session.subscriptions.pop(topic_filter, None) is None:
             return False
-        self.tree.remove(topic_filter, session.clientId)
+        self._unindex(session.clientId, topic_filter)
         if session.persistent:
             self._persist(self.store.removeSubscription(session.clientId, topic_filter))
         return True
+
+    def _index(self, client_id: str, topic_filter: str, options: SubscriptionOptions) -> None:
+        """Add a subscription to the routing index (shared ones to their group)."""
+        if topic_filter.startswith(SHARE_PREFIX):
+            name, inner = parse_shared_filter(topic_filter)  # type: ignore[misc]
+            group = self.shared_groups.get(topic_filter)
+            if group is None:
+                group = self.shared_groups[topic_filter] = SharedGroup(name, inner)
+                self.shared_tree.add(inner, topic_filter, group)
+            group.members[client_id] = options
+        else:
+            self.tree.add(topic_filter, client_id, options)
+
+    def _unindex(self, client_id: str, topic_filter: str) -> None:
+        if topic_filter.startswith(SHARE_PREFIX):
+            group = self.shared_groups.get(topic_filter)
+            if group is not None:
+                group.members.pop(client_id, None)
+                if not group.members:
+                    del self.shared_groups[topic_filter]
+                    self.shared_tree.remove(group.topic_filter, topic_filter)
+        else:
+            self.tree.remove(topic_filter, client_id)
 
     def send_retained(self, session: Session, topic_filter: str,
                       options: SubscriptionOptions) -> None:
@@ -334,19 +392,20 @@ class Broker:
         if message.retain:
             self._retain(message)
         matches = self.tree.match(message.topic)
+        shared = len(self.shared_tree) and self._route_shared(message)
         if not matches:
-            return 0
+            return shared
         sessions = self.sessions
         sender = message.sender
         if len(matches) == 1:
             client_id, options = matches[0]
             if options.no_local and client_id == sender:
-                return 0
+                return shared
             self.deliver(sessions[client_id], message,  # type: ignore[index]
                          options.qos if options.qos < message.qos else message.qos,
                          message.retain and options.retain_as_published,
                          (options.subscription_id,) if options.subscription_id else None)
-            return 1
+            return shared + 1
         # Overlapping filters of one client: one copy at the highest QoS [MQTT-3.3.5-1],
         # carrying every matching subscription identifier.
         merged: dict[Any, list[Any]] = {}
@@ -367,10 +426,27 @@ class Broker:
             self.deliver(sessions[client_id], message,  # type: ignore[index]
                          qos if qos < message.qos else message.qos,
                          message.retain and rap, tuple(sub_ids) if sub_ids else None)
-        return len(merged)
+        return shared + len(merged)
+
+    def _route_shared(self, message: Message) -> int:
+        """Give ``message`` to one member of each matching share group [MQTT-4.8.2]."""
+        delivered = 0
+        sessions = self.sessions
+        for key, group in self.shared_tree.match(message.topic):
+            client_id = self.shared_strategy(group, message, sessions)
+            if client_id is None:
+                continue
+            options = group.members[client_id]
+            self.deliver(sessions[client_id], message,
+                         options.qos if options.qos < message.qos else message.qos,
+                         message.retain and options.retain_as_published,
+                         (options.subscription_id,) if options.subscription_id else None,
+                         key)  # type: ignore[arg-type]
+            delivered += 1
+        return delivered
 
     def deliver(self, session: Session, message: Message, qos: int, retain: bool,
-                subscription_ids: tuple[int, ...] | None) -> None:
+                subscription_ids: tuple[int, ...] | None, group: str | None = None) -> None:
         """Send now if the client is online and has room, else queue within bounds."""
         conn = session.connection
         if conn is not None and not conn.paused and not session.queue:
@@ -379,18 +455,20 @@ class Broker:
                 return
             if len(session.inflight) < conn.send_quota:
                 self._send_inflight(session, conn, Outbound(message, qos, retain,
-                                                            subscription_ids))
+                                                            subscription_ids, None, 0, group))
                 return
         elif conn is None and (not session.persistent
                                or (not qos and not self.settings.queue_qos0_offline)):
             return
-        out = Outbound(message, qos, retain, subscription_ids)
+        out = Outbound(message, qos, retain, subscription_ids, None, 0, group)
         dropped = session.enqueue(out)
         if dropped is not None:
             self.stats.messages_dropped += 1
-            self.log.warn("Queue of {client} is full ({size}); dropped the oldest message "
-                          "(topic {topic})", client=session.clientId,
-                          size=self.settings.max_queued, topic=dropped.message.topic)
+            if session.dropped & (session.dropped - 1) == 0:  # log 1st, 2nd, 4th, 8th...
+                self.log.warn("Queue of {client} is full ({size}); dropped the oldest message "
+                              "(topic {topic}; {n} dropped so far)", client=session.clientId,
+                              size=self.settings.max_queued, topic=dropped.message.topic,
+                              n=session.dropped)
         if qos and self._durable and session.persistent:
             self._persist(self.store.storeOutbound(session.clientId, out))
 
@@ -490,7 +568,7 @@ class Broker:
         session.inboundQoS2 = set(state.inboundQoS2)
         for topic_filter, options in state.subscriptions.items():
             session.subscriptions[topic_filter] = options
-            self.tree.add(topic_filter, session.clientId, options)
+            self._index(session.clientId, topic_filter, options)
         for out in state.outbound:
             if out.packet_id is None:
                 session.queue.append(out)

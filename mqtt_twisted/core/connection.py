@@ -37,7 +37,12 @@ from mqtt_twisted.codec.topics import validate_topic_filter
 from mqtt_twisted.constants import PacketType, PropertyId, ReasonCode
 from mqtt_twisted.core.session import AWAITING_ACK, AWAITING_PUBCOMP, Session, SubscriptionOptions
 from mqtt_twisted.core.wire import publish_bytes, with_dup
-from mqtt_twisted.errors import InvalidTopicFilter, MQTTError, ProtocolError
+from mqtt_twisted.errors import (
+    InvalidTopicFilter,
+    MQTTError,
+    ProtocolError,
+    UnsupportedProtocolVersion,
+)
 from mqtt_twisted.interfaces import IBrokerConnection
 from mqtt_twisted.message import Message
 
@@ -202,6 +207,9 @@ class MQTTConnection:
             code=int(error.reason_code),
         )
         self.broker.stats.protocol_errors += 1
+        if self.state == AWAIT_CONNECT and isinstance(error, UnsupportedProtocolVersion):
+            # [MQTT-3.1.2-2] answer with return code 0x01 (in the v3 format every level reads).
+            self.transport.write(encode(ConnAck(False, error.v3_return_code or 1), 4))
         self.close(error.reason_code)
 
     def close(self, reason_code: int | None = None, properties: dict | None = None) -> None:
@@ -219,8 +227,7 @@ class MQTTConnection:
         self.state = CLOSED
         self._cancel_timer()
         self._backlog = None
-        if self.session is not None:
-            self.broker.connection_ended(self, send_will=not self.clean_exit)
+        self.broker.connection_ended(self, send_will=not self.clean_exit)
 
     def taken_over(self) -> None:
         """Another connection took this client id [MQTT-3.1.4-3]."""

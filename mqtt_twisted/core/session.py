@@ -63,7 +63,8 @@ class SubscriptionOptions:
 class Outbound:
     """One message held for a client: queued (packet_id None) or in flight."""
 
-    __slots__ = ("message", "qos", "retain", "subscription_ids", "packet_id", "state", "seq")
+    __slots__ = ("message", "qos", "retain", "subscription_ids", "packet_id", "state", "seq",
+                 "group")
 
     _counter = 0
 
@@ -75,6 +76,7 @@ class Outbound:
         subscription_ids: tuple[int, ...] | None,
         packet_id: int | None = None,
         state: int = AWAITING_ACK,
+        group: str | None = None,
     ) -> None:
         self.message = message
         self.qos = qos
@@ -82,6 +84,7 @@ class Outbound:
         self.subscription_ids = subscription_ids
         self.packet_id = packet_id
         self.state = state
+        self.group = group  # the shared subscription it was routed through, if any
         # A stable id for stores, unique within the process run.
         Outbound._counter += 1
         self.seq = Outbound._counter

@@ -150,7 +150,8 @@ class MemoryStore:
 
     def setRetained(self, message: Message) -> Deferred[None]:
         if message.payload:
-            self._retained.set(message)
+            # A copy: the routed message carries per-send caches the store need not keep.
+            self._retained.set(message.copy())
         else:
             self._retained.delete(message.topic)
         return succeed(None)
