@@ -70,10 +70,19 @@ class InvalidTopicFilter(ProtocolError):
 
 
 class ConnectError(MQTTError):
-    """A CONNECT is refused; the reason code goes into the CONNACK."""
+    """A CONNECT is refused; the reason code goes into the CONNACK.
+
+    ``properties`` (v5) are added to the CONNACK: an authenticator redirects a
+    client with ``ConnectError(reason_code=0x9C, properties={SERVER_REFERENCE: "host"})``.
+    """
 
     reason_code = ReasonCode.UNSPECIFIED_ERROR
     v3_return_code = ConnectReturnCode.SERVER_UNAVAILABLE
+
+    def __init__(self, message: str = "", reason_code: int | None = None,
+                 properties: dict | None = None) -> None:
+        super().__init__(message, reason_code)
+        self.properties = properties or {}
 
 
 class ClientIdentifierNotValid(ConnectError):

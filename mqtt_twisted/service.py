@@ -6,7 +6,7 @@ from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -17,6 +17,7 @@ from mqtt_twisted.core.broker import Broker
 from mqtt_twisted.core.connection import CLOSED
 from mqtt_twisted.core.session import SubscriptionOptions
 from mqtt_twisted.core.settings import BrokerSettings
+from mqtt_twisted.core.systopics import SysTopics
 from mqtt_twisted.core.virtual import VirtualConnection
 from mqtt_twisted.errors import MQTTError, ValidationError
 from mqtt_twisted.interfaces import IBrokerService
@@ -40,6 +41,7 @@ class BrokerService(MultiService):
         authenticator: Any = None,
         authorizer: Any = None,
         connect_timeout: float = 10.0,
+        sys_interval: float = 10.0,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -48,6 +50,8 @@ class BrokerService(MultiService):
                              connect_timeout)
         self._listeners: list[Service] = []
         self.ready: Deferred[None] = Deferred()
+        self.sys_interval = sys_interval
+        self._sys_loop: LoopingCall | None = None
 
     @property
     def stats(self) -> Any:
@@ -74,6 +78,11 @@ class BrokerService(MultiService):
         for service in self._listeners:
             service.setServiceParent(self)
             self.log.info("Listening: {name}", name=service.name)
+        if self.sys_interval:
+            self._sys_loop = LoopingCall(SysTopics(self.broker).tick)
+            self._sys_loop.clock = self.reactor
+            self._sys_loop.start(self.sys_interval, now=True).addErrback(
+                lambda f: self.log.failure("$SYS publisher failed", f))
 
     def _start_failed(self, failure: Any) -> None:
         self.log.failure("The broker could not start", failure)
@@ -95,6 +104,8 @@ class BrokerService(MultiService):
     def stopService(self) -> Any:
         """Close listeners, disconnect clients (v5: 0x8B), then flush and close the store."""
         Service.stopService(self)
+        if self._sys_loop is not None and self._sys_loop.running:
+            self._sys_loop.stop()
         for service in reversed(list(self)):
             if service.running:
                 yield service.disownServiceParent()

@@ -51,9 +51,17 @@ class Options(usage.Options):
          float],
         ["max-session-expiry", None, None, "Cap on MQTT 5 session expiry intervals, seconds.",
          float],
+        ["sys-interval", None, 10.0, "Seconds between $SYS/broker/... updates (0: none).",
+         float],
+        ["topic-aliases", None, "off",
+         "Outbound MQTT 5 topic aliases: off, first (first topics sent) or lru."],
+        ["response-information", None, None,
+         "RESPONSE_INFORMATION for MQTT 5 clients that ask; {client_id} is replaced."],
     ]
     optFlags = [
         ["queue-qos0", None, "Queue QoS 0 messages for offline persistent sessions."],
+        ["validate-utf8", None,
+         "Refuse (0x99) payloads that claim to be UTF-8 (format indicator 1) but are not."],
         ["list-plugins", None, "List the adapters, stores and auth backends found, and exit."],
     ]
 
@@ -83,6 +91,10 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{name} must not be negative")
         if self["max-inflight"] < 1 or self["max-inflight"] > 65535:
             raise usage.UsageError("--max-inflight must be 1..65535")
+        if self["topic-aliases"] not in ("off", "first", "lru"):
+            raise usage.UsageError("--topic-aliases must be off, first or lru")
+        if self["sys-interval"] < 0:
+            raise usage.UsageError("--sys-interval must not be negative")
         self["adapters"] = adapters
         listeners: list[ListenerSettings] = []
         keys = {name: list(getattr(a, "options", {}) or {}) for name, a in adapters.items()}
@@ -123,6 +135,9 @@ def broker_settings(options: Options) -> BrokerSettings:
         persistent_session_expiry=options["persistent-session-expiry"],
         max_session_expiry=options["max-session-expiry"],
         queue_qos0_offline=bool(options["queue-qos0"]),
+        outbound_topic_aliases=options["topic-aliases"],
+        validate_utf8_payload=bool(options["validate-utf8"]),
+        response_information=options["response-information"],
     )
 
 
@@ -149,6 +164,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         authenticator,
         authorizer,
         options["connect-timeout"],
+        options["sys-interval"],
     )
     for listener in options["listeners"]:
         service.addListener(options["adapters"][listener.adapter], listener)

@@ -30,6 +30,13 @@ from mqtt_twisted.message import Message
 
 _P = PropertyId
 _NEVER_EXPIRES = 0xFFFFFFFF
+_EXPIRY = PropertyId.MESSAGE_EXPIRY_INTERVAL
+
+
+def expired(message: Message, now: float) -> bool:
+    """Whether a v5 message's expiry interval has run out [MQTT-3.3.2-5]."""
+    interval = message.properties.get(_EXPIRY)
+    return interval is not None and now - message.received_at >= interval
 
 
 def when(result: Any, callback: Callable[[Any], Any], errback: Callable[[Failure], Any]) -> None:
@@ -240,6 +247,15 @@ class Broker:
         if s.max_keepalive and (not conn.keep_alive or conn.keep_alive > s.max_keepalive):
             conn.keep_alive = s.max_keepalive
             props[_P.SERVER_KEEP_ALIVE] = s.max_keepalive
+        if not s.shared_subscriptions:
+            props[_P.SHARED_SUBSCRIPTION_AVAILABLE] = 0
+        if not s.wildcard_subscriptions:
+            props[_P.WILDCARD_SUBSCRIPTION_AVAILABLE] = 0
+        if not s.subscription_identifiers:
+            props[_P.SUBSCRIPTION_IDENTIFIER_AVAILABLE] = 0
+        if s.response_information and packet.properties.get(_P.REQUEST_RESPONSE_INFORMATION):
+            props[_P.RESPONSE_INFORMATION] = s.response_information.replace(
+                "{client_id}", conn.client_id or "")
         requested = packet.properties.get(_P.SESSION_EXPIRY_INTERVAL, 0)
         cap = s.max_session_expiry
         if cap is not None and requested > cap:
@@ -377,7 +393,11 @@ class Broker:
         def deliver(messages: list[Message]) -> None:
             if self.sessions.get(session.clientId) is not session:
                 return
+            now = self.clock.seconds()
             for message in messages:
+                if message.properties and expired(message, now):
+                    self._persist(self.store.deleteRetained(message.topic))
+                    continue
                 self.deliver(session, message, min(message.qos, options.qos), True,
                              (options.subscription_id,) if options.subscription_id else None)
 
@@ -487,11 +507,18 @@ class Broker:
         queue = session.queue
         if conn is None:
             return
+        now = self.clock.seconds()
         while queue and not conn.paused and conn.state != CLOSED:
             out = queue[0]
             if out.qos and len(session.inflight) >= conn.send_quota:
                 return
             queue.popleft()
+            if out.message.properties and expired(out.message, now):
+                # [MQTT-3.3.2-5] not yet sent onward: the copy for this subscriber goes.
+                self.stats.messages_expired += 1
+                if out.qos and self._durable and session.persistent:
+                    self._persist(self.store.removeOutbound(session.clientId, out.seq))
+                continue
             if out.qos:
                 self._send_inflight(session, conn, out)
             else:

@@ -8,6 +8,7 @@ class enforces the packet-level rules and the acknowledgement state machines.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,7 @@ from mqtt_twisted.codec.stream import StreamDecoder
 from mqtt_twisted.codec.topics import validate_topic_filter
 from mqtt_twisted.constants import PacketType, PropertyId, ReasonCode
 from mqtt_twisted.core.session import AWAITING_ACK, AWAITING_PUBCOMP, Session, SubscriptionOptions
-from mqtt_twisted.core.wire import publish_bytes, with_dup
+from mqtt_twisted.core.wire import forward_properties, publish_bytes, with_dup
 from mqtt_twisted.errors import (
     InvalidTopicFilter,
     MQTTError,
@@ -53,6 +54,7 @@ AWAIT_CONNECT, CONNECTING, CONNECTED, CLOSED = range(4)
 
 _P = PropertyId
 _TOPIC_ALIAS = PropertyId.TOPIC_ALIAS
+_PFI = PropertyId.PAYLOAD_FORMAT_INDICATOR
 _PINGRESP = encode(PingResp())
 
 
@@ -66,7 +68,7 @@ class MQTTConnection:
         "broker", "transport", "peer", "listener", "certificate_identity", "decoder", "state",
         "version", "session", "client_id", "keep_alive", "last_rx", "paused", "clean_exit",
         "send_quota", "max_send_size", "_backlog", "_blocked", "_timer", "_aliases_in",
-        "_handlers", "__weakref__",
+        "_aliases_out", "_alias_limit", "_handlers", "__weakref__",
     )
 
     def __init__(
@@ -96,6 +98,8 @@ class MQTTConnection:
         self._backlog: list[Packet] | None = None
         self._blocked = False
         self._aliases_in: dict[int, str] = {}
+        self._aliases_out: OrderedDict[str, int] | None = None  # v5, when a policy is on
+        self._alias_limit = 0
         self._handlers: dict[int, Callable[[Any], None]] = {
             PacketType.CONNECT: self._on_connect,
             PacketType.PUBLISH: self._on_publish,
@@ -122,6 +126,7 @@ class MQTTConnection:
         if self.state == CLOSED:
             return
         self.last_rx = self.broker.clock.seconds() if self.keep_alive else 0.0
+        self.broker.stats.bytes_received += len(data)
         try:
             packets = self.decoder.feed(data)
         except MQTTError as e:
@@ -174,16 +179,43 @@ class MQTTConnection:
     def send_publish(self, message: Message, qos: int, retain: bool, packet_id: int | None,
                      subscription_ids: tuple[int, ...] | None, dup: bool = False) -> bool:
         """Write one PUBLISH; False if it exceeds the client's maximum packet size."""
-        data = publish_bytes(message, self.version, qos, retain, packet_id, subscription_ids,
-                             self.broker.clock.seconds() if message.properties else 0.0)
+        if self._aliases_out is not None:
+            data = self._aliased_publish(message, qos, retain, packet_id, subscription_ids)
+        else:
+            data = publish_bytes(message, self.version, qos, retain, packet_id,
+                                 subscription_ids,
+                                 self.broker.clock.seconds() if message.properties else 0.0)
         if self.max_send_size and len(data) > self.max_send_size:
             self.broker.stats.dropped_too_large += 1
             return False  # [MQTT-3.1.2-25] the server discards it as if delivered
         if dup:
             data = with_dup(data)
         self.transport.write(data)
-        self.broker.stats.messages_sent += 1
+        stats = self.broker.stats
+        stats.messages_sent += 1
+        stats.bytes_sent += len(data)
         return True
+
+    def _aliased_publish(self, message: Message, qos: int, retain: bool,
+                         packet_id: int | None, subscription_ids: Any) -> bytes:
+        """A v5 PUBLISH using an outbound topic alias per the broker's policy [MQTT-3.3.2-?]."""
+        props = forward_properties(message, subscription_ids, self.broker.clock.seconds())
+        aliases = self._aliases_out
+        topic = message.topic
+        alias = aliases.get(topic)  # type: ignore[union-attr]
+        if alias is not None:
+            props[_TOPIC_ALIAS] = alias
+            topic = ""
+            if self.broker.settings.outbound_topic_aliases == "lru":
+                aliases.move_to_end(message.topic)  # type: ignore[union-attr]
+        elif len(aliases) < self._alias_limit:  # type: ignore[arg-type]
+            alias = aliases[topic] = len(aliases) + 1  # type: ignore[index]
+            props[_TOPIC_ALIAS] = alias
+        elif self.broker.settings.outbound_topic_aliases == "lru":
+            _, alias = aliases.popitem(last=False)  # type: ignore[union-attr]
+            aliases[topic] = alias  # type: ignore[index]
+            props[_TOPIC_ALIAS] = alias
+        return encode(Publish(topic, message.payload, qos, retain, False, packet_id, props), 5)
 
     def pauseWriting(self) -> None:
         """The transport is full: queue deliveries in the session instead."""
@@ -262,7 +294,7 @@ class MQTTConnection:
             return
         if self.version == 5:
             code = int(error.reason_code)
-            props = {}
+            props = dict(getattr(error, "properties", None) or {})
             if error.message:
                 props[_P.REASON_STRING] = error.message
             self.send(ConnAck(False, code, props))
@@ -287,6 +319,10 @@ class MQTTConnection:
             if receive_max:
                 self.send_quota = min(self.send_quota, receive_max)
             self.max_send_size = client_props.get(_P.MAXIMUM_PACKET_SIZE, 0)
+            alias_max = client_props.get(_P.TOPIC_ALIAS_MAXIMUM, 0)
+            if alias_max and self.broker.settings.outbound_topic_aliases != "off":
+                self._aliases_out = OrderedDict()
+                self._alias_limit = alias_max
         self.send(ConnAck(session_present, 0, properties))
         if self.keep_alive:
             self.last_rx = self.broker.clock.seconds()
@@ -336,6 +372,17 @@ class MQTTConnection:
             raise ProtocolError("QoS not supported", ReasonCode.QOS_NOT_SUPPORTED)
         if packet.retain and not broker.settings.retain_available:
             raise ProtocolError("retain not supported", ReasonCode.RETAIN_NOT_SUPPORTED)
+        if props and broker.settings.validate_utf8_payload and props.get(_PFI) == 1:
+            try:
+                packet.payload.decode("utf-8")
+            except UnicodeDecodeError:
+                if not qos:
+                    raise ProtocolError("payload is not UTF-8",
+                                        ReasonCode.PAYLOAD_FORMAT_INVALID) from None
+                code = ReasonCode.PAYLOAD_FORMAT_INVALID
+                self.send(PubAck(packet.packet_id, code) if qos == 1  # type: ignore[arg-type]
+                          else PubRec(packet.packet_id, code))  # type: ignore[arg-type]
+                return
         message = Message(topic, packet.payload, qos, packet.retain, packet.packet_id, props,
                           broker.clock.seconds() if props else 0.0, self.client_id)
         if not qos:
@@ -429,6 +476,10 @@ class MQTTConnection:
                 continue
             if shared is not None and v5 and sub.no_local:
                 raise ProtocolError("no local on a shared subscription")  # [MQTT-3.8.3-4]
+            refusal = self._unsupported(sub.topic_filter, shared is not None, sub_id)
+            if refusal:
+                codes.append(refusal if v5 else 0x80)
+                continue
             if broker.authorizer is not None and not broker.may_subscribe(session,
                                                                           sub.topic_filter):
                 codes.append(ReasonCode.NOT_AUTHORIZED if v5 else 0x80)
@@ -445,6 +496,17 @@ class MQTTConnection:
             # [MQTT-3.3.1-9] retained messages follow the SUBACK; v5 retain handling decides.
             if options.retain_handling == 0 or (options.retain_handling == 1 and is_new):
                 broker.send_retained(session, topic_filter, options)  # type: ignore[arg-type]
+
+    def _unsupported(self, topic_filter: str, shared: bool, sub_id: int | None) -> int:
+        """The SUBACK code for a feature the operator turned off, else 0."""
+        settings = self.broker.settings
+        if shared and not settings.shared_subscriptions:
+            return ReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
+        if sub_id and not settings.subscription_identifiers:
+            return ReasonCode.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED
+        if not settings.wildcard_subscriptions and ("+" in topic_filter or "#" in topic_filter):
+            return ReasonCode.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
+        return 0
 
     def _on_unsubscribe(self, packet: Unsubscribe) -> None:
         session = self.session

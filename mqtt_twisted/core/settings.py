@@ -38,3 +38,14 @@ class BrokerSettings:
     connect_store_timeout: float = 10.0
     #: Prefix of server-assigned client identifiers.
     assigned_id_prefix: str = "auto-"
+    #: Which topics get outbound v5 topic aliases: "off", "first" (the first topics sent,
+    #: up to the client's maximum) or "lru" (the least recently used alias is reused).
+    outbound_topic_aliases: str = "off"
+    #: Refuse (0x99) PUBLISHes whose payload claims UTF-8 (format indicator 1) but is not.
+    validate_utf8_payload: bool = False
+    #: RESPONSE_INFORMATION for v5 clients that request it; "{client_id}" is replaced.
+    response_information: str | None = None
+    #: Whether shared subscriptions / wildcards / subscription ids are offered (v5 CONNACK).
+    shared_subscriptions: bool = True
+    wildcard_subscriptions: bool = True
+    subscription_identifiers: bool = True

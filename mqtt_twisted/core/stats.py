@@ -10,7 +10,8 @@ class BrokerStats:
         "started_at", "clients_connected", "clients_maximum", "clients_total",
         "messages_received", "messages_sent", "messages_dropped", "dropped_too_large",
         "protocol_errors", "keepalive_timeouts", "connect_timeouts", "takeovers",
-        "wills_published", "store_errors", "connections_refused",
+        "wills_published", "store_errors", "connections_refused", "messages_expired",
+        "bytes_received", "bytes_sent",
     )
 
     def __init__(self, started_at: float = 0.0) -> None:
@@ -29,6 +30,9 @@ class BrokerStats:
         self.wills_published = 0
         self.store_errors = 0
         self.connections_refused = 0
+        self.messages_expired = 0
+        self.bytes_received = 0
+        self.bytes_sent = 0
 
     def client_connected(self) -> None:
         self.clients_connected += 1
