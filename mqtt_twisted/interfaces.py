@@ -273,6 +273,27 @@ class IAuthenticator(Interface):
         AuthenticationError / AuthorizationError."""
 
 
+class IAuthExchange(Interface):
+    """One client's run of an MQTT 5 enhanced authentication method [MQTT-4.12]."""
+
+    def step(data):
+        """Take the client's authentication data (bytes or None).
+
+        Return (or fire a Deferred with) an object with ``done`` (bool), ``data``
+        (bytes or None, sent back to the client) and, once done, ``identity``.
+        Raise AuthenticationError or AuthorizationError to refuse.
+        """
+
+
+class IEnhancedAuthenticator(IAuthenticator):
+    """An authenticator that also speaks MQTT 5 AUTH exchanges (SCRAM, Kerberos, ...)."""
+
+    methods = Attribute("Authentication method names it handles, e.g. ('SCRAM-SHA-256',).")
+
+    def startExchange(method, credentials):
+        """Return a new :class:`IAuthExchange` for ``method`` (CONNECT or re-authentication)."""
+
+
 class IAuthorizer(Interface):
     """Decides what an authenticated client may do."""
 

@@ -15,9 +15,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mqtt_twisted.codec.packets import Connect
+from mqtt_twisted.codec.packets import Auth, Connect
 from mqtt_twisted.codec.topics import SHARE_PREFIX, parse_shared_filter
-from mqtt_twisted.constants import PropertyId
+from mqtt_twisted.constants import PropertyId, ReasonCode
 from mqtt_twisted.core.connection import CLOSED, MQTTConnection
 from mqtt_twisted.core.session import AWAITING_PUBCOMP, Outbound, Session, SubscriptionOptions
 from mqtt_twisted.core.settings import BrokerSettings
@@ -130,6 +130,12 @@ class Broker:
         creds = Credentials(client_id, packet.username, packet.password,
                             conn.certificate_identity, conn.peer,
                             getattr(conn.listener, "adapter", "mqtt"))
+        method = packet.properties.get(_P.AUTHENTICATION_METHOD) if packet.properties else None
+        if method is not None:
+            self._start_exchange(conn, creds, method, packet.properties.get(
+                _P.AUTHENTICATION_DATA), lambda identity: self._connect_authenticated(
+                    conn, packet, assigned, identity), lambda f: self._connect_failed(conn, f))
+            return
         if self.authenticator is None:
             identity = packet.username
             self._connect_authenticated(conn, packet, assigned, identity)
@@ -137,6 +143,77 @@ class Broker:
         when(self.authenticator.authenticate(creds),
              lambda identity: self._connect_authenticated(conn, packet, assigned, identity),
              lambda f: self._connect_failed(conn, f))
+
+    # --- v5 enhanced authentication [MQTT-4.12] ------------------------------------------
+
+    def _start_exchange(self, conn: MQTTConnection, creds: Credentials, method: str,
+                        data: bytes | None, done: Callable[[Any], None],
+                        failed: Callable[[Failure], None]) -> None:
+        """Run an authentication exchange; ``done(identity)`` once the method succeeds."""
+        enhanced = self.authenticator
+        if enhanced is None or method not in getattr(enhanced, "methods", ()):
+            failed(Failure(ConnectError(f"authentication method {method!r} not supported",
+                                        ReasonCode.BAD_AUTHENTICATION_METHOD)))
+            return
+        conn.auth_method = method
+        try:
+            exchange = enhanced.startExchange(method, creds)
+        except Exception:
+            failed(Failure())
+            return
+
+        def on_step(step: Any) -> None:
+            if conn.state == CLOSED:
+                return
+            if step.done:
+                conn.auth_pending = None
+                conn.auth_final_data = step.data
+                done(step.identity)
+            else:
+                conn.auth_pending = (exchange, on_step, failed)
+                conn.send(Auth(ReasonCode.CONTINUE_AUTHENTICATION, {
+                    _P.AUTHENTICATION_METHOD: method, _P.AUTHENTICATION_DATA: step.data or b""}))
+
+        self._auth_step(exchange, data, on_step, failed)
+
+    @staticmethod
+    def _auth_step(exchange: Any, data: bytes | None, on_step: Callable[[Any], None],
+                   failed: Callable[[Failure], None]) -> None:
+        try:
+            result = exchange.step(data)
+        except Exception:
+            failed(Failure())
+            return
+        when(result, on_step, failed)
+
+    def auth_continue(self, conn: MQTTConnection, data: bytes | None) -> None:
+        """The client's AUTH (0x18) answering our challenge."""
+        exchange, on_step, failed = conn.auth_pending
+        conn.auth_pending = None
+        self._auth_step(exchange, data, on_step, failed)
+
+    def reauthenticate(self, conn: MQTTConnection, data: bytes | None) -> None:
+        """AUTH 0x19 from a connected client: a fresh exchange; failure disconnects."""
+        session = conn.session
+        creds = Credentials(conn.client_id or "", None, None, conn.certificate_identity,
+                            conn.peer)
+
+        def done(identity: Any) -> None:
+            if session is not None:
+                session.identity = identity
+            props = {_P.AUTHENTICATION_METHOD: conn.auth_method}
+            if conn.auth_final_data is not None:
+                props[_P.AUTHENTICATION_DATA] = conn.auth_final_data
+            conn.auth_final_data = None
+            conn.send(Auth(ReasonCode.SUCCESS, props))
+
+        def failed(failure: Failure) -> None:
+            conn.auth_pending = None
+            self.log.info("Re-authentication of {client} failed: {error}",
+                          client=conn.client_id, error=failure.value)
+            conn.close(ReasonCode.NOT_AUTHORIZED)
+
+        self._start_exchange(conn, creds, conn.auth_method, data, done, failed)  # type: ignore[arg-type]
 
     def _assign_client_id(self) -> str:
         return self.settings.assigned_id_prefix + uuid.uuid4().hex

@@ -68,7 +68,8 @@ class MQTTConnection:
         "broker", "transport", "peer", "listener", "certificate_identity", "decoder", "state",
         "version", "session", "client_id", "keep_alive", "last_rx", "paused", "clean_exit",
         "send_quota", "max_send_size", "_backlog", "_blocked", "_timer", "_aliases_in",
-        "_aliases_out", "_alias_limit", "_handlers", "__weakref__",
+        "_aliases_out", "_alias_limit", "_handlers", "auth_method", "auth_pending",
+        "auth_final_data", "__weakref__",
     )
 
     def __init__(
@@ -99,6 +100,9 @@ class MQTTConnection:
         self._blocked = False
         self._aliases_in: dict[int, str] = {}
         self._aliases_out: OrderedDict[str, int] | None = None  # v5, when a policy is on
+        self.auth_method: str | None = None  # v5 enhanced authentication, if used
+        self.auth_pending: Any = None  # the exchange waiting for the client's next AUTH
+        self.auth_final_data: bytes | None = None
         self._alias_limit = 0
         self._handlers: dict[int, Callable[[Any], None]] = {
             PacketType.CONNECT: self._on_connect,
@@ -133,7 +137,7 @@ class MQTTConnection:
             self.violation(e)
             return
         if self._blocked:
-            self._backlog.extend(packets)  # type: ignore[union-attr]
+            self._hold(packets)
             return
         handlers = self._handlers
         for i, packet in enumerate(packets):
@@ -143,7 +147,7 @@ class MQTTConnection:
                 self.violation(e)
                 return
             if self._blocked:
-                self._backlog.extend(packets[i + 1 :])  # type: ignore[union-attr]
+                self._hold(packets[i + 1 :])
                 return
             if self.state == CLOSED:
                 return
@@ -153,6 +157,20 @@ class MQTTConnection:
         self._blocked = True
         if self._backlog is None:
             self._backlog = []
+
+    def _hold(self, packets: list[Packet]) -> None:
+        """Keep packets for later, except AUTH during CONNECT: it drives the exchange."""
+        for packet in packets:
+            if self.state == CLOSED:
+                return
+            if packet.type == PacketType.AUTH and self.state == CONNECTING:
+                try:
+                    self._on_auth(packet)  # type: ignore[arg-type]
+                except MQTTError as e:
+                    self.violation(e)
+                    return
+            else:
+                self._backlog.append(packet)  # type: ignore[union-attr]
 
     def unblock(self) -> None:
         """Resume handling packets, first those held while blocked."""
@@ -323,6 +341,11 @@ class MQTTConnection:
             if alias_max and self.broker.settings.outbound_topic_aliases != "off":
                 self._aliases_out = OrderedDict()
                 self._alias_limit = alias_max
+        if self.auth_method is not None:
+            properties[_P.AUTHENTICATION_METHOD] = self.auth_method  # [MQTT-3.2.2-?]
+            if self.auth_final_data is not None:
+                properties[_P.AUTHENTICATION_DATA] = self.auth_final_data
+            self.auth_final_data = None
         self.send(ConnAck(session_present, 0, properties))
         if self.keep_alive:
             self.last_rx = self.broker.clock.seconds()
@@ -536,4 +559,16 @@ class MQTTConnection:
         self.transport.loseConnection()
 
     def _on_auth(self, packet: Auth) -> None:
-        raise ProtocolError("AUTH without an authentication method")
+        """Enhanced authentication: continue a CONNECT's exchange, or re-authenticate."""
+        method = packet.properties.get(_P.AUTHENTICATION_METHOD)
+        if self.auth_method is None or method != self.auth_method:
+            raise ProtocolError("AUTH with no or another authentication method")  # [MQTT-4.12.0-5]
+        data = packet.properties.get(_P.AUTHENTICATION_DATA)
+        code = packet.reason_code
+        if code == ReasonCode.CONTINUE_AUTHENTICATION and self.auth_pending is not None:
+            self.broker.auth_continue(self, data)
+        elif code == ReasonCode.RE_AUTHENTICATE and self.state == CONNECTED \
+                and self.auth_pending is None:
+            self.broker.reauthenticate(self, data)
+        else:
+            raise ProtocolError("unexpected AUTH")  # [MQTT-4.12.0-2]

@@ -32,6 +32,20 @@ class AnonymousAuthPlugin:
         return AllowAnonymous()
 
 
+@implementer(IAuthPlugin)
+class ScramAuthPlugin:
+    name = "scram"
+    description = "SCRAM-SHA-256 (MQTT 5 AUTH) and plain passwords from a username:password file"
+
+    def makeAuthenticator(self, reactor: Any, argument: str) -> Any:
+        from mqtt_twisted.auth.scram import ScramAuthenticator, read_users
+
+        if not argument:
+            raise ValueError("--auth scram:PATH needs a username:password file")
+        return ScramAuthenticator(read_users(argument))
+
+
 mqttAdapter = MQTTAdapter()
+scramAuth = ScramAuthPlugin()
 memoryStore = MemoryStorePlugin()
 anonymousAuth = AnonymousAuthPlugin()
