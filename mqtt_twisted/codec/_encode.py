@@ -85,10 +85,13 @@ def encode_connack(p: ConnAck, version: int) -> bytes:
 def encode_publish(p: Publish, version: int) -> bytes:
     """PUBLISH: the hot path, kept flat."""
     qos = p.qos
-    topic = p.topic.encode("utf-8")
+    try:
+        topic = p.topic.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("topic holds a lone surrogate") from None
     n = len(topic)
-    if n > 0xFFFF:
-        raise ValidationError("topic longer than 65,535 bytes")
+    if n > 0xFFFF or b"\x00" in topic:
+        raise ValidationError("topic longer than 65,535 bytes or holding U+0000")
     head = n.to_bytes(2, "big") + topic
     if qos:
         if qos > 2:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from mqtt_twisted.codec._decode import decode_body
 from mqtt_twisted.codec.packets import Connect, Packet
 from mqtt_twisted.constants import MAX_REMAINING_LENGTH
-from mqtt_twisted.errors import MalformedPacket, PacketTooLarge, ProtocolError
+from mqtt_twisted.errors import MalformedPacket, MQTTError, PacketTooLarge, ProtocolError
 
 #: The largest packet MQTT can frame: 1 type byte, 4 length bytes, the body.
 MAX_PACKET_SIZE = MAX_REMAINING_LENGTH + 5
@@ -21,7 +21,11 @@ class StreamDecoder:
     packet split across chunks is joined once, when its last byte arrives, so
     the cost stays linear in the bytes fed however they are cut.
 
-    After an error the stream is unusable: the caller closes the connection.
+    Errors are :class:`~mqtt_twisted.errors.ProtocolError` subclasses.  The
+    packets the same chunk completed before the bad one are on the error as
+    ``error.packets``, so that what a peer's valid packets do does not depend
+    on how TCP cut the stream.  After an error the stream is unusable: the
+    caller handles those packets, then closes the connection.
     """
 
     __slots__ = ("version", "max_packet_size", "_pending", "_pending_size", "_need")
@@ -54,44 +58,49 @@ class StreamDecoder:
         version = self.version
         limit = self.max_packet_size
         need = 0
-        while n - pos >= 2:
-            first = data[pos]
-            if version is None and first >> 4 != 1:
-                # Checked before the body is buffered [MQTT-3.1.0-1].
-                raise ProtocolError("the first packet must be CONNECT")
-            length = data[pos + 1]
-            header = 2
-            if length & 0x80:
-                length &= 0x7F
-                shift = 7
-                while True:
-                    if pos + header >= n:
-                        length = -1  # the length itself is still incomplete
+        try:
+            while n - pos >= 2:
+                first = data[pos]
+                if version is None and first >> 4 != 1:
+                    # Checked before the body is buffered [MQTT-3.1.0-1].
+                    raise ProtocolError("the first packet must be CONNECT")
+                length = data[pos + 1]
+                header = 2
+                if length & 0x80:
+                    length &= 0x7F
+                    shift = 7
+                    while True:
+                        if pos + header >= n:
+                            length = -1  # the length itself is still incomplete
+                            break
+                        byte = data[pos + header]
+                        header += 1
+                        length |= (byte & 0x7F) << shift
+                        if not byte & 0x80:
+                            if not byte:
+                                raise MalformedPacket("remaining length is not in its shortest form")
+                            break
+                        if header == 5:
+                            raise MalformedPacket("remaining length longer than four bytes")
+                        shift += 7
+                    if length < 0:
                         break
-                    byte = data[pos + header]
-                    header += 1
-                    length |= (byte & 0x7F) << shift
-                    if not byte & 0x80:
-                        if not byte:
-                            raise MalformedPacket("remaining length is not in its shortest form")
-                        break
-                    if header == 5:
-                        raise MalformedPacket("remaining length longer than four bytes")
-                    shift += 7
-                if length < 0:
+                total = header + length
+                if total > limit:
+                    raise PacketTooLarge(f"packet of {total} bytes exceeds the limit of {limit}")
+                end = pos + total
+                if end > n:
+                    need = total
                     break
-            total = header + length
-            if total > limit:
-                raise PacketTooLarge(f"packet of {total} bytes exceeds the limit of {limit}")
-            end = pos + total
-            if end > n:
-                need = total
-                break
-            packet = decode_body(first, data, pos + header, end, version)
-            if version is None and type(packet) is Connect:
-                self.version = version = packet.protocol_level
-            packets.append(packet)
-            pos = end
+                packet = decode_body(first, data, pos + header, end, version)
+                if version is None and type(packet) is Connect:
+                    self.version = version = packet.protocol_level
+                packets.append(packet)
+                pos = end
+        except MQTTError as e:
+            # The packets before the bad one stand: the caller handles them, then closes.
+            e.packets = packets  # type: ignore[attr-defined]
+            raise
         self._need = need
         if pos < n:
             rest = data[pos:] if pos else data

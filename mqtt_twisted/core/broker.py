@@ -100,6 +100,7 @@ class Broker:
         # A store that lives in this process (the memory store) needs no per-message
         # writes: the live sessions are the copy of record.
         self._durable = bool(getattr(store, "persistsMessages", True))
+        self._collecting: list[Any] | None = None
 
     # --- connections ----------------------------------------------------------------------
 
@@ -478,7 +479,7 @@ class Broker:
                 self.deliver(session, message, min(message.qos, options.qos), True,
                              (options.subscription_id,) if options.subscription_id else None)
 
-        when(self.store.matchRetained(topic_filter), deliver, self._store_failed)
+        when(self.store.matchRetained(topic_filter), deliver, self.store_failed)
 
     # --- routing --------------------------------------------------------------------------
 
@@ -551,13 +552,14 @@ class Broker:
                 conn.send_publish(message, 0, retain, None, subscription_ids)
                 return
             if len(session.inflight) < conn.send_quota:
-                self._send_inflight(session, conn, Outbound(message, qos, retain,
-                                                            subscription_ids, None, 0, group))
+                self._send_inflight(session, conn, Outbound(
+                    message, qos, retain, subscription_ids, None, 0, group, session.next_seq()))
                 return
         elif conn is None and (not session.persistent
                                or (not qos and not self.settings.queue_qos0_offline)):
             return
-        out = Outbound(message, qos, retain, subscription_ids, None, 0, group)
+        out = Outbound(message, qos, retain, subscription_ids, None, 0, group,
+                       session.next_seq())
         dropped = session.enqueue(out)
         if dropped is not None:
             self.stats.messages_dropped += 1
@@ -648,12 +650,26 @@ class Broker:
 
     # --- store plumbing -----------------------------------------------------------------------
 
-    def _persist(self, result: Any) -> None:
-        """Fire-and-forget a store write, logging (not raising) its failure."""
-        if hasattr(result, "addErrback") and not getattr(result, "called", False):
-            result.addErrback(self._store_failed)
+    def collect_writes(self) -> None:
+        """Start gathering the store writes that are still pending (see collected_writes)."""
+        self._collecting = []
 
-    def _store_failed(self, failure: Failure) -> None:
+    def collected_writes(self) -> list[Any]:
+        """The pending writes since collect_writes(): the caller waits on them (to ack a
+        QoS 1/2 PUBLISH only once it is stored) and handles their failures."""
+        writes, self._collecting = self._collecting, None
+        return writes or []
+
+    def _persist(self, result: Any) -> None:
+        """A store write: fire-and-forget (failures logged), or collected for an ack."""
+        if hasattr(result, "addErrback") and not getattr(result, "called", False):
+            if self._collecting is not None:
+                self._collecting.append(result)
+            else:
+                result.addErrback(self.store_failed)
+
+    def store_failed(self, failure: Failure) -> None:
+        """Count and log a failed store write."""
         self.stats.store_errors += 1
         if failure.check(StorageError):
             self.log.warn("Store write failed: {error}", error=failure.value)
@@ -673,11 +689,7 @@ class Broker:
         for topic_filter, options in state.subscriptions.items():
             session.subscriptions[topic_filter] = options
             self._index(session.clientId, topic_filter, options)
-        for out in state.outbound:
-            if out.packet_id is None:
-                session.queue.append(out)
-            else:
-                session.inflight[out.packet_id] = out
+        session.restore_outbound(list(state.outbound))
         self.sessions[session.clientId] = session
         if session.expiryInterval is not None:
             gone = self.clock.seconds() - (session.disconnectedAt or self.clock.seconds())

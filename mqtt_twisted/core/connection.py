@@ -8,11 +8,12 @@ class enforces the packet-level rules and the acknowledgement state machines.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mqtt_twisted.codec._encode import encode
@@ -69,7 +70,7 @@ class MQTTConnection:
         "version", "session", "client_id", "keep_alive", "last_rx", "paused", "clean_exit",
         "send_quota", "max_send_size", "_backlog", "_blocked", "_timer", "_aliases_in",
         "_aliases_out", "_alias_limit", "_handlers", "auth_method", "auth_pending",
-        "auth_final_data", "__weakref__",
+        "auth_final_data", "_acks", "__weakref__",
     )
 
     def __init__(
@@ -103,6 +104,7 @@ class MQTTConnection:
         self.auth_method: str | None = None  # v5 enhanced authentication, if used
         self.auth_pending: Any = None  # the exchange waiting for the client's next AUTH
         self.auth_final_data: bytes | None = None
+        self._acks: deque[list[Any]] | None = None  # acks waiting for store writes
         self._alias_limit = 0
         self._handlers: dict[int, Callable[[Any], None]] = {
             PacketType.CONNECT: self._on_connect,
@@ -416,19 +418,56 @@ class MQTTConnection:
         if qos == 2 and pid in session.inboundQoS2:  # type: ignore[union-attr]
             self.send(PubRec(pid))  # a resend: route it once only [MQTT-4.3.3-9]
             return
+        if qos == 2 and len(session.inboundQoS2) >= broker.settings.receive_maximum:  # type: ignore[union-attr]
+            raise ProtocolError("receive maximum exceeded", ReasonCode.RECEIVE_MAXIMUM_EXCEEDED)
         code = 0
-        if broker.authorizer is not None and not broker.may_publish(session, topic):
-            code = ReasonCode.NOT_AUTHORIZED
-        elif not broker.route(message) and self.version == 5:
-            code = ReasonCode.NO_MATCHING_SUBSCRIBERS
-        if qos == 1:
-            self.send(PubAck(pid, code))
-            return
-        if code < 0x80:
-            if len(session.inboundQoS2) >= broker.settings.receive_maximum:  # type: ignore[union-attr]
-                raise ProtocolError("receive maximum exceeded", ReasonCode.RECEIVE_MAXIMUM_EXCEEDED)
-            broker.add_inbound_qos2(session, pid)
-        self.send(PubRec(pid, code))
+        broker.collect_writes()
+        try:
+            if broker.authorizer is not None and not broker.may_publish(session, topic):
+                code = ReasonCode.NOT_AUTHORIZED
+            elif not broker.route(message) and self.version == 5:
+                code = ReasonCode.NO_MATCHING_SUBSCRIBERS
+            if qos == 2 and code < 0x80:
+                broker.add_inbound_qos2(session, pid)  # type: ignore[arg-type]
+        finally:
+            writes = broker.collected_writes()
+        ack = PubAck(pid, code) if qos == 1 else PubRec(pid, code)
+        if writes or self._acks:
+            self._ack_after(ack, writes)  # [MQTT-4.3.2/3] stored before it is acknowledged
+        else:
+            self.send(ack)
+
+    def _ack_after(self, ack: Packet, writes: list[Any]) -> None:
+        """Send ``ack`` once ``writes`` are stored, keeping acks in PUBLISH order."""
+        entry = [len(writes), ack, False]
+        if self._acks is None:
+            self._acks = deque()
+        self._acks.append(entry)
+        for write in writes:
+            write.addBoth(self._write_done, entry)
+        if not writes:
+            self._flush_acks()
+
+    def _write_done(self, result: Any, entry: list[Any]) -> None:
+        if isinstance(result, Failure):
+            self.broker.store_failed(result)
+            entry[2] = True
+        entry[0] -= 1
+        if not entry[0]:
+            self._flush_acks()
+
+    def _flush_acks(self) -> None:
+        acks = self._acks
+        while acks and not acks[0][0]:
+            _, ack, failed = acks.popleft()
+            if failed:
+                # Not stored: no acknowledgement; the client resends after reconnecting.
+                self.log.warn("Store failed for a QoS {q} PUBLISH of {client}; closing",
+                              q=1 if isinstance(ack, PubAck) else 2, client=self.client_id)
+                acks.clear()
+                self.close(ReasonCode.SERVER_BUSY)
+                return
+            self.send(ack)
 
     def _resolve_alias(self, alias: int, topic: str) -> str:
         """Map a v5 topic alias to its topic [MQTT-3.3.2-10..12]."""

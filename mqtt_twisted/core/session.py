@@ -66,7 +66,6 @@ class Outbound:
     __slots__ = ("message", "qos", "retain", "subscription_ids", "packet_id", "state", "seq",
                  "group")
 
-    _counter = 0
 
     def __init__(
         self,
@@ -77,6 +76,7 @@ class Outbound:
         packet_id: int | None = None,
         state: int = AWAITING_ACK,
         group: str | None = None,
+        seq: int = 0,
     ) -> None:
         self.message = message
         self.qos = qos
@@ -85,9 +85,8 @@ class Outbound:
         self.packet_id = packet_id
         self.state = state
         self.group = group  # the shared subscription it was routed through, if any
-        # A stable id for stores, unique within the process run.
-        Outbound._counter += 1
-        self.seq = Outbound._counter
+        # Position in the session's delivery order, and its key in a store.
+        self.seq = seq
 
 
 @implementer(ISessionState)
@@ -98,6 +97,7 @@ class Session:
         "clientId", "subscriptions", "will", "willDelay", "expiryInterval",
         "disconnectedAt", "inflight", "queue", "inboundQoS2", "connection", "identity",
         "_next_pid", "expiry_call", "will_call", "dropped", "max_inflight", "max_queued",
+        "_next_seq",
     )
 
     def __init__(self, client_id: str, max_inflight: int = 20, max_queued: int = 1000) -> None:
@@ -118,6 +118,25 @@ class Session:
         self.dropped = 0
         self.max_inflight = max_inflight
         self.max_queued = max_queued
+        self._next_seq = 1
+
+    def next_seq(self) -> int:
+        """Sequence numbers order a session's outbound messages, also across restarts."""
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        return seq
+
+    def restore_outbound(self, outbound: list[Outbound]) -> None:
+        """Put stored messages back: in-flight ones (with a packet id) first, each in
+        sequence order."""
+        ordered = sorted(outbound, key=lambda o: o.seq)
+        for out in ordered:
+            if out.packet_id is None:
+                self.queue.append(out)
+            else:
+                self.inflight[out.packet_id] = out
+        if ordered:
+            self._next_seq = ordered[-1].seq + 1
 
     @property
     def outbound(self) -> list[Outbound]:
