@@ -58,6 +58,9 @@ class Publish:
     dup: bool = False
     packet_id: int | None = None
     properties: Properties = field(default_factory=dict)
+    #: The whole packet as received, kept by the framer for QoS 0 non-retained PUBLISHes
+    #: so that a broker can forward the same bytes without encoding them again.
+    raw: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)

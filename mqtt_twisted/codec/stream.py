@@ -93,7 +93,9 @@ class StreamDecoder:
                     need = total
                     break
                 packet = decode_body(first, data, pos + header, end, version)
-                if version is None and type(packet) is Connect:
+                if first == 0x30:  # QoS 0, not retained: forwardable as it came
+                    packet.raw = data[pos:end] if pos or end != n else data  # type: ignore[union-attr]
+                elif version is None and type(packet) is Connect:
                     self.version = version = packet.protocol_level
                 packets.append(packet)
                 pos = end

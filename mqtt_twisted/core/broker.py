@@ -490,7 +490,7 @@ class Broker:
         if message.retain:
             self._retain(message)
         matches = self.tree.match(message.topic)
-        shared = len(self.shared_tree) and self._route_shared(message)
+        shared = self.shared_groups and self._route_shared(message)
         if not matches:
             return shared
         sessions = self.sessions

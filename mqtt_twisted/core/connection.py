@@ -136,11 +136,18 @@ class MQTTConnection:
         try:
             packets = self.decoder.feed(data)
         except MQTTError as e:
+            # Handle the good packets before the bad one, then close.
+            packets = getattr(e, "packets", [])
+            if not self._blocked:
+                self._handle(packets)
             self.violation(e)
             return
         if self._blocked:
             self._hold(packets)
             return
+        self._handle(packets)
+
+    def _handle(self, packets: list[Packet]) -> None:
         handlers = self._handlers
         for i, packet in enumerate(packets):
             try:
@@ -387,7 +394,9 @@ class MQTTConnection:
         qos = packet.qos
         topic = packet.topic
         props = packet.properties
+        raw = packet.raw
         if props:
+            raw = None  # properties may change on the way (alias, expiry): re-encode
             alias = props.get(_TOPIC_ALIAS)
             if alias is not None:
                 topic = self._resolve_alias(alias, topic)
@@ -410,6 +419,9 @@ class MQTTConnection:
                 return
         message = Message(topic, packet.payload, qos, packet.retain, packet.packet_id, props,
                           broker.clock.seconds() if props else 0.0, self.client_id)
+        if raw is not None:
+            # Subscribers of the same wire format get these very bytes [perf: no re-encode].
+            message.wire = {(5 if self.version == 5 else 4, 0, False): (raw, 0)}
         if not qos:
             if broker.authorizer is None or broker.may_publish(session, topic):
                 broker.route(message)

@@ -62,7 +62,7 @@ def publish_bytes(
     wire = message.wire
     if wire is None:
         wire = message.wire = {}
-    key = (version, qos, retain)
+    key = (5 if version == 5 else 4, qos, retain)  # 3.1 and 3.1.1 PUBLISHes are alike
     cached = wire.get(key)
     if cached is None:
         cached = wire[key] = _template(message, version, qos, retain)
