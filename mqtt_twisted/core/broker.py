@@ -490,7 +490,7 @@ class Broker:
         if message.retain:
             self._retain(message)
         matches = self.tree.match(message.topic)
-        shared = self.shared_groups and self._route_shared(message)
+        shared = self._route_shared(message) if self.shared_groups else 0
         if not matches:
             return shared
         sessions = self.sessions
