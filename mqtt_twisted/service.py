@@ -107,8 +107,10 @@ class BrokerService(MultiService):
         if self._sys_loop is not None and self._sys_loop.running:
             self._sys_loop.stop()
         for service in reversed(list(self)):
+            # Stopped explicitly: removeService() skips stopService() once we are not running.
             if service.running:
-                yield service.disownServiceParent()
+                yield service.stopService()
+            yield service.disownServiceParent()
         self.broker.close_all(ReasonCode.SERVER_SHUTTING_DOWN)
         waited = 0.0
         while self.broker.connections and waited < SHUTDOWN_GRACE:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import IService
@@ -10,6 +11,7 @@ from twisted.python import usage
 from mqtt_twisted import __version__
 from mqtt_twisted.adapters.listener import ListenerSettings, check_endpoint, parse_listener
 from mqtt_twisted.core.settings import BrokerSettings
+from mqtt_twisted.errors import MQTTError
 from mqtt_twisted.interfaces import IAdapter, IAuthPlugin, IStorePlugin
 from mqtt_twisted.plugins import plugins_by_name
 
@@ -141,6 +143,15 @@ def broker_settings(options: Options) -> BrokerSettings:
     )
 
 
+def _from_plugin(option: str, value: str, make: Callable[[], Any]) -> Any:
+    """Call a plugin's factory; a bad argument (a missing file, say) ends twistd with a
+    one-line message instead of a traceback: twistd does not catch errors of makeService."""
+    try:
+        return make()
+    except (ValueError, OSError, MQTTError, usage.UsageError) as e:
+        raise SystemExit(f"mqttbroker: bad --{option} {value!r}: {e}") from None
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     """Build the broker service and its listeners from parsed options."""
     if reactor is None:
@@ -152,14 +163,16 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
     store_plugin, store_arg = options["store-plugin"]
     auth_plugin, auth_arg = options["auth-plugin"]
-    authenticator = auth_plugin.makeAuthenticator(reactor, auth_arg)
+    authenticator = _from_plugin("auth", options["auth"],
+                                 lambda: auth_plugin.makeAuthenticator(reactor, auth_arg))
     authorizer = authenticator if IAuthorizer.providedBy(authenticator) else None
     if auth_plugin.name == "anonymous":
         # Nothing to check: skip the calls on the hot path altogether.
         authenticator = authorizer = None
     service = BrokerService(
         reactor,
-        store_plugin.makeStore(reactor, store_arg),
+        _from_plugin("store", options["store"],
+                     lambda: store_plugin.makeStore(reactor, store_arg)),
         broker_settings(options),
         authenticator,
         authorizer,
