@@ -6,6 +6,7 @@ from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -85,10 +86,16 @@ class BrokerService(MultiService):
                 lambda f: self.log.failure("$SYS publisher failed", f))
 
     def _start_failed(self, failure: Any) -> None:
-        self.log.failure("The broker could not start", failure)
+        if failure.check(CannotListenError):
+            self.log.critical("The broker could not start: {error}", error=failure.value)
+        else:
+            self.log.failure("The broker could not start", failure)
         self.ready.errback(failure)
+        # twistd starts services before the reactor runs: stop it once it does.
         if self.reactor.running:
             self.reactor.stop()
+        else:
+            self.reactor.callWhenRunning(self.reactor.stop)
 
     @inlineCallbacks
     def _restore_sessions(self) -> Any:

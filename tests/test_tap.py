@@ -285,6 +285,21 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertFalse(service.running)
         self.assertEqual(list(service), [])
 
+    def test_port_in_use_stops_the_reactor(self) -> None:
+        """A listener that cannot listen fails ``ready`` and stops the reactor once it runs."""
+        reactor = _Reactor()
+
+        def in_use(port: int, *args: Any, **kwargs: Any) -> Any:
+            raise error.CannotListenError("", port, OSError("Address already in use"))
+
+        reactor.listenTCP = in_use  # type: ignore[method-assign]
+        service = makeService(parse("--listen", "tcp:1884"), reactor)
+        service.startService()
+        self.failureResultOf(service.ready, error.CannotListenError)
+        self.assertFalse(reactor.hasStopped)
+        reactor.run()
+        self.assertTrue(reactor.hasStopped)
+
     def test_listener_connection_limit(self) -> None:
         """A listener's maxConnections refuses further sockets, and counts them."""
         service, reactor = self.build("--listen", "tcp:1884:maxConnections=2")
