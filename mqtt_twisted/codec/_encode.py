@@ -214,4 +214,9 @@ ENCODERS: dict[type, Callable[[Packet, int], bytes]] = {
 
 def encode(packet: Packet, version: int = 4) -> bytes:
     """Encode ``packet`` for a stream speaking protocol ``version`` (3, 4 or 5)."""
-    return ENCODERS[type(packet)](packet, version)
+    try:
+        return ENCODERS[type(packet)](packet, version)
+    except ValidationError:
+        raise
+    except (OverflowError, ValueError, TypeError) as e:  # a field out of its wire range
+        raise ValidationError(f"cannot encode {packet!r}: {e}") from None
