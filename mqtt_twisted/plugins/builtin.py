@@ -21,6 +21,27 @@ class MemoryStorePlugin:
         return MemoryStore(reactor)
 
 
+@implementer(IStorePlugin)
+class RedisStorePlugin:
+    """``--store redis://[[user]:password@]host:port/db[?options]``; ``rediss://`` for TLS."""
+
+    def __init__(self, name: str = "redis") -> None:
+        self.name = name
+        self.description = (
+            "Redis over TLS: rediss://[:password@]host:port/db[?ca=FILE]" if name == "rediss"
+            else "Redis: redis://[:password@]host:port/db[?pool=N&timeout=S] (docs/stores.md)")
+
+    def makeStore(self, reactor: Any, argument: str) -> Any:
+        from mqtt_twisted.store.redis import RedisStore
+
+        # --store arrives split at the first colon: 'redis', '//host:port/0'.
+        if not argument:
+            argument = "//127.0.0.1:6379/0"
+        elif not argument.startswith("//"):
+            argument = "//" + argument  # --store redis:host:port/0
+        return RedisStore.fromURL(reactor, f"{self.name}:{argument}")
+
+
 @implementer(IAuthPlugin)
 class AnonymousAuthPlugin:
     name = "anonymous"
@@ -48,4 +69,6 @@ class ScramAuthPlugin:
 mqttAdapter = MQTTAdapter()
 scramAuth = ScramAuthPlugin()
 memoryStore = MemoryStorePlugin()
+redisStore = RedisStorePlugin("redis")
+redissStore = RedisStorePlugin("rediss")
 anonymousAuth = AnonymousAuthPlugin()

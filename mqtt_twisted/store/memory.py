@@ -41,9 +41,17 @@ class StoredSession:
         new.willDelay = state.willDelay
         new.expiryInterval = state.expiryInterval
         new.disconnectedAt = state.disconnectedAt
-        new.outbound = list(state.outbound)
+        new.outbound = [_copy_outbound(o) for o in state.outbound]
         new.inboundQoS2 = set(state.inboundQoS2)
         return new
+
+
+def _copy_outbound(out: Any) -> Any:
+    """A detached copy of an Outbound record (the broker updates its own in place)."""
+    new = out.__class__.__new__(out.__class__)
+    for name in out.__class__.__slots__:
+        setattr(new, name, getattr(out, name))
+    return new
 
 
 @implementer(ILock)
@@ -92,14 +100,14 @@ class MemoryStore:
         if stored is None:
             return succeed(None)
         copy = StoredSession.copy_of(stored)
-        outbound = self._outbound.get(clientId)
-        if outbound:
-            copy.outbound = list(outbound.values())
+        # The records as storeOutbound/removeOutbound left them, in delivery (seq) order.
+        held = self._outbound.get(clientId, {})
+        copy.outbound = [_copy_outbound(held[seq]) for seq in sorted(held)]
         return succeed(copy)
 
     def saveSession(self, state: Any) -> Deferred[None]:
-        self._sessions[state.clientId] = StoredSession.copy_of(state)
-        self._outbound[state.clientId] = {o.seq: o for o in state.outbound}
+        stored = self._sessions[state.clientId] = StoredSession.copy_of(state)
+        self._outbound[state.clientId] = {o.seq: o for o in stored.outbound}
         return succeed(None)
 
     def deleteSession(self, clientId: str) -> Deferred[None]:
@@ -125,7 +133,7 @@ class MemoryStore:
     def storeOutbound(self, clientId: str, outbound: Any) -> Deferred[None]:
         held = self._outbound.get(clientId)
         if held is not None:
-            held[outbound.seq] = outbound
+            held[outbound.seq] = _copy_outbound(outbound)
         return succeed(None)
 
     def removeOutbound(self, clientId: str, seq: int) -> Deferred[None]:
