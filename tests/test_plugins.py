@@ -186,6 +186,10 @@ class ContractTests(SynchronousTestCase):
             "mqtt_twisted.store.memory.MemoryStore",
             "mqtt_twisted.store.memory.StoredSession",
             "mqtt_twisted.store.memory._HeldLock",
+            # verifyObject in tests/test_store_contract.py and tests/test_store_redis.py:
+            "mqtt_twisted.plugins.builtin.RedisStorePlugin",
+            "mqtt_twisted.store.redis.RedisStore",
+            "mqtt_twisted.store.redis._RedisLock",
             "mqtt_twisted.auth.AllowAnonymous",
             "mqtt_twisted.service.BrokerService",
             "mqtt_twisted.core.connection.MQTTConnection",
