@@ -12,6 +12,7 @@ import os
 import shutil
 import signal as signal_module
 import socket
+import tempfile
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -23,6 +24,13 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 #: Seconds redis-server may take to answer PING after it is started.
 START_TIMEOUT = 15.0
+
+
+def temp_dir(testcase: Any) -> str:
+    """A fresh directory outside the checkout, removed after ``testcase``."""
+    path = tempfile.mkdtemp(prefix="mqtt-twisted-redis-")
+    testcase.addCleanup(shutil.rmtree, path, True)
+    return path
 
 
 def free_port() -> int:

@@ -26,9 +26,9 @@ from mqtt_twisted.store.memory import MemoryStore, StoredSession
 from mqtt_twisted.store.redis import RedisStore
 
 try:
-    from tests.redisserver import RedisServer
+    from tests.redisserver import RedisServer, temp_dir
 except ImportError:  # pytest's rootdir-relative import of tests/ as a plain directory
-    from redisserver import RedisServer  # type: ignore[no-redef]
+    from redisserver import RedisServer, temp_dir  # type: ignore[no-redef]
 
 _P = PropertyId
 
@@ -471,7 +471,7 @@ class RedisStoreContractTests(StoreContract, unittest.TestCase):
     def make_store(self) -> Any:
         from twisted.internet import reactor
 
-        server = RedisServer(reactor, self.mktemp())
+        server = RedisServer(reactor, temp_dir(self))
         yield server.start()
         self.addCleanup(server.stop)
         self.server = server

@@ -48,6 +48,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import msgpack
 import txredisapi
 from twisted.internet.defer import Deferred, DeferredLock, gatherResults, succeed
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -116,7 +117,7 @@ def parse_url(url: str) -> RedisOptions:
         if parts.port is not None:
             options.port = parts.port
     except ValueError as e:
-        raise ValueError(f"bad Redis URL {url!r}: {e}") from None
+        raise ValueError(f"bad host or port in Redis URL {url!r}: {e}") from None
     if parts.username:
         options.username = unquote(parts.username)
     if parts.password is not None:
@@ -492,8 +493,12 @@ class _Link:
         self.factory.startConnecting(endpoint)
 
     def _failed(self, failure: Failure) -> None:
-        # AUTH or SELECT was refused: txredisapi has stopped trying.
+        # AUTH or SELECT was refused: txredisapi has stopped trying.  We are inside its
+        # connection machinery, which must not be stopped reentrantly: report it next turn.
         error = StorageError(f"Redis refused the connection: {failure.getErrorMessage()}")
+        self.store.reactor.callLater(0, self._refused, error)
+
+    def _refused(self, error: StorageError) -> None:
         self._resolve_ready(error)
         self._fail(self.waiting, error)
 
@@ -535,9 +540,11 @@ class _Link:
         self._timer = None
         self._resolve_ready(StorageError("Redis store stopped"))
         self._fail(self.waiting, StorageError("Redis store stopped"))
-        if self.factory is None:
+        factory, self.factory = self.factory, None
+        if factory is None:  # never started, or stopped already
             return succeed(None)
-        return self.factory.disconnect()
+        # Not from inside txredisapi's connection machinery, which may be running us.
+        return deferLater(self.store.reactor, 0, factory.disconnect)
 
     # --- calls ---
 
