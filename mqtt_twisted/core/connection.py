@@ -449,9 +449,11 @@ class MQTTConnection:
         else:
             self.send(ack)
 
-    def _ack_after(self, ack: Packet, writes: list[Any]) -> None:
-        """Send ``ack`` once ``writes`` are stored, keeping acks in PUBLISH order."""
-        entry = [len(writes), ack, False]
+    def _ack_after(self, ack: Packet, writes: list[Any],
+                   then: Callable[[], None] | None = None) -> None:
+        """Send ``ack`` (then call ``then``) once ``writes`` are stored, keeping acks in
+        the order of the packets they answer."""
+        entry = [len(writes), ack, False, then]
         if self._acks is None:
             self._acks = deque()
         self._acks.append(entry)
@@ -471,15 +473,17 @@ class MQTTConnection:
     def _flush_acks(self) -> None:
         acks = self._acks
         while acks and not acks[0][0]:
-            _, ack, failed = acks.popleft()
+            _, ack, failed, then = acks.popleft()
             if failed:
                 # Not stored: no acknowledgement; the client resends after reconnecting.
-                self.log.warn("Store failed for a QoS {q} PUBLISH of {client}; closing",
-                              q=1 if isinstance(ack, PubAck) else 2, client=self.client_id)
+                self.log.warn("Store failed before {packet} to {client}; closing",
+                              packet=type(ack).__name__, client=self.client_id)
                 acks.clear()
                 self.close(ReasonCode.SERVER_BUSY)
                 return
             self.send(ack)
+            if then is not None:
+                then()
 
     def _resolve_alias(self, alias: int, topic: str) -> str:
         """Map a v5 topic alias to its topic [MQTT-3.3.2-10..12]."""
@@ -513,15 +517,34 @@ class MQTTConnection:
             self.broker.outbound_done(session, pid)  # type: ignore[arg-type]
             return
         if out.state == AWAITING_ACK:
-            self.broker.outbound_released(session, out)  # type: ignore[arg-type]
+            broker = self.broker
+            broker.collect_writes()
+            try:
+                broker.outbound_released(session, out)  # type: ignore[arg-type]
+            finally:
+                writes = broker.collected_writes()
+            if writes or self._acks:
+                # [MQTT-4.3.3] after PUBREL the PUBLISH is never sent again: store that first.
+                self._ack_after(PubRel(pid), writes)
+                return
         self.send(PubRel(pid))
 
     def _on_pubrel(self, packet: PubRel) -> None:
         session = self.session
         pid = packet.packet_id
         if pid in session.inboundQoS2:  # type: ignore[union-attr]
-            self.broker.remove_inbound_qos2(session, pid)  # type: ignore[arg-type]
-            self.send(PubComp(pid))
+            broker = self.broker
+            broker.collect_writes()
+            try:
+                broker.remove_inbound_qos2(session, pid)  # type: ignore[arg-type]
+            finally:
+                writes = broker.collected_writes()
+            if writes or self._acks:
+                # Stored first: a packet id still marked after a crash would swallow the
+                # client's next QoS 2 PUBLISH reusing it as a duplicate.
+                self._ack_after(PubComp(pid), writes)
+            else:
+                self.send(PubComp(pid))
         elif self.version == 5:
             self.send(PubComp(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
         else:
@@ -536,6 +559,28 @@ class MQTTConnection:
     # --- SUBSCRIBE / UNSUBSCRIBE -------------------------------------------------------------
 
     def _on_subscribe(self, packet: Subscribe) -> None:
+        broker = self.broker
+        broker.collect_writes()
+        try:
+            codes, granted = self._subscribe(packet)
+        finally:
+            writes = broker.collected_writes()
+        suback = SubAck(packet.packet_id, codes)
+        if writes or self._acks:
+            # A persistent session's subscriptions are stored before SUBACK.
+            self._ack_after(suback, writes, lambda: self._send_retained(granted))
+        else:
+            self.send(suback)
+            self._send_retained(granted)
+
+    def _send_retained(self, granted: list[tuple[str, SubscriptionOptions, bool]]) -> None:
+        for topic_filter, options, is_new in granted:
+            # [MQTT-3.3.1-9] retained messages follow the SUBACK; v5 retain handling decides.
+            if options.retain_handling == 0 or (options.retain_handling == 1 and is_new):
+                self.broker.send_retained(self.session, topic_filter, options)  # type: ignore[arg-type]
+
+    def _subscribe(self, packet: Subscribe) -> tuple[list[int], list[Any]]:
+        """Grant what the SUBSCRIBE asks for; the SUBACK codes and the granted filters."""
         session = self.session
         broker = self.broker
         v5 = self.version == 5
@@ -565,11 +610,7 @@ class MQTTConnection:
             codes.append(qos)
             if shared is None:
                 granted.append((sub.topic_filter, options, is_new))
-        self.send(SubAck(packet.packet_id, codes))
-        for topic_filter, options, is_new in granted:
-            # [MQTT-3.3.1-9] retained messages follow the SUBACK; v5 retain handling decides.
-            if options.retain_handling == 0 or (options.retain_handling == 1 and is_new):
-                broker.send_retained(session, topic_filter, options)  # type: ignore[arg-type]
+        return codes, granted
 
     def _unsupported(self, topic_filter: str, shared: bool, sub_id: int | None) -> int:
         """The SUBACK code for a feature the operator turned off, else 0."""
