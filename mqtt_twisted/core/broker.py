@@ -247,8 +247,7 @@ class Broker:
                 self.stats.takeovers += 1
                 self.log.info("{client} connected again from {peer}; closing the old connection",
                               client=client_id, peer=conn.peer)
-                old.taken_over()
-                self.connection_ended(old, send_will=True)
+                old.taken_over()  # detaches it: its will goes out [MQTT-3.1.4-3]
                 session = self.sessions.get(client_id)
             present = session is not None and not packet.clean_start
             if session is not None and packet.clean_start:

@@ -53,6 +53,9 @@ if TYPE_CHECKING:
 
 AWAIT_CONNECT, CONNECTING, CONNECTED, CLOSED = range(4)
 
+#: Seconds a closing connection may take to flush before it is aborted.
+CLOSE_GRACE = 2.0
+
 _P = PropertyId
 _TOPIC_ALIAS = PropertyId.TOPIC_ALIAS
 _PFI = PropertyId.PAYLOAD_FORMAT_INDICATOR
@@ -119,7 +122,7 @@ class MQTTConnection:
             PacketType.DISCONNECT: self._on_disconnect,
             PacketType.AUTH: self._on_auth,
         }
-        timeout = getattr(listener, "connectTimeout", None) or broker.connect_timeout
+        timeout = getattr(listener, "connectTimeout", broker.connect_timeout)
         self._timer = broker.clock.callLater(timeout, self._connect_timed_out) if timeout else None
 
     def __repr__(self) -> str:
@@ -277,15 +280,26 @@ class MQTTConnection:
             return
         if reason_code is not None and self.version == 5 and self.state == CONNECTED:
             self.send(Disconnect(reason_code, properties or {}))
+        self._shut()
+
+    def _shut(self) -> None:
+        """Flush and close; a peer that does not read is cut off after CLOSE_GRACE.
+
+        The session is detached now, not when the socket finally goes: the will
+        goes out and a new connection can take the session at once.
+        """
         self.state = CLOSED
         self._cancel_timer()
         self.transport.loseConnection()
+        self._timer = self.broker.clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
+        self.broker.connection_ended(self, send_will=not self.clean_exit)
 
     def connectionLost(self, reason: Any = None) -> None:
         """The transport is gone: let the broker end the session's connection."""
         self.state = CLOSED
         self._cancel_timer()
         self._backlog = None
+        self._acks = None
         self.broker.connection_ended(self, send_will=not self.clean_exit)
 
     def taken_over(self) -> None:
@@ -330,9 +344,7 @@ class MQTTConnection:
             self.send(ConnAck(False, code))
         self.log.info("Refused CONNECT of {client} from {peer}: {error}",
                       client=self.client_id or "?", peer=self.peer, error=error.message)
-        self.state = CLOSED
-        self._cancel_timer()
-        self.transport.loseConnection()
+        self._shut()
 
     def accept(self, session: Session, session_present: bool, connect: Connect,
                properties: dict) -> None:
@@ -646,9 +658,7 @@ class MQTTConnection:
                 self.broker.set_session_expiry(session, expiry)  # type: ignore[arg-type]
         # [MQTT-3.14.4-3] a DISCONNECT deletes the will, except v5's reason 0x04.
         self.clean_exit = not (self.version == 5 and packet.reason_code == 0x04)
-        self.state = CLOSED
-        self._cancel_timer()
-        self.transport.loseConnection()
+        self._shut()
 
     def _on_auth(self, packet: Auth) -> None:
         """Enhanced authentication: continue a CONNECT's exchange, or re-authenticate."""
