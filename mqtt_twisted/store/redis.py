@@ -37,33 +37,43 @@ and reconnected.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import zlib
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import msgpack
-import txredisapi
 from twisted.internet.defer import Deferred, DeferredLock, gatherResults, succeed
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mqtt_twisted.constants import PropertyId
-from mqtt_twisted.core.session import Outbound, SubscriptionOptions
 from mqtt_twisted.errors import StorageError
 from mqtt_twisted.interfaces import ILock, IStore
 from mqtt_twisted.message import Message
+from mqtt_twisted.store._redisformat import (
+    FORMAT,
+    decode_message,
+    decode_options,
+    decode_outbound,
+    decode_session,
+    encode_message,
+    encode_options,
+    encode_outbound,
+    session_fields,
+)
+from mqtt_twisted.store._redislink import Link
+from mqtt_twisted.store._redisscripts import SHAS
 from mqtt_twisted.store.memory import StoredSession
 
-log = Logger()
+__all__ = [
+    "FORMAT", "RedisOptions", "RedisStore", "decode_message", "decode_options",
+    "decode_outbound", "decode_session", "encode_message", "encode_options",
+    "encode_outbound", "parse_url",
+]
 
-#: Version of the stored format, first in every record; readers refuse others.
-FORMAT = 1
+log = Logger()
 
 # --- options ---------------------------------------------------------------------------
 
@@ -147,499 +157,6 @@ def parse_url(url: str) -> RedisOptions:
     return options
 
 
-# --- serialization -----------------------------------------------------------------------
-#
-# msgpack arrays, the format version first.  A message is
-#   [FORMAT, topic, payload, qos, retain, properties, received_at, sender]
-# with properties a map of property id -> int | str | bytes | [[str, str], ...] | [int, ...];
-# an outbound record is
-#   [FORMAT, seq, qos, retain, subscription_ids, packet_id, state, group, message]
-# and subscription options are [FORMAT, qos, no_local, retain_as_published,
-# retain_handling, subscription_id].
-
-_PROPERTY_IDS = {int(p): p for p in PropertyId}
-_pack = msgpack.Packer(use_bin_type=True).pack
-
-
-def _unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
-
-
-def _message_record(message: Message) -> list[Any]:
-    return [FORMAT, message.topic, message.payload, message.qos, message.retain,
-            message.properties, message.received_at, message.sender]
-
-
-def encode_message(message: Message) -> bytes:
-    """The stored form of a message (its per-hop packet id and wire cache are not kept)."""
-    return _pack(_message_record(message))
-
-
-def _properties(stored: dict[int, Any]) -> dict[int, Any]:
-    props: dict[int, Any] = {}
-    for key, value in stored.items():
-        if type(value) is list and value and type(value[0]) is list:
-            value = [tuple(pair) for pair in value]  # user properties: (name, value) pairs
-        props[_PROPERTY_IDS.get(key, key)] = value
-    return props
-
-
-def _message_from(record: list[Any]) -> Message:
-    if record[0] != FORMAT:
-        raise StorageError(f"stored message has format {record[0]!r}, expected {FORMAT}")
-    _, topic, payload, qos, retain, props, received_at, sender = record
-    return Message(topic, payload, qos, retain, None, _properties(props) if props else None,
-                   received_at, sender)
-
-
-def decode_message(data: bytes) -> Message:
-    return _message_from(_unpack(data))
-
-
-def encode_outbound(out: Outbound, message_blob: bytes | None = None) -> bytes:
-    sub_ids = list(out.subscription_ids) if out.subscription_ids else None
-    return _pack([FORMAT, out.seq, out.qos, out.retain, sub_ids, out.packet_id, out.state,
-                  out.group, message_blob if message_blob is not None
-                  else encode_message(out.message)])
-
-
-def decode_outbound(data: bytes) -> Outbound:
-    record = _unpack(data)
-    if record[0] != FORMAT:
-        raise StorageError(f"stored outbound has format {record[0]!r}, expected {FORMAT}")
-    _, seq, qos, retain, sub_ids, packet_id, state, group, message = record
-    return Outbound(decode_message(message), qos, retain, tuple(sub_ids) if sub_ids else None,
-                    packet_id, state, group, seq)
-
-
-def encode_options(options: SubscriptionOptions) -> bytes:
-    return _pack([FORMAT, *options.as_tuple()])
-
-
-def decode_options(data: bytes) -> SubscriptionOptions:
-    record = _unpack(data)
-    if record[0] != FORMAT:
-        raise StorageError(f"stored subscription has format {record[0]!r}, expected {FORMAT}")
-    _, qos, no_local, rap, handling, sub_id = record
-    return SubscriptionOptions(qos, no_local, rap, handling, sub_id)
-
-
-def _number(value: float | None) -> bytes:
-    if value is None:
-        return b""
-    return repr(value).encode() if isinstance(value, float) else str(int(value)).encode()
-
-
-def _parse_number(data: bytes | None) -> float | None:
-    if not data:
-        return None
-    text = data.decode()
-    return int(text) if text.lstrip("-").isdigit() else float(text)
-
-
-def _session_fields(state: Any) -> list[bytes]:
-    fields = [b"v", str(FORMAT).encode(), b"expiry", _number(state.expiryInterval),
-              b"willDelay", _number(state.willDelay),
-              b"disconnectedAt", _number(state.disconnectedAt)]
-    if state.will is not None:
-        fields += [b"will", encode_message(state.will)]
-    return fields
-
-
-def decode_session(client_id: str, data: bytes) -> StoredSession:
-    """The reply of the load script: [session hash, subs hash, out hash, qos2 set]."""
-    fields, subs, outbound, qos2 = msgpack.unpackb(data, raw=True)
-    info = dict(zip(fields[::2], fields[1::2]))
-    if info.get(b"v") != str(FORMAT).encode():
-        raise StorageError(f"session {client_id!r} has format {info.get(b'v')!r}")
-    state = StoredSession(client_id)
-    state.expiryInterval = _parse_number(info.get(b"expiry"))
-    state.willDelay = _parse_number(info.get(b"willDelay")) or 0
-    state.disconnectedAt = _parse_number(info.get(b"disconnectedAt"))
-    will = info.get(b"will")
-    state.will = decode_message(will) if will else None
-    state.subscriptions = {f.decode(): decode_options(o) for f, o in zip(subs[::2], subs[1::2])}
-    state.outbound = sorted((decode_outbound(o) for o in outbound[1::2]), key=lambda o: o.seq)
-    state.inboundQoS2 = {int(pid) for pid in qos2}
-    return state
-
-
-# --- Lua scripts -------------------------------------------------------------------------
-
-#: A write to one of a session's keys, done only while the session exists, so that a
-#: late write never resurrects a deleted session.  KEYS: session hash, target key;
-#: ARGV: command, its arguments after the key.
-_GUARDED = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-return redis.call(ARGV[1], KEYS[2], unpack(ARGV, 2))
-"""
-
-#: Replace a whole session.  KEYS: session, subs, out, qos2, sessions set; ARGV: client
-#: id, then for each of the four keys a count followed by that many arguments.
-_SAVE = """
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
-local i = 2
-for k = 1, 4 do
-  local last = i + tonumber(ARGV[i])
-  local cmd = 'HSET'
-  if k == 4 then cmd = 'SADD' end
-  local j = i + 1
-  while j <= last do
-    local upto = math.min(j + 999, last)
-    redis.call(cmd, KEYS[k], unpack(ARGV, j, upto))
-    j = upto + 1
-  end
-  i = last + 1
-end
-redis.call('SADD', KEYS[5], ARGV[1])
-return 1
-"""
-
-_DELETE = """
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
-return redis.call('SREM', KEYS[5], ARGV[1])
-"""
-
-#: One consistent snapshot of a session, packed into one reply (a single bulk string
-#: parses far faster in txredisapi than a nested multi-bulk reply).
-_LOAD = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-return cmsgpack.pack({redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]),
-                      redis.call('HGETALL', KEYS[3]), redis.call('SMEMBERS', KEYS[4])})
-"""
-
-_LIST = """
-return cmsgpack.pack(redis.call('SMEMBERS', KEYS[1]))
-"""
-
-#: The node of a topic prefix of depth d is ARGV[1] .. '/' .. level1 .. '/' .. level d
-#: (the root is ARGV[1] itself), a set of the next levels below it.
-_SET_RETAINED = """
-local topic = ARGV[2]
-redis.call('HSET', KEYS[1], topic, ARGV[3])
-local path = ''
-local start = 1
-while true do
-  local slash = string.find(topic, '/', start, true)
-  local level
-  if slash then level = string.sub(topic, start, slash - 1) else level = string.sub(topic, start) end
-  redis.call('SADD', ARGV[1] .. path, level)
-  path = path .. '/' .. level
-  if not slash then return 1 end
-  start = slash + 1
-end
-"""
-
-#: Delete a retained message and prune the index nodes nothing is below any more.
-_DELETE_RETAINED = """
-local topic = ARGV[2]
-if redis.call('HDEL', KEYS[1], topic) == 0 then return 0 end
-local paths = {''}
-local levels = {}
-local start = 1
-while true do
-  local slash = string.find(topic, '/', start, true)
-  local level
-  if slash then level = string.sub(topic, start, slash - 1) else level = string.sub(topic, start) end
-  levels[#levels + 1] = level
-  paths[#paths + 1] = paths[#paths] .. '/' .. level
-  if not slash then break end
-  start = slash + 1
-end
-for d = #levels, 1, -1 do
-  local path = paths[d + 1]
-  if redis.call('EXISTS', ARGV[1] .. path) == 1 then break end
-  if d < #levels and redis.call('HEXISTS', KEYS[1], string.sub(path, 2)) == 1 then break end
-  redis.call('SREM', ARGV[1] .. paths[d], levels[d])
-end
-return 1
-"""
-
-#: Every retained message matching a filter, walking only the index nodes that can
-#: match [MQTT-4.7]; wildcards at the first level skip '$' topics [MQTT-4.7.2-1].
-_MATCH_RETAINED = """
-local prefix = ARGV[1]
-local levels = {}
-local start = 1
-while true do
-  local slash = string.find(ARGV[2], '/', start, true)
-  if slash then
-    levels[#levels + 1] = string.sub(ARGV[2], start, slash - 1)
-  else
-    levels[#levels + 1] = string.sub(ARGV[2], start)
-    break
-  end
-  start = slash + 1
-end
-local out = {}
-local function add(path)
-  local value = redis.call('HGET', KEYS[1], string.sub(path, 2))
-  if value then out[#out + 1] = value end
-end
-local function children(path, depth)
-  local names = redis.call('SMEMBERS', prefix .. path)
-  if depth > 1 then return names end
-  local kept = {}
-  for _, name in ipairs(names) do
-    if string.sub(name, 1, 1) ~= '$' then kept[#kept + 1] = name end
-  end
-  return kept
-end
-local function subtree(path)
-  add(path)
-  for _, name in ipairs(redis.call('SMEMBERS', prefix .. path)) do
-    subtree(path .. '/' .. name)
-  end
-end
-local function walk(path, depth)
-  if depth > #levels then
-    add(path)
-    return
-  end
-  local level = levels[depth]
-  if level == '#' then
-    if depth > 1 then add(path) end
-    for _, name in ipairs(children(path, depth)) do subtree(path .. '/' .. name) end
-  elseif level == '+' then
-    for _, name in ipairs(children(path, depth)) do walk(path .. '/' .. name, depth + 1) end
-  elseif redis.call('SISMEMBER', prefix .. path, level) == 1 then
-    walk(path .. '/' .. level, depth + 1)
-  end
-end
-walk('', 1)
-return cmsgpack.pack(out)
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-_SCRIPTS = {
-    "guarded": _GUARDED, "save": _SAVE, "delete": _DELETE, "load": _LOAD, "list": _LIST,
-    "set_retained": _SET_RETAINED, "delete_retained": _DELETE_RETAINED,
-    "match_retained": _MATCH_RETAINED, "release": _RELEASE,
-}
-_SHAS = {name: hashlib.sha1(body.encode()).hexdigest().encode()
-         for name, body in _SCRIPTS.items()}
-
-
-# --- connections ---------------------------------------------------------------------------
-
-
-class _Call:
-    """One command: its arguments, the caller's Deferred and when it gives up."""
-
-    __slots__ = ("args", "deferred", "deadline", "done")
-
-    def __init__(self, args: tuple[Any, ...], deadline: float) -> None:
-        self.args = args
-        self.deferred: Deferred[Any] = Deferred()
-        self.deadline = deadline
-        self.done = False
-
-
-class _Factory(txredisapi.RedisFactory):
-    """One reconnecting connection (txredisapi does the backoff) reporting to its link."""
-
-    initialDelay = 0.1
-    maxDelay = 5.0
-
-    def __init__(self, link: _Link, options: RedisOptions) -> None:
-        super().__init__(f"{options.host}:{options.port}", options.db, 1, isLazy=True,
-                         charset=None, password=options.password, convertNumbers=False,
-                         username=options.username)
-        self.link = link
-
-    def addConnection(self, conn: Any) -> None:
-        super().addConnection(conn)
-        # txredisapi queues every new connection for its own handler; we do not use
-        # that queue, so keep it from growing by one dead entry per reconnection.
-        pending = self.connectionQueue.pending
-        pending[:] = [c for c in pending if c.connected]
-        if conn in self.pool:
-            self.link.connected(conn)
-
-    def delConnection(self, conn: Any) -> None:
-        super().delConnection(conn)
-        self.link.disconnected(conn)
-
-
-class _Link:
-    """One connection of the pool and the calls on it, answered in the order they were sent.
-
-    Calls made while it is down wait (in order) until it is up again or their
-    deadline passes.  One timer watches the oldest call: a sent call still
-    unanswered at its deadline means the connection is stuck, so every call on
-    it fails and the connection is dropped (txredisapi reconnects it).
-    """
-
-    def __init__(self, store: RedisStore, index: int) -> None:
-        self.store = store
-        self.index = index
-        self.protocol: Any = None
-        self.factory: _Factory | None = None
-        self.waiting: deque[_Call] = deque()
-        self.sent: deque[_Call] = deque()
-        self.ready: Deferred[None] | None = Deferred()
-        self._timer: Any = None
-        self._drained: list[Deferred[None]] = []
-
-    # --- connection events ---
-
-    def start(self, endpoint: Any, options: RedisOptions) -> None:
-        self.factory = _Factory(self, options)
-        self.factory.deferred.addErrback(self._failed)
-        self.factory.startConnecting(endpoint)
-
-    def _failed(self, failure: Failure) -> None:
-        # AUTH or SELECT was refused: txredisapi has stopped trying.  We are inside its
-        # connection machinery, which must not be stopped reentrantly: report it next turn.
-        error = StorageError(f"Redis refused the connection: {failure.getErrorMessage()}")
-        self.store.reactor.callLater(0, self._refused, error)
-
-    def _refused(self, error: StorageError) -> None:
-        self._resolve_ready(error)
-        self._fail(self.waiting, error)
-
-    def _resolve_ready(self, error: Exception | None) -> None:
-        ready, self.ready = self.ready, None
-        if ready is not None and not ready.called:  # start() may have given up on it
-            if error is None:
-                ready.callback(None)
-            else:
-                ready.errback(error)
-
-    def connected(self, protocol: Any) -> None:
-        self.protocol = protocol
-        self._load_scripts(protocol)  # ahead of anything waiting: Redis keeps the order
-        waiting, self.waiting = self.waiting, deque()
-        for call in waiting:
-            if not call.done:
-                self._send(protocol, call)
-        self.store.link_up(self)
-        self._resolve_ready(None)
-
-    def _load_scripts(self, protocol: Any) -> None:
-        for name, body in _SCRIPTS.items():
-            protocol.execute_command("SCRIPT", "LOAD", body).addErrback(
-                self._script_load_failed, name)
-
-    def disconnected(self, protocol: Any) -> None:
-        if self.protocol is protocol:
-            self.protocol = None
-            self.store.link_down(self)
-
-    def _script_load_failed(self, failure: Failure, name: str) -> None:
-        log.warn("Loading Redis script {name} failed: {error}", name=name,
-                 error=failure.getErrorMessage())
-
-    def stop(self) -> Deferred[Any]:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        self._resolve_ready(StorageError("Redis store stopped"))
-        self._fail(self.waiting, StorageError("Redis store stopped"))
-        factory, self.factory = self.factory, None
-        if factory is None:  # never started, or stopped already
-            return succeed(None)
-        # Not from inside txredisapi's connection machinery, which may be running us.
-        return deferLater(self.store.reactor, 0, factory.disconnect)
-
-    # --- calls ---
-
-    def call(self, args: tuple[Any, ...]) -> Deferred[Any]:
-        store = self.store
-        call = _Call(args, store.reactor.seconds() + store.options.timeout)
-        protocol = self.protocol
-        if protocol is not None:
-            self._send(protocol, call)
-        else:
-            self.waiting.append(call)
-        if self._timer is None:
-            self._arm()
-        return call.deferred
-
-    def _send(self, protocol: Any, call: _Call) -> None:
-        self.sent.append(call)
-        try:
-            reply = protocol.execute_command(*call.args)
-        except Exception:
-            self._settle(Failure(), call)
-            return
-        reply.addBoth(self._settle, call)
-
-    def _settle(self, result: Any, call: _Call) -> None:
-        sent = self.sent
-        if sent and sent[0] is call:
-            sent.popleft()
-        if call.done:
-            return  # it timed out before; the late reply has nowhere to go
-        call.done = True
-        if isinstance(result, Failure):
-            if result.check(txredisapi.ResponseError) and str(result.value).startswith(
-                    "NOSCRIPT") and self.protocol is not None:
-                self._load_scripts(self.protocol)  # Redis lost its scripts: load them again
-            result = Failure(StorageError(f"Redis: {result.getErrorMessage()}"))
-        call.deferred.callback(result)
-        if self._drained and not sent and not self.waiting:
-            self._fire_drained()
-
-    # --- deadlines ---
-
-    def _arm(self) -> None:
-        heads = [q[0].deadline for q in (self.waiting, self.sent) if q]
-        if heads:
-            reactor = self.store.reactor
-            delay = max(0.0, min(heads) - reactor.seconds())
-            self._timer = reactor.callLater(delay, self._sweep)
-        else:
-            self._timer = None
-
-    def _sweep(self) -> None:
-        now = self.store.reactor.seconds()
-        waiting = self.waiting
-        while waiting and (waiting[0].done or waiting[0].deadline <= now):
-            call = waiting.popleft()
-            if not call.done:
-                call.done = True
-                call.deferred.errback(StorageError(
-                    f"Redis unreachable for {self.store.options.timeout}s"))
-        sent = self.sent
-        while sent and sent[0].done:
-            sent.popleft()
-        if sent and sent[0].deadline <= now:
-            self._fail(sent, StorageError(
-                f"no reply from Redis in {self.store.options.timeout}s"))
-            protocol = self.protocol
-            if protocol is not None and protocol.transport is not None:
-                log.warn("Redis connection {n} stuck; reconnecting", n=self.index)
-                protocol.transport.abortConnection()
-        self._arm()
-        if self._drained and not self.sent and not self.waiting:
-            self._fire_drained()
-
-    def _fail(self, calls: deque[_Call], error: Exception) -> None:
-        while calls:
-            call = calls.popleft()
-            if not call.done:
-                call.done = True
-                call.deferred.errback(error)
-
-    def drained(self) -> Deferred[None]:
-        """Fires once every call made so far is answered or has failed."""
-        d: Deferred[None] = Deferred()
-        self._drained.append(d)
-        if not self.sent and not self.waiting:
-            self._fire_drained()
-        return d
-
-    def _fire_drained(self) -> None:
-        waiters, self._drained = self._drained, []
-        for d in waiters:
-            d.callback(None)
-
-
 # --- the store ------------------------------------------------------------------------------
 
 
@@ -690,7 +207,7 @@ class RedisStore:
         self._sessions_key = prefix + b":sessions"
         self._retained_key = prefix + b":retained"
         self._trie_prefix = prefix + b":rtrie:"
-        self._links = [_Link(self, i) for i in range(self.options.pool)]
+        self._links = [Link(self, i) for i in range(self.options.pool)]
         self._up = 0
         self._outage_logged = False
         self._locks: dict[str, DeferredLock] = {}
@@ -758,13 +275,13 @@ class RedisStore:
         d.addCallback(lambda _: None)
         return d
 
-    def link_up(self, link: _Link) -> None:
+    def link_up(self, link: Link) -> None:
         self._up += 1
         if self._outage_logged and self._up == len(self._links):
             self._outage_logged = False
             self.log.info("Redis reachable again")
 
-    def link_down(self, link: _Link) -> None:
+    def link_down(self, link: Link) -> None:
         self._up -= 1
         if not self._outage_logged:
             self._outage_logged = True
@@ -784,13 +301,13 @@ class RedisStore:
         return (self._key(b"session", cid), self._key(b"subs", cid), self._key(b"out", cid),
                 self._key(b"qos2", cid))
 
-    def _link(self, cid: bytes) -> _Link:
+    def _link(self, cid: bytes) -> Link:
         links = self._links
         return links[zlib.crc32(cid) % len(links)] if len(links) > 1 else links[0]
 
-    def _script(self, link: _Link, name: str, keys: tuple[bytes, ...],
+    def _script(self, link: Link, name: str, keys: tuple[bytes, ...],
                 args: tuple[Any, ...] | list[Any]) -> Deferred[Any]:
-        return link.call(("EVALSHA", _SHAS[name], len(keys), *keys, *args))
+        return link.call(("EVALSHA", SHAS[name], len(keys), *keys, *args))
 
     def _guarded(self, cid: bytes, kind: bytes, *command: Any) -> Deferred[None]:
         d = self._script(self._link(cid), "guarded",
@@ -813,7 +330,7 @@ class RedisStore:
 
     def saveSession(self, state: Any) -> Deferred[None]:
         cid = self._cid(state.clientId)
-        fields = _session_fields(state)
+        fields = session_fields(state)
         subs: list[bytes] = []
         for topic_filter, options in state.subscriptions.items():
             subs += (topic_filter.encode("utf-8"), encode_options(options))

@@ -1,0 +1,232 @@
+"""The Redis store's connections: a txredisapi connection per link, calls in order,
+one deadline timer per link.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import txredisapi
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mqtt_twisted.errors import StorageError
+from mqtt_twisted.store._redisscripts import SCRIPTS
+
+log = Logger()
+
+
+class _Call:
+    """One command: its arguments, the caller's Deferred and when it gives up."""
+
+    __slots__ = ("args", "deferred", "deadline", "done")
+
+    def __init__(self, args: tuple[Any, ...], deadline: float) -> None:
+        self.args = args
+        self.deferred: Deferred[Any] = Deferred()
+        self.deadline = deadline
+        self.done = False
+
+
+class _Factory(txredisapi.RedisFactory):
+    """One reconnecting connection (txredisapi does the backoff) reporting to its link."""
+
+    initialDelay = 0.1
+    maxDelay = 5.0
+
+    def __init__(self, link: Link, options: Any) -> None:
+        super().__init__(f"{options.host}:{options.port}", options.db, 1, isLazy=True,
+                         charset=None, password=options.password, convertNumbers=False,
+                         username=options.username)
+        self.link = link
+
+    def addConnection(self, conn: Any) -> None:
+        super().addConnection(conn)
+        # txredisapi queues every new connection for its own handler; we do not use
+        # that queue, so keep it from growing by one dead entry per reconnection.
+        pending = self.connectionQueue.pending
+        pending[:] = [c for c in pending if c.connected]
+        if conn in self.pool:
+            self.link.connected(conn)
+
+    def delConnection(self, conn: Any) -> None:
+        super().delConnection(conn)
+        self.link.disconnected(conn)
+
+
+class Link:
+    """One connection of the pool and the calls on it, answered in the order they were sent.
+
+    Calls made while it is down wait (in order) until it is up again or their
+    deadline passes.  One timer watches the oldest call: a sent call still
+    unanswered at its deadline means the connection is stuck, so every call on
+    it fails and the connection is dropped (txredisapi reconnects it).
+    """
+
+    def __init__(self, store: Any, index: int) -> None:
+        self.store = store
+        self.index = index
+        self.protocol: Any = None
+        self.factory: _Factory | None = None
+        self.waiting: deque[_Call] = deque()
+        self.sent: deque[_Call] = deque()
+        self.ready: Deferred[None] | None = Deferred()
+        self._timer: Any = None
+        self._drained: list[Deferred[None]] = []
+
+    # --- connection events ---
+
+    def start(self, endpoint: Any, options: Any) -> None:
+        self.factory = _Factory(self, options)
+        self.factory.deferred.addErrback(self._failed)
+        self.factory.startConnecting(endpoint)
+
+    def _failed(self, failure: Failure) -> None:
+        # AUTH or SELECT was refused: txredisapi has stopped trying.  We are inside its
+        # connection machinery, which must not be stopped reentrantly: report it next turn.
+        error = StorageError(f"Redis refused the connection: {failure.getErrorMessage()}")
+        self.store.reactor.callLater(0, self._refused, error)
+
+    def _refused(self, error: StorageError) -> None:
+        self._resolve_ready(error)
+        self._fail(self.waiting, error)
+
+    def _resolve_ready(self, error: Exception | None) -> None:
+        ready, self.ready = self.ready, None
+        if ready is not None and not ready.called:  # start() may have given up on it
+            if error is None:
+                ready.callback(None)
+            else:
+                ready.errback(error)
+
+    def connected(self, protocol: Any) -> None:
+        self.protocol = protocol
+        self._load_scripts(protocol)  # ahead of anything waiting: Redis keeps the order
+        waiting, self.waiting = self.waiting, deque()
+        for call in waiting:
+            if not call.done:
+                self._send(protocol, call)
+        self.store.link_up(self)
+        self._resolve_ready(None)
+
+    def _load_scripts(self, protocol: Any) -> None:
+        for name, body in SCRIPTS.items():
+            protocol.execute_command("SCRIPT", "LOAD", body).addErrback(
+                self._script_load_failed, name)
+
+    def disconnected(self, protocol: Any) -> None:
+        if self.protocol is protocol:
+            self.protocol = None
+            self.store.link_down(self)
+
+    def _script_load_failed(self, failure: Failure, name: str) -> None:
+        log.warn("Loading Redis script {name} failed: {error}", name=name,
+                 error=failure.getErrorMessage())
+
+    def stop(self) -> Deferred[Any]:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._resolve_ready(StorageError("Redis store stopped"))
+        self._fail(self.waiting, StorageError("Redis store stopped"))
+        factory, self.factory = self.factory, None
+        if factory is None:  # never started, or stopped already
+            return succeed(None)
+        # Not from inside txredisapi's connection machinery, which may be running us.
+        return deferLater(self.store.reactor, 0, factory.disconnect)
+
+    # --- calls ---
+
+    def call(self, args: tuple[Any, ...]) -> Deferred[Any]:
+        store = self.store
+        call = _Call(args, store.reactor.seconds() + store.options.timeout)
+        protocol = self.protocol
+        if protocol is not None:
+            self._send(protocol, call)
+        else:
+            self.waiting.append(call)
+        if self._timer is None:
+            self._arm()
+        return call.deferred
+
+    def _send(self, protocol: Any, call: _Call) -> None:
+        self.sent.append(call)
+        try:
+            reply = protocol.execute_command(*call.args)
+        except Exception:
+            self._settle(Failure(), call)
+            return
+        reply.addBoth(self._settle, call)
+
+    def _settle(self, result: Any, call: _Call) -> None:
+        sent = self.sent
+        if sent and sent[0] is call:
+            sent.popleft()
+        if call.done:
+            return  # it timed out before; the late reply has nowhere to go
+        call.done = True
+        if isinstance(result, Failure):
+            if result.check(txredisapi.ResponseError) and str(result.value).startswith(
+                    "NOSCRIPT") and self.protocol is not None:
+                self._load_scripts(self.protocol)  # Redis lost its scripts: load them again
+            result = Failure(StorageError(f"Redis: {result.getErrorMessage()}"))
+        call.deferred.callback(result)
+        if self._drained and not sent and not self.waiting:
+            self._fire_drained()
+
+    # --- deadlines ---
+
+    def _arm(self) -> None:
+        heads = [q[0].deadline for q in (self.waiting, self.sent) if q]
+        if heads:
+            reactor = self.store.reactor
+            delay = max(0.0, min(heads) - reactor.seconds())
+            self._timer = reactor.callLater(delay, self._sweep)
+        else:
+            self._timer = None
+
+    def _sweep(self) -> None:
+        now = self.store.reactor.seconds()
+        waiting = self.waiting
+        while waiting and (waiting[0].done or waiting[0].deadline <= now):
+            call = waiting.popleft()
+            if not call.done:
+                call.done = True
+                call.deferred.errback(StorageError(
+                    f"Redis unreachable for {self.store.options.timeout}s"))
+        sent = self.sent
+        while sent and sent[0].done:
+            sent.popleft()
+        if sent and sent[0].deadline <= now:
+            self._fail(sent, StorageError(
+                f"no reply from Redis in {self.store.options.timeout}s"))
+            protocol = self.protocol
+            if protocol is not None and protocol.transport is not None:
+                log.warn("Redis connection {n} stuck; reconnecting", n=self.index)
+                protocol.transport.abortConnection()
+        self._arm()
+        if self._drained and not self.sent and not self.waiting:
+            self._fire_drained()
+
+    def _fail(self, calls: deque[_Call], error: Exception) -> None:
+        while calls:
+            call = calls.popleft()
+            if not call.done:
+                call.done = True
+                call.deferred.errback(error)
+
+    def drained(self) -> Deferred[None]:
+        """Fires once every call made so far is answered or has failed."""
+        d: Deferred[None] = Deferred()
+        self._drained.append(d)
+        if not self.sent and not self.waiting:
+            self._fire_drained()
+        return d
+
+    def _fire_drained(self) -> None:
+        waiters, self._drained = self._drained, []
+        for d in waiters:
+            d.callback(None)

@@ -1,0 +1,168 @@
+"""The Redis store's Lua scripts: each store call that touches several keys is one
+script, so that Redis applies it atomically.
+
+Key names are passed in KEYS, except the retained-topic index nodes, which a script
+derives from the prefix in ARGV[1] (so the retained scripts suit one Redis server or
+a replicated one, not Redis Cluster).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+#: A write to one of a session's keys, done only while the session exists, so that a
+#: late write never resurrects a deleted session.  KEYS: session hash, target key;
+#: ARGV: command, its arguments after the key.
+_GUARDED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return redis.call(ARGV[1], KEYS[2], unpack(ARGV, 2))
+"""
+
+#: Replace a whole session.  KEYS: session, subs, out, qos2, sessions set; ARGV: client
+#: id, then for each of the four keys a count followed by that many arguments.
+_SAVE = """
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+local i = 2
+for k = 1, 4 do
+  local last = i + tonumber(ARGV[i])
+  local cmd = 'HSET'
+  if k == 4 then cmd = 'SADD' end
+  local j = i + 1
+  while j <= last do
+    local upto = math.min(j + 999, last)
+    redis.call(cmd, KEYS[k], unpack(ARGV, j, upto))
+    j = upto + 1
+  end
+  i = last + 1
+end
+redis.call('SADD', KEYS[5], ARGV[1])
+return 1
+"""
+
+_DELETE = """
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+return redis.call('SREM', KEYS[5], ARGV[1])
+"""
+
+#: One consistent snapshot of a session, packed into one reply (a single bulk string
+#: parses far faster in txredisapi than a nested multi-bulk reply).
+_LOAD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+return cmsgpack.pack({redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]),
+                      redis.call('HGETALL', KEYS[3]), redis.call('SMEMBERS', KEYS[4])})
+"""
+
+_LIST = """
+return cmsgpack.pack(redis.call('SMEMBERS', KEYS[1]))
+"""
+
+#: The node of a topic prefix of depth d is ARGV[1] .. '/' .. level1 .. '/' .. level d
+#: (the root is ARGV[1] itself), a set of the next levels below it.
+_SET_RETAINED = """
+local topic = ARGV[2]
+redis.call('HSET', KEYS[1], topic, ARGV[3])
+local path = ''
+local start = 1
+while true do
+  local slash = string.find(topic, '/', start, true)
+  local level
+  if slash then level = string.sub(topic, start, slash - 1) else level = string.sub(topic, start) end
+  redis.call('SADD', ARGV[1] .. path, level)
+  path = path .. '/' .. level
+  if not slash then return 1 end
+  start = slash + 1
+end
+"""
+
+#: Delete a retained message and prune the index nodes nothing is below any more.
+_DELETE_RETAINED = """
+local topic = ARGV[2]
+if redis.call('HDEL', KEYS[1], topic) == 0 then return 0 end
+local paths = {''}
+local levels = {}
+local start = 1
+while true do
+  local slash = string.find(topic, '/', start, true)
+  local level
+  if slash then level = string.sub(topic, start, slash - 1) else level = string.sub(topic, start) end
+  levels[#levels + 1] = level
+  paths[#paths + 1] = paths[#paths] .. '/' .. level
+  if not slash then break end
+  start = slash + 1
+end
+for d = #levels, 1, -1 do
+  local path = paths[d + 1]
+  if redis.call('EXISTS', ARGV[1] .. path) == 1 then break end
+  if d < #levels and redis.call('HEXISTS', KEYS[1], string.sub(path, 2)) == 1 then break end
+  redis.call('SREM', ARGV[1] .. paths[d], levels[d])
+end
+return 1
+"""
+
+#: Every retained message matching a filter, walking only the index nodes that can
+#: match [MQTT-4.7]; wildcards at the first level skip '$' topics [MQTT-4.7.2-1].
+_MATCH_RETAINED = """
+local prefix = ARGV[1]
+local levels = {}
+local start = 1
+while true do
+  local slash = string.find(ARGV[2], '/', start, true)
+  if slash then
+    levels[#levels + 1] = string.sub(ARGV[2], start, slash - 1)
+  else
+    levels[#levels + 1] = string.sub(ARGV[2], start)
+    break
+  end
+  start = slash + 1
+end
+local out = {}
+local function add(path)
+  local value = redis.call('HGET', KEYS[1], string.sub(path, 2))
+  if value then out[#out + 1] = value end
+end
+local function children(path, depth)
+  local names = redis.call('SMEMBERS', prefix .. path)
+  if depth > 1 then return names end
+  local kept = {}
+  for _, name in ipairs(names) do
+    if string.sub(name, 1, 1) ~= '$' then kept[#kept + 1] = name end
+  end
+  return kept
+end
+local function subtree(path)
+  add(path)
+  for _, name in ipairs(redis.call('SMEMBERS', prefix .. path)) do
+    subtree(path .. '/' .. name)
+  end
+end
+local function walk(path, depth)
+  if depth > #levels then
+    add(path)
+    return
+  end
+  local level = levels[depth]
+  if level == '#' then
+    if depth > 1 then add(path) end
+    for _, name in ipairs(children(path, depth)) do subtree(path .. '/' .. name) end
+  elseif level == '+' then
+    for _, name in ipairs(children(path, depth)) do walk(path .. '/' .. name, depth + 1) end
+  elseif redis.call('SISMEMBER', prefix .. path, level) == 1 then
+    walk(path .. '/' .. level, depth + 1)
+  end
+end
+walk('', 1)
+return cmsgpack.pack(out)
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+SCRIPTS = {
+    "guarded": _GUARDED, "save": _SAVE, "delete": _DELETE, "load": _LOAD, "list": _LIST,
+    "set_retained": _SET_RETAINED, "delete_retained": _DELETE_RETAINED,
+    "match_retained": _MATCH_RETAINED, "release": _RELEASE,
+}
+SHAS = {name: hashlib.sha1(body.encode()).hexdigest().encode()
+         for name, body in SCRIPTS.items()}
