@@ -100,10 +100,12 @@ class Options(usage.Options):
         self["adapters"] = adapters
         listeners: list[ListenerSettings] = []
         keys = {name: list(getattr(a, "options", {}) or {}) for name, a in adapters.items()}
+        defaults = {name: a.defaultEndpoint for name, a in adapters.items()
+                    if getattr(a, "defaultEndpoint", None)}
         for value in self["listen"] or [DEFAULT_LISTENER]:
             try:
                 settings = parse_listener(value, "mqtt", keys, self["max-connections"],
-                                          self["connect-timeout"])
+                                          self["connect-timeout"], defaults)
                 check_endpoint(settings.endpoint)
             except ValueError as e:
                 raise usage.UsageError(str(e)) from None

@@ -107,9 +107,20 @@ class ListenOptionTests(SynchronousTestCase):
         """An endpoint type Twisted does not know is a usage error."""
         self.assertIn("foo", self.assertUsageError("--listen", "foo:1883"))
 
-    def test_empty_endpoint(self) -> None:
-        """An adapter name with nothing after '=' is a usage error."""
-        self.assertIn("no endpoint", self.assertUsageError("--listen", "mqtt="))
+    def test_empty_endpoint_uses_adapter_default(self) -> None:
+        """An adapter name with nothing after '=' listens on that adapter's default endpoint."""
+        options = Options()
+        options.parseOptions(["--listen", "mqtt="])
+        self.assertEqual([(s.adapter, s.endpoint) for s in options["listeners"]],
+                         [("mqtt", "tcp:1883")])
+
+    def test_empty_endpoint_without_default(self) -> None:
+        """With no endpoint and no adapter default, the listener is a usage error."""
+        from mqtt_twisted.adapters.listener import parse_listener
+
+        with self.assertRaises(ValueError) as caught:
+            parse_listener("mqtt=", "mqtt", {"mqtt": []})
+        self.assertIn("no endpoint", str(caught.exception))
 
     def test_bad_listener_key_value(self) -> None:
         """A listener key that is not a number is a usage error."""

@@ -65,6 +65,7 @@ def parse_listener(
     adapter_keys: dict[str, Iterable[str]] | None = None,
     max_connections: int = 0,
     connect_timeout: float = 10.0,
+    default_endpoints: dict[str, str] | None = None,
 ) -> ListenerSettings:
     """Parse ``[ADAPTER=]ENDPOINT``; raise ValueError with a message a user can act on."""
     adapter = default_adapter
@@ -72,6 +73,8 @@ def parse_listener(
     match = _ADAPTER_PREFIX.match(endpoint)
     if match and ":" not in match.group(1):
         adapter, endpoint = match.group(1), match.group(2)
+    if not endpoint:
+        endpoint = (default_endpoints or {}).get(adapter, "")
     if not endpoint:
         raise ValueError(f"listener {value!r} has no endpoint (e.g. tcp:1883)")
     own_keys = set(COMMON_KEYS)

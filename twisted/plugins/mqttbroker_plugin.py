@@ -5,6 +5,6 @@ from twisted.application.service import ServiceMaker
 mqttBroker = ServiceMaker(
     "mqtt-twisted broker",
     "mqtt_twisted.tap",
-    "A multi-protocol MQTT 3.1.1 / 5.0 broker (MQTT, TLS, WebSocket, HTTP adapters)",
+    "An MQTT 3.1 / 3.1.1 / 5.0 broker with pluggable adapters, stores and auth",
     "mqttbroker",
 )
