@@ -31,9 +31,27 @@ class _Call:
         self.done = False
 
 
+class _Protocol(txredisapi.RedisProtocol):
+    """txredisapi's protocol, serializing commands of byte strings faster.
+
+    Every command the store sends is built here; txredisapi's own builder encodes
+    each argument through several type checks and str.format calls, which was the
+    largest single cost of a stored QoS 1 message.
+    """
+
+    def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
+        parts = [b"*%d\r\n" % len(args)]
+        for arg in args:
+            if type(arg) is not bytes:
+                arg = self._encode_value(arg)
+            parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+        return b"".join(parts)
+
+
 class _Factory(txredisapi.RedisFactory):
     """One reconnecting connection (txredisapi does the backoff) reporting to its link."""
 
+    protocol = _Protocol
     initialDelay = 0.1
     maxDelay = 5.0
 
@@ -75,6 +93,7 @@ class Link:
         self.sent: deque[_Call] = deque()
         self.ready: Deferred[None] | None = Deferred()
         self._timer: Any = None
+        self._flush_call: Any = None
         self._drained: list[Deferred[None]] = []
 
     # --- connection events ---
@@ -130,6 +149,9 @@ class Link:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+            self._flush(self._flush_call.args[0])
         self._resolve_ready(StorageError("Redis store stopped"))
         self._fail(self.waiting, StorageError("Redis store stopped"))
         factory, self.factory = self.factory, None
@@ -153,13 +175,29 @@ class Link:
         return call.deferred
 
     def _send(self, protocol: Any, call: _Call) -> None:
+        """Queue the command in txredisapi's pipeline; the turn's commands are written
+        together by _flush (one transport write, one round trip)."""
         self.sent.append(call)
+        if self._flush_call is None:
+            protocol.pipelining = True
+            protocol.pipelined_commands = []
+            protocol.pipelined_replies = []
+            self._flush_call = self.store.reactor.callLater(0, self._flush, protocol)
         try:
             reply = protocol.execute_command(*call.args)
         except Exception:
             self._settle(Failure(), call)
             return
         reply.addBoth(self._settle, call)
+
+    def _flush(self, protocol: Any) -> None:
+        self._flush_call = None
+        commands = protocol.pipelined_commands
+        protocol.pipelining = False
+        protocol.pipelined_commands = []
+        protocol.pipelined_replies = []  # we wait on each reply, not on txredisapi's list
+        if commands and protocol.connected and protocol.transport is not None:
+            protocol.transport.write(b"".join(commands))
 
     def _settle(self, result: Any, call: _Call) -> None:
         sent = self.sent

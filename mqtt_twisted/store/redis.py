@@ -75,6 +75,8 @@ __all__ = [
 
 log = Logger()
 
+_COUNTS = [str(n).encode() for n in range(8)]
+
 # --- options ---------------------------------------------------------------------------
 
 
@@ -307,7 +309,7 @@ class RedisStore:
 
     def _script(self, link: Link, name: str, keys: tuple[bytes, ...],
                 args: tuple[Any, ...] | list[Any]) -> Deferred[Any]:
-        return link.call(("EVALSHA", SHAS[name], len(keys), *keys, *args))
+        return link.call((b"EVALSHA", SHAS[name], _COUNTS[len(keys)], *keys, *args))
 
     def _guarded(self, cid: bytes, kind: bytes, *command: Any) -> Deferred[None]:
         d = self._script(self._link(cid), "guarded",

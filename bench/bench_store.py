@@ -1,0 +1,281 @@
+"""The cost of durability: QoS 1 throughput and persistent-session reconnect time,
+Redis store against memory store.
+
+For each store the script starts a broker (``twistd -n mqttbroker``) in a child
+process on 127.0.0.1, with a redis-server of its own for the Redis store
+(``appendonly yes``, ``appendfsync everysec``: the settings docs/stores.md assumes),
+and drives it with raw MQTT 3.1.1 clients built on our codec:
+
+* **qos1**: one persistent subscriber (clean session 0) acknowledging every message,
+  one publisher keeping ``--window`` QoS 1 PUBLISHes unacknowledged.  With the Redis
+  store every message is written for the subscriber's session (queued/in flight)
+  and removed on its PUBACK, and the publisher's PUBACK waits for the write.
+  Figure: messages per second, from the first PUBLISH to the last PUBACK and delivery.
+* **reconnect**: a persistent session with ``--queued`` QoS 1 messages waiting for it
+  (published while it was offline); the subscriber reconnects and acknowledges them
+  all.  Figures: seconds to CONNACK, and to the last message.
+
+Usage::
+
+    python bench/bench_store.py [--messages 20000] [--window 100] [--queued 10000]
+                                [--stores memory,redis] [--runs 3]
+
+It prints one table; the median of ``--runs`` runs is shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import selectors
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from mqtt_twisted.codec import (  # noqa: E402
+    ConnAck,
+    Connect,
+    Disconnect,
+    PubAck,
+    Publish,
+    StreamDecoder,
+    SubAck,
+    Subscribe,
+    Subscription,
+    encode,
+)
+
+HOST = "127.0.0.1"
+TIMEOUT = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, process: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((HOST, port), timeout=1).close()
+            return
+        except OSError:
+            pass
+        try:  # wait a little, noticing at once if it died
+            process.wait(0.05)
+            raise RuntimeError(f"{what} exited with {process.returncode}")
+        except subprocess.TimeoutExpired:
+            pass
+    raise RuntimeError(f"{what} did not listen on {port}")
+
+
+class Services:
+    """A broker (and a redis-server for the Redis store) in child processes."""
+
+    def __init__(self, store: str, max_queued: int) -> None:
+        self.dir = tempfile.mkdtemp(prefix="bench-store-")
+        self.redis = None
+        if store == "redis":
+            rport = free_port()
+            self.redis = subprocess.Popen(
+                ["redis-server", "--port", str(rport), "--bind", HOST, "--save", "",
+                 "--appendonly", "yes", "--appendfsync", "everysec", "--dir", self.dir],
+                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            wait_port(rport, self.redis, "redis-server")
+            store = f"redis://{HOST}:{rport}/0"
+        self.port = free_port()
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        self.log = open(os.path.join(self.dir, "broker.log"), "wb")
+        self.broker = subprocess.Popen(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
+             "--pidfile=", "mqttbroker", "--listen", f"tcp:{self.port}:interface={HOST}",
+             "--store", store, "--sys-interval", "0", "--max-queued", str(max_queued)],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=self.dir)
+        wait_port(self.port, self.broker, "the broker")
+
+    def close(self) -> None:
+        for process in (self.broker, self.redis):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Client:
+    """A blocking raw MQTT 3.1.1 client."""
+
+    def __init__(self, port: int, client_id: str, clean: bool) -> None:
+        self.sock = socket.create_connection((HOST, port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.decoder = StreamDecoder(4)
+        self.pending: list = []
+        self.send(Connect(client_id, 4, clean, 0))
+        self.connack = self.expect(ConnAck)
+
+    def send(self, packet) -> None:
+        self.sock.sendall(encode(packet, 4))
+
+    def read(self) -> list:
+        data = self.sock.recv(1 << 16)
+        if not data:
+            raise RuntimeError("the broker closed the connection")
+        return self.decoder.feed(data)
+
+    def expect(self, kind):
+        deadline = time.monotonic() + TIMEOUT
+        while not self.pending:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no {kind.__name__}")
+            self.pending.extend(self.read())
+        packet = self.pending.pop(0)
+        if not isinstance(packet, kind):
+            raise RuntimeError(f"expected {kind.__name__}, got {packet!r}")
+        return packet
+
+    def close(self, disconnect: bool = True) -> None:
+        if disconnect:
+            self.send(Disconnect())
+        self.sock.close()
+
+
+def publish_all(port: int, n: int, window: int, subscriber: Client | None) -> float:
+    """Publish n QoS 1 messages with a window; if ``subscriber`` is given, it acks them
+    as they come.  Returns the elapsed seconds until every PUBACK and delivery."""
+    pub = Client(port, "bench-pub", True)
+    payload = b"x" * 64
+    sel = selectors.DefaultSelector()
+    sel.register(pub.sock, selectors.EVENT_READ, "pub")
+    if subscriber is not None:
+        sel.register(subscriber.sock, selectors.EVENT_READ, "sub")
+    sent = acked = delivered = 0
+    want_delivered = n if subscriber is not None else 0
+    start = time.perf_counter()
+    deadline = time.monotonic() + TIMEOUT
+    while acked < n or delivered < want_delivered:
+        if sent < n and sent - acked < window:
+            batch = []
+            while sent < n and sent - acked < window:
+                sent += 1
+                batch.append(encode(Publish("bench/t", payload, 1, False, False,
+                                            (sent - 1) % 65535 + 1), 4))
+            pub.sock.sendall(b"".join(batch))
+        for key, _ in sel.select(1.0):
+            if key.data == "pub":
+                acked += sum(1 for p in pub.read() if isinstance(p, PubAck))
+            else:
+                acks = []
+                for packet in subscriber.read():  # type: ignore[union-attr]
+                    if isinstance(packet, Publish):
+                        delivered += 1
+                        acks.append(encode(PubAck(packet.packet_id), 4))
+                if acks:
+                    subscriber.sock.sendall(b"".join(acks))  # type: ignore[union-attr]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"stuck: sent {sent} acked {acked} delivered {delivered}")
+    elapsed = time.perf_counter() - start
+    sel.close()
+    pub.close()
+    return elapsed
+
+
+def subscribe(port: int, client_id: str) -> Client:
+    sub = Client(port, client_id, False)
+    sub.send(Subscribe(1, [Subscription("bench/#", 1)]))
+    sub.expect(SubAck)
+    return sub
+
+
+def bench_qos1(store: str, n: int, window: int) -> float:
+    services = Services(store, max(n, 1000))
+    try:
+        sub = subscribe(services.port, "bench-sub")
+        elapsed = publish_all(services.port, n, window, sub)
+        sub.close()
+        return n / elapsed
+    finally:
+        services.close()
+
+
+def bench_reconnect(store: str, queued: int, window: int) -> tuple[float, float]:
+    services = Services(store, queued + 1000)
+    try:
+        subscribe(services.port, "bench-rc").close()
+        publish_all(services.port, queued, window, None)
+        start = time.perf_counter()
+        sub = Client(services.port, "bench-rc", False)
+        connack = time.perf_counter() - start
+        if not sub.connack.session_present:
+            raise RuntimeError("the session was not kept")
+        got = 0
+        pending = [p for p in sub.pending if isinstance(p, Publish)]
+        sub.pending.clear()
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            acks = [encode(PubAck(p.packet_id), 4) for p in pending]
+            got += len(pending)
+            if acks:
+                sub.sock.sendall(b"".join(acks))
+            if got >= queued:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {got} of {queued} queued messages arrived")
+            pending = [p for p in sub.read() if isinstance(p, Publish)]
+        drained = time.perf_counter() - start
+        sub.close()
+        return connack, drained
+    finally:
+        services.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--window", type=int, default=100)
+    parser.add_argument("--queued", type=int, default=10000)
+    parser.add_argument("--stores", default="memory,redis")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    stores = args.stores.split(",")
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f
+                       if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    redis_version = subprocess.run(["redis-server", "--version"], capture_output=True,
+                                   text=True).stdout.split()[2] if "redis" in stores else "-"
+    print(f"python {platform.python_version()}, nproc {os.cpu_count()}, {cpu}, "
+          f"redis-server {redis_version}")
+    print(f"qos1: {args.messages} messages of 64 bytes, publisher window {args.window}; "
+          f"reconnect: {args.queued} queued QoS 1 messages; median of {args.runs} runs")
+    print(f"{'store':8} {'QoS 1 msg/s':>12} {'CONNACK ms':>11} {'drain s':>8} "
+          f"{'drain msg/s':>12}")
+    for store in stores:
+        rates = [bench_qos1(store, args.messages, args.window) for _ in range(args.runs)]
+        reconnects = [bench_reconnect(store, args.queued, args.window)
+                      for _ in range(args.runs)]
+        connack = statistics.median(c for c, _ in reconnects)
+        drain = statistics.median(d for _, d in reconnects)
+        print(f"{store:8} {statistics.median(rates):12.0f} {connack * 1000:11.1f} "
+              f"{drain:8.2f} {args.queued / drain:12.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
