@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
@@ -158,9 +158,9 @@ class BrokerService(MultiService):
             return False
         conn = session.connection
         if conn is not None:
-            conn.clean_exit = True
+            # A server-side disconnect: the will goes out, as after any close that is not
+            # the client's own normal DISCONNECT [MQTT-3.1.2-8].
             conn.close(ReasonCode.ADMINISTRATIVE_ACTION)
-            self.broker.connection_ended(conn, send_will=False)
         if remove and self.broker.sessions.get(clientId) is session:
             self.broker.discard_session(session)
         return True
@@ -178,14 +178,18 @@ class BrokerService(MultiService):
             validate_topic_filter(topicFilter)
         except MQTTError as e:
             return succeed(int(e.reason_code))
-        if self.broker.authorizer is not None and not self.broker.may_subscribe(session,
-                                                                                topicFilter):
-            return succeed(int(ReasonCode.NOT_AUTHORIZED))
+        if self.broker.authorizer is None:
+            return succeed(self._subscribe(session, topicFilter, qos, True))
+        answer = maybeDeferred(self.broker.may_subscribe, session, topicFilter)
+        return answer.addCallback(lambda ok: self._subscribe(session, topicFilter, qos, ok))
+
+    def _subscribe(self, session: Any, topicFilter: str, qos: int, allowed: bool) -> int:
+        if not allowed:
+            return int(ReasonCode.NOT_AUTHORIZED)
         options = SubscriptionOptions(min(qos, self.broker.settings.maximum_qos))
-        is_new = self.broker.subscribe(session, topicFilter, options)
-        if is_new:
+        if self.broker.subscribe(session, topicFilter, options):
             self.broker.send_retained(session, topicFilter, options)
-        return succeed(options.qos)
+        return options.qos
 
     def unsubscribe(self, clientId: str, topicFilter: str) -> Deferred[bool]:
         return succeed(self.broker.unsubscribe(self._open_session(clientId), topicFilter))

@@ -18,6 +18,7 @@ from zope.interface import implementer
 from mqtt_twisted.codec.packets import Auth, Connect
 from mqtt_twisted.codec.topics import SHARE_PREFIX, parse_shared_filter
 from mqtt_twisted.constants import PropertyId, ReasonCode
+from mqtt_twisted.core._async import when
 from mqtt_twisted.core.connection import CLOSED, MQTTConnection
 from mqtt_twisted.core.session import AWAITING_PUBCOMP, Outbound, Session, SubscriptionOptions
 from mqtt_twisted.core.settings import BrokerSettings
@@ -37,21 +38,6 @@ def expired(message: Message, now: float) -> bool:
     """Whether a v5 message's expiry interval has run out [MQTT-3.3.2-5]."""
     interval = message.properties.get(_EXPIRY)
     return interval is not None and now - message.received_at >= interval
-
-
-def when(result: Any, callback: Callable[[Any], Any], errback: Callable[[Failure], Any]) -> None:
-    """Call ``callback`` with ``result`` now, or when it fires if it is a Deferred.
-
-    The core never imports the reactor side of Twisted, so it recognises
-    Deferreds by their methods.
-    """
-    if hasattr(result, "addCallbacks"):
-        result.addCallbacks(callback, errback)
-    else:
-        try:
-            callback(result)
-        except Exception:
-            errback(Failure())
 
 
 @implementer(ICredentials)
@@ -121,6 +107,15 @@ class Broker:
             client_id = assigned = self._assign_client_id()
         conn.client_id = client_id
         conn.keep_alive = packet.keep_alive
+        will = packet.will
+        if will is not None and packet.protocol_level == 5:
+            if will.qos > self.settings.maximum_qos:  # [MQTT-3.2.2-12]
+                conn.refuse(ConnectError("will QoS not supported", ReasonCode.QOS_NOT_SUPPORTED))
+                return
+            if will.retain and not self.settings.retain_available:  # [MQTT-3.2.2-13]
+                conn.refuse(ConnectError("retained will not supported",
+                                         ReasonCode.RETAIN_NOT_SUPPORTED))
+                return
         max_keepalive = self.settings.max_keepalive
         if (max_keepalive and packet.protocol_level < 5
                 and not 0 < packet.keep_alive <= max_keepalive):
@@ -141,7 +136,12 @@ class Broker:
             identity = packet.username
             self._connect_authenticated(conn, packet, assigned, identity)
             return
-        when(self.authenticator.authenticate(creds),
+        try:
+            answer = self.authenticator.authenticate(creds)
+        except Exception:
+            self._connect_failed(conn, Failure())
+            return
+        when(answer,
              lambda identity: self._connect_authenticated(conn, packet, assigned, identity),
              lambda f: self._connect_failed(conn, f))
 
@@ -394,8 +394,12 @@ class Broker:
         session.will_call = None
         self.stats.wills_published += 1
         will.received_at = self.clock.seconds()
-        if self.authorizer is None or self.may_publish(session, will.topic):
+        if self.authorizer is None:
             self.route(will)
+            return
+        when(self.may_publish(session, will.topic),
+             lambda allowed: self.route(will) if allowed else None,
+             lambda f: self.log.failure("Authorizer failed on a will", f))
 
     def _expire(self, session: Session) -> None:
         session.expiry_call = None
@@ -638,26 +642,28 @@ class Broker:
 
     # --- authorization ------------------------------------------------------------------------
 
-    def may_publish(self, session: Session | None, topic: str) -> bool:
+    def may_publish(self, session: Session | None, topic: str) -> Any:
+        """The authorizer's answer: a bool, or a Deferred of one."""
         identity = session.identity if session is not None else None
         client_id = session.clientId if session is not None else None
-        return bool(self.authorizer.mayPublish(identity, client_id, topic))
+        return self.authorizer.mayPublish(identity, client_id, topic)
 
-    def may_subscribe(self, session: Session, topic_filter: str) -> bool:
-        return bool(self.authorizer.maySubscribe(session.identity, session.clientId,
-                                                 topic_filter))
+    def may_subscribe(self, session: Session, topic_filter: str) -> Any:
+        """The authorizer's answer: a bool, or a Deferred of one."""
+        return self.authorizer.maySubscribe(session.identity, session.clientId, topic_filter)
 
     # --- store plumbing -----------------------------------------------------------------------
 
-    def collect_writes(self) -> None:
-        """Start gathering the store writes that are still pending (see collected_writes)."""
+    def writes_of(self, action: Callable[..., Any], *args: Any) -> tuple[Any, list[Any]]:
+        """Run ``action`` and return its result with the store writes it left pending:
+        the caller waits on them (to acknowledge only what is stored) and handles their
+        failures."""
         self._collecting = []
-
-    def collected_writes(self) -> list[Any]:
-        """The pending writes since collect_writes(): the caller waits on them (to ack a
-        QoS 1/2 PUBLISH only once it is stored) and handles their failures."""
-        writes, self._collecting = self._collecting, None
-        return writes or []
+        try:
+            result = action(*args)
+        finally:
+            writes, self._collecting = self._collecting, None
+        return result, writes
 
     def _persist(self, result: Any) -> None:
         """A store write: fire-and-forget (failures logged), or collected for an ack."""

@@ -37,6 +37,7 @@ from mqtt_twisted.codec.packets import (
 from mqtt_twisted.codec.stream import StreamDecoder
 from mqtt_twisted.codec.topics import validate_topic_filter
 from mqtt_twisted.constants import PacketType, PropertyId, ReasonCode
+from mqtt_twisted.core._async import gather
 from mqtt_twisted.core.session import AWAITING_ACK, AWAITING_PUBCOMP, Session, SubscriptionOptions
 from mqtt_twisted.core.wire import forward_properties, publish_bytes, with_dup
 from mqtt_twisted.errors import (
@@ -434,32 +435,80 @@ class MQTTConnection:
         if raw is not None:
             # Subscribers of the same wire format get these very bytes [perf: no re-encode].
             message.wire = {(5 if self.version == 5 else 4, 0, False): (raw, 0)}
+        if broker.authorizer is None:
+            if not qos:
+                broker.route(message)  # the QoS 0 fast path
+                return
+            allowed: Any = True
+        else:
+            allowed = broker.may_publish(session, topic)
+        if qos == 2:
+            pid = packet.packet_id
+            if pid in session.inboundQoS2:  # type: ignore[union-attr]
+                self.send(PubRec(pid))  # a resend: route it once only [MQTT-4.3.3-9]
+                return
+            if len(session.inboundQoS2) >= broker.settings.receive_maximum:  # type: ignore[union-attr]
+                raise ProtocolError("receive maximum exceeded",
+                                    ReasonCode.RECEIVE_MAXIMUM_EXCEEDED)
+        if hasattr(allowed, "addCallbacks"):
+            self._wait_for(allowed, lambda ok: self._publish(message, bool(ok)))
+        else:
+            self._publish(message, bool(allowed))
+
+    def _publish(self, message: Message, allowed: bool) -> None:
+        """Route an authorized PUBLISH and acknowledge it once what it needs is stored."""
+        broker = self.broker
+        qos = message.qos
         if not qos:
-            if broker.authorizer is None or broker.may_publish(session, topic):
+            if allowed:
                 broker.route(message)
             return
-        pid = packet.packet_id
-        if qos == 2 and pid in session.inboundQoS2:  # type: ignore[union-attr]
-            self.send(PubRec(pid))  # a resend: route it once only [MQTT-4.3.3-9]
-            return
-        if qos == 2 and len(session.inboundQoS2) >= broker.settings.receive_maximum:  # type: ignore[union-attr]
-            raise ProtocolError("receive maximum exceeded", ReasonCode.RECEIVE_MAXIMUM_EXCEEDED)
+        pid: int = message.packet_id  # type: ignore[assignment]
+        code, writes = broker.writes_of(self._route_acked, message, allowed)
+        # [MQTT-4.3.2/3] stored before it is acknowledged
+        self._reply(PubAck(pid, code) if qos == 1 else PubRec(pid, code), writes)
+
+    def _route_acked(self, message: Message, allowed: bool) -> int:
+        if not allowed:
+            return ReasonCode.NOT_AUTHORIZED
         code = 0
-        broker.collect_writes()
-        try:
-            if broker.authorizer is not None and not broker.may_publish(session, topic):
-                code = ReasonCode.NOT_AUTHORIZED
-            elif not broker.route(message) and self.version == 5:
-                code = ReasonCode.NO_MATCHING_SUBSCRIBERS
-            if qos == 2 and code < 0x80:
-                broker.add_inbound_qos2(session, pid)  # type: ignore[arg-type]
-        finally:
-            writes = broker.collected_writes()
-        ack = PubAck(pid, code) if qos == 1 else PubRec(pid, code)
+        if not self.broker.route(message) and self.version == 5:
+            code = ReasonCode.NO_MATCHING_SUBSCRIBERS
+        if message.qos == 2:
+            self.broker.add_inbound_qos2(self.session, message.packet_id)  # type: ignore[arg-type]
+        return code
+
+    def _wait_for(self, answer: Any, then: Callable[[Any], None]) -> None:
+        """Hold this client's later packets until an asynchronous answer (an authorizer's)
+        arrives, so that they are still handled in order."""
+        self.block()
+
+        def done(value: Any) -> None:
+            if self.state == CLOSED:
+                return
+            try:
+                then(value)
+            except MQTTError as e:
+                self.violation(e)
+                return
+            self.unblock()
+
+        def failed(failure: Failure) -> None:
+            self.log.failure("Authorizer failed for {client}; refusing", failure,
+                             client=self.client_id)
+            done(False)
+
+        answer.addCallbacks(done, failed)
+
+    def _reply(self, packet: Packet, writes: list[Any],
+               then: Callable[[], None] | None = None) -> None:
+        """Send ``packet`` (then call ``then``) now, or once ``writes`` are stored."""
         if writes or self._acks:
-            self._ack_after(ack, writes)  # [MQTT-4.3.2/3] stored before it is acknowledged
+            self._ack_after(packet, writes, then)
         else:
-            self.send(ack)
+            self.send(packet)
+            if then is not None:
+                then()
 
     def _ack_after(self, ack: Packet, writes: list[Any],
                    then: Callable[[], None] | None = None) -> None:
@@ -528,35 +577,20 @@ class MQTTConnection:
         if packet.reason_code >= 0x80:  # v5: the receiver refused it; the flow ends here
             self.broker.outbound_done(session, pid)  # type: ignore[arg-type]
             return
+        writes: list[Any] = []
         if out.state == AWAITING_ACK:
-            broker = self.broker
-            broker.collect_writes()
-            try:
-                broker.outbound_released(session, out)  # type: ignore[arg-type]
-            finally:
-                writes = broker.collected_writes()
-            if writes or self._acks:
-                # [MQTT-4.3.3] after PUBREL the PUBLISH is never sent again: store that first.
-                self._ack_after(PubRel(pid), writes)
-                return
-        self.send(PubRel(pid))
+            # [MQTT-4.3.3] after PUBREL the PUBLISH is never sent again: store that first.
+            _, writes = self.broker.writes_of(self.broker.outbound_released, session, out)
+        self._reply(PubRel(pid), writes)
 
     def _on_pubrel(self, packet: PubRel) -> None:
         session = self.session
         pid = packet.packet_id
         if pid in session.inboundQoS2:  # type: ignore[union-attr]
-            broker = self.broker
-            broker.collect_writes()
-            try:
-                broker.remove_inbound_qos2(session, pid)  # type: ignore[arg-type]
-            finally:
-                writes = broker.collected_writes()
-            if writes or self._acks:
-                # Stored first: a packet id still marked after a crash would swallow the
-                # client's next QoS 2 PUBLISH reusing it as a duplicate.
-                self._ack_after(PubComp(pid), writes)
-            else:
-                self.send(PubComp(pid))
+            # Stored first: a packet id still marked after a crash would swallow the
+            # client's next QoS 2 PUBLISH reusing it as a duplicate.
+            _, writes = self.broker.writes_of(self.broker.remove_inbound_qos2, session, pid)
+            self._reply(PubComp(pid), writes)
         elif self.version == 5:
             self.send(PubComp(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
         else:
@@ -571,19 +605,26 @@ class MQTTConnection:
     # --- SUBSCRIBE / UNSUBSCRIBE -------------------------------------------------------------
 
     def _on_subscribe(self, packet: Subscribe) -> None:
+        if self.version == 5 and packet.packet_id in self.session.inboundQoS2:  # type: ignore[union-attr]
+            codes = [ReasonCode.PACKET_IDENTIFIER_IN_USE] * len(packet.subscriptions)
+            self.send(SubAck(packet.packet_id, codes))
+            return
         broker = self.broker
-        broker.collect_writes()
-        try:
-            codes, granted = self._subscribe(packet)
-        finally:
-            writes = broker.collected_writes()
-        suback = SubAck(packet.packet_id, codes)
-        if writes or self._acks:
-            # A persistent session's subscriptions are stored before SUBACK.
-            self._ack_after(suback, writes, lambda: self._send_retained(granted))
+        if broker.authorizer is None:
+            self._subscribe_authorized(packet, None)
+            return
+        answers = [broker.may_subscribe(self.session, s.topic_filter)  # type: ignore[arg-type]
+                   for s in packet.subscriptions]
+        if any(hasattr(a, "addCallbacks") for a in answers):
+            self._wait_for(gather(answers), lambda oks: self._subscribe_authorized(packet, oks))
         else:
-            self.send(suback)
-            self._send_retained(granted)
+            self._subscribe_authorized(packet, answers)
+
+    def _subscribe_authorized(self, packet: Subscribe, allowed: list[Any] | None) -> None:
+        # A persistent session's subscriptions are stored before SUBACK.
+        (codes, granted), writes = self.broker.writes_of(self._subscribe, packet, allowed)
+        self._reply(SubAck(packet.packet_id, codes), writes,
+                    lambda: self._send_retained(granted))
 
     def _send_retained(self, granted: list[tuple[str, SubscriptionOptions, bool]]) -> None:
         for topic_filter, options, is_new in granted:
@@ -591,15 +632,17 @@ class MQTTConnection:
             if options.retain_handling == 0 or (options.retain_handling == 1 and is_new):
                 self.broker.send_retained(self.session, topic_filter, options)  # type: ignore[arg-type]
 
-    def _subscribe(self, packet: Subscribe) -> tuple[list[int], list[Any]]:
-        """Grant what the SUBSCRIBE asks for; the SUBACK codes and the granted filters."""
+    def _subscribe(self, packet: Subscribe,
+                   allowed: list[Any] | None) -> tuple[list[int], list[Any]]:
+        """Grant what the SUBSCRIBE asks for (``allowed``: the authorizer's answers, or
+        None for no authorizer); return the SUBACK codes and the granted filters."""
         session = self.session
         broker = self.broker
         v5 = self.version == 5
         sub_id = packet.properties.get(_P.SUBSCRIPTION_IDENTIFIER) if v5 else None
         codes: list[int] = []
         granted: list[tuple[str, SubscriptionOptions, bool]] = []
-        for sub in packet.subscriptions:
+        for i, sub in enumerate(packet.subscriptions):
             try:
                 shared = validate_topic_filter(sub.topic_filter)
             except InvalidTopicFilter:
@@ -611,8 +654,7 @@ class MQTTConnection:
             if refusal:
                 codes.append(refusal if v5 else 0x80)
                 continue
-            if broker.authorizer is not None and not broker.may_subscribe(session,
-                                                                          sub.topic_filter):
+            if allowed is not None and not allowed[i]:
                 codes.append(ReasonCode.NOT_AUTHORIZED if v5 else 0x80)
                 continue
             qos = min(sub.qos, broker.settings.maximum_qos)
@@ -637,6 +679,10 @@ class MQTTConnection:
 
     def _on_unsubscribe(self, packet: Unsubscribe) -> None:
         session = self.session
+        if self.version == 5 and packet.packet_id in session.inboundQoS2:  # type: ignore[union-attr]
+            self.send(UnsubAck(packet.packet_id, [ReasonCode.PACKET_IDENTIFIER_IN_USE]
+                               * len(packet.topic_filters)))
+            return
         codes = []
         for topic_filter in packet.topic_filters:
             existed = self.broker.unsubscribe(session, topic_filter)  # type: ignore[arg-type]
@@ -656,8 +702,9 @@ class MQTTConnection:
                 if session.expiryInterval == 0 and expiry:  # type: ignore[union-attr]
                     raise ProtocolError("session expiry changed from 0 on DISCONNECT")
                 self.broker.set_session_expiry(session, expiry)  # type: ignore[arg-type]
-        # [MQTT-3.14.4-3] a DISCONNECT deletes the will, except v5's reason 0x04.
-        self.clean_exit = not (self.version == 5 and packet.reason_code == 0x04)
+        # [MQTT-3.14.4-3] only a normal DISCONNECT (0x00) deletes the will; v5's 0x04 and
+        # error codes keep it.
+        self.clean_exit = packet.reason_code == 0
         self._shut()
 
     def _on_auth(self, packet: Auth) -> None:

@@ -11,7 +11,8 @@ import math
 from typing import Any
 
 from mqtt_twisted import __version__
-from mqtt_twisted.core.broker import Broker, when
+from mqtt_twisted.core._async import when
+from mqtt_twisted.core.broker import Broker
 from mqtt_twisted.message import Message
 
 PREFIX = "$SYS/broker/"

@@ -9,6 +9,8 @@ interval) are encoded individually.
 
 from __future__ import annotations
 
+import math
+
 from mqtt_twisted.codec._encode import encode_publish
 from mqtt_twisted.codec.packets import Publish
 from mqtt_twisted.constants import PropertyId
@@ -31,7 +33,8 @@ def forward_properties(
         props[_SUB_ID] = list(subscription_ids)
     expiry = props.get(_EXPIRY)
     if expiry is not None:
-        props[_EXPIRY] = max(0, int(expiry - (now - message.received_at)))
+        # Rounded up: a message forwarded at once keeps its whole interval.
+        props[_EXPIRY] = max(0, math.ceil(expiry - (now - message.received_at)))
     return props
 
 
