@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    gatherResults,
+    inlineCallbacks,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
@@ -26,6 +33,8 @@ from mqtt_twisted.message import Message
 
 #: How long shutdown waits for clients to go before closing the store anyway.
 SHUTDOWN_GRACE = 5.0
+#: Sessions loaded from the store at once when the broker starts.
+RESTORE_BATCH = 500
 
 
 @implementer(IBrokerService)
@@ -100,10 +109,13 @@ class BrokerService(MultiService):
     @inlineCallbacks
     def _restore_sessions(self) -> Any:
         client_ids = yield self.store.listSessions()
-        for client_id in client_ids:
-            state = yield self.store.loadSession(client_id)
-            if state is not None and client_id not in self.broker.sessions:
-                self.broker.restore_session(state)
+        # Loaded a batch at a time: a network store answers a batch in one round trip.
+        for start in range(0, len(client_ids), RESTORE_BATCH):
+            batch = client_ids[start:start + RESTORE_BATCH]
+            states = yield gatherResults([self.store.loadSession(c) for c in batch])
+            for client_id, state in zip(batch, states):
+                if state is not None and client_id not in self.broker.sessions:
+                    self.broker.restore_session(state)
         if client_ids:
             self.log.info("Restored {n} stored sessions", n=len(client_ids))
 
@@ -123,12 +135,20 @@ class BrokerService(MultiService):
         while self.broker.connections and waited < SHUTDOWN_GRACE:
             yield deferLater(self.reactor, 0.05, lambda: None)
             waited += 0.05
+        saves = []
         for session in list(self.broker.sessions.values()):
             if session.persistent:
-                yield self.store.saveSession(session)
+                saves.append(self.store.saveSession(session))
             for call in (session.expiry_call, session.will_call):
                 if call is not None and call.active():
                     call.cancel()
+        # All at once (pipelined; each fails by the store's own timeout if it cannot
+        # answer), and the store is closed whatever became of them.
+        results = yield DeferredList(saves, consumeErrors=True)
+        failed = [r for ok, r in results if not ok]
+        if failed:
+            self.log.warn("{n} of {total} sessions could not be saved at shutdown: {error}",
+                          n=len(failed), total=len(saves), error=failed[0].getErrorMessage())
         yield self.store.stop()
 
     # --- IBrokerService -----------------------------------------------------------------

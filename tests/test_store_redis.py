@@ -448,3 +448,58 @@ def _make_certificates(directory: str) -> tuple[str, str, str]:
         f.write(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption()))
     return paths[0], paths[1], paths[2]
+
+
+class ServiceTests(RedisTestCase):
+    """BrokerService's store lifecycle on Redis: restore at start, save at stop."""
+
+    @inlineCallbacks
+    def test_restores_every_stored_session(self) -> Any:
+        """At start the service restores every stored session (more than one load batch),
+        with its subscriptions routable and its queue in order."""
+        from mqtt_twisted.service import RESTORE_BATCH, BrokerService
+
+        writer = yield self.store()
+        count = RESTORE_BATCH * 2 + 7
+        saves = []
+        for n in range(count):
+            state = StoredSession(f"c{n}")
+            state.expiryInterval = None
+            state.subscriptions = {f"to/c{n}": SubscriptionOptions(1)}
+            state.outbound = [Outbound(Message(f"to/c{n}", b"%d" % i, 1), 1, False, None, None,
+                                       0, None, i) for i in (2, 1)]
+            saves.append(writer.saveSession(state))
+        yield gatherResults(saves)
+        service = BrokerService(self.reactor, RedisStore.fromURL(self.reactor,
+                                                                 self.server.url()),
+                                sys_interval=0)
+        service.startService()
+        yield service.ready
+        try:
+            broker = service.broker
+            self.assertEqual(len(broker.sessions), count)
+            self.assertEqual([c for c, _ in broker.tree.match("to/c42")], ["c42"])
+            self.assertEqual([o.message.payload for o in broker.sessions["c7"].queue],
+                             [b"1", b"2"])
+        finally:
+            yield service.stopService()
+
+    @inlineCallbacks
+    def test_stop_while_redis_is_down(self) -> Any:
+        """Stopping the service with Redis gone ends after the store's timeout, with the
+        store closed, instead of waiting on each session in turn."""
+        from mqtt_twisted.service import BrokerService
+
+        service = BrokerService(self.reactor, RedisStore.fromURL(
+            self.reactor, self.server.url(timeout=0.5)), sys_interval=0)
+        service.startService()
+        yield service.ready
+        for n in range(50):
+            state = StoredSession(f"c{n}")
+            state.expiryInterval = None
+            service.broker.restore_session(state)
+        yield self.server.stop()
+        started = self.reactor.seconds()
+        yield service.stopService()
+        self.assertLess(self.reactor.seconds() - started, 3)
+        self.flushLoggedErrors(StorageError)
