@@ -73,7 +73,7 @@ class MQTTConnection:
         "broker", "transport", "peer", "listener", "certificate_identity", "decoder", "state",
         "version", "session", "client_id", "keep_alive", "last_rx", "paused", "clean_exit",
         "send_quota", "max_send_size", "_backlog", "_blocked", "_timer", "_aliases_in",
-        "_aliases_out", "_alias_limit", "_handlers", "auth_method", "auth_pending",
+        "_aliases_out", "_alias_limit", "auth_method", "auth_pending",
         "auth_final_data", "_acks", "__weakref__",
     )
 
@@ -110,19 +110,6 @@ class MQTTConnection:
         self.auth_final_data: bytes | None = None
         self._acks: deque[list[Any]] | None = None  # acks waiting for store writes
         self._alias_limit = 0
-        self._handlers: dict[int, Callable[[Any], None]] = {
-            PacketType.CONNECT: self._on_connect,
-            PacketType.PUBLISH: self._on_publish,
-            PacketType.PUBACK: self._on_puback,
-            PacketType.PUBREC: self._on_pubrec,
-            PacketType.PUBREL: self._on_pubrel,
-            PacketType.PUBCOMP: self._on_pubcomp,
-            PacketType.SUBSCRIBE: self._on_subscribe,
-            PacketType.UNSUBSCRIBE: self._on_unsubscribe,
-            PacketType.PINGREQ: self._on_pingreq,
-            PacketType.DISCONNECT: self._on_disconnect,
-            PacketType.AUTH: self._on_auth,
-        }
         timeout = getattr(listener, "connectTimeout", broker.connect_timeout)
         self._timer = broker.clock.callLater(timeout, self._connect_timed_out) if timeout else None
 
@@ -152,10 +139,10 @@ class MQTTConnection:
         self._handle(packets)
 
     def _handle(self, packets: list[Packet]) -> None:
-        handlers = self._handlers
+        handlers = _HANDLERS
         for i, packet in enumerate(packets):
             try:
-                handlers[packet.type](packet)
+                handlers[packet.type](self, packet)
             except MQTTError as e:
                 self.violation(e)
                 return
@@ -189,11 +176,11 @@ class MQTTConnection:
         """Resume handling packets, first those held while blocked."""
         self._blocked = False
         backlog, self._backlog = self._backlog, None
-        handlers = self._handlers
+        handlers = _HANDLERS
         while backlog and self.state != CLOSED and not self._blocked:
             packet = backlog.pop(0)
             try:
-                handlers[packet.type](packet)
+                handlers[packet.type](self, packet)
             except MQTTError as e:
                 self.violation(e)
                 return
@@ -721,3 +708,20 @@ class MQTTConnection:
             self.broker.reauthenticate(self, data)
         else:
             raise ProtocolError("unexpected AUTH")  # [MQTT-4.12.0-2]
+
+
+#: Packet type -> handler; one table for all connections (no bound methods per connection).
+_HANDLERS: dict[int, Callable[[MQTTConnection, Any], None]] = {
+    PacketType.CONNECT: MQTTConnection._on_connect,
+    PacketType.PUBLISH: MQTTConnection._on_publish,
+    PacketType.PUBACK: MQTTConnection._on_puback,
+    PacketType.PUBREC: MQTTConnection._on_pubrec,
+    PacketType.PUBREL: MQTTConnection._on_pubrel,
+    PacketType.PUBCOMP: MQTTConnection._on_pubcomp,
+    PacketType.SUBSCRIBE: MQTTConnection._on_subscribe,
+    PacketType.UNSUBSCRIBE: MQTTConnection._on_unsubscribe,
+    PacketType.PINGREQ: MQTTConnection._on_pingreq,
+    PacketType.DISCONNECT: MQTTConnection._on_disconnect,
+    PacketType.AUTH: MQTTConnection._on_auth,
+}
+_HANDLERS = {int(k): v for k, v in _HANDLERS.items()}
