@@ -421,7 +421,7 @@ class Broker:
             self._unindex(session.clientId, topic_filter)
         session.subscriptions.clear()
         session.inflight.clear()
-        session.queue.clear()
+        session.queue = ()
         if session.expiry_call is not None and session.expiry_call.active():
             session.expiry_call.cancel()
         self._persist(self.store.deleteSession(session.clientId))
@@ -623,12 +623,16 @@ class Broker:
             self._persist(self.store.storeOutbound(session.clientId, out))
 
     def add_inbound_qos2(self, session: Session, packet_id: int) -> None:
-        session.inboundQoS2.add(packet_id)
+        if session.inboundQoS2:
+            session.inboundQoS2.add(packet_id)  # type: ignore[union-attr]
+        else:
+            session.inboundQoS2 = {packet_id}
         if self._durable and session.persistent:
             self._persist(self.store.addInboundQoS2(session.clientId, packet_id))
 
     def remove_inbound_qos2(self, session: Session, packet_id: int) -> None:
-        session.inboundQoS2.discard(packet_id)
+        if packet_id in session.inboundQoS2:
+            session.inboundQoS2.discard(packet_id)  # type: ignore[union-attr]
         if self._durable and session.persistent:
             self._persist(self.store.removeInboundQoS2(session.clientId, packet_id))
 
