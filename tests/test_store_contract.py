@@ -261,8 +261,7 @@ class StoreContract:
 
     @inlineCallbacks
     def test_store_outbound_upserts_by_seq(self) -> Any:
-        """storeOutbound records a message queued, then in flight, then awaiting PUBCOMP:
-        one record per seq, the latest state kept, in seq order."""
+        """storeOutbound upserts by seq (queued, in flight, AWAITING_PUBCOMP), loaded in seq order."""
         yield self.store.saveSession(session("c1", outbound=[outbound(1)]))
         yield self.store.storeOutbound("c1", outbound(3, 2))
         yield self.store.storeOutbound("c1", outbound(2, 1))

@@ -93,8 +93,7 @@ class DurableAckTests(SynchronousTestCase):
         return c
 
     def test_suback_after_subscription_stored(self) -> None:
-        """A persistent session's SUBACK goes out only once the subscription is stored,
-        and the retained messages follow it."""
+        """A persistent session's SUBACK waits for the stored subscription; retained messages follow."""
         self.broker.store.setRetained(Message("r/1", b"kept", 1, True))
         self.store.release()
         c = self.client("sub")
@@ -122,8 +121,7 @@ class DurableAckTests(SynchronousTestCase):
         self.assertEqual(pub.received(), [PubAck(1)])
 
     def test_pubrel_after_state_stored(self) -> None:
-        """PUBREL waits until the AWAITING_PUBCOMP state is stored: after a crash the broker
-        must not send that PUBLISH again [MQTT-4.3.3]."""
+        """PUBREL waits until AWAITING_PUBCOMP is stored, so a crash never resends the PUBLISH."""
         sub = self.subscribed("sub", "a", 2)
         pub = self.client("pub", clean=True)
         pub.publish("a", b"x", qos=2)
@@ -137,8 +135,7 @@ class DurableAckTests(SynchronousTestCase):
         self.assertEqual(sub.received(), [PubRel(publish.packet_id)])
 
     def test_pubcomp_after_packet_id_released(self) -> None:
-        """PUBCOMP waits until the released packet id is gone from the store: otherwise the
-        client's next QoS 2 PUBLISH with that id would be taken for a resend."""
+        """PUBCOMP waits until the released QoS 2 packet id is gone from the store."""
         pub = self.client("pub")
         pub.publish("nobody/listens", b"x", qos=2, packet_id=7)
         self.store.release()
@@ -162,8 +159,7 @@ class DurableAckTests(SynchronousTestCase):
         self.assertEqual(pub.received(), [PubAck(1), PubRec(2)])
 
     def test_failed_write_closes_v5_client_with_0x89(self) -> None:
-        """A QoS 1 PUBLISH whose write fails is not acknowledged; a v5 client gets
-        DISCONNECT 0x89 (server busy) and resends after reconnecting."""
+        """A QoS 1 PUBLISH whose write fails gets no PUBACK; the v5 client gets DISCONNECT 0x89."""
         self.subscribed("sub", "a", 1).drop()
         self.store.release()
         pub = self.client("pub", version=5, clean=True)

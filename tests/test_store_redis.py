@@ -327,8 +327,7 @@ class ConnectionTests(RedisTestCase):
 
     @inlineCallbacks
     def test_calls_fail_while_redis_is_down_then_recover(self) -> Any:
-        """With Redis stopped every call fails with StorageError after `timeout`; once it is
-        back (same port and data) calls succeed and the data is still there."""
+        """With Redis stopped calls fail with StorageError after `timeout`; restarted, the data is back."""
         store = yield self.store(timeout=0.3)
         yield store.saveSession(StoredSession("c1"))
         yield self.server.stop()
@@ -359,8 +358,7 @@ class ConnectionTests(RedisTestCase):
 
     @inlineCallbacks
     def test_stuck_redis_times_out(self) -> Any:
-        """A Redis that stops answering (SIGSTOP) fails calls after `timeout`; the store
-        reconnects once it answers again."""
+        """A Redis that stops answering (SIGSTOP) fails calls after `timeout`; the store then recovers."""
         import signal
 
         store = yield self.store(timeout=0.3, pool=1)
@@ -455,8 +453,7 @@ class ServiceTests(RedisTestCase):
 
     @inlineCallbacks
     def test_restores_every_stored_session(self) -> Any:
-        """At start the service restores every stored session (more than one load batch),
-        with its subscriptions routable and its queue in order."""
+        """At start the service restores every stored session, subscriptions routable, queue in order."""
         from mqtt_twisted.service import RESTORE_BATCH, BrokerService
 
         writer = yield self.store()
@@ -486,8 +483,7 @@ class ServiceTests(RedisTestCase):
 
     @inlineCallbacks
     def test_stop_while_redis_is_down(self) -> Any:
-        """Stopping the service with Redis gone ends after the store's timeout, with the
-        store closed, instead of waiting on each session in turn."""
+        """Stopping the service with Redis gone ends after one store timeout, the store closed."""
         from mqtt_twisted.service import BrokerService
 
         service = BrokerService(self.reactor, RedisStore.fromURL(

@@ -321,8 +321,7 @@ class KillTests(RestartTestCase):
 
     @inlineCallbacks
     def test_offline_queue_survives_kill(self) -> Any:
-        """QoS 1/2 messages queued for an offline persistent session survive kill -9: after
-        the restart the session is present and every message arrives, QoS 2 exactly once."""
+        """Messages queued for an offline persistent session survive kill -9: all arrive, QoS 2 once."""
         sub = yield self.connected("offline-sub", clean=False)
         yield sub.subscribe("q/#", 2)
         sub.send(Disconnect())
@@ -350,10 +349,7 @@ class KillTests(RestartTestCase):
 
     @inlineCallbacks
     def test_inflight_messages_survive_kill(self) -> Any:
-        """Messages in flight to a connected subscriber that has not acknowledged them (and
-        those queued behind its window) survive kill -9: in-flight ones are resent with
-        DUP=1 and the same packet ids, a PUBREC'd QoS 2 one gets its PUBREL again, and every
-        QoS 2 message is delivered exactly once."""
+        """In-flight messages survive kill -9: resent with DUP and same ids, PUBREL resent, QoS 2 once."""
         sub = yield self.connected("inflight-sub", clean=False)
         sub.auto_ack = False
         yield sub.subscribe("q/#", 2)
@@ -391,8 +387,7 @@ class KillTests(RestartTestCase):
 
     @inlineCallbacks
     def test_retained_messages_survive_kill(self) -> Any:
-        """Retained messages (with their v5 properties) survive kill -9; a cleared one stays
-        cleared."""
+        """Retained messages and their v5 properties survive kill -9; a cleared one stays cleared."""
         publisher = yield self.connected("retainer", version=5)
         props = {_P.CONTENT_TYPE: "application/json", _P.USER_PROPERTY: [("a", "1"), ("b", "2")],
                  _P.CORRELATION_DATA: b"\x00\x01", _P.PAYLOAD_FORMAT_INDICATOR: 1,
@@ -424,10 +419,7 @@ class RedisOutageTests(RestartTestCase):
 
     @inlineCallbacks
     def test_redis_down_and_back(self) -> Any:
-        """While Redis is down: QoS 0 flows between connected clients; a QoS 1 PUBLISH that
-        must be stored gets no PUBACK and its client is closed (v5: DISCONNECT 0x89); a
-        CONNECT gets CONNACK 0x88 (v5) or 0x03 (3.1.1).  Once Redis is back on the same port
-        and data, the broker serves QoS 1 again and the stored session is intact."""
+        """Redis down: QoS 0 flows, stored QoS 1 gets 0x89, CONNECT 0x88/0x03; back: QoS 1 served."""
         listener = yield self.connected("live-listener")
         yield listener.subscribe("live/#", 0)
         talker = yield self.connected("live-talker", version=5)
