@@ -94,6 +94,7 @@ class Link:
         self.ready: Deferred[None] | None = Deferred()
         self._timer: Any = None
         self._flush_call: Any = None
+        self.stopped = False
         self._drained: list[Deferred[None]] = []
 
     # --- connection events ---
@@ -139,13 +140,15 @@ class Link:
     def disconnected(self, protocol: Any) -> None:
         if self.protocol is protocol:
             self.protocol = None
-            self.store.link_down(self)
+            if not self.stopped:
+                self.store.link_down(self)
 
     def _script_load_failed(self, failure: Failure, name: str) -> None:
         log.warn("Loading Redis script {name} failed: {error}", name=name,
                  error=failure.getErrorMessage())
 
     def stop(self) -> Deferred[Any]:
+        self.stopped = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
