@@ -727,3 +727,23 @@ def test_sys_topics_only_changed_values_republished() -> None:
     topics.tick()
     clock.advance(10)
     assert topics.tick() <= 3
+
+
+def test_restored_session_of_a_crashed_connection_publishes_its_will() -> None:
+    """A session stored while its client was connected (the broker crashed) comes back
+    offline, and its will is published once sessions are restored."""
+    from mqtt_twisted.message import Message
+    from mqtt_twisted.store.memory import StoredSession
+
+    broker, clock = make_broker()
+    watcher = FakeClient(broker)
+    watcher.connect("w")
+    watcher.subscribe("will")
+    state = StoredSession("crashed")
+    state.expiryInterval = None
+    state.disconnectedAt = None
+    state.will = Message("will", b"gone")
+    broker.restore_session(state)
+    assert broker.sessions["crashed"].disconnectedAt == clock.seconds()
+    clock.advance(0)
+    assert [p.payload for p in publishes(watcher.received())] == [b"gone"]

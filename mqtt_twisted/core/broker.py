@@ -123,7 +123,11 @@ class Broker:
             conn.refuse(ClientIdentifierNotValid(
                 f"keep alive {packet.keep_alive} outside 1..{max_keepalive}"))
             return
-        creds = Credentials(client_id, packet.username, packet.password,
+        username = packet.username
+        if conn.certificate_identity is not None and getattr(conn.listener,
+                                                             "identityAsUsername", False):
+            username = conn.certificate_identity  # Mosquitto's use_identity_as_username
+        creds = Credentials(client_id, username, packet.password,
                             conn.certificate_identity, conn.peer,
                             getattr(conn.listener, "adapter", "mqtt"))
         method = packet.properties.get(_P.AUTHENTICATION_METHOD) if packet.properties else None
@@ -133,8 +137,7 @@ class Broker:
                     conn, packet, assigned, identity), lambda f: self._connect_failed(conn, f))
             return
         if self.authenticator is None:
-            identity = packet.username
-            self._connect_authenticated(conn, packet, assigned, identity)
+            self._connect_authenticated(conn, packet, assigned, username)
             return
         try:
             answer = self.authenticator.authenticate(creds)
@@ -700,8 +703,22 @@ class Broker:
             self._index(session.clientId, topic_filter, options)
         session.restore_outbound(list(state.outbound))
         self.sessions[session.clientId] = session
+        now = self.clock.seconds()
+        if session.disconnectedAt is None:
+            # Its client was connected when the broker stopped without saying goodbye
+            # (a crash): the connection ended now, and the will (kept while online) goes
+            # out once every session is back, after its delay.  (Single node: a cluster
+            # must first know which sessions live on other nodes.)
+            session.disconnectedAt = now
+            will, session.will = session.will, None
+            if will is not None:
+                delay = session.willDelay if session.persistent else 0
+                if session.expiryInterval is not None:
+                    delay = min(delay, session.expiryInterval)
+                session.will_call = self.clock.callLater(delay, self._publish_will, session,
+                                                         will)
         if session.expiryInterval is not None:
-            gone = self.clock.seconds() - (session.disconnectedAt or self.clock.seconds())
+            gone = now - session.disconnectedAt
             session.expiry_call = self.clock.callLater(
                 max(0.0, session.expiryInterval - gone), self._expire, session)
         return session
