@@ -20,6 +20,11 @@ class IAdapter(IPlugin):
     Chosen per listener by name: ``--listen ws=tcp:8080`` uses the adapter
     named ``ws``.  Byte-stream adapters build a Twisted factory and let an
     endpoint listen; datagram adapters (CoAP over UDP) return their own service.
+
+    Optional: ``checkListener(settings)``, called while the command line is parsed,
+    raises ValueError for a listener the adapter cannot serve (a missing certificate
+    file, say), which becomes a usage error.  The service ``buildListener`` returns may
+    have a ``reload()`` method, called on SIGHUP (TLS certificates are re-read).
     """
 
     name = Attribute("Short name used before '=' in --listen, e.g. 'mqtt', 'ws', 'http'.")
@@ -71,6 +76,10 @@ class IListenerSettings(Interface):
     maxConnections = Attribute("Connections held at most; further sockets are refused. 0: none.")
     connectTimeout = Attribute("Seconds a socket may take to send CONNECT before it is closed.")
     extra = Attribute("Mapping of adapter-specific keys given in the listener string.")
+    identityAsUsername = Attribute(
+        "True if the TLS client certificate's identity replaces the CONNECT user name "
+        "(Mosquitto's use_identity_as_username); the adapter sets it."
+    )
 
 
 # --- The broker as adapters see it -----------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -42,6 +44,10 @@ class BrokerService(MultiService):
     """One broker shared by every listener, whatever its adapter."""
 
     log = Logger()
+    #: Whether a running broker re-reads what its listeners can reload (TLS certificates)
+    #: on SIGHUP; ``twistd mqttbroker`` turns it on.
+    reload_on_sighup = False
+    _previous_sighup: Any = None
 
     def __init__(
         self,
@@ -79,6 +85,8 @@ class BrokerService(MultiService):
     def startService(self) -> None:
         """Open the store, restore stored sessions, then start listening."""
         Service.startService(self)
+        if self.reload_on_sighup:
+            self.reactor.callWhenRunning(self._install_sighup)
         d = self.store.start()
         d.addCallback(lambda _: self._restore_sessions())
         d.addCallback(lambda _: self._start_listeners())
@@ -123,6 +131,7 @@ class BrokerService(MultiService):
     def stopService(self) -> Any:
         """Close listeners, disconnect clients (v5: 0x8B), then flush and close the store."""
         Service.stopService(self)
+        self._uninstall_sighup()
         if self._sys_loop is not None and self._sys_loop.running:
             self._sys_loop.stop()
         for service in reversed(list(self)):
@@ -150,6 +159,33 @@ class BrokerService(MultiService):
             self.log.warn("{n} of {total} sessions could not be saved at shutdown: {error}",
                           n=len(failed), total=len(saves), error=failed[0].getErrorMessage())
         yield self.store.stop()
+
+    # --- SIGHUP: reload ------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Have every listener that can re-read its files (TLS certificates) do so:
+        new connections use what was read, open ones carry on."""
+        self.log.info("Reloading the listeners' certificates")
+        for service in self._listeners:
+            reload = getattr(service, "reload", None)
+            if reload is not None:
+                reload()
+
+    def _install_sighup(self) -> None:
+        if not hasattr(signal, "SIGHUP") or threading.current_thread() is not \
+                threading.main_thread() or not self.running:
+            return
+        reactor = self.reactor
+
+        def on_sighup(signum: int, frame: Any) -> None:
+            reactor.callFromThread(self.reload)  # out of the signal handler, into the reactor
+
+        self._previous_sighup = signal.signal(signal.SIGHUP, on_sighup)
+
+    def _uninstall_sighup(self) -> None:
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
 
     # --- IBrokerService -----------------------------------------------------------------
 

@@ -107,6 +107,9 @@ class Options(usage.Options):
                 settings = parse_listener(value, "mqtt", keys, self["max-connections"],
                                           self["connect-timeout"], defaults)
                 check_endpoint(settings.endpoint)
+                check = getattr(adapters[settings.adapter], "checkListener", None)
+                if check is not None:
+                    check(settings)  # e.g. TLS certificate files that do not work
             except ValueError as e:
                 raise usage.UsageError(str(e)) from None
             listeners.append(settings)
@@ -183,4 +186,5 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     )
     for listener in options["listeners"]:
         service.addListener(options["adapters"][listener.adapter], listener)
+    service.reload_on_sighup = True  # re-read TLS certificates on SIGHUP
     return service

@@ -35,6 +35,9 @@ class ListenerSettings:
     maxConnections: int = 0
     connectTimeout: float = 10.0
     extra: dict[str, str] = field(default_factory=dict)
+    #: Set by a TLS adapter (``identityAsUsername=yes``): the client certificate's identity
+    #: replaces the CONNECT user name.
+    identityAsUsername: bool = False
 
     def describe(self) -> str:
         return f"{self.adapter}={self.endpoint}"

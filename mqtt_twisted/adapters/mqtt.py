@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mqtt_twisted.adapters import tls
 from mqtt_twisted.interfaces import IAdapter
 
 
@@ -35,11 +34,12 @@ class _TransportShim:
         self._transport.abortConnection()
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class MQTTStreamProtocol(Protocol):
     """Moves bytes and connection events between a transport and the broker."""
 
     connection: Any = None
+    _handshake_deadline: Any = None
 
     def connectionMade(self) -> None:
         transport = self.transport
@@ -48,11 +48,28 @@ class MQTTStreamProtocol(Protocol):
                 transport.setTcpNoDelay(True)  # no 40 ms Nagle stalls on small packets
             except OSError:
                 pass
+        if ISSLTransport.providedBy(transport):
+            # The client certificate is known once the handshake is done (and no data
+            # arrives before): the broker connection starts then, under a deadline.
+            timeout = self.factory.listener.connectTimeout
+            reactor = self.factory.reactor
+            if timeout and reactor is not None:
+                self._handshake_deadline = reactor.callLater(timeout, transport.abortConnection)
+            return
+        self._start(None)
+
+    def handshakeCompleted(self) -> None:
+        if self._handshake_deadline is not None and self._handshake_deadline.active():
+            self._handshake_deadline.cancel()
+        self._handshake_deadline = None
+        self._start(self.factory.certificate_identity(self.transport))
+
+    def _start(self, certificate_identity: str | None) -> None:
+        transport = self.transport
         peer = transport.getPeer()
         peer_text = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
         self.connection = self.factory.broker.buildConnection(
-            _TransportShim(transport), peer_text, self.factory.listener,
-            self.factory.certificate_identity(transport),
+            _TransportShim(transport), peer_text, self.factory.listener, certificate_identity,
         )
         transport.registerProducer(self, True)
 
@@ -63,6 +80,13 @@ class MQTTStreamProtocol(Protocol):
         self.factory.connection_closed()
         if self.connection is not None:
             self.connection.connectionLost(reason)
+            return
+        if self._handshake_deadline is not None and self._handshake_deadline.active():
+            self._handshake_deadline.cancel()
+        if ISSLTransport.providedBy(self.transport):
+            self.factory.log.info("TLS handshake with {peer} failed: {error}",
+                                  peer=self.transport.getPeer(),
+                                  error=reason.getErrorMessage() if reason else "closed")
 
     # IPushProducer: the transport tells us when its buffer is full or drained.
     def pauseProducing(self) -> None:
@@ -82,9 +106,12 @@ class MQTTStreamFactory(Factory):
     noisy = False
     log = Logger()
 
-    def __init__(self, broker: Any, listener: Any) -> None:
+    def __init__(self, broker: Any, listener: Any, reactor: Any = None) -> None:
         self.broker = broker
         self.listener = listener
+        self.reactor = reactor if reactor is not None else getattr(broker, "reactor", None)
+        extra = getattr(listener, "extra", None) or {}
+        self.identity_field = extra.get("certIdentity", "cn")
         self.active = 0
         self.refused = 0
 
@@ -103,18 +130,8 @@ class MQTTStreamFactory(Factory):
         self.active -= 1
 
     def certificate_identity(self, transport: Any) -> str | None:
-        """The TLS client certificate's common name, if one was presented."""
-        get_cert = getattr(transport, "getPeerCertificate", None)
-        if get_cert is None:
-            return None
-        try:
-            cert = get_cert()
-        except Exception:
-            return None
-        if cert is None:
-            return None
-        subject = cert.get_subject()
-        return getattr(subject, "commonName", None) or getattr(subject, "CN", None)
+        """The TLS client certificate's identity (``certIdentity=``, CN by default)."""
+        return tls.certificate_identity(transport, self.identity_field)
 
 
 @implementer(IAdapter)
@@ -124,13 +141,16 @@ class MQTTAdapter:
     name = "mqtt"
     description = "MQTT over TCP, TLS (ssl:) or UNIX sockets"
     defaultEndpoint = "tcp:1883"
-    options: dict[str, str] = {}
+    options: dict[str, str] = dict(tls.TLS_OPTIONS)
+
+    def checkListener(self, settings: Any) -> None:
+        """Raise ValueError unless the listener's TLS files and keys work (start-up check)."""
+        tls.check_tls(settings.endpoint, settings.extra)
 
     def buildListener(self, reactor: Any, broker: Any, endpointDescription: str,
                       settings: Any) -> IService:
-        endpoint = serverFromString(reactor, endpointDescription)
-        factory = MQTTStreamFactory(broker, settings)
-        service = StreamServerEndpointService(endpoint, factory)
-        service._raiseSynchronously = True  # a port in use fails start-up loudly
-        service.factory = factory
+        settings.identityAsUsername = tls.wants_identity_as_username(settings.extra)
+        factory = MQTTStreamFactory(broker, settings, reactor)
+        service = tls.stream_listener(reactor, endpointDescription, factory, settings.extra)
+        service.mqtt_factory = factory  # (service.factory is what listens: TLS around it)
         return service
