@@ -95,6 +95,13 @@ class ContractTests(SynchronousTestCase):
         """MQTTAdapter provides IAdapter."""
         self.assertTrue(verifyObject(IAdapter, MQTTAdapter()))
 
+    def test_websocket_adapter(self) -> None:
+        """WebSocketAdapter provides IAdapter and is found as the 'ws' plugin."""
+        from mqtt_twisted.adapters.websocket import WebSocketAdapter
+
+        self.assertTrue(verifyObject(IAdapter, WebSocketAdapter()))
+        self.assertIsInstance(plugins_by_name(IAdapter)["ws"], WebSocketAdapter)
+
     def test_memory_store_plugin(self) -> None:
         """MemoryStorePlugin provides IStorePlugin, and makes an IStore."""
         plugin = MemoryStorePlugin()
@@ -181,6 +188,7 @@ class ContractTests(SynchronousTestCase):
         """Every class in mqtt_twisted declaring one of our interfaces has a contract test."""
         covered = {
             "mqtt_twisted.adapters.mqtt.MQTTAdapter",
+            "mqtt_twisted.adapters.websocket.WebSocketAdapter",
             "mqtt_twisted.plugins.builtin.MemoryStorePlugin",
             "mqtt_twisted.plugins.builtin.AnonymousAuthPlugin",
             "mqtt_twisted.store.memory.MemoryStore",

@@ -40,7 +40,10 @@ class ListenerSettings:
     identityAsUsername: bool = False
 
     def describe(self) -> str:
-        return f"{self.adapter}={self.endpoint}"
+        """``adapter=endpoint`` with the adapter's own keys (two listeners differing only in
+        those, on ephemeral ports, still get different service names)."""
+        keys = "".join(f":{key}={value}" for key, value in self.extra.items())
+        return f"{self.adapter}={self.endpoint}{keys}"
 
 
 def _split_unescaped(text: str) -> list[str]:

@@ -1,0 +1,397 @@
+"""MQTT over WebSocket (MQTT 3.1.1 §6, MQTT 5.0 §6) on Autobahn, under a twisted.web Site.
+
+The WebSocket carries one MQTT byte stream: each binary frame's payload is fed,
+as it arrives, into the same sans-IO connection machine as a TCP socket's bytes
+(a frame may hold part of a packet or several), and everything the broker
+writes goes out as binary messages.  The subprotocol is the first of ``mqtt``
+and ``mqttv3.1`` the client offers; a client offering neither is refused at the
+handshake (HTTP 400), a text frame closes the connection (close code 1003)
+[MQTT-6.0.0-1].
+
+Our own small ``WebSocketServerProtocol`` subclass rather than Autobahn's
+``WrappingWebSocketServerFactory``, which accepts one subprotocol only, takes
+base64 text frames and reports ``connectionLost(None)``.  The resource sits in
+a ``twisted.web`` ``Site`` (at ``path=``, default ``/mqtt``), so other
+resources (an HTTP adapter) can share the port.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.util import wildcards2patterns
+from autobahn.websocket.types import ConnectionDeny
+from twisted.application.service import IService
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
+from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
+from twisted.web.pages import notFound
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from zope.interface import implementer
+
+from mqtt_twisted.adapters import tls
+from mqtt_twisted.interfaces import IAdapter
+
+#: Subprotocols accepted, in the order the broker prefers them (MQTT spec §6).
+SUBPROTOCOLS = ("mqtt", "mqttv3.1")
+#: WebSocket close code for a text frame: "unsupported data" (RFC 6455 §7.4.1).
+CLOSE_UNSUPPORTED_DATA = 1003
+
+WS_OPTIONS = {
+    "path": "URL path of the WebSocket endpoint (default /mqtt)",
+    "origins": "comma-separated Origins browsers may connect from, '*' wildcards "
+               "(host, or scheme://host[\\:port]; default: any)",
+    "maxFrameSize": "largest WebSocket frame payload accepted, bytes (0: no limit)",
+    "maxMessageSize": "largest WebSocket message accepted, bytes (0: no limit)",
+    "pingInterval": "seconds between WebSocket pings (0: none, the default)",
+    "pingTimeout": "seconds a WebSocket pong may take before the connection is closed",
+}
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def origin_patterns(value: str) -> list[str]:
+    """``origins=`` as wildcard patterns matching ``scheme://host:port``."""
+    patterns = []
+    for entry in (e.strip() for e in value.split(",")):
+        if not entry:
+            continue
+        if entry == "*":
+            patterns.append("*")
+        elif "://" not in entry:
+            patterns.append(f"*://{entry}:*")  # a host name: any scheme and port
+        else:
+            scheme, rest = entry.split("://", 1)
+            rest = rest.rstrip("/")
+            if ":" not in rest.rsplit("]", 1)[-1]:
+                default = _DEFAULT_PORTS.get(scheme)
+                rest = f"{rest}:{default}" if default else f"{rest}:*"
+            patterns.append(f"{scheme}://{rest}")
+    return patterns
+
+
+class WebSocketOptions:
+    """The ``ws`` adapter's listener keys, parsed; ValueError names a bad one."""
+
+    def __init__(self, extra: dict[str, str]) -> None:
+        self.path = extra.get("path", "/mqtt") or "/"
+        if not self.path.startswith("/"):
+            raise ValueError(f"path={self.path!r} must start with '/'")
+        self.origins = origin_patterns(extra["origins"]) if extra.get("origins") else ["*"]
+        self.max_frame = self._number(extra, "maxFrameSize", int)
+        self.max_message = self._number(extra, "maxMessageSize", int)
+        self.ping_interval = self._number(extra, "pingInterval", float)
+        self.ping_timeout = self._number(extra, "pingTimeout", float) or self.ping_interval
+        urlsplit(self.path)  # a path Twisted can route
+
+    @staticmethod
+    def _number(extra: dict[str, str], key: str, kind: Any) -> Any:
+        try:
+            value = kind(extra.get(key, 0))
+        except ValueError:
+            raise ValueError(f"{key}={extra[key]!r} is not a number") from None
+        if value < 0:
+            raise ValueError(f"{key} must not be negative")
+        return value
+
+
+class _WebSocketShim:
+    """The ``IConnectionTransport`` the broker writes to: binary messages on one socket."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: MQTTWebSocketProtocol) -> None:
+        self._protocol = protocol
+
+    def write(self, data: bytes) -> None:
+        self._protocol.send_bytes(data)
+
+    def loseConnection(self) -> None:
+        self._protocol.close_normally()
+
+    def abortConnection(self) -> None:
+        self._protocol.abort()
+
+
+@implementer(IPushProducer)
+class MQTTWebSocketProtocol(WebSocketServerProtocol):
+    """One WebSocket client: its binary frames are an MQTT byte stream."""
+
+    connection: Any = None
+    _refused = False
+    _counted = False
+
+    # --- handshake ----------------------------------------------------------------------
+
+    def onConnect(self, request: Any) -> str:
+        if request.origin and not self.factory.origin_allowed(request.origin):
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN,
+                                 f"origin {request.origin!r} not allowed")
+        for offered in request.protocols:
+            if offered in SUBPROTOCOLS:
+                return offered  # the first the client offers [MQTT-6.0.0-3]
+        raise ConnectionDeny(ConnectionDeny.BAD_REQUEST,
+                             "MQTT over WebSocket needs the subprotocol 'mqtt' (or 'mqttv3.1')")
+
+    def onOpen(self) -> None:
+        factory, transport = self.factory, self.transport
+        if not factory.admit():
+            self.abort()
+            return
+        self._counted = True
+        identity = None
+        if ISSLTransport.providedBy(transport):
+            identity = tls.certificate_identity(transport, factory.identity_field)
+        peer = transport.getPeer()
+        peer_text = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        self.connection = factory.broker.buildConnection(
+            _WebSocketShim(self), peer_text, factory.listener, identity)
+        # The socket came from twisted.web, whose channel is still its producer: ours now.
+        transport.unregisterProducer()
+        transport.registerProducer(self, True)
+
+    # --- frames in ------------------------------------------------------------------------
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        if not isBinary:
+            self._refused = True
+            if self.state == self.STATE_OPEN:
+                # sendClose() allows only 1000 and 3000-4999; 1003 is the code for this.
+                self.sendCloseFrame(CLOSE_UNSUPPORTED_DATA,
+                                    b"MQTT over WebSocket takes binary frames only")
+            return
+        super().onMessageBegin(isBinary)
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        if not self._refused:
+            super().onMessageFrameBegin(length)  # frame and message size limits
+
+    def onMessageFrameData(self, payload: bytes) -> None:
+        # Straight into the MQTT stream: nothing is buffered per message.
+        if not self._refused and self.connection is not None:
+            self.connection.dataReceived(payload)
+
+    def onMessageFrameEnd(self) -> None:
+        if not self._refused:
+            super().onMessageFrameEnd()
+
+    def onMessageEnd(self) -> None:
+        if not self._refused:
+            super().onMessageEnd()
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        pass  # the payload went to the connection frame by frame
+
+    def connectionLost(self, reason: Any = None) -> None:
+        super().connectionLost(reason)
+        # Autobahn leaves its close-handshake timer running when the socket goes first.
+        call = getattr(self, "closeHandshakeTimeoutCall", None)
+        if call is not None and call.active():
+            call.cancel()
+        self.closeHandshakeTimeoutCall = None
+        if self._counted:
+            self._counted = False
+            self.factory.release()
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.connectionLost(reason)
+
+    # --- bytes out ------------------------------------------------------------------------
+
+    def send_bytes(self, data: bytes) -> None:
+        if self.state != self.STATE_OPEN:
+            return
+        limit = self.factory.send_limit
+        if limit and len(data) > limit:
+            # MQTT packets may span messages: stay within what the peer was told we accept.
+            for start in range(0, len(data), limit):
+                self.sendMessage(data[start:start + limit], isBinary=True)
+        else:
+            self.sendMessage(data, isBinary=True)
+
+    def close_normally(self) -> None:
+        self.transport.unregisterProducer()
+        if self.state == self.STATE_OPEN:
+            self.sendClose(1000)
+        else:
+            self.transport.loseConnection()
+
+    def abort(self) -> None:
+        self.transport.unregisterProducer()
+        self.transport.abortConnection()
+
+    # --- IPushProducer: the socket's buffer is full or drained ------------------------------
+
+    def pauseProducing(self) -> None:
+        if self.connection is not None:
+            self.connection.pauseWriting()
+
+    def resumeProducing(self) -> None:
+        if self.connection is not None:
+            self.connection.resumeWriting()
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class _Timers:
+    """Autobahn's timer API (``call_later``) on the factory's reactor."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def call_later(self, delay: float, func: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._reactor.callLater(delay, func, *args, **kwargs)
+
+
+class MQTTWebSocketFactory(WebSocketServerFactory):
+    """Builds the protocols and holds the listener's connection count."""
+
+    protocol = MQTTWebSocketProtocol
+    log = Logger()
+
+    def __init__(self, reactor: Any, broker: Any, listener: Any,
+                 options: WebSocketOptions) -> None:
+        super().__init__(reactor=reactor, server="mqtt-twisted")
+        # Autobahn batches its timers in 200 ms buckets whose reactor calls outlive a
+        # cancelled timer; plain reactor calls are exact and leave nothing behind.
+        self._batched_timer = _Timers(reactor)
+        self.broker = broker
+        self.listener = listener
+        self.identity_field = listener.extra.get("certIdentity", "cn")
+        self.active = 0
+        self.refused = 0
+        self._origins = (None if options.origins == ["*"]
+                         else wildcards2patterns(options.origins))
+        self.send_limit = min((x for x in (options.max_frame, options.max_message) if x),
+                              default=0)
+        timeout = listener.connectTimeout
+        self.setProtocolOptions(
+            versions=[13],
+            webStatus=False,
+            maxFramePayloadSize=options.max_frame,
+            maxMessagePayloadSize=options.max_message,
+            autoPingInterval=options.ping_interval,
+            autoPingTimeout=options.ping_timeout,
+            openHandshakeTimeout=timeout or 0,
+            failByDrop=False,  # a failing peer gets a close code (1009: too big), not a RST
+            tcpNoDelay=True,
+        )
+
+    def origin_allowed(self, origin: str) -> bool:
+        """Whether a browser's Origin header matches ``origins=`` (clients that send none,
+        paho and devices, are not asked)."""
+        if self._origins is None:
+            return True
+        try:
+            parts = urlsplit(origin)
+            port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 0)
+        except ValueError:
+            return False
+        text = f"{parts.scheme}://{parts.hostname}:{port}"
+        return any(pattern.match(text) for pattern in self._origins)
+
+    def full(self) -> bool:
+        limit = self.listener.maxConnections
+        return bool(limit) and self.active >= limit
+
+    def admit(self) -> bool:
+        if self.full():
+            self.refused += 1
+            self.broker.stats.connections_refused += 1
+            return False
+        self.active += 1
+        return True
+
+    def release(self) -> None:
+        self.active -= 1
+
+
+class MQTTWebSocketResource(WebSocketResource):
+    """Autobahn's resource, refusing upgrades beyond the connection limit (HTTP 503) and
+    turning off the HTTP channel's idle timer once the socket is a WebSocket."""
+
+    def __init__(self, factory: MQTTWebSocketFactory) -> None:
+        super().__init__(factory)
+        self.ws_factory = factory
+
+    def render(self, request: Any) -> Any:
+        if self.ws_factory.full():
+            self.ws_factory.log.warn("Refusing a WebSocket from {peer}: {limit} connections "
+                                     "held", peer=request.getClientAddress(),
+                                     limit=self.ws_factory.listener.maxConnections)
+            self.ws_factory.refused += 1
+            self.ws_factory.broker.stats.connections_refused += 1
+            request.setResponseCode(503)
+            return b"connection limit reached\n"
+        request.channel.setTimeout(None)  # the WebSocket has its own handshake deadline
+        return super().render(request)
+
+
+class _Directory(Resource):
+    """A path segment on the way to the WebSocket resource; 404 for anything else."""
+
+    def getChild(self, path: bytes, request: Any) -> Any:
+        return notFound()
+
+
+class _Channel(HTTPChannel):
+    """HTTP channel with Nagle off from the first byte (handshake and MQTT are small)."""
+
+    def connectionMade(self) -> None:
+        try:
+            self.transport.setTcpNoDelay(True)
+        except (AttributeError, OSError):
+            pass  # not a TCP socket
+        super().connectionMade()
+
+
+def build_site(reactor: Any, broker: Any, settings: Any) -> tuple[Site, Resource,
+                                                                  MQTTWebSocketFactory]:
+    """The Site serving MQTT over WebSocket at ``path=``; (site, root resource, factory)."""
+    options = WebSocketOptions(settings.extra)
+    factory = MQTTWebSocketFactory(reactor, broker, settings, options)
+    resource = MQTTWebSocketResource(factory)
+    segments = [s.encode() for s in options.path.strip("/").split("/") if s]
+    if not segments:
+        root: Resource = resource
+    else:
+        root = _Directory()
+        parent = root
+        for segment in segments[:-1]:
+            child = _Directory()
+            parent.putChild(segment, child)
+            parent = child
+        parent.putChild(segments[-1], resource)
+    site = Site(root, timeout=settings.connectTimeout or None, reactor=reactor)
+    site.protocol = _Channel
+    site.noisy = False
+    site.displayTracebacks = False
+    return site, root, factory
+
+
+@implementer(IAdapter)
+class WebSocketAdapter:
+    """MQTT over WebSocket (``ws=tcp:8080``) and secure WebSocket (``ws=ssl:8443:...``)."""
+
+    name = "ws"
+    description = "MQTT over WebSocket (ws=tcp:8080) and WSS (ws=ssl:8443:privateKey=...)"
+    defaultEndpoint = "tcp:8080"
+    options: dict[str, str] = {**WS_OPTIONS, **tls.TLS_OPTIONS}
+
+    def checkListener(self, settings: Any) -> None:
+        """Raise ValueError for bad WebSocket keys or TLS files (start-up check)."""
+        WebSocketOptions(settings.extra)
+        tls.check_tls(settings.endpoint, settings.extra)
+
+    def buildListener(self, reactor: Any, broker: Any, endpointDescription: str,
+                      settings: Any) -> IService:
+        settings.identityAsUsername = tls.wants_identity_as_username(settings.extra)
+        site, root, factory = build_site(reactor, broker, settings)
+        service = tls.stream_listener(reactor, endpointDescription, site, settings.extra)
+        # For adapters that share the port (an HTTP API beside /mqtt) and for tests.
+        service.site, service.root, service.ws_factory = site, root, factory
+        return service
