@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from types import SimpleNamespace
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -29,7 +30,7 @@ from mqtt_twisted.core.session import SubscriptionOptions
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.core.systopics import SysTopics
 from mqtt_twisted.core.virtual import VirtualConnection
-from mqtt_twisted.errors import MQTTError, ValidationError
+from mqtt_twisted.errors import MQTTError, StorageError, ValidationError
 from mqtt_twisted.interfaces import IBrokerService
 from mqtt_twisted.message import Message
 
@@ -197,8 +198,11 @@ class BrokerService(MultiService):
                     credentials: Any = None) -> Deferred[Any]:
         """A virtual session for a non-MQTT client, opened like an MQTT CONNECT."""
         d: Deferred[Any] = Deferred()
+        # The authenticator sees the adapter and TLS identity the credentials name.
+        origin = SimpleNamespace(adapter=getattr(credentials, "adapter", None) or "virtual")
         conn = VirtualConnection(self.broker, sink, clientId,
-                                 getattr(credentials, "peer", ""))
+                                 getattr(credentials, "peer", ""), origin)
+        conn.certificate_identity = getattr(credentials, "certificateIdentity", None)
         conn.on_accept = d.callback
         conn.on_refuse = d.errback
         username = getattr(credentials, "username", None)
@@ -222,11 +226,25 @@ class BrokerService(MultiService):
         return True
 
     def publish(self, message: Message, clientId: str | None = None) -> Deferred[int]:
-        """Route ``message``; fires with the number of sessions it reached."""
+        """Route ``message``; fires with the number of sessions it reached once the store
+        holds what routing wrote (the retained message, queued QoS 1/2 copies), or fails
+        with StorageError if the store did not take it."""
         if message.received_at == 0.0:
             message.received_at = self.reactor.seconds()
         message.sender = clientId
-        return succeed(self.broker.route(message))
+        count, writes = self.broker.writes_of(self.broker.route, message)
+        if not writes:
+            return succeed(count)
+        return DeferredList(writes, consumeErrors=True).addCallback(self._stored, count)
+
+    def _stored(self, results: list[tuple[bool, Any]], count: int) -> int:
+        failures = [result for ok, result in results if not ok]
+        for failure in failures:
+            self.broker.store_failed(failure)
+        if failures:
+            raise StorageError(f"the store did not take the message: "
+                               f"{failures[0].getErrorMessage()}")
+        return count
 
     def subscribe(self, clientId: str, topicFilter: str, qos: int = 0) -> Deferred[int]:
         session = self._open_session(clientId)

@@ -185,6 +185,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         options["sys-interval"],
     )
     for listener in options["listeners"]:
-        service.addListener(options["adapters"][listener.adapter], listener)
+        adapter = options["adapters"][listener.adapter]
+        # An adapter refuses a bad listener key of its own (http=tcp:8081:replay=x) here.
+        _from_plugin("listen", listener.describe(),
+                     lambda a=adapter, s=listener: service.addListener(a, s))
     service.reload_on_sighup = True  # re-read TLS certificates on SIGHUP
     return service

@@ -49,6 +49,7 @@ from mqtt_twisted.interfaces import (
     IEnhancedAuthenticator,
     IListenerSettings,
     ILock,
+    IMessageSink,
     ISessionState,
     IStore,
     IStorePlugin,
@@ -176,6 +177,36 @@ class ContractTests(SynchronousTestCase):
         """core.broker.Credentials provides ICredentials."""
         self.assertTrue(verifyObject(ICredentials, Credentials("c", "user", b"pw")))
 
+    def test_http_adapters(self) -> None:
+        """The http and auto adapters provide IAdapter, and getPlugins finds both."""
+        from mqtt_twisted.adapters.detect import DetectAdapter
+        from mqtt_twisted.adapters.http import HTTPAdapter
+
+        found = plugins_by_name(IAdapter)
+        self.assertIsInstance(found["http"], HTTPAdapter)
+        self.assertIsInstance(found["auto"], DetectAdapter)
+        self.assertTrue(verifyObject(IAdapter, found["http"]))
+        self.assertTrue(verifyObject(IAdapter, found["auto"]))
+        self.assertTrue(verifyObject(IAdapter, DetectAdapter(dict)))
+
+    def test_http_subscription(self) -> None:
+        """An HTTP subscription provides IMessageSink (and IPushProducer for twisted.web)."""
+        from types import SimpleNamespace
+
+        from twisted.internet.interfaces import IPushProducer
+        from twisted.internet.testing import StringTransport
+
+        from mqtt_twisted.adapters._httpapi import SubscribeRequest
+        from mqtt_twisted.adapters.http import Subscription, build_site
+
+        clock = Clock()
+        site = build_site(clock, BrokerService(clock, MemoryStore(clock)),
+                          ListenerSettings("http", "tcp:0"))
+        request = SimpleNamespace(channel=SimpleNamespace(transport=StringTransport()))
+        stream = Subscription(site.bridge, request, SubscribeRequest(), None, None)
+        self.assertTrue(verifyObject(IMessageSink, stream))
+        self.assertTrue(verifyObject(IPushProducer, stream))
+
     def test_builtin_plugins_found(self) -> None:
         """getPlugins finds the built-in adapter, store and auth plugins, each verifying."""
         for interface, name in ((IAdapter, "mqtt"), (IStorePlugin, "memory"),
@@ -208,6 +239,9 @@ class ContractTests(SynchronousTestCase):
             "mqtt_twisted.plugins.builtin.ScramAuthPlugin",
             "mqtt_twisted.auth.scram.ScramAuthenticator",
             "mqtt_twisted.auth.scram._ScramExchange",
+            "mqtt_twisted.adapters.http.HTTPAdapter",
+            "mqtt_twisted.adapters.http.Subscription",
+            "mqtt_twisted.adapters.detect.DetectAdapter",
         }
         ours = {value for value in vars(interfaces).values()
                 if isinstance(value, InterfaceClass) and value.__module__ == interfaces.__name__}

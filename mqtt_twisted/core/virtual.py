@@ -2,13 +2,18 @@
 
 The broker delivers to them like to any connection; they hand each message to
 an :class:`~mqtt_twisted.interfaces.IMessageSink` and complete QoS 1/2 flows at
-once, since the sink has taken the message.
+once, since the sink has taken the message.  A sink whose client cannot keep up
+returns False from ``deliver`` (or its adapter calls
+:meth:`VirtualConnection.pauseWriting`): the broker then queues for the session
+within its bounds, as for a paused MQTT connection, until
+:meth:`VirtualConnection.resumeWriting`.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from mqtt_twisted.constants import ReasonCode
 from mqtt_twisted.core.connection import CLOSED, CONNECTED, CONNECTING
 from mqtt_twisted.message import Message
 
@@ -62,7 +67,8 @@ class VirtualConnection:
             return False
         if retain != message.retain or qos != message.qos:
             message = message.copy(retain=retain, qos=qos)
-        self.sink.deliver(message, qos)
+        if self.sink.deliver(message, qos) is False:
+            self.paused = True  # the sink is full: the broker queues until resumeWriting()
         self.broker.stats.messages_sent += 1
         if packet_id is not None and self.session is not None:
             self.broker.outbound_done(self.session, packet_id)
@@ -71,8 +77,18 @@ class VirtualConnection:
     def send(self, packet: Any) -> None:
         """Virtual clients receive no control packets."""
 
+    def pauseWriting(self) -> None:
+        """The client cannot take more for now: the broker queues for the session."""
+        self.paused = True
+
+    def resumeWriting(self) -> None:
+        """The client can take messages again: deliver what was queued meanwhile."""
+        self.paused = False
+        if self.session is not None and self.state == CONNECTED:
+            self.broker.pump(self.session)
+
     def taken_over(self) -> None:
-        self.close()
+        self.close(ReasonCode.SESSION_TAKEN_OVER)
 
     def close(self, reason_code: int | None = None, properties: Any = None) -> None:
         """End the virtual connection; the sink hears of it, the broker keeps or drops

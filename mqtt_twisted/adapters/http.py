@@ -1,0 +1,720 @@
+"""The HTTP bridge on twisted.web: publish, subscribe (SSE or long poll), retained messages
+and session removal, for clients that speak HTTP rather than MQTT.
+
+``--listen http=tcp:8081`` (or ``http=ssl:...``).  The request rules live in
+:mod:`mqtt_twisted.adapters._httpapi`; this module is the thin shell: resources,
+the bounded request body, the streams and the listener.  Each subscription is a
+virtual session in the broker (:meth:`IBrokerService.openSession`), closed when
+its HTTP client goes away.  docs/http-api.md describes the API.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from weakref import WeakKeyDictionary
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
+
+from mqtt_twisted.adapters import _httpapi as api
+from mqtt_twisted.adapters._httpapi import ApiError
+from mqtt_twisted.constants import ReasonCode
+from mqtt_twisted.core.broker import Credentials, expired
+from mqtt_twisted.interfaces import IAdapter, IMessageSink
+
+log = Logger()
+
+#: The HTTP listener's own keys (``http=tcp:8081:maxPayload=65536``), with their help.
+OPTIONS = {
+    "maxPayload": "largest request body in bytes; larger ones get 413 (default 1048576)",
+    "heartbeat": "seconds between SSE comment lines that keep idle streams open (default 15; "
+                 "0: none)",
+    "stallTimeout": "seconds an SSE client may leave the stream unread before it is cut off "
+                    "(default 30; 0: never)",
+    "replay": "events kept per persistent client for Last-Event-ID resume (default 100)",
+}
+
+#: The reason code a closed stream reports when its session simply ended.
+_ENDED = ReasonCode.NORMAL_DISCONNECTION
+#: Messages an SSE stream holds before its response starts; beyond, the broker queues.
+_PENDING_LIMIT = 100
+
+
+@dataclass(slots=True)
+class HTTPConfig:
+    """An HTTP listener's settings, from its ``--listen`` keys."""
+
+    max_payload: int = 1 << 20
+    heartbeat: float = 15.0
+    stall_timeout: float = 30.0
+    replay: int = 100
+    idle_timeout: float = 10.0
+    max_connections: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> HTTPConfig:
+        extra = dict(getattr(settings, "extra", None) or {})
+        config = cls(idle_timeout=getattr(settings, "connectTimeout", 10.0),
+                     max_connections=getattr(settings, "maxConnections", 0))
+        try:
+            if "maxPayload" in extra:
+                config.max_payload = int(extra["maxPayload"])
+            if "heartbeat" in extra:
+                config.heartbeat = float(extra["heartbeat"])
+            if "stallTimeout" in extra:
+                config.stall_timeout = float(extra["stallTimeout"])
+            if "replay" in extra:
+                config.replay = int(extra["replay"])
+        except ValueError as e:
+            raise ValueError(f"bad http listener option: {e}") from None
+        if min(config.max_payload, config.heartbeat, config.stall_timeout, config.replay) < 0:
+            raise ValueError("http listener options must not be negative")
+        return config
+
+
+# --- responses --------------------------------------------------------------------------------
+
+
+def _gone(request: Request) -> bool:
+    return bool(request.finished or request._disconnected)
+
+
+def respond(request: Request, status: int, body: bytes | None = None,
+            headers: dict[str, str] | None = None,
+            content_type: bytes = b"application/json") -> None:
+    """Answer ``request`` at once (nothing, if its client has gone)."""
+    if _gone(request):
+        return
+    request.setResponseCode(status)
+    for name, value in (headers or {}).items():
+        request.setHeader(name, value)
+    if body is not None:
+        request.setHeader(b"content-type", content_type)
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)
+    request.finish()
+
+
+def respond_error(request: Request, failure: Failure) -> None:
+    """Answer with the JSON error for ``failure``; unexpected ones are logged as well."""
+    error = api.error_from(failure.value)
+    if error.status == 500:
+        log.failure("HTTP {method} {path} failed", failure,
+                    method=request.method, path=request.path)
+    respond(request, error.status, error.body(), error.headers)
+
+
+def run(request: Request, work: Callable[[], Any]) -> Any:
+    """Call ``work`` (may return a Deferred); any failure becomes a JSON error answer."""
+    d = maybeDeferred(work)
+    d.addErrback(lambda f: respond_error(request, f))
+    return NOT_DONE_YET
+
+
+class BridgeRequest(Request):
+    """A request whose body is held in memory up to the listener's ``maxPayload``; a larger
+    one is answered 413 at once (from its Content-Length, or as its chunks come in) and
+    the connection closed, without reading the rest."""
+
+    _received = 0
+    _refused = False
+
+    def _limit(self) -> int:
+        return self.channel.site.config.max_payload
+
+    def gotLength(self, length: int | None) -> None:
+        self.content = io.BytesIO()
+        if length is not None and length > self._limit():
+            # No "100 Continue" for a body we refuse anyway.
+            self.requestHeaders.removeHeader(b"expect")
+            self._refuse()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > self._limit():
+            self._refuse()
+            return
+        self.content.write(data)
+
+    def _refuse(self) -> None:
+        self._refused = True
+        self.content = io.BytesIO()
+        error = ApiError(413, f"the body is larger than {self._limit()} bytes",
+                         ReasonCode.PACKET_TOO_LARGE)
+        body = error.body()
+        channel = self.channel
+        channel.transport.write(
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        channel.loseConnection()
+
+    def process(self) -> None:
+        if not self._refused:
+            super().process()
+
+
+# --- resources --------------------------------------------------------------------------------
+
+
+class _Endpoint(Resource):
+    """One API path: JSON 404 below it, JSON 405 for other methods."""
+
+    isLeaf = True
+    methods: dict[bytes, str] = {}
+
+    def __init__(self, bridge: Bridge) -> None:
+        super().__init__()
+        self.bridge = bridge
+
+    def render(self, request: Request) -> Any:
+        if request.postpath not in ([], [b""]):
+            return not_found(request)
+        name = self.methods.get(request.method)
+        if name is None:
+            allowed = ", ".join(m.decode() for m in self.methods)
+            request.setHeader(b"allow", allowed.encode())
+            error = ApiError(405, f"{request.method.decode('latin-1')} is not allowed here; "
+                             f"use {allowed}")
+            request.setResponseCode(405)
+            request.setHeader(b"content-type", b"application/json")
+            return error.body()
+        return run(request, lambda: getattr(self, name)(request))
+
+
+def not_found(request: Request) -> bytes:
+    request.setResponseCode(404)
+    request.setHeader(b"content-type", b"application/json")
+    return ApiError(404, f"no such resource: {request.path.decode('latin-1')}").body()
+
+
+class _NotFound(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        return not_found(request)
+
+
+def _inputs(request: Request) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    return api.decode_params(request.args), api.decode_headers(request.requestHeaders)
+
+
+class PublishResource(_Endpoint):
+    """``POST /publish?topic=T&qos=Q&retain=R``: the body is the payload."""
+
+    methods = {b"POST": "post"}
+
+    @inlineCallbacks
+    def post(self, request: Request) -> Any:
+        bridge = self.bridge
+        params, headers = _inputs(request)
+        client = api.client_param(params)
+        identity = yield bridge.authenticate(request, headers, client)
+        message = api.parse_publish(params, headers, request.content.getvalue(),
+                                    bridge.broker.settings)
+        yield bridge.authorize("mayPublish", identity, client, message.topic)
+        count = yield bridge.service.publish(message, client)
+        code = ReasonCode.SUCCESS if count else ReasonCode.NO_MATCHING_SUBSCRIBERS
+        respond(request, 200, api.dumps({
+            "topic": message.topic, "qos": message.qos, "retain": message.retain,
+            "subscribers": count, "reason_code": int(code)}))
+
+
+class RetainedResource(_Endpoint):
+    """``GET /retained?topic=F``: the retained messages matching a filter."""
+
+    methods = {b"GET": "get"}
+
+    @inlineCallbacks
+    def get(self, request: Request) -> Any:
+        bridge = self.bridge
+        params, headers = _inputs(request)
+        client = api.client_param(params)
+        identity = yield bridge.authenticate(request, headers, client)
+        topic_filter = api.parse_retained(params)
+        yield bridge.authorize("maySubscribe", identity, client, topic_filter)
+        messages = yield bridge.broker.store.matchRetained(topic_filter)
+        now = bridge.reactor.seconds()
+        events = [api.event(m, m.qos, True, now) for m in messages
+                  if not (m.properties and expired(m, now))]
+        events.sort(key=lambda e: e["topic"])
+        respond(request, 200, api.dumps({"messages": events}))
+
+
+class SessionResource(_Endpoint):
+    """``DELETE /session?client=X``: disconnect client X (any adapter), remove its session."""
+
+    methods = {b"DELETE": "delete"}
+
+    @inlineCallbacks
+    def delete(self, request: Request) -> Any:
+        bridge = self.bridge
+        params, headers = _inputs(request)
+        client = api.parse_session(params)
+        identity = yield bridge.authenticate(request, headers, None)
+        session = bridge.broker.sessions.get(client)
+        if session is None:
+            raise ApiError(404, f"no session of client {client!r}")
+        yield bridge.may_remove(identity, client, session)
+        bridge.service.closeSession(client, remove=True)
+        bridge.replay_logs.pop(client, None)
+        respond(request, 204)
+
+
+class OpenAPIResource(_Endpoint):
+    """``GET /openapi.json``: this API's OpenAPI 3 description."""
+
+    methods = {b"GET": "get"}
+
+    def get(self, request: Request) -> None:
+        from mqtt_twisted.adapters._openapi import document_bytes
+
+        respond(request, 200, document_bytes())
+
+
+class SubscribeResource(_Endpoint):
+    """``GET``/``POST /subscribe?topic=F``: Server-Sent Events, or a long poll."""
+
+    methods = {b"GET": "subscribe", b"POST": "subscribe"}
+
+    def subscribe(self, request: Request) -> Any:
+        bridge = self.bridge
+        params, headers = _inputs(request)
+        if request.method == b"POST":
+            api.merge_body(params, headers, request.content.getvalue())
+        sub = api.parse_subscribe(params, headers, bridge.broker.settings)
+        username, password = api.credentials_from(headers)
+        stream = Subscription(bridge, request, sub, username, password)
+        return stream.open()
+
+
+# --- subscriptions ------------------------------------------------------------------------------
+
+OPENING, LIVE, DONE = range(3)
+
+
+@implementer(IMessageSink, IPushProducer)
+class Subscription:
+    """One ``/subscribe`` request: the sink of its virtual session, and (for SSE) the
+    producer twisted.web pauses when the client stops reading."""
+
+    def __init__(self, bridge: Bridge, request: Request, sub: api.SubscribeRequest,
+                 username: str | None, password: bytes | None) -> None:
+        self.bridge = bridge
+        self.request = request
+        self.sub = sub
+        self.persistent = sub.client is not None
+        self.client_id = sub.client or bridge.new_client_id()
+        self.credentials = bridge.credentials(request, self.client_id, username, password)
+        self.log: api.ReplayLog | None = None
+        self.local_id = 0
+        self.pending: list[bytes] = []
+        self.conn: Any = None
+        self.state = OPENING
+        self.producer_paused = False
+        self.timer: Any = None
+        self.heartbeat: LoopingCall | None = None
+        self.granted: list[dict[str, Any]] = []
+
+    # --- opening --------------------------------------------------------------------
+
+    @inlineCallbacks
+    def open(self) -> Any:
+        bridge = self.bridge
+        self.request.notifyFinish().addErrback(lambda _: self.end(None, client_left=True))
+        if self.persistent:
+            self.log = bridge.replay_log(self.client_id)
+            replay_before = self.log.next  # what the session delivers from now on is new
+        try:
+            session = yield bridge.service.openSession(self.client_id, self, not self.persistent,
+                                                       self.credentials)
+        except Exception as e:
+            self.state = DONE
+            raise api.error_from(e) from None
+        self.conn = session.connection
+        if self.state == DONE:  # the client left while the session opened
+            self.conn.close()
+            return
+        bridge.subscriptions.add(self)
+        try:
+            yield self._configure(session)
+        except BaseException:
+            self.state = DONE
+            self.conn.close()
+            raise
+        if self.state == DONE:
+            return
+        replayed = (self.log.after(self.sub.last_id, replay_before)
+                    if self.log is not None else [])
+        if self.sub.stream:
+            self._start_stream([api.sse(e, f"{self.log.epoch}-{n}")  # type: ignore[union-attr]
+                                for n, e in replayed])
+        else:
+            self._start_poll([e for _, e in replayed])
+
+    @inlineCallbacks
+    def _configure(self, session: Any) -> Any:
+        """The session's subscriptions become those of the request."""
+        bridge = self.bridge
+        if self.log is not None and self.log.session is not session:
+            if self.log.session is not None:  # a new session: the old ids mean nothing
+                self.log = bridge.replay_log(self.client_id, fresh=True)
+            self.log.session = session
+        if self.sub.expiry is not None:
+            bridge.broker.set_session_expiry(session, self.sub.expiry)
+        for topic_filter in list(session.subscriptions):
+            if topic_filter not in self.sub.filters:
+                yield bridge.service.unsubscribe(self.client_id, topic_filter)
+        for topic_filter in self.sub.filters:
+            granted = yield bridge.service.subscribe(self.client_id, topic_filter, self.sub.qos)
+            if self.state == DONE:
+                return
+            if granted >= 0x80:
+                raise api.code_error(granted, topic_filter)
+            self.granted.append({"topic": topic_filter, "qos": granted})
+
+    # --- IMessageSink ------------------------------------------------------------------
+
+    def deliver(self, message: Any, qos: int) -> bool:
+        """Take one routed message; False asks the broker to queue the next ones."""
+        if self.state == DONE:
+            return False
+        if self.log is not None:
+            n, event_id = self.log.new_id()
+        else:
+            self.local_id += 1
+            n, event_id = self.local_id, str(self.local_id)
+        encoded = api.dumps(api.event(message, qos, message.retain,
+                                      self.bridge.reactor.seconds(), event_id))
+        if self.log is not None:
+            self.log.add(n, encoded)
+        if not self.sub.stream:
+            self.pending.append(encoded)
+            if self.state == LIVE and self.timer is not None and len(self.pending) == 1:
+                self.timer.cancel()  # the first message: answer after this turn's batch
+                self.timer = self.bridge.reactor.callLater(0, self.end, None)
+            return len(self.pending) < self.sub.max
+        frame = api.sse(encoded, event_id)
+        if self.state == LIVE:
+            self.request.write(frame)
+            return not self.producer_paused
+        self.pending.append(frame)
+        return len(self.pending) < _PENDING_LIMIT
+
+    def sessionClosed(self, reason: Any) -> None:
+        """The broker ended the session (taken over, removed, shut down)."""
+        if self.state != DONE:
+            self.end(ReasonCode.NORMAL_DISCONNECTION if reason is None else int(reason))
+
+    # --- SSE ----------------------------------------------------------------------------
+
+    def _start_stream(self, replayed: list[bytes]) -> None:
+        request = self.request
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"x-accel-buffering", b"no")
+        hello = api.dumps({"client": self.client_id, "subscriptions": self.granted})
+        frames = [b"retry: 2000\n\n", api.sse(hello, name="subscribed"), *replayed,
+                  *self.pending]
+        self.pending = []
+        self.state = LIVE
+        request.write(b"".join(frames))
+        request.registerProducer(self, True)
+        interval = self.bridge.config.heartbeat
+        if interval:
+            self.heartbeat = LoopingCall(self._ping)
+            self.heartbeat.clock = self.bridge.reactor
+            self.heartbeat.start(interval, now=False)
+        if self.conn.paused and not self.producer_paused:
+            self.conn.resumeWriting()
+
+    def _ping(self) -> None:
+        if self.state == LIVE and not self.producer_paused:
+            self.request.write(b": ping\n\n")
+
+    def pauseProducing(self) -> None:
+        """The client reads slower than messages come: the broker queues for the session
+        (bounded, oldest dropped first); a client that stays stuck is cut off."""
+        self.producer_paused = True
+        if self.conn is not None:
+            self.conn.pauseWriting()
+        stall = self.bridge.config.stall_timeout
+        if stall and self.timer is None and self.state == LIVE:
+            self.timer = self.bridge.reactor.callLater(stall, self._stalled)
+
+    def resumeProducing(self) -> None:
+        self.producer_paused = False
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        if self.conn is not None and self.state == LIVE:
+            self.conn.resumeWriting()
+
+    def stopProducing(self) -> None:
+        self.end(None, client_left=True)
+
+    def _stalled(self) -> None:
+        self.timer = None
+        log.info("Cutting off SSE client {client}: the stream went unread for {s}s",
+                 client=self.client_id, s=self.bridge.config.stall_timeout)
+        self.end(None, client_left=True)
+        self.request.channel.transport.abortConnection()
+
+    # --- long poll ------------------------------------------------------------------------
+
+    def _start_poll(self, replayed: list[bytes]) -> None:
+        self.pending = replayed + self.pending
+        self.state = LIVE
+        delay = 0.0 if self.pending or not self.sub.timeout else self.sub.timeout
+        self.timer = self.bridge.reactor.callLater(delay, self.end, None)
+
+    # --- ending -----------------------------------------------------------------------------
+
+    def end(self, reason: int | None, client_left: bool = False) -> None:
+        """Finish the answer (unless the client left) and close the virtual session."""
+        if self.state == DONE:
+            return
+        was_live = self.state == LIVE
+        self.state = DONE
+        self.bridge.subscriptions.discard(self)
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        if self.heartbeat is not None and self.heartbeat.running:
+            self.heartbeat.stop()
+        if self.conn is not None:
+            self.conn.pauseWriting()  # what arrives from now on stays with the session
+        request = self.request
+        if was_live and not client_left and not _gone(request):
+            if self.sub.stream:
+                request.unregisterProducer()
+                code = _ENDED if reason is None else reason
+                request.write(api.sse(api.dumps({"reason_code": int(code)}), name="close"))
+                request.finish()
+            elif self.pending:
+                respond(request, 200, api.poll_body(self.client_id, self.pending))
+            else:
+                respond(request, 204)
+        elif self.sub.stream and was_live and request.producer is not None:
+            request.unregisterProducer()
+        self.pending = []
+        if self.conn is not None:
+            self.conn.close()
+        self.bridge.forget_log_if_gone(self.client_id)
+
+
+# --- the bridge ---------------------------------------------------------------------------------
+
+#: Replay logs per broker service, shared by all its HTTP listeners.
+_REPLAY_LOGS: WeakKeyDictionary[Any, dict[str, api.ReplayLog]] = WeakKeyDictionary()
+
+
+class Bridge(Resource):
+    """The root resource: the API paths, and what they share (broker, config, streams)."""
+
+    def __init__(self, reactor: Any, service: Any, config: HTTPConfig) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.service = service
+        self.broker = service.broker
+        self.config = config
+        self.subscriptions: set[Subscription] = set()
+        self.replay_logs = _REPLAY_LOGS.setdefault(service, {})
+        self.putChild(b"publish", PublishResource(self))
+        self.putChild(b"subscribe", SubscribeResource(self))
+        self.putChild(b"retained", RetainedResource(self))
+        self.putChild(b"session", SessionResource(self))
+        self.putChild(b"openapi.json", OpenAPIResource(self))
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return _NotFound()
+
+    def render(self, request: Request) -> bytes:
+        return not_found(request)
+
+    # --- sessions and replay logs -----------------------------------------------------
+
+    def new_client_id(self) -> str:
+        return "http-" + os.urandom(8).hex()
+
+    def replay_log(self, client_id: str, fresh: bool = False) -> api.ReplayLog:
+        logs = self.replay_logs
+        found = logs.get(client_id)
+        if found is None or fresh:
+            sessions = self.broker.sessions
+            for stale in [c for c in logs if c not in sessions]:
+                del logs[stale]
+            found = logs[client_id] = api.ReplayLog(self.config.replay)
+        return found
+
+    def forget_log_if_gone(self, client_id: str) -> None:
+        if client_id not in self.broker.sessions:
+            self.replay_logs.pop(client_id, None)
+
+    def end_all(self, reason: int) -> None:
+        for stream in list(self.subscriptions):
+            stream.end(reason)
+
+    # --- authentication and authorization ------------------------------------------------
+
+    def credentials(self, request: Request, client_id: str | None, username: str | None,
+                    password: bytes | None) -> Credentials:
+        transport = request.channel.transport
+        peer = transport.getPeer()
+        return Credentials(client_id or "", username, password, _certificate_identity(transport),
+                           f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}", "http")
+
+    def authenticate(self, request: Request, headers: api.Headers,
+                     client_id: str | None) -> Deferred[Any]:
+        """The identity the authenticator gives the request's credentials (the user name
+        when the broker is anonymous)."""
+        username, password = api.credentials_from(headers)
+        authenticator = self.broker.authenticator
+        if authenticator is None:
+            return succeed(username)
+        return maybeDeferred(authenticator.authenticate,
+                             self.credentials(request, client_id, username, password))
+
+    def authorize(self, question: str, identity: Any, client_id: str | None,
+                  topic: str) -> Deferred[None]:
+        """Ask the authorizer ``mayPublish``/``maySubscribe``; 403 unless it says yes."""
+        authorizer = self.broker.authorizer
+        if authorizer is None:
+            return succeed(None)
+
+        def check(allowed: Any) -> None:
+            if not allowed:
+                verb = "publish to" if question == "mayPublish" else "subscribe to"
+                raise ApiError(403, f"not authorized to {verb} {topic!r}",
+                               ReasonCode.NOT_AUTHORIZED)
+
+        return maybeDeferred(getattr(authorizer, question), identity, client_id,
+                             topic).addCallback(check)
+
+    def may_remove(self, identity: Any, client_id: str, session: Any) -> Deferred[None]:
+        """Anyone, on an anonymous broker; else the session's own identity, or whoever the
+        authorizer's optional ``mayDisconnect(identity, clientId)`` allows."""
+        if self.broker.authenticator is None:
+            return succeed(None)
+        authorizer = self.broker.authorizer
+        ask = getattr(authorizer, "mayDisconnect", None)
+        if ask is None:
+            answer: Any = succeed(identity is not None and identity == session.identity)
+        else:
+            answer = maybeDeferred(ask, identity, client_id)
+
+        def check(allowed: Any) -> None:
+            if not allowed:
+                raise ApiError(403, f"not authorized to remove the session of {client_id!r}",
+                               ReasonCode.NOT_AUTHORIZED)
+
+        return answer.addCallback(check)
+
+
+def _certificate_identity(transport: Any) -> str | None:
+    """The TLS client certificate's common name, if one was presented."""
+    get_cert = getattr(transport, "getPeerCertificate", None)
+    if get_cert is None:
+        return None
+    try:
+        cert = get_cert()
+    except Exception:
+        return None
+    if cert is None:
+        return None
+    return getattr(cert.get_subject(), "commonName", None)
+
+
+class BridgeSite(Site):
+    """The bridge's site: bounded bodies, a connection limit, an idle deadline, and the
+    connections it holds closed when the listener stops."""
+
+    requestFactory = BridgeRequest
+    noisy = False
+
+    def __init__(self, bridge: Bridge, reactor: Any) -> None:
+        config = bridge.config
+        super().__init__(bridge, timeout=config.idle_timeout or None, reactor=reactor,
+                         parsePOSTFormSubmission=False)
+        self.bridge = bridge
+        self.config = config
+        #: Each connection's channel and transport (None until connected).
+        self.channels: dict[Any, Any] = {}
+
+    def buildProtocol(self, addr: Any) -> Any:
+        limit = self.config.max_connections
+        if limit and len(self.channels) >= limit:
+            self.bridge.broker.stats.connections_refused += 1
+            log.warn("Refusing an HTTP connection from {addr}: {limit} connections held",
+                     addr=addr, limit=limit)
+            return None
+        channel = super().buildProtocol(addr)
+        channels = self.channels
+        channels[channel] = None
+        made, lost = channel.makeConnection, channel.connectionLost
+
+        def makeConnection(transport: Any) -> None:
+            channels[channel] = transport
+            made(transport)
+
+        def connectionLost(reason: Any) -> None:
+            channels.pop(channel, None)
+            lost(reason)
+
+        channel.makeConnection = makeConnection
+        channel.connectionLost = connectionLost
+        return channel
+
+    def close_all(self) -> None:
+        """End every stream and poll (SSE clients get ``event: close``), then close."""
+        self.bridge.end_all(ReasonCode.SERVER_SHUTTING_DOWN)
+        for transport in list(self.channels.values()):
+            if transport is not None:
+                transport.loseConnection()
+
+
+def build_site(reactor: Any, service: Any, settings: Any) -> BridgeSite:
+    """The HTTP bridge as a twisted.web site for ``service`` (also used by ``auto=``)."""
+    return BridgeSite(Bridge(reactor, service, HTTPConfig.from_settings(settings)), reactor)
+
+
+class HTTPListenerService(StreamServerEndpointService):
+    """Listens while it runs; on stop, closes what its site holds as well."""
+
+    def stopService(self) -> Deferred[None]:
+        d = super().stopService()
+        self.factory.close_all()
+        return d
+
+
+@implementer(IAdapter)
+class HTTPAdapter:
+    """The HTTP bridge (docs/http-api.md) over a stream endpoint (``tcp:``, ``ssl:``)."""
+
+    name = "http"
+    description = ("HTTP bridge: publish, subscribe by SSE or long poll, retained, "
+                   "sessions (docs/http-api.md)")
+    defaultEndpoint = "tcp:8081"
+    options = OPTIONS
+
+    def buildListener(self, reactor: Any, broker: Any, endpointDescription: str,
+                      settings: Any) -> IService:
+        site = build_site(reactor, broker, settings)
+        service = HTTPListenerService(serverFromString(reactor, endpointDescription), site)
+        service._raiseSynchronously = True  # a port in use fails start-up loudly
+        return service
