@@ -103,6 +103,20 @@ class ContractTests(SynchronousTestCase):
         self.assertTrue(verifyObject(IAdapter, WebSocketAdapter()))
         self.assertIsInstance(plugins_by_name(IAdapter)["ws"], WebSocketAdapter)
 
+    def test_jwt_auth_plugin(self) -> None:
+        """JWTAuthPlugin provides IAuthPlugin; its JWTAuthenticator both IAuthenticator and
+        IAuthorizer."""
+        from mqtt_twisted.auth.jwt import JWTAuthenticator
+        from mqtt_twisted.plugins.jwt import JWTAuthPlugin
+
+        plugin = plugins_by_name(IAuthPlugin)["jwt"]
+        self.assertIsInstance(plugin, JWTAuthPlugin)
+        self.assertTrue(verifyObject(IAuthPlugin, plugin))
+        auth = plugin.makeAuthenticator(Clock(), "secret=0123456789abcdef0123456789abcdef")
+        self.assertIsInstance(auth, JWTAuthenticator)
+        self.assertTrue(verifyObject(IAuthenticator, auth))
+        self.assertTrue(verifyObject(IAuthorizer, auth))
+
     def test_memory_store_plugin(self) -> None:
         """MemoryStorePlugin provides IStorePlugin, and makes an IStore."""
         plugin = MemoryStorePlugin()
@@ -220,6 +234,8 @@ class ContractTests(SynchronousTestCase):
         covered = {
             "mqtt_twisted.adapters.mqtt.MQTTAdapter",
             "mqtt_twisted.adapters.websocket.WebSocketAdapter",
+            "mqtt_twisted.plugins.jwt.JWTAuthPlugin",
+            "mqtt_twisted.auth.jwt.JWTAuthenticator",
             "mqtt_twisted.plugins.builtin.MemoryStorePlugin",
             "mqtt_twisted.plugins.builtin.AnonymousAuthPlugin",
             "mqtt_twisted.store.memory.MemoryStore",
