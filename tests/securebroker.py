@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import ProcessProtocol
 from twisted.trial import unittest
 
 from mqtt_twisted.adapters.listener import parse_listener
@@ -109,3 +110,74 @@ class SecureBrokerTestCase(unittest.TestCase):
             result = yield client.connect()
             self.assertEqual(result.rc, 0)
         return client
+
+
+class ChildProcess(ProcessProtocol):
+    """A child process's output, ``seen(text)`` (fires when the output first holds ``text``)
+    and ``ended`` (fires with the exit code, None if a signal ended it)."""
+
+    def __init__(self) -> None:
+        self.output = bytearray()
+        self.ended: Deferred[int | None] = Deferred()
+        self.finished = False
+        self.signal: int | None = None
+        self._waiting: list[tuple[bytes, Deferred[None]]] = []
+
+    def seen(self, text: str) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._waiting.append((text.encode(), d))
+        self._check()
+        return d
+
+    def _check(self) -> None:
+        for item in list(self._waiting):
+            if item[0] in self.output:
+                self._waiting.remove(item)
+                item[1].callback(None)
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        self._check()
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        self.finished = True
+        self.signal = getattr(reason.value, "signal", None)
+        code = getattr(reason.value, "exitCode", None)
+        self.ended.callback(code)
+        waiting, self._waiting = self._waiting, []
+        for _, d in waiting:
+            d.errback(AssertionError(f"process ended (exit {code}) before the expected "
+                                     f"output:\n{self.text}"))
+
+    @property
+    def text(self) -> str:
+        return self.output.decode(errors="replace")
+
+
+def spawn(case: Any, reactor: Any, args: list[str], env: dict[str, str] | None = None,
+          **kwargs: Any) -> ChildProcess:
+    """Start ``args``; the test kills it (SIGKILL) at cleanup if it is still running."""
+    proc = ChildProcess()
+    transport = reactor.spawnProcess(proc, args[0], args, env=env, **kwargs)
+    proc.transport = transport
+
+    def kill() -> Any:
+        if not proc.finished:
+            transport.signalProcess("KILL")
+        return proc.ended
+
+    case.addCleanup(kill)
+    return proc
+
+
+def within(d: Deferred[Any], reactor: Any, seconds: float, what: str) -> Deferred[Any]:
+    """``d`` failing with a message naming ``what`` after ``seconds``."""
+    from twisted.internet.defer import CancelledError, TimeoutError
+
+    def timed_out(failure: Any) -> Any:
+        failure.trap(TimeoutError, CancelledError)
+        raise AssertionError(f"timed out after {seconds}s waiting for {what}")
+
+    return d.addTimeout(seconds, reactor).addErrback(timed_out)
