@@ -25,7 +25,6 @@ from twisted.trial import unittest
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
 from twisted.web.http_headers import Headers
 
-from mqtt_twisted.adapters.http import OPTIONS as HTTP_OPTIONS
 from mqtt_twisted.adapters.listener import parse_listener
 from mqtt_twisted.adapters.mqtt import MQTTAdapter
 from mqtt_twisted.core.settings import BrokerSettings
@@ -219,6 +218,8 @@ class HTTPBrokerTestCase(unittest.TestCase):
     auto = False
     #: The endpoint the HTTP (or auto) listener uses, before our keys.
     http_endpoint = "tcp:0:interface=127.0.0.1"
+    #: For an ssl: endpoint: the CA (PEM file) that curl and Agent trust.
+    ca: str | None = None
     timeout = 30
 
     def make_store(self) -> Any:
@@ -235,21 +236,31 @@ class HTTPBrokerTestCase(unittest.TestCase):
         ports: dict[str, Any] = {}
         name = "auto" if self.auto else "http"
         keys = "".join(f":{k}={v}" for k, v in self.http_keys.items())
+        adapter = autoAdapter if self.auto else httpAdapter
         http = parse_listener(f"{name}={self.http_endpoint}{keys}", "mqtt",
-                              {"http": list(HTTP_OPTIONS), "auto": list(autoAdapter.options)})
+                              {name: list(adapter.options)})
+        adapter.checkListener(http)
         mqtt = parse_listener("tcp:0:interface=127.0.0.1")
         listeners = {"mqtt": self.service.addListener(MQTTAdapter(), mqtt),
-                     name: self.service.addListener(autoAdapter if self.auto else httpAdapter,
-                                                    http)}
+                     name: self.service.addListener(adapter, http)}
         self.service.startService()
         yield self.service.ready
         for key, listener in listeners.items():
             listener._waitingForPort.addCallback(self._record_port, ports, key)
         self.mqtt_port = ports["mqtt"].getHost().port
         self.http_port = ports[name].getHost().port
-        self.site = listeners[name].factory
+        factory = listeners[name].factory
+        self.site = getattr(factory, "wrappedFactory", factory)  # TLS taken off
         self.pool = HTTPConnectionPool(reactor, persistent=True)
-        self.agent = Agent(reactor, pool=self.pool)
+        if self.ca is None:
+            self.agent = Agent(reactor, pool=self.pool)
+        else:
+            from twisted.internet.ssl import Certificate
+            from twisted.web.client import BrowserLikePolicyForHTTPS
+
+            with open(self.ca, "rb") as f:
+                policy = BrowserLikePolicyForHTTPS(trustRoot=Certificate.loadPEM(f.read()))
+            self.agent = Agent(reactor, contextFactory=policy, pool=self.pool)
 
     @inlineCallbacks
     def tearDown(self) -> Any:
@@ -265,14 +276,21 @@ class HTTPBrokerTestCase(unittest.TestCase):
 
     def _server_connections(self) -> int:
         held = getattr(self.site, "channels", None)
-        if held is None:  # an auto listener
-            held = self.site.connections
+        if held is None:  # an auto listener: a WebSocket's socket is Autobahn's once open
+            from mqtt_twisted.adapters.detect import _open
+
+            held = [p for p in self.site.connections if _open(p.transport)]
         return len(held) + len(self.broker.connections)
 
     # --- helpers ---------------------------------------------------------------------------
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.http_port}{path}"
+        if self.ca is None:
+            return f"http://127.0.0.1:{self.http_port}{path}"
+        return f"https://localhost:{self.http_port}{path}"
+
+    def _curl_tls(self) -> list[str]:
+        return [] if self.ca is None else ["--cacert", self.ca]
 
     def sleep(self, seconds: float) -> Deferred[None]:
         return deferLater(self.reactor, seconds, lambda: None)
@@ -326,7 +344,8 @@ class HTTPBrokerTestCase(unittest.TestCase):
 
         url = self.url(path)
         out, err, code = yield getProcessOutputAndValue(
-            "curl", ["-s", "-i", "-m", CURL_MAX_TIME, "-X", method, *args, url],
+            "curl", ["-s", "-i", "-m", CURL_MAX_TIME, *self._curl_tls(), "-X", method, *args,
+                     url],
             env=_curl_env(), reactor=self.reactor)
         self.assertEqual(code, 0, err)
         status, headers, body = _parse_http(out)
@@ -338,7 +357,7 @@ class HTTPBrokerTestCase(unittest.TestCase):
         stream = SSEStream(self.reactor)
         protocol = _CurlSSE(stream)
         process = self.reactor.spawnProcess(
-            protocol, "curl", ["curl", "-s", "-N", "-m", CURL_MAX_TIME,
+            protocol, "curl", ["curl", "-s", "-N", "-m", CURL_MAX_TIME, *self._curl_tls(),
                                "-H", "Accept: text/event-stream", *args, self.url(path)],
             env=_curl_env())
 

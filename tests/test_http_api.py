@@ -354,7 +354,9 @@ class LongPollTests(HTTPBrokerTestCase):
     def test_persistent_poll_keeps_the_rest(self) -> Any:
         """With client= the session keeps what one answer could not take (max=) for the next
         poll; a lost answer comes again with Last-Event-ID."""
-        yield self.request("GET", "/subscribe?topic=jobs&qos=1&client=worker&timeout=0")
+        yield self.request("GET", "/subscribe?topic=jobs&qos=1&client=worker&timeout=0"
+                           "&expiry=600")
+        self.assertEqual(self.broker.sessions["worker"].expiryInterval, 600)
         for n in range(5):
             yield self.json("POST", "/publish?topic=jobs&qos=1", 200, body=b"%d" % n)
         path = "/subscribe?topic=jobs&qos=1&client=worker&timeout=0&max=2"
@@ -477,3 +479,59 @@ class AuthTests(HTTPBrokerTestCase):
         code, _, _ = yield self.request("DELETE", "/session?client=alices-phone",
                                         _basic("alice", "secret"))
         self.assertEqual(code, 204)
+
+
+@implementer(IAuthenticator)
+class _Devices:
+    """Lets in whoever shows a client certificate; records what it was shown."""
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    def authenticate(self, credentials: Any) -> Any:
+        self.seen.append(credentials)
+        if credentials.certificateIdentity is None:
+            from twisted.internet.defer import fail
+
+            return fail(AuthenticationError("a client certificate is required"))
+        return succeed(credentials.username)
+
+
+class TLSTests(HTTPBrokerTestCase):
+    """http=ssl: with the TLS listener keys: optional client certificates whose identity
+    becomes the user name, as for MQTT over TLS."""
+
+    authenticator = None
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        try:
+            from tests.certs import CA, temp_dir
+        except ImportError:
+            from certs import CA, temp_dir  # type: ignore[no-redef]
+
+        ca = CA(temp_dir(self))
+        server = ca.issue("localhost", server=True)
+        self.device = ca.issue("device-7")
+        self.ca = ca.cert_path
+        self.authenticator = _Devices()
+        self.http_endpoint = (f"ssl:0:interface=127.0.0.1:privateKey={server.key_path}"
+                              f":certKey={server.cert_path}")
+        self.http_keys = {"caCerts": ca.cert_path, "clientCerts": "optional",
+                          "identityAsUsername": "yes"}
+        yield super().setUp()
+
+    @inlineCallbacks
+    def test_client_certificate_identity(self) -> Any:
+        """curl over HTTPS with a client certificate publishes as its CN; without one the
+        authenticator refuses (401)."""
+        status, _, _ = yield self.curl("--cert", self.device.cert_path, "--key",
+                                       self.device.key_path, "--data-binary", "x",
+                                       method="POST", path="/publish?topic=d/7")
+        self.assertEqual(status, 200)
+        seen = self.authenticator.seen[-1]
+        self.assertEqual((seen.certificateIdentity, seen.username, seen.adapter),
+                         ("device-7", "device-7", "http"))
+        status, _, _ = yield self.curl("--data-binary", "x", method="POST",
+                                       path="/publish?topic=d/7")
+        self.assertEqual(status, 401)

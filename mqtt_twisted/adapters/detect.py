@@ -19,13 +19,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
+from mqtt_twisted.adapters import tls
 from mqtt_twisted.adapters.http import OPTIONS as HTTP_OPTIONS
 from mqtt_twisted.adapters.listener import ListenerSettings
 from mqtt_twisted.interfaces import IAdapter
@@ -73,13 +74,16 @@ def classify(data: bytes, websocket: bool = True) -> str | None:
     return HTTP
 
 
+@implementer(IHandshakeListener)
 class DetectingProtocol(Protocol):
     """Reads until :func:`classify` decides, then hands the connection to the chosen
     protocol: it gets the real transport, so its writes and producer go straight to it,
-    and from then on each ``dataReceived`` goes straight to it as well."""
+    and from then on each ``dataReceived`` goes straight to it as well.  Behind TLS the
+    chosen protocol hears of the finished handshake too (before any data, as always)."""
 
     inner: Any = None
     _timer: Any = None
+    _handshake_done = False
 
     def connectionMade(self) -> None:
         self._buffer = b""
@@ -113,8 +117,13 @@ class DetectingProtocol(Protocol):
         self.dataReceived = inner.dataReceived  # type: ignore[method-assign]
         buffered, self._buffer = self._buffer, b""
         inner.makeConnection(self.transport)
+        if self._handshake_done and IHandshakeListener.providedBy(inner):
+            inner.handshakeCompleted()
         if buffered:
             inner.dataReceived(buffered)
+
+    def handshakeCompleted(self) -> None:
+        self._handshake_done = True
 
     def _timed_out(self) -> None:
         self._timer = None
@@ -152,6 +161,10 @@ class DetectingFactory(Factory):
     def buildProtocol(self, addr: Any) -> Protocol | None:
         limit = self.settings.maxConnections
         if limit and len(self.connections) >= limit:
+            # A protocol that took the socket over (Autobahn's WebSocket resource does)
+            # never tells us it ended: count only sockets still open.
+            self.connections = {p for p in self.connections if _open(p.transport)}
+        if limit and len(self.connections) >= limit:
             self.broker.stats.connections_refused += 1
             log.warn("Refusing a connection from {addr}: {limit} connections held on {listener}",
                      addr=addr, limit=limit, listener=self.settings.endpoint)
@@ -165,25 +178,17 @@ class DetectingFactory(Factory):
             factory.doStart()
 
     def stopFactory(self) -> None:
+        """The listener stopped: so did the protocols' factories (the HTTP bridge closes
+        its streams; MQTT connections are the broker's to close)."""
         for factory in self.factories.values():
             factory.doStop()
 
-    def close_all(self) -> None:
-        """Close what the protocols' factories hold themselves (HTTP streams); MQTT
-        connections are the broker's to close."""
-        for factory in self.factories.values():
-            close = getattr(factory, "close_all", None)
-            if close is not None:
-                close()
 
-
-class DetectListenerService(StreamServerEndpointService):
-    """Listens while it runs; on stop, closes what the protocols' factories hold."""
-
-    def stopService(self) -> Any:
-        d = super().stopService()
-        self.factory.close_all()
-        return d
+def _open(transport: Any) -> bool:
+    """Whether the socket under ``transport`` (TLS or not) is still connected."""
+    while transport is not None and not hasattr(transport, "socket"):
+        transport = getattr(transport, "transport", None)
+    return transport is not None and bool(transport.connected)
 
 
 @implementer(IAdapter)
@@ -205,44 +210,57 @@ class DetectAdapter:
 
     @property
     def options(self) -> dict[str, str]:  # type: ignore[override]
-        """The keys of the HTTP bridge and of the ``ws`` adapter, if installed."""
-        keys = dict(HTTP_OPTIONS)
+        """The keys of TLS, of the HTTP bridge and of the ``ws`` adapter, if installed."""
+        keys = {**tls.TLS_OPTIONS, **HTTP_OPTIONS}
         ws = self._adapters().get(WEBSOCKET)
         if ws is not None:
             for key, text in (getattr(ws, "options", None) or {}).items():
                 keys.setdefault(key, text)
         return keys
 
+    def checkListener(self, settings: Any) -> None:
+        """Raise ValueError for a key that this or one of the protocols' adapters refuses."""
+        tls.check_tls(settings.endpoint, settings.extra)
+        for name, adapter in self._protocols().items():
+            check = getattr(adapter, "checkListener", None)
+            if check is not None:
+                check(self._settings_for(name, adapter, settings.endpoint, settings))
+
     def buildListener(self, reactor: Any, broker: Any, endpointDescription: str,
                       settings: Any) -> IService:
         factories = self.factories(reactor, broker, endpointDescription, settings)
         factory = DetectingFactory(reactor, broker, settings, factories)
-        service = DetectListenerService(serverFromString(reactor, endpointDescription), factory)
-        service._raiseSynchronously = True  # a port in use fails start-up loudly
-        return service
+        # TLS (ssl:) in front of the detection, with the same keys and reload as elsewhere.
+        return tls.stream_listener(reactor, endpointDescription, factory, settings.extra)
 
     def factories(self, reactor: Any, broker: Any, endpointDescription: str,
                   settings: Any) -> dict[str, Any]:
-        """The stream factory of each adapter, built as for a listener of its own (the
-        connection limit stays with this listener)."""
-        adapters = self._adapters()
+        """The stream factory of each adapter, built as for a listener of its own (TLS
+        taken off: it is done once, in front; the connection limit stays here)."""
         found: dict[str, Any] = {}
-        for name in (MQTT, HTTP, WEBSOCKET):
-            adapter = adapters.get(name)
-            if adapter is None:
-                continue
-            own = getattr(adapter, "options", None) or {}
-            extra = {k: v for k, v in (getattr(settings, "extra", None) or {}).items()
-                     if k in own}
-            inner = ListenerSettings(name, endpointDescription, 0, settings.connectTimeout,
-                                     extra)
+        for name, adapter in self._protocols().items():
+            inner = self._settings_for(name, adapter, endpointDescription, settings)
             listener = adapter.buildListener(reactor, broker, endpointDescription, inner)
             factory = getattr(listener, "factory", None)
+            if isinstance(factory, TLSMemoryBIOFactory):
+                factory = factory.wrappedFactory
             if factory is None:
                 log.warn("The {name} adapter has no stream factory; auto listeners leave it out",
                          name=name)
                 continue
             found[name] = factory
-        if MQTT not in found or HTTP not in found:
-            raise ValueError("auto listeners need the mqtt and http adapters")
         return found
+
+    def _protocols(self) -> dict[str, Any]:
+        adapters = self._adapters()
+        if MQTT not in adapters or HTTP not in adapters:
+            raise ValueError("auto listeners need the mqtt and http adapters")
+        return {name: adapters[name] for name in (MQTT, HTTP, WEBSOCKET) if name in adapters}
+
+    @staticmethod
+    def _settings_for(name: str, adapter: Any, endpoint: str, settings: Any) -> ListenerSettings:
+        """The listener settings the adapter would get on a port of its own: its own keys,
+        the same deadline, no connection limit (this listener holds it)."""
+        own = getattr(adapter, "options", None) or {}
+        extra = {k: v for k, v in (getattr(settings, "extra", None) or {}).items() if k in own}
+        return ListenerSettings(name, endpoint, 0, settings.connectTimeout, extra)

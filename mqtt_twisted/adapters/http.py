@@ -17,11 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -30,6 +28,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 from mqtt_twisted.adapters import _httpapi as api
+from mqtt_twisted.adapters import tls
 from mqtt_twisted.adapters._httpapi import ApiError
 from mqtt_twisted.constants import ReasonCode
 from mqtt_twisted.core.broker import Credentials, expired
@@ -63,12 +62,18 @@ class HTTPConfig:
     replay: int = 100
     idle_timeout: float = 10.0
     max_connections: int = 0
+    #: The TLS client certificate field offered to the authenticator, and whether it
+    #: replaces the user name (the TLS listener keys certIdentity, identityAsUsername).
+    identity_field: str = "cn"
+    identity_as_username: bool = False
 
     @classmethod
     def from_settings(cls, settings: Any) -> HTTPConfig:
         extra = dict(getattr(settings, "extra", None) or {})
         config = cls(idle_timeout=getattr(settings, "connectTimeout", 10.0),
-                     max_connections=getattr(settings, "maxConnections", 0))
+                     max_connections=getattr(settings, "maxConnections", 0),
+                     identity_field=extra.get("certIdentity", "cn"),
+                     identity_as_username=tls.wants_identity_as_username(extra))
         try:
             if "maxPayload" in extra:
                 config.max_payload = int(extra["maxPayload"])
@@ -576,7 +581,12 @@ class Bridge(Resource):
                     password: bytes | None) -> Credentials:
         transport = request.channel.transport
         peer = transport.getPeer()
-        return Credentials(client_id or "", username, password, _certificate_identity(transport),
+        identity = None
+        if ISSLTransport.providedBy(transport):
+            identity = tls.certificate_identity(transport, self.config.identity_field)
+            if identity is not None and self.config.identity_as_username:
+                username = identity  # as for MQTT clients (Mosquitto's use_identity_as_username)
+        return Credentials(client_id or "", username, password, identity,
                            f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}", "http")
 
     def authenticate(self, request: Request, headers: api.Headers,
@@ -626,20 +636,6 @@ class Bridge(Resource):
         return answer.addCallback(check)
 
 
-def _certificate_identity(transport: Any) -> str | None:
-    """The TLS client certificate's common name, if one was presented."""
-    get_cert = getattr(transport, "getPeerCertificate", None)
-    if get_cert is None:
-        return None
-    try:
-        cert = get_cert()
-    except Exception:
-        return None
-    if cert is None:
-        return None
-    return getattr(cert.get_subject(), "commonName", None)
-
-
 class BridgeSite(Site):
     """The bridge's site: bounded bodies, a connection limit, an idle deadline, and the
     connections it holds closed when the listener stops."""
@@ -680,26 +676,19 @@ class BridgeSite(Site):
         channel.connectionLost = connectionLost
         return channel
 
-    def close_all(self) -> None:
-        """End every stream and poll (SSE clients get ``event: close``), then close."""
+    def stopFactory(self) -> None:
+        """The listener stopped: end every stream and poll (SSE clients get ``event:
+        close``, 0x8B) and close the connections held."""
         self.bridge.end_all(ReasonCode.SERVER_SHUTTING_DOWN)
         for transport in list(self.channels.values()):
             if transport is not None:
                 transport.loseConnection()
+        super().stopFactory()
 
 
 def build_site(reactor: Any, service: Any, settings: Any) -> BridgeSite:
     """The HTTP bridge as a twisted.web site for ``service`` (also used by ``auto=``)."""
     return BridgeSite(Bridge(reactor, service, HTTPConfig.from_settings(settings)), reactor)
-
-
-class HTTPListenerService(StreamServerEndpointService):
-    """Listens while it runs; on stop, closes what its site holds as well."""
-
-    def stopService(self) -> Deferred[None]:
-        d = super().stopService()
-        self.factory.close_all()
-        return d
 
 
 @implementer(IAdapter)
@@ -710,11 +699,16 @@ class HTTPAdapter:
     description = ("HTTP bridge: publish, subscribe by SSE or long poll, retained, "
                    "sessions (docs/http-api.md)")
     defaultEndpoint = "tcp:8081"
-    options = OPTIONS
+    options: dict[str, str] = {**OPTIONS, **tls.TLS_OPTIONS}
+
+    def checkListener(self, settings: Any) -> None:
+        """Raise ValueError for a bad key of ours or TLS files that do not work."""
+        HTTPConfig.from_settings(settings)
+        tls.check_tls(settings.endpoint, settings.extra)
 
     def buildListener(self, reactor: Any, broker: Any, endpointDescription: str,
                       settings: Any) -> IService:
         site = build_site(reactor, broker, settings)
-        service = HTTPListenerService(serverFromString(reactor, endpointDescription), site)
-        service._raiseSynchronously = True  # a port in use fails start-up loudly
+        service = tls.stream_listener(reactor, endpointDescription, site, settings.extra)
+        service.site = site  # (service.factory is what listens: TLS around it, for ssl:)
         return service
