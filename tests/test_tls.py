@@ -338,3 +338,99 @@ class TLSConfigTests(SynchronousTestCase):
         self.assertEqual(tls.identity_of(cert, "san-uri"), "spiffe://example/dev")
         self.assertEqual(len(tls.identity_of(cert, "sha256") or ""), 64)
         self.assertIsNone(tls.identity_of(self.ca.cert, "san-dns"))
+
+
+class TLSUsageErrorTests(SynchronousTestCase):
+    """twistd mqttbroker refuses TLS listeners it cannot serve before anything starts."""
+
+    def setUp(self) -> None:
+        self.dir = temp_dir(self)
+        self.ca = CA(self.dir)
+        self.server = self.ca.issue("broker", server=True)
+
+    def usage_error(self, listen: str) -> str:
+        from twisted.python import usage
+
+        from mqtt_twisted.tap import Options
+
+        e = self.assertRaises(usage.UsageError, Options().parseOptions, ["--listen", listen])
+        return str(e)
+
+    def test_missing_ca_file(self) -> None:
+        """A caCerts file that does not exist is a usage error naming it."""
+        message = self.usage_error(f"ssl:8883:privateKey={self.server.key_path}:"
+                                   f"certKey={self.server.cert_path}:caCerts=/no/ca.pem")
+        self.assertIn("/no/ca.pem", message)
+
+    def test_key_of_another_certificate(self) -> None:
+        """A key that does not belong to the certificate is a usage error."""
+        other = self.ca.issue("other", server=True)
+        message = self.usage_error(f"ws=ssl:8443:privateKey={other.key_path}:"
+                                   f"certKey={self.server.cert_path}")
+        # Twisted's own ssl: parser sees it first ("... do not match").
+        self.assertRegex(message, "do not match|does not belong")
+
+    def test_tls_keys_on_tcp(self) -> None:
+        """clientCerts on a tcp: listener is a usage error."""
+        self.assertIn("need an ssl: endpoint", self.usage_error("tcp:1883:clientCerts=required"))
+
+
+class SighupTests(SecureBrokerTestCase):
+    """The real twistd mqttbroker re-reads its certificate on SIGHUP."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_certificate_swap_and_sighup(self) -> None:
+        """Files replaced, then SIGHUP to twistd: new connections get the new certificate, a
+        paho client connected before keeps publishing and receiving."""
+        import os
+        import sys
+        from pathlib import Path
+
+        from tests.securebroker import SecurePaho, spawn, within
+
+        directory = temp_dir(self)
+        ca = CA(directory)
+        server = ca.issue("broker", server=True)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        root = Path(__file__).resolve().parent.parent
+        twistd = Path(sys.executable).with_name("twistd")
+        command = [str(twistd)] if twistd.exists() else [
+            sys.executable, "-c", "import sys; sys.argv[0] = 'twistd'; "
+            "from twisted.scripts.twistd import run; run()"]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
+        broker = spawn(self, self.reactor, [
+            *command, "-n", "--pidfile=", "mqttbroker", "--listen",
+            f"ssl:{port}:interface=127.0.0.1:privateKey={server.key_path}"
+            f":certKey={server.cert_path}"], env=env, path=directory)
+        yield within(broker.seen("Listening: mqtt=ssl"), self.reactor, 20,
+                     f"twistd to listen:\n{broker.text}")
+
+        before = SecurePaho(self.reactor, port, "before", ca=ca.cert_path)
+        self.addCleanup(before.stop)
+        self.assertEqual((yield before.connect()).rc, 0)
+        _, name = yield deferToThread(tls_exchange, port, ca.cert_path)
+        self.assertEqual(name, "broker")
+
+        renewed = ca.issue("broker-renewed", server=True)
+        replace_file(renewed.cert_path, server.cert_path)
+        replace_file(renewed.key_path, server.key_path)
+        broker.transport.signalProcess("HUP")
+        yield within(broker.seen("TLS certificate reloaded"), self.reactor, 10,
+                     f"the reload:\n{broker.text}")
+        _, name = yield deferToThread(tls_exchange, port, ca.cert_path)
+        self.assertEqual(name, "broker-renewed")
+
+        yield before.subscribe(("after/reload", 1))
+        yield before.publish("after/reload", b"still here", 1)
+        message = yield before.next_message()
+        self.assertEqual(message.payload, b"still here")
+        yield before.disconnect()
+
+        broker.transport.signalProcess("TERM")
+        yield within(broker.ended, self.reactor, 10, "twistd to exit")
+        self.assertNotIn("Traceback", broker.text)
