@@ -77,6 +77,20 @@ class TokenTests(SynchronousTestCase):
         self.assertIn("bad token", self.refused(auth(), b"hunter2"))
         self.assertIn("not a JWT", self.refused(auth(), b"\xff\xfe"))
 
+    def test_malformed_tokens(self) -> None:
+        """Garbage in every part of a token (segments, padding, JSON, a non-object payload,
+        a numeric kid) is an AuthenticationError, never another exception."""
+        import base64
+
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+        header, numeric_kid = b64(b'{"alg":"HS256"}'), b64(b'{"alg":"HS256","kid":5}')
+        for token in ("a.b.c", "....", "x", f"{b64(b'not json')}.e30.x",
+                      f"{header}.{b64(b'[1, 2]')}.{b64(b'x' * 32)}", f"{numeric_kid}.e30.x",
+                      hs256({"exp": NOW + 60}) + "x", "é.é.é"):
+            self.refused(auth(), token.encode())
+
     def test_exp(self) -> None:
         """An expired token is refused; leeway covers clock skew; exp must be a number."""
         token = hs256({"exp": NOW - 10})

@@ -289,6 +289,32 @@ class WebSocketTests(SecureBrokerTestCase):
         self.assertEqual(code, 1009)
 
     @inlineCallbacks
+    def test_max_frame_size(self) -> None:
+        """A frame over maxFrameSize closes the WebSocket with 1009, though smaller frames of
+        a larger message are fine."""
+        (port,) = yield self.start(WS + ":maxFrameSize=16")
+        client = yield self.autobahn(port)
+        connect = encode(Connect("framed", 4, True, 0))
+        client.send_frames(connect[:10], connect[10:])
+        self.assertIsInstance((yield client.next_packet()), ConnAck)
+        client.send_frames(b"\xc0\x00" * 10)  # PINGREQs: 20 bytes in one frame
+        _, code, _ = yield with_timeout(client.closed, self.reactor)
+        self.assertEqual(code, 1009)
+
+    @inlineCallbacks
+    def test_tcp_nodelay(self) -> None:
+        """The broker's end of a WebSocket has Nagle's algorithm off (TCP_NODELAY)."""
+        import socket
+
+        (port,) = yield self.start(WS)
+        client = yield self.autobahn(port)
+        client.sendMessage(encode(Connect("nodelay", 4, True, 0)), isBinary=True)
+        yield client.next_packet()
+        (conn,) = self.service.broker.connections
+        sock = conn.transport._protocol.transport.getHandle()
+        self.assertTrue(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    @inlineCallbacks
     def test_outgoing_split_to_max_message_size(self) -> None:
         """With maxMessageSize, a larger PUBLISH reaches the client split over messages."""
         (port,) = yield self.start(WS + ":maxMessageSize=100")
