@@ -55,6 +55,15 @@ class FakeTransport:
     def abortConnection(self) -> None:
         self.closed = self.aborted = True
 
+    reading = True
+
+    def pauseReading(self) -> None:
+        """Flow control asks us to stop reading from this client."""
+        self.reading = False
+
+    def resumeReading(self) -> None:
+        self.reading = True
+
 
 def make_broker(settings: BrokerSettings | None = None, store: Any = None,
                 **kwargs: Any) -> tuple[Broker, Clock]:

@@ -33,6 +33,13 @@ class _TransportShim:
         self._transport.unregisterProducer()
         self._transport.abortConnection()
 
+    def pauseReading(self) -> None:
+        """Flow control: a subscriber this client feeds is full."""
+        self._transport.pauseProducing()
+
+    def resumeReading(self) -> None:
+        self._transport.resumeProducing()
+
 
 @implementer(IPushProducer, IHandshakeListener)
 class MQTTStreamProtocol(Protocol):

@@ -19,7 +19,7 @@ from mqtt_twisted.codec.packets import Auth, Connect
 from mqtt_twisted.codec.topics import SHARE_PREFIX, parse_shared_filter
 from mqtt_twisted.constants import PropertyId, ReasonCode
 from mqtt_twisted.core._async import when
-from mqtt_twisted.core.connection import CLOSED, MQTTConnection
+from mqtt_twisted.core.connection import CLOSED, CONNECTED, MQTTConnection
 from mqtt_twisted.core.session import AWAITING_PUBCOMP, Outbound, Session, SubscriptionOptions
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.core.shared import SharedGroup, Strategy, round_robin
@@ -87,6 +87,10 @@ class Broker:
         # writes: the live sessions are the copy of record.
         self._durable = bool(getattr(store, "persistsMessages", True))
         self._collecting: list[Any] | None = None
+        #: The connection whose PUBLISH is being routed, for flow control.
+        self.publisher: MQTTConnection | None = None
+        #: Queue length at which a session's publishers are held back (flow control).
+        self._high_water = max(1, min(1000, self.settings.max_queued // 2))
 
     # --- connections ----------------------------------------------------------------------
 
@@ -345,6 +349,8 @@ class Broker:
     def connection_ended(self, conn: MQTTConnection, send_will: bool) -> None:
         """A connection closed (any reason): will, then keep or drop its session."""
         self.connections.discard(conn)
+        if getattr(conn, "waiters", None):
+            self.release_publishers(conn)
         session = conn.session
         conn.session = None
         if session is None or session.connection is not conn:
@@ -553,16 +559,25 @@ class Broker:
                 subscription_ids: tuple[int, ...] | None, group: str | None = None) -> None:
         """Send now if the client is online and has room, else queue within bounds."""
         conn = session.connection
-        if conn is not None and not conn.paused and not session.queue:
-            if not qos:
-                conn.send_publish(message, 0, retain, None, subscription_ids)
-                return
-            if len(session.inflight) < conn.send_quota:
-                self._send_inflight(session, conn, Outbound(
-                    message, qos, retain, subscription_ids, None, 0, group, session.next_seq()))
-                return
-        elif conn is None and (not session.persistent
-                               or (not qos and not self.settings.queue_qos0_offline)):
+        if conn is not None:
+            if not session.queue:
+                if not conn.paused:
+                    if not qos:
+                        conn.send_publish(message, 0, retain, None, subscription_ids)
+                        return
+                    if len(session.inflight) < conn.send_quota:
+                        self._send_inflight(session, conn, Outbound(
+                            message, qos, retain, subscription_ids, None, 0, group,
+                            session.next_seq()))
+                        return
+                elif not qos and self._hold_back_publisher(conn):
+                    # The publisher is held back, so what the transport buffers beyond its
+                    # mark is bounded by one read: write rather than queue.
+                    conn.send_publish(message, 0, retain, None, subscription_ids)
+                    return
+            elif len(session.queue) >= self._high_water:
+                self._hold_back_publisher(conn)
+        elif not session.persistent or (not qos and not self.settings.queue_qos0_offline):
             return
         out = Outbound(message, qos, retain, subscription_ids, None, 0, group,
                        session.next_seq())
@@ -608,6 +623,65 @@ class Broker:
                 self._send_inflight(session, conn, out)
             else:
                 conn.send_publish(out.message, 0, out.retain, None, out.subscription_ids)
+        if conn.congested_at is not None and not queue and not conn.paused:
+            self.release_publishers(conn)
+
+    # --- flow control ---------------------------------------------------------------------
+
+    def _hold_back_publisher(self, conn: MQTTConnection) -> bool:
+        """``conn`` cannot take more now: stop reading from the client whose PUBLISH is
+        being routed until ``conn`` catches up, as a stream pipe would.
+
+        True when a publisher is held back.  A subscriber that makes no progress for
+        ``slow_consumer_grace`` seconds stops holding publishers back (False): from then
+        on its messages queue within ``max_queued`` and the oldest are dropped, so one
+        dead reader costs the others nothing but that grace.
+        """
+        now = self.clock.seconds()
+        since = conn.congested_at
+        if since is None:
+            conn.congested_at = now
+        elif now - since > self.settings.slow_consumer_grace:
+            if conn.waiters:
+                self._stalled(conn)
+            return False
+        publisher = self.publisher
+        if publisher is not None and publisher is not conn and publisher.state == CONNECTED:
+            waiters = conn.waiters
+            if waiters is None:
+                waiters = conn.waiters = []
+                # Held-back publishers send nothing more, so nothing else would notice
+                # that this subscriber stalled: a timer does.
+                conn.stall_call = self.clock.callLater(
+                    self.settings.slow_consumer_grace, self._stalled, conn)
+            if publisher not in waiters:
+                waiters.append(publisher)
+                publisher.throttle()
+            return True
+        return False  # nobody to hold back (a will, $SYS, an HTTP publish): queue
+
+    def release_publishers(self, conn: MQTTConnection) -> None:
+        """``conn`` caught up (or went away): resume the publishers it held back."""
+        conn.congested_at = None
+        self._resume_waiters(conn)
+
+    def _stalled(self, conn: MQTTConnection) -> None:
+        conn.stall_call = None
+        if conn.waiters:
+            self.log.info("{client} is not keeping up; no longer holding publishers back "
+                          "for it", client=conn.client_id)
+            self._resume_waiters(conn)
+
+    @staticmethod
+    def _resume_waiters(conn: MQTTConnection) -> None:
+        call = conn.stall_call
+        if call is not None:
+            conn.stall_call = None
+            if call.active():
+                call.cancel()
+        waiters, conn.waiters = conn.waiters, None
+        for publisher in waiters or ():
+            publisher.unthrottle()
 
     def outbound_done(self, session: Session, packet_id: int) -> None:
         """PUBACK or PUBCOMP: the flow for ``packet_id`` is complete."""

@@ -74,7 +74,8 @@ class MQTTConnection:
         "version", "session", "client_id", "keep_alive", "last_rx", "paused", "clean_exit",
         "send_quota", "max_send_size", "_backlog", "_blocked", "_timer", "_aliases_in",
         "_aliases_out", "_alias_limit", "auth_method", "auth_pending",
-        "auth_final_data", "_acks", "__weakref__",
+        "auth_final_data", "_acks", "congested_at", "waiters", "throttles", "stall_call",
+        "__weakref__",
     )
 
     def __init__(
@@ -109,6 +110,12 @@ class MQTTConnection:
         self.auth_pending: Any = None  # the exchange waiting for the client's next AUTH
         self.auth_final_data: bytes | None = None
         self._acks: deque[list[Any]] | None = None  # acks waiting for store writes
+        # Flow control: since when this client cannot take more, the publishers held
+        # back on its account, and how many subscribers hold this one back.
+        self.congested_at: float | None = None
+        self.waiters: list[MQTTConnection] | None = None
+        self.throttles = 0
+        self.stall_call: Any = None
         self._alias_limit = 0
         timeout = getattr(listener, "connectTimeout", broker.connect_timeout)
         self._timer = broker.clock.callLater(timeout, self._connect_timed_out) if timeout else None
@@ -236,8 +243,24 @@ class MQTTConnection:
         return encode(Publish(topic, message.payload, qos, retain, False, packet_id, props), 5)
 
     def pauseWriting(self) -> None:
-        """The transport is full: queue deliveries in the session instead."""
+        """The transport is full: hold publishers back, then queue (see Broker.deliver)."""
         self.paused = True
+
+    def throttle(self) -> None:
+        """A subscriber this client publishes to is full: stop reading from it."""
+        self.throttles += 1
+        if self.throttles == 1:
+            pause = getattr(self.transport, "pauseReading", None)
+            if pause is not None:
+                pause()
+
+    def unthrottle(self) -> None:
+        """One subscriber that held this client back caught up."""
+        self.throttles -= 1
+        if not self.throttles and self.state != CLOSED:
+            resume = getattr(self.transport, "resumeReading", None)
+            if resume is not None:
+                resume()
 
     def resumeWriting(self) -> None:
         """The transport drained: send what the session queued meanwhile."""
@@ -424,7 +447,9 @@ class MQTTConnection:
             message.wire = {(5 if self.version == 5 else 4, 0, False): (raw, 0)}
         if broker.authorizer is None:
             if not qos:
+                broker.publisher = self
                 broker.route(message)  # the QoS 0 fast path
+                broker.publisher = None
                 return
             allowed: Any = True
         else:
@@ -448,7 +473,9 @@ class MQTTConnection:
         qos = message.qos
         if not qos:
             if allowed:
+                broker.publisher = self
                 broker.route(message)
+                broker.publisher = None
             return
         pid: int = message.packet_id  # type: ignore[assignment]
         code, writes = broker.writes_of(self._route_acked, message, allowed)
@@ -459,7 +486,13 @@ class MQTTConnection:
         if not allowed:
             return ReasonCode.NOT_AUTHORIZED
         code = 0
-        if not self.broker.route(message) and self.version == 5:
+        broker = self.broker
+        broker.publisher = self
+        try:
+            routed = broker.route(message)
+        finally:
+            broker.publisher = None
+        if not routed and self.version == 5:
             code = ReasonCode.NO_MATCHING_SUBSCRIBERS
         if message.qos == 2:
             self.broker.add_inbound_qos2(self.session, message.packet_id)  # type: ignore[arg-type]

@@ -26,6 +26,9 @@ class BrokerSettings:
     persistent_session_expiry: float | None = None
     #: Upper bound on a v5 session expiry interval; None: as the client asks.
     max_session_expiry: float | None = None
+    #: Seconds a subscriber that cannot keep up may hold back the publishers feeding it
+    #: (flow control); after that its messages queue within max_queued, oldest dropped.
+    slow_consumer_grace: float = 2.0
     #: Queue QoS 0 messages for offline persistent sessions (Mosquitto: queue_qos0_messages).
     queue_qos0_offline: bool = False
     #: Whether clients may send retained messages.

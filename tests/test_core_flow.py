@@ -1,0 +1,106 @@
+"""Flow control: a subscriber that cannot keep up holds back the publishers feeding it,
+for a bounded time, and a dead one costs nobody else anything."""
+
+from __future__ import annotations
+
+from mqtt_twisted.codec import Publish
+from mqtt_twisted.core.settings import BrokerSettings
+from mqtt_twisted.testing import FakeClient, make_broker
+
+
+def publishes(packets: list) -> list[Publish]:
+    return [p for p in packets if isinstance(p, Publish)]
+
+
+def setup(settings: BrokerSettings | None = None):
+    broker, clock = make_broker(settings)
+    sub = FakeClient(broker)
+    sub.connect("sub")
+    sub.subscribe("t", qos=1)
+    pub = FakeClient(broker)
+    pub.connect("pub")
+    return broker, clock, sub, pub
+
+
+def test_full_subscriber_holds_publisher_back_until_it_drains() -> None:
+    """A paused subscriber stops reads from its publisher; draining resumes them, and
+    every QoS 0 message arrives (written, not dropped)."""
+    broker, _, sub, pub = setup()
+    sub.connection.pauseWriting()
+    for i in range(5):
+        pub.publish("t", b"%d" % i)
+    assert pub.transport.reading is False
+    sub.connection.resumeWriting()
+    assert pub.transport.reading is True
+    assert [p.payload for p in publishes(sub.received())] == [b"%d" % i for i in range(5)]
+    assert broker.stats.messages_dropped == 0
+
+
+def test_dead_subscriber_releases_publisher_after_grace() -> None:
+    """A subscriber that never drains holds its publisher back only for the grace period;
+    after that its messages queue within max_queued and the oldest are dropped."""
+    broker, clock, sub, pub = setup(BrokerSettings(slow_consumer_grace=2.0, max_queued=3))
+    sub.connection.pauseWriting()
+    pub.publish("t", b"first")
+    assert pub.transport.reading is False
+    clock.advance(2.1)
+    assert pub.transport.reading is True  # a timer noticed: nothing else would
+    for i in range(10):
+        pub.publish("t", b"%d" % i)
+    assert pub.transport.reading is True
+    assert len(broker.sessions["sub"].queue) == 3
+    assert broker.stats.messages_dropped == 7
+
+
+def test_qos1_queue_past_high_water_holds_publisher_back() -> None:
+    """A subscriber whose in-flight window is full and whose queue passes the high-water
+    mark holds its publisher back until acknowledgements drain the queue."""
+    _, _, sub, pub = setup(BrokerSettings(max_inflight=1, max_queued=4))
+    for i in range(3):
+        pub.publish("t", b"%d" % i, qos=1)
+    assert pub.transport.reading is True  # one in flight, two queued: at the mark
+    pub.publish("t", b"3", qos=1)
+    assert pub.transport.reading is False  # high water is max_queued // 2 = 2
+    got = publishes(sub.received())
+    for _ in range(4):
+        got += publishes(sub.ack(got[-1]))
+    assert [p.payload for p in got] == [b"0", b"1", b"2", b"3"]
+    assert pub.transport.reading is True
+
+
+def test_publisher_resumes_only_when_every_holder_caught_up() -> None:
+    """A publisher held back by two subscribers reads again only after both drain."""
+    broker, _, sub, pub = setup()
+    other = FakeClient(broker)
+    other.connect("other")
+    other.subscribe("t")
+    sub.connection.pauseWriting()
+    other.connection.pauseWriting()
+    pub.publish("t", b"x")
+    sub.connection.resumeWriting()
+    assert pub.transport.reading is False
+    other.connection.resumeWriting()
+    assert pub.transport.reading is True
+
+
+def test_closing_subscriber_releases_publishers() -> None:
+    """A full subscriber that disconnects lets its publishers go at once."""
+    _, _, sub, pub = setup()
+    sub.connection.pauseWriting()
+    pub.publish("t", b"x")
+    assert pub.transport.reading is False
+    sub.drop()
+    assert pub.transport.reading is True
+
+
+def test_internal_publish_to_full_subscriber_queues() -> None:
+    """With no publisher to hold back (a will, $SYS), messages for a full subscriber
+    queue within max_queued instead of overfilling its transport."""
+    from mqtt_twisted.message import Message
+
+    broker, _, sub, _ = setup(BrokerSettings(max_queued=2))
+    sub.connection.pauseWriting()
+    for i in range(4):
+        broker.route(Message("t", b"%d" % i))
+    assert len(broker.sessions["sub"].queue) == 2
+    assert broker.stats.messages_dropped == 2
