@@ -357,7 +357,11 @@ def stream_listener(reactor: Any, description: str, factory: Any, extra: Mapping
     if config is None:
         return StreamListener(endpoint, factory)
     tls = ServerTLS(config)
-    return StreamListener(endpoint, TLSServerFactory(tls, False, factory, reactor), tls)
+    try:
+        wrapped = TLSServerFactory(tls, False, factory, reactor)
+    except TypeError:  # a Twisted whose TLSMemoryBIOFactory takes no clock
+        wrapped = TLSServerFactory(tls, False, factory)
+    return StreamListener(endpoint, wrapped, tls)
 
 
 def wants_identity_as_username(extra: Mapping[str, str]) -> bool:
