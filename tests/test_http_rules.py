@@ -106,7 +106,8 @@ class CredentialRuleTests(SynchronousTestCase):
         """Authentication 401 (with a challenge), authorization 403, store 503."""
         cases = [(AuthenticationError("no"), 401), (AuthorizationError("no"), 403),
                  (ConnectError("banned", 0x8A), 403), (StorageError("down"), 503),
-                 (ConnectError("busy", 0x89), 503), (ValueError("bug"), 500)]
+                 (ConnectError("busy", 0x89), 503), (ValueError("bug"), 500),
+                 (ConnectError("internal error"), 500), (ConnectError("id", 0x85), 400)]
         for error, status in cases:
             self.assertEqual(api.error_from(error).status, status, error)
         self.assertIn("WWW-Authenticate", api.error_from(AuthenticationError()).headers)

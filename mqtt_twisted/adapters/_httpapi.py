@@ -95,7 +95,8 @@ def error_from(error: BaseException) -> ApiError:
                 ReasonCode.SERVER_UNAVAILABLE, ReasonCode.SERVER_BUSY)):
         return ApiError(503, error.message or "store unavailable",
                         ReasonCode.SERVER_UNAVAILABLE, {"Retry-After": "1"})
-    if isinstance(error, MQTTError):
+    if isinstance(error, MQTTError) and error.reason_code not in (
+            ReasonCode.UNSPECIFIED_ERROR, ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR):
         return ApiError(400, error.message, error.reason_code)
     return ApiError(500, "internal error", ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR)
 

@@ -114,7 +114,10 @@ def respond(request: Request, status: int, body: bytes | None = None,
 
 
 def respond_error(request: Request, failure: Failure) -> None:
-    """Answer with the JSON error for ``failure``; unexpected ones are logged as well."""
+    """Answer with the JSON error for ``failure``; unexpected ones are logged as well
+    (not those of a request whose client left: its session went from under it)."""
+    if _gone(request):
+        return
     error = api.error_from(failure.value)
     if error.status == 500:
         log.failure("HTTP {method} {path} failed", failure,
@@ -385,6 +388,8 @@ class Subscription:
             if topic_filter not in self.sub.filters:
                 yield bridge.service.unsubscribe(self.client_id, topic_filter)
         for topic_filter in self.sub.filters:
+            if self.state == DONE:  # the client left, or the session was taken over
+                return
             granted = yield bridge.service.subscribe(self.client_id, topic_filter, self.sub.qos)
             if self.state == DONE:
                 return
