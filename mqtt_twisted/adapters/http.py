@@ -229,9 +229,7 @@ class PublishResource(_Endpoint):
     @inlineCallbacks
     def post(self, request: Request) -> Any:
         bridge = self.bridge
-        params, headers = _inputs(request)
-        client = api.client_param(params)
-        identity = yield bridge.authenticate(request, headers, client)
+        params, headers, client, identity = yield bridge.caller(request)
         message = api.parse_publish(params, headers, request.content.getvalue(),
                                     bridge.broker.settings)
         yield bridge.authorize("mayPublish", identity, client, message.topic)
@@ -250,9 +248,7 @@ class RetainedResource(_Endpoint):
     @inlineCallbacks
     def get(self, request: Request) -> Any:
         bridge = self.bridge
-        params, headers = _inputs(request)
-        client = api.client_param(params)
-        identity = yield bridge.authenticate(request, headers, client)
+        params, _, client, identity = yield bridge.caller(request)
         topic_filter = api.parse_retained(params)
         yield bridge.authorize("maySubscribe", identity, client, topic_filter)
         messages = yield bridge.broker.store.matchRetained(topic_filter)
@@ -593,6 +589,14 @@ class Bridge(Resource):
                 username = identity  # as for MQTT clients (Mosquitto's use_identity_as_username)
         return Credentials(client_id or "", username, password, identity,
                            f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}", "http")
+
+    def caller(self, request: Request) -> Deferred[tuple[Any, Any, str | None, Any]]:
+        """``(params, headers, client, identity)`` of a request: its inputs decoded, and
+        who the authenticator says sent it (``client`` is the ``client`` parameter)."""
+        params, headers = _inputs(request)
+        client = api.client_param(params)
+        d = self.authenticate(request, headers, client)
+        return d.addCallback(lambda identity: (params, headers, client, identity))
 
     def authenticate(self, request: Request, headers: api.Headers,
                      client_id: str | None) -> Deferred[Any]:
