@@ -169,6 +169,9 @@ class ServedDocumentTests(HTTPBrokerTestCase):
 
     @inlineCallbacks
     def test_served(self) -> Any:
-        """The server serves the document, as JSON, without credentials."""
+        """The server serves the document, as JSON, without credentials (Agent and curl)."""
         answer = yield self.json("GET", "/openapi.json", 200)
         self.assertEqual(answer, document())
+        status, headers, body = yield self.curl(path="/openapi.json")
+        self.assertEqual((status, headers["content-type"], body),
+                         (200, "application/json", document_bytes()))
