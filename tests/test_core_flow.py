@@ -104,3 +104,31 @@ def test_internal_publish_to_full_subscriber_queues() -> None:
         broker.route(Message("t", b"%d" % i))
     assert len(broker.sessions["sub"].queue) == 2
     assert broker.stats.messages_dropped == 2
+
+
+def test_store_write_that_failed_at_once_is_not_acknowledged() -> None:
+    """A store write that has already failed when the broker sees it still withholds the
+    PUBACK and closes the client (0x89 for v5), like one that fails later."""
+    from twisted.internet.defer import fail
+
+    from mqtt_twisted.codec import Disconnect, PubAck
+    from mqtt_twisted.errors import StorageError
+    from mqtt_twisted.store.memory import MemoryStore
+
+    class FailingStore(MemoryStore):
+        persistsMessages = True
+
+        def storeOutbound(self, clientId, outbound):
+            return fail(StorageError("down"))
+
+    broker, _ = make_broker(store=FailingStore())
+    sub = FakeClient(broker)
+    sub.connect("sub", clean=False)
+    sub.subscribe("t", qos=1)
+    sub.drop()
+    pub = FakeClient(broker, 5)
+    pub.connect("pub")
+    out = pub.publish("t", b"x", qos=1)
+    assert not [p for p in out if isinstance(p, PubAck)]
+    assert isinstance(out[-1], Disconnect) and out[-1].reason_code == 0x89
+    assert broker.stats.store_errors == 1

@@ -748,11 +748,14 @@ class Broker:
 
     def _persist(self, result: Any) -> None:
         """A store write: fire-and-forget (failures logged), or collected for an ack."""
-        if hasattr(result, "addErrback") and not getattr(result, "called", False):
-            if self._collecting is not None:
-                self._collecting.append(result)
-            else:
-                result.addErrback(self.store_failed)
+        if not hasattr(result, "addErrback"):
+            return
+        if getattr(result, "called", False) and not isinstance(result.result, Failure):
+            return  # stored already (the memory store): nothing to wait for
+        if self._collecting is not None:
+            self._collecting.append(result)
+        else:
+            result.addErrback(self.store_failed)
 
     def store_failed(self, failure: Failure) -> None:
         """Count and log a failed store write."""
