@@ -14,6 +14,7 @@ from typing import Any
 
 from zope.interface import implementer
 
+from mqtt_twisted._strings import split_colons
 from mqtt_twisted.interfaces import IListenerSettings
 
 #: Listener keys every adapter understands, with their help text.
@@ -48,21 +49,7 @@ class ListenerSettings:
 
 def _split_unescaped(text: str) -> list[str]:
     """Split on ':' not escaped by a backslash, keeping the escapes (Twisted unescapes)."""
-    parts, current, i = [], [], 0
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\" and i + 1 < len(text):
-            current.append(text[i : i + 2])
-            i += 2
-            continue
-        if ch == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-        i += 1
-    parts.append("".join(current))
-    return parts
+    return split_colons(text, keep_escapes=True)
 
 
 def parse_listener(

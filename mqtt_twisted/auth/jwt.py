@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
+from mqtt_twisted._strings import split_colons
 from mqtt_twisted.errors import AuthenticationError
 from mqtt_twisted.interfaces import IAuthenticator, IAuthorizer
 
@@ -314,21 +315,7 @@ class JWTAuthenticator:
 
 def _split_argument(text: str) -> list[str]:
     """Split on ':' not escaped by a backslash, dropping the escapes."""
-    parts, current, i = [], [], 0
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\" and i + 1 < len(text):
-            current.append(text[i + 1])
-            i += 2
-            continue
-        if ch == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-        i += 1
-    parts.append("".join(current))
-    return parts
+    return split_colons(text, keep_escapes=False)
 
 
 def _read_text(path: str, what: str) -> str:
