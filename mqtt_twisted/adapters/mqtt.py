@@ -41,6 +41,34 @@ class _TransportShim:
         self._transport.resumeProducing()
 
 
+def _read_before_reset(transport: Any) -> None:
+    """Make a TCP transport read what the peer sent before it lets the connection go.
+
+    A client that publishes and then closes with unread PUBACKs makes its kernel reset
+    the connection.  Twisted then drops the connection (on a failed write, or on the
+    hang-up while flow control has reading paused) with the client's last PUBLISHes
+    still in our socket, although the kernel kept them.  They were sent before the
+    client left: read and route them first.  ``doRead`` returns a reason once the socket
+    is empty or broken, which bounds the loop.
+    """
+    lose = getattr(transport, "connectionLost", None)
+    do_read = getattr(transport, "doRead", None)
+    if lose is None or do_read is None or not hasattr(transport, "socket"):
+        return
+
+    def drain_then_lose(reason: Any) -> None:
+        if transport.connected and not transport.disconnecting:
+            for _ in range(1 << 12):  # at most 4096 reads of bufferSize each
+                try:
+                    if do_read() is not None:
+                        break
+                except Exception:
+                    break
+        lose(reason)
+
+    transport.connectionLost = drain_then_lose
+
+
 @implementer(IPushProducer, IHandshakeListener)
 class MQTTStreamProtocol(Protocol):
     """Moves bytes and connection events between a transport and the broker."""
@@ -55,6 +83,7 @@ class MQTTStreamProtocol(Protocol):
                 transport.setTcpNoDelay(True)  # no 40 ms Nagle stalls on small packets
             except OSError:
                 pass
+        _read_before_reset(transport)
         if ISSLTransport.providedBy(transport):
             # The client certificate is known once the handshake is done (and no data
             # arrives before): the broker connection starts then, under a deadline.

@@ -1,0 +1,60 @@
+"""A publisher that resets its connection right after its last PUBLISH loses nothing."""
+
+from __future__ import annotations
+
+import fcntl
+import socket
+import struct
+import termios
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
+
+from mqtt_twisted.codec import Publish, encode
+from mqtt_twisted.core.settings import BrokerSettings
+from tests.pahoclient import BrokerTestCase
+
+PAD = b"." * 1000
+SIOCOUTQ = termios.TIOCOUTQ  # bytes the kernel has not yet had acknowledged
+
+
+class PublisherResetTests(BrokerTestCase):
+    """The bench's publisher-disconnect scenario, reset variant, in one test."""
+
+    # Room to queue everything: the point is the reset, not the queue bound.  The
+    # subscriber's in-flight window (20) makes flow control stop reading from the
+    # publisher, so most of its bytes still wait in the broker's socket at the reset.
+    settings = BrokerSettings(max_queued=100_000)
+
+    @inlineCallbacks
+    def reset_after(self, count: int, qos: int) -> Any:
+        """Publish ``count`` messages without reading the acks, wait until the broker's
+        kernel has every byte, then close: unread PUBACKs make the kernel send a reset."""
+        pub = yield self.raw("resetting-publisher")
+        pub.transport.pauseProducing()  # never reads its PUBACKs
+        data = b"".join(
+            encode(Publish("reset/t", b"%06d" % i + PAD, qos, False, False, (i % 65535) + 1 if qos
+                           else None), 4)
+            for i in range(count))
+        pub.transport.write(data)
+        handle = pub.transport.getHandle()
+        for _ in range(500):
+            yield deferLater(self.reactor, 0.01, lambda: None)
+            if not pub.transport.dataBuffer and not pub.transport._tempDataBuffer:
+                unsent = struct.unpack("i", fcntl.ioctl(handle.fileno(), SIOCOUTQ, b"\0" * 4))
+                if not unsent[0]:
+                    break
+        handle.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        pub.transport.abortConnection()
+
+    @inlineCallbacks
+    def test_every_message_of_a_resetting_qos1_publisher_is_delivered(self) -> Any:
+        """QoS 1 PUBLISHes the broker's kernel holds when the reset comes are read and routed,
+        even though writing the PUBACKs fails first."""
+        sub = yield self.paho("reset-sub")
+        yield sub.subscribe(("reset/t", 1))
+        count = 2000
+        yield self.reset_after(count, 1)
+        got = yield sub.collect(count, timeout=20)
+        self.assertEqual([m.payload[:6] for m in got], [b"%06d" % i for i in range(count)])
