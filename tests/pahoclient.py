@@ -92,7 +92,46 @@ class Connected:
         self.session_present = bool(session_present)
 
 
-class PahoClient:
+class PahoLifecycle:
+    """Ending a paho client the same way, whatever protocol version it speaks.
+
+    Needs ``client`` (a paho Client), ``disconnected`` (a Deferred), ``_started`` and
+    ``_stopped``.
+    """
+
+    def kill(self) -> Deferred[Any]:
+        """End the connection without DISCONNECT, as if the client process died."""
+        sock = self.client.socket()
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        return self.disconnected
+
+    def stop(self) -> Deferred[None]:
+        """Disconnect if connected and join paho's thread (off the reactor thread)."""
+        if self._stopped is None:
+            if not self._started:
+                self._stopped = Deferred()
+                self._stopped.callback(None)
+            else:
+                if self.client.is_connected():
+                    self.client.disconnect()
+                self._stopped = deferToThread(self._join)
+        return self._stopped
+
+    def _join(self) -> None:
+        self.client.loop_stop()
+        sock = self.client.socket()
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
+class PahoClient(PahoLifecycle):
     """A paho-mqtt MQTT 3.1.1 client whose events are Deferreds in the reactor thread.
 
     Auto-reconnect is off: a client the broker drops stays dropped (otherwise a
@@ -267,38 +306,6 @@ class PahoClient:
         """Send DISCONNECT and wait for paho to report the connection closed."""
         self.client.disconnect()
         return self.disconnected
-
-    def kill(self) -> Deferred[Any]:
-        """End the connection without DISCONNECT, as if the client process died."""
-        sock = self.client.socket()
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        return self.disconnected
-
-    def stop(self) -> Deferred[None]:
-        """Disconnect if connected and join paho's thread (off the reactor thread)."""
-        if self._stopped is None:
-            if not self._started:
-                self._stopped = Deferred()
-                self._stopped.callback(None)
-            else:
-                if self.client.is_connected():
-                    self.client.disconnect()
-                self._stopped = deferToThread(self._join)
-        return self._stopped
-
-    def _join(self) -> None:
-        self.client.loop_stop()
-        sock = self.client.socket()
-        if sock is not None:
-            try:
-                sock.close()
-            except OSError:
-                pass
-
 
 class RawClient(Protocol):
     """An MQTT client under the test's full control: every packet is sent by hand."""

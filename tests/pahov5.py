@@ -16,7 +16,6 @@ protocol violations).
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -26,18 +25,25 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from twisted.internet.defer import Deferred, DeferredQueue, inlineCallbacks
 from twisted.internet.task import deferLater
-from twisted.internet.threads import deferToThread
 
 from mqtt_twisted.codec import ConnAck, Connect
 from mqtt_twisted.testing import start_broker
 
 try:
-    from tests.pahoclient import TIMEOUT, BrokerTestCase, PahoClient, connect_raw, with_timeout
+    from tests.pahoclient import (
+        TIMEOUT,
+        BrokerTestCase,
+        PahoClient,
+        PahoLifecycle,
+        connect_raw,
+        with_timeout,
+    )
 except ImportError:  # pytest's rootdir-relative import of tests/ as a plain directory
     from pahoclient import (  # type: ignore[no-redef]
         TIMEOUT,
         BrokerTestCase,
         PahoClient,
+        PahoLifecycle,
         connect_raw,
         with_timeout,
     )
@@ -158,7 +164,7 @@ class _Once:
         return d
 
 
-class PahoV5Client:
+class PahoV5Client(PahoLifecycle):
     """A paho-mqtt MQTTv5 client whose events are Deferreds in the reactor thread.
 
     Auto-reconnect is off.  ``connect_properties`` and the will's properties are
@@ -355,37 +361,6 @@ class PahoV5Client:
         disc_props = props(PacketTypes.DISCONNECT, **properties) if properties else None
         self.client.disconnect(reason, disc_props)
         return self.disconnected
-
-    def kill(self) -> Deferred[Any]:
-        """End the connection without DISCONNECT, as if the client process died."""
-        sock = self.client.socket()
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        return self.disconnected
-
-    def stop(self) -> Deferred[None]:
-        """Disconnect if connected and join paho's thread (off the reactor thread)."""
-        if self._stopped is None:
-            if not self._started:
-                self._stopped = Deferred()
-                self._stopped.callback(None)
-            else:
-                if self.client.is_connected():
-                    self.client.disconnect()
-                self._stopped = deferToThread(self._join)
-        return self._stopped
-
-    def _join(self) -> None:
-        self.client.loop_stop()
-        sock = self.client.socket()
-        if sock is not None:
-            try:
-                sock.close()
-            except OSError:
-                pass
 
 
 class V5TestCase(BrokerTestCase):
