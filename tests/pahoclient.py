@@ -93,11 +93,29 @@ class Connected:
 
 
 class PahoLifecycle:
-    """Ending a paho client the same way, whatever protocol version it speaks.
+    """Wiring and ending a paho client the same way, whatever protocol version it speaks.
 
-    Needs ``client`` (a paho Client), ``disconnected`` (a Deferred), ``_started`` and
-    ``_stopped``.
+    Needs ``reactor``, ``client`` (a paho Client), ``disconnected`` (a Deferred),
+    ``_started``, ``_stopped`` and the ``_on_*`` handlers.
     """
+
+    def _wire_callbacks(self) -> None:
+        """paho calls back on its own thread: hop to the reactor thread."""
+        c = self.client
+        c.on_connect = self._thread(self._on_connect)
+        c.on_disconnect = self._thread(self._on_disconnect)
+        c.on_message = self._thread(self._on_message)
+        c.on_subscribe = self._thread(self._on_subscribe)
+        c.on_unsubscribe = self._thread(self._on_unsubscribe)
+        c.on_publish = self._thread(self._on_publish)
+
+    def _thread(self, handler: Any) -> Any:
+        reactor = self.reactor
+
+        def callback(client: Any, userdata: Any, *args: Any) -> None:
+            reactor.callFromThread(handler, *args)
+
+        return callback
 
     def kill(self) -> Deferred[Any]:
         """End the connection without DISCONNECT, as if the client process died."""
@@ -170,23 +188,7 @@ class PahoClient(PahoLifecycle):
         self._published: set[int] = set()
         self._started = False
         self._stopped: Deferred[None] | None = None
-        c = self.client
-        c.on_connect = self._thread(self._on_connect)
-        c.on_disconnect = self._thread(self._on_disconnect)
-        c.on_message = self._thread(self._on_message)
-        c.on_subscribe = self._thread(self._on_subscribe)
-        c.on_unsubscribe = self._thread(self._on_unsubscribe)
-        c.on_publish = self._thread(self._on_publish)
-
-    # --- paho thread -> reactor thread ------------------------------------------------
-
-    def _thread(self, handler: Any) -> Any:
-        reactor = self.reactor
-
-        def callback(client: Any, userdata: Any, *args: Any) -> None:
-            reactor.callFromThread(handler, *args)
-
-        return callback
+        self._wire_callbacks()
 
     def _on_connect(self, flags: Any, reason_code: Any, properties: Any) -> None:
         self._connected.fire(Connected(reason_code, flags.session_present))

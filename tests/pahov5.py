@@ -203,23 +203,7 @@ class PahoV5Client(PahoLifecycle):
         self._published: dict[int, int] = {}
         self._started = False
         self._stopped: Deferred[None] | None = None
-        c = self.client
-        c.on_connect = self._thread(self._on_connect)
-        c.on_disconnect = self._thread(self._on_disconnect)
-        c.on_message = self._thread(self._on_message)
-        c.on_subscribe = self._thread(self._on_subscribe)
-        c.on_unsubscribe = self._thread(self._on_unsubscribe)
-        c.on_publish = self._thread(self._on_publish)
-
-    # --- paho thread -> reactor thread ------------------------------------------------
-
-    def _thread(self, handler: Any) -> Any:
-        reactor = self.reactor
-
-        def callback(client: Any, userdata: Any, *args: Any) -> None:
-            reactor.callFromThread(handler, *args)
-
-        return callback
+        self._wire_callbacks()
 
     def _on_connect(self, flags: Any, reason_code: Any, properties: Any) -> None:
         self._connected.fire(Connected5(reason_code, flags.session_present, properties))

@@ -30,6 +30,7 @@ from mqtt_twisted.plugins.builtin import AnonymousAuthPlugin, MemoryStorePlugin
 from mqtt_twisted.service import BrokerService
 from mqtt_twisted.store.memory import MemoryStore
 from mqtt_twisted.tap import Options, makeService
+from tests.securebroker import ChildProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -373,59 +374,15 @@ def _tool(name: str) -> str:
     return path
 
 
-class _Process(protocol.ProcessProtocol):
-    """Collects a child's output; ``ended`` fires with its exit code (None if a signal ended
-    it: see ``signal``), ``seen(text)`` when its output first contains ``text``."""
-
-    def __init__(self) -> None:
-        self.output = bytearray()
-        self.ended: defer.Deferred[int | None] = defer.Deferred()
-        self.finished = False
-        self.signal: int | None = None
-        self._waiting: list[tuple[bytes, defer.Deferred[None]]] = []
-
-    def seen(self, text: str) -> defer.Deferred[None]:
-        d: defer.Deferred[None] = defer.Deferred()
-        self._waiting.append((text.encode(), d))
-        self._check()
-        return d
-
-    def _check(self) -> None:
-        for item in list(self._waiting):
-            if item[0] in self.output:
-                self._waiting.remove(item)
-                item[1].callback(None)
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-        self._check()
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Failure) -> None:
-        self.finished = True
-        code = getattr(reason.value, "exitCode", None)
-        self.signal = getattr(reason.value, "signal", None)
-        self.ended.callback(code)
-        for _, d in self._waiting:
-            d.errback(AssertionError(f"process ended (exit {code}) before expected output:\n"
-                                     f"{self.output.decode(errors='replace')}"))
-        self._waiting = []
-
-    @property
-    def text(self) -> str:
-        return self.output.decode(errors="replace")
-
-
 class TwistdProcessTests(TestCase):
     """The real ``twistd -n mqttbroker`` serving Mosquitto's command-line clients."""
 
     timeout = 90
 
-    def spawn(self, args: list[str], **kwargs: Any) -> _Process:
+    def spawn(self, args: list[str], **kwargs: Any) -> ChildProcess:
         from twisted.internet import reactor
 
-        proc = _Process()
+        proc = ChildProcess()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             [str(ROOT), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
@@ -449,7 +406,7 @@ class TwistdProcessTests(TestCase):
         return d.addTimeout(seconds, reactor).addErrback(timed_out)
 
     @defer.inlineCallbacks
-    def wait_for_port(self, port: int, broker: _Process) -> Any:
+    def wait_for_port(self, port: int, broker: ChildProcess) -> Any:
         """Poll until the broker accepts TCP connections (bounded attempts, no sleep)."""
         from twisted.internet import reactor
         from twisted.internet.endpoints import TCP4ClientEndpoint
