@@ -42,7 +42,7 @@ def test_session_expiry_zero_ends_session_with_connection() -> None:
 
 
 def test_session_expiry_never_for_max_value() -> None:
-    """0xFFFFFFFF means the session never expires [MQTT-3.1.2-?]."""
+    """0xFFFFFFFF means the session never expires (MQTT 5 §3.1.2.11.2)."""
     broker, clock = make_broker()
     c = FakeClient(broker, 5)
     c.connect("s", clean=False, properties={P.SESSION_EXPIRY_INTERVAL: 0xFFFFFFFF})
@@ -559,7 +559,7 @@ def test_shared_and_plain_subscriptions_both_receive() -> None:
 
 
 def test_shared_subscription_gets_no_retained() -> None:
-    """No retained messages are sent on a shared subscribe [MQTT-4.8.2-?]."""
+    """No retained messages are sent on a shared subscribe (MQTT 5 §4.8.2)."""
     broker, _ = make_broker()
     pub = FakeClient(broker)
     pub.connect("p")

@@ -117,7 +117,7 @@ class Client(Protocol):
 
     As a QoS 2 receiver it keeps the ids of the PUBLISHes it has taken and not yet
     seen released (PUBREL), and treats a PUBLISH with such an id as a resend, not a
-    new message [MQTT-4.3.3-?].  This state outlives its connections, as it would
+    new message (MQTT 5 §4.3.3).  This state outlives its connections, as it would
     in a client that keeps its session.
     """
 

@@ -343,7 +343,7 @@ class Broker:
         requested = packet.properties.get(_P.SESSION_EXPIRY_INTERVAL, 0)
         cap = s.max_session_expiry
         if cap is not None and requested > cap:
-            props[_P.SESSION_EXPIRY_INTERVAL] = int(cap)  # [MQTT-3.2.2-?] tell the client
+            props[_P.SESSION_EXPIRY_INTERVAL] = int(cap)  # MQTT 5 §3.2.2.3.2: tell the client
         return props
 
     def connection_ended(self, conn: MQTTConnection, send_will: bool) -> None:

@@ -223,7 +223,7 @@ class MQTTConnection:
 
     def _aliased_publish(self, message: Message, qos: int, retain: bool,
                          packet_id: int | None, subscription_ids: Any) -> bytes:
-        """A v5 PUBLISH using an outbound topic alias per the broker's policy [MQTT-3.3.2-?]."""
+        """A v5 PUBLISH using an outbound topic alias per the broker's policy (MQTT 5 §3.3.2.3.4)."""
         props = forward_properties(message, subscription_ids, self.broker.clock.seconds())
         aliases = self._aliases_out
         topic = message.topic
@@ -374,7 +374,7 @@ class MQTTConnection:
                 self._aliases_out = OrderedDict()
                 self._alias_limit = alias_max
         if self.auth_method is not None:
-            properties[_P.AUTHENTICATION_METHOD] = self.auth_method  # [MQTT-3.2.2-?]
+            properties[_P.AUTHENTICATION_METHOD] = self.auth_method  # MQTT 5 §3.2.2.3.17
             if self.auth_final_data is not None:
                 properties[_P.AUTHENTICATION_DATA] = self.auth_final_data
             self.auth_final_data = None
