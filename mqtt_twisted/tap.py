@@ -44,6 +44,9 @@ class Options(usage.Options):
         ["connect-timeout", None, 10.0, "Seconds a client may take to send CONNECT (0: none).",
          float],
         ["max-inflight", None, 20, "QoS 1/2 messages in flight to one client.", int],
+        ["receive-maximum", None, 65535,
+         "QoS 1/2 PUBLISHes an MQTT 5 client may have unacknowledged towards the broker "
+         "(advertised in CONNACK; more is DISCONNECT 0x93), 1..65535.", int],
         ["max-queued", None, 1000,
          "Messages queued per session; when full the oldest is dropped.", int],
         ["max-packet-size", None, 268_435_460, "Largest packet accepted, in bytes.", int],
@@ -93,6 +96,8 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{name} must not be negative")
         if self["max-inflight"] < 1 or self["max-inflight"] > 65535:
             raise usage.UsageError("--max-inflight must be 1..65535")
+        if not 1 <= self["receive-maximum"] <= 65535:
+            raise usage.UsageError("--receive-maximum must be 1..65535")
         if self["topic-aliases"] not in ("off", "first", "lru"):
             raise usage.UsageError("--topic-aliases must be off, first or lru")
         if self["sys-interval"] < 0:
@@ -136,6 +141,7 @@ class Options(usage.Options):
 def broker_settings(options: Options) -> BrokerSettings:
     return BrokerSettings(
         max_inflight=options["max-inflight"],
+        receive_maximum=options["receive-maximum"],
         max_queued=options["max-queued"],
         max_packet_size=options["max-packet-size"],
         max_keepalive=options["max-keepalive"],

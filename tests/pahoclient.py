@@ -403,13 +403,17 @@ class BrokerTestCase(unittest.TestCase):
 
         self.reactor = reactor
         self.service, self.port = yield start_broker(
-            reactor, settings=self.make_settings(), max_connections=self.max_connections,
-            connect_timeout=self.connect_timeout,
+            reactor, settings=self.make_settings(), store=self.make_store(),
+            max_connections=self.max_connections, connect_timeout=self.connect_timeout,
         )
         self.broker = self.service.broker
 
     def make_settings(self) -> BrokerSettings | None:
         return self.settings
+
+    def make_store(self) -> Any:
+        """The broker's store; None for a memory store."""
+        return None
 
     def tearDown(self) -> Deferred[None]:
         return stop_broker(self.service)

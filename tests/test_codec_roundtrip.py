@@ -153,7 +153,9 @@ def connects(draw, version: int) -> Connect:
 def connacks(draw, version: int) -> ConnAck:
     code = (draw(reason_code(PacketType.CONNACK, version)) if version == 5
             else draw(st.integers(0, 5)))
-    return ConnAck(draw(st.booleans()), code, draw(properties(PacketType.CONNACK, version)))
+    # MQTT 3.1 has no session-present flag (its first CONNACK byte is reserved).
+    present = draw(st.booleans()) if version > 3 else False
+    return ConnAck(present, code, draw(properties(PacketType.CONNACK, version)))
 
 
 @st.composite

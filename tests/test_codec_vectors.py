@@ -483,7 +483,8 @@ NEGATIVE = [
     (4, "'+' in PUBLISH topic", h("30 05 00 03 61 2f 2b"), TOPIC_NAME),
     (5, "'#' in PUBLISH topic", h("30 04 00 01 23 00"), TOPIC_NAME),
     (4, "empty PUBLISH topic", h("30 03 00 00 78"), TOPIC_NAME),
-    (5, "empty topic without a topic alias", h("30 04 00 00 00 78"), TOPIC_NAME),
+    # MQTT 5 §3.3.2.1: a protocol error (0x82), not an invalid topic name.
+    (5, "empty topic without a topic alias", h("30 04 00 00 00 78"), PROTOCOL),
     (4, "wildcard in will topic", connect_v4("06", "00 00 00 01 23 00 00"), TOPIC_NAME),
     # CONNECT flags.
     (4, "CONNECT reserved flag", connect_v4("03", "00 00"), MALFORMED),  # [MQTT-3.1.2-3]

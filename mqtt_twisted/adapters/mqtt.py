@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 from twisted.application.service import IService
@@ -12,6 +13,12 @@ from zope.interface import implementer
 
 from mqtt_twisted.adapters import tls
 from mqtt_twisted.interfaces import IAdapter
+
+try:  # FIONREAD: POSIX only; elsewhere nothing is drained
+    import fcntl
+    import termios
+except ImportError:  # pragma: no cover
+    pass
 
 
 class _TransportShim:
@@ -41,6 +48,17 @@ class _TransportShim:
         self._transport.resumeProducing()
 
 
+def _pending_bytes(transport: Any) -> int:
+    """How many bytes the kernel holds unread for the transport's socket (FIONREAD);
+    0 when it cannot tell (no socket any more, not POSIX), so that the caller reads
+    nothing rather than guessing."""
+    try:
+        fd = transport.socket.fileno()
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+    except (AttributeError, OSError, ValueError, NameError):
+        return 0
+
+
 def _read_before_reset(transport: Any) -> None:
     """Make a TCP transport read what the peer sent before it lets the connection go.
 
@@ -48,8 +66,9 @@ def _read_before_reset(transport: Any) -> None:
     the connection.  Twisted then drops the connection (on a failed write, or on the
     hang-up while flow control has reading paused) with the client's last PUBLISHes
     still in our socket, although the kernel kept them.  They were sent before the
-    client left: read and route them first.  ``doRead`` returns a reason once the socket
-    is empty or broken, which bounds the loop.
+    client left: read and route them first.  Only what the kernel says it holds is
+    read: ``doRead`` returns None both after a read and on EWOULDBLOCK, so looping
+    on it would spend thousands of failing ``recv`` calls on every silent socket.
     """
     lose = getattr(transport, "connectionLost", None)
     do_read = getattr(transport, "doRead", None)
@@ -59,6 +78,8 @@ def _read_before_reset(transport: Any) -> None:
     def drain_then_lose(reason: Any) -> None:
         if transport.connected and not transport.disconnecting:
             for _ in range(1 << 12):  # at most 4096 reads of bufferSize each
+                if _pending_bytes(transport) <= 0:
+                    break
                 try:
                     if do_read() is not None:
                         break

@@ -154,7 +154,8 @@ def decode_connack(flags: int, buf: bytes, pos: int, end: int, version: int | No
             raise MalformedPacket(f"CONNACK return code {code}")
         properties = {}
     _no_trailing(pos, end, "CONNACK")
-    return ConnAck(bool(ack_flags & 1), code, properties)
+    # MQTT 3.1 has no session-present flag: the byte is reserved and read as 0.
+    return ConnAck(bool(ack_flags & 1) and version != 3, code, properties)
 
 
 def decode_publish(flags: int, buf: bytes, pos: int, end: int, version: int | None) -> Publish:
@@ -194,7 +195,8 @@ def decode_publish(flags: int, buf: bytes, pos: int, end: int, version: int | No
         else:
             properties, pos = decode_properties(buf, pos, end, PacketType.PUBLISH)
         if not topic and _TOPIC_ALIAS not in properties:
-            raise InvalidTopicName("empty PUBLISH topic without a topic alias")
+            # A protocol error (0x82), not an invalid topic name (MQTT 5 §3.3.2.1).
+            raise ProtocolError("empty PUBLISH topic without a topic alias")
     else:
         properties = {}
         if not topic:

@@ -76,7 +76,8 @@ def encode_connect(p: Connect, version: int) -> bytes:
 
 
 def encode_connack(p: ConnAck, version: int) -> bytes:
-    body = bytes((1 if p.session_present else 0, p.reason_code))
+    # MQTT 3.1 has no session-present flag: the byte is reserved (0).
+    body = bytes((1 if p.session_present and version > 3 else 0, p.reason_code))
     if version == 5:
         body += encode_properties(p.properties, PacketType.CONNACK)
     return _frame(0x20, body)

@@ -10,6 +10,13 @@ from mqtt_twisted.errors import InvalidTopicFilter, InvalidTopicName
 SHARE_PREFIX = "$share/"
 
 
+def is_reserved_topic(topic: str) -> bool:
+    """Whether clients may not publish to ``topic``: the broker's own ``$SYS`` tree
+    (MQTT 5 §4.7.2: ``$`` topics are for the server's use) and ``$share/...``, which
+    names subscriptions, not messages.  Mosquitto refuses the same two."""
+    return topic.startswith(("$SYS/", SHARE_PREFIX)) or topic in ("$SYS", "$share")
+
+
 class SharedFilter(NamedTuple):
     """A ``$share/{group}/{filter}`` subscription split into its parts."""
 

@@ -20,7 +20,15 @@ def when(result: Any, callback: Callable[[Any], Any], errback: Callable[[Failure
     Deferreds by their methods.
     """
     if hasattr(result, "addCallbacks"):
-        result.addCallbacks(callback, errback)
+        def call(value: Any) -> None:
+            # As below: an exception in ``callback`` goes to ``errback``, not into the
+            # Deferred, where nobody would see it (and a CONNECT would go unanswered).
+            try:
+                callback(value)
+            except Exception:
+                errback(Failure())
+
+        result.addCallbacks(call, errback)
     else:
         try:
             callback(result)

@@ -105,6 +105,10 @@ class Broker:
         client_id = packet.client_id
         assigned = None
         if not client_id:
+            if packet.protocol_level == 3:
+                # MQTT 3.1 §3.1: the client identifier has 1 to 23 characters.
+                conn.refuse(ClientIdentifierNotValid("MQTT 3.1 needs a client id"))
+                return
             if not packet.clean_start and packet.protocol_level < 5:
                 conn.refuse(ClientIdentifierNotValid("empty client id needs clean session"))
                 return  # [MQTT-3.1.3-8]
@@ -421,8 +425,9 @@ class Broker:
         subscriptions, queue and stored state."""
         will_call = session.will_call
         if will_call is not None and will_call.active():
+            will = will_call.args[1]  # (a cancelled DelayedCall forgets its arguments)
             will_call.cancel()
-            self._publish_will(session, will_call.args[1])
+            self._publish_will(session, will)
         session.will_call = None
         if self.sessions.get(session.clientId) is session:
             del self.sessions[session.clientId]

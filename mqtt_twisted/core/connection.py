@@ -35,12 +35,13 @@ from mqtt_twisted.codec.packets import (
     Unsubscribe,
 )
 from mqtt_twisted.codec.stream import StreamDecoder
-from mqtt_twisted.codec.topics import validate_topic_filter
+from mqtt_twisted.codec.topics import is_reserved_topic, validate_topic_filter
 from mqtt_twisted.constants import PacketType, PropertyId, ReasonCode
 from mqtt_twisted.core._async import gather
 from mqtt_twisted.core.session import AWAITING_ACK, AWAITING_PUBCOMP, Session, SubscriptionOptions
 from mqtt_twisted.core.wire import forward_properties, publish_bytes, with_dup
 from mqtt_twisted.errors import (
+    AuthorizationError,
     InvalidTopicFilter,
     MQTTError,
     ProtocolError,
@@ -60,6 +61,11 @@ CLOSE_GRACE = 2.0
 _P = PropertyId
 _TOPIC_ALIAS = PropertyId.TOPIC_ALIAS
 _PFI = PropertyId.PAYLOAD_FORMAT_INDICATOR
+_RESPONSE_TOPIC = PropertyId.RESPONSE_TOPIC
+_SUB_ID = PropertyId.SUBSCRIPTION_IDENTIFIER
+#: Properties a sender may leave out when a packet would exceed the peer's maximum
+#: packet size (MQTT 5 §3.2.2.3.15/16 and the like for every packet that has them).
+_OPTIONAL = (PropertyId.REASON_STRING, PropertyId.USER_PROPERTY)
 _PINGRESP = encode(PingResp())
 
 
@@ -75,7 +81,7 @@ class MQTTConnection:
         "send_quota", "max_send_size", "_backlog", "_blocked", "_timer", "_aliases_in",
         "_aliases_out", "_alias_limit", "auth_method", "auth_pending",
         "auth_final_data", "_acks", "congested_at", "waiters", "throttles", "stall_call",
-        "__weakref__",
+        "_unacked_qos1", "_refused_logged", "__weakref__",
     )
 
     def __init__(
@@ -117,6 +123,8 @@ class MQTTConnection:
         self.throttles = 0
         self.stall_call: Any = None
         self._alias_limit = 0
+        self._unacked_qos1 = 0  # QoS 1 PUBLISHes whose PUBACK waits for the store
+        self._refused_logged = False  # one log line per client for refused $SYS publishes
         timeout = getattr(listener, "connectTimeout", broker.connect_timeout)
         self._timer = broker.clock.callLater(timeout, self._connect_timed_out) if timeout else None
 
@@ -196,10 +204,28 @@ class MQTTConnection:
 
     # --- output -----------------------------------------------------------------------
 
-    def send(self, packet: Packet) -> None:
-        """Encode and write one packet in this connection's protocol version."""
-        if self.state != CLOSED:
-            self.transport.write(encode(packet, self.version))
+    def send(self, packet: Packet) -> bool:
+        """Encode and write one packet in this connection's protocol version.
+
+        A v5 packet that would exceed the client's maximum packet size loses its
+        reason string and user properties [MQTT-3.2.2-19/20]; if it still does not
+        fit it is not sent (False).
+        """
+        if self.state == CLOSED:
+            return False
+        data = encode(packet, self.version)
+        limit = self.max_send_size
+        if limit and len(data) > limit:
+            props = getattr(packet, "properties", None)
+            if not props or not any(key in props for key in _OPTIONAL):
+                return False
+            packet.properties = {k: v for k, v in props.items()  # type: ignore[union-attr]
+                                 if k not in _OPTIONAL}
+            data = encode(packet, self.version)
+            if len(data) > limit:
+                return False
+        self.transport.write(data)
+        return True
 
     def send_publish(self, message: Message, qos: int, retain: bool, packet_id: int | None,
                      subscription_ids: tuple[int, ...] | None, dup: bool = False) -> bool:
@@ -337,6 +363,9 @@ class MQTTConnection:
             raise ProtocolError("second CONNECT")  # [MQTT-3.1.0-2]
         self.version = packet.protocol_level
         self.state = CONNECTING
+        if self.version == 5:
+            # It bounds the CONNACK already [MQTT-3.2.2-19/20, MQTT-3.1.2-24].
+            self.max_send_size = packet.properties.get(_P.MAXIMUM_PACKET_SIZE, 0)
         self.block()
         self.broker.handle_connect(self, packet)
 
@@ -344,12 +373,17 @@ class MQTTConnection:
         """Answer CONNECT with a failure code and close [MQTT-3.2.2-5]."""
         if self.state == CLOSED:
             return
+        if self.state == CONNECTED:  # the failure came after CONNACK: no second one
+            self.log.info("Closing {client} from {peer}: {error}", client=self.client_id,
+                          peer=self.peer, error=error.message)
+            self.close(ReasonCode.UNSPECIFIED_ERROR)
+            return
         if self.version == 5:
             code = int(error.reason_code)
             props = dict(getattr(error, "properties", None) or {})
             if error.message:
                 props[_P.REASON_STRING] = error.message
-            self.send(ConnAck(False, code, props))
+            self.send(ConnAck(False, code, props))  # dropped if even the code cannot fit
         else:
             code = error.v3_return_code or 3  # 3: server unavailable
             self.send(ConnAck(False, code))
@@ -368,7 +402,6 @@ class MQTTConnection:
             receive_max = client_props.get(_P.RECEIVE_MAXIMUM)
             if receive_max:
                 self.send_quota = min(self.send_quota, receive_max)
-            self.max_send_size = client_props.get(_P.MAXIMUM_PACKET_SIZE, 0)
             alias_max = client_props.get(_P.TOPIC_ALIAS_MAXIMUM, 0)
             if alias_max and self.broker.settings.outbound_topic_aliases != "off":
                 self._aliases_out = OrderedDict()
@@ -378,7 +411,16 @@ class MQTTConnection:
             if self.auth_final_data is not None:
                 properties[_P.AUTHENTICATION_DATA] = self.auth_final_data
             self.auth_final_data = None
-        self.send(ConnAck(session_present, 0, properties))
+        if not self.send(ConnAck(session_present, 0, properties)):
+            # Not even without its optional properties: the client cannot be told it is
+            # connected, so it is not [MQTT-3.1.2-24].
+            self.log.info("Closing {client} from {peer}: CONNACK exceeds the client's "
+                          "maximum packet size of {size}", client=self.client_id,
+                          peer=self.peer, size=self.max_send_size)
+            self.broker.stats.protocol_errors += 1
+            self.clean_exit = True  # it never knew it was connected: no will either
+            self._shut()
+            return
         if self.keep_alive:
             self.last_rx = self.broker.clock.seconds()
             self._timer = self.broker.clock.callLater(self.keep_alive * 1.5, self._check_keepalive)
@@ -424,6 +466,15 @@ class MQTTConnection:
             if alias is not None:
                 topic = self._resolve_alias(alias, topic)
                 del props[_TOPIC_ALIAS]
+            if _SUB_ID in props:
+                raise ProtocolError("PUBLISH from a client with a subscription "
+                                    "identifier")  # [MQTT-3.3.4-6]
+            response_topic = props.get(_RESPONSE_TOPIC)
+            if response_topic is not None and ("+" in response_topic or "#" in response_topic):
+                raise ProtocolError("response topic with a wildcard")  # [MQTT-3.3.2-14]
+        if topic[:1] == "$" and is_reserved_topic(topic):
+            self._refuse_publish(packet, "reserved for the broker")  # MQTT 5 §4.7.2
+            return
         broker = self.broker
         if qos > broker.settings.maximum_qos:
             raise ProtocolError("QoS not supported", ReasonCode.QOS_NOT_SUPPORTED)
@@ -459,13 +510,35 @@ class MQTTConnection:
             if pid in session.inboundQoS2:  # type: ignore[union-attr]
                 self.send(PubRec(pid))  # a resend: route it once only [MQTT-4.3.3-9]
                 return
-            if len(session.inboundQoS2) >= broker.settings.receive_maximum:  # type: ignore[union-attr]
-                raise ProtocolError("receive maximum exceeded",
-                                    ReasonCode.RECEIVE_MAXIMUM_EXCEEDED)
+        if qos and self.version == 5 and (
+                len(session.inboundQoS2) + self._unacked_qos1  # type: ignore[union-attr]
+                >= broker.settings.receive_maximum):
+            # Unacknowledged QoS 1 (PUBACK waiting for the store) and QoS 2 (until
+            # PUBCOMP) PUBLISHes beyond what CONNACK advertised [MQTT-3.3.4-9]; v3
+            # clients are never told a limit, so none is held against them.
+            raise ProtocolError("receive maximum exceeded",
+                                ReasonCode.RECEIVE_MAXIMUM_EXCEEDED)
         if hasattr(allowed, "addCallbacks"):
             self._wait_for(allowed, lambda ok: self._publish(message, bool(ok)))
         else:
             self._publish(message, bool(allowed))
+
+    def _refuse_publish(self, packet: Publish, why: str) -> None:
+        """Do not route a PUBLISH the client may not make: v5 QoS 1/2 get 0x87 in their
+        acknowledgement and QoS 0 a DISCONNECT 0x87; v3 has no refusal, so its PUBLISH
+        is acknowledged as usual and dropped, with one log line per client."""
+        code = ReasonCode.NOT_AUTHORIZED
+        if self.version == 5 and not packet.qos:
+            raise AuthorizationError(f"PUBLISH to {packet.topic!r}: {why}")
+        if not self._refused_logged:
+            self._refused_logged = True
+            self.log.info("Dropped a PUBLISH of {client} from {peer} to {topic!r}: {why}",
+                          client=self.client_id, peer=self.peer, topic=packet.topic, why=why)
+        if packet.qos == 1:
+            self._reply(PubAck(packet.packet_id, code), [])  # type: ignore[arg-type]
+        elif packet.qos == 2:
+            # A refused QoS 2 flow ends at PUBREC in v5; v3's PUBREL gets its PUBCOMP.
+            self._reply(PubRec(packet.packet_id, code), [])  # type: ignore[arg-type]
 
     def _publish(self, message: Message, allowed: bool) -> None:
         """Route an authorized PUBLISH and acknowledge it once what it needs is stored."""
@@ -480,7 +553,16 @@ class MQTTConnection:
         pid: int = message.packet_id  # type: ignore[assignment]
         code, writes = broker.writes_of(self._route_acked, message, allowed)
         # [MQTT-4.3.2/3] stored before it is acknowledged
-        self._reply(PubAck(pid, code) if qos == 1 else PubRec(pid, code), writes)
+        if qos == 2:
+            self._reply(PubRec(pid, code), writes)
+        elif writes or self._acks:
+            self._unacked_qos1 += 1  # counts towards the receive maximum until PUBACK
+            self._ack_after(PubAck(pid, code), writes, self._qos1_acked)
+        else:
+            self.send(PubAck(pid, code))
+
+    def _qos1_acked(self) -> None:
+        self._unacked_qos1 -= 1
 
     def _route_acked(self, message: Message, allowed: bool) -> int:
         if not allowed:
@@ -589,6 +671,8 @@ class MQTTConnection:
         pid = packet.packet_id
         out = session.inflight.get(pid)  # type: ignore[union-attr]
         if out is None or out.qos != 2:
+            if packet.reason_code >= 0x80:
+                return  # a refusal ends the flow: there is nothing to release
             if self.version == 5:
                 self.send(PubRel(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
             else:
@@ -705,6 +789,11 @@ class MQTTConnection:
             return
         codes = []
         for topic_filter in packet.topic_filters:
+            try:
+                validate_topic_filter(topic_filter)
+            except InvalidTopicFilter:
+                codes.append(ReasonCode.TOPIC_FILTER_INVALID)
+                continue
             existed = self.broker.unsubscribe(session, topic_filter)  # type: ignore[arg-type]
             codes.append(0 if existed else ReasonCode.NO_SUBSCRIPTION_EXISTED)
         self.send(UnsubAck(packet.packet_id, codes if self.version == 5 else []))
@@ -743,8 +832,17 @@ class MQTTConnection:
             raise ProtocolError("unexpected AUTH")  # [MQTT-4.12.0-2]
 
 
+def _server_only(conn: MQTTConnection, packet: Packet) -> None:
+    """CONNACK, SUBACK, UNSUBACK and PINGRESP only ever travel server to client."""
+    raise ProtocolError(f"a client sent {type(packet).__name__}")
+
+
 #: Packet type -> handler; one table for all connections (no bound methods per connection).
 _HANDLERS: dict[int, Callable[[MQTTConnection, Any], None]] = {
+    PacketType.CONNACK: _server_only,
+    PacketType.SUBACK: _server_only,
+    PacketType.UNSUBACK: _server_only,
+    PacketType.PINGRESP: _server_only,
     PacketType.CONNECT: MQTTConnection._on_connect,
     PacketType.PUBLISH: MQTTConnection._on_publish,
     PacketType.PUBACK: MQTTConnection._on_puback,
