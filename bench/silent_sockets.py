@@ -74,7 +74,8 @@ def main() -> None:
     env = dict(os.environ, PYTHONPATH=str(args.checkout))
     with tempfile.TemporaryDirectory() as tmp:
         broker = subprocess.Popen(
-            [sys.executable, "-m", "twisted.scripts.twistd", "-n", "--pidfile=",
+            [sys.executable, "-c", "import sys; sys.argv[0] = 'twistd'; "
+             "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
              "--logfile", os.path.join(tmp, "broker.log"), "mqttbroker",
              "--listen", f"tcp:{port}:interface=127.0.0.1",
              "--connect-timeout", str(args.deadline), "--sys-interval", "0"],
