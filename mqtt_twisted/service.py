@@ -140,9 +140,14 @@ class BrokerService(MultiService):
             if service.running:
                 yield service.stopService()
             yield service.disownServiceParent()
+        # A closed connection leaves broker.connections at once, but its DISCONNECT is
+        # written only when the reactor next runs: wait for the transports themselves,
+        # or twistd stops the reactor and drops the unwritten bytes.
+        closing = list(self.broker.connections)
         self.broker.close_all(ReasonCode.SERVER_SHUTTING_DOWN)
         waited = 0.0
-        while self.broker.connections and waited < SHUTDOWN_GRACE:
+        while waited < SHUTDOWN_GRACE and (
+                self.broker.connections or not all(getattr(c, "lost", True) for c in closing)):
             yield deferLater(self.reactor, 0.05, lambda: None)
             waited += 0.05
         saves = []

@@ -1,0 +1,178 @@
+"""``twistd mqttbroker`` run as an operator runs it, in a real child process.
+
+Shutdown on SIGTERM/SIGINT (what clients see), start-ups that fail (one line and a
+non-zero exit status, in the foreground and daemonized), twistd's traps (pidfile,
+``-l`` before ``mqttbroker``, an empty ``--listen``) and usage errors (one line, no
+help text).  Every broker listens on 127.0.0.1 on an ephemeral port and runs in a
+directory of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, error, protocol, task
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.trial.unittest import TestCase
+
+from mqtt_twisted.codec import Disconnect, Publish, SubAck, Subscribe, Subscription, Will
+from mqtt_twisted.constants import ReasonCode
+from tests.pahoclient import RawClient
+from tests.pahov5 import PahoV5Client
+from tests.redisserver import free_port
+from tests.securebroker import ChildProcess, spawn, within
+from tests.test_plugins import twistd_command
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Seconds a twistd that should end by itself may take (start-up included).
+ENDS_WITHIN = 15.0
+
+
+class _Raw(RawClient):
+    """A RawClient that keeps the reason its connection ended with."""
+
+    reason: Any = None
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.reason = reason
+        super().connectionLost(reason)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
+    return env
+
+
+def _listen(port: int) -> str:
+    return f"tcp:{port}:interface=127.0.0.1"
+
+
+def _kill_daemon(pidfile: Path) -> None:
+    """A daemonized twistd is not our child: end it through its pidfile, if still there."""
+    try:
+        pid = int(pidfile.read_text())
+        os.kill(pid, signal.SIGKILL)
+    except (OSError, ValueError):
+        pass
+
+
+class TwistdTestCase(TestCase):
+    """Starts ``twistd`` processes, each in a fresh directory, killed after the test."""
+
+    timeout = 45
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+
+    def directory(self) -> Path:
+        path = tempfile.mkdtemp(prefix="mqtt-twisted-twistd-")
+        self.addCleanup(shutil.rmtree, path, True)
+        return Path(path)
+
+    def twistd(self, *args: str, cwd: Path | None = None) -> ChildProcess:
+        """``twistd ARGS`` in ``cwd`` (a new directory when not given)."""
+        cwd = cwd or self.directory()
+        proc = spawn(self, self.reactor, [*twistd_command(), *args], env=_env(), path=str(cwd))
+        proc.cwd = cwd  # type: ignore[attr-defined]
+        return proc
+
+    @defer.inlineCallbacks
+    def ended(self, proc: ChildProcess, seconds: float = ENDS_WITHIN) -> Any:
+        """The exit code of ``proc``, which must end by itself within ``seconds``."""
+        code = yield within(proc.ended, self.reactor, seconds,
+                            f"twistd to exit by itself; it said:\n{proc.text}")
+        return code
+
+    @defer.inlineCallbacks
+    def wait_for_port(self, port: int, proc: ChildProcess) -> Any:
+        """Poll until something accepts TCP connections on ``port``."""
+        endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", port, timeout=2)
+        deadline = time.monotonic() + ENDS_WITHIN
+        while time.monotonic() < deadline:
+            if proc.finished:
+                raise AssertionError(f"twistd exited early:\n{proc.text}")
+            try:
+                client = yield endpoint.connect(protocol.Factory.forProtocol(protocol.Protocol))
+            except error.ConnectError:
+                yield task.deferLater(self.reactor, 0.05, lambda: None)
+                continue
+            client.transport.loseConnection()
+            return
+        raise AssertionError(f"twistd did not listen on {port}:\n{proc.text}")
+
+    @defer.inlineCallbacks
+    def raw(self, port: int, version: int) -> Any:
+        client = yield TCP4ClientEndpoint(self.reactor, "127.0.0.1", port).connect(
+            protocol.Factory.forProtocol(lambda: _Raw(version)))
+        self.addCleanup(client.abort)
+        return client
+
+    def assertOneLine(self, text: str, needle: str, *parts: str) -> str:
+        """Exactly one line of ``text`` holds ``needle``; it holds every one of ``parts``."""
+        lines = [line for line in text.splitlines() if needle in line]
+        self.assertEqual(len(lines), 1, text)
+        for part in parts:
+            self.assertIn(part, lines[0], text)
+        self.assertNotIn("Traceback", text)
+        return lines[0]
+
+
+class ShutdownTests(TwistdTestCase):
+    """Issue 11, item 10: what connected clients see when twistd is told to stop."""
+
+    @defer.inlineCallbacks
+    def stop_with(self, signum: int) -> Any:
+        port = free_port()
+        broker = self.twistd("-n", "mqttbroker", "--listen", _listen(port))
+        yield self.wait_for_port(port, broker)
+
+        paho = PahoV5Client(self.reactor, port, "paho-v5")
+        self.addCleanup(paho.stop)
+        connected = yield paho.connect()
+        self.assertEqual(connected.rc, 0)
+        raw5 = yield self.raw(port, 5)
+        self.assertEqual((yield raw5.connect("raw-v5")).reason_code, 0)
+        raw4 = yield self.raw(port, 4)
+        will = Will("wills/raw-v4", b"gone", 1)
+        self.assertEqual((yield raw4.connect("raw-v4", will=will)).reason_code, 0)
+        watcher = yield self.raw(port, 4)
+        yield watcher.connect("watcher")
+        watcher.send(Subscribe(1, [Subscription("wills/#", 1)]))
+        yield watcher.expect(SubAck)
+
+        broker.transport.signalProcess(signum)  # type: ignore[attr-defined]
+
+        gone = yield paho.disconnected
+        self.assertTrue(gone.from_server, f"paho got no DISCONNECT: {gone!r}\n{broker.text}")
+        self.assertEqual(gone.rc, ReasonCode.SERVER_SHUTTING_DOWN)
+        packet = yield raw5.expect(Disconnect)
+        self.assertEqual(packet.reason_code, ReasonCode.SERVER_SHUTTING_DOWN)
+        for client in (raw5, raw4, watcher):
+            yield client.wait_closed()
+            # A FIN after what was written, not a reset that may discard it.
+            self.assertTrue(client.reason.check(error.ConnectionDone), client.reason)
+        # Shutdown is the server's doing: no will (docs/user-guide.md, "told to stop").
+        self.assertEqual([p for p in watcher.packets.pending if isinstance(p, Publish)], [])
+        yield self.ended(broker)
+        self.assertEqual(broker.signal, signum, broker.text)
+        self.assertIn("Server Shut Down.", broker.text)
+        self.assertNotIn("Traceback", broker.text)
+
+    def test_sigterm(self) -> Any:
+        """On SIGTERM MQTT 5 clients (paho, raw) get DISCONNECT 0x8B, v3.1.1 a clean close, no will."""
+        return self.stop_with(signal.SIGTERM)
+
+    def test_sigint(self) -> Any:
+        """SIGINT (Ctrl-C) stops the broker the same way as SIGTERM."""
+        return self.stop_with(signal.SIGINT)
