@@ -9,6 +9,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from mqtt_twisted import __version__
+from mqtt_twisted._twistd import TwistdRun, is_twistd
 from mqtt_twisted.adapters.listener import ListenerSettings, check_endpoint, parse_listener
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.errors import MQTTError
@@ -190,4 +191,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         _from_plugin("listen", listener.describe(),
                      lambda a=adapter, s=listener: service.addListener(a, s))
     service.reload_on_sighup = True  # re-read TLS certificates on SIGHUP
+    config = getattr(options, "parent", None)
+    if is_twistd(config):
+        return TwistdRun(service, config)
     return service

@@ -26,6 +26,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from mqtt_twisted import __version__
 from mqtt_twisted.codec import Connect, Disconnect, StreamDecoder, encode
 from mqtt_twisted.constants import ReasonCode
+from mqtt_twisted.errors import StartError
 from mqtt_twisted.plugins.builtin import AnonymousAuthPlugin, MemoryStorePlugin
 from mqtt_twisted.service import BrokerService
 from mqtt_twisted.store.memory import MemoryStore
@@ -307,7 +308,9 @@ class MakeServiceTests(SynchronousTestCase):
         reactor.listenTCP = in_use  # type: ignore[method-assign]
         service = makeService(parse("--listen", "tcp:1884"), reactor)
         service.startService()
-        self.failureResultOf(service.ready, error.CannotListenError)
+        failure = self.failureResultOf(service.ready, StartError)
+        self.assertIsInstance(failure.value.__cause__, error.CannotListenError)
+        self.assertEqual(failure.value.what, "listener mqtt=tcp:1884")
         self.assertFalse(reactor.hasStopped)
         reactor.run()
         self.assertTrue(reactor.hasStopped)

@@ -176,3 +176,110 @@ class ShutdownTests(TwistdTestCase):
     def test_sigint(self) -> Any:
         """SIGINT (Ctrl-C) stops the broker the same way as SIGTERM."""
         return self.stop_with(signal.SIGINT)
+
+
+class FailedStartTests(TwistdTestCase):
+    """Issue 11, item 11: a broker that cannot start says why in one line and exits non-zero,
+    so that a supervisor sees the failure (and restarts it)."""
+
+    def port_in_use(self) -> int:
+        port = self.reactor.listenTCP(0, protocol.Factory(), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    @defer.inlineCallbacks
+    def fails(self, *args: str) -> Any:
+        """``twistd -n mqttbroker ARGS`` ends non-zero; fires with its output."""
+        proc = self.twistd("-n", "mqttbroker", *args)
+        code = yield self.ended(proc)
+        self.assertIsNone(proc.signal, proc.text)
+        self.assertNotEqual(code, 0, proc.text)
+        return proc.text
+
+    @defer.inlineCallbacks
+    def test_port_in_use(self) -> Any:
+        """A port in use: one line naming the listener and the reason, exit status 1."""
+        port = self.port_in_use()
+        text = yield self.fails("--listen", _listen(port))
+        self.assertOneLine(text, "could not start", f"mqtt=tcp:{port}", "Address already in use")
+
+    @defer.inlineCallbacks
+    def test_address_not_on_this_machine(self) -> Any:
+        """An interface address this machine does not have: one line, non-zero exit."""
+        text = yield self.fails("--listen", f"tcp:{free_port()}:interface=10.255.255.1")
+        self.assertOneLine(text, "could not start", "10.255.255.1", "Cannot assign")
+
+    @defer.inlineCallbacks
+    def test_unix_socket_in_missing_directory(self) -> Any:
+        """A UNIX socket in a directory that does not exist: one line, no traceback."""
+        path = self.directory() / "missing" / "mqtt.sock"
+        text = yield self.fails("--listen", f"unix:{path}")
+        self.assertOneLine(text, "could not start", f"unix:{path}", "No such file or directory")
+
+    @defer.inlineCallbacks
+    def test_redis_down(self) -> Any:
+        """Redis unreachable at start: the documented wait (5 s), then one line and exit 1."""
+        started = time.monotonic()
+        text = yield self.fails("--listen", _listen(free_port()),
+                                "--store", f"redis://127.0.0.1:{free_port()}/0")
+        self.assertLess(time.monotonic() - started, 5 + ENDS_WITHIN / 2)
+        self.assertOneLine(text, "could not start", "store", "did not answer in 5")
+
+    @defer.inlineCallbacks
+    def daemon(self, *args: str) -> Any:
+        """Daemonized ``twistd`` (pidfile and log in a temporary directory): fires with
+        (the parent's exit code, what the parent printed, the log file)."""
+        cwd = self.directory()
+        pidfile, logfile = cwd / "mqtt.pid", cwd / "mqtt.log"
+        self.addCleanup(_kill_daemon, pidfile)
+        proc = self.twistd(f"--pidfile={pidfile}", f"--logfile={logfile}", "mqttbroker", *args,
+                           cwd=cwd)
+        code = yield self.ended(proc)
+        return code, proc.text, logfile
+
+    @defer.inlineCallbacks
+    def test_daemon_port_in_use(self) -> Any:
+        """Daemonized, the parent exits non-zero with the reason; the log has the one line."""
+        port = self.port_in_use()
+        code, said, logfile = yield self.daemon("--listen", _listen(port))
+        self.assertNotEqual(code, 0, said)
+        self.assertIn("Address already in use", said)
+        yield self.daemon_gone(logfile)
+        self.assertOneLine(logfile.read_text(), "could not start", f"mqtt=tcp:{port}",
+                           "Address already in use")
+
+    @defer.inlineCallbacks
+    def test_daemon_redis_down(self) -> Any:
+        """Daemonized, the parent waits for the store and exits non-zero when it is down."""
+        code, said, logfile = yield self.daemon(
+            "--listen", _listen(free_port()),
+            "--store", f"redis://127.0.0.1:{free_port()}/0?connect_timeout=1")
+        self.assertNotEqual(code, 0, said)
+        self.assertIn("did not answer", said)
+        yield self.daemon_gone(logfile)
+        self.assertOneLine(logfile.read_text(), "could not start", "store", "did not answer in 1")
+
+    @defer.inlineCallbacks
+    def test_daemon_started(self) -> Any:
+        """Daemonized, the parent exits 0 once the broker listens; SIGTERM stops it."""
+        port = free_port()
+        code, said, logfile = yield self.daemon("--listen", _listen(port))
+        self.assertEqual(code, 0, said)
+        # Listening before the parent exited: one attempt, no retries.
+        client = yield TCP4ClientEndpoint(self.reactor, "127.0.0.1", port).connect(
+            protocol.Factory.forProtocol(protocol.Protocol))
+        client.transport.loseConnection()
+        os.kill(int((logfile.parent / "mqtt.pid").read_text()), signal.SIGTERM)
+        yield self.daemon_gone(logfile)
+        self.assertIn("Server Shut Down.", logfile.read_text())
+
+    @defer.inlineCallbacks
+    def daemon_gone(self, logfile: Path) -> Any:
+        """Wait until the daemon has logged its last line and removed its pidfile."""
+        pidfile = logfile.parent / "mqtt.pid"
+        deadline = time.monotonic() + ENDS_WITHIN
+        while time.monotonic() < deadline:
+            if not pidfile.exists() and "Server Shut Down." in logfile.read_text():
+                return
+            yield task.deferLater(self.reactor, 0.05, lambda: None)
+        raise AssertionError(f"the daemon did not stop:\n{logfile.read_text()}")

@@ -1,0 +1,89 @@
+"""What ``twistd`` does not do for a broker, done by ``twistd mqttbroker`` itself.
+
+twistd reports a daemon as started as soon as ``startService`` returns, and exits 0
+whatever happened to the service (twisted/twisted#4762, #11335).  The pieces here make
+a failed start fail loudly; only ``tap.py`` uses them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.python.failure import Failure
+from twisted.python.util import untilConcludes
+
+#: Exit status of a broker that could not start.
+START_FAILED = 1
+
+
+def is_twistd(config: Any) -> bool:
+    """Whether ``config`` is twistd's own options (our Options' parent under twistd)."""
+    from twisted.application.app import ServerOptions
+
+    return isinstance(config, ServerOptions)
+
+
+class TwistdRun(MultiService):
+    """The broker service under twistd: a daemonizing parent is told the outcome once the
+    store answered and every listener listens, and a broker that could not start ends
+    the process with a non-zero exit status, so that a supervisor sees it."""
+
+    def __init__(self, broker: Any, config: Any) -> None:
+        super().__init__()
+        self.broker = broker
+        self._config = config
+        self._pipe: int | None = None
+        broker.setServiceParent(self)
+
+    def startService(self) -> None:
+        # twistd writes "started" to its status pipe when startService returns: too early.
+        self._pipe = self._config.get("statusPipe")
+        self._config["statusPipe"] = None
+        try:
+            super().startService()
+        except Exception as e:
+            self._report(b"1 " + str(e).encode("ascii", "backslashreplace"))
+            raise
+        self.broker.ready.addCallbacks(lambda _: self._report(b"0"), self._failed)
+
+    def _failed(self, failure: Failure) -> None:
+        error = failure.value
+        text = failure.getErrorMessage()
+        reason = getattr(error, "reason", None)
+        if len(text) > 98 and reason:
+            text = reason  # the parent reads 100 bytes: the reason, whole, matters most
+        self._report(b"1 " + text.encode("ascii", "backslashreplace"))
+        exit_after_twistd(START_FAILED)
+
+    def _report(self, status: bytes) -> None:
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            untilConcludes(os.write, pipe, status[:100])
+            untilConcludes(os.close, pipe)
+
+
+_exit_code: list[int] = []
+
+
+def exit_after_twistd(code: int) -> None:
+    """End the process with ``code`` once twistd is done (reactor stopped, pidfile
+    removed, last line logged): twistd has no way to set its exit status, so this
+    happens at interpreter exit.  Its log files are unbuffered; stdout and stderr
+    are flushed here."""
+    if _exit_code:
+        return
+    _exit_code.append(code)
+
+    def leave() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+    atexit.register(leave)
