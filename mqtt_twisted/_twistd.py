@@ -1,23 +1,30 @@
 """What ``twistd`` does not do for a broker, done by ``twistd mqttbroker`` itself.
 
-twistd reports a daemon as started as soon as ``startService`` returns, and exits 0
-whatever happened to the service (twisted/twisted#4762, #11335).  The pieces here make
-a failed start fail loudly; only ``tap.py`` uses them.
+twistd reports a daemon as started as soon as ``startService`` returns, exits 0
+whatever happened to the service (twisted/twisted#4762, #11335), writes ``twistd.pid``
+in the foreground too, and takes an ``-l`` put before the subcommand as its log file.
+The pieces here make each of these fail loudly or work; only ``tap.py`` uses them.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import re
 import sys
 from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.python.failure import Failure
+from twisted.python.usage import UsageError
 from twisted.python.util import untilConcludes
 
 #: Exit status of a broker that could not start.
 START_FAILED = 1
+#: twistd's default --pidfile, written in the current directory.
+DEFAULT_PIDFILE = "twistd.pid"
+
+_ADAPTER = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*=")
 
 
 def is_twistd(config: Any) -> bool:
@@ -25,6 +32,41 @@ def is_twistd(config: Any) -> bool:
     from twisted.application.app import ServerOptions
 
     return isinstance(config, ServerOptions)
+
+
+def _endpoint_types() -> set[str]:
+    from twisted.internet.interfaces import IStreamServerEndpointStringParser
+    from twisted.plugin import getPlugins
+
+    return {"tcp", "ssl", "unix"} | {
+        p.prefix for p in getPlugins(IStreamServerEndpointStringParser)}
+
+
+def _given(argv: list[str], subcommand: str, option: str) -> bool:
+    """Whether twistd's part of ``argv`` (before the subcommand) names ``--option``,
+    abbreviations included (getopt accepts ``--pid=...``)."""
+    for arg in argv[:argv.index(subcommand)] if subcommand in argv else argv:
+        name = arg[2:].partition("=")[0] if arg.startswith("--") else ""
+        if len(name) >= 2 and option.startswith(name):
+            return True
+    return False
+
+
+def check_twistd_options(config: Any, argv: list[str] | None = None) -> None:
+    """Refuse or adjust the twistd options that trap a broker operator."""
+    argv = sys.argv[1:] if argv is None else argv
+    logfile = config.get("logfile") or ""
+    kind = _ADAPTER.sub("", logfile).partition(":")[0]
+    if ":" in logfile and kind in _endpoint_types():
+        raise UsageError(
+            f"twistd's -l is --logfile, not --listen: -l {logfile} would log to a file of "
+            f"that name; put --listen after mqttbroker (twistd -n mqttbroker --listen "
+            f"{logfile})")
+    if config.get("nodaemon") and config.get("pidfile") == DEFAULT_PIDFILE and not _given(
+            argv, getattr(config, "subCommand", None) or "mqttbroker", "pidfile"):
+        # A foreground broker is watched by its supervisor or terminal, not by a pidfile;
+        # a twistd.pid left in the current directory stops the next broker started there.
+        config["pidfile"] = ""
 
 
 class TwistdRun(MultiService):

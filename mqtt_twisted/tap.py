@@ -9,7 +9,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from mqtt_twisted import __version__
-from mqtt_twisted._twistd import TwistdRun, is_twistd
+from mqtt_twisted._twistd import TwistdRun, check_twistd_options, is_twistd
 from mqtt_twisted.adapters.listener import ListenerSettings, check_endpoint, parse_listener
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.errors import MQTTError
@@ -88,6 +88,9 @@ class Options(usage.Options):
         if self["list-plugins"]:
             self._print_plugins(adapters)
             raise SystemExit(0)
+        parent = getattr(self, "parent", None)
+        if is_twistd(parent):
+            check_twistd_options(parent)
         for name in ("max-connections", "max-inflight", "max-queued", "max-packet-size",
                      "max-keepalive"):
             if self[name] < 0:
@@ -101,18 +104,18 @@ class Options(usage.Options):
         self["adapters"] = adapters
         listeners: list[ListenerSettings] = []
         keys = {name: list(getattr(a, "options", {}) or {}) for name, a in adapters.items()}
-        defaults = {name: a.defaultEndpoint for name, a in adapters.items()
+        examples = {name: a.defaultEndpoint for name, a in adapters.items()
                     if getattr(a, "defaultEndpoint", None)}
         for value in self["listen"] or [DEFAULT_LISTENER]:
             try:
                 settings = parse_listener(value, "mqtt", keys, self["max-connections"],
-                                          self["connect-timeout"], defaults)
+                                          self["connect-timeout"], examples)
                 check_endpoint(settings.endpoint)
                 check = getattr(adapters[settings.adapter], "checkListener", None)
                 if check is not None:
                     check(settings)  # e.g. TLS certificate files that do not work
             except ValueError as e:
-                raise usage.UsageError(str(e)) from None
+                raise usage.UsageError(f"--listen {value!r}: {e}") from None
             listeners.append(settings)
         self["listeners"] = listeners
         self["store-plugin"] = self._choose(IStorePlugin, "store")

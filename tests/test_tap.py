@@ -109,12 +109,11 @@ class ListenOptionTests(SynchronousTestCase):
         """An endpoint type Twisted does not know is a usage error."""
         self.assertIn("foo", self.assertUsageError("--listen", "foo:1883"))
 
-    def test_empty_endpoint_uses_adapter_default(self) -> None:
-        """An adapter name with nothing after '=' listens on that adapter's default endpoint."""
-        options = Options()
-        options.parseOptions(["--listen", "mqtt="])
-        self.assertEqual([(s.adapter, s.endpoint) for s in options["listeners"]],
-                         [("mqtt", "tcp:1883")])
+    def test_empty_endpoint_refused(self) -> None:
+        """An adapter name with nothing after '=' is a usage error, not every interface's 1883."""
+        message = self.assertUsageError("--listen", "mqtt=")
+        self.assertIn("no endpoint", message)
+        self.assertIn("mqtt=tcp:1883", message)
 
     def test_empty_endpoint_without_default(self) -> None:
         """With no endpoint and no adapter default, the listener is a usage error."""

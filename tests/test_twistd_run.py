@@ -283,3 +283,52 @@ class FailedStartTests(TwistdTestCase):
                 return
             yield task.deferLater(self.reactor, 0.05, lambda: None)
         raise AssertionError(f"the daemon did not stop:\n{logfile.read_text()}")
+
+
+class TrapTests(TwistdTestCase):
+    """Issue 11, item 12: twistd's options that trap a broker operator fail loudly or work."""
+
+    @defer.inlineCallbacks
+    def stop(self, proc: ChildProcess) -> Any:
+        proc.transport.signalProcess("TERM")  # type: ignore[attr-defined]
+        yield self.ended(proc)
+        self.assertEqual(proc.signal, signal.SIGTERM, proc.text)
+
+    @defer.inlineCallbacks
+    def test_foreground_writes_no_pidfile(self) -> Any:
+        """Two ``twistd -n`` brokers start from one directory: no twistd.pid stops the second."""
+        cwd = self.directory()
+        ports = [free_port(), free_port()]
+        brokers = [self.twistd("-n", "mqttbroker", "--listen", _listen(port), cwd=cwd)
+                   for port in ports]
+        for port, broker in zip(ports, brokers):
+            yield self.wait_for_port(port, broker)
+        self.assertEqual(sorted(os.listdir(cwd)), [])
+        for broker in brokers:
+            yield self.stop(broker)
+
+    @defer.inlineCallbacks
+    def test_explicit_pidfile_in_foreground(self) -> Any:
+        """``-n --pidfile=FILE`` still writes FILE (and removes it at exit)."""
+        cwd = self.directory()
+        port = free_port()
+        broker = self.twistd("-n", "--pidfile=mqtt.pid", "mqttbroker", "--listen", _listen(port),
+                             cwd=cwd)
+        yield self.wait_for_port(port, broker)
+        self.assertEqual(int((cwd / "mqtt.pid").read_text()),
+                         broker.transport.pid)  # type: ignore[attr-defined]
+        yield self.stop(broker)
+        self.assertFalse((cwd / "mqtt.pid").exists())
+
+    @defer.inlineCallbacks
+    def test_twistd_l_is_logfile(self) -> Any:
+        """``twistd -n -l tcp:PORT mqttbroker`` is refused with a hint, not a log file 'tcp:PORT'."""
+        cwd = self.directory()
+        port = free_port()
+        # The --listen after mqttbroker keeps a broker that wrongly starts off port 1883.
+        proc = self.twistd("-n", "-l", f"tcp:{port}", "mqttbroker",
+                           "--listen", _listen(free_port()), cwd=cwd)
+        code = yield self.ended(proc)
+        self.assertNotEqual(code, 0, proc.text)
+        self.assertOneLine(proc.text, "--logfile", "-l", f"tcp:{port}", "--listen")
+        self.assertEqual(os.listdir(cwd), [])
