@@ -1,9 +1,10 @@
 """What ``twistd`` does not do for a broker, done by ``twistd mqttbroker`` itself.
 
-twistd reports a daemon as started as soon as ``startService`` returns, exits 0
-whatever happened to the service (twisted/twisted#4762, #11335), writes ``twistd.pid``
-in the foreground too, and takes an ``-l`` put before the subcommand as its log file.
-The pieces here make each of these fail loudly or work; only ``tap.py`` uses them.
+twistd prints its whole ``--help`` before a usage error, reports a daemon as started
+as soon as ``startService`` returns, exits 0 whatever happened to the service
+(twisted/twisted#4762, #11335), writes ``twistd.pid`` in the foreground too, and takes
+an ``-l`` put before the subcommand as its log file.  The pieces here make each of
+these fail loudly or work; only ``tap.py`` uses them.
 """
 
 from __future__ import annotations
@@ -12,19 +13,30 @@ import atexit
 import os
 import re
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application.service import MultiService
 from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 from twisted.python.util import untilConcludes
 
-#: Exit status of a broker that could not start.
-START_FAILED = 1
+PROGRAM = "twistd mqttbroker"
+#: Exit status of a usage error (as argparse and GNU tools), and of a failed start.
+USAGE_ERROR, START_FAILED = 2, 1
 #: twistd's default --pidfile, written in the current directory.
 DEFAULT_PIDFILE = "twistd.pid"
 
 _ADAPTER = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*=")
+
+
+def usage_exit(message: str) -> NoReturn:
+    """Print one line naming the mistake and a hint (not twistd's 46 lines of help),
+    and exit with status 2."""
+    sys.stdout.flush()
+    sys.stderr.write(f"{PROGRAM}: error: {message}\n"
+                     f"Try '{PROGRAM} --help' for more information.\n")
+    sys.stderr.flush()
+    raise SystemExit(USAGE_ERROR)
 
 
 def is_twistd(config: Any) -> bool:

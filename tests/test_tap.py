@@ -13,7 +13,7 @@ import signal
 import socket
 import sys
 import tempfile
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -154,13 +154,13 @@ class OtherOptionTests(SynchronousTestCase):
     def test_unknown_store(self) -> None:
         """An unknown --store is a usage error listing the known stores."""
         e = self.assertRaises(usage.UsageError, parse, "--store", "nosuch://x")
-        self.assertIn("unknown --store 'nosuch'", str(e))
+        self.assertIn("--store 'nosuch://x': unknown store 'nosuch'", str(e))
         self.assertIn("memory", str(e))
 
     def test_unknown_auth(self) -> None:
         """An unknown --auth is a usage error listing the known backends."""
         e = self.assertRaises(usage.UsageError, parse, "--auth", "ldap:x")
-        self.assertIn("unknown --auth 'ldap'", str(e))
+        self.assertIn("--auth 'ldap:x': unknown auth 'ldap'", str(e))
         self.assertIn("anonymous", str(e))
 
     def test_negative_limits_refused(self) -> None:
@@ -170,8 +170,25 @@ class OtherOptionTests(SynchronousTestCase):
             self.assertRaises(usage.UsageError, parse, *argv)
 
     def test_not_a_number(self) -> None:
-        """A non-numeric value of a numeric option is a usage error."""
-        self.assertRaises(usage.UsageError, parse, "--max-queued", "many")
+        """A non-numeric value of a numeric option is a usage error naming option and value."""
+        for argv, message in (
+                (["--max-queued", "many"], "--max-queued: 'many' is not an integer"),
+                (["--sys-interval", "abc"], "--sys-interval: 'abc' is not a number"),
+                (["--connect-timeout", "nan"], "--connect-timeout: 'nan' is not a finite number")):
+            self.assertEqual(str(self.assertRaises(usage.UsageError, parse, *argv)), message)
+
+    def test_values_that_cannot_work(self) -> None:
+        """Sizes, expiries and timeouts that cannot work are refused, naming option and value."""
+        for argv, message in (
+                (["--connect-timeout", "-5"], "--connect-timeout: '-5' must not be negative"),
+                (["--max-packet-size", "0"], "--max-packet-size: '0' must be 20..268435460"),
+                (["--max-keepalive", "70000"], "--max-keepalive: '70000' must be 0..65535"),
+                (["--persistent-session-expiry", "-1"],
+                 "--persistent-session-expiry: '-1' must not be negative"),
+                (["--max-session-expiry", "-1"],
+                 "--max-session-expiry: '-1' must be 0..4294967295"),
+                (["--topic-aliases", "some"], "--topic-aliases: 'some' must be off, first or lru")):
+            self.assertEqual(str(self.assertRaises(usage.UsageError, parse, *argv)), message)
 
     def test_list_plugins(self) -> None:
         """--list-plugins prints every adapter, store and auth backend, then exits 0."""
@@ -202,8 +219,13 @@ class OtherOptionTests(SynchronousTestCase):
         plugin = AnonymousAuthPlugin()
         plugin.makeAuthenticator = refuse  # type: ignore[method-assign]
         options["auth-plugin"] = (plugin, "x")
-        e = self.assertRaises(SystemExit, makeService, options, MemoryReactorClock())
-        self.assertEqual(str(e.code), "mqttbroker: bad --auth 'anonymous:x': no such users file")
+        err = io.StringIO()
+        with redirect_stderr(err):
+            e = self.assertRaises(SystemExit, makeService, options, MemoryReactorClock())
+        self.assertEqual(e.code, 2)
+        self.assertEqual(err.getvalue().splitlines(), [
+            "twistd mqttbroker: error: --auth 'anonymous:x': no such users file",
+            "Try 'twistd mqttbroker --help' for more information."])
 
 
 class _RecordingPort:

@@ -332,3 +332,44 @@ class TrapTests(TwistdTestCase):
         self.assertNotEqual(code, 0, proc.text)
         self.assertOneLine(proc.text, "--logfile", "-l", f"tcp:{port}", "--listen")
         self.assertEqual(os.listdir(cwd), [])
+
+
+class UsageErrorTests(TwistdTestCase):
+    """Issue 11, item 13: a usage error is one line naming the option and the bad value, a
+    hint, and exit status 2; not twistd's whole --help."""
+
+    @defer.inlineCallbacks
+    def test_one_line_each(self) -> Any:
+        """Bad numbers, values that cannot work, bad listeners, stores and auth arguments."""
+        spare = _listen(free_port())  # where a broker that wrongly starts would listen
+        cases: list[tuple[list[str], list[str], list[str]]] = [
+            ([], ["--max-inflight", "abc"], ["--max-inflight: 'abc' is not an integer"]),
+            ([], ["--sys-interval", "abc"], ["--sys-interval: 'abc' is not a number"]),
+            ([], ["--connect-timeout", "-5"], ["--connect-timeout: '-5'", "negative"]),
+            ([], ["--max-packet-size", "0"], ["--max-packet-size: '0'", "20.."]),
+            ([], ["--persistent-session-expiry", "-1"], ["--persistent-session-expiry: '-1'"]),
+            ([], ["--max-session-expiry", "-1"], ["--max-session-expiry: '-1'"]),
+            ([], ["--max-inflight"], ["--max-inflight", "argument"]),
+            ([], ["--listen", "tcp:notaport"], ["--listen 'tcp:notaport'", "notaport"]),
+            ([], ["--listen", "mqtt="], ["--listen 'mqtt='", "no endpoint"]),
+            ([], ["--listen", f"ws={spare}:origins="], ["--listen 'ws=", "origins="]),
+            ([], ["--store", "redis://x:notaport"], ["--store 'redis://x:notaport'", "port"]),
+            ([], ["--auth", "nosuch"], ["--auth 'nosuch'", "unknown auth"]),
+            ([], ["--auth", "jwt:"], ["--auth 'jwt:'", "secret="]),
+            ([], ["--auth", "jwt:secret=short"], ["--auth 'jwt:secret=short'", "32 bytes"]),
+            (["-l", "tcp:1884"], [], ["-l is --logfile", "--listen"]),
+        ]
+        procs = []
+        for before, after, _ in cases:
+            listen = [] if "--listen" in after else ["--listen", spare]
+            procs.append(self.twistd("-n", *before, "mqttbroker", *listen, *after))
+        results = yield defer.DeferredList([self.ended(p) for p in procs], consumeErrors=True)
+        for (before, after, needles), proc, (_, code) in zip(cases, procs, results):
+            lines = [line for line in proc.text.splitlines() if line.strip()]
+            what = f"{before} mqttbroker {after} said:\n{proc.text}"
+            self.assertEqual(code, 2, what)
+            self.assertEqual(len(lines), 2, what)
+            self.assertTrue(lines[0].startswith("twistd mqttbroker: error: "), what)
+            for needle in needles:
+                self.assertIn(needle, lines[0], what)
+            self.assertEqual(lines[1], "Try 'twistd mqttbroker --help' for more information.")
