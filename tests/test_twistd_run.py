@@ -177,6 +177,45 @@ class ShutdownTests(TwistdTestCase):
         """SIGINT (Ctrl-C) stops the broker the same way as SIGTERM."""
         return self.stop_with(signal.SIGINT)
 
+    @defer.inlineCallbacks
+    def test_no_will_at_shutdown(self) -> Any:
+        """At shutdown no will goes out: not to a connected subscriber, nor into its stored
+        persistent session (checked after a restart on the same Redis)."""
+        from tests.redisserver import RedisServer
+
+        redis = RedisServer(self.reactor, str(self.directory()))
+        yield redis.start()
+        self.addCleanup(redis.stop)
+        store = redis.url(prefix="will-test")
+        port = free_port()
+        broker = self.twistd("-n", "mqttbroker", "--listen", _listen(port), "--store", store)
+        yield self.wait_for_port(port, broker)
+        watcher = yield self.raw(port, 4)
+        yield watcher.connect("watcher", clean=False)
+        watcher.send(Subscribe(1, [Subscription("wills/#", 1)]))
+        yield watcher.expect(SubAck)
+        mortal = yield self.raw(port, 4)
+        yield mortal.connect("mortal", will=Will("wills/mortal", b"gone", 1))
+
+        broker.transport.signalProcess("TERM")  # type: ignore[attr-defined]
+        yield watcher.wait_closed()
+        self.assertEqual([p for p in watcher.packets.pending if isinstance(p, Publish)], [])
+        yield self.ended(broker)
+
+        port = free_port()
+        broker = self.twistd("-n", "mqttbroker", "--listen", _listen(port), "--store", store)
+        yield self.wait_for_port(port, broker)
+        watcher = yield self.raw(port, 4)
+        self.assertTrue((yield watcher.connect("watcher", clean=False)).session_present)
+        sender = yield self.raw(port, 4)
+        yield sender.connect("sender")
+        sender.send(Publish("wills/sentinel", b"last", 1, packet_id=1))
+        # Anything queued for the session while the broker stopped comes before this.
+        first = yield watcher.expect(Publish)
+        self.assertEqual(first.topic, "wills/sentinel")
+        broker.transport.signalProcess("TERM")  # type: ignore[attr-defined]
+        yield self.ended(broker)
+
 
 class FailedStartTests(TwistdTestCase):
     """Issue 11, item 11: a broker that cannot start says why in one line and exits non-zero,
