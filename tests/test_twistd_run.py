@@ -19,8 +19,11 @@ from typing import Any
 
 from twisted.internet import defer, error, protocol, task
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.trial.unittest import TestCase
+from twisted.python.usage import UsageError
+from twisted.scripts._twistd_unix import ServerOptions
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from mqtt_twisted._twistd import check_twistd_options
 from mqtt_twisted.codec import Disconnect, Publish, SubAck, Subscribe, Subscription, Will
 from mqtt_twisted.constants import ReasonCode
 from tests.pahoclient import RawClient
@@ -371,6 +374,36 @@ class TrapTests(TwistdTestCase):
         self.assertNotEqual(code, 0, proc.text)
         self.assertOneLine(proc.text, "--logfile", "-l", f"tcp:{port}", "--listen")
         self.assertEqual(os.listdir(cwd), [])
+
+
+class TwistdOptionTests(SynchronousTestCase):
+    """check_twistd_options on twistd's own options, without a process."""
+
+    def config(self, **values: Any) -> ServerOptions:
+        config = ServerOptions()
+        config.update(values)
+        return config
+
+    def test_pidfile_only_when_asked_in_the_foreground(self) -> None:
+        """-n drops the default twistd.pid unless --pidfile (or an abbreviation) was given."""
+        for argv, nodaemon, expected in (
+                (["-n", "mqttbroker"], 1, ""),
+                (["-n", "--pidfile", "twistd.pid", "mqttbroker"], 1, "twistd.pid"),
+                (["-n", "--pid=twistd.pid", "mqttbroker"], 1, "twistd.pid"),
+                (["-n", "mqttbroker", "--pidfile"], 1, ""),  # ours, not twistd's: no such option
+                (["mqttbroker"], 0, "twistd.pid")):
+            config = self.config(nodaemon=nodaemon, pidfile="twistd.pid")
+            check_twistd_options(config, argv)
+            self.assertEqual(config["pidfile"], expected, argv)
+
+    def test_logfile_that_is_an_endpoint(self) -> None:
+        """A log file named like a listener is refused; ordinary log files are not."""
+        for logfile in ("tcp:1884", "ws=tcp:8080", "unix:/run/mqtt.sock", "ssl:8883"):
+            e = self.assertRaises(UsageError, check_twistd_options,
+                                  self.config(logfile=logfile), [])
+            self.assertIn("--listen", str(e))
+        for logfile in ("/var/log/mqtt.log", "-", "mqtt.log", None):
+            check_twistd_options(self.config(logfile=logfile), [])
 
 
 class UsageErrorTests(TwistdTestCase):
