@@ -126,8 +126,9 @@ _exit_code: list[int] = []
 def exit_after_twistd(code: int) -> None:
     """End the process with ``code`` once twistd is done (reactor stopped, pidfile
     removed, last line logged): twistd has no way to set its exit status, so this
-    happens at interpreter exit.  Its log files are unbuffered; stdout and stderr
-    are flushed here."""
+    happens at interpreter exit, with ``os._exit``.  twistd's log files are unbuffered
+    and stdout and stderr are flushed here; exit handlers registered before this one
+    (none of ours) do not run."""
     if _exit_code:
         return
     _exit_code.append(code)
