@@ -117,3 +117,17 @@ class ValidationError(MQTTError, ValueError):
     """A value given to the API (not read off the wire) is out of range."""
 
     reason_code = ReasonCode.UNSPECIFIED_ERROR
+
+
+class StartError(Exception):
+    """The broker could not start: names the listener or store and why, in one line
+    an operator can act on (no traceback)."""
+
+    def __init__(self, what: str, reason: BaseException | str) -> None:
+        if isinstance(reason, OSError) and reason.strerror:
+            # "[Errno 2] No such file or directory", without the lock file's name a UNIX
+            # listener puts in it.
+            reason = f"[Errno {reason.errno}] {reason.strerror}"
+        super().__init__(f"{what}: {reason}")
+        self.what = what
+        self.reason = str(reason)

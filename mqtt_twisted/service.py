@@ -16,9 +16,10 @@ from twisted.internet.defer import (
     maybeDeferred,
     succeed,
 )
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ConnectError
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mqtt_twisted.codec.packets import Connect
@@ -30,7 +31,7 @@ from mqtt_twisted.core.session import SubscriptionOptions
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.core.systopics import SysTopics
 from mqtt_twisted.core.virtual import VirtualConnection
-from mqtt_twisted.errors import MQTTError, StorageError, ValidationError
+from mqtt_twisted.errors import MQTTError, StartError, StorageError, ValidationError
 from mqtt_twisted.interfaces import IBrokerService
 from mqtt_twisted.message import Message
 
@@ -90,12 +91,23 @@ class BrokerService(MultiService):
             self.reactor.callWhenRunning(self._install_sighup)
         d = self.store.start()
         d.addCallback(lambda _: self._restore_sessions())
+        d.addErrback(self._store_failed)
         d.addCallback(lambda _: self._start_listeners())
         d.addCallbacks(self.ready.callback, self._start_failed)
 
+    def _store_failed(self, failure: Failure) -> None:
+        """An unreachable store is an operator's problem, told in one line; anything
+        else is a bug, whose traceback _start_failed logs."""
+        failure.trap(StorageError, OSError, ConnectError)
+        name = getattr(self.store, "name", None) or type(self.store).__name__
+        raise StartError(f"store {name}", failure.value)
+
     def _start_listeners(self) -> None:
         for service in self._listeners:
-            service.setServiceParent(self)
+            try:
+                service.setServiceParent(self)
+            except (CannotListenError, OSError) as e:
+                raise StartError(f"listener {service.name}", e) from e
             self.log.info("Listening: {name}", name=service.name)
         if self.sys_interval:
             self._sys_loop = LoopingCall(SysTopics(self.broker).tick)
@@ -104,7 +116,7 @@ class BrokerService(MultiService):
                 lambda f: self.log.failure("$SYS publisher failed", f))
 
     def _start_failed(self, failure: Any) -> None:
-        if failure.check(CannotListenError):
+        if failure.check(StartError):
             self.log.critical("The broker could not start: {error}", error=failure.value)
         else:
             self.log.failure("The broker could not start", failure)
@@ -140,9 +152,14 @@ class BrokerService(MultiService):
             if service.running:
                 yield service.stopService()
             yield service.disownServiceParent()
+        # A closed connection leaves broker.connections at once, but its DISCONNECT is
+        # written only when the reactor next runs: wait for the transports themselves,
+        # or twistd stops the reactor and drops the unwritten bytes.
+        closing = list(self.broker.connections)
         self.broker.close_all(ReasonCode.SERVER_SHUTTING_DOWN)
         waited = 0.0
-        while self.broker.connections and waited < SHUTDOWN_GRACE:
+        while waited < SHUTDOWN_GRACE and (
+                self.broker.connections or not all(getattr(c, "lost", True) for c in closing)):
             yield deferLater(self.reactor, 0.05, lambda: None)
             waited += 0.05
         saves = []

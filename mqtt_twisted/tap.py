@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +10,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from mqtt_twisted import __version__
+from mqtt_twisted._twistd import TwistdRun, check_twistd_options, is_twistd, usage_exit
 from mqtt_twisted.adapters.listener import ListenerSettings, check_endpoint, parse_listener
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.errors import MQTTError
@@ -16,6 +18,33 @@ from mqtt_twisted.interfaces import IAdapter, IAuthPlugin, IStorePlugin
 from mqtt_twisted.plugins import plugins_by_name
 
 DEFAULT_LISTENER = "tcp:1883"
+
+
+#: Smallest --max-packet-size: below it normal clients cannot work (Mosquitto's floor too).
+MIN_PACKET_SIZE = 20
+
+
+def _number(option: str, kind: type, low: float, high: float | None = None) -> Any:
+    """Coerce ``--option``'s value; a bad one is a usage error naming the option and the
+    value (Twisted's own coercion names neither)."""
+
+    def coerce(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            noun = "an integer" if kind is int else "a number"
+            raise usage.UsageError(f"--{option}: {value!r} is not {noun}") from None
+        if not math.isfinite(number):
+            raise usage.UsageError(f"--{option}: {value!r} is not a finite number")
+        if number < low or (high is not None and number > high):
+            if high is not None:
+                expected = f"must be {low}..{high}"
+            else:
+                expected = "must not be negative" if low == 0 else f"must be at least {low}"
+            raise usage.UsageError(f"--{option}: {value!r} {expected}")
+        return number
+
+    return coerce
 
 
 def _split_choice(value: str) -> tuple[str, str]:
@@ -40,24 +69,30 @@ class Options(usage.Options):
     optParameters = [
         ["store", None, "memory", "Store backend: memory, or a plugin's NAME[:ARGS]."],
         ["auth", None, "anonymous", "Authentication backend: anonymous, or a plugin's NAME[:ARGS]."],
-        ["max-connections", None, 0, "Default connection limit per listener (0: none).", int],
+        ["max-connections", None, 0, "Default connection limit per listener (0: none).",
+         _number("max-connections", int, 0)],
         ["connect-timeout", None, 10.0, "Seconds a client may take to send CONNECT (0: none).",
-         float],
-        ["max-inflight", None, 20, "QoS 1/2 messages in flight to one client.", int],
+         _number("connect-timeout", float, 0)],
+        ["max-inflight", None, 20, "QoS 1/2 messages in flight to one client (1..65535).",
+         _number("max-inflight", int, 1, 65535)],
         ["receive-maximum", None, 65535,
          "QoS 1/2 PUBLISHes an MQTT 5 client may have unacknowledged towards the broker "
-         "(advertised in CONNACK; more is DISCONNECT 0x93), 1..65535.", int],
+         "(advertised in CONNACK; more is DISCONNECT 0x93), 1..65535.",
+         _number("receive-maximum", int, 1, 65535)],
         ["max-queued", None, 1000,
-         "Messages queued per session; when full the oldest is dropped.", int],
-        ["max-packet-size", None, 268_435_460, "Largest packet accepted, in bytes.", int],
-        ["max-keepalive", None, 0, "Largest keep alive granted in seconds (0: no limit).", int],
+         "Messages queued per session; when full the oldest is dropped.",
+         _number("max-queued", int, 0)],
+        ["max-packet-size", None, 268_435_460, "Largest packet accepted, in bytes (at least 20).",
+         _number("max-packet-size", int, MIN_PACKET_SIZE, 268_435_460)],
+        ["max-keepalive", None, 0, "Largest keep alive granted in seconds (0: no limit).",
+         _number("max-keepalive", int, 0, 65535)],
         ["persistent-session-expiry", None, None,
          "Seconds a clean-session-0 (v3.1.1) session outlives its client (default: forever).",
-         float],
+         _number("persistent-session-expiry", float, 0)],
         ["max-session-expiry", None, None, "Cap on MQTT 5 session expiry intervals, seconds.",
-         float],
+         _number("max-session-expiry", float, 0, 0xFFFFFFFF)],
         ["sys-interval", None, 10.0, "Seconds between $SYS/broker/... updates (0: none).",
-         float],
+         _number("sys-interval", float, 0)],
         ["topic-aliases", None, "off",
          "Outbound MQTT 5 topic aliases: off, first (first topics sent) or lru."],
         ["response-information", None, None,
@@ -80,6 +115,16 @@ class Options(usage.Options):
 
     opt_l = opt_listen
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Under twistd a usage error is one line and exit status 2: twistd itself would
+        print its whole --help before it."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if not is_twistd(getattr(self, "parent", None)):
+                raise
+            usage_exit(str(e))
+
     def opt_version(self) -> None:
         """Print the version and exit."""
         print(f"mqtt-twisted {__version__}")
@@ -90,33 +135,27 @@ class Options(usage.Options):
         if self["list-plugins"]:
             self._print_plugins(adapters)
             raise SystemExit(0)
-        for name in ("max-connections", "max-inflight", "max-queued", "max-packet-size",
-                     "max-keepalive"):
-            if self[name] < 0:
-                raise usage.UsageError(f"--{name} must not be negative")
-        if self["max-inflight"] < 1 or self["max-inflight"] > 65535:
-            raise usage.UsageError("--max-inflight must be 1..65535")
-        if not 1 <= self["receive-maximum"] <= 65535:
-            raise usage.UsageError("--receive-maximum must be 1..65535")
+        parent = getattr(self, "parent", None)
+        if is_twistd(parent):
+            check_twistd_options(parent)
         if self["topic-aliases"] not in ("off", "first", "lru"):
-            raise usage.UsageError("--topic-aliases must be off, first or lru")
-        if self["sys-interval"] < 0:
-            raise usage.UsageError("--sys-interval must not be negative")
+            raise usage.UsageError(
+                f"--topic-aliases: {self['topic-aliases']!r} must be off, first or lru")
         self["adapters"] = adapters
         listeners: list[ListenerSettings] = []
         keys = {name: list(getattr(a, "options", {}) or {}) for name, a in adapters.items()}
-        defaults = {name: a.defaultEndpoint for name, a in adapters.items()
+        examples = {name: a.defaultEndpoint for name, a in adapters.items()
                     if getattr(a, "defaultEndpoint", None)}
         for value in self["listen"] or [DEFAULT_LISTENER]:
             try:
                 settings = parse_listener(value, "mqtt", keys, self["max-connections"],
-                                          self["connect-timeout"], defaults)
+                                          self["connect-timeout"], examples)
                 check_endpoint(settings.endpoint)
                 check = getattr(adapters[settings.adapter], "checkListener", None)
                 if check is not None:
                     check(settings)  # e.g. TLS certificate files that do not work
             except ValueError as e:
-                raise usage.UsageError(str(e)) from None
+                raise usage.UsageError(f"--listen {value!r}: {e}") from None
             listeners.append(settings)
         self["listeners"] = listeners
         self["store-plugin"] = self._choose(IStorePlugin, "store")
@@ -127,7 +166,8 @@ class Options(usage.Options):
         found = plugins_by_name(interface)
         if name not in found:
             known = ", ".join(sorted(found))
-            raise usage.UsageError(f"unknown --{option} {name!r} (known: {known})")
+            raise usage.UsageError(f"--{option} {self[option]!r}: unknown {option} {name!r} "
+                                   f"(known: {known})")
         return found[name], argument
 
     def _print_plugins(self, adapters: dict[str, Any]) -> None:
@@ -155,12 +195,12 @@ def broker_settings(options: Options) -> BrokerSettings:
 
 
 def _from_plugin(option: str, value: str, make: Callable[[], Any]) -> Any:
-    """Call a plugin's factory; a bad argument (a missing file, say) ends twistd with a
-    one-line message instead of a traceback: twistd does not catch errors of makeService."""
+    """Call a plugin's factory; a bad argument (a missing file, say) ends twistd as a usage
+    error does (one line, exit status 2): twistd does not catch errors of makeService."""
     try:
         return make()
     except (ValueError, OSError, MQTTError, usage.UsageError) as e:
-        raise SystemExit(f"mqttbroker: bad --{option} {value!r}: {e}") from None
+        usage_exit(f"--{option} {value!r}: {e}")
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -196,4 +236,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         _from_plugin("listen", listener.describe(),
                      lambda a=adapter, s=listener: service.addListener(a, s))
     service.reload_on_sighup = True  # re-read TLS certificates on SIGHUP
+    config = getattr(options, "parent", None)
+    if is_twistd(config):
+        return TwistdRun(service, config)
     return service

@@ -3,8 +3,10 @@ end-to-end refusals (CONNACK 0x86 / 0x04) and authorization on a real broker."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+from contextlib import redirect_stderr
 from typing import Any
 
 import jwt
@@ -35,6 +37,7 @@ from tests.securebroker import SecureBrokerTestCase
 
 NOW = 1_800_000_000.0
 SECRET = b"a shared secret of enough length!"
+LONG = "0123456789abcdef0123456789abcdef"  # 32 bytes: the shortest secret accepted
 
 
 def hs256(claims: dict[str, Any], secret: bytes = SECRET, **headers: Any) -> str:
@@ -271,7 +274,7 @@ class PluginTests(SynchronousTestCase):
 
         plugin = JWTAuthPlugin()
         self.assertTrue(verifyObject(IAuthPlugin, plugin))
-        made = plugin.makeAuthenticator(Clock(), "secret=s3cret")
+        made = plugin.makeAuthenticator(Clock(), f"secret={LONG}")
         self.assertTrue(verifyObject(IAuthenticator, made))
         self.assertTrue(verifyObject(IAuthorizer, made))
 
@@ -307,9 +310,11 @@ class PluginTests(SynchronousTestCase):
                                ("secret=a:publicKey=b", "exactly one of"),
                                ("secret=a:colour=blue", "unknown jwt option(s) colour"),
                                ("publicKey=/nonexistent.pem", "/nonexistent.pem"),
-                               ("secret=a:leeway=soon", "leeway"),
+                               (f"secret={LONG}:leeway=soon", "leeway"),
                                ("secret=a:algorithms=RS256", "cannot be used"),
-                               ("secret=a:requireExp=maybe", "requireExp")):
+                               (f"secret={LONG}:requireExp=maybe", "requireExp"),
+                               ("secret=31-bytes-are-one-byte-too-short",
+                                "is 31 bytes; HMAC needs at least 32 bytes")):
             e = self.assertRaises(ValueError,
                                   lambda a=argument: authenticator_from_options(parse_options(a)))
             self.assertIn(text, str(e), argument)
@@ -325,8 +330,12 @@ class PluginTests(SynchronousTestCase):
         options.parseOptions(["--auth", "jwt:publicKey=/missing.pem"])
         from twisted.internet.testing import MemoryReactorClock
 
-        e = self.assertRaises(SystemExit, makeService, options, MemoryReactorClock())
-        self.assertIn("mqttbroker: bad --auth 'jwt:publicKey=/missing.pem'", str(e))
+        err = io.StringIO()
+        with redirect_stderr(err):
+            e = self.assertRaises(SystemExit, makeService, options, MemoryReactorClock())
+        self.assertEqual(e.code, 2)
+        self.assertIn("twistd mqttbroker: error: --auth 'jwt:publicKey=/missing.pem'",
+                      err.getvalue())
 
 
 class EndToEndTests(SecureBrokerTestCase):

@@ -13,7 +13,7 @@ import signal
 import socket
 import sys
 import tempfile
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from mqtt_twisted import __version__
 from mqtt_twisted.codec import Connect, Disconnect, StreamDecoder, encode
 from mqtt_twisted.constants import ReasonCode
+from mqtt_twisted.errors import StartError
 from mqtt_twisted.plugins.builtin import AnonymousAuthPlugin, MemoryStorePlugin
 from mqtt_twisted.service import BrokerService
 from mqtt_twisted.store.memory import MemoryStore
@@ -108,12 +109,11 @@ class ListenOptionTests(SynchronousTestCase):
         """An endpoint type Twisted does not know is a usage error."""
         self.assertIn("foo", self.assertUsageError("--listen", "foo:1883"))
 
-    def test_empty_endpoint_uses_adapter_default(self) -> None:
-        """An adapter name with nothing after '=' listens on that adapter's default endpoint."""
-        options = Options()
-        options.parseOptions(["--listen", "mqtt="])
-        self.assertEqual([(s.adapter, s.endpoint) for s in options["listeners"]],
-                         [("mqtt", "tcp:1883")])
+    def test_empty_endpoint_refused(self) -> None:
+        """An adapter name with nothing after '=' is a usage error, not every interface's 1883."""
+        message = self.assertUsageError("--listen", "mqtt=")
+        self.assertIn("no endpoint", message)
+        self.assertIn("mqtt=tcp:1883", message)
 
     def test_empty_endpoint_without_default(self) -> None:
         """With no endpoint and no adapter default, the listener is a usage error."""
@@ -154,13 +154,13 @@ class OtherOptionTests(SynchronousTestCase):
     def test_unknown_store(self) -> None:
         """An unknown --store is a usage error listing the known stores."""
         e = self.assertRaises(usage.UsageError, parse, "--store", "nosuch://x")
-        self.assertIn("unknown --store 'nosuch'", str(e))
+        self.assertIn("--store 'nosuch://x': unknown store 'nosuch'", str(e))
         self.assertIn("memory", str(e))
 
     def test_unknown_auth(self) -> None:
         """An unknown --auth is a usage error listing the known backends."""
         e = self.assertRaises(usage.UsageError, parse, "--auth", "ldap:x")
-        self.assertIn("unknown --auth 'ldap'", str(e))
+        self.assertIn("--auth 'ldap:x': unknown auth 'ldap'", str(e))
         self.assertIn("anonymous", str(e))
 
     def test_negative_limits_refused(self) -> None:
@@ -170,8 +170,25 @@ class OtherOptionTests(SynchronousTestCase):
             self.assertRaises(usage.UsageError, parse, *argv)
 
     def test_not_a_number(self) -> None:
-        """A non-numeric value of a numeric option is a usage error."""
-        self.assertRaises(usage.UsageError, parse, "--max-queued", "many")
+        """A non-numeric value of a numeric option is a usage error naming option and value."""
+        for argv, message in (
+                (["--max-queued", "many"], "--max-queued: 'many' is not an integer"),
+                (["--sys-interval", "abc"], "--sys-interval: 'abc' is not a number"),
+                (["--connect-timeout", "nan"], "--connect-timeout: 'nan' is not a finite number")):
+            self.assertEqual(str(self.assertRaises(usage.UsageError, parse, *argv)), message)
+
+    def test_values_that_cannot_work(self) -> None:
+        """Sizes, expiries and timeouts that cannot work are refused, naming option and value."""
+        for argv, message in (
+                (["--connect-timeout", "-5"], "--connect-timeout: '-5' must not be negative"),
+                (["--max-packet-size", "0"], "--max-packet-size: '0' must be 20..268435460"),
+                (["--max-keepalive", "70000"], "--max-keepalive: '70000' must be 0..65535"),
+                (["--persistent-session-expiry", "-1"],
+                 "--persistent-session-expiry: '-1' must not be negative"),
+                (["--max-session-expiry", "-1"],
+                 "--max-session-expiry: '-1' must be 0..4294967295"),
+                (["--topic-aliases", "some"], "--topic-aliases: 'some' must be off, first or lru")):
+            self.assertEqual(str(self.assertRaises(usage.UsageError, parse, *argv)), message)
 
     def test_list_plugins(self) -> None:
         """--list-plugins prints every adapter, store and auth backend, then exits 0."""
@@ -202,8 +219,13 @@ class OtherOptionTests(SynchronousTestCase):
         plugin = AnonymousAuthPlugin()
         plugin.makeAuthenticator = refuse  # type: ignore[method-assign]
         options["auth-plugin"] = (plugin, "x")
-        e = self.assertRaises(SystemExit, makeService, options, MemoryReactorClock())
-        self.assertEqual(str(e.code), "mqttbroker: bad --auth 'anonymous:x': no such users file")
+        err = io.StringIO()
+        with redirect_stderr(err):
+            e = self.assertRaises(SystemExit, makeService, options, MemoryReactorClock())
+        self.assertEqual(e.code, 2)
+        self.assertEqual(err.getvalue().splitlines(), [
+            "twistd mqttbroker: error: --auth 'anonymous:x': no such users file",
+            "Try 'twistd mqttbroker --help' for more information."])
 
 
 class _RecordingPort:
@@ -307,7 +329,9 @@ class MakeServiceTests(SynchronousTestCase):
         reactor.listenTCP = in_use  # type: ignore[method-assign]
         service = makeService(parse("--listen", "tcp:1884"), reactor)
         service.startService()
-        self.failureResultOf(service.ready, error.CannotListenError)
+        failure = self.failureResultOf(service.ready, StartError)
+        self.assertIsInstance(failure.value.__cause__, error.CannotListenError)
+        self.assertEqual(failure.value.what, "listener mqtt=tcp:1884")
         self.assertFalse(reactor.hasStopped)
         reactor.run()
         self.assertTrue(reactor.hasStopped)

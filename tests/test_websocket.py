@@ -414,9 +414,12 @@ class WebSocketOptionTests(SynchronousTestCase):
                          ["*://app.example.com:*", "https://x.org:443", "http://y:8080", "*"])
 
     def test_bad_values(self) -> None:
-        """Negative or non-numeric sizes and a path without '/' are errors naming the key."""
+        """Negative or non-numeric sizes, a path without '/' and an empty origins= are errors
+        naming the key."""
         for extra, text in (({"maxFrameSize": "-1"}, "maxFrameSize"),
                             ({"pingInterval": "often"}, "pingInterval"),
-                            ({"path": "mqtt"}, "path")):
+                            ({"path": "mqtt"}, "path"),
+                            ({"origins": ""}, "origins='' names no origin"),
+                            ({"origins": " , "}, "names no origin")):
             e = self.assertRaises(ValueError, WebSocketOptions, extra)
             self.assertIn(text, str(e))

@@ -7,6 +7,7 @@ before Twisted parses it, so ``tcp:1883:maxConnections=100`` works.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -60,21 +61,25 @@ def parse_listener(
     connect_timeout: float = 10.0,
     default_endpoints: dict[str, str] | None = None,
 ) -> ListenerSettings:
-    """Parse ``[ADAPTER=]ENDPOINT``; raise ValueError with a message a user can act on."""
+    """Parse ``[ADAPTER=]ENDPOINT``; raise ValueError with a message a user can act on.
+
+    ``default_endpoints`` (an adapter's usual endpoint) only serves as the example in
+    the error for a listener without an endpoint.
+    """
     adapter = default_adapter
     endpoint = value.strip()
     match = _ADAPTER_PREFIX.match(endpoint)
     if match and ":" not in match.group(1):
         adapter, endpoint = match.group(1), match.group(2)
     if not endpoint:
-        endpoint = (default_endpoints or {}).get(adapter, "")
-    if not endpoint:
-        raise ValueError(f"listener {value!r} has no endpoint (e.g. tcp:1883)")
+        # No silent default: "mqtt=" would listen on every interface.
+        example = (default_endpoints or {}).get(adapter, "tcp:1883")
+        raise ValueError(f"no endpoint after the adapter name (e.g. {adapter}={example})")
     own_keys = set(COMMON_KEYS)
     if adapter_keys is not None:
         if adapter not in adapter_keys:
             known = ", ".join(sorted(adapter_keys))
-            raise ValueError(f"unknown adapter {adapter!r} in {value!r} (known: {known})")
+            raise ValueError(f"unknown adapter {adapter!r} (known: {known})")
         own_keys.update(adapter_keys[adapter])
     kept: list[str] = []
     ours: dict[str, str] = {}
@@ -85,15 +90,16 @@ def parse_listener(
         else:
             kept.append(part)
     settings = ListenerSettings(adapter, ":".join(kept), max_connections, connect_timeout)
-    try:
-        if "maxConnections" in ours:
-            settings.maxConnections = int(ours.pop("maxConnections"))
-        if "connectTimeout" in ours:
-            settings.connectTimeout = float(ours.pop("connectTimeout"))
-    except ValueError as e:
-        raise ValueError(f"bad listener option in {value!r}: {e}") from None
-    if settings.maxConnections < 0 or settings.connectTimeout < 0:
-        raise ValueError(f"listener limits must not be negative in {value!r}")
+    for key, kind in (("maxConnections", int), ("connectTimeout", float)):
+        if key in ours:
+            text = ours.pop(key)
+            try:
+                number = kind(text)
+            except ValueError:
+                raise ValueError(f"{key}={text!r} is not a number") from None
+            if not math.isfinite(number) or number < 0:
+                raise ValueError(f"{key}={text!r} must not be negative")
+            setattr(settings, key, number)
     settings.extra = ours
     return settings
 

@@ -80,7 +80,11 @@ class WebSocketOptions:
         self.path = extra.get("path", "/mqtt") or "/"
         if not self.path.startswith("/"):
             raise ValueError(f"path={self.path!r} must start with '/'")
-        self.origins = origin_patterns(extra["origins"]) if extra.get("origins") else ["*"]
+        self.origins = origin_patterns(extra["origins"]) if "origins" in extra else ["*"]
+        if not self.origins:
+            # An empty list would refuse every browser: a mistake, not a policy.
+            raise ValueError(f"origins={extra['origins']!r} names no origin (leave the key "
+                             f"out to allow any)")
         self.max_frame = self._number(extra, "maxFrameSize", int)
         self.max_message = self._number(extra, "maxMessageSize", int)
         self.ping_interval = self._number(extra, "pingInterval", float)

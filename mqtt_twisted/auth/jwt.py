@@ -49,6 +49,8 @@ _RSA_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]
 _EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512",
                   "secp256k1": "ES256K"}
 _HMAC_ALGORITHMS = ["HS256", "HS384", "HS512"]
+#: Shortest HMAC secret accepted, in bytes (HS256's hash size).
+MIN_SECRET = 32
 
 
 # --- keys ----------------------------------------------------------------------------------
@@ -68,10 +70,13 @@ class KeySource:
 
     @classmethod
     def from_secret(cls, secret: bytes, algorithms: Sequence[str] | None = None) -> KeySource:
-        if not secret:
-            raise ValueError("the JWT secret is empty")
         allowed = list(algorithms or ["HS256"])
         _check_algorithms(allowed, _HMAC_ALGORITHMS, "a shared secret")
+        if len(secret) < MIN_SECRET:
+            # RFC 7518 3.2: an HMAC key at least as long as the hash; a short one can be
+            # brute-forced from any token.
+            raise ValueError(f"the JWT secret is {len(secret)} bytes; HMAC needs at least "
+                             f"{MIN_SECRET} bytes (RFC 7518 3.2)")
         return cls({None: _Key(secret, allowed)})
 
     @classmethod

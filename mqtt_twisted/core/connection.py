@@ -81,7 +81,7 @@ class MQTTConnection:
         "send_quota", "max_send_size", "_backlog", "_blocked", "_timer", "_aliases_in",
         "_aliases_out", "_alias_limit", "auth_method", "auth_pending",
         "auth_final_data", "_acks", "congested_at", "waiters", "throttles", "stall_call",
-        "_unacked_qos1", "_refused_logged", "__weakref__",
+        "_unacked_qos1", "_refused_logged", "lost", "__weakref__",
     )
 
     def __init__(
@@ -106,6 +106,7 @@ class MQTTConnection:
         self.last_rx = 0.0
         self.paused = False
         self.clean_exit = False  # a DISCONNECT that suppresses the will
+        self.lost = False  # the transport is gone (closing flushes first: shutdown waits)
         self.send_quota = broker.settings.max_inflight
         self.max_send_size = 0  # 0: no limit from the client
         self._backlog: list[Packet] | None = None
@@ -334,6 +335,7 @@ class MQTTConnection:
     def connectionLost(self, reason: Any = None) -> None:
         """The transport is gone: let the broker end the session's connection."""
         self.state = CLOSED
+        self.lost = True
         self._cancel_timer()
         self._backlog = None
         self._acks = None

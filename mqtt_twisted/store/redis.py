@@ -100,7 +100,7 @@ class RedisOptions:
     #: Seconds a store call may take (including waiting for a connection) before it fails.
     timeout: float = 5.0
     #: Seconds start() waits for Redis before the broker gives up starting.
-    connect_timeout: float = 10.0
+    connect_timeout: float = 5.0
     #: Prefix of every key, so that several brokers (or tests) can share a database.
     prefix: str = "mqtt"
     #: Seconds a client lock lives in Redis if its holder dies before releasing it.

@@ -1,0 +1,144 @@
+"""What ``twistd`` does not do for a broker, done by ``twistd mqttbroker`` itself.
+
+twistd prints its whole ``--help`` before a usage error, reports a daemon as started
+as soon as ``startService`` returns, exits 0 whatever happened to the service
+(twisted/twisted#4762, #11335), writes ``twistd.pid`` in the foreground too, and takes
+an ``-l`` put before the subcommand as its log file.  The pieces here make each of
+these fail loudly or work; only ``tap.py`` uses them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import sys
+from typing import Any, NoReturn
+
+from twisted.application.service import MultiService
+from twisted.python.failure import Failure
+from twisted.python.usage import UsageError
+from twisted.python.util import untilConcludes
+
+PROGRAM = "twistd mqttbroker"
+#: Exit status of a usage error (as argparse and GNU tools), and of a failed start.
+USAGE_ERROR, START_FAILED = 2, 1
+#: twistd's default --pidfile, written in the current directory.
+DEFAULT_PIDFILE = "twistd.pid"
+
+_ADAPTER = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*=")
+
+
+def usage_exit(message: str) -> NoReturn:
+    """Print one line naming the mistake and a hint (not twistd's 46 lines of help),
+    and exit with status 2."""
+    sys.stdout.flush()
+    sys.stderr.write(f"{PROGRAM}: error: {message}\n"
+                     f"Try '{PROGRAM} --help' for more information.\n")
+    sys.stderr.flush()
+    raise SystemExit(USAGE_ERROR)
+
+
+def is_twistd(config: Any) -> bool:
+    """Whether ``config`` is twistd's own options (our Options' parent under twistd)."""
+    from twisted.application.app import ServerOptions
+
+    return isinstance(config, ServerOptions)
+
+
+def _endpoint_types() -> set[str]:
+    from twisted.internet.interfaces import IStreamServerEndpointStringParser
+    from twisted.plugin import getPlugins
+
+    return {"tcp", "ssl", "unix"} | {
+        p.prefix for p in getPlugins(IStreamServerEndpointStringParser)}
+
+
+def _given(argv: list[str], subcommand: str, option: str) -> bool:
+    """Whether twistd's part of ``argv`` (before the subcommand) names ``--option``,
+    abbreviations included (getopt accepts ``--pid=...``)."""
+    for arg in argv[:argv.index(subcommand)] if subcommand in argv else argv:
+        name = arg[2:].partition("=")[0] if arg.startswith("--") else ""
+        if len(name) >= 2 and option.startswith(name):
+            return True
+    return False
+
+
+def check_twistd_options(config: Any, argv: list[str] | None = None) -> None:
+    """Refuse or adjust the twistd options that trap a broker operator."""
+    argv = sys.argv[1:] if argv is None else argv
+    logfile = config.get("logfile") or ""
+    kind = _ADAPTER.sub("", logfile).partition(":")[0]
+    if ":" in logfile and kind in _endpoint_types():
+        raise UsageError(
+            f"twistd's -l is --logfile, not --listen: -l {logfile} would log to a file of "
+            f"that name; put --listen after mqttbroker (twistd -n mqttbroker --listen "
+            f"{logfile})")
+    if config.get("nodaemon") and config.get("pidfile") == DEFAULT_PIDFILE and not _given(
+            argv, getattr(config, "subCommand", None) or "mqttbroker", "pidfile"):
+        # A foreground broker is watched by its supervisor or terminal, not by a pidfile;
+        # a twistd.pid left in the current directory stops the next broker started there.
+        config["pidfile"] = ""
+
+
+class TwistdRun(MultiService):
+    """The broker service under twistd: a daemonizing parent is told the outcome once the
+    store answered and every listener listens, and a broker that could not start ends
+    the process with a non-zero exit status, so that a supervisor sees it."""
+
+    def __init__(self, broker: Any, config: Any) -> None:
+        super().__init__()
+        self.broker = broker
+        self._config = config
+        self._pipe: int | None = None
+        broker.setServiceParent(self)
+
+    def startService(self) -> None:
+        # twistd writes "started" to its status pipe when startService returns: too early.
+        self._pipe = self._config.get("statusPipe")
+        self._config["statusPipe"] = None
+        try:
+            super().startService()
+        except Exception as e:
+            self._report(b"1 " + str(e).encode("ascii", "backslashreplace"))
+            raise
+        self.broker.ready.addCallbacks(lambda _: self._report(b"0"), self._failed)
+
+    def _failed(self, failure: Failure) -> None:
+        error = failure.value
+        text = failure.getErrorMessage()
+        reason = getattr(error, "reason", None)
+        if len(text) > 98 and reason:
+            text = reason  # the parent reads 100 bytes: the reason, whole, matters most
+        self._report(b"1 " + text.encode("ascii", "backslashreplace"))
+        exit_after_twistd(START_FAILED)
+
+    def _report(self, status: bytes) -> None:
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            untilConcludes(os.write, pipe, status[:100])
+            untilConcludes(os.close, pipe)
+
+
+_exit_code: list[int] = []
+
+
+def exit_after_twistd(code: int) -> None:
+    """End the process with ``code`` once twistd is done (reactor stopped, pidfile
+    removed, last line logged): twistd has no way to set its exit status, so this
+    happens at interpreter exit, with ``os._exit``.  twistd's log files are unbuffered
+    and stdout and stderr are flushed here; exit handlers registered before this one
+    (none of ours) do not run."""
+    if _exit_code:
+        return
+    _exit_code.append(code)
+
+    def leave() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+    atexit.register(leave)
