@@ -331,6 +331,7 @@ class RawClient(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.is_closed = True
+        self.close_reason = reason  # ConnectionDone for a FIN, ConnectionLost for a reset
         self.closed.callback(None)
 
     def send(self, packet: Packet) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.internet import utils
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.error import ConnectionDone
 from twisted.trial.unittest import SynchronousTestCase
 
 from mqtt_twisted.adapters.mqtt import _read_before_reset
@@ -315,3 +316,39 @@ def _pending(sock: socket.socket) -> int:
 
     return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
 
+
+
+class LingeringCloseTests(BrokerTestCase):
+    """A connection the broker closes after a DISCONNECT with a reason reads and drops what
+    the client still sends until the client closes: closing with unread bytes would make
+    the kernel reset the connection, and a reset destroys the DISCONNECT the client has
+    not read yet (the Paho suite's test_flow_control2 failed on that)."""
+
+    settings = BrokerSettings(receive_maximum=2)
+
+    @inlineCallbacks
+    def test_disconnect_survives_packets_the_client_sends_after_it(self) -> Any:
+        client = yield connect_raw(self.reactor, self.port, 5)
+        self.addCleanup(client.abort)
+        client.send(Connect("late-writer", 5, True, 0))
+        yield client.expect(ConnAck)
+        client.transport.pauseProducing()  # read nothing until the end
+        client.send_bytes(b"".join(encode(Publish("t", b"", 2, False, False, pid), 5)
+                                   for pid in (1, 2, 3)))
+        yield self.sleep(0.3)  # the broker has answered and closed by now
+        for _ in range(3):  # what a client's loop still writes (paho's PUBRELs)
+            client.send_bytes(encode(PingReq(), 5))
+            yield self.sleep(0.1)
+        client.transport.resumeProducing()
+        seen = []
+        while True:
+            packet = yield client.next_packet()
+            seen.append(packet)
+            if isinstance(packet, Disconnect):
+                break
+        self.assertEqual([type(p).__name__ for p in seen], ["PubRec", "PubRec", "Disconnect"])
+        self.assertEqual(seen[-1].reason_code, RC.RECEIVE_MAXIMUM_EXCEEDED)
+        yield client.wait_closed()
+        # A FIN, not a reset: the broker read and dropped the late bytes (with a reset,
+        # a client's next write fails with EPIPE before it has read the DISCONNECT).
+        self.assertTrue(client.close_reason.check(ConnectionDone), client.close_reason)

@@ -6,7 +6,12 @@ import struct
 from typing import Any
 
 from twisted.application.service import IService
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
+from twisted.internet.interfaces import (
+    IHalfCloseableDescriptor,
+    IHandshakeListener,
+    IPushProducer,
+    ISSLTransport,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -33,8 +38,17 @@ class _TransportShim:
         self.write = transport.write
 
     def loseConnection(self) -> None:
-        self._transport.unregisterProducer()
-        self._transport.loseConnection()
+        """Flush, then close.  A socket closes its write side first (FIN) and reads and
+        drops what the client still sends until the client closes too (the connection
+        aborts it after its close grace): closing with unread bytes makes the kernel
+        send a reset, which can destroy a DISCONNECT the client has not read yet."""
+        transport = self._transport
+        transport.unregisterProducer()
+        if IHalfCloseableDescriptor.providedBy(transport):
+            transport.loseWriteConnection()
+            transport.resumeProducing()  # (flow control may have paused reading)
+        else:
+            transport.loseConnection()
 
     def abortConnection(self) -> None:
         self._transport.unregisterProducer()
