@@ -188,9 +188,19 @@ def failure_notes(lines: list[dict]) -> list[str]:
     return [f"- {LABELS.get(b, b)}, {s}: " + "; ".join(groups[b, s]) for b, s in keys]
 
 
+#: In the section instead of the plots when matplotlib is missing: plots are optional, and
+#: nothing installs it behind the user's back.
+NO_PLOTS = ("Plots skipped: matplotlib is not installed (install it, then `python "
+            "bench/report.py bench/results/<stamp>` draws them).")
+
+
 def plot(lines: list[dict], brokers: list[str], imgdir: Path) -> list[str]:
-    """Throughput bars (log scale, min-max whiskers) and latency CDFs; return file names."""
-    import matplotlib
+    """Throughput bars (log scale, min-max whiskers) and latency CDFs; return file names
+    (none without matplotlib)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return []
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -271,9 +281,12 @@ def markdown(lines: list[dict], info: dict, brokers: list[str], imgdir: Path) ->
     if notes:
         out += ["### Failures and losses", "", *notes, ""]
     out += [*disturbed_notes(lines), ""] if disturbed_notes(lines) else []
-    out += [f"![throughput per scenario](img/{images[0]})", "",
-            f"![latency distribution](img/{images[1]})", "",
-            "### Machine", "",
+    if images:
+        out += [f"![throughput per scenario](img/{images[0]})", "",
+                f"![latency distribution](img/{images[1]})", ""]
+    else:
+        out += [NO_PLOTS, ""]
+    out += ["### Machine", "",
             f"- CPU: {info.get('cpu')}, {info.get('cores')} cores; RAM {info.get('memory')}; "
             f"kernel {info.get('kernel')}; Python {info.get('python')}; "
             f"descriptor limit {info.get('fd_limit')}",
