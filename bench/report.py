@@ -300,7 +300,9 @@ def markdown(lines: list[dict], info: dict, brokers: list[str], imgdir: Path) ->
             "subscriber on `bench/#`, 5 s of publishing, then up to 15 s to drain.",
             "- fan-out: 1 publisher → 10 subscribers on one topic, QoS 0.",
             "- QoS 1 / QoS 2: 1 publisher keeping 100 messages unacknowledged → 1 subscriber "
-            "at the same QoS that acknowledges.",
+            "at the same QoS that acknowledges; how many messages each broker keeps in flight "
+            "to the subscriber is in its settings above (ours: `--max-inflight`, Mosquitto: "
+            "`max_inflight_messages`).",
             "- latency: 1,000 msg/s paced for 10 s, QoS 0, timestamp in the payload.",
             "- many subscriptions: 100 clients hold 300 matching filters, publish rate; then "
             "100,000 filters (⅓ exact, ⅓ `+`, ⅓ `#`), publish rate again; each publish matches "
