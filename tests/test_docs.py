@@ -1,20 +1,27 @@
-"""The README's layout matches the tree (issue 11, item 15).
+"""The README's layout and the telemetry example's set-up match the tree (issue 11, item 15).
 
 The layout had drifted (no Redis store, no JWT or SCRAM, no bench/compare.py or
-examples/).  These checks fail when a module or directory is added without a
-line in the layout, or a line names something that is gone.
+examples/), the example's ``.env`` (it holds an access token) was not
+git-ignored, and its README needed two environments.  These checks fail when a
+module or directory is added without a line in the layout, a line names
+something that is gone, the example imports a package its requirements.txt does
+not install, or its README stops installing broker and client together.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "telemetry_client"
 
 
 def layout() -> str:
@@ -75,3 +82,43 @@ class ReadmeLayoutTests(SynchronousTestCase):
             rf"(?<![\w./]){re.escape(name)}" + ("" if name.endswith("/") else r"(?![\w])"),
             text)]
         self.assertEqual(missing, [], "not in README.md's Layout section")
+
+
+class TelemetryExampleTests(SynchronousTestCase):
+    """The example installs what it imports, and its token file stays out of git."""
+
+    def test_requirements_cover_imports(self) -> None:
+        """Every third-party module main.py imports comes from a requirements.txt line."""
+        tree = ast.parse((EXAMPLE / "main.py").read_text())
+        modules = {alias.name.split(".")[0] for node in ast.walk(tree)
+                   if isinstance(node, ast.Import) for alias in node.names}
+        modules |= {node.module.split(".")[0] for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+        third_party = sorted(modules - set(sys.stdlib_module_names) - {"__future__"})
+        self.assertTrue(third_party)
+        wanted = {re.split(r"[\s<>=!~;\[#]", line.strip(), maxsplit=1)[0].lower()
+                  for line in (EXAMPLE / "requirements.txt").read_text().splitlines()
+                  if line.strip() and not line.lstrip().startswith("#")}
+        providers = importlib.metadata.packages_distributions()
+        for module in third_party:
+            dists = {d.lower() for d in providers.get(module, [])}
+            self.assertTrue(dists & wanted, f"main.py imports {module} ({dists}), not in "
+                                            f"requirements.txt {sorted(wanted)}")
+
+    def test_env_file_ignored(self) -> None:
+        """git ignores the example's .env (the token), not its .env.example."""
+        if not (ROOT / ".git").exists() or not shutil.which("git"):
+            raise SkipTest("not a git checkout")
+
+        def ignored(path: str) -> bool:
+            return subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", "--no-index",
+                                   path]).returncode == 0
+
+        self.assertTrue(ignored("examples/telemetry_client/.env"))
+        self.assertFalse(ignored("examples/telemetry_client/.env.example"))
+
+    def test_readme_uses_one_environment(self) -> None:
+        """The example's README installs the broker and the example into one venv."""
+        text = (EXAMPLE / "README.md").read_text()
+        self.assertIn("pip install . -r examples/telemetry_client/requirements.txt", text)
+        self.assertIn("cp .env.example .env", text)
