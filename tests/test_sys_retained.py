@@ -23,8 +23,10 @@ from mqtt_twisted.store.memory import MemoryStore
 from mqtt_twisted.store.overlay import SysRetainedOverlay, is_sys, purge_sys_retained
 
 try:
+    from tests.test_store_contract import StoreContract
     from tests.test_store_restart import RestartTestCase
 except ImportError:  # pytest's rootdir-relative import of tests/ as a plain directory
+    from test_store_contract import StoreContract  # type: ignore[no-redef]
     from test_store_restart import RestartTestCase  # type: ignore[no-redef]
 
 
@@ -81,6 +83,15 @@ class OverlayTests(unittest.SynchronousTestCase):
         self.assertEqual(_result(purge_sys_retained(self.store)), 2)
         self.assertEqual(_topics(_result(self.store.matchRetained("$SYS/#"))), [])
         self.assertEqual(_result(self.store.countRetained()), 1)
+
+
+class OverlayStoreContractTests(StoreContract, unittest.TestCase):
+    """The whole store contract holds through the overlay ($SYS topics included)."""
+
+    def make_store(self) -> Any:
+        from twisted.internet import reactor
+
+        return SysRetainedOverlay(MemoryStore(reactor))
 
 
 class ServiceTests(unittest.SynchronousTestCase):
