@@ -1,15 +1,16 @@
 """Run the load generator against our broker, Mosquitto, aedes and amqtt, and publish the result.
 
 Why one command: the figures only compare when every broker runs on the same machine, in the
-same run, under the same load generator.  This script installs what is missing (Debian
-``mosquitto``, npm ``aedes`` into ``bench/.aedes``, PyPI ``amqtt`` into ``bench/.amqtt-venv``,
-matplotlib), then for each run and each scenario starts each broker afresh on an ephemeral
+same run, under the same load generator.  This script installs the brokers that are missing
+(Debian ``mosquitto``, npm ``aedes`` into ``bench/.aedes``, PyPI ``amqtt`` into
+``bench/.amqtt-venv``; never anything into the Python environment running it), then for each run and each scenario starts each broker afresh on an ephemeral
 127.0.0.1 port (rotating the brokers' order every run), runs ``bench/loadgen.py`` against it
 with a hard timeout, stops the broker, and records one JSON line.  A broker that fails to
 start, crashes or times out gets a recorded failure; the run goes on.
 
 At the end it writes ``docs/benchmarks.md`` (only the part between the ``compare`` markers;
-other sections, such as the codec micro-benchmark, are kept) and plots under ``docs/img/``.
+other sections, such as the codec micro-benchmark, are kept) and, if matplotlib is installed,
+plots under ``docs/img/`` (without it the section says so in one line).
 Raw lines and broker logs stay under ``bench/results/<timestamp>/``.
 
     python bench/compare.py [--brokers ours,mosquitto,aedes,amqtt] [--runs 3] [--quick]
@@ -79,7 +80,7 @@ def mosquitto_binary() -> str | None:
 
 
 def install(brokers: list[str]) -> None:
-    """Install every requested broker that is missing, and matplotlib."""
+    """Install every requested broker that is missing, each in a place of its own."""
     if "mosquitto" in brokers and not mosquitto_binary():
         sh("apt-get", "update")
         sh("apt-get", "install", "-y", "--no-install-recommends", "mosquitto")
@@ -88,10 +89,6 @@ def install(brokers: list[str]) -> None:
     if "amqtt" in brokers and not (AMQTT_VENV / "bin" / "amqtt").exists():
         sh(sys.executable, "-m", "venv", AMQTT_VENV)
         sh(AMQTT_VENV / "bin" / "pip", "install", "--quiet", "amqtt")
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        sh(sys.executable, "-m", "pip", "install", "--quiet", "matplotlib")
 
 
 # -- brokers --------------------------------------------------------------------------------
@@ -534,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     write_docs = not (args.quick or args.no_docs)
     section = report.markdown(lines, info, args.brokers, IMG if write_docs else outdir)
     print(section)
+    if report.NO_PLOTS in section:
+        log("plots skipped: matplotlib is not installed (optional; nothing was installed)")
     if write_docs:
         report.write_section(DOC, section)
         log(f"wrote {DOC.relative_to(ROOT)} and {IMG.relative_to(ROOT)}/bench-*.png")

@@ -188,9 +188,19 @@ def failure_notes(lines: list[dict]) -> list[str]:
     return [f"- {LABELS.get(b, b)}, {s}: " + "; ".join(groups[b, s]) for b, s in keys]
 
 
+#: In the section instead of the plots when matplotlib is missing: plots are optional, and
+#: nothing installs it behind the user's back.
+NO_PLOTS = ("Plots skipped: matplotlib is not installed (install it, then `python "
+            "bench/report.py bench/results/<stamp>` draws them).")
+
+
 def plot(lines: list[dict], brokers: list[str], imgdir: Path) -> list[str]:
-    """Throughput bars (log scale, min-max whiskers) and latency CDFs; return file names."""
-    import matplotlib
+    """Throughput bars (log scale, min-max whiskers) and latency CDFs; return file names
+    (none without matplotlib)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return []
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -271,9 +281,12 @@ def markdown(lines: list[dict], info: dict, brokers: list[str], imgdir: Path) ->
     if notes:
         out += ["### Failures and losses", "", *notes, ""]
     out += [*disturbed_notes(lines), ""] if disturbed_notes(lines) else []
-    out += [f"![throughput per scenario](img/{images[0]})", "",
-            f"![latency distribution](img/{images[1]})", "",
-            "### Machine", "",
+    if images:
+        out += [f"![throughput per scenario](img/{images[0]})", "",
+                f"![latency distribution](img/{images[1]})", ""]
+    else:
+        out += [NO_PLOTS, ""]
+    out += ["### Machine", "",
             f"- CPU: {info.get('cpu')}, {info.get('cores')} cores; RAM {info.get('memory')}; "
             f"kernel {info.get('kernel')}; Python {info.get('python')}; "
             f"descriptor limit {info.get('fd_limit')}",
@@ -287,7 +300,9 @@ def markdown(lines: list[dict], info: dict, brokers: list[str], imgdir: Path) ->
             "subscriber on `bench/#`, 5 s of publishing, then up to 15 s to drain.",
             "- fan-out: 1 publisher → 10 subscribers on one topic, QoS 0.",
             "- QoS 1 / QoS 2: 1 publisher keeping 100 messages unacknowledged → 1 subscriber "
-            "at the same QoS that acknowledges.",
+            "at the same QoS that acknowledges; how many messages each broker keeps in flight "
+            "to the subscriber is in its settings above (ours: `--max-inflight`, Mosquitto: "
+            "`max_inflight_messages`).",
             "- latency: 1,000 msg/s paced for 10 s, QoS 0, timestamp in the payload.",
             "- many subscriptions: 100 clients hold 300 matching filters, publish rate; then "
             "100,000 filters (⅓ exact, ⅓ `+`, ⅓ `#`), publish rate again; each publish matches "

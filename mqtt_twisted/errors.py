@@ -113,6 +113,15 @@ class StorageError(MQTTError):
     v3_return_code = ConnectReturnCode.SERVER_UNAVAILABLE
 
 
+class StoreUnavailable(StorageError):
+    """The store's backend is unreachable, and the store has logged that outage.
+
+    The broker answers the client as for any StorageError but logs nothing per call:
+    one line for the outage and one for its end say it all (see
+    :class:`mqtt_twisted.store.outage.OutageLog`).
+    """
+
+
 class ValidationError(MQTTError, ValueError):
     """A value given to the API (not read off the wire) is out of range."""
 

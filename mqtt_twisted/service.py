@@ -34,6 +34,7 @@ from mqtt_twisted.core.virtual import VirtualConnection
 from mqtt_twisted.errors import MQTTError, StartError, StorageError, ValidationError
 from mqtt_twisted.interfaces import IBrokerService
 from mqtt_twisted.message import Message
+from mqtt_twisted.store.overlay import SysRetainedOverlay, purge_sys_retained
 
 #: How long shutdown waits for clients to go before closing the store anyway.
 SHUTDOWN_GRACE = 5.0
@@ -64,8 +65,9 @@ class BrokerService(MultiService):
         super().__init__()
         self.reactor = reactor
         self.store = store
-        self.broker = Broker(reactor, store, settings, authenticator, authorizer,
-                             connect_timeout)
+        # $SYS retained messages stay in this process, never in the store (overlay.py).
+        self.broker = Broker(reactor, SysRetainedOverlay(store), settings, authenticator,
+                             authorizer, connect_timeout)
         self._listeners: list[Service] = []
         self.ready: Deferred[None] = Deferred()
         self.sys_interval = sys_interval
@@ -90,6 +92,7 @@ class BrokerService(MultiService):
         if self.reload_on_sighup:
             self.reactor.callWhenRunning(self._install_sighup)
         d = self.store.start()
+        d.addCallback(lambda _: self._purge_sys_retained())
         d.addCallback(lambda _: self._restore_sessions())
         d.addErrback(self._store_failed)
         d.addCallback(lambda _: self._start_listeners())
@@ -126,6 +129,19 @@ class BrokerService(MultiService):
             self.reactor.stop()
         else:
             self.reactor.callWhenRunning(self.reactor.stop)
+
+    def _purge_sys_retained(self) -> Deferred[None]:
+        """Remove the $SYS messages earlier versions stored; a failure only delays that."""
+        def done(count: int) -> None:
+            if count:
+                self.log.info("Removed {n} retained $SYS messages from the store (they are "
+                              "kept in memory now)", n=count)
+
+        d = purge_sys_retained(self.store)
+        d.addCallbacks(done, lambda f: self.log.warn(
+            "Could not remove the $SYS messages from the store: {error}",
+            error=f.getErrorMessage()))
+        return d
 
     @inlineCallbacks
     def _restore_sessions(self) -> Any:

@@ -139,6 +139,20 @@ class RedisServer:
             yield deferLater(self.reactor, 0.02, lambda: None)
             waited += 0.02
 
+    @inlineCallbacks
+    def command(self, *command: Any) -> Any:
+        """One command on a txredisapi connection of the caller's own (bytes in, bytes out)."""
+        import txredisapi
+
+        conn = yield txredisapi.Connection("127.0.0.1", self.port, reconnect=False,
+                                           charset=None, convertNumbers=False,
+                                           password=self.password)
+        try:
+            result = yield conn.execute_command(*command)
+        finally:
+            yield conn.disconnect()
+        return result
+
     def signal(self, number: int) -> None:
         """Send a signal (signal.SIGSTOP, signal.SIGCONT, ...) to the running redis-server."""
         if self.process is not None and not self.process.exited:

@@ -258,6 +258,8 @@ class ContractTests(SynchronousTestCase):
             "mqtt_twisted.adapters.http.HTTPAdapter",
             "mqtt_twisted.adapters.http.Subscription",
             "mqtt_twisted.adapters.detect.DetectAdapter",
+            # verifyObject and the store contract in tests/test_sys_retained.py:
+            "mqtt_twisted.store.overlay.SysRetainedOverlay",
         }
         ours = {value for value in vars(interfaces).values()
                 if isinstance(value, InterfaceClass) and value.__module__ == interfaces.__name__}

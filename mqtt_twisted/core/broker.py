@@ -25,7 +25,13 @@ from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.core.shared import SharedGroup, Strategy, round_robin
 from mqtt_twisted.core.stats import BrokerStats
 from mqtt_twisted.core.topic_tree import TopicTree
-from mqtt_twisted.errors import ClientIdentifierNotValid, ConnectError, MQTTError, StorageError
+from mqtt_twisted.errors import (
+    ClientIdentifierNotValid,
+    ConnectError,
+    MQTTError,
+    StorageError,
+    StoreUnavailable,
+)
 from mqtt_twisted.interfaces import ICredentials
 from mqtt_twisted.message import Message
 
@@ -763,8 +769,10 @@ class Broker:
             result.addErrback(self.store_failed)
 
     def store_failed(self, failure: Failure) -> None:
-        """Count and log a failed store write."""
+        """Count and log a failed store write (during an outage the store logs it once)."""
         self.stats.store_errors += 1
+        if failure.check(StoreUnavailable):
+            return
         if failure.check(StorageError):
             self.log.warn("Store write failed: {error}", error=failure.value)
         else:

@@ -45,6 +45,7 @@ from mqtt_twisted.errors import (
     InvalidTopicFilter,
     MQTTError,
     ProtocolError,
+    StoreUnavailable,
     UnsupportedProtocolVersion,
 )
 from mqtt_twisted.interfaces import IBrokerConnection
@@ -389,8 +390,9 @@ class MQTTConnection:
         else:
             code = error.v3_return_code or 3  # 3: server unavailable
             self.send(ConnAck(False, code))
-        self.log.info("Refused CONNECT of {client} from {peer}: {error}",
-                      client=self.client_id or "?", peer=self.peer, error=error.message)
+        if not isinstance(error, StoreUnavailable):  # the store logs its outage once
+            self.log.info("Refused CONNECT of {client} from {peer}: {error}",
+                          client=self.client_id or "?", peer=self.peer, error=error.message)
         self._shut()
 
     def accept(self, session: Session, session_present: bool, connect: Connect,
@@ -630,7 +632,7 @@ class MQTTConnection:
     def _write_done(self, result: Any, entry: list[Any]) -> None:
         if isinstance(result, Failure):
             self.broker.store_failed(result)
-            entry[2] = True
+            entry[2] = entry[2] or result
         entry[0] -= 1
         if not entry[0]:
             self._flush_acks()
@@ -641,8 +643,9 @@ class MQTTConnection:
             _, ack, failed, then = acks.popleft()
             if failed:
                 # Not stored: no acknowledgement; the client resends after reconnecting.
-                self.log.warn("Store failed before {packet} to {client}; closing",
-                              packet=type(ack).__name__, client=self.client_id)
+                if not failed.check(StoreUnavailable):  # the store logs its outage once
+                    self.log.warn("Store failed before {packet} to {client}; closing",
+                                  packet=type(ack).__name__, client=self.client_id)
                 acks.clear()
                 self.close(ReasonCode.SERVER_BUSY)
                 return

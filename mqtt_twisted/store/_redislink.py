@@ -1,5 +1,5 @@
 """The Redis store's connections: a txredisapi connection per link, calls in order,
-one deadline timer per link.
+one deadline timer per link, and the store's OutageLog told when a link goes down or up.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from collections import deque
 from typing import Any
 
 import txredisapi
+from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -20,15 +21,17 @@ log = Logger()
 
 
 class _Call:
-    """One command: its arguments, the caller's Deferred and when it gives up."""
+    """One command: its arguments, the caller's Deferred, when it gives up, and whether
+    it writes (for the outage's count of failed writes)."""
 
-    __slots__ = ("args", "deferred", "deadline", "done")
+    __slots__ = ("args", "deferred", "deadline", "done", "write")
 
-    def __init__(self, args: tuple[Any, ...], deadline: float) -> None:
+    def __init__(self, args: tuple[Any, ...], deadline: float, write: bool) -> None:
         self.args = args
         self.deferred: Deferred[Any] = Deferred()
         self.deadline = deadline
         self.done = False
+        self.write = write
 
 
 class _Protocol(txredisapi.RedisProtocol):
@@ -48,6 +51,24 @@ class _Protocol(txredisapi.RedisProtocol):
         return b"".join(parts)
 
 
+class _QuietClientService(ClientService):
+    """Twisted's reconnecting service without its line per connection attempt: with a
+    pool of four that is about one line a second during an outage, which the store's
+    OutageLog reports once instead."""
+
+    _log = Logger(observer=lambda event: None)
+
+
+class _Slot(txredisapi._PoolSlot):  # type: ignore[misc]
+    """txredisapi's pool slot (its backoff and stop rules) on a _QuietClientService."""
+
+    def __init__(self, factory: Any, endpoint: Any, reconnect: bool = True) -> None:
+        super().__init__(factory, endpoint, reconnect)
+        self.service = _QuietClientService(endpoint, txredisapi._SlotFactory(factory, self),
+                                           retryPolicy=self._retryDelay,
+                                           prepareConnection=self._prepareConnection)
+
+
 class _Factory(txredisapi.RedisFactory):
     """One reconnecting connection (txredisapi does the backoff) reporting to its link."""
 
@@ -60,6 +81,13 @@ class _Factory(txredisapi.RedisFactory):
                          charset=None, password=options.password, convertNumbers=False,
                          username=options.username)
         self.link = link
+
+    def startConnecting(self, endpoint: Any) -> None:
+        """txredisapi's, with quiet slots (see _QuietClientService)."""
+        for _ in range(self.poolsize):
+            slot = _Slot(self, endpoint, self.reconnect)
+            self.slots.append(slot)
+            slot.start()
 
     def addConnection(self, conn: Any) -> None:
         super().addConnection(conn)
@@ -129,7 +157,7 @@ class Link:
         for call in waiting:
             if not call.done:
                 self._send(protocol, call)
-        self.store.link_up(self)
+        self.store.outage.up(self.index)
         self._resolve_ready(None)
 
     def _load_scripts(self, protocol: Any) -> None:
@@ -141,9 +169,11 @@ class Link:
         if self.protocol is protocol:
             self.protocol = None
             if not self.stopped:
-                self.store.link_down(self)
+                self.store.outage.down(self.index, "connection lost")
 
     def _script_load_failed(self, failure: Failure, name: str) -> None:
+        if failure.check(txredisapi.ConnectionError):
+            return  # the connection's loss is the outage; the next one loads them again
         log.warn("Loading Redis script {name} failed: {error}", name=name,
                  error=failure.getErrorMessage())
 
@@ -165,9 +195,9 @@ class Link:
 
     # --- calls ---
 
-    def call(self, args: tuple[Any, ...]) -> Deferred[Any]:
+    def call(self, args: tuple[Any, ...], write: bool = True) -> Deferred[Any]:
         store = self.store
-        call = _Call(args, store.reactor.seconds() + store.options.timeout)
+        call = _Call(args, store.reactor.seconds() + store.options.timeout, write)
         protocol = self.protocol
         if protocol is not None:
             self._send(protocol, call)
@@ -213,7 +243,11 @@ class Link:
             if result.check(txredisapi.ResponseError) and str(result.value).startswith(
                     "NOSCRIPT") and self.protocol is not None:
                 self._load_scripts(self.protocol)  # Redis lost its scripts: load them again
-            result = Failure(StorageError(f"Redis: {result.getErrorMessage()}"))
+            message = f"Redis: {result.getErrorMessage()}"
+            if result.check(txredisapi.ConnectionError):  # the connection went down under it
+                result = Failure(self.store.outage.error(message, call.write))
+            else:
+                result = Failure(StorageError(message))
         call.deferred.callback(result)
         if self._drained and not sent and not self.waiting:
             self._fire_drained()
@@ -230,23 +264,30 @@ class Link:
             self._timer = None
 
     def _sweep(self) -> None:
-        now = self.store.reactor.seconds()
+        store = self.store
+        now = store.reactor.seconds()
+        timeout = store.options.timeout
         waiting = self.waiting
         while waiting and (waiting[0].done or waiting[0].deadline <= now):
             call = waiting.popleft()
             if not call.done:
                 call.done = True
-                call.deferred.errback(StorageError(
-                    f"Redis unreachable for {self.store.options.timeout}s"))
+                call.deferred.errback(store.outage.error(f"Redis unreachable for {timeout}s",
+                                                         call.write))
         sent = self.sent
         while sent and sent[0].done:
             sent.popleft()
         if sent and sent[0].deadline <= now:
-            self._fail(sent, StorageError(
-                f"no reply from Redis in {self.store.options.timeout}s"))
+            # A hung or partitioned server: an outage, declared before its calls fail.
+            store.outage.down(self.index, f"no reply in {timeout}s")
+            while sent:
+                call = sent.popleft()
+                if not call.done:
+                    call.done = True
+                    call.deferred.errback(store.outage.error(
+                        f"no reply from Redis in {timeout}s", call.write))
             protocol = self.protocol
             if protocol is not None and protocol.transport is not None:
-                log.warn("Redis connection {n} stuck; reconnecting", n=self.index)
                 protocol.transport.abortConnection()
         self._arm()
         if self._drained and not self.sent and not self.waiting:

@@ -32,7 +32,9 @@ in one round trip (pipelining, with the reactor batching the writes).
 Every call fails with :class:`~mqtt_twisted.errors.StorageError` after ``timeout``
 seconds (default 5): calls made while Redis is unreachable wait for the
 connection that long, and a connection whose oldest reply is overdue is dropped
-and reconnected.
+and reconnected.  An outage is logged once when it starts and once when it ends
+(:class:`~mqtt_twisted.store.outage.OutageLog`); the calls failing meanwhile fail
+with :class:`~mqtt_twisted.errors.StoreUnavailable`, which the broker does not log.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from mqtt_twisted.store._redisformat import (
 from mqtt_twisted.store._redislink import Link
 from mqtt_twisted.store._redisscripts import SHAS
 from mqtt_twisted.store.memory import StoredSession
+from mqtt_twisted.store.outage import OutageLog
 
 __all__ = [
     "FORMAT", "RedisOptions", "RedisStore", "decode_message", "decode_options",
@@ -210,8 +213,8 @@ class RedisStore:
         self._retained_key = prefix + b":retained"
         self._trie_prefix = prefix + b":rtrie:"
         self._links = [Link(self, i) for i in range(self.options.pool)]
-        self._up = 0
-        self._outage_logged = False
+        self.outage = OutageLog(reactor, self.log,
+                                f"Redis at {self.options.host}:{self.options.port}")
         self._locks: dict[str, DeferredLock] = {}
         self._last_message: Message | None = None
         self._last_blob = b""
@@ -277,19 +280,6 @@ class RedisStore:
         d.addCallback(lambda _: None)
         return d
 
-    def link_up(self, link: Link) -> None:
-        self._up += 1
-        if self._outage_logged and self._up == len(self._links):
-            self._outage_logged = False
-            self.log.info("Redis reachable again")
-
-    def link_down(self, link: Link) -> None:
-        self._up -= 1
-        if not self._outage_logged:
-            self._outage_logged = True
-            self.log.warn("Lost a Redis connection; reconnecting (store calls wait up to "
-                          "{t}s, then fail)", t=self.options.timeout)
-
     # --- plumbing -----------------------------------------------------------------------
 
     @staticmethod
@@ -308,8 +298,8 @@ class RedisStore:
         return links[zlib.crc32(cid) % len(links)] if len(links) > 1 else links[0]
 
     def _script(self, link: Link, name: str, keys: tuple[bytes, ...],
-                args: tuple[Any, ...] | list[Any]) -> Deferred[Any]:
-        return link.call((b"EVALSHA", SHAS[name], _COUNTS[len(keys)], *keys, *args))
+                args: tuple[Any, ...] | list[Any], write: bool = True) -> Deferred[Any]:
+        return link.call((b"EVALSHA", SHAS[name], _COUNTS[len(keys)], *keys, *args), write)
 
     def _guarded(self, cid: bytes, kind: bytes, *command: Any) -> Deferred[None]:
         d = self._script(self._link(cid), "guarded",
@@ -326,7 +316,7 @@ class RedisStore:
 
     def loadSession(self, clientId: str) -> Deferred[StoredSession | None]:
         cid = self._cid(clientId)
-        d = self._script(self._link(cid), "load", self._session_keys(cid), ())
+        d = self._script(self._link(cid), "load", self._session_keys(cid), (), write=False)
         d.addCallback(lambda data: decode_session(clientId, data) if data else None)
         return d
 
@@ -357,7 +347,7 @@ class RedisStore:
         return d
 
     def listSessions(self) -> Deferred[list[str]]:
-        d = self._script(self._links[0], "list", (self._sessions_key,), ())
+        d = self._script(self._links[0], "list", (self._sessions_key,), (), write=False)
         d.addCallback(lambda data: [c.decode("utf-8") for c in msgpack.unpackb(data, raw=True)])
         return d
 
@@ -406,7 +396,8 @@ class RedisStore:
         return d
 
     def getRetained(self, topic: str) -> Deferred[Message | None]:
-        d = self._links[0].call((b"HGET", self._retained_key, topic.encode("utf-8")))
+        d = self._links[0].call((b"HGET", self._retained_key, topic.encode("utf-8")),
+                                write=False)
         d.addCallback(lambda data: decode_message(data) if data else None)
         return d
 
@@ -418,12 +409,12 @@ class RedisStore:
 
     def matchRetained(self, topicFilter: str) -> Deferred[list[Message]]:
         d = self._script(self._links[0], "match_retained", (self._retained_key,),
-                         (self._trie_prefix, topicFilter.encode("utf-8")))
+                         (self._trie_prefix, topicFilter.encode("utf-8")), write=False)
         d.addCallback(lambda data: [decode_message(m) for m in msgpack.unpackb(data, raw=True)])
         return d
 
     def countRetained(self) -> Deferred[int]:
-        return self._links[0].call((b"HLEN", self._retained_key))
+        return self._links[0].call((b"HLEN", self._retained_key), write=False)
 
     # --- locks ------------------------------------------------------------------------------
 
