@@ -318,11 +318,16 @@ class MixedVersionTests(V5TestCase):
         yield v5.subscribe(("mix/#", 2))
         yield v5.publish("mix/from5", b"five", 2, properties={
             "UserProperty": [("k", "v")], "ContentType": "text/plain"})
+        # paho hands a QoS 2 message over at PUBREL: a QoS 1 message of another publisher
+        # on another topic may overtake it (MQTT orders per publisher and topic only), so
+        # the second is published once the first has arrived.
+        first3 = yield v3.next_message()
+        first5 = yield v5.next_message()
         yield v3.publish("mix/from3", b"three", 1)
-        got3 = yield v3.collect(2)
+        got3 = [first3, *(yield v3.collect(1))]
         self.assertEqual([(m.topic, m.payload, m.qos) for m in got3],
                          [("mix/from5", b"five", 2), ("mix/from3", b"three", 1)])
-        got5 = yield v5.collect(2)
+        got5 = [first5, *(yield v5.collect(1))]
         self.assertEqual([(m.topic, m.payload, m.qos) for m in got5],
                          [("mix/from5", b"five", 2), ("mix/from3", b"three", 1)])
         self.assertEqual(got5[0].user_properties, [("k", "v")])
