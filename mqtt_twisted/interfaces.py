@@ -158,6 +158,36 @@ class IBrokerService(Interface):
 # --- Sessions ------------------------------------------------------------------------------
 
 
+class IRouter(Interface):
+    """Where published messages go: the subscription index and the dispatch.
+
+    The broker's publish path is authorize, retain, then ``dispatch``.  A cluster
+    router wraps the local one: it forwards what ``dispatch`` gets with the local
+    origin to its peers, and dispatches what a peer sent with that peer's name as
+    origin, which it never forwards again.
+    """
+
+    def add(clientId, topicFilter, options):
+        """Index ``clientId``'s subscription (a ``$share/...`` one joins its group),
+        replacing its earlier options for the same filter."""
+
+    def remove(clientId, topicFilter):
+        """Drop ``clientId``'s subscription to ``topicFilter`` from the index."""
+
+    def count():
+        """How many subscriptions are indexed (share group members included)."""
+
+    def match(topic, sender=None):
+        """The plain subscriptions ``topic`` reaches, merged per client: a list of
+        ``(clientId, qos, retainAsPublished, subscriptionIds)``, without ``sender``'s
+        no-local subscriptions [MQTT-3.3.5-1]."""
+
+    def dispatch(message, origin):
+        """Deliver ``message`` to every matching session (one member of each share
+        group); ``origin`` is ``""`` for a local publish, else the peer node's name.
+        Returns how many sessions it reached."""
+
+
 class ISessionState(Interface):
     """The durable part of a session, as stores hold it."""
 

@@ -260,6 +260,8 @@ class ContractTests(SynchronousTestCase):
             "mqtt_twisted.adapters.detect.DetectAdapter",
             # verifyObject and the store contract in tests/test_sys_retained.py:
             "mqtt_twisted.store.overlay.SysRetainedOverlay",
+            # verifyObject in tests/test_core_router.py:
+            "mqtt_twisted.core.router.LocalRouter",
         }
         ours = {value for value in vars(interfaces).values()
                 if isinstance(value, InterfaceClass) and value.__module__ == interfaces.__name__}

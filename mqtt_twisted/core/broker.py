@@ -16,15 +16,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mqtt_twisted.codec.packets import Auth, Connect
-from mqtt_twisted.codec.topics import SHARE_PREFIX, parse_shared_filter
 from mqtt_twisted.constants import PropertyId, ReasonCode
 from mqtt_twisted.core._async import when
 from mqtt_twisted.core.connection import CLOSED, CONNECTED, MQTTConnection
+from mqtt_twisted.core.router import LOCAL, LocalRouter
 from mqtt_twisted.core.session import AWAITING_PUBCOMP, Outbound, Session, SubscriptionOptions
 from mqtt_twisted.core.settings import BrokerSettings
-from mqtt_twisted.core.shared import SharedGroup, Strategy, round_robin
+from mqtt_twisted.core.shared import Strategy
 from mqtt_twisted.core.stats import BrokerStats
-from mqtt_twisted.core.topic_tree import TopicTree
 from mqtt_twisted.errors import (
     ClientIdentifierNotValid,
     ConnectError,
@@ -83,10 +82,12 @@ class Broker:
         self.authorizer = authorizer
         self.connect_timeout = connect_timeout
         self.sessions: dict[str, Session] = {}
-        self.tree: TopicTree[SubscriptionOptions] = TopicTree()
-        self.shared_tree: TopicTree[SharedGroup] = TopicTree()
-        self.shared_groups: dict[str, SharedGroup] = {}
-        self.shared_strategy: Strategy = round_robin
+        #: Subscriptions and dispatch: the seam a cluster router wraps.
+        self.router: Any = LocalRouter(self.sessions, self.deliver)
+        local = self.router
+        # The index itself, for $SYS counts and white-box tests.
+        self.tree, self.shared_tree = local.tree, local.shared_tree
+        self.shared_groups = local.shared_groups
         self.stats = BrokerStats(clock.seconds())
         self.connections: set[MQTTConnection] = set()
         # A store that lives in this process (the memory store) needs no per-message
@@ -97,6 +98,15 @@ class Broker:
         self.publisher: MQTTConnection | None = None
         #: Queue length at which a session's publishers are held back (flow control).
         self._high_water = max(1, min(1000, self.settings.max_queued // 2))
+
+    @property
+    def shared_strategy(self) -> Strategy:
+        """How a share group's member is chosen (``core.shared.STRATEGIES``)."""
+        return self.router.shared_strategy  # type: ignore[no-any-return]
+
+    @shared_strategy.setter
+    def shared_strategy(self, strategy: Strategy) -> None:
+        self.router.shared_strategy = strategy
 
     # --- connections ----------------------------------------------------------------------
 
@@ -390,24 +400,7 @@ class Broker:
         """A departing member's unacknowledged shared messages go to another member."""
         for out in session.outbound:
             if out.group is not None and out.state == 0:
-                self._route_shared_to_group(out, session.clientId)
-
-    def _route_shared_to_group(self, out: Outbound, exclude: str) -> None:
-        group = self.shared_groups.get(out.group)  # type: ignore[arg-type]
-        if group is None:
-            return
-        others = [c for c in group.members if c != exclude]
-        if not others:
-            return
-        view = SharedGroup(group.name, group.topic_filter)
-        view.members = {c: group.members[c] for c in others}
-        view.cursor = group.cursor
-        client_id = self.shared_strategy(view, out.message, self.sessions)
-        if client_id is None:
-            return
-        options = group.members[client_id]
-        self.deliver(self.sessions[client_id], out.message, min(out.message.qos, options.qos),
-                     False, None, out.group)
+                self.router.hand_over(out, session.clientId)
 
     def _publish_will(self, session: Session, will: Message) -> None:
         session.will_call = None
@@ -466,27 +459,10 @@ class Broker:
         return True
 
     def _index(self, client_id: str, topic_filter: str, options: SubscriptionOptions) -> None:
-        """Add a subscription to the routing index (shared ones to their group)."""
-        if topic_filter.startswith(SHARE_PREFIX):
-            name, inner = parse_shared_filter(topic_filter)  # type: ignore[misc]
-            group = self.shared_groups.get(topic_filter)
-            if group is None:
-                group = self.shared_groups[topic_filter] = SharedGroup(name, inner)
-                self.shared_tree.add(inner, topic_filter, group)
-            group.members[client_id] = options
-        else:
-            self.tree.add(topic_filter, client_id, options)
+        self.router.add(client_id, topic_filter, options)
 
     def _unindex(self, client_id: str, topic_filter: str) -> None:
-        if topic_filter.startswith(SHARE_PREFIX):
-            group = self.shared_groups.get(topic_filter)
-            if group is not None:
-                group.members.pop(client_id, None)
-                if not group.members:
-                    del self.shared_groups[topic_filter]
-                    self.shared_tree.remove(group.topic_filter, topic_filter)
-        else:
-            self.tree.remove(topic_filter, client_id)
+        self.router.remove(client_id, topic_filter)
 
     def send_retained(self, session: Session, topic_filter: str,
                       options: SubscriptionOptions) -> None:
@@ -506,65 +482,14 @@ class Broker:
 
     # --- routing --------------------------------------------------------------------------
 
-    def route(self, message: Message) -> int:
-        """Deliver a published message to every matching session; return how many."""
-        stats = self.stats
-        stats.messages_received += 1
+    def route(self, message: Message, origin: str = LOCAL) -> int:
+        """Publish ``message``: retain it if asked, then let the router deliver it to
+        every matching session; return how many it reached.  ``origin`` is
+        :data:`~mqtt_twisted.core.router.LOCAL` or the peer node it came from."""
+        self.stats.messages_received += 1
         if message.retain:
             self._retain(message)
-        matches = self.tree.match(message.topic)
-        shared = self._route_shared(message) if self.shared_groups else 0
-        if not matches:
-            return shared
-        sessions = self.sessions
-        sender = message.sender
-        if len(matches) == 1:
-            client_id, options = matches[0]
-            if options.no_local and client_id == sender:
-                return shared
-            self.deliver(sessions[client_id], message,  # type: ignore[index]
-                         options.qos if options.qos < message.qos else message.qos,
-                         message.retain and options.retain_as_published,
-                         (options.subscription_id,) if options.subscription_id else None)
-            return shared + 1
-        # Overlapping filters of one client: one copy at the highest QoS [MQTT-3.3.5-1],
-        # carrying every matching subscription identifier.
-        merged: dict[Any, list[Any]] = {}
-        for client_id, options in matches:
-            if options.no_local and client_id == sender:
-                continue
-            entry = merged.get(client_id)
-            if entry is None:
-                merged[client_id] = [options.qos, options.retain_as_published,
-                                     [options.subscription_id] if options.subscription_id else []]
-            else:
-                if options.qos > entry[0]:
-                    entry[0] = options.qos
-                entry[1] = entry[1] or options.retain_as_published
-                if options.subscription_id:
-                    entry[2].append(options.subscription_id)
-        for client_id, (qos, rap, sub_ids) in merged.items():
-            self.deliver(sessions[client_id], message,  # type: ignore[index]
-                         qos if qos < message.qos else message.qos,
-                         message.retain and rap, tuple(sub_ids) if sub_ids else None)
-        return shared + len(merged)
-
-    def _route_shared(self, message: Message) -> int:
-        """Give ``message`` to one member of each matching share group [MQTT-4.8.2]."""
-        delivered = 0
-        sessions = self.sessions
-        for key, group in self.shared_tree.match(message.topic):
-            client_id = self.shared_strategy(group, message, sessions)
-            if client_id is None:
-                continue
-            options = group.members[client_id]
-            self.deliver(sessions[client_id], message,
-                         options.qos if options.qos < message.qos else message.qos,
-                         message.retain and options.retain_as_published,
-                         (options.subscription_id,) if options.subscription_id else None,
-                         key)  # type: ignore[arg-type]
-            delivered += 1
-        return delivered
+        return self.router.dispatch(message, origin)  # type: ignore[no-any-return]
 
     def deliver(self, session: Session, message: Message, qos: int, retain: bool,
                 subscription_ids: tuple[int, ...] | None, group: str | None = None) -> None:

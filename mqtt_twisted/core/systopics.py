@@ -61,8 +61,7 @@ class SysTopics:
             "publish/messages/dropped": str(stats.messages_dropped),
             "bytes/received": str(stats.bytes_received),
             "bytes/sent": str(stats.bytes_sent),
-            "subscriptions/count": str(len(broker.tree) + sum(
-                len(g.members) for g in broker.shared_groups.values())),
+            "subscriptions/count": str(broker.router.count()),
         }
         rss = resident_memory()
         if rss is not None:
