@@ -122,12 +122,19 @@ class IMessageSink(Interface):
 
 
 class IBrokerService(Interface):
-    """The broker as adapters see it."""
+    """The broker as adapters see it: the gateway (``core/gateway.py``).
+
+    An adapter's ``buildListener`` gets one; it is the only way into the broker, so
+    that an MQTT client and an HTTP or CoAP client are authenticated, authorized,
+    granted and counted alike.  Answers that may wait for a store or an
+    authenticator are Deferreds.
+    """
 
     stats = Attribute("The broker's counters (connections refused, messages, ...).")
+    settings = Attribute("The broker's limits and features (BrokerSettings), read-only.")
 
     def buildConnection(transport, peer, listener, certificateIdentity=None):
-        """Return an :class:`IBrokerConnection` for a new byte-stream client.
+        """Return an :class:`IBrokerConnection` for a new byte-stream (MQTT) client.
 
         :param transport: an :class:`IConnectionTransport`.
         :param peer: a string naming the remote address, for logs.
@@ -135,24 +142,48 @@ class IBrokerService(Interface):
         :param certificateIdentity: the TLS client certificate's identity, if any.
         """
 
-    def openSession(clientId, sink, clean=True, credentials=None):
-        """Open a virtual session delivering to ``sink`` (an :class:`IMessageSink`).
+    def connectionRefused():
+        """Count a client the adapter refused before it reached the broker."""
 
-        Returns a Deferred firing with the session handle; takes over any
-        session of that client id, as an MQTT CONNECT would.
-        """
+    def authenticate(credentials):
+        """Deferred firing with the identity the authenticator gives an
+        :class:`ICredentials` (the user name on an anonymous broker), or failing with
+        an ``AuthenticationError``."""
+
+    def authorize(action, identity, clientId, topic):
+        """Deferred firing with whether ``identity`` may ``"publish"`` to a topic or
+        ``"subscribe"`` to a filter (nobody publishes to ``$SYS``)."""
+
+    def mayRemoveSession(identity, clientId):
+        """Deferred firing with whether ``identity`` may end ``clientId``'s session."""
+
+    def openSession(clientId, sink, clean=True, credentials=None, expiry=None):
+        """Open a session delivering to ``sink`` (an :class:`IMessageSink`), as an MQTT
+        CONNECT would: authenticated, locked, taking over any connection of that client
+        id.  ``expiry`` sets the session expiry interval in seconds.  Returns a Deferred
+        firing with the session (an :class:`ISessionState`)."""
+
+    def session(clientId):
+        """The live session of ``clientId`` (an :class:`ISessionState`), or None."""
 
     def closeSession(clientId, remove=False):
-        """Disconnect ``clientId`` (from any adapter); ``remove`` also deletes its session."""
+        """Disconnect ``clientId`` (from any adapter); ``remove`` also deletes its session.
+        False when there is no such session."""
 
     def publish(message, clientId=None):
-        """Route a ``Message``; Deferred fires once it is accepted (stored, for QoS 1/2)."""
+        """Route a ``Message``; Deferred fires with the number of sessions reached once
+        it is accepted (stored, for QoS 1/2)."""
 
     def subscribe(clientId, topicFilter, qos=0):
-        """Subscribe an open session; Deferred firing with the granted QoS or a reason code."""
+        """Subscribe an open session, granted as an MQTT SUBSCRIBE is; Deferred firing
+        with the granted QoS or a failure reason code (>= 0x80)."""
 
     def unsubscribe(clientId, topicFilter):
         """Remove one subscription of an open session; Deferred firing with a bool."""
+
+    def retained(topicFilter):
+        """Deferred firing with the retained ``Message``s matching a filter (expired
+        ones left out)."""
 
 
 # --- Sessions ------------------------------------------------------------------------------

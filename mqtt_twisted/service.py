@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import threading
-from types import SimpleNamespace
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -13,27 +12,18 @@ from twisted.internet.defer import (
     DeferredList,
     gatherResults,
     inlineCallbacks,
-    maybeDeferred,
-    succeed,
 )
 from twisted.internet.error import CannotListenError, ConnectError
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from mqtt_twisted.codec.packets import Connect
-from mqtt_twisted.codec.topics import validate_topic_filter
 from mqtt_twisted.constants import ReasonCode
 from mqtt_twisted.core.broker import Broker
-from mqtt_twisted.core.connection import CLOSED
-from mqtt_twisted.core.session import SubscriptionOptions
+from mqtt_twisted.core.gateway import Gateway
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.core.systopics import SysTopics
-from mqtt_twisted.core.virtual import VirtualConnection
-from mqtt_twisted.errors import MQTTError, StartError, StorageError, ValidationError
-from mqtt_twisted.interfaces import IBrokerService
-from mqtt_twisted.message import Message
+from mqtt_twisted.errors import StartError, StorageError
 from mqtt_twisted.store.overlay import SysRetainedOverlay, purge_sys_retained
 
 #: How long shutdown waits for clients to go before closing the store anyway.
@@ -42,9 +32,10 @@ SHUTDOWN_GRACE = 5.0
 RESTORE_BATCH = 500
 
 
-@implementer(IBrokerService)
 class BrokerService(MultiService):
-    """One broker shared by every listener, whatever its adapter."""
+    """One broker shared by every listener, whatever its adapter: its lifecycle (store,
+    restored sessions, listeners, SIGHUP, ``$SYS``, shutdown).  Adapters reach the
+    broker only through :attr:`gateway`."""
 
     log = Logger()
     #: Whether a running broker re-reads what its listeners can reload (TLS certificates)
@@ -68,6 +59,8 @@ class BrokerService(MultiService):
         # $SYS retained messages stay in this process, never in the store (overlay.py).
         self.broker = Broker(reactor, SysRetainedOverlay(store), settings, authenticator,
                              authorizer, connect_timeout)
+        #: What every adapter gets: the broker's IBrokerService.
+        self.gateway = Gateway(self.broker)
         self._listeners: list[Service] = []
         self.ready: Deferred[None] = Deferred()
         self.sys_interval = sys_interval
@@ -79,7 +72,7 @@ class BrokerService(MultiService):
 
     def addListener(self, adapter: Any, settings: Any) -> Service:
         """Create the listener for ``settings`` with ``adapter``; it starts with the broker."""
-        service = adapter.buildListener(self.reactor, self, settings.endpoint, settings)
+        service = adapter.buildListener(self.reactor, self.gateway, settings.endpoint, settings)
         service.setName(settings.describe())
         self._listeners.append(service)
         return service
@@ -220,89 +213,3 @@ class BrokerService(MultiService):
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
-
-    # --- IBrokerService -----------------------------------------------------------------
-
-    def buildConnection(self, transport: Any, peer: str, listener: Any,
-                        certificateIdentity: str | None = None) -> Any:
-        return self.broker.build_connection(transport, peer, listener, certificateIdentity)
-
-    def openSession(self, clientId: str, sink: Any, clean: bool = True,
-                    credentials: Any = None) -> Deferred[Any]:
-        """A virtual session for a non-MQTT client, opened like an MQTT CONNECT."""
-        d: Deferred[Any] = Deferred()
-        # The authenticator sees the adapter and TLS identity the credentials name.
-        origin = SimpleNamespace(adapter=getattr(credentials, "adapter", None) or "virtual")
-        conn = VirtualConnection(self.broker, sink, clientId,
-                                 getattr(credentials, "peer", ""), origin)
-        conn.certificate_identity = getattr(credentials, "certificateIdentity", None)
-        conn.on_accept = d.callback
-        conn.on_refuse = d.errback
-        username = getattr(credentials, "username", None)
-        password = getattr(credentials, "password", None)
-        packet = Connect(clientId, 4, clean, 0, None, username, password)
-        self.broker.handle_connect(conn, packet)  # type: ignore[arg-type]
-        return d
-
-    def closeSession(self, clientId: str, remove: bool = False) -> bool:
-        """Disconnect ``clientId``, whatever adapter it came through; True if known."""
-        session = self.broker.sessions.get(clientId)
-        if session is None:
-            return False
-        conn = session.connection
-        if conn is not None:
-            # A server-side disconnect: the will goes out, as after any close that is not
-            # the client's own normal DISCONNECT [MQTT-3.1.2-8].
-            conn.close(ReasonCode.ADMINISTRATIVE_ACTION)
-        if remove and self.broker.sessions.get(clientId) is session:
-            self.broker.discard_session(session)
-        return True
-
-    def publish(self, message: Message, clientId: str | None = None) -> Deferred[int]:
-        """Route ``message``; fires with the number of sessions it reached once the store
-        holds what routing wrote (the retained message, queued QoS 1/2 copies), or fails
-        with StorageError if the store did not take it."""
-        if message.received_at == 0.0:
-            message.received_at = self.reactor.seconds()
-        message.sender = clientId
-        count, writes = self.broker.writes_of(self.broker.route, message)
-        if not writes:
-            return succeed(count)
-        return DeferredList(writes, consumeErrors=True).addCallback(self._stored, count)
-
-    def _stored(self, results: list[tuple[bool, Any]], count: int) -> int:
-        failures = [result for ok, result in results if not ok]
-        for failure in failures:
-            self.broker.store_failed(failure)
-        if failures:
-            raise StorageError(f"the store did not take the message: "
-                               f"{failures[0].getErrorMessage()}")
-        return count
-
-    def subscribe(self, clientId: str, topicFilter: str, qos: int = 0) -> Deferred[int]:
-        session = self._open_session(clientId)
-        try:
-            validate_topic_filter(topicFilter)
-        except MQTTError as e:
-            return succeed(int(e.reason_code))
-        if self.broker.authorizer is None:
-            return succeed(self._subscribe(session, topicFilter, qos, True))
-        answer = maybeDeferred(self.broker.may_subscribe, session, topicFilter)
-        return answer.addCallback(lambda ok: self._subscribe(session, topicFilter, qos, ok))
-
-    def _subscribe(self, session: Any, topicFilter: str, qos: int, allowed: bool) -> int:
-        if not allowed:
-            return int(ReasonCode.NOT_AUTHORIZED)
-        options = SubscriptionOptions(min(qos, self.broker.settings.maximum_qos))
-        if self.broker.subscribe(session, topicFilter, options):
-            self.broker.send_retained(session, topicFilter, options)
-        return options.qos
-
-    def unsubscribe(self, clientId: str, topicFilter: str) -> Deferred[bool]:
-        return succeed(self.broker.unsubscribe(self._open_session(clientId), topicFilter))
-
-    def _open_session(self, clientId: str) -> Any:
-        session = self.broker.sessions.get(clientId)
-        if session is None or session.connection is None or session.connection.state == CLOSED:
-            raise ValidationError(f"no open session for {clientId!r}")
-        return session

@@ -170,7 +170,7 @@ def start_broker(reactor: Any, settings: BrokerSettings | None = None, store: An
     service.running = True
     listener = ListenerSettings("mqtt", "tcp:0:interface=127.0.0.1", max_connections,
                                 connect_timeout)
-    factory = MQTTStreamFactory(service, listener)
+    factory = MQTTStreamFactory(service.gateway, listener)
     port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
     service.test_port = port
     service.test_factory = factory

@@ -129,13 +129,13 @@ class ServerDisconnectTests(V5TestCase):
         """service.closeSession disconnects a client with DISCONNECT 0x98."""
         client = yield self.paho5("admin", clean_start=False,
                                   connect_properties={"SessionExpiryInterval": 60})
-        self.assertTrue(self.service.closeSession("admin"))
+        self.assertTrue(self.service.gateway.closeSession("admin"))
         gone = yield client.disconnected
         self.assertEqual((gone.rc, gone.from_server), (RC.ADMINISTRATIVE_ACTION, True))
         yield self.wait_until(self.offline("admin"))  # the session itself stays
-        self.assertTrue(self.service.closeSession("admin", remove=True))
+        self.assertTrue(self.service.gateway.closeSession("admin", remove=True))
         self.assertNotIn("admin", self.broker.sessions)
-        self.assertFalse(self.service.closeSession("nobody"))
+        self.assertFalse(self.service.gateway.closeSession("nobody"))
 
 
 class WillDelayTests(V5TestCase):

@@ -160,9 +160,10 @@ class ContractTests(SynchronousTestCase):
         self.assertTrue(verifyObject(IAuthorizer, auth))
 
     def test_broker_service(self) -> None:
-        """BrokerService provides IBrokerService."""
+        """The gateway BrokerService hands adapters provides IBrokerService."""
         clock = Clock()
-        self.assertTrue(verifyObject(IBrokerService, BrokerService(clock, MemoryStore(clock))))
+        service = BrokerService(clock, MemoryStore(clock))
+        self.assertTrue(verifyObject(IBrokerService, service.gateway))
 
     def test_mqtt_connection(self) -> None:
         """MQTTConnection provides IBrokerConnection."""
@@ -246,7 +247,7 @@ class ContractTests(SynchronousTestCase):
             "mqtt_twisted.store.redis.RedisStore",
             "mqtt_twisted.store.redis._RedisLock",
             "mqtt_twisted.auth.AllowAnonymous",
-            "mqtt_twisted.service.BrokerService",
+            "mqtt_twisted.core.gateway.Gateway",
             "mqtt_twisted.core.connection.MQTTConnection",
             "mqtt_twisted.core.session.Session",
             "mqtt_twisted.adapters.listener.ListenerSettings",

@@ -187,7 +187,7 @@ class TelemetryProcessTests(SecureBrokerTestCase):
         client = self.run_client(wss_port)
         yield within(client.seen("subscribed to devices/+/+"), self.reactor, 20,
                      f"the client to subscribe:\n{client.text}")
-        self.service.closeSession("dashboard-1")
+        self.service.gateway.closeSession("dashboard-1")
         yield within(client.seen("reconnecting with backoff"), self.reactor, 10,
                      f"the client to notice:\n{client.text}")
         yield self.until(lambda: client.text.count("subscribed to devices/+/+") == 2, 15,

@@ -323,7 +323,7 @@ class WebSocketTests(SecureBrokerTestCase):
         yield client.next_packet()
         client.sendMessage(encode(Subscribe(1, [Subscription("big", 0)])), isBinary=True)
         yield client.next_packet()
-        yield self.service.publish(Message("big", b"z" * 1000))
+        yield self.service.gateway.publish(Message("big", b"z" * 1000))
         publish = yield client.next_packet()
         self.assertEqual(publish.payload, b"z" * 1000)
         self.assertGreaterEqual(client.trafficStats.incomingWebSocketMessages, 11)
@@ -369,7 +369,7 @@ class WebSocketTests(SecureBrokerTestCase):
         client.transport.pauseProducing()  # stop reading: the broker's socket buffer fills
         chunk = b"f" * 65536
         for _ in range(400):
-            self.service.publish(Message("flood", chunk, 1))
+            self.service.gateway.publish(Message("flood", chunk, 1))
             if conn.paused:
                 break
             yield deferLater(self.reactor, 0, lambda: None)

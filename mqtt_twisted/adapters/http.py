@@ -18,7 +18,7 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from twisted.application.service import IService
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -31,7 +31,8 @@ from mqtt_twisted.adapters import _httpapi as api
 from mqtt_twisted.adapters import tls
 from mqtt_twisted.adapters._httpapi import ApiError
 from mqtt_twisted.constants import ReasonCode
-from mqtt_twisted.core.broker import Credentials, expired
+from mqtt_twisted.core.broker import Credentials
+from mqtt_twisted.core.gateway import PUBLISH, SUBSCRIBE
 from mqtt_twisted.interfaces import IAdapter, IMessageSink
 
 log = Logger()
@@ -231,8 +232,8 @@ class PublishResource(_Endpoint):
         bridge = self.bridge
         params, headers, client, identity = yield bridge.caller(request)
         message = api.parse_publish(params, headers, request.content.getvalue(),
-                                    bridge.broker.settings)
-        yield bridge.authorize("mayPublish", identity, client, message.topic)
+                                    bridge.service.settings)
+        yield bridge.authorize(PUBLISH, identity, client, message.topic)
         count = yield bridge.service.publish(message, client)
         code = ReasonCode.SUCCESS if count else ReasonCode.NO_MATCHING_SUBSCRIBERS
         respond(request, 200, api.dumps({
@@ -250,11 +251,10 @@ class RetainedResource(_Endpoint):
         bridge = self.bridge
         params, _, client, identity = yield bridge.caller(request)
         topic_filter = api.parse_retained(params)
-        yield bridge.authorize("maySubscribe", identity, client, topic_filter)
-        messages = yield bridge.broker.store.matchRetained(topic_filter)
+        yield bridge.authorize(SUBSCRIBE, identity, client, topic_filter)
+        messages = yield bridge.service.retained(topic_filter)
         now = bridge.reactor.seconds()
-        events = [api.event(m, m.qos, True, now) for m in messages
-                  if not (m.properties and expired(m, now))]
+        events = [api.event(m, m.qos, True, now) for m in messages]
         events.sort(key=lambda e: e["topic"])
         respond(request, 200, api.dumps({"messages": events}))
 
@@ -270,10 +270,9 @@ class SessionResource(_Endpoint):
         params, headers = _inputs(request)
         client = api.parse_session(params)
         identity = yield bridge.authenticate(request, headers, None)
-        session = bridge.broker.sessions.get(client)
-        if session is None:
+        if bridge.service.session(client) is None:
             raise ApiError(404, f"no session of client {client!r}")
-        yield bridge.may_remove(identity, client, session)
+        yield bridge.may_remove(identity, client)
         bridge.service.closeSession(client, remove=True)
         bridge.replay_logs.pop(client, None)
         respond(request, 204)
@@ -300,7 +299,7 @@ class SubscribeResource(_Endpoint):
         params, headers = _inputs(request)
         if request.method == b"POST":
             api.merge_body(params, headers, request.content.getvalue())
-        sub = api.parse_subscribe(params, headers, bridge.broker.settings)
+        sub = api.parse_subscribe(params, headers, bridge.service.settings)
         username, password = api.credentials_from(headers)
         stream = Subscription(bridge, request, sub, username, password)
         return stream.open()
@@ -345,7 +344,7 @@ class Subscription:
             replay_before = self.log.next  # what the session delivers from now on is new
         try:
             session = yield bridge.service.openSession(self.client_id, self, not self.persistent,
-                                                       self.credentials)
+                                                       self.credentials, self.sub.expiry)
         except Exception as e:
             self.state = DONE
             raise api.error_from(e) from None
@@ -378,8 +377,6 @@ class Subscription:
             if self.log.session is not None:  # a new session: the old ids mean nothing
                 self.log = bridge.replay_log(self.client_id, fresh=True)
             self.log.session = session
-        if self.sub.expiry is not None:
-            bridge.broker.set_session_expiry(session, self.sub.expiry)
         for topic_filter in list(session.subscriptions):
             if topic_filter not in self.sub.filters:
                 yield bridge.service.unsubscribe(self.client_id, topic_filter)
@@ -536,8 +533,7 @@ class Bridge(Resource):
     def __init__(self, reactor: Any, service: Any, config: HTTPConfig) -> None:
         super().__init__()
         self.reactor = reactor
-        self.service = service
-        self.broker = service.broker
+        self.service = service  # the gateway (IBrokerService): all the bridge uses
         self.config = config
         self.subscriptions: set[Subscription] = set()
         self.replay_logs = _REPLAY_LOGS.setdefault(service, {})
@@ -562,14 +558,13 @@ class Bridge(Resource):
         logs = self.replay_logs
         found = logs.get(client_id)
         if found is None or fresh:
-            sessions = self.broker.sessions
-            for stale in [c for c in logs if c not in sessions]:
+            for stale in [c for c in logs if self.service.session(c) is None]:
                 del logs[stale]
             found = logs[client_id] = api.ReplayLog(self.config.replay)
         return found
 
     def forget_log_if_gone(self, client_id: str) -> None:
-        if client_id not in self.broker.sessions:
+        if self.service.session(client_id) is None:
             self.replay_logs.pop(client_id, None)
 
     def end_all(self, reason: int) -> None:
@@ -603,46 +598,30 @@ class Bridge(Resource):
         """The identity the authenticator gives the request's credentials (the user name
         when the broker is anonymous)."""
         username, password = api.credentials_from(headers)
-        authenticator = self.broker.authenticator
-        if authenticator is None:
-            return succeed(username)
-        return maybeDeferred(authenticator.authenticate,
-                             self.credentials(request, client_id, username, password))
+        return self.service.authenticate(
+            self.credentials(request, client_id, username, password))
 
     def authorize(self, question: str, identity: Any, client_id: str | None,
                   topic: str) -> Deferred[None]:
-        """Ask the authorizer ``mayPublish``/``maySubscribe``; 403 unless it says yes."""
-        authorizer = self.broker.authorizer
-        if authorizer is None:
-            return succeed(None)
+        """Ask whether ``identity`` may ``"publish"``/``"subscribe"``; 403 unless so."""
 
-        def check(allowed: Any) -> None:
+        def check(allowed: bool) -> None:
             if not allowed:
-                verb = "publish to" if question == "mayPublish" else "subscribe to"
+                verb = "publish to" if question == PUBLISH else "subscribe to"
                 raise ApiError(403, f"not authorized to {verb} {topic!r}",
                                ReasonCode.NOT_AUTHORIZED)
 
-        return maybeDeferred(getattr(authorizer, question), identity, client_id,
-                             topic).addCallback(check)
+        return self.service.authorize(question, identity, client_id, topic).addCallback(check)
 
-    def may_remove(self, identity: Any, client_id: str, session: Any) -> Deferred[None]:
-        """Anyone, on an anonymous broker; else the session's own identity, or whoever the
-        authorizer's optional ``mayDisconnect(identity, clientId)`` allows."""
-        if self.broker.authenticator is None:
-            return succeed(None)
-        authorizer = self.broker.authorizer
-        ask = getattr(authorizer, "mayDisconnect", None)
-        if ask is None:
-            answer: Any = succeed(identity is not None and identity == session.identity)
-        else:
-            answer = maybeDeferred(ask, identity, client_id)
+    def may_remove(self, identity: Any, client_id: str) -> Deferred[None]:
+        """403 unless ``identity`` may end ``client_id``'s session (the gateway's rule)."""
 
-        def check(allowed: Any) -> None:
+        def check(allowed: bool) -> None:
             if not allowed:
                 raise ApiError(403, f"not authorized to remove the session of {client_id!r}",
                                ReasonCode.NOT_AUTHORIZED)
 
-        return answer.addCallback(check)
+        return self.service.mayRemoveSession(identity, client_id).addCallback(check)
 
 
 class BridgeSite(Site):
@@ -664,7 +643,7 @@ class BridgeSite(Site):
     def buildProtocol(self, addr: Any) -> Any:
         limit = self.config.max_connections
         if limit and len(self.channels) >= limit:
-            self.bridge.broker.stats.connections_refused += 1
+            self.bridge.service.connectionRefused()
             log.warn("Refusing an HTTP connection from {addr}: {limit} connections held",
                      addr=addr, limit=limit)
             return None

@@ -38,6 +38,7 @@ from mqtt_twisted.codec.stream import StreamDecoder
 from mqtt_twisted.codec.topics import is_reserved_topic, validate_topic_filter
 from mqtt_twisted.constants import PacketType, PropertyId, ReasonCode
 from mqtt_twisted.core._async import gather
+from mqtt_twisted.core.grant import check_filter, granted_qos
 from mqtt_twisted.core.session import AWAITING_ACK, AWAITING_PUBCOMP, Session, SubscriptionOptions
 from mqtt_twisted.core.wire import forward_properties, publish_bytes, with_dup
 from mqtt_twisted.errors import (
@@ -751,22 +752,18 @@ class MQTTConnection:
         sub_id = packet.properties.get(_P.SUBSCRIPTION_IDENTIFIER) if v5 else None
         codes: list[int] = []
         granted: list[tuple[str, SubscriptionOptions, bool]] = []
+        settings = broker.settings
         for i, sub in enumerate(packet.subscriptions):
-            try:
-                shared = validate_topic_filter(sub.topic_filter)
-            except InvalidTopicFilter:
-                codes.append(ReasonCode.TOPIC_FILTER_INVALID if v5 else 0x80)
-                continue
+            refusal, shared = check_filter(settings, sub.topic_filter, sub_id)
             if shared is not None and v5 and sub.no_local:
                 raise ProtocolError("no local on a shared subscription")  # [MQTT-3.8.3-4]
-            refusal = self._unsupported(sub.topic_filter, shared is not None, sub_id)
             if refusal:
                 codes.append(refusal if v5 else 0x80)
                 continue
             if allowed is not None and not allowed[i]:
                 codes.append(ReasonCode.NOT_AUTHORIZED if v5 else 0x80)
                 continue
-            qos = min(sub.qos, broker.settings.maximum_qos)
+            qos = granted_qos(settings, sub.qos)
             options = SubscriptionOptions(qos, sub.no_local, sub.retain_as_published,
                                           sub.retain_handling, sub_id)
             is_new = broker.subscribe(session, sub.topic_filter, options)  # type: ignore[arg-type]
@@ -774,17 +771,6 @@ class MQTTConnection:
             if shared is None:
                 granted.append((sub.topic_filter, options, is_new))
         return codes, granted
-
-    def _unsupported(self, topic_filter: str, shared: bool, sub_id: int | None) -> int:
-        """The SUBACK code for a feature the operator turned off, else 0."""
-        settings = self.broker.settings
-        if shared and not settings.shared_subscriptions:
-            return ReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
-        if sub_id and not settings.subscription_identifiers:
-            return ReasonCode.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED
-        if not settings.wildcard_subscriptions and ("+" in topic_filter or "#" in topic_filter):
-            return ReasonCode.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
-        return 0
 
     def _on_unsubscribe(self, packet: Unsubscribe) -> None:
         session = self.session

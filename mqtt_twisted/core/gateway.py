@@ -1,0 +1,216 @@
+"""The gateway: the broker as every adapter sees it (EMQX's gateway context is the model).
+
+An adapter authenticates a client, asks whether it may publish or subscribe, opens a
+session that delivers to a sink, publishes, subscribes, reads retained messages and
+closes sessions through this one object, and through nothing else: the broker's
+internals can change without touching any adapter.  MQTT streams get a connection
+from :meth:`Gateway.buildConnection`; every other adapter (HTTP, CoAP) gets a virtual
+session from :meth:`Gateway.openSession`, which goes through the same CONNECT path
+(authentication, the client id's lock, takeover, session expiry) as an MQTT client.
+
+Sans-IO: answers are Deferreds (``twisted.internet.defer`` needs no reactor) and
+time is the broker's clock.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
+from zope.interface import implementer
+
+from mqtt_twisted.codec.packets import Connect
+from mqtt_twisted.codec.topics import is_reserved_topic
+from mqtt_twisted.constants import ReasonCode
+from mqtt_twisted.core.broker import expired
+from mqtt_twisted.core.connection import CLOSED
+from mqtt_twisted.core.grant import check_filter, granted_qos
+from mqtt_twisted.core.session import SubscriptionOptions
+from mqtt_twisted.core.virtual import VirtualConnection
+from mqtt_twisted.errors import AuthorizationError, StorageError, ValidationError
+from mqtt_twisted.interfaces import IBrokerService
+from mqtt_twisted.message import Message
+
+if TYPE_CHECKING:
+    from mqtt_twisted.core.broker import Broker
+    from mqtt_twisted.core.session import Session
+
+#: The actions :meth:`Gateway.authorize` answers for.
+PUBLISH, SUBSCRIBE = "publish", "subscribe"
+
+
+@implementer(IBrokerService)
+class Gateway:
+    """One per broker; every adapter's only door into it."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    @property
+    def stats(self) -> Any:
+        """The broker's counters."""
+        return self.broker.stats
+
+    @property
+    def settings(self) -> Any:
+        """The broker's limits and features (read them, do not change them)."""
+        return self.broker.settings
+
+    # --- connections --------------------------------------------------------------------
+
+    def buildConnection(self, transport: Any, peer: str, listener: Any,
+                        certificateIdentity: str | None = None) -> Any:
+        return self.broker.build_connection(transport, peer, listener, certificateIdentity)
+
+    def connectionRefused(self) -> None:
+        """An adapter refused a client before it reached the broker (a full listener)."""
+        self.broker.stats.connections_refused += 1
+
+    # --- who may do what ------------------------------------------------------------------
+
+    def authenticate(self, credentials: Any) -> Deferred[Any]:
+        """The identity the authenticator gives ``credentials`` (on an anonymous broker,
+        the user name); fails with the authenticator's error."""
+        authenticator = self.broker.authenticator
+        if authenticator is None:
+            return succeed(getattr(credentials, "username", None))
+        return maybeDeferred(authenticator.authenticate, credentials)
+
+    def authorize(self, action: str, identity: Any, clientId: str | None,
+                  topic: str) -> Deferred[bool]:
+        """Whether ``identity`` may ``"publish"`` to ``topic`` or ``"subscribe"`` to a
+        filter.  Nobody publishes to the broker's own ``$SYS`` tree."""
+        if action == PUBLISH and is_reserved_topic(topic):
+            return succeed(False)
+        authorizer = self.broker.authorizer
+        if authorizer is None:
+            return succeed(True)
+        ask = authorizer.mayPublish if action == PUBLISH else authorizer.maySubscribe
+        return maybeDeferred(ask, identity, clientId, topic).addCallback(bool)
+
+    def mayRemoveSession(self, identity: Any, clientId: str) -> Deferred[bool]:
+        """Whether ``identity`` may disconnect ``clientId`` and delete its session: anyone
+        on an anonymous broker; else the session's own identity, or whoever the
+        authorizer's optional ``mayDisconnect(identity, clientId)`` allows."""
+        if self.broker.authenticator is None:
+            return succeed(True)
+        ask = getattr(self.broker.authorizer, "mayDisconnect", None)
+        if ask is not None:
+            return maybeDeferred(ask, identity, clientId).addCallback(bool)
+        session = self.broker.sessions.get(clientId)
+        return succeed(session is not None and identity is not None
+                       and identity == session.identity)
+
+    # --- sessions -----------------------------------------------------------------------
+
+    def openSession(self, clientId: str, sink: Any, clean: bool = True,
+                    credentials: Any = None, expiry: float | None = None) -> Deferred[Any]:
+        """A session delivering to ``sink`` (an ``IMessageSink``), opened as an MQTT
+        CONNECT opens one: authenticated, the client id locked, any connection of the
+        same client id taken over.  ``expiry`` (seconds) replaces the session expiry a
+        clean-session-0 MQTT 3.1.1 client would get.  Fires with the session."""
+        d: Deferred[Any] = Deferred()
+        # The authenticator sees the adapter and TLS identity the credentials name.
+        origin = SimpleNamespace(adapter=getattr(credentials, "adapter", None) or "virtual")
+        conn = VirtualConnection(self.broker, sink, clientId,
+                                 getattr(credentials, "peer", ""), origin)
+        conn.certificate_identity = getattr(credentials, "certificateIdentity", None)
+
+        def accepted(session: Session) -> None:
+            if expiry is not None:
+                self.broker.set_session_expiry(session, int(expiry))
+            d.callback(session)
+
+        conn.on_accept = accepted
+        conn.on_refuse = d.errback
+        packet = Connect(clientId, 4, clean, 0, None, getattr(credentials, "username", None),
+                         getattr(credentials, "password", None))
+        self.broker.handle_connect(conn, packet)  # type: ignore[arg-type]
+        return d
+
+    def session(self, clientId: str) -> Session | None:
+        """The live session of ``clientId`` (online or not), or None."""
+        return self.broker.sessions.get(clientId)
+
+    def closeSession(self, clientId: str, remove: bool = False) -> bool:
+        """Disconnect ``clientId``, whatever adapter it came through (its will goes out,
+        as after any close that is not the client's own DISCONNECT [MQTT-3.1.2-8]);
+        ``remove`` also deletes the session.  False if there is no such session."""
+        session = self.broker.sessions.get(clientId)
+        if session is None:
+            return False
+        conn = session.connection
+        if conn is not None:
+            conn.close(ReasonCode.ADMINISTRATIVE_ACTION)
+        if remove and self.broker.sessions.get(clientId) is session:
+            self.broker.discard_session(session)
+        return True
+
+    # --- messages -----------------------------------------------------------------------
+
+    def publish(self, message: Message, clientId: str | None = None) -> Deferred[int]:
+        """Route ``message`` for ``clientId``; fires with the number of sessions it
+        reached once the store holds what routing wrote (the retained message, queued
+        QoS 1/2 copies), or fails with StorageError if the store did not take it, or
+        with AuthorizationError for the broker's own topics."""
+        if is_reserved_topic(message.topic):
+            return fail(AuthorizationError(f"{message.topic!r} is reserved for the broker"))
+        broker = self.broker
+        if message.received_at == 0.0:
+            message.received_at = broker.clock.seconds()
+        message.sender = clientId
+        count, writes = broker.writes_of(broker.route, message)
+        if not writes:
+            return succeed(count)
+        return DeferredList(writes, consumeErrors=True).addCallback(self._stored, count)
+
+    def _stored(self, results: list[tuple[bool, Any]], count: int) -> int:
+        failures = [result for ok, result in results if not ok]
+        for failure in failures:
+            self.broker.store_failed(failure)
+        if failures:
+            raise StorageError(f"the store did not take the message: "
+                               f"{failures[0].getErrorMessage()}")
+        return count
+
+    def subscribe(self, clientId: str, topicFilter: str, qos: int = 0) -> Deferred[int]:
+        """Subscribe an open session, granted as an MQTT SUBSCRIBE would be (the same
+        refusals when features are off); fires with the granted QoS or a reason code.
+        Retained messages follow a new subscription."""
+        session = self._open_session(clientId)
+        code, _ = check_filter(self.broker.settings, topicFilter)
+        if code:
+            return succeed(int(code))
+        if self.broker.authorizer is None:
+            return succeed(self._subscribe(session, topicFilter, qos, True))
+        answer = maybeDeferred(self.broker.may_subscribe, session, topicFilter)
+        return answer.addCallback(lambda ok: self._subscribe(session, topicFilter, qos, ok))
+
+    def _subscribe(self, session: Session, topicFilter: str, qos: int, allowed: bool) -> int:
+        if not allowed:
+            return int(ReasonCode.NOT_AUTHORIZED)
+        options = SubscriptionOptions(granted_qos(self.broker.settings, qos))
+        if self.broker.subscribe(session, topicFilter, options):
+            self.broker.send_retained(session, topicFilter, options)
+        return options.qos
+
+    def unsubscribe(self, clientId: str, topicFilter: str) -> Deferred[bool]:
+        """Remove one subscription of an open session; fires with whether it existed."""
+        return succeed(self.broker.unsubscribe(self._open_session(clientId), topicFilter))
+
+    def retained(self, topicFilter: str) -> Deferred[list[Message]]:
+        """The retained messages matching ``topicFilter`` (expired ones left out)."""
+        broker = self.broker
+
+        def fresh(messages: list[Message]) -> list[Message]:
+            now = broker.clock.seconds()
+            return [m for m in messages if not (m.properties and expired(m, now))]
+
+        return maybeDeferred(broker.store.matchRetained, topicFilter).addCallback(fresh)
+
+    def _open_session(self, clientId: str) -> Session:
+        session = self.broker.sessions.get(clientId)
+        if session is None or session.connection is None or session.connection.state == CLOSED:
+            raise ValidationError(f"no open session for {clientId!r}")
+        return session
