@@ -21,18 +21,27 @@ class IAdapter(IPlugin):
     named ``ws``.  Byte-stream adapters build a Twisted factory and let an
     endpoint listen; datagram adapters (CoAP over UDP) return their own service.
 
-    Optional: ``checkListener(settings)``, called while the command line is parsed,
-    raises ValueError for a listener the adapter cannot serve (a missing certificate
-    file, say), which becomes a usage error.  The service ``buildListener`` returns may
-    have a ``reload()`` method, called on SIGHUP (TLS certificates are re-read).
+    The optional hooks are looked up with ``getattr``, so that an adapter has only
+    those it needs; each is declared in an interface of its own below, which an
+    adapter that has it declares too (``@implementer(IStreamAdapter,
+    IListenerChecker)``), so that ``verifyObject`` checks it:
+    :class:`IListenerChecker` (``checkListener``), :class:`IEndpointChecker`
+    (``checkEndpoint``), :class:`IDatagramAdapter` (``datagram``),
+    :class:`IStreamAdapter` (``buildFactory``, what ``auto=`` listeners use) and, on
+    the service ``buildListener`` returns, :class:`IReloadableListener` (``reload``).
     """
 
     name = Attribute("Short name used before '=' in --listen, e.g. 'mqtt', 'ws', 'http'.")
     description = Attribute("One line for --help.")
-    defaultEndpoint = Attribute("Endpoint used when the listener gives none, e.g. 'tcp:1883'.")
+    defaultEndpoint = Attribute(
+        "Endpoint the adapter is usually served on, e.g. 'tcp:1883': the example in the "
+        "usage error for a listener given without one (--listen NAME=).")
     options = Attribute(
-        "Mapping of the adapter's own listener keys (e.g. 'path') to a one-line help text; "
-        "these are stripped from the endpoint string before Twisted parses it."
+        "The adapter's own listener keys (e.g. 'path'), taken out of the endpoint string "
+        "before it is parsed: a mapping of key to an AdapterOption "
+        "(mqtt_twisted.adapters.options: converter, default, help), from which --listen "
+        "checks values and --help lists them; a plain mapping of key to a help line "
+        "(older plugins) gives string keys."
     )
 
     def buildListener(reactor, broker, endpointDescription, settings):
@@ -43,6 +52,53 @@ class IAdapter(IPlugin):
         :param endpointDescription: a Twisted server endpoint string, our keys removed.
         :param settings: an :class:`IListenerSettings` for this listener.
         """
+
+
+class IListenerChecker(Interface):
+    """Optional adapter hook: refuse a listener before anything starts."""
+
+    def checkListener(settings):
+        """Raise ValueError for a listener the adapter cannot serve (a missing certificate
+        file, a bad key value); called while the command line is parsed, after the
+        endpoint check, and the message becomes a one-line usage error."""
+
+
+class IEndpointChecker(Interface):
+    """Optional adapter hook: the adapter checks its endpoints itself.
+
+    Without it, a ``datagram`` adapter's endpoint must be ``udp:PORT[:interface=HOST]``
+    and any other adapter's a Twisted stream server endpoint (``tcp:``, ``ssl:``,
+    ``unix:``, plugins'), parsed as Twisted would (TLS files read).
+    """
+
+    def checkEndpoint(settings):
+        """Raise ValueError unless ``settings.endpoint`` is one the adapter can listen on."""
+
+
+class IDatagramAdapter(IAdapter):
+    """An adapter listening on datagram endpoints (``udp:``) with a service of its own
+    (``mqtt_twisted.adapters.kit.DatagramListener`` around ``listenUDP``)."""
+
+    datagram = Attribute("True: endpoints are udp:PORT[:interface=HOST], not stream ones.")
+
+
+class IStreamAdapter(IAdapter):
+    """An adapter serving a byte stream through a Twisted protocol factory: its
+    ``buildListener`` listens with what ``buildFactory`` builds, and an ``auto=``
+    listener hands the connections it recognises to the same kind of factory."""
+
+    def buildFactory(reactor, broker, settings):
+        """Return the ``IProtocolFactory`` serving one listener (TLS is not its business:
+        the listener, or the ``auto=`` listener in front, does it)."""
+
+
+class IReloadableListener(Interface):
+    """Optional hook of the service ``buildListener`` returns."""
+
+    def reload():
+        """Re-read what the listener reads from files (TLS certificates), on SIGHUP: new
+        connections use it, open ones carry on.  True if reloaded, False if the files did
+        not work (the old ones stay), None if there is nothing to reload."""
 
 
 class IStorePlugin(IPlugin):

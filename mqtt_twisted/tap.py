@@ -11,7 +11,9 @@ from twisted.python import usage
 
 from mqtt_twisted import __version__
 from mqtt_twisted._twistd import TwistdRun, check_twistd_options, is_twistd, usage_exit
-from mqtt_twisted.adapters.listener import ListenerSettings, check_endpoint, parse_listener
+from mqtt_twisted.adapters.kit import check_listener
+from mqtt_twisted.adapters.listener import COMMON_KEYS, ListenerSettings, parse_listener
+from mqtt_twisted.adapters.options import keys_help, normalize
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.errors import MQTTError
 from mqtt_twisted.interfaces import IAdapter, IAuthPlugin, IStorePlugin
@@ -62,8 +64,7 @@ class Options(usage.Options):
         "Twisted server endpoint with an optional adapter name in front (MQTT when none is "
         "given): tcp:1883, tcp:1883:interface=127.0.0.1, "
         "ssl:8883:privateKey=key.pem:certKey=cert.pem, unix:/run/mqtt.sock, ws=tcp:8080. "
-        "Listener keys maxConnections=N and connectTimeout=SECONDS may be added to the "
-        "endpoint. Default: --listen tcp:1883."
+        "Listener keys (below) may be added to the endpoint. Default: --listen tcp:1883."
     )
 
     optParameters = [
@@ -125,6 +126,11 @@ class Options(usage.Options):
                 raise
             usage_exit(str(e))
 
+    def getUsage(self, width: int | None = None) -> str:
+        """Twisted's usage, then the listener keys each installed adapter declares."""
+        usage_text = super().getUsage(width)
+        return f"{usage_text}\n{keys_help(plugins_by_name(IAdapter), COMMON_KEYS, width or 80)}"
+
     def opt_version(self) -> None:
         """Print the version and exit."""
         print(f"mqtt-twisted {__version__}")
@@ -143,17 +149,16 @@ class Options(usage.Options):
                 f"--topic-aliases: {self['topic-aliases']!r} must be off, first or lru")
         self["adapters"] = adapters
         listeners: list[ListenerSettings] = []
-        keys = {name: list(getattr(a, "options", {}) or {}) for name, a in adapters.items()}
+        keys = {name: normalize(getattr(a, "options", None)) for name, a in adapters.items()}
         examples = {name: a.defaultEndpoint for name, a in adapters.items()
                     if getattr(a, "defaultEndpoint", None)}
         for value in self["listen"] or [DEFAULT_LISTENER]:
             try:
                 settings = parse_listener(value, "mqtt", keys, self["max-connections"],
                                           self["connect-timeout"], examples)
-                check_endpoint(settings.endpoint)
-                check = getattr(adapters[settings.adapter], "checkListener", None)
-                if check is not None:
-                    check(settings)  # e.g. TLS certificate files that do not work
+                # The endpoint as the adapter takes it (stream, udp:, its own check),
+                # then the adapter's checkListener (TLS files that do not work, say).
+                check_listener(adapters[settings.adapter], settings)
             except ValueError as e:
                 raise usage.UsageError(f"--listen {value!r}: {e}") from None
             listeners.append(settings)

@@ -222,6 +222,32 @@ class ContractTests(SynchronousTestCase):
         self.assertTrue(verifyObject(IMessageSink, stream))
         self.assertTrue(verifyObject(IPushProducer, stream))
 
+    def test_adapter_hooks(self) -> None:
+        """Every shipped adapter provides the optional hooks it has (IStreamAdapter's
+        buildFactory, IListenerChecker's checkListener), and its listener service
+        IReloadableListener; the kit's DatagramListener does too."""
+        from mqtt_twisted.adapters.detect import DetectAdapter
+        from mqtt_twisted.adapters.http import HTTPAdapter
+        from mqtt_twisted.adapters.kit import DatagramListener
+        from mqtt_twisted.adapters.websocket import WebSocketAdapter
+        from mqtt_twisted.interfaces import (
+            IListenerChecker,
+            IReloadableListener,
+            IStreamAdapter,
+        )
+
+        clock = Clock()
+        service = BrokerService(clock, MemoryStore(clock))
+        for adapter in (MQTTAdapter(), WebSocketAdapter(), HTTPAdapter(),
+                        DetectAdapter(lambda: plugins_by_name(IAdapter))):
+            self.assertTrue(verifyObject(IStreamAdapter, adapter))
+            self.assertTrue(verifyObject(IListenerChecker, adapter))
+            listener = adapter.buildListener(clock, service, "tcp:0",
+                                             ListenerSettings(adapter.name, "tcp:0"))
+            self.assertTrue(verifyObject(IReloadableListener, listener))
+        self.assertTrue(verifyObject(IReloadableListener,
+                                     DatagramListener(clock, "udp:0", object())))
+
     def test_builtin_plugins_found(self) -> None:
         """getPlugins finds the built-in adapter, store and auth plugins, each verifying."""
         for interface, name in ((IAdapter, "mqtt"), (IStorePlugin, "memory"),
@@ -259,6 +285,9 @@ class ContractTests(SynchronousTestCase):
             "mqtt_twisted.adapters.http.HTTPAdapter",
             "mqtt_twisted.adapters.http.Subscription",
             "mqtt_twisted.adapters.detect.DetectAdapter",
+            # verifyObject of the optional hooks in test_adapter_hooks:
+            "mqtt_twisted.adapters.tls.StreamListener",
+            "mqtt_twisted.adapters.kit.DatagramListener",
             # verifyObject and the store contract in tests/test_sys_retained.py:
             "mqtt_twisted.store.overlay.SysRetainedOverlay",
             # verifyObject in tests/test_core_router.py:

@@ -425,6 +425,8 @@ class UsageErrorTests(TwistdTestCase):
             ([], ["--listen", "tcp:notaport"], ["--listen 'tcp:notaport'", "notaport"]),
             ([], ["--listen", "mqtt="], ["--listen 'mqtt='", "no endpoint"]),
             ([], ["--listen", f"ws={spare}:origins="], ["--listen 'ws=", "origins="]),
+            ([], ["--listen", f"http={spare}:replay=x"],
+             ["--listen 'http=", "replay='x' is not an integer"]),
             ([], ["--store", "redis://x:notaport"], ["--store 'redis://x:notaport'", "port"]),
             ([], ["--auth", "nosuch"], ["--auth 'nosuch'", "unknown auth"]),
             ([], ["--auth", "jwt:"], ["--auth 'jwt:'", "secret="]),

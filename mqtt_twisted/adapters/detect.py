@@ -3,10 +3,9 @@
 The first bytes of a connection tell the protocol: an MQTT CONNECT starts with
 0x10; an HTTP request with a method name, and a WebSocket one is an HTTP request
 asking to ``Upgrade: websocket``.  The connection is then handed, bytes read so
-far included, to the factory that the ``mqtt``, ``http`` or ``ws`` adapter builds
-for a listener of its own (any adapter whose listener is a
-``StreamServerEndpointService`` fits), so each protocol behaves exactly as on a
-port of its own.  WebSocket goes to the ``ws`` adapter when one is installed, and
+far included, to the factory that the ``mqtt``, ``http`` or ``ws`` adapter's
+``buildFactory`` (:class:`~mqtt_twisted.interfaces.IStreamAdapter`) builds, so
+each protocol behaves exactly as on a port of its own.  WebSocket goes to the ``ws`` adapter when one is installed, and
 to the HTTP bridge (which answers 404) otherwise.  With TLS in front (``ssl:``)
 the same is done with the decrypted bytes.
 
@@ -23,13 +22,14 @@ from twisted.application.service import IService
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from mqtt_twisted.adapters import tls
 from mqtt_twisted.adapters.http import OPTIONS as HTTP_OPTIONS
+from mqtt_twisted.adapters.kit import ConnectionLimit
 from mqtt_twisted.adapters.listener import ListenerSettings
-from mqtt_twisted.interfaces import IAdapter
+from mqtt_twisted.adapters.options import normalize
+from mqtt_twisted.interfaces import IListenerChecker, IStreamAdapter
 
 log = Logger()
 
@@ -138,7 +138,7 @@ class DetectingProtocol(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self._cancel_timer()
-        self.factory.connections.discard(self)
+        self.factory.forget(self)
         if self.inner is not None:
             self.inner.connectionLost(reason)
 
@@ -157,21 +157,25 @@ class DetectingFactory(Factory):
         self.settings = settings
         self.factories = factories
         self.connections: set[DetectingProtocol] = set()
+        self.limit = ConnectionLimit(broker, settings)
 
     def buildProtocol(self, addr: Any) -> Protocol | None:
-        limit = self.settings.maxConnections
-        if limit and len(self.connections) >= limit:
+        if self.limit.full():
             # A protocol that took the socket over (Autobahn's WebSocket resource does)
             # never tells us it ended: count only sockets still open.
             self.connections = {p for p in self.connections if _open(p.transport)}
-        if limit and len(self.connections) >= limit:
-            self.broker.stats.connections_refused += 1
-            log.warn("Refusing a connection from {addr}: {limit} connections held on {listener}",
-                     addr=addr, limit=limit, listener=self.settings.endpoint)
+            self.limit.active = len(self.connections)
+        if not self.limit.admit(addr):
             return None
         protocol = super().buildProtocol(addr)
         self.connections.add(protocol)  # type: ignore[arg-type]
         return protocol
+
+    def forget(self, protocol: DetectingProtocol) -> None:
+        """A connection ended (if not already counted out as closed)."""
+        if protocol in self.connections:
+            self.connections.discard(protocol)
+            self.limit.release()
 
     def startFactory(self) -> None:
         for factory in self.factories.values():
@@ -191,7 +195,7 @@ def _open(transport: Any) -> bool:
     return transport is not None and bool(transport.connected)
 
 
-@implementer(IAdapter)
+@implementer(IStreamAdapter, IListenerChecker)
 class DetectAdapter:
     """MQTT, the HTTP bridge and MQTT over WebSocket on one port.
 
@@ -209,13 +213,13 @@ class DetectAdapter:
         self._adapters = adapters
 
     @property
-    def options(self) -> dict[str, str]:  # type: ignore[override]
+    def options(self) -> dict[str, Any]:
         """The keys of TLS, of the HTTP bridge and of the ``ws`` adapter, if installed."""
-        keys = {**tls.TLS_OPTIONS, **HTTP_OPTIONS}
+        keys: dict[str, Any] = {**tls.TLS_OPTIONS, **HTTP_OPTIONS}
         ws = self._adapters().get(WEBSOCKET)
         if ws is not None:
-            for key, text in (getattr(ws, "options", None) or {}).items():
-                keys.setdefault(key, text)
+            for key, option in normalize(getattr(ws, "options", None)).items():
+                keys.setdefault(key, option)
         return keys
 
     def checkListener(self, settings: Any) -> None:
@@ -226,29 +230,30 @@ class DetectAdapter:
             if check is not None:
                 check(self._settings_for(name, adapter, settings.endpoint, settings))
 
+    def buildFactory(self, reactor: Any, broker: Any, settings: Any) -> DetectingFactory:
+        """The detecting factory, holding the listener's connection limit."""
+        factories = self.factories(reactor, broker, settings.endpoint, settings)
+        return DetectingFactory(reactor, broker, settings, factories)
+
     def buildListener(self, reactor: Any, broker: Any, endpointDescription: str,
                       settings: Any) -> IService:
-        factories = self.factories(reactor, broker, endpointDescription, settings)
-        factory = DetectingFactory(reactor, broker, settings, factories)
+        factory = self.buildFactory(reactor, broker, settings)
         # TLS (ssl:) in front of the detection, with the same keys and reload as elsewhere.
         return tls.stream_listener(reactor, endpointDescription, factory, settings.extra)
 
     def factories(self, reactor: Any, broker: Any, endpointDescription: str,
                   settings: Any) -> dict[str, Any]:
-        """The stream factory of each adapter, built as for a listener of its own (TLS
-        taken off: it is done once, in front; the connection limit stays here)."""
+        """Each adapter's factory (``buildFactory``), with the settings it would get on a
+        port of its own (TLS is done once, in front; the connection limit stays here)."""
         found: dict[str, Any] = {}
         for name, adapter in self._protocols().items():
-            inner = self._settings_for(name, adapter, endpointDescription, settings)
-            listener = adapter.buildListener(reactor, broker, endpointDescription, inner)
-            factory = getattr(listener, "factory", None)
-            if isinstance(factory, TLSMemoryBIOFactory):
-                factory = factory.wrappedFactory
-            if factory is None:
-                log.warn("The {name} adapter has no stream factory; auto listeners leave it out",
+            build = getattr(adapter, "buildFactory", None)
+            if build is None:
+                log.warn("The {name} adapter has no buildFactory; auto listeners leave it out",
                          name=name)
                 continue
-            found[name] = factory
+            found[name] = build(reactor, broker,
+                                self._settings_for(name, adapter, endpointDescription, settings))
         return found
 
     def _protocols(self) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from weakref import WeakKeyDictionary
 
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
-from twisted.internet.interfaces import IPushProducer, ISSLTransport
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -30,22 +30,26 @@ from zope.interface import implementer
 from mqtt_twisted.adapters import _httpapi as api
 from mqtt_twisted.adapters import tls
 from mqtt_twisted.adapters._httpapi import ApiError
+from mqtt_twisted.adapters.kit import ConnectionLimit, origin_of
+from mqtt_twisted.adapters.options import AdapterOption, declare, integer, number, option_values
 from mqtt_twisted.constants import ReasonCode
 from mqtt_twisted.core.broker import Credentials
 from mqtt_twisted.core.gateway import PUBLISH, SUBSCRIBE
-from mqtt_twisted.interfaces import IAdapter, IMessageSink
+from mqtt_twisted.interfaces import IListenerChecker, IMessageSink, IStreamAdapter
 
 log = Logger()
 
-#: The HTTP listener's own keys (``http=tcp:8081:maxPayload=65536``), with their help.
-OPTIONS = {
-    "maxPayload": "largest request body in bytes; larger ones get 413 (default 1048576)",
-    "heartbeat": "seconds between SSE comment lines that keep idle streams open (default 15; "
-                 "0: none)",
-    "stallTimeout": "seconds an SSE client may leave the stream unread before it is cut off "
-                    "(default 30; 0: never)",
-    "replay": "events kept per persistent client for Last-Event-ID resume (default 100)",
-}
+#: The HTTP listener's own keys (``http=tcp:8081:maxPayload=65536``).
+OPTIONS = declare(
+    AdapterOption("maxPayload", integer(metavar="BYTES"), 1 << 20,
+                  "largest request body in bytes; larger ones get 413"),
+    AdapterOption("heartbeat", number(), 15.0,
+                  "seconds between SSE comment lines that keep idle streams open (0: none)"),
+    AdapterOption("stallTimeout", number(), 30.0, "seconds an SSE client may leave the "
+                  "stream unread before it is cut off (0: never)"),
+    AdapterOption("replay", integer(), 100,
+                  "events kept per persistent client for Last-Event-ID resume"),
+)
 
 #: The reason code a closed stream reports when its session simply ended.
 _ENDED = ReasonCode.NORMAL_DISCONNECTION
@@ -62,33 +66,15 @@ class HTTPConfig:
     stall_timeout: float = 30.0
     replay: int = 100
     idle_timeout: float = 10.0
-    max_connections: int = 0
-    #: The TLS client certificate field offered to the authenticator, and whether it
-    #: replaces the user name (the TLS listener keys certIdentity, identityAsUsername).
-    identity_field: str = "cn"
-    identity_as_username: bool = False
+    #: The listener (its connection limit, TLS identity keys: adapters.kit).
+    listener: Any = None
 
     @classmethod
     def from_settings(cls, settings: Any) -> HTTPConfig:
-        extra = dict(getattr(settings, "extra", None) or {})
-        config = cls(idle_timeout=getattr(settings, "connectTimeout", 10.0),
-                     max_connections=getattr(settings, "maxConnections", 0),
-                     identity_field=extra.get("certIdentity", "cn"),
-                     identity_as_username=tls.wants_identity_as_username(extra))
-        try:
-            if "maxPayload" in extra:
-                config.max_payload = int(extra["maxPayload"])
-            if "heartbeat" in extra:
-                config.heartbeat = float(extra["heartbeat"])
-            if "stallTimeout" in extra:
-                config.stall_timeout = float(extra["stallTimeout"])
-            if "replay" in extra:
-                config.replay = int(extra["replay"])
-        except ValueError as e:
-            raise ValueError(f"bad http listener option: {e}") from None
-        if min(config.max_payload, config.heartbeat, config.stall_timeout, config.replay) < 0:
-            raise ValueError("http listener options must not be negative")
-        return config
+        """The keys' typed values; ValueError names a bad one (``replay='x' is not ...``)."""
+        v = option_values(OPTIONS, getattr(settings, "extra", None) or {})
+        return cls(v["maxPayload"], v["heartbeat"], v["stallTimeout"], v["replay"],
+                   getattr(settings, "connectTimeout", 10.0), settings)
 
 
 # --- responses --------------------------------------------------------------------------------
@@ -575,15 +561,9 @@ class Bridge(Resource):
 
     def credentials(self, request: Request, client_id: str | None, username: str | None,
                     password: bytes | None) -> Credentials:
-        transport = request.channel.transport
-        peer = transport.getPeer()
-        identity = None
-        if ISSLTransport.providedBy(transport):
-            identity = tls.certificate_identity(transport, self.config.identity_field)
-            if identity is not None and self.config.identity_as_username:
-                username = identity  # as for MQTT clients (Mosquitto's use_identity_as_username)
-        return Credentials(client_id or "", username, password, identity,
-                           f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}", "http")
+        origin = origin_of(request.channel.transport, self.config.listener, "http")
+        return Credentials(client_id or "", origin.username(username), password,
+                           origin.certificateIdentity, origin.peer, origin.adapter)
 
     def caller(self, request: Request) -> Deferred[tuple[Any, Any, str | None, Any]]:
         """``(params, headers, client, identity)`` of a request: its inputs decoded, and
@@ -637,15 +617,12 @@ class BridgeSite(Site):
                          parsePOSTFormSubmission=False)
         self.bridge = bridge
         self.config = config
+        self.limit = ConnectionLimit(bridge.service, config.listener)
         #: Each connection's channel and transport (None until connected).
         self.channels: dict[Any, Any] = {}
 
     def buildProtocol(self, addr: Any) -> Any:
-        limit = self.config.max_connections
-        if limit and len(self.channels) >= limit:
-            self.bridge.service.connectionRefused()
-            log.warn("Refusing an HTTP connection from {addr}: {limit} connections held",
-                     addr=addr, limit=limit)
+        if not self.limit.admit(addr, "an HTTP connection"):
             return None
         channel = super().buildProtocol(addr)
         channels = self.channels
@@ -657,7 +634,8 @@ class BridgeSite(Site):
             made(transport)
 
         def connectionLost(reason: Any) -> None:
-            channels.pop(channel, None)
+            if channels.pop(channel, False) is not False:
+                self.limit.release()
             lost(reason)
 
         channel.makeConnection = makeConnection
@@ -679,7 +657,7 @@ def build_site(reactor: Any, service: Any, settings: Any) -> BridgeSite:
     return BridgeSite(Bridge(reactor, service, HTTPConfig.from_settings(settings)), reactor)
 
 
-@implementer(IAdapter)
+@implementer(IStreamAdapter, IListenerChecker)
 class HTTPAdapter:
     """The HTTP bridge (docs/http-api.md) over a stream endpoint (``tcp:``, ``ssl:``)."""
 
@@ -687,16 +665,20 @@ class HTTPAdapter:
     description = ("HTTP bridge: publish, subscribe by SSE or long poll, retained, "
                    "sessions (docs/http-api.md)")
     defaultEndpoint = "tcp:8081"
-    options: dict[str, str] = {**OPTIONS, **tls.TLS_OPTIONS}
+    options = {**OPTIONS, **tls.TLS_OPTIONS}
 
     def checkListener(self, settings: Any) -> None:
         """Raise ValueError for a bad key of ours or TLS files that do not work."""
         HTTPConfig.from_settings(settings)
         tls.check_tls(settings.endpoint, settings.extra)
 
+    def buildFactory(self, reactor: Any, broker: Any, settings: Any) -> BridgeSite:
+        settings.identityAsUsername = tls.wants_identity_as_username(settings.extra)
+        return build_site(reactor, broker, settings)
+
     def buildListener(self, reactor: Any, broker: Any, endpointDescription: str,
                       settings: Any) -> IService:
-        site = build_site(reactor, broker, settings)
+        site = self.buildFactory(reactor, broker, settings)
         service = tls.stream_listener(reactor, endpointDescription, site, settings.extra)
         service.site = site  # (service.factory is what listens: TLS around it, for ssl:)
         return service

@@ -7,22 +7,27 @@ before Twisted parses it, so ``tcp:1883:maxConnections=100`` works.
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from zope.interface import implementer
 
 from mqtt_twisted._strings import split_colons
+from mqtt_twisted.adapters.options import AdapterOption, declare, integer, normalize, number
 from mqtt_twisted.interfaces import IListenerSettings
 
-#: Listener keys every adapter understands, with their help text.
-COMMON_KEYS = {
-    "maxConnections": "connections held at most on this listener (0: no limit)",
-    "connectTimeout": "seconds a client may take to send CONNECT (0: no limit)",
-}
+#: Listener keys every adapter understands (their defaults: --max-connections and
+#: --connect-timeout).
+COMMON_KEYS = declare(
+    AdapterOption("maxConnections", integer(), None,
+                  "connections held at most on this listener (0: no limit; default "
+                  "--max-connections)"),
+    AdapterOption("connectTimeout", number(), None,
+                  "seconds a client may take to send CONNECT (0: no limit; default "
+                  "--connect-timeout)"),
+)
 
 _ADAPTER_PREFIX = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*)=(.*)$", re.S)
 
@@ -56,15 +61,18 @@ def _split_unescaped(text: str) -> list[str]:
 def parse_listener(
     value: str,
     default_adapter: str = "mqtt",
-    adapter_keys: dict[str, Iterable[str]] | None = None,
+    adapter_keys: Mapping[str, Iterable[str]] | None = None,
     max_connections: int = 0,
     connect_timeout: float = 10.0,
     default_endpoints: dict[str, str] | None = None,
 ) -> ListenerSettings:
     """Parse ``[ADAPTER=]ENDPOINT``; raise ValueError with a message a user can act on.
 
-    ``default_endpoints`` (an adapter's usual endpoint) only serves as the example in
-    the error for a listener without an endpoint.
+    ``adapter_keys`` maps each adapter to its keys: names, or declarations (an
+    adapter's ``options`` as :func:`~mqtt_twisted.adapters.options.normalize` gives
+    them), whose values are then checked here.  ``default_endpoints`` (an adapter's
+    usual endpoint) only serves as the example in the error for a listener without an
+    endpoint.
     """
     adapter = default_adapter
     endpoint = value.strip()
@@ -75,12 +83,13 @@ def parse_listener(
         # No silent default: "mqtt=" would listen on every interface.
         example = (default_endpoints or {}).get(adapter, "tcp:1883")
         raise ValueError(f"no endpoint after the adapter name (e.g. {adapter}={example})")
-    own_keys = set(COMMON_KEYS)
+    own_keys: dict[str, Any] = dict(COMMON_KEYS)
     if adapter_keys is not None:
         if adapter not in adapter_keys:
             known = ", ".join(sorted(adapter_keys))
             raise ValueError(f"unknown adapter {adapter!r} (known: {known})")
-        own_keys.update(adapter_keys[adapter])
+        keys = adapter_keys[adapter]
+        own_keys.update(normalize(keys) if isinstance(keys, Mapping) else dict.fromkeys(keys))
     kept: list[str] = []
     ours: dict[str, str] = {}
     for i, part in enumerate(_split_unescaped(endpoint)):
@@ -90,17 +99,13 @@ def parse_listener(
         else:
             kept.append(part)
     settings = ListenerSettings(adapter, ":".join(kept), max_connections, connect_timeout)
-    for key, kind in (("maxConnections", int), ("connectTimeout", float)):
-        if key in ours:
-            text = ours.pop(key)
-            try:
-                number = kind(text)
-            except ValueError:
-                raise ValueError(f"{key}={text!r} is not a number") from None
-            if not math.isfinite(number) or number < 0:
-                raise ValueError(f"{key}={text!r} must not be negative")
-            setattr(settings, key, number)
-    settings.extra = ours
+    for key, text in ours.items():
+        option = own_keys[key]
+        if isinstance(option, AdapterOption):
+            value = option.parse(text)  # ValueError: "key='text' is not an integer"
+            if key in COMMON_KEYS:
+                setattr(settings, key, value)
+    settings.extra = {k: v for k, v in ours.items() if k not in COMMON_KEYS}
     return settings
 
 

@@ -17,7 +17,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mqtt_twisted.adapters import tls
-from mqtt_twisted.interfaces import IAdapter
+from mqtt_twisted.adapters.kit import ConnectionLimit, origin_of
+from mqtt_twisted.interfaces import IListenerChecker, IStreamAdapter
 
 try:  # FIONREAD: POSIX only; elsewhere nothing is drained
     import fcntl
@@ -127,20 +128,19 @@ class MQTTStreamProtocol(Protocol):
             if timeout and reactor is not None:
                 self._handshake_deadline = reactor.callLater(timeout, transport.abortConnection)
             return
-        self._start(None)
+        self._start()
 
     def handshakeCompleted(self) -> None:
         if self._handshake_deadline is not None and self._handshake_deadline.active():
             self._handshake_deadline.cancel()
         self._handshake_deadline = None
-        self._start(self.factory.certificate_identity(self.transport))
+        self._start()
 
-    def _start(self, certificate_identity: str | None) -> None:
+    def _start(self) -> None:
         transport = self.transport
-        peer = transport.getPeer()
-        peer_text = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        origin = origin_of(transport, self.factory.listener)  # (certificate: handshake done)
         self.connection = self.factory.broker.buildConnection(
-            _TransportShim(transport), peer_text, self.factory.listener, certificate_identity,
+            _TransportShim(transport), origin.peer, origin.listener, origin.certificateIdentity,
         )
         transport.registerProducer(self, True)
 
@@ -181,47 +181,47 @@ class MQTTStreamFactory(Factory):
         self.broker = broker
         self.listener = listener
         self.reactor = reactor if reactor is not None else getattr(broker, "reactor", None)
-        extra = getattr(listener, "extra", None) or {}
-        self.identity_field = extra.get("certIdentity", "cn")
-        self.active = 0
-        self.refused = 0
+        self.limit = ConnectionLimit(broker, listener)
+
+    @property
+    def active(self) -> int:
+        """Sockets held on this listener."""
+        return self.limit.active
+
+    @property
+    def refused(self) -> int:
+        return self.limit.refused
 
     def buildProtocol(self, addr: Any) -> Protocol | None:
-        limit = self.listener.maxConnections
-        if limit and self.active >= limit:
-            self.refused += 1
-            self.broker.stats.connections_refused += 1
-            self.log.warn("Refusing a connection from {addr}: {limit} connections held on "
-                          "{listener}", addr=addr, limit=limit, listener=self.listener.endpoint)
+        if not self.limit.admit(addr):
             return None  # Twisted closes the socket at once
-        self.active += 1
         return super().buildProtocol(addr)
 
     def connection_closed(self) -> None:
-        self.active -= 1
-
-    def certificate_identity(self, transport: Any) -> str | None:
-        """The TLS client certificate's identity (``certIdentity=``, CN by default)."""
-        return tls.certificate_identity(transport, self.identity_field)
+        self.limit.release()
 
 
-@implementer(IAdapter)
+@implementer(IStreamAdapter, IListenerChecker)
 class MQTTAdapter:
     """MQTT 3.1, 3.1.1 and 5.0 over a stream endpoint (``tcp:``, ``ssl:``, ``unix:``)."""
 
     name = "mqtt"
     description = "MQTT over TCP, TLS (ssl:) or UNIX sockets"
     defaultEndpoint = "tcp:1883"
-    options: dict[str, str] = dict(tls.TLS_OPTIONS)
+    options = dict(tls.TLS_OPTIONS)
 
     def checkListener(self, settings: Any) -> None:
         """Raise ValueError unless the listener's TLS files and keys work (start-up check)."""
         tls.check_tls(settings.endpoint, settings.extra)
 
+    def buildFactory(self, reactor: Any, broker: Any, settings: Any) -> MQTTStreamFactory:
+        """The factory serving one listener (an ``auto=`` listener's MQTT connections too)."""
+        settings.identityAsUsername = tls.wants_identity_as_username(settings.extra)
+        return MQTTStreamFactory(broker, settings, reactor)
+
     def buildListener(self, reactor: Any, broker: Any, endpointDescription: str,
                       settings: Any) -> IService:
-        settings.identityAsUsername = tls.wants_identity_as_username(settings.extra)
-        factory = MQTTStreamFactory(broker, settings, reactor)
+        factory = self.buildFactory(reactor, broker, settings)
         service = tls.stream_listener(reactor, endpointDescription, factory, settings.extra)
         service.mqtt_factory = factory  # (service.factory is what listens: TLS around it)
         return service

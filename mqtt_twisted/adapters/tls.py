@@ -35,20 +35,26 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from mqtt_twisted.adapters.listener import _split_unescaped
-
-#: The listener keys of ours that configure TLS, with their help text (adapter ``options``).
-TLS_OPTIONS = {
-    "caCerts": "PEM file of the CAs whose client certificates are accepted (ssl: endpoints)",
-    "clientCerts": "none, optional or required: ask TLS clients for a certificate "
-                   "(default: required when caCerts is given, otherwise none)",
-    "certIdentity": "client certificate field offered to --auth: cn (default), dn, san-dns, "
-                    "san-email, san-uri or sha256",
-    "identityAsUsername": "yes: the client certificate's identity replaces the CONNECT user name",
-    "tlsMinimum": "oldest TLS version accepted: 1.2 (default) or 1.3",
-}
+from mqtt_twisted.adapters.options import AdapterOption, choice, declare, option_values, yes_no
+from mqtt_twisted.interfaces import IReloadableListener
 
 CLIENT_CERT_MODES = ("none", "optional", "required")
 IDENTITY_FIELDS = ("cn", "dn", "san-dns", "san-email", "san-uri", "sha256")
+
+#: The listener keys of ours that configure TLS (add them to a stream adapter's ``options``).
+TLS_OPTIONS = declare(
+    AdapterOption("caCerts", str, None,
+                  "PEM file of the CAs whose client certificates are accepted (ssl: "
+                  "endpoints)", "FILE"),
+    AdapterOption("clientCerts", choice(*CLIENT_CERT_MODES), None,
+                  "ask TLS clients for a certificate (default: required when caCerts is "
+                  "given, otherwise none)"),
+    AdapterOption("certIdentity", choice(*IDENTITY_FIELDS), "cn",
+                  "client certificate field offered to --auth"),
+    AdapterOption("identityAsUsername", yes_no, False,
+                  "yes: the client certificate's identity replaces the CONNECT user name"),
+    AdapterOption("tlsMinimum", choice("1.2", "1.3"), "1.2", "oldest TLS version accepted"),
+)
 _TLS_VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
 # Mozilla's "intermediate" TLS 1.2 suites: forward secrecy and AEAD only (TLS 1.3 has its own).
 _CIPHERS = (
@@ -60,17 +66,6 @@ _CIPHERS = (
 # Keys of Twisted's ssl: endpoint that we read ourselves, and the ones kept for tcp:.
 _FILE_KEYS = ("privateKey", "certKey", "extraCertChain", "dhParameters")
 _TCP_KEYS = ("interface", "backlog")
-_YES = {"yes", "true", "on", "1"}
-_NO = {"no", "false", "off", "0", ""}
-
-
-def parse_bool(key: str, value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in _YES:
-        return True
-    if lowered in _NO:
-        return False
-    raise ValueError(f"{key}={value!r}: expected yes or no")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,31 +124,22 @@ def parse_tls(description: str, extra: Mapping[str, str]) -> tuple[TLSConfig | N
             raise ValueError(f"unknown ssl: endpoint key {key!r} in {description!r}")
     if len(tcp) < 2:
         raise ValueError(f"{description!r} names no port")
-    client_certs = ours.get("clientCerts", "required" if ours.get("caCerts") else "none")
-    if client_certs not in CLIENT_CERT_MODES:
-        raise ValueError(f"clientCerts={client_certs!r}: expected none, optional or required")
-    if client_certs != "none" and not ours.get("caCerts"):
+    values = option_values(TLS_OPTIONS, ours)  # ValueError: "clientCerts='x' expected ..."
+    ca_certs = values["caCerts"]
+    client_certs = values["clientCerts"] or ("required" if ca_certs else "none")
+    if client_certs != "none" and not ca_certs:
         raise ValueError(f"clientCerts={client_certs} needs caCerts=FILE (the CAs that sign "
                          "client certificates)")
-    identity = ours.get("certIdentity", "cn")
-    if identity not in IDENTITY_FIELDS:
-        raise ValueError(f"certIdentity={identity!r}: expected one of "
-                         f"{', '.join(IDENTITY_FIELDS)}")
-    minimum = ours.get("tlsMinimum", "1.2")
-    if minimum not in _TLS_VERSIONS:
-        raise ValueError(f"tlsMinimum={minimum!r}: expected 1.2 or 1.3")
-    if "identityAsUsername" in ours:
-        parse_bool("identityAsUsername", ours["identityAsUsername"])
     private_key = files.get("privateKey", "server.pem")  # Twisted's ssl: default
     config = TLSConfig(
         privateKey=private_key,
         certKey=files.get("certKey", private_key),
         extraCertChain=files.get("extraCertChain"),
         dhParameters=files.get("dhParameters"),
-        caCerts=ours.get("caCerts") and _unescape(ours["caCerts"]),
+        caCerts=ca_certs and _unescape(ca_certs),
         clientCerts=client_certs,
-        certIdentity=identity,
-        tlsMinimum=minimum,
+        certIdentity=values["certIdentity"],
+        tlsMinimum=values["tlsMinimum"],
     )
     return config, ":".join(tcp)
 
@@ -301,6 +287,7 @@ class TLSServerFactory(TLSMemoryBIOFactory):
         return self.protocol(self, wrapped)
 
 
+@implementer(IReloadableListener)
 class StreamListener(StreamServerEndpointService):
     """A listening service that can reload its TLS certificate and says where it listens."""
 
@@ -365,4 +352,5 @@ def stream_listener(reactor: Any, description: str, factory: Any, extra: Mapping
 
 
 def wants_identity_as_username(extra: Mapping[str, str]) -> bool:
-    return parse_bool("identityAsUsername", extra.get("identityAsUsername", "no"))
+    """Whether the listener's ``identityAsUsername=`` says yes."""
+    return bool(TLS_OPTIONS["identityAsUsername"].parse(extra.get("identityAsUsername", "no")))

@@ -25,7 +25,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.util import wildcards2patterns
 from autobahn.websocket.types import ConnectionDeny
 from twisted.application.service import IService
-from twisted.internet.interfaces import IPushProducer, ISSLTransport
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 from twisted.web.pages import notFound
@@ -34,22 +34,30 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from mqtt_twisted.adapters import tls
-from mqtt_twisted.interfaces import IAdapter
+from mqtt_twisted.adapters.kit import ConnectionLimit, origin_of
+from mqtt_twisted.adapters.options import AdapterOption, declare, integer, number, option_values
+from mqtt_twisted.interfaces import IListenerChecker, IStreamAdapter
 
 #: Subprotocols accepted, in the order the broker prefers them (MQTT spec §6).
 SUBPROTOCOLS = ("mqtt", "mqttv3.1")
 #: WebSocket close code for a text frame: "unsupported data" (RFC 6455 §7.4.1).
 CLOSE_UNSUPPORTED_DATA = 1003
 
-WS_OPTIONS = {
-    "path": "URL path of the WebSocket endpoint (default /mqtt)",
-    "origins": "comma-separated Origins browsers may connect from, '*' wildcards "
-               "(host, or scheme://host[\\:port]; default: any)",
-    "maxFrameSize": "largest WebSocket frame payload accepted, bytes (0: no limit)",
-    "maxMessageSize": "largest WebSocket message accepted, bytes (0: no limit)",
-    "pingInterval": "seconds between WebSocket pings (0: none, the default)",
-    "pingTimeout": "seconds a WebSocket pong may take before the connection is closed",
-}
+WS_OPTIONS = declare(
+    AdapterOption("path", str, "/mqtt", "URL path of the WebSocket endpoint", "/PATH"),
+    AdapterOption("origins", str, None,
+                  "comma-separated Origins browsers may connect from, '*' wildcards "
+                  "(host, or scheme://host[\\:port]; default: any)", "LIST"),
+    AdapterOption("maxFrameSize", integer(metavar="BYTES"), 0,
+                  "largest WebSocket frame payload accepted, bytes (0: no limit)"),
+    AdapterOption("maxMessageSize", integer(metavar="BYTES"), 0,
+                  "largest WebSocket message accepted, bytes (0: no limit)"),
+    AdapterOption("pingInterval", number(), 0.0,
+                  "seconds between WebSocket pings (0: none, the default)"),
+    AdapterOption("pingTimeout", number(), None,
+                  "seconds a WebSocket pong may take before the connection is closed "
+                  "(default: pingInterval)"),
+)
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
@@ -77,7 +85,8 @@ class WebSocketOptions:
     """The ``ws`` adapter's listener keys, parsed; ValueError names a bad one."""
 
     def __init__(self, extra: dict[str, str]) -> None:
-        self.path = extra.get("path", "/mqtt") or "/"
+        values = option_values(WS_OPTIONS, extra)  # ValueError: "maxFrameSize='-1' must ..."
+        self.path = values["path"] or "/"
         if not self.path.startswith("/"):
             raise ValueError(f"path={self.path!r} must start with '/'")
         self.origins = origin_patterns(extra["origins"]) if "origins" in extra else ["*"]
@@ -85,21 +94,11 @@ class WebSocketOptions:
             # An empty list would refuse every browser: a mistake, not a policy.
             raise ValueError(f"origins={extra['origins']!r} names no origin (leave the key "
                              f"out to allow any)")
-        self.max_frame = self._number(extra, "maxFrameSize", int)
-        self.max_message = self._number(extra, "maxMessageSize", int)
-        self.ping_interval = self._number(extra, "pingInterval", float)
-        self.ping_timeout = self._number(extra, "pingTimeout", float) or self.ping_interval
+        self.max_frame = values["maxFrameSize"]
+        self.max_message = values["maxMessageSize"]
+        self.ping_interval = values["pingInterval"]
+        self.ping_timeout = values["pingTimeout"] or self.ping_interval
         urlsplit(self.path)  # a path Twisted can route
-
-    @staticmethod
-    def _number(extra: dict[str, str], key: str, kind: Any) -> Any:
-        try:
-            value = kind(extra.get(key, 0))
-        except ValueError:
-            raise ValueError(f"{key}={extra[key]!r} is not a number") from None
-        if value < 0:
-            raise ValueError(f"{key} must not be negative")
-        return value
 
 
 class _WebSocketShim:
@@ -142,17 +141,13 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         factory, transport = self.factory, self.transport
-        if not factory.admit():
+        origin = origin_of(transport, factory.listener)
+        if not factory.limit.admit(origin.peer, "a WebSocket"):
             self.abort()
             return
         self._counted = True
-        identity = None
-        if ISSLTransport.providedBy(transport):
-            identity = tls.certificate_identity(transport, factory.identity_field)
-        peer = transport.getPeer()
-        peer_text = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
         self.connection = factory.broker.buildConnection(
-            _WebSocketShim(self), peer_text, factory.listener, identity)
+            _WebSocketShim(self), origin.peer, origin.listener, origin.certificateIdentity)
         # The socket came from twisted.web, whose channel is still its producer: ours now.
         transport.unregisterProducer()
         transport.registerProducer(self, True)
@@ -198,7 +193,7 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
         self.closeHandshakeTimeoutCall = None
         if self._counted:
             self._counted = False
-            self.factory.release()
+            self.factory.limit.release()
         connection, self.connection = self.connection, None
         if connection is not None:
             connection.connectionLost(reason)
@@ -265,9 +260,7 @@ class MQTTWebSocketFactory(WebSocketServerFactory):
         self._batched_timer = _Timers(reactor)
         self.broker = broker
         self.listener = listener
-        self.identity_field = listener.extra.get("certIdentity", "cn")
-        self.active = 0
-        self.refused = 0
+        self.limit = ConnectionLimit(broker, listener)
         self._origins = (None if options.origins == ["*"]
                          else wildcards2patterns(options.origins))
         self.send_limit = min((x for x in (options.max_frame, options.max_message) if x),
@@ -298,20 +291,10 @@ class MQTTWebSocketFactory(WebSocketServerFactory):
         text = f"{parts.scheme}://{parts.hostname}:{port}"
         return any(pattern.match(text) for pattern in self._origins)
 
-    def full(self) -> bool:
-        limit = self.listener.maxConnections
-        return bool(limit) and self.active >= limit
-
-    def admit(self) -> bool:
-        if self.full():
-            self.refused += 1
-            self.broker.stats.connections_refused += 1
-            return False
-        self.active += 1
-        return True
-
-    def release(self) -> None:
-        self.active -= 1
+    @property
+    def active(self) -> int:
+        """Open WebSockets on this listener."""
+        return self.limit.active
 
 
 class MQTTWebSocketResource(WebSocketResource):
@@ -323,12 +306,9 @@ class MQTTWebSocketResource(WebSocketResource):
         self.ws_factory = factory
 
     def render(self, request: Any) -> Any:
-        if self.ws_factory.full():
-            self.ws_factory.log.warn("Refusing a WebSocket from {peer}: {limit} connections "
-                                     "held", peer=request.getClientAddress(),
-                                     limit=self.ws_factory.listener.maxConnections)
-            self.ws_factory.refused += 1
-            self.ws_factory.broker.stats.connections_refused += 1
+        limit = self.ws_factory.limit
+        if limit.full():
+            limit.refuse(request.getClientAddress(), "a WebSocket")
             request.setResponseCode(503)
             return b"connection limit reached\n"
         request.channel.setTimeout(None)  # the WebSocket has its own handshake deadline
@@ -355,7 +335,8 @@ class _Channel(HTTPChannel):
 
 def build_site(reactor: Any, broker: Any, settings: Any) -> tuple[Site, Resource,
                                                                   MQTTWebSocketFactory]:
-    """The Site serving MQTT over WebSocket at ``path=``; (site, root resource, factory)."""
+    """The Site serving MQTT over WebSocket at ``path=``; (site, root resource, factory),
+    also as ``site.root`` and ``site.ws_factory``."""
     options = WebSocketOptions(settings.extra)
     factory = MQTTWebSocketFactory(reactor, broker, settings, options)
     resource = MQTTWebSocketResource(factory)
@@ -374,28 +355,33 @@ def build_site(reactor: Any, broker: Any, settings: Any) -> tuple[Site, Resource
     site.protocol = _Channel
     site.noisy = False
     site.displayTracebacks = False
+    site.root, site.ws_factory = root, factory
     return site, root, factory
 
 
-@implementer(IAdapter)
+@implementer(IStreamAdapter, IListenerChecker)
 class WebSocketAdapter:
     """MQTT over WebSocket (``ws=tcp:8080``) and secure WebSocket (``ws=ssl:8443:...``)."""
 
     name = "ws"
     description = "MQTT over WebSocket (ws=tcp:8080) and WSS (ws=ssl:8443:privateKey=...)"
     defaultEndpoint = "tcp:8080"
-    options: dict[str, str] = {**WS_OPTIONS, **tls.TLS_OPTIONS}
+    options = {**WS_OPTIONS, **tls.TLS_OPTIONS}
 
     def checkListener(self, settings: Any) -> None:
         """Raise ValueError for bad WebSocket keys or TLS files (start-up check)."""
         WebSocketOptions(settings.extra)
         tls.check_tls(settings.endpoint, settings.extra)
 
+    def buildFactory(self, reactor: Any, broker: Any, settings: Any) -> Site:
+        """The twisted.web Site serving one listener (an ``auto=`` listener's WebSockets too)."""
+        settings.identityAsUsername = tls.wants_identity_as_username(settings.extra)
+        return build_site(reactor, broker, settings)[0]
+
     def buildListener(self, reactor: Any, broker: Any, endpointDescription: str,
                       settings: Any) -> IService:
-        settings.identityAsUsername = tls.wants_identity_as_username(settings.extra)
-        site, root, factory = build_site(reactor, broker, settings)
+        site = self.buildFactory(reactor, broker, settings)
         service = tls.stream_listener(reactor, endpointDescription, site, settings.extra)
         # For adapters that share the port (an HTTP API beside /mqtt) and for tests.
-        service.site, service.root, service.ws_factory = site, root, factory
+        service.site, service.root, service.ws_factory = site, site.root, site.ws_factory
         return service

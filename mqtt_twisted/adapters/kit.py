@@ -1,0 +1,213 @@
+"""The adapter kit: what every adapter needs and used to write for itself.
+
+- :class:`ConnectionLimit` counts a listener's open connections and refuses beyond
+  ``maxConnections``, with one log line naming the listener and the broker's
+  ``connections_refused`` counted; each adapter keeps the refusal its protocol allows
+  (a closed socket for MQTT, 503 before a WebSocket handshake).
+- :func:`origin_of` says where a client comes from (:class:`Origin`: peer text, TLS
+  certificate identity, adapter, listener), for the broker and the authenticator.
+- :func:`check_listener` checks a listener while the command line is parsed: the
+  endpoint as the adapter declares it (stream by default, ``udp:`` for datagram
+  adapters, or the adapter's own ``checkEndpoint``), then its ``checkListener``.
+- :func:`parse_udp` and :class:`DatagramListener` serve a datagram adapter's
+  ``udp:PORT[:interface=HOST]`` endpoint (Twisted has no ``udp:`` endpoint parser).
+
+Typed listener keys are in :mod:`mqtt_twisted.adapters.options` (re-exported here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import ISSLTransport
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from mqtt_twisted._strings import split_colons
+from mqtt_twisted.adapters.listener import check_endpoint
+from mqtt_twisted.adapters.options import AdapterOption, declare, option_values
+from mqtt_twisted.interfaces import IReloadableListener
+
+__all__ = ["AdapterOption", "ConnectionLimit", "DatagramListener", "Origin", "check_listener",
+           "declare", "listener_name", "option_values", "origin_of", "parse_udp", "peer_text"]
+
+log = Logger()
+
+
+def peer_text(address: Any) -> str:
+    """``host:port`` of a Twisted address (a UNIX socket's has no port: ``path:``)."""
+    return f"{getattr(address, 'host', address)}:{getattr(address, 'port', '')}"
+
+
+def listener_name(listener: Any) -> str:
+    """How logs name a listener: ``adapter=endpoint`` with its keys, as its service."""
+    describe = getattr(listener, "describe", None)
+    return describe() if describe is not None else str(getattr(listener, "endpoint", listener))
+
+
+class ConnectionLimit:
+    """A listener's open connections, at most its ``maxConnections`` (0: no limit).
+
+    ``admit`` before serving a connection, ``release`` once it is gone; ``full`` and
+    ``refuse`` for an adapter that answers a refusal itself (HTTP 503) before it admits.
+    """
+
+    __slots__ = ("broker", "listener", "active", "refused")
+
+    def __init__(self, broker: Any, listener: Any) -> None:
+        self.broker = broker
+        self.listener = listener
+        self.active = 0
+        self.refused = 0
+
+    def full(self) -> bool:
+        limit = self.listener.maxConnections
+        return bool(limit) and self.active >= limit
+
+    def admit(self, peer: Any, what: str = "a connection") -> bool:
+        """Count one more connection, or refuse it (False) at the limit."""
+        if self.full():
+            self.refuse(peer, what)
+            return False
+        self.active += 1
+        return True
+
+    def release(self) -> None:
+        """An admitted connection ended."""
+        self.active -= 1
+
+    def refuse(self, peer: Any, what: str = "a connection") -> None:
+        """Count and log a refusal; the caller closes or answers the connection."""
+        self.refused += 1
+        counted = getattr(self.broker, "connectionRefused", None)  # the gateway's counter
+        if counted is not None:
+            counted()
+        else:
+            self.broker.stats.connections_refused += 1
+        log.warn("Refusing {what} from {peer}: {limit} connections held on {listener}",
+                 what=what, peer=peer if isinstance(peer, str) else peer_text(peer),
+                 limit=self.listener.maxConnections, listener=listener_name(self.listener))
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a client comes from, as the broker and the authenticator see it."""
+
+    peer: str
+    certificateIdentity: str | None
+    adapter: str
+    listener: Any
+
+    def username(self, given: str | None) -> str | None:
+        """The user name to authenticate: the certificate identity on a listener with
+        ``identityAsUsername=yes`` (Mosquitto's use_identity_as_username), else ``given``."""
+        if self.certificateIdentity is not None and getattr(self.listener,
+                                                            "identityAsUsername", False):
+            return self.certificateIdentity
+        return given
+
+
+def origin_of(transport: Any, listener: Any, adapter: str | None = None) -> Origin:
+    """The :class:`Origin` of a client on ``transport`` (after any TLS handshake: the
+    certificate is read then, by the listener's ``certIdentity=`` field, CN by default)."""
+    identity = None
+    if ISSLTransport.providedBy(transport):
+        from mqtt_twisted.adapters import tls
+
+        extra = getattr(listener, "extra", None) or {}
+        identity = tls.certificate_identity(transport, extra.get("certIdentity", "cn"))
+    return Origin(peer_text(transport.getPeer()), identity,
+                  adapter or getattr(listener, "adapter", "mqtt"), listener)
+
+
+# --- checking a listener at start-up ---------------------------------------------------------
+
+
+def check_listener(adapter: Any, settings: Any) -> None:
+    """Raise ValueError for a listener ``adapter`` cannot serve: its endpoint (the adapter's
+    ``checkEndpoint``; else ``udp:`` for a ``datagram`` adapter; else a Twisted stream
+    endpoint, TLS files read), then the adapter's own ``checkListener``."""
+    check = getattr(adapter, "checkEndpoint", None)
+    if check is not None:
+        check(settings)
+    elif getattr(adapter, "datagram", False):
+        parse_udp(settings.endpoint)
+    else:
+        check_endpoint(settings.endpoint)
+    check = getattr(adapter, "checkListener", None)
+    if check is not None:
+        check(settings)
+
+
+# --- datagram listeners ----------------------------------------------------------------------
+
+
+def parse_udp(description: str) -> tuple[int, str]:
+    """``udp:PORT[:interface=HOST]`` (``port=`` as a key too) as ``(port, interface)``."""
+    parts = split_colons(description, keep_escapes=False)
+    if parts[0] != "udp":
+        raise ValueError(f"bad endpoint {description!r}: this adapter takes udp:PORT"
+                         f"[:interface=HOST] endpoints")
+    port, interface = None, ""
+    for part in parts[1:]:
+        key, eq, value = part.partition("=")
+        if not eq or key == "port":
+            port = value if eq else part
+        elif key == "interface":
+            interface = value
+        else:
+            raise ValueError(f"bad endpoint {description!r}: unknown udp: key {key!r}")
+    try:
+        number = int(port) if port is not None else -1
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 65535:
+        raise ValueError(f"bad endpoint {description!r}: the port must be 0..65535")
+    return number, interface
+
+
+@implementer(IReloadableListener)
+class DatagramListener(Service):
+    """A datagram adapter's listener: ``protocol`` on a UDP port while it runs."""
+
+    def __init__(self, reactor: Any, description: str, protocol: Any) -> None:
+        self.reactor = reactor
+        self.address = parse_udp(description)
+        self.protocol = protocol
+        self.port: Any = None
+        self._waiters: list[Deferred[Any]] = []
+
+    def privilegedStartService(self) -> None:
+        """Bind before privileges are shed (port 5683 needs none, 683 would); a port in
+        use fails start-up loudly, as a stream listener does."""
+        port, interface = self.address
+        self.port = self.reactor.listenUDP(port, self.protocol, interface=interface)
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(self.port)
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        if self.port is None:
+            self.privilegedStartService()
+        super().startService()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        port, self.port = self.port, None
+        return port.stopListening() if port is not None else None
+
+    def whenListening(self) -> Deferred[Any]:
+        """Fires with the listening port (``getHost().port`` for ``udp:0``)."""
+        if self.port is not None:
+            return succeed(self.port)
+        d: Deferred[Any] = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def reload(self) -> None:
+        """Nothing to re-read (no TLS on a datagram listener of the kit)."""
+        return None
