@@ -278,6 +278,9 @@ class ContractTests(SynchronousTestCase):
             "mqtt_twisted.core.session.Session",
             "mqtt_twisted.adapters.listener.ListenerSettings",
             "mqtt_twisted.testing.FakeTransport",
+            # verifyObject in tests/test_fake_service.py:
+            "mqtt_twisted.testing.fake_service.FakeBrokerService",
+            "mqtt_twisted.testing.fake_service.FakeBrokerConnection",
             "mqtt_twisted.core.broker.Credentials",
             "mqtt_twisted.plugins.builtin.ScramAuthPlugin",
             "mqtt_twisted.auth.scram.ScramAuthenticator",

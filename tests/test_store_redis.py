@@ -25,17 +25,12 @@ from mqtt_twisted.plugins import plugins_by_name
 from mqtt_twisted.store import redis as redis_store
 from mqtt_twisted.store.memory import StoredSession
 from mqtt_twisted.store.redis import RedisOptions, RedisStore, parse_url
+from mqtt_twisted.testing.store_contract import ALL_PROPERTIES, message_tuple, outbound_tuple
 
 try:
     from tests.redisserver import RedisServer, free_port, temp_dir
-    from tests.test_store_contract import ALL_PROPERTIES, message_tuple, outbound_tuple
 except ImportError:  # pytest's rootdir-relative import of tests/ as a plain directory
     from redisserver import RedisServer, free_port, temp_dir  # type: ignore[no-redef]
-    from test_store_contract import (  # type: ignore[no-redef]
-        ALL_PROPERTIES,
-        message_tuple,
-        outbound_tuple,
-    )
 
 
 class ParseURLTests(unittest.SynchronousTestCase):

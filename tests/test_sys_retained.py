@@ -21,12 +21,11 @@ from mqtt_twisted.message import Message
 from mqtt_twisted.service import BrokerService
 from mqtt_twisted.store.memory import MemoryStore
 from mqtt_twisted.store.overlay import SysRetainedOverlay, is_sys, purge_sys_retained
+from mqtt_twisted.testing.store_contract import StoreContract
 
 try:
-    from tests.test_store_contract import StoreContract
     from tests.test_store_restart import RestartTestCase
 except ImportError:  # pytest's rootdir-relative import of tests/ as a plain directory
-    from test_store_contract import StoreContract  # type: ignore[no-redef]
     from test_store_restart import RestartTestCase  # type: ignore[no-redef]
 
 

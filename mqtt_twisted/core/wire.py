@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from mqtt_twisted.codec._encode import encode_publish
+from mqtt_twisted.codec import encode_publish
 from mqtt_twisted.codec.packets import Publish
 from mqtt_twisted.constants import PropertyId
 from mqtt_twisted.message import Message
