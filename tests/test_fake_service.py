@@ -261,3 +261,26 @@ class SinkRecorder:
 
     def deliver(self, message: Message, qos: int) -> None:
         self.got.append((message.topic, qos))
+
+
+class GatewaySurfaceTests(SynchronousTestCase):
+    """The gateway methods an HTTP or CoAP adapter uses, on the fake."""
+
+    def test_authorize_retained_session_and_expiry(self) -> None:
+        service = FakeBrokerService()
+        self.assertEqual(self.successResultOf(service.authorize("publish", None, "c",
+                                                                "$SYS/x")), False)
+        service.forbidden.add(("subscribe", "secret/#"))
+        self.assertEqual(self.successResultOf(service.authorize("subscribe", None, "c",
+                                                                "secret/#")), False)
+        self.assertEqual(self.successResultOf(service.authorize("publish", None, "c",
+                                                                "a/b")), True)
+        service.retained_messages = [Message("r/1", b"x", 0, True),
+                                     Message("s/1", b"y", 0, True)]
+        self.assertEqual([m.topic for m in self.successResultOf(service.retained("r/#"))],
+                         ["r/1"])
+        session = self.successResultOf(service.openSession("c", object(), False, None, 30))
+        self.assertIs(service.session("c"), session)
+        self.assertEqual(session.expiry, 30)
+        service.connectionRefused()
+        self.assertEqual(service.stats.connections_refused, 1)

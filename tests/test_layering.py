@@ -32,20 +32,7 @@ CORE_TWISTED_ALLOWED = ("twisted.internet.defer", "twisted.logger", "twisted.pyt
 
 #: (rule, importer, imported) -> why the import is still there.  Fix one, then delete its
 #: entry: test_known_violations_still_occur fails until you do.
-KNOWN_VIOLATIONS: dict[tuple[str, str, str], str] = {
-    # core/connection.py imports encode from the codec's private module; the same function
-    # is public as mqtt_twisted.codec.encode.  connection.py is being rewritten on main
-    # (issue 12), so the one-line fix waits for that work to land.
-    ("private-modules", "mqtt_twisted.core.connection", "mqtt_twisted.codec._encode"):
-        "core/connection.py is being changed on main (issue 12): use mqtt_twisted.codec.encode",
-    # The Redis record format rebuilds Outbound and SubscriptionOptions, which are defined
-    # in core/session.py.  The fix is to define those records in a module below both
-    # core and store (e.g. mqtt_twisted/records.py, re-exported by core.session), which
-    # needs session.py changed, and session.py is being changed on main (issue 12).
-    ("store-layers", "mqtt_twisted.store._redisformat", "mqtt_twisted.core.session"):
-        "Outbound and SubscriptionOptions live in core/session.py (changed on main, issue 12); "
-        "move them below core and store",
-}
+KNOWN_VIOLATIONS: dict[tuple[str, str, str], str] = {}
 
 
 # --- the import walker -------------------------------------------------------------------

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mqtt_twisted.codec._encode import encode
+from mqtt_twisted.codec import encode
 from mqtt_twisted.codec.packets import (
     Auth,
     ConnAck,

@@ -15,80 +15,20 @@ from zope.interface import implementer
 from mqtt_twisted.interfaces import ISessionState
 from mqtt_twisted.message import Message
 
+# The records a session holds live below both core and store, which persist them.
+from mqtt_twisted.records import (
+    AWAITING_ACK,
+    AWAITING_PUBCOMP,
+    Outbound,
+    SubscriptionOptions,
+)
+
 if TYPE_CHECKING:
     from mqtt_twisted.core.connection import MQTTConnection
 
 _NO_IDS: frozenset[int] = frozenset()
 
-#: Outbound states: waiting for PUBACK/PUBREC, or for PUBCOMP after our PUBREL.
-AWAITING_ACK = 0
-AWAITING_PUBCOMP = 1
-
-
-class SubscriptionOptions:
-    """A granted subscription: QoS and the v5 options."""
-
-    __slots__ = ("qos", "no_local", "retain_as_published", "retain_handling",
-                 "subscription_id")
-
-    def __init__(
-        self,
-        qos: int = 0,
-        no_local: bool = False,
-        retain_as_published: bool = False,
-        retain_handling: int = 0,
-        subscription_id: int | None = None,
-    ) -> None:
-        self.qos = qos
-        self.no_local = no_local
-        self.retain_as_published = retain_as_published
-        self.retain_handling = retain_handling
-        self.subscription_id = subscription_id
-
-    def as_tuple(self) -> tuple[int, bool, bool, int, int | None]:
-        return (self.qos, self.no_local, self.retain_as_published, self.retain_handling,
-                self.subscription_id)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, SubscriptionOptions):
-            return NotImplemented
-        return self.as_tuple() == other.as_tuple()
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return "SubscriptionOptions(qos={}, no_local={}, rap={}, rh={}, sid={})".format(
-            *self.as_tuple()
-        )
-
-
-class Outbound:
-    """One message held for a client: queued (packet_id None) or in flight."""
-
-    __slots__ = ("message", "qos", "retain", "subscription_ids", "packet_id", "state", "seq",
-                 "group")
-
-
-    def __init__(
-        self,
-        message: Message,
-        qos: int,
-        retain: bool,
-        subscription_ids: tuple[int, ...] | None,
-        packet_id: int | None = None,
-        state: int = AWAITING_ACK,
-        group: str | None = None,
-        seq: int = 0,
-    ) -> None:
-        self.message = message
-        self.qos = qos
-        self.retain = retain
-        self.subscription_ids = subscription_ids
-        self.packet_id = packet_id
-        self.state = state
-        self.group = group  # the shared subscription it was routed through, if any
-        # Position in the session's delivery order, and its key in a store.
-        self.seq = seq
+__all__ = ["AWAITING_ACK", "AWAITING_PUBCOMP", "Outbound", "Session", "SubscriptionOptions"]
 
 
 @implementer(ISessionState)

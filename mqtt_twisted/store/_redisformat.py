@@ -16,9 +16,9 @@ from typing import Any
 import msgpack
 
 from mqtt_twisted.constants import PropertyId
-from mqtt_twisted.core.session import Outbound, SubscriptionOptions
 from mqtt_twisted.errors import StorageError
 from mqtt_twisted.message import Message
+from mqtt_twisted.records import Outbound, SubscriptionOptions
 from mqtt_twisted.store.memory import StoredSession
 
 #: Version of the stored format, first in every record; readers refuse others.

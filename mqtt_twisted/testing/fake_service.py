@@ -12,8 +12,10 @@ the adapter asked for and what it does with deliveries::
     protocol.dataReceived(b"PUB a/b hello\\n")
     assert service.published[0].message.topic == "a/b"
 
-It is not a broker: no MQTT rules beyond topic-filter syntax and matching, no retained
-messages, no authentication; ``fail()`` makes the next call of a method fail, to test an
+It is not a broker: no MQTT rules beyond topic-filter syntax and matching; retained
+messages are the ones a test puts in ``retained_messages``; ``authenticate`` answers the
+user name and ``authorize`` says yes, except to publishing to ``$SYS`` or to what a test
+lists in ``forbidden``; ``fail()`` makes the next call of a method fail, to test an
 adapter's error paths.  Every Deferred it returns has already fired, and ``subscribe`` /
 ``unsubscribe`` for a client with no open session fail theirs with ``ValidationError``
 (``BrokerService`` today raises it at once: handle both, e.g. with ``maybeDeferred``).
@@ -27,7 +29,8 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from mqtt_twisted.codec.topics import topic_matches, validate_topic_filter
+from mqtt_twisted.codec.topics import is_reserved_topic, topic_matches, validate_topic_filter
+from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.core.stats import BrokerStats
 from mqtt_twisted.errors import MQTTError, ValidationError
 from mqtt_twisted.interfaces import IBrokerConnection, IBrokerService
@@ -82,6 +85,8 @@ class FakeSession:
     open: bool = True
     #: True if a session of this client id was resumed (``clean=False``).
     present: bool = False
+    #: The session expiry interval the adapter asked for, if any.
+    expiry: float | None = None
 
 
 @dataclass
@@ -102,6 +107,11 @@ class FakeBrokerService:
         self.reactor = reactor
         self.maximumQoS = maximumQoS
         self.stats = BrokerStats()
+        self.settings = BrokerSettings(maximum_qos=maximumQoS)
+        #: Retained messages ``retained()`` answers from (a test fills it).
+        self.retained_messages: list[Message] = []
+        #: (action, topic) pairs ``authorize`` refuses, e.g. ("publish", "a/b").
+        self.forbidden: set[tuple[str, str]] = set()
         self.connections: list[FakeBrokerConnection] = []
         #: Client id -> its latest session (closed ones stay, with ``open`` False).
         self.sessions: dict[str, FakeSession] = {}
@@ -139,13 +149,42 @@ class FakeBrokerService:
         self.connections.append(connection)
         return connection
 
+    def connectionRefused(self) -> None:
+        self.stats.connections_refused += 1
+
+    def authenticate(self, credentials: Any) -> Deferred[Any]:
+        error = self._failure("authenticate")
+        if error is not None:
+            return fail(error)
+        return succeed(getattr(credentials, "username", None))
+
+    def authorize(self, action: str, identity: Any, clientId: str | None,
+                  topic: str) -> Deferred[bool]:
+        error = self._failure("authorize")
+        if error is not None:
+            return fail(error)
+        if action == "publish" and is_reserved_topic(topic):
+            return succeed(False)
+        return succeed((action, topic) not in self.forbidden)
+
+    def mayRemoveSession(self, identity: Any, clientId: str) -> Deferred[bool]:
+        return succeed(True)
+
+    def session(self, clientId: str) -> FakeSession | None:
+        return self.sessions.get(clientId)
+
+    def retained(self, topicFilter: str) -> Deferred[list[Message]]:
+        return succeed([m for m in self.retained_messages
+                        if topic_matches(_plain(topicFilter), m.topic)])
+
     def openSession(self, clientId: str, sink: Any, clean: bool = True,
-                    credentials: Any = None) -> Deferred[FakeSession]:
+                    credentials: Any = None,
+                    expiry: float | None = None) -> Deferred[FakeSession]:
         error = self._failure("openSession")
         if error is not None:
             return fail(error)
         old = self.sessions.get(clientId)
-        session = FakeSession(clientId, sink, clean, credentials)
+        session = FakeSession(clientId, sink, clean, credentials, expiry=expiry)
         if old is not None:
             old.open = False  # taken over, as by a second CONNECT
             if not clean:
