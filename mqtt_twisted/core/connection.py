@@ -13,37 +13,25 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mqtt_twisted.codec import encode
 from mqtt_twisted.codec.packets import (
-    Auth,
     ConnAck,
     Connect,
     Disconnect,
     Packet,
     PingResp,
-    PubAck,
-    PubComp,
     Publish,
-    PubRec,
     PubRel,
-    SubAck,
-    Subscribe,
-    UnsubAck,
-    Unsubscribe,
 )
 from mqtt_twisted.codec.stream import StreamDecoder
-from mqtt_twisted.codec.topics import is_reserved_topic, validate_topic_filter
 from mqtt_twisted.constants import PacketType, PropertyId, ReasonCode
-from mqtt_twisted.core._async import gather
-from mqtt_twisted.core.grant import check_filter, granted_qos
-from mqtt_twisted.core.session import AWAITING_ACK, AWAITING_PUBCOMP, Session, SubscriptionOptions
+from mqtt_twisted.core import control, inbound
+from mqtt_twisted.core.session import AWAITING_PUBCOMP, Session
+from mqtt_twisted.core.states import AWAIT_CONNECT, CLOSE_GRACE, CLOSED, CONNECTED, CONNECTING
 from mqtt_twisted.core.wire import forward_properties, publish_bytes, with_dup
 from mqtt_twisted.errors import (
-    AuthorizationError,
-    InvalidTopicFilter,
     MQTTError,
     ProtocolError,
     StoreUnavailable,
@@ -55,10 +43,7 @@ from mqtt_twisted.message import Message
 if TYPE_CHECKING:
     from mqtt_twisted.core.broker import Broker
 
-AWAIT_CONNECT, CONNECTING, CONNECTED, CLOSED = range(4)
-
-#: Seconds a closing connection may take to flush before it is aborted.
-CLOSE_GRACE = 2.0
+__all__ = ["AWAIT_CONNECT", "CLOSED", "CLOSE_GRACE", "CONNECTED", "CONNECTING", "MQTTConnection"]
 
 _P = PropertyId
 _TOPIC_ALIAS = PropertyId.TOPIC_ALIAS
@@ -183,7 +168,7 @@ class MQTTConnection:
                 return
             if packet.type == PacketType.AUTH and self.state == CONNECTING:
                 try:
-                    self._on_auth(packet)  # type: ignore[arg-type]
+                    control.on_auth(self, packet)  # type: ignore[arg-type]
                 except MQTTError as e:
                     self.violation(e)
                     return
@@ -459,368 +444,12 @@ class MQTTConnection:
 
     # --- PUBLISH and acknowledgements --------------------------------------------------------
 
-    def _on_publish(self, packet: Publish) -> None:
-        session = self.session
-        qos = packet.qos
-        topic = packet.topic
-        props = packet.properties
-        raw = packet.raw
-        if props:
-            raw = None  # properties may change on the way (alias, expiry): re-encode
-            alias = props.get(_TOPIC_ALIAS)
-            if alias is not None:
-                topic = self._resolve_alias(alias, topic)
-                del props[_TOPIC_ALIAS]
-            if _SUB_ID in props:
-                raise ProtocolError("PUBLISH from a client with a subscription "
-                                    "identifier")  # [MQTT-3.3.4-6]
-            response_topic = props.get(_RESPONSE_TOPIC)
-            if response_topic is not None and ("+" in response_topic or "#" in response_topic):
-                raise ProtocolError("response topic with a wildcard")  # [MQTT-3.3.2-14]
-        if topic[:1] == "$" and is_reserved_topic(topic):
-            self._refuse_publish(packet, "reserved for the broker")  # MQTT 5 §4.7.2
-            return
-        broker = self.broker
-        if qos > broker.settings.maximum_qos:
-            raise ProtocolError("QoS not supported", ReasonCode.QOS_NOT_SUPPORTED)
-        if packet.retain and not broker.settings.retain_available:
-            raise ProtocolError("retain not supported", ReasonCode.RETAIN_NOT_SUPPORTED)
-        if props and broker.settings.validate_utf8_payload and props.get(_PFI) == 1:
-            try:
-                packet.payload.decode("utf-8")
-            except UnicodeDecodeError:
-                if not qos:
-                    raise ProtocolError("payload is not UTF-8",
-                                        ReasonCode.PAYLOAD_FORMAT_INVALID) from None
-                code = ReasonCode.PAYLOAD_FORMAT_INVALID
-                self.send(PubAck(packet.packet_id, code) if qos == 1  # type: ignore[arg-type]
-                          else PubRec(packet.packet_id, code))  # type: ignore[arg-type]
-                return
-        message = Message(topic, packet.payload, qos, packet.retain, packet.packet_id, props,
-                          broker.clock.seconds() if props else 0.0, self.client_id)
-        if raw is not None:
-            # Subscribers of the same wire format get these very bytes [perf: no re-encode].
-            message.wire = {(5 if self.version == 5 else 4, 0, False): (raw, 0)}
-        if broker.authorizer is None:
-            if not qos:
-                broker.publisher = self
-                broker.route(message)  # the QoS 0 fast path
-                broker.publisher = None
-                return
-            allowed: Any = True
-        else:
-            allowed = broker.may_publish(session, topic)
-        if qos == 2:
-            pid = packet.packet_id
-            if pid in session.inboundQoS2:  # type: ignore[union-attr]
-                self.send(PubRec(pid))  # a resend: route it once only [MQTT-4.3.3-9]
-                return
-        if qos and self.version == 5 and (
-                len(session.inboundQoS2) + self._unacked_qos1  # type: ignore[union-attr]
-                >= broker.settings.receive_maximum):
-            # Unacknowledged QoS 1 (PUBACK waiting for the store) and QoS 2 (until
-            # PUBCOMP) PUBLISHes beyond what CONNACK advertised [MQTT-3.3.4-9]; v3
-            # clients are never told a limit, so none is held against them.
-            raise ProtocolError("receive maximum exceeded",
-                                ReasonCode.RECEIVE_MAXIMUM_EXCEEDED)
-        if hasattr(allowed, "addCallbacks"):
-            self._wait_for(allowed, lambda ok: self._publish(message, bool(ok)))
-        else:
-            self._publish(message, bool(allowed))
-
-    def _refuse_publish(self, packet: Publish, why: str) -> None:
-        """Do not route a PUBLISH the client may not make: v5 QoS 1/2 get 0x87 in their
-        acknowledgement and QoS 0 a DISCONNECT 0x87; v3 has no refusal, so its PUBLISH
-        is acknowledged as usual and dropped, with one log line per client."""
-        code = ReasonCode.NOT_AUTHORIZED
-        if self.version == 5 and not packet.qos:
-            raise AuthorizationError(f"PUBLISH to {packet.topic!r}: {why}")
-        if not self._refused_logged:
-            self._refused_logged = True
-            self.log.info("Dropped a PUBLISH of {client} from {peer} to {topic!r}: {why}",
-                          client=self.client_id, peer=self.peer, topic=packet.topic, why=why)
-        if packet.qos == 1:
-            self._reply(PubAck(packet.packet_id, code), [])  # type: ignore[arg-type]
-        elif packet.qos == 2:
-            # A refused QoS 2 flow ends at PUBREC in v5; v3's PUBREL gets its PUBCOMP.
-            self._reply(PubRec(packet.packet_id, code), [])  # type: ignore[arg-type]
-
-    def _publish(self, message: Message, allowed: bool) -> None:
-        """Route an authorized PUBLISH and acknowledge it once what it needs is stored."""
-        broker = self.broker
-        qos = message.qos
-        if not qos:
-            if allowed:
-                broker.publisher = self
-                broker.route(message)
-                broker.publisher = None
-            return
-        pid: int = message.packet_id  # type: ignore[assignment]
-        code, writes = broker.writes_of(self._route_acked, message, allowed)
-        # [MQTT-4.3.2/3] stored before it is acknowledged
-        if qos == 2:
-            self._reply(PubRec(pid, code), writes)
-        elif writes or self._acks:
-            self._unacked_qos1 += 1  # counts towards the receive maximum until PUBACK
-            self._ack_after(PubAck(pid, code), writes, self._qos1_acked)
-        else:
-            self.send(PubAck(pid, code))
-
-    def _qos1_acked(self) -> None:
-        self._unacked_qos1 -= 1
-
-    def _route_acked(self, message: Message, allowed: bool) -> int:
-        if not allowed:
-            return ReasonCode.NOT_AUTHORIZED
-        code = 0
-        broker = self.broker
-        broker.publisher = self
-        try:
-            routed = broker.route(message)
-        finally:
-            broker.publisher = None
-        if not routed and self.version == 5:
-            code = ReasonCode.NO_MATCHING_SUBSCRIBERS
-        if message.qos == 2:
-            self.broker.add_inbound_qos2(self.session, message.packet_id)  # type: ignore[arg-type]
-        return code
-
-    def _wait_for(self, answer: Any, then: Callable[[Any], None]) -> None:
-        """Hold this client's later packets until an asynchronous answer (an authorizer's)
-        arrives, so that they are still handled in order."""
-        self.block()
-
-        def done(value: Any) -> None:
-            if self.state == CLOSED:
-                return
-            try:
-                then(value)
-            except MQTTError as e:
-                self.violation(e)
-                return
-            self.unblock()
-
-        def failed(failure: Failure) -> None:
-            self.log.failure("Authorizer failed for {client}; refusing", failure,
-                             client=self.client_id)
-            done(False)
-
-        answer.addCallbacks(done, failed)
-
-    def _reply(self, packet: Packet, writes: list[Any],
-               then: Callable[[], None] | None = None) -> None:
-        """Send ``packet`` (then call ``then``) now, or once ``writes`` are stored."""
-        if writes or self._acks:
-            self._ack_after(packet, writes, then)
-        else:
-            self.send(packet)
-            if then is not None:
-                then()
-
-    def _ack_after(self, ack: Packet, writes: list[Any],
-                   then: Callable[[], None] | None = None) -> None:
-        """Send ``ack`` (then call ``then``) once ``writes`` are stored, keeping acks in
-        the order of the packets they answer."""
-        entry = [len(writes), ack, False, then]
-        if self._acks is None:
-            self._acks = deque()
-        self._acks.append(entry)
-        for write in writes:
-            write.addBoth(self._write_done, entry)
-        if not writes:
-            self._flush_acks()
-
-    def _write_done(self, result: Any, entry: list[Any]) -> None:
-        if isinstance(result, Failure):
-            self.broker.store_failed(result)
-            entry[2] = entry[2] or result
-        entry[0] -= 1
-        if not entry[0]:
-            self._flush_acks()
-
-    def _flush_acks(self) -> None:
-        acks = self._acks
-        while acks and not acks[0][0]:
-            _, ack, failed, then = acks.popleft()
-            if failed:
-                # Not stored: no acknowledgement; the client resends after reconnecting.
-                if not failed.check(StoreUnavailable):  # the store logs its outage once
-                    self.log.warn("Store failed before {packet} to {client}; closing",
-                                  packet=type(ack).__name__, client=self.client_id)
-                acks.clear()
-                self.close(ReasonCode.SERVER_BUSY)
-                return
-            self.send(ack)
-            if then is not None:
-                then()
-
-    def _resolve_alias(self, alias: int, topic: str) -> str:
-        """Map a v5 topic alias to its topic [MQTT-3.3.2-10..12]."""
-        if alias > self.broker.settings.topic_alias_maximum:
-            raise ProtocolError("topic alias out of range", ReasonCode.TOPIC_ALIAS_INVALID)
-        if topic:
-            self._aliases_in[alias] = topic
-            return topic
-        known = self._aliases_in.get(alias)
-        if known is None:
-            raise ProtocolError("unknown topic alias", ReasonCode.PROTOCOL_ERROR)
-        return known
-
-    def _on_puback(self, packet: PubAck) -> None:
-        session = self.session
-        out = session.inflight.get(packet.packet_id)  # type: ignore[union-attr]
-        if out is not None and out.qos == 1:
-            self.broker.outbound_done(session, packet.packet_id)  # type: ignore[arg-type]
-
-    def _on_pubrec(self, packet: PubRec) -> None:
-        session = self.session
-        pid = packet.packet_id
-        out = session.inflight.get(pid)  # type: ignore[union-attr]
-        if out is None or out.qos != 2:
-            if packet.reason_code >= 0x80:
-                return  # a refusal ends the flow: there is nothing to release
-            if self.version == 5:
-                self.send(PubRel(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
-            else:
-                self.send(PubRel(pid))
-            return
-        if packet.reason_code >= 0x80:  # v5: the receiver refused it; the flow ends here
-            self.broker.outbound_done(session, pid)  # type: ignore[arg-type]
-            return
-        writes: list[Any] = []
-        if out.state == AWAITING_ACK:
-            # [MQTT-4.3.3] after PUBREL the PUBLISH is never sent again: store that first.
-            _, writes = self.broker.writes_of(self.broker.outbound_released, session, out)
-        self._reply(PubRel(pid), writes)
-
-    def _on_pubrel(self, packet: PubRel) -> None:
-        session = self.session
-        pid = packet.packet_id
-        if pid in session.inboundQoS2:  # type: ignore[union-attr]
-            # Stored first: a packet id still marked after a crash would swallow the
-            # client's next QoS 2 PUBLISH reusing it as a duplicate.
-            _, writes = self.broker.writes_of(self.broker.remove_inbound_qos2, session, pid)
-            self._reply(PubComp(pid), writes)
-        elif self.version == 5:
-            self.send(PubComp(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
-        else:
-            self.send(PubComp(pid))
-
-    def _on_pubcomp(self, packet: PubComp) -> None:
-        session = self.session
-        out = session.inflight.get(packet.packet_id)  # type: ignore[union-attr]
-        if out is not None and out.qos == 2:
-            self.broker.outbound_done(session, packet.packet_id)  # type: ignore[arg-type]
-
     # --- SUBSCRIBE / UNSUBSCRIBE -------------------------------------------------------------
-
-    def _on_subscribe(self, packet: Subscribe) -> None:
-        if self.version == 5 and packet.packet_id in self.session.inboundQoS2:  # type: ignore[union-attr]
-            codes = [ReasonCode.PACKET_IDENTIFIER_IN_USE] * len(packet.subscriptions)
-            self.send(SubAck(packet.packet_id, codes))
-            return
-        broker = self.broker
-        if broker.authorizer is None:
-            self._subscribe_authorized(packet, None)
-            return
-        answers = [broker.may_subscribe(self.session, s.topic_filter)  # type: ignore[arg-type]
-                   for s in packet.subscriptions]
-        if any(hasattr(a, "addCallbacks") for a in answers):
-            self._wait_for(gather(answers), lambda oks: self._subscribe_authorized(packet, oks))
-        else:
-            self._subscribe_authorized(packet, answers)
-
-    def _subscribe_authorized(self, packet: Subscribe, allowed: list[Any] | None) -> None:
-        # A persistent session's subscriptions are stored before SUBACK.
-        (codes, granted), writes = self.broker.writes_of(self._subscribe, packet, allowed)
-        self._reply(SubAck(packet.packet_id, codes), writes,
-                    lambda: self._send_retained(granted))
-
-    def _send_retained(self, granted: list[tuple[str, SubscriptionOptions, bool]]) -> None:
-        for topic_filter, options, is_new in granted:
-            # [MQTT-3.3.1-9] retained messages follow the SUBACK; v5 retain handling decides.
-            if options.retain_handling == 0 or (options.retain_handling == 1 and is_new):
-                self.broker.send_retained(self.session, topic_filter, options)  # type: ignore[arg-type]
-
-    def _subscribe(self, packet: Subscribe,
-                   allowed: list[Any] | None) -> tuple[list[int], list[Any]]:
-        """Grant what the SUBSCRIBE asks for (``allowed``: the authorizer's answers, or
-        None for no authorizer); return the SUBACK codes and the granted filters."""
-        session = self.session
-        broker = self.broker
-        v5 = self.version == 5
-        sub_id = packet.properties.get(_P.SUBSCRIPTION_IDENTIFIER) if v5 else None
-        codes: list[int] = []
-        granted: list[tuple[str, SubscriptionOptions, bool]] = []
-        settings = broker.settings
-        for i, sub in enumerate(packet.subscriptions):
-            refusal, shared = check_filter(settings, sub.topic_filter, sub_id)
-            if shared is not None and v5 and sub.no_local:
-                raise ProtocolError("no local on a shared subscription")  # [MQTT-3.8.3-4]
-            if refusal:
-                codes.append(refusal if v5 else 0x80)
-                continue
-            if allowed is not None and not allowed[i]:
-                codes.append(ReasonCode.NOT_AUTHORIZED if v5 else 0x80)
-                continue
-            qos = granted_qos(settings, sub.qos)
-            options = SubscriptionOptions(qos, sub.no_local, sub.retain_as_published,
-                                          sub.retain_handling, sub_id)
-            is_new = broker.subscribe(session, sub.topic_filter, options)  # type: ignore[arg-type]
-            codes.append(qos)
-            if shared is None:
-                granted.append((sub.topic_filter, options, is_new))
-        return codes, granted
-
-    def _on_unsubscribe(self, packet: Unsubscribe) -> None:
-        session = self.session
-        if self.version == 5 and packet.packet_id in session.inboundQoS2:  # type: ignore[union-attr]
-            self.send(UnsubAck(packet.packet_id, [ReasonCode.PACKET_IDENTIFIER_IN_USE]
-                               * len(packet.topic_filters)))
-            return
-        codes = []
-        for topic_filter in packet.topic_filters:
-            try:
-                validate_topic_filter(topic_filter)
-            except InvalidTopicFilter:
-                codes.append(ReasonCode.TOPIC_FILTER_INVALID)
-                continue
-            existed = self.broker.unsubscribe(session, topic_filter)  # type: ignore[arg-type]
-            codes.append(0 if existed else ReasonCode.NO_SUBSCRIPTION_EXISTED)
-        self.send(UnsubAck(packet.packet_id, codes if self.version == 5 else []))
 
     # --- the rest -----------------------------------------------------------------------------
 
-    def _on_pingreq(self, packet: Any) -> None:
-        self.transport.write(_PINGRESP)
 
-    def _on_disconnect(self, packet: Disconnect) -> None:
-        session = self.session
-        if self.version == 5:
-            expiry = packet.properties.get(_P.SESSION_EXPIRY_INTERVAL)
-            if expiry is not None:
-                if session.expiryInterval == 0 and expiry:  # type: ignore[union-attr]
-                    raise ProtocolError("session expiry changed from 0 on DISCONNECT")
-                self.broker.set_session_expiry(session, expiry)  # type: ignore[arg-type]
-        # [MQTT-3.14.4-3] only a normal DISCONNECT (0x00) deletes the will; v5's 0x04 and
-        # error codes keep it.
-        self.clean_exit = packet.reason_code == 0
-        self._shut()
 
-    def _on_auth(self, packet: Auth) -> None:
-        """Enhanced authentication: continue a CONNECT's exchange, or re-authenticate."""
-        method = packet.properties.get(_P.AUTHENTICATION_METHOD)
-        if self.auth_method is None or method != self.auth_method:
-            raise ProtocolError("AUTH with no or another authentication method")  # [MQTT-4.12.0-5]
-        data = packet.properties.get(_P.AUTHENTICATION_DATA)
-        code = packet.reason_code
-        if code == ReasonCode.CONTINUE_AUTHENTICATION and self.auth_pending is not None:
-            self.broker.auth_continue(self, data)
-        elif code == ReasonCode.RE_AUTHENTICATE and self.state == CONNECTED \
-                and self.auth_pending is None:
-            self.broker.reauthenticate(self, data)
-        else:
-            raise ProtocolError("unexpected AUTH")  # [MQTT-4.12.0-2]
 
 
 def _server_only(conn: MQTTConnection, packet: Packet) -> None:
@@ -835,15 +464,15 @@ _HANDLERS: dict[int, Callable[[MQTTConnection, Any], None]] = {
     PacketType.UNSUBACK: _server_only,
     PacketType.PINGRESP: _server_only,
     PacketType.CONNECT: MQTTConnection._on_connect,
-    PacketType.PUBLISH: MQTTConnection._on_publish,
-    PacketType.PUBACK: MQTTConnection._on_puback,
-    PacketType.PUBREC: MQTTConnection._on_pubrec,
-    PacketType.PUBREL: MQTTConnection._on_pubrel,
-    PacketType.PUBCOMP: MQTTConnection._on_pubcomp,
-    PacketType.SUBSCRIBE: MQTTConnection._on_subscribe,
-    PacketType.UNSUBSCRIBE: MQTTConnection._on_unsubscribe,
-    PacketType.PINGREQ: MQTTConnection._on_pingreq,
-    PacketType.DISCONNECT: MQTTConnection._on_disconnect,
-    PacketType.AUTH: MQTTConnection._on_auth,
+    PacketType.PUBLISH: inbound.on_publish,
+    PacketType.PUBACK: inbound.on_puback,
+    PacketType.PUBREC: inbound.on_pubrec,
+    PacketType.PUBREL: inbound.on_pubrel,
+    PacketType.PUBCOMP: inbound.on_pubcomp,
+    PacketType.SUBSCRIBE: control.on_subscribe,
+    PacketType.UNSUBSCRIBE: control.on_unsubscribe,
+    PacketType.PINGREQ: control.on_pingreq,
+    PacketType.DISCONNECT: control.on_disconnect,
+    PacketType.AUTH: control.on_auth,
 }
 _HANDLERS = {int(k): v for k, v in _HANDLERS.items()}

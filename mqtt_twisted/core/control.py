@@ -1,0 +1,149 @@
+"""SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT and AUTH from a client (sans-IO).
+
+Handlers as functions of the connection, which the packet table in
+``connection.py`` calls.  What a SUBSCRIBE is granted is ``core.grant``'s answer,
+the same for every adapter.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mqtt_twisted.codec import (
+    Auth,
+    Disconnect,
+    PingResp,
+    SubAck,
+    Subscribe,
+    UnsubAck,
+    Unsubscribe,
+    encode,
+)
+from mqtt_twisted.codec.topics import validate_topic_filter
+from mqtt_twisted.constants import PropertyId, ReasonCode
+from mqtt_twisted.core import inbound
+from mqtt_twisted.core._async import gather
+from mqtt_twisted.core.grant import check_filter, granted_qos
+from mqtt_twisted.core.states import CONNECTED
+from mqtt_twisted.errors import InvalidTopicFilter, ProtocolError
+from mqtt_twisted.records import SubscriptionOptions
+
+if TYPE_CHECKING:
+    from mqtt_twisted.core.connection import MQTTConnection
+
+_P = PropertyId
+_PINGRESP = encode(PingResp())
+
+
+def on_subscribe(conn: MQTTConnection, packet: Subscribe) -> None:
+    if conn.version == 5 and packet.packet_id in conn.session.inboundQoS2:  # type: ignore[union-attr]
+        codes = [ReasonCode.PACKET_IDENTIFIER_IN_USE] * len(packet.subscriptions)
+        conn.send(SubAck(packet.packet_id, codes))
+        return
+    broker = conn.broker
+    if broker.authorizer is None:
+        subscribe_authorized(conn, packet, None)
+        return
+    answers = [broker.may_subscribe(conn.session, s.topic_filter)  # type: ignore[arg-type]
+               for s in packet.subscriptions]
+    if any(hasattr(a, "addCallbacks") for a in answers):
+        inbound.wait_for(conn, gather(answers), lambda oks: subscribe_authorized(conn, packet, oks))
+    else:
+        subscribe_authorized(conn, packet, answers)
+
+
+def subscribe_authorized(conn: MQTTConnection, packet: Subscribe, allowed: list[Any] | None) -> None:
+    # A persistent session's subscriptions are stored before SUBACK.
+    (codes, granted), writes = conn.broker.writes_of(subscribe, conn, packet, allowed)
+    inbound.reply(conn, SubAck(packet.packet_id, codes), writes,
+                lambda: send_retained(conn, granted))
+
+
+def send_retained(conn: MQTTConnection, granted: list[tuple[str, SubscriptionOptions, bool]]) -> None:
+    for topic_filter, options, is_new in granted:
+        # [MQTT-3.3.1-9] retained messages follow the SUBACK; v5 retain handling decides.
+        if options.retain_handling == 0 or (options.retain_handling == 1 and is_new):
+            conn.broker.send_retained(conn.session, topic_filter, options)  # type: ignore[arg-type]
+
+
+def subscribe(conn: MQTTConnection, packet: Subscribe,
+               allowed: list[Any] | None) -> tuple[list[int], list[Any]]:
+    """Grant what the SUBSCRIBE asks for (``allowed``: the authorizer's answers, or
+    None for no authorizer); return the SUBACK codes and the granted filters."""
+    session = conn.session
+    broker = conn.broker
+    v5 = conn.version == 5
+    sub_id = packet.properties.get(_P.SUBSCRIPTION_IDENTIFIER) if v5 else None
+    codes: list[int] = []
+    granted: list[tuple[str, SubscriptionOptions, bool]] = []
+    settings = broker.settings
+    for i, sub in enumerate(packet.subscriptions):
+        refusal, shared = check_filter(settings, sub.topic_filter, sub_id)
+        if shared is not None and v5 and sub.no_local:
+            raise ProtocolError("no local on a shared subscription")  # [MQTT-3.8.3-4]
+        if refusal:
+            codes.append(refusal if v5 else 0x80)
+            continue
+        if allowed is not None and not allowed[i]:
+            codes.append(ReasonCode.NOT_AUTHORIZED if v5 else 0x80)
+            continue
+        qos = granted_qos(settings, sub.qos)
+        options = SubscriptionOptions(qos, sub.no_local, sub.retain_as_published,
+                                      sub.retain_handling, sub_id)
+        is_new = broker.subscribe(session, sub.topic_filter, options)  # type: ignore[arg-type]
+        codes.append(qos)
+        if shared is None:
+            granted.append((sub.topic_filter, options, is_new))
+    return codes, granted
+
+
+def on_unsubscribe(conn: MQTTConnection, packet: Unsubscribe) -> None:
+    session = conn.session
+    if conn.version == 5 and packet.packet_id in session.inboundQoS2:  # type: ignore[union-attr]
+        conn.send(UnsubAck(packet.packet_id, [ReasonCode.PACKET_IDENTIFIER_IN_USE]
+                           * len(packet.topic_filters)))
+        return
+    codes = []
+    for topic_filter in packet.topic_filters:
+        try:
+            validate_topic_filter(topic_filter)
+        except InvalidTopicFilter:
+            codes.append(ReasonCode.TOPIC_FILTER_INVALID)
+            continue
+        existed = conn.broker.unsubscribe(session, topic_filter)  # type: ignore[arg-type]
+        codes.append(0 if existed else ReasonCode.NO_SUBSCRIPTION_EXISTED)
+    conn.send(UnsubAck(packet.packet_id, codes if conn.version == 5 else []))
+
+
+def on_pingreq(conn: MQTTConnection, packet: Any) -> None:
+    conn.transport.write(_PINGRESP)
+
+
+def on_disconnect(conn: MQTTConnection, packet: Disconnect) -> None:
+    session = conn.session
+    if conn.version == 5:
+        expiry = packet.properties.get(_P.SESSION_EXPIRY_INTERVAL)
+        if expiry is not None:
+            if session.expiryInterval == 0 and expiry:  # type: ignore[union-attr]
+                raise ProtocolError("session expiry changed from 0 on DISCONNECT")
+            conn.broker.set_session_expiry(session, expiry)  # type: ignore[arg-type]
+    # [MQTT-3.14.4-3] only a normal DISCONNECT (0x00) deletes the will; v5's 0x04 and
+    # error codes keep it.
+    conn.clean_exit = packet.reason_code == 0
+    conn._shut()
+
+
+def on_auth(conn: MQTTConnection, packet: Auth) -> None:
+    """Enhanced authentication: continue a CONNECT's exchange, or re-authenticate."""
+    method = packet.properties.get(_P.AUTHENTICATION_METHOD)
+    if conn.auth_method is None or method != conn.auth_method:
+        raise ProtocolError("AUTH with no or another authentication method")  # [MQTT-4.12.0-5]
+    data = packet.properties.get(_P.AUTHENTICATION_DATA)
+    code = packet.reason_code
+    if code == ReasonCode.CONTINUE_AUTHENTICATION and conn.auth_pending is not None:
+        conn.broker.auth_continue(conn, data)
+    elif code == ReasonCode.RE_AUTHENTICATE and conn.state == CONNECTED \
+            and conn.auth_pending is None:
+        conn.broker.reauthenticate(conn, data)
+    else:
+        raise ProtocolError("unexpected AUTH")  # [MQTT-4.12.0-2]

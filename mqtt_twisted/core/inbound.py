@@ -1,0 +1,301 @@
+"""PUBLISH from a client and the acknowledgements of both directions (sans-IO).
+
+The handlers of PUBLISH, PUBACK, PUBREC, PUBREL and PUBCOMP, as functions of the
+connection (the packet table in ``connection.py`` calls them), and the ordered
+acknowledgements: an ack waits for the store writes of its packet and goes out in
+the order of the packets it answers [MQTT-4.6.0].
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from twisted.python.failure import Failure
+
+from mqtt_twisted.codec import PubAck, PubComp, Publish, PubRec, PubRel
+from mqtt_twisted.codec.packets import Packet
+from mqtt_twisted.codec.topics import is_reserved_topic
+from mqtt_twisted.constants import PropertyId, ReasonCode
+from mqtt_twisted.core.states import CLOSED
+from mqtt_twisted.errors import AuthorizationError, MQTTError, ProtocolError, StoreUnavailable
+from mqtt_twisted.message import Message
+from mqtt_twisted.records import AWAITING_ACK
+
+if TYPE_CHECKING:
+    from mqtt_twisted.core.connection import MQTTConnection
+
+_TOPIC_ALIAS = PropertyId.TOPIC_ALIAS
+_PFI = PropertyId.PAYLOAD_FORMAT_INDICATOR
+_RESPONSE_TOPIC = PropertyId.RESPONSE_TOPIC
+_SUB_ID = PropertyId.SUBSCRIPTION_IDENTIFIER
+
+
+def on_publish(conn: MQTTConnection, packet: Publish) -> None:
+    session = conn.session
+    qos = packet.qos
+    topic = packet.topic
+    props = packet.properties
+    raw = packet.raw
+    if props:
+        raw = None  # properties may change on the way (alias, expiry): re-encode
+        alias = props.get(_TOPIC_ALIAS)
+        if alias is not None:
+            topic = resolve_alias(conn, alias, topic)
+            del props[_TOPIC_ALIAS]
+        if _SUB_ID in props:
+            raise ProtocolError("PUBLISH from a client with a subscription "
+                                "identifier")  # [MQTT-3.3.4-6]
+        response_topic = props.get(_RESPONSE_TOPIC)
+        if response_topic is not None and ("+" in response_topic or "#" in response_topic):
+            raise ProtocolError("response topic with a wildcard")  # [MQTT-3.3.2-14]
+    if topic[:1] == "$" and is_reserved_topic(topic):
+        refuse_publish(conn, packet, "reserved for the broker")  # MQTT 5 §4.7.2
+        return
+    broker = conn.broker
+    if qos > broker.settings.maximum_qos:
+        raise ProtocolError("QoS not supported", ReasonCode.QOS_NOT_SUPPORTED)
+    if packet.retain and not broker.settings.retain_available:
+        raise ProtocolError("retain not supported", ReasonCode.RETAIN_NOT_SUPPORTED)
+    if props and broker.settings.validate_utf8_payload and props.get(_PFI) == 1:
+        try:
+            packet.payload.decode("utf-8")
+        except UnicodeDecodeError:
+            if not qos:
+                raise ProtocolError("payload is not UTF-8",
+                                    ReasonCode.PAYLOAD_FORMAT_INVALID) from None
+            code = ReasonCode.PAYLOAD_FORMAT_INVALID
+            conn.send(PubAck(packet.packet_id, code) if qos == 1  # type: ignore[arg-type]
+                      else PubRec(packet.packet_id, code))  # type: ignore[arg-type]
+            return
+    message = Message(topic, packet.payload, qos, packet.retain, packet.packet_id, props,
+                      broker.clock.seconds() if props else 0.0, conn.client_id)
+    if raw is not None:
+        # Subscribers of the same wire format get these very bytes [perf: no re-encode].
+        message.wire = {(5 if conn.version == 5 else 4, 0, False): (raw, 0)}
+    if broker.authorizer is None:
+        if not qos:
+            broker.publisher = conn
+            broker.route(message)  # the QoS 0 fast path
+            broker.publisher = None
+            return
+        allowed: Any = True
+    else:
+        allowed = broker.may_publish(session, topic)
+    if qos == 2:
+        pid = packet.packet_id
+        if pid in session.inboundQoS2:  # type: ignore[union-attr]
+            conn.send(PubRec(pid))  # a resend: route it once only [MQTT-4.3.3-9]
+            return
+    if qos and conn.version == 5 and (
+            len(session.inboundQoS2) + conn._unacked_qos1  # type: ignore[union-attr]
+            >= broker.settings.receive_maximum):
+        # Unacknowledged QoS 1 (PUBACK waiting for the store) and QoS 2 (until
+        # PUBCOMP) PUBLISHes beyond what CONNACK advertised [MQTT-3.3.4-9]; v3
+        # clients are never told a limit, so none is held against them.
+        raise ProtocolError("receive maximum exceeded",
+                            ReasonCode.RECEIVE_MAXIMUM_EXCEEDED)
+    if hasattr(allowed, "addCallbacks"):
+        wait_for(conn, allowed, lambda ok: publish(conn, message, bool(ok)))
+    else:
+        publish(conn, message, bool(allowed))
+
+
+def refuse_publish(conn: MQTTConnection, packet: Publish, why: str) -> None:
+    """Do not route a PUBLISH the client may not make: v5 QoS 1/2 get 0x87 in their
+    acknowledgement and QoS 0 a DISCONNECT 0x87; v3 has no refusal, so its PUBLISH
+    is acknowledged as usual and dropped, with one log line per client."""
+    code = ReasonCode.NOT_AUTHORIZED
+    if conn.version == 5 and not packet.qos:
+        raise AuthorizationError(f"PUBLISH to {packet.topic!r}: {why}")
+    if not conn._refused_logged:
+        conn._refused_logged = True
+        conn.log.info("Dropped a PUBLISH of {client} from {peer} to {topic!r}: {why}",
+                      client=conn.client_id, peer=conn.peer, topic=packet.topic, why=why)
+    if packet.qos == 1:
+        reply(conn, PubAck(packet.packet_id, code), [])  # type: ignore[arg-type]
+    elif packet.qos == 2:
+        # A refused QoS 2 flow ends at PUBREC in v5; v3's PUBREL gets its PUBCOMP.
+        reply(conn, PubRec(packet.packet_id, code), [])  # type: ignore[arg-type]
+
+
+def publish(conn: MQTTConnection, message: Message, allowed: bool) -> None:
+    """Route an authorized PUBLISH and acknowledge it once what it needs is stored."""
+    broker = conn.broker
+    qos = message.qos
+    if not qos:
+        if allowed:
+            broker.publisher = conn
+            broker.route(message)
+            broker.publisher = None
+        return
+    pid: int = message.packet_id  # type: ignore[assignment]
+    code, writes = broker.writes_of(route_acked, conn, message, allowed)
+    # [MQTT-4.3.2/3] stored before it is acknowledged
+    if qos == 2:
+        reply(conn, PubRec(pid, code), writes)
+    elif writes or conn._acks:
+        conn._unacked_qos1 += 1  # counts towards the receive maximum until PUBACK
+        ack_after(conn, PubAck(pid, code), writes, partial(qos1_acked, conn))
+    else:
+        conn.send(PubAck(pid, code))
+
+
+def qos1_acked(conn: MQTTConnection) -> None:
+    conn._unacked_qos1 -= 1
+
+
+def route_acked(conn: MQTTConnection, message: Message, allowed: bool) -> int:
+    if not allowed:
+        return ReasonCode.NOT_AUTHORIZED
+    code = 0
+    broker = conn.broker
+    broker.publisher = conn
+    try:
+        routed = broker.route(message)
+    finally:
+        broker.publisher = None
+    if not routed and conn.version == 5:
+        code = ReasonCode.NO_MATCHING_SUBSCRIBERS
+    if message.qos == 2:
+        conn.broker.add_inbound_qos2(conn.session, message.packet_id)  # type: ignore[arg-type]
+    return code
+
+
+def wait_for(conn: MQTTConnection, answer: Any, then: Callable[[Any], None]) -> None:
+    """Hold this client's later packets until an asynchronous answer (an authorizer's)
+    arrives, so that they are still handled in order."""
+    conn.block()
+
+    def done(value: Any) -> None:
+        if conn.state == CLOSED:
+            return
+        try:
+            then(value)
+        except MQTTError as e:
+            conn.violation(e)
+            return
+        conn.unblock()
+
+    def failed(failure: Failure) -> None:
+        conn.log.failure("Authorizer failed for {client}; refusing", failure,
+                         client=conn.client_id)
+        done(False)
+
+    answer.addCallbacks(done, failed)
+
+
+def reply(conn: MQTTConnection, packet: Packet, writes: list[Any],
+           then: Callable[[], None] | None = None) -> None:
+    """Send ``packet`` (then call ``then``) now, or once ``writes`` are stored."""
+    if writes or conn._acks:
+        ack_after(conn, packet, writes, then)
+    else:
+        conn.send(packet)
+        if then is not None:
+            then()
+
+
+def ack_after(conn: MQTTConnection, ack: Packet, writes: list[Any],
+               then: Callable[[], None] | None = None) -> None:
+    """Send ``ack`` (then call ``then``) once ``writes`` are stored, keeping acks in
+    the order of the packets they answer."""
+    entry = [len(writes), ack, False, then]
+    if conn._acks is None:
+        conn._acks = deque()
+    conn._acks.append(entry)
+    for write in writes:
+        write.addBoth(write_done, conn, entry)
+    if not writes:
+        flush_acks(conn)
+
+
+def write_done(result: Any, conn: MQTTConnection, entry: list[Any]) -> None:
+    if isinstance(result, Failure):
+        conn.broker.store_failed(result)
+        entry[2] = entry[2] or result
+    entry[0] -= 1
+    if not entry[0]:
+        flush_acks(conn)
+
+
+def flush_acks(conn: MQTTConnection) -> None:
+    acks = conn._acks
+    while acks and not acks[0][0]:
+        _, ack, failed, then = acks.popleft()
+        if failed:
+            # Not stored: no acknowledgement; the client resends after reconnecting.
+            if not failed.check(StoreUnavailable):  # the store logs its outage once
+                conn.log.warn("Store failed before {packet} to {client}; closing",
+                              packet=type(ack).__name__, client=conn.client_id)
+            acks.clear()
+            conn.close(ReasonCode.SERVER_BUSY)
+            return
+        conn.send(ack)
+        if then is not None:
+            then()
+
+
+def resolve_alias(conn: MQTTConnection, alias: int, topic: str) -> str:
+    """Map a v5 topic alias to its topic [MQTT-3.3.2-10..12]."""
+    if alias > conn.broker.settings.topic_alias_maximum:
+        raise ProtocolError("topic alias out of range", ReasonCode.TOPIC_ALIAS_INVALID)
+    if topic:
+        conn._aliases_in[alias] = topic
+        return topic
+    known = conn._aliases_in.get(alias)
+    if known is None:
+        raise ProtocolError("unknown topic alias", ReasonCode.PROTOCOL_ERROR)
+    return known
+
+
+def on_puback(conn: MQTTConnection, packet: PubAck) -> None:
+    session = conn.session
+    out = session.inflight.get(packet.packet_id)  # type: ignore[union-attr]
+    if out is not None and out.qos == 1:
+        conn.broker.outbound_done(session, packet.packet_id)  # type: ignore[arg-type]
+
+
+def on_pubrec(conn: MQTTConnection, packet: PubRec) -> None:
+    session = conn.session
+    pid = packet.packet_id
+    out = session.inflight.get(pid)  # type: ignore[union-attr]
+    if out is None or out.qos != 2:
+        if packet.reason_code >= 0x80:
+            return  # a refusal ends the flow: there is nothing to release
+        if conn.version == 5:
+            conn.send(PubRel(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
+        else:
+            conn.send(PubRel(pid))
+        return
+    if packet.reason_code >= 0x80:  # v5: the receiver refused it; the flow ends here
+        conn.broker.outbound_done(session, pid)  # type: ignore[arg-type]
+        return
+    writes: list[Any] = []
+    if out.state == AWAITING_ACK:
+        # [MQTT-4.3.3] after PUBREL the PUBLISH is never sent again: store that first.
+        _, writes = conn.broker.writes_of(conn.broker.outbound_released, session, out)
+    reply(conn, PubRel(pid), writes)
+
+
+def on_pubrel(conn: MQTTConnection, packet: PubRel) -> None:
+    session = conn.session
+    pid = packet.packet_id
+    if pid in session.inboundQoS2:  # type: ignore[union-attr]
+        # Stored first: a packet id still marked after a crash would swallow the
+        # client's next QoS 2 PUBLISH reusing it as a duplicate.
+        _, writes = conn.broker.writes_of(conn.broker.remove_inbound_qos2, session, pid)
+        reply(conn, PubComp(pid), writes)
+    elif conn.version == 5:
+        conn.send(PubComp(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
+    else:
+        conn.send(PubComp(pid))
+
+
+def on_pubcomp(conn: MQTTConnection, packet: PubComp) -> None:
+    session = conn.session
+    out = session.inflight.get(packet.packet_id)  # type: ignore[union-attr]
+    if out is not None and out.qos == 2:
+        conn.broker.outbound_done(session, packet.packet_id)  # type: ignore[arg-type]
