@@ -108,7 +108,7 @@ def test_connect_path_failure_is_answered_not_hung(log_events: list) -> None:
     def broken(*args: Any) -> None:
         raise RuntimeError("boom")
 
-    broker._configure_session = broken  # type: ignore[method-assign]
+    broker.connector._configure_session = broken  # type: ignore[method-assign]
     client = FakeClient(broker, 5)
     (connack,) = client.connect("x")
     assert connack.reason_code == RC.UNSPECIFIED_ERROR

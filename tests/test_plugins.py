@@ -281,7 +281,7 @@ class ContractTests(SynchronousTestCase):
             # verifyObject in tests/test_fake_service.py:
             "mqtt_twisted.testing.fake_service.FakeBrokerService",
             "mqtt_twisted.testing.fake_service.FakeBrokerConnection",
-            "mqtt_twisted.core.broker.Credentials",
+            "mqtt_twisted.core.connect.Credentials",
             "mqtt_twisted.plugins.builtin.ScramAuthPlugin",
             "mqtt_twisted.auth.scram.ScramAuthenticator",
             "mqtt_twisted.auth.scram._ScramExchange",

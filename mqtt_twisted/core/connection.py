@@ -67,7 +67,7 @@ class MQTTConnection:
         "version", "session", "client_id", "keep_alive", "last_rx", "paused", "clean_exit",
         "send_quota", "max_send_size", "_backlog", "_blocked", "_timer", "_aliases_in",
         "_aliases_out", "_alias_limit", "auth_method", "auth_pending",
-        "auth_final_data", "_acks", "congested_at", "waiters", "throttles", "stall_call",
+        "auth_final_data", "_acks", "throttles",
         "_unacked_qos1", "_refused_logged", "lost", "__weakref__",
     )
 
@@ -104,12 +104,7 @@ class MQTTConnection:
         self.auth_pending: Any = None  # the exchange waiting for the client's next AUTH
         self.auth_final_data: bytes | None = None
         self._acks: deque[list[Any]] | None = None  # acks waiting for store writes
-        # Flow control: since when this client cannot take more, the publishers held
-        # back on its account, and how many subscribers hold this one back.
-        self.congested_at: float | None = None
-        self.waiters: list[MQTTConnection] | None = None
-        self.throttles = 0
-        self.stall_call: Any = None
+        self.throttles = 0  # subscribers holding this client back (flow control)
         self._alias_limit = 0
         self._unacked_qos1 = 0  # QoS 1 PUBLISHes whose PUBACK waits for the store
         self._refused_logged = False  # one log line per client for refused $SYS publishes

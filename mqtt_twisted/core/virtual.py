@@ -27,8 +27,7 @@ class VirtualConnection:
 
     __slots__ = ("broker", "sink", "session", "client_id", "state", "paused", "send_quota",
                  "peer", "clean_exit", "keep_alive", "listener", "certificate_identity",
-                 "version", "on_accept", "on_refuse", "congested_at", "waiters",
-                 "stall_call")
+                 "version", "on_accept", "on_refuse")
 
     def __init__(self, broker: Broker, sink: Any, client_id: str, peer: str = "",
                  listener: Any = None) -> None:
@@ -47,9 +46,6 @@ class VirtualConnection:
         self.version = 4
         self.on_accept: Any = None
         self.on_refuse: Any = None
-        self.congested_at: float | None = None  # flow control, as on MQTTConnection
-        self.waiters: list[Any] | None = None
-        self.stall_call: Any = None
 
     def accept(self, session: Session, session_present: bool, connect: Any,
                properties: Any) -> None:

@@ -1,0 +1,300 @@
+"""CONNECT: who the client is, which session it gets, and what CONNACK says.
+
+Authentication (plain or an MQTT 5 enhanced exchange [MQTT-4.12]), the client id's
+lock in the store (one CONNECT per client id at a time, also across nodes),
+takeover of a connected session [MQTT-3.1.4-3], clean start or resume, the will and
+the session expiry, and the CONNACK's properties.  An adapter's virtual session
+comes through here too (``Gateway.openSession``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mqtt_twisted.codec.packets import Auth, Connect
+from mqtt_twisted.constants import PropertyId, ReasonCode
+from mqtt_twisted.core._async import when
+from mqtt_twisted.core.session import Session
+from mqtt_twisted.core.states import CLOSED
+from mqtt_twisted.errors import ClientIdentifierNotValid, ConnectError, MQTTError
+from mqtt_twisted.interfaces import ICredentials
+from mqtt_twisted.message import Message
+
+if TYPE_CHECKING:
+    from mqtt_twisted.core.broker import Broker
+    from mqtt_twisted.core.connection import MQTTConnection
+
+_P = PropertyId
+
+
+@implementer(ICredentials)
+class Credentials:
+    """What a client presented on CONNECT (or an adapter on its behalf)."""
+
+    __slots__ = ("adapter", "certificateIdentity", "clientId", "password", "peer", "username")
+
+    def __init__(self, clientId: str, username: str | None = None, password: bytes | None = None,
+                 certificateIdentity: str | None = None, peer: str = "", adapter: str = "mqtt"):
+        self.clientId = clientId
+        self.username = username
+        self.password = password
+        self.certificateIdentity = certificateIdentity
+        self.peer = peer
+        self.adapter = adapter
+
+
+class Connector:
+    """Answers the CONNECTs of one broker."""
+
+    log = Logger(namespace="mqtt_twisted.core.broker.Broker")
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    def handle_connect(self, conn: MQTTConnection, packet: Connect) -> None:
+        """Authenticate, lock the client id, take over or resume the session, CONNACK."""
+        client_id = packet.client_id
+        assigned = None
+        if not client_id:
+            if packet.protocol_level == 3:
+                # MQTT 3.1 §3.1: the client identifier has 1 to 23 characters.
+                conn.refuse(ClientIdentifierNotValid("MQTT 3.1 needs a client id"))
+                return
+            if not packet.clean_start and packet.protocol_level < 5:
+                conn.refuse(ClientIdentifierNotValid("empty client id needs clean session"))
+                return  # [MQTT-3.1.3-8]
+            client_id = assigned = self._assign_client_id()
+        conn.client_id = client_id
+        conn.keep_alive = packet.keep_alive
+        will = packet.will
+        if will is not None and packet.protocol_level == 5:
+            if will.qos > self.broker.settings.maximum_qos:  # [MQTT-3.2.2-12]
+                conn.refuse(ConnectError("will QoS not supported", ReasonCode.QOS_NOT_SUPPORTED))
+                return
+            if will.retain and not self.broker.settings.retain_available:  # [MQTT-3.2.2-13]
+                conn.refuse(ConnectError("retained will not supported",
+                                         ReasonCode.RETAIN_NOT_SUPPORTED))
+                return
+        max_keepalive = self.broker.settings.max_keepalive
+        if (max_keepalive and packet.protocol_level < 5
+                and not 0 < packet.keep_alive <= max_keepalive):
+            # v3 has no way to tell the client another keep alive: refuse, as Mosquitto does.
+            conn.refuse(ClientIdentifierNotValid(
+                f"keep alive {packet.keep_alive} outside 1..{max_keepalive}"))
+            return
+        username = packet.username
+        if conn.certificate_identity is not None and getattr(conn.listener,
+                                                             "identityAsUsername", False):
+            username = conn.certificate_identity  # Mosquitto's use_identity_as_username
+        creds = Credentials(client_id, username, packet.password,
+                            conn.certificate_identity, conn.peer,
+                            getattr(conn.listener, "adapter", "mqtt"))
+        method = packet.properties.get(_P.AUTHENTICATION_METHOD) if packet.properties else None
+        if method is not None:
+            self._start_exchange(conn, creds, method, packet.properties.get(
+                _P.AUTHENTICATION_DATA), lambda identity: self._connect_authenticated(
+                    conn, packet, assigned, identity), lambda f: self._connect_failed(conn, f))
+            return
+        if self.broker.authenticator is None:
+            self._connect_authenticated(conn, packet, assigned, username)
+            return
+        try:
+            answer = self.broker.authenticator.authenticate(creds)
+        except Exception:
+            self._connect_failed(conn, Failure())
+            return
+        when(answer,
+             lambda identity: self._connect_authenticated(conn, packet, assigned, identity),
+             lambda f: self._connect_failed(conn, f))
+
+    # --- v5 enhanced authentication [MQTT-4.12] ------------------------------------------
+
+    def _start_exchange(self, conn: MQTTConnection, creds: Credentials, method: str,
+                        data: bytes | None, done: Callable[[Any], None],
+                        failed: Callable[[Failure], None]) -> None:
+        """Run an authentication exchange; ``done(identity)`` once the method succeeds."""
+        enhanced = self.broker.authenticator
+        if enhanced is None or method not in getattr(enhanced, "methods", ()):
+            failed(Failure(ConnectError(f"authentication method {method!r} not supported",
+                                        ReasonCode.BAD_AUTHENTICATION_METHOD)))
+            return
+        conn.auth_method = method
+        try:
+            exchange = enhanced.startExchange(method, creds)
+        except Exception:
+            failed(Failure())
+            return
+
+        def on_step(step: Any) -> None:
+            if conn.state == CLOSED:
+                return
+            if step.done:
+                conn.auth_pending = None
+                conn.auth_final_data = step.data
+                done(step.identity)
+            else:
+                conn.auth_pending = (exchange, on_step, failed)
+                conn.send(Auth(ReasonCode.CONTINUE_AUTHENTICATION, {
+                    _P.AUTHENTICATION_METHOD: method, _P.AUTHENTICATION_DATA: step.data or b""}))
+
+        self._auth_step(exchange, data, on_step, failed)
+
+    @staticmethod
+    def _auth_step(exchange: Any, data: bytes | None, on_step: Callable[[Any], None],
+                   failed: Callable[[Failure], None]) -> None:
+        try:
+            result = exchange.step(data)
+        except Exception:
+            failed(Failure())
+            return
+        when(result, on_step, failed)
+
+    def auth_continue(self, conn: MQTTConnection, data: bytes | None) -> None:
+        """The client's AUTH (0x18) answering our challenge."""
+        exchange, on_step, failed = conn.auth_pending
+        conn.auth_pending = None
+        self._auth_step(exchange, data, on_step, failed)
+
+    def reauthenticate(self, conn: MQTTConnection, data: bytes | None) -> None:
+        """AUTH 0x19 from a connected client: a fresh exchange; failure disconnects."""
+        session = conn.session
+        creds = Credentials(conn.client_id or "", None, None, conn.certificate_identity,
+                            conn.peer)
+
+        def done(identity: Any) -> None:
+            if session is not None:
+                session.identity = identity
+            props = {_P.AUTHENTICATION_METHOD: conn.auth_method}
+            if conn.auth_final_data is not None:
+                props[_P.AUTHENTICATION_DATA] = conn.auth_final_data
+            conn.auth_final_data = None
+            conn.send(Auth(ReasonCode.SUCCESS, props))
+
+        def failed(failure: Failure) -> None:
+            conn.auth_pending = None
+            self.log.info("Re-authentication of {client} failed: {error}",
+                          client=conn.client_id, error=failure.value)
+            conn.close(ReasonCode.NOT_AUTHORIZED)
+
+        self._start_exchange(conn, creds, conn.auth_method, data, done, failed)  # type: ignore[arg-type]
+
+    def _assign_client_id(self) -> str:
+        return self.broker.settings.assigned_id_prefix + uuid.uuid4().hex
+
+    def _connect_failed(self, conn: MQTTConnection, failure: Failure) -> None:
+        error = failure.value
+        if not isinstance(error, MQTTError):
+            self.log.failure("CONNECT of {client} failed", failure, client=conn.client_id)
+            error = ConnectError("internal error")
+        conn.refuse(error)
+
+    def _connect_authenticated(self, conn: MQTTConnection, packet: Connect,
+                               assigned: str | None, identity: Any) -> None:
+        if conn.state == CLOSED:
+            return
+        client_id = conn.client_id
+        when(self.broker.store.acquireLock(client_id, self.broker.settings.connect_store_timeout),
+             lambda lock: self._connect_locked(conn, packet, assigned, identity, lock),
+             lambda f: self._connect_failed(conn, f))
+
+    def _connect_locked(self, conn: MQTTConnection, packet: Connect, assigned: str | None,
+                        identity: Any, lock: Any) -> None:
+        try:
+            if conn.state == CLOSED:
+                return
+            client_id: str = conn.client_id  # type: ignore[assignment]
+            session = self.broker.sessions.get(client_id)
+            if session is not None and session.connection is not None:
+                old = session.connection
+                self.broker.stats.takeovers += 1
+                self.log.info("{client} connected again from {peer}; closing the old connection",
+                              client=client_id, peer=conn.peer)
+                old.taken_over()  # detaches it: its will goes out [MQTT-3.1.4-3]
+                session = self.broker.sessions.get(client_id)
+            present = session is not None and not packet.clean_start
+            if session is not None and packet.clean_start:
+                self.broker.discard_session(session)  # [MQTT-3.1.2-6]
+                session = None
+            if session is None:
+                session = Session(client_id, min(self.broker.settings.max_inflight, conn.send_quota),
+                                  self.broker.settings.max_queued)
+                self.broker.sessions[client_id] = session
+            self._configure_session(session, conn, packet, identity)
+            props = self._connack_properties(conn, packet, assigned)
+            if session.persistent:
+                self.broker.journal.persist(self.broker.store.saveSession(session))
+            self.broker.stats.client_connected()
+            conn.accept(session, present, packet, props)
+        finally:
+            lock.release()
+
+    def _configure_session(self, session: Session, conn: MQTTConnection, packet: Connect,
+                           identity: Any) -> None:
+        """Apply CONNECT's session settings: expiry, will; attach the connection."""
+        if session.expiry_call is not None and session.expiry_call.active():
+            session.expiry_call.cancel()
+        session.expiry_call = None
+        if session.will_call is not None and session.will_call.active():
+            session.will_call.cancel()  # [MQTT-3.1.3-9] reconnect within the will delay
+        session.will_call = None
+        settings = self.broker.settings
+        if packet.protocol_level == 5:
+            expiry = packet.properties.get(_P.SESSION_EXPIRY_INTERVAL, 0)
+            self.broker.set_session_expiry(session, expiry)
+        elif packet.clean_start:
+            session.expiryInterval = 0
+        else:
+            session.expiryInterval = settings.persistent_session_expiry
+        session.will = None
+        session.willDelay = 0
+        will = packet.will
+        if will is not None:
+            props = dict(will.properties)
+            session.willDelay = props.pop(_P.WILL_DELAY_INTERVAL, 0)
+            session.will = Message(will.topic, will.payload, will.qos, will.retain, None, props,
+                                   0.0, session.clientId)
+        session.identity = identity
+        session.disconnectedAt = None
+        session.connection = conn
+
+    def _connack_properties(self, conn: MQTTConnection, packet: Connect,
+                            assigned: str | None) -> dict:
+        if packet.protocol_level != 5:
+            return {}
+        s = self.broker.settings
+        props: dict = {}
+        if assigned:
+            props[_P.ASSIGNED_CLIENT_IDENTIFIER] = assigned
+        if s.receive_maximum != 65535:
+            props[_P.RECEIVE_MAXIMUM] = s.receive_maximum
+        if s.maximum_qos < 2:
+            props[_P.MAXIMUM_QOS] = s.maximum_qos
+        if not s.retain_available:
+            props[_P.RETAIN_AVAILABLE] = 0
+        if s.max_packet_size < 268_435_460:
+            props[_P.MAXIMUM_PACKET_SIZE] = s.max_packet_size
+        if s.topic_alias_maximum:
+            props[_P.TOPIC_ALIAS_MAXIMUM] = s.topic_alias_maximum
+        if s.max_keepalive and (not conn.keep_alive or conn.keep_alive > s.max_keepalive):
+            conn.keep_alive = s.max_keepalive
+            props[_P.SERVER_KEEP_ALIVE] = s.max_keepalive
+        if not s.shared_subscriptions:
+            props[_P.SHARED_SUBSCRIPTION_AVAILABLE] = 0
+        if not s.wildcard_subscriptions:
+            props[_P.WILDCARD_SUBSCRIPTION_AVAILABLE] = 0
+        if not s.subscription_identifiers:
+            props[_P.SUBSCRIPTION_IDENTIFIER_AVAILABLE] = 0
+        if s.response_information and packet.properties.get(_P.REQUEST_RESPONSE_INFORMATION):
+            props[_P.RESPONSE_INFORMATION] = s.response_information.replace(
+                "{client_id}", conn.client_id or "")
+        requested = packet.properties.get(_P.SESSION_EXPIRY_INTERVAL, 0)
+        cap = s.max_session_expiry
+        if cap is not None and requested > cap:
+            props[_P.SESSION_EXPIRY_INTERVAL] = int(cap)  # MQTT 5 §3.2.2.3.2: tell the client
+        return props

@@ -1,0 +1,173 @@
+"""Delivery: a session's outbound messages, from the router to the client's link.
+
+Send at once when the client is online and has room (in-flight window below its
+quota, transport not full), else queue within ``max_queued`` (oldest dropped, counted
+and logged), and move the queue to the wire as room appears.  QoS 1/2 copies and the
+inbound QoS 2 packet ids of a persistent session are journaled before they count.
+The link is the session's connection (MQTT or virtual): ``send_publish``,
+``send_quota``, ``paused``, ``state``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+
+from mqtt_twisted.constants import PropertyId
+from mqtt_twisted.core._async import when
+from mqtt_twisted.core.states import CLOSED
+from mqtt_twisted.message import Message
+from mqtt_twisted.records import AWAITING_PUBCOMP, Outbound, SubscriptionOptions
+
+if TYPE_CHECKING:
+    from mqtt_twisted.core.broker import Broker
+    from mqtt_twisted.core.session import Session
+
+_EXPIRY = PropertyId.MESSAGE_EXPIRY_INTERVAL
+
+
+def expired(message: Message, now: float) -> bool:
+    """Whether a v5 message's expiry interval has run out [MQTT-3.3.2-5]."""
+    interval = message.properties.get(_EXPIRY)
+    return interval is not None and now - message.received_at >= interval
+
+
+class Delivery:
+    """Outbound messages of every session of one broker."""
+
+    log = Logger(namespace="mqtt_twisted.core.broker.Broker")
+
+    __slots__ = ("broker", "clock", "settings", "stats", "store", "journal", "flow",
+                 "high_water")
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.clock = broker.clock
+        self.settings = broker.settings
+        self.stats = broker.stats
+        self.store = broker.store
+        self.journal = broker.journal
+        self.flow = broker.flow
+        #: Queue length at which a session's publishers are held back (flow control).
+        self.high_water = max(1, min(1000, self.settings.max_queued // 2))
+
+    def deliver(self, session: Session, message: Message, qos: int, retain: bool,
+                subscription_ids: tuple[int, ...] | None, group: str | None = None) -> None:
+        """Send now if the client is online and has room, else queue within bounds."""
+        conn = session.connection
+        if conn is not None:
+            if not session.queue:
+                if not conn.paused:
+                    if not qos:
+                        conn.send_publish(message, 0, retain, None, subscription_ids)
+                        return
+                    if len(session.inflight) < conn.send_quota:
+                        self._send_inflight(session, conn, Outbound(
+                            message, qos, retain, subscription_ids, None, 0, group,
+                            session.next_seq()))
+                        return
+                elif not qos and self.flow.hold_back_publisher(conn):
+                    # The publisher is held back, so what the transport buffers beyond its
+                    # mark is bounded by one read: write rather than queue.
+                    conn.send_publish(message, 0, retain, None, subscription_ids)
+                    return
+            elif len(session.queue) >= self.high_water:
+                self.flow.hold_back_publisher(conn)
+        elif not session.persistent or (not qos and not self.settings.queue_qos0_offline):
+            return
+        out = Outbound(message, qos, retain, subscription_ids, None, 0, group,
+                       session.next_seq())
+        dropped = session.enqueue(out)
+        if dropped is not None:
+            self.stats.messages_dropped += 1
+            if session.dropped & (session.dropped - 1) == 0:  # log 1st, 2nd, 4th, 8th...
+                self.log.warn("Queue of {client} is full ({size}); dropped the oldest message "
+                              "(topic {topic}; {n} dropped so far)", client=session.clientId,
+                              size=self.settings.max_queued, topic=dropped.message.topic,
+                              n=session.dropped)
+        if qos and self.journal.durable and session.persistent:
+            self.journal.persist(self.store.storeOutbound(session.clientId, out))
+
+    def _send_inflight(self, session: Session, conn: Any, out: Outbound) -> None:
+        pid = out.packet_id = session.allocate_packet_id()
+        session.inflight[pid] = out
+        if self.journal.durable and session.persistent:
+            # Stored before it is sent, so that a crash cannot lose track of it.
+            self.journal.persist(self.store.storeOutbound(session.clientId, out))
+        if not conn.send_publish(out.message, out.qos, out.retain, pid, out.subscription_ids):
+            self.outbound_done(session, pid)
+
+    def pump(self, session: Session) -> None:
+        """Move queued messages to the wire while the client has room."""
+        conn = session.connection
+        queue = session.queue
+        if conn is None:
+            return
+        now = self.clock.seconds()
+        while queue and not conn.paused and conn.state != CLOSED:
+            out = queue[0]
+            if out.qos and len(session.inflight) >= conn.send_quota:
+                return
+            queue.popleft()
+            if out.message.properties and expired(out.message, now):
+                # [MQTT-3.3.2-5] not yet sent onward: the copy for this subscriber goes.
+                self.stats.messages_expired += 1
+                if out.qos and self.journal.durable and session.persistent:
+                    self.journal.persist(self.store.removeOutbound(session.clientId, out.seq))
+                continue
+            if out.qos:
+                self._send_inflight(session, conn, out)
+            else:
+                conn.send_publish(out.message, 0, out.retain, None, out.subscription_ids)
+        congested = self.flow.congested
+        if congested and conn in congested and not queue and not conn.paused:
+            self.flow.release(conn)
+
+    def outbound_done(self, session: Session, packet_id: int) -> None:
+        """PUBACK or PUBCOMP: the flow for ``packet_id`` is complete."""
+        out = session.inflight.pop(packet_id, None)
+        if out is None:
+            return
+        if self.journal.durable and session.persistent:
+            self.journal.persist(self.store.removeOutbound(session.clientId, out.seq))
+        if session.queue:
+            self.pump(session)
+
+    def outbound_released(self, session: Session, out: Outbound) -> None:
+        """PUBREC: the message is delivered; only PUBREL/PUBCOMP remain [MQTT-4.3.3]."""
+        out.state = AWAITING_PUBCOMP
+        if self.journal.durable and session.persistent:
+            self.journal.persist(self.store.storeOutbound(session.clientId, out))
+
+    def add_inbound_qos2(self, session: Session, packet_id: int) -> None:
+        if session.inboundQoS2:
+            session.inboundQoS2.add(packet_id)  # type: ignore[union-attr]
+        else:
+            session.inboundQoS2 = {packet_id}
+        if self.journal.durable and session.persistent:
+            self.journal.persist(self.store.addInboundQoS2(session.clientId, packet_id))
+
+    def remove_inbound_qos2(self, session: Session, packet_id: int) -> None:
+        if packet_id in session.inboundQoS2:
+            session.inboundQoS2.discard(packet_id)  # type: ignore[union-attr]
+        if self.journal.durable and session.persistent:
+            self.journal.persist(self.store.removeInboundQoS2(session.clientId, packet_id))
+
+    def send_retained(self, session: Session, topic_filter: str,
+                      options: SubscriptionOptions) -> None:
+        """Deliver the retained messages matching a new subscription, retain=1."""
+        sessions = self.broker.sessions
+
+        def deliver(messages: list[Message]) -> None:
+            if sessions.get(session.clientId) is not session:
+                return
+            now = self.clock.seconds()
+            for message in messages:
+                if message.properties and expired(message, now):
+                    self.journal.persist(self.store.deleteRetained(message.topic))
+                    continue
+                self.deliver(session, message, min(message.qos, options.qos), True,
+                             (options.subscription_id,) if options.subscription_id else None)
+
+        when(self.store.matchRetained(topic_filter), deliver, self.journal.store_failed)

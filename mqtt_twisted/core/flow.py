@@ -1,0 +1,97 @@
+"""Flow control: a subscriber that cannot keep up holds back the publishers feeding it.
+
+When a subscriber's transport is full (or its queue passes the high-water mark), the
+client whose PUBLISH is being routed stops being read until the subscriber catches up,
+as a stream pipe would.  A subscriber that makes no progress for
+``slow_consumer_grace`` seconds stops holding anyone back: its messages queue within
+``max_queued`` and the oldest are dropped, so one dead reader costs the others nothing
+but that grace.  The state of each congested subscriber lives here, not on the
+connections.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+
+from mqtt_twisted.core.states import CONNECTED
+
+if TYPE_CHECKING:
+    from mqtt_twisted.core.broker import Broker
+
+
+class _Congestion:
+    """One subscriber that cannot take more: since when, and whom it holds back."""
+
+    __slots__ = ("since", "waiters", "stall_call")
+
+    def __init__(self, since: float) -> None:
+        self.since = since
+        self.waiters: list[Any] = []
+        self.stall_call: Any = None
+
+
+class FlowControl:
+    """Which subscribers are congested, and the publishers each holds back."""
+
+    log = Logger(namespace="mqtt_twisted.core.broker.Broker")
+
+    __slots__ = ("broker", "congested")
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        #: Subscriber connection -> its congestion; empty while everyone keeps up.
+        self.congested: dict[Any, _Congestion] = {}
+
+    def hold_back_publisher(self, conn: Any) -> bool:
+        """``conn`` cannot take more now: stop reading from the client whose PUBLISH is
+        being routed until ``conn`` catches up.  True when a publisher is held back;
+        False past the grace, or when nobody is publishing (a will, ``$SYS``, an HTTP
+        publish): then the message queues."""
+        broker = self.broker
+        clock = broker.clock
+        grace = broker.settings.slow_consumer_grace
+        state = self.congested.get(conn)
+        if state is None:
+            state = self.congested[conn] = _Congestion(clock.seconds())
+        elif clock.seconds() - state.since > grace:
+            if state.waiters:
+                self._stalled(conn)
+            return False
+        publisher = broker.publisher
+        if publisher is not None and publisher is not conn and publisher.state == CONNECTED:
+            if state.stall_call is None and not state.waiters:
+                # Held-back publishers send nothing more, so nothing else would notice
+                # that this subscriber stalled: a timer does.
+                state.stall_call = clock.callLater(grace, self._stalled, conn)
+            if publisher not in state.waiters:
+                state.waiters.append(publisher)
+                publisher.throttle()
+            return True
+        return False
+
+    def release(self, conn: Any) -> None:
+        """``conn`` caught up (or went away): resume the publishers it held back."""
+        state = self.congested.pop(conn, None)
+        if state is not None:
+            self._resume(state)
+
+    def _stalled(self, conn: Any) -> None:
+        state = self.congested.get(conn)
+        if state is None:
+            return
+        state.stall_call = None
+        if state.waiters:
+            self.log.info("{client} is not keeping up; no longer holding publishers back "
+                          "for it", client=conn.client_id)
+            self._resume(state)
+
+    @staticmethod
+    def _resume(state: _Congestion) -> None:
+        call, state.stall_call = state.stall_call, None
+        if call is not None and call.active():
+            call.cancel()
+        waiters, state.waiters = state.waiters, []
+        for publisher in waiters:
+            publisher.unthrottle()

@@ -1,0 +1,66 @@
+"""The journal: every store write the broker makes, and who waits for which.
+
+A write is fire-and-forget (its failure is counted and logged) unless it happens
+inside :meth:`Journal.writes_of`, whose caller gets the pending writes back and
+acknowledges its packet only once they are stored [MQTT-4.3.2/3].  ``durable`` says
+whether per-message writes (queued and in-flight QoS 1/2 copies, inbound QoS 2 ids)
+are made at all: a store that lives in this process (the memory store) needs none,
+since the live sessions are the copy of record; it still gets sessions and retained
+messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mqtt_twisted.errors import StorageError, StoreUnavailable
+
+
+class Journal:
+    """The broker's side of its store writes."""
+
+    log = Logger(namespace="mqtt_twisted.core.broker.Broker")
+
+    __slots__ = ("store", "stats", "durable", "_collecting")
+
+    def __init__(self, store: Any, stats: Any) -> None:
+        self.store = store
+        self.stats = stats
+        self.durable = bool(getattr(store, "persistsMessages", True))
+        self._collecting: list[Any] | None = None
+
+    def writes_of(self, action: Callable[..., Any], *args: Any) -> tuple[Any, list[Any]]:
+        """Run ``action`` and return its result with the store writes it left pending:
+        the caller waits on them (to acknowledge only what is stored) and handles their
+        failures."""
+        self._collecting = []
+        try:
+            result = action(*args)
+        finally:
+            writes, self._collecting = self._collecting, None
+        return result, writes
+
+    def persist(self, result: Any) -> None:
+        """A store write: fire-and-forget (failures logged), or collected for an ack."""
+        if not hasattr(result, "addErrback"):
+            return
+        if getattr(result, "called", False) and not isinstance(result.result, Failure):
+            return  # stored already (the memory store): nothing to wait for
+        if self._collecting is not None:
+            self._collecting.append(result)
+        else:
+            result.addErrback(self.store_failed)
+
+    def store_failed(self, failure: Failure) -> None:
+        """Count and log a failed store write (during an outage the store logs it once)."""
+        self.stats.store_errors += 1
+        if failure.check(StoreUnavailable):
+            return
+        if failure.check(StorageError):
+            self.log.warn("Store write failed: {error}", error=failure.value)
+        else:
+            self.log.failure("Store write failed", failure)
