@@ -178,3 +178,11 @@ class SameRefusalOverHTTPTests(HTTPBrokerTestCase):
         answer = yield self.json("POST", "/publish?topic=%24SYS/broker/uptime", 403,
                                  body=b"0")
         self.assertEqual(answer["reason_code"], RC.NOT_AUTHORIZED)
+
+
+def test_open_session_with_a_keep_alive_cap() -> None:
+    """``--max-keepalive`` is about MQTT clients: an adapter's session (keep alive 0 on
+    its virtual CONNECT) still opens (it was refused: 'keep alive 0 outside 1..60')."""
+    gw, _ = gateway(BrokerSettings(max_keepalive=60))
+    session = gw.openSession("http-1", Sink())
+    assert gw.session("http-1") is session.result

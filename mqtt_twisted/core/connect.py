@@ -82,7 +82,7 @@ class Connector:
                                          ReasonCode.RETAIN_NOT_SUPPORTED))
                 return
         max_keepalive = self.broker.settings.max_keepalive
-        if (max_keepalive and packet.protocol_level < 5
+        if (max_keepalive and packet.protocol_level < 5 and not conn.virtual
                 and not 0 < packet.keep_alive <= max_keepalive):
             # v3 has no way to tell the client another keep alive: refuse, as Mosquitto does.
             conn.refuse(ClientIdentifierNotValid(

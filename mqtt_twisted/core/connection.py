@@ -61,6 +61,8 @@ class MQTTConnection:
     """One client connection, whatever transport carries it."""
 
     log = Logger()
+    #: A real MQTT client (an adapter's session is a VirtualConnection).
+    virtual = False
 
     __slots__ = (
         "broker", "transport", "peer", "listener", "certificate_identity", "decoder", "state",

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 class VirtualConnection:
     """Stands where an MQTTConnection would, for a non-MQTT client."""
 
+    #: No MQTT keep alive: the adapter watches its own clients.
+    virtual = True
+
     __slots__ = ("broker", "sink", "session", "client_id", "state", "paused", "send_quota",
                  "peer", "clean_exit", "keep_alive", "listener", "certificate_identity",
                  "version", "on_accept", "on_refuse")
