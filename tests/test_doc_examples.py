@@ -10,12 +10,14 @@ from what works.
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -30,7 +32,8 @@ from mqtt_twisted.message import Message
 from mqtt_twisted.testing import FakeClient, make_broker
 from mqtt_twisted.testing.fake_service import FakeBrokerService
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "docs" / "examples"
 
 
 def load(name: str) -> ModuleType:
@@ -118,6 +121,20 @@ class LineAdapterOnFakeTests(SynchronousTestCase):
         self.sub.say("SUB a")
         self.sub.protocol.connectionLost(None)
         self.pub.protocol.connectionLost(None)
+        self.assertEqual(self.service.closed, [(self.sub.clientId, False)])
+
+    def test_connection_lost_while_opening(self) -> None:
+        """A connection lost while its session opens (a slow store) closes the session
+        once it is open, after the SUB under way."""
+        opening: Deferred[None] = Deferred()
+        open_now = self.service.openSession
+        self.service.openSession = (  # type: ignore[method-assign]
+            lambda *args: opening.addCallback(lambda _: open_now(*args)))
+        self.assertEqual(self.sub.say("SUB a"), [])
+        self.sub.protocol.connectionLost(None)
+        self.assertEqual(self.service.closed, [])
+        opening.callback(None)
+        self.assertEqual(self.service.subscribed(self.sub.clientId), {"a": 0})
         self.assertEqual(self.service.closed, [(self.sub.clientId, False)])
 
 
@@ -219,3 +236,18 @@ class ForwardingRouterTests(SynchronousTestCase):
         members[got[0]].drop()
         [packet] = members[other].received()
         self.assertEqual((packet.topic, packet.payload), ("t", b"x"))
+
+
+class PageShowsTheFilesTests(SynchronousTestCase):
+    """The code docs/plugins.md shows is the code these tests run."""
+
+    def test_blocks_are_pieces_of_the_files(self) -> None:
+        """Each python block of docs/plugins.md whose first line names a docs/examples/
+        file is, after that line, a verbatim piece of the file."""
+        text = (ROOT / "docs" / "plugins.md").read_text()
+        blocks = re.findall(r"^```python\n# (docs/examples/\w+\.py)[^\n]*\n(.*?)^```",
+                            text, re.S | re.M)
+        self.assertEqual(sorted({name for name, _ in blocks}),
+                         ["docs/examples/forwarding_router.py", "docs/examples/line_adapter.py"])
+        for name, body in blocks:
+            self.assertIn(body, (ROOT / name).read_text(), f"docs/plugins.md shows {name}")

@@ -67,6 +67,9 @@ class LineProtocol(LineOnlyReceiver):
         self.transport.loseConnection()
 
     def connectionLost(self, reason=None):
+        self.queue.addCallback(lambda _: self.close())  # once the commands under way end
+
+    def close(self):
         if self.opened:
             self.opened = False
             self.factory.gateway.closeSession(self.clientId)
