@@ -1,4 +1,7 @@
-"""The records a session holds, shared by the broker core and the stores that persist them.
+"""Records shared by the broker core, the stores and the adapters.
+
+What a session holds (subscription options, outbound messages) and what a client
+presented (credentials).
 
 They sit below both (``core.session`` re-exports them), so that a store can rebuild
 them without importing the broker.
@@ -6,6 +9,9 @@ them without importing the broker.
 
 from __future__ import annotations
 
+from zope.interface import implementer
+
+from mqtt_twisted.interfaces import ICredentials
 from mqtt_twisted.message import Message
 
 #: Outbound states: waiting for PUBACK/PUBREC, or for PUBCOMP after our PUBREL.
@@ -77,3 +83,19 @@ class Outbound:
         self.group = group  # the shared subscription it was routed through, if any
         # Position in the session's delivery order, and its key in a store.
         self.seq = seq
+
+
+@implementer(ICredentials)
+class Credentials:
+    """What a client presented on CONNECT (or an adapter on its behalf)."""
+
+    __slots__ = ("adapter", "certificateIdentity", "clientId", "password", "peer", "username")
+
+    def __init__(self, clientId: str, username: str | None = None, password: bytes | None = None,
+                 certificateIdentity: str | None = None, peer: str = "", adapter: str = "mqtt"):
+        self.clientId = clientId
+        self.username = username
+        self.password = password
+        self.certificateIdentity = certificateIdentity
+        self.peer = peer
+        self.adapter = adapter

@@ -281,12 +281,12 @@ class ContractTests(SynchronousTestCase):
             # verifyObject in tests/test_fake_service.py:
             "mqtt_twisted.testing.fake_service.FakeBrokerService",
             "mqtt_twisted.testing.fake_service.FakeBrokerConnection",
-            "mqtt_twisted.core.connect.Credentials",
+            "mqtt_twisted.records.Credentials",
             "mqtt_twisted.plugins.builtin.ScramAuthPlugin",
             "mqtt_twisted.auth.scram.ScramAuthenticator",
             "mqtt_twisted.auth.scram._ScramExchange",
             "mqtt_twisted.adapters.http.HTTPAdapter",
-            "mqtt_twisted.adapters.http.Subscription",
+            "mqtt_twisted.adapters._httpstream.Subscription",
             "mqtt_twisted.adapters.detect.DetectAdapter",
             # verifyObject of the optional hooks in test_adapter_hooks:
             "mqtt_twisted.adapters.tls.StreamListener",

@@ -19,8 +19,6 @@ from weakref import WeakKeyDictionary
 
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
-from twisted.internet.interfaces import IPushProducer
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -30,12 +28,13 @@ from zope.interface import implementer
 from mqtt_twisted.adapters import _httpapi as api
 from mqtt_twisted.adapters import tls
 from mqtt_twisted.adapters._httpapi import ApiError
+from mqtt_twisted.adapters._httpstream import Subscription, gone, respond
 from mqtt_twisted.adapters.kit import ConnectionLimit, origin_of
 from mqtt_twisted.adapters.options import AdapterOption, declare, integer, number, option_values
 from mqtt_twisted.constants import ReasonCode
-from mqtt_twisted.core.broker import Credentials
 from mqtt_twisted.core.gateway import PUBLISH, SUBSCRIBE
-from mqtt_twisted.interfaces import IListenerChecker, IMessageSink, IStreamAdapter
+from mqtt_twisted.interfaces import IListenerChecker, IStreamAdapter
+from mqtt_twisted.records import Credentials
 
 log = Logger()
 
@@ -50,11 +49,6 @@ OPTIONS = declare(
     AdapterOption("replay", integer(), 100,
                   "events kept per persistent client for Last-Event-ID resume"),
 )
-
-#: The reason code a closed stream reports when its session simply ended.
-_ENDED = ReasonCode.NORMAL_DISCONNECTION
-#: Messages an SSE stream holds before its response starts; beyond, the broker queues.
-_PENDING_LIMIT = 100
 
 
 @dataclass(slots=True)
@@ -80,30 +74,10 @@ class HTTPConfig:
 # --- responses --------------------------------------------------------------------------------
 
 
-def _gone(request: Request) -> bool:
-    return bool(request.finished or request._disconnected)
-
-
-def respond(request: Request, status: int, body: bytes | None = None,
-            headers: dict[str, str] | None = None,
-            content_type: bytes = b"application/json") -> None:
-    """Answer ``request`` at once (nothing, if its client has gone)."""
-    if _gone(request):
-        return
-    request.setResponseCode(status)
-    for name, value in (headers or {}).items():
-        request.setHeader(name, value)
-    if body is not None:
-        request.setHeader(b"content-type", content_type)
-        request.setHeader(b"content-length", b"%d" % len(body))
-        request.write(body)
-    request.finish()
-
-
 def respond_error(request: Request, failure: Failure) -> None:
     """Answer with the JSON error for ``failure``; unexpected ones are logged as well
     (not those of a request whose client left: its session went from under it)."""
-    if _gone(request):
+    if gone(request):
         return
     error = api.error_from(failure.value)
     if error.status == 500:
@@ -291,222 +265,6 @@ class SubscribeResource(_Endpoint):
         return stream.open()
 
 
-# --- subscriptions ------------------------------------------------------------------------------
-
-OPENING, LIVE, DONE = range(3)
-
-
-@implementer(IMessageSink, IPushProducer)
-class Subscription:
-    """One ``/subscribe`` request: the sink of its virtual session, and (for SSE) the
-    producer twisted.web pauses when the client stops reading."""
-
-    def __init__(self, bridge: Bridge, request: Request, sub: api.SubscribeRequest,
-                 username: str | None, password: bytes | None) -> None:
-        self.bridge = bridge
-        self.request = request
-        self.sub = sub
-        self.persistent = sub.client is not None
-        self.client_id = sub.client or bridge.new_client_id()
-        self.credentials = bridge.credentials(request, self.client_id, username, password)
-        self.log: api.ReplayLog | None = None
-        self.local_id = 0
-        self.pending: list[bytes] = []
-        self.conn: Any = None
-        self.state = OPENING
-        self.producer_paused = False
-        self.timer: Any = None
-        self.heartbeat: LoopingCall | None = None
-        self.granted: list[dict[str, Any]] = []
-
-    # --- opening --------------------------------------------------------------------
-
-    @inlineCallbacks
-    def open(self) -> Any:
-        bridge = self.bridge
-        self.request.notifyFinish().addErrback(lambda _: self.end(None, client_left=True))
-        if self.persistent:
-            self.log = bridge.replay_log(self.client_id)
-            replay_before = self.log.next  # what the session delivers from now on is new
-        try:
-            session = yield bridge.service.openSession(self.client_id, self, not self.persistent,
-                                                       self.credentials, self.sub.expiry)
-        except Exception as e:
-            self.state = DONE
-            raise api.error_from(e) from None
-        self.conn = session.connection
-        if self.state == DONE:  # the client left while the session opened
-            self.conn.close()
-            return
-        bridge.subscriptions.add(self)
-        try:
-            yield self._configure(session)
-        except BaseException:
-            self.state = DONE
-            self.conn.close()
-            raise
-        if self.state == DONE:
-            return
-        replayed = (self.log.after(self.sub.last_id, replay_before)
-                    if self.log is not None else [])
-        if self.sub.stream:
-            self._start_stream([api.sse(e, f"{self.log.epoch}-{n}")  # type: ignore[union-attr]
-                                for n, e in replayed])
-        else:
-            self._start_poll([e for _, e in replayed])
-
-    @inlineCallbacks
-    def _configure(self, session: Any) -> Any:
-        """The session's subscriptions become those of the request."""
-        bridge = self.bridge
-        if self.log is not None and self.log.session is not session:
-            if self.log.session is not None:  # a new session: the old ids mean nothing
-                self.log = bridge.replay_log(self.client_id, fresh=True)
-            self.log.session = session
-        for topic_filter in list(session.subscriptions):
-            if topic_filter not in self.sub.filters:
-                yield bridge.service.unsubscribe(self.client_id, topic_filter)
-        for topic_filter in self.sub.filters:
-            if self.state == DONE:  # the client left, or the session was taken over
-                return
-            granted = yield bridge.service.subscribe(self.client_id, topic_filter, self.sub.qos)
-            if self.state == DONE:
-                return
-            if granted >= 0x80:
-                raise api.code_error(granted, topic_filter)
-            self.granted.append({"topic": topic_filter, "qos": granted})
-
-    # --- IMessageSink ------------------------------------------------------------------
-
-    def deliver(self, message: Any, qos: int) -> bool:
-        """Take one routed message; False asks the broker to queue the next ones."""
-        if self.state == DONE:
-            return False
-        if self.log is not None:
-            n, event_id = self.log.new_id()
-        else:
-            self.local_id += 1
-            n, event_id = self.local_id, str(self.local_id)
-        encoded = api.dumps(api.event(message, qos, message.retain,
-                                      self.bridge.reactor.seconds(), event_id))
-        if self.log is not None:
-            self.log.add(n, encoded)
-        if not self.sub.stream:
-            self.pending.append(encoded)
-            if self.state == LIVE and self.timer is not None and len(self.pending) == 1:
-                self.timer.cancel()  # the first message: answer after this turn's batch
-                self.timer = self.bridge.reactor.callLater(0, self.end, None)
-            return len(self.pending) < self.sub.max
-        frame = api.sse(encoded, event_id)
-        if self.state == LIVE:
-            self.request.write(frame)
-            return not self.producer_paused
-        self.pending.append(frame)
-        return len(self.pending) < _PENDING_LIMIT
-
-    def sessionClosed(self, reason: Any) -> None:
-        """The broker ended the session (taken over, removed, shut down)."""
-        if self.state != DONE:
-            self.end(ReasonCode.NORMAL_DISCONNECTION if reason is None else int(reason))
-
-    # --- SSE ----------------------------------------------------------------------------
-
-    def _start_stream(self, replayed: list[bytes]) -> None:
-        request = self.request
-        request.setResponseCode(200)
-        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-cache")
-        request.setHeader(b"x-accel-buffering", b"no")
-        hello = api.dumps({"client": self.client_id, "subscriptions": self.granted})
-        frames = [b"retry: 2000\n\n", api.sse(hello, name="subscribed"), *replayed,
-                  *self.pending]
-        self.pending = []
-        self.state = LIVE
-        request.write(b"".join(frames))
-        request.registerProducer(self, True)
-        interval = self.bridge.config.heartbeat
-        if interval:
-            self.heartbeat = LoopingCall(self._ping)
-            self.heartbeat.clock = self.bridge.reactor
-            self.heartbeat.start(interval, now=False)
-        if self.conn.paused and not self.producer_paused:
-            self.conn.resumeWriting()
-
-    def _ping(self) -> None:
-        if self.state == LIVE and not self.producer_paused:
-            self.request.write(b": ping\n\n")
-
-    def pauseProducing(self) -> None:
-        """The client reads slower than messages come: the broker queues for the session
-        (bounded, oldest dropped first); a client that stays stuck is cut off."""
-        self.producer_paused = True
-        if self.conn is not None:
-            self.conn.pauseWriting()
-        stall = self.bridge.config.stall_timeout
-        if stall and self.timer is None and self.state == LIVE:
-            self.timer = self.bridge.reactor.callLater(stall, self._stalled)
-
-    def resumeProducing(self) -> None:
-        self.producer_paused = False
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
-        if self.conn is not None and self.state == LIVE:
-            self.conn.resumeWriting()
-
-    def stopProducing(self) -> None:
-        self.end(None, client_left=True)
-
-    def _stalled(self) -> None:
-        self.timer = None
-        log.info("Cutting off SSE client {client}: the stream went unread for {s}s",
-                 client=self.client_id, s=self.bridge.config.stall_timeout)
-        self.end(None, client_left=True)
-        self.request.channel.transport.abortConnection()
-
-    # --- long poll ------------------------------------------------------------------------
-
-    def _start_poll(self, replayed: list[bytes]) -> None:
-        self.pending = replayed + self.pending
-        self.state = LIVE
-        delay = 0.0 if self.pending or not self.sub.timeout else self.sub.timeout
-        self.timer = self.bridge.reactor.callLater(delay, self.end, None)
-
-    # --- ending -----------------------------------------------------------------------------
-
-    def end(self, reason: int | None, client_left: bool = False) -> None:
-        """Finish the answer (unless the client left) and close the virtual session."""
-        if self.state == DONE:
-            return
-        was_live = self.state == LIVE
-        self.state = DONE
-        self.bridge.subscriptions.discard(self)
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
-        if self.heartbeat is not None and self.heartbeat.running:
-            self.heartbeat.stop()
-        if self.conn is not None:
-            self.conn.pauseWriting()  # what arrives from now on stays with the session
-        request = self.request
-        if was_live and not client_left and not _gone(request):
-            if self.sub.stream:
-                request.unregisterProducer()
-                code = _ENDED if reason is None else reason
-                request.write(api.sse(api.dumps({"reason_code": int(code)}), name="close"))
-                request.finish()
-            elif self.pending:
-                respond(request, 200, api.poll_body(self.client_id, self.pending))
-            else:
-                respond(request, 204)
-        elif self.sub.stream and was_live and request.producer is not None:
-            request.unregisterProducer()
-        self.pending = []
-        if self.conn is not None:
-            self.conn.close()
-        self.bridge.forget_log_if_gone(self.client_id)
-
-
 # --- the bridge ---------------------------------------------------------------------------------
 
 #: Replay logs per broker service, shared by all its HTTP listeners.
@@ -549,7 +307,7 @@ class Bridge(Resource):
             found = logs[client_id] = api.ReplayLog(self.config.replay)
         return found
 
-    def forget_log_if_gone(self, client_id: str) -> None:
+    def forget_log_ifgone(self, client_id: str) -> None:
         if self.service.session(client_id) is None:
             self.replay_logs.pop(client_id, None)
 

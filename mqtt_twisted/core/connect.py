@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from mqtt_twisted.codec.packets import Auth, Connect
 from mqtt_twisted.constants import PropertyId, ReasonCode
@@ -23,30 +22,14 @@ from mqtt_twisted.core._async import when
 from mqtt_twisted.core.session import Session
 from mqtt_twisted.core.states import CLOSED
 from mqtt_twisted.errors import ClientIdentifierNotValid, ConnectError, MQTTError
-from mqtt_twisted.interfaces import ICredentials
 from mqtt_twisted.message import Message
+from mqtt_twisted.records import Credentials
 
 if TYPE_CHECKING:
     from mqtt_twisted.core.broker import Broker
     from mqtt_twisted.core.connection import MQTTConnection
 
 _P = PropertyId
-
-
-@implementer(ICredentials)
-class Credentials:
-    """What a client presented on CONNECT (or an adapter on its behalf)."""
-
-    __slots__ = ("adapter", "certificateIdentity", "clientId", "password", "peer", "username")
-
-    def __init__(self, clientId: str, username: str | None = None, password: bytes | None = None,
-                 certificateIdentity: str | None = None, peer: str = "", adapter: str = "mqtt"):
-        self.clientId = clientId
-        self.username = username
-        self.password = password
-        self.certificateIdentity = certificateIdentity
-        self.peer = peer
-        self.adapter = adapter
 
 
 class Connector:

@@ -177,8 +177,12 @@ class Gateway:
     def subscribe(self, clientId: str, topicFilter: str, qos: int = 0) -> Deferred[int]:
         """Subscribe an open session, granted as an MQTT SUBSCRIBE would be (the same
         refusals when features are off); fires with the granted QoS or a reason code.
-        Retained messages follow a new subscription."""
-        session = self._open_session(clientId)
+        Retained messages follow a new subscription.  Fails with ValidationError when
+        ``clientId`` has no open session."""
+        try:
+            session = self._open_session(clientId)
+        except ValidationError as e:
+            return fail(e)
         code, _ = check_filter(self.broker.settings, topicFilter)
         if code:
             return succeed(int(code))
@@ -196,8 +200,13 @@ class Gateway:
         return options.qos
 
     def unsubscribe(self, clientId: str, topicFilter: str) -> Deferred[bool]:
-        """Remove one subscription of an open session; fires with whether it existed."""
-        return succeed(self.broker.unsubscribe(self._open_session(clientId), topicFilter))
+        """Remove one subscription of an open session; fires with whether it existed
+        (fails with ValidationError when ``clientId`` has no open session)."""
+        try:
+            session = self._open_session(clientId)
+        except ValidationError as e:
+            return fail(e)
+        return succeed(self.broker.unsubscribe(session, topicFilter))
 
     def retained(self, topicFilter: str) -> Deferred[list[Message]]:
         """The retained messages matching ``topicFilter`` (expired ones left out)."""
