@@ -24,6 +24,7 @@ from mqtt_twisted.codec import (
     Will,
     encode,
 )
+from mqtt_twisted.core import inspection
 from mqtt_twisted.core.settings import BrokerSettings
 
 try:
@@ -63,7 +64,7 @@ class WillTests(BrokerTestCase):
         watcher = yield self.watcher()
         polite = yield self.paho("polite", will=("will/polite", b"never", 1, False))
         yield polite.disconnect()
-        yield self.wait_until(lambda: "polite" not in self.broker.sessions)
+        yield self.wait_until(lambda: "polite" not in inspection.session_ids(self.broker))
         pub = yield self.paho("will-pub")
         yield pub.publish(END, b"", 2)
         self.assertEqual((yield watcher.collect_until(END)), [])
@@ -97,7 +98,7 @@ class WillTests(BrokerTestCase):
         """A will with retain=1 is stored as a retained message at its QoS."""
         victim = yield self.paho("retainer", will=("will/retained", b"last word", 2, True))
         yield victim.kill()
-        yield self.wait_until(lambda: "retainer" not in self.broker.sessions)
+        yield self.wait_until(lambda: "retainer" not in inspection.session_ids(self.broker))
         later = yield self.paho("latecomer")
         yield later.subscribe(("will/retained", 2))
         message = yield later.next_message()
@@ -215,7 +216,7 @@ class MalformedPacketTests(BrokerTestCase):
         # A log line names the client and the reason.
         lines = [formatEvent(e) for e in events]
         self.assertTrue(any("malformed" in line and "QoS 3" in line for line in lines), lines)
-        self.assertNotIn("malformed", self.broker.sessions)
+        self.assertNotIn("malformed", inspection.session_ids(self.broker))
         yield pub.publish("mal/t", b"after", 1)
         self.assertEqual((yield sub.next_message()).payload, b"after")
         self.assertFalse(sub.is_disconnected)

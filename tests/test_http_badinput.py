@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
+from mqtt_twisted.core import inspection
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.message import Message
 
@@ -153,7 +154,7 @@ class BadInputTests(HTTPBrokerTestCase):
         self.assertEqual(burst, [f"small {n}" for n in range(15)])
         # Still unread: cut off once paused for stallTimeout (refilled whenever it drains).
         deadline = time.monotonic() + TIMEOUT
-        while stuck_id in self.broker.sessions:
+        while stuck_id in inspection.session_ids(self.broker):
             self.assertLess(time.monotonic(), deadline)
             if session.connection.paused:
                 yield self.sleep(0.05)

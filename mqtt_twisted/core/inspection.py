@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 __all__ = [
     "ConnectionInfo", "HeldMessage", "IndexSizes", "Match", "SessionInfo", "SubscriptionInfo",
     "connection_count", "connection_info", "connections", "held_messages", "index_sizes",
-    "matching_clients", "session_ids", "session_info", "shared_groups", "subscription_count",
+    "matching_clients", "session_ids", "session_info", "sessions", "shared_groups",
+    "subscription_count",
 ]
 
 _STATES = {AWAIT_CONNECT: "awaiting-connect", CONNECTING: "connecting",
@@ -164,6 +165,12 @@ def session_info(broker: Broker, client_id: str) -> SessionInfo | None:
         expiry_pending=session.expiry_call is not None,
         identity=session.identity,
     )
+
+
+def sessions(broker: Broker) -> tuple[SessionInfo, ...]:
+    """Every live session, oldest first."""
+    return tuple(info for client_id in list(broker.sessions)
+                 if (info := session_info(broker, client_id)) is not None)
 
 
 def held_messages(broker: Broker, client_id: str) -> tuple[HeldMessage, ...]:
