@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from mqtt_twisted.core.connection import AWAIT_CONNECT, CLOSED, CONNECTED, CONNECTING
+from mqtt_twisted.core.virtual import VirtualConnection
 from mqtt_twisted.records import AWAITING_PUBCOMP, SubscriptionOptions
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ class HeldMessage:
 
 @dataclass(frozen=True)
 class ConnectionInfo:
-    """One connection the broker tracks."""
+    """One client connection: an MQTT stream, or an adapter's virtual one (HTTP...)."""
 
     client_id: str | None  # None before CONNECT
     peer: str
@@ -107,6 +108,7 @@ class ConnectionInfo:
     throttled: bool  # the broker stopped reading from it (flow control)
     congested: bool  # it holds publishers back, or did until its grace ran out
     attached: bool  # it is the connection of its client id's live session
+    virtual: bool  # an adapter's session (HTTP...), not an MQTT stream
 
 
 @dataclass(frozen=True)
@@ -214,18 +216,19 @@ def matching_clients(broker: Broker, topic: str, sender: str | None = None) -> t
 
 
 def connection_count(broker: Broker) -> int:
-    """Connections the broker tracks, connected or not yet."""
+    """MQTT stream connections the broker tracks, connected or not yet."""
     return len(broker.connections)
 
 
 def connections(broker: Broker) -> tuple[ConnectionInfo, ...]:
-    """Every connection the broker tracks."""
+    """Every MQTT stream connection the broker tracks (virtual ones are not tracked: ask
+    :func:`connection_info` with their client id)."""
     return tuple(_describe(broker, conn) for conn in broker.connections)
 
 
 def connection_info(broker: Broker, which: str | MQTTConnection) -> ConnectionInfo | None:
-    """A client id's connection (None when offline or unknown), or a given connection
-    (None once the broker no longer tracks it)."""
+    """A client id's connection, virtual ones included (None when offline or unknown),
+    or a given MQTT connection (None once the broker no longer tracks it)."""
     if isinstance(which, str):
         session = broker.sessions.get(which)
         conn = session.connection if session is not None else None
@@ -234,11 +237,12 @@ def connection_info(broker: Broker, which: str | MQTTConnection) -> ConnectionIn
     return _describe(broker, conn) if conn is not None else None
 
 
-def _describe(broker: Broker, conn: MQTTConnection) -> ConnectionInfo:
+def _describe(broker: Broker, conn: MQTTConnection | VirtualConnection) -> ConnectionInfo:
     session: Session | None = conn.session
     attached = (session is not None and session.connection is conn
                 and broker.sessions.get(session.clientId) is session)
     return ConnectionInfo(conn.client_id, conn.peer, conn.version,
                           _STATES.get(conn.state, str(conn.state)), conn.keep_alive,
-                          conn.paused, conn.throttles > 0, conn.congested_at is not None,
-                          attached)
+                          conn.paused, getattr(conn, "throttles", 0) > 0,
+                          conn.congested_at is not None, attached,
+                          isinstance(conn, VirtualConnection))
