@@ -108,7 +108,7 @@ class ConnectTests(BrokerTestCase):
         """An empty client id with clean session 1 gets a unique server-assigned id."""
         a = self.client("")  # [MQTT-3.1.3-6]
         b = self.client("")
-        ids = {a.connection.client_id, b.connection.client_id}
+        ids = {inspection.connection_info(self.broker, c.connection).client_id for c in (a, b)}
         self.assertEqual(len(ids), 2)  # [MQTT-3.1.3-7]
         prefix = self.broker.settings.assigned_id_prefix
         self.assertTrue(all(i.startswith(prefix) for i in ids))
