@@ -27,6 +27,7 @@ from twisted.web.http_headers import Headers
 
 from mqtt_twisted.adapters.listener import parse_listener
 from mqtt_twisted.adapters.mqtt import MQTTAdapter
+from mqtt_twisted.core import inspection
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.plugins.http import autoAdapter, httpAdapter
 from mqtt_twisted.service import BrokerService
@@ -280,7 +281,7 @@ class HTTPBrokerTestCase(unittest.TestCase):
             from mqtt_twisted.adapters.detect import _open
 
             held = [p for p in self.site.connections if _open(p.transport)]
-        return len(held) + len(self.broker.connections)
+        return len(held) + inspection.connection_count(self.broker)
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -291,6 +292,13 @@ class HTTPBrokerTestCase(unittest.TestCase):
 
     def _curl_tls(self) -> list[str]:
         return [] if self.ca is None else ["--cacert", self.ca]
+
+    def session(self, client_id: str) -> inspection.SessionInfo:
+        """A snapshot of ``client_id``'s session, which must exist."""
+        info = inspection.session_info(self.broker, client_id)
+        if info is None:
+            self.fail(f"no session for {client_id!r}")
+        return info
 
     def sleep(self, seconds: float) -> Deferred[None]:
         return deferLater(self.reactor, seconds, lambda: None)

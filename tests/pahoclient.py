@@ -23,6 +23,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
 from mqtt_twisted.codec import Connect, Packet, StreamDecoder, encode
+from mqtt_twisted.core import inspection
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.testing import start_broker, stop_broker
 
@@ -439,6 +440,20 @@ class BrokerTestCase(unittest.TestCase):
             self.assertEqual(connack.reason_code, 0)
             client.connack = connack
         return client
+
+    def session(self, client_id: str) -> inspection.SessionInfo:
+        """A snapshot of ``client_id``'s session, which must exist."""
+        info = inspection.session_info(self.broker, client_id)
+        if info is None:
+            self.fail(f"no session for {client_id!r}")
+        return info
+
+    def offline(self, client_id: str) -> Any:
+        """A predicate: the session of ``client_id`` exists and has no connection."""
+        def check() -> bool:
+            info = inspection.session_info(self.broker, client_id)
+            return info is not None and not info.online
+        return check
 
     def sleep(self, seconds: float) -> Deferred[None]:
         """Let the reactor run for ``seconds`` (only to prove that nothing happens)."""

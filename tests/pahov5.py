@@ -395,7 +395,3 @@ class V5TestCase(BrokerTestCase):
             client.connack = connack
         return client
 
-    def offline(self, client_id: str) -> Any:
-        """A predicate: the session of ``client_id`` exists and has no connection."""
-        return lambda: (client_id in self.broker.sessions
-                        and self.broker.sessions[client_id].connection is None)

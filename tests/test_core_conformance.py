@@ -33,6 +33,7 @@ from mqtt_twisted.codec import (
 )
 from mqtt_twisted.constants import PropertyId as P
 from mqtt_twisted.constants import ReasonCode as RC
+from mqtt_twisted.core import inspection
 from mqtt_twisted.core.broker import Broker
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.errors import AuthenticationError
@@ -245,7 +246,7 @@ def test_connack_that_cannot_fit_closes_without_sending() -> None:
     assert out == [] and c.transport.written == b""
     assert c.transport.closed
     assert publishes(watcher.received()) == []
-    assert len(broker.sessions) == 1  # only the watcher's
+    assert inspection.session_ids(broker) == {"watcher"}  # only the watcher's
 
 
 def test_connack_that_fits_is_sent() -> None:
@@ -298,7 +299,7 @@ def test_mqtt31_empty_client_id_refused_with_code_2() -> None:
     c.send(Connect("", 3, True, 0))
     assert bytes(c.transport.written) == b"\x20\x02\x00\x02"
     assert c.transport.closed
-    assert broker.sessions == {}
+    assert inspection.session_ids(broker) == set()
 
 
 def test_mqtt31_connack_has_no_session_present_flag() -> None:

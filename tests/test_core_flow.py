@@ -4,6 +4,7 @@ for a bounded time, and a dead one costs nobody else anything."""
 from __future__ import annotations
 
 from mqtt_twisted.codec import Publish
+from mqtt_twisted.core import inspection
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.testing import FakeClient, make_broker
 
@@ -48,7 +49,7 @@ def test_dead_subscriber_releases_publisher_after_grace() -> None:
     for i in range(10):
         pub.publish("t", b"%d" % i)
     assert pub.transport.reading is True
-    assert len(broker.sessions["sub"].queue) == 3
+    assert inspection.session_info(broker, "sub").queued == 3
     assert broker.stats.messages_dropped == 7
 
 
@@ -102,7 +103,7 @@ def test_internal_publish_to_full_subscriber_queues() -> None:
     sub.connection.pauseWriting()
     for i in range(4):
         broker.route(Message("t", b"%d" % i))
-    assert len(broker.sessions["sub"].queue) == 2
+    assert inspection.session_info(broker, "sub").queued == 2
     assert broker.stats.messages_dropped == 2
 
 

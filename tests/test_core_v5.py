@@ -8,6 +8,7 @@ from mqtt_twisted.auth.scram import ScramAuthenticator
 from mqtt_twisted.codec import Auth, ConnAck, Connect, Disconnect, PubAck, Publish, SubAck
 from mqtt_twisted.constants import PropertyId as P
 from mqtt_twisted.constants import ReasonCode as RC
+from mqtt_twisted.core import inspection
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.core.systopics import SysTopics
 from mqtt_twisted.testing import FakeClient, make_broker
@@ -25,10 +26,10 @@ def test_session_expiry_keeps_session_until_interval_passes() -> None:
     c.subscribe("t", qos=1)
     c.drop()
     clock.advance(9)
-    assert "s" in broker.sessions
+    assert "s" in inspection.session_ids(broker)
     clock.advance(1.5)
-    assert "s" not in broker.sessions
-    assert len(broker.tree) == 0
+    assert "s" not in inspection.session_ids(broker)
+    assert inspection.subscription_count(broker) == 0
 
 
 def test_session_expiry_zero_ends_session_with_connection() -> None:
@@ -38,7 +39,7 @@ def test_session_expiry_zero_ends_session_with_connection() -> None:
     c.connect("s", clean=False)
     c.subscribe("t")
     c.drop()
-    assert "s" not in broker.sessions
+    assert "s" not in inspection.session_ids(broker)
 
 
 def test_session_expiry_never_for_max_value() -> None:
@@ -48,7 +49,7 @@ def test_session_expiry_never_for_max_value() -> None:
     c.connect("s", clean=False, properties={P.SESSION_EXPIRY_INTERVAL: 0xFFFFFFFF})
     c.drop()
     clock.advance(10**7)
-    assert "s" in broker.sessions
+    assert "s" in inspection.session_ids(broker)
 
 
 def test_disconnect_may_not_raise_expiry_from_zero() -> None:
@@ -60,7 +61,7 @@ def test_disconnect_may_not_raise_expiry_from_zero() -> None:
     assert c.transport.closed
     assert c.received()[-1] == Disconnect(RC.PROTOCOL_ERROR)
     c.drop()  # the transport reports the close
-    assert "s" not in broker.sessions
+    assert "s" not in inspection.session_ids(broker)
 
 
 def test_disconnect_can_shorten_expiry() -> None:
@@ -71,7 +72,7 @@ def test_disconnect_can_shorten_expiry() -> None:
     c.send(Disconnect(0, {P.SESSION_EXPIRY_INTERVAL: 5}))
     c.drop()
     clock.advance(6)
-    assert "s" not in broker.sessions
+    assert "s" not in inspection.session_ids(broker)
 
 
 def test_receive_maximum_limits_outbound_inflight() -> None:
@@ -117,8 +118,9 @@ def test_maximum_packet_size_outbound_drops_for_that_client_only() -> None:
     pub.publish("t", b"ok", qos=1)
     assert [p.payload for p in publishes(small.received())] == [b"ok"]
     assert len(publishes(big.received())) == 2
-    assert not broker.sessions["small"].inflight or all(
-        o.message.payload == b"ok" for o in broker.sessions["small"].inflight.values())
+    assert inspection.session_info(broker, "small") is not None
+    assert all(m.payload == b"ok" for m in inspection.held_messages(broker, "small")
+               if m.in_flight)
 
 
 def test_inbound_packet_too_large_disconnects_0x95() -> None:
@@ -158,7 +160,7 @@ def test_assigned_client_identifier() -> None:
     c = FakeClient(broker, 5)
     ack = c.connect("", clean=False)[0]
     assigned = ack.properties[P.ASSIGNED_CLIENT_IDENTIFIER]
-    assert assigned in broker.sessions
+    assert assigned in inspection.session_ids(broker)
 
 
 def test_connack_capabilities_reflect_settings() -> None:
@@ -605,7 +607,9 @@ def test_shared_group_removed_with_last_member() -> None:
     c.connect("c")
     c.subscribe("$share/g/t")
     c.unsubscribe("$share/g/t")
-    assert broker.shared_groups == {} and len(broker.shared_tree) == 0
+    assert inspection.shared_groups(broker) == {}
+    sizes = inspection.index_sizes(broker)
+    assert (sizes.shared_groups, sizes.shared_filters) == (0, 0)
 
 
 # --- enhanced authentication ----------------------------------------------------------------------
@@ -634,7 +638,7 @@ def test_scram_sha256_connect_succeeds_and_server_proves_itself() -> None:
     assert isinstance(ack, ConnAck) and ack.reason_code == 0
     assert ack.properties[P.AUTHENTICATION_METHOD] == "SCRAM-SHA-256"
     scram.set_server_final(ack.properties[P.AUTHENTICATION_DATA].decode())  # raises if forged
-    assert broker.sessions["c-alice"].identity == "alice"
+    assert inspection.session_info(broker, "c-alice").identity == "alice"
 
 
 def test_scram_wrong_password_refused_0x86() -> None:
@@ -744,6 +748,6 @@ def test_restored_session_of_a_crashed_connection_publishes_its_will() -> None:
     state.disconnectedAt = None
     state.will = Message("will", b"gone")
     broker.restore_session(state)
-    assert broker.sessions["crashed"].disconnectedAt == clock.seconds()
+    assert inspection.session_info(broker, "crashed").disconnected_at == clock.seconds()
     clock.advance(0)
     assert [p.payload for p in publishes(watcher.received())] == [b"gone"]

@@ -24,6 +24,7 @@ from mqtt_twisted.codec import (
     Subscription,
     encode,
 )
+from mqtt_twisted.core import inspection
 
 try:
     from tests.pahoclient import BrokerTestCase
@@ -41,7 +42,7 @@ class ConnectTests(BrokerTestCase):
         result = yield client.connected
         self.assertEqual(result.rc, 0)
         self.assertFalse(result.session_present)  # [MQTT-3.2.2-1] clean session
-        self.assertIn("plain", self.broker.sessions)
+        self.assertIn("plain", inspection.session_ids(self.broker))
 
     @inlineCallbacks
     def test_anonymous_with_credentials_accepted(self):
@@ -66,7 +67,7 @@ class ConnectTests(BrokerTestCase):
         self.assertEqual(connack.reason_code, 0x01)  # [MQTT-3.1.2-2]
         self.assertFalse(connack.session_present)
         yield raw.wait_closed()
-        self.assertNotIn("level6", self.broker.sessions)
+        self.assertNotIn("level6", inspection.session_ids(self.broker))
 
     @inlineCallbacks
     def test_first_packet_must_be_connect(self):
@@ -82,7 +83,7 @@ class ConnectTests(BrokerTestCase):
         raw = yield self.raw("twice")
         raw.send(Connect("twice", 4, True, 0))  # [MQTT-3.1.0-2]
         yield raw.wait_closed()
-        yield self.wait_until(lambda: "twice" not in self.broker.sessions)
+        yield self.wait_until(lambda: "twice" not in inspection.session_ids(self.broker))
 
     @inlineCallbacks
     def test_empty_client_id_clean_session_gets_assigned_id(self):
@@ -90,7 +91,7 @@ class ConnectTests(BrokerTestCase):
         prefix = self.broker.settings.assigned_id_prefix
         first = yield self.paho("")  # [MQTT-3.1.3-6]
         second = yield self.paho("")
-        assigned = [cid for cid in self.broker.sessions if cid.startswith(prefix)]
+        assigned = [cid for cid in inspection.session_ids(self.broker) if cid.startswith(prefix)]
         self.assertEqual(len(assigned), 2)  # [MQTT-3.1.3-7] each one unique
         # Both anonymous clients work side by side.
         yield first.subscribe(("anon/t", 1))
@@ -118,7 +119,7 @@ class TakeoverTests(BrokerTestCase):
         yield first.subscribe(("takeover/t", 1))
         second = yield self.paho("same")
         yield first.disconnected  # [MQTT-3.1.4-2] the old connection is closed
-        self.assertEqual(len(self.broker.connections), 1)
+        self.assertEqual(inspection.connection_count(self.broker), 1)
         yield second.subscribe(("takeover/t", 1))
         yield second.publish("takeover/t", b"after", 1)
         message = yield second.next_message()
@@ -143,9 +144,6 @@ class TakeoverTests(BrokerTestCase):
 
 class PersistentSessionTests(BrokerTestCase):
     """Clean session 0 keeps subscriptions and the QoS 1/2 messages for an offline client."""
-
-    def offline(self, client_id):
-        return lambda: self.broker.sessions[client_id].connection is None
 
     @inlineCallbacks
     def test_messages_kept_while_offline(self):
@@ -201,7 +199,7 @@ class PersistentSessionTests(BrokerTestCase):
         self.assertFalse(result.session_present)  # [MQTT-3.1.2-6]
         yield clean.no_message()
         yield clean.disconnect()
-        yield self.wait_until(lambda: "forgetful" not in self.broker.sessions)
+        yield self.wait_until(lambda: "forgetful" not in inspection.session_ids(self.broker))
         persistent = yield self.paho("forgetful", connect=False, clean_session=False)
         result = yield persistent.connect()
         self.assertFalse(result.session_present)  # nothing survived the clean session
@@ -280,14 +278,11 @@ class PersistentSessionTests(BrokerTestCase):
         self.assertFalse(any(p.dup for p in later))
         for packet in resent + later:
             again.send(PubAck(packet.packet_id))
-        yield self.wait_until(lambda: not self.broker.sessions["unacker"].inflight)
+        yield self.wait_until(lambda: not self.session("unacker").inflight_ids)
 
 
 class QoS2Tests(BrokerTestCase):
     """QoS 2 reaches each subscriber exactly once, also across reconnects [MQTT-4.3.3]."""
-
-    def offline(self, client_id):
-        return lambda: self.broker.sessions[client_id].connection is None
 
     @inlineCallbacks
     def test_qos2_end_to_end(self):
@@ -325,7 +320,7 @@ class QoS2Tests(BrokerTestCase):
         again.send(PubComp(pubrel.packet_id))
         again.send(PingReq())
         yield again.expect(PingResp)  # nothing else (no second PUBLISH) came first
-        yield self.wait_until(lambda: not self.broker.sessions["q2-raw-sub"].inflight)
+        yield self.wait_until(lambda: not self.session("q2-raw-sub").inflight_ids)
 
     @inlineCallbacks
     def test_subscriber_reconnects_before_pubrec(self):
@@ -348,7 +343,7 @@ class QoS2Tests(BrokerTestCase):
         again.send(PubRec(resent.packet_id))
         pubrel = yield again.expect(PubRel)
         again.send(PubComp(pubrel.packet_id))
-        yield self.wait_until(lambda: not self.broker.sessions["q2-early"].inflight)
+        yield self.wait_until(lambda: not self.session("q2-early").inflight_ids)
 
     @inlineCallbacks
     def test_publisher_resends_publish_after_reconnect(self):
@@ -396,7 +391,7 @@ class QoS2Tests(BrokerTestCase):
         message = yield sub.next_message()
         self.assertEqual(message.payload, b"once more")
         yield sub.no_message()
-        self.assertEqual(self.broker.sessions["q2-rel-pub"].inboundQoS2, set())
+        self.assertEqual(self.session("q2-rel-pub").inbound_qos2, set())
 
     @inlineCallbacks
     def test_duplicate_publish_before_pubrel_routed_once(self):

@@ -27,6 +27,7 @@ from mqtt_twisted.codec import (
 )
 from mqtt_twisted.constants import PropertyId as P
 from mqtt_twisted.constants import ReasonCode as RC
+from mqtt_twisted.core import inspection
 from mqtt_twisted.core.settings import BrokerSettings
 
 try:
@@ -46,8 +47,8 @@ class SessionExpiryTests(V5TestCase):
         client = yield self.paho5("se-zero", clean_start=False)
         yield client.subscribe(("se/zero", 1))
         yield client.disconnect()
-        yield self.wait_until(lambda: "se-zero" not in self.broker.sessions)
-        self.assertEqual(len(self.broker.tree), 0)
+        yield self.wait_until(lambda: "se-zero" not in inspection.session_ids(self.broker))
+        self.assertEqual(inspection.subscription_count(self.broker), 0)
         again = yield self.paho5("se-zero", clean_start=False)
         self.assertFalse(again.connack.session_present)
 
@@ -69,10 +70,10 @@ class SessionExpiryTests(V5TestCase):
         yield self.wait_until(self.offline("se-one"))
         gone_at = self.reactor.seconds()
         yield self.sleep(0.5)
-        self.assertIn("se-one", self.broker.sessions)  # not before the interval
-        yield self.wait_until(lambda: "se-one" not in self.broker.sessions)
+        self.assertIn("se-one", inspection.session_ids(self.broker))  # not before the interval
+        yield self.wait_until(lambda: "se-one" not in inspection.session_ids(self.broker))
         self.assertGreaterEqual(self.reactor.seconds() - gone_at, 0.9)
-        self.assertEqual(len(self.broker.tree), 0)  # its state is freed
+        self.assertEqual(inspection.subscription_count(self.broker), 0)  # its state is freed
         fresh = yield self.paho5("se-one", clean_start=False, connect_properties=sei)
         self.assertFalse(fresh.connack.session_present)
 
@@ -84,9 +85,9 @@ class SessionExpiryTests(V5TestCase):
         yield client.subscribe(("se/never", 1))
         yield client.kill()
         yield self.wait_until(self.offline("se-never"))
-        session = self.broker.sessions["se-never"]
-        self.assertIsNone(session.expiryInterval)
-        self.assertIsNone(session.expiry_call)
+        session = self.session("se-never")
+        self.assertIsNone(session.expiry_interval)
+        self.assertFalse(session.expiry_pending)
         back = yield self.paho5("se-never", clean_start=False,
                                 connect_properties={"SessionExpiryInterval": NEVER})
         self.assertTrue(back.connack.session_present)
@@ -99,8 +100,8 @@ class SessionExpiryTests(V5TestCase):
         yield client.subscribe(("se/short", 1))
         yield client.disconnect(0, {"SessionExpiryInterval": 1})
         yield self.wait_until(self.offline("se-short"))
-        self.assertEqual(self.broker.sessions["se-short"].expiryInterval, 1)
-        yield self.wait_until(lambda: "se-short" not in self.broker.sessions)
+        self.assertEqual(self.session("se-short").expiry_interval, 1)
+        yield self.wait_until(lambda: "se-short" not in inspection.session_ids(self.broker))
 
     @inlineCallbacks
     def test_disconnect_expiry_zero_ends_session_now(self):
@@ -109,7 +110,7 @@ class SessionExpiryTests(V5TestCase):
                                   connect_properties={"SessionExpiryInterval": 100})
         yield client.subscribe(("se/end", 1))
         yield client.disconnect(0, {"SessionExpiryInterval": 0})
-        yield self.wait_until(lambda: "se-end" not in self.broker.sessions)
+        yield self.wait_until(lambda: "se-end" not in inspection.session_ids(self.broker))
 
     @inlineCallbacks
     def test_disconnect_cannot_raise_expiry_from_zero(self):
@@ -119,7 +120,7 @@ class SessionExpiryTests(V5TestCase):
         answer = yield raw.expect(Disconnect)
         self.assertEqual(answer.reason_code, RC.PROTOCOL_ERROR)
         yield raw.wait_closed()
-        yield self.wait_until(lambda: "se-raise" not in self.broker.sessions)
+        yield self.wait_until(lambda: "se-raise" not in inspection.session_ids(self.broker))
 
 
 class SessionExpiryCapTests(V5TestCase):
@@ -135,8 +136,8 @@ class SessionExpiryCapTests(V5TestCase):
         self.assertEqual(client.connack.prop("SessionExpiryInterval"), 1)
         yield client.kill()
         yield self.wait_until(self.offline("cap"))
-        self.assertEqual(self.broker.sessions["cap"].expiryInterval, 1)
-        yield self.wait_until(lambda: "cap" not in self.broker.sessions)
+        self.assertEqual(self.session("cap").expiry_interval, 1)
+        yield self.wait_until(lambda: "cap" not in inspection.session_ids(self.broker))
 
     @inlineCallbacks
     def test_expiry_within_cap_not_echoed(self):
@@ -159,16 +160,16 @@ class ReceiveMaximumTests(V5TestCase):
             yield pub.publish("rm/t", b"%d" % i, 1)
         first = yield sub.collect(2)
         yield sub.no_message()
-        self.assertEqual(len(self.broker.sessions["rm-sub"].inflight), 2)
+        self.assertEqual(len(self.session("rm-sub").inflight_ids), 2)
         got = list(first)
         while len(got) < 6:
             sub.ack(got[len(got) - 2])
             got.append((yield sub.next_message()))
-            self.assertLessEqual(len(self.broker.sessions["rm-sub"].inflight), 2)
+            self.assertLessEqual(len(self.session("rm-sub").inflight_ids), 2)
         self.assertEqual([m.payload for m in got], [b"%d" % i for i in range(6)])
         for message in got[-2:]:
             sub.ack(message)
-        yield self.wait_until(lambda: not self.broker.sessions["rm-sub"].inflight)
+        yield self.wait_until(lambda: not self.session("rm-sub").inflight_ids)
 
     @inlineCallbacks
     def test_qos2_counts_until_pubcomp(self):
@@ -245,7 +246,7 @@ class MaximumPacketSizeTests(V5TestCase):
         self.assertEqual([len(m.payload) for m in both], [1000, 2])
         yield small.no_message()
         self.assertEqual(self.broker.stats.dropped_too_large, 1)
-        yield self.wait_until(lambda: not self.broker.sessions["mps-small"].inflight)
+        yield self.wait_until(lambda: not self.session("mps-small").inflight_ids)
         self.assertFalse(small.is_disconnected)
 
 
@@ -277,7 +278,7 @@ class ServerKeepAliveTests(V5TestCase):
         """Keep alive 60 becomes SERVER_KEEP_ALIVE 1, which paho follows [MQTT-3.2.2-21]."""
         client = yield self.paho5("ka-60", keepalive=60)
         self.assertEqual(client.connack.prop("ServerKeepAlive"), 1)
-        self.assertEqual(self.broker.sessions["ka-60"].connection.keep_alive, 1)
+        self.assertEqual(inspection.connection_info(self.broker, "ka-60").keep_alive, 1)
         yield self.sleep(2.2)
         self.assertFalse(client.is_disconnected)
 
@@ -318,7 +319,7 @@ class AssignedClientIdTests(V5TestCase):
         prefix = self.broker.settings.assigned_id_prefix
         self.assertTrue(all(i and i.startswith(prefix) for i in ids), ids)
         self.assertNotEqual(ids[0], ids[1])
-        self.assertTrue(all(i in self.broker.sessions for i in ids))
+        self.assertTrue(all(i in inspection.session_ids(self.broker) for i in ids))
         yield first.subscribe(("aci/t", 1))
         yield second.publish("aci/t", b"hi", 1)
         message = yield first.next_message()

@@ -103,7 +103,7 @@ class WildcardTests(BrokerTestCase):
         suback = yield sub.expect(SubAck)
         self.assertEqual(suback.packet_id, 1)
         self.assertEqual(suback.reason_codes, [1, 0x80, 2, 0x80, 0x80])  # [MQTT-3.9.3-2]
-        self.assertEqual(set(self.broker.sessions["bad-filter"].subscriptions),
+        self.assertEqual(set(self.session("bad-filter").subscriptions),
                          {"good/1", "good/2"})
         pub = yield self.paho("bad-filter-pub")
         yield pub.publish("good/1", b"one", 1)
@@ -145,7 +145,7 @@ class UnsubscribeTests(BrokerTestCase):
         yield pub.publish(END, b"", 1)
         received = yield sub.collect_until(END)
         self.assertEqual([(m.topic, m.payload) for m in received], [("u/2", b"still")])
-        self.assertEqual(set(self.broker.sessions["unsub"].subscriptions), {"u/2", END})
+        self.assertEqual(set(self.session("unsub").subscriptions), {"u/2", END})
 
 
 class RetainedTests(BrokerTestCase):

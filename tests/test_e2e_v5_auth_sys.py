@@ -27,6 +27,7 @@ from mqtt_twisted.codec import (
 )
 from mqtt_twisted.constants import PropertyId as P
 from mqtt_twisted.constants import ReasonCode as RC
+from mqtt_twisted.core import inspection
 from mqtt_twisted.core.systopics import SysTopics, resident_memory
 
 try:
@@ -74,7 +75,7 @@ class ScramTests(V5TestCase):
         self.assertEqual(connack.reason_code, 0)
         self.assertEqual(connack.properties[P.AUTHENTICATION_METHOD], METHOD)
         scram.set_server_final(connack.properties[P.AUTHENTICATION_DATA].decode())  # verifies
-        self.assertEqual(self.broker.sessions["scram-alice"].identity, "alice")
+        self.assertEqual(self.session("scram-alice").identity, "alice")
         raw.send(Publish("scram/t", b"authenticated", 1, False, False, 1))
         ack = yield raw.expect(PubAck)
         self.assertEqual(ack.reason_code, 0)
@@ -130,7 +131,7 @@ class ScramTests(V5TestCase):
         self.assertIsInstance(connack, ConnAck)
         self.assertEqual(connack.reason_code, RC.BAD_USER_NAME_OR_PASSWORD)
         yield raw.wait_closed()
-        self.assertNotIn("bad-pw", self.broker.sessions)
+        self.assertNotIn("bad-pw", inspection.session_ids(self.broker))
 
     @inlineCallbacks
     def test_unknown_user_refused(self):

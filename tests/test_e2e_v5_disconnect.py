@@ -13,6 +13,7 @@ from twisted.internet.defer import fail, inlineCallbacks, succeed
 from mqtt_twisted.codec import Connect, Disconnect, encode
 from mqtt_twisted.constants import PropertyId as P
 from mqtt_twisted.constants import ReasonCode as RC
+from mqtt_twisted.core import inspection
 from mqtt_twisted.errors import AuthenticationError, ConnectError
 from mqtt_twisted.testing import start_broker, stop_broker
 
@@ -40,7 +41,7 @@ class ClientDisconnectTests(V5TestCase):
         watcher = yield self.watcher()
         client = yield self.paho5("dc-0", will=("will/dc-0", b"never", 1, False))
         yield client.disconnect(0x00)
-        yield self.wait_until(lambda: "dc-0" not in self.broker.sessions)
+        yield self.wait_until(lambda: "dc-0" not in inspection.session_ids(self.broker))
         yield watcher.publish("end", b"", 1)
         self.assertEqual((yield watcher.collect_until("end")), [])
 
@@ -59,7 +60,7 @@ class ClientDisconnectTests(V5TestCase):
         watcher = yield self.watcher()
         client = yield self.paho5("dc-80", will=("will/dc-80", b"failed", 1, False))
         yield client.disconnect(0x80)
-        yield self.wait_until(lambda: "dc-80" not in self.broker.sessions)
+        yield self.wait_until(lambda: "dc-80" not in inspection.session_ids(self.broker))
         yield watcher.publish("end", b"", 1)
         got = yield watcher.collect_until("end")
         self.assertEqual([(m.topic, m.payload) for m in got], [("will/dc-80", b"failed")])
@@ -134,7 +135,7 @@ class ServerDisconnectTests(V5TestCase):
         self.assertEqual((gone.rc, gone.from_server), (RC.ADMINISTRATIVE_ACTION, True))
         yield self.wait_until(self.offline("admin"))  # the session itself stays
         self.assertTrue(self.service.gateway.closeSession("admin", remove=True))
-        self.assertNotIn("admin", self.broker.sessions)
+        self.assertNotIn("admin", inspection.session_ids(self.broker))
         self.assertFalse(self.service.gateway.closeSession("nobody"))
 
 
@@ -205,7 +206,7 @@ class WillDelayTests(V5TestCase):
         message = yield watcher.next_message()
         self.assertGreaterEqual(self.reactor.seconds() - start, 0.8)
         self.assertEqual(message.payload, b"ended")
-        self.assertNotIn("wd-end", self.broker.sessions)
+        self.assertNotIn("wd-end", inspection.session_ids(self.broker))
 
     @inlineCallbacks
     def test_will_delay_with_no_session_is_immediate(self):
@@ -260,7 +261,7 @@ class RedirectionTests(V5TestCase):
         self.assertEqual(result.prop("ServerReference"), "other.example:1883")
         self.assertEqual(result.prop("ReasonString"), "use the other one")
         yield client.disconnected
-        self.assertNotIn("redirect-me", self.broker.sessions)
+        self.assertNotIn("redirect-me", inspection.session_ids(self.broker))
 
     @inlineCallbacks
     def test_server_moved_0x9d(self):
@@ -289,4 +290,4 @@ class RedirectionTests(V5TestCase):
     def test_others_accepted(self):
         """Clients the authenticator accepts connect normally, identified by it."""
         yield self.paho5("fine", username="alice", password="ok")
-        self.assertEqual(self.broker.sessions["fine"].identity, "alice")
+        self.assertEqual(self.session("fine").identity, "alice")

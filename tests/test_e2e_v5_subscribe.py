@@ -120,7 +120,7 @@ class ReasonCodeTests(V5TestCase):
         self.assertEqual(suback.reason_codes, [0, RC.TOPIC_FILTER_INVALID, 1,
                                                RC.TOPIC_FILTER_INVALID, 2,
                                                RC.TOPIC_FILTER_INVALID, RC.TOPIC_FILTER_INVALID])
-        self.assertEqual(set(self.broker.sessions["sa"].subscriptions), {"sa/0", "sa/1", "sa/2"})
+        self.assertEqual(set(self.session("sa").subscriptions), {"sa/0", "sa/1", "sa/2"})
 
     @inlineCallbacks
     def test_unsuback_codes(self):
@@ -279,7 +279,7 @@ class SharedSubscriptionTests(V5TestCase):
             yield pub.publish("on/t", b"%d" % i, 1)
         got = yield here.collect(4)
         self.assertEqual([m.payload for m in got], [b"%d" % i for i in range(4)])
-        self.assertFalse(self.broker.sessions["on-away"].queue)
+        self.assertFalse(self.session("on-away").queued)
 
     @inlineCallbacks
     def test_unsubscribed_member_gets_no_more(self):

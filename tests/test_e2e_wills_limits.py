@@ -24,6 +24,7 @@ from mqtt_twisted.codec import (
     Will,
     encode,
 )
+from mqtt_twisted.core import inspection
 from mqtt_twisted.core.settings import BrokerSettings
 
 try:
@@ -63,7 +64,7 @@ class WillTests(BrokerTestCase):
         watcher = yield self.watcher()
         polite = yield self.paho("polite", will=("will/polite", b"never", 1, False))
         yield polite.disconnect()
-        yield self.wait_until(lambda: "polite" not in self.broker.sessions)
+        yield self.wait_until(lambda: "polite" not in inspection.session_ids(self.broker))
         pub = yield self.paho("will-pub")
         yield pub.publish(END, b"", 2)
         self.assertEqual((yield watcher.collect_until(END)), [])
@@ -97,7 +98,7 @@ class WillTests(BrokerTestCase):
         """A will with retain=1 is stored as a retained message at its QoS."""
         victim = yield self.paho("retainer", will=("will/retained", b"last word", 2, True))
         yield victim.kill()
-        yield self.wait_until(lambda: "retainer" not in self.broker.sessions)
+        yield self.wait_until(lambda: "retainer" not in inspection.session_ids(self.broker))
         later = yield self.paho("latecomer")
         yield later.subscribe(("will/retained", 2))
         message = yield later.next_message()
@@ -215,7 +216,7 @@ class MalformedPacketTests(BrokerTestCase):
         # A log line names the client and the reason.
         lines = [formatEvent(e) for e in events]
         self.assertTrue(any("malformed" in line and "QoS 3" in line for line in lines), lines)
-        self.assertNotIn("malformed", self.broker.sessions)
+        self.assertNotIn("malformed", inspection.session_ids(self.broker))
         yield pub.publish("mal/t", b"after", 1)
         self.assertEqual((yield sub.next_message()).payload, b"after")
         self.assertFalse(sub.is_disconnected)
@@ -263,12 +264,12 @@ class SlowConsumerTests(BrokerTestCase):
         fast.on_receive = lambda m: fast_seen.append(int(m.payload[:6]))
         fast.keep_messages = False  # keep only the indexes, not 20 MB of payloads
         publisher = yield self.raw("flooder")
-        session = self.broker.sessions["slow"]
-        tcp = session.connection.transport._transport  # the broker's side of the socket
+        # The broker's side of the socket, for its buffer: no public way reaches it.
+        tcp = self.broker.sessions["slow"].connection.transport._transport
         peaks = {"queue": 0, "buffer": 0}
 
         def sample():
-            peaks["queue"] = max(peaks["queue"], len(session.queue))
+            peaks["queue"] = max(peaks["queue"], self.session("slow").queued)
             buffered = len(tcp.dataBuffer) - tcp.offset + tcp._tempDataLen
             peaks["buffer"] = max(peaks["buffer"], buffered)
 
@@ -288,10 +289,11 @@ class SlowConsumerTests(BrokerTestCase):
         self.assertEqual(fast_seen, list(range(total)))
         # The slow one's queue was bounded, and it really was full: the oldest went.
         self.assertLessEqual(peaks["queue"], self.broker.settings.max_queued)
-        self.assertEqual(len(session.queue), self.broker.settings.max_queued)
+        session = self.session("slow")
+        self.assertEqual(session.queued, self.broker.settings.max_queued)
         self.assertGreater(self.broker.stats.messages_dropped, 0)
         self.assertGreater(session.dropped, 0)
-        self.assertTrue(session.connection.paused)
+        self.assertTrue(inspection.connection_info(self.broker, "slow").paused)
         self.assertLess(peaks["buffer"], 1_000_000, "broker buffered without bound")
         # Once the slow subscriber reads again it gets what fitted, newest last.
         slow.transport.resumeProducing()
@@ -308,7 +310,7 @@ class HungClientTests(BrokerTestCase):
     @inlineCallbacks
     def hung_client(self, client_id, **connect):
         """A client subscribed to a fire hose that stops reading (and sending), with the
-        broker's writes to it backed up; returns (client, its broker-side connection)."""
+        broker's writes to it backed up; returns the client."""
         hung = yield self.raw(client_id, **connect)
         hung.send(Subscribe(1, [Subscription("hose/#", 0)]))
         yield hung.expect(SubAck)
@@ -323,11 +325,11 @@ class HungClientTests(BrokerTestCase):
         hose = LoopingCall(burst)
         hose.start(0.02)
         self.addCleanup(lambda: hose.running and hose.stop())
-        connection = self.broker.sessions[client_id].connection
-        yield self.wait_until(lambda: connection.paused)  # the broker's writes backed up
+        # The broker's writes backed up:
+        yield self.wait_until(lambda: inspection.connection_info(self.broker, client_id).paused)
         # The kernel takes a little more for a moment; after a second it takes no more.
         yield self.sleep(1.0)
-        return hung, connection
+        return hung
 
     @inlineCallbacks
     def test_keepalive_closes_client_that_stopped_reading(self):
@@ -336,21 +338,20 @@ class HungClientTests(BrokerTestCase):
         wait for a buffer the client will never drain."""
         watcher = yield self.paho("hung-watcher")
         yield watcher.subscribe(("will/#", 1))
-        _, connection = yield self.hung_client(
-            "hung", keep_alive=1, will=Will("will/hung", b"hung up", 1))
+        yield self.hung_client("hung", keep_alive=1, will=Will("will/hung", b"hung up", 1))
         started = time.monotonic()  # ~1 s of the keep alive period is gone by now
-        session = self.broker.sessions["hung"]
         try:
             message = yield watcher.next_message(timeout=5)
         except defer.TimeoutError:
-            self.fail(f"no will within 5 s; the broker's connection is still attached: "
-                      f"{session.connection is connection}, its state: {connection.state} "
-                      f"(3 = CLOSED)")
+            self.fail(f"no will within 5 s; the broker's connection of hung: "
+                      f"{inspection.connection_info(self.broker, 'hung')}")
         elapsed = time.monotonic() - started
         self.assertEqual((message.topic, message.payload), ("will/hung", b"hung up"))
         self.assertLessEqual(elapsed, 2.5, f"will published {elapsed:.2f}s late")
-        self.assertIsNone(session.connection)
-        self.assertNotIn(connection, self.broker.connections)
+        session = inspection.session_info(self.broker, "hung")
+        self.assertTrue(session is None or not session.online, session)
+        self.assertEqual([c for c in inspection.connections(self.broker)
+                          if c.client_id == "hung"], [])
 
     @inlineCallbacks
     def test_takeover_closes_old_connection_that_stopped_reading(self):

@@ -17,6 +17,7 @@ from zope.interface.verify import verifyObject
 from mqtt_twisted.codec import Publish, SubAck
 from mqtt_twisted.constants import PropertyId as P
 from mqtt_twisted.constants import ReasonCode as RC
+from mqtt_twisted.core import inspection
 from mqtt_twisted.core.broker import Credentials
 from mqtt_twisted.core.gateway import PUBLISH, SUBSCRIBE, Gateway
 from mqtt_twisted.core.settings import BrokerSettings
@@ -150,7 +151,7 @@ def test_subscribe_refused_as_mqtt_is(settings: BrokerSettings, topic_filter: st
     mqtt.connect("mqtt")
     (ack,) = mqtt.subscribe(topic_filter, qos=1)
     assert isinstance(ack, SubAck) and ack.reason_codes == [code]
-    assert gw.broker.router.count() == 0
+    assert inspection.subscription_count(gw.broker) == 0
 
 
 class SameRefusalOverHTTPTests(HTTPBrokerTestCase):
@@ -171,7 +172,7 @@ class SameRefusalOverHTTPTests(HTTPBrokerTestCase):
             granted = yield client.subscribe((topic_filter.replace("%23", "#")
                                               .replace("%24", "$"), 1))
             self.assertEqual([int(c) for c in granted], [code])
-        self.assertEqual(self.broker.router.count(), 0)
+        self.assertEqual(inspection.subscription_count(self.broker), 0)
 
     @inlineCallbacks
     def test_http_publish_to_sys_is_403(self) -> Any:

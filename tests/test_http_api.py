@@ -13,6 +13,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from zope.interface import implementer
 
+from mqtt_twisted.core import inspection
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.errors import AuthenticationError, StorageError
 from mqtt_twisted.interfaces import IAuthenticator, IAuthorizer
@@ -214,7 +215,7 @@ class SSETests(HTTPBrokerTestCase):
         hello = yield stream.expect("subscribed")
         client_id = hello.data["client"]
         self.assertEqual(hello.data["subscriptions"], [{"topic": "room/+/temp", "qos": 1}])
-        self.assertIn(client_id, self.broker.sessions)
+        self.assertIn(client_id, inspection.session_ids(self.broker))
         pub = yield self.paho("pub")
         yield pub.publish("room/1/temp", b"20.5", qos=1)
         yield pub.publish("room/2/temp", b"\x00\xff", qos=0)
@@ -227,7 +228,7 @@ class SSETests(HTTPBrokerTestCase):
                          (base64.b64encode(b"\x00\xff").decode(), "base64"))
         yield self.wait_until(lambda: stream.parser.comments >= 2)
         yield stream.stop()
-        yield self.wait_until(lambda: client_id not in self.broker.sessions)
+        yield self.wait_until(lambda: client_id not in inspection.session_ids(self.broker))
 
     @inlineCallbacks
     def test_agent_sse_post_json_several_topics(self) -> Any:
@@ -265,7 +266,7 @@ class SSETests(HTTPBrokerTestCase):
         first = yield stream.expect(None)
         yield stream.expect(None)
         yield stream.stop()
-        yield self.wait_until(lambda: self.broker.sessions["reader"].connection is None)
+        yield self.wait_until(lambda: not self.session("reader").online)
         yield self.json("POST", "/publish?topic=feed&qos=1", 200, body=b"m3")
         again = yield self.agent_sse(path, {"Last-Event-ID": first.id})
         hello = yield again.expect("subscribed")
@@ -289,7 +290,7 @@ class SSETests(HTTPBrokerTestCase):
         self.assertEqual(code, 204)
         closed = yield second.expect("close")
         self.assertEqual(closed.data, {"reason_code": 0x98})
-        self.assertNotIn("twice", self.broker.sessions)
+        self.assertNotIn("twice", inspection.session_ids(self.broker))
 
     @inlineCallbacks
     def test_shutdown_closes_streams(self) -> Any:
@@ -320,7 +321,7 @@ class SSETests(HTTPBrokerTestCase):
         for method, path, headers, body, status, reason in cases:
             answer = yield self.json(method, path, status, headers, body)
             self.assertEqual(answer["reason_code"], reason, (path, answer))
-        self.assertEqual(list(self.broker.sessions), [])
+        self.assertEqual(inspection.session_ids(self.broker), set())
 
 
 class LongPollTests(HTTPBrokerTestCase):
@@ -333,7 +334,7 @@ class LongPollTests(HTTPBrokerTestCase):
         status, _, body = yield self.curl(path="/subscribe?topic=quiet&timeout=0.3")
         self.assertEqual((status, body), (204, b""))
         self.assertGreaterEqual(time.monotonic() - started, 0.3)
-        self.assertEqual(list(self.broker.sessions), [])
+        self.assertEqual(inspection.session_ids(self.broker), set())
 
     @inlineCallbacks
     def test_poll_returns_what_paho_publishes(self) -> Any:
@@ -341,8 +342,8 @@ class LongPollTests(HTTPBrokerTestCase):
         pub = yield self.paho("pub")
         answer = self.curl("--data-urlencode", "topic=chat/#", "--data-urlencode", "timeout=5",
                            method="POST", path="/subscribe?qos=1")
-        yield self.wait_until(lambda: any(s.subscriptions for s in self.broker.sessions.values()
-                                          if s.clientId.startswith("http-")))
+        yield self.wait_until(lambda: any(s.subscriptions for s in inspection.sessions(self.broker)
+                                          if s.client_id.startswith("http-")))
         yield pub.publish("chat/room", b"hi", qos=1)
         status, _, body = yield answer
         self.assertEqual(status, 200)
@@ -356,7 +357,7 @@ class LongPollTests(HTTPBrokerTestCase):
         poll; a lost answer comes again with Last-Event-ID."""
         yield self.request("GET", "/subscribe?topic=jobs&qos=1&client=worker&timeout=0"
                            "&expiry=600")
-        self.assertEqual(self.broker.sessions["worker"].expiryInterval, 600)
+        self.assertEqual(self.session("worker").expiry_interval, 600)
         for n in range(5):
             yield self.json("POST", "/publish?topic=jobs&qos=1", 200, body=b"%d" % n)
         path = "/subscribe?topic=jobs&qos=1&client=worker&timeout=0&max=2"
@@ -372,7 +373,7 @@ class LongPollTests(HTTPBrokerTestCase):
         yield self.json("POST", "/publish?topic=jobs&qos=1", 200, body=b"5")
         again = yield self.json("GET", path, 200, {"Last-Event-ID": first_id})
         self.assertEqual([m["payload"] for m in again["messages"]], ["5"])
-        self.assertTrue(self.broker.sessions["worker"].persistent)
+        self.assertTrue(self.session("worker").persistent)
 
 
 class SessionTests(HTTPBrokerTestCase):
@@ -386,7 +387,7 @@ class SessionTests(HTTPBrokerTestCase):
         status, _, body = yield self.curl(method="DELETE", path="/session?client=field-unit-7")
         self.assertEqual((status, body), (204, b""))
         yield client.disconnected
-        self.assertNotIn("field-unit-7", self.broker.sessions)
+        self.assertNotIn("field-unit-7", inspection.session_ids(self.broker))
         status, _, body = yield self.curl(method="DELETE", path="/session?client=field-unit-7")
         self.assertEqual(status, 404)
         self.assertEqual(json.loads(body)["reason_code"], 0x80)
@@ -452,7 +453,7 @@ class AuthTests(HTTPBrokerTestCase):
                              ("GET", "/retained?topic=bob/%23")):
             answer = yield self.json(method, path, 403, alice, b"" if method == "POST" else None)
             self.assertEqual(answer["reason_code"], 0x87)
-        self.assertEqual(list(self.broker.sessions), [])
+        self.assertEqual(inspection.session_ids(self.broker), set())
 
     @inlineCallbacks
     def test_sse_authenticated_like_mqtt(self) -> Any:

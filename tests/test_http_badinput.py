@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
+from mqtt_twisted.core import inspection
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.message import Message
 
@@ -119,7 +120,7 @@ class BadInputTests(HTTPBrokerTestCase):
         everything."""
         reader = yield self.agent_sse("/subscribe?topic=flood")
         yield reader.expect("subscribed")
-        before = set(self.broker.sessions)
+        before = inspection.session_ids(self.broker)
         stuck = yield self.raw()
         stuck.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         subscribed: Deferred[None] = Deferred()
@@ -129,21 +130,25 @@ class BadInputTests(HTTPBrokerTestCase):
                               b"Accept: text/event-stream\r\n\r\n")
         yield with_timeout(subscribed, self.reactor)
         stuck.transport.pauseProducing()  # reads nothing more
-        (stuck_id,) = set(self.broker.sessions) - before
-        session = self.broker.sessions[stuck_id]
+        (stuck_id,) = inspection.session_ids(self.broker) - before
+
+        def paused() -> bool:
+            return inspection.connection_info(self.broker, stuck_id).paused  # type: ignore[union-attr]
+
         payload = b"x" * 32768
         numbers = []
         for n in range(600):  # large messages at the reader's pace, until the stuck one pauses
             self.broker.route(Message("flood", b"%04d" % n + payload))
             event = yield reader.expect(None)
             numbers.append(int(event.data["payload"][:4]))
-            if session.connection.paused:
+            if paused():
                 break
         self.assertEqual(numbers, list(range(len(numbers))))
-        self.assertTrue(session.connection.paused)
+        self.assertTrue(paused())
         for n in range(15):  # a burst: the paused stream's session keeps the newest 10
             self.broker.route(Message("flood", b"small %d" % n))
-        self.assertEqual([o.message.payload for o in session.queue],
+        self.assertEqual([m.payload for m in inspection.held_messages(self.broker, stuck_id)
+                          if not m.in_flight],
                          [b"small %d" % n for n in range(5, 15)])
         self.assertEqual(self.broker.stats.messages_dropped, 5)
         burst = []
@@ -153,9 +158,9 @@ class BadInputTests(HTTPBrokerTestCase):
         self.assertEqual(burst, [f"small {n}" for n in range(15)])
         # Still unread: cut off once paused for stallTimeout (refilled whenever it drains).
         deadline = time.monotonic() + TIMEOUT
-        while stuck_id in self.broker.sessions:
+        while stuck_id in inspection.session_ids(self.broker):
             self.assertLess(time.monotonic(), deadline)
-            if session.connection.paused:
+            if paused():
                 yield self.sleep(0.05)
                 continue
             self.broker.route(Message("flood", b"more" + payload))
@@ -167,9 +172,9 @@ class BadInputTests(HTTPBrokerTestCase):
     def test_long_poll_client_that_disappears(self) -> Any:
         """A long-poll client that drops its socket takes its session (and timer) with it."""
         client = yield self.raw(b"GET /subscribe?topic=gone&timeout=30 HTTP/1.1\r\nHost: x\r\n\r\n")
-        yield self.wait_until(lambda: any(s.subscriptions for s in self.broker.sessions.values()))
+        yield self.wait_until(lambda: any(s.subscriptions for s in inspection.sessions(self.broker)))
         client.transport.abortConnection()
-        yield self.wait_until(lambda: not self.broker.sessions)
+        yield self.wait_until(lambda: not inspection.session_ids(self.broker))
         answer = yield self.request("GET", "/subscribe?topic=gone&timeout=0")
         self.assertEqual(answer[0], 204)
 

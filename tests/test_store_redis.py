@@ -17,6 +17,7 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from mqtt_twisted.constants import PropertyId
+from mqtt_twisted.core import inspection
 from mqtt_twisted.core.session import AWAITING_PUBCOMP, Outbound, SubscriptionOptions
 from mqtt_twisted.errors import StorageError
 from mqtt_twisted.interfaces import IStore, IStorePlugin
@@ -469,10 +470,14 @@ class ServiceTests(RedisTestCase):
         yield service.ready
         try:
             broker = service.broker
-            self.assertEqual(len(broker.sessions), count)
-            self.assertEqual([c for c, _ in broker.tree.match("to/c42")], ["c42"])
-            self.assertEqual([o.message.payload for o in broker.sessions["c7"].queue],
-                             [b"1", b"2"])
+            self.assertEqual(len(inspection.session_ids(broker)), count)
+            self.assertEqual(set(inspection.session_info(broker, "c42").subscriptions),
+                             {"to/c42"})
+            self.assertEqual(inspection.index_sizes(broker).plain, count)
+            self.assertEqual([m.client_id for m in inspection.matching_clients(broker, "to/c42")],
+                             ["c42"])
+            self.assertEqual([m.payload for m in inspection.held_messages(broker, "c7")
+                              if not m.in_flight], [b"1", b"2"])
         finally:
             yield service.stopService()
 
