@@ -93,7 +93,6 @@ class Broker:
         self.discard_session = lifecycle.discard_session
         self.set_session_expiry = lifecycle.set_session_expiry
         self.restore_session = lifecycle.restore_session
-        self.release_publishers = self.flow.release
         self.handle_connect = self.connector.handle_connect
         self.auth_continue = self.connector.auth_continue
         self.reauthenticate = self.connector.reauthenticate

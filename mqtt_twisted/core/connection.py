@@ -21,7 +21,6 @@ from mqtt_twisted.codec.packets import (
     Connect,
     Disconnect,
     Packet,
-    PingResp,
     Publish,
     PubRel,
 )
@@ -47,13 +46,9 @@ __all__ = ["AWAIT_CONNECT", "CLOSED", "CLOSE_GRACE", "CONNECTED", "CONNECTING", 
 
 _P = PropertyId
 _TOPIC_ALIAS = PropertyId.TOPIC_ALIAS
-_PFI = PropertyId.PAYLOAD_FORMAT_INDICATOR
-_RESPONSE_TOPIC = PropertyId.RESPONSE_TOPIC
-_SUB_ID = PropertyId.SUBSCRIPTION_IDENTIFIER
 #: Properties a sender may leave out when a packet would exceed the peer's maximum
 #: packet size (MQTT 5 §3.2.2.3.15/16 and the like for every packet that has them).
 _OPTIONAL = (PropertyId.REASON_STRING, PropertyId.USER_PROPERTY)
-_PINGRESP = encode(PingResp())
 
 
 @implementer(IBrokerConnection)
@@ -254,7 +249,7 @@ class MQTTConnection:
         return encode(Publish(topic, message.payload, qos, retain, False, packet_id, props), 5)
 
     def pauseWriting(self) -> None:
-        """The transport is full: hold publishers back, then queue (see Broker.deliver)."""
+        """The transport is full: hold publishers back, then queue (see Delivery.deliver)."""
         self.paused = True
 
     def throttle(self) -> None:
@@ -439,11 +434,6 @@ class MQTTConnection:
         else:
             self._timer = self.broker.clock.callLater(limit - idle, self._check_keepalive)
 
-    # --- PUBLISH and acknowledgements --------------------------------------------------------
-
-    # --- SUBSCRIBE / UNSUBSCRIBE -------------------------------------------------------------
-
-    # --- the rest -----------------------------------------------------------------------------
 
 
 

@@ -24,9 +24,9 @@ from mqtt_twisted.codec.packets import Connect
 from mqtt_twisted.codec.topics import is_reserved_topic
 from mqtt_twisted.constants import ReasonCode
 from mqtt_twisted.core.broker import expired
-from mqtt_twisted.core.connection import CLOSED
 from mqtt_twisted.core.grant import check_filter, granted_qos
 from mqtt_twisted.core.session import SubscriptionOptions
+from mqtt_twisted.core.states import CLOSED
 from mqtt_twisted.core.virtual import VirtualConnection
 from mqtt_twisted.errors import AuthorizationError, StorageError, ValidationError
 from mqtt_twisted.interfaces import IBrokerService

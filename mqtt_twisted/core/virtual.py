@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mqtt_twisted.constants import ReasonCode
-from mqtt_twisted.core.connection import CLOSED, CONNECTED, CONNECTING
+from mqtt_twisted.core.states import CLOSED, CONNECTED, CONNECTING
 from mqtt_twisted.message import Message
 
 if TYPE_CHECKING:
