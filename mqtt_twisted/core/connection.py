@@ -22,12 +22,11 @@ from mqtt_twisted.codec.packets import (
     Disconnect,
     Packet,
     Publish,
-    PubRel,
 )
 from mqtt_twisted.codec.stream import StreamDecoder
 from mqtt_twisted.constants import PacketType, PropertyId, ReasonCode
 from mqtt_twisted.core import control, inbound
-from mqtt_twisted.core.session import AWAITING_PUBCOMP, Session
+from mqtt_twisted.core.session import Session
 from mqtt_twisted.core.states import AWAIT_CONNECT, CLOSE_GRACE, CLOSED, CONNECTED, CONNECTING
 from mqtt_twisted.core.wire import forward_properties, publish_bytes, with_dup
 from mqtt_twisted.errors import (
@@ -406,18 +405,9 @@ class MQTTConnection:
         if self.keep_alive:
             self.last_rx = self.broker.clock.seconds()
             self._timer = self.broker.clock.callLater(self.keep_alive * 1.5, self._check_keepalive)
-        self._resend_inflight(session)
+        self.broker.delivery.resend(session, self)
         self.broker.pump(session)
         self.unblock()
-
-    def _resend_inflight(self, session: Session) -> None:
-        """[MQTT-4.4.0-1] resend unacknowledged PUBLISH (DUP=1) and PUBREL, in order."""
-        for pid, out in list(session.inflight.items()):
-            if out.state == AWAITING_PUBCOMP:
-                self.send(PubRel(pid))
-            elif not self.send_publish(out.message, out.qos, out.retain, pid,
-                                       out.subscription_ids, dup=True):
-                del session.inflight[pid]
 
     def _check_keepalive(self) -> None:
         self._timer = None

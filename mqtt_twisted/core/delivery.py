@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
+from mqtt_twisted.codec import PubRel
 from mqtt_twisted.constants import PropertyId
 from mqtt_twisted.core._async import when
 from mqtt_twisted.core.states import CLOSED
@@ -97,6 +98,16 @@ class Delivery:
             self.journal.persist(self.store.storeOutbound(session.clientId, out))
         if not conn.send_publish(out.message, out.qos, out.retain, pid, out.subscription_ids):
             self.outbound_done(session, pid)
+
+    def resend(self, session: Session, conn: Any) -> None:
+        """A client reconnected to its session: resend its unacknowledged PUBLISHes
+        (DUP=1) and PUBRELs, in their order [MQTT-4.4.0-1]."""
+        for pid, out in list(session.inflight.items()):
+            if out.state == AWAITING_PUBCOMP:
+                conn.send(PubRel(pid))
+            elif not conn.send_publish(out.message, out.qos, out.retain, pid,
+                                       out.subscription_ids, dup=True):
+                del session.inflight[pid]
 
     def pump(self, session: Session) -> None:
         """Move queued messages to the wire while the client has room."""
