@@ -128,10 +128,11 @@ class Broker:
         :data:`~mqtt_twisted.core.router.LOCAL` or the peer node it came from."""
         self.stats.messages_received += 1
         if message.retain:
-            self._retain(message)
+            self.retain(message)
         return self.router.dispatch(message, origin)  # type: ignore[no-any-return]
 
-    def _retain(self, message: Message) -> None:
+    def retain(self, message: Message) -> None:
+        """Keep ``message`` as its topic's retained message (an empty payload deletes it)."""
         if message.payload:
             self.journal.persist(self.store.setRetained(message))
         else:

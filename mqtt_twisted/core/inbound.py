@@ -19,6 +19,7 @@ from mqtt_twisted.codec import PubAck, PubComp, Publish, PubRec, PubRel
 from mqtt_twisted.codec.packets import Packet
 from mqtt_twisted.codec.topics import is_reserved_topic
 from mqtt_twisted.constants import PropertyId, ReasonCode
+from mqtt_twisted.core.router import LOCAL
 from mqtt_twisted.core.states import CLOSED
 from mqtt_twisted.errors import AuthorizationError, MQTTError, ProtocolError, StoreUnavailable
 from mqtt_twisted.message import Message
@@ -76,9 +77,12 @@ def on_publish(conn: MQTTConnection, packet: Publish) -> None:
         # Subscribers of the same wire format get these very bytes [perf: no re-encode].
         message.wire = {(5 if conn.version == 5 else 4, 0, False): (raw, 0)}
     if broker.authorizer is None:
-        if not qos:
+        if not qos:  # the QoS 0 fast path; Broker.route inline (no call per message)
             broker.publisher = conn
-            broker.route(message)  # the QoS 0 fast path
+            broker.stats.messages_received += 1
+            if message.retain:
+                broker.retain(message)
+            broker.router.dispatch(message, LOCAL)
             broker.publisher = None
             return
         allowed: Any = True
@@ -153,8 +157,11 @@ def route_acked(conn: MQTTConnection, message: Message, allowed: bool) -> int:
     code = 0
     broker = conn.broker
     broker.publisher = conn
-    try:
-        routed = broker.route(message)
+    try:  # Broker.route inline: this runs for every QoS 1/2 PUBLISH
+        broker.stats.messages_received += 1
+        if message.retain:
+            broker.retain(message)
+        routed = broker.router.dispatch(message, LOCAL)
     finally:
         broker.publisher = None
     if not routed and conn.version == 5:
