@@ -187,3 +187,16 @@ def test_open_session_with_a_keep_alive_cap() -> None:
     gw, _ = gateway(BrokerSettings(max_keepalive=60))
     session = gw.openSession("http-1", Sink())
     assert gw.session("http-1") is session.result
+
+
+@pytest.mark.parametrize("topic", ["a/+", "a/#", "", "a\x00b"])
+def test_publish_of_an_invalid_topic_fails(topic: str) -> None:
+    """An adapter that forgot to check the topic gets InvalidTopicName, and nothing is
+    routed."""
+    from mqtt_twisted.errors import InvalidTopicName
+
+    gw, _ = gateway()
+    result = gw.publish(Message(topic, b"x", 0), "c")
+    assert result.result.check(InvalidTopicName)
+    result.addErrback(lambda _: None)
+    assert gw.broker.stats.messages_received == 0

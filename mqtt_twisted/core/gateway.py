@@ -21,14 +21,14 @@ from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, 
 from zope.interface import implementer
 
 from mqtt_twisted.codec.packets import Connect
-from mqtt_twisted.codec.topics import is_reserved_topic
+from mqtt_twisted.codec.topics import is_reserved_topic, validate_topic_name
 from mqtt_twisted.constants import ReasonCode
 from mqtt_twisted.core.broker import expired
 from mqtt_twisted.core.grant import check_filter, granted_qos
 from mqtt_twisted.core.session import SubscriptionOptions
 from mqtt_twisted.core.states import CLOSED
 from mqtt_twisted.core.virtual import VirtualConnection
-from mqtt_twisted.errors import AuthorizationError, StorageError, ValidationError
+from mqtt_twisted.errors import AuthorizationError, MQTTError, StorageError, ValidationError
 from mqtt_twisted.interfaces import IBrokerService
 from mqtt_twisted.message import Message
 
@@ -153,7 +153,13 @@ class Gateway:
         """Route ``message`` for ``clientId``; fires with the number of sessions it
         reached once the store holds what routing wrote (the retained message, queued
         QoS 1/2 copies), or fails with StorageError if the store did not take it, or
-        with AuthorizationError for the broker's own topics."""
+        with AuthorizationError for the broker's own topics and InvalidTopicName for a
+        topic no client could publish to.  Whether the client may publish there is the
+        adapter's question to :meth:`authorize` first."""
+        try:
+            validate_topic_name(message.topic)
+        except MQTTError as e:
+            return fail(e)
         if is_reserved_topic(message.topic):
             return fail(AuthorizationError(f"{message.topic!r} is reserved for the broker"))
         broker = self.broker
