@@ -271,7 +271,7 @@ class ContractTests(SynchronousTestCase):
             # verifyObject in tests/test_store_contract.py and tests/test_store_redis.py:
             "mqtt_twisted.plugins.builtin.RedisStorePlugin",
             "mqtt_twisted.store.redis.RedisStore",
-            "mqtt_twisted.store.redis._RedisLock",
+            "mqtt_twisted.store._redislock.RedisLock",
             "mqtt_twisted.auth.AllowAnonymous",
             "mqtt_twisted.core.gateway.Gateway",
             "mqtt_twisted.core.connection.MQTTConnection",

@@ -20,6 +20,30 @@ from mqtt_twisted.store._redisscripts import SCRIPTS
 log = Logger()
 
 
+def endpoint(reactor: Any, options: Any) -> Any:
+    """The client endpoint of the Redis server ``options`` (RedisOptions) names: TCP, or
+    TLS verified against ``options.ca`` (default: the system's CAs) with an optional
+    client certificate."""
+    from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+
+    o = options
+    tcp = HostnameEndpoint(reactor, o.host, o.port, timeout=o.connect_timeout)
+    if not o.tls:
+        return tcp
+    from twisted.internet import ssl
+
+    trust = None
+    if o.ca:
+        with open(o.ca, "rb") as f:
+            trust = ssl.Certificate.loadPEM(f.read())
+    client = None
+    if o.cert:
+        with open(o.cert, "rb") as f, open(o.key, "rb") as k:
+            client = ssl.PrivateCertificate.loadPEM(f.read() + b"\n" + k.read())
+    creator = ssl.optionsForClientTLS(o.host, trustRoot=trust, clientCertificate=client)
+    return wrapClientTLS(creator, tcp)
+
+
 class _Call:
     """One command: its arguments, the caller's Deferred, when it gives up, and whether
     it writes (for the outage's count of failed writes)."""

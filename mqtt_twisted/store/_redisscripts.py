@@ -9,6 +9,7 @@ a replicated one, not Redis Cluster).
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 #: A write to one of a session's keys, done only while the session exists, so that a
 #: late write never resurrects a deleted session.  KEYS: session hash, target key;
@@ -166,3 +167,12 @@ SCRIPTS = {
 }
 SHAS = {name: hashlib.sha1(body.encode()).hexdigest().encode()
          for name, body in SCRIPTS.items()}
+
+_COUNTS = [str(n).encode() for n in range(8)]
+
+
+def call_script(link: Any, name: str, keys: tuple[bytes, ...],
+                args: tuple[Any, ...] | list[Any], write: bool = True) -> Any:
+    """Run script ``name`` on ``link`` (a :class:`~._redislink.Link`) by its SHA1;
+    the link loads every script when it connects.  Returns the call's Deferred."""
+    return link.call((b"EVALSHA", SHAS[name], _COUNTS[len(keys)], *keys, *args), write)

@@ -39,14 +39,13 @@ with :class:`~mqtt_twisted.errors.StoreUnavailable`, which the broker does not l
 
 from __future__ import annotations
 
-import os
 import zlib
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import msgpack
-from twisted.internet.defer import Deferred, DeferredLock, gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -65,8 +64,10 @@ from mqtt_twisted.store._redisformat import (
     encode_outbound,
     session_fields,
 )
-from mqtt_twisted.store._redislink import Link
-from mqtt_twisted.store._redisscripts import SHAS
+from mqtt_twisted.store._rediskeys import KeyLayout
+from mqtt_twisted.store._redislink import Link, endpoint
+from mqtt_twisted.store._redislock import RedisLocks
+from mqtt_twisted.store._redisscripts import call_script
 from mqtt_twisted.store.memory import StoredSession
 from mqtt_twisted.store.outage import OutageLog
 
@@ -77,8 +78,6 @@ __all__ = [
 ]
 
 log = Logger()
-
-_COUNTS = [str(n).encode() for n in range(8)]
 
 # --- options ---------------------------------------------------------------------------
 
@@ -165,39 +164,14 @@ def parse_url(url: str) -> RedisOptions:
 # --- the store ------------------------------------------------------------------------------
 
 
-@implementer(ILock)
-class _RedisLock:
-    """A client lock held in Redis (and locally, so that local waiters queue in order)."""
-
-    def __init__(self, store: RedisStore, client_id: str, token: bytes,
-                 local: DeferredLock) -> None:
-        self._store = store
-        self._client_id = client_id
-        self._token = token
-        self._local: DeferredLock | None = local
-
-    def release(self) -> Deferred[None]:
-        local = self._local
-        if local is None:
-            return succeed(None)
-        self._local = None
-        store = self._store
-        cid = store._cid(self._client_id)
-        # Sent before the next local waiter's SET on the same connection, so it goes first.
-        d = store._script(store._link(cid), "release", (store._key(b"lock", cid),),
-                          (self._token,))
-        store._release_local(self._client_id, local)
-        d.addCallbacks(lambda _: None, self._failed)
-        return d
-
-    def _failed(self, failure: Failure) -> None:
-        log.warn("Releasing the Redis lock of {client} failed (it expires by itself): "
-                 "{error}", client=self._client_id, error=failure.getErrorMessage())
-
-
 @implementer(IStore)
 class RedisStore:
-    """Sessions, retained messages and client locks in Redis (see the module docstring)."""
+    """Sessions, retained messages and client locks in Redis (see the module docstring).
+
+    Its helpers, in private modules: the key names (``_rediskeys.KeyLayout``), the
+    connections (``_redislink.Link``), the Lua scripts (``_redisscripts``) and the
+    client locks ``acquireLock`` hands out (``_redislock.RedisLocks``).
+    """
 
     name = "redis"
     persistsMessages = True
@@ -207,15 +181,11 @@ class RedisStore:
     def __init__(self, reactor: Any, options: RedisOptions | None = None) -> None:
         self.reactor = reactor
         self.options = options or RedisOptions()
-        prefix = self.options.prefix.encode()
-        self._prefix = prefix
-        self._sessions_key = prefix + b":sessions"
-        self._retained_key = prefix + b":retained"
-        self._trie_prefix = prefix + b":rtrie:"
+        self._keys = KeyLayout(self.options.prefix)
         self._links = [Link(self, i) for i in range(self.options.pool)]
         self.outage = OutageLog(reactor, self.log,
                                 f"Redis at {self.options.host}:{self.options.port}")
-        self._locks: dict[str, DeferredLock] = {}
+        self._locks = RedisLocks(reactor, self.options, self._keys, self._link, self.log)
         self._last_message: Message | None = None
         self._last_blob = b""
 
@@ -231,9 +201,9 @@ class RedisStore:
 
     def start(self) -> Deferred[None]:
         """Connect every link; fails with StorageError if Redis does not answer in time."""
-        endpoint = self._endpoint()
+        to_redis = endpoint(self.reactor, self.options)
         for link in self._links:
-            link.start(endpoint, self.options)
+            link.start(to_redis, self.options)
         ready = gatherResults([link.ready for link in self._links], consumeErrors=True)
         ready.addTimeout(self.options.connect_timeout, self.reactor)
 
@@ -252,26 +222,6 @@ class RedisStore:
                                                    store=self), failed)
         return ready
 
-    def _endpoint(self) -> Any:
-        from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-
-        o = self.options
-        endpoint = HostnameEndpoint(self.reactor, o.host, o.port, timeout=o.connect_timeout)
-        if not o.tls:
-            return endpoint
-        from twisted.internet import ssl
-
-        trust = None
-        if o.ca:
-            with open(o.ca, "rb") as f:
-                trust = ssl.Certificate.loadPEM(f.read())
-        client = None
-        if o.cert:
-            with open(o.cert, "rb") as f, open(o.key, "rb") as k:  # type: ignore[arg-type]
-                client = ssl.PrivateCertificate.loadPEM(f.read() + b"\n" + k.read())
-        creator = ssl.optionsForClientTLS(o.host, trustRoot=trust, clientCertificate=client)
-        return wrapClientTLS(creator, endpoint)
-
     def stop(self) -> Deferred[None]:
         """Wait for the calls under way (each ends by its deadline), then disconnect."""
         d = gatherResults([link.drained() for link in self._links])
@@ -282,28 +232,14 @@ class RedisStore:
 
     # --- plumbing -----------------------------------------------------------------------
 
-    @staticmethod
-    def _cid(client_id: str) -> bytes:
-        return client_id.encode("utf-8")
-
-    def _key(self, kind: bytes, cid: bytes) -> bytes:
-        return b"%s:%s:{%s}" % (self._prefix, kind, cid)
-
-    def _session_keys(self, cid: bytes) -> tuple[bytes, bytes, bytes, bytes]:
-        return (self._key(b"session", cid), self._key(b"subs", cid), self._key(b"out", cid),
-                self._key(b"qos2", cid))
-
     def _link(self, cid: bytes) -> Link:
         links = self._links
         return links[zlib.crc32(cid) % len(links)] if len(links) > 1 else links[0]
 
-    def _script(self, link: Link, name: str, keys: tuple[bytes, ...],
-                args: tuple[Any, ...] | list[Any], write: bool = True) -> Deferred[Any]:
-        return link.call((b"EVALSHA", SHAS[name], _COUNTS[len(keys)], *keys, *args), write)
-
     def _guarded(self, cid: bytes, kind: bytes, *command: Any) -> Deferred[None]:
-        d = self._script(self._link(cid), "guarded",
-                         (self._key(b"session", cid), self._key(kind, cid)), command)
+        keys = self._keys
+        d = call_script(self._link(cid), "guarded",
+                        (keys.key(b"session", cid), keys.key(kind, cid)), command)
         d.addCallback(_none)
         return d
 
@@ -315,13 +251,13 @@ class RedisStore:
     # --- sessions ----------------------------------------------------------------------
 
     def loadSession(self, clientId: str) -> Deferred[StoredSession | None]:
-        cid = self._cid(clientId)
-        d = self._script(self._link(cid), "load", self._session_keys(cid), (), write=False)
+        cid = self._keys.cid(clientId)
+        d = call_script(self._link(cid), "load", self._keys.session(cid), (), write=False)
         d.addCallback(lambda data: decode_session(clientId, data) if data else None)
         return d
 
     def saveSession(self, state: Any) -> Deferred[None]:
-        cid = self._cid(state.clientId)
+        cid = self._keys.cid(state.clientId)
         fields = session_fields(state)
         subs: list[bytes] = []
         for topic_filter, options in state.subscriptions.items():
@@ -334,34 +270,34 @@ class RedisStore:
         for group in (fields, subs, outbound, qos2):
             args.append(str(len(group)).encode())
             args.extend(group)
-        d = self._script(self._link(cid), "save",
-                         (*self._session_keys(cid), self._sessions_key), args)
+        d = call_script(self._link(cid), "save",
+                        (*self._keys.session(cid), self._keys.sessions), args)
         d.addCallback(_none)
         return d
 
     def deleteSession(self, clientId: str) -> Deferred[None]:
-        cid = self._cid(clientId)
-        d = self._script(self._link(cid), "delete",
-                         (*self._session_keys(cid), self._sessions_key), (cid,))
+        cid = self._keys.cid(clientId)
+        d = call_script(self._link(cid), "delete",
+                        (*self._keys.session(cid), self._keys.sessions), (cid,))
         d.addCallback(_none)
         return d
 
     def listSessions(self) -> Deferred[list[str]]:
-        d = self._script(self._links[0], "list", (self._sessions_key,), (), write=False)
+        d = call_script(self._links[0], "list", (self._keys.sessions,), (), write=False)
         d.addCallback(lambda data: [c.decode("utf-8") for c in msgpack.unpackb(data, raw=True)])
         return d
 
     def addSubscription(self, clientId: str, topicFilter: str, options: Any) -> Deferred[None]:
-        cid = self._cid(clientId)
+        cid = self._keys.cid(clientId)
         return self._guarded(cid, b"subs", b"HSET", topicFilter.encode("utf-8"),
                              encode_options(options))
 
     def removeSubscription(self, clientId: str, topicFilter: str) -> Deferred[None]:
-        cid = self._cid(clientId)
-        return self._plain(cid, b"HDEL", self._key(b"subs", cid), topicFilter.encode("utf-8"))
+        cid = self._keys.cid(clientId)
+        return self._plain(cid, b"HDEL", self._keys.key(b"subs", cid), topicFilter.encode("utf-8"))
 
     def storeOutbound(self, clientId: str, outbound: Any) -> Deferred[None]:
-        cid = self._cid(clientId)
+        cid = self._keys.cid(clientId)
         message = outbound.message
         # A message fanned out to many sessions is serialized once: the broker stores
         # its copies one after the other.
@@ -372,16 +308,16 @@ class RedisStore:
                              encode_outbound(outbound, self._last_blob))
 
     def removeOutbound(self, clientId: str, seq: int) -> Deferred[None]:
-        cid = self._cid(clientId)
-        return self._plain(cid, b"HDEL", self._key(b"out", cid), str(seq).encode())
+        cid = self._keys.cid(clientId)
+        return self._plain(cid, b"HDEL", self._keys.key(b"out", cid), str(seq).encode())
 
     def addInboundQoS2(self, clientId: str, packetId: int) -> Deferred[None]:
-        cid = self._cid(clientId)
+        cid = self._keys.cid(clientId)
         return self._guarded(cid, b"qos2", b"SADD", str(packetId).encode())
 
     def removeInboundQoS2(self, clientId: str, packetId: int) -> Deferred[None]:
-        cid = self._cid(clientId)
-        return self._plain(cid, b"SREM", self._key(b"qos2", cid), str(packetId).encode())
+        cid = self._keys.cid(clientId)
+        return self._plain(cid, b"SREM", self._keys.key(b"qos2", cid), str(packetId).encode())
 
     # --- retained ------------------------------------------------------------------------
     # All on the first link, so that they are applied in the order the broker made them.
@@ -389,87 +325,39 @@ class RedisStore:
     def setRetained(self, message: Message) -> Deferred[None]:
         if not message.payload:
             return self.deleteRetained(message.topic)
-        d = self._script(self._links[0], "set_retained", (self._retained_key,),
-                         (self._trie_prefix, message.topic.encode("utf-8"),
-                          encode_message(message)))
+        d = call_script(self._links[0], "set_retained", (self._keys.retained,),
+                        (self._keys.trie, message.topic.encode("utf-8"),
+                         encode_message(message)))
         d.addCallback(_none)
         return d
 
     def getRetained(self, topic: str) -> Deferred[Message | None]:
-        d = self._links[0].call((b"HGET", self._retained_key, topic.encode("utf-8")),
+        d = self._links[0].call((b"HGET", self._keys.retained, topic.encode("utf-8")),
                                 write=False)
         d.addCallback(lambda data: decode_message(data) if data else None)
         return d
 
     def deleteRetained(self, topic: str) -> Deferred[None]:
-        d = self._script(self._links[0], "delete_retained", (self._retained_key,),
-                         (self._trie_prefix, topic.encode("utf-8")))
+        d = call_script(self._links[0], "delete_retained", (self._keys.retained,),
+                        (self._keys.trie, topic.encode("utf-8")))
         d.addCallback(_none)
         return d
 
     def matchRetained(self, topicFilter: str) -> Deferred[list[Message]]:
-        d = self._script(self._links[0], "match_retained", (self._retained_key,),
-                         (self._trie_prefix, topicFilter.encode("utf-8")), write=False)
+        d = call_script(self._links[0], "match_retained", (self._keys.retained,),
+                        (self._keys.trie, topicFilter.encode("utf-8")), write=False)
         d.addCallback(lambda data: [decode_message(m) for m in msgpack.unpackb(data, raw=True)])
         return d
 
     def countRetained(self) -> Deferred[int]:
-        return self._links[0].call((b"HLEN", self._retained_key), write=False)
+        return self._links[0].call((b"HLEN", self._keys.retained), write=False)
 
     # --- locks ------------------------------------------------------------------------------
 
     def acquireLock(self, clientId: str, timeout: float) -> Deferred[ILock]:
         """SET NX PX with a random token, retried until ``timeout``; local waiters queue
         in order first, so only one of them polls Redis at a time."""
-        reactor = self.reactor
-        deadline = reactor.seconds() + timeout
-        local = self._locks.get(clientId)
-        if local is None:
-            local = self._locks[clientId] = DeferredLock()
-        waiting = local.acquire()
-        if not waiting.called:
-            call = reactor.callLater(timeout, waiting.cancel)
-            waiting.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
-        result: Deferred[ILock] = Deferred()
-
-        def locally_held(_: Any) -> None:
-            self._redis_lock(clientId, local, deadline, 0.005, result)
-
-        def timed_out(failure: Failure) -> None:
-            result.errback(StorageError(f"lock for {clientId!r} not acquired in {timeout}s"))
-
-        waiting.addCallbacks(locally_held, timed_out)
-        return result
-
-    def _redis_lock(self, client_id: str, local: DeferredLock, deadline: float, delay: float,
-                    result: Deferred[ILock]) -> None:
-        cid = self._cid(client_id)
-        token = os.urandom(16).hex().encode()
-        lease = str(int(self.options.lock_lease * 1000)).encode()
-        d = self._link(cid).call((b"SET", self._key(b"lock", cid), token, b"NX", b"PX", lease))
-
-        def answered(reply: Any) -> None:
-            if reply is not None:
-                result.callback(_RedisLock(self, client_id, token, local))
-                return
-            remaining = deadline - self.reactor.seconds()
-            if remaining <= 0:  # another node holds it
-                self._release_local(client_id, local)
-                result.errback(StorageError(f"lock for {client_id!r} held elsewhere"))
-                return
-            self.reactor.callLater(min(delay, remaining), self._redis_lock, client_id, local,
-                                   deadline, min(delay * 2, 0.1), result)
-
-        def failed(failure: Failure) -> None:
-            self._release_local(client_id, local)
-            result.errback(failure)
-
-        d.addCallbacks(answered, failed)
-
-    def _release_local(self, client_id: str, local: DeferredLock) -> None:
-        local.release()
-        if not local.locked and not local.waiting and self._locks.get(client_id) is local:
-            del self._locks[client_id]
+        return self._locks.acquire(clientId, timeout)
 
 
 def _none(_: Any) -> None:

@@ -16,6 +16,10 @@ memory and Redis stores::
 
 The suite calls ``start()`` before each test and ``stop()`` after it: give every test a
 fresh, empty store.  docs/stores.md explains each rule the tests pin down.
+
+``StoreContract`` combines three parts, each usable on its own on top of
+:class:`StoreFixture` (which makes, starts and stops the store): :class:`SessionContract`,
+:class:`RetainedContract` and :class:`LockContract`.
 """
 
 from __future__ import annotations
@@ -41,8 +45,8 @@ else:
     _Mixin = object
 
 __all__ = [
-    "ALL_PROPERTIES", "StoreContract", "message", "message_tuple", "outbound",
-    "outbound_tuple", "session",
+    "ALL_PROPERTIES", "LockContract", "RetainedContract", "SessionContract", "StoreContract",
+    "StoreFixture", "message", "message_tuple", "outbound", "outbound_tuple", "session",
 ]
 
 _P = PropertyId
@@ -95,8 +99,10 @@ def message_tuple(m: Message) -> tuple[Any, ...]:
     return (m.topic, m.payload, m.qos, m.retain, m.properties, m.received_at, m.sender)
 
 
-class StoreContract(_Mixin):
-    """What every IStore does; a subclass provides ``make_store`` (may return a Deferred)."""
+class StoreFixture(_Mixin):
+    """What every part of the contract shares: a fresh, started store per test, and the
+    check that it provides IStore.  A subclass provides ``make_store`` (may return a
+    Deferred)."""
 
     timeout = 30  # trial's per-test limit
 
@@ -113,6 +119,17 @@ class StoreContract(_Mixin):
         self.store = yield self.make_store()
         yield self.store.start()
         self.addCleanup(self.store.stop)
+
+    def test_provides_istore(self) -> None:
+        """The store provides IStore (every method and attribute of the contract)."""
+        self.assertTrue(verifyObject(IStore, self.store))
+        self.assertIsInstance(self.store.name, str)
+        self.assertIsInstance(self.store.persistsMessages, bool)
+
+
+class SessionContract(StoreFixture):
+    """Sessions: save, load, delete, list, and the per-session writes (subscriptions,
+    outbound records, inbound QoS 2 packet ids)."""
 
     @inlineCallbacks
     def assert_session(self, expected: StoredSession) -> Any:
@@ -133,16 +150,6 @@ class StoreContract(_Mixin):
                                                             key=lambda o: o.seq)])
         self.assertEqual(set(loaded.inboundQoS2), set(expected.inboundQoS2))
         return loaded
-
-    # --- the object ---------------------------------------------------------------------
-
-    def test_provides_istore(self) -> None:
-        """The store provides IStore (every method and attribute of the contract)."""
-        self.assertTrue(verifyObject(IStore, self.store))
-        self.assertIsInstance(self.store.name, str)
-        self.assertIsInstance(self.store.persistsMessages, bool)
-
-    # --- sessions -------------------------------------------------------------------------
 
     @inlineCallbacks
     def test_unknown_session_is_none(self) -> Any:
@@ -336,7 +343,9 @@ class StoreContract(_Mixin):
         loaded = yield self.store.loadSession("c1")
         self.assertEqual(loaded.inboundQoS2, {2, 65535})
 
-    # --- retained ---------------------------------------------------------------------------
+
+class RetainedContract(StoreFixture):
+    """Retained messages: one per topic, copies, and matching on every filter shape."""
 
     @inlineCallbacks
     def test_retained_set_get_replace_delete(self) -> Any:
@@ -422,7 +431,9 @@ class StoreContract(_Mixin):
             found = yield self.store.matchRetained(topic_filter)
             self.assertEqual(len(found), count, topic_filter)
 
-    # --- locks ----------------------------------------------------------------------------
+
+class LockContract(StoreFixture):
+    """Client locks: exclusion, waiters served in order, timeouts, one lock per client id."""
 
     @inlineCallbacks
     def test_lock_excludes(self) -> Any:
@@ -474,3 +485,11 @@ class StoreContract(_Mixin):
         b = yield self.store.acquireLock("b", 1)
         yield a.release()
         yield b.release()
+
+
+class StoreContract(SessionContract, RetainedContract, LockContract):
+    """The whole store contract: what every IStore does.
+
+    A subclass provides ``make_store`` (may return a Deferred).  The parts can also be
+    mixed in on their own, e.g. ``LockContract`` for a lock service.
+    """
