@@ -245,6 +245,23 @@ class IBrokerService(Interface):
 # --- Sessions ------------------------------------------------------------------------------
 
 
+class ISessionLink(Interface):
+    """What delivery writes a session's messages to: its connection, an MQTT one or an
+    adapter's virtual one (``core/virtual.py``), so that delivery never needs to know
+    which."""
+
+    paused = Attribute("True while the client cannot take more; delivery queues meanwhile.")
+    send_quota = Attribute("How many QoS 1/2 messages may be in flight to the client.")
+    state = Attribute("The connection's state (``core.states``): CLOSED ends delivery.")
+
+    def send_publish(message, qos, retain, packet_id, subscription_ids, dup=False):
+        """Hand one message to the client; False if it could not be sent at all (too
+        large for the client), which completes its flow as if delivered."""
+
+    def send(packet):
+        """Send a control packet (a PUBREL on resend); virtual links ignore it."""
+
+
 class IRouter(Interface):
     """Where published messages go: the subscription index and the dispatch.
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+from mqtt_twisted.constants import PropertyId
 from mqtt_twisted.errors import ValidationError
+
+_TOPIC_ALIAS = PropertyId.TOPIC_ALIAS
+_SUB_ID = PropertyId.SUBSCRIPTION_IDENTIFIER
+_EXPIRY = PropertyId.MESSAGE_EXPIRY_INTERVAL
 
 Properties = dict[int, Any]
 
@@ -101,3 +107,20 @@ class Message:
             f"Message(topic={self.topic!r}, payload={self.payload[:32]!r}"
             f"{'...' if len(self.payload) > 32 else ''}, qos={self.qos}, retain={self.retain})"
         )
+
+
+def forward_properties(
+    message: Message, subscription_ids: tuple[int, ...] | None, now: float
+) -> dict:
+    """The v5 properties a subscriber gets: no topic alias, its subscription ids,
+    and the expiry interval less the time the broker held the message [MQTT-3.3.2-6]."""
+    props = dict(message.properties)
+    props.pop(_TOPIC_ALIAS, None)
+    props.pop(_SUB_ID, None)
+    if subscription_ids:
+        props[_SUB_ID] = list(subscription_ids)
+    expiry = props.get(_EXPIRY)
+    if expiry is not None:
+        # Rounded up: a message forwarded at once keeps its whole interval.
+        props[_EXPIRY] = max(0, math.ceil(expiry - (now - message.received_at)))
+    return props

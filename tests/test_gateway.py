@@ -54,6 +54,18 @@ def test_provides_ibrokerservice() -> None:
     assert verifyObject(IBrokerService, gateway()[0])
 
 
+def test_both_connections_are_session_links() -> None:
+    """Delivery writes to MQTT and adapter sessions through the same link."""
+    from mqtt_twisted.interfaces import ISessionLink
+
+    gw, _ = gateway()
+    session = gw.openSession("virtual", Sink()).result
+    mqtt = FakeClient(gw.broker, 5)
+    mqtt.connect("mqtt")
+    assert verifyObject(ISessionLink, session.connection)
+    assert verifyObject(ISessionLink, mqtt.connection)
+
+
 def test_adapter_session_exchanges_messages_with_mqtt() -> None:
     """A sink's session and an MQTT client publish to each other through the gateway."""
     gw, _ = gateway()

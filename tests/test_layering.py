@@ -196,6 +196,12 @@ RULES = [
          "a module whose name starts with '_' is imported only from inside its own package "
          "(import the name from the package's public module or __init__ instead)",
          _private_outside),
+    Rule("http-gateway-only",
+         "the HTTP bridge (adapters.http, ._httpapi, ._httpstream) reaches the broker only "
+         "through mqtt_twisted.core.gateway: no other core module",
+         lambda a, b: within(a, _ours("adapters.http"), _ours("adapters._httpapi"),
+                             _ours("adapters._httpstream"))
+         and within(b, CORE) and not within(b, _ours("core.gateway"))),
     Rule("testing-unused",
          "nothing of the broker imports mqtt_twisted.testing (it is for tests only)",
          lambda a, b: within(b, _ours("testing")) and not within(a, _ours("testing"))),
@@ -271,6 +277,9 @@ class LayeringTests(SynchronousTestCase):
     def test_private_modules(self) -> None:
         """No module imports another package's _private module."""
         self.check("private-modules")
+
+    def test_http_gateway_only(self) -> None:
+        self.check("http-gateway-only")
 
     def test_testing_unused(self) -> None:
         """No broker module imports mqtt_twisted.testing."""

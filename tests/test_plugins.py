@@ -295,6 +295,8 @@ class ContractTests(SynchronousTestCase):
             "mqtt_twisted.store.overlay.SysRetainedOverlay",
             # verifyObject in tests/test_core_router.py:
             "mqtt_twisted.core.router.LocalRouter",
+            # verifyObject (ISessionLink) in tests/test_gateway.py:
+            "mqtt_twisted.core.virtual.VirtualConnection",
         }
         ours = {value for value in vars(interfaces).values()
                 if isinstance(value, InterfaceClass) and value.__module__ == interfaces.__name__}

@@ -20,7 +20,6 @@ from urllib.parse import parse_qs, unquote
 
 from mqtt_twisted.codec.topics import SHARE_PREFIX, validate_topic_filter, validate_topic_name
 from mqtt_twisted.constants import MAX_STRING_LENGTH, PropertyId, ReasonCode
-from mqtt_twisted.core.wire import forward_properties
 from mqtt_twisted.errors import (
     AuthenticationError,
     AuthorizationError,
@@ -28,7 +27,7 @@ from mqtt_twisted.errors import (
     MQTTError,
     StorageError,
 )
-from mqtt_twisted.message import Message
+from mqtt_twisted.message import Message, forward_properties
 
 _P = PropertyId
 

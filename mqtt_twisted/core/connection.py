@@ -35,7 +35,7 @@ from mqtt_twisted.errors import (
     StoreUnavailable,
     UnsupportedProtocolVersion,
 )
-from mqtt_twisted.interfaces import IBrokerConnection
+from mqtt_twisted.interfaces import IBrokerConnection, ISessionLink
 from mqtt_twisted.message import Message
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ _TOPIC_ALIAS = PropertyId.TOPIC_ALIAS
 _OPTIONAL = (PropertyId.REASON_STRING, PropertyId.USER_PROPERTY)
 
 
-@implementer(IBrokerConnection)
+@implementer(IBrokerConnection, ISessionLink)
 class MQTTConnection:
     """One client connection, whatever transport carries it."""
 

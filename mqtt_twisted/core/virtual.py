@@ -13,8 +13,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from zope.interface import implementer
+
 from mqtt_twisted.constants import ReasonCode
 from mqtt_twisted.core.states import CLOSED, CONNECTED, CONNECTING
+from mqtt_twisted.interfaces import ISessionLink
 from mqtt_twisted.message import Message
 
 if TYPE_CHECKING:
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
     from mqtt_twisted.core.session import Session
 
 
+@implementer(ISessionLink)
 class VirtualConnection:
     """Stands where an MQTTConnection would, for a non-MQTT client."""
 

@@ -9,33 +9,9 @@ interval) are encoded individually.
 
 from __future__ import annotations
 
-import math
-
 from mqtt_twisted.codec import encode_publish
 from mqtt_twisted.codec.packets import Publish
-from mqtt_twisted.constants import PropertyId
-from mqtt_twisted.message import Message
-
-_TOPIC_ALIAS = PropertyId.TOPIC_ALIAS
-_SUB_ID = PropertyId.SUBSCRIPTION_IDENTIFIER
-_EXPIRY = PropertyId.MESSAGE_EXPIRY_INTERVAL
-
-
-def forward_properties(
-    message: Message, subscription_ids: tuple[int, ...] | None, now: float
-) -> dict:
-    """The v5 properties a subscriber gets: no topic alias, its subscription ids,
-    and the expiry interval less the time the broker held the message [MQTT-3.3.2-6]."""
-    props = dict(message.properties)
-    props.pop(_TOPIC_ALIAS, None)
-    props.pop(_SUB_ID, None)
-    if subscription_ids:
-        props[_SUB_ID] = list(subscription_ids)
-    expiry = props.get(_EXPIRY)
-    if expiry is not None:
-        # Rounded up: a message forwarded at once keeps its whole interval.
-        props[_EXPIRY] = max(0, math.ceil(expiry - (now - message.received_at)))
-    return props
+from mqtt_twisted.message import Message, forward_properties
 
 
 def _template(message: Message, version: int, qos: int, retain: bool) -> tuple[bytes, int]:
