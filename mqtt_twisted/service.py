@@ -190,9 +190,13 @@ class BrokerService(MultiService):
     # --- SIGHUP: reload ------------------------------------------------------------------
 
     def reload(self) -> None:
-        """Have every listener that can re-read its files (TLS certificates) do so:
-        new connections use what was read, open ones carry on."""
+        """Have every listener that can re-read its files (TLS certificates) do so, and
+        the authenticator (a password file): new connections use what was read, open
+        ones carry on."""
         self.log.info("Reloading the listeners' certificates")
+        reload_auth = getattr(self.broker.authenticator, "reload", None)
+        if reload_auth is not None:
+            reload_auth()
         for service in self._listeners:
             reload = getattr(service, "reload", None)
             if reload is not None:

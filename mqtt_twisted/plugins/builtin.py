@@ -66,8 +66,27 @@ class ScramAuthPlugin:
         return ScramAuthenticator(read_users(argument))
 
 
+@implementer(IAuthPlugin)
+class PasswdAuthPlugin:
+    """``--auth passwd:FILE``: a Mosquitto password file (mqtt_twisted/auth/passwd.py)."""
+
+    name = "passwd"
+    description = "Mosquitto password file (mosquitto_passwd): passwd:FILE"
+
+    def makeAuthenticator(self, reactor: Any, argument: str) -> Any:
+        from mqtt_twisted.auth.passwd import PasswordFileAuthenticator
+
+        if not argument:
+            raise ValueError("--auth passwd:FILE needs a password file (see mosquitto_passwd)")
+        try:
+            return PasswordFileAuthenticator.from_file(argument, reactor=reactor)
+        except OSError as e:
+            raise ValueError(f"cannot read password file {argument}: {e.strerror}") from None
+
+
 mqttAdapter = MQTTAdapter()
 scramAuth = ScramAuthPlugin()
+passwdAuth = PasswdAuthPlugin()
 memoryStore = MemoryStorePlugin()
 redisStore = RedisStorePlugin("redis")
 redissStore = RedisStorePlugin("rediss")
