@@ -251,7 +251,7 @@ class ContractTests(SynchronousTestCase):
     def test_builtin_plugins_found(self) -> None:
         """getPlugins finds the built-in adapter, store and auth plugins, each verifying."""
         for interface, name in ((IAdapter, "mqtt"), (IStorePlugin, "memory"),
-                                (IAuthPlugin, "anonymous")):
+                                (IAuthPlugin, "anonymous"), (IAuthPlugin, "passwd")):
             found = plugins_by_name(interface)
             self.assertIn(name, found)
             self.assertTrue(verifyObject(interface, found[name]))
@@ -285,6 +285,9 @@ class ContractTests(SynchronousTestCase):
             "mqtt_twisted.plugins.builtin.ScramAuthPlugin",
             "mqtt_twisted.auth.scram.ScramAuthenticator",
             "mqtt_twisted.auth.scram._ScramExchange",
+            # verifyObject in tests/test_auth_passwd.py (test_plugin):
+            "mqtt_twisted.plugins.builtin.PasswdAuthPlugin",
+            "mqtt_twisted.auth.passwd.PasswordFileAuthenticator",
             "mqtt_twisted.adapters.http.HTTPAdapter",
             "mqtt_twisted.adapters._httpstream.Subscription",
             "mqtt_twisted.adapters.detect.DetectAdapter",
