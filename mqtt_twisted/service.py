@@ -191,12 +191,16 @@ class BrokerService(MultiService):
 
     def reload(self) -> None:
         """Have every listener that can re-read its files (TLS certificates) do so, and
-        the authenticator (a password file): new connections use what was read, open
+        the authenticator (a password file) and the authorizer (an ACL file): new connections use what was read, open
         ones carry on."""
         self.log.info("Reloading the listeners' certificates")
         reload_auth = getattr(self.broker.authenticator, "reload", None)
         if reload_auth is not None:
             reload_auth()
+        if self.broker.authorizer is not self.broker.authenticator:
+            reload_acl = getattr(self.broker.authorizer, "reload", None)  # an ACL file
+            if reload_acl is not None:
+                reload_acl()
         for service in self._listeners:
             reload = getattr(service, "reload", None)
             if reload is not None:

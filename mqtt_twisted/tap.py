@@ -70,6 +70,8 @@ class Options(usage.Options):
     optParameters = [
         ["store", None, "memory", "Store backend: memory, or a plugin's NAME[:ARGS]."],
         ["auth", None, "anonymous", "Authentication backend: anonymous, or a plugin's NAME[:ARGS]."],
+        ["acl", None, None,
+         "Mosquitto ACL file: what it does not allow is refused (with any --auth)."],
         ["max-connections", None, 0, "Default connection limit per listener (0: none).",
          _number("max-connections", int, 0)],
         ["connect-timeout", None, 10.0, "Seconds a client may take to send CONNECT (0: none).",
@@ -208,6 +210,17 @@ def _from_plugin(option: str, value: str, make: Callable[[], Any]) -> Any:
         usage_exit(f"--{option} {value!r}: {e}")
 
 
+def _acl_authorizer(path: str, backend: Any) -> Any:
+    """``--acl FILE``: the file's authorizer, and the auth backend's own one if it has
+    one (both must allow).  A file that cannot be used is a one-line usage error."""
+    from mqtt_twisted.auth.acl import AclAuthorizer, AllAuthorizers
+
+    acl = _from_plugin("acl", path, lambda: AclAuthorizer.from_file(path))
+    if backend is None:
+        return acl
+    return AllAuthorizers((acl, backend), reloadable=(acl,))
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     """Build the broker service and its listeners from parsed options."""
     if reactor is None:
@@ -225,6 +238,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if auth_plugin.name == "anonymous":
         # Nothing to check: skip the calls on the hot path altogether.
         authenticator = authorizer = None
+    if options["acl"] is not None:
+        authorizer = _acl_authorizer(options["acl"], authorizer)
     service = BrokerService(
         reactor,
         _from_plugin("store", options["store"],
