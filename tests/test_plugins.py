@@ -288,6 +288,9 @@ class ContractTests(SynchronousTestCase):
             # verifyObject in tests/test_auth_passwd.py (test_plugin):
             "mqtt_twisted.plugins.builtin.PasswdAuthPlugin",
             "mqtt_twisted.auth.passwd.PasswordFileAuthenticator",
+            # verifyObject in tests/test_auth_acl.py (test_verify):
+            "mqtt_twisted.auth.acl.AclAuthorizer",
+            "mqtt_twisted.auth.acl.AllAuthorizers",
             "mqtt_twisted.adapters.http.HTTPAdapter",
             "mqtt_twisted.adapters._httpstream.Subscription",
             "mqtt_twisted.adapters.detect.DetectAdapter",
