@@ -178,7 +178,7 @@ class IMessageSink(Interface):
 
 
 class IBrokerService(Interface):
-    """The broker as adapters see it: the gateway (``core/gateway.py``).
+    """The broker as adapters see it: the gateway (``mqtt_twisted/gateway.py``).
 
     An adapter's ``buildListener`` gets one; it is the only way into the broker, so
     that an MQTT client and an HTTP or CoAP client are authenticated, authorized,

@@ -20,10 +20,10 @@ from twisted.python.failure import Failure
 
 from mqtt_twisted.constants import ReasonCode
 from mqtt_twisted.core.broker import Broker
-from mqtt_twisted.core.gateway import Gateway
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.core.systopics import SysTopics
 from mqtt_twisted.errors import StartError, StorageError
+from mqtt_twisted.gateway import Gateway
 from mqtt_twisted.store.overlay import SysRetainedOverlay, purge_sys_retained
 
 #: How long shutdown waits for clients to go before closing the store anyway.

@@ -24,9 +24,9 @@ from zope.interface.verify import verifyObject
 
 from mqtt_twisted.codec.packets import PubAck, Publish, SubAck
 from mqtt_twisted.constants import ReasonCode
-from mqtt_twisted.core.gateway import Gateway
 from mqtt_twisted.core.router import LocalRouter
 from mqtt_twisted.core.settings import BrokerSettings
+from mqtt_twisted.gateway import Gateway
 from mqtt_twisted.interfaces import IBrokerService, IMessageSink, IRouter, IStreamAdapter
 from mqtt_twisted.message import Message
 from mqtt_twisted.testing import FakeClient, make_broker

@@ -1,4 +1,4 @@
-"""The gateway: the broker as every adapter sees it (``core/gateway.py``).
+"""The gateway: the broker as every adapter sees it (``mqtt_twisted/gateway.py``).
 
 Sans-IO tests drive it as a small adapter would (a sink, an MQTT client beside it, a
 fake clock); the end-to-end tests show that MQTT and the HTTP bridge get the same
@@ -19,9 +19,9 @@ from mqtt_twisted.constants import PropertyId as P
 from mqtt_twisted.constants import ReasonCode as RC
 from mqtt_twisted.core import inspection
 from mqtt_twisted.core.broker import Credentials
-from mqtt_twisted.core.gateway import PUBLISH, SUBSCRIBE, Gateway
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.errors import AuthorizationError
+from mqtt_twisted.gateway import PUBLISH, SUBSCRIBE, Gateway
 from mqtt_twisted.interfaces import IBrokerService, IMessageSink
 from mqtt_twisted.message import Message
 from mqtt_twisted.testing import FakeClient, make_broker

@@ -11,9 +11,9 @@ from typing import Any
 from mqtt_twisted.codec import Publish, PubRec, PubRel, Subscribe, Subscription, Will
 from mqtt_twisted.constants import PropertyId as P
 from mqtt_twisted.core import inspection
-from mqtt_twisted.core.gateway import Gateway
 from mqtt_twisted.core.inspection import HeldMessage, Match, SubscriptionInfo
 from mqtt_twisted.core.settings import BrokerSettings
+from mqtt_twisted.gateway import Gateway
 from mqtt_twisted.message import Message
 from mqtt_twisted.testing import FakeClient, make_broker
 

@@ -273,7 +273,7 @@ class ContractTests(SynchronousTestCase):
             "mqtt_twisted.store.redis.RedisStore",
             "mqtt_twisted.store._redislock.RedisLock",
             "mqtt_twisted.auth.AllowAnonymous",
-            "mqtt_twisted.core.gateway.Gateway",
+            "mqtt_twisted.gateway.Gateway",
             "mqtt_twisted.core.connection.MQTTConnection",
             "mqtt_twisted.core.session.Session",
             "mqtt_twisted.adapters.listener.ListenerSettings",

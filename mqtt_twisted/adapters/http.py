@@ -32,7 +32,7 @@ from mqtt_twisted.adapters._httpstream import Subscription, gone, respond
 from mqtt_twisted.adapters.kit import ConnectionLimit, origin_of
 from mqtt_twisted.adapters.options import AdapterOption, declare, integer, number, option_values
 from mqtt_twisted.constants import ReasonCode
-from mqtt_twisted.core.gateway import PUBLISH, SUBSCRIBE
+from mqtt_twisted.gateway import PUBLISH, SUBSCRIBE
 from mqtt_twisted.interfaces import IListenerChecker, IStreamAdapter
 from mqtt_twisted.records import Credentials
 

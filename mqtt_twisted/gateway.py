@@ -8,8 +8,8 @@ from :meth:`Gateway.buildConnection`; every other adapter (HTTP, CoAP) gets a vi
 session from :meth:`Gateway.openSession`, which goes through the same CONNECT path
 (authentication, the client id's lock, takeover, session expiry) as an MQTT client.
 
-Sans-IO: answers are Deferreds (``twisted.internet.defer`` needs no reactor) and
-time is the broker's clock.
+It sits just above the sans-IO core, which imports nothing of ``twisted.internet``:
+its answers are Deferreds (which need no reactor), and time is the broker's clock.
 """
 
 from __future__ import annotations
