@@ -11,7 +11,6 @@ from __future__ import annotations
 import shutil
 import socket
 import struct
-import time
 from typing import Any
 
 from twisted.internet import utils
@@ -289,7 +288,11 @@ class ReadBeforeResetTests(SynchronousTestCase):
         client, server = self.pair()
         sent = b"x" * 100_000
         client.sendall(sent)
-        wait_for(lambda: _pending(server) >= len(sent))  # all of it in our kernel
+        # Until our kernel holds all of it: a blocking peek that waits for every byte.
+        server.settimeout(5)
+        self.assertEqual(len(server.recv(len(sent), socket.MSG_PEEK | socket.MSG_WAITALL)),
+                         len(sent))
+        server.setblocking(False)
         server.send(b"unread")  # what makes the client's close a reset
         client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         client.close()
@@ -299,23 +302,6 @@ class ReadBeforeResetTests(SynchronousTestCase):
         self.assertEqual(bytes(transport.received), sent)
         self.assertLessEqual(transport.reads, len(sent) // transport.bufferSize + 3)
         self.assertEqual(transport.lost, ["reset"])
-
-
-def wait_for(predicate: Any, timeout: float = 5.0) -> None:
-    """Poll a kernel-side condition (no reactor runs in these socket-level tests)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
-
-
-def _pending(sock: socket.socket) -> int:
-    import fcntl
-    import termios
-
-    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
-
 
 
 class LingeringCloseTests(BrokerTestCase):

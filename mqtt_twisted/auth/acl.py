@@ -33,6 +33,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mqtt_twisted.auth._files import read_utf8
 from mqtt_twisted.codec.topics import parse_shared_filter, validate_topic_filter
 from mqtt_twisted.errors import InvalidTopicFilter, ValidationError
 from mqtt_twisted.interfaces import IAuthorizer
@@ -133,14 +134,7 @@ def parse_acl(text: str, path: str) -> AccessList:
 
 def read_acl(path: str) -> AccessList:
     """Read and parse an ACL file (OSError if it cannot be read)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        number = data[:e.start].count(b"\n") + 1
-        raise ValidationError(f"{path}:{number}: not UTF-8") from None
-    return parse_acl(text, path)
+    return parse_acl(read_utf8(path), path)
 
 
 def filter_covers(rule: str, topic_filter: str) -> bool:

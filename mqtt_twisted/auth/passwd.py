@@ -32,6 +32,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mqtt_twisted.auth._files import read_utf8
 from mqtt_twisted.errors import AuthenticationError, AuthorizationError, ValidationError
 from mqtt_twisted.interfaces import IAuthenticator
 
@@ -126,14 +127,7 @@ def parse_passwd(text: str, path: str) -> dict[str, PasswordHash]:
 
 def read_passwd(path: str) -> dict[str, PasswordHash]:
     """Read and parse a password file (OSError if it cannot be read)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        number = data[:e.start].count(b"\n") + 1
-        raise ValidationError(f"{path}:{number}: not UTF-8") from None
-    return parse_passwd(text, path)
+    return parse_passwd(read_utf8(path), path)
 
 
 @implementer(IAuthenticator)

@@ -28,7 +28,7 @@ from mqtt_twisted.constants import PacketType, PropertyId, ReasonCode
 from mqtt_twisted.core import control, inbound
 from mqtt_twisted.core.session import Session
 from mqtt_twisted.core.states import AWAIT_CONNECT, CLOSE_GRACE, CLOSED, CONNECTED, CONNECTING
-from mqtt_twisted.core.wire import forward_properties, publish_bytes, with_dup
+from mqtt_twisted.core.wire import publish_bytes, with_dup
 from mqtt_twisted.errors import (
     MQTTError,
     ProtocolError,
@@ -36,7 +36,7 @@ from mqtt_twisted.errors import (
     UnsupportedProtocolVersion,
 )
 from mqtt_twisted.interfaces import IBrokerConnection, ISessionLink
-from mqtt_twisted.message import Message
+from mqtt_twisted.message import Message, forward_properties
 
 if TYPE_CHECKING:
     from mqtt_twisted.core.broker import Broker

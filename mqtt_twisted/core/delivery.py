@@ -39,7 +39,7 @@ class Delivery:
 
     log = Logger(namespace="mqtt_twisted.core.broker.Broker")
 
-    __slots__ = ("broker", "clock", "settings", "stats", "store", "journal", "flow",
+    __slots__ = ("broker", "clock", "settings", "stats", "store", "journal", "durable", "flow",
                  "high_water")
 
     def __init__(self, broker: Broker) -> None:
@@ -49,6 +49,8 @@ class Delivery:
         self.stats = broker.stats
         self.store = broker.store
         self.journal = broker.journal
+        #: Whether per-message writes are made (the journal's, read once: it never changes).
+        self.durable = broker.journal.durable
         self.flow = broker.flow
         #: Queue length at which a session's publishers are held back (flow control).
         self.high_water = max(1, min(1000, self.settings.max_queued // 2))
@@ -87,13 +89,13 @@ class Delivery:
                               "(topic {topic}; {n} dropped so far)", client=session.clientId,
                               size=self.settings.max_queued, topic=dropped.message.topic,
                               n=session.dropped)
-        if qos and self.journal.durable and session.persistent:
+        if qos and self.durable and session.persistent:
             self.journal.persist(self.store.storeOutbound(session.clientId, out))
 
     def _send_inflight(self, session: Session, conn: Any, out: Outbound) -> None:
         pid = out.packet_id = session.allocate_packet_id()
         session.inflight[pid] = out
-        if self.journal.durable and session.persistent:
+        if self.durable and session.persistent:
             # Stored before it is sent, so that a crash cannot lose track of it.
             self.journal.persist(self.store.storeOutbound(session.clientId, out))
         if not conn.send_publish(out.message, out.qos, out.retain, pid, out.subscription_ids):
@@ -124,7 +126,7 @@ class Delivery:
             if out.message.properties and expired(out.message, now):
                 # [MQTT-3.3.2-5] not yet sent onward: the copy for this subscriber goes.
                 self.stats.messages_expired += 1
-                if out.qos and self.journal.durable and session.persistent:
+                if out.qos and self.durable and session.persistent:
                     self.journal.persist(self.store.removeOutbound(session.clientId, out.seq))
                 continue
             if out.qos:
@@ -140,7 +142,7 @@ class Delivery:
         out = session.inflight.pop(packet_id, None)
         if out is None:
             return
-        if self.journal.durable and session.persistent:
+        if self.durable and session.persistent:
             self.journal.persist(self.store.removeOutbound(session.clientId, out.seq))
         if session.queue:
             self.pump(session)
@@ -148,7 +150,7 @@ class Delivery:
     def outbound_released(self, session: Session, out: Outbound) -> None:
         """PUBREC: the message is delivered; only PUBREL/PUBCOMP remain [MQTT-4.3.3]."""
         out.state = AWAITING_PUBCOMP
-        if self.journal.durable and session.persistent:
+        if self.durable and session.persistent:
             self.journal.persist(self.store.storeOutbound(session.clientId, out))
 
     def add_inbound_qos2(self, session: Session, packet_id: int) -> None:
@@ -156,13 +158,13 @@ class Delivery:
             session.inboundQoS2.add(packet_id)  # type: ignore[union-attr]
         else:
             session.inboundQoS2 = {packet_id}
-        if self.journal.durable and session.persistent:
+        if self.durable and session.persistent:
             self.journal.persist(self.store.addInboundQoS2(session.clientId, packet_id))
 
     def remove_inbound_qos2(self, session: Session, packet_id: int) -> None:
         if packet_id in session.inboundQoS2:
             session.inboundQoS2.discard(packet_id)  # type: ignore[union-attr]
-        if self.journal.durable and session.persistent:
+        if self.durable and session.persistent:
             self.journal.persist(self.store.removeInboundQoS2(session.clientId, packet_id))
 
     def send_retained(self, session: Session, topic_filter: str,
