@@ -438,10 +438,30 @@ class IEnhancedAuthenticator(IAuthenticator):
 
 
 class IAuthorizer(Interface):
-    """Decides what an authenticated client may do."""
+    """Decides what an authenticated client may do.
+
+    An authorizer may also have a true ``stableAnswers`` attribute: its answers depend
+    on (identity, client id, topic) alone until it is reloaded, so the broker keeps
+    them per connection instead of asking for every PUBLISH (the ACL file does this).
+    """
 
     def mayPublish(identity, clientId, topic):
         """True or False (or a Deferred of it): may this client publish to ``topic``?"""
 
     def maySubscribe(identity, clientId, topicFilter):
         """True or False (or a Deferred of it): may this client subscribe to ``topicFilter``?"""
+
+
+class IReadAuthorizer(Interface):
+    """An authorizer whose rules can refuse some topics inside a filter it lets a client
+    subscribe to (an ACL's ``deny a/secret`` under a granted ``a/#``).  The broker then
+    checks each delivery of that session's messages, as Mosquitto does, with the
+    answers cached per session: both methods are synchronous and must be cheap."""
+
+    def filterNeedsReadCheck(identity, clientId, topicFilter):
+        """True when some topic ``topicFilter`` matches may not be read by this client,
+        so that its deliveries must be checked one topic at a time."""
+
+    def mayRead(identity, clientId, topic):
+        """True or False (never a Deferred): may this client receive a message published
+        to ``topic``?"""

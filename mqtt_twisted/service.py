@@ -201,6 +201,7 @@ class BrokerService(MultiService):
             reload_acl = getattr(self.broker.authorizer, "reload", None)  # an ACL file
             if reload_acl is not None:
                 reload_acl()
+        self.broker.refresh_read_checks()  # the rules may have changed under every session
         for service in self._listeners:
             reload = getattr(service, "reload", None)
             if reload is not None:

@@ -20,7 +20,8 @@ subscribing needs read access to the whole filter (``$share/GROUP/F`` is checked
 check is a sound approximation, level by level: R's ``#`` covers whatever is left of F,
 R's ``+`` covers a literal or a ``+``, a literal covers only the same literal.  A deny
 rule refuses a filter it covers the same way; a filter that only overlaps a deny rule
-(``#`` against ``deny a/b``) is allowed, and its deliveries are not filtered per topic.
+(``#`` against ``deny a/b``) is allowed, and then each of its deliveries is checked
+against the rules (``IReadAuthorizer``): the ``a/b`` messages never reach it.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from zope.interface import implementer
 from mqtt_twisted.auth._files import read_utf8
 from mqtt_twisted.codec.topics import parse_shared_filter, validate_topic_filter
 from mqtt_twisted.errors import InvalidTopicFilter, ValidationError
-from mqtt_twisted.interfaces import IAuthorizer
+from mqtt_twisted.interfaces import IAuthorizer, IReadAuthorizer
 
 READ, WRITE, DENY = "read", "write", "deny"
 #: Access word -> what it grants; ``deny`` grants nothing and refuses.
@@ -156,6 +157,25 @@ def filter_covers(rule: str, topic_filter: str) -> bool:
     return len(r_levels) == len(f_levels)
 
 
+def filters_overlap(first: str, second: str) -> bool:
+    """Whether some topic matches both filters (exact: ``+`` matches any one level, ``#``
+    any rest, even none; a leading wildcard matches no ``$`` topic [MQTT-4.7.2-1])."""
+    a_levels = first.split("/")
+    b_levels = second.split("/")
+    if (a_levels[0][:1] == "$" and b_levels[0] in ("+", "#")) or (
+            b_levels[0][:1] == "$" and a_levels[0] in ("+", "#")):
+        return False
+    for a, b in zip(a_levels, b_levels):
+        if a == "#" or b == "#":
+            return True
+        if a != b and a != "+" and b != "+":
+            return False
+    if len(a_levels) == len(b_levels):
+        return True
+    longer = a_levels if len(a_levels) > len(b_levels) else b_levels
+    return longer[min(len(a_levels), len(b_levels))] == "#"  # a/# also matches a
+
+
 def _identity_name(identity: Any) -> str | None:
     """The user name in an authenticator's identity: the identity itself when it is a
     string (passwd, anonymous), else its ``username`` attribute (a JWT identity)."""
@@ -175,12 +195,15 @@ def decide(rules: Sequence[Rule] | None, want: str, topic: str) -> bool:
     return any(want in r.access and filter_covers(r.topic_filter, topic) for r in rules)
 
 
-@implementer(IAuthorizer)
+@implementer(IAuthorizer, IReadAuthorizer)
 class AclAuthorizer:
     """Publish and subscribe checked against a Mosquitto ACL file; answers are cached
     per (user name, client id, action, topic), at most ``cache_size`` of them."""
 
     log = Logger()
+    #: Answers depend on (identity, client id, topic) alone until ``reload()``: the
+    #: broker may cache them per connection.
+    stableAnswers = True
 
     def __init__(self, acl: AccessList, *, path: str | None = None,
                  cache_size: int = CACHE_SIZE) -> None:
@@ -221,6 +244,30 @@ class AclAuthorizer:
         return self._check(identity, clientId, READ,
                            shared.topic_filter if shared is not None else topicFilter)
 
+    def mayRead(self, identity: Any, clientId: str | None, topic: str) -> bool:
+        return self._check(identity, clientId, READ, topic)
+
+    def filterNeedsReadCheck(self, identity: Any, clientId: str | None,
+                             topicFilter: str) -> bool:
+        """A granted filter needs its deliveries checked when a deny rule overlaps it, or
+        when no single read rule covers it (a ``$share`` filter is its inner filter)."""
+        try:
+            shared = parse_shared_filter(topicFilter)
+        except InvalidTopicFilter:
+            return True
+        inner = shared.topic_filter if shared is not None else topicFilter
+        name = _identity_name(identity)
+        key = (name, clientId, "overlap", inner)
+        found = self._cache.get(key)
+        if found is None:
+            rules = self._acl.rules_for(name, clientId)
+            found = rules is None or not decide(rules, READ, inner) or any(
+                DENY in r.access and filters_overlap(r.topic_filter, inner) for r in rules)
+            if len(self._cache) >= self._cache_size:
+                self._cache.clear()
+            self._cache[key] = found
+        return found
+
     def reload(self) -> bool | None:
         """Re-read the file (SIGHUP): True if read; False if it did not parse (the old
         rules stay, one line is logged); None without a file."""
@@ -237,7 +284,7 @@ class AclAuthorizer:
         return True
 
 
-@implementer(IAuthorizer)
+@implementer(IAuthorizer, IReadAuthorizer)
 class AllAuthorizers:
     """Allows what every one of ``authorizers`` allows (the ACL and the auth backend's
     own authorizer); a plain bool when they all answer one, else a Deferred.
@@ -247,6 +294,8 @@ class AllAuthorizers:
     def __init__(self, authorizers: Iterable[Any], reloadable: Iterable[Any] = ()) -> None:
         self.authorizers = tuple(authorizers)
         self.reloadable = tuple(reloadable)
+        #: Cacheable when every member's answers are.
+        self.stableAnswers = all(getattr(a, "stableAnswers", False) for a in self.authorizers)
 
     def _all(self, method: str, *args: Any) -> bool | Deferred[bool]:
         for i, authorizer in enumerate(self.authorizers):
@@ -268,6 +317,17 @@ class AllAuthorizers:
 
     def maySubscribe(self, identity: Any, clientId: str | None, topicFilter: str) -> Any:
         return self._all("maySubscribe", identity, clientId, topicFilter)
+
+    def filterNeedsReadCheck(self, identity: Any, clientId: str | None,
+                             topicFilter: str) -> bool:
+        return any(IReadAuthorizer.providedBy(a) and a.filterNeedsReadCheck(
+            identity, clientId, topicFilter) for a in self.authorizers)
+
+    def mayRead(self, identity: Any, clientId: str | None, topic: str) -> bool:
+        """Each authorizer that checks reads must allow it (the others allowed the
+        subscription, which is all they decide)."""
+        return all(a.mayRead(identity, clientId, topic) for a in self.authorizers
+                   if IReadAuthorizer.providedBy(a))
 
     def reload(self) -> None:
         for authorizer in self.reloadable:

@@ -28,6 +28,7 @@ from mqtt_twisted.core.delivery import Delivery, expired
 from mqtt_twisted.core.flow import FlowControl
 from mqtt_twisted.core.journal import Journal
 from mqtt_twisted.core.lifecycle import Lifecycle
+from mqtt_twisted.core.readcheck import needs_check, read_check_for
 from mqtt_twisted.core.router import LOCAL, LocalRouter
 from mqtt_twisted.core.session import Session, SubscriptionOptions
 from mqtt_twisted.core.settings import BrokerSettings
@@ -145,6 +146,9 @@ class Broker:
         is_new = topic_filter not in session.subscriptions
         session.subscriptions[topic_filter] = options
         self.router.add(session.clientId, topic_filter, options)
+        if (self.authorizer is not None and session.read_check is None
+                and needs_check(self.authorizer, session, (topic_filter,))):
+            session.read_check = read_check_for(self.authorizer, session)
         if session.persistent:
             self.journal.persist(self.store.addSubscription(session.clientId, topic_filter,
                                                             options))
@@ -159,6 +163,19 @@ class Broker:
         return True
 
     # --- authorization ------------------------------------------------------------------------
+
+    def refresh_read_check(self, session: Session) -> None:
+        """Decide afresh whether the session's deliveries are checked per topic (its
+        identity changed, or the authorizer's rules were reloaded)."""
+        session.read_check = read_check_for(self.authorizer, session)
+
+    def refresh_read_checks(self) -> None:
+        """The authorizer's rules were reloaded: forget every cached answer."""
+        for session in self.sessions.values():
+            self.refresh_read_check(session)
+        for conn in self.connections:
+            if conn.publish_grants:
+                conn.publish_grants.clear()
 
     def may_publish(self, session: Session | None, topic: str) -> Any:
         """The authorizer's answer: a bool, or a Deferred of one."""

@@ -153,6 +153,9 @@ class Connector:
         def done(identity: Any) -> None:
             if session is not None:
                 session.identity = identity
+                self.broker.refresh_read_check(session)
+            if conn.publish_grants:
+                conn.publish_grants.clear()  # answers for the old identity
             props = {_P.AUTHENTICATION_METHOD: conn.auth_method}
             if conn.auth_final_data is not None:
                 props[_P.AUTHENTICATION_DATA] = conn.auth_final_data
@@ -242,7 +245,9 @@ class Connector:
             session.willDelay = props.pop(_P.WILL_DELAY_INTERVAL, 0)
             session.will = Message(will.topic, will.payload, will.qos, will.retain, None, props,
                                    0.0, session.clientId)
-        session.identity = identity
+        if identity != session.identity or session.read_check is not None:
+            session.identity = identity
+            self.broker.refresh_read_check(session)
         session.disconnectedAt = None
         session.connection = conn
 

@@ -64,7 +64,7 @@ class MQTTConnection:
         "send_quota", "max_send_size", "_backlog", "_blocked", "_timer", "_aliases_in",
         "_aliases_out", "_alias_limit", "auth_method", "auth_pending",
         "auth_final_data", "_acks", "throttles",
-        "_unacked_qos1", "_refused_logged", "lost", "__weakref__",
+        "_unacked_qos1", "_refused_logged", "lost", "publish_grants", "__weakref__",
     )
 
     def __init__(
@@ -104,6 +104,10 @@ class MQTTConnection:
         self._alias_limit = 0
         self._unacked_qos1 = 0  # QoS 1 PUBLISHes whose PUBACK waits for the store
         self._refused_logged = False  # one log line per client for refused $SYS publishes
+        #: The authorizer's answers to this client's PUBLISH topics, when its answers
+        #: only change on reload (``stableAnswers``); None: ask every time.
+        self.publish_grants: dict[str, bool] | None = (
+            {} if getattr(broker.authorizer, "stableAnswers", False) else None)
         timeout = getattr(listener, "connectTimeout", broker.connect_timeout)
         self._timer = broker.clock.callLater(timeout, self._connect_timed_out) if timeout else None
 

@@ -32,6 +32,8 @@ _TOPIC_ALIAS = PropertyId.TOPIC_ALIAS
 _PFI = PropertyId.PAYLOAD_FORMAT_INDICATOR
 _RESPONSE_TOPIC = PropertyId.RESPONSE_TOPIC
 _SUB_ID = PropertyId.SUBSCRIPTION_IDENTIFIER
+#: PUBLISH topics whose authorizer answers one connection keeps (emptied when full).
+GRANTS_CACHED = 1024
 
 
 def on_publish(conn: MQTTConnection, packet: Publish) -> None:
@@ -77,17 +79,25 @@ def on_publish(conn: MQTTConnection, packet: Publish) -> None:
         # Subscribers of the same wire format get these very bytes [perf: no re-encode].
         message.wire = {(5 if conn.version == 5 else 4, 0, False): (raw, 0)}
     if broker.authorizer is None:
-        if not qos:  # the QoS 0 fast path; Broker.route inline (no call per message)
-            broker.publisher = conn
-            broker.stats.messages_received += 1
-            if message.retain:
-                broker.retain(message)
-            broker.router.dispatch(message, LOCAL)
-            broker.publisher = None
-            return
         allowed: Any = True
     else:
-        allowed = broker.may_publish(session, topic)
+        grants = conn.publish_grants
+        allowed = grants.get(topic) if grants is not None else None
+        if allowed is None:
+            allowed = broker.may_publish(session, topic)
+            if grants is not None and allowed.__class__ is bool:
+                if len(grants) >= GRANTS_CACHED:
+                    grants.clear()
+                grants[topic] = allowed
+    if allowed is True and not qos:
+        # The QoS 0 fast path; Broker.route inline (no call per message).
+        broker.publisher = conn
+        broker.stats.messages_received += 1
+        if message.retain:
+            broker.retain(message)
+        broker.router.dispatch(message, LOCAL)
+        broker.publisher = None
+        return
     if qos == 2:
         pid = packet.packet_id
         if pid in session.inboundQoS2:  # type: ignore[union-attr]

@@ -131,6 +131,7 @@ class Lifecycle:
             session.subscriptions[topic_filter] = options
             broker.router.add(session.clientId, topic_filter, options)
         session.restore_outbound(list(state.outbound))
+        broker.refresh_read_check(session)
         broker.sessions[session.clientId] = session
         now = broker.clock.seconds()
         if session.disconnectedAt is None:

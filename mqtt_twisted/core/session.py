@@ -39,7 +39,7 @@ class Session:
         "clientId", "subscriptions", "will", "willDelay", "expiryInterval",
         "disconnectedAt", "inflight", "queue", "inboundQoS2", "connection", "identity",
         "_next_pid", "expiry_call", "will_call", "dropped", "max_inflight", "max_queued",
-        "_next_seq",
+        "_next_seq", "read_check",
     )
 
     def __init__(self, client_id: str, max_inflight: int = 20, max_queued: int = 1000) -> None:
@@ -63,6 +63,9 @@ class Session:
         self.max_inflight = max_inflight
         self.max_queued = max_queued
         self._next_seq = 1
+        #: ``topic -> bool`` when an authorizer grants one of its filters only in part
+        #: (``core/readcheck.py``); None, the usual case, when every delivery may pass.
+        self.read_check: Any = None
 
     def next_seq(self) -> int:
         """Sequence numbers order a session's outbound messages, also across restarts."""
