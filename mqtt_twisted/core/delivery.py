@@ -10,6 +10,7 @@ The link is the session's connection (MQTT or virtual): ``send_publish``,
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from mqtt_twisted.core.session import Session
 
 _EXPIRY = PropertyId.MESSAGE_EXPIRY_INTERVAL
+#: Retained messages delivered to a new subscription per reactor turn.
+RETAINED_SLICE = 100
 
 
 def expired(message: Message, now: float) -> bool:
@@ -139,6 +142,9 @@ class Delivery:
         congested = self.flow.congested
         if congested and conn in congested and not queue and not conn.paused:
             self.flow.release(conn)
+        if session.retained_backlog and not queue and not conn.paused:
+            messages, options = session.retained_backlog.pop(0)
+            self.clock.callLater(0, self.send_retained_slice, session, messages, options)
 
     def outbound_done(self, session: Session, packet_id: int) -> None:
         """PUBACK or PUBCOMP: the flow for ``packet_id`` is complete."""
@@ -172,18 +178,39 @@ class Delivery:
 
     def send_retained(self, session: Session, topic_filter: str,
                       options: SubscriptionOptions) -> None:
-        """Deliver the retained messages matching a new subscription, retain=1."""
+        """Deliver the retained messages matching a new subscription, retain=1, in
+        slices of :data:`RETAINED_SLICE` that yield to the reactor between them and wait
+        while the client's queue is long: a ``#`` subscriber over 100,000 retained
+        messages neither blocks the other clients nor fills its own queue."""
         sessions = self.broker.sessions
 
-        def deliver(messages: list[Message]) -> None:
-            if sessions.get(session.clientId) is not session:
-                return
-            now = self.clock.seconds()
-            for message in messages:
-                if message.properties and expired(message, now):
-                    self.journal.persist(self.store.deleteRetained(message.topic))
-                    continue
-                self.deliver(session, message, min(message.qos, options.qos), True,
-                             (options.subscription_id,) if options.subscription_id else None)
+        def got(messages: list[Message]) -> None:
+            if sessions.get(session.clientId) is session:
+                self.send_retained_slice(session, iter(messages), options)
 
-        when(self.store.matchRetained(topic_filter), deliver, self.journal.store_failed)
+        when(self.store.matchRetained(topic_filter), got, self.journal.store_failed)
+
+    def send_retained_slice(self, session: Session, messages: Iterator[Message],
+                            options: SubscriptionOptions) -> None:
+        """One slice; the rest is scheduled, or parked until ``pump`` empties the queue."""
+        if self.broker.sessions.get(session.clientId) is not session:
+            return  # discarded or replaced meanwhile
+        now = self.clock.seconds()
+        sub_ids = (options.subscription_id,) if options.subscription_id else None
+        sent = 0
+        for message in messages:
+            if message.properties and expired(message, now):
+                self.journal.persist(self.store.deleteRetained(message.topic))
+                continue
+            self.deliver(session, message, min(message.qos, options.qos), True, sub_ids)
+            sent += 1
+            if sent >= RETAINED_SLICE:
+                conn = session.connection
+                if conn is not None and (conn.paused or len(session.queue) >= self.high_water):
+                    if not session.retained_backlog:
+                        session.retained_backlog = []
+                    session.retained_backlog.append((messages, options))  # pump resumes
+                else:
+                    self.clock.callLater(0, self.send_retained_slice, session, messages,
+                                         options)
+                return

@@ -39,7 +39,7 @@ class Session:
         "clientId", "subscriptions", "will", "willDelay", "expiryInterval",
         "disconnectedAt", "inflight", "queue", "inboundQoS2", "connection", "identity",
         "_next_pid", "expiry_call", "will_call", "dropped", "max_inflight", "max_queued",
-        "_next_seq", "read_check",
+        "_next_seq", "read_check", "retained_backlog",
     )
 
     def __init__(self, client_id: str, max_inflight: int = 20, max_queued: int = 1000) -> None:
@@ -66,6 +66,9 @@ class Session:
         #: ``topic -> bool`` when an authorizer grants one of its filters only in part
         #: (``core/readcheck.py``); None, the usual case, when every delivery may pass.
         self.read_check: Any = None
+        #: Retained deliveries of new subscriptions waiting for the queue to empty.
+        #: (A shared empty tuple until first used, as ``queue``.)
+        self.retained_backlog: list[tuple[Any, SubscriptionOptions]] | tuple[()] = ()
 
     def next_seq(self) -> int:
         """Sequence numbers order a session's outbound messages, also across restarts."""
