@@ -93,6 +93,40 @@ class PublishTests(HTTPBrokerTestCase):
         self.assertEqual(answer, {"messages": []})
 
     @inlineCallbacks
+    def test_retained_pages(self) -> Any:
+        """GET /retained answers a page at a time (100 by default, limit= up to 1000, a
+        page ends after 1 MiB of payload) with next= for the following page; every
+        message comes once, in topic order."""
+        from mqtt_twisted.message import Message
+
+        for n in range(250):
+            self.broker.retain(Message(f"page/{n:03d}", b"v", 0, True))
+        topics, after, pages = [], None, 0
+        while True:
+            query = "/retained?topic=page/%23" + (f"&after={after}" if after else "")
+            answer = yield self.json("GET", query, 200)
+            pages += 1
+            topics += [m["topic"] for m in answer["messages"]]
+            after = answer.get("next")
+            if after is None:
+                break
+            self.assertEqual(after, topics[-1])
+        self.assertEqual((pages, topics), (3, [f"page/{n:03d}" for n in range(250)]))
+        answer = yield self.json("GET", "/retained?topic=page/%23&limit=1000", 200)
+        self.assertEqual((len(answer["messages"]), "next" in answer), (250, False))
+        answer = yield self.json("GET", "/retained?topic=page/%23&limit=2&after=page/100",
+                                 200)
+        self.assertEqual([m["topic"] for m in answer["messages"]], ["page/101", "page/102"])
+        for n in range(3):
+            self.broker.retain(Message(f"big/{n}", b"x" * 600_000, 0, True))
+        answer = yield self.json("GET", "/retained?topic=big/%23", 200)
+        self.assertEqual(([m["topic"] for m in answer["messages"]], answer["next"]),
+                         (["big/0"], "big/0"))
+        for bad in ("limit=0", "limit=1001", "limit=x"):
+            answer = yield self.json("GET", f"/retained?topic=page/%23&{bad}", 400)
+            self.assertIn("limit", answer["error"])
+
+    @inlineCallbacks
     def test_no_subscribers_reason_16(self) -> Any:
         """A message nobody subscribes to is answered 200 with reason code 16 (0x10)."""
         answer = yield self.json("POST", "/publish?topic=nobody/home", 200, body=b"x")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import heapq
 import json
 import os
 from collections import deque
@@ -370,14 +371,37 @@ def parse_subscribe(params: Params, headers: Headers, settings: Any) -> Subscrib
 # --- GET /retained, DELETE /session ----------------------------------------------------------
 
 
-def parse_retained(params: Params) -> str:
+#: ``GET /retained`` pages: messages per page by default and at most, and the payload
+#: bytes a page holds before it ends (at least one message is always in it).
+RETAINED_PAGE, RETAINED_PAGE_MAX, RETAINED_PAGE_BYTES = 100, 1000, 1 << 20
+
+
+def parse_retained(params: Params) -> tuple[str, int, str | None]:
+    """``(filter, limit, after)``: the page of messages whose topics sort after ``after``."""
     topic_filter = one(params, "topic")
     if topic_filter is None:
         raise bad_request("parameter 'topic' is required", ReasonCode.TOPIC_FILTER_INVALID)
     if topic_filter.startswith(SHARE_PREFIX):
         raise bad_request("a shared subscription filter matches no retained messages",
                           ReasonCode.TOPIC_FILTER_INVALID)
-    return topic_filter_param(topic_filter)
+    limit = integer(params, "limit", RETAINED_PAGE, 1, RETAINED_PAGE_MAX)
+    return topic_filter_param(topic_filter), limit, one(params, "after")
+
+
+def retained_page(messages: list[Any], limit: int, after: str | None) -> tuple[list[Any], bool]:
+    """The first page of ``messages`` by topic after ``after``, and whether more follow:
+    ``limit`` messages or :data:`RETAINED_PAGE_BYTES` of payload, whichever comes first;
+    only the page is sorted and encoded, so a filter matching 20,000 large messages
+    costs one page, not all of them."""
+    if after is not None:
+        messages = [m for m in messages if m.topic > after]
+    page = heapq.nsmallest(limit, messages, key=lambda m: m.topic)
+    size = 0
+    for n, message in enumerate(page):
+        size += len(message.payload)
+        if n and size > RETAINED_PAGE_BYTES:
+            return page[:n], True
+    return page, len(page) < len(messages)
 
 
 def parse_session(params: Params) -> str:

@@ -121,7 +121,11 @@ _SCHEMAS: dict[str, Any] = {
     "RetainedResult": {
         "type": "object",
         "required": ["messages"],
-        "properties": {"messages": {"type": "array", "items": _ref("Message")}},
+        "properties": {
+            "messages": {"type": "array", "items": _ref("Message")},
+            "next": {"type": "string", "description": "More messages follow: ask again "
+                     "with after=<this topic>. Absent on the last page."},
+        },
         "additionalProperties": False,
     },
     "Subscribed": {
@@ -255,9 +259,16 @@ _DOCUMENT: dict[str, Any] = {
         "/retained": {"get": {
             "summary": "The retained messages matching a topic filter.",
             "operationId": "retained",
-            "parameters": [_param("topic", "Topic filter (not $share/...).", _STRING,
-                                  required=True), _CLIENT],
-            "responses": {"200": _json("RetainedResult", "Sorted by topic."), **_COMMON_ERRORS},
+            "parameters": [
+                _param("topic", "Topic filter (not $share/...).", _STRING, required=True),
+                _param("limit", "Messages per page (a page also ends after 1 MiB of "
+                       "payload).", {"type": "integer", "minimum": 1, "maximum": 1000,
+                                     "default": 100}),
+                _param("after", "Only topics sorting after this one: the previous page's "
+                       "next.", _STRING),
+                _CLIENT],
+            "responses": {"200": _json("RetainedResult", "Sorted by topic, one page."),
+                          **_COMMON_ERRORS},
         }},
         "/session": {"delete": {
             "summary": "Disconnect a client (any adapter) and remove its session.",

@@ -202,7 +202,8 @@ class PublishResource(_Endpoint):
 
 
 class RetainedResource(_Endpoint):
-    """``GET /retained?topic=F``: the retained messages matching a filter."""
+    """``GET /retained?topic=F[&limit=N][&after=T]``: a page of the retained messages
+    matching a filter, by topic."""
 
     methods = {b"GET": "get"}
 
@@ -210,13 +211,15 @@ class RetainedResource(_Endpoint):
     def get(self, request: Request) -> Any:
         bridge = self.bridge
         params, _, client, identity = yield bridge.caller(request)
-        topic_filter = api.parse_retained(params)
+        topic_filter, limit, after = api.parse_retained(params)
         yield bridge.authorize(SUBSCRIBE, identity, client, topic_filter)
         messages = yield bridge.service.retained(topic_filter)
+        page, more = api.retained_page(messages, limit, after)
         now = bridge.reactor.seconds()
-        events = [api.event(m, m.qos, True, now) for m in messages]
-        events.sort(key=lambda e: e["topic"])
-        respond(request, 200, api.dumps({"messages": events}))
+        answer: dict[str, Any] = {"messages": [api.event(m, m.qos, True, now) for m in page]}
+        if more:
+            answer["next"] = page[-1].topic  # the next page: after=<this>
+        respond(request, 200, api.dumps(answer))
 
 
 class SessionResource(_Endpoint):
