@@ -133,3 +133,63 @@ def test_store_write_that_failed_at_once_is_not_acknowledged() -> None:
     assert not [p for p in out if isinstance(p, PubAck)]
     assert isinstance(out[-1], Disconnect) and out[-1].reason_code == 0x89
     assert broker.stats.store_errors == 1
+
+
+def stall_chain(settings: BrokerSettings, seconds: float = 30.0, every: float = 2.0,
+                tick: float = 0.05) -> tuple[float, int]:
+    """An attacker connects a new subscriber that never reads every ``every`` seconds; a
+    publisher floods the topic whenever it is read.  Returns the seconds the publisher
+    was held back and how many messages it got through."""
+    broker, clock = make_broker(settings)
+    pub = FakeClient(broker)
+    pub.connect("pub")
+    held, sent, n, next_attacker = 0.0, 0, 0, 0.0
+    now = 0.0
+    while now < seconds:
+        if now >= next_attacker:
+            slow = FakeClient(broker)
+            slow.connect(f"slow-{n}")
+            slow.subscribe("flood")
+            slow.connection.pauseWriting()  # its socket buffer is full: it never reads
+            n += 1
+            next_attacker += every
+        if pub.transport.reading:
+            for _ in range(10):
+                pub.publish("flood", b"x")
+                sent += 1
+        else:
+            held += tick
+        clock.advance(tick)
+        now += tick
+    return held, sent
+
+
+def test_new_slow_subscribers_cannot_renew_the_hold() -> None:
+    """The stall chain (issue 14): a new non-reading subscriber every 2 s held the
+    publisher back for nearly all of the time; now its hold budget (a slow-consumer
+    grace, refilled at a tenth of real time) bounds it: under 6 s of 30."""
+    held, sent = stall_chain(BrokerSettings(slow_consumer_grace=2.0))
+    assert held < 6.5, held
+    assert sent > 4000, sent
+
+
+def test_hold_budget_refills() -> None:
+    """A publisher whose budget is spent is held back again once it has refilled: one
+    slow subscriber after a long quiet time still gets its whole grace."""
+    broker, clock, sub, pub = setup(BrokerSettings(slow_consumer_grace=2.0))
+    sub.connection.pauseWriting()
+    pub.publish("t", b"1")
+    clock.advance(2.1)  # the grace ran out: released, 2 s charged
+    assert pub.transport.reading is True
+    sub.connection.resumeWriting()
+    other = FakeClient(broker)
+    other.connect("other")
+    other.subscribe("t")
+    other.connection.pauseWriting()
+    pub.publish("t", b"2")
+    assert pub.transport.reading is True  # budget spent: not held back for `other`
+    other.connection.resumeWriting()
+    clock.advance(25.0)  # refilled
+    other.connection.pauseWriting()
+    pub.publish("t", b"3")
+    assert pub.transport.reading is False

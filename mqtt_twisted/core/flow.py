@@ -5,13 +5,22 @@ client whose PUBLISH is being routed stops being read until the subscriber catch
 as a stream pipe would.  A subscriber that makes no progress for
 ``slow_consumer_grace`` seconds stops holding anyone back: its messages queue within
 ``max_queued`` and the oldest are dropped, so one dead reader costs the others nothing
-but that grace.  The state of each congested subscriber lives here, not on the
-connections.
+but that grace.
+
+The grace alone could be renewed: an attacker connecting a new subscriber that never
+reads every two seconds held a flooding publisher back nearly all the time.  So each
+publisher also has a hold budget: the seconds it was held back are its debt, which
+drains at :data:`REFILL` seconds per second; a publisher owing a whole grace is not
+held back again (its messages queue for the slow subscribers) until the debt drains.
+Over a long run a publisher is held back about a tenth of the time at most, however
+many slow subscribers come.  The state of each congested subscriber lives here, not
+on the connections.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
 
 from twisted.logger import Logger
 
@@ -19,6 +28,9 @@ from mqtt_twisted.core.states import CONNECTED
 
 if TYPE_CHECKING:
     from mqtt_twisted.core.broker import Broker
+
+#: Seconds of hold-back debt a publisher pays off per second.
+REFILL = 0.1
 
 
 class _Congestion:
@@ -28,7 +40,8 @@ class _Congestion:
 
     def __init__(self, since: float) -> None:
         self.since = since
-        self.waiters: list[Any] = []
+        #: Publisher -> since when this subscriber holds it back.
+        self.waiters: dict[Any, float] = {}
         self.stall_call: Any = None
 
 
@@ -37,12 +50,14 @@ class FlowControl:
 
     log = Logger(namespace="mqtt_twisted.core.broker.Broker")
 
-    __slots__ = ("broker", "congested")
+    __slots__ = ("broker", "congested", "debts")
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         #: Subscriber connection -> its congestion; empty while everyone keeps up.
         self.congested: dict[Any, _Congestion] = {}
+        #: Publisher connection -> (seconds held back still owed, as of when).
+        self.debts: WeakKeyDictionary[Any, tuple[float, float]] = WeakKeyDictionary()
 
     def hold_back_publisher(self, conn: Any) -> bool:
         """``conn`` cannot take more now: stop reading from the client whose PUBLISH is
@@ -61,15 +76,26 @@ class FlowControl:
             return False
         publisher = broker.publisher
         if publisher is not None and publisher is not conn and publisher.state == CONNECTED:
+            if publisher in state.waiters:
+                return True
+            if self.owed(publisher) >= grace:
+                return False  # its budget is spent: the slow subscriber's queue takes it
             if state.stall_call is None and not state.waiters:
                 # Held-back publishers send nothing more, so nothing else would notice
                 # that this subscriber stalled: a timer does.
                 state.stall_call = clock.callLater(grace, self._stalled, conn)
-            if publisher not in state.waiters:
-                state.waiters.append(publisher)
-                publisher.throttle()
+            state.waiters[publisher] = clock.seconds()
+            publisher.throttle()
             return True
         return False
+
+    def owed(self, publisher: Any) -> float:
+        """Seconds of hold-back ``publisher`` still owes (paid off at REFILL a second)."""
+        debt = self.debts.get(publisher)
+        if debt is None:
+            return 0.0
+        owed, since = debt
+        return max(0.0, owed - (self.broker.clock.seconds() - since) * REFILL)
 
     def release(self, conn: Any) -> None:
         """``conn`` caught up (or went away): resume the publishers it held back."""
@@ -87,11 +113,12 @@ class FlowControl:
                           "for it", client=conn.client_id)
             self._resume(state)
 
-    @staticmethod
-    def _resume(state: _Congestion) -> None:
+    def _resume(self, state: _Congestion) -> None:
         call, state.stall_call = state.stall_call, None
         if call is not None and call.active():
             call.cancel()
-        waiters, state.waiters = state.waiters, []
-        for publisher in waiters:
+        waiters, state.waiters = state.waiters, {}
+        now = self.broker.clock.seconds()
+        for publisher, since in waiters.items():
+            self.debts[publisher] = (self.owed(publisher) + now - since, now)
             publisher.unthrottle()
