@@ -8,10 +8,7 @@ receives 50,000 retained messages."""
 
 from __future__ import annotations
 
-import select
-import socket
 import statistics
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -19,12 +16,11 @@ from pathlib import Path
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
-from mqtt_twisted.codec import Connect, Publish, StreamDecoder, Subscribe, Subscription, encode
+from mqtt_twisted.codec import Publish, Subscribe, Subscription, encode
 from mqtt_twisted.core import delivery
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.testing import FakeClient, make_broker
-from tests.redisserver import free_port
-from tests.test_twistd_run import _env, twistd_command
+from tests.livebroker import Bystander, LiveBroker, connect
 
 SLICE = delivery.RETAINED_SLICE
 
@@ -84,69 +80,27 @@ class SliceTests(SynchronousTestCase):
         self.assertNotIn("gone", self.broker.sessions)
 
 
-def _connect(port: int, client_id: str) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.sendall(encode(Connect(client_id, 4, True, 0)))
-    assert sock.recv(4)[:1] == b"\x20"  # CONNACK
-    return sock
-
-
-def _wait_for_broker(port: int, proc: subprocess.Popen, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "twistd exited"
-        try:
-            _connect(port, "probe").close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("the broker did not start")
-
-
 @pytest.mark.slow
 def test_bystander_round_trips_while_retained_flow(tmp_path: Path) -> None:
     """50,000 retained 1 KiB messages to a new '#' subscriber: a bystander's round trip
     through the broker stays short (it was stalled for the whole delivery before)."""
     retained, size = 50_000, 1024
-    port = free_port()
-    log = open(tmp_path / "twistd.log", "wb")
-    proc = subprocess.Popen([*twistd_command(), "-n", "--pidfile=", "mqttbroker", "--listen",
-                             f"tcp:{port}:interface=127.0.0.1", "--max-queued", "100000",
-                             "--sys-interval", "0"], env=_env(), cwd=tmp_path,
-                            stdout=log, stderr=subprocess.STDOUT)
+    broker = LiveBroker(tmp_path, "--max-queued", "100000")
     try:
-        _wait_for_broker(port, proc)
-        loader = _connect(port, "loader")
+        loader = connect(broker.port, "loader")
         body = b"x" * size
         batch = b"".join(encode(Publish(f"load/{n}", body, 0, True), 4) for n in range(retained))
         loader.sendall(batch)
         loader.sendall(b"\xc0\x00")  # PINGREQ: answered once every PUBLISH before it is handled
         assert loader.recv(2) == b"\xd0\x00"
-
-        echo = _connect(port, "bystander")
-        echo.sendall(encode(Subscribe(1, [Subscription("by/echo", 0)])))
-        assert echo.recv(5)[:1] == b"\x90"
-        pinger = _connect(port, "pinger")
-        decoder = StreamDecoder(4)
-
-        def round_trip() -> float:
-            start = time.perf_counter()
-            pinger.sendall(encode(Publish("by/echo", b"p", 0)))
-            while True:
-                ready, _, _ = select.select([echo], [], [], 5)
-                assert ready, "the bystander's message never came back"
-                if decoder.feed(echo.recv(65536)):
-                    return (time.perf_counter() - start) * 1000
-
-        baseline = [round_trip() for _ in range(20)]
+        bystander = Bystander(broker.port)
+        baseline = [bystander.round_trip() for _ in range(20)]
         expected = 5 + sum(len(encode(Publish(f"load/{n}", body, 0, True), 4))  # SUBACK
                            for n in range(retained))                         # + PUBLISHes
         received = [0]
 
         def read_all() -> None:
-            wildcard = _connect(port, "wildcard")
-            wildcard.settimeout(60)
+            wildcard = connect(broker.port, "wildcard", timeout=60)
             wildcard.sendall(encode(Subscribe(1, [Subscription("load/#", 0)])))
             while received[0] < expected:
                 data = wildcard.recv(1 << 20)
@@ -157,20 +111,18 @@ def test_bystander_round_trips_while_retained_flow(tmp_path: Path) -> None:
 
         reader = threading.Thread(target=read_all, daemon=True)
         reader.start()
-        during = []
-        while reader.is_alive() and len(during) < 5000:
-            during.append(round_trip())
+        bystander.times.clear()
+        while reader.is_alive() and len(bystander.times) < 5000:
+            bystander.round_trip()
             time.sleep(0.001)
         reader.join(60)
+        during = bystander.times
         assert received[0] == expected, (received[0], expected)
         assert len(during) >= 100, f"only {len(during)} round trips during the flow"
-        during.sort()
-        p99 = during[int(len(during) * 0.99) - 1]
+        p99 = bystander.percentile(0.99)
         print(f"bystander round trip: baseline median {statistics.median(baseline):.2f} ms; "
               f"during the retained flow median {statistics.median(during):.2f} ms, "
-              f"p99 {p99:.2f} ms, max {during[-1]:.2f} ms over {len(during)} round trips")
-        assert p99 < 50, during[-10:]
+              f"p99 {p99:.2f} ms, max {max(during):.2f} ms over {len(during)} round trips")
+        assert p99 < 50, sorted(during)[-10:]
     finally:
-        proc.kill()
-        proc.wait()
-        log.close()
+        broker.stop()

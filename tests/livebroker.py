@@ -1,0 +1,111 @@
+"""A real ``twistd -n mqttbroker`` process for tests that attack it from outside, and a
+bystander client that measures what the attack costs everybody else.
+
+Plain blocking sockets, no reactor: these tests run as plain pytest functions (most
+behind the ``slow`` marker), the broker in its own process as in production."""
+
+from __future__ import annotations
+
+import re
+import select
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from mqtt_twisted.codec import Connect, Publish, StreamDecoder, Subscribe, Subscription, encode
+from tests.redisserver import free_port
+from tests.test_twistd_run import _env, twistd_command
+
+#: Log lines that mean the broker met an error it did not handle as a protocol error.
+UNHANDLED = re.compile(r"Unhandled|Traceback|Error:|Exception")
+
+
+def connect(port: int, client_id: str, version: int = 4, timeout: float = 10) -> socket.socket:
+    """A connected MQTT client socket (CONNACK read)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(encode(Connect(client_id, version, True, 0), version))
+    head = sock.recv(2)
+    assert head[:1] == b"\x20", head
+    sock.recv(head[1])
+    return sock
+
+
+class LiveBroker:
+    """``twistd -n mqttbroker --listen tcp:PORT ARGS`` in ``directory``; ``stop()`` it."""
+
+    def __init__(self, directory: Path, *args: str, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.log_path = directory / "twistd.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [*twistd_command(), "-n", "--pidfile=", "mqttbroker", "--listen",
+             f"tcp:{self.port}:interface=127.0.0.1", "--sys-interval", "0", *args],
+            env=_env(), cwd=directory, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while True:
+            assert self.alive(), f"twistd exited:\n{self.log()}"
+            try:
+                connect(self.port, "probe", timeout=2).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"the broker did not start:\n{self.log()}") from None
+                time.sleep(0.1)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def rss_kib(self) -> int:
+        """The broker's resident memory."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def unhandled(self) -> list[str]:
+        """Log lines of errors the broker did not handle as protocol errors."""
+        return [line for line in self.log().splitlines() if UNHANDLED.search(line)]
+
+    def stop(self) -> None:
+        if self.alive():
+            self.proc.kill()
+        self.proc.wait()
+        self._log.close()
+
+
+class Bystander:
+    """A client publishing to itself through the broker: round trips in milliseconds."""
+
+    def __init__(self, port: int, name: str = "bystander") -> None:
+        self.echo = connect(port, f"{name}-echo")
+        self.echo.sendall(encode(Subscribe(1, [Subscription(f"{name}/echo", 0)])))
+        assert self.echo.recv(5)[:1] == b"\x90"
+        self.pinger = connect(port, f"{name}-pinger")
+        self.topic = f"{name}/echo"
+        self._decoder = StreamDecoder(4)
+        self.times: list[float] = []
+
+    def round_trip(self, timeout: float = 10) -> float:
+        start = time.perf_counter()
+        self.pinger.sendall(encode(Publish(self.topic, b"p", 0)))
+        while True:
+            ready, _, _ = select.select([self.echo], [], [], timeout)
+            assert ready, f"the bystander's message did not come back within {timeout} s"
+            if self._decoder.feed(self.echo.recv(65536)):
+                elapsed = (time.perf_counter() - start) * 1000
+                self.times.append(elapsed)
+                return elapsed
+
+    def percentile(self, p: float) -> float:
+        ordered = sorted(self.times)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+    def close(self) -> None:
+        self.echo.close()
+        self.pinger.close()
