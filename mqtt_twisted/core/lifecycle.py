@@ -127,6 +127,7 @@ class Lifecycle:
         session.willDelay = state.willDelay
         session.disconnectedAt = state.disconnectedAt
         session.inboundQoS2 = set(state.inboundQoS2)
+        session.owner = getattr(state, "owner", None)
         for topic_filter, options in state.subscriptions.items():
             session.subscriptions[topic_filter] = options
             broker.router.add(session.clientId, topic_filter, options)
