@@ -208,11 +208,12 @@ class JWTFreshTests(_JWTBroker):
 # --- the password file, through twistd ----------------------------------------------------
 
 
-class PasswdTwistdTests(TwistdTestCase):
-    """``twistd -n mqttbroker --auth passwd:FILE --acl FILE [--session-owner ...]``: alice
-    may use A/#, bob B/#, ops both (files written by the real mosquitto_passwd)."""
+class _PasswdBroker(TwistdTestCase):
+    """twistd with ``--auth passwd:FILE --acl FILE``: alice may use A/#, bob B/#, ops both
+    (the password file written by the real mosquitto_passwd)."""
 
-    def start(self, *extra: str) -> Any:
+    def write_files(self) -> tuple[Any, Any]:
+        """The password file (alice, bob, ops; pw-NAME) and the ACL file."""
         mosquitto_passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
         if not os.access(mosquitto_passwd, os.X_OK):
             raise SkipTest("mosquitto_passwd is not installed (apt-get install mosquitto)")
@@ -226,6 +227,11 @@ class PasswdTwistdTests(TwistdTestCase):
         acl = directory / "acl"
         acl.write_text("user alice\ntopic readwrite A/#\n\nuser bob\ntopic readwrite B/#\n\n"
                        "user ops\ntopic readwrite A/#\ntopic readwrite B/#\n")
+        return passwd, acl
+
+    def start(self, *extra: str) -> Any:
+        passwd, acl = self.write_files()
+        directory = passwd.parent
         self.port = free_port()
         proc = self.twistd("-n", "mqttbroker", "--listen", _listen(self.port),
                            "--auth", f"passwd:{passwd}", "--acl", str(acl), *extra,
@@ -259,6 +265,11 @@ class PasswdTwistdTests(TwistdTestCase):
         yield ops.publish("A/1", b"one", qos=1)
         yield ops.publish("A/2", b"two", qos=1)
         return ops
+
+
+
+class PasswdTwistdTests(_PasswdBroker):
+    """``twistd -n mqttbroker --auth passwd:FILE --acl FILE [--session-owner ...]``."""
 
     @inlineCallbacks
     def test_refuse(self) -> Any:
@@ -300,3 +311,56 @@ class PasswdTwistdTests(TwistdTestCase):
                            "--session-owner", "share")
         self.assertEqual((yield self.ended(proc)), 2, proc.text)
         self.assertOneLine(proc.text, "error", "--session-owner: 'share' must be refuse or fresh")
+
+
+# --- a restart on Redis ---------------------------------------------------------------------
+
+
+class RedisRestartTests(_PasswdBroker):
+    """The owner is stored with the session: a broker killed and started again on the
+    same Redis still refuses another user; a record written before owners existed
+    loads, and goes to the first user who resumes it, re-checked against the ACL."""
+
+    @inlineCallbacks
+    def test_owner_survives_restart(self) -> Any:
+        from tests.redisserver import RedisServer
+        from tests.test_store_restart import BrokerProcess
+
+        redis = RedisServer(self.reactor, str(self.directory() / "redis"))
+        try:
+            yield redis.start()
+        except (OSError, RuntimeError) as e:
+            raise SkipTest(f"redis-server: {e}") from None
+        self.addCleanup(redis.stop, "KILL")
+        files = self.write_files()
+        broker = BrokerProcess(self.reactor, redis.url(), str(self.directory()),
+                               "--auth", f"passwd:{files[0]}", "--acl", str(files[1]))
+        self.addCleanup(broker.kill)
+        yield broker.start()
+        self.port = broker.port
+        ops = yield self.alice_away_with_queue()
+        yield ops.stop()
+        yield broker.kill()
+        yield broker.start()
+        self.port = broker.port
+        yield self.client("bob", "dev-A", v5=True, clean=False, expect=RC.NOT_AUTHORIZED)
+        alice = yield self.client("alice", "dev-A", clean=False)
+        self.assertTrue(alice.session_present)
+        self.assertEqual([m.payload for m in (yield alice.collect(2))], [b"one", b"two"])
+        yield alice.disconnect()
+        yield alice.stop()
+        # As written by a broker that knew no owners: the field is not there.
+        removed = yield redis.command("HDEL", b"mqtt:session:{dev-A}", b"owner")
+        self.assertEqual(removed, 1)
+        yield broker.kill()
+        yield broker.start()
+        self.port = broker.port
+        bob = yield self.client("bob", "dev-A", clean=False)
+        self.assertTrue(bob.session_present)  # the ownerless session is his now
+        self.assertEqual((yield bob.subscribe(("B/#", 1))), [1])
+        ops = yield self.client("ops", "ops")
+        yield ops.publish("A/3", b"not for bob", qos=1)  # his A/# was removed on resume
+        yield ops.publish("B/1", b"for bob", qos=1)
+        self.assertEqual((yield bob.next_message()).payload, b"for bob")
+        yield bob.no_message(0.3)
+        yield self.client("alice", "dev-A", clean=False, expect=RC.NOT_AUTHORIZED)
