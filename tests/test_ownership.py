@@ -251,6 +251,30 @@ class RecheckTests(_Base):
         _, ack = self.client("alice", "dev-A", clean=False)
         self.assertEqual(ack.reason_code, 0)
 
+    def test_session_expiring_during_recheck(self) -> None:
+        """The session expires while the authorizer answers: the CONNECT gets a new
+        session (session present 0), not the discarded one."""
+        alice = FakeClient(self.broker, 5)
+        alice.connect("dev-A", clean=False, username="alice", password=b"pw-alice",
+                      properties={P.SESSION_EXPIRY_INTERVAL: 5})
+        alice.subscribe("A/#", qos=1)
+        alice.disconnect()
+        old = self.broker.sessions["dev-A"]
+        self.users.later = []
+        c = FakeClient(self.broker, 5)
+        self.assertEqual(c.connect("dev-A", clean=False, username="alice",
+                                   password=b"pw-alice"), [])
+        self.clock.advance(6)  # (within the 10 s a CONNECT may take)
+        self.assertNotIn("dev-A", self.broker.sessions)
+        answers, self.users.later = self.users.later, None
+        answers[0].callback(True)
+        (ack,) = c.received()
+        self.assertEqual((ack.reason_code, ack.session_present), (0, False))
+        session = self.broker.sessions["dev-A"]
+        self.assertIsNot(session, old)
+        self.assertEqual((session.owner, session.subscriptions), ("alice", {}))
+        self.assertIs(session.connection, c.connection)
+
     def test_authorizer_failure_refuses_connect(self) -> None:
         """An authorizer that fails while re-checking: CONNACK 'server unavailable'-like
         refusal, never a hang, and the lock is free again."""

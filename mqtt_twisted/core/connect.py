@@ -240,6 +240,10 @@ class Connector:
             if conn.state == CLOSED:
                 lock.release()
                 return
+            if self.broker.sessions.get(session.clientId) is not session:
+                # It expired while the authorizer answered: connect again, afresh.
+                self._connect_locked(conn, packet, assigned, identity, lock)
+                return
             self._open(conn, packet, assigned, identity, session, True, lock)
 
         def failed(failure: Failure) -> None:
@@ -282,14 +286,14 @@ class Connector:
             session = Session(client_id, min(broker.settings.max_inflight, conn.send_quota),
                               broker.settings.max_queued)
             broker.sessions[client_id] = session
-        if session.owner is None:
-            session.owner = owner  # a new session, or one that belonged to nobody
         return session, present
 
     def _open(self, conn: MQTTConnection, packet: Connect, assigned: str | None,
               identity: Any, session: Session, present: bool, lock: Any) -> None:
         """Attach the connection to its session and CONNACK."""
         try:
+            if session.owner is None:  # a new session, or one that belonged to nobody
+                session.owner = connecting_owner(self.broker, identity)
             self._configure_session(session, conn, packet, identity)
             props = self._connack_properties(conn, packet, assigned)
             if visible_id(session.clientId) != session.clientId:
