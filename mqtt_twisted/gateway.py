@@ -25,12 +25,14 @@ from mqtt_twisted.codec.topics import is_reserved_topic, validate_topic_name
 from mqtt_twisted.constants import ReasonCode
 from mqtt_twisted.core.broker import expired
 from mqtt_twisted.core.grant import check_filter, granted_qos
+from mqtt_twisted.core.ownership import connecting_owner, is_foreign
 from mqtt_twisted.core.session import SubscriptionOptions
 from mqtt_twisted.core.states import CLOSED
 from mqtt_twisted.core.virtual import VirtualConnection
 from mqtt_twisted.errors import AuthorizationError, MQTTError, StorageError, ValidationError
 from mqtt_twisted.interfaces import IBrokerService
 from mqtt_twisted.message import Message
+from mqtt_twisted.records import owner_of
 
 if TYPE_CHECKING:
     from mqtt_twisted.core.broker import Broker
@@ -71,11 +73,23 @@ class Gateway:
 
     def authenticate(self, credentials: Any) -> Deferred[Any]:
         """The identity the authenticator gives ``credentials`` (on an anonymous broker,
-        the user name); fails with the authenticator's error."""
+        the user name); fails with the authenticator's error, or with AuthorizationError
+        when the credentials name a client id whose session belongs to another user
+        (docs/security-ownership.md)."""
         authenticator = self.broker.authenticator
         if authenticator is None:
             return succeed(getattr(credentials, "username", None))
-        return maybeDeferred(authenticator.authenticate, credentials)
+        d = maybeDeferred(authenticator.authenticate, credentials)
+        return d.addCallback(self._not_foreign, getattr(credentials, "clientId", None))
+
+    def _not_foreign(self, identity: Any, clientId: str | None) -> Any:
+        session = self.broker.sessions.get(clientId) if clientId else None
+        if session is not None and is_foreign(self.broker, session,
+                                              connecting_owner(self.broker, identity)):
+            self.broker.stats.ownership_refusals += 1
+            raise AuthorizationError(
+                f"the session of client id {clientId!r} belongs to another user")
+        return identity
 
     def authorize(self, action: str, identity: Any, clientId: str | None,
                   topic: str) -> Deferred[bool]:
@@ -91,16 +105,24 @@ class Gateway:
 
     def mayRemoveSession(self, identity: Any, clientId: str) -> Deferred[bool]:
         """Whether ``identity`` may disconnect ``clientId`` and delete its session: anyone
-        on an anonymous broker; else the session's own identity, or whoever the
-        authorizer's optional ``mayDisconnect(identity, clientId)`` allows."""
-        if self.broker.authenticator is None:
+        on an anonymous broker; else the session's owner (the same user), an admin
+        (``--admin-user``), or whoever the authorizer's optional
+        ``mayDisconnect(identity, clientId)`` allows."""
+        broker = self.broker
+        if broker.authenticator is None:
             return succeed(True)
-        ask = getattr(self.broker.authorizer, "mayDisconnect", None)
+        owner = owner_of(identity)
+        if owner is not None and owner in broker.settings.admin_users:
+            return succeed(True)
+        session = broker.sessions.get(clientId)
+        if session is not None and identity is not None and (
+                owner == session.owner if session.owner is not None
+                else identity == session.identity):
+            return succeed(True)
+        ask = getattr(broker.authorizer, "mayDisconnect", None)
         if ask is not None:
             return maybeDeferred(ask, identity, clientId).addCallback(bool)
-        session = self.broker.sessions.get(clientId)
-        return succeed(session is not None and identity is not None
-                       and identity == session.identity)
+        return succeed(False)
 
     # --- sessions -----------------------------------------------------------------------
 

@@ -306,6 +306,9 @@ class ISessionState(Interface):
         "state, seq) held for the client, in delivery order."
     )
     inboundQoS2 = Attribute("Set of packet ids of QoS 2 PUBLISHes received but not released.")
+    owner = Attribute(
+        "The user name the session belongs to (records.owner_of), or None: nobody in "
+        "particular (created without an authenticator, or stored before owners were).")
 
 
 # --- Stores --------------------------------------------------------------------------------

@@ -1,13 +1,15 @@
 """Records shared by the broker core, the stores and the adapters.
 
-What a session holds (subscription options, outbound messages) and what a client
-presented (credentials).
+What a session holds (subscription options, outbound messages), what a client
+presented (credentials), and who owns a session (:func:`owner_of`).
 
 They sit below both (``core.session`` re-exports them), so that a store can rebuild
 them without importing the broker.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from zope.interface import implementer
 
@@ -99,3 +101,20 @@ class Credentials:
         self.certificateIdentity = certificateIdentity
         self.peer = peer
         self.adapter = adapter
+
+
+def owner_of(identity: Any) -> str | None:
+    """The user a session created under ``identity`` belongs to (docs/security-ownership.md).
+
+    A string identity (the password file, SCRAM, the anonymous default) is the user
+    name itself; an identity object names its owner in a ``sessionOwner`` attribute
+    (a JWT identity: the user name when the token vouched for it, else its subject);
+    otherwise its ``username``.  None: the identity proves no user name, so the session
+    belongs to nobody in particular.  The broker and every adapter ask this one
+    function, so that one CONNECT and one HTTP request agree on who owns what.
+    """
+    if identity is None or isinstance(identity, str):
+        return identity
+    name = getattr(identity, "sessionOwner" if hasattr(identity, "sessionOwner")
+                   else "username", None)
+    return name if isinstance(name, str) else None

@@ -14,6 +14,7 @@ from mqtt_twisted._twistd import TwistdRun, check_twistd_options, is_twistd, usa
 from mqtt_twisted.adapters.kit import check_listener
 from mqtt_twisted.adapters.listener import COMMON_KEYS, ListenerSettings, parse_listener
 from mqtt_twisted.adapters.options import keys_help, normalize
+from mqtt_twisted.core.ownership import MODES as OWNER_MODES
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.errors import MQTTError
 from mqtt_twisted.interfaces import IAdapter, IAuthPlugin, IStorePlugin
@@ -100,6 +101,9 @@ class Options(usage.Options):
          "Outbound MQTT 5 topic aliases: off, first (first topics sent) or lru."],
         ["response-information", None, None,
          "RESPONSE_INFORMATION for MQTT 5 clients that ask; {client_id} is replaced."],
+        ["session-owner", None, "refuse",
+         "With --auth, a CONNECT naming another user's client id is refused (refuse: "
+         "CONNACK 0x87/5) or gets a fresh session of its own (fresh)."],
     ]
     optFlags = [
         ["queue-qos0", None, "Queue QoS 0 messages for offline persistent sessions."],
@@ -111,12 +115,19 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["admin-users"] = []
 
     def opt_listen(self, value: str) -> None:
         """A listener, [ADAPTER=]ENDPOINT (repeatable; default tcp:1883)."""
         self["listen"].append(value)
 
     opt_l = opt_listen
+
+    def opt_admin_user(self, value: str) -> None:
+        """A user who may remove any session over HTTP (DELETE /session); repeatable."""
+        if not value:
+            raise usage.UsageError("--admin-user: the user name is empty")
+        self["admin-users"].append(value)
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """Under twistd a usage error is one line and exit status 2: twistd itself would
@@ -149,6 +160,9 @@ class Options(usage.Options):
         if self["topic-aliases"] not in ("off", "first", "lru"):
             raise usage.UsageError(
                 f"--topic-aliases: {self['topic-aliases']!r} must be off, first or lru")
+        if self["session-owner"] not in OWNER_MODES:
+            raise usage.UsageError(
+                f"--session-owner: {self['session-owner']!r} must be refuse or fresh")
         self["adapters"] = adapters
         listeners: list[ListenerSettings] = []
         keys = {name: normalize(getattr(a, "options", None)) for name, a in adapters.items()}
@@ -198,6 +212,8 @@ def broker_settings(options: Options) -> BrokerSettings:
         outbound_topic_aliases=options["topic-aliases"],
         validate_utf8_payload=bool(options["validate-utf8"]),
         response_information=options["response-information"],
+        session_owner=options["session-owner"],
+        admin_users=frozenset(options["admin-users"]),
     )
 
 

@@ -182,9 +182,20 @@ class JWTIdentity:
     publish: Prefixes | None = None  # None: any topic
     subscribe: Prefixes | None = None
     expires: float | None = None
+    #: Whether the CONNECT user name was checked against the token (``usernameClaim``).
+    username_verified: bool = False
 
     def __str__(self) -> str:
         return self.subject or self.username or ""
+
+    @property
+    def sessionOwner(self) -> str | None:
+        """Who the sessions of this client belong to: the user name only when the token
+        vouched for it (``usernameClaim``), since without that any client may send any
+        user name with its own token; else the token's subject."""
+        if self.username_verified:
+            return self.username
+        return self.subject
 
 
 def _prefix_list(value: Any, claim: str) -> list[str]:
@@ -296,7 +307,8 @@ class JWTAuthenticator:
         subject = claims.get("sub")
         return JWTIdentity(str(subject) if subject is not None else None, username, claims,
                            publish, subscribe,
-                           expires + self.leeway if expires is not None else None)
+                           expires + self.leeway if expires is not None else None,
+                           self.username_claim is not None)
 
     # IAuthorizer
 

@@ -19,9 +19,22 @@ from twisted.python.failure import Failure
 from mqtt_twisted.codec.packets import Auth, Connect
 from mqtt_twisted.constants import PropertyId, ReasonCode
 from mqtt_twisted.core._async import when
+from mqtt_twisted.core.ownership import (
+    FRESH,
+    connecting_owner,
+    foreign_key,
+    is_foreign,
+    recheck_subscriptions,
+    visible_id,
+)
 from mqtt_twisted.core.session import Session
 from mqtt_twisted.core.states import CLOSED
-from mqtt_twisted.errors import ClientIdentifierNotValid, ConnectError, MQTTError
+from mqtt_twisted.errors import (
+    AuthorizationError,
+    ClientIdentifierNotValid,
+    ConnectError,
+    MQTTError,
+)
 from mqtt_twisted.message import Message
 from mqtt_twisted.records import Credentials
 
@@ -151,9 +164,25 @@ class Connector:
                             conn.peer)
 
         def done(identity: Any) -> None:
+            if conn.state == CLOSED:
+                return
             if session is not None:
+                owner = connecting_owner(self.broker, identity)
+                if is_foreign(self.broker, session, owner):
+                    # Another user now: the session is not theirs to keep.
+                    self.broker.stats.ownership_refusals += 1
+                    self.log.info("Re-authentication of {client} names another user; "
+                                  "disconnecting", client=conn.client_id)
+                    conn.close(ReasonCode.NOT_AUTHORIZED)
+                    return
                 session.identity = identity
                 self.broker.refresh_read_check(session)
+                if session.owner is None:
+                    session.owner = owner
+                recheck_subscriptions(self.broker, session, identity, lambda _: None,
+                                      lambda f: self.log.failure(
+                                          "Authorizer failed re-checking {client}", f,
+                                          client=conn.client_id))
             if conn.publish_grants:
                 conn.publish_grants.clear()  # answers for the old identity
             props = {_P.AUTHENTICATION_METHOD: conn.auth_method}
@@ -190,29 +219,92 @@ class Connector:
              lambda f: self._connect_failed(conn, f))
 
     def _connect_locked(self, conn: MQTTConnection, packet: Connect, assigned: str | None,
-                        identity: Any, lock: Any) -> None:
+                        identity: Any, held: Any) -> None:
+        lock = _ReleaseOnce(held)
         try:
             if conn.state == CLOSED:
+                lock.release()
                 return
-            client_id: str = conn.client_id  # type: ignore[assignment]
-            session = self.broker.sessions.get(client_id)
-            if session is not None and session.connection is not None:
-                old = session.connection
-                self.broker.stats.takeovers += 1
-                self.log.info("{client} connected again from {peer}; closing the old connection",
-                              client=client_id, peer=conn.peer)
-                old.taken_over()  # detaches it: its will goes out [MQTT-3.1.4-3]
-                session = self.broker.sessions.get(client_id)
-            present = session is not None and not packet.clean_start
-            if session is not None and packet.clean_start:
-                self.broker.discard_session(session)  # [MQTT-3.1.2-6]
-                session = None
-            if session is None:
-                session = Session(client_id, min(self.broker.settings.max_inflight, conn.send_quota),
-                                  self.broker.settings.max_queued)
-                self.broker.sessions[client_id] = session
+            found = self._claim(conn, packet, identity)
+        except BaseException:
+            lock.release()
+            raise
+        if found is None:
+            lock.release()
+            return
+        session, present = found
+        if not present:
+            self._open(conn, packet, assigned, identity, session, False, lock)
+            return
+        # A resumed session: the authorizer may have changed its mind about its
+        # subscriptions since they were granted (ACL reloaded, new token claims).
+
+        def rechecked(_: Any) -> None:
+            if conn.state == CLOSED:
+                lock.release()
+                return
+            if self.broker.sessions.get(session.clientId) is not session:
+                # It expired while the authorizer answered: connect again, afresh.
+                self._connect_locked(conn, packet, assigned, identity, lock)
+                return
+            self._open(conn, packet, assigned, identity, session, True, lock)
+
+        def failed(failure: Failure) -> None:
+            lock.release()
+            self._connect_failed(conn, failure)
+
+        adopting = session.owner is None and connecting_owner(self.broker, identity) is not None
+        recheck_subscriptions(self.broker, session, identity, rechecked, failed, adopting)
+
+    def _claim(self, conn: MQTTConnection, packet: Connect,
+               identity: Any) -> tuple[Session, bool] | None:
+        """The session this CONNECT gets, and whether it is resumed; None when the
+        CONNECT was refused because the client id's session belongs to another user."""
+        broker = self.broker
+        client_id: str = conn.client_id  # type: ignore[assignment]
+        owner = connecting_owner(broker, identity)
+        session = broker.sessions.get(client_id)
+        clean = packet.clean_start
+        if session is not None and is_foreign(broker, session, owner):
+            if conn.virtual or broker.settings.session_owner != FRESH:
+                broker.stats.ownership_refusals += 1
+                conn.refuse(AuthorizationError(
+                    f"the session of client id {client_id!r} belongs to another user"))
+                return None
+            # A session of its own beside the owner's, under a key no client id can be.
+            client_id = conn.client_id = foreign_key(client_id, owner)
+            session = broker.sessions.get(client_id)
+            clean = True
+        if session is not None and session.connection is not None:
+            old = session.connection
+            broker.stats.takeovers += 1
+            self.log.info("{client} connected again from {peer}; closing the old connection",
+                          client=client_id, peer=conn.peer)
+            old.taken_over()  # detaches it: its will goes out [MQTT-3.1.4-3]
+            session = broker.sessions.get(client_id)
+        present = session is not None and not clean
+        if session is not None and clean:
+            broker.discard_session(session)  # [MQTT-3.1.2-6]
+            session = None
+        if session is None:
+            session = Session(client_id, min(broker.settings.max_inflight, conn.send_quota),
+                              broker.settings.max_queued)
+            broker.sessions[client_id] = session
+        return session, present
+
+    def _open(self, conn: MQTTConnection, packet: Connect, assigned: str | None,
+              identity: Any, session: Session, present: bool, lock: Any) -> None:
+        """Attach the connection to its session and CONNACK."""
+        try:
+            if session.owner is None:  # a new session, or one that belonged to nobody
+                session.owner = connecting_owner(self.broker, identity)
             self._configure_session(session, conn, packet, identity)
             props = self._connack_properties(conn, packet, assigned)
+            if visible_id(session.clientId) != session.clientId:
+                # Another user's client id: a clean session that outlives nothing.
+                session.expiryInterval = 0
+                if packet.protocol_level == 5:
+                    props[_P.SESSION_EXPIRY_INTERVAL] = 0
             if session.persistent:
                 self.broker.journal.persist(self.broker.store.saveSession(session))
             self.broker.stats.client_connected()
@@ -280,9 +372,23 @@ class Connector:
             props[_P.SUBSCRIPTION_IDENTIFIER_AVAILABLE] = 0
         if s.response_information and packet.properties.get(_P.REQUEST_RESPONSE_INFORMATION):
             props[_P.RESPONSE_INFORMATION] = s.response_information.replace(
-                "{client_id}", conn.client_id or "")
+                "{client_id}", visible_id(conn.client_id or ""))
         requested = packet.properties.get(_P.SESSION_EXPIRY_INTERVAL, 0)
         cap = s.max_session_expiry
         if cap is not None and requested > cap:
             props[_P.SESSION_EXPIRY_INTERVAL] = int(cap)  # MQTT 5 §3.2.2.3.2: tell the client
         return props
+
+
+class _ReleaseOnce:
+    """A client id's lock, released exactly once whichever path the CONNECT ends on."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+
+    def release(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()

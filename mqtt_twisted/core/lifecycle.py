@@ -127,6 +127,10 @@ class Lifecycle:
         session.willDelay = state.willDelay
         session.disconnectedAt = state.disconnectedAt
         session.inboundQoS2 = set(state.inboundQoS2)
+        session.owner = getattr(state, "owner", None)
+        # Until its client is back, the owner's name stands for its identity: the ACL
+        # then checks the deliveries queued meanwhile against the owner's own rules.
+        session.identity = session.owner
         for topic_filter, options in state.subscriptions.items():
             session.subscriptions[topic_filter] = options
             broker.router.add(session.clientId, topic_filter, options)

@@ -39,7 +39,7 @@ class Session:
         "clientId", "subscriptions", "will", "willDelay", "expiryInterval",
         "disconnectedAt", "inflight", "queue", "inboundQoS2", "connection", "identity",
         "_next_pid", "expiry_call", "will_call", "dropped", "max_inflight", "max_queued",
-        "_next_seq", "read_check", "retained_backlog",
+        "_next_seq", "read_check", "retained_backlog", "owner",
     )
 
     def __init__(self, client_id: str, max_inflight: int = 20, max_queued: int = 1000) -> None:
@@ -56,6 +56,8 @@ class Session:
         self.inboundQoS2: set[int] | frozenset[int] = _NO_IDS
         self.connection: MQTTConnection | None = None
         self.identity: Any = None
+        #: The user it belongs to (``records.owner_of`` of the identity that created it).
+        self.owner: str | None = None
         self._next_pid = 1
         self.expiry_call: Any = None
         self.will_call: Any = None

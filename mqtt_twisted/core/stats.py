@@ -11,7 +11,7 @@ class BrokerStats:
         "messages_received", "messages_sent", "messages_dropped", "dropped_too_large",
         "protocol_errors", "keepalive_timeouts", "connect_timeouts", "takeovers",
         "wills_published", "store_errors", "connections_refused", "messages_expired",
-        "bytes_received", "bytes_sent",
+        "bytes_received", "bytes_sent", "ownership_refusals",
     )
 
     def __init__(self, started_at: float = 0.0) -> None:
@@ -33,6 +33,8 @@ class BrokerStats:
         self.messages_expired = 0
         self.bytes_received = 0
         self.bytes_sent = 0
+        #: CONNECTs refused because the client id's session belongs to another user.
+        self.ownership_refusals = 0
 
     def client_connected(self) -> None:
         self.clients_connected += 1

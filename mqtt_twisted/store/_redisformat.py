@@ -110,6 +110,9 @@ def session_fields(state: Any) -> list[bytes]:
               b"disconnectedAt", _number(state.disconnectedAt)]
     if state.will is not None:
         fields += [b"will", encode_message(state.will)]
+    owner = getattr(state, "owner", None)
+    if owner is not None:
+        fields += [b"owner", owner.encode("utf-8")]
     return fields
 
 
@@ -125,6 +128,8 @@ def decode_session(client_id: str, data: bytes) -> StoredSession:
     state.disconnectedAt = _parse_number(info.get(b"disconnectedAt"))
     will = info.get(b"will")
     state.will = decode_message(will) if will else None
+    owner = info.get(b"owner")  # absent in records written before sessions had owners
+    state.owner = owner.decode("utf-8") if owner is not None else None
     state.subscriptions = {f.decode(): decode_options(o) for f, o in zip(subs[::2], subs[1::2])}
     state.outbound = sorted((decode_outbound(o) for o in outbound[1::2]), key=lambda o: o.seq)
     state.inboundQoS2 = {int(pid) for pid in qos2}

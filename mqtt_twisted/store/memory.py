@@ -32,6 +32,7 @@ class StoredSession:
         self.disconnectedAt: float | None = None
         self.outbound: list[Any] = []
         self.inboundQoS2: set[int] = set()
+        self.owner: str | None = None
 
     @classmethod
     def copy_of(cls, state: Any) -> StoredSession:
@@ -43,6 +44,7 @@ class StoredSession:
         new.disconnectedAt = state.disconnectedAt
         new.outbound = [_copy_outbound(o) for o in state.outbound]
         new.inboundQoS2 = set(state.inboundQoS2)
+        new.owner = getattr(state, "owner", None)  # a state from an older plugin has none
         return new
 
 

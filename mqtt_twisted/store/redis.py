@@ -7,7 +7,7 @@ Key layout (``P`` is the key prefix, ``mqtt`` by default; the braces are literal
 Redis hash tags, so that every key of one client lands in one Redis Cluster slot)::
 
     P:sessions            set   client ids of the stored sessions
-    P:session:{cid}       hash  v (format), expiry, willDelay, disconnectedAt, will
+    P:session:{cid}       hash  v (format), expiry, willDelay, disconnectedAt, will, owner
     P:subs:{cid}          hash  topic filter -> subscription options
     P:out:{cid}           hash  seq -> outbound record (queued or in flight) with its message
     P:qos2:{cid}          set   packet ids of inbound QoS 2 PUBLISHes awaiting PUBREL

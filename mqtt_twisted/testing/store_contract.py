@@ -149,6 +149,7 @@ class SessionContract(StoreFixture):
                          [outbound_tuple(o) for o in sorted(expected.outbound,
                                                             key=lambda o: o.seq)])
         self.assertEqual(set(loaded.inboundQoS2), set(expected.inboundQoS2))
+        self.assertEqual(loaded.owner, expected.owner)
         return loaded
 
     @inlineCallbacks
@@ -177,10 +178,26 @@ class SessionContract(StoreFixture):
                 outbound(4, 0),
             ],
             inboundQoS2={1, 65535},
+            owner="ünïcode user",
         )
         yield self.store.saveSession(state)
         yield self.assert_session(state)
         self.assertEqual((yield self.store.listSessions()), ["c1"])
+
+    @inlineCallbacks
+    def test_session_owner(self) -> Any:
+        """The owner (the user a session belongs to) survives a save and load, None too,
+        and a second save replaces it; a state saved by code that knows no owner (no
+        ``owner`` attribute) loads with owner None."""
+        yield self.store.saveSession(session("c1", owner="alice"))
+        yield self.assert_session(session("c1", owner="alice"))
+        yield self.store.saveSession(session("c1", owner=None))
+        yield self.assert_session(session("c1", owner=None))
+        old = session("c2")
+        del old.owner
+        yield self.store.saveSession(old)
+        loaded = yield self.store.loadSession("c2")
+        self.assertIsNone(loaded.owner)
 
     @inlineCallbacks
     def test_session_number_fields(self) -> Any:
