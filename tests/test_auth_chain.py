@@ -1,0 +1,366 @@
+"""Several ``--auth`` backends on one broker (auth/chain.py): the first that accepts wins,
+a refusal passes the client on, a broken backend is a logged refusal; anonymous clients
+only with ``--allow-anonymous``; each backend's own authorizer for its users, combined
+with the ACL file; SCRAM enhanced authentication through the chain; the tap's options;
+paho clients of two backends on one real broker, and a Bearer token over real HTTP."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jwt
+import paho.mqtt.client as mqtt
+from scramp import ScramClient
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from mqtt_twisted.auth.acl import AclAuthorizer, AllAuthorizers, parse_acl
+from mqtt_twisted.auth.chain import AuthChain, Backend, ChainIdentity, _ChainExchange
+from mqtt_twisted.auth.jwt import JWTAuthenticator, JWTIdentity, KeySource
+from mqtt_twisted.auth.passwd import PasswordFileAuthenticator, parse_passwd
+from mqtt_twisted.auth.scram import METHOD, ScramAuthenticator, make_secret, parse_users
+from mqtt_twisted.codec import Auth, ConnAck, Connect
+from mqtt_twisted.constants import PropertyId as P
+from mqtt_twisted.constants import ReasonCode
+from mqtt_twisted.errors import AuthenticationError, AuthorizationError
+from mqtt_twisted.interfaces import IAuthExchange, IAuthorizer, IEnhancedAuthenticator
+from mqtt_twisted.records import Credentials
+from mqtt_twisted.service import BrokerService
+from mqtt_twisted.tap import Options, makeService
+from tests.certs import temp_dir
+from tests.httpbroker import HTTPBrokerTestCase
+from tests.pahov5 import V5TestCase
+from tests.securebroker import SecureBrokerTestCase
+from tests.test_auth_passwd import ALICE, CAROL, at_once
+
+SECRET = "a shared secret of enough length!"
+ACL = """\
+topic read public/#
+user alice
+topic readwrite alice/#
+user dev-1
+topic readwrite devices/#
+"""
+
+
+def token(sub: str, **claims: Any) -> str:
+    return jwt.encode({"sub": sub, "exp": time.time() + 600, **claims}, SECRET, "HS256")
+
+
+def creds(username: str | None, password: bytes | str | None) -> Credentials:
+    if isinstance(password, str):
+        password = password.encode()
+    return Credentials("c1", username, password, None, "127.0.0.1:5", "mqtt")
+
+
+def jwt_backend(**kwargs: Any) -> JWTAuthenticator:
+    return JWTAuthenticator(KeySource.from_secret(SECRET.encode()), **kwargs)
+
+
+def chain(*, allow_anonymous: bool = False, **jwt_options: Any) -> AuthChain:
+    """passwd (alice/secret1, carol/c3), then jwt (usernameClaim=sub, topicsClaim=acl)."""
+    passwd = PasswordFileAuthenticator(parse_passwd(f"{ALICE}\n{CAROL}\n", "pw"), run=at_once)
+    token_auth = jwt_backend(**{"username_claim": "sub", "topics_claim": "acl", **jwt_options})
+    return AuthChain([Backend("passwd", passwd), Backend("jwt", token_auth, token_auth)],
+                     allow_anonymous=allow_anonymous)
+
+
+class _Broken:
+    def authenticate(self, credentials: Any) -> Any:
+        raise RuntimeError("the user database is on fire")
+
+
+class ChainTests(SynchronousTestCase):
+    """AuthChain on its own: order, refusals, anonymous clients, per-backend authorizers."""
+
+    def refused(self, auth: AuthChain, credentials: Credentials, error: type) -> str:
+        return str(self.failureResultOf(auth.authenticate(credentials), error).value)
+
+    def test_verify(self) -> None:
+        """The chain is an IEnhancedAuthenticator and an IAuthorizer; its exchange an
+        IAuthExchange."""
+        auth = chain()
+        self.assertTrue(verifyObject(IEnhancedAuthenticator, auth))
+        self.assertTrue(verifyObject(IAuthorizer, auth))
+        self.assertEqual(auth.methods, ())
+        scram = AuthChain([Backend("scram", ScramAuthenticator({"u": "p"}))])
+        exchange = scram.startExchange(METHOD, creds(None, None))
+        self.assertIsInstance(exchange, _ChainExchange)
+        self.assertTrue(verifyObject(IAuthExchange, exchange))
+        self.assertRaises(ValueError, AuthChain, [])
+
+    def test_first_that_accepts_wins(self) -> None:
+        """A password user is passwd's; a token user is jwt's; the identity names which."""
+        auth = chain()
+        alice = self.successResultOf(auth.authenticate(creds("alice", "secret1")))
+        self.assertEqual(alice, ChainIdentity(0, "passwd", "alice"))
+        self.assertEqual((alice.username, str(alice)), ("alice", "alice"))
+        dev = self.successResultOf(auth.authenticate(creds("dev-1", token("dev-1"))))
+        self.assertEqual((dev.backend, dev.name, dev.username), (1, "jwt", "dev-1"))
+        self.assertIsInstance(dev.identity, JWTIdentity)
+
+    def test_refusals(self) -> None:
+        """A wrong password, even a JWT-shaped one, is refused by both (the last error is
+        the answer); a valid token cannot borrow a password user's name (usernameClaim)."""
+        auth = chain()
+        forged = jwt.encode({"sub": "alice", "exp": time.time() + 60},
+                            "another secret that is long enough!", "HS256")
+        self.assertIn("bad token", self.refused(auth, creds("alice", forged),
+                                                AuthenticationError))
+        self.assertIn("bad token", self.refused(auth, creds("alice", "wrong"),
+                                                AuthenticationError))
+        self.assertIn("does not match", self.refused(auth, creds("alice", token("dev-1")),
+                                                     AuthenticationError))
+        self.assertIn("bad token", self.refused(auth, creds("mallory", "secret1"),
+                                                AuthenticationError))
+
+    def test_broken_backend_is_a_logged_refusal(self) -> None:
+        """A backend that raises is logged and passes the client on; last, it refuses."""
+        alice = PasswordFileAuthenticator(parse_passwd(ALICE, "pw"), run=at_once)
+        auth = AuthChain([Backend("broken", _Broken()), Backend("passwd", alice)])
+        self.assertEqual(self.successResultOf(auth.authenticate(creds("alice", "secret1"))),
+                         ChainIdentity(1, "passwd", "alice"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        last = AuthChain([Backend("passwd", alice), Backend("broken", _Broken())])
+        self.assertIn("broken: internal error",
+                      self.refused(last, creds("bob", "x"), AuthenticationError))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_anonymous(self) -> None:
+        """No credentials: refused (0x87) unless allow_anonymous, then identity None; a user
+        name without a password is not anonymous (the backends decide)."""
+        e = self.failureResultOf(chain().authenticate(creds(None, None)), AuthorizationError)
+        self.assertIn("--allow-anonymous", str(e.value))
+        self.assertEqual(e.value.reason_code, ReasonCode.NOT_AUTHORIZED)
+        open_chain = chain(allow_anonymous=True)
+        self.assertIsNone(self.successResultOf(open_chain.authenticate(creds(None, None))))
+        self.failureResultOf(open_chain.authenticate(creds("alice", None)), AuthenticationError)
+
+    def test_each_backend_authorizes_its_own_users(self) -> None:
+        """A token's topic claims restrict its user and nobody else; passwd users have no
+        rules of their own; anonymous clients are allowed only when let in; identities the
+        chain did not make are refused."""
+        auth = chain()
+        alice = self.successResultOf(auth.authenticate(creds("alice", "secret1")))
+        dev = self.successResultOf(auth.authenticate(
+            creds(None, token("dev-1", acl=["devices/dev-1"]))))
+        self.assertTrue(auth.mayPublish(alice, "c", "anything/at/all"))
+        self.assertTrue(auth.maySubscribe(alice, "c", "#"))
+        self.assertTrue(auth.mayPublish(dev, "c", "devices/dev-1/temp"))
+        self.assertFalse(auth.mayPublish(dev, "c", "devices/dev-2/temp"))
+        self.assertFalse(auth.maySubscribe(dev, "c", "#"))
+        self.assertFalse(auth.mayPublish(None, "c", "t"))
+        self.assertTrue(chain(allow_anonymous=True).mayPublish(None, "c", "t"))
+        for foreign in ("alice", ChainIdentity(0, "jwt", "alice"), ChainIdentity(7, "x", "y")):
+            self.assertFalse(auth.mayPublish(foreign, "c", "t"), foreign)
+            self.assertFalse(auth.maySubscribe(foreign, "c", "t"), foreign)
+
+    def test_with_the_acl(self) -> None:
+        """The ACL applies to every backend's users by user name (a token's from its claim),
+        and its anonymous section to anonymous clients."""
+        auth = chain(allow_anonymous=True, topics_claim=None)
+        both = AllAuthorizers((AclAuthorizer(parse_acl(ACL, "acl")), auth))
+        alice = self.successResultOf(auth.authenticate(creds("alice", "secret1")))
+        dev = self.successResultOf(auth.authenticate(creds(None, token("dev-1"))))
+        self.assertTrue(both.mayPublish(alice, "c", "alice/x"))
+        self.assertFalse(both.mayPublish(alice, "c", "devices/x"))
+        self.assertTrue(both.mayPublish(dev, "c", "devices/x"))
+        self.assertFalse(both.mayPublish(dev, "c", "alice/x"))
+        self.assertTrue(both.maySubscribe(None, "c", "public/#"))
+        self.assertFalse(both.maySubscribe(None, "c", "alice/#"))
+        self.assertFalse(both.mayPublish(None, "c", "public/x"))
+
+    def test_enhanced_methods_and_reload(self) -> None:
+        """The chain offers its backends' methods; an exchange's identity is wrapped; an
+        unknown method is refused; SIGHUP reloads every backend that can."""
+        path = f"{temp_dir(self)}/pw"
+        with open(path, "w") as f:
+            f.write(ALICE + "\n")
+        passwd = PasswordFileAuthenticator.from_file(path, run=at_once)
+        scram = ScramAuthenticator({"sam": "pw"})
+        auth = AuthChain([Backend("passwd", passwd), Backend("scram", scram, scram)])
+        self.assertEqual(auth.methods, (METHOD,))
+        client = ScramClient([METHOD], "sam", "pw")
+        exchange = auth.startExchange(METHOD, creds(None, None))
+        first = self.successResultOf(exchange.step(client.get_client_first().encode()))
+        client.set_server_first(first.data.decode())
+        final = self.successResultOf(exchange.step(client.get_client_final().encode()))
+        self.assertTrue(final.done)
+        self.assertEqual(final.identity, ChainIdentity(1, "scram", "sam"))
+        self.assertRaises(AuthenticationError, auth.startExchange, "KERBEROS", creds(None, None))
+        with open(path, "w") as f:
+            f.write(CAROL + "\n")
+        auth.reload()
+        self.successResultOf(auth.authenticate(creds("carol", "c3")))
+
+
+def parse(*argv: str) -> Options:
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+class TapTests(SynchronousTestCase):
+    """``--auth`` repeats; ``--allow-anonymous``; ``anonymous`` does not combine."""
+
+    def setUp(self) -> None:
+        self.dir = temp_dir(self)
+        self.pw = f"{self.dir}/pw"
+        with open(self.pw, "w") as f:
+            f.write(ALICE + "\n")
+
+    def test_chain_from_options(self) -> None:
+        """Two --auth give one chain, in order, which is also the authorizer; the ACL is
+        combined with it."""
+        options = parse("--auth", f"passwd:{self.pw}", "--auth", f"jwt:secret={SECRET}",
+                        "--listen", "tcp:1884:interface=127.0.0.1")
+        service = makeService(options, MemoryReactorClock())
+        assert isinstance(service, BrokerService)
+        auth = service.broker.authenticator
+        self.assertIsInstance(auth, AuthChain)
+        self.assertEqual([b.name for b in auth.backends], ["passwd", "jwt"])
+        self.assertIs(service.broker.authorizer, auth)
+        self.assertFalse(auth.allow_anonymous)
+        options = parse("--auth", f"passwd:{self.pw}", "--allow-anonymous",
+                        "--acl", self.pw.replace("pw", "acl"), "--listen", "tcp:1884")
+        with open(self.pw.replace("pw", "acl"), "w") as f:
+            f.write(ACL)
+        service = makeService(options, MemoryReactorClock())
+        self.assertTrue(service.broker.authenticator.allow_anonymous)
+        self.assertIsInstance(service.broker.authorizer, AllAuthorizers)
+
+    def test_anonymous_alone(self) -> None:
+        """The default stays open (no authenticator at all); anonymous does not combine."""
+        service = makeService(parse("--listen", "tcp:1884:interface=127.0.0.1"),
+                              MemoryReactorClock())
+        self.assertIsNone(service.broker.authenticator)
+        e = self.assertRaises(usage.UsageError, parse, "--auth", "anonymous",
+                              "--auth", f"passwd:{self.pw}")
+        self.assertIn("--allow-anonymous", str(e))
+
+
+class EndToEndTests(SecureBrokerTestCase):
+    """``--auth passwd:FILE --auth jwt:... [--allow-anonymous] --acl FILE`` through the tap,
+    on a real broker, with paho 3.1.1 and 5 clients."""
+
+    @inlineCallbacks
+    def start_tap(self, *argv: str) -> Any:
+        directory = temp_dir(self)
+        with open(f"{directory}/pw", "w") as f:
+            f.write(f"{ALICE}\n{CAROL}\n")
+        with open(f"{directory}/acl", "w") as f:
+            f.write(ACL)
+        options = parse("--auth", f"passwd:{directory}/pw", "--auth",
+                        f"jwt:secret={SECRET}:usernameClaim=sub", "--acl", f"{directory}/acl",
+                        "--sys-interval", "0", "--listen", "tcp:0:interface=127.0.0.1", *argv)
+        service = makeService(options, self.reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        yield service.ready
+        (listener,) = service._listeners
+        port = yield listener.whenListening()
+        return port.getHost().port
+
+    @inlineCallbacks
+    def test_passwd_and_jwt_users(self) -> Any:
+        """alice (password file) and dev-1 (token) connect; each gets its ACL section; a
+        JWT-shaped wrong password, an unknown user and an anonymous client are refused."""
+        port = yield self.start_tap()
+        alice = yield self.paho(port, "alice-1", username="alice", password="secret1")
+        dev = yield self.paho(port, "dev-1", protocol=mqtt.MQTTv5, username="dev-1",
+                              password=token("dev-1"))
+        self.assertEqual((yield alice.subscribe(("alice/#", 1), ("devices/#", 1))), [1, 0x80])
+        granted = yield dev.subscribe(("devices/#", 1), ("alice/#", 1))
+        self.assertEqual([int(code) for code in granted], [1, 0x87])
+        forged = jwt.encode({"sub": "alice", "exp": time.time() + 60},
+                            "another secret that is long enough!", "HS256")
+        for user, password, code in (("alice", forged, 0x86), ("mallory", "secret1", 0x86),
+                                     ("alice", token("dev-1"), 0x86), (None, None, 0x87)):
+            client = yield self.paho(port, "refused", connect=False, protocol=mqtt.MQTTv5,
+                                     username=user, password=password)
+            result = yield client.connect()
+            self.assertEqual(result.rc, code, user)
+
+    @inlineCallbacks
+    def test_allow_anonymous(self) -> Any:
+        """With --allow-anonymous a client without credentials connects, and the ACL's
+        anonymous section is what it may do."""
+        port = yield self.start_tap("--allow-anonymous")
+        anon = yield self.paho(port, "anon", protocol=mqtt.MQTTv5)
+        granted = yield anon.subscribe(("public/#", 0), ("alice/#", 0))
+        self.assertEqual([int(code) for code in granted], [0, 0x87])
+
+
+SCRAM_FILE = "\n".join([make_secret("secret").line("sam")]) + "\n"
+
+
+class ScramInChainTests(V5TestCase):
+    """SCRAM-SHA-256 over CONNECT/AUTH with SCRAM one backend of a chain (passwd first),
+    its users read from a file of StoredKey/ServerKey lines."""
+
+    _scram = ScramAuthenticator(parse_users(SCRAM_FILE, "scram"))
+    authenticator = authorizer = AuthChain([
+        Backend("passwd", PasswordFileAuthenticator(parse_passwd(ALICE, "pw"), run=at_once)),
+        Backend("scram", _scram, _scram)])
+
+    @inlineCallbacks
+    def exchange(self, user: str, password: str) -> Any:
+        raw = yield self.raw5()
+        scram = ScramClient([METHOD], user, password)
+        raw.send(Connect(f"c-{user}", 5, True, 0, properties={
+            P.AUTHENTICATION_METHOD: METHOD,
+            P.AUTHENTICATION_DATA: scram.get_client_first().encode()}))
+        challenge = yield raw.expect(Auth)
+        scram.set_server_first(challenge.properties[P.AUTHENTICATION_DATA].decode())
+        raw.send(Auth(ReasonCode.CONTINUE_AUTHENTICATION, {
+            P.AUTHENTICATION_METHOD: METHOD,
+            P.AUTHENTICATION_DATA: scram.get_client_final().encode()}))
+        connack = yield raw.expect(ConnAck)
+        return scram, connack
+
+    @inlineCallbacks
+    def test_scram_exchange_through_the_chain(self) -> Any:
+        """The exchange succeeds, the server proves itself, the identity is scram's; a
+        wrong password gets 0x86; password users of both backends log in plainly."""
+        scram, connack = yield self.exchange("sam", "secret")
+        self.assertEqual(connack.reason_code, 0)
+        scram.set_server_final(connack.properties[P.AUTHENTICATION_DATA].decode())
+        self.assertEqual(self.session("c-sam").identity, ChainIdentity(1, "scram", "sam"))
+        _, refused = yield self.exchange("sam", "wrong")
+        self.assertEqual(refused.reason_code, ReasonCode.BAD_USER_NAME_OR_PASSWORD)
+        yield self.paho5("plain-sam", username="sam", password="secret")
+        yield self.paho5("plain-alice", username="alice", password="secret1")
+
+
+class _Tokens(JWTAuthenticator):
+    def __init__(self) -> None:
+        super().__init__(KeySource.from_secret(SECRET.encode()), username_claim="sub",
+                         topics_claim="acl")
+
+
+class BearerTests(HTTPBrokerTestCase):
+    """``Authorization: Bearer TOKEN`` with ``usernameClaim=sub``: the token's claim is the
+    user name (it was 401: no user name to compare the claim with)."""
+
+    authenticator = authorizer = _Tokens()
+
+    @inlineCallbacks
+    def test_bearer_with_username_claim(self) -> Any:
+        """curl and Agent publish with a Bearer token (200); its topic claims still hold
+        (403); a token without the claim is 401."""
+        good = token("dev-1", acl=["devices/dev-1"])
+        status, _, body = yield self.curl("-H", f"Authorization: Bearer {good}",
+                                          "--data-binary", "21", method="POST",
+                                          path="/publish?topic=devices/dev-1/t")
+        self.assertEqual(status, 200, body)
+        yield self.json("POST", "/publish?topic=devices/dev-1/t", 200,
+                        {"Authorization": f"Bearer {good}"}, b"1")
+        yield self.json("POST", "/publish?topic=devices/dev-2/t", 403,
+                        {"Authorization": f"Bearer {good}"}, b"1")
+        nameless = jwt.encode({"exp": time.time() + 60, "acl": ["#"]}, SECRET, "HS256")
+        yield self.json("POST", "/publish?topic=devices/dev-1/t", 401,
+                        {"Authorization": f"Bearer {nameless}"}, b"1")
