@@ -269,9 +269,9 @@ def _warn_if_open(listeners: list[ListenerSettings]) -> None:
     when a listener takes connections from other machines."""
     public = [s.describe() for s in listeners if not binds_loopback_only(s.endpoint)]
     if public:
-        _log.warn("Anyone who can reach {listeners} may connect, publish and subscribe "
-                  "(--auth anonymous, no --acl). Lock it down: --auth passwd:FILE (or jwt:...), "
-                  "--acl FILE, or listen on 127.0.0.1 only (tcp:1883:interface=127.0.0.1).",
+        _log.warn("{listeners}: open to anyone who can reach it, who may connect, publish "
+                  "and subscribe (--auth anonymous, no --acl). Lock it down with "
+                  "--auth passwd:FILE (or jwt:...), --acl FILE, or interface=127.0.0.1.",
                   listeners=", ".join(public))
 
 

@@ -34,8 +34,10 @@ from mqtt_twisted.tap import Options, makeService
 from tests.certs import temp_dir
 from tests.httpbroker import HTTPBrokerTestCase
 from tests.pahov5 import V5TestCase
+from tests.redisserver import free_port
 from tests.securebroker import SecureBrokerTestCase
 from tests.test_auth_passwd import ALICE, CAROL, at_once
+from tests.test_twistd_run import TwistdTestCase, _listen
 
 SECRET = "a shared secret of enough length!"
 ACL = """\
@@ -364,3 +366,53 @@ class BearerTests(HTTPBrokerTestCase):
         nameless = jwt.encode({"exp": time.time() + 60, "acl": ["#"]}, SECRET, "HS256")
         yield self.json("POST", "/publish?topic=devices/dev-1/t", 401,
                         {"Authorization": f"Bearer {nameless}"}, b"1")
+
+
+class TwistdTests(TwistdTestCase):
+    """A real ``twistd -n mqttbroker``: the open quick start says so in its log, once."""
+
+    @inlineCallbacks
+    def test_open_quick_start_warns(self) -> Any:
+        """``--listen tcp:PORT`` (every interface) with no --auth and no --acl logs one
+        warning saying how to lock it down; on 127.0.0.1, with --auth or with --acl it
+        does not."""
+        directory = self.directory()
+        (directory / "acl").write_text(ACL)
+        (directory / "pw").write_text(ALICE + "\n")
+        runs = {
+            "open": ["--listen", "tcp:{port}"],
+            "loopback": ["--listen", "tcp:{port}:interface=127.0.0.1"],
+            "acl": ["--listen", "tcp:{port}", "--acl", str(directory / "acl")],
+            "auth": ["--listen", "tcp:{port}", "--auth", f"passwd:{directory / 'pw'}"],
+        }
+        procs = {}
+        for name, argv in runs.items():
+            port = free_port()
+            proc = self.twistd("-n", "mqttbroker", "--sys-interval", "0",
+                               *[a.format(port=port) for a in argv])
+            procs[name] = (proc, port)
+        for proc, port in procs.values():
+            yield self.wait_for_port(port, proc)
+        open_proc, open_port = procs["open"]
+        line = self.assertOneLine(open_proc.text, "may connect, publish and subscribe",
+                                  f"mqtt=tcp:{open_port}", "--auth passwd:FILE", "--acl FILE",
+                                  "interface=127.0.0.1")
+        self.assertIn("warn", line)
+        for name in ("loopback", "acl", "auth"):
+            self.assertNotIn("may connect, publish and subscribe", procs[name][0].text, name)
+
+    @inlineCallbacks
+    def test_one_line_errors(self) -> Any:
+        """anonymous with another backend, and a bad backend in a chain: one line, exit 2."""
+        pw = self.directory() / "pw"
+        pw.write_text(ALICE + "\n")
+        cases = [(["--auth", "anonymous", "--auth", f"passwd:{pw}"],
+                  ["--auth anonymous", "cannot be combined", "--allow-anonymous"]),
+                 (["--auth", f"passwd:{pw}", "--auth", "jwt:secret=short"],
+                  ["--auth 'jwt:secret=short'", "32 bytes"])]
+        procs = [self.twistd("-n", "mqttbroker", "--listen", _listen(free_port()), *argv)
+                 for argv, _ in cases]
+        for (_, needles), proc in zip(cases, procs):
+            code = yield self.ended(proc)
+            self.assertEqual(code, 2, proc.text)
+            self.assertOneLine(proc.text, "error", *needles)

@@ -338,6 +338,22 @@ class PluginTests(SynchronousTestCase):
         self.assertTrue(verifyObject(IAuthenticator, made))
         self.assertTrue(verifyObject(IAuthorizer, made))
 
+    def test_grant_all_warning(self) -> None:
+        """Without topicsClaim every valid token grants every topic: the plugin logs one
+        warning saying so at start-up; with topicsClaim it logs none."""
+        from twisted.internet.task import Clock
+        from twisted.logger import LogLevel, formatEvent
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        JWTAuthPlugin().makeAuthenticator(Clock(), f"secret={LONG}:topicsClaim=acl")
+        self.assertEqual(events, [])
+        JWTAuthPlugin().makeAuthenticator(Clock(), f"secret={LONG}")
+        (event,) = events
+        self.assertEqual(event["log_level"], LogLevel.warn)
+        self.assertIn("every valid token grants every topic", formatEvent(event))
+
     def test_escaped_colons(self) -> None:
         """Values may hold colons escaped as \\: (issuer URLs)."""
         options = parse_options("secret=x:issuer=https\\://auth.example.com:audience=a,b")
