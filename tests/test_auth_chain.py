@@ -26,6 +26,7 @@ from mqtt_twisted.auth.scram import METHOD, ScramAuthenticator, make_secret, par
 from mqtt_twisted.codec import Auth, ConnAck, Connect
 from mqtt_twisted.constants import PropertyId as P
 from mqtt_twisted.constants import ReasonCode
+from mqtt_twisted.core.systopics import SysTopics
 from mqtt_twisted.errors import AuthenticationError, AuthorizationError
 from mqtt_twisted.interfaces import IAuthExchange, IAuthorizer, IEnhancedAuthenticator
 from mqtt_twisted.records import Credentials
@@ -336,6 +337,49 @@ class ScramInChainTests(V5TestCase):
         self.assertEqual(refused.reason_code, ReasonCode.BAD_USER_NAME_OR_PASSWORD)
         yield self.paho5("plain-sam", username="sam", password="secret")
         yield self.paho5("plain-alice", username="alice", password="secret1")
+
+
+SYS_ACL = """\
+user alice
+topic readwrite #
+user carol
+topic read $SYS/#
+topic read end
+"""
+
+
+def _sys_chain() -> AuthChain:
+    passwd = PasswordFileAuthenticator(parse_passwd(f"{ALICE}\n{CAROL}\n", "pw"), run=at_once)
+    return AuthChain([Backend("passwd", passwd)])
+
+
+class SysReadTests(V5TestCase):
+    """[MQTT 4.7.2] $SYS is read-only, and once an ACL is given readable only by whom it
+    allows: ``topic readwrite #`` does not cover $SYS topics."""
+
+    authenticator = _sys_chain()
+    authorizer = AllAuthorizers((AclAuthorizer(parse_acl(SYS_ACL, "acl")), authenticator))
+
+    @inlineCallbacks
+    def test_sys_readable_only_as_the_acl_allows(self) -> Any:
+        """alice (readwrite #) cannot subscribe to $SYS filters and gets no $SYS value
+        through # or +/broker/#, nor publish there; carol (read $SYS/#) gets the values."""
+        alice = yield self.paho5("alice", username="alice", password="secret1")
+        granted = yield alice.subscribe(("$SYS/#", 0), ("$SYS/broker/uptime", 0),
+                                        ("+/broker/#", 0), ("#", 0))
+        self.assertEqual([int(code) for code in granted], [0x87, 0x87, 0, 0])
+        carol = yield self.paho5("carol", username="carol", password="c3")
+        granted = yield carol.subscribe(("$SYS/#", 0), ("end", 0), ("#", 0))
+        self.assertEqual([int(code) for code in granted], [0, 0, 0x87])
+        SysTopics(self.broker).tick()
+        self.assertEqual((yield alice.publish("$SYS/broker/uptime", b"forged", 1)), 0x87)
+        yield alice.publish("end", b"", 1)
+        values = yield carol.collect_until("end")
+        topics = {m.topic for m in values}
+        self.assertIn("$SYS/broker/uptime", topics)
+        self.assertTrue(all(t.startswith("$SYS/broker/") for t in topics), topics)
+        self.assertNotIn(b"forged", [m.payload for m in values])
+        self.assertEqual((yield alice.collect_until("end")), [])
 
 
 class _Tokens(JWTAuthenticator):
