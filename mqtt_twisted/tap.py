@@ -248,7 +248,8 @@ def _acl_authorizer(path: str, backend: Any) -> Any:
 def _auth(options: Options, reactor: Any) -> tuple[Any, Any]:
     """(authenticator, authorizer) of the ``--auth`` backends: (None, None) for
     ``anonymous`` (nothing to check: no calls on the hot path), else an
-    :class:`~mqtt_twisted.auth.chain.AuthChain` of them, which is both."""
+    :class:`~mqtt_twisted.auth.chain.AuthChain` of them, which is both (or no authorizer
+    when no backend has rules)."""
     from mqtt_twisted.auth.chain import AuthChain, Backend
     from mqtt_twisted.interfaces import IAuthorizer
 
@@ -261,7 +262,9 @@ def _auth(options: Options, reactor: Any) -> tuple[Any, Any]:
         backends.append(Backend(plugin.name, made,
                                 made if IAuthorizer.providedBy(made) else None))
     chain = AuthChain(backends, allow_anonymous=bool(options["allow-anonymous"]))
-    return chain, chain
+    # Backends without rules of their own (passwd, a plugin's) need no authorizer call per
+    # PUBLISH and SUBSCRIBE: the chain is the authorizer only when one of them has rules.
+    return chain, (chain if any(b.authorizer is not None for b in backends) else None)
 
 
 def _warn_if_open(listeners: list[ListenerSettings]) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import jwt
 import paho.mqtt.client as mqtt
 from scramp import ScramClient
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import fail, inlineCallbacks, succeed
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
@@ -143,6 +143,28 @@ class ChainTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(open_chain.authenticate(creds(None, None))))
         self.failureResultOf(open_chain.authenticate(creds("alice", None)), AuthenticationError)
 
+    def test_certificate_only(self) -> None:
+        """A client with only a TLS certificate is offered to the backends (one may take
+        it); if none does it is anonymous: refused, or let in with --allow-anonymous."""
+
+        class ByCertificate:
+            def authenticate(self, credentials: Any) -> Any:
+                if credentials.certificateIdentity == "CN=dev":
+                    return succeed("dev")
+                return fail(AuthenticationError("not my certificate"))
+
+        def cert(identity: str) -> Credentials:
+            return Credentials("c1", None, None, identity, "127.0.0.1:5", "mqtt")
+
+        for allow in (False, True):
+            auth = AuthChain([Backend("cert", ByCertificate())], allow_anonymous=allow)
+            self.assertEqual(self.successResultOf(auth.authenticate(cert("CN=dev"))),
+                             ChainIdentity(0, "cert", "dev"))
+        closed = AuthChain([Backend("cert", ByCertificate())])
+        self.failureResultOf(closed.authenticate(cert("CN=other")), AuthenticationError)
+        open_ = AuthChain([Backend("cert", ByCertificate())], allow_anonymous=True)
+        self.assertIsNone(self.successResultOf(open_.authenticate(cert("CN=other"))))
+
     def test_each_backend_authorizes_its_own_users(self) -> None:
         """A token's topic claims restrict its user and nobody else; passwd users have no
         rules of their own; anonymous clients are allowed only when let in; identities the
@@ -234,6 +256,14 @@ class TapTests(SynchronousTestCase):
             f.write(ACL)
         service = makeService(options, MemoryReactorClock())
         self.assertTrue(service.broker.authenticator.allow_anonymous)
+        self.assertIsInstance(service.broker.authorizer, AclAuthorizer)
+        service = makeService(parse("--auth", f"passwd:{self.pw}", "--listen", "tcp:1884"),
+                              MemoryReactorClock())
+        self.assertIsInstance(service.broker.authenticator, AuthChain)
+        self.assertIsNone(service.broker.authorizer)  # no rules: no call per PUBLISH
+        options = parse("--auth", f"passwd:{self.pw}", "--auth", f"jwt:secret={SECRET}",
+                        "--acl", self.pw.replace("pw", "acl"), "--listen", "tcp:1884")
+        service = makeService(options, MemoryReactorClock())
         self.assertIsInstance(service.broker.authorizer, AllAuthorizers)
 
     def test_anonymous_alone(self) -> None:

@@ -6,10 +6,12 @@ passes them to the next; when all refuse, the last refusal is the answer.  A bac
 that fails in an unexpected way is logged and counts as a refusal, so a broken backend
 cannot crash a CONNECT nor let anyone in.
 
-Clients that present no credentials at all (no user name, no password, no TLS
-identity used as user name) never reach the backends: they are refused (CONNACK 0x87 /
-5) unless ``allow_anonymous`` (``--allow-anonymous``), and then let in with the
-identity ``None`` (the ACL file's anonymous section applies to them).
+Clients that present no credentials at all (no user name, no password, no TLS client
+certificate) never reach the backends: they are refused (CONNACK 0x87 / 5) unless
+``allow_anonymous`` (``--allow-anonymous``), and then let in with the identity ``None``
+(the ACL file's anonymous section applies to them).  A client with only a certificate
+is offered to the backends (a plugin may authenticate by certificate); if none takes
+it, it is anonymous.
 
 The identity a backend answers is wrapped in a :class:`ChainIdentity` naming the
 backend, so that the chain's authorizer asks *that* backend's authorizer (a JWT's
@@ -77,6 +79,12 @@ def _no_credentials(credentials: Any) -> bool:
             and not getattr(credentials, "password", None))
 
 
+def _anonymous(credentials: Any) -> bool:
+    """Nothing at all to check: no user name, no password, no TLS client certificate."""
+    return _no_credentials(credentials) and not getattr(credentials, "certificateIdentity",
+                                                        None)
+
+
 @implementer(IAuthExchange)
 class _ChainExchange:
     """A backend's exchange whose final identity is wrapped as the chain's."""
@@ -117,12 +125,19 @@ class AuthChain:
     # IAuthenticator
 
     def authenticate(self, credentials: Any) -> Deferred[Any]:
-        if _no_credentials(credentials):
-            if self.allow_anonymous:
-                return succeed(None)
-            return fail(AuthorizationError(
-                "anonymous access is not allowed (no credentials; see --allow-anonymous)"))
-        return self._try(credentials, 0, None)
+        if _anonymous(credentials):
+            return self._anonymous()
+        d = self._try(credentials, 0, None)
+        if self.allow_anonymous and _no_credentials(credentials):
+            # Only a certificate, which no backend took: an anonymous client after all.
+            d.addErrback(lambda _: self._anonymous())
+        return d
+
+    def _anonymous(self) -> Deferred[Any]:
+        if self.allow_anonymous:
+            return succeed(None)
+        return fail(AuthorizationError(
+            "anonymous access is not allowed (no credentials; see --allow-anonymous)"))
 
     def _try(self, credentials: Any, index: int, last: Failure | None) -> Deferred[Any]:
         if index >= len(self.backends):
