@@ -294,9 +294,11 @@ class EndToEndTests(SecureBrokerTestCase):
         service.startService()
         self.addCleanup(service.stopService)
         yield service.ready
-        (listener,) = service._listeners
-        port = yield listener.whenListening()
-        return port.getHost().port
+        ports = []
+        for listener in service._listeners:
+            port = yield listener.whenListening()
+            ports.append(port.getHost().port)
+        return ports[0] if len(ports) == 1 else ports
 
     @inlineCallbacks
     def test_passwd_and_jwt_users(self) -> Any:
@@ -326,6 +328,47 @@ class EndToEndTests(SecureBrokerTestCase):
         anon = yield self.paho(port, "anon", protocol=mqtt.MQTTv5)
         granted = yield anon.subscribe(("public/#", 0), ("alice/#", 0))
         self.assertEqual([int(code) for code in granted], [0, 0x87])
+
+
+    @inlineCallbacks
+    def test_every_adapter_one_chain(self) -> Any:
+        """TCP, WebSocket and the HTTP bridge go through the same chain and ACL: alice's
+        password and dev-1's token work on each, within their ACL sections; no or wrong
+        credentials are refused alike."""
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        mqtt_port, ws_port, http_port = yield self.start_tap(
+            "--listen", "ws=tcp:0:interface=127.0.0.1",
+            "--listen", "http=tcp:0:interface=127.0.0.1")
+        watcher = yield self.paho(mqtt_port, "watch", username="alice", password="secret1")
+        yield watcher.subscribe(("alice/#", 1))
+        dev = yield self.paho(ws_port, "dev-ws", transport="websockets", protocol=mqtt.MQTTv5,
+                              username="dev-1", password=token("dev-1"))
+        granted = yield dev.subscribe(("devices/#", 1), ("alice/#", 1))
+        self.assertEqual([int(code) for code in granted], [1, 0x87])
+        refused = yield self.paho(ws_port, "ws-bad", connect=False, transport="websockets",
+                                  username="alice", password="wrong")
+        self.assertEqual((yield refused.connect()).rc, ReasonCode.BAD_USER_NAME_OR_PASSWORD)
+
+        def curl(*args: str) -> Any:
+            d = getProcessOutputAndValue("curl", [
+                "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10", *args])
+            return d.addCallback(lambda result: int(result[0]))
+
+        base = f"http://127.0.0.1:{http_port}/publish?topic="
+        post = ("-X", "POST", "--data-binary", "x")
+        bearer = f"Authorization: Bearer {token('dev-1')}"
+        stream = f"http://127.0.0.1:{http_port}/subscribe?topic=public/%23&client=s&timeout=0"
+        for args, status in (((f"{base}alice/http", *post, "-u", "alice:secret1"), 200),
+                             ((f"{base}devices/http", *post, "-H", bearer), 200),
+                             ((f"{base}alice/x", *post, "-H", bearer), 403),
+                             ((f"{base}alice/x", *post, "-u", "alice:wrong"), 401),
+                             # No credentials: 401 asking for them (it was 403).
+                             ((f"{base}public/x", *post), 401),
+                             ((stream, "-H", "Accept: text/event-stream"), 401)):
+            self.assertEqual((yield curl(*args)), status, args)
+        message = yield watcher.next_message()
+        self.assertEqual((message.topic, message.payload), ("alice/http", b"x"))
 
 
 SCRAM_FILE = "\n".join([make_secret("secret").line("sam")]) + "\n"
