@@ -266,6 +266,23 @@ class TopicTests(SynchronousTestCase):
         for bad in ("a/#/b", "a#", "$share/g/x"):
             self.assertRaises(AuthenticationError, TopicFilters.parse, [bad], "acl")
 
+    def test_same_answers_as_the_acl_covering_test(self) -> None:
+        """The split-once fast path answers what acl.filter_covers answers, for every pair
+        of a set of rules and topics/filters."""
+        from itertools import product
+
+        from mqtt_twisted.auth.acl import filter_covers
+
+        rules = ["#", "/#", "a/#", "a/b/#", "a/+", "+/b", "+/#", "a/+/#", "$SYS/#", "a/b",
+                 "+", "a//#", "$SYS/+/x"]
+        probes = ["a", "a/b", "a/b/c", "/a", "/", "b", "b/b", "a//x", "#", "+", "a/#", "a/+",
+                  "+/b", "$SYS", "$SYS/x", "$SYS/x/x", "$SYS/#", "a/b/#", "a/+/c", ""]
+        for rule, probe in product(rules, probes):
+            (expected,) = {filter_covers(f, probe) for f in TopicFilters.parse([rule]).filters}
+            parsed = TopicFilters.parse([rule])
+            self.assertEqual(parsed.allows_filter(probe), expected, (rule, probe))
+            self.assertEqual(parsed.allows_topic(probe), expected, (rule, probe))
+
     def test_token_claims_as_filters(self) -> None:
         """Through a token: "/#" no longer grants every topic, "" grants none, "#" not $SYS."""
         checker = auth(topics_claim="acl")

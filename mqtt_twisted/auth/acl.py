@@ -141,10 +141,14 @@ def filter_covers(rule: str, topic_filter: str) -> bool:
     """Whether every topic ``topic_filter`` can match is matched by ``rule`` (sound, not
     complete: ``False`` may be returned for a few covered filters, never ``True`` for one
     that is not).  Both are plain filters; a topic is a filter without wildcards."""
-    if topic_filter.startswith("$") and rule[:1] in ("+", "#"):
+    return levels_cover(rule.split("/"), topic_filter.split("/"))
+
+
+def levels_cover(r_levels: Sequence[str], f_levels: Sequence[str]) -> bool:
+    """:func:`filter_covers` on filters already split into levels (a rule checked often
+    is split once)."""
+    if f_levels[0][:1] == "$" and r_levels[0] in ("+", "#"):
         return False  # [MQTT-4.7.2-1]: a leading wildcard does not match $ topics
-    r_levels = rule.split("/")
-    f_levels = topic_filter.split("/")
     for i, r in enumerate(r_levels):
         if r == "#":
             return True  # covers whatever is left, even nothing (a/# covers a)
