@@ -108,14 +108,15 @@ class ChainTests(SynchronousTestCase):
 
     def test_refusals(self) -> None:
         """A wrong password, even a JWT-shaped one, is refused by both (the last error is
-        the answer); a valid token cannot borrow a password user's name (usernameClaim)."""
+        the answer, saying what each said); a valid token cannot borrow a password user's name (usernameClaim)."""
         auth = chain()
         forged = jwt.encode({"sub": "alice", "exp": time.time() + 60},
                             "another secret that is long enough!", "HS256")
         self.assertIn("bad token", self.refused(auth, creds("alice", forged),
                                                 AuthenticationError))
-        self.assertIn("bad token", self.refused(auth, creds("alice", "wrong"),
-                                                AuthenticationError))
+        said = self.refused(auth, creds("alice", "wrong"), AuthenticationError)
+        self.assertTrue(said.startswith("passwd: bad user name or password; jwt: bad token"),
+                        said)
         self.assertIn("does not match", self.refused(auth, creds("alice", token("dev-1")),
                                                      AuthenticationError))
         self.assertIn("bad token", self.refused(auth, creds("mallory", "secret1"),

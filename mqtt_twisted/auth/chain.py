@@ -127,7 +127,7 @@ class AuthChain:
     def authenticate(self, credentials: Any) -> Deferred[Any]:
         if _anonymous(credentials):
             return self._anonymous()
-        d = self._try(credentials, 0, None)
+        d = self._try(credentials, 0, [])
         if self.allow_anonymous and _no_credentials(credentials):
             # Only a certificate, which no backend took: an anonymous client after all.
             d.addErrback(lambda _: self._anonymous())
@@ -139,10 +139,9 @@ class AuthChain:
         return fail(AuthorizationError(
             "anonymous access is not allowed (no credentials; see --allow-anonymous)"))
 
-    def _try(self, credentials: Any, index: int, last: Failure | None) -> Deferred[Any]:
+    def _try(self, credentials: Any, index: int, refusals: list[Failure]) -> Deferred[Any]:
         if index >= len(self.backends):
-            assert last is not None
-            return fail(last)
+            return fail(self._refusal(refusals))
         backend = self.backends[index]
         d = maybeDeferred(backend.authenticator.authenticate, credentials)
 
@@ -154,10 +153,21 @@ class AuthChain:
                 self.log.failure("auth backend {backend} failed on {client}; counted as a "
                                  "refusal", failure, backend=backend.name,
                                  client=getattr(credentials, "clientId", None))
-                failure = Failure(AuthenticationError(f"{backend.name}: internal error"))
-            return self._try(credentials, index + 1, failure)
+                failure = Failure(AuthenticationError("internal error"))
+            return self._try(credentials, index + 1, [*refusals, failure])
 
         return d.addCallbacks(accepted, refused)
+
+    def _refusal(self, refusals: list[Failure]) -> Failure:
+        """The last backend's refusal (its reason code), saying what each one answered
+        when there were several (for the log line and the v5 reason string)."""
+        last = refusals[-1]
+        if len(refusals) == 1 or type(last.value) not in (AuthenticationError,
+                                                          AuthorizationError):
+            return last
+        said = "; ".join(f"{backend.name}: {failure.getErrorMessage()}"
+                         for backend, failure in zip(self.backends, refusals))
+        return Failure(type(last.value)(said, last.value.reason_code))
 
     # IEnhancedAuthenticator
 
