@@ -261,6 +261,11 @@ def _auth(options: Options, reactor: Any) -> tuple[Any, Any]:
             return None, None  # alone (postOptions refuses it with others)
         backends.append(Backend(plugin.name, made,
                                 made if IAuthorizer.providedBy(made) else None))
+        if getattr(made, "grants_all_topics", False) and options["acl"] is None:
+            # The name only: the argument may hold a secret.
+            _log.warn("--auth {name}: every client it lets in may publish and subscribe to "
+                      "every topic; restrict them with --acl FILE (jwt: topicsClaim=CLAIM)",
+                      name=plugin.name)
     chain = AuthChain(backends, allow_anonymous=bool(options["allow-anonymous"]))
     # Backends without rules of their own (passwd, a plugin's) need no authorizer call per
     # PUBLISH and SUBSCRIBE: the chain is the authorizer only when one of them has rules.

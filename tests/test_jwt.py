@@ -356,20 +356,38 @@ class PluginTests(SynchronousTestCase):
         self.assertTrue(verifyObject(IAuthorizer, made))
 
     def test_grant_all_warning(self) -> None:
-        """Without topicsClaim every valid token grants every topic: the plugin logs one
-        warning saying so at start-up; with topicsClaim it logs none."""
-        from twisted.internet.task import Clock
+        """Without topicsClaim every valid token grants every topic: makeService logs one
+        warning saying so (naming the backend, never its secret), unless topicsClaim or an
+        ACL file restricts them."""
+        from twisted.internet.testing import MemoryReactorClock
         from twisted.logger import LogLevel, formatEvent
 
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        JWTAuthPlugin().makeAuthenticator(Clock(), f"secret={LONG}:topicsClaim=acl")
-        self.assertEqual(events, [])
-        JWTAuthPlugin().makeAuthenticator(Clock(), f"secret={LONG}")
-        (event,) = events
-        self.assertEqual(event["log_level"], LogLevel.warn)
-        self.assertIn("every valid token grants every topic", formatEvent(event))
+        from mqtt_twisted.tap import Options, makeService
+
+        acl = os.path.join(self.dir, "acl")
+        with open(acl, "w") as f:
+            f.write("topic read #\n")
+        self.assertTrue(auth().grants_all_topics)
+        self.assertFalse(auth(topics_claim="acl").grants_all_topics)
+        for extra, warned in (([], True), (["--acl", acl], False),
+                              (["--auth", f"jwt:secret={LONG}:topicsClaim=acl"], False)):
+            events: list[dict[str, Any]] = []
+            globalLogPublisher.addObserver(events.append)
+            self.addCleanup(globalLogPublisher.removeObserver, events.append)
+            options = Options()
+            argv = extra if extra[:1] == ["--auth"] else ["--auth", f"jwt:secret={LONG}", *extra]
+            options.parseOptions(["--listen", "tcp:1884:interface=127.0.0.1", *argv])
+            makeService(options, MemoryReactorClock())
+            globalLogPublisher.removeObserver(events.append)
+            said = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+            if warned:
+                (line,) = said
+                self.assertIn("--auth jwt: every client it lets in may publish and subscribe "
+                              "to every topic", line)
+                self.assertIn("topicsClaim=CLAIM", line)
+                self.assertNotIn(LONG, line)
+            else:
+                self.assertEqual(said, [], extra)
 
     def test_escaped_colons(self) -> None:
         """Values may hold colons escaped as \\: (issuer URLs)."""

@@ -287,6 +287,12 @@ class JWTAuthenticator:
         self.topics_claim = topics_claim
         self.clock = clock
 
+    @property
+    def grants_all_topics(self) -> bool:
+        """Whether every valid token may use every topic (no ``topicsClaim``): the broker
+        warns at start-up unless an ACL file restricts them."""
+        return self.topics_claim is None
+
     # IAuthenticator
 
     def authenticate(self, credentials: Any) -> Deferred[JWTIdentity]:

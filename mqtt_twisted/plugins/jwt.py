@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from mqtt_twisted.interfaces import IAuthPlugin
@@ -13,7 +12,6 @@ from mqtt_twisted.interfaces import IAuthPlugin
 
 @implementer(IAuthPlugin)
 class JWTAuthPlugin:
-    log = Logger()
     name = "jwt"
     description = ("JSON Web Tokens as the MQTT password: jwt:secret=S, jwt:publicKey=FILE or "
                    "jwt:jwks=FILE [:audience=A:issuer=I:usernameClaim=C:topicsClaim=C]")
@@ -23,12 +21,7 @@ class JWTAuthPlugin:
 
         if not argument:
             raise ValueError("--auth jwt:... needs secret=, secretFile=, publicKey= or jwks=")
-        authenticator = authenticator_from_options(parse_options(argument),
-                                                   clock=reactor.seconds)
-        if authenticator.topics_claim is None:
-            self.log.warn("--auth jwt: no topicsClaim, so every valid token grants every "
-                          "topic; set topicsClaim=CLAIM (or give --acl FILE) to restrict")
-        return authenticator
+        return authenticator_from_options(parse_options(argument), clock=reactor.seconds)
 
 
 jwtAuth = JWTAuthPlugin()
