@@ -370,6 +370,11 @@ class EndToEndTests(SecureBrokerTestCase):
             self.assertEqual((yield curl(*args)), status, args)
         message = yield watcher.next_message()
         self.assertEqual((message.topic, message.payload), ("alice/http", b"x"))
+        # The ownership rule: only alice may end the session alice opened over TCP.
+        session = f"http://127.0.0.1:{http_port}/session?client=watch"
+        self.assertEqual((yield curl(session, "-X", "DELETE", "-H", bearer)), 403)
+        self.assertEqual((yield curl(session, "-X", "DELETE", "-u", "alice:secret1")), 204)
+        yield watcher.disconnected
 
 
 SCRAM_FILE = "\n".join([make_secret("secret").line("sam")]) + "\n"
