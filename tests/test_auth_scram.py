@@ -117,6 +117,27 @@ class FileTests(SynchronousTestCase):
         self.assertRaises(ValueError, plugin.makeAuthenticator, Clock(), "")
 
 
+class ReloadTests(SynchronousTestCase):
+    """SIGHUP re-reads the file; a broken one leaves the old users in force."""
+
+    def test_reload(self) -> None:
+        path = os.path.join(temp_dir(self), "users")
+        with open(path, "w") as f:
+            f.write(RFC_LINE + "\n")
+        auth = ScramAuthenticator.from_file(path)
+        self.successResultOf(auth.authenticate(creds("user", b"pencil")))
+        with open(path, "w") as f:
+            f.write(make_secret("pw").line("sam") + "\n")
+        self.assertTrue(auth.reload())
+        self.failureResultOf(auth.authenticate(creds("user", b"pencil")), AuthenticationError)
+        self.assertEqual(self.successResultOf(auth.authenticate(creds("sam", b"pw"))), "sam")
+        with open(path, "w") as f:
+            f.write("sam:plain\n")
+        self.assertFalse(auth.reload())
+        self.assertEqual(self.successResultOf(auth.authenticate(creds("sam", b"pw"))), "sam")
+        self.assertIsNone(ScramAuthenticator({"a": "b"}).reload())
+
+
 class CommandTests(SynchronousTestCase):
     """``python -m mqtt_twisted.auth.scram``."""
 

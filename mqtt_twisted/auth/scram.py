@@ -31,6 +31,7 @@ from typing import Any
 
 from scramp import ScramException, ScramMechanism
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from mqtt_twisted.auth._files import read_utf8
@@ -201,16 +202,40 @@ class ScramAuthenticator:
     """
 
     methods = (METHOD,)
+    log = Logger()
 
     def __init__(self, users: Mapping[str, ScramSecret | str],
-                 iterations: int = DEFAULT_ITERATIONS, *, run: Runner | None = None) -> None:
+                 iterations: int = DEFAULT_ITERATIONS, *, run: Runner | None = None,
+                 path: str | None = None) -> None:
         self._mechanism = ScramMechanism(METHOD)
-        self._secrets = {
+        self._use({
             name: make_secret(secret, iterations) if isinstance(secret, str) else secret
             for name, secret in users.items()
-        }
-        self._auth_info = {name: s.auth_info() for name, s in self._secrets.items()}
+        })
         self._run: Runner = run or maybeDeferred
+        self.path = path
+
+    @classmethod
+    def from_file(cls, path: str, *, run: Runner | None = None) -> ScramAuthenticator:
+        return cls(read_users(path), run=run, path=path)
+
+    def _use(self, secrets: dict[str, ScramSecret]) -> None:
+        self._secrets = secrets
+        self._auth_info = {name: s.auth_info() for name, s in secrets.items()}
+
+    def reload(self) -> bool | None:
+        """Re-read the file (SIGHUP): True if read; False if it did not parse (the old
+        users stay, the error is logged); None without a file."""
+        if self.path is None:
+            return None
+        try:
+            self._use(read_users(self.path))
+        except (OSError, ValueError) as e:
+            self.log.error("SCRAM file not reloaded, the old one stays: {error}", error=e)
+            return False
+        self.log.info("SCRAM file {path} reloaded: {n} users", path=self.path,
+                      n=len(self._secrets))
+        return True
 
     def startExchange(self, method: str, credentials: Any) -> _ScramExchange:
         return _ScramExchange(self._mechanism, self._auth_info)

@@ -64,17 +64,16 @@ class ScramAuthPlugin:
     def makeAuthenticator(self, reactor: Any, argument: str) -> Any:
         from twisted.internet.threads import deferToThreadPool
 
-        from mqtt_twisted.auth.scram import ScramAuthenticator, read_users
+        from mqtt_twisted.auth.scram import ScramAuthenticator
 
         if not argument:
             raise ValueError("--auth scram:FILE needs a file of SCRAM secrets "
                              "(python -m mqtt_twisted.auth.scram USER)")
         try:
-            users = read_users(argument)
+            return ScramAuthenticator.from_file(argument, run=lambda f, *args: (
+                deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)))
         except OSError as e:
             raise ValueError(f"cannot read SCRAM file {argument}: {e.strerror}") from None
-        return ScramAuthenticator(users, run=lambda f, *args: deferToThreadPool(
-            reactor, reactor.getThreadPool(), f, *args))
 
 
 @implementer(IAuthPlugin)
