@@ -272,15 +272,16 @@ def _auth(options: Options, reactor: Any) -> tuple[Any, Any]:
     return chain, (chain if any(b.authorizer is not None for b in backends) else None)
 
 
-def _warn_if_open(listeners: list[ListenerSettings]) -> None:
-    """The quick start (``--auth anonymous``, no ACL) is open to everyone: say so once
-    when a listener takes connections from other machines."""
+def _warn_if_open(listeners: list[ListenerSettings], why: str) -> None:
+    """The quick start (``--auth anonymous``, no ACL) is open to everyone, and so is
+    ``--allow-anonymous`` without an ACL: say so once when a listener takes connections
+    from other machines."""
     public = [s.describe() for s in listeners if not binds_loopback_only(s.endpoint)]
     if public:
         _log.warn("{listeners}: open to anyone who can reach it, who may connect, publish "
-                  "and subscribe (--auth anonymous, no --acl). Lock it down with "
+                  "and subscribe ({why}, no --acl). Lock it down with "
                   "--auth passwd:FILE (or jwt:...), --acl FILE, or interface=127.0.0.1.",
-                  listeners=", ".join(public))
+                  listeners=", ".join(public), why=why)
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -296,7 +297,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if options["acl"] is not None:
         authorizer = _acl_authorizer(options["acl"], authorizer)
     elif authenticator is None:
-        _warn_if_open(options["listeners"])
+        _warn_if_open(options["listeners"], "--auth anonymous")
+    elif options["allow-anonymous"]:
+        _warn_if_open(options["listeners"], "--allow-anonymous")
     service = BrokerService(
         reactor,
         _from_plugin("store", options["store"],

@@ -14,10 +14,12 @@ import paho.mqtt.client as mqtt
 from scramp import ScramClient
 from twisted.internet.defer import fail, inlineCallbacks, succeed
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from mqtt_twisted.adapters.listener import binds_loopback_only
 from mqtt_twisted.auth.acl import AclAuthorizer, AllAuthorizers, parse_acl
 from mqtt_twisted.auth.chain import AuthChain, Backend, ChainIdentity, _ChainExchange
 from mqtt_twisted.auth.jwt import JWTAuthenticator, JWTIdentity, KeySource
@@ -266,6 +268,48 @@ class TapTests(SynchronousTestCase):
                         "--acl", self.pw.replace("pw", "acl"), "--listen", "tcp:1884")
         service = makeService(options, MemoryReactorClock())
         self.assertIsInstance(service.broker.authorizer, AllAuthorizers)
+
+    def warnings(self, *argv: str) -> list[str]:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            makeService(parse(*argv), MemoryReactorClock())
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        return [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+
+    def test_open_warnings(self) -> None:
+        """The open default, and --allow-anonymous without an ACL, warn once when a
+        listener is reachable from elsewhere; not on loopback or with an ACL."""
+        acl = f"{self.dir}/acl"
+        with open(acl, "w") as f:
+            f.write(ACL)
+        (line,) = self.warnings("--listen", "tcp:1884", "--listen", "unix:/tmp/x.sock")
+        self.assertIn("mqtt=tcp:1884: open to anyone", line)
+        self.assertIn("(--auth anonymous, no --acl)", line)
+        self.assertNotIn("unix", line)
+        (line,) = self.warnings("--listen", "tcp:1884", "--auth", f"passwd:{self.pw}",
+                                "--allow-anonymous")
+        self.assertIn("(--allow-anonymous, no --acl)", line)
+        for argv in (["--listen", "tcp:1884:interface=127.0.0.1"],
+                     ["--listen", r"tcp:1884:interface=\:\:1", "--listen", "unix:/tmp/x"],
+                     ["--listen", "tcp:1884", "--acl", acl],
+                     ["--listen", "tcp:1884", "--auth", f"passwd:{self.pw}"],
+                     ["--listen", "tcp:1884", "--auth", f"passwd:{self.pw}",
+                      "--allow-anonymous", "--acl", acl]):
+            self.assertEqual(self.warnings(*argv), [], argv)
+
+    def test_loopback_endpoints(self) -> None:
+        """Which endpoint strings take connections from this machine only."""
+        for endpoint, local in (("tcp:1883", False), ("tcp:1883:interface=127.0.0.1", True),
+                                (r"tcp:1883:interface=\:\:1", True), ("tcp6:1883", False),
+                                ("unix:/run/mqtt.sock", True), (r"tcp:1:interface=\:\:", False),
+                                ("ssl:8883:privateKey=k.pem:interface=0.0.0.0", False),
+                                ("tcp:port=1883:interface=127.0.0.5", True),
+                                ("tcp:1883:interface=localhost", True),
+                                ("tcp:1883:interface=192.0.2.7", False),
+                                ("systemd:domain=INET:index=0", False)):
+            self.assertEqual(binds_loopback_only(endpoint), local, endpoint)
 
     def test_anonymous_alone(self) -> None:
         """The default stays open (no authenticator at all); anonymous does not combine."""
