@@ -434,8 +434,8 @@ class ScramInChainTests(V5TestCase):
         Backend("scram", _scram, _scram)])
 
     @inlineCallbacks
-    def exchange(self, user: str, password: str) -> Any:
-        raw = yield self.raw5()
+    def exchange(self, user: str, password: str, raw: Any = None) -> Any:
+        raw = raw or (yield self.raw5())
         scram = ScramClient([METHOD], user, password)
         raw.send(Connect(f"c-{user}", 5, True, 0, properties={
             P.AUTHENTICATION_METHOD: METHOD,
@@ -446,20 +446,34 @@ class ScramInChainTests(V5TestCase):
             P.AUTHENTICATION_METHOD: METHOD,
             P.AUTHENTICATION_DATA: scram.get_client_final().encode()}))
         connack = yield raw.expect(ConnAck)
-        return scram, connack
+        return scram, connack, raw
 
     @inlineCallbacks
     def test_scram_exchange_through_the_chain(self) -> Any:
         """The exchange succeeds, the server proves itself, the identity is scram's; a
         wrong password gets 0x86; password users of both backends log in plainly."""
-        scram, connack = yield self.exchange("sam", "secret")
+        scram, connack, raw = yield self.exchange("sam", "secret")
         self.assertEqual(connack.reason_code, 0)
         scram.set_server_final(connack.properties[P.AUTHENTICATION_DATA].decode())
         self.assertEqual(self.session("c-sam").identity, ChainIdentity(1, "scram", "sam"))
-        _, refused = yield self.exchange("sam", "wrong")
+        _, refused, _ = yield self.exchange("sam", "wrong")
         self.assertEqual(refused.reason_code, ReasonCode.BAD_USER_NAME_OR_PASSWORD)
         yield self.paho5("plain-sam", username="sam", password="secret")
         yield self.paho5("plain-alice", username="alice", password="secret1")
+        # Re-authentication (AUTH 0x19) goes through the chain too [MQTT-4.12.1].
+        again = ScramClient([METHOD], "sam", "secret")
+        raw.send(Auth(ReasonCode.RE_AUTHENTICATE, {
+            P.AUTHENTICATION_METHOD: METHOD,
+            P.AUTHENTICATION_DATA: again.get_client_first().encode()}))
+        challenge = yield raw.expect(Auth)
+        again.set_server_first(challenge.properties[P.AUTHENTICATION_DATA].decode())
+        raw.send(Auth(ReasonCode.CONTINUE_AUTHENTICATION, {
+            P.AUTHENTICATION_METHOD: METHOD,
+            P.AUTHENTICATION_DATA: again.get_client_final().encode()}))
+        done = yield raw.expect(Auth)
+        self.assertEqual(done.reason_code, ReasonCode.SUCCESS)
+        again.set_server_final(done.properties[P.AUTHENTICATION_DATA].decode())
+        self.assertEqual(self.session("c-sam").identity, ChainIdentity(1, "scram", "sam"))
 
 
 SYS_ACL = """\
