@@ -108,6 +108,21 @@ class ChainTests(SynchronousTestCase):
         self.assertEqual((dev.backend, dev.name, dev.username), (1, "jwt", "dev-1"))
         self.assertIsInstance(dev.identity, JWTIdentity)
 
+    def test_session_owner_passes_through(self) -> None:
+        """The wrapper names the owner the backend's identity names: a string is itself, an
+        object's own sessionOwner wins over its user name, else its user name."""
+
+        class Owned:
+            username = "claimed"
+            sessionOwner = "subject"
+
+        class Named:
+            username = "bob"
+
+        for inner, owner in (("alice", "alice"), (None, None), (Owned(), "subject"),
+                             (Named(), "bob"), (object(), None)):
+            self.assertEqual(ChainIdentity(0, "x", inner).sessionOwner, owner, inner)
+
     def test_refusals(self) -> None:
         """A wrong password, even a JWT-shaped one, is refused by both (the last error is
         the answer, saying what each said); a valid token cannot borrow a password user's name (usernameClaim)."""

@@ -60,6 +60,19 @@ class ChainIdentity:
         found = getattr(inner, "username", None)
         return found if isinstance(found, str) else None
 
+    @property
+    def sessionOwner(self) -> str | None:
+        """Who this client's sessions belong to: what the backend's identity says (its
+        own ``sessionOwner``, e.g. a JWT's subject when no ``usernameClaim`` vouched for
+        the user name), else its user name.  The wrapper never changes the owner."""
+        inner = self.identity
+        if inner is None or isinstance(inner, str):
+            return inner
+        if hasattr(inner, "sessionOwner"):
+            found = inner.sessionOwner
+            return found if isinstance(found, str) else None
+        return self.username
+
     def __str__(self) -> str:
         return str(self.identity)
 
