@@ -43,7 +43,8 @@ JWT_OPTIONS = {
     "issuer": "comma-separated issuers; the token's iss must be one",
     "leeway": "seconds of clock skew allowed on exp and nbf (default 0)",
     "requireExp": "yes (default): refuse tokens without an exp claim",
-    "usernameClaim": "claim the CONNECT user name must equal (default: any user name)",
+    "usernameClaim": "claim the CONNECT user name must equal, or that is the user name "
+                     "when none is sent (default: any user name)",
     "topicsClaim": "claim listing the topic filters allowed (default: all topics)",
     "config": "file of key = value lines with any of these keys",
 }
