@@ -75,7 +75,7 @@ class Gateway:
         """The identity the authenticator gives ``credentials`` (on an anonymous broker,
         the user name); fails with the authenticator's error, or with AuthorizationError
         when the credentials name a client id whose session belongs to another user
-        (docs/security-ownership.md)."""
+        (docs/security.md)."""
         authenticator = self.broker.authenticator
         if authenticator is None:
             return succeed(getattr(credentials, "username", None))

@@ -104,7 +104,7 @@ class Credentials:
 
 
 def owner_of(identity: Any) -> str | None:
-    """The user a session created under ``identity`` belongs to (docs/security-ownership.md).
+    """The user a session created under ``identity`` belongs to (docs/security.md).
 
     A string identity (the password file, SCRAM, the anonymous default) is the user
     name itself; an identity object names its owner in a ``sessionOwner`` attribute

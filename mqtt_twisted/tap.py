@@ -7,12 +7,18 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import IService
+from twisted.logger import Logger
 from twisted.python import usage
 
 from mqtt_twisted import __version__
 from mqtt_twisted._twistd import TwistdRun, check_twistd_options, is_twistd, usage_exit
 from mqtt_twisted.adapters.kit import check_listener
-from mqtt_twisted.adapters.listener import COMMON_KEYS, ListenerSettings, parse_listener
+from mqtt_twisted.adapters.listener import (
+    COMMON_KEYS,
+    ListenerSettings,
+    binds_loopback_only,
+    parse_listener,
+)
 from mqtt_twisted.adapters.options import keys_help, normalize
 from mqtt_twisted.core.ownership import MODES as OWNER_MODES
 from mqtt_twisted.core.settings import BrokerSettings
@@ -21,6 +27,7 @@ from mqtt_twisted.interfaces import IAdapter, IAuthPlugin, IStorePlugin
 from mqtt_twisted.plugins import plugins_by_name
 
 DEFAULT_LISTENER = "tcp:1883"
+_log = Logger(namespace="mqtt_twisted.tap")
 
 
 #: Smallest --max-packet-size: below it normal clients cannot work (Mosquitto's floor too).
@@ -70,7 +77,6 @@ class Options(usage.Options):
 
     optParameters = [
         ["store", None, "memory", "Store backend: memory, or a plugin's NAME[:ARGS]."],
-        ["auth", None, "anonymous", "Authentication backend: anonymous, or a plugin's NAME[:ARGS]."],
         ["acl", None, None,
          "Mosquitto ACL file: what it does not allow is refused (with any --auth)."],
         ["max-connections", None, 0, "Default connection limit per listener (0: none).",
@@ -110,12 +116,21 @@ class Options(usage.Options):
         ["validate-utf8", None,
          "Refuse (0x99) payloads that claim to be UTF-8 (format indicator 1) but are not."],
         ["list-plugins", None, "List the adapters, stores and auth backends found, and exit."],
+        ["allow-anonymous", None,
+         "With --auth backends: let clients without credentials in (the ACL's anonymous "
+         "section applies to them); without it they are refused."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
         self["admin-users"] = []
+        self["auth"] = []
+
+    def opt_auth(self, value: str) -> None:
+        """Authentication backend: anonymous (default), or a plugin's NAME[:ARGS];
+        repeatable: each is tried in order, the first that accepts the client wins."""
+        self["auth"].append(value)
 
     def opt_listen(self, value: str) -> None:
         """A listener, [ADAPTER=]ENDPOINT (repeatable; default tcp:1883)."""
@@ -180,14 +195,23 @@ class Options(usage.Options):
             listeners.append(settings)
         self["listeners"] = listeners
         self["store-plugin"] = self._choose(IStorePlugin, "store")
-        self["auth-plugin"] = self._choose(IAuthPlugin, "auth")
+        self["auth"] = self["auth"] or ["anonymous"]
+        self["auth-plugins"] = [(*self._choose(IAuthPlugin, "auth", value), value)
+                                for value in self["auth"]]
+        names = [plugin.name for plugin, _, _ in self["auth-plugins"]]
+        if "anonymous" in names and len(names) > 1:
+            raise usage.UsageError(
+                "--auth anonymous lets every client in: it cannot be combined with other "
+                "--auth backends (use --allow-anonymous for clients without credentials)")
 
-    def _choose(self, interface: Any, option: str) -> tuple[Any, str]:
-        name, argument = _split_choice(self[option])
+    def _choose(self, interface: Any, option: str,
+                value: str | None = None) -> tuple[Any, str]:
+        value = self[option] if value is None else value
+        name, argument = _split_choice(value)
         found = plugins_by_name(interface)
         if name not in found:
             known = ", ".join(sorted(found))
-            raise usage.UsageError(f"--{option} {self[option]!r}: unknown {option} {name!r} "
+            raise usage.UsageError(f"--{option} {value!r}: unknown {option} {name!r} "
                                    f"(known: {known})")
         return found[name], argument
 
@@ -237,25 +261,61 @@ def _acl_authorizer(path: str, backend: Any) -> Any:
     return AllAuthorizers((acl, backend), reloadable=(acl,))
 
 
+def _auth(options: Options, reactor: Any) -> tuple[Any, Any]:
+    """(authenticator, authorizer) of the ``--auth`` backends: (None, None) for
+    ``anonymous`` (nothing to check: no calls on the hot path), else an
+    :class:`~mqtt_twisted.auth.chain.AuthChain` of them, which is both (or no authorizer
+    when no backend has rules)."""
+    from mqtt_twisted.auth.chain import AuthChain, Backend
+    from mqtt_twisted.interfaces import IAuthorizer
+
+    backends = []
+    for plugin, argument, value in options["auth-plugins"]:
+        made = _from_plugin("auth", value,
+                            lambda p=plugin, a=argument: p.makeAuthenticator(reactor, a))
+        if plugin.name == "anonymous":
+            return None, None  # alone (postOptions refuses it with others)
+        backends.append(Backend(plugin.name, made,
+                                made if IAuthorizer.providedBy(made) else None))
+        if getattr(made, "grants_all_topics", False) and options["acl"] is None:
+            # The name only: the argument may hold a secret.
+            _log.warn("--auth {name}: every client it lets in may publish and subscribe to "
+                      "every topic; restrict them with --acl FILE (jwt: topicsClaim=CLAIM)",
+                      name=plugin.name)
+    chain = AuthChain(backends, allow_anonymous=bool(options["allow-anonymous"]))
+    # Backends without rules of their own (passwd, a plugin's) need no authorizer call per
+    # PUBLISH and SUBSCRIBE: the chain is the authorizer only when one of them has rules.
+    return chain, (chain if any(b.authorizer is not None for b in backends) else None)
+
+
+def _warn_if_open(listeners: list[ListenerSettings], why: str) -> None:
+    """The quick start (``--auth anonymous``, no ACL) is open to everyone, and so is
+    ``--allow-anonymous`` without an ACL: say so once when a listener takes connections
+    from other machines."""
+    public = [s.describe() for s in listeners if not binds_loopback_only(s.endpoint)]
+    if public:
+        _log.warn("{listeners}: open to anyone who can reach it, who may connect, publish "
+                  "and subscribe ({why}, no --acl). Lock it down with "
+                  "--auth passwd:FILE (or jwt:...), --acl FILE, or interface=127.0.0.1.",
+                  listeners=", ".join(public), why=why)
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     """Build the broker service and its listeners from parsed options."""
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    from mqtt_twisted.interfaces import IAuthorizer
     from mqtt_twisted.service import BrokerService
 
     store_plugin, store_arg = options["store-plugin"]
-    auth_plugin, auth_arg = options["auth-plugin"]
-    authenticator = _from_plugin("auth", options["auth"],
-                                 lambda: auth_plugin.makeAuthenticator(reactor, auth_arg))
-    authorizer = authenticator if IAuthorizer.providedBy(authenticator) else None
-    if auth_plugin.name == "anonymous":
-        # Nothing to check: skip the calls on the hot path altogether.
-        authenticator = authorizer = None
+    authenticator, authorizer = _auth(options, reactor)
     if options["acl"] is not None:
         authorizer = _acl_authorizer(options["acl"], authorizer)
+    elif authenticator is None:
+        _warn_if_open(options["listeners"], "--auth anonymous")
+    elif options["allow-anonymous"]:
+        _warn_if_open(options["listeners"], "--allow-anonymous")
     service = BrokerService(
         reactor,
         _from_plugin("store", options["store"],

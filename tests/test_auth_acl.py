@@ -179,6 +179,21 @@ class RuleTests(SynchronousTestCase):
 
         self.assertTrue(self.acl.mayPublish(Who(), "c", "a/b"))
 
+    def test_jwt_identity_section(self) -> None:
+        """A JWT identity picks a user section by the name the token proves: its user
+        name only when usernameClaim checked it, else its subject.  bob's token sent
+        with the user name alice gets bob's rules, not alice's."""
+        from mqtt_twisted.auth.jwt import JWTIdentity
+
+        unchecked = JWTIdentity("bob", "alice", {})
+        self.assertFalse(self.acl.mayPublish(unchecked, "c", "a/b"))
+        self.assertFalse(self.acl.maySubscribe(unchecked, "c", "sensors/+/temp"))
+        checked = JWTIdentity("alice-sub", "alice", {}, username_verified=True)
+        self.assertTrue(self.acl.mayPublish(checked, "c", "a/b"))
+        self.assertTrue(self.acl.maySubscribe(checked, "c", "sensors/+/temp"))
+        by_subject = JWTIdentity("bob", None, {})
+        self.assertTrue(self.acl.maySubscribe(by_subject, "c", "a/#"))
+
     def test_covers(self) -> None:
         """The covering test: sound, level by level."""
         yes = [("a/#", "a/b/+"), ("a/#", "a"), ("a/#", "a/#"), ("#", "#"), ("+/b", "+/b"),

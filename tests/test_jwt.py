@@ -21,7 +21,7 @@ from mqtt_twisted.auth.jwt import (
     JWTAuthenticator,
     JWTIdentity,
     KeySource,
-    Prefixes,
+    TopicFilters,
     authenticator_from_options,
     parse_options,
 )
@@ -185,6 +185,15 @@ class TokenTests(SynchronousTestCase):
         self.assertIn("does not match", self.refused(checker, token, "dev-8"))
         self.assertIn("no sub claim", self.refused(checker, hs256({"exp": NOW + 60}), "dev-9"))
 
+    def test_username_from_the_claim(self) -> None:
+        """Without a user name beside the token (an HTTP Bearer token, an MQTT 5 CONNECT with
+        only a password) the claim is the user name; a token without it is still refused."""
+        checker = auth(username_claim="sub")
+        identity = checker.verify(hs256({"exp": NOW + 60, "sub": "dev-9"}), None)
+        self.assertEqual((identity.username, str(identity)), ("dev-9", "dev-9"))
+        self.assertIn("no sub claim", self.refused(checker, hs256({"exp": NOW + 60}), None))
+        self.assertIsNone(auth().verify(hs256({"exp": NOW + 60, "sub": "x"}), None).username)
+
     def test_authenticate_deferreds(self) -> None:
         """authenticate() fires with the identity, or fails with AuthenticationError."""
         results: list[Any] = []
@@ -200,22 +209,90 @@ class TopicTests(SynchronousTestCase):
 
     def test_prefixes_are_level_aware(self) -> None:
         """devices/42 allows devices/42 and below, not devices/420; '#' allows everything."""
-        p = Prefixes.parse(["devices/42", "alerts/#"])
+        p = TopicFilters.parse(["devices/42", "alerts/#"])
         self.assertTrue(p.allows_topic("devices/42"))
         self.assertTrue(p.allows_topic("devices/42/temp"))
         self.assertTrue(p.allows_topic("alerts/fire"))
         self.assertFalse(p.allows_topic("devices/420"))
         self.assertFalse(p.allows_topic("devices"))
-        self.assertTrue(Prefixes.parse(["#"]).allows_topic("anything/at/all"))
+        self.assertTrue(TopicFilters.parse(["#"]).allows_topic("anything/at/all"))
 
     def test_filters_stay_inside_prefixes(self) -> None:
         """A filter is allowed if its leading levels are the prefix's, literally: wildcards
         inside the prefix would reach beyond it."""
-        p = Prefixes.parse(["devices/42/"])
+        p = TopicFilters.parse(["devices/42/"])
         for allowed in ("devices/42/#", "devices/42/+/temp", "devices/42", "$share/g/devices/42/x"):
             self.assertTrue(p.allows_filter(allowed), allowed)
         for refused in ("devices/#", "devices/+/temp", "#", "+/42/x", "$share/g/#"):
             self.assertFalse(p.allows_filter(refused), refused)
+
+    def test_filters_as_mqtt_filters(self) -> None:
+        """Claims are MQTT filters matched with the ACL's covering test: A/# allows A and
+        below; /# only topics starting with '/'; # everything but $ topics; an empty claim
+        (string or list) nothing; +/x one level; a bad filter is a refusal."""
+        a = TopicFilters.parse(["A/#"])
+        for topic in ("A", "A/x", "A/x/y"):
+            self.assertTrue(a.allows_topic(topic), topic)
+        self.assertFalse(a.allows_topic("B"))
+        self.assertFalse(a.allows_topic("AB"))
+        slash = TopicFilters.parse(["/#"])
+        self.assertTrue(slash.allows_topic("/x"))
+        self.assertTrue(slash.allows_topic("/"))
+        for topic in ("x", "x/y", "$SYS/broker/uptime"):
+            self.assertFalse(slash.allows_topic(topic), topic)
+        self.assertFalse(slash.allows_filter("#"))
+        self.assertFalse(slash.grants_all)
+        hash_ = TopicFilters.parse(["#"])
+        self.assertTrue(hash_.grants_all)
+        self.assertTrue(hash_.allows_topic("a/b"))
+        self.assertTrue(hash_.allows_filter("#"))
+        for dollar in ("$SYS/broker/uptime", "$SYS/#", "$other"):
+            self.assertFalse(hash_.allows_topic(dollar), dollar)
+            self.assertFalse(hash_.allows_filter(dollar), dollar)
+        sys_ = TopicFilters.parse(["$SYS/#"])
+        self.assertTrue(sys_.allows_filter("$SYS/broker/+"))
+        self.assertFalse(sys_.allows_topic("a"))
+        for empty in ([], [""], ["  "]):
+            nothing = TopicFilters.parse(empty)
+            self.assertEqual(nothing.filters, ())
+            for probe in ("a", "/a", "#", "$SYS/x"):
+                self.assertFalse(nothing.allows_topic(probe), (empty, probe))
+                self.assertFalse(nothing.allows_filter(probe), (empty, probe))
+        plus = TopicFilters.parse(["+/temp"])
+        self.assertTrue(plus.allows_topic("k/temp"))
+        self.assertFalse(plus.allows_topic("k/temp/x"))
+        self.assertFalse(plus.allows_filter("#"))
+        self.assertTrue(plus.allows_filter("$share/g/k/temp"))
+        for bad in ("a/#/b", "a#", "$share/g/x"):
+            self.assertRaises(AuthenticationError, TopicFilters.parse, [bad], "acl")
+
+    def test_same_answers_as_the_acl_covering_test(self) -> None:
+        """The split-once fast path answers what acl.filter_covers answers, for every pair
+        of a set of rules and topics/filters."""
+        from itertools import product
+
+        from mqtt_twisted.auth.acl import filter_covers
+
+        rules = ["#", "/#", "a/#", "a/b/#", "a/+", "+/b", "+/#", "a/+/#", "$SYS/#", "a/b",
+                 "+", "a//#", "$SYS/+/x"]
+        probes = ["a", "a/b", "a/b/c", "/a", "/", "b", "b/b", "a//x", "#", "+", "a/#", "a/+",
+                  "+/b", "$SYS", "$SYS/x", "$SYS/x/x", "$SYS/#", "a/b/#", "a/+/c", ""]
+        for rule, probe in product(rules, probes):
+            (expected,) = {filter_covers(f, probe) for f in TopicFilters.parse([rule]).filters}
+            parsed = TopicFilters.parse([rule])
+            self.assertEqual(parsed.allows_filter(probe), expected, (rule, probe))
+            self.assertEqual(parsed.allows_topic(probe), expected, (rule, probe))
+
+    def test_token_claims_as_filters(self) -> None:
+        """Through a token: "/#" no longer grants every topic, "" grants none, "#" not $SYS."""
+        checker = auth(topics_claim="acl")
+        for claim, topic, allowed in (("/#", "a/b", False), ("/#", "/a", True),
+                                      ("", "a", False), ("#", "a", True),
+                                      ("#", "$SYS/broker/uptime", False),
+                                      (["$SYS/#", "#"], "$SYS/broker/uptime", True)):
+            who = checker.verify(hs256({"exp": NOW + 60, "acl": claim}), None)
+            self.assertEqual(checker.mayPublish(who, "c", topic), allowed, (claim, topic))
+            self.assertEqual(checker.maySubscribe(who, "c", topic), allowed, (claim, topic))
 
     def test_claim_forms(self) -> None:
         """A list applies to both; {pub, sub, all} splits them; no claim allows nothing."""
@@ -277,6 +354,40 @@ class PluginTests(SynchronousTestCase):
         made = plugin.makeAuthenticator(Clock(), f"secret={LONG}")
         self.assertTrue(verifyObject(IAuthenticator, made))
         self.assertTrue(verifyObject(IAuthorizer, made))
+
+    def test_grant_all_warning(self) -> None:
+        """Without topicsClaim every valid token grants every topic: makeService logs one
+        warning saying so (naming the backend, never its secret), unless topicsClaim or an
+        ACL file restricts them."""
+        from twisted.internet.testing import MemoryReactorClock
+        from twisted.logger import LogLevel, formatEvent
+
+        from mqtt_twisted.tap import Options, makeService
+
+        acl = os.path.join(self.dir, "acl")
+        with open(acl, "w") as f:
+            f.write("topic read #\n")
+        self.assertTrue(auth().grants_all_topics)
+        self.assertFalse(auth(topics_claim="acl").grants_all_topics)
+        for extra, warned in (([], True), (["--acl", acl], False),
+                              (["--auth", f"jwt:secret={LONG}:topicsClaim=acl"], False)):
+            events: list[dict[str, Any]] = []
+            globalLogPublisher.addObserver(events.append)
+            self.addCleanup(globalLogPublisher.removeObserver, events.append)
+            options = Options()
+            argv = extra if extra[:1] == ["--auth"] else ["--auth", f"jwt:secret={LONG}", *extra]
+            options.parseOptions(["--listen", "tcp:1884:interface=127.0.0.1", *argv])
+            makeService(options, MemoryReactorClock())
+            globalLogPublisher.removeObserver(events.append)
+            said = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+            if warned:
+                (line,) = said
+                self.assertIn("--auth jwt: every client it lets in may publish and subscribe "
+                              "to every topic", line)
+                self.assertIn("topicsClaim=CLAIM", line)
+                self.assertNotIn(LONG, line)
+            else:
+                self.assertEqual(said, [], extra)
 
     def test_escaped_colons(self) -> None:
         """Values may hold colons escaped as \\: (issuer URLs)."""

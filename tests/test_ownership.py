@@ -1,5 +1,5 @@
 """Sessions belong to their user (issue 13), sans-IO: the rule in the core's Connector and
-the gateway, on a fake clock with FakeClients (docs/security-ownership.md).
+the gateway, on a fake clock with FakeClients (docs/security.md).
 
 A session records the user that created it; with an authenticator, a CONNECT naming a
 client id whose session belongs to another user is refused (0x87 / 5) or, with

@@ -132,7 +132,9 @@ class ContractTests(SynchronousTestCase):
     def test_scram_auth_plugin(self) -> None:
         """ScramAuthPlugin, its authenticator and its exchanges provide their interfaces."""
         users = Path(private_dir(self)) / "users"
-        users.write_text("alice:secret\n")
+        from mqtt_twisted.auth.scram import make_secret
+
+        users.write_text(make_secret("secret").line("alice") + "\n")
         plugin = ScramAuthPlugin()
         self.assertTrue(verifyObject(IAuthPlugin, plugin))
         auth = plugin.makeAuthenticator(Clock(), str(users))
@@ -291,6 +293,9 @@ class ContractTests(SynchronousTestCase):
             # verifyObject in tests/test_auth_acl.py (test_verify):
             "mqtt_twisted.auth.acl.AclAuthorizer",
             "mqtt_twisted.auth.acl.AllAuthorizers",
+            # verifyObject in tests/test_auth_chain.py (test_verify):
+            "mqtt_twisted.auth.chain.AuthChain",
+            "mqtt_twisted.auth.chain._ChainExchange",
             "mqtt_twisted.adapters.http.HTTPAdapter",
             "mqtt_twisted.adapters._httpstream.Subscription",
             "mqtt_twisted.adapters.detect.DetectAdapter",

@@ -145,7 +145,9 @@ class OtherOptionTests(SynchronousTestCase):
         """By default the memory store and anonymous auth plugins are chosen."""
         options = parse()
         self.assertIsInstance(options["store-plugin"][0], MemoryStorePlugin)
-        self.assertIsInstance(options["auth-plugin"][0], AnonymousAuthPlugin)
+        ((plugin, argument, value),) = options["auth-plugins"]
+        self.assertIsInstance(plugin, AnonymousAuthPlugin)
+        self.assertEqual((argument, value), ("", "anonymous"))
 
     def test_store_argument_split(self) -> None:
         """--store NAME:ARGS passes ARGS to the plugin."""
@@ -211,14 +213,13 @@ class OtherOptionTests(SynchronousTestCase):
     def test_bad_plugin_argument_exits_with_message(self) -> None:
         """A plugin refusing its argument ends makeService with a message, not a traceback."""
         options = parse()
-        options["auth"] = "anonymous:x"
 
         def refuse(reactor: Any, argument: str) -> Any:
             raise ValueError("no such users file")
 
         plugin = AnonymousAuthPlugin()
         plugin.makeAuthenticator = refuse  # type: ignore[method-assign]
-        options["auth-plugin"] = (plugin, "x")
+        options["auth-plugins"] = [(plugin, "x", "anonymous:x")]
         err = io.StringIO()
         with redirect_stderr(err):
             e = self.assertRaises(SystemExit, makeService, options, MemoryReactorClock())

@@ -78,10 +78,18 @@ def bad_request(error: str, reason_code: int = ReasonCode.PROTOCOL_ERROR) -> Api
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="mqtt-twisted", Bearer realm="mqtt-twisted"'}
 
 
-def error_from(error: BaseException) -> ApiError:
-    """The HTTP answer to an exception from the broker, an authenticator or a store."""
+def error_from(error: BaseException, *, anonymous: bool = False) -> ApiError:
+    """The HTTP answer to an exception from the broker, an authenticator or a store.
+
+    ``anonymous``: the request sent no credentials, so a refusal to let it in (an
+    authenticator's "anonymous access is not allowed") is a 401 asking for them
+    (RFC 9110 §15.5.2), not a 403."""
     if isinstance(error, ApiError):
         return error
+    if anonymous and (isinstance(error, AuthorizationError) or (
+            isinstance(error, ConnectError) and error.reason_code == ReasonCode.NOT_AUTHORIZED)):
+        return ApiError(401, error.message or "credentials required", error.reason_code,
+                        CHALLENGE)
     if isinstance(error, AuthenticationError) or (
             isinstance(error, ConnectError) and error.reason_code in (
                 ReasonCode.BAD_USER_NAME_OR_PASSWORD, ReasonCode.BAD_AUTHENTICATION_METHOD)):

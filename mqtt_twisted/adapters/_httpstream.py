@@ -91,7 +91,9 @@ class Subscription:
                                                        self.credentials, self.sub.expiry)
         except Exception as e:
             self.state = DONE
-            raise api.error_from(e) from None
+            creds = self.credentials
+            raise api.error_from(e, anonymous=creds.username is None
+                                 and creds.password is None) from None
         self.conn = session.connection
         if self.state == DONE:  # the client left while the session opened
             self.conn.close()

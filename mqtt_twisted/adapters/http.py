@@ -86,6 +86,15 @@ def respond_error(request: Request, failure: Failure) -> None:
     respond(request, error.status, error.body(), error.headers)
 
 
+def _ask_for_credentials(failure: Failure) -> Failure:
+    """A request without credentials that the authenticator would not let in gets 401
+    and the challenge, not 403 (other failures pass as they are)."""
+    error = api.error_from(failure.value, anonymous=True)
+    if error.status == 401:
+        raise error
+    return failure
+
+
 def run(request: Request, work: Callable[[], Any]) -> Any:
     """Call ``work`` (may return a Deferred); any failure becomes a JSON error answer."""
     d = maybeDeferred(work)
@@ -339,8 +348,10 @@ class Bridge(Resource):
         """The identity the authenticator gives the request's credentials (the user name
         when the broker is anonymous)."""
         username, password = api.credentials_from(headers)
-        return self.service.authenticate(
-            self.credentials(request, client_id, username, password))
+        d = self.service.authenticate(self.credentials(request, client_id, username, password))
+        if username is None and password is None:
+            d.addErrback(_ask_for_credentials)
+        return d
 
     def authorize(self, question: str, identity: Any, client_id: str | None,
                   topic: str) -> Deferred[None]:

@@ -7,6 +7,7 @@ before Twisted parses it, so ``tcp:1883:maxConnections=100`` works.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -118,3 +119,29 @@ def check_endpoint(description: str, reactor: Any = None) -> None:
     except Exception as e:  # Twisted raises ValueError, KeyError, TypeError, OSError, SSL errors
         detail = str(e) or e.__class__.__name__
         raise ValueError(f"bad endpoint {description!r}: {detail}") from None
+
+
+#: Endpoint types that never take connections from another machine.
+_LOCAL_ENDPOINTS = {"unix"}
+
+
+def binds_loopback_only(endpoint: str) -> bool:
+    """Whether a server endpoint string takes connections from this machine only: a
+    ``unix:`` socket, or a network endpoint whose ``interface=`` is a loopback address
+    (``127.0.0.1``, ``::1``, ``localhost``).  No interface means every interface (Twisted's
+    default), and an endpoint type we cannot read counts as reachable from elsewhere."""
+    parts = split_colons(endpoint, keep_escapes=False)
+    kind = parts[0].strip().lower()
+    if kind in _LOCAL_ENDPOINTS:
+        return True
+    interface = ""
+    for part in parts[1:]:
+        key, eq, value = part.partition("=")
+        if eq and key == "interface":
+            interface = value.strip().strip("[]")
+    if interface == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return False

@@ -38,6 +38,7 @@ from mqtt_twisted.auth._files import read_utf8
 from mqtt_twisted.codec.topics import parse_shared_filter, validate_topic_filter
 from mqtt_twisted.errors import InvalidTopicFilter, ValidationError
 from mqtt_twisted.interfaces import IAuthorizer, IReadAuthorizer
+from mqtt_twisted.records import owner_of
 
 READ, WRITE, DENY = "read", "write", "deny"
 #: Access word -> what it grants; ``deny`` grants nothing and refuses.
@@ -142,10 +143,14 @@ def filter_covers(rule: str, topic_filter: str) -> bool:
     """Whether every topic ``topic_filter`` can match is matched by ``rule`` (sound, not
     complete: ``False`` may be returned for a few covered filters, never ``True`` for one
     that is not).  Both are plain filters; a topic is a filter without wildcards."""
-    if topic_filter.startswith("$") and rule[:1] in ("+", "#"):
+    return levels_cover(rule.split("/"), topic_filter.split("/"))
+
+
+def levels_cover(r_levels: Sequence[str], f_levels: Sequence[str]) -> bool:
+    """:func:`filter_covers` on filters already split into levels (a rule checked often
+    is split once)."""
+    if f_levels[0][:1] == "$" and r_levels[0] in ("+", "#"):
         return False  # [MQTT-4.7.2-1]: a leading wildcard does not match $ topics
-    r_levels = rule.split("/")
-    f_levels = topic_filter.split("/")
     for i, r in enumerate(r_levels):
         if r == "#":
             return True  # covers whatever is left, even nothing (a/# covers a)
@@ -177,12 +182,13 @@ def filters_overlap(first: str, second: str) -> bool:
 
 
 def _identity_name(identity: Any) -> str | None:
-    """The user name in an authenticator's identity: the identity itself when it is a
-    string (passwd, anonymous), else its ``username`` attribute (a JWT identity)."""
-    if identity is None or isinstance(identity, str):
-        return identity
-    name = getattr(identity, "username", None)
-    return name if isinstance(name, str) else None
+    """The user whose ``user`` section applies: the one the identity proves, as for
+    session ownership (``records.owner_of``): the string itself (passwd, SCRAM, the
+    anonymous default), a JWT's user name only when ``usernameClaim`` vouched for it,
+    else its subject.  A JWT client's unchecked CONNECT user name must not pick
+    another user's section (with ``--auth jwt`` and no ``usernameClaim``, bob's token
+    with the user name ``admin`` was given admin's rules)."""
+    return owner_of(identity)
 
 
 def decide(rules: Sequence[Rule] | None, want: str, topic: str) -> bool:

@@ -4,7 +4,7 @@ The client sends the token as its MQTT password.  The token's signature is
 checked with a shared secret (HS256), a public key (RS256, ES256, ...) or the
 keys of a JWKS file (chosen by the token's ``kid``); then its expiry, not-before,
 audience and issuer.  Optionally the CONNECT user name must equal a claim
-(``usernameClaim=sub``), and a claim lists the topic prefixes the client may
+(``usernameClaim=sub``), and a claim lists the topic filters the client may
 publish and subscribe to (``topicsClaim=acl``).  Anything wrong with the token
 is an ``AuthenticationError``: CONNACK 0x86 (v5) / 0x04 (v3.1.1), and the broker
 logs the refusal with the reason.
@@ -27,7 +27,9 @@ from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from mqtt_twisted._strings import split_colons
-from mqtt_twisted.errors import AuthenticationError
+from mqtt_twisted.auth.acl import levels_cover
+from mqtt_twisted.codec.topics import parse_shared_filter, validate_topic_filter
+from mqtt_twisted.errors import AuthenticationError, InvalidTopicFilter
 from mqtt_twisted.interfaces import IAuthenticator, IAuthorizer
 
 #: Keys of ``--auth jwt:...``, with their help text.
@@ -41,8 +43,9 @@ JWT_OPTIONS = {
     "issuer": "comma-separated issuers; the token's iss must be one",
     "leeway": "seconds of clock skew allowed on exp and nbf (default 0)",
     "requireExp": "yes (default): refuse tokens without an exp claim",
-    "usernameClaim": "claim the CONNECT user name must equal (default: any user name)",
-    "topicsClaim": "claim listing the topic prefixes allowed (default: all topics)",
+    "usernameClaim": "claim the CONNECT user name must equal, or that is the user name "
+                     "when none is sent (default: any user name)",
+    "topicsClaim": "claim listing the topic filters allowed (default: all topics)",
     "config": "file of key = value lines with any of these keys",
 }
 _RSA_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]
@@ -135,41 +138,82 @@ def _check_algorithms(allowed: Sequence[str], usable: Sequence[str], what: str) 
                          f"(usable: {', '.join(usable)})")
 
 
-# --- topic prefixes -----------------------------------------------------------------------
+# --- topic rules ---------------------------------------------------------------------------
 
 
-def _levels(prefix: str) -> tuple[str, ...] | None:
-    """A prefix as topic levels; None means every topic (``#`` or empty)."""
-    prefix = prefix.strip()
-    if prefix in ("", "#", "/#"):
+def _rule(claim: str, text: str) -> str | None:
+    """One claim entry as the MQTT filter it grants; None grants nothing (an empty entry).
+
+    A filter with a wildcard is taken as it is.  One without keeps its documented meaning
+    as a prefix: ``devices/42`` (or ``devices/42/``) grants ``devices/42/#``, that is the
+    topic itself and every topic below it."""
+    text = text.strip()
+    if not text:
         return None
-    if prefix.endswith("/#"):
-        prefix = prefix[:-2]
-    return tuple(prefix.rstrip("/").split("/"))
+    if "+" not in text and "#" not in text:
+        text = text + ("#" if text.endswith("/") else "/#")
+    try:
+        validate_topic_filter(text)
+        if parse_shared_filter(text) is not None:
+            raise InvalidTopicFilter("a $share/ filter")
+    except InvalidTopicFilter as e:
+        raise AuthenticationError(f"claim {claim!r}: {text!r} is not a topic filter: {e}") from None
+    return text
 
 
 @dataclass(frozen=True)
-class Prefixes:
-    """Topic prefixes, level by level: ``devices/42`` allows ``devices/42`` and
-    ``devices/42/temp`` but not ``devices/420``."""
+class TopicFilters:
+    """The MQTT filters a token grants, matched with the ACL file's covering test: a
+    topic (publish) or a whole subscription filter must be covered by one of them.  So
+    ``#`` grants every topic but the ``$`` ones [MQTT-4.7.2-1], ``/#`` only the topics
+    starting with ``/``, and no filter grants nothing."""
 
-    levels: tuple[tuple[str, ...] | None, ...]
+    filters: tuple[str, ...]
+    #: Checked on every PUBLISH, so split once: ``P/#`` filters without another wildcard
+    #: as their literal levels ``P`` (a tuple comparison covers them), the rest as levels.
+    prefixes: tuple[tuple[str, ...], ...] = field(default=(), repr=False, compare=False)
+    others: tuple[tuple[str, ...], ...] = field(default=(), repr=False, compare=False)
 
     @classmethod
-    def parse(cls, values: Sequence[str]) -> Prefixes:
-        return cls(tuple(_levels(v) for v in values))
+    def parse(cls, values: Sequence[str], claim: str = "topics") -> TopicFilters:
+        rules = tuple(r for r in (_rule(claim, v) for v in values) if r is not None)
+        prefixes, others = [], []
+        for rule in rules:
+            levels = tuple(rule.split("/"))
+            if levels[-1] == "#" and "+" not in levels and "#" not in levels[:-1]:
+                prefixes.append(levels[:-1])
+            else:
+                others.append(levels)
+        return cls(rules, tuple(prefixes), tuple(others))
+
+    def _covers(self, levels: list[str]) -> bool:
+        """Whether one filter covers the topic or filter split into ``levels``: what
+        :func:`~mqtt_twisted.auth.acl.filter_covers` answers, faster for prefixes."""
+        for prefix in self.prefixes:
+            n = len(prefix)
+            if n == 0:
+                if levels[0][:1] != "$":  # '#': every topic but $ ones [MQTT-4.7.2-1]
+                    return True
+            elif len(levels) >= n and tuple(levels[:n]) == prefix:
+                return True
+        return any(levels_cover(rule, levels) for rule in self.others)
+
+    @property
+    def grants_all(self) -> bool:
+        """Whether it grants every (non-``$``) topic."""
+        return "#" in self.filters
 
     def allows_topic(self, topic: str) -> bool:
-        parts = topic.split("/")
-        return any(p is None or tuple(parts[:len(p)]) == p for p in self.levels)
+        return self._covers(topic.split("/"))
 
     def allows_filter(self, topic_filter: str) -> bool:
-        if topic_filter.startswith("$share/"):
-            topic_filter = topic_filter.split("/", 2)[2] if topic_filter.count("/") >= 2 else ""
-        parts = topic_filter.split("/")
-        # Literal comparison: a wildcard within the prefix's levels would reach beyond it.
-        return any(p is None or (len(parts) >= len(p) and tuple(parts[:len(p)]) == p)
-                   for p in self.levels)
+        try:
+            shared = parse_shared_filter(topic_filter)
+        except InvalidTopicFilter:
+            return False
+        if shared is not None:
+            topic_filter = shared.topic_filter
+        return self._covers(topic_filter.split("/"))
 
 
 @dataclass(frozen=True)
@@ -179,8 +223,8 @@ class JWTIdentity:
     subject: str | None
     username: str | None
     claims: Mapping[str, Any] = field(repr=False)
-    publish: Prefixes | None = None  # None: any topic
-    subscribe: Prefixes | None = None
+    publish: TopicFilters | None = None  # None: any topic
+    subscribe: TopicFilters | None = None
     expires: float | None = None
     #: Whether the CONNECT user name was checked against the token (``usernameClaim``).
     username_verified: bool = False
@@ -198,27 +242,27 @@ class JWTIdentity:
         return self.subject
 
 
-def _prefix_list(value: Any, claim: str) -> list[str]:
+def _filter_list(value: Any, claim: str) -> list[str]:
     if isinstance(value, str):
         return [value]
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return value
-    raise AuthenticationError(f"claim {claim!r} must list topic prefixes")
+    raise AuthenticationError(f"claim {claim!r} must list topic filters")
 
 
-def topic_rules(value: Any, claim: str) -> tuple[Prefixes, Prefixes]:
-    """(publish, subscribe) prefixes from a claim: a list (both), or an object with
+def topic_rules(value: Any, claim: str) -> tuple[TopicFilters, TopicFilters]:
+    """(publish, subscribe) filters from a claim: a list (both), or an object with
     ``pub``/``publish``, ``sub``/``subscribe`` and ``all`` lists."""
     if isinstance(value, Mapping):
         unknown = set(value) - {"pub", "publish", "sub", "subscribe", "all"}
         if unknown:
             raise AuthenticationError(f"claim {claim!r} has unknown keys {sorted(unknown)}")
-        both = _prefix_list(value.get("all", []), claim)
-        pub = both + _prefix_list(value.get("pub", value.get("publish", [])), claim)
-        sub = both + _prefix_list(value.get("sub", value.get("subscribe", [])), claim)
-        return Prefixes.parse(pub), Prefixes.parse(sub)
-    both = _prefix_list(value, claim)
-    return Prefixes.parse(both), Prefixes.parse(both)
+        both = _filter_list(value.get("all", []), claim)
+        pub = both + _filter_list(value.get("pub", value.get("publish", [])), claim)
+        sub = both + _filter_list(value.get("sub", value.get("subscribe", [])), claim)
+        return TopicFilters.parse(pub, claim), TopicFilters.parse(sub, claim)
+    both = _filter_list(value, claim)
+    return TopicFilters.parse(both, claim), TopicFilters.parse(both, claim)
 
 
 # --- the authenticator ----------------------------------------------------------------------
@@ -254,6 +298,12 @@ class JWTAuthenticator:
         self.username_claim = username_claim
         self.topics_claim = topics_claim
         self.clock = clock
+
+    @property
+    def grants_all_topics(self) -> bool:
+        """Whether every valid token may use every topic (no ``topicsClaim``): the broker
+        warns at start-up unless an ACL file restricts them."""
+        return self.topics_claim is None
 
     # IAuthenticator
 
@@ -297,7 +347,11 @@ class JWTAuthenticator:
             expected = claims.get(self.username_claim)
             if expected is None:
                 raise AuthenticationError(f"token has no {self.username_claim} claim")
-            if username != str(expected):
+            if username is None:
+                # No user name beside the token (an HTTP Bearer token, an MQTT 5 CONNECT
+                # with only a password): the signed claim is the user name.
+                username = str(expected)
+            elif username != str(expected):
                 raise AuthenticationError(
                     f"user name does not match the token's {self.username_claim} claim")
         publish = subscribe = None

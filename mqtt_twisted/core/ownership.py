@@ -1,4 +1,4 @@
-"""Sessions belong to their user (docs/security-ownership.md).
+"""Sessions belong to their user (docs/security.md).
 
 A session records the user that created it (:func:`~mqtt_twisted.records.owner_of` of
 the creating identity).  When an authenticator is configured, a CONNECT (or an

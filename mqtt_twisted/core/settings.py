@@ -54,7 +54,7 @@ class BrokerSettings:
     subscription_identifiers: bool = True
     #: With an authenticator, a CONNECT naming another user's session is refused
     #: ("refuse", CONNACK 0x87 / 5) or gets a fresh session of its own ("fresh";
-    #: MQTT clients only).  See docs/security-ownership.md.
+    #: MQTT clients only).  See docs/security.md.
     session_owner: str = "refuse"
     #: User names (``records.owner_of``) that may remove any session over the HTTP
     #: bridge (``DELETE /session``), as an operator does.

@@ -55,15 +55,25 @@ class AnonymousAuthPlugin:
 
 @implementer(IAuthPlugin)
 class ScramAuthPlugin:
+    """``--auth scram:FILE``: SCRAM secrets (mqtt_twisted/auth/scram.py), never passwords."""
+
     name = "scram"
-    description = "SCRAM-SHA-256 (MQTT 5 AUTH) and plain passwords from a username:password file"
+    description = ("SCRAM-SHA-256 (MQTT 5 AUTH) and plain passwords, checked against a file of "
+                   "SCRAM secrets: scram:FILE (python -m mqtt_twisted.auth.scram USER)")
 
     def makeAuthenticator(self, reactor: Any, argument: str) -> Any:
-        from mqtt_twisted.auth.scram import ScramAuthenticator, read_users
+        from twisted.internet.threads import deferToThreadPool
+
+        from mqtt_twisted.auth.scram import ScramAuthenticator
 
         if not argument:
-            raise ValueError("--auth scram:PATH needs a username:password file")
-        return ScramAuthenticator(read_users(argument))
+            raise ValueError("--auth scram:FILE needs a file of SCRAM secrets "
+                             "(python -m mqtt_twisted.auth.scram USER)")
+        try:
+            return ScramAuthenticator.from_file(argument, run=lambda f, *args: (
+                deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)))
+        except OSError as e:
+            raise ValueError(f"cannot read SCRAM file {argument}: {e.strerror}") from None
 
 
 @implementer(IAuthPlugin)
