@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mqtt_twisted.codec.stream import MAX_PACKET_SIZE
+from mqtt_twisted.codec.stream import DecodeLimits
 
 
 @dataclass(slots=True)
@@ -17,8 +17,16 @@ class BrokerSettings:
     max_queued: int = 1000
     #: QoS 1/2 PUBLISHes a client may have unacknowledged towards us (v5 receive maximum).
     receive_maximum: int = 65535
-    #: Largest packet accepted from a client.
-    max_packet_size: int = MAX_PACKET_SIZE
+    #: Largest packet accepted from a client (1 MiB, EMQX's default; the protocol allows
+    #: 256 MiB, which lets one client make the broker buffer that much).
+    max_packet_size: int = 1 << 20
+    #: Largest packet accepted before CONNECT is accepted: the CONNECT itself and what
+    #: an unauthenticated peer sends behind it.
+    connect_packet_size: int = 64 << 10
+    #: User properties one packet may carry, in number and in bytes (names and values
+    #: with their length prefixes); more closes the connection (0x95).
+    max_user_properties: int = 128
+    max_user_property_bytes: int = 64 << 10
     #: Largest keep alive granted; 0 means no limit.  v5 clients get SERVER_KEEP_ALIVE.
     max_keepalive: int = 0
     #: Seconds a v3.1.1 persistent session (clean session 0) outlives its connection;
@@ -52,3 +60,7 @@ class BrokerSettings:
     shared_subscriptions: bool = True
     wildcard_subscriptions: bool = True
     subscription_identifiers: bool = True
+
+    def decode_limits(self) -> DecodeLimits:
+        """The limits every connection's decoder checks (one object for all of them)."""
+        return DecodeLimits(self.max_user_properties, self.max_user_property_bytes)
