@@ -19,9 +19,15 @@ from twisted.python.failure import Failure
 from mqtt_twisted.codec.packets import Auth, Connect
 from mqtt_twisted.constants import PropertyId, ReasonCode
 from mqtt_twisted.core._async import when
+from mqtt_twisted.core.limits import topic_refusal
 from mqtt_twisted.core.session import Session
 from mqtt_twisted.core.states import CLOSED
-from mqtt_twisted.errors import ClientIdentifierNotValid, ConnectError, MQTTError
+from mqtt_twisted.errors import (
+    ClientIdentifierNotValid,
+    ConnectError,
+    InvalidTopicName,
+    MQTTError,
+)
 from mqtt_twisted.message import Message
 from mqtt_twisted.records import Credentials
 
@@ -63,6 +69,14 @@ class Connector:
             if will.retain and not self.broker.settings.retain_available:  # [MQTT-3.2.2-13]
                 conn.refuse(ConnectError("retained will not supported",
                                          ReasonCode.RETAIN_NOT_SUPPORTED))
+                return
+        if will is not None:
+            why = topic_refusal(self.broker.settings, will.topic)
+            if why is not None:
+                if packet.protocol_level == 5:
+                    conn.refuse(ConnectError(f"will topic: {why}", ReasonCode.TOPIC_NAME_INVALID))
+                else:  # v3 has no return code for it: close, as for a malformed will topic
+                    conn.violation(InvalidTopicName(f"will topic: {why}"))
                 return
         max_keepalive = self.broker.settings.max_keepalive
         if (max_keepalive and packet.protocol_level < 5 and not conn.virtual

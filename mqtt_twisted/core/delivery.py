@@ -178,6 +178,7 @@ class Delivery:
             now = self.clock.seconds()
             for message in messages:
                 if message.properties and expired(message, now):
+                    self.broker.retained_quota.forget(message.topic)
                     self.journal.persist(self.store.deleteRetained(message.topic))
                     continue
                 self.deliver(session, message, min(message.qos, options.qos), True,

@@ -27,6 +27,17 @@ class BrokerSettings:
     #: with their length prefixes); more closes the connection (0x95).
     max_user_properties: int = 128
     max_user_property_bytes: int = 64 << 10
+    #: Levels of a topic name or filter (EMQX's default; Mosquitto: 200).  Each level
+    #: is a node of the topic tree or retained index, about 240 bytes.
+    max_topic_levels: int = 128
+    #: Bytes of a topic name or filter (the protocol allows 65,535).
+    max_topic_length: int = 4096
+    #: Subscriptions one session may hold; more are refused (v5 SUBACK 0x97, v3 0x80).
+    max_subscriptions: int = 1000
+    #: Retained messages clients may set, in number and in bytes (payload, topic and
+    #: 256 bytes per topic level for the index); more are refused (v5 0x97, v3 dropped).
+    max_retained_messages: int = 1_000_000
+    max_retained_bytes: int = 512 << 20
     #: Largest keep alive granted; 0 means no limit.  v5 clients get SERVER_KEEP_ALIVE.
     max_keepalive: int = 0
     #: Seconds a v3.1.1 persistent session (clean session 0) outlives its connection;
