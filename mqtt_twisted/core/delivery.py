@@ -70,7 +70,8 @@ class Delivery:
                             message, qos, retain, subscription_ids, None, 0, group,
                             session.next_seq()))
                         return
-                elif not qos and self.flow.hold_back_publisher(conn):
+                elif not qos and self.flow.hold_back_publisher(
+                        conn, len(message.payload) + len(message.topic)):
                     # The publisher is held back, so what the transport buffers beyond its
                     # mark is bounded by one read: write rather than queue.
                     conn.send_publish(message, 0, retain, None, subscription_ids)
@@ -82,15 +83,20 @@ class Delivery:
         out = Outbound(message, qos, retain, subscription_ids, None, 0, group,
                        session.next_seq())
         dropped = session.enqueue(out)
-        if dropped is not None:
-            self.stats.messages_dropped += 1
-            if session.dropped & (session.dropped - 1) == 0:  # log 1st, 2nd, 4th, 8th...
-                self.log.warn("Queue of {client} is full ({size}); dropped the oldest message "
-                              "(topic {topic}; {n} dropped so far)", client=session.clientId,
-                              size=self.settings.max_queued, topic=dropped.message.topic,
-                              n=session.dropped)
+        if dropped:
+            self._dropped(session, dropped)
         if qos and self.durable and session.persistent:
             self.journal.persist(self.store.storeOutbound(session.clientId, out))
+
+    def _dropped(self, session: Session, dropped: list[Outbound]) -> None:
+        before = session.dropped - len(dropped)
+        self.stats.messages_dropped += len(dropped)
+        if before.bit_length() != session.dropped.bit_length():  # log 1st, 2nd, 4th, 8th...
+            self.log.warn("Queue of {client} is full ({size} messages or {bytes} bytes); "
+                          "dropped the oldest (topic {topic}; {n} dropped so far)",
+                          client=session.clientId, size=self.settings.max_queued,
+                          bytes=self.settings.max_queued_bytes,
+                          topic=dropped[-1].message.topic, n=session.dropped)
 
     def _send_inflight(self, session: Session, conn: Any, out: Outbound) -> None:
         pid = out.packet_id = session.allocate_packet_id()
@@ -123,6 +129,7 @@ class Delivery:
             if out.qos and len(session.inflight) >= conn.send_quota:
                 return
             queue.popleft()
+            session.queued_bytes -= len(out.message.payload) + len(out.message.topic)
             if out.message.properties and expired(out.message, now):
                 # [MQTT-3.3.2-5] not yet sent onward: the copy for this subscriber goes.
                 self.stats.messages_expired += 1

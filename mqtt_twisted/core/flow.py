@@ -24,10 +24,12 @@ if TYPE_CHECKING:
 class _Congestion:
     """One subscriber that cannot take more: since when, and whom it holds back."""
 
-    __slots__ = ("since", "waiters", "stall_call")
+    __slots__ = ("since", "waiters", "stall_call", "written")
 
     def __init__(self, since: float) -> None:
         self.since = since
+        #: Bytes written to its full transport meanwhile (see hold_back_publisher).
+        self.written = 0
         self.waiters: list[Any] = []
         self.stall_call: Any = None
 
@@ -44,11 +46,14 @@ class FlowControl:
         #: Subscriber connection -> its congestion; empty while everyone keeps up.
         self.congested: dict[Any, _Congestion] = {}
 
-    def hold_back_publisher(self, conn: Any) -> bool:
+    def hold_back_publisher(self, conn: Any, size: int = 0) -> bool:
         """``conn`` cannot take more now: stop reading from the client whose PUBLISH is
-        being routed until ``conn`` catches up.  True when a publisher is held back;
-        False past the grace, or when nobody is publishing (a will, ``$SYS``, an HTTP
-        publish): then the message queues."""
+        being routed until ``conn`` catches up.  True when a publisher is held back (the
+        caller then writes the ``size`` bytes through); False past the grace, when
+        nobody is publishing (a will, ``$SYS``, an HTTP publish), or once the writes
+        through reach the queue's byte limit: then the message queues.  (One read of
+        a held-back publisher can hold thousands of tiny alias-only PUBLISHes, each
+        written out with its whole topic.)"""
         broker = self.broker
         clock = broker.clock
         grace = broker.settings.slow_consumer_grace
@@ -60,6 +65,8 @@ class FlowControl:
                 self._stalled(conn)
             return False
         publisher = broker.publisher
+        if state.written + size > broker.settings.max_queued_bytes:
+            return False
         if publisher is not None and publisher is not conn and publisher.state == CONNECTED:
             if state.stall_call is None and not state.waiters:
                 # Held-back publishers send nothing more, so nothing else would notice
@@ -68,6 +75,7 @@ class FlowControl:
             if publisher not in state.waiters:
                 state.waiters.append(publisher)
                 publisher.throttle()
+            state.written += size
             return True
         return False
 

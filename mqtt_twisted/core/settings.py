@@ -15,6 +15,10 @@ class BrokerSettings:
     max_inflight: int = 20
     #: Messages queued per session beyond the in-flight window; oldest dropped when full.
     max_queued: int = 1000
+    #: Bytes (payload and topic, as sent: an alias does not make a message smaller)
+    #: queued per session; oldest dropped when full.  Also bounds what is written to a
+    #: full transport while its publishers are held back.
+    max_queued_bytes: int = 16 << 20
     #: QoS 1/2 PUBLISHes a client may have unacknowledged towards us (v5 receive maximum).
     receive_maximum: int = 65535
     #: Largest packet accepted from a client (1 MiB, EMQX's default; the protocol allows
