@@ -76,6 +76,12 @@ class Options(usage.Options):
          _number("max-connections", int, 0)],
         ["connect-timeout", None, 10.0, "Seconds a client may take to send CONNECT (0: none).",
          _number("connect-timeout", float, 0)],
+        ["request-timeout", None, 10.0,
+         "HTTP and WebSocket listeners: seconds for a whole request head, however it "
+         "trickles (0: none).", _number("request-timeout", float, 0)],
+        ["min-body-rate", None, 1024.0,
+         "HTTP and WebSocket listeners: bytes per second a request body must keep up "
+         "(0: none).", _number("min-body-rate", float, 0)],
         ["max-inflight", None, 20, "QoS 1/2 messages in flight to one client (1..65535).",
          _number("max-inflight", int, 1, 65535)],
         ["receive-maximum", None, 65535,
@@ -185,7 +191,8 @@ class Options(usage.Options):
         for value in self["listen"] or [DEFAULT_LISTENER]:
             try:
                 settings = parse_listener(value, "mqtt", keys, self["max-connections"],
-                                          self["connect-timeout"], examples)
+                                          self["connect-timeout"], examples,
+                                          self["request-timeout"], self["min-body-rate"])
                 # The endpoint as the adapter takes it (stream, udp:, its own check),
                 # then the adapter's checkListener (TLS files that do not work, say).
                 check_listener(adapters[settings.adapter], settings)
