@@ -47,6 +47,12 @@ def on_publish(conn: MQTTConnection, packet: Publish) -> None:
     topic = packet.topic
     props = packet.properties
     raw = packet.raw
+    broker = conn.broker
+    if len(topic) > broker.short_topic:  # (one compare for the usual short topic)
+        # The topic as sent: one an alias stands for was checked when the alias was set.
+        why = topic_refusal(broker.settings, topic)
+        if why is not None:
+            raise InvalidTopicName(f"PUBLISH topic: {why}")
     if props:
         raw = None  # properties may change on the way (alias, expiry): re-encode
         alias = props.get(_TOPIC_ALIAS)
@@ -59,11 +65,6 @@ def on_publish(conn: MQTTConnection, packet: Publish) -> None:
         response_topic = props.get(_RESPONSE_TOPIC)
         if response_topic is not None and ("+" in response_topic or "#" in response_topic):
             raise ProtocolError("response topic with a wildcard")  # [MQTT-3.3.2-14]
-    broker = conn.broker
-    if len(topic) > broker.short_topic:  # (one compare for the usual short topic)
-        why = topic_refusal(broker.settings, topic)
-        if why is not None:
-            raise InvalidTopicName(f"PUBLISH topic: {why}")
     if topic[:1] == "$" and is_reserved_topic(topic):
         refuse_publish(conn, packet, "reserved for the broker")  # MQTT 5 §4.7.2
         return
