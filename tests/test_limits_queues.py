@@ -102,3 +102,34 @@ def test_alias_only_publishes_cannot_amplify_into_a_full_transport() -> None:
     assert queued <= limit
     assert broker.stats.messages_dropped > 9000
     assert queued_size(broker.sessions["sub"].queue[-1].message) == len(topic)
+
+
+def test_inflight_bytes_close_the_window() -> None:
+    """With max_inflight_bytes 1000, QoS 1 copies of 600 bytes go two at a time (the
+    window closes once 1,000 bytes are reached, and one always goes); acknowledgements
+    open it again, and the counter returns to zero."""
+    broker, _ = make_broker(BrokerSettings(max_inflight_bytes=1000))
+    sub, pub = FakeClient(broker, 4), FakeClient(broker, 4)
+    sub.connect("sub")
+    sub.subscribe("t", qos=1)
+    pub.connect("pub")
+    for _ in range(5):
+        pub.publish("t", bytes(599), qos=1)
+    session = broker.sessions["sub"]
+    got = publishes(sub.received())
+    assert len(got) == 2 and session.inflight_bytes == 1200 and len(session.queue) == 3
+    delivered = len(got)
+    while got:
+        more = []
+        for packet in got:
+            more += publishes(sub.ack(packet))
+        got = more
+        delivered += len(got)
+    assert delivered == 5
+    assert session.inflight_bytes == 0 and not session.inflight
+
+
+def test_inflight_bytes_default_is_no_byte_limit() -> None:
+    """By default only the count (max_inflight) limits the window."""
+    assert BrokerSettings().max_inflight_bytes == 0
+    assert Session("c").max_inflight_bytes >= 1 << 62

@@ -221,7 +221,8 @@ class Connector:
             if session is None:
                 session = Session(client_id, min(self.broker.settings.max_inflight, conn.send_quota),
                                   self.broker.settings.max_queued,
-                                  self.broker.settings.max_queued_bytes)
+                                  self.broker.settings.max_queued_bytes,
+                                  self.broker.settings.max_inflight_bytes)
                 self.broker.sessions[client_id] = session
             self._configure_session(session, conn, packet, identity)
             props = self._connack_properties(conn, packet, assigned)

@@ -65,7 +65,8 @@ class Delivery:
                     if not qos:
                         conn.send_publish(message, 0, retain, None, subscription_ids)
                         return
-                    if len(session.inflight) < conn.send_quota:
+                    if (len(session.inflight) < conn.send_quota
+                            and session.inflight_bytes < session.max_inflight_bytes):
                         self._send_inflight(session, conn, Outbound(
                             message, qos, retain, subscription_ids, None, 0, group,
                             session.next_seq()))
@@ -101,6 +102,7 @@ class Delivery:
     def _send_inflight(self, session: Session, conn: Any, out: Outbound) -> None:
         pid = out.packet_id = session.allocate_packet_id()
         session.inflight[pid] = out
+        session.inflight_bytes += len(out.message.payload) + len(out.message.topic)
         if self.durable and session.persistent:
             # Stored before it is sent, so that a crash cannot lose track of it.
             self.journal.persist(self.store.storeOutbound(session.clientId, out))
@@ -116,6 +118,7 @@ class Delivery:
             elif not conn.send_publish(out.message, out.qos, out.retain, pid,
                                        out.subscription_ids, dup=True):
                 del session.inflight[pid]
+                session.inflight_bytes -= len(out.message.payload) + len(out.message.topic)
 
     def pump(self, session: Session) -> None:
         """Move queued messages to the wire while the client has room."""
@@ -126,7 +129,8 @@ class Delivery:
         now = self.clock.seconds()
         while queue and not conn.paused and conn.state != CLOSED:
             out = queue[0]
-            if out.qos and len(session.inflight) >= conn.send_quota:
+            if out.qos and (len(session.inflight) >= conn.send_quota
+                            or session.inflight_bytes >= session.max_inflight_bytes):
                 return
             queue.popleft()
             session.queued_bytes -= len(out.message.payload) + len(out.message.topic)
@@ -149,6 +153,7 @@ class Delivery:
         out = session.inflight.pop(packet_id, None)
         if out is None:
             return
+        session.inflight_bytes -= len(out.message.payload) + len(out.message.topic)
         if self.durable and session.persistent:
             self.journal.persist(self.store.removeOutbound(session.clientId, out.seq))
         if session.queue:

@@ -39,11 +39,11 @@ class Session:
         "clientId", "subscriptions", "will", "willDelay", "expiryInterval",
         "disconnectedAt", "inflight", "queue", "inboundQoS2", "connection", "identity",
         "_next_pid", "expiry_call", "will_call", "dropped", "max_inflight", "max_queued",
-        "_next_seq", "queued_bytes", "max_queued_bytes",
+        "_next_seq", "queued_bytes", "max_queued_bytes", "inflight_bytes", "max_inflight_bytes",
     )
 
     def __init__(self, client_id: str, max_inflight: int = 20, max_queued: int = 1000,
-                 max_queued_bytes: int = 16 << 20) -> None:
+                 max_queued_bytes: int = 16 << 20, max_inflight_bytes: int = 0) -> None:
         self.clientId = client_id
         self.subscriptions: dict[str, SubscriptionOptions] = {}
         self.will: Message | None = None
@@ -66,6 +66,10 @@ class Session:
         #: What the queued messages hold: payload and topic bytes (see queued_size).
         self.queued_bytes = 0
         self.max_queued_bytes = max_queued_bytes
+        #: Payload and topic bytes in flight; the window closes at max_inflight_bytes
+        #: (0: no limit, kept as a number no session reaches: one compare either way).
+        self.inflight_bytes = 0
+        self.max_inflight_bytes = max_inflight_bytes or 1 << 62
         self._next_seq = 1
 
     def next_seq(self) -> int:
@@ -86,6 +90,7 @@ class Session:
                 self.queued_bytes += queued_size(out.message)
             else:
                 self.inflight[out.packet_id] = out
+                self.inflight_bytes += queued_size(out.message)
         if ordered:
             self._next_seq = ordered[-1].seq + 1
 

@@ -13,6 +13,9 @@ class BrokerSettings:
 
     #: QoS 1/2 messages in flight to one client at once (our side of receive maximum).
     max_inflight: int = 20
+    #: Bytes (payload and topic) of the QoS 1/2 messages in flight to one client; 0: no
+    #: limit beyond max_inflight x max_packet_size.  One message always goes, however big.
+    max_inflight_bytes: int = 0
     #: Messages queued per session beyond the in-flight window; oldest dropped when full.
     max_queued: int = 1000
     #: Bytes (payload and topic, as sent: an alias does not make a message smaller)
