@@ -18,10 +18,10 @@ from mqtt_twisted.adapters.listener import ListenerSettings, parse_listener
 from mqtt_twisted.testing.fake_service import FakeBrokerService
 
 try:
-    from tests.httpbroker import HTTPBrokerTestCase
+    from tests.httpbroker import HTTPBrokerTestCase, _parse_http, check_answer
     from tests.test_http_badinput import RawHTTP
 except ImportError:  # pytest's rootdir-relative import of tests/ as a plain directory
-    from httpbroker import HTTPBrokerTestCase  # type: ignore[no-redef]
+    from httpbroker import HTTPBrokerTestCase, _parse_http, check_answer  # type: ignore[no-redef]
     from test_http_badinput import RawHTTP  # type: ignore[no-redef]
 
 HEAD = (b"POST /publish?topic=t HTTP/1.1\r\nHost: x\r\n"
@@ -148,7 +148,8 @@ class TrickleOverSocketTests(HTTPBrokerTestCase):
 
     @inlineCallbacks
     def test_trickled_head_gets_408_and_close(self) -> Any:
-        """One byte every 0.2 s: 408 and the socket closed after about 1 s."""
+        """One byte every 0.2 s: 408 (an answer docs/openapi.json documents) and the
+        socket closed after about 1 s."""
         client = yield connectProtocol(
             TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.http_port), RawHTTP())
         self.addCleanup(lambda: client.is_closed or client.transport.abortConnection())
@@ -161,3 +162,5 @@ class TrickleOverSocketTests(HTTPBrokerTestCase):
         yield client.wait_closed(self.reactor)
         self.assertTrue(client.received.startswith(b"HTTP/1.1 408 "))
         self.assertLess(self.reactor.seconds() - started, 3.0)
+        status, headers, body = _parse_http(client.received)
+        check_answer(self, "POST", "http://127.0.0.1/publish", status, headers, body)
