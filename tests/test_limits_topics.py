@@ -217,3 +217,13 @@ class _Sink:
 
     def deliver(self, message: Message, qos: int) -> None:
         self.messages.append(message)
+
+
+def test_sys_topics_are_outside_the_retained_quota() -> None:
+    """A full quota does not stop the broker's own $SYS updates, nor count them."""
+    from mqtt_twisted.core.systopics import SysTopics
+
+    broker, _ = make_broker(BrokerSettings(max_retained_messages=0))
+    SysTopics(broker).tick()
+    assert broker.retained_quota.count == 0 and broker.retained_quota.refused == 0
+    assert broker.store.countRetained().result > 10

@@ -140,10 +140,13 @@ class Broker:
         within the retained quota: beyond it (a will, an adapter's message) it is
         routed but not kept."""
         quota = self.retained_quota
-        if message.payload and not quota.allows(message.topic, message.payload):
+        if message.topic[:5] == "$SYS/":
+            pass  # the broker's own (no client may publish there): never held back
+        elif message.payload and not quota.allows(message.topic, message.payload):
             quota.refused += 1
             return
-        quota.note(message)
+        else:
+            quota.note(message)
         if message.payload:
             self.journal.persist(self.store.setRetained(message))
         else:
