@@ -168,3 +168,11 @@ def test_encoded_user_properties_round_trip_within_limits() -> None:
     block = encode_properties({P.USER_PROPERTY: [("name", "value")] * 128}, PacketType.PUBLISH)
     props, _ = decode_properties(block, 0, len(block), PacketType.PUBLISH, DecodeLimits(128))
     assert props[P.USER_PROPERTY][-1] == ("name", "value")
+
+
+def test_zero_user_property_limits_mean_no_limit() -> None:
+    """0 turns both user property limits off."""
+    limits = BrokerSettings(max_user_properties=0, max_user_property_bytes=0).decode_limits()
+    block = user_properties_block(1000)
+    props, _ = decode_properties(block, 0, len(block), PacketType.PUBLISH, limits)
+    assert len(props[P.USER_PROPERTY]) == 1000

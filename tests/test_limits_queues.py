@@ -133,3 +133,10 @@ def test_inflight_bytes_default_is_no_byte_limit() -> None:
     """By default only the count (max_inflight) limits the window."""
     assert BrokerSettings().max_inflight_bytes == 0
     assert Session("c").max_inflight_bytes >= 1 << 62
+
+
+def test_zero_queued_bytes_means_no_limit() -> None:
+    """--max-queued-bytes 0 leaves only the count, as Mosquitto's max_queued_bytes 0."""
+    session = Session("c", max_queued=3, max_queued_bytes=0)
+    assert [session.enqueue(outbound(bytes(1 << 20))) for _ in range(3)] == [[], [], []]
+    assert len(session.enqueue(outbound(b""))) == 1

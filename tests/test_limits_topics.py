@@ -156,12 +156,24 @@ def test_retained_bytes_quota_v3_is_dropped() -> None:
 
 def test_v5_qos0_retained_over_quota_is_dropped_without_disconnect() -> None:
     """A quota is not a protocol violation: v5 QoS 0 is dropped, the client stays."""
-    broker, _ = make_broker(BrokerSettings(max_retained_messages=0))
+    broker, _ = make_broker(BrokerSettings(max_retained_messages=1))
     pub = FakeClient(broker, 5)
     pub.connect("p")
+    assert pub.publish("s", b"x", retain=True) == []
     assert pub.publish("t", b"x", retain=True) == []
     assert not pub.transport.closed
-    assert broker.store.countRetained().result == 0
+    assert broker.store.countRetained().result == 1
+
+
+def test_zero_means_no_limit() -> None:
+    """0 turns the count and byte limits off, as --max-connections 0 does."""
+    s = BrokerSettings(max_retained_messages=0, max_retained_bytes=0, max_subscriptions=0)
+    broker, _ = make_broker(s)
+    c = FakeClient(broker, 5)
+    c.connect("c")
+    assert c.subscribe(*[f"f/{i}" for i in range(1500)])[0].reason_codes == [0] * 1500
+    for i in range(3):
+        assert c.publish(f"r/{i}", bytes(1000), qos=1, retain=True)[0].reason_code < 0x80
 
 
 def test_retained_quota_accounting() -> None:
@@ -223,7 +235,10 @@ def test_sys_topics_are_outside_the_retained_quota() -> None:
     """A full quota does not stop the broker's own $SYS updates, nor count them."""
     from mqtt_twisted.core.systopics import SysTopics
 
-    broker, _ = make_broker(BrokerSettings(max_retained_messages=0))
+    broker, _ = make_broker(BrokerSettings(max_retained_messages=1))
+    pub = FakeClient(broker, 4)
+    pub.connect("p")
+    pub.publish("full", b"x", retain=True)
     SysTopics(broker).tick()
-    assert broker.retained_quota.count == 0 and broker.retained_quota.refused == 0
+    assert broker.retained_quota.count == 1 and broker.retained_quota.refused == 0
     assert broker.store.countRetained().result > 10

@@ -65,7 +65,7 @@ class FlowControl:
                 self._stalled(conn)
             return False
         publisher = broker.publisher
-        if state.written + size > broker.settings.max_queued_bytes:
+        if state.written + size > (broker.settings.max_queued_bytes or 1 << 62):
             return False
         if publisher is not None and publisher is not conn and publisher.state == CONNECTED:
             if state.stall_call is None and not state.waiters:

@@ -44,8 +44,8 @@ def over_subscription_quota(settings: BrokerSettings, subscriptions: dict,
                             topic_filter: str) -> bool:
     """Whether a session holding ``subscriptions`` may not add ``topic_filter`` (replacing
     one it has is always allowed)."""
-    return (len(subscriptions) >= settings.max_subscriptions
-            and topic_filter not in subscriptions)
+    limit = settings.max_subscriptions  # 0: no limit
+    return bool(limit) and len(subscriptions) >= limit and topic_filter not in subscriptions
 
 
 def retained_cost(topic: str, payload: bytes) -> int:
@@ -79,8 +79,9 @@ class RetainedQuota:
         old = self.sizes.get(topic)
         count = self.count + (old is None)
         size = self.bytes - (old or 0) + retained_cost(topic, payload)
-        return (count <= self.settings.max_retained_messages
-                and size <= self.settings.max_retained_bytes)
+        max_count = self.settings.max_retained_messages  # 0: no limit
+        max_bytes = self.settings.max_retained_bytes
+        return (not max_count or count <= max_count) and (not max_bytes or size <= max_bytes)
 
     def note(self, message: Message) -> None:
         """The store is told to retain ``message`` (or to delete its topic's one)."""

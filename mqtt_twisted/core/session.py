@@ -65,7 +65,7 @@ class Session:
         self.max_queued = max_queued
         #: What the queued messages hold: payload and topic bytes (see queued_size).
         self.queued_bytes = 0
-        self.max_queued_bytes = max_queued_bytes
+        self.max_queued_bytes = max_queued_bytes or 1 << 62  # 0: no limit
         #: Payload and topic bytes in flight; the window closes at max_inflight_bytes
         #: (0: no limit, kept as a number no session reaches: one compare either way).
         self.inflight_bytes = 0

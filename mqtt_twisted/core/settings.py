@@ -31,7 +31,8 @@ class BrokerSettings:
     #: an unauthenticated peer sends behind it.
     connect_packet_size: int = 64 << 10
     #: User properties one packet may carry, in number and in bytes (names and values
-    #: with their length prefixes); more closes the connection (0x95).
+    #: with their length prefixes); more closes the connection (0x95).  For these and
+    #: the other count and byte limits below, 0 means no limit (as --max-connections).
     max_user_properties: int = 128
     max_user_property_bytes: int = 64 << 10
     #: Levels of a topic name or filter (EMQX's default; Mosquitto: 200).  Each level
@@ -81,4 +82,5 @@ class BrokerSettings:
 
     def decode_limits(self) -> DecodeLimits:
         """The limits every connection's decoder checks (one object for all of them)."""
-        return DecodeLimits(self.max_user_properties, self.max_user_property_bytes)
+        return DecodeLimits(self.max_user_properties or 1 << 31,
+                            self.max_user_property_bytes or 1 << 31)
