@@ -69,6 +69,12 @@ class InvalidTopicFilter(ProtocolError):
     reason_code = ReasonCode.TOPIC_FILTER_INVALID
 
 
+class QuotaExceeded(MQTTError):
+    """A limit of the broker's (retained messages, subscriptions) is reached."""
+
+    reason_code = ReasonCode.QUOTA_EXCEEDED
+
+
 class ConnectError(MQTTError):
     """A CONNECT is refused; the reason code goes into the CONNACK.
 

@@ -25,11 +25,19 @@ from mqtt_twisted.codec.topics import is_reserved_topic, validate_topic_name
 from mqtt_twisted.constants import ReasonCode
 from mqtt_twisted.core.broker import expired
 from mqtt_twisted.core.grant import check_filter, granted_qos
+from mqtt_twisted.core.limits import over_subscription_quota, topic_refusal
 from mqtt_twisted.core.ownership import connecting_owner, is_foreign
 from mqtt_twisted.core.session import SubscriptionOptions
 from mqtt_twisted.core.states import CLOSED
 from mqtt_twisted.core.virtual import VirtualConnection
-from mqtt_twisted.errors import AuthorizationError, MQTTError, StorageError, ValidationError
+from mqtt_twisted.errors import (
+    AuthorizationError,
+    InvalidTopicName,
+    MQTTError,
+    QuotaExceeded,
+    StorageError,
+    ValidationError,
+)
 from mqtt_twisted.interfaces import IBrokerService
 from mqtt_twisted.message import Message
 from mqtt_twisted.records import owner_of
@@ -180,11 +188,17 @@ class Gateway:
         adapter's question to :meth:`authorize` first."""
         try:
             validate_topic_name(message.topic)
+            why = topic_refusal(self.broker.settings, message.topic)
+            if why is not None:
+                raise InvalidTopicName(why)
         except MQTTError as e:
             return fail(e)
         if is_reserved_topic(message.topic):
             return fail(AuthorizationError(f"{message.topic!r} is reserved for the broker"))
         broker = self.broker
+        if message.retain and not broker.retained_quota.allows(message.topic, message.payload):
+            broker.retained_quota.refused += 1
+            return fail(QuotaExceeded("retained messages are over their quota"))
         if message.received_at == 0.0:
             message.received_at = broker.clock.seconds()
         message.sender = clientId
@@ -222,6 +236,8 @@ class Gateway:
     def _subscribe(self, session: Session, topicFilter: str, qos: int, allowed: bool) -> int:
         if not allowed:
             return int(ReasonCode.NOT_AUTHORIZED)
+        if over_subscription_quota(self.broker.settings, session.subscriptions, topicFilter):
+            return int(ReasonCode.QUOTA_EXCEEDED)
         options = SubscriptionOptions(granted_qos(self.broker.settings, qos))
         if self.broker.subscribe(session, topicFilter, options):
             self.broker.send_retained(session, topicFilter, options)

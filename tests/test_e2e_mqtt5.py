@@ -346,14 +346,16 @@ class DefaultCapabilitiesTests(V5TestCase):
 
     @inlineCallbacks
     def test_default_connack_properties(self):
-        """Default CONNACK: topic alias maximum 10, every capability flag and limit absent."""
+        """Default CONNACK: topic alias maximum 10, maximum packet size 1 MiB (the
+        default limit, docs/limits.md), every capability flag and other limit absent."""
         client = yield self.paho5("defaults", connect_properties={
             "UserProperty": [("app", "test"), ("app", "again")]})  # accepted, ignored
         connack = client.connack
         self.assertEqual(connack.prop("TopicAliasMaximum"), 10)
+        self.assertEqual(connack.prop("MaximumPacketSize"), 1 << 20)
         for name in ("MaximumQoS", "RetainAvailable", "WildcardSubscriptionAvailable",
                      "SharedSubscriptionAvailable", "SubscriptionIdentifierAvailable",
-                     "ReceiveMaximum", "MaximumPacketSize", "ServerKeepAlive",
+                     "ReceiveMaximum", "ServerKeepAlive",
                      "ResponseInformation", "ReasonString"):
             self.assertIsNone(connack.prop(name), name)
 

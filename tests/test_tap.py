@@ -26,6 +26,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from mqtt_twisted import __version__
 from mqtt_twisted.codec import Connect, Disconnect, StreamDecoder, encode
 from mqtt_twisted.constants import ReasonCode
+from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.errors import StartError
 from mqtt_twisted.plugins.builtin import AnonymousAuthPlugin, MemoryStorePlugin
 from mqtt_twisted.service import BrokerService
@@ -308,6 +309,22 @@ class MakeServiceTests(SynchronousTestCase):
         settings = service.broker.settings
         self.assertEqual((settings.max_inflight, settings.max_queued, settings.max_packet_size,
                           settings.queue_qos0_offline), (7, 50, 4096, True))
+
+    def test_limits_reach_the_broker(self) -> None:
+        """The hostile-client limits (docs/limits.md) from the command line end up in the
+        broker's settings; without them the defaults hold."""
+        service, _ = self.build("--connect-packet-size", "1000", "--max-user-properties", "3",
+                                "--max-user-property-bytes", "300", "--max-topic-levels", "9",
+                                "--max-topic-length", "99", "--max-subscriptions", "5",
+                                "--max-retained", "6", "--max-retained-bytes", "7000",
+                                "--max-queued-bytes", "8000")
+        s = service.broker.settings
+        self.assertEqual((s.connect_packet_size, s.max_user_properties,
+                          s.max_user_property_bytes, s.max_topic_levels, s.max_topic_length,
+                          s.max_subscriptions, s.max_retained_messages, s.max_retained_bytes,
+                          s.max_queued_bytes), (1000, 3, 300, 9, 99, 5, 6, 7000, 8000))
+        defaults, _ = self.build()
+        self.assertEqual(defaults.broker.settings, BrokerSettings())
         self.assertIsInstance(service.store, MemoryStore)
 
     def test_stop_closes_ports(self) -> None:

@@ -39,6 +39,8 @@ _COMMON_ERRORS = {
     "403": _error("The authorizer refused."),
     "405": {**_error("Method not allowed on this path."),
             "headers": {"Allow": {"schema": {"type": "string"}}}},
+    "408": _error("The request head was not whole within the listener's requestTimeout, or "
+                  "its body came slower than minBodyRate (docs/limits.md); then closed."),
     "413": _error("The request body is larger than the listener's maxPayload."),
     "500": _error("An internal error (logged by the broker)."),
     "503": _error("The store is unavailable; try again (Retry-After)."),

@@ -268,4 +268,6 @@ class DetectAdapter:
         the same deadline, no connection limit (this listener holds it)."""
         own = getattr(adapter, "options", None) or {}
         extra = {k: v for k, v in (getattr(settings, "extra", None) or {}).items() if k in own}
-        return ListenerSettings(name, endpoint, 0, settings.connectTimeout, extra)
+        return ListenerSettings(name, endpoint, 0, settings.connectTimeout, extra,
+                                requestTimeout=getattr(settings, "requestTimeout", 10.0),
+                                minBodyRate=getattr(settings, "minBodyRate", 1024.0))

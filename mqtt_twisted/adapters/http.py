@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from mqtt_twisted.adapters import _httpapi as api
 from mqtt_twisted.adapters import tls
+from mqtt_twisted.adapters._deadline import DeadlineChannel
 from mqtt_twisted.adapters._httpapi import ApiError
 from mqtt_twisted.adapters._httpstream import Subscription, gone, respond
 from mqtt_twisted.adapters.kit import ConnectionLimit, origin_of
@@ -381,12 +382,16 @@ class BridgeSite(Site):
     connections it holds closed when the listener stops."""
 
     requestFactory = BridgeRequest
+    protocol = DeadlineChannel
     noisy = False
 
     def __init__(self, bridge: Bridge, reactor: Any) -> None:
         config = bridge.config
         super().__init__(bridge, timeout=config.idle_timeout or None, reactor=reactor,
                          parsePOSTFormSubmission=False)
+        # Absolute, unlike the idle timeout that each trickled byte restarts.
+        self.request_timeout = getattr(config.listener, "requestTimeout", 10.0)
+        self.min_body_rate = getattr(config.listener, "minBodyRate", 1024.0)
         self.bridge = bridge
         self.config = config
         self.limit = ConnectionLimit(bridge.service, config.listener)

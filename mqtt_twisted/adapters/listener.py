@@ -28,6 +28,12 @@ COMMON_KEYS = declare(
     AdapterOption("connectTimeout", number(), None,
                   "seconds a client may take to send CONNECT (0: no limit; default "
                   "--connect-timeout)"),
+    AdapterOption("requestTimeout", number(), None,
+                  "HTTP and WebSocket listeners: seconds for a whole request head, and "
+                  "between body rate checks (0: none; default --request-timeout)"),
+    AdapterOption("minBodyRate", number(), None,
+                  "HTTP and WebSocket listeners: bytes per second a request body must "
+                  "keep up (0: none; default --min-body-rate)"),
 )
 
 _ADAPTER_PREFIX = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*)=(.*)$", re.S)
@@ -43,6 +49,10 @@ class ListenerSettings:
     maxConnections: int = 0
     connectTimeout: float = 10.0
     extra: dict[str, str] = field(default_factory=dict)
+    #: HTTP requests (http=, ws=, auto=): seconds for a whole head, and bytes per second
+    #: a body must keep up (adapters/_deadline.py).
+    requestTimeout: float = 10.0
+    minBodyRate: float = 1024.0
     #: Set by a TLS adapter (``identityAsUsername=yes``): the client certificate's identity
     #: replaces the CONNECT user name.
     identityAsUsername: bool = False
@@ -66,6 +76,8 @@ def parse_listener(
     max_connections: int = 0,
     connect_timeout: float = 10.0,
     default_endpoints: dict[str, str] | None = None,
+    request_timeout: float = 10.0,
+    min_body_rate: float = 1024.0,
 ) -> ListenerSettings:
     """Parse ``[ADAPTER=]ENDPOINT``; raise ValueError with a message a user can act on.
 
@@ -99,7 +111,8 @@ def parse_listener(
             ours[key] = val
         else:
             kept.append(part)
-    settings = ListenerSettings(adapter, ":".join(kept), max_connections, connect_timeout)
+    settings = ListenerSettings(adapter, ":".join(kept), max_connections, connect_timeout,
+                                requestTimeout=request_timeout, minBodyRate=min_body_rate)
     for key, text in ours.items():
         option = own_keys[key]
         if isinstance(option, AdapterOption):

@@ -27,13 +27,13 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.application.service import IService
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
-from twisted.web.http import HTTPChannel
 from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
 from mqtt_twisted.adapters import tls
+from mqtt_twisted.adapters._deadline import DeadlineChannel
 from mqtt_twisted.adapters.kit import ConnectionLimit, origin_of
 from mqtt_twisted.adapters.options import AdapterOption, declare, integer, number, option_values
 from mqtt_twisted.interfaces import IListenerChecker, IStreamAdapter
@@ -322,8 +322,9 @@ class _Directory(Resource):
         return notFound()
 
 
-class _Channel(HTTPChannel):
-    """HTTP channel with Nagle off from the first byte (handshake and MQTT are small)."""
+class _Channel(DeadlineChannel):
+    """HTTP channel with Nagle off from the first byte (handshake and MQTT are small), and
+    an absolute deadline for the upgrade request however it trickles."""
 
     def connectionMade(self) -> None:
         try:
@@ -353,6 +354,8 @@ def build_site(reactor: Any, broker: Any, settings: Any) -> tuple[Site, Resource
         parent.putChild(segments[-1], resource)
     site = Site(root, timeout=settings.connectTimeout or None, reactor=reactor)
     site.protocol = _Channel
+    site.request_timeout = getattr(settings, "requestTimeout", 10.0)
+    site.min_body_rate = getattr(settings, "minBodyRate", 1024.0)
     site.noisy = False
     site.displayTracebacks = False
     site.root, site.ws_factory = root, factory

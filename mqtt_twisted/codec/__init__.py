@@ -40,7 +40,7 @@ from mqtt_twisted.codec.properties import (
     decode_properties,
     encode_properties,
 )
-from mqtt_twisted.codec.stream import MAX_PACKET_SIZE, StreamDecoder
+from mqtt_twisted.codec.stream import MAX_PACKET_SIZE, NO_LIMITS, DecodeLimits, StreamDecoder
 from mqtt_twisted.codec.topics import (
     SharedFilter,
     parse_shared_filter,
@@ -63,7 +63,7 @@ def decode(data: bytes, version: int | None = None) -> Packet:
 
 
 __all__ = [
-    "Auth", "ConnAck", "Connect", "Disconnect", "MAX_PACKET_SIZE", "Packet", "PingReq",
+    "Auth", "ConnAck", "Connect", "DecodeLimits", "Disconnect", "MAX_PACKET_SIZE", "NO_LIMITS", "Packet", "PingReq",
     "PingResp", "PROPERTY_SPECS", "Properties", "PubAck", "PubComp", "PubRec", "PubRel",
     "Publish", "SharedFilter", "StreamDecoder", "SubAck", "Subscribe", "Subscription",
     "UnsubAck", "Unsubscribe", "Will", "decode", "decode_binary", "decode_body",

@@ -29,7 +29,7 @@ from mqtt_twisted.codec.packets import (
     Unsubscribe,
     Will,
 )
-from mqtt_twisted.codec.properties import decode_properties
+from mqtt_twisted.codec.properties import NO_LIMITS, DecodeLimits, decode_properties
 from mqtt_twisted.constants import (
     ALLOWED_REASON_CODES,
     PROTOCOL_NAMES,
@@ -81,7 +81,8 @@ def _check_reason(packet_type: int, code: int) -> int:
     return code
 
 
-def decode_connect(flags: int, buf: bytes, pos: int, end: int, version: int | None) -> Connect:
+def decode_connect(flags: int, buf: bytes, pos: int, end: int, version: int | None,
+        limits: DecodeLimits = NO_LIMITS) -> Connect:
     """CONNECT: the packet that fixes the protocol version of the stream."""
     name, pos = decode_string(buf, pos, end)
     if pos + 4 > end:
@@ -110,7 +111,7 @@ def decode_connect(flags: int, buf: bytes, pos: int, end: int, version: int | No
         raise MalformedPacket("will QoS or retain set without a will")  # [MQTT-3.1.2-11..15]
     if level < 5 and has_password and not has_username:
         raise MalformedPacket("password without a user name")  # [MQTT-3.1.2-22]
-    props = decode_properties(buf, pos, end, PacketType.CONNECT) if level == 5 else None
+    props = decode_properties(buf, pos, end, PacketType.CONNECT, limits) if level == 5 else None
     if props is not None:
         properties, pos = props
     else:
@@ -119,7 +120,7 @@ def decode_connect(flags: int, buf: bytes, pos: int, end: int, version: int | No
     will = None
     if will_flag:
         if level == 5:
-            will_props, pos = decode_properties(buf, pos, end, WILL_PROPERTIES)
+            will_props, pos = decode_properties(buf, pos, end, WILL_PROPERTIES, limits)
         else:
             will_props = {}
         will_topic, pos = decode_string(buf, pos, end)
@@ -138,7 +139,8 @@ def decode_connect(flags: int, buf: bytes, pos: int, end: int, version: int | No
     )
 
 
-def decode_connack(flags: int, buf: bytes, pos: int, end: int, version: int | None) -> ConnAck:
+def decode_connack(flags: int, buf: bytes, pos: int, end: int, version: int | None,
+        limits: DecodeLimits = NO_LIMITS) -> ConnAck:
     if pos + 2 > end:
         raise MalformedPacket("CONNACK is truncated")
     ack_flags = buf[pos]
@@ -148,7 +150,7 @@ def decode_connack(flags: int, buf: bytes, pos: int, end: int, version: int | No
         raise MalformedPacket("CONNACK reserved flags are set")
     if version == 5:
         _check_reason(PacketType.CONNACK, code)
-        properties, pos = decode_properties(buf, pos, end, PacketType.CONNACK)
+        properties, pos = decode_properties(buf, pos, end, PacketType.CONNACK, limits)
     else:
         if code > 5:
             raise MalformedPacket(f"CONNACK return code {code}")
@@ -158,7 +160,8 @@ def decode_connack(flags: int, buf: bytes, pos: int, end: int, version: int | No
     return ConnAck(bool(ack_flags & 1) and version != 3, code, properties)
 
 
-def decode_publish(flags: int, buf: bytes, pos: int, end: int, version: int | None) -> Publish:
+def decode_publish(flags: int, buf: bytes, pos: int, end: int, version: int | None,
+        limits: DecodeLimits = NO_LIMITS) -> Publish:
     """PUBLISH: the hot path, kept flat."""
     qos = (flags >> 1) & 0x03
     if qos == 3:
@@ -193,7 +196,7 @@ def decode_publish(flags: int, buf: bytes, pos: int, end: int, version: int | No
             properties = {}
             pos += 1
         else:
-            properties, pos = decode_properties(buf, pos, end, PacketType.PUBLISH)
+            properties, pos = decode_properties(buf, pos, end, PacketType.PUBLISH, limits)
         if not topic and _TOPIC_ALIAS not in properties:
             # A protocol error (0x82), not an invalid topic name (MQTT 5 §3.3.2.1).
             raise ProtocolError("empty PUBLISH topic without a topic alias")
@@ -205,7 +208,8 @@ def decode_publish(flags: int, buf: bytes, pos: int, end: int, version: int | No
 
 
 def _make_ack_decoder(cls: type, packet_type: int) -> Callable[..., Packet]:
-    def decode_ack(flags: int, buf: bytes, pos: int, end: int, version: int | None) -> Packet:
+    def decode_ack(flags: int, buf: bytes, pos: int, end: int, version: int | None,
+        limits: DecodeLimits = NO_LIMITS) -> Packet:
         packet_id = _packet_id(buf, pos, end)
         pos += 2
         code = 0
@@ -215,7 +219,7 @@ def _make_ack_decoder(cls: type, packet_type: int) -> Callable[..., Packet]:
             code = _check_reason(packet_type, buf[pos])
             pos += 1
             if pos < end:
-                properties, pos = decode_properties(buf, pos, end, packet_type)
+                properties, pos = decode_properties(buf, pos, end, packet_type, limits)
         _no_trailing(pos, end, cls.__name__.upper())
         return cls(packet_id, code, properties)
 
@@ -229,12 +233,13 @@ decode_pubrel = _make_ack_decoder(PubRel, PacketType.PUBREL)
 decode_pubcomp = _make_ack_decoder(PubComp, PacketType.PUBCOMP)
 
 
-def decode_subscribe(flags: int, buf: bytes, pos: int, end: int, version: int | None) -> Subscribe:
+def decode_subscribe(flags: int, buf: bytes, pos: int, end: int, version: int | None,
+        limits: DecodeLimits = NO_LIMITS) -> Subscribe:
     packet_id = _packet_id(buf, pos, end)
     pos += 2
     properties: dict = {}
     if version == 5:
-        properties, pos = decode_properties(buf, pos, end, PacketType.SUBSCRIBE)
+        properties, pos = decode_properties(buf, pos, end, PacketType.SUBSCRIBE, limits)
     subscriptions = []
     while pos < end:
         topic_filter, pos = decode_string(buf, pos, end)
@@ -264,12 +269,13 @@ def decode_subscribe(flags: int, buf: bytes, pos: int, end: int, version: int | 
     return Subscribe(packet_id, subscriptions, properties)
 
 
-def decode_suback(flags: int, buf: bytes, pos: int, end: int, version: int | None) -> SubAck:
+def decode_suback(flags: int, buf: bytes, pos: int, end: int, version: int | None,
+        limits: DecodeLimits = NO_LIMITS) -> SubAck:
     packet_id = _packet_id(buf, pos, end)
     pos += 2
     properties: dict = {}
     if version == 5:
-        properties, pos = decode_properties(buf, pos, end, PacketType.SUBACK)
+        properties, pos = decode_properties(buf, pos, end, PacketType.SUBACK, limits)
         codes = [_check_reason(PacketType.SUBACK, c) for c in buf[pos:end]]
     else:
         codes = list(buf[pos:end])
@@ -282,13 +288,14 @@ def decode_suback(flags: int, buf: bytes, pos: int, end: int, version: int | Non
 
 
 def decode_unsubscribe(
-    flags: int, buf: bytes, pos: int, end: int, version: int | None
+    flags: int, buf: bytes, pos: int, end: int, version: int | None,
+    limits: DecodeLimits = NO_LIMITS,
 ) -> Unsubscribe:
     packet_id = _packet_id(buf, pos, end)
     pos += 2
     properties: dict = {}
     if version == 5:
-        properties, pos = decode_properties(buf, pos, end, PacketType.UNSUBSCRIBE)
+        properties, pos = decode_properties(buf, pos, end, PacketType.UNSUBSCRIBE, limits)
     filters = []
     while pos < end:
         topic_filter, pos = decode_string(buf, pos, end)
@@ -298,13 +305,14 @@ def decode_unsubscribe(
     return Unsubscribe(packet_id, filters, properties)
 
 
-def decode_unsuback(flags: int, buf: bytes, pos: int, end: int, version: int | None) -> UnsubAck:
+def decode_unsuback(flags: int, buf: bytes, pos: int, end: int, version: int | None,
+        limits: DecodeLimits = NO_LIMITS) -> UnsubAck:
     packet_id = _packet_id(buf, pos, end)
     pos += 2
     if version != 5:
         _no_trailing(pos, end, "UNSUBACK")
         return UnsubAck(packet_id)
-    properties, pos = decode_properties(buf, pos, end, PacketType.UNSUBACK)
+    properties, pos = decode_properties(buf, pos, end, PacketType.UNSUBACK, limits)
     codes = [_check_reason(PacketType.UNSUBACK, c) for c in buf[pos:end]]
     if not codes:
         raise ProtocolError("UNSUBACK without reason codes")
@@ -312,7 +320,8 @@ def decode_unsuback(flags: int, buf: bytes, pos: int, end: int, version: int | N
 
 
 def _decode_empty(cls: type) -> Callable[..., Packet]:
-    def decode_empty(flags: int, buf: bytes, pos: int, end: int, version: int | None) -> Packet:
+    def decode_empty(flags: int, buf: bytes, pos: int, end: int, version: int | None,
+        limits: DecodeLimits = NO_LIMITS) -> Packet:
         _no_trailing(pos, end, cls.__name__.upper())
         return cls()
 
@@ -322,7 +331,8 @@ def _decode_empty(cls: type) -> Callable[..., Packet]:
 def _decode_reason_and_properties(cls: type, packet_type: int) -> Callable[..., Packet]:
     """DISCONNECT and AUTH: an optional reason code and optional properties in v5."""
 
-    def decode(flags: int, buf: bytes, pos: int, end: int, version: int | None) -> Packet:
+    def decode(flags: int, buf: bytes, pos: int, end: int, version: int | None,
+        limits: DecodeLimits = NO_LIMITS) -> Packet:
         if version != 5:
             if packet_type == PacketType.AUTH:
                 raise ProtocolError("AUTH exists only in MQTT 5.0")
@@ -334,7 +344,7 @@ def _decode_reason_and_properties(cls: type, packet_type: int) -> Callable[..., 
             code = _check_reason(packet_type, buf[pos])
             pos += 1
             if pos < end:
-                properties, pos = decode_properties(buf, pos, end, packet_type)
+                properties, pos = decode_properties(buf, pos, end, packet_type, limits)
         _no_trailing(pos, end, cls.__name__.upper())
         return cls(code, properties)
 
@@ -363,7 +373,8 @@ DECODERS = {int(k): v for k, v in DECODERS.items()}
 REQUIRED_FLAGS = {int(k): v for k, v in REQUIRED_FLAGS.items()}
 
 
-def decode_body(first_byte: int, buf: bytes, pos: int, end: int, version: int | None) -> Packet:
+def decode_body(first_byte: int, buf: bytes, pos: int, end: int, version: int | None,
+        limits: DecodeLimits = NO_LIMITS) -> Packet:
     """Decode one packet whose body is ``buf[pos:end]`` under ``version``."""
     packet_type = first_byte >> 4
     flags = first_byte & 0x0F
@@ -373,5 +384,5 @@ def decode_body(first_byte: int, buf: bytes, pos: int, end: int, version: int | 
             raise MalformedPacket(f"reserved packet type {packet_type}")
         if flags != REQUIRED_FLAGS[packet_type]:
             raise MalformedPacket(f"bad fixed-header flags 0x{flags:X} for packet type {packet_type}")
-        return decoder(flags, buf, pos, end, version)
-    return decode_publish(flags, buf, pos, end, version)
+        return decoder(flags, buf, pos, end, version, limits)
+    return decode_publish(flags, buf, pos, end, version, limits)

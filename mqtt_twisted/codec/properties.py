@@ -20,7 +20,7 @@ from mqtt_twisted.codec._wire import (
     encode_vbi,
 )
 from mqtt_twisted.constants import WILL_PROPERTIES, PacketType, PropertyId
-from mqtt_twisted.errors import MalformedPacket, ProtocolError, ValidationError
+from mqtt_twisted.errors import MalformedPacket, PacketTooLarge, ProtocolError, ValidationError
 
 Properties = dict[int, Any]
 
@@ -84,14 +84,36 @@ _PUBLISH = int(PacketType.PUBLISH)
 _ID_ENUM = {int(p): p for p in PropertyId}
 
 
+class DecodeLimits:
+    """What one packet may carry beyond the protocol's own limits, checked while it is
+    decoded, before the objects are built: a CONNECT or PUBLISH of a million user
+    properties is refused at the 129th, not after a million tuples were made."""
+
+    __slots__ = ("max_user_properties", "max_user_property_bytes")
+
+    def __init__(self, max_user_properties: int = 1 << 31,
+                 max_user_property_bytes: int = 1 << 31) -> None:
+        self.max_user_properties = max_user_properties
+        self.max_user_property_bytes = max_user_property_bytes
+
+
+#: The protocol's limits only (clients, tests, tools).
+NO_LIMITS = DecodeLimits()
+
+
 def is_repeatable(prop: int, packet_type: int) -> bool:
     """User properties repeat anywhere; subscription identifiers only in PUBLISH."""
     return prop == _USER or (prop == _SUB_ID and packet_type == _PUBLISH)
 
 
-def decode_properties(buf: bytes, pos: int, end: int, packet_type: int) -> tuple[Properties, int]:
-    """Decode a property block (length VBI plus properties) for ``packet_type``."""
+def decode_properties(buf: bytes, pos: int, end: int, packet_type: int,
+                      limits: DecodeLimits = NO_LIMITS) -> tuple[Properties, int]:
+    """Decode a property block (length VBI plus properties) for ``packet_type``.
+
+    User properties beyond ``limits`` raise :class:`PacketTooLarge` as soon as the
+    first one too many is read."""
     length, pos = decode_vbi(buf, pos, end)
+    users = user_bytes = 0
     stop = pos + length
     if stop > end:
         raise MalformedPacket("properties run past the packet")
@@ -130,9 +152,16 @@ def decode_properties(buf: bytes, pos: int, end: int, packet_type: int) -> tuple
         elif kind == BINARY:
             value, pos = decode_binary(buf, pos, stop)
         else:
+            start = pos
             name, pos = decode_string(buf, pos, stop)
             text, pos = decode_string(buf, pos, stop)
             value = (name, text)
+            users += 1
+            user_bytes += pos - start
+            if users > limits.max_user_properties or user_bytes > limits.max_user_property_bytes:
+                raise PacketTooLarge(
+                    f"more than {limits.max_user_properties} user properties or "
+                    f"{limits.max_user_property_bytes} bytes of them")
         if ident in _BOOLEAN_BYTES and value > 1:
             raise ProtocolError(f"property {_ID_ENUM[ident].name} must be 0 or 1")
         if ident in _NON_ZERO and value == 0:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from mqtt_twisted.codec._decode import decode_body
 from mqtt_twisted.codec.packets import Connect, Packet
+from mqtt_twisted.codec.properties import NO_LIMITS, DecodeLimits
 from mqtt_twisted.constants import MAX_REMAINING_LENGTH
 from mqtt_twisted.errors import MalformedPacket, MQTTError, PacketTooLarge, ProtocolError
 
 #: The largest packet MQTT can frame: 1 type byte, 4 length bytes, the body.
 MAX_PACKET_SIZE = MAX_REMAINING_LENGTH + 5
+
+__all__ = ["MAX_PACKET_SIZE", "NO_LIMITS", "DecodeLimits", "StreamDecoder"]
+
 
 
 class StreamDecoder:
@@ -17,7 +21,9 @@ class StreamDecoder:
     With ``version=None`` (the server side) the first packet must be CONNECT,
     whose protocol level then fixes the version for the rest of the stream.
     The size limit is checked on the fixed header, before any body is
-    buffered.  Bytes are parsed in place in the chunk they arrived in; a
+    buffered; until CONNECT has arrived a server-side stream holds the smaller
+    ``connect_packet_size`` (an unauthenticated peer cannot make the broker buffer a
+    megabyte), and after a refused packet the buffered bytes are released.  Bytes are parsed in place in the chunk they arrived in; a
     packet split across chunks is joined once, when its last byte arrives, so
     the cost stays linear in the bytes fed however they are cut.
 
@@ -28,11 +34,17 @@ class StreamDecoder:
     caller handles those packets, then closes the connection.
     """
 
-    __slots__ = ("version", "max_packet_size", "_pending", "_pending_size", "_need")
+    __slots__ = ("version", "max_packet_size", "connect_packet_size", "limits", "_pending",
+                 "_pending_size", "_need")
 
-    def __init__(self, version: int | None = None, max_packet_size: int = MAX_PACKET_SIZE):
+    def __init__(self, version: int | None = None, max_packet_size: int = MAX_PACKET_SIZE,
+                 connect_packet_size: int | None = None,
+                 limits: DecodeLimits = NO_LIMITS) -> None:
         self.version = version
         self.max_packet_size = max_packet_size
+        #: The limit while the stream still waits for its CONNECT (server side).
+        self.connect_packet_size = min(connect_packet_size or max_packet_size, max_packet_size)
+        self.limits = limits
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._need = 0  # bytes the pending partial packet needs in all; 0 if unknown
@@ -56,7 +68,8 @@ class StreamDecoder:
         pos = 0
         n = len(data)
         version = self.version
-        limit = self.max_packet_size
+        limit = self.max_packet_size if version is not None else self.connect_packet_size
+        limits = self.limits
         need = 0
         try:
             while n - pos >= 2:
@@ -71,7 +84,12 @@ class StreamDecoder:
                     shift = 7
                     while True:
                         if pos + header >= n:
-                            length = -1  # the length itself is still incomplete
+                            # The length itself is incomplete; what it says so far is
+                            # a lower bound, already too much for a small limit.
+                            if length + (1 << shift) + header > limit:
+                                raise PacketTooLarge(
+                                    f"packet exceeds the limit of {limit} bytes")
+                            length = -1
                             break
                         byte = data[pos + header]
                         header += 1
@@ -92,16 +110,19 @@ class StreamDecoder:
                 if end > n:
                     need = total
                     break
-                packet = decode_body(first, data, pos + header, end, version)
+                packet = decode_body(first, data, pos + header, end, version, limits)
                 if first == 0x30:  # QoS 0, not retained: forwardable as it came
                     packet.raw = data[pos:end] if pos or end != n else data  # type: ignore[union-attr]
                 elif version is None and type(packet) is Connect:
                     self.version = version = packet.protocol_level
+                    limit = self.max_packet_size
                 packets.append(packet)
                 pos = end
         except MQTTError as e:
             # The packets before the bad one stand: the caller handles them, then closes.
             e.packets = packets  # type: ignore[attr-defined]
+            self._pending = []  # the stream ends here: let its bytes go now
+            self._pending_size = self._need = 0
             raise
         self._need = need
         if pos < n:

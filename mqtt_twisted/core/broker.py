@@ -28,6 +28,7 @@ from mqtt_twisted.core.delivery import Delivery, expired
 from mqtt_twisted.core.flow import FlowControl
 from mqtt_twisted.core.journal import Journal
 from mqtt_twisted.core.lifecycle import Lifecycle
+from mqtt_twisted.core.limits import RetainedQuota, short_topic
 from mqtt_twisted.core.readcheck import needs_check, read_check_for
 from mqtt_twisted.core.router import LOCAL, LocalRouter
 from mqtt_twisted.core.session import Session, SubscriptionOptions
@@ -61,6 +62,9 @@ class Broker:
         self.connect_timeout = connect_timeout
         self.sessions: dict[str, Session] = {}
         self.stats = BrokerStats(clock.seconds())
+        #: Topics up to this length need no look at the topic limits (one compare).
+        self.short_topic = short_topic(self.settings)
+        self.retained_quota = RetainedQuota(self.settings)
         self.connections: set[MQTTConnection] = set()
         #: The connection whose PUBLISH is being routed, for flow control.
         self.publisher: MQTTConnection | None = None
@@ -133,7 +137,17 @@ class Broker:
         return self.router.dispatch(message, origin)  # type: ignore[no-any-return]
 
     def retain(self, message: Message) -> None:
-        """Keep ``message`` as its topic's retained message (an empty payload deletes it)."""
+        """Keep ``message`` as its topic's retained message (an empty payload deletes it),
+        within the retained quota: beyond it (a will, an adapter's message) it is
+        routed but not kept."""
+        quota = self.retained_quota
+        if message.topic[:5] == "$SYS/":
+            pass  # the broker's own (no client may publish there): never held back
+        elif message.payload and not quota.allows(message.topic, message.payload):
+            quota.refused += 1
+            return
+        else:
+            quota.note(message)
         if message.payload:
             self.journal.persist(self.store.setRetained(message))
         else:

@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from mqtt_twisted.codec.packets import Auth, Connect
 from mqtt_twisted.constants import PropertyId, ReasonCode
 from mqtt_twisted.core._async import when
+from mqtt_twisted.core.limits import topic_refusal
 from mqtt_twisted.core.ownership import (
     FRESH,
     connecting_owner,
@@ -33,6 +34,7 @@ from mqtt_twisted.errors import (
     AuthorizationError,
     ClientIdentifierNotValid,
     ConnectError,
+    InvalidTopicName,
     MQTTError,
 )
 from mqtt_twisted.message import Message
@@ -76,6 +78,14 @@ class Connector:
             if will.retain and not self.broker.settings.retain_available:  # [MQTT-3.2.2-13]
                 conn.refuse(ConnectError("retained will not supported",
                                          ReasonCode.RETAIN_NOT_SUPPORTED))
+                return
+        if will is not None:
+            why = topic_refusal(self.broker.settings, will.topic)
+            if why is not None:
+                if packet.protocol_level == 5:
+                    conn.refuse(ConnectError(f"will topic: {why}", ReasonCode.TOPIC_NAME_INVALID))
+                else:  # v3 has no return code for it: close, as for a malformed will topic
+                    conn.violation(InvalidTopicName(f"will topic: {why}"))
                 return
         max_keepalive = self.broker.settings.max_keepalive
         if (max_keepalive and packet.protocol_level < 5 and not conn.virtual
@@ -288,7 +298,8 @@ class Connector:
             session = None
         if session is None:
             session = Session(client_id, min(broker.settings.max_inflight, conn.send_quota),
-                              broker.settings.max_queued)
+                              broker.settings.max_queued, broker.settings.max_queued_bytes,
+                              broker.settings.max_inflight_bytes)
             broker.sessions[client_id] = session
         return session, present
 

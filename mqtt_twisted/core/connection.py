@@ -80,7 +80,9 @@ class MQTTConnection:
         self.peer = peer
         self.listener = listener
         self.certificate_identity = certificate_identity
-        self.decoder = StreamDecoder(None, broker.settings.max_packet_size)
+        settings = broker.settings
+        self.decoder = StreamDecoder(None, settings.max_packet_size,
+                                     settings.connect_packet_size, settings.decode_limits())
         self.state = AWAIT_CONNECT
         self.version = 4
         self.session: Session | None = None

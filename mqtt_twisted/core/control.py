@@ -24,6 +24,7 @@ from mqtt_twisted.constants import PropertyId, ReasonCode
 from mqtt_twisted.core import inbound
 from mqtt_twisted.core._async import gather
 from mqtt_twisted.core.grant import check_filter, granted_qos
+from mqtt_twisted.core.limits import over_subscription_quota
 from mqtt_twisted.core.states import CONNECTED
 from mqtt_twisted.errors import InvalidTopicFilter, ProtocolError
 from mqtt_twisted.records import SubscriptionOptions
@@ -86,6 +87,10 @@ def subscribe(conn: MQTTConnection, packet: Subscribe,
             continue
         if allowed is not None and not allowed[i]:
             codes.append(ReasonCode.NOT_AUTHORIZED if v5 else 0x80)
+            continue
+        if over_subscription_quota(settings, session.subscriptions,  # type: ignore[union-attr]
+                                   sub.topic_filter):
+            codes.append(ReasonCode.QUOTA_EXCEEDED if v5 else 0x80)
             continue
         qos = granted_qos(settings, sub.qos)
         options = SubscriptionOptions(qos, sub.no_local, sub.retain_as_published,

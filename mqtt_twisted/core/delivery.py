@@ -71,12 +71,14 @@ class Delivery:
                     if not qos:
                         conn.send_publish(message, 0, retain, None, subscription_ids)
                         return
-                    if len(session.inflight) < conn.send_quota:
+                    if (len(session.inflight) < conn.send_quota
+                            and session.inflight_bytes < session.max_inflight_bytes):
                         self._send_inflight(session, conn, Outbound(
                             message, qos, retain, subscription_ids, None, 0, group,
                             session.next_seq()))
                         return
-                elif not qos and self.flow.hold_back_publisher(conn):
+                elif not qos and self.flow.hold_back_publisher(
+                        conn, len(message.payload) + len(message.topic)):
                     # The publisher is held back, so what the transport buffers beyond its
                     # mark is bounded by one read: write rather than queue.
                     conn.send_publish(message, 0, retain, None, subscription_ids)
@@ -88,19 +90,25 @@ class Delivery:
         out = Outbound(message, qos, retain, subscription_ids, None, 0, group,
                        session.next_seq())
         dropped = session.enqueue(out)
-        if dropped is not None:
-            self.stats.messages_dropped += 1
-            if session.dropped & (session.dropped - 1) == 0:  # log 1st, 2nd, 4th, 8th...
-                self.log.warn("Queue of {client} is full ({size}); dropped the oldest message "
-                              "(topic {topic}; {n} dropped so far)", client=session.clientId,
-                              size=self.settings.max_queued, topic=dropped.message.topic,
-                              n=session.dropped)
+        if dropped:
+            self._dropped(session, dropped)
         if qos and self.durable and session.persistent:
             self.journal.persist(self.store.storeOutbound(session.clientId, out))
+
+    def _dropped(self, session: Session, dropped: list[Outbound]) -> None:
+        before = session.dropped - len(dropped)
+        self.stats.messages_dropped += len(dropped)
+        if before.bit_length() != session.dropped.bit_length():  # log 1st, 2nd, 4th, 8th...
+            self.log.warn("Queue of {client} is full ({size} messages or {bytes} bytes); "
+                          "dropped the oldest (topic {topic}; {n} dropped so far)",
+                          client=session.clientId, size=self.settings.max_queued,
+                          bytes=self.settings.max_queued_bytes,
+                          topic=dropped[-1].message.topic, n=session.dropped)
 
     def _send_inflight(self, session: Session, conn: Any, out: Outbound) -> None:
         pid = out.packet_id = session.allocate_packet_id()
         session.inflight[pid] = out
+        session.inflight_bytes += len(out.message.payload) + len(out.message.topic)
         if self.durable and session.persistent:
             # Stored before it is sent, so that a crash cannot lose track of it.
             self.journal.persist(self.store.storeOutbound(session.clientId, out))
@@ -116,6 +124,7 @@ class Delivery:
             elif not conn.send_publish(out.message, out.qos, out.retain, pid,
                                        out.subscription_ids, dup=True):
                 del session.inflight[pid]
+                session.inflight_bytes -= len(out.message.payload) + len(out.message.topic)
 
     def pump(self, session: Session) -> None:
         """Move queued messages to the wire while the client has room."""
@@ -126,9 +135,11 @@ class Delivery:
         now = self.clock.seconds()
         while queue and not conn.paused and conn.state != CLOSED:
             out = queue[0]
-            if out.qos and len(session.inflight) >= conn.send_quota:
+            if out.qos and (len(session.inflight) >= conn.send_quota
+                            or session.inflight_bytes >= session.max_inflight_bytes):
                 return
             queue.popleft()
+            session.queued_bytes -= len(out.message.payload) + len(out.message.topic)
             if out.message.properties and expired(out.message, now):
                 # [MQTT-3.3.2-5] not yet sent onward: the copy for this subscriber goes.
                 self.stats.messages_expired += 1
@@ -151,6 +162,7 @@ class Delivery:
         out = session.inflight.pop(packet_id, None)
         if out is None:
             return
+        session.inflight_bytes -= len(out.message.payload) + len(out.message.topic)
         if self.durable and session.persistent:
             self.journal.persist(self.store.removeOutbound(session.clientId, out.seq))
         if session.queue:
@@ -200,6 +212,7 @@ class Delivery:
         sent = 0
         for message in messages:
             if message.properties and expired(message, now):
+                self.broker.retained_quota.forget(message.topic)
                 self.journal.persist(self.store.deleteRetained(message.topic))
                 continue
             self.deliver(session, message, min(message.qos, options.qos), True, sub_ids)

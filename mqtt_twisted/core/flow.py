@@ -36,10 +36,12 @@ REFILL = 0.1
 class _Congestion:
     """One subscriber that cannot take more: since when, and whom it holds back."""
 
-    __slots__ = ("since", "waiters", "stall_call")
+    __slots__ = ("since", "waiters", "stall_call", "written")
 
     def __init__(self, since: float) -> None:
         self.since = since
+        #: Bytes written to its full transport meanwhile (see hold_back_publisher).
+        self.written = 0
         #: Publisher -> since when this subscriber holds it back.
         self.waiters: dict[Any, float] = {}
         self.stall_call: Any = None
@@ -59,11 +61,14 @@ class FlowControl:
         #: Publisher connection -> (seconds held back still owed, as of when).
         self.debts: WeakKeyDictionary[Any, tuple[float, float]] = WeakKeyDictionary()
 
-    def hold_back_publisher(self, conn: Any) -> bool:
+    def hold_back_publisher(self, conn: Any, size: int = 0) -> bool:
         """``conn`` cannot take more now: stop reading from the client whose PUBLISH is
-        being routed until ``conn`` catches up.  True when a publisher is held back;
-        False past the grace, or when nobody is publishing (a will, ``$SYS``, an HTTP
-        publish): then the message queues."""
+        being routed until ``conn`` catches up.  True when a publisher is held back (the
+        caller then writes the ``size`` bytes through); False past the grace, when
+        nobody is publishing (a will, ``$SYS``, an HTTP publish), or once the writes
+        through reach the queue's byte limit: then the message queues.  (One read of
+        a held-back publisher can hold thousands of tiny alias-only PUBLISHes, each
+        written out with its whole topic.)"""
         broker = self.broker
         clock = broker.clock
         grace = broker.settings.slow_consumer_grace
@@ -75,8 +80,11 @@ class FlowControl:
                 self._stalled(conn)
             return False
         publisher = broker.publisher
+        if state.written + size > (broker.settings.max_queued_bytes or 1 << 62):
+            return False
         if publisher is not None and publisher is not conn and publisher.state == CONNECTED:
             if publisher in state.waiters:
+                state.written += size
                 return True
             if self.owed(publisher) >= grace:
                 return False  # its budget is spent: the slow subscriber's queue takes it
@@ -86,6 +94,7 @@ class FlowControl:
                 state.stall_call = clock.callLater(grace, self._stalled, conn)
             state.waiters[publisher] = clock.seconds()
             publisher.throttle()
+            state.written += size
             return True
         return False
 

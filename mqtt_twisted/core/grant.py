@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from mqtt_twisted.codec.topics import SharedFilter, validate_topic_filter
 from mqtt_twisted.constants import ReasonCode
+from mqtt_twisted.core.limits import topic_refusal
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.errors import InvalidTopicFilter
 
@@ -20,6 +21,8 @@ def check_filter(settings: BrokerSettings, topic_filter: str,
     try:
         shared = validate_topic_filter(topic_filter)
     except InvalidTopicFilter:
+        return ReasonCode.TOPIC_FILTER_INVALID, None
+    if topic_refusal(settings, topic_filter) is not None:  # deeper or longer than allowed
         return ReasonCode.TOPIC_FILTER_INVALID, None
     if shared is not None and not settings.shared_subscriptions:
         return ReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED, shared

@@ -19,9 +19,16 @@ from mqtt_twisted.codec import PubAck, PubComp, Publish, PubRec, PubRel
 from mqtt_twisted.codec.packets import Packet
 from mqtt_twisted.codec.topics import is_reserved_topic
 from mqtt_twisted.constants import PropertyId, ReasonCode
+from mqtt_twisted.core.limits import topic_refusal
 from mqtt_twisted.core.router import LOCAL
 from mqtt_twisted.core.states import CLOSED
-from mqtt_twisted.errors import AuthorizationError, MQTTError, ProtocolError, StoreUnavailable
+from mqtt_twisted.errors import (
+    AuthorizationError,
+    InvalidTopicName,
+    MQTTError,
+    ProtocolError,
+    StoreUnavailable,
+)
 from mqtt_twisted.message import Message
 from mqtt_twisted.records import AWAITING_ACK
 
@@ -42,6 +49,12 @@ def on_publish(conn: MQTTConnection, packet: Publish) -> None:
     topic = packet.topic
     props = packet.properties
     raw = packet.raw
+    broker = conn.broker
+    if len(topic) > broker.short_topic:  # (one compare for the usual short topic)
+        # The topic as sent: one an alias stands for was checked when the alias was set.
+        why = topic_refusal(broker.settings, topic)
+        if why is not None:
+            raise InvalidTopicName(f"PUBLISH topic: {why}")
     if props:
         raw = None  # properties may change on the way (alias, expiry): re-encode
         alias = props.get(_TOPIC_ALIAS)
@@ -57,11 +70,16 @@ def on_publish(conn: MQTTConnection, packet: Publish) -> None:
     if topic[:1] == "$" and is_reserved_topic(topic):
         refuse_publish(conn, packet, "reserved for the broker")  # MQTT 5 §4.7.2
         return
-    broker = conn.broker
     if qos > broker.settings.maximum_qos:
         raise ProtocolError("QoS not supported", ReasonCode.QOS_NOT_SUPPORTED)
-    if packet.retain and not broker.settings.retain_available:
-        raise ProtocolError("retain not supported", ReasonCode.RETAIN_NOT_SUPPORTED)
+    if packet.retain:
+        if not broker.settings.retain_available:
+            raise ProtocolError("retain not supported", ReasonCode.RETAIN_NOT_SUPPORTED)
+        if not broker.retained_quota.allows(topic, packet.payload):
+            broker.retained_quota.refused += 1
+            refuse_publish(conn, packet, "retained messages are over their quota",
+                           ReasonCode.QUOTA_EXCEEDED)
+            return
     if props and broker.settings.validate_utf8_payload and props.get(_PFI) == 1:
         try:
             packet.payload.decode("utf-8")
@@ -117,12 +135,13 @@ def on_publish(conn: MQTTConnection, packet: Publish) -> None:
         publish(conn, message, bool(allowed))
 
 
-def refuse_publish(conn: MQTTConnection, packet: Publish, why: str) -> None:
-    """Do not route a PUBLISH the client may not make: v5 QoS 1/2 get 0x87 in their
-    acknowledgement and QoS 0 a DISCONNECT 0x87; v3 has no refusal, so its PUBLISH
-    is acknowledged as usual and dropped, with one log line per client."""
-    code = ReasonCode.NOT_AUTHORIZED
-    if conn.version == 5 and not packet.qos:
+def refuse_publish(conn: MQTTConnection, packet: Publish, why: str,
+                   code: int = ReasonCode.NOT_AUTHORIZED) -> None:
+    """Do not route a PUBLISH the client may not make: v5 QoS 1/2 get ``code`` (0x87,
+    or 0x97 for a quota) in their acknowledgement and QoS 0 a DISCONNECT 0x87 (a quota
+    only drops it); v3 has no refusal, so its PUBLISH is acknowledged as usual and
+    dropped, with one log line per client."""
+    if conn.version == 5 and not packet.qos and code == ReasonCode.NOT_AUTHORIZED:
         raise AuthorizationError(f"PUBLISH to {packet.topic!r}: {why}")
     if not conn._refused_logged:
         conn._refused_logged = True

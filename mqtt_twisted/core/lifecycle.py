@@ -104,7 +104,8 @@ class Lifecycle:
             broker.router.remove(session.clientId, topic_filter)
         session.subscriptions.clear()
         session.inflight.clear()
-        session.queue = ()
+        session.inflight_bytes = 0
+        session.clear_queue()
         if session.expiry_call is not None and session.expiry_call.active():
             session.expiry_call.cancel()
         broker.journal.persist(broker.store.deleteSession(session.clientId))
@@ -121,7 +122,8 @@ class Lifecycle:
         """Rebuild a live session (and its subscriptions) from stored state at start-up."""
         broker = self.broker
         settings = broker.settings
-        session = Session(state.clientId, settings.max_inflight, settings.max_queued)
+        session = Session(state.clientId, settings.max_inflight, settings.max_queued,
+                          settings.max_queued_bytes, settings.max_inflight_bytes)
         session.expiryInterval = state.expiryInterval
         session.will = state.will
         session.willDelay = state.willDelay

@@ -39,10 +39,12 @@ class Session:
         "clientId", "subscriptions", "will", "willDelay", "expiryInterval",
         "disconnectedAt", "inflight", "queue", "inboundQoS2", "connection", "identity",
         "_next_pid", "expiry_call", "will_call", "dropped", "max_inflight", "max_queued",
-        "_next_seq", "read_check", "retained_backlog", "owner",
+        "_next_seq", "queued_bytes", "max_queued_bytes", "inflight_bytes", "max_inflight_bytes",
+        "read_check", "retained_backlog", "owner",
     )
 
-    def __init__(self, client_id: str, max_inflight: int = 20, max_queued: int = 1000) -> None:
+    def __init__(self, client_id: str, max_inflight: int = 20, max_queued: int = 1000,
+                 max_queued_bytes: int = 16 << 20, max_inflight_bytes: int = 0) -> None:
         self.clientId = client_id
         self.subscriptions: dict[str, SubscriptionOptions] = {}
         self.will: Message | None = None
@@ -64,6 +66,13 @@ class Session:
         self.dropped = 0
         self.max_inflight = max_inflight
         self.max_queued = max_queued
+        #: What the queued messages hold: payload and topic bytes (see queued_size).
+        self.queued_bytes = 0
+        self.max_queued_bytes = max_queued_bytes or 1 << 62  # 0: no limit
+        #: Payload and topic bytes in flight; the window closes at max_inflight_bytes
+        #: (0: no limit, kept as a number no session reaches: one compare either way).
+        self.inflight_bytes = 0
+        self.max_inflight_bytes = max_inflight_bytes or 1 << 62
         self._next_seq = 1
         #: ``topic -> bool`` when an authorizer grants one of its filters only in part
         #: (``core/readcheck.py``); None, the usual case, when every delivery may pass.
@@ -87,8 +96,10 @@ class Session:
                 if not self.queue:
                     self.queue = deque()
                 self.queue.append(out)  # type: ignore[union-attr]
+                self.queued_bytes += queued_size(out.message)
             else:
                 self.inflight[out.packet_id] = out
+                self.inflight_bytes += queued_size(out.message)
         if ordered:
             self._next_seq = ordered[-1].seq + 1
 
@@ -113,17 +124,34 @@ class Session:
         self._next_pid = pid + 1 if pid < 65535 else 1
         return pid
 
-    def enqueue(self, item: Outbound) -> Outbound | None:
-        """Queue ``item``; when full drop the oldest and return it (the caller logs)."""
+    def enqueue(self, item: Outbound) -> list[Outbound]:
+        """Queue ``item``; while the queue is over its count or bytes, drop the oldest;
+        return what was dropped (the caller counts and logs).  An item larger than
+        the whole byte limit is dropped itself."""
         queue = self.queue
         if not queue:
             queue = self.queue = deque()
-        dropped = None
-        if len(queue) >= self.max_queued:
-            if not queue:
-                self.dropped += 1
-                return item
-            dropped = queue.popleft()
+        size = queued_size(item.message)
+        if size > self.max_queued_bytes or not self.max_queued:
             self.dropped += 1
+            return [item]
+        dropped = []
+        while queue and (len(queue) >= self.max_queued
+                         or self.queued_bytes + size > self.max_queued_bytes):
+            old = queue.popleft()
+            self.queued_bytes -= queued_size(old.message)
+            dropped.append(old)
+        self.dropped += len(dropped)
         queue.append(item)
+        self.queued_bytes += size
         return dropped
+
+    def clear_queue(self) -> None:
+        self.queue = ()
+        self.queued_bytes = 0
+
+
+def queued_size(message: Message) -> int:
+    """What a queued copy is counted at: its payload and its whole topic, as it will be
+    sent (a topic alias saves the publisher bytes, not the broker)."""
+    return len(message.payload) + len(message.topic)

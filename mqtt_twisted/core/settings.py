@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mqtt_twisted.codec.stream import MAX_PACKET_SIZE
+from mqtt_twisted.codec.stream import DecodeLimits
 
 
 @dataclass(slots=True)
@@ -13,12 +13,39 @@ class BrokerSettings:
 
     #: QoS 1/2 messages in flight to one client at once (our side of receive maximum).
     max_inflight: int = 20
+    #: Bytes (payload and topic) of the QoS 1/2 messages in flight to one client; 0: no
+    #: limit beyond max_inflight x max_packet_size.  One message always goes, however big.
+    max_inflight_bytes: int = 0
     #: Messages queued per session beyond the in-flight window; oldest dropped when full.
     max_queued: int = 1000
+    #: Bytes (payload and topic, as sent: an alias does not make a message smaller)
+    #: queued per session; oldest dropped when full.  Also bounds what is written to a
+    #: full transport while its publishers are held back.
+    max_queued_bytes: int = 16 << 20
     #: QoS 1/2 PUBLISHes a client may have unacknowledged towards us (v5 receive maximum).
     receive_maximum: int = 65535
-    #: Largest packet accepted from a client.
-    max_packet_size: int = MAX_PACKET_SIZE
+    #: Largest packet accepted from a client (1 MiB, EMQX's default; the protocol allows
+    #: 256 MiB, which lets one client make the broker buffer that much).
+    max_packet_size: int = 1 << 20
+    #: Largest packet accepted before CONNECT is accepted: the CONNECT itself and what
+    #: an unauthenticated peer sends behind it.
+    connect_packet_size: int = 64 << 10
+    #: User properties one packet may carry, in number and in bytes (names and values
+    #: with their length prefixes); more closes the connection (0x95).  For these and
+    #: the other count and byte limits below, 0 means no limit (as --max-connections).
+    max_user_properties: int = 128
+    max_user_property_bytes: int = 64 << 10
+    #: Levels of a topic name or filter (EMQX's default; Mosquitto: 200).  Each level
+    #: is a node of the topic tree or retained index, about 240 bytes.
+    max_topic_levels: int = 128
+    #: Bytes of a topic name or filter (the protocol allows 65,535).
+    max_topic_length: int = 4096
+    #: Subscriptions one session may hold; more are refused (v5 SUBACK 0x97, v3 0x80).
+    max_subscriptions: int = 1000
+    #: Retained messages clients may set, in number and in bytes (payload, topic and
+    #: 256 bytes per topic level for the index); more are refused (v5 0x97, v3 dropped).
+    max_retained_messages: int = 1_000_000
+    max_retained_bytes: int = 512 << 20
     #: Largest keep alive granted; 0 means no limit.  v5 clients get SERVER_KEEP_ALIVE.
     max_keepalive: int = 0
     #: Seconds a v3.1.1 persistent session (clean session 0) outlives its connection;
@@ -59,3 +86,8 @@ class BrokerSettings:
     #: User names (``records.owner_of``) that may remove any session over the HTTP
     #: bridge (``DELETE /session``), as an operator does.
     admin_users: frozenset[str] = frozenset()
+
+    def decode_limits(self) -> DecodeLimits:
+        """The limits every connection's decoder checks (one object for all of them)."""
+        return DecodeLimits(self.max_user_properties or 1 << 31,
+                            self.max_user_property_bytes or 1 << 31)

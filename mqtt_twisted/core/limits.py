@@ -1,0 +1,103 @@
+"""Limits on what one client may make the broker hold: topic depth and length, its
+subscriptions, the retained messages of everyone (docs/limits.md).
+
+The protocol allows 65,535-level topics and as many subscriptions and retained
+messages as memory lasts; every level is a node in the topic tree or the retained
+index (about 240 bytes each, measured), so a few hundred deep topics cost gigabytes.
+These checks run where such things enter the broker, for MQTT and every adapter
+alike.  A short topic (the usual case) costs one length compare on the PUBLISH path.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mqtt_twisted.core.settings import BrokerSettings
+
+if TYPE_CHECKING:
+    from mqtt_twisted.message import Message
+
+#: What one level of a retained topic costs in the index, in bytes (measured with
+#: tracemalloc: a dict entry and a node with slots); counted against the retained bytes.
+LEVEL_COST = 256
+
+
+def short_topic(settings: BrokerSettings) -> int:
+    """Topics up to this many characters are within both limits without looking at
+    them: a topic of n characters has at most n + 1 levels and 4n UTF-8 bytes."""
+    return max(0, min(settings.max_topic_levels - 1, settings.max_topic_length // 4))
+
+
+def topic_refusal(settings: BrokerSettings, topic: str) -> str | None:
+    """Why ``topic`` (a topic name or filter) is over the limits, or None."""
+    levels = topic.count("/") + 1
+    if levels > settings.max_topic_levels:
+        return f"{levels} topic levels (at most {settings.max_topic_levels})"
+    if len(topic) * 4 > settings.max_topic_length:
+        size = len(topic.encode("utf-8"))
+        if size > settings.max_topic_length:
+            return f"topic of {size} bytes (at most {settings.max_topic_length})"
+    return None
+
+
+def over_subscription_quota(settings: BrokerSettings, subscriptions: dict,
+                            topic_filter: str) -> bool:
+    """Whether a session holding ``subscriptions`` may not add ``topic_filter`` (replacing
+    one it has is always allowed)."""
+    limit = settings.max_subscriptions  # 0: no limit
+    return bool(limit) and len(subscriptions) >= limit and topic_filter not in subscriptions
+
+
+def retained_cost(topic: str, payload: bytes) -> int:
+    """What a retained message is counted at: its bytes and its levels in the index."""
+    return len(payload) + len(topic) + LEVEL_COST * (topic.count("/") + 1)
+
+
+class RetainedQuota:
+    """The retained messages set through this broker, in number and bytes.
+
+    A refused message is not retained (nor routed: the publisher is told, v5 0x97).
+    What a store already held at start-up is not counted: the quota bounds what
+    clients can add while the broker runs.
+    """
+
+    __slots__ = ("settings", "sizes", "count", "bytes", "refused")
+
+    def __init__(self, settings: BrokerSettings) -> None:
+        self.settings = settings
+        self.sizes: dict[str, int] = {}
+        self.count = 0
+        self.bytes = 0
+        #: Retained messages refused for the quota (for $SYS and the log).
+        self.refused = 0
+
+    def allows(self, topic: str, payload: bytes) -> bool:
+        """Whether retaining ``payload`` on ``topic`` stays within both limits (a
+        deletion, an empty payload, always does)."""
+        if not payload:
+            return True
+        old = self.sizes.get(topic)
+        count = self.count + (old is None)
+        size = self.bytes - (old or 0) + retained_cost(topic, payload)
+        max_count = self.settings.max_retained_messages  # 0: no limit
+        max_bytes = self.settings.max_retained_bytes
+        return (not max_count or count <= max_count) and (not max_bytes or size <= max_bytes)
+
+    def note(self, message: Message) -> None:
+        """The store is told to retain ``message`` (or to delete its topic's one)."""
+        topic = message.topic
+        old = self.sizes.pop(topic, None)
+        if old is not None:
+            self.count -= 1
+            self.bytes -= old
+        if message.payload:
+            size = self.sizes[topic] = retained_cost(topic, message.payload)
+            self.count += 1
+            self.bytes += size
+
+    def forget(self, topic: str) -> None:
+        """A retained message went another way (expired)."""
+        old = self.sizes.pop(topic, None)
+        if old is not None:
+            self.count -= 1
+            self.bytes -= old
