@@ -1,0 +1,113 @@
+"""CoAP observers (RFC 7641) as broker sessions: one :class:`CoapClient` per client id
+is the sink of its virtual session, and each of its observations (a topic filter
+with the token and address that registered it) gets the matching messages as
+notifications with increasing Observe numbers.  NON notifications for QoS 0, CON
+for QoS 1/2 (as EMQX sends them); an observer whose CON notifications go
+unacknowledged MAX_RETRANSMIT times, or who answers one with RST, is unsubscribed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from mqtt_twisted.coap import mapping
+from mqtt_twisted.coap import message as m
+from mqtt_twisted.coap import options as opt
+from mqtt_twisted.codec.topics import parse_shared_filter, topic_matches
+from mqtt_twisted.interfaces import IMessageSink
+from mqtt_twisted.message import Message
+
+if TYPE_CHECKING:
+    from mqtt_twisted.adapters.coap import CoapServer
+
+log = Logger(namespace="mqtt_twisted.adapters.coap")
+
+#: Observe numbers are 24 bits (RFC 7641 §4.4).
+OBSERVE_MODULO = 1 << 24
+
+
+class Observation:
+    """One registered GET with Observe 0: where and how its notifications go."""
+
+    __slots__ = ("filter", "match", "token", "peer", "seq", "qos", "pending", "held")
+
+    def __init__(self, topic_filter: str, token: bytes, peer: Any) -> None:
+        self.filter = topic_filter
+        shared = parse_shared_filter(topic_filter)
+        self.match = shared.filter if shared is not None else topic_filter
+        self.token = token
+        self.peer = peer
+        self.seq = 1
+        self.qos = 0
+        #: True until the registration is answered: messages wait in ``held``.
+        self.pending = True
+        self.held: list[tuple[Message, int]] = []
+
+    def next_seq(self) -> int:
+        self.seq = (self.seq + 1) % OBSERVE_MODULO
+        return self.seq
+
+
+@implementer(IMessageSink)
+class CoapClient:
+    """One CoAP client id's observations: the sink of its virtual session."""
+
+    def __init__(self, server: CoapServer, client_id: str) -> None:
+        self.server = server
+        self.client_id = client_id
+        self.observations: dict[str, Observation] = {}
+        self.conn: Any = None
+        self.closed = False
+
+    # --- IMessageSink --------------------------------------------------------------------
+
+    def deliver(self, message: Message, qos: int) -> bool:
+        for obs in list(self.observations.values()):
+            if topic_matches(obs.match, message.topic):
+                if obs.pending:
+                    obs.held.append((message, qos))
+                else:
+                    self.notify(obs, message, qos)
+        return True
+
+    def sessionClosed(self, reason: Any) -> None:
+        """The broker ended the session (taken over, removed, shut down)."""
+        self.closed = True
+        self.observations.clear()
+        self.conn = None
+        self.server.client_gone(self)
+
+    # --- notifications -------------------------------------------------------------------
+
+    def notify(self, obs: Observation, message: Message, qos: int) -> None:
+        server = self.server
+        mtype = m.CON if qos else m.NON
+        mid = server.mids()
+        note = m.CoapMessage(mtype, m.CONTENT, mid, obs.token,
+                             [(opt.OBSERVE, opt.encode_uint(obs.next_seq())),
+                              *mapping.notification_options(message)], message.payload)
+        data = m.encode(note)
+        server.notified(obs.peer, mid, self, obs)
+        if mtype == m.CON:
+            server.retransmitter.send_con(obs.peer, mid, data,
+                                          on_fail=lambda: self.lost(obs, "unacknowledged"))
+        else:
+            server.send(data, obs.peer)
+
+    # --- ending observations ---------------------------------------------------------------
+
+    def lost(self, obs: Observation, why: str) -> None:
+        """The observer went away (RST, or CON notifications unanswered): unsubscribe."""
+        if self.observations.get(obs.filter) is not obs:
+            return
+        log.info("CoAP observer {client} of {filter} dropped: {why}",
+                 client=self.client_id, filter=obs.filter, why=why)
+        self.server.forget(self, obs.filter)
+
+    def close(self) -> None:
+        """End the session (no observation is left)."""
+        if self.conn is not None and not self.closed:
+            self.conn.close()

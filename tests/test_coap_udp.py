@@ -1,0 +1,406 @@
+"""CoAP over UDP end to end (``--listen coap=udp:...``): libcoap's ``coap-client-notls`` and
+aiocoap (in a subprocess) against a real broker, paho-mqtt on the MQTT side, and a raw
+UDP socket for what no well-behaved client sends (malformed datagrams, duplicates,
+unknown critical options, RSTs).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import textwrap
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredQueue, inlineCallbacks
+from twisted.internet.protocol import DatagramProtocol, ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial import unittest
+from zope.interface.verify import verifyObject
+
+from mqtt_twisted.adapters._coapobserve import CoapClient
+from mqtt_twisted.adapters.listener import parse_listener
+from mqtt_twisted.adapters.mqtt import MQTTAdapter
+from mqtt_twisted.coap import message as m
+from mqtt_twisted.coap import options as opt
+from mqtt_twisted.core import inspection
+from mqtt_twisted.interfaces import IDatagramAdapter, IListenerChecker, IMessageSink
+from mqtt_twisted.plugins.coap import coapAdapter
+from mqtt_twisted.service import BrokerService
+from mqtt_twisted.store.memory import MemoryStore
+
+try:
+    from tests.pahoclient import TIMEOUT, PahoClient, with_timeout
+except ImportError:  # pytest's rootdir-relative import of tests/ as a plain directory
+    from pahoclient import TIMEOUT, PahoClient, with_timeout  # type: ignore[no-redef]
+
+COAP_CLIENT = shutil.which("coap-client-notls")
+NO_LIBCOAP = None if COAP_CLIENT else "coap-client-notls is not installed (libcoap3-bin)"
+try:
+    import aiocoap  # noqa: F401
+
+    NO_AIOCOAP = None
+except ImportError:
+    NO_AIOCOAP = "aiocoap is not installed"
+
+
+class UDPClient(DatagramProtocol):
+    """A raw CoAP endpoint: datagrams in a queue, decoded."""
+
+    def __init__(self) -> None:
+        self.received: DeferredQueue[m.CoapMessage] = DeferredQueue()
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        self.received.put(m.decode(data))
+
+
+class _Collect(ProcessProtocol):
+    """A subprocess's output, as it comes."""
+
+    def __init__(self) -> None:
+        self.out = b""
+        self.err = b""
+        self.ended: Deferred[int] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(reason.value.exitCode)
+
+
+class CoapBrokerTestCase(unittest.TestCase):
+    """A broker with an MQTT listener and a CoAP/UDP one on 127.0.0.1."""
+
+    coap_keys: dict[str, str] = {}
+    timeout = 40
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        self.service = BrokerService(reactor, MemoryStore(reactor), None, None, None, 10.0, 0)
+        self.broker = self.service.broker
+        keys = "".join(f":{k}={v}" for k, v in self.coap_keys.items())
+        coap = parse_listener(f"coap=udp:0:interface=127.0.0.1{keys}", "mqtt",
+                              {"coap": coapAdapter.options})
+        coapAdapter.checkListener(coap)
+        mqtt_listener = self.service.addListener(MQTTAdapter(),
+                                                 parse_listener("tcp:0:interface=127.0.0.1"))
+        self.coap_listener = self.service.addListener(coapAdapter, coap)
+        self.service.startService()
+        yield self.service.ready
+        port = yield self.coap_listener.whenListening()
+        self.coap_port = port.getHost().port
+        ports: list[Any] = []
+        mqtt_listener._waitingForPort.addCallback(lambda p: (ports.append(p), p)[1])
+        self.mqtt_port = ports[0].getHost().port
+        self.server = self.coap_listener.server
+
+    @inlineCallbacks
+    def tearDown(self) -> Any:
+        yield self.service.stopService()
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def url(self, path: str) -> str:
+        return f"coap://127.0.0.1:{self.coap_port}{path}"
+
+    def sleep(self, seconds: float) -> Deferred[None]:
+        return deferLater(self.reactor, seconds, lambda: None)
+
+    @inlineCallbacks
+    def wait_until(self, predicate: Any, timeout: float = TIMEOUT) -> Any:
+        waited = 0.0
+        while not predicate():
+            if waited >= timeout:
+                self.fail(f"condition not met within {timeout}s")
+            yield self.sleep(0.02)
+            waited += 0.02
+
+    @inlineCallbacks
+    def paho(self, client_id: str = "") -> Any:
+        client = PahoClient(self.reactor, self.mqtt_port, client_id)
+        self.addCleanup(client.stop)
+        result = yield client.connect()
+        self.assertEqual(result.rc, 0)
+        return client
+
+    @inlineCallbacks
+    def coap_client(self, *args: str) -> Any:
+        """Run coap-client-notls to the end; fires with (stdout, stderr, exit code)."""
+        out, err, code = yield with_timeout(getProcessOutputAndValue(
+            COAP_CLIENT, ["-B", "10", *args], reactor=self.reactor), self.reactor, 20)
+        return out, err, code
+
+    def spawn(self, executable: str, args: list[str]) -> _Collect:
+        """A subprocess left running; killed after the test if it is still there."""
+        proto = _Collect()
+        process = self.reactor.spawnProcess(proto, executable, [executable, *args], env=None)
+
+        def reap() -> Any:
+            if not proto.ended.called:
+                process.signalProcess("KILL")
+            return proto.ended
+
+        self.addCleanup(reap)
+        return proto
+
+    def udp(self) -> UDPClient:
+        """A raw UDP endpoint talking to the CoAP listener."""
+        client = UDPClient()
+        port = self.reactor.listenUDP(0, client, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client.transport.connect("127.0.0.1", self.coap_port)
+        return client
+
+    def next(self, client: UDPClient, timeout: float = 5) -> Deferred[m.CoapMessage]:
+        return with_timeout(client.received.get(), self.reactor, timeout)
+
+    def nothing(self, client: UDPClient, wait: float = 0.3) -> Deferred[None]:
+        def check(_: Any) -> None:
+            if client.received.pending:
+                raise AssertionError(f"unexpected {client.received.pending[0]!r}")
+        return self.sleep(wait).addCallback(check)
+
+
+def request(code: int, path: str, *queries: str, payload: bytes = b"", mid: int = 1,
+            token: bytes = b"t1", mtype: int = m.CON, observe: int | None = None) -> bytes:
+    msg = m.CoapMessage(mtype, code, mid, token, [], payload)
+    for segment in path.strip("/").split("/"):
+        msg.add(opt.URI_PATH, segment)
+    for q in queries:
+        msg.add(opt.URI_QUERY, q)
+    if observe is not None:
+        msg.add(opt.OBSERVE, observe)
+    return m.encode(msg)
+
+
+class LibcoapTests(CoapBrokerTestCase):
+    """libcoap's coap-client-notls against the broker."""
+
+    skip = NO_LIBCOAP
+
+    @inlineCallbacks
+    def test_post_reaches_paho_at_each_qos(self) -> Any:
+        sub = yield self.paho("sub")
+        yield sub.subscribe(("sensors/#", 2))
+        for qos in (0, 1, 2):
+            _, err, code = yield self.coap_client(
+                "-m", "post", "-e", f"reading {qos}", self.url(f"/ps/sensors/t{qos}?qos={qos}"))
+            self.assertEqual(code, 0, err)
+            message = yield sub.next_message()
+            self.assertEqual((message.topic, message.payload, message.qos),
+                             (f"sensors/t{qos}", f"reading {qos}".encode(), qos))
+
+    @inlineCallbacks
+    def test_retained_post_then_get_and_mqtt(self) -> Any:
+        _, err, code = yield self.coap_client(
+            "-m", "put", "-e", "on", self.url("/ps/lights/hall?retain=true&qos=1"))
+        self.assertEqual(code, 0, err)
+        out, err, code = yield self.coap_client("-m", "get", self.url("/ps/lights/hall"))
+        self.assertEqual((out.strip(), code), (b"on", 0), err)
+        sub = yield self.paho("late")
+        yield sub.subscribe(("lights/#", 0))
+        message = yield sub.next_message()
+        self.assertEqual((message.topic, message.payload, message.retain),
+                         ("lights/hall", b"on", True))
+
+    @inlineCallbacks
+    def test_get_without_retained_is_404(self) -> Any:
+        out, err, _ = yield self.coap_client("-m", "get", self.url("/ps/nothing/here"))
+        self.assertIn(b"4.04", out + err)
+        out, err, _ = yield self.coap_client("-m", "get", self.url("/elsewhere"))
+        self.assertIn(b"4.04", out + err)
+        out, err, _ = yield self.coap_client("-m", "post", "-e", "x", self.url("/ps/a?qos=5"))
+        self.assertIn(b"4.00", out + err)
+
+    @inlineCallbacks
+    def test_observe_gets_mqtt_publishes(self) -> Any:
+        """coap-client -s observes a wildcard filter: the retained message first, then
+        what paho publishes at QoS 0 (NON) and 1 (CON); on leaving, its session ends."""
+        pub = yield self.paho("pub")
+        yield pub.publish("obs/first", b"retained", 1, True)
+        observer = self.spawn(COAP_CLIENT, ["-B", "10", "-s", "3", "-m", "get",
+                                            self.url("/ps/obs/%23?clientid=dev1&qos=1")])
+        yield self.wait_until(lambda: inspection.session_info(self.broker, "dev1") is not None
+                              and "obs/#" in self.broker.sessions["dev1"].subscriptions)
+        yield pub.publish("obs/a", b"zero", 0)
+        yield pub.publish("obs/b", b"one", 1)
+        code = yield with_timeout(observer.ended, self.reactor, 20)
+        self.assertEqual(code, 0, observer.err)
+        self.assertEqual(observer.out.replace(b"\n", b""), b"retainedzeroone")
+        yield self.wait_until(lambda: inspection.session_info(self.broker, "dev1") is None)
+
+
+class AiocoapTests(CoapBrokerTestCase):
+    """aiocoap in a subprocess: publishes, then observes."""
+
+    skip = NO_AIOCOAP
+
+    SCRIPT = textwrap.dedent("""\
+        import asyncio, sys
+        from aiocoap import Context, Message, POST, GET
+
+        async def main(base):
+            ctx = await Context.create_client_context()
+            r = await ctx.request(Message(code=POST, uri=base + "/ps/from/aiocoap?qos=1",
+                                          payload=b"hi mqtt")).response
+            print("POST", r.code, flush=True)
+            obs = Message(code=GET, uri=base + "/ps/to/aiocoap?clientid=aio", observe=0)
+            req = ctx.request(obs)
+            first = await req.response
+            print("REGISTERED", first.code, first.opt.observe, flush=True)
+            async for note in req.observation:
+                print("NOTE", note.payload.decode(), flush=True)
+                break
+            req.observation.cancel()
+            await ctx.shutdown()
+
+        asyncio.run(main(sys.argv[1]))
+        """)
+
+    @inlineCallbacks
+    def test_publish_and_observe(self) -> Any:
+        sub = yield self.paho("sub")
+        yield sub.subscribe(("from/#", 1))
+        script = self.mktemp()
+        with open(script, "w") as f:
+            f.write(self.SCRIPT)
+        proc = self.spawn(sys.executable, [script, f"coap://127.0.0.1:{self.coap_port}"])
+        message = yield sub.next_message(20)
+        self.assertEqual((message.topic, message.payload, message.qos),
+                         ("from/aiocoap", b"hi mqtt", 1))
+        yield self.wait_until(lambda: b"REGISTERED" in proc.out)
+        pub = yield self.paho("pub")
+        yield pub.publish("to/aiocoap", b"hello coap", 1)
+        code = yield with_timeout(proc.ended, self.reactor, 20)
+        self.assertEqual(code, 0, proc.err)
+        lines = proc.out.decode().splitlines()
+        self.assertEqual(lines[0], "POST 2.04 Changed")
+        self.assertTrue(lines[1].startswith("REGISTERED 2.05 Content"), lines)
+        self.assertEqual(lines[2], "NOTE hello coap")
+
+
+class RawUDPTests(CoapBrokerTestCase):
+    """What a raw socket can send: the broker answers each with the RFC's answer."""
+
+    coap_keys = {"maxPayload": "64", "maxObservations": "2"}
+
+    @inlineCallbacks
+    def test_malformed_con_is_reset_others_ignored(self) -> Any:
+        client = self.udp()
+        client.transport.write(bytes.fromhex("4901 0102") + b"123456789")  # TKL 9
+        answer = yield self.next(client)
+        self.assertEqual((answer.type, answer.code, answer.mid), (m.RST, m.EMPTY, 0x0102))
+        client.transport.write(bytes.fromhex("5101 0103 aa f1"))  # NON, bad option nibble
+        client.transport.write(b"\x40")  # too short to say anything
+        yield self.nothing(client)
+
+    @inlineCallbacks
+    def test_ping_is_reset(self) -> Any:
+        client = self.udp()
+        client.transport.write(bytes.fromhex("40000777"))
+        answer = yield self.next(client)
+        self.assertEqual((answer.type, answer.mid), (m.RST, 0x777))
+
+    @inlineCallbacks
+    def test_unknown_critical_option_is_bad_option(self) -> Any:
+        client = self.udp()
+        msg = m.decode(request(m.POST, "/ps/a", payload=b"x", mid=5))
+        msg.add(9, b"?")
+        client.transport.write(m.encode(msg))
+        answer = yield self.next(client)
+        self.assertEqual((answer.type, m.code_text(answer.code), answer.mid, answer.token),
+                         (m.ACK, "4.02", 5, b"t1"))
+        self.assertIn(b"option 9", answer.payload)
+
+    @inlineCallbacks
+    def test_codes(self) -> Any:
+        client = self.udp()
+        cases = [(request(m.PATCH, "/ps/a", mid=1), "4.05"),
+                 (request(m.POST, "/ps/a", payload=b"x" * 65, mid=2), "4.13"),
+                 (request(m.POST, "/ps/$SYS/x", mid=3), "4.03"),
+                 (request(m.DELETE, "/ps/a", mid=4), "4.04"),
+                 (request(m.POST, "/ps/a", "qos=1", mid=5, mtype=m.NON), "2.04")]
+        for data, code in cases:
+            client.transport.write(data)
+            answer = yield self.next(client)
+            self.assertEqual(m.code_text(answer.code), code, answer)
+        self.assertEqual(answer.type, m.NON)  # a NON request gets a NON response
+
+    @inlineCallbacks
+    def test_duplicate_con_publishes_once(self) -> Any:
+        sub = yield self.paho("sub")
+        yield sub.subscribe(("dup/#", 1))
+        client = self.udp()
+        data = request(m.POST, "/ps/dup/x", "qos=1", payload=b"once", mid=0x4242)
+        client.transport.write(data)
+        first = yield self.next(client)
+        client.transport.write(data)
+        second = yield self.next(client)
+        self.assertEqual(first, second)
+        self.assertEqual((first.type, m.code_text(first.code)), (m.ACK, "2.04"))
+        message = yield sub.next_message()
+        self.assertEqual(message.payload, b"once")
+        yield sub.no_message(0.3)
+
+    @inlineCallbacks
+    def test_observe_delete_and_reset(self) -> Any:
+        """Observe registers (2.05 with Observe), notifications follow (CON at QoS 1),
+        DELETE ends one observation, an RST to a notification the other, and the
+        session closes with the last one; a third observation is over the limit."""
+        client = self.udp()
+        client.transport.write(request(m.GET, "/ps/o/a", "clientid=raw", mid=1, token=b"A",
+                                       observe=0))
+        client.transport.write(request(m.GET, "/ps/o/b", "clientid=raw", "qos=1", mid=2,
+                                       token=b"B", observe=0))
+        client.transport.write(request(m.GET, "/ps/o/c", "clientid=raw", mid=3, token=b"C",
+                                       observe=0))
+        answers = {}
+        for _ in range(3):
+            answer = yield self.next(client)
+            answers[answer.token] = answer
+        self.assertEqual(m.code_text(answers[b"A"].code), "2.05")
+        self.assertIsNotNone(answers[b"A"].uint(opt.OBSERVE))
+        self.assertEqual(m.code_text(answers[b"C"].code), "5.03")  # maxObservations=2
+        self.assertEqual(set(self.broker.sessions["raw"].subscriptions), {"o/a", "o/b"})
+        pub = yield self.paho("pub")
+        yield pub.publish("o/a", b"n1", 0)
+        yield pub.publish("o/b", b"n2", 1)
+        notes = [(yield self.next(client)), (yield self.next(client))]
+        notes.sort(key=lambda n: n.token)
+        self.assertEqual([(n.token, n.type, n.payload) for n in notes],
+                         [(b"A", m.NON, b"n1"), (b"B", m.CON, b"n2")])
+        self.assertGreater(notes[0].uint(opt.OBSERVE), answers[b"A"].uint(opt.OBSERVE))
+        client.transport.write(m.encode(m.CoapMessage(m.ACK, m.EMPTY, notes[1].mid)))
+        client.transport.write(request(m.DELETE, "/ps/o/a", "clientid=raw", mid=4))
+        answer = yield self.next(client)
+        self.assertEqual(m.code_text(answer.code), "2.02")
+        self.assertEqual(set(self.broker.sessions["raw"].subscriptions), {"o/b"})
+        yield pub.publish("o/b", b"n3", 0)
+        note = yield self.next(client)
+        client.transport.write(m.encode(m.CoapMessage(m.RST, m.EMPTY, note.mid)))
+        yield self.wait_until(lambda: "raw" not in self.broker.sessions)
+        self.assertEqual(self.server.retransmitter.pending, {})
+
+
+class PluginTests(unittest.SynchronousTestCase):
+    def test_interfaces(self) -> None:
+        verifyObject(IDatagramAdapter, coapAdapter)
+        verifyObject(IListenerChecker, coapAdapter)
+        verifyObject(IMessageSink, CoapClient(object(), "c"))  # type: ignore[arg-type]
+
+    def test_bad_keys_and_endpoints(self) -> None:
+        from mqtt_twisted.adapters.kit import check_listener
+
+        e = self.assertRaises(ValueError, parse_listener, "coap=udp:5683:maxObservations=0",
+                              "mqtt", {"coap": coapAdapter.options})
+        self.assertIn("maxObservations", str(e))
+        tcp = parse_listener("coap=tcp:5683", "mqtt", {"coap": coapAdapter.options})
+        e = self.assertRaises(ValueError, check_listener, coapAdapter, tcp)
+        self.assertIn("udp:PORT", str(e))
