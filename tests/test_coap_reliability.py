@@ -1,0 +1,139 @@
+"""CoAP over UDP: what the reliability layer and the gateway's checks do with real
+sockets: separate responses when an answer is slow, CON notifications resent and an
+observer that never acknowledges them dropped, and a password file with an ACL
+refusing (4.01, 4.03) as it refuses MQTT clients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
+from zope.interface import implementer
+
+from mqtt_twisted.auth.acl import AclAuthorizer
+from mqtt_twisted.auth.passwd import PasswordFileAuthenticator, parse_passwd
+from mqtt_twisted.coap import message as m
+from mqtt_twisted.interfaces import IAuthenticator
+
+try:
+    from tests.coapbroker import CoapBrokerTestCase, request
+except ImportError:  # pytest's rootdir-relative import of tests/ as a plain directory
+    from coapbroker import CoapBrokerTestCase, request  # type: ignore[no-redef]
+
+#: mosquitto_passwd 2.0.11's $7$ line for alice, password "secret1" (tests/test_auth_passwd).
+ALICE = ("alice:$7$101$4VfHc0LXprOQpLwK$IfTcalXlkSF73vSPqn/pLMxghkkxOk7NEa5oXJmf/qkbZJu73R"
+         "EP0iWWq1w5RPtLGxw2a3K4NA+294pPRXZahw==")
+
+
+@implementer(IAuthenticator)
+class SlowAuthenticator:
+    """Answers after 1.3 s: longer than the adapter waits before a separate response."""
+
+    def __init__(self) -> None:
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+
+    def authenticate(self, credentials: Any) -> Any:
+        return deferLater(self.reactor, 1.3, lambda: credentials.username)
+
+
+class SeparateResponseTests(CoapBrokerTestCase):
+    authenticator = SlowAuthenticator()
+
+    @inlineCallbacks
+    def test_slow_answer_is_separate(self) -> Any:
+        """An empty ACK comes first (within 1 s), then the answer as a CON with the
+        request's token, resent until acknowledged; a duplicate meanwhile gets the
+        empty ACK again."""
+        client = self.udp()
+        client.transport.write(request(m.POST, "/ps/slow", payload=b"x", mid=77, token=b"S"))
+        ack = yield self.next(client, 1.2)
+        self.assertEqual((ack.type, ack.code, ack.mid), (m.ACK, m.EMPTY, 77))
+        client.transport.write(request(m.POST, "/ps/slow", payload=b"x", mid=77, token=b"S"))
+        again = yield self.next(client, 0.5)
+        self.assertEqual(again, ack)
+        answer = yield self.next(client, 3)
+        self.assertEqual((answer.type, m.code_text(answer.code), answer.token),
+                         (m.CON, "2.04", b"S"))
+        self.assertEqual(len(self.server.retransmitter), 1)
+        client.transport.write(m.encode(m.CoapMessage(m.ACK, m.EMPTY, answer.mid)))
+        yield self.wait_until(lambda: len(self.server.retransmitter) == 0)
+
+
+class UnacknowledgedTests(CoapBrokerTestCase):
+    @inlineCallbacks
+    def test_observer_dropped_after_max_retransmit(self) -> Any:
+        """A QoS 1 notification is a CON resent MAX_RETRANSMIT times (timeouts scaled
+        down here); unanswered, the observation and its session end."""
+        self.server.retransmitter.ack_timeout = 0.05
+        client = self.udp()
+        client.transport.write(request(m.GET, "/ps/q", "clientid=mute", "qos=1", token=b"Q",
+                                       observe=0))
+        answer = yield self.next(client)
+        self.assertEqual(m.code_text(answer.code), "2.05")
+        pub = yield self.paho("pub")
+        yield pub.publish("q", b"hello", 1)
+        copies = []
+        for _ in range(5):
+            copies.append((yield self.next(client, 3)))
+        self.assertEqual({(c.type, c.mid, c.payload) for c in copies},
+                         {(m.CON, copies[0].mid, b"hello")})
+        yield self.wait_until(lambda: "mute" not in self.broker.sessions)
+        yield self.nothing(client, 0.5)
+
+    @inlineCallbacks
+    def test_acknowledged_notification_is_not_resent(self) -> Any:
+        self.server.retransmitter.ack_timeout = 0.1
+        client = self.udp()
+        client.transport.write(request(m.GET, "/ps/q", "clientid=ok", "qos=2", token=b"Q",
+                                       observe=0))
+        yield self.next(client)
+        pub = yield self.paho("pub")
+        yield pub.publish("q", b"once", 2)
+        note = yield self.next(client)
+        client.transport.write(m.encode(m.CoapMessage(m.ACK, m.EMPTY, note.mid)))
+        yield self.nothing(client, 0.6)
+        self.assertIn("ok", self.broker.sessions)
+
+
+class PasswordFileTests(CoapBrokerTestCase):
+    """alice (password file) may use alice/#; the ACL denies everything else."""
+
+    def setUp(self) -> Any:
+        acl = self.mktemp()
+        with open(acl, "w") as f:
+            f.write("user alice\ntopic readwrite alice/#\n")
+        self.authenticator = PasswordFileAuthenticator(
+            parse_passwd(ALICE + "\n", "passwd"), run=lambda f, *a: _now(f, *a))
+        self.authorizer = AclAuthorizer.from_file(acl)
+        return super().setUp()
+
+    @inlineCallbacks
+    def test_refusals(self) -> Any:
+        client = self.udp()
+        alice = ("username=alice", "password=secret1")
+        cases = [
+            (request(m.POST, "/ps/alice/t", *alice, payload=b"x", mid=1), "2.04"),
+            (request(m.POST, "/ps/alice/t", "username=alice", "password=nope", mid=2), "4.01"),
+            # no user name: refused as the MQTT CONNECT is (0x87), so 4.03, as HTTP's 403
+            (request(m.POST, "/ps/alice/t", mid=3), "4.03"),
+            (request(m.POST, "/ps/bob/t", *alice, payload=b"x", mid=4), "4.03"),
+            (request(m.GET, "/ps/bob/t", *alice, mid=5), "4.03"),
+            (request(m.GET, "/ps/bob/t", *alice, "clientid=a1", mid=6, observe=0), "4.03"),
+            (request(m.GET, "/ps/alice/#", *alice, "clientid=a1", mid=7, observe=0), "2.05"),
+        ]
+        for data, code in cases:
+            client.transport.write(data)
+            answer = yield self.next(client)
+            self.assertEqual(m.code_text(answer.code), code, (m.decode(data), answer.payload))
+        self.assertEqual(list(self.broker.sessions["a1"].subscriptions), ["alice/#"])
+        self.assertEqual(self.broker.sessions["a1"].identity, "alice")
+
+
+def _now(f: Any, *args: Any) -> Any:
+    from twisted.internet.defer import maybeDeferred
+
+    return maybeDeferred(f, *args)
+
