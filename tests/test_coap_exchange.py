@@ -161,8 +161,8 @@ class MappingTests(SynchronousTestCase):
         msg.add(9, b"")  # unknown, critical
         self.assertIn("option 9", self.refused(msg, m.BAD_OPTION))
         msg = request(m.POST, "ps/a")
-        msg.add(opt.BLOCK1, b"\x08")  # block-wise is not done yet
-        self.refused(msg, m.BAD_OPTION)
+        msg.add(opt.BLOCK1, b"\x0f")  # SZX 7 is reserved
+        self.assertIn("Block1", self.refused(msg, m.BAD_OPTION))
         msg = request(m.POST, "ps/a")
         msg.add(10, b"")  # unknown, elective: ignored
         self.assertEqual(self.parse(msg).topic, "a")

@@ -32,10 +32,13 @@ OBSERVE_MODULO = 1 << 24
 class Observation:
     """One registered GET with Observe 0: where and how its notifications go."""
 
-    __slots__ = ("filter", "match", "token", "peer", "seq", "qos", "pending", "held")
+    __slots__ = ("filter", "match", "token", "peer", "key", "seq", "qos", "pending", "held")
 
-    def __init__(self, topic_filter: str, token: bytes, peer: Any) -> None:
+    def __init__(self, topic_filter: str, token: bytes, peer: Any, key: Any = None) -> None:
         self.filter = topic_filter
+        #: The registering request's sender and URI: where the Block2 pieces of a large
+        #: notification are fetched from.
+        self.key = key
         shared = parse_shared_filter(topic_filter)
         self.match = shared.filter if shared is not None else topic_filter
         self.token = token
@@ -89,6 +92,7 @@ class CoapClient:
         note = m.CoapMessage(mtype, m.CONTENT, mid, obs.token,
                              [(opt.OBSERVE, opt.encode_uint(obs.next_seq())),
                               *mapping.notification_options(message)], message.payload)
+        server.first_block(obs.key, note)
         data = m.encode(note)
         server.notified(obs.peer, mid, self, obs)
         if mtype == m.CON:

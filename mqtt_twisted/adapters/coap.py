@@ -25,11 +25,12 @@ from zope.interface import implementer
 from mqtt_twisted.adapters._coapobserve import CoapClient, Observation
 from mqtt_twisted.adapters.kit import DatagramListener
 from mqtt_twisted.adapters.options import AdapterOption, declare, integer, option_values
-from mqtt_twisted.coap import mapping
+from mqtt_twisted.coap import blockwise, mapping
 from mqtt_twisted.coap import message as m
 from mqtt_twisted.coap import options as opt
 from mqtt_twisted.coap.exchange import Deduplicator, MessageIds, Retransmitter
 from mqtt_twisted.coap.mapping import CoapError, PsRequest
+from mqtt_twisted.coap.options import Block
 from mqtt_twisted.constants import ReasonCode
 from mqtt_twisted.errors import (
     AuthenticationError,
@@ -48,8 +49,15 @@ log = Logger()
 OPTIONS = declare(
     AdapterOption("maxObservations", integer(low=1), 64,
                   "observations one client id may hold; more get 5.03"),
-    AdapterOption("maxPayload", integer(low=0, metavar="BYTES"), 65000,
-                  "largest request payload in bytes; larger ones get 4.13"),
+    AdapterOption("maxPayload", integer(low=0, metavar="BYTES"), 1 << 20,
+                  "largest request body in bytes (Block1 pieces put together); larger "
+                  "ones get 4.13"),
+    AdapterOption("blockSize", integer(low=16, high=1024, metavar="BYTES"), 1024,
+                  "largest payload per datagram (16..1024, a power of two): longer answers "
+                  "and notifications go out in Block2 pieces"),
+    AdapterOption("maxReassembly", integer(low=0, metavar="BYTES"), 8 << 20,
+                  "bytes of Block1 bodies being received and Block2 answers being "
+                  "fetched, held at most for the whole listener"),
 )
 #: Seconds a CON request may take before it is acknowledged with an empty ACK and
 #: answered separately (below ACK_TIMEOUT, so that the client does not resend it).
@@ -65,13 +73,17 @@ class CoapConfig:
     """A CoAP listener's settings, from its ``--listen`` keys."""
 
     max_observations: int = 64
-    max_payload: int = 65000
+    max_payload: int = 1 << 20
+    szx: int = blockwise.MAX_SZX
+    max_reassembly: int = 8 << 20
     listener: Any = None
 
     @classmethod
     def from_settings(cls, settings: Any) -> CoapConfig:
+        """The keys' typed values; ValueError names a bad one."""
         v = option_values(OPTIONS, getattr(settings, "extra", None) or {})
-        return cls(v["maxObservations"], v["maxPayload"], settings)
+        return cls(v["maxObservations"], v["maxPayload"], blockwise.szx_for(v["blockSize"]),
+                   v["maxReassembly"], settings)
 
 
 def peer_of(addr: Any) -> str:
@@ -155,6 +167,9 @@ class CoapServer(DatagramProtocol):
         self.mids = MessageIds()
         self.retransmitter = Retransmitter(reactor, self.send)
         self.dedup = Deduplicator(reactor)
+        self.representations = blockwise.Representations(reactor, config.max_reassembly)
+        self.reassembly = blockwise.Reassembly(reactor, config.max_reassembly,
+                                               config.max_payload)
         self.clients: dict[str, CoapClient] = {}
         self.opening: dict[str, list[Deferred[CoapClient]]] = {}
         self.notes: OrderedDict[tuple[Any, int], tuple[CoapClient, Observation]] = OrderedDict()
@@ -203,7 +218,8 @@ class CoapServer(DatagramProtocol):
         if error is None:
             log.failure("CoAP {code} request failed", failure, code=m.code_text(request.code))
             error = CoapError(m.INTERNAL_SERVER_ERROR, "internal error")
-        return m.CoapMessage(m.ACK, error.code, payload=error.text.encode("utf-8")), None
+        return m.CoapMessage(m.ACK, error.code, 0, b"", error.options,
+                             error.text.encode("utf-8")), None
 
     def _answer(self, answer: Answer, exchange: _Exchange) -> None:
         response, after = answer
@@ -230,11 +246,64 @@ class CoapServer(DatagramProtocol):
 
     @inlineCallbacks
     def handle(self, request: m.CoapMessage, addr: Any) -> Any:
+        """The answer to ``request``: Block1 pieces collected first, an answer longer
+        than a block cut into Block2 pieces (the later ones served from memory)."""
         mapping.check_options(request)
+        block1 = blockwise.block_of(request, opt.BLOCK1)
+        if block1 is not None and request.code in (m.POST, m.PUT):
+            mapping.topic_of(request)  # 4.04 before anything is held
+            body = self.reassembly.add(blockwise.request_key(addr, request), block1,
+                                       request.payload, request.uint(opt.SIZE1))
+            if body is None:
+                return m.CoapMessage(m.ACK, m.CONTINUE, 0, b"", [
+                    (opt.BLOCK1, Block(block1.num, True, block1.szx).encode())]), None
+            request = m.CoapMessage(request.type, request.code, request.mid, request.token,
+                                    request.options, body)
+        block2 = blockwise.block_of(request, opt.BLOCK2)
+        if block2 is not None and block2.num and request.code == m.GET \
+                and request.option(opt.OBSERVE) is None:
+            found = self.representations.get(blockwise.request_key(addr, request))
+            if found is not None:
+                return self.block(found[1], block2.num, min(block2.szx, self.config.szx),
+                                  found[0]), None
+        answer, after = yield self.act(request, addr)
+        if block1 is not None and request.code in (m.POST, m.PUT):
+            answer.options.append((opt.BLOCK1, Block(block1.num, False, block1.szx).encode()))
+        if request.code == m.GET and answer.code == m.CONTENT:
+            szx = min(block2.szx, self.config.szx) if block2 is not None else self.config.szx
+            num = block2.num if block2 is not None else 0
+            if num or len(answer.payload) > 1 << (szx + 4):
+                etag = self.representations.store(blockwise.request_key(addr, request),
+                                                  answer.payload)
+                block = self.block(answer.payload, num, szx, etag)
+                answer.options += block.options
+                answer.payload = block.payload
+        return answer, after
+
+    def block(self, payload: bytes, num: int, szx: int, etag: bytes) -> m.CoapMessage:
+        """One Block2 piece of a representation, with its Size2 and ETag."""
+        chunk, block = blockwise.cut(payload, num, szx)
+        return m.CoapMessage(m.ACK, m.CONTENT, 0, b"", [
+            (opt.BLOCK2, block.encode()), (opt.SIZE2, opt.encode_uint(len(payload))),
+            (opt.ETAG, etag)], chunk)
+
+    def first_block(self, key: Any, note: m.CoapMessage) -> None:
+        """Cut a notification longer than a block to its first piece; the client fetches
+        the others with GETs (RFC 7959 §3.4)."""
+        if len(note.payload) <= 1 << (self.config.szx + 4):
+            return
+        etag = self.representations.store(key, note.payload)
+        block = self.block(note.payload, 0, self.config.szx, etag)
+        note.options += block.options
+        note.payload = block.payload
+
+    @inlineCallbacks
+    def act(self, request: m.CoapMessage, addr: Any) -> Any:
         ps = mapping.parse_request(request, self.service.settings)
         if len(request.payload) > self.config.max_payload:
             raise CoapError(m.REQUEST_ENTITY_TOO_LARGE,
-                            f"the payload is larger than {self.config.max_payload} bytes")
+                            f"the payload is larger than {self.config.max_payload} bytes",
+                            [(opt.SIZE1, opt.encode_uint(self.config.max_payload))])
         client_id = ps.client_id or "coap-" + peer_of(addr)
         credentials = Credentials(client_id, ps.username, ps.password, None, peer_of(addr),
                                   "coap")
@@ -288,7 +357,8 @@ class CoapServer(DatagramProtocol):
             self.close_if_idle(client)
             raise CoapError(m.SERVICE_UNAVAILABLE, f"client {client_id!r} holds "
                             f"{self.config.max_observations} observations already")
-        obs = client.observations[ps.topic] = Observation(ps.topic, request.token, addr)
+        obs = client.observations[ps.topic] = Observation(
+            ps.topic, request.token, addr, blockwise.request_key(addr, request))
         try:
             granted = yield self.service.subscribe(client_id, ps.topic, ps.qos)
         except BaseException:

@@ -20,11 +20,10 @@ from mqtt_twisted.constants import MAX_STRING_LENGTH, PropertyId
 from mqtt_twisted.errors import MQTTError
 from mqtt_twisted.message import Message
 
-#: The options this server acts on; any other critical option gets 4.02 Bad Option
-#: (Block1/Block2 too, until block-wise transfers are done).
+#: The options this server acts on; any other critical option gets 4.02 Bad Option.
 UNDERSTOOD = frozenset({opt.URI_HOST, opt.URI_PORT, opt.URI_PATH, opt.URI_QUERY,
                         opt.OBSERVE, opt.CONTENT_FORMAT, opt.ACCEPT, opt.SIZE2,
-                        opt.SIZE1})
+                        opt.SIZE1, opt.BLOCK1, opt.BLOCK2})
 #: The first Uri-Path segment of the publish/subscribe resource (EMQX's).
 PS = "ps"
 #: Query keys understood; others are refused so that a typo does not pass silently (and
@@ -36,12 +35,15 @@ PUBLISH, READ, OBSERVE, FORGET, DELETE = "publish", "read", "observe", "forget",
 
 
 class CoapError(Exception):
-    """A request refused: the response ``code`` and a diagnostic payload (§5.5.2)."""
+    """A request refused: the response ``code``, a diagnostic payload (§5.5.2) and any
+    options the answer carries (Size1 with a 4.13)."""
 
-    def __init__(self, code: int, text: str) -> None:
+    def __init__(self, code: int, text: str,
+                 options: list[tuple[int, bytes]] | None = None) -> None:
         super().__init__(text)
         self.code = code
         self.text = text
+        self.options = options or []
 
 
 def bad_request(text: str) -> CoapError:
@@ -195,4 +197,4 @@ def reply(request: m.CoapMessage, code: int, payload: bytes = b"",
 
 
 def error_reply(request: m.CoapMessage, error: CoapError, mid: int = 0) -> m.CoapMessage:
-    return reply(request, error.code, error.text.encode("utf-8"), None, mid)
+    return reply(request, error.code, error.text.encode("utf-8"), error.options, mid)
