@@ -68,6 +68,8 @@ class CoapBrokerTestCase(unittest.TestCase):
     """A broker with an MQTT listener and a CoAP/UDP one on 127.0.0.1."""
 
     coap_keys: dict[str, str] = {}
+    #: "udp", or "tcp" for CoAP over TCP (RFC 8323).
+    transport = "udp"
     authenticator: Any = None
     authorizer: Any = None
     timeout = 40
@@ -81,20 +83,26 @@ class CoapBrokerTestCase(unittest.TestCase):
                                      self.authorizer, 10.0, 0)
         self.broker = self.service.broker
         keys = "".join(f":{k}={v}" for k, v in self.coap_keys.items())
-        coap = parse_listener(f"coap=udp:0:interface=127.0.0.1{keys}", "mqtt",
+        coap = parse_listener(f"coap={self.transport}:0:interface=127.0.0.1{keys}", "mqtt",
                               {"coap": coapAdapter.options})
+        coapAdapter.checkEndpoint(coap)
         coapAdapter.checkListener(coap)
         mqtt_listener = self.service.addListener(MQTTAdapter(),
                                                  parse_listener("tcp:0:interface=127.0.0.1"))
         self.coap_listener = self.service.addListener(coapAdapter, coap)
         self.service.startService()
         yield self.service.ready
-        port = yield self.coap_listener.whenListening()
+        ports: dict[str, Any] = {}
+        mqtt_listener._waitingForPort.addCallback(lambda p: ports.setdefault("mqtt", p))
+        self.mqtt_port = ports["mqtt"].getHost().port
+        if self.transport == "udp":
+            port = yield self.coap_listener.whenListening()
+            self.server = self.coap_listener.server
+        else:
+            self.coap_listener._waitingForPort.addCallback(lambda p: ports.setdefault("coap", p))
+            port = ports["coap"]
+            self.server = self.coap_listener.site
         self.coap_port = port.getHost().port
-        ports: list[Any] = []
-        mqtt_listener._waitingForPort.addCallback(lambda p: (ports.append(p), p)[1])
-        self.mqtt_port = ports[0].getHost().port
-        self.server = self.coap_listener.server
 
     @inlineCallbacks
     def tearDown(self) -> Any:
@@ -103,7 +111,8 @@ class CoapBrokerTestCase(unittest.TestCase):
     # --- helpers ------------------------------------------------------------------------
 
     def url(self, path: str) -> str:
-        return f"coap://127.0.0.1:{self.coap_port}{path}"
+        scheme = "coap" if self.transport == "udp" else "coap+tcp"
+        return f"{scheme}://127.0.0.1:{self.coap_port}{path}"
 
     def sleep(self, seconds: float) -> Deferred[None]:
         return deferLater(self.reactor, seconds, lambda: None)

@@ -108,7 +108,7 @@ class LibcoapBlockTests(CoapBrokerTestCase):
         message = yield sub.next_message()
         self.assertEqual((message.topic, len(message.payload)), ("big/in", len(BIG)))
         self.assertEqual(message.payload, BIG)
-        self.assertEqual(self.server.reassembly.size, 0)
+        self.assertEqual(self.server.requests.reassembly.size, 0)
 
     @inlineCallbacks
     def test_block2_get_and_notification(self) -> Any:

@@ -263,6 +263,14 @@ class PluginTests(unittest.SynchronousTestCase):
         e = self.assertRaises(ValueError, parse_listener, "coap=udp:5683:maxObservations=0",
                               "mqtt", {"coap": coapAdapter.options})
         self.assertIn("maxObservations", str(e))
-        tcp = parse_listener("coap=tcp:5683", "mqtt", {"coap": coapAdapter.options})
-        e = self.assertRaises(ValueError, check_listener, coapAdapter, tcp)
-        self.assertIn("udp:PORT", str(e))
+        bad = parse_listener("coap=udp:99999", "mqtt", {"coap": coapAdapter.options})
+        e = self.assertRaises(ValueError, check_listener, coapAdapter, bad)
+        self.assertIn("0..65535", str(e))
+        bad = parse_listener("coap=tcp:notaport", "mqtt", {"coap": coapAdapter.options})
+        self.assertRaises(ValueError, check_listener, coapAdapter, bad)
+        e = self.assertRaises(ValueError, parse_listener, "coap=udp:5683:blockSize=1000",
+                              "mqtt", {"coap": coapAdapter.options})
+        self.assertIn("blockSize", str(e))
+        for good in ("coap=udp:5683", "coap=tcp:5683:interface=127.0.0.1"):
+            check_listener(coapAdapter, parse_listener(good, "mqtt",
+                                                       {"coap": coapAdapter.options}))

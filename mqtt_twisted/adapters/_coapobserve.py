@@ -21,7 +21,7 @@ from mqtt_twisted.interfaces import IMessageSink
 from mqtt_twisted.message import Message
 
 if TYPE_CHECKING:
-    from mqtt_twisted.adapters.coap import CoapServer
+    from mqtt_twisted.adapters._coaprequests import CoapRequests
 
 log = Logger(namespace="mqtt_twisted.adapters.coap")
 
@@ -58,8 +58,8 @@ class Observation:
 class CoapClient:
     """One CoAP client id's observations: the sink of its virtual session."""
 
-    def __init__(self, server: CoapServer, client_id: str) -> None:
-        self.server = server
+    def __init__(self, requests: CoapRequests, client_id: str) -> None:
+        self.requests = requests
         self.client_id = client_id
         self.observations: dict[str, Observation] = {}
         self.conn: Any = None
@@ -81,25 +81,18 @@ class CoapClient:
         self.closed = True
         self.observations.clear()
         self.conn = None
-        self.server.client_gone(self)
+        self.requests.client_gone(self)
 
     # --- notifications -------------------------------------------------------------------
 
     def notify(self, obs: Observation, message: Message, qos: int) -> None:
-        server = self.server
-        mtype = m.CON if qos else m.NON
-        mid = server.mids()
-        note = m.CoapMessage(mtype, m.CONTENT, mid, obs.token,
+        """One notification to ``obs`` (its first Block2 piece if it is long): NON at
+        QoS 0, CON at QoS 1/2, as EMQX sends them."""
+        note = m.CoapMessage(m.NON, m.CONTENT, 0, obs.token,
                              [(opt.OBSERVE, opt.encode_uint(obs.next_seq())),
                               *mapping.notification_options(message)], message.payload)
-        server.first_block(obs.key, note)
-        data = m.encode(note)
-        server.notified(obs.peer, mid, self, obs)
-        if mtype == m.CON:
-            server.retransmitter.send_con(obs.peer, mid, data,
-                                          on_fail=lambda: self.lost(obs, "unacknowledged"))
-        else:
-            server.send(data, obs.peer)
+        self.requests.first_block(obs.key, note)
+        obs.peer.send_notification(self, obs, note, qos > 0)
 
     # --- ending observations ---------------------------------------------------------------
 
@@ -109,7 +102,7 @@ class CoapClient:
             return
         log.info("CoAP observer {client} of {filter} dropped: {why}",
                  client=self.client_id, filter=obs.filter, why=why)
-        self.server.forget(self, obs.filter)
+        self.requests.forget(self, obs.filter)
 
     def close(self) -> None:
         """End the session (no observation is left)."""

@@ -1,0 +1,345 @@
+"""What a CoAP request asks of the broker, whatever carried it (UDP datagrams in
+:mod:`mqtt_twisted.adapters.coap`, a TCP or TLS stream in
+:mod:`mqtt_twisted.adapters.coap_tcp`): block-wise pieces put together and cut,
+the ``/ps/`` mapping acted on through the gateway, observers' sessions kept.
+
+A *link* is where a request came from and where notifications go: hashable (equal
+for the same peer), with ``peer_text`` and ``send_notification(client, obs, note,
+confirmable)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mqtt_twisted.adapters._coapobserve import CoapClient, Observation
+from mqtt_twisted.adapters.options import AdapterOption, declare, integer, option_values
+from mqtt_twisted.coap import blockwise, mapping
+from mqtt_twisted.coap import message as m
+from mqtt_twisted.coap import options as opt
+from mqtt_twisted.coap.mapping import CoapError, PsRequest
+from mqtt_twisted.coap.options import Block
+from mqtt_twisted.constants import ReasonCode
+from mqtt_twisted.errors import (
+    AuthenticationError,
+    AuthorizationError,
+    ConnectError,
+    MQTTError,
+    StorageError,
+)
+from mqtt_twisted.gateway import PUBLISH, SUBSCRIBE
+from mqtt_twisted.records import Credentials
+
+log = Logger(namespace="mqtt_twisted.adapters.coap")
+
+def _block_size(text: str) -> int:
+    """16, 32, ... 1024: the block sizes RFC 7959 has."""
+    value = integer(low=16, high=1024)(text)
+    if value & (value - 1):
+        raise ValueError("is not a power of two (16, 32, ... 1024)")
+    return value
+
+
+_block_size.metavar = "BYTES"  # type: ignore[attr-defined]
+
+#: The CoAP listener's own keys (``coap=udp:5683:maxObservations=16``).
+OPTIONS = declare(
+    AdapterOption("maxObservations", integer(low=1), 64,
+                  "observations one client id may hold; more get 5.03"),
+    AdapterOption("maxPayload", integer(low=0, metavar="BYTES"), 1 << 20,
+                  "largest request body in bytes (Block1 pieces put together); larger "
+                  "ones get 4.13"),
+    AdapterOption("blockSize", _block_size, 1024,
+                  "largest payload per datagram (16..1024, a power of two): longer answers "
+                  "and notifications go out in Block2 pieces"),
+    AdapterOption("maxReassembly", integer(low=0, metavar="BYTES"), 8 << 20,
+                  "bytes of Block1 bodies being received and Block2 answers being "
+                  "fetched, held at most for the whole listener"),
+)
+@dataclass(slots=True)
+class CoapConfig:
+    """A CoAP listener's settings, from its ``--listen`` keys."""
+
+    max_observations: int = 64
+    max_payload: int = 1 << 20
+    szx: int = blockwise.MAX_SZX
+    max_reassembly: int = 8 << 20
+    listener: Any = None
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> CoapConfig:
+        """The keys' typed values; ValueError names a bad one."""
+        v = option_values(OPTIONS, getattr(settings, "extra", None) or {})
+        return cls(v["maxObservations"], v["maxPayload"], blockwise.szx_for(v["blockSize"]),
+                   v["maxReassembly"], settings)
+
+
+#: An answer's code, options and payload (type, id and token are the transport's), and
+#: what to do once it is sent.
+Answer = tuple[m.CoapMessage, Callable[[], Any] | None]
+
+
+def error_of(error: BaseException) -> CoapError | None:
+    """The CoAP answer to an exception from the broker, an authenticator or a store
+    (None: unexpected, answered 5.00 and logged)."""
+    if isinstance(error, CoapError):
+        return error
+    text = getattr(error, "message", "") or str(error)
+    if isinstance(error, AuthenticationError) or (
+            isinstance(error, ConnectError) and error.reason_code in (
+                ReasonCode.BAD_USER_NAME_OR_PASSWORD, ReasonCode.BAD_AUTHENTICATION_METHOD)):
+        return CoapError(m.UNAUTHORIZED, text or "not authenticated")
+    if isinstance(error, AuthorizationError) or (
+            isinstance(error, MQTTError) and error.reason_code in (
+                ReasonCode.NOT_AUTHORIZED, ReasonCode.BANNED)):
+        return CoapError(m.FORBIDDEN, text or "not authorized")
+    if isinstance(error, StorageError) or (
+            isinstance(error, MQTTError) and error.reason_code in (
+                ReasonCode.SERVER_UNAVAILABLE, ReasonCode.SERVER_BUSY)):
+        return CoapError(m.SERVICE_UNAVAILABLE, text or "store unavailable")
+    if isinstance(error, MQTTError) and error.reason_code not in (
+            ReasonCode.UNSPECIFIED_ERROR, ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR):
+        return CoapError(m.BAD_REQUEST, text)
+    return None
+
+
+
+class CoapRequests:
+    """Requests in, answers out, for one listener: its Block1 bodies and Block2
+    representations, and the sessions of the client ids observing through it."""
+
+    def __init__(self, reactor: Any, service: Any, config: CoapConfig) -> None:
+        self.reactor = reactor
+        self.service = service  # the gateway (IBrokerService): all the adapter uses
+        self.config = config
+        self.representations = blockwise.Representations(reactor, config.max_reassembly)
+        self.reassembly = blockwise.Reassembly(reactor, config.max_reassembly,
+                                               config.max_payload)
+        self.clients: dict[str, CoapClient] = {}
+        self.opening: dict[str, list[Deferred[CoapClient]]] = {}
+
+    def answer(self, request: m.CoapMessage, link: Any) -> Deferred[Answer]:
+        """The answer to ``request``, failures included (never fails)."""
+        return maybeDeferred(self.handle, request, link).addErrback(self._failed, request)
+
+    def _failed(self, failure: Failure, request: m.CoapMessage) -> Answer:
+        error = error_of(failure.value)
+        if error is None:
+            log.failure("CoAP {code} request failed", failure, code=m.code_text(request.code))
+            error = CoapError(m.INTERNAL_SERVER_ERROR, "internal error")
+        return m.CoapMessage(m.ACK, error.code, 0, b"", error.options,
+                             error.text.encode("utf-8")), None
+
+    def close_all(self) -> None:
+        """The listener stops: every observer's session ends."""
+        for client in list(self.clients.values()):
+            client.close()
+
+    @inlineCallbacks
+    def handle(self, request: m.CoapMessage, link: Any) -> Any:
+        """The answer to ``request``: Block1 pieces collected first, an answer longer
+        than a block cut into Block2 pieces (the later ones served from memory)."""
+        mapping.check_options(request)
+        block1 = blockwise.block_of(request, opt.BLOCK1)
+        if block1 is not None and request.code in (m.POST, m.PUT):
+            mapping.topic_of(request)  # 4.04 before anything is held
+            body = self.reassembly.add(blockwise.request_key(link, request), block1,
+                                       request.payload, request.uint(opt.SIZE1))
+            if body is None:
+                return m.CoapMessage(m.ACK, m.CONTINUE, 0, b"", [
+                    (opt.BLOCK1, Block(block1.num, True, block1.szx).encode())]), None
+            request = m.CoapMessage(request.type, request.code, request.mid, request.token,
+                                    request.options, body)
+        block2 = blockwise.block_of(request, opt.BLOCK2)
+        if block2 is not None and block2.num and request.code == m.GET \
+                and request.option(opt.OBSERVE) is None:
+            found = self.representations.get(blockwise.request_key(link, request))
+            if found is not None:
+                return self.block(found[1], block2.num, min(block2.szx, self.config.szx),
+                                  found[0]), None
+        answer, after = yield self.act(request, link)
+        if block1 is not None and request.code in (m.POST, m.PUT):
+            answer.options.append((opt.BLOCK1, Block(block1.num, False, block1.szx).encode()))
+        if request.code == m.GET and answer.code == m.CONTENT:
+            szx = min(block2.szx, self.config.szx) if block2 is not None else self.config.szx
+            num = block2.num if block2 is not None else 0
+            if num or len(answer.payload) > 1 << (szx + 4):
+                etag = self.representations.store(blockwise.request_key(link, request),
+                                                  answer.payload)
+                block = self.block(answer.payload, num, szx, etag)
+                answer.options += block.options
+                answer.payload = block.payload
+        return answer, after
+
+    def block(self, payload: bytes, num: int, szx: int, etag: bytes) -> m.CoapMessage:
+        """One Block2 piece of a representation, with its Size2 and ETag."""
+        chunk, block = blockwise.cut(payload, num, szx)
+        return m.CoapMessage(m.ACK, m.CONTENT, 0, b"", [
+            (opt.BLOCK2, block.encode()), (opt.SIZE2, opt.encode_uint(len(payload))),
+            (opt.ETAG, etag)], chunk)
+
+    def first_block(self, key: Any, note: m.CoapMessage) -> None:
+        """Cut a notification longer than a block to its first piece; the client fetches
+        the others with GETs (RFC 7959 §3.4)."""
+        if len(note.payload) <= 1 << (self.config.szx + 4):
+            return
+        etag = self.representations.store(key, note.payload)
+        block = self.block(note.payload, 0, self.config.szx, etag)
+        note.options += block.options
+        note.payload = block.payload
+
+    @inlineCallbacks
+    def act(self, request: m.CoapMessage, link: Any) -> Any:
+        ps = mapping.parse_request(request, self.service.settings)
+        if len(request.payload) > self.config.max_payload:
+            raise CoapError(m.REQUEST_ENTITY_TOO_LARGE,
+                            f"the payload is larger than {self.config.max_payload} bytes",
+                            [(opt.SIZE1, opt.encode_uint(self.config.max_payload))])
+        client_id = ps.client_id or "coap-" + link.peer_text
+        credentials = Credentials(client_id, ps.username, ps.password, None, link.peer_text,
+                                  "coap")
+        identity = yield self.service.authenticate(credentials)
+        if ps.action == mapping.PUBLISH:
+            answer = yield self.publish(ps, request, client_id, identity)
+        elif ps.action == mapping.OBSERVE:
+            answer = yield self.observe(ps, request, link, client_id, credentials)
+        elif ps.action == mapping.DELETE:
+            answer = yield self.delete(ps, client_id)
+        else:
+            if ps.action == mapping.FORGET:
+                client = self.clients.get(client_id)
+                if client is not None and ps.topic in client.observations:
+                    yield self.forget(client, ps.topic)
+            answer = yield self.read(ps, client_id, identity)
+        return answer
+
+    @inlineCallbacks
+    def publish(self, ps: PsRequest, request: m.CoapMessage, client_id: str,
+                identity: Any) -> Any:
+        allowed = yield self.service.authorize(PUBLISH, identity, client_id, ps.topic)
+        if not allowed:
+            raise CoapError(m.FORBIDDEN, f"not authorized to publish to {ps.topic!r}")
+        d = self.service.publish(mapping.publish_message(ps, request), client_id)
+        if ps.qos == 0:  # at most once: answered at once, a store failure only logged
+            d.addErrback(lambda f: log.failure("CoAP QoS 0 publish to {topic} failed", f,
+                                               topic=ps.topic))
+        else:  # 2.04 means the broker holds it
+            yield d
+        return m.CoapMessage(m.ACK, m.CHANGED), None
+
+    @inlineCallbacks
+    def read(self, ps: PsRequest, client_id: str, identity: Any) -> Any:
+        allowed = yield self.service.authorize(SUBSCRIBE, identity, client_id, ps.topic)
+        if not allowed:
+            raise CoapError(m.FORBIDDEN, f"not authorized to read {ps.topic!r}")
+        messages = yield self.service.retained(ps.topic)
+        if not messages:
+            raise CoapError(m.NOT_FOUND, f"no retained message matches {ps.topic!r}")
+        first = min(messages, key=lambda msg: msg.topic)
+        return m.CoapMessage(m.ACK, m.CONTENT, 0, b"", mapping.notification_options(first),
+                             first.payload), None
+
+    @inlineCallbacks
+    def observe(self, ps: PsRequest, request: m.CoapMessage, link: Any, client_id: str,
+                credentials: Credentials) -> Any:
+        client = yield self.client_for(client_id, credentials)
+        if ps.topic not in client.observations and \
+                len(client.observations) >= self.config.max_observations:
+            self.close_if_idle(client)
+            raise CoapError(m.SERVICE_UNAVAILABLE, f"client {client_id!r} holds "
+                            f"{self.config.max_observations} observations already")
+        obs = client.observations[ps.topic] = Observation(
+            ps.topic, request.token, link, blockwise.request_key(link, request))
+        try:
+            granted = yield self.service.subscribe(client_id, ps.topic, ps.qos)
+        except BaseException:
+            self.drop(client, obs)
+            raise
+        if client.closed or client.observations.get(ps.topic) is not obs:
+            raise CoapError(m.SERVICE_UNAVAILABLE, "the session ended meanwhile")
+        if granted >= 0x80:
+            self.drop(client, obs)
+            if granted == ReasonCode.NOT_AUTHORIZED:
+                raise CoapError(m.FORBIDDEN, f"not authorized to observe {ps.topic!r}")
+            raise CoapError(m.BAD_REQUEST, f"the broker refused {ps.topic!r} "
+                            f"(reason code 0x{granted:02X})")
+        obs.qos = granted
+        held, obs.held, obs.pending = obs.held, [], False
+        first = held[0][0] if held else None
+        options = [(opt.OBSERVE, opt.encode_uint(obs.seq))]
+        payload = b""
+        if first is not None:
+            options += mapping.notification_options(first)
+            payload = first.payload
+
+        def rest() -> None:
+            for message, qos in held[1:]:
+                client.notify(obs, message, qos)
+
+        return m.CoapMessage(m.ACK, m.CONTENT, 0, b"", options, payload), rest
+
+    @inlineCallbacks
+    def delete(self, ps: PsRequest, client_id: str) -> Any:
+        client = self.clients.get(client_id)
+        if client is None or ps.topic not in client.observations:
+            raise CoapError(m.NOT_FOUND, f"client {client_id!r} does not observe {ps.topic!r}")
+        yield self.forget(client, ps.topic)
+        return m.CoapMessage(m.ACK, m.DELETED), None
+
+    # --- observers' sessions ------------------------------------------------------------
+
+    def client_for(self, client_id: str, credentials: Credentials) -> Deferred[CoapClient]:
+        """The open session of ``client_id`` as a CoapClient, opened if need be."""
+        client = self.clients.get(client_id)
+        if client is not None and not client.closed:
+            return succeed(client)
+        d: Deferred[CoapClient] = Deferred()
+        waiting = self.opening.get(client_id)
+        if waiting is not None:
+            waiting.append(d)
+            return d
+        waiting = self.opening[client_id] = [d]
+        client = CoapClient(self, client_id)
+
+        def opened(session: Any) -> None:
+            client.conn = session.connection
+            self.clients[client_id] = client
+            for w in self.opening.pop(client_id, []):
+                w.callback(client)
+
+        def refused(failure: Failure) -> None:
+            for w in self.opening.pop(client_id, []):
+                w.errback(failure)
+
+        self.service.openSession(client_id, client, True, credentials).addCallbacks(
+            opened, refused)
+        return d
+
+    def forget(self, client: CoapClient, topic_filter: str) -> Deferred[Any]:
+        """End one observation: unsubscribe, and close the session when none is left."""
+        obs = client.observations.pop(topic_filter, None)
+        if obs is None or client.closed:
+            return succeed(False)
+        d = self.service.unsubscribe(client.client_id, topic_filter)
+        d.addErrback(lambda f: f.trap(MQTTError) and False)
+        d.addBoth(lambda result: (self.close_if_idle(client), result)[1])
+        return d
+
+    def drop(self, client: CoapClient, obs: Observation) -> None:
+        if client.observations.get(obs.filter) is obs:
+            del client.observations[obs.filter]
+        self.close_if_idle(client)
+
+    def close_if_idle(self, client: CoapClient) -> None:
+        if not client.observations:
+            client.close()
+
+    def client_gone(self, client: CoapClient) -> None:
+        if self.clients.get(client.client_id) is client:
+            del self.clients[client.client_id]
