@@ -11,6 +11,7 @@ sessions (:mod:`mqtt_twisted.adapters._coapobserve`).
 
 from __future__ import annotations
 
+import socket
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,8 @@ log = Logger()
 #: Seconds a CON request may take before it is acknowledged with an empty ACK and
 #: answered separately (below ACK_TIMEOUT, so that the client does not resend it).
 SEPARATE_AFTER = 1.0
+#: Bytes asked of the kernel for the listener's receive buffer.
+RECEIVE_BUFFER = 4 << 20
 #: Notifications remembered so that an RST to one ends its observation.
 NOTES_KEPT = 4096
 
@@ -108,6 +111,16 @@ class CoapServer(DatagramProtocol):
         self.retransmitter = Retransmitter(reactor, self.send)
         self.dedup = Deduplicator(reactor)
         self.notes: OrderedDict[tuple[Any, int], tuple[CoapClient, Observation]] = OrderedDict()
+
+    def startProtocol(self) -> None:
+        """A receive buffer for bursts: the kernel's default drops datagrams that come
+        faster than one reactor turn reads them (the kernel caps it at rmem_max)."""
+        sock = getattr(self.transport, "socket", None)
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            except OSError:
+                pass
 
     def send(self, data: bytes, peer: Any) -> None:
         if self.transport is not None:
