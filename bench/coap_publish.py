@@ -217,7 +217,8 @@ def main() -> None:
              "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
              "--logfile", os.path.join(tmp, "broker.log"), "mqttbroker",
              "--listen", f"tcp:{mqtt_port}:interface=127.0.0.1",
-             "--listen", f"coap=udp:{coap_port}:interface=127.0.0.1:maxObservations=4",
+             "--listen", f"coap=udp:{coap_port}:interface=127.0.0.1:maxObservations=4"
+             ":maxRequestRate=0",
              "--sys-interval", "0"],
             cwd=tmp, env=dict(os.environ, PYTHONPATH=str(ROOT)))
         try:

@@ -194,3 +194,22 @@ class MappingTests(SynchronousTestCase):
         non = request(m.GET, "ps/a", mtype=m.NON)
         self.assertEqual(mapping.reply(non, m.NOT_FOUND, mid=7),
                          m.CoapMessage(m.NON, m.NOT_FOUND, 7, b"tk", [], b""))
+
+
+class RateLimiterTests(SynchronousTestCase):
+    def test_bucket(self) -> None:
+        clock = Clock()
+        limiter = ex.RateLimiter(clock, rate=10, burst=3)
+        self.assertEqual([limiter.allow(PEER) for _ in range(4)], [True, True, True, False])
+        self.assertTrue(limiter.allow(("127.0.0.1", 9)))  # another sender has its own
+        clock.advance(0.1)
+        self.assertEqual([limiter.allow(PEER) for _ in range(2)], [True, False])
+        clock.advance(10)
+        self.assertEqual(sum(limiter.allow(PEER) for _ in range(10)), 3)  # burst caps it
+
+    def test_off_and_bounded(self) -> None:
+        self.assertTrue(all(ex.RateLimiter(Clock(), 0).allow(PEER) for _ in range(1000)))
+        limiter = ex.RateLimiter(Clock(), 1, limit=2)
+        for port in range(5):
+            limiter.allow(("h", port))
+        self.assertEqual(len(limiter.buckets), 2)

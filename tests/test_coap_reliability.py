@@ -14,6 +14,7 @@ from zope.interface import implementer
 from mqtt_twisted.auth.acl import AclAuthorizer
 from mqtt_twisted.auth.passwd import PasswordFileAuthenticator, parse_passwd
 from mqtt_twisted.coap import message as m
+from mqtt_twisted.coap import options as opt
 from mqtt_twisted.interfaces import IAuthenticator
 
 try:
@@ -137,3 +138,28 @@ def _now(f: Any, *args: Any) -> Any:
 
     return maybeDeferred(f, *args)
 
+
+
+class RateLimitTests(CoapBrokerTestCase):
+    coap_keys = {"maxRequestRate": "3"}
+
+    @inlineCallbacks
+    def test_flood_is_answered_429(self) -> Any:
+        """Past maxRequestRate an address's CONs get 4.29 with Max-Age (not served), its
+        NONs nothing; a paho subscriber sees only the requests served."""
+        sub = yield self.paho("sub")
+        yield sub.subscribe(("flood", 0))
+        client = self.udp()
+        for mid in range(5):
+            client.transport.write(request(m.POST, "/ps/flood", payload=b"%d" % mid, mid=mid))
+        codes = []
+        for _ in range(5):
+            answer = yield self.next(client)
+            codes.append((answer.mid, m.code_text(answer.code), answer.uint(opt.MAX_AGE)))
+        self.assertEqual(sorted(codes), [(0, "2.04", None), (1, "2.04", None),
+                                         (2, "2.04", None), (3, "4.29", 1), (4, "4.29", 1)])
+        client.transport.write(request(m.POST, "/ps/flood", mid=9, mtype=m.NON))
+        yield self.nothing(client)
+        got = yield sub.collect(3)
+        self.assertEqual([g.payload for g in got], [b"0", b"1", b"2"])
+        yield sub.no_message(0.3)

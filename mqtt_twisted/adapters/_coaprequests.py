@@ -58,6 +58,9 @@ OPTIONS = declare(
     AdapterOption("blockSize", _block_size, 1024,
                   "largest payload per datagram (16..1024, a power of two): longer answers "
                   "and notifications go out in Block2 pieces"),
+    AdapterOption("maxRequestRate", integer(low=0, metavar="N"), 1000,
+                  "requests per second one UDP address may make (bursts of as many); more "
+                  "get 4.29 Too Many Requests (0: no limit)"),
     AdapterOption("maxReassembly", integer(low=0, metavar="BYTES"), 8 << 20,
                   "bytes of Block1 bodies being received and Block2 answers being "
                   "fetched, held at most for the whole listener"),
@@ -70,6 +73,7 @@ class CoapConfig:
     max_payload: int = 1 << 20
     szx: int = blockwise.MAX_SZX
     max_reassembly: int = 8 << 20
+    max_request_rate: int = 1000
     listener: Any = None
 
     @classmethod
@@ -77,7 +81,7 @@ class CoapConfig:
         """The keys' typed values; ValueError names a bad one."""
         v = option_values(OPTIONS, getattr(settings, "extra", None) or {})
         return cls(v["maxObservations"], v["maxPayload"], blockwise.szx_for(v["blockSize"]),
-                   v["maxReassembly"], settings)
+                   v["maxReassembly"], v["maxRequestRate"], settings)
 
 
 #: An answer's code, options and payload (type, id and token are the transport's), and

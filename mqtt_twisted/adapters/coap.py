@@ -27,7 +27,8 @@ from mqtt_twisted.adapters.kit import DatagramListener, parse_udp
 from mqtt_twisted.adapters.listener import check_endpoint
 from mqtt_twisted.coap import mapping
 from mqtt_twisted.coap import message as m
-from mqtt_twisted.coap.exchange import Deduplicator, MessageIds, Retransmitter
+from mqtt_twisted.coap import options as opt
+from mqtt_twisted.coap.exchange import Deduplicator, MessageIds, RateLimiter, Retransmitter
 from mqtt_twisted.interfaces import IDatagramAdapter, IEndpointChecker, IListenerChecker
 
 log = Logger()
@@ -110,6 +111,7 @@ class CoapServer(DatagramProtocol):
         self.mids = MessageIds()
         self.retransmitter = Retransmitter(reactor, self.send)
         self.dedup = Deduplicator(reactor)
+        self.rate = RateLimiter(reactor, config.max_request_rate)
         self.notes: OrderedDict[tuple[Any, int], tuple[CoapClient, Observation]] = OrderedDict()
 
     def startProtocol(self) -> None:
@@ -154,6 +156,11 @@ class CoapServer(DatagramProtocol):
                 self.send(seen, addr)  # the same answer again, not a second action
             return
         exchange = _Exchange(self, msg, addr)
+        if not self.rate.allow(addr[0]):  # a flood from one address: answered, not served
+            if msg.type == m.CON:
+                exchange.finish(m.CoapMessage(m.ACK, m.TOO_MANY_REQUESTS, 0, b"", [
+                    (opt.MAX_AGE, b"\x01")], b"too many requests: wait a second"))
+            return
         d = self.requests.answer(msg, UdpPeer(addr, self))
         d.addCallback(self._answer, exchange)
         if not exchange.done and msg.type == m.CON:

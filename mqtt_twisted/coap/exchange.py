@@ -171,3 +171,33 @@ class Deduplicator:
             if when > horizon:
                 break
             del seen[key]
+
+
+class RateLimiter:
+    """Requests per second per sender: a token bucket of ``burst`` requests refilled at
+    ``rate`` per second, for the ``limit`` senders seen most recently (a sender forgotten
+    starts again with a full bucket).  ``rate`` 0 lets everything through."""
+
+    def __init__(self, clock: Any, rate: float, burst: float | None = None,
+                 limit: int = 10000) -> None:
+        self.clock = clock
+        self.rate = rate
+        self.burst = burst if burst is not None else max(1.0, rate)
+        self.limit = limit
+        self.buckets: OrderedDict[Peer, tuple[float, float]] = OrderedDict()
+
+    def allow(self, peer: Peer) -> bool:
+        if not self.rate:
+            return True
+        now = self.clock.seconds()
+        found = self.buckets.pop(peer, None)
+        if found is None:
+            tokens = self.burst
+        else:
+            tokens, when = found
+            tokens = min(self.burst, tokens + (now - when) * self.rate)
+        allowed = tokens >= 1.0
+        self.buckets[peer] = (tokens - 1.0 if allowed else tokens, now)
+        while len(self.buckets) > self.limit:
+            self.buckets.popitem(last=False)
+        return allowed
