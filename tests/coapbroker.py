@@ -127,8 +127,8 @@ class CoapBrokerTestCase(unittest.TestCase):
             waited += 0.02
 
     @inlineCallbacks
-    def paho(self, client_id: str = "") -> Any:
-        client = PahoClient(self.reactor, self.mqtt_port, client_id)
+    def paho(self, client_id: str = "", **kwargs: Any) -> Any:
+        client = PahoClient(self.reactor, self.mqtt_port, client_id, **kwargs)
         self.addCleanup(client.stop)
         result = yield client.connect()
         self.assertEqual(result.rc, 0)

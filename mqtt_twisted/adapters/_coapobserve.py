@@ -64,6 +64,8 @@ class CoapClient:
         self.observations: dict[str, Observation] = {}
         self.conn: Any = None
         self.closed = False
+        #: True while a connection-mode connection holds the session open.
+        self.connected = False
 
     # --- IMessageSink --------------------------------------------------------------------
 

@@ -18,8 +18,16 @@ from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, suc
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mqtt_twisted.adapters._coapconnection import PATH, Connection, Connections
 from mqtt_twisted.adapters._coapobserve import CoapClient, Observation
-from mqtt_twisted.adapters.options import AdapterOption, declare, integer, option_values
+from mqtt_twisted.adapters.options import (
+    AdapterOption,
+    declare,
+    integer,
+    number,
+    option_values,
+    yes_no,
+)
 from mqtt_twisted.coap import blockwise, mapping
 from mqtt_twisted.coap import message as m
 from mqtt_twisted.coap import options as opt
@@ -61,6 +69,12 @@ OPTIONS = declare(
     AdapterOption("maxRequestRate", integer(low=0, metavar="N"), 1000,
                   "requests per second one UDP address may make (bursts of as many); more "
                   "get 4.29 Too Many Requests (0: no limit)"),
+    AdapterOption("connectionRequired", yes_no, False,
+                  "yes: every request must carry a token from POST /mqtt/connection "
+                  "(EMQX's connection mode); no: connection mode is optional"),
+    AdapterOption("heartbeat", number(low=0.001), 30.0,
+                  "seconds between a connection's heartbeats (PUT /mqtt/connection); "
+                  "one silent for two expires"),
     AdapterOption("maxReassembly", integer(low=0, metavar="BYTES"), 8 << 20,
                   "bytes of Block1 bodies being received and Block2 answers being "
                   "fetched, held at most for the whole listener"),
@@ -74,6 +88,8 @@ class CoapConfig:
     szx: int = blockwise.MAX_SZX
     max_reassembly: int = 8 << 20
     max_request_rate: int = 1000
+    connection_required: bool = False
+    heartbeat: float = 30.0
     listener: Any = None
 
     @classmethod
@@ -81,7 +97,8 @@ class CoapConfig:
         """The keys' typed values; ValueError names a bad one."""
         v = option_values(OPTIONS, getattr(settings, "extra", None) or {})
         return cls(v["maxObservations"], v["maxPayload"], blockwise.szx_for(v["blockSize"]),
-                   v["maxReassembly"], v["maxRequestRate"], settings)
+                   v["maxReassembly"], v["maxRequestRate"], v["connectionRequired"],
+                   v["heartbeat"], settings)
 
 
 #: An answer's code, options and payload (type, id and token are the transport's), and
@@ -127,6 +144,8 @@ class CoapRequests:
                                                config.max_payload)
         self.clients: dict[str, CoapClient] = {}
         self.opening: dict[str, list[Deferred[CoapClient]]] = {}
+        self.connections = Connections(reactor, config.heartbeat)
+        self.connections.on_expire = self.disconnect
 
     def answer(self, request: m.CoapMessage, link: Any) -> Deferred[Answer]:
         """The answer to ``request``, failures included (never fails)."""
@@ -142,6 +161,7 @@ class CoapRequests:
 
     def close_all(self) -> None:
         """The listener stops: every observer's session ends."""
+        self.connections.stop()
         for client in list(self.clients.values()):
             client.close()
 
@@ -200,15 +220,25 @@ class CoapRequests:
 
     @inlineCallbacks
     def act(self, request: m.CoapMessage, link: Any) -> Any:
+        if request.strings(opt.URI_PATH) == PATH:
+            answer = yield self.connection(request, link)
+            return answer
         ps = mapping.parse_request(request, self.service.settings)
         if len(request.payload) > self.config.max_payload:
             raise CoapError(m.REQUEST_ENTITY_TOO_LARGE,
                             f"the payload is larger than {self.config.max_payload} bytes",
                             [(opt.SIZE1, opt.encode_uint(self.config.max_payload))])
         client_id = ps.client_id or "coap-" + link.peer_text
-        credentials = Credentials(client_id, ps.username, ps.password, None, link.peer_text,
-                                  "coap")
-        identity = yield self.service.authenticate(credentials)
+        if ps.token is not None:  # connection mode: authenticated when it connected
+            conn = self.connections.check(ps.client_id, ps.token)
+            identity, credentials = conn.identity, conn.credentials
+        elif self.config.connection_required:
+            raise CoapError(m.UNAUTHORIZED, "this listener requires connection mode: "
+                            "POST /mqtt/connection first, then send clientid and token")
+        else:
+            credentials = Credentials(client_id, ps.username, ps.password, None,
+                                      link.peer_text, "coap")
+            identity = yield self.service.authenticate(credentials)
         if ps.action == mapping.PUBLISH:
             answer = yield self.publish(ps, request, client_id, identity)
         elif ps.action == mapping.OBSERVE:
@@ -296,6 +326,38 @@ class CoapRequests:
         yield self.forget(client, ps.topic)
         return m.CoapMessage(m.ACK, m.DELETED), None
 
+    # --- connection mode -----------------------------------------------------------------
+
+    @inlineCallbacks
+    def connection(self, request: m.CoapMessage, link: Any) -> Any:
+        """``/mqtt/connection``: POST connects (2.01, the token as payload), PUT is a
+        heartbeat (2.04), DELETE disconnects (2.02)."""
+        ps = mapping.parse_connection(request)
+        client_id = ps.client_id
+        assert client_id is not None
+        if request.code != m.POST:
+            self.connections.check(client_id, ps.token or "")
+            if request.code == m.DELETE:
+                self.disconnect(client_id)
+                return m.CoapMessage(m.ACK, m.DELETED), None
+            return m.CoapMessage(m.ACK, m.CHANGED), None
+        credentials = Credentials(client_id, ps.username, ps.password, None, link.peer_text,
+                                  "coap")
+        identity = yield self.service.authenticate(credentials)
+        client = yield self.client_for(client_id, credentials)
+        conn = Connection(client_id, identity, credentials)
+        client.connected = True
+        self.connections.add(conn)
+        return m.CoapMessage(m.ACK, m.CREATED, 0, b"", [], conn.token.encode("ascii")), None
+
+    def disconnect(self, client_id: str) -> None:
+        """End ``client_id``'s connection (DELETE, or expired): its session closes."""
+        self.connections.remove(client_id)
+        client = self.clients.get(client_id)
+        if client is not None:
+            client.connected = False
+            client.close()
+
     # --- observers' sessions ------------------------------------------------------------
 
     def client_for(self, client_id: str, credentials: Credentials) -> Deferred[CoapClient]:
@@ -341,9 +403,13 @@ class CoapRequests:
         self.close_if_idle(client)
 
     def close_if_idle(self, client: CoapClient) -> None:
-        if not client.observations:
+        """Close a session with no observation left, unless a connection holds it."""
+        if not client.observations and not client.connected:
             client.close()
 
     def client_gone(self, client: CoapClient) -> None:
+        """The session ended (closed, taken over): its connection too."""
         if self.clients.get(client.client_id) is client:
             del self.clients[client.client_id]
+            if client.connected:
+                self.connections.remove(client.client_id)

@@ -26,9 +26,9 @@ UNDERSTOOD = frozenset({opt.URI_HOST, opt.URI_PORT, opt.URI_PATH, opt.URI_QUERY,
                         opt.SIZE1, opt.BLOCK1, opt.BLOCK2})
 #: The first Uri-Path segment of the publish/subscribe resource (EMQX's).
 PS = "ps"
-#: Query keys understood; others are refused so that a typo does not pass silently (and
-#: a connection-mode ``token``, not done yet, is refused rather than ignored).
-QUERY_KEYS = frozenset({"clientid", "qos", "retain", "expiry", "username", "password"})
+#: Query keys understood; others are refused so that a typo does not pass silently.
+QUERY_KEYS = frozenset({"clientid", "qos", "retain", "expiry", "username", "password",
+                        "token"})
 OBSERVE_REGISTER, OBSERVE_DEREGISTER = 0, 1
 
 PUBLISH, READ, OBSERVE, FORGET, DELETE = "publish", "read", "observe", "forget", "delete"
@@ -62,6 +62,8 @@ class PsRequest:
     client_id: str | None = None
     username: str | None = None
     password: bytes | None = None
+    #: A connection-mode token (``POST /mqtt/connection`` gave it).
+    token: str | None = None
 
 
 def check_options(request: m.CoapMessage) -> None:
@@ -129,6 +131,23 @@ def topic_of(request: m.CoapMessage) -> str:
     return topic
 
 
+def parse_connection(request: m.CoapMessage) -> PsRequest:
+    """A request on ``/mqtt/connection`` (connection mode): its client id (required),
+    credentials and token; the action is the method (POST, PUT, DELETE)."""
+    params = query(request)
+    client_id = _client_id(params.get("clientid"))
+    if client_id is None:
+        raise bad_request("connection mode needs a clientid")
+    if request.code not in (m.POST, m.PUT, m.DELETE):
+        raise CoapError(m.METHOD_NOT_ALLOWED, "use POST (connect), PUT (heartbeat) or "
+                        "DELETE (disconnect) on /mqtt/connection")
+    password = params.get("password")
+    return PsRequest(m.code_text(request.code), "", client_id=client_id,
+                     username=params.get("username"),
+                     password=password.encode("utf-8") if password is not None else None,
+                     token=params.get("token"))
+
+
 def parse_request(request: m.CoapMessage, settings: Any) -> PsRequest:
     """The ``/ps/`` request in ``request`` (its options already checked)."""
     topic = topic_of(request)
@@ -161,7 +180,8 @@ def parse_request(request: m.CoapMessage, settings: Any) -> PsRequest:
     return PsRequest(action, topic, _qos(params.get("qos"), settings.maximum_qos), retain,
                      _expiry(params.get("expiry")), _client_id(params.get("clientid")),
                      params.get("username"),
-                     password.encode("utf-8") if password is not None else None)
+                     password.encode("utf-8") if password is not None else None,
+                     params.get("token"))
 
 
 def publish_message(ps: PsRequest, request: m.CoapMessage) -> Message:
