@@ -163,3 +163,66 @@ class RateLimitTests(CoapBrokerTestCase):
         got = yield sub.collect(3)
         self.assertEqual([g.payload for g in got], [b"0", b"1", b"2"])
         yield sub.no_message(0.3)
+
+
+class FlowControlTests(CoapBrokerTestCase):
+    @inlineCallbacks
+    def test_unacknowledged_window_then_queue(self) -> Any:
+        """At most MAX_IN_FLIGHT CON notifications wait for their ACKs; the broker queues
+        the rest for the session and sends them as ACKs come, in order, none lost."""
+        from mqtt_twisted.adapters._coapobserve import MAX_IN_FLIGHT
+
+        self.server.retransmitter.ack_timeout = 30.0  # no resends during the test
+        client = self.udp()
+        client.transport.write(request(m.GET, "/ps/w", "clientid=slow", "qos=1", token=b"W",
+                                       observe=0))
+        yield self.next(client)
+        pub = yield self.paho("pub")
+        total = MAX_IN_FLIGHT + 24
+        for n in range(total):
+            yield pub.publish("w", b"%d" % n, 1)
+        first = []
+        for _ in range(MAX_IN_FLIGHT):
+            first.append((yield self.next(client)))
+        yield self.nothing(client, 0.3)
+        payloads = [note.payload for note in first]
+        while len(payloads) < total:
+            for note in first:
+                client.transport.write(m.encode(m.CoapMessage(m.ACK, m.EMPTY, note.mid)))
+            first = [(yield self.next(client))]
+            while client.received.pending:
+                first.append((yield self.next(client)))
+            payloads += [note.payload for note in first]
+        self.assertEqual(payloads, [b"%d" % n for n in range(total)])
+
+
+@implementer(IAuthenticator)
+class NamesAreIdentities:
+    """Any user whose password is its own name."""
+
+    def authenticate(self, credentials: Any) -> Any:
+        from twisted.internet.defer import fail, succeed
+
+        from mqtt_twisted.errors import AuthenticationError
+
+        if credentials.username and credentials.password == credentials.username.encode():
+            return succeed(credentials.username)
+        return fail(AuthenticationError("bad user name or password"))
+
+
+class OwnerTests(CoapBrokerTestCase):
+    authenticator = NamesAreIdentities()
+
+    @inlineCallbacks
+    def test_only_the_owner_ends_observations(self) -> Any:
+        client = self.udp()
+        alice = ("clientid=a1", "username=alice", "password=alice")
+        bob = ("clientid=a1", "username=bob", "password=bob")
+        steps = [(request(m.GET, "/ps/x", *alice, mid=1, observe=0), "2.05"),
+                 (request(m.DELETE, "/ps/x", *bob, mid=2), "4.03"),
+                 (request(m.GET, "/ps/x", *bob, mid=3, observe=1), "4.03"),
+                 (request(m.DELETE, "/ps/x", *alice, mid=4), "2.02")]
+        for data, code in steps:
+            client.transport.write(data)
+            answer = yield self.next(client)
+            self.assertEqual(m.code_text(answer.code), code, answer.payload)

@@ -27,6 +27,9 @@ log = Logger(namespace="mqtt_twisted.adapters.coap")
 
 #: Observe numbers are 24 bits (RFC 7641 §4.4).
 OBSERVE_MODULO = 1 << 24
+#: CON notifications one client id may have unacknowledged (its NSTART); beyond, the
+#: broker queues for its session (bounded, as for a slow MQTT client) until ACKs come.
+MAX_IN_FLIGHT = 16
 
 
 class Observation:
@@ -66,6 +69,8 @@ class CoapClient:
         self.closed = False
         #: True while a connection-mode connection holds the session open.
         self.connected = False
+        #: CON notifications sent and not yet acknowledged.
+        self.in_flight = 0
 
     # --- IMessageSink --------------------------------------------------------------------
 
@@ -76,7 +81,19 @@ class CoapClient:
                     obs.held.append((message, qos))
                 else:
                     self.notify(obs, message, qos)
-        return True
+        return self.in_flight < MAX_IN_FLIGHT
+
+    def sent_confirmable(self) -> None:
+        self.in_flight += 1
+
+    def acknowledged(self) -> None:
+        """A CON notification was acknowledged (or given up): once half the window is
+        free again, the broker delivers what it queued meanwhile."""
+        self.in_flight -= 1
+        conn = self.conn
+        if conn is not None and conn.paused and self.in_flight <= MAX_IN_FLIGHT // 2 \
+                and not self.closed:
+            conn.resumeWriting()
 
     def sessionClosed(self, reason: Any) -> None:
         """The broker ended the session (taken over, removed, shut down)."""

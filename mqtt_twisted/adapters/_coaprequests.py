@@ -244,14 +244,23 @@ class CoapRequests:
         elif ps.action == mapping.OBSERVE:
             answer = yield self.observe(ps, request, link, client_id, credentials)
         elif ps.action == mapping.DELETE:
+            self.check_owner(client_id, identity)
             answer = yield self.delete(ps, client_id)
         else:
             if ps.action == mapping.FORGET:
                 client = self.clients.get(client_id)
                 if client is not None and ps.topic in client.observations:
+                    self.check_owner(client_id, identity)
                     yield self.forget(client, ps.topic)
             answer = yield self.read(ps, client_id, identity)
         return answer
+
+    def check_owner(self, client_id: str, identity: Any) -> None:
+        """4.03 unless ``identity`` is who opened ``client_id``'s session: nobody ends
+        another user's observations by naming its client id."""
+        session = self.service.session(client_id)
+        if session is not None and session.identity != identity:
+            raise CoapError(m.FORBIDDEN, f"the observations of {client_id!r} are not yours")
 
     @inlineCallbacks
     def publish(self, ps: PsRequest, request: m.CoapMessage, client_id: str,

@@ -177,8 +177,10 @@ class CoapServer(DatagramProtocol):
         if msg.type == m.ACK:
             self.retransmitter.acknowledged(addr, msg.mid)
             return
-        self.retransmitter.cancel(addr, msg.mid)
+        cancelled = self.retransmitter.cancel(addr, msg.mid)
         note = self.notes.pop((addr, msg.mid), None)
+        if cancelled and note is not None:
+            note[0].acknowledged()
         if note is not None:
             note[0].lost(note[1], "reset by the observer")
 
@@ -193,8 +195,14 @@ class CoapServer(DatagramProtocol):
         while len(self.notes) > NOTES_KEPT:
             self.notes.popitem(last=False)
         if confirmable:
-            self.retransmitter.send_con(addr, mid, data,
-                                        on_fail=lambda: client.lost(obs, "unacknowledged"))
+            client.sent_confirmable()
+
+            def failed() -> None:
+                client.acknowledged()
+                client.lost(obs, "unacknowledged")
+
+            self.retransmitter.send_con(addr, mid, data, on_ack=client.acknowledged,
+                                        on_fail=failed)
         else:
             self.send(data, addr)
 
