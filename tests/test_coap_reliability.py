@@ -99,6 +99,29 @@ class UnacknowledgedTests(CoapBrokerTestCase):
         self.assertIn("ok", self.broker.sessions)
 
 
+class DailyConfirmableTests(CoapBrokerTestCase):
+    @inlineCallbacks
+    def test_qos0_observer_gets_a_con_once_a_day(self) -> Any:
+        from mqtt_twisted.adapters._coapobserve import CON_EVERY
+
+        client = self.udp()
+        client.transport.write(request(m.GET, "/ps/d", "clientid=daily", token=b"D",
+                                       observe=0))
+        yield self.next(client)
+        pub = yield self.paho("pub")
+        yield pub.publish("d", b"1", 0)
+        note = yield self.next(client)
+        self.assertEqual(note.type, m.NON)
+        self.server.requests.clients["daily"].observations["d"].last_con -= CON_EVERY
+        yield pub.publish("d", b"2", 0)
+        note = yield self.next(client)
+        self.assertEqual((note.type, note.payload), (m.CON, b"2"))
+        client.transport.write(m.encode(m.CoapMessage(m.ACK, m.EMPTY, note.mid)))
+        yield pub.publish("d", b"3", 0)
+        note = yield self.next(client)
+        self.assertEqual(note.type, m.NON)
+
+
 class PasswordFileTests(CoapBrokerTestCase):
     """alice (password file) may use alice/#; the ACL denies everything else."""
 

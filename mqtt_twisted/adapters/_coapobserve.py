@@ -30,12 +30,16 @@ OBSERVE_MODULO = 1 << 24
 #: CON notifications one client id may have unacknowledged (its NSTART); beyond, the
 #: broker queues for its session (bounded, as for a slow MQTT client) until ACKs come.
 MAX_IN_FLIGHT = 16
+#: A QoS 0 observer still gets a CON notification this often (seconds), so that one
+#: that went away is noticed (RFC 7641 §4.5: at least every 24 hours).
+CON_EVERY = 86400.0
 
 
 class Observation:
     """One registered GET with Observe 0: where and how its notifications go."""
 
-    __slots__ = ("filter", "match", "token", "peer", "key", "seq", "qos", "pending", "held")
+    __slots__ = ("filter", "match", "token", "peer", "key", "seq", "qos", "pending", "held",
+                 "last_con")
 
     def __init__(self, topic_filter: str, token: bytes, peer: Any, key: Any = None) -> None:
         self.filter = topic_filter
@@ -51,6 +55,8 @@ class Observation:
         #: True until the registration is answered: messages wait in ``held``.
         self.pending = True
         self.held: list[tuple[Message, int]] = []
+        #: When the last CON notification went out (or the registration was answered).
+        self.last_con = 0.0
 
     def next_seq(self) -> int:
         self.seq = (self.seq + 1) % OBSERVE_MODULO
@@ -106,12 +112,16 @@ class CoapClient:
 
     def notify(self, obs: Observation, message: Message, qos: int) -> None:
         """One notification to ``obs`` (its first Block2 piece if it is long): NON at
-        QoS 0, CON at QoS 1/2, as EMQX sends them."""
+        QoS 0 (but CON once a day), CON at QoS 1/2, as EMQX sends them."""
         note = m.CoapMessage(m.NON, m.CONTENT, 0, obs.token,
                              [(opt.OBSERVE, opt.encode_uint(obs.next_seq())),
                               *mapping.notification_options(message)], message.payload)
         self.requests.first_block(obs.key, note)
-        obs.peer.send_notification(self, obs, note, qos > 0)
+        now = self.requests.reactor.seconds()
+        confirmable = qos > 0 or now - obs.last_con >= CON_EVERY
+        if confirmable:
+            obs.last_con = now
+        obs.peer.send_notification(self, obs, note, confirmable)
 
     # --- ending observations ---------------------------------------------------------------
 

@@ -313,6 +313,7 @@ class CoapRequests:
             raise CoapError(m.BAD_REQUEST, f"the broker refused {ps.topic!r} "
                             f"(reason code 0x{granted:02X})")
         obs.qos = granted
+        obs.last_con = self.reactor.seconds()
         held, obs.held, obs.pending = obs.held, [], False
         first = held[0][0] if held else None
         options = [(opt.OBSERVE, opt.encode_uint(obs.seq))]
