@@ -274,3 +274,24 @@ class PluginTests(unittest.SynchronousTestCase):
         for good in ("coap=udp:5683", "coap=tcp:5683:interface=127.0.0.1"):
             check_listener(coapAdapter, parse_listener(good, "mqtt",
                                                        {"coap": coapAdapter.options}))
+
+
+class UsageTests(unittest.SynchronousTestCase):
+    """``--listen coap=...`` mistakes are one-line usage errors, as for any listener."""
+
+    def test_usage_errors(self) -> None:
+        from twisted.python import usage
+
+        from mqtt_twisted import tap
+
+        cases = {"coap=udp:abc": "the port must be 0..65535",
+                 "coap=udp:5683:blockSize=100": "blockSize='100' is not a power of two",
+                 "coap=udp:5683:heartbeat=-1": "heartbeat='-1'",
+                 "coap=ssl:5684:privateKey=/nonexistent": "No such file"}
+        for value, expected in cases.items():
+            e = self.assertRaises(usage.UsageError, tap.Options().parseOptions,
+                                  ["--listen", value])
+            self.assertIn(expected, str(e))
+            self.assertNotIn("\n", str(e))
+        options = tap.Options()
+        options.parseOptions(["--listen", "coap=udp:5683", "--listen", "coap=tcp:5683"])
