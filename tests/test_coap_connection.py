@@ -68,6 +68,7 @@ class ConnectionModeTests(ConnectionBase):
                      mid=3), "2.04"),
             (request(m.POST, "/ps/bob/t", "clientid=c1", tok, payload=b"x", mid=4), "4.03"),
             (request(m.POST, "/ps/alice/t", "clientid=c1", "token=nope", mid=5), "4.01"),
+            (request(m.POST, "/ps/alice/t", "clientid=c1", "token=\u00e9", mid=11), "4.01"),
             (request(m.POST, "/ps/alice/t", "clientid=c2", tok, mid=6), "4.01"),
             (request(m.PUT, "/mqtt/connection", "clientid=c1", tok, mid=7), "2.04"),
             (request(m.GET, "/mqtt/connection", "clientid=c1", tok, mid=8), "4.05"),

@@ -51,7 +51,7 @@ class Connections:
     def check(self, client_id: str | None, token: str) -> Connection:
         """The connection ``token`` names, kept alive; 4.01 for an unknown token."""
         conn = self.live.get(client_id) if client_id is not None else None
-        if conn is None or not hmac.compare_digest(conn.token, token):
+        if conn is None or not hmac.compare_digest(conn.token.encode(), token.encode()):
             raise CoapError(m.UNAUTHORIZED, "unknown or expired connection token: "
                             "POST /mqtt/connection again")
         if conn.timer is not None and conn.timer.active():
