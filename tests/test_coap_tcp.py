@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, DeferredQueue, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
+from twisted.trial import unittest
 from twisted.trial.unittest import SynchronousTestCase
 
 from mqtt_twisted.coap import message as m
@@ -303,3 +304,23 @@ class TLSTests(TCPBrokerTestCase):
         self.assertEqual((m.code_text(answer.code), answer.token), ("2.04", b"s"))
         message = yield sub.next_message()
         self.assertEqual((message.topic, message.payload), ("secure/t", b"sealed"))
+
+    @inlineCallbacks
+    def test_libcoap_openssl_client(self) -> Any:
+        """libcoap's OpenSSL client over coaps+tcp, checking the certificate with our CA."""
+        import shutil
+
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        client = shutil.which("coap-client-openssl")
+        if client is None:
+            raise unittest.SkipTest("coap-client-openssl is not installed (libcoap3-bin)")
+        sub = yield self.paho("sub")
+        yield sub.subscribe(("secure/#", 1))
+        _, err, code = yield with_timeout(getProcessOutputAndValue(client, [
+            "-B", "10", "-R", self.ca.cert_path, "-m", "post", "-e", "over tls",
+            f"coaps+tcp://127.0.0.1:{self.coap_port}/ps/secure/lib?qos=1"],
+            reactor=self.reactor), self.reactor, 20)
+        self.assertEqual(code, 0, err)
+        message = yield sub.next_message()
+        self.assertEqual((message.topic, message.payload), ("secure/lib", b"over tls"))
