@@ -267,7 +267,7 @@ class AiocoapTCPTests(TCPBrokerTestCase):
 
 class TLSTests(TCPBrokerTestCase):
     """``coap=ssl:...`` (coaps+tcp): the same framing inside TLS, the certificate the
-    listener's files name."""
+    listener's files name, ALPN ``coap`` agreed to."""
 
     transport = "ssl"
 
@@ -288,7 +288,8 @@ class TLSTests(TCPBrokerTestCase):
 
         with open(self.ca.cert_path, "rb") as f:
             trust = Certificate.loadPEM(f.read())
-        endpoint = wrapClientTLS(optionsForClientTLS("localhost", trust),
+        options = optionsForClientTLS("localhost", trust, acceptableProtocols=[b"coap"])
+        endpoint = wrapClientTLS(options,
                                  TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.coap_port))
         client = RawTCP()
         yield connectProtocol(endpoint, client)
@@ -297,6 +298,7 @@ class TLSTests(TCPBrokerTestCase):
         yield sub.subscribe(("secure/#", 1))
         csm = yield self.next(client)
         self.assertEqual(csm.code, tcp.CSM)
+        self.assertEqual(client.transport.negotiatedProtocol, b"coap")  # RFC 8323 8.2
         client.send(tcp.csm(1152))
         client.send(msg(m.POST, b"s", [], b"sealed").add(11, "ps").add(11, "secure")
                     .add(11, "t").add(15, "qos=1"))

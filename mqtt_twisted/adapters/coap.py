@@ -242,6 +242,7 @@ class CoapAdapter:
         from mqtt_twisted.adapters.coap_tcp import CoapTCPFactory
 
         factory = CoapTCPFactory(reactor, broker, config)
-        service = tls.stream_listener(reactor, endpointDescription, factory, settings.extra)
+        service = tls.stream_listener(reactor, endpointDescription, factory, settings.extra,
+                                      alpn=(b"coap",))  # RFC 8323 section 8.2
         service.site = factory  # type: ignore[attr-defined]
         return service
