@@ -100,6 +100,8 @@ class ConnectionModeTests(ConnectionBase):
             self.assertEqual(code, "2.04")
         self.assertIn("c1", self.broker.sessions)
         yield self.wait_until(lambda: "c1" not in self.broker.sessions, timeout=3)
+        end = yield self.next(client)  # the observation ends with the session
+        self.assertEqual(m.code_text(end.code), "5.03")
         code, _ = yield self.ask(client, request(m.PUT, "/mqtt/connection", "clientid=c1",
                                                  tok, mid=6))
         self.assertEqual(code, "4.01")

@@ -249,3 +249,20 @@ class OwnerTests(CoapBrokerTestCase):
             client.transport.write(data)
             answer = yield self.next(client)
             self.assertEqual(m.code_text(answer.code), code, answer.payload)
+
+
+class TakeoverTests(CoapBrokerTestCase):
+    @inlineCallbacks
+    def test_observer_told_when_its_session_is_taken_over(self) -> Any:
+        """An MQTT client connecting with the observer's client id takes the session
+        over; the observer gets a 5.03 on its token, without Observe."""
+        client = self.udp()
+        client.transport.write(request(m.GET, "/ps/t", "clientid=shared", token=b"T",
+                                       observe=0))
+        answer = yield self.next(client)
+        self.assertEqual(m.code_text(answer.code), "2.05")
+        yield self.paho("shared")
+        end = yield self.next(client)
+        self.assertEqual((m.code_text(end.code), end.token, end.option(opt.OBSERVE)),
+                         ("5.03", b"T", None))
+        self.assertEqual(self.server.requests.clients, {})

@@ -102,10 +102,17 @@ class CoapClient:
             conn.resumeWriting()
 
     def sessionClosed(self, reason: Any) -> None:
-        """The broker ended the session (taken over, removed, shut down)."""
+        """The broker ended the session (taken over, removed, shut down): each observer
+        still registered hears so, a 5.03 without Observe ending its observation
+        (RFC 7641 §3.2), so that it can register again."""
         self.closed = True
-        self.observations.clear()
+        ended, self.observations = list(self.observations.values()), {}
         self.conn = None
+        for obs in ended:
+            if not obs.pending:
+                note = m.CoapMessage(m.NON, m.SERVICE_UNAVAILABLE, 0, obs.token, [],
+                                     b"the session ended")
+                obs.peer.send_notification(self, obs, note, False)
         self.requests.client_gone(self)
 
     # --- notifications -------------------------------------------------------------------
