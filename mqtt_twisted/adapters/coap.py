@@ -25,6 +25,7 @@ from mqtt_twisted.adapters._coapobserve import CoapClient, Observation
 from mqtt_twisted.adapters._coaprequests import OPTIONS, Answer, CoapConfig, CoapRequests
 from mqtt_twisted.adapters.kit import DatagramListener, parse_udp
 from mqtt_twisted.adapters.listener import check_endpoint
+from mqtt_twisted.adapters.options import AdapterOption, declare, option_values
 from mqtt_twisted.coap import mapping
 from mqtt_twisted.coap import message as m
 from mqtt_twisted.coap import options as opt
@@ -36,6 +37,14 @@ log = Logger()
 #: Seconds a CON request may take before it is acknowledged with an empty ACK and
 #: answered separately (below ACK_TIMEOUT, so that the client does not resend it).
 SEPARATE_AFTER = 1.0
+#: The keys of a DTLS listener (``coap=udp:5684:dtlsKey=...:dtlsCert=...``, coaps://).
+DTLS_OPTIONS = declare(
+    AdapterOption("dtlsKey", str, None, "PEM private key: the udp: listener speaks DTLS "
+                  "(coaps://)", metavar="FILE"),
+    AdapterOption("dtlsCert", str, None, "PEM certificate (chain) for dtlsKey",
+                  metavar="FILE"),
+)
+
 #: Bytes asked of the kernel for the listener's receive buffer.
 RECEIVE_BUFFER = 4 << 20
 #: Notifications remembered so that an RST to one ends its observation.
@@ -217,7 +226,7 @@ class CoapAdapter:
                    "(docs/coap.md)")
     defaultEndpoint = "udp:5683"
     datagram = True
-    options = {**OPTIONS, **tls.TLS_OPTIONS}
+    options = {**OPTIONS, **DTLS_OPTIONS, **tls.TLS_OPTIONS}
 
     def checkEndpoint(self, settings: Any) -> None:
         """``udp:PORT[:interface=HOST]``, or a stream endpoint (``tcp:``, ``ssl:``)."""
@@ -230,13 +239,34 @@ class CoapAdapter:
         CoapConfig.from_settings(settings)
         if not settings.endpoint.startswith("udp:"):
             tls.check_tls(settings.endpoint, settings.extra)
+        else:
+            self._dtls_context(settings)
+
+    @staticmethod
+    def _dtls_context(settings: Any) -> Any:
+        """The DTLS context the keys ask for (None for plain UDP); ValueError if they
+        do not work."""
+        v = option_values(DTLS_OPTIONS, getattr(settings, "extra", None) or {})
+        if v["dtlsKey"] is None and v["dtlsCert"] is None:
+            return None
+        if v["dtlsKey"] is None or v["dtlsCert"] is None:
+            raise ValueError("dtlsKey and dtlsCert go together")
+        from mqtt_twisted.adapters.coap_dtls import build_context
+
+        return build_context(v["dtlsKey"], v["dtlsCert"])
 
     def buildListener(self, reactor: Any, broker: Any, endpointDescription: str,
                       settings: Any) -> Any:
         config = CoapConfig.from_settings(settings)
         if endpointDescription.startswith("udp:"):
             server = CoapServer(reactor, broker, config)
-            listener = DatagramListener(reactor, endpointDescription, server)
+            context = self._dtls_context(settings)
+            protocol: Any = server
+            if context is not None:
+                from mqtt_twisted.adapters.coap_dtls import DtlsServer
+
+                protocol = DtlsServer(reactor, server, context)
+            listener = DatagramListener(reactor, endpointDescription, protocol)
             listener.server = server  # type: ignore[attr-defined]
             return listener
         from mqtt_twisted.adapters.coap_tcp import CoapTCPFactory
