@@ -162,6 +162,7 @@ class Rule:
 
 
 CODEC, CORE, STORE = _ours("codec"), _ours("core"), _ours("store")
+COAP = _ours("coap")
 ABOVE_CORE = tuple(_ours(p) for p in ("adapters", "store", "service", "tap"))
 ABOVE_STORE = tuple(_ours(p) for p in ("core", "adapters", "service", "tap"))
 SHARED = (_ours("constants"), _ours("errors"))
@@ -175,6 +176,15 @@ RULES = [
     Rule("codec-no-twisted",
          "mqtt_twisted.codec imports nothing from Twisted (sans-IO: bytes in, packets out)",
          lambda a, b: within(a, CODEC) and within(b, "twisted")),
+    Rule("coap-imports",
+         "mqtt_twisted.coap (the sans-IO CoAP protocol) imports nothing of ours but itself, "
+         "the MQTT codec's topic rules, mqtt_twisted.message, .constants and .errors",
+         lambda a, b: within(a, COAP) and within(b, PACKAGE)
+         and not within(b, COAP, CODEC, _ours("message"), *SHARED)),
+    Rule("coap-no-twisted",
+         "mqtt_twisted.coap imports nothing from Twisted (sans-IO: bytes in, messages out; "
+         "the clock is injected)",
+         lambda a, b: within(a, COAP) and within(b, "twisted")),
     Rule("core-layers",
          "mqtt_twisted.core never imports mqtt_twisted.adapters, .store, .service or .tap "
          "(they sit above it)",
@@ -257,6 +267,14 @@ class LayeringTests(SynchronousTestCase):
     def test_codec_no_twisted(self) -> None:
         """The codec imports nothing from Twisted."""
         self.check("codec-no-twisted")
+
+    def test_coap_imports(self) -> None:
+        """The CoAP protocol imports only itself, the codec, message, constants, errors."""
+        self.check("coap-imports")
+
+    def test_coap_no_twisted(self) -> None:
+        """The CoAP protocol imports nothing from Twisted."""
+        self.check("coap-no-twisted")
 
     def test_core_layers(self) -> None:
         """The core never imports adapters, stores, the service or the tap."""

@@ -308,6 +308,9 @@ class ContractTests(SynchronousTestCase):
             "mqtt_twisted.core.router.LocalRouter",
             # verifyObject (ISessionLink) in tests/test_gateway.py:
             "mqtt_twisted.core.virtual.VirtualConnection",
+            # verifyObject in tests/test_coap_udp.py (PluginTests.test_interfaces):
+            "mqtt_twisted.adapters.coap.CoapAdapter",
+            "mqtt_twisted.adapters._coapobserve.CoapClient",
         }
         ours = {value for value in vars(interfaces).values()
                 if isinstance(value, InterfaceClass) and value.__module__ == interfaces.__name__}

@@ -19,7 +19,7 @@ context of our own (:class:`ServerTLS`), so that
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cryptography import x509
@@ -80,6 +80,9 @@ class TLSConfig:
     clientCerts: str = "none"
     certIdentity: str = "cn"
     tlsMinimum: str = "1.2"
+    #: ALPN protocol ids the listener agrees to, ours first (CoAP over TLS: ``coap``);
+    #: a client offering none of them still connects, without ALPN.
+    alpn: tuple[bytes, ...] = ()
 
 
 def _unescape(value: str) -> str:
@@ -208,6 +211,16 @@ def build_context(config: TLSConfig) -> SSL.Context:
         if config.clientCerts == "required":
             mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
         ctx.set_verify(mode)
+    if config.alpn:
+        ours = config.alpn
+
+        def select(connection: Any, offered: list[bytes]) -> bytes:
+            for protocol in ours:
+                if protocol in offered:
+                    return protocol
+            return SSL.NO_OVERLAPPING_PROTOCOLS  # type: ignore[return-value]
+
+        ctx.set_alpn_select_callback(select)
     # Needed for client certificates with session resumption; harmless otherwise.
     ctx.set_session_id(b"mqtt-twisted")
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
@@ -337,9 +350,12 @@ def check_tls(description: str, extra: Mapping[str, str]) -> None:
 
 
 def stream_listener(reactor: Any, description: str, factory: Any, extra: Mapping[str, str],
-                    ) -> StreamListener:
-    """The service listening on ``description`` for ``factory``; TLS if it is ``ssl:``."""
+                    alpn: tuple[bytes, ...] = ()) -> StreamListener:
+    """The service listening on ``description`` for ``factory``; TLS if it is ``ssl:``
+    (agreeing to the ALPN ids ``alpn``, if any)."""
     config, plain = parse_tls(description, extra)
+    if config is not None and alpn:
+        config = replace(config, alpn=alpn)
     endpoint = serverFromString(reactor, plain)
     if config is None:
         return StreamListener(endpoint, factory)

@@ -1,0 +1,278 @@
+"""CoAP over UDP (``--listen coap=udp:5683``): constrained devices publish and observe
+topics through the ``/ps/{topic}`` mapping of EMQX's CoAP gateway (docs/coap.md).
+
+The thin Twisted shell around :mod:`mqtt_twisted.coap`: datagrams in, the sans-IO
+codec, the reliability layer (retransmission of our CON messages, duplicate
+detection of the peers') and the mapping, and every action through the gateway
+(:class:`~mqtt_twisted.interfaces.IBrokerService`), so that a CoAP client is
+authenticated, authorized and counted like an MQTT one.  Observers are virtual
+sessions (:mod:`mqtt_twisted.adapters._coapobserve`).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from mqtt_twisted.adapters import tls
+from mqtt_twisted.adapters._coapobserve import CoapClient, Observation
+from mqtt_twisted.adapters._coaprequests import OPTIONS, Answer, CoapConfig, CoapRequests
+from mqtt_twisted.adapters.kit import DatagramListener, parse_udp
+from mqtt_twisted.adapters.listener import check_endpoint
+from mqtt_twisted.adapters.options import AdapterOption, declare, option_values
+from mqtt_twisted.coap import mapping
+from mqtt_twisted.coap import message as m
+from mqtt_twisted.coap import options as opt
+from mqtt_twisted.coap.exchange import Deduplicator, MessageIds, RateLimiter, Retransmitter
+from mqtt_twisted.interfaces import IDatagramAdapter, IEndpointChecker, IListenerChecker
+
+log = Logger()
+
+#: Seconds a CON request may take before it is acknowledged with an empty ACK and
+#: answered separately (below ACK_TIMEOUT, so that the client does not resend it).
+SEPARATE_AFTER = 1.0
+#: The keys of a DTLS listener (``coap=udp:5684:dtlsKey=...:dtlsCert=...``, coaps://).
+DTLS_OPTIONS = declare(
+    AdapterOption("dtlsKey", str, None, "PEM private key: the udp: listener speaks DTLS "
+                  "(coaps://)", metavar="FILE"),
+    AdapterOption("dtlsCert", str, None, "PEM certificate (chain) for dtlsKey",
+                  metavar="FILE"),
+)
+
+#: Bytes asked of the kernel for the listener's receive buffer.
+RECEIVE_BUFFER = 4 << 20
+#: Notifications remembered so that an RST to one ends its observation.
+NOTES_KEPT = 4096
+
+
+@dataclass(frozen=True)
+class UdpPeer:
+    """A UDP endpoint as a link (see :mod:`mqtt_twisted.adapters._coaprequests`): equal
+    for the same address; notifications go out through the listener."""
+
+    addr: Any
+    server: CoapServer = field(compare=False, repr=False)
+
+    @property
+    def peer_text(self) -> str:
+        return f"{self.addr[0]}:{self.addr[1]}"
+
+    def send_notification(self, client: CoapClient, obs: Observation, note: m.CoapMessage,
+                          confirmable: bool) -> None:
+        self.server.send_notification(self.addr, client, obs, note, confirmable)
+
+
+class _Exchange:
+    """One request being answered: piggybacked on its ACK if that is quick, else an
+    empty ACK first and the response as a CON of its own (§5.2.2)."""
+
+    __slots__ = ("server", "request", "peer", "acked", "timer", "done")
+
+    def __init__(self, server: CoapServer, request: m.CoapMessage, peer: Any) -> None:
+        self.server = server
+        self.request = request
+        self.peer = peer
+        self.acked = False
+        self.timer: Any = None
+        self.done = False
+
+    def ack_now(self) -> None:
+        self.timer = None
+        if self.done or self.acked:
+            return
+        self.acked = True
+        data = m.empty_ack(self.request.mid)
+        self.server.send(data, self.peer)
+        self.server.dedup.answered(self.peer, self.request.mid, data)
+
+    def finish(self, answer: m.CoapMessage) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        server, request = self.server, self.request
+        if self.acked:  # a separate response, confirmable
+            mid = server.mids()
+            data = m.encode(m.CoapMessage(m.CON, answer.code, mid, request.token,
+                                          answer.options, answer.payload))
+            server.retransmitter.send_con(self.peer, mid, data)
+            return
+        response = mapping.reply(request, answer.code, answer.payload, answer.options,
+                                 server.mids() if request.type == m.NON else 0)
+        data = m.encode(response)
+        server.send(data, self.peer)
+        server.dedup.answered(self.peer, request.mid, data)
+
+
+class CoapServer(DatagramProtocol):
+    """One CoAP/UDP listener: the exchanges with every endpoint, and its observers."""
+
+    def __init__(self, reactor: Any, service: Any, config: CoapConfig) -> None:
+        self.reactor = reactor
+        self.requests = CoapRequests(reactor, service, config)
+        self.mids = MessageIds()
+        self.retransmitter = Retransmitter(reactor, self.send)
+        self.dedup = Deduplicator(reactor)
+        self.rate = RateLimiter(reactor, config.max_request_rate)
+        self.notes: OrderedDict[tuple[Any, int], tuple[CoapClient, Observation]] = OrderedDict()
+
+    def startProtocol(self) -> None:
+        """A receive buffer for bursts: the kernel's default drops datagrams that come
+        faster than one reactor turn reads them (the kernel caps it at rmem_max)."""
+        sock = getattr(self.transport, "socket", None)
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            except OSError:
+                pass
+
+    def send(self, data: bytes, peer: Any) -> None:
+        if self.transport is not None:
+            self.transport.write(data, peer)
+
+    def stopProtocol(self) -> None:
+        self.retransmitter.stop()
+        self.requests.close_all()
+
+    # --- datagrams in -------------------------------------------------------------------
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        try:
+            msg = m.decode(data)
+        except m.CoapFormatError as e:
+            # A CON that cannot be parsed is rejected; anything else is ignored (§4.2-4.3).
+            log.debug("CoAP: malformed datagram from {peer}: {why}", peer=addr, why=e.reason)
+            if e.type == m.CON and e.mid is not None:
+                self.send(m.reset_for(e.mid), addr)
+            return
+        if msg.type in (m.ACK, m.RST):
+            self.answered(msg, addr)
+            return
+        if not m.is_request(msg.code):
+            if msg.type == m.CON:  # a CoAP ping (empty CON), or a response we never asked for
+                self.send(m.reset_for(msg.mid), addr)
+            return
+        seen = self.dedup.check(addr, msg.mid)
+        if seen is not None:
+            if seen:
+                self.send(seen, addr)  # the same answer again, not a second action
+            return
+        exchange = _Exchange(self, msg, addr)
+        if not self.rate.allow(addr[0]):  # a flood from one address: answered, not served
+            if msg.type == m.CON:
+                exchange.finish(m.CoapMessage(m.ACK, m.TOO_MANY_REQUESTS, 0, b"", [
+                    (opt.MAX_AGE, b"\x01")], b"too many requests: wait a second"))
+            return
+        d = self.requests.answer(msg, UdpPeer(addr, self))
+        d.addCallback(self._answer, exchange)
+        if not exchange.done and msg.type == m.CON:
+            exchange.timer = self.reactor.callLater(SEPARATE_AFTER, exchange.ack_now)
+
+    def _answer(self, answer: Answer, exchange: _Exchange) -> None:
+        response, after = answer
+        exchange.finish(response)
+        if after is not None:
+            after()
+
+    def answered(self, msg: m.CoapMessage, addr: Any) -> None:
+        """An ACK or RST to one of our CON messages or notifications."""
+        if msg.type == m.ACK:
+            self.retransmitter.acknowledged(addr, msg.mid)
+            return
+        cancelled = self.retransmitter.cancel(addr, msg.mid)
+        note = self.notes.pop((addr, msg.mid), None)
+        if cancelled and note is not None:
+            note[0].acknowledged()
+        if note is not None:
+            note[0].lost(note[1], "reset by the observer")
+
+    def send_notification(self, addr: Any, client: CoapClient, obs: Observation,
+                          note: m.CoapMessage, confirmable: bool) -> None:
+        """A notification: NON, or CON resent until acknowledged (the observer is
+        dropped if it never is); an RST to either ends the observation."""
+        note.type = m.CON if confirmable else m.NON
+        note.mid = mid = self.mids()
+        data = m.encode(note)
+        self.notes[(addr, mid)] = (client, obs)
+        while len(self.notes) > NOTES_KEPT:
+            self.notes.popitem(last=False)
+        if confirmable:
+            client.sent_confirmable()
+
+            def failed() -> None:
+                client.acknowledged()
+                client.lost(obs, "unacknowledged")
+
+            self.retransmitter.send_con(addr, mid, data, on_ack=client.acknowledged,
+                                        on_fail=failed)
+        else:
+            self.send(data, addr)
+
+
+@implementer(IDatagramAdapter, IEndpointChecker, IListenerChecker)
+class CoapAdapter:
+    """CoAP (docs/coap.md) over UDP, ``--listen coap=udp:5683``, or over TCP or TLS
+    (RFC 8323), ``coap=tcp:5683``, ``coap=ssl:5684:privateKey=...``."""
+
+    name = "coap"
+    description = ("CoAP over UDP, TCP or TLS: publish and observe topics at /ps/{topic} "
+                   "(docs/coap.md)")
+    defaultEndpoint = "udp:5683"
+    datagram = True
+    options = {**OPTIONS, **DTLS_OPTIONS, **tls.TLS_OPTIONS}
+
+    def checkEndpoint(self, settings: Any) -> None:
+        """``udp:PORT[:interface=HOST]``, or a stream endpoint (``tcp:``, ``ssl:``)."""
+        if settings.endpoint.startswith("udp:"):
+            parse_udp(settings.endpoint)
+        else:
+            check_endpoint(settings.endpoint)
+
+    def checkListener(self, settings: Any) -> None:
+        CoapConfig.from_settings(settings)
+        if not settings.endpoint.startswith("udp:"):
+            tls.check_tls(settings.endpoint, settings.extra)
+        else:
+            self._dtls_context(settings)
+
+    @staticmethod
+    def _dtls_context(settings: Any) -> Any:
+        """The DTLS context the keys ask for (None for plain UDP); ValueError if they
+        do not work."""
+        v = option_values(DTLS_OPTIONS, getattr(settings, "extra", None) or {})
+        if v["dtlsKey"] is None and v["dtlsCert"] is None:
+            return None
+        if v["dtlsKey"] is None or v["dtlsCert"] is None:
+            raise ValueError("dtlsKey and dtlsCert go together")
+        from mqtt_twisted.adapters.coap_dtls import build_context
+
+        return build_context(v["dtlsKey"], v["dtlsCert"])
+
+    def buildListener(self, reactor: Any, broker: Any, endpointDescription: str,
+                      settings: Any) -> Any:
+        config = CoapConfig.from_settings(settings)
+        if endpointDescription.startswith("udp:"):
+            server = CoapServer(reactor, broker, config)
+            context = self._dtls_context(settings)
+            protocol: Any = server
+            if context is not None:
+                from mqtt_twisted.adapters.coap_dtls import DtlsServer
+
+                protocol = DtlsServer(reactor, server, context)
+            listener = DatagramListener(reactor, endpointDescription, protocol)
+            listener.server = server  # type: ignore[attr-defined]
+            return listener
+        from mqtt_twisted.adapters.coap_tcp import CoapTCPFactory
+
+        factory = CoapTCPFactory(reactor, broker, config)
+        service = tls.stream_listener(reactor, endpointDescription, factory, settings.extra,
+                                      alpn=(b"coap",))  # RFC 8323 section 8.2
+        service.site = factory  # type: ignore[attr-defined]
+        return service
