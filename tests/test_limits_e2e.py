@@ -103,6 +103,10 @@ def test_alias_amplification_is_bounded_by_the_queued_bytes() -> None:
 
 @pytest.mark.slow
 def test_trickled_http_head() -> None:
-    """A request head trickled a byte every 4 s gets 408 at 10 s (was never cut off)."""
+    """A request head trickled a byte every 4 s gets 408 at about 10 s (was never cut
+    off).  The seconds are counted from before the first byte, on a loaded machine: the
+    check is that it ends near the deadline, not at a precise time."""
     for result in attacked("slow_http_head"):
-        check(result, "408 after 1")
+        check(result, "408 after ")
+        seconds = float(result.outcome.split()[2])  # type: ignore[attr-defined]
+        assert 8.0 <= seconds <= 14.0, result.outcome  # type: ignore[attr-defined]
