@@ -18,6 +18,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from twisted.python import usage
 
 from mqtt_twisted.tap import Options
@@ -61,13 +63,31 @@ class Redis:
 class Client:
     """A paho-mqtt client (MQTT 3.1.1) on its network thread; messages into a queue."""
 
-    def __init__(self, port: int, client_id: str, clean: bool = True) -> None:
+    def __init__(self, port: int, client_id: str, clean: bool = True,
+                 v5_expiry: int | None = None) -> None:
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  clean_session=clean, protocol=mqtt.MQTTv311)
+        #: v5: the DISCONNECT reason codes the broker sent; the CONNACK's session present.
+        self.disconnects: queue.Queue[int] = queue.Queue()
+        self.session_present: bool | None = None
+        if v5_expiry is None:
+            self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                      clean_session=clean, protocol=mqtt.MQTTv311)
+        else:
+            self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                      protocol=mqtt.MQTTv5)
+            self.client.on_disconnect = lambda c, u, f, rc, p: self.disconnects.put(
+                int(getattr(rc, "value", rc)))
+        self.client.on_connect = lambda c, u, flags, rc, p: setattr(
+            self, "session_present", bool(flags.session_present))
         self.client.on_message = lambda c, u, m: self.messages.put(m)
         self.client.max_inflight_messages_set(100)
-        self.client.connect("127.0.0.1", port)
+        self.client.reconnect_delay_set(60, 120)  # a taken-over client stays away
+        if v5_expiry is None:
+            self.client.connect("127.0.0.1", port)
+        else:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = v5_expiry
+            self.client.connect("127.0.0.1", port, clean_start=clean, properties=properties)
         self.client.loop_start()
         deadline = time.monotonic() + WAIT
         while not self.client.is_connected():
@@ -218,6 +238,41 @@ def test_peer_messages_not_sent_back(nodes: dict[str, LiveBroker], redis: Redis,
     assert [m.payload for m in sub_b.take(20)] == [b"%d" % i for i in range(20)]
     assert sub_a.take(1, timeout=0.3) == [] and sub_b.take(1, timeout=0.1) == []
     assert int(redis.cli("XLEN", "mqtt:cluster:inbox:A") or 0) == 0
+
+
+def test_session_moves_to_another_node(nodes: dict[str, LiveBroker],
+                                       clients: list[Client]) -> None:
+    """The same client id on another node takes the session over: the old connection
+    gets DISCONNECT 0x8E, the new one CONNACK session present, the messages queued for
+    it while it was away follow it, and later ones reach it on its new node only."""
+    pub = Client(nodes["C"].port, "pub")
+    first = Client(nodes["A"].port, "mover", clean=False, v5_expiry=300)
+    clients += [pub, first]
+    first.subscribe("mv/#", 1)
+    routed(pub, "mv/probe", first)
+    for i in range(20):
+        pub.publish("mv/t", b"a%d" % i, 1)
+    assert [m.payload for m in first.take(20)] == [b"a%d" % i for i in range(20)]
+    first.client.disconnect()  # away; its session stays on A
+    first.client.loop_stop()
+    time.sleep(0.3)
+    for i in range(20):
+        pub.publish("mv/t", b"q%d" % i, 1).wait_for_publish(WAIT)
+    # Back, on B: the session and what was queued for it on A come along.
+    moved = Client(nodes["B"].port, "mover", clean=False, v5_expiry=300)
+    clients.append(moved)
+    assert moved.session_present
+    assert [m.payload for m in moved.take(20)] == [b"q%d" % i for i in range(20)]
+    # Connected on B, the same client id connects to A: B's connection is taken over.
+    back = Client(nodes["A"].port, "mover", clean=False, v5_expiry=300)
+    clients.append(back)
+    assert moved.disconnects.get(timeout=WAIT) == 0x8E
+    assert back.session_present
+    routed(pub, "mv/probe", back)
+    for i in range(20):
+        pub.publish("mv/t", b"b%d" % i, 1)
+    assert [m.payload for m in back.take(20)] == [b"b%d" % i for i in range(20)]
+    assert moved.take(1, timeout=0.3) == []
 
 
 def test_cluster_needs_redis_store() -> None:

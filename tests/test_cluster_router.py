@@ -186,3 +186,73 @@ class ClusterRouterTests(SynchronousTestCase):
         self.assertEqual(pub.publish("t/b", b"2", qos=2), [])
         self.link.appends[2].callback(b"2-0")
         self.assertEqual([type(p) for p in pub.received()], [PubRec])
+
+
+class HandoverTests(SynchronousTestCase):
+    """Sessions moving between nodes: the Connector's locate_session seam, and the
+    node that lets a session go (handover.release_session)."""
+
+    def setUp(self) -> None:
+        self.broker, self.clock = make_broker()
+
+    def test_located_session_is_resumed(self) -> None:
+        """A session found on another node is restored before the CONNECT claims it:
+        CONNACK says session present, and its subscription works; the CONNACK waits
+        for the answer."""
+        from mqtt_twisted.codec.packets import ConnAck
+        from mqtt_twisted.core.session import SubscriptionOptions
+        from mqtt_twisted.store.memory import StoredSession
+
+        asked: list[str] = []
+        answer: Deferred[Any] = Deferred()
+
+        def locate(client_id: str) -> Deferred[Any]:
+            asked.append(client_id)
+            return answer
+
+        self.broker.locate_session = locate
+        state = StoredSession("mover")
+        state.expiryInterval = None
+        state.disconnectedAt = 0.0
+        state.subscriptions["m/#"] = SubscriptionOptions(1)
+        client = FakeClient(self.broker)
+        self.assertEqual(client.connect("mover", clean=False), [])
+        self.assertEqual(asked, ["mover"])
+        answer.callback(state)
+        [connack] = client.received()
+        self.assertIsInstance(connack, ConnAck)
+        self.assertTrue(connack.session_present)
+        self.broker.route(Message("m/x", b"p", 1, False))
+        self.assertEqual([p.topic for p in client.received() if isinstance(p, Publish)],
+                         ["m/x"])
+
+    def test_nothing_located_starts_fresh(self) -> None:
+        """None from locate_session: a fresh session, as on one node."""
+        from mqtt_twisted.codec.packets import ConnAck
+
+        self.broker.locate_session = lambda client_id: None
+        [connack] = FakeClient(self.broker).connect("new", clean=False)
+        self.assertIsInstance(connack, ConnAck)
+        self.assertFalse(connack.session_present)
+
+    def test_release_takes_over_saves_and_forgets(self) -> None:
+        """The node that had the session: its v5 connection gets DISCONNECT 0x8E, the
+        session is stored with its subscriptions and queue, and is gone from here."""
+        from mqtt_twisted.cluster.handover import release_session
+        from mqtt_twisted.codec.packets import Disconnect
+
+        client = FakeClient(self.broker, version=5)
+        client.connect("mover", clean=False, properties={0x11: 300})
+        client.subscribe("m/#", qos=1)
+        self.broker.route(Message("m/x", b"p", 1, False))
+        client.received()
+        release_session(self.broker, "mover")
+        [disconnect] = client.received()
+        self.assertIsInstance(disconnect, Disconnect)
+        self.assertEqual(disconnect.reason_code, 0x8E)
+        self.assertNotIn("mover", self.broker.sessions)
+        self.assertEqual(self.broker.router.match("m/x"), [])
+        stored = self.broker.store.loadSession("mover").result
+        self.assertEqual(list(stored.subscriptions), ["m/#"])
+        self.assertEqual([o.message.topic for o in stored.outbound], ["m/x"])
+        self.assertIsNone(release_session(self.broker, "nobody"))

@@ -9,10 +9,17 @@ in the channel names because pub/sub ignores databases)::
     P:cluster:inbox:{node}     stream  QoS 1/2 messages for a node (consumer group: node)
     P:cluster:routes@D         channel route changes (routes.encode_change)
     P:cluster:inbox0:{node}@D  channel QoS 0 messages for a node
+    P:cluster:ctl:{node}@D     channel a node's requests and answers (session handover)
 
 Three connections (``client.RedisClient``): commands (registrations, XADD,
 PUBLISH, XACK), a subscriber (route changes, the QoS 0 inbox) and a reader (the
-blocking XREADGROUP on this node's stream).  A stream entry is acknowledged
+blocking XREADGROUP on this node's stream).
+
+A CONNECT for a client id whose home is another node (``locate_session``, called by
+the core's Connector with the client id's lock held) asks that node to let the
+session go (``handover.release_session``) and loads it from the store once it
+answers; a node that does not answer (not subscribed: dead; or not within
+``RELEASE_TIMEOUT``) is skipped, and the stored state is used as it is.  A stream entry is acknowledged
 (XACK) only once its local deliveries are stored, so a node that dies before that
 reads it again when it starts under the same name.
 """
@@ -22,11 +29,12 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mqtt_twisted.cluster.client import RedisClient
+from mqtt_twisted.cluster.handover import release_session
 from mqtt_twisted.cluster.resp import ReplyError
 from mqtt_twisted.cluster.router import ClusterRouter
 from mqtt_twisted.cluster.routes import ADD, REMOVE, decode_change, encode_change
@@ -41,6 +49,8 @@ INBOX_MAXLEN = 100_000
 #: Stream entries read at once, and how long one XREADGROUP waits for them.
 READ_COUNT = 512
 READ_BLOCK = 1.0
+#: Seconds a CONNECT waits for the node that had the session to let it go.
+RELEASE_TIMEOUT = 3.0
 
 _REGISTER = b"""
 if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
@@ -84,6 +94,7 @@ class ClusterKeys:
         self.routes = p + b"routes@%d" % db
         self._inbox = p + b"inbox:"
         self._inbox0 = p + b"inbox0:"
+        self._ctl = p + b"ctl:"
         self._db = db
 
     def filters(self, node: str) -> bytes:
@@ -94,6 +105,9 @@ class ClusterKeys:
 
     def inbox0(self, node: str) -> bytes:
         return self._inbox0 + node.encode() + b"@%d" % self._db
+
+    def ctl(self, node: str) -> bytes:
+        return self._ctl + node.encode() + b"@%d" % self._db
 
 
 class ClusterNode:
@@ -114,6 +128,8 @@ class ClusterNode:
         self._reading = False
         self._stopped = False
         self._stale: set[str] = set()
+        self._releases: dict[int, Deferred[None]] = {}
+        self._next_request = 0
 
     def _client(self, role: str, on_connect: Any, on_push: Any = None) -> RedisClient:
         return RedisClient(self.reactor, endpoint(self.reactor, self.options),
@@ -125,6 +141,7 @@ class ClusterNode:
     def install(self) -> None:
         """Put the cluster router in front of the broker's local one (before start)."""
         self.broker.router = self.router
+        self.broker.locate_session = self.locate_session
 
     @inlineCallbacks
     def start(self) -> Any:
@@ -194,8 +211,8 @@ class ClusterNode:
     def _subscribe(self, client: RedisClient) -> None:
         """Every (re)connection: listen for changes, then read the whole table."""
         self._prepare(client, select=False)
-        client.command(b"SUBSCRIBE", self.keys.inbox0(self.name)).addErrback(
-            self._failed, "SUBSCRIBE")
+        for channel in (self.keys.inbox0(self.name), self.keys.ctl(self.name)):
+            client.command(b"SUBSCRIBE", channel).addErrback(self._failed, "SUBSCRIBE")
         self.router.routes.begin_sync()
         d = client.command(b"SUBSCRIBE", self.keys.routes)
         d.addCallback(lambda _: self.commands.command(
@@ -219,6 +236,9 @@ class ClusterNode:
             except ValueError as e:
                 log.warn("cluster: {error}", error=e)
             return
+        if channel == self.keys.ctl(self.name):
+            self._control(data)
+            return
         try:
             origin, blob = msgpack.unpackb(data, raw=False)
             message = decode_message(blob)
@@ -231,6 +251,63 @@ class ClusterNode:
         if not self._stopped:
             log.warn("cluster {name}: {what} failed: {error}", name=self.name, what=what,
                      error=failure.getErrorMessage())
+
+    # --- sessions moving between nodes ---
+
+    @inlineCallbacks
+    def locate_session(self, client_id: str) -> Any:
+        """The stored state of ``client_id``'s session if another node had it (that
+        node has let it go), else None; this node is its home from now on."""
+        cid = client_id.encode("utf-8")
+        home = yield self.commands.command(b"HGET", self.keys.home, cid)
+        if home is None or home == self._origin:
+            return None
+        yield self._ask_release(home.decode("utf-8"), client_id)
+        yield self.commands.command(b"HSET", self.keys.home, cid, self._origin)
+        state = yield self.broker.store.loadSession(client_id)
+        return state
+
+    @inlineCallbacks
+    def _ask_release(self, node: str, client_id: str) -> Any:
+        self._next_request += 1
+        request = self._next_request
+        answered: Deferred[None] = Deferred()
+        self._releases[request] = answered
+        try:
+            listeners = yield self.commands.command(
+                b"PUBLISH", self.keys.ctl(node),
+                msgpack.packb(["release", client_id, self.name, request]))
+            if not listeners:
+                log.info("cluster: node {node} is gone; {client}'s session is taken as it "
+                         "was stored", node=node, client=client_id)
+                return
+            answered.addTimeout(RELEASE_TIMEOUT, self.reactor)
+            try:
+                yield answered
+            except Exception:
+                log.warn("cluster: node {node} did not let {client}'s session go in "
+                         "{seconds}s; taking it as it was stored", node=node,
+                         client=client_id, seconds=RELEASE_TIMEOUT)
+        finally:
+            self._releases.pop(request, None)
+
+    def _control(self, data: bytes) -> None:
+        try:
+            kind, client_id, node, request = msgpack.unpackb(data, raw=False)
+        except Exception:
+            log.warn("cluster: a control message could not be read: {data!r}", data=data[:60])
+            return
+        if kind == "release":
+            d = maybeDeferred(release_session, self.broker, client_id)
+            d.addErrback(self._failed, f"saving {client_id}'s session for {node}")
+            d.addBoth(lambda _: self.commands.command(
+                b"PUBLISH", self.keys.ctl(node),
+                msgpack.packb(["released", client_id, self.name, request])))
+            d.addErrback(self._failed, "answering a handover")
+        elif kind == "released":
+            answered = self._releases.get(request)
+            if answered is not None and not answered.called:
+                answered.callback(None)
 
     # --- the link the router uses ---
 
