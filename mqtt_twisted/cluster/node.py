@@ -26,6 +26,7 @@ reads it again when it starts under the same name.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import msgpack
@@ -38,6 +39,7 @@ from mqtt_twisted.cluster.handover import release_session
 from mqtt_twisted.cluster.resp import ReplyError
 from mqtt_twisted.cluster.router import ClusterRouter
 from mqtt_twisted.cluster.routes import ADD, REMOVE, decode_change, encode_change
+from mqtt_twisted.core.states import CONNECTED
 from mqtt_twisted.errors import StorageError
 from mqtt_twisted.store.redis import decode_message, endpoint
 
@@ -83,6 +85,30 @@ return mine
 """
 
 
+class _StreamPublisher:
+    """The node's stream reader as the broker's flow control sees it: a publisher that
+    a subscriber which cannot keep up holds back (``throttle``) until it catches up,
+    as it would hold back a client's connection.  The entries wait in the stream."""
+
+    state = CONNECTED
+
+    def __init__(self, node: ClusterNode) -> None:
+        self.node = node
+        self.client_id = f"cluster stream of {node.name}"
+        self.paused = False
+
+    def throttle(self) -> None:
+        self.paused = True
+
+    def unthrottle(self) -> None:
+        # Waiting costs the stream nothing (the entries stay in Redis): unlike a
+        # client's connection it runs up no hold-back debt (flow.py's budget).
+        self.node.broker.flow.debts.pop(self, None)
+        if self.paused:
+            self.paused = False
+            self.node._resume_reading()
+
+
 class ClusterKeys:
     """The cluster's key and channel names (see the module docstring)."""
 
@@ -126,6 +152,9 @@ class ClusterNode:
         self._origin = name.encode()
         self._cursor = b"0"
         self._reading = False
+        self._publisher = _StreamPublisher(self)
+        #: Entries read and not yet delivered (flow control paused the delivery).
+        self._backlog: deque[Any] = deque()
         self._stopped = False
         self._stale: set[str] = set()
         self._releases: dict[int, Deferred[None]] = {}
@@ -342,9 +371,15 @@ class ClusterNode:
 
     # --- the QoS 1/2 inbox ---
 
+    def _resume_reading(self) -> None:
+        """A subscriber caught up: deliver the rest of the batch, then read on."""
+        if not self._reading and not self._stopped:
+            self._drain()
+
     def _read(self) -> None:
         if self._stopped:
             return
+        self._reading = True
         d = self.reader.command_blocking(
             READ_BLOCK, b"XREADGROUP", b"GROUP", self._origin, self._origin, b"COUNT",
             READ_COUNT, b"BLOCK", int(READ_BLOCK * 1000), b"STREAMS",
@@ -352,13 +387,25 @@ class ClusterNode:
         d.addCallbacks(self._entries, self._read_failed)
 
     def _entries(self, reply: Any) -> None:
+        self._reading = False
         entries = reply[0][1] if reply else []
-        if self._cursor != b">" and not entries:
-            self._cursor = b">"  # what an earlier run left unacknowledged is done
+        if self._cursor != b">":
+            # Going through what an earlier run left unacknowledged, then new entries.
+            self._cursor = entries[-1][0] if entries else b">"
+        self._backlog.extend(entries)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Deliver the entries read, until a subscriber here cannot take more (flow
+        control pauses the stream publisher: the rest wait, read but unacknowledged),
+        then acknowledge them and read the next ones."""
+        backlog = self._backlog
+        publisher = self._publisher
+        broker = self.broker
         ids: list[bytes] = []
         writes: list[Any] = []
-        broker = self.broker
-        for entry_id, fields in entries:
+        while backlog and not publisher.paused:
+            entry_id, fields = backlog.popleft()
             ids.append(entry_id)
             if not fields:
                 continue  # trimmed away while it was pending
@@ -369,13 +416,16 @@ class ClusterNode:
             except Exception as e:
                 log.warn("cluster: a stream entry could not be read: {error}", error=e)
                 continue
-            _, pending = broker.writes_of(self.router.receive, message, origin)
+            broker.publisher = publisher  # for flow control: see _StreamPublisher
+            try:
+                _, pending = broker.writes_of(self.router.receive, message, origin)
+            finally:
+                broker.publisher = None
             writes += pending
         if ids:
-            if self._cursor != b">":
-                self._cursor = ids[-1]  # go on through the pending entries
             self._ack(ids, writes)
-        self._read()
+        if not backlog and not publisher.paused:
+            self._read()
 
     def _ack(self, ids: list[bytes], writes: list[Any]) -> None:
         """XACK once the local deliveries are stored (a failed store write leaves
