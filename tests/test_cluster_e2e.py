@@ -209,16 +209,23 @@ def test_filter_on_c_is_not_sent_to_b(nodes: dict[str, LiveBroker], redis: Redis
     assert other_b.take(1, timeout=0.3) == []
 
 
-def test_retained_on_a_read_on_c(nodes: dict[str, LiveBroker], clients: list[Client]) -> None:
-    """A message retained through node A is sent to a later subscriber on node C."""
+def test_retained_on_a_read_on_c(nodes: dict[str, LiveBroker], redis: Redis,
+                                 clients: list[Client]) -> None:
+    """A message retained through node A is sent to a later subscriber on node C.  A
+    client's session has a home node in Redis while it lives, and none after it ends."""
     pub = Client(nodes["A"].port, "pub")
     clients.append(pub)
     pub.publish("r/t", b"kept", 1, retain=True).wait_for_publish(WAIT)
     sub = Client(nodes["C"].port, "late")
-    clients.append(sub)
     sub.subscribe("r/#", 1)
     got = sub.take(1)
     assert [(m.topic, m.payload, m.retain) for m in got] == [("r/t", b"kept", True)]
+    assert redis.cli("HGET", "mqtt:cluster:home", "late") == "C"
+    sub.close()
+    deadline = time.monotonic() + WAIT
+    while redis.cli("HEXISTS", "mqtt:cluster:home", "late") != "0":
+        assert time.monotonic() < deadline, "the ended session's home stayed"
+        time.sleep(0.05)
 
 
 def test_peer_messages_not_sent_back(nodes: dict[str, LiveBroker], redis: Redis,

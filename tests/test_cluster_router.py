@@ -38,9 +38,6 @@ class RecordingLink:
     def unregister(self, f: str) -> None:
         self.calls.append(("unregister", f))
 
-    def home(self, client_id: str) -> None:
-        self.calls.append(("home", client_id))
-
     def publish(self, node: str, blob: bytes) -> None:
         self.calls.append(("publish", node, decode_message(blob).topic))
 
@@ -113,7 +110,7 @@ class ClusterRouterTests(SynchronousTestCase):
 
     def test_filter_registered_on_first_and_removed_after_last(self) -> None:
         """A filter is registered once, for its first local subscriber, and removed
-        after the last one; each client's first subscription records its home."""
+        after the last one."""
         one, two = FakeClient(self.broker), FakeClient(self.broker)
         one.connect("one")
         two.connect("two")
@@ -121,7 +118,6 @@ class ClusterRouterTests(SynchronousTestCase):
         two.subscribe("s/1")
         one.subscribe("s/1", qos=1)  # replaces: no new registration
         self.assertEqual(self.link.of("register"), [("register", "s/1"), ("register", "s/2")])
-        self.assertEqual(self.link.of("home"), [("home", "one"), ("home", "two")])
         one.unsubscribe("s/1")
         self.assertEqual(self.link.of("unregister"), [])
         two.disconnect()  # a clean session: its subscriptions go

@@ -5,7 +5,7 @@ in the channel names because pub/sub ignores databases)::
 
     P:cluster:nodes            set     the node names that ever registered
     P:cluster:filters:{node}   set     the routed filters a node has subscribers for
-    P:cluster:home             hash    client id -> the node its subscriptions are on
+    P:cluster:home             hash    client id -> the node its session lives on
     P:cluster:inbox:{node}     stream  QoS 1/2 messages for a node (consumer group: node)
     P:cluster:routes@D         channel route changes (routes.encode_change)
     P:cluster:inbox0:{node}@D  channel QoS 0 messages for a node
@@ -26,7 +26,6 @@ reads it again when it starts under the same name.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 import msgpack
@@ -36,10 +35,10 @@ from twisted.python.failure import Failure
 
 from mqtt_twisted.cluster.client import RedisClient
 from mqtt_twisted.cluster.handover import release_session
+from mqtt_twisted.cluster.inbox import InboxReader
 from mqtt_twisted.cluster.resp import ReplyError
 from mqtt_twisted.cluster.router import ClusterRouter
 from mqtt_twisted.cluster.routes import ADD, REMOVE, decode_change, encode_change
-from mqtt_twisted.core.states import CONNECTED
 from mqtt_twisted.errors import StorageError
 from mqtt_twisted.store.redis import decode_message, endpoint
 
@@ -48,9 +47,6 @@ log = Logger()
 #: Entries kept in a node's stream (XADD MAXLEN ~): what a node that is down for a
 #: while can catch up on when it comes back under the same name.
 INBOX_MAXLEN = 100_000
-#: Stream entries read at once, and how long one XREADGROUP waits for them.
-READ_COUNT = 512
-READ_BLOCK = 1.0
 #: Seconds a CONNECT waits for the node that had the session to let it go.
 RELEASE_TIMEOUT = 3.0
 
@@ -71,6 +67,18 @@ for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
 end
 return out
 """
+#: A CONNECT's client id: its home becomes this node unless another node has it (returned).
+_CLAIM = b"""
+local home = redis.call('HGET', KEYS[1], ARGV[1])
+if home and home ~= ARGV[2] then return home end
+if not home then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return false
+"""
+#: A session ended here: its client id has no home any more (unless another node took it).
+_FORGET = b"""
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+"""
 #: Which of these client ids live here: their home is this node, or nobody's yet.
 _HOMES = b"""
 local mine = {}
@@ -85,28 +93,20 @@ return mine
 """
 
 
-class _StreamPublisher:
-    """The node's stream reader as the broker's flow control sees it: a publisher that
-    a subscriber which cannot keep up holds back (``throttle``) until it catches up,
-    as it would hold back a client's connection.  The entries wait in the stream."""
+class _HomeKeeper:
+    """The broker's store, telling the node when a session is deleted (its end)."""
 
-    state = CONNECTED
+    def __init__(self, store: Any, node: ClusterNode) -> None:
+        self._store = store
+        self._node = node
 
-    def __init__(self, node: ClusterNode) -> None:
-        self.node = node
-        self.client_id = f"cluster stream of {node.name}"
-        self.paused = False
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
 
-    def throttle(self) -> None:
-        self.paused = True
-
-    def unthrottle(self) -> None:
-        # Waiting costs the stream nothing (the entries stay in Redis): unlike a
-        # client's connection it runs up no hold-back debt (flow.py's budget).
-        self.node.broker.flow.debts.pop(self, None)
-        if self.paused:
-            self.paused = False
-            self.node._resume_reading()
+    def deleteSession(self, clientId: str) -> Any:
+        result = self._store.deleteSession(clientId)
+        self._node.session_ended(clientId)
+        return result
 
 
 class ClusterKeys:
@@ -150,11 +150,9 @@ class ClusterNode:
         self.subscriber = self._client("subscriber", self._subscribe, self._pushed)
         self.reader = self._client("reader", self._prepare)
         self._origin = name.encode()
-        self._cursor = b"0"
-        self._reading = False
-        self._publisher = _StreamPublisher(self)
-        #: Entries read and not yet delivered (flow control paused the delivery).
-        self._backlog: deque[Any] = deque()
+        #: The consumer group (and consumer) reading this node's stream: its name.
+        self.group = self._origin
+        self.inbox = InboxReader(self)
         self._stopped = False
         self._stale: set[str] = set()
         self._releases: dict[int, Deferred[None]] = {}
@@ -171,6 +169,7 @@ class ClusterNode:
         """Put the cluster router in front of the broker's local one (before start)."""
         self.broker.router = self.router
         self.broker.locate_session = self.locate_session
+        self.broker.store = _HomeKeeper(self.broker.store, self)
 
     @inlineCallbacks
     def start(self) -> Any:
@@ -199,7 +198,7 @@ class ClusterNode:
         self._stale = {f.decode("utf-8") for f in old}
         log.info("Cluster node {name} joined ({n} peers' filters known)", name=self.name,
                  n=len(self.router.routes))
-        self._read()
+        self.inbox.start()
 
     def restored(self) -> Any:
         """Sessions are restored: forget the filters registered in an earlier run that
@@ -224,6 +223,7 @@ class ClusterNode:
     @inlineCallbacks
     def stop(self) -> Any:
         self._stopped = True
+        self.inbox.stop()
         yield gatherResults([c.stop() for c in (self.reader, self.subscriber, self.commands)],
                             consumeErrors=True)
 
@@ -288,8 +288,9 @@ class ClusterNode:
         """The stored state of ``client_id``'s session if another node had it (that
         node has let it go), else None; this node is its home from now on."""
         cid = client_id.encode("utf-8")
-        home = yield self.commands.command(b"HGET", self.keys.home, cid)
-        if home is None or home == self._origin:
+        home = yield self.commands.command(b"EVAL", _CLAIM, 1, self.keys.home, cid,
+                                           self._origin)
+        if home is None:  # nobody else's: this node's now
             return None
         yield self._ask_release(home.decode("utf-8"), client_id)
         yield self.commands.command(b"HSET", self.keys.home, cid, self._origin)
@@ -354,9 +355,17 @@ class ClusterNode:
                               encode_change(REMOVE, self.name, topic_filter)).addErrback(
             self._failed, "removing a filter")
 
-    def home(self, client_id: str) -> None:
-        self.commands.command(b"HSET", self.keys.home, client_id.encode("utf-8"),
-                              self._origin).addErrback(self._failed, "recording a home")
+    def session_ended(self, client_id: str) -> None:
+        """A session was deleted here (``deleteSession``): next turn, unless a session of
+        that client id is here again (a clean start deletes, then opens one), its home
+        record goes, so that client ids that come and go leave nothing in Redis."""
+        self.reactor.callLater(0, self._forget_home, client_id)
+
+    def _forget_home(self, client_id: str) -> None:
+        if client_id in self.broker.sessions or self._stopped:
+            return
+        self.commands.command(b"EVAL", _FORGET, 1, self.keys.home, client_id.encode("utf-8"),
+                              self._origin).addErrback(self._failed, "forgetting a home")
 
     def publish(self, node: str, blob: bytes) -> None:
         """QoS 0: at most once, like QoS 0 itself."""
@@ -368,85 +377,6 @@ class ClusterNode:
         """QoS 1/2: fires once the entry is in the node's stream."""
         return self.commands.command(b"XADD", self.keys.inbox(node), b"MAXLEN", b"~",
                                      INBOX_MAXLEN, b"*", b"o", self._origin, b"m", blob)
-
-    # --- the QoS 1/2 inbox ---
-
-    def _resume_reading(self) -> None:
-        """A subscriber caught up: deliver the rest of the batch, then read on."""
-        if not self._reading and not self._stopped:
-            self._drain()
-
-    def _read(self) -> None:
-        if self._stopped:
-            return
-        self._reading = True
-        d = self.reader.command_blocking(
-            READ_BLOCK, b"XREADGROUP", b"GROUP", self._origin, self._origin, b"COUNT",
-            READ_COUNT, b"BLOCK", int(READ_BLOCK * 1000), b"STREAMS",
-            self.keys.inbox(self.name), self._cursor)
-        d.addCallbacks(self._entries, self._read_failed)
-
-    def _entries(self, reply: Any) -> None:
-        self._reading = False
-        entries = reply[0][1] if reply else []
-        if self._cursor != b">":
-            # Going through what an earlier run left unacknowledged, then new entries.
-            self._cursor = entries[-1][0] if entries else b">"
-        self._backlog.extend(entries)
-        self._drain()
-
-    def _drain(self) -> None:
-        """Deliver the entries read, until a subscriber here cannot take more (flow
-        control pauses the stream publisher: the rest wait, read but unacknowledged),
-        then acknowledge them and read the next ones."""
-        backlog = self._backlog
-        publisher = self._publisher
-        broker = self.broker
-        ids: list[bytes] = []
-        writes: list[Any] = []
-        while backlog and not publisher.paused:
-            entry_id, fields = backlog.popleft()
-            ids.append(entry_id)
-            if not fields:
-                continue  # trimmed away while it was pending
-            try:
-                record = dict(zip(fields[::2], fields[1::2]))
-                message = decode_message(record[b"m"])
-                origin = record[b"o"].decode("utf-8")
-            except Exception as e:
-                log.warn("cluster: a stream entry could not be read: {error}", error=e)
-                continue
-            broker.publisher = publisher  # for flow control: see _StreamPublisher
-            try:
-                _, pending = broker.writes_of(self.router.receive, message, origin)
-            finally:
-                broker.publisher = None
-            writes += pending
-        if ids:
-            self._ack(ids, writes)
-        if not backlog and not publisher.paused:
-            self._read()
-
-    def _ack(self, ids: list[bytes], writes: list[Any]) -> None:
-        """XACK once the local deliveries are stored (a failed store write leaves
-        the entries pending: read again when the node starts again)."""
-        def ack(_: Any) -> Any:
-            return self.commands.command(b"XACK", self.keys.inbox(self.name), self._origin,
-                                         *ids)
-
-        if writes:
-            d = gatherResults(writes, consumeErrors=True)
-            d.addCallback(ack)
-        else:
-            d = ack(None)
-        d.addErrback(self._failed, "acknowledging stream entries")
-
-    def _read_failed(self, failure: Failure) -> None:
-        if self._stopped:
-            return
-        self._failed(failure, "reading the inbox")
-        self._cursor = b"0"  # entries delivered to a lost connection: read them again
-        self.reactor.callLater(0.5, self._read)
 
 
 def _ignored(failure: Failure) -> None:

@@ -58,8 +58,6 @@ class ClusterRouter:
         self.routes = RouteTable(name)
         #: routed filter -> the (client id, filter) pairs of local subscribers behind it.
         self.subscribers: dict[str, set[tuple[str, str]]] = {}
-        #: client id -> its number of subscriptions here (its first one makes this node its home).
-        self.clients: dict[str, int] = {}
         self.forwarded = 0
         self.received = 0
 
@@ -72,12 +70,7 @@ class ClusterRouter:
         if members is None:
             members = self.subscribers[key] = set()
             self.link.register(key)
-        if (clientId, topicFilter) not in members:
-            members.add((clientId, topicFilter))
-            count = self.clients.get(clientId, 0)
-            self.clients[clientId] = count + 1
-            if not count:
-                self.link.home(clientId)
+        members.add((clientId, topicFilter))
 
     def remove(self, clientId: str, topicFilter: str) -> None:
         self.local.remove(clientId, topicFilter)
@@ -86,11 +79,6 @@ class ClusterRouter:
         if members is None or (clientId, topicFilter) not in members:
             return
         members.discard((clientId, topicFilter))
-        count = self.clients.get(clientId, 1) - 1
-        if count:
-            self.clients[clientId] = count
-        else:
-            self.clients.pop(clientId, None)
         if not members:
             del self.subscribers[key]
             self.link.unregister(key)
