@@ -29,6 +29,8 @@ from tests.redisserver import free_port
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 WAIT = 10.0
+#: Seconds until a killed node's lease has run out and a survivor has adopted it.
+LEASE_WAIT = 15.0
 
 
 class Redis:
@@ -328,6 +330,61 @@ def test_many_qos1_none_lost_none_twice(tmp_path: Path, redis: Redis) -> None:
 def test_10000_qos1_none_lost_none_twice(tmp_path: Path, redis: Redis) -> None:
     """The issue's figure: 10,000 QoS 1 messages A -> B and C, none lost, none twice."""
     many_qos1(tmp_path, redis, 10_000)
+
+
+@pytest.mark.slow
+def test_killed_node_adopted(tmp_path: Path, redis: Redis) -> None:
+    """``kill -9`` of node B mid-stream: a persistent QoS 1 subscriber of B reconnects to
+    C and gets every message the publisher (on A) was acknowledged for, before and after
+    the kill; the will of a persistent client of B is published once, by a survivor."""
+    started = {}
+    made: list[Client] = []
+    try:
+        for name in "ABC":
+            directory = tmp_path / name
+            directory.mkdir()
+            started[name] = LiveBroker(directory, "--store", redis.url, "--cluster", name)
+        pub = Client(started["A"].port, "pub")
+        watcher = Client(started["A"].port, "watcher")
+        durable = Client(started["B"].port, "durable", clean=False)
+        willer = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="willer",
+                             clean_session=False, protocol=mqtt.MQTTv311)
+        willer.will_set("wills/willer", b"gone", 1)
+        willer.connect("127.0.0.1", started["B"].port)
+        willer.loop_start()
+        made += [pub, watcher, durable]
+        watcher.subscribe("wills/#", 1)
+        durable.subscribe("kill/#", 1)
+        routed(pub, "kill/probe", durable)
+        expected = [b"%d" % i for i in range(300)]
+        received: list[bytes] = []
+        for payload in expected[:100]:
+            pub.publish("kill/t", payload, 1).wait_for_publish(WAIT)
+        received += [m.payload for m in durable.take(100)]
+        started["B"].stop()  # SIGKILL
+        willer.loop_stop()
+        durable.client.loop_stop()
+        for payload in expected[100:]:
+            info = pub.publish("kill/t", payload, 1)
+            info.wait_for_publish(WAIT)
+            assert info.is_published()
+        again = Client(started["C"].port, "durable", clean=False)
+        made.append(again)
+        assert again.session_present
+        deadline = time.monotonic() + 20  # QoS 1: copies in flight at the kill come again
+        while set(received) != set(expected) and time.monotonic() < deadline:
+            received += [m.payload for m in again.take(1, timeout=0.5)]
+        assert set(received) == set(expected), sorted(set(expected) - set(received))[:10]
+        wills = watcher.take(1, timeout=LEASE_WAIT)
+        assert [(m.topic, m.payload) for m in wills] == [("wills/willer", b"gone")]
+        assert watcher.take(1, timeout=1.0) == []  # once
+    finally:
+        for client in made:
+            client.close()
+        for broker in started.values():
+            broker.stop()
+    for name in "AC":
+        assert started[name].unhandled() == [], started[name].log()
 
 
 def test_cluster_needs_redis_store() -> None:

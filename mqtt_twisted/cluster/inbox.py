@@ -33,6 +33,39 @@ READ_COUNT = 512
 READ_BLOCK = 1.0
 
 
+def deliver_entry(node: ClusterNode, fields: list[Any] | None,
+                  publisher: Any = None) -> list[Any]:
+    """Deliver one stream entry here; the store writes it made (to wait for before
+    XACK).  ``publisher`` is who flow control holds back if a subscriber is behind."""
+    if not fields:
+        return []  # trimmed away while it was pending
+    try:
+        record = dict(zip(fields[::2], fields[1::2]))
+        message = decode_message(record[b"m"])
+        origin = record[b"o"].decode("utf-8")
+    except Exception as e:
+        log.warn("cluster: a stream entry could not be read: {error}", error=e)
+        return []
+    broker = node.broker
+    broker.publisher = publisher
+    try:
+        _, pending = broker.writes_of(node.router.receive, message, origin)
+    finally:
+        broker.publisher = None
+    return pending  # type: ignore[no-any-return]
+
+
+def deliver_entries(node: ClusterNode, entries: list[Any]) -> tuple[list[bytes], list[Any]]:
+    """Deliver a batch of entries, without flow control (a dead node's leftovers);
+    their ids and the store writes to wait for."""
+    ids: list[bytes] = []
+    writes: list[Any] = []
+    for entry_id, fields in entries:
+        ids.append(entry_id)
+        writes += deliver_entry(node, fields)
+    return ids, writes
+
+
 class StreamPublisher:
     """The inbox reader as the broker's flow control sees it: a publisher that a
     subscriber which cannot keep up holds back (``throttle``) until it catches up."""
@@ -104,28 +137,13 @@ class InboxReader:
         acknowledge what was delivered and, with nothing left, read the next ones."""
         backlog = self.backlog
         publisher = self.publisher
-        broker = self.node.broker
-        receive = self.node.router.receive
+        node = self.node
         ids: list[bytes] = []
         writes: list[Any] = []
         while backlog and not publisher.paused:
             entry_id, fields = backlog.popleft()
             ids.append(entry_id)
-            if not fields:
-                continue  # trimmed away while it was pending
-            try:
-                record = dict(zip(fields[::2], fields[1::2]))
-                message = decode_message(record[b"m"])
-                origin = record[b"o"].decode("utf-8")
-            except Exception as e:
-                log.warn("cluster: a stream entry could not be read: {error}", error=e)
-                continue
-            broker.publisher = publisher  # for flow control
-            try:
-                _, pending = broker.writes_of(receive, message, origin)
-            finally:
-                broker.publisher = None
-            writes += pending
+            writes += deliver_entry(node, fields, publisher)
         if ids:
             self._ack(ids, writes)
         if not backlog and not publisher.paused:

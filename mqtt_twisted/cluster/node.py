@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mqtt_twisted.cluster.client import RedisClient
+from mqtt_twisted.cluster.failover import Failover
 from mqtt_twisted.cluster.handover import release_session
 from mqtt_twisted.cluster.inbox import InboxReader
 from mqtt_twisted.cluster.resp import ReplyError
@@ -114,6 +115,7 @@ class ClusterKeys:
 
     def __init__(self, prefix: str, db: int) -> None:
         p = prefix.encode() + b":cluster:"
+        self.prefix = p
         self.nodes = p + b"nodes"
         self.filters_prefix = p + b"filters:"
         self.home = p + b"home"
@@ -153,6 +155,7 @@ class ClusterNode:
         #: The consumer group (and consumer) reading this node's stream: its name.
         self.group = self._origin
         self.inbox = InboxReader(self)
+        self.failover = Failover(self)
         self._stopped = False
         self._stale: set[str] = set()
         self._releases: dict[int, Deferred[None]] = {}
@@ -198,6 +201,7 @@ class ClusterNode:
         self._stale = {f.decode("utf-8") for f in old}
         log.info("Cluster node {name} joined ({n} peers' filters known)", name=self.name,
                  n=len(self.router.routes))
+        yield self.failover.start()
         self.inbox.start()
 
     def restored(self) -> Any:
@@ -224,6 +228,10 @@ class ClusterNode:
     def stop(self) -> Any:
         self._stopped = True
         self.inbox.stop()
+        try:
+            yield self.failover.stop()  # the lease goes: a survivor adopts at once
+        except Exception:
+            pass
         yield gatherResults([c.stop() for c in (self.reader, self.subscriber, self.commands)],
                             consumeErrors=True)
 
@@ -292,7 +300,12 @@ class ClusterNode:
                                            self._origin)
         if home is None:  # nobody else's: this node's now
             return None
-        yield self._ask_release(home.decode("utf-8"), client_id)
+        home = home.decode("utf-8")
+        answered = yield self._ask_release(home, client_id)
+        if not answered and (yield self.failover.gone(home)):
+            # Its node is gone and has been adopted (here or elsewhere): look again.
+            state = yield self.locate_session(client_id)
+            return state
         yield self.commands.command(b"HSET", self.keys.home, cid, self._origin)
         state = yield self.broker.store.loadSession(client_id)
         return state
@@ -308,9 +321,7 @@ class ClusterNode:
                 b"PUBLISH", self.keys.ctl(node),
                 msgpack.packb(["release", client_id, self.name, request]))
             if not listeners:
-                log.info("cluster: node {node} is gone; {client}'s session is taken as it "
-                         "was stored", node=node, client=client_id)
-                return
+                return False  # nobody listens: the node is gone (failover.gone)
             answered.addTimeout(RELEASE_TIMEOUT, self.reactor)
             try:
                 yield answered
@@ -318,6 +329,7 @@ class ClusterNode:
                 log.warn("cluster: node {node} did not let {client}'s session go in "
                          "{seconds}s; taking it as it was stored", node=node,
                          client=client_id, seconds=RELEASE_TIMEOUT)
+            return True
         finally:
             self._releases.pop(request, None)
 
