@@ -17,8 +17,8 @@ lease is gone adopts it:
    never read are delivered here and acknowledged.
 
 Then the adopt key goes.  A node judges the others only after its own lease has been
-renewed without a failure for a whole lease and a tick: after a Redis outage every
-lease has run out, and the nodes must not adopt each other.  A CONNECT for a client whose node is gone (nobody listens
+renewed promptly for :data:`TRUST` seconds: after a Redis outage every lease has run
+out, and the nodes, reconnecting one by one, must not adopt each other.  A CONNECT for a client whose node is gone (nobody listens
 on its control channel) waits for the lease to run out and for the adoption, which
 its node runs itself when nobody else has begun, then resumes the session from
 whichever node adopted it.  A node that stops cleanly gives its lease up at once.
@@ -44,6 +44,9 @@ log = Logger()
 LEASE = 3.0
 #: Seconds between taking a dead node's routes down and reading its stream.
 ADOPT_GRACE = 1.0
+#: Seconds of prompt renewals of its own lease before a node judges the others: a lease,
+#: the client's longest reconnection backoff (5 s) and a tick.
+TRUST = LEASE + 5.0 + LEASE / 3
 #: Milliseconds an adoption may take before another survivor may try again.
 ADOPT_TTL = 60_000
 #: Sessions loaded from the store at once.
@@ -90,12 +93,13 @@ class Failover:
         self._loop: LoopingCall | None = None
         #: Since when every renewal of this node's lease succeeded (None: the last failed).
         self._healthy_since: float | None = None
+        self._renewing = False
         #: Nodes this node is adopting: the Deferred that fires when it is done.
         self.adopting: dict[str, Deferred[None]] = {}
 
     def start(self) -> Deferred[Any]:
         d = self._renew()
-        d.addCallback(self._renewed)
+        d.addCallback(self._started)
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self.node.reactor
         self._loop.start(LEASE / 3, now=False)
@@ -112,25 +116,42 @@ class Failover:
         return node.commands.command(b"SET", self.alive_prefix + node.group, b"1", b"PX",
                                      int(LEASE * 1000))
 
+    def judging(self) -> bool:
+        """Whether this node may declare another one gone: its own lease has been
+        renewed promptly, without a failure, for :data:`TRUST` seconds.  After a Redis
+        outage every lease has run out and the nodes reconnect one by one (backoff up to
+        5 s): they must not adopt each other."""
+        since = self._healthy_since
+        return since is not None and self.node.reactor.seconds() - since >= TRUST
+
     def _tick(self) -> None:
         node = self.node
+        now = node.reactor.seconds()
+        if self._renewing:
+            self._healthy_since = None  # the last renewal is not answered yet
+        self._renewing = True
         d = self._renew()
-        d.addCallbacks(self._renewed, self._not_renewed)
-        since = self._healthy_since
-        if since is None or node.reactor.seconds() - since < LEASE * 4 / 3:
-            # After an outage every lease has run out, ours too: judge the others only
-            # once each has had a whole lease to renew its own.
+        d.addCallbacks(self._renewed, self._not_renewed, callbackArgs=(now,))
+        if not self.judging():
             return
         d = node.commands.command(b"EVAL", _CHECK, 1, node.keys.nodes, node.group,
                                   self.alive_prefix, self.adopt_prefix, ADOPT_TTL)
         d.addCallback(lambda won: [self.adopt(n.decode("utf-8")) for n in won])
         d.addErrback(node._failed, "looking for nodes that are gone")
 
-    def _renewed(self, _: Any) -> None:
-        if self._healthy_since is None:
-            self._healthy_since = self.node.reactor.seconds()
+    def _renewed(self, _: Any, sent_at: float) -> None:
+        self._renewing = False
+        now = self.node.reactor.seconds()
+        if self._healthy_since is None or now - sent_at > LEASE / 3:
+            self._healthy_since = now  # (again) from now: a late answer is no health
+
+    def _started(self, _: Any) -> None:
+        # A node that starts judges after a lease and a tick (every live node has
+        # renewed by then), not after the whole TRUST an outage calls for.
+        self._healthy_since = self.node.reactor.seconds() - TRUST + LEASE * 4 / 3
 
     def _not_renewed(self, failure: Any) -> None:
+        self._renewing = False
         self._healthy_since = None
         self.node._failed(failure, "renewing the lease")
 
@@ -141,6 +162,12 @@ class Failover:
         """Wait until ``dead``'s lease has run out and it is adopted (by this node if
         nobody has begun); False when its lease is still renewed (it is alive)."""
         node = self.node
+        waited = 0.0
+        while not self.judging():  # this node was cut off itself a moment ago
+            if waited > TRUST:
+                return False
+            yield deferLater(node.reactor, 0.2, lambda: None)
+            waited += 0.2
         waited = 0.0
         while (yield node.commands.command(b"EXISTS", self.alive_prefix + dead.encode())):
             if waited > LEASE + 1:
