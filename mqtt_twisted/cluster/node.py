@@ -10,6 +10,7 @@ in the channel names because pub/sub ignores databases)::
     P:cluster:routes@D         channel route changes (routes.encode_change)
     P:cluster:inbox0:{node}@D  channel QoS 0 messages for a node
     P:cluster:ctl:{node}@D     channel a node's requests and answers (session handover)
+    P:cluster:alive:{node}     string  a node's lease; P:cluster:adopt:{node} its adopter
 
 Three connections (``client.RedisClient``): commands (registrations, XADD,
 PUBLISH, XACK), a subscriber (route changes, the QoS 0 inbox) and a reader (the
@@ -19,9 +20,10 @@ A CONNECT for a client id whose home is another node (``locate_session``, called
 the core's Connector with the client id's lock held) asks that node to let the
 session go (``handover.release_session``) and loads it from the store once it
 answers; a node that does not answer (not subscribed: dead; or not within
-``RELEASE_TIMEOUT``) is skipped, and the stored state is used as it is.  A stream entry is acknowledged
-(XACK) only once its local deliveries are stored, so a node that dies before that
-reads it again when it starts under the same name.
+``RELEASE_TIMEOUT``) is skipped, and the stored state is used as it is once the dead
+node has been adopted (``failover.py``).  The QoS 1/2 stream is read by
+``inbox.InboxReader``; an entry is acknowledged (XACK) only once its local deliveries
+are stored, so a node that dies before that leaves it to its adopter.
 """
 
 from __future__ import annotations
