@@ -98,104 +98,97 @@ def encode_reply(value: Reply) -> bytes:
     raise TypeError(f"not a RESP2 reply: {value!r}")
 
 
-class _Incomplete(Exception):
-    """More bytes are needed before the reply at the front can be parsed."""
-
-
-_INCOMPLETE = _Incomplete()
-
-
 class Parser:
-    """Bytes in (``feed``), complete replies out, in the order they arrived."""
+    """Bytes in (``feed``), complete replies out, in the order they arrived.
 
-    __slots__ = ("_buffer", "_pos", "_need")
+    Resumable: a reply split over several reads is parsed once, token by token, with
+    the arrays under construction kept on a stack between calls (a stream read of
+    hundreds of entries arrives in several 64 KiB reads).
+    """
+
+    __slots__ = ("_buffer", "_stack")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
-        self._pos = 0
-        #: Buffer length below which the front reply is known to be incomplete.
-        self._need = 0
+        #: Arrays being filled: [items, how many still to come].
+        self._stack: list[list[Any]] = []
 
     def feed(self, data: bytes) -> list[Reply]:
         """Add ``data``; return every reply it completes (possibly none).  Raises
         :class:`RespProtocolError` for bytes that are not RESP."""
-        buffer = self._buffer
-        buffer += data
-        if len(buffer) < self._need:
-            return []
+        buf = self._buffer
+        buf += data
+        stack = self._stack
         replies: list[Reply] = []
-        end = len(buffer)
-        start = 0
-        while start < end:
-            self._pos = start
-            self._need = 0
-            try:
-                reply = self._parse(0)
-            except _Incomplete:
+        find = buf.find
+        n = len(buf)
+        pos = 0
+        value: Any
+        while pos < n:
+            eol = find(b"\r\n", pos + 1, pos + MAX_LINE)
+            if eol < 0:
+                if n - pos >= MAX_LINE:
+                    raise RespProtocolError("a RESP header line is too long")
                 break
-            replies.append(reply)
-            start = self._pos
-        del buffer[:start]
-        if self._need:
-            self._need -= start
+            kind = buf[pos]
+            line = bytes(buf[pos + 1:eol])
+            if kind == 0x24:  # $ bulk string
+                length = _length(line, MAX_BULK, "bulk")
+                if length < 0:
+                    value = None
+                    pos = eol + 2
+                else:
+                    stop = eol + 2 + length
+                    if stop + 2 > n:
+                        break  # the rest of it has not arrived: resume at this token
+                    if buf[stop:stop + 2] != b"\r\n":
+                        raise RespProtocolError("a RESP bulk string does not end with CRLF")
+                    value = bytes(buf[eol + 2:stop])
+                    pos = stop + 2
+            elif kind == 0x2A:  # * array
+                length = _length(line, MAX_ARRAY, "array")
+                pos = eol + 2
+                if length > 0:
+                    if len(stack) >= MAX_DEPTH:
+                        raise RespProtocolError("RESP arrays nested too deep")
+                    stack.append([[], length])
+                    continue
+                value = None if length < 0 else []
+            elif kind == 0x2B:  # + simple string
+                value = Status(line)
+                pos = eol + 2
+            elif kind == 0x3A:  # : integer
+                value = _integer(line)
+                pos = eol + 2
+            elif kind == 0x2D:  # - error
+                value = ReplyError(line.decode("utf-8", "replace"))
+                pos = eol + 2
+            else:
+                raise RespProtocolError(f"unknown RESP reply type {bytes([kind])!r}")
+            while stack:  # the value completes its array, which may complete its own...
+                top = stack[-1]
+                top[0].append(value)
+                top[1] -= 1
+                if top[1]:
+                    break
+                value = top[0]
+                stack.pop()
+            else:
+                replies.append(value)
+        del buf[:pos]
         return replies
 
-    def _line(self) -> bytes:
-        buffer = self._buffer
-        pos = self._pos
-        end = buffer.find(b"\r\n", pos, pos + MAX_LINE)
-        if end < 0:
-            if len(buffer) - pos >= MAX_LINE:
-                raise RespProtocolError("a RESP header line is too long")
-            raise _INCOMPLETE
-        self._pos = end + 2
-        return bytes(buffer[pos:end])
 
-    def _length(self, line: bytes, limit: int, what: str) -> int:
-        try:
-            if not line or not (line.isdigit() or (line[:1] == b"-" and line[1:].isdigit())):
-                raise ValueError
-            n = int(line)
-        except ValueError:
-            raise RespProtocolError(f"bad RESP {what} length {line[:40]!r}") from None
-        if n < -1 or n > limit:
-            raise RespProtocolError(f"RESP {what} length {n} out of range")
-        return n
-
-    def _parse(self, depth: int) -> Reply:
-        buffer = self._buffer
-        if self._pos >= len(buffer):
-            raise _INCOMPLETE
-        kind = buffer[self._pos]
-        self._pos += 1
-        line = self._line()
-        if kind == 0x24:  # $ bulk string
-            n = self._length(line, MAX_BULK, "bulk")
-            if n == -1:
-                return None
-            start = self._pos
-            stop = start + n
-            if len(buffer) < stop + 2:
-                self._need = stop + 2
-                raise _INCOMPLETE
-            if buffer[stop:stop + 2] != b"\r\n":
-                raise RespProtocolError("a RESP bulk string does not end with CRLF")
-            self._pos = stop + 2
-            return bytes(buffer[start:stop])
-        if kind == 0x2B:  # + simple string
-            return Status(line)
-        if kind == 0x3A:  # : integer
-            return _integer(line)
-        if kind == 0x2D:  # - error
-            return ReplyError(line.decode("utf-8", "replace"))
-        if kind == 0x2A:  # * array
-            n = self._length(line, MAX_ARRAY, "array")
-            if n == -1:
-                return None
-            if depth >= MAX_DEPTH:
-                raise RespProtocolError("RESP arrays nested too deep")
-            return [self._parse(depth + 1) for _ in range(n)]
-        raise RespProtocolError(f"unknown RESP reply type {bytes([kind])!r}")
+def _length(line: bytes, limit: int, what: str) -> int:
+    if line.isdigit():
+        n = int(line)
+    elif line == b"-1":
+        return -1
+    else:
+        raise RespProtocolError(f"bad RESP {what} length {line[:40]!r}")
+    if n > limit:
+        raise RespProtocolError(f"RESP {what} length {n} out of range")
+    return n
 
 
 def _integer(line: bytes) -> int:
