@@ -7,10 +7,13 @@ ports of 127.0.0.1, then per scenario one raw-socket publisher and one subscribe
 QoS 1 (a window of ``--window`` unacknowledged PUBLISHes; the subscriber acknowledges
 each one).  Scenarios: ``single`` (publisher and subscriber on one node, no
 ``--cluster``, the same Redis store), ``cross`` (publisher on node A, subscriber on
-node B of a two-node cluster).  Prints one JSON line per run: messages per second at
+node B of a two-node cluster), ``spread`` (1, 2 or 3 clustered nodes, a QoS 1
+publisher and a subscriber on each; every publisher spreads its messages over every
+subscriber's topic, so (n-1)/n of them cross nodes).  Prints one JSON line per run: messages per second at
 the subscriber and the CPU seconds each process (nodes, Redis) spent per message.
 
     python bench/cluster.py [--count 20000] [--qos 0 --qos 1] [--scenario cross ...]
+    python bench/cluster.py --scenario spread [--nodes 1 --nodes 2 --nodes 3]
 
 On a 2-core machine the two nodes, Redis and this tool share the cores: read the
 CPU per message, not only the rate.  Only 127.0.0.1 is used.
@@ -216,15 +219,100 @@ def run(pub_port: int, sub_port: int, qos: int, count: int, lag: int, window: in
     return counter.received / elapsed
 
 
+class Publisher(threading.Thread):
+    """QoS 1 publisher keeping ``window`` PUBLISHes unacknowledged, its messages spread
+    round-robin over ``topics``."""
+
+    def __init__(self, sock: socket.socket, topics: list[str], count: int,
+                 window: int) -> None:
+        super().__init__(daemon=True)
+        self.sock, self.count, self.window = sock, count, window
+        body = w.payload(64)
+        self.packets = [[w.publish(t, body, 1, pid) for pid in range(1, 65536)]
+                        for t in topics]
+
+    def run(self) -> None:
+        sock, packets = self.sock, self.packets
+        sock.settimeout(30)
+        inflight = sent = 0
+        buf = bytearray()
+        while sent < self.count or inflight:
+            batch = []
+            while sent < self.count and inflight < self.window:
+                batch.append(packets[sent % len(packets)][sent % 65535])
+                sent += 1
+                inflight += 1
+            if batch:
+                sock.sendall(b"".join(batch))
+            buf += sock.recv(1 << 16)
+            found, rest = w.split(buf)
+            inflight -= sum(1 for first, _, _ in found if first >> 4 == w.PUBACK)
+            del buf[:rest]
+
+
+def spread(cluster: Cluster, count: int, window: int) -> tuple[float, int]:
+    """n nodes, a publisher and a subscriber on each: subscriber j takes topic
+    spread/j, every publisher spreads its messages over all the topics, so a fraction
+    (n-1)/n of them cross nodes.  Messages per second over all subscribers, and how
+    many messages (``count`` rounded down to a multiple of n * n)."""
+    n = len(cluster.ports)
+    count -= count % (n * n)  # every subscriber gets the same number
+    subs = []
+    for j, port in enumerate(cluster.ports):
+        sock = client(port, f"ssub-{j}")
+        sock.sendall(w.subscribe(1, [f"spread/{j}"], 1))
+        subs.append(sock)
+    time.sleep(1.5)  # the routes reach every node
+    for sock in subs:
+        sock.settimeout(2)
+        sock.recv(5)  # SUBACK
+    topics = [f"spread/{j}" for j in range(n)]
+    per_publisher = count // n  # each publisher: count / n messages, (count / n^2) per topic
+    counters = [Subscriber(sock, per_publisher, 1) for sock in subs]
+    pubs = [Publisher(client(port, f"spub-{i}"), topics, per_publisher, window)
+            for i, port in enumerate(cluster.ports)]
+    start = time.perf_counter()
+    for thread in (*counters, *pubs):
+        thread.start()
+    for thread in (*pubs, *counters):
+        thread.join(120)
+    elapsed = max(c.done_at for c in counters) - start
+    received = sum(c.received for c in counters)
+    if received < per_publisher * n:
+        print(f"# spread {n}: only {received} of {per_publisher * n} delivered",
+              file=sys.stderr)
+    for sock in subs:
+        sock.close()
+    return received / elapsed, count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--qos", type=int, action="append", choices=[0, 1])
-    parser.add_argument("--scenario", action="append", choices=["single", "cross"])
+    parser.add_argument("--scenario", action="append", choices=["single", "cross", "spread"])
+    parser.add_argument("--nodes", type=int, action="append", choices=[1, 2, 3],
+                        help="spread: cluster sizes (default 1, 2 and 3)")
     parser.add_argument("--lag", type=int, default=2000, help="QoS 0: most messages ahead")
     parser.add_argument("--window", type=int, default=100, help="QoS 1: PUBLISHes in flight")
     args = parser.parse_args()
     for scenario in args.scenario or ["single", "cross"]:
+        if scenario == "spread":
+            for n in args.nodes or [1, 2, 3]:
+                cluster = Cluster(n, True)
+                try:
+                    before = cluster.cpu()
+                    rate, count = spread(cluster, args.count, args.window)
+                    spent = [a - b for a, b in zip(cluster.cpu(), before)]
+                    print(json.dumps({
+                        "scenario": "spread", "qos": 1, "nodes": n, "messages": count,
+                        "msgs_per_s": round(rate),
+                        "node_cpu_us_per_msg": round(sum(spent[:-1]) / count * 1e6, 1),
+                        "redis_cpu_us_per_msg": round(spent[-1] / count * 1e6, 1),
+                    }), flush=True)
+                finally:
+                    cluster.stop()
+            continue
         cluster = Cluster(1 if scenario == "single" else 2, scenario == "cross")
         try:
             for qos in args.qos or [0, 1]:
