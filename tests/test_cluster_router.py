@@ -162,6 +162,20 @@ class ClusterRouterTests(SynchronousTestCase):
         self.assertIsNone(self.broker.store.getRetained("t/c").result)
         self.assertEqual(self.router.received, 1)
 
+    def test_sys_counts(self) -> None:
+        """$SYS/broker/cluster/... says the node's name, the copies sent to peers (one per
+        node), the messages from peers and the remote filters known."""
+        from mqtt_twisted.core.systopics import SysTopics
+
+        pub = FakeClient(self.broker)
+        pub.connect("pub")
+        pub.publish("t/c", b"x")  # to B and C
+        self.router.receive(Message("t/c", b"p", 0, False), "B")
+        values = SysTopics(self.broker).values(self.clock.seconds())
+        self.assertEqual({k: v for k, v in values.items() if k.startswith("cluster/")}, {
+            "cluster/node": "A", "cluster/messages/forwarded": "2",
+            "cluster/messages/received": "1", "cluster/routes": "2"})
+
     def test_sys_topics_stay_on_the_node(self) -> None:
         """$SYS messages are this node's: never forwarded."""
         self.router.routes.apply(ADD, "B", "$SYS/#")

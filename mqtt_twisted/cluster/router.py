@@ -58,6 +58,7 @@ class ClusterRouter:
         self.routes = RouteTable(name)
         #: routed filter -> the (client id, filter) pairs of local subscribers behind it.
         self.subscribers: dict[str, set[tuple[str, str]]] = {}
+        #: Copies sent to peer nodes (one per destination node), and messages from peers.
         self.forwarded = 0
         self.received = 0
 
@@ -119,6 +120,15 @@ class ClusterRouter:
         """A peer's message: delivered to the local sessions only."""
         self.received += 1
         return self.local.dispatch(message, origin)
+
+    def sys_values(self) -> dict[str, str]:
+        """This node's cluster topics under ``$SYS/broker/`` (core/systopics.py asks)."""
+        return {
+            "cluster/node": self.name,
+            "cluster/messages/forwarded": str(self.forwarded),
+            "cluster/messages/received": str(self.received),
+            "cluster/routes": str(len(self.routes)),
+        }
 
     # --- what the broker uses beyond IRouter (plugins.md, "The router seam") ---
 
