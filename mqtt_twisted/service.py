@@ -65,6 +65,8 @@ class BrokerService(MultiService):
         self.ready: Deferred[None] = Deferred()
         self.sys_interval = sys_interval
         self._sys_loop: LoopingCall | None = None
+        #: The cluster node (``cluster/node.py``) when the broker is one of several.
+        self.cluster: Any = None
 
     @property
     def stats(self) -> Any:
@@ -77,6 +79,19 @@ class BrokerService(MultiService):
         self._listeners.append(service)
         return service
 
+    def joinCluster(self, name: str) -> Any:
+        """Make this broker node ``name`` of a cluster on its Redis store's server
+        (``--cluster``): the cluster router goes in front of the local one now, the
+        node joins when the service starts."""
+        from mqtt_twisted.cluster.node import ClusterNode
+
+        options = getattr(self.store, "options", None)
+        if getattr(self.store, "name", None) != "redis" or options is None:
+            raise ValueError("a cluster needs the Redis store (--store redis://...)")
+        self.cluster = ClusterNode(self.reactor, options, name, self.broker)
+        self.cluster.install()
+        return self.cluster
+
     # --- lifecycle ----------------------------------------------------------------------
 
     def startService(self) -> None:
@@ -85,8 +100,12 @@ class BrokerService(MultiService):
         if self.reload_on_sighup:
             self.reactor.callWhenRunning(self._install_sighup)
         d = self.store.start()
+        if self.cluster is not None:
+            d.addCallback(lambda _: self.cluster.start())
         d.addCallback(lambda _: self._purge_sys_retained())
         d.addCallback(lambda _: self._restore_sessions())
+        if self.cluster is not None:
+            d.addCallback(lambda _: self.cluster.restored())
         d.addErrback(self._store_failed)
         d.addCallback(lambda _: self._start_listeners())
         d.addCallbacks(self.ready.callback, self._start_failed)
@@ -139,6 +158,8 @@ class BrokerService(MultiService):
     @inlineCallbacks
     def _restore_sessions(self) -> Any:
         client_ids = yield self.store.listSessions()
+        if self.cluster is not None:  # each node restores the sessions that live on it
+            client_ids = yield self.cluster.restorable(client_ids)
         # Loaded a batch at a time: a network store answers a batch in one round trip.
         for start in range(0, len(client_ids), RESTORE_BATCH):
             batch = client_ids[start:start + RESTORE_BATCH]
@@ -185,6 +206,8 @@ class BrokerService(MultiService):
         if failed:
             self.log.warn("{n} of {total} sessions could not be saved at shutdown: {error}",
                           n=len(failed), total=len(saves), error=failed[0].getErrorMessage())
+        if self.cluster is not None:
+            yield self.cluster.stop()
         yield self.store.stop()
 
     # --- SIGHUP: reload ------------------------------------------------------------------

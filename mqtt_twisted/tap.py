@@ -145,6 +145,9 @@ class Options(usage.Options):
          "Outbound MQTT 5 topic aliases: off, first (first topics sent) or lru."],
         ["response-information", None, None,
          "RESPONSE_INFORMATION for MQTT 5 clients that ask; {client_id} is replaced."],
+        ["cluster", None, None,
+         "Join a cluster as node NAME (auto: host:pid) on the Redis of --store redis://...: "
+         "a client on any node gets what is published on every node."],
         ["session-owner", None, "refuse",
          "With --auth, a CONNECT naming another user's client id is refused (refuse: "
          "CONNACK 0x87/5) or gets a fresh session of its own (fresh)."],
@@ -234,6 +237,7 @@ class Options(usage.Options):
             listeners.append(settings)
         self["listeners"] = listeners
         self["store-plugin"] = self._choose(IStorePlugin, "store")
+        self["cluster-name"] = self._cluster_name()
         self["auth"] = self["auth"] or ["anonymous"]
         self["auth-plugins"] = [(*self._choose(IAuthPlugin, "auth", value), value)
                                 for value in self["auth"]]
@@ -242,6 +246,25 @@ class Options(usage.Options):
             raise usage.UsageError(
                 "--auth anonymous lets every client in: it cannot be combined with other "
                 "--auth backends (use --allow-anonymous for clients without credentials)")
+
+
+    def _cluster_name(self) -> str | None:
+        """``--cluster NAME``: a node name (``auto`` is host:pid), on a Redis store only."""
+        name = self["cluster"]
+        if name is None:
+            return None
+        if not name or any(c.isspace() or c in "{}" for c in name):
+            raise usage.UsageError(f"--cluster {name!r}: a node name is not empty and has "
+                                   f"no spaces or braces")
+        if _split_choice(self["store"])[0] not in ("redis", "rediss"):
+            raise usage.UsageError(f"--cluster needs --store redis://HOST:PORT/DB (the nodes "
+                                   f"share it), not --store {self['store']}")
+        if name == "auto":
+            import os
+            import socket
+
+            name = f"{socket.gethostname()}:{os.getpid()}"
+        return name
 
     def _choose(self, interface: Any, option: str,
                 value: str | None = None) -> tuple[Any, str]:
@@ -375,6 +398,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         options["connect-timeout"],
         options["sys-interval"],
     )
+    if options.get("cluster-name"):
+        service.joinCluster(options["cluster-name"])
     for listener in options["listeners"]:
         adapter = options["adapters"][listener.adapter]
         # An adapter refuses a bad listener key of its own (http=tcp:8081:replay=x) here.

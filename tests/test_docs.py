@@ -70,11 +70,11 @@ class ReadmeLayoutTests(SynchronousTestCase):
 
     def test_top_level_and_package_modules_listed(self) -> None:
         """Top-level directories, mqtt_twisted's modules, and the modules of store/, auth/,
-        adapters/, plugins/, testing/ and bench/ each appear in the layout."""
+        adapters/, plugins/, testing/, cluster/ and bench/ each appear in the layout."""
         text = layout()
         expected = [f"{name}/" for name in tracked_top_level_directories()]
         expected += public_modules(ROOT / "mqtt_twisted")
-        for package in ("store", "auth", "adapters", "plugins", "testing"):
+        for package in ("store", "auth", "adapters", "plugins", "testing", "cluster"):
             expected += public_modules(ROOT / "mqtt_twisted" / package)
         expected += [p.name for p in (ROOT / "bench").iterdir()
                      if p.suffix in (".py", ".js")]

@@ -163,7 +163,8 @@ class Rule:
 
 CODEC, CORE, STORE = _ours("codec"), _ours("core"), _ours("store")
 COAP = _ours("coap")
-ABOVE_CORE = tuple(_ours(p) for p in ("adapters", "store", "service", "tap"))
+ABOVE_CORE = tuple(_ours(p) for p in ("adapters", "store", "service", "tap", "cluster"))
+CLUSTER_SANS_IO = tuple(_ours(f"cluster.{m}") for m in ("resp", "routes", "router"))
 ABOVE_STORE = tuple(_ours(p) for p in ("core", "adapters", "service", "tap"))
 SHARED = (_ours("constants"), _ours("errors"))
 
@@ -186,8 +187,8 @@ RULES = [
          "the clock is injected)",
          lambda a, b: within(a, COAP) and within(b, "twisted")),
     Rule("core-layers",
-         "mqtt_twisted.core never imports mqtt_twisted.adapters, .store, .service or .tap "
-         "(they sit above it)",
+         "mqtt_twisted.core never imports mqtt_twisted.adapters, .store, .service, .tap or "
+         ".cluster (they sit above it)",
          lambda a, b: within(a, CORE) and within(b, *ABOVE_CORE)),
     Rule("core-reactor",
          "mqtt_twisted.core imports from Twisted only " + ", ".join(CORE_TWISTED_ALLOWED)
@@ -195,6 +196,12 @@ RULES = [
          "task, *reactor, twisted.application); type-only imports go under TYPE_CHECKING",
          lambda a, b: within(a, CORE) and within(b, "twisted")
          and not within(b, *CORE_TWISTED_ALLOWED)),
+    Rule("cluster-sans-io",
+         "mqtt_twisted.cluster's codec, route table and router (resp, routes, router) import "
+         "nothing of twisted.internet or twisted.application: only client.py and node.py "
+         "do the I/O",
+         lambda a, b: a in CLUSTER_SANS_IO
+         and within(b, "twisted.internet", "twisted.application")),
     Rule("store-layers",
          "mqtt_twisted.store never imports mqtt_twisted.core, .adapters, .service or .tap",
          lambda a, b: within(a, STORE) and within(b, *ABOVE_STORE)),
@@ -283,6 +290,10 @@ class LayeringTests(SynchronousTestCase):
     def test_core_reactor(self) -> None:
         """The core imports only Deferreds, the logger and Failure from Twisted."""
         self.check("core-reactor")
+
+    def test_cluster_sans_io(self) -> None:
+        """The cluster's codec, route table and router do no I/O of their own."""
+        self.check("cluster-sans-io")
 
     def test_store_layers(self) -> None:
         """Stores never import the core, adapters, the service or the tap."""
@@ -378,8 +389,11 @@ class WalkerTests(SynchronousTestCase):
         self.assertEqual(rules(m + "codec", m + "errors"), [])
         self.assertEqual(rules(m + "codec.topics", "twisted.python.failure"),
                          ["codec-no-twisted"])
-        for above in ("adapters.http", "store.memory", "service", "tap"):
+        for above in ("adapters.http", "store.memory", "service", "tap", "cluster.router"):
             self.assertEqual(rules(m + "core.x", m + above), ["core-layers"], above)
+        self.assertEqual(rules(m + "cluster.resp", "twisted.internet.protocol"),
+                         ["cluster-sans-io"])
+        self.assertEqual(rules(m + "cluster.client", "twisted.internet.protocol"), [])
         for reactor_side in ("twisted.internet.reactor", "twisted.internet.tcp",
                              "twisted.internet.endpoints", "twisted.internet.protocol",
                              "twisted.application.service", "twisted.internet.epollreactor",

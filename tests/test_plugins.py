@@ -306,6 +306,8 @@ class ContractTests(SynchronousTestCase):
             "mqtt_twisted.store.overlay.SysRetainedOverlay",
             # verifyObject in tests/test_core_router.py:
             "mqtt_twisted.core.router.LocalRouter",
+            # verifyObject in tests/test_cluster_router.py:
+            "mqtt_twisted.cluster.router.ClusterRouter",
             # verifyObject (ISessionLink) in tests/test_gateway.py:
             "mqtt_twisted.core.virtual.VirtualConnection",
             # verifyObject in tests/test_coap_udp.py (PluginTests.test_interfaces):

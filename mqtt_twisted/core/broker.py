@@ -73,6 +73,9 @@ class Broker:
         self.delivery = Delivery(self)
         self.lifecycle = Lifecycle(self)
         self.connector = Connector(self)
+        #: ``locate_session(client_id)``: the stored state of a session that lives on
+        #: another node, brought here for a CONNECT (a Deferred or None); set by a cluster.
+        self.locate_session: Any = None
         #: Subscriptions and dispatch: the seam a cluster router wraps.
         self.router: Any = LocalRouter(self.sessions, self.delivery.deliver)
         local = self.router

@@ -225,8 +225,36 @@ class Connector:
             return
         client_id = conn.client_id
         when(self.broker.store.acquireLock(client_id, self.broker.settings.connect_store_timeout),
-             lambda lock: self._connect_locked(conn, packet, assigned, identity, lock),
+             lambda lock: self._locate(conn, packet, assigned, identity, lock),
              lambda f: self._connect_failed(conn, f))
+
+    def _locate(self, conn: MQTTConnection, packet: Connect, assigned: str | None,
+                identity: Any, held: Any) -> None:
+        """With the lock held and no session of this client id here: a session that
+        lives on another node of a cluster is brought here first (``broker.locate_session``,
+        which the cluster sets: the other node lets it go, and it comes back as stored
+        state, or None).  On a single node there is nothing to locate."""
+        locate = self.broker.locate_session
+        if locate is None or conn.client_id in self.broker.sessions or conn.state == CLOSED:
+            self._connect_locked(conn, packet, assigned, identity, held)
+            return
+        lock = _ReleaseOnce(held)
+
+        def located(state: Any) -> None:
+            if state is not None and conn.client_id not in self.broker.sessions:
+                self.broker.restore_session(state)
+            self._connect_locked(conn, packet, assigned, identity, lock)
+
+        def failed(failure: Failure) -> None:
+            lock.release()
+            self._connect_failed(conn, failure)
+
+        try:
+            answer = locate(conn.client_id)
+        except Exception:
+            failed(Failure())
+            return
+        when(answer, located, failed)
 
     def _connect_locked(self, conn: MQTTConnection, packet: Connect, assigned: str | None,
                         identity: Any, held: Any) -> None:

@@ -63,6 +63,9 @@ class SysTopics:
             "bytes/sent": str(stats.bytes_sent),
             "subscriptions/count": str(broker.router.count()),
         }
+        extra = getattr(broker.router, "sys_values", None)  # a cluster router's own
+        if extra is not None:
+            values.update(extra())
         rss = resident_memory()
         if rss is not None:
             values["heap/current"] = str(rss)

@@ -1,0 +1,335 @@
+"""Cross-node throughput of a cluster against one node (issue 16).
+
+Starts a redis-server and ``twistd -n mqttbroker --store redis://...`` nodes on free
+ports of 127.0.0.1, then per scenario one raw-socket publisher and one subscriber
+(pre-encoded packets from ``mqttwire``): QoS 0 (the publisher keeps at most
+``--lag`` messages ahead of the subscriber, so nothing is dropped for overload) and
+QoS 1 (a window of ``--window`` unacknowledged PUBLISHes; the subscriber acknowledges
+each one).  Scenarios: ``single`` (publisher and subscriber on one node, no
+``--cluster``, the same Redis store), ``cross`` (publisher on node A, subscriber on
+node B of a two-node cluster), ``spread`` (1, 2 or 3 clustered nodes, a QoS 1
+publisher and a subscriber on each; every publisher spreads its messages over every
+subscriber's topic, so (n-1)/n of them cross nodes).  Prints one JSON line per run: messages per second at
+the subscriber and the CPU seconds each process (nodes, Redis) spent per message.
+
+    python bench/cluster.py [--count 20000] [--qos 0 --qos 1] [--scenario cross ...]
+    python bench/cluster.py --scenario spread [--nodes 1 --nodes 2 --nodes 3]
+
+On a 2-core machine the two nodes, Redis and this tool share the cores: read the
+CPU per message, not only the rate.  Only 127.0.0.1 is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import mqttwire as w
+
+HOST = "127.0.0.1"
+ROOT = Path(__file__).resolve().parent.parent
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def wait_port(port: int, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"process exited:\n{log.read_text(errors='replace')}")
+        try:
+            socket.create_connection((HOST, port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"port {port} never opened") from None
+            time.sleep(0.05)
+
+
+class Cluster:
+    """redis-server and ``nodes`` twistd processes (clustered when more than one)."""
+
+    def __init__(self, nodes: int, clustered: bool) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="mqtt-cluster-bench-"))
+        self.redis_port = free_port()
+        self.procs: list[subprocess.Popen] = []
+        redis_log = self.dir / "redis.log"
+        self.redis = subprocess.Popen(
+            [shutil.which("redis-server") or "/usr/bin/redis-server", "--port",
+             str(self.redis_port), "--bind", HOST, "--save", "", "--appendonly", "no",
+             "--dir", str(self.dir)], stdout=open(redis_log, "wb"), stderr=subprocess.STDOUT)
+        wait_port(self.redis_port, self.redis, redis_log)
+        twistd = Path(sys.executable).with_name("twistd")
+        self.ports: list[int] = []
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        for i in range(nodes):
+            port = free_port()
+            log = self.dir / f"node{i}.log"
+            args = [str(twistd), "-n", "--pidfile=", "mqttbroker", "--listen",
+                    f"tcp:{port}:interface={HOST}", "--sys-interval", "0", "--store",
+                    f"redis://{HOST}:{self.redis_port}/0"]
+            if clustered:
+                args += ["--cluster", f"n{i}"]
+            proc = subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                                    env=env, cwd=self.dir)
+            wait_port(port, proc, log)
+            self.procs.append(proc)
+            self.ports.append(port)
+
+    def cpu(self) -> list[float]:
+        return [cpu_seconds(p.pid) for p in (*self.procs, self.redis)]
+
+    def stop(self) -> None:
+        for proc in (*self.procs, self.redis):
+            proc.terminate()
+        for proc in (*self.procs, self.redis):
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def client(port: int, client_id: str) -> socket.socket:
+    sock = socket.create_connection((HOST, port), timeout=30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(w.connect(client_id))
+    got = b""
+    while len(got) < w.CONNACK_LEN:
+        got += sock.recv(w.CONNACK_LEN - len(got))
+    return sock
+
+
+class Subscriber(threading.Thread):
+    """Counts PUBLISHes (acknowledging QoS 1 ones) until ``count`` or idle."""
+
+    def __init__(self, sock: socket.socket, count: int, qos: int) -> None:
+        super().__init__(daemon=True)
+        self.sock, self.count, self.qos = sock, count, qos
+        self.received = 0
+        self.done_at = 0.0
+
+    def run(self) -> None:
+        buf = bytearray()
+        self.sock.settimeout(5)
+        while self.received < self.count:
+            try:
+                data = self.sock.recv(1 << 16)
+            except TimeoutError:
+                break
+            if not data:
+                break
+            buf += data
+            packets, rest = w.split(buf)
+            acks = []
+            for first, body, _end in packets:
+                if first >> 4 == w.PUBLISH:
+                    self.received += 1
+                    if first & 0x06:
+                        pid_at, _ = w.publish_parts(buf, first, body)
+                        acks.append(w.ack(w.PUBACK, bytes(buf[pid_at:pid_at + 2])))
+            del buf[:rest]
+            if acks:
+                self.sock.sendall(b"".join(acks))
+        self.done_at = time.perf_counter()
+
+
+def run(pub_port: int, sub_port: int, qos: int, count: int, lag: int, window: int,
+        tag: str) -> float:
+    """Messages per second at the subscriber."""
+    sub = client(sub_port, f"bsub-{tag}")
+    sub.sendall(w.subscribe(1, ["bench/t"], qos))
+    time.sleep(0.2)
+    sub.recv(5)  # SUBACK
+    pub = client(pub_port, f"bpub-{tag}")
+    # Until the route has reached the publisher's node: probes at QoS 0.
+    probe = w.publish("bench/t", b"probe")
+    sub.settimeout(0.2)
+    while True:
+        pub.sendall(probe)
+        try:
+            if sub.recv(1 << 16):
+                break
+        except TimeoutError:
+            pass
+    time.sleep(0.3)
+    sub.settimeout(0.3)
+    try:
+        while sub.recv(1 << 16):
+            pass
+    except TimeoutError:
+        pass
+    body = w.payload(64)
+    counter = Subscriber(sub, count, qos)
+    counter.start()
+    start = time.perf_counter()
+    if qos == 0:
+        packet = w.publish("bench/t", body)
+        sent = 0
+        while sent < count:
+            n = min(500, count - sent)
+            pub.sendall(packet * n)
+            sent += n
+            while sent - counter.received > lag and counter.is_alive():
+                time.sleep(0.0005)
+    else:
+        pub.settimeout(10)
+        inflight = 0
+        sent = 0
+        buf = bytearray()
+        while sent < count or inflight:
+            batch = []
+            while sent < count and inflight < window:
+                batch.append(w.publish("bench/t", body, 1, sent % 65535 + 1))
+                sent += 1
+                inflight += 1
+            if batch:
+                pub.sendall(b"".join(batch))
+            buf += pub.recv(1 << 16)
+            packets, rest = w.split(buf)
+            inflight -= sum(1 for first, _, _ in packets if first >> 4 == w.PUBACK)
+            del buf[:rest]
+    counter.join(30)
+    elapsed = (counter.done_at or time.perf_counter()) - start
+    pub.close()
+    sub.close()
+    if counter.received < count:
+        print(f"# {tag}: only {counter.received} of {count} delivered", file=sys.stderr)
+    return counter.received / elapsed
+
+
+class Publisher(threading.Thread):
+    """QoS 1 publisher keeping ``window`` PUBLISHes unacknowledged, its messages spread
+    round-robin over ``topics``."""
+
+    def __init__(self, sock: socket.socket, topics: list[str], count: int,
+                 window: int) -> None:
+        super().__init__(daemon=True)
+        self.sock, self.count, self.window = sock, count, window
+        body = w.payload(64)
+        self.packets = [[w.publish(t, body, 1, pid) for pid in range(1, 65536)]
+                        for t in topics]
+
+    def run(self) -> None:
+        sock, packets = self.sock, self.packets
+        sock.settimeout(30)
+        inflight = sent = 0
+        buf = bytearray()
+        while sent < self.count or inflight:
+            batch = []
+            while sent < self.count and inflight < self.window:
+                batch.append(packets[sent % len(packets)][sent % 65535])
+                sent += 1
+                inflight += 1
+            if batch:
+                sock.sendall(b"".join(batch))
+            buf += sock.recv(1 << 16)
+            found, rest = w.split(buf)
+            inflight -= sum(1 for first, _, _ in found if first >> 4 == w.PUBACK)
+            del buf[:rest]
+
+
+def spread(cluster: Cluster, count: int, window: int) -> tuple[float, int]:
+    """n nodes, a publisher and a subscriber on each: subscriber j takes topic
+    spread/j, every publisher spreads its messages over all the topics, so a fraction
+    (n-1)/n of them cross nodes.  Messages per second over all subscribers, and how
+    many messages (``count`` rounded down to a multiple of n * n)."""
+    n = len(cluster.ports)
+    count -= count % (n * n)  # every subscriber gets the same number
+    subs = []
+    for j, port in enumerate(cluster.ports):
+        sock = client(port, f"ssub-{j}")
+        sock.sendall(w.subscribe(1, [f"spread/{j}"], 1))
+        subs.append(sock)
+    time.sleep(1.5)  # the routes reach every node
+    for sock in subs:
+        sock.settimeout(2)
+        sock.recv(5)  # SUBACK
+    topics = [f"spread/{j}" for j in range(n)]
+    per_publisher = count // n  # each publisher: count / n messages, (count / n^2) per topic
+    counters = [Subscriber(sock, per_publisher, 1) for sock in subs]
+    pubs = [Publisher(client(port, f"spub-{i}"), topics, per_publisher, window)
+            for i, port in enumerate(cluster.ports)]
+    start = time.perf_counter()
+    for thread in (*counters, *pubs):
+        thread.start()
+    for thread in (*pubs, *counters):
+        thread.join(120)
+    elapsed = max(c.done_at for c in counters) - start
+    received = sum(c.received for c in counters)
+    if received < per_publisher * n:
+        print(f"# spread {n}: only {received} of {per_publisher * n} delivered",
+              file=sys.stderr)
+    for sock in subs:
+        sock.close()
+    return received / elapsed, count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=20000)
+    parser.add_argument("--qos", type=int, action="append", choices=[0, 1])
+    parser.add_argument("--scenario", action="append", choices=["single", "cross", "spread"])
+    parser.add_argument("--nodes", type=int, action="append", choices=[1, 2, 3],
+                        help="spread: cluster sizes (default 1, 2 and 3)")
+    parser.add_argument("--lag", type=int, default=2000, help="QoS 0: most messages ahead")
+    parser.add_argument("--window", type=int, default=100, help="QoS 1: PUBLISHes in flight")
+    args = parser.parse_args()
+    for scenario in args.scenario or ["single", "cross"]:
+        if scenario == "spread":
+            for n in args.nodes or [1, 2, 3]:
+                cluster = Cluster(n, True)
+                try:
+                    before = cluster.cpu()
+                    rate, count = spread(cluster, args.count, args.window)
+                    spent = [a - b for a, b in zip(cluster.cpu(), before)]
+                    print(json.dumps({
+                        "scenario": "spread", "qos": 1, "nodes": n, "messages": count,
+                        "msgs_per_s": round(rate),
+                        "node_cpu_us_per_msg": round(sum(spent[:-1]) / count * 1e6, 1),
+                        "redis_cpu_us_per_msg": round(spent[-1] / count * 1e6, 1),
+                    }), flush=True)
+                finally:
+                    cluster.stop()
+            continue
+        cluster = Cluster(1 if scenario == "single" else 2, scenario == "cross")
+        try:
+            for qos in args.qos or [0, 1]:
+                before = cluster.cpu()
+                rate = run(cluster.ports[0], cluster.ports[-1], qos, args.count, args.lag,
+                           args.window, f"{scenario}{qos}")
+                spent = [a - b for a, b in zip(cluster.cpu(), before)]
+                names = [f"node{i}" for i in range(len(cluster.procs))] + ["redis"]
+                print(json.dumps({
+                    "scenario": scenario, "qos": qos, "messages": args.count,
+                    "msgs_per_s": round(rate),
+                    "cpu_us_per_msg": {n: round(s / args.count * 1e6, 1)
+                                       for n, s in zip(names, spent)},
+                }), flush=True)
+        finally:
+            cluster.stop()
+
+
+if __name__ == "__main__":
+    main()

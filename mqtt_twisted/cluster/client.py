@@ -1,0 +1,234 @@
+"""A thin Twisted client for :mod:`mqtt_twisted.cluster.resp`: one reconnecting
+connection to Redis, commands pipelined, replies matched in order.
+
+``command(*args)`` writes the command at once and returns a Deferred of its reply;
+the transport sends every command of a reactor turn in one write, so a burst of
+``XADD``\\ s costs one round trip, not one each.  While the connection is down,
+commands wait (in order) and are written when it is back; a command that waits, or
+that has been sent and is unanswered, longer than ``timeout`` fails with
+:class:`~mqtt_twisted.errors.StorageError`, and an unanswered one also drops the
+connection (a hung server), which then reconnects with backoff.
+
+A connection in pub/sub mode gets messages it did not ask for: ``on_push`` takes
+every ``message``/``smessage`` array; the replies to ``SUBSCRIBE`` come back in
+order as for any command (subscribe one channel per command).  ``on_connect(client)``
+runs before anything waiting is written (``AUTH``, ``SELECT``, ``SUBSCRIBE``, a
+resync), its commands first in line.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.internet import ClientService
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mqtt_twisted.cluster.resp import Parser, ReplyError, RespProtocolError, encode_command
+from mqtt_twisted.errors import StorageError
+
+log = Logger()
+
+PUSH_KINDS = (b"message", b"smessage", b"pmessage")
+
+
+class _Pending:
+    __slots__ = ("deferred", "deadline")
+
+    def __init__(self, deadline: float) -> None:
+        self.deferred: Deferred[Any] = Deferred()
+        self.deadline = deadline
+
+
+class RedisProtocol(Protocol):
+    """One connection: commands out, replies (and pub/sub pushes) in."""
+
+    def __init__(self, client: RedisClient) -> None:
+        self.client = client
+        self.parser = Parser()
+        self.sent: deque[_Pending] = deque()
+
+    def connectionMade(self) -> None:
+        set_nodelay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_nodelay is not None:
+            set_nodelay(True)
+        self.client._connected(self)
+
+    def send(self, pending: _Pending, data: bytes) -> None:
+        self.sent.append(pending)
+        self.transport.write(data)
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            replies = self.parser.feed(data)
+        except RespProtocolError as e:
+            log.warn("Redis sent bytes that are not RESP ({error}): reconnecting", error=e)
+            self.transport.abortConnection()
+            return
+        sent = self.sent
+        push = self.client.on_push
+        for reply in replies:
+            if push is not None and type(reply) is list and reply and reply[0] in PUSH_KINDS:
+                push(reply)
+                continue
+            if not sent:
+                log.warn("Redis sent a reply to no command: reconnecting")
+                self.transport.abortConnection()
+                return
+            pending = sent.popleft()
+            if isinstance(reply, ReplyError):
+                pending.deferred.errback(reply)
+            else:
+                pending.deferred.callback(reply)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        sent, self.sent = self.sent, deque()
+        self.client._disconnected(self)
+        error = StorageError(f"Redis connection lost: {reason.getErrorMessage()}"
+                             if reason is not None else "Redis connection lost")
+        for pending in sent:
+            pending.deferred.errback(error)
+
+
+class _Factory(Factory):
+    noisy = False
+
+    def __init__(self, client: RedisClient) -> None:
+        self.client = client
+
+    def buildProtocol(self, addr: Any) -> RedisProtocol:
+        return RedisProtocol(self.client)
+
+
+class RedisClient:
+    """A reconnecting connection with pipelined commands (see the module docstring)."""
+
+    def __init__(self, reactor: Any, endpoint: Any, *, timeout: float = 5.0,
+                 on_connect: Callable[[RedisClient], Any] | None = None,
+                 on_push: Callable[[list[Any]], None] | None = None,
+                 name: str = "redis") -> None:
+        self.reactor = reactor
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.on_connect = on_connect
+        self.on_push = on_push
+        self.name = name
+        self.protocol: RedisProtocol | None = None
+        #: Commands made while the connection is down: (pending, bytes).
+        self.waiting: deque[tuple[_Pending, bytes]] = deque()
+        self._service: ClientService | None = None
+        self._sweeper: LoopingCall | None = None
+        self._ready: list[Deferred[None]] = []
+        self.stopped = False
+
+    # --- lifecycle ---
+
+    def start(self) -> None:
+        self._service = ClientService(self.endpoint, _Factory(self), retryPolicy=_backoff)
+        self._service._log = Logger(observer=lambda event: None)  # no line per attempt
+        self._service.startService()
+        self._sweeper = LoopingCall(self._sweep)
+        self._sweeper.clock = self.reactor
+        self._sweeper.start(min(1.0, self.timeout / 2), now=False)
+
+    def ready(self) -> Deferred[None]:
+        """Fires once connected (and ``on_connect``'s commands are written)."""
+        if self.protocol is not None:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._ready.append(d)
+        return d
+
+    def stop(self) -> Deferred[Any]:
+        self.stopped = True
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        self._fail_waiting(StorageError(f"{self.name}: stopped"))
+        for d in self._ready:
+            d.errback(StorageError(f"{self.name}: stopped"))
+        self._ready = []
+        if self._service is None:
+            return succeed(None)
+        service, self._service = self._service, None
+        return service.stopService()  # type: ignore[no-any-return]
+
+    def _connected(self, protocol: RedisProtocol) -> None:
+        self.protocol = protocol
+        waiting, self.waiting = self.waiting, deque()
+        if self.on_connect is not None:
+            try:
+                self.on_connect(self)
+            except Exception:
+                log.failure("{name}: on_connect failed", name=self.name)
+        for pending, data in waiting:
+            if not pending.deferred.called:
+                protocol.send(pending, data)
+        ready, self._ready = self._ready, []
+        for d in ready:
+            d.callback(None)
+
+    def _disconnected(self, protocol: RedisProtocol) -> None:
+        if self.protocol is protocol:
+            self.protocol = None
+
+    # --- commands ---
+
+    def command(self, *args: Any) -> Deferred[Any]:
+        """Send one command; a Deferred of its reply (a ReplyError reply fails it)."""
+        pending = _Pending(self.reactor.seconds() + self.timeout)
+        data = encode_command(*args)
+        protocol = self.protocol
+        if protocol is not None:
+            protocol.send(pending, data)
+        else:
+            self.waiting.append((pending, data))
+        return pending.deferred
+
+    def _sweep(self) -> None:
+        now = self.reactor.seconds()
+        waiting = self.waiting
+        while waiting and (waiting[0][0].deferred.called or waiting[0][0].deadline <= now):
+            pending, _ = waiting.popleft()
+            if not pending.deferred.called:
+                pending.deferred.errback(StorageError(
+                    f"{self.name}: Redis unreachable for {self.timeout}s"))
+        protocol = self.protocol
+        if protocol is not None and protocol.sent and protocol.sent[0].deadline <= now:
+            log.warn("{name}: no reply from Redis in {timeout}s: reconnecting",
+                     name=self.name, timeout=self.timeout)
+            protocol.transport.abortConnection()
+
+    def command_blocking(self, block: float, *args: Any) -> Deferred[Any]:
+        """A command that Redis holds for up to ``block`` seconds (``XREADGROUP ...
+        BLOCK``): its deadline is ``block`` later than an ordinary command's."""
+        d = self.command(*args)
+        queue = self.protocol.sent if self.protocol is not None else None
+        if queue:
+            queue[-1].deadline += block
+        elif self.waiting:
+            self.waiting[-1][0].deadline += block
+        return d
+
+    def _fail_waiting(self, error: Exception) -> None:
+        waiting, self.waiting = self.waiting, deque()
+        for pending, _ in waiting:
+            if not pending.deferred.called:
+                pending.deferred.errback(error)
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds before reconnection attempt ``attempt``: 0.1 doubling to 5."""
+    return float(min(5.0, 0.1 * (2 ** min(attempt, 6))))
+
+
+def errback_logged(failure: Failure, what: str) -> None:
+    """Log a failed background command once, quietly for a lost connection."""
+    if failure.check(StorageError):
+        log.info("{what}: {error}", what=what, error=failure.getErrorMessage())
+    else:
+        log.failure(what, failure)

@@ -1,0 +1,270 @@
+"""A node that is gone: a survivor adopts its sessions, takes its routes down and
+delivers what was left in its stream.
+
+Each node holds a lease in Redis (``P:cluster:alive:NODE``, ``SET PX``) that it renews
+every third of :data:`LEASE`, and at the same pace looks at the other nodes' leases.
+The first survivor to take ``P:cluster:adopt:NODE`` (``SET NX PX``) for a node whose
+lease is gone adopts it:
+
+1. its sessions: every client id whose home is that node is given this node as its
+   home (one script), and each stored session is restored here, which registers its
+   filters; a client that was connected when its node died gets its will, after its
+   delay, from this node only;
+2. its routes: its filters are removed and a RESET tells every node, so that the
+   peers stop sending to it;
+3. its stream, :data:`ADOPT_GRACE` seconds later (forwards already under way land
+   first): the entries it had read and not acknowledged (``XAUTOCLAIM``) and those it
+   never read are delivered here and acknowledged.
+
+Then the adopt key goes.  A node judges the others only after its own lease has been
+renewed promptly for :data:`TRUST` seconds: after a Redis outage every lease has run
+out, and the nodes, reconnecting one by one, must not adopt each other.  A CONNECT for a client whose node is gone (nobody listens
+on its control channel) waits for the lease to run out and for the adoption, which
+its node runs itself when nobody else has begun, then resumes the session from
+whichever node adopted it.  A node that stops cleanly gives its lease up at once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+
+from mqtt_twisted.cluster.inbox import READ_COUNT, deliver_entries
+from mqtt_twisted.cluster.routes import RESET, encode_change
+
+if TYPE_CHECKING:
+    from mqtt_twisted.cluster.node import ClusterNode
+
+log = Logger()
+
+#: Seconds a node's lease lives unless renewed: how soon a dead node is adopted.
+LEASE = 3.0
+#: Seconds between taking a dead node's routes down and reading its stream.
+ADOPT_GRACE = 1.0
+#: Seconds of prompt renewals of its own lease before a node judges the others: a lease,
+#: the client's longest reconnection backoff (5 s) and a tick.
+TRUST = LEASE + 5.0 + LEASE / 3
+#: Milliseconds an adoption may take before another survivor may try again.
+ADOPT_TTL = 60_000
+#: Sessions loaded from the store at once.
+BATCH = 500
+
+_CHECK = b"""
+local won = {}
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if node ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. node) == 0 then
+    if redis.call('SET', ARGV[3] .. node, ARGV[1], 'NX', 'PX', ARGV[4]) then
+      won[#won + 1] = node
+    end
+  end
+end
+return won
+"""
+_TAKE_HOMES = b"""
+local taken = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if all[i + 1] == ARGV[1] then
+    redis.call('HSET', KEYS[1], all[i], ARGV[2])
+    taken[#taken + 1] = all[i]
+  end
+end
+return taken
+"""
+_DROP = b"""
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"""
+
+
+class Failover:
+    """This node's lease, and the adoption of nodes whose lease is gone."""
+
+    def __init__(self, node: ClusterNode) -> None:
+        self.node = node
+        keys = node.keys
+        self.alive_prefix = keys.prefix + b"alive:"
+        self.adopt_prefix = keys.prefix + b"adopt:"
+        self._loop: LoopingCall | None = None
+        #: Since when every renewal of this node's lease succeeded (None: the last failed).
+        self._healthy_since: float | None = None
+        self._renewing = False
+        #: Nodes this node is adopting: the Deferred that fires when it is done.
+        self.adopting: dict[str, Deferred[None]] = {}
+
+    def start(self) -> Deferred[Any]:
+        d = self._renew()
+        d.addCallback(self._started)
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = self.node.reactor
+        self._loop.start(LEASE / 3, now=False)
+        return d
+
+    def stop(self) -> Any:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        node = self.node
+        return node.commands.command(b"DEL", self.alive_prefix + node.group)
+
+    def _renew(self) -> Deferred[Any]:
+        node = self.node
+        return node.commands.command(b"SET", self.alive_prefix + node.group, b"1", b"PX",
+                                     int(LEASE * 1000))
+
+    def judging(self) -> bool:
+        """Whether this node may declare another one gone: its own lease has been
+        renewed promptly, without a failure, for :data:`TRUST` seconds.  After a Redis
+        outage every lease has run out and the nodes reconnect one by one (backoff up to
+        5 s): they must not adopt each other."""
+        since = self._healthy_since
+        return since is not None and self.node.reactor.seconds() - since >= TRUST
+
+    def _tick(self) -> None:
+        node = self.node
+        now = node.reactor.seconds()
+        if self._renewing:
+            self._healthy_since = None  # the last renewal is not answered yet
+        self._renewing = True
+        d = self._renew()
+        d.addCallbacks(self._renewed, self._not_renewed, callbackArgs=(now,))
+        if not self.judging():
+            return
+        d = node.commands.command(b"EVAL", _CHECK, 1, node.keys.nodes, node.group,
+                                  self.alive_prefix, self.adopt_prefix, ADOPT_TTL)
+        d.addCallback(lambda won: [self.adopt(n.decode("utf-8")) for n in won])
+        d.addErrback(node._failed, "looking for nodes that are gone")
+
+    def _renewed(self, _: Any, sent_at: float) -> None:
+        self._renewing = False
+        now = self.node.reactor.seconds()
+        if self._healthy_since is None or now - sent_at > LEASE / 3:
+            self._healthy_since = now  # (again) from now: a late answer is no health
+
+    def _started(self, _: Any) -> None:
+        # A node that starts judges after a lease and a tick (every live node has
+        # renewed by then), not after the whole TRUST an outage calls for.
+        self._healthy_since = self.node.reactor.seconds() - TRUST + LEASE * 4 / 3
+
+    def _not_renewed(self, failure: Any) -> None:
+        self._renewing = False
+        self._healthy_since = None
+        self.node._failed(failure, "renewing the lease")
+
+    # --- a CONNECT for a client of a node that is gone ---
+
+    @inlineCallbacks
+    def gone(self, dead: str) -> Any:
+        """Wait until ``dead``'s lease has run out and it is adopted (by this node if
+        nobody has begun); False when its lease is still renewed (it is alive)."""
+        node = self.node
+        waited = 0.0
+        while not self.judging():  # this node was cut off itself a moment ago
+            if waited > TRUST:
+                return False
+            yield deferLater(node.reactor, 0.2, lambda: None)
+            waited += 0.2
+        waited = 0.0
+        while (yield node.commands.command(b"EXISTS", self.alive_prefix + dead.encode())):
+            if waited > LEASE + 1:
+                return False
+            yield deferLater(node.reactor, 0.2, lambda: None)
+            waited += 0.2
+        won = yield node.commands.command(b"SET", self.adopt_prefix + dead.encode(),
+                                          node.group, b"NX", b"PX", ADOPT_TTL)
+        if won is not None:
+            yield self.adopt(dead)
+            return True
+        if dead in self.adopting:
+            yield self.adopting[dead]
+            return True
+        waited = 0.0
+        while (yield node.commands.command(b"EXISTS", self.adopt_prefix + dead.encode())):
+            if waited > ADOPT_TTL / 1000:
+                break
+            yield deferLater(node.reactor, 0.1, lambda: None)
+            waited += 0.1
+        return True
+
+    # --- adoption ---
+
+    def adopt(self, dead: str) -> Deferred[None]:
+        if dead in self.adopting:
+            return self.adopting[dead]
+        d = self._adopt(dead)
+        d.addErrback(self.node._failed, f"adopting node {dead}")
+
+        def done(result: Any) -> Any:
+            self.adopting.pop(dead, None)
+            return result
+
+        d.addBoth(done)
+        if not d.called:
+            self.adopting[dead] = d
+        return d
+
+    @inlineCallbacks
+    def _adopt(self, dead: str) -> Any:
+        node = self.node
+        keys = node.keys
+        broker = node.broker
+        log.info("cluster {name}: node {dead} is gone; adopting its sessions",
+                 name=node.name, dead=dead)
+        taken = yield node.commands.command(b"EVAL", _TAKE_HOMES, 1, keys.home, dead,
+                                            node.group)
+        client_ids = [c.decode("utf-8") for c in taken]
+        restored = 0
+        for start in range(0, len(client_ids), BATCH):
+            batch = client_ids[start:start + BATCH]
+            states = yield gatherResults([broker.store.loadSession(c) for c in batch])
+            for client_id, state in zip(batch, states):
+                if state is not None and client_id not in broker.sessions:
+                    broker.restore_session(state)
+                    restored += 1
+        yield node.commands.command(b"EVAL", _DROP, 2, keys.filters(dead), keys.nodes, dead,
+                                    keys.routes, encode_change(RESET, dead))
+        yield deferLater(node.reactor, ADOPT_GRACE, lambda: None)
+        delivered = yield self._drain(dead)
+        yield node.commands.command(b"DEL", self.adopt_prefix + dead.encode())
+        log.info("cluster {name}: adopted node {dead}: {n} sessions, {m} messages from its "
+                 "stream", name=node.name, dead=dead, n=restored, m=delivered)
+
+    @inlineCallbacks
+    def _drain(self, dead: str) -> Any:
+        """Deliver what is left in ``dead``'s stream: its pending entries, then the
+        unread ones; each batch acknowledged once its deliveries are stored."""
+        node = self.node
+        stream = node.keys.inbox(dead)
+        group = dead.encode()
+        delivered = 0
+        cursor = b"0-0"
+        while True:
+            reply = yield node.commands.command(b"XAUTOCLAIM", stream, group, node.group, 0,
+                                                cursor, b"COUNT", READ_COUNT)
+            cursor, entries = reply[0], reply[1]
+            delivered += yield self._deliver(stream, group, entries)
+            if cursor == b"0-0":
+                break
+        while True:
+            reply = yield node.commands.command(b"XREADGROUP", b"GROUP", group, node.group,
+                                                b"COUNT", READ_COUNT, b"STREAMS", stream,
+                                                b">")
+            entries = reply[0][1] if reply else []
+            if not entries:
+                break
+            delivered += yield self._deliver(stream, group, entries)
+        return delivered
+
+    @inlineCallbacks
+    def _deliver(self, stream: bytes, group: bytes, entries: list[Any]) -> Any:
+        if not entries:
+            return 0
+        ids, writes = deliver_entries(self.node, entries)
+        if writes:
+            yield gatherResults(writes, consumeErrors=True)
+        yield self.node.commands.command(b"XACK", stream, group, *ids)
+        return len(ids)

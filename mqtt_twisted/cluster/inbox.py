@@ -1,0 +1,173 @@
+"""A node's QoS 1/2 inbox: its Redis stream, read by its consumer group, delivered here.
+
+Entries are read in batches with a blocking ``XREADGROUP`` on the node's own
+connection, delivered to the local sessions (``ClusterRouter.receive``, inside
+``writes_of``), and acknowledged (``XACK``) once the store writes those deliveries made
+are done; a failed write leaves them pending.  At start the node first reads what an
+earlier run of it left unacknowledged, then new entries.
+
+Flow control: while it delivers, the reader is ``broker.publisher``, so a subscriber
+that cannot keep up holds it back as it would a client's connection; the rest of the
+batch then waits, read but unacknowledged, until the subscriber catches up.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import gatherResults
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mqtt_twisted.core.states import CONNECTED
+from mqtt_twisted.store.redis import decode_message
+
+if TYPE_CHECKING:
+    from mqtt_twisted.cluster.node import ClusterNode
+
+log = Logger()
+
+#: Stream entries read at once, and how long one XREADGROUP waits for them.
+READ_COUNT = 512
+READ_BLOCK = 1.0
+
+
+def deliver_entry(node: ClusterNode, fields: list[Any] | None,
+                  publisher: Any = None) -> list[Any]:
+    """Deliver one stream entry here; the store writes it made (to wait for before
+    XACK).  ``publisher`` is who flow control holds back if a subscriber is behind."""
+    if not fields:
+        return []  # trimmed away while it was pending
+    try:
+        record = dict(zip(fields[::2], fields[1::2]))
+        message = decode_message(record[b"m"])
+        origin = record[b"o"].decode("utf-8")
+    except Exception as e:
+        log.warn("cluster: a stream entry could not be read: {error}", error=e)
+        return []
+    broker = node.broker
+    broker.publisher = publisher
+    try:
+        _, pending = broker.writes_of(node.router.receive, message, origin)
+    finally:
+        broker.publisher = None
+    return pending  # type: ignore[no-any-return]
+
+
+def deliver_entries(node: ClusterNode, entries: list[Any]) -> tuple[list[bytes], list[Any]]:
+    """Deliver a batch of entries, without flow control (a dead node's leftovers);
+    their ids and the store writes to wait for."""
+    ids: list[bytes] = []
+    writes: list[Any] = []
+    for entry_id, fields in entries:
+        ids.append(entry_id)
+        writes += deliver_entry(node, fields)
+    return ids, writes
+
+
+class StreamPublisher:
+    """The inbox reader as the broker's flow control sees it: a publisher that a
+    subscriber which cannot keep up holds back (``throttle``) until it catches up."""
+
+    state = CONNECTED
+
+    def __init__(self, reader: InboxReader) -> None:
+        self.reader = reader
+        self.client_id = f"cluster inbox of {reader.node.name}"
+        self.paused = False
+
+    def throttle(self) -> None:
+        self.paused = True
+
+    def unthrottle(self) -> None:
+        # Waiting costs the stream nothing (the entries stay in Redis): unlike a
+        # client's connection it runs up no hold-back debt (flow.py's budget).
+        self.reader.node.broker.flow.debts.pop(self, None)
+        if self.paused:
+            self.paused = False
+            self.reader.resume()
+
+
+class InboxReader:
+    """Reads, delivers and acknowledges the entries of one node's stream."""
+
+    def __init__(self, node: ClusterNode) -> None:
+        self.node = node
+        self.publisher = StreamPublisher(self)
+        #: Entries read and not yet delivered (flow control paused the delivery).
+        self.backlog: deque[Any] = deque()
+        self._cursor = b"0"
+        self._reading = False
+        self._stopped = False
+
+    def start(self) -> None:
+        self._read()
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def resume(self) -> None:
+        """A subscriber caught up: deliver the rest of the batch, then read on."""
+        if not self._reading and not self._stopped:
+            self._drain()
+
+    def _read(self) -> None:
+        if self._stopped:
+            return
+        self._reading = True
+        node = self.node
+        d = node.reader.command_blocking(
+            READ_BLOCK, b"XREADGROUP", b"GROUP", node.group, node.group, b"COUNT",
+            READ_COUNT, b"BLOCK", int(READ_BLOCK * 1000), b"STREAMS",
+            node.keys.inbox(node.name), self._cursor)
+        d.addCallbacks(self._entries, self._read_failed)
+
+    def _entries(self, reply: Any) -> None:
+        self._reading = False
+        entries = reply[0][1] if reply else []
+        if self._cursor != b">":
+            # Going through what an earlier run left unacknowledged, then new entries.
+            self._cursor = entries[-1][0] if entries else b">"
+        self.backlog.extend(entries)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Deliver the entries read until a subscriber here cannot take more, then
+        acknowledge what was delivered and, with nothing left, read the next ones."""
+        backlog = self.backlog
+        publisher = self.publisher
+        node = self.node
+        ids: list[bytes] = []
+        writes: list[Any] = []
+        while backlog and not publisher.paused:
+            entry_id, fields = backlog.popleft()
+            ids.append(entry_id)
+            writes += deliver_entry(node, fields, publisher)
+        if ids:
+            self._ack(ids, writes)
+        if not backlog and not publisher.paused:
+            self._read()
+
+    def _ack(self, ids: list[bytes], writes: list[Any]) -> None:
+        """XACK once the local deliveries are stored (a failed store write leaves
+        the entries pending: read again when the node starts again)."""
+        node = self.node
+
+        def ack(_: Any) -> Any:
+            return node.commands.command(b"XACK", node.keys.inbox(node.name), node.group,
+                                         *ids)
+
+        if writes:
+            d = gatherResults(writes, consumeErrors=True)
+            d.addCallback(ack)
+        else:
+            d = ack(None)
+        d.addErrback(node._failed, "acknowledging stream entries")
+
+    def _read_failed(self, failure: Failure) -> None:
+        if self._stopped:
+            return
+        self.node._failed(failure, "reading the inbox")
+        self._cursor = b"0"  # entries delivered to a lost connection: read them again
+        self.node.reactor.callLater(0.5, self._read)

@@ -1,0 +1,398 @@
+"""One cluster node's side of Redis: the route table kept current, the inboxes read.
+
+Keys (``P`` is the Redis store's prefix, ``mqtt`` by default; ``D`` its database,
+in the channel names because pub/sub ignores databases)::
+
+    P:cluster:nodes            set     the node names that ever registered
+    P:cluster:filters:{node}   set     the routed filters a node has subscribers for
+    P:cluster:home             hash    client id -> the node its session lives on
+    P:cluster:inbox:{node}     stream  QoS 1/2 messages for a node (consumer group: node)
+    P:cluster:routes@D         channel route changes (routes.encode_change)
+    P:cluster:inbox0:{node}@D  channel QoS 0 messages for a node
+    P:cluster:ctl:{node}@D     channel a node's requests and answers (session handover)
+    P:cluster:alive:{node}     string  a node's lease; P:cluster:adopt:{node} its adopter
+
+Three connections (``client.RedisClient``): commands (registrations, XADD,
+PUBLISH, XACK), a subscriber (route changes, the QoS 0 inbox) and a reader (the
+blocking XREADGROUP on this node's stream).
+
+A CONNECT for a client id whose home is another node (``locate_session``, called by
+the core's Connector with the client id's lock held) asks that node to let the
+session go (``handover.release_session``) and loads it from the store once it
+answers; a node that does not answer (not subscribed: dead; or not within
+``RELEASE_TIMEOUT``) is skipped, and the stored state is used as it is once the dead
+node has been adopted (``failover.py``).  The QoS 1/2 stream is read by
+``inbox.InboxReader``; an entry is acknowledged (XACK) only once its local deliveries
+are stored, so a node that dies before that leaves it to its adopter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mqtt_twisted.cluster.client import RedisClient
+from mqtt_twisted.cluster.failover import Failover
+from mqtt_twisted.cluster.handover import release_session
+from mqtt_twisted.cluster.inbox import InboxReader
+from mqtt_twisted.cluster.resp import ReplyError
+from mqtt_twisted.cluster.router import ClusterRouter
+from mqtt_twisted.cluster.routes import ADD, REMOVE, decode_change, encode_change
+from mqtt_twisted.errors import StorageError
+from mqtt_twisted.store.redis import decode_message, endpoint
+
+log = Logger()
+
+#: Entries kept in a node's stream (XADD MAXLEN ~): what a node that is down for a
+#: while can catch up on when it comes back under the same name.
+INBOX_MAXLEN = 100_000
+#: Seconds a CONNECT waits for the node that had the session to let it go.
+RELEASE_TIMEOUT = 3.0
+
+_REGISTER = b"""
+if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+return 1
+"""
+_UNREGISTER = b"""
+if redis.call('SREM', KEYS[1], ARGV[1]) == 1 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+return 1
+"""
+#: Every node's filters: [node, [filter, ...], node, ...] (one Redis, not Redis Cluster).
+_SNAPSHOT = b"""
+local out = {}
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  out[#out + 1] = node
+  out[#out + 1] = redis.call('SMEMBERS', ARGV[1] .. node)
+end
+return out
+"""
+#: A CONNECT's client id: its home becomes this node unless another node has it (returned).
+_CLAIM = b"""
+local home = redis.call('HGET', KEYS[1], ARGV[1])
+if home and home ~= ARGV[2] then return home end
+if not home then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return false
+"""
+#: A session ended here: its client id has no home any more (unless another node took it).
+_FORGET = b"""
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+"""
+#: Which of these client ids live here: their home is this node, or nobody's yet.
+_HOMES = b"""
+local mine = {}
+for i, cid in ipairs(ARGV) do
+  if i > 1 then
+    local home = redis.call('HGET', KEYS[1], cid)
+    if not home then redis.call('HSET', KEYS[1], cid, ARGV[1]); home = ARGV[1] end
+    if home == ARGV[1] then mine[#mine + 1] = cid end
+  end
+end
+return mine
+"""
+
+
+class _HomeKeeper:
+    """The broker's store, telling the node when a session is deleted (its end)."""
+
+    def __init__(self, store: Any, node: ClusterNode) -> None:
+        self._store = store
+        self._node = node
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def deleteSession(self, clientId: str) -> Any:
+        result = self._store.deleteSession(clientId)
+        self._node.session_ended(clientId)
+        return result
+
+
+class ClusterKeys:
+    """The cluster's key and channel names (see the module docstring)."""
+
+    def __init__(self, prefix: str, db: int) -> None:
+        p = prefix.encode() + b":cluster:"
+        self.prefix = p
+        self.nodes = p + b"nodes"
+        self.filters_prefix = p + b"filters:"
+        self.home = p + b"home"
+        self.routes = p + b"routes@%d" % db
+        self._inbox = p + b"inbox:"
+        self._inbox0 = p + b"inbox0:"
+        self._ctl = p + b"ctl:"
+        self._db = db
+
+    def filters(self, node: str) -> bytes:
+        return self.filters_prefix + node.encode()
+
+    def inbox(self, node: str) -> bytes:
+        return self._inbox + node.encode()
+
+    def inbox0(self, node: str) -> bytes:
+        return self._inbox0 + node.encode() + b"@%d" % self._db
+
+    def ctl(self, node: str) -> bytes:
+        return self._ctl + node.encode() + b"@%d" % self._db
+
+
+class ClusterNode:
+    """Joins a broker to the cluster on the Redis its store uses."""
+
+    def __init__(self, reactor: Any, options: Any, name: str, broker: Any) -> None:
+        self.reactor = reactor
+        self.options = options
+        self.name = name
+        self.broker = broker
+        self.keys = ClusterKeys(options.prefix, options.db)
+        self.router = ClusterRouter(broker.router, name, self, broker.journal.persist)
+        self.commands = self._client("commands", self._prepare)
+        self.subscriber = self._client("subscriber", self._subscribe, self._pushed)
+        self.reader = self._client("reader", self._prepare)
+        self._origin = name.encode()
+        #: The consumer group (and consumer) reading this node's stream: its name.
+        self.group = self._origin
+        self.inbox = InboxReader(self)
+        self.failover = Failover(self)
+        self._stopped = False
+        self._stale: set[str] = set()
+        self._releases: dict[int, Deferred[None]] = {}
+        self._next_request = 0
+
+    def _client(self, role: str, on_connect: Any, on_push: Any = None) -> RedisClient:
+        return RedisClient(self.reactor, endpoint(self.reactor, self.options),
+                           timeout=self.options.timeout, on_connect=on_connect,
+                           on_push=on_push, name=f"cluster {self.name} {role}")
+
+    # --- lifecycle ---
+
+    def install(self) -> None:
+        """Put the cluster router in front of the broker's local one (before start)."""
+        self.broker.router = self.router
+        self.broker.locate_session = self.locate_session
+        self.broker.store = _HomeKeeper(self.broker.store, self)
+
+    @inlineCallbacks
+    def start(self) -> Any:
+        """Connect, create this node's inbox and read the route table; the broker's
+        sessions are restored after this, registering their filters."""
+        for client in (self.commands, self.subscriber, self.reader):
+            client.start()
+        ready = gatherResults([c.ready() for c in (self.commands, self.subscriber,
+                                                   self.reader)], consumeErrors=True)
+        ready.addTimeout(self.options.connect_timeout, self.reactor)
+        try:
+            yield ready
+        except Exception:
+            yield self.stop()
+            raise StorageError(f"cluster: Redis at {self.options.host}:{self.options.port} "
+                               f"did not answer in {self.options.connect_timeout}s") from None
+        k = self.keys
+        try:
+            yield self.commands.command(b"XGROUP", b"CREATE", k.inbox(self.name), self._origin,
+                                        b"0", b"MKSTREAM")
+        except ReplyError as e:
+            if not str(e).startswith("BUSYGROUP"):
+                raise
+        yield self.commands.command(b"SADD", k.nodes, self._origin)
+        old = yield self.commands.command(b"SMEMBERS", k.filters(self.name))
+        self._stale = {f.decode("utf-8") for f in old}
+        log.info("Cluster node {name} joined ({n} peers' filters known)", name=self.name,
+                 n=len(self.router.routes))
+        yield self.failover.start()
+        self.inbox.start()
+
+    def restored(self) -> Any:
+        """Sessions are restored: forget the filters registered in an earlier run that
+        no local subscriber has any more."""
+        stale, self._stale = self._stale - set(self.router.subscribers), set()
+        for f in stale:
+            self.unregister(f)
+        return self.commands.command(b"PING") if stale else None
+
+    def restorable(self, client_ids: list[str]) -> Deferred[list[str]]:
+        """The stored sessions this node restores: those whose home it is (or nobody's:
+        the first node to start takes them)."""
+        if not client_ids:
+            d: Deferred[list[str]] = Deferred()
+            d.callback([])
+            return d
+        d = self.commands.command(b"EVAL", _HOMES, 1, self.keys.home, self._origin,
+                                  *[c.encode("utf-8") for c in client_ids])
+        d.addCallback(lambda mine: [c.decode("utf-8") for c in mine])
+        return d
+
+    @inlineCallbacks
+    def stop(self) -> Any:
+        self._stopped = True
+        self.inbox.stop()
+        try:
+            yield self.failover.stop()  # the lease goes: a survivor adopts at once
+        except Exception:
+            pass
+        yield gatherResults([c.stop() for c in (self.reader, self.subscriber, self.commands)],
+                            consumeErrors=True)
+
+    # --- connections ---
+
+    def _prepare(self, client: RedisClient, select: bool = True) -> None:
+        o = self.options
+        if o.password is not None:
+            args = (b"AUTH", o.username, o.password) if o.username else (b"AUTH", o.password)
+            client.command(*args).addErrback(self._failed, "AUTH")
+        if select and o.db:
+            client.command(b"SELECT", o.db).addErrback(self._failed, "SELECT")
+
+    def _subscribe(self, client: RedisClient) -> None:
+        """Every (re)connection: listen for changes, then read the whole table."""
+        self._prepare(client, select=False)
+        for channel in (self.keys.inbox0(self.name), self.keys.ctl(self.name)):
+            client.command(b"SUBSCRIBE", channel).addErrback(self._failed, "SUBSCRIBE")
+        self.router.routes.begin_sync()
+        d = client.command(b"SUBSCRIBE", self.keys.routes)
+        d.addCallback(lambda _: self.commands.command(
+            b"EVAL", _SNAPSHOT, 1, self.keys.nodes, self.keys.filters_prefix))
+        d.addCallbacks(self._synced, self._sync_failed)
+
+    def _synced(self, reply: list[Any]) -> None:
+        snapshot = {reply[i].decode("utf-8"): [f.decode("utf-8") for f in reply[i + 1]]
+                    for i in range(0, len(reply), 2)}
+        self.router.routes.end_sync(snapshot)
+
+    def _sync_failed(self, failure: Failure) -> None:
+        self.router.routes.abort_sync()
+        self._failed(failure, "reading the route table")
+
+    def _pushed(self, push: list[Any]) -> None:
+        channel, data = push[1], push[2]
+        if channel == self.keys.routes:
+            try:
+                self.router.routes.apply(*decode_change(data))
+            except ValueError as e:
+                log.warn("cluster: {error}", error=e)
+            return
+        if channel == self.keys.ctl(self.name):
+            self._control(data)
+            return
+        try:
+            origin, blob = msgpack.unpackb(data, raw=False)
+            message = decode_message(blob)
+        except Exception as e:
+            log.warn("cluster: an inbox message could not be read: {error}", error=e)
+            return
+        self.router.receive(message, origin)
+
+    def _failed(self, failure: Failure, what: str) -> None:
+        if not self._stopped:
+            log.warn("cluster {name}: {what} failed: {error}", name=self.name, what=what,
+                     error=failure.getErrorMessage())
+
+    # --- sessions moving between nodes ---
+
+    @inlineCallbacks
+    def locate_session(self, client_id: str) -> Any:
+        """The stored state of ``client_id``'s session if another node had it (that
+        node has let it go), else None; this node is its home from now on."""
+        cid = client_id.encode("utf-8")
+        home = yield self.commands.command(b"EVAL", _CLAIM, 1, self.keys.home, cid,
+                                           self._origin)
+        if home is None:  # nobody else's: this node's now
+            return None
+        home = home.decode("utf-8")
+        answered = yield self._ask_release(home, client_id)
+        if not answered and (yield self.failover.gone(home)):
+            # Its node is gone and has been adopted (here or elsewhere): look again.
+            state = yield self.locate_session(client_id)
+            return state
+        yield self.commands.command(b"HSET", self.keys.home, cid, self._origin)
+        state = yield self.broker.store.loadSession(client_id)
+        return state
+
+    @inlineCallbacks
+    def _ask_release(self, node: str, client_id: str) -> Any:
+        self._next_request += 1
+        request = self._next_request
+        answered: Deferred[None] = Deferred()
+        self._releases[request] = answered
+        try:
+            listeners = yield self.commands.command(
+                b"PUBLISH", self.keys.ctl(node),
+                msgpack.packb(["release", client_id, self.name, request]))
+            if not listeners:
+                return False  # nobody listens: the node is gone (failover.gone)
+            answered.addTimeout(RELEASE_TIMEOUT, self.reactor)
+            try:
+                yield answered
+            except Exception:
+                log.warn("cluster: node {node} did not let {client}'s session go in "
+                         "{seconds}s; taking it as it was stored", node=node,
+                         client=client_id, seconds=RELEASE_TIMEOUT)
+            return True
+        finally:
+            self._releases.pop(request, None)
+
+    def _control(self, data: bytes) -> None:
+        try:
+            kind, client_id, node, request = msgpack.unpackb(data, raw=False)
+        except Exception:
+            log.warn("cluster: a control message could not be read: {data!r}", data=data[:60])
+            return
+        if kind == "release":
+            d = maybeDeferred(release_session, self.broker, client_id)
+            d.addErrback(self._failed, f"saving {client_id}'s session for {node}")
+            d.addBoth(lambda _: self.commands.command(
+                b"PUBLISH", self.keys.ctl(node),
+                msgpack.packb(["released", client_id, self.name, request])))
+            d.addErrback(self._failed, "answering a handover")
+        elif kind == "released":
+            answered = self._releases.get(request)
+            if answered is not None and not answered.called:
+                answered.callback(None)
+
+    # --- the link the router uses ---
+
+    def register(self, topic_filter: str) -> None:
+        f = topic_filter.encode("utf-8")
+        k = self.keys
+        self.commands.command(b"EVAL", _REGISTER, 1, k.filters(self.name), f, k.routes,
+                              encode_change(ADD, self.name, topic_filter)).addErrback(
+            self._failed, "registering a filter")
+
+    def unregister(self, topic_filter: str) -> None:
+        f = topic_filter.encode("utf-8")
+        k = self.keys
+        self.commands.command(b"EVAL", _UNREGISTER, 1, k.filters(self.name), f, k.routes,
+                              encode_change(REMOVE, self.name, topic_filter)).addErrback(
+            self._failed, "removing a filter")
+
+    def session_ended(self, client_id: str) -> None:
+        """A session was deleted here (``deleteSession``): next turn, unless a session of
+        that client id is here again (a clean start deletes, then opens one), its home
+        record goes, so that client ids that come and go leave nothing in Redis."""
+        self.reactor.callLater(0, self._forget_home, client_id)
+
+    def _forget_home(self, client_id: str) -> None:
+        if client_id in self.broker.sessions or self._stopped:
+            return
+        self.commands.command(b"EVAL", _FORGET, 1, self.keys.home, client_id.encode("utf-8"),
+                              self._origin).addErrback(self._failed, "forgetting a home")
+
+    def publish(self, node: str, blob: bytes) -> None:
+        """QoS 0: at most once, like QoS 0 itself."""
+        self.commands.command(b"PUBLISH", self.keys.inbox0(node),
+                              msgpack.packb([self.name, blob], use_bin_type=True)).addErrback(
+            _ignored)
+
+    def append(self, node: str, blob: bytes) -> Deferred[Any]:
+        """QoS 1/2: fires once the entry is in the node's stream."""
+        return self.commands.command(b"XADD", self.keys.inbox(node), b"MAXLEN", b"~",
+                                     INBOX_MAXLEN, b"*", b"o", self._origin, b"m", blob)
+
+
+def _ignored(failure: Failure) -> None:
+    """A QoS 0 forward that failed is a QoS 0 message lost, as QoS 0 allows."""
+    failure.trap(StorageError)

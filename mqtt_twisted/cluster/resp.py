@@ -1,0 +1,201 @@
+"""RESP2, the Redis protocol, sans-IO: commands to bytes, bytes to replies.
+
+The cluster's link to Redis needs what txredisapi 1.6 does not have: Streams
+(``XADD``, ``XREADGROUP``, ``XACK``, ``XAUTOCLAIM``), pub/sub replies mixed with
+command replies on one parser, and pipelining without reaching into its
+internals.  The protocol is small enough to own: this module turns a command
+into bytes and a byte stream into replies, and imports nothing from Twisted, so
+it is tested (round trips, fuzzing) without a reactor.
+
+Replies are plain values: a simple string is :class:`Status` (a ``bytes``), a
+bulk string ``bytes``, an integer ``int``, a null ``None``, an array a ``list``,
+and an error reply a :class:`ReplyError` *value* (returned, not raised: it answers
+one command and the stream goes on).  Bytes that are not RESP raise
+:class:`RespProtocolError`, after which the stream cannot be trusted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mqtt_twisted.errors import StorageError
+
+#: The largest bulk string Redis sends (its proto-max-bulk-len default).
+MAX_BULK = 512 * 1024 * 1024
+#: The largest array accepted, and the deepest nesting: a reply beyond either is not
+#: something Redis sends the cluster, and would only let bad bytes eat memory or stack.
+MAX_ARRAY = 1 << 24
+MAX_DEPTH = 16
+#: Longest header line (type byte, a length or a status, CRLF) accepted.
+MAX_LINE = 64 * 1024
+
+
+class Status(bytes):
+    """A simple string reply (``+OK``), kept apart from a bulk string of the same bytes."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"Status({bytes(self)!r})"
+
+
+class ReplyError(StorageError):
+    """An error reply (``-ERR ...``): returned by the parser, raised by the client."""
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.args == self.args
+
+    def __hash__(self) -> int:
+        return hash(self.args)
+
+
+class RespProtocolError(StorageError):
+    """The bytes from the server are not RESP: the connection must be dropped."""
+
+
+Reply = bytes | int | None | list | ReplyError
+
+
+def _bulk(arg: Any) -> bytes:
+    if type(arg) is bytes:
+        data = arg
+    elif isinstance(arg, (bytes, bytearray, memoryview)):
+        data = bytes(arg)
+    elif isinstance(arg, str):
+        data = arg.encode("utf-8")
+    elif isinstance(arg, int) and not isinstance(arg, bool):
+        data = b"%d" % arg
+    elif isinstance(arg, float):
+        data = repr(arg).encode()
+    else:
+        raise TypeError(f"a Redis command argument is bytes, str, int or float, not {arg!r}")
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def encode_command(*args: Any) -> bytes:
+    """One command as Redis reads it: an array of bulk strings."""
+    if not args:
+        raise ValueError("a Redis command needs at least its name")
+    return b"*%d\r\n" % len(args) + b"".join([_bulk(a) for a in args])
+
+
+def encode_reply(value: Reply) -> bytes:
+    """A reply as Redis would send it (for tests and fakes of a server)."""
+    if value is None:
+        return b"$-1\r\n"
+    if isinstance(value, Status):
+        return b"+%s\r\n" % bytes(value)
+    if isinstance(value, ReplyError):
+        return b"-%s\r\n" % str(value.args[0]).encode("utf-8")
+    if isinstance(value, bool):
+        raise TypeError("RESP2 has no booleans")
+    if isinstance(value, int):
+        return b":%d\r\n" % value
+    if isinstance(value, bytes):
+        return b"$%d\r\n%s\r\n" % (len(value), value)
+    if isinstance(value, list):
+        return b"*%d\r\n" % len(value) + b"".join([encode_reply(v) for v in value])
+    raise TypeError(f"not a RESP2 reply: {value!r}")
+
+
+class Parser:
+    """Bytes in (``feed``), complete replies out, in the order they arrived.
+
+    Resumable: a reply split over several reads is parsed once, token by token, with
+    the arrays under construction kept on a stack between calls (a stream read of
+    hundreds of entries arrives in several 64 KiB reads).
+    """
+
+    __slots__ = ("_buffer", "_stack")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        #: Arrays being filled: [items, how many still to come].
+        self._stack: list[list[Any]] = []
+
+    def feed(self, data: bytes) -> list[Reply]:
+        """Add ``data``; return every reply it completes (possibly none).  Raises
+        :class:`RespProtocolError` for bytes that are not RESP."""
+        buf = self._buffer
+        buf += data
+        stack = self._stack
+        replies: list[Reply] = []
+        find = buf.find
+        n = len(buf)
+        pos = 0
+        value: Any
+        while pos < n:
+            eol = find(b"\r\n", pos + 1, pos + MAX_LINE)
+            if eol < 0:
+                if n - pos >= MAX_LINE:
+                    raise RespProtocolError("a RESP header line is too long")
+                break
+            kind = buf[pos]
+            line = bytes(buf[pos + 1:eol])
+            if kind == 0x24:  # $ bulk string
+                length = _length(line, MAX_BULK, "bulk")
+                if length < 0:
+                    value = None
+                    pos = eol + 2
+                else:
+                    stop = eol + 2 + length
+                    if stop + 2 > n:
+                        break  # the rest of it has not arrived: resume at this token
+                    if buf[stop:stop + 2] != b"\r\n":
+                        raise RespProtocolError("a RESP bulk string does not end with CRLF")
+                    value = bytes(buf[eol + 2:stop])
+                    pos = stop + 2
+            elif kind == 0x2A:  # * array
+                length = _length(line, MAX_ARRAY, "array")
+                pos = eol + 2
+                if length > 0:
+                    if len(stack) >= MAX_DEPTH:
+                        raise RespProtocolError("RESP arrays nested too deep")
+                    stack.append([[], length])
+                    continue
+                value = None if length < 0 else []
+            elif kind == 0x2B:  # + simple string
+                value = Status(line)
+                pos = eol + 2
+            elif kind == 0x3A:  # : integer
+                value = _integer(line)
+                pos = eol + 2
+            elif kind == 0x2D:  # - error
+                value = ReplyError(line.decode("utf-8", "replace"))
+                pos = eol + 2
+            else:
+                raise RespProtocolError(f"unknown RESP reply type {bytes([kind])!r}")
+            while stack:  # the value completes its array, which may complete its own...
+                top = stack[-1]
+                top[0].append(value)
+                top[1] -= 1
+                if top[1]:
+                    break
+                value = top[0]
+                stack.pop()
+            else:
+                replies.append(value)
+        del buf[:pos]
+        return replies
+
+
+def _length(line: bytes, limit: int, what: str) -> int:
+    if line.isdigit():
+        n = int(line)
+    elif line == b"-1":
+        return -1
+    else:
+        raise RespProtocolError(f"bad RESP {what} length {line[:40]!r}")
+    if n > limit:
+        raise RespProtocolError(f"RESP {what} length {n} out of range")
+    return n
+
+
+def _integer(line: bytes) -> int:
+    body = line[1:] if line[:1] in (b"-", b"+") else line
+    if not body.isdigit() or len(body) > 20:
+        raise RespProtocolError(f"bad RESP integer {line[:40]!r}")
+    value = int(line)
+    if not -(1 << 63) <= value < (1 << 63):
+        raise RespProtocolError(f"RESP integer {value} out of range")
+    return value

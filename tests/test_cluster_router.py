@@ -1,0 +1,268 @@
+"""The cluster router and route table, sans-IO: a sans-IO broker with FakeClients, the
+cluster router in front of its local router, and a recording link instead of Redis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from mqtt_twisted.cluster.router import ClusterRouter, routed_filter
+from mqtt_twisted.cluster.routes import (
+    ADD,
+    REMOVE,
+    RESET,
+    RouteTable,
+    decode_change,
+    encode_change,
+)
+from mqtt_twisted.codec.packets import PubAck, Publish, PubRec
+from mqtt_twisted.interfaces import IRouter
+from mqtt_twisted.message import Message
+from mqtt_twisted.store.redis import decode_message
+from mqtt_twisted.testing import FakeClient, make_broker
+
+
+class RecordingLink:
+    """What the router asks of Redis, recorded; QoS 1/2 appends wait until fired."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.appends: list[Deferred[Any]] = []
+
+    def register(self, f: str) -> None:
+        self.calls.append(("register", f))
+
+    def unregister(self, f: str) -> None:
+        self.calls.append(("unregister", f))
+
+    def publish(self, node: str, blob: bytes) -> None:
+        self.calls.append(("publish", node, decode_message(blob).topic))
+
+    def append(self, node: str, blob: bytes) -> Deferred[Any]:
+        self.calls.append(("append", node, decode_message(blob).topic))
+        d: Deferred[Any] = Deferred()
+        self.appends.append(d)
+        return d
+
+    def of(self, kind: str) -> list[tuple[Any, ...]]:
+        return [c for c in self.calls if c[0] == kind]
+
+
+class RouteTableTests(SynchronousTestCase):
+    """Remote filters -> nodes, kept from a snapshot and change notifications."""
+
+    def test_match_once_per_node(self) -> None:
+        """Overlapping filters of one node give that node once; this node's own
+        changes are ignored (the local router has them)."""
+        table = RouteTable("A")
+        table.apply(ADD, "B", "a/#")
+        table.apply(ADD, "B", "a/+")
+        table.apply(ADD, "C", "a/b")
+        table.apply(ADD, "A", "a/b")
+        self.assertEqual(table.nodes_for("a/b"), {"B", "C"})
+        self.assertEqual(table.nodes_for("x"), set())
+        table.apply(REMOVE, "B", "a/#")
+        self.assertEqual(table.nodes_for("a/b/c"), set())
+        table.apply(RESET, "C")
+        self.assertEqual(table.nodes_for("a/b"), {"B"})
+
+    def test_changes_heard_during_a_resync_apply_after_it(self) -> None:
+        """A change published while the snapshot is read is applied after the
+        snapshot, whichever side of it the change fell."""
+        table = RouteTable("A")
+        table.apply(ADD, "B", "old")
+        table.begin_sync()
+        table.apply(ADD, "C", "new")       # after the snapshot was taken
+        table.apply(REMOVE, "B", "gone")   # before it: the snapshot still has it
+        self.assertEqual(table.nodes_for("new"), set())  # held
+        table.end_sync({"B": ["gone", "kept"], "A": ["mine"]})
+        self.assertEqual(table.nodes_for("new"), {"C"})
+        self.assertEqual(table.nodes_for("gone"), set())
+        self.assertEqual(table.nodes_for("kept"), {"B"})
+        self.assertEqual(table.nodes_for("old"), set())
+        self.assertEqual(table.nodes_for("mine"), set())
+
+    def test_change_encoding(self) -> None:
+        """Notifications round-trip; anything else is a ValueError."""
+        self.assertEqual(decode_change(encode_change(ADD, "n", "a/+")), (ADD, "n", "a/+"))
+        for bad in (b"", b"\x93\x01\x02\x03", encode_change(b"?", "n", "f")):
+            self.assertRaises(ValueError, decode_change, bad)
+
+
+class ClusterRouterTests(SynchronousTestCase):
+    """The router on a sans-IO broker."""
+
+    def setUp(self) -> None:
+        self.broker, self.clock = make_broker()
+        self.link = RecordingLink()
+        self.router = ClusterRouter(self.broker.router, "A", self.link,
+                                    self.broker.journal.persist)
+        self.broker.router = self.router
+        self.router.routes.apply(ADD, "B", "t/#")
+        self.router.routes.apply(ADD, "C", "t/c")
+
+    def test_provides_irouter(self) -> None:
+        """It is an IRouter."""
+        self.assertTrue(verifyObject(IRouter, self.router))
+
+    def test_filter_registered_on_first_and_removed_after_last(self) -> None:
+        """A filter is registered once, for its first local subscriber, and removed
+        after the last one."""
+        one, two = FakeClient(self.broker), FakeClient(self.broker)
+        one.connect("one")
+        two.connect("two")
+        one.subscribe("s/1", "s/2")
+        two.subscribe("s/1")
+        one.subscribe("s/1", qos=1)  # replaces: no new registration
+        self.assertEqual(self.link.of("register"), [("register", "s/1"), ("register", "s/2")])
+        one.unsubscribe("s/1")
+        self.assertEqual(self.link.of("unregister"), [])
+        two.disconnect()  # a clean session: its subscriptions go
+        self.assertEqual(self.link.of("unregister"), [("unregister", "s/1")])
+        self.assertEqual(self.router.filters(), ["s/2"])
+
+    def test_shared_subscription_routes_by_inner_filter(self) -> None:
+        """``$share/g/f`` registers ``f``."""
+        self.assertEqual(routed_filter("$share/g/a/+"), "a/+")
+        c = FakeClient(self.broker)
+        c.connect("c")
+        c.subscribe("$share/g/a/+", "a/+")
+        self.assertEqual(self.link.of("register"), [("register", "a/+")])
+        c.unsubscribe("a/+")
+        self.assertEqual(self.link.of("unregister"), [])
+        c.unsubscribe("$share/g/a/+")
+        self.assertEqual(self.link.of("unregister"), [("unregister", "a/+")])
+
+    def test_forwarded_once_per_matching_node(self) -> None:
+        """QoS 0 goes to each node with a match once, and is delivered locally too."""
+        sub, pub = FakeClient(self.broker), FakeClient(self.broker)
+        sub.connect("sub")
+        sub.subscribe("t/#")
+        pub.connect("pub")
+        pub.publish("t/c", b"x")
+        self.assertEqual(sorted(self.link.of("publish")),
+                         [("publish", "B", "t/c"), ("publish", "C", "t/c")])
+        pub.publish("t/b", b"x")
+        pub.publish("nobody", b"x")
+        self.assertEqual(len(self.link.of("publish")), 3)
+        self.assertEqual([p.topic for p in sub.received() if isinstance(p, Publish)],
+                         ["t/c", "t/b"])
+
+    def test_peer_message_is_not_forwarded_nor_retained(self) -> None:
+        """A peer's message is delivered here only: not sent on, not stored again."""
+        sub = FakeClient(self.broker)
+        sub.connect("sub")
+        sub.subscribe("t/#")
+        self.router.receive(Message("t/c", b"p", 0, True), "B")
+        self.assertEqual(self.link.of("publish"), [])
+        self.assertEqual([p.topic for p in sub.received() if isinstance(p, Publish)], ["t/c"])
+        self.assertIsNone(self.broker.store.getRetained("t/c").result)
+        self.assertEqual(self.router.received, 1)
+
+    def test_sys_counts(self) -> None:
+        """$SYS/broker/cluster/... says the node's name, the copies sent to peers (one per
+        node), the messages from peers and the remote filters known."""
+        from mqtt_twisted.core.systopics import SysTopics
+
+        pub = FakeClient(self.broker)
+        pub.connect("pub")
+        pub.publish("t/c", b"x")  # to B and C
+        self.router.receive(Message("t/c", b"p", 0, False), "B")
+        values = SysTopics(self.broker).values(self.clock.seconds())
+        self.assertEqual({k: v for k, v in values.items() if k.startswith("cluster/")}, {
+            "cluster/node": "A", "cluster/messages/forwarded": "2",
+            "cluster/messages/received": "1", "cluster/routes": "2"})
+
+    def test_sys_topics_stay_on_the_node(self) -> None:
+        """$SYS messages are this node's: never forwarded."""
+        self.router.routes.apply(ADD, "B", "$SYS/#")
+        self.broker.route(Message("$SYS/broker/uptime", b"1", 0, False))
+        self.assertEqual(self.link.calls, [])
+
+    def test_qos1_puback_waits_for_redis(self) -> None:
+        """The publisher's PUBACK (QoS 1) and PUBREC (QoS 2) wait until Redis has the
+        stream entry for every destination node."""
+        pub = FakeClient(self.broker)
+        pub.connect("pub")
+        self.assertEqual(pub.publish("t/c", b"1", qos=1), [])
+        self.assertEqual(len(self.link.appends), 2)
+        self.link.appends[0].callback(b"1-0")
+        self.assertEqual(pub.received(), [])
+        self.link.appends[1].callback(b"1-1")
+        self.assertEqual([type(p) for p in pub.received()], [PubAck])
+        self.assertEqual(pub.publish("t/b", b"2", qos=2), [])
+        self.link.appends[2].callback(b"2-0")
+        self.assertEqual([type(p) for p in pub.received()], [PubRec])
+
+
+class HandoverTests(SynchronousTestCase):
+    """Sessions moving between nodes: the Connector's locate_session seam, and the
+    node that lets a session go (handover.release_session)."""
+
+    def setUp(self) -> None:
+        self.broker, self.clock = make_broker()
+
+    def test_located_session_is_resumed(self) -> None:
+        """A session found on another node is restored before the CONNECT claims it:
+        CONNACK says session present, and its subscription works; the CONNACK waits
+        for the answer."""
+        from mqtt_twisted.codec.packets import ConnAck
+        from mqtt_twisted.core.session import SubscriptionOptions
+        from mqtt_twisted.store.memory import StoredSession
+
+        asked: list[str] = []
+        answer: Deferred[Any] = Deferred()
+
+        def locate(client_id: str) -> Deferred[Any]:
+            asked.append(client_id)
+            return answer
+
+        self.broker.locate_session = locate
+        state = StoredSession("mover")
+        state.expiryInterval = None
+        state.disconnectedAt = 0.0
+        state.subscriptions["m/#"] = SubscriptionOptions(1)
+        client = FakeClient(self.broker)
+        self.assertEqual(client.connect("mover", clean=False), [])
+        self.assertEqual(asked, ["mover"])
+        answer.callback(state)
+        [connack] = client.received()
+        self.assertIsInstance(connack, ConnAck)
+        self.assertTrue(connack.session_present)
+        self.broker.route(Message("m/x", b"p", 1, False))
+        self.assertEqual([p.topic for p in client.received() if isinstance(p, Publish)],
+                         ["m/x"])
+
+    def test_nothing_located_starts_fresh(self) -> None:
+        """None from locate_session: a fresh session, as on one node."""
+        from mqtt_twisted.codec.packets import ConnAck
+
+        self.broker.locate_session = lambda client_id: None
+        [connack] = FakeClient(self.broker).connect("new", clean=False)
+        self.assertIsInstance(connack, ConnAck)
+        self.assertFalse(connack.session_present)
+
+    def test_release_takes_over_saves_and_forgets(self) -> None:
+        """The node that had the session: its v5 connection gets DISCONNECT 0x8E, the
+        session is stored with its subscriptions and queue, and is gone from here."""
+        from mqtt_twisted.cluster.handover import release_session
+        from mqtt_twisted.codec.packets import Disconnect
+
+        client = FakeClient(self.broker, version=5)
+        client.connect("mover", clean=False, properties={0x11: 300})
+        client.subscribe("m/#", qos=1)
+        self.broker.route(Message("m/x", b"p", 1, False))
+        client.received()
+        release_session(self.broker, "mover")
+        [disconnect] = client.received()
+        self.assertIsInstance(disconnect, Disconnect)
+        self.assertEqual(disconnect.reason_code, 0x8E)
+        self.assertNotIn("mover", self.broker.sessions)
+        self.assertEqual(self.broker.router.match("m/x"), [])
+        stored = self.broker.store.loadSession("mover").result
+        self.assertEqual(list(stored.subscriptions), ["m/#"])
+        self.assertEqual([o.message.topic for o in stored.outbound], ["m/x"])
+        self.assertIsNone(release_session(self.broker, "nobody"))
