@@ -51,6 +51,27 @@ class SliceTests(SynchronousTestCase):
         self.assertEqual([p.topic for p in got], [f"r/{n:05d}" for n in range(self.count)])
         self.assertTrue(all(p.retain for p in got))
 
+    def test_index_changes_between_slices(self) -> None:
+        """The memory store's matches are walked lazily (iterRetained): retained messages
+        set and deleted between two slices raise nothing; a deleted one not yet sent is
+        not sent, and the new subscription gets each topic at most once."""
+        sub = FakeClient(self.broker)
+        sub.connect("sub")
+        got = publishes(sub.subscribe("r/#"))
+        loader = FakeClient(self.broker)
+        loader.connect("loader2")
+        sent = {p.topic for p in got}
+        unsent = sorted(f"r/{n:05d}" for n in range(self.count) if f"r/{n:05d}" not in sent)
+        loader.publish(unsent[0], b"", 0, retain=True)  # deleted before its turn
+        for n in range(50):
+            loader.publish(f"r/new/{n}", b"v", 0, retain=True)
+        self.clock.advance(0)
+        got += [p for p in publishes(sub.received()) if p.retain]
+        topics = [p.topic for p in got]
+        self.assertNotIn(unsent[0], topics)
+        self.assertEqual(len(topics), len(set(topics)))
+        self.assertEqual(set(unsent[1:]) - set(topics), set())
+
     def test_waits_for_a_paused_client(self) -> None:
         """A client that does not read gets no more slices until its transport drains."""
         sub = FakeClient(self.broker)

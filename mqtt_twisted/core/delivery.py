@@ -200,6 +200,11 @@ class Delivery:
             if sessions.get(session.clientId) is session:
                 self.send_retained_slice(session, iter(messages), options)
 
+        iterate = getattr(self.store, "iterRetained", None)
+        matches = iterate(topic_filter) if iterate is not None else None
+        if matches is not None:  # lazily: not even the list is built in one go
+            self.send_retained_slice(session, matches, options)
+            return
         when(self.store.matchRetained(topic_filter), got, self.journal.store_failed)
 
     def send_retained_slice(self, session: Session, messages: Iterator[Message],

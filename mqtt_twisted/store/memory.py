@@ -8,6 +8,7 @@ stored, as with any other backend.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredLock, succeed
@@ -175,6 +176,12 @@ class MemoryStore:
 
     def matchRetained(self, topicFilter: str) -> Deferred[list[Message]]:
         return succeed(self._retained.match(topicFilter))
+
+    def iterRetained(self, topicFilter: str) -> Iterator[Message]:
+        """The matches one at a time, without building the list first: the broker
+        serves a new subscription's retained messages in slices (optional; a store
+        without it is asked ``matchRetained``)."""
+        return self._retained.iter_match(topicFilter)
 
     def countRetained(self) -> Deferred[int]:
         return succeed(len(self._retained))

@@ -12,6 +12,7 @@ real store unchanged.  Only a filter whose first level is ``$SYS`` matches a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -70,6 +71,13 @@ class SysRetainedOverlay:
         if is_sys(topicFilter):
             return succeed(self._sys.match(topicFilter))
         return self.store.matchRetained(topicFilter)
+
+    def iterRetained(self, topicFilter: str) -> Iterator[Message] | None:
+        """The store's lazy matches (None when it has no ``iterRetained``)."""
+        if is_sys(topicFilter):
+            return iter(self._sys.match(topicFilter))
+        iterate = getattr(self.store, "iterRetained", None)
+        return iterate(topicFilter) if iterate is not None else None
 
     def countRetained(self) -> Deferred[int]:
         d: Deferred[int] = self.store.countRetained()

@@ -67,26 +67,32 @@ class RetainedIndex:
 
     def match(self, topic_filter: str) -> list[Message]:
         """Every retained message whose topic matches ``topic_filter``."""
+        return list(self.iter_match(topic_filter))
+
+    def iter_match(self, topic_filter: str) -> Iterator[Message]:
+        """The matches one at a time, so that a caller can stop between them (a new
+        ``#`` subscriber over 100,000 retained messages is served in slices).  The
+        index may change meanwhile: each node's children are taken as they are when it
+        is reached, and a message deleted since is skipped."""
         levels = topic_filter.split("/")
         last = len(levels)
-        out: list[Message] = []
         stack: list[tuple[_Node, int]] = [(self._root, 0)]
         while stack:
             node, depth = stack.pop()
             if depth == last:
                 if node.message is not None:
-                    out.append(node.message)
+                    yield node.message
                 continue
             level = levels[depth]
             # [MQTT-4.7.2-1] wildcards at the first level skip '$' topics.
             skip_dollar = depth == 0
             if level == "#":
                 if node.message is not None and depth:
-                    out.append(node.message)  # 'a/#' matches 'a'
-                for name, child in node.children.items():
+                    yield node.message  # 'a/#' matches 'a'
+                for name, child in list(node.children.items()):
                     if skip_dollar and name.startswith("$"):
                         continue
-                    out.extend(_subtree(child))
+                    yield from _subtree(child)
             elif level == "+":
                 for name, child in node.children.items():
                     if skip_dollar and name.startswith("$"):
@@ -96,7 +102,6 @@ class RetainedIndex:
                 child = node.children.get(level)
                 if child is not None:
                     stack.append((child, depth + 1))
-        return out
 
     def __iter__(self) -> Iterator[Message]:
         return _subtree(self._root)
