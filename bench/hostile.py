@@ -13,7 +13,8 @@ whether the broker refused the attack.
 The attacks are the ones of issue 14: deep topics (retained messages and filters of
 65,535 levels), huge packets announced before CONNECT, a million user properties in
 CONNECT and in PUBLISH, alias-only PUBLISHes toward a subscriber that never reads,
-and an HTTP request head trickled a byte every 4 s (ours only: ``http=``).
+an HTTP request head trickled a byte every 4 s (ours only: ``http=``), and a flood of
+8-byte PUBLISHes from four clients.
 """
 
 from __future__ import annotations
@@ -399,9 +400,32 @@ def slow_http_head(broker: Broker) -> str:
     return f"closed after {time.monotonic() - started:.1f} s"
 
 
+def flood(broker: Broker) -> str:
+    """4 clients send 8-byte QoS 0 PUBLISHes (to a topic nobody subscribes to) as fast
+    as their sockets take them for 5 s: each 64 KB read is 8,000 messages."""
+    stop = time.monotonic() + 5
+    sent = [0]
+    burst = publish("f", b"xyz") * 8192  # 8 bytes each
+
+    def one(i: int) -> None:
+        sock = _open(broker.port, connect(f"flood{i}"))
+        while time.monotonic() < stop:
+            if not _send(sock, burst):
+                return
+            sent[0] += 8192
+        sock.close()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return f"{sent[0] / 5 / 1000:.0f}k msg/s sent"
+
+
 ATTACKS: dict[str, Callable[[Broker], str]] = {
     f.__name__: f for f in (deep_retained, deep_filters, huge_announced, connect_properties,
-                            publish_properties, alias_amplification, slow_http_head)
+                            publish_properties, alias_amplification, slow_http_head, flood)
 }
 
 
