@@ -130,7 +130,7 @@ class MQTTConnection:
 
         Past the budget the decoder keeps the rest of the bytes in order, reading
         stops (one more ``throttle``, as flow control's) and the next reactor turn
-        goes on (:meth:`_next_share`): a client's flood delays others by one share,
+        goes on (:func:`_next_share`): a client's flood delays others by one share,
         not by its whole read.
         """
         if self.state == CLOSED:
@@ -152,16 +152,7 @@ class MQTTConnection:
             self._handle(packets)
         if self.decoder.more and self._resume_call is None and self.state != CLOSED:
             self.throttle()
-            self._resume_call = self.broker.clock.callLater(0, self._next_share)
-
-    def _next_share(self) -> None:
-        """The next READ_BUDGET packets of what was read; reading resumes after the last
-        (unless flow control still holds this client back: one counter for both)."""
-        self._resume_call = None
-        if self.state == CLOSED:
-            return
-        self.dataReceived(b"")  # throttles again if there is still more
-        self.unthrottle()
+            self._resume_call = self.broker.clock.callLater(0, _next_share, self)
 
     def _handle(self, packets: list[Packet]) -> None:
         handlers = _HANDLERS
@@ -461,6 +452,17 @@ class MQTTConnection:
 
 
 
+
+
+def _next_share(conn: MQTTConnection) -> None:
+    """The next READ_BUDGET packets of what ``conn`` read; reading resumes after the last
+    (unless flow control still holds it back: one counter for both).  A function, not a
+    method: the class is at its size limit."""
+    conn._resume_call = None
+    if conn.state == CLOSED:
+        return
+    conn.dataReceived(b"")  # throttles again if there is still more
+    conn.unthrottle()
 
 
 def _server_only(conn: MQTTConnection, packet: Packet) -> None:
