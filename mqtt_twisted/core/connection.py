@@ -25,7 +25,7 @@ from mqtt_twisted.codec.packets import (
 )
 from mqtt_twisted.codec.stream import StreamDecoder
 from mqtt_twisted.constants import PacketType, PropertyId, ReasonCode
-from mqtt_twisted.core import control, inbound
+from mqtt_twisted.core import control, inbound, rates
 from mqtt_twisted.core.session import Session
 from mqtt_twisted.core.states import AWAIT_CONNECT, CLOSE_GRACE, CLOSED, CONNECTED, CONNECTING
 from mqtt_twisted.core.wire import publish_bytes, with_dup
@@ -69,7 +69,7 @@ class MQTTConnection:
         "send_quota", "max_send_size", "_backlog", "_blocked", "_timer", "_aliases_in",
         "_aliases_out", "_alias_limit", "auth_method", "auth_pending",
         "auth_final_data", "_acks", "throttles",
-        "_unacked_qos1", "_refused_logged", "lost", "publish_grants", "_resume_call",
+        "_unacked_qos1", "_refused_logged", "lost", "publish_grants", "_resume_call", "_rate",
         "__weakref__",
     )
 
@@ -113,6 +113,7 @@ class MQTTConnection:
         self._unacked_qos1 = 0  # QoS 1 PUBLISHes whose PUBACK waits for the store
         self._refused_logged = False  # one log line per client for refused $SYS publishes
         self._resume_call: Any = None  # the next turn's share of a read past READ_BUDGET
+        self._rate = rates.ClientRate.of(settings, broker.clock.seconds())  # None: off
         #: The authorizer's answers to this client's PUBLISH topics, when its answers
         #: only change on reload (``stableAnswers``); None: ask every time.
         self.publish_grants: dict[str, bool] | None = (
@@ -136,7 +137,10 @@ class MQTTConnection:
         if self.state == CLOSED:
             return
         self.last_rx = self.broker.clock.seconds() if self.keep_alive else 0.0
-        self.broker.stats.bytes_received += len(data)
+        stats = self.broker.stats
+        stats.bytes_received += len(data)
+        if self._rate is not None:
+            received = stats.messages_received  # this read's PUBLISHes: the difference
         try:
             packets = self.decoder.feed(data, READ_BUDGET)
         except MQTTError as e:
@@ -150,6 +154,8 @@ class MQTTConnection:
             self._hold(packets)
         else:
             self._handle(packets)
+        if self._rate is not None and self.state != CLOSED:
+            rates.charge(self, stats.messages_received - received, len(data))
         if self.decoder.more and self._resume_call is None and self.state != CLOSED:
             self.throttle()
             self._resume_call = self.broker.clock.callLater(0, _next_share, self)
@@ -340,6 +346,8 @@ class MQTTConnection:
         if self._resume_call is not None and self._resume_call.active():
             self._resume_call.cancel()
         self._resume_call = None
+        if self._rate is not None:
+            self._rate.cancel()
         self._backlog = None
         self._acks = None
         self.broker.connection_ended(self, send_will=not self.clean_exit)
