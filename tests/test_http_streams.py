@@ -106,3 +106,38 @@ class StalledStreamTests(HTTPBrokerTestCase):
         yield self.wait_until(lambda: not self.site.channels, timeout=5)
         self.assertFalse(self.site.resource.subscriptions)
         self.assertLess(self.reactor.seconds() - started, 3.5)
+
+
+class NonAsciiRequestTests(HTTPBrokerTestCase):
+    """A HEAD request whose URI has a byte over 0x7F: twisted.web logs a line describing
+    the request, whose repr raised UnicodeDecodeError (a traceback in the log; found by
+    the live HTTP fuzzer).  The request is answered and nothing is logged as an error."""
+
+    @inlineCallbacks
+    def test_head_with_a_non_ascii_uri(self):
+        from twisted.logger import globalLogPublisher
+
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.http_port)
+        client = yield connectProtocol(endpoint, RawClient(
+            b"HEAD /publish?topic=f/x&q\x80s=1 HTTP/1.1\r\nHost: x\r\n\r\n"))
+        self.addCleanup(lambda: client.transport.abortConnection())
+        yield self.wait_until(lambda: b"\r\n\r\n" in client.data)
+        self.assertTrue(client.data.startswith(b"HTTP/1.1 405"), client.data[:40])
+        from twisted.logger import formatEvent
+
+        text = [formatEvent(e) for e in events]
+        self.assertFalse([t for t in text if "Unable to format" in t or "repr error" in t],
+                         text)
+        self.assertFalse([e for e in events if e.get("log_failure") is not None])
+
+    def test_repr_of_any_request(self):
+        from twisted.web.test.requesthelper import DummyChannel
+
+        from mqtt_twisted.adapters._deadline import SafeRequest
+
+        request = SafeRequest(DummyChannel())
+        request.method, request.uri, request.clientproto = b"G\xffT", b"/\x80", b"HTTP/1.1"
+        self.assertIn("uri=b'/\\x80'", repr(request))

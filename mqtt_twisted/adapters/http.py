@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from mqtt_twisted.adapters import _httpapi as api
 from mqtt_twisted.adapters import tls
-from mqtt_twisted.adapters._deadline import DeadlineChannel
+from mqtt_twisted.adapters._deadline import DeadlineChannel, SafeRequest
 from mqtt_twisted.adapters._httpapi import ApiError
 from mqtt_twisted.adapters._httpstream import Subscription, gone, respond
 from mqtt_twisted.adapters.kit import ConnectionLimit, origin_of
@@ -109,7 +109,7 @@ def run(request: Request, work: Callable[[], Any]) -> Any:
     return NOT_DONE_YET
 
 
-class BridgeRequest(Request):
+class BridgeRequest(SafeRequest):
     """A request whose body is held in memory up to the listener's ``maxPayload``; a larger
     one is answered 413 at once (from its Content-Length, or as its chunks come in) and
     the connection closed, without reading the rest."""
