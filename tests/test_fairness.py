@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from mqtt_twisted.codec import PubAck, Publish, encode
 from mqtt_twisted.core import connection
-from mqtt_twisted.core.connection import READ_BUDGET
+from mqtt_twisted.core.connection import READ_BUDGET, WORK_BUDGET
 from mqtt_twisted.testing import FakeClient, make_broker
 
 
@@ -100,3 +100,33 @@ def test_budget_bounds_the_decoding_too(monkeypatch) -> None:
     assert pub.connection.decoder.buffered == len(flood(3)) - len(flood(1))
     clock.advance(0)
     assert payloads(sub.received()) == [b"0", b"1", b"2"]
+
+
+def test_fan_out_shrinks_the_next_share() -> None:
+    """A PUBLISH that reaches ten subscribers is eleven units of WORK_BUDGET: after a
+    full share the next ones hold fewer packets, and all arrive in order."""
+    broker, clock = make_broker()
+    subs = []
+    for i in range(10):
+        sub = FakeClient(broker)
+        sub.connect(f"sub{i}")
+        sub.subscribe("t")
+        subs.append(sub)
+    pub = FakeClient(broker)
+    pub.connect("pub")
+    count = READ_BUDGET + 100
+    pub.send_bytes(flood(count))
+    assert len(payloads(subs[0].received())) == READ_BUDGET
+    assert pub.connection._budget == WORK_BUDGET * READ_BUDGET // (READ_BUDGET * 11)
+    clock.advance(0)
+    assert payloads(subs[0].received()) == [b"%d" % i for i in range(READ_BUDGET, count)]
+    assert pub.transport.reading is True
+
+
+def test_budget_grows_back_without_fan_out() -> None:
+    _, clock, sub, pub = setup()
+    sub.disconnect()  # nobody subscribes any more: one unit a packet
+    pub.connection._budget = 1
+    pub.send_bytes(flood(3))
+    clock.advance(0)
+    assert pub.connection._budget == READ_BUDGET
