@@ -134,9 +134,10 @@ class MQTTConnection:
     # --- input ------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        """Feed bytes; handle the packets they complete, READ_BUDGET at a time.
+        """Feed bytes; handle the packets they complete, a share at a time (at most
+        READ_BUDGET packets, fewer when they fan out: WORK_BUDGET).
 
-        Past the budget the decoder keeps the rest of the bytes in order, reading
+        Past the share the decoder keeps the rest of the bytes in order, reading
         stops (one more ``throttle``, as flow control's) and the next reactor turn
         goes on (:func:`_next_share`): a client's flood delays others by one share,
         not by its whole read.
