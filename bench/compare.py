@@ -146,7 +146,8 @@ class Ours(Broker):
         twistd = Path(sys.executable).with_name("twistd")
         return [str(twistd if twistd.exists() else shutil.which("twistd")), "-n", "--pidfile=",
                 "mqttbroker", "--listen", f"tcp:{port}:interface={HOST}", "--sys-interval", "0",
-                "--max-queued", "100000", "--max-queued-bytes", "0", *self.extra]
+                "--max-queued", "100000", "--max-queued-bytes", "0",
+                "--max-connections", "0", *self.extra]
 
     def settings(self) -> str:
         cmd = " ".join(self.command(0, ROOT)[1:]).replace("tcp:0:", "tcp:PORT:")

@@ -13,7 +13,8 @@ whether the broker refused the attack.
 The attacks are the ones of issue 14: deep topics (retained messages and filters of
 65,535 levels), huge packets announced before CONNECT, a million user properties in
 CONNECT and in PUBLISH, alias-only PUBLISHes toward a subscriber that never reads,
-and an HTTP request head trickled a byte every 4 s (ours only: ``http=``).
+an HTTP request head trickled a byte every 4 s (ours only: ``http=``), and a flood of
+8-byte PUBLISHes from four clients, and 100 SSE streams that never read.
 """
 
 from __future__ import annotations
@@ -399,9 +400,69 @@ def slow_http_head(broker: Broker) -> str:
     return f"closed after {time.monotonic() - started:.1f} s"
 
 
+def flood(broker: Broker) -> str:
+    """4 clients send 8-byte QoS 0 PUBLISHes (to a topic nobody subscribes to) as fast
+    as their sockets take them for 5 s: each 64 KB read is 8,000 messages."""
+    stop = time.monotonic() + 5
+    sent = [0]
+    burst = publish("f", b"xyz") * 8192  # 8 bytes each
+
+    def one(i: int) -> None:
+        sock = _open(broker.port, connect(f"flood{i}"))
+        while time.monotonic() < stop:
+            if not _send(sock, burst):
+                return
+            sent[0] += 8192
+        sock.close()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return f"{sent[0] / 5 / 1000:.0f}k msg/s sent"
+
+
+def unread_sse(broker: Broker) -> str:
+    """100 SSE streams on ``http=`` that never read (4 KB receive buffers) while a
+    publisher sends 200-byte messages to them as fast as it can, for up to 60 s: when
+    were they all cut off, and how fast could it publish meanwhile (ours only)."""
+    if broker.kind != "ours":
+        return "n/a"
+    streams = []
+    for _ in range(100):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", broker.http_port))
+        sock.sendall(b"GET /subscribe?topic=s/%23 HTTP/1.1\r\nHost: x\r\n"
+                     b"Accept: text/event-stream\r\n\r\n")
+        streams.append(sock)
+    time.sleep(1.0)
+    pub = _open(broker.port, connect("sse-publisher"))
+    burst = publish("s/x", b"y" * 200) * 100
+    started = time.monotonic()
+    sent, all_cut = 0, None
+    while time.monotonic() - started < 60 and all_cut is None:
+        if not _send(pub, burst):
+            break
+        sent += 100
+        if sent % 10_000 == 0:
+            cut = sum(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] != 1
+                      for s in streams)  # no longer ESTABLISHED
+            if cut == len(streams):
+                all_cut = time.monotonic() - started
+    rate = sent / (time.monotonic() - started)
+    for sock in streams:
+        sock.close()
+    pub.close()
+    when = f"all cut off in {all_cut:.0f} s" if all_cut is not None else "not all cut off"
+    return f"{when}, {rate / 1000:.1f}k msg/s"
+
+
 ATTACKS: dict[str, Callable[[Broker], str]] = {
     f.__name__: f for f in (deep_retained, deep_filters, huge_announced, connect_properties,
-                            publish_properties, alias_amplification, slow_http_head)
+                            publish_properties, alias_amplification, slow_http_head, flood,
+                            unread_sse)
 }
 
 

@@ -79,8 +79,12 @@ class Options(usage.Options):
         ["store", None, "memory", "Store backend: memory, or a plugin's NAME[:ARGS]."],
         ["acl", None, None,
          "Mosquitto ACL file: what it does not allow is refused (with any --auth)."],
-        ["max-connections", None, 0, "Default connection limit per listener (0: none).",
+        ["max-connections", None, 10_000,
+         "Default connection limit per listener (0: none).",
          _number("max-connections", int, 0)],
+        ["max-connection-rate", None, 100.0,
+         "Default limit per listener of new connections a second from one source "
+         "address, loopback exempt (0: none).", _number("max-connection-rate", float, 0)],
         ["connect-timeout", None, 10.0, "Seconds a client may take to send CONNECT (0: none).",
          _number("connect-timeout", float, 0)],
         ["request-timeout", None, 10.0,
@@ -105,6 +109,13 @@ class Options(usage.Options):
          "Bytes (payload and topic) queued per session; when full the oldest are dropped "
          "(0: no limit).",
          _number("max-queued-bytes", int, 0)],
+        ["max-client-rate", None, 0.0,
+         "PUBLISHes a second one client may send (token bucket, 1 s burst); over it its "
+         "reads pause, v5: DISCONNECT 0x96 10 s past it (0: off).",
+         _number("max-client-rate", float, 0)],
+        ["max-client-bytes-rate", None, 0.0,
+         "Bytes a second one client may send, as --max-client-rate (0: off).",
+         _number("max-client-bytes-rate", float, 0)],
         ["max-packet-size", None, 1 << 20,
          "Largest packet accepted, in bytes: 20..268435460 (the protocol's maximum).",
          _number("max-packet-size", int, MIN_PACKET_SIZE, 268_435_460)],
@@ -228,7 +239,8 @@ class Options(usage.Options):
             try:
                 settings = parse_listener(value, "mqtt", keys, self["max-connections"],
                                           self["connect-timeout"], examples,
-                                          self["request-timeout"], self["min-body-rate"])
+                                          self["request-timeout"], self["min-body-rate"],
+                                          self["max-connection-rate"])
                 # The endpoint as the adapter takes it (stream, udp:, its own check),
                 # then the adapter's checkListener (TLS files that do not work, say).
                 check_listener(adapters[settings.adapter], settings)
@@ -291,6 +303,8 @@ def broker_settings(options: Options) -> BrokerSettings:
         receive_maximum=options["receive-maximum"],
         max_queued=options["max-queued"],
         max_queued_bytes=options["max-queued-bytes"],
+        max_client_rate=options["max-client-rate"],
+        max_client_bytes_rate=options["max-client-bytes-rate"],
         max_inflight_bytes=options["max-inflight-bytes"],
         max_packet_size=options["max-packet-size"],
         connect_packet_size=options["connect-packet-size"],

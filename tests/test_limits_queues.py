@@ -84,7 +84,7 @@ def test_alias_only_publishes_cannot_amplify_into_a_full_transport() -> None:
     limit, the rest queues within it (oldest dropped); the broker holds at most about
     twice max_queued_bytes, where it held 4 KiB per 8 bytes received."""
     limit = 256 << 10
-    broker, _ = make_broker(BrokerSettings(max_queued_bytes=limit, max_queued=100_000))
+    broker, clock = make_broker(BrokerSettings(max_queued_bytes=limit, max_queued=100_000))
     sub, pub = FakeClient(broker, 5), FakeClient(broker, 5)
     sub.connect("sub")
     sub.subscribe("#")
@@ -96,6 +96,7 @@ def test_alias_only_publishes_cannot_amplify_into_a_full_transport() -> None:
     alias_only = encode(Publish("", b"", 0, False, False, None, {P.TOPIC_ALIAS: 1}), 5)
     assert len(alias_only) == 8
     pub.send_bytes(first + alias_only * 10_000)  # 80 KB: one read
+    clock.advance(0)  # handled READ_BUDGET packets a reactor turn
     written = len(sub.transport.written)
     queued = broker.sessions["sub"].queued_bytes
     assert written <= limit + 5000

@@ -52,8 +52,18 @@ class ListenOptionTests(SynchronousTestCase):
     """--listen [ADAPTER=]ENDPOINT parsing and validation."""
 
     def test_default_listener(self) -> None:
-        """Without --listen the broker serves MQTT on tcp:1883."""
-        self.assertEqual(listeners(), [("mqtt", "tcp:1883", 0, 10.0)])
+        """Without --listen the broker serves MQTT on tcp:1883, with the default connection
+        limit (10,000) and connection rate (100 a second per source address)."""
+        self.assertEqual(listeners(), [("mqtt", "tcp:1883", 10_000, 10.0)])
+        self.assertEqual(parse()["listeners"][0].maxConnectionRate, 100.0)
+
+    def test_connection_rate_option_and_key(self) -> None:
+        """--max-connection-rate is every listener's default; maxConnectionRate= one's own."""
+        found = parse("--max-connection-rate", "7", "--listen", "tcp:1",
+                      "--listen", "tcp:2:maxConnectionRate=0")["listeners"]
+        self.assertEqual([s.maxConnectionRate for s in found], [7.0, 0.0])
+        with self.assertRaises(usage.UsageError):
+            parse("--max-connection-rate", "-1")
 
     def test_listen_repeats(self) -> None:
         """--listen (and -l) repeat, giving one listener each, in order."""
@@ -317,12 +327,14 @@ class MakeServiceTests(SynchronousTestCase):
                                 "--max-user-property-bytes", "300", "--max-topic-levels", "9",
                                 "--max-topic-length", "99", "--max-subscriptions", "5",
                                 "--max-retained", "6", "--max-retained-bytes", "7000",
-                                "--max-queued-bytes", "8000")
+                                "--max-queued-bytes", "8000", "--max-client-rate", "50",
+                                "--max-client-bytes-rate", "4096.5")
         s = service.broker.settings
         self.assertEqual((s.connect_packet_size, s.max_user_properties,
                           s.max_user_property_bytes, s.max_topic_levels, s.max_topic_length,
                           s.max_subscriptions, s.max_retained_messages, s.max_retained_bytes,
-                          s.max_queued_bytes), (1000, 3, 300, 9, 99, 5, 6, 7000, 8000))
+                          s.max_queued_bytes, s.max_client_rate, s.max_client_bytes_rate),
+                         (1000, 3, 300, 9, 99, 5, 6, 7000, 8000, 50, 4096.5))
         defaults, _ = self.build()
         self.assertEqual(defaults.broker.settings, BrokerSettings())
         self.assertIsInstance(service.store, MemoryStore)

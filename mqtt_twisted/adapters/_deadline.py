@@ -23,9 +23,21 @@ import json
 from typing import Any
 
 from twisted.web.http import HTTPChannel
+from twisted.web.server import Request
 
 #: MQTT 5's "maximum connect time" (0xA0), the closest reason code to a timeout.
 _REASON_CODE = 0xA0
+
+
+class SafeRequest(Request):
+    """A request whose repr survives any bytes a client sent: twisted.web's decodes the
+    method and URI as ASCII, and raises on the first byte over 0x7F while its own log
+    line for a HEAD request describes the request (a traceback in the log per such
+    request; found by tests/test_live_fuzz_http.py)."""
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} at 0x{id(self):x} method={self.method!r} "
+                f"uri={self.uri!r} clientproto={self.clientproto!r}>")
 
 
 class DeadlineChannel(HTTPChannel):

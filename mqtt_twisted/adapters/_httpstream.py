@@ -5,6 +5,7 @@ helpers the resources share (:mod:`mqtt_twisted.adapters.http` is the rest).
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import inlineCallbacks
@@ -27,6 +28,24 @@ log = Logger(namespace="mqtt_twisted.adapters.http")
 _ENDED = ReasonCode.NORMAL_DISCONNECTION
 #: Messages an SSE stream holds before its response starts; beyond, the broker queues.
 _PENDING_LIMIT = 100
+#: The kernel send buffer of an SSE stream's socket.  Left to autotuning it grows to
+#: megabytes, so a client that never reads was not paused (and its stall timer never
+#: started) until megabytes had gone its way: 500 such streams held publishing to
+#: 1,000 msg/s and only 52 were cut off within 55 s (issue 14).
+STREAM_SEND_BUFFER = 64 << 10
+
+
+def _shrink_send_buffer(request: Request) -> None:
+    transport = getattr(request.channel, "transport", None)
+    handle = getattr(transport, "getHandle", None)
+    sock = handle() if handle is not None else None
+    while sock is not None and not hasattr(sock, "setsockopt"):  # TLS: the socket below
+        sock = getattr(sock, "socket", None)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,  # type: ignore[union-attr]
+                        STREAM_SEND_BUFFER)
+    except (AttributeError, OSError):
+        pass  # not a socket (a test transport, a UNIX pipe): nothing to shrink
 
 
 def gone(request: Request) -> bool:
@@ -182,6 +201,7 @@ class Subscription:
                   *self.pending]
         self.pending = []
         self.state = LIVE
+        _shrink_send_buffer(request)
         request.write(b"".join(frames))
         request.registerProducer(self, True)
         interval = self.bridge.config.heartbeat

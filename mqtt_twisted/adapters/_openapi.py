@@ -43,7 +43,9 @@ _COMMON_ERRORS = {
                   "its body came slower than minBodyRate (docs/limits.md); then closed."),
     "413": _error("The request body is larger than the listener's maxPayload."),
     "500": _error("An internal error (logged by the broker)."),
-    "503": _error("The store is unavailable; try again (Retry-After)."),
+    "503": _error("The store is unavailable, or (/subscribe) the listener's maxStreams "
+                  "streams and long polls are open (reason code 0x89); try again "
+                  "(Retry-After)."),
 }
 
 _CLIENT = _param("client", "Client identifier. For /subscribe: a persistent session of this "

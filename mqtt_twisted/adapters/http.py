@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from mqtt_twisted.adapters import _httpapi as api
 from mqtt_twisted.adapters import tls
-from mqtt_twisted.adapters._deadline import DeadlineChannel
+from mqtt_twisted.adapters._deadline import DeadlineChannel, SafeRequest
 from mqtt_twisted.adapters._httpapi import ApiError
 from mqtt_twisted.adapters._httpstream import Subscription, gone, respond
 from mqtt_twisted.adapters.kit import ConnectionLimit, origin_of
@@ -47,6 +47,9 @@ OPTIONS = declare(
                   "seconds between SSE comment lines that keep idle streams open (0: none)"),
     AdapterOption("stallTimeout", number(), 30.0, "seconds an SSE client may leave the "
                   "stream unread before it is cut off (0: never)"),
+    AdapterOption("maxStreams", integer(), 1000,
+                  "SSE streams and long polls open at once on this listener; more get 503 "
+                  "(0: no limit)"),
     AdapterOption("replay", integer(), 100,
                   "events kept per persistent client for Last-Event-ID resume"),
 )
@@ -61,6 +64,8 @@ class HTTPConfig:
     stall_timeout: float = 30.0
     replay: int = 100
     idle_timeout: float = 10.0
+    #: Streams and long polls open at once; more get 503 (0: no limit).
+    max_streams: int = 1000
     #: The listener (its connection limit, TLS identity keys: adapters.kit).
     listener: Any = None
 
@@ -69,7 +74,8 @@ class HTTPConfig:
         """The keys' typed values; ValueError names a bad one (``replay='x' is not ...``)."""
         v = option_values(OPTIONS, getattr(settings, "extra", None) or {})
         return cls(v["maxPayload"], v["heartbeat"], v["stallTimeout"], v["replay"],
-                   getattr(settings, "connectTimeout", 10.0), settings)
+                   getattr(settings, "connectTimeout", 10.0), max_streams=v["maxStreams"],
+                   listener=settings)
 
 
 # --- responses --------------------------------------------------------------------------------
@@ -103,7 +109,7 @@ def run(request: Request, work: Callable[[], Any]) -> Any:
     return NOT_DONE_YET
 
 
-class BridgeRequest(Request):
+class BridgeRequest(SafeRequest):
     """A request whose body is held in memory up to the listener's ``maxPayload``; a larger
     one is answered 413 at once (from its Content-Length, or as its chunks come in) and
     the connection closed, without reading the rest."""
@@ -274,6 +280,13 @@ class SubscribeResource(_Endpoint):
             api.merge_body(params, headers, request.content.getvalue())
         sub = api.parse_subscribe(params, headers, bridge.service.settings)
         username, password = api.credentials_from(headers)
+        streams, limit = bridge.streams, bridge.config.max_streams
+        if limit and len(streams) >= limit:
+            # Each holds a socket and a virtual session for as long as it lasts.
+            raise api.ApiError(503, f"{limit} streams open on this listener; try again later",
+                               ReasonCode.SERVER_BUSY, {"Retry-After": "5"})
+        streams.add(request)
+        request.notifyFinish().addBoth(lambda _: streams.discard(request))
         stream = Subscription(bridge, request, sub, username, password)
         return stream.open()
 
@@ -293,6 +306,8 @@ class Bridge(Resource):
         self.service = service  # the gateway (IBrokerService): all the bridge uses
         self.config = config
         self.subscriptions: set[Subscription] = set()
+        #: The /subscribe requests not finished yet (maxStreams), opening ones included.
+        self.streams: set[Request] = set()
         self.replay_logs = _REPLAY_LOGS.setdefault(service, {})
         self.putChild(b"publish", PublishResource(self))
         self.putChild(b"subscribe", SubscribeResource(self))

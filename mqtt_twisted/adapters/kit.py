@@ -4,6 +4,9 @@
   ``maxConnections``, with one log line naming the listener and the broker's
   ``connections_refused`` counted; each adapter keeps the refusal its protocol allows
   (a closed socket for MQTT, 503 before a WebSocket handshake).
+- :class:`ConnectionRate` (inside ``ConnectionLimit.admit``) refuses a source address
+  that opens more than the listener's ``maxConnectionRate`` connections a second
+  (loopback exempt).
 - :func:`origin_of` says where a client comes from (:class:`Origin`: peer text, TLS
   certificate identity, adapter, listener), for the broker and the authenticator.
 - :func:`check_listener` checks a listener while the command line is parsed: the
@@ -17,6 +20,8 @@ Typed listener keys are in :mod:`mqtt_twisted.adapters.options` (re-exported her
 
 from __future__ import annotations
 
+import ipaddress
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +36,7 @@ from mqtt_twisted.adapters.listener import check_endpoint
 from mqtt_twisted.adapters.options import AdapterOption, declare, option_values
 from mqtt_twisted.interfaces import IReloadableListener
 
-__all__ = ["AdapterOption", "ConnectionLimit", "DatagramListener", "Origin", "check_listener",
+__all__ = ["AdapterOption", "ConnectionLimit", "ConnectionRate", "DatagramListener", "Origin", "check_listener",
            "declare", "listener_name", "option_values", "origin_of", "parse_udp", "peer_text"]
 
 log = Logger()
@@ -48,20 +53,77 @@ def listener_name(listener: Any) -> str:
     return describe() if describe is not None else str(getattr(listener, "endpoint", listener))
 
 
+def _host(peer: Any) -> str:
+    """The source address of a Twisted address or of ``host:port`` text."""
+    if isinstance(peer, str):
+        return peer.rpartition(":")[0] or peer
+    return str(getattr(peer, "host", peer))
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class ConnectionRate:
+    """New connections a second per source address: a token bucket per address with a
+    burst of one second's worth.  Loopback is exempt: a process on the broker's own host
+    can do worse than open sockets, and local bridges, health checks, tests and the
+    benchmark (16 127.0.0.x sources) connect from there at high rates."""
+
+    __slots__ = ("rate", "now", "buckets")
+
+    #: Addresses remembered at most; past it, the ones whose bucket is full again go.
+    MAX_TRACKED = 10_000
+
+    def __init__(self, rate: float, clock: Any = None) -> None:
+        self.rate = rate
+        self.now = clock.seconds if clock is not None else time.monotonic
+        self.buckets: dict[str, tuple[float, float]] = {}  # host -> (tokens, as of)
+
+    def allows(self, host: str) -> bool:
+        """Take one connection for ``host``; False when it is over the rate."""
+        rate = self.rate
+        if not rate or _loopback(host):
+            return True
+        now = self.now()
+        tokens, since = self.buckets.get(host, (rate, now))
+        tokens = min(rate, tokens + (now - since) * rate)
+        if tokens < 1:
+            self.buckets[host] = (tokens, now)
+            return False
+        if len(self.buckets) >= self.MAX_TRACKED and host not in self.buckets:
+            self._forget_idle(now)
+        self.buckets[host] = (tokens - 1, now)
+        return True
+
+    def _forget_idle(self, now: float) -> None:
+        rate = self.rate
+        self.buckets = {h: (t, s) for h, (t, s) in self.buckets.items()
+                        if t + (now - s) * rate < rate}
+        if len(self.buckets) >= self.MAX_TRACKED:  # all busy: an attack from many sources
+            self.buckets.clear()
+
+
 class ConnectionLimit:
-    """A listener's open connections, at most its ``maxConnections`` (0: no limit).
+    """A listener's open connections, at most its ``maxConnections`` (0: no limit), and
+    new ones at most ``maxConnectionRate`` a second per source address (0: no limit).
 
     ``admit`` before serving a connection, ``release`` once it is gone; ``full`` and
     ``refuse`` for an adapter that answers a refusal itself (HTTP 503) before it admits.
     """
 
-    __slots__ = ("broker", "listener", "active", "refused")
+    __slots__ = ("broker", "listener", "active", "refused", "rate")
 
     def __init__(self, broker: Any, listener: Any) -> None:
         self.broker = broker
         self.listener = listener
         self.active = 0
         self.refused = 0
+        rate = getattr(listener, "maxConnectionRate", 0)
+        self.rate = ConnectionRate(rate) if rate else None
 
     def full(self) -> bool:
         limit = self.listener.maxConnections
@@ -71,6 +133,14 @@ class ConnectionLimit:
         """Count one more connection, or refuse it (False) at the limit."""
         if self.full():
             self.refuse(peer, what)
+            return False
+        if self.rate is not None and not self.rate.allows(_host(peer)):
+            self.refused += 1
+            self._count_refusal()
+            log.warn("Refusing {what} from {peer}: more than {rate} new connections a "
+                     "second from that address on {listener}", what=what,
+                     peer=peer if isinstance(peer, str) else peer_text(peer),
+                     rate=self.rate.rate, listener=listener_name(self.listener))
             return False
         self.active += 1
         return True
@@ -82,14 +152,18 @@ class ConnectionLimit:
     def refuse(self, peer: Any, what: str = "a connection") -> None:
         """Count and log a refusal; the caller closes or answers the connection."""
         self.refused += 1
+        self._count_refusal()
+        log.warn("Refusing {what} from {peer}: {limit} connections held on {listener}",
+                 what=what, peer=peer if isinstance(peer, str) else peer_text(peer),
+                 limit=self.listener.maxConnections, listener=listener_name(self.listener))
+
+
+    def _count_refusal(self) -> None:
         counted = getattr(self.broker, "connectionRefused", None)  # the gateway's counter
         if counted is not None:
             counted()
         else:
             self.broker.stats.connections_refused += 1
-        log.warn("Refusing {what} from {peer}: {limit} connections held on {listener}",
-                 what=what, peer=peer if isinstance(peer, str) else peer_text(peer),
-                 limit=self.listener.maxConnections, listener=listener_name(self.listener))
 
 
 @dataclass(frozen=True, slots=True)

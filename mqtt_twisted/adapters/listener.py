@@ -25,6 +25,9 @@ COMMON_KEYS = declare(
     AdapterOption("maxConnections", integer(), None,
                   "connections held at most on this listener (0: no limit; default "
                   "--max-connections)"),
+    AdapterOption("maxConnectionRate", number(), None,
+                  "new connections a second from one source address, loopback exempt "
+                  "(0: no limit; default --max-connection-rate)"),
     AdapterOption("connectTimeout", number(), None,
                   "seconds a client may take to send CONNECT (0: no limit; default "
                   "--connect-timeout)"),
@@ -53,6 +56,8 @@ class ListenerSettings:
     #: a body must keep up (adapters/_deadline.py).
     requestTimeout: float = 10.0
     minBodyRate: float = 1024.0
+    #: New connections a second from one source address (loopback exempt); 0: no limit.
+    maxConnectionRate: float = 0.0
     #: Set by a TLS adapter (``identityAsUsername=yes``): the client certificate's identity
     #: replaces the CONNECT user name.
     identityAsUsername: bool = False
@@ -78,6 +83,7 @@ def parse_listener(
     default_endpoints: dict[str, str] | None = None,
     request_timeout: float = 10.0,
     min_body_rate: float = 1024.0,
+    max_connection_rate: float = 0.0,
 ) -> ListenerSettings:
     """Parse ``[ADAPTER=]ENDPOINT``; raise ValueError with a message a user can act on.
 
@@ -112,7 +118,8 @@ def parse_listener(
         else:
             kept.append(part)
     settings = ListenerSettings(adapter, ":".join(kept), max_connections, connect_timeout,
-                                requestTimeout=request_timeout, minBodyRate=min_body_rate)
+                                requestTimeout=request_timeout, minBodyRate=min_body_rate,
+                                maxConnectionRate=max_connection_rate)
     for key, text in ours.items():
         option = own_keys[key]
         if isinstance(option, AdapterOption):

@@ -33,7 +33,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from mqtt_twisted.adapters import tls
-from mqtt_twisted.adapters._deadline import DeadlineChannel
+from mqtt_twisted.adapters._deadline import DeadlineChannel, SafeRequest
 from mqtt_twisted.adapters.kit import ConnectionLimit, origin_of
 from mqtt_twisted.adapters.options import AdapterOption, declare, integer, number, option_values
 from mqtt_twisted.interfaces import IListenerChecker, IStreamAdapter
@@ -354,6 +354,7 @@ def build_site(reactor: Any, broker: Any, settings: Any) -> tuple[Site, Resource
         parent.putChild(segments[-1], resource)
     site = Site(root, timeout=settings.connectTimeout or None, reactor=reactor)
     site.protocol = _Channel
+    site.requestFactory = SafeRequest
     site.request_timeout = getattr(settings, "requestTimeout", 10.0)
     site.min_body_rate = getattr(settings, "minBodyRate", 1024.0)
     site.noisy = False

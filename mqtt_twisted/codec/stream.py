@@ -35,7 +35,7 @@ class StreamDecoder:
     """
 
     __slots__ = ("version", "max_packet_size", "connect_packet_size", "limits", "_pending",
-                 "_pending_size", "_need")
+                 "_pending_size", "_need", "more")
 
     def __init__(self, version: int | None = None, max_packet_size: int = MAX_PACKET_SIZE,
                  connect_packet_size: int | None = None,
@@ -48,14 +48,23 @@ class StreamDecoder:
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._need = 0  # bytes the pending partial packet needs in all; 0 if unknown
+        #: True when the last :meth:`feed` stopped at its ``budget`` with whole
+        #: packets still buffered: ``feed(b"")`` returns the next ones.
+        self.more = False
 
     @property
     def buffered(self) -> int:
         """How many bytes wait for the rest of their packet."""
         return self._pending_size
 
-    def feed(self, data: bytes) -> list[Packet]:
-        """Take the next piece of the stream; return the packets it completes."""
+    def feed(self, data: bytes, budget: int = 0) -> list[Packet]:
+        """Take the next piece of the stream; return the packets it completes.
+
+        With a ``budget``, at most that many: the rest of the bytes stay buffered
+        (:attr:`more` says so) so that one read's work is bounded (decoding is half
+        the cost of a flood of tiny packets).
+        """
+        self.more = False
         if self._pending:
             self._pending.append(data)
             self._pending_size += len(data)
@@ -71,8 +80,13 @@ class StreamDecoder:
         limit = self.max_packet_size if version is not None else self.connect_packet_size
         limits = self.limits
         need = 0
+        left = budget or -1
         try:
             while n - pos >= 2:
+                if not left:
+                    self.more = True
+                    break
+                left -= 1
                 first = data[pos]
                 if version is None and first >> 4 != 1:
                     # Checked before the body is buffered [MQTT-3.1.0-1].

@@ -61,6 +61,7 @@ class Delivery:
     def deliver(self, session: Session, message: Message, qos: int, retain: bool,
                 subscription_ids: tuple[int, ...] | None, group: str | None = None) -> None:
         """Send now if the client is online and has room, else queue within bounds."""
+        self.stats.deliveries += 1  # the work a PUBLISH makes (fairness per read)
         read_check = session.read_check
         if read_check is not None and not read_check(message.topic):
             return  # a topic the authorizer refuses inside a granted wildcard filter

@@ -42,6 +42,11 @@ class BrokerSettings:
     max_topic_length: int = 4096
     #: Subscriptions one session may hold; more are refused (v5 SUBACK 0x97, v3 0x80).
     max_subscriptions: int = 1000
+    #: PUBLISHes and bytes a second one client may send (token buckets with a burst of
+    #: one second's worth, charged once per read); over them its reads pause, a v5
+    #: client 10 s past them gets DISCONNECT 0x96.  0: off (see docs/limits.md).
+    max_client_rate: float = 0.0
+    max_client_bytes_rate: float = 0.0
     #: Retained messages clients may set, in number and in bytes (payload, topic and
     #: 256 bytes per topic level for the index); more are refused (v5 0x97, v3 dropped).
     max_retained_messages: int = 1_000_000

@@ -11,7 +11,7 @@ class BrokerStats:
         "messages_received", "messages_sent", "messages_dropped", "dropped_too_large",
         "protocol_errors", "keepalive_timeouts", "connect_timeouts", "takeovers",
         "wills_published", "store_errors", "connections_refused", "messages_expired",
-        "bytes_received", "bytes_sent", "ownership_refusals",
+        "bytes_received", "bytes_sent", "ownership_refusals", "rate_pauses", "rate_disconnects", "deliveries",
     )
 
     def __init__(self, started_at: float = 0.0) -> None:
@@ -35,6 +35,11 @@ class BrokerStats:
         self.bytes_sent = 0
         #: CONNECTs refused because the client id's session belongs to another user.
         self.ownership_refusals = 0
+        #: Clients paused for their message/byte rate, and v5 clients closed for it (0x96).
+        self.rate_pauses = 0
+        self.rate_disconnects = 0
+        #: Messages routed to a session, sent or queued: the work publishes make.
+        self.deliveries = 0
 
     def client_connected(self) -> None:
         self.clients_connected += 1

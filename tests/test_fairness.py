@@ -1,0 +1,132 @@
+"""Fairness per read (issue 14): one client's read is handled READ_BUDGET packets per
+reactor turn, with its reads paused meanwhile, so a flood delays the others by one
+share, not by a whole 64 KB read; nothing is reordered or lost."""
+
+from __future__ import annotations
+
+from mqtt_twisted.codec import PubAck, Publish, encode
+from mqtt_twisted.core import connection
+from mqtt_twisted.core.connection import READ_BUDGET, WORK_BUDGET
+from mqtt_twisted.testing import FakeClient, make_broker
+
+
+def setup():
+    broker, clock = make_broker()
+    sub = FakeClient(broker)
+    sub.connect("sub")
+    sub.subscribe("t", qos=1)
+    pub = FakeClient(broker)
+    pub.connect("pub")
+    return broker, clock, sub, pub
+
+
+def flood(count: int, qos: int = 0) -> bytes:
+    return b"".join(encode(Publish("t", b"%d" % i, qos, False, False, i + 1 if qos else None))
+                    for i in range(count))
+
+
+def payloads(packets: list) -> list[bytes]:
+    return [p.payload for p in packets if isinstance(p, Publish)]
+
+
+def test_one_read_is_handled_a_budget_per_turn_in_order() -> None:
+    _, clock, sub, pub = setup()
+    count = READ_BUDGET * 3 + 10
+    pub.send_bytes(flood(count))
+    assert len(payloads(sub.received())) == READ_BUDGET  # one share this turn
+    assert pub.transport.reading is False  # the rest waits in the decoder, not the socket
+    clock.advance(0)  # the next turns
+    assert payloads(sub.received()) == [b"%d" % i for i in range(READ_BUDGET, count)]
+    assert pub.transport.reading is True
+
+
+def test_qos1_acks_stay_in_order_across_turns() -> None:
+    _, clock, sub, pub = setup()
+    count = READ_BUDGET * 2 + 1
+    pub.send_bytes(flood(count, qos=1))
+    clock.advance(0)
+    acks = [p.packet_id for p in pub.received() if isinstance(p, PubAck)]
+    assert acks == list(range(1, count + 1))
+    got = payloads(sub.received())  # as many as the subscriber's in-flight window takes
+    assert got == [b"%d" % i for i in range(len(got))]
+
+
+def test_data_arriving_between_shares_goes_after_the_rest() -> None:
+    """A transport that cannot pause (or had bytes in flight) still keeps the order."""
+    _, clock, sub, pub = setup()
+    pub.send_bytes(flood(READ_BUDGET + 5))
+    pub.send_bytes(encode(Publish("t", b"last")))
+    clock.advance(0)
+    got = payloads(sub.received())
+    assert len(got) == READ_BUDGET + 6
+    assert got[-1] == b"last"
+    assert got[:-1] == [b"%d" % i for i in range(READ_BUDGET + 5)]
+
+
+def test_flow_control_hold_back_outlives_the_shares() -> None:
+    """Both pause reading through one counter: the last share does not resume a
+    publisher that a full subscriber still holds back."""
+    _, clock, sub, pub = setup()
+    sub.connection.pauseWriting()
+    pub.send_bytes(flood(READ_BUDGET * 2))
+    clock.advance(0)
+    assert pub.transport.reading is False  # held back by the full subscriber
+    sub.connection.resumeWriting()
+    assert pub.transport.reading is True
+
+
+def test_bad_packet_after_the_budget_closes_after_the_good_ones() -> None:
+    _, clock, sub, pub = setup()
+    pub.send_bytes(flood(READ_BUDGET + 3) + bytes((0x36, 2, 0, 0)))  # QoS 3: malformed
+    assert not pub.transport.closed
+    clock.advance(0)
+    assert len(payloads(sub.received())) == READ_BUDGET + 3
+    assert pub.transport.closed
+
+
+def test_closed_connection_cancels_its_next_share() -> None:
+    _, clock, sub, pub = setup()
+    pub.send_bytes(flood(READ_BUDGET * 2))
+    pub.drop()
+    assert not clock.getDelayedCalls()  # nothing left behind (trial's clean reactor)
+    sub.received()
+
+
+def test_budget_bounds_the_decoding_too(monkeypatch) -> None:
+    """A budget of 1: one packet decoded per turn (decoding is half a flood's cost)."""
+    monkeypatch.setattr(connection, "READ_BUDGET", 1)
+    _, clock, sub, pub = setup()
+    pub.send_bytes(flood(3))
+    assert pub.connection.decoder.buffered == len(flood(3)) - len(flood(1))
+    clock.advance(0)
+    assert payloads(sub.received()) == [b"0", b"1", b"2"]
+
+
+def test_fan_out_shrinks_the_next_share() -> None:
+    """A PUBLISH that reaches ten subscribers is eleven units of WORK_BUDGET: after a
+    full share the next ones hold fewer packets, and all arrive in order."""
+    broker, clock = make_broker()
+    subs = []
+    for i in range(10):
+        sub = FakeClient(broker)
+        sub.connect(f"sub{i}")
+        sub.subscribe("t")
+        subs.append(sub)
+    pub = FakeClient(broker)
+    pub.connect("pub")
+    count = READ_BUDGET + 100
+    pub.send_bytes(flood(count))
+    assert len(payloads(subs[0].received())) == READ_BUDGET
+    assert pub.connection._budget == WORK_BUDGET * READ_BUDGET // (READ_BUDGET * 11)
+    clock.advance(0)
+    assert payloads(subs[0].received()) == [b"%d" % i for i in range(READ_BUDGET, count)]
+    assert pub.transport.reading is True
+
+
+def test_budget_grows_back_without_fan_out() -> None:
+    _, clock, sub, pub = setup()
+    sub.disconnect()  # nobody subscribes any more: one unit a packet
+    pub.connection._budget = 1
+    pub.send_bytes(flood(3))
+    clock.advance(0)
+    assert pub.connection._budget == READ_BUDGET
