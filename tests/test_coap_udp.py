@@ -148,6 +148,50 @@ class AiocoapTests(CoapBrokerTestCase):
         self.assertEqual(lines[2], "NOTE hello coap")
 
 
+    WILDCARD = textwrap.dedent("""\
+        import asyncio, sys
+        from aiocoap import Context, Message, GET
+
+        async def main(base):
+            ctx = await Context.create_client_context()
+            req = ctx.request(Message(code=GET, uri=base + "/ps/wild/%2B?clientid=w",
+                                      observe=0))
+            first = await req.response
+            print("REGISTERED", "/".join(first.opt.location_path),
+                  first.payload.decode(), flush=True)
+            seen = 0
+            async for note in req.observation:
+                print("NOTE", "/".join(note.opt.location_path), note.payload.decode(),
+                      flush=True)
+                seen += 1
+                if seen == 2:
+                    break
+            req.observation.cancel()
+            await ctx.shutdown()
+
+        asyncio.run(main(sys.argv[1]))
+        """)
+
+    @inlineCallbacks
+    def test_wildcard_notifications_name_their_topic(self) -> Any:
+        """An observer of ``wild/+`` learns each message's topic from the Location-Path
+        options (``ps``, then the topic's levels), the retained one in the registration
+        answer included."""
+        pub = yield self.paho("pub")
+        yield pub.publish("wild/kept", b"r", 1, True)
+        script = self.mktemp()
+        with open(script, "w") as f:
+            f.write(self.WILDCARD)
+        proc = self.spawn(sys.executable, [script, f"coap://127.0.0.1:{self.coap_port}"])
+        yield self.wait_until(lambda: b"REGISTERED" in proc.out, 20)
+        yield pub.publish("wild/a", b"1", 1)
+        yield pub.publish("wild/b", b"2", 0)
+        code = yield with_timeout(proc.ended, self.reactor, 20)
+        self.assertEqual(code, 0, proc.err)
+        self.assertEqual(proc.out.decode().splitlines(), [
+            "REGISTERED ps/wild/kept r", "NOTE ps/wild/a 1", "NOTE ps/wild/b 2"])
+
+
 class RawUDPTests(CoapBrokerTestCase):
     """What a raw socket can send: the broker answers each with the RFC's answer."""
 
@@ -239,6 +283,8 @@ class RawUDPTests(CoapBrokerTestCase):
         self.assertEqual([(n.token, n.type, n.payload) for n in notes],
                          [(b"A", m.NON, b"n1"), (b"B", m.CON, b"n2")])
         self.assertGreater(notes[0].uint(opt.OBSERVE), answers[b"A"].uint(opt.OBSERVE))
+        # an observer of a single topic is not told the topic again
+        self.assertEqual([n.option(opt.LOCATION_PATH) for n in notes], [None, None])
         client.transport.write(m.encode(m.CoapMessage(m.ACK, m.EMPTY, notes[1].mid)))
         client.transport.write(request(m.DELETE, "/ps/o/a", "clientid=raw", mid=4))
         answer = yield self.next(client)

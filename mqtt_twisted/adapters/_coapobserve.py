@@ -39,7 +39,7 @@ class Observation:
     """One registered GET with Observe 0: where and how its notifications go."""
 
     __slots__ = ("filter", "match", "token", "peer", "key", "seq", "qos", "pending", "held",
-                 "last_con")
+                 "last_con", "wildcard")
 
     def __init__(self, topic_filter: str, token: bytes, peer: Any, key: Any = None) -> None:
         self.filter = topic_filter
@@ -48,6 +48,8 @@ class Observation:
         self.key = key
         shared = parse_shared_filter(topic_filter)
         self.match = shared.filter if shared is not None else topic_filter
+        #: Its notifications say which topic each message came from (Location-Path).
+        self.wildcard = mapping.is_wildcard(self.match)
         self.token = token
         self.peer = peer
         self.seq = 1
@@ -123,6 +125,8 @@ class CoapClient:
         note = m.CoapMessage(m.NON, m.CONTENT, 0, obs.token,
                              [(opt.OBSERVE, opt.encode_uint(obs.next_seq())),
                               *mapping.notification_options(message)], message.payload)
+        if obs.wildcard:
+            note.options += mapping.topic_options(message.topic)
         self.requests.first_block(obs.key, note)
         now = self.requests.reactor.seconds()
         confirmable = qos > 0 or now - obs.last_con >= CON_EVERY

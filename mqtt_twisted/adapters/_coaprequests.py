@@ -342,6 +342,8 @@ class CoapRequests:
         payload = b""
         if first is not None:
             options += mapping.notification_options(first)
+            if obs.wildcard:
+                options += mapping.topic_options(first.topic)
             payload = first.payload
 
         def rest() -> None:

@@ -207,6 +207,24 @@ def notification_options(message: Message) -> list[tuple[int, bytes]]:
     return [] if number is None else [(opt.CONTENT_FORMAT, opt.encode_uint(number))]
 
 
+def is_wildcard(topic_filter: str) -> bool:
+    """True if ``topic_filter`` can match more than one topic (``+`` or ``#``)."""
+    return "+" in topic_filter or "#" in topic_filter
+
+
+def topic_options(topic: str) -> list[tuple[int, bytes]]:
+    """The topic a notification's message was published on, for an observer of a
+    wildcard filter: Location-Path options ``ps``, then each topic level, i.e. the
+    relative URI ``/ps/{topic}`` of the resource the message belongs to (an elective
+    option: a client that does not look for it ignores it).  Empty when a level is
+    longer than an option may be (255 bytes)."""
+    levels = [level.encode("utf-8") for level in topic.split("/")]
+    if any(len(level) > 255 for level in levels):
+        return []
+    return [(opt.LOCATION_PATH, PS.encode("ascii")),
+            *((opt.LOCATION_PATH, level) for level in levels)]
+
+
 def reply(request: m.CoapMessage, code: int, payload: bytes = b"",
           options: list[tuple[int, bytes]] | None = None, mid: int = 0) -> m.CoapMessage:
     """The response to ``request``: piggybacked on the ACK of a CON, or a NON (with
