@@ -188,37 +188,6 @@ class RateLimitTests(CoapBrokerTestCase):
         yield sub.no_message(0.3)
 
 
-class FlowControlTests(CoapBrokerTestCase):
-    @inlineCallbacks
-    def test_unacknowledged_window_then_queue(self) -> Any:
-        """At most MAX_IN_FLIGHT CON notifications wait for their ACKs; the broker queues
-        the rest for the session and sends them as ACKs come, in order, none lost."""
-        from mqtt_twisted.adapters._coapobserve import MAX_IN_FLIGHT
-
-        self.server.retransmitter.ack_timeout = 30.0  # no resends during the test
-        client = self.udp()
-        client.transport.write(request(m.GET, "/ps/w", "clientid=slow", "qos=1", token=b"W",
-                                       observe=0))
-        yield self.next(client)
-        pub = yield self.paho("pub")
-        total = MAX_IN_FLIGHT + 24
-        for n in range(total):
-            yield pub.publish("w", b"%d" % n, 1)
-        first = []
-        for _ in range(MAX_IN_FLIGHT):
-            first.append((yield self.next(client)))
-        yield self.nothing(client, 0.3)
-        payloads = [note.payload for note in first]
-        while len(payloads) < total:
-            for note in first:
-                client.transport.write(m.encode(m.CoapMessage(m.ACK, m.EMPTY, note.mid)))
-            first = [(yield self.next(client))]
-            while client.received.pending:
-                first.append((yield self.next(client)))
-            payloads += [note.payload for note in first]
-        self.assertEqual(payloads, [b"%d" % n for n in range(total)])
-
-
 @implementer(IAuthenticator)
 class NamesAreIdentities:
     """Any user whose password is its own name."""

@@ -333,6 +333,9 @@ class UsageTests(unittest.SynchronousTestCase):
         cases = {"coap=udp:abc": "the port must be 0..65535",
                  "coap=udp:5683:blockSize=100": "blockSize='100' is not a power of two",
                  "coap=udp:5683:heartbeat=-1": "heartbeat='-1'",
+                 "coap=udp:5683:nstart=0": "nstart='0' must be at least 1",
+                 "coap=udp:5683:maxObservationsPerAddress=x":
+                     "maxObservationsPerAddress='x' is not an integer",
                  "coap=ssl:5684:privateKey=/nonexistent": "No such file"}
         for value, expected in cases.items():
             e = self.assertRaises(usage.UsageError, tap.Options().parseOptions,
