@@ -168,24 +168,40 @@ class RateLimitTests(CoapBrokerTestCase):
 
     @inlineCallbacks
     def test_flood_is_answered_429(self) -> Any:
-        """Past maxRequestRate an address's CONs get 4.29 with Max-Age (not served), its
-        NONs nothing; a paho subscriber sees only the requests served."""
+        """Past maxRequestRate an address's CONs get 4.29 with Max-Age (not served), as
+        many a second as the rate, then nothing; its NONs nothing; a paho subscriber
+        sees only the requests served; a refused CON resent later is served."""
         sub = yield self.paho("sub")
         yield sub.subscribe(("flood", 0))
         client = self.udp()
-        for mid in range(5):
-            client.transport.write(request(m.POST, "/ps/flood", payload=b"%d" % mid, mid=mid))
+        for mid in range(9):
+            client.transport.write(request(m.POST, "/ps/flood", payload=b"%d" % mid, mid=mid,
+                                           token=b"%d" % mid))
         codes = []
-        for _ in range(5):
+        for _ in range(6):
             answer = yield self.next(client)
-            codes.append((answer.mid, m.code_text(answer.code), answer.uint(opt.MAX_AGE)))
-        self.assertEqual(sorted(codes), [(0, "2.04", None), (1, "2.04", None),
-                                         (2, "2.04", None), (3, "4.29", 1), (4, "4.29", 1)])
+            codes.append((answer.mid, answer.token, m.code_text(answer.code),
+                          answer.uint(opt.MAX_AGE)))
+        self.assertEqual(sorted(codes), [
+            (0, b"0", "2.04", None), (1, b"1", "2.04", None), (2, b"2", "2.04", None),
+            (3, b"3", "4.29", 1), (4, b"4", "4.29", 1), (5, b"5", "4.29", 1)])
         client.transport.write(request(m.POST, "/ps/flood", mid=9, mtype=m.NON))
-        yield self.nothing(client)
+        yield self.nothing(client)  # the three past the refusals, and the NON: nothing
         got = yield sub.collect(3)
         self.assertEqual([g.payload for g in got], [b"0", b"1", b"2"])
         yield sub.no_message(0.3)
+        yield self.sleep(0.7)  # the bucket fills again
+        client.transport.write(request(m.POST, "/ps/flood", payload=b"3", mid=3, token=b"3"))
+        answer = yield self.next(client)
+        self.assertEqual((answer.mid, m.code_text(answer.code)), (3, "2.04"))
+        got = yield sub.next_message()
+        self.assertEqual(got.payload, b"3")
+
+    def test_reads_are_bounded_per_turn(self) -> None:
+        """The listener reads at most DATAGRAM_BYTES_PER_TURN per reactor turn."""
+        from mqtt_twisted.adapters.kit import DATAGRAM_BYTES_PER_TURN
+
+        self.assertEqual(self.coap_listener.port.maxThroughput, DATAGRAM_BYTES_PER_TURN)
 
 
 @implementer(IAuthenticator)
