@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.internet.task import deferLater
 from zope.interface import implementer
 
@@ -15,7 +15,9 @@ from mqtt_twisted.auth.acl import AclAuthorizer
 from mqtt_twisted.auth.passwd import PasswordFileAuthenticator, parse_passwd
 from mqtt_twisted.coap import message as m
 from mqtt_twisted.coap import options as opt
+from mqtt_twisted.errors import StorageError
 from mqtt_twisted.interfaces import IAuthenticator
+from mqtt_twisted.store.memory import MemoryStore
 
 try:
     from tests.coapbroker import CoapBrokerTestCase, request
@@ -251,3 +253,49 @@ class TakeoverTests(CoapBrokerTestCase):
         self.assertEqual((m.code_text(end.code), end.token, end.option(opt.OBSERVE)),
                          ("5.03", b"T", None))
         self.assertEqual(self.server.requests.clients, {})
+
+
+class _HeldStore(MemoryStore):
+    """Retained writes wait for the test: ``pending`` fires them; ``failing`` fails them."""
+
+    def __init__(self, reactor: Any) -> None:
+        super().__init__(reactor)
+        self.pending: list[Deferred[None]] = []
+        self.failing = False
+
+    def setRetained(self, message: Any) -> Any:
+        if self.failing:
+            return fail(StorageError("the store is down"))
+        d: Deferred[None] = Deferred()
+        self.pending.append(d)
+        return d.addCallback(lambda _: MemoryStore.setRetained(self, message))
+
+
+class StoredFirstTests(CoapBrokerTestCase):
+    def make_store(self, reactor: Any) -> Any:
+        return _HeldStore(reactor)
+
+    @inlineCallbacks
+    def test_qos1_answered_once_stored(self) -> Any:
+        """A retained QoS 1 POST is answered 2.04 only once the store wrote the message
+        (a QoS 0 one at once); a store that fails it gets 5.03 with a diagnostic."""
+        client = self.udp()
+        client.transport.write(request(m.POST, "/ps/kept", "qos=1", "retain=true",
+                                       payload=b"v", mid=1))
+        yield self.wait_until(lambda: len(self.store.pending) == 1)
+        yield self.nothing(client, 0.3)
+        self.store.pending.pop().callback(None)
+        answer = yield self.next(client)
+        self.assertEqual((answer.mid, m.code_text(answer.code)), (1, "2.04"))
+        client.transport.write(request(m.POST, "/ps/kept", "retain=true", payload=b"w",
+                                       mid=2))
+        answer = yield self.next(client)  # QoS 0: at once, the write still waiting
+        self.assertEqual((answer.mid, m.code_text(answer.code)), (2, "2.04"))
+        self.assertEqual(len(self.store.pending), 1)
+        self.store.pending.pop().callback(None)
+        self.store.failing = True
+        client.transport.write(request(m.POST, "/ps/kept", "qos=1", "retain=true",
+                                       payload=b"x", mid=3))
+        answer = yield self.next(client)
+        self.assertEqual((answer.mid, m.code_text(answer.code)), (3, "5.03"))
+        self.assertIn(b"store", answer.payload)

@@ -192,6 +192,57 @@ class AiocoapTests(CoapBrokerTestCase):
             "REGISTERED ps/wild/kept r", "NOTE ps/wild/a 1", "NOTE ps/wild/b 2"])
 
 
+    REREGISTER = textwrap.dedent("""\
+        import asyncio, sys
+        from aiocoap import Context, Message, GET
+
+        async def first_note(req):
+            async for note in req.observation:
+                return note.payload.decode()
+
+        async def main(uri):
+            ctx = await Context.create_client_context()
+            req = ctx.request(Message(code=GET, uri=uri, observe=0))
+            print("R1", (await req.response).code, flush=True)
+            print("N1", await first_note(req), flush=True)
+            gone = await ctx.request(Message(code=GET, uri=uri, observe=1)).response
+            print("D", gone.code, gone.opt.observe, flush=True)
+            sys.stdin.readline()  # the test saw the session end
+            again = ctx.request(Message(code=GET, uri=uri, observe=0))
+            print("R2", (await again.response).code, flush=True)
+            print("N2", await first_note(again), flush=True)
+            await ctx.shutdown()
+
+        asyncio.run(main(sys.argv[1]))
+        """)
+
+    @inlineCallbacks
+    def test_observe_deregister_reregister(self) -> Any:
+        """aiocoap observes, deregisters with Observe 1 (the session ends with its only
+        observation; the answer is the plain GET's, 4.04 with no retained message),
+        registers again and gets the next message."""
+        script = self.mktemp()
+        with open(script, "w") as f:
+            f.write(self.REREGISTER)
+        proc = self.spawn(sys.executable, [
+            script, f"coap://127.0.0.1:{self.coap_port}/ps/again/t?clientid=again&qos=1"])
+        yield self.wait_until(lambda: b"R1" in proc.out, 20)
+        self.assertEqual(list(self.broker.sessions["again"].subscriptions), ["again/t"])
+        pub = yield self.paho("pub")
+        yield pub.publish("again/t", b"one", 1)
+        yield self.wait_until(lambda: b"D " in proc.out)
+        yield self.wait_until(lambda: "again" not in self.broker.sessions)
+        proc.transport.write(b"go\n")
+        yield self.wait_until(lambda: b"R2" in proc.out)
+        self.assertEqual(list(self.broker.sessions["again"].subscriptions), ["again/t"])
+        yield pub.publish("again/t", b"two", 1)
+        code = yield with_timeout(proc.ended, self.reactor, 20)
+        self.assertEqual(code, 0, proc.err)
+        self.assertEqual(proc.out.decode().splitlines(), [
+            "R1 2.05 Content", "N1 one", "D 4.04 Not Found None", "R2 2.05 Content",
+            "N2 two"])
+
+
 class RawUDPTests(CoapBrokerTestCase):
     """What a raw socket can send: the broker answers each with the RFC's answer."""
 
