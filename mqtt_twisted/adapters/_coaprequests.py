@@ -191,7 +191,7 @@ class CoapRequests:
         waiting): Block1 pieces collected first, an answer longer than a block cut into
         Block2 pieces (the later ones served from memory).  Plain callbacks rather than
         inlineCallbacks: this is every request's path."""
-        mapping.check_options(request)
+        mapping.check_options(request, getattr(link, "bert", False))
         block1 = blockwise.block_of(request, opt.BLOCK1)
         if block1 is not None and request.code in (m.POST, m.PUT):
             mapping.topic_of(request)  # 4.04 before anything is held

@@ -66,9 +66,10 @@ class PsRequest:
     token: str | None = None
 
 
-def check_options(request: m.CoapMessage) -> None:
-    """4.02 Bad Option for critical options we do not know, or malformed ones (§5.4.1)."""
-    bad = opt.bad_critical(request.options, UNDERSTOOD)
+def check_options(request: m.CoapMessage, bert: bool = False) -> None:
+    """4.02 Bad Option for critical options we do not know, or malformed ones (§5.4.1);
+    ``bert``: the request came over TCP, where Block SZX 7 is BERT."""
+    bad = opt.bad_critical(request.options, UNDERSTOOD, bert)
     if bad:
         names = ", ".join(opt.name_of(n) for n in dict.fromkeys(bad))
         raise CoapError(m.BAD_OPTION, f"unrecognized or malformed critical option: {names}")
