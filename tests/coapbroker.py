@@ -79,7 +79,8 @@ class CoapBrokerTestCase(unittest.TestCase):
         from twisted.internet import reactor
 
         self.reactor = reactor
-        self.service = BrokerService(reactor, MemoryStore(reactor), None, self.authenticator,
+        self.store = self.make_store(reactor)
+        self.service = BrokerService(reactor, self.store, None, self.authenticator,
                                      self.authorizer, 10.0, 0)
         self.broker = self.service.broker
         keys = "".join(f":{k}={v}" for k, v in self.coap_keys.items())
@@ -103,6 +104,10 @@ class CoapBrokerTestCase(unittest.TestCase):
             port = ports["coap"]
             self.server = self.coap_listener.site
         self.coap_port = port.getHost().port
+
+    def make_store(self, reactor: Any) -> Any:
+        """The broker's store (a test may hand it one that waits or fails)."""
+        return MemoryStore(reactor)
 
     @inlineCallbacks
     def tearDown(self) -> Any:

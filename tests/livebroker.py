@@ -32,16 +32,27 @@ def connect(port: int, client_id: str, version: int = 4, timeout: float = 10) ->
     return sock
 
 
-class LiveBroker:
-    """``twistd -n mqttbroker --listen tcp:PORT ARGS`` in ``directory``; ``stop()`` it."""
+def free_udp_port() -> int:
+    """A UDP port on 127.0.0.1 that nothing is bound to right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-    def __init__(self, directory: Path, *args: str, port: int | None = None) -> None:
+
+class LiveBroker:
+    """``twistd -n mqttbroker --listen tcp:PORT ARGS`` in ``directory``; ``stop()`` it.
+    ``listen`` adds listeners (``coap=udp:5683:interface=127.0.0.1``), each as one more
+    ``--listen``; the MQTT one on ``port`` is always there (the start-up probe uses it)."""
+
+    def __init__(self, directory: Path, *args: str, port: int | None = None,
+                 listen: tuple[str, ...] | list[str] = ()) -> None:
         self.port = port or free_port()
         self.log_path = directory / "twistd.log"
         self._log = open(self.log_path, "wb")
+        extra = [arg for endpoint in listen for arg in ("--listen", endpoint)]
         self.proc = subprocess.Popen(
             [*twistd_command(), "-n", "--pidfile=", "mqttbroker", "--listen",
-             f"tcp:{self.port}:interface=127.0.0.1", "--sys-interval", "0", *args],
+             f"tcp:{self.port}:interface=127.0.0.1", *extra, "--sys-interval", "0", *args],
             env=_env(), cwd=directory, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while True:

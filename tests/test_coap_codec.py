@@ -157,6 +157,8 @@ class OptionTests(SynchronousTestCase):
         self.assertEqual(opt.Block.decode(block.encode()), block)
         self.assertEqual(opt.Block(0, False, 0).encode(), b"")
         self.assertFalse(opt.well_formed(opt.BLOCK1, b"\x0f"))  # SZX 7
+        self.assertTrue(opt.well_formed(opt.BLOCK1, b"\x0f", bert=True))  # BERT over TCP
+        self.assertEqual((opt.Block(3, True, 7).size, opt.Block(3, True, 7).offset), (1024, 3072))
         self.assertTrue(opt.well_formed(opt.BLOCK1, b"\x0e"))
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.internet.task import deferLater
 from zope.interface import implementer
 
@@ -15,7 +15,9 @@ from mqtt_twisted.auth.acl import AclAuthorizer
 from mqtt_twisted.auth.passwd import PasswordFileAuthenticator, parse_passwd
 from mqtt_twisted.coap import message as m
 from mqtt_twisted.coap import options as opt
+from mqtt_twisted.errors import StorageError
 from mqtt_twisted.interfaces import IAuthenticator
+from mqtt_twisted.store.memory import MemoryStore
 
 try:
     from tests.coapbroker import CoapBrokerTestCase, request
@@ -168,55 +170,40 @@ class RateLimitTests(CoapBrokerTestCase):
 
     @inlineCallbacks
     def test_flood_is_answered_429(self) -> Any:
-        """Past maxRequestRate an address's CONs get 4.29 with Max-Age (not served), its
-        NONs nothing; a paho subscriber sees only the requests served."""
+        """Past maxRequestRate an address's CONs get 4.29 with Max-Age (not served), as
+        many a second as the rate, then nothing; its NONs nothing; a paho subscriber
+        sees only the requests served; a refused CON resent later is served."""
         sub = yield self.paho("sub")
         yield sub.subscribe(("flood", 0))
         client = self.udp()
-        for mid in range(5):
-            client.transport.write(request(m.POST, "/ps/flood", payload=b"%d" % mid, mid=mid))
+        for mid in range(9):
+            client.transport.write(request(m.POST, "/ps/flood", payload=b"%d" % mid, mid=mid,
+                                           token=b"%d" % mid))
         codes = []
-        for _ in range(5):
+        for _ in range(6):
             answer = yield self.next(client)
-            codes.append((answer.mid, m.code_text(answer.code), answer.uint(opt.MAX_AGE)))
-        self.assertEqual(sorted(codes), [(0, "2.04", None), (1, "2.04", None),
-                                         (2, "2.04", None), (3, "4.29", 1), (4, "4.29", 1)])
+            codes.append((answer.mid, answer.token, m.code_text(answer.code),
+                          answer.uint(opt.MAX_AGE)))
+        self.assertEqual(sorted(codes), [
+            (0, b"0", "2.04", None), (1, b"1", "2.04", None), (2, b"2", "2.04", None),
+            (3, b"3", "4.29", 1), (4, b"4", "4.29", 1), (5, b"5", "4.29", 1)])
         client.transport.write(request(m.POST, "/ps/flood", mid=9, mtype=m.NON))
-        yield self.nothing(client)
+        yield self.nothing(client)  # the three past the refusals, and the NON: nothing
         got = yield sub.collect(3)
         self.assertEqual([g.payload for g in got], [b"0", b"1", b"2"])
         yield sub.no_message(0.3)
+        yield self.sleep(0.7)  # the bucket fills again
+        client.transport.write(request(m.POST, "/ps/flood", payload=b"3", mid=3, token=b"3"))
+        answer = yield self.next(client)
+        self.assertEqual((answer.mid, m.code_text(answer.code)), (3, "2.04"))
+        got = yield sub.next_message()
+        self.assertEqual(got.payload, b"3")
 
+    def test_reads_are_bounded_per_turn(self) -> None:
+        """The listener reads at most DATAGRAM_BYTES_PER_TURN per reactor turn."""
+        from mqtt_twisted.adapters.kit import DATAGRAM_BYTES_PER_TURN
 
-class FlowControlTests(CoapBrokerTestCase):
-    @inlineCallbacks
-    def test_unacknowledged_window_then_queue(self) -> Any:
-        """At most MAX_IN_FLIGHT CON notifications wait for their ACKs; the broker queues
-        the rest for the session and sends them as ACKs come, in order, none lost."""
-        from mqtt_twisted.adapters._coapobserve import MAX_IN_FLIGHT
-
-        self.server.retransmitter.ack_timeout = 30.0  # no resends during the test
-        client = self.udp()
-        client.transport.write(request(m.GET, "/ps/w", "clientid=slow", "qos=1", token=b"W",
-                                       observe=0))
-        yield self.next(client)
-        pub = yield self.paho("pub")
-        total = MAX_IN_FLIGHT + 24
-        for n in range(total):
-            yield pub.publish("w", b"%d" % n, 1)
-        first = []
-        for _ in range(MAX_IN_FLIGHT):
-            first.append((yield self.next(client)))
-        yield self.nothing(client, 0.3)
-        payloads = [note.payload for note in first]
-        while len(payloads) < total:
-            for note in first:
-                client.transport.write(m.encode(m.CoapMessage(m.ACK, m.EMPTY, note.mid)))
-            first = [(yield self.next(client))]
-            while client.received.pending:
-                first.append((yield self.next(client)))
-            payloads += [note.payload for note in first]
-        self.assertEqual(payloads, [b"%d" % n for n in range(total)])
+        self.assertEqual(self.coap_listener.port.maxThroughput, DATAGRAM_BYTES_PER_TURN)
 
 
 @implementer(IAuthenticator)
@@ -266,3 +253,49 @@ class TakeoverTests(CoapBrokerTestCase):
         self.assertEqual((m.code_text(end.code), end.token, end.option(opt.OBSERVE)),
                          ("5.03", b"T", None))
         self.assertEqual(self.server.requests.clients, {})
+
+
+class _HeldStore(MemoryStore):
+    """Retained writes wait for the test: ``pending`` fires them; ``failing`` fails them."""
+
+    def __init__(self, reactor: Any) -> None:
+        super().__init__(reactor)
+        self.pending: list[Deferred[None]] = []
+        self.failing = False
+
+    def setRetained(self, message: Any) -> Any:
+        if self.failing:
+            return fail(StorageError("the store is down"))
+        d: Deferred[None] = Deferred()
+        self.pending.append(d)
+        return d.addCallback(lambda _: MemoryStore.setRetained(self, message))
+
+
+class StoredFirstTests(CoapBrokerTestCase):
+    def make_store(self, reactor: Any) -> Any:
+        return _HeldStore(reactor)
+
+    @inlineCallbacks
+    def test_qos1_answered_once_stored(self) -> Any:
+        """A retained QoS 1 POST is answered 2.04 only once the store wrote the message
+        (a QoS 0 one at once); a store that fails it gets 5.03 with a diagnostic."""
+        client = self.udp()
+        client.transport.write(request(m.POST, "/ps/kept", "qos=1", "retain=true",
+                                       payload=b"v", mid=1))
+        yield self.wait_until(lambda: len(self.store.pending) == 1)
+        yield self.nothing(client, 0.3)
+        self.store.pending.pop().callback(None)
+        answer = yield self.next(client)
+        self.assertEqual((answer.mid, m.code_text(answer.code)), (1, "2.04"))
+        client.transport.write(request(m.POST, "/ps/kept", "retain=true", payload=b"w",
+                                       mid=2))
+        answer = yield self.next(client)  # QoS 0: at once, the write still waiting
+        self.assertEqual((answer.mid, m.code_text(answer.code)), (2, "2.04"))
+        self.assertEqual(len(self.store.pending), 1)
+        self.store.pending.pop().callback(None)
+        self.store.failing = True
+        client.transport.write(request(m.POST, "/ps/kept", "qos=1", "retain=true",
+                                       payload=b"x", mid=3))
+        answer = yield self.next(client)
+        self.assertEqual((answer.mid, m.code_text(answer.code)), (3, "5.03"))
+        self.assertIn(b"store", answer.payload)

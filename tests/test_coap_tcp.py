@@ -23,6 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mqtt_twisted.coap import message as m
 from mqtt_twisted.coap import tcp
 from mqtt_twisted.coap.message import CoapFormatError, CoapMessage
+from mqtt_twisted.coap.options import Block
 
 try:
     from tests.coapbroker import COAP_CLIENT, NO_AIOCOAP, NO_LIBCOAP, CoapBrokerTestCase
@@ -169,6 +170,36 @@ class RawTCPTests(TCPBrokerTestCase):
         self.assertEqual((m.code_text(answer.code), answer.token), ("4.02", b"g2"))
 
     @inlineCallbacks
+    def test_bert_block1(self) -> Any:
+        """Over TCP a Block1 piece may be BERT (SZX 7, RFC 8323 §6): several 1024-byte
+        units, numbered in units; the 2.31 echoes it; a BERT piece that is not a whole
+        number of units is 4.00; over UDP SZX 7 stays 4.02 (tests/test_coap_codec)."""
+        sub = yield self.paho("sub")
+        yield sub.subscribe(("bert/#", 1))
+        client = yield self.raw()
+        yield self.next(client)
+        client.send(tcp.csm(1 << 20))
+        body = os.urandom(2048 + 2048 + 100)
+        for num, more, piece in ((0, True, body[:2048]), (2, True, body[2048:4096]),
+                                 (4, False, body[4096:])):
+            request = msg(m.POST, b"b%d" % num).add(11, "ps").add(11, "bert").add(
+                15, "qos=1").add(27, Block(num, more, 7).encode())
+            request.payload = piece
+            client.send(request)
+            answer = yield self.next(client)
+            self.assertEqual((m.code_text(answer.code), answer.token,
+                              Block.decode(answer.option(27))),
+                             ("2.31" if more else "2.04", b"b%d" % num, Block(num, more, 7)))
+        message = yield sub.next_message()
+        self.assertEqual((message.topic, message.payload), ("bert", body))
+        request = msg(m.POST, b"odd").add(11, "ps").add(11, "bert").add(
+            27, Block(0, True, 7).encode())
+        request.payload = b"x" * 1500
+        client.send(request)
+        answer = yield self.next(client)
+        self.assertEqual(m.code_text(answer.code), "4.00")
+
+    @inlineCallbacks
     def test_no_csm_first_is_aborted(self) -> Any:
         client = yield self.raw()
         yield self.next(client)
@@ -228,6 +259,46 @@ class LibcoapTCPTests(TCPBrokerTestCase):
         self.assertEqual(code, 0, observer.err)
         self.assertEqual(observer.out.replace(b"\n", b""), b"helloworld")
         yield self.wait_until(lambda: "t1" not in self.broker.sessions)
+
+
+    @inlineCallbacks
+    def test_each_qos_and_50_kib_both_ways(self) -> Any:
+        """Over coap+tcp: a POST at each QoS reaches paho at that QoS; 50 KiB go in
+        Block1 pieces to MQTT intact, and come back in Block2 pieces, as a GET answer
+        and as a notification."""
+        big = os.urandom(25600).hex().encode()  # 50 KiB of text (libcoap's -f wants no NULs)
+        sub = yield self.paho("sub")
+        yield sub.subscribe(("tq/#", 2))
+        for qos in (0, 1, 2):
+            _, err, code = yield self.coap_client(
+                "-m", "post", "-e", f"q{qos}", self.url(f"/ps/tq/{qos}?qos={qos}"))
+            self.assertEqual(code, 0, err)
+            message = yield sub.next_message()
+            self.assertEqual((message.topic, message.payload, message.qos),
+                             (f"tq/{qos}", f"q{qos}".encode(), qos))
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(big)
+        _, err, code = yield self.coap_client("-m", "post", "-b", "1024", "-f", path,
+                                              self.url("/ps/tq/big?qos=1&retain=true"))
+        self.assertEqual(code, 0, err)
+        message = yield sub.next_message()
+        self.assertEqual((message.topic, message.payload), ("tq/big", big))
+        got = self.mktemp()
+        _, err, code = yield self.coap_client("-m", "get", "-o", got, self.url("/ps/tq/big"))
+        self.assertEqual(code, 0, err)
+        with open(got, "rb") as f:
+            self.assertEqual(f.read(), big)
+        observed = self.mktemp()
+        observer = self.spawn(COAP_CLIENT, ["-B", "10", "-s", "3", "-m", "get", "-o", observed,
+                                            self.url("/ps/tq/stream?clientid=tb")])
+        yield self.wait_until(lambda: "tb" in self.broker.sessions)
+        pub = yield self.paho("pub")
+        yield pub.publish("tq/stream", big[::-1], 1)
+        code = yield with_timeout(observer.ended, self.reactor, 20)
+        self.assertEqual(code, 0, observer.err)
+        with open(observed, "rb") as f:
+            self.assertEqual(f.read(), big[::-1])
 
 
 class AiocoapTCPTests(TCPBrokerTestCase):

@@ -148,6 +148,101 @@ class AiocoapTests(CoapBrokerTestCase):
         self.assertEqual(lines[2], "NOTE hello coap")
 
 
+    WILDCARD = textwrap.dedent("""\
+        import asyncio, sys
+        from aiocoap import Context, Message, GET
+
+        async def main(base):
+            ctx = await Context.create_client_context()
+            req = ctx.request(Message(code=GET, uri=base + "/ps/wild/%2B?clientid=w",
+                                      observe=0))
+            first = await req.response
+            print("REGISTERED", "/".join(first.opt.location_path),
+                  first.payload.decode(), flush=True)
+            seen = 0
+            async for note in req.observation:
+                print("NOTE", "/".join(note.opt.location_path), note.payload.decode(),
+                      flush=True)
+                seen += 1
+                if seen == 2:
+                    break
+            req.observation.cancel()
+            await ctx.shutdown()
+
+        asyncio.run(main(sys.argv[1]))
+        """)
+
+    @inlineCallbacks
+    def test_wildcard_notifications_name_their_topic(self) -> Any:
+        """An observer of ``wild/+`` learns each message's topic from the Location-Path
+        options (``ps``, then the topic's levels), the retained one in the registration
+        answer included."""
+        pub = yield self.paho("pub")
+        yield pub.publish("wild/kept", b"r", 1, True)
+        script = self.mktemp()
+        with open(script, "w") as f:
+            f.write(self.WILDCARD)
+        proc = self.spawn(sys.executable, [script, f"coap://127.0.0.1:{self.coap_port}"])
+        yield self.wait_until(lambda: b"REGISTERED" in proc.out, 20)
+        yield pub.publish("wild/a", b"1", 1)
+        yield pub.publish("wild/b", b"2", 0)
+        code = yield with_timeout(proc.ended, self.reactor, 20)
+        self.assertEqual(code, 0, proc.err)
+        self.assertEqual(proc.out.decode().splitlines(), [
+            "REGISTERED ps/wild/kept r", "NOTE ps/wild/a 1", "NOTE ps/wild/b 2"])
+
+
+    REREGISTER = textwrap.dedent("""\
+        import asyncio, sys
+        from aiocoap import Context, Message, GET
+
+        async def first_note(req):
+            async for note in req.observation:
+                return note.payload.decode()
+
+        async def main(uri):
+            ctx = await Context.create_client_context()
+            req = ctx.request(Message(code=GET, uri=uri, observe=0))
+            print("R1", (await req.response).code, flush=True)
+            print("N1", await first_note(req), flush=True)
+            gone = await ctx.request(Message(code=GET, uri=uri, observe=1)).response
+            print("D", gone.code, gone.opt.observe, flush=True)
+            sys.stdin.readline()  # the test saw the session end
+            again = ctx.request(Message(code=GET, uri=uri, observe=0))
+            print("R2", (await again.response).code, flush=True)
+            print("N2", await first_note(again), flush=True)
+            await ctx.shutdown()
+
+        asyncio.run(main(sys.argv[1]))
+        """)
+
+    @inlineCallbacks
+    def test_observe_deregister_reregister(self) -> Any:
+        """aiocoap observes, deregisters with Observe 1 (the session ends with its only
+        observation; the answer is the plain GET's, 4.04 with no retained message),
+        registers again and gets the next message."""
+        script = self.mktemp()
+        with open(script, "w") as f:
+            f.write(self.REREGISTER)
+        proc = self.spawn(sys.executable, [
+            script, f"coap://127.0.0.1:{self.coap_port}/ps/again/t?clientid=again&qos=1"])
+        yield self.wait_until(lambda: b"R1" in proc.out, 20)
+        self.assertEqual(list(self.broker.sessions["again"].subscriptions), ["again/t"])
+        pub = yield self.paho("pub")
+        yield pub.publish("again/t", b"one", 1)
+        yield self.wait_until(lambda: b"D " in proc.out)
+        yield self.wait_until(lambda: "again" not in self.broker.sessions)
+        proc.transport.write(b"go\n")
+        yield self.wait_until(lambda: b"R2" in proc.out)
+        self.assertEqual(list(self.broker.sessions["again"].subscriptions), ["again/t"])
+        yield pub.publish("again/t", b"two", 1)
+        code = yield with_timeout(proc.ended, self.reactor, 20)
+        self.assertEqual(code, 0, proc.err)
+        self.assertEqual(proc.out.decode().splitlines(), [
+            "R1 2.05 Content", "N1 one", "D 4.04 Not Found None", "R2 2.05 Content",
+            "N2 two"])
+
+
 class RawUDPTests(CoapBrokerTestCase):
     """What a raw socket can send: the broker answers each with the RFC's answer."""
 
@@ -239,6 +334,8 @@ class RawUDPTests(CoapBrokerTestCase):
         self.assertEqual([(n.token, n.type, n.payload) for n in notes],
                          [(b"A", m.NON, b"n1"), (b"B", m.CON, b"n2")])
         self.assertGreater(notes[0].uint(opt.OBSERVE), answers[b"A"].uint(opt.OBSERVE))
+        # an observer of a single topic is not told the topic again
+        self.assertEqual([n.option(opt.LOCATION_PATH) for n in notes], [None, None])
         client.transport.write(m.encode(m.CoapMessage(m.ACK, m.EMPTY, notes[1].mid)))
         client.transport.write(request(m.DELETE, "/ps/o/a", "clientid=raw", mid=4))
         answer = yield self.next(client)
@@ -287,6 +384,9 @@ class UsageTests(unittest.SynchronousTestCase):
         cases = {"coap=udp:abc": "the port must be 0..65535",
                  "coap=udp:5683:blockSize=100": "blockSize='100' is not a power of two",
                  "coap=udp:5683:heartbeat=-1": "heartbeat='-1'",
+                 "coap=udp:5683:nstart=0": "nstart='0' must be at least 1",
+                 "coap=udp:5683:maxObservationsPerAddress=x":
+                     "maxObservationsPerAddress='x' is not an integer",
                  "coap=ssl:5684:privateKey=/nonexistent": "No such file"}
         for value, expected in cases.items():
             e = self.assertRaises(usage.UsageError, tap.Options().parseOptions,

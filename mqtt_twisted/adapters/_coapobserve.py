@@ -27,9 +27,6 @@ log = Logger(namespace="mqtt_twisted.adapters.coap")
 
 #: Observe numbers are 24 bits (RFC 7641 §4.4).
 OBSERVE_MODULO = 1 << 24
-#: CON notifications one client id may have unacknowledged (its NSTART); beyond, the
-#: broker queues for its session (bounded, as for a slow MQTT client) until ACKs come.
-MAX_IN_FLIGHT = 16
 #: A QoS 0 observer still gets a CON notification this often (seconds), so that one
 #: that went away is noticed (RFC 7641 §4.5: at least every 24 hours).
 CON_EVERY = 86400.0
@@ -39,7 +36,7 @@ class Observation:
     """One registered GET with Observe 0: where and how its notifications go."""
 
     __slots__ = ("filter", "match", "token", "peer", "key", "seq", "qos", "pending", "held",
-                 "last_con")
+                 "last_con", "wildcard", "address")
 
     def __init__(self, topic_filter: str, token: bytes, peer: Any, key: Any = None) -> None:
         self.filter = topic_filter
@@ -48,6 +45,8 @@ class Observation:
         self.key = key
         shared = parse_shared_filter(topic_filter)
         self.match = shared.filter if shared is not None else topic_filter
+        #: Its notifications say which topic each message came from (Location-Path).
+        self.wildcard = mapping.is_wildcard(self.match)
         self.token = token
         self.peer = peer
         self.seq = 1
@@ -57,6 +56,8 @@ class Observation:
         self.held: list[tuple[Message, int]] = []
         #: When the last CON notification went out (or the registration was answered).
         self.last_con = 0.0
+        #: The source address its registration is counted for (None once released).
+        self.address: str | None = None
 
     def next_seq(self) -> int:
         self.seq = (self.seq + 1) % OBSERVE_MODULO
@@ -87,18 +88,19 @@ class CoapClient:
                     obs.held.append((message, qos))
                 else:
                     self.notify(obs, message, qos)
-        return self.in_flight < MAX_IN_FLIGHT
+        return self.in_flight < self.requests.config.nstart
 
     def sent_confirmable(self) -> None:
         self.in_flight += 1
 
     def acknowledged(self) -> None:
-        """A CON notification was acknowledged (or given up): once half the window is
-        free again, the broker delivers what it queued meanwhile."""
+        """A CON notification was acknowledged (or given up): once half the window
+        (NSTART, the listener's ``nstart``) is free again, the broker delivers what it
+        queued meanwhile."""
         self.in_flight -= 1
         conn = self.conn
-        if conn is not None and conn.paused and self.in_flight <= MAX_IN_FLIGHT // 2 \
-                and not self.closed:
+        if conn is not None and conn.paused and \
+                self.in_flight <= self.requests.config.nstart // 2 and not self.closed:
             conn.resumeWriting()
 
     def sessionClosed(self, reason: Any) -> None:
@@ -109,6 +111,7 @@ class CoapClient:
         ended, self.observations = list(self.observations.values()), {}
         self.conn = None
         for obs in ended:
+            self.requests.release(obs)
             if not obs.pending:
                 note = m.CoapMessage(m.NON, m.SERVICE_UNAVAILABLE, 0, obs.token, [],
                                      b"the session ended")
@@ -123,6 +126,8 @@ class CoapClient:
         note = m.CoapMessage(m.NON, m.CONTENT, 0, obs.token,
                              [(opt.OBSERVE, opt.encode_uint(obs.next_seq())),
                               *mapping.notification_options(message)], message.payload)
+        if obs.wildcard:
+            note.options += mapping.topic_options(message.topic)
         self.requests.first_block(obs.key, note)
         now = self.requests.reactor.seconds()
         confirmable = qos > 0 or now - obs.last_con >= CON_EVERY

@@ -60,6 +60,12 @@ _block_size.metavar = "BYTES"  # type: ignore[attr-defined]
 OPTIONS = declare(
     AdapterOption("maxObservations", integer(low=1), 64,
                   "observations one client id may hold; more get 5.03"),
+    AdapterOption("maxObservationsPerAddress", integer(low=0, metavar="N"), 1024,
+                  "observations all client ids of one source address may hold together; "
+                  "more get 5.03 (0: no limit)"),
+    AdapterOption("nstart", integer(low=1, metavar="N"), 1,
+                  "CON notifications a client id may have unacknowledged (RFC 7252 NSTART); "
+                  "the broker queues the rest for its session"),
     AdapterOption("maxPayload", integer(low=0, metavar="BYTES"), 1 << 20,
                   "largest request body in bytes (Block1 pieces put together); larger "
                   "ones get 4.13"),
@@ -91,6 +97,8 @@ class CoapConfig:
     connection_required: bool = False
     heartbeat: float = 30.0
     listener: Any = None
+    max_observations_per_address: int = 1024
+    nstart: int = 1
 
     @classmethod
     def from_settings(cls, settings: Any) -> CoapConfig:
@@ -98,7 +106,7 @@ class CoapConfig:
         v = option_values(OPTIONS, getattr(settings, "extra", None) or {})
         return cls(v["maxObservations"], v["maxPayload"], blockwise.szx_for(v["blockSize"]),
                    v["maxReassembly"], v["maxRequestRate"], v["connectionRequired"],
-                   v["heartbeat"], settings)
+                   v["heartbeat"], settings, v["maxObservationsPerAddress"], v["nstart"])
 
 
 #: An answer's code, options and payload (type, id and token are the transport's), and
@@ -131,6 +139,12 @@ def error_of(error: BaseException) -> CoapError | None:
 
 
 
+def address_of(link: Any) -> str:
+    """The source address of a link (``host`` of its ``host:port``): what the
+    per-address limits count by, since one host has every port it wants."""
+    return link.peer_text.rpartition(":")[0]
+
+
 def _changed() -> Answer:
     """2.04 Changed, a new message each time (callers may add options to it)."""
     return m.CoapMessage(m.ACK, m.CHANGED), None
@@ -148,6 +162,8 @@ class CoapRequests:
         self.reassembly = blockwise.Reassembly(reactor, config.max_reassembly,
                                                config.max_payload)
         self.clients: dict[str, CoapClient] = {}
+        #: Observations held per source address (all its client ids together).
+        self.per_address: dict[str, int] = {}
         self.opening: dict[str, list[Deferred[CoapClient]]] = {}
         self.connections = Connections(reactor, config.heartbeat)
         self.connections.on_expire = self.disconnect
@@ -175,7 +191,7 @@ class CoapRequests:
         waiting): Block1 pieces collected first, an answer longer than a block cut into
         Block2 pieces (the later ones served from memory).  Plain callbacks rather than
         inlineCallbacks: this is every request's path."""
-        mapping.check_options(request)
+        mapping.check_options(request, getattr(link, "bert", False))
         block1 = blockwise.block_of(request, opt.BLOCK1)
         if block1 is not None and request.code in (m.POST, m.PUT):
             mapping.topic_of(request)  # 4.04 before anything is held
@@ -314,13 +330,26 @@ class CoapRequests:
     def observe(self, ps: PsRequest, request: m.CoapMessage, link: Any, client_id: str,
                 credentials: Credentials) -> Any:
         client = yield self.client_for(client_id, credentials)
-        if ps.topic not in client.observations and \
-                len(client.observations) >= self.config.max_observations:
+        old = client.observations.get(ps.topic)
+        if old is None and len(client.observations) >= self.config.max_observations:
             self.close_if_idle(client)
             raise CoapError(m.SERVICE_UNAVAILABLE, f"client {client_id!r} holds "
                             f"{self.config.max_observations} observations already")
+        address = address_of(link)
+        limit = self.config.max_observations_per_address
+        held = self.per_address.get(address, 0)
+        if old is not None and old.address == address:
+            held -= 1  # a re-registration replaces it
+        if limit and held >= limit:
+            self.close_if_idle(client)
+            raise CoapError(m.SERVICE_UNAVAILABLE, f"address {address} holds {limit} "
+                            "observations already")
+        if old is not None:
+            self.release(old)
         obs = client.observations[ps.topic] = Observation(
             ps.topic, request.token, link, blockwise.request_key(link, request))
+        obs.address = address
+        self.per_address[address] = self.per_address.get(address, 0) + 1
         try:
             granted = yield self.service.subscribe(client_id, ps.topic, ps.qos)
         except BaseException:
@@ -342,6 +371,8 @@ class CoapRequests:
         payload = b""
         if first is not None:
             options += mapping.notification_options(first)
+            if obs.wildcard:
+                options += mapping.topic_options(first.topic)
             payload = first.payload
 
         def rest() -> None:
@@ -419,9 +450,21 @@ class CoapRequests:
             opened, refused)
         return d
 
+    def release(self, obs: Observation) -> None:
+        """``obs`` ended: its address may hold another one."""
+        address, obs.address = obs.address, None
+        if address is not None:
+            left = self.per_address[address] - 1
+            if left:
+                self.per_address[address] = left
+            else:
+                del self.per_address[address]
+
     def forget(self, client: CoapClient, topic_filter: str) -> Deferred[Any]:
         """End one observation: unsubscribe, and close the session when none is left."""
         obs = client.observations.pop(topic_filter, None)
+        if obs is not None:
+            self.release(obs)
         if obs is None or client.closed:
             return succeed(False)
         d = self.service.unsubscribe(client.client_id, topic_filter)
@@ -432,6 +475,7 @@ class CoapRequests:
     def drop(self, client: CoapClient, obs: Observation) -> None:
         if client.observations.get(obs.filter) is obs:
             del client.observations[obs.filter]
+        self.release(obs)
         self.close_if_idle(client)
 
     def close_if_idle(self, client: CoapClient) -> None:

@@ -121,6 +121,8 @@ class CoapServer(DatagramProtocol):
         self.retransmitter = Retransmitter(reactor, self.send)
         self.dedup = Deduplicator(reactor)
         self.rate = RateLimiter(reactor, config.max_request_rate)
+        #: The 4.29 answers to an address over the rate, themselves limited to as many.
+        self.refusals = RateLimiter(reactor, config.max_request_rate)
         self.notes: OrderedDict[tuple[Any, int], tuple[CoapClient, Observation]] = OrderedDict()
 
     def startProtocol(self) -> None:
@@ -144,6 +146,12 @@ class CoapServer(DatagramProtocol):
     # --- datagrams in -------------------------------------------------------------------
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
+        if data and data[0] & 0x20 == 0 and not self.rate.allow(addr[0]):
+            # A CON or NON (type bits 00/01; ACKs and RSTs are never refused) from an
+            # address over maxRequestRate: refused before it is even decoded, so that
+            # a flood costs the broker little more than reading it.
+            self.refuse(data, addr)
+            return
         try:
             msg = m.decode(data)
         except m.CoapFormatError as e:
@@ -165,15 +173,25 @@ class CoapServer(DatagramProtocol):
                 self.send(seen, addr)  # the same answer again, not a second action
             return
         exchange = _Exchange(self, msg, addr)
-        if not self.rate.allow(addr[0]):  # a flood from one address: answered, not served
-            if msg.type == m.CON:
-                exchange.finish(m.CoapMessage(m.ACK, m.TOO_MANY_REQUESTS, 0, b"", [
-                    (opt.MAX_AGE, b"\x01")], b"too many requests: wait a second"))
-            return
         d = self.requests.answer(msg, UdpPeer(addr, self))
         d.addCallback(self._answer, exchange)
         if not exchange.done and msg.type == m.CON:
             exchange.timer = self.reactor.callLater(SEPARATE_AFTER, exchange.ack_now)
+
+    def refuse(self, data: bytes, addr: Any) -> None:
+        """A request over the rate: a CON gets 4.29 Too Many Requests with Max-Age 1 (as
+        many a second as the rate, then nothing: the flood goes unanswered), a NON
+        nothing.  Not remembered as answered: resent later, it is served."""
+        if data[0] & 0x30 != 0 or not self.refusals.allow(addr[0]):
+            return
+        try:
+            msg = m.decode(data)
+        except m.CoapFormatError:
+            return
+        if m.is_request(msg.code):
+            self.send(m.encode(m.CoapMessage(
+                m.ACK, m.TOO_MANY_REQUESTS, msg.mid, msg.token, [(opt.MAX_AGE, b"\x01")],
+                b"too many requests: wait a second")), addr)
 
     def _answer(self, answer: Answer, exchange: _Exchange) -> None:
         response, after = answer

@@ -34,6 +34,10 @@ HEADER_ROOM = 1024
 class CoapTCPProtocol(Protocol):
     """One CoAP-over-TCP connection; it is also the link its observations notify."""
 
+    #: Block1 pieces may be BERT (SZX 7: any number of 1024-byte units, RFC 8323 §6),
+    #: as the CSM's Block-Wise-Transfer with a Max-Message-Size over 1152 promises.
+    bert = True
+
     def __init__(self, factory: CoapTCPFactory) -> None:
         self.factory = factory
         self.requests = factory.requests

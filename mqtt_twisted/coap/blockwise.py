@@ -128,7 +128,8 @@ class Reassembly(_Bounded):
         if size1 is not None and size1 > self.max_body:
             self._pop(key)
             raise too_large
-        if block.more and len(payload) != block.size:
+        if block.more and (len(payload) != block.size if not block.bert
+                           else not payload or len(payload) % block.size):
             self._pop(key)
             raise CoapError(m.BAD_REQUEST, f"block {block.num} has {len(payload)} bytes, "
                             f"not {block.size}")

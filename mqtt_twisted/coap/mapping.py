@@ -66,9 +66,10 @@ class PsRequest:
     token: str | None = None
 
 
-def check_options(request: m.CoapMessage) -> None:
-    """4.02 Bad Option for critical options we do not know, or malformed ones (§5.4.1)."""
-    bad = opt.bad_critical(request.options, UNDERSTOOD)
+def check_options(request: m.CoapMessage, bert: bool = False) -> None:
+    """4.02 Bad Option for critical options we do not know, or malformed ones (§5.4.1);
+    ``bert``: the request came over TCP, where Block SZX 7 is BERT."""
+    bad = opt.bad_critical(request.options, UNDERSTOOD, bert)
     if bad:
         names = ", ".join(opt.name_of(n) for n in dict.fromkeys(bad))
         raise CoapError(m.BAD_OPTION, f"unrecognized or malformed critical option: {names}")
@@ -205,6 +206,24 @@ def notification_options(message: Message) -> list[tuple[int, bytes]]:
     media = message.properties.get(PropertyId.CONTENT_TYPE) if message.properties else None
     number = opt.FORMAT_OF_TYPE.get(media) if media is not None else None
     return [] if number is None else [(opt.CONTENT_FORMAT, opt.encode_uint(number))]
+
+
+def is_wildcard(topic_filter: str) -> bool:
+    """True if ``topic_filter`` can match more than one topic (``+`` or ``#``)."""
+    return "+" in topic_filter or "#" in topic_filter
+
+
+def topic_options(topic: str) -> list[tuple[int, bytes]]:
+    """The topic a notification's message was published on, for an observer of a
+    wildcard filter: Location-Path options ``ps``, then each topic level, i.e. the
+    relative URI ``/ps/{topic}`` of the resource the message belongs to (an elective
+    option: a client that does not look for it ignores it).  Empty when a level is
+    longer than an option may be (255 bytes)."""
+    levels = [level.encode("utf-8") for level in topic.split("/")]
+    if any(len(level) > 255 for level in levels):
+        return []
+    return [(opt.LOCATION_PATH, PS.encode("ascii")),
+            *((opt.LOCATION_PATH, level) for level in levels)]
 
 
 def reply(request: m.CoapMessage, code: int, payload: bytes = b"",

@@ -100,8 +100,9 @@ def decode_uint(data: bytes) -> int:
     return int.from_bytes(data, "big")
 
 
-def well_formed(number: int, value: bytes) -> bool:
-    """Whether ``value`` fits a known option's length range (unknown options: True)."""
+def well_formed(number: int, value: bytes, bert: bool = False) -> bool:
+    """Whether ``value`` fits a known option's length range (unknown options: True).
+    ``bert``: over TCP, where SZX 7 in a Block option means BERT (RFC 8323 §6)."""
     known = KNOWN.get(number)
     if known is None:
         return True
@@ -113,16 +114,17 @@ def well_formed(number: int, value: bytes) -> bool:
             value.decode("utf-8")
         except UnicodeDecodeError:
             return False
-    if number in (BLOCK1, BLOCK2) and value and value[-1] & 7 == 7:
-        return False  # SZX 7 is reserved (RFC 7959 §2.2)
+    if number in (BLOCK1, BLOCK2) and value and value[-1] & 7 == 7 and not bert:
+        return False  # SZX 7 is reserved (RFC 7959 §2.2), but BERT over TCP
     return True
 
 
-def bad_critical(options: list[tuple[int, bytes]], understood: frozenset[int]) -> list[int]:
+def bad_critical(options: list[tuple[int, bytes]], understood: frozenset[int],
+                 bert: bool = False) -> list[int]:
     """The critical options a receiver understanding ``understood`` must refuse: unknown
     to it, or with a value out of range (RFC 7252 §5.4.1, §5.4.3)."""
     return [n for n, v in options
-            if is_critical(n) and (n not in understood or not well_formed(n, v))]
+            if is_critical(n) and (n not in understood or not well_formed(n, v, bert))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +137,13 @@ class Block:
 
     @property
     def size(self) -> int:
-        return 1 << (self.szx + 4)
+        """Bytes per block; for BERT (SZX 7, RFC 8323 §6) the unit its number counts,
+        1024, a piece carrying any multiple of it."""
+        return 1 << (min(self.szx, 6) + 4)
+
+    @property
+    def bert(self) -> bool:
+        return self.szx == 7
 
     @property
     def offset(self) -> int:
