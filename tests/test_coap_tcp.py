@@ -397,3 +397,31 @@ class TLSTests(TCPBrokerTestCase):
         self.assertEqual(code, 0, err)
         message = yield sub.next_message()
         self.assertEqual((message.topic, message.payload), ("secure/lib", b"over tls"))
+
+
+class TCPRateTests(TCPBrokerTestCase):
+    """maxRequestRate over TCP (issue 15: request rate bounded over every transport)."""
+
+    coap_keys = {"maxRequestRate": "20"}
+
+    @inlineCallbacks
+    def test_requests_past_the_rate(self) -> Any:
+        """60 GETs in one write with a rate of 20/s: the burst of 20 is answered, the
+        rest get 4.29 with Max-Age 1, and the connection is not read for a second: a
+        request sent meanwhile is answered only after it."""
+        client = yield self.raw()
+        yield self.next(client)
+        client.send(tcp.csm(1152))
+        client.transport.write(b"".join(tcp.encode(msg(m.GET, b"r%d" % n).add(11, "ps").add(
+            11, "none")) for n in range(60)))
+        answers = []
+        for _ in range(60):
+            answers.append((yield self.next(client)))
+        refused_at = self.reactor.seconds()
+        codes = [m.code_text(a.code) for a in answers]
+        self.assertEqual(codes, ["4.04"] * 20 + ["4.29"] * 40)
+        self.assertEqual(answers[20].uint(14), 1)  # Max-Age
+        client.send(msg(m.GET, b"later").add(11, "ps").add(11, "none"))
+        later = yield self.next(client)
+        self.assertEqual((m.code_text(later.code), later.token), ("4.04", b"later"))
+        self.assertGreater(self.reactor.seconds() - refused_at, 0.8)  # not read meanwhile

@@ -73,7 +73,7 @@ OPTIONS = declare(
                   "largest payload per datagram (16..1024, a power of two): longer answers "
                   "and notifications go out in Block2 pieces"),
     AdapterOption("maxRequestRate", integer(low=0, metavar="N"), 1000,
-                  "requests per second one UDP address may make (bursts of as many); more "
+                  "requests per second one address may make (bursts of as many); more "
                   "get 4.29 Too Many Requests (0: no limit)"),
     AdapterOption("connectionRequired", yes_no, False,
                   "yes: every request must carry a token from POST /mqtt/connection "

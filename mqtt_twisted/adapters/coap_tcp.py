@@ -8,6 +8,9 @@ message ids or duplicates, and every notification goes out the same way.  Each s
 starts with a CSM (Max-Message-Size, Block-Wise-Transfer); Ping is answered with
 Pong; bytes that cannot be parsed, or a first message that is not a CSM, end the
 connection with an Abort saying why.  When a connection closes its observations end.
+Requests past the listener's ``maxRequestRate`` (per source address, as over UDP) are
+answered 4.29 Too Many Requests with Max-Age 1, and the connection is not read for a
+second: a client streaming requests is slowed by TCP itself, not by the broker's work.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from mqtt_twisted.adapters._coapobserve import CoapClient, Observation
 from mqtt_twisted.adapters._coaprequests import Answer, CoapConfig, CoapRequests
 from mqtt_twisted.adapters.kit import ConnectionLimit, peer_text
 from mqtt_twisted.coap import message as m
+from mqtt_twisted.coap import options as opt
 from mqtt_twisted.coap import tcp
+from mqtt_twisted.coap.exchange import RateLimiter
 from mqtt_twisted.coap.message import CoapFormatError, CoapMessage
 
 log = Logger()
@@ -46,9 +51,14 @@ class CoapTCPProtocol(Protocol):
         self.got_csm = False
         self.closed = False
         self.peer_text = ""
+        self.host = ""
+        #: The call that reads again after a request past the rate (None: reading).
+        self.resume_call: Any = None
 
     def connectionMade(self) -> None:
-        self.peer_text = peer_text(self.transport.getPeer())
+        peer = self.transport.getPeer()
+        self.peer_text = peer_text(peer)
+        self.host = getattr(peer, "host", "") or self.peer_text
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)
@@ -78,8 +88,24 @@ class CoapTCPProtocol(Protocol):
         if tcp.is_signal(msg.code):
             self.signal(msg)
         elif m.is_request(msg.code):
+            if not self.factory.rate.allow(self.host):
+                self.too_many(msg)
+                return
             d = self.requests.answer(msg, self)
             d.addCallback(self.respond, msg)
+
+    def too_many(self, request: CoapMessage) -> None:
+        """Past the rate: 4.29 with Max-Age 1, and nothing more is read for a second."""
+        self.write(CoapMessage(m.CON, m.TOO_MANY_REQUESTS, 0, request.token,
+                               [(opt.MAX_AGE, b"\x01")], b"too many requests: wait a second"))
+        if self.resume_call is None and not self.closed:
+            self.transport.pauseProducing()
+            self.resume_call = self.factory.reactor.callLater(1.0, self._resume)
+
+    def _resume(self) -> None:
+        self.resume_call = None
+        if not self.closed:
+            self.transport.resumeProducing()
 
     def signal(self, msg: CoapMessage) -> None:
         if msg.code == tcp.CSM:
@@ -112,6 +138,9 @@ class CoapTCPProtocol(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.closed = True
+        if self.resume_call is not None and self.resume_call.active():
+            self.resume_call.cancel()
+        self.resume_call = None
         if self.factory.connections.pop(self, False) is not False:
             self.factory.limit.release()
         for client in list(self.requests.clients.values()):
@@ -142,6 +171,8 @@ class CoapTCPFactory(Factory):
         self.max_message_size = config.max_payload + HEADER_ROOM
         self.connections = _Connections()
         self.limit = ConnectionLimit(service, config.listener)
+        #: Requests per second per source address (``maxRequestRate``; 0: no limit).
+        self.rate = RateLimiter(reactor, config.max_request_rate)
 
     def buildProtocol(self, addr: Any) -> CoapTCPProtocol | None:
         if not self.limit.admit(addr, "a CoAP connection"):
