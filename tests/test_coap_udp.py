@@ -395,3 +395,61 @@ class UsageTests(unittest.SynchronousTestCase):
             self.assertNotIn("\n", str(e))
         options = tap.Options()
         options.parseOptions(["--listen", "coap=udp:5683", "--listen", "coap=tcp:5683"])
+
+
+class AiocoapQoSAndContentFormatTests(CoapBrokerTestCase):
+    """aiocoap (a subprocess) publishes at QoS 0, 1 and 2 with a Content-Format, which a
+    paho MQTT 5 subscriber gets as the message's QoS and Content Type; a retained MQTT 5
+    message with a Content Type is read back by aiocoap with its Content-Format."""
+
+    skip = NO_AIOCOAP
+
+    SCRIPT = textwrap.dedent("""\
+        import asyncio, sys
+        from aiocoap import Context, Message, POST, GET
+
+        async def main(base):
+            ctx = await Context.create_client_context()
+            for qos in (0, 1, 2):
+                m = Message(code=POST, uri=base + f"/ps/cf/{qos}?qos={qos}",
+                            payload=b'{"q": %d}' % qos)
+                m.opt.content_format = 50
+                r = await ctx.request(m).response
+                print("POST", qos, r.code, flush=True)
+            r = await ctx.request(Message(code=GET, uri=base + "/ps/cf/back")).response
+            print("GET", r.code, int(r.opt.content_format), r.payload.decode(), flush=True)
+            await ctx.shutdown()
+
+        asyncio.run(main(sys.argv[1]))
+        """)
+
+    @inlineCallbacks
+    def test_each_qos_and_content_format(self) -> Any:
+        from tests.pahov5 import PahoV5Client
+
+        sub = PahoV5Client(self.reactor, self.mqtt_port, "cf-sub")
+        self.addCleanup(sub.stop)
+        yield sub.connect()
+        yield sub.subscribe(("cf/+", 2))
+        pub = PahoV5Client(self.reactor, self.mqtt_port, "cf-pub")
+        self.addCleanup(pub.stop)
+        yield pub.connect()
+        yield pub.publish("cf/back", b"[1]", 1, True, {"ContentType": "application/json"})
+        back = yield sub.next_message()
+        self.assertEqual(back.topic, "cf/back")
+        script = self.mktemp()
+        with open(script, "w") as f:
+            f.write(self.SCRIPT)
+        proc = self.spawn(sys.executable, [script, f"coap://127.0.0.1:{self.coap_port}"])
+        got = []
+        for _ in range(3):
+            got.append((yield sub.next_message(20)))
+        self.assertEqual(sorted((m.topic, m.qos, m.payload, m.prop("ContentType"))
+                                for m in got),
+                         [(f"cf/{q}", q, b'{"q": %d}' % q, "application/json")
+                          for q in (0, 1, 2)])
+        code = yield with_timeout(proc.ended, self.reactor, 20)
+        self.assertEqual(code, 0, proc.err)
+        lines = proc.out.decode().splitlines()
+        self.assertEqual(lines[:3], [f"POST {q} 2.04 Changed" for q in (0, 1, 2)])
+        self.assertEqual(lines[3], "GET 2.05 Content 50 [1]")
