@@ -23,16 +23,16 @@ import base64
 import binascii
 import hashlib
 import hmac
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from mqtt_twisted.auth._files import read_utf8
+from mqtt_twisted.auth._threads import Runner, in_thread_pool
 from mqtt_twisted.errors import AuthenticationError, AuthorizationError, ValidationError
 from mqtt_twisted.interfaces import IAuthenticator
 
@@ -42,8 +42,6 @@ PBKDF2_SHA512 = "7"
 #: Length of a SHA-512 digest: every hash in the file has it.
 DIGEST_SIZE = 64
 
-#: Runs a blocking function away from the reactor: ``run(f, *args)`` -> Deferred.
-Runner = Callable[..., "Deferred[Any]"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +143,7 @@ class PasswordFileAuthenticator:
         if run is None:
             if reactor is None:
                 raise TypeError("PasswordFileAuthenticator needs a reactor or a run function")
-            run = lambda f, *args: deferToThreadPool(  # noqa: E731
-                reactor, reactor.getThreadPool(), f, *args)
+            run = in_thread_pool(reactor)
         self._users = dict(users)
         self._run = run
         self.path = path

@@ -25,7 +25,7 @@ import hashlib
 import hmac
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mqtt_twisted.auth._files import read_utf8
+from mqtt_twisted.auth._threads import Runner, in_thread_pool
 from mqtt_twisted.errors import AuthenticationError, ValidationError
 from mqtt_twisted.interfaces import IAuthExchange, IAuthorizer, IEnhancedAuthenticator
 
@@ -44,8 +45,6 @@ MIN_ITERATIONS = 4096
 DEFAULT_ITERATIONS = 4096
 SALT_SIZE = 16
 
-#: Runs a blocking function away from the reactor: ``run(f, *args)`` -> Deferred.
-Runner = Callable[..., "Deferred[Any]"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +215,12 @@ class ScramAuthenticator:
         self.path = path
 
     @classmethod
-    def from_file(cls, path: str, *, run: Runner | None = None) -> ScramAuthenticator:
+    def from_file(cls, path: str, *, reactor: Any = None,
+                  run: Runner | None = None) -> ScramAuthenticator:
+        """The file's users; with a ``reactor``, plain-password checks run in its
+        thread pool (as the password file's do)."""
+        if run is None and reactor is not None:
+            run = in_thread_pool(reactor)
         return cls(read_users(path), run=run, path=path)
 
     def _use(self, secrets: dict[str, ScramSecret]) -> None:

@@ -62,16 +62,13 @@ class ScramAuthPlugin:
                    "SCRAM secrets: scram:FILE (python -m mqtt_twisted.auth.scram USER)")
 
     def makeAuthenticator(self, reactor: Any, argument: str) -> Any:
-        from twisted.internet.threads import deferToThreadPool
-
         from mqtt_twisted.auth.scram import ScramAuthenticator
 
         if not argument:
             raise ValueError("--auth scram:FILE needs a file of SCRAM secrets "
                              "(python -m mqtt_twisted.auth.scram USER)")
         try:
-            return ScramAuthenticator.from_file(argument, run=lambda f, *args: (
-                deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)))
+            return ScramAuthenticator.from_file(argument, reactor=reactor)
         except OSError as e:
             raise ValueError(f"cannot read SCRAM file {argument}: {e.strerror}") from None
 
