@@ -11,6 +11,7 @@ import select
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mqtt_twisted.codec import Connect, Publish, StreamDecoder, Subscribe, Subscription, encode
@@ -120,3 +121,24 @@ class Bystander:
     def close(self) -> None:
         self.echo.close()
         self.pinger.close()
+
+
+def bystander_during(bystander: Bystander, finished: Callable[[], bool]) -> None:
+    """Round trips every 5 ms until ``finished()`` (an attack running elsewhere)."""
+    while not finished():
+        bystander.round_trip()
+        time.sleep(0.005)
+
+
+def judge(broker: LiveBroker, bystander: Bystander, rss_before: int, what: str) -> None:
+    """What every live attack must leave: no error the broker did not handle, a
+    bystander p99 under 50 ms, and less than 64 MiB of RSS kept after it."""
+    bystander.round_trip()
+    rss_after = broker.rss_kib()
+    p50, p99 = bystander.percentile(0.5), bystander.percentile(0.99)
+    print(f"{what}; bystander p50 {p50:.2f} ms, p99 {p99:.2f} ms, max "
+          f"{max(bystander.times):.1f} ms over {len(bystander.times)} round trips; "
+          f"RSS {rss_before / 1024:.0f} -> {rss_after / 1024:.0f} MiB")
+    assert broker.unhandled() == [], broker.unhandled()[:20]
+    assert p99 < 50, (p50, p99)
+    assert rss_after - rss_before < 64 * 1024, (rss_before, rss_after)
