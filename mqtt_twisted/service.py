@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -67,6 +68,9 @@ class BrokerService(MultiService):
         self._sys_loop: LoopingCall | None = None
         #: The cluster node (``cluster/node.py``) when the broker is one of several.
         self.cluster: Any = None
+        #: Called on SIGHUP after the files below are re-read (``tap.py`` adds the
+        #: configuration file's reloader, ``config/reload.py``).
+        self.reloaders: list[Callable[[], Any]] = []
 
     @property
     def stats(self) -> Any:
@@ -229,6 +233,8 @@ class BrokerService(MultiService):
             reload = getattr(service, "reload", None)
             if reload is not None:
                 reload()
+        for reloader in self.reloaders:
+            reloader()
 
     def _install_sighup(self) -> None:
         if not hasattr(signal, "SIGHUP") or threading.current_thread() is not \

@@ -54,6 +54,9 @@ def _number(option: str, kind: type, low: float, high: float | None = None) -> A
             raise usage.UsageError(f"--{option}: {value!r} {expected}")
         return number
 
+    # The configuration file's schema (config/schema.py) checks the same bounds.
+    coerce.schema = {"type": "integer" if kind is int else "number",  # type: ignore[attr-defined]
+                     "minimum": low, **({} if high is None else {"maximum": high})}
     return coerce
 
 
@@ -76,6 +79,9 @@ class Options(usage.Options):
     )
 
     optParameters = [
+        ["config", None, None,
+         "YAML configuration file (docs/configuration.md); the command line overrides "
+         "it, and SIGHUP re-reads it."],
         ["store", None, "memory", "Store backend: memory, or a plugin's NAME[:ARGS]."],
         ["acl", None, None,
          "Mosquitto ACL file: what it does not allow is refused (with any --auth)."],
@@ -178,6 +184,15 @@ class Options(usage.Options):
         self["listen"] = []
         self["admin-users"] = []
         self["auth"] = []
+        #: The command line as given (SIGHUP parses it again with the file re-read),
+        #: and the file's values: (option, value) -> "FILE:LINE: KEY" for errors.
+        self.argv: list[str] = []
+        self.origins: dict[tuple[str, str], str] = {}
+
+    def where(self, option: str, value: str) -> str:
+        """Where ``value`` of ``--option`` came from, for an error message: the file's
+        ``broker.yaml:12: server.listeners[0]``, or ``--option 'value'``."""
+        return self.origins.get((option, value)) or f"--{option} {value!r}"
 
     def opt_auth(self, value: str) -> None:
         """Authentication backend: anonymous (default), or a plugin's NAME[:ARGS];
@@ -199,8 +214,13 @@ class Options(usage.Options):
     def parseOptions(self, options: list[str] | None = None) -> None:
         """Under twistd a usage error is one line and exit status 2: twistd itself would
         print its whole --help before it."""
+        import sys
+
+        from mqtt_twisted.config.args import with_config
+
+        self.argv = list(sys.argv[1:] if options is None else options)
         try:
-            super().parseOptions(options)
+            super().parseOptions(with_config(self, self.argv))
         except usage.UsageError as e:
             if not is_twistd(getattr(self, "parent", None)):
                 raise
@@ -245,7 +265,7 @@ class Options(usage.Options):
                 # then the adapter's checkListener (TLS files that do not work, say).
                 check_listener(adapters[settings.adapter], settings)
             except ValueError as e:
-                raise usage.UsageError(f"--listen {value!r}: {e}") from None
+                raise usage.UsageError(f"{self.where('listen', value)}: {e}") from None
             listeners.append(settings)
         self["listeners"] = listeners
         self["store-plugin"] = self._choose(IStorePlugin, "store")
@@ -285,8 +305,8 @@ class Options(usage.Options):
         found = plugins_by_name(interface)
         if name not in found:
             known = ", ".join(sorted(found))
-            raise usage.UsageError(f"--{option} {value!r}: unknown {option} {name!r} "
-                                   f"(known: {known})")
+            raise usage.UsageError(f"{self.where(option, value)}: unknown {option} "
+                                   f"{name!r} (known: {known})")
         return found[name], argument
 
     def _print_plugins(self, adapters: dict[str, Any]) -> None:
@@ -327,21 +347,24 @@ def broker_settings(options: Options) -> BrokerSettings:
     )
 
 
-def _from_plugin(option: str, value: str, make: Callable[[], Any]) -> Any:
+def _from_plugin(option: str, value: str, make: Callable[[], Any],
+                 options: Any = None) -> Any:
     """Call a plugin's factory; a bad argument (a missing file, say) ends twistd as a usage
-    error does (one line, exit status 2): twistd does not catch errors of makeService."""
+    error does (one line, exit status 2): twistd does not catch errors of makeService.
+    ``options`` says where the value came from (the configuration file's line)."""
     try:
         return make()
     except (ValueError, OSError, MQTTError, usage.UsageError) as e:
-        usage_exit(f"--{option} {value!r}: {e}")
+        where = getattr(options, "where", None)
+        usage_exit(f"{where(option, value) if where else f'--{option} {value!r}'}: {e}")
 
 
-def _acl_authorizer(path: str, backend: Any) -> Any:
+def _acl_authorizer(path: str, backend: Any, options: Any = None) -> Any:
     """``--acl FILE``: the file's authorizer, and the auth backend's own one if it has
     one (both must allow).  A file that cannot be used is a one-line usage error."""
     from mqtt_twisted.auth.acl import AclAuthorizer, AllAuthorizers
 
-    acl = _from_plugin("acl", path, lambda: AclAuthorizer.from_file(path))
+    acl = _from_plugin("acl", path, lambda: AclAuthorizer.from_file(path), options)
     if backend is None:
         return acl
     return AllAuthorizers((acl, backend), reloadable=(acl,))
@@ -358,7 +381,8 @@ def _auth(options: Options, reactor: Any) -> tuple[Any, Any]:
     backends = []
     for plugin, argument, value in options["auth-plugins"]:
         made = _from_plugin("auth", value,
-                            lambda p=plugin, a=argument: p.makeAuthenticator(reactor, a))
+                            lambda p=plugin, a=argument: p.makeAuthenticator(reactor, a),
+                            options)
         if plugin.name == "anonymous":
             return None, None  # alone (postOptions refuses it with others)
         backends.append(Backend(plugin.name, made,
@@ -397,7 +421,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     store_plugin, store_arg = options["store-plugin"]
     authenticator, authorizer = _auth(options, reactor)
     if options["acl"] is not None:
-        authorizer = _acl_authorizer(options["acl"], authorizer)
+        authorizer = _acl_authorizer(options["acl"], authorizer, options)
     elif authenticator is None:
         _warn_if_open(options["listeners"], "--auth anonymous")
     elif options["allow-anonymous"]:
@@ -405,7 +429,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     service = BrokerService(
         reactor,
         _from_plugin("store", options["store"],
-                     lambda: store_plugin.makeStore(reactor, store_arg)),
+                     lambda: store_plugin.makeStore(reactor, store_arg), options),
         broker_settings(options),
         authenticator,
         authorizer,
@@ -420,6 +444,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         _from_plugin("listen", listener.describe(),
                      lambda a=adapter, s=listener: service.addListener(a, s))
     service.reload_on_sighup = True  # re-read TLS certificates on SIGHUP
+    if options.get("config"):
+        from mqtt_twisted.config.reload import ConfigReloader
+
+        service.reloaders.append(ConfigReloader(service, options))  # and the file
     config = getattr(options, "parent", None)
     if is_twistd(config):
         return TwistdRun(service, config)

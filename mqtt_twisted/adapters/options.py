@@ -65,6 +65,7 @@ def integer(low: int = 0, high: int | None = None, metavar: str = "N") -> Conver
             raise ValueError("is not an integer") from None
         _check_range(value, low, high)
         return value
+    convert.schema = _range_schema("integer", low, high)  # type: ignore[attr-defined]
     return convert
 
 
@@ -80,7 +81,17 @@ def number(low: float = 0, high: float | None = None, metavar: str = "SECONDS") 
             raise ValueError("is not a finite number")
         _check_range(value, low, high)
         return value
+    convert.schema = _range_schema("number", low, high)  # type: ignore[attr-defined]
     return convert
+
+
+def _range_schema(kind: str, low: float, high: float | None) -> dict[str, Any]:
+    """The JSON schema of a converter's values (the configuration file checks them with
+    it, docs/configuration.md lists it): the same bounds as the command line's."""
+    schema: dict[str, Any] = {"type": kind, "minimum": low}
+    if high is not None:
+        schema["maximum"] = high
+    return schema
 
 
 def _check_range(value: float, low: float, high: float | None) -> None:
@@ -105,6 +116,9 @@ def yes_no(text: str) -> bool:
     raise ValueError("expected yes or no")
 
 
+yes_no.schema = {"type": "boolean"}  # type: ignore[attr-defined]
+
+
 def choice(*values: str) -> Converter:
     """One of ``values``."""
     @_named("|".join(values))
@@ -113,6 +127,7 @@ def choice(*values: str) -> Converter:
             raise ValueError(f"expected {', '.join(values[:-1])} or {values[-1]}"
                              if len(values) > 1 else f"expected {values[0]}")
         return text
+    convert.schema = {"enum": list(values)}  # type: ignore[attr-defined]
     return convert
 
 
