@@ -64,8 +64,7 @@ KEYS: tuple[Key, ...] = (
     Key("storage.url", "store", "persistence_location", "", kind=STORE),
     # auth
     Key("auth.backends", "auth", "password_file, plugin", "authentication[]", kind=LIST),
-    Key("auth.allow_anonymous", "allow-anonymous", "allow_anonymous",
-        "(no authenticator matches: allowed)"),
+    Key("auth.allow_anonymous", "allow-anonymous", "allow_anonymous"),
     Key("auth.acl_file", "acl", "acl_file", "authorization.sources[type=file]"),
     Key("auth.admin_users", "admin-user", "", "dashboard users, API keys", kind=LIST,
         live="admin_users"),

@@ -103,7 +103,11 @@ def _messages(error: ValidationError) -> Iterator[tuple[Path, str]]:
     elif error.validator in ("oneOf", "anyOf"):
         yield path, f"expected {expected(error.schema)}"
     else:
-        yield path, f"expected {expected(error.schema)}, got {_show(error.instance)}"
+        why = f"expected {expected(error.schema)}, got {_show(error.instance)}"
+        if isinstance(error.instance, bool) and {"off", "on", "yes", "no"} & set(
+                map(str, error.schema.get("enum", ()))):
+            why += " (YAML reads a bare on/off/yes/no as true or false: quote it)"
+        yield path, why
 
 
 @dataclass

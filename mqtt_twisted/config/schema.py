@@ -87,7 +87,11 @@ LISTENER_FIELDS = ("protocol", "address", "endpoint", "tls")
 
 def key_schema(option: AdapterOption) -> dict[str, Any]:
     """The JSON schema of one listener key, from its converter."""
-    schema = dict(getattr(option.type, "schema", None) or {"type": "string"})
+    schema = dict(getattr(option.type, "schema", None) or (
+        {"type": "string"} if option.type is str else
+        # A converter of the adapter's own: it checks the text (block_size: 512).
+        {"type": ["string", "number"], "x-expected": getattr(option.type, "metavar", None)
+         or "a value its adapter accepts"}))
     if "enum" in schema and all(re.fullmatch(r"\d+\.\d+", str(v)) for v in schema["enum"]):
         # tls_minimum: 1.3 is a number to YAML; either spelling is meant the same.
         schema = {"enum": [*schema["enum"], *map(float, schema["enum"])],
