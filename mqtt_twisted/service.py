@@ -218,9 +218,11 @@ class BrokerService(MultiService):
 
     def reload(self) -> None:
         """Have every listener that can re-read its files (TLS certificates) do so, and
-        the authenticator (a password file) and the authorizer (an ACL file): new connections use what was read, open
-        ones carry on."""
-        self.log.info("Reloading the listeners' certificates")
+        the authenticator (a password file) and the authorizer (an ACL file): new
+        connections use what was read, open ones carry on.  Then the :attr:`reloaders`
+        (the configuration file)."""
+        self.log.info("SIGHUP: re-reading the TLS certificates, password and ACL files"
+                      "{config}", config=" and the configuration" if self.reloaders else "")
         reload_auth = getattr(self.broker.authenticator, "reload", None)
         if reload_auth is not None:
             reload_auth()
