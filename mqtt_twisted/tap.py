@@ -266,6 +266,8 @@ class Options(usage.Options):
                 check_listener(adapters[settings.adapter], settings)
             except ValueError as e:
                 raise usage.UsageError(f"{self.where('listen', value)}: {e}") from None
+            if ("listen", value) in self.origins:  # makeService names it so
+                self.origins[("listen", settings.describe())] = self.origins[("listen", value)]
             listeners.append(settings)
         self["listeners"] = listeners
         self["store-plugin"] = self._choose(IStorePlugin, "store")

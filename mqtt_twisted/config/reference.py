@@ -100,6 +100,12 @@ def _tls_table() -> str:
     return "\n".join(rows)
 
 
+def shipped(adapters: Mapping[str, Any]) -> dict[str, Any]:
+    """The adapters this package ships (the reference leaves installed plugins out)."""
+    return {name: adapter for name, adapter in adapters.items()
+            if type(adapter).__module__.startswith("mqtt_twisted.")}
+
+
 def reference(options_class: type, adapters: Mapping[str, Any]) -> dict[str, str]:
     """The generated sections, by name."""
     return {"keys": _keys_table(options_class, adapters),
@@ -132,7 +138,7 @@ def main(argv: list[str]) -> int:
     from mqtt_twisted.plugins import plugins_by_name
     from mqtt_twisted.tap import Options
 
-    sections = reference(Options, plugins_by_name(IAdapter))
+    sections = reference(Options, shipped(plugins_by_name(IAdapter)))
     doc = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
     if "--write" in argv:
         doc.write_text(rewrite(doc.read_text(), sections))
