@@ -134,6 +134,23 @@ class KeyTableTests(SynchronousTestCase):
         self.assertIn(("log-level", "debug"), config.arguments)
 
 
+    def test_keys_unique(self) -> None:
+        """No two keys share a path; repeatable options are list or listener keys."""
+        paths = [key.path for key in KEYS]
+        self.assertEqual(len(paths), len(set(paths)))
+        for option in REPEATABLE:
+            self.assertIn(option, {k.option for k in KEYS if k.kind in ("list", "listeners")})
+
+    def test_live_keys_are_settings(self) -> None:
+        """A key SIGHUP applies names a real BrokerSettings field."""
+        from mqtt_twisted.core.settings import BrokerSettings
+
+        fields = set(BrokerSettings.__dataclass_fields__)
+        for key in KEYS:
+            if key.live is not None:
+                self.assertIn(key.live, fields, key.path)
+
+
 class SeedExampleTests(FileTestCase):
     """Seed 002's example configuration is a valid file, meaning what it says."""
 
