@@ -196,8 +196,11 @@ class SeedExampleTests(FileTestCase):
                          (5, 1, "fresh", 4096, 2.5, "lru", 0.0, ["root", "ops"]))
 
     def test_empty_file(self) -> None:
-        """An empty file (or comments only) changes nothing."""
+        """An empty file (or comments only), or a section whose keys are all commented
+        out, changes nothing."""
         self.assertEqual(self.parse("# nothing yet\n")["max-packet-size"], 1 << 20)
+        self.assertEqual(self.parse("limits:\n  # max_packet_size: 5000\nsession:\n")
+                         ["max-packet-size"], 1 << 20)
 
     def test_redis_store(self) -> None:
         """storage.url gives the store's address, storage.type its plugin."""
@@ -331,7 +334,7 @@ class ErrorTests(FileTestCase):
         """A file that is a list, or a section that is a number."""
         self.assertIn("broker.yaml:1: (top level): expected a mapping, got [",
                       self.error("- a\n- b\n"))
-        self.assertIn("broker.yaml:1: limits: expected a mapping, got 5",
+        self.assertIn("broker.yaml:1: limits: expected a mapping or null, got 5",
                       self.error("limits: 5\n"))
 
     def test_missing_file(self) -> None:

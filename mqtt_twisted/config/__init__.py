@@ -8,7 +8,3 @@ into ``--listen`` values, and ``reload.py`` applies a changed file on SIGHUP.  T
 becomes command-line arguments placed before the real ones, so the command line wins and
 every check of the command line applies to the file too.  See docs/configuration.md.
 """
-
-from mqtt_twisted.config.load import ConfigError, ConfigFile, load_config
-
-__all__ = ["ConfigError", "ConfigFile", "load_config"]

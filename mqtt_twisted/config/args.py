@@ -13,7 +13,6 @@ import getopt
 from typing import Any
 
 from mqtt_twisted.config.keys import REPEATABLE
-from mqtt_twisted.config.load import load_config
 
 
 def config_path(options: Any, argv: list[str]) -> tuple[str | None, set[str]]:
@@ -40,6 +39,9 @@ def with_config(options: Any, argv: list[str]) -> list[str]:
     path, given = config_path(options, argv)
     if path is None:
         return argv
+    # Here, not at the top: jsonschema and PyYAML take half a second to import under
+    # load, which a broker started without --config should not pay.
+    from mqtt_twisted.config.load import load_config
     from mqtt_twisted.interfaces import IAdapter
     from mqtt_twisted.plugins import plugins_by_name
 

@@ -170,8 +170,10 @@ def build_schema(options_class: type, adapters: Mapping[str, Any]) -> dict[str, 
     root: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
     for key in active_keys(options_class):
         section, _, name = key.path.partition(".")
+        # A section may be empty (its keys commented out): YAML gives null.
         node = root["properties"].setdefault(
-            section, {"type": "object", "properties": {}, "additionalProperties": False})
+            section, {"type": ["object", "null"], "properties": {},
+                      "additionalProperties": False})
         spec = specs[key.option]
         if key.kind == LISTENERS:
             schema = {"type": "array", "items": listener_schema(adapters),
