@@ -296,6 +296,7 @@ class ErrorTests(FileTestCase):
                   max_frame_size: lots
             """)
         self.assertIn(':4: server.listeners[0].path: unknown key "path"', text)
+        self.assertEqual(text.count("listeners[0]"), 1, text)  # mqtt's, no other adapter's
         self.assertIn(":5: server.listeners[1]: expected a mapping with either address or "
                       "endpoint", text)
         self.assertIn(":7: server.listeners[2].protocol: expected one of ", text)

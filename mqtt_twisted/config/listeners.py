@@ -12,7 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mqtt_twisted.config.schema import LISTENER_FIELDS, TLS_FILES, adapter_keys, camel
+from mqtt_twisted.config.schema import (
+    DEFAULT_PROTOCOL,
+    LISTENER_FIELDS,
+    TLS_FILES,
+    adapter_keys,
+    camel,
+)
 
 
 def _escape(text: str) -> str:
@@ -38,7 +44,7 @@ def split_address(address: str | int) -> tuple[str, str]:
 
 def listener_value(item: Mapping[str, Any], adapters: Mapping[str, Any]) -> str:
     """The ``--listen`` value of one (schema-checked) item; ValueError if it cannot be one."""
-    protocol = item.get("protocol", "mqtt")
+    protocol = item.get("protocol", DEFAULT_PROTOCOL)
     adapter = adapters[protocol]
     known = adapter_keys(adapter)
     if "endpoint" in item:

@@ -160,7 +160,7 @@ def load_config(path: str, options_class: type, adapters: Mapping[str, Any]) -> 
             line = marks.line(where)
             found.append((line, f"{path}:{line}: {dotted(where) or '(top level)'}: {why}"))
     if found:
-        _raise(found)
+        _raise(sorted(set(found)))
     config = ConfigFile(path)
     specs = option_specs(options_class)
     for key in active_keys(options_class):

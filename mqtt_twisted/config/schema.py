@@ -83,6 +83,7 @@ def _option_schema(key: Key, spec: Mapping[str, Any]) -> dict[str, Any]:
 TLS_FILES = {"cert": "certKey", "key": "privateKey", "extra_cert_chain": "extraCertChain",
              "dh_parameters": "dhParameters"}
 LISTENER_FIELDS = ("protocol", "address", "endpoint", "tls")
+DEFAULT_PROTOCOL = "mqtt"
 
 
 def key_schema(option: AdapterOption) -> dict[str, Any]:
@@ -148,7 +149,11 @@ def listener_schema(adapters: Mapping[str, Any]) -> dict[str, Any]:
         properties = dict(fields)
         for key, option in adapter_keys(adapter).items():
             properties[key] = key_schema(option)
-        branches.append({"if": {"properties": {"protocol": {"const": name}}},
+        # Without protocol an item is mqtt's (as --listen without ADAPTER=), no other's.
+        chosen: dict[str, Any] = {"properties": {"protocol": {"const": name}}}
+        if name != DEFAULT_PROTOCOL:
+            chosen["required"] = ["protocol"]
+        branches.append({"if": chosen,
                          "then": {"properties": properties, "additionalProperties": False}})
     return {"type": "object", "properties": fields, "allOf": branches,
             "oneOf": [{"required": ["address"]}, {"required": ["endpoint"]}],
