@@ -423,6 +423,47 @@ class ReloadTests(FileTestCase):
         self.assertIn("limits.max_connections changed in", text)
         self.assertIn("restart to apply", text)
 
+    def test_connection_limits_applied(self) -> None:
+        """A listener's own max_connections, and limits.max_connections for listeners
+        without one, apply to the running listeners (the very settings their connection
+        limits read); a listener key that cannot change live (path) needs a restart."""
+        path = self.write("""\
+            server:
+              listeners:
+                - {address: "127.0.0.1:1883"}
+                - {protocol: ws, address: "127.0.0.1:8080", max_connections: 7}
+            limits: {max_connections: 50}
+            """)
+        options = Options()
+        options.parseOptions(["--config", path])
+        service = makeService(options, MemoryReactorClock())
+        running = options["listeners"]
+        Path(path).write_text(textwrap.dedent("""\
+            server:
+              listeners:
+                - {address: "127.0.0.1:1883"}
+                - {protocol: ws, address: "127.0.0.1:8080", max_connections: 9}
+            limits: {max_connections: 60}
+            """))
+        text = "\n".join(self.reload(service))
+        self.assertEqual([s.maxConnections for s in running], [60, 9])
+        mqtt, ws = service._listeners  # what their connection limits read at each accept
+        self.assertIs(mqtt.mqtt_factory.limit.listener, running[0])
+        self.assertIs(ws.ws_factory.limit.listener, running[1])
+        self.assertIn("mqtt=tcp:1883:interface=127.0.0.1 max_connections 50 -> 60", text)
+        self.assertIn("ws=tcp:8080:interface=127.0.0.1 max_connections 7 -> 9", text)
+        self.assertNotIn("restart", text)
+        Path(path).write_text(textwrap.dedent("""\
+            server:
+              listeners:
+                - {address: "127.0.0.1:1883"}
+                - {protocol: ws, address: "127.0.0.1:8080", max_connections: 5, path: /x}
+            limits: {max_connections: 60}
+            """))
+        text = "\n".join(self.reload(service))
+        self.assertIn("server.listeners changed in", text)
+        self.assertEqual([s.maxConnections for s in running], [60, 9])
+
     def test_broken_file_changes_nothing(self) -> None:
         """A file broken between start and SIGHUP: an error naming its line, nothing
         applied."""

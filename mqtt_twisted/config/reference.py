@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mqtt_twisted.config.keys import LISTENERS, STORE
-from mqtt_twisted.config.reload import LIVE_HOOKS
+from mqtt_twisted.config.reload import LISTENER_OPTIONS, LIVE_HOOKS
 from mqtt_twisted.config.schema import (
     LISTENER_FIELDS,
     active_keys,
@@ -27,7 +27,8 @@ from mqtt_twisted.config.schema import (
 )
 
 #: Keys whose files (not the key itself) SIGHUP re-reads.
-_REREAD = {"server.listeners": "restart; TLS files re-read",
+_REREAD = {"server.listeners": "max_connections applied; other changes: restart; TLS "
+                               "files re-read",
            "auth.backends": "restart; password files re-read",
            "auth.acl_file": "restart; the file re-read"}
 
@@ -57,10 +58,13 @@ def _keys_table(options_class: type, adapters: Mapping[str, Any]) -> str:
         node = schema["properties"][section]["properties"][name]
         takes = ("a list of listeners (below)" if key.kind == LISTENERS else expected(node))
         option = f"`--{key.option}`" + (" (`NAME:URL`)" if key.kind == STORE else "")
-        if key.live is not None or key.option in LIVE_HOOKS:
+        if key.path in _REREAD:
+            sighup = _REREAD[key.path]
+        elif key.live is not None or key.option in LIVE_HOOKS or \
+                key.option in LISTENER_OPTIONS:
             sighup = "applied"
         else:
-            sighup = _REREAD.get(key.path, "restart")
+            sighup = "restart"
         rows.append("| " + " | ".join(_cell(c) for c in (
             f"`{key.path}`", takes, _default(node), option, sighup,
             f"`{key.mosquitto}`" if key.mosquitto else "", f"`{key.emqx}`" if key.emqx else "",

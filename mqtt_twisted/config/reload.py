@@ -4,14 +4,17 @@ The command line of the running broker is parsed again with the file re-read, th
 the very checks of start-up (a broken file changes nothing and says why, with its line).
 Each key whose value changed is then either applied at once (a :class:`~.keys.Key` with
 ``live``: a BrokerSettings field, read when it is next used, so new connections and
-new messages get it; or an option with a hook in :data:`LIVE_HOOKS`), or logged as
-needing a restart (listeners, store, auth backends, cluster, listener defaults).
+new messages get it; or an option with a hook in :data:`LIVE_HOOKS`; or a listener's
+connection limit, which its adapter reads from the listener's settings at every
+accept), or logged as needing a restart (listeners added, removed or changed otherwise,
+store, auth backends, cluster, the other listener defaults).
 The files themselves (password, ACL, TLS certificates) are re-read by
 ``BrokerService.reload`` before this runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -27,10 +30,23 @@ from mqtt_twisted.config.schema import active_keys
 LIVE_HOOKS: dict[str, Callable[[Any, Any], None]] = {}
 
 
+#: Options whose changes reach the running listeners through their settings objects.
+LISTENER_OPTIONS = ("listen", "max-connections")
+
+
+def _listener(settings: Any, *, limit: bool = True) -> tuple[Any, ...]:
+    """A listener's settings, comparable; without ``maxConnections`` if not ``limit``."""
+    fields = dataclasses.asdict(settings)
+    if not limit:
+        fields.pop("maxConnections")
+    return tuple(sorted((k, tuple(sorted(v.items())) if isinstance(v, dict) else v)
+                        for k, v in fields.items()))
+
+
 def _value(options: Any, option: str) -> Any:
     """An option's parsed value, comparable between two parses."""
     if option == "listen":
-        return tuple(s.describe() for s in options["listeners"])
+        return tuple(_listener(s) for s in options["listeners"])
     if option == "admin-user":
         return tuple(options["admin-users"])
     if option == "auth":
@@ -53,6 +69,8 @@ class ConfigReloader:
         self.options_class = type(options)
         self.argv = list(options.argv)
         self.path = options["config"]
+        #: The settings objects the running listeners read their connection limit from.
+        self.listeners = list(options["listeners"])
         #: What the running broker uses, by option.
         self.applied = {key.option: _value(options, key.option)
                         for key in active_keys(self.options_class)}
@@ -71,11 +89,17 @@ class ConfigReloader:
         applied: list[str] = []
         restart: list[str] = []
         seen: set[str] = set()
+        limits_only = self._connection_limits(new["listeners"], applied)
         for key in active_keys(self.options_class):
             old, value = self.applied[key.option], _value(new, key.option)
             if old == value or key.option in seen:
                 continue
             seen.add(key.option)
+            if key.option in LISTENER_OPTIONS and limits_only:
+                self.applied[key.option] = value  # applied above, listener by listener
+                if key.option != "listen":
+                    applied.append(f"{key.path} {_show(old)} -> {_show(value)}")
+                continue
             if key.live is not None:
                 setattr(self.service.broker.settings, key.live, getattr(settings, key.live))
             elif key.option in LIVE_HOOKS:
@@ -90,6 +114,21 @@ class ConfigReloader:
         for name in restart:
             self.log.warn("{key} changed in {path}; restart to apply", key=name,
                           path=self.path)
+
+    def _connection_limits(self, listeners: list[Any], applied: list[str]) -> bool:
+        """If the listeners differ from the running ones in their connection limits only,
+        set the new limits on the running listeners' settings (read at every accept) and
+        return True; otherwise change nothing (a restart applies it)."""
+        if len(listeners) != len(self.listeners) or any(
+                _listener(old, limit=False) != _listener(new, limit=False)
+                for old, new in zip(self.listeners, listeners)):
+            return False
+        for old, new in zip(self.listeners, listeners):
+            if old.maxConnections != new.maxConnections:
+                applied.append(f"{old.describe()} max_connections {old.maxConnections} -> "
+                               f"{new.maxConnections}")
+                old.maxConnections = new.maxConnections
+        return True
 
 
 def _show(value: Any) -> str:
