@@ -484,6 +484,26 @@ class ReloadTests(FileTestCase):
         self.reload(service)
         self.assertEqual(service.broker.settings.max_packet_size, 5000)
 
+    def test_live_hook(self) -> None:
+        """An option with a hook in LIVE_HOOKS (how --log-level will be made live) is
+        applied through it: the hook gets the service and the new parsed value."""
+        from mqtt_twisted.config.reload import LIVE_HOOKS
+
+        calls: list[tuple[Any, Any]] = []
+        LIVE_HOOKS["sys-interval"] = lambda service, value: calls.append((service, value))
+        self.addCleanup(LIVE_HOOKS.pop, "sys-interval")
+        service, path = self.start()
+        Path(path).write_text(textwrap.dedent("""\
+            server:
+              listeners: [{address: "127.0.0.1:1883"}]
+              sys_interval: 3
+            limits: {max_packet_size: 4096, max_connections: 50}
+            """))
+        text = "\n".join(self.reload(service))
+        self.assertEqual(calls, [(service, 3.0)])
+        self.assertIn("server.sys_interval 10.0 -> 3.0", text)
+        self.assertNotIn("restart", text)
+
     def test_unchanged(self) -> None:
         """A reload of an unchanged file says there was nothing to apply."""
         service, _ = self.start()
