@@ -444,7 +444,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         adapter = options["adapters"][listener.adapter]
         # An adapter refuses a bad listener key of its own (http=tcp:8081:replay=x) here.
         _from_plugin("listen", listener.describe(),
-                     lambda a=adapter, s=listener: service.addListener(a, s))
+                     lambda a=adapter, s=listener: service.addListener(a, s), options)
     service.reload_on_sighup = True  # re-read TLS certificates on SIGHUP
     if options.get("config"):
         from mqtt_twisted.config.reload import ConfigReloader

@@ -319,6 +319,26 @@ class ErrorTests(FileTestCase):
                                      "storage:\n  type: floppy\n"))
         self.assertIn("broker.yaml:1: storage: unknown store 'floppy'", text)
 
+    def test_plugin_errors_name_the_line(self) -> None:
+        """A plugin refusing its argument when the service is built (a password file that
+        is not there) names the file's line; a command-line list that replaced the file's
+        is named as given."""
+        import io
+        from contextlib import redirect_stderr
+
+        options = self.parse("auth:\n  backends:\n    - anonymous\n    - passwd:/nonexistent\n",
+                             "--auth", "passwd:/nonexistent")
+        stderr = io.StringIO()
+        with redirect_stderr(stderr):
+            self.assertRaises(SystemExit, makeService, options, MemoryReactorClock())
+        self.assertIn("--auth 'passwd:/nonexistent': ", stderr.getvalue())
+        options = self.parse("auth:\n  backends:\n    - passwd:/nonexistent\n")
+        stderr = io.StringIO()
+        with redirect_stderr(stderr):
+            self.assertRaises(SystemExit, makeService, options, MemoryReactorClock())
+        self.assertIn("broker.yaml:3: auth.backends[0]: ", stderr.getvalue())
+        self.assertIn("/nonexistent", stderr.getvalue())
+
     def test_yaml_syntax(self) -> None:
         """A YAML syntax error names its line."""
         text = self.error("limits:\n  max_packet_size: 10\n  bad: [1, 2\n")
