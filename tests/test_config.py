@@ -171,6 +171,25 @@ class SeedExampleTests(FileTestCase):
         self.assertEqual(arguments["max-packet-size"], "268435456")
         self.assertEqual(arguments["max-subscriptions"], "100")
 
+    def test_listener_forms(self) -> None:
+        """endpoint strings, DTLS for coap over udp, TLS keys and paths with colons."""
+        config = load_config(self.write("""\
+            server:
+              listeners:
+                - {endpoint: "unix:/run/mqtt.sock"}
+                - {protocol: coap, address: 5684, tls: {cert: c.pem, key: k.pem}}
+                - {protocol: coap, endpoint: "tcp:5683"}
+                - address: 8883
+                  tls: {cert: "C:/a.pem", ca_certs: ca.pem, client_certs: optional,
+                        identity_as_username: true, tls_minimum: 1.3}
+            """), Options, plugins_by_name(IAdapter))
+        self.assertEqual([text for option, text in config.arguments if option == "listen"], [
+            "mqtt=unix:/run/mqtt.sock",
+            "coap=udp:5684:dtlsCert=c.pem:dtlsKey=k.pem",
+            "coap=tcp:5683",
+            "mqtt=ssl:8883:certKey=C\\:/a.pem:caCerts=ca.pem:clientCerts=optional"
+            ":identityAsUsername=yes:tlsMinimum=1.3"])
+
     def test_parsed_like_the_command_line(self) -> None:
         """A file gives the options the same values as the command line would."""
         options = self.parse("""\
