@@ -44,14 +44,15 @@ class BadFileTests(TwistdTestCase):
     """A file that cannot be used: one line per mistake, exit status 2, nothing listens."""
 
     @defer.inlineCallbacks
-    def refused(self, text: str | None, *needles: str) -> Any:
+    def refused(self, text: str | None, *needles: str, daemon: bool = False) -> Any:
         """Run twistd with ``text`` as broker.yaml (None: no file); the exit status is 2,
         the output names every needle and the broker never listened."""
         port = free_port()
         cwd = self.directory()
         if text is not None:
             (cwd / "broker.yaml").write_text(text.replace("PORT", str(port)))
-        proc = self.twistd("-n", "mqttbroker", "--config", "broker.yaml", cwd=cwd)
+        twistd = ["--logfile=twistd.log"] if daemon else ["-n"]
+        proc = self.twistd(*twistd, "mqttbroker", "--config", "broker.yaml", cwd=cwd)
         code = yield self.ended(proc)
         self.assertEqual(code, 2, proc.text)
         for needle in needles:
@@ -59,6 +60,7 @@ class BadFileTests(TwistdTestCase):
         self.assertNotIn("Listening", proc.text)
         self.assertNotIn("Traceback", proc.text)
         self.assertIn("Try 'twistd mqttbroker --help'", proc.text)
+        self.assertFalse((cwd / "twistd.pid").exists())
 
     def test_wrong_type(self) -> None:
         """The issue's example, word for word."""
@@ -79,6 +81,13 @@ class BadFileTests(TwistdTestCase):
         """A YAML syntax error, with its line."""
         return self.refused("server:\n  listeners: [{address: '127.0.0.1:PORT'}\n",
                             "broker.yaml:3: YAML syntax error")
+
+    def test_daemon(self) -> None:
+        """Without -n the file is read before twistd daemonizes: the mistake reaches the
+        terminal, and the exit status is 2 (no pidfile is left)."""
+        return self.refused("limits:\n  max_packet_size: big\n",
+                            "broker.yaml:2: limits.max_packet_size: expected an integer",
+                            daemon=True)
 
     def test_missing_file(self) -> None:
         """No such file."""
