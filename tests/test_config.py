@@ -377,6 +377,17 @@ class ErrorTests(FileTestCase):
         self.assertIn("broker.yaml:1: limits: expected a mapping or null, got 5",
                       self.error("limits: 5\n"))
 
+    def test_help_despite_the_file(self) -> None:
+        """--help and --version answer even with a broken or missing file."""
+        import io
+        from contextlib import redirect_stdout
+
+        for flag in ("--help", "--version"):
+            with redirect_stdout(io.StringIO()) as out:
+                self.assertRaises(SystemExit, Options().parseOptions,
+                                  ["--config", str(self.dir / "nope.yaml"), flag])
+            self.assertIn("mqtt", out.getvalue())
+
     def test_missing_file(self) -> None:
         """A file that is not there."""
         options = Options()

@@ -37,8 +37,8 @@ def with_config(options: Any, argv: list[str]) -> list[str]:
     """``argv`` with the file's arguments in front (``argv`` itself without ``--config``).
     Sets ``options.origins`` and ``options.config_file``; raises ConfigError."""
     path, given = config_path(options, argv)
-    if path is None:
-        return argv
+    if path is None or given & {"help", "version"}:
+        return argv  # --help and --version answer whatever the file holds
     # Here, not at the top: jsonschema and PyYAML take half a second to import under
     # load, which a broker started without --config should not pay.
     from mqtt_twisted.config.load import load_config
