@@ -24,7 +24,12 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError
+from twisted.internet.error import (
+    ConnectError,
+    ConnectingCancelledError,
+    DNSLookupError,
+    TimeoutError,
+)
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import (
@@ -45,7 +50,7 @@ from mqtt_twisted.store.outage import OutageLog
 
 _HEADERS = Headers({b"content-type": [b"application/json"]})
 #: Failures that mean etcd is away (not that it refused a request).
-_AWAY = (ConnectError, DNSLookupError, TimeoutError, DeferredTimeout, CancelledError,
+_AWAY = (ConnectError, ConnectingCancelledError, DNSLookupError, TimeoutError, DeferredTimeout, CancelledError,
          ResponseNeverReceived, RequestTransmissionFailed, ResponseFailed, OSError)
 
 
@@ -228,7 +233,8 @@ class EtcdHTTP:
             return failure
         where = f"etcd at {self.options.host}:{self.options.port}"
         if failure.check(*_AWAY):
-            why = ("no reply in time" if failure.check(DeferredTimeout, CancelledError)
+            why = ("no reply in time"
+                   if failure.check(DeferredTimeout, CancelledError, ConnectingCancelledError)
                    else _reason(failure))
             if not track:
                 raise Away(f"{where}: {why}")
