@@ -32,13 +32,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import msgpack
-from twisted.internet.defer import Deferred, FirstError, gatherResults
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mqtt_twisted.codec.topics import topic_matches
 from mqtt_twisted.errors import StorageError
 from mqtt_twisted.interfaces import ILock, IStore
 from mqtt_twisted.message import Message
@@ -46,15 +44,17 @@ from mqtt_twisted.store import _etcdhttp as op
 from mqtt_twisted.store._etcdhttp import Away, EtcdHTTP
 from mqtt_twisted.store._etcdlanes import Lanes
 from mqtt_twisted.store._etcdlock import EtcdLocks, NodeLease
-from mqtt_twisted.store._redisformat import (
-    FORMAT,
-    decode_message,
-    decode_options,
-    decode_outbound,
-    encode_message,
-    encode_options,
-    encode_outbound,
+from mqtt_twisted.store._etcdrecords import (
+    Keys,
+    decode_session,
+    escape,
+    in_turn,
+    replacement,
+    session_record,
+    unescape,
 )
+from mqtt_twisted.store._etcdretained import EtcdRetained
+from mqtt_twisted.store._redisformat import encode_message, encode_options, encode_outbound
 from mqtt_twisted.store.memory import StoredSession
 from mqtt_twisted.store.outage import OutageLog
 
@@ -127,53 +127,6 @@ def parse_url(url: str) -> EtcdOptions:
     return options
 
 
-# --- keys and records -----------------------------------------------------------------
-
-
-def _escape(client_id: str) -> bytes:
-    return client_id.replace("%", "%25").replace("/", "%2F").encode("utf-8")
-
-
-def _unescape(data: bytes) -> str:
-    return data.decode("utf-8").replace("%2F", "/").replace("%25", "%")
-
-
-class _Keys:
-    def __init__(self, prefix: str) -> None:
-        p = prefix.encode("utf-8") + b"/"
-        self.sessions = p + b"session/"
-        self.sub, self.out, self.qos2 = p + b"sub/", p + b"out/", p + b"qos2/"
-        self.lock_prefix = p + b"lock/"
-        self.retained = p + b"retained/"
-        self.depth = p + b"rdepth/"
-
-    def lock(self, client_id: str) -> bytes:
-        return self.lock_prefix + _escape(client_id)
-
-    def depth_key(self, topic: bytes) -> bytes:
-        return self.depth + b"%05d/" % (topic.count(b"/") + 1) + topic
-
-
-def _session_record(state: Any) -> bytes:
-    will = encode_message(state.will) if state.will is not None else None
-    return msgpack.packb([FORMAT, state.expiryInterval, state.willDelay, state.disconnectedAt,
-                          will, getattr(state, "owner", None)], use_bin_type=True)
-
-
-def _session_from(client_id: str, record: bytes) -> StoredSession:
-    fields = msgpack.unpackb(record, raw=False)
-    if fields[0] != FORMAT:
-        raise StorageError(f"session {client_id!r} has format {fields[0]!r}, expected {FORMAT}")
-    _, expiry, will_delay, disconnected_at, will, owner = fields
-    state = StoredSession(client_id)
-    state.expiryInterval = expiry
-    state.willDelay = will_delay
-    state.disconnectedAt = disconnected_at
-    state.will = decode_message(will) if will else None
-    state.owner = owner
-    return state
-
-
 # --- the store ------------------------------------------------------------------------------
 
 
@@ -189,12 +142,13 @@ class EtcdStore:
     def __init__(self, reactor: Any, options: EtcdOptions | None = None) -> None:
         self.reactor = reactor
         self.options = o = options or EtcdOptions()
-        self._keys = _Keys(o.prefix)
+        self._keys = Keys(o.prefix)
         self.outage = OutageLog(reactor, self.log, f"etcd at {o.host}:{o.port}")
         self._http = EtcdHTTP(reactor, o, self.outage)
         self._lanes = Lanes(reactor, self._http, o.max_txn_ops)
         self._lease = NodeLease(reactor, self._http, o.lock_lease, self.log)
         self._locks = EtcdLocks(reactor, self._http, self._lease, self._keys.lock, self.log)
+        self._retained = EtcdRetained(self._keys, self._lanes, self._http, o.max_txn_ops)
         self._last_message: Message | None = None
         self._last_blob = b""
 
@@ -244,7 +198,7 @@ class EtcdStore:
 
     def _client(self, client_id: str) -> tuple[tuple[str, str], bytes]:
         """The client's lane and the escaped id its keys use."""
-        return ("s", client_id), _escape(client_id)
+        return ("s", client_id), escape(client_id)
 
     def loadSession(self, clientId: str) -> Deferred[StoredSession | None]:
         lane, cid = self._client(clientId)
@@ -255,25 +209,10 @@ class EtcdStore:
                 op.get(k.sessions + cid), op.get_prefix(k.sub + cid + b"/"),
                 op.get_prefix(k.out + cid + b"/"), op.get_prefix(k.qos2 + cid + b"/")]},
                 write=False)
-            d.addCallback(self._decode_session, clientId, cid)
+            d.addCallback(decode_session, k, clientId, cid)
             return d
 
         return self._lanes.call(lane, load, write=False)
-
-    def _decode_session(self, reply: dict[str, Any], client_id: str,
-                        cid: bytes) -> StoredSession | None:
-        session, subs, outs, qos2 = (op.kvs(r) for r in op.txn_ranges(reply))
-        if not session:
-            return None
-        state = _session_from(client_id, session[0][1])
-        cut = len(self._keys.sub) + len(cid) + 1
-        state.subscriptions = {key[cut:].decode("utf-8"): decode_options(value)
-                               for key, value in subs}
-        state.outbound = sorted((decode_outbound(value) for _, value in outs),
-                                key=lambda o: o.seq)
-        cut = len(self._keys.qos2) + len(cid) + 1
-        state.inboundQoS2 = {int(key[cut:]) for key, _ in qos2}
-        return state
 
     def saveSession(self, state: Any) -> Deferred[None]:
         """Replace the session: read its record keys, then delete the stale ones and put
@@ -288,45 +227,18 @@ class EtcdStore:
             new[k.out + cid + b"/%020d" % out.seq] = encode_outbound(out)
         for pid in state.inboundQoS2:
             new[k.qos2 + cid + b"/%d" % pid] = b""
-        record = _session_record(state)
+        record = session_record(state)
 
         def save() -> Deferred[None]:
             d = self._http.call("kv/txn", {"success": [
                 op.get_prefix(prefix + cid + b"/", keys_only=True)
                 for prefix in (k.sub, k.out, k.qos2)]})
-            d.addCallback(lambda reply: self._replace(reply, new, k.sessions + cid, record))
+            d.addCallback(lambda reply: in_turn(self._http, replacement(
+                reply, new, k.sessions + cid, record, self.options.max_txn_ops,
+                self._lanes.max_bytes)))
             return d
 
         return self._lanes.call(lane, save)
-
-    def _replace(self, reply: dict[str, Any], new: dict[bytes, bytes], session_key: bytes,
-                 record: bytes) -> Deferred[None]:
-        stale = [key for r in op.txn_ranges(reply) for key, _ in op.kvs(r) if key not in new]
-        ops = [op.delete(key) for key in stale]
-        sizes = [len(key) for key in stale]
-        for key, value in new.items():
-            ops.append(op.put(key, value))
-            sizes.append(len(key) + len(value))
-        ops.append(op.put(session_key, record))
-        sizes.append(len(session_key) + len(record))
-        batches: list[list[dict[str, Any]]] = [[]]
-        size = 0
-        for one, n in zip(ops, sizes):
-            if batches[-1] and (len(batches[-1]) >= self.options.max_txn_ops
-                                or size + n > self._lanes.max_bytes):
-                batches.append([])
-                size = 0
-            batches[-1].append(one)
-            size += n
-        return self._in_turn(batches)
-
-    def _in_turn(self, batches: list[list[dict[str, Any]]]) -> Deferred[None]:
-        d = self._http.call("kv/txn", {"success": batches[0]})
-        if len(batches) > 1:
-            d.addCallback(lambda _: self._in_turn(batches[1:]))
-        else:
-            d.addCallback(lambda _: None)
-        return d
 
     def deleteSession(self, clientId: str) -> Deferred[None]:
         lane, cid = self._client(clientId)
@@ -343,7 +255,7 @@ class EtcdStore:
         d = self._lanes.quiet("s")
         d.addCallback(lambda _: self._http.call(
             "kv/range", op.get_prefix(prefix, keys_only=True)["requestRange"], write=False))
-        d.addCallback(lambda reply: [_unescape(key[len(prefix):]) for key, _ in op.kvs(reply)])
+        d.addCallback(lambda reply: [unescape(key[len(prefix):]) for key, _ in op.kvs(reply)])
         return d
 
     def _write(self, client_id: str, key_prefix: bytes, tail: bytes,
@@ -383,88 +295,24 @@ class EtcdStore:
         return self._write(clientId, self._keys.qos2, b"%d" % packetId, None)
 
     # --- retained ------------------------------------------------------------------------
-    # Writes share one lane (batched across topics, in the order made); reads wait for the
-    # writes queued before them, then run side by side.
-
-    _RETAINED = ("r", "")
+    # One key per topic and an index by depth (_etcdretained).
 
     def setRetained(self, message: Message) -> Deferred[None]:
         if not message.payload:
-            return self.deleteRetained(message.topic)
-        topic = message.topic.encode("utf-8")
-        key, depth = self._keys.retained + topic, self._keys.depth_key(topic)
-        blob = encode_message(message)
-        return self._lanes.write(self._RETAINED, [(key, op.put(key, blob), len(key) + len(blob)),
-                                                  (depth, op.put(depth, b""), len(depth))])
+            return self._retained.delete(message.topic)
+        return self._retained.set(message)
 
     def deleteRetained(self, topic: str) -> Deferred[None]:
-        t = topic.encode("utf-8")
-        key, depth = self._keys.retained + t, self._keys.depth_key(t)
-        return self._lanes.write(self._RETAINED, [(key, op.delete(key), len(key)),
-                                                  (depth, op.delete(depth), len(depth))])
-
-    def _read_retained(self, path: str, body: dict[str, Any]) -> Deferred[Any]:
-        d = self._lanes.quiet("r")
-        d.addCallback(lambda _: self._http.call(path, body, write=False))
-        return d
+        return self._retained.delete(topic)
 
     def getRetained(self, topic: str) -> Deferred[Message | None]:
-        key = self._keys.retained + topic.encode("utf-8")
-        d = self._read_retained("kv/range", op.get(key)["requestRange"])
-        d.addCallback(lambda reply: (decode_message(op.kvs(reply)[0][1])
-                                     if reply.get("kvs") else None))
-        return d
+        return self._retained.get(topic)
 
     def countRetained(self) -> Deferred[int]:
-        body = dict(op.get_prefix(self._keys.retained)["requestRange"], count_only=True)
-        d = self._read_retained("kv/range", body)
-        d.addCallback(lambda reply: int(reply.get("count", 0)))
-        return d
+        return self._retained.count()
 
     def matchRetained(self, topicFilter: str) -> Deferred[list[Message]]:
-        levels = topicFilter.split("/")
-        wild = next((i for i, level in enumerate(levels) if level in ("+", "#")), None)
-        base = self._keys.retained
-        if wild is None:
-            ranges = [op.get(base + topicFilter.encode("utf-8"))]
-        elif wild == 0 and "#" not in levels:
-            return self._match_by_depth(topicFilter, len(levels))
-        else:
-            literal = "/".join(levels[:wild]).encode("utf-8")
-            ranges = [op.get_prefix(base + literal + b"/" if wild else base)]
-            if levels[wild] == "#" and wild:
-                ranges.append(op.get(base + literal))  # a/# matches a [MQTT-4.7.1-2]
-        d = self._read_retained("kv/txn", {"success": ranges})
-        d.addCallback(self._matching, topicFilter)
-        return d
-
-    def _matching(self, reply: dict[str, Any], topic_filter: str) -> list[Message]:
-        cut = len(self._keys.retained)
-        return [decode_message(value) for r in op.txn_ranges(reply) for key, value in op.kvs(r)
-                if topic_matches(topic_filter, key[cut:].decode("utf-8"))]
-
-    def _match_by_depth(self, topic_filter: str, depth: int) -> Deferred[list[Message]]:
-        """``+/...`` without ``#``: the topics of that many levels (keys only), then the
-        messages of those that match, in transactions of ``max_txn_ops`` reads."""
-        prefix = self._keys.depth + b"%05d/" % depth
-        d = self._read_retained("kv/range", op.get_prefix(prefix, keys_only=True)["requestRange"])
-
-        def fetch(reply: dict[str, Any]) -> Any:
-            topics = [key[len(prefix):] for key, _ in op.kvs(reply)]
-            keys = [self._keys.retained + t for t in topics
-                    if topic_matches(topic_filter, t.decode("utf-8"))]
-            n = self.options.max_txn_ops
-            reads = [self._http.call("kv/txn", {"success": [op.get(k) for k in keys[i:i + n]]},
-                                     write=False) for i in range(0, len(keys), n)]
-            g = gatherResults(reads, consumeErrors=True)
-            g.addErrback(lambda f: f.value.subFailure if f.check(FirstError) else f)
-            g.addCallback(lambda replies: [decode_message(value) for one in replies
-                                           for r in op.txn_ranges(one)
-                                           for _, value in op.kvs(r)])
-            return g
-
-        d.addCallback(fetch)
-        return d
+        return self._retained.match(topicFilter)
 
     # --- locks ------------------------------------------------------------------------------
 
