@@ -173,6 +173,40 @@ class NodesTests(EtcdTestCase):
         yield lock.release()
 
     @inlineCallbacks
+    def test_lease_lost_while_alive(self) -> Any:
+        """A lease etcd let expire (revoked here): the next keep-alive takes a new one, and
+        locks work again."""
+        store = yield self.store()
+        first = store._lease.id
+        yield store._http.call("lease/revoke", {"ID": first})
+        yield store._lease._renew()
+        self.assertNotEqual(store._lease.id, first)
+        self.assertIsNotNone(store._lease.id)
+        lock = yield store.acquireLock("c1", 1)
+        yield lock.release()
+        self.flushLoggedErrors()
+
+    @inlineCallbacks
+    def test_failed_release_is_retried(self) -> Any:
+        """A release that failed leaves the key on our live lease: this broker takes the lock
+        again at once, and the retry after a keep-alive frees it for the others."""
+        a = yield self.store()
+        b = yield self.store()
+        held = yield a.acquireLock("c1", 1)
+        a._locks.stale.add("c1")  # as if held.release() had failed: the key stays
+        held._local.release()
+        held._local = None
+        again = yield a.acquireLock("c1", 0.5)  # our own key: ours at once
+        yield again.release()
+        yield a.acquireLock("c1", 0.5)
+        a._locks.stale.add("c1")
+        a._locks._local["c1"].release()
+        del a._locks._local["c1"]
+        a._locks.retry_releases()
+        lock = yield b.acquireLock("c1", 2)
+        yield lock.release()
+
+    @inlineCallbacks
     def test_key_layout(self) -> Any:
         """The keys docs/stores.md lists, client ids escaped so that prefixes never overlap."""
         store = yield self.store()

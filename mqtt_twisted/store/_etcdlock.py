@@ -55,7 +55,8 @@ class NodeLease:
     def _keep_alive(self, _: Any) -> None:
         self._loop = LoopingCall(self._renew)
         self._loop.clock = self.reactor
-        self._loop.start(self.ttl / 3, now=False).addErrback(self.log.failure, "lease")
+        self._loop.start(self.ttl / 3, now=False).addErrback(
+            lambda f: self.log.failure("The etcd lease keep-alive stopped", f))
 
     def _renew(self) -> Deferred[None]:
         d = self.http.call("lease/keepalive", {"ID": self.id}, write=False)
