@@ -201,7 +201,11 @@ class EtcdHTTP:
         d.addBoth(self._done, d)
         return d
 
-    def _post(self, path: str, data: bytes) -> Deferred[Any]:
+    def _post(self, path: str, data: bytes, retry: bool = True) -> Deferred[Any]:
+        """One request; sent once more if the connection went before any answer (a pooled
+        connection the server had closed).  Every request the store makes may be applied
+        twice: puts and deletes are, guarded writes compare again, and a lock already
+        holding our id is ours."""
         d = self._agent.request(b"POST", self.base + path.encode(), _HEADERS, _Body(data))
 
         def body(response: Any) -> Deferred[tuple[int, bytes]]:
@@ -209,7 +213,13 @@ class EtcdHTTP:
             response.deliverBody(reader)
             return reader.done
 
+        def again(failure: Failure) -> Deferred[Any]:
+            failure.trap(ResponseNeverReceived, RequestTransmissionFailed)
+            return self._post(path, data, False)
+
         d.addCallback(body)
+        if retry:
+            d.addErrback(again)
         return d
 
     def _answered(self, result: tuple[int, bytes], track: bool) -> Any:
