@@ -15,6 +15,12 @@ built on our codec:
   Figure: messages per second, from the first PUBLISH to the last PUBACK and delivery.
 * **offline**: the same publisher, the persistent subscriber offline: each message is
   queued (stored) for it.  Figures: messages per second, and ms per message.
+* **ops** (``--ops N``, in this process): each store call on its own, ``N`` times one
+  after the other, through the store object: ms per lock (acquire and release),
+  ``saveSession`` and ``loadSession`` of a session with one subscription, and a queued
+  message stored then removed (``storeOutbound`` + ``removeOutbound``).  One call at a
+  time shows the round trip and the server's work (etcd: a Raft write, fsynced) that
+  batching hides in the other figures.
 * **connect**: a persistent session (one subscription, nothing queued) connecting and
   disconnecting ``--connects`` times in a row.  Figure: ms per CONNECT+DISCONNECT
   (the client lock, the session loaded and saved).
@@ -33,6 +39,7 @@ It prints one table; the median of ``--runs`` runs is shown.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import selectors
@@ -88,9 +95,10 @@ def wait_port(port: int, process: subprocess.Popen, what: str) -> None:
 
 
 class Services:
-    """A broker (and a redis-server for the Redis store) in child processes."""
+    """A broker (and a redis-server or an etcd for their stores) in child processes;
+    ``broker=False``: the store's server only, its URL in ``store_url``."""
 
-    def __init__(self, store: str, max_queued: int) -> None:
+    def __init__(self, store: str, max_queued: int, broker: bool = True) -> None:
         self.dir = tempfile.mkdtemp(prefix="bench-store-")
         self.redis = None
         if store == "etcd":
@@ -113,9 +121,13 @@ class Services:
                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
             wait_port(rport, self.redis, "redis-server")
             store = f"redis://{HOST}:{rport}/0"
+        self.store_url = store
+        self.broker = None
+        self.log = open(os.path.join(self.dir, "broker.log"), "wb")
+        if not broker:
+            return
         self.port = free_port()
         env = dict(os.environ, PYTHONPATH=ROOT)
-        self.log = open(os.path.join(self.dir, "broker.log"), "wb")
         self.broker = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
              "--pidfile=", "mqttbroker", "--listen", f"tcp:{self.port}:interface={HOST}",
@@ -279,12 +291,78 @@ def bench_reconnect(store: str, queued: int, window: int) -> tuple[float, float,
         services.close()
 
 
+def bench_ops(stores: list[str], n: int) -> dict[str, dict[str, float]]:
+    """ms per call for each store, one call at a time (see ``ops`` above)."""
+    from twisted.internet import defer, task
+
+    from mqtt_twisted.plugins.builtin import EtcdStorePlugin, MemoryStorePlugin, RedisStorePlugin
+    from mqtt_twisted.records import SubscriptionOptions
+    from mqtt_twisted.store.memory import StoredSession
+    from mqtt_twisted.testing.store_contract import message, outbound
+
+    plugins = {"memory": MemoryStorePlugin(), "redis": RedisStorePlugin(),
+               "etcd": EtcdStorePlugin()}
+    results: dict[str, dict[str, float]] = {}
+
+    @defer.inlineCallbacks
+    def one(reactor, name: str):
+        services = Services(name, 0, broker=False)
+        try:
+            url = services.store_url
+            store = plugins[name].makeStore(reactor, url.split(":", 1)[1] if ":" in url else "")
+            yield store.start()
+            state = StoredSession("bench-ops")
+            state.subscriptions = {"bench/#": SubscriptionOptions(1)}
+            state.expiryInterval = 3600
+            out = outbound(1, msg=message("bench/t", b"x" * 64))
+            figures = {}
+
+            @defer.inlineCallbacks
+            def lock():
+                held = yield store.acquireLock("bench-ops", 5)
+                yield held.release()
+
+            seqs = itertools.count(1)
+
+            @defer.inlineCallbacks
+            def queued():
+                out.seq = next(seqs)
+                yield store.storeOutbound("bench-ops", out)
+                yield store.removeOutbound("bench-ops", out.seq)
+
+            for what, call in (("lock", lock), ("save", lambda: store.saveSession(state)),
+                               ("load", lambda: store.loadSession("bench-ops")),
+                               ("queue", queued)):
+                start = time.perf_counter()
+                for _ in range(n):
+                    yield call()
+                figures[what] = (time.perf_counter() - start) / n * 1000
+            yield store.stop()
+            results[name] = figures
+        finally:
+            services.close()
+
+    @defer.inlineCallbacks
+    def run(reactor):
+        for name in stores:
+            yield one(reactor, name)
+
+    try:
+        task.react(run)
+    except SystemExit as e:
+        if e.code:
+            raise
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--window", type=int, default=100)
     parser.add_argument("--queued", type=int, default=10000)
     parser.add_argument("--connects", type=int, default=200)
+    parser.add_argument("--ops", type=int, default=0,
+                        help="also time each store call alone, this many times")
     parser.add_argument("--stores", default="memory,redis,etcd")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
@@ -305,6 +383,13 @@ def main() -> None:
     print(f"qos1 and offline: {args.messages} and {args.queued} messages of 64 bytes, "
           f"publisher window {args.window}; connect: {args.connects} in a row; reconnect: "
           f"{args.queued} queued QoS 1 messages; median of {args.runs} runs")
+    if args.ops:
+        ops = bench_ops(stores, args.ops)
+        print(f"ops: ms per call, {args.ops} calls one after the other")
+        print(f"{'store':8} {'lock':>7} {'save':>7} {'load':>7} {'queue':>7}")
+        for store, f in ops.items():
+            print(f"{store:8} {f['lock']:7.2f} {f['save']:7.2f} {f['load']:7.2f} "
+                  f"{f['queue']:7.2f}", flush=True)
     print(f"{'store':8} {'QoS 1 msg/s':>12} {'offline msg/s':>14} {'ms/msg':>7} "
           f"{'connect ms':>11} {'CONNACK ms':>11} {'drain s':>8} {'drain msg/s':>12}")
     for store in stores:
