@@ -183,8 +183,9 @@ class EtcdHTTP:
         self._pool.retryAutomatically = False
         self._agent = Agent(reactor, connectTimeout=options.connect_timeout, pool=self._pool)
         self._slots = DeferredSemaphore(options.pool)
-        #: Requests sent and not yet answered (for stop() to wait for).
-        self.pending: set[Deferred[Any]] = set()
+        #: Requests not yet answered, and who waits for there to be none (stop()).
+        self.active = 0
+        self._drain_waiters: list[Deferred[None]] = []
 
     def call(self, path: str, body: dict[str, Any], write: bool = True,
              timeout: float | None = None, track: bool = True) -> Deferred[Any]:
@@ -197,8 +198,8 @@ class EtcdHTTP:
         d.addTimeout(timeout or self.options.timeout, self.reactor)
         d.addCallbacks(self._answered, self._failed, callbackArgs=(track,),
                        errbackArgs=(path, write, track))
-        self.pending.add(d)
-        d.addBoth(self._done, d)
+        self.active += 1
+        d.addBoth(self._done)
         return d
 
     def _post(self, path: str, data: bytes, retry: bool = True) -> Deferred[Any]:
@@ -252,9 +253,22 @@ class EtcdHTTP:
             raise self.outage.error(f"{where}: {path}: {why}", write)
         raise StorageError(f"{where}: {path}: {_reason(failure)}")
 
-    def _done(self, result: Any, d: Deferred[Any]) -> Any:
-        self.pending.discard(d)
+    def _done(self, result: Any) -> Any:
+        self.active -= 1
+        if not self.active:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
         return result
+
+    def drained(self) -> Deferred[None]:
+        """Fires once no request is under way (each ends by its timeout)."""
+        d: Deferred[None] = Deferred()
+        if self.active:
+            self._drain_waiters.append(d)
+        else:
+            d.callback(None)
+        return d
 
     def close(self) -> Deferred[None]:
         return self._pool.closeCachedConnections()

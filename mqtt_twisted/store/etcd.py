@@ -189,6 +189,7 @@ class EtcdStore:
         """Finish the calls queued (each ends by its deadline), revoke the lease (every lock
         left on it goes), then close the connections."""
         d = self._lanes.idle()
+        d.addCallback(lambda _: self._http.drained())  # lock and retained calls too
         d.addCallback(lambda _: self._lease.stop())
         d.addCallback(lambda _: self._http.close())
         d.addCallback(lambda _: None)
@@ -217,7 +218,7 @@ class EtcdStore:
     def saveSession(self, state: Any) -> Deferred[None]:
         """Replace the session: read its record keys, then delete the stale ones and put
         the new ones, in one transaction when they fit, else in several with the session
-        record last (a crash in between leaves records no loadSession sees)."""
+        record last (a crash in between can leave some old records beside new ones)."""
         lane, cid = self._client(state.clientId)
         k = self._keys
         new: dict[bytes, bytes] = {}
