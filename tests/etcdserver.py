@@ -42,13 +42,14 @@ def fresh_prefix() -> str:
     return f"t{os.getpid()}-{_counter[0]}"
 
 
-def _arguments(directory: str, client: int, peer: int) -> list[str]:
-    return [ETCD, "--name", "test", "--data-dir", os.path.join(directory, "data"),
+def _arguments(directory: str, client: int, peer: int, name: str = "test",
+               cluster: str | None = None) -> list[str]:
+    return [ETCD, "--name", name, "--data-dir", os.path.join(directory, "data"),
             "--listen-client-urls", f"http://127.0.0.1:{client}",
             "--advertise-client-urls", f"http://127.0.0.1:{client}",
             "--listen-peer-urls", f"http://127.0.0.1:{peer}",
             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-cluster", f"test=http://127.0.0.1:{peer}",
+            "--initial-cluster", cluster or f"{name}=http://127.0.0.1:{peer}",
             # One member: it elects itself after one election timeout; keep that short.
             "--heartbeat-interval", "50", "--election-timeout", "300",
             "--logger", "zap", "--log-level", "warn"]
@@ -71,9 +72,13 @@ class EtcdServer:
 
     _shared: EtcdServer | None = None
 
-    def __init__(self, reactor: Any, directory: str) -> None:
+    def __init__(self, reactor: Any, directory: str, name: str = "test") -> None:
         self.reactor = reactor
+        self.name = name
+        #: --initial-cluster of a member of several (see ``cluster``); None: alone.
+        self.cluster: str | None = None
         self.directory = os.path.abspath(directory)
+        os.makedirs(self.directory, exist_ok=True)
         self.port = free_port()
         self.peer_port = free_port()
         self.process: _Output | None = None
@@ -105,7 +110,7 @@ class EtcdServer:
     def start(self) -> Any:
         """Start etcd (the reactor's child) and wait until it answers."""
         self.process = _Output()
-        args = _arguments(self.directory, self.port, self.peer_port)
+        args = _arguments(self.directory, self.port, self.peer_port, self.name, self.cluster)
         self.transport = self.reactor.spawnProcess(self.process, ETCD, args, env=None,
                                                    path=self.directory)
         yield self._wait(lambda: self.process is not None and self.process.exited)
@@ -150,3 +155,34 @@ def _end(popen: subprocess.Popen[bytes], directory: str) -> None:
         popen.kill()
         popen.wait()
     shutil.rmtree(directory, True)
+
+
+def cluster(reactor: Any, directory: str, size: int = 3) -> list[EtcdServer]:
+    """``size`` members of one etcd cluster (not started: start them all at once, since a
+    member waits for a majority before it answers)."""
+    members = [EtcdServer(reactor, os.path.join(directory, f"m{i}"), f"m{i}")
+               for i in range(size)]
+    initial = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in members)
+    for member in members:
+        member.cluster = initial
+    return members
+
+
+class Gateway:
+    """``etcd gateway start``: etcd's TCP proxy to the live members of a cluster."""
+
+    def __init__(self, reactor: Any, members: list[EtcdServer]) -> None:
+        self.reactor = reactor
+        self.port = free_port()
+        self.process = _Output()
+        endpoints = ",".join(f"127.0.0.1:{m.port}" for m in members)
+        self.transport = reactor.spawnProcess(
+            self.process, ETCD, [ETCD, "gateway", "start", "--endpoints", endpoints,
+                                 "--listen-addr", f"127.0.0.1:{self.port}",
+                                 "--retry-delay", "1s"], env=None)
+
+    def stop(self) -> Deferred[Any]:
+        ended = self.process.ended()
+        if not self.process.exited:
+            self.transport.signalProcess("KILL")
+        return ended

@@ -31,7 +31,7 @@ from mqtt_twisted.store.etcd import EtcdOptions, EtcdStore, parse_url
 from mqtt_twisted.store.memory import StoredSession
 from mqtt_twisted.testing.store_contract import message, outbound
 from tests import test_store_restart as restart
-from tests.etcdserver import EtcdServer, fresh_prefix
+from tests.etcdserver import EtcdServer, Gateway, cluster, fresh_prefix
 from tests.redisserver import free_port, temp_dir
 from tests.test_twistd_run import ENDS_WITHIN, TwistdTestCase, _listen
 
@@ -303,6 +303,37 @@ class ReachabilityTests(EtcdTestCase):
         loaded = yield store.loadSession("c")
         self.assertEqual([o.message.payload for o in loaded.outbound], [b"y"])
         self.assertFalse(store.outage.active)
+
+
+class MembersTests(EtcdTestCase):
+    """An etcd of three members behind etcd's own TCP proxy, as docs/stores.md suggests."""
+
+    timeout = 120
+
+    @inlineCallbacks
+    def test_member_killed_behind_the_gateway(self) -> Any:
+        """A member killed (the first: the one the proxy uses): at most the calls under way
+        fail, the next go to a live member, and every write that succeeded is kept."""
+        members = cluster(self.reactor, temp_dir(self))
+        for member in members:
+            self.addCleanup(member.stop, "KILL")
+        yield defer.gatherResults([member.start() for member in members])
+        gateway = Gateway(self.reactor, members)
+        self.addCleanup(gateway.stop)
+        store = yield self.store(f"etcd://127.0.0.1:{gateway.port}/{self.prefix}"
+                                 f"?timeout=2&connect_timeout=20")
+        yield store.saveSession(StoredSession("c"))
+        yield members[0].stop("KILL")
+        written, failed = set(), 0
+        for seq in range(1, 41):
+            try:
+                yield store.storeOutbound("c", outbound(seq, msg=message("t", b"%d" % seq)))
+                written.add(seq)
+            except StorageError:
+                failed += 1
+        self.assertLessEqual(failed, 2)
+        loaded = yield store.loadSession("c")
+        self.assertEqual({o.seq for o in loaded.outbound}, written)
 
 
 class EtcdKillTests(restart.KillTests):
