@@ -15,7 +15,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.plugin import getPlugins
 from twisted.trial import unittest
 from twisted.web.pages import notFound
@@ -27,6 +27,7 @@ from mqtt_twisted.errors import StorageError, StoreUnavailable
 from mqtt_twisted.interfaces import ILock, IStore, IStorePlugin
 from mqtt_twisted.records import SubscriptionOptions
 from mqtt_twisted.store import _etcdhttp as op
+from mqtt_twisted.store._etcdlanes import Lanes
 from mqtt_twisted.store.etcd import EtcdOptions, EtcdStore, parse_url
 from mqtt_twisted.store.memory import StoredSession
 from mqtt_twisted.testing.store_contract import message, outbound
@@ -84,6 +85,98 @@ class PluginTests(unittest.SynchronousTestCase):
         self.assertEqual(plugin.makeStore(None, "h:1").options, EtcdOptions("h", 1))
         with self.assertRaises(ValueError):
             plugin.makeStore(None, "//h:x")
+
+
+class _FakeHTTP:
+    """Records each request; the test answers them (no etcd, no reactor)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.options = EtcdOptions(timeout=5)
+        self.sent: list[tuple[str, dict, defer.Deferred]] = []
+        from mqtt_twisted.store.outage import OutageLog
+
+        self.outage = OutageLog(clock, EtcdStore.log, "fake etcd")
+
+    def call(self, path: str, body: dict, write: bool = True) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self.sent.append((path, body, d))
+        return d
+
+
+class LanesTests(unittest.SynchronousTestCase):
+    """Group commit in _etcdlanes, on a fake gateway and a Clock."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.http = _FakeHTTP(self.clock)
+        self.lanes = Lanes(self.clock, self.http, max_ops=4)  # type: ignore[arg-type]
+
+    def put(self, lane: str, key: bytes, guard: bytes | None = None) -> defer.Deferred:
+        return self.lanes.write(("s", lane), [(key, op.put(key, b"v"), 1)], guard)
+
+    def delete(self, lane: str, key: bytes) -> defer.Deferred:
+        return self.lanes.write(("s", lane), [(key, op.delete(key), 1)])
+
+    def test_queued_writes_leave_together(self) -> None:
+        """One request at a time per lane; what queued meanwhile is one transaction, a key
+        written twice collapsed into its last write, each caller answered."""
+        first = self.put("c", b"a")
+        queued = [self.put("c", b"b"), self.put("c", b"c"), self.delete("c", b"b")]
+        self.assertEqual(len(self.http.sent), 1)
+        self.http.sent[0][2].callback({})
+        self.assertEqual(self.successResultOf(first), None)
+        self.assertEqual(len(self.http.sent), 2)
+        path, body, d = self.http.sent[1]
+        self.assertEqual(path, "kv/txn")
+        self.assertEqual(body["success"], [op.put(b"c", b"v"), op.delete(b"b")])
+        self.assertTrue(all(not q.called for q in queued))
+        d.callback({})
+        for q in queued:
+            self.successResultOf(q)
+
+    def test_lanes_run_side_by_side(self) -> None:
+        """Two clients' writes do not wait for each other."""
+        self.put("c1", b"a")
+        self.put("c2", b"b")
+        self.assertEqual(len(self.http.sent), 2)
+
+    def test_batch_limits(self) -> None:
+        """At most max_ops keys per transaction, and writes of another guard wait."""
+        self.put("c", b"0")
+        for n in range(5):
+            self.put("c", b"%d" % (n + 1))
+        self.put("c", b"x", guard=b"session")
+        self.http.sent[0][2].callback({})
+        self.assertEqual(len(self.http.sent[1][1]["success"]), 4)
+        self.http.sent[1][2].callback({})
+        self.assertEqual(len(self.http.sent[2][1]["success"]), 1)
+        self.assertEqual(self.http.sent[2][1]["compare"], [])
+        self.http.sent[2][2].callback({})
+        self.assertEqual(self.http.sent[3][1]["compare"], [op.exists(b"session")])
+
+    def test_failure_reaches_every_caller_of_the_batch(self) -> None:
+        """A failed transaction fails each write it held; the lane goes on."""
+        self.put("c", b"a")
+        queued = [self.put("c", b"b"), self.put("c", b"c")]
+        self.http.sent[0][2].callback({})
+        self.http.sent[1][2].errback(StorageError("refused"))
+        for q in queued:
+            self.failureResultOf(q, StorageError)
+        later = self.put("c", b"d")
+        self.http.sent[2][2].callback({})
+        self.successResultOf(later)
+
+    def test_call_waits_past_its_deadline_fails_unsent(self) -> None:
+        """A call that waited longer than the timeout behind a stuck request fails at once,
+        without being sent."""
+        stuck = self.put("c", b"a")
+        late = self.lanes.call(("s", "c"), lambda: self.fail("sent"))
+        self.clock.advance(6)
+        self.http.sent[0][2].errback(StorageError("no reply"))
+        self.failureResultOf(stuck, StorageError)
+        self.failureResultOf(late, StorageError)
+        self.assertEqual(len(self.http.sent), 1)
+        self.assertEqual(self.lanes._lanes, {})  # an idle lane is forgotten
 
 
 class EtcdTestCase(unittest.TestCase):
