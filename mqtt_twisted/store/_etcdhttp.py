@@ -39,6 +39,7 @@ from twisted.web.client import (
     ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
+    _HTTP11ClientFactory,
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -170,6 +171,12 @@ class _Reader(Protocol):
             self.done.errback(reason)
 
 
+class _QuietFactory(_HTTP11ClientFactory):
+    """The pool's connection factory without its "Starting factory" line per connection."""
+
+    noisy = False
+
+
 class EtcdHTTP:
     """POST JSON to etcd's gateway on ``pool`` persistent connections; one outage log."""
 
@@ -179,6 +186,7 @@ class EtcdHTTP:
         self.outage = outage
         self.base = f"http://{_host(options.host)}:{options.port}/v3/".encode()
         self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool._factory = _QuietFactory
         self._pool.maxPersistentPerHost = options.pool
         self._pool.retryAutomatically = False
         self._agent = Agent(reactor, connectTimeout=options.connect_timeout, pool=self._pool)
