@@ -443,6 +443,20 @@ class EtcdKillTests(restart.KillTests):
         return self.etcd.url(lock_lease=2)
 
 
+class EtcdOutageTests(restart.RedisOutageTests):
+    """tests/test_store_restart.py's outage test, on etcd: etcd stopped under a running
+    broker (QoS 0 flows, a QoS 1 PUBLISH that must be stored gets 0x89, CONNECT 0x88 /
+    0x03), then started again on the same data (QoS 1 served, the queued message kept)."""
+
+    @inlineCallbacks
+    def start_store(self) -> Any:
+        # The test stops and restarts ``self.redis``: here it is the etcd (same methods).
+        self.redis = EtcdServer(self.reactor, temp_dir(self))
+        yield self.redis.start()
+        self.addCleanup(self.redis.stop)
+        return self.redis.url()  # the test adds ?timeout=1
+
+
 class TwistdEtcdTests(TwistdTestCase):
     """What an operator sees from ``twistd mqttbroker --store etcd://...``."""
 
