@@ -1,16 +1,29 @@
 """The cost of durability: QoS 1 throughput and persistent-session reconnect time,
-Redis store against memory store.
+Redis and etcd stores against memory store.
 
 For each store the script starts a broker (``twistd -n mqttbroker``) in a child
 process on 127.0.0.1, with a redis-server of its own for the Redis store
-(``appendonly yes``, ``appendfsync everysec``: the settings docs/stores.md assumes),
-and drives it with raw MQTT 3.1.1 clients built on our codec:
+(``appendonly yes``, ``appendfsync everysec``: the settings docs/stores.md assumes)
+or an etcd of its own for the etcd store (one member, its defaults: every write
+fsynced before it is acknowledged), and drives it with raw MQTT 3.1.1 clients
+built on our codec:
 
 * **qos1**: one persistent subscriber (clean session 0) acknowledging every message,
   one publisher keeping ``--window`` QoS 1 PUBLISHes unacknowledged.  With the Redis
   store every message is written for the subscriber's session (queued/in flight)
   and removed on its PUBACK, and the publisher's PUBACK waits for the write.
   Figure: messages per second, from the first PUBLISH to the last PUBACK and delivery.
+* **offline**: the same publisher, the persistent subscriber offline: each message is
+  queued (stored) for it.  Figures: messages per second, and ms per message.
+* **ops** (``--ops N``, in this process): each store call on its own, ``N`` times one
+  after the other, through the store object: ms per lock (acquire and release),
+  ``saveSession`` and ``loadSession`` of a session with one subscription, and a queued
+  message stored then removed (``storeOutbound`` + ``removeOutbound``).  One call at a
+  time shows the round trip and the server's work (etcd: a Raft write, fsynced) that
+  batching hides in the other figures.
+* **connect**: a persistent session (one subscription, nothing queued) connecting and
+  disconnecting ``--connects`` times in a row.  Figure: ms per CONNECT+DISCONNECT
+  (the client lock, the session loaded and saved).
 * **reconnect**: a persistent session with ``--queued`` QoS 1 messages waiting for it
   (published while it was offline); the subscriber reconnects and acknowledges them
   all.  Figures: seconds to CONNACK, and to the last message.
@@ -18,7 +31,7 @@ and drives it with raw MQTT 3.1.1 clients built on our codec:
 Usage::
 
     python bench/bench_store.py [--messages 20000] [--window 100] [--queued 10000]
-                                [--stores memory,redis] [--runs 3]
+                                [--connects 200] [--stores memory,redis,etcd] [--runs 3]
 
 It prints one table; the median of ``--runs`` runs is shown.
 """
@@ -26,6 +39,7 @@ It prints one table; the median of ``--runs`` runs is shown.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import selectors
@@ -81,12 +95,25 @@ def wait_port(port: int, process: subprocess.Popen, what: str) -> None:
 
 
 class Services:
-    """A broker (and a redis-server for the Redis store) in child processes."""
+    """A broker (and a redis-server or an etcd for their stores) in child processes;
+    ``broker=False``: the store's server only, its URL in ``store_url``."""
 
-    def __init__(self, store: str, max_queued: int) -> None:
+    def __init__(self, store: str, max_queued: int, broker: bool = True) -> None:
         self.dir = tempfile.mkdtemp(prefix="bench-store-")
         self.redis = None
-        if store == "redis":
+        if store == "etcd":
+            cport, pport = free_port(), free_port()
+            self.redis = subprocess.Popen(
+                ["etcd", "--name", "bench", "--data-dir", os.path.join(self.dir, "etcd"),
+                 "--listen-client-urls", f"http://{HOST}:{cport}",
+                 "--advertise-client-urls", f"http://{HOST}:{cport}",
+                 "--listen-peer-urls", f"http://{HOST}:{pport}",
+                 "--initial-advertise-peer-urls", f"http://{HOST}:{pport}",
+                 "--initial-cluster", f"bench=http://{HOST}:{pport}"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            wait_port(cport, self.redis, "etcd")
+            store = f"etcd://{HOST}:{cport}/bench"
+        elif store == "redis":
             rport = free_port()
             self.redis = subprocess.Popen(
                 ["redis-server", "--port", str(rport), "--bind", HOST, "--save", "",
@@ -94,9 +121,13 @@ class Services:
                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
             wait_port(rport, self.redis, "redis-server")
             store = f"redis://{HOST}:{rport}/0"
+        self.store_url = store
+        self.broker = None
+        self.log = open(os.path.join(self.dir, "broker.log"), "wb")
+        if not broker:
+            return
         self.port = free_port()
         env = dict(os.environ, PYTHONPATH=ROOT)
-        self.log = open(os.path.join(self.dir, "broker.log"), "wb")
         self.broker = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
              "--pidfile=", "mqttbroker", "--listen", f"tcp:{self.port}:interface={HOST}",
@@ -212,11 +243,28 @@ def bench_qos1(store: str, n: int, window: int) -> float:
         services.close()
 
 
-def bench_reconnect(store: str, queued: int, window: int) -> tuple[float, float]:
+def bench_connects(store: str, n: int) -> float:
+    """Seconds per CONNECT (clean session 0, session present) and DISCONNECT, in a row."""
+    services = Services(store, 1000)
+    try:
+        subscribe(services.port, "bench-c").close()
+        start = time.perf_counter()
+        for _ in range(n):
+            client = Client(services.port, "bench-c", False)
+            if not client.connack.session_present:
+                raise RuntimeError("the session was not kept")
+            client.close()
+        return (time.perf_counter() - start) / n
+    finally:
+        services.close()
+
+
+def bench_reconnect(store: str, queued: int, window: int) -> tuple[float, float, float]:
+    """(offline msg/s, seconds to CONNACK, seconds to the last queued message)."""
     services = Services(store, queued + 1000)
     try:
         subscribe(services.port, "bench-rc").close()
-        publish_all(services.port, queued, window, None)
+        offline = queued / publish_all(services.port, queued, window, None)
         start = time.perf_counter()
         sub = Client(services.port, "bench-rc", False)
         connack = time.perf_counter() - start
@@ -238,9 +286,73 @@ def bench_reconnect(store: str, queued: int, window: int) -> tuple[float, float]
             pending = [p for p in sub.read() if isinstance(p, Publish)]
         drained = time.perf_counter() - start
         sub.close()
-        return connack, drained
+        return offline, connack, drained
     finally:
         services.close()
+
+
+def bench_ops(stores: list[str], n: int) -> dict[str, dict[str, float]]:
+    """ms per call for each store, one call at a time (see ``ops`` above)."""
+    from twisted.internet import defer, task
+
+    from mqtt_twisted.plugins.builtin import EtcdStorePlugin, MemoryStorePlugin, RedisStorePlugin
+    from mqtt_twisted.records import SubscriptionOptions
+    from mqtt_twisted.store.memory import StoredSession
+    from mqtt_twisted.testing.store_contract import message, outbound
+
+    plugins = {"memory": MemoryStorePlugin(), "redis": RedisStorePlugin(),
+               "etcd": EtcdStorePlugin()}
+    results: dict[str, dict[str, float]] = {}
+
+    @defer.inlineCallbacks
+    def one(reactor, name: str):
+        services = Services(name, 0, broker=False)
+        try:
+            url = services.store_url
+            store = plugins[name].makeStore(reactor, url.split(":", 1)[1] if ":" in url else "")
+            yield store.start()
+            state = StoredSession("bench-ops")
+            state.subscriptions = {"bench/#": SubscriptionOptions(1)}
+            state.expiryInterval = 3600
+            out = outbound(1, msg=message("bench/t", b"x" * 64))
+            figures = {}
+
+            @defer.inlineCallbacks
+            def lock():
+                held = yield store.acquireLock("bench-ops", 5)
+                yield held.release()
+
+            seqs = itertools.count(1)
+
+            @defer.inlineCallbacks
+            def queued():
+                out.seq = next(seqs)
+                yield store.storeOutbound("bench-ops", out)
+                yield store.removeOutbound("bench-ops", out.seq)
+
+            for what, call in (("lock", lock), ("save", lambda: store.saveSession(state)),
+                               ("load", lambda: store.loadSession("bench-ops")),
+                               ("queue", queued)):
+                start = time.perf_counter()
+                for _ in range(n):
+                    yield call()
+                figures[what] = (time.perf_counter() - start) / n * 1000
+            yield store.stop()
+            results[name] = figures
+        finally:
+            services.close()
+
+    @defer.inlineCallbacks
+    def run(reactor):
+        for name in stores:
+            yield one(reactor, name)
+
+    try:
+        task.react(run)
+    except SystemExit as e:
+        if e.code:
+            raise
+    return results
 
 
 def main() -> None:
@@ -248,7 +360,10 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--window", type=int, default=100)
     parser.add_argument("--queued", type=int, default=10000)
-    parser.add_argument("--stores", default="memory,redis")
+    parser.add_argument("--connects", type=int, default=200)
+    parser.add_argument("--ops", type=int, default=0,
+                        help="also time each store call alone, this many times")
+    parser.add_argument("--stores", default="memory,redis,etcd")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     stores = args.stores.split(",")
@@ -261,20 +376,33 @@ def main() -> None:
         pass
     redis_version = subprocess.run(["redis-server", "--version"], capture_output=True,
                                    text=True).stdout.split()[2] if "redis" in stores else "-"
+    etcd_version = subprocess.run(["etcd", "--version"], capture_output=True,
+                                  text=True).stdout.split()[2] if "etcd" in stores else "-"
     print(f"python {platform.python_version()}, nproc {os.cpu_count()}, {cpu}, "
-          f"redis-server {redis_version}")
-    print(f"qos1: {args.messages} messages of 64 bytes, publisher window {args.window}; "
-          f"reconnect: {args.queued} queued QoS 1 messages; median of {args.runs} runs")
-    print(f"{'store':8} {'QoS 1 msg/s':>12} {'CONNACK ms':>11} {'drain s':>8} "
-          f"{'drain msg/s':>12}")
+          f"redis-server {redis_version}, etcd {etcd_version}")
+    print(f"qos1 and offline: {args.messages} and {args.queued} messages of 64 bytes, "
+          f"publisher window {args.window}; connect: {args.connects} in a row; reconnect: "
+          f"{args.queued} queued QoS 1 messages; median of {args.runs} runs")
+    if args.ops:
+        ops = bench_ops(stores, args.ops)
+        print(f"ops: ms per call, {args.ops} calls one after the other")
+        print(f"{'store':8} {'lock':>7} {'save':>7} {'load':>7} {'queue':>7}")
+        for store, f in ops.items():
+            print(f"{store:8} {f['lock']:7.2f} {f['save']:7.2f} {f['load']:7.2f} "
+                  f"{f['queue']:7.2f}", flush=True)
+    print(f"{'store':8} {'QoS 1 msg/s':>12} {'offline msg/s':>14} {'ms/msg':>7} "
+          f"{'connect ms':>11} {'CONNACK ms':>11} {'drain s':>8} {'drain msg/s':>12}")
     for store in stores:
         rates = [bench_qos1(store, args.messages, args.window) for _ in range(args.runs)]
+        connects = [bench_connects(store, args.connects) for _ in range(args.runs)]
         reconnects = [bench_reconnect(store, args.queued, args.window)
                       for _ in range(args.runs)]
-        connack = statistics.median(c for c, _ in reconnects)
-        drain = statistics.median(d for _, d in reconnects)
-        print(f"{store:8} {statistics.median(rates):12.0f} {connack * 1000:11.1f} "
-              f"{drain:8.2f} {args.queued / drain:12.0f}", flush=True)
+        offline = statistics.median(o for o, _, _ in reconnects)
+        connack = statistics.median(c for _, c, _ in reconnects)
+        drain = statistics.median(d for _, _, d in reconnects)
+        print(f"{store:8} {statistics.median(rates):12.0f} {offline:14.0f} "
+              f"{1000 / offline:7.3f} {statistics.median(connects) * 1000:11.2f} "
+              f"{connack * 1000:11.1f} {drain:8.2f} {args.queued / drain:12.0f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -274,6 +274,10 @@ class ContractTests(SynchronousTestCase):
             "mqtt_twisted.plugins.builtin.RedisStorePlugin",
             "mqtt_twisted.store.redis.RedisStore",
             "mqtt_twisted.store._redislock.RedisLock",
+            # verifyObject in tests/test_store_contract.py and tests/test_store_etcd.py:
+            "mqtt_twisted.plugins.builtin.EtcdStorePlugin",
+            "mqtt_twisted.store.etcd.EtcdStore",
+            "mqtt_twisted.store._etcdlock.EtcdLock",
             "mqtt_twisted.auth.AllowAnonymous",
             "mqtt_twisted.gateway.Gateway",
             "mqtt_twisted.core.connection.MQTTConnection",

@@ -3,8 +3,8 @@
 The suite is ``mqtt_twisted.testing.store_contract.StoreContract``, public so that a
 third-party store passes the same tests by subclassing it the same way (see
 docs/stores.md); each subclass here only says how to make its store
-(``MemoryStoreContractTests``, and ``RedisStoreContractTests`` against a real
-redis-server on an ephemeral port).
+(``MemoryStoreContractTests``, ``RedisStoreContractTests`` against a real
+redis-server on an ephemeral port, ``EtcdStoreContractTests`` against a real etcd).
 """
 
 from __future__ import annotations
@@ -14,13 +14,16 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
+from mqtt_twisted.store.etcd import EtcdStore
 from mqtt_twisted.store.memory import MemoryStore
 from mqtt_twisted.store.redis import RedisStore
 from mqtt_twisted.testing.store_contract import StoreContract
 
 try:
+    from tests.etcdserver import EtcdServer
     from tests.redisserver import RedisServer, temp_dir
 except ImportError:  # pytest's rootdir-relative import of tests/ as a plain directory
+    from etcdserver import EtcdServer  # type: ignore[no-redef]
     from redisserver import RedisServer, temp_dir  # type: ignore[no-redef]
 
 
@@ -41,3 +44,12 @@ class RedisStoreContractTests(StoreContract, unittest.TestCase):
         self.addCleanup(server.stop)
         self.server = server
         return RedisStore.fromURL(self.reactor, server.url(pool=3, timeout=5))
+
+
+class EtcdStoreContractTests(StoreContract, unittest.TestCase):
+    """The contract, on the etcd store against a real etcd (a fresh key prefix per test)."""
+
+    @inlineCallbacks
+    def make_store(self) -> Any:
+        server = yield EtcdServer.shared(self.reactor)
+        return EtcdStore.fromURL(self.reactor, server.url(timeout=5))

@@ -252,15 +252,21 @@ class RestartTestCase(unittest.TestCase):
         from twisted.internet import reactor
 
         self.reactor = reactor
-        self.redis = RedisServer(reactor, temp_dir(self))
-        yield self.redis.start()
-        self.addCleanup(self.redis.stop)
-        self.broker = BrokerProcess(reactor, self.redis.url() + self.store_query,
+        url = yield self.start_store()
+        self.broker = BrokerProcess(reactor, url + self.store_query,
                                     temp_dir(self), *self.broker_options)
         self.addCleanup(self.broker.kill)
         yield self.broker.start()
         self.clients: list[Client] = []
         self.addCleanup(self._drop_clients)
+
+    @inlineCallbacks
+    def start_store(self) -> Any:
+        """Start the store's server (a redis-server here); fires with the --store URL."""
+        self.redis = RedisServer(self.reactor, temp_dir(self))
+        yield self.redis.start()
+        self.addCleanup(self.redis.stop)
+        return self.redis.url()
 
     def _drop_clients(self) -> None:
         for client in self.clients:

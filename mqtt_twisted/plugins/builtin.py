@@ -42,6 +42,24 @@ class RedisStorePlugin:
         return RedisStore.fromURL(reactor, f"{self.name}:{argument}")
 
 
+@implementer(IStorePlugin)
+class EtcdStorePlugin:
+    """``--store etcd://host:2379[/prefix][?options]`` (mqtt_twisted/store/etcd.py)."""
+
+    name = "etcd"
+    description = "etcd v3 (3.4+): etcd://host:2379[/prefix][?timeout=S] (docs/stores.md)"
+
+    def makeStore(self, reactor: Any, argument: str) -> Any:
+        from mqtt_twisted.store.etcd import EtcdStore
+
+        # --store arrives split at the first colon: 'etcd', '//host:2379/prefix'.
+        if not argument:
+            argument = "//127.0.0.1:2379"
+        elif not argument.startswith("//"):
+            argument = "//" + argument  # --store etcd:host:2379
+        return EtcdStore.fromURL(reactor, f"etcd:{argument}")
+
+
 @implementer(IAuthPlugin)
 class AnonymousAuthPlugin:
     name = "anonymous"
@@ -97,4 +115,5 @@ passwdAuth = PasswdAuthPlugin()
 memoryStore = MemoryStorePlugin()
 redisStore = RedisStorePlugin("redis")
 redissStore = RedisStorePlugin("rediss")
+etcdStore = EtcdStorePlugin()
 anonymousAuth = AnonymousAuthPlugin()
