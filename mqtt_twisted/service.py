@@ -139,9 +139,10 @@ class BrokerService(MultiService):
 
     def _start_failed(self, failure: Any) -> None:
         if failure.check(StartError):
-            self.log.critical("The broker could not start: {error}", error=failure.value)
+            self.log.critical("The broker could not start: {error}", error=failure.value,
+                              action="start_failed")
         else:
-            self.log.failure("The broker could not start", failure)
+            self.log.failure("The broker could not start", failure, action="start_failed")
         self.ready.errback(failure)
         # twistd starts services before the reactor runs: stop it once it does.
         if self.reactor.running:

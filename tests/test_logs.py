@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, task
+from twisted.internet import defer, protocol, task
 from twisted.logger import Logger, LogLevel
 from twisted.scripts._twistd_unix import ServerOptions
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
@@ -28,7 +28,7 @@ from mqtt_twisted import logs
 from mqtt_twisted.codec import ConnAck, Connect, Disconnect
 from tests.redisserver import free_port
 from tests.test_auth_passwd import ALICE
-from tests.test_twistd_run import TwistdTestCase, _listen
+from tests.test_twistd_run import TwistdTestCase, _kill_daemon, _listen
 
 #: The password of ALICE's line; and one that is wrong. Neither may be in any log line.
 PASSWORD, WRONG = b"secret1", b"not-the-password-8731"
@@ -332,6 +332,52 @@ class TwistdLogTests(TwistdTestCase):
             code = yield self.ended(proc)
             self.assertEqual(code, 2, proc.text)
             self.assertOneLine(proc.text, "error:", needle)
+
+
+class StartFailureTests(TwistdTestCase):
+    """Start-up failures not covered by test_twistd_run: a missing certificate (in the
+    foreground and daemonized: a usage error before any fork) and a failure in a JSON
+    log file."""
+
+    @defer.inlineCallbacks
+    def test_missing_certificate(self) -> Any:
+        """ssl: with a key file that is not there: one line naming it, exit 2, no files."""
+        missing = self.directory() / "gone" / "key.pem"
+        listen = f"ssl:{free_port()}:interface=127.0.0.1:privateKey={missing}"
+        for before in (["-n"], ["--pidfile=mqtt.pid", "--logfile=mqtt.log"]):
+            cwd = self.directory()
+            proc = self.twistd(*before, "mqttbroker", "--listen", listen, cwd=cwd)
+            code = yield self.ended(proc)
+            self.assertEqual(code, 2, proc.text)
+            self.assertOneLine(proc.text, "error:", str(missing), "No such file or directory")
+            self.assertEqual(list(cwd.iterdir()), [])
+
+    @defer.inlineCallbacks
+    def test_daemon_json_failure(self) -> Any:
+        """Daemonized with --log-format json and a port in use: the parent exits non-zero
+        with the reason; the log file's lines are JSON, one of them the failure."""
+        taken = self.reactor.listenTCP(0, protocol.Factory(), interface="127.0.0.1")
+        self.addCleanup(taken.stopListening)
+        port = taken.getHost().port
+        cwd = self.directory()
+        pidfile, logfile = cwd / "mqtt.pid", cwd / "mqtt.log"
+        self.addCleanup(_kill_daemon, pidfile)
+        proc = self.twistd(f"--pidfile={pidfile}", f"--logfile={logfile}", "mqttbroker",
+                           "--listen", _listen(port), "--log-format", "json", cwd=cwd)
+        code = yield self.ended(proc)
+        self.assertNotEqual(code, 0, proc.text)
+        self.assertIn("Address already in use", proc.text)
+        for _ in range(300):
+            if logfile.exists() and "Server Shut Down." in logfile.read_text():
+                break
+            yield task.deferLater(self.reactor, 0.05, lambda: None)
+        lines = [json.loads(line) for line in logfile.read_text().splitlines()]
+        failed = [line for line in lines if line.get("action") == "start_failed"]
+        self.assertEqual(len(failed), 1, lines)
+        self.assertEqual(failed[0]["level"], "critical")
+        self.assertIn(f"listener mqtt=tcp:{port}", failed[0]["event"])
+        self.assertIn("Address already in use", failed[0]["event"])
+        self.assertNotIn("traceback", failed[0])
 
 
 class JsonOutageTests(TwistdTestCase):
