@@ -122,6 +122,54 @@ class LevelTests(SynchronousTestCase):
         self.assertEqual(logs.parse_level(" WARN "), LogLevel.warn)
 
 
+class ClientEventTests(SynchronousTestCase):
+    """The client events of a sans-IO broker (no process): the reasons a run of twistd
+    does not show, and the level of adapters' sessions."""
+
+    def setUp(self) -> None:
+        from twisted.logger import globalLogPublisher
+
+        self.events: list[dict] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def clients(self, action: str) -> list[dict]:
+        return [e for e in self.events if e.get("action") == action]
+
+    def test_kicked(self) -> None:
+        """DELETE /session's closeSession: the disconnect line says kicked (0x98)."""
+        from mqtt_twisted.gateway import Gateway
+        from mqtt_twisted.testing import FakeClient, make_broker
+
+        broker, _ = make_broker()
+        FakeClient(broker, 5).connect("victim")
+        self.assertTrue(Gateway(broker).closeSession("victim", remove=True))
+        [line] = self.clients("disconnect")
+        self.assertEqual((line["client_id"], line["reason"], line["reason_code"],
+                          line["log_level"]), ("victim", "kicked", 0x98, LogLevel.info))
+
+    def test_adapter_sessions_at_debug(self) -> None:
+        """An HTTP or CoAP session's open and close are debug lines (one per request, maybe)."""
+        from mqtt_twisted.gateway import Gateway
+        from mqtt_twisted.records import Credentials
+        from mqtt_twisted.testing import make_broker
+
+        broker, _ = make_broker()
+        gateway = Gateway(broker)
+        creds = Credentials("poller", peer="10.0.0.9:4000", adapter="http")
+        gateway.openSession("poller", _Sink(), True, creds)
+        gateway.closeSession("poller")
+        [opened], [closed] = self.clients("connect"), self.clients("disconnect")
+        self.assertEqual((opened["adapter"], opened["peer"], opened["log_level"]),
+                         ("http", "10.0.0.9:4000", LogLevel.debug))
+        self.assertEqual((closed["reason"], closed["log_level"]), ("kicked", LogLevel.debug))
+
+
+class _Sink:
+    def deliver(self, message: Any, qos: int) -> bool:
+        return True
+
+
 class TwistdOptionsTests(SynchronousTestCase):
     """The options go in through twistd's own ``logger`` option."""
 
