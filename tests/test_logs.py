@@ -251,8 +251,13 @@ class TwistdLogTests(TwistdTestCase):
     @defer.inlineCallbacks
     def test_json_client_lines(self) -> Any:
         """Connects, refusals, an auth failure and six kinds of disconnect, as JSON lines."""
-        port, broker = yield self.start("--log-format", "json",
-                                        "--auth", f"passwd:{self.passwd()}")
+        http = free_port()
+        port, broker = yield self.start("--log-format", "json", "--auth",
+                                        f"passwd:{self.passwd()}", "--listen",
+                                        f"http={_listen(http)}")
+        status = yield self.curl("-u", f"alice:{WRONG.decode()}", "-X", "POST", "-d", "x",
+                                 f"http://127.0.0.1:{http}/publish?topic=t")
+        self.assertEqual(status, 401)
         good, connack = yield self.connect(port, "good", 5, 0, "alice", PASSWORD)
         self.assertEqual(connack.reason_code, 0)
         _, connack = yield self.connect(port, "intruder", 4, 0, "alice", WRONG)
@@ -278,7 +283,7 @@ class TwistdLogTests(TwistdTestCase):
         lines = self.json_lines(broker)
         self.assertNotIn(PASSWORD.decode(), broker.text)
         self.assertNotIn(WRONG.decode(), broker.text)
-        start = self.one(lines, action="listener_start")
+        start = self.one(lines, action="listener_start", adapter="mqtt")
         self.assertEqual((start["adapter"], start["endpoint"]),
                          ("mqtt", f"tcp:{port}:interface=127.0.0.1"))
         self.one(lines, action="listener_stop", listener=start["listener"])
@@ -287,7 +292,9 @@ class TwistdLogTests(TwistdTestCase):
                           connect["user"], connect["clean"], connect["session"]),
                          ("info", "mqtt_twisted.clients", "mqtt", "alice", True, "clean"))
         self.assertRegex(connect["peer"], r"^127\.0\.0\.1:\d+$")
-        failed = self.one(lines, action="auth_failure")
+        over_http = self.one(lines, action="auth_failure", adapter="http")
+        self.assertEqual((over_http["user"], over_http["reason_code"]), ("alice", 0x86))
+        failed = self.one(lines, action="auth_failure", adapter="mqtt")
         self.assertEqual((failed["client_id"], failed["user"], failed["reason_code"],
                           failed["level"]), ("intruder", "alice", 0x86, "info"))
         self.assertNotIn("password", {key.lower() for key in failed})
@@ -341,13 +348,20 @@ class TwistdLogTests(TwistdTestCase):
     @defer.inlineCallbacks
     def http_get(self, port: int, path: str) -> Any:
         """curl's status code for GET ``path``."""
+
+        code = yield self.curl(f"http://127.0.0.1:{port}{path}")
+        return code
+
+    @defer.inlineCallbacks
+    def curl(self, *args: str) -> Any:
+        """curl ARGS: the HTTP status code."""
         from twisted.internet.utils import getProcessOutput
 
         curl = shutil.which("curl")
         if curl is None:
             raise SkipTest("curl is not installed")
         code = yield getProcessOutput(curl, ["-s", "-o", "/dev/null", "-w", "%{http_code}",
-                                             f"http://127.0.0.1:{port}{path}"])
+                                             *args])
         return int(code)
 
     @defer.inlineCallbacks
