@@ -34,6 +34,7 @@ from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
     LegacyLogObserverWrapper,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
@@ -55,6 +56,7 @@ _LEGACY_KEYS = frozenset(("message", "isError", "system", "time", "format", "why
 #: changes them all.
 _predicate = LogLevelFilterPredicate(LogLevel.info)
 _debugging = False
+_log = Logger(namespace="mqtt_twisted.logs")
 
 
 def parse_level(name: str) -> LogLevel:
@@ -73,16 +75,21 @@ def parse_format(name: str) -> str:
     return fmt  # type: ignore[no-any-return]
 
 
-def set_log_level(level: str | LogLevel) -> LogLevel:
+def set_log_level(level: str | LogLevel, announce: bool = False) -> LogLevel:
     """Change the level of every observer made here, at once (start-up, SIGHUP);
-    return the level it replaces.  ``level`` is a LogLevel or a ``--log-level`` name."""
+    return the level it replaces.  ``level`` is a LogLevel or a ``--log-level`` name;
+    ``announce`` (a reload) logs the change, as a ``config_reload`` line."""
     global _debugging
     new = parse_level(level) if isinstance(level, str) else level
     old = _predicate.defaultLogLevel
+    if announce and new != old:  # info, or the old level if higher: it is written
+        _log.emit(max(old, LogLevel.info), "Log level changed from {old} to {new}",
+                  action="config_reload", old=old.name, new=new.name)
     _predicate.defaultLogLevel = new
     _predicate.clearLogLevels()
     _debugging = new <= LogLevel.debug
     return old  # type: ignore[no-any-return]
+
 
 
 def log_level() -> LogLevel:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, protocol, task
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger, LogLevel, capturedLogs
 from twisted.scripts._twistd_unix import ServerOptions
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
@@ -109,6 +109,17 @@ class LevelTests(SynchronousTestCase):
         self.assertTrue(logs.debugging())
         log.debug("detail")
         self.assertEqual(json.loads(out.getvalue().splitlines()[-1])["event"], "detail")
+        with capturedLogs() as events:
+            self.assertEqual(logs.set_log_level("info", announce=True), LogLevel.debug)
+            logs.set_log_level("info", announce=True)  # no change: no line
+        [changed] = events  # info (or the old level when higher): always written
+        self.assertEqual((changed["action"], changed["old"], changed["new"],
+                          changed["log_level"]), ("config_reload", "debug", "info",
+                                                  LogLevel.info))
+        logs.set_log_level("error")
+        with capturedLogs() as events:
+            logs.set_log_level("warn", announce=True)
+        self.assertEqual(events[0]["log_level"], LogLevel.error)
         logs.set_log_format("text")
         log.error("now text")
         self.assertIn("error [test] now text", out.getvalue().splitlines()[-1])
