@@ -97,6 +97,11 @@ def log_level() -> LogLevel:
     return _predicate.defaultLogLevel  # type: ignore[no-any-return]
 
 
+def enabled(level: LogLevel) -> bool:
+    """Whether a line at ``level`` is written: a client event not written is not built."""
+    return level >= _predicate.defaultLogLevel  # type: ignore[no-any-return]
+
+
 def debugging() -> bool:
     """Whether debug lines are written: check it before building a per-message event."""
     return _debugging

@@ -165,6 +165,8 @@ class ClientEventTests(SynchronousTestCase):
         from mqtt_twisted.records import Credentials
         from mqtt_twisted.testing import make_broker
 
+        logs.set_log_level("debug")  # (below the level, they are not even built)
+        self.addCleanup(logs.set_log_level, "info")
         broker, _ = make_broker()
         gateway = Gateway(broker)
         creds = Credentials("poller", peer="10.0.0.9:4000", adapter="http")

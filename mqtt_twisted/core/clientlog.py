@@ -17,6 +17,7 @@ from twisted.logger import Logger, LogLevel
 
 from mqtt_twisted.constants import ReasonCode
 from mqtt_twisted.errors import AuthenticationError, AuthorizationError, MQTTError
+from mqtt_twisted.logs import enabled
 
 log = Logger(namespace="mqtt_twisted.clients")
 
@@ -50,8 +51,11 @@ def _level(conn: Any) -> LogLevel:
 
 def connected(conn: Any, clean: bool, session_present: bool, keep_alive: int) -> None:
     """A client's CONNECT was accepted (CONNACK sent)."""
+    level = _level(conn)
+    if not enabled(level):  # not built when it would not be written
+        return
     user = getattr(conn, "username", None)
-    log.emit(_level(conn),
+    log.emit(level,
              "{client_id} connected from {peer} (MQTT {protocol} over {adapter}, "
              "{session} session{resumed}, keep alive {keep_alive} s"
              + (", user {user})" if user is not None else ")"),
@@ -94,12 +98,14 @@ def disconnected(conn: Any) -> None:
     """A connected client's connection ended (logged once: the broker calls this when
     it detaches the connection from its session)."""
     reason, code, detail = getattr(conn, "ended", None) or ("closed", None, None)
+    level = LogLevel.debug if reason == STORE_OUTAGE else _level(conn)
+    if not enabled(level):
+        return
     fmt = "{client_id} from {peer} disconnected: {reason}"
     if code is not None:
         fmt += " (0x{reason_code:02X})"
     if detail:
         fmt += ": {detail}"
-    level = LogLevel.debug if reason == STORE_OUTAGE else _level(conn)
     log.emit(level, fmt, action="disconnect", client_id=conn.client_id,
              peer=conn.peer, adapter=_adapter(conn), reason=reason,
              reason_code=None if code is None else int(code), detail=detail)
@@ -138,6 +144,8 @@ def auth_failed(credentials: Any, error: Exception) -> None:
 
 def takeover(old: Any, new: Any) -> None:
     """A CONNECT took the client id of a connected client [MQTT-3.1.4-3]."""
+    if not enabled(_level(new)):
+        return
     log.emit(_level(new), "{client_id} connected again from {peer}; closing its connection "
              "from {old_peer}", action="takeover", client_id=new.client_id, peer=new.peer,
              old_peer=old.peer, adapter=_adapter(new), old_adapter=_adapter(old))
