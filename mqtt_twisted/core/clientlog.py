@@ -56,14 +56,13 @@ def connected(conn: Any, clean: bool, session_present: bool, keep_alive: int) ->
         return
     user = getattr(conn, "username", None)
     log.emit(level,
-             "{client_id} connected from {peer} (MQTT {protocol} over {adapter}, "
-             "{session} session{resumed}, keep alive {keep_alive} s"
-             + (", user {user})" if user is not None else ")"),
+             "{client_id} connected from {peer} (MQTT {protocol} over {adapter}, {session} "
+             "session" + (", resumed" if session_present else "") + ", keep alive "
+             "{keep_alive} s" + (", user {user})" if user is not None else ")"),
              action="connect", client_id=conn.client_id, peer=conn.peer,
              protocol=PROTOCOLS.get(conn.version, str(conn.version)), adapter=_adapter(conn),
              clean=clean, session="clean" if clean else "persistent",
-             resumed=", resumed" if session_present else "", session_present=session_present,
-             keep_alive=keep_alive, user=user)
+             session_present=session_present, keep_alive=keep_alive, user=user)
 
 
 def closing(conn: Any, reason_code: int | None, detail: str | None = None,
