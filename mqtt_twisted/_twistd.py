@@ -4,7 +4,8 @@ twistd prints its whole ``--help`` before a usage error, reports a daemon as sta
 as soon as ``startService`` returns, exits 0 whatever happened to the service
 (twisted/twisted#4762, #11335), writes ``twistd.pid`` in the foreground too, and takes
 an ``-l`` put before the subcommand as its log file.  The pieces here make each of
-these fail loudly or work; only ``tap.py`` uses them.
+these fail loudly or work, and tell systemd (``Type=notify``) once the broker listens;
+only ``tap.py`` uses them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import atexit
 import os
 import re
+import socket
 import sys
 from typing import Any, NoReturn
 
@@ -102,7 +104,16 @@ class TwistdRun(MultiService):
         except Exception as e:
             self._report(b"1 " + str(e).encode("ascii", "backslashreplace"))
             raise
-        self.broker.ready.addCallbacks(lambda _: self._report(b"0"), self._failed)
+        self.broker.ready.addCallbacks(self._started, self._failed)
+
+    def _started(self, _: Any) -> None:
+        self._report(b"0")
+        names = ", ".join(s.name for s in getattr(self.broker, "_listeners", ()))
+        sd_notify(f"READY=1\nSTATUS=Listening: {names}")
+
+    def stopService(self) -> Any:
+        sd_notify("STOPPING=1")
+        return super().stopService()
 
     def _failed(self, failure: Failure) -> None:
         error = failure.value
@@ -118,6 +129,25 @@ class TwistdRun(MultiService):
         if pipe is not None:
             untilConcludes(os.write, pipe, status[:100])
             untilConcludes(os.close, pipe)
+
+
+def sd_notify(state: str, environ: Any = None) -> bool:
+    """Tell systemd (``Type=notify``) about the service's state, as ``sd_notify(3)``:
+    one datagram to ``$NOTIFY_SOCKET``.  False when not run by systemd (no socket) or
+    when it could not be told (it then treats the start as failed after its timeout)."""
+    address = (os.environ if environ is None else environ).get("NOTIFY_SOCKET")
+    if not address or address[0] not in "/@":
+        return False
+    if address[0] == "@":  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as e:
+        sys.stderr.write(f"{PROGRAM}: could not notify systemd at {address!r}: {e}\n")
+        return False
+    return True
 
 
 _exit_code: list[int] = []

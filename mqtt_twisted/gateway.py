@@ -23,6 +23,7 @@ from zope.interface import implementer
 from mqtt_twisted.codec.packets import Connect
 from mqtt_twisted.codec.topics import is_reserved_topic, validate_topic_name
 from mqtt_twisted.constants import ReasonCode
+from mqtt_twisted.core import clientlog
 from mqtt_twisted.core.broker import expired
 from mqtt_twisted.core.grant import check_filter, granted_qos
 from mqtt_twisted.core.limits import over_subscription_quota, topic_refusal
@@ -31,6 +32,7 @@ from mqtt_twisted.core.session import SubscriptionOptions
 from mqtt_twisted.core.states import CLOSED
 from mqtt_twisted.core.virtual import VirtualConnection
 from mqtt_twisted.errors import (
+    AuthenticationError,
     AuthorizationError,
     InvalidTopicName,
     MQTTError,
@@ -88,7 +90,15 @@ class Gateway:
         if authenticator is None:
             return succeed(getattr(credentials, "username", None))
         d = maybeDeferred(authenticator.authenticate, credentials)
-        return d.addCallback(self._not_foreign, getattr(credentials, "clientId", None))
+        d.addCallback(self._not_foreign, getattr(credentials, "clientId", None))
+        return d.addErrback(self._auth_failed, credentials)
+
+    @staticmethod
+    def _auth_failed(failure: Any, credentials: Any) -> Any:
+        """One log line per refused request (info: who, from where; never the password)."""
+        if failure.check(AuthenticationError, AuthorizationError):
+            clientlog.auth_failed(credentials, failure.value)
+        return failure
 
     def _not_foreign(self, identity: Any, clientId: str | None) -> Any:
         session = self.broker.sessions.get(clientId) if clientId else None

@@ -80,6 +80,7 @@ class BrokerService(MultiService):
         """Create the listener for ``settings`` with ``adapter``; it starts with the broker."""
         service = adapter.buildListener(self.reactor, self.gateway, settings.endpoint, settings)
         service.setName(settings.describe())
+        service.listener_settings = settings  # type: ignore[attr-defined]  # for the log
         self._listeners.append(service)
         return service
 
@@ -127,18 +128,25 @@ class BrokerService(MultiService):
                 service.setServiceParent(self)
             except (CannotListenError, OSError) as e:
                 raise StartError(f"listener {service.name}", e) from e
-            self.log.info("Listening: {name}", name=service.name)
+            self._log_listener("Listening: {listener}", "listener_start", service)
         if self.sys_interval:
             self._sys_loop = LoopingCall(SysTopics(self.broker).tick)
             self._sys_loop.clock = self.reactor
             self._sys_loop.start(self.sys_interval, now=True).addErrback(
                 lambda f: self.log.failure("$SYS publisher failed", f))
 
+    def _log_listener(self, fmt: str, action: str, service: Any) -> None:
+        settings = getattr(service, "listener_settings", None)
+        self.log.info(fmt, action=action, listener=service.name,
+                      adapter=getattr(settings, "adapter", None),
+                      endpoint=getattr(settings, "endpoint", None))
+
     def _start_failed(self, failure: Any) -> None:
         if failure.check(StartError):
-            self.log.critical("The broker could not start: {error}", error=failure.value)
+            self.log.critical("The broker could not start: {error}", error=failure.value,
+                              action="start_failed")
         else:
-            self.log.failure("The broker could not start", failure)
+            self.log.failure("The broker could not start", failure, action="start_failed")
         self.ready.errback(failure)
         # twistd starts services before the reactor runs: stop it once it does.
         if self.reactor.running:
@@ -185,6 +193,9 @@ class BrokerService(MultiService):
             # Stopped explicitly: removeService() skips stopService() once we are not running.
             if service.running:
                 yield service.stopService()
+                if service in self._listeners:
+                    self._log_listener("Stopped listening: {listener}", "listener_stop",
+                                       service)
             yield service.disownServiceParent()
         # A closed connection leaves broker.connections at once, but its DISCONNECT is
         # written only when the reactor next runs: wait for the transports themselves,
@@ -221,8 +232,9 @@ class BrokerService(MultiService):
         the authenticator (a password file) and the authorizer (an ACL file): new
         connections use what was read, open ones carry on.  Then the :attr:`reloaders`
         (the configuration file)."""
-        self.log.info("SIGHUP: re-reading the TLS certificates, password and ACL files"
-                      "{config}", config=" and the configuration" if self.reloaders else "")
+        self.log.info("Reloading (SIGHUP): certificates, password and ACL files{config}",
+                      config=" and the configuration" if self.reloaders else "",
+                      action="config_reload")
         reload_auth = getattr(self.broker.authenticator, "reload", None)
         if reload_auth is not None:
             reload_auth()

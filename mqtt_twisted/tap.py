@@ -10,7 +10,7 @@ from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python import usage
 
-from mqtt_twisted import __version__
+from mqtt_twisted import __version__, logs
 from mqtt_twisted._twistd import TwistdRun, check_twistd_options, is_twistd, usage_exit
 from mqtt_twisted.adapters.kit import check_listener
 from mqtt_twisted.adapters.listener import (
@@ -57,6 +57,20 @@ def _number(option: str, kind: type, low: float, high: float | None = None) -> A
     # The configuration file's schema (config/schema.py) checks the same bounds.
     coerce.schema = {"type": "integer" if kind is int else "number",  # type: ignore[attr-defined]
                      "minimum": low, **({} if high is None else {"maximum": high})}
+    return coerce
+
+
+def _choice(option: str, parse: Callable[[str], Any]) -> Callable[[str], str]:
+    """Check ``--option``'s value with ``parse`` (a ValueError is a usage error naming
+    the option); the value itself is kept."""
+
+    def coerce(value: str) -> str:
+        try:
+            parse(value)
+        except ValueError as e:
+            raise usage.UsageError(f"--{option}: {e}") from None
+        return value.strip().lower()
+
     return coerce
 
 
@@ -165,6 +179,11 @@ class Options(usage.Options):
         ["cluster", None, None,
          "Join a cluster as node NAME (auto: host:pid) on the Redis of --store redis://...: "
          "a client on any node gets what is published on every node."],
+        ["log-level", None, "info", "Least level logged: debug, info, warn or error.",
+         _choice("log-level", logs.parse_level)],
+        ["log-format", None, "text",
+         "Log lines as text (short, for people) or json (one object a line, for a "
+         "log shipper).", _choice("log-format", logs.parse_format)],
         ["session-owner", None, "refuse",
          "With --auth, a CONNECT naming another user's client id is refused (refuse: "
          "CONNACK 0x87/5) or gets a fresh session of its own (fresh)."],
@@ -244,6 +263,7 @@ class Options(usage.Options):
         parent = getattr(self, "parent", None)
         if is_twistd(parent):
             check_twistd_options(parent)
+            self._install_logging(parent)
         if self["topic-aliases"] not in ("off", "first", "lru"):
             raise usage.UsageError(
                 f"--topic-aliases: {self['topic-aliases']!r} must be off, first or lru")
@@ -281,6 +301,17 @@ class Options(usage.Options):
                 "--auth anonymous lets every client in: it cannot be combined with other "
                 "--auth backends (use --allow-anonymous for clients without credentials)")
 
+
+    def _install_logging(self, config: Any) -> None:
+        """``--log-level`` and ``--log-format`` through twistd's own hook (its ``logger``
+        option, which twistd reads when it starts logging, after this); a ``--logger``
+        given to twistd wins (and these two options do not apply to it)."""
+        try:
+            logs.check_destination(config)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        if not config.get("logger"):
+            logs.use_for_twistd(config, self["log-level"], self["log-format"])
 
     def _cluster_name(self) -> str | None:
         """``--cluster NAME``: a node name (``auto`` is host:pid), on a Redis store only."""

@@ -554,6 +554,21 @@ class ReloadTests(FileTestCase):
         self.assertIn("server.sys_interval 10.0 -> 3.0", text)
         self.assertNotIn("restart", text)
 
+    def test_log_level_live(self) -> None:
+        """``logging.level`` changed in the file takes effect at SIGHUP, without a
+        restart: the shared level filter moves from info to debug."""
+        from twisted.logger import LogLevel
+
+        from mqtt_twisted import logs
+
+        service, path = self.start()
+        self.addCleanup(logs.set_log_level, logs.set_log_level("info"))
+        Path(path).write_text(textwrap.dedent(self.BASE) + "logging: {level: debug}\n")
+        text = "\n".join(self.reload(service))
+        self.assertIn("logging.level info -> debug", text)
+        self.assertNotIn("restart", text)
+        self.assertEqual(logs.set_log_level("info"), LogLevel.debug)
+
     def test_unchanged(self) -> None:
         """A reload of an unchanged file says there was nothing to apply."""
         service, _ = self.start()

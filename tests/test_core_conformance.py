@@ -207,7 +207,9 @@ def test_server_only_packet_is_a_protocol_error(packet: Any, version: int,
     assert c.transport.closed
     assert [p.topic for p in publishes(watcher.received())] == ["t/before"]
     assert not [e for e in log_events if e.get("log_failure") is not None]
-    assert len([e for e in log_events if "Closing" in e.get("log_format", "")]) == 1
+    # One line: the disconnect line, saying why.
+    assert len([e for e in log_events if e.get("action") == "disconnect"
+                and e.get("reason") == "protocol error"]) == 1
     assert broker.stats.protocol_errors == 1
 
 

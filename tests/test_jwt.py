@@ -486,13 +486,15 @@ class EndToEndTests(SecureBrokerTestCase):
         connack = yield raw.expect(ConnAck)
         self.assertEqual(connack.reason_code, 0x04)
         yield raw.wait_closed()
-        lines = [e.get("log_format", "").format(**e) if "log_format" in e else ""
-                 for e in self.events if "error" in e]
-        text = "\n".join(lines)
-        self.assertIn("Refused CONNECT of v5", text)
-        self.assertIn("token expired", text)
-        self.assertIn("Refused CONNECT of v311", text)
-        self.assertIn("bad token", text)
+        # One authentication failure line each, naming the client and the reason.
+        failures = {e["client_id"]: e["log_format"].format(**e) for e in self.events
+                    if e.get("action") == "auth_failure"}
+        self.assertEqual(sorted(failures), ["v311", "v5"])
+        self.assertIn("Authentication failed for v5", failures["v5"])
+        self.assertIn("token expired", failures["v5"])
+        self.assertIn("Authentication failed for v311", failures["v311"])
+        self.assertIn("bad token", failures["v311"])
+        self.assertNotIn("not.a.token", "\n".join(failures.values()))
 
     @inlineCallbacks
     def test_username_must_match(self) -> None:

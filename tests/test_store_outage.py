@@ -18,7 +18,7 @@ from typing import Any
 
 from twisted.internet.defer import fail, gatherResults, inlineCallbacks
 from twisted.internet.task import Clock, deferLater
-from twisted.logger import Logger, formatEvent, globalLogPublisher
+from twisted.logger import Logger, LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
@@ -38,9 +38,9 @@ except ImportError:  # pytest's rootdir-relative import of tests/ as a plain dir
     from redisserver import RedisServer, temp_dir  # type: ignore[no-redef]
     from test_store_restart import WAIT, RestartTestCase  # type: ignore[no-redef]
 
-OUTAGE_LINE = re.compile(r"\[mqtt_twisted\.store\.redis\.RedisStore#warn\] Redis at \S+ "
+OUTAGE_LINE = re.compile(r"Z warn  \[store\.redis\] Redis at \S+ "
                          r"unreachable \(connection lost\)")
-RECOVERY_LINE = re.compile(r"\[mqtt_twisted\.store\.redis\.RedisStore#info\] Redis at \S+ "
+RECOVERY_LINE = re.compile(r"Z info  \[store\.redis\] Redis at \S+ "
                            r"reachable again after (\d+\.\d)s; (\d+) store writes and "
                            r"(\d+) reads failed meanwhile")
 
@@ -56,7 +56,9 @@ class Events(list):
         globalLogPublisher.removeObserver(self.append)
 
     def texts(self, namespace: str = "") -> list[str]:
-        return [formatEvent(e) for e in self if e.get("log_namespace", "").startswith(namespace)]
+        """The lines written at the default level (info): debug events left out."""
+        return [formatEvent(e) for e in self if e.get("log_namespace", "").startswith(namespace)
+                and e.get("log_level", LogLevel.info) >= LogLevel.info]
 
 
 class OutageLogTests(unittest.SynchronousTestCase):

@@ -30,7 +30,7 @@ from mqtt_twisted.adapters import tls
 from mqtt_twisted.adapters._deadline import DeadlineChannel, SafeRequest
 from mqtt_twisted.adapters._httpapi import ApiError
 from mqtt_twisted.adapters._httpstream import Subscription, gone, respond
-from mqtt_twisted.adapters.kit import ConnectionLimit, origin_of
+from mqtt_twisted.adapters.kit import ConnectionLimit, access_log, origin_of
 from mqtt_twisted.adapters.options import AdapterOption, declare, integer, number, option_values
 from mqtt_twisted.constants import ReasonCode
 from mqtt_twisted.gateway import PUBLISH, SUBSCRIBE
@@ -399,6 +399,7 @@ class BridgeSite(Site):
     requestFactory = BridgeRequest
     protocol = DeadlineChannel
     noisy = False
+    log = staticmethod(access_log)  # debug lines, not twisted.web's info line a request
 
     def __init__(self, bridge: Bridge, reactor: Any) -> None:
         config = bridge.config

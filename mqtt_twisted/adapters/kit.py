@@ -12,6 +12,8 @@
 - :func:`check_listener` checks a listener while the command line is parsed: the
   endpoint as the adapter declares it (stream by default, ``udp:`` for datagram
   adapters, or the adapter's own ``checkEndpoint``), then its ``checkListener``.
+- :func:`access_log` is the HTTP access log of the ``http=``, ``ws=`` and ``auto=``
+  sites: one debug line per request (twisted.web's default is an info line each).
 - :func:`parse_udp` and :class:`DatagramListener` serve a datagram adapter's
   ``udp:PORT[:interface=HOST]`` endpoint (Twisted has no ``udp:`` endpoint parser).
 
@@ -31,15 +33,31 @@ from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mqtt_twisted import logs
 from mqtt_twisted._strings import split_colons
 from mqtt_twisted.adapters.listener import check_endpoint
 from mqtt_twisted.adapters.options import AdapterOption, declare, option_values
 from mqtt_twisted.interfaces import IReloadableListener
 
-__all__ = ["AdapterOption", "ConnectionLimit", "ConnectionRate", "DatagramListener", "Origin", "check_listener",
+__all__ = ["AdapterOption", "ConnectionLimit", "access_log", "ConnectionRate", "DatagramListener", "Origin", "check_listener",
            "declare", "listener_name", "option_values", "origin_of", "parse_udp", "peer_text"]
 
 log = Logger()
+_access = Logger(namespace="mqtt_twisted.adapters.access")
+
+
+def access_log(request: Any) -> None:
+    """One debug line per HTTP request (a Site's ``log``), with its fields; nothing
+    built at all above debug."""
+    if not logs.debugging():
+        return
+    user_agent = request.getHeader(b"user-agent")
+    _access.debug('{peer} "{method} {path}" {status} {size}', action="http_request",
+                  peer=peer_text(request.getClientAddress()),
+                  method=request.method.decode("ascii", "replace"),
+                  path=request.uri.decode("utf-8", "replace"), status=request.code,
+                  size=request.sentLength,
+                  user_agent=user_agent.decode("utf-8", "replace") if user_agent else None)
 
 
 def peer_text(address: Any) -> str:

@@ -246,6 +246,7 @@ class ServerTLS:
             context = build_context(self.config)
         except ValueError as e:
             self.log.error("TLS certificate reload failed, the old one stays in use: {error}",
+                           action="config_reload",
                            error=e)
             return False
         self._context = context
@@ -338,7 +339,8 @@ class StreamListener(StreamServerEndpointService):
             return None
         ok = self.tls.reload()
         if ok:
-            self.log.info("TLS certificate reloaded for {name}", name=self.name)
+            self.log.info("TLS certificate reloaded for {name}", action="config_reload",
+                          name=self.name)
         return ok
 
 

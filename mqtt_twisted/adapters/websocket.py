@@ -34,7 +34,7 @@ from zope.interface import implementer
 
 from mqtt_twisted.adapters import tls
 from mqtt_twisted.adapters._deadline import DeadlineChannel, SafeRequest
-from mqtt_twisted.adapters.kit import ConnectionLimit, origin_of
+from mqtt_twisted.adapters.kit import ConnectionLimit, access_log, origin_of
 from mqtt_twisted.adapters.options import AdapterOption, declare, integer, number, option_values
 from mqtt_twisted.interfaces import IListenerChecker, IStreamAdapter
 
@@ -358,6 +358,7 @@ def build_site(reactor: Any, broker: Any, settings: Any) -> tuple[Site, Resource
     site.request_timeout = getattr(settings, "requestTimeout", 10.0)
     site.min_body_rate = getattr(settings, "minBodyRate", 1024.0)
     site.noisy = False
+    site.log = access_log  # type: ignore[method-assign]  # debug lines only
     site.displayTracebacks = False
     site.root, site.ws_factory = root, factory
     return site, root, factory

@@ -282,11 +282,12 @@ class AclAuthorizer:
         try:
             acl = read_acl(self.path)
         except (OSError, ValueError) as e:
-            self.log.error("ACL file not reloaded, the old one stays: {error}", error=e)
+            self.log.error("ACL file not reloaded, the old one stays: {error}",
+                           action="config_reload", error=e)
             return False
         self._acl = acl
         self._cache.clear()
-        self.log.info("ACL file {path} reloaded", path=self.path)
+        self.log.info("ACL file {path} reloaded", action="config_reload", path=self.path)
         return True
 
 

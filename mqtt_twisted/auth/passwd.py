@@ -180,8 +180,10 @@ class PasswordFileAuthenticator:
         try:
             self._users = read_passwd(self.path)
         except (OSError, ValueError) as e:
-            self.log.error("Password file not reloaded, the old one stays: {error}", error=e)
+            self.log.error("Password file not reloaded, the old one stays: {error}",
+                           action="config_reload", error=e)
             return False
-        self.log.info("Password file {path} reloaded: {n} users", path=self.path,
+        self.log.info("Password file {path} reloaded: {n} users",
+                      action="config_reload", path=self.path,
                       n=len(self._users))
         return True

@@ -235,9 +235,11 @@ class ScramAuthenticator:
         try:
             self._use(read_users(self.path))
         except (OSError, ValueError) as e:
-            self.log.error("SCRAM file not reloaded, the old one stays: {error}", error=e)
+            self.log.error("SCRAM file not reloaded, the old one stays: {error}",
+                           action="config_reload", error=e)
             return False
-        self.log.info("SCRAM file {path} reloaded: {n} users", path=self.path,
+        self.log.info("SCRAM file {path} reloaded: {n} users",
+                      action="config_reload", path=self.path,
                       n=len(self._secrets))
         return True
 

@@ -21,13 +21,16 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.python.usage import UsageError
 
+from mqtt_twisted import logs
 from mqtt_twisted.config.keys import Key
 from mqtt_twisted.config.schema import active_keys
 
 #: option -> ``hook(service, value)`` applying a changed option that is no BrokerSettings
-#: field.  The hook for ``--log-level`` belongs here (``LIVE_HOOKS["log-level"] = ...``)
-#: once the option exists: then ``logging.level`` changes without a restart.
-LIVE_HOOKS: dict[str, Callable[[Any, Any], None]] = {}
+#: field: the log level and format change without a restart.
+LIVE_HOOKS: dict[str, Callable[[Any, Any], None]] = {
+    "log-level": lambda service, level: logs.set_log_level(level, announce=True),
+    "log-format": lambda service, fmt: logs.set_log_format(fmt),
+}
 
 
 #: Options whose changes reach the running listeners through their settings objects.

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from mqtt_twisted.codec.packets import Auth, Connect
 from mqtt_twisted.constants import PropertyId, ReasonCode
+from mqtt_twisted.core import clientlog
 from mqtt_twisted.core._async import when
 from mqtt_twisted.core.limits import topic_refusal
 from mqtt_twisted.core.ownership import (
@@ -98,6 +99,7 @@ class Connector:
         if conn.certificate_identity is not None and getattr(conn.listener,
                                                              "identityAsUsername", False):
             username = conn.certificate_identity  # Mosquitto's use_identity_as_username
+        conn.username = username
         creds = Credentials(client_id, username, packet.password,
                             conn.certificate_identity, conn.peer,
                             getattr(conn.listener, "adapter", "mqtt"))
@@ -316,8 +318,7 @@ class Connector:
         if session is not None and session.connection is not None:
             old = session.connection
             broker.stats.takeovers += 1
-            self.log.info("{client} connected again from {peer}; closing the old connection",
-                          client=client_id, peer=conn.peer)
+            clientlog.takeover(old, conn)
             old.taken_over()  # detaches it: its will goes out [MQTT-3.1.4-3]
             session = broker.sessions.get(client_id)
         present = session is not None and not clean

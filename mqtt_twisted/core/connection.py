@@ -25,7 +25,7 @@ from mqtt_twisted.codec.packets import (
 )
 from mqtt_twisted.codec.stream import StreamDecoder
 from mqtt_twisted.constants import PacketType, PropertyId, ReasonCode
-from mqtt_twisted.core import control, inbound, rates
+from mqtt_twisted.core import clientlog, control, inbound, rates
 from mqtt_twisted.core.session import Session
 from mqtt_twisted.core.states import AWAIT_CONNECT, CLOSE_GRACE, CLOSED, CONNECTED, CONNECTING
 from mqtt_twisted.core.wire import publish_bytes, with_dup
@@ -75,7 +75,7 @@ class MQTTConnection:
         "_aliases_out", "_alias_limit", "auth_method", "auth_pending",
         "auth_final_data", "_acks", "throttles",
         "_unacked_qos1", "_refused_logged", "lost", "publish_grants", "_resume_call", "_rate",
-        "_budget",
+        "_budget", "username", "ended",
         "__weakref__",
     )
 
@@ -118,6 +118,9 @@ class MQTTConnection:
         self._alias_limit = 0
         self._unacked_qos1 = 0  # QoS 1 PUBLISHes whose PUBACK waits for the store
         self._refused_logged = False  # one log line per client for refused $SYS publishes
+        self.username: str | None = None  # the CONNECT's (for the log: never the password)
+        #: Why the connection ends, for its disconnect line: (why, reason code, detail).
+        self.ended: tuple[str, int | None, str | None] | None = None
         self._resume_call: Any = None  # the next turn's share of a read past READ_BUDGET
         self._budget = READ_BUDGET  # packets of the next share (cut for fan-out)
         self._rate = rates.ClientRate.of(settings, broker.clock.seconds())  # None: off
@@ -320,11 +323,13 @@ class MQTTConnection:
         """Close this one connection for a protocol violation, with a log line."""
         if self.state == CLOSED:
             return
-        self.log.info(
-            "Closing {client} from {peer}: {error} (reason 0x{code:02X})",
-            client=self.client_id or "?", peer=self.peer, error=error.message,
-            code=int(error.reason_code),
-        )
+        if self.state == CONNECTED:  # the disconnect line says why
+            clientlog.closing(self, error.reason_code, error.message, "protocol error")
+        else:
+            self.log.info("Closing {client_id} from {peer}: {error} (0x{reason_code:02X})",
+                          action="protocol_error", client_id=self.client_id or "?",
+                          peer=self.peer, error=error.message,
+                          reason_code=int(error.reason_code))
         self.broker.stats.protocol_errors += 1
         if self.state == AWAIT_CONNECT and isinstance(error, UnsupportedProtocolVersion):
             # [MQTT-3.1.2-2] answer with return code 0x01 (in the v3 format every level reads).
@@ -335,6 +340,8 @@ class MQTTConnection:
         """Close the connection; v5 clients past CONNACK get a DISCONNECT with the reason."""
         if self.state == CLOSED:
             return
+        if self.ended is None:
+            clientlog.closing(self, reason_code)
         if reason_code is not None and self.version == 5 and self.state == CONNECTED:
             self.send(Disconnect(reason_code, properties or {}))
         self._shut()
@@ -363,6 +370,8 @@ class MQTTConnection:
             self._rate.cancel()
         self._backlog = None
         self._acks = None
+        if self.ended is None:
+            clientlog.lost(self, reason)
         self.broker.connection_ended(self, send_will=not self.clean_exit)
 
     def taken_over(self) -> None:
@@ -400,8 +409,7 @@ class MQTTConnection:
         if self.state == CLOSED:
             return
         if self.state == CONNECTED:  # the failure came after CONNACK: no second one
-            self.log.info("Closing {client} from {peer}: {error}", client=self.client_id,
-                          peer=self.peer, error=error.message)
+            clientlog.closing(self, ReasonCode.UNSPECIFIED_ERROR, error.message, "error")
             self.close(ReasonCode.UNSPECIFIED_ERROR)
             return
         if self.version == 5:
@@ -414,8 +422,7 @@ class MQTTConnection:
             code = error.v3_return_code or 3  # 3: server unavailable
             self.send(ConnAck(False, code))
         if not isinstance(error, StoreUnavailable):  # the store logs its outage once
-            self.log.info("Refused CONNECT of {client} from {peer}: {error}",
-                          client=self.client_id or "?", peer=self.peer, error=error.message)
+            clientlog.refused(self, error)
         self._shut()
 
     def accept(self, session: Session, session_present: bool, connect: Connect,
@@ -451,6 +458,7 @@ class MQTTConnection:
         if self.keep_alive:
             self.last_rx = self.broker.clock.seconds()
             self._timer = self.broker.clock.callLater(self.keep_alive * 1.5, self._check_keepalive)
+        clientlog.connected(self, connect.clean_start, session_present, self.keep_alive)
         self.broker.delivery.resend(session, self)
         self.broker.pump(session)
         self.unblock()
@@ -463,8 +471,8 @@ class MQTTConnection:
         limit = self.keep_alive * 1.5
         idle = now - self.last_rx
         if idle >= limit:  # [MQTT-3.1.2-24]
-            self.log.info("Keep alive of {client} expired after {idle:.1f}s",
-                          client=self.client_id, idle=idle)
+            clientlog.closing(self, ReasonCode.KEEP_ALIVE_TIMEOUT,
+                              f"nothing received for {idle:.1f} s")
             self.broker.stats.keepalive_timeouts += 1
             self.close(ReasonCode.KEEP_ALIVE_TIMEOUT)
         else:

@@ -21,12 +21,13 @@ from mqtt_twisted.codec import (
 )
 from mqtt_twisted.codec.topics import validate_topic_filter
 from mqtt_twisted.constants import PropertyId, ReasonCode
-from mqtt_twisted.core import inbound
+from mqtt_twisted.core import clientlog, inbound
 from mqtt_twisted.core._async import gather
 from mqtt_twisted.core.grant import check_filter, granted_qos
 from mqtt_twisted.core.limits import over_subscription_quota
 from mqtt_twisted.core.states import CONNECTED
 from mqtt_twisted.errors import InvalidTopicFilter, ProtocolError
+from mqtt_twisted.logs import debugging
 from mqtt_twisted.records import SubscriptionOptions
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ def on_subscribe(conn: MQTTConnection, packet: Subscribe) -> None:
         codes = [ReasonCode.PACKET_IDENTIFIER_IN_USE] * len(packet.subscriptions)
         conn.send(SubAck(packet.packet_id, codes))
         return
+    if debugging():
+        clientlog.received_subscribe(conn, [s.topic_filter for s in packet.subscriptions])
     broker = conn.broker
     if broker.authorizer is None:
         subscribe_authorized(conn, packet, None)
@@ -108,6 +111,8 @@ def on_unsubscribe(conn: MQTTConnection, packet: Unsubscribe) -> None:
         conn.send(UnsubAck(packet.packet_id, [ReasonCode.PACKET_IDENTIFIER_IN_USE]
                            * len(packet.topic_filters)))
         return
+    if debugging():
+        clientlog.received_subscribe(conn, list(packet.topic_filters), unsubscribe=True)
     codes = []
     for topic_filter in packet.topic_filters:
         try:
@@ -135,6 +140,7 @@ def on_disconnect(conn: MQTTConnection, packet: Disconnect) -> None:
     # [MQTT-3.14.4-3] only a normal DISCONNECT (0x00) deletes the will; v5's 0x04 and
     # error codes keep it.
     conn.clean_exit = packet.reason_code == 0
+    clientlog.client_disconnect(conn, packet.reason_code)
     conn._shut()
 
 

@@ -19,6 +19,7 @@ from mqtt_twisted.codec import PubAck, PubComp, Publish, PubRec, PubRel
 from mqtt_twisted.codec.packets import Packet
 from mqtt_twisted.codec.topics import is_reserved_topic
 from mqtt_twisted.constants import PropertyId, ReasonCode
+from mqtt_twisted.core import clientlog
 from mqtt_twisted.core.limits import topic_refusal
 from mqtt_twisted.core.router import LOCAL
 from mqtt_twisted.core.states import CLOSED
@@ -29,6 +30,7 @@ from mqtt_twisted.errors import (
     ProtocolError,
     StoreUnavailable,
 )
+from mqtt_twisted.logs import debugging
 from mqtt_twisted.message import Message
 from mqtt_twisted.records import AWAITING_ACK
 
@@ -67,6 +69,8 @@ def on_publish(conn: MQTTConnection, packet: Publish) -> None:
         response_topic = props.get(_RESPONSE_TOPIC)
         if response_topic is not None and ("+" in response_topic or "#" in response_topic):
             raise ProtocolError("response topic with a wildcard")  # [MQTT-3.3.2-14]
+    if debugging():  # (one call per message when debug lines are not written)
+        clientlog.received_publish(conn, packet, topic)
     if topic[:1] == "$" and is_reserved_topic(topic):
         refuse_publish(conn, packet, "reserved for the broker")  # MQTT 5 §4.7.2
         return
@@ -266,6 +270,8 @@ def flush_acks(conn: MQTTConnection) -> None:
             if not failed.check(StoreUnavailable):  # the store logs its outage once
                 conn.log.warn("Store failed before {packet} to {client}; closing",
                               packet=type(ack).__name__, client=conn.client_id)
+            else:  # (and this client's disconnect only at debug: one outage, one line)
+                clientlog.closing(conn, ReasonCode.SERVER_BUSY, why=clientlog.STORE_OUTAGE)
             acks.clear()
             conn.close(ReasonCode.SERVER_BUSY)
             return

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
+from mqtt_twisted.core import clientlog
 from mqtt_twisted.core._async import when
 from mqtt_twisted.core.session import Session
 from mqtt_twisted.message import Message
@@ -45,6 +46,7 @@ class Lifecycle:
             return
         session.connection = None
         broker.stats.client_disconnected()
+        clientlog.disconnected(conn)
         will = session.will
         session.will = None
         if will is not None and send_will:

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.logger import Logger
-
 from mqtt_twisted.constants import ReasonCode
+from mqtt_twisted.core import clientlog
 from mqtt_twisted.core.settings import BrokerSettings
 
 if TYPE_CHECKING:
@@ -24,7 +23,6 @@ if TYPE_CHECKING:
 #: Seconds of debt past which a v5 client is disconnected (0x96).
 HARD_DEBT = 10.0
 
-log = Logger(namespace="mqtt_twisted.core.connection.MQTTConnection")
 
 
 class ClientRate:
@@ -79,8 +77,8 @@ def charge(conn: MQTTConnection, messages: int, size: int) -> None:
     if debt <= 0:
         return
     if debt > HARD_DEBT and conn.version == 5 and conn.session is not None:
-        log.info("Closing {client} from {peer}: {debt:.0f} s over its rate limits",
-                 client=conn.client_id, peer=conn.peer, debt=debt)
+        clientlog.closing(conn, ReasonCode.MESSAGE_RATE_TOO_HIGH,
+                          f"{debt:.0f} s over its rate limits")
         conn.broker.stats.rate_disconnects += 1
         rate.cancel()
         conn.close(ReasonCode.MESSAGE_RATE_TOO_HIGH)

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 from zope.interface import implementer
 
 from mqtt_twisted.constants import ReasonCode
+from mqtt_twisted.core import clientlog
 from mqtt_twisted.core.states import CLOSED, CONNECTED, CONNECTING
+from mqtt_twisted.errors import MQTTError, StoreUnavailable
 from mqtt_twisted.interfaces import ISessionLink
 from mqtt_twisted.message import Message
 
@@ -34,7 +36,7 @@ class VirtualConnection:
 
     __slots__ = ("broker", "sink", "session", "client_id", "state", "paused", "send_quota",
                  "peer", "clean_exit", "keep_alive", "listener", "certificate_identity",
-                 "version", "on_accept", "on_refuse")
+                 "version", "on_accept", "on_refuse", "username", "ended")
 
     def __init__(self, broker: Broker, sink: Any, client_id: str, peer: str = "",
                  listener: Any = None) -> None:
@@ -53,17 +55,22 @@ class VirtualConnection:
         self.version = 4
         self.on_accept: Any = None
         self.on_refuse: Any = None
+        self.username: str | None = None
+        self.ended: Any = None  # why it ends, for the (debug) disconnect line
 
     def accept(self, session: Session, session_present: bool, connect: Any,
                properties: Any) -> None:
         """The broker opened (or resumed) the session."""
         self.session = session
         self.state = CONNECTED
+        clientlog.connected(self, getattr(connect, "clean_start", True), session_present, 0)
         self.broker.pump(session)
         if self.on_accept is not None:
             self.on_accept(session)
 
     def refuse(self, error: Exception) -> None:
+        if isinstance(error, MQTTError) and not isinstance(error, StoreUnavailable):
+            clientlog.refused(self, error)
         self.state = CLOSED
         if self.on_refuse is not None:
             self.on_refuse(error)
@@ -103,6 +110,7 @@ class VirtualConnection:
         if self.state == CLOSED:
             return
         self.state = CLOSED
+        clientlog.closing(self, reason_code, why=None if reason_code is not None else "closed")
         if self.session is not None:
             self.broker.connection_ended(self, send_will=False)  # type: ignore[arg-type]
         closed = getattr(self.sink, "sessionClosed", None)

@@ -46,7 +46,7 @@ class OutageLog:
             self.failed_writes = self.failed_reads = 0
             self._log.warn("{what} unreachable ({why}); reconnecting. Until it is back, store "
                            "calls fail and are counted, not logged one by one",
-                           what=self.what, why=why)
+                           action="store_outage", what=self.what, why=why)
 
     def up(self, connection: Hashable) -> None:
         """``connection`` is back; the last one back ends (and logs) the outage."""
@@ -56,8 +56,9 @@ class OutageLog:
         seconds = round(self._clock.seconds() - self.since, 1)
         self.since = None
         self._log.info("{what} reachable again after {seconds}s; {writes} store writes and "
-                       "{reads} reads failed meanwhile", what=self.what, seconds=seconds,
-                       writes=self.failed_writes, reads=self.failed_reads)
+                       "{reads} reads failed meanwhile", action="store_recovered",
+                       what=self.what, seconds=seconds, writes=self.failed_writes,
+                       reads=self.failed_reads)
 
     def error(self, message: str, write: bool = True) -> StorageError:
         """The error a call fails with: during an outage a counted StoreUnavailable (not
