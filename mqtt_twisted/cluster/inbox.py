@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+import msgpack
 from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -43,13 +44,15 @@ def deliver_entry(node: ClusterNode, fields: list[Any] | None,
         record = dict(zip(fields[::2], fields[1::2]))
         message = decode_message(record[b"m"])
         origin = record[b"o"].decode("utf-8")
+        groups = msgpack.unpackb(record[b"g"], raw=False) if b"g" in record else None
+        resent = record.get(b"r") == b"1"
     except Exception as e:
         log.warn("cluster: a stream entry could not be read: {error}", error=e)
         return []
     broker = node.broker
     broker.publisher = publisher
     try:
-        _, pending = broker.writes_of(node.router.receive, message, origin)
+        _, pending = broker.writes_of(node.router.receive, message, origin, groups, resent)
     finally:
         broker.publisher = None
     return pending  # type: ignore[no-any-return]
