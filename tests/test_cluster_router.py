@@ -207,6 +207,26 @@ class ClusterRouterTests(SynchronousTestCase):
             "cluster/messages/sent": "21", "cluster/subscriptions/count": "6",
             "cluster/nodes/alive": "3"})
 
+    def test_no_matching_subscribers_only_when_no_node_has_one(self) -> None:
+        """MQTT 5's PUBACK 0x10 and the gateway's count (the HTTP bridge's
+        "subscribers") count the peer nodes a message went to: a topic only B has a
+        filter for is answered 0 and counts 1; one nobody has, 0x10 and 0."""
+        pub = FakeClient(self.broker, version=5)
+        pub.connect("pub")
+        pub.publish("t/b", b"1", qos=1)
+        self.link.appends[-1].callback(b"1-0")
+        [ack] = pub.received()
+        self.assertEqual((type(ack), ack.reason_code), (PubAck, 0))
+        [ack] = pub.publish("nobody", b"2", qos=1)
+        self.assertEqual((type(ack), ack.reason_code), (PubAck, 0x10))
+        from mqtt_twisted.gateway import Gateway
+
+        gateway = Gateway(self.broker)
+        counts: list[int] = []
+        gateway.publish(Message("t/c", b"3", 0, False)).addCallback(counts.append)
+        gateway.publish(Message("nobody", b"4", 0, False)).addCallback(counts.append)
+        self.assertEqual(counts, [2, 0])  # B and C; nobody
+
     def test_sys_topics_stay_on_the_node(self) -> None:
         """$SYS messages are this node's: never forwarded."""
         self.router.routes.apply(ADD, "B", "$SYS/#")
