@@ -189,3 +189,19 @@ class ClusterShareTests(SynchronousTestCase):
         self.assertEqual(len(self.link.of("append")), 1)
         queued = [o.message.topic for o in self.broker.sessions["durable"].outbound]
         self.assertEqual(queued, ["s/2"])
+
+    def test_many_members_restored_register_once(self) -> None:
+        """2,000 offline members restored (an adoption): the group is registered once,
+        weight 0, without counting the members again for each one."""
+        from mqtt_twisted.core.session import SubscriptionOptions
+        from mqtt_twisted.store.memory import StoredSession
+
+        key = "$share/many/m/#"
+        for i in range(2000):
+            state = StoredSession(f"m{i}")
+            state.expiryInterval = None
+            state.disconnectedAt = 0.0
+            state.subscriptions[key] = SubscriptionOptions(1)
+            self.broker.restore_session(state)
+        self.assertEqual([c for c in self.link.of("share") if c[1] == key], [("share", key, 0)])
+        self.assertEqual(len(self.broker.router.local.shared_groups[key].members), 2000)

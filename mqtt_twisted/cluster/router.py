@@ -75,10 +75,13 @@ class ClusterRouter:
     # --- the index: the local router's, and the registrations in Redis ---
 
     def add(self, clientId: str, topicFilter: str, options: Any) -> None:
-        self.local.add(clientId, topicFilter, options)
         if topicFilter.startswith(SHARE_PREFIX):
-            self._weigh(topicFilter)
+            was = self._is_member(clientId, topicFilter)
+            self.local.add(clientId, topicFilter, options)
+            if not was:
+                self._member_changed(topicFilter, clientId, 1)
             return
+        self.local.add(clientId, topicFilter, options)
         key = topicFilter
         members = self.subscribers.get(key)
         if members is None:
@@ -87,10 +90,13 @@ class ClusterRouter:
         members.add((clientId, topicFilter))
 
     def remove(self, clientId: str, topicFilter: str) -> None:
-        self.local.remove(clientId, topicFilter)
         if topicFilter.startswith(SHARE_PREFIX):
-            self._weigh(topicFilter)
+            was = self._is_member(clientId, topicFilter)
+            self.local.remove(clientId, topicFilter)
+            if was:
+                self._member_changed(topicFilter, clientId, -1)
             return
+        self.local.remove(clientId, topicFilter)
         key = topicFilter
         members = self.subscribers.get(key)
         if members is None or (clientId, topicFilter) not in members:
@@ -109,6 +115,24 @@ class ClusterRouter:
     def filters(self) -> list[str]:
         """The routed filters this node has local subscribers for."""
         return list(self.subscribers)
+
+    def _is_member(self, client_id: str, key: str) -> bool:
+        group = self.local.shared_groups.get(key)
+        return group is not None and client_id in group.members
+
+    def _member_changed(self, key: str, client_id: str, delta: int) -> None:
+        """A member joined (+1) or left (-1): a new group is registered and an empty
+        one removed at once; the weight moves by one if its client is online (O(1):
+        thousands of members restored at once must not count each other; the tick
+        counts them exactly, :meth:`refresh_weights`)."""
+        weight = self.shared_weights.get(key)
+        if weight is None or key not in self.local.shared_groups:
+            self._weigh(key)
+            return
+        session = self.local.sessions.get(client_id)
+        if session is not None and session.connection is not None:
+            self.shared_weights[key] = weight = max(0, weight + delta)
+            self.link.share(key, weight)
 
     def _weigh(self, key: str) -> None:
         """Register ``key``'s weight here if it changed; unregister a group left empty."""
