@@ -181,6 +181,7 @@ class ClusterShareTests(SynchronousTestCase):
         durable.subscribe(KEY, qos=1)
         self.member.unsubscribe(KEY)
         durable.drop()
+        self.router.refresh_weights()  # the tick: weight 0 here
         self.router.routes.apply(SHARE, "C", KEY, 1)
         self.router.receive(Message("s/1", b"p", 1, False), "B", [KEY])
         self.assertEqual(self.link.of("append"), [("append", "C", "s/1", (KEY,), True)])

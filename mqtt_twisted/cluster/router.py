@@ -220,8 +220,7 @@ class ClusterRouter:
         for key in groups:
             group = local.shared_groups.get(key)
             if group is not None and group.members and (
-                    resent or online_members(group, local.sessions)
-                    or not self._online_elsewhere(key)):
+                    resent or self.shared_weights.get(key) or not self._online_elsewhere(key)):
                 delivered += local.deliver_shared(key, group, message)
             elif not resent:
                 # None here (any more), or none online here while another node has one
