@@ -76,6 +76,13 @@ class SharedRoutesTests(SynchronousTestCase):
         self.assertEqual(table.shared.groups, {KEY: {"B": 1, "C": 4}})
         self.assertEqual(table.nodes_for("p"), {"B"})
 
+    def test_stream_field_encoding(self) -> None:
+        """The stream entry's ``g`` field round-trips the group keys and the sent-on mark."""
+        from mqtt_twisted.cluster.shared import decode_groups, encode_groups
+
+        for groups, resent in (([KEY], False), ([KEY, "$share/h/é/+"], True)):
+            self.assertEqual(decode_groups(encode_groups(groups, resent)), (groups, resent))
+
     def test_share_change_encoding(self) -> None:
         """A SHARE change carries its weight; one without a weight is refused."""
         self.assertEqual(decode_change(encode_change(SHARE, "n", KEY, 3)), (SHARE, "n", KEY, 3))

@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-import msgpack
 from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mqtt_twisted.cluster.shared import decode_groups
 from mqtt_twisted.core.states import CONNECTED
 from mqtt_twisted.store.redis import decode_message
 
@@ -44,8 +44,7 @@ def deliver_entry(node: ClusterNode, fields: list[Any] | None,
         record = dict(zip(fields[::2], fields[1::2]))
         message = decode_message(record[b"m"])
         origin = record[b"o"].decode("utf-8")
-        groups = msgpack.unpackb(record[b"g"], raw=False) if b"g" in record else None
-        resent = record.get(b"r") == b"1"
+        groups, resent = decode_groups(record[b"g"]) if b"g" in record else (None, False)
     except Exception as e:
         log.warn("cluster: a stream entry could not be read: {error}", error=e)
         return []

@@ -43,6 +43,7 @@ from mqtt_twisted.cluster.inbox import InboxReader
 from mqtt_twisted.cluster.resp import ReplyError
 from mqtt_twisted.cluster.router import ClusterRouter
 from mqtt_twisted.cluster.routes import ADD, REMOVE, SHARE, decode_change, encode_change
+from mqtt_twisted.cluster.shared import encode_groups
 from mqtt_twisted.cluster.sysstats import ClusterStats
 from mqtt_twisted.errors import StorageError
 from mqtt_twisted.store.redis import decode_message, endpoint
@@ -443,11 +444,11 @@ class ClusterNode:
 
     def append(self, node: str, blob: bytes, groups: list[str] | None = None,
                resent: bool = False) -> Deferred[Any]:
-        """QoS 1/2: fires once the entry is in the node's stream (fields ``g``, the
-        share groups, and ``r``, sent on, only when there are some)."""
+        """QoS 1/2: fires once the entry is in the node's stream (field ``g``, the share
+        groups and whether it was sent on, only when there are some)."""
         extra: tuple[Any, ...] = ()
         if groups:
-            extra = (b"g", msgpack.packb(groups), b"r", b"1" if resent else b"0")
+            extra = (b"g", encode_groups(groups, resent))
         return self.commands.command(b"XADD", self.keys.inbox(node), b"MAXLEN", b"~",
                                      INBOX_MAXLEN, b"*", b"o", self._origin, b"m", blob,
                                      *extra)

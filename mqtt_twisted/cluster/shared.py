@@ -35,6 +35,18 @@ from mqtt_twisted.core.topic_tree import TopicTree
 from mqtt_twisted.errors import InvalidTopicFilter
 
 
+def encode_groups(groups: list[str], resent: bool) -> bytes:
+    """A stream entry's ``g`` field: ``1`` if sent on (else ``0``), then the group keys
+    NUL-separated (no topic filter has a NUL [MQTT-1.5.4-2]); cheaper to make and read
+    than msgpack, and one field instead of two."""
+    return (b"1" if resent else b"0") + "\0".join(groups).encode("utf-8")
+
+
+def decode_groups(value: bytes) -> tuple[list[str], bool]:
+    """``(group keys, sent on)`` from :func:`encode_groups`' bytes."""
+    return value[1:].decode("utf-8").split("\0"), value[:1] == b"1"
+
+
 def online_members(group: SharedGroup, sessions: Any) -> int:
     """A group's members on this node whose client is connected: its weight."""
     count = 0
