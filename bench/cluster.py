@@ -14,6 +14,7 @@ the subscriber and the CPU seconds each process (nodes, Redis) spent per message
 
     python bench/cluster.py [--count 20000] [--qos 0 --qos 1] [--scenario cross ...]
     python bench/cluster.py --scenario spread [--nodes 1 --nodes 2 --nodes 3]
+    python bench/cluster.py --share   # the subscriber is a $share group's only member
 
 On a 2-core machine the two nodes, Redis and this tool share the cores: read the
 CPU per message, not only the rate.  Only 127.0.0.1 is used.
@@ -156,10 +157,10 @@ class Subscriber(threading.Thread):
 
 
 def run(pub_port: int, sub_port: int, qos: int, count: int, lag: int, window: int,
-        tag: str) -> float:
-    """Messages per second at the subscriber."""
+        tag: str, share: bool = False) -> float:
+    """Messages per second at the subscriber (a share group's only member: ``share``)."""
     sub = client(sub_port, f"bsub-{tag}")
-    sub.sendall(w.subscribe(1, ["bench/t"], qos))
+    sub.sendall(w.subscribe(1, ["$share/bench/bench/t" if share else "bench/t"], qos))
     time.sleep(0.2)
     sub.recv(5)  # SUBACK
     pub = client(pub_port, f"bpub-{tag}")
@@ -295,6 +296,8 @@ def main() -> None:
                         help="spread: cluster sizes (default 1, 2 and 3)")
     parser.add_argument("--lag", type=int, default=2000, help="QoS 0: most messages ahead")
     parser.add_argument("--window", type=int, default=100, help="QoS 1: PUBLISHes in flight")
+    parser.add_argument("--share", action="store_true",
+                        help="single/cross: the subscriber is a $share group's member")
     args = parser.parse_args()
     for scenario in args.scenario or ["single", "cross"]:
         if scenario == "spread":
@@ -318,11 +321,12 @@ def main() -> None:
             for qos in args.qos or [0, 1]:
                 before = cluster.cpu()
                 rate = run(cluster.ports[0], cluster.ports[-1], qos, args.count, args.lag,
-                           args.window, f"{scenario}{qos}")
+                           args.window, f"{scenario}{qos}", args.share)
                 spent = [a - b for a, b in zip(cluster.cpu(), before)]
                 names = [f"node{i}" for i in range(len(cluster.procs))] + ["redis"]
                 print(json.dumps({
-                    "scenario": scenario, "qos": qos, "messages": args.count,
+                    "scenario": scenario + ("+share" if args.share else ""), "qos": qos,
+                    "messages": args.count,
                     "msgs_per_s": round(rate),
                     "cpu_us_per_msg": {n: round(s / args.count * 1e6, 1)
                                        for n, s in zip(names, spent)},

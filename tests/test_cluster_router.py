@@ -9,7 +9,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from mqtt_twisted.cluster.router import ClusterRouter, routed_filter
+from mqtt_twisted.cluster.router import ClusterRouter
 from mqtt_twisted.cluster.routes import (
     ADD,
     REMOVE,
@@ -38,11 +38,21 @@ class RecordingLink:
     def unregister(self, f: str) -> None:
         self.calls.append(("unregister", f))
 
-    def publish(self, node: str, blob: bytes) -> None:
-        self.calls.append(("publish", node, decode_message(blob).topic))
+    def share(self, key: str, weight: int) -> None:
+        self.calls.append(("share", key, weight))
 
-    def append(self, node: str, blob: bytes) -> Deferred[Any]:
-        self.calls.append(("append", node, decode_message(blob).topic))
+    def unshare(self, key: str) -> None:
+        self.calls.append(("unshare", key))
+
+    def publish(self, node: str, blob: bytes, groups: list[str] | None = None,
+                resent: bool = False) -> None:
+        extra = (tuple(groups), resent) if groups else ()
+        self.calls.append(("publish", node, decode_message(blob).topic, *extra))
+
+    def append(self, node: str, blob: bytes, groups: list[str] | None = None,
+               resent: bool = False) -> Deferred[Any]:
+        extra = (tuple(groups), resent) if groups else ()
+        self.calls.append(("append", node, decode_message(blob).topic, *extra))
         d: Deferred[Any] = Deferred()
         self.appends.append(d)
         return d
@@ -124,17 +134,25 @@ class ClusterRouterTests(SynchronousTestCase):
         self.assertEqual(self.link.of("unregister"), [("unregister", "s/1")])
         self.assertEqual(self.router.filters(), ["s/2"])
 
-    def test_shared_subscription_routes_by_inner_filter(self) -> None:
-        """``$share/g/f`` registers ``f``."""
-        self.assertEqual(routed_filter("$share/g/a/+"), "a/+")
-        c = FakeClient(self.broker)
+    def test_share_group_registered_by_key_with_its_weight(self) -> None:
+        """``$share/g/f`` registers the group's key (not ``f``: a group's message goes
+        to one node, not to each) with its online members as weight; the group goes
+        after its last member."""
+        c, d = FakeClient(self.broker), FakeClient(self.broker)
         c.connect("c")
+        d.connect("d")
         c.subscribe("$share/g/a/+", "a/+")
+        d.subscribe("$share/g/a/+")
         self.assertEqual(self.link.of("register"), [("register", "a/+")])
+        self.assertEqual(self.link.of("share"), [("share", "$share/g/a/+", 1),
+                                                 ("share", "$share/g/a/+", 2)])
         c.unsubscribe("a/+")
-        self.assertEqual(self.link.of("unregister"), [])
-        c.unsubscribe("$share/g/a/+")
         self.assertEqual(self.link.of("unregister"), [("unregister", "a/+")])
+        c.unsubscribe("$share/g/a/+")
+        d.unsubscribe("$share/g/a/+")
+        self.assertEqual(self.link.of("share")[-1], ("share", "$share/g/a/+", 1))
+        self.assertEqual(self.link.of("unshare"), [("unshare", "$share/g/a/+")])
+        self.assertEqual(self.router.shared_weights, {})
 
     def test_forwarded_once_per_matching_node(self) -> None:
         """QoS 0 goes to each node with a match once, and is delivered locally too."""
@@ -164,17 +182,50 @@ class ClusterRouterTests(SynchronousTestCase):
 
     def test_sys_counts(self) -> None:
         """$SYS/broker/cluster/... says the node's name, the copies sent to peers (one per
-        node), the messages from peers and the remote filters known."""
+        node), the messages from peers and the remote filters known; and the cluster
+        totals: this node's counters plus those the alive peers wrote to Redis."""
+        from types import SimpleNamespace
+
+        from mqtt_twisted.cluster.sysstats import ClusterStats
         from mqtt_twisted.core.systopics import SysTopics
 
+        node = SimpleNamespace(broker=self.broker, keys=SimpleNamespace(prefix=b"p:"),
+                               group=b"A")
+        stats = ClusterStats(node)  # type: ignore[arg-type]
+        self.router.totals = stats.sys_values
         pub = FakeClient(self.broker)
         pub.connect("pub")
+        pub.subscribe("s/1")
         pub.publish("t/c", b"x")  # to B and C
         self.router.receive(Message("t/c", b"p", 0, False), "B")
+        stats._exchanged([b"B", b"3 10 20 4", b"C", b"1 1 1 1", b"D", b"not counters"])
         values = SysTopics(self.broker).values(self.clock.seconds())
         self.assertEqual({k: v for k, v in values.items() if k.startswith("cluster/")}, {
-            "cluster/node": "A", "cluster/messages/forwarded": "2",
-            "cluster/messages/received": "1", "cluster/routes": "2"})
+            "cluster/node": "A", "cluster/peers/messages/forwarded": "2",
+            "cluster/peers/messages/received": "1", "cluster/routes": "2",
+            "cluster/clients/connected": "5", "cluster/messages/received": "12",
+            "cluster/messages/sent": "21", "cluster/subscriptions/count": "6",
+            "cluster/nodes/alive": "3"})
+
+    def test_no_matching_subscribers_only_when_no_node_has_one(self) -> None:
+        """MQTT 5's PUBACK 0x10 and the gateway's count (the HTTP bridge's
+        "subscribers") count the peer nodes a message went to: a topic only B has a
+        filter for is answered 0 and counts 1; one nobody has, 0x10 and 0."""
+        pub = FakeClient(self.broker, version=5)
+        pub.connect("pub")
+        pub.publish("t/b", b"1", qos=1)
+        self.link.appends[-1].callback(b"1-0")
+        [ack] = pub.received()
+        self.assertEqual((type(ack), ack.reason_code), (PubAck, 0))
+        [ack] = pub.publish("nobody", b"2", qos=1)
+        self.assertEqual((type(ack), ack.reason_code), (PubAck, 0x10))
+        from mqtt_twisted.gateway import Gateway
+
+        gateway = Gateway(self.broker)
+        counts: list[int] = []
+        gateway.publish(Message("t/c", b"3", 0, False)).addCallback(counts.append)
+        gateway.publish(Message("nobody", b"4", 0, False)).addCallback(counts.append)
+        self.assertEqual(counts, [2, 0])  # B and C; nobody
 
     def test_sys_topics_stay_on_the_node(self) -> None:
         """$SYS messages are this node's: never forwarded."""

@@ -75,7 +75,7 @@ end
 return taken
 """
 _DROP = b"""
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
@@ -225,8 +225,9 @@ class Failover:
                 if state is not None and client_id not in broker.sessions:
                     broker.restore_session(state)
                     restored += 1
-        yield node.commands.command(b"EVAL", _DROP, 2, keys.filters(dead), keys.nodes, dead,
-                                    keys.routes, encode_change(RESET, dead))
+        yield node.commands.command(b"EVAL", _DROP, 3, keys.filters(dead), keys.nodes,
+                                    keys.shared(dead), dead, keys.routes,
+                                    encode_change(RESET, dead))
         yield deferLater(node.reactor, ADOPT_GRACE, lambda: None)
         delivered = yield self._drain(dead)
         yield node.commands.command(b"DEL", self.adopt_prefix + dead.encode())

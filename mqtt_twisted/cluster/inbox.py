@@ -20,6 +20,7 @@ from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mqtt_twisted.cluster.shared import decode_groups
 from mqtt_twisted.core.states import CONNECTED
 from mqtt_twisted.store.redis import decode_message
 
@@ -43,13 +44,14 @@ def deliver_entry(node: ClusterNode, fields: list[Any] | None,
         record = dict(zip(fields[::2], fields[1::2]))
         message = decode_message(record[b"m"])
         origin = record[b"o"].decode("utf-8")
+        groups, resent = decode_groups(record[b"g"]) if b"g" in record else (None, False)
     except Exception as e:
         log.warn("cluster: a stream entry could not be read: {error}", error=e)
         return []
     broker = node.broker
     broker.publisher = publisher
     try:
-        _, pending = broker.writes_of(node.router.receive, message, origin)
+        _, pending = broker.writes_of(node.router.receive, message, origin, groups, resent)
     finally:
         broker.publisher = None
     return pending  # type: ignore[no-any-return]

@@ -5,6 +5,7 @@ in the channel names because pub/sub ignores databases)::
 
     P:cluster:nodes            set     the node names that ever registered
     P:cluster:filters:{node}   set     the routed filters a node has subscribers for
+    P:cluster:shared:{node}    hash    share group key -> its online members there
     P:cluster:home             hash    client id -> the node its session lives on
     P:cluster:inbox:{node}     stream  QoS 1/2 messages for a node (consumer group: node)
     P:cluster:routes@D         channel route changes (routes.encode_change)
@@ -41,7 +42,9 @@ from mqtt_twisted.cluster.handover import release_session
 from mqtt_twisted.cluster.inbox import InboxReader
 from mqtt_twisted.cluster.resp import ReplyError
 from mqtt_twisted.cluster.router import ClusterRouter
-from mqtt_twisted.cluster.routes import ADD, REMOVE, decode_change, encode_change
+from mqtt_twisted.cluster.routes import ADD, REMOVE, SHARE, decode_change, encode_change
+from mqtt_twisted.cluster.shared import encode_groups
+from mqtt_twisted.cluster.sysstats import ClusterStats
 from mqtt_twisted.errors import StorageError
 from mqtt_twisted.store.redis import decode_message, endpoint
 
@@ -69,6 +72,24 @@ for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   out[#out + 1] = redis.call('SMEMBERS', ARGV[1] .. node)
 end
 return out
+"""
+#: A node's share groups and their weights: [node, [key, weight, ...], node, ...].
+_SHARED_SNAPSHOT = b"""
+local out = {}
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  out[#out + 1] = node
+  out[#out + 1] = redis.call('HGETALL', ARGV[1] .. node)
+end
+return out
+"""
+_SHARE = b"""
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""
+_UNSHARE = b"""
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+return 1
 """
 #: A CONNECT's client id: its home becomes this node unless another node has it (returned).
 _CLAIM = b"""
@@ -120,6 +141,7 @@ class ClusterKeys:
         self.prefix = p
         self.nodes = p + b"nodes"
         self.filters_prefix = p + b"filters:"
+        self.shared_prefix = p + b"shared:"
         self.home = p + b"home"
         self.routes = p + b"routes@%d" % db
         self._inbox = p + b"inbox:"
@@ -129,6 +151,9 @@ class ClusterKeys:
 
     def filters(self, node: str) -> bytes:
         return self.filters_prefix + node.encode()
+
+    def shared(self, node: str) -> bytes:
+        return self.shared_prefix + node.encode()
 
     def inbox(self, node: str) -> bytes:
         return self._inbox + node.encode()
@@ -158,8 +183,11 @@ class ClusterNode:
         self.group = self._origin
         self.inbox = InboxReader(self)
         self.failover = Failover(self)
+        self.stats = ClusterStats(self)
+        self.router.totals = self.stats.sys_values
         self._stopped = False
         self._stale: set[str] = set()
+        self._stale_shared: set[str] = set()
         self._releases: dict[int, Deferred[None]] = {}
         self._next_request = 0
 
@@ -201,9 +229,12 @@ class ClusterNode:
         yield self.commands.command(b"SADD", k.nodes, self._origin)
         old = yield self.commands.command(b"SMEMBERS", k.filters(self.name))
         self._stale = {f.decode("utf-8") for f in old}
+        old = yield self.commands.command(b"HKEYS", k.shared(self.name))
+        self._stale_shared = {f.decode("utf-8") for f in old}
         log.info("Cluster node {name} joined ({n} peers' filters known)", name=self.name,
                  n=len(self.router.routes))
         yield self.failover.start()
+        self.stats.start()
         self.inbox.start()
 
     def restored(self) -> Any:
@@ -212,7 +243,11 @@ class ClusterNode:
         stale, self._stale = self._stale - set(self.router.subscribers), set()
         for f in stale:
             self.unregister(f)
-        return self.commands.command(b"PING") if stale else None
+        stale_shared = self._stale_shared - set(self.router.shared_weights)
+        self._stale_shared = set()
+        for key in stale_shared:
+            self.unshare(key)
+        return self.commands.command(b"PING") if stale or stale_shared else None
 
     def restorable(self, client_ids: list[str]) -> Deferred[list[str]]:
         """The stored sessions this node restores: those whose home it is (or nobody's:
@@ -231,6 +266,7 @@ class ClusterNode:
         self._stopped = True
         self.inbox.stop()
         try:
+            yield self.stats.stop()
             yield self.failover.stop()  # the lease goes: a survivor adopts at once
         except Exception:
             pass
@@ -254,14 +290,20 @@ class ClusterNode:
             client.command(b"SUBSCRIBE", channel).addErrback(self._failed, "SUBSCRIBE")
         self.router.routes.begin_sync()
         d = client.command(b"SUBSCRIBE", self.keys.routes)
-        d.addCallback(lambda _: self.commands.command(
-            b"EVAL", _SNAPSHOT, 1, self.keys.nodes, self.keys.filters_prefix))
+        d.addCallback(lambda _: gatherResults([self.commands.command(
+            b"EVAL", script, 1, self.keys.nodes, prefix) for script, prefix in (
+                (_SNAPSHOT, self.keys.filters_prefix),
+                (_SHARED_SNAPSHOT, self.keys.shared_prefix))], consumeErrors=True))
         d.addCallbacks(self._synced, self._sync_failed)
 
-    def _synced(self, reply: list[Any]) -> None:
+    def _synced(self, replies: list[Any]) -> None:
+        reply, shared = replies
         snapshot = {reply[i].decode("utf-8"): [f.decode("utf-8") for f in reply[i + 1]]
                     for i in range(0, len(reply), 2)}
-        self.router.routes.end_sync(snapshot)
+        groups = {shared[i].decode("utf-8"): {
+            shared[i + 1][j].decode("utf-8"): int(shared[i + 1][j + 1])
+            for j in range(0, len(shared[i + 1]), 2)} for i in range(0, len(shared), 2)}
+        self.router.routes.end_sync(snapshot, groups)
 
     def _sync_failed(self, failure: Failure) -> None:
         self.router.routes.abort_sync()
@@ -279,12 +321,12 @@ class ClusterNode:
             self._control(data)
             return
         try:
-            origin, blob = msgpack.unpackb(data, raw=False)
+            origin, blob, groups, resent = msgpack.unpackb(data, raw=False)
             message = decode_message(blob)
         except Exception as e:
             log.warn("cluster: an inbox message could not be read: {error}", error=e)
             return
-        self.router.receive(message, origin)
+        self.router.receive(message, origin, groups, resent)
 
     def _failed(self, failure: Failure, what: str) -> None:
         if not self._stopped:
@@ -369,6 +411,18 @@ class ClusterNode:
                               encode_change(REMOVE, self.name, topic_filter)).addErrback(
             self._failed, "removing a filter")
 
+    def share(self, key: str, weight: int) -> None:
+        k = self.keys
+        self.commands.command(b"EVAL", _SHARE, 1, k.shared(self.name), key.encode("utf-8"),
+                              weight, k.routes, encode_change(SHARE, self.name, key, weight)
+                              ).addErrback(self._failed, "registering a share group")
+
+    def unshare(self, key: str) -> None:
+        k = self.keys
+        self.commands.command(b"EVAL", _UNSHARE, 1, k.shared(self.name), key.encode("utf-8"),
+                              k.routes, encode_change(REMOVE, self.name, key)).addErrback(
+            self._failed, "removing a share group")
+
     def session_ended(self, client_id: str) -> None:
         """A session was deleted here (``deleteSession``): next turn, unless a session of
         that client id is here again (a clean start deletes, then opens one), its home
@@ -381,16 +435,23 @@ class ClusterNode:
         self.commands.command(b"EVAL", _FORGET, 1, self.keys.home, client_id.encode("utf-8"),
                               self._origin).addErrback(self._failed, "forgetting a home")
 
-    def publish(self, node: str, blob: bytes) -> None:
-        """QoS 0: at most once, like QoS 0 itself."""
-        self.commands.command(b"PUBLISH", self.keys.inbox0(node),
-                              msgpack.packb([self.name, blob], use_bin_type=True)).addErrback(
-            _ignored)
+    def publish(self, node: str, blob: bytes, groups: list[str] | None = None,
+                resent: bool = False) -> None:
+        """QoS 0: at most once, like QoS 0 itself.  ``groups``: the share groups
+        ``node`` gives it to (``router.py``); ``resent``: it is not sent on again."""
+        self.commands.command(b"PUBLISH", self.keys.inbox0(node), msgpack.packb(
+            [self.name, blob, groups, resent], use_bin_type=True)).addErrback(_ignored)
 
-    def append(self, node: str, blob: bytes) -> Deferred[Any]:
-        """QoS 1/2: fires once the entry is in the node's stream."""
+    def append(self, node: str, blob: bytes, groups: list[str] | None = None,
+               resent: bool = False) -> Deferred[Any]:
+        """QoS 1/2: fires once the entry is in the node's stream (field ``g``, the share
+        groups and whether it was sent on, only when there are some)."""
+        extra: tuple[Any, ...] = ()
+        if groups:
+            extra = (b"g", encode_groups(groups, resent))
         return self.commands.command(b"XADD", self.keys.inbox(node), b"MAXLEN", b"~",
-                                     INBOX_MAXLEN, b"*", b"o", self._origin, b"m", blob)
+                                     INBOX_MAXLEN, b"*", b"o", self._origin, b"m", blob,
+                                     *extra)
 
 
 def _ignored(failure: Failure) -> None:

@@ -10,8 +10,18 @@ the shared store).
 
 The index stays in the local router; this one keeps a count per routed filter of
 its local subscribers, so that the link registers a filter in Redis on its first
-local subscriber and removes it after the last.  A ``$share/group/filter``
-subscription routes by its inner filter.
+local subscriber and removes it after the last.
+
+Share groups get one message per group cluster-wide (``shared.py``): the node of a
+local message picks one node per matching group, by the nodes' weights (online
+members), and names the groups in the copy it sends there; a copy from a peer is
+given to the local members of the groups it names only (and to the plain
+subscriptions).  A group named in a copy that has no member here any more is sent on
+to a node that has one, once.
+
+The count ``dispatch`` returns (MQTT 5's PUBACK 0x10, the HTTP bridge's
+``"subscribers"``) is the local deliveries plus one per peer node the message was
+sent to: every such node had a matching filter or group member.
 
 Sans-IO: the link (``node.ClusterLink``) does the Redis side.  A QoS 1/2 forward
 returns a Deferred that the broker's journal collects (``persist``), so the
@@ -27,20 +37,14 @@ from typing import Any
 from zope.interface import implementer
 
 from mqtt_twisted.cluster.routes import RouteTable
-from mqtt_twisted.codec.topics import SHARE_PREFIX, parse_shared_filter
+from mqtt_twisted.cluster.shared import online_members
+from mqtt_twisted.codec.topics import SHARE_PREFIX
 from mqtt_twisted.core.router import LOCAL, LocalRouter
 from mqtt_twisted.core.shared import Strategy
 from mqtt_twisted.interfaces import IRouter
 from mqtt_twisted.message import Message
 from mqtt_twisted.records import Outbound
 from mqtt_twisted.store.redis import encode_message
-
-
-def routed_filter(topic_filter: str) -> str:
-    """The filter a subscription is routed by: a share group's inner filter."""
-    if topic_filter.startswith(SHARE_PREFIX):
-        return parse_shared_filter(topic_filter)[1]  # type: ignore[index,no-any-return]
-    return topic_filter
 
 
 @implementer(IRouter)
@@ -51,22 +55,34 @@ class ClusterRouter:
                  persist: Callable[[Any], None]) -> None:
         self.local = local
         self.name = name
-        #: ``register(filter)``, ``unregister(filter)``, ``publish(node, blob)`` (QoS 0)
-        #: and ``append(node, blob)`` (QoS 1/2, a Deferred fired once Redis has it).
+        #: ``register(filter)``, ``unregister(filter)``, ``share(key, weight)``,
+        #: ``unshare(key)``, ``publish(node, blob, groups, resent)`` (QoS 0) and
+        #: ``append(node, blob, groups, resent)`` (QoS 1/2, a Deferred fired once Redis
+        #: has it).
         self.link = link
         self.persist = persist
         self.routes = RouteTable(name)
         #: routed filter -> the (client id, filter) pairs of local subscribers behind it.
         self.subscribers: dict[str, set[tuple[str, str]]] = {}
+        #: share group key -> the weight registered for it (its online members here).
+        self.shared_weights: dict[str, int] = {}
         #: Copies sent to peer nodes (one per destination node), and messages from peers.
         self.forwarded = 0
         self.received = 0
+        #: Cluster totals for $SYS (``sysstats.ClusterStats.sys_values``, set by the node).
+        self.totals: Callable[[], dict[str, str]] = dict
 
     # --- the index: the local router's, and the registrations in Redis ---
 
     def add(self, clientId: str, topicFilter: str, options: Any) -> None:
+        if topicFilter.startswith(SHARE_PREFIX):
+            was = self._is_member(clientId, topicFilter)
+            self.local.add(clientId, topicFilter, options)
+            if not was:
+                self._member_changed(topicFilter, clientId, 1)
+            return
         self.local.add(clientId, topicFilter, options)
-        key = routed_filter(topicFilter)
+        key = topicFilter
         members = self.subscribers.get(key)
         if members is None:
             members = self.subscribers[key] = set()
@@ -74,8 +90,14 @@ class ClusterRouter:
         members.add((clientId, topicFilter))
 
     def remove(self, clientId: str, topicFilter: str) -> None:
+        if topicFilter.startswith(SHARE_PREFIX):
+            was = self._is_member(clientId, topicFilter)
+            self.local.remove(clientId, topicFilter)
+            if was:
+                self._member_changed(topicFilter, clientId, -1)
+            return
         self.local.remove(clientId, topicFilter)
-        key = routed_filter(topicFilter)
+        key = topicFilter
         members = self.subscribers.get(key)
         if members is None or (clientId, topicFilter) not in members:
             return
@@ -94,46 +116,153 @@ class ClusterRouter:
         """The routed filters this node has local subscribers for."""
         return list(self.subscribers)
 
+    def _is_member(self, client_id: str, key: str) -> bool:
+        group = self.local.shared_groups.get(key)
+        return group is not None and client_id in group.members
+
+    def _member_changed(self, key: str, client_id: str, delta: int) -> None:
+        """A member joined (+1) or left (-1): a new group is registered and an empty
+        one removed at once; the weight moves by one if its client is online (O(1):
+        thousands of members restored at once must not count each other; the tick
+        counts them exactly, :meth:`refresh_weights`)."""
+        weight = self.shared_weights.get(key)
+        if weight is None or key not in self.local.shared_groups:
+            self._weigh(key)
+            return
+        session = self.local.sessions.get(client_id)
+        if session is not None and session.connection is not None:
+            self.shared_weights[key] = weight = max(0, weight + delta)
+            self.link.share(key, weight)
+
+    def _weigh(self, key: str) -> None:
+        """Register ``key``'s weight here if it changed; unregister a group left empty."""
+        group = self.local.shared_groups.get(key)
+        if group is None or not group.members:
+            if self.shared_weights.pop(key, None) is not None:
+                self.link.unshare(key)
+            return
+        weight = online_members(group, self.local.sessions)
+        if self.shared_weights.get(key) != weight:
+            self.shared_weights[key] = weight
+            self.link.share(key, weight)
+
+    def refresh_weights(self) -> None:
+        """Members' clients came and went: register the weights that changed (each
+        tick; membership changes register at once)."""
+        for key in list(self.shared_weights):
+            self._weigh(key)
+
     # --- dispatch ---
 
     def dispatch(self, message: Message, origin: str = LOCAL) -> int:
-        """Forward a local message to each peer node with a match, then deliver it here."""
-        if origin == LOCAL and self.routes.by_node and not message.topic.startswith("$SYS"):
-            nodes = self.routes.nodes_for(message.topic)
-            if nodes:
-                self._forward(message, nodes)
-        return self.local.dispatch(message, origin)
+        """Forward a local message to each peer node with a match, then deliver it here;
+        how many sessions here and nodes elsewhere it went to."""
+        if origin != LOCAL or message.topic.startswith("$SYS"):
+            return self.local.dispatch(message, origin)
+        routes = self.routes
+        if self.shared_weights or routes.shared.groups:
+            return self._dispatch_groups(message)
+        if not routes.by_node:
+            return self.local.dispatch(message, origin)
+        nodes = routes.nodes_for(message.topic)
+        if nodes:
+            self._forward(message, nodes)
+        return len(nodes) + self.local.dispatch(message, origin)
 
-    def _forward(self, message: Message, nodes: set[str]) -> None:
+    def _dispatch_groups(self, message: Message) -> int:
+        """With share groups about: one node per matching group (``shared.py``)."""
+        local = self.local
+        routes = self.routes
+        candidates = {key: dict(nodes) for key, nodes in routes.shared.match(message.topic)}
+        for key, _ in local.shared_tree.match(message.topic):
+            candidates.setdefault(key, {})[self.name] = self.shared_weights.get(key, 0)  # type: ignore[call-overload,index]
+        mine: list[str] = []
+        picks: dict[str, list[str]] = {}
+        for key, nodes in candidates.items():
+            node = routes.shared.choose(key, nodes)
+            if node == self.name:
+                mine.append(key)
+            elif node is not None:
+                picks.setdefault(node, []).append(key)
+        dests = routes.nodes_for(message.topic) if routes.by_node else set()
+        dests.update(picks)
+        if dests:
+            self._forward(message, dests, picks)
+        delivered = local.dispatch_plain(message)
+        for key in mine:
+            delivered += local.deliver_shared(key, local.shared_groups[key], message)
+        return delivered + len(dests)
+
+    def _forward(self, message: Message, nodes: set[str],
+                 picks: dict[str, list[str]] | None = None, resent: bool = False) -> None:
+        """One copy per node; ``picks`` names the share groups each node serves."""
         blob = encode_message(message)
         link = self.link
         self.forwarded += len(nodes)
         if not message.qos:
             for node in nodes:
-                link.publish(node, blob)
+                link.publish(node, blob, picks.get(node) if picks else None, resent)
             return
         for node in nodes:
             # Collected by the journal when a publisher waits for its acknowledgement.
-            self.persist(link.append(node, blob))
+            self.persist(link.append(node, blob, picks.get(node) if picks else None, resent))
 
-    def receive(self, message: Message, origin: str) -> int:
-        """A peer's message: delivered to the local sessions only."""
+    def receive(self, message: Message, origin: str, groups: list[str] | None = None,
+                resent: bool = False) -> int:
+        """A peer's message: delivered to the local plain subscriptions, and to one
+        member of each share group it names (another node's if none is left here)."""
         self.received += 1
-        return self.local.dispatch(message, origin)
+        local = self.local
+        if not groups:
+            return local.dispatch_plain(message) if local.shared_groups else \
+                local.dispatch(message, origin)
+        delivered = local.dispatch_plain(message)
+        for key in groups:
+            group = local.shared_groups.get(key)
+            if group is not None and group.members and (
+                    resent or self.shared_weights.get(key) or not self._online_elsewhere(key)):
+                delivered += local.deliver_shared(key, group, message)
+            elif not resent:
+                # None here (any more), or none online here while another node has one
+                # (a dead node's stream delivered by its adopter, say).
+                delivered += self._send_on(key, message)
+        return delivered
+
+    def _online_elsewhere(self, key: str) -> bool:
+        """Whether a peer has an online member of ``key`` (by its last weight)."""
+        return any(w > 0 for w in self.routes.shared.groups.get(key, {}).values())
+
+    def _send_on(self, key: str, message: Message) -> int:
+        """A group with no member here: its message goes to another node that has one
+        (once; a copy sent on is not sent on again)."""
+        node = self.routes.shared.choose(key, self.routes.shared.groups.get(key, {}))
+        if node is None:
+            return 0
+        self._forward(message, {node}, {node: [key]}, resent=True)
+        return 1
 
     def sys_values(self) -> dict[str, str]:
         """This node's cluster topics under ``$SYS/broker/`` (core/systopics.py asks)."""
-        return {
+        values = {
             "cluster/node": self.name,
-            "cluster/messages/forwarded": str(self.forwarded),
-            "cluster/messages/received": str(self.received),
+            "cluster/peers/messages/forwarded": str(self.forwarded),
+            "cluster/peers/messages/received": str(self.received),
             "cluster/routes": str(len(self.routes)),
         }
+        values.update(self.totals())
+        return values
 
     # --- what the broker uses beyond IRouter (plugins.md, "The router seam") ---
 
     def hand_over(self, out: Outbound, leaving: str) -> None:
-        self.local.hand_over(out, leaving)
+        """A departing member's unacknowledged shared message goes to another member:
+        one here if there is, else one on another node."""
+        key = out.group
+        group = self.local.shared_groups.get(key)  # type: ignore[arg-type]
+        if (group is not None and any(c != leaving for c in group.members)) or key is None:
+            self.local.hand_over(out, leaving)
+        else:
+            self._send_on(key, out.message)
 
     @property
     def shared_strategy(self) -> Strategy:

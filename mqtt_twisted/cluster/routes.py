@@ -4,7 +4,8 @@ Sans-IO: the node (``node.py``) feeds it a snapshot read from Redis and the chan
 notifications that follow; the router asks it which nodes a topic goes to.  A
 message is sent once per node this returns, never to a node without a matching
 filter (no broadcast).  This node's own filters are not in it: the local router
-has them.
+has them.  Share groups are kept apart (``shared.SharedRoutes``, by group key, with
+each node's weight): a group's message goes to one node, not to each.
 """
 
 from __future__ import annotations
@@ -13,39 +14,52 @@ from typing import Any
 
 import msgpack
 
+from mqtt_twisted.cluster.shared import SharedRoutes
+from mqtt_twisted.codec.topics import SHARE_PREFIX
 from mqtt_twisted.core.topic_tree import TopicTree
 
-#: Change notifications: a node added a filter, removed one, or forgot all of its own.
-ADD, REMOVE, RESET = b"+", b"-", b"="
+#: Change notifications: a node added a filter, removed one, or forgot all of its own;
+#: SHARE: a node has members of a share group (the filter is the group's key), with a
+#: weight (``[op, node, key, weight]``); REMOVE of a group key: it has none any more.
+ADD, REMOVE, RESET, SHARE = b"+", b"-", b"=", b"*"
 
 
-def encode_change(op: bytes, node: str, topic_filter: str = "") -> bytes:
+def encode_change(op: bytes, node: str, topic_filter: str = "",
+                  weight: int | None = None) -> bytes:
     """A change notification as it is published on the routes channel."""
-    return msgpack.packb([op, node, topic_filter], use_bin_type=True)  # type: ignore[no-any-return]
+    change: list[Any] = [op, node, topic_filter]
+    if weight is not None:
+        change.append(weight)
+    return msgpack.packb(change, use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def decode_change(data: bytes) -> tuple[bytes, str, str]:
-    """``(op, node, filter)``; ValueError for anything that is not a notification."""
+def decode_change(data: bytes) -> tuple[Any, ...]:
+    """``(op, node, filter)``, or ``(SHARE, node, key, weight)``; ValueError for anything
+    that is not a notification."""
     try:
-        op, node, topic_filter = msgpack.unpackb(data, raw=False)
+        change = msgpack.unpackb(data, raw=False)
+        op, node, topic_filter = change[:3]
     except Exception as e:
         raise ValueError(f"not a route change: {data[:40]!r}") from e
-    if op not in (ADD, REMOVE, RESET) or type(node) is not str or type(topic_filter) is not str:
+    if (op not in (ADD, REMOVE, RESET, SHARE) or type(node) is not str
+            or type(topic_filter) is not str or len(change) != (4 if op == SHARE else 3)
+            or (op == SHARE and type(change[3]) is not int)):
         raise ValueError(f"not a route change: {data[:40]!r}")
-    return op, node, topic_filter
+    return tuple(change)
 
 
 class RouteTable:
     """Remote filters -> node names, for every node but this one."""
 
-    __slots__ = ("me", "tree", "by_node", "_syncing")
+    __slots__ = ("me", "tree", "by_node", "shared", "_syncing")
 
     def __init__(self, me: str) -> None:
         self.me = me
         self.tree: TopicTree[bool] = TopicTree()
         self.by_node: dict[str, set[str]] = {}
+        self.shared = SharedRoutes(me)
         #: Changes heard while a snapshot is being read, applied after it.
-        self._syncing: list[tuple[bytes, str, str]] | None = None
+        self._syncing: list[tuple[Any, ...]] | None = None
 
     def __len__(self) -> int:
         return len(self.tree)
@@ -59,20 +73,26 @@ class RouteTable:
 
     # --- changes ---
 
-    def apply(self, op: bytes, node: str, topic_filter: str = "") -> None:
+    def apply(self, op: bytes, node: str, topic_filter: str = "", weight: int = 0) -> None:
         """One change notification; those heard during a resync wait for its snapshot."""
         if node == self.me:
             return
         if self._syncing is not None:
-            self._syncing.append((op, node, topic_filter))
+            self._syncing.append((op, node, topic_filter, weight))
             return
         if op == ADD:
             self._add(node, topic_filter)
+        elif op == SHARE:
+            self.shared.set(node, topic_filter, weight)
         elif op == REMOVE:
-            self._remove(node, topic_filter)
+            if topic_filter.startswith(SHARE_PREFIX):
+                self.shared.remove(node, topic_filter)
+            else:
+                self._remove(node, topic_filter)
         elif op == RESET:
             for f in list(self.by_node.get(node, ())):
                 self._remove(node, f)
+            self.shared.reset(node)
 
     def _add(self, node: str, topic_filter: str) -> None:
         filters = self.by_node.setdefault(node, set())
@@ -94,17 +114,23 @@ class RouteTable:
         """A snapshot is being read: hold the notifications heard meanwhile."""
         self._syncing = []
 
-    def end_sync(self, snapshot: dict[str, Any]) -> None:
-        """Replace the table with ``snapshot`` (node -> filters), then apply what was
-        heard while it was read: each node's changes are in order, so the last one
-        for a (node, filter) is its state, whichever side of the snapshot it fell."""
+    def end_sync(self, snapshot: dict[str, Any],
+                 shared: dict[str, dict[str, int]] | None = None) -> None:
+        """Replace the table with ``snapshot`` (node -> filters) and ``shared`` (node ->
+        group key -> weight), then apply what was heard while they were read: each
+        node's changes are in order, so the last one for a (node, filter) is its
+        state, whichever side of the snapshot it fell."""
         held, self._syncing = self._syncing or [], None
         self.tree = TopicTree()
         self.by_node = {}
+        self.shared = SharedRoutes(self.me)
         for node, filters in snapshot.items():
             if node != self.me:
                 for f in filters:
                     self._add(node, f)
+        for node, groups in (shared or {}).items():
+            for key, weight in groups.items():
+                self.shared.set(node, key, weight)
         for change in held:
             self.apply(*change)
 

@@ -126,22 +126,40 @@ class LocalRouter:
                     message.retain and rap, sub_ids, None)
         return shared + len(deliveries)
 
+    def dispatch_plain(self, message: Message) -> int:
+        """Deliver ``message`` to the plain subscriptions only (a cluster router gives
+        share groups their message itself, once cluster-wide).  ``dispatch`` has the
+        same lines inline: it runs for every message (bench/calls_per_message.py)."""
+        matches = self.tree.match(message.topic)
+        if not matches:
+            return 0
+        deliveries = self.match(message.topic, message.sender)
+        for client_id, qos, rap, sub_ids in deliveries:
+            self.deliver(self.sessions[client_id], message,
+                         qos if qos < message.qos else message.qos,
+                         message.retain and rap, sub_ids, None)
+        return len(deliveries)
+
     def _dispatch_shared(self, message: Message) -> int:
         """Give ``message`` to one member of each matching share group [MQTT-4.8.2]."""
         delivered = 0
-        sessions = self.sessions
         for key, group in self.shared_tree.match(message.topic):
-            client_id = self.shared_strategy(group, message, sessions)
-            if client_id is None:
-                continue
-            options = group.members[client_id]
-            self.deliver(sessions[client_id], message,
-                         options.qos if options.qos < message.qos else message.qos,
-                         message.retain and options.retain_as_published,
-                         (options.subscription_id,) if options.subscription_id else None,
-                         key)  # type: ignore[arg-type]
-            delivered += 1
+            delivered += self.deliver_shared(key, group, message)  # type: ignore[arg-type]
         return delivered
+
+    def deliver_shared(self, key: str, group: SharedGroup, message: Message) -> int:
+        """Give ``message`` to one member of ``group`` (its key ``key``); 1, or 0 when
+        nobody can take it."""
+        sessions = self.sessions
+        client_id = self.shared_strategy(group, message, sessions)
+        if client_id is None:
+            return 0
+        options = group.members[client_id]
+        self.deliver(sessions[client_id], message,
+                     options.qos if options.qos < message.qos else message.qos,
+                     message.retain and options.retain_as_published,
+                     (options.subscription_id,) if options.subscription_id else None, key)
+        return 1
 
     def hand_over(self, out: Outbound, leaving: str) -> None:
         """A departing member's unacknowledged shared message goes to another member."""
