@@ -242,6 +242,19 @@ class IBrokerService(Interface):
         ones left out)."""
 
 
+class IBrokerAdmin(Interface):
+    """What an operator may ask of the broker (``Gateway.admin``, ``mqtt_twisted/admin.py``):
+    metrics, and the admin API's questions.  Who may ask is the adapter's check
+    (``Gateway.isAdmin``)."""
+
+    listener_limits = Attribute("A WeakSet the listeners' connection limits add themselves "
+                                "to, so that the metrics can read them.")
+
+    def metrics():
+        """Deferred firing with every metric family (``core/metrics.py`` ``Family``),
+        read from the broker's counters now."""
+
+
 # --- Sessions ------------------------------------------------------------------------------
 
 

@@ -285,6 +285,18 @@ _DOCUMENT: dict[str, Any] = {
                 "404": _error("No session of that client."),
             },
         }},
+        "/metrics": {"get": {
+            "summary": "Prometheus metrics (docs/metrics.md), for admin users.",
+            "operationId": "metrics",
+            "parameters": [_header("Accept", "application/openmetrics-text for OpenMetrics; "
+                                   "otherwise Prometheus's text format 0.0.4.")],
+            "responses": {
+                "200": {"description": "Every metric, read when asked.", "content": {
+                    "text/plain": {"schema": _STRING},
+                    "application/openmetrics-text": {"schema": _STRING}}},
+                **_COMMON_ERRORS,
+            },
+        }},
         "/openapi.json": {"get": {
             "summary": "This document.",
             "operationId": "openapi",

@@ -196,7 +196,10 @@ def route_acked(conn: MQTTConnection, message: Message, allowed: bool) -> int:
     if not routed and conn.version == 5:
         code = ReasonCode.NO_MATCHING_SUBSCRIBERS
     if message.qos == 2:
+        broker.stats.received_qos2 += 1
         conn.broker.add_inbound_qos2(conn.session, message.packet_id)  # type: ignore[arg-type]
+    else:
+        broker.stats.received_qos1 += 1
     return code
 
 
