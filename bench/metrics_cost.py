@@ -9,6 +9,7 @@ doing ``GET /metrics`` once a second for as long as the broker runs, and its scr
 count and failures are printed with each line.
 
     python bench/metrics_cost.py [--runs 3] [--quick] [--scenarios fan-in] [--interval 1]
+                                 [--rev HEAD]
 
 Prints one JSON line per measurement, then the medians and the ratio metrics / none.
 """
@@ -61,9 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke-test sizes")
     parser.add_argument("--scenarios", default="fan-in")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between scrapes")
+    parser.add_argument("--rev", default=None,
+                        help="run this git revision (git archive), not the working tree")
     args = parser.parse_args(argv)
     plain = compare.Ours("ours", "mqtt-twisted")
     metered = compare.Ours("ours-metrics", "mqtt-twisted --listen metrics=... scraped")
+    if args.rev:
+        for broker in (plain, metered):
+            broker.use_revision(args.rev)
     logdir = compare.RESULTS / time.strftime("metrics-%Y%m%d-%H%M%S")
     logdir.mkdir(parents=True, exist_ok=True)
     figures: dict[tuple[str, str], list[float]] = {}
