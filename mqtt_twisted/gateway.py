@@ -59,7 +59,7 @@ class Gateway:
 
         self.broker = broker
         #: Metrics and the admin API's questions (IBrokerAdmin).
-        self.admin = BrokerAdmin(broker)
+        self.admin = BrokerAdmin(broker, self)
         #: Where the listeners' connection limits register (adapters/kit.py).
         self.listener_limits = self.admin.listener_limits
 

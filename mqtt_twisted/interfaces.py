@@ -254,6 +254,31 @@ class IBrokerAdmin(Interface):
         """Deferred firing with every metric family (``core/metrics.py`` ``Family``),
         read from the broker's counters now."""
 
+    def clients(search=None, limit=100, after=None):
+        """A page of sessions (a JSON-ready dict: ``clients``, ``next``)."""
+
+    def client(clientId):
+        """One session in full (a JSON-ready dict), or None."""
+
+    def kick(clientId, remove=False):
+        """Disconnect a client (``remove``: and delete its session); False if unknown."""
+
+    def subscriptions(prefix=None, limit=100, after=None):
+        """A page of subscriptions (``subscriptions``, ``next``: an opaque cursor)."""
+
+    def retained(topicFilter="#", limit=100, after=None):
+        """Deferred firing with a page of retained topics (``topics``, ``next``)."""
+
+    def deleteRetained(topic):
+        """Deferred firing with whether a retained message was there (and is deleted)."""
+
+    def stats():
+        """Counters, gauges, the busiest topics and the rate history (a JSON-ready dict)."""
+
+    def sample():
+        """Add a point (messages in and out a second, connections) to the history; the
+        broker service calls it once a second."""
+
 
 # --- Sessions ------------------------------------------------------------------------------
 

@@ -12,13 +12,23 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import LoopingCall
+from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from mqtt_twisted.adapters import _httpapi as api
 from mqtt_twisted.adapters._httpapi import ApiError
-from mqtt_twisted.adapters.http import _Endpoint
+from mqtt_twisted.adapters._httpstream import gone, respond
+from mqtt_twisted.adapters.http import _Endpoint, _NotFound, not_found
 from mqtt_twisted.adapters.metrics import exposition
+from mqtt_twisted.codec.topics import validate_topic_name
 from mqtt_twisted.constants import ReasonCode
+from mqtt_twisted.errors import MQTTError
+
+#: Default and largest page of the admin lists.
+PAGE, PAGE_MAX = 100, 1000
+#: Seconds between the stats events of /admin/events.
+EVENT_INTERVAL = 1.0
 
 
 def inputs(request: Request) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
@@ -47,12 +57,170 @@ class MetricsEndpoint(_Endpoint):
         families = yield self.bridge.service.admin.metrics()
         accept = request.getHeader(b"accept")
         body, content_type = exposition(families, accept.decode("latin-1") if accept else None)
-        request.setHeader(b"content-type", content_type.encode())
         request.setHeader(b"cache-control", b"no-store")
-        request.write(body)
-        request.finish()
+        respond(request, 200, body, content_type=content_type.encode())
+
+
+def _page(params: api.Params) -> tuple[int, str | None]:
+    return api.integer(params, "limit", PAGE, 1, PAGE_MAX), api.one(params, "after")
+
+
+def _required(params: api.Params, name: str) -> str:
+    value = api.one(params, name)
+    if not value:
+        raise api.bad_request(f"parameter {name!r} is required")
+    return value
+
+
+class ClientsEndpoint(_Endpoint):
+    """``GET /admin/clients?search=S&limit=N&after=ID``: a page of sessions."""
+
+    methods = {b"GET": "get"}
+
+    @inlineCallbacks
+    def get(self, request: Request) -> Any:
+        params = yield admin_params(self.bridge, request)
+        limit, after = _page(params)
+        answer = self.bridge.service.admin.clients(api.one(params, "search"), limit, after)
+        respond(request, 200, api.dumps(answer))
+
+
+class ClientEndpoint(_Endpoint):
+    """``GET /admin/client?client=ID``: one session; ``DELETE``: kick it (``remove=1``:
+    and delete its session)."""
+
+    methods = {b"GET": "get", b"DELETE": "delete"}
+
+    @inlineCallbacks
+    def get(self, request: Request) -> Any:
+        params = yield admin_params(self.bridge, request)
+        client = _required(params, "client")
+        answer = self.bridge.service.admin.client(client)
+        if answer is None:
+            raise ApiError(404, f"no session of client {client!r}")
+        respond(request, 200, api.dumps(answer))
+
+    @inlineCallbacks
+    def delete(self, request: Request) -> Any:
+        params = yield admin_params(self.bridge, request)
+        client = _required(params, "client")
+        remove = api.flag(params, "remove")
+        if not self.bridge.service.admin.kick(client, remove):
+            raise ApiError(404, f"no session of client {client!r}")
+        if remove:
+            self.bridge.replay_logs.pop(client, None)
+        respond(request, 204)
+
+
+class SubscriptionsEndpoint(_Endpoint):
+    """``GET /admin/subscriptions?prefix=P&limit=N&after=CURSOR``."""
+
+    methods = {b"GET": "get"}
+
+    @inlineCallbacks
+    def get(self, request: Request) -> Any:
+        params = yield admin_params(self.bridge, request)
+        limit, after = _page(params)
+        try:
+            answer = self.bridge.service.admin.subscriptions(api.one(params, "prefix"),
+                                                             limit, after)
+        except ValueError as e:
+            raise api.bad_request(str(e)) from None
+        respond(request, 200, api.dumps(answer))
+
+
+class AdminRetainedEndpoint(_Endpoint):
+    """``GET /admin/retained?topic=F&limit=N&after=T``: retained topics; ``DELETE
+    /admin/retained?topic=T``: delete one retained message."""
+
+    methods = {b"GET": "get", b"DELETE": "delete"}
+
+    @inlineCallbacks
+    def get(self, request: Request) -> Any:
+        params = yield admin_params(self.bridge, request)
+        limit, after = _page(params)
+        topic_filter = api.topic_filter_param(api.one(params, "topic", "#") or "#")
+        answer = yield self.bridge.service.admin.retained(topic_filter, limit, after)
+        respond(request, 200, api.dumps(answer))
+
+    @inlineCallbacks
+    def delete(self, request: Request) -> Any:
+        params = yield admin_params(self.bridge, request)
+        topic = _required(params, "topic")
+        try:
+            validate_topic_name(topic)
+        except MQTTError as e:
+            raise api.bad_request(f"topic {topic!r}: {e.message}", e.reason_code) from None
+        found = yield self.bridge.service.admin.deleteRetained(topic)
+        if not found:
+            raise ApiError(404, f"no retained message on {topic!r}")
+        respond(request, 204)
+
+
+class StatsEndpoint(_Endpoint):
+    """``GET /admin/stats``: counters, gauges, top topics, the last minutes' rates."""
+
+    methods = {b"GET": "get"}
+
+    @inlineCallbacks
+    def get(self, request: Request) -> Any:
+        yield admin_params(self.bridge, request)
+        respond(request, 200, api.dumps(self.bridge.service.admin.stats()))
+
+
+class EventsEndpoint(_Endpoint):
+    """``GET /admin/events``: Server-Sent Events, ``event: stats`` once a second (the
+    stats without their history, with the latest point), for the dashboard."""
+
+    methods = {b"GET": "get"}
+
+    @inlineCallbacks
+    def get(self, request: Request) -> Any:
+        yield admin_params(self.bridge, request)
+        bridge = self.bridge
+        streams, limit = bridge.streams, bridge.config.max_streams
+        if limit and len(streams) >= limit:
+            raise ApiError(503, f"{limit} streams open on this listener; try again later",
+                           ReasonCode.SERVER_BUSY, {"Retry-After": "5"})
+        if gone(request):
+            return
+        streams.add(request)
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        admin = bridge.service.admin
+
+        def tick() -> None:
+            if gone(request):
+                return
+            stats = admin.stats()
+            history = stats.pop("history")
+            stats["point"] = history[-1] if history else None
+            request.write(api.sse(api.dumps(stats), name="stats"))
+
+        loop = LoopingCall(tick)
+        loop.clock = bridge.reactor
+
+        def ended(_: Any) -> None:
+            streams.discard(request)
+            if loop.running:
+                loop.stop()
+
+        request.notifyFinish().addBoth(ended)
+        loop.start(EVENT_INTERVAL, now=True)
 
 
 def install(bridge: Any) -> None:
     """Add the operator paths to ``bridge``."""
+    from mqtt_twisted.adapters._dashboard import DashboardResource
+
     bridge.putChild(b"metrics", MetricsEndpoint(bridge))
+    admin = Resource()
+    for name, endpoint in ((b"clients", ClientsEndpoint), (b"client", ClientEndpoint),
+                           (b"subscriptions", SubscriptionsEndpoint),
+                           (b"retained", AdminRetainedEndpoint), (b"stats", StatsEndpoint),
+                           (b"events", EventsEndpoint)):
+        admin.putChild(name, endpoint(bridge))
+    admin.getChild = lambda path, request: _NotFound()  # type: ignore[method-assign]
+    admin.render = not_found  # type: ignore[method-assign]
+    bridge.putChild(b"admin", admin)
+    bridge.putChild(b"dashboard", DashboardResource(bridge))

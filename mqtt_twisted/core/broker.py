@@ -34,7 +34,7 @@ from mqtt_twisted.core.router import LOCAL, LocalRouter
 from mqtt_twisted.core.session import Session, SubscriptionOptions
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.core.shared import Strategy
-from mqtt_twisted.core.stats import BrokerStats
+from mqtt_twisted.core.stats import TOPIC_SAMPLE, BrokerStats
 from mqtt_twisted.message import Message
 
 __all__ = ["Broker", "Credentials", "expired"]
@@ -136,6 +136,8 @@ class Broker:
         :data:`~mqtt_twisted.core.router.LOCAL` or the peer node it came from."""
         stats = self.stats
         stats.messages_received += 1
+        if not stats.messages_received & (TOPIC_SAMPLE - 1):
+            stats.topics.note(message.topic)
         if message.qos:
             if message.qos == 1:
                 stats.received_qos1 += 1

@@ -41,6 +41,41 @@ class LatencyHistogram:
         return out
 
 
+#: One routed message in this many has its topic noted for "top topics" (a mask).
+TOPIC_SAMPLE = 16
+#: Topics a TopicSample keeps at most; over it, the least seen half is forgotten.
+TOPICS_KEPT = 1000
+
+
+class TopicSample:
+    """The topics of one message in TOPIC_SAMPLE, counted: the busiest topics without a
+    dictionary update per message.  Counts are halved every ``decay`` notes, so the
+    top reflects the last minutes rather than all time."""
+
+    __slots__ = ("counts", "notes", "decay")
+
+    def __init__(self, decay: int = 4096) -> None:
+        self.counts: dict[str, int] = {}
+        self.notes = 0
+        self.decay = decay
+
+    def note(self, topic: str) -> None:
+        counts = self.counts
+        counts[topic] = counts.get(topic, 0) + 1
+        self.notes += 1
+        if self.notes % self.decay == 0:
+            self.counts = {t: n >> 1 for t, n in counts.items() if n > 1}
+        elif len(counts) > TOPICS_KEPT:
+            keep = sorted(counts.items(), key=lambda item: -item[1])[:TOPICS_KEPT // 2]
+            self.counts = dict(keep)
+
+    def top(self, n: int = 10) -> list[tuple[str, int]]:
+        """The ``n`` busiest topics with their estimated message counts (not $SYS)."""
+        ranked = sorted(((t, c) for t, c in self.counts.items() if not t.startswith("$SYS")),
+                        key=lambda item: (-item[1], item[0]))
+        return [(t, c * TOPIC_SAMPLE) for t, c in ranked[:n]]
+
+
 class BrokerStats:
     """Plain integer counters: incrementing one is the whole cost on the hot path."""
 
@@ -51,7 +86,7 @@ class BrokerStats:
         "wills_published", "store_errors", "connections_refused", "messages_expired",
         "bytes_received", "bytes_sent", "ownership_refusals", "rate_pauses", "rate_disconnects", "deliveries",
         "received_qos1", "received_qos2", "sent_qos1", "sent_qos2", "refusals", "store_writes",
-        "store_latency",
+        "store_latency", "topics",
     )
 
     def __init__(self, started_at: float = 0.0) -> None:
@@ -93,6 +128,7 @@ class BrokerStats:
         #: trips of one in LATENCY_SAMPLE of them.
         self.store_writes = 0
         self.store_latency = LatencyHistogram()
+        self.topics = TopicSample()
 
     def client_connected(self) -> None:
         self.clients_connected += 1
