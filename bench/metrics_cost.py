@@ -9,11 +9,12 @@ doing ``GET /metrics`` once a second for as long as the broker runs, and its scr
 count and failures are printed with each line.
 
     python bench/metrics_cost.py [--runs 3] [--quick] [--scenarios fan-in] [--interval 1]
-                                 [--rev HEAD]
+                                 [--rev HEAD] [--baseline main]
 
 Prints one JSON line per measurement, then the medians and the ratio metrics / none, of
 messages a second and of the broker's CPU time per delivered message (the steadier
-figure when other processes share the machine).
+figure when other processes share the machine).  ``--baseline main`` adds a third arm,
+that revision without metrics: what the counters added to the message path cost.
 """
 
 from __future__ import annotations
@@ -74,12 +75,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between scrapes")
     parser.add_argument("--rev", default=None,
                         help="run this git revision (git archive), not the working tree")
+    parser.add_argument("--baseline", default=None, metavar="REV",
+                        help="also run this revision without metrics (e.g. main: what the "
+                             "counters themselves cost)")
     args = parser.parse_args(argv)
     plain = compare.Ours("ours", "mqtt-twisted")
     metered = compare.Ours("ours-metrics", "mqtt-twisted --listen metrics=... scraped")
     if args.rev:
         for broker in (plain, metered):
             broker.use_revision(args.rev)
+    arms = [plain, metered]
+    if args.baseline:
+        baseline = compare.Ours("ours-baseline", f"mqtt-twisted at {args.baseline}")
+        baseline.use_revision(args.baseline)
+        arms.append(baseline)
     logdir = compare.RESULTS / time.strftime("metrics-%Y%m%d-%H%M%S")
     logdir.mkdir(parents=True, exist_ok=True)
     figures: dict[tuple[str, str], list[float]] = {}
@@ -87,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for run in range(args.runs):
             for scenario in args.scenarios.split(","):
-                order = [plain, metered] if run % 2 == 0 else [metered, plain]
+                order = arms[run % len(arms):] + arms[:run % len(arms)]  # rotated
                 for broker in order:
                     scraper = None
                     if broker is metered:
@@ -113,24 +122,31 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         compare.stop_all()
     failed = False
+    pairs = [("ours-metrics", "ours", "scraped metrics / none")]
+    if args.baseline:
+        pairs.append(("ours", "ours-baseline", f"this tree / {args.baseline}"))
     for scenario in args.scenarios.split(","):
-        base = figures.get(("ours", scenario), [])
-        metered_figures = figures.get(("ours-metrics", scenario), [])
-        if not base or not metered_figures:
-            print(f"{scenario}: no result for one of the brokers", file=sys.stderr)
-            failed = True
-            continue
-        b, m = statistics.median(base), statistics.median(metered_figures)
-        print(f"{scenario}: without metrics {b:,.0f} msg/s, scraped every {args.interval:g} s "
-              f"{m:,.0f} msg/s, ratio {m / b:.3f} (medians of {len(base)} and "
-              f"{len(metered_figures)})")
-        cb, cm = cpu.get(("ours", scenario), []), cpu.get(("ours-metrics", scenario), [])
-        if cb and cm:
-            b, m = statistics.median(cb), statistics.median(cm)
-            print(f"{scenario}: broker CPU per delivered message: without metrics {b:.2f} us, "
-                  f"with {m:.2f} us, ratio {m / b:.3f} (medians; steadier than msg/s when "
-                  f"other processes share the machine)")
+        for name, base_name, what in pairs:
+            failed |= report(figures, cpu, scenario, name, base_name, what)
     return 1 if failed else 0
+
+
+def report(figures: dict, cpu: dict, scenario: str, name: str, base_name: str,
+           what: str) -> bool:
+    """Print the medians of two arms and their ratios; True if one has no result."""
+    base, other = figures.get((base_name, scenario), []), figures.get((name, scenario), [])
+    if not base or not other:
+        print(f"{scenario}: no result for {name} or {base_name}", file=sys.stderr)
+        return True
+    b, m = statistics.median(base), statistics.median(other)
+    print(f"{scenario}, {what}: {m:,.0f} / {b:,.0f} msg/s, ratio {m / b:.3f} (medians of "
+          f"{len(other)} and {len(base)})")
+    cb, cm = cpu.get((base_name, scenario), []), cpu.get((name, scenario), [])
+    if cb and cm:
+        b, m = statistics.median(cb), statistics.median(cm)
+        print(f"{scenario}, {what}: broker CPU per delivered message {m:.2f} / {b:.2f} us, "
+              f"ratio {m / b:.3f} (medians; steadier than msg/s on a shared machine)")
+    return False
 
 
 if __name__ == "__main__":

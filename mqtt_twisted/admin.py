@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 #: Points of rate history kept (one a second: ten minutes).
 HISTORY = 600
+#: Seconds a stats answer (a walk over every session) is reused.
+STATS_FRESH = 0.5
 #: Counters of BrokerStats the admin API shows as they are.
 COUNTERS = ("messages_received", "messages_sent", "bytes_received", "bytes_sent",
             "messages_dropped", "dropped_too_large", "messages_expired", "clients_total",
@@ -81,6 +83,7 @@ class BrokerAdmin:
         #: The last minutes, a point a second (:meth:`sample`, called by the service).
         self.history: deque[dict[str, float]] = deque(maxlen=HISTORY)
         self._last: tuple[float, int, int, int, int] | None = None
+        self._stats: tuple[float, dict[str, Any]] | None = None
 
     # --- metrics -----------------------------------------------------------------------
 
@@ -280,10 +283,21 @@ class BrokerAdmin:
     # --- the broker's figures -------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Counters, gauges, the busiest topics and the last minutes' rates."""
+        """Counters, gauges, the busiest topics and the last minutes' rates.  The walk over
+        the sessions is made at most once per STATS_FRESH seconds, however many
+        dashboards ask."""
+        broker = self.broker
+        now = broker.clock.seconds()
+        cached = self._stats
+        if cached is None or not 0 <= now - cached[0] < STATS_FRESH:
+            cached = self._stats = (now, self._read_stats(now))
+        answer = dict(cached[1])
+        answer["history"] = list(self.history)
+        return answer
+
+    def _read_stats(self, now: float) -> dict[str, Any]:
         broker = self.broker
         stats = broker.stats
-        now = broker.clock.seconds()
         online, offline, queued, inflight = session_totals(broker)
         by_adapter: dict[str, int] = {}
         for (adapter, _), n in connection_counts(broker).items():
@@ -300,12 +314,12 @@ class BrokerAdmin:
             "inflight": inflight,
             "counters": {name: getattr(stats, name) for name in COUNTERS},
             "top_topics": [{"topic": t, "messages": n} for t, n in stats.topics.top(10)],
-            "history": list(self.history),
         }
 
     def sample(self) -> dict[str, float] | None:
         """Add a point to :attr:`history`: messages in and out a second since the last
-        sample, and connections now.  The first call only starts the count."""
+        sample, and connections now.  The first call only starts the count.  Runs every
+        second whether anyone looks or not, so it only reads counters (no walk)."""
         broker = self.broker
         stats = broker.stats
         now = broker.clock.seconds()
@@ -320,7 +334,7 @@ class BrokerAdmin:
                  "out": round((counts[2] - last[2]) / interval, 2),
                  "bytes_in": round((counts[3] - last[3]) / interval, 2),
                  "bytes_out": round((counts[4] - last[4]) / interval, 2),
-                 "connections": sum(connection_counts(broker).values())}
+                 "connections": stats.clients_connected}
         self.history.append(point)
         return point
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from zope.interface import implementer
 
+from mqtt_twisted.admin import BrokerAdmin
 from mqtt_twisted.codec.packets import Connect
 from mqtt_twisted.codec.topics import is_reserved_topic, validate_topic_name
 from mqtt_twisted.constants import ReasonCode
@@ -55,8 +56,6 @@ class Gateway:
     """One per broker; every adapter's only door into it."""
 
     def __init__(self, broker: Broker) -> None:
-        from mqtt_twisted.admin import BrokerAdmin
-
         self.broker = broker
         #: Metrics and the admin API's questions (IBrokerAdmin).
         self.admin = BrokerAdmin(broker, self)

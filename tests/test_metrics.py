@@ -223,6 +223,20 @@ class CounterTests(SynchronousTestCase):
         self.assertEqual(buckets[0.005], 2)
         self.assertEqual(buckets[float("inf")], 2)
 
+    def test_top_topics_sampled_and_decaying(self) -> None:
+        """Topics noted (one message in TOPIC_SAMPLE) rank by count, $SYS left out, and
+        old counts halve every ``decay`` notes so new traffic overtakes them."""
+        from mqtt_twisted.core.stats import TOPIC_SAMPLE, TopicSample
+
+        sample = TopicSample(decay=8)
+        for topic in ["old"] * 6 + ["$SYS/broker/uptime"]:
+            sample.note(topic)
+        self.assertEqual(sample.top(), [("old", 6 * TOPIC_SAMPLE)])
+        sample.note("new")  # the 8th note: counts halve
+        for _ in range(4):
+            sample.note("new")
+        self.assertEqual([t for t, _ in sample.top()], ["new", "old"])
+
     def test_outages_counted(self) -> None:
         """An outage is counted once however many connections go down, with its length."""
         clock = Clock()
