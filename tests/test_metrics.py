@@ -26,6 +26,7 @@ from mqtt_twisted.store.outage import OutageLog
 from tests.httpbroker import HTTPBrokerTestCase, read_body
 from tests.pahoclient import PahoClient, with_timeout
 from tests.test_auth_passwd import ALICE, CAROL
+from tests.test_twistd_run import TwistdTestCase, _listen
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -268,3 +269,33 @@ class TapTests(SynchronousTestCase):
         with self.assertRaises(UsageError) as caught:
             Options().parseOptions(["--listen", "metrics=tcp:9100:path=/x"])
         self.assertIn("path", str(caught.exception))
+
+
+class TwistdMetricsTests(TwistdTestCase):
+    """A real ``twistd mqttbroker --listen metrics=...`` process, scraped by curl."""
+
+    @inlineCallbacks
+    def test_twistd_metrics_listener(self) -> None:
+        """The metrics adapter is found as a plugin by twistd; after a paho publish the
+        scrape (curl, parsed by prometheus-client) counts it."""
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        from tests.redisserver import free_port
+
+        mqtt, metrics = free_port(), free_port()
+        proc = self.twistd("-n", "--pidfile=", "mqttbroker", "--sys-interval", "0",
+                           "--listen", _listen(mqtt),
+                           "--listen", f"metrics={_listen(metrics)}")
+        yield self.wait_for_port(metrics, proc)
+        client = PahoClient(self.reactor, mqtt, "twistd-pub")
+        self.addCleanup(client.stop)
+        yield client.connect()
+        yield client.publish("t/x", b"hello", 1)
+        out, err, code = yield getProcessOutputAndValue(
+            "curl", ["-s", "-m", "10", f"http://127.0.0.1:{metrics}/metrics"],
+            env={"NO_PROXY": "*"}, reactor=self.reactor)
+        self.assertEqual(code, 0, err)
+        samples = parse(out.decode())
+        self.assertEqual(value(samples, "mqtt_messages_received_total", qos="1"), 1)
+        self.assertEqual(value(samples, "mqtt_connections", adapter="mqtt",
+                               protocol="mqtt3.1.1"), 1)
