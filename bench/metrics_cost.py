@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import sys
@@ -67,6 +68,33 @@ def cpu_per_message(line: dict) -> float | None:
     return 1e6 * float(line["broker_cpu_s"]) / float(delivered)
 
 
+def scrape_cost(scrapes: int, logdir) -> float:
+    """The broker's CPU milliseconds per scrape, idle (no clients): started afresh, scraped
+    ``scrapes`` times in a row; its CPU clock ticks before and after."""
+    broker = compare.Ours("ours-metrics", "mqtt-twisted --listen metrics=...")
+    port = free_port()
+    broker.extra = ("--listen", f"metrics=tcp:{port}:interface=127.0.0.1")
+    running = compare.start(broker, logdir)
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=5).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        before = compare.process_ticks(running.proc.pid)
+        for _ in range(scrapes):
+            urllib.request.urlopen(url, timeout=5).read()
+        ticks = compare.process_ticks(running.proc.pid) - before
+    finally:
+        compare.stop(running)
+    return 1000.0 * ticks / os.sysconf("SC_CLK_TCK") / scrapes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -78,7 +106,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", default=None, metavar="REV",
                         help="also run this revision without metrics (e.g. main: what the "
                              "counters themselves cost)")
+    parser.add_argument("--scrape-cost", type=int, default=0, metavar="N",
+                        help="only measure the broker's CPU per scrape over N scrapes, idle")
     args = parser.parse_args(argv)
+    if args.scrape_cost:
+        logdir = compare.RESULTS / time.strftime("metrics-%Y%m%d-%H%M%S")
+        logdir.mkdir(parents=True, exist_ok=True)
+        ms = scrape_cost(args.scrape_cost, logdir)
+        print(f"broker CPU per scrape: {ms:.2f} ms over {args.scrape_cost} scrapes "
+              f"(scraped every {args.interval:g} s: {ms / 10 / args.interval:.2f}% of a core)")
+        return 0
     plain = compare.Ours("ours", "mqtt-twisted")
     metered = compare.Ours("ours-metrics", "mqtt-twisted --listen metrics=... scraped")
     if args.rev:
