@@ -11,14 +11,18 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import LoopingCall
 from twisted.trial.unittest import SynchronousTestCase
 
+from mqtt_twisted.auth.passwd import PasswordFileAuthenticator, parse_passwd
 from mqtt_twisted.core import inspection
+from mqtt_twisted.core.settings import BrokerSettings
 from tests.cdp import Browser
 from tests.httpbroker import HTTPBrokerTestCase
+from tests.test_auth_passwd import ALICE, CAROL
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,3 +110,38 @@ class PackageDataTests(SynchronousTestCase):
         names = set(zipfile.ZipFile(wheel).namelist())
         for name in ("index.html", "dashboard.js", "dashboard.css"):
             self.assertIn(f"mqtt_twisted/dashboard/{name}", names)
+
+
+class DashboardAuthBrowserTests(HTTPBrokerTestCase):
+    """With --auth passwd and carol as --admin-user, in Chromium."""
+
+    timeout = 120
+    settings = BrokerSettings(admin_users=frozenset({"carol"}))
+
+    def setUp(self) -> Any:
+        from twisted.internet import reactor
+
+        self.authenticator = PasswordFileAuthenticator(parse_passwd(f"{ALICE}\n{CAROL}\n", "f"),
+                                                       reactor=reactor)
+        return super().setUp()
+
+    @inlineCallbacks
+    def test_admin_logs_in(self) -> None:
+        """Credentials given once (as a login prompt would) carry the page's own API and
+        SSE requests: carol's dashboard goes live and lists her client; alice's page is
+        refused (403), so no data reaches it."""
+        client = yield self.paho("carols-device", username="carol", password="c3")
+        self.assertTrue(client)
+        browser = Browser(self, self.reactor)
+        yield browser.start()
+        port = self.http_port
+        yield browser.command("Page.navigate",
+                              url=f"http://alice:secret1@127.0.0.1:{port}/dashboard/")
+        yield browser.wait_for("document.body && document.body.innerText.includes('admin')")
+        self.assertIsNone((yield browser.evaluate("document.getElementById('clients')")))
+        yield browser.command("Page.navigate",
+                              url=f"http://carol:c3@localhost:{port}/dashboard/")
+        yield browser.wait_for("document.getElementById('status').classList.contains('live')")
+        yield browser.wait_for("document.querySelectorAll('#clients tr').length === 1")
+        self.assertEqual((yield browser.evaluate(
+            "document.querySelector('#clients tr').dataset.client")), "carols-device")

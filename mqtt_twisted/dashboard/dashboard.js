@@ -4,7 +4,14 @@
 // client chose (client ids, topics, peers) goes into the page as text, never as HTML.
 "use strict";
 
-const API = "../admin/";
+// The admin API beside /dashboard/, without any user:password@ the page's URL carries
+// (fetch refuses such URLs; the browser sends the credentials it was given by itself).
+const API = (() => {
+  const url = new URL("../admin/", window.location.href);
+  url.username = "";
+  url.password = "";
+  return url.href;
+})();
 const HISTORY = 600;  // points, one a second
 let history = [];
 let search = "";
