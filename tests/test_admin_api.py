@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import SynchronousTestCase
 
 from mqtt_twisted.auth.passwd import PasswordFileAuthenticator, parse_passwd
 from mqtt_twisted.core import inspection
@@ -227,3 +228,54 @@ class AdminAuthTests(HTTPBrokerTestCase):
                                      method="DELETE")
         self.assertEqual(code, 204)
         yield client.disconnected
+
+
+class StatsStreamTests(SynchronousTestCase):
+    """/admin/events on a clock: what a stalled reader costs."""
+
+    def test_paused_while_transport_full(self) -> None:
+        """A stats event a second; none while the transport says it is full (the stream
+        is the request's push producer), and again once it drains; none after the end."""
+        from twisted.internet.task import Clock
+
+        from mqtt_twisted.adapters._httpadmin import StatsStream
+        from mqtt_twisted.admin import BrokerAdmin
+        from mqtt_twisted.testing import make_broker
+
+        clock = Clock()
+        request = _Request()
+        stream = StatsStream(request, BrokerAdmin(make_broker()[0]), clock)
+        stream.start()
+        self.assertIs(request.producer, stream)
+        self.assertEqual(len(request.written), 1)
+        self.assertTrue(request.written[0].startswith(b"event: stats\n"))
+        stream.pauseProducing()
+        for _ in range(3):
+            clock.advance(1)
+        self.assertEqual((len(request.written), stream.skipped), (1, 3))
+        stream.resumeProducing()
+        clock.advance(1)
+        self.assertEqual(len(request.written), 2)
+        stream.stopProducing()
+        clock.advance(5)
+        self.assertEqual(len(request.written), 2)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class _Request:
+    """What StatsStream uses of a twisted.web request (twisted's DummyRequest pulls from
+    any producer in a loop: no use for a push producer)."""
+
+    finished = False
+    _disconnected = False
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.producer: Any = None
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        assert streaming
+        self.producer = producer
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)

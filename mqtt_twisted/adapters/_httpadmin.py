@@ -12,9 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import LoopingCall
 from twisted.web.resource import Resource
 from twisted.web.server import Request
+from zope.interface import implementer
 
 from mqtt_twisted.adapters import _httpapi as api
 from mqtt_twisted.adapters._httpapi import ApiError
@@ -168,6 +170,49 @@ class StatsEndpoint(_Endpoint):
         respond(request, 200, api.dumps(self.bridge.service.admin.stats()))
 
 
+@implementer(IPushProducer)
+class StatsStream:
+    """One ``/admin/events`` stream: a stats event a second, skipped while the client's
+    transport is full (it is the request's producer), so a reader that stalls costs a
+    few events' bytes, not a second's worth each second for as long as it stalls."""
+
+    def __init__(self, request: Request, admin: Any, reactor: Any) -> None:
+        self.request = request
+        self.admin = admin
+        self.paused = False
+        self.skipped = 0
+        self.loop = LoopingCall(self.tick)
+        self.loop.clock = reactor
+
+    def start(self) -> None:
+        self.request.registerProducer(self, True)
+        self.loop.start(EVENT_INTERVAL, now=True)
+
+    def tick(self) -> None:
+        if gone(self.request):
+            return
+        if self.paused:
+            self.skipped += 1
+            return
+        stats = self.admin.stats()
+        history = stats.pop("history")
+        stats["point"] = history[-1] if history else None
+        self.request.write(api.sse(api.dumps(stats), name="stats"))
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        self.end()
+
+    def end(self) -> None:
+        if self.loop.running:
+            self.loop.stop()
+
+
 class EventsEndpoint(_Endpoint):
     """``GET /admin/events``: Server-Sent Events, ``event: stats`` once a second (the
     stats without their history, with the latest point), for the dashboard."""
@@ -187,26 +232,14 @@ class EventsEndpoint(_Endpoint):
         streams.add(request)
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
-        admin = bridge.service.admin
-
-        def tick() -> None:
-            if gone(request):
-                return
-            stats = admin.stats()
-            history = stats.pop("history")
-            stats["point"] = history[-1] if history else None
-            request.write(api.sse(api.dumps(stats), name="stats"))
-
-        loop = LoopingCall(tick)
-        loop.clock = bridge.reactor
+        stream = StatsStream(request, bridge.service.admin, bridge.reactor)
 
         def ended(_: Any) -> None:
             streams.discard(request)
-            if loop.running:
-                loop.stop()
+            stream.end()
 
         request.notifyFinish().addBoth(ended)
-        loop.start(EVENT_INTERVAL, now=True)
+        stream.start()
 
 
 def install(bridge: Any) -> None:
