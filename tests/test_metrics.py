@@ -299,3 +299,77 @@ class TwistdMetricsTests(TwistdTestCase):
         self.assertEqual(value(samples, "mqtt_messages_received_total", qos="1"), 1)
         self.assertEqual(value(samples, "mqtt_connections", adapter="mqtt",
                                protocol="mqtt3.1.1"), 1)
+
+
+class RedisMetricsTests(_MetricsBroker):
+    """With the Redis store (a real redis-server): the store latency histogram fills,
+    and an outage shows in mqtt_store_up and is counted once."""
+
+    timeout = 90
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        from twisted.internet import reactor
+
+        from tests.redisserver import RedisServer, temp_dir
+
+        self.redis = RedisServer(reactor, temp_dir(self))
+        yield self.redis.start()
+        self.addCleanup(self.redis.stop)
+        yield super().setUp()
+        # Cleanups run last first: the broker stops while Redis still runs.
+        self.addCleanup(HTTPBrokerTestCase.tearDown, self)
+
+    def tearDown(self) -> None:
+        pass  # (in a cleanup, above)
+
+    def make_store(self) -> Any:
+        from twisted.internet import reactor
+
+        from mqtt_twisted.store.redis import RedisStore
+
+        return RedisStore.fromURL(reactor, self.redis.url(timeout=2))
+
+    @inlineCallbacks
+    def samples(self) -> Any:
+        _, _, text = yield self.scrape()
+        return parse(text)
+
+    @inlineCallbacks
+    def test_store_latency_and_outage(self) -> None:
+        """QoS 1 messages for a persistent session are store writes, one in 16 timed into
+        the histogram; Redis stopped: mqtt_store_up 0 and one outage; back: 1 again and
+        the outage's seconds counted."""
+        sub = yield self.paho("redis-sub", clean_session=False)
+        yield sub.subscribe(("q/#", 1))
+        pub = yield self.paho("redis-pub")
+        for i in range(40):
+            yield pub.publish("q/x", b"%d" % i, 1)
+        yield sub.collect(40)
+        samples = yield self.samples()
+        self.assertGreaterEqual(value(samples, "mqtt_store_writes_total"), 40)
+        count = value(samples, "mqtt_store_latency_seconds_count")
+        self.assertGreaterEqual(count, 2)
+        self.assertEqual(value(samples, "mqtt_store_latency_seconds_bucket", le="+Inf"), count)
+        self.assertGreater(value(samples, "mqtt_store_latency_seconds_sum"), 0)
+        self.assertEqual(value(samples, "mqtt_store_up"), 1)
+        self.assertEqual(value(samples, "mqtt_store_outages_total"), 0)
+
+        yield self.redis.stop()
+        state: dict[str, Any] = {}
+
+        @inlineCallbacks
+        def store_is(up: int) -> Any:
+            for _ in range(300):
+                state["samples"] = yield self.samples()
+                if value(state["samples"], "mqtt_store_up") == up:
+                    return
+                yield self.sleep(0.1)
+            self.fail(f"mqtt_store_up never became {up}")
+
+        yield store_is(0)
+        self.assertEqual(value(state["samples"], "mqtt_store_outages_total"), 1)
+        yield self.redis.start()
+        yield store_is(1)
+        self.assertEqual(value(state["samples"], "mqtt_store_outages_total"), 1)
+        self.assertGreater(value(state["samples"], "mqtt_store_outage_seconds_total"), 0)
