@@ -344,7 +344,8 @@ def measure(broker: Broker, scenario: str, quick: bool, logdir: Path) -> dict:
         args = ["--port", str(running.port), "--scenario", scenario, "--broker", broker.name,
                 "--broker-pid", str(running.proc.pid)] + (["--quick"] if quick else [])
         total0, busy0 = cpu_ticks()
-        ours0 = children_ticks() + process_ticks(running.proc.pid)
+        broker0 = process_ticks(running.proc.pid)
+        ours0 = children_ticks() + broker0
         try:
             line = run_loadgen(args, cfg.scenario_timeout_s + 30)[0]
         except subprocess.TimeoutExpired:
@@ -352,7 +353,10 @@ def measure(broker: Broker, scenario: str, quick: bool, logdir: Path) -> dict:
         except RuntimeError as e:
             line = {**base, "ok": False, "error": str(e)}
         total1, busy1 = cpu_ticks()
-        ours = children_ticks() + process_ticks(running.proc.pid) - ours0
+        broker1 = process_ticks(running.proc.pid)
+        ours = children_ticks() + broker1 - ours0
+        # The broker's own CPU seconds: per message, steadier than a rate on a busy machine.
+        line["broker_cpu_s"] = round((broker1 - broker0) / os.sysconf("SC_CLK_TCK"), 2)
         line["background_pct"] = quiet
         line["foreign_cpu_pct"] = round(
             max(0.0, 100.0 * (busy1 - busy0 - ours) / max(1, total1 - total0)), 1)

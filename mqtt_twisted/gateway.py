@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from zope.interface import implementer
 
+from mqtt_twisted.admin import BrokerAdmin
 from mqtt_twisted.codec.packets import Connect
 from mqtt_twisted.codec.topics import is_reserved_topic, validate_topic_name
 from mqtt_twisted.constants import ReasonCode
@@ -58,6 +59,10 @@ class Gateway:
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
+        #: Metrics and the admin API's questions (IBrokerAdmin).
+        self.admin = BrokerAdmin(broker, self)
+        #: Where the listeners' connection limits register (adapters/kit.py).
+        self.listener_limits = self.admin.listener_limits
 
     @property
     def stats(self) -> Any:
@@ -120,6 +125,15 @@ class Gateway:
             return succeed(True)
         ask = authorizer.mayPublish if action == PUBLISH else authorizer.maySubscribe
         return maybeDeferred(ask, identity, clientId, topic).addCallback(bool)
+
+    def isAdmin(self, identity: Any) -> bool:
+        """Whether ``identity`` may use the admin API and read the metrics over HTTP:
+        anyone on an anonymous broker (as for removing a session), else an ``--admin-user``."""
+        broker = self.broker
+        if broker.authenticator is None:
+            return True
+        owner = owner_of(identity)
+        return owner is not None and owner in broker.settings.admin_users
 
     def mayRemoveSession(self, identity: Any, clientId: str) -> Deferred[bool]:
         """Whether ``identity`` may disconnect ``clientId`` and delete its session: anyone

@@ -242,6 +242,44 @@ class IBrokerService(Interface):
         ones left out)."""
 
 
+class IBrokerAdmin(Interface):
+    """What an operator may ask of the broker (``Gateway.admin``, ``mqtt_twisted/admin.py``):
+    metrics, and the admin API's questions.  Who may ask is the adapter's check
+    (``Gateway.isAdmin``)."""
+
+    listener_limits = Attribute("A WeakSet the listeners' connection limits add themselves "
+                                "to, so that the metrics can read them.")
+
+    def metrics():
+        """Deferred firing with every metric family (``core/metrics.py`` ``Family``),
+        read from the broker's counters now."""
+
+    def clients(search=None, limit=100, after=None):
+        """A page of sessions (a JSON-ready dict: ``clients``, ``next``)."""
+
+    def client(clientId):
+        """One session in full (a JSON-ready dict), or None."""
+
+    def kick(clientId, remove=False):
+        """Disconnect a client (``remove``: and delete its session); False if unknown."""
+
+    def subscriptions(prefix=None, limit=100, after=None):
+        """A page of subscriptions (``subscriptions``, ``next``: an opaque cursor)."""
+
+    def retained(topicFilter="#", limit=100, after=None):
+        """Deferred firing with a page of retained topics (``topics``, ``next``)."""
+
+    def deleteRetained(topic):
+        """Deferred firing with whether a retained message was there (and is deleted)."""
+
+    def stats():
+        """Counters, gauges, the busiest topics and the rate history (a JSON-ready dict)."""
+
+    def sample():
+        """Add a point (messages in and out a second, connections) to the history; the
+        broker service calls it once a second."""
+
+
 # --- Sessions ------------------------------------------------------------------------------
 
 

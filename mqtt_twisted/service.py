@@ -29,6 +29,8 @@ from mqtt_twisted.store.overlay import SysRetainedOverlay, purge_sys_retained
 
 #: How long shutdown waits for clients to go before closing the store anyway.
 SHUTDOWN_GRACE = 5.0
+#: Seconds between the points of the admin API's rate history.
+ADMIN_SAMPLE = 1.0
 #: Sessions loaded from the store at once when the broker starts.
 RESTORE_BATCH = 500
 
@@ -66,6 +68,7 @@ class BrokerService(MultiService):
         self.ready: Deferred[None] = Deferred()
         self.sys_interval = sys_interval
         self._sys_loop: LoopingCall | None = None
+        self._admin_loop: LoopingCall | None = None
         #: The cluster node (``cluster/node.py``) when the broker is one of several.
         self.cluster: Any = None
         #: Called on SIGHUP after the files below are re-read (``tap.py`` adds the
@@ -129,6 +132,11 @@ class BrokerService(MultiService):
             except (CannotListenError, OSError) as e:
                 raise StartError(f"listener {service.name}", e) from e
             self._log_listener("Listening: {listener}", "listener_start", service)
+        # The admin API's and dashboard's rate history: one point a second.
+        self._admin_loop = LoopingCall(self.gateway.admin.sample)
+        self._admin_loop.clock = self.reactor
+        self._admin_loop.start(ADMIN_SAMPLE, now=True).addErrback(
+            lambda f: self.log.failure("Admin sampling failed", f))
         if self.sys_interval:
             self._sys_loop = LoopingCall(SysTopics(self.broker).tick)
             self._sys_loop.clock = self.reactor
@@ -187,8 +195,9 @@ class BrokerService(MultiService):
         """Close listeners, disconnect clients (v5: 0x8B), then flush and close the store."""
         Service.stopService(self)
         self._uninstall_sighup()
-        if self._sys_loop is not None and self._sys_loop.running:
-            self._sys_loop.stop()
+        for loop in (self._sys_loop, self._admin_loop):
+            if loop is not None and loop.running:
+                loop.stop()
         for service in reversed(list(self)):
             # Stopped explicitly: removeService() skips stopService() once we are not running.
             if service.running:

@@ -77,8 +77,10 @@ def check_answer(case: unittest.TestCase, method: str, url: str, status: int,
 
 
 def check_event(name: str | None, data: dict[str, Any]) -> None:
-    """An SSE event's data must follow its schema (Message, Subscribed or Closed)."""
-    schema = {"subscribed": "Subscribed", "close": "Closed"}.get(name or "", "Message")
+    """An SSE event's data must follow its schema (Message, Subscribed, Closed, or
+    StatsEvent for the admin API's stats)."""
+    schema = {"subscribed": "Subscribed", "close": "Closed",
+              "stats": "StatsEvent"}.get(name or "", "Message")
     schema_validator({"$ref": f"#/components/schemas/{schema}"}).validate(data)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
@@ -131,7 +132,8 @@ class ExampleBrokerTests(TwistdTestCase):
     @defer.inlineCallbacks
     def test_example_serves_paho_and_curl(self) -> Any:
         """MQTT, TLS and WebSocket paho clients and curl on the HTTP bridge, all with the
-        password file's user, reach one subscriber; a wrong password is refused."""
+        password file's user, reach one subscriber; a wrong password is refused; the
+        metrics listener's scrape counts it all (issue 17's "Done when")."""
         cwd = self.directory()
         path, ports, ca = self.example(cwd)
         proc = self.twistd("-n", "--pidfile=", "mqttbroker", "--config", str(path), cwd=cwd)
@@ -165,6 +167,22 @@ class ExampleBrokerTests(TwistdTestCase):
                           ("example/ws", b"over ws")])
         wrong = paho(ports["mqtt"], "wrong", password="nope")
         self.assertNotEqual((yield wrong.connect()).rc, 0)
+        # The metrics listener, scraped as Prometheus would and parsed by its own parser:
+        # the three QoS 1 messages above are counted.
+        out, err, code = yield getProcessOutputAndValue(
+            "curl", ["-sS", f"http://127.0.0.1:{ports['metrics']}/metrics"],
+            env=dict(os.environ))
+        self.assertEqual(code, 0, err)
+        families = {f.name: f for f in text_string_to_metric_families(out.decode())}
+        received = {s.labels["qos"]: s.value for s in
+                    families["mqtt_messages_received"].samples
+                    if s.name == "mqtt_messages_received_total"}
+        self.assertEqual(received["1"], 3)
+        refusals = {s.labels["reason"]: s.value for s in
+                    families["mqtt_connect_refusals"].samples
+                    if s.name == "mqtt_connect_refusals_total"}
+        self.assertGreaterEqual(refusals.get("bad_user_name_or_password", 0)
+                                + refusals.get("not_authorized", 0), 1)
 
 
 class SighupTests(TwistdTestCase):

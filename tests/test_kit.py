@@ -173,7 +173,7 @@ class TypedOptionTests(SynchronousTestCase):
         section = text[text.index("Listener keys, "):]
         self.assertIn("every adapter:", section)
         self.assertIn("maxConnections=N", section)
-        self.assertIn("auto, coap, http, mqtt, ws:", section)  # TLS keys: once, not five times
+        self.assertIn("auto, coap, http, metrics, mqtt, ws:", section)  # TLS keys: once, not six times
         self.assertEqual(section.count("tlsMinimum="), 1)
         self.assertIn("maxFrameSize=BYTES", section)
         self.assertRegex(section, r"maxPayload=BYTES +largest request body.*\(default 1048576\)")

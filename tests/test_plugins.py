@@ -301,6 +301,9 @@ class ContractTests(SynchronousTestCase):
             "mqtt_twisted.auth.chain.AuthChain",
             "mqtt_twisted.auth.chain._ChainExchange",
             "mqtt_twisted.adapters.http.HTTPAdapter",
+            # verifyObject in tests/test_metrics.py (test_interfaces):
+            "mqtt_twisted.adapters.metrics.MetricsAdapter",
+            "mqtt_twisted.admin.BrokerAdmin",
             "mqtt_twisted.adapters._httpstream.Subscription",
             "mqtt_twisted.adapters.detect.DetectAdapter",
             # verifyObject of the optional hooks in test_adapter_hooks:

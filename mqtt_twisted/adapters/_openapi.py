@@ -52,6 +52,8 @@ _CLIENT = _param("client", "Client identifier. For /subscribe: a persistent sess
                  "id (queued messages kept between requests, Last-Event-ID resume); "
                  "otherwise: the client id the authenticator and authorizer see.",
                  {"type": "string", "minLength": 1})
+_LIMIT = _param("limit", "Entries per page.", {"type": "integer", "minimum": 1,
+                                                "maximum": 1000, "default": 100})
 _QOS = _param("qos", "Quality of service.", {"type": "integer", "enum": [0, 1, 2], "default": 0})
 _STRING = {"type": "string"}
 
@@ -170,6 +172,148 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 
+_NULLABLE_STRING = {"type": ["string", "null"]}
+_COUNT = {"type": "integer", "minimum": 0}
+_CLIENT_FIELDS: dict[str, Any] = {
+    "client_id": _STRING,
+    "online": {"type": "boolean", "description": "A connection is attached."},
+    "persistent": {"type": "boolean", "description": "The session outlives its connection."},
+    "adapter": {**_NULLABLE_STRING, "description": "mqtt, ws, auto, http, coap...; null "
+                "while offline."},
+    "protocol": {**_NULLABLE_STRING, "description": "mqtt3.1, mqtt3.1.1, mqtt5, or the "
+                 "adapter's name for an adapter's session; null while offline."},
+    "peer": {**_NULLABLE_STRING, "description": "The client's address; null while offline."},
+    "user": {**_NULLABLE_STRING, "description": "The user the session belongs to."},
+    "queued": {**_COUNT, "description": "Messages waiting behind the in-flight window."},
+    "inflight": {**_COUNT, "description": "QoS 1/2 messages sent, not yet acknowledged."},
+}
+_ADMIN_SCHEMAS: dict[str, Any] = {
+    "ClientSummary": {
+        "type": "object",
+        "required": [*_CLIENT_FIELDS, "subscriptions"],
+        "properties": {**_CLIENT_FIELDS, "subscriptions": {
+            **_COUNT, "description": "Subscriptions held."}},
+        "additionalProperties": False,
+    },
+    "ClientList": {
+        "type": "object",
+        "required": ["clients"],
+        "properties": {
+            "clients": {"type": "array", "items": _ref("ClientSummary")},
+            "next": {"type": "string", "description": "More follow: ask again with "
+                     "after=<this client id>. Absent on the last page."},
+        },
+        "additionalProperties": False,
+    },
+    "Client": {
+        "type": "object",
+        "required": [*_CLIENT_FIELDS, "subscriptions", "subscription_count", "inflight_ids",
+                     "dropped", "expiry_interval", "disconnected_at", "will_topic",
+                     "keep_alive", "paused"],
+        "properties": {
+            **_CLIENT_FIELDS,
+            "subscriptions": {"type": "array", "items": {
+                "type": "object",
+                "required": ["topic", "qos", "no_local", "retain_as_published",
+                             "retain_handling"],
+                "properties": {"topic": _STRING, "qos": {"type": "integer", "enum": [0, 1, 2]},
+                               "no_local": {"type": "boolean"},
+                               "retain_as_published": {"type": "boolean"},
+                               "retain_handling": {"type": "integer", "enum": [0, 1, 2]}},
+                "additionalProperties": False}},
+            "subscription_count": _COUNT,
+            "inflight_ids": {"type": "array", "items": {"type": "integer"},
+                             "description": "Packet ids in flight, in order."},
+            "dropped": {**_COUNT, "description": "Queued messages dropped (queue full)."},
+            "expiry_interval": {"type": ["number", "null"],
+                                "description": "Session expiry in seconds; null: never."},
+            "disconnected_at": {"type": ["number", "null"], "description": "Unix time."},
+            "will_topic": _NULLABLE_STRING,
+            "keep_alive": {"type": ["integer", "null"]},
+            "paused": {"type": "boolean", "description": "Its transport is full: the broker "
+                       "queues for it."},
+        },
+        "additionalProperties": False,
+    },
+    "SubscriptionList": {
+        "type": "object",
+        "required": ["subscriptions"],
+        "properties": {
+            "subscriptions": {"type": "array", "items": {
+                "type": "object", "required": ["topic", "client_id", "qos"],
+                "properties": {"topic": _STRING, "client_id": _STRING,
+                               "qos": {"type": "integer", "enum": [0, 1, 2]}},
+                "additionalProperties": False}},
+            "next": {"type": "string", "description": "More follow: ask again with "
+                     "after=<this cursor>. Absent on the last page."},
+        },
+        "additionalProperties": False,
+    },
+    "RetainedTopics": {
+        "type": "object",
+        "required": ["topics"],
+        "properties": {
+            "topics": {"type": "array", "items": {
+                "type": "object", "required": ["topic", "qos", "bytes"],
+                "properties": {"topic": _STRING, "qos": {"type": "integer", "enum": [0, 1, 2]},
+                               "bytes": {**_COUNT, "description": "Payload size."}},
+                "additionalProperties": False}},
+            "next": {"type": "string", "description": "More follow: ask again with "
+                     "after=<this topic>. Absent on the last page."},
+        },
+        "additionalProperties": False,
+    },
+    "RatePoint": {
+        "type": "object",
+        "required": ["time", "in", "out", "bytes_in", "bytes_out", "connections"],
+        "properties": {"time": {"type": "number"},
+                       "in": {"type": "number", "description": "Messages in a second."},
+                       "out": {"type": "number", "description": "Messages out a second."},
+                       "bytes_in": {"type": "number"}, "bytes_out": {"type": "number"},
+                       "connections": _COUNT},
+        "additionalProperties": False,
+    },
+    "Stats": {
+        "type": "object",
+        "required": ["version", "time", "uptime_seconds", "connections",
+                     "connections_by_adapter", "sessions", "subscriptions", "queued",
+                     "inflight", "counters", "top_topics", "history"],
+        "properties": {
+            "version": _STRING,
+            "time": {"type": "number", "description": "The broker's clock (Unix time)."},
+            "uptime_seconds": {"type": "number"},
+            "connections": _COUNT,
+            "connections_by_adapter": {"type": "object", "additionalProperties": _COUNT},
+            "sessions": {"type": "object", "required": ["online", "offline"],
+                         "properties": {"online": _COUNT, "offline": _COUNT},
+                         "additionalProperties": False},
+            "subscriptions": _COUNT, "queued": _COUNT, "inflight": _COUNT,
+            "counters": {"type": "object", "additionalProperties": _COUNT,
+                         "description": "The broker's counters since it started "
+                                        "(docs/admin-api.md)."},
+            "top_topics": {"type": "array", "items": {
+                "type": "object", "required": ["topic", "messages"],
+                "properties": {"topic": _STRING, "messages": {
+                    **_COUNT, "description": "Estimated from one message in 16, decaying."}},
+                "additionalProperties": False}},
+            "history": {"type": "array", "items": _ref("RatePoint"),
+                        "description": "A point a second, the last ten minutes."},
+        },
+        "additionalProperties": False,
+    },
+}
+_stats = _ADMIN_SCHEMAS["Stats"]
+_ADMIN_SCHEMAS["StatsEvent"] = {
+    **_stats,
+    "description": "Data of an /admin/events 'stats' event: Stats without its history, "
+                   "with the latest point.",
+    "required": [*(r for r in _stats["required"] if r != "history"), "point"],
+    "properties": {**{k: v for k, v in _stats["properties"].items() if k != "history"},
+                   "point": {"oneOf": [_ref("RatePoint"), {"type": "null"}]}},
+}
+_SCHEMAS.update(_ADMIN_SCHEMAS)
+
+
 def _header(name: str, description: str, schema: dict[str, Any] | None = None) -> dict:
     return _param(name, description, schema or _STRING, where="header")
 
@@ -240,8 +384,9 @@ _DOCUMENT: dict[str, Any] = {
     "info": {
         "title": "mqtt-twisted HTTP bridge",
         "version": __version__,
-        "description": "Publish and subscribe over HTTP on the same broker as MQTT clients. "
-                       "See docs/http-api.md.",
+        "description": "Publish and subscribe over HTTP on the same broker as MQTT clients "
+                       "(docs/http-api.md); for admin users, metrics, the admin API and the "
+                       "dashboard (docs/admin-api.md).",
     },
     "servers": [{"url": "/"}],
     "security": [{}, {"basic": []}, {"bearer": []}],
@@ -285,6 +430,102 @@ _DOCUMENT: dict[str, Any] = {
                 "404": _error("No session of that client."),
             },
         }},
+        "/metrics": {"get": {
+            "summary": "Prometheus metrics (docs/metrics.md), for admin users.",
+            "operationId": "metrics",
+            "parameters": [_header("Accept", "application/openmetrics-text for OpenMetrics; "
+                                   "otherwise Prometheus's text format 0.0.4.")],
+            "responses": {
+                "200": {"description": "Every metric, read when asked.", "content": {
+                    "text/plain": {"schema": _STRING},
+                    "application/openmetrics-text": {"schema": _STRING}}},
+                **_COMMON_ERRORS,
+            },
+        }},
+        "/admin/clients": {"get": {
+            "summary": "A page of sessions by client id (admins).",
+            "operationId": "adminClients",
+            "parameters": [
+                _param("search", "Only client ids, peers or users containing this (any "
+                       "case).", _STRING),
+                _LIMIT, _param("after", "The previous page's next.", _STRING)],
+            "responses": {"200": _json("ClientList", "One page."), **_COMMON_ERRORS},
+        }},
+        "/admin/client": {
+            "get": {"summary": "One session in full (admins).",
+                    "operationId": "adminClient",
+                    "parameters": [_param("client", "Client identifier.", _STRING,
+                                          required=True)],
+                    "responses": {"200": _json("Client", "The session."), **_COMMON_ERRORS,
+                                  "404": _error("No session of that client.")}},
+            "delete": {"summary": "Kick a client: disconnect it (MQTT 5: DISCONNECT 0x98); "
+                                  "with remove=1 delete its session too (admins).",
+                       "operationId": "adminKick",
+                       "parameters": [
+                           _param("client", "Client identifier.", _STRING, required=True),
+                           _param("remove", "Also delete the session.",
+                                  {"type": "string", "enum": ["0", "1", "true", "false"],
+                                   "default": "0"})],
+                       "responses": {"204": {"description": "Disconnected (and removed)."},
+                                     **_COMMON_ERRORS,
+                                     "404": _error("No session of that client.")}},
+        },
+        "/admin/subscriptions": {"get": {
+            "summary": "A page of every session's subscriptions, by filter then client id "
+                       "(admins).",
+            "operationId": "adminSubscriptions",
+            "parameters": [
+                _param("prefix", "Only filters starting with this.", _STRING), _LIMIT,
+                _param("after", "The previous page's next (an opaque cursor).", _STRING)],
+            "responses": {"200": _json("SubscriptionList", "One page."), **_COMMON_ERRORS},
+        }},
+        "/admin/retained": {
+            "get": {"summary": "A page of retained topics matching a filter (admins).",
+                    "operationId": "adminRetained",
+                    "parameters": [
+                        _param("topic", "Topic filter.", {"type": "string", "default": "#"}),
+                        _LIMIT, _param("after", "The previous page's next.", _STRING)],
+                    "responses": {"200": _json("RetainedTopics", "Sorted by topic, one page."),
+                                  **_COMMON_ERRORS}},
+            "delete": {"summary": "Delete one retained message (admins).",
+                       "operationId": "adminDeleteRetained",
+                       "parameters": [_param("topic", "Topic name.", _STRING, required=True)],
+                       "responses": {"204": {"description": "Deleted (stored)."},
+                                     **_COMMON_ERRORS,
+                                     "404": _error("No retained message on that topic.")}},
+        },
+        "/admin/stats": {"get": {
+            "summary": "Counters, gauges, top topics and the last minutes' rates (admins).",
+            "operationId": "adminStats",
+            "responses": {"200": _json("Stats", "The broker's figures now."), **_COMMON_ERRORS},
+        }},
+        "/admin/events": {"get": {
+            "summary": "Server-Sent Events for the dashboard (admins): 'event: stats' once a "
+                       "second (data: StatsEvent).",
+            "operationId": "adminEvents",
+            "responses": {"200": {"description": "A stream of stats events.", "content": {
+                "text/event-stream": {"schema": _STRING}}}, **_COMMON_ERRORS},
+        }},
+        "/dashboard": {"get": {
+            "summary": "The live dashboard (admins): /dashboard redirects to /dashboard/, "
+                       "which serves the page; its files are /dashboard/dashboard.js and "
+                       "/dashboard/dashboard.css.",
+            "operationId": "dashboard",
+            "responses": {"200": {"description": "The page.", "content": {
+                "text/html": {"schema": _STRING}}},
+                "302": {"description": "To /dashboard/.",
+                        "headers": {"Location": {"schema": _STRING}},
+                        "content": {"application/json": {"schema": _ref("Error")}}},
+                **_COMMON_ERRORS},
+        }},
+        "/dashboard/dashboard.js": {"get": {
+            "summary": "The dashboard's script (admins).", "operationId": "dashboardScript",
+            "responses": {"200": {"description": "JavaScript.", "content": {
+                "text/javascript": {"schema": _STRING}}}, **_COMMON_ERRORS}}},
+        "/dashboard/dashboard.css": {"get": {
+            "summary": "The dashboard's style sheet (admins).", "operationId": "dashboardStyle",
+            "responses": {"200": {"description": "CSS.", "content": {
+                "text/css": {"schema": _STRING}}}, **_COMMON_ERRORS}}},
         "/openapi.json": {"get": {
             "summary": "This document.",
             "operationId": "openapi",

@@ -314,6 +314,9 @@ class Bridge(Resource):
         self.putChild(b"retained", RetainedResource(self))
         self.putChild(b"session", SessionResource(self))
         self.putChild(b"openapi.json", OpenAPIResource(self))
+        from mqtt_twisted.adapters._httpadmin import install
+
+        install(self)  # /metrics, /admin/..., /dashboard (for admins)
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         return _NotFound()

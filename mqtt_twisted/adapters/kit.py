@@ -133,15 +133,21 @@ class ConnectionLimit:
     ``refuse`` for an adapter that answers a refusal itself (HTTP 503) before it admits.
     """
 
-    __slots__ = ("broker", "listener", "active", "refused", "rate")
+    __slots__ = ("broker", "listener", "active", "refused", "rate", "rate_refused",
+                 "__weakref__")
 
     def __init__(self, broker: Any, listener: Any) -> None:
         self.broker = broker
         self.listener = listener
         self.active = 0
+        #: Refusals, all of them, and those for the rate (the metrics read both).
         self.refused = 0
+        self.rate_refused = 0
         rate = getattr(listener, "maxConnectionRate", 0)
         self.rate = ConnectionRate(rate) if rate else None
+        limits = getattr(broker, "listener_limits", None)  # the gateway's, for metrics
+        if limits is not None:
+            limits.add(self)
 
     def full(self) -> bool:
         limit = self.listener.maxConnections
@@ -154,6 +160,7 @@ class ConnectionLimit:
             return False
         if self.rate is not None and not self.rate.allows(_host(peer)):
             self.refused += 1
+            self.rate_refused += 1
             self._count_refusal()
             log.warn("Refusing {what} from {peer}: more than {rate} new connections a "
                      "second from that address on {listener}", what=what,

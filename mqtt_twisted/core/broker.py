@@ -34,7 +34,7 @@ from mqtt_twisted.core.router import LOCAL, LocalRouter
 from mqtt_twisted.core.session import Session, SubscriptionOptions
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.core.shared import Strategy
-from mqtt_twisted.core.stats import BrokerStats
+from mqtt_twisted.core.stats import TOPIC_SAMPLE, BrokerStats
 from mqtt_twisted.message import Message
 
 __all__ = ["Broker", "Credentials", "expired"]
@@ -68,7 +68,7 @@ class Broker:
         self.connections: set[MQTTConnection] = set()
         #: The connection whose PUBLISH is being routed, for flow control.
         self.publisher: MQTTConnection | None = None
-        self.journal = Journal(store, self.stats)
+        self.journal = Journal(store, self.stats, clock)
         self.flow = FlowControl(self)
         self.delivery = Delivery(self)
         self.lifecycle = Lifecycle(self)
@@ -134,7 +134,15 @@ class Broker:
         """Publish ``message``: retain it if asked, then let the router deliver it to
         every matching session; return how many it reached.  ``origin`` is
         :data:`~mqtt_twisted.core.router.LOCAL` or the peer node it came from."""
-        self.stats.messages_received += 1
+        stats = self.stats
+        stats.messages_received += 1
+        if not stats.messages_received & (TOPIC_SAMPLE - 1):
+            stats.topics.note(message.topic)
+        if message.qos:
+            if message.qos == 1:
+                stats.received_qos1 += 1
+            else:
+                stats.received_qos2 += 1
         if message.retain:
             self.retain(message)
         return self.router.dispatch(message, origin)  # type: ignore[no-any-return]

@@ -268,6 +268,11 @@ class MQTTConnection:
         stats = self.broker.stats
         stats.messages_sent += 1
         stats.bytes_sent += len(data)
+        if qos:
+            if qos == 1:
+                stats.sent_qos1 += 1
+            else:
+                stats.sent_qos2 += 1
         return True
 
     def _aliased_publish(self, message: Message, qos: int, retain: bool,
@@ -412,6 +417,7 @@ class MQTTConnection:
             clientlog.closing(self, ReasonCode.UNSPECIFIED_ERROR, error.message, "error")
             self.close(ReasonCode.UNSPECIFIED_ERROR)
             return
+        self.broker.stats.refused(int(error.reason_code))
         if self.version == 5:
             code = int(error.reason_code)
             props = dict(getattr(error, "properties", None) or {})

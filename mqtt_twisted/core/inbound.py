@@ -23,6 +23,7 @@ from mqtt_twisted.core import clientlog
 from mqtt_twisted.core.limits import topic_refusal
 from mqtt_twisted.core.router import LOCAL
 from mqtt_twisted.core.states import CLOSED
+from mqtt_twisted.core.stats import TOPIC_SAMPLE
 from mqtt_twisted.errors import (
     AuthorizationError,
     InvalidTopicName,
@@ -114,7 +115,10 @@ def on_publish(conn: MQTTConnection, packet: Publish) -> None:
     if allowed is True and not qos:
         # The QoS 0 fast path; Broker.route inline (no call per message).
         broker.publisher = conn
-        broker.stats.messages_received += 1
+        stats = broker.stats
+        stats.messages_received += 1
+        if not stats.messages_received & (TOPIC_SAMPLE - 1):  # 1 in 16: top topics
+            stats.topics.note(topic)
         if message.retain:
             broker.retain(message)
         broker.router.dispatch(message, LOCAL)
@@ -191,7 +195,10 @@ def route_acked(conn: MQTTConnection, message: Message, allowed: bool) -> int:
     broker = conn.broker
     broker.publisher = conn
     try:  # Broker.route inline: this runs for every QoS 1/2 PUBLISH
-        broker.stats.messages_received += 1
+        stats = broker.stats
+        stats.messages_received += 1
+        if not stats.messages_received & (TOPIC_SAMPLE - 1):
+            stats.topics.note(message.topic)
         if message.retain:
             broker.retain(message)
         routed = broker.router.dispatch(message, LOCAL)
@@ -200,7 +207,10 @@ def route_acked(conn: MQTTConnection, message: Message, allowed: bool) -> int:
     if not routed and conn.version == 5:
         code = ReasonCode.NO_MATCHING_SUBSCRIBERS
     if message.qos == 2:
+        stats.received_qos2 += 1
         conn.broker.add_inbound_qos2(conn.session, message.packet_id)  # type: ignore[arg-type]
+    else:
+        stats.received_qos1 += 1
     return code
 
 

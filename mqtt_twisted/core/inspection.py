@@ -109,6 +109,7 @@ class ConnectionInfo:
     congested: bool  # it holds publishers back, or did until its grace ran out
     attached: bool  # it is the connection of its client id's live session
     virtual: bool  # an adapter's session (HTTP...), not an MQTT stream
+    adapter: str = "mqtt"  # the listener's adapter: mqtt, ws, auto, http, coap...
 
 
 @dataclass(frozen=True)
@@ -245,4 +246,5 @@ def _describe(broker: Broker, conn: MQTTConnection | VirtualConnection) -> Conne
                           _STATES.get(conn.state, str(conn.state)), conn.keep_alive,
                           conn.paused, getattr(conn, "throttles", 0) > 0,
                           conn in broker.flow.congested, attached,
-                          isinstance(conn, VirtualConnection))
+                          isinstance(conn, VirtualConnection),
+                          getattr(conn.listener, "adapter", None) or "mqtt")

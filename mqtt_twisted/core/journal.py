@@ -17,6 +17,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mqtt_twisted.core.stats import LATENCY_SAMPLE
 from mqtt_twisted.errors import StorageError, StoreUnavailable
 
 
@@ -25,11 +26,13 @@ class Journal:
 
     log = Logger(namespace="mqtt_twisted.core.broker.Broker")
 
-    __slots__ = ("store", "stats", "durable", "_collecting")
+    __slots__ = ("store", "stats", "clock", "durable", "_collecting")
 
-    def __init__(self, store: Any, stats: Any) -> None:
+    def __init__(self, store: Any, stats: Any, clock: Any = None) -> None:
         self.store = store
         self.stats = stats
+        #: Times one write in LATENCY_SAMPLE for the store latency histogram (None: none).
+        self.clock = clock
         self.durable = bool(getattr(store, "persistsMessages", True))
         self._collecting: list[Any] | None = None
 
@@ -50,10 +53,19 @@ class Journal:
             return
         if getattr(result, "called", False) and not isinstance(result.result, Failure):
             return  # stored already (the memory store): nothing to wait for
+        stats = self.stats
+        stats.store_writes += 1
+        if not stats.store_writes & (LATENCY_SAMPLE - 1) and self.clock is not None:
+            result.addBoth(self._timed, self.clock.seconds())
         if self._collecting is not None:
             self._collecting.append(result)
         else:
             result.addErrback(self.store_failed)
+
+    def _timed(self, result: Any, started: float) -> Any:
+        """A sampled write's round trip into the histogram; its result passes on."""
+        self.stats.store_latency.observe(self.clock.seconds() - started)
+        return result
 
     def store_failed(self, failure: Failure) -> None:
         """Count and log a failed store write (during an outage the store logs it once)."""

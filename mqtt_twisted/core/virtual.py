@@ -69,6 +69,7 @@ class VirtualConnection:
             self.on_accept(session)
 
     def refuse(self, error: Exception) -> None:
+        self.broker.stats.refused(int(getattr(error, "reason_code", ReasonCode.UNSPECIFIED_ERROR)))
         if isinstance(error, MQTTError) and not isinstance(error, StoreUnavailable):
             clientlog.refused(self, error)
         self.state = CLOSED
@@ -83,7 +84,13 @@ class VirtualConnection:
             message = message.copy(retain=retain, qos=qos)
         if self.sink.deliver(message, qos) is False:
             self.paused = True  # the sink is full: the broker queues until resumeWriting()
-        self.broker.stats.messages_sent += 1
+        stats = self.broker.stats
+        stats.messages_sent += 1
+        if qos:
+            if qos == 1:
+                stats.sent_qos1 += 1
+            else:
+                stats.sent_qos2 += 1
         if packet_id is not None and self.session is not None:
             self.broker.outbound_done(self.session, packet_id)
         return True

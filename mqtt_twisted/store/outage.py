@@ -32,6 +32,9 @@ class OutageLog:
         self.since: float | None = None
         self.failed_writes = 0
         self.failed_reads = 0
+        #: Outages so far, and seconds spent in those that ended (metrics read them).
+        self.outages = 0
+        self.outage_seconds = 0.0
 
     @property
     def active(self) -> bool:
@@ -43,6 +46,7 @@ class OutageLog:
         self._down.add(connection)
         if self.since is None:
             self.since = self._clock.seconds()
+            self.outages += 1
             self.failed_writes = self.failed_reads = 0
             self._log.warn("{what} unreachable ({why}); reconnecting. Until it is back, store "
                            "calls fail and are counted, not logged one by one",
@@ -53,7 +57,9 @@ class OutageLog:
         self._down.discard(connection)
         if self.since is None or self._down:
             return
-        seconds = round(self._clock.seconds() - self.since, 1)
+        elapsed = self._clock.seconds() - self.since
+        seconds = round(elapsed, 1)
+        self.outage_seconds += elapsed
         self.since = None
         self._log.info("{what} reachable again after {seconds}s; {writes} store writes and "
                        "{reads} reads failed meanwhile", action="store_recovered",
