@@ -52,16 +52,29 @@ ADOPT_TTL = 60_000
 #: Sessions loaded from the store at once.
 BATCH = 500
 
+#: Nodes whose lease is gone, adopted by this one where no other survivor has begun:
+#: the winner ends the dead node's epoch in the same step (``fence.py``), so that the
+#: node, if it comes back, cannot renew its lease nor write for its old clients.
 _CHECK = b"""
 local won = {}
 for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if node ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. node) == 0 then
     if redis.call('SET', ARGV[3] .. node, ARGV[1], 'NX', 'PX', ARGV[4]) then
+      redis.call('DEL', ARGV[5] .. node)
       won[#won + 1] = node
     end
   end
 end
 return won
+"""
+#: One node, for a CONNECT of one of its clients.  KEYS: its lease, its adopt key, its
+#: epoch key; ARGV: this node, the adoption's TTL.  1: won; 0: another survivor has
+#: begun; -1: its lease is back (it is alive).
+_ADOPT_ONE = b"""
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[3])
+return 1
 """
 _TAKE_HOMES = b"""
 local taken = {}
@@ -90,6 +103,8 @@ class Failover:
         keys = node.keys
         self.alive_prefix = keys.prefix + b"alive:"
         self.adopt_prefix = keys.prefix + b"adopt:"
+        self.epoch_prefix = keys.prefix + b"epoch:"
+        self.lease_ms = int(LEASE * 1000)
         self._loop: LoopingCall | None = None
         #: Since when every renewal of this node's lease succeeded (None: the last failed).
         self._healthy_since: float | None = None
@@ -98,7 +113,9 @@ class Failover:
         self.adopting: dict[str, Deferred[None]] = {}
 
     def start(self) -> Deferred[Any]:
+        sent_at = self.node.reactor.seconds()
         d = self._renew()
+        d.addCallback(self.node.fence.renewed, sent_at)
         d.addCallback(self._started)
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self.node.reactor
@@ -112,9 +129,13 @@ class Failover:
         return node.commands.command(b"DEL", self.alive_prefix + node.group)
 
     def _renew(self) -> Deferred[Any]:
+        """Renew the lease, unless this node's epoch is over (``fence.py``)."""
         node = self.node
-        return node.commands.command(b"SET", self.alive_prefix + node.group, b"1", b"PX",
-                                     int(LEASE * 1000))
+        return node.fence.renewal(self.lease_ms, self.alive_prefix + node.group)
+
+    def rejoined(self) -> None:
+        """Fenced and back under a new epoch: judge the others only after a lease."""
+        self._healthy_since = None
 
     def judging(self) -> bool:
         """Whether this node may declare another one gone: its own lease has been
@@ -135,12 +156,16 @@ class Failover:
         if not self.judging():
             return
         d = node.commands.command(b"EVAL", _CHECK, 1, node.keys.nodes, node.group,
-                                  self.alive_prefix, self.adopt_prefix, ADOPT_TTL)
+                                  self.alive_prefix, self.adopt_prefix, ADOPT_TTL,
+                                  self.epoch_prefix)
         d.addCallback(lambda won: [self.adopt(n.decode("utf-8")) for n in won])
         d.addErrback(node._failed, "looking for nodes that are gone")
 
-    def _renewed(self, _: Any, sent_at: float) -> None:
+    def _renewed(self, reply: Any, sent_at: float) -> None:
         self._renewing = False
+        if not self.node.fence.renewed(reply, sent_at):
+            self._healthy_since = None
+            return
         now = self.node.reactor.seconds()
         if self._healthy_since is None or now - sent_at > LEASE / 3:
             self._healthy_since = now  # (again) from now: a late answer is no health
@@ -169,14 +194,18 @@ class Failover:
             yield deferLater(node.reactor, 0.2, lambda: None)
             waited += 0.2
         waited = 0.0
-        while (yield node.commands.command(b"EXISTS", self.alive_prefix + dead.encode())):
+        name = dead.encode()
+        while True:
+            won = yield node.commands.command(
+                b"EVAL", _ADOPT_ONE, 3, self.alive_prefix + name, self.adopt_prefix + name,
+                self.epoch_prefix + name, node.group, ADOPT_TTL)
+            if won != -1:
+                break
             if waited > LEASE + 1:
                 return False
             yield deferLater(node.reactor, 0.2, lambda: None)
             waited += 0.2
-        won = yield node.commands.command(b"SET", self.adopt_prefix + dead.encode(),
-                                          node.group, b"NX", b"PX", ADOPT_TTL)
-        if won is not None:
+        if won == 1:
             yield self.adopt(dead)
             return True
         if dead in self.adopting:

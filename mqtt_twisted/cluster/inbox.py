@@ -125,6 +125,8 @@ class InboxReader:
 
     def _entries(self, reply: Any) -> None:
         self._reading = False
+        if self._stopped:
+            return  # read but not delivered: pending, read again by the next reader
         entries = reply[0][1] if reply else []
         if self._cursor != b">":
             # Going through what an earlier run left unacknowledged, then new entries.
@@ -138,6 +140,10 @@ class InboxReader:
         backlog = self.backlog
         publisher = self.publisher
         node = self.node
+        if backlog and not node.fence.trusted():
+            # Maybe adopted while paused (fence.py): deliver once a renewal says not.
+            node.fence.when_trusted(self.resume)
+            return
         ids: list[bytes] = []
         writes: list[Any] = []
         while backlog and not publisher.paused:

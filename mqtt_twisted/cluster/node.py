@@ -37,12 +37,14 @@ from twisted.python.failure import Failure
 
 from mqtt_twisted.cluster.client import RedisClient
 from mqtt_twisted.cluster.failover import Failover
+from mqtt_twisted.cluster.fence import Fence
 from mqtt_twisted.cluster.handover import release_session
 from mqtt_twisted.cluster.inbox import InboxReader
 from mqtt_twisted.cluster.resp import ReplyError
 from mqtt_twisted.cluster.router import ClusterRouter
 from mqtt_twisted.cluster.routes import ADD, REMOVE, decode_change, encode_change
-from mqtt_twisted.errors import StorageError
+from mqtt_twisted.constants import ReasonCode
+from mqtt_twisted.errors import ConnectError, StorageError
 from mqtt_twisted.store.redis import decode_message, endpoint
 
 log = Logger()
@@ -70,12 +72,23 @@ for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
 end
 return out
 """
-#: A CONNECT's client id: its home becomes this node unless another node has it (returned).
+#: A CONNECT's client id: its home becomes this node unless another node has it
+#: (returned).  KEYS: home hash, this node's epoch key; ARGV: client id, node, epoch.
 _CLAIM = b"""
+if redis.call('GET', KEYS[2]) ~= ARGV[3] then return redis.error_reply('FENCED') end
 local home = redis.call('HGET', KEYS[1], ARGV[1])
 if home and home ~= ARGV[2] then return home end
 if not home then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
 return false
+"""
+#: The session was let go by its home (ARGV[2]): it is this node's now, unless the
+#: home moved meanwhile or this node's epoch is over (compare and set).  KEYS: home
+#: hash, this node's epoch key; ARGV: client id, old home, node, epoch.
+_MOVE = b"""
+if redis.call('GET', KEYS[2]) ~= ARGV[4] then return redis.error_reply('FENCED') end
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
 """
 #: A session ended here: its client id has no home any more (unless another node took it).
 _FORGET = b"""
@@ -108,7 +121,13 @@ class _HomeKeeper:
 
     def deleteSession(self, clientId: str) -> Any:
         result = self._store.deleteSession(clientId)
-        self._node.session_ended(clientId)
+
+        def deleted(outcome: Any) -> Any:
+            # Once deleted: the delete is fenced by the home it would remove.
+            self._node.session_ended(clientId)
+            return outcome
+
+        result.addBoth(deleted)
         return result
 
 
@@ -157,6 +176,7 @@ class ClusterNode:
         #: The consumer group (and consumer) reading this node's stream: its name.
         self.group = self._origin
         self.inbox = InboxReader(self)
+        self.fence = Fence(self)
         self.failover = Failover(self)
         self._stopped = False
         self._stale: set[str] = set()
@@ -174,6 +194,12 @@ class ClusterNode:
         """Put the cluster router in front of the broker's local one (before start)."""
         self.broker.router = self.router
         self.broker.locate_session = self.locate_session
+        #: The Redis store itself, under the broker's wrappers (overlay.py): its writes
+        #: carry this node's fence (fence.py).
+        store = self.broker.store
+        while not hasattr(store, "fence") and hasattr(store, "store"):
+            store = store.store
+        self.store = store
         self.broker.store = _HomeKeeper(self.broker.store, self)
 
     @inlineCallbacks
@@ -198,13 +224,31 @@ class ClusterNode:
         except ReplyError as e:
             if not str(e).startswith("BUSYGROUP"):
                 raise
-        yield self.commands.command(b"SADD", k.nodes, self._origin)
+        yield self.fence.join()
         old = yield self.commands.command(b"SMEMBERS", k.filters(self.name))
         self._stale = {f.decode("utf-8") for f in old}
         log.info("Cluster node {name} joined ({n} peers' filters known)", name=self.name,
                  n=len(self.router.routes))
         yield self.failover.start()
         self.inbox.start()
+
+    @inlineCallbacks
+    def rejoin(self) -> Any:
+        """After being fenced (``fence.py``; its sessions are dropped): a new epoch, the
+        node back in the set of nodes, its stream read afresh."""
+        self.inbox.stop()
+        yield self.fence.join()
+        try:
+            yield self.commands.command(b"XGROUP", b"CREATE", self.keys.inbox(self.name),
+                                        self._origin, b"0", b"MKSTREAM")
+        except ReplyError as e:
+            if not str(e).startswith("BUSYGROUP"):
+                raise
+        self.failover.rejoined()
+        if not self._stopped:
+            self.inbox = InboxReader(self)
+            self.inbox.start()
+        log.info("cluster {name}: rejoined", name=self.name)
 
     def restored(self) -> Any:
         """Sessions are restored: forget the filters registered in an earlier run that
@@ -298,19 +342,36 @@ class ClusterNode:
         """The stored state of ``client_id``'s session if another node had it (that
         node has let it go), else None; this node is its home from now on."""
         cid = client_id.encode("utf-8")
-        home = yield self.commands.command(b"EVAL", _CLAIM, 1, self.keys.home, cid,
-                                           self._origin)
+        fence = self.fence
+        home = yield self._owner_script(_CLAIM, cid, self._origin, fence.epoch)
         if home is None:  # nobody else's: this node's now
             return None
-        home = home.decode("utf-8")
-        answered = yield self._ask_release(home, client_id)
-        if not answered and (yield self.failover.gone(home)):
+        answered = yield self._ask_release(home.decode("utf-8"), client_id)
+        if not answered and (yield self.failover.gone(home.decode("utf-8"))):
             # Its node is gone and has been adopted (here or elsewhere): look again.
             state = yield self.locate_session(client_id)
             return state
-        yield self.commands.command(b"HSET", self.keys.home, cid, self._origin)
+        moved = yield self._owner_script(_MOVE, cid, home, self._origin, fence.epoch)
+        if not moved:
+            raise ConnectError(f"the session of {client_id!r} moved to another node "
+                               "meanwhile", ReasonCode.SERVER_BUSY)
         state = yield self.broker.store.loadSession(client_id)
         return state
+
+    @inlineCallbacks
+    def _owner_script(self, script: bytes, *args: Any) -> Any:
+        """A compare-and-set script on a client's owner record; a node whose epoch is
+        over (adopted meanwhile) learns it here and refuses the CONNECT."""
+        try:
+            reply = yield self.commands.command(b"EVAL", script, 2, self.keys.home,
+                                                self.fence.key, *args)
+        except ReplyError as e:
+            if not str(e).startswith("FENCED"):
+                raise
+            self.fence.lost()
+            raise ConnectError("this node is rejoining the cluster",
+                               ReasonCode.SERVER_UNAVAILABLE) from None
+        return reply
 
     @inlineCallbacks
     def _ask_release(self, node: str, client_id: str) -> Any:

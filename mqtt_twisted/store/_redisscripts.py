@@ -160,11 +160,36 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+#: A write to one client's keys, made only by the node that owns the client (a
+#: cluster, ``cluster/fence.py``): KEYS[1] the home hash, KEYS[2] the node's epoch
+#: key; ARGV[1] the client id, ARGV[2] the node, ARGV[3] its epoch.  A node that was
+#: adopted while it was cut off (its epoch key is gone) or that let the client go
+#: (its home is another node) gets the error ``FENCED`` and writes nothing.  The
+#: rest of KEYS and ARGV are the unfenced script's own.
+_FENCE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] or redis.call('GET', KEYS[2]) ~= ARGV[3] then
+  return redis.error_reply('FENCED ' .. ARGV[2] .. ' does not own ' .. ARGV[1])
+end
+local K, A = {}, {}
+for i = 3, #KEYS do K[i - 2] = KEYS[i] end
+for i = 4, #ARGV do A[i - 3] = ARGV[i] end
+local KEYS, ARGV = K, A
+"""
+
+#: A plain command on one of a client's keys (HDEL, SREM), fenced.
+_PLAIN = """
+return redis.call(ARGV[1], KEYS[1], unpack(ARGV, 2))
+"""
+
 SCRIPTS = {
     "guarded": _GUARDED, "save": _SAVE, "delete": _DELETE, "load": _LOAD, "list": _LIST,
     "set_retained": _SET_RETAINED, "delete_retained": _DELETE_RETAINED,
     "match_retained": _MATCH_RETAINED, "release": _RELEASE,
 }
+#: The fenced variants of the session writes (``RedisStore.fence``).
+FENCED = {name: "fenced_" + name for name in ("guarded", "save", "delete", "plain")}
+SCRIPTS.update({FENCED[name]: _FENCE + body for name, body in (
+    ("guarded", _GUARDED), ("save", _SAVE), ("delete", _DELETE), ("plain", _PLAIN))})
 SHAS = {name: hashlib.sha1(body.encode()).hexdigest().encode()
          for name, body in SCRIPTS.items()}
 

@@ -67,7 +67,7 @@ from mqtt_twisted.store._redisformat import (
 from mqtt_twisted.store._rediskeys import KeyLayout
 from mqtt_twisted.store._redislink import Link, endpoint
 from mqtt_twisted.store._redislock import RedisLocks
-from mqtt_twisted.store._redisscripts import call_script
+from mqtt_twisted.store._redisscripts import FENCED, call_script
 from mqtt_twisted.store.memory import StoredSession
 from mqtt_twisted.store.outage import OutageLog
 
@@ -188,6 +188,10 @@ class RedisStore:
         self._locks = RedisLocks(reactor, self.options, self._keys, self._link, self.log)
         self._last_message: Message | None = None
         self._last_blob = b""
+        #: A cluster node's fence (``cluster/fence.py``): ``(home hash, epoch key, node,
+        #: epoch)``; when set, every write to a client's keys is made only while the
+        #: client's home is that node and the node's epoch is current.  None alone.
+        self.fence: tuple[bytes, bytes, bytes, bytes] | None = None
 
     @classmethod
     def fromURL(cls, reactor: Any, url: str) -> RedisStore:
@@ -236,14 +240,27 @@ class RedisStore:
         links = self._links
         return links[zlib.crc32(cid) % len(links)] if len(links) > 1 else links[0]
 
-    def _guarded(self, cid: bytes, kind: bytes, *command: Any) -> Deferred[None]:
-        keys = self._keys
-        d = call_script(self._link(cid), "guarded",
-                        (keys.key(b"session", cid), keys.key(kind, cid)), command)
+    def _write(self, cid: bytes, name: str, keys: tuple[bytes, ...],
+               args: tuple[Any, ...] | list[Any]) -> Deferred[None]:
+        """A write script on one client's keys, fenced when the store is a cluster's."""
+        fence = self.fence
+        if fence is None:
+            d = call_script(self._link(cid), name, keys, args)
+        else:
+            home, epoch_key, node, epoch = fence
+            d = call_script(self._link(cid), FENCED[name], (home, epoch_key, *keys),
+                            (cid, node, epoch, *args))
         d.addCallback(_none)
         return d
 
+    def _guarded(self, cid: bytes, kind: bytes, *command: Any) -> Deferred[None]:
+        keys = self._keys
+        return self._write(cid, "guarded", (keys.key(b"session", cid), keys.key(kind, cid)),
+                           command)
+
     def _plain(self, cid: bytes, *command: Any) -> Deferred[None]:
+        if self.fence is not None:  # command: (name, key, args...)
+            return self._write(cid, "plain", (command[1],), (command[0], *command[2:]))
         d = self._link(cid).call(command)
         d.addCallback(_none)
         return d
@@ -270,17 +287,12 @@ class RedisStore:
         for group in (fields, subs, outbound, qos2):
             args.append(str(len(group)).encode())
             args.extend(group)
-        d = call_script(self._link(cid), "save",
-                        (*self._keys.session(cid), self._keys.sessions), args)
-        d.addCallback(_none)
-        return d
+        return self._write(cid, "save", (*self._keys.session(cid), self._keys.sessions), args)
 
     def deleteSession(self, clientId: str) -> Deferred[None]:
         cid = self._keys.cid(clientId)
-        d = call_script(self._link(cid), "delete",
-                        (*self._keys.session(cid), self._keys.sessions), (cid,))
-        d.addCallback(_none)
-        return d
+        return self._write(cid, "delete", (*self._keys.session(cid), self._keys.sessions),
+                           (cid,))
 
     def listSessions(self) -> Deferred[list[str]]:
         d = call_script(self._links[0], "list", (self._keys.sessions,), (), write=False)
