@@ -41,7 +41,7 @@ class RecordingLink:
     def publish(self, node: str, blob: bytes) -> None:
         self.calls.append(("publish", node, decode_message(blob).topic))
 
-    def append(self, node: str, blob: bytes) -> Deferred[Any]:
+    def append(self, node: str, blob: bytes, destinations: bytes = b"") -> Deferred[Any]:
         self.calls.append(("append", node, decode_message(blob).topic))
         d: Deferred[Any] = Deferred()
         self.appends.append(d)

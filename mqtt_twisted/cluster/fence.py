@@ -145,6 +145,7 @@ class Fence:
                  "{epoch} is over): disconnecting its clients and rejoining empty",
                  name=node.name, epoch=self.epoch.decode())
         self._waiting = []
+        node.moved.clear()
         dropped = drop_sessions(node.broker)
         log.info("cluster {name}: dropped {n} sessions", name=node.name, n=dropped)
         d = node.rejoin()

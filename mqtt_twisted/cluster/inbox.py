@@ -43,13 +43,19 @@ def deliver_entry(node: ClusterNode, fields: list[Any] | None,
         record = dict(zip(fields[::2], fields[1::2]))
         message = decode_message(record[b"m"])
         origin = record[b"o"].decode("utf-8")
+        directed = record.get(b"c")
     except Exception as e:
         log.warn("cluster: a stream entry could not be read: {error}", error=e)
         return []
     broker = node.broker
     broker.publisher = publisher
     try:
-        _, pending = broker.writes_of(node.router.receive, message, origin)
+        if directed is None:
+            _, pending = broker.writes_of(node.router.receive, message, origin,
+                                          record.get(b"d", b""))
+        else:  # for one session that came here from the node that sent it (moved.py)
+            _, pending = broker.writes_of(node.moved.directed, directed.decode("utf-8"),
+                                          message)
     finally:
         broker.publisher = None
     return pending  # type: ignore[no-any-return]
@@ -146,7 +152,11 @@ class InboxReader:
             return
         ids: list[bytes] = []
         writes: list[Any] = []
+        moved = node.moved
         while backlog and not publisher.paused:
+            if moved.pending and backlog[0][1] and moved.waiting_for(backlog[0][1],
+                                                                     self.resume):
+                break  # for a session arriving here: it goes on once it is (moved.py)
             entry_id, fields = backlog.popleft()
             ids.append(entry_id)
             writes += deliver_entry(node, fields, publisher)

@@ -40,12 +40,13 @@ from mqtt_twisted.cluster.failover import Failover
 from mqtt_twisted.cluster.fence import Fence
 from mqtt_twisted.cluster.handover import release_session
 from mqtt_twisted.cluster.inbox import InboxReader
+from mqtt_twisted.cluster.moved import Moved
 from mqtt_twisted.cluster.resp import ReplyError
 from mqtt_twisted.cluster.router import ClusterRouter
 from mqtt_twisted.cluster.routes import ADD, REMOVE, decode_change, encode_change
 from mqtt_twisted.constants import ReasonCode
 from mqtt_twisted.errors import ConnectError, StorageError
-from mqtt_twisted.store.redis import decode_message, endpoint
+from mqtt_twisted.store.redis import decode_message, encode_message, endpoint
 
 log = Logger()
 
@@ -177,6 +178,8 @@ class ClusterNode:
         self.group = self._origin
         self.inbox = InboxReader(self)
         self.fence = Fence(self)
+        self.moved = self.router.moved = Moved(self)
+        self.router.leaving = self.moved.leaving
         self.failover = Failover(self)
         self._stopped = False
         self._stale: set[str] = set()
@@ -343,20 +346,27 @@ class ClusterNode:
         node has let it go), else None; this node is its home from now on."""
         cid = client_id.encode("utf-8")
         fence = self.fence
+        self.moved.stop_forwarding(client_id)  # it comes back: no more forwarding
         home = yield self._owner_script(_CLAIM, cid, self._origin, fence.epoch)
         if home is None:  # nobody else's: this node's now
             return None
-        answered = yield self._ask_release(home.decode("utf-8"), client_id)
-        if not answered and (yield self.failover.gone(home.decode("utf-8"))):
-            # Its node is gone and has been adopted (here or elsewhere): look again.
-            state = yield self.locate_session(client_id)
+        self.moved.expect(client_id)  # what its old node forwards, until it is here
+        try:
+            answered = yield self._ask_release(home.decode("utf-8"), client_id)
+            if not answered and (yield self.failover.gone(home.decode("utf-8"))):
+                # Its node is gone and has been adopted (here or elsewhere): look again.
+                state = yield self.locate_session(client_id)
+                return state
+            moved = yield self._owner_script(_MOVE, cid, home, self._origin, fence.epoch)
+            if not moved:
+                raise ConnectError(f"the session of {client_id!r} moved to another node "
+                                   "meanwhile", ReasonCode.SERVER_BUSY)
+            state = yield self.broker.store.loadSession(client_id)
+            if state is not None and client_id not in self.broker.sessions:
+                self.broker.restore_session(state)  # here, so that the forwarded follow
             return state
-        moved = yield self._owner_script(_MOVE, cid, home, self._origin, fence.epoch)
-        if not moved:
-            raise ConnectError(f"the session of {client_id!r} moved to another node "
-                               "meanwhile", ReasonCode.SERVER_BUSY)
-        state = yield self.broker.store.loadSession(client_id)
-        return state
+        finally:
+            self.moved.arrived(client_id)
 
     @inlineCallbacks
     def _owner_script(self, script: bytes, *args: Any) -> Any:
@@ -403,6 +413,10 @@ class ClusterNode:
             log.warn("cluster: a control message could not be read: {data!r}", data=data[:60])
             return
         if kind == "release":
+            session = self.broker.sessions.get(client_id)
+            if session is not None and session.subscriptions:
+                # Until every node routes its messages to `node`, forward them there.
+                self.moved.left(client_id, node, session.subscriptions)
             d = maybeDeferred(release_session, self.broker, client_id)
             d.addErrback(self._failed, f"saving {client_id}'s session for {node}")
             d.addBoth(lambda _: self.commands.command(
@@ -448,10 +462,19 @@ class ClusterNode:
                               msgpack.packb([self.name, blob], use_bin_type=True)).addErrback(
             _ignored)
 
-    def append(self, node: str, blob: bytes) -> Deferred[Any]:
-        """QoS 1/2: fires once the entry is in the node's stream."""
+    def append(self, node: str, blob: bytes, destinations: bytes = b"") -> Deferred[Any]:
+        """QoS 1/2: fires once the entry is in the node's stream.  ``destinations``:
+        every node the message was sent to (``moved.py`` reads it)."""
         return self.commands.command(b"XADD", self.keys.inbox(node), b"MAXLEN", b"~",
-                                     INBOX_MAXLEN, b"*", b"o", self._origin, b"m", blob)
+                                     INBOX_MAXLEN, b"*", b"o", self._origin, b"m", blob,
+                                     b"d", destinations)
+
+    def direct(self, node: str, client_id: str, message: Any) -> Deferred[Any]:
+        """A QoS 1/2 message for one session that left here for ``node`` (``moved.py``)."""
+        return self.commands.command(b"XADD", self.keys.inbox(node), b"MAXLEN", b"~",
+                                     INBOX_MAXLEN, b"*", b"o", self._origin, b"m",
+                                     encode_message(message), b"c",
+                                     client_id.encode("utf-8"))
 
 
 def _ignored(failure: Failure) -> None:

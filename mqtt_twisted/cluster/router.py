@@ -61,6 +61,12 @@ class ClusterRouter:
         #: Copies sent to peer nodes (one per destination node), and messages from peers.
         self.forwarded = 0
         self.received = 0
+        #: routed filter -> holds on its registration beyond the local subscribers (a
+        #: session that just left, still forwarded to: ``moved.py``).
+        self.held: dict[str, int] = {}
+        #: ``moved.Moved`` (set by the node) and its sessions that left lately.
+        self.moved: Any = None
+        self.leaving: dict[str, Any] = {}
 
     # --- the index: the local router's, and the registrations in Redis ---
 
@@ -70,7 +76,8 @@ class ClusterRouter:
         members = self.subscribers.get(key)
         if members is None:
             members = self.subscribers[key] = set()
-            self.link.register(key)
+            if key not in self.held:
+                self.link.register(key)
         members.add((clientId, topicFilter))
 
     def remove(self, clientId: str, topicFilter: str) -> None:
@@ -82,6 +89,22 @@ class ClusterRouter:
         members.discard((clientId, topicFilter))
         if not members:
             del self.subscribers[key]
+            if key not in self.held:
+                self.link.unregister(key)
+
+    def hold(self, key: str) -> None:
+        """Keep ``key`` registered even once no local subscriber has it."""
+        self.held[key] = self.held.get(key, 0) + 1
+        if key not in self.subscribers and self.held[key] == 1:
+            self.link.register(key)
+
+    def unhold(self, key: str) -> None:
+        count = self.held.get(key, 0) - 1
+        if count > 0:
+            self.held[key] = count
+            return
+        self.held.pop(key, None)
+        if key not in self.subscribers:
             self.link.unregister(key)
 
     def count(self) -> int:
@@ -98,10 +121,13 @@ class ClusterRouter:
 
     def dispatch(self, message: Message, origin: str = LOCAL) -> int:
         """Forward a local message to each peer node with a match, then deliver it here."""
+        nodes = None
         if origin == LOCAL and self.routes.by_node and not message.topic.startswith("$SYS"):
             nodes = self.routes.nodes_for(message.topic)
             if nodes:
                 self._forward(message, nodes)
+        if self.leaving and message.qos and origin == LOCAL:
+            self.moved.forward(message, nodes or ())
         return self.local.dispatch(message, origin)
 
     def _forward(self, message: Message, nodes: set[str]) -> None:
@@ -112,13 +138,19 @@ class ClusterRouter:
             for node in nodes:
                 link.publish(node, blob)
             return
+        # Every destination, in each entry: moved.py forwards only what its session's
+        # new node did not get directly.
+        destinations = ",".join(nodes).encode("utf-8")
         for node in nodes:
             # Collected by the journal when a publisher waits for its acknowledgement.
-            self.persist(link.append(node, blob))
+            self.persist(link.append(node, blob, destinations))
 
-    def receive(self, message: Message, origin: str) -> int:
-        """A peer's message: delivered to the local sessions only."""
+    def receive(self, message: Message, origin: str, destinations: bytes = b"") -> int:
+        """A peer's message: delivered to the local sessions only (and forwarded to a
+        session that left lately, unless its new node got it too: ``moved.py``)."""
         self.received += 1
+        if self.leaving and message.qos:
+            self.moved.forward(message, destinations.decode("utf-8").split(","))
         return self.local.dispatch(message, origin)
 
     def sys_values(self) -> dict[str, str]:
