@@ -246,6 +246,9 @@ class Failover:
         taken = yield node.commands.command(b"EVAL", _TAKE_HOMES, 1, keys.home, dead,
                                             node.group)
         client_ids = [c.decode("utf-8") for c in taken]
+        # Its sessions are here from now on: this node sends it nothing more (the
+        # others stop once its filters are dropped below; what they sent is drained).
+        node.router.routes.apply(RESET, dead)
         restored = 0
         for start in range(0, len(client_ids), BATCH):
             batch = client_ids[start:start + BATCH]
@@ -256,11 +259,13 @@ class Failover:
                     restored += 1
         yield node.commands.command(b"EVAL", _DROP, 2, keys.filters(dead), keys.nodes, dead,
                                     keys.routes, encode_change(RESET, dead))
+        wills = yield node.wills.take(dead)  # its clean sessions' (wills.py)
         yield deferLater(node.reactor, ADOPT_GRACE, lambda: None)
         delivered = yield self._drain(dead)
         yield node.commands.command(b"DEL", self.adopt_prefix + dead.encode())
-        log.info("cluster {name}: adopted node {dead}: {n} sessions, {m} messages from its "
-                 "stream", name=node.name, dead=dead, n=restored, m=delivered)
+        log.info("cluster {name}: adopted node {dead}: {n} sessions, {w} wills of clean "
+                 "sessions, {m} messages from its stream", name=node.name, dead=dead,
+                 n=restored, w=wills, m=delivered)
 
     @inlineCallbacks
     def _drain(self, dead: str) -> Any:

@@ -44,6 +44,7 @@ from mqtt_twisted.cluster.moved import Moved
 from mqtt_twisted.cluster.resp import ReplyError
 from mqtt_twisted.cluster.router import ClusterRouter
 from mqtt_twisted.cluster.routes import ADD, REMOVE, decode_change, encode_change
+from mqtt_twisted.cluster.wills import WillKeeper
 from mqtt_twisted.constants import ReasonCode
 from mqtt_twisted.errors import ConnectError, StorageError
 from mqtt_twisted.store.redis import decode_message, encode_message, endpoint
@@ -180,6 +181,7 @@ class ClusterNode:
         self.fence = Fence(self)
         self.moved = self.router.moved = Moved(self)
         self.router.leaving = self.moved.leaving
+        self.wills = WillKeeper(self)
         self.failover = Failover(self)
         self._stopped = False
         self._stale: set[str] = set()
@@ -197,6 +199,7 @@ class ClusterNode:
         """Put the cluster router in front of the broker's local one (before start)."""
         self.broker.router = self.router
         self.broker.locate_session = self.locate_session
+        self.broker.wills = self.wills
         #: The Redis store itself, under the broker's wrappers (overlay.py): its writes
         #: carry this node's fence (fence.py).
         store = self.broker.store
@@ -255,11 +258,12 @@ class ClusterNode:
 
     def restored(self) -> Any:
         """Sessions are restored: forget the filters registered in an earlier run that
-        no local subscriber has any more."""
+        no local subscriber has any more, and publish the wills of its clean sessions'
+        clients (unless a survivor adopted that run and did)."""
         stale, self._stale = self._stale - set(self.router.subscribers), set()
         for f in stale:
             self.unregister(f)
-        return self.commands.command(b"PING") if stale else None
+        return self.wills.take(self.name)
 
     def restorable(self, client_ids: list[str]) -> Deferred[list[str]]:
         """The stored sessions this node restores: those whose home it is (or nobody's:
