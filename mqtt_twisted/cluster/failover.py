@@ -11,12 +11,12 @@ lease is gone adopts it:
    filters; a client that was connected when its node died gets its will, after its
    delay, from this node only;
 2. its routes: its filters are removed and a RESET tells every node, so that the
-   peers stop sending to it;
-3. its stream, :data:`ADOPT_GRACE` seconds later (forwards already under way land
-   first): the entries it had read and not acknowledged (``XAUTOCLAIM``) and those it
-   never read are delivered here and acknowledged.
+   peers stop sending to it (this node stops at once, before step 1);
+3. the wills of its clean sessions' clients (``wills.py``).
 
-Then the adopt key goes.  A node judges the others only after its own lease has been
+Then the adopt key goes, and :data:`ADOPT_GRACE` seconds later (forwards already
+under way land first) its stream is delivered here in the background, under flow
+control (``drain.py``).  A node judges the others only after its own lease has been
 renewed promptly for :data:`TRUST` seconds: after a Redis outage every lease has run
 out, and the nodes, reconnecting one by one, must not adopt each other.  A CONNECT for a client whose node is gone (nobody listens
 on its control channel) waits for the lease to run out and for the adoption, which
@@ -32,7 +32,7 @@ from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
-from mqtt_twisted.cluster.inbox import READ_COUNT, deliver_entries
+from mqtt_twisted.cluster.drain import Drain
 from mqtt_twisted.cluster.routes import RESET, encode_change
 
 if TYPE_CHECKING:
@@ -260,45 +260,13 @@ class Failover:
         yield node.commands.command(b"EVAL", _DROP, 2, keys.filters(dead), keys.nodes, dead,
                                     keys.routes, encode_change(RESET, dead))
         wills = yield node.wills.take(dead)  # its clean sessions' (wills.py)
-        yield deferLater(node.reactor, ADOPT_GRACE, lambda: None)
-        delivered = yield self._drain(dead)
-        yield node.commands.command(b"DEL", self.adopt_prefix + dead.encode())
         log.info("cluster {name}: adopted node {dead}: {n} sessions, {w} wills of clean "
-                 "sessions, {m} messages from its stream", name=node.name, dead=dead,
-                 n=restored, w=wills, m=delivered)
-
-    @inlineCallbacks
-    def _drain(self, dead: str) -> Any:
-        """Deliver what is left in ``dead``'s stream: its pending entries, then the
-        unread ones; each batch acknowledged once its deliveries are stored."""
-        node = self.node
-        stream = node.keys.inbox(dead)
-        group = dead.encode()
-        delivered = 0
-        cursor = b"0-0"
-        while True:
-            reply = yield node.commands.command(b"XAUTOCLAIM", stream, group, node.group, 0,
-                                                cursor, b"COUNT", READ_COUNT)
-            cursor, entries = reply[0], reply[1]
-            delivered += yield self._deliver(stream, group, entries)
-            if cursor == b"0-0":
-                break
-        while True:
-            reply = yield node.commands.command(b"XREADGROUP", b"GROUP", group, node.group,
-                                                b"COUNT", READ_COUNT, b"STREAMS", stream,
-                                                b">")
-            entries = reply[0][1] if reply else []
-            if not entries:
-                break
-            delivered += yield self._deliver(stream, group, entries)
-        return delivered
-
-    @inlineCallbacks
-    def _deliver(self, stream: bytes, group: bytes, entries: list[Any]) -> Any:
-        if not entries:
-            return 0
-        ids, writes = deliver_entries(self.node, entries)
-        if writes:
-            yield gatherResults(writes, consumeErrors=True)
-        yield self.node.commands.command(b"XACK", stream, group, *ids)
-        return len(ids)
+                 "sessions; its stream in {grace} s", name=node.name, dead=dead,
+                 n=restored, w=wills, grace=ADOPT_GRACE)
+        # In the background, under flow control (drain.py): a client of the dead node
+        # may connect again meanwhile, and the drain may wait for it.
+        # The adoption is over (a CONNECT waiting for it on another node goes on): the
+        # dead node is out of the set of nodes, so nobody adopts it again.
+        yield node.commands.command(b"DEL", self.adopt_prefix + dead.encode())
+        d = deferLater(node.reactor, ADOPT_GRACE, Drain(node, dead).run)
+        d.addErrback(node._failed, f"delivering node {dead}'s stream")

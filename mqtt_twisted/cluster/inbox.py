@@ -61,17 +61,6 @@ def deliver_entry(node: ClusterNode, fields: list[Any] | None,
     return pending  # type: ignore[no-any-return]
 
 
-def deliver_entries(node: ClusterNode, entries: list[Any]) -> tuple[list[bytes], list[Any]]:
-    """Deliver a batch of entries, without flow control (a dead node's leftovers);
-    their ids and the store writes to wait for."""
-    ids: list[bytes] = []
-    writes: list[Any] = []
-    for entry_id, fields in entries:
-        ids.append(entry_id)
-        writes += deliver_entry(node, fields)
-    return ids, writes
-
-
 class StreamPublisher:
     """The inbox reader as the broker's flow control sees it: a publisher that a
     subscriber which cannot keep up holds back (``throttle``) until it catches up."""
