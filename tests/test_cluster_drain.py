@@ -7,11 +7,23 @@ Real ``twistd`` nodes on a real redis-server, killed with SIGKILL; paho clients.
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from mqtt_twisted.cluster.resp import Parser, encode_command
+from mqtt_twisted.core.session import Outbound, SubscriptionOptions
+from mqtt_twisted.message import Message
+from mqtt_twisted.store.memory import StoredSession
+from mqtt_twisted.store.redis import (
+    encode_message,
+    encode_options,
+    encode_outbound,
+    session_fields,
+)
 from tests.livebroker import LiveBroker
 from tests.test_cluster_e2e import LEASE_WAIT, WAIT, Client, Redis, redis, routed
 
@@ -70,3 +82,63 @@ def test_adopter_drains_under_flow_control(tmp_path: Path, redis: Redis) -> None
             broker.stop()
     for name in "AC":
         assert nodes[name].unhandled() == [], nodes[name].log()
+
+
+def redis_command(redis: Redis, *args: Any) -> Any:
+    """One command with binary arguments (redis-cli takes text), its reply."""
+    with socket.create_connection(("127.0.0.1", redis.port), timeout=WAIT) as sock:
+        sock.sendall(encode_command(*args))
+        parser = Parser()
+        while True:
+            replies = parser.feed(sock.recv(65536))
+            if replies:
+                return replies[0]
+
+
+@pytest.mark.slow
+def test_adopter_skips_what_the_dead_node_delivered(tmp_path: Path, redis: Redis) -> None:
+    """Node Z died after delivering stream entry 1 into the persistent QoS 2 session
+    of q2 (the copy is in the stored session, packet id 7, PUBLISH sent, the session
+    marked with entry 1) and before acknowledging it; entry 2 it never read.  Node A
+    adopts Z: q2, back on A, gets message one once (resumed, same packet id) and
+    message two once — the drain skipped entry 1 for q2.  (Without the mark it got
+    message one twice.)"""
+    stream = b"mqtt:cluster:inbox:Z"
+    one = Message("x2/t", b"one", 2, False, None, None, time.time(), "pub")
+    two = Message("x2/t", b"two", 2, False, None, None, time.time(), "pub")
+    redis_command(redis, b"XGROUP", b"CREATE", stream, b"Z", b"0", b"MKSTREAM")
+    first = redis_command(redis, b"XADD", stream, b"*", b"o", b"A", b"m",
+                          encode_message(one), b"d", b"Z")
+    redis_command(redis, b"XADD", stream, b"*", b"o", b"A", b"m", encode_message(two),
+                  b"d", b"Z")
+    redis_command(redis, b"XREADGROUP", b"GROUP", b"Z", b"Z", b"COUNT", b"1", b"STREAMS",
+                  stream, b">")  # entry 1 read by Z, never acknowledged
+    state = StoredSession("q2")
+    state.expiryInterval = 300
+    fields = [*session_fields(state), b"m:" + stream, first]
+    redis_command(redis, b"HSET", b"mqtt:session:{q2}", *fields)
+    redis_command(redis, b"HSET", b"mqtt:subs:{q2}", b"x2/#",
+                  encode_options(SubscriptionOptions(2)))
+    redis_command(redis, b"HSET", b"mqtt:out:{q2}", b"1",
+                  encode_outbound(Outbound(one, 2, False, None, 7, 0, None, 1)))
+    redis_command(redis, b"SADD", b"mqtt:sessions", b"q2")
+    redis_command(redis, b"HSET", b"mqtt:cluster:home", b"q2", b"Z")
+    redis_command(redis, b"SADD", b"mqtt:cluster:nodes", b"Z")
+    (tmp_path / "A").mkdir()
+    node = LiveBroker(tmp_path / "A", "--store", redis.url, "--cluster", "A")
+    sub = None
+    try:
+        deadline = time.monotonic() + LEASE_WAIT
+        while "delivered 2 messages left in node Z" not in node.log():
+            assert time.monotonic() < deadline, node.log()
+            time.sleep(0.2)
+        assert "1 copies it had delivered already skipped" in node.log(), node.log()
+        sub = Client(node.port, "q2", clean=False)
+        assert sub.session_present
+        got = [m.payload for m in sub.take(3, timeout=3)]
+        assert sorted(got) == [b"one", b"two"], got
+    finally:
+        if sub is not None:
+            sub.close()
+        node.stop()
+    assert node.unhandled() == [], node.log()

@@ -178,3 +178,29 @@ class FencedStoreTests(RedisTestCase):
         state = yield store.loadSession("c1")
         self.assertEqual((list(state.subscriptions), [o.seq for o in state.outbound],
                           state.inboundQoS2, state.expiryInterval), (["a/#"], [1], set(), 60))
+
+    @inlineCallbacks
+    def test_marks(self) -> Any:
+        """An outbound record stored while a stream entry is delivered marks the entry
+        in the session (``m:STREAM``, the last one); saving the session keeps the mark,
+        loading it returns it (an adopter skips what the session had)."""
+        store = yield self.fenced_store()
+        session = StoredSession("c1")
+        session.expiryInterval = 60
+        yield store.saveSession(session)
+        for seq, entry in ((1, b"1700000000000-0"), (2, b"1700000000001-3")):
+            store.mark = (b"m:mqtt:cluster:inbox:B", entry)
+            out = Outbound(Message("a/b", b"x", 2), 2, False, None, None, 0, None, seq)
+            yield store.storeOutbound("c1", out)
+        store.mark = None
+        state = yield store.loadSession("c1")
+        self.assertEqual(state.marks, {b"mqtt:cluster:inbox:B": b"1700000000001-3"})
+        self.assertEqual([o.seq for o in state.outbound], [1, 2])
+        yield store.saveSession(state)
+        state = yield store.loadSession("c1")
+        self.assertEqual(state.marks, {b"mqtt:cluster:inbox:B": b"1700000000001-3"})
+        yield self.raw("HSET", "mqtt:cluster:home", "c1", "C")
+        store.mark = (b"m:mqtt:cluster:inbox:B", b"1800000000000-0")
+        with self.assertRaises(StorageError):
+            yield store.storeOutbound("c1", Outbound(Message("a/b", b"y", 2), 2, False, None,
+                                                     None, 0, None, 3))

@@ -14,6 +14,13 @@ subscribers, and so is this one —
   elsewhere, or :data:`PATIENCE` seconds have passed (then the session queues as an
   offline session does, the oldest dropped beyond ``--max-queued``).
 
+An entry the dead node had delivered into a persistent session before it died, but
+not acknowledged, is not delivered into that session again: each outbound record the
+dead node stored carried the entry (``RedisStore.mark``), the stored session keeps the
+last one (``m:STREAM``), and the drain skips that session for every entry up to it.
+So a QoS 2 subscriber does not get it twice (its in-flight record, packet id and
+PUBREL state, is in the session it resumes).
+
 It runs in the background: the adoption is over (and a client of the dead node may
 connect again) before it ends.
 """
@@ -41,14 +48,24 @@ PATIENCE = 120.0
 POLL = 0.1
 
 
+def entry_key(entry_id: bytes) -> tuple[int, int]:
+    """A stream entry id (``ms-seq``) as something that compares in stream order."""
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
 class DrainPublisher:
     """The drain as the broker's flow control sees it: a publisher a subscriber that
     cannot keep up holds back (``throttle``) until it catches up."""
 
     state = CONNECTED
 
-    def __init__(self, node: ClusterNode, dead: str) -> None:
+    def __init__(self, node: ClusterNode, dead: str,
+                 marks: dict[str, bytes] | None = None) -> None:
         self.node = node
+        #: client id -> the last entry of this stream the dead node delivered into it.
+        self.marks = {c: entry_key(m) for c, m in (marks or {}).items()}
+        self.skipped = 0
         self.client_id = f"cluster drain of {dead}"
         self.paused = False
         self._resumed: Deferred[None] | None = None
@@ -71,8 +88,12 @@ class DrainPublisher:
 class Drain:
     """One dead node's stream, delivered here."""
 
-    def __init__(self, node: ClusterNode, dead: str) -> None:
+    def __init__(self, node: ClusterNode, dead: str,
+                 marks: dict[str, bytes] | None = None) -> None:
         self.node = node
+        #: client id -> the last entry of this stream the dead node delivered into it.
+        self.marks = {c: entry_key(m) for c, m in (marks or {}).items()}
+        self.skipped = 0
         self.dead = dead
         self.stream = node.keys.inbox(dead)
         self.group = dead.encode("utf-8")
@@ -100,8 +121,9 @@ class Drain:
                 break
             yield self._deliver(entries)
         log.info("cluster {name}: delivered {n} messages left in node {dead}'s stream "
-                 "(waited {w:.1f} s for subscribers)", name=node.name, n=self.delivered,
-                 dead=self.dead, w=self.waited)
+                 "(waited {w:.1f} s for subscribers; {s} copies it had delivered already "
+                 "skipped)", name=node.name, n=self.delivered, dead=self.dead,
+                 w=self.waited, s=self.skipped)
         return self.delivered
 
     @inlineCallbacks
@@ -111,12 +133,36 @@ class Drain:
         for entry_id, fields in entries:
             yield self._room(fields)
             ids.append(entry_id)
-            writes += deliver_entry(self.node, fields, self.publisher)
+            writes += self._deliver_one(entry_id, fields)
         if writes:
             yield gatherResults(writes, consumeErrors=True)
         if ids:
             yield self.node.commands.command(b"XACK", self.stream, self.group, *ids)
             self.delivered += len(ids)
+
+    def _deliver_one(self, entry_id: bytes, fields: list[Any] | None) -> list[Any]:
+        marks = self.marks
+        if not marks:
+            return deliver_entry(self.node, fields, self.publisher)
+        key = entry_key(entry_id)
+        done = {c for c, m in marks.items() if m >= key}
+        if not done:
+            self.marks = {c: m for c, m in marks.items() if m >= key}  # all behind now
+            return deliver_entry(self.node, fields, self.publisher)
+        local = self.node.router.local
+        deliver = local.deliver
+
+        def unless_done(session: Any, *args: Any) -> None:
+            if session.clientId in done:
+                self.skipped += 1
+                return
+            deliver(session, *args)
+
+        local.deliver = unless_done
+        try:
+            return deliver_entry(self.node, fields, self.publisher)
+        finally:
+            local.deliver = deliver
 
     @inlineCallbacks
     def _room(self, fields: list[Any] | None) -> Any:

@@ -250,6 +250,9 @@ class Failover:
         # others stop once its filters are dropped below; what they sent is drained).
         node.router.routes.apply(RESET, dead)
         restored = 0
+        # What of its stream each session had got already (drain.py skips it there).
+        marks: dict[str, bytes] = {}
+        stream = keys.inbox(dead)
         for start in range(0, len(client_ids), BATCH):
             batch = client_ids[start:start + BATCH]
             states = yield gatherResults([broker.store.loadSession(c) for c in batch])
@@ -257,6 +260,9 @@ class Failover:
                 if state is not None and client_id not in broker.sessions:
                     broker.restore_session(state)
                     restored += 1
+                    mark = getattr(state, "marks", {}).get(stream)
+                    if mark is not None:
+                        marks[client_id] = mark
         yield node.commands.command(b"EVAL", _DROP, 2, keys.filters(dead), keys.nodes, dead,
                                     keys.routes, encode_change(RESET, dead))
         wills = yield node.wills.take(dead)  # its clean sessions' (wills.py)
@@ -268,5 +274,5 @@ class Failover:
         # The adoption is over (a CONNECT waiting for it on another node goes on): the
         # dead node is out of the set of nodes, so nobody adopts it again.
         yield node.commands.command(b"DEL", self.adopt_prefix + dead.encode())
-        d = deferLater(node.reactor, ADOPT_GRACE, Drain(node, dead).run)
+        d = deferLater(node.reactor, ADOPT_GRACE, Drain(node, dead, marks).run)
         d.addErrback(node._failed, f"delivering node {dead}'s stream")

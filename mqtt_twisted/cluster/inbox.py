@@ -34,9 +34,11 @@ READ_BLOCK = 1.0
 
 
 def deliver_entry(node: ClusterNode, fields: list[Any] | None,
-                  publisher: Any = None) -> list[Any]:
+                  publisher: Any = None, entry_id: bytes | None = None) -> list[Any]:
     """Deliver one stream entry here; the store writes it made (to wait for before
-    XACK).  ``publisher`` is who flow control holds back if a subscriber is behind."""
+    XACK).  ``publisher`` is who flow control holds back if a subscriber is behind.
+    ``entry_id`` (an entry of this node's own stream) goes with each outbound record
+    it makes (``RedisStore.mark``): an adopter does not deliver it there again."""
     if not fields:
         return []  # trimmed away while it was pending
     try:
@@ -49,6 +51,8 @@ def deliver_entry(node: ClusterNode, fields: list[Any] | None,
         return []
     broker = node.broker
     broker.publisher = publisher
+    if entry_id is not None:
+        node.store.mark = (node.mark_field, entry_id)
     try:
         if directed is None:
             _, pending = broker.writes_of(node.router.receive, message, origin,
@@ -58,6 +62,7 @@ def deliver_entry(node: ClusterNode, fields: list[Any] | None,
                                           message)
     finally:
         broker.publisher = None
+        node.store.mark = None
     return pending  # type: ignore[no-any-return]
 
 
@@ -148,7 +153,7 @@ class InboxReader:
                 break  # for a session arriving here: it goes on once it is (moved.py)
             entry_id, fields = backlog.popleft()
             ids.append(entry_id)
-            writes += deliver_entry(node, fields, publisher)
+            writes += deliver_entry(node, fields, publisher, entry_id)
         if ids:
             self._ack(ids, writes)
         if not backlog and not publisher.paused:

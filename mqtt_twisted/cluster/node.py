@@ -178,6 +178,9 @@ class ClusterNode:
         #: The consumer group (and consumer) reading this node's stream: its name.
         self.group = self._origin
         self.inbox = InboxReader(self)
+        #: The session field that marks the last entry of this node's stream delivered
+        #: into a session (``RedisStore.mark``; ``drain.py`` reads it).
+        self.mark_field = b"m:" + self.keys.inbox(name)
         self.fence = Fence(self)
         self.moved = self.router.moved = Moved(self)
         self.router.leaving = self.moved.leaving

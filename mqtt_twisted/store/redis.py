@@ -8,6 +8,7 @@ Redis hash tags, so that every key of one client lands in one Redis Cluster slot
 
     P:sessions            set   client ids of the stored sessions
     P:session:{cid}       hash  v (format), expiry, willDelay, disconnectedAt, will, owner
+                                (a cluster's m:STREAM marks too: kept by saveSession)
     P:subs:{cid}          hash  topic filter -> subscription options
     P:out:{cid}           hash  seq -> outbound record (queued or in flight) with its message
     P:qos2:{cid}          set   packet ids of inbound QoS 2 PUBLISHes awaiting PUBREL
@@ -192,6 +193,10 @@ class RedisStore:
         #: epoch)``; when set, every write to a client's keys is made only while the
         #: client's home is that node and the node's epoch is current.  None alone.
         self.fence: tuple[bytes, bytes, bytes, bytes] | None = None
+        #: While a cluster node delivers one entry of its stream: ``(b"m:" + stream,
+        #: entry id)``, written with each outbound record it makes, so that the node
+        #: adopting it does not deliver that entry into that session again.
+        self.mark: tuple[bytes, bytes] | None = None
 
     @classmethod
     def fromURL(cls, reactor: Any, url: str) -> RedisStore:
@@ -316,6 +321,12 @@ class RedisStore:
         if message is not self._last_message:
             self._last_message = message
             self._last_blob = encode_message(message)
+        if self.mark is not None:
+            keys = self._keys
+            return self._write(cid, "marked", (keys.key(b"session", cid),
+                                               keys.key(b"out", cid)),
+                               (str(outbound.seq).encode(),
+                                encode_outbound(outbound, self._last_blob), *self.mark))
         return self._guarded(cid, b"out", b"HSET", str(outbound.seq).encode(),
                              encode_outbound(outbound, self._last_blob))
 
