@@ -100,12 +100,19 @@ class InboxReader:
         self._cursor = b"0"
         self._reading = False
         self._stopped = False
+        #: Whether the last read returned a whole batch (more is likely waiting).
+        self._full = False
 
     def start(self) -> None:
         self._read()
 
     def stop(self) -> None:
         self._stopped = True
+
+    def behind(self) -> bool:
+        """Whether entries are waiting: read and not delivered, held back by a
+        subscriber, or likely unread (the last batch was full)."""
+        return bool(self.backlog) or self.publisher.paused or self._full
 
     def resume(self) -> None:
         """A subscriber caught up: deliver the rest of the batch, then read on."""
@@ -128,6 +135,7 @@ class InboxReader:
         if self._stopped:
             return  # read but not delivered: pending, read again by the next reader
         entries = reply[0][1] if reply else []
+        self._full = len(entries) >= READ_COUNT
         if self._cursor != b">":
             # Going through what an earlier run left unacknowledged, then new entries.
             self._cursor = entries[-1][0] if entries else b">"

@@ -101,7 +101,18 @@ class Moved:
         for key in filters:
             router.hold(key)
         departure = self.leaving[client_id] = _Departure(to, dict(subscriptions), filters)
-        departure.call = self.node.reactor.callLater(GRACE, self.stop_forwarding, client_id)
+        departure.call = self.node.reactor.callLater(GRACE, self._quiet, client_id)
+
+    def _quiet(self, client_id: str) -> None:
+        """Nothing forwarded for GRACE seconds: stop, unless this node's stream reader
+        is still behind (a backlog, held back, or its last batch was full)."""
+        departure = self.leaving.get(client_id)
+        if departure is None:
+            return
+        if self.node.inbox.behind():
+            departure.call = self.node.reactor.callLater(GRACE, self._quiet, client_id)
+            return
+        self.stop_forwarding(client_id)
 
     def stop_forwarding(self, client_id: str) -> None:
         departure = self.leaving.pop(client_id, None)
