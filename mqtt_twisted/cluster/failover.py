@@ -11,12 +11,12 @@ lease is gone adopts it:
    filters; a client that was connected when its node died gets its will, after its
    delay, from this node only;
 2. its routes: its filters are removed and a RESET tells every node, so that the
-   peers stop sending to it;
-3. its stream, :data:`ADOPT_GRACE` seconds later (forwards already under way land
-   first): the entries it had read and not acknowledged (``XAUTOCLAIM``) and those it
-   never read are delivered here and acknowledged.
+   peers stop sending to it (this node stops at once, before step 1);
+3. the wills of its clean sessions' clients (``wills.py``).
 
-Then the adopt key goes.  A node judges the others only after its own lease has been
+Then the adopt key goes, and :data:`ADOPT_GRACE` seconds later (forwards already
+under way land first) its stream is delivered here in the background, under flow
+control (``drain.py``).  A node judges the others only after its own lease has been
 renewed promptly for :data:`TRUST` seconds: after a Redis outage every lease has run
 out, and the nodes, reconnecting one by one, must not adopt each other.  A CONNECT for a client whose node is gone (nobody listens
 on its control channel) waits for the lease to run out and for the adoption, which
@@ -32,7 +32,7 @@ from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
-from mqtt_twisted.cluster.inbox import READ_COUNT, deliver_entries
+from mqtt_twisted.cluster.drain import Drain
 from mqtt_twisted.cluster.routes import RESET, encode_change
 
 if TYPE_CHECKING:
@@ -52,16 +52,29 @@ ADOPT_TTL = 60_000
 #: Sessions loaded from the store at once.
 BATCH = 500
 
+#: Nodes whose lease is gone, adopted by this one where no other survivor has begun:
+#: the winner ends the dead node's epoch in the same step (``fence.py``), so that the
+#: node, if it comes back, cannot renew its lease nor write for its old clients.
 _CHECK = b"""
 local won = {}
 for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if node ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. node) == 0 then
     if redis.call('SET', ARGV[3] .. node, ARGV[1], 'NX', 'PX', ARGV[4]) then
+      redis.call('DEL', ARGV[5] .. node)
       won[#won + 1] = node
     end
   end
 end
 return won
+"""
+#: One node, for a CONNECT of one of its clients.  KEYS: its lease, its adopt key, its
+#: epoch key; ARGV: this node, the adoption's TTL.  1: won; 0: another survivor has
+#: begun; -1: its lease is back (it is alive).
+_ADOPT_ONE = b"""
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[3])
+return 1
 """
 _TAKE_HOMES = b"""
 local taken = {}
@@ -90,6 +103,8 @@ class Failover:
         keys = node.keys
         self.alive_prefix = keys.prefix + b"alive:"
         self.adopt_prefix = keys.prefix + b"adopt:"
+        self.epoch_prefix = keys.prefix + b"epoch:"
+        self.lease_ms = int(LEASE * 1000)
         self._loop: LoopingCall | None = None
         #: Since when every renewal of this node's lease succeeded (None: the last failed).
         self._healthy_since: float | None = None
@@ -98,7 +113,9 @@ class Failover:
         self.adopting: dict[str, Deferred[None]] = {}
 
     def start(self) -> Deferred[Any]:
+        sent_at = self.node.reactor.seconds()
         d = self._renew()
+        d.addCallback(self.node.fence.renewed, sent_at)
         d.addCallback(self._started)
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self.node.reactor
@@ -112,9 +129,13 @@ class Failover:
         return node.commands.command(b"DEL", self.alive_prefix + node.group)
 
     def _renew(self) -> Deferred[Any]:
+        """Renew the lease, unless this node's epoch is over (``fence.py``)."""
         node = self.node
-        return node.commands.command(b"SET", self.alive_prefix + node.group, b"1", b"PX",
-                                     int(LEASE * 1000))
+        return node.fence.renewal(self.lease_ms, self.alive_prefix + node.group)
+
+    def rejoined(self) -> None:
+        """Fenced and back under a new epoch: judge the others only after a lease."""
+        self._healthy_since = None
 
     def judging(self) -> bool:
         """Whether this node may declare another one gone: its own lease has been
@@ -135,12 +156,16 @@ class Failover:
         if not self.judging():
             return
         d = node.commands.command(b"EVAL", _CHECK, 1, node.keys.nodes, node.group,
-                                  self.alive_prefix, self.adopt_prefix, ADOPT_TTL)
+                                  self.alive_prefix, self.adopt_prefix, ADOPT_TTL,
+                                  self.epoch_prefix)
         d.addCallback(lambda won: [self.adopt(n.decode("utf-8")) for n in won])
         d.addErrback(node._failed, "looking for nodes that are gone")
 
-    def _renewed(self, _: Any, sent_at: float) -> None:
+    def _renewed(self, reply: Any, sent_at: float) -> None:
         self._renewing = False
+        if not self.node.fence.renewed(reply, sent_at):
+            self._healthy_since = None
+            return
         now = self.node.reactor.seconds()
         if self._healthy_since is None or now - sent_at > LEASE / 3:
             self._healthy_since = now  # (again) from now: a late answer is no health
@@ -169,14 +194,18 @@ class Failover:
             yield deferLater(node.reactor, 0.2, lambda: None)
             waited += 0.2
         waited = 0.0
-        while (yield node.commands.command(b"EXISTS", self.alive_prefix + dead.encode())):
+        name = dead.encode()
+        while True:
+            won = yield node.commands.command(
+                b"EVAL", _ADOPT_ONE, 3, self.alive_prefix + name, self.adopt_prefix + name,
+                self.epoch_prefix + name, node.group, ADOPT_TTL)
+            if won != -1:
+                break
             if waited > LEASE + 1:
                 return False
             yield deferLater(node.reactor, 0.2, lambda: None)
             waited += 0.2
-        won = yield node.commands.command(b"SET", self.adopt_prefix + dead.encode(),
-                                          node.group, b"NX", b"PX", ADOPT_TTL)
-        if won is not None:
+        if won == 1:
             yield self.adopt(dead)
             return True
         if dead in self.adopting:
@@ -217,7 +246,13 @@ class Failover:
         taken = yield node.commands.command(b"EVAL", _TAKE_HOMES, 1, keys.home, dead,
                                             node.group)
         client_ids = [c.decode("utf-8") for c in taken]
+        # Its sessions are here from now on: this node sends it nothing more (the
+        # others stop once its filters are dropped below; what they sent is drained).
+        node.router.routes.apply(RESET, dead)
         restored = 0
+        # What of its stream each session had got already (drain.py skips it there).
+        marks: dict[str, bytes] = {}
+        stream = keys.inbox(dead)
         for start in range(0, len(client_ids), BATCH):
             batch = client_ids[start:start + BATCH]
             states = yield gatherResults([broker.store.loadSession(c) for c in batch])
@@ -225,47 +260,20 @@ class Failover:
                 if state is not None and client_id not in broker.sessions:
                     broker.restore_session(state)
                     restored += 1
+                    mark = getattr(state, "marks", {}).get(stream)
+                    if mark is not None:
+                        marks[client_id] = mark
         yield node.commands.command(b"EVAL", _DROP, 3, keys.filters(dead), keys.nodes,
                                     keys.shared(dead), dead, keys.routes,
                                     encode_change(RESET, dead))
-        yield deferLater(node.reactor, ADOPT_GRACE, lambda: None)
-        delivered = yield self._drain(dead)
+        wills = yield node.wills.take(dead)  # its clean sessions' (wills.py)
+        log.info("cluster {name}: adopted node {dead}: {n} sessions, {w} wills of clean "
+                 "sessions; its stream in {grace} s", name=node.name, dead=dead,
+                 n=restored, w=wills, grace=ADOPT_GRACE)
+        # In the background, under flow control (drain.py): a client of the dead node
+        # may connect again meanwhile, and the drain may wait for it.
+        # The adoption is over (a CONNECT waiting for it on another node goes on): the
+        # dead node is out of the set of nodes, so nobody adopts it again.
         yield node.commands.command(b"DEL", self.adopt_prefix + dead.encode())
-        log.info("cluster {name}: adopted node {dead}: {n} sessions, {m} messages from its "
-                 "stream", name=node.name, dead=dead, n=restored, m=delivered)
-
-    @inlineCallbacks
-    def _drain(self, dead: str) -> Any:
-        """Deliver what is left in ``dead``'s stream: its pending entries, then the
-        unread ones; each batch acknowledged once its deliveries are stored."""
-        node = self.node
-        stream = node.keys.inbox(dead)
-        group = dead.encode()
-        delivered = 0
-        cursor = b"0-0"
-        while True:
-            reply = yield node.commands.command(b"XAUTOCLAIM", stream, group, node.group, 0,
-                                                cursor, b"COUNT", READ_COUNT)
-            cursor, entries = reply[0], reply[1]
-            delivered += yield self._deliver(stream, group, entries)
-            if cursor == b"0-0":
-                break
-        while True:
-            reply = yield node.commands.command(b"XREADGROUP", b"GROUP", group, node.group,
-                                                b"COUNT", READ_COUNT, b"STREAMS", stream,
-                                                b">")
-            entries = reply[0][1] if reply else []
-            if not entries:
-                break
-            delivered += yield self._deliver(stream, group, entries)
-        return delivered
-
-    @inlineCallbacks
-    def _deliver(self, stream: bytes, group: bytes, entries: list[Any]) -> Any:
-        if not entries:
-            return 0
-        ids, writes = deliver_entries(self.node, entries)
-        if writes:
-            yield gatherResults(writes, consumeErrors=True)
-        yield self.node.commands.command(b"XACK", stream, group, *ids)
-        return len(ids)
+        d = deferLater(node.reactor, ADOPT_GRACE, Drain(node, dead, marks).run)
+        d.addErrback(node._failed, f"delivering node {dead}'s stream")

@@ -35,9 +35,11 @@ READ_BLOCK = 1.0
 
 
 def deliver_entry(node: ClusterNode, fields: list[Any] | None,
-                  publisher: Any = None) -> list[Any]:
+                  publisher: Any = None, entry_id: bytes | None = None) -> list[Any]:
     """Deliver one stream entry here; the store writes it made (to wait for before
-    XACK).  ``publisher`` is who flow control holds back if a subscriber is behind."""
+    XACK).  ``publisher`` is who flow control holds back if a subscriber is behind.
+    ``entry_id`` (an entry of this node's own stream) goes with each outbound record
+    it makes (``RedisStore.mark``): an adopter does not deliver it there again."""
     if not fields:
         return []  # trimmed away while it was pending
     try:
@@ -45,27 +47,25 @@ def deliver_entry(node: ClusterNode, fields: list[Any] | None,
         message = decode_message(record[b"m"])
         origin = record[b"o"].decode("utf-8")
         groups, resent = decode_groups(record[b"g"]) if b"g" in record else (None, False)
+        directed = record.get(b"c")
     except Exception as e:
         log.warn("cluster: a stream entry could not be read: {error}", error=e)
         return []
     broker = node.broker
     broker.publisher = publisher
+    if entry_id is not None:
+        node.store.mark = (node.mark_field, entry_id)
     try:
-        _, pending = broker.writes_of(node.router.receive, message, origin, groups, resent)
+        if directed is None:
+            _, pending = broker.writes_of(node.router.receive, message, origin, groups,
+                                          resent, record.get(b"d", b""))
+        else:  # for one session that came here from the node that sent it (moved.py)
+            _, pending = broker.writes_of(node.moved.directed, directed.decode("utf-8"),
+                                          message)
     finally:
         broker.publisher = None
+        node.store.mark = None
     return pending  # type: ignore[no-any-return]
-
-
-def deliver_entries(node: ClusterNode, entries: list[Any]) -> tuple[list[bytes], list[Any]]:
-    """Deliver a batch of entries, without flow control (a dead node's leftovers);
-    their ids and the store writes to wait for."""
-    ids: list[bytes] = []
-    writes: list[Any] = []
-    for entry_id, fields in entries:
-        ids.append(entry_id)
-        writes += deliver_entry(node, fields)
-    return ids, writes
 
 
 class StreamPublisher:
@@ -102,12 +102,19 @@ class InboxReader:
         self._cursor = b"0"
         self._reading = False
         self._stopped = False
+        #: Whether the last read returned a whole batch (more is likely waiting).
+        self._full = False
 
     def start(self) -> None:
         self._read()
 
     def stop(self) -> None:
         self._stopped = True
+
+    def behind(self) -> bool:
+        """Whether entries are waiting: read and not delivered, held back by a
+        subscriber, or likely unread (the last batch was full)."""
+        return bool(self.backlog) or self.publisher.paused or self._full
 
     def resume(self) -> None:
         """A subscriber caught up: deliver the rest of the batch, then read on."""
@@ -127,7 +134,10 @@ class InboxReader:
 
     def _entries(self, reply: Any) -> None:
         self._reading = False
+        if self._stopped:
+            return  # read but not delivered: pending, read again by the next reader
         entries = reply[0][1] if reply else []
+        self._full = len(entries) >= READ_COUNT
         if self._cursor != b">":
             # Going through what an earlier run left unacknowledged, then new entries.
             self._cursor = entries[-1][0] if entries else b">"
@@ -140,12 +150,20 @@ class InboxReader:
         backlog = self.backlog
         publisher = self.publisher
         node = self.node
+        if backlog and not node.fence.trusted():
+            # Maybe adopted while paused (fence.py): deliver once a renewal says not.
+            node.fence.when_trusted(self.resume)
+            return
         ids: list[bytes] = []
         writes: list[Any] = []
+        moved = node.moved
         while backlog and not publisher.paused:
+            if moved.pending and backlog[0][1] and moved.waiting_for(backlog[0][1],
+                                                                     self.resume):
+                break  # for a session arriving here: it goes on once it is (moved.py)
             entry_id, fields = backlog.popleft()
             ids.append(entry_id)
-            writes += deliver_entry(node, fields, publisher)
+            writes += deliver_entry(node, fields, publisher, entry_id)
         if ids:
             self._ack(ids, writes)
         if not backlog and not publisher.paused:

@@ -38,32 +38,25 @@ from twisted.python.failure import Failure
 
 from mqtt_twisted.cluster.client import RedisClient
 from mqtt_twisted.cluster.failover import Failover
+from mqtt_twisted.cluster.fence import Fence
 from mqtt_twisted.cluster.handover import release_session
 from mqtt_twisted.cluster.inbox import InboxReader
+from mqtt_twisted.cluster.link import NodeLink
+from mqtt_twisted.cluster.moved import Moved
 from mqtt_twisted.cluster.resp import ReplyError
 from mqtt_twisted.cluster.router import ClusterRouter
-from mqtt_twisted.cluster.routes import ADD, REMOVE, SHARE, decode_change, encode_change
-from mqtt_twisted.cluster.shared import encode_groups
+from mqtt_twisted.cluster.routes import decode_change
 from mqtt_twisted.cluster.sysstats import ClusterStats
-from mqtt_twisted.errors import StorageError
+from mqtt_twisted.cluster.wills import WillKeeper
+from mqtt_twisted.constants import ReasonCode
+from mqtt_twisted.errors import ConnectError, StorageError
 from mqtt_twisted.store.redis import decode_message, endpoint
 
 log = Logger()
 
-#: Entries kept in a node's stream (XADD MAXLEN ~): what a node that is down for a
-#: while can catch up on when it comes back under the same name.
-INBOX_MAXLEN = 100_000
 #: Seconds a CONNECT waits for the node that had the session to let it go.
 RELEASE_TIMEOUT = 3.0
 
-_REGISTER = b"""
-if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
-return 1
-"""
-_UNREGISTER = b"""
-if redis.call('SREM', KEYS[1], ARGV[1]) == 1 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
-return 1
-"""
 #: Every node's filters: [node, [filter, ...], node, ...] (one Redis, not Redis Cluster).
 _SNAPSHOT = b"""
 local out = {}
@@ -82,21 +75,23 @@ for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
 end
 return out
 """
-_SHARE = b"""
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-return 1
-"""
-_UNSHARE = b"""
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
-return 1
-"""
-#: A CONNECT's client id: its home becomes this node unless another node has it (returned).
+#: A CONNECT's client id: its home becomes this node unless another node has it
+#: (returned).  KEYS: home hash, this node's epoch key; ARGV: client id, node, epoch.
 _CLAIM = b"""
+if redis.call('GET', KEYS[2]) ~= ARGV[3] then return redis.error_reply('FENCED') end
 local home = redis.call('HGET', KEYS[1], ARGV[1])
 if home and home ~= ARGV[2] then return home end
 if not home then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
 return false
+"""
+#: The session was let go by its home (ARGV[2]): it is this node's now, unless the
+#: home moved meanwhile or this node's epoch is over (compare and set).  KEYS: home
+#: hash, this node's epoch key; ARGV: client id, old home, node, epoch.
+_MOVE = b"""
+if redis.call('GET', KEYS[2]) ~= ARGV[4] then return redis.error_reply('FENCED') end
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
 """
 #: A session ended here: its client id has no home any more (unless another node took it).
 _FORGET = b"""
@@ -129,7 +124,13 @@ class _HomeKeeper:
 
     def deleteSession(self, clientId: str) -> Any:
         result = self._store.deleteSession(clientId)
-        self._node.session_ended(clientId)
+
+        def deleted(outcome: Any) -> Any:
+            # Once deleted: the delete is fenced by the home it would remove.
+            self._node.session_ended(clientId)
+            return outcome
+
+        result.addBoth(deleted)
         return result
 
 
@@ -174,7 +175,8 @@ class ClusterNode:
         self.name = name
         self.broker = broker
         self.keys = ClusterKeys(options.prefix, options.db)
-        self.router = ClusterRouter(broker.router, name, self, broker.journal.persist)
+        self.link = NodeLink(self)
+        self.router = ClusterRouter(broker.router, name, self.link, broker.journal.persist)
         self.commands = self._client("commands", self._prepare)
         self.subscriber = self._client("subscriber", self._subscribe, self._pushed)
         self.reader = self._client("reader", self._prepare)
@@ -182,6 +184,13 @@ class ClusterNode:
         #: The consumer group (and consumer) reading this node's stream: its name.
         self.group = self._origin
         self.inbox = InboxReader(self)
+        #: The session field that marks the last entry of this node's stream delivered
+        #: into a session (``RedisStore.mark``; ``drain.py`` reads it).
+        self.mark_field = b"m:" + self.keys.inbox(name)
+        self.fence = Fence(self)
+        self.moved = self.router.moved = Moved(self)
+        self.router.leaving = self.moved.leaving
+        self.wills = WillKeeper(self)
         self.failover = Failover(self)
         self.stats = ClusterStats(self)
         self.router.totals = self.stats.sys_values
@@ -202,6 +211,13 @@ class ClusterNode:
         """Put the cluster router in front of the broker's local one (before start)."""
         self.broker.router = self.router
         self.broker.locate_session = self.locate_session
+        self.broker.wills = self.wills
+        #: The Redis store itself, under the broker's wrappers (overlay.py): its writes
+        #: carry this node's fence (fence.py).
+        store = self.broker.store
+        while not hasattr(store, "fence") and hasattr(store, "store"):
+            store = store.store
+        self.store = store
         self.broker.store = _HomeKeeper(self.broker.store, self)
 
     @inlineCallbacks
@@ -226,7 +242,7 @@ class ClusterNode:
         except ReplyError as e:
             if not str(e).startswith("BUSYGROUP"):
                 raise
-        yield self.commands.command(b"SADD", k.nodes, self._origin)
+        yield self.fence.join()
         old = yield self.commands.command(b"SMEMBERS", k.filters(self.name))
         self._stale = {f.decode("utf-8") for f in old}
         old = yield self.commands.command(b"HKEYS", k.shared(self.name))
@@ -237,17 +253,36 @@ class ClusterNode:
         self.stats.start()
         self.inbox.start()
 
+    @inlineCallbacks
+    def rejoin(self) -> Any:
+        """After being fenced (``fence.py``; its sessions are dropped): a new epoch, the
+        node back in the set of nodes, its stream read afresh."""
+        self.inbox.stop()
+        yield self.fence.join()
+        try:
+            yield self.commands.command(b"XGROUP", b"CREATE", self.keys.inbox(self.name),
+                                        self._origin, b"0", b"MKSTREAM")
+        except ReplyError as e:
+            if not str(e).startswith("BUSYGROUP"):
+                raise
+        self.failover.rejoined()
+        if not self._stopped:
+            self.inbox = InboxReader(self)
+            self.inbox.start()
+        log.info("cluster {name}: rejoined", name=self.name)
+
     def restored(self) -> Any:
         """Sessions are restored: forget the filters registered in an earlier run that
-        no local subscriber has any more."""
+        no local subscriber has any more, and publish the wills of its clean sessions'
+        clients (unless a survivor adopted that run and did)."""
         stale, self._stale = self._stale - set(self.router.subscribers), set()
         for f in stale:
-            self.unregister(f)
+            self.link.unregister(f)
         stale_shared = self._stale_shared - set(self.router.shared_weights)
         self._stale_shared = set()
         for key in stale_shared:
-            self.unshare(key)
-        return self.commands.command(b"PING") if stale or stale_shared else None
+            self.link.unshare(key)
+        return self.wills.take(self.name)
 
     def restorable(self, client_ids: list[str]) -> Deferred[list[str]]:
         """The stored sessions this node restores: those whose home it is (or nobody's:
@@ -340,19 +375,43 @@ class ClusterNode:
         """The stored state of ``client_id``'s session if another node had it (that
         node has let it go), else None; this node is its home from now on."""
         cid = client_id.encode("utf-8")
-        home = yield self.commands.command(b"EVAL", _CLAIM, 1, self.keys.home, cid,
-                                           self._origin)
+        fence = self.fence
+        self.moved.stop_forwarding(client_id)  # it comes back: no more forwarding
+        home = yield self._owner_script(_CLAIM, cid, self._origin, fence.epoch)
         if home is None:  # nobody else's: this node's now
             return None
-        home = home.decode("utf-8")
-        answered = yield self._ask_release(home, client_id)
-        if not answered and (yield self.failover.gone(home)):
-            # Its node is gone and has been adopted (here or elsewhere): look again.
-            state = yield self.locate_session(client_id)
+        self.moved.expect(client_id)  # what its old node forwards, until it is here
+        try:
+            answered = yield self._ask_release(home.decode("utf-8"), client_id)
+            if not answered and (yield self.failover.gone(home.decode("utf-8"))):
+                # Its node is gone and has been adopted (here or elsewhere): look again.
+                state = yield self.locate_session(client_id)
+                return state
+            moved = yield self._owner_script(_MOVE, cid, home, self._origin, fence.epoch)
+            if not moved:
+                raise ConnectError(f"the session of {client_id!r} moved to another node "
+                                   "meanwhile", ReasonCode.SERVER_BUSY)
+            state = yield self.broker.store.loadSession(client_id)
+            if state is not None and client_id not in self.broker.sessions:
+                self.broker.restore_session(state)  # here, so that the forwarded follow
             return state
-        yield self.commands.command(b"HSET", self.keys.home, cid, self._origin)
-        state = yield self.broker.store.loadSession(client_id)
-        return state
+        finally:
+            self.moved.arrived(client_id)
+
+    @inlineCallbacks
+    def _owner_script(self, script: bytes, *args: Any) -> Any:
+        """A compare-and-set script on a client's owner record; a node whose epoch is
+        over (adopted meanwhile) learns it here and refuses the CONNECT."""
+        try:
+            reply = yield self.commands.command(b"EVAL", script, 2, self.keys.home,
+                                                self.fence.key, *args)
+        except ReplyError as e:
+            if not str(e).startswith("FENCED"):
+                raise
+            self.fence.lost()
+            raise ConnectError("this node is rejoining the cluster",
+                               ReasonCode.SERVER_UNAVAILABLE) from None
+        return reply
 
     @inlineCallbacks
     def _ask_release(self, node: str, client_id: str) -> Any:
@@ -384,6 +443,10 @@ class ClusterNode:
             log.warn("cluster: a control message could not be read: {data!r}", data=data[:60])
             return
         if kind == "release":
+            session = self.broker.sessions.get(client_id)
+            if session is not None and session.subscriptions:
+                # Until every node routes its messages to `node`, forward them there.
+                self.moved.left(client_id, node, session.subscriptions)
             d = maybeDeferred(release_session, self.broker, client_id)
             d.addErrback(self._failed, f"saving {client_id}'s session for {node}")
             d.addBoth(lambda _: self.commands.command(
@@ -394,34 +457,6 @@ class ClusterNode:
             answered = self._releases.get(request)
             if answered is not None and not answered.called:
                 answered.callback(None)
-
-    # --- the link the router uses ---
-
-    def register(self, topic_filter: str) -> None:
-        f = topic_filter.encode("utf-8")
-        k = self.keys
-        self.commands.command(b"EVAL", _REGISTER, 1, k.filters(self.name), f, k.routes,
-                              encode_change(ADD, self.name, topic_filter)).addErrback(
-            self._failed, "registering a filter")
-
-    def unregister(self, topic_filter: str) -> None:
-        f = topic_filter.encode("utf-8")
-        k = self.keys
-        self.commands.command(b"EVAL", _UNREGISTER, 1, k.filters(self.name), f, k.routes,
-                              encode_change(REMOVE, self.name, topic_filter)).addErrback(
-            self._failed, "removing a filter")
-
-    def share(self, key: str, weight: int) -> None:
-        k = self.keys
-        self.commands.command(b"EVAL", _SHARE, 1, k.shared(self.name), key.encode("utf-8"),
-                              weight, k.routes, encode_change(SHARE, self.name, key, weight)
-                              ).addErrback(self._failed, "registering a share group")
-
-    def unshare(self, key: str) -> None:
-        k = self.keys
-        self.commands.command(b"EVAL", _UNSHARE, 1, k.shared(self.name), key.encode("utf-8"),
-                              k.routes, encode_change(REMOVE, self.name, key)).addErrback(
-            self._failed, "removing a share group")
 
     def session_ended(self, client_id: str) -> None:
         """A session was deleted here (``deleteSession``): next turn, unless a session of
@@ -434,26 +469,3 @@ class ClusterNode:
             return
         self.commands.command(b"EVAL", _FORGET, 1, self.keys.home, client_id.encode("utf-8"),
                               self._origin).addErrback(self._failed, "forgetting a home")
-
-    def publish(self, node: str, blob: bytes, groups: list[str] | None = None,
-                resent: bool = False) -> None:
-        """QoS 0: at most once, like QoS 0 itself.  ``groups``: the share groups
-        ``node`` gives it to (``router.py``); ``resent``: it is not sent on again."""
-        self.commands.command(b"PUBLISH", self.keys.inbox0(node), msgpack.packb(
-            [self.name, blob, groups, resent], use_bin_type=True)).addErrback(_ignored)
-
-    def append(self, node: str, blob: bytes, groups: list[str] | None = None,
-               resent: bool = False) -> Deferred[Any]:
-        """QoS 1/2: fires once the entry is in the node's stream (field ``g``, the share
-        groups and whether it was sent on, only when there are some)."""
-        extra: tuple[Any, ...] = ()
-        if groups:
-            extra = (b"g", encode_groups(groups, resent))
-        return self.commands.command(b"XADD", self.keys.inbox(node), b"MAXLEN", b"~",
-                                     INBOX_MAXLEN, b"*", b"o", self._origin, b"m", blob,
-                                     *extra)
-
-
-def _ignored(failure: Failure) -> None:
-    """A QoS 0 forward that failed is a QoS 0 message lost, as QoS 0 allows."""
-    failure.trap(StorageError)

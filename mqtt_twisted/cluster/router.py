@@ -71,6 +71,12 @@ class ClusterRouter:
         self.received = 0
         #: Cluster totals for $SYS (``sysstats.ClusterStats.sys_values``, set by the node).
         self.totals: Callable[[], dict[str, str]] = dict
+        #: routed filter -> holds on its registration beyond the local subscribers (a
+        #: session that just left, still forwarded to: ``moved.py``).
+        self.held: dict[str, int] = {}
+        #: ``moved.Moved`` (set by the node) and its sessions that left lately.
+        self.moved: Any = None
+        self.leaving: dict[str, Any] = {}
 
     # --- the index: the local router's, and the registrations in Redis ---
 
@@ -86,7 +92,8 @@ class ClusterRouter:
         members = self.subscribers.get(key)
         if members is None:
             members = self.subscribers[key] = set()
-            self.link.register(key)
+            if key not in self.held:
+                self.link.register(key)
         members.add((clientId, topicFilter))
 
     def remove(self, clientId: str, topicFilter: str) -> None:
@@ -104,6 +111,22 @@ class ClusterRouter:
         members.discard((clientId, topicFilter))
         if not members:
             del self.subscribers[key]
+            if key not in self.held:
+                self.link.unregister(key)
+
+    def hold(self, key: str) -> None:
+        """Keep ``key`` registered even once no local subscriber has it."""
+        self.held[key] = self.held.get(key, 0) + 1
+        if key not in self.subscribers and self.held[key] == 1:
+            self.link.register(key)
+
+    def unhold(self, key: str) -> None:
+        count = self.held.get(key, 0) - 1
+        if count > 0:
+            self.held[key] = count
+            return
+        self.held.pop(key, None)
+        if key not in self.subscribers:
             self.link.unregister(key)
 
     def count(self) -> int:
@@ -162,11 +185,13 @@ class ClusterRouter:
         routes = self.routes
         if self.shared_weights or routes.shared.groups:
             return self._dispatch_groups(message)
-        if not routes.by_node:
+        if not routes.by_node and not self.leaving:
             return self.local.dispatch(message, origin)
-        nodes = routes.nodes_for(message.topic)
+        nodes = routes.nodes_for(message.topic) if routes.by_node else set()
         if nodes:
             self._forward(message, nodes)
+        if self.leaving and message.qos:
+            self.moved.forward(message, nodes)
         return len(nodes) + self.local.dispatch(message, origin)
 
     def _dispatch_groups(self, message: Message) -> int:
@@ -188,6 +213,8 @@ class ClusterRouter:
         dests.update(picks)
         if dests:
             self._forward(message, dests, picks)
+        if self.leaving and message.qos:
+            self.moved.forward(message, dests)
         delivered = local.dispatch_plain(message)
         for key in mine:
             delivered += local.deliver_shared(key, local.shared_groups[key], message)
@@ -203,15 +230,23 @@ class ClusterRouter:
             for node in nodes:
                 link.publish(node, blob, picks.get(node) if picks else None, resent)
             return
+        # Every destination, in each entry: moved.py forwards only what its session's
+        # new node did not get directly.
+        destinations = ",".join(nodes).encode("utf-8")
         for node in nodes:
             # Collected by the journal when a publisher waits for its acknowledgement.
-            self.persist(link.append(node, blob, picks.get(node) if picks else None, resent))
+            self.persist(link.append(node, blob, destinations,
+                                     picks.get(node) if picks else None, resent))
 
     def receive(self, message: Message, origin: str, groups: list[str] | None = None,
-                resent: bool = False) -> int:
+                resent: bool = False, destinations: bytes = b"") -> int:
         """A peer's message: delivered to the local plain subscriptions, and to one
-        member of each share group it names (another node's if none is left here)."""
+        member of each share group it names (another node's if none is left here);
+        forwarded to a session that left lately, unless its new node got it too
+        (``moved.py``)."""
         self.received += 1
+        if self.leaving and message.qos:
+            self.moved.forward(message, destinations.decode("utf-8").split(","))
         local = self.local
         if not groups:
             return local.dispatch_plain(message) if local.shared_groups else \

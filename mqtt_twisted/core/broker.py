@@ -76,6 +76,11 @@ class Broker:
         #: ``locate_session(client_id)``: the stored state of a session that lives on
         #: another node, brought here for a CONNECT (a Deferred or None); set by a cluster.
         self.locate_session: Any = None
+        #: Where the wills of connected clients whose sessions are not stored are kept,
+        #: so that they outlive this process (a cluster's ``cluster/wills.py``):
+        #: ``kept(session)`` once connected, ``ended(session)`` when the connection
+        #: ends.  None on a single node.
+        self.wills: Any = None
         #: Subscriptions and dispatch: the seam a cluster router wraps.
         self.router: Any = LocalRouter(self.sessions, self.delivery.deliver)
         local = self.router

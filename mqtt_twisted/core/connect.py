@@ -347,6 +347,8 @@ class Connector:
                     props[_P.SESSION_EXPIRY_INTERVAL] = 0
             if session.persistent:
                 self.broker.journal.persist(self.broker.store.saveSession(session))
+            elif session.will is not None and self.broker.wills is not None:
+                self.broker.wills.kept(session)  # a stored session keeps its will itself
             self.broker.stats.client_connected()
             conn.accept(session, present, packet, props)
         finally:

@@ -49,6 +49,8 @@ class Lifecycle:
         clientlog.disconnected(conn)
         will = session.will
         session.will = None
+        if will is not None and broker.wills is not None and not session.persistent:
+            broker.wills.ended(session)
         if will is not None and send_will:
             if session.willDelay and session.persistent:
                 session.will_call = broker.clock.callLater(

@@ -133,4 +133,6 @@ def decode_session(client_id: str, data: bytes) -> StoredSession:
     state.subscriptions = {f.decode(): decode_options(o) for f, o in zip(subs[::2], subs[1::2])}
     state.outbound = sorted((decode_outbound(o) for o in outbound[1::2]), key=lambda o: o.seq)
     state.inboundQoS2 = {int(pid) for pid in qos2}
+    # A cluster's marks: stream -> the last of its entries delivered into the session.
+    state.marks = {k[2:]: v for k, v in info.items() if k[:2] == b"m:"}
     return state

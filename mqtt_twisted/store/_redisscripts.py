@@ -22,6 +22,11 @@ return redis.call(ARGV[1], KEYS[2], unpack(ARGV, 2))
 #: Replace a whole session.  KEYS: session, subs, out, qos2, sessions set; ARGV: client
 #: id, then for each of the four keys a count followed by that many arguments.
 _SAVE = """
+local marks = {}
+local old = redis.call('HGETALL', KEYS[1])
+for m = 1, #old, 2 do
+  if string.sub(old[m], 1, 2) == 'm:' then marks[#marks + 1] = old[m]; marks[#marks + 1] = old[m + 1] end
+end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 local i = 2
 for k = 1, 4 do
@@ -37,6 +42,18 @@ for k = 1, 4 do
   i = last + 1
 end
 redis.call('SADD', KEYS[5], ARGV[1])
+if #marks > 0 then redis.call('HSET', KEYS[1], unpack(marks)) end
+return 1
+"""
+
+#: storeOutbound for a delivery of a cluster stream entry: the outbound record, and
+#: in the session hash the entry as the last one of that stream delivered into the
+#: session (``m:STREAM``; kept by save), in one step.  KEYS: session, out; ARGV: seq,
+#: record, mark field, entry id.
+_MARKED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
 return 1
 """
 
@@ -160,11 +177,38 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+#: A write to one client's keys, made only by the node that owns the client (a
+#: cluster, ``cluster/fence.py``): KEYS[1] the home hash, KEYS[2] the node's epoch
+#: key; ARGV[1] the client id, ARGV[2] the node, ARGV[3] its epoch.  A node that was
+#: adopted while it was cut off (its epoch key is gone) or that let the client go
+#: (its home is another node) gets the error ``FENCED`` and writes nothing.  The
+#: rest of KEYS and ARGV are the unfenced script's own.
+_FENCE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] or redis.call('GET', KEYS[2]) ~= ARGV[3] then
+  return redis.error_reply('FENCED ' .. ARGV[2] .. ' does not own ' .. ARGV[1])
+end
+local K, A = {}, {}
+for i = 3, #KEYS do K[i - 2] = KEYS[i] end
+for i = 4, #ARGV do A[i - 3] = ARGV[i] end
+local KEYS, ARGV = K, A
+"""
+
+#: A plain command on one of a client's keys (HDEL, SREM), fenced.
+_PLAIN = """
+return redis.call(ARGV[1], KEYS[1], unpack(ARGV, 2))
+"""
+
 SCRIPTS = {
     "guarded": _GUARDED, "save": _SAVE, "delete": _DELETE, "load": _LOAD, "list": _LIST,
     "set_retained": _SET_RETAINED, "delete_retained": _DELETE_RETAINED,
-    "match_retained": _MATCH_RETAINED, "release": _RELEASE,
+    "match_retained": _MATCH_RETAINED, "release": _RELEASE, "marked": _MARKED,
 }
+#: The fenced variants of the session writes (``RedisStore.fence``).
+FENCED = {name: "fenced_" + name for name in ("guarded", "save", "delete", "plain",
+                                              "marked")}
+SCRIPTS.update({FENCED[name]: _FENCE + body for name, body in (
+    ("guarded", _GUARDED), ("save", _SAVE), ("delete", _DELETE), ("plain", _PLAIN),
+    ("marked", _MARKED))})
 SHAS = {name: hashlib.sha1(body.encode()).hexdigest().encode()
          for name, body in SCRIPTS.items()}
 

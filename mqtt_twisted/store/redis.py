@@ -8,6 +8,7 @@ Redis hash tags, so that every key of one client lands in one Redis Cluster slot
 
     P:sessions            set   client ids of the stored sessions
     P:session:{cid}       hash  v (format), expiry, willDelay, disconnectedAt, will, owner
+                                (a cluster's m:STREAM marks too: kept by saveSession)
     P:subs:{cid}          hash  topic filter -> subscription options
     P:out:{cid}           hash  seq -> outbound record (queued or in flight) with its message
     P:qos2:{cid}          set   packet ids of inbound QoS 2 PUBLISHes awaiting PUBREL
@@ -67,7 +68,7 @@ from mqtt_twisted.store._redisformat import (
 from mqtt_twisted.store._rediskeys import KeyLayout
 from mqtt_twisted.store._redislink import Link, endpoint
 from mqtt_twisted.store._redislock import RedisLocks
-from mqtt_twisted.store._redisscripts import call_script
+from mqtt_twisted.store._redisscripts import FENCED, call_script
 from mqtt_twisted.store.memory import StoredSession
 from mqtt_twisted.store.outage import OutageLog
 
@@ -188,6 +189,14 @@ class RedisStore:
         self._locks = RedisLocks(reactor, self.options, self._keys, self._link, self.log)
         self._last_message: Message | None = None
         self._last_blob = b""
+        #: A cluster node's fence (``cluster/fence.py``): ``(home hash, epoch key, node,
+        #: epoch)``; when set, every write to a client's keys is made only while the
+        #: client's home is that node and the node's epoch is current.  None alone.
+        self.fence: tuple[bytes, bytes, bytes, bytes] | None = None
+        #: While a cluster node delivers one entry of its stream: ``(b"m:" + stream,
+        #: entry id)``, written with each outbound record it makes, so that the node
+        #: adopting it does not deliver that entry into that session again.
+        self.mark: tuple[bytes, bytes] | None = None
 
     @classmethod
     def fromURL(cls, reactor: Any, url: str) -> RedisStore:
@@ -236,14 +245,27 @@ class RedisStore:
         links = self._links
         return links[zlib.crc32(cid) % len(links)] if len(links) > 1 else links[0]
 
-    def _guarded(self, cid: bytes, kind: bytes, *command: Any) -> Deferred[None]:
-        keys = self._keys
-        d = call_script(self._link(cid), "guarded",
-                        (keys.key(b"session", cid), keys.key(kind, cid)), command)
+    def _write(self, cid: bytes, name: str, keys: tuple[bytes, ...],
+               args: tuple[Any, ...] | list[Any]) -> Deferred[None]:
+        """A write script on one client's keys, fenced when the store is a cluster's."""
+        fence = self.fence
+        if fence is None:
+            d = call_script(self._link(cid), name, keys, args)
+        else:
+            home, epoch_key, node, epoch = fence
+            d = call_script(self._link(cid), FENCED[name], (home, epoch_key, *keys),
+                            (cid, node, epoch, *args))
         d.addCallback(_none)
         return d
 
+    def _guarded(self, cid: bytes, kind: bytes, *command: Any) -> Deferred[None]:
+        keys = self._keys
+        return self._write(cid, "guarded", (keys.key(b"session", cid), keys.key(kind, cid)),
+                           command)
+
     def _plain(self, cid: bytes, *command: Any) -> Deferred[None]:
+        if self.fence is not None:  # command: (name, key, args...)
+            return self._write(cid, "plain", (command[1],), (command[0], *command[2:]))
         d = self._link(cid).call(command)
         d.addCallback(_none)
         return d
@@ -270,17 +292,12 @@ class RedisStore:
         for group in (fields, subs, outbound, qos2):
             args.append(str(len(group)).encode())
             args.extend(group)
-        d = call_script(self._link(cid), "save",
-                        (*self._keys.session(cid), self._keys.sessions), args)
-        d.addCallback(_none)
-        return d
+        return self._write(cid, "save", (*self._keys.session(cid), self._keys.sessions), args)
 
     def deleteSession(self, clientId: str) -> Deferred[None]:
         cid = self._keys.cid(clientId)
-        d = call_script(self._link(cid), "delete",
-                        (*self._keys.session(cid), self._keys.sessions), (cid,))
-        d.addCallback(_none)
-        return d
+        return self._write(cid, "delete", (*self._keys.session(cid), self._keys.sessions),
+                           (cid,))
 
     def listSessions(self) -> Deferred[list[str]]:
         d = call_script(self._links[0], "list", (self._keys.sessions,), (), write=False)
@@ -304,6 +321,12 @@ class RedisStore:
         if message is not self._last_message:
             self._last_message = message
             self._last_blob = encode_message(message)
+        if self.mark is not None:
+            keys = self._keys
+            return self._write(cid, "marked", (keys.key(b"session", cid),
+                                               keys.key(b"out", cid)),
+                               (str(outbound.seq).encode(),
+                                encode_outbound(outbound, self._last_blob), *self.mark))
         return self._guarded(cid, b"out", b"HSET", str(outbound.seq).encode(),
                              encode_outbound(outbound, self._last_blob))
 

@@ -1,0 +1,205 @@
+"""What a dead node left in its stream, delivered by its adopter under flow control.
+
+The adopter reads the dead node's stream with the dead node's consumer group: first
+the entries it had read and not acknowledged (``XAUTOCLAIM``), then those it never
+read, acknowledging each batch once its deliveries are stored (``XACK``).  It does
+not replay them as fast as it can: the dead node's reader was held back by its
+subscribers, and so is this one —
+
+- a connected subscriber that cannot keep up holds the drain back as it would a
+  publisher (the broker's flow control, :class:`DrainPublisher`);
+- a restored session whose client has not reconnected yet takes entries only up to
+  its queue's high-water mark (half of ``--max-queued``): the drain waits, the
+  entries in Redis, until its client is back and catches up, the session has gone
+  elsewhere, or :data:`PATIENCE` seconds have passed (then the session queues as an
+  offline session does, the oldest dropped beyond ``--max-queued``).
+
+An entry the dead node had delivered into a persistent session before it died, but
+not acknowledged, is not delivered into that session again: each outbound record the
+dead node stored carried the entry (``RedisStore.mark``), the stored session keeps the
+last one (``m:STREAM``), and the drain skips that session for every entry up to it.
+So a QoS 2 subscriber does not get it twice (its in-flight record, packet id and
+PUBREL state, is in the session it resumes).
+
+It runs in the background: the adoption is over (and a client of the dead node may
+connect again) before it ends.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from mqtt_twisted.cluster.inbox import READ_COUNT, deliver_entry
+from mqtt_twisted.core.states import CONNECTED
+from mqtt_twisted.store.redis import decode_message
+
+if TYPE_CHECKING:
+    from mqtt_twisted.cluster.node import ClusterNode
+
+log = Logger()
+
+#: Seconds the drain waits for an offline session at its high-water mark.
+PATIENCE = 120.0
+#: Seconds between looks at such a session.
+POLL = 0.1
+
+
+def entry_key(entry_id: bytes) -> tuple[int, int]:
+    """A stream entry id (``ms-seq``) as something that compares in stream order."""
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+class DrainPublisher:
+    """The drain as the broker's flow control sees it: a publisher a subscriber that
+    cannot keep up holds back (``throttle``) until it catches up."""
+
+    state = CONNECTED
+
+    def __init__(self, node: ClusterNode, dead: str,
+                 marks: dict[str, bytes] | None = None) -> None:
+        self.node = node
+        #: client id -> the last entry of this stream the dead node delivered into it.
+        self.marks = {c: entry_key(m) for c, m in (marks or {}).items()}
+        self.skipped = 0
+        self.client_id = f"cluster drain of {dead}"
+        self.paused = False
+        self._resumed: Deferred[None] | None = None
+
+    def throttle(self) -> None:
+        self.paused = True
+
+    def unthrottle(self) -> None:
+        self.node.broker.flow.debts.pop(self, None)  # waiting costs the stream nothing
+        self.paused = False
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None:
+            resumed.callback(None)
+
+    def resumed(self) -> Deferred[None]:
+        d = self._resumed = Deferred()
+        return d
+
+
+class Drain:
+    """One dead node's stream, delivered here."""
+
+    def __init__(self, node: ClusterNode, dead: str,
+                 marks: dict[str, bytes] | None = None) -> None:
+        self.node = node
+        #: client id -> the last entry of this stream the dead node delivered into it.
+        self.marks = {c: entry_key(m) for c, m in (marks or {}).items()}
+        self.skipped = 0
+        self.dead = dead
+        self.stream = node.keys.inbox(dead)
+        self.group = dead.encode("utf-8")
+        self.publisher = DrainPublisher(node, dead)
+        self.delivered = 0
+        self.waited = 0.0
+
+    @inlineCallbacks
+    def run(self) -> Any:
+        node = self.node
+        cursor = b"0-0"
+        while True:
+            reply = yield node.commands.command(b"XAUTOCLAIM", self.stream, self.group,
+                                                node.group, 0, cursor, b"COUNT", READ_COUNT)
+            cursor, entries = reply[0], reply[1]
+            yield self._deliver(entries)
+            if cursor == b"0-0":
+                break
+        while True:
+            reply = yield node.commands.command(b"XREADGROUP", b"GROUP", self.group,
+                                                node.group, b"COUNT", READ_COUNT,
+                                                b"STREAMS", self.stream, b">")
+            entries = reply[0][1] if reply else []
+            if not entries:
+                break
+            yield self._deliver(entries)
+        log.info("cluster {name}: delivered {n} messages left in node {dead}'s stream "
+                 "(waited {w:.1f} s for subscribers; {s} copies it had delivered already "
+                 "skipped)", name=node.name, n=self.delivered, dead=self.dead,
+                 w=self.waited, s=self.skipped)
+        return self.delivered
+
+    @inlineCallbacks
+    def _deliver(self, entries: list[Any]) -> Any:
+        ids: list[bytes] = []
+        writes: list[Any] = []
+        for entry_id, fields in entries:
+            yield self._room(fields)
+            ids.append(entry_id)
+            writes += self._deliver_one(entry_id, fields)
+        if writes:
+            yield gatherResults(writes, consumeErrors=True)
+        if ids:
+            yield self.node.commands.command(b"XACK", self.stream, self.group, *ids)
+            self.delivered += len(ids)
+
+    def _deliver_one(self, entry_id: bytes, fields: list[Any] | None) -> list[Any]:
+        marks = self.marks
+        if not marks:
+            return deliver_entry(self.node, fields, self.publisher)
+        key = entry_key(entry_id)
+        done = {c for c, m in marks.items() if m >= key}
+        if not done:
+            self.marks = {c: m for c, m in marks.items() if m >= key}  # all behind now
+            return deliver_entry(self.node, fields, self.publisher)
+        local = self.node.router.local
+        deliver = local.deliver
+
+        def unless_done(session: Any, *args: Any) -> None:
+            if session.clientId in done:
+                self.skipped += 1
+                return
+            deliver(session, *args)
+
+        local.deliver = unless_done
+        try:
+            return deliver_entry(self.node, fields, self.publisher)
+        finally:
+            local.deliver = deliver
+
+    @inlineCallbacks
+    def _room(self, fields: list[Any] | None) -> Any:
+        """Wait until the subscribers of this entry can take it."""
+        publisher = self.publisher
+        if publisher.paused:
+            yield publisher.resumed()
+        full = self._full_offline(fields)
+        waited = 0.0
+        while full is not None and waited < PATIENCE:
+            yield deferLater(self.node.reactor, POLL, lambda: None)
+            waited += POLL
+            if publisher.paused:
+                yield publisher.resumed()
+            full = self._full_offline(fields)
+        self.waited += waited
+
+    def _full_offline(self, fields: list[Any] | None) -> Any:
+        """A session this entry goes to whose client is away and whose queue is at
+        its high-water mark, or None."""
+        if not fields:
+            return None
+        try:
+            record = dict(zip(fields[::2], fields[1::2]))
+            if b"c" in record:
+                client_ids = [record[b"c"].decode("utf-8")]
+            else:
+                topic = decode_message(record[b"m"]).topic
+                client_ids = [c for c, _ in self.node.router.local.tree.match(topic)]
+        except Exception:
+            return None  # deliver_entry says what is wrong with it
+        broker = self.node.broker
+        high_water = broker.delivery.high_water
+        for client_id in client_ids:
+            session = broker.sessions.get(client_id)
+            if (session is not None and session.persistent and session.queue
+                    and len(session.queue) >= high_water
+                    and (session.connection is None or session.connection.state != CONNECTED)):
+                return session
+        return None

@@ -1,0 +1,113 @@
+"""What a cluster node tells Redis for its router: its filters and share groups (the
+route table every node keeps), and the copies of messages for its peers (QoS 0 over pub/sub,
+QoS 1/2 into the destination node's stream).  ``ClusterRouter.link``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from mqtt_twisted.cluster.routes import ADD, REMOVE, SHARE, encode_change
+from mqtt_twisted.cluster.shared import encode_groups
+from mqtt_twisted.errors import StorageError
+from mqtt_twisted.store.redis import encode_message
+
+if TYPE_CHECKING:
+    from mqtt_twisted.cluster.node import ClusterNode
+
+#: Entries kept in a node's stream (XADD MAXLEN ~): what a node that is down for a
+#: while can catch up on when it comes back under the same name.
+INBOX_MAXLEN = 100_000
+
+_REGISTER = b"""
+if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+return 1
+"""
+_UNREGISTER = b"""
+if redis.call('SREM', KEYS[1], ARGV[1]) == 1 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+return 1
+"""
+_SHARE = b"""
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""
+_UNSHARE = b"""
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+return 1
+"""
+
+
+class NodeLink:
+    """The router's link to Redis (``router.py``'s ``link``), for one node."""
+
+    def __init__(self, node: ClusterNode) -> None:
+        self.node = node
+
+    def _script(self, script: bytes, key: bytes, *args: Any, change: bytes,
+                what: str) -> None:
+        """``script`` on ``key`` with ``args``, then the routes channel and ``change``
+        (published there when the script changed something)."""
+        node = self.node
+        node.commands.command(b"EVAL", script, 1, key, *args, node.keys.routes,
+                              change).addErrback(node._failed, what)
+
+    def register(self, topic_filter: str) -> None:
+        node = self.node
+        self._script(_REGISTER, node.keys.filters(node.name), topic_filter.encode("utf-8"),
+                     change=encode_change(ADD, node.name, topic_filter),
+                     what="registering a filter")
+
+    def unregister(self, topic_filter: str) -> None:
+        node = self.node
+        self._script(_UNREGISTER, node.keys.filters(node.name), topic_filter.encode("utf-8"),
+                     change=encode_change(REMOVE, node.name, topic_filter),
+                     what="removing a filter")
+
+    def share(self, key: str, weight: int) -> None:
+        node = self.node
+        self._script(_SHARE, node.keys.shared(node.name), key.encode("utf-8"), weight,
+                     change=encode_change(SHARE, node.name, key, weight),
+                     what="registering a share group")
+
+    def unshare(self, key: str) -> None:
+        node = self.node
+        self._script(_UNSHARE, node.keys.shared(node.name), key.encode("utf-8"),
+                     change=encode_change(REMOVE, node.name, key),
+                     what="removing a share group")
+
+    def publish(self, to: str, blob: bytes, groups: list[str] | None = None,
+                resent: bool = False) -> None:
+        """QoS 0: at most once, like QoS 0 itself.  ``groups``: the share groups node
+        ``to`` gives it to (``router.py``); ``resent``: it is not sent on again."""
+        node = self.node
+        node.commands.command(b"PUBLISH", node.keys.inbox0(to), msgpack.packb(
+            [node.name, blob, groups, resent], use_bin_type=True)).addErrback(_ignored)
+
+    def append(self, to: str, blob: bytes, destinations: bytes = b"",
+               groups: list[str] | None = None, resent: bool = False) -> Deferred[Any]:
+        """QoS 1/2: fires once the entry is in node ``to``'s stream.  ``destinations``:
+        every node the message was sent to (``moved.py`` reads it); field ``g``, the
+        share groups ``to`` gives it to and whether it was sent on, only when there are
+        some (``router.py``)."""
+        extra: tuple[Any, ...] = ()
+        if groups:
+            extra = (b"g", encode_groups(groups, resent))
+        return self._add(to, b"m", blob, b"d", destinations, *extra)
+
+    def direct(self, to: str, client_id: str, message: Any) -> Deferred[Any]:
+        """A QoS 1/2 message for one session that left here for ``to`` (``moved.py``)."""
+        return self._add(to, b"m", encode_message(message), b"c", client_id.encode("utf-8"))
+
+    def _add(self, to: str, *fields: Any) -> Deferred[Any]:
+        node = self.node
+        return node.commands.command(b"XADD", node.keys.inbox(to), b"MAXLEN", b"~",
+                                     INBOX_MAXLEN, b"*", b"o", node._origin, *fields)
+
+
+def _ignored(failure: Failure) -> None:
+    """A QoS 0 forward that failed is a QoS 0 message lost, as QoS 0 allows."""
+    failure.trap(StorageError)

@@ -1,0 +1,182 @@
+"""The handover window: what reaches the old node for a session that has just left.
+
+When a session moves from node O to node N (``handover.py``), the peers learn that N
+has its filters only once N has restored it and registered them, and O's stream may
+still hold entries for it that O has not read.  Without care, a message in that window
+is delivered to nothing on O.  So:
+
+- **O keeps forwarding** (:meth:`Moved.left`): O keeps the session's filters
+  registered for a while (the router's ``hold``) and, for :data:`GRACE` seconds after
+  the last message it forwarded, sends every QoS 1/2 message it routes (its own
+  publishers' and its stream's) that the session's subscriptions match on to N, as a
+  *directed* entry of N's stream (field ``c``: the client id), unless N was among the
+  message's destinations already (the ``d`` field of a stream entry; the route table
+  for a local message): then N has it directly, and nothing is delivered twice.
+- **N takes the directed entries** (:meth:`Moved.directed`): delivered to that client's
+  session only, by its own subscriptions.  While a session is being asked for
+  (:meth:`Moved.expect`) and is not here yet, N's stream reader stops at the first
+  entry directed to it (:meth:`Moved.waiting_for`) and goes on once the session is
+  restored and its connection attached (:meth:`Moved.arrived`): the entries wait in
+  Redis, then go through flow control like any other, after what the snapshot held.
+
+QoS 0 is not forwarded (at most once).  Order: a message that came through O can reach
+the session after a later one that came directly, when a publisher's node switched
+from O to N while O still had earlier entries unread (docs/cluster.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+
+from mqtt_twisted.codec.topics import SHARE_PREFIX, topic_matches
+from mqtt_twisted.message import Message
+
+if TYPE_CHECKING:
+    from mqtt_twisted.cluster.node import ClusterNode
+
+log = Logger()
+
+#: Seconds O keeps forwarding after the last message it forwarded for a session.
+GRACE = 10.0
+
+
+def deliveries_for(client_id: str, subscriptions: dict[str, Any],
+                   message: Message) -> tuple[int, bool, tuple[int, ...] | None] | None:
+    """What one session's (non-shared) subscriptions make of ``message``: the QoS, retain
+    as published and subscription ids of its one delivery, or None [MQTT-3.3.4-2]."""
+    qos = -1
+    rap = False
+    ids: list[int] = []
+    topic = message.topic
+    for topic_filter, options in subscriptions.items():
+        if topic_filter.startswith(SHARE_PREFIX) or not topic_matches(topic_filter, topic):
+            continue
+        if options.no_local and message.sender == client_id:
+            continue
+        if options.qos > qos:
+            qos = options.qos
+        rap = rap or options.retain_as_published
+        if options.subscription_id:
+            ids.append(options.subscription_id)
+    if qos < 0:
+        return None
+    return min(qos, message.qos), message.retain and rap, tuple(ids) or None
+
+
+class _Departure:
+    __slots__ = ("to", "subscriptions", "filters", "call", "forwarded")
+
+    def __init__(self, to: str, subscriptions: dict[str, Any], filters: set[str]) -> None:
+        self.to = to
+        self.subscriptions = subscriptions
+        self.filters = filters
+        self.call: Any = None
+        self.forwarded = 0
+
+
+class Moved:
+    """Sessions that left this node lately (forwarded to), and those arriving."""
+
+    def __init__(self, node: ClusterNode) -> None:
+        self.node = node
+        #: client id -> where its session went, with its subscriptions (O's side).
+        self.leaving: dict[str, _Departure] = {}
+        #: client id -> what waits for its session to be here (N's side).
+        self.pending: dict[str, list[Callable[[], Any]]] = {}
+        self.forwarded = 0
+
+    # --- the old node ---
+
+    def left(self, client_id: str, to: str, subscriptions: dict[str, Any]) -> None:
+        """``client_id``'s session goes to node ``to``: hold its filters' registrations
+        and forward what matches them there (before the session is let go)."""
+        self.stop_forwarding(client_id)
+        router = self.node.router
+        filters = {f for f in subscriptions if not f.startswith(SHARE_PREFIX)}
+        for key in filters:
+            router.hold(key)
+        departure = self.leaving[client_id] = _Departure(to, dict(subscriptions), filters)
+        departure.call = self.node.reactor.callLater(GRACE, self._quiet, client_id)
+
+    def _quiet(self, client_id: str) -> None:
+        """Nothing forwarded for GRACE seconds: stop, unless this node's stream reader
+        is still behind (a backlog, held back, or its last batch was full)."""
+        departure = self.leaving.get(client_id)
+        if departure is None:
+            return
+        if self.node.inbox.behind():
+            departure.call = self.node.reactor.callLater(GRACE, self._quiet, client_id)
+            return
+        self.stop_forwarding(client_id)
+
+    def stop_forwarding(self, client_id: str) -> None:
+        departure = self.leaving.pop(client_id, None)
+        if departure is None:
+            return
+        if departure.call is not None and departure.call.active():
+            departure.call.cancel()
+        for key in departure.filters:
+            self.node.router.unhold(key)
+        log.info("cluster {name}: {n} messages forwarded to {to} for {client}, whose "
+                 "session went there", name=self.node.name, n=departure.forwarded,
+                 to=departure.to, client=client_id)
+
+    def forward(self, message: Message, destinations: Any) -> None:
+        """A QoS 1/2 message routed here: on to each departed session it matches whose
+        node did not get it directly (``destinations``: the nodes it was sent to)."""
+        node = self.node
+        for client_id, departure in list(self.leaving.items()):
+            if departure.to in destinations:
+                continue
+            if deliveries_for(client_id, departure.subscriptions, message) is None:
+                continue
+            self.forwarded += 1
+            departure.forwarded += 1
+            node.broker.journal.persist(node.link.direct(departure.to, client_id, message))
+            departure.call.reset(GRACE)
+
+    def clear(self) -> None:
+        for client_id in list(self.leaving):
+            self.stop_forwarding(client_id)
+        self.pending.clear()
+
+    # --- the new node ---
+
+    def expect(self, client_id: str) -> None:
+        """``client_id``'s session is being asked for: what is directed to it waits."""
+        self.pending.setdefault(client_id, [])
+
+    def waiting_for(self, fields: list[Any], resume: Callable[[], Any]) -> bool:
+        """Whether a stream entry is directed to a session that is expected and not
+        here yet; then ``resume`` is called once it is (or is not coming)."""
+        if len(fields) < 6 or fields[4] != b"c" or not self.pending:
+            return False
+        client_id = fields[5].decode("utf-8", "replace")
+        waiting = self.pending.get(client_id)
+        if waiting is None or client_id in self.node.broker.sessions:
+            return False
+        waiting.append(resume)
+        return True
+
+    def arrived(self, client_id: str) -> None:
+        """Its session is restored here (or is not coming): next turn, once the CONNECT
+        has attached its connection, what waited for it goes on."""
+        waiting = self.pending.pop(client_id, None)
+        for resume in waiting or ():
+            self.node.reactor.callLater(0, resume)
+
+    def directed(self, client_id: str, message: Message) -> None:
+        """A directed entry from the node the session left: into that session only."""
+        broker = self.node.broker
+        session = broker.sessions.get(client_id)
+        if session is None:
+            log.info("cluster: a message forwarded for {client}, whose session is not "
+                     "here, is dropped", client=client_id)
+            return
+        found = deliveries_for(client_id, session.subscriptions, message)
+        if found is not None:
+            qos, retain, ids = found
+            broker.deliver(session, message, qos, retain, ids)
