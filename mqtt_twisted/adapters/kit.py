@@ -136,7 +136,7 @@ class ConnectionLimit:
             return False
         if self.rate is not None and not self.rate.allows(_host(peer)):
             self.refused += 1
-            self._count_refusal()
+            self._count_refusal("connection_rate")
             log.warn("Refusing {what} from {peer}: more than {rate} new connections a "
                      "second from that address on {listener}", what=what,
                      peer=peer if isinstance(peer, str) else peer_text(peer),
@@ -152,18 +152,17 @@ class ConnectionLimit:
     def refuse(self, peer: Any, what: str = "a connection") -> None:
         """Count and log a refusal; the caller closes or answers the connection."""
         self.refused += 1
-        self._count_refusal()
+        self._count_refusal("listener_full")
         log.warn("Refusing {what} from {peer}: {limit} connections held on {listener}",
                  what=what, peer=peer if isinstance(peer, str) else peer_text(peer),
                  limit=self.listener.maxConnections, listener=listener_name(self.listener))
 
-
-    def _count_refusal(self) -> None:
+    def _count_refusal(self, why: str) -> None:
         counted = getattr(self.broker, "connectionRefused", None)  # the gateway's counter
         if counted is not None:
-            counted()
+            counted(why)
         else:
-            self.broker.stats.connections_refused += 1
+            self.broker.stats.connection_refused(why)
 
 
 @dataclass(frozen=True, slots=True)

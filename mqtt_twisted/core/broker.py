@@ -147,7 +147,7 @@ class Broker:
         if message.topic[:5] == "$SYS/":
             pass  # the broker's own (no client may publish there): never held back
         elif message.payload and not quota.allows(message.topic, message.payload):
-            quota.refused += 1
+            self.stats.limit_hit("retained")
             return
         else:
             quota.note(message)

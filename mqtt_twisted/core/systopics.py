@@ -13,6 +13,7 @@ from typing import Any
 from mqtt_twisted import __version__
 from mqtt_twisted.core._async import when
 from mqtt_twisted.core.broker import Broker
+from mqtt_twisted.core.stats import BrokerStats
 from mqtt_twisted.message import Message
 
 PREFIX = "$SYS/broker/"
@@ -29,6 +30,16 @@ def resident_memory() -> int | None:
     except OSError:
         return None
     return None
+
+
+def limit_values(stats: BrokerStats) -> dict[str, str]:
+    """``limits/...``: what each limit refused (docs/limits.md), from the counters
+    metrics read too."""
+    values = {f"limits/{kind}": str(n) for kind, n in stats.limit_hits.items()}
+    values["limits/client_rate/paused"] = str(stats.rate_pauses)
+    values["limits/client_rate/disconnected"] = str(stats.rate_disconnects)
+    values["limits/connection_rate/refused"] = str(stats.connection_rate_refusals)
+    return values
 
 
 class SysTopics:
@@ -63,6 +74,7 @@ class SysTopics:
             "bytes/sent": str(stats.bytes_sent),
             "subscriptions/count": str(broker.router.count()),
         }
+        values.update(limit_values(stats))
         extra = getattr(broker.router, "sys_values", None)  # a cluster router's own
         if extra is not None:
             values.update(extra())
