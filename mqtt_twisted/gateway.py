@@ -80,9 +80,10 @@ class Gateway:
                         certificateIdentity: str | None = None) -> Any:
         return self.broker.build_connection(transport, peer, listener, certificateIdentity)
 
-    def connectionRefused(self) -> None:
-        """An adapter refused a client before it reached the broker (a full listener)."""
-        self.broker.stats.connections_refused += 1
+    def connectionRefused(self, why: str = "listener_full") -> None:
+        """An adapter refused a client before it reached the broker: a full listener,
+        or a source address over its connection rate."""
+        self.broker.stats.connection_refused(why)
 
     # --- who may do what ------------------------------------------------------------------
 
@@ -214,6 +215,7 @@ class Gateway:
             validate_topic_name(message.topic)
             why = topic_refusal(self.broker.settings, message.topic)
             if why is not None:
+                self.broker.stats.limit_hit("topic")
                 raise InvalidTopicName(why)
         except MQTTError as e:
             return fail(e)
@@ -221,7 +223,7 @@ class Gateway:
             return fail(AuthorizationError(f"{message.topic!r} is reserved for the broker"))
         broker = self.broker
         if message.retain and not broker.retained_quota.allows(message.topic, message.payload):
-            broker.retained_quota.refused += 1
+            broker.stats.limit_hit("retained")
             return fail(QuotaExceeded("retained messages are over their quota"))
         if message.received_at == 0.0:
             message.received_at = broker.clock.seconds()
@@ -249,7 +251,7 @@ class Gateway:
             session = self._open_session(clientId)
         except ValidationError as e:
             return fail(e)
-        code, _ = check_filter(self.broker.settings, topicFilter)
+        code, _ = check_filter(self.broker.settings, topicFilter, stats=self.broker.stats)
         if code:
             return succeed(int(code))
         if self.broker.authorizer is None:
@@ -261,6 +263,7 @@ class Gateway:
         if not allowed:
             return int(ReasonCode.NOT_AUTHORIZED)
         if over_subscription_quota(self.broker.settings, session.subscriptions, topicFilter):
+            self.broker.stats.limit_hit("subscriptions")
             return int(ReasonCode.QUOTA_EXCEEDED)
         options = SubscriptionOptions(granted_qos(self.broker.settings, qos))
         if self.broker.subscribe(session, topicFilter, options):

@@ -198,8 +198,10 @@ class IBrokerService(Interface):
         :param certificateIdentity: the TLS client certificate's identity, if any.
         """
 
-    def connectionRefused():
-        """Count a client the adapter refused before it reached the broker."""
+    def connectionRefused(why="listener_full"):
+        """Count a client the adapter refused before it reached the broker: ``why`` is
+        ``"listener_full"`` (maxConnections) or ``"connection_rate"`` (its source
+        address's maxConnectionRate)."""
 
     def authenticate(credentials):
         """Deferred firing with the identity the authenticator gives an

@@ -166,10 +166,16 @@ class Options(usage.Options):
         ["max-keepalive", None, 0, "Largest keep alive granted in seconds (0: no limit).",
          _number("max-keepalive", int, 0, 65535)],
         ["persistent-session-expiry", None, None,
-         "Seconds a clean-session-0 (v3.1.1) session outlives its client (default: forever).",
+         "Seconds a clean-session-0 (v3.1.1) session outlives its client (default: "
+         "--max-session-expiry).",
          _number("persistent-session-expiry", float, 0)],
-        ["max-session-expiry", None, None, "Cap on MQTT 5 session expiry intervals, seconds.",
+        ["max-session-expiry", None, 7200.0,
+         "Seconds any session may outlive its client (v5: told in CONNACK; v3.1.1 alike; "
+         "4294967295: as the client asks, forever for v3.1.1).",
          _number("max-session-expiry", float, 0, 0xFFFFFFFF)],
+        ["max-sessions", None, 100_000,
+         "Sessions held beyond which a new persistent session is refused (v5 CONNACK 0x97, "
+         "v3 0x03; 0: no limit).", _number("max-sessions", int, 0)],
         ["sys-interval", None, 10.0, "Seconds between $SYS/broker/... updates (0: none).",
          _number("sys-interval", float, 0)],
         ["topic-aliases", None, "off",
@@ -370,7 +376,9 @@ def broker_settings(options: Options) -> BrokerSettings:
         max_retained_bytes=options["max-retained-bytes"],
         max_keepalive=options["max-keepalive"],
         persistent_session_expiry=options["persistent-session-expiry"],
-        max_session_expiry=options["max-session-expiry"],
+        max_session_expiry=(None if options["max-session-expiry"] == 0xFFFFFFFF
+                            else options["max-session-expiry"]),
+        max_sessions=options["max-sessions"],
         queue_qos0_offline=bool(options["queue-qos0"]),
         outbound_topic_aliases=options["topic-aliases"],
         validate_utf8_payload=bool(options["validate-utf8"]),

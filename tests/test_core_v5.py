@@ -43,8 +43,9 @@ def test_session_expiry_zero_ends_session_with_connection() -> None:
 
 
 def test_session_expiry_never_for_max_value() -> None:
-    """0xFFFFFFFF means the session never expires (MQTT 5 §3.1.2.11.2)."""
-    broker, clock = make_broker()
+    """0xFFFFFFFF means the session never expires (MQTT 5 §3.1.2.11.2) on a broker
+    without a maximum session expiry."""
+    broker, clock = make_broker(BrokerSettings(max_session_expiry=None))
     c = FakeClient(broker, 5)
     c.connect("s", clean=False, properties={P.SESSION_EXPIRY_INTERVAL: 0xFFFFFFFF})
     c.drop()

@@ -79,7 +79,9 @@ class SessionExpiryTests(V5TestCase):
 
     @inlineCallbacks
     def test_expiry_max_value_never_expires(self):
-        """0xFFFFFFFF means the session never expires: no expiry timer is set."""
+        """0xFFFFFFFF means the session never expires: no expiry timer is set (on a
+        broker without a maximum session expiry)."""
+        self.service.broker.settings.max_session_expiry = None
         client = yield self.paho5("se-never", clean_start=False,
                                   connect_properties={"SessionExpiryInterval": NEVER})
         yield client.subscribe(("se/never", 1))

@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from mqtt_twisted.adapters.kit import ConnectionLimit, ConnectionRate
 from mqtt_twisted.adapters.listener import ListenerSettings
 from mqtt_twisted.adapters.mqtt import MQTTStreamFactory
+from mqtt_twisted.adapters.websocket import WebSocketAdapter
 from mqtt_twisted.codec import Connect, encode
 from mqtt_twisted.service import BrokerService
 from mqtt_twisted.store.memory import MemoryStore
@@ -108,3 +109,83 @@ class RealSocketTests(TestCase):
         answers = yield threads.deferToThread(clients)
         self.assertEqual(sum(a[:1] == b"\x20" for a in answers), 3)
         self.assertEqual(factory.limit.refused, 5)
+
+
+class WebSocketRateTests(TestCase):
+    """ws= listeners take the address's connection rate at TCP accept, as MQTT
+    listeners do (it was taken at onOpen, after the whole upgrade request)."""
+
+    def test_site_refuses_at_accept(self) -> None:
+        """Past the rate the site builds no channel at all (the socket is closed
+        unanswered); the sockets it accepted are not charged again on upgrade."""
+        clock = Clock()
+        service = BrokerService(clock, MemoryStore(clock))
+        listener = ListenerSettings("ws", "tcp:0", 0, 10.0, maxConnectionRate=2)
+        site = WebSocketAdapter().buildFactory(clock, service.gateway, listener)
+        peer = IPv4Address("TCP", "10.0.0.9", 4242)
+        built = [site.buildProtocol(peer) for _ in range(3)]
+        self.assertIsNotNone(built[0])
+        self.assertIsNotNone(built[1])
+        self.assertIsNone(built[2])
+        self.assertEqual(service.broker.stats.connection_rate_refusals, 1)
+        self.assertTrue(site.ws_factory.limit.admit("10.0.0.9:4242", rate=False))
+        self.assertTrue(site.ws_factory.limit.admit("10.0.0.9:4243", rate=False))
+        self.assertEqual(service.broker.stats.connection_rate_refusals, 1)
+
+    @inlineCallbacks
+    def test_sockets_past_the_rate_are_closed_before_the_upgrade(self):
+        """3 a second on a non-loopback address: of 6 sockets opened at once, 3 are
+        upgraded and get their CONNACK; 3 are closed before they send anything."""
+        host = _other_address()
+        if host is None:
+            self.skipTest("no non-loopback address on this host")
+        service = BrokerService(global_reactor, MemoryStore(global_reactor))
+        yield service.store.start()
+        service.running = True
+        listener = ListenerSettings("ws", f"tcp:0:interface={host}", 0, 10.0,
+                                    maxConnectionRate=3)
+        site = WebSocketAdapter().buildFactory(global_reactor, service.gateway, listener)
+        port = yield TCP4ServerEndpoint(global_reactor, 0, interface=host).listen(site)
+        self.addCleanup(service.stopService)
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+        upgrade = (b"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                   b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                   b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n")
+
+        def clients() -> list[bytes]:
+            answers = []
+            socks = [socket.create_connection((host, number), 5) for _ in range(6)]
+            for i, s in enumerate(socks):
+                try:
+                    s.settimeout(0.5)  # refused at accept: closed before any request
+                    try:
+                        answers.append(s.recv(1))
+                        s.close()
+                        continue
+                    except TimeoutError:
+                        s.settimeout(5)
+                    s.sendall(upgrade)
+                    head = b""
+                    while b"\r\n\r\n" not in head:
+                        chunk = s.recv(4096)
+                        if not chunk:
+                            break
+                        head += chunk
+                    if head.startswith(b"HTTP/1.1 101"):
+                        connect = encode(Connect(f"w{i}", 4))  # one masked binary frame
+                        s.sendall(bytes([0x82, 0x80 | len(connect)]) + bytes(4) + connect)
+                        head += s.recv(16)
+                    answers.append(head)
+                except OSError:
+                    answers.append(b"")
+                s.close()
+            return answers
+
+        answers = yield threads.deferToThread(clients)
+        upgraded = [a for a in answers if a.startswith(b"HTTP/1.1 101")]
+        self.assertEqual(len(upgraded), 3, answers)
+        self.assertTrue(all(a.endswith(b"\x82\x04\x20\x02\x00\x00") for a in upgraded),
+                        upgraded)  # CONNACK 0 in a binary frame
+        self.assertEqual(answers.count(b""), 3, answers)
+        self.assertEqual(service.broker.stats.connection_rate_refusals, 3)

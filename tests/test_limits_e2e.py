@@ -19,8 +19,11 @@ from types import ModuleType
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
-#: Generous for a 2-core machine shared with other jobs; before the limits: 1.9-4 s.
-P99_MS = 250.0
+#: The issue's bound for every attack (before the limits: 1.9-4 s).  It was 250 ms
+#: here; measured on the shared 2-core machine (load average 10): 6-31 ms for the
+#: short attacks, 42-64 ms for the alias flood with 65,535-byte topics (decoding its
+#: shares of 256 packets, nothing else: py-spy), see docs/limits.md.
+P99_MS = 50.0
 MiB = 1 << 20
 
 
@@ -92,13 +95,15 @@ def test_a_million_user_properties() -> None:
 def test_alias_amplification_is_bounded_by_the_queued_bytes() -> None:
     """With topics as long as the protocol allows, 700 KB of alias-only PUBLISHes toward a
     subscriber that never reads cost at most the queued bytes twice (was +930 MB and a
-    3 s stall); by default the 60 KB topic itself is refused.  Each 64 KB read holds
-    8,000 PUBLISHes, 40-75 ms of work, hence the wider round-trip bound (the allocator
-    keeps some of the 60 KB blocks: RSS returns to within about 20 MB)."""
+    3 s stall); by default the 60 KB topic itself is refused.  A 64 KB read holds 8,000
+    PUBLISHes, handled 256 (or fewer, WORK_BUDGET) a reactor turn by fairness per read,
+    so the bystander's bound is the issue's 50 ms like the others (it was 600 ms,
+    written before fairness per read; the allocator keeps some of the 60 KB blocks:
+    RSS returns to within about 20 MB)."""
     for result in attacked("alias_amplification"):
         check(result, "topic refused")
     for result in attacked("alias_amplification", "--max-topic-length", "65535"):
-        check(result, "KB sent", peak_mib=2 * 16 + 8, after_mib=2 * 16 + 8, p99_ms=600)
+        check(result, "KB sent", peak_mib=2 * 16 + 8, after_mib=2 * 16 + 8)
 
 
 @pytest.mark.slow

@@ -138,7 +138,7 @@ def test_retained_count_quota_v5_puback_0x97() -> None:
     assert pub.publish("r/2", b"B", qos=1, retain=True)[0].reason_code == 0  # replaces
     pub.publish("r/1", b"", retain=True)  # deletes
     assert pub.publish("r/3", b"c", qos=1, retain=True)[0].reason_code == 0
-    assert (broker.retained_quota.count, broker.retained_quota.refused) == (2, 1)
+    assert (broker.retained_quota.count, broker.stats.limit_hits["retained"]) == (2, 1)
     assert broker.store.countRetained().result == 2
 
 
@@ -151,7 +151,7 @@ def test_retained_bytes_quota_v3_is_dropped() -> None:
     assert pub.publish("u", bytes(1), qos=1, retain=True) == [PubAck(2)]
     assert not pub.transport.closed
     assert broker.store.countRetained().result == 1
-    assert broker.retained_quota.refused == 1
+    assert broker.stats.limit_hits["retained"] == 1
 
 
 def test_v5_qos0_retained_over_quota_is_dropped_without_disconnect() -> None:
@@ -240,5 +240,5 @@ def test_sys_topics_are_outside_the_retained_quota() -> None:
     pub.connect("p")
     pub.publish("full", b"x", retain=True)
     SysTopics(broker).tick()
-    assert broker.retained_quota.count == 1 and broker.retained_quota.refused == 0
+    assert broker.retained_quota.count == 1 and broker.stats.limit_hits["retained"] == 0
     assert broker.store.countRetained().result > 10

@@ -153,22 +153,31 @@ class ConnectionLimit:
         limit = self.listener.maxConnections
         return bool(limit) and self.active >= limit
 
-    def admit(self, peer: Any, what: str = "a connection") -> bool:
-        """Count one more connection, or refuse it (False) at the limit."""
+    def admit(self, peer: Any, what: str = "a connection", rate: bool = True) -> bool:
+        """Count one more connection, or refuse it (False) at the limit or, unless
+        ``rate`` is False (an adapter that checked it at accept), over the rate."""
         if self.full():
             self.refuse(peer, what)
             return False
-        if self.rate is not None and not self.rate.allows(_host(peer)):
-            self.refused += 1
-            self.rate_refused += 1
-            self._count_refusal()
-            log.warn("Refusing {what} from {peer}: more than {rate} new connections a "
-                     "second from that address on {listener}", what=what,
-                     peer=peer if isinstance(peer, str) else peer_text(peer),
-                     rate=self.rate.rate, listener=listener_name(self.listener))
+        if rate and not self.within_rate(peer, what):
             return False
         self.active += 1
         return True
+
+    def within_rate(self, peer: Any, what: str = "a connection") -> bool:
+        """Take one new connection from ``peer``'s address; False (counted, logged) when
+        it is over ``maxConnectionRate``.  An adapter that admits a connection only
+        later (WebSocket, after its upgrade) calls this at TCP accept."""
+        if self.rate is None or self.rate.allows(_host(peer)):
+            return True
+        self.refused += 1
+        self.rate_refused += 1
+        self._count_refusal("connection_rate")
+        log.warn("Refusing {what} from {peer}: more than {rate} new connections a "
+                 "second from that address on {listener}", what=what,
+                 peer=peer if isinstance(peer, str) else peer_text(peer),
+                 rate=self.rate.rate, listener=listener_name(self.listener))
+        return False
 
     def release(self) -> None:
         """An admitted connection ended."""
@@ -177,18 +186,17 @@ class ConnectionLimit:
     def refuse(self, peer: Any, what: str = "a connection") -> None:
         """Count and log a refusal; the caller closes or answers the connection."""
         self.refused += 1
-        self._count_refusal()
+        self._count_refusal("listener_full")
         log.warn("Refusing {what} from {peer}: {limit} connections held on {listener}",
                  what=what, peer=peer if isinstance(peer, str) else peer_text(peer),
                  limit=self.listener.maxConnections, listener=listener_name(self.listener))
 
-
-    def _count_refusal(self) -> None:
+    def _count_refusal(self, why: str) -> None:
         counted = getattr(self.broker, "connectionRefused", None)  # the gateway's counter
         if counted is not None:
-            counted()
+            counted(why)
         else:
-            self.broker.stats.connections_refused += 1
+            self.broker.stats.connection_refused(why)
 
 
 @dataclass(frozen=True, slots=True)

@@ -142,7 +142,8 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         factory, transport = self.factory, self.transport
         origin = origin_of(transport, factory.listener)
-        if not factory.limit.admit(origin.peer, "a WebSocket"):
+        # The address's connection rate was taken at TCP accept (_Site.buildProtocol).
+        if not factory.limit.admit(origin.peer, "a WebSocket", rate=False):
             self.abort()
             return
         self._counted = True
@@ -334,6 +335,20 @@ class _Channel(DeadlineChannel):
         super().connectionMade()
 
 
+class _Site(Site):
+    """The WebSocket listener's site: a source address over its connection rate is
+    refused at TCP accept (the socket closed unanswered, as on MQTT listeners), before
+    it costs a request head's parsing and deadline; the connection limit itself counts
+    WebSockets, once upgraded."""
+
+    ws_factory: MQTTWebSocketFactory
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if not self.ws_factory.limit.within_rate(addr, "a WebSocket connection"):
+            return None
+        return super().buildProtocol(addr)
+
+
 def build_site(reactor: Any, broker: Any, settings: Any) -> tuple[Site, Resource,
                                                                   MQTTWebSocketFactory]:
     """The Site serving MQTT over WebSocket at ``path=``; (site, root resource, factory),
@@ -352,7 +367,7 @@ def build_site(reactor: Any, broker: Any, settings: Any) -> tuple[Site, Resource
             parent.putChild(segment, child)
             parent = child
         parent.putChild(segments[-1], resource)
-    site = Site(root, timeout=settings.connectTimeout or None, reactor=reactor)
+    site = _Site(root, timeout=settings.connectTimeout or None, reactor=reactor)
     site.protocol = _Channel
     site.requestFactory = SafeRequest
     site.request_timeout = getattr(settings, "requestTimeout", 10.0)

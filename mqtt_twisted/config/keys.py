@@ -44,6 +44,7 @@ KEYS: tuple[Key, ...] = (
     Key("server.sys_interval", "sys-interval", "sys_interval", "sys_topics.sys_msg_interval"),
     # session
     Key("session.max_expiry", "max-session-expiry", "", "", live="max_session_expiry"),
+    Key("session.max_sessions", "max-sessions", "", "", live="max_sessions"),
     Key("session.persistent_expiry", "persistent-session-expiry",
         "persistent_client_expiration", "mqtt.session_expiry_interval",
         live="persistent_session_expiry"),

@@ -20,7 +20,7 @@ from mqtt_twisted.codec.packets import Auth, Connect
 from mqtt_twisted.constants import PropertyId, ReasonCode
 from mqtt_twisted.core import clientlog
 from mqtt_twisted.core._async import when
-from mqtt_twisted.core.limits import topic_refusal
+from mqtt_twisted.core.limits import over_session_quota, topic_refusal
 from mqtt_twisted.core.ownership import (
     FRESH,
     connecting_owner,
@@ -37,6 +37,7 @@ from mqtt_twisted.errors import (
     ConnectError,
     InvalidTopicName,
     MQTTError,
+    QuotaExceeded,
 )
 from mqtt_twisted.message import Message
 from mqtt_twisted.records import Credentials
@@ -83,6 +84,7 @@ class Connector:
         if will is not None:
             why = topic_refusal(self.broker.settings, will.topic)
             if why is not None:
+                self.broker.stats.limit_hit("topic")
                 if packet.protocol_level == 5:
                     conn.refuse(ConnectError(f"will topic: {why}", ReasonCode.TOPIC_NAME_INVALID))
                 else:  # v3 has no return code for it: close, as for a malformed will topic
@@ -299,7 +301,8 @@ class Connector:
     def _claim(self, conn: MQTTConnection, packet: Connect,
                identity: Any) -> tuple[Session, bool] | None:
         """The session this CONNECT gets, and whether it is resumed; None when the
-        CONNECT was refused because the client id's session belongs to another user."""
+        CONNECT was refused: the client id's session belongs to another user, or a new
+        persistent session would exceed ``max_sessions``."""
         broker = self.broker
         client_id: str = conn.client_id  # type: ignore[assignment]
         owner = connecting_owner(broker, identity)
@@ -326,6 +329,11 @@ class Connector:
             broker.discard_session(session)  # [MQTT-3.1.2-6]
             session = None
         if session is None:
+            if over_session_quota(broker.settings, len(broker.sessions), packet, clean):
+                broker.stats.limit_hit("sessions")
+                conn.refuse(QuotaExceeded(
+                    f"{len(broker.sessions)} sessions held: no new persistent session"))
+                return None
             session = Session(client_id, min(broker.settings.max_inflight, conn.send_quota),
                               broker.settings.max_queued, broker.settings.max_queued_bytes,
                               broker.settings.max_inflight_bytes)
@@ -369,8 +377,8 @@ class Connector:
             self.broker.set_session_expiry(session, expiry)
         elif packet.clean_start:
             session.expiryInterval = 0
-        else:
-            session.expiryInterval = settings.persistent_session_expiry
+        else:  # v3.1.1 cannot be told, but its session is bounded alike
+            self.broker.set_session_expiry(session, settings.persistent_session_expiry)
         session.will = None
         session.willDelay = 0
         will = packet.will

@@ -31,6 +31,7 @@ from mqtt_twisted.core.states import AWAIT_CONNECT, CLOSE_GRACE, CLOSED, CONNECT
 from mqtt_twisted.core.wire import publish_bytes, with_dup
 from mqtt_twisted.errors import (
     MQTTError,
+    PacketTooLarge,
     ProtocolError,
     StoreUnavailable,
     UnsupportedProtocolVersion,
@@ -336,6 +337,8 @@ class MQTTConnection:
                           peer=self.peer, error=error.message,
                           reason_code=int(error.reason_code))
         self.broker.stats.protocol_errors += 1
+        if isinstance(error, PacketTooLarge):  # the packet size or user property limits
+            self.broker.stats.limit_hit("packet_size")
         if self.state == AWAIT_CONNECT and isinstance(error, UnsupportedProtocolVersion):
             # [MQTT-3.1.2-2] answer with return code 0x01 (in the v3 format every level reads).
             self.transport.write(encode(ConnAck(False, error.v3_return_code or 1), 4))

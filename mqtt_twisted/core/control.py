@@ -82,7 +82,7 @@ def subscribe(conn: MQTTConnection, packet: Subscribe,
     granted: list[tuple[str, SubscriptionOptions, bool]] = []
     settings = broker.settings
     for i, sub in enumerate(packet.subscriptions):
-        refusal, shared = check_filter(settings, sub.topic_filter, sub_id)
+        refusal, shared = check_filter(settings, sub.topic_filter, sub_id, broker.stats)
         if shared is not None and v5 and sub.no_local:
             raise ProtocolError("no local on a shared subscription")  # [MQTT-3.8.3-4]
         if refusal:
@@ -93,6 +93,7 @@ def subscribe(conn: MQTTConnection, packet: Subscribe,
             continue
         if over_subscription_quota(settings, session.subscriptions,  # type: ignore[union-attr]
                                    sub.topic_filter):
+            broker.stats.limit_hit("subscriptions")
             codes.append(ReasonCode.QUOTA_EXCEEDED if v5 else 0x80)
             continue
         qos = granted_qos(settings, sub.qos)

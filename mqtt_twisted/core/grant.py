@@ -11,18 +11,23 @@ from mqtt_twisted.codec.topics import SharedFilter, validate_topic_filter
 from mqtt_twisted.constants import ReasonCode
 from mqtt_twisted.core.limits import topic_refusal
 from mqtt_twisted.core.settings import BrokerSettings
+from mqtt_twisted.core.stats import BrokerStats
 from mqtt_twisted.errors import InvalidTopicFilter
 
 
 def check_filter(settings: BrokerSettings, topic_filter: str,
-                 subscription_id: int | None = None) -> tuple[int, SharedFilter | None]:
+                 subscription_id: int | None = None,
+                 stats: BrokerStats | None = None) -> tuple[int, SharedFilter | None]:
     """``(code, shared)``: 0 or the MQTT 5 reason code refusing ``topic_filter``, and the
-    parts of a ``$share/...`` filter (None for a plain one, or an invalid one)."""
+    parts of a ``$share/...`` filter (None for a plain one, or an invalid one).  A
+    filter over the topic limits counts in ``stats`` (``limit_hits["topic"]``)."""
     try:
         shared = validate_topic_filter(topic_filter)
     except InvalidTopicFilter:
         return ReasonCode.TOPIC_FILTER_INVALID, None
     if topic_refusal(settings, topic_filter) is not None:  # deeper or longer than allowed
+        if stats is not None:
+            stats.limit_hit("topic")
         return ReasonCode.TOPIC_FILTER_INVALID, None
     if shared is not None and not settings.shared_subscriptions:
         return ReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED, shared

@@ -57,6 +57,7 @@ def on_publish(conn: MQTTConnection, packet: Publish) -> None:
         # The topic as sent: one an alias stands for was checked when the alias was set.
         why = topic_refusal(broker.settings, topic)
         if why is not None:
+            broker.stats.limit_hit("topic")
             raise InvalidTopicName(f"PUBLISH topic: {why}")
     if props:
         raw = None  # properties may change on the way (alias, expiry): re-encode
@@ -81,7 +82,7 @@ def on_publish(conn: MQTTConnection, packet: Publish) -> None:
         if not broker.settings.retain_available:
             raise ProtocolError("retain not supported", ReasonCode.RETAIN_NOT_SUPPORTED)
         if not broker.retained_quota.allows(topic, packet.payload):
-            broker.retained_quota.refused += 1
+            broker.stats.limit_hit("retained")
             refuse_publish(conn, packet, "retained messages are over their quota",
                            ReasonCode.QUOTA_EXCEEDED)
             return

@@ -24,6 +24,14 @@ if TYPE_CHECKING:
 _NEVER_EXPIRES = 0xFFFFFFFF
 
 
+def capped_expiry(cap: float | None, expiry: float | None) -> float | None:
+    """``expiry`` (None or 0xFFFFFFFF: never) within ``cap`` (None: no cap)."""
+    value = None if expiry == _NEVER_EXPIRES else expiry
+    if cap is not None and (value is None or value > cap):
+        return cap
+    return value
+
+
 class Lifecycle:
     """Wills, session expiry and restore, for one broker."""
 
@@ -114,13 +122,11 @@ class Lifecycle:
             session.expiry_call.cancel()
         broker.journal.persist(broker.store.deleteSession(session.clientId))
 
-    def set_session_expiry(self, session: Session, expiry: int) -> None:
-        """v5 session expiry interval, capped by the operator's maximum."""
-        cap = self.broker.settings.max_session_expiry
-        value: float | None = None if expiry == _NEVER_EXPIRES else expiry
-        if cap is not None and (value is None or value > cap):
-            value = cap
-        session.expiryInterval = value
+    def set_session_expiry(self, session: Session, expiry: float | None) -> None:
+        """A session expiry interval (None or 0xFFFFFFFF: never), capped by the
+        operator's maximum."""
+        session.expiryInterval = capped_expiry(self.broker.settings.max_session_expiry,
+                                               expiry)
 
     def restore_session(self, state: Any) -> Session:
         """Rebuild a live session (and its subscriptions) from stored state at start-up."""
@@ -128,7 +134,9 @@ class Lifecycle:
         settings = broker.settings
         session = Session(state.clientId, settings.max_inflight, settings.max_queued,
                           settings.max_queued_bytes, settings.max_inflight_bytes)
-        session.expiryInterval = state.expiryInterval
+        # Stored before the cap was set, or under a higher one: the cap holds from now.
+        session.expiryInterval = capped_expiry(settings.max_session_expiry,
+                                               state.expiryInterval)
         session.will = state.will
         session.willDelay = state.willDelay
         session.disconnectedAt = state.disconnectedAt

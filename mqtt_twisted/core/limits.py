@@ -1,5 +1,5 @@
 """Limits on what one client may make the broker hold: topic depth and length, its
-subscriptions, the retained messages of everyone (docs/limits.md).
+subscriptions, the retained messages and the sessions of everyone (docs/limits.md).
 
 The protocol allows 65,535-level topics and as many subscriptions and retained
 messages as memory lasts; every level is a node in the topic tree or the retained
@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from mqtt_twisted.constants import PropertyId
 from mqtt_twisted.core.settings import BrokerSettings
 
 if TYPE_CHECKING:
+    from mqtt_twisted.codec.packets import Connect
     from mqtt_twisted.message import Message
 
 #: What one level of a retained topic costs in the index, in bytes (measured with
@@ -48,6 +50,25 @@ def over_subscription_quota(settings: BrokerSettings, subscriptions: dict,
     return bool(limit) and len(subscriptions) >= limit and topic_filter not in subscriptions
 
 
+def outlives_connection(settings: BrokerSettings, packet: Connect, clean: bool) -> bool:
+    """Whether the session a CONNECT creates would be kept after its connection ends."""
+    cap = settings.max_session_expiry
+    if cap == 0:
+        return False
+    if packet.protocol_level == 5:
+        return bool(packet.properties.get(PropertyId.SESSION_EXPIRY_INTERVAL, 0))
+    return not clean and settings.persistent_session_expiry != 0
+
+
+def over_session_quota(settings: BrokerSettings, held: int, packet: Connect,
+                       clean: bool) -> bool:
+    """Whether a CONNECT may not create a new session while the broker holds ``held``.
+    Only sessions that outlive their connection are refused: the others end with it,
+    and connections are bounded per listener already."""
+    limit = settings.max_sessions  # 0: no limit
+    return bool(limit) and held >= limit and outlives_connection(settings, packet, clean)
+
+
 def retained_cost(topic: str, payload: bytes) -> int:
     """What a retained message is counted at: its bytes and its levels in the index."""
     return len(payload) + len(topic) + LEVEL_COST * (topic.count("/") + 1)
@@ -61,15 +82,13 @@ class RetainedQuota:
     clients can add while the broker runs.
     """
 
-    __slots__ = ("settings", "sizes", "count", "bytes", "refused")
+    __slots__ = ("settings", "sizes", "count", "bytes")
 
     def __init__(self, settings: BrokerSettings) -> None:
         self.settings = settings
         self.sizes: dict[str, int] = {}
         self.count = 0
         self.bytes = 0
-        #: Retained messages refused for the quota (for $SYS and the log).
-        self.refused = 0
 
     def allows(self, topic: str, payload: bytes) -> bool:
         """Whether retaining ``payload`` on ``topic`` stays within both limits (a

@@ -138,12 +138,20 @@ def broker_families(broker: Broker, now: float) -> list[Family]:
                ("reason",))
         .add(s.messages_dropped, "queue_full").add(s.dropped_too_large, "too_large")
         .add(s.messages_expired, "expired")
-        .add(broker.retained_quota.refused, "retained_quota"),
+        .add(s.limit_hits["retained"], "retained_quota"),
         _one("mqtt_wills_published", COUNTER, "Will messages published.", s.wills_published),
         Family("mqtt_client_errors", COUNTER, "Connections closed for what their client did, "
                "by kind.", ("kind",))
         .add(s.protocol_errors, "protocol_error").add(s.keepalive_timeouts, "keepalive_timeout")
         .add(s.connect_timeouts, "connect_timeout"),
+        Family("mqtt_limit_refusals", COUNTER, "What each limit refused (docs/limits.md), "
+               "by kind; connection_rate: sockets over a listener's maxConnectionRate.",
+               ("kind",))
+        .add(s.limit_hits["packet_size"], "packet_size").add(s.limit_hits["topic"], "topic")
+        .add(s.limit_hits["subscriptions"], "subscriptions")
+        .add(s.limit_hits["retained"], "retained").add(s.limit_hits["sessions"], "sessions")
+        .add(s.limit_hits["listener_full"], "listener_full")
+        .add(s.connection_rate_refusals, "connection_rate"),
         Family("mqtt_client_rate_limited", COUNTER, "Clients over their message or byte rate "
                "(--max-client-rate): paused, or (MQTT 5) disconnected.", ("action",))
         .add(s.rate_pauses, "pause").add(s.rate_disconnects, "disconnect"),

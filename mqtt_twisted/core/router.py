@@ -140,6 +140,11 @@ class LocalRouter:
                          message.retain and rap, sub_ids, None)
         return len(deliveries)
 
+    def dispatch_shared(self, message: Message) -> int:
+        """Only the share groups' part of :meth:`dispatch` (the $SYS publication
+        delivers the plain subscriptions itself, by subscriber)."""
+        return self._dispatch_shared(message)
+
     def _dispatch_shared(self, message: Message) -> int:
         """Give ``message`` to one member of each matching share group [MQTT-4.8.2]."""
         delivered = 0

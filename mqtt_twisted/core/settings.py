@@ -54,10 +54,16 @@ class BrokerSettings:
     #: Largest keep alive granted; 0 means no limit.  v5 clients get SERVER_KEEP_ALIVE.
     max_keepalive: int = 0
     #: Seconds a v3.1.1 persistent session (clean session 0) outlives its connection;
-    #: None keeps it until the client cleans it (Mosquitto's default).
+    #: None: as long as max_session_expiry allows.
     persistent_session_expiry: float | None = None
-    #: Upper bound on a v5 session expiry interval; None: as the client asks.
-    max_session_expiry: float | None = None
+    #: Upper bound on how long any session outlives its connection (a v5 session expiry
+    #: interval, told in CONNACK when lowered; a v3.1.1 persistent session alike): 2 h,
+    #: EMQX's default.  None: as the client asks (forever, for v3.1.1).
+    max_session_expiry: float | None = 7200.0
+    #: Sessions the broker holds (connected or not) beyond which a CONNECT that would
+    #: create a new session outliving its connection is refused (v5 0x97, v3 0x03).
+    #: A left-behind session costs 1-3 KB (docs/limits.md).  0: no limit.
+    max_sessions: int = 100_000
     #: Seconds a subscriber that cannot keep up may hold back the publishers feeding it
     #: (flow control); after that its messages queue within max_queued, oldest dropped.
     slow_consumer_grace: float = 2.0

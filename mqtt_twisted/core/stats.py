@@ -76,6 +76,15 @@ class TopicSample:
         return [(t, c * TOPIC_SAMPLE) for t, c in ranked[:n]]
 
 
+#: What ``BrokerStats.limit_hits`` counts, one key per limit (docs/limits.md):
+#: packets over the packet size or user property limits, topics and filters over
+#: the level or length limits, SUBSCRIBEs over the subscriptions per session,
+#: retained messages over their quota, new persistent sessions over max_sessions,
+#: connections refused by a full listener.
+LIMIT_KINDS = ("packet_size", "topic", "subscriptions", "retained", "sessions",
+               "listener_full")
+
+
 class BrokerStats:
     """Plain integer counters: incrementing one is the whole cost on the hot path."""
 
@@ -87,6 +96,7 @@ class BrokerStats:
         "bytes_received", "bytes_sent", "ownership_refusals", "rate_pauses", "rate_disconnects", "deliveries",
         "received_qos1", "received_qos2", "sent_qos1", "sent_qos2", "refusals", "store_writes",
         "store_latency", "topics",
+        "connection_rate_refusals", "limit_hits",
     )
 
     def __init__(self, started_at: float = 0.0) -> None:
@@ -113,6 +123,12 @@ class BrokerStats:
         #: Clients paused for their message/byte rate, and v5 clients closed for it (0x96).
         self.rate_pauses = 0
         self.rate_disconnects = 0
+        #: Connections refused by a listener's per-address rate (maxConnectionRate);
+        #: they are counted in connections_refused too.
+        self.connection_rate_refusals = 0
+        #: What each limit refused, by kind (LIMIT_KINDS): only refusals count, so
+        #: the hot path never touches it.
+        self.limit_hits = dict.fromkeys(LIMIT_KINDS, 0)
         #: Messages routed to a session, sent or queued: the work publishes make.
         self.deliveries = 0
         #: Of messages_received and messages_sent, those at QoS 1 and 2 (the rest: QoS 0,
@@ -143,6 +159,22 @@ class BrokerStats:
         """Count a refused CONNECT (not on the hot path)."""
         self.refusals[reason_code] = self.refusals.get(reason_code, 0) + 1
 
+    def connection_refused(self, why: str = "listener_full") -> None:
+        """An adapter refused a connection: ``why`` is "listener_full" or
+        "connection_rate"."""
+        self.connections_refused += 1
+        if why == "connection_rate":
+            self.connection_rate_refusals += 1
+        else:
+            self.limit_hits["listener_full"] += 1
+
+    def limit_hit(self, kind: str) -> None:
+        """One refusal by the limit ``kind`` (one of LIMIT_KINDS)."""
+        self.limit_hits[kind] += 1
+
     def as_dict(self) -> dict[str, float]:
-        return {name: value for name in self.__slots__
-                if isinstance(value := getattr(self, name), int | float)}
+        """Every counter by name; the limit hits as ``limit_hits.KIND``."""
+        out: dict[str, float] = {name: value for name in self.__slots__
+                                 if isinstance(value := getattr(self, name), int | float)}
+        out.update({f"limit_hits.{kind}": n for kind, n in self.limit_hits.items()})
+        return out

@@ -8,11 +8,15 @@ periodically; everything else here is arithmetic on the broker's counters.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 from mqtt_twisted import __version__
 from mqtt_twisted.core._async import when
 from mqtt_twisted.core.broker import Broker
+from mqtt_twisted.core.pacing import SYS_SLICE, paced
+from mqtt_twisted.core.stats import BrokerStats
 from mqtt_twisted.message import Message
 
 PREFIX = "$SYS/broker/"
@@ -29,6 +33,16 @@ def resident_memory() -> int | None:
     except OSError:
         return None
     return None
+
+
+def limit_values(stats: BrokerStats) -> dict[str, str]:
+    """``limits/...``: what each limit refused (docs/limits.md), from the counters
+    metrics read too."""
+    values = {f"limits/{kind}": str(n) for kind, n in stats.limit_hits.items()}
+    values["limits/client_rate/paused"] = str(stats.rate_pauses)
+    values["limits/client_rate/disconnected"] = str(stats.rate_disconnects)
+    values["limits/connection_rate/refused"] = str(stats.connection_rate_refusals)
+    return values
 
 
 class SysTopics:
@@ -63,6 +77,7 @@ class SysTopics:
             "bytes/sent": str(stats.bytes_sent),
             "subscriptions/count": str(broker.router.count()),
         }
+        values.update(limit_values(stats))
         extra = getattr(broker.router, "sys_values", None)  # a cluster router's own
         if extra is not None:
             values.update(extra())
@@ -111,12 +126,65 @@ class SysTopics:
         return self._publish(values, now)
 
     def _publish(self, values: dict[str, Any], now: float) -> int:
-        changed = 0
+        """Retain the values that changed and deliver them, SYS_SLICE of work a reactor
+        turn (pacing.py): a tick is tens of messages to every $SYS subscriber, and they
+        may be thousands.  Delivered subscriber by subscriber, not message by message,
+        so that each socket still gets one write a tick."""
+        changed = []
         for name, value in values.items():
-            if self._last.get(name) == value:
-                continue
-            self._last[name] = value
-            self.broker.route(Message(PREFIX + name, value.encode(), 0, True, None, None, now))
-            self.broker.stats.messages_received -= 1  # our own, not a client's
-            changed += 1
-        return changed
+            if self._last.get(name) != value:
+                self._last[name] = value
+                changed.append(Message(PREFIX + name, value.encode(), 0, True, None, None,
+                                       now))
+        if changed:
+            broker = self.broker
+            paced(broker.clock, broker.stats, _SysRound(broker, changed).steps(),
+                  _run_step, SYS_SLICE)
+        return len(changed)
+
+
+def _run_step(step: Callable[[], int | None]) -> int | None:
+    return step()
+
+
+class _SysRound:
+    """One tick's publication: each message retained and matched (a step each, costing
+    its subscribers), then delivered a band of subscribers at a time: the step for
+    band k gives every message to the k-th band of its subscribers.  A $SYS/#
+    subscriber sits at the same place in every message's list, so it gets the whole
+    tick in one turn (one write), and nothing is built per subscriber."""
+
+    __slots__ = ("broker", "messages", "matched", "local")
+
+    def __init__(self, broker: Broker, messages: list[Message]) -> None:
+        self.broker = broker
+        self.messages = messages
+        self.matched: list[tuple[Message, list[Any]]] = []
+        self.local = getattr(broker.router, "local", broker.router)  # $SYS is per node
+
+    def steps(self) -> Iterator[Callable[[], int | None]]:
+        for message in self.messages:
+            yield partial(self._match, message)
+        widest = max((len(matches) for _, matches in self.matched), default=0)
+        band = max(1, SYS_SLICE // (4 * len(self.messages)))  # a step: a quarter slice
+        for start in range(0, widest, band):
+            yield partial(self._deliver, start, start + band)
+
+    def _match(self, message: Message) -> int:
+        self.broker.retain(message)  # for new subscribers (kept in memory: store/overlay.py)
+        local = self.local
+        if local.shared_groups:  # ($share/g/$SYS/...: rare, one member each)
+            local.dispatch_shared(message)
+        matches = local.match(message.topic)
+        if matches:
+            self.matched.append((message, matches))
+        return len(matches)
+
+    def _deliver(self, start: int, end: int) -> None:
+        sessions = self.broker.sessions
+        deliver = self.broker.delivery.deliver
+        for message, matches in self.matched:
+            for client_id, _, rap, ids in matches[start:end]:
+                session = sessions.get(client_id)
+                if session is not None:  # (not gone since the tick)
+                    deliver(session, message, 0, rap, ids)

@@ -149,8 +149,8 @@ class FakeBrokerService:
         self.connections.append(connection)
         return connection
 
-    def connectionRefused(self) -> None:
-        self.stats.connections_refused += 1
+    def connectionRefused(self, why: str = "listener_full") -> None:
+        self.stats.connection_refused(why)
 
     def authenticate(self, credentials: Any) -> Deferred[Any]:
         error = self._failure("authenticate")
