@@ -31,7 +31,13 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import (
+    Deferred,
+    FirstError,
+    gatherResults,
+    inlineCallbacks,
+    maybeDeferred,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -162,6 +168,7 @@ class ClusterNode:
         self._stale: set[str] = set()
         self._releases: dict[int, Deferred[None]] = {}
         self._next_request = 0
+        self._to_redis: Any = None
 
     def _client(self, role: str, on_connect: Any, on_push: Any = None) -> RedisClient:
         return RedisClient(self.reactor, endpoint(self.reactor, self.options),
@@ -180,6 +187,10 @@ class ClusterNode:
     def start(self) -> Any:
         """Connect, create this node's inbox and read the route table; the broker's
         sessions are restored after this, registering their filters."""
+        self._to_redis = endpoint(self.reactor, self.options)
+        hold = getattr(self._to_redis, "hold", None)
+        if hold is not None:
+            hold()  # Sentinel: watch for a new master while the node runs
         for client in (self.commands, self.subscriber, self.reader):
             client.start()
         ready = gatherResults([c.ready() for c in (self.commands, self.subscriber,
@@ -189,7 +200,7 @@ class ClusterNode:
             yield ready
         except Exception:
             yield self.stop()
-            raise StorageError(f"cluster: Redis at {self.options.host}:{self.options.port} "
+            raise StorageError(f"cluster: {self.options.where} "
                                f"did not answer in {self.options.connect_timeout}s") from None
         k = self.keys
         try:
@@ -236,6 +247,10 @@ class ClusterNode:
             pass
         yield gatherResults([c.stop() for c in (self.reader, self.subscriber, self.commands)],
                             consumeErrors=True)
+        to_redis, self._to_redis = self._to_redis, None
+        release = getattr(to_redis, "release", None)
+        if release is not None:
+            yield release()
 
     # --- connections ---
 
@@ -287,6 +302,8 @@ class ClusterNode:
         self.router.receive(message, origin)
 
     def _failed(self, failure: Failure, what: str) -> None:
+        if failure.check(FirstError):  # a gathered write: its own error says it
+            failure = failure.value.subFailure
         if not self._stopped:
             log.warn("cluster {name}: {what} failed: {error}", name=self.name, what=what,
                      error=failure.getErrorMessage())

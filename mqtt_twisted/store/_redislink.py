@@ -23,11 +23,25 @@ log = Logger()
 def endpoint(reactor: Any, options: Any) -> Any:
     """The client endpoint of the Redis server ``options`` (RedisOptions) names: TCP, or
     TLS verified against ``options.ca`` (default: the system's CAs) with an optional
-    client certificate."""
+    client certificate; behind Sentinel (``options.sentinels``), the one
+    :class:`~mqtt_twisted.store.sentinel.SentinelEndpoint` the store and the cluster
+    share, which finds the master before every connection."""
+    if options.sentinels:
+        shared = options.shared.get("sentinel")
+        if shared is None or shared.reactor is not reactor:
+            from mqtt_twisted.store.sentinel import SentinelEndpoint
+
+            shared = options.shared["sentinel"] = SentinelEndpoint(reactor, options)
+        return shared
+    return plain_endpoint(reactor, options, options.host, options.port)
+
+
+def plain_endpoint(reactor: Any, options: Any, host: str, port: int) -> Any:
+    """TCP or TLS (see :func:`endpoint`) to ``host:port``."""
     from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 
     o = options
-    tcp = HostnameEndpoint(reactor, o.host, o.port, timeout=o.connect_timeout)
+    tcp = HostnameEndpoint(reactor, host, port, timeout=o.connect_timeout)
     if not o.tls:
         return tcp
     from twisted.internet import ssl
@@ -40,7 +54,7 @@ def endpoint(reactor: Any, options: Any) -> Any:
     if o.cert:
         with open(o.cert, "rb") as f, open(o.key, "rb") as k:
             client = ssl.PrivateCertificate.loadPEM(f.read() + b"\n" + k.read())
-    creator = ssl.optionsForClientTLS(o.host, trustRoot=trust, clientCertificate=client)
+    creator = ssl.optionsForClientTLS(host, trustRoot=trust, clientCertificate=client)
     return wrapClientTLS(creator, tcp)
 
 
@@ -267,6 +281,9 @@ class Link:
             if result.check(txredisapi.ResponseError) and str(result.value).startswith(
                     "NOSCRIPT") and self.protocol is not None:
                 self._load_scripts(self.protocol)  # Redis lost its scripts: load them again
+            elif result.check(txredisapi.ResponseError) and str(result.value).startswith(
+                    "READONLY"):
+                self._demoted()
             message = f"Redis: {result.getErrorMessage()}"
             if result.check(txredisapi.ConnectionError):  # the connection went down under it
                 result = Failure(self.store.outage.error(message, call.write))
@@ -275,6 +292,14 @@ class Link:
         call.deferred.callback(result)
         if self._drained and not sent and not self.waiting:
             self._fire_drained()
+
+    def _demoted(self) -> None:
+        """A write refused by a replica: the server was a master and is not (a Sentinel
+        failover).  Reconnect, through the endpoint that finds the master again."""
+        protocol = self.protocol
+        if protocol is not None and protocol.transport is not None:
+            log.info("Redis refused a write as a replica (READONLY): reconnecting")
+            protocol.transport.abortConnection()
 
     # --- deadlines ---
 
