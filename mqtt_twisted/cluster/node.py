@@ -8,7 +8,8 @@ in the channel names because pub/sub ignores databases)::
     P:cluster:home             hash    client id -> the node its session lives on
     P:cluster:inbox:{node}     stream  QoS 1/2 messages for a node (consumer group: node)
     P:cluster:routes@D         channel route changes (routes.encode_change)
-    P:cluster:inbox0:{node}@D  channel QoS 0 messages for a node
+    P:cluster:inbox0:{node}@D  channel QoS 0 messages for a node (sharded: SPUBLISH,
+                               where Redis >= 7.0 has it; plain PUBLISH otherwise)
     P:cluster:ctl:{node}@D     channel a node's requests and answers (session handover)
     P:cluster:alive:{node}     string  a node's lease; P:cluster:adopt:{node} its adopter
 
@@ -169,6 +170,8 @@ class ClusterNode:
         self._releases: dict[int, Deferred[None]] = {}
         self._next_request = 0
         self._to_redis: Any = None
+        #: SPUBLISH once the server has taken this node's SSUBSCRIBE (Redis >= 7.0).
+        self.publish_command = b"PUBLISH"
 
     def _client(self, role: str, on_connect: Any, on_push: Any = None) -> RedisClient:
         return RedisClient(self.reactor, endpoint(self.reactor, self.options),
@@ -267,11 +270,19 @@ class ClusterNode:
         self._prepare(client, select=False)
         for channel in (self.keys.inbox0(self.name), self.keys.ctl(self.name)):
             client.command(b"SUBSCRIBE", channel).addErrback(self._failed, "SUBSCRIBE")
+        # The QoS 0 lane is sharded pub/sub where Redis has it (7.0): on Redis Cluster an
+        # SPUBLISH goes to the shard of its channel only, a PUBLISH to every shard.  The
+        # plain channel above stays subscribed, for peers that still PUBLISH.
+        d = client.command(b"SSUBSCRIBE", self.keys.inbox0(self.name))
+        d.addCallbacks(lambda _: self._sharded(True), lambda _: self._sharded(False))
         self.router.routes.begin_sync()
         d = client.command(b"SUBSCRIBE", self.keys.routes)
         d.addCallback(lambda _: self.commands.command(
             b"EVAL", _SNAPSHOT, 1, self.keys.nodes, self.keys.filters_prefix))
         d.addCallbacks(self._synced, self._sync_failed)
+
+    def _sharded(self, supported: bool) -> None:
+        self.publish_command = b"SPUBLISH" if supported else b"PUBLISH"
 
     def _synced(self, reply: list[Any]) -> None:
         snapshot = {reply[i].decode("utf-8"): [f.decode("utf-8") for f in reply[i + 1]]
@@ -400,7 +411,7 @@ class ClusterNode:
 
     def publish(self, node: str, blob: bytes) -> None:
         """QoS 0: at most once, like QoS 0 itself."""
-        self.commands.command(b"PUBLISH", self.keys.inbox0(node),
+        self.commands.command(self.publish_command, self.keys.inbox0(node),
                               msgpack.packb([self.name, blob], use_bin_type=True)).addErrback(
             _ignored)
 
