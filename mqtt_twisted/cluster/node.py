@@ -51,6 +51,7 @@ from mqtt_twisted.cluster.router import ClusterRouter
 from mqtt_twisted.cluster.routes import ADD, REMOVE, decode_change, encode_change
 from mqtt_twisted.errors import StorageError
 from mqtt_twisted.store.redis import decode_message, endpoint
+from mqtt_twisted.store.replicas import ReplicaWait
 
 log = Logger()
 
@@ -170,6 +171,9 @@ class ClusterNode:
         self._releases: dict[int, Deferred[None]] = {}
         self._next_request = 0
         self._to_redis: Any = None
+        #: ?wait=N: XADDs confirmed by a WAIT per turn (store/replicas.py).
+        self._replicas = ReplicaWait(reactor, options.wait, options.wait_timeout,
+                                     self._send_wait) if options.wait else None
         #: SPUBLISH once the server has taken this node's SSUBSCRIBE (Redis >= 7.0).
         self.publish_command = b"PUBLISH"
 
@@ -416,9 +420,15 @@ class ClusterNode:
             _ignored)
 
     def append(self, node: str, blob: bytes) -> Deferred[Any]:
-        """QoS 1/2: fires once the entry is in the node's stream."""
-        return self.commands.command(b"XADD", self.keys.inbox(node), b"MAXLEN", b"~",
-                                     INBOX_MAXLEN, b"*", b"o", self._origin, b"m", blob)
+        """QoS 1/2: fires once the entry is in the node's stream (and, with ``?wait=N``,
+        on N replicas)."""
+        d = self.commands.command(b"XADD", self.keys.inbox(node), b"MAXLEN", b"~",
+                                  INBOX_MAXLEN, b"*", b"o", self._origin, b"m", blob)
+        return d if self._replicas is None else self._replicas.gate(d)
+
+    def _send_wait(self, replicas: int, milliseconds: int) -> Deferred[Any]:
+        return self.commands.command_blocking(milliseconds / 1000, b"WAIT", replicas,
+                                              milliseconds)
 
 
 def _ignored(failure: Failure) -> None:

@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 
 from mqtt_twisted.errors import StorageError
 from mqtt_twisted.store._redisscripts import SCRIPTS
+from mqtt_twisted.store.replicas import ReplicaWait
 
 log = Logger()
 
@@ -162,6 +163,10 @@ class Link:
         self._flush_call: Any = None
         self.stopped = False
         self._drained: list[Deferred[None]] = []
+        o = store.options
+        #: ?wait=N: this link's writes confirmed by a WAIT per turn (store/replicas.py).
+        self._replicas = ReplicaWait(store.reactor, o.wait, o.wait_timeout, self._send_wait) \
+            if o.wait else None
 
     # --- connection events ---
 
@@ -243,7 +248,12 @@ class Link:
             self.waiting.append(call)
         if self._timer is None:
             self._arm()
+        if write and self._replicas is not None:
+            return self._replicas.gate(call.deferred)
         return call.deferred
+
+    def _send_wait(self, replicas: int, milliseconds: int) -> Deferred[Any]:
+        return self.call((b"WAIT", replicas, milliseconds), write=False)
 
     def _send(self, protocol: Any, call: _Call) -> None:
         """Queue the command in txredisapi's pipeline; the turn's commands are written

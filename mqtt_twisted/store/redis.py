@@ -107,6 +107,10 @@ class RedisOptions:
     prefix: str = "mqtt"
     #: Seconds a client lock lives in Redis if its holder dies before releasing it.
     lock_lease: float = 10.0
+    #: Replicas that must have a write before it counts as stored (``WAIT``; 0: do not
+    #: wait), and how long to wait for them (store/replicas.py).
+    wait: int = 0
+    wait_timeout: float = 1.0
     #: Behind Sentinel (``redis+sentinel://``): the sentinels' addresses, the master's
     #: service name, and the sentinels' own credentials (store/sentinel.py).
     sentinels: list[tuple[str, int]] = field(default_factory=list)
@@ -126,7 +130,8 @@ class RedisOptions:
 
 _QUERY = {
     "pool": int, "timeout": float, "connect_timeout": float, "prefix": str,
-    "lock_lease": float, "ca": str, "cert": str, "key": str,
+    "lock_lease": float, "ca": str, "cert": str, "key": str, "wait": int,
+    "wait_timeout": float,
 }
 
 
@@ -178,7 +183,10 @@ def parse_url(url: str) -> RedisOptions:
 def _checked(options: RedisOptions) -> RedisOptions:
     if options.pool < 1:
         raise ValueError("Redis pool must be at least 1")
-    if options.timeout <= 0 or options.connect_timeout <= 0 or options.lock_lease <= 0:
+    if options.wait < 0:
+        raise ValueError("Redis wait (replicas) must not be negative")
+    if (options.timeout <= 0 or options.connect_timeout <= 0 or options.lock_lease <= 0
+            or options.wait_timeout <= 0):
         raise ValueError("Redis timeouts must be positive")
     if (options.ca or options.cert or options.key) and not options.tls:
         raise ValueError("ca, cert and key need a rediss:// (TLS) URL")

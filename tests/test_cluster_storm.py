@@ -1,0 +1,236 @@
+"""Reconnect storm (issue 16, part 2): 5,000 persistent clients of a node that is killed
+with SIGKILL reconnect to the two survivors at once.
+
+Three real ``twistd --cluster`` nodes on a real redis-server; the clients are raw
+non-blocking sockets driven by one ``selectors`` loop in this process (5,000 paho
+threads would measure paho).  Each client has a persistent session on A subscribed to
+its own topic; A is killed; a publisher on B sends one QoS 1 message per client while
+they are away; then every client reconnects at once, half to B and half to C.  Every
+session must be resumed (CONNACK session present) with its queued message delivered,
+and a bystander on each survivor keeps measuring round trips meanwhile.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mqtt_twisted.codec import (
+    ConnAck,
+    Connect,
+    PubAck,
+    Publish,
+    StreamDecoder,
+    SubAck,
+    Subscribe,
+    Subscription,
+    encode,
+)
+from tests.livebroker import Bystander, LiveBroker, connect
+from tests.test_cluster_e2e import Redis
+
+CLIENTS = 5000
+
+
+class Swarm:
+    """``n`` raw MQTT 3.1.1 clients on one selector: connect them all, read what comes."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.ids = [f"storm-{i}" for i in range(n)]
+        self.selector = selectors.DefaultSelector()
+        self.socks: dict[int, socket.socket] = {}
+        self.decoders: dict[int, StreamDecoder] = {}
+        self.outbox: dict[int, bytes] = {}
+        #: Per client: CONNACKs (session present), SUBACKs and PUBLISH payloads seen.
+        self.connacks: dict[int, bool] = {}
+        self.subacks: set[int] = set()
+        self.payloads: dict[int, list[bytes]] = {}
+        self.closed: set[int] = set()
+
+    def open(self, ports: list[int], first: list[bytes]) -> None:
+        """Connect client i to ports[i % len(ports)] and send it first[i] (its CONNECT,
+        perhaps more), all at once (non-blocking connects)."""
+        for i in range(self.n):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.connect_ex(("127.0.0.1", ports[i % len(ports)]))
+            self.socks[i] = sock
+            self.decoders[i] = StreamDecoder(4)
+            self.outbox[i] = first[i]
+            self.selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, i)
+
+    def run_until(self, done: object, timeout: float) -> bool:
+        """Serve the sockets until ``done()`` or ``timeout`` seconds; whether done."""
+        deadline = time.monotonic() + timeout
+        while not done():  # type: ignore[operator]
+            if time.monotonic() > deadline:
+                return False
+            for key, events in self.selector.select(0.05):
+                i = key.data
+                sock = self.socks[i]
+                if events & selectors.EVENT_WRITE and self.outbox.get(i):
+                    try:
+                        sent = sock.send(self.outbox[i])
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        self._close(i)
+                        continue
+                    self.outbox[i] = self.outbox[i][sent:]
+                    if not self.outbox[i]:
+                        self.selector.modify(sock, selectors.EVENT_READ, i)
+                if events & selectors.EVENT_READ:
+                    self._read(i, sock)
+        return True
+
+    def _read(self, i: int, sock: socket.socket) -> None:
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(i)
+            return
+        for packet in self.decoders[i].feed(data):
+            if isinstance(packet, ConnAck):
+                assert packet.reason_code == 0, (i, packet)
+                self.connacks[i] = packet.session_present
+            elif isinstance(packet, SubAck):
+                self.subacks.add(i)
+            elif isinstance(packet, Publish):
+                self.payloads.setdefault(i, []).append(packet.payload)
+                if packet.qos == 1:
+                    self._send(i, encode(PubAck(packet.packet_id)))
+
+    def _send(self, i: int, data: bytes) -> None:
+        sock = self.socks[i]
+        if self.outbox.get(i):
+            self.outbox[i] += data
+            return
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._close(i)
+            return
+        if sent < len(data):
+            self.outbox[i] = data[sent:]
+            self.selector.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, i)
+
+    def _close(self, i: int) -> None:
+        if i in self.closed:
+            return
+        self.closed.add(i)
+        try:
+            self.selector.unregister(self.socks[i])
+        except (KeyError, ValueError):
+            pass
+        self.socks[i].close()
+
+    def close(self) -> None:
+        for i in list(self.socks):
+            self._close(i)
+        self.selector.close()
+
+
+def connect_packet(client_id: str) -> bytes:
+    return encode(Connect(client_id, 4, False, 600))
+
+
+@pytest.mark.slow
+def test_reconnect_storm(tmp_path: Path) -> None:
+    """5,000 persistent sessions of a killed node resumed on the survivors at once: every
+    CONNACK has session present, every queued QoS 1 message arrives, and bystanders on
+    both survivors keep answering (their p99 is printed with the time to resume all)."""
+    redis = Redis(tmp_path / "redis")
+    nodes: dict[str, LiveBroker] = {}
+    first = second = None
+    bystanders: list[Bystander] = []
+    try:
+        for name in "ABC":
+            directory = tmp_path / name
+            directory.mkdir()
+            nodes[name] = LiveBroker(directory, "--store", redis.url, "--cluster", name)
+        a, b, c = nodes["A"], nodes["B"], nodes["C"]
+        # 5,000 persistent sessions on A, each subscribed to its own topic.
+        first = Swarm(CLIENTS)
+        first.open([a.port], [connect_packet(cid) + encode(
+            Subscribe(1, [Subscription(f"storm/{i}", 1)])) for i, cid in enumerate(first.ids)])
+        started = time.monotonic()
+        assert first.run_until(lambda: len(first.subacks) == CLIENTS, 120), (
+            len(first.connacks), len(first.subacks))
+        print(f"{CLIENTS} sessions subscribed on A in {time.monotonic() - started:.1f} s")
+        time.sleep(1.0)  # their filters reach B's and C's route tables
+        a.stop()  # SIGKILL
+        first.close()
+        # While they are away: one QoS 1 message each, published on B.
+        pub = connect(b.port, "storm-publisher")
+        pub.settimeout(60)
+        pub.sendall(b"".join(encode(Publish(f"storm/{i}", b"m%d" % i, 1, packet_id=i + 1))
+                             for i in range(CLIENTS)))
+        acked = 0
+        decoder = StreamDecoder(4)
+        while acked < CLIENTS:
+            acked += sum(isinstance(p, PubAck) for p in decoder.feed(pub.recv(65536)))
+        pub.close()
+        bystanders = [Bystander(b.port, "by-b"), Bystander(c.port, "by-c")]
+        stop = threading.Event()
+
+        def measure() -> None:
+            while not stop.is_set():
+                for bystander in bystanders:
+                    bystander.round_trip(timeout=30)
+                time.sleep(0.005)
+
+        measurer = threading.Thread(target=measure)
+        measurer.start()
+        # The storm: all at once, half to B, half to C.
+        second = Swarm(CLIENTS)
+        storm = time.monotonic()
+        second.open([b.port, c.port], [connect_packet(cid) for cid in second.ids])
+
+        def all_resumed() -> bool:
+            return len(second.connacks) == CLIENTS and all(
+                second.payloads.get(i) for i in range(CLIENTS))
+
+        done = second.run_until(all_resumed, 180)
+        took = time.monotonic() - storm
+        connacked = time.monotonic()
+        stop.set()
+        measurer.join()
+        times = sorted(t for bystander in bystanders for t in bystander.times)
+        p50 = times[len(times) // 2] if times else float("nan")
+        p99 = times[min(len(times) - 1, int(len(times) * 0.99))] if times else float("nan")
+        print(f"storm: {len(second.connacks)} CONNACKs, "
+              f"{sum(second.connacks.values())} with session present, "
+              f"{sum(1 for i in range(CLIENTS) if second.payloads.get(i))} got their "
+              f"message, in {took:.1f} s; bystanders p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
+              f"max {times[-1] if times else float('nan'):.1f} ms over {len(times)} "
+              f"round trips")
+        assert done, (len(second.connacks), len(second.closed))
+        assert connacked >= storm
+        assert sum(second.connacks.values()) == CLIENTS  # session present, every one
+        for i in range(CLIENTS):
+            assert set(second.payloads[i]) == {b"m%d" % i}, (i, second.payloads[i])
+        assert p99 < 500, (p50, p99)
+    finally:
+        for swarm in (first, second):
+            if swarm is not None:
+                swarm.close()
+        for bystander in bystanders:
+            bystander.close()
+        for node in nodes.values():
+            node.stop()
+        redis.stop()
+    for name in "BC":
+        assert nodes[name].unhandled() == [], nodes[name].log()[-5000:]
