@@ -55,6 +55,10 @@ class RedisProtocol(Protocol):
         self.client = client
         self.parser = Parser()
         self.sent: deque[_Pending] = deque()
+        #: Reads so far, and as of the last sweep that found a command overdue: a
+        #: connection that still reads is behind (this node is busy), not hung.
+        self.reads = 0
+        self.checked_reads = -1
 
     def connectionMade(self) -> None:
         set_nodelay = getattr(self.transport, "setTcpNoDelay", None)
@@ -67,6 +71,7 @@ class RedisProtocol(Protocol):
         self.transport.write(data)
 
     def dataReceived(self, data: bytes) -> None:
+        self.reads += 1
         try:
             replies = self.parser.feed(data)
         except RespProtocolError as e:
@@ -214,6 +219,9 @@ class RedisClient:
                     f"{self.name}: Redis unreachable for {self.timeout}s"))
         protocol = self.protocol
         if protocol is not None and protocol.sent and protocol.sent[0].deadline <= now:
+            if protocol.reads != protocol.checked_reads:  # replies still arriving
+                protocol.checked_reads = protocol.reads
+                return
             log.warn("{name}: no reply from Redis in {timeout}s: reconnecting",
                      name=self.name, timeout=self.timeout)
             protocol.transport.abortConnection()

@@ -59,6 +59,10 @@ def plain_endpoint(reactor: Any, options: Any, host: str, port: int) -> Any:
     return wrapClientTLS(creator, tcp)
 
 
+#: Seconds between two looks at an overdue connection that is still reading replies.
+PROGRESS_CHECK = 0.5
+
+
 class _Call:
     """One command: its arguments, the caller's Deferred, when it gives up, and whether
     it writes (for the outage's count of failed writes)."""
@@ -80,6 +84,15 @@ class _Protocol(txredisapi.RedisProtocol):
     each argument through several type checks and str.format calls, which was the
     largest single cost of a stored QoS 1 message.
     """
+
+    #: Reads from the server so far: a connection whose oldest call is overdue is hung
+    #: only if nothing arrives across a whole check (Link._sweep), not if this broker was
+    #: too busy to read the replies waiting for it.
+    reads = 0
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        self.reads += 1
+        super().dataReceived(data, unpause)
 
     def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
         parts = [b"*%d\r\n" % len(args)]
@@ -163,6 +176,7 @@ class Link:
         self._flush_call: Any = None
         self.stopped = False
         self._drained: list[Deferred[None]] = []
+        self._checked_reads = -1
         o = store.options
         #: ?wait=N: this link's writes confirmed by a WAIT per turn (store/replicas.py).
         self._replicas = ReplicaWait(store.reactor, o.wait, o.wait_timeout, self._send_wait) \
@@ -336,6 +350,12 @@ class Link:
         sent = self.sent
         while sent and sent[0].done:
             sent.popleft()
+        if sent and sent[0].deadline <= now and self._progressed():
+            # Overdue, but replies are arriving: this broker is behind in reading them
+            # (a reconnect storm's CONNECTs filled whole reactor turns), Redis is not
+            # hung.  Look again after a turn that read the socket.
+            self._timer = store.reactor.callLater(PROGRESS_CHECK, self._sweep)
+            return
         if sent and sent[0].deadline <= now:
             # A hung or partitioned server: an outage, declared before its calls fail.
             store.outage.down(self.index, f"no reply in {timeout}s")
@@ -351,6 +371,15 @@ class Link:
         self._arm()
         if self._drained and not self.sent and not self.waiting:
             self._fire_drained()
+
+    def _progressed(self) -> bool:
+        """Whether the connection has read anything since the last check."""
+        protocol = self.protocol
+        reads = getattr(protocol, "reads", None)
+        if reads is None or reads == self._checked_reads:
+            return False
+        self._checked_reads = reads
+        return True
 
     def _fail(self, calls: deque[_Call], error: Exception) -> None:
         while calls:
