@@ -37,7 +37,7 @@ from twisted.internet.defer import (
     FirstError,
     gatherResults,
     inlineCallbacks,
-    maybeDeferred,
+    succeed,
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -82,8 +82,8 @@ return out
 _CLAIM = b"""
 local home = redis.call('HGET', KEYS[1], ARGV[1])
 if home and home ~= ARGV[2] then return home end
-if not home then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
-return false
+if not home then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]); return false end
+return 1
 """
 #: A session ended here: its client id has no home any more (unless another node took it).
 _FORGET = b"""
@@ -332,8 +332,11 @@ class ClusterNode:
         cid = client_id.encode("utf-8")
         home = yield self.commands.command(b"EVAL", _CLAIM, 1, self.keys.home, cid,
                                            self._origin)
-        if home is None:  # nobody else's: this node's now
+        if home is None:  # nobody's: this node's now
             return None
+        if home == 1:  # this node's already, and not in memory
+            state = yield self._home_here(client_id)
+            return state
         home = home.decode("utf-8")
         answered = yield self._ask_release(home, client_id)
         if not answered and (yield self.failover.gone(home)):
@@ -341,6 +344,21 @@ class ClusterNode:
             state = yield self.locate_session(client_id)
             return state
         yield self.commands.command(b"HSET", self.keys.home, cid, self._origin)
+        state = yield self.broker.store.loadSession(client_id)
+        return state
+
+    @inlineCallbacks
+    def _home_here(self, client_id: str) -> Any:
+        """The client id's home is this node but its session is not in memory: it is
+        being adopted from a dead node (wait for that: answering "no session" now made
+        the adoption skip it, and 2,000 of 5,000 sessions of a reconnect storm were
+        lost), or an earlier CONNECT that had it brought here was cut short: the stored
+        state, if any."""
+        adopting = list(self.failover.adopting.values())
+        if adopting:
+            yield gatherResults(adopting, consumeErrors=True)
+        if client_id in self.broker.sessions:
+            return None
         state = yield self.broker.store.loadSession(client_id)
         return state
 
@@ -374,7 +392,12 @@ class ClusterNode:
             log.warn("cluster: a control message could not be read: {data!r}", data=data[:60])
             return
         if kind == "release":
-            d = maybeDeferred(release_session, self.broker, client_id)
+            # A session of a node this node is adopting is let go once it is adopted:
+            # released before, it was restored here again afterwards (two copies) and the
+            # dead node's messages for it were delivered to the copy left here.
+            adopting = list(self.failover.adopting.values())
+            d = gatherResults(adopting, consumeErrors=True) if adopting else succeed(None)
+            d.addBoth(lambda _: release_session(self.broker, client_id))
             d.addErrback(self._failed, f"saving {client_id}'s session for {node}")
             d.addBoth(lambda _: self.commands.command(
                 b"PUBLISH", self.keys.ctl(node),
