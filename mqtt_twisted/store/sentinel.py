@@ -271,7 +271,7 @@ class SentinelEndpoint:
 
     def release(self) -> Deferred[Any]:
         """A user stops; the last one stops the watch."""
-        self._holders -= 1
+        self._holders = max(0, self._holders - 1)
         watch, self._watch = (self._watch, None) if self._holders <= 0 else (None, None)
         if watch is None:
             d: Deferred[Any] = Deferred()
