@@ -1,5 +1,5 @@
 """Two cluster nodes on Redis behind Sentinel (``--store redis+sentinel://...``): a real
-master, a real replica and three real ``redis-sentinel`` processes on fresh ports
+master, two real replicas and three real ``redis-sentinel`` processes on fresh ports
 (issue 16, part 2).  The master is failed over (``SENTINEL FAILOVER``) or killed in the
 middle of a QoS 1 stream from a publisher on node A to a persistent subscriber on node
 B: the nodes find the new master by themselves, the clients may be disconnected and
@@ -47,15 +47,19 @@ def wait_for(what: str, check: object, timeout: float = 30.0) -> None:
 
 
 class Servers:
-    """A master, a replica of it and three sentinels watching it (quorum 2)."""
+    """A master, two replicas of it and three sentinels watching it (quorum 2)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.master = self._redis("master")
-        self.replica = self._redis("replica", "--replicaof", "127.0.0.1", str(self.master))
-        wait_for("the replica did not sync",
-                 lambda: "master_link_status:up" in cli(self.replica, "INFO", "replication"))
+        # Two replicas: with ?wait=1, once one is promoted the other must replicate the
+        # new master, or no write could be confirmed any more (N+1 replicas for wait=N).
+        self.replicas = [self._redis(f"replica{i}", "--replicaof", "127.0.0.1",
+                                     str(self.master)) for i in range(2)]
+        for replica in self.replicas:
+            wait_for("a replica did not sync", lambda r=replica: "master_link_status:up"
+                     in cli(r, "INFO", "replication"))
         self.sentinels = [self._sentinel(i) for i in range(3)]
         # A failover needs the sentinels to know each other and the replica.
         for port in self.sentinels:
@@ -141,6 +145,14 @@ class Subscriber:
         self.client.loop_stop()
 
 
+def published(info: mqtt.MQTTMessageInfo) -> bool:
+    """Acknowledged (PUBACK received); a publish made while paho was disconnected is not."""
+    try:
+        return info.is_published()
+    except RuntimeError:
+        return False
+
+
 def stream_through_switch(tmp_path: Path, servers: Servers, switch: object) -> None:
     """QoS 1 from a publisher on A to a subscriber on B while ``switch()`` moves the
     master: every acknowledged message arrives; the nodes follow the new master."""
@@ -193,7 +205,7 @@ def stream_through_switch(tmp_path: Path, servers: Servers, switch: object) -> N
                 info.wait_for_publish(30)
             except (RuntimeError, ValueError):
                 pass  # paho gave this one up: not acknowledged
-        acked = {payload for payload, info in infos if info.is_published()}
+        acked = {payload for payload, info in infos if published(info)}
         received: set[bytes] = set()
         deadline = time.monotonic() + 30
         while not acked <= received and time.monotonic() < deadline:
