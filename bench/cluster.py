@@ -15,6 +15,7 @@ the subscriber and the CPU seconds each process (nodes, Redis) spent per message
     python bench/cluster.py [--count 20000] [--qos 0 --qos 1] [--scenario cross ...]
     python bench/cluster.py --scenario spread [--nodes 1 --nodes 2 --nodes 3]
     python bench/cluster.py --share   # the subscriber is a $share group's only member
+    python bench/cluster.py --qos 1 --scenario cross --wait 1   # a replica, ?wait=1
 
 On a 2-core machine the two nodes, Redis and this tool share the cores: read the
 CPU per message, not only the rate.  Only 127.0.0.1 is used.
@@ -71,7 +72,7 @@ def wait_port(port: int, proc: subprocess.Popen, log: Path) -> None:
 class Cluster:
     """redis-server and ``nodes`` twistd processes (clustered when more than one)."""
 
-    def __init__(self, nodes: int, clustered: bool) -> None:
+    def __init__(self, nodes: int, clustered: bool, wait: int = 0) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="mqtt-cluster-bench-"))
         self.redis_port = free_port()
         self.procs: list[subprocess.Popen] = []
@@ -81,6 +82,26 @@ class Cluster:
              str(self.redis_port), "--bind", HOST, "--save", "", "--appendonly", "no",
              "--dir", str(self.dir)], stdout=open(redis_log, "wb"), stderr=subprocess.STDOUT)
         wait_port(self.redis_port, self.redis, redis_log)
+        # --wait N: N replicas, and the nodes' writes wait for them (?wait=N, WAIT).
+        self.replicas: list[subprocess.Popen] = []
+        for r in range(wait):
+            port = free_port()
+            log = self.dir / f"replica{r}.log"
+            replica_dir = self.dir / f"replica{r}"
+            replica_dir.mkdir()
+            proc = subprocess.Popen(
+                [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port),
+                 "--bind", HOST, "--save", "", "--appendonly", "no", "--dir",
+                 str(replica_dir), "--replicaof", HOST, str(self.redis_port)],
+                stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+            wait_port(port, proc, log)
+            self.replicas.append(proc)
+        while wait and subprocess.run(
+                [shutil.which("redis-cli") or "/usr/bin/redis-cli", "-p", str(self.redis_port),
+                 "INFO", "replication"], capture_output=True, text=True,
+                ).stdout.count("state=online") < wait:
+            time.sleep(0.1)
+        query = f"?wait={wait}" if wait else ""
         twistd = Path(sys.executable).with_name("twistd")
         self.ports: list[int] = []
         env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -89,7 +110,7 @@ class Cluster:
             log = self.dir / f"node{i}.log"
             args = [str(twistd), "-n", "--pidfile=", "mqttbroker", "--listen",
                     f"tcp:{port}:interface={HOST}", "--sys-interval", "0", "--store",
-                    f"redis://{HOST}:{self.redis_port}/0"]
+                    f"redis://{HOST}:{self.redis_port}/0{query}"]
             if clustered:
                 args += ["--cluster", f"n{i}"]
             proc = subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
@@ -102,9 +123,9 @@ class Cluster:
         return [cpu_seconds(p.pid) for p in (*self.procs, self.redis)]
 
     def stop(self) -> None:
-        for proc in (*self.procs, self.redis):
+        for proc in (*self.procs, self.redis, *self.replicas):
             proc.terminate()
-        for proc in (*self.procs, self.redis):
+        for proc in (*self.procs, self.redis, *self.replicas):
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
@@ -298,6 +319,8 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=100, help="QoS 1: PUBLISHes in flight")
     parser.add_argument("--share", action="store_true",
                         help="single/cross: the subscriber is a $share group's member")
+    parser.add_argument("--wait", type=int, default=0,
+                        help="start N Redis replicas; writes wait for them (?wait=N)")
     args = parser.parse_args()
     for scenario in args.scenario or ["single", "cross"]:
         if scenario == "spread":
@@ -316,7 +339,7 @@ def main() -> None:
                 finally:
                     cluster.stop()
             continue
-        cluster = Cluster(1 if scenario == "single" else 2, scenario == "cross")
+        cluster = Cluster(1 if scenario == "single" else 2, scenario == "cross", args.wait)
         try:
             for qos in args.qos or [0, 1]:
                 before = cluster.cpu()

@@ -327,7 +327,7 @@ class Options(usage.Options):
         if not name or any(c.isspace() or c in "{}" for c in name):
             raise usage.UsageError(f"--cluster {name!r}: a node name is not empty and has "
                                    f"no spaces or braces")
-        if _split_choice(self["store"])[0] not in ("redis", "rediss"):
+        if _split_choice(self["store"])[0] not in ("redis", "rediss", "redis+sentinel"):
             raise usage.UsageError(f"--cluster needs --store redis://HOST:PORT/DB (the nodes "
                                    f"share it), not --store {self['store']}")
         if name == "auto":

@@ -36,16 +36,17 @@ LEASE_WAIT = 15.0
 class Redis:
     """redis-server on a free port in ``directory`` (append-only file on)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *extra: str) -> None:
         self.port = free_port()
         self.directory = directory
+        self.extra = list(extra)
         directory.mkdir(parents=True, exist_ok=True)
         self.start()
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--dir", str(self.directory)],
+             "--appendonly", "yes", "--dir", str(self.directory), *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 15
         while self.cli("PING") != "PONG":

@@ -155,6 +155,42 @@ class ClientOnClockTests(unittest.SynchronousTestCase):
         client.stop()
 
 
+    def test_overdue_but_reading_is_not_hung(self) -> None:
+        """A command overdue while replies keep arriving (this node too busy to read them
+        in time, as in a reconnect storm) does not drop the connection; overdue with
+        nothing read between two sweeps does (a hung server)."""
+        from twisted.internet.testing import StringTransport
+
+        clock = Clock()
+        transport = StringTransport()
+
+        class Connected:
+            def connect(self, factory: Any) -> Deferred[Any]:
+                protocol = factory.buildProtocol(None)
+                protocol.makeConnection(transport)
+                d: Deferred[Any] = Deferred()
+                d.callback(protocol)
+                return d
+
+        client = RedisClient(clock, Connected(), timeout=2.0)
+        client.start()
+        first, second = client.command(b"PING"), client.command(b"PING")
+        protocol = client.protocol
+        assert protocol is not None
+        clock.advance(2.5)  # overdue; this sweep notes how much was read
+        protocol.dataReceived(b"+PO")  # a reply is coming in, slowly
+        clock.advance(1.0)
+        self.assertFalse(transport.disconnecting)
+        protocol.dataReceived(b"NG\r\n")
+        self.assertEqual(self.successResultOf(first), b"PONG")
+        clock.advance(1.0)  # the second is overdue too; this sweep notes the read
+        self.assertFalse(transport.disconnecting)
+        clock.advance(1.0)  # nothing read since the last sweep: hung
+        self.assertTrue(transport.disconnecting)
+        self.assertNoResult(second)  # fails when the aborted connection is lost
+        client.stop()
+
+
 class ClientTests(unittest.TestCase):
     """The client against a real redis-server."""
 

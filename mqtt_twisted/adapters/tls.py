@@ -351,6 +351,22 @@ def check_tls(description: str, extra: Mapping[str, str]) -> None:
         build_context(config)
 
 
+#: Connections the kernel queues for accept() on a stream listener unless the endpoint
+#: says ``backlog=``: Twisted's default, 50, overflowed when the 5,000 clients of a
+#: dead cluster node reconnected at once (tests/test_cluster_storm.py): dropped SYNs
+#: come back after 1, 3, 7... s.  EMQX's default is 1024 too; the kernel caps it at
+#: net.core.somaxconn.
+LISTEN_BACKLOG = 1024
+
+
+def with_backlog(description: str) -> str:
+    """``description`` with ``backlog=LISTEN_BACKLOG`` if it is TCP or UNIX and has none."""
+    kind = description.split(":", 1)[0]
+    if kind in ("tcp", "tcp6", "unix") and "backlog=" not in description:
+        return f"{description}:backlog={LISTEN_BACKLOG}"
+    return description
+
+
 def stream_listener(reactor: Any, description: str, factory: Any, extra: Mapping[str, str],
                     alpn: tuple[bytes, ...] = ()) -> StreamListener:
     """The service listening on ``description`` for ``factory``; TLS if it is ``ssl:``
@@ -358,7 +374,7 @@ def stream_listener(reactor: Any, description: str, factory: Any, extra: Mapping
     config, plain = parse_tls(description, extra)
     if config is not None and alpn:
         config = replace(config, alpn=alpn)
-    endpoint = serverFromString(reactor, plain)
+    endpoint = serverFromString(reactor, with_backlog(plain))
     if config is None:
         return StreamListener(endpoint, factory)
     tls = ServerTLS(config)

@@ -35,6 +35,9 @@ from mqtt_twisted.errors import StorageError
 log = Logger()
 
 PUSH_KINDS = (b"message", b"smessage", b"pmessage")
+#: Error replies of a master that became a replica: a write refused, a blocking read
+#: ended.
+DEMOTED = ("READONLY", "UNBLOCKED")
 
 
 class _Pending:
@@ -52,6 +55,10 @@ class RedisProtocol(Protocol):
         self.client = client
         self.parser = Parser()
         self.sent: deque[_Pending] = deque()
+        #: Reads so far, and as of the last sweep that found a command overdue: a
+        #: connection that still reads is behind (this node is busy), not hung.
+        self.reads = 0
+        self.checked_reads = -1
 
     def connectionMade(self) -> None:
         set_nodelay = getattr(self.transport, "setTcpNoDelay", None)
@@ -64,6 +71,7 @@ class RedisProtocol(Protocol):
         self.transport.write(data)
 
     def dataReceived(self, data: bytes) -> None:
+        self.reads += 1
         try:
             replies = self.parser.feed(data)
         except RespProtocolError as e:
@@ -82,6 +90,10 @@ class RedisProtocol(Protocol):
                 return
             pending = sent.popleft()
             if isinstance(reply, ReplyError):
+                if reply.args[0].startswith(DEMOTED):
+                    # A master turned replica (Sentinel failover): reconnect, through
+                    # the endpoint that finds the master again.
+                    self.transport.abortConnection()
                 pending.deferred.errback(reply)
             else:
                 pending.deferred.callback(reply)
@@ -103,6 +115,12 @@ class _Factory(Factory):
 
     def buildProtocol(self, addr: Any) -> RedisProtocol:
         return RedisProtocol(self.client)
+
+
+class _QuietService(ClientService):
+    """No line per connection attempt (the store's OutageLog reports an outage once)."""
+
+    _log = Logger(observer=lambda event: None)
 
 
 class RedisClient:
@@ -129,8 +147,7 @@ class RedisClient:
     # --- lifecycle ---
 
     def start(self) -> None:
-        self._service = ClientService(self.endpoint, _Factory(self), retryPolicy=_backoff)
-        self._service._log = Logger(observer=lambda event: None)  # no line per attempt
+        self._service = _QuietService(self.endpoint, _Factory(self), retryPolicy=_backoff)
         self._service.startService()
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = self.reactor
@@ -181,6 +198,9 @@ class RedisClient:
     def command(self, *args: Any) -> Deferred[Any]:
         """Send one command; a Deferred of its reply (a ReplyError reply fails it)."""
         pending = _Pending(self.reactor.seconds() + self.timeout)
+        if self._service is None:  # not started, or stopped: nothing would ever send it
+            pending.deferred.errback(StorageError(f"{self.name}: not connected"))
+            return pending.deferred
         data = encode_command(*args)
         protocol = self.protocol
         if protocol is not None:
@@ -199,6 +219,9 @@ class RedisClient:
                     f"{self.name}: Redis unreachable for {self.timeout}s"))
         protocol = self.protocol
         if protocol is not None and protocol.sent and protocol.sent[0].deadline <= now:
+            if protocol.reads != protocol.checked_reads:  # replies still arriving
+                protocol.checked_reads = protocol.reads
+                return
             log.warn("{name}: no reply from Redis in {timeout}s: reconnecting",
                      name=self.name, timeout=self.timeout)
             protocol.transport.abortConnection()

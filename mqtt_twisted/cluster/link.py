@@ -81,10 +81,10 @@ class NodeLink:
 
     def publish(self, to: str, blob: bytes, groups: list[str] | None = None,
                 resent: bool = False) -> None:
-        """QoS 0: at most once, like QoS 0 itself.  ``groups``: the share groups node
+        """QoS 0: at most once, like QoS 0 itself (SPUBLISH where Redis has it).  ``groups``: the share groups node
         ``to`` gives it to (``router.py``); ``resent``: it is not sent on again."""
         node = self.node
-        node.commands.command(b"PUBLISH", node.keys.inbox0(to), msgpack.packb(
+        node.commands.command(node.publish_command, node.keys.inbox0(to), msgpack.packb(
             [node.name, blob, groups, resent], use_bin_type=True)).addErrback(_ignored)
 
     def append(self, to: str, blob: bytes, destinations: bytes = b"",
@@ -103,9 +103,11 @@ class NodeLink:
         return self._add(to, b"m", encode_message(message), b"c", client_id.encode("utf-8"))
 
     def _add(self, to: str, *fields: Any) -> Deferred[Any]:
+        """XADD to ``to``'s stream; with ``?wait=N``, fires once N replicas have it."""
         node = self.node
-        return node.commands.command(b"XADD", node.keys.inbox(to), b"MAXLEN", b"~",
-                                     INBOX_MAXLEN, b"*", b"o", node._origin, *fields)
+        d = node.commands.command(b"XADD", node.keys.inbox(to), b"MAXLEN", b"~",
+                                  INBOX_MAXLEN, b"*", b"o", node._origin, *fields)
+        return d if node._replicas is None else node._replicas.gate(d)
 
 
 def _ignored(failure: Failure) -> None:

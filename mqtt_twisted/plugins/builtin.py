@@ -27,9 +27,12 @@ class RedisStorePlugin:
 
     def __init__(self, name: str = "redis") -> None:
         self.name = name
-        self.description = (
-            "Redis over TLS: rediss://[:password@]host:port/db[?ca=FILE]" if name == "rediss"
-            else "Redis: redis://[:password@]host:port/db[?pool=N&timeout=S] (docs/stores.md)")
+        self.description = {
+            "rediss": "Redis over TLS: rediss://[:password@]host:port/db[?ca=FILE]",
+            "redis+sentinel": "Redis behind Sentinel: redis+sentinel://host:26379,host2:26379"
+                              "/mymaster/db (docs/stores.md)",
+        }.get(name, "Redis: redis://[:password@]host:port/db[?pool=N&timeout=S] "
+                    "(docs/stores.md)")
 
     def makeStore(self, reactor: Any, argument: str) -> Any:
         from mqtt_twisted.store.redis import RedisStore
@@ -116,4 +119,5 @@ memoryStore = MemoryStorePlugin()
 redisStore = RedisStorePlugin("redis")
 redissStore = RedisStorePlugin("rediss")
 etcdStore = EtcdStorePlugin()
+redisSentinelStore = RedisStorePlugin("redis+sentinel")
 anonymousAuth = AnonymousAuthPlugin()

@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 
 from mqtt_twisted.errors import StorageError
 from mqtt_twisted.store._redisscripts import SCRIPTS
+from mqtt_twisted.store.replicas import ReplicaWait
 
 log = Logger()
 
@@ -23,11 +24,25 @@ log = Logger()
 def endpoint(reactor: Any, options: Any) -> Any:
     """The client endpoint of the Redis server ``options`` (RedisOptions) names: TCP, or
     TLS verified against ``options.ca`` (default: the system's CAs) with an optional
-    client certificate."""
+    client certificate; behind Sentinel (``options.sentinels``), the one
+    :class:`~mqtt_twisted.store.sentinel.SentinelEndpoint` the store and the cluster
+    share, which finds the master before every connection."""
+    if options.sentinels:
+        shared = options.shared.get("sentinel")
+        if shared is None or shared.reactor is not reactor:
+            from mqtt_twisted.store.sentinel import SentinelEndpoint
+
+            shared = options.shared["sentinel"] = SentinelEndpoint(reactor, options)
+        return shared
+    return plain_endpoint(reactor, options, options.host, options.port)
+
+
+def plain_endpoint(reactor: Any, options: Any, host: str, port: int) -> Any:
+    """TCP or TLS (see :func:`endpoint`) to ``host:port``."""
     from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 
     o = options
-    tcp = HostnameEndpoint(reactor, o.host, o.port, timeout=o.connect_timeout)
+    tcp = HostnameEndpoint(reactor, host, port, timeout=o.connect_timeout)
     if not o.tls:
         return tcp
     from twisted.internet import ssl
@@ -40,8 +55,12 @@ def endpoint(reactor: Any, options: Any) -> Any:
     if o.cert:
         with open(o.cert, "rb") as f, open(o.key, "rb") as k:
             client = ssl.PrivateCertificate.loadPEM(f.read() + b"\n" + k.read())
-    creator = ssl.optionsForClientTLS(o.host, trustRoot=trust, clientCertificate=client)
+    creator = ssl.optionsForClientTLS(host, trustRoot=trust, clientCertificate=client)
     return wrapClientTLS(creator, tcp)
+
+
+#: Seconds between two looks at an overdue connection that is still reading replies.
+PROGRESS_CHECK = 0.5
 
 
 class _Call:
@@ -65,6 +84,15 @@ class _Protocol(txredisapi.RedisProtocol):
     each argument through several type checks and str.format calls, which was the
     largest single cost of a stored QoS 1 message.
     """
+
+    #: Reads from the server so far: a connection whose oldest call is overdue is hung
+    #: only if nothing arrives across a whole check (Link._sweep), not if this broker was
+    #: too busy to read the replies waiting for it.
+    reads = 0
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        self.reads += 1
+        super().dataReceived(data, unpause)
 
     def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
         parts = [b"*%d\r\n" % len(args)]
@@ -148,6 +176,11 @@ class Link:
         self._flush_call: Any = None
         self.stopped = False
         self._drained: list[Deferred[None]] = []
+        self._checked_reads = -1
+        o = store.options
+        #: ?wait=N: this link's writes confirmed by a WAIT per turn (store/replicas.py).
+        self._replicas = ReplicaWait(store.reactor, o.wait, o.wait_timeout, self._send_wait) \
+            if o.wait else None
 
     # --- connection events ---
 
@@ -229,7 +262,12 @@ class Link:
             self.waiting.append(call)
         if self._timer is None:
             self._arm()
+        if write and self._replicas is not None:
+            return self._replicas.gate(call.deferred)
         return call.deferred
+
+    def _send_wait(self, replicas: int, milliseconds: int) -> Deferred[Any]:
+        return self.call((b"WAIT", replicas, milliseconds), write=False)
 
     def _send(self, protocol: Any, call: _Call) -> None:
         """Queue the command in txredisapi's pipeline; the turn's commands are written
@@ -267,6 +305,9 @@ class Link:
             if result.check(txredisapi.ResponseError) and str(result.value).startswith(
                     "NOSCRIPT") and self.protocol is not None:
                 self._load_scripts(self.protocol)  # Redis lost its scripts: load them again
+            elif result.check(txredisapi.ResponseError) and str(result.value).startswith(
+                    "READONLY"):
+                self._demoted()
             message = f"Redis: {result.getErrorMessage()}"
             if result.check(txredisapi.ConnectionError):  # the connection went down under it
                 result = Failure(self.store.outage.error(message, call.write))
@@ -275,6 +316,14 @@ class Link:
         call.deferred.callback(result)
         if self._drained and not sent and not self.waiting:
             self._fire_drained()
+
+    def _demoted(self) -> None:
+        """A write refused by a replica: the server was a master and is not (a Sentinel
+        failover).  Reconnect, through the endpoint that finds the master again."""
+        protocol = self.protocol
+        if protocol is not None and protocol.transport is not None:
+            log.info("Redis refused a write as a replica (READONLY): reconnecting")
+            protocol.transport.abortConnection()
 
     # --- deadlines ---
 
@@ -301,6 +350,12 @@ class Link:
         sent = self.sent
         while sent and sent[0].done:
             sent.popleft()
+        if sent and sent[0].deadline <= now and self._progressed():
+            # Overdue, but replies are arriving: this broker is behind in reading them
+            # (a reconnect storm's CONNECTs filled whole reactor turns), Redis is not
+            # hung.  Look again after a turn that read the socket.
+            self._timer = store.reactor.callLater(PROGRESS_CHECK, self._sweep)
+            return
         if sent and sent[0].deadline <= now:
             # A hung or partitioned server: an outage, declared before its calls fail.
             store.outage.down(self.index, f"no reply in {timeout}s")
@@ -316,6 +371,15 @@ class Link:
         self._arm()
         if self._drained and not self.sent and not self.waiting:
             self._fire_drained()
+
+    def _progressed(self) -> bool:
+        """Whether the connection has read anything since the last check."""
+        protocol = self.protocol
+        reads = getattr(protocol, "reads", None)
+        if reads is None or reads == self._checked_reads:
+            return False
+        self._checked_reads = reads
+        return True
 
     def _fail(self, calls: deque[_Call], error: Exception) -> None:
         while calls:

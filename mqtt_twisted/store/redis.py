@@ -41,7 +41,7 @@ with :class:`~mqtt_twisted.errors.StoreUnavailable`, which the broker does not l
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -108,11 +108,31 @@ class RedisOptions:
     prefix: str = "mqtt"
     #: Seconds a client lock lives in Redis if its holder dies before releasing it.
     lock_lease: float = 10.0
+    #: Replicas that must have a write before it counts as stored (``WAIT``; 0: do not
+    #: wait), and how long to wait for them (store/replicas.py).
+    wait: int = 0
+    wait_timeout: float = 1.0
+    #: Behind Sentinel (``redis+sentinel://``): the sentinels' addresses, the master's
+    #: service name, and the sentinels' own credentials (store/sentinel.py).
+    sentinels: list[tuple[str, int]] = field(default_factory=list)
+    service: str | None = None
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+    #: What the store and the cluster share for these options (the Sentinel endpoint).
+    shared: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def where(self) -> str:
+        """The server as logs name it."""
+        if self.sentinels:
+            return f"Redis master {self.service} (Sentinel)"
+        return f"Redis at {self.host}:{self.port}"
 
 
 _QUERY = {
     "pool": int, "timeout": float, "connect_timeout": float, "prefix": str,
-    "lock_lease": float, "ca": str, "cert": str, "key": str,
+    "lock_lease": float, "ca": str, "cert": str, "key": str, "wait": int,
+    "wait_timeout": float,
 }
 
 
@@ -120,11 +140,18 @@ def parse_url(url: str) -> RedisOptions:
     """``redis://[[user]:password@]host[:port][/db][?pool=4&timeout=5&prefix=mqtt...]``.
 
     ``rediss://`` uses TLS, verified against the system's CAs or ``?ca=FILE``;
-    ``?cert=FILE&key=FILE`` present a client certificate.  Raises ValueError.
+    ``?cert=FILE&key=FILE`` present a client certificate.
+    ``redis+sentinel://HOST:26379,HOST2/SERVICE/DB`` finds the master through Sentinel
+    (``store/sentinel.py``).  Raises ValueError.
     """
+    if url.startswith("redis+sentinel://"):
+        from mqtt_twisted.store.sentinel import parse_sentinel_url
+
+        return _checked(parse_sentinel_url(url, RedisOptions(), _QUERY))
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss"):
-        raise ValueError(f"a Redis URL starts with redis:// or rediss://, not {url!r}")
+        raise ValueError(f"a Redis URL starts with redis://, rediss:// or redis+sentinel://, "
+                         f"not {url!r}")
     options = RedisOptions(tls=parts.scheme == "rediss")
     try:
         if parts.hostname:
@@ -151,9 +178,16 @@ def parse_url(url: str) -> RedisOptions:
             setattr(options, name, kind(value))
         except ValueError:
             raise ValueError(f"bad value for Redis URL option {name}: {value!r}") from None
+    return _checked(options)
+
+
+def _checked(options: RedisOptions) -> RedisOptions:
     if options.pool < 1:
         raise ValueError("Redis pool must be at least 1")
-    if options.timeout <= 0 or options.connect_timeout <= 0 or options.lock_lease <= 0:
+    if options.wait < 0:
+        raise ValueError("Redis wait (replicas) must not be negative")
+    if (options.timeout <= 0 or options.connect_timeout <= 0 or options.lock_lease <= 0
+            or options.wait_timeout <= 0):
         raise ValueError("Redis timeouts must be positive")
     if (options.ca or options.cert or options.key) and not options.tls:
         raise ValueError("ca, cert and key need a rediss:// (TLS) URL")
@@ -184,8 +218,8 @@ class RedisStore:
         self.options = options or RedisOptions()
         self._keys = KeyLayout(self.options.prefix)
         self._links = [Link(self, i) for i in range(self.options.pool)]
-        self.outage = OutageLog(reactor, self.log,
-                                f"Redis at {self.options.host}:{self.options.port}")
+        self.outage = OutageLog(reactor, self.log, self.options.where)
+        self._endpoint: Any = None
         self._locks = RedisLocks(reactor, self.options, self._keys, self._link, self.log)
         self._last_message: Message | None = None
         self._last_blob = b""
@@ -204,13 +238,19 @@ class RedisStore:
 
     def __repr__(self) -> str:
         o = self.options
+        if o.sentinels:
+            sentinels = ",".join(f"{h}:{p}" for h, p in o.sentinels)
+            return f"<RedisStore redis+sentinel://{sentinels}/{o.service}/{o.db}>"
         return f"<RedisStore {'rediss' if o.tls else 'redis'}://{o.host}:{o.port}/{o.db}>"
 
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> Deferred[None]:
         """Connect every link; fails with StorageError if Redis does not answer in time."""
-        to_redis = endpoint(self.reactor, self.options)
+        to_redis = self._endpoint = endpoint(self.reactor, self.options)
+        hold = getattr(to_redis, "hold", None)
+        if hold is not None:
+            hold()  # Sentinel: watch for a new master while the store runs
         for link in self._links:
             link.start(to_redis, self.options)
         ready = gatherResults([link.ready for link in self._links], consumeErrors=True)
@@ -221,9 +261,10 @@ class RedisStore:
             if isinstance(error, Exception) and hasattr(error, "subFailure"):
                 error = error.subFailure.value  # type: ignore[union-attr]
             if not isinstance(error, StorageError):
-                error = StorageError(f"Redis at {self.options.host}:{self.options.port} did "
+                error = StorageError(f"{self.options.where} did "
                                      f"not answer in {self.options.connect_timeout}s")
             d = gatherResults([link.stop() for link in self._links], consumeErrors=True)
+            d.addBoth(lambda _: _release(self))
             d.addBoth(lambda _: Failure(error))
             return d  # type: ignore[return-value]
 
@@ -236,6 +277,7 @@ class RedisStore:
         d = gatherResults([link.drained() for link in self._links])
         d.addCallback(lambda _: gatherResults([link.stop() for link in self._links],
                                               consumeErrors=True))
+        d.addCallback(lambda _: _release(self))
         d.addCallback(lambda _: None)
         return d
 
@@ -385,3 +427,10 @@ class RedisStore:
 
 def _none(_: Any) -> None:
     return None
+
+
+def _release(store: RedisStore) -> Any:
+    """Let the store's endpoint go (Sentinel: stop watching for a new master)."""
+    to_redis, store._endpoint = store._endpoint, None
+    release = getattr(to_redis, "release", None)
+    return release() if release is not None else None
