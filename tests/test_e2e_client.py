@@ -15,6 +15,7 @@ from typing import Any
 
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred, DeferredQueue, inlineCallbacks
+from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
@@ -22,6 +23,7 @@ from mqtt_twisted.auth.passwd import PasswordFileAuthenticator
 from mqtt_twisted.client import ConnectError, MQTTClientProtocol, Will, connect_client
 from mqtt_twisted.constants import PropertyId as P
 from mqtt_twisted.testing import start_broker, stop_broker
+from tests.certs import CA
 
 TIMEOUT = 10.0
 USER, PASSWORD = "alice", "pw-alice"
@@ -54,6 +56,41 @@ class ClientTestsMixin:
 
     def endpoint(self) -> str:
         return f"tcp:127.0.0.1:{self.port}"
+
+    def make_certificates(self, directory: str) -> None:
+        """A CA (alone in ``trust``, for the client's trustRoots), a server certificate
+        for 127.0.0.1 and a client certificate."""
+        self.ca = CA(directory)
+        self.server_cert = self.ca.issue("server", server=True)
+        self.client_cert = self.ca.issue("client-cert")
+        self.trust = os.path.join(directory, "trust")
+        os.mkdir(self.trust)
+        shutil.copy(self.ca.cert_path, self.trust)
+
+    @inlineCallbacks
+    def test_tls_endpoint(self) -> Any:
+        """A ``tls:`` client endpoint string with trust roots and a client certificate:
+        the server is verified, QoS 1 goes through."""
+        proto = yield connect_client(
+            self.reactor, f"tls:127.0.0.1:{self.tls_port}:trustRoots={self.trust}:"
+            f"certificate={self.client_cert.cert_path}:privateKey={self.client_cert.key_path}",
+            "tls-client", version=5, username=USER, password=PASSWORD).addTimeout(
+                TIMEOUT, self.reactor)
+        self.addCleanup(self._close, proto)
+        queue: DeferredQueue[Any] = DeferredQueue()
+        yield self.wait(proto.subscribe("tls/t", 1, handler=queue.put))
+        yield self.wait(proto.publish("tls/t", b"secret", 1))
+        message = yield self.wait(queue.get())
+        self.assertEqual(message.payload, b"secret")
+
+    @inlineCallbacks
+    def test_unix_endpoint(self) -> Any:
+        """A ``unix:`` client endpoint string reaches the broker's unix socket."""
+        proto = yield connect_client(self.reactor, f"unix:{self.socket_path}", "unix-client",
+                                     username=USER, password=PASSWORD).addTimeout(
+                                         TIMEOUT, self.reactor)
+        self.addCleanup(self._close, proto)
+        yield self.wait(proto.publish("unix/t", b"x", 2))
 
     @inlineCallbacks
     def client(self, client_id: str, version: int = 4, **options: Any) -> Any:
@@ -196,6 +233,18 @@ class OurBrokerClientTests(ClientTestsMixin, TestCase):
         self.service, self.port = yield start_broker(self.reactor,
                                                      authenticator=authenticator)
         self.addCleanup(stop_broker, self.service)
+        # Extra listeners on the same factory: a unix socket and TLS (no client
+        # certificate requested: Twisted's ssl: server string cannot ask for one).
+        self.socket_path = os.path.join(directory, "mqtt.sock")
+        unix = yield UNIXServerEndpoint(self.reactor, self.socket_path).listen(
+            self.service.test_factory)
+        self.addCleanup(unix.stopListening)
+        self.make_certificates(directory)
+        tls = yield serverFromString(
+            self.reactor, f"ssl:0:interface=127.0.0.1:privateKey={self.server_cert.key_path}:"
+            f"certKey={self.server_cert.cert_path}").listen(self.service.test_factory)
+        self.addCleanup(tls.stopListening)
+        self.tls_port = tls.getHost().port
 
 
 class MosquittoClientTests(ClientTestsMixin, TestCase):
@@ -211,19 +260,25 @@ class MosquittoClientTests(ClientTestsMixin, TestCase):
         directory = tempfile.mkdtemp(prefix="client-mosquitto-")
         self.addCleanup(shutil.rmtree, directory, True)
         passwd = write_passwd(directory)
-        self.port = free_port()
+        self.port, self.tls_port = free_port(), free_port()
+        self.socket_path = os.path.join(directory, "mqtt.sock")
+        self.make_certificates(directory)
         conf = Path(directory) / "mosquitto.conf"
         # Run as root, Mosquitto switches to user "mosquitto", who cannot read our
         # temporary directory: stay root then.
         user = "user root\n" if os.geteuid() == 0 else ""
         conf.write_text(f"{user}listener {self.port} 127.0.0.1\nallow_anonymous false\n"
-                        f"password_file {passwd}\npersistence false\n")
+                        f"password_file {passwd}\npersistence false\n"
+                        f"listener 0 {self.socket_path}\n"
+                        f"listener {self.tls_port} 127.0.0.1\ncafile {self.ca.cert_path}\n"
+                        f"certfile {self.server_cert.cert_path}\n"
+                        f"keyfile {self.server_cert.key_path}\nrequire_certificate true\n")
         process = subprocess.Popen([MOSQUITTO, "-c", str(conf)], cwd=directory,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.addCleanup(self._stop, process)
         for _ in range(200):
             with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                if s.connect_ex(("127.0.0.1", self.tls_port)) == 0:
                     return
             yield deferLater(self.reactor, 0.05, lambda: None)
         self.fail(f"mosquitto did not listen on {self.port}")
