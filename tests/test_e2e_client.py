@@ -209,6 +209,30 @@ class ClientTestsMixin:
         self.assertEqual(marker.topic, "u/marker")  # "u/a" 2 never came before it
 
     @inlineCallbacks
+    def test_persistent_session_resends(self) -> Any:
+        """A QoS 1 publish cut off by a dropped connection completes on the next
+        connection of the persistent session (resent with DUP), and reaches the
+        subscriber."""
+        queue: DeferredQueue[Any] = DeferredQueue()
+        sub = yield self.client("resend-sub")
+        yield self.wait(sub.subscribe("resend/t", 1, handler=queue.put))
+        pub = yield self.client("resend-pub", clean_start=False)
+        done = pub.publish("resend/t", b"again", 1)
+        yield self.wait(pub.abort())  # before any PUBACK could arrive
+        self.assertNoResult(done)
+        again = yield connect_client(self.reactor, self.endpoint(), session=pub.session
+                                     ).addTimeout(TIMEOUT, self.reactor)
+        self.addCleanup(self._close, again)
+        self.assertTrue(again.connack.session_present)
+        code = yield self.wait(done)
+        self.assertEqual(code, 0)
+        message = yield self.wait(queue.get())
+        self.assertEqual((message.topic, message.payload), ("resend/t", b"again"))
+        yield self.wait(again.disconnect())
+        clean = yield self.client("resend-pub")  # clean start: the session goes
+        self.assertFalse(clean.connack.session_present)
+
+    @inlineCallbacks
     def test_bad_credentials(self) -> Any:
         """A wrong password fails connect() with ConnectError carrying the broker's code,
         in v3.1.1 and v5."""
