@@ -55,7 +55,20 @@ _LEGACY_KEYS = frozenset(("message", "isError", "system", "time", "format", "why
 #: The level filter of every observer made here: one object, so that changing it
 #: changes them all.
 _predicate = LogLevelFilterPredicate(LogLevel.info)
-_debugging = False
+
+
+class _Switch:
+    """A flag the message path reads as an attribute: no call per message."""
+
+    __slots__ = ("on",)
+
+    def __init__(self) -> None:
+        self.on = False
+
+
+#: Whether debug lines are written (``if DEBUG.on:`` before building a per-message
+#: event); set with the level.
+DEBUG = _Switch()
 _log = Logger(namespace="mqtt_twisted.logs")
 
 
@@ -79,7 +92,6 @@ def set_log_level(level: str | LogLevel, announce: bool = False) -> LogLevel:
     """Change the level of every observer made here, at once (start-up, SIGHUP);
     return the level it replaces.  ``level`` is a LogLevel or a ``--log-level`` name;
     ``announce`` (a reload) logs the change, as a ``config_reload`` line."""
-    global _debugging
     new = parse_level(level) if isinstance(level, str) else level
     old = _predicate.defaultLogLevel
     if announce and new != old:  # info, or the old level if higher: it is written
@@ -87,7 +99,7 @@ def set_log_level(level: str | LogLevel, announce: bool = False) -> LogLevel:
                   action="config_reload", old=old.name, new=new.name)
     _predicate.defaultLogLevel = new
     _predicate.clearLogLevels()
-    _debugging = new <= LogLevel.debug
+    DEBUG.on = new <= LogLevel.debug
     return old  # type: ignore[no-any-return]
 
 
@@ -104,7 +116,7 @@ def enabled(level: LogLevel) -> bool:
 
 def debugging() -> bool:
     """Whether debug lines are written: check it before building a per-message event."""
-    return _debugging
+    return DEBUG.on
 
 
 # --- formats ------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from mqtt_twisted.errors import (
     ProtocolError,
     StoreUnavailable,
 )
-from mqtt_twisted.logs import debugging
+from mqtt_twisted.logs import DEBUG
 from mqtt_twisted.message import Message
 from mqtt_twisted.records import AWAITING_ACK
 
@@ -71,7 +71,7 @@ def on_publish(conn: MQTTConnection, packet: Publish) -> None:
         response_topic = props.get(_RESPONSE_TOPIC)
         if response_topic is not None and ("+" in response_topic or "#" in response_topic):
             raise ProtocolError("response topic with a wildcard")  # [MQTT-3.3.2-14]
-    if debugging():  # (one call per message when debug lines are not written)
+    if DEBUG.on:  # an attribute, not a call: this runs for every PUBLISH
         clientlog.received_publish(conn, packet, topic)
     if topic[:1] == "$" and is_reserved_topic(topic):
         refuse_publish(conn, packet, "reserved for the broker")  # MQTT 5 §4.7.2
