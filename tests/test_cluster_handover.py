@@ -27,7 +27,10 @@ def takeover_mid_stream(tmp_path: Path, redis: Redis, count: int) -> None:
         for name in "ABC":
             directory = tmp_path / name
             directory.mkdir()
-            nodes.append(LiveBroker(directory, "--store", redis.url, "--cluster", name))
+            # The subscriber reads one message at a time: a queue for the whole run, so
+            # that the default bound of 1,000 (drop the oldest) is not what is tested.
+            nodes.append(LiveBroker(directory, "--store", redis.url, "--cluster", name,
+                                    "--max-queued", str(count + 1000)))
         a, b, c = nodes
         pub = Client(a.port, "pub")
         first = Client(b.port, "mover", clean=False)
