@@ -6,6 +6,7 @@ listener (``MosquittoFeatureTests``)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -33,6 +34,7 @@ from tests.securebroker import listener_settings, port_of
 
 TIMEOUT = 10.0
 USER, PASSWORD = "alice", "pw-alice"
+ROOT = Path(__file__).resolve().parent.parent
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 #: The receive maximum both brokers are configured to announce.
 SERVER_RECEIVE_MAXIMUM = 3
@@ -304,6 +306,21 @@ class OurBrokerFeatureTests(FeatureTestsMixin, TestCase):
             props = yield self.wait(proto.reauthenticate())
             self.assertTrue(props[P.AUTHENTICATION_DATA].startswith(b"v="))
         yield self.wait(proto.publish("scram/t", b"x", 1))
+
+    @inlineCallbacks
+    def test_doc_example(self) -> Any:
+        """docs/examples/client_async.py (WebSocket, SCRAM, ``async for``) reads the
+        retained messages under sensors/ and stops after the count it was given."""
+        spec = importlib.util.spec_from_file_location(
+            "doc_examples_client_async", ROOT / "docs" / "examples" / "client_async.py")
+        example = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        spec.loader.exec_module(example)  # type: ignore[union-attr]
+        pub = yield self.client("doc-pub")
+        for i in range(3):
+            yield self.wait(pub.publish(f"sensors/{i}", b"t%d" % i, 1, retain=True))
+        seen = yield self.wait(Deferred.fromCoroutine(
+            example.watch(self.reactor, self.ws_url(), USER, PASSWORD, 3)))
+        self.assertEqual(sorted(seen), [f"sensors/{i} t{i}" for i in range(3)])
 
     @inlineCallbacks
     def test_scram_over_websocket(self) -> Any:
