@@ -26,6 +26,7 @@ from mqtt_twisted.codec import (
     Auth,
     ConnAck,
     Connect,
+    Disconnect,
     PubAck,
     PubComp,
     Publish,
@@ -222,6 +223,7 @@ class ManualAckTests(SynchronousTestCase):
         core = connected(manual_ack=True)
         [m1] = core.receive(encode(Publish("t", b"1", 1, packet_id=4), 5))
         [m2] = core.receive(encode(Publish("t", b"2", 2, packet_id=5), 5))
+        self.assertEqual((m1.payload, m2.payload), (b"1", b"2"))
         self.assertEqual(core.receive(encode(Publish("t", b"2", 2, True, True, 5), 5)), [])
         self.assertEqual(sent(core), [])
         core.ack(4, 1)
@@ -267,14 +269,13 @@ class ShellTests(SynchronousTestCase):
 
     def test_reauthenticate_deferred(self) -> None:
         """reauthenticate() fires with the final AUTH's properties; a DISCONNECT fails it."""
-        proto, transport = self.make(auth=FakeMethod())
+        proto, _ = self.make(auth=FakeMethod())
         proto.dataReceived(encode(ConnAck(False, 0, {P.AUTHENTICATION_METHOD: "REVERSE"}), 5))
         d = proto.reauthenticate()
         self.assertNoResult(d)
         proto.dataReceived(encode(Auth(0, {P.AUTHENTICATION_METHOD: "REVERSE",
                                            P.AUTHENTICATION_DATA: b"z"}), 5))
         self.assertEqual(self.successResultOf(d)[P.AUTHENTICATION_DATA], b"z")
-        from mqtt_twisted.codec import Disconnect
         d = proto.reauthenticate()
         proto.dataReceived(encode(Disconnect(0x87), 5))
         self.assertEqual(self.failureResultOf(d, MQTTError).value.reason_code, 0x87)
@@ -294,6 +295,22 @@ class ShellTests(SynchronousTestCase):
         [disconnect] = StreamDecoder(5).feed(transport.value())
         self.assertEqual(disconnect.reason_code, 0x80)
         self.assertTrue(transport.disconnecting)
+
+    def test_manual_ack_unhandled(self) -> None:
+        """With manual_ack, a message no handler takes is acknowledged at once (nobody
+        else could, and it would hold a receive maximum slot); a handled one waits."""
+        proto, transport = self.make(manual_ack=True)
+        proto.dataReceived(encode(ConnAck(False, 0), 5))
+        transport.clear()
+        proto.dataReceived(encode(Publish("nobody", b"1", 1, packet_id=3), 5))
+        self.assertEqual(StreamDecoder(5).feed(transport.value()), [PubAck(3)])
+        transport.clear()
+        held: list[Message] = []
+        proto.on_message = held.append
+        proto.dataReceived(encode(Publish("someone", b"2", 2, packet_id=4), 5))
+        self.assertEqual(transport.value(), b"")
+        proto.ack(held[0])
+        self.assertEqual(StreamDecoder(5).feed(transport.value()), [PubRec(4)])
 
     def test_stream_backpressure(self) -> None:
         """A full stream buffer pauses the transport; reading half of it resumes it; the

@@ -17,10 +17,11 @@ from mqtt_twisted.client.core import (
     SessionLost,
 )
 from mqtt_twisted.client.protocol import ClientSession, MQTTClientProtocol, connect_client
+from mqtt_twisted.client.websocket import WebSocketError
 from mqtt_twisted.codec import Subscription, Will
 
 __all__ = [
     "AuthMethodError", "ClientCore", "ClientSession", "ConnectError", "MQTTClientProtocol",
     "Message", "MessageStream", "PublishError", "ScramClientAuth", "SessionLost",
-    "Subscription", "Will", "connect_client",
+    "Subscription", "WebSocketError", "Will", "connect_client",
 ]

@@ -2,10 +2,11 @@
 
 The protocol only moves bytes, keeps one Deferred per outstanding packet id and
 runs the keepalive timer on the reactor's clock; every MQTT decision is the
-core's.  A persistent session survives a dropped connection in
-:class:`ClientSession`: hand it to the next protocol (``connect_client(...,
-session=old.session)``) and its unacknowledged publishes are resent with DUP and
-their Deferreds fire then.
+core's.  ``connect_client`` reaches the broker through a Twisted client endpoint
+or, for a ``ws://``/``wss://`` URL, :mod:`mqtt_twisted.client.websocket`.  A
+persistent session survives a dropped connection in :class:`ClientSession`: hand
+it to the next protocol (``connect_client(..., session=old.session)``) and its
+unacknowledged publishes are resent with DUP and their Deferreds fire then.
 """
 
 from __future__ import annotations
@@ -299,8 +300,11 @@ class MQTTClientProtocol(Protocol):
             if topic_matches(_plain_filter(topic_filter), message.topic):
                 handled = True
                 self._call(handler, message)
-        if not handled and self.on_message is not None:
-            self._call(self.on_message, message)
+        if not handled:
+            if self.on_message is not None:
+                self._call(self.on_message, message)
+            elif self.core.manual_ack:
+                self.ack(message)  # nobody can: it would hold a receive maximum slot
 
     def _call(self, handler: MessageHandler, message: Message) -> None:
         try:

@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.ssl import optionsForClientTLS
 from zope.interface import implementer
 
-__all__ = ["SUBPROTOCOL", "connect_websocket"]
+__all__ = ["SUBPROTOCOL", "WebSocketError", "connect_websocket"]
 
 #: The WebSocket subprotocol of MQTT 3.1.1 and 5.0 [MQTT-6.0.0-3].
 SUBPROTOCOL = "mqtt"
