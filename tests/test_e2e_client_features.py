@@ -17,13 +17,14 @@ from typing import Any
 
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred, DeferredQueue, ensureDeferred, inlineCallbacks
-from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
 from mqtt_twisted.auth.scram import ScramAuthenticator
 from mqtt_twisted.client import ConnectError, MQTTClientProtocol, connect_client
 from mqtt_twisted.client.auth import ScramClientAuth
+from mqtt_twisted.client.websocket import WebSocketError
 from mqtt_twisted.codec import Publish, StreamDecoder
 from mqtt_twisted.constants import PropertyId as P
 from mqtt_twisted.core.settings import BrokerSettings
@@ -92,14 +93,15 @@ class FeatureTestsMixin:
         return d.addTimeout(TIMEOUT, self.reactor)
 
     @inlineCallbacks
-    def check_round_trip(self, endpoint: str, version: int, **options: Any) -> Any:
+    def check_round_trip(self, endpoint: str, version: int, size: int = 100_000,
+                         **options: Any) -> Any:
         queue: DeferredQueue[Any] = DeferredQueue()
         sub = yield self.client(f"ws-sub-v{version}", version, endpoint, **options)
         pub = yield self.client(f"ws-pub-v{version}", version, endpoint, **options)
         granted = yield self.wait(sub.subscribe([(f"ws/{q}", q) for q in range(3)],
                                                 handler=queue.put))
         self.assertEqual(granted, [0, 1, 2])
-        big = bytes(range(256)) * 400  # 100 kB: many TCP segments, maybe many frames
+        big = bytes(range(256)) * (size // 256)  # many TCP segments, maybe many frames
         for qos in range(3):
             result = yield self.wait(pub.publish(f"ws/{qos}", big + b"%d" % qos, qos))
             self.assertEqual(result, None if qos == 0 else 0)
@@ -124,16 +126,18 @@ class FeatureTestsMixin:
         """wss:// verifies the server's certificate against the trust root given."""
         trust = Certificate.loadPEM(Path(self.ca.cert_path).read_bytes())
         return self.check_round_trip(
-            f"wss://127.0.0.1:{self.wss_port}/mqtt", 5,
+            f"wss://127.0.0.1:{self.wss_port}/mqtt", 5, 10_000,
             tls=optionsForClientTLS("127.0.0.1", trustRoot=trust))
 
     @inlineCallbacks
     def test_wss_untrusted(self) -> Any:
         """wss:// to a server whose CA is not trusted fails to connect: the default is
         verified TLS, not Autobahn's unverified context."""
+        why = "certificate verify failed"
         d = connect_client(self.reactor, f"wss://127.0.0.1:{self.wss_port}/mqtt", "x",
                            username=USER, password=PASSWORD)
-        yield self.assertFailure(self.wait(d), Exception)
+        error = yield self.assertFailure(self.wait(d), WebSocketError)
+        self.assertIn(why, str(error))
 
     # --- topic aliases --------------------------------------------------------------------
 
@@ -275,6 +279,7 @@ class OurBrokerFeatureTests(FeatureTestsMixin, TestCase):
         self.addCleanup(shutil.rmtree, directory, True)
         self.ca = CA(directory)
         server = self.ca.issue("broker", server=True)
+        self.client_cert = self.ca.issue("ws-client-7")
         settings = BrokerSettings(receive_maximum=SERVER_RECEIVE_MAXIMUM)
         service = BrokerService(self.reactor, MemoryStore(self.reactor), settings,
                                 ScramAuthenticator({USER: PASSWORD}), None, 10.0,
@@ -282,7 +287,9 @@ class OurBrokerFeatureTests(FeatureTestsMixin, TestCase):
         built = []
         for value in ("tcp:0:interface=127.0.0.1", "ws=tcp:0:interface=127.0.0.1",
                       f"ws=ssl:0:interface=127.0.0.1:privateKey={server.key_path}"
-                      f":certKey={server.cert_path}"):
+                      f":certKey={server.cert_path}",
+                      f"ws=ssl:0:interface=127.0.0.1:privateKey={server.key_path}"
+                      f":certKey={server.cert_path}:caCerts={self.ca.cert_path}"):
             adapters, listener = listener_settings(value)
             built.append(service.addListener(adapters[listener.adapter], listener))
         service.startService()
@@ -290,7 +297,24 @@ class OurBrokerFeatureTests(FeatureTestsMixin, TestCase):
         yield service.ready
         for listener in built:
             yield listener.whenListening()
-        self.port, self.ws_port, self.wss_port = (port_of(b) for b in built)
+        self.port, self.ws_port, self.wss_port, self.mtls_port = (port_of(b) for b in built)
+
+    @inlineCallbacks
+    def test_wss_client_certificate(self) -> Any:
+        """wss:// with a client certificate (in ``tls=``) reaches a listener that requires
+        one; without it the TLS handshake fails and connect_client with it."""
+        trust = Certificate.loadPEM(Path(self.ca.cert_path).read_bytes())
+        url = f"wss://127.0.0.1:{self.mtls_port}/mqtt"
+        mine = PrivateCertificate.loadPEM(Path(self.client_cert.cert_path).read_bytes()
+                                          + Path(self.client_cert.key_path).read_bytes())
+        proto = yield self.client("mtls", endpoint=url, tls=optionsForClientTLS(
+            "127.0.0.1", trustRoot=trust, clientCertificate=mine))
+        yield self.wait(proto.publish("mtls/t", b"x", 1))
+        why = "certificate required"
+        d = connect_client(self.reactor, url, "no-cert", username=USER, password=PASSWORD,
+                           tls=optionsForClientTLS("127.0.0.1", trustRoot=trust))
+        error = yield self.assertFailure(self.wait(d), WebSocketError)
+        self.assertIn(why, str(error))
 
     # --- enhanced authentication (SCRAM-SHA-256 is ours, not Mosquitto's) -----------------
 
