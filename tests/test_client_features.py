@@ -226,9 +226,9 @@ class ManualAckTests(SynchronousTestCase):
         self.assertEqual((m1.payload, m2.payload), (b"1", b"2"))
         self.assertEqual(core.receive(encode(Publish("t", b"2", 2, True, True, 5), 5)), [])
         self.assertEqual(sent(core), [])
-        core.ack(4, 1)
-        core.ack(5, 2)
-        core.ack(5, 2)  # twice: nothing more
+        core.ack(m1.publish)
+        core.ack(m2.publish)
+        core.ack(m2.publish)  # twice: nothing more
         self.assertEqual(sent(core), [PubAck(4), PubRec(5)])
         core.receive(encode(PubRel(5), 5))
         self.assertEqual(sent(core), [PubComp(5)])
@@ -243,10 +243,25 @@ class ManualAckTests(SynchronousTestCase):
             core.receive(encode(Publish("t", b"3", 1, packet_id=3), 5))
         self.assertEqual(caught.exception.reason_code, 0x93)
         core = connected(manual_ack=True, receive_maximum=2)
-        core.receive(encode(Publish("t", b"1", 1, packet_id=1), 5))
-        core.ack(1, 1)
+        [m] = core.receive(encode(Publish("t", b"1", 1, packet_id=1), 5))
+        core.ack(m.publish)
         core.receive(encode(Publish("t", b"2", 1, packet_id=2), 5))
         core.receive(encode(Publish("t", b"3", 1, packet_id=3), 5))  # within the limit
+
+    def test_late_ack_after_reconnect(self) -> None:
+        """A QoS 1 message held across a lost connection is sent again by the broker; the
+        old message's late ack does not acknowledge a new message with the same id."""
+        core = connected(manual_ack=True, clean_start=False)
+        [old] = core.receive(encode(Publish("t", b"old", 1, packet_id=9), 5))
+        core.connection_lost()
+        core.connect()
+        sent(core)
+        core.receive(encode(ConnAck(True, 0), 5))
+        [new] = core.receive(encode(Publish("t", b"new", 1, packet_id=9), 5))
+        core.ack(old.publish)
+        self.assertEqual(sent(core), [])
+        core.ack(new.publish)
+        self.assertEqual(sent(core), [PubAck(9)])
 
     def test_announced(self) -> None:
         """CONNECT announces the receive maximum; out-of-range values are refused."""

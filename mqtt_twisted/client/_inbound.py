@@ -54,7 +54,7 @@ class _Inbound:
     client_id: str
     auth: Any
     manual_ack: bool
-    _unacked: dict[int, int]
+    _unacked: dict[int, Publish]
     _reauthenticating: bool
     _aliases_out: Any
     topic_aliases: bool
@@ -136,7 +136,7 @@ class _Inbound:
             if pid in self._unacked:
                 return None  # a DUP of a message the application holds
             self._check_receive_maximum()
-            self._unacked[pid] = 1  # type: ignore[index]
+            self._unacked[pid] = p  # type: ignore[index]
         elif p.qos == 2:
             if pid in self._incoming_qos2:
                 # A DUP of a message already delivered [MQTT-4.3.3-10]: answer it
@@ -147,7 +147,7 @@ class _Inbound:
             self._check_receive_maximum()
             self._incoming_qos2.add(pid)  # type: ignore[arg-type]
             if self.manual_ack:
-                self._unacked[pid] = 2  # type: ignore[index]
+                self._unacked[pid] = p  # type: ignore[index]
             else:
                 self._send(PubRec(pid))  # type: ignore[arg-type]
         return Message(p)

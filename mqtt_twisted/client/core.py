@@ -98,8 +98,8 @@ class ClientCore(_Inbound):
         self._reauthenticating = False
         #: Incoming QoS 1/2 messages wait for :meth:`ack` before PUBACK/PUBREC.
         self.manual_ack = manual_ack
-        #: Incoming packet ids delivered but not acknowledged yet (manual_ack): id -> QoS.
-        self._unacked: dict[int, int] = {}
+        #: Incoming QoS 1/2 messages delivered but not acknowledged yet (manual_ack).
+        self._unacked: dict[int, Publish] = {}
         self._aliases_out = TopicAliases()
         self.state = "closed"
         self._out: list[bytes] = []
@@ -282,14 +282,19 @@ class ClientCore(_Inbound):
         self._send(Disconnect(reason_code, dict(properties or {}) if self.version == 5 else {}))
         self.state = "closed"
 
-    def ack(self, packet_id: int, qos: int) -> None:
+    def ack(self, publish: Publish) -> None:
         """Acknowledge an incoming message (``manual_ack``): PUBACK (QoS 1) or PUBREC
         (QoS 2).  Until then it counts against our receive maximum.  Disconnected, a
         QoS 1 ack is dropped (the broker sends the message again) and a QoS 2 one is
-        answered when the broker repeats the PUBLISH."""
-        if self._unacked.pop(packet_id, None) is None or self.state != "connected":
+        answered when the broker repeats the PUBLISH.  The message itself, not its
+        packet id, is the key: a late ack of a message from an earlier connection
+        cannot acknowledge a new one that reuses the id."""
+        pid = publish.packet_id
+        if pid is None or self._unacked.get(pid) is not publish:
             return
-        self._send(PubAck(packet_id) if qos == 1 else PubRec(packet_id))
+        del self._unacked[pid]
+        if self.state == "connected":
+            self._send(PubAck(pid) if publish.qos == 1 else PubRec(pid))
 
     # --- enhanced authentication [MQTT-4.12] ---
 
@@ -333,7 +338,7 @@ class ClientCore(_Inbound):
         self.state = "closed"
         self._reauthenticating = False
         # Unacknowledged QoS 1 comes again; a QoS 2 id stays held until acked.
-        self._unacked = {pid: q for pid, q in self._unacked.items() if q == 2}
+        self._unacked = {pid: p for pid, p in self._unacked.items() if p.qos == 2}
         pending = [pid for pid in self._used_ids
                    if pid not in self._inflight
                    and all(p.packet_id != pid for p in self._waiting)]

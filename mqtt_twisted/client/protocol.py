@@ -150,7 +150,7 @@ class MQTTClientProtocol(Protocol):
         """Acknowledge a message received with ``manual_ack=True`` (PUBACK for QoS 1,
         PUBREC for QoS 2); until then it holds one slot of our receive maximum."""
         if message.publish.qos:
-            self.core.ack(message.publish.packet_id, message.publish.qos)  # type: ignore[arg-type]
+            self.core.ack(message.publish)
             self._flush()
 
     def reauthenticate(self) -> Deferred[Any]:
