@@ -391,6 +391,11 @@ class SplittingServer(WebSocketServerProtocol):
             both = encode(Publish("a", b"1"), 4) + encode(Publish("b", b"2"), 4)
             self.sendMessage(both[:3], isBinary=True)  # a packet across messages too
             self.sendMessage(both[3:], isBinary=True)
+            if self.factory.text:
+                self.sendMessage(b"text", isBinary=False)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.closed.append(code)
 
 
 class WebSocketFramingTests(TestCase):
@@ -399,11 +404,13 @@ class WebSocketFramingTests(TestCase):
     reactor = global_reactor
 
     @inlineCallbacks
-    def serve(self, choose: str | None = "mqtt") -> Any:
+    def serve(self, choose: str | None = "mqtt", text: bool = False) -> Any:
         factory = WebSocketServerFactory()
         factory.protocol = SplittingServer
         factory.choose = choose
+        factory.text = text
         factory.offered = []
+        factory.closed = []
         port = yield TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1").listen(factory)
         self.addCleanup(port.stopListening)
         self.factory = factory
@@ -427,6 +434,14 @@ class WebSocketFramingTests(TestCase):
         yield arrived.addTimeout(10, self.reactor)
         self.assertEqual((self.factory.offered, got), ([["mqtt"]], ["a", "b"]))
         yield proto.disconnect().addTimeout(10, self.reactor)
+
+    @inlineCallbacks
+    def test_text_frame_closes(self) -> Any:
+        """A text frame from the server closes the WebSocket with 1003 [MQTT-6.0.0-1]."""
+        url = yield self.serve(text=True)
+        proto = yield connect_client(self.reactor, url, "ws").addTimeout(10, self.reactor)
+        yield proto.whenClosed().addTimeout(10, self.reactor)
+        self.assertEqual(self.factory.closed, [1003])
 
     @inlineCallbacks
     def test_no_subprotocol_refused(self) -> Any:
