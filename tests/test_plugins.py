@@ -291,6 +291,8 @@ class ContractTests(SynchronousTestCase):
             "mqtt_twisted.plugins.builtin.ScramAuthPlugin",
             "mqtt_twisted.auth.scram.ScramAuthenticator",
             "mqtt_twisted.auth.scram._ScramExchange",
+            # verifyObject in tests/test_client_features.py (test_scram_against_server_exchange):
+            "mqtt_twisted.client.auth.ScramClientAuth",
             # verifyObject in tests/test_auth_passwd.py (test_plugin):
             "mqtt_twisted.plugins.builtin.PasswdAuthPlugin",
             "mqtt_twisted.auth.passwd.PasswordFileAuthenticator",
