@@ -47,7 +47,7 @@ class Bridge(Service):
     """One ``--bridge``: started once the broker is ready, stopped with it."""
 
     def __init__(self, reactor: Any, gateway: Any, config: BridgeConfig,
-                 retry_policy: Any = None) -> None:
+                 retry_policy: Any = None, endpoint: Any = None) -> None:
         self.reactor = reactor
         self.gateway = gateway
         self.config = config
@@ -58,7 +58,8 @@ class Bridge(Service):
                           properties=({PropertyId.SESSION_EXPIRY_INTERVAL: 0xFFFFFFFF}
                                       if config.protocol == 5 and not config.clean else None),
                           try_private=config.try_private)
-        self.remote = MQTTClientService(reactor, config.endpoint, core=core,
+        # ``endpoint``: an IStreamClientEndpoint instead of config.endpoint (tests).
+        self.remote = MQTTClientService(reactor, endpoint or config.endpoint, core=core,
                                         retry_policy=retry_policy,
                                         max_queued=config.max_queued,
                                         max_queued_bytes=config.max_queued_bytes)
