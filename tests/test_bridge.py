@@ -207,6 +207,7 @@ class BridgeTests(SynchronousTestCase):
         config = BridgeConfig("tcp:remote:1883", "up",
                               [parse_topic_rule("s/# out 1 l/ r/"),
                                parse_topic_rule("c/# in 1 l/ r/"),
+                               parse_topic_rule("c/1 in 1 l/ r/"),  # overlaps the one above
                                parse_topic_rule("both/# both 1")],
                               client_id="edge", try_private=False)
         self.endpoint = FakeEndpoint()
@@ -249,7 +250,7 @@ class BridgeTests(SynchronousTestCase):
         link.received()
         link.answer(ConnAck(False, 0))
         filters = sorted(s.topic_filter for p in link.received() for s in p.subscriptions)
-        self.assertEqual(filters, ["both/#", "r/c/#"])
+        self.assertEqual(filters, ["both/#", "r/c/#", "r/c/1"])
 
     def test_waits_in_the_broker_while_remote_down(self) -> None:
         """QoS 1 messages published while the remote is down wait in the bridge's local
@@ -292,6 +293,23 @@ class BridgeTests(SynchronousTestCase):
         sent = link.received()
         self.assertEqual([type(p).__name__ for p in sent], ["PubAck", "PubAck"])
         self.assertEqual((self.bridge.messages_in, self.bridge.loops_stopped), (2, 1))
+
+    def test_session_reopened_after_kick(self) -> None:
+        """An admin closing the bridge's local session: it is opened again a second later
+        and its subscriptions work again."""
+        link = self.remote_up()
+        self.assertTrue(self.gateway.closeSession("local.edge"))
+        self.clock.advance(1)
+        self.local.publish("l/s/again", b"a", qos=1)
+        out = [p for p in link.received() if isinstance(p, Publish)]
+        self.assertEqual([p.topic for p in out], ["r/s/again"])
+
+    def test_overlapping_in_rules_deliver_once(self) -> None:
+        """A remote message matching two in rules is published here once."""
+        link = self.remote_up()
+        link.answer(Publish("r/c/1", b"once", 1, False, False, 9))
+        got = [p.topic for p in self.local.received() if isinstance(p, Publish)]
+        self.assertEqual(got, ["l/c/1"])
 
     def test_sys_values(self) -> None:
         """$SYS/broker/bridges/NAME/...: connected, queued, messages in and out."""

@@ -62,7 +62,8 @@ class Bridge(Service):
         self.remote = MQTTClientService(reactor, endpoint or config.endpoint, core=core,
                                         retry_policy=retry_policy,
                                         max_queued=config.max_queued,
-                                        max_queued_bytes=config.max_queued_bytes)
+                                        max_queued_bytes=config.max_queued_bytes,
+                                        on_message=self._from_remote)
         self.remote.on_connect.append(self._remote_up)
         self.remote.on_disconnect.append(self._remote_down)
         self.conn: Any = None
@@ -73,11 +74,27 @@ class Bridge(Service):
         self._outstanding = 0
         self._window_full = False
         self._opening: Deferred[Any] | None = None
+        self._reopen: Any = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
+        config = self.config
+        self._open_local()
+        v5 = config.protocol == 5
+        for rule in config.topics:
+            if rule.incoming:
+                # No handler: every message goes to on_message once, however many of
+                # the bridge's filters it matches.
+                self.remote.subscribe([Subscription(rule.remote_filter, rule.qos,
+                                                    no_local=v5, retain_as_published=v5)]
+                                      ).addErrback(self._subscribe_failed, rule.remote_filter)
+        self.gateway.addSysValues(self.sys_values)
+        self.remote.startService()
+
+    def _open_local(self) -> None:
+        self._reopen = None
         config = self.config
         credentials = SimpleNamespace(
             username=config.local_username, adapter="bridge", peer=f"bridge {config.name}",
@@ -86,22 +103,26 @@ class Bridge(Service):
         self._opening = self.gateway.openSession(config.local_client_id, self,
                                                  config.clean, credentials)
         self._opening.addCallbacks(self._local_open, self._local_refused)
-        for rule in config.topics:
-            if rule.incoming:
-                v5 = config.protocol == 5
-                self.remote.subscribe([Subscription(rule.remote_filter, rule.qos,
-                                                    no_local=v5, retain_as_published=v5)],
-                                      handler=self._from_remote).addErrback(
-                                          self._subscribe_failed, rule.remote_filter)
-        self.gateway.addSysValues(self.sys_values)
-        self.remote.startService()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        if self._reopen is not None and self._reopen.active():
+            self._reopen.cancel()
         self.gateway.removeSysValues(self.sys_values)
-        if self.conn is not None:
-            self.conn.close()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
         return self.remote.stopService()
+
+    def sessionClosed(self, reason: Any) -> None:
+        """The broker ended the local session (an admin's kick, a takeover of its client
+        id): open it again a second later while the bridge runs."""
+        if self.conn is None or not self.running:
+            return
+        self.conn = None
+        log.warn("Bridge {name}: its session here was closed (reason {reason}); opening "
+                 "it again", name=self.config.name, reason=reason)
+        self._reopen = self.reactor.callLater(1.0, self._open_local)
 
     def _local_open(self, session: Any) -> None:
         self.conn = session.connection
