@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.task import deferLater
 from twisted.python import usage
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from mqtt_twisted.bridge import Bridge, BridgeConfig, parse_topic_rule
 from mqtt_twisted.bridge.remote import BridgeCore
+from mqtt_twisted.client import connect_client
 from mqtt_twisted.client.core import ConnectRefused
 from mqtt_twisted.client.service import backoff
 from mqtt_twisted.codec import ConnAck, Connect, PubAck, Publish, SubAck, Subscribe, encode
@@ -23,7 +25,7 @@ from mqtt_twisted.config.load import ConfigError
 from mqtt_twisted.gateway import Gateway
 from mqtt_twisted.interfaces import IMessageSink
 from mqtt_twisted.tap import Options
-from mqtt_twisted.testing import FakeClient, make_broker
+from mqtt_twisted.testing import FakeClient, make_broker, start_broker, stop_broker
 from tests.redisserver import free_port
 from tests.test_client_service import FakeEndpoint
 from tests.test_twistd_run import TwistdTestCase, _listen
@@ -350,3 +352,89 @@ class TwistdUsageTests(TwistdTestCase):
             self.assertNotIn("Traceback", proc.text)
 
 
+
+
+class OurBrokersTests(TestCase):
+    """Two of our brokers in this process, bridged over TCP."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        self.here, self.here_port = yield start_broker(reactor)
+        self.addCleanup(stop_broker, self.here)
+        self.there, self.there_port = yield start_broker(reactor)
+        self.addCleanup(stop_broker, self.there)
+
+    def bridge(self, protocol: int, rule: str) -> Bridge:
+        config = BridgeConfig(f"tcp:127.0.0.1:{self.there_port}", "twin",
+                              [parse_topic_rule(rule)], client_id="twin", protocol=protocol)
+        bridge = Bridge(self.reactor, self.here.gateway, config,
+                        retry_policy=backoff(0.05, 0.2, 2.0))
+        bridge.startService()
+        self.addCleanup(bridge.stopService)
+        return bridge
+
+    @defer.inlineCallbacks
+    def until(self, check: Any, what: str) -> Any:
+        for _ in range(200):
+            if check():
+                return
+            yield deferLater(self.reactor, 0.05, lambda: None)
+        self.fail(f"timed out waiting for {what}")
+
+    @defer.inlineCallbacks
+    def client(self, port: int, client_id: str, version: int = 5) -> Any:
+        proto = yield connect_client(self.reactor, f"tcp:127.0.0.1:{port}", client_id,
+                                     version=version)
+        self.addCleanup(lambda: proto.connected and proto.abort())
+        return proto
+
+    @defer.inlineCallbacks
+    def test_bridge_bit_refused_then_plain(self) -> Any:
+        """Our broker refuses Mosquitto's bridge bit (CONNACK 1): the bridge connects
+        again without it and messages cross."""
+        bridge = self.bridge(4, "a/# out 1")
+        yield self.until(lambda: bridge.remote.online, "the bridge to connect")
+        self.assertFalse(bridge.remote.core.try_private)
+        got: list[Any] = []
+        sub = yield self.client(self.there_port, "there-sub", 4)
+        yield sub.subscribe("a/#", 1, handler=got.append)
+        pub = yield self.client(self.here_port, "here-pub", 4)
+        yield self.until(lambda: bridge.conn is not None and not bridge.conn.paused,
+                         "the local side to resume")
+        yield pub.publish("a/1", b"x", 1)
+        yield self.until(lambda: got, "the message on the other broker")
+        self.assertEqual((got[0].topic, got[0].payload), ("a/1", b"x"))
+
+    @defer.inlineCallbacks
+    def test_v5_both_ways_no_loop(self) -> Any:
+        """A both-way v5 bridge on # between two of our brokers: each message once on
+        each side."""
+        bridge = self.bridge(5, "# both 1")
+        yield self.until(lambda: bridge.remote.online, "the bridge to connect")
+        here: list[Any] = []
+        there: list[Any] = []
+        here_sub = yield self.client(self.here_port, "here-sub")
+        yield here_sub.subscribe("t/#", 1, handler=here.append)
+        there_sub = yield self.client(self.there_port, "there-sub")
+        yield there_sub.subscribe("t/#", 1, handler=there.append)
+        here_pub = yield self.client(self.here_port, "here-pub")
+        there_pub = yield self.client(self.there_port, "there-pub")
+        for pub, seen in ((here_pub, there), (there_pub, here)):
+            for _ in range(100):  # probes until the bridge is subscribed on both sides
+                yield pub.publish("t/probe", b"p", 0)
+                yield deferLater(self.reactor, 0.05, lambda: None)
+                if seen:
+                    break
+        yield deferLater(self.reactor, 0.3, lambda: None)
+        del here[:], there[:]
+        yield here_pub.publish("t/here", b"h", 1)
+        yield there_pub.publish("t/there", b"t", 1)
+        yield self.until(lambda: len(here) >= 2 and len(there) >= 2, "both messages")
+        yield deferLater(self.reactor, 0.5, lambda: None)
+        for side in (here, there):
+            self.assertEqual(sorted(m.topic for m in side), ["t/here", "t/there"])
