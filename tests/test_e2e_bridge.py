@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -13,6 +14,7 @@ from twisted.trial.unittest import SkipTest
 
 from mqtt_twisted.client import MQTTClientProtocol, connect_client
 from mqtt_twisted.client.service import MQTTClientService, backoff
+from tests.certs import CA
 from tests.redisserver import free_port
 from tests.securebroker import spawn, within
 from tests.test_twistd_run import TwistdTestCase, _listen
@@ -41,11 +43,19 @@ class BridgeTestCase(TwistdTestCase):
         rules = [arg for rule in self.rules for arg in ("--bridge-topic", rule)]
         self.broker = self.twistd(
             "-n", "--pidfile=", "mqttbroker", "--listen", _listen(self.port),
-            "--sys-interval", "1", "--bridge", f"tcp:127.0.0.1:{self.remote_port}",
+            "--sys-interval", "1", "--bridge", self.remote_endpoint(),
             "--bridge-name", "up", "--bridge-protocol", self.protocol, *rules, cwd=self.dir)
         yield self.wait_for_port(self.port, self.broker)
         yield within(self.broker.seen("Bridge up connected"), self.reactor, WAIT,
                      f"the bridge to connect:\n{self.broker.text}")
+
+    def remote_endpoint(self) -> str:
+        """The --bridge endpoint string."""
+        return f"tcp:127.0.0.1:{self.remote_port}"
+
+    def remote_listener(self) -> str:
+        """Mosquitto's listener lines for ``remote_port``."""
+        return f"listener {self.remote_port} 127.0.0.1\n"
 
     @inlineCallbacks
     def start_mosquitto(self) -> Any:
@@ -53,7 +63,7 @@ class BridgeTestCase(TwistdTestCase):
         user = "user root\n" if os.geteuid() == 0 else ""
         store = (f"persistence true\npersistence_location {self.dir}/\n"
                  if self.mosquitto_persistence else "persistence false\n")
-        conf.write_text(f"{user}listener {self.remote_port} 127.0.0.1\n"
+        conf.write_text(f"{user}{self.remote_listener()}"
                         f"allow_anonymous true\nlog_type all\n{store}")
         self.mosquitto = spawn(self, self.reactor, [MOSQUITTO, "-c", str(conf)],
                                env=dict(os.environ), path=str(self.dir))
@@ -211,3 +221,50 @@ class PrefixTests(BridgeTestCase):
         self.assertEqual(sorted((m.topic, m.payload) for m in here),
                          [("l/x/1", b"out"), ("l/y/1", b"in"), ("l/y/2", b"not-out"),
                           ("lz/z/a", b"zl"), ("lz/z/b", b"zr")])
+
+
+class TLSTests(BridgeTestCase):
+    """The bridge over ``tls:`` to a Mosquitto that requires a client certificate."""
+
+    rules = ["secure/# both 1"]
+
+    def setUp(self) -> Any:
+        self.certs = tempfile.mkdtemp(prefix="bridge-tls-")
+        self.addCleanup(shutil.rmtree, self.certs, True)
+        self.ca = CA(self.certs)
+        self.server_cert = self.ca.issue("server", server=True)
+        self.client_cert = self.ca.issue("bridge-client")
+        self.trust = os.path.join(self.certs, "trust")
+        os.mkdir(self.trust)
+        shutil.copy(self.ca.cert_path, self.trust)
+        return super().setUp()
+
+    def remote_endpoint(self) -> str:
+        return (f"tls:127.0.0.1:{self.remote_port}:trustRoots={self.trust}:"
+                f"certificate={self.client_cert.cert_path}:"
+                f"privateKey={self.client_cert.key_path}")
+
+    def remote_listener(self) -> str:
+        return (f"listener {self.remote_port} 127.0.0.1\ncafile {self.ca.cert_path}\n"
+                f"certfile {self.server_cert.cert_path}\n"
+                f"keyfile {self.server_cert.key_path}\nrequire_certificate true\n")
+
+    @inlineCallbacks
+    def test_both_ways_over_tls(self) -> Any:
+        """QoS 1 both ways through a TLS bridge with a client certificate."""
+        here: list[Any] = []
+        there: list[Any] = []
+        local = yield self.client(self.port, "tls-local")
+        yield local.subscribe("secure/#", 1, handler=here.append)
+        remote = yield connect_client(
+            self.reactor, self.remote_endpoint(), "tls-remote").addTimeout(WAIT, self.reactor)
+        self.addCleanup(self._close, remote)
+        yield remote.subscribe("secure/#", 1, handler=there.append)
+        yield self.crossing(local, "secure/probe-out", there)
+        yield self.crossing(remote, "secure/probe-in", here)
+        del here[:], there[:]
+        yield local.publish("secure/out", b"o", 1)
+        yield remote.publish("secure/in", b"i", 1)
+        yield self.until(lambda: len(here) >= 2 and len(there) >= 2, "both messages")
+        for side in (here, there):
+            self.assertEqual(sorted(m.topic for m in side), ["secure/in", "secure/out"])
