@@ -15,7 +15,8 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from mqtt_twisted.bridge import Bridge, BridgeConfig, parse_topic_rule
+from mqtt_twisted.bridge import BridgeConfig, parse_topic_rule
+from mqtt_twisted.bridge.bridge import Bridge
 from mqtt_twisted.bridge.remote import BridgeCore
 from mqtt_twisted.client import connect_client
 from mqtt_twisted.client.core import ConnectRefused
@@ -438,3 +439,19 @@ class OurBrokersTests(TestCase):
         yield deferLater(self.reactor, 0.5, lambda: None)
         for side in (here, there):
             self.assertEqual(sorted(m.topic for m in side), ["t/here", "t/there"])
+
+
+class ImportCostTests(SynchronousTestCase):
+    """Every twistd start imports tap.py, bridges or not."""
+
+    def test_tap_does_not_import_the_client(self) -> None:
+        """The --bridge options come without the bridge's client (the endpoints module
+        alone takes a third of a second to import)."""
+        import subprocess
+        import sys
+
+        code = ("import sys, mqtt_twisted.tap; "
+                "print(sorted(m for m in sys.modules if m.startswith('mqtt_twisted.client')))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True)
+        self.assertEqual(out.stdout.strip(), "[]")

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from mqtt_twisted.bridge.bridge import Bridge
 from mqtt_twisted.bridge.config import BridgeConfig, BridgeOptions, check_bridges
 from mqtt_twisted.bridge.topics import TopicRule, parse_topic_rule
 
-__all__ = ["Bridge", "BridgeConfig", "BridgeOptions", "TopicRule", "add_bridges",
-           "check_bridges", "parse_topic_rule"]
+# Not Bridge itself: tap.py imports this package for the options, and the bridge's
+# client (twisted.internet.endpoints, ...) would add half a second to every start.
+__all__ = ["BridgeConfig", "BridgeOptions", "TopicRule", "add_bridges", "check_bridges",
+           "parse_topic_rule"]
 
 
-def add_bridges(service: Any, configs: list[BridgeConfig], reactor: Any) -> list[Bridge]:
+def add_bridges(service: Any, configs: list[BridgeConfig], reactor: Any) -> list[Any]:
     """Make a :class:`Bridge` per config, started as children of the broker service once
     it is ready (store open, sessions restored) and stopped with it.  A bad endpoint
     string raises ValueError now."""
     from twisted.internet.endpoints import clientFromString
+
+    from mqtt_twisted.bridge.bridge import Bridge
 
     bridges = []
     for config in configs:
