@@ -151,9 +151,10 @@ class Bridge(Service):
         self._resume()
 
     def _remote_down(self, reason: Any) -> None:
-        log.info("Bridge {name} lost {endpoint}: {why}; reconnecting",
+        log.info("Bridge {name} lost {endpoint}: {why}{next}",
                  name=self.config.name, endpoint=self.config.endpoint,
                  why=reason.getErrorMessage() if reason is not None else "closed",
+                 next="; reconnecting" if self.running else " (stopping)",
                  action="bridge_disconnected")
         if self.conn is not None:
             self.conn.pauseWriting()

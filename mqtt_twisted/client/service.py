@@ -102,6 +102,8 @@ class _ServiceProtocol(MQTTClientProtocol):
 
 
 class _Factory(Factory):
+    noisy = False  # the service logs connects and disconnects itself
+
     def __init__(self, service: MQTTClientService) -> None:
         self.service = service
 
