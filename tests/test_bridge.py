@@ -262,6 +262,7 @@ class BridgeTests(SynchronousTestCase):
             self.local.publish(f"l/s/{n}", str(n).encode(), qos=1)
         session = self.gateway.session("local.edge")
         self.assertEqual(len(session.queue), 3)
+        self.assertEqual(self.bridge.sys_values()["bridges/up/queued"], "3")
         link = self.remote_up()
         out = [p for p in self.early + link.received() if isinstance(p, Publish)]
         self.assertEqual([(p.topic, p.payload, p.qos) for p in out],

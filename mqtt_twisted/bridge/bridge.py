@@ -231,10 +231,12 @@ class Bridge(Service):
     def sys_values(self) -> dict[str, str]:
         """``$SYS/broker/bridges/NAME/...``: connected, queued, messages in and out."""
         core = self.remote.core
+        session = getattr(self.conn, "session", None)
+        waiting = len(session.queue) if session is not None else 0
         prefix = f"bridges/{self.config.name}/"
         return {
             prefix + "connected": "1" if self.remote.online else "0",
-            prefix + "queued": str(self.remote.queued + core.inflight + core.queued),
+            prefix + "queued": str(waiting + self.remote.queued + core.inflight + core.queued),
             prefix + "messages/in": str(self.messages_in),
             prefix + "messages/out": str(self.messages_out),
             prefix + "messages/dropped": str(self.dropped + self.remote.dropped),
