@@ -186,11 +186,6 @@ class MQTTClientService(ClientService):
     def queued_bytes(self) -> int:
         return self._queued_bytes
 
-    @property
-    def room(self) -> int:
-        """How many more publishes the offline queue takes (its count bound only)."""
-        return max(0, self.max_queued - len(self._queue))
-
     def _retry(self, attempt: int) -> float:
         # Counted here, reset by an accepted CONNACK (ClientService resets on TCP).
         self._attempts += 1
