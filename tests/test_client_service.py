@@ -142,6 +142,25 @@ class ServiceTests(SynchronousTestCase):
                          ["a/#", "b"])
         self.assertEqual({type(p) for p in again}, {Subscribe})
 
+    def test_subscription_without_suback_sent_again(self) -> None:
+        """A SUBSCRIBE whose SUBACK never came (the connection went first) is sent again
+        even when the broker says session present: it may never have had it."""
+        service, endpoint, clock = self.make(clean_start=False)
+        link = self.accept(endpoint)
+        service.subscribe("kept", 1)
+        (sub,) = link.received()
+        link.answer(SubAck(sub.packet_id, [1]))
+        d = service.subscribe("lost", 1)
+        link.received()
+        link.drop()  # before the SUBACK of "lost"
+        self.assertNoResult(d)
+        clock.advance(2)
+        link = self.accept(endpoint, session_present=True)
+        (again,) = link.received()
+        self.assertEqual([s.topic_filter for s in again.subscriptions], ["lost"])
+        link.answer(SubAck(again.packet_id, [1]))
+        self.assertEqual(self.successResultOf(d), [1])
+
     def test_subscribe_while_offline(self) -> None:
         """A subscribe made offline goes out once on connect and fires with the SUBACK."""
         service, endpoint, _clock = self.make()

@@ -161,6 +161,8 @@ class MQTTClientService(ClientService):
         self._resend: deque[_Pending] = deque()
         #: filter -> (Subscription, properties): what to subscribe again.
         self._subscriptions: dict[str, tuple[Subscription, dict | None]] = {}
+        #: Filters the broker granted (SUBACK) in the session it holds for us.
+        self._confirmed: set[str] = set()
         #: Subscribe calls made while offline, and the Deferreds their callers hold.
         self._unsent: list[tuple[list[Subscription], dict | None, Deferred[Any]]] = []
         self.endpoint_description = description
@@ -221,17 +223,29 @@ class MQTTClientService(ClientService):
                   handler: MessageHandler | None = None,
                   properties: dict | None = None) -> Deferred[list[int]]:
         """Subscribe now or at the next connection, and again whenever the broker has
-        lost our session; fires with the granted codes of the first SUBACK."""
+        lost our session; fires with the granted codes of the first SUBACK, however
+        many connections that takes."""
         subs = _subscriptions(topics, qos)
         for s in subs:
             self._subscriptions[s.topic_filter] = (s, properties)
             if handler is not None:
                 self.session.handlers.append((s.topic_filter, handler))
-        if self.protocol is not None:
-            return self.protocol.subscribe(subs, properties=properties)
         d: Deferred[list[int]] = Deferred()
-        self._unsent.append((subs, properties, d))
+        if self.protocol is not None:
+            self._send_subscribe(self.protocol, subs, properties).addCallbacks(
+                d.callback, lambda _: self._unsent.append((subs, properties, d)))
+        else:
+            self._unsent.append((subs, properties, d))
         return d
+
+    def _send_subscribe(self, proto: MQTTClientProtocol, subs: list[Subscription],
+                        properties: dict | None) -> Deferred[list[int]]:
+        def granted(codes: list[int]) -> list[int]:
+            for s, code in zip(subs, codes, strict=False):
+                if code < 0x80 and s.topic_filter in self._subscriptions:
+                    self._confirmed.add(s.topic_filter)
+            return codes
+        return proto.subscribe(subs, properties=properties).addCallback(granted)
 
     def unsubscribe(self, topic_filters: str | list[str],
                     properties: dict | None = None) -> Deferred[list[int]]:
@@ -239,6 +253,7 @@ class MQTTClientService(ClientService):
         filters = [topic_filters] if isinstance(topic_filters, str) else list(topic_filters)
         for f in filters:
             self._subscriptions.pop(f, None)
+            self._confirmed.discard(f)
         if self.protocol is not None:
             return self.protocol.unsubscribe(filters, properties)
         self.session.handlers = [(f, h) for f, h in self.session.handlers if f not in filters]
@@ -264,15 +279,21 @@ class MQTTClientService(ClientService):
         log.info("MQTT client {client_id} connected to {endpoint} (session present {sp})",
                  client_id=self.core.client_id, endpoint=_describe(self), sp=int(
                      connack.session_present), action="client_connected")
+        if not connack.session_present:
+            self._confirmed.clear()  # the broker has none of them now
         unsent, self._unsent = self._unsent, []
         sent = set()
         for subs, props, d in unsent:
-            proto.subscribe(subs, properties=props).chainDeferred(d)
+            # A connection lost before the SUBACK: the next connection sends it again.
+            self._send_subscribe(proto, subs, props).addCallbacks(
+                d.callback, lambda _, subs=subs, props=props, d=d: self._unsent.append(
+                    (subs, props, d)))
             sent.update(s.topic_filter for s in subs)
-        if not connack.session_present:
-            for s, props in list(self._subscriptions.values()):
-                if s.topic_filter not in sent:
-                    proto.subscribe([s], properties=props).addErrback(lambda f: None)
+        # Again: all of them after a lost session; else those whose SUBACK never came
+        # (the connection went first: the broker may not have had the SUBSCRIBE).
+        for s, props in list(self._subscriptions.values()):
+            if s.topic_filter not in sent and s.topic_filter not in self._confirmed:
+                self._send_subscribe(proto, [s], props).addErrback(lambda f: None)
         for callback in list(self.on_connect):
             try:
                 callback(proto)
