@@ -25,6 +25,7 @@ from mqtt_twisted.codec import (
     Subscribe,
     encode,
 )
+from mqtt_twisted.errors import MQTTError
 
 
 class FakeEndpoint:
@@ -274,6 +275,16 @@ class ServiceTests(SynchronousTestCase):
         self.failureResultOf(d, PublishError)
         self.assertEqual(service.queued, 0)
         service.stopService()
+
+    def test_local_refusal_is_the_answer(self) -> None:
+        """A publish the client core itself refuses (no packet id left) fails at once
+        with that error; it is not queued to be tried again and again."""
+        service, endpoint, _clock = self.make()
+        self.accept(endpoint)
+        service.core._used_ids.update(range(1, 65536))
+        failure = self.failureResultOf(service.publish("t", b"m", 1), MQTTError)
+        self.assertIn("packet identifiers", str(failure.value))
+        self.assertEqual(service.queued, 0)
 
     def test_stop_sends_disconnect(self) -> None:
         """Stopping the service writes DISCONNECT and stops reconnecting."""

@@ -32,7 +32,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mqtt_twisted.client.core import ClientCore, ConnectError, PublishError
+from mqtt_twisted.client.core import ClientCore, ConnectError, SessionLost
 from mqtt_twisted.client.protocol import (
     ClientSession,
     MessageHandler,
@@ -318,9 +318,10 @@ class MQTTClientService(ClientService):
             d.addCallbacks(item.result.callback, self._not_done, errbackArgs=(item,))
 
     def _not_done(self, failure: Failure, item: _Pending) -> None:
-        """A QoS 1/2 publish that did not complete: the broker's refusal is the caller's
-        answer; a lost connection or session means publish it again."""
-        if failure.check(PublishError):
+        """A QoS 1/2 publish that did not complete: the broker's refusal (or our own, as
+        no packet id left) is the caller's answer; a lost connection or session means
+        publish it again."""
+        if failure.check(SessionLost) is None and failure.check(MQTTError, ValueError):
             item.result.errback(failure)
             return
         self._resend.append(item)
