@@ -119,8 +119,9 @@ class BridgeOptions:
         self._current("bridge-local-password").local_password = value
 
     def opt_bridge_clean(self) -> None:
-        """Clean sessions on both sides: what is in flight when the remote goes is
-        published again, nothing waits for the bridge in this broker while it is down."""
+        """Clean sessions on both sides: the remote keeps nothing for the bridge while it
+        is disconnected, nor does this broker across its restarts (what was in flight is
+        published again)."""
         self._current("bridge-clean").clean = True
 
     def opt_bridge_persistent(self) -> None:
