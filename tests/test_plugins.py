@@ -322,6 +322,8 @@ class ContractTests(SynchronousTestCase):
             # verifyObject in tests/test_coap_udp.py (PluginTests.test_interfaces):
             "mqtt_twisted.adapters.coap.CoapAdapter",
             "mqtt_twisted.adapters._coapobserve.CoapClient",
+            # verifyObject (IMessageSink) in tests/test_bridge.py:
+            "mqtt_twisted.bridge.bridge.Bridge",
         }
         ours = {value for value in vars(interfaces).values()
                 if isinstance(value, InterfaceClass) and value.__module__ == interfaces.__name__}
