@@ -2,4 +2,5 @@
 
 from mqtt_twisted.cli.main import main
 
-main()
+if __name__ == "__main__":  # importing it (pkgutil.walk_packages) must not run it
+    main()

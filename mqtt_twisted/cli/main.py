@@ -7,6 +7,7 @@ the reactor and a usage error costs no more than argparse.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 __all__ = ["COMMANDS", "main"]
@@ -28,7 +29,10 @@ def usage() -> str:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("--help", "-h", "help"):
-        print(usage())
+        try:
+            print(usage(), flush=True)
+        except BrokenPipeError:
+            quiet_stdout()
         raise SystemExit(0 if args else 1)
     if args[0] == "--version":
         from mqtt_twisted import __version__
@@ -39,4 +43,15 @@ def main(argv: list[str] | None = None) -> None:
               "see mqtt-twisted --help)", file=sys.stderr)
         raise SystemExit(1)
     module = importlib.import_module(f"mqtt_twisted.cli.{args[0]}")
-    module.main(args[1:])
+    try:
+        module.main(args[1:])
+    except BrokenPipeError:
+        quiet_stdout()
+        raise SystemExit(1) from None
+
+
+def quiet_stdout() -> None:
+    """The reader of stdout went away (``| head``): no more output, and no error from
+    the interpreter flushing stdout at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())

@@ -22,6 +22,7 @@ from mqtt_twisted.cli._options import (
     finish_client_options,
     take_properties,
 )
+from mqtt_twisted.cli.main import quiet_stdout
 from mqtt_twisted.codec import Subscription, topic_matches
 from mqtt_twisted.codec.topics import validate_topic_filter
 
@@ -97,8 +98,13 @@ class Printer:
             print(f"Error: {e}", file=sys.stderr)
             line = None
         if line is not None:
-            self.out.write(line + self.end)
-            self.out.flush()
+            try:
+                self.out.write(line + self.end)
+                self.out.flush()
+            except BrokenPipeError:  # `| head -3`: done, quietly
+                quiet_stdout()
+                self.done.callback(0)
+                return
         self.count += 1
         if args.count and self.count >= args.count:
             self.done.callback(0)
