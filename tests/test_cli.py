@@ -9,25 +9,33 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import shutil
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.certs import CA
 from tests.clitools import (
+    CLI,
     MOSQUITTO,
     MOSQUITTO_PUB,
     MOSQUITTO_SUB,
+    TIMEOUT,
     Mosquitto,
     Subscriber,
     cli,
+    free_port,
     have,
     run,
 )
 from tests.livebroker import LiveBroker
+from tests.test_twistd_run import _env
 
 
 class CliTestsMixin:
@@ -46,6 +54,7 @@ class CliTestsMixin:
     def our_pub(self, *args: str, stdin: bytes = b"") -> None:
         result = cli("pub", "-h", "127.0.0.1", "-p", str(self.port), *args, stdin=stdin)
         self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stderr, b"")  # no progress line when stderr is no terminal
 
     def mosquitto_pub(self, *args: str, stdin: bytes = b"") -> None:
         result = run([MOSQUITTO_PUB, "-h", "127.0.0.1", "-p", str(self.port), *args],
@@ -191,7 +200,6 @@ class OurBrokerCliTests(CliTestsMixin, SynchronousTestCase):
         ca = CA(cls.directory)
         server = ca.issue("server", server=True)
         cls.ca_path = ca.cert_path
-        from tests.clitools import free_port
         cls.tls_port = free_port()
         cls.broker = LiveBroker(Path(cls.directory), listen=[
             f"mqtt=ssl:{cls.tls_port}:interface=127.0.0.1:privateKey={server.key_path}:"
@@ -202,6 +210,43 @@ class OurBrokerCliTests(CliTestsMixin, SynchronousTestCase):
     def tearDownClass(cls) -> None:
         cls.broker.stop()
         shutil.rmtree(cls.directory, True)
+
+    def test_progress_line_on_a_terminal(self) -> None:
+        """pub -l with stderr on a terminal rewrites a progress line (count, rate) every
+        second of a long run, and ends it with a newline."""
+        master, slave = pty.openpty()
+        self.addCleanup(os.close, master)
+        proc = subprocess.Popen([*CLI, "pub", "-h", "127.0.0.1", "-p", str(self.port), "-l",
+                                 "-t", "cli/progress", "-q", "1"], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=slave, env=_env())
+        os.close(slave)
+        seen = b""
+
+        def read_for(seconds: float) -> bytes:
+            # Read while the process runs: once it exits, Linux may drop what is unread.
+            got = b""
+            deadline = time.monotonic() + seconds
+            while (left := deadline - time.monotonic()) > 0:
+                if select.select([master], [], [], left)[0]:
+                    try:
+                        got += os.read(master, 65536)
+                    except OSError:  # EIO: the other side is closed
+                        break
+            return got
+
+        sent = 0
+        deadline = time.monotonic() + TIMEOUT
+        while b"msg/s" not in seen and time.monotonic() < deadline:  # a long run: > 1 s
+            proc.stdin.write(b"line\n" * 100)
+            proc.stdin.flush()
+            sent += 100
+            seen += read_for(0.5)
+        proc.stdin.close()
+        seen += read_for(1.5)
+        self.assertEqual(proc.wait(TIMEOUT), 0)
+        self.assertRegex(seen, rb"\r\d+ messages, [\d,]+ msg/s, \d+ in flight ")
+        self.assertIn(b"\r%d messages, " % sent, seen)  # the last one counts them all
+        self.assertTrue(seen.endswith(b"\r\n") or seen.endswith(b"\n"), seen)
 
     def test_no_unhandled_errors(self) -> None:
         """Nothing the tools sent made the broker log an unhandled error."""
@@ -219,8 +264,25 @@ class MosquittoCliTests(CliTestsMixin, SynchronousTestCase):
         ca = CA(cls.directory)
         server = ca.issue("server", server=True)
         cls.ca_path = ca.cert_path
-        cls.broker = Mosquitto(Path(cls.directory), tls=(server.cert_path, server.key_path))
+        cls.client_cert = ca.issue("client-cert")
+        cls.cert_port = free_port()
+        cls.broker = Mosquitto(Path(cls.directory), tls=(server.cert_path, server.key_path),
+                               extra=f"listener {cls.cert_port} 127.0.0.1\n"
+                                     f"certfile {server.cert_path}\nkeyfile {server.key_path}\n"
+                                     f"cafile {ca.cert_path}\nrequire_certificate true\n")
         cls.port, cls.tls_port = cls.broker.port, cls.broker.tls_port
+
+    def test_client_certificate(self) -> None:
+        """--cert/--key: a listener that requires a client certificate lets pub in with
+        one; without one the handshake fails: exit 1, one error line."""
+        args = ["pub", "-h", "127.0.0.1", "-p", str(self.cert_port), "--cafile", self.ca_path,
+                "-t", "cli/cert", "-m", "x", "-q", "1"]
+        result = cli(*args, "--cert", self.client_cert.cert_path,
+                     "--key", self.client_cert.key_path)
+        self.assertEqual((result.returncode, result.stderr), (0, b""))
+        result = cli(*args)
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
 
     @classmethod
     def tearDownClass(cls) -> None:
@@ -270,7 +332,6 @@ class CliUsageTests(SynchronousTestCase):
 
     def test_connection_refused(self) -> None:
         """No broker listening: one error line, exit 1, as mosquitto_pub."""
-        from tests.clitools import free_port
         result = cli("pub", "-h", "127.0.0.1", "-p", str(free_port()), "-t", "a", "-m", "x")
         self.assertEqual(result.returncode, 1)
         self.assertIn(b"refused", result.stderr)
