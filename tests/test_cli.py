@@ -163,6 +163,20 @@ class CliTestsMixin:
         self.assertEqual((code, lines), (0, [b"61", b"", b"620d", b"63", b"ff000a",
                                              b"66696c650a"]))
 
+    def test_persistent_session(self) -> None:
+        """sub -c -i ID -q 1 -E subscribes and leaves; a QoS 1 message published meanwhile
+        is delivered when the same sub comes back (v3.1.1 -c, and v5 -c with -x)."""
+        for version in ("mqttv311", "mqttv5"):
+            topic = f"cli/persistent/{version}"
+            args = ["-h", "127.0.0.1", "-p", str(self.port), "-t", topic, "-q", "1", "-c",
+                    "-i", f"cli-persistent-{version}", "-V", version, "-x", "60"]
+            result = cli("sub", *args, "-E")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.our_pub("-t", topic, "-m", "while away", "-q", "1")
+            result = cli("sub", *args, "-C", "1", "-W", "10")
+            self.assertEqual((result.returncode, result.stdout), (0, b"while away\n"),
+                             (version, result.stderr))
+
     def test_tls_cafile(self) -> None:
         """--cafile turns TLS on: pub and sub reach the TLS listener and verify it; a
         CA that did not sign the server's certificate is an error line, exit 1."""

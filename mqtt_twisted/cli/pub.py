@@ -131,6 +131,8 @@ class LineFeeder:
         self.rest = b""
 
     def feed(self, chunk: bytes) -> Deferred[None]:
+        if not self.publisher.client.connected:  # stop reading an endless stdin
+            raise CommandFailed("the broker closed the connection")
         lines = (self.rest + chunk).split(b"\n")
         self.rest = lines.pop()
         for line in lines:
