@@ -114,6 +114,14 @@ class CliTestsMixin:
                      "-R", "-W", "1")
         self.assertEqual((result.returncode, result.stdout, result.stderr),
                          (27, b"", b"Timed out\n"))
+        result = cli("sub", "-p", str(self.port), "-h", "127.0.0.1", "-t", "cli/#",
+                     "-T", "cli/retained", "-W", "1")
+        self.assertEqual((result.returncode, result.stdout), (27, b""))  # -T filtered it out
+        result = cli("sub", "-p", str(self.port), "-h", "127.0.0.1", "-t", "cli/retained",
+                     "--retained-only", "-C", "1", "-F", r"%I|%U|@Y@@\t%p")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertRegex(result.stdout.decode(), r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}"
+                                                 r"\|\d{10}\.\d{9}\|\d{4}@\tkept\n$")
         self.our_pub("-t", "cli/retained", "-n", "-r")  # clear it
 
     def test_formats_as_mosquitto_sub(self) -> None:
@@ -350,6 +358,8 @@ class CliUsageTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 1)
         self.assertIn(b"refused", result.stderr)
         self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
+        result = cli("sub", "-h", "127.0.0.1", "-p", str(free_port()), "-t", "a", "--quiet")
+        self.assertEqual((result.returncode, result.stderr), (1, b""))
 
     def test_help(self) -> None:
         """--help prints the options with mosquitto's letters; -h is the host, not help."""
