@@ -6,15 +6,20 @@ Blocking subprocesses with timeouts, no reactor: the tests are SynchronousTestCa
 
 from __future__ import annotations
 
+import atexit
 import os
 import select
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+from tests.certs import CA
+from tests.livebroker import LiveBroker
 from tests.test_twistd_run import _env
 
 CLI = [sys.executable, "-m", "mqtt_twisted.cli"]
@@ -117,6 +122,9 @@ class Mosquitto:
                 raise AssertionError("mosquitto did not start")
             time.sleep(0.05)
 
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -124,3 +132,60 @@ class Mosquitto:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+class Fixture:
+    """A broker and what the tests need to know about it (port, CA...), in ``directory``."""
+
+    def __init__(self, directory: str, broker: Any, **values: Any) -> None:
+        self.directory, self.broker = directory, broker
+        self.__dict__.update(values)
+
+    def alive(self) -> bool:
+        return self.broker.alive()
+
+    def stop(self) -> None:
+        self.broker.stop()
+        shutil.rmtree(self.directory, True)
+
+
+_SHARED: dict[str, Fixture] = {}
+
+
+def shared(name: str, start: Any) -> Fixture:
+    """The fixture ``name`` of this test run: started by ``start()`` on first use (or if
+    it died), stopped at exit.  trial has no setUpClass, and a broker per test would
+    cost seconds each (tests/etcdserver.py does the same for etcd)."""
+    fixture = _SHARED.get(name)
+    if fixture is None or not fixture.alive():
+        fixture = _SHARED[name] = start()
+        atexit.register(fixture.stop)
+    return fixture
+
+
+def start_ours() -> Fixture:
+    """A real ``twistd -n mqttbroker`` with a plain and a TLS (``ssl:``) listener."""
+    directory = tempfile.mkdtemp(prefix="cli-ours-")
+    ca = CA(directory)
+    server = ca.issue("server", server=True)
+    tls_port = free_port()
+    broker = LiveBroker(Path(directory), listen=[
+        f"mqtt=ssl:{tls_port}:interface=127.0.0.1:privateKey={server.key_path}:"
+        f"certKey={server.cert_path}"])
+    return Fixture(directory, broker, port=broker.port, tls_port=tls_port,
+                   ca_path=ca.cert_path)
+
+
+def start_mosquitto() -> Fixture:
+    """A real Mosquitto: plain, TLS, and TLS requiring a client certificate."""
+    directory = tempfile.mkdtemp(prefix="cli-mosquitto-")
+    ca = CA(directory)
+    server = ca.issue("server", server=True)
+    client_cert = ca.issue("client-cert")
+    cert_port = free_port()
+    broker = Mosquitto(Path(directory), tls=(server.cert_path, server.key_path),
+                       extra=f"listener {cert_port} 127.0.0.1\n"
+                             f"certfile {server.cert_path}\nkeyfile {server.key_path}\n"
+                             f"cafile {ca.cert_path}\nrequire_certificate true\n")
+    return Fixture(directory, broker, port=broker.port, tls_port=broker.tls_port,
+                   ca_path=ca.cert_path, cert_port=cert_port, client_cert=client_cert)

@@ -14,7 +14,6 @@ import select
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,19 +26,20 @@ from tests.clitools import (
     MOSQUITTO_PUB,
     MOSQUITTO_SUB,
     TIMEOUT,
-    Mosquitto,
     Subscriber,
     cli,
     free_port,
     have,
     run,
+    shared,
+    start_mosquitto,
+    start_ours,
 )
-from tests.livebroker import LiveBroker
 from tests.test_twistd_run import _env
 
 
 class CliTestsMixin:
-    """What pub and sub must do against any broker; subclasses start one in setUpClass."""
+    """What pub and sub must do against any broker; subclasses' setUp give one (shared by the run)."""
 
     port: int
     tls_port: int
@@ -216,22 +216,9 @@ class CliTestsMixin:
 class OurBrokerCliTests(CliTestsMixin, SynchronousTestCase):
     """Against our broker: a real ``twistd -n mqttbroker`` with a TLS listener."""
 
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.directory = tempfile.mkdtemp(prefix="cli-ours-")
-        ca = CA(cls.directory)
-        server = ca.issue("server", server=True)
-        cls.ca_path = ca.cert_path
-        cls.tls_port = free_port()
-        cls.broker = LiveBroker(Path(cls.directory), listen=[
-            f"mqtt=ssl:{cls.tls_port}:interface=127.0.0.1:privateKey={server.key_path}:"
-            f"certKey={server.cert_path}"])
-        cls.port = cls.broker.port
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.broker.stop()
-        shutil.rmtree(cls.directory, True)
+    def setUp(self) -> None:
+        self.fixture = shared("ours", start_ours)
+        self.__dict__.update(vars(self.fixture))
 
     def test_progress_line_on_a_terminal(self) -> None:
         """pub -l with stderr on a terminal rewrites a progress line (count, rate) every
@@ -278,21 +265,11 @@ class OurBrokerCliTests(CliTestsMixin, SynchronousTestCase):
 class MosquittoCliTests(CliTestsMixin, SynchronousTestCase):
     """The same against a real Mosquitto."""
 
-    @classmethod
-    def setUpClass(cls) -> None:
+    def setUp(self) -> None:
         if not (have(MOSQUITTO) and have(MOSQUITTO_SUB) and have(MOSQUITTO_PUB)):
             raise SkipTest("mosquitto and mosquitto-clients are not installed")
-        cls.directory = tempfile.mkdtemp(prefix="cli-mosquitto-")
-        ca = CA(cls.directory)
-        server = ca.issue("server", server=True)
-        cls.ca_path = ca.cert_path
-        cls.client_cert = ca.issue("client-cert")
-        cls.cert_port = free_port()
-        cls.broker = Mosquitto(Path(cls.directory), tls=(server.cert_path, server.key_path),
-                               extra=f"listener {cls.cert_port} 127.0.0.1\n"
-                                     f"certfile {server.cert_path}\nkeyfile {server.key_path}\n"
-                                     f"cafile {ca.cert_path}\nrequire_certificate true\n")
-        cls.port, cls.tls_port = cls.broker.port, cls.broker.tls_port
+        self.fixture = shared("mosquitto", start_mosquitto)
+        self.__dict__.update(vars(self.fixture))
 
     def test_client_certificate(self) -> None:
         """--cert/--key: a listener that requires a client certificate lets pub in with
@@ -305,11 +282,6 @@ class MosquittoCliTests(CliTestsMixin, SynchronousTestCase):
         result = cli(*args)
         self.assertEqual(result.returncode, 1)
         self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.broker.stop()
-        shutil.rmtree(cls.directory, True)
 
 
 class CliUsageTests(SynchronousTestCase):

@@ -12,8 +12,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests.clitools import MOSQUITTO, Mosquitto, cli, free_port, have
-from tests.livebroker import LiveBroker
+from tests.clitools import MOSQUITTO, Mosquitto, cli, free_port, have, shared, start_ours
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,15 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 class BenchTests(SynchronousTestCase):
     """Short load tests: every message sent is delivered and timed."""
 
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.directory = Path(tempfile.mkdtemp(prefix="cli-bench-"))
-        cls.broker = LiveBroker(cls.directory)
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.broker.stop()
-        shutil.rmtree(cls.directory, True)
+    def setUp(self) -> None:
+        self.fixture = shared("ours", start_ours)
+        self.broker = self.fixture.broker
+        self.directory = Path(self.fixture.directory)
 
     def bench(self, port: int, *args: str) -> dict:
         result = cli("bench", "-h", "127.0.0.1", "-p", str(port), "--duration", "0.5",
@@ -64,7 +58,9 @@ class BenchTests(SynchronousTestCase):
         """Any broker: a real Mosquitto, QoS 0 and QoS 1."""
         if not have(MOSQUITTO):
             raise SkipTest("mosquitto is not installed")
-        broker = Mosquitto(self.directory)
+        directory = tempfile.mkdtemp(prefix="cli-mosquitto-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        broker = Mosquitto(Path(directory))
         self.addCleanup(broker.stop)
         for qos in "01":
             self.bench(broker.port, "--qos", qos)

@@ -12,7 +12,16 @@ from pathlib import Path
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from mqtt_twisted.auth.passwd import read_passwd
-from tests.clitools import MOSQUITTO, MOSQUITTO_PUB, Mosquitto, cli, have, run
+from tests.clitools import (
+    MOSQUITTO,
+    MOSQUITTO_PUB,
+    Fixture,
+    Mosquitto,
+    cli,
+    have,
+    run,
+    shared,
+)
 from tests.livebroker import LiveBroker
 
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
@@ -107,21 +116,23 @@ class PasswdFileTests(SynchronousTestCase):
         self.assertEqual(Path(self.path).read_bytes(), before)
 
 
+def start_passwd_broker() -> Fixture:
+    """A real twistd --auth passwd:FILE, the file written by mqtt-twisted passwd."""
+    directory = tempfile.mkdtemp(prefix="cli-passwd-broker-")
+    path = str(Path(directory) / "passwd")
+    result = cli("passwd", "-c", "-b", path, "alice", "s3cret")
+    assert result.returncode == 0, result.stderr
+    return Fixture(directory, LiveBroker(Path(directory), "--auth", f"passwd:{path}"),
+                   path=path)
+
+
 class PasswdBrokerTests(SynchronousTestCase):
     """The file in real brokers: accepted users, refused passwords and their exit codes."""
 
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.directory = Path(tempfile.mkdtemp(prefix="cli-passwd-broker-"))
-        cls.path = str(cls.directory / "passwd")
-        result = cli("passwd", "-c", "-b", cls.path, "alice", "s3cret")
-        assert result.returncode == 0, result.stderr
-        cls.broker = LiveBroker(cls.directory, "--auth", f"passwd:{cls.path}")
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.broker.stop()
-        shutil.rmtree(cls.directory, True)
+    def setUp(self) -> None:
+        fixture = shared("passwd", start_passwd_broker)
+        self.broker, self.path = fixture.broker, fixture.path
+        self.directory = Path(fixture.directory)
 
     def pub(self, port: int, *args: str) -> tuple[int, bytes]:
         result = cli("pub", "-h", "127.0.0.1", "-p", str(port), "-t", "t", "-m", "x",
@@ -147,7 +158,9 @@ class PasswdBrokerTests(SynchronousTestCase):
         its own codes (5 / 135), which our pub exits with too."""
         if not (have(MOSQUITTO) and have(MOSQUITTO_PUB)):
             raise SkipTest("mosquitto is not installed")
-        broker = Mosquitto(self.directory, password_file=self.path)
+        directory = tempfile.mkdtemp(prefix="cli-mosquitto-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        broker = Mosquitto(Path(directory), password_file=self.path)
         self.addCleanup(broker.stop)
         ok = run([MOSQUITTO_PUB, "-p", str(broker.port), "-u", "alice", "-P", "s3cret",
                   "-t", "t", "-m", "x"])
