@@ -12,6 +12,7 @@ import os
 import pty
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -256,6 +257,32 @@ class OurBrokerCliTests(CliTestsMixin, SynchronousTestCase):
         self.assertRegex(seen, rb"\r\d+ messages, [\d,]+ msg/s, \d+ in flight ")
         self.assertIn(b"\r%d messages, " % sent, seen)  # the last one counts them all
         self.assertTrue(seen.endswith(b"\r\n") or seen.endswith(b"\n"), seen)
+
+    def test_interrupted(self) -> None:
+        """Ctrl-C (SIGINT) ends a waiting sub and a pub -l still reading its stdin: exit 0,
+        nothing on stderr (no 'connection closed', no interpreter abort)."""
+        def start(*args: str) -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                [*CLI, *args, "-h", "127.0.0.1", "-p", str(self.port), "-d"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env=_env(), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        sub = start("sub", "-t", "cli/interrupt")
+        pub = start("pub", "-t", "cli/interrupt", "-l")
+        pub.stdin.write(b"one\n")
+        pub.stdin.flush()
+        for proc, line in ((sub, b"received SUBACK"), (pub, b"sending PUBLISH")):
+            out = b""
+            while line not in out:  # running, and past its CONNECT
+                ready = select.select([proc.stdout], [], [], TIMEOUT)[0]
+                self.assertTrue(ready, out)
+                out += os.read(proc.stdout.fileno(), 4096)
+            proc.send_signal(signal.SIGINT)
+        for proc in (sub, pub):
+            self.assertEqual(proc.wait(TIMEOUT), 0)
+            self.assertEqual(proc.stderr.read(), b"")
+            proc.stdin.close()
+            proc.stdout.close()
+            proc.stderr.close()
 
     def test_no_unhandled_errors(self) -> None:
         """Nothing the tools sent made the broker log an unhandled error."""

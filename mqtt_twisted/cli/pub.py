@@ -1,7 +1,7 @@
 """``mqtt-twisted pub``: publish messages, as ``mosquitto_pub`` does.
 
 One message from ``-m``, ``-f``, ``-n`` or ``-s`` (all of stdin), or one message per line
-of stdin with ``-l``.  Stdin is read in a thread (pipes, files and terminals alike) a
+of stdin with ``-l``.  Stdin is read in a daemon thread (pipes, files and terminals alike) a
 chunk at a time, and the next chunk is read only once the QoS 1/2 messages in flight
 are down to a window: a long ``-l`` run keeps bounded memory.  On a terminal a
 progress line (count, rate) is kept up to date on stderr during long ``-l`` runs.
@@ -10,13 +10,16 @@ progress line (count, rate) is kept up to date on stderr during long ``-l`` runs
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import threading
 import time
 from typing import Any
 
 from twisted.internet import threads
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.task import LoopingCall, deferLater
+from twisted.python.failure import Failure
 
 from mqtt_twisted.cli._connect import CommandFailed, connect, debug, run_command
 from mqtt_twisted.cli._options import (
@@ -145,13 +148,40 @@ class LineFeeder:
             self.rest = b""
 
 
-def _read_lines(reactor: Any, feeder: LineFeeder, stream: Any) -> None:
-    """In a thread: read stdin and hand each chunk to the reactor, waiting for it."""
+def in_daemon_thread(reactor: Any, fn: Any, *args: Any) -> Deferred[Any]:
+    """Run ``fn`` in a daemon thread: one blocked on a terminal's stdin must not keep the
+    process alive after Ctrl-C (the reactor's thread pool joins its threads)."""
+    d: Deferred[Any] = Deferred()
+
+    def run() -> None:
+        try:
+            result = fn(*args)
+        except BaseException:
+            failure = Failure()
+            reactor.callFromThread(d.errback, failure)
+        else:
+            reactor.callFromThread(d.callback, result)
+
+    threading.Thread(target=run, daemon=True, name="mqtt-twisted-stdin").start()
+    return d
+
+
+def _read_lines(reactor: Any, feeder: LineFeeder, fd: int) -> None:
+    """In a thread: read stdin and hand each chunk to the reactor, waiting for it.
+    ``os.read`` on the descriptor, not ``sys.stdin``: a daemon thread blocked inside a
+    buffered reader aborts the interpreter's shutdown (Ctrl-C)."""
     while True:
-        chunk = stream.read1(CHUNK) if hasattr(stream, "read1") else stream.read(CHUNK)
+        chunk = os.read(fd, CHUNK)
         if not chunk:
             return
         threads.blockingCallFromThread(reactor, feeder.feed, chunk)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, CHUNK):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class Progress:
@@ -183,16 +213,16 @@ class Progress:
 
 
 async def command(reactor: Any, args: argparse.Namespace) -> int:
-    stdin = sys.stdin.buffer
+    stdin = sys.stdin.fileno()
     if args.whole_stdin:
-        args.payload = await threads.deferToThread(stdin.read)
+        args.payload = await in_daemon_thread(reactor, _read_all, stdin)
     client = await connect(reactor, args)
     publisher = Publisher(reactor, client, args)
     if args.lines:
         feeder = LineFeeder(publisher)
         progress = Progress(reactor, publisher, sys.stderr) if sys.stderr.isatty() else None
         try:
-            await threads.deferToThread(_read_lines, reactor, feeder, stdin)
+            await in_daemon_thread(reactor, _read_lines, reactor, feeder, stdin)
             feeder.end()
         finally:
             if progress is not None:

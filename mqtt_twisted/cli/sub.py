@@ -119,6 +119,10 @@ async def command(reactor: Any, args: argparse.Namespace) -> int:
                 print("Timed out", file=sys.stderr)
                 printer.done.callback(EXIT_TIMEOUT)
         timer = reactor.callLater(args.timeout, expire)
+    def interrupted() -> None:  # Ctrl-C, SIGTERM: a normal end, as mosquitto_sub's
+        if not printer.done.called:
+            printer.done.callback(0)
+    reactor.addSystemEventTrigger("before", "shutdown", interrupted)
     try:
         client = await connect(reactor, args, on_message=printer)
     except Exception:
