@@ -43,6 +43,7 @@ from twisted.internet.defer import (
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mqtt_twisted.cluster.barrier import Barriers
 from mqtt_twisted.cluster.client import RedisClient
 from mqtt_twisted.cluster.failover import Failover
 from mqtt_twisted.cluster.fence import Fence
@@ -198,6 +199,7 @@ class ClusterNode:
         self.fence = Fence(self)
         self.moved = self.router.moved = Moved(self)
         self.router.leaving = self.moved.leaving
+        self.barriers = Barriers(self)
         self.wills = WillKeeper(self)
         self.failover = Failover(self)
         self.stats = ClusterStats(self)
@@ -429,6 +431,8 @@ class ClusterNode:
             state = yield self.broker.store.loadSession(client_id)
             if state is not None and client_id not in self.broker.sessions:
                 self.broker.restore_session(state)  # here, so that the forwarded follow
+                if answered:  # its old node forwards its backlog: keep it in order
+                    self.barriers.open(client_id, home.decode("utf-8"))
             return state
         finally:
             self.moved.arrived(client_id)
@@ -500,6 +504,7 @@ class ClusterNode:
             d = gatherResults(adopting, consumeErrors=True) if adopting else succeed(None)
 
             def release(_: Any) -> Any:
+                self.barriers.flush(client_id)  # what it held goes into the session
                 session = self.broker.sessions.get(client_id)
                 if session is not None and session.subscriptions:
                     # Until every node routes its messages to `node`, forward them there.
