@@ -35,11 +35,13 @@ READ_BLOCK = 1.0
 
 
 def deliver_entry(node: ClusterNode, fields: list[Any] | None,
-                  publisher: Any = None, entry_id: bytes | None = None) -> list[Any]:
+                  publisher: Any = None, entry_id: bytes | None = None,
+                  mark: tuple[bytes, bytes] | None = None) -> list[Any]:
     """Deliver one stream entry here; the store writes it made (to wait for before
     XACK).  ``publisher`` is who flow control holds back if a subscriber is behind.
     ``entry_id`` (an entry of this node's own stream) goes with each outbound record
-    it makes (``RedisStore.mark``): an adopter does not deliver it there again."""
+    it makes (``RedisStore.mark``): an adopter does not deliver it there again;
+    ``mark`` (a dead node's stream field and entry) does the same for a drain."""
     if not fields:
         return []  # trimmed away while it was pending
     try:
@@ -58,6 +60,8 @@ def deliver_entry(node: ClusterNode, fields: list[Any] | None,
     broker.publisher = publisher
     if entry_id is not None:
         node.store.mark = (node.mark_field, entry_id)
+    elif mark is not None:
+        node.store.mark = mark
     barriers = node.barriers
     if barriers.windows:
         barriers.origin = origin  # a session that arrived lately may hold it
