@@ -192,6 +192,8 @@ class Drain:
             return None
         try:
             record = dict(zip(fields[::2], fields[1::2]))
+            if b"m" not in record:
+                return None  # a handover barrier (barrier.py): nothing to queue
             if b"c" in record:
                 client_ids = [record[b"c"].decode("utf-8")]
             else:
