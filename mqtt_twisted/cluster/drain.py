@@ -96,6 +96,7 @@ class Drain:
         self.skipped = 0
         self.dead = dead
         self.stream = node.keys.inbox(dead)
+        self.mark_field = b"m:" + self.stream
         self.group = dead.encode("utf-8")
         self.publisher = DrainPublisher(node, dead)
         self.delivered = 0
@@ -142,13 +143,17 @@ class Drain:
 
     def _deliver_one(self, entry_id: bytes, fields: list[Any] | None) -> list[Any]:
         marks = self.marks
+        node = self.node
+        # Each copy delivered into a session is marked with the entry (RedisStore.mark):
+        # if this node dies in turn, the next adopter skips it there.
+        mark = (self.mark_field, entry_id)
         if not marks:
-            return deliver_entry(self.node, fields, self.publisher)
+            return deliver_entry(node, fields, self.publisher, mark=mark)
         key = entry_key(entry_id)
         done = {c for c, m in marks.items() if m >= key}
         if not done:
             self.marks = {c: m for c, m in marks.items() if m >= key}  # all behind now
-            return deliver_entry(self.node, fields, self.publisher)
+            return deliver_entry(node, fields, self.publisher, mark=mark)
         local = self.node.router.local
         deliver = local.deliver
 
@@ -160,7 +165,7 @@ class Drain:
 
         local.deliver = unless_done
         try:
-            return deliver_entry(self.node, fields, self.publisher)
+            return deliver_entry(node, fields, self.publisher, mark=mark)
         finally:
             local.deliver = deliver
 
@@ -187,6 +192,8 @@ class Drain:
             return None
         try:
             record = dict(zip(fields[::2], fields[1::2]))
+            if b"m" not in record:
+                return None  # a handover barrier (barrier.py): nothing to queue
             if b"c" in record:
                 client_ids = [record[b"c"].decode("utf-8")]
             else:

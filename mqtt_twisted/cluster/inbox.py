@@ -35,19 +35,24 @@ READ_BLOCK = 1.0
 
 
 def deliver_entry(node: ClusterNode, fields: list[Any] | None,
-                  publisher: Any = None, entry_id: bytes | None = None) -> list[Any]:
+                  publisher: Any = None, entry_id: bytes | None = None,
+                  mark: tuple[bytes, bytes] | None = None) -> list[Any]:
     """Deliver one stream entry here; the store writes it made (to wait for before
     XACK).  ``publisher`` is who flow control holds back if a subscriber is behind.
     ``entry_id`` (an entry of this node's own stream) goes with each outbound record
-    it makes (``RedisStore.mark``): an adopter does not deliver it there again."""
+    it makes (``RedisStore.mark``): an adopter does not deliver it there again;
+    ``mark`` (a dead node's stream field and entry) does the same for a drain."""
     if not fields:
         return []  # trimmed away while it was pending
     try:
         record = dict(zip(fields[::2], fields[1::2]))
+        directed = record.get(b"c")
+        if directed is not None and b"m" not in record:  # a barrier (barrier.py)
+            return node.broker.writes_of(node.barriers.entry, directed.decode("utf-8"),
+                                         record)[1]  # type: ignore[no-any-return]
         message = decode_message(record[b"m"])
         origin = record[b"o"].decode("utf-8")
         groups, resent = decode_groups(record[b"g"]) if b"g" in record else (None, False)
-        directed = record.get(b"c")
     except Exception as e:
         log.warn("cluster: a stream entry could not be read: {error}", error=e)
         return []
@@ -55,6 +60,11 @@ def deliver_entry(node: ClusterNode, fields: list[Any] | None,
     broker.publisher = publisher
     if entry_id is not None:
         node.store.mark = (node.mark_field, entry_id)
+    elif mark is not None:
+        node.store.mark = mark
+    barriers = node.barriers
+    if barriers.windows:
+        barriers.origin = origin  # a session that arrived lately may hold it
     try:
         if directed is None:
             _, pending = broker.writes_of(node.router.receive, message, origin, groups,
@@ -65,6 +75,7 @@ def deliver_entry(node: ClusterNode, fields: list[Any] | None,
     finally:
         broker.publisher = None
         node.store.mark = None
+        barriers.origin = None
     return pending  # type: ignore[no-any-return]
 
 

@@ -102,6 +102,11 @@ class NodeLink:
         """A QoS 1/2 message for one session that left here for ``to`` (``moved.py``)."""
         return self._add(to, b"m", encode_message(message), b"c", client_id.encode("utf-8"))
 
+    def barrier(self, to: str, client_id: str, field: bytes, value: str) -> Deferred[Any]:
+        """A barrier entry for ``client_id``'s handover (``barrier.py``): ``b`` asks the
+        old node ``to`` for one, ``a`` answers it, ``e`` says forwarding is over."""
+        return self._add(to, b"c", client_id.encode("utf-8"), field, value.encode("utf-8"))
+
     def _add(self, to: str, *fields: Any) -> Deferred[Any]:
         """XADD to ``to``'s stream; with ``?wait=N``, fires once N replicas have it."""
         node = self.node
