@@ -107,6 +107,9 @@ class TwistdRun(MultiService):
         self.broker.ready.addCallbacks(self._started, self._failed)
 
     def _started(self, _: Any) -> None:
+        from mqtt_twisted import gctune
+
+        gctune.settle()  # the collector, for a heap that grows with sessions
         self._report(b"0")
         names = ", ".join(s.name for s in getattr(self.broker, "_listeners", ()))
         sd_notify(f"READY=1\nSTATUS=Listening: {names}")
