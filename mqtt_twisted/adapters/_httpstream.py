@@ -166,8 +166,8 @@ class Subscription:
         else:
             self.local_id += 1
             n, event_id = self.local_id, str(self.local_id)
-        encoded = api.dumps(api.event(message, qos, message.retain,
-                                      self.bridge.reactor.seconds(), event_id))
+        encoded = api.event_json(message, qos, message.retain,
+                                 self.bridge.reactor.seconds(), event_id)
         if self.log is not None:
             self.log.add(n, encoded)
         if not self.sub.stream:
