@@ -30,7 +30,7 @@ from mqtt_twisted.adapters import tls
 from mqtt_twisted.adapters._deadline import DeadlineChannel, SafeRequest
 from mqtt_twisted.adapters._httpapi import ApiError
 from mqtt_twisted.adapters._httpretained import paced_answer, paced_page
-from mqtt_twisted.adapters._httpstream import Subscription, gone, respond
+from mqtt_twisted.adapters._httpstream import CutOffs, Subscription, gone, respond
 from mqtt_twisted.adapters.kit import ConnectionLimit, access_log, origin_of
 from mqtt_twisted.adapters.options import AdapterOption, declare, integer, number, option_values
 from mqtt_twisted.constants import ReasonCode
@@ -313,6 +313,8 @@ class Bridge(Resource):
         #: The /subscribe requests not finished yet (maxStreams), opening ones included.
         self.streams: set[Request] = set()
         self.replay_logs = _REPLAY_LOGS.setdefault(service, {})
+        #: Streams that went unread for stallTimeout, cut off a few a reactor turn.
+        self.cutoffs = CutOffs(reactor)
         self.putChild(b"publish", PublishResource(self))
         self.putChild(b"subscribe", SubscribeResource(self))
         self.putChild(b"retained", RetainedResource(self))

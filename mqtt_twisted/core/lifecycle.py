@@ -53,7 +53,6 @@ class Lifecycle:
         if session is None or session.connection is not conn:
             return
         session.connection = None
-        broker.offline.away(session)
         broker.stats.client_disconnected()
         clientlog.disconnected(conn)
         will = session.will
@@ -71,6 +70,7 @@ class Lifecycle:
             self._hand_over_shared(session)
             self.discard_session(session)
             return
+        broker.offline.away(session)  # (a will just routed to it is counted again here)
         session.disconnectedAt = broker.clock.seconds()
         if session.expiryInterval is not None:
             session.expiry_call = broker.clock.callLater(session.expiryInterval, self._expire,
