@@ -166,3 +166,28 @@ def test_backlog_held_by_connect_is_handled_a_share_per_turn() -> None:
     clock.advance(0)
     assert first + payloads(subs[0].received()) == [b"%d" % i for i in range(100)]
     assert pub.transport.reading is True and not clock.getDelayedCalls()
+
+
+def test_a_share_stops_at_the_work_budget_whatever_its_size() -> None:
+    """A share sized from a first packet that fanned out to nothing (a PINGREQ, as a
+    CONNECT would) stops once its deliveries pass WORK_BUDGET; the rest follows, in
+    order, next turn."""
+    broker, clock = make_broker()
+    pub = FakeClient(broker)
+    pub.connect("pub")
+    pub.send_bytes(flood(10))  # nobody subscribes: the next share may be READ_BUDGET
+    subs = []
+    for i in range(50):
+        sub = FakeClient(broker)
+        sub.connect(f"sub{i}")
+        sub.subscribe("t")
+        subs.append(sub)
+    assert pub.connection._budget == READ_BUDGET
+    before = broker.stats.deliveries
+    pub.send_bytes(b"\xc0\x00" + flood(100))  # PINGREQ first
+    first = payloads(subs[0].received())
+    assert 0 < len(first) < 100
+    assert broker.stats.deliveries - before <= WORK_BUDGET + 50
+    clock.advance(0)
+    assert first + payloads(subs[0].received()) == [b"%d" % i for i in range(100)]
+    assert pub.transport.reading is True and not clock.getDelayedCalls()

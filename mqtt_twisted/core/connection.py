@@ -195,7 +195,12 @@ class MQTTConnection:
             self._resume_call = self.broker.clock.callLater(0, _next_share, self)
 
     def _handle(self, packets: list[Packet]) -> None:
+        """Handle decoded packets in order; past WORK_BUDGET deliveries the rest is held
+        and goes on at the next turn (a share was sized from a packet that fanned out
+        less: a CONNECT, then 255 PUBLISHes to 500 SSE streams)."""
         handlers = _HANDLERS
+        stats = self.broker.stats
+        limit = stats.deliveries + WORK_BUDGET
         for i, packet in enumerate(packets):
             try:
                 handlers[packet.type](self, packet)
@@ -206,6 +211,10 @@ class MQTTConnection:
                 self._hold(packets[i + 1 :])
                 return
             if self.state == CLOSED:
+                return
+            if stats.deliveries > limit and i + 1 < len(packets):
+                self._blocked, self._backlog = True, packets[i + 1 :]
+                _pace_backlog(self)
                 return
 
     def block(self) -> None:
