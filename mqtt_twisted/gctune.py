@@ -9,10 +9,10 @@ collections) at that rate, so the full collections came every second or two; wit
 single reactor thread (77 of them, 15 s of a 97 s run), and the bystander's p99 was
 116 ms (``tests/test_live_fuzz.py``, docs/limits.md has the figures).
 
-So, once the broker listens (``twistd mqttbroker`` only; an embedding application
-owns its process's collector):
+So, once the broker listens and the reactor runs (``twistd mqttbroker`` only; an
+embedding application owns its process's collector):
 
-- what start-up built (modules, Twisted, plugins: about 150,000 objects that live as
+- what start-up built (modules, Twisted, plugins: about 65,000 objects that live as
   long as the process) is frozen (``gc.freeze``), never walked again;
 - the young generation is collected every :data:`THRESHOLDS` ``[0]`` net allocations
   instead of 700, so that a connection's objects die young rather than reaching the
