@@ -14,7 +14,11 @@ The attacks are the ones of issue 14: deep topics (retained messages and filters
 65,535 levels), huge packets announced before CONNECT, a million user properties in
 CONNECT and in PUBLISH, alias-only PUBLISHes toward a subscriber that never reads,
 an HTTP request head trickled a byte every 4 s (ours only: ``http=``), and a flood of
-8-byte PUBLISHes from four clients, and 100 SSE streams that never read.
+8-byte PUBLISHes from four clients, 100 SSE streams that never read (``--sse-streams``),
+and a new ``#`` subscriber over 100,000 retained messages of 10 KB (``--retained``).
+
+    python bench/hostile.py --attack retained_wildcard -- --max-retained-bytes 0
+    python bench/hostile.py --attack retained_wildcard --broker mosquitto
 """
 
 from __future__ import annotations
@@ -446,14 +450,21 @@ def flood(broker: Broker) -> str:
     return f"{sent[0] / 5 / 1000:.0f}k msg/s sent"
 
 
+#: SSE streams ``unread_sse`` opens (``--sse-streams``; the issue's figure was 500).
+SSE_STREAMS = 100
+#: Retained messages and their size for ``retained_wildcard`` (``--retained N``; the
+#: issue's figure: 100,000 of 10 KB).
+RETAINED, RETAINED_SIZE = 100_000, 10_000
+
+
 def unread_sse(broker: Broker) -> str:
-    """100 SSE streams on ``http=`` that never read (4 KB receive buffers) while a
-    publisher sends 200-byte messages to them as fast as it can, for up to 60 s: when
-    were they all cut off, and how fast could it publish meanwhile (ours only)."""
+    """``SSE_STREAMS`` SSE streams on ``http=`` that never read (4 KB receive buffers)
+    while a publisher sends 200-byte messages to them as fast as it can, for up to 60 s:
+    when were they all cut off, and how fast could it publish meanwhile (ours only)."""
     if broker.kind != "ours":
         return "n/a"
     streams = []
-    for _ in range(100):
+    for _ in range(SSE_STREAMS):
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", broker.http_port))
@@ -482,10 +493,57 @@ def unread_sse(broker: Broker) -> str:
     return f"{when}, {rate / 1000:.1f}k msg/s"
 
 
+def _load_retained(broker: Broker) -> None:
+    """``RETAINED`` retained messages of ``RETAINED_SIZE`` bytes, one topic each; returns
+    once the broker has handled them all (a PINGREQ behind them is answered)."""
+    sock = _open(broker.port, connect("retained-loader"))
+    sock.settimeout(300)
+    assert sock.recv(4)[:1] == b"\x20"
+    body = b"r" * RETAINED_SIZE
+    for start in range(0, RETAINED, 1000):
+        sock.sendall(b"".join(publish(f"load/{n:06d}", body, retain=True)
+                              for n in range(start, min(RETAINED, start + 1000))))
+    sock.sendall(b"\xc0\x00")
+    data = b""
+    while not data.endswith(b"\xd0\x00"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    sock.close()
+
+
+def retained_wildcard(broker: Broker) -> str:
+    """A new ``#`` subscriber over ``RETAINED`` retained messages of ``RETAINED_SIZE``
+    bytes (loaded before the bystander's figures start): how long until it has them all,
+    and what the bystander saw meanwhile.  Ours needs ``--max-retained-bytes 0`` (or
+    more than 512 MiB) for the issue's 1 GB."""
+    sock = _open(broker.port, connect("wildcard"))
+    sock.settimeout(60)
+    started = time.monotonic()
+    _send(sock, subscribe("#"))
+    expected = RETAINED * len(publish(f"load/{0:06d}", b"r" * RETAINED_SIZE, retain=True))
+    received = -4 - 5  # CONNACK, SUBACK
+    while received < expected:
+        try:
+            chunk = sock.recv(1 << 20)
+        except OSError:
+            break
+        if not chunk:
+            break
+        received += len(chunk)
+    seconds = time.monotonic() - started
+    sock.close()
+    return f"{max(0, received) * 100 // expected}% in {seconds:.1f} s"
+
+
+retained_wildcard.prepare = _load_retained  # type: ignore[attr-defined]
+
+
 ATTACKS: dict[str, Callable[[Broker], str]] = {
     f.__name__: f for f in (deep_retained, deep_filters, huge_announced, connect_properties,
                             publish_properties, alias_amplification, slow_http_head, flood,
-                            unread_sse)
+                            unread_sse, retained_wildcard)
 }
 
 
@@ -507,7 +565,11 @@ class Result:
 
 
 def run(broker: Broker, name: str, bystander: Bystander) -> Result:
-    """One attack, with the RSS sampled every 50 ms and the bystander's trips timed."""
+    """One attack, with the RSS sampled every 50 ms and the bystander's trips timed
+    (after the attack's ``prepare``, if it has one: what it needs in place first)."""
+    prepare = getattr(ATTACKS[name], "prepare", None)
+    if prepare is not None:
+        prepare(broker)
     time.sleep(0.5)
     before = broker.rss()
     peak = [before]
@@ -532,11 +594,17 @@ def run(broker: Broker, name: str, bystander: Bystander) -> Result:
 
 
 def main() -> None:
+    global SSE_STREAMS, RETAINED
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--broker", choices=("ours", "mosquitto"), default="ours")
     parser.add_argument("--attack", action="append", choices=sorted(ATTACKS))
+    parser.add_argument("--sse-streams", type=int, default=SSE_STREAMS,
+                        help="SSE streams of unread_sse (default %(default)s)")
+    parser.add_argument("--retained", type=int, default=RETAINED,
+                        help="retained messages of retained_wildcard (default %(default)s)")
     parser.add_argument("broker_args", nargs="*", help="extra options for our broker")
     args = parser.parse_args()
+    SSE_STREAMS, RETAINED = args.sse_streams, args.retained
     for name in args.attack or list(ATTACKS):
         broker = Broker(args.broker, args.broker_args).start()  # a fresh broker each
         try:

@@ -107,6 +107,12 @@ class TwistdRun(MultiService):
         self.broker.ready.addCallbacks(self._started, self._failed)
 
     def _started(self, _: Any) -> None:
+        from mqtt_twisted import gctune
+
+        # The collector, for a heap that grows with sessions; once the reactor runs
+        # (a full collection before it, in the window where SIGTERM still had its
+        # default action, made a broker stopped right away leave its pidfile behind).
+        self.broker.reactor.callWhenRunning(gctune.settle)
         self._report(b"0")
         names = ", ".join(s.name for s in getattr(self.broker, "_listeners", ()))
         sd_notify(f"READY=1\nSTATUS=Listening: {names}")

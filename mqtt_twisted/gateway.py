@@ -14,6 +14,7 @@ its answers are Deferreds (which need no reactor), and time is the broker's cloc
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -297,6 +298,18 @@ class Gateway:
             return [m for m in messages if not (m.properties and expired(m, now))]
 
         return maybeDeferred(broker.store.matchRetained, topicFilter).addCallback(fresh)
+
+    def iterRetained(self, topicFilter: str) -> Iterator[Message] | None:
+        """The same, one at a time without building the list, when the store can
+        (optional, like the store's ``iterRetained``; None: ask ``retained``): a
+        ``GET /retained`` over 20,000 messages then takes them in slices."""
+        broker = self.broker
+        iterate = getattr(broker.store, "iterRetained", None)
+        if iterate is None:
+            return None
+        clock = broker.clock
+        return (m for m in iterate(topicFilter)
+                if not (m.properties and expired(m, clock.seconds())))
 
     def _open_session(self, clientId: str) -> Session:
         session = self.broker.sessions.get(clientId)

@@ -15,6 +15,13 @@ _EXPIRY = PropertyId.MESSAGE_EXPIRY_INTERVAL
 Properties = dict[int, Any]
 
 
+#: ``Message.wire`` of a message whose encodings must not be kept: a retained message
+#: held by a store.  Cached there, a ``#`` subscriber over 100,000 retained messages of
+#: 10 KB left a second gigabyte behind (their PUBLISH bytes), which the retained quota
+#: does not count; each retained delivery encodes instead.  Never written to.
+NO_WIRE: dict = {}
+
+
 class Message:
     """One application message: topic, payload, QoS, retain flag and v5 properties.
 
@@ -51,7 +58,8 @@ class Message:
         self.received_at = received_at
         self.sender = sender
         # Encoded forms of this message keyed by (version, qos, retain): fan-out
-        # encodes each variant once and shares the bytes among subscribers.
+        # encodes each variant once and shares the bytes among subscribers
+        # (NO_WIRE: never kept, see there).
         self.wire: dict[tuple[int, int, bool], bytes] | None = None
 
     @classmethod

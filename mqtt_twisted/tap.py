@@ -130,6 +130,10 @@ class Options(BridgeOptions, usage.Options):
          "Bytes (payload and topic) queued per session; when full the oldest are dropped "
          "(0: no limit).",
          _number("max-queued-bytes", int, 0)],
+        ["max-offline-queued-bytes", None, 1 << 30,
+         "Bytes queued for all offline sessions together (payload, topic and 128 per "
+         "copy); past it a new message for an offline session is dropped (0: no limit).",
+         _number("max-offline-queued-bytes", int, 0)],
         ["max-client-rate", None, 0.0,
          "PUBLISHes a second one client may send (token bucket, 1 s burst); over it its "
          "reads pause, v5: DISCONNECT 0x96 10 s past it (0: off).",
@@ -364,6 +368,7 @@ def broker_settings(options: Options) -> BrokerSettings:
         receive_maximum=options["receive-maximum"],
         max_queued=options["max-queued"],
         max_queued_bytes=options["max-queued-bytes"],
+        max_offline_queued_bytes=options["max-offline-queued-bytes"],
         max_client_rate=options["max-client-rate"],
         max_client_bytes_rate=options["max-client-bytes-rate"],
         max_inflight_bytes=options["max-inflight-bytes"],

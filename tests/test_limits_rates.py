@@ -31,6 +31,7 @@ def delivered(sub: FakeClient) -> int:
 def test_over_the_message_rate_pauses_reads_until_the_debt_is_paid() -> None:
     broker, clock, sub, pub = setup(max_client_rate=100)
     pub.send_bytes(burst(150))  # a second's burst (100) and 50 more: 0.5 s of debt
+    clock.advance(0)  # the read's next share (fairness per read: WORK_BUDGET)
     assert pub.transport.reading is False
     assert delivered(sub) == 150  # what was read is handled: nothing lost
     clock.advance(0.49)

@@ -51,6 +51,21 @@ class SliceTests(SynchronousTestCase):
         self.assertEqual([p.topic for p in got], [f"r/{n:05d}" for n in range(self.count)])
         self.assertTrue(all(p.retain for p in got))
 
+    def test_stored_messages_keep_no_encoding(self) -> None:
+        """Delivering the retained messages (v3.1.1 and v5) leaves the store's messages
+        without their PUBLISH bytes: cached there, a '#' subscriber over 100,000 of
+        10 KB doubled the broker's RSS (+1 GB), uncounted by the retained quota."""
+        for version in (4, 5):
+            sub = FakeClient(self.broker, version)
+            sub.connect(f"sub{version}")
+            got = publishes(sub.subscribe("r/#"))
+            self.clock.advance(0)
+            got += publishes(sub.received())
+            self.assertEqual(len(got), self.count)
+        stored = list(self.broker.store.iterRetained("r/#"))
+        self.assertEqual(len(stored), self.count)
+        self.assertFalse(any(m.wire for m in stored))
+
     def test_index_changes_between_slices(self) -> None:
         """The memory store's matches are walked lazily (iterRetained): retained messages
         set and deleted between two slices raise nothing; a deleted one not yet sent is

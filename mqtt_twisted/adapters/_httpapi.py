@@ -489,6 +489,26 @@ def event(message: Message, qos: int, retain: bool, now: float,
     return out
 
 
+#: The last event encoded without its id, and what it was made of (payload, topic,
+#: QoS, retain): a message routed to 500 SSE streams is encoded once, not 500 times.
+_last_event: list[Any] = [None, None, None, None, b""]
+
+
+def event_json(message: Message, qos: int, retain: bool, now: float,
+               event_id: str) -> bytes:
+    """``dumps(event(message, qos, retain, now, event_id))``, the part after the id
+    shared with the previous call when it was for the same message (one without
+    properties: their expiry depends on ``now``)."""
+    if message.properties:
+        return dumps(event(message, qos, retain, now, event_id))
+    last = _last_event
+    if (last[0] is not message.payload or last[2] != qos or last[3] != retain
+            or last[1] != message.topic):
+        last[:] = [message.payload, message.topic, qos, retain,
+                   dumps(event(message, qos, retain, now))]
+    return b'{"id":' + dumps(event_id) + b"," + last[4][1:]
+
+
 def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 

@@ -174,6 +174,7 @@ def drop_sessions(broker: Any) -> int:
             session.connection = None  # connection_ended then leaves the session alone
             broker.stats.client_disconnected()
             connections.append(conn)
+        broker.offline.back(session)
         if broker.sessions.get(session.clientId) is session:
             del broker.sessions[session.clientId]
         for topic_filter in session.subscriptions:

@@ -31,6 +31,7 @@ def release_session(broker: Any, client_id: str) -> Any:
     session.expiry_call = session.will_call = None
     saved = broker.store.saveSession(session)  # encoded now, before anything is forgotten
     del broker.sessions[client_id]
+    broker.offline.back(session)
     for topic_filter in session.subscriptions:
         broker.router.remove(client_id, topic_filter)
     return saved

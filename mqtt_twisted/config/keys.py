@@ -54,6 +54,8 @@ KEYS: tuple[Key, ...] = (
         "mqtt.max_mqueue_len", live="max_queued"),
     Key("session.max_queued_bytes", "max-queued-bytes", "max_queued_bytes", "",
         live="max_queued_bytes"),
+    Key("session.max_offline_queued_bytes", "max-offline-queued-bytes", "", "",
+        live="max_offline_queued_bytes"),
     Key("session.queue_qos0", "queue-qos0", "queue_qos0_messages", "mqtt.mqueue_store_qos0",
         live="queue_qos0_offline"),
     Key("session.max_inflight", "max-inflight", "max_inflight_messages", "mqtt.max_inflight",

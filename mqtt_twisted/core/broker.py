@@ -29,6 +29,7 @@ from mqtt_twisted.core.flow import FlowControl
 from mqtt_twisted.core.journal import Journal
 from mqtt_twisted.core.lifecycle import Lifecycle
 from mqtt_twisted.core.limits import RetainedQuota, short_topic
+from mqtt_twisted.core.offline import OfflineQueues
 from mqtt_twisted.core.pacing import CLOSE_SLICE, paced
 from mqtt_twisted.core.readcheck import needs_check, read_check_for
 from mqtt_twisted.core.router import LOCAL, LocalRouter
@@ -71,6 +72,8 @@ class Broker:
         self.publisher: MQTTConnection | None = None
         self.journal = Journal(store, self.stats, clock)
         self.flow = FlowControl(self)
+        #: What the queues of offline sessions hold together, and its bound.
+        self.offline = OfflineQueues(self.settings, self.stats)
         self.delivery = Delivery(self)
         self.lifecycle = Lifecycle(self)
         self.connector = Connector(self)

@@ -391,6 +391,7 @@ class Connector:
             session.identity = identity
             self.broker.refresh_read_check(session)
         session.disconnectedAt = None
+        self.broker.offline.back(session)
         session.connection = conn
 
     def _connack_properties(self, conn: MQTTConnection, packet: Connect,

@@ -43,7 +43,7 @@ class Delivery:
     log = Logger(namespace="mqtt_twisted.core.broker.Broker")
 
     __slots__ = ("broker", "clock", "settings", "stats", "store", "journal", "durable", "flow",
-                 "high_water")
+                 "high_water", "offline")
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
@@ -55,6 +55,7 @@ class Delivery:
         #: Whether per-message writes are made (the journal's, read once: it never changes).
         self.durable = broker.journal.durable
         self.flow = broker.flow
+        self.offline = broker.offline
         #: Queue length at which a session's publishers are held back (flow control).
         self.high_water = max(1, min(1000, self.settings.max_queued // 2))
 
@@ -90,7 +91,14 @@ class Delivery:
             return
         out = Outbound(message, qos, retain, subscription_ids, None, 0, group,
                        session.next_seq())
-        dropped = session.enqueue(out)
+        if conn is None:  # held for a client that is away: the broker-wide bound too
+            offline = self.offline
+            if not offline.admit(session, out):
+                return
+            dropped = session.enqueue(out)
+            offline.queued(session, out, dropped)
+        else:
+            dropped = session.enqueue(out)
         if dropped:
             self._dropped(session, dropped)
         if qos and self.durable and session.persistent:

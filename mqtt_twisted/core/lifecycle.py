@@ -70,6 +70,7 @@ class Lifecycle:
             self._hand_over_shared(session)
             self.discard_session(session)
             return
+        broker.offline.away(session)  # (a will just routed to it is counted again here)
         session.disconnectedAt = broker.clock.seconds()
         if session.expiryInterval is not None:
             session.expiry_call = broker.clock.callLater(session.expiryInterval, self._expire,
@@ -118,6 +119,7 @@ class Lifecycle:
         session.inflight.clear()
         session.inflight_bytes = 0
         session.clear_queue()
+        broker.offline.back(session)
         if session.expiry_call is not None and session.expiry_call.active():
             session.expiry_call.cancel()
         broker.journal.persist(broker.store.deleteSession(session.clientId))
@@ -149,6 +151,7 @@ class Lifecycle:
             session.subscriptions[topic_filter] = options
             broker.router.add(session.clientId, topic_filter, options)
         session.restore_outbound(list(state.outbound))
+        broker.offline.away(session)
         broker.refresh_read_check(session)
         broker.sessions[session.clientId] = session
         now = broker.clock.seconds()

@@ -40,7 +40,7 @@ class Session:
         "disconnectedAt", "inflight", "queue", "inboundQoS2", "connection", "identity",
         "_next_pid", "expiry_call", "will_call", "dropped", "max_inflight", "max_queued",
         "_next_seq", "queued_bytes", "max_queued_bytes", "inflight_bytes", "max_inflight_bytes",
-        "read_check", "retained_backlog", "owner",
+        "read_check", "retained_backlog", "owner", "offline_charge",
     )
 
     def __init__(self, client_id: str, max_inflight: int = 20, max_queued: int = 1000,
@@ -80,6 +80,9 @@ class Session:
         #: Retained deliveries of new subscriptions waiting for the queue to empty.
         #: (A shared empty tuple until first used, as ``queue``.)
         self.retained_backlog: list[tuple[Any, SubscriptionOptions]] | tuple[()] = ()
+        #: What this session's queue adds to the broker-wide offline total while its
+        #: client is away (``core/offline.py``); 0 while it is connected.
+        self.offline_charge = 0
 
     def next_seq(self) -> int:
         """Sequence numbers order a session's outbound messages, also across restarts."""

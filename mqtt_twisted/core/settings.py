@@ -22,6 +22,12 @@ class BrokerSettings:
     #: queued per session; oldest dropped when full.  Also bounds what is written to a
     #: full transport while its publishers are held back.
     max_queued_bytes: int = 16 << 20
+    #: Bytes held in the queues of all offline sessions together, each copy counted at
+    #: its payload and topic plus what the copy itself costs (``OFFLINE_COPY_COST``):
+    #: past it, a new message for an offline session is dropped (counted in
+    #: ``limit_hits["offline_queue"]``).  The per-session limits alone let 100,000
+    #: sessions left behind queue 16 MiB each.  0: no limit.  See docs/limits.md.
+    max_offline_queued_bytes: int = 1 << 30
     #: QoS 1/2 PUBLISHes a client may have unacknowledged towards us (v5 receive maximum).
     receive_maximum: int = 65535
     #: Largest packet accepted from a client (1 MiB, EMQX's default; the protocol allows

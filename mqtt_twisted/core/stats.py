@@ -80,9 +80,10 @@ class TopicSample:
 #: packets over the packet size or user property limits, topics and filters over
 #: the level or length limits, SUBSCRIBEs over the subscriptions per session,
 #: retained messages over their quota, new persistent sessions over max_sessions,
-#: connections refused by a full listener.
+#: connections refused by a full listener, messages not queued for an offline session
+#: because all offline queues together are full.
 LIMIT_KINDS = ("packet_size", "topic", "subscriptions", "retained", "sessions",
-               "listener_full")
+               "listener_full", "offline_queue")
 
 
 class BrokerStats:

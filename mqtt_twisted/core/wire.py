@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from mqtt_twisted.codec import encode_publish
 from mqtt_twisted.codec.packets import Publish
-from mqtt_twisted.message import Message, forward_properties
+from mqtt_twisted.message import NO_WIRE, Message, forward_properties
 
 
 def _template(message: Message, version: int, qos: int, retain: bool) -> tuple[bytes, int]:
@@ -44,7 +44,9 @@ def publish_bytes(
     key = (5 if version == 5 else 4, qos, retain)  # 3.1 and 3.1.1 PUBLISHes are alike
     cached = wire.get(key)
     if cached is None:
-        cached = wire[key] = _template(message, version, qos, retain)
+        cached = _template(message, version, qos, retain)
+        if wire is not NO_WIRE:  # a stored retained message keeps no encoding
+            wire[key] = cached
     data, offset = cached
     if not qos:
         return data

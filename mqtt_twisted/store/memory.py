@@ -16,7 +16,7 @@ from zope.interface import implementer
 
 from mqtt_twisted.errors import StorageError
 from mqtt_twisted.interfaces import ILock, ISessionState, IStore
-from mqtt_twisted.message import Message
+from mqtt_twisted.message import NO_WIRE, Message
 from mqtt_twisted.store.retained_index import RetainedIndex
 
 
@@ -161,8 +161,11 @@ class MemoryStore:
 
     def setRetained(self, message: Message) -> Deferred[None]:
         if message.payload:
-            # A copy: the routed message carries per-send caches the store need not keep.
-            self._retained.set(message.copy())
+            # A copy: the routed message carries per-send caches the store need not
+            # keep, and the copy keeps none either (NO_WIRE).
+            held = message.copy()
+            held.wire = NO_WIRE
+            self._retained.set(held)
         else:
             self._retained.delete(message.topic)
         return succeed(None)
