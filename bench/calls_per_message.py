@@ -8,6 +8,7 @@ unlike times, do not depend on the machine's load, so two checkouts compare exac
 
     python bench/calls_per_message.py
     python bench/calls_per_message.py --checkout /path/to/older/checkout
+    python bench/calls_per_message.py --more   # also per connection cycle, per SUBSCRIBE
 """
 
 from __future__ import annotations
@@ -52,6 +53,32 @@ for qos in (0, 1):
     sub.transport.written.clear()
     pub.transport.written.clear()
     print(f"QoS {qos}: {calls[0] / N:.1f} Python calls per message")
+
+if "--more" in sys.argv:
+    from mqtt_twisted.codec import Connect, Disconnect, Subscribe, Subscription
+    from mqtt_twisted.testing import FakeTransport
+    # A connection's life: built, CONNECT, CONNACK, DISCONNECT, closed.
+    connects = [encode(Connect(f"cycle{i}", 4, True, 0), 4) for i in range(N)]
+    bye = encode(Disconnect(0), 4)
+    transports = [FakeTransport() for _ in range(N)]
+    calls[0] = 0
+    sys.setprofile(count)
+    for i in range(N):
+        conn = broker.build_connection(transports[i], "peer")
+        conn.dataReceived(connects[i])
+        conn.dataReceived(bye)
+        conn.connectionLost(None)
+    sys.setprofile(None)
+    print(f"connect: {calls[0] / N:.1f} Python calls per CONNECT-CONNACK-DISCONNECT")
+    # One new filter per SUBSCRIBE (SUBACK included).
+    subs = [encode(Subscribe((i % 60000) + 1, [Subscription(f"s/{i}/+", 1)]), 4)
+            for i in range(N)]
+    calls[0] = 0
+    sys.setprofile(count)
+    for i in range(N):
+        sub.connection.dataReceived(subs[i])
+    sys.setprofile(None)
+    print(f"subscribe: {calls[0] / N:.1f} Python calls per SUBSCRIBE of one new filter")
 """
 
 
@@ -59,9 +86,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkout", type=Path, default=ROOT)
     parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--more", action="store_true",
+                        help="also count the calls per connection cycle and per SUBSCRIBE")
     args = parser.parse_args()
     print(f"checkout: {args.checkout}")
-    subprocess.run([sys.executable, "-c", _PROGRAM, str(args.messages)], check=True,
+    subprocess.run([sys.executable, "-c", _PROGRAM, str(args.messages)]
+                   + (["--more"] if args.more else []), check=True,
                    env={"PYTHONPATH": str(args.checkout)}, cwd=args.checkout)
 
 

@@ -1,8 +1,8 @@
-"""Run the load generator against our broker, Mosquitto, aedes and amqtt, and publish the result.
+"""Run the load generator against our broker, Mosquitto, aedes, amqtt and nats-server, and publish the result.
 
 Why one command: the figures only compare when every broker runs on the same machine, in the
 same run, under the same load generator.  This script installs the brokers that are missing
-(Debian ``mosquitto``, npm ``aedes`` into ``bench/.aedes``, PyPI ``amqtt`` into
+(Debian ``mosquitto`` and ``nats-server``, npm ``aedes`` into ``bench/.aedes``, PyPI ``amqtt`` into
 ``bench/.amqtt-venv``; never anything into the Python environment running it), then for each run and each scenario starts each broker afresh on an ephemeral
 127.0.0.1 port (rotating the brokers' order every run), runs ``bench/loadgen.py`` against it
 with a hard timeout, stops the broker, and records one JSON line.  A broker that fails to
@@ -13,7 +13,10 @@ other sections, such as the codec micro-benchmark, are kept) and, if matplotlib 
 plots under ``docs/img/`` (without it the section says so in one line).
 Raw lines and broker logs stay under ``bench/results/<timestamp>/``.
 
-    python bench/compare.py [--brokers ours,mosquitto,aedes,amqtt] [--runs 3] [--quick]
+    python bench/compare.py [--brokers ours,mosquitto,aedes,amqtt,nats] [--runs 3] [--quick]
+
+A broker is not measured in a scenario it cannot do (nats-server's MQTT listener has no
+QoS 2): the table shows "—" there and the notes say why.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ RESULTS = BENCH / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 IMG = ROOT / "docs" / "img"
 HOST = "127.0.0.1"
-BROKERS = ["ours", "mosquitto", "aedes", "amqtt"]
+BROKERS = ["ours", "mosquitto", "aedes", "amqtt", "nats"]
 
 sys.path.insert(0, str(BENCH))
 import loadgen  # noqa: E402  (after the path tweak: bench/ is not a package)
@@ -81,11 +84,19 @@ def mosquitto_binary() -> str | None:
         (p for p in ("/usr/sbin/mosquitto", "/usr/bin/mosquitto") if os.path.exists(p)), None)
 
 
+def nats_binary() -> str | None:
+    return shutil.which("nats-server") or next(
+        (p for p in ("/usr/sbin/nats-server", "/usr/bin/nats-server") if os.path.exists(p)), None)
+
+
 def install(brokers: list[str]) -> None:
     """Install every requested broker that is missing, each in a place of its own."""
-    if "mosquitto" in brokers and not mosquitto_binary():
+    debian = [pkg for name, pkg, found in (("mosquitto", "mosquitto", mosquitto_binary),
+                                          ("nats", "nats-server", nats_binary))
+              if name in brokers and not found()]
+    if debian:
         sh("apt-get", "update")
-        sh("apt-get", "install", "-y", "--no-install-recommends", "mosquitto")
+        sh("apt-get", "install", "-y", "--no-install-recommends", *debian)
     if "aedes" in brokers and not (AEDES_DIR / "node_modules" / "aedes").is_dir():
         sh("npm", "install", "--no-audit", "--no-fund", "--prefix", AEDES_DIR, "aedes")
     if "amqtt" in brokers and not (AMQTT_VENV / "bin" / "amqtt").exists():
@@ -102,6 +113,8 @@ class Broker:
 
     name: str
     label: str
+    #: Scenarios it cannot do -> why (not measured; the report says so).
+    unsupported: dict[str, str] = field(default_factory=dict)
 
     def command(self, port: int, workdir: Path) -> list[str]:
         raise NotImplementedError
@@ -222,9 +235,34 @@ plugins:
                                  "import importlib.metadata as m; print(m.version('amqtt'))")
 
 
+class Nats(Broker):
+    """nats-server's MQTT listener (MQTT 3.1.1, QoS 0 and 1; it needs JetStream, which
+    keeps sessions, QoS 1 messages and retained messages)."""
+
+    LIMITS = ["max_payload: 1MB", "max_connections: 1000000", "max_pending: 256MB"]
+
+    def command(self, port: int, workdir: Path) -> list[str]:
+        conf = workdir / "nats.conf"
+        conf.write_text("\n".join([
+            f"listen: {HOST}:{free_port()}", "server_name: bench", *self.LIMITS,
+            f'jetstream {{ store_dir: "{workdir / "js"}" }}',
+            f"mqtt {{ listen: {HOST}:{port} }}", ""]))
+        return [nats_binary() or "nats-server", "-c", str(conf)]
+
+    def settings(self) -> str:
+        return ("config: `listen 127.0.0.1:PORT2`, `" + "`, `".join(self.LIMITS)
+                + "`, `jetstream { store_dir: TMP }`, `mqtt { listen: 127.0.0.1:PORT }`; "
+                "the MQTT listener's other settings at their defaults (max_ack_pending 1024)")
+
+    def version(self) -> str:
+        return output(nats_binary() or "nats-server", "--version")
+
+
 BROKER_TYPES = {"ours": Ours("ours", "mqtt-twisted (ours)"),
                 "mosquitto": Mosquitto("mosquitto", "Mosquitto"),
-                "aedes": Aedes("aedes", "aedes"), "amqtt": Amqtt("amqtt", "amqtt")}
+                "aedes": Aedes("aedes", "aedes"), "amqtt": Amqtt("amqtt", "amqtt"),
+                "nats": Nats("nats", "nats-server", {
+                    "qos2": "its MQTT listener has no QoS 2 (MQTT 3.1.1, QoS 0 and 1 only)"})}
 
 
 def free_port() -> int:
@@ -467,7 +505,12 @@ def run_all(brokers: list[str], scenarios: list[str], runs: int, quick: bool, ou
         order = brokers[run % len(brokers):] + brokers[:run % len(brokers)]
         for scenario in scenarios:
             for name in order:
-                record(measure_steady(BROKER_TYPES[name], scenario, quick, outdir), run)
+                broker = BROKER_TYPES[name]
+                if scenario in broker.unsupported:
+                    record({"broker": name, "scenario": scenario, "ok": True,
+                            "skipped": broker.unsupported[scenario]}, run)
+                    continue
+                record(measure_steady(broker, scenario, quick, outdir), run)
     return busy
 
 

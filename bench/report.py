@@ -15,7 +15,8 @@ from pathlib import Path
 
 BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
 DISTURBED_PCT = 25.0  # % of the machine used by other processes during a measurement
-LABELS = {"ours": "mqtt-twisted", "mosquitto": "Mosquitto", "aedes": "aedes", "amqtt": "amqtt"}
+LABELS = {"ours": "mqtt-twisted", "mosquitto": "Mosquitto", "aedes": "aedes", "amqtt": "amqtt",
+          "nats": "nats-server"}
 
 # (scenario, key, row label, unit kind, higher is better)
 METRICS = [
@@ -70,6 +71,9 @@ def fmt(value: float | None, kind: str) -> str:
 def summary(line: dict) -> str:
     """One log line for a result: status and its main figures."""
     status = "ok  " if line.get("ok") else "FAIL"
+    if line.get("skipped"):
+        return (f"{line.get('broker', '?'):9} {line.get('scenario', '?'):21} skip "
+                f"{line['skipped']}")
     keys = [k for s, k, *_ in METRICS if s == line.get("scenario")]
     if line.get("scenario") == "ceiling":
         keys = ["fanin_per_s", "fanout_deliveries_per_s"]
@@ -280,6 +284,10 @@ def markdown(lines: list[dict], info: dict, brokers: list[str], imgdir: Path) ->
     notes = failure_notes(lines)
     if notes:
         out += ["### Failures and losses", "", *notes, ""]
+    skipped = {(ln["broker"], ln["scenario"]): ln["skipped"] for ln in lines if ln.get("skipped")}
+    if skipped:
+        out += ["Not measured: " + "; ".join(f"{LABELS.get(b, b)}, {s}: {why}"
+                                             for (b, s), why in skipped.items()) + ".", ""]
     out += [*disturbed_notes(lines), ""] if disturbed_notes(lines) else []
     if images:
         out += [f"![throughput per scenario](img/{images[0]})", "",

@@ -265,7 +265,7 @@ class SlowConsumerTests(BrokerTestCase):
         fast.keep_messages = False  # keep only the indexes, not 20 MB of payloads
         publisher = yield self.raw("flooder")
         # The broker's side of the socket, for its buffer: no public way reaches it.
-        tcp = self.broker.sessions["slow"].connection.transport._transport
+        tcp = self.broker.sessions["slow"].connection.transport.transport
         peaks = {"queue": 0, "buffer": 0}
 
         def sample():

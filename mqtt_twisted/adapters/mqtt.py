@@ -27,42 +27,6 @@ except ImportError:  # pragma: no cover
     pass
 
 
-class _TransportShim:
-    """What the sans-IO connection writes to: the transport's own ``write`` (no extra
-    call per packet), and closes that unregister our producer first, so a paused
-    producer cannot keep the socket open."""
-
-    __slots__ = ("write", "_transport")
-
-    def __init__(self, transport: Any) -> None:
-        self._transport = transport
-        self.write = transport.write
-
-    def loseConnection(self) -> None:
-        """Flush, then close.  A socket closes its write side first (FIN) and reads and
-        drops what the client still sends until the client closes too (the connection
-        aborts it after its close grace): closing with unread bytes makes the kernel
-        send a reset, which can destroy a DISCONNECT the client has not read yet."""
-        transport = self._transport
-        transport.unregisterProducer()
-        if IHalfCloseableDescriptor.providedBy(transport):
-            transport.loseWriteConnection()
-            transport.resumeProducing()  # (flow control may have paused reading)
-        else:
-            transport.loseConnection()
-
-    def abortConnection(self) -> None:
-        self._transport.unregisterProducer()
-        self._transport.abortConnection()
-
-    def pauseReading(self) -> None:
-        """Flow control: a subscriber this client feeds is full."""
-        self._transport.pauseProducing()
-
-    def resumeReading(self) -> None:
-        self._transport.resumeProducing()
-
-
 def _pending_bytes(transport: Any) -> int:
     """How many bytes the kernel holds unread for the transport's socket (FIONREAD);
     0 when it cannot tell (no socket any more, not POSIX), so that the caller reads
@@ -72,6 +36,24 @@ def _pending_bytes(transport: Any) -> int:
         return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
     except (AttributeError, OSError, ValueError, NameError):
         return 0
+
+
+def _drain_then_lose(transport: Any, reason: Any) -> None:
+    """``connectionLost`` of a transport class made by :func:`_read_before_reset`."""
+    if transport.connected and not transport.disconnecting:
+        for _ in range(1 << 12):  # at most 4096 reads of bufferSize each
+            if _pending_bytes(transport) <= 0:
+                break
+            try:
+                if transport.doRead() is not None:
+                    break
+            except Exception:
+                break
+    type(transport).__bases__[0].connectionLost(transport, reason)
+
+
+#: Transport class -> its subclass whose connectionLost drains first (one per class).
+_DRAINING: dict[type, type] = {}
 
 
 def _read_before_reset(transport: Any) -> None:
@@ -84,30 +66,37 @@ def _read_before_reset(transport: Any) -> None:
     client left: read and route them first.  Only what the kernel says it holds is
     read: ``doRead`` returns None both after a read and on EWOULDBLOCK, so looping
     on it would spend thousands of failing ``recv`` calls on every silent socket.
+
+    The transport becomes an instance of a subclass of its class (made once per
+    class) rather than getting a closure over its bound methods: that was 460 bytes
+    more per connection, a sixth of an idle connection's memory.
     """
-    lose = getattr(transport, "connectionLost", None)
-    do_read = getattr(transport, "doRead", None)
-    if lose is None or do_read is None or not hasattr(transport, "socket"):
+    cls = type(transport)
+    if cls in _DRAINING.values():
+        return  # already draining
+    if not (hasattr(cls, "connectionLost") and hasattr(cls, "doRead")
+            and hasattr(transport, "socket")):
         return
-
-    def drain_then_lose(reason: Any) -> None:
-        if transport.connected and not transport.disconnecting:
-            for _ in range(1 << 12):  # at most 4096 reads of bufferSize each
-                if _pending_bytes(transport) <= 0:
-                    break
-                try:
-                    if do_read() is not None:
-                        break
-                except Exception:
-                    break
-        lose(reason)
-
-    transport.connectionLost = drain_then_lose
+    draining = _DRAINING.get(cls)
+    if draining is None:
+        draining = _DRAINING[cls] = type(cls.__name__, (cls,), {
+            "connectionLost": _drain_then_lose, "__module__": cls.__module__,
+            "__doc__": f"{cls.__name__} reading what the peer sent before it is lost."})
+    try:
+        transport.__class__ = draining
+    except TypeError:  # pragma: no cover  (a layout that cannot change class)
+        pass
 
 
 @implementer(IPushProducer, IHandshakeListener)
 class MQTTStreamProtocol(Protocol):
-    """Moves bytes and connection events between a transport and the broker."""
+    """Moves bytes and connection events between a transport and the broker.
+
+    It is also what the sans-IO connection writes to (its ``transport``): ``write`` is
+    the transport's own (no extra call per packet), and closing unregisters this
+    producer first, so that a paused producer cannot keep the socket open.  (One
+    object per connection, not a protocol plus a shim.)
+    """
 
     connection: Any = None
     _handshake_deadline: Any = None
@@ -139,10 +128,36 @@ class MQTTStreamProtocol(Protocol):
     def _start(self) -> None:
         transport = self.transport
         origin = origin_of(transport, self.factory.listener)  # (certificate: handshake done)
+        self.write = transport.write
         self.connection = self.factory.broker.buildConnection(
-            _TransportShim(transport), origin.peer, origin.listener, origin.certificateIdentity,
+            self, origin.peer, origin.listener, origin.certificateIdentity,
         )
         transport.registerProducer(self, True)
+
+    # What the sans-IO connection calls (besides ``write``).
+    def loseConnection(self) -> None:
+        """Flush, then close.  A socket closes its write side first (FIN) and reads and
+        drops what the client still sends until the client closes too (the connection
+        aborts it after its close grace): closing with unread bytes makes the kernel
+        send a reset, which can destroy a DISCONNECT the client has not read yet."""
+        transport = self.transport
+        transport.unregisterProducer()
+        if IHalfCloseableDescriptor.providedBy(transport):
+            transport.loseWriteConnection()
+            transport.resumeProducing()  # (flow control may have paused reading)
+        else:
+            transport.loseConnection()
+
+    def abortConnection(self) -> None:
+        self.transport.unregisterProducer()
+        self.transport.abortConnection()
+
+    def pauseReading(self) -> None:
+        """Flow control: a subscriber this client feeds is full."""
+        self.transport.pauseProducing()
+
+    def resumeReading(self) -> None:
+        self.transport.resumeProducing()
 
     def dataReceived(self, data: bytes) -> None:
         self.connection.dataReceived(data)

@@ -45,7 +45,9 @@ class StreamDecoder:
         #: The limit while the stream still waits for its CONNECT (server side).
         self.connect_packet_size = min(connect_packet_size or max_packet_size, max_packet_size)
         self.limits = limits
-        self._pending: list[bytes] = []
+        #: Bytes of an incomplete packet: an empty tuple (shared, no allocation per
+        #: idle connection) until a read ends inside a packet.
+        self._pending: list[bytes] | tuple[()] = ()
         self._pending_size = 0
         self._need = 0  # bytes the pending partial packet needs in all; 0 if unknown
         #: True when the last :meth:`feed` stopped at its ``budget`` with whole
@@ -66,12 +68,12 @@ class StreamDecoder:
         """
         self.more = False
         if self._pending:
-            self._pending.append(data)
+            self._pending.append(data)  # type: ignore[union-attr]
             self._pending_size += len(data)
             if self._pending_size < self._need or self._pending_size < 2:
                 return []
             data = b"".join(self._pending)
-            self._pending = []
+            self._pending = ()
             self._pending_size = 0
         packets: list[Packet] = []
         pos = 0
@@ -135,12 +137,12 @@ class StreamDecoder:
         except MQTTError as e:
             # The packets before the bad one stand: the caller handles them, then closes.
             e.packets = packets  # type: ignore[attr-defined]
-            self._pending = []  # the stream ends here: let its bytes go now
+            self._pending = ()  # the stream ends here: let its bytes go now
             self._pending_size = self._need = 0
             raise
         self._need = need
         if pos < n:
             rest = data[pos:] if pos else data
-            self._pending.append(rest)
+            self._pending = [rest]
             self._pending_size = len(rest)
         return packets

@@ -33,7 +33,7 @@ from mqtt_twisted.core.offline import OfflineQueues
 from mqtt_twisted.core.pacing import CLOSE_SLICE, paced
 from mqtt_twisted.core.readcheck import needs_check, read_check_for
 from mqtt_twisted.core.router import LOCAL, LocalRouter
-from mqtt_twisted.core.session import Session, SubscriptionOptions
+from mqtt_twisted.core.session import NO_ENTRIES, Session, SubscriptionOptions
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.core.shared import Strategy
 from mqtt_twisted.core.stats import TOPIC_SAMPLE, BrokerStats
@@ -184,8 +184,11 @@ class Broker:
 
     def subscribe(self, session: Session, topic_filter: str, options: SubscriptionOptions) -> bool:
         """Add or replace a subscription [MQTT-3.8.4-3]; True when it is new."""
-        is_new = topic_filter not in session.subscriptions
-        session.subscriptions[topic_filter] = options
+        subscriptions = session.subscriptions
+        is_new = topic_filter not in subscriptions
+        if subscriptions is NO_ENTRIES:
+            subscriptions = session.subscriptions = {}
+        subscriptions[topic_filter] = options
         self.router.add(session.clientId, topic_filter, options)
         if (self.authorizer is not None and session.read_check is None
                 and needs_check(self.authorizer, session, (topic_filter,))):
@@ -196,8 +199,9 @@ class Broker:
         return is_new
 
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:
-        if session.subscriptions.pop(topic_filter, None) is None:
+        if topic_filter not in session.subscriptions:
             return False
+        del session.subscriptions[topic_filter]
         self.router.remove(session.clientId, topic_filter)
         if session.persistent:
             self.journal.persist(self.store.removeSubscription(session.clientId, topic_filter))

@@ -111,7 +111,7 @@ class MQTTConnection:
         self.max_send_size = 0  # 0: no limit from the client
         self._backlog: list[Packet] | None = None
         self._blocked = False
-        self._aliases_in: dict[int, str] = {}
+        self._aliases_in: dict[int, str] | None = None  # v5, from the client's first alias
         self._aliases_out: OrderedDict[str, int] | None = None  # v5, when a policy is on
         self.auth_method: str | None = None  # v5 enhanced authentication, if used
         self.auth_pending: Any = None  # the exchange waiting for the client's next AUTH

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from mqtt_twisted.codec import PubRel
 from mqtt_twisted.constants import PropertyId
 from mqtt_twisted.core._async import when
+from mqtt_twisted.core.session import NO_ENTRIES
 from mqtt_twisted.core.states import CLOSED
 from mqtt_twisted.message import Message
 from mqtt_twisted.records import AWAITING_PUBCOMP, Outbound, SubscriptionOptions
@@ -116,7 +117,10 @@ class Delivery:
 
     def _send_inflight(self, session: Session, conn: Any, out: Outbound) -> None:
         pid = out.packet_id = session.allocate_packet_id()
-        session.inflight[pid] = out
+        inflight = session.inflight
+        if inflight is NO_ENTRIES:
+            inflight = session.inflight = {}
+        inflight[pid] = out
         session.inflight_bytes += len(out.message.payload) + len(out.message.topic)
         if self.durable and session.persistent:
             # Stored before it is sent, so that a crash cannot lose track of it.
@@ -168,9 +172,11 @@ class Delivery:
 
     def outbound_done(self, session: Session, packet_id: int) -> None:
         """PUBACK or PUBCOMP: the flow for ``packet_id`` is complete."""
-        out = session.inflight.pop(packet_id, None)
+        inflight = session.inflight
+        out = inflight.get(packet_id)  # (NO_ENTRIES has no pop)
         if out is None:
             return
+        del inflight[packet_id]
         session.inflight_bytes -= len(out.message.payload) + len(out.message.topic)
         if self.durable and session.persistent:
             self.journal.persist(self.store.removeOutbound(session.clientId, out.seq))

@@ -295,10 +295,13 @@ def resolve_alias(conn: MQTTConnection, alias: int, topic: str) -> str:
     """Map a v5 topic alias to its topic [MQTT-3.3.2-10..12]."""
     if alias > conn.broker.settings.topic_alias_maximum:
         raise ProtocolError("topic alias out of range", ReasonCode.TOPIC_ALIAS_INVALID)
+    aliases = conn._aliases_in
     if topic:
-        conn._aliases_in[alias] = topic
+        if aliases is None:
+            aliases = conn._aliases_in = {}
+        aliases[alias] = topic
         return topic
-    known = conn._aliases_in.get(alias)
+    known = aliases.get(alias) if aliases is not None else None
     if known is None:
         raise ProtocolError("unknown topic alias", ReasonCode.PROTOCOL_ERROR)
     return known

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 
 from mqtt_twisted.core import clientlog
 from mqtt_twisted.core._async import when
-from mqtt_twisted.core.session import Session
+from mqtt_twisted.core.session import NO_ENTRIES, Session
 from mqtt_twisted.message import Message
 
 if TYPE_CHECKING:
@@ -115,8 +115,8 @@ class Lifecycle:
             del broker.sessions[session.clientId]
         for topic_filter in session.subscriptions:
             broker.router.remove(session.clientId, topic_filter)
-        session.subscriptions.clear()
-        session.inflight.clear()
+        session.subscriptions = NO_ENTRIES
+        session.inflight = NO_ENTRIES
         session.inflight_bytes = 0
         session.clear_queue()
         broker.offline.back(session)
@@ -147,6 +147,8 @@ class Lifecycle:
         # Until its client is back, the owner's name stands for its identity: the ACL
         # then checks the deliveries queued meanwhile against the owner's own rules.
         session.identity = session.owner
+        if state.subscriptions:
+            session.subscriptions = {}
         for topic_filter, options in state.subscriptions.items():
             session.subscriptions[topic_filter] = options
             broker.router.add(session.clientId, topic_filter, options)

@@ -8,6 +8,7 @@ Delivery decisions live here; the wire format lives in the connection.
 from __future__ import annotations
 
 from collections import deque
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from zope.interface import implementer
@@ -27,8 +28,14 @@ if TYPE_CHECKING:
     from mqtt_twisted.core.connection import MQTTConnection
 
 _NO_IDS: frozenset[int] = frozenset()
+#: What ``subscriptions`` and ``inflight`` hold until their first entry: one shared,
+#: read-only empty mapping instead of two empty dicts (128 bytes) per session.  Code
+#: that adds an entry replaces it with a dict first (``if x is NO_ENTRIES``); removals
+#: only ever find entries in a real dict.
+NO_ENTRIES: Any = MappingProxyType({})
 
-__all__ = ["AWAITING_ACK", "AWAITING_PUBCOMP", "Outbound", "Session", "SubscriptionOptions"]
+__all__ = ["AWAITING_ACK", "AWAITING_PUBCOMP", "NO_ENTRIES", "Outbound", "Session",
+           "SubscriptionOptions"]
 
 
 @implementer(ISessionState)
@@ -46,12 +53,12 @@ class Session:
     def __init__(self, client_id: str, max_inflight: int = 20, max_queued: int = 1000,
                  max_queued_bytes: int = 16 << 20, max_inflight_bytes: int = 0) -> None:
         self.clientId = client_id
-        self.subscriptions: dict[str, SubscriptionOptions] = {}
+        self.subscriptions: dict[str, SubscriptionOptions] = NO_ENTRIES
         self.will: Message | None = None
         self.willDelay: float = 0
         self.expiryInterval: float | None = 0
         self.disconnectedAt: float | None = None
-        self.inflight: dict[int, Outbound] = {}
+        self.inflight: dict[int, Outbound] = NO_ENTRIES
         # Both start as shared empty immutables and become a deque / set on first use:
         # an idle connection's session then costs a few hundred bytes less.
         self.queue: deque[Outbound] | tuple[()] = ()
@@ -101,6 +108,8 @@ class Session:
                 self.queue.append(out)  # type: ignore[union-attr]
                 self.queued_bytes += queued_size(out.message)
             else:
+                if self.inflight is NO_ENTRIES:
+                    self.inflight = {}
                 self.inflight[out.packet_id] = out
                 self.inflight_bytes += queued_size(out.message)
         if ordered:

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from mqtt_twisted.codec.stream import DecodeLimits
+
+
+@lru_cache(maxsize=16)
+def _decode_limits(properties: int, property_bytes: int) -> DecodeLimits:
+    return DecodeLimits(properties, property_bytes)
 
 
 @dataclass(slots=True)
@@ -105,6 +111,7 @@ class BrokerSettings:
     admin_users: frozenset[str] = frozenset()
 
     def decode_limits(self) -> DecodeLimits:
-        """The limits every connection's decoder checks (one object for all of them)."""
-        return DecodeLimits(self.max_user_properties or 1 << 31,
-                            self.max_user_property_bytes or 1 << 31)
+        """The limits every connection's decoder checks (one object for all of them, not
+        48 bytes more per connection)."""
+        return _decode_limits(self.max_user_properties or 1 << 31,
+                              self.max_user_property_bytes or 1 << 31)

@@ -9,19 +9,24 @@ result; any change to the tree clears it.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Generic, TypeVar
+from types import MappingProxyType
+from typing import Any, Generic, TypeVar
 
 V = TypeVar("V")
 
 _CACHE_LIMIT = 4096
+#: A node's children or values until it has some: shared, read-only and empty.  A leaf
+#: never has children and an inner node rarely has values, so a subscription's new
+#: nodes cost one dict each, not two (64 bytes less per node).
+_NONE: Any = MappingProxyType({})
 
 
 class _Node(Generic[V]):
     __slots__ = ("children", "values")
 
     def __init__(self) -> None:
-        self.children: dict[str, _Node[V]] = {}
-        self.values: dict[object, V] = {}
+        self.children: dict[str, _Node[V]] = _NONE
+        self.values: dict[object, V] = _NONE
 
 
 class TopicTree(Generic[V]):
@@ -48,9 +53,13 @@ class TopicTree(Generic[V]):
         for level in topic_filter.split("/"):
             child = node.children.get(level)
             if child is None:
+                if node.children is _NONE:
+                    node.children = {}
                 child = node.children[level] = _Node()
             node = child
         is_new = owner not in node.values
+        if node.values is _NONE:
+            node.values = {}
         node.values[owner] = value
         if is_new:
             self._count += 1
@@ -68,9 +77,10 @@ class TopicTree(Generic[V]):
                 return None
             path.append((node, level))
             node = child
-        value = node.values.pop(owner, None)
+        value = node.values.get(owner)  # (_NONE has no pop)
         if value is None:
             return None
+        del node.values[owner]
         self._count -= 1
         # Prune empty branches so that dead filters cost nothing later.
         while path and not node.values and not node.children:
