@@ -40,6 +40,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 import compare  # noqa: E402  (bench/ is not a package)
 import loadgen  # noqa: E402
+
 from mqtt_twisted.loadgen import wire as w  # noqa: E402
 
 #: Started instead of twistd when tracing: tracemalloc from the first import, and on

@@ -107,15 +107,19 @@ class TwistdRun(MultiService):
         self.broker.ready.addCallbacks(self._started, self._failed)
 
     def _started(self, _: Any) -> None:
+        # The listeners listen before reactor.run(); until the reactor runs, SIGTERM
+        # has its default action and would kill the broker without its shutdown (no
+        # DISCONNECTs, the pidfile left). So the parent and systemd are told once it
+        # runs, its signal handlers installed (tests/test_twistd_ready.py).
+        self.broker.reactor.callWhenRunning(self._running)
+
+    def _running(self) -> None:
         from mqtt_twisted import gctune
 
-        # The collector, for a heap that grows with sessions; once the reactor runs
-        # (a full collection before it, in the window where SIGTERM still had its
-        # default action, made a broker stopped right away leave its pidfile behind).
-        self.broker.reactor.callWhenRunning(gctune.settle)
         self._report(b"0")
         names = ", ".join(s.name for s in getattr(self.broker, "_listeners", ()))
         sd_notify(f"READY=1\nSTATUS=Listening: {names}")
+        gctune.settle()  # the collector, for a heap that grows with sessions
 
     def stopService(self) -> Any:
         sd_notify("STOPPING=1")
