@@ -57,11 +57,9 @@ class _TransportShim:
         transport.unregisterProducer()
         if IHalfCloseableDescriptor.implementedBy(type(transport)):
             transport.loseWriteConnection()
+            transport.resumeProducing()  # (flow control may have paused reading)
         else:
             transport.loseConnection()
-        # Flow control may have paused reading: the client's FIN (or close_notify) must
-        # be read for the connection to end before the close grace.
-        transport.resumeProducing()
 
     def abortConnection(self) -> None:
         self._transport.unregisterProducer()
