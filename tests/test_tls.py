@@ -6,6 +6,7 @@ are made in each test by a CA of its own (``tests/certs.py``).
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import warnings
@@ -75,6 +76,36 @@ def tls_exchange(port: int, ca: str, cert: str | None = None, key: str | None = 
         return data, name
 
 
+def refused_then_garbage(port: int, ca: str) -> tuple[bytes, str, bytes]:
+    """(blocking) A CONNECT the broker refuses, then: how the server ended TLS
+    ('close_notify', or 'eof' for a bare TCP FIN), and what it does with non-TLS bytes
+    sent after that (b'': it closed)."""
+    ctx = ssl.create_default_context(cafile=ca)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost",
+                            suppress_ragged_eofs=False) as sock:
+        sock.sendall(encode(Connect("refused", 4, True, 0)))
+        connack = b""
+        while len(connack) < 4:
+            chunk = sock.recv(4 - len(connack))
+            if not chunk:
+                break
+            connack += chunk
+        try:
+            ending = "close_notify" if sock.recv(16) == b"" else "data"
+        except ssl.SSLEOFError:
+            ending = "eof"
+        # Bytes that are no TLS record, on the socket under TLS: they make the server's
+        # OpenSSL fail, and Twisted then closes the TCP connection.
+        fd = sock.fileno()
+        try:
+            os.write(fd, b"\x00" * 16)
+            after = os.read(fd, 64)
+        except OSError:
+            after = b""
+        return connack, ending, after
+
+
 def paho_attempt(port: int, ca: str, cert: str | None = None, key: str | None = None) -> str:
     """(blocking) One paho connection attempt over TLS: 'CONNACK <rc>', 'handshake: <error>'
     or 'lost: <paho error>'."""
@@ -123,6 +154,26 @@ class TLSListenerTests(SecureBrokerTestCase):
         yield pub.publish("t/x", b"secret", 1)
         message = yield sub.next_message()
         self.assertEqual((message.topic, message.payload), ("t/x", b"secret"))
+
+
+    @inlineCallbacks
+    def test_refused_connect_ends_tls_with_close_notify(self) -> None:
+        """A CONNECT refused over TLS ends with a TLS close_notify, not a bare FIN under
+        TLS; bytes the client sends after it close the connection without an error.
+
+        Twisted's TLS wrapper declares the interfaces of the TCP transport under it, so
+        it looked half-closeable: the close shut the TCP write side under TLS, and the
+        client's next bytes made Twisted close the TLS layer in the middle of
+        ``_flushReceiveBIO`` ("Unhandled Error ... 'NoneType' object has no attribute
+        'bio_read'", tests/test_config_twistd.py one run in three)."""
+        auth = RecordingAuthenticator("alice")
+        (port,) = yield self.start(ssl_listener(self.server), authenticator=auth)
+        connack, ending, after = yield deferToThread(refused_then_garbage, port,
+                                                     self.ca.cert_path)
+        self.assertEqual(connack, b"\x20\x02\x00\x04")  # bad user name or password
+        self.assertEqual(ending, "close_notify")
+        self.assertEqual(after, b"")
+        # (trial fails the test on the "Unhandled Error" the broker would log)
 
     @inlineCallbacks
     def test_tls_1_1_refused(self) -> None:

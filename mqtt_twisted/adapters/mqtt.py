@@ -139,10 +139,20 @@ class MQTTStreamProtocol(Protocol):
         """Flush, then close.  A socket closes its write side first (FIN) and reads and
         drops what the client still sends until the client closes too (the connection
         aborts it after its close grace): closing with unread bytes makes the kernel
-        send a reset, which can destroy a DISCONNECT the client has not read yet."""
+        send a reset, which can destroy a DISCONNECT the client has not read yet.
+
+        TLS closes with its own close_notify instead.  The class is asked, not the
+        object: Twisted's ``ProtocolWrapper.makeConnection`` makes the TLS wrapper
+        (``twisted.protocols.tls.BufferingTLSTransport``) declare every interface of
+        the TCP transport under it, half-closeable included, and its ``__getattr__``
+        hands ``loseWriteConnection`` to that TCP transport: TLS never said
+        close_notify, and once the FIN was out, a TLS error in the client's next bytes
+        made Twisted close the TCP connection synchronously, in the middle of
+        ``TLSMemoryBIOProtocol._flushReceiveBIO``, which then failed ("Unhandled
+        Error ... 'NoneType' object has no attribute 'bio_read'")."""
         transport = self.transport
         transport.unregisterProducer()
-        if IHalfCloseableDescriptor.providedBy(transport):
+        if IHalfCloseableDescriptor.implementedBy(type(transport)):
             transport.loseWriteConnection()
             transport.resumeProducing()  # (flow control may have paused reading)
         else:
