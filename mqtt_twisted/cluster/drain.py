@@ -33,7 +33,8 @@ from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from mqtt_twisted.cluster.inbox import READ_COUNT, deliver_entry
+from mqtt_twisted.cluster.batch import Item
+from mqtt_twisted.cluster.inbox import READ_COUNT, deliver_items, entry_items
 from mqtt_twisted.core.states import CONNECTED
 from mqtt_twisted.store.redis import decode_message
 
@@ -48,10 +49,12 @@ PATIENCE = 120.0
 POLL = 0.1
 
 
-def entry_key(entry_id: bytes) -> tuple[int, int]:
-    """A stream entry id (``ms-seq``) as something that compares in stream order."""
+def entry_key(entry_id: bytes, index: int = 0) -> tuple[int, int, int]:
+    """A stream entry id (``ms-seq``), or a mark (``ms-seq.INDEX``: the message at
+    INDEX of a batch entry, ``batch.py``), as something that compares in stream order."""
+    entry_id, _, marked = entry_id.partition(b".")
     ms, _, seq = entry_id.partition(b"-")
-    return int(ms), int(seq or 0)
+    return int(ms), int(seq or 0), int(marked) if marked else index
 
 
 class DrainPublisher:
@@ -131,24 +134,31 @@ class Drain:
         ids: list[bytes] = []
         writes: list[Any] = []
         for entry_id, fields in entries:
-            yield self._room(fields)
+            origin, items = entry_items(fields) or ("", [])
+            for index, item in enumerate(items):
+                yield self._room(item)
+                writes += self._deliver_one(entry_id, origin, items, index)
             ids.append(entry_id)
-            writes += self._deliver_one(entry_id, fields)
         if writes:
             yield gatherResults(writes, consumeErrors=True)
         if ids:
             yield self.node.commands.command(b"XACK", self.stream, self.group, *ids)
             self.delivered += len(ids)
 
-    def _deliver_one(self, entry_id: bytes, fields: list[Any] | None) -> list[Any]:
+    def _deliver_one(self, entry_id: bytes, origin: str, items: list[Item],
+                     index: int) -> list[Any]:
+        """Message ``index`` of an entry, except into the sessions the dead node had
+        delivered it into already (their marks are at or past it)."""
         marks = self.marks
         if not marks:
-            return deliver_entry(self.node, fields, self.publisher)
-        key = entry_key(entry_id)
+            return deliver_items(self.node, origin, items, index, self.publisher,
+                                 stop=index + 1)[1]
+        key = entry_key(entry_id, index)
         done = {c for c, m in marks.items() if m >= key}
         if not done:
             self.marks = {c: m for c, m in marks.items() if m >= key}  # all behind now
-            return deliver_entry(self.node, fields, self.publisher)
+            return deliver_items(self.node, origin, items, index, self.publisher,
+                                 stop=index + 1)[1]
         local = self.node.router.local
         deliver = local.deliver
 
@@ -160,40 +170,38 @@ class Drain:
 
         local.deliver = unless_done
         try:
-            return deliver_entry(self.node, fields, self.publisher)
+            return deliver_items(self.node, origin, items, index, self.publisher,
+                                 stop=index + 1)[1]
         finally:
             local.deliver = deliver
 
     @inlineCallbacks
-    def _room(self, fields: list[Any] | None) -> Any:
-        """Wait until the subscribers of this entry can take it."""
+    def _room(self, item: Item) -> Any:
+        """Wait until the subscribers of this message can take it."""
         publisher = self.publisher
         if publisher.paused:
             yield publisher.resumed()
-        full = self._full_offline(fields)
+        full = self._full_offline(item)
         waited = 0.0
         while full is not None and waited < PATIENCE:
             yield deferLater(self.node.reactor, POLL, lambda: None)
             waited += POLL
             if publisher.paused:
                 yield publisher.resumed()
-            full = self._full_offline(fields)
+            full = self._full_offline(item)
         self.waited += waited
 
-    def _full_offline(self, fields: list[Any] | None) -> Any:
-        """A session this entry goes to whose client is away and whose queue is at
+    def _full_offline(self, item: Item) -> Any:
+        """A session this message goes to whose client is away and whose queue is at
         its high-water mark, or None."""
-        if not fields:
-            return None
         try:
-            record = dict(zip(fields[::2], fields[1::2]))
-            if b"c" in record:
-                client_ids = [record[b"c"].decode("utf-8")]
+            if item.directed is not None:
+                client_ids = [item.directed.decode("utf-8")]
             else:
-                topic = decode_message(record[b"m"]).topic
+                topic = decode_message(item.blob).topic
                 client_ids = [c for c, _ in self.node.router.local.tree.match(topic)]
         except Exception:
-            return None  # deliver_entry says what is wrong with it
+            return None  # deliver_items says what is wrong with it
         broker = self.node.broker
         high_water = broker.delivery.high_water
         for client_id in client_ids:

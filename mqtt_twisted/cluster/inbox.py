@@ -1,14 +1,15 @@
 """A node's QoS 1/2 inbox: its Redis stream, read by its consumer group, delivered here.
 
-Entries are read in batches with a blocking ``XREADGROUP`` on the node's own
-connection, delivered to the local sessions (``ClusterRouter.receive``, inside
+Entries (each a batch of messages, ``batch.py``) are read in batches with a
+blocking ``XREADGROUP`` on the node's own connection, delivered to the local sessions (``ClusterRouter.receive``, inside
 ``writes_of``), and acknowledged (``XACK``) once the store writes those deliveries made
 are done; a failed write leaves them pending.  At start the node first reads what an
 earlier run of it left unacknowledged, then new entries.
 
 Flow control: while it delivers, the reader is ``broker.publisher``, so a subscriber
 that cannot keep up holds it back as it would a client's connection; the rest of the
-batch then waits, read but unacknowledged, until the subscriber catches up.
+batch (of the entry too) then waits, read but unacknowledged, until the subscriber
+catches up.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mqtt_twisted.cluster.batch import Item, read_entry
 from mqtt_twisted.cluster.shared import decode_groups
 from mqtt_twisted.core.states import CONNECTED
 from mqtt_twisted.store.redis import decode_message
@@ -29,43 +31,65 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-#: Stream entries read at once, and how long one XREADGROUP waits for them.
+#: Stream entries read at once (each up to ``batch.MAX_BATCH`` messages), and how long
+#: one XREADGROUP waits for them.
 READ_COUNT = 512
 READ_BLOCK = 1.0
 
 
-def deliver_entry(node: ClusterNode, fields: list[Any] | None,
-                  publisher: Any = None, entry_id: bytes | None = None) -> list[Any]:
-    """Deliver one stream entry here; the store writes it made (to wait for before
-    XACK).  ``publisher`` is who flow control holds back if a subscriber is behind.
-    ``entry_id`` (an entry of this node's own stream) goes with each outbound record
-    it makes (``RedisStore.mark``): an adopter does not deliver it there again."""
-    if not fields:
-        return []  # trimmed away while it was pending
-    try:
-        record = dict(zip(fields[::2], fields[1::2]))
-        message = decode_message(record[b"m"])
-        origin = record[b"o"].decode("utf-8")
-        groups, resent = decode_groups(record[b"g"]) if b"g" in record else (None, False)
-        directed = record.get(b"c")
-    except Exception as e:
-        log.warn("cluster: a stream entry could not be read: {error}", error=e)
-        return []
+def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int = 0,
+                  publisher: Any = None, entry_id: bytes | None = None,
+                  stop: int | None = None) -> tuple[int, list[Any]]:
+    """Deliver the messages of one stream entry here from ``items[start]`` on, until
+    ``stop`` or until ``publisher`` (who flow control holds back if a subscriber is
+    behind) is paused, at least one: where it stopped, and the store writes made (to
+    wait for before XACK).  ``entry_id`` (an entry of this node's own stream) goes
+    with each outbound record made (``RedisStore.mark``, ``entry_id.INDEX`` past the
+    first message of a batch): an adopter does not deliver it there again."""
     broker = node.broker
+    writes_of = broker.writes_of
+    receive = node.router.receive
+    store = node.store
+    field = node.mark_field
+    end = len(items) if stop is None else stop
+    pending: list[Any] = []
+    index = start
     broker.publisher = publisher
-    if entry_id is not None:
-        node.store.mark = (node.mark_field, entry_id)
     try:
-        if directed is None:
-            _, pending = broker.writes_of(node.router.receive, message, origin, groups,
-                                          resent, record.get(b"d", b""))
-        else:  # for one session that came here from the node that sent it (moved.py)
-            _, pending = broker.writes_of(node.moved.directed, directed.decode("utf-8"),
-                                          message)
+        while index < end:
+            item = items[index]
+            if entry_id is not None:
+                store.mark = (field, entry_id if not index else b"%s.%d" % (entry_id, index))
+            index += 1
+            try:
+                message = decode_message(item.blob)
+                groups, resent = decode_groups(item.groups) if item.groups else (None, False)
+            except Exception as e:
+                log.warn("cluster: a stream message could not be read: {error}", error=e)
+                continue
+            if item.directed is None:
+                _, writes = writes_of(receive, message, origin, groups, resent,
+                                      item.destinations)
+            else:  # for one session that came here from the node that sent it (moved.py)
+                _, writes = writes_of(node.moved.directed, item.directed.decode("utf-8"),
+                                      message)
+            if writes:
+                pending += writes
+            if publisher is not None and publisher.paused:
+                break
     finally:
         broker.publisher = None
-        node.store.mark = None
-    return pending  # type: ignore[no-any-return]
+        store.mark = None
+    return index, pending
+
+
+def entry_items(fields: list[Any] | None) -> tuple[str, list[Item]] | None:
+    """``batch.read_entry``, an entry that is not ours logged (and skipped: None)."""
+    try:
+        return read_entry(fields)
+    except Exception as e:
+        log.warn("cluster: a stream entry could not be read: {error}", error=e)
+        return None
 
 
 class StreamPublisher:
@@ -104,6 +128,11 @@ class InboxReader:
         self._stopped = False
         #: Whether the last read returned a whole batch (more is likely waiting).
         self._full = False
+        #: The backlog's first entry, read (origin, items) once its delivery began; the
+        #: next of its items to deliver, and the store writes of those delivered.
+        self._current: tuple[str, list[Item]] | None = None
+        self._next = 0
+        self._writes: list[Any] = []
 
     def start(self) -> None:
         self._read()
@@ -145,8 +174,9 @@ class InboxReader:
         self._drain()
 
     def _drain(self) -> None:
-        """Deliver the entries read until a subscriber here cannot take more, then
-        acknowledge what was delivered and, with nothing left, read the next ones."""
+        """Deliver the entries read until a subscriber here cannot take more (within an
+        entry too: a batch is delivered message by message), then acknowledge the
+        entries delivered whole and, with nothing left, read the next ones."""
         backlog = self.backlog
         publisher = self.publisher
         node = self.node
@@ -158,12 +188,25 @@ class InboxReader:
         writes: list[Any] = []
         moved = node.moved
         while backlog and not publisher.paused:
-            if moved.pending and backlog[0][1] and moved.waiting_for(backlog[0][1],
-                                                                     self.resume):
-                break  # for a session arriving here: it goes on once it is (moved.py)
-            entry_id, fields = backlog.popleft()
+            entry_id, fields = backlog[0]
+            read = self._current
+            if read is None:
+                if moved.pending and fields and moved.waiting_for(fields, self.resume):
+                    break  # for a session arriving here: it goes on once it is (moved.py)
+                read = self._current = entry_items(fields) or ("", [])
+                self._next = 0
+            origin, items = read
+            if items:
+                self._next, done = deliver_items(node, origin, items, self._next, publisher,
+                                                 entry_id)
+                self._writes += done
+                if self._next < len(items):
+                    break  # held back within the entry: the rest once resumed
+            backlog.popleft()
+            self._current = None
             ids.append(entry_id)
-            writes += deliver_entry(node, fields, publisher, entry_id)
+            writes += self._writes
+            self._writes = []
         if ids:
             self._ack(ids, writes)
         if not backlog and not publisher.paused:

@@ -1,15 +1,16 @@
 """What a cluster node tells Redis for its router: its filters and share groups (the
 route table every node keeps), and the copies of messages for its peers (QoS 0 over pub/sub,
-QoS 1/2 into the destination node's stream).  ``ClusterRouter.link``."""
+QoS 1/2 into the destination node's stream), gathered per destination over a reactor
+turn (``batch.py``).  ``ClusterRouter.link``."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import msgpack
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from mqtt_twisted.cluster.batch import Outbox
 from mqtt_twisted.cluster.routes import ADD, REMOVE, SHARE, encode_change
 from mqtt_twisted.cluster.shared import encode_groups
 from mqtt_twisted.errors import StorageError
@@ -19,7 +20,8 @@ if TYPE_CHECKING:
     from mqtt_twisted.cluster.node import ClusterNode
 
 #: Entries kept in a node's stream (XADD MAXLEN ~): what a node that is down for a
-#: while can catch up on when it comes back under the same name.
+#: while can catch up on when it comes back under the same name.  An entry is a
+#: batch (``batch.py``): one message at light load, up to ``MAX_BATCH`` under load.
 INBOX_MAXLEN = 100_000
 
 _REGISTER = b"""
@@ -46,6 +48,7 @@ class NodeLink:
 
     def __init__(self, node: ClusterNode) -> None:
         self.node = node
+        self.outbox = Outbox(node.reactor, node.name, self._add, self._push)
 
     def _script(self, script: bytes, key: bytes, *args: Any, change: bytes,
                 what: str) -> None:
@@ -81,26 +84,30 @@ class NodeLink:
 
     def publish(self, to: str, blob: bytes, groups: list[str] | None = None,
                 resent: bool = False) -> None:
-        """QoS 0: at most once, like QoS 0 itself (SPUBLISH where Redis has it).  ``groups``: the share groups node
-        ``to`` gives it to (``router.py``); ``resent``: it is not sent on again."""
-        node = self.node
-        node.commands.command(node.publish_command, node.keys.inbox0(to), msgpack.packb(
-            [node.name, blob, groups, resent], use_bin_type=True)).addErrback(_ignored)
+        """QoS 0: at most once, like QoS 0 itself (SPUBLISH where Redis has it), in this
+        turn's pub/sub message for ``to``.  ``groups``: the share groups node ``to``
+        gives it to (``router.py``); ``resent``: it is not sent on again."""
+        self.outbox.publish(to, blob, groups, resent)
 
     def append(self, to: str, blob: bytes, destinations: bytes = b"",
                groups: list[str] | None = None, resent: bool = False) -> Deferred[Any]:
-        """QoS 1/2: fires once the entry is in node ``to``'s stream.  ``destinations``:
-        every node the message was sent to (``moved.py`` reads it); field ``g``, the
-        share groups ``to`` gives it to and whether it was sent on, only when there are
-        some (``router.py``)."""
-        extra: tuple[Any, ...] = ()
-        if groups:
-            extra = (b"g", encode_groups(groups, resent))
-        return self._add(to, b"m", blob, b"d", destinations, *extra)
+        """QoS 1/2, in this turn's stream entry for ``to``: fires once the entry is in
+        node ``to``'s stream.  ``destinations``: every node the message was sent to
+        (``moved.py`` reads it); the share groups ``to`` gives it to and whether it was
+        sent on, only when there are some (``router.py``)."""
+        return self.outbox.append(to, blob, destinations,
+                                  encode_groups(groups, resent) if groups else None)
 
     def direct(self, to: str, client_id: str, message: Any) -> Deferred[Any]:
-        """A QoS 1/2 message for one session that left here for ``to`` (``moved.py``)."""
+        """A QoS 1/2 message for one session that left here for ``to`` (``moved.py``),
+        after what this turn has for ``to`` already."""
+        self.outbox.flush_entries(to)
         return self._add(to, b"m", encode_message(message), b"c", client_id.encode("utf-8"))
+
+    def _push(self, to: str, data: bytes) -> None:
+        node = self.node
+        node.commands.command(node.publish_command, node.keys.inbox0(to),
+                              data).addErrback(_ignored)
 
     def _add(self, to: str, *fields: Any) -> Deferred[Any]:
         """XADD to ``to``'s stream; with ``?wait=N``, fires once N replicas have it."""
