@@ -18,6 +18,7 @@ from mqtt_twisted.cluster.batch import (
     MAX_BATCH,
     Item,
     Outbox,
+    directed,
     read_entry,
     read_push,
 )
@@ -38,7 +39,7 @@ def blob(topic: str, payload: bytes = b"p", qos: int = 1) -> bytes:
 
 
 def topics(items: list[Item]) -> list[str]:
-    return [decode_message(i.blob).topic for i in items]
+    return [decode_message(i[0]).topic for i in items]
 
 
 class Recorder:
@@ -80,8 +81,7 @@ class OutboxTests(SynchronousTestCase):
         self.assertEqual(fields[0], BATCH)
         origin, items = read_entry([b"o", b"A", *fields])  # type: ignore[misc]
         self.assertEqual((origin, topics(items)), ("A", ["t/0", "t/2", "t/3"]))
-        self.assertEqual({(i.destinations, i.groups, i.directed) for i in items},
-                         {(b"B,C", None, None)})
+        self.assertEqual({(i[1], i[2], directed(i)) for i in items}, {(b"B,C", None, None)})
         d.callback(b"5-0")
         self.assertEqual(fired, [b"5-0"] * 3)
         self.redis.added[1][2].callback(b"5-1")
@@ -89,6 +89,15 @@ class OutboxTests(SynchronousTestCase):
         self.outbox.append("B", blob("next"), b"B", None)
         self.clock.advance(0)
         self.assertEqual(len(self.redis.added), 3)  # a new turn, a new entry
+
+    def test_share_groups_go_with_their_message(self) -> None:
+        """A copy for a node's share group members names the groups (sent on or not)."""
+        self.outbox.append("B", blob("s/1"), b"B", ["$share/g/s/+", "$share/h/#"], True)
+        self.outbox.append("B", blob("s/2"), b"B")
+        self.clock.advance(0)
+        _, items = read_entry([b"o", b"A", *self.redis.added[0][1]])  # type: ignore[misc]
+        self.assertEqual([i[2] for i in items],
+                         [encode_groups(["$share/g/s/+", "$share/h/#"], True), None])
 
     def test_a_failed_entry_fails_each_of_its_messages(self) -> None:
         """Redis refusing the XADD fails every message in it (no PUBACK for any)."""
@@ -128,11 +137,11 @@ class OutboxTests(SynchronousTestCase):
         fields = [b"o", b"B", b"m", blob("x"), b"d", b"A,C", b"g",
                   encode_groups(["$share/g/x"], False)]
         origin, [item] = read_entry(fields)  # type: ignore[misc]
-        self.assertEqual((origin, decode_message(item.blob).topic, item.destinations,
-                          item.groups, item.directed),
+        self.assertEqual((origin, decode_message(item[0]).topic, item[1], item[2],
+                          directed(item)),
                          ("B", "x", b"A,C", fields[7], None))
         _, [item] = read_entry([b"o", b"B", b"m", blob("y"), b"c", b"cid"])  # type: ignore[misc]
-        self.assertEqual(item.directed, b"cid")
+        self.assertEqual(directed(item), b"cid")
         self.assertIsNone(read_entry(None))
         old = msgpack.packb(["B", blob("z", qos=0), ["$share/g/z"], False], use_bin_type=True)
         origin, [(b, groups, resent)] = read_push(old)
@@ -234,7 +243,7 @@ class DrainMarkTests(SynchronousTestCase):
         one.subscribe("t/#")
         two.subscribe("t/#")
         drain = Drain(node, "Z", {"one": b"5-0.1"})  # type: ignore[arg-type]
-        items = [Item(blob(f"t/{i}", qos=0), b"Z", None, None) for i in range(3)]
+        items = [[blob(f"t/{i}", qos=0), b"Z", None] for i in range(3)]
         for index in range(3):
             drain._deliver_one(b"5-0", "B", items, index)
 

@@ -35,11 +35,13 @@ next reactor iteration, after every socket read of this one.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgpack
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
+
+from mqtt_twisted.cluster.shared import encode_groups
 
 #: A stream entry's batch field.
 BATCH = b"b"
@@ -56,16 +58,17 @@ def _unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False)
 
 
-class Item(NamedTuple):
-    """One message of a stream entry, still encoded (``decode_message`` reads it)."""
+#: One message of a stream entry as read, still encoded (lists, as msgpack unpacks
+#: them: no object per message): ``[message, destinations, groups]`` — the stored form
+#: (``decode_message`` reads it), every node it went to comma-separated (``moved.py``),
+#: ``shared.encode_groups``' field or None — and, for a directed entry, the client id
+#: of its session (``moved.py``) fourth.
+Item = list
 
-    blob: bytes
-    #: Every node it was sent to, comma-separated (``moved.py``).
-    destinations: bytes
-    #: ``shared.encode_groups``' field, or None.
-    groups: bytes | None
-    #: A directed entry's client id (``moved.py``), or None.
-    directed: bytes | None
+
+def directed(item: Item) -> bytes | None:
+    """A directed entry's client id, or None."""
+    return item[3] if len(item) > 3 else None
 
 
 def read_entry(fields: list[Any] | None) -> tuple[str, list[Item]] | None:
@@ -77,9 +80,14 @@ def read_entry(fields: list[Any] | None) -> tuple[str, list[Item]] | None:
     origin = record[b"o"].decode("utf-8")
     batch = record.get(BATCH)
     if batch is not None:
-        return origin, [Item(blob, d, g, None) for blob, d, g in _unpack(batch)]
-    return origin, [Item(record[b"m"], record.get(b"d", b""), record.get(b"g"),
-                         record.get(b"c"))]
+        items = _unpack(batch)
+        if type(items) is not list:  # (an item that is not ours: skipped as it is read)
+            raise ValueError("a batch is a list of [message, destinations, groups]")
+        return origin, items
+    item = [record[b"m"], record.get(b"d", b""), record.get(b"g")]
+    if b"c" in record:
+        item.append(record[b"c"])
+    return origin, [item]
 
 
 def read_push(data: bytes) -> tuple[str, list[tuple[bytes, list[str] | None, bool]]]:
@@ -121,15 +129,17 @@ class Outbox:
         self.batches = 0
         self.messages = 0
 
-    def append(self, to: str, blob: bytes, destinations: bytes,
-               groups: bytes | None) -> Deferred[Any]:
-        """A QoS 1/2 copy for ``to``: fires with its entry's id once Redis has it."""
+    def append(self, to: str, blob: bytes, destinations: bytes = b"",
+               groups: list[str] | None = None, resent: bool = False) -> Deferred[Any]:
+        """A QoS 1/2 copy for ``to`` (``NodeLink.append``'s arguments): fires with its
+        entry's id once Redis has it."""
         batch = self._entries.get(to)
         if batch is None:
             batch = self._entries[to] = _Batch()
             self._schedule()
         d: Deferred[Any] = Deferred()
-        batch.items.append([blob, destinations, groups])
+        batch.items.append([blob, destinations,
+                            encode_groups(groups, resent) if groups else None])
         batch.deferreds.append(d)
         batch.size += len(blob)
         if len(batch.items) >= MAX_BATCH or batch.size >= MAX_BATCH_BYTES:

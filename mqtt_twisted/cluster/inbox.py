@@ -62,17 +62,16 @@ def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int 
                 store.mark = (field, entry_id if not index else b"%s.%d" % (entry_id, index))
             index += 1
             try:
-                message = decode_message(item.blob)
-                groups, resent = decode_groups(item.groups) if item.groups else (None, False)
+                message = decode_message(item[0])
+                groups, resent = decode_groups(item[2]) if item[2] else (None, False)
+                to = item[3].decode("utf-8") if len(item) > 3 else None
             except Exception as e:
                 log.warn("cluster: a stream message could not be read: {error}", error=e)
                 continue
-            if item.directed is None:
-                _, writes = writes_of(receive, message, origin, groups, resent,
-                                      item.destinations)
+            if to is None:
+                _, writes = writes_of(receive, message, origin, groups, resent, item[1])
             else:  # for one session that came here from the node that sent it (moved.py)
-                _, writes = writes_of(node.moved.directed, item.directed.decode("utf-8"),
-                                      message)
+                _, writes = writes_of(node.moved.directed, to, message)
             if writes:
                 pending += writes
             if publisher is not None and publisher.paused:
