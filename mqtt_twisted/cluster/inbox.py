@@ -47,39 +47,45 @@ def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int 
     with each outbound record made (``RedisStore.mark``, ``entry_id.INDEX`` past the
     first message of a batch): an adopter does not deliver it there again."""
     broker = node.broker
-    writes_of = broker.writes_of
     receive = node.router.receive
     store = node.store
     field = node.mark_field
     end = len(items) if stop is None else stop
-    pending: list[Any] = []
-    index = start
+    at = [start]
+
+    def deliver() -> None:
+        # One writes_of for the lot: it collects every store write made meanwhile.
+        index = start
+        try:
+            while index < end:
+                item = items[index]
+                if entry_id is not None:
+                    store.mark = (field,
+                                  entry_id if not index else b"%s.%d" % (entry_id, index))
+                index += 1
+                try:
+                    message = decode_message(item[0])
+                    groups, resent = decode_groups(item[2]) if item[2] else (None, False)
+                    to = item[3].decode("utf-8") if len(item) > 3 else None
+                except Exception as e:
+                    log.warn("cluster: a stream message could not be read: {error}", error=e)
+                    continue
+                if to is None:
+                    receive(message, origin, groups, resent, item[1])
+                else:  # for one session that came here from its node before (moved.py)
+                    node.moved.directed(to, message)
+                if publisher is not None and publisher.paused:
+                    break
+        finally:
+            at[0] = index
+
     broker.publisher = publisher
     try:
-        while index < end:
-            item = items[index]
-            if entry_id is not None:
-                store.mark = (field, entry_id if not index else b"%s.%d" % (entry_id, index))
-            index += 1
-            try:
-                message = decode_message(item[0])
-                groups, resent = decode_groups(item[2]) if item[2] else (None, False)
-                to = item[3].decode("utf-8") if len(item) > 3 else None
-            except Exception as e:
-                log.warn("cluster: a stream message could not be read: {error}", error=e)
-                continue
-            if to is None:
-                _, writes = writes_of(receive, message, origin, groups, resent, item[1])
-            else:  # for one session that came here from the node that sent it (moved.py)
-                _, writes = writes_of(node.moved.directed, to, message)
-            if writes:
-                pending += writes
-            if publisher is not None and publisher.paused:
-                break
+        _, pending = broker.writes_of(deliver)
     finally:
         broker.publisher = None
         store.mark = None
-    return index, pending
+    return at[0], pending
 
 
 def entry_items(fields: list[Any] | None) -> tuple[str, list[Item]] | None:
