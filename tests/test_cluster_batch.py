@@ -23,7 +23,7 @@ from mqtt_twisted.cluster.batch import (
     read_push,
 )
 from mqtt_twisted.cluster.drain import Drain, entry_key
-from mqtt_twisted.cluster.inbox import InboxReader
+from mqtt_twisted.cluster.inbox import TURN_MESSAGES, InboxReader
 from mqtt_twisted.cluster.link import NodeLink
 from mqtt_twisted.cluster.router import ClusterRouter
 from mqtt_twisted.cluster.shared import encode_groups
@@ -221,6 +221,34 @@ class InboxTests(SynchronousTestCase):
         self.assertEqual(self.node.commands.sent, [(b"XACK", b"s:A", b"A", b"7-0", b"7-1")])
         self.assertEqual(len(self.node.reader.replies), 2)  # reading on
         self.assertIsNone(self.node.store.mark)
+
+
+    def test_a_turn_delivers_a_bounded_number(self) -> None:
+        """A read of many full batches is delivered TURN_MESSAGES at a time, one reactor
+        turn each (a long turn would hold up the lease renewal); each entry is
+        acknowledged once delivered whole."""
+        self.node.router = SimpleNamespace(
+            receive=lambda message, *rest: self.got.append((message.topic, None)))
+        packed = []
+        outbox = Outbox(self.clock, "B", Recorder().add, Recorder().push)
+        outbox._add = lambda to, *fields: packed.append(fields) or Deferred()  # type: ignore[assignment]
+        total = TURN_MESSAGES + MAX_BATCH // 2
+        for i in range(total):
+            outbox.append("A", blob(f"t/{i}"), b"A", None)
+        outbox.flush()
+        self.reader.start()
+        [read] = self.node.reader.replies
+        ids = [b"8-%d" % n for n in range(len(packed))]
+        read.callback([[b"s:A", [(i, [b"o", b"B", *fields])
+                                 for i, fields in zip(ids, packed)]]])
+        self.assertEqual(len(self.got), TURN_MESSAGES)
+        whole = TURN_MESSAGES // MAX_BATCH
+        self.assertEqual(self.node.commands.sent, [(b"XACK", b"s:A", b"A", *ids[:whole])])
+        self.assertEqual(len(self.node.reader.replies), 1)  # no read before the rest
+        self.clock.advance(0)
+        self.assertEqual([t for t, _ in self.got], [f"t/{i}" for i in range(total)])
+        self.assertEqual(self.node.commands.sent[-1], (b"XACK", b"s:A", b"A", *ids[whole:]))
+        self.assertEqual(len(self.node.reader.replies), 2)  # reading on
 
 
 class DrainMarkTests(SynchronousTestCase):

@@ -34,7 +34,12 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from mqtt_twisted.cluster.batch import Item
-from mqtt_twisted.cluster.inbox import READ_COUNT, deliver_items, entry_items
+from mqtt_twisted.cluster.inbox import (
+    READ_COUNT,
+    TURN_MESSAGES,
+    deliver_items,
+    entry_items,
+)
 from mqtt_twisted.core.states import CONNECTED
 from mqtt_twisted.store.redis import decode_message
 
@@ -133,11 +138,15 @@ class Drain:
     def _deliver(self, entries: list[Any]) -> Any:
         ids: list[bytes] = []
         writes: list[Any] = []
+        delivered = 0
         for entry_id, fields in entries:
             origin, items = entry_items(fields) or ("", [])
             for index, item in enumerate(items):
                 yield self._room(item)
                 writes += self._deliver_one(entry_id, origin, items, index)
+                delivered += 1
+                if not delivered % TURN_MESSAGES:  # let the reactor turn (the lease...)
+                    yield deferLater(self.node.reactor, 0, lambda: None)
             ids.append(entry_id)
         if writes:
             yield gatherResults(writes, consumeErrors=True)

@@ -35,6 +35,10 @@ log = Logger()
 #: one XREADGROUP waits for them.
 READ_COUNT = 512
 READ_BLOCK = 1.0
+#: Messages delivered in one reactor turn at most (an entry holds up to
+#: ``batch.MAX_BATCH``): a long turn would hold up everything else, the lease renewal
+#: among them (``failover.py``).
+TURN_MESSAGES = 512
 
 
 def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int = 0,
@@ -192,7 +196,11 @@ class InboxReader:
         ids: list[bytes] = []
         writes: list[Any] = []
         moved = node.moved
+        budget = TURN_MESSAGES
         while backlog and not publisher.paused:
+            if budget <= 0:  # a reactor turn of bounded length: the rest next turn
+                node.reactor.callLater(0, self.resume)
+                break
             entry_id, fields = backlog[0]
             read = self._current
             if read is None:
@@ -202,11 +210,13 @@ class InboxReader:
                 self._next = 0
             origin, items = read
             if items:
-                self._next, done = deliver_items(node, origin, items, self._next, publisher,
-                                                 entry_id)
+                start = self._next
+                self._next, done = deliver_items(node, origin, items, start, publisher,
+                                                 entry_id, min(len(items), start + budget))
+                budget -= self._next - start
                 self._writes += done
                 if self._next < len(items):
-                    break  # held back within the entry: the rest once resumed
+                    continue  # held back within the entry, or out of budget: see above
             backlog.popleft()
             self._current = None
             ids.append(entry_id)
