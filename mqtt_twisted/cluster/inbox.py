@@ -1,9 +1,10 @@
 """A node's QoS 1/2 inbox: its Redis stream, read by its consumer group, delivered here.
 
-Entries (each a batch of messages, ``batch.py``) are read in batches with a
-blocking ``XREADGROUP`` on the node's own connection, delivered to the local sessions (``ClusterRouter.receive``, inside
-``writes_of``), and acknowledged (``XACK``) once the store writes those deliveries made
-are done; a failed write leaves them pending.  At start the node first reads what an
+Entries (each a batch of messages, ``batch.py``) are read in batches with a blocking
+``XREADGROUP`` on the node's own connection, delivered to the local sessions
+(``ClusterRouter.receive``, inside ``writes_of``), at most ``TURN_MESSAGES`` a reactor
+turn, and acknowledged (``XACK``) once the store writes those deliveries made are done;
+a failed write leaves them pending.  At start the node first reads what an
 earlier run of it left unacknowledged, then new entries.
 
 Flow control: while it delivers, the reader is ``broker.publisher``, so a subscriber
