@@ -12,7 +12,7 @@ whose items are unpacked by one ``msgpack`` call in C.
 
 Stream entry fields (``o`` the origin node first, as before):
 
-- ``b``: a batch, ``msgpack [[message, d, g], ...]`` — ``message`` the stored form
+- ``p``: a batch, ``msgpack [[message, d, g], ...]`` — ``message`` the stored form
   (``encode_message``), ``d`` every node the message went to (``moved.py`` reads it),
   ``g`` the share groups field (``shared.encode_groups``) or nil;
 - ``m`` (with ``d``, ``g``, or ``c`` for a session that moved, ``moved.py``): one
@@ -23,9 +23,13 @@ A QoS 0 pub/sub message is ``msgpack [origin, [[message, groups, resent], ...]]`
 (before: ``[origin, message, groups, resent]``, still read).
 
 Order: a destination's batch is flushed before anything else is written to its
-stream (a directed entry), so entries keep the order their messages were routed in;
-the entries of one turn are written in the order their destinations were first
-used.  The publisher's acknowledgement waits for its message's entry as before
+stream (a directed entry), so each stream keeps the order its messages were routed
+in.  Across streams, the entries of one turn are written in the order their
+destinations were first used, all in one pipelined write: a message routed to node X
+after one routed to node Y in the same turn can reach X's stream first if X's batch
+was begun earlier in the turn.  Nothing here depends on that order; a design that
+does (one stream's entry known to be written before another's) would wrap a turn's
+XADDs in MULTI/EXEC.  The publisher's acknowledgement waits for its message's entry as before
 (each message gets its own Deferred, fired by the batch's ``XADD`` reply).
 
 Sans-IO apart from the injected reactor's ``callLater(0, ...)``: the flush is the
@@ -43,8 +47,9 @@ from twisted.python.failure import Failure
 
 from mqtt_twisted.cluster.shared import encode_groups
 
-#: A stream entry's batch field.
-BATCH = b"b"
+#: A stream entry's batch field ("packed"; not ``b``, which a handover's barrier
+#: entries use in the cluster-correctness work).
+BATCH = b"p"
 #: A batch is sent before it grows past this many messages or this many bytes of
 #: messages (a stream entry and a Redis reply stay small; flow control on the
 #: receiving node pauses between messages, not only between entries).
