@@ -15,6 +15,9 @@ the RESP codec and parsed as the receiving node parses them), the publisher on A
 subscriber on B, ``--turn`` messages read in one reactor turn (the outbox batches per
 turn); calls counted on A (reading the PUBLISHes, sending to B's stream, the PUBACKs)
 and on B (parsing the stream reply, delivering, the subscriber's PUBACKs, XACK).
+``--nodes N`` routes each message to N nodes (B and N-1 whose entries are answered, not
+read): a turn's entries then go in one MULTI/EXEC (``cluster/batch.py``, "Order"),
+``--pipelined`` sends them as before to compare.
 """
 
 from __future__ import annotations
@@ -73,7 +76,8 @@ from mqtt_twisted.codec import PubAck, Publish, encode
 from mqtt_twisted.store.redis import parse_url
 from mqtt_twisted.testing import FakeClient, make_broker
 
-N, TURN = int(sys.argv[1]), int(sys.argv[2])
+N, TURN, MORE, PIPELINED = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
+                            sys.argv[4] == "1")
 
 
 class Redis:
@@ -103,6 +107,10 @@ def node(name):
 a, broker_a, clock_a = node("A")
 b, broker_b, clock_b = node("B")
 a.router.routes.apply(ADD, "B", "x/t")
+for k in range(MORE):  # more nodes with a subscriber: their entries answered, not read
+    a.router.routes.apply(ADD, f"C{k}", "x/t")
+if PIPELINED:  # a turn's entries for several nodes pipelined, not in MULTI/EXEC
+    a.link.outbox._transaction = None
 sub = FakeClient(broker_b, 4)
 sub.connect("sub")
 sub.subscribe("x/t", qos=1)
@@ -132,15 +140,29 @@ for first in range(0, N, TURN):
     for i in range(first, last):  # one turn of A: the publisher's PUBLISHes
         pub.connection.dataReceived(packets[i])
     clock_a.advance(0)  # the turn is over: the outbox sends
-    xadds = [s for s in a.commands.sent if s[0][0] == b"XADD"]
+    sent = list(a.commands.sent)
     a.commands.sent.clear()
     replies = []
-    for args, d in xadds:  # Redis has them: the PUBACKs go
+    queued = None
+    for args, d in sent:  # Redis has them: the PUBACKs go
+        if args[0] == b"MULTI":
+            queued = []
+            d.callback(b"OK")
+            continue
+        if args[0] == b"EXEC":
+            d.callback(queued)
+            queued = None
+            continue
         entry += 1
         entry_id = b"1-%d" % entry
-        d.callback(entry_id)
-        fields = list(args[args.index(b"*") + 1:])
-        replies.append([entry_id, fields])
+        if queued is None:
+            d.callback(entry_id)
+        else:
+            queued.append(entry_id)
+            d.callback(b"QUEUED")
+        if args[1] == b"mqtt:cluster:inbox:B":
+            fields = list(args[args.index(b"*") + 1:])
+            replies.append([entry_id, fields])
     sys.setprofile(None)
     on_a += calls[0]
     wire = encode_reply([[b"mqtt:cluster:inbox:B", replies]])
@@ -159,9 +181,10 @@ for first in range(0, N, TURN):
     on_b += calls[0]
 got = sum(1 for p in sub.received() if isinstance(p, Publish))
 assert got == N, got
-print(f"QoS 1 across nodes, {TURN} a turn: {on_a / N:.1f} Python calls per message on A "
-      f"(publisher's node), {on_b / N:.1f} on B (subscriber's), {(on_a + on_b) / N:.1f} "
-      "in all")
+more = f", to {MORE + 1} nodes{' pipelined' if PIPELINED else ''}" if MORE else ""
+print(f"QoS 1 across nodes, {TURN} a turn{more}: {on_a / N:.1f} Python calls per message "
+      f"on A (publisher's node), {on_b / N:.1f} on B (subscriber's), "
+      f"{(on_a + on_b) / N:.1f} in all")
 """
 
 
@@ -173,6 +196,13 @@ def main() -> None:
                         help="a QoS 1 message crossing from node A to node B")
     parser.add_argument("--turn", type=int, action="append",
                         help="--cluster: messages per reactor turn (default 1 and 100)")
+    parser.add_argument("--nodes", type=int, default=1,
+                        help="--cluster: nodes with a subscriber each (B, then nodes whose "
+                        "entries are answered but not read); with more than one, a "
+                        "turn's entries go in one MULTI/EXEC")
+    parser.add_argument("--pipelined", action="store_true",
+                        help="--cluster --nodes N: the entries pipelined instead (to "
+                        "compare)")
     args = parser.parse_args()
     print(f"checkout: {args.checkout}")
     env = {"PYTHONPATH": str(args.checkout)}
@@ -181,7 +211,8 @@ def main() -> None:
                        env=env, cwd=args.checkout)
         return
     for turn in args.turn or [1, 100]:
-        subprocess.run([sys.executable, "-c", _CLUSTER, str(args.messages), str(turn)],
+        subprocess.run([sys.executable, "-c", _CLUSTER, str(args.messages), str(turn),
+                        str(args.nodes - 1), "1" if args.pipelined else "0"],
                        check=True, env=env, cwd=args.checkout)
 
 

@@ -2,7 +2,7 @@
 
 Starts a redis-server and ``twistd -n mqttbroker --store redis://...`` nodes on free
 ports of 127.0.0.1, then per scenario one raw-socket publisher and one subscriber
-(pre-encoded packets from ``mqttwire``): QoS 0 (the publisher keeps at most
+(pre-encoded packets from ``mqtt_twisted.loadgen.wire``): QoS 0 (the publisher keeps at most
 ``--lag`` messages ahead of the subscriber, so nothing is dropped for overload) and
 QoS 1 (a window of ``--window`` unacknowledged PUBLISHes; the subscriber acknowledges
 each one).  Scenarios: ``single`` (publisher and subscriber on one node, no
@@ -35,8 +35,8 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import mqttwire as w
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from mqtt_twisted.loadgen import wire as w
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent

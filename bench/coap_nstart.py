@@ -27,11 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import mqttwire  # noqa: E402
 from coap_publish import free_port, mqtt_client  # noqa: E402
 
 from mqtt_twisted.coap import message as m  # noqa: E402
 from mqtt_twisted.coap import options as opt  # noqa: E402
+from mqtt_twisted.loadgen import wire as mqttwire  # noqa: E402
 
 
 def start_broker(tmp: str, mqtt_port: int, coap_port: int, nstart: int) -> subprocess.Popen:

@@ -3,7 +3,7 @@ MQTT subscriber, and observe fan-out with the broker's memory per observer.
 
 Starts ``twistd -n mqttbroker`` from this checkout with an MQTT and a CoAP/UDP listener
 on loopback and drives it with plain sockets (CoAP messages from the project's own
-sans-IO codec, MQTT packets from bench/mqttwire.py):
+sans-IO codec, MQTT packets from mqtt_twisted/loadgen/wire.py):
 
 - CON POST round trips per second, one at a time, at ``qos=0`` and ``qos=1``, beside
   MQTT QoS 1 PUBLISH/PUBACK round trips on one connection, in interleaved 1-second
@@ -34,10 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import mqttwire  # noqa: E402
-
 from mqtt_twisted.coap import message as m  # noqa: E402
 from mqtt_twisted.coap import options as opt  # noqa: E402
+from mqtt_twisted.loadgen import wire as mqttwire  # noqa: E402
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

@@ -48,6 +48,8 @@ sys.path.insert(0, str(BENCH))
 import loadgen  # noqa: E402  (after the path tweak: bench/ is not a package)
 import report  # noqa: E402
 
+from mqtt_twisted.loadgen.workers import open_client  # noqa: E402
+
 DISTURBED_PCT = report.DISTURBED_PCT  # foreign CPU share above which a measurement is redone
 
 
@@ -272,7 +274,7 @@ def start(broker: Broker, logdir: Path, timeout: float = 30.0) -> Running:
             stop(running)
             raise RuntimeError(f"exited with {proc.returncode}: {running.log_tail()}")
         with contextlib.suppress(OSError, loadgen.ScenarioError):
-            loadgen.open_client(port, "benchprobe", timeout=1.0).close()
+            open_client(port, "benchprobe", timeout=1.0).close()
             return running
         time.sleep(0.1)
     stop(running)

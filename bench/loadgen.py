@@ -3,7 +3,7 @@
 Why it is built this way: the load generator must never be the bottleneck, even for the
 fastest broker we compare with, on a 2-core machine where the broker takes one core.  So:
 
-* raw sockets with pre-encoded MQTT 3.1.1 packets (``mqttwire``); the hot path only patches a
+* raw sockets with pre-encoded MQTT 3.1.1 packets (``mqtt_twisted.loadgen.wire``); the hot path only patches a
   timestamp into a 64 KiB batch of concatenated PUBLISHes and calls ``send``;
 * publishers and subscribers in separate processes (``multiprocessing``), each driven by
   commands over a pipe with a timeout on every answer, so a stuck broker fails a scenario
@@ -27,23 +27,30 @@ Only 127.0.0.1 is ever targeted.
 from __future__ import annotations
 
 import argparse
-import fcntl
-import itertools
 import json
-import multiprocessing as mp
 import os
-import resource
 import selectors
 import socket
 import struct
 import sys
-import termios
 import time
 from dataclasses import dataclass, replace
 
-import mqttwire as w
+from mqtt_twisted.loadgen import wire as w
+from mqtt_twisted.loadgen.roles import PublisherRole, SubscriberRole
+from mqtt_twisted.loadgen.workers import (
+    HOST,  # the only address this tool ever connects to or listens on
+    NS,
+    Control,
+    ScenarioError,
+    Worker,
+    broker_rss_kib,
+    client_id,
+    percentile,
+    raise_fd_limit,
+    tune_socket,
+)
 
-HOST = "127.0.0.1"  # the only address this tool ever connects to or listens on
 # Source addresses of the connections scenario's clients (still loopback): one address has
 # only ~28k ephemeral ports, and TIME_WAIT leftovers of earlier runs eat into them.
 SOURCES = [f"127.0.0.{n}" for n in range(2, 18)]
@@ -51,11 +58,6 @@ IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linu
 BROKER_SCENARIOS = ["fan-in", "fan-out", "qos1", "qos2", "latency", "many-subscriptions",
                     "connections", "retained", "publisher-disconnect"]
 ALL_SCENARIOS = ["ceiling", *BROKER_SCENARIOS]
-NS = 1_000_000_000
-
-
-class ScenarioError(Exception):
-    """A scenario could not complete: timeout, refused connection, dead worker."""
 
 
 @dataclass(frozen=True)
@@ -95,571 +97,6 @@ QUICK = replace(FULL, throughput_s=1.0, drain_s=3.0, idle_s=1.0, latency_s=2.0,
                 disconnect_messages=1_000, ceiling_s=1.0, scenario_timeout_s=60.0)
 
 
-# -- sockets -------------------------------------------------------------------------------
-
-
-def _tune(sock: socket.socket) -> None:
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    """Read exactly ``n`` bytes (within the socket's timeout)."""
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ScenarioError("connection closed by the broker")
-        data += chunk
-    return data
-
-
-def open_client(port: int, client_id: str, timeout: float = 10.0) -> socket.socket:
-    """Connect, send CONNECT and wait for a successful CONNACK."""
-    sock = socket.create_connection((HOST, port), timeout=timeout)
-    _tune(sock)
-    sock.sendall(w.connect(client_id))
-    ack = recv_exact(sock, w.CONNACK_LEN)
-    if ack[0] != 0x20 or ack[3] != 0:
-        sock.close()
-        raise ScenarioError(f"CONNACK refused: {ack.hex()}")
-    return sock
-
-
-_IDS = itertools.count()
-
-
-def client_id(tag: str) -> str:
-    """A client identifier unique on this machine for the run (pid + counter), 3.1.1-safe:
-    alphanumeric, at most 23 characters.  A duplicate would make the broker take over (close)
-    the older connection."""
-    return f"lg{tag}{os.getpid():x}n{next(_IDS):x}"
-
-
-def unsent_bytes(sock: socket.socket) -> int:
-    """Bytes in the socket's send queue not yet acknowledged by the peer (SIOCOUTQ)."""
-    buf = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-    return struct.unpack("i", buf)[0]
-
-
-def broker_rss_kib(pid: int | None) -> int | None:
-    """The broker's resident set size (VmRSS, KiB) from /proc, or None."""
-    if not pid:
-        return None
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def broker_cpu_ticks(pid: int | None) -> int:
-    """The broker's user + system CPU time in clock ticks (0 when unknown)."""
-    if not pid:
-        return 0
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def raise_fd_limit() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; return the new limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
-
-
-def wait_until(t_ns: int) -> None:
-    delay = t_ns - time.monotonic_ns()
-    if delay > 0:
-        time.sleep(delay / NS)
-
-
-# -- worker processes ----------------------------------------------------------------------
-
-
-class Worker:
-    """A child process running one ``*Role`` object, driven by ``(command, kwargs)`` messages."""
-
-    def __init__(self, role: type, *args) -> None:
-        self.conn, child = mp.Pipe()
-        self.proc = mp.Process(target=_serve, args=(role, child, *args), daemon=True)
-        self.proc.start()
-        self.name = f"{role.__name__.removesuffix('Role').lower()} (pid {self.proc.pid})"
-        child.close()
-
-    def send(self, command: str, **kwargs) -> None:
-        self.conn.send((command, kwargs))
-
-    def reply(self, timeout: float):
-        """The answer to the last command; ScenarioError on timeout, error or death."""
-        try:
-            if not self.conn.poll(max(0.0, timeout)):
-                raise ScenarioError(f"{self.name} gave no answer within {timeout:.0f} s")
-            answer = self.conn.recv()
-        except (EOFError, OSError) as e:
-            raise ScenarioError(f"{self.name} died") from e
-        if isinstance(answer, dict) and "error" in answer:
-            raise ScenarioError(f"{self.name}: {answer['error']}")
-        return answer
-
-    def call(self, command: str, wait: float, **kwargs):
-        self.send(command, **kwargs)
-        return self.reply(wait)
-
-    def stop(self) -> None:
-        """End the process (politely, then by force)."""
-        try:
-            self.send("close")
-        except OSError:
-            pass
-        self.proc.join(0.5)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join(1.0)
-        self.conn.close()
-
-
-def _serve(role: type, conn, *args) -> None:
-    """Child process main loop: run commands on the role object until ``close``."""
-    obj = role(*args)
-    while True:
-        try:
-            command, kwargs = conn.recv()
-        except EOFError:
-            return
-        try:
-            answer = getattr(obj, command)(**kwargs)
-        except Exception as e:
-            answer = {"error": f"{type(e).__name__}: {e}"}
-        try:
-            conn.send(answer)
-        except OSError:
-            return
-        if command == "close":
-            return
-
-
-class Control:
-    """Values the parent, subscriber and publisher processes share while they count.
-
-    ``expected`` is the number of PUBLISHes each subscriber socket should get on average (-1
-    until known): a process with k sockets stops once it has counted k times that.  ``done``
-    says the publishers have finished, which lets the idle timeout apply.  Each subscriber
-    process also publishes its running count in its own slot (no lock needed), which lets a
-    publisher stay a bounded number of messages ahead of delivery.
-    """
-
-    SLOTS = 16  # subscriber processes at most
-
-    def __init__(self) -> None:
-        self._arr = mp.RawArray("d", 2 + self.SLOTS)
-        self.reset()
-
-    def reset(self) -> None:
-        self._arr[0] = -1
-        self._arr[1] = 0
-        for i in range(self.SLOTS):
-            self._arr[2 + i] = 0
-
-    def set_received(self, slot: int, n: int) -> None:
-        self._arr[2 + slot] = n
-
-    @property
-    def received(self) -> int:
-        return int(sum(self._arr[2:]))
-
-    def expect(self, per_socket: float) -> None:
-        self._arr[0] = per_socket
-
-    def finish(self, per_socket: float) -> None:
-        self._arr[0] = per_socket
-        self._arr[1] = 1
-
-    @property
-    def expected(self) -> int:
-        return self._arr[0]
-
-    @property
-    def done(self) -> bool:
-        return bool(self._arr[1])
-
-
-class SubscriberRole:
-    """Holds several subscriber sockets and counts what arrives on them."""
-
-    def __init__(self, port: int, control: Control, tag: str, broker_pid: int | None,
-                 slot: int = 0) -> None:
-        self.port, self.control, self.tag, self.broker_pid = port, control, tag, broker_pid
-        self.slot = slot
-        self.socks: list[socket.socket] = []
-        self.left: list[bytes] = []
-        self.listener: socket.socket | None = None
-
-    def connect(self, clients: int) -> dict:
-        for _ in range(clients):
-            self.socks.append(open_client(self.port, client_id(self.tag)))
-            self.left.append(b"")
-        return {"connected": len(self.socks)}
-
-    def listen(self) -> dict:
-        """Ceiling sink: listen on an ephemeral loopback port, acting as a fake broker."""
-        self.listener = socket.create_server((HOST, 0), backlog=128)
-        return {"port": self.listener.getsockname()[1]}
-
-    def accept(self, clients: int, timeout: float) -> dict:
-        """Ceiling sink: accept publishers, answering each CONNECT with a CONNACK."""
-        self.listener.settimeout(timeout)
-        for _ in range(clients):
-            sock, _ = self.listener.accept()
-            sock.settimeout(timeout)
-            _tune(sock)
-            head = recv_exact(sock, 2)
-            recv_exact(sock, head[1])  # short CONNECT: one-byte remaining length
-            sock.sendall(b"\x20\x02\x00\x00")
-            self.socks.append(sock)
-            self.left.append(b"")
-        return {"accepted": len(self.socks)}
-
-    def subscribe(self, filters: list[list[str]], qos: int, per_packet: int = 100,
-                  timeout: float = 60.0) -> dict:
-        """Subscribe socket i to ``filters[i]``; wait for every SUBACK; count refused filters."""
-        t0 = time.monotonic()
-        pending = {}
-        for i, flist in enumerate(filters):
-            chunks = [flist[k:k + per_packet] for k in range(0, len(flist), per_packet)]
-            data = b"".join(w.subscribe(n + 1, c, qos) for n, c in enumerate(chunks))
-            self.socks[i].sendall(data)
-            pending[i] = len(chunks)
-        refused = 0
-        sel = selectors.DefaultSelector()
-        for i in pending:
-            sel.register(self.socks[i], selectors.EVENT_READ, i)
-        deadline = t0 + timeout
-        while pending:
-            if time.monotonic() > deadline:
-                raise ScenarioError(f"{sum(pending.values())} SUBACKs missing after {timeout} s")
-            for key, _ in sel.select(0.5):
-                i = key.data
-                data = self.socks[i].recv(1 << 20)
-                if not data:
-                    raise ScenarioError("connection closed while subscribing")
-                buf = self.left[i] + data
-                found, rest = w.split(buf)
-                for first, body, end in found:
-                    if first >> 4 == w.SUBACK:
-                        refused += buf[body + 2:end].count(0x80)
-                        pending[i] -= 1
-                        if not pending[i]:
-                            del pending[i]
-                            sel.unregister(self.socks[i])
-                self.left[i] = buf[rest:]
-        sel.close()
-        return {"elapsed": time.monotonic() - t0, "refused": refused}
-
-    def count(self, mode: str, deadline_s: float, idle_s: float, send_first: bytes = b"") -> dict:
-        """Count PUBLISHes until every socket has ``control.expected``, or idle, or deadline.
-
-        Modes: ``qos0`` counts only; ``ack1``/``ack2`` acknowledge QoS 1/2 deliveries;
-        ``latency`` records send-to-receive times; ``seq`` records (publisher, sequence)
-        pairs and acknowledges QoS 1.  ``send_first`` (e.g. a SUBSCRIBE) is written to every
-        socket at the start, for timing what follows it.
-        """
-        parse = getattr(self, f"_parse_{mode}")
-        self.lat: list[int] = []
-        self.seen: set[tuple[int, int]] = set()
-        counts = [0] * len(self.socks)
-        live = len(self.socks)
-        sel = selectors.DefaultSelector()
-        for i, s in enumerate(self.socks):
-            sel.register(s, selectors.EVENT_READ, i)
-        start = time.monotonic_ns()
-        for s in self.socks:
-            if send_first:
-                s.sendall(send_first)
-        deadline = start + int(deadline_s * NS)
-        first_ns = last_ns = 0
-        activity = start
-        control = self.control
-        reason = "closed"
-        busy_ticks = broker_cpu_ticks(self.broker_pid)
-        while live:
-            events = sel.select(0.05)
-            now = time.monotonic_ns()
-            for key, _ in events:
-                i = key.data
-                data = key.fileobj.recv(1 << 20)
-                if not data:
-                    sel.unregister(key.fileobj)
-                    live -= 1
-                    continue
-                n = parse(i, data, now)
-                if n:
-                    counts[i] += n
-                    last_ns = now
-                    if not first_ns:
-                        first_ns = now
-                activity = now
-            if events:
-                control.set_received(self.slot, sum(counts))
-            expected = control.expected
-            if expected >= 0 and sum(counts) >= int(expected * len(counts) + 1e-6):
-                reason = "complete"
-                break
-            if control.done and now - activity > idle_s * NS:
-                # No delivery for idle_s: lost, unless the broker is still busy (a slow
-                # broker can work through its backlog for seconds between deliveries).
-                ticks = broker_cpu_ticks(self.broker_pid)
-                if ticks - busy_ticks > idle_s * 10:  # > 10 % of one core (100 ticks/s)
-                    busy_ticks, activity = ticks, now
-                else:
-                    reason = "idle"  # the broker went quiet: what is missing is lost
-                    break
-            if now > deadline:
-                reason = "deadline"  # still arriving: what is missing is undelivered, not lost
-                break
-        sel.close()
-        return {"counts": counts, "start_ns": start, "first_ns": first_ns, "last_ns": last_ns,
-                "reason": reason, "lat": self.lat, "seen": sorted(self.seen)}
-
-    def _joined(self, i: int, data: bytes) -> bytes:
-        return self.left[i] + data if self.left[i] else data
-
-    def _parse_qos0(self, i: int, data: bytes, now: int) -> int:
-        buf = self._joined(i, data)
-        n, pos = w.count_publishes(buf)
-        self.left[i] = buf[pos:]
-        return n
-
-    def _parse_ack1(self, i: int, data: bytes, now: int) -> int:
-        return self._parse_acking(i, data, now, record=False)
-
-    def _parse_seq(self, i: int, data: bytes, now: int) -> int:
-        return self._parse_acking(i, data, now, record=True)
-
-    def _parse_acking(self, i: int, data: bytes, now: int, record: bool) -> int:
-        buf = self._joined(i, data)
-        out = bytearray()
-        n = 0
-        found, rest = w.split(buf)
-        for first, body, _ in found:
-            if first >> 4 == w.PUBLISH:
-                n += 1
-                pid, pay = w.publish_parts(buf, first, body)
-                if pid >= 0:
-                    out += w.ack(w.PUBACK, buf[pid:pid + 2])
-                if record:
-                    _, seq, pub = w.PAYLOAD_HEADER.unpack_from(buf, pay)
-                    self.seen.add((pub, seq))
-        self.left[i] = buf[rest:]
-        if out:
-            self.socks[i].sendall(out)
-        return n
-
-    def _parse_ack2(self, i: int, data: bytes, now: int) -> int:
-        buf = self._joined(i, data)
-        out = bytearray()
-        n = 0
-        found, rest = w.split(buf)
-        for first, body, _ in found:
-            kind = first >> 4
-            if kind == w.PUBLISH:
-                n += 1
-                pid, _ = w.publish_parts(buf, first, body)
-                if pid >= 0:
-                    out += w.ack(w.PUBREC if first & 0x04 else w.PUBACK, buf[pid:pid + 2])
-            elif kind == w.PUBREL:
-                out += w.ack(w.PUBCOMP, buf[body:body + 2])
-        self.left[i] = buf[rest:]
-        if out:
-            self.socks[i].sendall(out)
-        return n
-
-    def _parse_latency(self, i: int, data: bytes, now: int) -> int:
-        buf = self._joined(i, data)
-        n = 0
-        found, rest = w.split(buf)
-        for first, body, _ in found:
-            if first >> 4 == w.PUBLISH:
-                n += 1
-                _, pay = w.publish_parts(buf, first, body)
-                self.lat.append(now - w.TIMESTAMP.unpack_from(buf, pay)[0])
-        self.left[i] = buf[rest:]
-        return n
-
-    def close(self) -> dict:
-        for s in self.socks:
-            s.close()
-        if self.listener:
-            self.listener.close()
-        return {}
-
-
-class PublisherRole:
-    """One publisher socket and the ways of loading a broker through it."""
-
-    def __init__(self, port: int, index: int, tag: str, control: Control) -> None:
-        self.port, self.index, self.tag, self.control = port, index, tag, control
-        self.sock: socket.socket | None = None
-
-    def connect(self) -> dict:
-        self.sock = open_client(self.port, client_id(self.tag))
-        return {}
-
-    def batch(self, topics: list[str], size: int, count: int, duration_s: float,
-              start_ns: int, batch_bytes: int, ahead: int = 0) -> dict:
-        """QoS 0 PUBLISHes cycling over ``topics`` (``{i}`` is this publisher's index),
-        ~``batch_bytes`` per send, until the count or the time is reached; the send time is
-        patched into the first PUBLISH of each batch.  ``ahead`` > 0: never more than that
-        many messages sent but not yet received by the subscribers (closed loop: measures
-        capacity without leaving a backlog in the broker)."""
-        one_round = [w.publish(t.format(i=self.index), w.payload(size, 0, self.index))
-                     for t in topics]
-        round_bytes = b"".join(one_round)
-        rounds = max(1, min(batch_bytes // len(round_bytes), -(-count // len(topics))))
-        batch = bytearray(round_bytes * rounds)
-        per_batch = rounds * len(topics)
-        ts_at = w.payload_offset(one_round[0])
-        sock = self.sock
-        sock.settimeout(0.2)
-        view = memoryview(batch)
-        deadline = start_ns + int(duration_s * NS)
-        sent = 0
-        wait_until(start_ns)
-        while sent + per_batch <= count and time.monotonic_ns() < deadline:
-            if ahead and sent - self.control.received > ahead:
-                time.sleep(0.0002)
-                continue
-            w.TIMESTAMP.pack_into(batch, ts_at, time.monotonic_ns())
-            off = 0
-            while off < len(batch):
-                try:
-                    off += sock.send(view[off:])
-                except TimeoutError:
-                    if time.monotonic_ns() > deadline:
-                        break
-            if off < len(batch):  # stopped mid-batch at the deadline: count whole packets
-                sent += w.count_publishes(batch[:off])[0]
-                break
-            sent += per_batch
-        return {"sent": sent, "end_ns": time.monotonic_ns()}
-
-    def paced(self, topic: str, size: int, rate: int, duration_s: float, start_ns: int) -> dict:
-        """One QoS 0 PUBLISH every 1/rate s, each stamped just before its own send."""
-        packet = bytearray(w.publish(topic, w.payload(size, 0, self.index)))
-        at = w.payload_offset(packet)
-        total = int(rate * duration_s)
-        for seq in range(total):
-            wait_until(start_ns + seq * NS // rate)
-            w.PAYLOAD_HEADER.pack_into(packet, at, time.monotonic_ns(), seq, self.index)
-            self.sock.sendall(packet)
-        return {"sent": total, "end_ns": time.monotonic_ns()}
-
-    def window(self, topic: str, size: int, qos: int, window: int, count: int,
-               duration_s: float, drain_s: float, start_ns: int) -> dict:
-        """QoS 1/2 PUBLISHes with at most ``window`` unacknowledged (PUBACK / PUBCOMP)."""
-        ids = 65535
-        packet_len = len(w.publish(topic, w.payload(size), qos, 1))
-        blob = b"".join(w.publish(topic, w.payload(size, 0, self.index), qos, pid)
-                        for pid in range(1, ids + 1))
-        sock = self.sock
-        sock.settimeout(0.2)
-        deadline = start_ns + int(duration_s * NS)
-        stuck = deadline + int(drain_s * NS)
-        sent = completed = nxt = 0
-        left = b""
-        wait_until(start_ns)
-        while True:
-            now = time.monotonic_ns()
-            sending = now < deadline and sent < count
-            inflight = sent - completed
-            if sending and inflight < window:
-                k = min(window - inflight, count - sent)
-                a, b = nxt * packet_len, (nxt + k) * packet_len
-                data = blob[a:b] if nxt + k <= ids else blob[a:] + blob[:b - len(blob)]
-                sock.sendall(data)
-                nxt = (nxt + k) % ids
-                sent += k
-            elif (not sending and inflight == 0) or now > stuck:
-                break
-            try:
-                data = sock.recv(1 << 16)
-            except TimeoutError:
-                continue
-            if not data:
-                raise ScenarioError("connection closed by the broker")
-            buf = left + data if left else data
-            out = bytearray()
-            found, rest = w.split(buf)
-            for first, body, _ in found:
-                kind = first >> 4
-                if kind in (w.PUBACK, w.PUBCOMP):
-                    completed += 1
-                elif kind == w.PUBREC:
-                    out += w.ack(w.PUBREL, buf[body:body + 2])
-            left = buf[rest:]
-            if out:
-                sock.sendall(out)
-        return {"sent": sent, "completed": completed, "end_ns": time.monotonic_ns()}
-
-    def burst_close(self, topic: str, size: int, n: int, careful: bool) -> dict:
-        """Write ``n`` QoS 0 and ``n`` QoS 1 PUBLISHes (alternating) and disconnect at once,
-        without waiting for a single PUBACK.
-
-        ``careful``: DISCONNECT, half-close, then read (and drop) until the broker closes:
-        nothing the broker does can be blamed on us.  Otherwise close as soon as the broker's
-        kernel has acknowledged our bytes (SIOCOUTQ = 0): with PUBACKs unread, the kernel then
-        resets the connection, which a broker must survive without dropping what it received.
-        (Waiting for SIOCOUTQ matters: a reset discards our own untransmitted bytes.)
-        """
-        parts = []
-        for seq in range(n):
-            parts.append(w.publish(topic, w.payload(size, 2 * seq, self.index), 0))
-            parts.append(w.publish(topic, w.payload(size, 2 * seq + 1, self.index), 1,
-                                   seq % 65535 + 1))
-        if careful:
-            parts.append(w.DISCONNECT)
-        sock = self.sock
-        sock.settimeout(30.0)
-        sock.sendall(b"".join(parts))
-        limit = time.monotonic() + 30.0
-        if careful:
-            sock.shutdown(socket.SHUT_WR)
-            while time.monotonic() < limit and sock.recv(1 << 16):
-                pass
-        else:
-            while unsent_bytes(sock) and time.monotonic() < limit:
-                time.sleep(0.001)
-        sock.close()
-        self.sock = None
-        return {"sent": 2 * n}
-
-    def retained(self, topic_fmt: str, size: int, n: int, timeout: float) -> dict:
-        """Store ``n`` retained messages on distinct topics: QoS 0, except the last at QoS 1,
-        whose PUBACK tells that the broker has processed all the ones before it."""
-        data = b"".join(w.publish(topic_fmt.format(i), w.payload(size, i), 0, retain=True)
-                        for i in range(n - 1))
-        data += w.publish(topic_fmt.format(n - 1), w.payload(size, n - 1), 1, 1, retain=True)
-        self.sock.settimeout(timeout)
-        t0 = time.monotonic()
-        self.sock.sendall(data)
-        ack = recv_exact(self.sock, 4)
-        if ack[0] >> 4 != w.PUBACK:
-            raise ScenarioError(f"expected PUBACK, got {ack.hex()}")
-        return {"elapsed": time.monotonic() - t0}
-
-    def close(self) -> dict:
-        if self.sock:
-            self.sock.close()
-        return {}
-
-
 class RelayRole:
     """Ceiling fan-out relay: a fake broker that copies one publisher's bytes to every
     subscriber unchanged (valid because a single publisher's stream is already framed)."""
@@ -683,7 +120,7 @@ class RelayRole:
                 sock = key.fileobj
                 if sock is self.listener:
                     conn, _ = sock.accept()
-                    _tune(conn)
+                    tune_socket(conn)
                     pending[conn] = b""
                     sel.register(conn, selectors.EVENT_READ, None)
                     continue
@@ -887,14 +324,6 @@ def scenario_qos2(run: Run) -> dict:
     return _scenario_qos(run, 2)
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    if not sorted_values:
-        return float("nan")
-    k = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values) + 0.5) - 1))
-    return sorted_values[k]
-
-
 def scenario_latency(run: Run) -> dict:
     """1,000 msg/s paced, QoS 0: send-to-receive time of every message."""
     cfg = run.cfg
@@ -992,7 +421,7 @@ def open_many(port: int, n: int, held: list[socket.socket], deadline: float, tag
                 why = f"loadgen: {e}"
                 break
             s.setblocking(False)
-            _tune(s)
+            tune_socket(s)
             # Pick the port at connect() time from the whole 4-tuple, not at bind() time.
             s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             s.bind((SOURCES[started % len(SOURCES)], 0))

@@ -74,6 +74,15 @@ class Gateway:
         """The broker's limits and features (read them, do not change them)."""
         return self.broker.settings
 
+    def addSysValues(self, source: Any) -> None:
+        """Publish ``source()`` (topic under ``$SYS/broker/`` -> value) with the broker's
+        own $SYS values: how a component that is not an adapter (a bridge) shows its state."""
+        self.broker.sys_sources.append(source)
+
+    def removeSysValues(self, source: Any) -> None:
+        if source in self.broker.sys_sources:
+            self.broker.sys_sources.remove(source)
+
     # --- connections --------------------------------------------------------------------
 
     def buildConnection(self, transport: Any, peer: str, listener: Any,

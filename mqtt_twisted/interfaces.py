@@ -480,6 +480,30 @@ class IEnhancedAuthenticator(IAuthenticator):
         """Return a new :class:`IAuthExchange` for ``method`` (CONNECT or re-authentication)."""
 
 
+class IClientAuthMethod(Interface):
+    """The client side of an MQTT 5 enhanced authentication method [MQTT-4.12], for
+    ``mqtt_twisted.client`` (``connect_client(..., auth=...)``).
+
+    One object serves one client: :meth:`start` begins a fresh exchange, for the
+    CONNECT and for every re-authentication.  All three calls are synchronous (the
+    client core is sans-IO); raising in any of them abandons the exchange and closes
+    the connection.
+    """
+
+    method = Attribute("The AUTHENTICATION_METHOD name, e.g. 'SCRAM-SHA-256'.")
+
+    def start():
+        """Begin an exchange: the AUTHENTICATION_DATA for CONNECT or AUTH 0x19 (bytes
+        or None)."""
+
+    def challenge(data):
+        """The server's AUTH 0x18 data (bytes or None) in; our answer's data out."""
+
+    def finish(data):
+        """The server's final data (CONNACK 0 or AUTH 0x00; bytes or None): raise if it
+        does not prove the server (SCRAM's server signature)."""
+
+
 class IAuthorizer(Interface):
     """Decides what an authenticated client may do.
 

@@ -20,6 +20,7 @@ from mqtt_twisted.adapters.listener import (
     parse_listener,
 )
 from mqtt_twisted.adapters.options import keys_help, normalize
+from mqtt_twisted.bridge.config import BridgeOptions, check_bridges
 from mqtt_twisted.core.ownership import MODES as OWNER_MODES
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.errors import MQTTError
@@ -80,7 +81,7 @@ def _split_choice(value: str) -> tuple[str, str]:
     return name, argument
 
 
-class Options(usage.Options):
+class Options(BridgeOptions, usage.Options):
     """Options of ``twistd mqttbroker``."""
 
     synopsis = "[options]"
@@ -296,6 +297,7 @@ class Options(usage.Options):
                 self.origins[("listen", settings.describe())] = self.origins[("listen", value)]
             listeners.append(settings)
         self["listeners"] = listeners
+        check_bridges(self.setdefault("bridges", []))
         self["store-plugin"] = self._choose(IStorePlugin, "store")
         self["cluster-name"] = self._cluster_name()
         self["auth"] = self["auth"] or ["anonymous"]
@@ -484,6 +486,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         # An adapter refuses a bad listener key of its own (http=tcp:8081:replay=x) here.
         _from_plugin("listen", listener.describe(),
                      lambda a=adapter, s=listener: service.addListener(a, s), options)
+    if options.get("bridges"):
+        from mqtt_twisted.bridge import add_bridges
+
+        _from_plugin("bridge", ", ".join(b.endpoint for b in options["bridges"]),
+                     lambda: add_bridges(service, options["bridges"], reactor), options)
     service.reload_on_sighup = True  # re-read TLS certificates on SIGHUP
     if options.get("config"):
         from mqtt_twisted.config.reload import ConfigReloader

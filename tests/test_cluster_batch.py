@@ -25,6 +25,7 @@ from mqtt_twisted.cluster.batch import (
 from mqtt_twisted.cluster.drain import Drain, entry_key
 from mqtt_twisted.cluster.inbox import TURN_MESSAGES, InboxReader
 from mqtt_twisted.cluster.link import NodeLink
+from mqtt_twisted.cluster.resp import ReplyError
 from mqtt_twisted.cluster.router import ClusterRouter
 from mqtt_twisted.cluster.shared import encode_groups
 from mqtt_twisted.codec.packets import Publish
@@ -118,6 +119,58 @@ class OutboxTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(len(self.redis.added), 2)
 
+    def transacted(self) -> list[list[tuple[str, tuple[Any, ...]]]]:
+        """The outbox under test with a ``transaction`` that records its calls."""
+        calls: list[list[tuple[str, tuple[Any, ...]]]] = []
+        self.replies: list[Deferred[Any]] = []
+
+        def transaction(adds: list[tuple[str, tuple[Any, ...]]]) -> list[Deferred[Any]]:
+            calls.append(adds)
+            replies: list[Deferred[Any]] = [Deferred() for _ in adds]
+            self.replies += replies
+            return replies
+
+        self.outbox = Outbox(self.clock, "A", self.redis.add, self.redis.push, transaction)
+        return calls
+
+    def test_several_destinations_in_one_transaction(self) -> None:
+        """A turn's entries for several nodes go in one MULTI/EXEC (no reader sees one
+        stream's entry before another's: barrier.py's order), each message's Deferred
+        fired by its own entry's reply; one destination is a plain XADD."""
+        calls = self.transacted()
+        fired: list[Any] = []
+        for i, to in enumerate(["O", "N", "O"]):
+            self.outbox.append(to, blob(f"t/{i}"), to.encode()).addBoth(fired.append)
+        self.clock.advance(0)
+        self.assertEqual(self.redis.added, [])
+        [adds] = calls
+        self.assertEqual([to for to, _ in adds], ["O", "N"])
+        self.assertEqual([topics(read_entry([b"o", b"A", *f])[1])  # type: ignore[index]
+                          for _, f in adds], [["t/0", "t/2"], ["t/1"]])
+        self.replies[1].callback(b"7-0")
+        self.replies[0].errback(StorageError("refused"))
+        self.assertEqual(fired[0], b"7-0")
+        self.assertEqual([f.type for f in fired[1:]], [StorageError] * 2)
+        self.assertEqual(self.outbox.transactions, 1)
+        self.outbox.append("N", blob("alone"), b"N")
+        self.clock.advance(0)
+        self.assertEqual((len(calls), [a[0] for a in self.redis.added]), (1, ["N"]))
+
+    def test_a_flush_before_a_directed_entry_sends_every_destination(self) -> None:
+        """A directed or barrier entry (``flush_entries(to)``), or a full batch, sends
+        the other destinations' batches of the turn too, in the same transaction: none
+        is left to be written after an entry routed later."""
+        calls = self.transacted()
+        self.outbox.append("O", blob("first"), b"O")
+        self.outbox.append("N", blob("second"), b"N")
+        self.outbox.flush_entries("N")
+        self.assertEqual([[to for to, _ in adds] for adds in calls], [["O", "N"]])
+        for i in range(MAX_BATCH + 1):  # O's one, then N's batch full
+            self.outbox.append("N" if i else "O", blob(f"t/{i}"), b"N")
+        self.assertEqual([[to for to, _ in adds] for adds in calls][1:], [["O", "N"]])
+        self.clock.advance(0)
+        self.assertEqual((len(calls), self.redis.added), (2, []))
+
     def test_qos0_one_push_per_destination_per_turn(self) -> None:
         """QoS 0 copies of a turn are one pub/sub message per node, with their groups."""
         self.outbox.publish("B", blob("a", qos=0), None, False)
@@ -149,6 +202,69 @@ class OutboxTests(SynchronousTestCase):
                          ("B", "z", ["$share/g/z"], False))
 
 
+class BarrierEntryTests(SynchronousTestCase):
+    """Handover barrier entries (``barrier.py``: ``c`` and ``b``/``a``/``e``, no
+    message) read from a stream of batches: given to the node's barriers, whether read
+    by the node's own reader or by a drain."""
+
+    def test_read_as_one_item(self) -> None:
+        fields = [b"o", b"N", b"c", b"cid", b"b", b"P"]
+        origin, [item] = read_entry(fields)  # type: ignore[misc]
+        self.assertEqual((origin, item), ("N", {b"o": b"N", b"c": b"cid", b"b": b"P"}))
+
+    def test_the_reader_and_the_drain_give_them_to_the_barriers(self) -> None:
+        broker, clock = make_broker()
+        node = fake_node(broker, clock)
+        seen: list[tuple[str, dict[bytes, bytes]]] = []
+        node.barriers.entry = lambda client_id, record: seen.append((client_id, record))
+        got: list[str] = []
+        node.router = SimpleNamespace(receive=lambda message, *rest: got.append(message.topic))
+        reader = InboxReader(node)  # type: ignore[arg-type]
+        reader.start()
+        outbox = Outbox(clock, "P", Recorder().add, Recorder().push)
+        packed: list[tuple[Any, ...]] = []
+        outbox._add = lambda to, *fields: packed.append(fields) or Deferred()  # type: ignore[assignment]
+        outbox.append("A", blob("before"), b"A")
+        outbox.flush()
+        barrier = [b"o", b"N", b"c", b"cid", b"a", b"P"]
+        node.reader.replies[0].callback([[b"s:A", [(b"1-0", [b"o", b"P", *packed[0]]),
+                                                   (b"2-0", barrier)]]])
+        self.assertEqual((got, seen), (["before"], [("cid", dict(zip(barrier[::2],
+                                                                      barrier[1::2])))]))
+        self.assertEqual(node.commands.sent, [(b"XACK", b"s:A", b"A", b"1-0", b"2-0")])
+        drain = Drain(node, "Z")  # type: ignore[arg-type]
+        origin, items = read_entry(barrier)  # type: ignore[misc]
+        self.assertIsNone(drain._full_offline(items[0]))
+        drain._deliver_one(b"3-0", origin, items, 0)
+        self.assertEqual(len(seen), 2)
+
+
+class LinkTransactionTests(SynchronousTestCase):
+    """``NodeLink``: a turn's entries for several nodes as MULTI, XADDs, EXEC."""
+
+    def test_exec_reply_split(self) -> None:
+        broker, clock = make_broker()
+        node = fake_node(broker, clock)
+        link = NodeLink(node)  # type: ignore[arg-type]
+        fired: list[Any] = []
+        link.append("O", blob("a"), b"O,N").addBoth(fired.append)
+        link.append("N", blob("a"), b"O,N").addBoth(fired.append)
+        clock.advance(0)
+        sent = node.commands.sent
+        self.assertEqual([c[0] for c in sent], [b"MULTI", b"XADD", b"XADD", b"EXEC"])
+        self.assertEqual([c[1] for c in sent[1:3]], [b"s:O", b"s:N"])
+        for d in node.commands.replies[:3]:
+            d.callback(b"QUEUED")
+        node.commands.replies[3].callback([b"1-0", ReplyError("ERR refused")])
+        self.assertEqual(fired[0], b"1-0")
+        self.assertIsInstance(fired[1].value, ReplyError)
+        link.append("O", blob("b"), b"O,N").addBoth(fired.append)
+        link.append("N", blob("b"), b"O,N").addBoth(fired.append)
+        clock.advance(0)
+        node.commands.replies[-1].errback(StorageError("Redis connection lost"))
+        self.assertEqual([type(f.value) for f in fired[2:]], [StorageError] * 2)
+
+
 class FakeCommands:
     def __init__(self) -> None:
         self.sent: list[tuple[Any, ...]] = []
@@ -171,6 +287,7 @@ def fake_node(broker: Any, clock: Any) -> SimpleNamespace:
         store=SimpleNamespace(mark=None), mark_field=b"m:s", commands=FakeCommands(),
         reader=FakeCommands(), fence=SimpleNamespace(trusted=lambda: True),
         moved=SimpleNamespace(pending={}), _replicas=None, publish_command=b"SPUBLISH",
+        barriers=SimpleNamespace(windows={}, origin=None),
         keys=SimpleNamespace(inbox=lambda n: b"s:" + n.encode(),
                              inbox0=lambda n: b"s0:" + n.encode(),
                              filters=lambda n: b"f:" + n.encode(), routes=b"r"))
@@ -281,3 +398,18 @@ class DrainMarkTests(SynchronousTestCase):
         self.assertEqual(topics_of(one), ["t/2"])
         self.assertEqual(topics_of(two), ["t/0", "t/1", "t/2"])
         self.assertEqual(drain.skipped, 2)
+        marks: list[Any] = []
+        real_deliver = node.router.local.deliver
+
+        def deliver(*args: Any) -> None:
+            marks.append(node.store.mark)
+            real_deliver(*args)
+
+        node.router.local.deliver = deliver
+        drain._deliver_one(b"6-0", "B", items, 2)
+        node.router.local.deliver = real_deliver
+        # The adopter marks each copy it delivers with the dead node's stream and the
+        # message's place in the entry: its own adopter skips it there in turn.
+        self.assertEqual(marks, [(b"m:s:Z", b"6-0.2")] * 2)
+        self.assertIsNone(node.store.mark)
+        self.assertEqual((topics_of(one), topics_of(two)), (["t/2"], ["t/2"]))

@@ -84,6 +84,68 @@ def test_adopter_drains_under_flow_control(tmp_path: Path, redis: Redis) -> None
         assert nodes[name].unhandled() == [], nodes[name].log()
 
 
+@pytest.mark.slow
+def test_adopter_killed_while_draining(tmp_path: Path, redis: Redis) -> None:
+    """As above (at most 50 queued a session, 1,000 messages mostly left in B's stream,
+    B killed), but the node that adopts B is killed in turn while it waits for the
+    client to take B's stream: the last node adopts the adopter, and with it the rest
+    of B's stream.  The client, back on the last node, gets all 1,000 (before, the rest
+    of B's stream was left to nobody: ~950 lost)."""
+    nodes: dict[str, LiveBroker] = {}
+    made: list[Client] = []
+    try:
+        for name in "ABC":
+            directory = tmp_path / name
+            directory.mkdir()
+            nodes[name] = LiveBroker(directory, "--store", redis.url, "--cluster", name,
+                                     "--max-queued", "50")
+        pub = Client(nodes["A"].port, "pub")
+        slow = Client(nodes["B"].port, "slow", clean=False)
+        made += [pub, slow]
+        slow.subscribe("d/#", 1)
+        routed(pub, "d/probe", slow)
+        slow.client.loop_stop()  # reads nothing, acknowledges nothing from now on
+        expected = [b"%d" % i for i in range(1000)]
+        infos = [pub.publish("d/t", payload, 1) for payload in expected]
+        for info in infos:
+            info.wait_for_publish(WAIT)
+            assert info.is_published()
+        pub.close()
+        nodes["B"].stop()  # SIGKILL
+        deadline = time.monotonic() + LEASE_WAIT
+        while (adopter := redis.cli("HGET", "mqtt:cluster:home", "slow")) == "B":
+            assert time.monotonic() < deadline, "B was not adopted"
+            time.sleep(0.2)
+        last = "C" if adopter == "A" else "A"
+        deadline = time.monotonic() + LEASE_WAIT
+        while "adopted node B" not in nodes[adopter].log():
+            assert time.monotonic() < deadline, nodes[adopter].log()[-3000:]
+            time.sleep(0.2)
+        time.sleep(3)  # draining (after 1 s), waiting for the client (queue at the mark)
+        nodes[adopter].stop()  # SIGKILL: the adopter dies while it drains
+        deadline = time.monotonic() + LEASE_WAIT
+        while redis.cli("HGET", "mqtt:cluster:home", "slow") != last:
+            assert time.monotonic() < deadline, f"{adopter} was not adopted"
+            time.sleep(0.2)
+        back = Client(nodes[last].port, "slow", clean=False)
+        made.append(back)
+        assert back.session_present
+        got: list[bytes] = []
+        deadline = time.monotonic() + 60
+        while set(got) != set(expected) and time.monotonic() < deadline:
+            got += [m.payload for m in back.take(1, timeout=1)]
+        print(f"{adopter} adopted B and was killed, {last} adopted it: {len(got)} "
+              f"received, {len(set(got))} distinct")
+        assert set(got) == set(expected), (len(set(expected) - set(got)),
+                                           nodes[last].log()[-3000:])
+    finally:
+        for client in made:
+            client.close()
+        for broker in nodes.values():
+            broker.stop()
+    assert nodes[last].unhandled() == [], nodes[last].log()
+
+
 def redis_command(redis: Redis, *args: Any) -> Any:
     """One command with binary arguments (redis-cli takes text), its reply."""
     with socket.create_connection(("127.0.0.1", redis.port), timeout=WAIT) as sock:

@@ -6,6 +6,7 @@ while an MQTT bystander measures its round trips through the broker."""
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -64,9 +65,10 @@ def test_con_flood_does_not_slow_mqtt_clients(tmp_path: Path) -> None:
         baseline = [bystander.round_trip() for _ in range(50)]
         script = tmp_path / "flooder.py"
         script.write_text(FLOODER)
+        root = Path(__file__).resolve().parent.parent  # the flooder imports this tree
         flooder = subprocess.Popen([sys.executable, str(script), str(coap_port), "10"],
-                                   stdout=subprocess.PIPE, text=True,
-                                   cwd=Path(__file__).resolve().parent.parent)
+                                   stdout=subprocess.PIPE, text=True, cwd=root,
+                                   env={**os.environ, "PYTHONPATH": str(root)})
         assert flooder.stdout is not None
         assert flooder.stdout.readline().strip() == "READY"
         time.sleep(0.5)  # the flood is on

@@ -219,6 +219,12 @@ RULES = [
          lambda a, b: within(a, _ours("adapters.http"), _ours("adapters._httpapi"),
                              _ours("adapters._httpstream"))
          and within(b, CORE)),
+    Rule("bridge-gateway-only",
+         "the MQTT bridge (mqtt_twisted.bridge) reaches the broker only through "
+         "mqtt_twisted.gateway (a virtual session, as an adapter): no core, adapters, "
+         "service or tap module",
+         lambda a, b: within(a, _ours("bridge"))
+         and within(b, CORE, _ours("adapters"), _ours("service"), _ours("tap"))),
     Rule("testing-unused",
          "nothing of the broker imports mqtt_twisted.testing (it is for tests only)",
          lambda a, b: within(b, _ours("testing")) and not within(a, _ours("testing"))),
@@ -309,6 +315,10 @@ class LayeringTests(SynchronousTestCase):
 
     def test_http_gateway_only(self) -> None:
         self.check("http-gateway-only")
+
+    def test_bridge_gateway_only(self) -> None:
+        """The bridge imports no core module: the Gateway is its door."""
+        self.check("bridge-gateway-only")
 
     def test_testing_unused(self) -> None:
         """No broker module imports mqtt_twisted.testing."""

@@ -91,7 +91,17 @@ def _frame(opcode: int, payload: bytes, masked: bool = True, fin: bool = True,
     if not masked:
         return head + payload
     key = os.urandom(4)
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return head + key + _masked(payload, key)
+
+
+def _masked(payload: bytes, key: bytes) -> bytes:
+    """``payload`` XORed with the repeated ``key``, as one big-integer XOR: a byte at a
+    time in Python took 0.3 s per 2 MB frame, most of the slow run's minutes."""
+    n = len(payload)
+    if not n:
+        return b""
+    stream = (key * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
 
 
 def ws_case(rng: random.Random) -> tuple[bytes, float]:

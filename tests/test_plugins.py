@@ -291,6 +291,8 @@ class ContractTests(SynchronousTestCase):
             "mqtt_twisted.plugins.builtin.ScramAuthPlugin",
             "mqtt_twisted.auth.scram.ScramAuthenticator",
             "mqtt_twisted.auth.scram._ScramExchange",
+            # verifyObject in tests/test_client_features.py (test_scram_against_server_exchange):
+            "mqtt_twisted.client.auth.ScramClientAuth",
             # verifyObject in tests/test_auth_passwd.py (test_plugin):
             "mqtt_twisted.plugins.builtin.PasswdAuthPlugin",
             "mqtt_twisted.auth.passwd.PasswordFileAuthenticator",
@@ -320,6 +322,8 @@ class ContractTests(SynchronousTestCase):
             # verifyObject in tests/test_coap_udp.py (PluginTests.test_interfaces):
             "mqtt_twisted.adapters.coap.CoapAdapter",
             "mqtt_twisted.adapters._coapobserve.CoapClient",
+            # verifyObject (IMessageSink) in tests/test_bridge.py:
+            "mqtt_twisted.bridge.bridge.Bridge",
         }
         ours = {value for value in vars(interfaces).values()
                 if isinstance(value, InterfaceClass) and value.__module__ == interfaces.__name__}

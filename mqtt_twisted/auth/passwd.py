@@ -23,6 +23,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,30 @@ class PasswordHash:
     def verify(self, password: bytes) -> bool:
         """Blocking (PBKDF2): call it in a thread.  Constant-time comparison."""
         return hmac.compare_digest(self.derive(password), self.digest)
+
+    def encode(self) -> str:
+        """The file's form: ``$7$ITERATIONS$SALT$HASH`` or ``$6$SALT$HASH``."""
+        salt = base64.b64encode(self.salt).decode()
+        digest = base64.b64encode(self.digest).decode()
+        if self.kind == PBKDF2_SHA512:
+            return f"${self.kind}${self.iterations}${salt}${digest}"
+        return f"${self.kind}${salt}${digest}"
+
+
+#: What ``mosquitto_passwd`` 2.0 uses: PBKDF2-SHA512, 101 iterations, a 12-byte salt.
+DEFAULT_ITERATIONS = 101
+SALT_SIZE = 12
+
+
+def hash_password(password: bytes | str, kind: str = PBKDF2_SHA512,
+                  iterations: int = DEFAULT_ITERATIONS, salt: bytes | None = None) -> str:
+    """A new random-salted hash of ``password`` in the file's form, as mosquitto_passwd
+    writes it (``mqtt-twisted passwd`` uses it)."""
+    if isinstance(password, str):
+        password = password.encode("utf-8")
+    salt = os.urandom(SALT_SIZE) if salt is None else salt
+    empty = PasswordHash(kind, salt, b"", iterations if kind == PBKDF2_SHA512 else 0)
+    return PasswordHash(kind, salt, empty.derive(password), empty.iterations).encode()
 
 
 #: Checked for unknown users, so that they take as long as known ones to refuse.

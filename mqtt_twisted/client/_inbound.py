@@ -14,6 +14,7 @@ from mqtt_twisted.client.events import (
     Event,
     Message,
     PublishDone,
+    Reauthenticated,
     ServerDisconnect,
     Subscribed,
     Unsubscribed,
@@ -51,6 +52,15 @@ class _Inbound:
     server_receive_maximum: int
     server_keep_alive: int | None
     client_id: str
+    auth: Any
+    manual_ack: bool
+    _unacked: dict[int, Publish]
+    _reauthenticating: bool
+    _aliases_out: Any
+    topic_aliases: bool
+    version: int
+    _send_publish: Any
+    _auth_call: Any
 
     # --- input ---
 
@@ -79,6 +89,11 @@ class _Inbound:
             return ConnectRefused(p)
         self.state = "connected"
         props = p.properties
+        if self.auth is not None:
+            self._check_auth_method(props)
+            self._auth_call(self.auth.finish, props.get(PropertyId.AUTHENTICATION_DATA))
+        if self.topic_aliases:
+            self._aliases_out.maximum = props.get(PropertyId.TOPIC_ALIAS_MAXIMUM, 0)
         self.server_receive_maximum = props.get(PropertyId.RECEIVE_MAXIMUM, 65535)
         self.server_keep_alive = props.get(PropertyId.SERVER_KEEP_ALIVE)
         if PropertyId.ASSIGNED_CLIENT_IDENTIFIER in props:
@@ -92,7 +107,9 @@ class _Inbound:
             if isinstance(packet, Publish):
                 packet.dup = True
                 packet.properties.pop(PropertyId.TOPIC_ALIAS, None)
-            self._send(packet)
+                self._send_publish(packet)
+            else:
+                self._send(packet)
         self._flush_waiting(self._last_sent)
         return Connected(p)
 
@@ -111,19 +128,42 @@ class _Inbound:
                 raise ProtocolError(f"unknown topic alias {alias}", ReasonCode.PROTOCOL_ERROR)
         elif not p.topic:
             raise ProtocolError("PUBLISH without a topic", ReasonCode.PROTOCOL_ERROR)
+        pid = p.packet_id
         if p.qos == 1:
-            self._send(PubAck(p.packet_id))  # type: ignore[arg-type]
+            if not self.manual_ack:
+                self._send(PubAck(pid))  # type: ignore[arg-type]
+                return Message(p)
+            if pid in self._unacked:
+                return None  # a DUP of a message the application holds
+            self._check_receive_maximum()
+            self._unacked[pid] = p  # type: ignore[index]
         elif p.qos == 2:
-            pid = p.packet_id
-            fresh = pid not in self._incoming_qos2
-            if fresh and len(self._incoming_qos2) >= self.receive_maximum:
-                raise ProtocolError("the broker exceeded our receive maximum",
-                                    ReasonCode.RECEIVE_MAXIMUM_EXCEEDED)
+            if pid in self._incoming_qos2:
+                # A DUP of a message already delivered [MQTT-4.3.3-10]: answer it
+                # again, unless the application has not acknowledged it yet.
+                if pid not in self._unacked:
+                    self._send(PubRec(pid))  # type: ignore[arg-type]
+                return None
+            self._check_receive_maximum()
             self._incoming_qos2.add(pid)  # type: ignore[arg-type]
-            self._send(PubRec(pid))  # type: ignore[arg-type]
-            if not fresh:
-                return None  # a DUP of a message already delivered [MQTT-4.3.3-10]
+            if self.manual_ack:
+                self._unacked[pid] = p  # type: ignore[index]
+            else:
+                self._send(PubRec(pid))  # type: ignore[arg-type]
         return Message(p)
+
+    def _check_receive_maximum(self) -> None:
+        """Messages not yet PUBACKed or PUBRECed (held for the application's ack) count
+        against the Receive Maximum we announced [MQTT-3.3.4-9].
+
+        The spec counts a QoS 2 message until PUBCOMP; Mosquitto 2.0.11 frees the slot
+        at PUBREC and sends the next one before its PUBREL.  Counting until PUBREC is
+        where both agree, so the client stays connected to Mosquitto and still refuses
+        a broker that ignores the limit.
+        """
+        if len(self._unacked) >= self.receive_maximum:
+            raise ProtocolError("the broker exceeded our receive maximum",
+                                ReasonCode.RECEIVE_MAXIMUM_EXCEEDED)
 
     def _on_puback(self, p: PubAck) -> Event:
         sent = self._inflight.get(p.packet_id)
@@ -176,9 +216,32 @@ class _Inbound:
         self.state = "closed"
         return ServerDisconnect(p.reason_code, p.properties)
 
-    def _on_auth(self, p: Auth) -> None:
-        raise ProtocolError("enhanced authentication is not supported yet",
-                            ReasonCode.BAD_AUTHENTICATION_METHOD)
+    def _on_auth(self, p: Auth) -> Event | None:
+        """The server's side of an enhanced authentication exchange [MQTT-4.12]."""
+        if self.auth is None:
+            raise ProtocolError("AUTH without an authentication method in our CONNECT")
+        props = p.properties
+        self._check_auth_method(props)
+        data = props.get(PropertyId.AUTHENTICATION_DATA)
+        exchanging = self.state == "connecting" or self._reauthenticating
+        if p.reason_code == ReasonCode.CONTINUE_AUTHENTICATION and exchanging:
+            answer = self._auth_call(self.auth.challenge, data)
+            reply = {PropertyId.AUTHENTICATION_METHOD: self.auth.method}
+            if answer is not None:
+                reply[PropertyId.AUTHENTICATION_DATA] = answer
+            self._send(Auth(ReasonCode.CONTINUE_AUTHENTICATION, reply))
+            return None
+        if p.reason_code == ReasonCode.SUCCESS and self._reauthenticating:
+            self._reauthenticating = False
+            self._auth_call(self.auth.finish, data)
+            return Reauthenticated(props)
+        raise ProtocolError(f"unexpected AUTH 0x{p.reason_code:02X}")
+
+    def _check_auth_method(self, props: dict) -> None:
+        method = props.get(PropertyId.AUTHENTICATION_METHOD)
+        if method != self.auth.method:  # [MQTT-4.12.0-5]
+            raise ProtocolError(f"authentication method {method!r} is not ours "
+                                f"({self.auth.method!r})")
 
     _HANDLERS: dict[type, Any] = {
         ConnAck: _on_connack, Publish: _on_publish, PubAck: _on_puback, PubRec: _on_pubrec,

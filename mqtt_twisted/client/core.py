@@ -12,9 +12,12 @@ Time comes in as a number (:meth:`ClientCore.tick`); nothing here touches a reac
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from typing import Any
 
+from mqtt_twisted.client._aliases import TopicAliases
 from mqtt_twisted.client._inbound import _Inbound
 from mqtt_twisted.client.events import (
+    AuthMethodError,
     Connected,
     ConnectError,
     ConnectRefused,
@@ -22,6 +25,7 @@ from mqtt_twisted.client.events import (
     Message,
     PublishDone,
     PublishError,
+    Reauthenticated,
     ServerDisconnect,
     SessionLost,
     Subscribed,
@@ -29,11 +33,14 @@ from mqtt_twisted.client.events import (
     connect_error,
 )
 from mqtt_twisted.codec import (
+    Auth,
     Connect,
     Disconnect,
     Packet,
     PingReq,
+    PubAck,
     Publish,
+    PubRec,
     PubRel,
     StreamDecoder,
     Subscribe,
@@ -42,13 +49,13 @@ from mqtt_twisted.codec import (
     Will,
     encode,
 )
-from mqtt_twisted.constants import MAX_PACKET_ID, PropertyId
+from mqtt_twisted.constants import MAX_PACKET_ID, PropertyId, ReasonCode
 from mqtt_twisted.errors import MQTTError, ProtocolError
 
 __all__ = [
-    "ClientCore", "ConnectError", "ConnectRefused", "Connected", "Event", "Message",
-    "PublishDone", "PublishError", "ServerDisconnect", "SessionLost", "Subscribed",
-    "Unsubscribed", "connect_error",
+    "AuthMethodError", "ClientCore", "ConnectError", "ConnectRefused", "Connected", "Event",
+    "Message", "PublishDone", "PublishError", "Reauthenticated", "ServerDisconnect",
+    "SessionLost", "Subscribed", "Unsubscribed", "connect_error",
 ]
 
 
@@ -66,9 +73,14 @@ class ClientCore(_Inbound):
                  clean_start: bool = True, username: str | None = None,
                  password: bytes | None = None, will: Will | None = None,
                  properties: dict | None = None, receive_maximum: int = 65535,
-                 topic_alias_maximum: int = 16) -> None:
+                 topic_alias_maximum: int = 16, topic_aliases: bool = True,
+                 auth: Any = None, manual_ack: bool = False) -> None:
         if version not in (3, 4, 5):
             raise ValueError(f"protocol version {version}: expected 3, 4 or 5")
+        if auth is not None and version != 5:
+            raise ValueError("enhanced authentication (auth=) needs MQTT 5")
+        if not 0 < receive_maximum <= 65535:
+            raise ValueError(f"receive_maximum {receive_maximum}: expected 1 to 65535")
         self.client_id = client_id
         self.version = version
         self.keep_alive = keep_alive
@@ -79,6 +91,16 @@ class ClientCore(_Inbound):
         self.properties = dict(properties or {})
         self.receive_maximum = receive_maximum
         self.topic_alias_maximum = topic_alias_maximum if version == 5 else 0
+        #: Assign aliases to our PUBLISHes' topics when the server allows them (v5).
+        self.topic_aliases = topic_aliases
+        #: The enhanced authentication method (an ``IClientAuthMethod``), or None.
+        self.auth = auth
+        self._reauthenticating = False
+        #: Incoming QoS 1/2 messages wait for :meth:`ack` before PUBACK/PUBREC.
+        self.manual_ack = manual_ack
+        #: Incoming QoS 1/2 messages delivered but not acknowledged yet (manual_ack).
+        self._unacked: dict[int, Publish] = {}
+        self._aliases_out = TopicAliases()
         self.state = "closed"
         self._out: list[bytes] = []
         self._decoder = StreamDecoder(version)
@@ -145,6 +167,8 @@ class ClientCore(_Inbound):
         self.state = "connecting"
         self._decoder = StreamDecoder(self.version)
         self._aliases.clear()
+        self._aliases_out = TopicAliases()  # aliases die with the connection [MQTT-3.3.2-7]
+        self._reauthenticating = False
         self.server_receive_maximum = 65535
         self.server_keep_alive = None
         self._ping_sent = None
@@ -154,6 +178,8 @@ class ClientCore(_Inbound):
                 props[PropertyId.RECEIVE_MAXIMUM] = self.receive_maximum
             if self.topic_alias_maximum:
                 props[PropertyId.TOPIC_ALIAS_MAXIMUM] = self.topic_alias_maximum
+            if self.auth is not None:
+                props.update(self._auth_start())
         else:
             props = {}
         self._send(Connect(self.client_id, self.version, self.clean_start, self.keep_alive,
@@ -167,6 +193,7 @@ class ClientCore(_Inbound):
         self._inflight.clear()
         self._waiting.clear()
         self._incoming_qos2.clear()
+        self._unacked.clear()
         self._used_ids.difference_update(dropped)
         return dropped
 
@@ -193,10 +220,13 @@ class ClientCore(_Inbound):
         if qos not in (0, 1, 2):
             raise ValueError(f"QoS {qos}: expected 0, 1 or 2")
         props = dict(properties or {}) if self.version == 5 else {}
+        if PropertyId.TOPIC_ALIAS in props and self.topic_aliases:
+            raise ValueError("topic aliases are assigned by the client (topic_aliases=False "
+                             "to set them yourself)")
         if qos == 0:
             if self.state != "connected":
                 raise MQTTError("not connected: a QoS 0 message would be lost")
-            self._send(Publish(topic, payload, 0, retain, False, None, props))
+            self._send_publish(Publish(topic, payload, 0, retain, False, None, props))
             self._last_sent = now
             return None
         packet = Publish(topic, payload, qos, retain, False, self._allocate_id(), props)
@@ -210,8 +240,22 @@ class ClientCore(_Inbound):
         while self._waiting and len(self._inflight) < self.server_receive_maximum:
             packet = self._waiting.popleft()
             self._inflight[packet.packet_id] = packet  # type: ignore[index]
-            self._send(packet)
+            self._send_publish(packet)
             self._last_sent = now
+
+    def _send_publish(self, packet: Publish) -> None:
+        """Write a PUBLISH, its topic replaced by an alias where the server allows one.
+
+        The packet kept in flight keeps its topic: a resend goes out on another
+        connection, whose aliases start afresh.
+        """
+        if self._aliases_out.maximum and packet.topic:
+            topic, alias = self._aliases_out.assign(packet.topic)
+            if alias is not None:
+                packet = Publish(topic, packet.payload, packet.qos, packet.retain, packet.dup,
+                                 packet.packet_id,
+                                 {**packet.properties, PropertyId.TOPIC_ALIAS: alias})
+        self._send(packet)
 
     def subscribe(self, subscriptions: list[Subscription], properties: dict | None = None,
                   now: float = 0.0) -> int:
@@ -238,6 +282,48 @@ class ClientCore(_Inbound):
         self._send(Disconnect(reason_code, dict(properties or {}) if self.version == 5 else {}))
         self.state = "closed"
 
+    def ack(self, publish: Publish) -> None:
+        """Acknowledge an incoming message (``manual_ack``): PUBACK (QoS 1) or PUBREC
+        (QoS 2).  Until then it counts against our receive maximum.  Disconnected, a
+        QoS 1 ack is dropped (the broker sends the message again) and a QoS 2 one is
+        answered when the broker repeats the PUBLISH.  The message itself, not its
+        packet id, is the key: a late ack of a message from an earlier connection
+        cannot acknowledge a new one that reuses the id."""
+        pid = publish.packet_id
+        if pid is None or self._unacked.get(pid) is not publish:
+            return
+        del self._unacked[pid]
+        if self.state == "connected":
+            self._send(PubAck(pid) if publish.qos == 1 else PubRec(pid))
+
+    # --- enhanced authentication [MQTT-4.12] ---
+
+    def _auth_start(self) -> dict:
+        props = {PropertyId.AUTHENTICATION_METHOD: self.auth.method}
+        data = self._auth_call(self.auth.start)
+        if data is not None:
+            props[PropertyId.AUTHENTICATION_DATA] = data
+        return props
+
+    def _auth_call(self, step: Any, *args: Any) -> Any:
+        try:
+            return step(*args)
+        except Exception as e:
+            raise AuthMethodError(f"authentication method {self.auth.method}: {e}",
+                                  ReasonCode.UNSPECIFIED_ERROR) from e
+
+    def reauthenticate(self, now: float = 0.0) -> None:
+        """Start a re-authentication (AUTH 0x19) with the CONNECT's method [MQTT-4.12.1]."""
+        self._require_connected()
+        if self.auth is None:
+            raise MQTTError("re-authentication needs the enhanced authentication method "
+                            "the connection was made with (auth=)")
+        if self._reauthenticating:
+            raise MQTTError("a re-authentication is already under way")
+        self._send(Auth(ReasonCode.RE_AUTHENTICATE, self._auth_start()))
+        self._reauthenticating = True
+        self._last_sent = now
+
     def _require_connected(self) -> None:
         if self.state != "connected":
             raise MQTTError(f"not connected (state {self.state!r})")
@@ -250,6 +336,9 @@ class ClientCore(_Inbound):
         and subscribe/unsubscribe waiters never survive a connection.
         """
         self.state = "closed"
+        self._reauthenticating = False
+        # Unacknowledged QoS 1 comes again; a QoS 2 id stays held until acked.
+        self._unacked = {pid: p for pid, p in self._unacked.items() if p.qos == 2}
         pending = [pid for pid in self._used_ids
                    if pid not in self._inflight
                    and all(p.packet_id != pid for p in self._waiting)]

@@ -12,9 +12,9 @@ from mqtt_twisted.codec import ConnAck, Publish
 from mqtt_twisted.errors import ConnectError, MQTTError
 
 __all__ = [
-    "ConnectError", "ConnectRefused", "Connected", "Event", "Message", "PublishDone",
-    "PublishError", "ServerDisconnect", "SessionLost", "Subscribed", "Unsubscribed",
-    "connect_error",
+    "AuthMethodError", "ConnectError", "ConnectRefused", "Connected", "Event", "Message",
+    "PublishDone", "PublishError", "Reauthenticated", "ServerDisconnect", "SessionLost",
+    "Subscribed", "Unsubscribed", "connect_error",
 ]
 
 
@@ -24,6 +24,12 @@ class PublishError(MQTTError):
 
 class SessionLost(MQTTError):
     """The broker has no session for us: in-flight messages cannot complete."""
+
+
+class AuthMethodError(ConnectError):
+    """Our enhanced authentication method gave up: the server's data did not parse or
+    the server did not prove itself (SCRAM's server signature).  The client closes
+    the connection (v5 DISCONNECT 0x80 once connected)."""
 
 
 # --- events ------------------------------------------------------------------------------
@@ -95,12 +101,19 @@ class ServerDisconnect:
 
 
 @dataclass(slots=True)
+class Reauthenticated:
+    """AUTH 0x00 ended a re-authentication we started; the method checked its data."""
+
+    properties: dict = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class _Pong:
     pass
 
 
 Event = (Connected | ConnectRefused | Message | PublishDone | Subscribed | Unsubscribed
-         | ServerDisconnect)
+         | ServerDisconnect | Reauthenticated)
 
 
 def connect_error(connack: ConnAck) -> ConnectError:

@@ -2,10 +2,11 @@
 
 The protocol only moves bytes, keeps one Deferred per outstanding packet id and
 runs the keepalive timer on the reactor's clock; every MQTT decision is the
-core's.  A persistent session survives a dropped connection in
-:class:`ClientSession`: hand it to the next protocol (``connect_client(...,
-session=old.session)``) and its unacknowledged publishes are resent with DUP and
-their Deferreds fire then.
+core's.  ``connect_client`` reaches the broker through a Twisted client endpoint
+or, for a ``ws://``/``wss://`` URL, :mod:`mqtt_twisted.client.websocket`.  A
+persistent session survives a dropped connection in :class:`ClientSession`: hand
+it to the next protocol (``connect_client(..., session=old.session)``) and its
+unacknowledged publishes are resent with DUP and their Deferreds fire then.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mqtt_twisted.client._stream import MessageStream
 from mqtt_twisted.client.core import (
     ClientCore,
     Connected,
@@ -28,12 +30,14 @@ from mqtt_twisted.client.core import (
     Message,
     PublishDone,
     PublishError,
+    Reauthenticated,
     ServerDisconnect,
     SessionLost,
     Subscribed,
     Unsubscribed,
     connect_error,
 )
+from mqtt_twisted.client.websocket import connect_websocket
 from mqtt_twisted.codec import Subscription, Will, topic_matches
 from mqtt_twisted.errors import MQTTError
 
@@ -80,6 +84,9 @@ class MQTTClientProtocol(Protocol):
         self._waiters: dict[int, Deferred[Any]] = {}
         self._timer: IDelayedCall | None = None
         self._closed: Deferred[None] = Deferred()
+        self._reauth: Deferred[Any] | None = None
+        self._streams: list[MessageStream] = []
+        self._paused_by: set[MessageStream] = set()
         self.connected = False
 
     # --- the Deferred API ---
@@ -139,6 +146,58 @@ class MQTTClientProtocol(Protocol):
         self.session.handlers = [(f, h) for f, h in self.session.handlers if f not in filters]
         return self._wait(pid).addCallback(lambda event: event.reason_codes)
 
+    def ack(self, message: Message) -> None:
+        """Acknowledge a message received with ``manual_ack=True`` (PUBACK for QoS 1,
+        PUBREC for QoS 2); until then it holds one slot of our receive maximum."""
+        if message.publish.qos:
+            self.core.ack(message.publish)
+            self._flush()
+
+    def reauthenticate(self) -> Deferred[Any]:
+        """Run the connection's enhanced authentication method again (AUTH 0x19); fires
+        with the server's final AUTH properties, or fails (the server disconnects a
+        client whose re-authentication fails)."""
+        try:
+            self.core.reauthenticate(self.reactor.seconds())
+        except MQTTError as e:
+            return fail(e)
+        self._flush()
+        self._reauth = Deferred()
+        return self._reauth
+
+    def messages(self, topic_filter: str = "#", buffer: int = 1000) -> MessageStream:
+        """An async iterator over the messages matching ``topic_filter`` (it takes them
+        instead of ``on_message``); it ends when the connection closes.  Beyond
+        ``buffer`` unread messages the socket stops being read (TCP back-pressure on
+        the broker) until the reader catches up.  Create it before subscribing, so
+        that retained messages are not missed."""
+        stream = MessageStream(self, topic_filter, buffer)
+        self._streams.append(stream)
+        self.session.handlers.append((topic_filter, stream))
+        if not self.connected and self._closed.called:
+            stream.end()
+        return stream
+
+    def _forget_stream(self, stream: MessageStream) -> None:
+        if stream in self._streams:
+            self._streams.remove(stream)
+        self.session.handlers = [(f, h) for f, h in self.session.handlers if h is not stream]
+        self._reading(stream, True)
+
+    def _reading(self, stream: MessageStream, wanted: bool) -> None:
+        """Pause the socket while any stream's buffer is full; resume when none is."""
+        before = bool(self._paused_by)
+        if wanted:
+            self._paused_by.discard(stream)
+        else:
+            self._paused_by.add(stream)
+        after = bool(self._paused_by)
+        if before != after and self.transport is not None and self.connected:
+            if after:
+                self.transport.pauseProducing()
+            else:
+                self.transport.resumeProducing()
+
     def disconnect(self, reason_code: int = 0, properties: dict | None = None) -> Deferred[None]:
         """Write DISCONNECT (the will is not sent) and close; fires once closed."""
         if self.transport is not None and self.connected:
@@ -180,6 +239,13 @@ class MQTTClientProtocol(Protocol):
                 self.core.disconnect(e.reason_code)
             self._flush()
             self.transport.loseConnection()
+            # The error itself, not the closed connection, is why connect() or
+            # reauthenticate() failed (a server that did not prove itself, say).
+            for name in ("_connecting", "_reauth"):
+                d = getattr(self, name)
+                setattr(self, name, None)
+                if d is not None and not d.called:
+                    d.errback(Failure(e))
             return
         self._flush()
         for event in events:
@@ -210,8 +276,17 @@ class MQTTClientProtocol(Protocol):
             d, self._connecting = self._connecting, None
             if d is not None:
                 d.errback(Failure(connect_error(event.connack)))
+        elif kind is Reauthenticated:
+            d, self._reauth = self._reauth, None
+            if d is not None:
+                d.callback(event.properties)
         elif kind is ServerDisconnect:
             log.info("broker disconnected us: code {code}", code=event.reason_code)
+            d, self._reauth = self._reauth, None
+            if d is not None:
+                d.errback(Failure(MQTTError(
+                    f"the broker disconnected: code 0x{event.reason_code:02X}",
+                    event.reason_code)))
             self.transport.loseConnection()
 
     def _connected_fire(self, connack: Any) -> None:
@@ -225,8 +300,11 @@ class MQTTClientProtocol(Protocol):
             if topic_matches(_plain_filter(topic_filter), message.topic):
                 handled = True
                 self._call(handler, message)
-        if not handled and self.on_message is not None:
-            self._call(self.on_message, message)
+        if not handled:
+            if self.on_message is not None:
+                self._call(self.on_message, message)
+            elif self.core.manual_ack:
+                self.ack(message)  # nobody can: it would hold a receive maximum slot
 
     def _call(self, handler: MessageHandler, message: Message) -> None:
         try:
@@ -248,9 +326,13 @@ class MQTTClientProtocol(Protocol):
         if not self.core.persistent:
             # Without a persistent session nothing in flight can complete.
             self.session.fail_publishes(list(self.session.publish_waiters), error)
-        d, self._connecting = self._connecting, None
-        if d is not None and not d.called:
-            d.errback(Failure(error))
+        for name in ("_connecting", "_reauth"):
+            d = getattr(self, name)
+            setattr(self, name, None)
+            if d is not None and not d.called:
+                d.errback(Failure(error))
+        for stream in list(self._streams):
+            stream.end()
         if not self._closed.called:
             self._closed.callback(None)
 
@@ -301,10 +383,13 @@ def connect_client(reactor: Any, endpoint: str | Any, client_id: str = "", *,
                    username: str | None = None, password: bytes | str | None = None,
                    will: Will | None = None, properties: dict | None = None,
                    on_message: MessageHandler | None = None,
-                   session: ClientSession | None = None,
+                   session: ClientSession | None = None, tls: Any = None,
                    **core_options: Any) -> Deferred[MQTTClientProtocol]:
     """Connect to ``endpoint`` (a client endpoint string such as ``tcp:host:1883``,
-    ``tls:host:8883``, ``unix:/path``, or an ``IStreamClientEndpoint``) and send CONNECT.
+    ``tls:host:8883``, ``unix:/path``, a ``ws://host:port/path`` or
+    ``wss://host:port/path`` URL, or an ``IStreamClientEndpoint``) and send CONNECT.
+    ``tls`` (an ``IOpenSSLClientConnectionCreator``, from ``optionsForClientTLS``)
+    replaces the platform's trust for ``wss://``.
 
     Fires with the protocol once the CONNACK accepted us (``protocol.connack``), or
     fails with :class:`~mqtt_twisted.errors.ConnectError` carrying the reason code.
@@ -318,9 +403,13 @@ def connect_client(reactor: Any, endpoint: str | Any, client_id: str = "", *,
             client_id, version, keep_alive=keep_alive, clean_start=clean_start,
             username=username, password=password, will=will, properties=properties,
             **core_options))
-    if isinstance(endpoint, str):
-        endpoint = clientFromString(reactor, endpoint)
     protocol = MQTTClientProtocol(reactor, session, on_message)
+    if isinstance(endpoint, str) and endpoint.startswith(("ws://", "wss://")):
+        opened = connect_websocket(reactor, endpoint, protocol, tls)
+    else:
+        if isinstance(endpoint, str):
+            endpoint = clientFromString(reactor, endpoint)
+        opened = connectProtocol(endpoint, protocol)
 
     def connected(proto: MQTTClientProtocol) -> Deferred[MQTTClientProtocol]:
         d = proto.connect()
@@ -331,4 +420,4 @@ def connect_client(reactor: Any, endpoint: str | Any, client_id: str = "", *,
             return failure
         return d.addCallbacks(lambda _: proto, refused)
 
-    return connectProtocol(endpoint, protocol).addCallback(connected)
+    return opened.addCallback(connected)

@@ -22,15 +22,18 @@ Stream entry fields (``o`` the origin node first, as before):
 A QoS 0 pub/sub message is ``msgpack [origin, [[message, groups, resent], ...]]``
 (before: ``[origin, message, groups, resent]``, still read).
 
-Order: a destination's batch is flushed before anything else is written to its
-stream (a directed entry), so each stream keeps the order its messages were routed
-in.  Across streams, the entries of one turn are written in the order their
-destinations were first used, all in one pipelined write: a message routed to node X
-after one routed to node Y in the same turn can reach X's stream first if X's batch
-was begun earlier in the turn.  Nothing here depends on that order; a design that
-does (one stream's entry known to be written before another's) would wrap a turn's
-XADDs in MULTI/EXEC.  The publisher's acknowledgement waits for its message's entry as before
-(each message gets its own Deferred, fired by the batch's ``XADD`` reply).
+Order: the batches of a turn are flushed before anything else is written to a
+stream (a directed or a handover barrier entry), so each stream keeps the order its
+messages were routed in.  Across streams, a handover needs more (``barrier.py``: when
+node N reads publisher node P's first message for a session that moved from node O,
+every message P routed to O before it must be in O's stream already).  One entry per
+destination cannot follow the routing order across streams (a turn routing to O, N,
+O), so when a flush has entries for several nodes they go in one MULTI/EXEC: Redis
+makes them visible at once, no reader sees one stream's entry of the turn before
+another's.  It costs two commands per flush that has several destinations (none
+with one); ``bench/calls_per_message.py --cluster`` counts it.  The publisher's
+acknowledgement waits for its message's entry as before (each message gets its own
+Deferred, fired by the batch's reply).
 
 Sans-IO apart from the injected reactor's ``callLater(0, ...)``: the flush is the
 next reactor iteration, after every socket read of this one.
@@ -78,7 +81,9 @@ def directed(item: Item) -> bytes | None:
 
 def read_entry(fields: list[Any] | None) -> tuple[str, list[Item]] | None:
     """A stream entry's origin node and messages; None for an entry trimmed away while
-    it was pending.  Raises for one that is not ours (the caller logs and skips it)."""
+    it was pending.  A handover barrier entry (``c`` and ``b``/``a``/``e``, no message)
+    is read as one item, the entry's fields as a dict (``inbox.deliver_items`` gives it
+    to ``barrier.py``).  Raises for one that is not ours (the caller logs and skips it)."""
     if not fields:
         return None
     record = dict(zip(fields[::2], fields[1::2]))
@@ -89,6 +94,8 @@ def read_entry(fields: list[Any] | None) -> tuple[str, list[Item]] | None:
         if type(items) is not list:  # (an item that is not ours: skipped as it is read)
             raise ValueError("a batch is a list of [message, destinations, groups]")
         return origin, items
+    if b"m" not in record and b"c" in record:
+        return origin, [record]  # a handover barrier (barrier.py): its fields, no message
     item = [record[b"m"], record.get(b"d", b""), record.get(b"g")]
     if b"c" in record:
         item.append(record[b"c"])
@@ -117,22 +124,28 @@ class Outbox:
     """This turn's copies for the peer nodes, sent once the turn is over.
 
     ``add(to, *fields)`` XADDs an entry to node ``to``'s stream and returns a Deferred
-    of the reply; ``push(to, data)`` sends a QoS 0 pub/sub message to node ``to``."""
+    of the reply; ``push(to, data)`` sends a QoS 0 pub/sub message to node ``to``;
+    ``transaction([(to, fields), ...])`` XADDs several entries in one MULTI/EXEC and
+    returns a Deferred of each reply (without it, they are XADDed one after another)."""
 
     def __init__(self, reactor: Any, origin: str,
                  add: Callable[..., Deferred[Any]],
-                 push: Callable[[str, bytes], None]) -> None:
+                 push: Callable[[str, bytes], None],
+                 transaction: Callable[[list[tuple[str, tuple[Any, ...]]]],
+                                       list[Deferred[Any]]] | None = None) -> None:
         self.reactor = reactor
         self.origin = origin
         self._add = add
         self._push = push
+        self._transaction = transaction
         self._entries: dict[str, _Batch] = {}
         self._pushes: dict[str, list[list[Any]]] = {}
         self._call: Any = None
         #: Entries and pub/sub messages sent, and the messages in them (for tests and
-        #: the benchmark's notes).
+        #: the benchmark's notes); MULTI/EXEC transactions sent.
         self.batches = 0
         self.messages = 0
+        self.transactions = 0
 
     def append(self, to: str, blob: bytes, destinations: bytes = b"",
                groups: list[str] | None = None, resent: bool = False) -> Deferred[Any]:
@@ -171,25 +184,40 @@ class Outbox:
         call, self._call = self._call, None
         if call is not None and call.active():
             call.cancel()
-        for to in list(self._entries):
-            self.flush_entries(to)
+        self.flush_entries()
         pushes, self._pushes = self._pushes, {}
         for to, items in pushes.items():
             self._send_push(to, items)
 
-    def flush_entries(self, to: str) -> None:
-        """Send ``to``'s batch now (before a directed entry for it, to keep order)."""
-        batch = self._entries.pop(to, None)
-        if batch is None:
+    def flush_entries(self, to: str | None = None) -> None:
+        """Send this turn's batches now: at the end of the turn, when one is full, or
+        before a directed or barrier entry for ``to`` (``NodeLink.direct``,
+        ``.barrier``).  All of them, not only ``to``'s: several go in one MULTI/EXEC,
+        so no stream has a message of this turn before another stream has the ones
+        routed before it (see "Order" above)."""
+        entries = self._entries
+        if not entries:
             return
-        self.batches += 1
-        self.messages += len(batch.items)
+        self._entries = {}
+        batches = list(entries.items())
+        self.batches += len(batches)
+        for _, batch in batches:
+            self.messages += len(batch.items)
         try:
-            d = self._add(to, BATCH, _pack(batch.items))
+            if len(batches) == 1 or self._transaction is None:
+                replies = [self._add(dest, BATCH, _pack(batch.items))
+                           for dest, batch in batches]
+            else:
+                self.transactions += 1
+                replies = self._transaction([(dest, (BATCH, _pack(batch.items)))
+                                             for dest, batch in batches])
         except Exception:
-            d = Deferred()
-            d.errback(Failure())
-        d.addBoth(_fire, batch.deferreds)
+            failure = Failure()
+            for _, batch in batches:
+                _fire(failure, batch.deferreds)
+            return
+        for d, (_, batch) in zip(replies, batches):
+            d.addBoth(_fire, batch.deferreds)
 
     def _send_push(self, to: str, items: list[list[Any]]) -> None:
         self.batches += 1

@@ -104,6 +104,7 @@ class Drain:
         self.skipped = 0
         self.dead = dead
         self.stream = node.keys.inbox(dead)
+        self.mark_field = b"m:" + self.stream
         self.group = dead.encode("utf-8")
         self.publisher = DrainPublisher(node, dead)
         self.delivered = 0
@@ -159,15 +160,21 @@ class Drain:
         """Message ``index`` of an entry, except into the sessions the dead node had
         delivered it into already (their marks are at or past it)."""
         marks = self.marks
+        node = self.node
+        publisher = self.publisher
+        # Each copy delivered into a session is marked with the entry and its index
+        # (RedisStore.mark, ``ms-seq.INDEX``): if this node dies in turn, the next
+        # adopter skips it there.
+        field = self.mark_field
         if not marks:
-            return deliver_items(self.node, origin, items, index, self.publisher,
-                                 stop=index + 1)[1]
+            return deliver_items(node, origin, items, index, publisher, entry_id,
+                                 index + 1, field)[1]
         key = entry_key(entry_id, index)
         done = {c for c, m in marks.items() if m >= key}
         if not done:
             self.marks = {c: m for c, m in marks.items() if m >= key}  # all behind now
-            return deliver_items(self.node, origin, items, index, self.publisher,
-                                 stop=index + 1)[1]
+            return deliver_items(node, origin, items, index, publisher, entry_id,
+                                 index + 1, field)[1]
         local = self.node.router.local
         deliver = local.deliver
 
@@ -179,8 +186,8 @@ class Drain:
 
         local.deliver = unless_done
         try:
-            return deliver_items(self.node, origin, items, index, self.publisher,
-                                 stop=index + 1)[1]
+            return deliver_items(node, origin, items, index, publisher, entry_id,
+                                 index + 1, field)[1]
         finally:
             local.deliver = deliver
 
@@ -204,6 +211,8 @@ class Drain:
         """A session this message goes to whose client is away and whose queue is at
         its high-water mark, or None."""
         try:
+            if type(item) is dict:
+                return None  # a handover barrier (barrier.py): nothing to queue
             if len(item) > 3:  # directed to one session (moved.py)
                 client_ids = [item[3].decode("utf-8")]
             else:

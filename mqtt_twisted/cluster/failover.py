@@ -87,11 +87,20 @@ for i = 1, #all, 2 do
 end
 return taken
 """
+#: The dead node's routes go, and the streams it was still delivering (its own drains,
+#: ``P:cluster:drains:NODE``) become this node's, with its own stream: their entries
+#: left unacknowledged are delivered here (an adopter that dies while it drains).
+#: KEYS: its filters, the set of nodes, its share groups, its drains, this node's
+#: drains; ARGV: the dead node, the routes channel, the RESET change.
 _DROP = b"""
 redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
-return 1
+local streams = redis.call('SMEMBERS', KEYS[4])
+redis.call('DEL', KEYS[4])
+streams[#streams + 1] = ARGV[1]
+for _, node in ipairs(streams) do redis.call('SADD', KEYS[5], node) end
+return streams
 """
 
 
@@ -104,6 +113,8 @@ class Failover:
         self.alive_prefix = keys.prefix + b"alive:"
         self.adopt_prefix = keys.prefix + b"adopt:"
         self.epoch_prefix = keys.prefix + b"epoch:"
+        #: P:cluster:drains:NODE: the dead nodes' streams NODE is delivering.
+        self.drains_prefix = keys.prefix + b"drains:"
         self.lease_ms = int(LEASE * 1000)
         self._loop: LoopingCall | None = None
         #: Since when every renewal of this node's lease succeeded (None: the last failed).
@@ -250,9 +261,8 @@ class Failover:
         # others stop once its filters are dropped below; what they sent is drained).
         node.router.routes.apply(RESET, dead)
         restored = 0
-        # What of its stream each session had got already (drain.py skips it there).
-        marks: dict[str, bytes] = {}
-        stream = keys.inbox(dead)
+        # What of each stream each session had got already (drain.py skips it there).
+        marks: dict[bytes, dict[str, bytes]] = {}
         for start in range(0, len(client_ids), BATCH):
             batch = client_ids[start:start + BATCH]
             states = yield gatherResults([broker.store.loadSession(c) for c in batch])
@@ -260,20 +270,28 @@ class Failover:
                 if state is not None and client_id not in broker.sessions:
                     broker.restore_session(state)
                     restored += 1
-                    mark = getattr(state, "marks", {}).get(stream)
-                    if mark is not None:
-                        marks[client_id] = mark
-        yield node.commands.command(b"EVAL", _DROP, 3, keys.filters(dead), keys.nodes,
-                                    keys.shared(dead), dead, keys.routes,
-                                    encode_change(RESET, dead))
+                    for stream, mark in getattr(state, "marks", {}).items():
+                        marks.setdefault(stream, {})[client_id] = mark
+        streams = yield node.commands.command(
+            b"EVAL", _DROP, 5, keys.filters(dead), keys.nodes, keys.shared(dead),
+            self.drains_prefix + dead.encode(), self.drains_prefix + node.group, dead,
+            keys.routes, encode_change(RESET, dead))
         wills = yield node.wills.take(dead)  # its clean sessions' (wills.py)
+        inherited = [s.decode("utf-8") for s in streams if s.decode("utf-8") != dead]
         log.info("cluster {name}: adopted node {dead}: {n} sessions, {w} wills of clean "
-                 "sessions; its stream in {grace} s", name=node.name, dead=dead,
-                 n=restored, w=wills, grace=ADOPT_GRACE)
+                 "sessions; its stream in {grace} s{also}", name=node.name, dead=dead,
+                 n=restored, w=wills, grace=ADOPT_GRACE,
+                 also=f", and the rest of {', '.join(inherited)}'s, which it was "
+                      "delivering" if inherited else "")
         # In the background, under flow control (drain.py): a client of the dead node
         # may connect again meanwhile, and the drain may wait for it.
         # The adoption is over (a CONNECT waiting for it on another node goes on): the
         # dead node is out of the set of nodes, so nobody adopts it again.
         yield node.commands.command(b"DEL", self.adopt_prefix + dead.encode())
-        d = deferLater(node.reactor, ADOPT_GRACE, Drain(node, dead, marks).run)
-        d.addErrback(node._failed, f"delivering node {dead}'s stream")
+        for stream in streams:
+            owner = stream.decode("utf-8")
+            drain = Drain(node, owner, marks.get(keys.inbox(owner)))
+            d = deferLater(node.reactor, ADOPT_GRACE, drain.run)
+            d.addCallback(lambda _, s=stream: node.commands.command(
+                b"SREM", self.drains_prefix + node.group, s))
+            d.addErrback(node._failed, f"delivering node {owner}'s stream")

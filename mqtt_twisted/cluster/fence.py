@@ -146,6 +146,7 @@ class Fence:
                  name=node.name, epoch=self.epoch.decode())
         self._waiting = []
         node.moved.clear()
+        node.barriers.clear()
         dropped = drop_sessions(node.broker)
         log.info("cluster {name}: dropped {n} sessions", name=node.name, n=dropped)
         d = node.rejoin()

@@ -44,17 +44,25 @@ TURN_MESSAGES = 512
 
 def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int = 0,
                   publisher: Any = None, entry_id: bytes | None = None,
-                  stop: int | None = None) -> tuple[int, list[Any]]:
+                  stop: int | None = None,
+                  field: bytes | None = None) -> tuple[int, list[Any]]:
     """Deliver the messages of one stream entry here from ``items[start]`` on, until
     ``stop`` or until ``publisher`` (who flow control holds back if a subscriber is
     behind) is paused, at least one: where it stopped, and the store writes made (to
-    wait for before XACK).  ``entry_id`` (an entry of this node's own stream) goes
-    with each outbound record made (``RedisStore.mark``, ``entry_id.INDEX`` past the
-    first message of a batch): an adopter does not deliver it there again."""
+    wait for before XACK).  ``entry_id`` goes with each outbound record made
+    (``RedisStore.mark``, ``entry_id.INDEX`` past the first message of a batch) in
+    the stored session's ``field`` (this node's own stream's by default; a drain
+    passes the dead node's): an adopter does not deliver it there again.  A handover
+    barrier entry (``batch.read_entry``: one dict, no message) goes to ``barrier.py``."""
     broker = node.broker
+    if type(items[0]) is dict:  # a barrier (barrier.py): c client id, b/a/e
+        record = items[0]
+        return 1, broker.writes_of(node.barriers.entry, record[b"c"].decode("utf-8"),
+                                   record)[1]
     receive = node.router.receive
     store = node.store
-    field = node.mark_field
+    if field is None:
+        field = node.mark_field
     end = len(items) if stop is None else stop
     at = [start]
 
@@ -85,11 +93,15 @@ def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int 
             at[0] = index
 
     broker.publisher = publisher
+    barriers = node.barriers
+    if barriers.windows:
+        barriers.origin = origin  # a session that arrived lately may hold it
     try:
         _, pending = broker.writes_of(deliver)
     finally:
         broker.publisher = None
         store.mark = None
+        barriers.origin = None
     return at[0], pending
 
 

@@ -47,7 +47,8 @@ class NodeLink:
 
     def __init__(self, node: ClusterNode) -> None:
         self.node = node
-        self.outbox = Outbox(node.reactor, node.name, self._add, self._push)
+        self.outbox = Outbox(node.reactor, node.name, self._add, self._push,
+                             self._transaction)
         self.append = self.outbox.append  # type: ignore[method-assign]  # one call less a message
 
     def _script(self, script: bytes, key: bytes, *args: Any, change: bytes,
@@ -103,6 +104,13 @@ class NodeLink:
         self.outbox.flush_entries(to)
         return self._add(to, b"m", encode_message(message), b"c", client_id.encode("utf-8"))
 
+    def barrier(self, to: str, client_id: str, field: bytes, value: str) -> Deferred[Any]:
+        """A barrier entry for ``client_id``'s handover (``barrier.py``): ``b`` asks the
+        old node ``to`` for one, ``a`` answers it, ``e`` says forwarding is over; after
+        what this turn has for ``to`` already, as ``direct()``."""
+        self.outbox.flush_entries(to)
+        return self._add(to, b"c", client_id.encode("utf-8"), field, value.encode("utf-8"))
+
     def _push(self, to: str, data: bytes) -> None:
         node = self.node
         node.commands.command(node.publish_command, node.keys.inbox0(to),
@@ -114,6 +122,38 @@ class NodeLink:
         d = node.commands.command(b"XADD", node.keys.inbox(to), b"MAXLEN", b"~",
                                   INBOX_MAXLEN, b"*", b"o", node._origin, *fields)
         return d if node._replicas is None else node._replicas.gate(d)
+
+    def _transaction(self, adds: list[tuple[str, tuple[Any, ...]]]) -> list[Deferred[Any]]:
+        """XADD each of ``adds`` (destination, fields) in one MULTI/EXEC (``batch.py``,
+        "Order"): a Deferred of each entry's id, from EXEC's reply."""
+        node = self.node
+        command = node.commands.command
+        inbox = node.keys.inbox
+        origin = node._origin
+        command(b"MULTI").addErrback(_ignored)
+        for to, fields in adds:
+            command(b"XADD", inbox(to), b"MAXLEN", b"~", INBOX_MAXLEN, b"*", b"o",
+                    origin, *fields).addErrback(_ignored)  # QUEUED: EXEC says
+        replies: list[Deferred[Any]] = [Deferred() for _ in adds]
+        command(b"EXEC").addBoth(_split, replies)
+        if node._replicas is None:
+            return replies
+        return [node._replicas.gate(d) for d in replies]
+
+
+def _split(result: Any, replies: list[Deferred[Any]]) -> None:
+    """EXEC's reply, one element to each XADD's Deferred (a failed EXEC fails them all)."""
+    if result is None:  # aborted (nothing here WATCHes; said for completeness)
+        result = Failure(StorageError("Redis aborted a transaction"))
+    if isinstance(result, Failure):
+        for d in replies:
+            d.errback(result)
+        return
+    for d, reply in zip(replies, result):
+        if isinstance(reply, Exception):
+            d.errback(reply)
+        else:
+            d.callback(reply)
 
 
 def _ignored(failure: Failure) -> None:

@@ -19,9 +19,10 @@ is delivered to nothing on O.  So:
   restored and its connection attached (:meth:`Moved.arrived`): the entries wait in
   Redis, then go through flow control like any other, after what the snapshot held.
 
-QoS 0 is not forwarded (at most once).  Order: a message that came through O can reach
-the session after a later one that came directly, when a publisher's node switched
-from O to N while O still had earlier entries unread (docs/cluster.md).
+QoS 0 is not forwarded (at most once).  Order: a publisher's node switches from O to N
+while O may still have earlier entries unread; N holds the later, direct ones until O
+has forwarded the earlier ones (``barrier.py``; O answers N's barrier requests and
+says when it stops forwarding).
 """
 
 from __future__ import annotations
@@ -120,6 +121,9 @@ class Moved:
             departure.call.cancel()
         for key in departure.filters:
             self.node.router.unhold(key)
+        # Behind every forward: the new node holds nothing more for it (barrier.py).
+        d = self.node.link.barrier(departure.to, client_id, b"e", "")
+        d.addErrback(self.node._failed, "ending a handover window")
         log.info("cluster {name}: {n} messages forwarded to {to} for {client}, whose "
                  "session went there", name=self.node.name, n=departure.forwarded,
                  to=departure.to, client=client_id)

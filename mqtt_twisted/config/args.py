@@ -51,6 +51,8 @@ def with_config(options: Any, argv: list[str]) -> list[str]:
     for option, text in config.arguments:
         if option in REPEATABLE and option in given:
             continue  # the command line's list replaces the file's
+        if option.startswith("bridge") and "bridge" in given:
+            continue  # and its bridges replace the file's, with all their options
         if text is None:
             front.append(f"--{option}")
         else:

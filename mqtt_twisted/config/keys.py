@@ -12,6 +12,8 @@ from typing import Any
 
 #: How a key becomes command-line arguments.
 VALUE, LIST, LISTENERS, STORE = "value", "list", "listeners", "store"
+#: A field of one item of the top-level ``bridges:`` list (``bridges.FIELD``).
+BRIDGES = "bridges"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +111,35 @@ KEYS: tuple[Key, ...] = (
         live="validate_utf8_payload"),
     # cluster
     Key("cluster.node", "cluster", "", "node.name, cluster.discovery_strategy"),
+    # bridges: each item of the list is one --bridge and its --bridge-* options
+    Key("bridges.endpoint", "bridge", "connection NAME + address HOST:PORT",
+        "bridges.mqtt.NAME.server", kind=BRIDGES,
+        schema={"type": "string", "minLength": 1}),
+    Key("bridges.name", "bridge-name", "connection NAME", "bridges.mqtt.NAME", kind=BRIDGES,
+        schema={"type": "string", "pattern": "^[^/+#]+$",
+                "x-expected": "a name without '/', '+' or '#'"}),
+    Key("bridges.topics", "bridge-topic", "topic", "bridges.mqtt.NAME.forwards, .subscriptions",
+        kind=BRIDGES, schema=_STRINGS),
+    Key("bridges.client_id", "bridge-client-id", "remote_clientid", "bridges.mqtt.NAME.clientid",
+        kind=BRIDGES, schema={"type": "string", "minLength": 1}),
+    Key("bridges.username", "bridge-username", "remote_username",
+        "bridges.mqtt.NAME.username", kind=BRIDGES, schema={"type": "string"}),
+    Key("bridges.password", "bridge-password", "remote_password",
+        "bridges.mqtt.NAME.password", kind=BRIDGES, schema={"type": "string"}),
+    Key("bridges.local_username", "bridge-local-username", "local_username", "",
+        kind=BRIDGES, schema={"type": "string"}),
+    Key("bridges.local_password", "bridge-local-password", "local_password", "",
+        kind=BRIDGES, schema={"type": "string"}),
+    Key("bridges.clean", "bridge-clean", "cleansession", "bridges.mqtt.NAME.clean_start",
+        kind=BRIDGES, schema={"type": "boolean", "default": False}),
+    Key("bridges.protocol", "bridge-protocol", "bridge_protocol_version",
+        "bridges.mqtt.NAME.proto_ver", kind=BRIDGES,
+        schema={"enum": [311, 5, "311", "5"], "x-expected": "311 or 5", "default": 311}),
+    Key("bridges.keepalive", "bridge-keepalive", "keepalive_interval",
+        "bridges.mqtt.NAME.keepalive", kind=BRIDGES,
+        schema={"type": "integer", "minimum": 0, "maximum": 65535, "default": 60}),
+    Key("bridges.try_private", "bridge-try-private", "try_private", "", kind=BRIDGES,
+        schema={"type": "boolean", "default": True}),
     # logging (options of the logging work, issue 17: a key for each once they exist)
     Key("logging.level", "log-level", "log_type", "log.console.level"),
     Key("logging.format", "log-format", "", "log.console.formatter"),
@@ -119,6 +150,7 @@ CLI_ONLY: dict[str, str] = {
     "config": "names the file itself",
     "list-plugins": "an action: lists the plugins and exits",
     "help": "an action", "version": "an action", "l": "the short form of --listen",
+    "bridge-persistent": "the opposite of --bridge-clean (bridges[].clean: false)",
 }
 
 #: The repeatable options (opt_ methods appending to a list): the command line's list,

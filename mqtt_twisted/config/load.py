@@ -20,7 +20,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from twisted.python.usage import UsageError
 
-from mqtt_twisted.config.keys import LIST, LISTENERS, STORE
+from mqtt_twisted.config.keys import BRIDGES, LIST, LISTENERS, STORE
 from mqtt_twisted.config.listeners import listener_value
 from mqtt_twisted.config.schema import active_keys, build_schema, camel, expected, option_specs
 
@@ -168,7 +168,7 @@ def load_config(path: str, options_class: type, adapters: Mapping[str, Any]) -> 
         value = data.get(section, {}).get(name) if isinstance(data.get(section), dict) \
             else None
         where = (section, name)
-        if value is None or key.kind == STORE:
+        if value is None or key.kind in (STORE, BRIDGES):
             continue
         origin = f"{path}:{marks.line(where)}: {key.path}"
         if key.kind == LISTENERS:
@@ -189,6 +189,7 @@ def load_config(path: str, options_class: type, adapters: Mapping[str, Any]) -> 
                 config.add(key.option, None, origin)
         else:
             config.add(key.option, _text(value), origin)
+    _bridges(config, data.get("bridges") or [], path, marks)
     storage = data.get("storage") or {}
     if storage:
         kind, url = storage.get("type"), storage.get("url")
@@ -198,6 +199,16 @@ def load_config(path: str, options_class: type, adapters: Mapping[str, Any]) -> 
     if found:
         _raise(found)
     return config
+
+
+def _bridges(config: ConfigFile, items: list[Any], path: str, marks: Marks) -> None:
+    """Each ``bridges:`` item as ``--bridge ENDPOINT --bridge-...`` in that order."""
+    from mqtt_twisted.bridge.config import bridge_options
+
+    for index, item in enumerate(items):
+        origin = f"{path}:{marks.line(('bridges', index))}: bridges[{index}]"
+        for option, text in bridge_options(item):
+            config.add(option, text, origin)
 
 
 def _text(value: Any) -> str:

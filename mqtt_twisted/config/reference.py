@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mqtt_twisted.config.keys import LISTENERS, STORE
+from mqtt_twisted.config.keys import BRIDGES, LISTENERS, STORE
 from mqtt_twisted.config.reload import LISTENER_OPTIONS, LIVE_HOOKS
 from mqtt_twisted.config.schema import (
     LISTENER_FIELDS,
@@ -55,7 +55,8 @@ def _keys_table(options_class: type, adapters: Mapping[str, Any]) -> str:
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key in active_keys(options_class):
         section, _, name = key.path.partition(".")
-        node = schema["properties"][section]["properties"][name]
+        node = (schema["properties"][section]["items"]["properties"][name]
+                if key.kind == BRIDGES else schema["properties"][section]["properties"][name])
         takes = ("a list of listeners (below)" if key.kind == LISTENERS else expected(node))
         option = f"`--{key.option}`" + (" (`NAME:URL`)" if key.kind == STORE else "")
         if key.path in _REREAD:

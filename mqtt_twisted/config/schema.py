@@ -18,7 +18,7 @@ from typing import Any
 from mqtt_twisted.adapters.listener import COMMON_KEYS
 from mqtt_twisted.adapters.options import AdapterOption, normalize
 from mqtt_twisted.adapters.tls import TLS_OPTIONS
-from mqtt_twisted.config.keys import KEYS, LIST, LISTENERS, STORE, Key
+from mqtt_twisted.config.keys import BRIDGES, KEYS, LIST, LISTENERS, STORE, Key
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
 
@@ -175,6 +175,10 @@ def build_schema(options_class: type, adapters: Mapping[str, Any]) -> dict[str, 
     root: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
     for key in active_keys(options_class):
         section, _, name = key.path.partition(".")
+        if key.kind == BRIDGES:
+            bridges = root["properties"].setdefault(section, bridges_schema())
+            bridges["items"]["properties"][name] = _option_schema(key, specs[key.option])
+            continue
         # A section may be empty (its keys commented out): YAML gives null.
         node = root["properties"].setdefault(
             section, {"type": ["object", "null"], "properties": {},
@@ -197,6 +201,14 @@ def build_schema(options_class: type, adapters: Mapping[str, Any]) -> dict[str, 
             schema = _option_schema(key, spec)
         node["properties"][name] = schema
     return root
+
+
+def bridges_schema() -> dict[str, Any]:
+    """The top-level ``bridges:`` list; its items' fields are the BRIDGES keys."""
+    return {"type": ["array", "null"], "description": "bridges to other brokers (--bridge)",
+            "items": {"type": "object", "properties": {}, "additionalProperties": False,
+                      "required": ["endpoint", "topics"],
+                      "x-expected": "a mapping with endpoint and topics"}}
 
 
 # --- the schema in words -----------------------------------------------------------------

@@ -82,6 +82,8 @@ class Broker:
         #: ``kept(session)`` once connected, ``ended(session)`` when the connection
         #: ends.  None on a single node.
         self.wills: Any = None
+        #: Callables adding values to $SYS (a bridge's state: ``Gateway.addSysValues``).
+        self.sys_sources: list[Any] = []
         #: Subscriptions and dispatch: the seam a cluster router wraps.
         self.router: Any = LocalRouter(self.sessions, self.delivery.deliver)
         local = self.router

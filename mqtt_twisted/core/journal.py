@@ -39,12 +39,16 @@ class Journal:
     def writes_of(self, action: Callable[..., Any], *args: Any) -> tuple[Any, list[Any]]:
         """Run ``action`` and return its result with the store writes it left pending:
         the caller waits on them (to acknowledge only what is stored) and handles their
-        failures."""
+        failures.  Nested (a delivery that releases held ones: cluster/barrier.py),
+        the inner writes are the outer caller's too."""
+        outer = self._collecting
         self._collecting = []
         try:
             result = action(*args)
         finally:
-            writes, self._collecting = self._collecting, None
+            writes, self._collecting = self._collecting, outer
+        if outer is not None:
+            outer += writes
         return result, writes
 
     def persist(self, result: Any) -> None:

@@ -81,6 +81,8 @@ class SysTopics:
         extra = getattr(broker.router, "sys_values", None)  # a cluster router's own
         if extra is not None:
             values.update(extra())
+        for source in broker.sys_sources:  # bridges' state (Gateway.addSysValues)
+            values.update(source())
         rss = resident_memory()
         if rss is not None:
             values["heap/current"] = str(rss)

@@ -21,6 +21,7 @@ import struct
 
 PAYLOAD_HEADER = struct.Struct(">QII")  # send time ns, sequence number, publisher index
 TIMESTAMP = struct.Struct(">Q")
+PACKET_ID = struct.Struct(">H")
 
 CONNACK_LEN = 4
 PINGREQ = b"\xc0\x00"
