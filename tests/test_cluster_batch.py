@@ -265,6 +265,24 @@ class LinkTransactionTests(SynchronousTestCase):
         self.assertEqual([type(f.value) for f in fired[2:]], [StorageError] * 2)
 
 
+    def test_a_barrier_goes_after_the_turns_batches(self) -> None:
+        """``NodeLink.barrier`` (as ``direct``) sends what the turn gathered first: the
+        barrier entry is behind every message routed before it, in every stream."""
+        broker, clock = make_broker()
+        node = fake_node(broker, clock)
+        link = NodeLink(node)  # type: ignore[arg-type]
+        link.append("O", blob("a"), b"O")
+        link.append("N", blob("a"), b"N")
+        link.barrier("O", "cid", b"b", "P")
+        sent = node.commands.sent
+        self.assertEqual([c[:2] for c in sent], [(b"MULTI",), (b"XADD", b"s:O"),
+                                                 (b"XADD", b"s:N"), (b"EXEC",),
+                                                 (b"XADD", b"s:O")])
+        self.assertEqual(sent[-1][-4:], (b"c", b"cid", b"b", b"P"))
+        clock.advance(0)
+        self.assertEqual(len(sent), 5)  # nothing left for the end of the turn
+
+
 class FakeCommands:
     def __init__(self) -> None:
         self.sent: list[tuple[Any, ...]] = []
