@@ -9,6 +9,16 @@ unlike times, do not depend on the machine's load, so two checkouts compare exac
     python bench/calls_per_message.py
     python bench/calls_per_message.py --checkout /path/to/older/checkout
     python bench/calls_per_message.py --more   # also per connection cycle, per SUBSCRIBE
+
+``--cluster`` counts a QoS 1 message that crosses nodes instead: two cluster nodes in
+one process (``ClusterNode`` on sans-IO brokers, Redis replaced by replies made with
+the RESP codec and parsed as the receiving node parses them), the publisher on A, the
+subscriber on B, ``--turn`` messages read in one reactor turn (the outbox batches per
+turn); calls counted on A (reading the PUBLISHes, sending to B's stream, the PUBACKs)
+and on B (parsing the stream reply, delivering, the subscriber's PUBACKs, XACK).
+``--nodes N`` routes each message to N nodes (B and N-1 whose entries are answered, not
+read): a turn's entries then go in one MULTI/EXEC (``cluster/batch.py``, "Order"),
+``--pipelined`` sends them as before to compare.
 """
 
 from __future__ import annotations
@@ -82,17 +92,158 @@ if "--more" in sys.argv:
 """
 
 
+_CLUSTER = r"""
+import sys
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from mqtt_twisted.cluster.node import ClusterNode
+from mqtt_twisted.cluster.resp import Parser, encode_reply
+from mqtt_twisted.cluster.routes import ADD
+from mqtt_twisted.codec import PubAck, Publish, encode
+from mqtt_twisted.store.redis import parse_url
+from mqtt_twisted.testing import FakeClient, make_broker
+
+N, TURN, MORE, PIPELINED = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
+                            sys.argv[4] == "1")
+
+
+class Redis:
+    def __init__(self):
+        self.sent = []
+
+    def command(self, *args):
+        d = Deferred()
+        self.sent.append((args, d))
+        return d
+
+    def command_blocking(self, block, *args):
+        return self.command(*args)
+
+
+def node(name):
+    broker, clock = make_broker()
+    n = ClusterNode(clock, parse_url("redis://127.0.0.1:1/0"), name, broker)
+    locate = broker.locate_session
+    n.install()
+    broker.locate_session = locate  # no other node has had these client ids
+    n.commands, n.reader = Redis(), Redis()
+    n.fence.confirmed_at = clock.seconds()
+    return n, broker, clock
+
+
+a, broker_a, clock_a = node("A")
+b, broker_b, clock_b = node("B")
+a.router.routes.apply(ADD, "B", "x/t")
+for k in range(MORE):  # more nodes with a subscriber: their entries answered, not read
+    a.router.routes.apply(ADD, f"C{k}", "x/t")
+if PIPELINED:  # a turn's entries for several nodes pipelined, not in MULTI/EXEC
+    a.link.outbox._transaction = None
+sub = FakeClient(broker_b, 4)
+sub.connect("sub")
+sub.subscribe("x/t", qos=1)
+pub = FakeClient(broker_a, 4)
+pub.connect("pub")
+b.inbox.start()
+a.commands.sent.clear()
+b.commands.sent.clear()
+parser = Parser()
+calls = [0]
+on_a = on_b = 0
+
+
+def count(frame, event, arg):
+    if event == "call":
+        calls[0] += 1
+
+
+packets = [encode(Publish("x/t", b"x" * 16, 1, False, False, (i % 60000) + 1), 4)
+           for i in range(N)]
+acks = [encode(PubAck((i % 60000) + 1), 4) for i in range(N)]
+entry = 0
+for first in range(0, N, TURN):
+    last = min(N, first + TURN)
+    calls[0] = 0
+    sys.setprofile(count)
+    for i in range(first, last):  # one turn of A: the publisher's PUBLISHes
+        pub.connection.dataReceived(packets[i])
+    clock_a.advance(0)  # the turn is over: the outbox sends
+    sent = list(a.commands.sent)
+    a.commands.sent.clear()
+    replies = []
+    queued = None
+    for args, d in sent:  # Redis has them: the PUBACKs go
+        if args[0] == b"MULTI":
+            queued = []
+            d.callback(b"OK")
+            continue
+        if args[0] == b"EXEC":
+            d.callback(queued)
+            queued = None
+            continue
+        entry += 1
+        entry_id = b"1-%d" % entry
+        if queued is None:
+            d.callback(entry_id)
+        else:
+            queued.append(entry_id)
+            d.callback(b"QUEUED")
+        if args[1] == b"mqtt:cluster:inbox:B":
+            fields = list(args[args.index(b"*") + 1:])
+            replies.append([entry_id, fields])
+    sys.setprofile(None)
+    on_a += calls[0]
+    wire = encode_reply([[b"mqtt:cluster:inbox:B", replies]])
+    calls[0] = 0
+    sys.setprofile(count)
+    [read] = [d for args, d in b.reader.sent]
+    b.reader.sent.clear()
+    [reply] = parser.feed(wire)  # as B's connection parses it
+    read.callback(reply)  # delivered to the subscriber
+    for i in range(first, last):
+        sub.connection.dataReceived(acks[i])
+    for args, d in b.commands.sent:  # XACK
+        d.callback(len(args) - 3)
+    b.commands.sent.clear()
+    sys.setprofile(None)
+    on_b += calls[0]
+got = sum(1 for p in sub.received() if isinstance(p, Publish))
+assert got == N, got
+more = f", to {MORE + 1} nodes{' pipelined' if PIPELINED else ''}" if MORE else ""
+print(f"QoS 1 across nodes, {TURN} a turn{more}: {on_a / N:.1f} Python calls per message "
+      f"on A (publisher's node), {on_b / N:.1f} on B (subscriber's), "
+      f"{(on_a + on_b) / N:.1f} in all")
+"""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkout", type=Path, default=ROOT)
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--more", action="store_true",
                         help="also count the calls per connection cycle and per SUBSCRIBE")
+    parser.add_argument("--cluster", action="store_true",
+                        help="a QoS 1 message crossing from node A to node B")
+    parser.add_argument("--turn", type=int, action="append",
+                        help="--cluster: messages per reactor turn (default 1 and 100)")
+    parser.add_argument("--nodes", type=int, default=1,
+                        help="--cluster: nodes with a subscriber each (B, then nodes whose "
+                        "entries are answered but not read); with more than one, a "
+                        "turn's entries go in one MULTI/EXEC")
+    parser.add_argument("--pipelined", action="store_true",
+                        help="--cluster --nodes N: the entries pipelined instead (to "
+                        "compare)")
     args = parser.parse_args()
     print(f"checkout: {args.checkout}")
-    subprocess.run([sys.executable, "-c", _PROGRAM, str(args.messages)]
-                   + (["--more"] if args.more else []), check=True,
-                   env={"PYTHONPATH": str(args.checkout)}, cwd=args.checkout)
+    env = {"PYTHONPATH": str(args.checkout)}
+    if not args.cluster:
+        subprocess.run([sys.executable, "-c", _PROGRAM, str(args.messages)]
+                       + (["--more"] if args.more else []), check=True,
+                       env=env, cwd=args.checkout)
+        return
+    for turn in args.turn or [1, 100]:
+        subprocess.run([sys.executable, "-c", _CLUSTER, str(args.messages), str(turn),
+                        str(args.nodes - 1), "1" if args.pipelined else "0"],
+                       check=True, env=env, cwd=args.checkout)
 
 
 if __name__ == "__main__":

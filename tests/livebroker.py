@@ -113,7 +113,10 @@ class Bystander:
         while True:
             ready = poller.poll(timeout * 1000)
             assert ready, f"the bystander's message did not come back within {timeout} s"
-            if self._decoder.feed(self.echo.recv(65536)):
+            data = self.echo.recv(65536)
+            # A closed connection polls readable forever: fail, do not spin.
+            assert data, "the broker closed the bystander's connection"
+            if self._decoder.feed(data):
                 elapsed = (time.perf_counter() - start) * 1000
                 self.times.append(elapsed)
                 return elapsed

@@ -49,7 +49,8 @@ def test_qos0_lane_sharded(tmp_path: Path) -> None:
     redis = Redis(tmp_path / "redis")
     try:
         cross(tmp_path, redis)
-        assert calls(redis, "spublish") >= 100
+        # The messages of one turn for one node share one SPUBLISH (batch.py).
+        assert calls(redis, "spublish") >= 1
         assert calls(redis, "ssubscribe") >= 2
         # Plain PUBLISH carries route changes and handovers only, not the 100 messages.
         assert calls(redis, "publish") < 50
@@ -64,6 +65,7 @@ def test_qos0_lane_without_sharded_pubsub(tmp_path: Path) -> None:
                   "--rename-command", "SSUBSCRIBE", "")
     try:
         cross(tmp_path, redis)
-        assert calls(redis, "publish") >= 100
+        assert calls(redis, "publish") >= 1  # the only way the 100 could cross
+        assert calls(redis, "spublish") == 0
     finally:
         redis.stop()

@@ -12,7 +12,8 @@ Per publisher's node P, N puts a *barrier* behind P's messages in O's stream:
 
 - the first time N is about to deliver a QoS 1/2 message from P to the session
   (directly, not forwarded), it holds it and appends a barrier request
-  (``c`` client id, ``b`` P) to O's stream.  Redis runs P's commands in order, so
+  (``c`` client id, ``b`` P) to O's stream.  Redis runs P's commands in order, and
+  P's entries of one turn for several nodes in one MULTI/EXEC (``batch.py``), so
   every message P had appended to O's stream is already there when N reads P's
   first direct one: they are all before the barrier.
 - O answers the barrier when its reader reaches it (``a`` P, into N's stream), after
@@ -83,7 +84,7 @@ class Barriers:
         #: client id -> its window; empty: nothing is held (the usual case).
         self.windows: dict[str, _Window] = {}
         #: The node a message being delivered came from (set around a stream entry's
-        #: delivery by ``inbox.deliver_entry``); None: published here.
+        #: delivery by ``inbox.deliver_items``); None: published here.
         self.origin: str | None = None
         self._real: Any = None
         self.held = 0  # messages held for a barrier, in all

@@ -33,7 +33,13 @@ from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from mqtt_twisted.cluster.inbox import READ_COUNT, deliver_entry
+from mqtt_twisted.cluster.batch import Item
+from mqtt_twisted.cluster.inbox import (
+    READ_COUNT,
+    TURN_MESSAGES,
+    deliver_items,
+    entry_items,
+)
 from mqtt_twisted.core.states import CONNECTED
 from mqtt_twisted.store.redis import decode_message
 
@@ -48,10 +54,12 @@ PATIENCE = 120.0
 POLL = 0.1
 
 
-def entry_key(entry_id: bytes) -> tuple[int, int]:
-    """A stream entry id (``ms-seq``) as something that compares in stream order."""
+def entry_key(entry_id: bytes, index: int = 0) -> tuple[int, int, int]:
+    """A stream entry id (``ms-seq``), or a mark (``ms-seq.INDEX``: the message at
+    INDEX of a batch entry, ``batch.py``), as something that compares in stream order."""
+    entry_id, _, marked = entry_id.partition(b".")
     ms, _, seq = entry_id.partition(b"-")
-    return int(ms), int(seq or 0)
+    return int(ms), int(seq or 0), int(marked) if marked else index
 
 
 class DrainPublisher:
@@ -131,29 +139,42 @@ class Drain:
     def _deliver(self, entries: list[Any]) -> Any:
         ids: list[bytes] = []
         writes: list[Any] = []
+        delivered = 0
         for entry_id, fields in entries:
-            yield self._room(fields)
+            origin, items = entry_items(fields) or ("", [])
+            for index, item in enumerate(items):
+                yield self._room(item)
+                writes += self._deliver_one(entry_id, origin, items, index)
+                delivered += 1
+                if not delivered % TURN_MESSAGES:  # let the reactor turn (the lease...)
+                    yield deferLater(self.node.reactor, 0, lambda: None)
             ids.append(entry_id)
-            writes += self._deliver_one(entry_id, fields)
         if writes:
             yield gatherResults(writes, consumeErrors=True)
         if ids:
             yield self.node.commands.command(b"XACK", self.stream, self.group, *ids)
             self.delivered += len(ids)
 
-    def _deliver_one(self, entry_id: bytes, fields: list[Any] | None) -> list[Any]:
+    def _deliver_one(self, entry_id: bytes, origin: str, items: list[Item],
+                     index: int) -> list[Any]:
+        """Message ``index`` of an entry, except into the sessions the dead node had
+        delivered it into already (their marks are at or past it)."""
         marks = self.marks
         node = self.node
-        # Each copy delivered into a session is marked with the entry (RedisStore.mark):
-        # if this node dies in turn, the next adopter skips it there.
-        mark = (self.mark_field, entry_id)
+        publisher = self.publisher
+        # Each copy delivered into a session is marked with the entry and its index
+        # (RedisStore.mark, ``ms-seq.INDEX``): if this node dies in turn, the next
+        # adopter skips it there.
+        field = self.mark_field
         if not marks:
-            return deliver_entry(node, fields, self.publisher, mark=mark)
-        key = entry_key(entry_id)
+            return deliver_items(node, origin, items, index, publisher, entry_id,
+                                 index + 1, field)[1]
+        key = entry_key(entry_id, index)
         done = {c for c, m in marks.items() if m >= key}
         if not done:
             self.marks = {c: m for c, m in marks.items() if m >= key}  # all behind now
-            return deliver_entry(node, fields, self.publisher, mark=mark)
+            return deliver_items(node, origin, items, index, publisher, entry_id,
+                                 index + 1, field)[1]
         local = self.node.router.local
         deliver = local.deliver
 
@@ -165,42 +186,40 @@ class Drain:
 
         local.deliver = unless_done
         try:
-            return deliver_entry(node, fields, self.publisher, mark=mark)
+            return deliver_items(node, origin, items, index, publisher, entry_id,
+                                 index + 1, field)[1]
         finally:
             local.deliver = deliver
 
     @inlineCallbacks
-    def _room(self, fields: list[Any] | None) -> Any:
-        """Wait until the subscribers of this entry can take it."""
+    def _room(self, item: Item) -> Any:
+        """Wait until the subscribers of this message can take it."""
         publisher = self.publisher
         if publisher.paused:
             yield publisher.resumed()
-        full = self._full_offline(fields)
+        full = self._full_offline(item)
         waited = 0.0
         while full is not None and waited < PATIENCE:
             yield deferLater(self.node.reactor, POLL, lambda: None)
             waited += POLL
             if publisher.paused:
                 yield publisher.resumed()
-            full = self._full_offline(fields)
+            full = self._full_offline(item)
         self.waited += waited
 
-    def _full_offline(self, fields: list[Any] | None) -> Any:
-        """A session this entry goes to whose client is away and whose queue is at
+    def _full_offline(self, item: Item) -> Any:
+        """A session this message goes to whose client is away and whose queue is at
         its high-water mark, or None."""
-        if not fields:
-            return None
         try:
-            record = dict(zip(fields[::2], fields[1::2]))
-            if b"m" not in record:
+            if type(item) is dict:
                 return None  # a handover barrier (barrier.py): nothing to queue
-            if b"c" in record:
-                client_ids = [record[b"c"].decode("utf-8")]
+            if len(item) > 3:  # directed to one session (moved.py)
+                client_ids = [item[3].decode("utf-8")]
             else:
-                topic = decode_message(record[b"m"]).topic
+                topic = decode_message(item[0]).topic
                 client_ids = [c for c, _ in self.node.router.local.tree.match(topic)]
         except Exception:
-            return None  # deliver_entry says what is wrong with it
+            return None  # deliver_items says what is wrong with it
         broker = self.node.broker
         high_water = broker.delivery.high_water
         for client_id in client_ids:

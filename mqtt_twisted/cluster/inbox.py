@@ -1,14 +1,16 @@
 """A node's QoS 1/2 inbox: its Redis stream, read by its consumer group, delivered here.
 
-Entries are read in batches with a blocking ``XREADGROUP`` on the node's own
-connection, delivered to the local sessions (``ClusterRouter.receive``, inside
-``writes_of``), and acknowledged (``XACK``) once the store writes those deliveries made
-are done; a failed write leaves them pending.  At start the node first reads what an
+Entries (each a batch of messages, ``batch.py``) are read in batches with a blocking
+``XREADGROUP`` on the node's own connection, delivered to the local sessions
+(``ClusterRouter.receive``, inside ``writes_of``), at most ``TURN_MESSAGES`` a reactor
+turn, and acknowledged (``XACK``) once the store writes those deliveries made are done;
+a failed write leaves them pending.  At start the node first reads what an
 earlier run of it left unacknowledged, then new entries.
 
 Flow control: while it delivers, the reader is ``broker.publisher``, so a subscriber
 that cannot keep up holds it back as it would a client's connection; the rest of the
-batch then waits, read but unacknowledged, until the subscriber catches up.
+batch (of the entry too) then waits, read but unacknowledged, until the subscriber
+catches up.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mqtt_twisted.cluster.batch import Item, read_entry
 from mqtt_twisted.cluster.shared import decode_groups
 from mqtt_twisted.core.states import CONNECTED
 from mqtt_twisted.store.redis import decode_message
@@ -29,54 +32,86 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-#: Stream entries read at once, and how long one XREADGROUP waits for them.
+#: Stream entries read at once (each up to ``batch.MAX_BATCH`` messages), and how long
+#: one XREADGROUP waits for them.
 READ_COUNT = 512
 READ_BLOCK = 1.0
+#: Messages delivered in one reactor turn at most (an entry holds up to
+#: ``batch.MAX_BATCH``): a long turn would hold up everything else, the lease renewal
+#: among them (``failover.py``).
+TURN_MESSAGES = 512
 
 
-def deliver_entry(node: ClusterNode, fields: list[Any] | None,
+def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int = 0,
                   publisher: Any = None, entry_id: bytes | None = None,
-                  mark: tuple[bytes, bytes] | None = None) -> list[Any]:
-    """Deliver one stream entry here; the store writes it made (to wait for before
-    XACK).  ``publisher`` is who flow control holds back if a subscriber is behind.
-    ``entry_id`` (an entry of this node's own stream) goes with each outbound record
-    it makes (``RedisStore.mark``): an adopter does not deliver it there again;
-    ``mark`` (a dead node's stream field and entry) does the same for a drain."""
-    if not fields:
-        return []  # trimmed away while it was pending
-    try:
-        record = dict(zip(fields[::2], fields[1::2]))
-        directed = record.get(b"c")
-        if directed is not None and b"m" not in record:  # a barrier (barrier.py)
-            return node.broker.writes_of(node.barriers.entry, directed.decode("utf-8"),
-                                         record)[1]  # type: ignore[no-any-return]
-        message = decode_message(record[b"m"])
-        origin = record[b"o"].decode("utf-8")
-        groups, resent = decode_groups(record[b"g"]) if b"g" in record else (None, False)
-    except Exception as e:
-        log.warn("cluster: a stream entry could not be read: {error}", error=e)
-        return []
+                  stop: int | None = None,
+                  field: bytes | None = None) -> tuple[int, list[Any]]:
+    """Deliver the messages of one stream entry here from ``items[start]`` on, until
+    ``stop`` or until ``publisher`` (who flow control holds back if a subscriber is
+    behind) is paused, at least one: where it stopped, and the store writes made (to
+    wait for before XACK).  ``entry_id`` goes with each outbound record made
+    (``RedisStore.mark``, ``entry_id.INDEX`` past the first message of a batch) in
+    the stored session's ``field`` (this node's own stream's by default; a drain
+    passes the dead node's): an adopter does not deliver it there again.  A handover
+    barrier entry (``batch.read_entry``: one dict, no message) goes to ``barrier.py``."""
     broker = node.broker
+    if type(items[0]) is dict:  # a barrier (barrier.py): c client id, b/a/e
+        record = items[0]
+        return 1, broker.writes_of(node.barriers.entry, record[b"c"].decode("utf-8"),
+                                   record)[1]
+    receive = node.router.receive
+    store = node.store
+    if field is None:
+        field = node.mark_field
+    end = len(items) if stop is None else stop
+    at = [start]
+
+    def deliver() -> None:
+        # One writes_of for the lot: it collects every store write made meanwhile.
+        index = start
+        try:
+            while index < end:
+                item = items[index]
+                if entry_id is not None:
+                    store.mark = (field,
+                                  entry_id if not index else b"%s.%d" % (entry_id, index))
+                index += 1
+                try:
+                    message = decode_message(item[0])
+                    groups, resent = decode_groups(item[2]) if item[2] else (None, False)
+                    to = item[3].decode("utf-8") if len(item) > 3 else None
+                except Exception as e:
+                    log.warn("cluster: a stream message could not be read: {error}", error=e)
+                    continue
+                if to is None:
+                    receive(message, origin, groups, resent, item[1])
+                else:  # for one session that came here from its node before (moved.py)
+                    node.moved.directed(to, message)
+                if publisher is not None and publisher.paused:
+                    break
+        finally:
+            at[0] = index
+
     broker.publisher = publisher
-    if entry_id is not None:
-        node.store.mark = (node.mark_field, entry_id)
-    elif mark is not None:
-        node.store.mark = mark
     barriers = node.barriers
     if barriers.windows:
         barriers.origin = origin  # a session that arrived lately may hold it
     try:
-        if directed is None:
-            _, pending = broker.writes_of(node.router.receive, message, origin, groups,
-                                          resent, record.get(b"d", b""))
-        else:  # for one session that came here from the node that sent it (moved.py)
-            _, pending = broker.writes_of(node.moved.directed, directed.decode("utf-8"),
-                                          message)
+        _, pending = broker.writes_of(deliver)
     finally:
         broker.publisher = None
-        node.store.mark = None
+        store.mark = None
         barriers.origin = None
-    return pending  # type: ignore[no-any-return]
+    return at[0], pending
+
+
+def entry_items(fields: list[Any] | None) -> tuple[str, list[Item]] | None:
+    """``batch.read_entry``, an entry that is not ours logged (and skipped: None)."""
+    try:
+        return read_entry(fields)
+    except Exception as e:
+        log.warn("cluster: a stream entry could not be read: {error}", error=e)
+        return None
 
 
 class StreamPublisher:
@@ -115,6 +150,11 @@ class InboxReader:
         self._stopped = False
         #: Whether the last read returned a whole batch (more is likely waiting).
         self._full = False
+        #: The backlog's first entry, read (origin, items) once its delivery began; the
+        #: next of its items to deliver, and the store writes of those delivered.
+        self._current: tuple[str, list[Item]] | None = None
+        self._next = 0
+        self._writes: list[Any] = []
 
     def start(self) -> None:
         self._read()
@@ -156,8 +196,9 @@ class InboxReader:
         self._drain()
 
     def _drain(self) -> None:
-        """Deliver the entries read until a subscriber here cannot take more, then
-        acknowledge what was delivered and, with nothing left, read the next ones."""
+        """Deliver the entries read until a subscriber here cannot take more (within an
+        entry too: a batch is delivered message by message), then acknowledge the
+        entries delivered whole and, with nothing left, read the next ones."""
         backlog = self.backlog
         publisher = self.publisher
         node = self.node
@@ -168,13 +209,32 @@ class InboxReader:
         ids: list[bytes] = []
         writes: list[Any] = []
         moved = node.moved
+        budget = TURN_MESSAGES
         while backlog and not publisher.paused:
-            if moved.pending and backlog[0][1] and moved.waiting_for(backlog[0][1],
-                                                                     self.resume):
-                break  # for a session arriving here: it goes on once it is (moved.py)
-            entry_id, fields = backlog.popleft()
+            if budget <= 0:  # a reactor turn of bounded length: the rest next turn
+                node.reactor.callLater(0, self.resume)
+                break
+            entry_id, fields = backlog[0]
+            read = self._current
+            if read is None:
+                if moved.pending and fields and moved.waiting_for(fields, self.resume):
+                    break  # for a session arriving here: it goes on once it is (moved.py)
+                read = self._current = entry_items(fields) or ("", [])
+                self._next = 0
+            origin, items = read
+            if items:
+                start = self._next
+                self._next, done = deliver_items(node, origin, items, start, publisher,
+                                                 entry_id, min(len(items), start + budget))
+                budget -= self._next - start
+                self._writes += done
+                if self._next < len(items):
+                    continue  # held back within the entry, or out of budget: see above
+            backlog.popleft()
+            self._current = None
             ids.append(entry_id)
-            writes += deliver_entry(node, fields, publisher, entry_id)
+            writes += self._writes
+            self._writes = []
         if ids:
             self._ack(ids, writes)
         if not backlog and not publisher.paused:

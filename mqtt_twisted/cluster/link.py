@@ -1,17 +1,17 @@
 """What a cluster node tells Redis for its router: its filters and share groups (the
 route table every node keeps), and the copies of messages for its peers (QoS 0 over pub/sub,
-QoS 1/2 into the destination node's stream).  ``ClusterRouter.link``."""
+QoS 1/2 into the destination node's stream), gathered per destination over a reactor
+turn (``batch.py``).  ``ClusterRouter.link``."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import msgpack
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from mqtt_twisted.cluster.batch import Outbox
 from mqtt_twisted.cluster.routes import ADD, REMOVE, SHARE, encode_change
-from mqtt_twisted.cluster.shared import encode_groups
 from mqtt_twisted.errors import StorageError
 from mqtt_twisted.store.redis import encode_message
 
@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from mqtt_twisted.cluster.node import ClusterNode
 
 #: Entries kept in a node's stream (XADD MAXLEN ~): what a node that is down for a
-#: while can catch up on when it comes back under the same name.
+#: while can catch up on when it comes back under the same name.  An entry is a
+#: batch (``batch.py``): one message at light load, up to ``MAX_BATCH`` under load.
 INBOX_MAXLEN = 100_000
 
 _REGISTER = b"""
@@ -46,6 +47,9 @@ class NodeLink:
 
     def __init__(self, node: ClusterNode) -> None:
         self.node = node
+        self.outbox = Outbox(node.reactor, node.name, self._add, self._push,
+                             self._transaction)
+        self.append = self.outbox.append  # type: ignore[method-assign]  # one call less a message
 
     def _script(self, script: bytes, key: bytes, *args: Any, change: bytes,
                 what: str) -> None:
@@ -81,31 +85,36 @@ class NodeLink:
 
     def publish(self, to: str, blob: bytes, groups: list[str] | None = None,
                 resent: bool = False) -> None:
-        """QoS 0: at most once, like QoS 0 itself (SPUBLISH where Redis has it).  ``groups``: the share groups node
-        ``to`` gives it to (``router.py``); ``resent``: it is not sent on again."""
-        node = self.node
-        node.commands.command(node.publish_command, node.keys.inbox0(to), msgpack.packb(
-            [node.name, blob, groups, resent], use_bin_type=True)).addErrback(_ignored)
+        """QoS 0: at most once, like QoS 0 itself (SPUBLISH where Redis has it), in this
+        turn's pub/sub message for ``to``.  ``groups``: the share groups node ``to``
+        gives it to (``router.py``); ``resent``: it is not sent on again."""
+        self.outbox.publish(to, blob, groups, resent)
 
     def append(self, to: str, blob: bytes, destinations: bytes = b"",
                groups: list[str] | None = None, resent: bool = False) -> Deferred[Any]:
-        """QoS 1/2: fires once the entry is in node ``to``'s stream.  ``destinations``:
-        every node the message was sent to (``moved.py`` reads it); field ``g``, the
-        share groups ``to`` gives it to and whether it was sent on, only when there are
-        some (``router.py``)."""
-        extra: tuple[Any, ...] = ()
-        if groups:
-            extra = (b"g", encode_groups(groups, resent))
-        return self._add(to, b"m", blob, b"d", destinations, *extra)
+        """QoS 1/2, in this turn's stream entry for ``to``: fires once the entry is in
+        node ``to``'s stream.  ``destinations``: every node the message was sent to
+        (``moved.py`` reads it); the share groups ``to`` gives it to and whether it was
+        sent on, only when there are some (``router.py``)."""
+        return self.outbox.append(to, blob, destinations, groups, resent)
 
     def direct(self, to: str, client_id: str, message: Any) -> Deferred[Any]:
-        """A QoS 1/2 message for one session that left here for ``to`` (``moved.py``)."""
+        """A QoS 1/2 message for one session that left here for ``to`` (``moved.py``),
+        after what this turn has for ``to`` already."""
+        self.outbox.flush_entries(to)
         return self._add(to, b"m", encode_message(message), b"c", client_id.encode("utf-8"))
 
     def barrier(self, to: str, client_id: str, field: bytes, value: str) -> Deferred[Any]:
         """A barrier entry for ``client_id``'s handover (``barrier.py``): ``b`` asks the
-        old node ``to`` for one, ``a`` answers it, ``e`` says forwarding is over."""
+        old node ``to`` for one, ``a`` answers it, ``e`` says forwarding is over; after
+        what this turn has for ``to`` already, as ``direct()``."""
+        self.outbox.flush_entries(to)
         return self._add(to, b"c", client_id.encode("utf-8"), field, value.encode("utf-8"))
+
+    def _push(self, to: str, data: bytes) -> None:
+        node = self.node
+        node.commands.command(node.publish_command, node.keys.inbox0(to),
+                              data).addErrback(_ignored)
 
     def _add(self, to: str, *fields: Any) -> Deferred[Any]:
         """XADD to ``to``'s stream; with ``?wait=N``, fires once N replicas have it."""
@@ -113,6 +122,38 @@ class NodeLink:
         d = node.commands.command(b"XADD", node.keys.inbox(to), b"MAXLEN", b"~",
                                   INBOX_MAXLEN, b"*", b"o", node._origin, *fields)
         return d if node._replicas is None else node._replicas.gate(d)
+
+    def _transaction(self, adds: list[tuple[str, tuple[Any, ...]]]) -> list[Deferred[Any]]:
+        """XADD each of ``adds`` (destination, fields) in one MULTI/EXEC (``batch.py``,
+        "Order"): a Deferred of each entry's id, from EXEC's reply."""
+        node = self.node
+        command = node.commands.command
+        inbox = node.keys.inbox
+        origin = node._origin
+        command(b"MULTI").addErrback(_ignored)
+        for to, fields in adds:
+            command(b"XADD", inbox(to), b"MAXLEN", b"~", INBOX_MAXLEN, b"*", b"o",
+                    origin, *fields).addErrback(_ignored)  # QUEUED: EXEC says
+        replies: list[Deferred[Any]] = [Deferred() for _ in adds]
+        command(b"EXEC").addBoth(_split, replies)
+        if node._replicas is None:
+            return replies
+        return [node._replicas.gate(d) for d in replies]
+
+
+def _split(result: Any, replies: list[Deferred[Any]]) -> None:
+    """EXEC's reply, one element to each XADD's Deferred (a failed EXEC fails them all)."""
+    if result is None:  # aborted (nothing here WATCHes; said for completeness)
+        result = Failure(StorageError("Redis aborted a transaction"))
+    if isinstance(result, Failure):
+        for d in replies:
+            d.errback(result)
+        return
+    for d, reply in zip(replies, result):
+        if isinstance(reply, Exception):
+            d.errback(reply)
+        else:
+            d.callback(reply)
 
 
 def _ignored(failure: Failure) -> None:

@@ -45,6 +45,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mqtt_twisted.cluster.barrier import Barriers
+from mqtt_twisted.cluster.batch import read_push
 from mqtt_twisted.cluster.client import RedisClient
 from mqtt_twisted.cluster.failover import Failover
 from mqtt_twisted.cluster.fence import Fence
@@ -322,6 +323,7 @@ class ClusterNode:
 
     @inlineCallbacks
     def stop(self) -> Any:
+        self.link.outbox.flush()  # this turn's copies for the peers, before the end
         self._stopped = True
         self.inbox.stop()
         try:
@@ -392,12 +394,18 @@ class ClusterNode:
             self._control(data)
             return
         try:
-            origin, blob, groups, resent = msgpack.unpackb(data, raw=False)
-            message = decode_message(blob)
+            origin, items = read_push(data)
         except Exception as e:
             log.warn("cluster: an inbox message could not be read: {error}", error=e)
             return
-        self.router.receive(message, origin, groups, resent)
+        receive = self.router.receive
+        for blob, groups, resent in items:
+            try:
+                message = decode_message(blob)
+            except Exception as e:
+                log.warn("cluster: an inbox message could not be read: {error}", error=e)
+                continue
+            receive(message, origin, groups, resent)
 
     def _failed(self, failure: Failure, what: str) -> None:
         if failure.check(FirstError):  # a gathered write: its own error says it

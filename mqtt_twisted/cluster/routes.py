@@ -48,10 +48,14 @@ def decode_change(data: bytes) -> tuple[Any, ...]:
     return tuple(change)
 
 
+#: Topics whose nodes a route table keeps at once (all forgotten when it is full).
+CACHED_TOPICS = 4096
+
+
 class RouteTable:
     """Remote filters -> node names, for every node but this one."""
 
-    __slots__ = ("me", "tree", "by_node", "shared", "_syncing")
+    __slots__ = ("me", "tree", "by_node", "shared", "_syncing", "_cache")
 
     def __init__(self, me: str) -> None:
         self.me = me
@@ -60,16 +64,22 @@ class RouteTable:
         self.shared = SharedRoutes(me)
         #: Changes heard while a snapshot is being read, applied after it.
         self._syncing: list[tuple[Any, ...]] | None = None
+        #: topic -> its nodes, until the next change (a publisher's topics repeat: one
+        #: dictionary look per message instead of a walk of the tree).
+        self._cache: dict[str, frozenset[str]] = {}
 
     def __len__(self) -> int:
         return len(self.tree)
 
     def nodes_for(self, topic: str) -> set[str]:
-        """The peer nodes with a filter that matches ``topic``."""
-        matches = self.tree.match(topic)
-        if not matches:
-            return set()
-        return {node for node, _ in matches}  # type: ignore[misc]
+        """The peer nodes with a filter that matches ``topic`` (a set of the caller's)."""
+        nodes = self._cache.get(topic)
+        if nodes is None:
+            cache = self._cache
+            if len(cache) >= CACHED_TOPICS:
+                cache.clear()
+            nodes = cache[topic] = frozenset([n for n, _ in self.tree.match(topic)])
+        return set(nodes)
 
     # --- changes ---
 
@@ -99,12 +109,14 @@ class RouteTable:
         if topic_filter not in filters:
             filters.add(topic_filter)
             self.tree.add(topic_filter, node, True)
+            self._cache.clear()
 
     def _remove(self, node: str, topic_filter: str) -> None:
         filters = self.by_node.get(node)
         if filters is not None and topic_filter in filters:
             filters.discard(topic_filter)
             self.tree.remove(topic_filter, node)
+            self._cache.clear()
             if not filters:
                 del self.by_node[node]
 
@@ -123,6 +135,7 @@ class RouteTable:
         held, self._syncing = self._syncing or [], None
         self.tree = TopicTree()
         self.by_node = {}
+        self._cache = {}
         self.shared = SharedRoutes(self.me)
         for node, filters in snapshot.items():
             if node != self.me:
