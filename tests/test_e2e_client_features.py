@@ -41,10 +41,16 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 SERVER_RECEIVE_MAXIMUM = 3
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: held open together, so none is handed out twice."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 class WireRecorder:
@@ -391,10 +397,12 @@ class MosquittoFeatureTests(FeatureTestsMixin, TestCase):
         self.addCleanup(shutil.rmtree, directory, True)
         self.ca = CA(directory)
         server = self.ca.issue("broker", server=True)
-        self.port, self.ws_port, self.wss_port = free_port(), free_port(), free_port()
+        self.port, self.ws_port, self.wss_port = free_ports(3)
         conf = Path(directory) / "mosquitto.conf"
         user = "user root\n" if os.geteuid() == 0 else ""
+        self.log = Path(directory) / "mosquitto.log"
         conf.write_text(f"{user}persistence false\n"
+                        f"log_dest file {self.log}\nlog_type all\n"
                         f"max_inflight_messages {SERVER_RECEIVE_MAXIMUM}\n"
                         f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
                         f"listener {self.ws_port} 127.0.0.1\nprotocol websockets\n"
@@ -403,12 +411,46 @@ class MosquittoFeatureTests(FeatureTestsMixin, TestCase):
         process = subprocess.Popen([MOSQUITTO, "-c", str(conf)], cwd=directory,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.addCleanup(self._stop, process)
-        for _ in range(200):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.wss_port)) == 0:
-                    return
+        yield self._until_ready(process)
+
+    @inlineCallbacks
+    def _until_ready(self, process: subprocess.Popen) -> Any:
+        """Wait until the websockets listener completes an MQTT connect, not only until
+        its port accepts: once in CI the first WebSocket handshake of a test was dropped
+        by a Mosquitto whose ports were all open (its log is now kept to tell why)."""
+        trust = Certificate.loadPEM(Path(self.ca.cert_path).read_bytes())
+        last: Exception | None = None
+        for _ in range(100):
+            if process.poll() is not None:
+                self.fail(f"mosquitto exited {process.returncode}: {self.log_tail()}")
+            try:
+                for url, tls in ((self.ws_url(), None), (
+                        f"wss://127.0.0.1:{self.wss_port}/mqtt",
+                        optionsForClientTLS("127.0.0.1", trustRoot=trust))):
+                    probe = yield connect_client(self.reactor, url, "ready-probe", version=5,
+                                                 tls=tls).addTimeout(TIMEOUT, self.reactor)
+                    yield probe.disconnect()
+                return
+            except Exception as error:  # not listening yet, or a handshake dropped
+                last = error
             yield deferLater(self.reactor, 0.05, lambda: None)
-        self.fail(f"mosquitto did not listen on {self.wss_port}")
+        self.fail(f"mosquitto never took a WebSocket client ({last!r}): {self.log_tail()}")
+
+    @inlineCallbacks
+    def client(self, client_id: str, version: int = 5, endpoint: str | None = None,
+               **options: Any) -> Any:
+        """The mixin's client, with Mosquitto's log in a failed WebSocket handshake."""
+        try:
+            return (yield super().client(client_id, version, endpoint, **options))
+        except WebSocketError as error:
+            self.fail(f"{error}; mosquitto's log: {self.log_tail()}")
+
+    def log_tail(self) -> str:
+        """The end of Mosquitto's log, for a failure's message."""
+        try:
+            return self.log.read_text(errors="replace")[-3000:]
+        except OSError:
+            return "(no log)"
 
     def _stop(self, process: subprocess.Popen) -> None:
         process.terminate()
