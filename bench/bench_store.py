@@ -12,7 +12,9 @@ built on our codec:
   one publisher keeping ``--window`` QoS 1 PUBLISHes unacknowledged.  With the Redis
   store every message is written for the subscriber's session (queued/in flight)
   and removed on its PUBACK, and the publisher's PUBACK waits for the write.
-  Figure: messages per second, from the first PUBLISH to the last PUBACK and delivery.
+  Figures: messages per second, from the first PUBLISH to the last PUBACK and delivery,
+  and the CPU microseconds per message of the broker and of the store's server (which
+  a loaded machine disturbs far less than the rate).
 * **offline**: the same publisher, the persistent subscriber offline: each message is
   queued (stored) for it.  Figures: messages per second, and ms per message.
 * **ops** (``--ops N``, in this process): each store call on its own, ``N`` times one
@@ -232,13 +234,30 @@ def subscribe(port: int, client_id: str) -> Client:
     return sub
 
 
-def bench_qos1(store: str, n: int, window: int) -> float:
+def cpu_seconds(process: subprocess.Popen | None) -> float:
+    """User + system CPU seconds ``process`` has used so far (0 without one or /proc)."""
+    if process is None:
+        return 0.0
+    try:
+        with open(f"/proc/{process.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_qos1(store: str, n: int, window: int) -> tuple[float, float, float]:
+    """(msg/s, broker CPU µs per message, store server CPU µs per message): the CPU
+    figures hold on a loaded machine, where the rate does not."""
     services = Services(store, max(n, 1000))
     try:
         sub = subscribe(services.port, "bench-sub")
+        broker, server = cpu_seconds(services.broker), cpu_seconds(services.redis)
         elapsed = publish_all(services.port, n, window, sub)
+        broker = cpu_seconds(services.broker) - broker
+        server = cpu_seconds(services.redis) - server
         sub.close()
-        return n / elapsed
+        return n / elapsed, broker * 1e6 / n, server * 1e6 / n
     finally:
         services.close()
 
@@ -390,17 +409,19 @@ def main() -> None:
         for store, f in ops.items():
             print(f"{store:8} {f['lock']:7.2f} {f['save']:7.2f} {f['load']:7.2f} "
                   f"{f['queue']:7.2f}", flush=True)
-    print(f"{'store':8} {'QoS 1 msg/s':>12} {'offline msg/s':>14} {'ms/msg':>7} "
+    print(f"{'store':8} {'QoS 1 msg/s':>12} {'broker µs':>10} {'server µs':>10} "
+          f"{'offline msg/s':>14} {'ms/msg':>7} "
           f"{'connect ms':>11} {'CONNACK ms':>11} {'drain s':>8} {'drain msg/s':>12}")
     for store in stores:
-        rates = [bench_qos1(store, args.messages, args.window) for _ in range(args.runs)]
+        qos1 = [bench_qos1(store, args.messages, args.window) for _ in range(args.runs)]
         connects = [bench_connects(store, args.connects) for _ in range(args.runs)]
         reconnects = [bench_reconnect(store, args.queued, args.window)
                       for _ in range(args.runs)]
         offline = statistics.median(o for o, _, _ in reconnects)
         connack = statistics.median(c for _, c, _ in reconnects)
         drain = statistics.median(d for _, _, d in reconnects)
-        print(f"{store:8} {statistics.median(rates):12.0f} {offline:14.0f} "
+        rate, broker_us, server_us = (statistics.median(q[i] for q in qos1) for i in range(3))
+        print(f"{store:8} {rate:12.0f} {broker_us:10.1f} {server_us:10.1f} {offline:14.0f} "
               f"{1000 / offline:7.3f} {statistics.median(connects) * 1000:11.2f} "
               f"{connack * 1000:11.1f} {drain:8.2f} {args.queued / drain:12.0f}", flush=True)
 

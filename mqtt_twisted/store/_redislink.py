@@ -1,5 +1,12 @@
 """The Redis store's connections: a txredisapi connection per link, calls in order,
 one deadline timer per link, and the store's OutageLog told when a link goes down or up.
+
+txredisapi connects, authenticates, selects the database and reconnects with backoff;
+once a connection is ready its link takes its byte stream over: commands are encoded
+here and written once per reactor turn, replies are parsed by the cluster's sans-IO
+RESP parser and answer the link's calls in order.  txredisapi's own per-command path
+(three Deferreds, a reply queue and a line parser per command) was most of the
+broker's CPU for a stored QoS 1 message.
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mqtt_twisted.errors import StorageError
+from mqtt_twisted.cluster.resp import Parser, ReplyError, RespProtocolError
+from mqtt_twisted.errors import StorageError, StoreUnavailable
 from mqtt_twisted.store._redisscripts import SCRIPTS
 from mqtt_twisted.store.replicas import ReplicaWait
 
@@ -69,7 +77,7 @@ class _Call:
 
     __slots__ = ("args", "deferred", "deadline", "done", "write")
 
-    def __init__(self, args: tuple[Any, ...], deadline: float, write: bool) -> None:
+    def __init__(self, args: tuple[Any, ...], deadline: float, write: bool | None) -> None:
         self.args = args
         self.deferred: Deferred[Any] = Deferred()
         self.deadline = deadline
@@ -78,29 +86,53 @@ class _Call:
 
 
 class _Protocol(txredisapi.RedisProtocol):
-    """txredisapi's protocol, serializing commands of byte strings faster.
-
-    Every command the store sends is built here; txredisapi's own builder encodes
-    each argument through several type checks and str.format calls, which was the
-    largest single cost of a stored QoS 1 message.
+    """txredisapi's protocol until the connection is ready, then its link's byte stream
+    (see the module's docstring): replies parsed by :class:`Parser`, handed to the link.
     """
 
     #: Reads from the server so far: a connection whose oldest call is overdue is hung
     #: only if nothing arrives across a whole check (Link._sweep), not if this broker was
     #: too busy to read the replies waiting for it.
     reads = 0
+    #: The link that took the connection over (None: txredisapi still reads it).
+    link: Link | None = None
+    parser: Parser | None = None
+
+    def take_over(self, link: Link) -> None:
+        self.link = link
+        self.parser = Parser()
 
     def dataReceived(self, data: bytes, unpause: bool = False) -> None:
         self.reads += 1
-        super().dataReceived(data, unpause)
+        link = self.link
+        if link is None:
+            super().dataReceived(data, unpause)
+            return
+        try:
+            replies = self.parser.feed(data)  # type: ignore[union-attr]
+        except RespProtocolError as error:
+            log.warn("Redis sent bytes that are not RESP ({error}): reconnecting",
+                     error=error)
+            self.transport.abortConnection()
+            return
+        if replies:
+            link.answered(self, replies)
 
-    def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
-        parts = [b"*%d\r\n" % len(args)]
-        for arg in args:
-            if type(arg) is not bytes:
-                arg = self._encode_value(arg)
-            parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
-        return b"".join(parts)
+    def connectionLost(self, why: Any) -> None:
+        super().connectionLost(why)  # the link hears of it first (factory.delConnection)
+        link, self.link = self.link, None
+        if link is not None:
+            link.lost(self)
+
+
+def encode_command(args: tuple[Any, ...]) -> bytes:
+    """One command in RESP: byte strings as they are, ints and strs encoded."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if type(arg) is not bytes:
+            arg = b"%d" % arg if type(arg) is int else str(arg).encode("utf-8")
+        parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(parts)
 
 
 class _QuietClientService(ClientService):
@@ -174,6 +206,8 @@ class Link:
         self.ready: Deferred[None] | None = Deferred()
         self._timer: Any = None
         self._flush_call: Any = None
+        #: Commands encoded this turn, written together by _flush.
+        self._out: list[bytes] = []
         self.stopped = False
         self._drained: list[Deferred[None]] = []
         self._checked_reads = -1
@@ -209,6 +243,7 @@ class Link:
 
     def connected(self, protocol: Any) -> None:
         self.protocol = protocol
+        protocol.take_over(self)
         self._load_scripts(protocol)  # ahead of anything waiting: Redis keeps the order
         waiting, self.waiting = self.waiting, deque()
         for call in waiting:
@@ -218,9 +253,12 @@ class Link:
         self._resolve_ready(None)
 
     def _load_scripts(self, protocol: Any) -> None:
+        deadline = self.store.reactor.seconds() + self.store.options.timeout
         for name, body in SCRIPTS.items():
-            protocol.execute_command("SCRIPT", "LOAD", body).addErrback(
-                self._script_load_failed, name)
+            # write=None: an outage does not count them among the broker's failed calls.
+            call = _Call((b"SCRIPT", b"LOAD", body.encode("utf-8")), deadline, None)
+            call.deferred.addErrback(self._script_load_failed, name)
+            self._send(protocol, call)
 
     def disconnected(self, protocol: Any) -> None:
         if self.protocol is protocol:
@@ -228,8 +266,24 @@ class Link:
             if not self.stopped:
                 self.store.outage.down(self.index, "connection lost")
 
+    def lost(self, protocol: Any) -> None:
+        """The connection that was ``protocol`` is gone: what was sent on it and not
+        answered fails (the outage, already told by :meth:`disconnected`, says how)."""
+        if self._flush_call is not None and self._flush_call.args[0] is protocol:
+            self._flush_call.cancel()
+            self._flush_call = None
+            self._out = []
+        sent, self.sent = self.sent, deque()
+        outage = self.store.outage
+        for call in sent:
+            if not call.done:
+                call.done = True
+                call.deferred.errback(outage.error("Redis: Lost connection", call.write))
+        if self._drained and not self.waiting:
+            self._fire_drained()
+
     def _script_load_failed(self, failure: Failure, name: str) -> None:
-        if failure.check(txredisapi.ConnectionError):
+        if failure.check(StoreUnavailable) or "Lost connection" in failure.getErrorMessage():
             return  # the connection's loss is the outage; the next one loads them again
         log.warn("Loading Redis script {name} failed: {error}", name=name,
                  error=failure.getErrorMessage())
@@ -270,50 +324,44 @@ class Link:
         return self.call((b"WAIT", replicas, milliseconds), write=False)
 
     def _send(self, protocol: Any, call: _Call) -> None:
-        """Queue the command in txredisapi's pipeline; the turn's commands are written
-        together by _flush (one transport write, one round trip)."""
+        """Encode the command; the turn's commands are written together by _flush (one
+        transport write, one round trip)."""
         self.sent.append(call)
+        self._out.append(encode_command(call.args))
         if self._flush_call is None:
-            protocol.pipelining = True
-            protocol.pipelined_commands = []
-            protocol.pipelined_replies = []
             self._flush_call = self.store.reactor.callLater(0, self._flush, protocol)
-        try:
-            reply = protocol.execute_command(*call.args)
-        except Exception:
-            self._settle(Failure(), call)
-            return
-        reply.addBoth(self._settle, call)
 
     def _flush(self, protocol: Any) -> None:
         self._flush_call = None
-        commands = protocol.pipelined_commands
-        protocol.pipelining = False
-        protocol.pipelined_commands = []
-        protocol.pipelined_replies = []  # we wait on each reply, not on txredisapi's list
-        if commands and protocol.connected and protocol.transport is not None:
-            protocol.transport.write(b"".join(commands))
+        out, self._out = self._out, []
+        if out and protocol.connected and protocol.transport is not None:
+            protocol.transport.write(b"".join(out))
 
-    def _settle(self, result: Any, call: _Call) -> None:
+    def answered(self, protocol: Any, replies: list[Any]) -> None:
+        """Replies read from ``protocol``: each answers the oldest call sent on it."""
+        if protocol is not self.protocol:
+            return  # a connection already given up (its calls failed)
         sent = self.sent
-        if sent and sent[0] is call:
-            sent.popleft()
-        if call.done:
-            return  # it timed out before; the late reply has nowhere to go
-        call.done = True
-        if isinstance(result, Failure):
-            if result.check(txredisapi.ResponseError) and str(result.value).startswith(
-                    "NOSCRIPT") and self.protocol is not None:
-                self._load_scripts(self.protocol)  # Redis lost its scripts: load them again
-            elif result.check(txredisapi.ResponseError) and str(result.value).startswith(
-                    "READONLY"):
-                self._demoted()
-            message = f"Redis: {result.getErrorMessage()}"
-            if result.check(txredisapi.ConnectionError):  # the connection went down under it
-                result = Failure(self.store.outage.error(message, call.write))
+        for value in replies:
+            if not sent:
+                log.warn("Redis answered more than was asked: reconnecting")
+                protocol.transport.abortConnection()
+                return
+            call = sent.popleft()
+            if call.done:
+                continue  # it timed out before; the late reply has nowhere to go
+            call.done = True
+            if type(value) is ReplyError:
+                text = str(value)
+                if text.startswith("NOSCRIPT"):
+                    self._load_scripts(protocol)  # Redis lost its scripts: load them again
+                elif text.startswith("READONLY"):
+                    self._demoted()
+                elif text.startswith("ERR "):
+                    text = text[4:]
+                call.deferred.errback(StorageError(f"Redis: {text}"))
             else:
-                result = Failure(StorageError(message))
-        call.deferred.callback(result)
+                call.deferred.callback(value)
         if self._drained and not sent and not self.waiting:
             self._fire_drained()
 
@@ -348,8 +396,6 @@ class Link:
                 call.deferred.errback(store.outage.error(f"Redis unreachable for {timeout}s",
                                                          call.write))
         sent = self.sent
-        while sent and sent[0].done:
-            sent.popleft()
         if sent and sent[0].deadline <= now and self._progressed():
             # Overdue, but replies are arriving: this broker is behind in reading them
             # (a reconnect storm's CONNECTs filled whole reactor turns), Redis is not

@@ -66,12 +66,15 @@ class OutageLog:
                        what=self.what, seconds=seconds, writes=self.failed_writes,
                        reads=self.failed_reads)
 
-    def error(self, message: str, write: bool = True) -> StorageError:
+    def error(self, message: str, write: bool | None = True) -> StorageError:
         """The error a call fails with: during an outage a counted StoreUnavailable (not
-        logged by the broker), otherwise a plain StorageError (logged)."""
+        logged by the broker), otherwise a plain StorageError (logged).  ``write`` None:
+        the store's own housekeeping (loading its scripts), not counted."""
         if self.since is None:
             return StorageError(message)
-        if write:
+        if write is None:
+            pass
+        elif write:
             self.failed_writes += 1
         else:
             self.failed_reads += 1
