@@ -388,6 +388,23 @@ class ISessionStore(Interface):
         """Forget a released QoS 2 packet id."""
 
 
+class ISessionInfoStore(Interface):
+    """A session store that can save a session's own fields alone.
+
+    A store that persists messages gets every subscription, queued or in-flight
+    message and QoS 2 id as it changes, one write each; at CONNECT and DISCONNECT
+    only the session's own fields have changed, and rewriting the whole session
+    (10,000 queued messages: 10,000 records encoded and rewritten) made a CONNACK wait
+    for it.  The broker saves whole whenever a store write has failed since the
+    session's last whole save, so that this never has to repair anything.
+    """
+
+    def saveSessionInfo(state):
+        """Store the session's expiry, will, will delay, disconnection time and owner,
+        keeping what is stored of its subscriptions, messages and QoS 2 ids; a session
+        the store does not hold is saved whole."""
+
+
 class IRetainedStore(Interface):
     """Retained messages, matched by filter through an index, not a scan."""
 

@@ -143,6 +143,10 @@ class FencedStoreTests(RedisTestCase):
         state = yield store.loadSession("c1")
         self.assertEqual((list(state.subscriptions), len(state.outbound), state.inboundQoS2),
                          (["a/#"], 1, {5}))
+        session.expiryInterval = 90
+        yield store.saveSessionInfo(session)  # the fields alone: the records stay
+        state = yield store.loadSession("c1")
+        self.assertEqual((state.expiryInterval, len(state.outbound)), (90, 1))
         yield store.removeOutbound("c1", 1)
         yield store.removeSubscription("c1", "a/#")
         yield store.removeInboundQoS2("c1", 5)
@@ -167,6 +171,7 @@ class FencedStoreTests(RedisTestCase):
             yield self.raw("HSET", "mqtt:cluster:home", "c1", home)
             yield self.raw("SET", "mqtt:cluster:epoch:B", epoch)
             for write in (lambda: store.saveSession(StoredSession("c1")),
+                          lambda: store.saveSessionInfo(StoredSession("c1")),
                           lambda: store.deleteSession("c1"),
                           lambda: store.removeOutbound("c1", 1),
                           lambda: store.removeSubscription("c1", "a/#"),

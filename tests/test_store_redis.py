@@ -20,7 +20,7 @@ from mqtt_twisted.constants import PropertyId
 from mqtt_twisted.core import inspection
 from mqtt_twisted.core.session import AWAITING_PUBCOMP, Outbound, SubscriptionOptions
 from mqtt_twisted.errors import StorageError
-from mqtt_twisted.interfaces import IStore, IStorePlugin
+from mqtt_twisted.interfaces import ISessionInfoStore, IStore, IStorePlugin
 from mqtt_twisted.message import Message
 from mqtt_twisted.plugins import plugins_by_name
 from mqtt_twisted.store import redis as redis_store
@@ -93,6 +93,7 @@ class PluginTests(unittest.SynchronousTestCase):
         store = plugin.makeStore(Clock(), "//127.0.0.1:7000/2?pool=3")
         self.assertIsInstance(store, RedisStore)
         self.assertTrue(verifyObject(IStore, store))
+        self.assertTrue(verifyObject(ISessionInfoStore, store))
         self.assertEqual((store.options.port, store.options.db, store.options.pool),
                          (7000, 2, 3))
         self.assertEqual(plugin.makeStore(Clock(), "").options, RedisOptions())

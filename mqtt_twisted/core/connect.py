@@ -354,7 +354,7 @@ class Connector:
                 if packet.protocol_level == 5:
                     props[_P.SESSION_EXPIRY_INTERVAL] = 0
             if session.persistent:
-                self.broker.journal.persist(self.broker.store.saveSession(session))
+                self.broker.journal.save_session(session)
             elif session.will is not None and self.broker.wills is not None:
                 self.broker.wills.kept(session)  # a stored session keeps its will itself
             self.broker.stats.client_connected()

@@ -102,10 +102,18 @@ class Delivery:
             dropped = session.enqueue(out)
         if dropped:
             self._dropped(session, dropped)
+            if dropped[0] is out:
+                return  # larger than the whole queue: never held, so never stored
         if qos and self.durable and session.persistent:
             self.journal.persist(self.store.storeOutbound(session.clientId, out))
 
     def _dropped(self, session: Session, dropped: list[Outbound]) -> None:
+        if self.durable and session.persistent:
+            # Their stored copies go too: a CONNECT or DISCONNECT saves only the session's
+            # own fields (journal.save_session), so nothing else would remove them.
+            for old in dropped:
+                if old.qos:
+                    self.journal.persist(self.store.removeOutbound(session.clientId, old.seq))
         before = session.dropped - len(dropped)
         self.stats.messages_dropped += len(dropped)
         if before.bit_length() != session.dropped.bit_length():  # log 1st, 2nd, 4th, 8th...
@@ -138,6 +146,8 @@ class Delivery:
                                        out.subscription_ids, dup=True):
                 del session.inflight[pid]
                 session.inflight_bytes -= len(out.message.payload) + len(out.message.topic)
+                if self.durable and session.persistent:
+                    self.journal.persist(self.store.removeOutbound(session.clientId, out.seq))
 
     def pump(self, session: Session) -> None:
         """Move queued messages to the wire while the client has room."""

@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 
 from mqtt_twisted.core.stats import LATENCY_SAMPLE
 from mqtt_twisted.errors import StorageError, StoreUnavailable
+from mqtt_twisted.interfaces import ISessionInfoStore
 
 
 class Journal:
@@ -26,7 +27,8 @@ class Journal:
 
     log = Logger(namespace="mqtt_twisted.core.broker.Broker")
 
-    __slots__ = ("store", "stats", "clock", "durable", "_collecting")
+    __slots__ = ("store", "stats", "clock", "durable", "_collecting", "failures",
+                 "incremental")
 
     def __init__(self, store: Any, stats: Any, clock: Any = None) -> None:
         self.store = store
@@ -35,6 +37,11 @@ class Journal:
         self.clock = clock
         self.durable = bool(getattr(store, "persistsMessages", True))
         self._collecting: list[Any] | None = None
+        #: Store writes that failed so far: a session saved whole before the last one
+        #: may lack a change in the store (Session.stored_epoch).
+        self.failures = 0
+        #: Whether CONNECT and DISCONNECT may save a session's own fields alone.
+        self.incremental = self.durable and ISessionInfoStore.providedBy(store)
 
     def writes_of(self, action: Callable[..., Any], *args: Any) -> tuple[Any, list[Any]]:
         """Run ``action`` and return its result with the store writes it left pending:
@@ -66,6 +73,15 @@ class Journal:
         else:
             result.addErrback(self.store_failed)
 
+    def save_session(self, session: Any) -> None:
+        """Save a persistent session at CONNECT or DISCONNECT: its own fields only when
+        the store has had every change since its last whole save, else whole."""
+        if self.incremental and session.stored_epoch == self.failures:
+            self.persist(self.store.saveSessionInfo(session))
+        else:
+            session.stored_epoch = self.failures
+            self.persist(self.store.saveSession(session))
+
     def _timed(self, result: Any, started: float) -> Any:
         """A sampled write's round trip into the histogram; its result passes on."""
         self.stats.store_latency.observe(self.clock.seconds() - started)
@@ -74,6 +90,7 @@ class Journal:
     def store_failed(self, failure: Failure) -> None:
         """Count and log a failed store write (during an outage the store logs it once)."""
         self.stats.store_errors += 1
+        self.failures += 1
         if failure.check(StoreUnavailable):
             return
         if failure.check(StorageError):

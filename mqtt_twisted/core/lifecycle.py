@@ -75,7 +75,7 @@ class Lifecycle:
         if session.expiryInterval is not None:
             session.expiry_call = broker.clock.callLater(session.expiryInterval, self._expire,
                                                          session)
-        broker.journal.persist(broker.store.saveSession(session))
+        broker.journal.save_session(session)
 
     def _hand_over_shared(self, session: Session) -> None:
         """A departing member's unacknowledged shared messages go to another member."""

@@ -47,7 +47,7 @@ class Session:
         "disconnectedAt", "inflight", "queue", "inboundQoS2", "connection", "identity",
         "_next_pid", "expiry_call", "will_call", "dropped", "max_inflight", "max_queued",
         "_next_seq", "queued_bytes", "max_queued_bytes", "inflight_bytes", "max_inflight_bytes",
-        "read_check", "retained_backlog", "owner", "offline_charge",
+        "read_check", "retained_backlog", "owner", "offline_charge", "stored_epoch",
     )
 
     def __init__(self, client_id: str, max_inflight: int = 20, max_queued: int = 1000,
@@ -90,6 +90,10 @@ class Session:
         #: What this session's queue adds to the broker-wide offline total while its
         #: client is away (``core/offline.py``); 0 while it is connected.
         self.offline_charge = 0
+        #: The journal's failure count when the store last got the whole session (-1:
+        #: never from this process): while it is current, the store has every change
+        #: since, and a CONNECT or DISCONNECT saves only the session's own fields.
+        self.stored_epoch = -1
 
     def next_seq(self) -> int:
         """Sequence numbers order a session's outbound messages, also across restarts."""

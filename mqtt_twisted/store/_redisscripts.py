@@ -46,6 +46,17 @@ if #marks > 0 then redis.call('HSET', KEYS[1], unpack(marks)) end
 return 1
 """
 
+#: saveSessionInfo: the session hash's own fields, its marks and records kept; 0 when
+#: the session is not stored (the store then saves it whole).  KEYS: session, sessions
+#: set; ARGV: client id, then field, value pairs.
+_INFO = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HDEL', KEYS[1], 'will', 'owner')
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
+
 #: storeOutbound for a delivery of a cluster stream entry: the outbound record, and
 #: in the session hash the entry as the last one of that stream delivered into the
 #: session (``m:STREAM``; kept by save), in one step.  KEYS: session, out; ARGV: seq,
@@ -199,16 +210,16 @@ return redis.call(ARGV[1], KEYS[1], unpack(ARGV, 2))
 """
 
 SCRIPTS = {
-    "guarded": _GUARDED, "save": _SAVE, "delete": _DELETE, "load": _LOAD, "list": _LIST,
+    "guarded": _GUARDED, "save": _SAVE, "info": _INFO, "delete": _DELETE, "load": _LOAD, "list": _LIST,
     "set_retained": _SET_RETAINED, "delete_retained": _DELETE_RETAINED,
     "match_retained": _MATCH_RETAINED, "release": _RELEASE, "marked": _MARKED,
 }
 #: The fenced variants of the session writes (``RedisStore.fence``).
-FENCED = {name: "fenced_" + name for name in ("guarded", "save", "delete", "plain",
+FENCED = {name: "fenced_" + name for name in ("guarded", "save", "info", "delete", "plain",
                                               "marked")}
 SCRIPTS.update({FENCED[name]: _FENCE + body for name, body in (
-    ("guarded", _GUARDED), ("save", _SAVE), ("delete", _DELETE), ("plain", _PLAIN),
-    ("marked", _MARKED))})
+    ("guarded", _GUARDED), ("save", _SAVE), ("info", _INFO), ("delete", _DELETE),
+    ("plain", _PLAIN), ("marked", _MARKED))})
 SHAS = {name: hashlib.sha1(body.encode()).hexdigest().encode()
          for name, body in SCRIPTS.items()}
 

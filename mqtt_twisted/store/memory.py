@@ -17,6 +17,7 @@ from zope.interface import implementer
 from mqtt_twisted.errors import StorageError
 from mqtt_twisted.interfaces import ILock, ISessionState, IStore
 from mqtt_twisted.message import NO_WIRE, Message
+from mqtt_twisted.records import Outbound
 from mqtt_twisted.store.retained_index import RetainedIndex
 
 
@@ -51,6 +52,9 @@ class StoredSession:
 
 def _copy_outbound(out: Any) -> Any:
     """A detached copy of an Outbound record (the broker updates its own in place)."""
+    if type(out) is Outbound:  # one call, not a getattr and a setattr per field
+        return Outbound(out.message, out.qos, out.retain, out.subscription_ids,
+                        out.packet_id, out.state, out.group, out.seq)
     new = out.__class__.__new__(out.__class__)
     for name in out.__class__.__slots__:
         setattr(new, name, getattr(out, name))

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
-from mqtt_twisted.interfaces import IStore
+from mqtt_twisted.interfaces import ISessionInfoStore, IStore
 from mqtt_twisted.message import Message
 from mqtt_twisted.store.retained_index import RetainedIndex
 
@@ -43,6 +43,9 @@ class SysRetainedOverlay:
         for name in IStore.names(all=True):
             if name not in _RETAINED_CALLS and hasattr(store, name):
                 setattr(self, name, getattr(store, name))
+        if ISessionInfoStore.providedBy(store):
+            self.saveSessionInfo = store.saveSessionInfo
+            alsoProvides(self, ISessionInfoStore)
 
     def __repr__(self) -> str:
         return f"<SysRetainedOverlay over {self.store!r}>"

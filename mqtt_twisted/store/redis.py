@@ -52,7 +52,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mqtt_twisted.errors import StorageError
-from mqtt_twisted.interfaces import ILock, IStore
+from mqtt_twisted.interfaces import ILock, ISessionInfoStore, IStore
 from mqtt_twisted.message import Message
 from mqtt_twisted.store._redisformat import (
     FORMAT,
@@ -199,7 +199,7 @@ def _checked(options: RedisOptions) -> RedisOptions:
 # --- the store ------------------------------------------------------------------------------
 
 
-@implementer(IStore)
+@implementer(IStore, ISessionInfoStore)
 class RedisStore:
     """Sessions, retained messages and client locks in Redis (see the module docstring).
 
@@ -288,8 +288,9 @@ class RedisStore:
         return links[zlib.crc32(cid) % len(links)] if len(links) > 1 else links[0]
 
     def _write(self, cid: bytes, name: str, keys: tuple[bytes, ...],
-               args: tuple[Any, ...] | list[Any]) -> Deferred[None]:
-        """A write script on one client's keys, fenced when the store is a cluster's."""
+               args: tuple[Any, ...] | list[Any], reply: bool = False) -> Deferred[Any]:
+        """A write script on one client's keys, fenced when the store is a cluster's;
+        its Deferred fires with None, or with the script's reply if ``reply``."""
         fence = self.fence
         if fence is None:
             d = call_script(self._link(cid), name, keys, args)
@@ -297,7 +298,8 @@ class RedisStore:
             home, epoch_key, node, epoch = fence
             d = call_script(self._link(cid), FENCED[name], (home, epoch_key, *keys),
                             (cid, node, epoch, *args))
-        d.addCallback(_none)
+        if not reply:
+            d.addCallback(_none)
         return d
 
     def _guarded(self, cid: bytes, kind: bytes, *command: Any) -> Deferred[None]:
@@ -335,6 +337,14 @@ class RedisStore:
             args.append(str(len(group)).encode())
             args.extend(group)
         return self._write(cid, "save", (*self._keys.session(cid), self._keys.sessions), args)
+
+    def saveSessionInfo(self, state: Any) -> Deferred[None]:
+        cid = self._keys.cid(state.clientId)
+        keys = self._keys
+        d = self._write(cid, "info", (keys.key(b"session", cid), keys.sessions),
+                        (cid, *session_fields(state)), reply=True)
+        d.addCallback(lambda stored: None if stored else self.saveSession(state))
+        return d
 
     def deleteSession(self, clientId: str) -> Deferred[None]:
         cid = self._keys.cid(clientId)
