@@ -379,7 +379,9 @@ def scenario_many_subscriptions(run: Run) -> dict:
 
     phase(cfg.many_publish_s / 4)  # warm-up: first-use costs must not count as "base"
     base = phase(cfg.many_publish_s)
+    rss0 = broker_rss_kib(run.broker_pid)
     sub = run.subscribe(subs, lambda c: table[c][1])
+    rss1 = broker_rss_kib(run.broker_pid)
     full = phase(cfg.many_publish_s)
     total = clients * per_client
     added = total - 3 * clients
@@ -391,7 +393,10 @@ def scenario_many_subscriptions(run: Run) -> dict:
         "drained": base["drained"] and full["drained"],
         "lost": None if None in (base["lost"], full["lost"]) else base["lost"] + full["lost"],
     }
+    if rss0 is not None and rss1 is not None:
+        res["rss_per_subscription_bytes"] = round((rss1 - rss0) * 1024 / max(1, added))
     if full["delivered_per_s"] and base["delivered_per_s"]:
+        res["publish_vs_base"] = round(full["delivered_per_s"] / base["delivered_per_s"], 3)
         res["match_cost_us"] = round(1e6 / full["delivered_per_s"]
                                      - 1e6 / base["delivered_per_s"], 3)
     res["ok"] = sub["refused"] == 0 and res["lost"] == 0
@@ -631,6 +636,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke-test sizes (seconds)")
     parser.add_argument("--broker", default="unknown", help="name written into each line")
     parser.add_argument("--broker-pid", type=int, help="broker pid, for RSS per connection")
+    parser.add_argument("--set", action="append", metavar="NAME=VALUE",
+                        default=[s for s in os.environ.get("LOADGEN_SET", "").split(",") if s],
+                        help="change one size of Settings, e.g. many_filters=1000000 "
+                             "(repeatable; also LOADGEN_SET=a=1,b=2 in the environment, "
+                             "which is how bench/compare.py passes sizes on)")
     args = parser.parse_args(argv)
     names = args.scenario or ["all"]
     if "all" in names:
@@ -639,6 +649,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--port is required for broker scenarios")
     raise_fd_limit()
     cfg = QUICK if args.quick else FULL
+    for assignment in args.set:
+        name, _, value = assignment.partition("=")
+        if name not in Settings.__dataclass_fields__:
+            parser.error(f"--set: no size named {name!r}")
+        cfg = replace(cfg, **{name: type(getattr(cfg, name))(value)})
     ok = True
     for name in names:
         line = run_scenario(name, args.port or 0, cfg,
