@@ -302,11 +302,6 @@ class RedisStore:
             d.addCallback(_none)
         return d
 
-    def _guarded(self, cid: bytes, kind: bytes, *command: Any) -> Deferred[None]:
-        keys = self._keys
-        return self._write(cid, "guarded", (keys.key(b"session", cid), keys.key(kind, cid)),
-                           command)
-
     def _plain(self, cid: bytes, *command: Any) -> Deferred[None]:
         if self.fence is not None:  # command: (name, key, args...)
             return self._write(cid, "plain", (command[1],), (command[0], *command[2:]))
@@ -358,7 +353,7 @@ class RedisStore:
 
     def addSubscription(self, clientId: str, topicFilter: str, options: Any) -> Deferred[None]:
         cid = self._keys.cid(clientId)
-        return self._guarded(cid, b"subs", b"HSET", topicFilter.encode("utf-8"),
+        return _guarded(self, cid, b"subs", b"HSET", topicFilter.encode("utf-8"),
                              encode_options(options))
 
     def removeSubscription(self, clientId: str, topicFilter: str) -> Deferred[None]:
@@ -379,7 +374,7 @@ class RedisStore:
                                                keys.key(b"out", cid)),
                                (str(outbound.seq).encode(),
                                 encode_outbound(outbound, self._last_blob), *self.mark))
-        return self._guarded(cid, b"out", b"HSET", str(outbound.seq).encode(),
+        return _guarded(self, cid, b"out", b"HSET", str(outbound.seq).encode(),
                              encode_outbound(outbound, self._last_blob))
 
     def removeOutbound(self, clientId: str, seq: int) -> Deferred[None]:
@@ -388,7 +383,7 @@ class RedisStore:
 
     def addInboundQoS2(self, clientId: str, packetId: int) -> Deferred[None]:
         cid = self._keys.cid(clientId)
-        return self._guarded(cid, b"qos2", b"SADD", str(packetId).encode())
+        return _guarded(self, cid, b"qos2", b"SADD", str(packetId).encode())
 
     def removeInboundQoS2(self, clientId: str, packetId: int) -> Deferred[None]:
         cid = self._keys.cid(clientId)
@@ -444,3 +439,11 @@ def _release(store: RedisStore) -> Any:
     to_redis, store._endpoint = store._endpoint, None
     release = getattr(to_redis, "release", None)
     return release() if release is not None else None
+
+
+def _guarded(store: RedisStore, cid: bytes, kind: bytes, *command: Any) -> Deferred[None]:
+    """A write to one of a session's keys, done only while the session exists (the
+    "guarded" script): a late write never brings a deleted session back."""
+    keys = store._keys
+    return store._write(cid, "guarded", (keys.key(b"session", cid), keys.key(kind, cid)),
+                        command)
