@@ -1,6 +1,7 @@
 """Codec micro-benchmark: microseconds per encode and per decode of typical packets.
 
-Run from the checkout: ``python bench/bench_codec.py``.  Decoding goes through
+Run from the checkout: ``python bench/bench_codec.py`` (the compiled codec when it is
+built, docs/speedups.md; ``MQTT_TWISTED_PURE=1`` for the pure one).  Decoding goes through
 a long-lived ``StreamDecoder.feed`` (what a connection does), one whole packet
 per call.  Each figure is the best of several timeit repeats.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mqtt_twisted.codec import Connect, Publish, StreamDecoder, Will, encode
+from mqtt_twisted.codec import Connect, Publish, StreamDecoder, Will, _accel, encode
 from mqtt_twisted.constants import PropertyId as P
 
 REPEATS = 7
@@ -63,6 +64,7 @@ def cpu_model() -> str:
 def main() -> None:
     print(f"python {platform.python_version()} ({platform.python_implementation()}), "
           f"nproc {os.cpu_count()}, {cpu_model()}")
+    print(f"codec: {'compiled' if _accel.compiled_in_use() else 'pure Python'}")
     print(f"{'packet':<40} {'ver':>3} {'bytes':>5} {'encode µs':>10} {'decode µs':>10}")
     for name, version, packet in CASES:
         wire = encode(packet, version)
