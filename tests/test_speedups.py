@@ -242,3 +242,11 @@ def test_wheel_builds_without_a_working_compiler():
         assert not [n for n in names if "_speedups" in n and n.endswith((".so", ".pyd"))]
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+@needs_ext
+def test_publish_is_built_without_its_init():
+    """The compiled decoder knows Publish's fields, so it builds one without the Python
+    frame of its __init__ (half of a small PUBLISH's decoding); a field added to Publish
+    makes it call the class instead (correct, slower), and this test says so."""
+    assert ext.PUBLISH_FIELDS_KNOWN
