@@ -251,3 +251,16 @@ def test_publish_is_built_without_its_init():
     frame of its __init__ (half of a small PUBLISH's decoding); a field added to Publish
     makes it call the class instead (correct, slower), and this test says so."""
     assert ext.PUBLISH_FIELDS_KNOWN
+
+
+@needs_ext
+@pytest.mark.slow
+def test_seeded_run_of_30k_streams_decodes_alike():
+    """-m slow: 30,000 seeded mutated streams of the fuzz corpus, cut at random, under
+    random limits and budgets, decode alike in both framers (a few seconds)."""
+    rng = random.Random(19)
+    for _ in range(30_000):
+        version, wire = rng.choice(CORPUS)
+        data = mutate(rng, wire, rng.randint(0, 6))
+        assert_same_stream(random_chunks(rng, data), version, rng.choice([16, 100, 512, 1 << 28]),
+                           rng.choice([0, 0, 1, 2]))
