@@ -14,6 +14,8 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.string cimport memchr, memcpy
 
+from dataclasses import fields as _fields
+
 from mqtt_twisted.codec._decode import decode_body
 from mqtt_twisted.codec.packets import Connect, Publish
 from mqtt_twisted.codec.properties import NO_LIMITS, decode_properties, encode_properties
@@ -26,8 +28,6 @@ from mqtt_twisted.errors import (
     ProtocolError,
     ValidationError,
 )
-
-from dataclasses import fields as _fields
 
 cdef object _new = object.__new__
 #: Whether Publish has exactly the fields _decode_publish sets itself and no __post_init__
