@@ -1,6 +1,8 @@
 """Codec micro-benchmark: microseconds per encode and per decode of typical packets.
 
-Run from the checkout: ``python bench/bench_codec.py``.  Decoding goes through
+Run from the checkout: ``python bench/bench_codec.py`` (the compiled codec when it is
+built, docs/speedups.md; ``MQTT_TWISTED_PURE=1`` for the pure one; ``--both`` for the two
+side by side).  Decoding goes through
 a long-lived ``StreamDecoder.feed`` (what a connection does), one whole packet
 per call.  Each figure is the best of several timeit repeats.
 """
@@ -15,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mqtt_twisted.codec import Connect, Publish, StreamDecoder, Will, encode
+from mqtt_twisted.codec import Connect, Publish, StreamDecoder, Will, _accel, encode
 from mqtt_twisted.constants import PropertyId as P
 
 REPEATS = 7
@@ -60,9 +62,35 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def both() -> None:
+    """``--both``: each case with the compiled and the pure codec, alternately in one
+    process (a loaded machine disturbs both alike); the best of 3 x REPEATS each."""
+    if _accel.speedups is None:
+        raise SystemExit("the compiled codec is not built: pip install . (with a C compiler)")
+    print(f"{'packet':<40} {'ver':>3} {'encode µs':>17} {'decode µs':>17}")
+    print(f"{'':<44} {'compiled':>8} {'pure':>8} {'compiled':>8} {'pure':>8}")
+    for name, version, packet in CASES:
+        wire = encode(packet, version)
+        best: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(3):
+            for compiled in (True, False):
+                _accel.use(compiled)
+                decoder = StreamDecoder(version)
+                enc = best_us(lambda p=packet, v=version: encode(p, v))
+                dec = best_us(lambda w=wire, feed=decoder.feed: feed(w))
+                best[compiled].append((enc, dec))
+        (ce, cd), (pe, pd) = (tuple(map(min, zip(*best[c]))) for c in (True, False))
+        print(f"{name:<40} {'v' + str(version):>3} {ce:>8.2f} {pe:>8.2f} {cd:>8.2f} {pd:>8.2f}")
+    _accel.use_default()
+
+
 def main() -> None:
     print(f"python {platform.python_version()} ({platform.python_implementation()}), "
           f"nproc {os.cpu_count()}, {cpu_model()}")
+    if "--both" in sys.argv[1:]:
+        both()
+        return
+    print(f"codec: {'compiled' if _accel.compiled_in_use() else 'pure Python'}")
     print(f"{'packet':<40} {'ver':>3} {'bytes':>5} {'encode µs':>10} {'decode µs':>10}")
     for name, version, packet in CASES:
         wire = encode(packet, version)

@@ -9,6 +9,7 @@ unlike times, do not depend on the machine's load, so two checkouts compare exac
     python bench/calls_per_message.py
     python bench/calls_per_message.py --checkout /path/to/older/checkout
     python bench/calls_per_message.py --more   # also per connection cycle, per SUBSCRIBE
+    MQTT_TWISTED_PURE=1 python bench/calls_per_message.py   # the pure codec (docs/speedups.md)
 
 ``--cluster`` counts a QoS 1 message that crosses nodes instead: two cluster nodes in
 one process (``ClusterNode`` on sans-IO brokers, Redis replaced by replies made with
@@ -24,6 +25,7 @@ read): a turn's entries then go in one MULTI/EXEC (``cluster/batch.py``, "Order"
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +38,11 @@ from mqtt_twisted.codec import PubAck, Publish, encode
 from mqtt_twisted.testing import FakeClient, make_broker
 
 N = int(sys.argv[1])
+try:
+    from mqtt_twisted.codec import _accel
+    print("codec:", "compiled" if _accel.compiled_in_use() else "pure Python")
+except ImportError:  # a checkout from before the compiled codec
+    print("codec: pure Python")
 broker, _ = make_broker()
 sub = FakeClient(broker, 4)
 sub.connect("sub")
@@ -235,6 +242,9 @@ def main() -> None:
     args = parser.parse_args()
     print(f"checkout: {args.checkout}")
     env = {"PYTHONPATH": str(args.checkout)}
+    # The compiled codec (docs/speedups.md) makes fewer Python calls than the pure one:
+    # MQTT_TWISTED_PURE=1 counts the pure path, the figure to compare across checkouts.
+    env.update((k, v) for k, v in os.environ.items() if k.startswith("MQTT_TWISTED_"))
     if not args.cluster:
         subprocess.run([sys.executable, "-c", _PROGRAM, str(args.messages)]
                        + (["--more"] if args.more else []), check=True,

@@ -35,7 +35,7 @@ from mqtt_twisted.codec import (
     encode_string,
     encode_vbi,
     parse_shared_filter,
-    topic_matches,
+    topics,
     validate_topic_filter,
     validate_topic_name,
 )
@@ -49,6 +49,7 @@ from mqtt_twisted.errors import (
     UnsupportedProtocolVersion,
     ValidationError,
 )
+from tests.codecimpl import codec_impl  # noqa: F401  (pure and compiled)
 
 P = PropertyId
 
@@ -762,4 +763,4 @@ def test_shared_filters_parse_into_group_and_filter():
 ])
 def test_topic_matches(topic_filter, topic, matches):
     """topic_matches follows the wildcard rules of 4.7, including '$' topics."""
-    assert topic_matches(topic_filter, topic) is matches
+    assert topics.topic_matches(topic_filter, topic) is matches  # the one bound now

@@ -4,6 +4,7 @@ Bytes in, packets out, and back; no I/O and nothing from Twisted.  See
 ``docs/codec.md`` for the API and its guarantees.
 """
 
+from mqtt_twisted.codec import _accel
 from mqtt_twisted.codec._decode import decode_body
 from mqtt_twisted.codec._encode import encode, encode_publish
 from mqtt_twisted.codec._wire import (
@@ -48,6 +49,10 @@ from mqtt_twisted.codec.topics import (
     validate_topic_filter,
     validate_topic_name,
 )
+
+# Bind the compiled twins of the hot functions where they were built, unless
+# MQTT_TWISTED_PURE=1 (this module's encode_publish and topic_matches too): _accel.py.
+_accel.use_default()
 
 
 def decode(data: bytes, version: int | None = None) -> Packet:

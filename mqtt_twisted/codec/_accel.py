@@ -1,0 +1,75 @@
+"""Which implementation of the codec's hottest functions runs: compiled or pure Python.
+
+``mqtt_twisted/codec/_speedups.pyx`` (Cython) is built by ``pip install`` where a C
+compiler exists (setup.py); the pure functions stay the specification and the fallback.
+At import the compiled ones are bound in their place unless the extension is missing or
+``MQTT_TWISTED_PURE=1`` asks for the pure ones; ``MQTT_TWISTED_REQUIRE_EXT=1`` turns a
+missing extension into an ImportError (CI, where a compiler exists, so that a build that
+silently fell back cannot pass for a compiled one).  See docs/speedups.md.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+from mqtt_twisted.codec import _decode, _encode, stream, topics
+from mqtt_twisted.codec.packets import Publish
+
+#: The names bound to one implementation or the other, and their pure functions.
+PURE = {
+    "feed": stream.StreamDecoder.feed,
+    "decode_publish": _decode.decode_publish,
+    "encode_publish": _encode.encode_publish,
+    "topic_matches": topics.topic_matches,
+}
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
+
+
+def _load() -> ModuleType | None:
+    try:
+        from mqtt_twisted.codec import _speedups  # type: ignore[attr-defined]
+    except ImportError as e:
+        if _flag("MQTT_TWISTED_REQUIRE_EXT"):
+            raise ImportError(f"MQTT_TWISTED_REQUIRE_EXT is set but the compiled codec "
+                              f"(mqtt_twisted.codec._speedups) is not importable: {e}") from e
+        return None
+    _speedups._pure_feed = PURE["feed"]
+    _speedups._pure_decode_publish = PURE["decode_publish"]
+    _speedups._pure_encode_publish = PURE["encode_publish"]
+    return _speedups
+
+
+#: The compiled module when it was built, whether or not it is in use.
+speedups = _load()
+
+
+def compiled_in_use() -> bool:
+    """Whether the compiled functions are the ones bound now."""
+    return speedups is not None and stream.StreamDecoder.feed is speedups.feed
+
+
+def use(compiled: bool) -> bool:
+    """Bind the compiled functions (when built) or the pure ones; return which: True for
+    compiled.  Called once at import; tests call it to run both implementations.  Names a
+    module copied before a switch (``from mqtt_twisted.codec import topic_matches``) keep
+    what was bound at their import."""
+    import mqtt_twisted.codec as codec
+
+    impl = speedups if compiled else None
+    chosen = {name: getattr(impl, name) if impl is not None else pure
+              for name, pure in PURE.items()}
+    stream.StreamDecoder.feed = chosen["feed"]
+    _decode.decode_publish = chosen["decode_publish"]
+    _encode.encode_publish = codec.encode_publish = chosen["encode_publish"]
+    _encode.ENCODERS[Publish] = chosen["encode_publish"]
+    topics.topic_matches = codec.topic_matches = chosen["topic_matches"]
+    return impl is not None
+
+
+def use_default() -> bool:
+    """The choice made at import: compiled when built, unless ``MQTT_TWISTED_PURE`` is set."""
+    return use(not _flag("MQTT_TWISTED_PURE"))

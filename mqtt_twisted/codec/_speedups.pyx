@@ -1,0 +1,311 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, binding=True
+"""Compiled twins of the codec's hottest pure functions (optional; see docs/speedups.md).
+
+The pure-Python functions are the specification: ``stream.StreamDecoder.feed``,
+``_decode.decode_publish``, ``_encode.encode_publish`` and ``topics.topic_matches``.
+Each function here computes the same result and raises the same error class with the
+same message; every path that is not hot (a packet other than PUBLISH, a property block,
+a bytes-like that is not ``bytes``) calls the pure function itself, so there is one
+implementation of every rule that is not on the per-message path.
+tests/test_speedups.py compares the two on random and malformed input.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.string cimport memchr, memcpy
+
+from dataclasses import fields as _fields
+
+from mqtt_twisted.codec._decode import decode_body
+from mqtt_twisted.codec.packets import Connect, Publish
+from mqtt_twisted.codec.properties import NO_LIMITS, decode_properties, encode_properties
+from mqtt_twisted.constants import MAX_REMAINING_LENGTH, PacketType, PropertyId
+from mqtt_twisted.errors import (
+    InvalidTopicName,
+    MalformedPacket,
+    MQTTError,
+    PacketTooLarge,
+    ProtocolError,
+    ValidationError,
+)
+
+cdef object _new = object.__new__
+#: Whether Publish has exactly the fields _decode_publish sets itself and no __post_init__
+#: (else it calls the class).
+cdef bint _SLOTS_KNOWN = not hasattr(Publish, "__post_init__") and [
+    f.name for f in _fields(Publish)] == [
+    "topic", "payload", "qos", "retain", "dup", "packet_id", "properties", "raw"]
+PUBLISH_FIELDS_KNOWN = _SLOTS_KNOWN  # (tests/test_speedups.py: a new field fails a test)
+cdef int _PUBLISH = int(PacketType.PUBLISH)
+cdef object _TOPIC_ALIAS = int(PropertyId.TOPIC_ALIAS)
+cdef Py_ssize_t _MAX_REMAINING = MAX_REMAINING_LENGTH
+# The pure functions, set by _accel.py: what the compiled ones hand unusual input to.
+_pure_feed = _pure_decode_publish = _pure_encode_publish = None
+
+
+cdef object _decode_publish(int flags, object data, const unsigned char* buf,
+                            Py_ssize_t pos, Py_ssize_t end, int version, object limits):
+    """``_decode.decode_publish`` for a body in ``buf[pos:end]`` (``buf`` is ``data``'s)."""
+    cdef int qos = (flags >> 1) & 0x03
+    cdef bint dup = flags & 0x08
+    cdef Py_ssize_t stop
+    cdef object packet_id = None
+    cdef object properties
+    if qos == 3:
+        raise MalformedPacket("PUBLISH with QoS 3")
+    if dup and not qos:
+        raise MalformedPacket("DUP set on a QoS 0 PUBLISH")
+    if pos + 2 > end:
+        raise MalformedPacket("PUBLISH is truncated")
+    stop = pos + 2 + ((buf[pos] << 8) | buf[pos + 1])
+    if stop > end:
+        raise MalformedPacket("PUBLISH topic runs past the packet")
+    try:
+        topic = PyUnicode_DecodeUTF8(<const char*>buf + pos + 2, stop - pos - 2, NULL)
+    except UnicodeDecodeError:
+        raise MalformedPacket("PUBLISH topic is not well-formed UTF-8") from None
+    # UTF-8 continuation bytes are >= 0x80: a byte scan finds exactly these characters.
+    if (memchr(buf + pos + 2, 0x2B, stop - pos - 2) != NULL
+            or memchr(buf + pos + 2, 0x23, stop - pos - 2) != NULL
+            or memchr(buf + pos + 2, 0, stop - pos - 2) != NULL):
+        if memchr(buf + pos + 2, 0, stop - pos - 2) != NULL:
+            raise MalformedPacket("PUBLISH topic contains U+0000")
+        raise InvalidTopicName(f"PUBLISH topic {topic!r} is invalid")
+    pos = stop
+    if qos:
+        if pos + 2 > end:
+            raise MalformedPacket("PUBLISH packet identifier is truncated")
+        packet_id = (buf[pos] << 8) | buf[pos + 1]
+        if not packet_id:
+            raise MalformedPacket("PUBLISH with packet identifier 0")
+        pos += 2
+    if version == 5:
+        if pos < end and not buf[pos]:
+            properties = {}
+            pos += 1
+        else:
+            properties, pos = decode_properties(data, pos, end, _PUBLISH, limits)
+        if not topic and _TOPIC_ALIAS not in properties:
+            raise ProtocolError("empty PUBLISH topic without a topic alias")
+    else:
+        properties = {}
+        if not topic:
+            raise InvalidTopicName("empty PUBLISH topic")
+    payload = PyBytes_FromStringAndSize(<const char*>buf + pos, end - pos)
+    if not _SLOTS_KNOWN:
+        return Publish(topic, payload, qos, bool(flags & 1), bool(dup), packet_id, properties)
+    # What the dataclass's __init__ does, without its Python frame (half the cost of a
+    # small PUBLISH): every field set, in the order _SLOTS_KNOWN checked at import.
+    packet = _new(Publish)
+    packet.topic = topic
+    packet.payload = payload
+    packet.qos = qos
+    packet.retain = bool(flags & 1)
+    packet.dup = bool(dup)
+    packet.packet_id = packet_id
+    packet.properties = properties
+    packet.raw = None
+    return packet
+
+
+def decode_publish(flags, buf, pos, end, version, limits=NO_LIMITS):
+    """``_decode.decode_publish``, compiled (``bytes`` only; other bytes-likes go there)."""
+    if type(buf) is not bytes:
+        return _pure_decode_publish(flags, buf, pos, end, version, limits)
+    if not 0 <= pos <= end <= PyBytes_GET_SIZE(buf):
+        raise ValueError("pos and end must lie inside buf")
+    return _decode_publish(flags, buf, <const unsigned char*>PyBytes_AS_STRING(buf), pos, end,
+                           5 if version == 5 else 0, limits)
+
+
+def feed(self, data, budget=0):
+    """``StreamDecoder.feed``, compiled: the framing loop and PUBLISH bodies in C."""
+    cdef Py_ssize_t pos = 0, n, length, header, total, end, shift, need = 0, limit
+    cdef Py_ssize_t left
+    cdef int first, byte, ver
+    cdef const unsigned char* buf
+    self.more = False
+    pending = self._pending
+    if pending:
+        pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size < self._need or self._pending_size < 2:
+            return []
+        data = b"".join(pending)
+        self._pending = ()
+        self._pending_size = 0
+    if type(data) is not bytes:
+        return _pure_feed(self, data, budget)
+    packets = []
+    n = PyBytes_GET_SIZE(data)
+    buf = <const unsigned char*>PyBytes_AS_STRING(data)
+    version = self.version
+    ver = -1 if version is None else version
+    limit = self.max_packet_size if version is not None else self.connect_packet_size
+    limits = self.limits
+    left = budget or -1
+    try:
+        while n - pos >= 2:
+            if not left:
+                self.more = True
+                break
+            left -= 1
+            first = buf[pos]
+            if ver == -1 and first >> 4 != 1:
+                raise ProtocolError("the first packet must be CONNECT")
+            length = buf[pos + 1]
+            header = 2
+            if length & 0x80:
+                length &= 0x7F
+                shift = 7
+                while True:
+                    if pos + header >= n:
+                        if length + (<Py_ssize_t>1 << shift) + header > limit:
+                            raise PacketTooLarge(f"packet exceeds the limit of {limit} bytes")
+                        length = -1
+                        break
+                    byte = buf[pos + header]
+                    header += 1
+                    length |= (<Py_ssize_t>(byte & 0x7F)) << shift
+                    if not byte & 0x80:
+                        if not byte:
+                            raise MalformedPacket("remaining length is not in its shortest form")
+                        break
+                    if header == 5:
+                        raise MalformedPacket("remaining length longer than four bytes")
+                    shift += 7
+                if length < 0:
+                    break
+            total = header + length
+            if total > limit:
+                raise PacketTooLarge(f"packet of {total} bytes exceeds the limit of {limit}")
+            end = pos + total
+            if end > n:
+                need = total
+                break
+            if first >> 4 == 3:
+                packet = _decode_publish(first & 0x0F, data, buf, pos + header, end, ver, limits)
+                if first == 0x30:
+                    packet.raw = data[pos:end] if pos or end != n else data
+            else:
+                packet = decode_body(first, data, pos + header, end, version, limits)
+                if ver == -1 and type(packet) is Connect:
+                    self.version = version = packet.protocol_level
+                    ver = version
+                    limit = self.max_packet_size
+            packets.append(packet)
+            pos = end
+    except MQTTError as e:
+        e.packets = packets
+        self._pending = ()
+        self._pending_size = self._need = 0
+        raise
+    self._need = need
+    if pos < n:
+        rest = data[pos:] if pos else data
+        self._pending = [rest]
+        self._pending_size = len(rest)
+    return packets
+
+
+cdef inline Py_ssize_t _vbi_size(Py_ssize_t value):
+    if value < 128:
+        return 1
+    if value < 16384:
+        return 2
+    if value < 2097152:
+        return 3
+    return 4
+
+
+def encode_publish(p, version):
+    """``_encode.encode_publish``, compiled: one allocation, one copy of the payload.
+
+    Fields of unexpected types or ranges go to the pure function, whose errors they are.
+    """
+    q = p.qos
+    if (type(q) is not int or not 0 <= q <= 2 or type(p.topic) is not str
+            or type(p.payload) is not bytes
+            or (q and type(p.packet_id) is not int)):
+        return _pure_encode_publish(p, version)
+    cdef int qos = q
+    cdef int first
+    cdef Py_ssize_t n, length, size, i, pid = 0
+    cdef char* out
+    cdef bytes topic, payload, props = b""
+    try:
+        topic = p.topic.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("topic holds a lone surrogate") from None
+    n = PyBytes_GET_SIZE(topic)
+    if n > 0xFFFF or memchr(PyBytes_AS_STRING(topic), 0, n) != NULL:
+        raise ValidationError("topic longer than 65,535 bytes or holding U+0000")
+    payload = p.payload
+    length = 2 + n
+    if qos:
+        packet_id = p.packet_id
+        if packet_id is None or not 0 < packet_id <= 0xFFFF:
+            raise ValidationError(f"packet identifier must be 1..65535, not {packet_id!r}")
+        pid = packet_id
+        length += 2
+        first = 0x30 | (qos << 1) | (0x08 if p.dup else 0) | (1 if p.retain else 0)
+    else:
+        first = 0x31 if p.retain else 0x30
+    if version == 5:
+        props = encode_properties(p.properties, _PUBLISH) if p.properties else b"\x00"
+        length += PyBytes_GET_SIZE(props)
+    length += PyBytes_GET_SIZE(payload)
+    if length > _MAX_REMAINING:
+        raise ValidationError(f"variable byte integer out of range: {length}")
+    size = 1 + _vbi_size(length) + length
+    result = PyBytes_FromStringAndSize(NULL, size)
+    out = PyBytes_AS_STRING(result)
+    out[0] = <char>first
+    i = 1
+    while True:
+        if length >= 128:
+            out[i] = <char>((length & 0x7F) | 0x80)
+            length >>= 7
+            i += 1
+        else:
+            out[i] = <char>length
+            i += 1
+            break
+    out[i] = <char>(n >> 8)
+    out[i + 1] = <char>(n & 0xFF)
+    memcpy(out + i + 2, PyBytes_AS_STRING(topic), n)
+    i += 2 + n
+    if qos:
+        out[i] = <char>(pid >> 8)
+        out[i + 1] = <char>(pid & 0xFF)
+        i += 2
+    if version == 5:
+        memcpy(out + i, PyBytes_AS_STRING(props), PyBytes_GET_SIZE(props))
+        i += PyBytes_GET_SIZE(props)
+    memcpy(out + i, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload))
+    return result
+
+
+def topic_matches(str topic_filter, str topic):
+    """``topics.topic_matches``, compiled: compares level by level without splitting."""
+    cdef Py_ssize_t fn = len(topic_filter), tn = len(topic), fi = 0, ti = 0, fe, te
+    if tn and topic[0] == "$" and fn and (topic_filter[0] == "+" or topic_filter[0] == "#"):
+        return False
+    while True:
+        fe = topic_filter.find("/", fi)
+        if fe < 0:
+            fe = fn
+        if fe - fi == 1 and topic_filter[fi] == "#":
+            return True
+        if ti > tn:  # the topic has no level left
+            return False
+        te = topic.find("/", ti)
+        if te < 0:
+            te = tn
+        if not (fe - fi == 1 and topic_filter[fi] == "+"):
+            if fe - fi != te - ti or topic_filter[fi:fe] != topic[ti:te]:
+                return False
+        fi = fe + 1
+        ti = te + 1
+        if fi > fn:  # the filter's last level is done
+            return ti > tn

@@ -1,0 +1,59 @@
+"""Optional compiled speedups (docs/speedups.md); metadata is in pyproject.toml.
+
+``pip install .`` compiles ``mqtt_twisted/codec/_speedups.pyx`` with Cython when a C
+compiler works, and installs the pure-Python package when it does not: the build never
+fails for want of a compiler.  ``MQTT_TWISTED_NO_EXT=1`` skips the extension;
+``MQTT_TWISTED_REQUIRE_EXT=1`` makes a failed build an error (CI, where gcc exists).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
+
+
+class OptionalBuildExt(build_ext):
+    """build_ext that warns and goes on when the compiler is missing or fails."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as e:  # no compiler at all: distutils' CCompilerError, OSError...
+            self._skip(e)
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as e:
+            self._skip(e)
+
+    def _skip(self, error: Exception) -> None:
+        if _flag("MQTT_TWISTED_REQUIRE_EXT"):
+            raise error
+        print(f"warning: mqtt_twisted's compiled speedups not built ({error}); "
+              "the pure-Python codec is used", file=sys.stderr)
+
+
+def extensions() -> list[Extension]:
+    if _flag("MQTT_TWISTED_NO_EXT"):
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        if _flag("MQTT_TWISTED_REQUIRE_EXT"):
+            raise
+        print("warning: Cython not installed: the pure-Python codec is used", file=sys.stderr)
+        return []
+    return cythonize(
+        [Extension("mqtt_twisted.codec._speedups", ["mqtt_twisted/codec/_speedups.pyx"])],
+        language_level=3, quiet=True)
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

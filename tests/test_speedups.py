@@ -1,0 +1,266 @@
+"""The compiled codec (mqtt_twisted/codec/_speedups.pyx) against the pure functions.
+
+The pure functions are the specification: on the same input, valid or hostile, the
+compiled ones must return equal packets (``raw`` included) and equal bytes, or raise the
+same error class with the same message, reason code and ``error.packets``, and leave
+the decoder in the same state.  Also: how the implementation is chosen at import
+(``MQTT_TWISTED_PURE``, ``MQTT_TWISTED_REQUIRE_EXT``, a missing extension), and that a
+build without a working C compiler still installs (the pure package).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mqtt_twisted.codec import Publish, StreamDecoder, _accel, encode
+from mqtt_twisted.codec.packets import Properties
+from mqtt_twisted.constants import PropertyId as P
+from tests.test_codec_fuzz import CORPUS, mutate, random_chunks
+
+ROOT = Path(__file__).resolve().parent.parent
+ext = _accel.speedups
+needs_ext = pytest.mark.skipif(ext is None, reason="the compiled codec is not built here")
+PURE = _accel.PURE
+
+
+def outcome(call):
+    """What a call gives: ("ok", value) or ("error", class, message, reason code, packets)."""
+    try:
+        return ("ok", call())
+    except Exception as e:
+        return ("error", type(e), str(e), getattr(e, "reason_code", None),
+                getattr(e, "packets", None))
+
+
+def raws(result):
+    """The ``raw`` bytes of each packet in a feed outcome (``==`` leaves them out)."""
+    packets = result[1] if result[0] == "ok" else result[4] or []
+    return [getattr(p, "raw", None) for p in packets]
+
+
+def state(decoder: StreamDecoder) -> tuple:
+    return (decoder.version, decoder.buffered, decoder.more, decoder._need)
+
+
+def assert_same_stream(chunks: list[bytes], version: int | None, limit: int,
+                       budget: int = 0) -> None:
+    """Both feeds, chunk by chunk, give the same packets or error and the same state."""
+    pure, compiled = StreamDecoder(version, limit), StreamDecoder(version, limit)
+    for chunk in [*chunks, b"", b""]:
+        want = outcome(lambda c=chunk: PURE["feed"](pure, c, budget))
+        got = outcome(lambda c=chunk: ext.feed(compiled, c, budget))
+        assert got == want, chunk
+        assert raws(got) == raws(want)
+        assert state(compiled) == state(pure)
+        if want[0] == "error":
+            return
+
+
+@needs_ext
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=st.sampled_from(CORPUS), seed=st.integers(0, 2**32), count=st.integers(0, 5),
+       limit=st.sampled_from([16, 100, 512, 1 << 28]), budget=st.sampled_from([0, 1, 3]))
+def test_feed_matches_pure_on_valid_and_mutated_streams(case, seed, count, limit, budget):
+    """Valid and mutated streams (of every packet type, cut anywhere, under small and
+    large size limits, with and without a budget) decode alike in both framers."""
+    version, wire = case
+    rng = random.Random(seed)
+    data = mutate(rng, wire, count) if count else wire
+    assert_same_stream(random_chunks(rng, data), version, limit, budget)
+
+
+@needs_ext
+@settings(max_examples=300, deadline=None)
+@given(version=st.sampled_from([None, 3, 4, 5]), data=st.binary(max_size=300),
+       cut=st.integers(0, 300))
+def test_feed_matches_pure_on_random_bytes(version, data, cut):
+    """Random bytes raise the same error (or give the same packets) in both framers."""
+    prefix = bytes([0x30 | (data[0] & 0x0F)]) + data[1:] if data and version else data
+    assert_same_stream([prefix[:cut], prefix[cut:]], version, 512)
+
+
+@needs_ext
+@settings(max_examples=300, deadline=None)
+@given(version=st.sampled_from([3, 4, 5]), flags=st.integers(0, 15),
+       topic=st.binary(max_size=12) | st.sampled_from(
+           [b"a/b", b"", b"a/+", b"#", b"a\x00b", b"\xed\xa0\x80", b"\xc0\xaf", "é/☃".encode()]),
+       pid=st.integers(0, 3), tail=st.binary(max_size=20), props=st.sampled_from(
+           [b"", b"\x00", b"\x02\x23\x00", b"\x03\x23\x00\x01", b"\x05", b"\x02\x01\x01"]))
+def test_publish_bodies_decode_alike(version, flags, topic, pid, tail, props):
+    """PUBLISH bodies built field by field (bad flags, bad UTF-8, wildcards, U+0000,
+    packet id 0, empty topics with and without an alias, broken properties) give the
+    same packet or the same error."""
+    body = len(topic).to_bytes(2, "big") + topic
+    if (flags >> 1) & 3:
+        body += pid.to_bytes(2, "big")
+    if version == 5:
+        body += props
+    body += tail
+    wire = bytes([0x30 | flags]) + encode_length(len(body)) + body
+    assert_same_stream([wire], version, 1 << 28)
+    want = outcome(lambda: PURE["decode_publish"](flags, wire, 2, len(wire), version))
+    got = outcome(lambda: ext.decode_publish(flags, wire, 2, len(wire), version))
+    assert got == want
+
+
+def encode_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        n, byte = n >> 7, n & 0x7F
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+PROPERTIES: list[Properties] = [
+    {}, {P.MESSAGE_EXPIRY_INTERVAL: 60, P.CONTENT_TYPE: "json"},
+    {P.USER_PROPERTY: [("k", "v")], P.SUBSCRIPTION_IDENTIFIER: [1, 300]},
+    {P.TOPIC_ALIAS: 0}, {P.RECEIVE_MAXIMUM: 1},  # a bad value; not allowed in PUBLISH
+]
+
+
+@needs_ext
+@settings(max_examples=400, deadline=None)
+@given(topic=st.text(max_size=8) | st.sampled_from(["a\ud800", "x\x00", "é" * 30000, ""]),
+       payload=st.binary(max_size=300) | st.just(bytearray(b"ba")),
+       qos=st.sampled_from([0, 1, 2, 3, -1, None, True]),
+       packet_id=st.sampled_from([None, 0, 1, 0xFFFF, 0x10000, -1, 1.5]),
+       retain=st.booleans(), dup=st.booleans(), version=st.sampled_from([3, 4, 5]),
+       properties=st.sampled_from(PROPERTIES))
+def test_encode_publish_matches_pure(topic, payload, qos, packet_id, retain, dup, version,
+                                     properties):
+    """Every Publish, with fields in and out of their ranges, encodes to the same bytes
+    or raises the same error in both encoders."""
+    packet = Publish(topic, payload, qos, retain, dup, packet_id, dict(properties))
+    assert (outcome(lambda: ext.encode_publish(packet, version))
+            == outcome(lambda: PURE["encode_publish"](packet, version)))
+
+
+@needs_ext
+def test_encode_publish_at_every_length_boundary():
+    """Remaining lengths on both sides of each VBI size (127/128, 16383/16384, ...)."""
+    for size in (0, 1, 120, 121, 122, 16375, 16376, 16377, 2097140, 2097145):
+        for version in (4, 5):
+            packet = Publish("abc", bytes(size), 1, packet_id=9)
+            assert ext.encode_publish(packet, version) == PURE["encode_publish"](packet, version)
+
+
+@needs_ext
+@settings(max_examples=500, deadline=None)
+@given(topic_filter=st.text("ab/+#$é", max_size=8), topic=st.text("ab/$é+#", max_size=8))
+def test_topic_matches_matches_pure(topic_filter, topic):
+    """Filters and topics over a small alphabet (empty levels, '$', misplaced wildcards)
+    match alike."""
+    assert ext.topic_matches(topic_filter, topic) is PURE["topic_matches"](topic_filter, topic)
+
+
+@needs_ext
+def test_feed_hands_other_bytes_likes_to_the_pure_feed():
+    """A bytearray or memoryview chunk decodes as the pure framer decodes it."""
+    wire = encode(Publish("a/b", b"x"), 4) * 2
+    for kind in (bytearray, memoryview):
+        assert ext.feed(StreamDecoder(4), kind(wire)) == PURE["feed"](StreamDecoder(4), kind(wire))
+
+
+def test_default_choice_is_compiled_when_built_and_pure_on_request():
+    """Without MQTT_TWISTED_PURE the compiled functions are bound when built;
+    MQTT_TWISTED_PURE=1 binds the pure ones everywhere."""
+    program = ("import mqtt_twisted.codec as c; from mqtt_twisted.codec import _accel, topics, "
+               "stream; print(_accel.compiled_in_use(), c.encode_publish is "
+               "_accel.PURE['encode_publish'], topics.topic_matches is "
+               "_accel.PURE['topic_matches'], stream.StreamDecoder.feed is _accel.PURE['feed'])")
+    env = {k: v for k, v in os.environ.items() if k != "MQTT_TWISTED_PURE"}
+    default = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True,
+                             text=True, check=True).stdout.split()
+    built = ext is not None
+    assert default == [str(built), str(not built), str(not built), str(not built)]
+    pure = subprocess.run([sys.executable, "-c", program], env={**env, "MQTT_TWISTED_PURE": "1"},
+                          capture_output=True, text=True, check=True).stdout.split()
+    assert pure == ["False", "True", "True", "True"]
+
+
+def test_missing_extension_falls_back_unless_required():
+    """Where the extension is missing the pure codec runs; with MQTT_TWISTED_REQUIRE_EXT=1
+    importing the codec fails with a one-line reason instead."""
+    program = ("import sys; sys.modules['mqtt_twisted.codec._speedups'] = None\n"
+               "from mqtt_twisted.codec import _accel, decode, encode, Publish\n"
+               "w = encode(Publish('t', b'x'), 4); assert decode(w, 4).payload == b'x'\n"
+               "print(_accel.speedups, _accel.compiled_in_use())")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MQTT_TWISTED_PURE", "MQTT_TWISTED_REQUIRE_EXT")}
+    fallback = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True,
+                              text=True)
+    assert fallback.returncode == 0, fallback.stderr
+    assert fallback.stdout.split() == ["None", "False"]
+    required = subprocess.run([sys.executable, "-c", program],
+                              env={**env, "MQTT_TWISTED_REQUIRE_EXT": "1"},
+                              capture_output=True, text=True)
+    assert required.returncode != 0
+    assert "MQTT_TWISTED_REQUIRE_EXT is set but the compiled codec" in required.stderr
+
+
+def test_extension_is_built_where_required():
+    """CI (MQTT_TWISTED_REQUIRE_EXT=1, a C compiler present) must run the compiled codec:
+    a build that silently fell back fails here."""
+    if not _accel._flag("MQTT_TWISTED_REQUIRE_EXT"):
+        pytest.skip("MQTT_TWISTED_REQUIRE_EXT is not set")
+    assert ext is not None
+    assert _accel.compiled_in_use() or _accel._flag("MQTT_TWISTED_PURE")
+
+
+def test_wheel_builds_without_a_working_compiler():
+    """``pip wheel .`` with a C compiler that fails (CC=false) still builds, a pure wheel:
+    what ``pip install .`` does on a machine without gcc."""
+    work = Path(tempfile.mkdtemp(prefix="mqtt-twisted-nocc-"))
+    try:
+        src = work / "src"
+        shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+            ".venv", ".git", "build", "dist", "*.egg-info", "_speedups*.so", "_trial_temp*",
+            ".hypothesis", "__pycache__", "bench", "docs", "tests", "examples"))
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("MQTT_TWISTED_REQUIRE_EXT", "MQTT_TWISTED_NO_EXT")}
+        env.update(CC="false", LDSHARED="false")
+        built = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+             "--no-index", "-q", "-w", str(work), str(src)], capture_output=True, text=True,
+            env=env, timeout=300)
+        assert built.returncode == 0, built.stdout + built.stderr
+        (wheel,) = work.glob("mqtt_twisted-*.whl")
+        names = zipfile.ZipFile(wheel).namelist()
+        assert "mqtt_twisted/codec/_accel.py" in names
+        assert not [n for n in names if "_speedups" in n and n.endswith((".so", ".pyd"))]
+        assert not [n for n in names if n.endswith((".c", ".pyx"))]  # sources stay out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@needs_ext
+def test_publish_is_built_without_its_init():
+    """The compiled decoder knows Publish's fields, so it builds one without the Python
+    frame of its __init__ (half of a small PUBLISH's decoding); a field added to Publish
+    makes it call the class instead (correct, slower), and this test says so."""
+    assert ext.PUBLISH_FIELDS_KNOWN
+
+
+@needs_ext
+@pytest.mark.slow
+def test_seeded_run_of_30k_streams_decodes_alike():
+    """-m slow: 30,000 seeded mutated streams of the fuzz corpus, cut at random, under
+    random limits and budgets, decode alike in both framers (a few seconds)."""
+    rng = random.Random(19)
+    for _ in range(30_000):
+        version, wire = rng.choice(CORPUS)
+        data = mutate(rng, wire, rng.randint(0, 6))
+        assert_same_stream(random_chunks(rng, data), version, rng.choice([16, 100, 512, 1 << 28]),
+                           rng.choice([0, 0, 1, 2]))
