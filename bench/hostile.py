@@ -121,7 +121,7 @@ class Broker:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.process = subprocess.Popen(command, cwd=self.directory, env=env,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # a loaded machine: twistd took over 20 s
         while time.monotonic() < deadline:
             try:
                 socket.create_connection(("127.0.0.1", self.port), 0.2).close()
