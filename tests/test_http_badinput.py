@@ -115,8 +115,10 @@ class BadInputTests(HTTPBrokerTestCase):
 
     @inlineCallbacks
     def test_sse_client_that_stops_reading(self) -> Any:
-        """A stream left unread is paused (the broker queues for it, at most max_queued,
-        dropping the oldest) and cut off after stallTimeout; a reading stream gets
+        """A stream left unread is paused; what comes meanwhile waits in the stream's
+        backlog (at most max_queued, the oldest dropped and counted), not in its session:
+        the session keeps no record per message and is not paused, so no publisher is
+        held back for it.  It is cut off after stallTimeout; a reading stream gets
         everything."""
         reader = yield self.agent_sse("/subscribe?topic=flood")
         yield reader.expect("subscribed")
@@ -131,9 +133,10 @@ class BadInputTests(HTTPBrokerTestCase):
         yield with_timeout(subscribed, self.reactor)
         stuck.transport.pauseProducing()  # reads nothing more
         (stuck_id,) = inspection.session_ids(self.broker) - before
+        (stream,) = [s for s in self.site.resource.subscriptions if s.client_id == stuck_id]
 
         def paused() -> bool:
-            return inspection.connection_info(self.broker, stuck_id).paused  # type: ignore[union-attr]
+            return stream.producer_paused
 
         payload = b"x" * 32768
         numbers = []
@@ -145,11 +148,12 @@ class BadInputTests(HTTPBrokerTestCase):
                 break
         self.assertEqual(numbers, list(range(len(numbers))))
         self.assertTrue(paused())
-        for n in range(15):  # a burst: the paused stream's session keeps the newest 10
+        for n in range(15):  # a burst: the paused stream keeps the newest 10
             self.broker.route(Message("flood", b"small %d" % n))
-        self.assertEqual([m.payload for m in inspection.held_messages(self.broker, stuck_id)
-                          if not m.in_flight],
+        self.assertEqual([m.payload for m in stream.backlog.messages],
                          [b"small %d" % n for n in range(5, 15)])
+        self.assertEqual(inspection.held_messages(self.broker, stuck_id), ())
+        self.assertFalse(inspection.connection_info(self.broker, stuck_id).paused)
         self.assertEqual(self.broker.stats.messages_dropped, 5)
         burst = []
         for _ in range(15):

@@ -99,6 +99,49 @@ def respond(request: Request, status: int, body: bytes | None = None,
     request.finish()
 
 
+class Backlog:
+    """What a live SSE stream could not write yet: the messages themselves, in order,
+    within the session's bounds (``--max-queued`` messages and ``--max-queued-bytes``,
+    counted as a queued copy is), the oldest dropped first.  References only: a message
+    routed to 500 streams is one object, not 500 records."""
+
+    __slots__ = ("messages", "size", "limit", "byte_limit", "dropped", "counted")
+
+    def __init__(self, limit: int, byte_limit: int) -> None:
+        self.messages: deque[Any] = deque()
+        self.size = 0
+        self.limit = limit
+        self.byte_limit = byte_limit or 1 << 62
+        #: Messages dropped so far, and of those, counted in the broker's stats.
+        self.dropped = self.counted = 0
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def add(self, message: Any) -> int:
+        """Keep ``message``, dropping the oldest past the bounds (or ``message`` itself,
+        larger than all of them); how many that dropped."""
+        messages = self.messages
+        size = len(message.payload) + len(message.topic)
+        if size > self.byte_limit or not self.limit:
+            self.dropped += 1
+            return 1
+        dropped = 0
+        while messages and (len(messages) >= self.limit or self.size + size > self.byte_limit):
+            old = messages.popleft()
+            self.size -= len(old.payload) + len(old.topic)
+            dropped += 1
+        messages.append(message)
+        self.size += size
+        self.dropped += dropped
+        return dropped
+
+    def pop(self) -> Any:
+        message = self.messages.popleft()
+        self.size -= len(message.payload) + len(message.topic)
+        return message
+
+
 # --- subscriptions ------------------------------------------------------------------------------
 
 OPENING, LIVE, DONE = range(3)
@@ -107,7 +150,14 @@ OPENING, LIVE, DONE = range(3)
 @implementer(IMessageSink, IPushProducer)
 class Subscription:
     """One ``/subscribe`` request: the sink of its virtual session, and (for SSE) the
-    producer twisted.web pauses when the client stops reading."""
+    producer twisted.web pauses when the client stops reading.
+
+    A live SSE stream whose client does not keep up holds what it could not write in
+    its own backlog (:class:`Backlog`): references to the routed messages, encoded
+    only when the socket takes them again.  Its session is never paused for it, so
+    the broker keeps no per-copy record (``Outbound``) and holds no publisher back
+    for a stream: 500 streams that stopped reading held 500,000 queued records, which
+    every full collection walked (bystander p99 161-206 ms, issue 14)."""
 
     def __init__(self, bridge: Bridge, request: Request, sub: api.SubscribeRequest,
                  username: str | None, password: bytes | None) -> None:
@@ -126,6 +176,8 @@ class Subscription:
         self.timer: Any = None
         self.heartbeat: LoopingCall | None = None
         self.granted: list[dict[str, Any]] = []
+        #: Messages routed while the stream could not take them (SSE, LIVE).
+        self.backlog: Backlog | None = None
 
     # --- opening --------------------------------------------------------------------
 
@@ -145,6 +197,12 @@ class Subscription:
             raise api.error_from(e, anonymous=creds.username is None
                                  and creds.password is None) from None
         self.conn = session.connection
+        if self.sub.stream and not self.persistent:
+            # (A persistent session's stream pauses it instead: what is queued then
+            # outlives the stream, as the session does.)
+            settings = bridge.service.settings
+            self.backlog = Backlog(getattr(settings, "max_queued", 1000),
+                                   getattr(settings, "max_queued_bytes", 16 << 20))
         if self.state == DONE:  # the client left while the session opened
             self.conn.close()
             return
@@ -189,9 +247,45 @@ class Subscription:
     # --- IMessageSink ------------------------------------------------------------------
 
     def deliver(self, message: Any, qos: int) -> bool:
-        """Take one routed message; False asks the broker to queue the next ones."""
+        """Take one routed message; False asks the broker to queue the next ones (a
+        live SSE stream never does: its backlog takes what the client cannot)."""
         if self.state == DONE:
             return False
+        if self.state == LIVE and self.sub.stream:
+            backlog = self.backlog
+            if backlog is None:  # a persistent session's stream: it queues
+                self.request.write(api.sse(*self._encode(message, qos)))
+                return not self.producer_paused
+            if self.producer_paused or backlog:
+                if backlog.add(message):
+                    self._dropped(backlog)
+            else:
+                self.request.write(api.sse(*self._encode(message, qos)))
+            return True
+        encoded, event_id = self._encode(message, qos)
+        if not self.sub.stream:
+            self.pending.append(encoded)
+            if self.state == LIVE and self.timer is not None and len(self.pending) == 1:
+                self.timer.cancel()  # the first message: answer after this turn's batch
+                self.timer = self.bridge.reactor.callLater(0, self.end, None)
+            return len(self.pending) < self.sub.max
+        self.pending.append(api.sse(encoded, event_id))
+        return len(self.pending) < _PENDING_LIMIT
+
+    def _dropped(self, backlog: Backlog) -> None:
+        """Count what the backlog dropped where the broker counts what a queue drops
+        (``$SYS/broker/messages/dropped``); log at the 1st, 2nd, 4th, 8th..."""
+        stats = getattr(self.bridge.service, "stats", None)
+        if stats is not None:
+            stats.messages_dropped += backlog.dropped - backlog.counted
+        if backlog.counted.bit_length() != backlog.dropped.bit_length():
+            log.info("SSE client {client} is not keeping up: {n} messages dropped "
+                     "so far (oldest first)", client=self.client_id, n=backlog.dropped)
+        backlog.counted = backlog.dropped
+
+    def _encode(self, message: Any, qos: int) -> tuple[bytes, str]:
+        """One message's event JSON and its id, the next of the stream (kept in the
+        replay log of a persistent client)."""
         if self.log is not None:
             n, event_id = self.log.new_id()
         else:
@@ -201,18 +295,16 @@ class Subscription:
                                  self.bridge.reactor.seconds(), event_id)
         if self.log is not None:
             self.log.add(n, encoded)
-        if not self.sub.stream:
-            self.pending.append(encoded)
-            if self.state == LIVE and self.timer is not None and len(self.pending) == 1:
-                self.timer.cancel()  # the first message: answer after this turn's batch
-                self.timer = self.bridge.reactor.callLater(0, self.end, None)
-            return len(self.pending) < self.sub.max
-        frame = api.sse(encoded, event_id)
-        if self.state == LIVE:
-            self.request.write(frame)
-            return not self.producer_paused
-        self.pending.append(frame)
-        return len(self.pending) < _PENDING_LIMIT
+        return encoded, event_id
+
+    def _drain(self) -> None:
+        """Write the backlog while the client takes it (twisted.web pauses the stream
+        again, from inside ``write``, once its buffer is full)."""
+        backlog = self.backlog
+        write = self.request.write
+        while backlog and not self.producer_paused and self.state == LIVE:
+            message = backlog.pop()  # type: ignore[union-attr]
+            write(api.sse(*self._encode(message, message.qos)))
 
     def sessionClosed(self, reason: Any) -> None:
         """The broker ended the session (taken over, removed, shut down)."""
@@ -248,10 +340,10 @@ class Subscription:
             self.request.write(b": ping\n\n")
 
     def pauseProducing(self) -> None:
-        """The client reads slower than messages come: the broker queues for the session
+        """The client reads slower than messages come: the stream's backlog takes them
         (bounded, oldest dropped first); a client that stays stuck is cut off."""
         self.producer_paused = True
-        if self.conn is not None:
+        if self.conn is not None and self.backlog is None:
             self.conn.pauseWriting()
         stall = self.bridge.config.stall_timeout
         if stall and self.timer is None and self.state == LIVE:
@@ -262,8 +354,10 @@ class Subscription:
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None
-        if self.conn is not None and self.state == LIVE:
-            self.conn.resumeWriting()
+        if self.state == LIVE:
+            self._drain()
+            if self.conn is not None and self.conn.paused and not self.producer_paused:
+                self.conn.resumeWriting()  # what the session queued (opening, persistent)
 
     def stopProducing(self) -> None:
         self.end(None, client_left=True)
@@ -318,6 +412,7 @@ class Subscription:
         elif self.sub.stream and was_live and request.producer is not None:
             request.unregisterProducer()
         self.pending = []
+        self.backlog = None
         if self.conn is not None:
             self.conn.close()
         self.bridge.forget_log_ifgone(self.client_id)

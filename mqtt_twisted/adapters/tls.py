@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
+from mqtt_twisted.adapters._accepts import cap_accepts
 from mqtt_twisted.adapters.listener import _split_unescaped
 from mqtt_twisted.adapters.options import AdapterOption, choice, declare, option_values, yes_no
 from mqtt_twisted.interfaces import IReloadableListener
@@ -319,6 +320,7 @@ class StreamListener(StreamServerEndpointService):
         self._waitingForPort.addCallback(self._listening)
 
     def _listening(self, port: Any) -> Any:
+        cap_accepts(port)  # a flood of new connections is accepted a slice a turn
         self.port = port
         waiters, self._waiters = self._waiters, []
         for d in waiters:

@@ -32,6 +32,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
+from mqtt_twisted._wsframes import BinaryFramesOnly
 from mqtt_twisted.adapters import tls
 from mqtt_twisted.adapters._deadline import DeadlineChannel, SafeRequest
 from mqtt_twisted.adapters.kit import ConnectionLimit, access_log, origin_of
@@ -40,8 +41,6 @@ from mqtt_twisted.interfaces import IListenerChecker, IStreamAdapter
 
 #: Subprotocols accepted, in the order the broker prefers them (MQTT spec §6).
 SUBPROTOCOLS = ("mqtt", "mqttv3.1")
-#: WebSocket close code for a text frame: "unsupported data" (RFC 6455 §7.4.1).
-CLOSE_UNSUPPORTED_DATA = 1003
 
 WS_OPTIONS = declare(
     AdapterOption("path", str, "/mqtt", "URL path of the WebSocket endpoint", "/PATH"),
@@ -120,11 +119,10 @@ class _WebSocketShim:
 
 
 @implementer(IPushProducer)
-class MQTTWebSocketProtocol(WebSocketServerProtocol):
+class MQTTWebSocketProtocol(BinaryFramesOnly, WebSocketServerProtocol):
     """One WebSocket client: its binary frames are an MQTT byte stream."""
 
     connection: Any = None
-    _refused = False
     _counted = False
 
     # --- handshake ----------------------------------------------------------------------
@@ -155,35 +153,12 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
 
     # --- frames in ------------------------------------------------------------------------
 
-    def onMessageBegin(self, isBinary: bool) -> None:
-        if not isBinary:
-            self._refused = True
-            if self.state == self.STATE_OPEN:
-                # sendClose() allows only 1000 and 3000-4999; 1003 is the code for this.
-                self.sendCloseFrame(CLOSE_UNSUPPORTED_DATA,
-                                    b"MQTT over WebSocket takes binary frames only")
-            return
-        super().onMessageBegin(isBinary)
-
-    def onMessageFrameBegin(self, length: int) -> None:
-        if not self._refused:
-            super().onMessageFrameBegin(length)  # frame and message size limits
+    # (A text frame is refused by BinaryFramesOnly: close code 1003.)
 
     def onMessageFrameData(self, payload: bytes) -> None:
         # Straight into the MQTT stream: nothing is buffered per message.
         if not self._refused and self.connection is not None:
             self.connection.dataReceived(payload)
-
-    def onMessageFrameEnd(self) -> None:
-        if not self._refused:
-            super().onMessageFrameEnd()
-
-    def onMessageEnd(self) -> None:
-        if not self._refused:
-            super().onMessageEnd()
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        pass  # the payload went to the connection frame by frame
 
     def connectionLost(self, reason: Any = None) -> None:
         super().connectionLost(reason)

@@ -26,12 +26,12 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.ssl import optionsForClientTLS
 from zope.interface import implementer
 
+from mqtt_twisted._wsframes import BinaryFramesOnly
+
 __all__ = ["SUBPROTOCOL", "WebSocketError", "connect_websocket"]
 
 #: The WebSocket subprotocol of MQTT 3.1.1 and 5.0 [MQTT-6.0.0-3].
 SUBPROTOCOL = "mqtt"
-#: WebSocket close code for a text frame: "unsupported data" (RFC 6455 §7.4.1).
-CLOSE_UNSUPPORTED_DATA = 1003
 
 
 class WebSocketError(ConnectionError):
@@ -77,7 +77,7 @@ class _Transport:
         return self._ws.transport.getHost()
 
 
-class MQTTWebSocketClientProtocol(WebSocketClientProtocol):
+class MQTTWebSocketClientProtocol(BinaryFramesOnly, WebSocketClientProtocol):
     """One WebSocket to a broker whose binary frames are the MQTT byte stream."""
 
     def __init__(self, mqtt: Any, opened: Deferred[Any]) -> None:
@@ -85,7 +85,6 @@ class MQTTWebSocketClientProtocol(WebSocketClientProtocol):
         self.mqtt = mqtt
         self.opened = opened
         self._made = False
-        self._refused = False
 
     def onConnect(self, response: Any) -> None:
         if response.protocol != SUBPROTOCOL:
@@ -107,33 +106,9 @@ class MQTTWebSocketClientProtocol(WebSocketClientProtocol):
 
     # --- frames in: straight into the MQTT stream, nothing kept per message ---
 
-    def onMessageBegin(self, isBinary: bool) -> None:
-        if not isBinary:
-            self._refused = True
-            if self.state == self.STATE_OPEN:
-                self.sendCloseFrame(CLOSE_UNSUPPORTED_DATA,
-                                    b"MQTT over WebSocket takes binary frames only")
-            return
-        super().onMessageBegin(isBinary)
-
-    def onMessageFrameBegin(self, length: int) -> None:
-        if not self._refused:
-            super().onMessageFrameBegin(length)
-
     def onMessageFrameData(self, payload: bytes) -> None:
         if not self._refused and self._made:
             self.mqtt.dataReceived(payload)
-
-    def onMessageFrameEnd(self) -> None:
-        if not self._refused:
-            super().onMessageFrameEnd()
-
-    def onMessageEnd(self) -> None:
-        if not self._refused:
-            super().onMessageEnd()
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        pass  # the payload went to the MQTT protocol frame by frame
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if not self.opened.called:
