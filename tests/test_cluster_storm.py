@@ -180,6 +180,7 @@ def connect_packet(client_id: str) -> bytes:
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 @pytest.mark.parametrize("clients", STORM_SIZES)
 def test_reconnect_storm(clients: int) -> None:
     """The persistent sessions of a killed node resumed on the survivors at once: every

@@ -54,6 +54,7 @@ FLOODER = textwrap.dedent("""\
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_con_flood_does_not_slow_mqtt_clients(tmp_path: Path) -> None:
     """10 s of CON POSTs from one address (tens of thousands a second, far past
     ``maxRequestRate``): the broker serves 1,000 a second to it and answers the rest

@@ -24,6 +24,7 @@ RETAINED, SIZE = 20_000, 10_000
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_get_retained_over_20000_large_messages_is_paged(tmp_path: Path) -> None:
     """Paging through 20,000 x 10 KB retained messages with GET /retained: each answer is
     a page of 100 with "next", the whole set comes back once, RSS grows by less than

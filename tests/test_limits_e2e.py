@@ -62,6 +62,7 @@ def check(result: object, outcome: str, peak_mib: float = 16.0, after_mib: float
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_deep_retained_topics() -> None:
     """200 retained PUBLISHes to 65,535-level topics: none kept (was +3 GB)."""
     for result in attacked("deep_retained"):
@@ -69,6 +70,7 @@ def test_deep_retained_topics() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_deep_filters() -> None:
     """50 filters of 65,535 levels: all refused in SUBACK (was +959 MB, p99 1.9-2.8 s)."""
     for result in attacked("deep_filters"):
@@ -76,6 +78,7 @@ def test_deep_filters() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_huge_packets_announced_before_connect() -> None:
     """8 sockets announcing 256 MB CONNECTs: cut off from the header (was +2 GB in 7 s)."""
     for result in attacked("huge_announced"):
@@ -83,6 +86,7 @@ def test_huge_packets_announced_before_connect() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_a_million_user_properties() -> None:
     """In CONNECT and in PUBLISH: cut off, refused 0x95 (was a 1.5-2.6 s block, +211 MB)."""
     for result in attacked("connect_properties"):
@@ -92,6 +96,7 @@ def test_a_million_user_properties() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_alias_amplification_is_bounded_by_the_queued_bytes() -> None:
     """With topics as long as the protocol allows, 700 KB of alias-only PUBLISHes toward a
     subscriber that never reads cost at most the queued bytes twice (was +930 MB and a
@@ -107,6 +112,7 @@ def test_alias_amplification_is_bounded_by_the_queued_bytes() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_trickled_http_head() -> None:
     """A request head trickled a byte every 4 s gets 408 at about 10 s (was never cut
     off).  The seconds are counted from before the first byte, on a loaded machine: the
@@ -118,6 +124,7 @@ def test_trickled_http_head() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_flood_of_tiny_publishes() -> None:
     """Four clients flooding 8-byte PUBLISHes for 5 s: the bystander's p99 stays under the
     issue's 50 ms (was 457-473 ms: each 64 KB read was 8,000 messages handled at once;
@@ -127,6 +134,7 @@ def test_flood_of_tiny_publishes() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_unread_sse_streams_are_cut_off() -> None:
     """100 SSE streams that never read, flooded: all cut off within 40 s (the 30 s
     stallTimeout after their 64 KiB send buffers fill; before, 37 s here and only 52 of

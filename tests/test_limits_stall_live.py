@@ -21,6 +21,7 @@ SECONDS = 12
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_stall_chain_keeps_the_publisher_going(tmp_path: Path) -> None:
     """A new non-reading subscriber every 2 s for 12 s: a subscriber that keeps up gets
     more than the issue's 11,000 messages a second of the flood (330,700 in 30 s), never

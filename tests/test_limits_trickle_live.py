@@ -21,6 +21,7 @@ SOCKETS, LIMIT = 300, 200
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_trickling_sockets_fill_one_listener_only(tmp_path: Path) -> None:
     """300 sockets trickle heads at an http= listener of 200 places: 100 are refused at
     once, the 200 others get 408 near the 10 s deadline; meanwhile MQTT clients connect

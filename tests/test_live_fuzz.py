@@ -127,12 +127,14 @@ def run_fuzz(directory: Path, streams: int, workers: int = 1) -> None:
         broker.stop()
 
 
+@pytest.mark.timing
 def test_live_fuzz_short(tmp_path: Path) -> None:
     """2,000 streams: the quick run of every default test session."""
     run_fuzz(tmp_path, 2_000)
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_live_fuzz_100k(tmp_path: Path) -> None:
     """100,000 streams from two processes."""
     run_fuzz(tmp_path, 100_000, workers=2)

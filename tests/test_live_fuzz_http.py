@@ -224,12 +224,14 @@ def run_fuzz(directory: Path, cases: int) -> None:
         broker.stop()
 
 
+@pytest.mark.timing
 def test_live_fuzz_http_short(tmp_path: Path) -> None:
     """600 cases: the quick run of every default test session."""
     run_fuzz(tmp_path, 600)
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_live_fuzz_http_4k(tmp_path: Path) -> None:
     """4,000 cases (about 3 minutes on a 2-core machine; 10,000 passed too, in 7)."""
     run_fuzz(tmp_path, 4_000)

@@ -117,6 +117,7 @@ def test_sys_tick_to_many_subscribers_is_sliced() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_sys_publication_to_1000_subscribers_leaves_the_bystander_alone(
         tmp_path: Path) -> None:
     """1,000 $SYS/# subscribers (that read) and a $SYS tick a second: the bystander's

@@ -117,6 +117,7 @@ class SliceTests(SynchronousTestCase):
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_bystander_round_trips_while_retained_flow(tmp_path: Path) -> None:
     """50,000 retained 1 KiB messages to a new '#' subscriber: a bystander's round trip
     through the broker stays short (it was stalled for the whole delivery before)."""
