@@ -15,6 +15,7 @@ from __future__ import annotations
 import heapq
 import os
 import random
+import re
 import selectors
 import shutil
 import socket
@@ -259,6 +260,14 @@ def test_reconnect_storm(clients: int) -> None:
               f"message, in {took:.1f} s; bystanders p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
               f"max {times[-1] if times else float('nan'):.1f} ms over {len(times)} "
               f"round trips")
+        for name, bystander in zip("BC", bystanders):
+            log = nodes[name].log()
+            slow = [int(ms) for ms in re.findall(r"reactor turn took (\d+) ms", log)]
+            said = re.findall(r"longest reactor turn[^)]*? (\d+) ms", log)
+            print(f"node {name}: {len(slow)} reactor turns over 250 ms, longest "
+                  f"{max(slow, default=0)} ms; adoption/drain said {said}; fenced "
+                  f"{log.count('was adopted by another one')} times; bystander max "
+                  f"{max(bystander.times, default=float('nan')):.0f} ms")
         absent = [i for i, present in second.connacks.items() if not present]
         unserved = [i for i in range(CLIENTS) if not second.payloads.get(i)]
         print(f"no session present: {absent[:10]}; no message: {unserved[:10]}")

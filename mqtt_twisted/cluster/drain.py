@@ -131,8 +131,9 @@ class Drain:
             yield self._deliver(entries)
         log.info("cluster {name}: delivered {n} messages left in node {dead}'s stream "
                  "(waited {w:.1f} s for subscribers; {s} copies it had delivered already "
-                 "skipped)", name=node.name, n=self.delivered, dead=self.dead,
-                 w=self.waited, s=self.skipped)
+                 "skipped; longest reactor turn since the adoption {ms:.0f} ms)",
+                 name=node.name, n=self.delivered, dead=self.dead, w=self.waited,
+                 s=self.skipped, ms=node.turns.longest * 1000)
         return self.delivered
 
     @inlineCallbacks

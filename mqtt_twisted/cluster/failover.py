@@ -254,6 +254,7 @@ class Failover:
         broker = node.broker
         log.info("cluster {name}: node {dead} is gone; adopting its sessions",
                  name=node.name, dead=dead)
+        node.turns.mark()  # the longest reactor turn from now on is the adoption's
         taken = yield node.commands.command(b"EVAL", _TAKE_HOMES, 1, keys.home, dead,
                                             node.group)
         client_ids = [c.decode("utf-8") for c in taken]
@@ -279,8 +280,9 @@ class Failover:
         wills = yield node.wills.take(dead)  # its clean sessions' (wills.py)
         inherited = [s.decode("utf-8") for s in streams if s.decode("utf-8") != dead]
         log.info("cluster {name}: adopted node {dead}: {n} sessions, {w} wills of clean "
-                 "sessions; its stream in {grace} s{also}", name=node.name, dead=dead,
-                 n=restored, w=wills, grace=ADOPT_GRACE,
+                 "sessions (longest reactor turn {ms:.0f} ms); its stream in {grace} "
+                 "s{also}", name=node.name, dead=dead, n=restored, w=wills,
+                 ms=node.turns.longest * 1000, grace=ADOPT_GRACE,
                  also=f", and the rest of {', '.join(inherited)}'s, which it was "
                       "delivering" if inherited else "")
         # In the background, under flow control (drain.py): a client of the dead node

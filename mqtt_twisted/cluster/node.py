@@ -47,7 +47,7 @@ from twisted.python.failure import Failure
 from mqtt_twisted.cluster.barrier import Barriers
 from mqtt_twisted.cluster.batch import read_push
 from mqtt_twisted.cluster.client import RedisClient
-from mqtt_twisted.cluster.failover import Failover
+from mqtt_twisted.cluster.failover import LEASE, Failover
 from mqtt_twisted.cluster.fence import Fence
 from mqtt_twisted.cluster.handover import release_session
 from mqtt_twisted.cluster.inbox import InboxReader
@@ -57,6 +57,7 @@ from mqtt_twisted.cluster.resp import ReplyError
 from mqtt_twisted.cluster.router import ClusterRouter
 from mqtt_twisted.cluster.routes import decode_change
 from mqtt_twisted.cluster.sysstats import ClusterStats
+from mqtt_twisted.cluster.turns import TurnProbe
 from mqtt_twisted.cluster.wills import WillKeeper
 from mqtt_twisted.constants import ReasonCode
 from mqtt_twisted.errors import ConnectError, StorageError
@@ -207,6 +208,7 @@ class ClusterNode:
         self.barriers = Barriers(self)
         self.wills = WillKeeper(self)
         self.failover = Failover(self)
+        self.turns = TurnProbe(reactor, name, LEASE / 3)
         self.stats = ClusterStats(self)
         self.router.totals = self.stats.sys_values
         self._stopped = False
@@ -275,6 +277,7 @@ class ClusterNode:
         log.info("Cluster node {name} joined ({n} peers' filters known)", name=self.name,
                  n=len(self.router.routes))
         yield self.failover.start()
+        self.turns.start()
         self.stats.start()
         self.inbox.start()
 
@@ -325,6 +328,7 @@ class ClusterNode:
     def stop(self) -> Any:
         self.link.outbox.flush()  # this turn's copies for the peers, before the end
         self._stopped = True
+        self.turns.stop()
         self.inbox.stop()
         try:
             yield self.stats.stop()
