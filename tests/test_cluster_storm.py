@@ -288,4 +288,5 @@ def test_reconnect_storm(clients: int) -> None:
         redis.stop()
     for name in "BC":
         assert nodes[name].unhandled() == [], nodes[name].log()[-5000:]
-    shutil.rmtree(tmp_path, ignore_errors=True)  # kept when a check failed, to read
+    if not os.environ.get("STORM_KEEP"):  # kept when a check failed, or asked, to read
+        shutil.rmtree(tmp_path, ignore_errors=True)

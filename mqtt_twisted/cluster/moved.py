@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 
 from mqtt_twisted.codec.topics import SHARE_PREFIX, topic_matches
+from mqtt_twisted.core.topic_tree import TopicTree
 from mqtt_twisted.message import Message
 
 if TYPE_CHECKING:
@@ -85,6 +86,10 @@ class Moved:
         self.node = node
         #: client id -> where its session went, with its subscriptions (O's side).
         self.leaving: dict[str, _Departure] = {}
+        #: Their filters, by client id: a message looks up the departures it matches
+        #: (a reconnect storm lets thousands go at once, and a scan of them all per
+        #: message made the adopter's drain turns last a second).
+        self._filters: TopicTree[bool] = TopicTree()
         #: client id -> what waits for its session to be here (N's side).
         self.pending: dict[str, list[Callable[[], Any]]] = {}
         self.forwarded = 0
@@ -99,6 +104,7 @@ class Moved:
         filters = {f for f in subscriptions if not f.startswith(SHARE_PREFIX)}
         for key in filters:
             router.hold(key)
+            self._filters.add(key, client_id, True)
         departure = self.leaving[client_id] = _Departure(to, dict(subscriptions), filters)
         departure.call = self.node.reactor.callLater(GRACE, self._quiet, client_id)
 
@@ -121,6 +127,7 @@ class Moved:
             departure.call.cancel()
         for key in departure.filters:
             self.node.router.unhold(key)
+            self._filters.remove(key, client_id)
         # Behind every forward: the new node holds nothing more for it (barrier.py).
         d = self.node.link.barrier(departure.to, client_id, b"e", "")
         d.addErrback(self.node._failed, "ending a handover window")
@@ -132,7 +139,9 @@ class Moved:
         """A QoS 1/2 message routed here: on to each departed session it matches whose
         node did not get it directly (``destinations``: the nodes it was sent to)."""
         node = self.node
-        for client_id, departure in list(self.leaving.items()):
+        leaving = self.leaving
+        for client_id in {c for c, _ in self._filters.match(message.topic)}:
+            departure = leaving[client_id]  # type: ignore[index]
             if departure.to in destinations:
                 continue
             if deliveries_for(client_id, departure.subscriptions, message) is None:

@@ -39,7 +39,6 @@ from twisted.internet.defer import (
     FirstError,
     gatherResults,
     inlineCallbacks,
-    succeed,
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -49,10 +48,10 @@ from mqtt_twisted.cluster.batch import read_push
 from mqtt_twisted.cluster.client import RedisClient
 from mqtt_twisted.cluster.failover import LEASE, Failover
 from mqtt_twisted.cluster.fence import Fence
-from mqtt_twisted.cluster.handover import release_session
 from mqtt_twisted.cluster.inbox import InboxReader
 from mqtt_twisted.cluster.link import NodeLink
 from mqtt_twisted.cluster.moved import Moved
+from mqtt_twisted.cluster.releases import Releases
 from mqtt_twisted.cluster.resp import ReplyError
 from mqtt_twisted.cluster.router import ClusterRouter
 from mqtt_twisted.cluster.routes import decode_change
@@ -208,6 +207,7 @@ class ClusterNode:
         self.barriers = Barriers(self)
         self.wills = WillKeeper(self)
         self.failover = Failover(self)
+        self.releases = Releases(self)
         self.turns = TurnProbe(reactor, name, LEASE / 3)
         self.stats = ClusterStats(self)
         self.router.totals = self.stats.sys_values
@@ -436,7 +436,7 @@ class ClusterNode:
         self.moved.expect(client_id)  # what its old node forwards, until it is here
         try:
             answered = yield self._ask_release(home.decode("utf-8"), client_id)
-            if not answered and (yield self.failover.gone(home.decode("utf-8"))):
+            if not answered and (yield self.failover.gone(home.decode("utf-8"), client_id)):
                 # Its node is gone and has been adopted (here or elsewhere): look again.
                 state = yield self.locate_session(client_id)
                 return state
@@ -475,9 +475,7 @@ class ClusterNode:
         the adoption skip it, and 2,000 of 5,000 sessions of a reconnect storm were
         lost), or an earlier CONNECT that had it brought here was cut short: the stored
         state, if any."""
-        adopting = list(self.failover.adopting.values())
-        if adopting:
-            yield gatherResults(adopting, consumeErrors=True)
+        yield self.failover.wait_for(client_id)  # its own session, not all of them
         if client_id in self.broker.sessions:
             return None
         state = yield self.broker.store.loadSession(client_id)
@@ -528,26 +526,7 @@ class ClusterNode:
             log.warn("cluster: a control message could not be read: {data!r}", data=data[:60])
             return
         if kind == "release":
-            # A session of a node this node is adopting is let go once it is adopted:
-            # released before, it was restored here again afterwards (two copies) and the
-            # dead node's messages for it were delivered to the copy left here.
-            adopting = list(self.failover.adopting.values())
-            d = gatherResults(adopting, consumeErrors=True) if adopting else succeed(None)
-
-            def release(_: Any) -> Any:
-                self.barriers.flush(client_id)  # what it held goes into the session
-                session = self.broker.sessions.get(client_id)
-                if session is not None and session.subscriptions:
-                    # Until every node routes its messages to `node`, forward them there.
-                    self.moved.left(client_id, node, session.subscriptions)
-                return release_session(self.broker, client_id)
-
-            d.addBoth(release)
-            d.addErrback(self._failed, f"saving {client_id}'s session for {node}")
-            d.addBoth(lambda _: self.commands.command(
-                b"PUBLISH", self.keys.ctl(node),
-                msgpack.packb(["released", client_id, self.name, request])))
-            d.addErrback(self._failed, "answering a handover")
+            self.releases.request(client_id, node, request)  # releases.py
         elif kind == "released":
             answered = self._releases.get(request)
             if answered is not None and not answered.called:
