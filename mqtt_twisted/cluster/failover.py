@@ -336,7 +336,8 @@ class Failover:
             if at + 1 < len(batches):
                 loading = gatherResults([broker.store.loadSession(c)
                                          for c in batches[at + 1]])
-            yield in_slices(node.reactor, zip(batch, states), restore)
+            # (From the next turn: this one may have ended the last batch's slices.)
+            yield in_slices(node.reactor, zip(batch, states), restore, now=False)
         streams = yield node.commands.command(
             b"EVAL", _DROP, 5, keys.filters(dead), keys.nodes, keys.shared(dead),
             self.drains_prefix + dead.encode(), self.drains_prefix + node.group, dead,

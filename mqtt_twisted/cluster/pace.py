@@ -62,10 +62,15 @@ class _Slices:
 
 
 def in_slices(clock: Any, items: Iterable[T], do: Callable[[T], Any],
-              budget: float = SLICE, most: int = SLICE_ITEMS) -> Deferred[int]:
-    """``do(item)`` for each of ``items``, the first slice now and each next one on the
-    next reactor turn (``clock.callLater(0)``); fires with the number of items done,
-    or with the first error ``do`` raised (the rest is then not done)."""
+              budget: float = SLICE, most: int = SLICE_ITEMS,
+              now: bool = True) -> Deferred[int]:
+    """``do(item)`` for each of ``items``, the first slice now (or, ``now`` false, on the
+    next reactor turn: this one may have had its share already) and each next one on
+    the next turn (``clock.callLater(0)``); fires with the number of items done, or
+    with the first error ``do`` raised (the rest is then not done)."""
     slices = _Slices(clock, iter(items), do, budget, most)
-    slices.slice()
+    if now:
+        slices.slice()
+    else:
+        clock.callLater(0, slices.slice)
     return slices.done
