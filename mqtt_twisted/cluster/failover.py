@@ -129,6 +129,8 @@ class Failover:
         self.adoptions: dict[str, Adoption] = {}
         #: Dead nodes whose adoption CONNECTs wait for (``gone``): their Deferreds.
         self._gone: dict[str, list[Deferred[bool]]] = {}
+        #: Dead nodes' streams being delivered here (``drain.py``).
+        self.drains = 0
 
     def start(self) -> Deferred[Any]:
         sent_at = self.node.reactor.seconds()
@@ -358,7 +360,18 @@ class Failover:
         for stream in streams:
             owner = stream.decode("utf-8")
             drain = Drain(node, owner, marks.get(keys.inbox(owner)))
+            self.drains += 1
             d = deferLater(node.reactor, ADOPT_GRACE, drain.run)
             d.addCallback(lambda _, s=stream: node.commands.command(
                 b"SREM", self.drains_prefix + node.group, s))
             d.addErrback(node._failed, f"delivering node {owner}'s stream")
+            d.addBoth(self._drained)
+
+    def _drained(self, _: Any) -> None:
+        self.drains -= 1
+
+    def delivering(self) -> bool:
+        """Whether a dead node's sessions or stream are still coming here (an adoption
+        or a drain under way): a session let go meanwhile still has messages to come
+        through this node (``moved.py`` keeps forwarding them)."""
+        return bool(self.adopting) or self.drains > 0
