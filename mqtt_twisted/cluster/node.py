@@ -471,10 +471,11 @@ class ClusterNode:
     @inlineCallbacks
     def _home_here(self, client_id: str) -> Any:
         """The client id's home is this node but its session is not in memory: it is
-        being adopted from a dead node (wait for that: answering "no session" now made
-        the adoption skip it, and 2,000 of 5,000 sessions of a reconnect storm were
-        lost), or an earlier CONNECT that had it brought here was cut short: the stored
-        state, if any."""
+        being adopted from a dead node (wait until it is restored: answering "no
+        session" now made the adoption skip it, and 2,000 of 5,000 sessions of a
+        reconnect storm were lost; waiting for the whole adoption answered thousands
+        of CONNECTs in one turn, ``adoption.py``), or an earlier CONNECT that had it
+        brought here was cut short: the stored state, if any."""
         yield self.failover.wait_for(client_id)  # its own session, not all of them
         if client_id in self.broker.sessions:
             return None
