@@ -15,6 +15,7 @@ from __future__ import annotations
 import heapq
 import os
 import random
+import re
 import selectors
 import shutil
 import socket
@@ -39,16 +40,14 @@ from mqtt_twisted.codec import (
 from tests.livebroker import Bystander, LiveBroker, connect
 from tests.test_cluster_e2e import Redis
 
-#: The issue's figure.  At 5,000 on this 2-core machine shared with other work, the
-#: node that adopts the dead one is so busy (5,000 sessions restored, its half of the
-#: CONNECTs, the other survivor's handover requests) that its reactor turns outlast its
-#: 3 s lease: the other survivor adopts it while it runs, and handovers that time out
-#: (3 s) take the stored state while the busy node delivers the dead node's messages to
-#: its own copy.  Every session is resumed, but about half the queued messages are lost
-#: (2,500 of 5,000 in the last run).  Fencing a node that lost its lease, and a handover
-#: that cannot overtake an adoption, are the cure (issue 16's owner epoch, merged after
-#: that run: to be measured again).  1,000 must pass; 5,000 is run by hand (STORM_CLIENTS=5000) until that is fixed: it is a known failure
-#: (docs/cluster.md, "Not yet"), not a result CI can count either way.
+#: The issue's figure is 5,000.  Before the adoption was paced (``cluster/pace.py``), the
+#: node adopting the dead one answered every CONNECT and handover request waiting for
+#: it in one 7-18 s reactor turn, past its 3 s lease: it was adopted in turn, and
+#: messages were lost.  Now 5,000 passes at a moderate load (every session resumed,
+#: every message delivered), but not every time under a heavy one (the bystanders' p99
+#: past 500 ms; once the other survivor's turns let its lease lapse): docs/cluster.md,
+#: "Reconnect storm" and "Not yet".  CI runs 1,000; 5,000 by hand (STORM_CLIENTS=5000;
+#: STORM_KEEP=1 keeps the nodes' logs).
 STORM_SIZES = [1000]
 
 
@@ -260,6 +259,14 @@ def test_reconnect_storm(clients: int) -> None:
               f"message, in {took:.1f} s; bystanders p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
               f"max {times[-1] if times else float('nan'):.1f} ms over {len(times)} "
               f"round trips")
+        for name, bystander in zip("BC", bystanders):
+            log = nodes[name].log()
+            slow = [int(ms) for ms in re.findall(r"reactor turn took (\d+) ms", log)]
+            said = re.findall(r"longest reactor turn[^)]*? (\d+) ms", log)
+            print(f"node {name}: {len(slow)} reactor turns over 250 ms, longest "
+                  f"{max(slow, default=0)} ms; adoption/drain said {said}; fenced "
+                  f"{log.count('was adopted by another one')} times; bystander max "
+                  f"{max(bystander.times, default=float('nan')):.0f} ms")
         absent = [i for i, present in second.connacks.items() if not present]
         unserved = [i for i in range(CLIENTS) if not second.payloads.get(i)]
         print(f"no session present: {absent[:10]}; no message: {unserved[:10]}")
@@ -280,4 +287,5 @@ def test_reconnect_storm(clients: int) -> None:
         redis.stop()
     for name in "BC":
         assert nodes[name].unhandled() == [], nodes[name].log()[-5000:]
-    shutil.rmtree(tmp_path, ignore_errors=True)  # kept when a check failed, to read
+    if not os.environ.get("STORM_KEEP"):  # kept when a check failed, or asked, to read
+        shutil.rmtree(tmp_path, ignore_errors=True)

@@ -40,6 +40,7 @@ from mqtt_twisted.cluster.inbox import (
     deliver_items,
     entry_items,
 )
+from mqtt_twisted.cluster.pace import SLICE
 from mqtt_twisted.core.states import CONNECTED
 from mqtt_twisted.store.redis import decode_message
 
@@ -131,8 +132,9 @@ class Drain:
             yield self._deliver(entries)
         log.info("cluster {name}: delivered {n} messages left in node {dead}'s stream "
                  "(waited {w:.1f} s for subscribers; {s} copies it had delivered already "
-                 "skipped)", name=node.name, n=self.delivered, dead=self.dead,
-                 w=self.waited, s=self.skipped)
+                 "skipped; longest reactor turn since the adoption {ms:.0f} ms)",
+                 name=node.name, n=self.delivered, dead=self.dead, w=self.waited,
+                 s=self.skipped, ms=node.turns.longest * 1000)
         return self.delivered
 
     @inlineCallbacks
@@ -140,14 +142,18 @@ class Drain:
         ids: list[bytes] = []
         writes: list[Any] = []
         delivered = 0
+        clock = self.node.reactor
+        ends = clock.seconds() + SLICE
         for entry_id, fields in entries:
             origin, items = entry_items(fields) or ("", [])
             for index, item in enumerate(items):
                 yield self._room(item)
                 writes += self._deliver_one(entry_id, origin, items, index)
                 delivered += 1
-                if not delivered % TURN_MESSAGES:  # let the reactor turn (the lease...)
-                    yield deferLater(self.node.reactor, 0, lambda: None)
+                # Let the reactor turn (the lease...) after a slice's worth (pace.py).
+                if not delivered % TURN_MESSAGES or clock.seconds() >= ends:
+                    yield deferLater(clock, 0, lambda: None)
+                    ends = clock.seconds() + SLICE
             ids.append(entry_id)
         if writes:
             yield gatherResults(writes, consumeErrors=True)

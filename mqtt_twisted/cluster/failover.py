@@ -28,11 +28,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from mqtt_twisted.cluster.adoption import Adoption
 from mqtt_twisted.cluster.drain import Drain
+from mqtt_twisted.cluster.pace import in_slices
 from mqtt_twisted.cluster.routes import RESET, encode_change
 
 if TYPE_CHECKING:
@@ -120,8 +123,14 @@ class Failover:
         #: Since when every renewal of this node's lease succeeded (None: the last failed).
         self._healthy_since: float | None = None
         self._renewing = False
-        #: Nodes this node is adopting: the Deferred that fires when it is done.
+        #: Nodes this node is adopting: the Deferred that fires when it is done, and
+        #: which of their sessions are still to come (``adoption.py``).
         self.adopting: dict[str, Deferred[None]] = {}
+        self.adoptions: dict[str, Adoption] = {}
+        #: Dead nodes whose adoption CONNECTs wait for (``gone``): their Deferreds.
+        self._gone: dict[str, list[Deferred[bool]]] = {}
+        #: Dead nodes' streams being delivered here (``drain.py``).
+        self.drains = 0
 
     def start(self) -> Deferred[Any]:
         sent_at = self.node.reactor.seconds()
@@ -193,10 +202,32 @@ class Failover:
 
     # --- a CONNECT for a client of a node that is gone ---
 
-    @inlineCallbacks
-    def gone(self, dead: str) -> Any:
+    def gone(self, dead: str, client_id: str) -> Deferred[bool]:
         """Wait until ``dead``'s lease has run out and it is adopted (by this node if
-        nobody has begun); False when its lease is still renewed (it is alive)."""
+        nobody has begun), as far as ``client_id`` needs: its home is the adopter's
+        (the adoption took the dead node's homes); False when its lease is still
+        renewed (it is alive).  The CONNECTs of a dead node's clients share one
+        watch: in a reconnect storm thousands of them wait at once, and each polling
+        Redis on its own made tens of thousands of commands a second."""
+        d: Deferred[bool] = Deferred()
+        waiters = self._gone.get(dead)
+        if waiters is not None:
+            waiters.append(d)
+            return d
+        waiters = self._gone[dead] = [d]
+
+        def fire(result: Any) -> None:
+            for waiter in self._gone.pop(dead, waiters):
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(result)
+
+        self._watch(dead, client_id).addBoth(fire)
+        return d
+
+    @inlineCallbacks
+    def _watch(self, dead: str, client_id: str) -> Any:
         node = self.node
         waited = 0.0
         while not self.judging():  # this node was cut off itself a moment ago
@@ -217,29 +248,50 @@ class Failover:
             yield deferLater(node.reactor, 0.2, lambda: None)
             waited += 0.2
         if won == 1:
-            yield self.adopt(dead)
+            self.adopt(dead)
+        adoption = self.adoptions.get(dead)
+        if adoption is not None:
+            # Adopted here: the homes are this node's once listed, and the CONNECT
+            # waits for its own session only (``wait_for``), not for all of them.
+            yield adoption.when_listed()
             return True
-        if dead in self.adopting:
-            yield self.adopting[dead]
-            return True
+        # Another survivor adopts it: go on once the homes are taken there (then ask
+        # it, and it answers as the session is restored), or its adoption is over.
         waited = 0.0
-        while (yield node.commands.command(b"EXISTS", self.adopt_prefix + dead.encode())):
-            if waited > ADOPT_TTL / 1000:
-                break
+        cid = client_id.encode("utf-8")
+        while True:
+            home, adopting = yield gatherResults([
+                node.commands.command(b"HGET", node.keys.home, cid),
+                node.commands.command(b"EXISTS", self.adopt_prefix + name)])
+            if home != name or not adopting or waited > ADOPT_TTL / 1000:
+                return True
             yield deferLater(node.reactor, 0.1, lambda: None)
             waited += 0.1
-        return True
+
+    def wait_for(self, client_id: str) -> Deferred[Any]:
+        """Fires once no adoption under way here is still to restore ``client_id``'s
+        session (``adoption.py``)."""
+        adoptions = list(self.adoptions.values())
+        if not adoptions:
+            return succeed(None)
+        if len(adoptions) == 1:
+            return adoptions[0].wait_for(client_id)
+        return gatherResults([a.wait_for(client_id) for a in adoptions], consumeErrors=True)
 
     # --- adoption ---
 
     def adopt(self, dead: str) -> Deferred[None]:
         if dead in self.adopting:
             return self.adopting[dead]
-        d = self._adopt(dead)
+        adoption = self.adoptions[dead] = Adoption()
+        d = self._adopt(dead, adoption)
         d.addErrback(self.node._failed, f"adopting node {dead}")
 
         def done(result: Any) -> Any:
             self.adopting.pop(dead, None)
+            if self.adoptions.get(dead) is adoption:
+                del self.adoptions[dead]
+            adoption.end()
             return result
 
         d.addBoth(done)
@@ -248,30 +300,46 @@ class Failover:
         return d
 
     @inlineCallbacks
-    def _adopt(self, dead: str) -> Any:
+    def _adopt(self, dead: str, adoption: Adoption) -> Any:
         node = self.node
         keys = node.keys
         broker = node.broker
         log.info("cluster {name}: node {dead} is gone; adopting its sessions",
                  name=node.name, dead=dead)
+        node.turns.mark()  # the longest reactor turn from now on is the adoption's
         taken = yield node.commands.command(b"EVAL", _TAKE_HOMES, 1, keys.home, dead,
                                             node.group)
         client_ids = [c.decode("utf-8") for c in taken]
+        adoption.listed(client_ids)
         # Its sessions are here from now on: this node sends it nothing more (the
         # others stop once its filters are dropped below; what they sent is drained).
         node.router.routes.apply(RESET, dead)
-        restored = 0
+        restored: list[int] = [0]
         # What of each stream each session had got already (drain.py skips it there).
         marks: dict[bytes, dict[str, bytes]] = {}
-        for start in range(0, len(client_ids), BATCH):
-            batch = client_ids[start:start + BATCH]
-            states = yield gatherResults([broker.store.loadSession(c) for c in batch])
-            for client_id, state in zip(batch, states):
-                if state is not None and client_id not in broker.sessions:
-                    broker.restore_session(state)
-                    restored += 1
-                    for stream, mark in getattr(state, "marks", {}).items():
-                        marks.setdefault(stream, {})[client_id] = mark
+
+        def restore(loaded: tuple[str, Any]) -> None:
+            client_id, state = loaded
+            if state is not None and client_id not in broker.sessions:
+                broker.restore_session(state)
+                restored[0] += 1
+                for stream, mark in getattr(state, "marks", {}).items():
+                    marks.setdefault(stream, {})[client_id] = mark
+            adoption.restored(client_id)  # a CONNECT, a handover waiting for it go on
+
+        # Loaded BATCH at a time (the next batch's loads under way while this one is
+        # restored), restored a slice per reactor turn (pace.py): the lease is renewed,
+        # sockets are read, and whoever waits for a session goes on as it is restored.
+        batches = [client_ids[i:i + BATCH] for i in range(0, len(client_ids), BATCH)]
+        loading = gatherResults([broker.store.loadSession(c) for c in batches[0]]) \
+            if batches else None
+        for at, batch in enumerate(batches):
+            states = yield loading
+            if at + 1 < len(batches):
+                loading = gatherResults([broker.store.loadSession(c)
+                                         for c in batches[at + 1]])
+            # (From the next turn: this one may have ended the last batch's slices.)
+            yield in_slices(node.reactor, zip(batch, states), restore, now=False)
         streams = yield node.commands.command(
             b"EVAL", _DROP, 5, keys.filters(dead), keys.nodes, keys.shared(dead),
             self.drains_prefix + dead.encode(), self.drains_prefix + node.group, dead,
@@ -279,8 +347,9 @@ class Failover:
         wills = yield node.wills.take(dead)  # its clean sessions' (wills.py)
         inherited = [s.decode("utf-8") for s in streams if s.decode("utf-8") != dead]
         log.info("cluster {name}: adopted node {dead}: {n} sessions, {w} wills of clean "
-                 "sessions; its stream in {grace} s{also}", name=node.name, dead=dead,
-                 n=restored, w=wills, grace=ADOPT_GRACE,
+                 "sessions (longest reactor turn {ms:.0f} ms); its stream in {grace} "
+                 "s{also}", name=node.name, dead=dead, n=restored[0], w=wills,
+                 ms=node.turns.longest * 1000, grace=ADOPT_GRACE,
                  also=f", and the rest of {', '.join(inherited)}'s, which it was "
                       "delivering" if inherited else "")
         # In the background, under flow control (drain.py): a client of the dead node
@@ -291,7 +360,18 @@ class Failover:
         for stream in streams:
             owner = stream.decode("utf-8")
             drain = Drain(node, owner, marks.get(keys.inbox(owner)))
+            self.drains += 1
             d = deferLater(node.reactor, ADOPT_GRACE, drain.run)
             d.addCallback(lambda _, s=stream: node.commands.command(
                 b"SREM", self.drains_prefix + node.group, s))
             d.addErrback(node._failed, f"delivering node {owner}'s stream")
+            d.addBoth(self._drained)
+
+    def _drained(self, _: Any) -> None:
+        self.drains -= 1
+
+    def delivering(self) -> bool:
+        """Whether a dead node's sessions or stream are still coming here (an adoption
+        or a drain under way): a session let go meanwhile still has messages to come
+        through this node (``moved.py`` keeps forwarding them)."""
+        return bool(self.adopting) or self.drains > 0

@@ -39,7 +39,6 @@ from twisted.internet.defer import (
     FirstError,
     gatherResults,
     inlineCallbacks,
-    succeed,
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -47,16 +46,17 @@ from twisted.python.failure import Failure
 from mqtt_twisted.cluster.barrier import Barriers
 from mqtt_twisted.cluster.batch import read_push
 from mqtt_twisted.cluster.client import RedisClient
-from mqtt_twisted.cluster.failover import Failover
+from mqtt_twisted.cluster.failover import LEASE, Failover
 from mqtt_twisted.cluster.fence import Fence
-from mqtt_twisted.cluster.handover import release_session
 from mqtt_twisted.cluster.inbox import InboxReader
 from mqtt_twisted.cluster.link import NodeLink
 from mqtt_twisted.cluster.moved import Moved
+from mqtt_twisted.cluster.releases import Releases
 from mqtt_twisted.cluster.resp import ReplyError
 from mqtt_twisted.cluster.router import ClusterRouter
 from mqtt_twisted.cluster.routes import decode_change
 from mqtt_twisted.cluster.sysstats import ClusterStats
+from mqtt_twisted.cluster.turns import TurnProbe
 from mqtt_twisted.cluster.wills import WillKeeper
 from mqtt_twisted.constants import ReasonCode
 from mqtt_twisted.errors import ConnectError, StorageError
@@ -207,6 +207,8 @@ class ClusterNode:
         self.barriers = Barriers(self)
         self.wills = WillKeeper(self)
         self.failover = Failover(self)
+        self.releases = Releases(self)
+        self.turns = TurnProbe(reactor, name, LEASE / 3)
         self.stats = ClusterStats(self)
         self.router.totals = self.stats.sys_values
         self._stopped = False
@@ -275,6 +277,7 @@ class ClusterNode:
         log.info("Cluster node {name} joined ({n} peers' filters known)", name=self.name,
                  n=len(self.router.routes))
         yield self.failover.start()
+        self.turns.start()
         self.stats.start()
         self.inbox.start()
 
@@ -325,6 +328,7 @@ class ClusterNode:
     def stop(self) -> Any:
         self.link.outbox.flush()  # this turn's copies for the peers, before the end
         self._stopped = True
+        self.turns.stop()
         self.inbox.stop()
         try:
             yield self.stats.stop()
@@ -432,7 +436,7 @@ class ClusterNode:
         self.moved.expect(client_id)  # what its old node forwards, until it is here
         try:
             answered = yield self._ask_release(home.decode("utf-8"), client_id)
-            if not answered and (yield self.failover.gone(home.decode("utf-8"))):
+            if not answered and (yield self.failover.gone(home.decode("utf-8"), client_id)):
                 # Its node is gone and has been adopted (here or elsewhere): look again.
                 state = yield self.locate_session(client_id)
                 return state
@@ -467,13 +471,12 @@ class ClusterNode:
     @inlineCallbacks
     def _home_here(self, client_id: str) -> Any:
         """The client id's home is this node but its session is not in memory: it is
-        being adopted from a dead node (wait for that: answering "no session" now made
-        the adoption skip it, and 2,000 of 5,000 sessions of a reconnect storm were
-        lost), or an earlier CONNECT that had it brought here was cut short: the stored
-        state, if any."""
-        adopting = list(self.failover.adopting.values())
-        if adopting:
-            yield gatherResults(adopting, consumeErrors=True)
+        being adopted from a dead node (wait until it is restored: answering "no
+        session" now made the adoption skip it, and 2,000 of 5,000 sessions of a
+        reconnect storm were lost; waiting for the whole adoption answered thousands
+        of CONNECTs in one turn, ``adoption.py``), or an earlier CONNECT that had it
+        brought here was cut short: the stored state, if any."""
+        yield self.failover.wait_for(client_id)  # its own session, not all of them
         if client_id in self.broker.sessions:
             return None
         state = yield self.broker.store.loadSession(client_id)
@@ -524,26 +527,7 @@ class ClusterNode:
             log.warn("cluster: a control message could not be read: {data!r}", data=data[:60])
             return
         if kind == "release":
-            # A session of a node this node is adopting is let go once it is adopted:
-            # released before, it was restored here again afterwards (two copies) and the
-            # dead node's messages for it were delivered to the copy left here.
-            adopting = list(self.failover.adopting.values())
-            d = gatherResults(adopting, consumeErrors=True) if adopting else succeed(None)
-
-            def release(_: Any) -> Any:
-                self.barriers.flush(client_id)  # what it held goes into the session
-                session = self.broker.sessions.get(client_id)
-                if session is not None and session.subscriptions:
-                    # Until every node routes its messages to `node`, forward them there.
-                    self.moved.left(client_id, node, session.subscriptions)
-                return release_session(self.broker, client_id)
-
-            d.addBoth(release)
-            d.addErrback(self._failed, f"saving {client_id}'s session for {node}")
-            d.addBoth(lambda _: self.commands.command(
-                b"PUBLISH", self.keys.ctl(node),
-                msgpack.packb(["released", client_id, self.name, request])))
-            d.addErrback(self._failed, "answering a handover")
+            self.releases.request(client_id, node, request)  # releases.py
         elif kind == "released":
             answered = self._releases.get(request)
             if answered is not None and not answered.called:
