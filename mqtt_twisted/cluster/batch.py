@@ -32,8 +32,10 @@ O), so when a flush has entries for several nodes they go in one MULTI/EXEC: Red
 makes them visible at once, no reader sees one stream's entry of the turn before
 another's.  It costs two commands per flush that has several destinations (none
 with one); ``bench/calls_per_message.py --cluster`` counts it.  The publisher's
-acknowledgement waits for its message's entry as before (each message gets its own
-Deferred, fired by the batch's reply).
+acknowledgement waits for its message's entry as before: the messages of an entry
+share one :class:`~mqtt_twisted.core.journal.SharedWrite`, fired by the entry's
+reply (a Deferred each cost 5 Python calls a message; the PUBACKs of a publisher's
+messages in one entry then wait as one, ``inbound.ack_after``).
 
 Sans-IO apart from the injected reactor's ``callLater(0, ...)``: the flush is the
 next reactor iteration, after every socket read of this one.
@@ -49,6 +51,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from mqtt_twisted.cluster.shared import encode_groups
+from mqtt_twisted.core.journal import SharedWrite
 
 #: A stream entry's batch field ("packed"; not ``b``, which a handover's barrier
 #: entries use in the cluster-correctness work).
@@ -112,11 +115,12 @@ def read_push(data: bytes) -> tuple[str, list[tuple[bytes, list[str] | None, boo
 
 
 class _Batch:
-    __slots__ = ("items", "deferreds", "size")
+    __slots__ = ("items", "write", "size")
 
     def __init__(self) -> None:
         self.items: list[list[Any]] = []
-        self.deferreds: list[Deferred[Any]] = []
+        #: What every message of the batch waits for: the entry's reply.
+        self.write = SharedWrite()
         self.size = 0
 
 
@@ -148,21 +152,20 @@ class Outbox:
         self.transactions = 0
 
     def append(self, to: str, blob: bytes, destinations: bytes = b"",
-               groups: list[str] | None = None, resent: bool = False) -> Deferred[Any]:
-        """A QoS 1/2 copy for ``to`` (``NodeLink.append``'s arguments): fires with its
-        entry's id once Redis has it."""
+               groups: list[str] | None = None, resent: bool = False) -> SharedWrite:
+        """A QoS 1/2 copy for ``to`` (``NodeLink.append``'s arguments): the batch's
+        write, which fires with its entry's id once Redis has it (shared by every
+        message of the entry)."""
         batch = self._entries.get(to)
         if batch is None:
             batch = self._entries[to] = _Batch()
             self._schedule()
-        d: Deferred[Any] = Deferred()
         batch.items.append([blob, destinations,
                             encode_groups(groups, resent) if groups else None])
-        batch.deferreds.append(d)
         batch.size += len(blob)
         if len(batch.items) >= MAX_BATCH or batch.size >= MAX_BATCH_BYTES:
             self.flush_entries(to)
-        return d
+        return batch.write
 
     def publish(self, to: str, blob: bytes, groups: list[str] | None,
                 resent: bool) -> None:
@@ -214,22 +217,13 @@ class Outbox:
         except Exception:
             failure = Failure()
             for _, batch in batches:
-                _fire(failure, batch.deferreds)
+                batch.write.fire(failure)
             return
         for d, (_, batch) in zip(replies, batches):
-            d.addBoth(_fire, batch.deferreds)
+            d.addBoth(batch.write.fire)
 
     def _send_push(self, to: str, items: list[list[Any]]) -> None:
         self.batches += 1
         self.messages += len(items)
         self._push(to, _pack([self.origin, items]))
 
-
-def _fire(result: Any, deferreds: list[Deferred[Any]]) -> None:
-    """The batch's reply to each of its messages (a failure: each one fails)."""
-    if isinstance(result, Failure):
-        for d in deferreds:
-            d.errback(result)
-    else:
-        for d in deferreds:
-            d.callback(result)

@@ -12,6 +12,7 @@ from twisted.python.failure import Failure
 
 from mqtt_twisted.cluster.batch import Outbox
 from mqtt_twisted.cluster.routes import ADD, REMOVE, SHARE, encode_change
+from mqtt_twisted.core.journal import SharedWrite
 from mqtt_twisted.errors import StorageError
 from mqtt_twisted.store.redis import encode_message
 
@@ -91,7 +92,7 @@ class NodeLink:
         self.outbox.publish(to, blob, groups, resent)
 
     def append(self, to: str, blob: bytes, destinations: bytes = b"",
-               groups: list[str] | None = None, resent: bool = False) -> Deferred[Any]:
+               groups: list[str] | None = None, resent: bool = False) -> SharedWrite:
         """QoS 1/2, in this turn's stream entry for ``to``: fires once the entry is in
         node ``to``'s stream.  ``destinations``: every node the message was sent to
         (``moved.py`` reads it); the share groups ``to`` gives it to and whether it was
