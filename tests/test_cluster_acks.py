@@ -167,3 +167,68 @@ class GroupedAckTests(SynchronousTestCase):
         self.assertNotIn(PubRec, [type(p) for p in received])
         self.assertTrue(pub.transport.closed)
         self.flushLoggedErrors(StorageError)
+
+
+class InboxAckTests(SynchronousTestCase):
+    """The receiving node's XACK: on the reader's connection, just before its next read,
+    when nothing is to be stored first; sent again before the next read when its
+    connection was lost."""
+
+    def setUp(self) -> None:
+        from mqtt_twisted.cluster.inbox import InboxReader
+        from tests.test_cluster_batch import fake_node
+
+        self.broker, self.clock = make_broker()
+        self.node = fake_node(self.broker, self.clock)
+        self.got: list[str] = []
+        self.node.router = SimpleNamespace(
+            receive=lambda message, *rest: self.got.append(message.topic))
+        self.reader = InboxReader(self.node)  # type: ignore[arg-type]
+        self.reader.start()
+
+    def entry(self, entry_id: bytes, topic: str) -> tuple[bytes, list[Any]]:
+        from mqtt_twisted.message import Message
+        from mqtt_twisted.store.redis import encode_message
+
+        return (entry_id, [b"o", b"B", b"m", encode_message(Message(topic, b"p", 1)),
+                           b"d", b"A"])
+
+    def test_xack_goes_before_the_next_read_on_its_connection(self) -> None:
+        read = self.node.reader
+        read.replies[0].callback([[b"s:A", [self.entry(b"1-0", "a"), self.entry(b"1-1", "b")]]])
+        self.assertEqual(self.got, ["a", "b"])
+        self.assertEqual([c[0] for c in read.sent], [b"XREADGROUP", b"XACK", b"XREADGROUP"])
+        self.assertEqual(read.sent[1], (b"XACK", b"s:A", b"A", b"1-0", b"1-1"))
+        self.assertEqual(self.node.commands.sent, [])
+
+    def test_a_lost_xack_is_sent_again_before_the_next_read(self) -> None:
+        """The connection lost after the XACK was written: nobody knows whether Redis
+        had it, so it goes again, ahead of the read that would return the entries
+        again (which would deliver them twice)."""
+        read = self.node.reader
+        read.replies[0].callback([[b"s:A", [self.entry(b"1-0", "a")]]])
+        lost = StorageError("Redis connection lost")
+        read.replies[1].errback(lost)  # the XACK
+        read.replies[2].errback(lost)  # the read
+        self.clock.advance(0.5)  # the read again, from the first pending entry
+        self.assertEqual([c[0] for c in read.sent[3:]], [b"XACK", b"XREADGROUP"])
+        self.assertEqual(read.sent[3], (b"XACK", b"s:A", b"A", b"1-0"))
+        self.assertEqual(read.sent[4][-1], b"0")
+        read.replies[3].callback(1)
+        read.replies[4].callback([[b"s:A", []]])
+        self.assertEqual(self.got, ["a"])
+        self.assertEqual([c[0] for c in read.sent[5:]], [b"XREADGROUP"])  # nothing again
+
+    def test_stored_deliveries_are_acknowledged_once_stored(self) -> None:
+        """A delivery that waits for a store write (a persistent session's copy) is
+        acknowledged once it is stored, on the commands connection (the reader is
+        blocked in its next read by then)."""
+        write: Deferred[Any] = Deferred()
+        self.node.router = SimpleNamespace(
+            receive=lambda message, *rest: self.broker.journal.persist(write))
+        read = self.node.reader
+        read.replies[0].callback([[b"s:A", [self.entry(b"1-0", "a")]]])
+        self.assertEqual([c[0] for c in read.sent], [b"XREADGROUP", b"XREADGROUP"])
+        self.assertEqual(self.node.commands.sent, [])
+        write.callback(None)
+        self.assertEqual(self.node.commands.sent, [(b"XACK", b"s:A", b"A", b"1-0")])

@@ -231,7 +231,9 @@ class BarrierEntryTests(SynchronousTestCase):
                                                    (b"2-0", barrier)]]])
         self.assertEqual((got, seen), (["before"], [("cid", dict(zip(barrier[::2],
                                                                       barrier[1::2])))]))
-        self.assertEqual(node.commands.sent, [(b"XACK", b"s:A", b"A", b"1-0", b"2-0")])
+        # Acknowledged on the reader's connection, just before its next read.
+        self.assertEqual(node.reader.sent[1], (b"XACK", b"s:A", b"A", b"1-0", b"2-0"))
+        self.assertEqual(node.reader.sent[2][0], b"XREADGROUP")
         drain = Drain(node, "Z")  # type: ignore[arg-type]
         origin, items = read_entry(barrier)  # type: ignore[misc]
         self.assertIsNone(drain._full_offline(items[0]))
@@ -353,8 +355,10 @@ class InboxTests(SynchronousTestCase):
         self.assertEqual([t for t, _ in self.got],
                          ["t/0", "t/1", "(resumed)", "t/2", "t/3", "u"])
         self.assertEqual(self.got[-1][1], (b"m:s", b"7-1"))
-        self.assertEqual(self.node.commands.sent, [(b"XACK", b"s:A", b"A", b"7-0", b"7-1")])
-        self.assertEqual(len(self.node.reader.replies), 2)  # reading on
+        # XACK and the next read, one after the other on the reader's connection.
+        self.assertEqual(self.node.reader.sent[1], (b"XACK", b"s:A", b"A", b"7-0", b"7-1"))
+        self.assertEqual(self.node.reader.sent[2][0], b"XREADGROUP")
+        self.assertEqual(self.node.commands.sent, [])
         self.assertIsNone(self.node.store.mark)
 
 
@@ -382,8 +386,10 @@ class InboxTests(SynchronousTestCase):
         self.assertEqual(len(self.node.reader.replies), 1)  # no read before the rest
         self.clock.advance(0)
         self.assertEqual([t for t, _ in self.got], [f"t/{i}" for i in range(total)])
-        self.assertEqual(self.node.commands.sent[-1], (b"XACK", b"s:A", b"A", *ids[whole:]))
-        self.assertEqual(len(self.node.reader.replies), 2)  # reading on
+        # The rest: acknowledged before the next read, on the reader's connection.
+        self.assertEqual(self.node.reader.sent[1], (b"XACK", b"s:A", b"A", *ids[whole:]))
+        self.assertEqual(self.node.reader.sent[2][0], b"XREADGROUP")
+        self.assertEqual(len(self.node.commands.sent), 1)
 
 
 class DrainMarkTests(SynchronousTestCase):
