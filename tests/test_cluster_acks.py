@@ -111,7 +111,7 @@ class GroupedAckTests(SynchronousTestCase):
         [(to, reply)] = self.redis.added
         self.assertEqual(to, "B")
         conn = pub.connection
-        self.assertEqual(len(conn._acks), 2)  # the three of B's entry, and the fourth
+        self.assertEqual(len(conn._acks), 1)  # the fourth waits for its turn only: joined
         self.assertEqual(conn._unacked_qos1, 4)
         reply.callback(b"1-0")
         acks = pub.received()
@@ -135,6 +135,28 @@ class GroupedAckTests(SynchronousTestCase):
         self.redis.added[0][1].callback(b"1-0")
         for pub in pubs:
             self.assertEqual([type(a) for a in pub.received()], [PubAck] * 3)
+
+    def test_local_messages_between_them_keep_them_together(self) -> None:
+        """A publisher spreading its messages over a peer's topic and one subscribed
+        here (the spread benchmark): those that stay here wait only for their turn and
+        join the entry before them, so the entry's write still has one waiter and the
+        PUBACKs go in publishing order once it is stored."""
+        sub = FakeClient(self.broker)
+        sub.connect("sub")
+        sub.subscribe("here", qos=1)
+        pub = FakeClient(self.broker)
+        pub.connect("pub")
+        acks = []
+        for i in range(6):
+            acks += pub.publish("b/t" if i % 2 else "here", b"%d" % i, qos=1)
+        self.assertEqual([(type(a), a.packet_id) for a in acks], [(PubAck, 1)])
+        conn = pub.connection
+        self.assertEqual(len(conn._acks), 1)
+        self.assertEqual(len(conn._acks[0][4]._waiters), 1)
+        self.clock.advance(0)
+        self.redis.added[0][1].callback(b"1-0")
+        self.assertEqual([(type(a), a.packet_id) for a in pub.received()],
+                         [(PubAck, i) for i in range(2, 7)])
 
     def test_a_message_to_two_nodes_waits_for_both(self) -> None:
         """A message routed to B and C (two entries) is acknowledged once both are in
@@ -182,7 +204,7 @@ class InboxAckTests(SynchronousTestCase):
         self.node = fake_node(self.broker, self.clock)
         self.got: list[str] = []
         self.node.router = SimpleNamespace(
-            receive=lambda message, *rest: self.got.append(message.topic))
+            plain_receiver=lambda: None, receive=lambda message, *rest: self.got.append(message.topic))
         self.reader = InboxReader(self.node)  # type: ignore[arg-type]
         self.reader.start()
 
@@ -225,7 +247,7 @@ class InboxAckTests(SynchronousTestCase):
         blocked in its next read by then)."""
         write: Deferred[Any] = Deferred()
         self.node.router = SimpleNamespace(
-            receive=lambda message, *rest: self.broker.journal.persist(write))
+            plain_receiver=lambda: None, receive=lambda message, *rest: self.broker.journal.persist(write))
         read = self.node.reader
         read.replies[0].callback([[b"s:A", [self.entry(b"1-0", "a")]]])
         self.assertEqual([c[0] for c in read.sent], [b"XREADGROUP", b"XREADGROUP"])

@@ -33,7 +33,7 @@ from mqtt_twisted.cluster.batch import Item, read_entry
 from mqtt_twisted.cluster.resp import ReplyError
 from mqtt_twisted.cluster.shared import decode_groups
 from mqtt_twisted.core.states import CONNECTED
-from mqtt_twisted.store.redis import decode_message
+from mqtt_twisted.store.redis import decode_message, message_from_record
 
 if TYPE_CHECKING:
     from mqtt_twisted.cluster.node import ClusterNode
@@ -67,7 +67,11 @@ def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int 
         record = items[0]
         return 1, broker.writes_of(node.barriers.entry, record[b"c"].decode("utf-8"),
                                    record)[1]
-    receive = node.router.receive
+    router = node.router
+    receive = router.receive
+    # The usual case, a message for plain subscriptions only: straight to the local
+    # router, as ``ClusterRouter.receive`` would (``plain`` counts them for it).
+    dispatch = router.plain_receiver()
     store = node.store
     if field is None:
         field = node.mark_field
@@ -77,6 +81,7 @@ def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int 
     def deliver() -> None:
         # One writes_of for the lot: it collects every store write made meanwhile.
         index = start
+        plain = 0
         try:
             while index < end:
                 item = items[index]
@@ -85,20 +90,27 @@ def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int 
                                   entry_id if not index else b"%s.%d" % (entry_id, index))
                 index += 1
                 try:
-                    message = decode_message(item[0])
+                    stored = item[0]  # (batch.item_message, inline)
+                    message = (message_from_record(stored) if type(stored) is list
+                               else decode_message(stored))
                     groups, resent = decode_groups(item[2]) if item[2] else (None, False)
                     to = item[3].decode("utf-8") if len(item) > 3 else None
                 except Exception as e:
                     log.warn("cluster: a stream message could not be read: {error}", error=e)
                     continue
-                if to is None:
-                    receive(message, origin, groups, resent, item[1])
-                else:  # for one session that came here from its node before (moved.py)
+                if to is not None:  # for one session that came here before (moved.py)
                     node.moved.directed(to, message)
+                elif groups is None and dispatch is not None:
+                    plain += 1
+                    dispatch(message, origin)
+                else:
+                    receive(message, origin, groups, resent, item[1])
                 if publisher is not None and publisher.paused:
                     break
         finally:
             at[0] = index
+            if plain:
+                router.received += plain
 
     broker.publisher = publisher
     barriers = node.barriers

@@ -255,17 +255,19 @@ def ack_after(conn: MQTTConnection, ack: Packet, writes: list[Any],
     """Send ``ack`` (then call ``then``) once ``writes`` are stored, keeping acks in
     the order of the packets they answer.
 
-    An entry of ``conn._acks`` is ``[writes pending, acks, failed, thens, shared]``:
-    acks that wait for one :class:`~mqtt_twisted.core.journal.SharedWrite` alone (a
-    cluster batch: a turn's messages to one node) join the entry before them when it
-    waits for the same one, so a publisher's PUBACKs of a batch cost one callback, not
-    one each."""
+    An entry of ``conn._acks`` is ``[writes pending, acks, failed, thens, shared]``.
+    An ack joins the entry before it when it would wait for nothing more: it has no
+    write of its own (it waits only for its turn), or only the one
+    :class:`~mqtt_twisted.core.journal.SharedWrite` that entry waits for (a cluster
+    batch: a turn's messages to one node).  So a publisher's PUBACKs of a batch cost
+    one callback, not one each, also with messages that stay on this node between
+    them (a publisher spreading its messages over topics of several nodes)."""
     acks = conn._acks
     if acks is None:
         acks = conn._acks = deque()
-    elif len(writes) == 1 and acks:
+    elif acks:
         last = acks[-1]
-        if last[4] is writes[0] and last[0]:
+        if not writes or (len(writes) == 1 and last[4] is writes[0] and last[0]):
             last[1].append(ack)
             last[3].append(then)
             return

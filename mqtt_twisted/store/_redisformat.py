@@ -40,6 +40,24 @@ def encode_message(message: Message) -> bytes:
                   message.properties, message.received_at, message.sender])
 
 
+def with_records(items: list[list[Any]]) -> list[list[Any]]:
+    """``[[message, a, b], ...]`` with each message in its stored form as a list, not
+    yet packed: a cluster node packs a batch of them in one msgpack call
+    (``cluster/batch.py``), and its peer unpacks them in one."""
+    return [[[FORMAT, m.topic, m.payload, m.qos, m.retain, m.properties, m.received_at,
+              m.sender], a, b] for m, a, b in items]
+
+
+def message_from_record(record: list[Any]) -> Message:
+    """A message from its stored form unpacked (:func:`with_records`): inline, for
+    every message a cluster node receives from a peer."""
+    if record[0] != FORMAT:
+        raise StorageError(f"stored message has format {record[0]!r}, expected {FORMAT}")
+    _, topic, payload, qos, retain, props, received_at, sender = record
+    return Message(topic, payload, qos, retain, None, _properties(props) if props else None,
+                   received_at, sender)
+
+
 def _properties(stored: dict[int, Any]) -> dict[int, Any]:
     props: dict[int, Any] = {}
     for key, value in stored.items():
