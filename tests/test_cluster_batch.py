@@ -229,6 +229,8 @@ class OutboxTests(SynchronousTestCase):
         got = item_message(items[0])
         self.assertEqual((got, got.properties, got.received_at, got.sender),
                          (message, props, 12.5, "sender"))
+        self.assertEqual({name: getattr(got, name) for name in Message.__slots__},
+                         {name: getattr(message, name) for name in Message.__slots__})
         _, pushed = read_push(self.redis.pushed[0][1])
         self.assertEqual(item_message(pushed[0]).properties, props)
 

@@ -27,6 +27,7 @@ FORMAT = 1
 _PROPERTY_IDS = {int(p): p for p in PropertyId}
 _pack = msgpack.Packer(use_bin_type=True).pack
 _unpackb = msgpack.unpackb
+_new = object.__new__
 
 
 def _unpack(data: bytes) -> Any:
@@ -49,13 +50,18 @@ def with_records(items: list[list[Any]]) -> list[list[Any]]:
 
 
 def message_from_record(record: list[Any]) -> Message:
-    """A message from its stored form unpacked (:func:`with_records`): inline, for
-    every message a cluster node receives from a peer."""
+    """A message from its stored form unpacked (:func:`with_records`): for every
+    message a cluster node receives from a peer, so its slots are set here, as
+    ``Message.copy`` does, without a call to ``Message.__init__``."""
     if record[0] != FORMAT:
         raise StorageError(f"stored message has format {record[0]!r}, expected {FORMAT}")
-    _, topic, payload, qos, retain, props, received_at, sender = record
-    return Message(topic, payload, qos, retain, None, _properties(props) if props else None,
-                   received_at, sender)
+    message = _new(Message)
+    (_, message.topic, message.payload, message.qos, message.retain, props,
+     message.received_at, message.sender) = record
+    message.packet_id = None
+    message.properties = _properties(props) if props else {}
+    message.wire = None
+    return message
 
 
 def _properties(stored: dict[int, Any]) -> dict[int, Any]:
