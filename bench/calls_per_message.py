@@ -19,7 +19,11 @@ turn); calls counted on A (reading the PUBLISHes, sending to B's stream, the PUB
 and on B (parsing the stream reply, delivering, the subscriber's PUBACKs, XACK).
 ``--nodes N`` routes each message to N nodes (B and N-1 whose entries are answered, not
 read): a turn's entries then go in one MULTI/EXEC (``cluster/batch.py``, "Order"),
-``--pipelined`` sends them as before to compare.
+``--pipelined`` sends them as before to compare.  ``--spread N`` has the publisher
+spread its messages over N nodes as ``bench/cluster.py --scenario spread`` does (1/N
+stay on A), and prints the calls per message of all nodes together: against one
+node's QoS 1 figure, the scaling the Python work alone allows (no reactor, no
+syscalls: see docs/cluster.md, "Benchmarks").
 """
 
 from __future__ import annotations
@@ -107,11 +111,12 @@ from mqtt_twisted.cluster.node import ClusterNode
 from mqtt_twisted.cluster.resp import Parser, encode_reply
 from mqtt_twisted.cluster.routes import ADD
 from mqtt_twisted.codec import PubAck, Publish, encode
+from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.store.redis import parse_url
 from mqtt_twisted.testing import FakeClient, make_broker
 
-N, TURN, MORE, PIPELINED = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
-                            sys.argv[4] == "1")
+N, TURN, MORE, PIPELINED, SPREAD = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
+                                    sys.argv[4] == "1", int(sys.argv[5]))
 
 
 class Redis:
@@ -128,7 +133,9 @@ class Redis:
 
 
 def node(name):
-    broker, clock = make_broker()
+    # A turn's messages reach B's subscriber at once: with --spread, room for them in
+    # flight, as one node's subscriber has (it acknowledges each before the next).
+    broker, clock = make_broker(BrokerSettings(max_inflight=65535) if SPREAD else None)
     n = ClusterNode(clock, parse_url("redis://127.0.0.1:1/0"), name, broker)
     locate = broker.locate_session
     n.install()
@@ -140,14 +147,22 @@ def node(name):
 
 a, broker_a, clock_a = node("A")
 b, broker_b, clock_b = node("B")
-a.router.routes.apply(ADD, "B", "x/t")
+topics = ["x/t"]
+if SPREAD:  # x/0 on A, x/1 on B, x/2... on nodes whose entries are answered, not read
+    topics = [f"x/{k}" for k in range(SPREAD)]
+    sub_a = FakeClient(broker_a, 4)
+    sub_a.connect("sub_a")
+    sub_a.subscribe("x/0", qos=1)
+    for k in range(2, SPREAD):
+        a.router.routes.apply(ADD, f"C{k}", f"x/{k}")
+a.router.routes.apply(ADD, "B", topics[-1 if not SPREAD else 1])
 for k in range(MORE):  # more nodes with a subscriber: their entries answered, not read
     a.router.routes.apply(ADD, f"C{k}", "x/t")
 if PIPELINED:  # a turn's entries for several nodes pipelined, not in MULTI/EXEC
     a.link.outbox._transaction = None
 sub = FakeClient(broker_b, 4)
 sub.connect("sub")
-sub.subscribe("x/t", qos=1)
+sub.subscribe(topics[-1 if not SPREAD else 1], qos=1)
 pub = FakeClient(broker_a, 4)
 pub.connect("pub")
 b.inbox.start()
@@ -163,9 +178,11 @@ def count(frame, event, arg):
         calls[0] += 1
 
 
-packets = [encode(Publish("x/t", b"x" * 16, 1, False, False, (i % 60000) + 1), 4)
-           for i in range(N)]
+packets = [encode(Publish(topics[i % len(topics)], b"x" * 16, 1, False, False,
+                          (i % 60000) + 1), 4) for i in range(N)]
 acks = [encode(PubAck((i % 60000) + 1), 4) for i in range(N)]
+to_b = [i for i in range(N) if not SPREAD or i % SPREAD == 1]  # B's messages, in order
+at_b = at_a = 0
 entry = 0
 for first in range(0, N, TURN):
     last = min(N, first + TURN)
@@ -173,6 +190,9 @@ for first in range(0, N, TURN):
     sys.setprofile(count)
     for i in range(first, last):  # one turn of A: the publisher's PUBLISHes
         pub.connection.dataReceived(packets[i])
+        if SPREAD and not i % SPREAD:  # delivered here: acknowledged, as on one node
+            sub_a.connection.dataReceived(acks[at_a])
+            at_a += 1
     clock_a.advance(0)  # the turn is over: the outbox sends
     sent = list(a.commands.sent)
     a.commands.sent.clear()
@@ -199,22 +219,36 @@ for first in range(0, N, TURN):
             replies.append([entry_id, fields])
     sys.setprofile(None)
     on_a += calls[0]
+    if not replies:
+        continue  # nothing for B this turn
     wire = encode_reply([[b"mqtt:cluster:inbox:B", replies]])
     calls[0] = 0
     sys.setprofile(count)
-    [read] = [d for args, d in b.reader.sent]
+    # The last read's XACK (pipelined with the read, on its connection) and the read.
+    for args, d in b.reader.sent[:-1]:
+        d.callback(len(args) - 3)
+    [(_, read)] = b.reader.sent[-1:]
     b.reader.sent.clear()
     [reply] = parser.feed(wire)  # as B's connection parses it
     read.callback(reply)  # delivered to the subscriber
-    for i in range(first, last):
-        sub.connection.dataReceived(acks[i])
-    for args, d in b.commands.sent:  # XACK
+    while at_b < len(to_b) and to_b[at_b] < last:
+        sub.connection.dataReceived(acks[at_b])
+        at_b += 1
+    for args, d in b.commands.sent:  # XACK (after store writes)
         d.callback(len(args) - 3)
     b.commands.sent.clear()
     sys.setprofile(None)
     on_b += calls[0]
 got = sum(1 for p in sub.received() if isinstance(p, Publish))
-assert got == N, got
+assert got == len(to_b), got
+if SPREAD:
+    # Every crossing message costs its node what B's cost B: all nodes, per message.
+    per_b = on_b / len(to_b)
+    print(f"spread over {SPREAD} nodes, {TURN} a turn: {on_a / N:.1f} Python calls per "
+          f"message on A (publisher's node, 1/{SPREAD} delivered there), {per_b:.1f} per "
+          f"crossing message on its node; all nodes "
+          f"{(on_a + per_b * (N - N // SPREAD)) / N:.1f} per message")
+    sys.exit()
 more = f", to {MORE + 1} nodes{' pipelined' if PIPELINED else ''}" if MORE else ""
 print(f"QoS 1 across nodes, {TURN} a turn{more}: {on_a / N:.1f} Python calls per message "
       f"on A (publisher's node), {on_b / N:.1f} on B (subscriber's), "
@@ -239,6 +273,12 @@ def main() -> None:
     parser.add_argument("--pipelined", action="store_true",
                         help="--cluster --nodes N: the entries pipelined instead (to "
                         "compare)")
+    parser.add_argument("--spread", type=int, default=0,
+                        help="--cluster: the publisher spreads its messages over N nodes "
+                        "(bench/cluster.py --scenario spread, in process): x/0 has a "
+                        "subscriber on A, x/1 on B, x/2... on nodes answered, not read; "
+                        "prints the calls per message of all nodes, one node's "
+                        "(QoS 1, no --cluster) to compare")
     args = parser.parse_args()
     print(f"checkout: {args.checkout}")
     env = {"PYTHONPATH": str(args.checkout)}
@@ -252,7 +292,8 @@ def main() -> None:
         return
     for turn in args.turn or [1, 100]:
         subprocess.run([sys.executable, "-c", _CLUSTER, str(args.messages), str(turn),
-                        str(args.nodes - 1), "1" if args.pipelined else "0"],
+                        str(args.nodes - 1), "1" if args.pipelined else "0",
+                        str(args.spread)],
                        check=True, env=env, cwd=args.checkout)
 
 

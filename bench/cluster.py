@@ -272,11 +272,13 @@ class Publisher(threading.Thread):
             del buf[:rest]
 
 
-def spread(cluster: Cluster, count: int, window: int) -> tuple[float, int]:
+def spread(cluster: Cluster, count: int, window: int) -> tuple[float, int, int]:
     """n nodes, a publisher and a subscriber on each: subscriber j takes topic
     spread/j, every publisher spreads its messages over all the topics, so a fraction
-    (n-1)/n of them cross nodes.  Messages per second over all subscribers, and how
-    many messages (``count`` rounded down to a multiple of n * n)."""
+    (n-1)/n of them cross nodes.  Messages per second over all subscribers, how many
+    messages (``count`` rounded down to a multiple of n * n) and how many were
+    delivered (fewer when a subscriber fell so far behind that its queue overflowed:
+    then the run's CPU figures are not comparable)."""
     n = len(cluster.ports)
     count -= count % (n * n)  # every subscriber gets the same number
     subs = []
@@ -305,7 +307,7 @@ def spread(cluster: Cluster, count: int, window: int) -> tuple[float, int]:
               file=sys.stderr)
     for sock in subs:
         sock.close()
-    return received / elapsed, count
+    return received / elapsed, count, received
 
 
 def main() -> None:
@@ -328,10 +330,11 @@ def main() -> None:
                 cluster = Cluster(n, True)
                 try:
                     before = cluster.cpu()
-                    rate, count = spread(cluster, args.count, args.window)
+                    rate, count, delivered = spread(cluster, args.count, args.window)
                     spent = [a - b for a, b in zip(cluster.cpu(), before)]
                     print(json.dumps({
                         "scenario": "spread", "qos": 1, "nodes": n, "messages": count,
+                        "delivered": delivered,
                         "msgs_per_s": round(rate),
                         "node_cpu_us_per_msg": round(sum(spent[:-1]) / count * 1e6, 1),
                         "redis_cpu_us_per_msg": round(spent[-1] / count * 1e6, 1),

@@ -16,9 +16,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from mqtt_twisted.cluster.batch import (
     BATCH,
     MAX_BATCH,
+    RECORDS,
     Item,
     Outbox,
     directed,
+    item_message,
     read_entry,
     read_push,
 )
@@ -29,6 +31,7 @@ from mqtt_twisted.cluster.resp import ReplyError
 from mqtt_twisted.cluster.router import ClusterRouter
 from mqtt_twisted.cluster.shared import encode_groups
 from mqtt_twisted.codec.packets import Publish
+from mqtt_twisted.constants import PropertyId
 from mqtt_twisted.errors import StorageError
 from mqtt_twisted.message import Message
 from mqtt_twisted.store.redis import decode_message, encode_message
@@ -36,11 +39,16 @@ from mqtt_twisted.testing import FakeClient, make_broker
 
 
 def blob(topic: str, payload: bytes = b"p", qos: int = 1) -> bytes:
-    return encode_message(Message(topic, payload, qos, False))
+    """A message as stored on its own (a directed entry's, a batch's before ``r``)."""
+    return encode_message(msg(topic, payload, qos))
+
+
+def msg(topic: str, payload: bytes = b"p", qos: int = 1) -> Message:
+    return Message(topic, payload, qos, False)
 
 
 def topics(items: list[Item]) -> list[str]:
-    return [decode_message(i[0]).topic for i in items]
+    return [item_message(i).topic for i in items]
 
 
 class Recorder:
@@ -74,12 +82,12 @@ class OutboxTests(SynchronousTestCase):
         entry's reply."""
         fired: list[Any] = []
         for i, to in enumerate(["B", "C", "B", "B"]):
-            self.outbox.append(to, blob(f"t/{i}"), b"B,C", None).addCallback(fired.append)
+            self.outbox.append(to, msg(f"t/{i}"), b"B,C", None).addCallback(fired.append)
         self.assertEqual(self.redis.added, [])
         self.clock.advance(0)
         self.assertEqual([a[0] for a in self.redis.added], ["B", "C"])
         to, fields, d = self.redis.added[0]
-        self.assertEqual(fields[0], BATCH)
+        self.assertEqual(fields[0], RECORDS)
         origin, items = read_entry([b"o", b"A", *fields])  # type: ignore[misc]
         self.assertEqual((origin, topics(items)), ("A", ["t/0", "t/2", "t/3"]))
         self.assertEqual({(i[1], i[2], directed(i)) for i in items}, {(b"B,C", None, None)})
@@ -87,14 +95,14 @@ class OutboxTests(SynchronousTestCase):
         self.assertEqual(fired, [b"5-0"] * 3)
         self.redis.added[1][2].callback(b"5-1")
         self.assertEqual(fired, [b"5-0"] * 3 + [b"5-1"])
-        self.outbox.append("B", blob("next"), b"B", None)
+        self.outbox.append("B", msg("next"), b"B", None)
         self.clock.advance(0)
         self.assertEqual(len(self.redis.added), 3)  # a new turn, a new entry
 
     def test_share_groups_go_with_their_message(self) -> None:
         """A copy for a node's share group members names the groups (sent on or not)."""
-        self.outbox.append("B", blob("s/1"), b"B", ["$share/g/s/+", "$share/h/#"], True)
-        self.outbox.append("B", blob("s/2"), b"B")
+        self.outbox.append("B", msg("s/1"), b"B", ["$share/g/s/+", "$share/h/#"], True)
+        self.outbox.append("B", msg("s/2"), b"B")
         self.clock.advance(0)
         _, items = read_entry([b"o", b"A", *self.redis.added[0][1]])  # type: ignore[misc]
         self.assertEqual([i[2] for i in items],
@@ -104,7 +112,7 @@ class OutboxTests(SynchronousTestCase):
         """Redis refusing the XADD fails every message in it (no PUBACK for any)."""
         failed: list[Failure] = []
         for i in range(3):
-            self.outbox.append("B", blob(f"t/{i}"), b"B", None).addErrback(failed.append)
+            self.outbox.append("B", msg(f"t/{i}"), b"B", None).addErrback(failed.append)
         self.clock.advance(0)
         self.redis.added[0][2].errback(StorageError("down"))
         self.assertEqual([f.type for f in failed], [StorageError] * 3)
@@ -112,7 +120,7 @@ class OutboxTests(SynchronousTestCase):
     def test_a_full_batch_goes_at_once(self) -> None:
         """MAX_BATCH messages are sent without waiting for the end of the turn."""
         for i in range(MAX_BATCH + 1):
-            self.outbox.append("B", blob(f"t/{i}"), b"B", None)
+            self.outbox.append("B", msg(f"t/{i}"), b"B", None)
         self.assertEqual(len(self.redis.added), 1)
         self.assertEqual(len(read_entry([b"o", b"A", *self.redis.added[0][1]])[1]),  # type: ignore[index]
                          MAX_BATCH)
@@ -140,7 +148,7 @@ class OutboxTests(SynchronousTestCase):
         calls = self.transacted()
         fired: list[Any] = []
         for i, to in enumerate(["O", "N", "O"]):
-            self.outbox.append(to, blob(f"t/{i}"), to.encode()).addBoth(fired.append)
+            self.outbox.append(to, msg(f"t/{i}"), to.encode()).addBoth(fired.append)
         self.clock.advance(0)
         self.assertEqual(self.redis.added, [])
         [adds] = calls
@@ -152,7 +160,7 @@ class OutboxTests(SynchronousTestCase):
         self.assertEqual(fired[0], b"7-0")
         self.assertEqual([f.type for f in fired[1:]], [StorageError] * 2)
         self.assertEqual(self.outbox.transactions, 1)
-        self.outbox.append("N", blob("alone"), b"N")
+        self.outbox.append("N", msg("alone"), b"N")
         self.clock.advance(0)
         self.assertEqual((len(calls), [a[0] for a in self.redis.added]), (1, ["N"]))
 
@@ -161,27 +169,27 @@ class OutboxTests(SynchronousTestCase):
         the other destinations' batches of the turn too, in the same transaction: none
         is left to be written after an entry routed later."""
         calls = self.transacted()
-        self.outbox.append("O", blob("first"), b"O")
-        self.outbox.append("N", blob("second"), b"N")
+        self.outbox.append("O", msg("first"), b"O")
+        self.outbox.append("N", msg("second"), b"N")
         self.outbox.flush_entries("N")
         self.assertEqual([[to for to, _ in adds] for adds in calls], [["O", "N"]])
         for i in range(MAX_BATCH + 1):  # O's one, then N's batch full
-            self.outbox.append("N" if i else "O", blob(f"t/{i}"), b"N")
+            self.outbox.append("N" if i else "O", msg(f"t/{i}"), b"N")
         self.assertEqual([[to for to, _ in adds] for adds in calls][1:], [["O", "N"]])
         self.clock.advance(0)
         self.assertEqual((len(calls), self.redis.added), (2, []))
 
     def test_qos0_one_push_per_destination_per_turn(self) -> None:
         """QoS 0 copies of a turn are one pub/sub message per node, with their groups."""
-        self.outbox.publish("B", blob("a", qos=0), None, False)
-        self.outbox.publish("B", blob("b", qos=0), ["$share/g/b"], True)
-        self.outbox.publish("C", blob("c", qos=0), None, False)
+        self.outbox.publish("B", msg("a", qos=0), None, False)
+        self.outbox.publish("B", msg("b", qos=0), ["$share/g/b"], True)
+        self.outbox.publish("C", msg("c", qos=0), None, False)
         self.assertEqual(self.redis.pushed, [])
         self.clock.advance(0)
         self.assertEqual([p[0] for p in self.redis.pushed], ["B", "C"])
         origin, items = read_push(self.redis.pushed[0][1])
         self.assertEqual(origin, "A")
-        self.assertEqual([(decode_message(b).topic, g, r) for b, g, r in items],
+        self.assertEqual([(item_message(i).topic, i[1], i[2]) for i in items],
                          [("a", None, False), ("b", ["$share/g/b"], True)])
 
     def test_old_formats_are_read(self) -> None:
@@ -200,6 +208,31 @@ class OutboxTests(SynchronousTestCase):
         origin, [(b, groups, resent)] = read_push(old)
         self.assertEqual((origin, decode_message(b).topic, groups, resent),
                          ("B", "z", ["$share/g/z"], False))
+        # Batches of messages packed one by one (``p``, before ``r``), both lanes.
+        packed = msgpack.packb([[blob("p1"), b"A", None], [blob("p2"), b"A", None]],
+                               use_bin_type=True)
+        origin, items = read_entry([b"o", b"B", BATCH, packed])  # type: ignore[misc]
+        self.assertEqual((origin, topics(items)), ("B", ["p1", "p2"]))
+        push = msgpack.packb(["B", [[blob("q", qos=0), None, False]]], use_bin_type=True)
+        self.assertEqual(topics(read_push(push)[1]), ["q"])
+
+    def test_properties_cross_in_a_batch(self) -> None:
+        """A v5 message's properties (ids as map keys, user properties as pairs) come
+        out of a batch as they went in, both lanes."""
+        props = {PropertyId.USER_PROPERTY: [("k", "v"), ("k", "w")],
+                 PropertyId.CONTENT_TYPE: "text/plain", PropertyId.CORRELATION_DATA: b"\x00"}
+        message = Message("t/p", b"x", 1, True, None, dict(props), 12.5, "sender")
+        self.outbox.append("B", message, b"B")
+        self.outbox.publish("B", Message("t/q", b"y", 0, False, None, dict(props)), None, False)
+        self.clock.advance(0)
+        _, items = read_entry([b"o", b"A", *self.redis.added[0][1]])  # type: ignore[misc]
+        got = item_message(items[0])
+        self.assertEqual((got, got.properties, got.received_at, got.sender),
+                         (message, props, 12.5, "sender"))
+        self.assertEqual({name: getattr(got, name) for name in Message.__slots__},
+                         {name: getattr(message, name) for name in Message.__slots__})
+        _, pushed = read_push(self.redis.pushed[0][1])
+        self.assertEqual(item_message(pushed[0]).properties, props)
 
 
 class BarrierEntryTests(SynchronousTestCase):
@@ -218,20 +251,23 @@ class BarrierEntryTests(SynchronousTestCase):
         seen: list[tuple[str, dict[bytes, bytes]]] = []
         node.barriers.entry = lambda client_id, record: seen.append((client_id, record))
         got: list[str] = []
-        node.router = SimpleNamespace(receive=lambda message, *rest: got.append(message.topic))
+        node.router = SimpleNamespace(plain_receiver=lambda: None,
+                                      receive=lambda message, *rest: got.append(message.topic))
         reader = InboxReader(node)  # type: ignore[arg-type]
         reader.start()
         outbox = Outbox(clock, "P", Recorder().add, Recorder().push)
         packed: list[tuple[Any, ...]] = []
         outbox._add = lambda to, *fields: packed.append(fields) or Deferred()  # type: ignore[assignment]
-        outbox.append("A", blob("before"), b"A")
+        outbox.append("A", msg("before"), b"A")
         outbox.flush()
         barrier = [b"o", b"N", b"c", b"cid", b"a", b"P"]
         node.reader.replies[0].callback([[b"s:A", [(b"1-0", [b"o", b"P", *packed[0]]),
                                                    (b"2-0", barrier)]]])
         self.assertEqual((got, seen), (["before"], [("cid", dict(zip(barrier[::2],
                                                                       barrier[1::2])))]))
-        self.assertEqual(node.commands.sent, [(b"XACK", b"s:A", b"A", b"1-0", b"2-0")])
+        # Acknowledged on the reader's connection, just before its next read.
+        self.assertEqual(node.reader.sent[1], (b"XACK", b"s:A", b"A", b"1-0", b"2-0"))
+        self.assertEqual(node.reader.sent[2][0], b"XREADGROUP")
         drain = Drain(node, "Z")  # type: ignore[arg-type]
         origin, items = read_entry(barrier)  # type: ignore[misc]
         self.assertIsNone(drain._full_offline(items[0]))
@@ -247,8 +283,8 @@ class LinkTransactionTests(SynchronousTestCase):
         node = fake_node(broker, clock)
         link = NodeLink(node)  # type: ignore[arg-type]
         fired: list[Any] = []
-        link.append("O", blob("a"), b"O,N").addBoth(fired.append)
-        link.append("N", blob("a"), b"O,N").addBoth(fired.append)
+        link.append("O", msg("a"), b"O,N").addBoth(fired.append)
+        link.append("N", msg("a"), b"O,N").addBoth(fired.append)
         clock.advance(0)
         sent = node.commands.sent
         self.assertEqual([c[0] for c in sent], [b"MULTI", b"XADD", b"XADD", b"EXEC"])
@@ -258,8 +294,8 @@ class LinkTransactionTests(SynchronousTestCase):
         node.commands.replies[3].callback([b"1-0", ReplyError("ERR refused")])
         self.assertEqual(fired[0], b"1-0")
         self.assertIsInstance(fired[1].value, ReplyError)
-        link.append("O", blob("b"), b"O,N").addBoth(fired.append)
-        link.append("N", blob("b"), b"O,N").addBoth(fired.append)
+        link.append("O", msg("b"), b"O,N").addBoth(fired.append)
+        link.append("N", msg("b"), b"O,N").addBoth(fired.append)
         clock.advance(0)
         node.commands.replies[-1].errback(StorageError("Redis connection lost"))
         self.assertEqual([type(f.value) for f in fired[2:]], [StorageError] * 2)
@@ -271,8 +307,8 @@ class LinkTransactionTests(SynchronousTestCase):
         broker, clock = make_broker()
         node = fake_node(broker, clock)
         link = NodeLink(node)  # type: ignore[arg-type]
-        link.append("O", blob("a"), b"O")
-        link.append("N", blob("a"), b"N")
+        link.append("O", msg("a"), b"O")
+        link.append("N", msg("a"), b"N")
         link.barrier("O", "cid", b"b", "P")
         sent = node.commands.sent
         self.assertEqual([c[:2] for c in sent], [(b"MULTI",), (b"XADD", b"s:O"),
@@ -329,7 +365,7 @@ class InboxTests(SynchronousTestCase):
                 reader.publisher.throttle()  # a subscriber here cannot take more
             return 1
 
-        self.node.router = SimpleNamespace(receive=receive)
+        self.node.router = SimpleNamespace(plain_receiver=lambda: None, receive=receive)
 
     def test_paused_within_an_entry_and_resumed(self) -> None:
         """A subscriber that holds the reader back after the 2nd of 4 messages of an
@@ -339,7 +375,7 @@ class InboxTests(SynchronousTestCase):
         packed = []
         outbox._add = lambda to, *fields: packed.append(fields) or Deferred()  # type: ignore[assignment]
         for i in range(4):
-            outbox.append("A", blob(f"t/{i}"), b"A", None)
+            outbox.append("A", msg(f"t/{i}"), b"A", None)
         outbox.flush()
         self.reader.start()
         [read] = self.node.reader.replies
@@ -353,8 +389,10 @@ class InboxTests(SynchronousTestCase):
         self.assertEqual([t for t, _ in self.got],
                          ["t/0", "t/1", "(resumed)", "t/2", "t/3", "u"])
         self.assertEqual(self.got[-1][1], (b"m:s", b"7-1"))
-        self.assertEqual(self.node.commands.sent, [(b"XACK", b"s:A", b"A", b"7-0", b"7-1")])
-        self.assertEqual(len(self.node.reader.replies), 2)  # reading on
+        # XACK and the next read, one after the other on the reader's connection.
+        self.assertEqual(self.node.reader.sent[1], (b"XACK", b"s:A", b"A", b"7-0", b"7-1"))
+        self.assertEqual(self.node.reader.sent[2][0], b"XREADGROUP")
+        self.assertEqual(self.node.commands.sent, [])
         self.assertIsNone(self.node.store.mark)
 
 
@@ -363,13 +401,13 @@ class InboxTests(SynchronousTestCase):
         turn each (a long turn would hold up the lease renewal); each entry is
         acknowledged once delivered whole."""
         self.node.router = SimpleNamespace(
-            receive=lambda message, *rest: self.got.append((message.topic, None)))
+            plain_receiver=lambda: None, receive=lambda message, *rest: self.got.append((message.topic, None)))
         packed = []
         outbox = Outbox(self.clock, "B", Recorder().add, Recorder().push)
         outbox._add = lambda to, *fields: packed.append(fields) or Deferred()  # type: ignore[assignment]
         total = TURN_MESSAGES + MAX_BATCH // 2
         for i in range(total):
-            outbox.append("A", blob(f"t/{i}"), b"A", None)
+            outbox.append("A", msg(f"t/{i}"), b"A", None)
         outbox.flush()
         self.reader.start()
         [read] = self.node.reader.replies
@@ -382,8 +420,10 @@ class InboxTests(SynchronousTestCase):
         self.assertEqual(len(self.node.reader.replies), 1)  # no read before the rest
         self.clock.advance(0)
         self.assertEqual([t for t, _ in self.got], [f"t/{i}" for i in range(total)])
-        self.assertEqual(self.node.commands.sent[-1], (b"XACK", b"s:A", b"A", *ids[whole:]))
-        self.assertEqual(len(self.node.reader.replies), 2)  # reading on
+        # The rest: acknowledged before the next read, on the reader's connection.
+        self.assertEqual(self.node.reader.sent[1], (b"XACK", b"s:A", b"A", *ids[whole:]))
+        self.assertEqual(self.node.reader.sent[2][0], b"XREADGROUP")
+        self.assertEqual(len(self.node.commands.sent), 1)
 
 
 class DrainMarkTests(SynchronousTestCase):

@@ -21,7 +21,6 @@ from mqtt_twisted.cluster.routes import (
 from mqtt_twisted.codec.packets import PubAck, Publish, PubRec
 from mqtt_twisted.interfaces import IRouter
 from mqtt_twisted.message import Message
-from mqtt_twisted.store.redis import decode_message
 from mqtt_twisted.testing import FakeClient, make_broker
 
 
@@ -44,15 +43,15 @@ class RecordingLink:
     def unshare(self, key: str) -> None:
         self.calls.append(("unshare", key))
 
-    def publish(self, node: str, blob: bytes, groups: list[str] | None = None,
+    def publish(self, node: str, message: Message, groups: list[str] | None = None,
                 resent: bool = False) -> None:
         extra = (tuple(groups), resent) if groups else ()
-        self.calls.append(("publish", node, decode_message(blob).topic, *extra))
+        self.calls.append(("publish", node, message.topic, *extra))
 
-    def append(self, node: str, blob: bytes, destinations: bytes = b"",
+    def append(self, node: str, message: Message, destinations: bytes = b"",
                groups: list[str] | None = None, resent: bool = False) -> Deferred[Any]:
         extra = (tuple(groups), resent) if groups else ()
-        self.calls.append(("append", node, decode_message(blob).topic, *extra))
+        self.calls.append(("append", node, message.topic, *extra))
         d: Deferred[Any] = Deferred()
         self.appends.append(d)
         return d

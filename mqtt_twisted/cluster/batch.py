@@ -12,15 +12,25 @@ whose items are unpacked by one ``msgpack`` call in C.
 
 Stream entry fields (``o`` the origin node first, as before):
 
-- ``p``: a batch, ``msgpack [[message, d, g], ...]`` — ``message`` the stored form
-  (``encode_message``), ``d`` every node the message went to (``moved.py`` reads it),
-  ``g`` the share groups field (``shared.encode_groups``) or nil;
+- ``r``: a batch, ``msgpack [[message, d, g], ...]`` — ``message`` the stored form
+  (``store.redis.with_records``: the array ``encode_message`` packs, here unpacked
+  with the rest: the whole batch is packed in one msgpack call and read in one, no
+  second pack and unpack per message), ``d`` every node the message went to
+  (``moved.py`` reads it), ``g`` the share groups field (``shared.encode_groups``) or
+  nil;
+- ``p``: the same with each message packed on its own (``encode_message``), as
+  written before ``r`` (still read);
 - ``m`` (with ``d``, ``g``, or ``c`` for a session that moved, ``moved.py``): one
   message, as written before batching (and still for directed entries); read as a
   batch of one.
 
-A QoS 0 pub/sub message is ``msgpack [origin, [[message, groups, resent], ...]]``
-(before: ``[origin, message, groups, resent]``, still read).
+A QoS 0 pub/sub message is ``msgpack [origin, [[message, groups, resent], ...]]``,
+``message`` the stored form unpacked as in ``r`` (before: packed, or
+``[origin, message, groups, resent]``; both still read).
+
+A node reads what nodes of earlier versions write; nodes of earlier versions do not
+read ``r`` entries nor unpacked QoS 0 messages: the nodes of a cluster are upgraded
+together.
 
 Order: the batches of a turn are flushed before anything else is written to a
 stream (a directed or a handover barrier entry), so each stream keeps the order its
@@ -32,8 +42,10 @@ O), so when a flush has entries for several nodes they go in one MULTI/EXEC: Red
 makes them visible at once, no reader sees one stream's entry of the turn before
 another's.  It costs two commands per flush that has several destinations (none
 with one); ``bench/calls_per_message.py --cluster`` counts it.  The publisher's
-acknowledgement waits for its message's entry as before (each message gets its own
-Deferred, fired by the batch's reply).
+acknowledgement waits for its message's entry as before: the messages of an entry
+share one :class:`~mqtt_twisted.core.journal.SharedWrite`, fired by the entry's
+reply (a Deferred each cost 5 Python calls a message; the PUBACKs of a publisher's
+messages in one entry then wait as one, ``inbound.ack_after``).
 
 Sans-IO apart from the injected reactor's ``callLater(0, ...)``: the flush is the
 next reactor iteration, after every socket read of this one.
@@ -49,9 +61,13 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from mqtt_twisted.cluster.shared import encode_groups
+from mqtt_twisted.core.journal import SharedWrite
+from mqtt_twisted.message import Message
+from mqtt_twisted.store.redis import decode_message, message_from_record, with_records
 
-#: A stream entry's batch field ("packed"; not ``b``, which a handover's barrier
-#: entries use in the cluster-correctness work).
+#: A stream entry's batch field ("records"), and the one before it ("packed"; not
+#: ``b``, which a handover's barrier entries use).
+RECORDS = b"r"
 BATCH = b"p"
 #: A batch is sent before it grows past this many messages or this many bytes of
 #: messages (a stream entry and a Redis reply stay small; flow control on the
@@ -63,20 +79,28 @@ _pack = msgpack.Packer(use_bin_type=True).pack
 
 
 def _unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False)
+    # (strict_map_key off: a message's properties are a map of property ids.)
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
 #: One message of a stream entry as read, still encoded (lists, as msgpack unpacks
 #: them: no object per message): ``[message, destinations, groups]`` — the stored form
-#: (``decode_message`` reads it), every node it went to comma-separated (``moved.py``),
-#: ``shared.encode_groups``' field or None — and, for a directed entry, the client id
-#: of its session (``moved.py``) fourth.
+#: (a list in an ``r`` batch, ``message_from_record`` reads it; packed bytes otherwise,
+#: ``decode_message``: :func:`item_message` reads either), every node it went to
+#: comma-separated (``moved.py``), ``shared.encode_groups``' field or None — and, for
+#: a directed entry, the client id of its session (``moved.py``) fourth.
 Item = list
 
 
 def directed(item: Item) -> bytes | None:
     """A directed entry's client id, or None."""
     return item[3] if len(item) > 3 else None
+
+
+def item_message(item: Item) -> Message:
+    """The message of an item (of a stream entry or a QoS 0 push), in either form."""
+    stored = item[0]
+    return message_from_record(stored) if type(stored) is list else decode_message(stored)
 
 
 def read_entry(fields: list[Any] | None) -> tuple[str, list[Item]] | None:
@@ -88,7 +112,7 @@ def read_entry(fields: list[Any] | None) -> tuple[str, list[Item]] | None:
         return None
     record = dict(zip(fields[::2], fields[1::2]))
     origin = record[b"o"].decode("utf-8")
-    batch = record.get(BATCH)
+    batch = record.get(RECORDS) or record.get(BATCH)
     if batch is not None:
         items = _unpack(batch)
         if type(items) is not list:  # (an item that is not ours: skipped as it is read)
@@ -102,21 +126,23 @@ def read_entry(fields: list[Any] | None) -> tuple[str, list[Item]] | None:
     return origin, [item]
 
 
-def read_push(data: bytes) -> tuple[str, list[tuple[bytes, list[str] | None, bool]]]:
-    """A QoS 0 pub/sub message: its origin node and ``(message, groups, resent)``s."""
+def read_push(data: bytes) -> tuple[str, list[Item]]:
+    """A QoS 0 pub/sub message: its origin node and ``[message, groups, resent]``s
+    (:func:`item_message` reads the message)."""
     origin, body, *rest = _unpack(data)
     if type(body) is list:
         return origin, body
     groups, resent = rest
-    return origin, [(body, groups, resent)]
+    return origin, [[body, groups, resent]]
 
 
 class _Batch:
-    __slots__ = ("items", "deferreds", "size")
+    __slots__ = ("items", "write", "size")
 
     def __init__(self) -> None:
         self.items: list[list[Any]] = []
-        self.deferreds: list[Deferred[Any]] = []
+        #: What every message of the batch waits for: the entry's reply.
+        self.write = SharedWrite()
         self.size = 0
 
 
@@ -147,31 +173,30 @@ class Outbox:
         self.messages = 0
         self.transactions = 0
 
-    def append(self, to: str, blob: bytes, destinations: bytes = b"",
-               groups: list[str] | None = None, resent: bool = False) -> Deferred[Any]:
-        """A QoS 1/2 copy for ``to`` (``NodeLink.append``'s arguments): fires with its
-        entry's id once Redis has it."""
+    def append(self, to: str, message: Message, destinations: bytes = b"",
+               groups: list[str] | None = None, resent: bool = False) -> SharedWrite:
+        """A QoS 1/2 copy for ``to`` (``NodeLink.append``'s arguments): the batch's
+        write, which fires with its entry's id once Redis has it (shared by every
+        message of the entry).  The message is packed when the batch is sent."""
         batch = self._entries.get(to)
         if batch is None:
             batch = self._entries[to] = _Batch()
             self._schedule()
-        d: Deferred[Any] = Deferred()
-        batch.items.append([blob, destinations,
+        batch.items.append([message, destinations,
                             encode_groups(groups, resent) if groups else None])
-        batch.deferreds.append(d)
-        batch.size += len(blob)
+        batch.size += len(message.payload)
         if len(batch.items) >= MAX_BATCH or batch.size >= MAX_BATCH_BYTES:
             self.flush_entries(to)
-        return d
+        return batch.write
 
-    def publish(self, to: str, blob: bytes, groups: list[str] | None,
+    def publish(self, to: str, message: Message, groups: list[str] | None,
                 resent: bool) -> None:
         """A QoS 0 copy for ``to`` (at most once: nothing to wait for)."""
         items = self._pushes.get(to)
         if items is None:
             items = self._pushes[to] = []
             self._schedule()
-        items.append([blob, groups, resent])
+        items.append([message, groups, resent])
         if len(items) >= MAX_BATCH:
             self._send_push(to, self._pushes.pop(to))
 
@@ -205,31 +230,23 @@ class Outbox:
             self.messages += len(batch.items)
         try:
             if len(batches) == 1 or self._transaction is None:
-                replies = [self._add(dest, BATCH, _pack(batch.items))
+                replies = [self._add(dest, RECORDS, _pack(with_records(batch.items)))
                            for dest, batch in batches]
             else:
                 self.transactions += 1
-                replies = self._transaction([(dest, (BATCH, _pack(batch.items)))
-                                             for dest, batch in batches])
+                replies = self._transaction([
+                    (dest, (RECORDS, _pack(with_records(batch.items))))
+                    for dest, batch in batches])
         except Exception:
             failure = Failure()
             for _, batch in batches:
-                _fire(failure, batch.deferreds)
+                batch.write.fire(failure)
             return
         for d, (_, batch) in zip(replies, batches):
-            d.addBoth(_fire, batch.deferreds)
+            d.addBoth(batch.write.fire)
 
     def _send_push(self, to: str, items: list[list[Any]]) -> None:
         self.batches += 1
         self.messages += len(items)
-        self._push(to, _pack([self.origin, items]))
+        self._push(to, _pack([self.origin, with_records(items)]))
 
-
-def _fire(result: Any, deferreds: list[Deferred[Any]]) -> None:
-    """The batch's reply to each of its messages (a failure: each one fails)."""
-    if isinstance(result, Failure):
-        for d in deferreds:
-            d.errback(result)
-    else:
-        for d in deferreds:
-            d.callback(result)

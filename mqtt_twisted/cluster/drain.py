@@ -33,7 +33,7 @@ from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from mqtt_twisted.cluster.batch import Item
+from mqtt_twisted.cluster.batch import Item, item_message
 from mqtt_twisted.cluster.inbox import (
     READ_COUNT,
     TURN_MESSAGES,
@@ -42,7 +42,6 @@ from mqtt_twisted.cluster.inbox import (
 )
 from mqtt_twisted.cluster.pace import SLICE
 from mqtt_twisted.core.states import CONNECTED
-from mqtt_twisted.store.redis import decode_message
 
 if TYPE_CHECKING:
     from mqtt_twisted.cluster.node import ClusterNode
@@ -222,7 +221,7 @@ class Drain:
             if len(item) > 3:  # directed to one session (moved.py)
                 client_ids = [item[3].decode("utf-8")]
             else:
-                topic = decode_message(item[0]).topic
+                topic = item_message(item).topic
                 client_ids = [c for c, _ in self.node.router.local.tree.match(topic)]
         except Exception:
             return None  # deliver_items says what is wrong with it

@@ -7,6 +7,13 @@ turn, and acknowledged (``XACK``) once the store writes those deliveries made ar
 a failed write leaves them pending.  At start the node first reads what an
 earlier run of it left unacknowledged, then new entries.
 
+Entries whose deliveries made no store write to wait for (clean sessions) are
+acknowledged on the reader's connection just before the next ``XREADGROUP``: one
+socket write for both, and their replies in one read, instead of an ``XACK`` and its
+reply on the commands connection as well.  An ``XACK`` lost with its connection is
+sent again before the next read, on the same connection, so Redis has it before the
+read that would return those entries again.
+
 Flow control: while it delivers, the reader is ``broker.publisher``, so a subscriber
 that cannot keep up holds it back as it would a client's connection; the rest of the
 batch (of the entry too) then waits, read but unacknowledged, until the subscriber
@@ -23,9 +30,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mqtt_twisted.cluster.batch import Item, read_entry
+from mqtt_twisted.cluster.resp import ReplyError
 from mqtt_twisted.cluster.shared import decode_groups
 from mqtt_twisted.core.states import CONNECTED
-from mqtt_twisted.store.redis import decode_message
+from mqtt_twisted.store.redis import decode_message, message_from_record
 
 if TYPE_CHECKING:
     from mqtt_twisted.cluster.node import ClusterNode
@@ -59,7 +67,11 @@ def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int 
         record = items[0]
         return 1, broker.writes_of(node.barriers.entry, record[b"c"].decode("utf-8"),
                                    record)[1]
-    receive = node.router.receive
+    router = node.router
+    receive = router.receive
+    # The usual case, a message for plain subscriptions only: straight to the local
+    # router, as ``ClusterRouter.receive`` would (``plain`` counts them for it).
+    dispatch = router.plain_receiver()
     store = node.store
     if field is None:
         field = node.mark_field
@@ -69,6 +81,7 @@ def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int 
     def deliver() -> None:
         # One writes_of for the lot: it collects every store write made meanwhile.
         index = start
+        plain = 0
         try:
             while index < end:
                 item = items[index]
@@ -77,20 +90,27 @@ def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int 
                                   entry_id if not index else b"%s.%d" % (entry_id, index))
                 index += 1
                 try:
-                    message = decode_message(item[0])
+                    stored = item[0]  # (batch.item_message, inline)
+                    message = (message_from_record(stored) if type(stored) is list
+                               else decode_message(stored))
                     groups, resent = decode_groups(item[2]) if item[2] else (None, False)
                     to = item[3].decode("utf-8") if len(item) > 3 else None
                 except Exception as e:
                     log.warn("cluster: a stream message could not be read: {error}", error=e)
                     continue
-                if to is None:
-                    receive(message, origin, groups, resent, item[1])
-                else:  # for one session that came here from its node before (moved.py)
+                if to is not None:  # for one session that came here before (moved.py)
                     node.moved.directed(to, message)
+                elif groups is None and dispatch is not None:
+                    plain += 1
+                    dispatch(message, origin)
+                else:
+                    receive(message, origin, groups, resent, item[1])
                 if publisher is not None and publisher.paused:
                     break
         finally:
             at[0] = index
+            if plain:
+                router.received += plain
 
     broker.publisher = publisher
     barriers = node.barriers
@@ -155,6 +175,9 @@ class InboxReader:
         self._current: tuple[str, list[Item]] | None = None
         self._next = 0
         self._writes: list[Any] = []
+        #: Entries delivered whose XACK goes before the next read (pipelined with it), or
+        #: whose XACK was lost with its connection.
+        self._unacked: list[bytes] = []
 
     def start(self) -> None:
         self._read()
@@ -177,6 +200,9 @@ class InboxReader:
             return
         self._reading = True
         node = self.node
+        if self._unacked:
+            self._ack_now(node.reader, self._unacked)
+            self._unacked = []
         d = node.reader.command_blocking(
             READ_BLOCK, b"XREADGROUP", b"GROUP", node.group, node.group, b"COUNT",
             READ_COUNT, b"BLOCK", int(READ_BLOCK * 1000), b"STREAMS",
@@ -235,26 +261,38 @@ class InboxReader:
             ids.append(entry_id)
             writes += self._writes
             self._writes = []
+        reading = not backlog and not publisher.paused
         if ids:
-            self._ack(ids, writes)
-        if not backlog and not publisher.paused:
+            if writes or not reading:
+                self._ack(ids, writes)
+            else:
+                self._unacked += ids  # with the next read (below), on its connection
+        if reading:
             self._read()
 
     def _ack(self, ids: list[bytes], writes: list[Any]) -> None:
         """XACK once the local deliveries are stored (a failed store write leaves
         the entries pending: read again when the node starts again)."""
         node = self.node
+        if not writes:
+            self._ack_now(node.commands, ids)
+            return
+        d = gatherResults(writes, consumeErrors=True)
+        d.addCallbacks(lambda _: self._ack_now(node.commands, ids), node._failed,
+                       errbackArgs=("acknowledging stream entries",))
 
-        def ack(_: Any) -> Any:
-            return node.commands.command(b"XACK", node.keys.inbox(node.name), node.group,
-                                         *ids)
+    def _ack_now(self, client: Any, ids: list[bytes]) -> None:
+        """XACK ``ids`` on ``client``'s connection; lost with it, again before the next
+        read (an error reply is logged: nothing would make a second one succeed)."""
+        node = self.node
 
-        if writes:
-            d = gatherResults(writes, consumeErrors=True)
-            d.addCallback(ack)
-        else:
-            d = ack(None)
-        d.addErrback(node._failed, "acknowledging stream entries")
+        def failed(failure: Failure) -> None:
+            if not failure.check(ReplyError) and not self._stopped:
+                self._unacked += ids
+            node._failed(failure, "acknowledging stream entries")
+
+        client.command(b"XACK", node.keys.inbox(node.name), node.group,
+                       *ids).addErrback(failed)
 
     def _read_failed(self, failure: Failure) -> None:
         if self._stopped:

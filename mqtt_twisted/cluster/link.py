@@ -12,7 +12,9 @@ from twisted.python.failure import Failure
 
 from mqtt_twisted.cluster.batch import Outbox
 from mqtt_twisted.cluster.routes import ADD, REMOVE, SHARE, encode_change
+from mqtt_twisted.core.journal import SharedWrite
 from mqtt_twisted.errors import StorageError
+from mqtt_twisted.message import Message
 from mqtt_twisted.store.redis import encode_message
 
 if TYPE_CHECKING:
@@ -83,20 +85,20 @@ class NodeLink:
                      change=encode_change(REMOVE, node.name, key),
                      what="removing a share group")
 
-    def publish(self, to: str, blob: bytes, groups: list[str] | None = None,
+    def publish(self, to: str, message: Message, groups: list[str] | None = None,
                 resent: bool = False) -> None:
         """QoS 0: at most once, like QoS 0 itself (SPUBLISH where Redis has it), in this
         turn's pub/sub message for ``to``.  ``groups``: the share groups node ``to``
         gives it to (``router.py``); ``resent``: it is not sent on again."""
-        self.outbox.publish(to, blob, groups, resent)
+        self.outbox.publish(to, message, groups, resent)
 
-    def append(self, to: str, blob: bytes, destinations: bytes = b"",
-               groups: list[str] | None = None, resent: bool = False) -> Deferred[Any]:
+    def append(self, to: str, message: Message, destinations: bytes = b"",
+               groups: list[str] | None = None, resent: bool = False) -> SharedWrite:
         """QoS 1/2, in this turn's stream entry for ``to``: fires once the entry is in
         node ``to``'s stream.  ``destinations``: every node the message was sent to
         (``moved.py`` reads it); the share groups ``to`` gives it to and whether it was
         sent on, only when there are some (``router.py``)."""
-        return self.outbox.append(to, blob, destinations, groups, resent)
+        return self.outbox.append(to, message, destinations, groups, resent)
 
     def direct(self, to: str, client_id: str, message: Any) -> Deferred[Any]:
         """A QoS 1/2 message for one session that left here for ``to`` (``moved.py``),

@@ -44,7 +44,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mqtt_twisted.cluster.barrier import Barriers
-from mqtt_twisted.cluster.batch import read_push
+from mqtt_twisted.cluster.batch import item_message, read_push
 from mqtt_twisted.cluster.client import RedisClient
 from mqtt_twisted.cluster.failover import LEASE, Failover
 from mqtt_twisted.cluster.fence import Fence
@@ -60,7 +60,7 @@ from mqtt_twisted.cluster.turns import TurnProbe
 from mqtt_twisted.cluster.wills import WillKeeper
 from mqtt_twisted.constants import ReasonCode
 from mqtt_twisted.errors import ConnectError, StorageError
-from mqtt_twisted.store.redis import decode_message, endpoint
+from mqtt_twisted.store.redis import endpoint
 from mqtt_twisted.store.replicas import ReplicaWait
 
 log = Logger()
@@ -403,9 +403,10 @@ class ClusterNode:
             log.warn("cluster: an inbox message could not be read: {error}", error=e)
             return
         receive = self.router.receive
-        for blob, groups, resent in items:
+        for item in items:
             try:
-                message = decode_message(blob)
+                message = item_message(item)
+                _, groups, resent = item
             except Exception as e:
                 log.warn("cluster: an inbox message could not be read: {error}", error=e)
                 continue

@@ -44,7 +44,6 @@ from mqtt_twisted.core.shared import Strategy
 from mqtt_twisted.interfaces import IRouter
 from mqtt_twisted.message import Message
 from mqtt_twisted.records import Outbound
-from mqtt_twisted.store.redis import encode_message
 
 
 @implementer(IRouter)
@@ -56,9 +55,9 @@ class ClusterRouter:
         self.local = local
         self.name = name
         #: ``register(filter)``, ``unregister(filter)``, ``share(key, weight)``,
-        #: ``unshare(key)``, ``publish(node, blob, groups, resent)`` (QoS 0) and
-        #: ``append(node, blob, groups, resent)`` (QoS 1/2, a Deferred fired once Redis
-        #: has it).
+        #: ``unshare(key)``, ``publish(node, message, groups, resent)`` (QoS 0) and
+        #: ``append(node, message, destinations, groups, resent)`` (QoS 1/2, a
+        #: Deferred-like write fired once Redis has it).
         self.link = link
         self.persist = persist
         self.routes = RouteTable(name)
@@ -187,9 +186,19 @@ class ClusterRouter:
             return self._dispatch_groups(message)
         if not routes.by_node and not self.leaving:
             return self.local.dispatch(message, origin)
-        nodes = routes.nodes_for(message.topic) if routes.by_node else set()
+        nodes, destinations = routes.cache.get(message.topic) or routes.route(message.topic)
         if nodes:
-            self._forward(message, nodes)
+            # _forward inline (no share groups, nothing resent): on every crossing message.
+            self.forwarded += len(nodes)
+            link = self.link
+            if message.qos:
+                persist = self.persist
+                for node in nodes:
+                    # Collected by the journal when a publisher waits for its PUBACK.
+                    persist(link.append(node, message, destinations))
+            else:
+                for node in nodes:
+                    link.publish(node, message)
         if self.leaving and message.qos:
             self.moved.forward(message, nodes)
         return len(nodes) + self.local.dispatch(message, origin)
@@ -223,19 +232,18 @@ class ClusterRouter:
     def _forward(self, message: Message, nodes: set[str],
                  picks: dict[str, list[str]] | None = None, resent: bool = False) -> None:
         """One copy per node; ``picks`` names the share groups each node serves."""
-        blob = encode_message(message)
         link = self.link
         self.forwarded += len(nodes)
         if not message.qos:
             for node in nodes:
-                link.publish(node, blob, picks.get(node) if picks else None, resent)
+                link.publish(node, message, picks.get(node) if picks else None, resent)
             return
         # Every destination, in each entry: moved.py forwards only what its session's
         # new node did not get directly.
-        destinations = ",".join(nodes).encode("utf-8")
+        destinations = ",".join(sorted(nodes)).encode("utf-8")
         for node in nodes:
             # Collected by the journal when a publisher waits for its acknowledgement.
-            self.persist(link.append(node, blob, destinations,
+            self.persist(link.append(node, message, destinations,
                                      picks.get(node) if picks else None, resent))
 
     def receive(self, message: Message, origin: str, groups: list[str] | None = None,
@@ -262,6 +270,15 @@ class ClusterRouter:
                 # (a dead node's stream delivered by its adopter, say).
                 delivered += self._send_on(key, message)
         return delivered
+
+    def plain_receiver(self) -> Callable[[Message, str], int] | None:
+        """What :meth:`receive` comes down to for a peer's message that names no share
+        group, while no share group has members here and no session is leaving: the
+        local router's dispatch, which the inbox calls directly for each message of a
+        stream entry (adding them to ``received``); None otherwise."""
+        if self.leaving or self.local.shared_groups:
+            return None
+        return self.local.dispatch
 
     def _online_elsewhere(self, key: str) -> bool:
         """Whether a peer has an online member of ``key`` (by its last weight)."""

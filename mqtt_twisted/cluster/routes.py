@@ -55,7 +55,7 @@ CACHED_TOPICS = 4096
 class RouteTable:
     """Remote filters -> node names, for every node but this one."""
 
-    __slots__ = ("me", "tree", "by_node", "shared", "_syncing", "_cache")
+    __slots__ = ("me", "tree", "by_node", "shared", "_syncing", "cache")
 
     def __init__(self, me: str) -> None:
         self.me = me
@@ -64,22 +64,29 @@ class RouteTable:
         self.shared = SharedRoutes(me)
         #: Changes heard while a snapshot is being read, applied after it.
         self._syncing: list[tuple[Any, ...]] | None = None
-        #: topic -> its nodes, until the next change (a publisher's topics repeat: one
-        #: dictionary look per message instead of a walk of the tree).
-        self._cache: dict[str, frozenset[str]] = {}
+        #: topic -> its nodes and their names comma-separated (:meth:`route`), until the
+        #: next change (a publisher's topics repeat: one dictionary look per message
+        #: instead of a walk of the tree; the router looks here first, inline).
+        self.cache: dict[str, tuple[frozenset[str], bytes]] = {}
 
     def __len__(self) -> int:
         return len(self.tree)
 
-    def nodes_for(self, topic: str) -> set[str]:
-        """The peer nodes with a filter that matches ``topic`` (a set of the caller's)."""
-        nodes = self._cache.get(topic)
-        if nodes is None:
-            cache = self._cache
+    def route(self, topic: str) -> tuple[frozenset[str], bytes]:
+        """The peer nodes with a filter that matches ``topic``, and their names
+        comma-separated (a stream entry's ``d`` field, ``moved.py``), cached."""
+        hit = self.cache.get(topic)
+        if hit is None:
+            cache = self.cache
             if len(cache) >= CACHED_TOPICS:
                 cache.clear()
-            nodes = cache[topic] = frozenset([n for n, _ in self.tree.match(topic)])
-        return set(nodes)
+            nodes = frozenset([n for n, _ in self.tree.match(topic)])
+            hit = cache[topic] = (nodes, ",".join(sorted(nodes)).encode("utf-8"))
+        return hit
+
+    def nodes_for(self, topic: str) -> set[str]:
+        """The peer nodes with a filter that matches ``topic`` (a set of the caller's)."""
+        return set(self.route(topic)[0])
 
     # --- changes ---
 
@@ -109,14 +116,14 @@ class RouteTable:
         if topic_filter not in filters:
             filters.add(topic_filter)
             self.tree.add(topic_filter, node, True)
-            self._cache.clear()
+            self.cache.clear()
 
     def _remove(self, node: str, topic_filter: str) -> None:
         filters = self.by_node.get(node)
         if filters is not None and topic_filter in filters:
             filters.discard(topic_filter)
             self.tree.remove(topic_filter, node)
-            self._cache.clear()
+            self.cache.clear()
             if not filters:
                 del self.by_node[node]
 
@@ -135,7 +142,7 @@ class RouteTable:
         held, self._syncing = self._syncing or [], None
         self.tree = TopicTree()
         self.by_node = {}
-        self._cache = {}
+        self.cache = {}
         self.shared = SharedRoutes(self.me)
         for node, filters in snapshot.items():
             if node != self.me:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from twisted.python.failure import Failure
@@ -20,6 +19,7 @@ from mqtt_twisted.codec.packets import Packet
 from mqtt_twisted.codec.topics import is_reserved_topic
 from mqtt_twisted.constants import PropertyId, ReasonCode
 from mqtt_twisted.core import clientlog
+from mqtt_twisted.core.journal import SharedWrite
 from mqtt_twisted.core.limits import topic_refusal
 from mqtt_twisted.core.router import LOCAL
 from mqtt_twisted.core.states import CLOSED
@@ -180,13 +180,14 @@ def publish(conn: MQTTConnection, message: Message, allowed: bool) -> None:
         reply(conn, PubRec(pid, code), writes)
     elif writes or conn._acks:
         conn._unacked_qos1 += 1  # counts towards the receive maximum until PUBACK
-        ack_after(conn, PubAck(pid, code), writes, partial(qos1_acked, conn))
+        ack_after(conn, PubAck(pid, code), writes, qos1_acked)
     else:
         conn.send(PubAck(pid, code))
 
 
-def qos1_acked(conn: MQTTConnection) -> None:
-    conn._unacked_qos1 -= 1
+def qos1_acked() -> None:
+    """A marker for ``ack_after``'s ``then``: the PUBACK sent, one QoS 1 PUBLISH less
+    counts towards the receive maximum (done inline by ``flush_acks``: no call)."""
 
 
 def route_acked(conn: MQTTConnection, message: Message, allowed: bool) -> int:
@@ -252,11 +253,27 @@ def reply(conn: MQTTConnection, packet: Packet, writes: list[Any],
 def ack_after(conn: MQTTConnection, ack: Packet, writes: list[Any],
                then: Callable[[], None] | None = None) -> None:
     """Send ``ack`` (then call ``then``) once ``writes`` are stored, keeping acks in
-    the order of the packets they answer."""
-    entry = [len(writes), ack, False, then]
-    if conn._acks is None:
-        conn._acks = deque()
-    conn._acks.append(entry)
+    the order of the packets they answer.
+
+    An entry of ``conn._acks`` is ``[writes pending, acks, failed, thens, shared]``.
+    An ack joins the entry before it when it would wait for nothing more: it has no
+    write of its own (it waits only for its turn), or only the one
+    :class:`~mqtt_twisted.core.journal.SharedWrite` that entry waits for (a cluster
+    batch: a turn's messages to one node).  So a publisher's PUBACKs of a batch cost
+    one callback, not one each, also with messages that stay on this node between
+    them (a publisher spreading its messages over topics of several nodes)."""
+    acks = conn._acks
+    if acks is None:
+        acks = conn._acks = deque()
+    elif acks:
+        last = acks[-1]
+        if not writes or (len(writes) == 1 and last[4] is writes[0] and last[0]):
+            last[1].append(ack)
+            last[3].append(then)
+            return
+    entry = [len(writes), [ack], False, [then],
+             writes[0] if len(writes) == 1 and type(writes[0]) is SharedWrite else None]
+    acks.append(entry)
     for write in writes:
         write.addBoth(write_done, conn, entry)
     if not writes:
@@ -275,20 +292,23 @@ def write_done(result: Any, conn: MQTTConnection, entry: list[Any]) -> None:
 def flush_acks(conn: MQTTConnection) -> None:
     acks = conn._acks
     while acks and not acks[0][0]:
-        _, ack, failed, then = acks.popleft()
+        _, packets, failed, thens, _ = acks.popleft()
         if failed:
             # Not stored: no acknowledgement; the client resends after reconnecting.
             if not failed.check(StoreUnavailable):  # the store logs its outage once
                 conn.log.warn("Store failed before {packet} to {client}; closing",
-                              packet=type(ack).__name__, client=conn.client_id)
+                              packet=type(packets[0]).__name__, client=conn.client_id)
             else:  # (and this client's disconnect only at debug: one outage, one line)
                 clientlog.closing(conn, ReasonCode.SERVER_BUSY, why=clientlog.STORE_OUTAGE)
             acks.clear()
             conn.close(ReasonCode.SERVER_BUSY)
             return
-        conn.send(ack)
-        if then is not None:
-            then()
+        for ack, then in zip(packets, thens):
+            conn.send(ack)
+            if then is qos1_acked:
+                conn._unacked_qos1 -= 1
+            elif then is not None:
+                then()
 
 
 def resolve_alias(conn: MQTTConnection, alias: int, topic: str) -> str:

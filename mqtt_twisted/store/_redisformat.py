@@ -27,6 +27,7 @@ FORMAT = 1
 _PROPERTY_IDS = {int(p): p for p in PropertyId}
 _pack = msgpack.Packer(use_bin_type=True).pack
 _unpackb = msgpack.unpackb
+_new = object.__new__
 
 
 def _unpack(data: bytes) -> Any:
@@ -38,6 +39,29 @@ def encode_message(message: Message) -> bytes:
     On the path of every message that crosses cluster nodes: one Python call."""
     return _pack([FORMAT, message.topic, message.payload, message.qos, message.retain,
                   message.properties, message.received_at, message.sender])
+
+
+def with_records(items: list[list[Any]]) -> list[list[Any]]:
+    """``[[message, a, b], ...]`` with each message in its stored form as a list, not
+    yet packed: a cluster node packs a batch of them in one msgpack call
+    (``cluster/batch.py``), and its peer unpacks them in one."""
+    return [[[FORMAT, m.topic, m.payload, m.qos, m.retain, m.properties, m.received_at,
+              m.sender], a, b] for m, a, b in items]
+
+
+def message_from_record(record: list[Any]) -> Message:
+    """A message from its stored form unpacked (:func:`with_records`): for every
+    message a cluster node receives from a peer, so its slots are set here, as
+    ``Message.copy`` does, without a call to ``Message.__init__``."""
+    if record[0] != FORMAT:
+        raise StorageError(f"stored message has format {record[0]!r}, expected {FORMAT}")
+    message = _new(Message)
+    (_, message.topic, message.payload, message.qos, message.retain, props,
+     message.received_at, message.sender) = record
+    message.packet_id = None
+    message.properties = _properties(props) if props else {}
+    message.wire = None
+    return message
 
 
 def _properties(stored: dict[int, Any]) -> dict[int, Any]:

@@ -63,7 +63,9 @@ from mqtt_twisted.store._redisformat import (
     encode_message,
     encode_options,
     encode_outbound,
+    message_from_record,
     session_fields,
+    with_records,
 )
 from mqtt_twisted.store._rediskeys import KeyLayout
 from mqtt_twisted.store._redislink import Link, endpoint
@@ -75,7 +77,7 @@ from mqtt_twisted.store.outage import OutageLog
 __all__ = [
     "FORMAT", "RedisOptions", "RedisStore", "decode_message", "decode_options",
     "decode_outbound", "decode_session", "encode_message", "encode_options",
-    "encode_outbound", "parse_url",
+    "encode_outbound", "message_from_record", "parse_url", "with_records",
 ]
 
 log = Logger()
