@@ -15,7 +15,8 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase
 
-from mqtt_twisted.adapters.mqtt import _DRAINING
+from mqtt_twisted.adapters._leanserver import LeanServer
+from mqtt_twisted.adapters.mqtt import _DRAINING, DrainingServer
 from mqtt_twisted.core.session import NO_ENTRIES
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.core.topic_tree import TopicTree
@@ -119,7 +120,26 @@ class IdleConnectionMemoryTests(BrokerTestCase):
         transports = {type(c.transport) for c in self.broker.connections
                       if hasattr(c.transport, "transport")}
         servers = {type(c.transport.transport) for c in self.broker.connections}
-        self.assertTrue(servers <= set(_DRAINING.values()), servers)
+        self.assertEqual(servers, {DrainingServer})
+        self.assertTrue(set(servers) <= set(_DRAINING.values()), servers)
         self.assertFalse(any("connectionLost" in vars(c.transport.transport)
                              for c in self.broker.connections))
         self.assertTrue(transports)
+
+    @inlineCallbacks
+    def test_lean_transport_keeps_no_strings(self) -> Any:
+        """The TCP transport stores no log prefix, repr or bound fileno per connection
+        (about 210 bytes), yet logs, reprs and polls as Twisted's own does."""
+        client = yield connect_raw(self.reactor, self.port)
+        yield client.connect("lean")
+        [conn] = [c for c in self.broker.connections if c.client_id == "lean"]
+        server = conn.transport.transport
+        self.assertIsInstance(server, LeanServer)
+        self.assertFalse({"logstr", "repstr", "fileno"} & set(vars(server)))
+        self.assertEqual(server.fileno(), server.socket.fileno())
+        self.assertRegex(server.logPrefix(), r"^MQTTStreamProtocol,\d+,127\.0\.0\.1$")
+        self.assertRegex(repr(server), r"^<MQTTStreamProtocol #\d+ on \d+>$")
+        lost = conn.transport.transport
+        yield client.abort()
+        yield self.sleep(0.1)
+        self.assertEqual(lost.fileno(), -1)

@@ -16,7 +16,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mqtt_twisted.adapters import tls
+from mqtt_twisted.adapters import _leanserver, tls
 from mqtt_twisted.adapters.kit import ConnectionLimit, origin_of
 from mqtt_twisted.interfaces import IListenerChecker, IStreamAdapter
 
@@ -54,6 +54,12 @@ def _drain_then_lose(transport: Any, reason: Any) -> None:
 
 #: Transport class -> its subclass whose connectionLost drains first (one per class).
 _DRAINING: dict[type, type] = {}
+#: What an MQTT listener's TCP port builds for each connection (no TLS): a lean
+#: transport that drains before it is lost, with no class switch per connection.
+DrainingServer = _DRAINING[_leanserver.LeanServer] = type(
+    "DrainingServer", (_leanserver.LeanServer,), {
+        "connectionLost": _drain_then_lose, "__module__": __name__,
+        "__doc__": "LeanServer reading what the peer sent before it is lost."})
 
 
 def _read_before_reset(transport: Any) -> None:
@@ -248,5 +254,8 @@ class MQTTAdapter:
                       settings: Any) -> IService:
         factory = self.buildFactory(reactor, broker, settings)
         service = tls.stream_listener(reactor, endpointDescription, factory, settings.extra)
+        # (TLS reads through its own protocol: its transport does not drain.)
+        lean = _leanserver.LeanServer if service.tls is not None else DrainingServer
+        service.whenListening().addCallback(_leanserver.install, lean)
         service.mqtt_factory = factory  # (service.factory is what listens: TLS around it)
         return service
