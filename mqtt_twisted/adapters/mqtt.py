@@ -9,6 +9,7 @@ from twisted.application.service import IService
 from twisted.internet.interfaces import (
     IHalfCloseableDescriptor,
     IHandshakeListener,
+    IProtocol,
     IPushProducer,
     ISSLTransport,
 )
@@ -94,18 +95,34 @@ def _read_before_reset(transport: Any) -> None:
         pass
 
 
-@implementer(IPushProducer, IHandshakeListener)
-class MQTTStreamProtocol(Protocol):
+@implementer(IProtocol, IPushProducer, IHandshakeListener)
+class MQTTStreamProtocol:
     """Moves bytes and connection events between a transport and the broker.
 
     It is also what the sans-IO connection writes to (its ``transport``): ``write`` is
     the transport's own (no extra call per packet), and closing unregisters this
     producer first, so that a paused producer cannot keep the socket open.  (One
-    object per connection, not a protocol plus a shim.)
+    object per connection, not a protocol plus a shim.)  It provides ``IProtocol``
+    itself rather than subclass ``Protocol``: with ``__slots__`` and no instance
+    dict it is 72 bytes instead of 170.
     """
 
-    connection: Any = None
-    _handshake_deadline: Any = None
+    __slots__ = ("factory", "transport", "connected", "connection", "write",
+                 "_handshake_deadline")
+
+    def __init__(self) -> None:
+        self.transport: Any = None
+        self.connected = 0
+        self.connection: Any = None
+        self._handshake_deadline: Any = None
+
+    def makeConnection(self, transport: Any) -> None:
+        self.connected = 1
+        self.transport = transport
+        self.connectionMade()
+
+    def logPrefix(self) -> str:
+        return "MQTTStreamProtocol"
 
     def connectionMade(self) -> None:
         transport = self.transport
