@@ -143,3 +143,24 @@ class IdleConnectionMemoryTests(BrokerTestCase):
         yield client.abort()
         yield self.sleep(0.1)
         self.assertEqual(lost.fileno(), -1)
+
+
+class MemoryStoreLockTests(SynchronousTestCase):
+    def test_uncontended_lock_then_a_waiter(self) -> None:
+        """The memory store's client id lock is taken at once when free (no acquire
+        Deferred chain per CONNECT), and still queues a second CONNECT of the same id
+        until the first releases it."""
+        from twisted.internet.task import Clock
+
+        from mqtt_twisted.store.memory import MemoryStore
+
+        store = MemoryStore(Clock())
+        first = self.successResultOf(store.acquireLock("c", 5))
+        second = store.acquireLock("c", 5)
+        self.assertNoResult(second)
+        first.release()
+        held = self.successResultOf(second)
+        held.release()
+        self.assertEqual(store._locks, {})
+        self.successResultOf(store.acquireLock("c", 5)).release()
+        self.assertEqual(store._locks, {})
