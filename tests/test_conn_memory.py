@@ -137,7 +137,8 @@ class IdleConnectionMemoryTests(BrokerTestCase):
         self.assertIsInstance(server, LeanServer)
         self.assertFalse({"logstr", "repstr", "fileno"} & set(vars(server)))
         self.assertEqual(server.fileno(), server.socket.fileno())
-        self.assertRegex(server.logPrefix(), r"^MQTTStreamProtocol,\d+,127\.0\.0\.1$")
+        self.assertEqual(server.logPrefix(), "MQTTStreamProtocol")
+        self.assertRegex(server.logstr, r"^MQTTStreamProtocol,\d+,127\.0\.0\.1$")
         self.assertRegex(repr(server), r"^<MQTTStreamProtocol #\d+ on \d+>$")
         lost = conn.transport.transport
         yield client.abort()

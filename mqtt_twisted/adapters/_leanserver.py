@@ -6,7 +6,10 @@ and the socket's bound ``fileno`` method (72 bytes); with the socket itself, the
 address and the reactor's maps that was about 750 bytes of an idle MQTT connection's
 2 KB (``bench/conn_memory.py --trace``).  Here the three are worked out when asked.
 The listening port builds these instead of ``tcp.Server`` (``tcp.Port.transport``,
-set once per port by :func:`install`); everything else is Twisted's.
+set once per port by :func:`install`); everything else is Twisted's.  What it costs:
+``fileno`` is one Python call more per reactor event (the reactor checks it before each
+read), and Twisted's log lines about the transport carry the protocol's name without
+the session number and host.
 
 The MQTT listener's transport also reads what the peer sent before it lets the
 connection go (:func:`mqtt_twisted.adapters.mqtt._drain_then_lose`): made so here, it
@@ -58,6 +61,12 @@ class LeanServer(tcp.Server):
         self.hostname = client[0]
         self.startReading()
         self.connected = 1
+
+    def logPrefix(self) -> str:
+        """The protocol's class name.  The reactor asks for it on every read and write
+        (``callWithLogger``): a fixed string, not ``logstr`` built each time (the
+        session number and host are in ``logstr`` and ``repr``)."""
+        return type(getattr(self, "protocol", None)).__name__
 
     @property  # type: ignore[override]
     def logstr(self) -> str:
