@@ -95,6 +95,10 @@ def _read_before_reset(transport: Any) -> None:
         pass
 
 
+#: ``MQTTConnection.ended`` reasons of a client that sent DISCONNECT (core/clientlog.py).
+_CLIENT_LEFT = ("normal", "client DISCONNECT")
+
+
 @implementer(IProtocol, IPushProducer, IHandshakeListener)
 class MQTTStreamProtocol:
     """Moves bytes and connection events between a transport and the broker.
@@ -175,7 +179,13 @@ class MQTTStreamProtocol:
         Error ... 'NoneType' object has no attribute 'bio_read'")."""
         transport = self.transport
         transport.unregisterProducer()
-        if IHalfCloseableDescriptor.implementedBy(type(transport)):
+        ended = self.connection.ended if self.connection is not None else None
+        if ended is not None and ended[0] in _CLIENT_LEFT:
+            # The client said DISCONNECT: it sends nothing more and we answer nothing,
+            # so no reset can hurt; a plain close spares the half-close's shutdown and
+            # the reactor turn that waits for the client's FIN.
+            transport.loseConnection()
+        elif IHalfCloseableDescriptor.implementedBy(type(transport)):
             transport.loseWriteConnection()
             transport.resumeProducing()  # (flow control may have paused reading)
         else:
