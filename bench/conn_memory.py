@@ -9,6 +9,10 @@ Two figures that, unlike throughput, do not depend on how busy the machine is:
   nanoseconds on CPU, so other processes' load does not count) over M cycles of TCP
   connect, CONNECT, CONNACK, DISCONNECT and close, divided by M.
 
+It also gives the rate at which the N idle connections were opened (32 handshakes in
+flight, as ``loadgen``'s connections scenario) and the cycles' rate: both depend on the
+load, and the client's share of the machine bounds them.
+
 Our broker runs as ``twistd -n mqttbroker`` from this checkout (or ``--checkout DIR``, to
 compare with an older tree); ``--brokers`` adds Mosquitto and nats-server (their MQTT
 listeners, started as ``bench/compare.py`` starts them) in the same run.  ``--trace``
@@ -175,7 +179,9 @@ def measure(broker: compare.Broker, args: argparse.Namespace, logdir: Path) -> d
             os.kill(pid, signal.SIGUSR2)
             time.sleep(2)
         rss0 = rss_kib(pid)
+        t0 = time.monotonic()
         held = hold(port, args.connections, "i", args.keepalive)
+        opened_s = time.monotonic() - t0
         time.sleep(1.0)
         rss1 = rss_kib(pid)
         alive = loadgen.count_alive(held)
@@ -184,7 +190,8 @@ def measure(broker: compare.Broker, args: argparse.Namespace, logdir: Path) -> d
             time.sleep(2 + args.connections / 2000)
         else:
             result.update(rss_base_kib=rss0, held=alive,
-                          kib_per_conn=round((rss1 - rss0) / args.connections, 2))
+                          kib_per_conn=round((rss1 - rss0) / args.connections, 2),
+                          connects_per_s=round(args.connections / opened_s))
         close_all(held)
         time.sleep(1.0)
         if args.cycles:
