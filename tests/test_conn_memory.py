@@ -127,6 +127,24 @@ class IdleConnectionMemoryTests(BrokerTestCase):
         self.assertTrue(transports)
 
     @inlineCallbacks
+    def test_keepalive_connections_add_no_delayed_calls(self) -> Any:
+        """50 real clients with keep alive 60 add at most one DelayedCall to the reactor
+        (the deadline wheel's), not one each (about 670 bytes per connection)."""
+        before = {id(c) for c in self.reactor.getDelayedCalls()}
+        clients = []
+        for i in range(50):
+            client = yield connect_raw(self.reactor, self.port)
+            clients.append(client)
+            yield client.connect(f"ka-{i}", keep_alive=60)
+        added = [c for c in self.reactor.getDelayedCalls() if id(c) not in before
+                 and getattr(c.func, "__module__", "").startswith("mqtt_twisted")]
+        armed = len(self.broker.deadlines)
+        for client in clients:
+            yield client.abort()
+        self.assertLessEqual(len(added), 1, added)
+        self.assertEqual(armed, 50)
+
+    @inlineCallbacks
     def test_lean_transport_keeps_no_strings(self) -> Any:
         """The TCP transport stores no log prefix, repr or bound fileno per connection
         (about 210 bytes), yet logs, reprs and polls as Twisted's own does."""
