@@ -66,18 +66,24 @@ class WheelTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_cancel_and_rearm(self) -> None:
-        """Cancelling the last deadline leaves the timer to run out (a storm of connects
-        does not touch the reactor); arming again replaces the earlier deadline, earlier
-        or later; a deadline already passed is not armed; stop() ends the timer."""
+        """Cancelling the last deadline leaves no timer behind, cancelling one of
+        several leaves the timer as it is; arming again replaces the earlier deadline,
+        earlier or later; a deadline already passed is not armed; stop() ends the timer."""
         a, b = self.item(), self.item()
         self.wheel.arm(a, 10)
+        self.wheel.cancel(a)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.wheel.arm(a, 10)
+        self.wheel.arm(b, 12)
         [call] = self.clock.getDelayedCalls()
         self.wheel.cancel(a)
-        self.wheel.arm(a, 10)
+        self.wheel.arm(a, 11)
         self.assertEqual(self.clock.getDelayedCalls(), [call])
         self.wheel.cancel(a)
+        self.wheel.cancel(b)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
         self.clock.advance(10)
-        self.assertEqual((self.fired, self.clock.getDelayedCalls()), ([], []))
+        self.assertEqual(self.fired, [])
         self.wheel.arm(a, 30)
         self.wheel.arm(b, 30)
         self.wheel.arm(a, 13)  # earlier: the timer moves
@@ -162,3 +168,4 @@ class ConnectionDeadlineTests(SynchronousTestCase):
         self.assertFalse(gone.transport.aborted)
         stuck.drop()
         self.assertEqual(len(broker.deadlines), 0)
+        self.assertEqual(clock.getDelayedCalls(), [])

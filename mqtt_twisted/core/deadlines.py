@@ -40,9 +40,9 @@ def _key(when: float) -> int:
 class Deadlines:
     """The deadlines of a broker's connections, behind one timer on ``clock``.
 
-    The timer is left to run out when the last deadline is cancelled (a connection
-    storm arms and cancels thousands a second: none of them touches the reactor);
-    :meth:`stop` cancels it for good.
+    The timer goes when the last deadline is cancelled (nothing armed, nothing left
+    on the clock); while any connection has a deadline, arming and cancelling others
+    does not touch the reactor.  :meth:`stop` cancels it for good.
     """
 
     def __init__(self, clock: Any) -> None:
@@ -92,6 +92,9 @@ class Deadlines:
             self._size -= 1
             if not slice_:
                 del self._slices[key]  # (its key stays in the heap until it comes up)
+            if not self._size:
+                self.stop()
+                self._keys.clear()
 
     def stop(self) -> None:
         """No more wake-ups (the broker is stopping): what is armed stays armed."""
