@@ -95,6 +95,12 @@ def _read_before_reset(transport: Any) -> None:
         pass
 
 
+def lean_transport(port: Any) -> Any:
+    """Have a listening TCP port build :data:`DrainingServer` transports (what
+    :meth:`MQTTAdapter.buildListener` does for a plain TCP listener)."""
+    return _leanserver.install(port, DrainingServer)
+
+
 #: ``MQTTConnection.ended`` reasons of a client that sent DISCONNECT (core/clientlog.py).
 _CLIENT_LEFT = ("normal", "client DISCONNECT")
 
