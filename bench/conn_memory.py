@@ -3,10 +3,15 @@
 Two figures that, unlike throughput, do not depend on how busy the machine is:
 
 * **RSS per idle connection**: the broker's VmRSS before and after N clients have
-  connected (MQTT 3.1.1, clean session, keep alive 0) and sit idle, divided by N.
+  connected (MQTT 3.1.1, clean session, keep alive 0 or ``--keepalive``) and sit idle,
+  divided by N.
 * **CPU per connection cycle**: the broker's own CPU time (``/proc/PID/schedstat``,
   nanoseconds on CPU, so other processes' load does not count) over M cycles of TCP
   connect, CONNECT, CONNACK, DISCONNECT and close, divided by M.
+
+It also gives the rate at which the N idle connections were opened (32 handshakes in
+flight, as ``loadgen``'s connections scenario) and the cycles' rate: both depend on the
+load, and the client's share of the machine bounds them.
 
 Our broker runs as ``twistd -n mqttbroker`` from this checkout (or ``--checkout DIR``, to
 compare with an older tree); ``--brokers`` adds Mosquitto and nats-server (their MQTT
@@ -103,10 +108,11 @@ def cpu_ns(pid: int) -> int:
     return total
 
 
-def hold(port: int, n: int, tag: str) -> list[socket.socket]:
+def hold(port: int, n: int, tag: str, keepalive: int = 0) -> list[socket.socket]:
     """Open ``n`` idle MQTT connections (CONNACK received on each)."""
     held: list[socket.socket] = []
-    ok, failed, why = loadgen.open_many(port, n, held, time.monotonic() + 120, tag)
+    ok, failed, why = loadgen.open_many(port, n, held, time.monotonic() + 120, tag,
+                                        keepalive=keepalive)
     if ok != n:
         raise SystemExit(f"only {ok} of {n} connections opened ({failed} failed; {why})")
     return held
@@ -173,7 +179,9 @@ def measure(broker: compare.Broker, args: argparse.Namespace, logdir: Path) -> d
             os.kill(pid, signal.SIGUSR2)
             time.sleep(2)
         rss0 = rss_kib(pid)
-        held = hold(port, args.connections, "i")
+        t0 = time.monotonic()
+        held = hold(port, args.connections, "i", args.keepalive)
+        opened_s = time.monotonic() - t0
         time.sleep(1.0)
         rss1 = rss_kib(pid)
         alive = loadgen.count_alive(held)
@@ -182,7 +190,8 @@ def measure(broker: compare.Broker, args: argparse.Namespace, logdir: Path) -> d
             time.sleep(2 + args.connections / 2000)
         else:
             result.update(rss_base_kib=rss0, held=alive,
-                          kib_per_conn=round((rss1 - rss0) / args.connections, 2))
+                          kib_per_conn=round((rss1 - rss0) / args.connections, 2),
+                          connects_per_s=round(args.connections / opened_s))
         close_all(held)
         time.sleep(1.0)
         if args.cycles:
@@ -231,6 +240,8 @@ def main() -> None:
     parser.add_argument("--checkout", type=Path, default=ROOT,
                         help="run our broker from this tree (default: this one)")
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--keepalive", type=int, default=0,
+                        help="the idle clients' keep alive in seconds (paho's default: 60)")
     parser.add_argument("--trace", action="store_true",
                         help="run ours under tracemalloc and show where the memory went")
     parser.add_argument("--top", type=int, default=20)
@@ -243,7 +254,8 @@ def main() -> None:
     brokers = {"ours": ours, **{n: compare.BROKER_TYPES[n] for n in names if n != "ours"}}
     logdir = Path(tempfile.mkdtemp(prefix="conn-memory-"))
     print(f"checkout: {ours.checkout}; {args.connections} idle connections, "
-          f"{args.cycles} connect cycles; load {os.getloadavg()[0]:.1f}")
+          f"{args.cycles} connect cycles, keep alive {args.keepalive}; "
+          f"load {os.getloadavg()[0]:.1f}")
     for run in range(args.runs):
         for name in names:
             broker = brokers[name]

@@ -404,7 +404,8 @@ def scenario_many_subscriptions(run: Run) -> dict:
 
 
 def open_many(port: int, n: int, held: list[socket.socket], deadline: float, tag: str,
-              window: int = 32, per_connection_s: float = 10.0) -> tuple[int, int, str]:
+              window: int = 32, per_connection_s: float = 10.0,
+              keepalive: int = 0) -> tuple[int, int, str]:
     """Open ``n`` MQTT connections with up to ``window`` handshakes in flight (below the
     listen backlog of every broker here); append them to ``held``.
 
@@ -443,7 +444,7 @@ def open_many(port: int, n: int, held: list[socket.socket], deadline: float, tag
                     err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                     if err:
                         raise OSError(err, os.strerror(err))
-                    s.send(w.connect(client_id(tag)))
+                    s.send(w.connect(client_id(tag), keepalive))
                     sel.modify(s, selectors.EVENT_READ)
                     continue
                 data = pending[s][1] + s.recv(16)

@@ -37,6 +37,7 @@ from twisted.logger import (
     Logger,
     LogLevel,
     LogLevelFilterPredicate,
+    PredicateResult,
     formatEvent,
 )
 
@@ -54,7 +55,27 @@ _LEGACY_KEYS = frozenset(("message", "isError", "system", "time", "format", "why
 
 #: The level filter of every observer made here: one object, so that changing it
 #: changes them all.
-_predicate = LogLevelFilterPredicate(LogLevel.info)
+#: A level's rank: NamedConstant's own ordering walks every level per comparison
+#: (about ten Python calls), and two comparisons were paid per line written.
+_RANK = {level: rank for rank, level in enumerate(LogLevel.iterconstants())}
+
+
+class _RankedPredicate(LogLevelFilterPredicate):
+    """``LogLevelFilterPredicate`` comparing levels by their rank (same answers)."""
+
+    def __call__(self, event: Any) -> Any:
+        level = event.get("log_level", None)
+        if level is None:
+            return PredicateResult.no
+        namespace = event.get("log_namespace", "")
+        if not namespace:
+            return PredicateResult.no
+        if _RANK.get(level, -1) < _RANK[self.logLevelForNamespace(namespace)]:
+            return PredicateResult.no
+        return PredicateResult.maybe
+
+
+_predicate = _RankedPredicate(LogLevel.info)
 
 
 class _Switch:
@@ -111,7 +132,7 @@ def log_level() -> LogLevel:
 
 def enabled(level: LogLevel) -> bool:
     """Whether a line at ``level`` is written: a client event not written is not built."""
-    return level >= _predicate.defaultLogLevel  # type: ignore[no-any-return]
+    return _RANK[level] >= _RANK[_predicate.defaultLogLevel]
 
 
 def debugging() -> bool:

@@ -216,6 +216,7 @@ class BrokerService(MultiService):
                 self.broker.connections or not all(getattr(c, "lost", True) for c in closing)):
             yield deferLater(self.reactor, 0.05, lambda: None)
             waited += 0.05
+        self.broker.deadlines.stop()  # (the wheel's timer runs out lazily otherwise)
         saves = []
         for session in list(self.broker.sessions.values()):
             if session.persistent:

@@ -15,7 +15,8 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase
 
-from mqtt_twisted.adapters.mqtt import _DRAINING
+from mqtt_twisted.adapters._leanserver import LeanServer
+from mqtt_twisted.adapters.mqtt import _DRAINING, DrainingServer
 from mqtt_twisted.core.session import NO_ENTRIES
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.core.topic_tree import TopicTree
@@ -119,7 +120,66 @@ class IdleConnectionMemoryTests(BrokerTestCase):
         transports = {type(c.transport) for c in self.broker.connections
                       if hasattr(c.transport, "transport")}
         servers = {type(c.transport.transport) for c in self.broker.connections}
-        self.assertTrue(servers <= set(_DRAINING.values()), servers)
+        self.assertEqual(servers, {DrainingServer})
+        self.assertTrue(set(servers) <= set(_DRAINING.values()), servers)
         self.assertFalse(any("connectionLost" in vars(c.transport.transport)
                              for c in self.broker.connections))
         self.assertTrue(transports)
+
+    @inlineCallbacks
+    def test_keepalive_connections_add_no_delayed_calls(self) -> Any:
+        """50 real clients with keep alive 60 add at most one DelayedCall to the reactor
+        (the deadline wheel's), not one each (about 670 bytes per connection)."""
+        before = {id(c) for c in self.reactor.getDelayedCalls()}
+        clients = []
+        for i in range(50):
+            client = yield connect_raw(self.reactor, self.port)
+            clients.append(client)
+            yield client.connect(f"ka-{i}", keep_alive=60)
+        added = [c for c in self.reactor.getDelayedCalls() if id(c) not in before
+                 and getattr(c.func, "__module__", "").startswith("mqtt_twisted")]
+        armed = len(self.broker.deadlines)
+        for client in clients:
+            yield client.abort()
+        self.assertLessEqual(len(added), 1, added)
+        self.assertEqual(armed, 50)
+
+    @inlineCallbacks
+    def test_lean_transport_keeps_no_strings(self) -> Any:
+        """The TCP transport stores no log prefix, repr or bound fileno per connection
+        (about 210 bytes), yet logs, reprs and polls as Twisted's own does."""
+        client = yield connect_raw(self.reactor, self.port)
+        yield client.connect("lean")
+        [conn] = [c for c in self.broker.connections if c.client_id == "lean"]
+        server = conn.transport.transport
+        self.assertIsInstance(server, LeanServer)
+        self.assertFalse({"logstr", "repstr", "fileno"} & set(vars(server)))
+        self.assertEqual(server.fileno(), server.socket.fileno())
+        self.assertEqual(server.logPrefix(), "MQTTStreamProtocol")
+        self.assertRegex(server.logstr, r"^MQTTStreamProtocol,\d+,127\.0\.0\.1$")
+        self.assertRegex(repr(server), r"^<MQTTStreamProtocol #\d+ on \d+>$")
+        lost = conn.transport.transport
+        yield client.abort()
+        yield self.sleep(0.1)
+        self.assertEqual(lost.fileno(), -1)
+
+
+class MemoryStoreLockTests(SynchronousTestCase):
+    def test_uncontended_lock_then_a_waiter(self) -> None:
+        """The memory store's client id lock is taken at once when free (no acquire
+        Deferred chain per CONNECT), and still queues a second CONNECT of the same id
+        until the first releases it."""
+        from twisted.internet.task import Clock
+
+        from mqtt_twisted.store.memory import MemoryStore
+
+        store = MemoryStore(Clock())
+        first = self.successResultOf(store.acquireLock("c", 5))
+        second = store.acquireLock("c", 5)
+        self.assertNoResult(second)
+        first.release()
+        held = self.successResultOf(second)
+        held.release()
+        self.assertEqual(store._locks, {})
+        self.successResultOf(store.acquireLock("c", 5)).release()
+        self.assertEqual(store._locks, {})

@@ -491,3 +491,22 @@ class JsonOutageTests(TwistdTestCase):
         broker.transport.signalProcess("TERM")  # type: ignore[attr-defined]
         yield self.ended(broker)
 
+
+
+class RankedPredicateTests(SynchronousTestCase):
+    def test_same_answers_as_twisteds_predicate(self) -> None:
+        """The level filter compares ranks (no NamedConstant ordering per line) and
+        answers as Twisted's LogLevelFilterPredicate does, namespaces included."""
+        from twisted.logger import LogLevelFilterPredicate
+
+        levels = list(LogLevel.iterconstants())
+        for default in levels:
+            ours, theirs = logs._RankedPredicate(default), LogLevelFilterPredicate(default)
+            for p in (ours, theirs):
+                p.setLogLevelForNamespace("a.b", LogLevel.error)
+            for level in [*levels, None]:
+                for namespace in ("", "x", "a.b.c", "a"):
+                    event = {"log_level": level, "log_namespace": namespace}
+                    self.assertEqual(ours(event), theirs(event), (default, level, namespace))
+            for level in levels:
+                self.assertEqual(logs._RANK[level] >= logs._RANK[default], level >= default)

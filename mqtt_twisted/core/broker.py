@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from mqtt_twisted.core.connect import Connector, Credentials
 from mqtt_twisted.core.connection import MQTTConnection
+from mqtt_twisted.core.deadlines import Deadlines
 from mqtt_twisted.core.delivery import Delivery, expired
 from mqtt_twisted.core.flow import FlowControl
 from mqtt_twisted.core.journal import Journal
@@ -68,6 +69,9 @@ class Broker:
         self.short_topic = short_topic(self.settings)
         self.retained_quota = RetainedQuota(self.settings)
         self.connections: set[MQTTConnection] = set()
+        #: Every connection's CONNECT deadline, keep alive check and close grace: one
+        #: timer for all of them, not a DelayedCall each.
+        self.deadlines = Deadlines(clock)
         #: The connection whose PUBLISH is being routed, for flow control.
         self.publisher: MQTTConnection | None = None
         self.journal = Journal(store, self.stats, clock)

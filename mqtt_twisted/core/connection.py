@@ -74,7 +74,7 @@ class MQTTConnection:
     __slots__ = (
         "broker", "transport", "peer", "listener", "certificate_identity", "decoder", "state",
         "version", "session", "client_id", "keep_alive", "last_rx", "paused", "clean_exit",
-        "send_quota", "max_send_size", "_backlog", "_blocked", "_timer", "_aliases_in",
+        "send_quota", "max_send_size", "_backlog", "_blocked", "due", "_aliases_in",
         "_aliases_out", "_alias_limit", "auth_method", "auth_pending",
         "auth_final_data", "_acks", "throttles",
         "_unacked_qos1", "_refused_logged", "lost", "publish_grants", "_resume_call", "_rate",
@@ -131,8 +131,12 @@ class MQTTConnection:
         #: only change on reload (``stableAnswers``); None: ask every time.
         self.publish_grants: dict[str, bool] | None = (
             {} if getattr(broker.authorizer, "stableAnswers", False) else None)
+        #: Its slice in the broker's deadline wheel (``core/deadlines.py``): the CONNECT
+        #: deadline now, the keep alive check once connected, the close grace at the end.
+        self.due: int | None = None
         timeout = getattr(listener, "connectTimeout", broker.connect_timeout)
-        self._timer = broker.clock.callLater(timeout, self._connect_timed_out) if timeout else None
+        if timeout:
+            broker.deadlines.arm(self, broker.clock.seconds() + timeout)
 
     def __repr__(self) -> str:
         return f"<MQTTConnection {self.client_id or '?'} from {self.peer}>"
@@ -396,16 +400,17 @@ class MQTTConnection:
         goes out and a new connection can take the session at once.
         """
         self.state = CLOSED
-        self._cancel_timer()
         self.transport.loseConnection()
-        self._timer = self.broker.clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
+        if not self.lost:  # (the grace: see deadline_passed)
+            self.broker.deadlines.arm(self, self.broker.clock.seconds() + CLOSE_GRACE)
         self.broker.connection_ended(self, send_will=not self.clean_exit)
 
     def connectionLost(self, reason: Any = None) -> None:
         """The transport is gone: let the broker end the session's connection."""
         self.state = CLOSED
         self.lost = True
-        self._cancel_timer()
+        if self.due is not None:
+            self.broker.deadlines.cancel(self)
         if self._resume_call is not None and self._resume_call.active():
             self._resume_call.cancel()
         self._resume_call = None
@@ -421,14 +426,17 @@ class MQTTConnection:
         """Another connection took this client id [MQTT-3.1.4-3]."""
         self.close(ReasonCode.SESSION_TAKEN_OVER)
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
-    def _connect_timed_out(self) -> None:
-        self._timer = None
-        if self.state in (AWAIT_CONNECT, CONNECTING):
+    def deadline_passed(self) -> None:
+        """The deadline wheel's call: what it means depends on the state.  No CONNECT
+        answered in time; the keep alive check (lazy: it re-arms while packets come);
+        a closing peer that has not let go within CLOSE_GRACE is cut off."""
+        state = self.state
+        if state == CONNECTED:
+            _check_keepalive(self)
+        elif state == CLOSED:
+            if not self.lost:
+                self.transport.abortConnection()
+        else:
             self.log.info("No CONNECT from {peer} in time; closing", peer=self.peer)
             self.broker.stats.connect_timeouts += 1
             self.state = CLOSED
@@ -472,7 +480,6 @@ class MQTTConnection:
     def accept(self, session: Session, session_present: bool, connect: Connect,
                properties: dict) -> None:
         """CONNECT succeeded: CONNACK, then resend in-flight messages, then the queue."""
-        self._cancel_timer()
         self.session = session
         self.state = CONNECTED
         if self.version == 5:
@@ -501,32 +508,26 @@ class MQTTConnection:
             return
         if self.keep_alive:
             self.last_rx = self.broker.clock.seconds()
-            self._timer = self.broker.clock.callLater(self.keep_alive * 1.5, self._check_keepalive)
+            self.broker.deadlines.arm(self, self.last_rx + self.keep_alive * 1.5)
+        elif self.due is not None:
+            self.broker.deadlines.cancel(self)  # the CONNECT deadline
         clientlog.connected(self, connect.clean_start, session_present, self.keep_alive)
         self.broker.delivery.resend(session, self)
         self.broker.pump(session)
         self.unblock()
 
-    def _check_keepalive(self) -> None:
-        self._timer = None
-        if self.state != CONNECTED:
-            return
-        now = self.broker.clock.seconds()
-        limit = self.keep_alive * 1.5
-        idle = now - self.last_rx
-        if idle >= limit:  # [MQTT-3.1.2-24]
-            clientlog.closing(self, ReasonCode.KEEP_ALIVE_TIMEOUT,
-                              f"nothing received for {idle:.1f} s")
-            self.broker.stats.keepalive_timeouts += 1
-            self.close(ReasonCode.KEEP_ALIVE_TIMEOUT)
-        else:
-            self._timer = self.broker.clock.callLater(limit - idle, self._check_keepalive)
 
 
-
-
-
-
+def _check_keepalive(conn: MQTTConnection) -> None:
+    """Closed after 1.5 x keep alive without a packet [MQTT-3.1.2-24]; otherwise the
+    check comes again when that much time has passed since the last one."""
+    broker = conn.broker
+    if broker.deadlines.arm(conn, conn.last_rx + conn.keep_alive * 1.5):
+        return
+    idle = broker.clock.seconds() - conn.last_rx
+    clientlog.closing(conn, ReasonCode.KEEP_ALIVE_TIMEOUT, f"nothing received for {idle:.1f} s")
+    broker.stats.keepalive_timeouts += 1
+    conn.close(ReasonCode.KEEP_ALIVE_TIMEOUT)
 def _next_share(conn: MQTTConnection) -> None:
     """The next READ_BUDGET packets of what ``conn`` read; reading resumes after the last
     (unless flow control still holds it back: one counter for both).  A function, not a

@@ -199,7 +199,11 @@ class MemoryStore:
         """A per-client lock; waiters queue in order, and give up after ``timeout``."""
         lock = self._locks.get(clientId)
         if lock is None:
+            # Nobody holds it or waits (the usual CONNECT): taken at once, without the
+            # acquire Deferred and its callbacks (a dozen calls per connection).
             lock = self._locks[clientId] = DeferredLock()
+            lock.locked = True
+            return succeed(_HeldLock(self._locks, clientId, lock))
         d = lock.acquire()
         if not d.called and self._clock is not None and timeout:
             call = self._clock.callLater(timeout, d.cancel)

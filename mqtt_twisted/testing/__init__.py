@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from zope.interface import implementer
 
 from mqtt_twisted.adapters.listener import ListenerSettings
-from mqtt_twisted.adapters.mqtt import MQTTStreamFactory
+from mqtt_twisted.adapters.mqtt import MQTTStreamFactory, lean_transport
 from mqtt_twisted.codec import (
     Connect,
     Disconnect,
@@ -172,6 +172,7 @@ def start_broker(reactor: Any, settings: BrokerSettings | None = None, store: An
                                 connect_timeout)
     factory = MQTTStreamFactory(service.gateway, listener)
     port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+    lean_transport(port)  # as MQTTAdapter.buildListener does
     service.test_port = port
     service.test_factory = factory
     return service, port.getHost().port
