@@ -305,7 +305,7 @@ def fake_node(broker: Any, clock: Any) -> SimpleNamespace:
         store=SimpleNamespace(mark=None), mark_field=b"m:s", commands=FakeCommands(),
         reader=FakeCommands(), fence=SimpleNamespace(trusted=lambda: True),
         moved=SimpleNamespace(pending={}), _replicas=None, publish_command=b"SPUBLISH",
-        barriers=SimpleNamespace(windows={}, origin=None),
+        barriers=SimpleNamespace(windows={}, origin=None, seq=0), delivered={},
         keys=SimpleNamespace(inbox=lambda n: b"s:" + n.encode(),
                              inbox0=lambda n: b"s0:" + n.encode(),
                              filters=lambda n: b"f:" + n.encode(), routes=b"r"))
@@ -323,7 +323,7 @@ class InboxTests(SynchronousTestCase):
         reader = self.reader = InboxReader(self.node)  # type: ignore[arg-type]
 
         def receive(message: Message, origin: str, groups: Any, resent: bool,
-                    destinations: bytes) -> int:
+                    destinations: bytes, seq: int = 0) -> int:
             self.got.append((message.topic, self.node.store.mark))
             if len(self.got) == 2:
                 reader.publisher.throttle()  # a subscriber here cannot take more

@@ -50,7 +50,8 @@ class RecordingLink:
         self.calls.append(("publish", node, decode_message(blob).topic, *extra))
 
     def append(self, node: str, blob: bytes, destinations: bytes = b"",
-               groups: list[str] | None = None, resent: bool = False) -> Deferred[Any]:
+               groups: list[str] | None = None, resent: bool = False,
+               seq: int = 0) -> Deferred[Any]:
         extra = (tuple(groups), resent) if groups else ()
         self.calls.append(("append", node, decode_message(blob).topic, *extra))
         d: Deferred[Any] = Deferred()

@@ -12,12 +12,15 @@ whose items are unpacked by one ``msgpack`` call in C.
 
 Stream entry fields (``o`` the origin node first, as before):
 
-- ``p``: a batch, ``msgpack [[message, d, g], ...]`` — ``message`` the stored form
+- ``p``: a batch, ``msgpack [[message, d, g, s], ...]`` — ``message`` the stored form
   (``encode_message``), ``d`` every node the message went to (``moved.py`` reads it),
-  ``g`` the share groups field (``shared.encode_groups``) or nil;
-- ``m`` (with ``d``, ``g``, or ``c`` for a session that moved, ``moved.py``): one
-  message, as written before batching (and still for directed entries); read as a
-  batch of one.
+  ``g`` the share groups field (``shared.encode_groups``) or nil, ``s`` the message's
+  sequence number at its origin node (``o``; 0: none; absent before message identity):
+  ``(o, s)`` names the message in every stream it is in (``barrier.py`` tells a copy
+  the session's old node delivered from a new one by it);
+- ``m`` (with ``d``, ``g``, or ``c`` for a session that moved, ``moved.py``, and then
+  ``i``: ``b"SEQ ORIGIN"``, the forwarded message's identity): one message, as written
+  before batching (and still for directed entries); read as a batch of one.
 
 A QoS 0 pub/sub message is ``msgpack [origin, [[message, groups, resent], ...]]``
 (before: ``[origin, message, groups, resent]``, still read).
@@ -67,16 +70,18 @@ def _unpack(data: bytes) -> Any:
 
 
 #: One message of a stream entry as read, still encoded (lists, as msgpack unpacks
-#: them: no object per message): ``[message, destinations, groups]`` — the stored form
-#: (``decode_message`` reads it), every node it went to comma-separated (``moved.py``),
-#: ``shared.encode_groups``' field or None — and, for a directed entry, the client id
-#: of its session (``moved.py``) fourth.
+#: them: no object per message): ``[message, destinations, groups, seq]`` — the stored
+#: form (``decode_message`` reads it), every node it went to comma-separated
+#: (``moved.py``), ``shared.encode_groups``' field or None, its sequence number at the
+#: entry's origin (absent from entries written before message identity) — and, for a
+#: directed entry, ``[message, destinations, groups, identity, client id]``: the
+#: ``i`` field (or None) fourth, the client id of its session (``moved.py``) fifth.
 Item = list
 
 
 def directed(item: Item) -> bytes | None:
     """A directed entry's client id, or None."""
-    return item[3] if len(item) > 3 else None
+    return item[4] if len(item) > 4 else None
 
 
 def read_entry(fields: list[Any] | None) -> tuple[str, list[Item]] | None:
@@ -98,7 +103,7 @@ def read_entry(fields: list[Any] | None) -> tuple[str, list[Item]] | None:
         return origin, [record]  # a handover barrier (barrier.py): its fields, no message
     item = [record[b"m"], record.get(b"d", b""), record.get(b"g")]
     if b"c" in record:
-        item.append(record[b"c"])
+        item += (record.get(b"i"), record[b"c"])
     return origin, [item]
 
 
@@ -148,7 +153,8 @@ class Outbox:
         self.transactions = 0
 
     def append(self, to: str, blob: bytes, destinations: bytes = b"",
-               groups: list[str] | None = None, resent: bool = False) -> Deferred[Any]:
+               groups: list[str] | None = None, resent: bool = False,
+               seq: int = 0) -> Deferred[Any]:
         """A QoS 1/2 copy for ``to`` (``NodeLink.append``'s arguments): fires with its
         entry's id once Redis has it."""
         batch = self._entries.get(to)
@@ -157,7 +163,7 @@ class Outbox:
             self._schedule()
         d: Deferred[Any] = Deferred()
         batch.items.append([blob, destinations,
-                            encode_groups(groups, resent) if groups else None])
+                            encode_groups(groups, resent) if groups else None, seq])
         batch.deferreds.append(d)
         batch.size += len(blob)
         if len(batch.items) >= MAX_BATCH or batch.size >= MAX_BATCH_BYTES:

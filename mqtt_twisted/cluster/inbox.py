@@ -61,10 +61,14 @@ def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int 
                                    record)[1]
     receive = node.router.receive
     store = node.store
+    # This node's own stream: how far each origin's messages have been delivered here
+    # (``ClusterNode.delivered``, for a session that leaves: ``barrier.py``).
+    positions = node.delivered if field is None else None
     if field is None:
         field = node.mark_field
     end = len(items) if stop is None else stop
     at = [start]
+    barriers = node.barriers
 
     def deliver() -> None:
         # One writes_of for the lot: it collects every store write made meanwhile.
@@ -79,21 +83,26 @@ def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int 
                 try:
                     message = decode_message(item[0])
                     groups, resent = decode_groups(item[2]) if item[2] else (None, False)
-                    to = item[3].decode("utf-8") if len(item) > 3 else None
+                    n = len(item)
+                    to = item[4].decode("utf-8") if n > 4 else None
                 except Exception as e:
                     log.warn("cluster: a stream message could not be read: {error}", error=e)
                     continue
                 if to is None:
-                    receive(message, origin, groups, resent, item[1])
+                    barriers.seq = seq = item[3] if n > 3 else 0
+                    receive(message, origin, groups, resent, item[1], seq)
                 else:  # for one session that came here from its node before (moved.py)
-                    node.moved.directed(to, message)
+                    node.moved.directed(to, message, item[3])
                 if publisher is not None and publisher.paused:
                     break
         finally:
             at[0] = index
+            if positions is not None and index > start:
+                last = items[index - 1]
+                if type(last) is list and len(last) == 4 and last[3]:
+                    positions[origin] = last[3]
 
     broker.publisher = publisher
-    barriers = node.barriers
     if barriers.windows:
         barriers.origin = origin  # a session that arrived lately may hold it
     try:
@@ -102,6 +111,7 @@ def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int 
         broker.publisher = None
         store.mark = None
         barriers.origin = None
+        barriers.seq = 0
     return at[0], pending
 
 

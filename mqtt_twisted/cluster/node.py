@@ -213,6 +213,12 @@ class ClusterNode:
         self._stale: set[str] = set()
         self._stale_shared: set[str] = set()
         self._releases: dict[int, Deferred[None]] = {}
+        #: origin node -> the number of its last message delivered here from this
+        #: node's stream (``inbox.deliver_items``); a session let go carries it to its
+        #: new node (``barrier.py``, "Message identity"), which is told it in the
+        #: answer: client id -> what the old node said (``_released``).
+        self.delivered: dict[str, int] = {}
+        self._released: dict[str, dict[str, int]] = {}
         self._next_request = 0
         self._to_redis: Any = None
         #: ?wait=N: XADDs confirmed by a WAIT per turn (store/replicas.py).
@@ -444,9 +450,11 @@ class ClusterNode:
             if state is not None and client_id not in self.broker.sessions:
                 self.broker.restore_session(state)  # here, so that the forwarded follow
                 if answered:  # its old node forwards its backlog: keep it in order
-                    self.barriers.open(client_id, home.decode("utf-8"))
+                    self.barriers.open(client_id, home.decode("utf-8"),
+                                       self._released.get(client_id))
             return state
         finally:
+            self._released.pop(client_id, None)
             self.moved.arrived(client_id)
 
     @inlineCallbacks
@@ -519,7 +527,7 @@ class ClusterNode:
 
     def _control(self, data: bytes) -> None:
         try:
-            kind, client_id, node, request = msgpack.unpackb(data, raw=False)
+            kind, client_id, node, request, *more = msgpack.unpackb(data, raw=False)
         except Exception:
             log.warn("cluster: a control message could not be read: {data!r}", data=data[:60])
             return
@@ -530,23 +538,33 @@ class ClusterNode:
             adopting = list(self.failover.adopting.values())
             d = gatherResults(adopting, consumeErrors=True) if adopting else succeed(None)
 
+            delivered: dict[str, int] = {}
+
             def release(_: Any) -> Any:
                 self.barriers.flush(client_id)  # what it held goes into the session
                 session = self.broker.sessions.get(client_id)
                 if session is not None and session.subscriptions:
                     # Until every node routes its messages to `node`, forward them there.
                     self.moved.left(client_id, node, session.subscriptions)
-                return release_session(self.broker, client_id)
+                saved = release_session(self.broker, client_id)
+                # What of each origin the session has had as it was saved (barrier.py):
+                # taking its connection over lets this node's stream reader go on (flow
+                # control), and what it delivers meanwhile is in the saved session.
+                delivered.update(self.delivered)
+                delivered[self.name] = self.router.seq
+                return saved
 
             d.addBoth(release)
             d.addErrback(self._failed, f"saving {client_id}'s session for {node}")
             d.addBoth(lambda _: self.commands.command(
                 b"PUBLISH", self.keys.ctl(node),
-                msgpack.packb(["released", client_id, self.name, request])))
+                msgpack.packb(["released", client_id, self.name, request, delivered])))
             d.addErrback(self._failed, "answering a handover")
         elif kind == "released":
             answered = self._releases.get(request)
             if answered is not None and not answered.called:
+                if more and type(more[0]) is dict:
+                    self._released[client_id] = more[0]
                 answered.callback(None)
 
     def session_ended(self, client_id: str) -> None:
