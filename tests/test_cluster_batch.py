@@ -358,6 +358,23 @@ class InboxTests(SynchronousTestCase):
         self.assertIsNone(self.node.store.mark)
 
 
+    def test_positions_follow_what_is_delivered(self) -> None:
+        """Message identity: the number of each origin's last message delivered from
+        this node's stream (``node.delivered``, what a session let go carries), as far
+        as the reader got: held back within an entry, the position stops there."""
+        outbox = Outbox(self.clock, "B", Recorder().add, Recorder().push)
+        packed = []
+        outbox._add = lambda to, *fields: packed.append(fields) or Deferred()  # type: ignore[assignment]
+        for i in range(4):
+            outbox.append("A", blob(f"t/{i}"), b"A", None, False, 11 + i)
+        outbox.flush()
+        self.reader.start()
+        [read] = self.node.reader.replies
+        read.callback([[b"s:A", [(b"7-0", [b"o", b"B", *packed[0]])]]])
+        self.assertEqual(self.node.delivered, {"B": 12})  # held back after the 2nd
+        self.reader.publisher.unthrottle()
+        self.assertEqual(self.node.delivered, {"B": 14})
+
     def test_a_turn_delivers_a_bounded_number(self) -> None:
         """A read of many full batches is delivered TURN_MESSAGES at a time, one reactor
         turn each (a long turn would hold up the lease renewal); each entry is
