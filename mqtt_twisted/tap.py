@@ -333,7 +333,8 @@ class Options(BridgeOptions, usage.Options):
         if not name or any(c.isspace() or c in "{}" for c in name):
             raise usage.UsageError(f"--cluster {name!r}: a node name is not empty and has "
                                    f"no spaces or braces")
-        if _split_choice(self["store"])[0] not in ("redis", "rediss", "redis+sentinel"):
+        if _split_choice(self["store"])[0] not in ("redis", "rediss", "redis+sentinel",
+                                                   "rediss+sentinel"):
             raise usage.UsageError(f"--cluster needs --store redis://HOST:PORT/DB (the nodes "
                                    f"share it), not --store {self['store']}")
         if name == "auto":

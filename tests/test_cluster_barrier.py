@@ -47,8 +47,9 @@ def _node() -> Any:
         publisher=None, delivery=SimpleNamespace(high_water=2))
     node = SimpleNamespace(
         name="C", reactor=Clock(), broker=broker, delivered=delivered, sent=sent,
-        router=SimpleNamespace(local=SimpleNamespace(deliver=deliver)),
-        link=SimpleNamespace(barrier=barrier), _failed=lambda *a: None)
+        router=SimpleNamespace(local=SimpleNamespace(deliver=deliver), ident=0),
+        link=SimpleNamespace(barrier=barrier), _failed=lambda *a: None,
+        moved=SimpleNamespace(direct_from=lambda *a: None))
     node.barriers = Barriers(node)
     return node
 
@@ -57,9 +58,11 @@ def _message(payload: bytes, qos: int = 1) -> Message:
     return Message("ho/t", payload, qos)
 
 
-def _from(node: Any, origin: str | None, payload: bytes, qos: int = 1) -> list[Any]:
+def _from(node: Any, origin: str | None, payload: bytes, qos: int = 1,
+          seq: int = 0) -> list[Any]:
     """Deliver one message as the stream reader does (origin set), its pending writes."""
     node.barriers.origin = origin
+    node.barriers.seq = seq
     try:
         session = node.broker.sessions["mover"]
         return node.broker.journal.writes_of(
@@ -69,6 +72,31 @@ def _from(node: Any, origin: str | None, payload: bytes, qos: int = 1) -> list[A
 
 
 class BarrierTests(SynchronousTestCase):
+    def test_each_identity_once(self) -> None:
+        """Message identity: what the old node said it delivered is not delivered again;
+        a forwarded copy and a direct one of the same message reach the session once,
+        in order (the held copy the old node forwarded meanwhile is dropped)."""
+        node = _node()
+        barriers = node.barriers
+        barriers.open("mover", "B", {"A": 5, "B": 2})
+        _from(node, "A", b"4", seq=4)  # B delivered it before it let the session go
+        _from(node, "B", b"b2", seq=2)  # B's own, delivered by B
+        self.assertEqual(node.delivered, [])
+        _from(node, "A", b"6", seq=6)  # held: a barrier through B
+        _from(node, "A", b"7", seq=7)
+        self.assertEqual(node.sent, [("B", "mover", b"b", "A")])
+        self.assertTrue(barriers.first_time("mover", b"6 A"))  # B forwards 6: new
+        self.assertFalse(barriers.first_time("mover", b"6 A"))  # twice: not
+        self.assertFalse(barriers.first_time("mover", b"5 A"))
+        node.delivered.append(("mover", b"6"))  # (what moved.directed delivers)
+        node.broker.journal.writes_of(barriers.entry, "mover", {b"o": b"B", b"a": b"A"})
+        self.assertEqual(node.delivered, [("mover", b"6"), ("mover", b"7")])
+        _from(node, "B", b"b3", seq=3)  # B's own, direct: B hears it comes here now
+        self.assertEqual(node.sent[-1], ("B", "mover", b"b", "B"))
+        self.assertEqual(node.delivered[-1], ("mover", b"b3"))
+        self.assertTrue(barriers.first_time("mover", b"9 A"))
+        self.assertTrue(barriers.first_time("mover", b"x A"))  # unreadable: delivered
+
     def test_held_until_answered_then_paced(self) -> None:
         """A's direct copies wait for A's barrier through B; B's own and QoS 0 do not;
         once answered they go in order, no more at once than the high-water mark."""

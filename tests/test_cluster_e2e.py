@@ -94,7 +94,7 @@ class Client:
     """A paho-mqtt client (MQTT 3.1.1) on its network thread; messages into a queue."""
 
     def __init__(self, port: int, client_id: str, clean: bool = True,
-                 v5_expiry: int | None = None) -> None:
+                 v5_expiry: int | None = None, inherit: Client | None = None) -> None:
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         #: v5: the DISCONNECT reason codes the broker sent; the CONNACK's session present.
         self.disconnects: queue.Queue[int] = queue.Queue()
@@ -112,6 +112,10 @@ class Client:
         self.client.on_message = lambda c, u, m: self.messages.put(m)
         self.client.max_inflight_messages_set(100)
         self.client.reconnect_delay_set(60, 120)  # a taken-over client stays away
+        if inherit is not None:
+            # The same client again: its QoS 2 state (PUBREC sent, PUBREL awaited) goes
+            # on, as a real client's persistence would carry it (paho keeps it in memory).
+            self.client._in_messages = inherit.client._in_messages
         if v5_expiry is None:
             self.client.connect("127.0.0.1", port)
         else:

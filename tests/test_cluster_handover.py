@@ -7,6 +7,7 @@ Real ``twistd`` nodes on a real redis-server, paho clients.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,15 @@ __all__ = ["redis"]  # the fixture, used by name
 
 
 def takeover_mid_stream(tmp_path: Path, redis: Redis, count: int,
-                        max_queued: int | None = None) -> None:
-    """``count`` QoS 1 messages published on A for a persistent QoS 1 subscriber on B;
+                        max_queued: int | None = None, qos: int = 1,
+                        watcher: bool = False) -> None:
+    """``count`` QoS ``qos`` messages published on A for a persistent subscriber on B;
     a third of the way through, the same client id connects to C and takes the session
-    over (the second half is published after that).  Every message reaches the client, on B or on C (QoS 1: some twice), and C
-    delivers them in the publisher's order."""
+    over (the second half is published after that).  Every message reaches the client,
+    on B or on C (QoS 1: some twice; QoS 2: once), and C delivers them in the
+    publisher's order.  ``watcher``: C has a subscriber of the same filter from the
+    start, so A sends every message to both B and C (the message identity case:
+    ``cluster/barrier.py``)."""
     nodes: list[LiveBroker] = []
     made: list[Client] = []
     try:
@@ -43,12 +48,16 @@ def takeover_mid_stream(tmp_path: Path, redis: Redis, count: int,
         # sent B before it heard that C has the filter is forwarded late.
         anchor = Client(b.port, "anchor", clean=False)
         made += [pub, first, anchor]
-        first.subscribe("ho/#", 1)
-        anchor.subscribe("ho/#", 1)
-        routed(pub, "ho/probe", first, anchor)
+        first.subscribe("ho/#", qos)
+        anchor.subscribe("ho/#", qos)
+        watching = [Client(c.port, "watcher")] if watcher else []
+        made += watching
+        for w in watching:
+            w.subscribe("ho/#", qos)
+        routed(pub, "ho/probe", first, anchor, *watching)
         expected = [b"%d" % i for i in range(count)]
         for payload in expected[:count // 2]:
-            pub.publish("ho/t", payload, 1)
+            pub.publish("ho/t", payload, qos)
         got_b: list[bytes] = []
         deadline = time.monotonic() + 60
         while len(got_b) < count // 3:
@@ -59,13 +68,14 @@ def takeover_mid_stream(tmp_path: Path, redis: Redis, count: int,
         first.client.loop_stop()
         anchor.client.loop_stop()
         time.sleep(1)
-        second = Client(c.port, "mover", clean=False)  # takes the session over
+        # Takes the session over (with the client's QoS 2 state, as a real one would).
+        second = Client(c.port, "mover", clean=False, inherit=first)
         made.append(second)
         assert second.session_present
         # The rest while B forwards its backlog: A sends them to B until it hears that
         # C has the filter, then to C directly.
         for payload in expected[count // 2:]:
-            pub.publish("ho/t", payload, 1)
+            pub.publish("ho/t", payload, qos)
         got_b += [m.payload for m in first.take(count, timeout=0.5)]
         got_c: list[bytes] = []
         deadline = time.monotonic() + 120
@@ -87,6 +97,14 @@ def takeover_mid_stream(tmp_path: Path, redis: Redis, count: int,
         assert not missing, (len(missing), sorted(missing, key=int)[:10], b.log()[-3000:],
                              c.log()[-3000:])
         assert late == 0, (late, c.log()[-3000:])
+        if qos == 2:
+            counted = Counter(got_b + got_c)
+            dups = sorted((p for p, n in counted.items() if n > 1), key=int)
+            assert twice == 0, ([(p, got_b.count(p), got_c.count(p)) for p in dups[:10]],
+                                c.log()[-3000:])
+        for w in watching:  # a bystander of the filter on C: every message, once
+            got_w = [m.payload for m in w.take(count, timeout=30)]
+            assert sorted(got_w, key=int) == expected, (len(got_w), len(set(got_w)))
     finally:
         for client in made:
             client.close()
@@ -100,6 +118,16 @@ def test_takeover_mid_stream_none_lost(tmp_path: Path, redis: Redis) -> None:
     """2,000 QoS 1 messages, the session moving from B to C mid-stream: none lost, in
     order."""
     takeover_mid_stream(tmp_path, redis, 2000, max_queued=400)
+
+
+def test_takeover_qos2_with_a_subscriber_on_the_new_node(tmp_path: Path,
+                                                          redis: Redis) -> None:
+    """The new node had a subscriber of the same filter before the session came: the
+    publisher's node sent every message to both nodes.  QoS 2: none lost, none twice,
+    in order (before the message identity, those still unread in C's stream when the
+    session arrived came twice, and those C had passed before it arrived and B had not
+    delivered were lost)."""
+    takeover_mid_stream(tmp_path, redis, 2000, max_queued=400, qos=2, watcher=True)
 
 
 @pytest.mark.slow

@@ -49,7 +49,8 @@ class RecordingLink:
         self.calls.append(("publish", node, message.topic, *extra))
 
     def append(self, node: str, message: Message, destinations: bytes = b"",
-               groups: list[str] | None = None, resent: bool = False) -> Deferred[Any]:
+               groups: list[str] | None = None, resent: bool = False,
+               seq: int = 0) -> Deferred[Any]:
         extra = (tuple(groups), resent) if groups else ()
         self.calls.append(("append", node, message.topic, *extra))
         d: Deferred[Any] = Deferred()

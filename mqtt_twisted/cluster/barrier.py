@@ -32,6 +32,21 @@ same way.  QoS 0 is not forwarded, so it is not held; nor are share
 group copies (each goes to one member, not forwarded either).  O's own publishers'
 messages are not held: O forwards them as it routes them and sends them to N
 directly afterwards, on the same connection, in order.
+
+**Message identity.**  When N had a subscriber of the session's filter before the
+session came, P sent every message to both O and N: N's stream may hold messages O
+delivered to the session before letting it go (in the snapshot N loads), and N's
+reader may have passed, before the session arrived, messages that O had not
+delivered yet.  So every QoS 1/2 message has an identity shared by every stream it is
+in: its origin node and that node's sequence number (``ClusterRouter.seq``; ``s`` in a
+batch, ``i`` in a directed entry).  O answers the release with how far it had
+delivered each origin's messages (``ClusterNode.delivered``, and its own counter);
+O forwards a matching message even when N got it directly, until N's barrier request
+for its origin says N delivers that origin's messages itself (``moved.py``); and N
+gives the session each identity once, in order: a copy numbered at or below the last
+one it delivered from that origin (``_Window.last``, starting from O's answer) is a
+copy the session has had.  Per origin, every stream has the messages in the order of
+their numbers, so "at or below the last" is exact.
 """
 
 from __future__ import annotations
@@ -62,10 +77,15 @@ class _Window:
     list; in ``answered`` once its barrier is back and it is being delivered) or that
     its messages go straight through (None)."""
 
-    __slots__ = ("old", "origins", "answered", "timers", "call", "ended", "throttled")
+    __slots__ = ("old", "origins", "answered", "timers", "call", "ended", "throttled",
+                 "last")
 
-    def __init__(self, old: str) -> None:
+    def __init__(self, old: str, delivered: dict[str, int] | None = None) -> None:
         self.old = old
+        #: origin node -> the number of its last message the session has had (from the
+        #: old node's answer, then what is delivered here): identities at or below it
+        #: are copies it has had.
+        self.last: dict[str, int] = dict(delivered or {})
         self.origins: dict[str, list[tuple[Any, ...]] | None] = {}
         self.answered: set[str] = set()
         self.timers: dict[str, Any] = {}
@@ -73,6 +93,16 @@ class _Window:
         self.ended = False
         #: Stream readers held back while what was held is delivered.
         self.throttled: set[Any] = set()
+
+    def fresh(self, origin: str, seq: int) -> bool:
+        """Whether the session has not had ``origin``'s message ``seq`` (0: unknown,
+        taken as new); it has from now on."""
+        if not seq:
+            return True
+        if seq <= self.last.get(origin, 0):
+            return False
+        self.last[origin] = seq
+        return True
 
 
 class Barriers:
@@ -86,15 +116,19 @@ class Barriers:
         #: The node a message being delivered came from (set around a stream entry's
         #: delivery by ``inbox.deliver_items``); None: published here.
         self.origin: str | None = None
+        #: That message's number at ``origin`` (set with it; 0: unknown).
+        self.seq = 0
         self._real: Any = None
         self.held = 0  # messages held for a barrier, in all
 
     # --- N: windows ---
 
-    def open(self, client_id: str, old: str) -> None:
-        """``client_id``'s session came here from ``old``, which forwards its backlog."""
+    def open(self, client_id: str, old: str,
+             delivered: dict[str, int] | None = None) -> None:
+        """``client_id``'s session came here from ``old``, which forwards its backlog;
+        ``delivered``: how far ``old`` had delivered each origin's messages to it."""
         self.flush(client_id)
-        window = self.windows[client_id] = _Window(old)
+        window = self.windows[client_id] = _Window(old, delivered)
         window.call = self.node.reactor.callLater(WINDOW_LIMIT, self.end, client_id)
         local = self.node.router.local
         if self._real is None:
@@ -162,12 +196,26 @@ class Barriers:
         if window is None or not message.qos or group is not None:
             self._real(session, message, qos, retain, subscription_ids, group)
             return
-        origin = self.origin or self.node.name
+        origin = self.origin
+        if origin is None:  # published here
+            origin, seq = self.node.name, self.node.router.ident
+        else:
+            seq = self.seq
+        if seq and seq <= window.last.get(origin, 0):
+            return  # the old node delivered it before it let the session go, or forwarded it
         if origin == window.old:
+            if origin not in window.origins:
+                # Not held (see above); but the old node forwards its own messages
+                # until it hears that they come here directly.
+                window.origins[origin] = None
+                d = self.node.link.barrier(window.old, session.clientId, b"b", origin)
+                d.addErrback(self.node._failed, f"telling {window.old} of a handover")
+            window.fresh(origin, seq)
             self._real(session, message, qos, retain, subscription_ids, group)
             return
         held = window.origins.get(origin, ())
         if held is None:  # its barrier is back and what it held is delivered
+            window.fresh(origin, seq)
             self._real(session, message, qos, retain, subscription_ids, group)
             return
         if not held:
@@ -180,7 +228,7 @@ class Barriers:
                 publisher.throttle()
                 window.throttled.add(publisher)
         d: Deferred[None] = Deferred()
-        held.append((message, qos, retain, subscription_ids, d))
+        held.append((seq, message, qos, retain, subscription_ids, d))
         self.held += 1
         # Acknowledged (in this node's stream, or to a local publisher) once delivered.
         self.node.broker.journal.persist(d)
@@ -225,7 +273,7 @@ class Barriers:
         if count:
             batch, held[:count] = held[:count], []
             _, writes = broker.journal.writes_of(self._deliver_held, session, batch,
-                                                 self._real)
+                                                 self._real, window, origin)
             done = gatherResults(writes, consumeErrors=True) if writes else succeed(None)
             done.addBoth(_fire, batch)
         if held:
@@ -244,11 +292,25 @@ class Barriers:
             publisher.unthrottle()
 
     @staticmethod
-    def _deliver_held(session: Any, held: list[tuple[Any, ...]], real: Any) -> None:
+    def _deliver_held(session: Any, held: list[tuple[Any, ...]], real: Any,
+                      window: _Window, origin: str) -> None:
         if session is None:
             return  # the session ended meanwhile: nothing to deliver to
-        for message, qos, retain, subscription_ids, _ in held:
-            real(session, message, qos, retain, subscription_ids, None)
+        for seq, message, qos, retain, subscription_ids, _ in held:
+            if window.fresh(origin, seq):  # (else forwarded by the old node meanwhile)
+                real(session, message, qos, retain, subscription_ids, None)
+
+    def first_time(self, client_id: str, ident: bytes) -> bool:
+        """Whether a message forwarded to ``client_id``'s session (``ident``:
+        ``b"SEQ ORIGIN"``) is new to it; it is not new from now on."""
+        window = self.windows.get(client_id)
+        if window is None:
+            return True
+        seq, _, origin = ident.partition(b" ")
+        try:
+            return window.fresh(origin.decode("utf-8"), int(seq))
+        except ValueError:
+            return True
 
     # --- both sides: barrier entries (no message) in a stream ---
 
@@ -257,8 +319,9 @@ class Barriers:
         node = self.node
         sender = record[b"o"].decode("utf-8")
         if b"b" in record:  # O: a request; answered behind what is forwarded so far
-            node.broker.journal.persist(node.link.barrier(sender, client_id, b"a",
-                                                          record[b"b"].decode("utf-8")))
+            origin = record[b"b"].decode("utf-8")
+            node.moved.direct_from(client_id, sender, origin)
+            node.broker.journal.persist(node.link.barrier(sender, client_id, b"a", origin))
             return
         window = self.windows.get(client_id)
         if window is None or window.old != sender:

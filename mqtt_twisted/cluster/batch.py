@@ -12,17 +12,19 @@ whose items are unpacked by one ``msgpack`` call in C.
 
 Stream entry fields (``o`` the origin node first, as before):
 
-- ``r``: a batch, ``msgpack [[message, d, g], ...]`` — ``message`` the stored form
+- ``r``: a batch, ``msgpack [[message, d, g, s], ...]`` — ``message`` the stored form
   (``store.redis.with_records``: the array ``encode_message`` packs, here unpacked
   with the rest: the whole batch is packed in one msgpack call and read in one, no
   second pack and unpack per message), ``d`` every node the message went to
   (``moved.py`` reads it), ``g`` the share groups field (``shared.encode_groups``) or
-  nil;
+  nil, ``s`` the message's sequence number at its origin node (``o``; 0: none; absent
+  before message identity): ``(o, s)`` names the message in every stream it is in
+  (``barrier.py`` tells a copy the session's old node delivered from a new one by it);
 - ``p``: the same with each message packed on its own (``encode_message``), as
   written before ``r`` (still read);
-- ``m`` (with ``d``, ``g``, or ``c`` for a session that moved, ``moved.py``): one
-  message, as written before batching (and still for directed entries); read as a
-  batch of one.
+- ``m`` (with ``d``, ``g``, or ``c`` for a session that moved, ``moved.py``, and then
+  ``i``: ``b"SEQ ORIGIN"``, the forwarded message's identity): one message, as written
+  before batching (and still for directed entries); read as a batch of one.
 
 A QoS 0 pub/sub message is ``msgpack [origin, [[message, groups, resent], ...]]``,
 ``message`` the stored form unpacked as in ``r`` (before: packed, or
@@ -84,17 +86,20 @@ def _unpack(data: bytes) -> Any:
 
 
 #: One message of a stream entry as read, still encoded (lists, as msgpack unpacks
-#: them: no object per message): ``[message, destinations, groups]`` — the stored form
-#: (a list in an ``r`` batch, ``message_from_record`` reads it; packed bytes otherwise,
-#: ``decode_message``: :func:`item_message` reads either), every node it went to
-#: comma-separated (``moved.py``), ``shared.encode_groups``' field or None — and, for
-#: a directed entry, the client id of its session (``moved.py``) fourth.
+#: them: no object per message): ``[message, destinations, groups, seq]`` — the stored
+#: form (a list in an ``r`` batch, ``message_from_record`` reads it; packed bytes
+#: otherwise, ``decode_message``: :func:`item_message` reads either), every node it
+#: went to comma-separated (``moved.py``), ``shared.encode_groups``' field or None, its
+#: sequence number at the entry's origin (absent from entries written before message
+#: identity) — and, for a directed entry, ``[message, destinations, groups, identity,
+#: client id]``: the ``i`` field (or None) fourth, the client id of its session
+#: (``moved.py``) fifth.
 Item = list
 
 
 def directed(item: Item) -> bytes | None:
     """A directed entry's client id, or None."""
-    return item[3] if len(item) > 3 else None
+    return item[4] if len(item) > 4 else None
 
 
 def item_message(item: Item) -> Message:
@@ -122,7 +127,7 @@ def read_entry(fields: list[Any] | None) -> tuple[str, list[Item]] | None:
         return origin, [record]  # a handover barrier (barrier.py): its fields, no message
     item = [record[b"m"], record.get(b"d", b""), record.get(b"g")]
     if b"c" in record:
-        item.append(record[b"c"])
+        item += (record.get(b"i"), record[b"c"])
     return origin, [item]
 
 
@@ -174,7 +179,8 @@ class Outbox:
         self.transactions = 0
 
     def append(self, to: str, message: Message, destinations: bytes = b"",
-               groups: list[str] | None = None, resent: bool = False) -> SharedWrite:
+               groups: list[str] | None = None, resent: bool = False,
+               seq: int = 0) -> SharedWrite:
         """A QoS 1/2 copy for ``to`` (``NodeLink.append``'s arguments): the batch's
         write, which fires with its entry's id once Redis has it (shared by every
         message of the entry).  The message is packed when the batch is sent."""
@@ -183,7 +189,7 @@ class Outbox:
             batch = self._entries[to] = _Batch()
             self._schedule()
         batch.items.append([message, destinations,
-                            encode_groups(groups, resent) if groups else None])
+                            encode_groups(groups, resent) if groups else None, seq])
         batch.size += len(message.payload)
         if len(batch.items) >= MAX_BATCH or batch.size >= MAX_BATCH_BYTES:
             self.flush_entries(to)

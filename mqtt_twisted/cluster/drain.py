@@ -218,8 +218,8 @@ class Drain:
         try:
             if type(item) is dict:
                 return None  # a handover barrier (barrier.py): nothing to queue
-            if len(item) > 3:  # directed to one session (moved.py)
-                client_ids = [item[3].decode("utf-8")]
+            if len(item) > 4:  # directed to one session (moved.py)
+                client_ids = [item[4].decode("utf-8")]
             else:
                 topic = item_message(item).topic
                 client_ids = [c for c, _ in self.node.router.local.tree.match(topic)]

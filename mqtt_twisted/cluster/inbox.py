@@ -73,10 +73,14 @@ def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int 
     # router, as ``ClusterRouter.receive`` would (``plain`` counts them for it).
     dispatch = router.plain_receiver()
     store = node.store
+    # This node's own stream: how far each origin's messages have been delivered here
+    # (``ClusterNode.delivered``, for a session that leaves: ``barrier.py``).
+    positions = node.delivered if field is None else None
     if field is None:
         field = node.mark_field
     end = len(items) if stop is None else stop
     at = [start]
+    barriers = node.barriers
 
     def deliver() -> None:
         # One writes_of for the lot: it collects every store write made meanwhile.
@@ -94,26 +98,32 @@ def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int 
                     message = (message_from_record(stored) if type(stored) is list
                                else decode_message(stored))
                     groups, resent = decode_groups(item[2]) if item[2] else (None, False)
-                    to = item[3].decode("utf-8") if len(item) > 3 else None
+                    n = len(item)
+                    to = item[4].decode("utf-8") if n > 4 else None
                 except Exception as e:
                     log.warn("cluster: a stream message could not be read: {error}", error=e)
                     continue
                 if to is not None:  # for one session that came here before (moved.py)
-                    node.moved.directed(to, message)
-                elif groups is None and dispatch is not None:
-                    plain += 1
-                    dispatch(message, origin)
+                    node.moved.directed(to, message, item[3])
                 else:
-                    receive(message, origin, groups, resent, item[1])
+                    barriers.seq = seq = item[3] if n > 3 else 0  # identity (barrier.py)
+                    if groups is None and dispatch is not None:
+                        plain += 1
+                        dispatch(message, origin)
+                    else:
+                        receive(message, origin, groups, resent, item[1], seq)
                 if publisher is not None and publisher.paused:
                     break
         finally:
             at[0] = index
             if plain:
                 router.received += plain
+            if positions is not None and index > start:
+                last = items[index - 1]
+                if type(last) is list and len(last) == 4 and last[3]:
+                    positions[origin] = last[3]
 
     broker.publisher = publisher
-    barriers = node.barriers
     if barriers.windows:
         barriers.origin = origin  # a session that arrived lately may hold it
     try:
@@ -122,6 +132,7 @@ def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int 
         broker.publisher = None
         store.mark = None
         barriers.origin = None
+        barriers.seq = 0
     return at[0], pending
 
 

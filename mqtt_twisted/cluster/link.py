@@ -93,18 +93,25 @@ class NodeLink:
         self.outbox.publish(to, message, groups, resent)
 
     def append(self, to: str, message: Message, destinations: bytes = b"",
-               groups: list[str] | None = None, resent: bool = False) -> SharedWrite:
+               groups: list[str] | None = None, resent: bool = False,
+               seq: int = 0) -> SharedWrite:
         """QoS 1/2, in this turn's stream entry for ``to``: fires once the entry is in
         node ``to``'s stream.  ``destinations``: every node the message was sent to
         (``moved.py`` reads it); the share groups ``to`` gives it to and whether it was
-        sent on, only when there are some (``router.py``)."""
-        return self.outbox.append(to, message, destinations, groups, resent)
+        sent on, only when there are some (``router.py``); ``seq`` its number at this
+        node (its identity, with this node's name: ``barrier.py``)."""
+        return self.outbox.append(to, message, destinations, groups, resent, seq)
 
-    def direct(self, to: str, client_id: str, message: Any) -> Deferred[Any]:
+    def direct(self, to: str, client_id: str, message: Any,
+               ident: bytes = b"") -> Deferred[Any]:
         """A QoS 1/2 message for one session that left here for ``to`` (``moved.py``),
-        after what this turn has for ``to`` already."""
+        after what this turn has for ``to`` already; ``ident``: ``b"SEQ ORIGIN"``, the
+        message's identity (``barrier.py``)."""
         self.outbox.flush_entries(to)
-        return self._add(to, b"m", encode_message(message), b"c", client_id.encode("utf-8"))
+        fields = (b"m", encode_message(message), b"c", client_id.encode("utf-8"))
+        if ident:
+            fields += (b"i", ident)
+        return self._add(to, *fields)
 
     def barrier(self, to: str, client_id: str, field: bytes, value: str) -> Deferred[Any]:
         """A barrier entry for ``client_id``'s handover (``barrier.py``): ``b`` asks the

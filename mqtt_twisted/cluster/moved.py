@@ -69,7 +69,7 @@ def deliveries_for(client_id: str, subscriptions: dict[str, Any],
 
 
 class _Departure:
-    __slots__ = ("to", "subscriptions", "filters", "call", "forwarded")
+    __slots__ = ("to", "subscriptions", "filters", "call", "forwarded", "direct")
 
     def __init__(self, to: str, subscriptions: dict[str, Any], filters: set[str]) -> None:
         self.to = to
@@ -77,6 +77,9 @@ class _Departure:
         self.filters = filters
         self.call: Any = None
         self.forwarded = 0
+        #: The origin nodes whose messages the new node delivers to the session
+        #: directly (it asked for their barrier): not forwarded when it got them too.
+        self.direct: set[str] = set()
 
 
 class Moved:
@@ -139,21 +142,35 @@ class Moved:
                  "session went there", name=self.node.name, n=departure.forwarded,
                  to=departure.to, client=client_id)
 
-    def forward(self, message: Message, destinations: Any) -> None:
-        """A QoS 1/2 message routed here: on to each departed session it matches whose
-        node did not get it directly (``destinations``: the nodes it was sent to)."""
+    def forward(self, message: Message, destinations: Any, origin: str = "",
+                seq: int = 0) -> None:
+        """A QoS 1/2 message routed here (``seq`` its number at node ``origin``): on to
+        each departed session it matches, unless its new node got it directly
+        (``destinations``: the nodes it was sent to) *and* delivers ``origin``'s
+        messages to the session itself (it asked for their barrier): before that, it
+        may have passed this message before the session arrived, so it is forwarded
+        and the new node drops the copy it has twice (by identity, ``barrier.py``)."""
         node = self.node
         leaving = self.leaving
         for client_id in {c for c, _ in self._filters.match(message.topic)}:
             departure = leaving[client_id]  # type: ignore[index]
-            if departure.to in destinations:
+            if departure.to in destinations and (not seq or origin in departure.direct):
                 continue
             if deliveries_for(client_id, departure.subscriptions, message) is None:
                 continue
             self.forwarded += 1
             departure.forwarded += 1
-            node.broker.journal.persist(node.link.direct(departure.to, client_id, message))
+            node.broker.journal.persist(node.link.direct(
+                departure.to, client_id, message,
+                b"%d %s" % (seq, origin.encode("utf-8")) if seq else b""))
             departure.call.reset(GRACE)
+
+    def direct_from(self, client_id: str, to: str, origin: str) -> None:
+        """Node ``to`` (where ``client_id``'s session went) delivers ``origin``'s
+        messages to it directly from now on (its barrier request, ``barrier.py``)."""
+        departure = self.leaving.get(client_id)
+        if departure is not None and departure.to == to:
+            departure.direct.add(origin)
 
     def clear(self) -> None:
         for client_id in list(self.leaving):
@@ -185,8 +202,9 @@ class Moved:
         for resume in waiting or ():
             self.node.reactor.callLater(0, resume)
 
-    def directed(self, client_id: str, message: Message) -> None:
-        """A directed entry from the node the session left: into that session only."""
+    def directed(self, client_id: str, message: Message, ident: bytes | None = None) -> None:
+        """A directed entry from the node the session left: into that session only,
+        unless it is a copy the session has had already (``ident``: ``b"SEQ ORIGIN"``)."""
         broker = self.node.broker
         session = broker.sessions.get(client_id)
         if session is None:
@@ -194,6 +212,7 @@ class Moved:
                      "here, is dropped", client=client_id)
             return
         found = deliveries_for(client_id, session.subscriptions, message)
-        if found is not None:
+        if found is not None and (not ident or self.node.barriers.first_time(client_id,
+                                                                            ident)):
             qos, retain, ids = found
             broker.deliver(session, message, qos, retain, ids)

@@ -215,6 +215,12 @@ class ClusterNode:
         self._stale: set[str] = set()
         self._stale_shared: set[str] = set()
         self._releases: dict[int, Deferred[None]] = {}
+        #: origin node -> the number of its last message delivered here from this
+        #: node's stream (``inbox.deliver_items``); a session let go carries it to its
+        #: new node (``barrier.py``, "Message identity"), which is told it in the
+        #: answer: client id -> what the old node said (``_released``).
+        self.delivered: dict[str, int] = {}
+        self._released: dict[str, dict[str, int]] = {}
         self._next_request = 0
         self._to_redis: Any = None
         #: ?wait=N: XADDs confirmed by a WAIT per turn (store/replicas.py).
@@ -449,9 +455,11 @@ class ClusterNode:
             if state is not None and client_id not in self.broker.sessions:
                 self.broker.restore_session(state)  # here, so that the forwarded follow
                 if answered:  # its old node forwards its backlog: keep it in order
-                    self.barriers.open(client_id, home.decode("utf-8"))
+                    self.barriers.open(client_id, home.decode("utf-8"),
+                                       self._released.get(client_id))
             return state
         finally:
+            self._released.pop(client_id, None)
             self.moved.arrived(client_id)
 
     @inlineCallbacks
@@ -523,7 +531,7 @@ class ClusterNode:
 
     def _control(self, data: bytes) -> None:
         try:
-            kind, client_id, node, request = msgpack.unpackb(data, raw=False)
+            kind, client_id, node, request, *more = msgpack.unpackb(data, raw=False)
         except Exception:
             log.warn("cluster: a control message could not be read: {data!r}", data=data[:60])
             return
@@ -532,6 +540,8 @@ class ClusterNode:
         elif kind == "released":
             answered = self._releases.get(request)
             if answered is not None and not answered.called:
+                if more and type(more[0]) is dict:
+                    self._released[client_id] = more[0]
                 answered.callback(None)
 
     def session_ended(self, client_id: str) -> None:

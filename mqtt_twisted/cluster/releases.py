@@ -3,7 +3,8 @@
 A CONNECT on node N for a client whose session lives here makes N ask this node, on
 its control channel, to let the session go (``node.py``); this node takes the
 connection over, saves the session and answers "released" once the save is stored
-(``handover.release_session``).  A request waits while the session is still to be
+(``handover.release_session``), with how far the session had each origin's messages
+(``barrier.py``, "Message identity").  A request waits while the session is still to be
 restored by an adoption under way here (``adoption.py``): released before, it would
 be restored here again afterwards.
 
@@ -69,18 +70,27 @@ class Releases:
         client_id, to, request = item
         node = self.node
         self.released += 1
-        d = maybeDeferred(self._let_go, client_id, to)
+        delivered: dict[str, int] = {}
+        d = maybeDeferred(self._let_go, client_id, to, delivered)
         d.addErrback(node._failed, f"saving {client_id}'s session for {to}")
         d.addBoth(lambda _: node.commands.command(
             b"PUBLISH", node.keys.ctl(to),
-            msgpack.packb(["released", client_id, node.name, request])))
+            msgpack.packb(["released", client_id, node.name, request, delivered])))
         d.addErrback(node._failed, "answering a handover")
 
-    def _let_go(self, client_id: str, to: str) -> Any:
+    def _let_go(self, client_id: str, to: str, delivered: dict[str, int]) -> Any:
+        """Let the session go; ``delivered`` gets how far it has had each origin's
+        messages, for the answer (``barrier.py``, "Message identity")."""
         node = self.node
         node.barriers.flush(client_id)  # what it held goes into the session
         session = node.broker.sessions.get(client_id)
         if session is not None and session.subscriptions:
             # Until every node routes its messages to `to`, forward them there.
             node.moved.left(client_id, to, session.subscriptions)
-        return release_session(node.broker, client_id)
+        saved = release_session(node.broker, client_id)
+        # What of each origin the session has had as it was saved (barrier.py): taking
+        # its connection over lets this node's stream reader go on (flow control), and
+        # what it delivers meanwhile is in the saved session.
+        delivered.update(node.delivered)
+        delivered[node.name] = node.router.seq
+        return saved

@@ -76,6 +76,11 @@ class ClusterRouter:
         #: ``moved.Moved`` (set by the node) and its sessions that left lately.
         self.moved: Any = None
         self.leaving: dict[str, Any] = {}
+        #: The last sequence number given to a local QoS 1/2 message that went to peers
+        #: or to a session that left: with this node's name, the message's identity in
+        #: every stream (``barrier.py``); and the one being delivered here (0: none).
+        self.seq = 0
+        self.ident = 0
 
     # --- the index: the local router's, and the registrations in Redis ---
 
@@ -187,21 +192,30 @@ class ClusterRouter:
         if not routes.by_node and not self.leaving:
             return self.local.dispatch(message, origin)
         nodes, destinations = routes.cache.get(message.topic) or routes.route(message.topic)
+        if not message.qos:
+            if nodes:
+                self.forwarded += len(nodes)
+                link = self.link
+                for node in nodes:
+                    link.publish(node, message)
+            return len(nodes) + self.local.dispatch(message, origin)
+        # QoS 1/2: a number here, with this node's name its identity (barrier.py).
+        self.seq = seq = self.seq + 1
         if nodes:
             # _forward inline (no share groups, nothing resent): on every crossing message.
             self.forwarded += len(nodes)
             link = self.link
-            if message.qos:
-                persist = self.persist
-                for node in nodes:
-                    # Collected by the journal when a publisher waits for its PUBACK.
-                    persist(link.append(node, message, destinations))
-            else:
-                for node in nodes:
-                    link.publish(node, message)
-        if self.leaving and message.qos:
-            self.moved.forward(message, nodes)
-        return len(nodes) + self.local.dispatch(message, origin)
+            persist = self.persist
+            for node in nodes:
+                # Collected by the journal when a publisher waits for its PUBACK.
+                persist(link.append(node, message, destinations, None, False, seq))
+        if self.leaving:
+            self.moved.forward(message, nodes, self.name, seq)
+        self.ident = seq
+        try:
+            return len(nodes) + self.local.dispatch(message, origin)
+        finally:
+            self.ident = 0
 
     def _dispatch_groups(self, message: Message) -> int:
         """With share groups about: one node per matching group (``shared.py``)."""
@@ -220,18 +234,27 @@ class ClusterRouter:
                 picks.setdefault(node, []).append(key)
         dests = routes.nodes_for(message.topic) if routes.by_node else set()
         dests.update(picks)
+        seq = 0
+        if message.qos:
+            self.seq = seq = self.seq + 1
         if dests:
-            self._forward(message, dests, picks)
-        if self.leaving and message.qos:
-            self.moved.forward(message, dests)
-        delivered = local.dispatch_plain(message)
+            self._forward(message, dests, picks, False, seq)
+        if self.leaving and seq:
+            self.moved.forward(message, dests, self.name, seq)
+        self.ident = seq
+        try:
+            delivered = local.dispatch_plain(message)
+        finally:
+            self.ident = 0
         for key in mine:
             delivered += local.deliver_shared(key, local.shared_groups[key], message)
         return delivered + len(dests)
 
     def _forward(self, message: Message, nodes: set[str],
-                 picks: dict[str, list[str]] | None = None, resent: bool = False) -> None:
-        """One copy per node; ``picks`` names the share groups each node serves."""
+                 picks: dict[str, list[str]] | None = None, resent: bool = False,
+                 seq: int = 0) -> None:
+        """One copy per node; ``picks`` names the share groups each node serves; ``seq``
+        the message's number here (its identity, QoS 1/2)."""
         link = self.link
         self.forwarded += len(nodes)
         if not message.qos:
@@ -244,17 +267,18 @@ class ClusterRouter:
         for node in nodes:
             # Collected by the journal when a publisher waits for its acknowledgement.
             self.persist(link.append(node, message, destinations,
-                                     picks.get(node) if picks else None, resent))
+                                     picks.get(node) if picks else None, resent, seq))
 
     def receive(self, message: Message, origin: str, groups: list[str] | None = None,
-                resent: bool = False, destinations: bytes = b"") -> int:
+                resent: bool = False, destinations: bytes = b"", seq: int = 0) -> int:
         """A peer's message: delivered to the local plain subscriptions, and to one
         member of each share group it names (another node's if none is left here);
         forwarded to a session that left lately, unless its new node got it too
-        (``moved.py``)."""
+        (``moved.py``).  ``seq``: its number at ``origin`` (0: unknown)."""
         self.received += 1
         if self.leaving and message.qos:
-            self.moved.forward(message, destinations.decode("utf-8").split(","))
+            self.moved.forward(message, destinations.decode("utf-8").split(","), origin,
+                               seq)
         local = self.local
         if not groups:
             return local.dispatch_plain(message) if local.shared_groups else \

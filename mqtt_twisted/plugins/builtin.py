@@ -31,6 +31,8 @@ class RedisStorePlugin:
             "rediss": "Redis over TLS: rediss://[:password@]host:port/db[?ca=FILE]",
             "redis+sentinel": "Redis behind Sentinel: redis+sentinel://host:26379,host2:26379"
                               "/mymaster/db (docs/stores.md)",
+            "rediss+sentinel": "Redis behind Sentinel, TLS to both: rediss+sentinel://"
+                               "host:26379,host2:26379/mymaster/db[?ca=FILE]",
         }.get(name, "Redis: redis://[:password@]host:port/db[?pool=N&timeout=S] "
                     "(docs/stores.md)")
 
@@ -120,4 +122,5 @@ redisStore = RedisStorePlugin("redis")
 redissStore = RedisStorePlugin("rediss")
 etcdStore = EtcdStorePlugin()
 redisSentinelStore = RedisStorePlugin("redis+sentinel")
+redissSentinelStore = RedisStorePlugin("rediss+sentinel")
 anonymousAuth = AnonymousAuthPlugin()

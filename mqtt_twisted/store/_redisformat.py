@@ -42,11 +42,12 @@ def encode_message(message: Message) -> bytes:
 
 
 def with_records(items: list[list[Any]]) -> list[list[Any]]:
-    """``[[message, a, b], ...]`` with each message in its stored form as a list, not
-    yet packed: a cluster node packs a batch of them in one msgpack call
-    (``cluster/batch.py``), and its peer unpacks them in one."""
+    """``[[message, a, b, ...], ...]`` with each message in its stored form as a list,
+    not yet packed: a cluster node packs a batch of them in one msgpack call
+    (``cluster/batch.py``: a stream entry's items have a fourth element, the message's
+    sequence number), and its peer unpacks them in one."""
     return [[[FORMAT, m.topic, m.payload, m.qos, m.retain, m.properties, m.received_at,
-              m.sender], a, b] for m, a, b in items]
+              m.sender], *rest] for m, *rest in items]
 
 
 def message_from_record(record: list[Any]) -> Message:

@@ -45,12 +45,15 @@ def endpoint(reactor: Any, options: Any) -> Any:
     return plain_endpoint(reactor, options, options.host, options.port)
 
 
-def plain_endpoint(reactor: Any, options: Any, host: str, port: int) -> Any:
-    """TCP or TLS (see :func:`endpoint`) to ``host:port``."""
+def plain_endpoint(reactor: Any, options: Any, host: str, port: int,
+                   timeout: float | None = None) -> Any:
+    """TCP or TLS (see :func:`endpoint`) to ``host:port`` (a sentinel's too:
+    ``rediss+sentinel://`` is TLS to both, with the same CA and client certificate)."""
     from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 
     o = options
-    tcp = HostnameEndpoint(reactor, host, port, timeout=o.connect_timeout)
+    tcp = HostnameEndpoint(reactor, host, port,
+                           timeout=o.connect_timeout if timeout is None else timeout)
     if not o.tls:
         return tcp
     from twisted.internet import ssl

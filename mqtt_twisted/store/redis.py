@@ -144,16 +144,18 @@ def parse_url(url: str) -> RedisOptions:
     ``rediss://`` uses TLS, verified against the system's CAs or ``?ca=FILE``;
     ``?cert=FILE&key=FILE`` present a client certificate.
     ``redis+sentinel://HOST:26379,HOST2/SERVICE/DB`` finds the master through Sentinel
-    (``store/sentinel.py``).  Raises ValueError.
+    (``store/sentinel.py``); ``rediss+sentinel://`` talks TLS to the sentinels and to
+    the master, with the same ``?ca=&cert=&key=`` as ``rediss://``.  Raises ValueError.
     """
-    if url.startswith("redis+sentinel://"):
+    if url.startswith(("redis+sentinel://", "rediss+sentinel://")):
         from mqtt_twisted.store.sentinel import parse_sentinel_url
 
-        return _checked(parse_sentinel_url(url, RedisOptions(), _QUERY))
+        options = RedisOptions(tls=url.startswith("rediss+"))
+        return _checked(parse_sentinel_url(url, options, _QUERY))
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss"):
-        raise ValueError(f"a Redis URL starts with redis://, rediss:// or redis+sentinel://, "
-                         f"not {url!r}")
+        raise ValueError(f"a Redis URL starts with redis://, rediss://, redis+sentinel:// "
+                         f"or rediss+sentinel://, not {url!r}")
     options = RedisOptions(tls=parts.scheme == "rediss")
     try:
         if parts.hostname:
@@ -192,7 +194,7 @@ def _checked(options: RedisOptions) -> RedisOptions:
             or options.wait_timeout <= 0):
         raise ValueError("Redis timeouts must be positive")
     if (options.ca or options.cert or options.key) and not options.tls:
-        raise ValueError("ca, cert and key need a rediss:// (TLS) URL")
+        raise ValueError("ca, cert and key need a rediss:// or rediss+sentinel:// (TLS) URL")
     if bool(options.cert) != bool(options.key):
         raise ValueError("a client certificate needs both cert and key")
     return options
@@ -242,7 +244,8 @@ class RedisStore:
         o = self.options
         if o.sentinels:
             sentinels = ",".join(f"{h}:{p}" for h, p in o.sentinels)
-            return f"<RedisStore redis+sentinel://{sentinels}/{o.service}/{o.db}>"
+            scheme = "rediss+sentinel" if o.tls else "redis+sentinel"
+            return f"<RedisStore {scheme}://{sentinels}/{o.service}/{o.db}>"
         return f"<RedisStore {'rediss' if o.tls else 'redis'}://{o.host}:{o.port}/{o.db}>"
 
     # --- lifecycle ----------------------------------------------------------------------

@@ -5,6 +5,10 @@ Selected with ``--store redis+sentinel://[[user]:password@]host[:port][,host[:po
 Prefect also read: the sentinels, comma-separated, port 26379 by default; the master's
 service name; the database).  The user and password are the master's, as in
 ``redis://``; ``?sentinel_username=&sentinel_password=`` are the sentinels' own.
+``rediss+sentinel://`` talks TLS to the sentinels and to the master they name (Redis's
+``tls-port`` on both), verified against ``?ca=FILE`` (default: the system's CAs), with
+a client certificate from ``?cert=&key=`` when they ask for one: the options of
+``rediss://``, for every connection.
 
 The seam is one Twisted client endpoint, :class:`SentinelEndpoint`, which both the
 store's connections (txredisapi) and the cluster's (``cluster/client.py``) reconnect
@@ -42,6 +46,9 @@ from mqtt_twisted.errors import StorageError
 log = Logger()
 
 SCHEME = "redis+sentinel"
+TLS_SCHEME = "rediss+sentinel"
+#: The URL options that only a TLS URL takes.
+_TLS_ONLY = ("ca", "cert", "key")
 DEFAULT_PORT = 26379
 #: The pub/sub channel on which a sentinel announces a new master:
 #: ``"<service> <old ip> <old port> <new ip> <new port>"``.
@@ -81,7 +88,8 @@ def parse_sentinels(netloc: str) -> tuple[str | None, str | None, list[tuple[str
 def parse_sentinel_url(url: str, options: Any, query: dict[str, type]) -> Any:
     """Fill ``options`` (RedisOptions) from a ``redis+sentinel://`` URL; ValueError if bad.
     ``query`` is the Redis URL's own options, which apply here too."""
-    rest = url[len(SCHEME) + 3:]
+    tls = url.startswith(TLS_SCHEME + "://")
+    rest = url[len(TLS_SCHEME if tls else SCHEME) + 3:]
     netloc, _, path = rest.partition("/")
     path, _, query_text = path.partition("?")
     options.username, options.password, options.sentinels = parse_sentinels(netloc)
@@ -96,9 +104,11 @@ def parse_sentinel_url(url: str, options: Any, query: dict[str, type]) -> Any:
     kinds = {**query, "sentinel_username": str, "sentinel_password": str}
     for name, value in parse_qsl(query_text, keep_blank_values=True):
         kind = kinds.get(name)
-        if kind is None or name in ("ca", "cert", "key"):
-            known = ", ".join(sorted(k for k in kinds if k not in ("ca", "cert", "key")))
-            raise ValueError(f"unknown Redis Sentinel URL option {name!r} (known: {known})")
+        if kind is None or (name in _TLS_ONLY and not tls):
+            known = ", ".join(sorted(k for k in kinds if tls or k not in _TLS_ONLY))
+            hint = " (ca, cert and key need rediss+sentinel://)" if name in _TLS_ONLY else ""
+            raise ValueError(f"unknown Redis Sentinel URL option {name!r}{hint} "
+                             f"(known: {known})")
         try:
             setattr(options, name, kind(value))
         except ValueError:
@@ -217,7 +227,7 @@ class SentinelEndpoint:
     def locate(self) -> Any:
         """The master's (host, port), from the first sentinel that knows it; fails with
         StorageError when none does."""
-        from twisted.internet.endpoints import HostnameEndpoint
+        from mqtt_twisted.store._redislink import plain_endpoint
 
         o = self.options
         asks = [*_auth(o.sentinel_username, o.sentinel_password),
@@ -227,8 +237,8 @@ class SentinelEndpoint:
             host, port = sentinel
             ask = _Ask(asks)
             try:
-                to = HostnameEndpoint(self.reactor, host, port,
-                                      timeout=min(2.0, o.connect_timeout))
+                to = plain_endpoint(self.reactor, o, host, port,
+                                    timeout=min(2.0, o.connect_timeout))
                 yield to.connect(_OneShot(ask))
                 ask.answer.addTimeout(min(2.0, o.timeout), self.reactor)
                 reply = yield ask.answer
@@ -312,13 +322,13 @@ class _RotatingEndpoint:
         self.owner = owner
 
     def connect(self, protocolFactory: Factory) -> Deferred[Any]:
-        from twisted.internet.endpoints import HostnameEndpoint
+        from mqtt_twisted.store._redislink import plain_endpoint
 
         owner = self.owner
         host, port = owner.sentinels[owner._sentinel_turn % len(owner.sentinels)]
         owner._sentinel_turn += 1
-        return HostnameEndpoint(owner.reactor, host, port, timeout=2.0).connect(
-            protocolFactory)  # type: ignore[no-any-return]
+        return plain_endpoint(owner.reactor, owner.options, host, port,  # type: ignore[no-any-return]
+                              timeout=2.0).connect(protocolFactory)
 
 
 def _alive(protocol: Any) -> bool:
