@@ -25,7 +25,7 @@ from mqtt_twisted.cluster.batch import (
     read_push,
 )
 from mqtt_twisted.cluster.drain import Drain, entry_key
-from mqtt_twisted.cluster.inbox import TURN_MESSAGES, InboxReader
+from mqtt_twisted.cluster.inbox import TURN_MESSAGES, InboxReader, deliver_items
 from mqtt_twisted.cluster.link import NodeLink
 from mqtt_twisted.cluster.resp import ReplyError
 from mqtt_twisted.cluster.router import ClusterRouter
@@ -440,6 +440,38 @@ class InboxTests(SynchronousTestCase):
         self.assertEqual(self.node.router.received, 3)
         self.assertEqual(self.node.barriers.seq, 0)
         self.assertEqual(self.node.delivered, {"B": 7})
+
+    def test_a_dead_nodes_stream_goes_on_without_identity(self) -> None:
+        """A drain (``field``: the dead node's stream) delivers its messages with no
+        identity: that stream orders the origins' numbers apart from this node's own,
+        so a copy forwarded from it must not be taken for one the session had; nor
+        does it move this node's delivered positions."""
+        seen = []
+
+        def receive(message: Message, origin: str, groups: Any, resent: bool,
+                    destinations: bytes, seq: int = 0) -> int:
+            seen.append((message.topic, seq, self.node.barriers.seq))
+            return 1
+
+        def dispatch(message: Message, origin: str) -> int:
+            seen.append((message.topic, None, self.node.barriers.seq))
+            return 1
+
+        outbox = Outbox(self.clock, "B", Recorder().add, Recorder().push)
+        packed = []
+        outbox._add = lambda to, *fields: packed.append(fields) or Deferred()  # type: ignore[assignment]
+        outbox.append("A", msg("t/0"), b"A", None, False, 5)
+        outbox.append("A", msg("t/1"), b"A", ["$share/g/t/+"], False, 6)
+        outbox.flush()
+        _, items = read_entry([b"o", b"B", *packed[0]])
+        self.node.router = SimpleNamespace(plain_receiver=lambda: dispatch, received=0,
+                                           receive=receive)
+        deliver_items(self.node, "B", items, field=b"m:d:X")  # type: ignore[arg-type]
+        self.assertEqual(seen, [("t/0", None, 0), ("t/1", 0, 0)])
+        self.assertEqual(self.node.delivered, {})
+        seen.clear()
+        deliver_items(self.node, "B", items)  # type: ignore[arg-type]
+        self.assertEqual(seen, [("t/0", None, 5), ("t/1", 6, 6)])
 
     def test_a_turn_delivers_a_bounded_number(self) -> None:
         """A read of many full batches is delivered TURN_MESSAGES at a time, one reactor

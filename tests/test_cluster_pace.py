@@ -264,3 +264,32 @@ class AdoptionPacingTests(SynchronousTestCase):
         for _ in range(int(moved.GRACE / 0.5) + 2):
             one_turn(clock, 0.5)
         self.assertNotIn("c10", node.moved.leaving)
+
+    def test_no_positions_while_a_dead_nodes_stream_is_to_come(self) -> None:
+        """Message identity: a session let go while the dead node's sessions or stream
+        are still coming here is answered without delivered positions (the drain still
+        has messages of every origin for it, numbered below them, which this node
+        forwards: the new node must not drop them as had); once the drain is over, the
+        answer says how far each origin's messages were delivered here."""
+        node, clock, redis = adopter(300)
+        node.router.seq = 41
+        node.delivered["P"] = 7
+        done = node.failover.adopt("A")
+        node._control(msgpack.packb(["release", "c10", "C", 1]))
+        redis.homes.callback([f"c{i}".encode() for i in range(300)])
+        while not done.called:
+            one_turn(clock)
+
+        def answers() -> dict[str, Any]:
+            return {m[1]: m[4] for m in (msgpack.unpackb(a[2]) for a in redis.sent
+                                         if a[0] == b"PUBLISH")
+                    if m[0] == "released"}
+
+        self.assertEqual(answers(), {"c10": {}})
+        redis.claimed.callback([b"0-0", []])  # an empty stream: the drain is over
+        for _ in range(int(moved.GRACE / 0.5) + 2):
+            one_turn(clock, 0.5)
+        self.assertFalse(node.failover.delivering())
+        node._control(msgpack.packb(["release", "c20", "C", 2]))
+        one_turn(clock)
+        self.assertEqual(answers()["c20"], {"P": 7, "B": 41})

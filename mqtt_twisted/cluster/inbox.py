@@ -74,8 +74,11 @@ def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int 
     dispatch = router.plain_receiver()
     store = node.store
     # This node's own stream: how far each origin's messages have been delivered here
-    # (``ClusterNode.delivered``, for a session that leaves: ``barrier.py``).
-    positions = node.delivered if field is None else None
+    # (``ClusterNode.delivered``, for a session that leaves: ``barrier.py``).  A dead
+    # node's stream (a drain: ``field`` given) is another order of the same origins'
+    # numbers: its messages go on without identity (taken as new where forwarded).
+    own = field is None
+    positions = node.delivered if own else None
     if field is None:
         field = node.mark_field
     end = len(items) if stop is None else stop
@@ -106,7 +109,7 @@ def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int 
                 if to is not None:  # for one session that came here before (moved.py)
                     node.moved.directed(to, message, item[3])
                 else:
-                    barriers.seq = seq = item[3] if n > 3 else 0  # identity (barrier.py)
+                    barriers.seq = seq = item[3] if own and n > 3 else 0  # barrier.py
                     if groups is None and dispatch is not None:
                         plain += 1
                         dispatch(message, origin)

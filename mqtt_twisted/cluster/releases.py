@@ -88,6 +88,12 @@ class Releases:
             # Until every node routes its messages to `to`, forward them there.
             node.moved.left(client_id, to, session.subscriptions)
         saved = release_session(node.broker, client_id)
+        if node.failover.delivering():
+            # A dead node's sessions or stream are still coming here: messages of any
+            # origin, numbered below what was delivered from this node's stream, may
+            # still come for the session from there (this node forwards them):
+            # no positions, the new node takes what is forwarded as new.
+            return saved
         # What of each origin the session has had as it was saved (barrier.py): taking
         # its connection over lets this node's stream reader go on (flow control), and
         # what it delivers meanwhile is in the saved session.
