@@ -8,6 +8,7 @@ without rerunning anything::
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -338,10 +339,13 @@ def write_section(doc: Path, section: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python bench/report.py bench/results/<stamp>", file=sys.stderr)
-        return 2
-    outdir = Path(argv[0])
+    parser = argparse.ArgumentParser(
+        description="Rewrite docs/benchmarks.md's comparison section (and its plots) from "
+        "the results of one `bench/compare.py` run.")
+    parser.add_argument("results", type=Path, help="bench/results/<stamp>, as compare.py printed")
+    outdir = parser.parse_args(argv).results
+    if not (outdir / "results.jsonl").is_file() or not (outdir / "machine.json").is_file():
+        parser.error(f"{outdir} holds no results.jsonl and machine.json of a compare.py run")
     lines = [json.loads(x) for x in (outdir / "results.jsonl").read_text().splitlines() if x]
     info = json.loads((outdir / "machine.json").read_text())
     brokers = [b for b in LABELS if any(ln.get("broker") == b for ln in lines)]

@@ -86,3 +86,27 @@ class ReportWithoutMatplotlibTests(SynchronousTestCase):
         self.assertEqual(len(notes), 1, notes)
         self.assertIn("| QoS 1", section)
         self.assertFalse(out.exists())
+
+
+class ReportUsageTests(SynchronousTestCase):
+    """report.py's command line: a one-line usage error and exit 2, never a traceback."""
+
+    def run_report(self, *args: str) -> tuple[int, str]:
+        import subprocess
+
+        done = subprocess.run([sys.executable, str(BENCH / "report.py"), *args],
+                              capture_output=True, text=True, timeout=60)
+        return done.returncode, done.stderr
+
+    def test_help_is_help(self) -> None:
+        """``--help`` prints the usage (it was read as a results directory)."""
+        code, err = self.run_report("--help")
+        self.assertEqual((code, err), (0, ""))
+
+    def test_missing_results(self) -> None:
+        """A directory without a run's results: usage error naming it, exit 2."""
+        missing = self.mktemp()
+        code, err = self.run_report(missing)
+        self.assertEqual(code, 2)
+        self.assertNotIn("Traceback", err)
+        self.assertIn(missing, err.splitlines()[-1])
