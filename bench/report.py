@@ -29,6 +29,7 @@ METRICS = [
     ("qos2", "delivered_per_s", "QoS 2 (window 100): delivered msg/s", "rate", True),
     ("latency", "p50_ms", "latency at 1,000 msg/s: p50 ms", "ms", False),
     ("latency", "p99_ms", "latency: p99 ms", "ms", False),
+    ("latency", "p999_ms", "latency: p99.9 ms", "ms", False),
     ("latency", "max_ms", "latency: max ms", "ms", False),
     ("many-subscriptions", "subscriptions_per_s", "100k subscriptions: subscribed/s", "rate",
      True),
