@@ -210,6 +210,12 @@ def decode_publish(flags: int, buf: bytes, pos: int, end: int, version: int | No
 def _make_ack_decoder(cls: type, packet_type: int) -> Callable[..., Packet]:
     def decode_ack(flags: int, buf: bytes, pos: int, end: int, version: int | None,
         limits: DecodeLimits = NO_LIMITS) -> Packet:
+        if end - pos == 2:
+            # The usual ack, in every version: a packet id alone (v5: success, no
+            # properties). Inline, as a QoS 2 message has three of them to decode.
+            packet_id = buf[pos] << 8 | buf[pos + 1]
+            if packet_id:
+                return cls(packet_id, 0, {})
         packet_id = _packet_id(buf, pos, end)
         pos += 2
         code = 0

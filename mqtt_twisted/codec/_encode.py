@@ -111,9 +111,13 @@ def encode_publish(p: Publish, version: int) -> bytes:
 
 def _make_ack_encoder(packet_type: int, first_byte: int) -> Callable[[Packet, int], bytes]:
     def encode_ack(p: PubAck, version: int) -> bytes:
-        pid = _check_packet_id(p.packet_id).to_bytes(2, "big")
+        packet_id = p.packet_id
         if version != 5 or (not p.reason_code and not p.properties):
-            return bytes((first_byte, 2)) + pid
+            # The usual ack, checked inline (a QoS 2 message encodes three).
+            if packet_id.__class__ is not int or not 0 < packet_id <= 0xFFFF:
+                packet_id = _check_packet_id(packet_id)  # raises ValidationError
+            return bytes((first_byte, 2, packet_id >> 8, packet_id & 0xFF))
+        pid = _check_packet_id(packet_id).to_bytes(2, "big")
         if not p.properties:
             return bytes((first_byte, 3)) + pid + bytes((p.reason_code,))
         return _frame(
