@@ -290,6 +290,12 @@ class MQTTConnection:
         self.transport.write(data)
         return True
 
+    def send_ack(self, first_byte: int, packet_id: int) -> None:
+        """Write a success ack (a packet id alone) without a packet object or the
+        encoder: a QoS 2 message sends three."""
+        if self.state != CLOSED and (not self.max_send_size or self.max_send_size >= 4):
+            self.transport.write(bytes((first_byte, 2, packet_id >> 8, packet_id & 0xFF)))
+
     def send_publish(self, message: Message, qos: int, retain: bool, packet_id: int | None,
                      subscription_ids: tuple[int, ...] | None, dup: bool = False) -> bool:
         """Write one PUBLISH; False if it exceeds the client's maximum packet size."""

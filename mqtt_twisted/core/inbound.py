@@ -177,12 +177,17 @@ def publish(conn: MQTTConnection, message: Message, allowed: bool) -> None:
     code, writes = broker.writes_of(route_acked, conn, message, allowed)
     # [MQTT-4.3.2/3] stored before it is acknowledged
     if qos == 2:
-        reply(conn, PubRec(pid, code), writes)
+        if code:
+            reply(conn, PubRec(pid, code), writes)
+        else:
+            reply_ack(conn, _PUBREC, PubRec, pid, writes)
     elif writes or conn._acks:
         conn._unacked_qos1 += 1  # counts towards the receive maximum until PUBACK
         ack_after(conn, PubAck(pid, code), writes, qos1_acked)
-    else:
+    elif code:
         conn.send(PubAck(pid, code))
+    else:
+        conn.send_ack(_PUBACK, pid)
 
 
 def qos1_acked() -> None:
@@ -248,6 +253,19 @@ def reply(conn: MQTTConnection, packet: Packet, writes: list[Any],
         conn.send(packet)
         if then is not None:
             then()
+
+
+# The first byte of each success ack, as ``MQTTConnection.send_ack`` writes it.
+_PUBACK, _PUBREC, _PUBREL, _PUBCOMP = 0x40, 0x50, 0x62, 0x70
+
+
+def reply_ack(conn: MQTTConnection, first_byte: int, cls: type, packet_id: int,
+              writes: list[Any]) -> None:
+    """``reply`` with a success ack, built as an object only when it has to wait."""
+    if writes or conn._acks:
+        ack_after(conn, cls(packet_id), writes)
+    else:
+        conn.send_ack(first_byte, packet_id)
 
 
 def ack_after(conn: MQTTConnection, ack: Packet, writes: list[Any],
@@ -353,7 +371,7 @@ def on_pubrec(conn: MQTTConnection, packet: PubRec) -> None:
     if out.state == AWAITING_ACK:
         # [MQTT-4.3.3] after PUBREL the PUBLISH is never sent again: store that first.
         _, writes = conn.broker.writes_of(conn.broker.outbound_released, session, out)
-    reply(conn, PubRel(pid), writes)
+    reply_ack(conn, _PUBREL, PubRel, pid, writes)
 
 
 def on_pubrel(conn: MQTTConnection, packet: PubRel) -> None:
@@ -363,7 +381,7 @@ def on_pubrel(conn: MQTTConnection, packet: PubRel) -> None:
         # Stored first: a packet id still marked after a crash would swallow the
         # client's next QoS 2 PUBLISH reusing it as a duplicate.
         _, writes = conn.broker.writes_of(conn.broker.remove_inbound_qos2, session, pid)
-        reply(conn, PubComp(pid), writes)
+        reply_ack(conn, _PUBCOMP, PubComp, pid, writes)
     elif conn.version == 5:
         conn.send(PubComp(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
     else:

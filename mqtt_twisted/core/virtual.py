@@ -98,6 +98,9 @@ class VirtualConnection:
     def send(self, packet: Any) -> None:
         """Virtual clients receive no control packets."""
 
+    def send_ack(self, first_byte: int, packet_id: int) -> None:
+        """Nor acknowledgements."""
+
     def pauseWriting(self) -> None:
         """The client cannot take more for now: the broker queues for the session."""
         self.paused = True
