@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -98,7 +99,8 @@ class StreamAdapterTests(SynchronousTestCase):
     """The MQTT stream adapter, driven against the fake: what it hands the broker."""
 
     def setUp(self) -> None:
-        self.service = FakeBrokerService()
+        self.clock = Clock()
+        self.service = FakeBrokerService(self.clock)
         self.factory = MQTTStreamFactory(self.service, ListenerSettings("mqtt", "tcp:0", 1))
 
     def connect(self) -> tuple[Any, StringTransport]:
@@ -118,7 +120,10 @@ class StreamAdapterTests(SynchronousTestCase):
         protocol.dataReceived(b"\xc0\x00")
         self.assertEqual(bytes(connection.received), b"\x10\x00\xc0\x00")
         connection.transport.write(b"\xd0\x00")  # the broker's side answers
-        self.assertEqual(transport.value(), b"\xd0\x00")
+        connection.transport.write(b"\xe0\x00")
+        self.assertEqual(transport.value(), b"")  # outside a read: at the next turn,
+        self.clock.advance(0)
+        self.assertEqual(transport.value(), b"\xd0\x00\xe0\x00")  # as one write
         protocol.pauseProducing()
         self.assertFalse(connection.writing)
         protocol.resumeProducing()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import weakref
 from typing import Any
 
 from twisted.application.service import IService
@@ -105,26 +106,96 @@ def lean_transport(port: Any) -> Any:
 _CLIENT_LEFT = ("normal", "client DISCONNECT")
 
 
+class _Cork:
+    """The writes of one read (or one reactor turn), joined per connection.
+
+    A Twisted transport's ``write`` is five more Python calls (its checks, the
+    producer check, ``startWriting``, the reactor's ``addWriter``); a read of many
+    PUBLISHes made that many writes to each subscriber and as many acks to the
+    publisher. Now a protocol's ``write`` appends to its own list, and the lists go
+    to their transports as one write each when the outermost ``dataReceived``
+    returns, or, for writes made elsewhere (a timer, a store's answer, a peer node's
+    delivery), at the reactor's next turn (``callLater(0)``: before it next polls, so
+    nothing waits longer than it did; Twisted writes to the socket then anyway).
+    """
+
+    __slots__ = ("protocols", "reading", "scheduled", "reactor", "__weakref__")
+
+    def __init__(self, reactor: Any) -> None:
+        self.protocols: list[MQTTStreamProtocol] = []
+        self.reading = 0  # dataReceived calls on the stack
+        self.scheduled = False
+        self.reactor = reactor
+
+    def schedule(self) -> None:
+        self.scheduled = True
+        self.reactor.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        self.scheduled = False
+        protocols = self.protocols
+        while protocols:
+            self.protocols = []
+            for protocol in protocols:
+                protocol.flush()
+            protocols = self.protocols
+
+
+#: One cork per reactor (tests run fake clocks beside the real reactor).
+_corks: weakref.WeakKeyDictionary[Any, _Cork] = weakref.WeakKeyDictionary()
+
+
+def cork_for(reactor: Any) -> _Cork:
+    """The cork of ``reactor`` (the global reactor when None)."""
+    if reactor is None:
+        from twisted.internet import reactor
+    cork = _corks.get(reactor)
+    if cork is None:
+        cork = _corks[reactor] = _Cork(reactor)
+    return cork
+
+
 @implementer(IProtocol, IPushProducer, IHandshakeListener)
 class MQTTStreamProtocol:
     """Moves bytes and connection events between a transport and the broker.
 
-    It is also what the sans-IO connection writes to (its ``transport``): ``write`` is
-    the transport's own (no extra call per packet), and closing unregisters this
-    producer first, so that a paused producer cannot keep the socket open.  (One
+    It is also what the sans-IO connection writes to (its ``transport``): ``write``
+    keeps a read's packets and writes them to the transport as one (:class:`_Cork`),
+    and closing unregisters this producer first, so that a paused producer cannot keep the socket open.  (One
     object per connection, not a protocol plus a shim.)  It provides ``IProtocol``
     itself rather than subclass ``Protocol``: with ``__slots__`` and no instance
     dict it is 72 bytes instead of 170.
     """
 
-    __slots__ = ("factory", "transport", "connected", "connection", "write",
+    __slots__ = ("factory", "transport", "connected", "connection", "_out",
                  "_handshake_deadline")
 
     def __init__(self) -> None:
         self.transport: Any = None
         self.connected = 0
         self.connection: Any = None
+        self._out: list[bytes] | None = None
         self._handshake_deadline: Any = None
+
+    def write(self, data: bytes) -> None:
+        """What the sans-IO connection writes to: kept until the read (or the reactor
+        turn) ends, then written as one (:class:`_Cork`)."""
+        out = self._out
+        if out is not None:
+            out.append(data)
+            return
+        self._out = [data]
+        cork = self.factory.cork
+        cork.protocols.append(self)
+        if not cork.reading and not cork.scheduled:
+            cork.schedule()
+
+    def flush(self) -> None:
+        """Hand what was written since the last flush to the transport, as one write."""
+        out = self._out
+        if out is not None:
+            self._out = None
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def makeConnection(self, transport: Any) -> None:
         self.connected = 1
@@ -161,7 +232,6 @@ class MQTTStreamProtocol:
     def _start(self) -> None:
         transport = self.transport
         origin = origin_of(transport, self.factory.listener)  # (certificate: handshake done)
-        self.write = transport.write
         self.connection = self.factory.broker.buildConnection(
             self, origin.peer, origin.listener, origin.certificateIdentity,
         )
@@ -183,6 +253,7 @@ class MQTTStreamProtocol:
         made Twisted close the TCP connection synchronously, in the middle of
         ``TLSMemoryBIOProtocol._flushReceiveBIO``, which then failed ("Unhandled
         Error ... 'NoneType' object has no attribute 'bio_read'")."""
+        self.flush()
         transport = self.transport
         transport.unregisterProducer()
         ended = self.connection.ended if self.connection is not None else None
@@ -198,6 +269,7 @@ class MQTTStreamProtocol:
             transport.loseConnection()
 
     def abortConnection(self) -> None:
+        self._out = None  # an abort drops what is unsent, as the transport's does
         self.transport.unregisterProducer()
         self.transport.abortConnection()
 
@@ -209,9 +281,17 @@ class MQTTStreamProtocol:
         self.transport.resumeProducing()
 
     def dataReceived(self, data: bytes) -> None:
-        self.connection.dataReceived(data)
+        cork = self.factory.cork
+        cork.reading += 1
+        try:
+            self.connection.dataReceived(data)
+        finally:
+            cork.reading -= 1
+            if not cork.reading and cork.protocols:
+                cork.flush()
 
     def connectionLost(self, reason: Any = None) -> None:
+        self._out = None
         self.factory.connection_closed()
         if self.connection is not None:
             self.connection.connectionLost(reason)
@@ -245,6 +325,7 @@ class MQTTStreamFactory(Factory):
         self.broker = broker
         self.listener = listener
         self.reactor = reactor if reactor is not None else getattr(broker, "reactor", None)
+        self.cork = cork_for(self.reactor)
         self.limit = ConnectionLimit(broker, listener)
 
     @property
