@@ -46,6 +46,7 @@ class MQTTOverAutobahn(WebSocketClientProtocol):
         self.opened: Deferred[Any] = Deferred()
         self.closed: Deferred[tuple[bool, int | None, str | None]] = Deferred()
         self.pings = 0
+        self.messages = 0  # WebSocket messages received
         self.subprotocol: str | None = None
 
     def onConnect(self, response: Any) -> None:
@@ -56,6 +57,7 @@ class MQTTOverAutobahn(WebSocketClientProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         assert isBinary, "the broker sent a text frame"
+        self.messages += 1
         for packet in self.decoder.feed(payload):
             self.packets.put(packet)
 
@@ -220,6 +222,22 @@ class WebSocketTests(SecureBrokerTestCase):
         self.assertEqual((type(suback), suback.packet_id), (SubAck, 2))
         publish = yield client.next_packet()
         self.assertEqual((publish.topic, publish.payload), ("x/1", b"one frame"))
+
+    @inlineCallbacks
+    def test_a_messages_answers_come_as_one_message(self) -> None:
+        """CONNECT and twenty QoS 1 PUBLISHes in one message: the CONNACK and the twenty
+        PUBACKs come back in one message (adapters/_cork.py), in order."""
+        (port,) = yield self.start(WS)
+        client = yield self.autobahn(port)
+        client.sendMessage(encode(Connect("corked", 4, True, 0)) + b"".join(
+            encode(Publish("c/t", b"x", 1, False, False, i)) for i in range(1, 21)),
+            isBinary=True)
+        packets = []
+        for _ in range(21):
+            packets.append((yield client.next_packet()))
+        self.assertIsInstance(packets[0], ConnAck)
+        self.assertEqual([p.packet_id for p in packets[1:]], list(range(1, 21)))
+        self.assertEqual(client.messages, 1)
 
     @inlineCallbacks
     def test_first_offered_subprotocol_chosen(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-import weakref
 from typing import Any
 
 from twisted.application.service import IService
@@ -19,6 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mqtt_twisted.adapters import _leanserver, tls
+from mqtt_twisted.adapters._cork import cork_for
 from mqtt_twisted.adapters.kit import ConnectionLimit, origin_of
 from mqtt_twisted.interfaces import IListenerChecker, IStreamAdapter
 
@@ -106,61 +106,12 @@ def lean_transport(port: Any) -> Any:
 _CLIENT_LEFT = ("normal", "client DISCONNECT")
 
 
-class _Cork:
-    """The writes of one read (or one reactor turn), joined per connection.
-
-    A Twisted transport's ``write`` is five more Python calls (its checks, the
-    producer check, ``startWriting``, the reactor's ``addWriter``); a read of many
-    PUBLISHes made that many writes to each subscriber and as many acks to the
-    publisher. Now a protocol's ``write`` appends to its own list, and the lists go
-    to their transports as one write each when the outermost ``dataReceived``
-    returns, or, for writes made elsewhere (a timer, a store's answer, a peer node's
-    delivery), at the reactor's next turn (``callLater(0)``: before it next polls, so
-    nothing waits longer than it did; Twisted writes to the socket then anyway).
-    """
-
-    __slots__ = ("protocols", "reading", "scheduled", "reactor", "__weakref__")
-
-    def __init__(self, reactor: Any) -> None:
-        self.protocols: list[MQTTStreamProtocol] = []
-        self.reading = 0  # dataReceived calls on the stack
-        self.scheduled = False
-        self.reactor = reactor
-
-    def schedule(self) -> None:
-        self.scheduled = True
-        self.reactor.callLater(0, self.flush)
-
-    def flush(self) -> None:
-        self.scheduled = False
-        protocols = self.protocols
-        while protocols:
-            self.protocols = []
-            for protocol in protocols:
-                protocol.flush()
-            protocols = self.protocols
-
-
-#: One cork per reactor (tests run fake clocks beside the real reactor).
-_corks: weakref.WeakKeyDictionary[Any, _Cork] = weakref.WeakKeyDictionary()
-
-
-def cork_for(reactor: Any) -> _Cork:
-    """The cork of ``reactor`` (the global reactor when None)."""
-    if reactor is None:
-        from twisted.internet import reactor
-    cork = _corks.get(reactor)
-    if cork is None:
-        cork = _corks[reactor] = _Cork(reactor)
-    return cork
-
-
 @implementer(IProtocol, IPushProducer, IHandshakeListener)
 class MQTTStreamProtocol:
     """Moves bytes and connection events between a transport and the broker.
 
     It is also what the sans-IO connection writes to (its ``transport``): ``write``
-    keeps a read's packets and writes them to the transport as one (:class:`_Cork`),
+    keeps a read's packets and writes them to the transport as one (``adapters/_cork.py``),
     and closing unregisters this producer first, so that a paused producer cannot keep the socket open.  (One
     object per connection, not a protocol plus a shim.)  It provides ``IProtocol``
     itself rather than subclass ``Protocol``: with ``__slots__`` and no instance
@@ -179,7 +130,7 @@ class MQTTStreamProtocol:
 
     def write(self, data: bytes) -> None:
         """What the sans-IO connection writes to: kept until the read (or the reactor
-        turn) ends, then written as one (:class:`_Cork`)."""
+        turn) ends, then written as one (``adapters/_cork.py``)."""
         out = self._out
         if out is not None:
             out.append(data)

@@ -34,6 +34,7 @@ from zope.interface import implementer
 
 from mqtt_twisted._wsframes import BinaryFramesOnly
 from mqtt_twisted.adapters import tls
+from mqtt_twisted.adapters._cork import cork_for
 from mqtt_twisted.adapters._deadline import DeadlineChannel, SafeRequest
 from mqtt_twisted.adapters.kit import ConnectionLimit, access_log, origin_of
 from mqtt_twisted.adapters.options import AdapterOption, declare, integer, number, option_values
@@ -101,20 +102,41 @@ class WebSocketOptions:
 
 
 class _WebSocketShim:
-    """The ``IConnectionTransport`` the broker writes to: binary messages on one socket."""
+    """The ``IConnectionTransport`` the broker writes to: binary messages on one socket.
 
-    __slots__ = ("_protocol",)
+    What one read (or one reactor turn) writes goes as one message (``adapters/
+    _cork.py``): a message per packet was a frame built by Autobahn and a transport
+    write each. MQTT packets need not be aligned on messages [MQTT-6.0.0-2]."""
+
+    __slots__ = ("_protocol", "_out")
 
     def __init__(self, protocol: MQTTWebSocketProtocol) -> None:
         self._protocol = protocol
+        self._out: list[bytes] | None = None
 
     def write(self, data: bytes) -> None:
-        self._protocol.send_bytes(data)
+        out = self._out
+        if out is not None:
+            out.append(data)
+            return
+        self._out = [data]
+        cork = self._protocol.factory.cork
+        cork.protocols.append(self)
+        if not cork.reading and not cork.scheduled:
+            cork.schedule()
+
+    def flush(self) -> None:
+        out = self._out
+        if out is not None:
+            self._out = None
+            self._protocol.send_bytes(out[0] if len(out) == 1 else b"".join(out))
 
     def loseConnection(self) -> None:
+        self.flush()
         self._protocol.close_normally()
 
     def abortConnection(self) -> None:
+        self._out = None
         self._protocol.abort()
 
 
@@ -154,6 +176,17 @@ class MQTTWebSocketProtocol(BinaryFramesOnly, WebSocketServerProtocol):
     # --- frames in ------------------------------------------------------------------------
 
     # (A text frame is refused by BinaryFramesOnly: close code 1003.)
+
+    def dataReceived(self, data: bytes) -> None:
+        # The frames of one read answered together (adapters/_cork.py).
+        cork = self.factory.cork
+        cork.reading += 1
+        try:
+            super().dataReceived(data)
+        finally:
+            cork.reading -= 1
+            if not cork.reading and cork.protocols:
+                cork.flush()
 
     def onMessageFrameData(self, payload: bytes) -> None:
         # Straight into the MQTT stream: nothing is buffered per message.
@@ -234,6 +267,7 @@ class MQTTWebSocketFactory(WebSocketServerFactory):
         # Autobahn batches its timers in 200 ms buckets whose reactor calls outlive a
         # cancelled timer; plain reactor calls are exact and leave nothing behind.
         self._batched_timer = _Timers(reactor)
+        self.cork = cork_for(reactor)
         self.broker = broker
         self.listener = listener
         self.limit = ConnectionLimit(broker, listener)
