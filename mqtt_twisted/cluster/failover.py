@@ -24,9 +24,9 @@ is not fresh (:data:`FRESH`): a look written before the node noticed an outage (
 tick came while the connection was down, or the server hung) would run only when Redis
 is back, and find every lease run out (``tests/test_cluster_judging.py``: a Sentinel
 failover made a node adopt a live one, whose subscriber's queue then overflowed).
-A CONNECT for a client whose node is gone (nobody listens on its control channel) waits for the lease to run out and for the adoption, which
-its node runs itself when nobody else has begun, then resumes the session from
-whichever node adopted it.  A node that stops cleanly gives its lease up at once.
+A CONNECT for a client whose node is gone (nobody listens on its control channel)
+waits for the lease to run out and for the adoption, which its node runs itself when
+nobody else has begun, then resumes the session from whichever node adopted it.  A node that stops cleanly gives its lease up at once.
 """
 
 from __future__ import annotations
@@ -58,9 +58,10 @@ TRUST = LEASE + 5.0 + LEASE / 3
 #: Milliseconds an adoption may take before another survivor may try again.
 ADOPT_TTL = 60_000
 #: Milliseconds of the judge's own lease that must be left when Redis runs its look for
-#: dead nodes, which goes before the tick's renewal (so a tick after the last one): a
-#: look that Redis runs more than half a tick late is refused.  A node whose renewals
-#: reach Redis up to 1.5 ticks apart is then never judged dead by a late look.
+#: dead nodes.  The look goes before the tick's renewal, a tick after the last one (2 s
+#: of 3 left): a look that Redis runs more than half a tick late is refused.  A node
+#: whose renewals reach Redis up to 1.5 ticks apart is then never judged dead by a look
+#: delayed by an outage that held back its renewals too.
 FRESH = int(LEASE * 1000 / 2)
 #: Sessions loaded from the store at once.
 BATCH = 500
