@@ -451,6 +451,39 @@ def test_redis_restart(nodes: dict[str, LiveBroker], redis: Redis,
         assert "adopting" not in broker.log(), name
 
 
+@pytest.mark.slow
+def test_redis_restart_mid_stream(tmp_path: Path, redis: Redis) -> None:
+    """Redis shut down (SHUTDOWN: the AOF flushed) in the middle of a QoS 1 stream from
+    A to a persistent subscriber on B, and started again 2.5 s later: the clients may
+    be cut off and resend, but every message the publisher was acknowledged for
+    arrives, and neither node adopts the other.  2.5 s: the nodes' reconnection backoff
+    brings them back 3 s after the loss, when every lease has run out but a command
+    queued in the first second has not yet timed out (5 s)."""
+    from tests.test_cluster_sentinel import qos1_stream
+
+    nodes: list[LiveBroker] = []
+    try:
+        for name in "AB":
+            directory = tmp_path / name
+            directory.mkdir()
+            nodes.append(LiveBroker(directory, "--store", redis.url, "--cluster", name))
+
+        def restart() -> None:
+            redis.shutdown()
+            time.sleep(2.5)
+            redis.start()
+
+        qos1_stream(nodes, lambda: redis.port, restart)
+        time.sleep(LEASE_WAIT / 3)  # a lease and more: nobody adopts a node that is alive
+        for node in nodes:
+            assert "adopting" not in node.log(), node.log()
+    finally:
+        for node in nodes:
+            node.stop()
+    for node in nodes:
+        assert node.unhandled() == [], node.log()
+
+
 def test_cluster_needs_redis_store() -> None:
     """--cluster with the memory store is a usage error naming what it needs."""
     options = Options()

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -145,6 +145,42 @@ class Subscriber:
         self.client.loop_stop()
 
 
+def ranges(numbers: list[int]) -> str:
+    """``[1, 2, 3, 7]`` as ``"1-3 7"``: a failure's missing messages at a glance."""
+    out: list[str] = []
+    for n in numbers:
+        if out and n == int(out[-1].rpartition("-")[2]) + 1:
+            out[-1] = f"{out[-1].partition('-')[0]}-{n}"
+        else:
+            out.append(str(n))
+    return " ".join(out)
+
+
+def where_missing(port: int, missing: set[bytes], nodes: list[LiveBroker]) -> str:
+    """What a failure needs to be understood: which of the missing messages node B's
+    stream on the master still holds (they reached Redis), and what the nodes said
+    about adoption, fencing, full queues and store failures."""
+    from mqtt_twisted.cluster.batch import item_message, read_entry
+    from tests.test_cluster_e2e import Redis
+
+    server = Redis.__new__(Redis)
+    server.port = port
+    in_stream = set()
+    try:
+        entries = server.command(b"XRANGE", b"mqtt:cluster:inbox:B", b"-", b"+")
+        for _, fields in entries or []:
+            read = read_entry(fields)
+            for item in read[1] if read else []:
+                if type(item) is list:
+                    in_stream.add(item_message(item).payload)
+    except Exception as e:  # a diagnosis only
+        return f"(stream unreadable: {e})"
+    lines = [line for node in nodes for line in node.log().splitlines()
+             if any(w in line for w in ("adopt", "fence", "full", "failed", "FENCED"))]
+    return (f"{len(missing & in_stream)} of the missing in B's stream; "
+            "node logs:\n" + "\n".join(lines[:40]))
+
+
 def published(info: mqtt.MQTTMessageInfo) -> bool:
     """Acknowledged (PUBACK received); a publish made while paho was disconnected is not."""
     try:
@@ -153,17 +189,15 @@ def published(info: mqtt.MQTTMessageInfo) -> bool:
         return False
 
 
-def stream_through_switch(tmp_path: Path, servers: Servers, switch: object) -> None:
-    """QoS 1 from a publisher on A to a subscriber on B while ``switch()`` moves the
-    master: every acknowledged message arrives; the nodes follow the new master."""
-    nodes: list[LiveBroker] = []
+def qos1_stream(nodes: list[LiveBroker], master_port: Callable[[], int],
+                disrupt: Callable[[], None]) -> tuple[int, int, int]:
+    """A QoS 1 stream from a persistent publisher on ``nodes[0]`` to a persistent
+    subscriber on ``nodes[1]``, ``disrupt()`` (which returns once Redis is usable
+    again) 1.5 s into it, 4 s more of stream: every acknowledged message must arrive.
+    Returns (published, acknowledged, received)."""
+    a, b = nodes[0], nodes[1]
     made: list[mqtt.Client] = []
     try:
-        for name in "AB":
-            directory = tmp_path / name
-            directory.mkdir()
-            nodes.append(LiveBroker(directory, "--store", servers.url, "--cluster", name))
-        a, b = nodes
         sub = Subscriber(b.port, "sub", "s/#")
         pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pub",
                           clean_session=False, protocol=mqtt.MQTTv311)
@@ -180,7 +214,6 @@ def stream_through_switch(tmp_path: Path, servers: Servers, switch: object) -> N
             assert time.monotonic() < deadline, "never routed"
         time.sleep(0.3)
         sub.got()
-        old_master = servers.master_port()
         infos: list[tuple[bytes, mqtt.MQTTMessageInfo]] = []
         stop = threading.Event()
 
@@ -194,12 +227,13 @@ def stream_through_switch(tmp_path: Path, servers: Servers, switch: object) -> N
 
         publisher = threading.Thread(target=publish)
         publisher.start()
-        time.sleep(1.5)
-        switch(old_master)  # type: ignore[operator]
-        wait_for("the sentinels did not switch", lambda: servers.master_port() != old_master)
-        time.sleep(4)  # publishing on while the nodes move to the new master
-        stop.set()
-        publisher.join()
+        try:
+            time.sleep(1.5)
+            disrupt()
+            time.sleep(4)  # publishing on while the nodes reconnect
+        finally:
+            stop.set()
+            publisher.join()
         for _, info in infos:
             try:
                 info.wait_for_publish(30)
@@ -207,24 +241,46 @@ def stream_through_switch(tmp_path: Path, servers: Servers, switch: object) -> N
                 pass  # paho gave this one up: not acknowledged
         acked = {payload for payload, info in infos if published(info)}
         received: set[bytes] = set()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while not acked <= received and time.monotonic() < deadline:
             received |= sub.got()
             time.sleep(0.1)
         missing = sorted(acked - received, key=int)
-        print(f"{len(infos)} published, {len(acked)} acknowledged, {len(received)} received; "
-              f"master {old_master} -> {servers.master_port()}")
-        assert not missing, (len(missing), missing[:20])
+        print(f"{len(infos)} published, {len(acked)} acknowledged, {len(received)} received")
+        assert not missing, (len(missing), ranges([int(m) for m in missing]),
+                             where_missing(master_port(), set(missing), nodes))
         assert len(acked) > len(infos) * 0.5
+        return len(infos), len(acked), len(received)
+    finally:
+        for client in made:
+            client.disconnect()
+            client.loop_stop()
+
+
+def stream_through_switch(tmp_path: Path, servers: Servers, switch: object) -> None:
+    """QoS 1 from a publisher on A to a subscriber on B while ``switch()`` moves the
+    master: every acknowledged message arrives; the nodes follow the new master."""
+    nodes: list[LiveBroker] = []
+    try:
+        for name in "AB":
+            directory = tmp_path / name
+            directory.mkdir()
+            nodes.append(LiveBroker(directory, "--store", servers.url, "--cluster", name))
+        old_master = servers.master_port()
+
+        def disrupt() -> None:
+            switch(old_master)  # type: ignore[operator]
+            wait_for("the sentinels did not switch",
+                     lambda: servers.master_port() != old_master)
+
+        qos1_stream(nodes, servers.master_port, disrupt)
+        print(f"master {old_master} -> {servers.master_port()}")
         # Both nodes write to the new master.
         new = servers.master_port()
         assert new != old_master
         clients = cli(new, "CLIENT", "LIST")
         assert clients.count("cmd=") >= 8, clients
     finally:
-        for client in made:
-            client.disconnect()
-            client.loop_stop()
         for node in nodes:
             node.stop()
     for node in nodes:

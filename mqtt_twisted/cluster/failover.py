@@ -17,11 +17,16 @@ lease is gone adopts it:
 Then the adopt key goes, and :data:`ADOPT_GRACE` seconds later (forwards already
 under way land first) its stream is delivered here in the background, under flow
 control (``drain.py``).  A node judges the others only after its own lease has been
-renewed promptly for :data:`TRUST` seconds: after a Redis outage every lease has run
-out, and the nodes, reconnecting one by one, must not adopt each other.  A CONNECT for a client whose node is gone (nobody listens
-on its control channel) waits for the lease to run out and for the adoption, which
-its node runs itself when nobody else has begun, then resumes the session from
-whichever node adopted it.  A node that stops cleanly gives its lease up at once.
+renewed promptly for :data:`TRUST` seconds on one connection to Redis: after a Redis
+outage every lease has run out, and the nodes, reconnecting one by one, must not adopt
+each other.  And Redis itself refuses a look for dead nodes when the judge's own lease
+is not fresh (:data:`FRESH`): a look written before the node noticed an outage (its
+tick came while the connection was down, or the server hung) would run only when Redis
+is back, and find every lease run out (``tests/test_cluster_judging.py``: a Sentinel
+failover made a node adopt a live one, whose subscriber's queue then overflowed).
+A CONNECT for a client whose node is gone (nobody listens on its control channel)
+waits for the lease to run out and for the adoption, which its node runs itself when
+nobody else has begun, then resumes the session from whichever node adopted it.  A node that stops cleanly gives its lease up at once.
 """
 
 from __future__ import annotations
@@ -52,13 +57,23 @@ ADOPT_GRACE = 1.0
 TRUST = LEASE + 5.0 + LEASE / 3
 #: Milliseconds an adoption may take before another survivor may try again.
 ADOPT_TTL = 60_000
+#: Milliseconds of the judge's own lease that must be left when Redis runs its look for
+#: dead nodes.  The look goes before the tick's renewal, a tick after the last one (2 s
+#: of 3 left): a look that Redis runs more than half a tick late is refused.  A node
+#: whose renewals reach Redis up to 1.5 ticks apart is then never judged dead by a look
+#: delayed by an outage that held back its renewals too.
+FRESH = int(LEASE * 1000 / 2)
 #: Sessions loaded from the store at once.
 BATCH = 500
 
 #: Nodes whose lease is gone, adopted by this one where no other survivor has begun:
 #: the winner ends the dead node's epoch in the same step (``fence.py``), so that the
 #: node, if it comes back, cannot renew its lease nor write for its old clients.
+#: KEYS: the set of nodes, this node's lease; ARGV: this node, the lease, adopt and
+#: epoch prefixes, the adoption's TTL, :data:`FRESH`.  -1: this node's own lease is
+#: not fresh (the look is late): nobody is judged.
 _CHECK = b"""
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[6]) then return -1 end
 local won = {}
 for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if node ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. node) == 0 then
@@ -71,9 +86,11 @@ end
 return won
 """
 #: One node, for a CONNECT of one of its clients.  KEYS: its lease, its adopt key, its
-#: epoch key; ARGV: this node, the adoption's TTL.  1: won; 0: another survivor has
-#: begun; -1: its lease is back (it is alive).
+#: epoch key, this node's lease; ARGV: this node, the adoption's TTL, :data:`FRESH`.
+#: 1: won; 0: another survivor has begun; -1: its lease is back (it is alive); -2:
+#: this node's own lease is not fresh (the command ran late): nobody is judged.
 _ADOPT_ONE = b"""
+if redis.call('PTTL', KEYS[4]) < tonumber(ARGV[3]) then return -2 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
 redis.call('DEL', KEYS[3])
@@ -123,6 +140,9 @@ class Failover:
         #: Since when every renewal of this node's lease succeeded (None: the last failed).
         self._healthy_since: float | None = None
         self._renewing = False
+        #: The commands connection the renewals went on since ``_healthy_since``: a
+        #: loss of it, even with nothing waiting on it, is an outage (``_connected``).
+        self._connection: Any = None
         #: Nodes this node is adopting: the Deferred that fires when it is done, and
         #: which of their sessions are still to come (``adoption.py``).
         self.adopting: dict[str, Deferred[None]] = {}
@@ -159,27 +179,46 @@ class Failover:
 
     def judging(self) -> bool:
         """Whether this node may declare another one gone: its own lease has been
-        renewed promptly, without a failure, for :data:`TRUST` seconds.  After a Redis
-        outage every lease has run out and the nodes reconnect one by one (backoff up to
-        5 s): they must not adopt each other."""
+        renewed promptly, without a failure, for :data:`TRUST` seconds, on the
+        connection it still has.  After a Redis outage every lease has run out and the
+        nodes reconnect one by one (backoff up to 5 s): they must not adopt each other."""
         since = self._healthy_since
-        return since is not None and self.node.reactor.seconds() - since >= TRUST
+        return (since is not None and self.node.reactor.seconds() - since >= TRUST
+                and self._connection is not None
+                and getattr(self.node.commands, "protocol", None) is self._connection)
+
+    def _connected(self) -> bool:
+        """Whether the commands connection is up and the one of the last look; notes
+        the current one.  A tick that comes while it is down would queue its look for
+        dead nodes until Redis is back, when every lease has run out."""
+        connection = getattr(self.node.commands, "protocol", None)
+        same = connection is not None and connection is self._connection
+        self._connection = connection
+        return same
 
     def _tick(self) -> None:
         node = self.node
         now = node.reactor.seconds()
-        if self._renewing:
-            self._healthy_since = None  # the last renewal is not answered yet
+        if not self._connected() or self._renewing:
+            self._healthy_since = None  # down, lost since, or the last renewal unanswered
+        if self.judging():
+            # Before this tick's renewal: Redis judges by this node's lease as the last
+            # renewal left it (_CHECK refuses a look that runs late, FRESH).
+            d = node.commands.command(b"EVAL", _CHECK, 2, node.keys.nodes,
+                                      self.alive_prefix + node.group, node.group,
+                                      self.alive_prefix, self.adopt_prefix, ADOPT_TTL,
+                                      self.epoch_prefix, FRESH)
+            d.addCallback(self._looked)
+            d.addErrback(node._failed, "looking for nodes that are gone")
         self._renewing = True
         d = self._renew()
         d.addCallbacks(self._renewed, self._not_renewed, callbackArgs=(now,))
-        if not self.judging():
+
+    def _looked(self, won: Any) -> None:
+        if won == -1:  # Redis ran it late (see FRESH): nobody judged; the next tick looks
             return
-        d = node.commands.command(b"EVAL", _CHECK, 1, node.keys.nodes, node.group,
-                                  self.alive_prefix, self.adopt_prefix, ADOPT_TTL,
-                                  self.epoch_prefix)
-        d.addCallback(lambda won: [self.adopt(n.decode("utf-8")) for n in won])
-        d.addErrback(node._failed, "looking for nodes that are gone")
+        for name in won:
+            self.adopt(name.decode("utf-8"))
 
     def _renewed(self, reply: Any, sent_at: float) -> None:
         self._renewing = False
@@ -194,6 +233,7 @@ class Failover:
         # A node that starts judges after a lease and a tick (every live node has
         # renewed by then), not after the whole TRUST an outage calls for.
         self._healthy_since = self.node.reactor.seconds() - TRUST + LEASE * 4 / 3
+        self._connection = getattr(self.node.commands, "protocol", None)
 
     def _not_renewed(self, failure: Any) -> None:
         self._renewing = False
@@ -229,24 +269,26 @@ class Failover:
     @inlineCallbacks
     def _watch(self, dead: str, client_id: str) -> Any:
         node = self.node
-        waited = 0.0
-        while not self.judging():  # this node was cut off itself a moment ago
-            if waited > TRUST:
-                return False
-            yield deferLater(node.reactor, 0.2, lambda: None)
-            waited += 0.2
-        waited = 0.0
         name = dead.encode()
+        cut_off = alive = 0.0  # seconds waited for each reason
         while True:
-            won = yield node.commands.command(
-                b"EVAL", _ADOPT_ONE, 3, self.alive_prefix + name, self.adopt_prefix + name,
-                self.epoch_prefix + name, node.group, ADOPT_TTL)
-            if won != -1:
+            won = -2  # this node was cut off itself a moment ago: it judges nobody
+            if self.judging():
+                won = yield node.commands.command(
+                    b"EVAL", _ADOPT_ONE, 4, self.alive_prefix + name,
+                    self.adopt_prefix + name, self.epoch_prefix + name,
+                    self.alive_prefix + node.group, node.group, ADOPT_TTL, FRESH)
+            if won >= 0:
                 break
-            if waited > LEASE + 1:
-                return False
+            if won == -2:
+                if cut_off > TRUST:
+                    return False
+                cut_off += 0.2
+            else:
+                if alive > LEASE + 1:
+                    return False
+                alive += 0.2
             yield deferLater(node.reactor, 0.2, lambda: None)
-            waited += 0.2
         if won == 1:
             self.adopt(dead)
         adoption = self.adoptions.get(dead)
