@@ -131,6 +131,14 @@ class MemoryStore:
             stored.subscriptions[topicFilter] = options
         return succeed(None)
 
+    def addSubscriptions(self, clientId: str, subscriptions: dict[str, Any]) -> Deferred[None]:
+        """Record one SUBSCRIBE's subscriptions at once (optional: the broker calls
+        ``addSubscription`` for each where a store has no ``addSubscriptions``)."""
+        stored = self._sessions.get(clientId)
+        if stored is not None:
+            stored.subscriptions.update(subscriptions)
+        return succeed(None)
+
     def removeSubscription(self, clientId: str, topicFilter: str) -> Deferred[None]:
         stored = self._sessions.get(clientId)
         if stored is not None:
@@ -189,6 +197,11 @@ class MemoryStore:
         serves a new subscription's retained messages in slices (optional; a store
         without it is asked ``matchRetained``)."""
         return self._retained.iter_match(topicFilter)
+
+    def mayHaveRetained(self, topicFilter: str) -> bool:
+        """False when no retained message can match ``topicFilter``: the broker skips
+        the search for each filter of a SUBSCRIBE while there are none (optional)."""
+        return len(self._retained) > 0
 
     def countRetained(self) -> Deferred[int]:
         return succeed(len(self._retained))
