@@ -209,17 +209,14 @@ def test_shared_no_local_is_a_protocol_error_and_nothing_is_added() -> None:
 
 def test_one_store_write_per_subscribe_of_a_persistent_session() -> None:
     """A persistent session's 100 new filters are one addSubscriptions call, held
-    by the store; a store without it gets addSubscription per filter."""
+    by the store; a store without it, or whose own addSubscription the memory store's
+    addSubscriptions would skip, gets addSubscription per filter."""
     calls: list[tuple[str, int]] = []
 
     class Counting(MemoryStore):
         def addSubscriptions(self, clientId: str, subscriptions: dict) -> Any:
             calls.append(("many", len(subscriptions)))
             return super().addSubscriptions(clientId, subscriptions)
-
-        def addSubscription(self, clientId: str, topicFilter: str, options: Any) -> Any:
-            calls.append(("one", 1))
-            return super().addSubscription(clientId, topicFilter, options)
 
     broker, _ = make_broker(store=SysRetainedOverlay(Counting(None)))
     c = FakeClient(broker, 4)
@@ -233,12 +230,21 @@ def test_one_store_write_per_subscribe_of_a_persistent_session() -> None:
     class OneByOne(MemoryStore):
         addSubscriptions = None  # type: ignore[assignment]
 
-    calls.clear()
-    broker, _ = make_broker(store=OneByOne(None))
-    c = FakeClient(broker, 4)
-    c.connect("p", clean=False)
-    assert c.subscribe("x", "y")[0].reason_codes == [0, 0]
-    assert sorted(broker.store._sessions["p"].subscriptions) == ["x", "y"]
+        def addSubscription(self, clientId: str, topicFilter: str, options: Any) -> Any:
+            calls.append(("one", 1))
+            return super().addSubscription(clientId, topicFilter, options)
+
+    class OwnOne(OneByOne):
+        addSubscriptions = MemoryStore.addSubscriptions  # inherited, its own addSubscription
+
+    for store in (OneByOne, OwnOne):
+        calls.clear()
+        broker, _ = make_broker(store=store(None))
+        c = FakeClient(broker, 4)
+        c.connect("p", clean=False)
+        assert c.subscribe("x", "y")[0].reason_codes == [0, 0]
+        assert calls == [("one", 1), ("one", 1)], store  # the subclass's own each time
+        assert sorted(broker.store._sessions["p"].subscriptions) == ["x", "y"]
 
 
 # --- retained messages -------------------------------------------------------------------
