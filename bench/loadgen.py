@@ -44,6 +44,7 @@ from mqtt_twisted.loadgen.workers import (
     Control,
     ScenarioError,
     Worker,
+    broker_cpu_s,
     broker_rss_kib,
     client_id,
     percentile,
@@ -379,9 +380,9 @@ def scenario_many_subscriptions(run: Run) -> dict:
 
     phase(cfg.many_publish_s / 4)  # warm-up: first-use costs must not count as "base"
     base = phase(cfg.many_publish_s)
-    rss0 = broker_rss_kib(run.broker_pid)
+    rss0, cpu0 = broker_rss_kib(run.broker_pid), broker_cpu_s(run.broker_pid)
     sub = run.subscribe(subs, lambda c: table[c][1])
-    rss1 = broker_rss_kib(run.broker_pid)
+    rss1, cpu1 = broker_rss_kib(run.broker_pid), broker_cpu_s(run.broker_pid)
     full = phase(cfg.many_publish_s)
     total = clients * per_client
     added = total - 3 * clients
@@ -395,6 +396,10 @@ def scenario_many_subscriptions(run: Run) -> dict:
     }
     if rss0 is not None and rss1 is not None:
         res["rss_per_subscription_bytes"] = round((rss1 - rss0) * 1024 / max(1, added))
+    if cpu0 is not None and cpu1 is not None:
+        # The broker's CPU time per subscription: the rate a broker with a core of its
+        # own would reach, on a machine shared with other work (1 / this).
+        res["subscribe_cpu_us"] = round((cpu1 - cpu0) * 1e6 / max(1, added), 3)
     if full["delivered_per_s"] and base["delivered_per_s"]:
         res["publish_vs_base"] = round(full["delivered_per_s"] / base["delivered_per_s"], 3)
         res["match_cost_us"] = round(1e6 / full["delivered_per_s"]

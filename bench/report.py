@@ -33,6 +33,7 @@ METRICS = [
     ("latency", "max_ms", "latency: max ms", "ms", False),
     ("many-subscriptions", "subscriptions_per_s", "100k subscriptions: subscribed/s", "rate",
      True),
+    ("many-subscriptions", "subscribe_cpu_us", "broker CPU µs per subscription", "us", False),
     ("many-subscriptions", "base_per_s", "publish msg/s, 300 filters", "rate", True),
     ("many-subscriptions", "publish_per_s", "publish msg/s, 100k filters", "rate", True),
     ("many-subscriptions", "match_cost_us", "extra µs per publish for 100k filters", "us", False),

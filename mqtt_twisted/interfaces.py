@@ -313,7 +313,9 @@ class IRouter(Interface):
 
     def add(clientId, topicFilter, options):
         """Index ``clientId``'s subscription (a ``$share/...`` one joins its group),
-        replacing its earlier options for the same filter."""
+        replacing its earlier options for the same filter.  (A router may also have
+        ``add_many(clientId, [(filter, options), ...])``, the same for one SUBSCRIBE's
+        filters in order; the broker calls it when present, ``add`` each otherwise.)"""
 
     def remove(clientId, topicFilter):
         """Drop ``clientId``'s subscription to ``topicFilter`` from the index."""

@@ -243,6 +243,28 @@ def test_filter_on_c_is_not_sent_to_b(nodes: dict[str, LiveBroker], redis: Redis
     assert other_b.take(1, timeout=0.3) == []
 
 
+def test_filters_of_one_subscribe_routed(nodes: dict[str, LiveBroker], redis: Redis,
+                                         clients: list[Client]) -> None:
+    """Filters subscribed on B in one SUBSCRIBE (registered in Redis by one script call)
+    are each in B's filter set, and each gets what is published on A."""
+    pub = Client(nodes["A"].port, "pub")
+    sub = Client(nodes["B"].port, "many")
+    clients += [pub, sub]
+    filters = ["m/exact", "m/+/plus", "m/hash/#", "m/exact"]
+    result, _ = sub.client.subscribe([(f, 0) for f in filters])
+    assert result == mqtt.MQTT_ERR_SUCCESS
+    deadline = time.monotonic() + WAIT
+    while set(redis.cli("SMEMBERS", "mqtt:cluster:filters:B").split()) != set(filters):
+        assert time.monotonic() < deadline, redis.cli("SMEMBERS", "mqtt:cluster:filters:B")
+        time.sleep(0.05)
+    routed(pub, "m/exact", sub)
+    for topic in ("m/exact", "m/x/plus", "m/hash", "m/hash/y/z"):
+        pub.publish(topic, topic.encode())
+    got = sub.take(4)
+    assert sorted(m.topic for m in got) == sorted(["m/exact", "m/x/plus", "m/hash",
+                                                   "m/hash/y/z"])
+
+
 def test_retained_on_a_read_on_c(nodes: dict[str, LiveBroker], redis: Redis,
                                  clients: list[Client]) -> None:
     """A message retained through node A is sent to a later subscriber on node C.  A

@@ -61,6 +61,13 @@ class RecordingLink:
         return [c for c in self.calls if c[0] == kind]
 
 
+class BatchLink(RecordingLink):
+    """A link that registers several filters in one call, as ``NodeLink`` does."""
+
+    def register_many(self, filters: list[str]) -> None:
+        self.calls.append(("register_many", list(filters)))
+
+
 class RouteTableTests(SynchronousTestCase):
     """Remote filters -> nodes, kept from a snapshot and change notifications."""
 
@@ -133,6 +140,27 @@ class ClusterRouterTests(SynchronousTestCase):
         two.disconnect()  # a clean session: its subscriptions go
         self.assertEqual(self.link.of("unregister"), [("unregister", "s/1")])
         self.assertEqual(self.router.filters(), ["s/2"])
+
+    def test_one_registration_per_subscribe(self) -> None:
+        """A link with ``register_many`` gets one SUBSCRIBE's new filters in one call
+        (one Redis write a packet): a filter already routed here, a repeated one and a
+        shared one are not in it; every filter is routed locally."""
+        link = BatchLink()
+        self.router.link = link
+        one, two = FakeClient(self.broker), FakeClient(self.broker)
+        one.connect("one")
+        two.connect("two")
+        one.subscribe("s/1")
+        two.subscribe("s/1", "s/2", "s/+", "s/2", "$share/g/s/3")
+        self.assertEqual(link.of("register_many"), [("register_many", ["s/1"]),
+                                                    ("register_many", ["s/2", "s/+"])])
+        self.assertEqual(link.of("register"), [])
+        self.assertEqual(sorted(self.router.filters()), ["s/+", "s/1", "s/2"])
+        self.assertEqual(sorted(c for c, _ in self.router.local.tree.match("s/2")),
+                         ["two", "two"])
+        two.disconnect()
+        self.assertEqual(link.of("unregister"), [("unregister", "s/2"),
+                                                 ("unregister", "s/+")])
 
     def test_share_group_registered_by_key_with_its_weight(self) -> None:
         """``$share/g/f`` registers the group's key (not ``f``: a group's message goes

@@ -19,7 +19,7 @@ from mqtt_twisted.adapters._leanserver import LeanServer
 from mqtt_twisted.adapters.mqtt import _DRAINING, DrainingServer
 from mqtt_twisted.core.session import NO_ENTRIES
 from mqtt_twisted.core.settings import BrokerSettings
-from mqtt_twisted.core.topic_tree import TopicTree
+from mqtt_twisted.core.topic_tree import TopicTree, _Leaf
 from mqtt_twisted.testing import FakeClient, make_broker
 from tests.pahoclient import BrokerTestCase, connect_raw
 
@@ -64,23 +64,40 @@ class IdleSessionTests(SynchronousTestCase):
 
 
 class TopicTreeTests(SynchronousTestCase):
-    def test_nodes_share_the_empty_mapping_until_used(self) -> None:
+    def test_levels_are_dictionaries_and_ends_are_leaves(self) -> None:
+        """A level is one dict; where a filter ends with nothing below, its values are
+        a leaf in the parent; a filter ending above others keeps its values under
+        None in that level's dict, and a filter below a leaf turns it into a node."""
         tree: TopicTree[int] = TopicTree()
         tree.add("a/b/c", "x", 1)
-        leaf = tree._root.children["a"].children["b"].children["c"]
-        self.assertFalse(leaf.children)
-        self.assertIs(leaf.children, tree._root.children["a"].values)
+        b = tree._root["a"]["b"]
+        self.assertIs(type(b), dict)
+        self.assertIs(type(b["c"]), _Leaf)
+        self.assertEqual(b["c"], {"x": 1})
+        tree.add("a/b", "y", 2)
+        self.assertEqual(tree._root["a"]["b"][None], {"y": 2})
+        tree.add("a/b/c/d", "z", 3)
+        self.assertEqual(tree._root["a"]["b"]["c"], {None: {"x": 1}, "d": {"z": 3}})
+        self.assertEqual(sorted(tree.items()), [("a/b", "y", 2), ("a/b/c", "x", 1),
+                                                ("a/b/c/d", "z", 3)])
         self.assertEqual(tree.match("a/b/c"), [("x", 1)])
+        self.assertEqual(tree.get("a/b/c", "x"), 1)
+        self.assertEqual(tree.remove("a/b/c", "x"), 1)
+        self.assertEqual(tree._root["a"]["b"]["c"], {"d": {"z": 3}})
+        self.assertEqual(tree.match("a/b/c/d"), [("z", 3)])
 
     def test_remove_where_nothing_is_held(self) -> None:
         tree: TopicTree[int] = TopicTree()
         tree.add("a/b", "x", 1)
         self.assertIsNone(tree.remove("a", "x"))  # an inner node: no values at all
         self.assertIsNone(tree.remove("a/b", "y"))
+        self.assertIsNone(tree.remove("a/b/c", "x"))  # below a leaf
+        self.assertIsNone(tree.get("a/b/c", "x"))
         self.assertEqual(tree.remove("a/b", "x"), 1)
-        self.assertEqual(tree._root.children, {})  # pruned
+        self.assertEqual(tree._root, {})  # pruned
         tree.add("a/b", "x", 2)
         self.assertEqual(tree.match("a/b"), [("x", 2)])
+        self.assertEqual(len(tree), 1)
 
 
 class IdleConnectionMemoryTests(BrokerTestCase):

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mqtt_twisted.codec import Publish, StreamDecoder, _accel, encode
+from mqtt_twisted.codec import Publish, StreamDecoder, _accel, _decode, encode
 from mqtt_twisted.codec.packets import Properties
 from mqtt_twisted.constants import PropertyId as P
 from tests.test_codec_fuzz import CORPUS, mutate, random_chunks
@@ -31,7 +31,7 @@ from tests.test_codec_fuzz import CORPUS, mutate, random_chunks
 ROOT = Path(__file__).resolve().parent.parent
 ext = _accel.speedups
 needs_ext = pytest.mark.skipif(ext is None, reason="the compiled codec is not built here")
-PURE = _accel.PURE
+PURE = {**_accel.PURE, "decode_subscribe": _decode.decode_subscribe}
 
 
 def outcome(call):
@@ -112,6 +112,32 @@ def test_publish_bodies_decode_alike(version, flags, topic, pid, tail, props):
     want = outcome(lambda: PURE["decode_publish"](flags, wire, 2, len(wire), version))
     got = outcome(lambda: ext.decode_publish(flags, wire, 2, len(wire), version))
     assert got == want
+
+
+@needs_ext
+@settings(max_examples=400, deadline=None)
+@given(version=st.sampled_from([3, 4, 5]), pid=st.integers(0, 2),
+       filters=st.lists(st.tuples(
+           st.binary(max_size=10) | st.sampled_from(
+               [b"a/b", b"", b"a/+", b"#", b"a\x00b", b"\xed\xa0\x80", b"\xc0\xaf",
+                "é/☃".encode(), b"$share/g/a"]),
+           st.integers(0, 255)), max_size=6),
+       props=st.sampled_from([b"\x00", b"\x02\x0b\x05", b"\x05", b"\x02\x01\x01"]),
+       tail=st.sampled_from([b"", b"\x00", b"\x00\x05ab", b"\x00\x01a"]))
+def test_subscribe_bodies_decode_alike(version, pid, filters, props, tail):
+    """SUBSCRIBE bodies built field by field (bad UTF-8, U+0000, reserved option bits,
+    QoS 3, retain handling 3, a filter without options, packet id 0, no filter at all,
+    broken properties) give the same packet or error in the compiled decoder (alone and
+    in the framer) as in the pure one."""
+    body = pid.to_bytes(2, "big") + (props if version == 5 else b"")
+    for topic_filter, options in filters:
+        body += len(topic_filter).to_bytes(2, "big") + topic_filter + bytes([options])
+    body += tail
+    wire = bytes([0x82]) + encode_length(len(body)) + body
+    want = outcome(lambda: PURE["decode_subscribe"](2, wire, 2, len(wire), version))
+    got = outcome(lambda: ext.decode_subscribe(2, wire, 2, len(wire), version))
+    assert got == want
+    assert_same_stream([wire], version, 1 << 28)
 
 
 def encode_length(n: int) -> bytes:

@@ -29,6 +29,15 @@ _REGISTER = b"""
 if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
 return 1
 """
+#: KEYS[1]: the node's filters; ARGV: the routes channel, then (filter, change) pairs.
+_REGISTER_MANY = b"""
+for i = 2, #ARGV, 2 do
+  if redis.call('SADD', KEYS[1], ARGV[i]) == 1 then redis.call('PUBLISH', ARGV[1], ARGV[i + 1]) end
+end
+return 1
+"""
+#: Filters one ``_REGISTER_MANY`` call registers at most (its ARGV stays small).
+_REGISTER_BATCH = 1000
 _UNREGISTER = b"""
 if redis.call('SREM', KEYS[1], ARGV[1]) == 1 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
 return 1
@@ -66,6 +75,20 @@ class NodeLink:
         self._script(_REGISTER, node.keys.filters(node.name), topic_filter.encode("utf-8"),
                      change=encode_change(ADD, node.name, topic_filter),
                      what="registering a filter")
+
+    def register_many(self, topic_filters: list[str]) -> None:
+        """:meth:`register` for each of ``topic_filters`` (one SUBSCRIBE's new ones), in
+        one script call: one Redis write a packet, one change published per filter
+        that was not registered yet (the same notifications as one by one)."""
+        node = self.node
+        for i in range(0, len(topic_filters), _REGISTER_BATCH):
+            args = []
+            for topic_filter in topic_filters[i:i + _REGISTER_BATCH]:
+                args += (topic_filter.encode("utf-8"),
+                         encode_change(ADD, node.name, topic_filter))
+            node.commands.command(b"EVAL", _REGISTER_MANY, 1, node.keys.filters(node.name),
+                                  node.keys.routes, *args).addErrback(
+                node._failed, "registering filters")
 
     def unregister(self, topic_filter: str) -> None:
         node = self.node

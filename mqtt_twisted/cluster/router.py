@@ -31,7 +31,7 @@ the store writes of local deliveries (``core/journal.py``, ``writes_of``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from zope.interface import implementer
@@ -99,6 +99,35 @@ class ClusterRouter:
             if key not in self.held:
                 self.link.register(key)
         members.add((clientId, topicFilter))
+
+    def add_many(self, clientId: str, items: Sequence[tuple[str, Any]]) -> None:
+        """:meth:`add` for one SUBSCRIBE's ``(filter, options)``: the filters that are
+        new on this node are registered together, one Redis write (the link's
+        ``register_many``; ``register`` each with a link that has none)."""
+        plain = []
+        for topicFilter, options in items:
+            if topicFilter.startswith(SHARE_PREFIX):
+                self.add(clientId, topicFilter, options)
+            else:
+                plain.append((topicFilter, options))
+        self.local.add_many(clientId, plain)
+        subscribers, held = self.subscribers, self.held
+        new: list[str] = []
+        for topicFilter, _ in plain:
+            members = subscribers.get(topicFilter)
+            if members is None:
+                members = subscribers[topicFilter] = set()
+                if topicFilter not in held:
+                    new.append(topicFilter)
+            members.add((clientId, topicFilter))
+        if not new:
+            return
+        register_many = getattr(self.link, "register_many", None)
+        if register_many is not None:
+            register_many(new)
+        else:
+            for topicFilter in new:
+                self.link.register(topicFilter)
 
     def remove(self, clientId: str, topicFilter: str) -> None:
         if topicFilter.startswith(SHARE_PREFIX):

@@ -40,6 +40,9 @@ def _load() -> ModuleType | None:
     _speedups._pure_feed = PURE["feed"]
     _speedups._pure_decode_publish = PURE["decode_publish"]
     _speedups._pure_encode_publish = PURE["encode_publish"]
+    # The compiled feed decodes SUBSCRIBE itself; decode_body (the pure feed's) keeps
+    # the pure decoder, so that comparing the two feeds compares the two decoders.
+    _speedups._pure_decode_subscribe = _decode.decode_subscribe
     return _speedups
 
 

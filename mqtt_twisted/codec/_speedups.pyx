@@ -17,7 +17,7 @@ from libc.string cimport memchr, memcpy
 from dataclasses import fields as _fields
 
 from mqtt_twisted.codec._decode import decode_body
-from mqtt_twisted.codec.packets import Connect, Publish
+from mqtt_twisted.codec.packets import Connect, Publish, Subscribe, Subscription
 from mqtt_twisted.codec.properties import NO_LIMITS, decode_properties, encode_properties
 from mqtt_twisted.constants import MAX_REMAINING_LENGTH, PacketType, PropertyId
 from mqtt_twisted.errors import (
@@ -36,11 +36,19 @@ cdef bint _SLOTS_KNOWN = not hasattr(Publish, "__post_init__") and [
     f.name for f in _fields(Publish)] == [
     "topic", "payload", "qos", "retain", "dup", "packet_id", "properties", "raw"]
 PUBLISH_FIELDS_KNOWN = _SLOTS_KNOWN  # (tests/test_speedups.py: a new field fails a test)
+#: The same for Subscribe and Subscription (``_decode_subscribe``).
+cdef bint _SUBSCRIBE_KNOWN = (
+    not hasattr(Subscribe, "__post_init__") and not hasattr(Subscription, "__post_init__")
+    and [f.name for f in _fields(Subscribe)] == ["packet_id", "subscriptions", "properties"]
+    and [f.name for f in _fields(Subscription)] == [
+        "topic_filter", "qos", "no_local", "retain_as_published", "retain_handling"])
+SUBSCRIBE_FIELDS_KNOWN = _SUBSCRIBE_KNOWN
+cdef int _SUBSCRIBE = int(PacketType.SUBSCRIBE)
 cdef int _PUBLISH = int(PacketType.PUBLISH)
 cdef object _TOPIC_ALIAS = int(PropertyId.TOPIC_ALIAS)
 cdef Py_ssize_t _MAX_REMAINING = MAX_REMAINING_LENGTH
 # The pure functions, set by _accel.py: what the compiled ones hand unusual input to.
-_pure_feed = _pure_decode_publish = _pure_encode_publish = None
+_pure_feed = _pure_decode_publish = _pure_encode_publish = _pure_decode_subscribe = None
 
 
 cdef object _decode_publish(int flags, object data, const unsigned char* buf,
@@ -106,6 +114,88 @@ cdef object _decode_publish(int flags, object data, const unsigned char* buf,
     packet.properties = properties
     packet.raw = None
     return packet
+
+
+cdef object _decode_subscribe(object data, const unsigned char* buf, Py_ssize_t pos,
+                              Py_ssize_t end, int version, object limits):
+    """``_decode.decode_subscribe`` for a body in ``buf[pos:end]``: the filters of a
+    SUBSCRIBE of 100 are decoded in one loop, without a Python frame per filter."""
+    cdef Py_ssize_t stop
+    cdef int options, qos, handling
+    cdef object packet_id, properties, text, sub, no_local, rap
+    if pos + 2 > end:
+        raise MalformedPacket("two-byte integer runs past the packet")
+    packet_id = (buf[pos] << 8) | buf[pos + 1]
+    if not packet_id:
+        raise MalformedPacket("packet identifier 0")  # [MQTT-2.3.1-1]
+    pos += 2
+    if version == 5:
+        properties, pos = decode_properties(data, pos, end, _SUBSCRIBE, limits)
+    else:
+        properties = {}
+    subscriptions = []
+    while pos < end:
+        if pos + 2 > end:
+            raise MalformedPacket("length prefix runs past the packet")
+        stop = pos + 2 + ((buf[pos] << 8) | buf[pos + 1])
+        if stop > end:
+            raise MalformedPacket("string runs past the packet")
+        try:
+            text = PyUnicode_DecodeUTF8(<const char*>buf + pos + 2, stop - pos - 2, NULL)
+        except UnicodeDecodeError as e:
+            raise MalformedPacket(f"string is not well-formed UTF-8: {e.reason}") from None
+        if memchr(buf + pos + 2, 0, stop - pos - 2) != NULL:
+            raise MalformedPacket("string contains U+0000")
+        pos = stop
+        if pos >= end:
+            raise MalformedPacket("SUBSCRIBE filter without options")
+        options = buf[pos]
+        pos += 1
+        qos = options & 0x03
+        if version == 5:
+            if options & 0xC0:
+                raise MalformedPacket("SUBSCRIBE option reserved bits set")  # [MQTT-3.8.3-5]
+            if qos == 3:
+                raise ProtocolError("SUBSCRIBE requests QoS 3")
+            handling = (options >> 4) & 0x03
+            if handling == 3:
+                raise ProtocolError("SUBSCRIBE retain handling 3")
+            no_local = bool(options & 0x04)
+            rap = bool(options & 0x08)
+        else:
+            if options & 0xFC or qos == 3:
+                raise MalformedPacket("SUBSCRIBE QoS byte reserved bits set or QoS 3")
+            handling = 0
+            no_local = rap = False
+        if _SUBSCRIBE_KNOWN:
+            sub = _new(Subscription)
+            sub.topic_filter = text
+            sub.qos = qos
+            sub.no_local = no_local
+            sub.retain_as_published = rap
+            sub.retain_handling = handling
+        else:
+            sub = Subscription(text, qos, no_local, rap, handling)
+        subscriptions.append(sub)
+    if not subscriptions:
+        raise ProtocolError("SUBSCRIBE without topic filters")  # [MQTT-3.8.3-3]
+    if not _SUBSCRIBE_KNOWN:
+        return Subscribe(packet_id, subscriptions, properties)
+    packet = _new(Subscribe)
+    packet.packet_id = packet_id
+    packet.subscriptions = subscriptions
+    packet.properties = properties
+    return packet
+
+
+def decode_subscribe(flags, buf, pos, end, version, limits=NO_LIMITS):
+    """``_decode.decode_subscribe``, compiled (``bytes`` only; other bytes-likes go there)."""
+    if type(buf) is not bytes:
+        return _pure_decode_subscribe(flags, buf, pos, end, version, limits)
+    if not 0 <= pos <= end <= PyBytes_GET_SIZE(buf):
+        raise ValueError("pos and end must lie inside buf")
+    return _decode_subscribe(buf, <const unsigned char*>PyBytes_AS_STRING(buf), pos, end,
+                             5 if version == 5 else 0, limits)
 
 
 def decode_publish(flags, buf, pos, end, version, limits=NO_LIMITS):
@@ -187,6 +277,8 @@ def feed(self, data, budget=0):
                 packet = _decode_publish(first & 0x0F, data, buf, pos + header, end, ver, limits)
                 if first == 0x30:
                     packet.raw = data[pos:end] if pos or end != n else data
+            elif first == 0x82 and ver != -1:
+                packet = _decode_subscribe(data, buf, pos + header, end, ver, limits)
             else:
                 packet = decode_body(first, data, pos + header, end, version, limits)
                 if ver == -1 and type(packet) is Connect:

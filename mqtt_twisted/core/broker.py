@@ -110,6 +110,7 @@ class Broker:
         self.add_inbound_qos2 = delivery.add_inbound_qos2
         self.remove_inbound_qos2 = delivery.remove_inbound_qos2
         self.send_retained = delivery.send_retained
+        self.send_retained_many = delivery.send_retained_many
         self.writes_of = journal.writes_of
         self.store_failed = journal.store_failed
         self.connection_ended = lifecycle.connection_ended
@@ -201,6 +202,42 @@ class Broker:
             self.journal.persist(self.store.addSubscription(session.clientId, topic_filter,
                                                             options))
         return is_new
+
+    def subscribe_many(self, session: Session, added: dict[str, SubscriptionOptions]) -> None:
+        """Add or replace the subscriptions of one SUBSCRIBE, ``added`` in the packet's
+        order (the last of a repeated filter wins): one change to the session, the
+        index (a router's ``add_many``, else ``add`` each), the read check and, for a
+        persistent session, one store write (a store's ``addSubscriptions``, else
+        ``addSubscription`` each)."""
+        subscriptions = session.subscriptions
+        if subscriptions is NO_ENTRIES:
+            subscriptions = session.subscriptions = {}
+        subscriptions.update(added)
+        self.index(session.clientId, list(added.items()))
+        if (self.authorizer is not None and session.read_check is None
+                and needs_check(self.authorizer, session, added)):
+            session.read_check = read_check_for(self.authorizer, session)
+        if session.persistent:
+            store = self.store
+            add_all = getattr(store, "addSubscriptions", None)
+            if add_all is not None:
+                self.journal.persist(add_all(session.clientId, added))
+            else:
+                for topic_filter, options in added.items():
+                    self.journal.persist(store.addSubscription(session.clientId,
+                                                               topic_filter, options))
+
+    def index(self, client_id: str, items: list[tuple[str, SubscriptionOptions]]) -> None:
+        """Put ``client_id``'s ``(filter, options)`` into the router's index in order:
+        its ``add_many`` (one pass; a cluster registers the new filters in one write),
+        or ``add`` each for a router without it."""
+        router = self.router
+        add_many = getattr(router, "add_many", None)
+        if add_many is not None:
+            add_many(client_id, items)
+        else:
+            for topic_filter, options in items:
+                router.add(client_id, topic_filter, options)
 
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:
         if topic_filter not in session.subscriptions:

@@ -23,8 +23,7 @@ from mqtt_twisted.codec.topics import validate_topic_filter
 from mqtt_twisted.constants import PropertyId, ReasonCode
 from mqtt_twisted.core import clientlog, inbound
 from mqtt_twisted.core._async import gather
-from mqtt_twisted.core.grant import check_filter, granted_qos
-from mqtt_twisted.core.limits import over_subscription_quota
+from mqtt_twisted.core.grant import check_filters
 from mqtt_twisted.core.states import CONNECTED
 from mqtt_twisted.errors import InvalidTopicFilter, ProtocolError
 from mqtt_twisted.logs import debugging
@@ -59,21 +58,21 @@ def on_subscribe(conn: MQTTConnection, packet: Subscribe) -> None:
 def subscribe_authorized(conn: MQTTConnection, packet: Subscribe, allowed: list[Any] | None) -> None:
     # A persistent session's subscriptions are stored before SUBACK.
     (codes, granted), writes = conn.broker.writes_of(subscribe, conn, packet, allowed)
-    inbound.reply(conn, SubAck(packet.packet_id, codes), writes,
-                lambda: send_retained(conn, granted))
-
-
-def send_retained(conn: MQTTConnection, granted: list[tuple[str, SubscriptionOptions, bool]]) -> None:
-    for topic_filter, options, is_new in granted:
-        # [MQTT-3.3.1-9] retained messages follow the SUBACK; v5 retain handling decides.
-        if options.retain_handling == 0 or (options.retain_handling == 1 and is_new):
-            conn.broker.send_retained(conn.session, topic_filter, options)  # type: ignore[arg-type]
+    if granted:
+        inbound.reply(conn, SubAck(packet.packet_id, codes), writes,
+                      lambda: conn.broker.send_retained_many(conn.session, granted))
+    else:
+        inbound.reply(conn, SubAck(packet.packet_id, codes), writes)
 
 
 def subscribe(conn: MQTTConnection, packet: Subscribe,
                allowed: list[Any] | None) -> tuple[list[int], list[Any]]:
     """Grant what the SUBSCRIBE asks for (``allowed``: the authorizer's answers, or
-    None for no authorizer); return the SUBACK codes and the granted filters."""
+    None for no authorizer); return the SUBACK codes and the granted filters.
+
+    One pass over the packet, then one change to the index, the session and the store:
+    a SUBSCRIBE of 100 filters costs per packet what one of one filter does, plus a
+    loop turn per filter with no call in the usual case (``grant.check_filters``)."""
     session = conn.session
     broker = conn.broker
     v5 = conn.version == 5
@@ -81,8 +80,20 @@ def subscribe(conn: MQTTConnection, packet: Subscribe,
     codes: list[int] = []
     granted: list[tuple[str, SubscriptionOptions, bool]] = []
     settings = broker.settings
-    for i, sub in enumerate(packet.subscriptions):
-        refusal, shared = check_filter(settings, sub.topic_filter, sub_id, broker.stats)
+    held = session.subscriptions  # type: ignore[union-attr]
+    limit = settings.max_subscriptions  # 0: no limit
+    maximum_qos = settings.maximum_qos
+    added: dict[str, SubscriptionOptions] = {}
+    fresh = 0  # filters of ``added`` that the session does not hold
+    # One options record per distinct (QoS, no local, retain as published, retain
+    # handling) in the packet, shared by its subscriptions (nothing changes a record):
+    # no __init__ call per filter, and 72 bytes less per subscription.
+    records: dict[tuple[int, bool, bool, int], SubscriptionOptions] = {}
+    subs = packet.subscriptions
+    checks = check_filters(settings, [s.topic_filter for s in subs], sub_id, broker.stats)
+    for i, sub in enumerate(subs):
+        refusal, shared = checks[i]
+        topic_filter = sub.topic_filter
         if shared is not None and v5 and sub.no_local:
             raise ProtocolError("no local on a shared subscription")  # [MQTT-3.8.3-4]
         if refusal:
@@ -91,18 +102,25 @@ def subscribe(conn: MQTTConnection, packet: Subscribe,
         if allowed is not None and not allowed[i]:
             codes.append(ReasonCode.NOT_AUTHORIZED if v5 else 0x80)
             continue
-        if over_subscription_quota(settings, session.subscriptions,  # type: ignore[union-attr]
-                                   sub.topic_filter):
-            broker.stats.limit_hit("subscriptions")
-            codes.append(ReasonCode.QUOTA_EXCEEDED if v5 else 0x80)
-            continue
-        qos = granted_qos(settings, sub.qos)
-        options = SubscriptionOptions(qos, sub.no_local, sub.retain_as_published,
-                                      sub.retain_handling, sub_id)
-        is_new = broker.subscribe(session, sub.topic_filter, options)  # type: ignore[arg-type]
+        is_new = topic_filter not in held and topic_filter not in added
+        if is_new:
+            # Replacing a subscription it holds is always allowed.
+            if limit and len(held) + fresh >= limit:
+                broker.stats.limit_hit("subscriptions")
+                codes.append(ReasonCode.QUOTA_EXCEEDED if v5 else 0x80)
+                continue
+            fresh += 1
+        qos = sub.qos if sub.qos < maximum_qos else maximum_qos
+        key = (qos, sub.no_local, sub.retain_as_published, sub.retain_handling)
+        options = records.get(key)
+        if options is None:
+            options = records[key] = SubscriptionOptions(*key, sub_id)
+        added[topic_filter] = options
         codes.append(qos)
         if shared is None:
-            granted.append((sub.topic_filter, options, is_new))
+            granted.append((topic_filter, options, is_new))
+    if added:
+        broker.subscribe_many(session, added)  # type: ignore[arg-type]
     return codes, granted
 
 

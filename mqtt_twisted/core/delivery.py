@@ -213,6 +213,31 @@ class Delivery:
         if self.durable and session.persistent:
             self.journal.persist(self.store.removeInboundQoS2(session.clientId, packet_id))
 
+    def send_retained_many(self, session: Session,
+                           granted: list[tuple[str, SubscriptionOptions, bool]]) -> None:
+        """The retained messages for one SUBSCRIBE's granted plain filters ``(filter,
+        options, is new)`` [MQTT-3.3.1-9], as v5's retain handling asks: 0 always, 1
+        for a new subscription only, 2 never.  A store that can tell that it holds
+        none (``mayHaveRetained``) is asked twice a packet, for the filters under
+        ``#`` and those under ``$SYS/#``, not searched once per filter."""
+        may = getattr(self.store, "mayHaveRetained", None)
+        if may is not None:
+            plain, sys = may("#"), may("$SYS/#")
+        for topic_filter, options, is_new in granted:
+            handling = options.retain_handling
+            if handling and (handling == 2 or not is_new):
+                continue
+            if may is not None:
+                if topic_filter[:1] != "$":
+                    if not plain:
+                        continue
+                elif topic_filter == "$SYS" or topic_filter.startswith("$SYS/"):
+                    if not sys:
+                        continue
+                elif not may(topic_filter):
+                    continue
+            self.send_retained(session, topic_filter, options)
+
     def send_retained(self, session: Session, topic_filter: str,
                       options: SubscriptionOptions) -> None:
         """Deliver the retained messages matching a new subscription, retain=1, in

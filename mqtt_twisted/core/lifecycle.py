@@ -148,10 +148,8 @@ class Lifecycle:
         # then checks the deliveries queued meanwhile against the owner's own rules.
         session.identity = session.owner
         if state.subscriptions:
-            session.subscriptions = {}
-        for topic_filter, options in state.subscriptions.items():
-            session.subscriptions[topic_filter] = options
-            broker.router.add(session.clientId, topic_filter, options)
+            session.subscriptions = dict(state.subscriptions)
+            broker.index(session.clientId, list(state.subscriptions.items()))
         session.restore_outbound(list(state.outbound))
         broker.offline.away(session)
         broker.refresh_read_check(session)

@@ -12,7 +12,7 @@ local messages on to its peers and never sends a peer's message back out.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from zope.interface import implementer
@@ -59,6 +59,17 @@ class LocalRouter:
             group.members[clientId] = options
         else:
             self.tree.add(topicFilter, clientId, options)
+
+    def add_many(self, clientId: str,
+                 items: Sequence[tuple[str, SubscriptionOptions]]) -> None:
+        """:meth:`add` for each ``(filter, options)`` of ``items`` in order (one
+        SUBSCRIBE's): the plain filters go into the tree in one pass."""
+        plain = [item for item in items if not item[0].startswith(SHARE_PREFIX)]
+        if len(plain) != len(items):
+            for topicFilter, options in items:
+                if topicFilter.startswith(SHARE_PREFIX):
+                    self.add(clientId, topicFilter, options)
+        self.tree.add_many(clientId, plain)
 
     def remove(self, clientId: str, topicFilter: str) -> None:
         if topicFilter.startswith(SHARE_PREFIX):

@@ -4,29 +4,41 @@ Matching walks only the branches a topic can reach, so its cost follows the
 number of matching filters and the topic depth, not the number of
 subscriptions.  A small cache maps recently published topics to their match
 result; any change to the tree clears it.
+
+The trie is made of dictionaries only (issue 19: a million subscriptions, most of
+them adding a level or two of their own).  A node is a ``dict`` from a level to
+what is below it: another node, or a :class:`_Leaf` (the values of a filter that
+ends there, when nothing is below it, which is the usual end of a filter).  A node
+under which a filter also ends holds those values under the key ``None`` (no level
+is None).  So a new level costs one dictionary, not an object and a dictionary, and
+the cyclic garbage collector has a third fewer containers to walk.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from types import MappingProxyType
+from collections.abc import Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 V = TypeVar("V")
 
 _CACHE_LIMIT = 4096
-#: A node's children or values until it has some: shared, read-only and empty.  A leaf
-#: never has children and an inner node rarely has values, so a subscription's new
-#: nodes cost one dict each, not two (64 bytes less per node).
-_NONE: Any = MappingProxyType({})
 
 
-class _Node(Generic[V]):
-    __slots__ = ("children", "values")
+class _Leaf(dict):  # type: ignore[type-arg]
+    """``owner -> value`` for a filter ending at a level that has nothing below it,
+    in its parent node in place of a node (``type(x) is _Leaf`` tells them apart)."""
 
-    def __init__(self) -> None:
-        self.children: dict[str, _Node[V]] = _NONE
-        self.values: dict[object, V] = _NONE
+    __slots__ = ()
+
+
+#: The values of a node that are also filters' ends ("a/b" beside "a/b/c").
+_VALUES = None
+_EMPTY: dict[Any, Any] = {}
+
+
+def _values_of(entry: dict[Any, Any]) -> dict[Any, Any] | None:
+    """The values held by a node's entry (a leaf, or a node's own)."""
+    return entry if type(entry) is _Leaf else entry.get(_VALUES)
 
 
 class TopicTree(Generic[V]):
@@ -40,7 +52,7 @@ class TopicTree(Generic[V]):
     __slots__ = ("_root", "_cache", "_count")
 
     def __init__(self) -> None:
-        self._root: _Node[V] = _Node()
+        self._root: dict[Any, Any] = {}
         self._cache: dict[str, list[tuple[object, V]]] = {}
         self._count = 0
 
@@ -49,55 +61,87 @@ class TopicTree(Generic[V]):
 
     def add(self, topic_filter: str, owner: object, value: V) -> bool:
         """Set ``owner``'s value for ``topic_filter``; True if it is new."""
-        node = self._root
-        for level in topic_filter.split("/"):
-            child = node.children.get(level)
-            if child is None:
-                if node.children is _NONE:
-                    node.children = {}
-                child = node.children[level] = _Node()
-            node = child
-        is_new = owner not in node.values
-        if node.values is _NONE:
-            node.values = {}
-        node.values[owner] = value
-        if is_new:
-            self._count += 1
+        return self.add_many(owner, ((topic_filter, value),)) == 1
+
+    def add_many(self, owner: object, items: Iterable[tuple[str, V]]) -> int:
+        """Set ``owner``'s value for each ``(topic_filter, value)`` of ``items``, in
+        order (a later one replaces an earlier one of the same filter); return how many
+        are new.  One SUBSCRIBE's filters in one pass: no call per filter or per new
+        level, the match cache cleared once."""
+        root = self._root
+        new = 0
+        for topic_filter, value in items:
+            levels = topic_filter.split("/")
+            tail = levels.pop()
+            node = root
+            for level in levels:
+                child = node.get(level)
+                if child is None:
+                    child = node[level] = {}
+                elif type(child) is _Leaf:  # a filter ends here: now a node holding it
+                    child = node[level] = {_VALUES: child}
+                node = child
+            entry = node.get(tail)
+            if entry is None:
+                values = node[tail] = _Leaf()
+            elif type(entry) is _Leaf:
+                values = entry
+            else:
+                values = entry.get(_VALUES)
+                if values is None:
+                    values = entry[_VALUES] = _Leaf()
+            if owner not in values:
+                new += 1
+            values[owner] = value
+        self._count += new
         if self._cache:
             self._cache.clear()
-        return is_new
+        return new
 
     def remove(self, topic_filter: str, owner: object) -> V | None:
         """Remove ``owner``'s entry for ``topic_filter``; return its value or None."""
-        path: list[tuple[_Node[V], str]] = []
+        levels = topic_filter.split("/")
+        tail = levels.pop()
+        path: list[tuple[dict[Any, Any], str]] = []
         node = self._root
-        for level in topic_filter.split("/"):
-            child = node.children.get(level)
-            if child is None:
+        for level in levels:
+            child = node.get(level)
+            if child is None or type(child) is _Leaf:
                 return None
             path.append((node, level))
             node = child
-        value = node.values.get(owner)  # (_NONE has no pop)
+        entry = node.get(tail)
+        values = _values_of(entry) if entry is not None else None
+        value = values.get(owner) if values else None
         if value is None:
             return None
-        del node.values[owner]
+        del values[owner]  # type: ignore[union-attr]
         self._count -= 1
-        # Prune empty branches so that dead filters cost nothing later.
-        while path and not node.values and not node.children:
-            parent, level = path.pop()
-            del parent.children[level]
-            node = parent
+        if not values:
+            # Prune empty branches so that dead filters cost nothing later.
+            if type(entry) is not _Leaf:
+                del entry[_VALUES]  # type: ignore[index]
+            if not entry or type(entry) is _Leaf:
+                del node[tail]
+                while path and not node:
+                    parent, level = path.pop()
+                    del parent[level]
+                    node = parent
         if self._cache:
             self._cache.clear()
-        return value
+        return value  # type: ignore[no-any-return]
 
     def get(self, topic_filter: str, owner: object) -> V | None:
+        levels = topic_filter.split("/")
+        tail = levels.pop()
         node = self._root
-        for level in topic_filter.split("/"):
-            node = node.children.get(level)  # type: ignore[assignment]
-            if node is None:
+        for level in levels:
+            node = node.get(level)  # type: ignore[assignment]
+            if node is None or type(node) is _Leaf:
                 return None
-        return node.values.get(owner)
+        entry = node.get(tail)
+        values = _values_of(entry) if entry is not None else None
+        return values.get(owner) if values else None
 
     def match(self, topic: str) -> list[tuple[object, V]]:
         """Every (owner, value) whose filter matches ``topic`` [MQTT-4.7]."""
@@ -109,31 +153,39 @@ class TopicTree(Generic[V]):
         last = len(levels)
         # [MQTT-4.7.2-1] a topic starting with '$' is not matched by a leading wildcard.
         dollar = topic.startswith("$")
-        stack: list[tuple[_Node[V], int]] = [(self._root, 0)]
+        stack: list[tuple[dict[Any, Any], int]] = [(self._root, 0)]
         while stack:
             node, depth = stack.pop()
-            children = node.children
-            if not children:
-                continue
             wild_ok = depth or not dollar
             if wild_ok:
-                hash_node = children.get("#")
-                if hash_node is not None:
+                hashed = node.get("#")
+                if hashed is not None:
                     # '#' also matches the parent level: 'a/#' matches 'a' [MQTT-4.7.1-2].
-                    result.extend(hash_node.values.items())
+                    # (It is the last level of a valid filter: a leaf.)
+                    result.extend((hashed if type(hashed) is _Leaf
+                                   else hashed.get(_VALUES, _EMPTY)).items())
             if depth == last:
                 continue
-            child = children.get(levels[depth])
+            depth += 1
+            child = node.get(levels[depth - 1])
             if child is not None:
-                if depth + 1 == last:
-                    result.extend(child.values.items())
-                stack.append((child, depth + 1))
+                if type(child) is _Leaf:
+                    if depth == last:
+                        result.extend(child.items())
+                else:
+                    if depth == last:
+                        result.extend(child.get(_VALUES, _EMPTY).items())
+                    stack.append((child, depth))
             if wild_ok:
-                plus = children.get("+")
+                plus = node.get("+")
                 if plus is not None:
-                    if depth + 1 == last:
-                        result.extend(plus.values.items())
-                    stack.append((plus, depth + 1))
+                    if type(plus) is _Leaf:
+                        if depth == last:
+                            result.extend(plus.items())
+                    else:
+                        if depth == last:
+                            result.extend(plus.get(_VALUES, _EMPTY).items())
+                        stack.append((plus, depth))
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
         self._cache[topic] = result
@@ -141,10 +193,17 @@ class TopicTree(Generic[V]):
 
     def items(self) -> Iterator[tuple[str, object, V]]:
         """Every (filter, owner, value), for snapshots and $SYS counts."""
-        stack: list[tuple[_Node[V], tuple[str, ...]]] = [(self._root, ())]
+        stack: list[tuple[dict[Any, Any], tuple[str, ...]]] = [(self._root, ())]
         while stack:
             node, prefix = stack.pop()
-            for owner, value in node.values.items():
-                yield "/".join(prefix), owner, value
-            for level, child in node.children.items():
-                stack.append((child, (*prefix, level)))
+            for level, child in node.items():
+                if level is _VALUES:
+                    topic_filter = "/".join(prefix)
+                    for owner, value in child.items():
+                        yield topic_filter, owner, value
+                elif type(child) is _Leaf:
+                    topic_filter = "/".join((*prefix, level))
+                    for owner, value in child.items():
+                        yield topic_filter, owner, value
+                else:
+                    stack.append((child, (*prefix, level)))

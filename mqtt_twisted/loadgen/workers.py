@@ -75,6 +75,19 @@ def unsent_bytes(sock: socket.socket) -> int:
     return struct.unpack("i", buf)[0]
 
 
+def broker_cpu_s(pid: int | None) -> float | None:
+    """The broker's CPU time so far (user + system, seconds) from /proc, or None: what
+    a phase cost it, whatever else the machine was doing meanwhile."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def broker_rss_kib(pid: int | None) -> int | None:
     """The broker's resident set size (VmRSS, KiB) from /proc, or None."""
     if not pid:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredLock, succeed
+from twisted.internet.defer import Deferred, DeferredLock, gatherResults, succeed
 from zope.interface import implementer
 
 from mqtt_twisted.errors import StorageError
@@ -131,6 +131,23 @@ class MemoryStore:
             stored.subscriptions[topicFilter] = options
         return succeed(None)
 
+    def addSubscriptions(self, clientId: str, subscriptions: dict[str, Any]) -> Deferred[None]:
+        """Record one SUBSCRIBE's subscriptions at once (optional: the broker calls
+        ``addSubscription`` for each where a store has no ``addSubscriptions``).  A
+        subclass (or instance) with its own ``addSubscription`` gets that called for
+        each: what it does on top is not skipped."""
+        one = self.addSubscription
+        if getattr(one, "__func__", None) is not MemoryStore.addSubscription:
+            writes = [one(clientId, f, o) for f, o in subscriptions.items()]
+            if len(writes) == 1:
+                return writes[0]  # type: ignore[no-any-return]
+            done = gatherResults(writes, consumeErrors=True)
+            return done.addCallbacks(lambda _: None, lambda f: f.value.subFailure)
+        stored = self._sessions.get(clientId)
+        if stored is not None:
+            stored.subscriptions.update(subscriptions)
+        return succeed(None)
+
     def removeSubscription(self, clientId: str, topicFilter: str) -> Deferred[None]:
         stored = self._sessions.get(clientId)
         if stored is not None:
@@ -189,6 +206,11 @@ class MemoryStore:
         serves a new subscription's retained messages in slices (optional; a store
         without it is asked ``matchRetained``)."""
         return self._retained.iter_match(topicFilter)
+
+    def mayHaveRetained(self, topicFilter: str) -> bool:
+        """False when no retained message can match ``topicFilter``: the broker skips
+        the search for each filter of a SUBSCRIBE while there are none (optional)."""
+        return len(self._retained) > 0
 
     def countRetained(self) -> Deferred[int]:
         return succeed(len(self._retained))

@@ -43,6 +43,8 @@ class SysRetainedOverlay:
         for name in IStore.names(all=True):
             if name not in _RETAINED_CALLS and hasattr(store, name):
                 setattr(self, name, getattr(store, name))
+        if hasattr(store, "addSubscriptions"):  # optional, not in IStore
+            self.addSubscriptions = store.addSubscriptions
         if ISessionInfoStore.providedBy(store):
             self.saveSessionInfo = store.saveSessionInfo
             alsoProvides(self, ISessionInfoStore)
@@ -81,6 +83,14 @@ class SysRetainedOverlay:
             return iter(self._sys.match(topicFilter))
         iterate = getattr(self.store, "iterRetained", None)
         return iterate(topicFilter) if iterate is not None else None
+
+    def mayHaveRetained(self, topicFilter: str) -> bool:
+        """False when no retained message can match ``topicFilter`` (the store's own
+        answer, where it has one; else True)."""
+        if is_sys(topicFilter):
+            return bool(self._sys)
+        may = getattr(self.store, "mayHaveRetained", None)
+        return True if may is None else bool(may(topicFilter))
 
     def countRetained(self) -> Deferred[int]:
         d: Deferred[int] = self.store.countRetained()

@@ -361,6 +361,23 @@ class RedisStore:
         return _guarded(self, cid, b"subs", b"HSET", topicFilter.encode("utf-8"),
                              encode_options(options))
 
+    def addSubscriptions(self, clientId: str, subscriptions: dict[str, Any]) -> Deferred[None]:
+        """One SUBSCRIBE's subscriptions in one HSET (optional, see the memory store);
+        past _HSET_FILTERS filters, one HSET each that many (the script unpacks its
+        arguments onto Lua's stack, which holds about 8,000)."""
+        cid = self._keys.cid(clientId)
+        fields: list[bytes] = []
+        for topic_filter, options in subscriptions.items():
+            fields += (topic_filter.encode("utf-8"), encode_options(options))
+        step = 2 * _HSET_FILTERS
+        if len(fields) <= step:
+            return _guarded(self, cid, b"subs", b"HSET", *fields)
+        writes = [_guarded(self, cid, b"subs", b"HSET", *fields[i:i + step])
+                  for i in range(0, len(fields), step)]
+        done = gatherResults(writes, consumeErrors=True)
+        done.addCallbacks(lambda _: None, lambda f: f.value.subFailure)
+        return done
+
     def removeSubscription(self, clientId: str, topicFilter: str) -> Deferred[None]:
         cid = self._keys.cid(clientId)
         return self._plain(cid, b"HDEL", self._keys.key(b"subs", cid), topicFilter.encode("utf-8"))
@@ -444,6 +461,10 @@ def _release(store: RedisStore) -> Any:
     to_redis, store._endpoint = store._endpoint, None
     release = getattr(to_redis, "release", None)
     return release() if release is not None else None
+
+
+#: Filters one HSET of ``addSubscriptions`` stores at most.
+_HSET_FILTERS = 1000
 
 
 def _guarded(store: RedisStore, cid: bytes, kind: bytes, *command: Any) -> Deferred[None]:

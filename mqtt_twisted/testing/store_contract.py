@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
+from twisted.trial.unittest import SkipTest
 from zope.interface.verify import verifyObject
 
 from mqtt_twisted.codec.topics import topic_matches
@@ -283,6 +284,25 @@ class SessionContract(StoreFixture):
         self.assertEqual(loaded.subscriptions, {"b/#": SubscriptionOptions(2, True, True, 1, 9)})
 
     @inlineCallbacks
+    def test_add_subscriptions_at_once(self) -> Any:
+        """addSubscriptions (optional: one SUBSCRIBE's filters in one write) adds or
+        replaces each filter's options as addSubscription would, 2,500 at once too; a
+        session it does not hold gets nothing."""
+        add_all = getattr(self.store, "addSubscriptions", None)
+        if add_all is None:
+            raise SkipTest("this store has no addSubscriptions (optional)")
+        yield self.store.saveSession(session("c1", subscriptions={"a": SubscriptionOptions(0)}))
+        shared = SubscriptionOptions(1, True, False, 2, 7)
+        many = {f"m/{i}": shared for i in range(2500)}
+        yield add_all("c1", {"a": SubscriptionOptions(2), "b/#": shared})
+        yield add_all("c1", many)
+        yield add_all("ghost", {"x": shared})
+        loaded = yield self.store.loadSession("c1")
+        self.assertEqual(loaded.subscriptions, {"a": SubscriptionOptions(2), "b/#": shared,
+                                                **many})
+        self.assertIsNone((yield self.store.loadSession("ghost")))
+
+    @inlineCallbacks
     def test_writes_to_unknown_session_are_ignored(self) -> Any:
         """Per-session writes for a client with no stored session create nothing."""
         yield self.store.addSubscription("ghost", "a", SubscriptionOptions(1))
@@ -381,6 +401,26 @@ class RetainedContract(StoreFixture):
         yield self.store.deleteRetained("never")
         self.assertIsNone((yield self.store.getRetained("a")))
         self.assertEqual((yield self.store.countRetained()), 1)
+
+    @inlineCallbacks
+    def test_may_have_retained(self) -> Any:
+        """mayHaveRetained (optional) says False only when no retained message matches
+        the filter: the broker then skips the search at SUBSCRIBE."""
+        may = getattr(self.store, "mayHaveRetained", None)
+        if may is None:
+            raise SkipTest("this store has no mayHaveRetained (optional)")
+        filters = ("#", "a/+", "a/b", "+/+", "x")
+        for f in filters:
+            if not may(f):
+                self.assertEqual((yield self.store.matchRetained(f)), [], f)
+        yield self.store.setRetained(message("a/b", b"x", 0, True))
+        for f in filters:
+            if (yield self.store.matchRetained(f)):
+                self.assertTrue(may(f), f)
+        yield self.store.deleteRetained("a/b")
+        for f in filters:
+            if not may(f):
+                self.assertEqual((yield self.store.matchRetained(f)), [], f)
 
     @inlineCallbacks
     def test_empty_payload_deletes_retained(self) -> Any:
