@@ -39,6 +39,7 @@ from zope.interface import implementer
 from mqtt_twisted.cluster.routes import RouteTable
 from mqtt_twisted.cluster.shared import online_members
 from mqtt_twisted.codec.topics import SHARE_PREFIX
+from mqtt_twisted.core.journal import SharedWrite
 from mqtt_twisted.core.router import LOCAL, LocalRouter
 from mqtt_twisted.core.shared import Strategy
 from mqtt_twisted.interfaces import IRouter
@@ -81,6 +82,11 @@ class ClusterRouter:
         #: every stream (``barrier.py``); and the one being delivered here (0: none).
         self.seq = 0
         self.ident = 0
+        #: Whether the share copies made now come from a peer's stream (``receive``):
+        #: one given to a clean member keeps its entry unacknowledged (``hold_copy``).
+        self.holding = False
+        #: A departing member's copy's hold, for the copy that replaces it (``hand_over``).
+        self.handing: SharedWrite | None = None
 
     # --- the index: the local router's, and the registrations in Redis ---
 
@@ -266,8 +272,12 @@ class ClusterRouter:
         destinations = ",".join(sorted(nodes)).encode("utf-8")
         for node in nodes:
             # Collected by the journal when a publisher waits for its acknowledgement.
-            self.persist(link.append(node, message, destinations,
-                                     picks.get(node) if picks else None, resent, seq))
+            write = link.append(node, message, destinations,
+                                picks.get(node) if picks else None, resent, seq)
+            if self.handing is not None:  # a departing member's copy, sent on (hand_over)
+                handing, self.handing = self.handing, None
+                write.addBoth(_passing, handing)
+            self.persist(write)
 
     def receive(self, message: Message, origin: str, groups: list[str] | None = None,
                 resent: bool = False, destinations: bytes = b"", seq: int = 0) -> int:
@@ -283,17 +293,41 @@ class ClusterRouter:
         if not groups:
             return local.dispatch_plain(message) if local.shared_groups else \
                 local.dispatch(message, origin)
-        delivered = local.dispatch_plain(message)
-        for key in groups:
-            group = local.shared_groups.get(key)
-            if group is not None and group.members and (
-                    resent or self.shared_weights.get(key) or not self._online_elsewhere(key)):
-                delivered += local.deliver_shared(key, group, message)
-            elif not resent:
-                # None here (any more), or none online here while another node has one
-                # (a dead node's stream delivered by its adopter, say).
-                delivered += self._send_on(key, message)
+        # A copy sent on (``_send_on``) is for the groups it names only: this node's
+        # plain subscribers had the message's own copy, if they match.
+        delivered = 0 if resent else local.dispatch_plain(message)
+        # A copy given to a clean member is in this node's memory only: its stream
+        # entry waits for it (``hold_copy``), so that this node's adopter finds it pending.
+        self.holding = message.qos > 0
+        try:
+            for key in groups:
+                group = local.shared_groups.get(key)
+                if group is not None and group.members and (
+                        resent or self.shared_weights.get(key)
+                        or not self._online_elsewhere(key)):
+                    delivered += local.deliver_shared(key, group, message)
+                elif not resent:
+                    # None here (any more), or none online here while another node has
+                    # one (a dead node's stream delivered by its adopter, say).
+                    delivered += self._send_on(key, message)
+        finally:
+            self.holding = False
         return delivered
+
+    def hold_copy(self, session: Any, out: Outbound) -> None:
+        """A share copy is made (``Delivery.hold``): one from a peer's stream, for a
+        clean session, gets a write that fires once it is done with (acknowledged,
+        handed to another member, given up: ``delivery.release_held``), collected by
+        the journal like a store write, so that the stream entry is acknowledged
+        (XACK) only then; one that replaces a departing member's copy takes over that
+        copy's write.  A persistent session's copy is stored: it needs none."""
+        handing = self.handing
+        if handing is not None:
+            self.handing = None
+            out.held = handing
+        elif self.holding and out.qos and not session.persistent:
+            out.held = held = SharedWrite()
+            self.persist(held)
 
     def plain_receiver(self) -> Callable[[Message, str], int] | None:
         """What :meth:`receive` comes down to for a peer's message that names no share
@@ -335,10 +369,19 @@ class ClusterRouter:
         one here if there is, else one on another node."""
         key = out.group
         group = self.local.shared_groups.get(key)  # type: ignore[arg-type]
-        if (group is not None and any(c != leaving for c in group.members)) or key is None:
-            self.local.hand_over(out, leaving)
-        else:
-            self._send_on(key, out.message)
+        # What waited for the departing copy waits for its replacement (``hold_copy``, or
+        # the entry that sends it on: ``_forward``), or goes on if there is none.
+        held, out.held = out.held, None
+        self.handing = held
+        try:
+            if (group is not None and any(c != leaving for c in group.members)) or key is None:
+                self.local.hand_over(out, leaving)
+            else:
+                self._send_on(key, out.message)
+        finally:
+            if self.handing is not None:
+                self.handing = None
+                held.fire(None)  # type: ignore[union-attr]
 
     @property
     def shared_strategy(self) -> Strategy:
@@ -347,3 +390,9 @@ class ClusterRouter:
     @shared_strategy.setter
     def shared_strategy(self, strategy: Strategy) -> None:
         self.local.shared_strategy = strategy
+
+
+def _passing(result: Any, held: SharedWrite) -> Any:
+    """``held`` gets a write's result, which goes on to the write's next waiter."""
+    held.fire(result)
+    return result
