@@ -86,9 +86,9 @@ class Outbound:
         # Position in the session's delivery order, and its key in a store.
         self.seq = seq
         #: What waits until this copy is done with (acknowledged, handed to another
-        #: member, or given up), fired then with None: a cluster's share copy from a
-        #: peer's stream in a clean session, whose stream entry is acknowledged only
-        #: then (``cluster/router.py``, ``hold_copy``).  Never stored.
+        #: member, or given up): its ``fire(None)`` is called then.  A cluster's share
+        #: copy from a peer's stream in a clean session, whose stream entry is
+        #: acknowledged only then (``cluster/router.py``, ``hold_copy``).  Never stored.
         self.held: Any = None
 
 

@@ -73,6 +73,21 @@ class HoldTests(SynchronousTestCase):
         self.member.ack(third)
         self.assertEqual([w[0].called for w in writes], [True] * 3)
 
+    def test_one_write_for_the_copies_of_one_entry(self) -> None:
+        """The copies one delivery from the stream makes share one write, which fires
+        once the last of them is acknowledged."""
+
+        def entry() -> None:
+            for i in range(2):
+                self.router.receive(Message(f"s/{i}", b"p", 1, False), "B", [KEY])
+
+        [write] = self.broker.journal.writes_of(entry)[1]
+        sent = publishes(self.member)
+        self.member.ack(sent[1])
+        self.assertFalse(write.called)
+        self.member.ack(sent[0])
+        self.assertTrue(write.called)
+
     def test_qos2_done_at_pubrec(self) -> None:
         """QoS 2: the client has the message once it sends PUBREC; another member
         given it after that would have it twice."""

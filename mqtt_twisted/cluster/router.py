@@ -37,7 +37,7 @@ from typing import Any
 from zope.interface import implementer
 
 from mqtt_twisted.cluster.routes import RouteTable
-from mqtt_twisted.cluster.shared import online_members
+from mqtt_twisted.cluster.shared import HeldCopies, online_members
 from mqtt_twisted.codec.topics import SHARE_PREFIX
 from mqtt_twisted.core.journal import SharedWrite
 from mqtt_twisted.core.router import LOCAL, LocalRouter
@@ -87,6 +87,10 @@ class ClusterRouter:
         self.holding = False
         #: A departing member's copy's hold, for the copy that replaces it (``hand_over``).
         self.handing: SharedWrite | None = None
+        #: The copies held for the stream delivery under way (``shared.HeldCopies``),
+        #: and the journal whose collections tell one delivery from the next.
+        self.copies: HeldCopies | None = None
+        self.journal: Any = getattr(persist, "__self__", None)
 
     # --- the index: the local router's, and the registrations in Redis ---
 
@@ -316,18 +320,26 @@ class ClusterRouter:
 
     def hold_copy(self, session: Any, out: Outbound) -> None:
         """A share copy is made (``Delivery.hold``): one from a peer's stream, for a
-        clean session, gets a write that fires once it is done with (acknowledged,
-        handed to another member, given up: ``delivery.release_held``), collected by
-        the journal like a store write, so that the stream entry is acknowledged
-        (XACK) only then; one that replaces a departing member's copy takes over that
-        copy's write.  A persistent session's copy is stored: it needs none."""
+        clean session, counts in a write that fires once it and the entry's other
+        such copies are done with (acknowledged, handed to another member, given up:
+        ``delivery.release_held``), collected by the journal like a store write, so
+        that the stream entry is acknowledged (XACK) only then; one that replaces a
+        departing member's copy takes over that copy's place.  A persistent
+        session's copy is stored: it needs none."""
         handing = self.handing
         if handing is not None:
             self.handing = None
             out.held = handing
         elif self.holding and out.qos and not session.persistent:
-            out.held = held = SharedWrite()
-            self.persist(held)
+            journal = self.journal
+            collecting = journal.collecting() if journal is not None else None
+            copies = self.copies
+            if (copies is None or copies.owner is not collecting or collecting is None
+                    or copies.write.called):
+                copies = self.copies = HeldCopies(collecting)
+                self.persist(copies.write)
+            copies.left += 1
+            out.held = copies
 
     def plain_receiver(self) -> Callable[[Message, str], int] | None:
         """What :meth:`receive` comes down to for a peer's message that names no share
