@@ -21,6 +21,11 @@ last one (``m:STREAM``), and the drain skips that session for every entry up to 
 So a QoS 2 subscriber does not get it twice (its in-flight record, packet id and
 PUBREL state, is in the session it resumes).
 
+The adopter's own subscribers are not given a message they had already: one it
+published or sent on itself, or whose destinations (``d``) it was among, goes to the
+sessions it adopted from the dead node and to the share groups it names only (a
+group's copy comes only from the node picked for it, so it is not skipped).
+
 It runs in the background: the adoption is over (and a client of the dead node may
 connect again) before it ends.
 """
