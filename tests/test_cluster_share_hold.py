@@ -236,3 +236,69 @@ class DrainOwnTests(SynchronousTestCase):
         self.assertEqual([p.topic for p in publishes(adopted)], ["s/0", "s/1", "s/1"])
         self.assertEqual([p.topic for p in publishes(member)], ["s/0", "s/1", "s/1"])
         self.assertEqual(drain.skipped, 2)
+
+
+class ShareHandoverTests(SynchronousTestCase):
+    """The only member of a group leaves for node B: A keeps the group registered
+    (weight 0) and forwards the group's copies to B as directed entries naming it; B
+    delivers them into the session's ``$share`` subscription."""
+
+    def setUp(self) -> None:
+        from mqtt_twisted.cluster.handover import release_session
+        from mqtt_twisted.cluster.moved import Moved
+
+        self.broker, self.clock = make_broker()
+        node = self.node = fake_node(self.broker, self.clock)
+        node.keys.shared = lambda n: b"sh:" + n.encode()
+        node.link = NodeLink(node)  # type: ignore[arg-type]
+        node.router = ClusterRouter(self.broker.router, "A", node.link,
+                                    self.broker.journal.persist)
+        self.broker.router = node.router
+        node.moved = node.router.moved = Moved(node)  # type: ignore[arg-type]
+        node.router.leaving = node.moved.leaving
+        mover = FakeClient(self.broker)
+        mover.connect("mover", clean=False)
+        mover.subscribe(KEY, qos=1)
+        session = self.broker.sessions["mover"]
+        node.moved.left("mover", "B", session.subscriptions)
+        node.commands.sent.clear()
+        release_session(self.broker, "mover")
+
+    def directed(self) -> list[tuple[Any, ...]]:
+        return [c for c in self.node.commands.sent if c[0] == b"XADD" and b"c" in c]
+
+    def test_registration_held_and_copies_forwarded(self) -> None:
+        """Held at weight 0 while the member is away; a peer's copy naming the group
+        and a copy of a message published here both go to B for the session."""
+        router = self.node.router
+        self.assertEqual(router.shared_weights, {KEY: 0})  # held, not removed
+        router.receive(Message("s/1", b"p", 1, False), "C", [KEY])  # picked by C
+        publisher = FakeClient(self.broker)
+        publisher.connect("pub")
+        publisher.publish("s/2", b"p", qos=1)  # published here: A picks itself
+        self.clock.advance(0)
+        entries = self.directed()
+        self.assertEqual(len(entries), 2)
+        for entry in entries:
+            self.assertEqual(entry[1], b"s:B")
+            fields = dict(zip(entry[6::2], entry[7::2]))
+            self.assertEqual((fields[b"c"], fields[b"g"]), (b"mover", b"0" + KEY.encode()))
+        self.node.moved.stop_forwarding("mover")  # the window is over: the group goes
+        self.assertEqual(router.shared_weights, {})
+
+    def test_delivered_into_the_share_subscription_on_the_new_node(self) -> None:
+        """On the new node: into the session's $share subscription, as a group copy."""
+        from mqtt_twisted.cluster.moved import Moved
+
+        broker, clock = make_broker()
+        node = fake_node(broker, clock)
+        node.router = SimpleNamespace(receive=lambda *a: None)
+        moved = Moved(node)  # type: ignore[arg-type]
+        arrived = FakeClient(broker)
+        arrived.connect("mover", clean=False)
+        arrived.subscribe(KEY, qos=1)
+        moved.directed("mover", Message("s/1", b"p", 1, False), None, [KEY])
+        [packet] = publishes(arrived)
+        self.assertEqual(packet.topic, "s/1")
+        [out] = broker.sessions["mover"].outbound
+        self.assertEqual(out.group, KEY)

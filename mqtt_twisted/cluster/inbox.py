@@ -107,7 +107,7 @@ def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int 
                     log.warn("cluster: a stream message could not be read: {error}", error=e)
                     continue
                 if to is not None:  # for one session that came here before (moved.py)
-                    node.moved.directed(to, message, item[3])
+                    node.moved.directed(to, message, item[3], groups)
                 else:
                     barriers.seq = seq = item[3] if own and n > 3 else 0  # barrier.py
                     if groups is None and dispatch is not None:

@@ -38,7 +38,7 @@ from zope.interface import implementer
 
 from mqtt_twisted.cluster.routes import RouteTable
 from mqtt_twisted.cluster.shared import HeldCopies, online_members
-from mqtt_twisted.codec.topics import SHARE_PREFIX
+from mqtt_twisted.codec.topics import SHARE_PREFIX, topic_matches
 from mqtt_twisted.core.journal import SharedWrite
 from mqtt_twisted.core.router import LOCAL, LocalRouter
 from mqtt_twisted.core.shared import Strategy
@@ -66,6 +66,9 @@ class ClusterRouter:
         self.subscribers: dict[str, set[tuple[str, str]]] = {}
         #: share group key -> the weight registered for it (its online members here).
         self.shared_weights: dict[str, int] = {}
+        #: share group key -> holds on its registration beyond its members here (its
+        #: members just left for another node: ``moved.py``).
+        self.held_shares: dict[str, int] = {}
         #: Copies sent to peer nodes (one per destination node), and messages from peers.
         self.forwarded = 0
         self.received = 0
@@ -143,6 +146,20 @@ class ClusterRouter:
         if key not in self.subscribers:
             self.link.unregister(key)
 
+    def hold_share(self, key: str) -> None:
+        """Keep share group ``key`` registered (weight 0) even once no member is here:
+        its members are moving to another node (``moved.py``)."""
+        self.held_shares[key] = self.held_shares.get(key, 0) + 1
+        self._weigh(key)
+
+    def unhold_share(self, key: str) -> None:
+        count = self.held_shares.get(key, 0) - 1
+        if count > 0:
+            self.held_shares[key] = count
+            return
+        self.held_shares.pop(key, None)
+        self._weigh(key)
+
     def count(self) -> int:
         return self.local.count()
 
@@ -175,7 +192,11 @@ class ClusterRouter:
         """Register ``key``'s weight here if it changed; unregister a group left empty."""
         group = self.local.shared_groups.get(key)
         if group is None or not group.members:
-            if self.shared_weights.pop(key, None) is not None:
+            if key in self.held_shares:  # its members are on their way elsewhere
+                if self.shared_weights.get(key) != 0:
+                    self.shared_weights[key] = 0
+                    self.link.share(key, 0)
+            elif self.shared_weights.pop(key, None) is not None:
                 self.link.unshare(key)
             return
         weight = online_members(group, self.local.sessions)
@@ -234,6 +255,10 @@ class ClusterRouter:
         candidates = {key: dict(nodes) for key, nodes in routes.shared.match(message.topic)}
         for key, _ in local.shared_tree.match(message.topic):
             candidates.setdefault(key, {})[self.name] = self.shared_weights.get(key, 0)  # type: ignore[call-overload,index]
+        for key in self.held_shares:  # (a handover under way: rare, and a few keys)
+            if key not in local.shared_groups and topic_matches(key.split("/", 2)[2],
+                                                                 message.topic):
+                candidates.setdefault(key, {})[self.name] = 0
         mine: list[str] = []
         picks: dict[str, list[str]] = {}
         for key, nodes in candidates.items():
@@ -257,7 +282,11 @@ class ClusterRouter:
         finally:
             self.ident = 0
         for key in mine:
-            delivered += local.deliver_shared(key, local.shared_groups[key], message)
+            group = local.shared_groups.get(key)
+            if group is not None:
+                delivered += local.deliver_shared(key, group, message)
+            elif message.qos and self.moved.forward_share(key, message):
+                delivered += 1  # held: its members left for another node
         return delivered + len(dests)
 
     def _forward(self, message: Message, nodes: set[str],
@@ -310,6 +339,9 @@ class ClusterRouter:
                         resent or self.shared_weights.get(key)
                         or not self._online_elsewhere(key)):
                     delivered += local.deliver_shared(key, group, message)
+                elif (message.qos and key in self.held_shares
+                      and self.moved.forward_share(key, message)):
+                    delivered += 1  # to its members, which left for another node
                 elif not resent:
                     # None here (any more), or none online here while another node has
                     # one (a dead node's stream delivered by its adopter, say).
