@@ -302,3 +302,38 @@ class ShareHandoverTests(SynchronousTestCase):
         self.assertEqual(packet.topic, "s/1")
         [out] = broker.sessions["mover"].outbound
         self.assertEqual(out.group, KEY)
+
+
+class DrainHoldTests(SynchronousTestCase):
+    """The adopter's drain does not wait for a held share copy before the next batch:
+    a member slow to acknowledge holds back only its own entries' XACK."""
+
+    def test_next_batch_before_the_held_xack(self) -> None:
+        broker, clock = make_broker()
+        node = fake_node(broker, clock)
+        node.keys.shared = lambda n: b"sh:" + n.encode()
+        node.turns = SimpleNamespace(longest=0.0)
+        node.router = ClusterRouter(broker.router, "A", NodeLink(node),  # type: ignore[arg-type]
+                                    broker.journal.persist)
+        broker.router = node.router
+        broker.delivery.hold = node.router.hold_copy
+        member = FakeClient(broker)
+        member.connect("member")
+        member.subscribe(KEY, qos=1)
+        node.commands.sent.clear()  # (the group's registration)
+        node.commands.replies.clear()
+        drain = Drain(node, "Z", None, set())  # type: ignore[arg-type]
+        done = drain.run()
+        sent, replies = node.commands.sent, node.commands.replies
+        entry = (b"1-0", [b"o", b"B", b"m", blob("s/1"), b"d", b"Z", b"g",
+                          b"0" + KEY.encode()])
+        replies[0].callback([b"0-0", [entry]])  # XAUTOCLAIM: one pending entry
+        [packet] = publishes(member)
+        self.assertEqual(sent[1][0], b"XREADGROUP")  # on, without waiting for the member
+        replies[1].callback(None)  # nothing unread
+        self.assertEqual(len(sent), 2)  # no XACK yet
+        self.assertNoResult(done)
+        member.ack(packet)
+        self.assertEqual(sent[2], (b"XACK", b"s:Z", b"Z", b"1-0"))
+        replies[2].callback(1)
+        self.assertEqual(self.successResultOf(done), 1)

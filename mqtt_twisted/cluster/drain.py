@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -121,6 +121,8 @@ class Drain:
         self.publisher = DrainPublisher(node, dead)
         self.delivered = 0
         self.waited = 0.0
+        #: The XACKs of the batches delivered, each once its copies are done with.
+        self._acks: list[Deferred[Any]] = []
 
     @inlineCallbacks
     def run(self) -> Any:
@@ -141,6 +143,9 @@ class Drain:
             if not entries:
                 break
             yield self._deliver(entries)
+        # Done once every entry is acknowledged: until then the stream stays in this
+        # node's drains (its own adopter would deliver what is left).
+        yield gatherResults(self._acks, consumeErrors=True)
         log.info("cluster {name}: delivered {n} messages left in node {dead}'s stream "
                  "(waited {w:.1f} s for subscribers; {s} copies skipped that the sessions "
                  "had had, from it or from this node; longest reactor turn since the adoption {ms:.0f} ms)",
@@ -166,11 +171,16 @@ class Drain:
                     yield deferLater(clock, 0, lambda: None)
                     ends = clock.seconds() + SLICE
             ids.append(entry_id)
-        if writes:
-            yield gatherResults(writes, consumeErrors=True)
         if ids:
-            yield self.node.commands.command(b"XACK", self.stream, self.group, *ids)
+            # Acknowledged once its copies are stored or, for a share group's clean
+            # member, done with (``ClusterRouter.hold_copy``); not waited for before the
+            # next batch: a member that is slow to acknowledge must not stop the drain
+            # for every other session (flow control paces it, as before).
             self.delivered += len(ids)
+            d = gatherResults(writes, consumeErrors=True) if writes else succeed(None)
+            d.addCallback(lambda _: self.node.commands.command(
+                b"XACK", self.stream, self.group, *ids))
+            self._acks.append(d)
 
     def _deliver_one(self, entry_id: bytes, origin: str, items: list[Item],
                      index: int) -> list[Any]:
