@@ -128,6 +128,16 @@ class HoldTests(SynchronousTestCase):
             other.ack(packet)
         self.assertEqual([w.called for w in writes], [True, True])
 
+    def test_handed_to_a_qos0_member(self) -> None:
+        """The other member subscribed at QoS 0: its copy is at most once, so the
+        entry does not wait for it (a queued QoS 0 copy is never acknowledged)."""
+        other = self.join("other", qos=0)
+        other.connection.paused = True  # (its copy queues)
+        writes = self.receive() + self.receive()
+        [mine] = [w for w in writes if not w.called]
+        self.member.drop()
+        self.assertTrue(mine.called)
+
     def test_sent_on_to_another_node(self) -> None:
         """No other member here, one on C: the copy goes to C's stream and the entry
         waits until Redis has it there (a failed XADD leaves it pending)."""

@@ -39,7 +39,6 @@ from zope.interface import implementer
 from mqtt_twisted.cluster.routes import RouteTable
 from mqtt_twisted.cluster.shared import HeldCopies, online_members
 from mqtt_twisted.codec.topics import SHARE_PREFIX, topic_matches
-from mqtt_twisted.core.journal import SharedWrite
 from mqtt_twisted.core.router import LOCAL, LocalRouter
 from mqtt_twisted.core.shared import Strategy
 from mqtt_twisted.interfaces import IRouter
@@ -89,7 +88,7 @@ class ClusterRouter:
         #: one given to a clean member keeps its entry unacknowledged (``hold_copy``).
         self.holding = False
         #: A departing member's copy's hold, for the copy that replaces it (``hand_over``).
-        self.handing: SharedWrite | None = None
+        self.handing: Any = None
         #: The copies held for the stream delivery under way (``shared.HeldCopies``),
         #: and the journal whose collections tell one delivery from the next.
         self.copies: HeldCopies | None = None
@@ -359,7 +358,7 @@ class ClusterRouter:
         departing member's copy takes over that copy's place.  A persistent
         session's copy is stored: it needs none."""
         handing = self.handing
-        if handing is not None:
+        if handing is not None and out.qos:
             self.handing = None
             out.held = handing
         elif self.holding and out.qos and not session.persistent:
@@ -436,7 +435,7 @@ class ClusterRouter:
         self.local.shared_strategy = strategy
 
 
-def _passing(result: Any, held: SharedWrite) -> Any:
+def _passing(result: Any, held: Any) -> Any:
     """``held`` gets a write's result, which goes on to the write's next waiter."""
     held.fire(result)
     return result
