@@ -153,7 +153,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from mqtt_twisted.cluster.node import ClusterNode
 from mqtt_twisted.cluster.resp import Parser, encode_reply
-from mqtt_twisted.cluster.routes import ADD
+from mqtt_twisted.cluster.routes import ADD, SHARE
 from mqtt_twisted.codec import PubAck, Publish, encode
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.store.redis import parse_url
@@ -161,6 +161,7 @@ from mqtt_twisted.testing import FakeClient, make_broker
 
 N, TURN, MORE, PIPELINED, SPREAD = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
                                     sys.argv[4] == "1", int(sys.argv[5]))
+SHARE_KEY = "$share/g/x/t" if sys.argv[6] == "1" else None  # B's subscriber: a group member
 
 
 class Redis:
@@ -199,14 +200,17 @@ if SPREAD:  # x/0 on A, x/1 on B, x/2... on nodes whose entries are answered, no
     sub_a.subscribe("x/0", qos=1)
     for k in range(2, SPREAD):
         a.router.routes.apply(ADD, f"C{k}", f"x/{k}")
-a.router.routes.apply(ADD, "B", topics[-1 if not SPREAD else 1])
+if SHARE_KEY:
+    a.router.routes.apply(SHARE, "B", SHARE_KEY, 1)
+else:
+    a.router.routes.apply(ADD, "B", topics[-1 if not SPREAD else 1])
 for k in range(MORE):  # more nodes with a subscriber: their entries answered, not read
     a.router.routes.apply(ADD, f"C{k}", "x/t")
 if PIPELINED:  # a turn's entries for several nodes pipelined, not in MULTI/EXEC
     a.link.outbox._transaction = None
 sub = FakeClient(broker_b, 4)
 sub.connect("sub")
-sub.subscribe(topics[-1 if not SPREAD else 1], qos=1)
+sub.subscribe(SHARE_KEY or topics[-1 if not SPREAD else 1], qos=1)
 pub = FakeClient(broker_a, 4)
 pub.connect("pub")
 b.inbox.start()
@@ -294,6 +298,7 @@ if SPREAD:
           f"{(on_a + per_b * (N - N // SPREAD)) / N:.1f} per message")
     sys.exit()
 more = f", to {MORE + 1} nodes{' pipelined' if PIPELINED else ''}" if MORE else ""
+more += ", B's subscriber a share group's only member" if SHARE_KEY else ""
 print(f"QoS 1 across nodes, {TURN} a turn{more}: {on_a / N:.1f} Python calls per message "
       f"on A (publisher's node), {on_b / N:.1f} on B (subscriber's), "
       f"{(on_a + on_b) / N:.1f} in all")
@@ -323,6 +328,9 @@ def main() -> None:
                         "subscriber on A, x/1 on B, x/2... on nodes answered, not read; "
                         "prints the calls per message of all nodes, one node's "
                         "(QoS 1, no --cluster) to compare")
+    parser.add_argument("--share", action="store_true",
+                        help="--cluster: B's subscriber is the only member of a share group "
+                        "($share/g/x/t), not a plain subscriber")
     args = parser.parse_args()
     print(f"checkout: {args.checkout}")
     env = {"PYTHONPATH": str(args.checkout)}
@@ -337,7 +345,7 @@ def main() -> None:
     for turn in args.turn or [1, 100]:
         subprocess.run([sys.executable, "-c", _CLUSTER, str(args.messages), str(turn),
                         str(args.nodes - 1), "1" if args.pipelined else "0",
-                        str(args.spread)],
+                        str(args.spread), "1" if args.share else "0"],
                        check=True, env=env, cwd=args.checkout)
 
 

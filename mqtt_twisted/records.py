@@ -62,7 +62,7 @@ class Outbound:
     """One message held for a client: queued (packet_id None) or in flight."""
 
     __slots__ = ("message", "qos", "retain", "subscription_ids", "packet_id", "state", "seq",
-                 "group")
+                 "group", "held")
 
 
     def __init__(
@@ -85,6 +85,11 @@ class Outbound:
         self.group = group  # the shared subscription it was routed through, if any
         # Position in the session's delivery order, and its key in a store.
         self.seq = seq
+        #: What waits until this copy is done with (acknowledged, handed to another
+        #: member, or given up): its ``fire(None)`` is called then.  A cluster's share
+        #: copy from a peer's stream in a clean session, whose stream entry is
+        #: acknowledged only then (``cluster/router.py``, ``hold_copy``).  Never stored.
+        self.held: Any = None
 
 
 @implementer(ICredentials)

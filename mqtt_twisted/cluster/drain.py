@@ -21,6 +21,11 @@ last one (``m:STREAM``), and the drain skips that session for every entry up to 
 So a QoS 2 subscriber does not get it twice (its in-flight record, packet id and
 PUBREL state, is in the session it resumes).
 
+The adopter's own subscribers are not given a message they had already: one it
+published or sent on itself, or whose destinations (``d``) it was among, goes to the
+sessions it adopted from the dead node and to the share groups it names only (a
+group's copy comes only from the node picked for it, so it is not skipped).
+
 It runs in the background: the adoption is over (and a client of the dead node may
 connect again) before it ends.
 """
@@ -29,7 +34,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -97,11 +102,18 @@ class Drain:
     """One dead node's stream, delivered here."""
 
     def __init__(self, node: ClusterNode, dead: str,
-                 marks: dict[str, bytes] | None = None) -> None:
+                 marks: dict[str, bytes] | None = None,
+                 adopted: set[str] | None = None) -> None:
         self.node = node
         #: client id -> the last entry of this stream the dead node delivered into it.
         self.marks = {c: entry_key(m) for c, m in (marks or {}).items()}
         self.skipped = 0
+        #: The client ids taken from the dead node (None: not known, every session
+        #: here is given what matches).  A message this node had among its own
+        #: destinations reached its own sessions from its own stream: from the dead
+        #: node's, only these (and the share groups it names) get it.
+        self.adopted = adopted
+        self.me = node.name.encode("utf-8")
         self.dead = dead
         self.stream = node.keys.inbox(dead)
         self.mark_field = b"m:" + self.stream
@@ -109,6 +121,8 @@ class Drain:
         self.publisher = DrainPublisher(node, dead)
         self.delivered = 0
         self.waited = 0.0
+        #: The XACKs of the batches delivered, each once its copies are done with.
+        self._acks: list[Deferred[Any]] = []
 
     @inlineCallbacks
     def run(self) -> Any:
@@ -129,9 +143,12 @@ class Drain:
             if not entries:
                 break
             yield self._deliver(entries)
+        # Done once every entry is acknowledged: until then the stream stays in this
+        # node's drains (its own adopter would deliver what is left).
+        yield gatherResults(self._acks, consumeErrors=True)
         log.info("cluster {name}: delivered {n} messages left in node {dead}'s stream "
-                 "(waited {w:.1f} s for subscribers; {s} copies it had delivered already "
-                 "skipped; longest reactor turn since the adoption {ms:.0f} ms)",
+                 "(waited {w:.1f} s for subscribers; {s} copies skipped that the sessions "
+                 "had had, from it or from this node; longest reactor turn since the adoption {ms:.0f} ms)",
                  name=node.name, n=self.delivered, dead=self.dead, w=self.waited,
                  s=self.skipped, ms=node.turns.longest * 1000)
         return self.delivered
@@ -154,11 +171,16 @@ class Drain:
                     yield deferLater(clock, 0, lambda: None)
                     ends = clock.seconds() + SLICE
             ids.append(entry_id)
-        if writes:
-            yield gatherResults(writes, consumeErrors=True)
         if ids:
-            yield self.node.commands.command(b"XACK", self.stream, self.group, *ids)
+            # Acknowledged once its copies are stored or, for a share group's clean
+            # member, done with (``ClusterRouter.hold_copy``); not waited for before the
+            # next batch: a member that is slow to acknowledge must not stop the drain
+            # for every other session (flow control paces it, as before).
             self.delivered += len(ids)
+            d = gatherResults(writes, consumeErrors=True) if writes else succeed(None)
+            d.addCallback(lambda _: self.node.commands.command(
+                b"XACK", self.stream, self.group, *ids))
+            self._acks.append(d)
 
     def _deliver_one(self, entry_id: bytes, origin: str, items: list[Item],
                      index: int) -> list[Any]:
@@ -171,20 +193,25 @@ class Drain:
         # (RedisStore.mark, ``ms-seq.INDEX``): if this node dies in turn, the next
         # adopter skips it there.
         field = self.mark_field
-        if not marks:
-            return deliver_items(node, origin, items, index, publisher, entry_id,
-                                 index + 1, field)[1]
-        key = entry_key(entry_id, index)
-        done = {c for c, m in marks.items() if m >= key}
-        if not done:
-            self.marks = {c: m for c, m in marks.items() if m >= key}  # all behind now
+        done: set[str] = set()
+        if marks:
+            key = entry_key(entry_id, index)
+            done = {c for c, m in marks.items() if m >= key}
+            if not done:
+                self.marks = {}  # all behind now
+        adopted = self.adopted if self._here_already(items[index], origin) else None
+        if not done and adopted is None:
             return deliver_items(node, origin, items, index, publisher, entry_id,
                                  index + 1, field)[1]
         local = self.node.router.local
         deliver = local.deliver
 
         def unless_done(session: Any, *args: Any) -> None:
-            if session.clientId in done:
+            client_id = session.clientId
+            if client_id in done or (
+                    adopted is not None and args[-1] is None and client_id not in adopted):
+                # Had it from the dead node, or from this node's own stream (a plain
+                # copy: a share group's comes only from the node picked for it).
                 self.skipped += 1
                 return
             deliver(session, *args)
@@ -195,6 +222,17 @@ class Drain:
                                  index + 1, field)[1]
         finally:
             local.deliver = deliver
+
+    def _here_already(self, item: Item, origin: str) -> bool:
+        """Whether this node's own subscribers had the message: it was published (or
+        sent on) here, or this node was among its destinations (``d``) and had it from
+        its own stream."""
+        if self.adopted is None or type(item) is not list or len(item) > 4:
+            return False  # (a barrier, a directed copy: for one session)
+        if origin == self.node.name:
+            return True
+        destinations = item[1]
+        return bool(destinations) and self.me in destinations.split(b",")
 
     @inlineCallbacks
     def _room(self, item: Item) -> Any:

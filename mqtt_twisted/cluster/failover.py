@@ -87,11 +87,15 @@ return won
 """
 #: One node, for a CONNECT of one of its clients.  KEYS: its lease, its adopt key, its
 #: epoch key, this node's lease; ARGV: this node, the adoption's TTL, :data:`FRESH`.
-#: 1: won; 0: another survivor has begun; -1: its lease is back (it is alive); -2:
-#: this node's own lease is not fresh (the command ran late): nobody is judged.
+#: 1: won; 0: another survivor has begun, or has adopted it already (its epoch is
+#: gone: the adopt key is deleted once an adoption is over, and a second adoption
+#: claimed the stream entries the first one was still delivering, which came twice);
+#: -1: its lease is back (it is alive); -2: this node's own lease is not fresh (the
+#: command ran late): nobody is judged.
 _ADOPT_ONE = b"""
 if redis.call('PTTL', KEYS[4]) < tonumber(ARGV[3]) then return -2 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
 redis.call('DEL', KEYS[3])
 return 1
@@ -401,7 +405,7 @@ class Failover:
         yield node.commands.command(b"DEL", self.adopt_prefix + dead.encode())
         for stream in streams:
             owner = stream.decode("utf-8")
-            drain = Drain(node, owner, marks.get(keys.inbox(owner)))
+            drain = Drain(node, owner, marks.get(keys.inbox(owner)), set(client_ids))
             self.drains += 1
             d = deferLater(node.reactor, ADOPT_GRACE, drain.run)
             d.addCallback(lambda _, s=stream: node.commands.command(

@@ -107,7 +107,7 @@ def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int 
                     log.warn("cluster: a stream message could not be read: {error}", error=e)
                     continue
                 if to is not None:  # for one session that came here before (moved.py)
-                    node.moved.directed(to, message, item[3])
+                    node.moved.directed(to, message, item[3], groups)
                 else:
                     barriers.seq = seq = item[3] if own and n > 3 else 0  # barrier.py
                     if groups is None and dispatch is not None:
@@ -192,6 +192,10 @@ class InboxReader:
         #: Entries delivered whose XACK goes before the next read (pipelined with it), or
         #: whose XACK was lost with its connection.
         self._unacked: list[bytes] = []
+        #: Entries delivered whose XACK waits for their copies (store writes, share
+        #: copies in clean sessions: ``ClusterRouter.hold_copy``), until Redis has it: a
+        #: read from the start (a lost connection) returns them and skips them.
+        self._waiting: set[bytes] = set()
 
     def start(self) -> None:
         self._read()
@@ -232,6 +236,8 @@ class InboxReader:
         if self._cursor != b">":
             # Going through what an earlier run left unacknowledged, then new entries.
             self._cursor = entries[-1][0] if entries else b">"
+            if self._waiting:  # delivered here, their XACK to come: not again
+                entries = [e for e in entries if e[0] not in self._waiting]
         self.backlog.extend(entries)
         self._drain()
 
@@ -288,14 +294,24 @@ class InboxReader:
         """XACK once the local deliveries are stored (a failed store write leaves
         the entries pending: read again when the node starts again)."""
         node = self.node
+        waiting = self._waiting
+        waiting.update(ids)
+
+        def acked(_: Any) -> None:
+            waiting.difference_update(ids)
+
+        def failed(failure: Failure) -> None:
+            waiting.difference_update(ids)  # pending: read again when the node starts
+            node._failed(failure, "acknowledging stream entries")
+
         if not writes:
-            self._ack_now(node.commands, ids)
+            self._ack_now(node.commands, ids).addBoth(acked)
             return
         d = gatherResults(writes, consumeErrors=True)
-        d.addCallbacks(lambda _: self._ack_now(node.commands, ids), node._failed,
-                       errbackArgs=("acknowledging stream entries",))
+        d.addCallback(lambda _: self._ack_now(node.commands, ids))
+        d.addCallbacks(acked, failed)
 
-    def _ack_now(self, client: Any, ids: list[bytes]) -> None:
+    def _ack_now(self, client: Any, ids: list[bytes]) -> Any:
         """XACK ``ids`` on ``client``'s connection; lost with it, again before the next
         read (an error reply is logged: nothing would make a second one succeed)."""
         node = self.node
@@ -305,8 +321,8 @@ class InboxReader:
                 self._unacked += ids
             node._failed(failure, "acknowledging stream entries")
 
-        client.command(b"XACK", node.keys.inbox(node.name), node.group,
-                       *ids).addErrback(failed)
+        return client.command(b"XACK", node.keys.inbox(node.name), node.group,
+                              *ids).addErrback(failed)
 
     def _read_failed(self, failure: Failure) -> None:
         if self._stopped:

@@ -12,6 +12,7 @@ from twisted.python.failure import Failure
 
 from mqtt_twisted.cluster.batch import Outbox
 from mqtt_twisted.cluster.routes import ADD, REMOVE, SHARE, encode_change
+from mqtt_twisted.cluster.shared import encode_groups
 from mqtt_twisted.core.journal import SharedWrite
 from mqtt_twisted.errors import StorageError
 from mqtt_twisted.message import Message
@@ -126,14 +127,17 @@ class NodeLink:
         return self.outbox.append(to, message, destinations, groups, resent, seq)
 
     def direct(self, to: str, client_id: str, message: Any,
-               ident: bytes = b"") -> Deferred[Any]:
+               ident: bytes = b"", group: str | None = None) -> Deferred[Any]:
         """A QoS 1/2 message for one session that left here for ``to`` (``moved.py``),
         after what this turn has for ``to`` already; ``ident``: ``b"SEQ ORIGIN"``, the
-        message's identity (``barrier.py``)."""
+        message's identity (``barrier.py``); ``group``: a share group's copy, for the
+        session's ``$share`` subscription (field ``g``, as in a batch)."""
         self.outbox.flush_entries(to)
         fields = (b"m", encode_message(message), b"c", client_id.encode("utf-8"))
         if ident:
             fields += (b"i", ident)
+        if group is not None:
+            fields += (b"g", encode_groups([group], False))
         return self._add(to, *fields)
 
     def barrier(self, to: str, client_id: str, field: bytes, value: str) -> Deferred[Any]:

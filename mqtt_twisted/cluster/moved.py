@@ -69,12 +69,15 @@ def deliveries_for(client_id: str, subscriptions: dict[str, Any],
 
 
 class _Departure:
-    __slots__ = ("to", "subscriptions", "filters", "call", "forwarded", "direct")
+    __slots__ = ("to", "subscriptions", "filters", "shares", "call", "forwarded", "direct")
 
-    def __init__(self, to: str, subscriptions: dict[str, Any], filters: set[str]) -> None:
+    def __init__(self, to: str, subscriptions: dict[str, Any], filters: set[str],
+                 shares: set[str]) -> None:
         self.to = to
         self.subscriptions = subscriptions
         self.filters = filters
+        #: Its share groups, whose registrations are held here meanwhile.
+        self.shares = shares
         self.call: Any = None
         self.forwarded = 0
         #: The origin nodes whose messages the new node delivers to the session
@@ -108,7 +111,14 @@ class Moved:
         for key in filters:
             router.hold(key)
             self._filters.add(key, client_id, True)
-        departure = self.leaving[client_id] = _Departure(to, dict(subscriptions), filters)
+        # Its groups stay registered here (weight 0) while the peers learn that `to`
+        # has them: a copy for a group whose only members are on their way is
+        # forwarded to them (``forward_share``) instead of going to nobody.
+        shares = {f for f in subscriptions if f.startswith(SHARE_PREFIX)}
+        for key in shares:
+            router.hold_share(key)
+        departure = self.leaving[client_id] = _Departure(to, dict(subscriptions), filters,
+                                                         shares)
         departure.call = self.node.reactor.callLater(GRACE, self._quiet, client_id)
 
     def _quiet(self, client_id: str) -> None:
@@ -135,6 +145,8 @@ class Moved:
         for key in departure.filters:
             self.node.router.unhold(key)
             self._filters.remove(key, client_id)
+        for key in departure.shares:
+            self.node.router.unhold_share(key)
         # Behind every forward: the new node holds nothing more for it (barrier.py).
         d = self.node.link.barrier(departure.to, client_id, b"e", "")
         d.addErrback(self.node._failed, "ending a handover window")
@@ -164,6 +176,20 @@ class Moved:
                 departure.to, client_id, message,
                 b"%d %s" % (seq, origin.encode("utf-8")) if seq else b""))
             departure.call.reset(GRACE)
+
+    def forward_share(self, key: str, message: Message) -> bool:
+        """A copy for group ``key``, which has no member here any more: to a member
+        that left here lately, as a directed entry naming the group; False if none."""
+        for client_id, departure in self.leaving.items():
+            if key in departure.shares:
+                self.forwarded += 1
+                departure.forwarded += 1
+                node = self.node
+                node.broker.journal.persist(node.link.direct(
+                    departure.to, client_id, message, b"", key))
+                departure.call.reset(GRACE)
+                return True
+        return False
 
     def direct_from(self, client_id: str, to: str, origin: str) -> None:
         """Node ``to`` (where ``client_id``'s session went) delivers ``origin``'s
@@ -202,11 +228,25 @@ class Moved:
         for resume in waiting or ():
             self.node.reactor.callLater(0, resume)
 
-    def directed(self, client_id: str, message: Message, ident: bytes | None = None) -> None:
+    def directed(self, client_id: str, message: Message, ident: bytes | None = None,
+                 groups: list[str] | None = None) -> None:
         """A directed entry from the node the session left: into that session only,
-        unless it is a copy the session has had already (``ident``: ``b"SEQ ORIGIN"``)."""
+        unless it is a copy the session has had already (``ident``: ``b"SEQ ORIGIN"``);
+        a share group's copy (``groups``) into its ``$share`` subscription (or, gone
+        from it, to the group as a copy sent on)."""
         broker = self.node.broker
         session = broker.sessions.get(client_id)
+        if groups:
+            for key in groups:
+                options = session.subscriptions.get(key) if session is not None else None
+                if options is None:
+                    self.node.router.receive(message, self.node.name, [key], True)
+                    continue
+                broker.deliver(session, message, min(options.qos, message.qos),
+                               message.retain and options.retain_as_published,
+                               (options.subscription_id,) if options.subscription_id
+                               else None, key)
+            return
         if session is None:
             log.info("cluster: a message forwarded for {client}, whose session is not "
                      "here, is dropped", client=client_id)

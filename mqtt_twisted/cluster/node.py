@@ -239,6 +239,7 @@ class ClusterNode:
     def install(self) -> None:
         """Put the cluster router in front of the broker's local one (before start)."""
         self.broker.router = self.router
+        self.broker.delivery.hold = self.router.hold_copy  # share copies from the stream
         self.broker.locate_session = self.locate_session
         self.broker.wills = self.wills
         #: The Redis store itself, under the broker's wrappers (overlay.py): its writes

@@ -37,8 +37,8 @@ from typing import Any
 from zope.interface import implementer
 
 from mqtt_twisted.cluster.routes import RouteTable
-from mqtt_twisted.cluster.shared import online_members
-from mqtt_twisted.codec.topics import SHARE_PREFIX
+from mqtt_twisted.cluster.shared import HeldCopies, online_members
+from mqtt_twisted.codec.topics import SHARE_PREFIX, topic_matches
 from mqtt_twisted.core.router import LOCAL, LocalRouter
 from mqtt_twisted.core.shared import Strategy
 from mqtt_twisted.interfaces import IRouter
@@ -65,6 +65,9 @@ class ClusterRouter:
         self.subscribers: dict[str, set[tuple[str, str]]] = {}
         #: share group key -> the weight registered for it (its online members here).
         self.shared_weights: dict[str, int] = {}
+        #: share group key -> holds on its registration beyond its members here (its
+        #: members just left for another node: ``moved.py``).
+        self.held_shares: dict[str, int] = {}
         #: Copies sent to peer nodes (one per destination node), and messages from peers.
         self.forwarded = 0
         self.received = 0
@@ -81,6 +84,15 @@ class ClusterRouter:
         #: every stream (``barrier.py``); and the one being delivered here (0: none).
         self.seq = 0
         self.ident = 0
+        #: Whether the share copies made now come from a peer's stream (``receive``):
+        #: one given to a clean member keeps its entry unacknowledged (``hold_copy``).
+        self.holding = False
+        #: A departing member's copy's hold, for the copy that replaces it (``hand_over``).
+        self.handing: Any = None
+        #: The copies held for the stream delivery under way (``shared.HeldCopies``),
+        #: and the journal whose collections tell one delivery from the next.
+        self.copies: HeldCopies | None = None
+        self.journal: Any = getattr(persist, "__self__", None)
 
     # --- the index: the local router's, and the registrations in Redis ---
 
@@ -162,6 +174,20 @@ class ClusterRouter:
         if key not in self.subscribers:
             self.link.unregister(key)
 
+    def hold_share(self, key: str) -> None:
+        """Keep share group ``key`` registered (weight 0) even once no member is here:
+        its members are moving to another node (``moved.py``)."""
+        self.held_shares[key] = self.held_shares.get(key, 0) + 1
+        self._weigh(key)
+
+    def unhold_share(self, key: str) -> None:
+        count = self.held_shares.get(key, 0) - 1
+        if count > 0:
+            self.held_shares[key] = count
+            return
+        self.held_shares.pop(key, None)
+        self._weigh(key)
+
     def count(self) -> int:
         return self.local.count()
 
@@ -194,7 +220,11 @@ class ClusterRouter:
         """Register ``key``'s weight here if it changed; unregister a group left empty."""
         group = self.local.shared_groups.get(key)
         if group is None or not group.members:
-            if self.shared_weights.pop(key, None) is not None:
+            if key in self.held_shares:  # its members are on their way elsewhere
+                if self.shared_weights.get(key) != 0:
+                    self.shared_weights[key] = 0
+                    self.link.share(key, 0)
+            elif self.shared_weights.pop(key, None) is not None:
                 self.link.unshare(key)
             return
         weight = online_members(group, self.local.sessions)
@@ -253,6 +283,10 @@ class ClusterRouter:
         candidates = {key: dict(nodes) for key, nodes in routes.shared.match(message.topic)}
         for key, _ in local.shared_tree.match(message.topic):
             candidates.setdefault(key, {})[self.name] = self.shared_weights.get(key, 0)  # type: ignore[call-overload,index]
+        for key in self.held_shares:  # (a handover under way: rare, and a few keys)
+            if key not in local.shared_groups and topic_matches(key.split("/", 2)[2],
+                                                                 message.topic):
+                candidates.setdefault(key, {})[self.name] = 0
         mine: list[str] = []
         picks: dict[str, list[str]] = {}
         for key, nodes in candidates.items():
@@ -276,7 +310,11 @@ class ClusterRouter:
         finally:
             self.ident = 0
         for key in mine:
-            delivered += local.deliver_shared(key, local.shared_groups[key], message)
+            group = local.shared_groups.get(key)
+            if group is not None:
+                delivered += local.deliver_shared(key, group, message)
+            elif message.qos and self.moved.forward_share(key, message):
+                delivered += 1  # held: its members left for another node
         return delivered + len(dests)
 
     def _forward(self, message: Message, nodes: set[str],
@@ -295,8 +333,12 @@ class ClusterRouter:
         destinations = ",".join(sorted(nodes)).encode("utf-8")
         for node in nodes:
             # Collected by the journal when a publisher waits for its acknowledgement.
-            self.persist(link.append(node, message, destinations,
-                                     picks.get(node) if picks else None, resent, seq))
+            write = link.append(node, message, destinations,
+                                picks.get(node) if picks else None, resent, seq)
+            if self.handing is not None:  # a departing member's copy, sent on (hand_over)
+                handing, self.handing = self.handing, None
+                write.addBoth(_passing, handing)
+            self.persist(write)
 
     def receive(self, message: Message, origin: str, groups: list[str] | None = None,
                 resent: bool = False, destinations: bytes = b"", seq: int = 0) -> int:
@@ -312,17 +354,52 @@ class ClusterRouter:
         if not groups:
             return local.dispatch_plain(message) if local.shared_groups else \
                 local.dispatch(message, origin)
-        delivered = local.dispatch_plain(message)
-        for key in groups:
-            group = local.shared_groups.get(key)
-            if group is not None and group.members and (
-                    resent or self.shared_weights.get(key) or not self._online_elsewhere(key)):
-                delivered += local.deliver_shared(key, group, message)
-            elif not resent:
-                # None here (any more), or none online here while another node has one
-                # (a dead node's stream delivered by its adopter, say).
-                delivered += self._send_on(key, message)
+        # A copy sent on (``_send_on``) is for the groups it names only: this node's
+        # plain subscribers had the message's own copy, if they match.
+        delivered = 0 if resent else local.dispatch_plain(message)
+        # A copy given to a clean member is in this node's memory only: its stream
+        # entry waits for it (``hold_copy``), so that this node's adopter finds it pending.
+        self.holding = message.qos > 0
+        try:
+            for key in groups:
+                group = local.shared_groups.get(key)
+                if group is not None and group.members and (
+                        resent or self.shared_weights.get(key)
+                        or not self._online_elsewhere(key)):
+                    delivered += local.deliver_shared(key, group, message)
+                elif (message.qos and key in self.held_shares
+                      and self.moved.forward_share(key, message)):
+                    delivered += 1  # to its members, which left for another node
+                elif not resent:
+                    # None here (any more), or none online here while another node has
+                    # one (a dead node's stream delivered by its adopter, say).
+                    delivered += self._send_on(key, message)
+        finally:
+            self.holding = False
         return delivered
+
+    def hold_copy(self, session: Any, out: Outbound) -> None:
+        """A share copy is made (``Delivery.hold``): one from a peer's stream, for a
+        clean session, counts in a write that fires once it and the entry's other
+        such copies are done with (acknowledged, handed to another member, given up:
+        ``delivery.release_held``), collected by the journal like a store write, so
+        that the stream entry is acknowledged (XACK) only then; one that replaces a
+        departing member's copy takes over that copy's place.  A persistent
+        session's copy is stored: it needs none."""
+        handing = self.handing
+        if handing is not None and out.qos:
+            self.handing = None
+            out.held = handing
+        elif self.holding and out.qos and not session.persistent:
+            journal = self.journal
+            collecting = journal.collecting() if journal is not None else None
+            copies = self.copies
+            if (copies is None or copies.owner is not collecting or collecting is None
+                    or copies.write.called):
+                copies = self.copies = HeldCopies(collecting)
+                self.persist(copies.write)
+            copies.left += 1
+            out.held = copies
 
     def plain_receiver(self) -> Callable[[Message, str], int] | None:
         """What :meth:`receive` comes down to for a peer's message that names no share
@@ -364,10 +441,19 @@ class ClusterRouter:
         one here if there is, else one on another node."""
         key = out.group
         group = self.local.shared_groups.get(key)  # type: ignore[arg-type]
-        if (group is not None and any(c != leaving for c in group.members)) or key is None:
-            self.local.hand_over(out, leaving)
-        else:
-            self._send_on(key, out.message)
+        # What waited for the departing copy waits for its replacement (``hold_copy``, or
+        # the entry that sends it on: ``_forward``), or goes on if there is none.
+        held, out.held = out.held, None
+        self.handing = held
+        try:
+            if (group is not None and any(c != leaving for c in group.members)) or key is None:
+                self.local.hand_over(out, leaving)
+            else:
+                self._send_on(key, out.message)
+        finally:
+            if self.handing is not None:
+                self.handing = None
+                held.fire(None)  # type: ignore[union-attr]
 
     @property
     def shared_strategy(self) -> Strategy:
@@ -376,3 +462,9 @@ class ClusterRouter:
     @shared_strategy.setter
     def shared_strategy(self, strategy: Strategy) -> None:
         self.local.shared_strategy = strategy
+
+
+def _passing(result: Any, held: Any) -> Any:
+    """``held`` gets a write's result, which goes on to the write's next waiter."""
+    held.fire(result)
+    return result

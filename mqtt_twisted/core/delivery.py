@@ -38,13 +38,21 @@ def expired(message: Message, now: float) -> bool:
     return interval is not None and now - message.received_at >= interval
 
 
+def release_held(out: Outbound) -> None:
+    """``out`` is done with (acknowledged, dropped, expired, its session gone): what
+    waited for it goes on (``Outbound.held``)."""
+    held, out.held = out.held, None
+    if held is not None:
+        held.fire(None)
+
+
 class Delivery:
     """Outbound messages of every session of one broker."""
 
     log = Logger(namespace="mqtt_twisted.core.broker.Broker")
 
     __slots__ = ("broker", "clock", "settings", "stats", "store", "journal", "durable", "flow",
-                 "high_water", "offline")
+                 "high_water", "offline", "hold")
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
@@ -59,6 +67,10 @@ class Delivery:
         self.offline = broker.offline
         #: Queue length at which a session's publishers are held back (flow control).
         self.high_water = max(1, min(1000, self.settings.max_queued // 2))
+        #: ``hold(session, out)``, told of every share copy made (a cluster router's:
+        #: a copy from a peer's stream keeps its entry unacknowledged until the copy
+        #: is done with, ``release_held``); None on a single node.
+        self.hold: Any = None
 
     def deliver(self, session: Session, message: Message, qos: int, retain: bool,
                 subscription_ids: tuple[int, ...] | None, group: str | None = None) -> None:
@@ -76,9 +88,11 @@ class Delivery:
                         return
                     if (len(session.inflight) < conn.send_quota
                             and session.inflight_bytes < session.max_inflight_bytes):
-                        self._send_inflight(session, conn, Outbound(
-                            message, qos, retain, subscription_ids, None, 0, group,
-                            session.next_seq()))
+                        out = Outbound(message, qos, retain, subscription_ids, None, 0,
+                                       group, session.next_seq())
+                        if group is not None and self.hold is not None:
+                            self.hold(session, out)
+                        self._send_inflight(session, conn, out)
                         return
                 elif not qos and self.flow.hold_back_publisher(
                         conn, len(message.payload) + len(message.topic)):
@@ -92,6 +106,8 @@ class Delivery:
             return
         out = Outbound(message, qos, retain, subscription_ids, None, 0, group,
                        session.next_seq())
+        if group is not None and self.hold is not None:
+            self.hold(session, out)
         if conn is None:  # held for a client that is away: the broker-wide bound too
             offline = self.offline
             if not offline.admit(session, out):
@@ -108,6 +124,9 @@ class Delivery:
             self.journal.persist(self.store.storeOutbound(session.clientId, out))
 
     def _dropped(self, session: Session, dropped: list[Outbound]) -> None:
+        for old in dropped:
+            if old.held is not None:
+                release_held(old)
         if self.durable and session.persistent:
             # Their stored copies go too: a CONNECT or DISCONNECT saves only the session's
             # own fields (journal.save_session), so nothing else would remove them.
@@ -145,6 +164,8 @@ class Delivery:
             elif not conn.send_publish(out.message, out.qos, out.retain, pid,
                                        out.subscription_ids, dup=True):
                 del session.inflight[pid]
+                if out.held is not None:
+                    release_held(out)
                 session.inflight_bytes -= len(out.message.payload) + len(out.message.topic)
                 if self.durable and session.persistent:
                     self.journal.persist(self.store.removeOutbound(session.clientId, out.seq))
@@ -166,6 +187,8 @@ class Delivery:
             if out.message.properties and expired(out.message, now):
                 # [MQTT-3.3.2-5] not yet sent onward: the copy for this subscriber goes.
                 self.stats.messages_expired += 1
+                if out.held is not None:
+                    release_held(out)
                 if out.qos and self.durable and session.persistent:
                     self.journal.persist(self.store.removeOutbound(session.clientId, out.seq))
                 continue
@@ -187,6 +210,8 @@ class Delivery:
         if out is None:
             return
         del inflight[packet_id]
+        if out.held is not None:
+            release_held(out)
         session.inflight_bytes -= len(out.message.payload) + len(out.message.topic)
         if self.durable and session.persistent:
             self.journal.persist(self.store.removeOutbound(session.clientId, out.seq))
@@ -196,6 +221,8 @@ class Delivery:
     def outbound_released(self, session: Session, out: Outbound) -> None:
         """PUBREC: the message is delivered; only PUBREL/PUBCOMP remain [MQTT-4.3.3]."""
         out.state = AWAITING_PUBCOMP
+        if out.held is not None:
+            release_held(out)  # the client has it: a second copy elsewhere would be one too many
         if self.durable and session.persistent:
             self.journal.persist(self.store.storeOutbound(session.clientId, out))
 

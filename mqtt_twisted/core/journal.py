@@ -135,6 +135,11 @@ class Journal:
             outer += writes
         return result, writes
 
+    def collecting(self) -> list[Any] | None:
+        """The writes the innermost :meth:`writes_of` under way collects (None: none):
+        several copies may share one write per collection (``cluster/shared.py``)."""
+        return self._collecting
+
     def persist(self, result: Any) -> None:
         """A store write: fire-and-forget (failures logged), or collected for an ack."""
         if not hasattr(result, "addErrback"):

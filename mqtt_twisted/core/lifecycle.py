@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from mqtt_twisted.core import clientlog
 from mqtt_twisted.core._async import when
+from mqtt_twisted.core.delivery import release_held
 from mqtt_twisted.core.session import NO_ENTRIES, Session
 from mqtt_twisted.message import Message
 
@@ -115,6 +116,10 @@ class Lifecycle:
             del broker.sessions[session.clientId]
         for topic_filter in session.subscriptions:
             broker.router.remove(session.clientId, topic_filter)
+        if session.inflight or session.queue:
+            for out in session.outbound:
+                if out.held is not None:
+                    release_held(out)  # given up, as on one node: its stream entry goes on
         session.subscriptions = NO_ENTRIES
         session.inflight = NO_ENTRIES
         session.inflight_bytes = 0
