@@ -21,6 +21,7 @@ PURE = {
     "feed": stream.StreamDecoder.feed,
     "decode_publish": _decode.decode_publish,
     "encode_publish": _encode.encode_publish,
+    "encode_publishes": _encode.encode_publishes,
     "topic_matches": topics.topic_matches,
 }
 
@@ -40,6 +41,7 @@ def _load() -> ModuleType | None:
     _speedups._pure_feed = PURE["feed"]
     _speedups._pure_decode_publish = PURE["decode_publish"]
     _speedups._pure_encode_publish = PURE["encode_publish"]
+    _speedups._pure_encode_publishes = PURE["encode_publishes"]
     return _speedups
 
 
@@ -66,6 +68,7 @@ def use(compiled: bool) -> bool:
     _decode.decode_publish = chosen["decode_publish"]
     _encode.encode_publish = codec.encode_publish = chosen["encode_publish"]
     _encode.ENCODERS[Publish] = chosen["encode_publish"]
+    _encode.encode_publishes = codec.encode_publishes = chosen["encode_publishes"]
     topics.topic_matches = codec.topic_matches = chosen["topic_matches"]
     return impl is not None
 

@@ -164,15 +164,23 @@ class MemoryStore:
     # --- retained ------------------------------------------------------------------------
 
     def setRetained(self, message: Message) -> Deferred[None]:
+        self.setRetainedNow(message)
+        return succeed(None)
+
+    def setRetainedNow(self, message: Message) -> None:
+        """``setRetained`` without the Deferred, which the broker calls where a store
+        has it (optional: an in-process store's, done when it returns)."""
         if message.payload:
             # A copy: the routed message carries per-send caches the store need not
             # keep, and the copy keeps none either (NO_WIRE).
-            held = message.copy()
+            props = message.properties
+            held = Message(message.topic, message.payload, message.qos, message.retain,
+                           message.packet_id, dict(props) if props else None,
+                           message.received_at, message.sender)
             held.wire = NO_WIRE
             self._retained.set(held)
         else:
             self._retained.delete(message.topic)
-        return succeed(None)
 
     def getRetained(self, topic: str) -> Deferred[Message | None]:
         return succeed(self._retained.get(topic))

@@ -43,6 +43,8 @@ class SysRetainedOverlay:
         for name in IStore.names(all=True):
             if name not in _RETAINED_CALLS and hasattr(store, name):
                 setattr(self, name, getattr(store, name))
+        if hasattr(store, "setRetainedNow"):  # (optional: see MemoryStore)
+            self.setRetainedNow = self._set_retained_now
         if ISessionInfoStore.providedBy(store):
             self.saveSessionInfo = store.saveSessionInfo
             alsoProvides(self, ISessionInfoStore)
@@ -58,6 +60,12 @@ class SysRetainedOverlay:
         else:
             self._sys.delete(message.topic)
         return succeed(None)
+
+    def _set_retained_now(self, message: Message) -> None:
+        if message.topic[:1] != "$" or not is_sys(message.topic):
+            self.store.setRetainedNow(message)
+        else:
+            self.setRetained(message)
 
     def getRetained(self, topic: str) -> Deferred[Message | None]:
         if is_sys(topic):

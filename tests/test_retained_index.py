@@ -1,0 +1,114 @@
+"""The retained index (store/retained_index.py): a dict of topics, a trie built for the
+first wildcard filter that needs it, and ``#`` walks that survive changes of the dict."""
+
+from __future__ import annotations
+
+import gc
+import random
+
+from mqtt_twisted.codec import topic_matches
+from mqtt_twisted.message import Message
+from mqtt_twisted.store.retained_index import RetainedIndex
+
+
+def retained(topic: str, payload: bytes = b"v") -> Message:
+    return Message(topic, payload, 0, True)
+
+
+def topics_of(messages) -> list[str]:
+    return [m.topic for m in messages]
+
+
+def test_storing_and_hash_and_exact_matches_build_no_trie() -> None:
+    """Storing, '#' and a filter without wildcards use the dict alone: no trie is built."""
+    index = RetainedIndex()
+    for n in range(10):
+        index.set(retained(f"a/{n}"))
+    index.set(retained("$SYS/x"))
+    assert topics_of(index.iter_match("#")) == [f"a/{n}" for n in range(10)]  # no '$'
+    assert topics_of(index.iter_match("a/3")) == ["a/3"]
+    assert topics_of(index.iter_match("a/x")) == []
+    assert len(index) == 11
+    assert index._root is None
+    assert sorted(topics_of(index.iter_match("a/+"))) == sorted(f"a/{n}" for n in range(10))
+    assert index._root is not None
+
+
+def test_matches_follow_every_change_after_the_trie_is_built() -> None:
+    """Random sets, replacements and deletions before and after the trie exists: every
+    filter shape matches exactly what a brute-force topic_matches finds."""
+    rng = random.Random(19)
+    index = RetainedIndex()
+    held: dict[str, bytes] = {}
+    levels = ["a", "b", "", "$SYS", "ü"]
+    filters = ["#", "+", "a/#", "+/+", "a/+/b", "/#", "+/#", "$SYS/#", "a", "a/b/+/+", "b/+"]
+    for step in range(3000):
+        topic = "/".join(rng.choice(levels) for _ in range(rng.randint(1, 4)))
+        if rng.random() < 0.3:
+            index.delete(topic)
+            held.pop(topic, None)
+        else:
+            payload = str(step).encode()
+            index.set(retained(topic, payload))
+            held[topic] = payload
+        if step % 97 == 0:
+            for topic_filter in filters:
+                found = {m.topic: m.payload for m in index.iter_match(topic_filter)}
+                want = {t: p for t, p in held.items() if topic_matches(topic_filter, t)}
+                assert found == want, topic_filter
+    assert len(index) == len(held)
+    assert {m.topic for m in index} == set(held)  # iteration includes '$' topics
+
+
+def test_hash_walk_survives_changes_of_the_dict() -> None:
+    """A '#' walk interrupted by new topics, deletions and replacements raises nothing,
+    gives each remaining topic once, skips the deleted, gives replaced topics' new
+    message; a second walk started after the change sees the new topics."""
+    index = RetainedIndex()
+    for n in range(100):
+        index.set(retained(f"t/{n}", b"old"))
+    walk = index.iter_match("#")
+    first = [next(walk) for _ in range(10)]
+    index.set(retained("t/new"))  # the dict grows: the walk goes on over a list
+    index.delete("t/50")
+    index.set(retained("t/60", b"new"))
+    rest = list(walk)
+    got = topics_of(first + rest)
+    assert len(got) == len(set(got))
+    assert "t/50" not in got
+    assert set(got) == {f"t/{n}" for n in range(100)} - {"t/50"}
+    assert [m.payload for m in rest if m.topic == "t/60"] == [b"new"]
+    assert "t/new" in topics_of(index.iter_match("#"))
+    assert index._walks == {}
+
+
+def test_walk_that_is_dropped_unregisters() -> None:
+    """A walk its subscriber abandons (session gone) leaves nothing registered."""
+    index = RetainedIndex()
+    for n in range(5):
+        index.set(retained(f"t/{n}"))
+    walk = index.iter_match("#")
+    next(walk)
+    assert len(index._walks) == 1
+    del walk
+    gc.collect()
+    assert index._walks == {}
+    index.set(retained("t/x"))  # no walk to detach
+    assert len(index) == 6
+
+
+def test_two_walks_each_detached_once() -> None:
+    """Two concurrent walks, several changes: each goes on correctly over its own list."""
+    index = RetainedIndex()
+    for n in range(20):
+        index.set(retained(f"t/{n}"))
+    one, two = index.iter_match("#"), index.iter_match("#")
+    a = [next(one) for _ in range(5)]
+    b = [next(two) for _ in range(15)]
+    for n in range(20, 25):
+        index.set(retained(f"t/{n}"))
+    index.delete("t/17")
+    a += list(one)
+    b += list(two)
+    assert topics_of(a) == [f"t/{n}" for n in range(20) if n != 17]
+    assert topics_of(b) == [f"t/{n}" for n in range(20) if n != 17]
