@@ -8,7 +8,7 @@ import random
 
 from mqtt_twisted.codec import topic_matches
 from mqtt_twisted.message import Message
-from mqtt_twisted.store.retained_index import RetainedIndex
+from mqtt_twisted.store.retained_index import BUILD_STEP, RetainedIndex
 
 
 def retained(topic: str, payload: bytes = b"v") -> Message:
@@ -16,7 +16,7 @@ def retained(topic: str, payload: bytes = b"v") -> Message:
 
 
 def topics_of(messages) -> list[str]:
-    return [m.topic for m in messages]
+    return [m.topic for m in messages if m is not None]
 
 
 def test_storing_and_hash_and_exact_matches_build_no_trie() -> None:
@@ -112,3 +112,60 @@ def test_two_walks_each_detached_once() -> None:
     b += list(two)
     assert topics_of(a) == [f"t/{n}" for n in range(20) if n != 17]
     assert topics_of(b) == [f"t/{n}" for n in range(20) if n != 17]
+
+
+def test_first_wildcard_filter_builds_the_trie_in_steps() -> None:
+    """The first wildcard filter looks at every topic, yields None after each
+    BUILD_STEP of them and leaves a complete trie; the next filter uses it (no None)."""
+    index = RetainedIndex()
+    count = BUILD_STEP * 3 + 5
+    for n in range(count):
+        index.set(retained(f"t/{n}"))
+    items = list(index.iter_match("t/+"))
+    assert items.count(None) == 3
+    assert len(topics_of(items)) == count
+    assert index._complete
+    assert None not in list(index.iter_match("+/7"))
+    assert topics_of(index.iter_match("+/7")) == ["t/7"]
+
+
+def test_changes_during_the_build_are_in_the_trie() -> None:
+    """Topics set and deleted while the first walk builds the trie (between its steps)
+    end up in it exactly: later matches through the trie find what a scan finds."""
+    index = RetainedIndex()
+    held = {f"t/{n}/x" for n in range(BUILD_STEP * 2)}
+    for topic in sorted(held):
+        index.set(retained(topic))
+    walk = index.iter_match("t/+/x")
+    while next(walk) is not None:
+        pass  # the first step done
+    for n in range(5):
+        index.set(retained(f"new/{n}/x"))
+        held.add(f"new/{n}/x")
+    for topic in sorted(held)[:40:3]:
+        index.delete(topic)
+        held.discard(topic)
+    second = index.iter_match("+/+/x")  # while the first builds: a scan, not the trie
+    assert sorted(topics_of(second)) == sorted(held)
+    list(walk)
+    assert index._complete
+    for topic_filter in ("+/+/x", "new/#", "t/1/+", "#"):
+        want = sorted(t for t in held if topic_matches(topic_filter, t))
+        assert sorted(topics_of(index.iter_match(topic_filter))) == want, topic_filter
+
+
+def test_build_dropped_unfinished_starts_again() -> None:
+    """A first walk dropped half-way (its subscriber left) leaves no partial trie: the
+    next wildcard filter builds it whole."""
+    index = RetainedIndex()
+    for n in range(BUILD_STEP * 2):
+        index.set(retained(f"t/{n}"))
+    walk = index.iter_match("t/+")
+    while next(walk) is not None:
+        pass
+    del walk
+    gc.collect()
+    assert index._root is None and not index._complete
+    index.set(retained("t/late"))
+    assert len(topics_of(index.iter_match("t/+"))) == BUILD_STEP * 2 + 1
+    assert index._complete

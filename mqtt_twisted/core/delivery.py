@@ -209,7 +209,7 @@ class Delivery:
         (core/retained.py)."""
         send_retained(self, session, topic_filter, options)
 
-    def send_retained_slice(self, session: Session, messages: Iterator[Message],
+    def send_retained_slice(self, session: Session, messages: Iterator[Message | None],
                             options: SubscriptionOptions) -> None:
         """The next slice of a new subscription's retained messages."""
         send_slice(self, session, messages, options)

@@ -2,8 +2,9 @@
 
 Paced (issue 14): a ``#`` subscriber over 100,000 retained messages must neither block
 the other clients nor fill its own queue, so the matches are taken lazily from the
-store (``iterRetained``) a slice at a time; a slice ends at :data:`SLICE_BYTES` of
-PUBLISHes or :data:`SLICE_SECONDS` of work, and the next one waits while the client's
+store (``iterRetained``, which yields None now and then while it looks at topics that
+do not match: store/retained_index.py) a slice at a time; a slice ends at
+:data:`SLICE_BYTES` of PUBLISHes or :data:`SLICE_SECONDS` of work, and the next one waits while the client's
 transport is full (``paused``: ``Delivery.pump`` resumes it) or its queue is long.
 
 Batched (issue 19): the usual retained delivery, QoS 0 to an MQTT connection that has
@@ -48,7 +49,7 @@ def send_retained(delivery: Delivery, session: Session, topic_filter: str,
     """Deliver the retained messages matching a new subscription, retain=1, in slices."""
     sessions = delivery.broker.sessions
 
-    def got(messages: list[Message]) -> None:
+    def got(messages: list[Message | None]) -> None:
         if sessions.get(session.clientId) is session:
             send_slice(delivery, session, iter(messages), options)
 
@@ -60,7 +61,7 @@ def send_retained(delivery: Delivery, session: Session, topic_filter: str,
     when(delivery.store.matchRetained(topic_filter), got, delivery.journal.store_failed)
 
 
-def send_slice(delivery: Delivery, session: Session, messages: Iterator[Message],
+def send_slice(delivery: Delivery, session: Session, messages: Iterator[Message | None],
                options: SubscriptionOptions) -> None:
     """One slice; the rest is scheduled, or parked until ``pump`` empties the queue."""
     broker = delivery.broker
@@ -81,6 +82,10 @@ def send_slice(delivery: Delivery, session: Session, messages: Iterator[Message]
     size = one_by_one = seen = 0
     for message in messages:
         seen += 1
+        if message is None:  # the store looked at topics without a match: time's up?
+            if clock.seconds() >= deadline:
+                break
+            continue
         props = message.properties
         if props and expired(message, now):
             broker.retained_quota.forget(message.topic)

@@ -192,10 +192,11 @@ class MemoryStore:
     def matchRetained(self, topicFilter: str) -> Deferred[list[Message]]:
         return succeed(self._retained.match(topicFilter))
 
-    def iterRetained(self, topicFilter: str) -> Iterator[Message]:
+    def iterRetained(self, topicFilter: str) -> Iterator[Message | None]:
         """The matches one at a time, without building the list first: the broker
         serves a new subscription's retained messages in slices (optional; a store
-        without it is asked ``matchRetained``)."""
+        without it is asked ``matchRetained``).  None now and then: no match yet, a
+        chance to stop for this reactor turn (store/retained_index.py)."""
         return self._retained.iter_match(topicFilter)
 
     def countRetained(self) -> Deferred[int]:

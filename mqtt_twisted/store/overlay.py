@@ -83,7 +83,7 @@ class SysRetainedOverlay:
             return succeed(self._sys.match(topicFilter))
         return self.store.matchRetained(topicFilter)
 
-    def iterRetained(self, topicFilter: str) -> Iterator[Message] | None:
+    def iterRetained(self, topicFilter: str) -> Iterator[Message | None] | None:
         """The store's lazy matches (None when it has no ``iterRetained``)."""
         if is_sys(topicFilter):
             return iter(self._sys.match(topicFilter))

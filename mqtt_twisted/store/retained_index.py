@@ -1,6 +1,6 @@
 """Retained messages by topic: a dict to store them and to serve ``#``, and a trie of the
-topics, built when a wildcard filter first needs it, so that matching visits only what
-can match.
+topics, built by the first wildcard filter that needs it, so that matching visits only
+what can match.
 
 Why not the trie alone (as before): storing a retained message walked and grew the
 trie level by level, a third of what a retained PUBLISH cost the broker in Python, for
@@ -10,19 +10,29 @@ kept up to date, but only for new and deleted topics (replacing the message of a
 topic, the steady state of retained status topics, never touches it).  ``#`` needs
 no index: it is every topic but the ``$`` ones [MQTT-4.7.2-1], in the dict's order.
 
-A ``#`` walk goes over the dict itself, lazily, a slice of a new subscription's
-retained messages per reactor turn.  A dict cannot be iterated across a change of its
-size, so a walk in progress registers with the index, and just before the first such
-change the index hands it the topics it still has to visit as a list; from then on it
-takes each topic's current message from the dict (deleted ones are skipped).  A walk
-that is dropped unfinished (its session went) unregisters as it is collected.
+That first filter finds its matches by looking at every topic (``topic_matches``) and
+builds the trie on the way, lazily like every match: the walk yields None after each
+:data:`BUILD_STEP` topics, a chance for its caller to stop for this reactor turn, so
+that 100,000 retained topics do not cost the other clients a 100-200 ms stall.  Until
+that walk has seen every topic, other wildcard filters look at every topic too; a walk
+dropped unfinished drops its partial trie, and the next filter starts again.
+
+Walks go over the dict itself.  A dict cannot be iterated across a change of its size,
+so a walk in progress registers with the index, and just before the first such change
+the index hands it the topics it still has to visit as a list; from then on it takes
+each topic's current message from the dict (deleted ones are skipped).  A walk that is
+dropped unfinished (its session went) unregisters as it is collected.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+from mqtt_twisted.codec import topic_matches
 from mqtt_twisted.message import Message
+
+#: Topics a first wildcard filter looks at (and adds to the trie) between two Nones.
+BUILD_STEP = 256
 
 
 class _Node:
@@ -36,12 +46,14 @@ class _Node:
 class RetainedIndex:
     """Topic -> retained Message, matched by filter with '+' and '#' [MQTT-4.7]."""
 
-    __slots__ = ("_messages", "_root", "_walks")
+    __slots__ = ("_messages", "_root", "_complete", "_walks")
 
     def __init__(self) -> None:
         self._messages: dict[str, Message] = {}
         #: The trie of the topics; None until a wildcard filter (not '#') needs it.
         self._root: _Node | None = None
+        #: Whether the trie holds every topic (its first walk has seen them all).
+        self._complete = False
         #: '#' walks still iterating over the dict itself: their iterator cells.
         self._walks: dict[int, list[Iterator[str]]] = {}
 
@@ -81,23 +93,22 @@ class RetainedIndex:
 
     def match(self, topic_filter: str) -> list[Message]:
         """Every retained message whose topic matches ``topic_filter``."""
-        return list(self.iter_match(topic_filter))
+        return [m for m in self.iter_match(topic_filter) if m is not None]
 
-    def iter_match(self, topic_filter: str) -> Iterator[Message]:
+    def iter_match(self, topic_filter: str) -> Iterator[Message | None]:
         """The matches one at a time, so that a caller can stop between them (a new
-        ``#`` subscriber over 100,000 retained messages is served in slices).  The
-        index may change meanwhile: a message deleted since is skipped, a topic's new
-        message is the one given."""
+        ``#`` subscriber over 100,000 retained messages is served in slices); None
+        now and then while a wildcard filter looks at every topic (no match yet: a
+        chance to stop).  The index may change meanwhile: a message deleted since is
+        skipped, a topic's new message is the one given."""
         if topic_filter == "#":
             return self._walk(False)
         if "+" not in topic_filter and "#" not in topic_filter:
             message = self._messages.get(topic_filter)
             return iter(() if message is None else (message,))
-        if self._root is None:
-            root = self._root = _Node()
-            for topic in self._messages:
-                _add(root, topic)
-        return self._trie_match(topic_filter)
+        if self._complete:
+            return self._trie_match(topic_filter)
+        return self._scan(topic_filter)
 
     def __iter__(self) -> Iterator[Message]:
         """Every retained message, ``$`` topics included."""
@@ -122,6 +133,32 @@ class RetainedIndex:
                     return
         finally:
             walks.pop(key, None)
+
+    def _scan(self, topic_filter: str) -> Iterator[Message | None]:
+        """Every topic looked at, the trie built on the way unless another walk is
+        building it; None after each BUILD_STEP topics."""
+        root = None
+        if self._root is None:
+            root = self._root = _Node()
+        seen = 0
+        done = False
+        try:
+            for message in self._walk(True):
+                topic = message.topic
+                if root is not None:
+                    _add(root, topic)
+                if topic_matches(topic_filter, topic):
+                    yield message
+                seen += 1
+                if not seen % BUILD_STEP:
+                    yield None
+            done = True
+        finally:
+            if root is not None and self._root is root:
+                if done:
+                    self._complete = True
+                else:
+                    self._root = None  # dropped unfinished: the next filter builds it
 
     def _trie_match(self, topic_filter: str) -> Iterator[Message]:
         messages = self._messages
