@@ -325,9 +325,7 @@ class MQTTConnection:
         """Write ``count`` QoS 0 PUBLISHes encoded as one buffer (core/retained.py)."""
         if self.state != CLOSED:
             self.transport.write(data)
-            stats = self.broker.stats
-            stats.messages_sent += count
-            stats.bytes_sent += len(data)
+            self.broker.stats.wrote(count, len(data))
 
     def _aliased_publish(self, message: Message, qos: int, retain: bool,
                          packet_id: int | None, subscription_ids: Any) -> bytes:
