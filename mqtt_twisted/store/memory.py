@@ -91,6 +91,10 @@ class MemoryStore:
         self._outbound: dict[str, dict[int, Any]] = {}
         self._retained = RetainedIndex()
         self._locks: dict[str, DeferredLock] = {}
+        if type(self).setRetained is not MemoryStore.setRetained:
+            # A subclass that changes setRetained (holds or fails the write) must be
+            # asked through it: no synchronous twin then.
+            self.setRetainedNow = None  # type: ignore[assignment]
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -164,12 +168,13 @@ class MemoryStore:
     # --- retained ------------------------------------------------------------------------
 
     def setRetained(self, message: Message) -> Deferred[None]:
-        self.setRetainedNow(message)
+        MemoryStore.setRetainedNow(self, message)
         return succeed(None)
 
     def setRetainedNow(self, message: Message) -> None:
         """``setRetained`` without the Deferred, which the broker calls where a store
-        has it (optional: an in-process store's, done when it returns)."""
+        has it (optional: an in-process store's, done when it returns; None on a
+        subclass that overrides ``setRetained``)."""
         if message.payload:
             # A copy: the routed message carries per-send caches the store need not
             # keep, and the copy keeps none either (NO_WIRE).

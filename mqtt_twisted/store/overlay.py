@@ -43,7 +43,7 @@ class SysRetainedOverlay:
         for name in IStore.names(all=True):
             if name not in _RETAINED_CALLS and hasattr(store, name):
                 setattr(self, name, getattr(store, name))
-        if hasattr(store, "setRetainedNow"):  # (optional: see MemoryStore)
+        if getattr(store, "setRetainedNow", None) is not None:  # (optional: MemoryStore)
             self.setRetainedNow = self._set_retained_now
         if ISessionInfoStore.providedBy(store):
             self.saveSessionInfo = store.saveSessionInfo
