@@ -299,17 +299,18 @@ class Gateway:
 
         return maybeDeferred(broker.store.matchRetained, topicFilter).addCallback(fresh)
 
-    def iterRetained(self, topicFilter: str) -> Iterator[Message] | None:
+    def iterRetained(self, topicFilter: str) -> Iterator[Message | None] | None:
         """The same, one at a time without building the list, when the store can
         (optional, like the store's ``iterRetained``; None: ask ``retained``): a
-        ``GET /retained`` over 20,000 messages then takes them in slices."""
+        ``GET /retained`` over 20,000 messages then takes them in slices (None now and
+        then: no match yet, a chance to stop)."""
         broker = self.broker
         iterate = getattr(broker.store, "iterRetained", None)
         if iterate is None:
             return None
         clock = broker.clock
-        return (m for m in iterate(topicFilter)
-                if not (m.properties and expired(m, clock.seconds())))
+        return (m for m in iterate(topicFilter)  # (None: no match yet, a chance to stop)
+                if m is None or not (m.properties and expired(m, clock.seconds())))
 
     def _open_session(self, clientId: str) -> Session:
         session = self.broker.sessions.get(clientId)

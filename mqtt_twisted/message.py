@@ -117,6 +117,12 @@ class Message:
         )
 
 
+def expired(message: Message, now: float) -> bool:
+    """Whether a v5 message's expiry interval has run out [MQTT-3.3.2-5]."""
+    interval = message.properties.get(_EXPIRY)
+    return interval is not None and now - message.received_at >= interval
+
+
 def forward_properties(
     message: Message, subscription_ids: tuple[int, ...] | None, now: float
 ) -> dict:

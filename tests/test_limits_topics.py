@@ -177,16 +177,23 @@ def test_zero_means_no_limit() -> None:
 
 
 def test_retained_quota_accounting() -> None:
-    """Replacing counts the difference, deleting frees, forgetting (expiry) frees."""
-    quota = RetainedQuota(BrokerSettings(max_retained_messages=10))
-    quota.note(Message("a/b", b"12345", 0, True))
+    """Replacing counts the difference, deleting frees, forgetting (expiry) frees; a
+    message over a limit is refused and counts nothing."""
+    quota = RetainedQuota(BrokerSettings(max_retained_messages=2))
+    assert quota.admit(Message("a/b", b"12345", 0, True))
     assert (quota.count, quota.bytes) == (1, retained_cost("a/b", b"12345"))
-    quota.note(Message("a/b", b"1", 0, True))
+    assert quota.admit(Message("a/b", b"1", 0, True))
     assert (quota.count, quota.bytes) == (1, retained_cost("a/b", b"1"))
-    quota.note(Message("a/b", b"", 0, True))
+    assert quota.admit(Message("a/b", b"", 0, True))
     assert (quota.count, quota.bytes) == (0, 0)
-    quota.note(Message("c", b"1", 0, True))
+    assert quota.admit(Message("c", b"1", 0, True))
+    assert quota.admit(Message("d", b"1", 0, True))
+    assert not quota.allows("e", b"1")
+    assert not quota.admit(Message("e", b"1", 0, True))
+    assert (quota.count, set(quota.sizes)) == (2, {"c", "d"})
+    assert quota.admit(Message("d", b"22", 0, True))  # a replacement is no new message
     quota.forget("c")
+    quota.forget("d")
     assert (quota.count, quota.bytes, quota.sizes) == (0, 0, {})
 
 

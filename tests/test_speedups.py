@@ -183,6 +183,26 @@ def test_encode_publish_at_every_length_boundary():
 
 
 @needs_ext
+@settings(max_examples=300, deadline=None)
+@given(items=st.lists(st.tuples(
+           st.text(max_size=6) | st.sampled_from(["a\ud800", "x\x00", "é" * 30000, "é" * 40]),
+           st.binary(max_size=200) | st.sampled_from([bytes(16384), bytearray(b"ba")])),
+           max_size=6),
+       version=st.sampled_from([3, 4, 5]), retain=st.booleans(), shape=st.sampled_from(
+           ["lists", "tuples", "short"]))
+def test_encode_publishes_matches_pure(items, version, retain, shape):
+    """Topics and payloads, valid or not, as lists or not: the same bytes or the same
+    error from both (anything but lists of str and bytes goes to the pure function)."""
+    topics, payloads = [t for t, _ in items], [p for _, p in items]
+    if shape == "tuples":
+        topics, payloads = tuple(topics), tuple(payloads)
+    elif shape == "short":
+        payloads.append(b"")
+    assert (outcome(lambda: ext.encode_publishes(topics, payloads, version, retain))
+            == outcome(lambda: PURE["encode_publishes"](topics, payloads, version, retain)))
+
+
+@needs_ext
 @settings(max_examples=500, deadline=None)
 @given(topic_filter=st.text("ab/+#$é", max_size=8), topic=st.text("ab/$é+#", max_size=8))
 def test_topic_matches_matches_pure(topic_filter, topic):

@@ -42,7 +42,8 @@ def paced_page(reactor: Any, messages: Iterable[Any], limit: int,
     total = 0
     while True:
         taken = list(islice(found, MATCH_SLICE))
-        chunk = taken if after is None else [m for m in taken if m.topic > after]
+        # (None: the store looked at topics that do not match; it counts as work.)
+        chunk = [m for m in taken if m is not None and (after is None or m.topic > after)]
         if chunk:
             total += len(chunk)
             best = heapq.nsmallest(limit, best + chunk, key=_topic)

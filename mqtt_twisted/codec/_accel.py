@@ -21,6 +21,7 @@ PURE = {
     "feed": stream.StreamDecoder.feed,
     "decode_publish": _decode.decode_publish,
     "encode_publish": _encode.encode_publish,
+    "encode_publishes": _encode.encode_publishes,
     "topic_matches": topics.topic_matches,
 }
 
@@ -43,6 +44,7 @@ def _load() -> ModuleType | None:
     # The compiled feed decodes SUBSCRIBE itself; decode_body (the pure feed's) keeps
     # the pure decoder, so that comparing the two feeds compares the two decoders.
     _speedups._pure_decode_subscribe = _decode.decode_subscribe
+    _speedups._pure_encode_publishes = PURE["encode_publishes"]
     return _speedups
 
 
@@ -69,6 +71,7 @@ def use(compiled: bool) -> bool:
     _decode.decode_publish = chosen["decode_publish"]
     _encode.encode_publish = codec.encode_publish = chosen["encode_publish"]
     _encode.ENCODERS[Publish] = chosen["encode_publish"]
+    _encode.encode_publishes = codec.encode_publishes = chosen["encode_publishes"]
     topics.topic_matches = codec.topic_matches = chosen["topic_matches"]
     return impl is not None
 

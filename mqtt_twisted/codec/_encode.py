@@ -109,6 +109,35 @@ def encode_publish(p: Publish, version: int) -> bytes:
     return b"".join((bytes((first,)), encode_vbi(length), head, p.payload))
 
 
+def encode_publishes(topics: list[str], payloads: list[bytes], version: int,
+                     retain: bool = True) -> bytes:
+    """QoS 0 PUBLISHes without properties, one per topic and payload, in one buffer.
+
+    A new subscription's retained messages go out a slice at a time, as one transport
+    write rather than one per message (issue 19); the bytes are exactly those of
+    ``encode_publish`` for each message, joined.  ``topics`` and ``payloads`` are
+    equally long; an invalid topic raises what ``encode_publish`` raises for it."""
+    if len(topics) != len(payloads):
+        raise ValueError("topics and payloads differ in length")
+    first = 0x31 if retain else 0x30
+    props = b"\x00" if version == 5 else b""
+    parts: list[bytes] = []
+    append = parts.append
+    for topic, payload in zip(topics, payloads):
+        try:
+            name = topic.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError("topic holds a lone surrogate") from None
+        n = len(name)
+        if n > 0xFFFF or b"\x00" in name:
+            raise ValidationError("topic longer than 65,535 bytes or holding U+0000")
+        length = 2 + n + len(props) + len(payload)
+        append(bytes((first, length)) if length < 128 else bytes((first,)) + encode_vbi(length))
+        append(n.to_bytes(2, "big") + name + props)
+        append(payload)
+    return b"".join(parts)
+
+
 def _make_ack_encoder(packet_type: int, first_byte: int) -> Callable[[Packet, int], bytes]:
     def encode_ack(p: PubAck, version: int) -> bytes:
         packet_id = p.packet_id

@@ -29,6 +29,10 @@ from mqtt_twisted.errors import (
     ValidationError,
 )
 
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object o)
+    const char* PyUnicode_AsUTF8AndSize(object o, Py_ssize_t* size) except NULL
+
 cdef object _new = object.__new__
 #: Whether Publish has exactly the fields _decode_publish sets itself and no __post_init__
 #: (else it calls the class).
@@ -48,7 +52,8 @@ cdef int _PUBLISH = int(PacketType.PUBLISH)
 cdef object _TOPIC_ALIAS = int(PropertyId.TOPIC_ALIAS)
 cdef Py_ssize_t _MAX_REMAINING = MAX_REMAINING_LENGTH
 # The pure functions, set by _accel.py: what the compiled ones hand unusual input to.
-_pure_feed = _pure_decode_publish = _pure_encode_publish = _pure_decode_subscribe = None
+_pure_feed = _pure_decode_publish = _pure_encode_publish = None
+_pure_decode_subscribe = _pure_encode_publishes = None
 
 
 cdef object _decode_publish(int flags, object data, const unsigned char* buf,
@@ -375,6 +380,73 @@ def encode_publish(p, version):
         memcpy(out + i, PyBytes_AS_STRING(props), PyBytes_GET_SIZE(props))
         i += PyBytes_GET_SIZE(props)
     memcpy(out + i, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload))
+    return result
+
+
+def encode_publishes(topics, payloads, version, retain=True):
+    """``_encode.encode_publishes``, compiled: sizes first, then one allocation and one
+    copy of each topic and payload.  ASCII topics are copied from the ``str`` itself;
+    others are encoded (the pure function's errors are raised for them).  Lists of
+    ``str`` and ``bytes`` only; anything else goes to the pure function."""
+    if type(topics) is not list or type(payloads) is not list or len(topics) != len(payloads):
+        return _pure_encode_publishes(topics, payloads, version, retain)
+    cdef Py_ssize_t count = len(topics), k, n, length, size = 0, i = 0, e = 0, m
+    cdef int first = 0x31 if retain else 0x30
+    cdef int v5 = version == 5
+    cdef const char* name
+    cdef char* out
+    cdef list encoded = []  # the UTF-8 of the topics that are not ASCII, in order
+    for k in range(count):
+        topic = topics[k]
+        payload = payloads[k]
+        if type(topic) is not str or type(payload) is not bytes:
+            return _pure_encode_publishes(topics, payloads, version, retain)
+        if PyUnicode_IS_ASCII(topic):
+            name = PyUnicode_AsUTF8AndSize(topic, &n)
+        else:
+            try:
+                raw = (<str>topic).encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValidationError("topic holds a lone surrogate") from None
+            encoded.append(raw)
+            name = PyBytes_AS_STRING(raw)
+            n = PyBytes_GET_SIZE(raw)
+        if n > 0xFFFF or memchr(name, 0, n) != NULL:
+            raise ValidationError("topic longer than 65,535 bytes or holding U+0000")
+        length = 2 + n + v5 + PyBytes_GET_SIZE(payload)
+        if length > _MAX_REMAINING:
+            raise ValidationError(f"variable byte integer out of range: {length}")
+        size += 1 + _vbi_size(length) + length
+    result = PyBytes_FromStringAndSize(NULL, size)
+    out = PyBytes_AS_STRING(result)
+    for k in range(count):
+        topic = topics[k]
+        payload = payloads[k]
+        if PyUnicode_IS_ASCII(topic):
+            name = PyUnicode_AsUTF8AndSize(topic, &n)
+        else:
+            raw = encoded[e]
+            e += 1
+            name = PyBytes_AS_STRING(raw)
+            n = PyBytes_GET_SIZE(raw)
+        m = PyBytes_GET_SIZE(payload)
+        length = 2 + n + v5 + m
+        out[i] = <char>first
+        i += 1
+        while length >= 128:
+            out[i] = <char>((length & 0x7F) | 0x80)
+            length >>= 7
+            i += 1
+        out[i] = <char>length
+        out[i + 1] = <char>(n >> 8)
+        out[i + 2] = <char>(n & 0xFF)
+        memcpy(out + i + 3, name, n)
+        i += 3 + n
+        if v5:
+            out[i] = 0
+            i += 1
+        memcpy(out + i, PyBytes_AS_STRING(payload), m)
+        i += m
     return result
 
 

@@ -172,18 +172,18 @@ class Broker:
         """Keep ``message`` as its topic's retained message (an empty payload deletes it),
         within the retained quota: beyond it (a will, an adapter's message) it is
         routed but not kept."""
-        quota = self.retained_quota
-        if message.topic[:5] == "$SYS/":
-            pass  # the broker's own (no client may publish there): never held back
-        elif message.payload and not quota.allows(message.topic, message.payload):
+        if message.topic[:5] != "$SYS/" and not self.retained_quota.admit(message):
+            # ($SYS: the broker's own, no client may publish there: never held back.)
             self.stats.limit_hit("retained")
             return
-        else:
-            quota.note(message)
-        if message.payload:
-            self.journal.persist(self.store.setRetained(message))
-        else:
+        if not message.payload:
             self.journal.persist(self.store.deleteRetained(message.topic))  # [MQTT-3.3.1-10]
+        else:
+            now = getattr(self.store, "setRetainedNow", None)
+            if now is not None:
+                now(message)  # an in-process store: no Deferred per retained PUBLISH
+            else:
+                self.journal.persist(self.store.setRetained(message))
 
     # --- subscriptions ------------------------------------------------------------------
 

@@ -321,6 +321,12 @@ class MQTTConnection:
                 stats.sent_qos2 += 1
         return True
 
+    def send_publishes(self, data: bytes, count: int) -> None:
+        """Write ``count`` QoS 0 PUBLISHes encoded as one buffer (core/retained.py)."""
+        if self.state != CLOSED:
+            self.transport.write(data)
+            self.broker.stats.wrote(count, len(data))
+
     def _aliased_publish(self, message: Message, qos: int, retain: bool,
                          packet_id: int | None, subscription_ids: Any) -> bytes:
         """A v5 PUBLISH using an outbound topic alias per the broker's policy (MQTT 5 §3.3.2.3.4)."""

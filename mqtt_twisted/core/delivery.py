@@ -16,26 +16,16 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 
 from mqtt_twisted.codec import PubRel
-from mqtt_twisted.constants import PropertyId
-from mqtt_twisted.core._async import when
+from mqtt_twisted.core.retained import send_retained, send_slice
 from mqtt_twisted.core.session import NO_ENTRIES
 from mqtt_twisted.core.states import CLOSED
-from mqtt_twisted.message import Message
+from mqtt_twisted.message import Message, expired
 from mqtt_twisted.records import AWAITING_PUBCOMP, Outbound, SubscriptionOptions
 
 if TYPE_CHECKING:
     from mqtt_twisted.core.broker import Broker
     from mqtt_twisted.core.session import Session
 
-_EXPIRY = PropertyId.MESSAGE_EXPIRY_INTERVAL
-#: Retained messages delivered to a new subscription per reactor turn.
-RETAINED_SLICE = 100
-
-
-def expired(message: Message, now: float) -> bool:
-    """Whether a v5 message's expiry interval has run out [MQTT-3.3.2-5]."""
-    interval = message.properties.get(_EXPIRY)
-    return interval is not None and now - message.received_at >= interval
 
 
 def release_held(out: Outbound) -> None:
@@ -267,45 +257,11 @@ class Delivery:
 
     def send_retained(self, session: Session, topic_filter: str,
                       options: SubscriptionOptions) -> None:
-        """Deliver the retained messages matching a new subscription, retain=1, in
-        slices of :data:`RETAINED_SLICE` that yield to the reactor between them and wait
-        while the client's queue is long: a ``#`` subscriber over 100,000 retained
-        messages neither blocks the other clients nor fills its own queue."""
-        sessions = self.broker.sessions
+        """Deliver the retained messages matching a new subscription, in slices
+        (core/retained.py)."""
+        send_retained(self, session, topic_filter, options)
 
-        def got(messages: list[Message]) -> None:
-            if sessions.get(session.clientId) is session:
-                self.send_retained_slice(session, iter(messages), options)
-
-        iterate = getattr(self.store, "iterRetained", None)
-        matches = iterate(topic_filter) if iterate is not None else None
-        if matches is not None:  # lazily: not even the list is built in one go
-            self.send_retained_slice(session, matches, options)
-            return
-        when(self.store.matchRetained(topic_filter), got, self.journal.store_failed)
-
-    def send_retained_slice(self, session: Session, messages: Iterator[Message],
+    def send_retained_slice(self, session: Session, messages: Iterator[Message | None],
                             options: SubscriptionOptions) -> None:
-        """One slice; the rest is scheduled, or parked until ``pump`` empties the queue."""
-        if self.broker.sessions.get(session.clientId) is not session:
-            return  # discarded or replaced meanwhile
-        now = self.clock.seconds()
-        sub_ids = (options.subscription_id,) if options.subscription_id else None
-        sent = 0
-        for message in messages:
-            if message.properties and expired(message, now):
-                self.broker.retained_quota.forget(message.topic)
-                self.journal.persist(self.store.deleteRetained(message.topic))
-                continue
-            self.deliver(session, message, min(message.qos, options.qos), True, sub_ids)
-            sent += 1
-            if sent >= RETAINED_SLICE:
-                conn = session.connection
-                if conn is not None and (conn.paused or len(session.queue) >= self.high_water):
-                    if not session.retained_backlog:
-                        session.retained_backlog = []
-                    session.retained_backlog.append((messages, options))  # pump resumes
-                else:
-                    self.clock.callLater(0, self.send_retained_slice, session, messages,
-                                         options)
-                return
+        """The next slice of a new subscription's retained messages."""
+        send_slice(self, session, messages, options)

@@ -97,22 +97,37 @@ class RetainedQuota:
             return True
         old = self.sizes.get(topic)
         count = self.count + (old is None)
-        size = self.bytes - (old or 0) + retained_cost(topic, payload)
+        # retained_cost inline: this runs for every retained PUBLISH.
+        size = (self.bytes - (old or 0) + len(payload) + len(topic)
+                + LEVEL_COST * (topic.count("/") + 1))
         max_count = self.settings.max_retained_messages  # 0: no limit
         max_bytes = self.settings.max_retained_bytes
         return (not max_count or count <= max_count) and (not max_bytes or size <= max_bytes)
 
-    def note(self, message: Message) -> None:
-        """The store is told to retain ``message`` (or to delete its topic's one)."""
+    def admit(self, message: Message) -> bool:
+        """``allows`` and ``note`` in one: count ``message`` (or its topic's deletion)
+        if it stays within both limits; False (nothing counted) if it does not."""
         topic = message.topic
-        old = self.sizes.pop(topic, None)
-        if old is not None:
-            self.count -= 1
-            self.bytes -= old
-        if message.payload:
-            size = self.sizes[topic] = retained_cost(topic, message.payload)
-            self.count += 1
-            self.bytes += size
+        payload = message.payload
+        sizes = self.sizes
+        old = sizes.get(topic)
+        if not payload:
+            if old is not None:
+                del sizes[topic]
+                self.count -= 1
+                self.bytes -= old
+            return True
+        size = len(payload) + len(topic) + LEVEL_COST * (topic.count("/") + 1)
+        count = self.count + (old is None)
+        total = self.bytes - (old or 0) + size
+        settings = self.settings
+        if ((settings.max_retained_messages and count > settings.max_retained_messages)
+                or (settings.max_retained_bytes and total > settings.max_retained_bytes)):
+            return False
+        sizes[topic] = size
+        self.count = count
+        self.bytes = total
+        return True
 
     def forget(self, topic: str) -> None:
         """A retained message went another way (expired)."""

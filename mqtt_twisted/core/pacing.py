@@ -5,7 +5,7 @@ publication to every ``$SYS/#`` subscriber, the disconnection of every client at
 shutdown.  Done in one go, it blocks every other client for as long as it takes
 (a ``$SYS`` tick to 2,000 subscribers: 82,000 deliveries).  :func:`paced` does it a
 slice per reactor turn, as a new subscription's retained messages go
-(``Delivery.send_retained_slice``): a slice ends once its work (one unit per item,
+(``core/retained.py``): a slice ends once its work (one unit per item,
 plus the deliveries the items made, ``BrokerStats.deliveries``) reaches its budget,
 and the rest goes on at the next turn through the broker's clock.  Sans-IO: the
 clock is injected (``twisted.internet.task.Clock`` in tests).

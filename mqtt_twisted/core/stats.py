@@ -169,6 +169,12 @@ class BrokerStats:
         else:
             self.limit_hits["listener_full"] += 1
 
+    def wrote(self, messages: int, size: int) -> None:
+        """``messages`` PUBLISHes went out in one write of ``size`` bytes (a slice of
+        retained messages: core/retained.py)."""
+        self.messages_sent += messages
+        self.bytes_sent += size
+
     def limit_hit(self, kind: str) -> None:
         """One refusal by the limit ``kind`` (one of LIMIT_KINDS)."""
         self.limit_hits[kind] += 1

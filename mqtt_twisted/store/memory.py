@@ -91,6 +91,10 @@ class MemoryStore:
         self._outbound: dict[str, dict[int, Any]] = {}
         self._retained = RetainedIndex()
         self._locks: dict[str, DeferredLock] = {}
+        if type(self).setRetained is not MemoryStore.setRetained:
+            # A subclass that changes setRetained (holds or fails the write) must be
+            # asked through it: no synchronous twin then.
+            self.setRetainedNow = None  # type: ignore[assignment]
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -181,15 +185,24 @@ class MemoryStore:
     # --- retained ------------------------------------------------------------------------
 
     def setRetained(self, message: Message) -> Deferred[None]:
+        MemoryStore.setRetainedNow(self, message)
+        return succeed(None)
+
+    def setRetainedNow(self, message: Message) -> None:
+        """``setRetained`` without the Deferred, which the broker calls where a store
+        has it (optional: an in-process store's, done when it returns; None on a
+        subclass that overrides ``setRetained``)."""
         if message.payload:
             # A copy: the routed message carries per-send caches the store need not
             # keep, and the copy keeps none either (NO_WIRE).
-            held = message.copy()
+            props = message.properties
+            held = Message(message.topic, message.payload, message.qos, message.retain,
+                           message.packet_id, dict(props) if props else None,
+                           message.received_at, message.sender)
             held.wire = NO_WIRE
             self._retained.set(held)
         else:
             self._retained.delete(message.topic)
-        return succeed(None)
 
     def getRetained(self, topic: str) -> Deferred[Message | None]:
         return succeed(self._retained.get(topic))
@@ -201,10 +214,11 @@ class MemoryStore:
     def matchRetained(self, topicFilter: str) -> Deferred[list[Message]]:
         return succeed(self._retained.match(topicFilter))
 
-    def iterRetained(self, topicFilter: str) -> Iterator[Message]:
+    def iterRetained(self, topicFilter: str) -> Iterator[Message | None]:
         """The matches one at a time, without building the list first: the broker
         serves a new subscription's retained messages in slices (optional; a store
-        without it is asked ``matchRetained``)."""
+        without it is asked ``matchRetained``).  None now and then: no match yet, a
+        chance to stop for this reactor turn (store/retained_index.py)."""
         return self._retained.iter_match(topicFilter)
 
     def mayHaveRetained(self, topicFilter: str) -> bool:

@@ -45,6 +45,8 @@ class SysRetainedOverlay:
                 setattr(self, name, getattr(store, name))
         if hasattr(store, "addSubscriptions"):  # optional, not in IStore
             self.addSubscriptions = store.addSubscriptions
+        if getattr(store, "setRetainedNow", None) is not None:  # (optional: MemoryStore)
+            self.setRetainedNow = self._set_retained_now
         if ISessionInfoStore.providedBy(store):
             self.saveSessionInfo = store.saveSessionInfo
             alsoProvides(self, ISessionInfoStore)
@@ -60,6 +62,12 @@ class SysRetainedOverlay:
         else:
             self._sys.delete(message.topic)
         return succeed(None)
+
+    def _set_retained_now(self, message: Message) -> None:
+        if message.topic[:1] != "$" or not is_sys(message.topic):
+            self.store.setRetainedNow(message)
+        else:
+            self.setRetained(message)
 
     def getRetained(self, topic: str) -> Deferred[Message | None]:
         if is_sys(topic):
@@ -77,7 +85,7 @@ class SysRetainedOverlay:
             return succeed(self._sys.match(topicFilter))
         return self.store.matchRetained(topicFilter)
 
-    def iterRetained(self, topicFilter: str) -> Iterator[Message] | None:
+    def iterRetained(self, topicFilter: str) -> Iterator[Message | None] | None:
         """The store's lazy matches (None when it has no ``iterRetained``)."""
         if is_sys(topicFilter):
             return iter(self._sys.match(topicFilter))
