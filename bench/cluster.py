@@ -26,6 +26,7 @@ each node's Python calls per message, by module group: counts that the machine's
 does not change (their batches are those of the counted run; counting slows a node).
 (Instruction counts were tried, each node under ``valgrind --tool=callgrind``: 75
 times slower, a cluster node misses its lease renewals and the run stalls.)
+``BENCH_KEEP=1`` keeps each run's directory (node logs, call counts) in /tmp.
 
 On a 2-core machine the two nodes, Redis and this tool share the cores: read the
 CPU per message, not only the rate.  Only 127.0.0.1 is used.
