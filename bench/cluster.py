@@ -16,6 +16,17 @@ the subscriber and the CPU seconds each process (nodes, Redis) spent per message
     python bench/cluster.py --scenario spread [--nodes 1 --nodes 2 --nodes 3]
     python bench/cluster.py --share   # the subscriber is a $share group's only member
     python bench/cluster.py --qos 1 --scenario cross --wait 1   # a replica, ?wait=1
+    python bench/cluster.py --scenario spread --calls   # Python calls per message
+
+Every spread run also prints what Redis counted (``INFO commandstats``): the ``XADD``
+entries, stream reads and ``XACK`` commands, and the crossing messages per entry and per
+read, the batch sizes the per-batch cost is divided by.  ``--calls`` runs each node
+under ``bench/node_calls.py`` (``cProfile``'s call counts over the run) and prints
+each node's Python calls per message, by module group: counts that the machine's load
+does not change (their batches are those of the counted run; counting slows a node).
+(Instruction counts were tried, each node under ``valgrind --tool=callgrind``: 75
+times slower, a cluster node misses its lease renewals and the run stalls.)
+``BENCH_KEEP=1`` keeps each run's directory (node logs, call counts) in /tmp.
 
 On a 2-core machine the two nodes, Redis and this tool share the cores: read the
 CPU per message, not only the rate.  Only 127.0.0.1 is used.
@@ -27,6 +38,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +46,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mqtt_twisted.loadgen import wire as w
@@ -50,9 +63,14 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
+    return sum(user_system(pid))
+
+
+def user_system(pid: int) -> tuple[float, float]:
+    """CPU seconds a process has spent in user space and in the kernel."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
 
 
 def wait_port(port: int, proc: subprocess.Popen, log: Path) -> None:
@@ -72,8 +90,11 @@ def wait_port(port: int, proc: subprocess.Popen, log: Path) -> None:
 class Cluster:
     """redis-server and ``nodes`` twistd processes (clustered when more than one)."""
 
-    def __init__(self, nodes: int, clustered: bool, wait: int = 0) -> None:
+    def __init__(self, nodes: int, clustered: bool, wait: int = 0,
+                 calls: bool = False) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="mqtt-cluster-bench-"))
+        #: --calls: each node's call counts are written here (bench/node_calls.py).
+        self.calls = [self.dir / f"calls{i}.json" for i in range(nodes)] if calls else []
         self.redis_port = free_port()
         self.procs: list[subprocess.Popen] = []
         redis_log = self.dir / "redis.log"
@@ -113,14 +134,63 @@ class Cluster:
                     f"redis://{HOST}:{self.redis_port}/0{query}"]
             if clustered:
                 args += ["--cluster", f"n{i}"]
+            if calls:
+                # Counting slows a node: a subscriber's queue must not overflow meanwhile
+                # (the generator does not wait for deliveries), or fewer are counted.
+                args += ["--max-queued", "1000000"]
+                args = [sys.executable, str(ROOT / "bench" / "node_calls.py"),
+                        str(self.calls[i]), *args]
             proc = subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                                     env=env, cwd=self.dir)
             wait_port(port, proc, log)
             self.procs.append(proc)
             self.ports.append(port)
 
+    def redis_cli(self, *args: str) -> str:
+        return subprocess.run(
+            [shutil.which("redis-cli") or "/usr/bin/redis-cli", "-p", str(self.redis_port),
+             *args], capture_output=True, text=True, check=True).stdout
+
+    def command_counts(self) -> dict[str, int]:
+        """Commands Redis ran since the last call, by name (INFO commandstats)."""
+        counts = {}
+        for line in self.redis_cli("INFO", "commandstats").splitlines():
+            if line.startswith("cmdstat_"):
+                name, rest = line[len("cmdstat_"):].split(":", 1)
+                counts[name] = int(rest.split("calls=", 1)[1].split(",", 1)[0])
+        self.redis_cli("CONFIG", "RESETSTAT")
+        return counts
+
+    def count_calls(self, on: bool) -> None:
+        """--calls: start (``on``) or stop the nodes' counting."""
+        for proc in self.procs:
+            proc.send_signal(signal.SIGUSR1 if on else signal.SIGUSR2)
+
+    def call_counts(self) -> list[dict]:
+        """--calls: each node's counts (bench/node_calls.py), once written."""
+        deadline = time.monotonic() + 30
+        while not all(path.exists() for path in self.calls):
+            if time.monotonic() > deadline:
+                raise SystemExit("a node never wrote its call counts")
+            time.sleep(0.1)
+        return [json.loads(path.read_text()) for path in self.calls]
+
     def cpu(self) -> list[float]:
         return [cpu_seconds(p.pid) for p in (*self.procs, self.redis)]
+
+    def system(self) -> float:
+        """The nodes' CPU seconds in the kernel so far."""
+        return sum(user_system(p.pid)[1] for p in self.procs)
+
+    def switches(self) -> int:
+        """The nodes' context switches so far (voluntary: a node waiting for work,
+        woken for each batch; involuntary: preempted by other processes)."""
+        total = 0
+        for proc in self.procs:
+            with open(f"/proc/{proc.pid}/status") as f:
+                total += sum(int(line.split()[1]) for line in f
+                             if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt")))
+        return total
 
     def stop(self) -> None:
         for proc in (*self.procs, self.redis, *self.replicas):
@@ -130,7 +200,8 @@ class Cluster:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def client(port: int, client_id: str) -> socket.socket:
@@ -272,7 +343,8 @@ class Publisher(threading.Thread):
             del buf[:rest]
 
 
-def spread(cluster: Cluster, count: int, window: int) -> tuple[float, int, int]:
+def spread(cluster: Cluster, count: int, window: int,
+           start_hook: Any = None) -> tuple[float, int, int]:
     """n nodes, a publisher and a subscriber on each: subscriber j takes topic
     spread/j, every publisher spreads its messages over all the topics, so a fraction
     (n-1)/n of them cross nodes.  Messages per second over all subscribers, how many
@@ -295,6 +367,8 @@ def spread(cluster: Cluster, count: int, window: int) -> tuple[float, int, int]:
     counters = [Subscriber(sock, per_publisher, 1) for sock in subs]
     pubs = [Publisher(client(port, f"spub-{i}"), topics, per_publisher, window)
             for i, port in enumerate(cluster.ports)]
+    if start_hook is not None:
+        start_hook()
     start = time.perf_counter()
     for thread in (*counters, *pubs):
         thread.start()
@@ -310,6 +384,35 @@ def spread(cluster: Cluster, count: int, window: int) -> tuple[float, int, int]:
     return received / elapsed, count, received
 
 
+def batches(commands: dict[str, int], crossing: int) -> dict[str, Any]:
+    """What Redis counted in a spread run, and the crossing messages per stream entry
+    (``XADD``) and per stream read (``XREADGROUP``)."""
+    xadd = commands.get("xadd", 0)
+    reads = commands.get("xreadgroup", 0)
+    return {
+        "redis_commands": {k: commands.get(k, 0) for k in
+                           ("xadd", "xreadgroup", "xack", "multi", "exec", "publish",
+                            "spublish")},
+        "msgs_per_entry": round(crossing / xadd, 1) if xadd else None,
+        "msgs_per_read": round(crossing / reads, 1) if reads else None,
+    }
+
+
+def calls(counts: list[dict], messages: int) -> dict[str, Any]:
+    """--calls: Python calls per message of all nodes, of each, and by module group."""
+    groups: dict[str, int] = {}
+    for c in counts:
+        for name, n in c["modules"].items():
+            groups[name] = groups.get(name, 0) + n
+    return {
+        "calls_per_msg": round(sum(c["calls"] for c in counts) / messages, 1),
+        "calls_per_msg_by_node": [round(c["calls"] / messages, 1) for c in counts],
+        "c_calls_per_msg": round(sum(c["c_calls"] for c in counts) / messages, 1),
+        "calls_per_msg_by_group": {k: round(v / messages, 2)
+                                   for k, v in sorted(groups.items(), key=lambda i: -i[1])},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=20000)
@@ -323,22 +426,43 @@ def main() -> None:
                         help="single/cross: the subscriber is a $share group's member")
     parser.add_argument("--wait", type=int, default=0,
                         help="start N Redis replicas; writes wait for them (?wait=N)")
+    parser.add_argument("--calls", action="store_true",
+                        help="spread: count each node's Python calls (bench/node_calls.py)")
     args = parser.parse_args()
     for scenario in args.scenario or ["single", "cross"]:
         if scenario == "spread":
             for n in args.nodes or [1, 2, 3]:
-                cluster = Cluster(n, True)
+                cluster = Cluster(n, True, calls=args.calls)
                 try:
                     before = cluster.cpu()
-                    rate, count, delivered = spread(cluster, args.count, args.window)
+                    system = cluster.system()
+                    switches = cluster.switches()
+
+                    def started(cluster: Cluster = cluster) -> None:
+                        cluster.command_counts()  # from here on
+                        if args.calls:
+                            cluster.count_calls(True)
+
+                    rate, count, delivered = spread(cluster, args.count, args.window,
+                                                    started)
                     spent = [a - b for a, b in zip(cluster.cpu(), before)]
-                    print(json.dumps({
+                    if args.calls:
+                        cluster.count_calls(False)
+                    result = {
                         "scenario": "spread", "qos": 1, "nodes": n, "messages": count,
                         "delivered": delivered,
                         "msgs_per_s": round(rate),
                         "node_cpu_us_per_msg": round(sum(spent[:-1]) / count * 1e6, 1),
+                        "node_sys_us_per_msg": round((cluster.system() - system) / count * 1e6,
+                                                     1),
                         "redis_cpu_us_per_msg": round(spent[-1] / count * 1e6, 1),
-                    }), flush=True)
+                        "node_switches_per_msg": round((cluster.switches() - switches) / count,
+                                                       3),
+                        **batches(cluster.command_counts(), count - count // n),
+                    }
+                    if args.calls:
+                        result.update(calls(cluster.call_counts(), count))
+                    print(json.dumps(result), flush=True)
                 finally:
                     cluster.stop()
             continue

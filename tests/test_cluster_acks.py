@@ -158,6 +158,64 @@ class GroupedAckTests(SynchronousTestCase):
         self.assertEqual([(type(a), a.packet_id) for a in pub.received()],
                          [(PubAck, i) for i in range(2, 7)])
 
+    def transacted(self) -> list[tuple[list[Any], Deferred[Any]]]:
+        """The outbox with transactions (the node's link has them): each flush's
+        entries and the Deferred of its EXEC reply."""
+        flushes: list[tuple[list[Any], Deferred[Any]]] = []
+
+        def transaction(adds: list[Any]) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            flushes.append((adds, d))
+            return d
+
+        self.outbox._transaction = transaction
+        return flushes
+
+    def test_spread_over_two_peers_waits_as_one(self) -> None:
+        """A publisher spreading its messages over a topic here and one on each of two
+        peers (the three-node spread benchmark): the turn's entries go in one
+        transaction and share one write, so its PUBACKs are one ack entry with one
+        waiter (they were one per message, alternating between the two entries'
+        writes), all sent in order once EXEC's reply says both entries are in."""
+        flushes = self.transacted()
+        sub = FakeClient(self.broker)
+        sub.connect("sub")
+        sub.subscribe("here", qos=1)
+        pub = FakeClient(self.broker)
+        pub.connect("pub")
+        acks = []
+        for i in range(9):
+            acks += pub.publish(("here", "b/t", "c/t")[i % 3], b"%d" % i, qos=1)
+        self.assertEqual([(type(a), a.packet_id) for a in acks], [(PubAck, 1)])
+        conn = pub.connection
+        self.assertEqual(len(conn._acks), 1)
+        self.assertEqual(len(conn._acks[0][4]._waiters), 1)
+        self.clock.advance(0)
+        [(adds, reply)] = flushes
+        self.assertEqual([to for to, _ in adds], ["B", "C"])
+        self.assertEqual(self.redis.added, [])
+        reply.callback([b"1-0", b"1-1"])
+        self.assertEqual([(type(a), a.packet_id) for a in pub.received()],
+                         [(PubAck, i) for i in range(2, 10)])
+
+    def test_a_failed_entry_of_a_transaction_acknowledges_none(self) -> None:
+        """One entry of a flush's transaction refused (EXEC's reply holds an error):
+        no message of the flush is acknowledged, the other entry's neither (at least
+        once: the publisher resends them after reconnecting)."""
+        flushes = self.transacted()
+        pub = FakeClient(self.broker, version=5)
+        pub.connect("pub")
+        pub.publish("b/t", b"1", qos=1)
+        pub.publish("c/t", b"2", qos=1)
+        self.clock.advance(0)
+        [(_, reply)] = flushes
+        from mqtt_twisted.cluster.resp import ReplyError
+
+        reply.callback([b"1-0", ReplyError("WRONGTYPE not a stream")])
+        self.assertNotIn(PubAck, [type(p) for p in pub.received()])
+        self.assertTrue(pub.transport.closed)
+        self.flushLoggedErrors(StorageError)
+
     def test_a_message_to_two_nodes_waits_for_both(self) -> None:
         """A message routed to B and C (two entries) is acknowledged once both are in
         Redis; a message to B after it waits behind it."""

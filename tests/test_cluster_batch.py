@@ -128,41 +128,55 @@ class OutboxTests(SynchronousTestCase):
         self.assertEqual(len(self.redis.added), 2)
 
     def transacted(self) -> list[list[tuple[str, tuple[Any, ...]]]]:
-        """The outbox under test with a ``transaction`` that records its calls."""
+        """The outbox under test with a ``transaction`` that records its calls (and,
+        in ``self.replies``, the Deferred of each one's EXEC reply)."""
         calls: list[list[tuple[str, tuple[Any, ...]]]] = []
         self.replies: list[Deferred[Any]] = []
 
-        def transaction(adds: list[tuple[str, tuple[Any, ...]]]) -> list[Deferred[Any]]:
+        def transaction(adds: list[tuple[str, tuple[Any, ...]]]) -> Deferred[Any]:
             calls.append(adds)
-            replies: list[Deferred[Any]] = [Deferred() for _ in adds]
-            self.replies += replies
-            return replies
+            reply: Deferred[Any] = Deferred()
+            self.replies.append(reply)
+            return reply
 
         self.outbox = Outbox(self.clock, "A", self.redis.add, self.redis.push, transaction)
         return calls
 
     def test_several_destinations_in_one_transaction(self) -> None:
         """A turn's entries for several nodes go in one MULTI/EXEC (no reader sees one
-        stream's entry before another's: barrier.py's order), each message's Deferred
-        fired by its own entry's reply; one destination is a plain XADD."""
+        stream's entry before another's: barrier.py's order) and share one write, fired
+        by EXEC's reply: with the entries' ids once all are in, failed for every
+        message when one entry failed; one destination is a plain XADD."""
         calls = self.transacted()
         fired: list[Any] = []
-        for i, to in enumerate(["O", "N", "O"]):
-            self.outbox.append(to, msg(f"t/{i}"), to.encode()).addBoth(fired.append)
+        writes = [self.outbox.append(to, msg(f"t/{i}"), to.encode())
+                  for i, to in enumerate(["O", "N", "O"])]
+        self.assertEqual(len({id(w) for w in writes}), 1)
+        writes[0].addBoth(fired.append)
         self.clock.advance(0)
         self.assertEqual(self.redis.added, [])
         [adds] = calls
         self.assertEqual([to for to, _ in adds], ["O", "N"])
         self.assertEqual([topics(read_entry([b"o", b"A", *f])[1])  # type: ignore[index]
                           for _, f in adds], [["t/0", "t/2"], ["t/1"]])
-        self.replies[1].callback(b"7-0")
-        self.replies[0].errback(StorageError("refused"))
-        self.assertEqual(fired[0], b"7-0")
-        self.assertEqual([f.type for f in fired[1:]], [StorageError] * 2)
+        self.replies[0].callback([b"7-0", b"7-1"])
+        self.assertEqual(fired, [[b"7-0", b"7-1"]])
         self.assertEqual(self.outbox.transactions, 1)
         self.outbox.append("N", msg("alone"), b"N")
         self.clock.advance(0)
         self.assertEqual((len(calls), [a[0] for a in self.redis.added]), (1, ["N"]))
+        failed: list[Any] = []
+        for to in ["O", "N"]:
+            self.outbox.append(to, msg("x"), b"").addErrback(failed.append)
+        self.clock.advance(0)
+        self.replies[1].callback([b"8-0", ReplyError("WRONGTYPE")])
+        self.assertEqual([f.type for f in failed], [ReplyError] * 2)
+        lost: list[Any] = []
+        self.outbox.append("O", msg("y"), b"").addErrback(lost.append)
+        self.outbox.append("N", msg("z"), b"").addErrback(lost.append)
+        self.clock.advance(0)
+        self.replies[2].errback(StorageError("EXECABORT"))
+        self.assertEqual([f.type for f in lost], [StorageError] * 2)
 
     def test_a_flush_before_a_directed_entry_sends_every_destination(self) -> None:
         """A directed or barrier entry (``flush_entries(to)``), or a full batch, sends
@@ -278,7 +292,10 @@ class BarrierEntryTests(SynchronousTestCase):
 class LinkTransactionTests(SynchronousTestCase):
     """``NodeLink``: a turn's entries for several nodes as MULTI, XADDs, EXEC."""
 
-    def test_exec_reply_split(self) -> None:
+    def test_one_reply_for_the_transaction(self) -> None:
+        """MULTI, the XADDs and EXEC go as one pipeline with one Deferred, EXEC's: its
+        entry ids fire the flush's write; an entry refused in it, or the transaction
+        lost, fails every message of the flush."""
         broker, clock = make_broker()
         node = fake_node(broker, clock)
         link = NodeLink(node)  # type: ignore[arg-type]
@@ -289,17 +306,20 @@ class LinkTransactionTests(SynchronousTestCase):
         sent = node.commands.sent
         self.assertEqual([c[0] for c in sent], [b"MULTI", b"XADD", b"XADD", b"EXEC"])
         self.assertEqual([c[1] for c in sent[1:3]], [b"s:O", b"s:N"])
-        for d in node.commands.replies[:3]:
-            d.callback(b"QUEUED")
-        node.commands.replies[3].callback([b"1-0", ReplyError("ERR refused")])
-        self.assertEqual(fired[0], b"1-0")
-        self.assertIsInstance(fired[1].value, ReplyError)
+        [reply] = node.commands.replies
+        reply.callback([b"1-0", b"1-1"])
+        self.assertEqual(fired, [[b"1-0", b"1-1"]] * 2)
         link.append("O", msg("b"), b"O,N").addBoth(fired.append)
         link.append("N", msg("b"), b"O,N").addBoth(fired.append)
         clock.advance(0)
+        node.commands.replies[-1].callback([b"2-0", ReplyError("ERR refused")])
+        self.assertEqual([type(f.value) for f in fired[2:]], [ReplyError] * 2)
+        link.append("O", msg("c"), b"O,N").addBoth(fired.append)
+        link.append("N", msg("c"), b"O,N").addBoth(fired.append)
+        clock.advance(0)
         node.commands.replies[-1].errback(StorageError("Redis connection lost"))
-        self.assertEqual([type(f.value) for f in fired[2:]], [StorageError] * 2)
-
+        self.assertEqual([type(f.value) for f in fired[4:]], [StorageError] * 2)
+        self.assertEqual(len(node.commands.replies), 3)
 
     def test_a_barrier_goes_after_the_turns_batches(self) -> None:
         """``NodeLink.barrier`` (as ``direct``) sends what the turn gathered first: the
@@ -326,6 +346,12 @@ class FakeCommands:
 
     def command(self, *args: Any) -> Deferred[Any]:
         self.sent.append(args)
+        d: Deferred[Any] = Deferred()
+        self.replies.append(d)
+        return d
+
+    def pipeline(self, commands: list[tuple[Any, ...]]) -> Deferred[Any]:
+        self.sent += commands
         d: Deferred[Any] = Deferred()
         self.replies.append(d)
         return d

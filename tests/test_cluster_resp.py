@@ -13,8 +13,9 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 
@@ -190,6 +191,32 @@ class ClientOnClockTests(unittest.SynchronousTestCase):
         self.assertNoResult(second)  # fails when the aborted connection is lost
         client.stop()
 
+    def test_pipeline_lost_with_its_connection(self) -> None:
+        """A pipeline sent and unanswered fails when its connection is lost, and a reply
+        to one of its commands, before that, answers nothing."""
+        from twisted.internet.testing import StringTransport
+        from twisted.python.failure import Failure
+
+        transport = StringTransport()
+
+        class Connected:
+            def connect(self, factory: Any) -> Deferred[Any]:
+                protocol = factory.buildProtocol(None)
+                protocol.makeConnection(transport)
+                return succeed(protocol)
+
+        client = RedisClient(Clock(), Connected(), timeout=2.0)
+        client.start()
+        d = client.pipeline([(b"MULTI",), (b"EXEC",)])
+        self.assertEqual(transport.value(), b"*1\r\n$5\r\nMULTI\r\n*1\r\n$4\r\nEXEC\r\n")
+        protocol = client.protocol
+        assert protocol is not None
+        protocol.dataReceived(b"+OK\r\n")
+        self.assertNoResult(d)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(d, StorageError)
+        client.stop()
+
 
 class ClientTests(unittest.TestCase):
     """The client against a real redis-server."""
@@ -239,6 +266,32 @@ class ClientTests(unittest.TestCase):
         first = client.command(b"SET", b"k", b"1")
         second = client.command(b"GET", b"k")
         self.assertEqual((yield gatherResults([first, second])), [Status(b"OK"), b"1"])
+
+    @inlineCallbacks
+    def test_pipeline_answers_with_its_last_reply(self) -> Any:
+        """A pipeline (MULTI, two XADDs, EXEC) fires once, with EXEC's reply; a command
+        after it still gets its own reply, and one made before the connection is up
+        waits with it, in order."""
+        client = self.make_client()  # not connected yet: both wait
+        d = client.pipeline([(b"MULTI",), (b"XADD", b"p", b"*", b"m", b"1"),
+                             (b"XADD", b"q", b"*", b"m", b"2"), (b"EXEC",)])
+        after = client.command(b"XLEN", b"p")
+        ids = yield d
+        self.assertEqual(len(ids), 2)
+        self.assertTrue(all(type(i) is bytes and b"-" in i for i in ids))
+        self.assertEqual((yield after), 1)
+        self.assertEqual((yield client.pipeline([(b"PING",)])), Status(b"PONG"))
+
+    @inlineCallbacks
+    def test_pipeline_fails_when_a_command_cannot_be_queued(self) -> Any:
+        """A command of a MULTI that Redis refuses to queue makes EXEC fail, and so the
+        pipeline: nothing of it was written; the connection goes on."""
+        yield self.client.ready()
+        d = self.client.pipeline([(b"MULTI",), (b"XADD", b"r", b"*", b"m", b"1"),
+                                  (b"XADD", b"r"), (b"EXEC",)])
+        error = yield self.assertFailure(d, ReplyError)
+        self.assertIn("EXECABORT", str(error))
+        self.assertEqual((yield self.client.command(b"XLEN", b"r")), 0)
 
     @inlineCallbacks
     def test_pubsub_pushes(self) -> Any:

@@ -47,7 +47,12 @@ with one); ``bench/calls_per_message.py --cluster`` counts it.  The publisher's
 acknowledgement waits for its message's entry as before: the messages of an entry
 share one :class:`~mqtt_twisted.core.journal.SharedWrite`, fired by the entry's
 reply (a Deferred each cost 5 Python calls a message; the PUBACKs of a publisher's
-messages in one entry then wait as one, ``inbound.ack_after``).
+messages in one entry then wait as one, ``inbound.ack_after``).  With transactions,
+the entries of one flush share one write, fired by ``EXEC``'s reply once every entry
+is in (a failed one fails them all: no message is acknowledged unless its whole
+transaction succeeded): a publisher spreading its messages over two peers would
+otherwise alternate between two writes, and ``ack_after`` joins only acks that wait
+for the same one (with three nodes that was four calls a crossing message).
 
 Sans-IO apart from the injected reactor's ``callLater(0, ...)``: the flush is the
 next reactor iteration, after every socket read of this one.
@@ -64,6 +69,7 @@ from twisted.python.failure import Failure
 
 from mqtt_twisted.cluster.shared import encode_groups
 from mqtt_twisted.core.journal import SharedWrite
+from mqtt_twisted.errors import StorageError
 from mqtt_twisted.message import Message
 from mqtt_twisted.store.redis import decode_message, message_from_record, with_records
 
@@ -157,18 +163,22 @@ class Outbox:
     ``add(to, *fields)`` XADDs an entry to node ``to``'s stream and returns a Deferred
     of the reply; ``push(to, data)`` sends a QoS 0 pub/sub message to node ``to``;
     ``transaction([(to, fields), ...])`` XADDs several entries in one MULTI/EXEC and
-    returns a Deferred of each reply (without it, they are XADDed one after another)."""
+    returns a Deferred of ``EXEC``'s reply, the list of the entries' ids or errors
+    (without it, they are XADDed one after another, each entry with its own write)."""
 
     def __init__(self, reactor: Any, origin: str,
                  add: Callable[..., Deferred[Any]],
                  push: Callable[[str, bytes], None],
                  transaction: Callable[[list[tuple[str, tuple[Any, ...]]]],
-                                       list[Deferred[Any]]] | None = None) -> None:
+                                       Deferred[Any]] | None = None) -> None:
         self.reactor = reactor
         self.origin = origin
         self._add = add
         self._push = push
         self._transaction = transaction
+        #: With transactions: the write every batch gathered since the last flush
+        #: shares (the module's docstring, "Order").
+        self._write: SharedWrite | None = None
         self._entries: dict[str, _Batch] = {}
         self._pushes: dict[str, list[list[Any]]] = {}
         self._call: Any = None
@@ -187,6 +197,10 @@ class Outbox:
         batch = self._entries.get(to)
         if batch is None:
             batch = self._entries[to] = _Batch()
+            if self._transaction is not None:
+                if self._write is None:
+                    self._write = SharedWrite()
+                batch.write = self._write
             self._schedule()
         batch.items.append([message, destinations,
                             encode_groups(groups, resent) if groups else None, seq])
@@ -230,6 +244,7 @@ class Outbox:
         if not entries:
             return
         self._entries = {}
+        self._write = None
         batches = list(entries.items())
         self.batches += len(batches)
         for _, batch in batches:
@@ -240,9 +255,10 @@ class Outbox:
                            for dest, batch in batches]
             else:
                 self.transactions += 1
-                replies = self._transaction([
+                self._transaction([
                     (dest, (RECORDS, _pack(with_records(batch.items))))
-                    for dest, batch in batches])
+                    for dest, batch in batches]).addBoth(_all_in, batches[0][1].write)
+                return
         except Exception:
             failure = Failure()
             for _, batch in batches:
@@ -256,3 +272,16 @@ class Outbox:
         self.messages += len(items)
         self._push(to, _pack([self.origin, with_records(items)]))
 
+
+
+def _all_in(result: Any, write: SharedWrite) -> None:
+    """``EXEC``'s reply to a flush's transaction: its write done once every entry is in
+    (with the entries' ids), failed if the transaction or any entry failed."""
+    if result is None:  # aborted (nothing here WATCHes; said for completeness)
+        result = Failure(StorageError("Redis aborted a transaction"))
+    elif type(result) is list:
+        for reply in result:
+            if isinstance(reply, Exception):
+                result = Failure(reply)
+                break
+    write.fire(result)

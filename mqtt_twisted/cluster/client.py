@@ -3,7 +3,10 @@ connection to Redis, commands pipelined, replies matched in order.
 
 ``command(*args)`` writes the command at once and returns a Deferred of its reply;
 the transport sends every command of a reactor turn in one write, so a burst of
-``XADD``\\ s costs one round trip, not one each.  While the connection is down,
+``XADD``\\ s costs one round trip, not one each.  ``pipeline([args, ...])`` writes
+several as one and returns one Deferred, of the last one's reply (a ``MULTI`` ...
+``EXEC``: only ``EXEC``'s reply says anything), which saves a Deferred and its
+callbacks per command.  While the connection is down,
 commands wait (in order) and are written when it is back; a command that waits, or
 that has been sent and is unanswered, longer than ``timeout`` fails with
 :class:`~mqtt_twisted.errors.StorageError`, and an unanswered one also drops the
@@ -48,6 +51,17 @@ class _Pending:
         self.deadline = deadline
 
 
+class _Unheard:
+    """A command of a pipeline whose reply nobody waits for (``pipeline``): it only
+    holds its place in the order of replies, and its deadline."""
+
+    __slots__ = ("deadline",)
+    deferred = None
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+
 class RedisProtocol(Protocol):
     """One connection: commands out, replies (and pub/sub pushes) in."""
 
@@ -66,7 +80,10 @@ class RedisProtocol(Protocol):
             set_nodelay(True)
         self.client._connected(self)
 
-    def send(self, pending: _Pending, data: bytes) -> None:
+    def send(self, pending: _Pending, data: bytes, unheard: int = 0) -> None:
+        """Write ``data``: ``unheard`` commands (``pipeline``) and ``pending``'s."""
+        if unheard:
+            self.sent.extend([_Unheard(pending.deadline) for _ in range(unheard)])
         self.sent.append(pending)
         self.transport.write(data)
 
@@ -88,15 +105,16 @@ class RedisProtocol(Protocol):
                 log.warn("Redis sent a reply to no command: reconnecting")
                 self.transport.abortConnection()
                 return
-            pending = sent.popleft()
+            d = sent.popleft().deferred
             if isinstance(reply, ReplyError):
                 if reply.args[0].startswith(DEMOTED):
                     # A master turned replica (Sentinel failover): reconnect, through
                     # the endpoint that finds the master again.
                     self.transport.abortConnection()
-                pending.deferred.errback(reply)
-            else:
-                pending.deferred.callback(reply)
+                if d is not None:
+                    d.errback(reply)
+            elif d is not None:
+                d.callback(reply)
 
     def connectionLost(self, reason: Any = None) -> None:
         sent, self.sent = self.sent, deque()
@@ -104,7 +122,8 @@ class RedisProtocol(Protocol):
         error = StorageError(f"Redis connection lost: {reason.getErrorMessage()}"
                              if reason is not None else "Redis connection lost")
         for pending in sent:
-            pending.deferred.errback(error)
+            if pending.deferred is not None:
+                pending.deferred.errback(error)
 
 
 class _Factory(Factory):
@@ -137,8 +156,9 @@ class RedisClient:
         self.on_push = on_push
         self.name = name
         self.protocol: RedisProtocol | None = None
-        #: Commands made while the connection is down: (pending, bytes).
-        self.waiting: deque[tuple[_Pending, bytes]] = deque()
+        #: Commands made while the connection is down: (pending, bytes, the commands
+        #: before it in those bytes whose replies nobody waits for: ``pipeline``).
+        self.waiting: deque[tuple[_Pending, bytes, int]] = deque()
         self._service: ClientService | None = None
         self._sweeper: LoopingCall | None = None
         self._ready: list[Deferred[None]] = []
@@ -182,9 +202,9 @@ class RedisClient:
                 self.on_connect(self)
             except Exception:
                 log.failure("{name}: on_connect failed", name=self.name)
-        for pending, data in waiting:
+        for pending, data, unheard in waiting:
             if not pending.deferred.called:
-                protocol.send(pending, data)
+                protocol.send(pending, data, unheard)
         ready, self._ready = self._ready, []
         for d in ready:
             d.callback(None)
@@ -206,14 +226,31 @@ class RedisClient:
         if protocol is not None:
             protocol.send(pending, data)
         else:
-            self.waiting.append((pending, data))
+            self.waiting.append((pending, data, 0))
+        return pending.deferred
+
+    def pipeline(self, commands: list[tuple[Any, ...]]) -> Deferred[Any]:
+        """Send ``commands`` (each a command's arguments) in one write; a Deferred of
+        the last one's reply only (a ReplyError reply fails it; the others' replies are
+        dropped, an error among them too: for ``MULTI`` ... ``EXEC``, whose ``EXEC``
+        fails when a command could not be queued)."""
+        pending = _Pending(self.reactor.seconds() + self.timeout)
+        if self._service is None:
+            pending.deferred.errback(StorageError(f"{self.name}: not connected"))
+            return pending.deferred
+        data = b"".join([encode_command(*args) for args in commands])
+        protocol = self.protocol
+        if protocol is not None:
+            protocol.send(pending, data, len(commands) - 1)
+        else:
+            self.waiting.append((pending, data, len(commands) - 1))
         return pending.deferred
 
     def _sweep(self) -> None:
         now = self.reactor.seconds()
         waiting = self.waiting
         while waiting and (waiting[0][0].deferred.called or waiting[0][0].deadline <= now):
-            pending, _ = waiting.popleft()
+            pending = waiting.popleft()[0]
             if not pending.deferred.called:
                 pending.deferred.errback(StorageError(
                     f"{self.name}: Redis unreachable for {self.timeout}s"))
@@ -239,7 +276,7 @@ class RedisClient:
 
     def _fail_waiting(self, error: Exception) -> None:
         waiting, self.waiting = self.waiting, deque()
-        for pending, _ in waiting:
+        for pending, _, _ in waiting:
             if not pending.deferred.called:
                 pending.deferred.errback(error)
 

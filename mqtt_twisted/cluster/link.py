@@ -159,37 +159,21 @@ class NodeLink:
                                   INBOX_MAXLEN, b"*", b"o", node._origin, *fields)
         return d if node._replicas is None else node._replicas.gate(d)
 
-    def _transaction(self, adds: list[tuple[str, tuple[Any, ...]]]) -> list[Deferred[Any]]:
+    def _transaction(self, adds: list[tuple[str, tuple[Any, ...]]]) -> Deferred[Any]:
         """XADD each of ``adds`` (destination, fields) in one MULTI/EXEC (``batch.py``,
-        "Order"): a Deferred of each entry's id, from EXEC's reply."""
+        "Order"): a Deferred of EXEC's reply, each entry's id (or error) in order.
+        One Deferred for the lot: the replies to MULTI and the XADDs (``OK``,
+        ``QUEUED``) say nothing EXEC's does not (an XADD Redis refused to queue makes
+        EXEC fail: ``EXECABORT``)."""
         node = self.node
-        command = node.commands.command
         inbox = node.keys.inbox
         origin = node._origin
-        command(b"MULTI").addErrback(_ignored)
-        for to, fields in adds:
-            command(b"XADD", inbox(to), b"MAXLEN", b"~", INBOX_MAXLEN, b"*", b"o",
-                    origin, *fields).addErrback(_ignored)  # QUEUED: EXEC says
-        replies: list[Deferred[Any]] = [Deferred() for _ in adds]
-        command(b"EXEC").addBoth(_split, replies)
-        if node._replicas is None:
-            return replies
-        return [node._replicas.gate(d) for d in replies]
-
-
-def _split(result: Any, replies: list[Deferred[Any]]) -> None:
-    """EXEC's reply, one element to each XADD's Deferred (a failed EXEC fails them all)."""
-    if result is None:  # aborted (nothing here WATCHes; said for completeness)
-        result = Failure(StorageError("Redis aborted a transaction"))
-    if isinstance(result, Failure):
-        for d in replies:
-            d.errback(result)
-        return
-    for d, reply in zip(replies, result):
-        if isinstance(reply, Exception):
-            d.errback(reply)
-        else:
-            d.callback(reply)
+        commands: list[tuple[Any, ...]] = [(b"MULTI",)]
+        commands += [(b"XADD", inbox(to), b"MAXLEN", b"~", INBOX_MAXLEN, b"*", b"o", origin,
+                      *fields) for to, fields in adds]
+        commands.append((b"EXEC",))
+        d = node.commands.pipeline(commands)
+        return d if node._replicas is None else node._replicas.gate(d)
 
 
 def _ignored(failure: Failure) -> None:

@@ -144,7 +144,12 @@ class Parser:
             kind = buf[pos]
             line = bytes(buf[pos + 1:eol])
             if kind == 0x24:  # $ bulk string
-                length = _length(line, MAX_BULK, "bulk")
+                # (The usual length inline, a Python call less per token: an entry of
+                # a stream read is seven of them.)
+                if line.isdigit() and len(line) < 9:  # below MAX_BULK
+                    length = int(line)
+                else:
+                    length = _length(line, MAX_BULK, "bulk")
                 if length < 0:
                     value = None
                     pos = eol + 2
@@ -157,7 +162,10 @@ class Parser:
                     value = bytes(buf[eol + 2:stop])
                     pos = stop + 2
             elif kind == 0x2A:  # * array
-                length = _length(line, MAX_ARRAY, "array")
+                if line.isdigit() and len(line) < 8:  # below MAX_ARRAY
+                    length = int(line)
+                else:
+                    length = _length(line, MAX_ARRAY, "array")
                 pos = eol + 2
                 if length > 0:
                     if len(stack) >= MAX_DEPTH:

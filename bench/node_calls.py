@@ -1,0 +1,91 @@
+"""``twistd`` with a call counter: how ``bench/cluster.py --calls`` runs each node.
+
+Why: the CPU a node spends per message depends on the machine's load (on two shared
+cores, by half or more); the Python calls it makes per message do not, and unlike
+``bench/calls_per_message.py --cluster`` (Redis replaced in process) these are the
+calls of a real node over a real socket to a real ``redis-server``: the RESP parser,
+the Redis client, the reactor's events, as many batches as the run really made.
+
+    python bench/node_calls.py OUT.json twistd -n mqttbroker ...
+
+runs ``twistd`` with the given arguments; ``SIGUSR1`` starts counting (``cProfile``),
+``SIGUSR2`` stops and writes ``OUT.json``: ``{"calls": Python calls, "c_calls": calls
+of C functions (msgpack, socket, ...), "modules": {module: Python calls}, "functions":
+{"module:line(name)": calls}}``.  The count slows the node (about 1.5 times), which makes
+its batches somewhat bigger than an uncounted node's: the calls per batch are exact,
+the batches per message are those of the counted run (``bench/cluster.py`` prints
+them from Redis's own command counts).
+"""
+
+from __future__ import annotations
+
+import cProfile
+import json
+import pstats
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+#: Where a function's file puts it (the first match, in this order).
+GROUPS = (
+    ("mqtt_twisted/cluster/resp.py", "redis: RESP parser"),
+    ("mqtt_twisted/cluster/client.py", "redis: client"),
+    ("mqtt_twisted/cluster/", "cluster"),
+    ("mqtt_twisted/store/", "store"),
+    ("mqtt_twisted/", "broker"),
+    ("twisted/internet/defer.py", "twisted: Deferred"),
+    ("twisted/", "twisted: reactor"),
+)
+
+
+def group(filename: str) -> str:
+    for part, name in GROUPS:
+        if part in filename:
+            return name
+    return "other"
+
+
+def summary(profile: cProfile.Profile) -> dict[str, Any]:
+    """Call counts of ``profile``: Python functions by module group and by function."""
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    python = c_calls = 0
+    modules: dict[str, int] = {}
+    functions: dict[str, int] = {}
+    for (filename, line, name), (_, ncalls, *_rest) in stats.items():
+        if filename == "~":  # a C function (msgpack, a socket call, a builtin)
+            c_calls += ncalls
+            functions[f"C:{name}"] = functions.get(f"C:{name}", 0) + ncalls
+            continue
+        python += ncalls
+        key = group(filename)
+        modules[key] = modules.get(key, 0) + ncalls
+        short = filename.split("site-packages/")[-1].split("/work/")[-1]
+        functions[f"{short}:{line}({name})"] = ncalls
+    return {"calls": python, "c_calls": c_calls, "modules": modules,
+            "functions": functions}
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    profile = cProfile.Profile()
+
+    def start(signum: int, frame: Any) -> None:
+        profile.enable()
+
+    def stop(signum: int, frame: Any) -> None:
+        profile.disable()
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(summary(profile)))
+        tmp.rename(out)  # whole or absent: the benchmark waits for it
+
+    signal.signal(signal.SIGUSR1, start)
+    signal.signal(signal.SIGUSR2, stop)
+    sys.argv = sys.argv[2:]
+    from twisted.scripts.twistd import run
+
+    run()
+
+
+if __name__ == "__main__":
+    main()
