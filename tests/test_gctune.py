@@ -25,14 +25,12 @@ class Collector:
 
 def test_settle_freezes_the_start_up_heap_and_sets_the_thresholds() -> None:
     """After settle() the objects alive then are frozen (not walked by any collection),
-    full collections need THRESHOLDS[2] middle ones (CPython's default: 10), and a
-    Freezer follows the collections."""
+    the thresholds are set, and a Freezer follows the collections."""
     before = gc.get_threshold()
     try:
         freezer = gctune.settle()
         assert gc.get_freeze_count() > 1000
         assert gc.get_threshold() == gctune.THRESHOLDS
-        assert gctune.THRESHOLDS[2] >= 10 * before[2] or before == gctune.THRESHOLDS
         assert freezer in gc.callbacks
     finally:
         gc.callbacks.remove(freezer)
