@@ -105,7 +105,6 @@ def lean_transport(port: Any) -> Any:
 _CLIENT_LEFT = ("normal", "client DISCONNECT")
 
 
-@implementer(IProtocol, IPushProducer, IHandshakeListener)
 class _Gone:
     """A lost connection's transport: what the sans-IO connection may still call on
     it (a late close, a write after a timer) does nothing."""
@@ -131,6 +130,7 @@ class _Gone:
 _GONE = _Gone()
 
 
+@implementer(IProtocol, IPushProducer, IHandshakeListener)
 class MQTTStreamProtocol:
     """Moves bytes and connection events between a transport and the broker.
 
