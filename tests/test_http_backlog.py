@@ -44,6 +44,16 @@ def test_bounded_by_bytes_as_a_queued_copy() -> None:
     assert backlog.dropped == 2
 
 
+def test_a_reading_streams_backlog_drops_nothing() -> None:
+    """Unbounded while it only waits for the writer's next turn (a burst routed in one
+    turn to a stream that reads), bounded again once messages come while paused."""
+    backlog = Backlog(3, 0)
+    assert [backlog.add(Message("t", b"%d" % n), bounded=False) for n in range(5)] == [0] * 5
+    assert len(backlog) == 5 and backlog.dropped == 0
+    assert backlog.add(Message("t", b"5")) == 3  # paused now: back within 3
+    assert [backlog.pop().payload for _ in range(len(backlog))] == [b"3", b"4", b"5"]
+
+
 class BacklogStreamTests(HTTPBrokerTestCase):
     """Over real sockets: a client that stops reading, then reads again."""
 

@@ -118,11 +118,17 @@ class Backlog:
     def __len__(self) -> int:
         return len(self.messages)
 
-    def add(self, message: Any) -> int:
+    def add(self, message: Any, bounded: bool = True) -> int:
         """Keep ``message``, dropping the oldest past the bounds (or ``message`` itself,
-        larger than all of them); how many that dropped."""
+        larger than all of them); how many that dropped.  ``bounded=False``: a stream
+        that reads, whose backlog waits only for the writer's next turn (as many as one
+        turn delivers), drops nothing; the bounds apply again once it is paused."""
         messages = self.messages
         size = len(message.payload) + len(message.topic)
+        if not bounded:
+            messages.append(message)
+            self.size += size
+            return 0
         if size > self.byte_limit or not self.limit:
             self.dropped += 1
             return 1
@@ -258,9 +264,11 @@ class Subscription:
                 return not self.producer_paused
             # Written by the bridge's writer in a later turn, a slice at a time
             # (adapters/_ssewriter.py), not here: this is the publisher's turn.
-            if backlog.add(message):
-                self._dropped(backlog)
-            if not self.producer_paused:
+            if self.producer_paused:
+                if backlog.add(message):
+                    self._dropped(backlog)
+            else:
+                backlog.add(message, bounded=False)
                 self.bridge.writer.want(self)
             return True
         encoded, event_id = self._encode(message, qos)
