@@ -38,16 +38,22 @@ turn_cpu, turn_at, turn_gc = array("d"), array("d"), array("d")
 #: The I/O events each turn handled (readable or writable sockets, accepts...).
 turn_events = array("l")
 gc_gen, gc_cpu, gc_at = array("b"), array("d"), array("d")
+#: Each collection's unreachable objects found, and (full ones) the objects it walked.
+gc_found, gc_walked = array("l"), array("l")
 _state = {"turn": 0.0, "gc": 0.0, "turn_gc": 0.0, "events": 0}
 
 
 def _on_gc(phase: str, info: dict[str, Any]) -> None:
     if phase == "start":
+        if info["generation"] == 2:  # (a list of them: a few ms, once per full one)
+            _state["walked"] = sum(len(gc.get_objects(g)) for g in range(3))
         _state["gc"] = _cpu()
     else:
         gc_gen.append(info["generation"])
         gc_cpu.append(_cpu() - _state["gc"])
         _state["turn_gc"] += gc_cpu[-1]
+        gc_found.append(info["collected"] + info["uncollectable"])
+        gc_walked.append(int(_state.pop("walked", 0)))
         gc_at.append(_now())
 
 
@@ -120,7 +126,8 @@ def dump(path: str) -> None:
     with open(path, "w") as f:
         json.dump({"turn_cpu": list(turn_cpu[:n]), "turn_at": list(turn_at[:n]),
                    "turn_gc": list(turn_gc[:n]), "turn_events": list(turn_events[:n]),
-                   "gc_gen": list(gc_gen), "gc_cpu": list(gc_cpu), "gc_at": list(gc_at)}, f)
+                   "gc_gen": list(gc_gen), "gc_cpu": list(gc_cpu), "gc_at": list(gc_at),
+                   "gc_found": list(gc_found), "gc_walked": list(gc_walked)}, f)
 
 
 def _pct(values: list[float], p: float) -> float:
