@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -62,6 +63,8 @@ class Broker:
     http_port: int = 0
     process: subprocess.Popen | None = None
     directory: str = ""
+    #: ``bench/probe.py``'s output file: ours runs under it (turns and collections).
+    probe: str = ""
 
     def start(self) -> Broker:
         self.port, self.http_port = free_port(), free_port()
@@ -72,7 +75,9 @@ class Broker:
             command = [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)]
         else:
             twistd = Path(sys.executable).with_name("twistd")
-            command = [str(twistd) if twistd.exists() else "twistd", "-n", "--pidfile=",
+            head = ([sys.executable, str(ROOT / "bench" / "probe.py"), self.probe]
+                    if self.probe else [str(twistd) if twistd.exists() else "twistd"])
+            command = [*head, "-n", "--pidfile=",
                        "mqttbroker", "--listen", f"tcp:{self.port}:interface=127.0.0.1",
                        "--listen", f"http=tcp:{self.http_port}:interface=127.0.0.1",
                        "--sys-interval", "0", *self.extra]
@@ -191,6 +196,8 @@ class Result:
     rss_before: int
     rss_peak: int
     rss_after: int
+    #: ``time.monotonic()`` when the attack started and when its figures were taken.
+    window: tuple[float, float] = (0.0, 0.0)
 
     def line(self) -> str:
         mb = 1 << 20
@@ -205,7 +212,7 @@ class Result:
 MIN_TRIPS, MIN_WINDOW = 101, 6.0
 
 
-def run(broker: Broker, name: str, bystander: Bystander) -> Result:
+def run(broker: Broker, name: str, bystander: Bystander, census_at: float = 0.0) -> Result:
     """One attack, with the RSS sampled every 50 ms and the bystander's trips timed
     (after the attack's ``prepare``, if it has one: what it needs in place first)."""
     prepare = getattr(ATTACKS[name], "prepare", None)
@@ -226,7 +233,15 @@ def run(broker: Broker, name: str, bystander: Bystander) -> Result:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     bystander.reset()
+    started = time.monotonic()
+    census = None
+    if census_at and broker.probe and broker.process is not None:
+        # The heap by type, at that point of the attack (bench/probe.py, SIGUSR1).
+        census = threading.Timer(census_at, os.kill, (broker.process.pid, signal.SIGUSR1))
+        census.start()
     outcome = ATTACKS[name](broker)
+    if census is not None:
+        census.cancel()
     # A p99 needs 100 round trips: an attack refused at once (huge_announced ends in
     # milliseconds) gave one or two, and its "p99" was the first ping's time (89 ms
     # once in CI, 3-21 ms in six runs after).  The bystander goes on until it has
@@ -235,10 +250,24 @@ def run(broker: Broker, name: str, bystander: Bystander) -> Result:
     while bystander.trips() < MIN_TRIPS and time.monotonic() < deadline:
         time.sleep(0.05)
     rtt = bystander.summary()
+    window = (started, time.monotonic())
     time.sleep(2.0)
     done.set()
     sampler.join()
-    return Result(name, outcome, rtt, before, peak[0], broker.rss())
+    return Result(name, outcome, rtt, before, peak[0], broker.rss(), window)
+
+
+def probe_line(path: str, window: tuple[float, float]) -> str:
+    """The broker's own figures over the attack's window (bench/probe.py), CPU ms."""
+    import probe
+
+    s = probe.summary(path, *window)
+    gc = "  ".join(f"gen{g} {s[f'gc{g}']['n']} x p50 {s[f'gc{g}']['p50']:.1f} max "
+                   f"{s[f'gc{g}']['max']:.1f}" for g in range(3))
+    return (f"{'':20} broker CPU: {s['turns']} turns p50 {s['turn_p50']:.2f} p99 "
+            f"{s['turn_p99']:.2f} p999 {s['turn_p999']:.1f} max {s['turn_max']:.1f} ms "
+            f"({s['turns_over_20ms']} over 20 ms; without GC p99 {s['work_p99']:.2f} max "
+            f"{s['work_max']:.1f} ms, {s['work_over_20ms']} over 20 ms); GC {gc} ms")
 
 
 def main() -> None:
@@ -249,19 +278,31 @@ def main() -> None:
                         help="SSE streams of unread_sse (default %(default)s)")
     parser.add_argument("--retained", type=int, default=attacks.RETAINED,
                         help="retained messages of retained_wildcard (default %(default)s)")
+    parser.add_argument("--probe", action="store_true",
+                        help="run ours under bench/probe.py: its reactor turns and garbage "
+                        "collections in CPU time over the attack")
+    parser.add_argument("--census-at", type=float, default=0.0, metavar="SECONDS",
+                        help="with --probe: write the heap's objects by type this long "
+                        "into the attack (to PROBE.census; the path is printed)")
     parser.add_argument("broker_args", nargs="*", help="extra options for our broker")
     args = parser.parse_args()
     attacks.SSE_STREAMS, attacks.RETAINED = args.sse_streams, args.retained
     for name in args.attack or list(ATTACKS):
-        broker = Broker(args.broker, args.broker_args).start()  # a fresh broker each
+        probe = ""
+        if args.probe and args.broker == "ours":
+            probe = tempfile.mkstemp(prefix=f"probe-{name}-", suffix=".json")[1]
+        broker = Broker(args.broker, args.broker_args, probe=probe).start()  # a fresh one each
         try:
             bystander = Bystander(broker.port)
             try:
-                print(run(broker, name, bystander).line(), flush=True)
+                result = run(broker, name, bystander, args.census_at)
+                print(result.line(), flush=True)
             finally:
                 bystander.stop()
         finally:
             broker.stop()
+        if probe:
+            print(probe_line(probe, result.window), f"[{probe}]", flush=True)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,16 @@ def test_bounded_by_bytes_as_a_queued_copy() -> None:
     assert backlog.dropped == 2
 
 
+def test_a_reading_streams_backlog_drops_nothing() -> None:
+    """Unbounded while it only waits for the writer's next turn (a burst routed in one
+    turn to a stream that reads), bounded again once messages come while paused."""
+    backlog = Backlog(3, 0)
+    assert [backlog.add(Message("t", b"%d" % n), bounded=False) for n in range(5)] == [0] * 5
+    assert len(backlog) == 5 and backlog.dropped == 0
+    assert backlog.add(Message("t", b"5")) == 3  # paused now: back within 3
+    assert [backlog.pop().payload for _ in range(len(backlog))] == [b"3", b"4", b"5"]
+
+
 class BacklogStreamTests(HTTPBrokerTestCase):
     """Over real sockets: a client that stops reading, then reads again."""
 
@@ -121,3 +131,56 @@ class PersistentStreamTests(HTTPBrokerTestCase):
         held = inspection.held_messages(self.broker, "keeper")
         self.assertEqual([m.payload for m in held], [b"late"] * 10)
         self.assertTrue(inspection.connection_info(self.broker, "keeper").paused)
+
+
+class PacedWriterTests(HTTPBrokerTestCase):
+    """Over real sockets: a PUBLISH to many live streams is written by the bridge's
+    writer in later turns (``adapters/_ssewriter.py``), not in its own turn."""
+
+    http_keys = {"stallTimeout": "0", "heartbeat": "0"}
+
+    @inlineCallbacks
+    def test_routed_now_written_at_the_next_turns(self) -> Any:
+        """Right after ``route`` the 20 streams' events are only in their backlogs and
+        the writer's line; then every client gets them, in order, ids in sequence."""
+        endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.http_port)
+        request = (b"GET /subscribe?topic=w HTTP/1.1\r\nHost: x\r\n"
+                   b"Accept: text/event-stream\r\n\r\n")
+        clients = []
+        for _ in range(20):
+            client = yield connectProtocol(endpoint, RawClient(request))
+            self.addCleanup(client.transport.abortConnection)
+            clients.append(client)
+        bridge = self.site.resource
+        yield self.wait_until(lambda: len(bridge.subscriptions) == 20
+                              and all(b"subscribed" in c.data for c in clients))
+        for n in range(3):
+            self.broker.route(Message("w", b"m%d" % n))
+        self.assertEqual(sorted(len(s.backlog) for s in bridge.subscriptions), [3] * 20)
+        self.assertEqual(set(bridge.writer.ready), bridge.subscriptions)
+        self.assertFalse(any(b"m0" in c.data for c in clients))
+        frames = re.compile(rb'id: (\d+)\ndata: \{"id":"(\d+)","topic":"w",[^}]*?"payload":"m(\d)"')
+        yield self.wait_until(lambda: all(len(frames.findall(c.data)) == 3 for c in clients))
+        for client in clients:
+            self.assertEqual(frames.findall(client.data),
+                             [(b"1", b"1", b"0"), (b"2", b"2", b"1"), (b"3", b"3", b"2")])
+        self.assertEqual(bridge.writer.ready, {})
+
+    @inlineCallbacks
+    def test_what_waits_is_written_before_the_close_event(self) -> Any:
+        """A stream that ends (its session removed) in the turn of a delivery writes
+        that event before ``event: close``."""
+        endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.http_port)
+        request = (b"GET /subscribe?topic=e HTTP/1.1\r\nHost: x\r\n"
+                   b"Accept: text/event-stream\r\n\r\n")
+        client = yield connectProtocol(endpoint, RawClient(request))
+        self.addCleanup(client.transport.abortConnection)
+        bridge = self.site.resource
+        yield self.wait_until(lambda: bridge.subscriptions and b"subscribed" in client.data)
+        (stream,) = bridge.subscriptions
+        self.broker.route(Message("e", b"last words"))
+        self.service.gateway.closeSession(stream.client_id, remove=True)
+        yield client.closed
+        body = client.data
+        self.assertIn(b"last words", body)
+        self.assertLess(body.index(b"last words"), body.index(b"event: close"))

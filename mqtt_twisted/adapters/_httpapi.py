@@ -28,7 +28,7 @@ from mqtt_twisted.errors import (
     MQTTError,
     StorageError,
 )
-from mqtt_twisted.message import Message, forward_properties
+from mqtt_twisted.message import NO_WIRE, Message, forward_properties
 
 _P = PropertyId
 
@@ -497,16 +497,29 @@ _last_event: list[Any] = [None, None, None, None, b""]
 def event_json(message: Message, qos: int, retain: bool, now: float,
                event_id: str) -> bytes:
     """``dumps(event(message, qos, retain, now, event_id))``, the part after the id
-    shared with the previous call when it was for the same message (one without
-    properties: their expiry depends on ``now``)."""
+    encoded once per message (one without properties: their expiry depends on
+    ``now``) and kept with its other encodings (``Message.wire``, not for a stored
+    retained message): the SSE writer serves its streams one after the other, each
+    with several messages, so the last message alone would rarely be the same; copies
+    with another QoS or retain flag (``Message.copy``) share the previous encoding."""
     if message.properties:
         return dumps(event(message, qos, retain, now, event_id))
-    last = _last_event
-    if (last[0] is not message.payload or last[2] != qos or last[3] != retain
-            or last[1] != message.topic):
-        last[:] = [message.payload, message.topic, qos, retain,
-                   dumps(event(message, qos, retain, now))]
-    return b'{"id":' + dumps(event_id) + b"," + last[4][1:]
+    wire = message.wire
+    if wire is None:
+        wire = message.wire = {}
+    key = ("sse", qos, retain)
+    tail = wire.get(key)  # type: ignore[call-overload]
+    if tail is None:
+        last = _last_event
+        if (last[0] is not message.payload or last[2] != qos or last[3] != retain
+                or last[1] != message.topic):
+            last[:] = [message.payload, message.topic, qos, retain,
+                       dumps(event(message, qos, retain, now))[1:]]
+        tail = last[4]
+        if wire is not NO_WIRE:
+            wire[key] = tail  # type: ignore[index]
+    # (Ids are digits, or a hex epoch, a dash and digits: nothing JSON escapes.)
+    return b'{"id":"' + event_id.encode() + b'",' + tail
 
 
 def dumps(obj: Any) -> bytes:

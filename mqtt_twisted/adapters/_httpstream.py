@@ -118,11 +118,17 @@ class Backlog:
     def __len__(self) -> int:
         return len(self.messages)
 
-    def add(self, message: Any) -> int:
+    def add(self, message: Any, bounded: bool = True) -> int:
         """Keep ``message``, dropping the oldest past the bounds (or ``message`` itself,
-        larger than all of them); how many that dropped."""
+        larger than all of them); how many that dropped.  ``bounded=False``: a stream
+        that reads, whose backlog waits only for the writer's next turn (as many as one
+        turn delivers), drops nothing; the bounds apply again once it is paused."""
         messages = self.messages
         size = len(message.payload) + len(message.topic)
+        if not bounded:
+            messages.append(message)
+            self.size += size
+            return 0
         if size > self.byte_limit or not self.limit:
             self.dropped += 1
             return 1
@@ -256,11 +262,14 @@ class Subscription:
             if backlog is None:  # a persistent session's stream: it queues
                 self.request.write(api.sse(*self._encode(message, qos)))
                 return not self.producer_paused
-            if self.producer_paused or backlog:
+            # Written by the bridge's writer in a later turn, a slice at a time
+            # (adapters/_ssewriter.py), not here: this is the publisher's turn.
+            if self.producer_paused:
                 if backlog.add(message):
                     self._dropped(backlog)
             else:
-                self.request.write(api.sse(*self._encode(message, qos)))
+                backlog.add(message, bounded=False)
+                self.bridge.writer.want(self)
             return True
         encoded, event_id = self._encode(message, qos)
         if not self.sub.stream:
@@ -297,14 +306,21 @@ class Subscription:
             self.log.add(n, encoded)
         return encoded, event_id
 
-    def _drain(self) -> None:
-        """Write the backlog while the client takes it (twisted.web pauses the stream
-        again, from inside ``write``, once its buffer is full)."""
+    def flush(self, limit: int) -> tuple[int, bool]:
+        """The writer's turn (:class:`~mqtt_twisted.adapters._ssewriter.StreamWriter`):
+        up to ``limit`` events of the backlog in one chunk; how many, and whether more
+        wait (twisted.web pauses the stream from inside ``write`` once its buffer is
+        full: then the writer leaves it until ``resumeProducing``)."""
         backlog = self.backlog
-        write = self.request.write
-        while backlog and not self.producer_paused and self.state == LIVE:
-            message = backlog.pop()  # type: ignore[union-attr]
-            write(api.sse(*self._encode(message, message.qos)))
+        if not backlog or self.producer_paused or self.state != LIVE:
+            return 0, False
+        encode = self._encode
+        frames = []
+        for _ in range(min(limit, len(backlog))):
+            message = backlog.pop()
+            frames.append(api.sse(*encode(message, message.qos)))
+        self.request.write(b"".join(frames))
+        return len(frames), bool(backlog) and not self.producer_paused and self.state == LIVE
 
     def sessionClosed(self, reason: Any) -> None:
         """The broker ended the session (taken over, removed, shut down)."""
@@ -355,7 +371,8 @@ class Subscription:
             self.timer.cancel()
         self.timer = None
         if self.state == LIVE:
-            self._drain()
+            if self.backlog:
+                self.bridge.writer.want(self)
             if self.conn is not None and self.conn.paused and not self.producer_paused:
                 self.conn.resumeWriting()  # what the session queued (opening, persistent)
 
@@ -391,6 +408,7 @@ class Subscription:
         was_live = self.state == LIVE
         self.state = DONE
         self.bridge.subscriptions.discard(self)
+        self.bridge.writer.forget(self)
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None
@@ -401,6 +419,13 @@ class Subscription:
         request = self.request
         if was_live and not client_left and not gone(request):
             if self.sub.stream:
+                backlog = self.backlog
+                if backlog and not self.producer_paused:  # what the writer had not written
+                    frames = []
+                    while backlog:
+                        message = backlog.pop()
+                        frames.append(api.sse(*self._encode(message, message.qos)))
+                    request.write(b"".join(frames))
                 request.unregisterProducer()
                 code = _ENDED if reason is None else reason
                 request.write(api.sse(api.dumps({"reason_code": int(code)}), name="close"))

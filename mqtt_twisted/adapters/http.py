@@ -31,6 +31,7 @@ from mqtt_twisted.adapters._deadline import DeadlineChannel, SafeRequest
 from mqtt_twisted.adapters._httpapi import ApiError
 from mqtt_twisted.adapters._httpretained import paced_answer, paced_page
 from mqtt_twisted.adapters._httpstream import CutOffs, Subscription, gone, respond
+from mqtt_twisted.adapters._ssewriter import StreamWriter
 from mqtt_twisted.adapters.kit import ConnectionLimit, access_log, origin_of
 from mqtt_twisted.adapters.options import AdapterOption, declare, integer, number, option_values
 from mqtt_twisted.constants import ReasonCode
@@ -315,6 +316,8 @@ class Bridge(Resource):
         self.replay_logs = _REPLAY_LOGS.setdefault(service, {})
         #: Streams that went unread for stallTimeout, cut off a few a reactor turn.
         self.cutoffs = CutOffs(reactor)
+        #: Live SSE streams' events, written a slice per reactor turn.
+        self.writer = StreamWriter(reactor)
         self.putChild(b"publish", PublishResource(self))
         self.putChild(b"subscribe", SubscribeResource(self))
         self.putChild(b"retained", RetainedResource(self))
@@ -351,6 +354,7 @@ class Bridge(Resource):
     def end_all(self, reason: int) -> None:
         for stream in list(self.subscriptions):
             stream.end(reason)
+        self.writer.stop()
 
     # --- authentication and authorization ------------------------------------------------
 

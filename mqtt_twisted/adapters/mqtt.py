@@ -106,6 +106,31 @@ def lean_transport(port: Any) -> Any:
 _CLIENT_LEFT = ("normal", "client DISCONNECT")
 
 
+class _Gone:
+    """A lost connection's transport: what the sans-IO connection may still call on
+    it (a late close, a write after a timer) does nothing."""
+
+    __slots__ = ()
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def loseConnection(self) -> None:
+        pass
+
+    def abortConnection(self) -> None:
+        pass
+
+    def pauseReading(self) -> None:
+        pass
+
+    def resumeReading(self) -> None:
+        pass
+
+
+_GONE = _Gone()
+
+
 @implementer(IProtocol, IPushProducer, IHandshakeListener)
 class MQTTStreamProtocol:
     """Moves bytes and connection events between a transport and the broker.
@@ -244,8 +269,14 @@ class MQTTStreamProtocol:
     def connectionLost(self, reason: Any = None) -> None:
         self._out = None
         self.factory.connection_closed()
-        if self.connection is not None:
-            self.connection.connectionLost(reason)
+        connection = self.connection
+        if connection is not None:
+            connection.connectionLost(reason)
+            # The connection's transport is this protocol: left as they are, each closed
+            # connection was a reference cycle (8 objects) that only the cyclic collector
+            # frees, a few of them promoted to the oldest generation at every young
+            # collection under a flood of short connections (issue 14: the live fuzz).
+            connection.transport = _GONE
             return
         if self._handshake_deadline is not None and self._handshake_deadline.active():
             self._handshake_deadline.cancel()
