@@ -59,7 +59,7 @@ _DRAINING: dict[type, type] = {}
 #: transport that drains before it is lost, with no class switch per connection.
 DrainingServer = _DRAINING[_leanserver.LeanServer] = type(
     "DrainingServer", (_leanserver.LeanServer,), {
-        "connectionLost": _drain_then_lose, "__module__": __name__,
+        "connectionLost": _drain_then_lose, "__module__": __name__, "__slots__": (),
         "__doc__": "LeanServer reading what the peer sent before it is lost."})
 
 
