@@ -9,6 +9,8 @@ drain closure, per-connection decode limits, topic tree nodes with two dicts eac
 from __future__ import annotations
 
 import gc
+import os
+import socket
 import tracemalloc
 from typing import Any
 
@@ -179,7 +181,12 @@ class IdleConnectionMemoryTests(BrokerTestCase):
         self.assertEqual(vars(server), {})  # registered as producer, CONNACK written
         self.assertIsNone(server._tempDataBuffer)  # no list while nothing waits
         self.assertIs(server.fileno(), server.fileno())  # one int, shared with the reactor
-        self.assertEqual(server.fileno(), server.socket.fileno())
+        self.assertFalse(hasattr(server, "socket"))  # the descriptor only
+        handle = server.getHandle()  # (on a duplicate of it)
+        self.assertEqual(handle.getsockname(), (server.getHost().host, server.getHost().port))
+        self.assertEqual(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+        handle.close()
+        self.assertTrue(server.getTcpNoDelay())
         self.assertEqual(server.logPrefix(), "MQTTStreamProtocol")
         self.assertRegex(server.logstr, r"^MQTTStreamProtocol,\d+,127\.0\.0\.1$")
         self.assertRegex(repr(server), r"^<MQTTStreamProtocol fd \d+ on \d+>$")
@@ -208,8 +215,6 @@ class LeanWriteBufferTests(SynchronousTestCase):
     """The lean transport's write buffer list, made on demand, on a socket pair."""
 
     def setUp(self) -> None:
-        import socket
-
         from twisted.internet.task import Clock
 
         class Reactor(Clock):
@@ -230,12 +235,15 @@ class LeanWriteBufferTests(SynchronousTestCase):
             def removeWriter(self, w: Any) -> None:
                 self.writers.discard(w)
 
-        ours, self.peer = socket.socketpair()
+        listening = socket.create_server(("127.0.0.1", 0))
+        self.peer = socket.create_connection(listening.getsockname())
+        ours, _ = listening.accept()
+        listening.close()
         self.addCleanup(self.peer.close)
         self.reactor = Reactor()
         self.protocol = FakeProtocol()
         self.server = LeanServer(ours, self.protocol, ("127.0.0.1", 1), None, 0, self.reactor)
-        self.addCleanup(lambda: getattr(self.server, "socket", None) and ours.close())
+        self.addCleanup(lambda: self.server.fileno() >= 0 and os.close(self.server.fileno()))
 
     def test_writes_are_buffered_then_sent_after_the_turn(self) -> None:
         """Writes wait in one list, sent together once the turn is over (a
@@ -285,6 +293,26 @@ class LeanWriteBufferTests(SynchronousTestCase):
         self.assertEqual(producer.events, ["pause"])
         self.reactor.advance(0)
         self.assertEqual(producer.events, ["pause", "resume"])
+
+    def test_the_peer_text_is_the_transports_own_not_a_wrappers(self) -> None:
+        """The lean transport says its peer without an address object; a wrapper in
+        front of it that passes attributes on (Twisted's PROXY protocol wrapper) is
+        asked for its own ``getPeer``, the address the proxy declared."""
+        from twisted.internet.address import IPv4Address
+
+        from mqtt_twisted.adapters.kit import origin_of
+
+        server = self.server
+
+        class Wrapper:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(server, name)
+
+            def getPeer(self) -> IPv4Address:
+                return IPv4Address("TCP", "10.0.0.1", 5)
+
+        self.assertEqual(origin_of(server, None).peer, "127.0.0.1:1")
+        self.assertEqual(origin_of(Wrapper(), None).peer, "10.0.0.1:5")
 
     def test_lose_connection_after_the_last_bytes(self) -> None:
         """loseConnection writes what waits, then closes (no half-close shutdown)."""

@@ -26,10 +26,16 @@ without the session number and host.
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
+import struct
 from types import MethodType
 from typing import Any
 
-from twisted.internet import address, tcp
+from twisted.internet import abstract, address, error, main, tcp
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.python import failure
 
 #: Address strings of recent peers, shared by their connections (a host's clients, or
 #: a load balancer's, then hold one string, not one each); bounded, emptied when full.
@@ -54,9 +60,8 @@ def _fd_of(self: LeanServer) -> int:
 
 
 class _Fileno:
-    """``fileno``: the descriptor number kept since accept, -1 once the socket is gone
-    (Twisted assigns and deletes ``fileno`` per connection: assigning is ignored,
-    deleting forgets the number)."""
+    """``fileno``: the descriptor number kept since accept, -1 once it is closed
+    (Twisted assigns and deletes ``fileno`` per connection: both are ignored here)."""
 
     def __get__(self, obj: Any, cls: Any = None) -> Any:
         if obj is None:
@@ -67,14 +72,14 @@ class _Fileno:
         pass
 
     def __delete__(self, obj: Any) -> None:
-        obj._fd = -1
+        pass
 
 
 class LeanServer(tcp.Server):
     """``tcp.Server`` with a slot for each attribute and nothing stored for logs."""
 
     __slots__ = (
-        "reactor", "socket", "protocol", "client", "_fd", "connected", "disconnected",
+        "reactor", "protocol", "client", "_fd", "connected", "disconnected",
         "disconnecting", "_writeDisconnecting", "_writeDisconnected", "_aborting",
         "dataBuffer", "offset", "_tempDataBuffer", "_tempDataLen", "producer",
         "streamingProducer", "producerPaused",
@@ -88,11 +93,16 @@ class LeanServer(tcp.Server):
 
     def __init__(self, sock: Any, protocol: Any, client: Any, server: Any, sessionno: int,
                  reactor: Any) -> None:
-        # What tcp.Server.__init__ sets, into slots; no strings, session number or port.
-        self.reactor = reactor
-        self.socket = sock
+        # What tcp.Server.__init__ sets, into slots; no strings, session number or port,
+        # and no socket object: its descriptor (see _borrowed).  Nagle is off from the
+        # start (an MQTT listener's protocol asks for it anyway, at two calls more).
         sock.setblocking(False)
-        self._fd = sock.fileno()
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # pragma: no cover  (not TCP)
+            pass
+        self._fd = sock.detach()
+        self.reactor = reactor
         self.protocol = protocol
         self.client = _shared_host(client)
         self.connected = 1
@@ -162,12 +172,95 @@ class LeanServer(tcp.Server):
             self._tempDataBuffer = None  # (Twisted left a fresh empty list)
         return result
 
+    # --- the descriptor itself, without a socket object ------------------------------
+
+    def doRead(self) -> Any:
+        try:
+            data = os.read(self._fd, self.bufferSize)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return main.CONNECTION_LOST
+        return self._dataReceived(data)
+
     def writeSomeData(self, data: Any) -> Any:
-        """Twisted's, without the empty ``send`` it makes when ``loseConnection`` finds
-        nothing buffered (one system call per close)."""
+        """Twisted's, on the descriptor, and without the empty send it makes when
+        ``loseConnection`` finds nothing buffered (one system call per close)."""
         if not data:
             return 0
-        return tcp.Server.writeSomeData(self, data)
+        try:
+            return os.write(self._fd, memoryview(data)[: self.SEND_LIMIT])
+        except BlockingIOError:
+            return 0
+        except OSError as e:
+            return 0 if e.errno == errno.ENOBUFS else main.CONNECTION_LOST
+
+    def _closeSocket(self, orderly: bool) -> None:
+        if not orderly:  # a reset: SO_LINGER 0 (Twisted's abort)
+            try:
+                with self._borrowed() as sock:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        try:
+            os.close(self._fd)
+        except OSError:
+            pass
+
+    def connectionLost(self, reason: Any) -> None:
+        """``tcp.Connection.connectionLost`` on the descriptor (once: a second call
+        finds it gone)."""
+        if self._fd < 0:
+            return
+        abstract.FileDescriptor.connectionLost(self, reason)  # (unregisters by fd)
+        self._closeSocket(not reason.check(error.ConnectionAborted))
+        self._fd = -1
+        protocol = self.protocol
+        del self.protocol
+        protocol.connectionLost(reason)
+
+    def _closeWriteConnection(self) -> None:
+        try:
+            with self._borrowed() as sock:
+                sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        half = IHalfCloseableProtocol(self.protocol, None)
+        if half is not None:
+            try:
+                half.writeConnectionLost()
+            except BaseException:
+                self.connectionLost(failure.Failure())
+
+    def _borrowed(self) -> socket.socket:
+        """A socket object on a duplicate of the descriptor, for the rare calls that
+        need one (options, names, half-close): closing it leaves ours open."""
+        family = socket.AF_INET6 if len(self.client) == 4 else socket.AF_INET
+        return socket.socket(family, socket.SOCK_STREAM, 0, os.dup(self._fd))
+
+    def getHandle(self) -> socket.socket:
+        """A socket object on a duplicate of the descriptor (the caller closes it)."""
+        return self._borrowed()
+
+    def getHost(self) -> Any:
+        with self._borrowed() as sock:
+            return self._addressType("TCP", *sock.getsockname()[:2])
+
+    def getTcpNoDelay(self) -> bool:
+        with self._borrowed() as sock:
+            return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        with self._borrowed() as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, enabled)
+
+    def getTcpKeepAlive(self) -> bool:
+        with self._borrowed() as sock:
+            return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        with self._borrowed() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, enabled)
 
     def peer_text(self) -> str:
         """``host:port`` of the client, as ``kit.peer_text(self.getPeer())`` says it
@@ -204,9 +297,8 @@ class LeanServer(tcp.Server):
     @property
     def repstr(self) -> str:
         protocol = getattr(self, "protocol", None)
-        sock = getattr(self, "socket", None)
         try:
-            port = sock.getsockname()[1] if sock is not None else "?"
+            port = self.getHost().port
         except OSError:
             port = "?"
         return f"<{type(protocol).__name__} fd {self._fd} on {port}>"

@@ -230,8 +230,12 @@ def origin_of(transport: Any, listener: Any, adapter: str | None = None) -> Orig
 
         extra = getattr(listener, "extra", None) or {}
         identity = tls.certificate_identity(transport, extra.get("certIdentity", "cn"))
-    text = getattr(transport, "peer_text", None)  # the lean TCP transport: no address object
-    return Origin(text() if text is not None else peer_text(transport.getPeer()), identity,
+    # The lean TCP transport's own text, without an address object; asked of the class,
+    # so that a wrapper (PROXY protocol, TLS) that passes attributes on is not taken
+    # for it: its getPeer may say another address.
+    text = getattr(type(transport), "peer_text", None)
+    return Origin(text(transport) if text is not None else peer_text(transport.getPeer()),
+                  identity,
                   adapter or getattr(listener, "adapter", "mqtt"), listener)
 
 

@@ -33,7 +33,8 @@ def _pending_bytes(transport: Any) -> int:
     0 when it cannot tell (no socket any more, not POSIX), so that the caller reads
     nothing rather than guessing."""
     try:
-        fd = transport.socket.fileno()
+        fileno = getattr(transport, "fileno", None)  # (the lean transport has no socket)
+        fd = fileno() if fileno is not None else transport.socket.fileno()
         return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
     except (AttributeError, OSError, ValueError, NameError):
         return 0
@@ -136,7 +137,8 @@ class MQTTStreamProtocol:
 
     def connectionMade(self) -> None:
         transport = self.transport
-        if hasattr(transport, "setTcpNoDelay"):
+        if hasattr(transport, "setTcpNoDelay") and not isinstance(
+                transport, _leanserver.LeanServer):  # (which is so from accept)
             try:
                 transport.setTcpNoDelay(True)  # no 40 ms Nagle stalls on small packets
             except OSError:
