@@ -40,9 +40,9 @@ class IdleSessionTests(SynchronousTestCase):
         self.assertIs(a.connection.decoder.limits, b.connection.decoder.limits)
 
     def test_rarely_used_fields_take_no_record_until_set(self) -> None:
-        """A connected clean session and its connection keep their rarely used fields
-        (will, timers, offline charge, enhanced auth, aliases) in no record at all;
-        a will makes one, and the fields read back as set."""
+        """A connected session and its connection keep their rarely used fields
+        (timers, offline charge, enhanced auth, aliases) in no record at all, a will
+        included; going offline makes one, and the fields read back as set."""
         broker, _ = make_broker()
         a = FakeClient(broker)
         a.connect("a")
@@ -51,13 +51,16 @@ class IdleSessionTests(SynchronousTestCase):
         self.assertIsNone(a.connection.auth_method)
         self.assertEqual(broker.sessions["a"].dropped, 0)
         b = FakeClient(broker)
-        b.connect("b", will=Will("b/gone", b"x", 1))
+        b.connect("b", clean=False, will=Will("b/gone", b"x", 1))
         session = broker.sessions["b"]
+        self.assertIsNone(session._rare)
+        self.assertEqual(session.will.topic, "b/gone")
+        b.drop()  # (gone without DISCONNECT: the will goes out, the session stays)
         self.assertIsNotNone(session._rare)
-        self.assertEqual((session.will.topic, session.willDelay), ("b/gone", 0))
-        session.willDelay = 5
-        self.assertEqual(session.willDelay, 5)
-        self.assertEqual(session.stored_epoch, -1)
+        self.assertIsNotNone(session.disconnectedAt)
+        self.assertIsNotNone(session.expiry_call)
+        session.dropped = 5
+        self.assertEqual(session.dropped, 5)
 
     def test_containers_appear_on_first_use_and_go_with_the_session(self) -> None:
         broker, _ = make_broker()

@@ -365,7 +365,7 @@ class Connector:
     def _configure_session(self, session: Session, conn: MQTTConnection, packet: Connect,
                            identity: Any) -> None:
         """Apply CONNECT's session settings: expiry, will; attach the connection."""
-        rare = session._rare is not None  # (else timers, will, offline time: defaults)
+        rare = session._rare is not None  # (else timers and offline time: defaults)
         if rare:
             if session.expiry_call is not None and session.expiry_call.active():
                 session.expiry_call.cancel()
@@ -381,9 +381,8 @@ class Connector:
             session.expiryInterval = 0
         else:  # v3.1.1 cannot be told, but its session is bounded alike
             self.broker.set_session_expiry(session, settings.persistent_session_expiry)
-        if rare:
-            session.will = None
-            session.willDelay = 0
+        session.will = None
+        session.willDelay = 0
         will = packet.will
         if will is not None:
             props = dict(will.properties)

@@ -47,11 +47,13 @@ class Session:
         "clientId", "subscriptions", "expiryInterval", "inflight", "queue", "inboundQoS2",
         "connection", "identity", "_next_pid", "max_inflight", "max_queued", "_next_seq",
         "queued_bytes", "max_queued_bytes", "inflight_bytes", "max_inflight_bytes",
-        "read_check", "retained_backlog", "owner", "_rare",
+        "read_check", "retained_backlog", "owner", "will", "willDelay", "stored_epoch",
+        "_rare",
     )
-    # And, in a record made on first use (core/_rare.py), what a connected clean
-    # session leaves at its default: the will and its delay, the expiry and will
-    # timers, when it went offline and its offline charge, drops, the stored epoch.
+    # And, in a record made on first use (core/_rare.py), what a connected session
+    # leaves at its default: the expiry and will timers, when it went offline and its
+    # offline charge, drops.  (A will and the stored epoch stay slots: many real
+    # clients have a will, and every persistent session has a stored epoch.)
 
     def __init__(self, client_id: str, max_inflight: int = 20, max_queued: int = 1000,
                  max_queued_bytes: int = 16 << 20, max_inflight_bytes: int = 0) -> None:
@@ -84,6 +86,12 @@ class Session:
         #: Retained deliveries of new subscriptions waiting for the queue to empty.
         #: (A shared empty tuple until first used, as ``queue``.)
         self.retained_backlog: list[tuple[Any, SubscriptionOptions]] | tuple[()] = ()
+        self.will: Message | None = None
+        self.willDelay: float = 0
+        #: The journal's failure count when the store last got the whole session (-1:
+        #: never from this process): while it is current, the store has every change
+        #: since, and a CONNECT or DISCONNECT saves only the session's own fields.
+        self.stored_epoch = -1
         self._rare: Any = None
 
     def next_seq(self) -> int:
@@ -158,14 +166,11 @@ class Session:
         self.queued_bytes = 0
 
 
-#: The journal's ``stored_epoch``: the journal's failure count when the store last got
-#: the whole session (-1: never from this process): while it is current, the store has
-#: every change since, and a CONNECT or DISCONNECT saves only the session's own fields.
 #: ``offline_charge``: what this session's queue adds to the broker-wide offline total
 #: while its client is away (``core/offline.py``); 0 while it is connected.
 for _name, _field in rare_fields("Session", {
-        "will": None, "willDelay": 0, "disconnectedAt": None, "expiry_call": None,
-        "will_call": None, "dropped": 0, "offline_charge": 0, "stored_epoch": -1}).items():
+        "disconnectedAt": None, "expiry_call": None, "will_call": None, "dropped": 0,
+        "offline_charge": 0}).items():
     setattr(Session, _name, _field)
 
 
