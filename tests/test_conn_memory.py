@@ -15,6 +15,7 @@ import tracemalloc
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from mqtt_twisted.adapters._leanserver import LeanServer
@@ -285,6 +286,29 @@ class LeanWriteBufferTests(SynchronousTestCase):
         while len(received) < (8 << 20) + 3:
             received += self.peer.recv(1 << 20)
         self.assertEqual(bytes(received[-4:]), b"xend")
+
+    def test_one_failing_send_does_not_strand_the_others(self) -> None:
+        """A send whose producer fails on resume ends that connection; another
+        transport written to in the same turn still sends its bytes."""
+        listening = socket.create_server(("127.0.0.1", 0))
+        peer = socket.create_connection(listening.getsockname())
+        sock, _ = listening.accept()
+        listening.close()
+        self.addCleanup(peer.close)
+        other = LeanServer(sock, FakeProtocol(), ("127.0.0.1", 2), None, 0, self.reactor)
+
+        class Failing(FakeProducer):
+            def resumeProducing(self) -> None:
+                raise RuntimeError("resume failed")
+
+        self.server.registerProducer(Failing(), True)
+        self.server.write(b"x" * (self.server.bufferSize + 1))  # paused: resumed on send
+        other.write(b"still")
+        self.reactor.advance(0)
+        self.assertEqual(self.protocol.lost, 1)
+        self.assertEqual(peer.recv(10), b"still")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        other.connectionLost(Failure(RuntimeError("end")))
 
     def test_a_full_buffer_pauses_the_producer(self) -> None:
         """Past bufferSize bytes waiting, a streaming producer is paused, and resumed

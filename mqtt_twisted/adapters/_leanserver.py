@@ -35,6 +35,7 @@ from typing import Any
 
 from twisted.internet import abstract, address, error, main, tcp
 from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.logger import Logger
 from twisted.python import failure
 
 #: Address strings of recent peers, shared by their connections (a host's clients, or
@@ -308,6 +309,7 @@ class LeanServer(tcp.Server):
         pass
 
 
+_log = Logger()
 #: Reactor -> transports with bytes to send, written when its turn's events are done.
 _DUE: dict[Any, list[LeanServer]] = {}
 
@@ -332,7 +334,12 @@ def _flush(reactor: Any) -> None:
                 or transport._writeDisconnecting):
             continue  # (gone, or closing: the reactor's writes and close see to it)
         if transport._tempDataBuffer:  # (unless sent meanwhile)
-            result = transport.doWrite()
+            try:
+                result = transport.doWrite()
+            except Exception:  # (a producer resumed by it failed): the others still go
+                _log.failure("Sending on {transport!r} failed", transport=transport)
+                transport.connectionLost(failure.Failure())
+                continue
             if result is not None or transport._tempDataBuffer or transport.dataBuffer:
                 # The socket's buffer is full, or it failed: the reactor goes on when
                 # it is writable (or sees the error again and ends the connection).
