@@ -1,41 +1,73 @@
 """A TCP server transport that holds less per connection than Twisted's ``tcp.Server``.
 
-``tcp.Server.__init__`` stores two strings per connection that are only read when
-Twisted logs about it or ``repr``\\ s it (``logstr``, ``repstr``: about 140 bytes)
-and the socket's bound ``fileno`` method (72 bytes); with the socket itself, the peer
-address and the reactor's maps that was about 750 bytes of an idle MQTT connection's
-2 KB (``bench/conn_memory.py --trace``).  Here the three are worked out when asked.
-The listening port builds these instead of ``tcp.Server`` (``tcp.Port.transport``,
-set once per port by :func:`install`); everything else is Twisted's.  What it costs:
-``fileno`` is one Python call more per reactor event (the reactor checks it before each
-read), and Twisted's log lines about the transport carry the protocol's name without
-the session number and host.
+An idle MQTT connection's ``tcp.Server`` was its largest single object: an instance
+dict of about fifteen attributes, two strings only read when Twisted logs or
+``repr``\\ s it (``logstr``, ``repstr``), the socket's bound ``fileno``, a session
+number, and an empty write buffer list (``bench/conn_memory.py --trace``).
+:class:`LeanServer` keeps Twisted's code (it is a ``tcp.Server``) but not that storage:
 
-The MQTT listener's transport also reads what the peer sent before it lets the
-connection go (:func:`mqtt_twisted.adapters.mqtt._drain_then_lose`): made so here, it
-needs no class switch per connection.
+- every attribute Twisted sets on a connection has a slot, so the instance dict is
+  never made (it would be, by ``abortConnection``, which replaces two methods: a
+  connection that is going anyway);
+- the log prefix, repr, host name and ``fileno`` are worked out when asked, and
+  ``fileno`` returns one int object held from accept to close, the same one the
+  reactor keeps in its maps;
+- the write buffer list exists only while something waits in it;
+- no session number and no listening port are kept (the repr and ``logstr`` name the
+  descriptor instead: unique among open connections);
+- hosts' address strings are shared between connections from the same host
+  (:func:`_shared_host`).
+
+The listening port builds these instead of ``tcp.Server`` (``tcp.Port.transport``, set
+once per port by :func:`install`).  What it costs: ``fileno`` is one Python call more per
+reactor event, and Twisted's log lines about the transport carry the protocol's name
+without the session number and host.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
+import struct
+from types import MethodType
 from typing import Any
 
-from twisted.internet import address, tcp
+from twisted.internet import abstract, address, error, main, tcp
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.logger import Logger
+from twisted.python import failure
+
+#: Address strings of recent peers, shared by their connections (a host's clients, or
+#: a load balancer's, then hold one string, not one each); bounded, emptied when full.
+_HOSTS: dict[str, str] = {}
+_HOSTS_MAX = 4096
 
 
-def _no_fd() -> int:
-    return -1
+def _shared_host(client: tuple) -> tuple:
+    """``client`` with its host string shared with earlier connections from that host."""
+    host = client[0]
+    shared = _HOSTS.get(host)
+    if shared is None:
+        if len(_HOSTS) >= _HOSTS_MAX:
+            _HOSTS.clear()
+        _HOSTS[host] = host
+        return client
+    return (shared, *client[1:])
 
 
-class _SocketFileno:
-    """``fileno`` as the socket's own, looked up when called for (Twisted assigns and
-    deletes it per connection: both are ignored; without a socket it is -1)."""
+def _fd_of(self: LeanServer) -> int:
+    return self._fd
+
+
+class _Fileno:
+    """``fileno``: the descriptor number kept since accept, -1 once it is closed
+    (Twisted assigns and deletes ``fileno`` per connection: both are ignored here)."""
 
     def __get__(self, obj: Any, cls: Any = None) -> Any:
         if obj is None:
             return self
-        sock = getattr(obj, "socket", None)
-        return sock.fileno if sock is not None else _no_fd
+        return MethodType(_fd_of, obj)
 
     def __set__(self, obj: Any, value: Any) -> None:
         pass
@@ -45,9 +77,16 @@ class _SocketFileno:
 
 
 class LeanServer(tcp.Server):
-    """``tcp.Server`` whose log prefix, repr and ``fileno`` are not stored per connection."""
+    """``tcp.Server`` with a slot for each attribute and nothing stored for logs."""
 
-    fileno = _SocketFileno()  # type: ignore[assignment]
+    __slots__ = (
+        "reactor", "protocol", "client", "_fd", "connected", "disconnected",
+        "disconnecting", "_writeDisconnecting", "_writeDisconnected", "_aborting",
+        "dataBuffer", "offset", "_tempDataBuffer", "_tempDataLen", "producer",
+        "streamingProducer", "producerPaused",
+    )
+
+    fileno = _Fileno()  # type: ignore[assignment]
     #: close() alone ends the connection in order (FIN after what is buffered): no
     #: shutdown(2) first, one system call less per connection (Twisted's own comment
     #: in ``_SocketCloser`` says it "isn't really necessary").
@@ -55,28 +94,202 @@ class LeanServer(tcp.Server):
 
     def __init__(self, sock: Any, protocol: Any, client: Any, server: Any, sessionno: int,
                  reactor: Any) -> None:
-        # tcp.Server.__init__ without the two strings.
-        tcp.Connection.__init__(self, sock, protocol, reactor)
-        if len(client) != 2:
-            self._addressType = address.IPv6Address
-        self.server = server
-        self.client = client
-        self.sessionno = sessionno
-        self.hostname = client[0]
-        self.startReading()
+        # What tcp.Server.__init__ sets, into slots; no strings, session number or port,
+        # and no socket object: its descriptor (see _borrowed).  Nagle is off from the
+        # start (an MQTT listener's protocol asks for it anyway, at two calls more).
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # pragma: no cover  (not TCP)
+            pass
+        self._fd = sock.detach()
+        self.reactor = reactor
+        self.protocol = protocol
+        self.client = _shared_host(client)
         self.connected = 1
+        self.disconnected = self.disconnecting = 0
+        self._writeDisconnecting = self._writeDisconnected = self._aborting = False
+        self.dataBuffer = b""
+        self.offset = self._tempDataLen = 0
+        self._tempDataBuffer: list[bytes] | None = None  # a list while bytes wait in it
+        self.producer = None
+        self.streamingProducer = self.producerPaused = False
+        self.startReading()
+
+    # --- the write buffer list, made when first needed --------------------------------
+
+    def write(self, data: bytes) -> None:
+        """``FileDescriptor.write``, the list made on demand, sent after this reactor
+        turn (:func:`_flush_later`) rather than when the reactor says writable."""
+        if not isinstance(data, bytes):
+            raise TypeError("Data must be bytes")
+        if not self.connected or self._writeDisconnected or not data:
+            return
+        buffered = self._tempDataBuffer
+        if buffered:  # (then already due: in the turn's flush or with the reactor)
+            buffered.append(data)
+            self._tempDataLen += len(data)
+            if self.producer is not None:
+                self._maybePauseProducer()
+            return
+        self._tempDataBuffer = [data]
+        self._tempDataLen = len(data)
+        if self.producer is not None:
+            self._maybePauseProducer()
+        self._due()
+
+    def writeSequence(self, iovec: Any) -> None:
+        """``FileDescriptor.writeSequence``, as :meth:`write`."""
+        iovec = list(iovec)
+        for data in iovec:
+            if not isinstance(data, bytes):
+                raise TypeError("Data must be bytes")
+        if not self.connected or not iovec or self._writeDisconnected:
+            return
+        buffered = self._tempDataBuffer
+        if buffered is None:
+            buffered = self._tempDataBuffer = []
+        due = not buffered
+        buffered.extend(iovec)
+        self._tempDataLen += sum(map(len, iovec))
+        if self.producer is not None:
+            self._maybePauseProducer()
+        if due:
+            self._due()
+
+    def _due(self) -> None:
+        """The first bytes since the last send: in the turn's flush, or to the reactor
+        if a send is already waiting for the socket (or the connection is closing)."""
+        if self.dataBuffer or self.disconnecting or self._writeDisconnecting:
+            self.startWriting()
+        else:
+            _flush_later(self)
+
+    def doWrite(self) -> Any:
+        if self._tempDataBuffer is None:
+            self._tempDataBuffer = []
+        result = tcp.Server.doWrite(self)
+        if not self._tempDataLen:
+            self._tempDataBuffer = None  # (Twisted left a fresh empty list)
+        return result
+
+    # --- the descriptor itself, without a socket object ------------------------------
+
+    def doRead(self) -> Any:
+        try:
+            data = os.read(self._fd, self.bufferSize)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return main.CONNECTION_LOST
+        return self._dataReceived(data)
+
+    def writeSomeData(self, data: Any) -> Any:
+        """Twisted's, on the descriptor, and without the empty send it makes when
+        ``loseConnection`` finds nothing buffered (one system call per close)."""
+        if not data:
+            return 0
+        try:
+            return os.write(self._fd, memoryview(data)[: self.SEND_LIMIT])
+        except BlockingIOError:
+            return 0
+        except OSError as e:
+            return 0 if e.errno == errno.ENOBUFS else main.CONNECTION_LOST
+
+    def _closeSocket(self, orderly: bool) -> None:
+        if not orderly:  # a reset: SO_LINGER 0 (Twisted's abort)
+            try:
+                with self._borrowed() as sock:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        try:
+            os.close(self._fd)
+        except OSError:
+            pass
+
+    def connectionLost(self, reason: Any) -> None:
+        """``tcp.Connection.connectionLost`` on the descriptor (once: a second call
+        finds it gone)."""
+        if self._fd < 0:
+            return
+        abstract.FileDescriptor.connectionLost(self, reason)  # (unregisters by fd)
+        self._closeSocket(not reason.check(error.ConnectionAborted))
+        self._fd = -1
+        protocol = self.protocol
+        del self.protocol
+        protocol.connectionLost(reason)
+
+    def _closeWriteConnection(self) -> None:
+        try:
+            with self._borrowed() as sock:
+                sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        half = IHalfCloseableProtocol(self.protocol, None)
+        if half is not None:
+            try:
+                half.writeConnectionLost()
+            except BaseException:
+                self.connectionLost(failure.Failure())
+
+    def _borrowed(self) -> socket.socket:
+        """A socket object on a duplicate of the descriptor, for the rare calls that
+        need one (options, names, half-close): closing it leaves ours open."""
+        family = socket.AF_INET6 if len(self.client) == 4 else socket.AF_INET
+        return socket.socket(family, socket.SOCK_STREAM, 0, os.dup(self._fd))
+
+    def getHandle(self) -> socket.socket:
+        """A socket object on a duplicate of the descriptor (the caller closes it)."""
+        return self._borrowed()
+
+    def getHost(self) -> Any:
+        with self._borrowed() as sock:
+            return self._addressType("TCP", *sock.getsockname()[:2])
+
+    def getTcpNoDelay(self) -> bool:
+        with self._borrowed() as sock:
+            return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        with self._borrowed() as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, enabled)
+
+    def getTcpKeepAlive(self) -> bool:
+        with self._borrowed() as sock:
+            return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        with self._borrowed() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, enabled)
+
+    def peer_text(self) -> str:
+        """``host:port`` of the client, as ``kit.peer_text(self.getPeer())`` says it
+        without building the address object."""
+        client = self.client
+        return f"{client[0]}:{client[1]}"
+
+    # --- worked out when asked --------------------------------------------------------
+
+    @property
+    def hostname(self) -> str:
+        return self.client[0]
+
+    @property
+    def _addressType(self) -> Any:  # type: ignore[override]
+        return address.IPv6Address if len(self.client) == 4 else address.IPv4Address
 
     def logPrefix(self) -> str:
         """The protocol's class name.  The reactor asks for it on every read and write
         (``callWithLogger``): a fixed string, not ``logstr`` built each time (the
-        session number and host are in ``logstr`` and ``repr``)."""
+        descriptor and host are in ``logstr`` and ``repr``)."""
         return type(getattr(self, "protocol", None)).__name__
 
     @property  # type: ignore[override]
     def logstr(self) -> str:
         protocol = getattr(self, "protocol", None)
         prefix = self._getLogPrefix(protocol) if protocol is not None else "-"
-        return f"{prefix},{self.sessionno},{self.hostname}"
+        return f"{prefix},{self._fd},{self.hostname}"
 
     @logstr.setter
     def logstr(self, value: str) -> None:
@@ -85,12 +298,52 @@ class LeanServer(tcp.Server):
     @property
     def repstr(self) -> str:
         protocol = getattr(self, "protocol", None)
-        port = getattr(self.server, "_realPortNumber", "?")
-        return f"<{type(protocol).__name__} #{self.sessionno} on {port}>"
+        try:
+            port = self.getHost().port
+        except OSError:
+            port = "?"
+        return f"<{type(protocol).__name__} fd {self._fd} on {port}>"
 
     @repstr.setter
     def repstr(self, value: str) -> None:
         pass
+
+
+_log = Logger()
+#: Reactor -> transports with bytes to send, written when its turn's events are done.
+_DUE: dict[Any, list[LeanServer]] = {}
+
+
+def _flush_later(transport: LeanServer) -> None:
+    """Send ``transport``'s bytes once this reactor turn's events are handled: one
+    ``callLater(0)`` for every transport written to in the turn.  The reactor's own
+    way, ``startWriting``, is two ``epoll_ctl`` calls and a write event per write
+    (register, event, unregister); here a send that takes everything needs none, and
+    the bytes of one turn still go out in one send per connection."""
+    reactor = transport.reactor
+    due = _DUE.get(reactor)
+    if due is None:
+        due = _DUE[reactor] = []
+        reactor.callLater(0, _flush, reactor)
+    due.append(transport)
+
+
+def _flush(reactor: Any) -> None:
+    for transport in _DUE.pop(reactor, ()):
+        if (not transport.connected or transport.disconnecting or transport._aborting
+                or transport._writeDisconnecting):
+            continue  # (gone, or closing: the reactor's writes and close see to it)
+        if transport._tempDataBuffer:  # (unless sent meanwhile)
+            try:
+                result = transport.doWrite()
+            except Exception:  # (a producer resumed by it failed): the others still go
+                _log.failure("Sending on {transport!r} failed", transport=transport)
+                transport.connectionLost(failure.Failure())
+                continue
+            if result is not None or transport._tempDataBuffer or transport.dataBuffer:
+                # The socket's buffer is full, or it failed: the reactor goes on when
+                # it is writable (or sees the error again and ends the connection).
+                transport.startWriting()
 
 
 def install(port: Any, transport: type) -> Any:

@@ -22,6 +22,7 @@ Typed listener keys are in :mod:`mqtt_twisted.adapters.options` (re-exported her
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from dataclasses import dataclass
@@ -78,7 +79,10 @@ def _host(peer: Any) -> str:
     return str(getattr(peer, "host", peer))
 
 
+@functools.lru_cache(maxsize=1024)
 def _loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (remembered: ``ipaddress`` parses each
+    time, and this is asked for every new connection)."""
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
@@ -226,7 +230,12 @@ def origin_of(transport: Any, listener: Any, adapter: str | None = None) -> Orig
 
         extra = getattr(listener, "extra", None) or {}
         identity = tls.certificate_identity(transport, extra.get("certIdentity", "cn"))
-    return Origin(peer_text(transport.getPeer()), identity,
+    # The lean TCP transport's own text, without an address object; asked of the class,
+    # so that a wrapper (PROXY protocol, TLS) that passes attributes on is not taken
+    # for it: its getPeer may say another address.
+    text = getattr(type(transport), "peer_text", None)
+    return Origin(text(transport) if text is not None else peer_text(transport.getPeer()),
+                  identity,
                   adapter or getattr(listener, "adapter", "mqtt"), listener)
 
 

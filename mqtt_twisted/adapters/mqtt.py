@@ -34,7 +34,8 @@ def _pending_bytes(transport: Any) -> int:
     0 when it cannot tell (no socket any more, not POSIX), so that the caller reads
     nothing rather than guessing."""
     try:
-        fd = transport.socket.fileno()
+        fileno = getattr(transport, "fileno", None)  # (the lean transport has no socket)
+        fd = fileno() if fileno is not None else transport.socket.fileno()
         return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
     except (AttributeError, OSError, ValueError, NameError):
         return 0
@@ -60,7 +61,7 @@ _DRAINING: dict[type, type] = {}
 #: transport that drains before it is lost, with no class switch per connection.
 DrainingServer = _DRAINING[_leanserver.LeanServer] = type(
     "DrainingServer", (_leanserver.LeanServer,), {
-        "connectionLost": _drain_then_lose, "__module__": __name__,
+        "connectionLost": _drain_then_lose, "__module__": __name__, "__slots__": (),
         "__doc__": "LeanServer reading what the peer sent before it is lost."})
 
 
@@ -183,7 +184,8 @@ class MQTTStreamProtocol:
 
     def connectionMade(self) -> None:
         transport = self.transport
-        if hasattr(transport, "setTcpNoDelay"):
+        if hasattr(transport, "setTcpNoDelay") and not isinstance(
+                transport, _leanserver.LeanServer):  # (which is so from accept)
             try:
                 transport.setTcpNoDelay(True)  # no 40 ms Nagle stalls on small packets
             except OSError:

@@ -365,12 +365,14 @@ class Connector:
     def _configure_session(self, session: Session, conn: MQTTConnection, packet: Connect,
                            identity: Any) -> None:
         """Apply CONNECT's session settings: expiry, will; attach the connection."""
-        if session.expiry_call is not None and session.expiry_call.active():
-            session.expiry_call.cancel()
-        session.expiry_call = None
-        if session.will_call is not None and session.will_call.active():
-            session.will_call.cancel()  # [MQTT-3.1.3-9] reconnect within the will delay
-        session.will_call = None
+        rare = session._rare is not None  # (else timers and offline time: defaults)
+        if rare:
+            if session.expiry_call is not None and session.expiry_call.active():
+                session.expiry_call.cancel()
+            session.expiry_call = None
+            if session.will_call is not None and session.will_call.active():
+                session.will_call.cancel()  # [MQTT-3.1.3-9] reconnect within the will delay
+            session.will_call = None
         settings = self.broker.settings
         if packet.protocol_level == 5:
             expiry = packet.properties.get(_P.SESSION_EXPIRY_INTERVAL, 0)
@@ -390,8 +392,9 @@ class Connector:
         if identity != session.identity or session.read_check is not None:
             session.identity = identity
             self.broker.refresh_read_check(session)
-        session.disconnectedAt = None
-        self.broker.offline.back(session)
+        if rare:
+            session.disconnectedAt = None
+            self.broker.offline.back(session)
         session.connection = conn
 
     def _connack_properties(self, conn: MQTTConnection, packet: Connect,

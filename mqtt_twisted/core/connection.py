@@ -26,6 +26,7 @@ from mqtt_twisted.codec.packets import (
 from mqtt_twisted.codec.stream import StreamDecoder
 from mqtt_twisted.constants import PacketType, PropertyId, ReasonCode
 from mqtt_twisted.core import clientlog, control, inbound, rates
+from mqtt_twisted.core._rare import rare_fields
 from mqtt_twisted.core.session import Session
 from mqtt_twisted.core.states import AWAIT_CONNECT, CLOSE_GRACE, CLOSED, CONNECTED, CONNECTING
 from mqtt_twisted.core.wire import publish_bytes, with_dup
@@ -74,13 +75,14 @@ class MQTTConnection:
     __slots__ = (
         "broker", "transport", "peer", "listener", "certificate_identity", "decoder", "state",
         "version", "session", "client_id", "keep_alive", "last_rx", "paused", "clean_exit",
-        "send_quota", "max_send_size", "_backlog", "_blocked", "due", "_aliases_in",
-        "_aliases_out", "_alias_limit", "auth_method", "auth_pending",
-        "auth_final_data", "_acks", "throttles",
-        "_unacked_qos1", "_refused_logged", "lost", "publish_grants", "_resume_call", "_rate",
-        "_budget", "username", "ended",
+        "send_quota", "max_send_size", "_backlog", "_blocked", "due", "_aliases_out",
+        "_acks", "throttles", "_unacked_qos1", "lost", "publish_grants", "_resume_call",
+        "_rate", "_budget", "username", "ended", "_rare",
         "__weakref__",
     )
+    # And, in a record made on first use (core/_rare.py), what few clients need: v5
+    # enhanced authentication (auth_method, auth_pending, auth_final_data), inbound
+    # topic aliases (_aliases_in), the outbound alias limit and the one-line refusal log.
 
     def __init__(
         self,
@@ -111,16 +113,11 @@ class MQTTConnection:
         self.max_send_size = 0  # 0: no limit from the client
         self._backlog: list[Packet] | None = None
         self._blocked = False
-        self._aliases_in: dict[int, str] | None = None  # v5, from the client's first alias
         self._aliases_out: OrderedDict[str, int] | None = None  # v5, when a policy is on
-        self.auth_method: str | None = None  # v5 enhanced authentication, if used
-        self.auth_pending: Any = None  # the exchange waiting for the client's next AUTH
-        self.auth_final_data: bytes | None = None
         self._acks: deque[list[Any]] | None = None  # acks waiting for store writes
         self.throttles = 0  # subscribers holding this client back (flow control)
-        self._alias_limit = 0
+        self._rare: Any = None
         self._unacked_qos1 = 0  # QoS 1 PUBLISHes whose PUBACK waits for the store
-        self._refused_logged = False  # one log line per client for refused $SYS publishes
         self.username: str | None = None  # the CONNECT's (for the log: never the password)
         #: Why the connection ends, for its disconnect line: (why, reason code, detail).
         self.ended: tuple[str, int | None, str | None] | None = None
@@ -528,6 +525,12 @@ class MQTTConnection:
         self.broker.pump(session)
         self.unblock()
 
+
+
+for _name, _field in rare_fields("MQTTConnection", {
+        "auth_method": None, "auth_pending": None, "auth_final_data": None,
+        "_aliases_in": None, "_alias_limit": 0, "_refused_logged": False}).items():
+    setattr(MQTTConnection, _name, _field)
 
 
 def _check_keepalive(conn: MQTTConnection) -> None:

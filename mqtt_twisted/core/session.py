@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from zope.interface import implementer
 
+from mqtt_twisted.core._rare import rare_fields
 from mqtt_twisted.interfaces import ISessionState
 from mqtt_twisted.message import Message
 
@@ -43,21 +44,22 @@ class Session:
     """The broker's record of one client id."""
 
     __slots__ = (
-        "clientId", "subscriptions", "will", "willDelay", "expiryInterval",
-        "disconnectedAt", "inflight", "queue", "inboundQoS2", "connection", "identity",
-        "_next_pid", "expiry_call", "will_call", "dropped", "max_inflight", "max_queued",
-        "_next_seq", "queued_bytes", "max_queued_bytes", "inflight_bytes", "max_inflight_bytes",
-        "read_check", "retained_backlog", "owner", "offline_charge", "stored_epoch",
+        "clientId", "subscriptions", "expiryInterval", "inflight", "queue", "inboundQoS2",
+        "connection", "identity", "_next_pid", "max_inflight", "max_queued", "_next_seq",
+        "queued_bytes", "max_queued_bytes", "inflight_bytes", "max_inflight_bytes",
+        "read_check", "retained_backlog", "owner", "will", "willDelay", "stored_epoch",
+        "_rare",
     )
+    # And, in a record made on first use (core/_rare.py), what a connected session
+    # leaves at its default: the expiry and will timers, when it went offline and its
+    # offline charge, drops.  (A will and the stored epoch stay slots: many real
+    # clients have a will, and every persistent session has a stored epoch.)
 
     def __init__(self, client_id: str, max_inflight: int = 20, max_queued: int = 1000,
                  max_queued_bytes: int = 16 << 20, max_inflight_bytes: int = 0) -> None:
         self.clientId = client_id
         self.subscriptions: dict[str, SubscriptionOptions] = NO_ENTRIES
-        self.will: Message | None = None
-        self.willDelay: float = 0
         self.expiryInterval: float | None = 0
-        self.disconnectedAt: float | None = None
         self.inflight: dict[int, Outbound] = NO_ENTRIES
         # Both start as shared empty immutables and become a deque / set on first use:
         # an idle connection's session then costs a few hundred bytes less.
@@ -68,9 +70,6 @@ class Session:
         #: The user it belongs to (``records.owner_of`` of the identity that created it).
         self.owner: str | None = None
         self._next_pid = 1
-        self.expiry_call: Any = None
-        self.will_call: Any = None
-        self.dropped = 0
         self.max_inflight = max_inflight
         self.max_queued = max_queued
         #: What the queued messages hold: payload and topic bytes (see queued_size).
@@ -87,13 +86,13 @@ class Session:
         #: Retained deliveries of new subscriptions waiting for the queue to empty.
         #: (A shared empty tuple until first used, as ``queue``.)
         self.retained_backlog: list[tuple[Any, SubscriptionOptions]] | tuple[()] = ()
-        #: What this session's queue adds to the broker-wide offline total while its
-        #: client is away (``core/offline.py``); 0 while it is connected.
-        self.offline_charge = 0
+        self.will: Message | None = None
+        self.willDelay: float = 0
         #: The journal's failure count when the store last got the whole session (-1:
         #: never from this process): while it is current, the store has every change
         #: since, and a CONNECT or DISCONNECT saves only the session's own fields.
         self.stored_epoch = -1
+        self._rare: Any = None
 
     def next_seq(self) -> int:
         """Sequence numbers order a session's outbound messages, also across restarts."""
@@ -165,6 +164,14 @@ class Session:
     def clear_queue(self) -> None:
         self.queue = ()
         self.queued_bytes = 0
+
+
+#: ``offline_charge``: what this session's queue adds to the broker-wide offline total
+#: while its client is away (``core/offline.py``); 0 while it is connected.
+for _name, _field in rare_fields("Session", {
+        "disconnectedAt": None, "expiry_call": None, "will_call": None, "dropped": 0,
+        "offline_charge": 0}).items():
+    setattr(Session, _name, _field)
 
 
 def queued_size(message: Message) -> int:
