@@ -288,8 +288,7 @@ class MQTTConnection:
         return True
 
     def send_ack(self, first_byte: int, packet_id: int) -> None:
-        """Write a success ack (a packet id alone) without a packet object or the
-        encoder: a QoS 2 message sends three."""
+        """A success ack's four bytes, with no packet object (QoS 2 sends three)."""
         if self.state != CLOSED and (not self.max_send_size or self.max_send_size >= 4):
             self.transport.write(bytes((first_byte, 2, packet_id >> 8, packet_id & 0xFF)))
 
@@ -524,7 +523,6 @@ class MQTTConnection:
         self.broker.delivery.resend(session, self)
         self.broker.pump(session)
         self.unblock()
-
 
 
 for _name, _field in rare_fields("MQTTConnection", {
