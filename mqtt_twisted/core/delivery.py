@@ -20,6 +20,7 @@ from mqtt_twisted.constants import PropertyId
 from mqtt_twisted.core._async import when
 from mqtt_twisted.core.session import NO_ENTRIES
 from mqtt_twisted.core.states import CLOSED
+from mqtt_twisted.interfaces import IBatchedOutboundStore
 from mqtt_twisted.message import Message
 from mqtt_twisted.records import AWAITING_PUBCOMP, Outbound, SubscriptionOptions
 
@@ -44,7 +45,7 @@ class Delivery:
     log = Logger(namespace="mqtt_twisted.core.broker.Broker")
 
     __slots__ = ("broker", "clock", "settings", "stats", "store", "journal", "durable", "flow",
-                 "high_water", "offline")
+                 "high_water", "offline", "put_outbound", "sent_outbound", "drop_outbound")
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
@@ -59,6 +60,17 @@ class Delivery:
         self.offline = broker.offline
         #: Queue length at which a session's publishers are held back (flow control).
         self.high_water = max(1, min(1000, self.settings.max_queued // 2))
+        store = self.store
+        #: The outbound-record writes: a batching store's (one write per reactor turn,
+        #: a queued record going in flight marked as sent), else storeOutbound and
+        #: removeOutbound, a queued record going in flight stored again with its packet id.
+        if IBatchedOutboundStore.providedBy(store):
+            self.put_outbound = store.putOutbound
+            self.sent_outbound = store.sentOutbound
+            self.drop_outbound = store.dropOutbound
+        else:
+            self.put_outbound = self.sent_outbound = store.storeOutbound
+            self.drop_outbound = store.removeOutbound
 
     def deliver(self, session: Session, message: Message, qos: int, retain: bool,
                 subscription_ids: tuple[int, ...] | None, group: str | None = None) -> None:
@@ -105,7 +117,7 @@ class Delivery:
             if dropped[0] is out:
                 return  # larger than the whole queue: never held, so never stored
         if qos and self.durable and session.persistent:
-            self.journal.persist(self.store.storeOutbound(session.clientId, out))
+            self.journal.persist(self.put_outbound(session.clientId, out))
 
     def _dropped(self, session: Session, dropped: list[Outbound]) -> None:
         if self.durable and session.persistent:
@@ -113,7 +125,7 @@ class Delivery:
             # own fields (journal.save_session), so nothing else would remove them.
             for old in dropped:
                 if old.qos:
-                    self.journal.persist(self.store.removeOutbound(session.clientId, old.seq))
+                    self.journal.persist(self.drop_outbound(session.clientId, old.seq))
         before = session.dropped - len(dropped)
         self.stats.messages_dropped += len(dropped)
         if before.bit_length() != session.dropped.bit_length():  # log 1st, 2nd, 4th, 8th...
@@ -123,16 +135,19 @@ class Delivery:
                           bytes=self.settings.max_queued_bytes,
                           topic=dropped[-1].message.topic, n=session.dropped)
 
-    def _send_inflight(self, session: Session, conn: Any, out: Outbound) -> None:
-        pid = out.packet_id = session.allocate_packet_id()
+    def _send_inflight(self, session: Session, conn: Any, out: Outbound,
+                       queued: bool = False) -> None:
+        pid = out.packet_id = session.allocate_packet_id(out.seq)
         inflight = session.inflight
         if inflight is NO_ENTRIES:
             inflight = session.inflight = {}
         inflight[pid] = out
         session.inflight_bytes += len(out.message.payload) + len(out.message.topic)
         if self.durable and session.persistent:
-            # Stored before it is sent, so that a crash cannot lose track of it.
-            self.journal.persist(self.store.storeOutbound(session.clientId, out))
+            # Stored before it is sent, so that a crash cannot lose track of it; a queued
+            # one is stored already, and only its going in flight is new.
+            self.journal.persist((self.sent_outbound if queued else self.put_outbound)(
+                session.clientId, out))
         if not conn.send_publish(out.message, out.qos, out.retain, pid, out.subscription_ids):
             self.outbound_done(session, pid)
 
@@ -147,7 +162,7 @@ class Delivery:
                 del session.inflight[pid]
                 session.inflight_bytes -= len(out.message.payload) + len(out.message.topic)
                 if self.durable and session.persistent:
-                    self.journal.persist(self.store.removeOutbound(session.clientId, out.seq))
+                    self.journal.persist(self.drop_outbound(session.clientId, out.seq))
 
     def pump(self, session: Session) -> None:
         """Move queued messages to the wire while the client has room."""
@@ -167,10 +182,10 @@ class Delivery:
                 # [MQTT-3.3.2-5] not yet sent onward: the copy for this subscriber goes.
                 self.stats.messages_expired += 1
                 if out.qos and self.durable and session.persistent:
-                    self.journal.persist(self.store.removeOutbound(session.clientId, out.seq))
+                    self.journal.persist(self.drop_outbound(session.clientId, out.seq))
                 continue
             if out.qos:
-                self._send_inflight(session, conn, out)
+                self._send_inflight(session, conn, out, True)
             else:
                 conn.send_publish(out.message, 0, out.retain, None, out.subscription_ids)
         congested = self.flow.congested
@@ -189,7 +204,7 @@ class Delivery:
         del inflight[packet_id]
         session.inflight_bytes -= len(out.message.payload) + len(out.message.topic)
         if self.durable and session.persistent:
-            self.journal.persist(self.store.removeOutbound(session.clientId, out.seq))
+            self.journal.persist(self.drop_outbound(session.clientId, out.seq))
         if session.queue:
             self.pump(session)
 
@@ -197,7 +212,7 @@ class Delivery:
         """PUBREC: the message is delivered; only PUBREL/PUBCOMP remain [MQTT-4.3.3]."""
         out.state = AWAITING_PUBCOMP
         if self.durable and session.persistent:
-            self.journal.persist(self.store.storeOutbound(session.clientId, out))
+            self.journal.persist(self.put_outbound(session.clientId, out))
 
     def add_inbound_qos2(self, session: Session, packet_id: int) -> None:
         if session.inboundQoS2:

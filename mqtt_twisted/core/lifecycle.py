@@ -152,7 +152,7 @@ class Lifecycle:
         for topic_filter, options in state.subscriptions.items():
             session.subscriptions[topic_filter] = options
             broker.router.add(session.clientId, topic_filter, options)
-        session.restore_outbound(list(state.outbound))
+        session.restore_outbound(list(state.outbound), getattr(state, "nextSeq", 0))
         broker.offline.away(session)
         broker.refresh_read_check(session)
         broker.sessions[session.clientId] = session
