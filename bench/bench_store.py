@@ -29,11 +29,15 @@ built on our codec:
 * **reconnect**: a persistent session with ``--queued`` QoS 1 messages waiting for it
   (published while it was offline); the subscriber reconnects and acknowledges them
   all.  Figures: seconds to CONNACK, and to the last message.
+* **connacks** (``--connacks N``, alone): the same session reconnecting ``N`` times in a
+  row without acknowledging anything, so that each CONNACK finds the whole queue.
+  Figures: min, median and max ms to CONNACK.
 
 Usage::
 
     python bench/bench_store.py [--messages 20000] [--window 100] [--queued 10000]
                                 [--connects 200] [--stores memory,redis,etcd] [--runs 3]
+    python bench/bench_store.py --connacks 10 --stores redis
 
 It prints one table; the median of ``--runs`` runs is shown.
 """
@@ -310,6 +314,29 @@ def bench_reconnect(store: str, queued: int, window: int) -> tuple[float, float,
         services.close()
 
 
+def bench_connacks(store: str, queued: int, window: int, n: int) -> list[float]:
+    """Seconds to CONNACK of a persistent session with ``queued`` QoS 1 messages, ``n``
+    reconnects in a row (each takes its in-flight window and leaves without acknowledging,
+    so every reconnect finds the whole queue), sorted."""
+    services = Services(store, queued + 1000)
+    try:
+        subscribe(services.port, "bench-rc").close()
+        publish_all(services.port, queued, window, None)
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            sub = Client(services.port, "bench-rc", False)
+            times.append(time.perf_counter() - start)
+            if not sub.connack.session_present:
+                raise RuntimeError("the session was not kept")
+            time.sleep(0.2)
+            sub.close()
+            time.sleep(0.3)
+        return sorted(times)
+    finally:
+        services.close()
+
+
 def bench_ops(stores: list[str], n: int) -> dict[str, dict[str, float]]:
     """ms per call for each store, one call at a time (see ``ops`` above)."""
     from twisted.internet import defer, task
@@ -382,6 +409,9 @@ def main() -> None:
     parser.add_argument("--connects", type=int, default=200)
     parser.add_argument("--ops", type=int, default=0,
                         help="also time each store call alone, this many times")
+    parser.add_argument("--connacks", type=int, default=0,
+                        help="only the CONNACK of a session with --queued messages, this "
+                        "many reconnects per store (min, median, max)")
     parser.add_argument("--stores", default="memory,redis,etcd")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
@@ -402,6 +432,14 @@ def main() -> None:
     print(f"qos1 and offline: {args.messages} and {args.queued} messages of 64 bytes, "
           f"publisher window {args.window}; connect: {args.connects} in a row; reconnect: "
           f"{args.queued} queued QoS 1 messages; median of {args.runs} runs")
+    if args.connacks:
+        for store in stores:
+            times = [t * 1000 for t in bench_connacks(store, args.queued, args.window,
+                                                      args.connacks)]
+            print(f"{store:8} CONNACK ms, {args.connacks} reconnects with {args.queued} "
+                  f"queued: min {times[0]:.1f} median {statistics.median(times):.1f} "
+                  f"max {times[-1]:.1f}", flush=True)
+        return
     if args.ops:
         ops = bench_ops(stores, args.ops)
         print(f"ops: ms per call, {args.ops} calls one after the other")

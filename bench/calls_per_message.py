@@ -24,6 +24,14 @@ spread its messages over N nodes as ``bench/cluster.py --scenario spread`` does 
 stay on A), and prints the calls per message of all nodes together: against one
 node's QoS 1 figure, the scaling the Python work alone allows (no reactor, no
 syscalls: see docs/cluster.md, "Benchmarks").
+
+``--redis`` counts a QoS 1 message to a **persistent** subscriber on the Redis store
+instead (the store writes it for the subscriber's session, the publisher's PUBACK waits
+for them): ``RedisStore`` with its connection replaced by a transport that keeps what
+is written, answered as Redis would (``1`` for each command), ``--turn`` PUBLISHes a
+reactor turn then the subscriber's PUBACKs for what it got, a turn too; with the broker's
+default in-flight window (20) most messages are queued first.  ``--memory`` runs the
+same on the memory store, to compare.  It prints the Redis commands per message too.
 """
 
 from __future__ import annotations
@@ -313,6 +321,114 @@ print(f"QoS 1 across nodes, {TURN} a turn{more}: {on_a / N:.1f} Python calls per
 """
 
 
+_REDIS = r"""
+import sys
+from twisted.internet.task import Clock
+from mqtt_twisted.cluster.resp import Parser
+from mqtt_twisted.codec import Connect, PubAck, Publish, encode
+from mqtt_twisted.store._redisscripts import SHAS
+from mqtt_twisted.store.memory import MemoryStore
+from mqtt_twisted.store.redis import RedisStore, parse_url
+from mqtt_twisted.testing import FakeClient, make_broker
+
+N, TURN, MEMORY = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+
+
+class Transport:
+    def __init__(self):
+        self.data = []
+
+    def write(self, data):
+        self.data.append(data)
+
+
+class Connection:  # a connection the store's link took over (store/_redislink.py)
+    connected = True
+
+    def __init__(self):
+        self.transport = Transport()
+
+
+reactor = Clock()  # the store's; the broker has its own
+store = (MemoryStore(reactor) if MEMORY
+         else RedisStore(reactor, parse_url("redis://127.0.0.1:1/0?pool=1")))
+broker, clock = make_broker(store=store)
+redis = Connection()
+if not MEMORY:
+    store._links[0].protocol = redis
+parser = Parser()
+calls = [0]
+counting = [False]
+commands = [0]
+
+
+def count(frame, event, arg):
+    if event == "call":
+        calls[0] += 1
+
+
+def turn():
+    # The end of a reactor turn: the store writes its commands; Redis answers each.
+    clock.advance(0)
+    reactor.advance(0)
+    data = b"".join(redis.transport.data)
+    redis.transport.data.clear()
+    if not data:
+        return
+    sys.setprofile(None)  # Redis's work, not the broker's
+    sent = parser.feed(data)
+    commands[0] += len(sent)
+    replies = [b"OK" if c[0] == b"SET" else b"\x90" if c[0] == b"EVALSHA" and
+               c[1] == SHAS["match_retained"] else 1 for c in sent]
+    sys.setprofile(count if counting[0] else None)
+    store._links[0].answered(redis, replies)
+
+
+sub = FakeClient(broker, 4)
+sub.send(Connect("sub", 4, False, 0))  # clean session 0: persistent
+turn()
+turn()
+sub.subscribe("q/t", qos=1)
+turn()
+pub = FakeClient(broker, 4)
+pub.connect("pub")
+turn()
+sub.received()
+pub.received()
+packets = [encode(Publish("q/t", b"x" * 16, 1, False, False, (i % 60000) + 1), 4)
+           for i in range(N)]
+commands[0] = 0
+
+
+def acked():  # the subscriber acknowledges what it got (encoding it is not counted)
+    sys.setprofile(None)
+    got = [p for p in sub.received() if isinstance(p, Publish)]
+    acks = b"".join(encode(PubAck(p.packet_id), 4) for p in got)
+    sys.setprofile(count)
+    if acks:
+        sub.connection.dataReceived(acks)
+        turn()
+    return bool(acks)
+
+
+counting[0] = True
+sys.setprofile(count)
+for first in range(0, N, TURN):
+    for i in range(first, min(N, first + TURN)):
+        pub.connection.dataReceived(packets[i])
+    turn()
+    acked()
+while acked():
+    pass
+sys.setprofile(None)
+acks = sum(1 for p in pub.received() if isinstance(p, PubAck))
+assert acks == N, acks
+what = "memory store" if MEMORY else "Redis store"
+print(f"QoS 1 to a persistent subscriber, {what}, {TURN} a turn: {calls[0] / N:.1f} "
+      f"Python calls per message, {commands[0] / N:.3f} Redis commands per message")
+"""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkout", type=Path, default=ROOT)
@@ -322,7 +438,8 @@ def main() -> None:
     parser.add_argument("--cluster", action="store_true",
                         help="a QoS 1 message crossing from node A to node B")
     parser.add_argument("--turn", type=int, action="append",
-                        help="--cluster: messages per reactor turn (default 1 and 100)")
+                        help="--cluster, --redis: messages per reactor turn (default 1 "
+                        "and 100)")
     parser.add_argument("--nodes", type=int, default=1,
                         help="--cluster: nodes with a subscriber each (B, then nodes whose "
                         "entries are answered but not read); with more than one, a "
@@ -330,6 +447,10 @@ def main() -> None:
     parser.add_argument("--pipelined", action="store_true",
                         help="--cluster --nodes N: the entries pipelined instead (to "
                         "compare)")
+    parser.add_argument("--redis", action="store_true",
+                        help="QoS 1 to a persistent subscriber on the Redis store")
+    parser.add_argument("--memory", action="store_true",
+                        help="--redis's scenario on the memory store")
     parser.add_argument("--spread", type=int, default=0,
                         help="--cluster: the publisher spreads its messages over N nodes "
                         "(bench/cluster.py --scenario spread, in process): x/0 has a "
@@ -345,6 +466,12 @@ def main() -> None:
     # The compiled codec (docs/speedups.md) makes fewer Python calls than the pure one:
     # MQTT_TWISTED_PURE=1 counts the pure path, the figure to compare across checkouts.
     env.update((k, v) for k, v in os.environ.items() if k.startswith("MQTT_TWISTED_"))
+    if args.redis or args.memory:
+        for turn in args.turn or [1, 100]:
+            subprocess.run([sys.executable, "-c", _REDIS, str(args.messages), str(turn),
+                            "1" if args.memory else "0"],
+                           check=True, env=env, cwd=args.checkout)
+        return
     if not args.cluster:
         subprocess.run([sys.executable, "-c", _PROGRAM, str(args.messages)]
                        + (["--more"] if args.more else []), check=True,

@@ -407,6 +407,32 @@ class ISessionInfoStore(Interface):
         the store does not hold is saved whole."""
 
 
+class IBatchedOutboundStore(Interface):
+    """A store that writes a persistent session's outbound records in batches (optional;
+    the Redis store: one script call per connection and reactor turn).
+
+    The broker calls these instead of ``storeOutbound``/``removeOutbound``.  Each returns
+    a *shared write*: the part of a Deferred's interface the broker uses (``addBoth``,
+    ``addCallbacks``, ``addCallback``, ``addErrback``, ``called``, ``result``), the same
+    object for every write of a batch, each waiter getting the batch's own result
+    (``mqtt_twisted.writes.SharedWrite``) or a Deferred.  No Deferred per message: a
+    batch costs one.  A store whose ``loadSession`` knows more sequence numbers than its
+    records show (it keeps ``sent`` marks) gives the state a ``nextSeq``: the broker
+    numbers new messages from there.
+    """
+
+    def putOutbound(clientId, outbound):
+        """As ``storeOutbound``: insert or update the record with ``outbound.seq``."""
+
+    def sentOutbound(clientId, outbound):
+        """A record stored queued (``putOutbound`` without packet id) went in flight.
+        With the packet id ``records.packet_id_for(outbound.seq)`` the store may keep
+        only that it was sent; with another, it stores the record as ``putOutbound``."""
+
+    def dropOutbound(clientId, seq):
+        """As ``removeOutbound``: forget the record ``seq``."""
+
+
 class IRetainedStore(Interface):
     """Retained messages, matched by filter through an index, not a scan."""
 

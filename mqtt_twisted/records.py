@@ -21,6 +21,14 @@ AWAITING_ACK = 0
 AWAITING_PUBCOMP = 1
 
 
+def packet_id_for(seq: int) -> int:
+    """The packet id a message with sequence number ``seq`` is sent with, unless that id
+    is still in flight (``Session.allocate_packet_id``): 1..65535, following ``seq``.
+    A store can then record that a queued message went in flight without its packet
+    id (the Redis store's ``sent`` mark), and give it back on loading."""
+    return (seq - 1) % 65535 + 1
+
+
 class SubscriptionOptions:
     """A granted subscription: QoS and the v5 options."""
 

@@ -28,6 +28,7 @@ from mqtt_twisted.codec import (
 )
 from mqtt_twisted.core import inspection
 from mqtt_twisted.core.settings import BrokerSettings
+from mqtt_twisted.records import packet_id_for
 from mqtt_twisted.testing import FakeClient, FakeTransport, make_broker
 
 
@@ -445,12 +446,24 @@ class PacketIdTests(BrokerTestCase):
         first = publishes(sub.received())
         self.assertEqual([p.packet_id for p in first], [1, 2, 3])
         sub.send(PubAck(2))
-        # Set-up through an internal: nothing public moves the packet id counter.
-        self.broker.sessions["s"]._next_pid = 65535  # as if 65 532 more messages had gone by
+        # Set-up through an internal: nothing public moves the sequence numbers, which
+        # packet ids follow (records.packet_id_for).
+        self.broker.sessions["s"]._next_seq = 65535  # as if 65 531 more messages had gone by
         for i in range(3):
             pub.publish("t", b"late-%d" % i, 1)
         ids = [p.packet_id for p in publishes(sub.received())]
         self.assertEqual(ids, [65535, 2, 4])  # 1 and 3 are still in flight
+
+    def test_ids_follow_sequence_numbers(self):
+        """A message's packet id is the one its sequence number gives when that id is
+        free (so a store need not write it), also past 65535."""
+        sub = self.subscriber("s", "t", qos=1)
+        pub = self.client("p")
+        self.broker.sessions["s"]._next_seq = 65534  # (an internal, as above)
+        for i in range(3):
+            pub.publish("t", b"%d" % i, 1)
+        self.assertEqual([p.packet_id for p in publishes(sub.received())], [65534, 65535, 1])
+        self.assertEqual([packet_id_for(s) for s in (65534, 65535, 65536)], [65534, 65535, 1])
 
     def test_acknowledged_ids_reused(self):
         """Ids are unique among messages in flight, never zero."""

@@ -27,6 +27,7 @@ from mqtt_twisted.codec.stream import StreamDecoder
 from mqtt_twisted.constants import PacketType, PropertyId, ReasonCode
 from mqtt_twisted.core import clientlog, control, inbound, rates
 from mqtt_twisted.core._rare import rare_fields
+from mqtt_twisted.core.keepalive import check_keepalive
 from mqtt_twisted.core.session import Session
 from mqtt_twisted.core.states import AWAIT_CONNECT, CLOSE_GRACE, CLOSED, CONNECTED, CONNECTING
 from mqtt_twisted.core.wire import publish_bytes, with_dup
@@ -292,6 +293,13 @@ class MQTTConnection:
         if self.state != CLOSED and (not self.max_send_size or self.max_send_size >= 4):
             self.transport.write(bytes((first_byte, 2, packet_id >> 8, packet_id & 0xFF)))
 
+    def send_acks(self, first_byte: int, packet_ids: list[int]) -> None:
+        """Write success acks of one kind in one write: the PUBACKs that waited for one
+        store write (``inbound.flush_acks``)."""
+        if self.state != CLOSED and (not self.max_send_size or self.max_send_size >= 4):
+            self.transport.write(b"".join([b"%c\x02%c%c" % (first_byte, pid >> 8, pid & 0xFF)
+                                           for pid in packet_ids]))
+
     def send_publish(self, message: Message, qos: int, retain: bool, packet_id: int | None,
                      subscription_ids: tuple[int, ...] | None, dup: bool = False) -> bool:
         """Write one PUBLISH; False if it exceeds the client's maximum packet size."""
@@ -440,7 +448,7 @@ class MQTTConnection:
         a closing peer that has not let go within CLOSE_GRACE is cut off."""
         state = self.state
         if state == CONNECTED:
-            _check_keepalive(self)
+            check_keepalive(self)
         elif state == CLOSED:
             if not self.lost:
                 self.transport.abortConnection()
@@ -531,27 +539,6 @@ for _name, _field in rare_fields("MQTTConnection", {
     setattr(MQTTConnection, _name, _field)
 
 
-def _check_keepalive(conn: MQTTConnection) -> None:
-    """Closed after 1.5 x keep alive without a packet [MQTT-3.1.2-24]; otherwise the
-    check comes again when that much time has passed since the last one."""
-    broker = conn.broker
-    if broker.deadlines.arm(conn, conn.last_rx + conn.keep_alive * 1.5):
-        return
-    idle = broker.clock.seconds() - conn.last_rx
-    clientlog.closing(conn, ReasonCode.KEEP_ALIVE_TIMEOUT, f"nothing received for {idle:.1f} s")
-    broker.stats.keepalive_timeouts += 1
-    conn.close(ReasonCode.KEEP_ALIVE_TIMEOUT)
-def _next_share(conn: MQTTConnection) -> None:
-    """The next READ_BUDGET packets of what ``conn`` read; reading resumes after the last
-    (unless flow control still holds it back: one counter for both).  A function, not a
-    method: the class is at its size limit."""
-    conn._resume_call = None
-    if conn.state == CLOSED:
-        return
-    conn.dataReceived(b"")  # throttles again if there is still more
-    conn.unthrottle()
-
-
 def _pace_backlog(conn: MQTTConnection) -> None:
     """The rest of a held backlog goes on at the next turn, reads paused meanwhile; a
     pending :func:`_next_share` is folded into it (it goes on after the backlog)."""
@@ -598,3 +585,14 @@ _HANDLERS: dict[int, Callable[[MQTTConnection, Any], None]] = {
     PacketType.AUTH: control.on_auth,
 }
 _HANDLERS = {int(k): v for k, v in _HANDLERS.items()}
+
+
+def _next_share(conn: MQTTConnection) -> None:
+    """The next READ_BUDGET packets of what ``conn`` read; reading resumes after the last
+    (unless flow control still holds it back: one counter for both).  A function, not a
+    method: the class is at its size limit."""
+    conn._resume_call = None
+    if conn.state == CLOSED:
+        return
+    conn.dataReceived(b"")  # throttles again if there is still more
+    conn.unthrottle()

@@ -19,6 +19,7 @@ from mqtt_twisted.codec import PubRel
 from mqtt_twisted.core.retained import send_retained, send_slice
 from mqtt_twisted.core.session import NO_ENTRIES
 from mqtt_twisted.core.states import CLOSED
+from mqtt_twisted.interfaces import IBatchedOutboundStore
 from mqtt_twisted.message import Message, expired
 from mqtt_twisted.records import AWAITING_PUBCOMP, Outbound, SubscriptionOptions
 
@@ -42,7 +43,8 @@ class Delivery:
     log = Logger(namespace="mqtt_twisted.core.broker.Broker")
 
     __slots__ = ("broker", "clock", "settings", "stats", "store", "journal", "durable", "flow",
-                 "high_water", "offline", "hold")
+                 "high_water", "offline", "hold", "put_outbound", "sent_outbound",
+                 "drop_outbound")
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
@@ -61,6 +63,17 @@ class Delivery:
         #: a copy from a peer's stream keeps its entry unacknowledged until the copy
         #: is done with, ``release_held``); None on a single node.
         self.hold: Any = None
+        store = self.store
+        #: The outbound-record writes: a batching store's (one write per reactor turn,
+        #: a queued record going in flight marked as sent), else storeOutbound and
+        #: removeOutbound, a queued record going in flight stored again with its packet id.
+        if IBatchedOutboundStore.providedBy(store):
+            self.put_outbound = store.putOutbound
+            self.sent_outbound = store.sentOutbound
+            self.drop_outbound = store.dropOutbound
+        else:
+            self.put_outbound = self.sent_outbound = store.storeOutbound
+            self.drop_outbound = store.removeOutbound
 
     def deliver(self, session: Session, message: Message, qos: int, retain: bool,
                 subscription_ids: tuple[int, ...] | None, group: str | None = None) -> None:
@@ -111,7 +124,7 @@ class Delivery:
             if dropped[0] is out:
                 return  # larger than the whole queue: never held, so never stored
         if qos and self.durable and session.persistent:
-            self.journal.persist(self.store.storeOutbound(session.clientId, out))
+            self.journal.persist(self.put_outbound(session.clientId, out))
 
     def _dropped(self, session: Session, dropped: list[Outbound]) -> None:
         for old in dropped:
@@ -122,7 +135,7 @@ class Delivery:
             # own fields (journal.save_session), so nothing else would remove them.
             for old in dropped:
                 if old.qos:
-                    self.journal.persist(self.store.removeOutbound(session.clientId, old.seq))
+                    self.journal.persist(self.drop_outbound(session.clientId, old.seq))
         before = session.dropped - len(dropped)
         self.stats.messages_dropped += len(dropped)
         if before.bit_length() != session.dropped.bit_length():  # log 1st, 2nd, 4th, 8th...
@@ -132,16 +145,19 @@ class Delivery:
                           bytes=self.settings.max_queued_bytes,
                           topic=dropped[-1].message.topic, n=session.dropped)
 
-    def _send_inflight(self, session: Session, conn: Any, out: Outbound) -> None:
-        pid = out.packet_id = session.allocate_packet_id()
+    def _send_inflight(self, session: Session, conn: Any, out: Outbound,
+                       queued: bool = False) -> None:
+        pid = out.packet_id = session.allocate_packet_id(out.seq)
         inflight = session.inflight
         if inflight is NO_ENTRIES:
             inflight = session.inflight = {}
         inflight[pid] = out
         session.inflight_bytes += len(out.message.payload) + len(out.message.topic)
         if self.durable and session.persistent:
-            # Stored before it is sent, so that a crash cannot lose track of it.
-            self.journal.persist(self.store.storeOutbound(session.clientId, out))
+            # Stored before it is sent, so that a crash cannot lose track of it; a queued
+            # one is stored already, and only its going in flight is new.
+            self.journal.persist((self.sent_outbound if queued else self.put_outbound)(
+                session.clientId, out))
         if not conn.send_publish(out.message, out.qos, out.retain, pid, out.subscription_ids):
             self.outbound_done(session, pid)
 
@@ -158,7 +174,7 @@ class Delivery:
                     release_held(out)
                 session.inflight_bytes -= len(out.message.payload) + len(out.message.topic)
                 if self.durable and session.persistent:
-                    self.journal.persist(self.store.removeOutbound(session.clientId, out.seq))
+                    self.journal.persist(self.drop_outbound(session.clientId, out.seq))
 
     def pump(self, session: Session) -> None:
         """Move queued messages to the wire while the client has room."""
@@ -180,10 +196,10 @@ class Delivery:
                 if out.held is not None:
                     release_held(out)
                 if out.qos and self.durable and session.persistent:
-                    self.journal.persist(self.store.removeOutbound(session.clientId, out.seq))
+                    self.journal.persist(self.drop_outbound(session.clientId, out.seq))
                 continue
             if out.qos:
-                self._send_inflight(session, conn, out)
+                self._send_inflight(session, conn, out, True)
             else:
                 conn.send_publish(out.message, 0, out.retain, None, out.subscription_ids)
         congested = self.flow.congested
@@ -204,7 +220,7 @@ class Delivery:
             release_held(out)
         session.inflight_bytes -= len(out.message.payload) + len(out.message.topic)
         if self.durable and session.persistent:
-            self.journal.persist(self.store.removeOutbound(session.clientId, out.seq))
+            self.journal.persist(self.drop_outbound(session.clientId, out.seq))
         if session.queue:
             self.pump(session)
 
@@ -214,7 +230,7 @@ class Delivery:
         if out.held is not None:
             release_held(out)  # the client has it: a second copy elsewhere would be one too many
         if self.durable and session.persistent:
-            self.journal.persist(self.store.storeOutbound(session.clientId, out))
+            self.journal.persist(self.put_outbound(session.clientId, out))
 
     def add_inbound_qos2(self, session: Session, packet_id: int) -> None:
         if session.inboundQoS2:

@@ -183,7 +183,9 @@ def publish(conn: MQTTConnection, message: Message, allowed: bool) -> None:
             reply_ack(conn, _PUBREC, PubRec, pid, writes)
     elif writes or conn._acks:
         conn._unacked_qos1 += 1  # counts towards the receive maximum until PUBACK
-        ack_after(conn, PubAck(pid, code), writes, qos1_acked)
+        # A success PUBACK waits as its packet id alone: flush_acks writes a run of
+        # them at once (conn.send_acks), with no packet object or encoder each.
+        ack_after(conn, PubAck(pid, code) if code else pid, writes, qos1_acked)
     elif code:
         conn.send(PubAck(pid, code))
     else:
@@ -268,10 +270,11 @@ def reply_ack(conn: MQTTConnection, first_byte: int, cls: type, packet_id: int,
         conn.send_ack(first_byte, packet_id)
 
 
-def ack_after(conn: MQTTConnection, ack: Packet, writes: list[Any],
+def ack_after(conn: MQTTConnection, ack: Packet | int, writes: list[Any],
                then: Callable[[], None] | None = None) -> None:
     """Send ``ack`` (then call ``then``) once ``writes`` are stored, keeping acks in
-    the order of the packets they answer.
+    the order of the packets they answer.  An int ``ack`` is the packet id of a success
+    PUBACK (``then`` is then :func:`qos1_acked`).
 
     An entry of ``conn._acks`` is ``[writes pending, acks, failed, thens, shared]``.
     An ack joins the entry before it when it would wait for nothing more: it has no
@@ -314,19 +317,30 @@ def flush_acks(conn: MQTTConnection) -> None:
         if failed:
             # Not stored: no acknowledgement; the client resends after reconnecting.
             if not failed.check(StoreUnavailable):  # the store logs its outage once
+                first = packets[0]
                 conn.log.warn("Store failed before {packet} to {client}; closing",
-                              packet=type(packets[0]).__name__, client=conn.client_id)
+                              packet="PubAck" if type(first) is int else type(first).__name__,
+                              client=conn.client_id)
             else:  # (and this client's disconnect only at debug: one outage, one line)
                 clientlog.closing(conn, ReasonCode.SERVER_BUSY, why=clientlog.STORE_OUTAGE)
             acks.clear()
             conn.close(ReasonCode.SERVER_BUSY)
             return
+        pubacks: list[int] = []
         for ack, then in zip(packets, thens):
-            conn.send(ack)
             if then is qos1_acked:
                 conn._unacked_qos1 -= 1
-            elif then is not None:
+                if type(ack) is int:
+                    pubacks.append(ack)
+                    continue
+            if pubacks:  # the success PUBACKs before it, first
+                conn.send_acks(_PUBACK, pubacks)
+                pubacks = []
+            conn.send(ack)
+            if then is not None and then is not qos1_acked:
                 then()
+        if pubacks:
+            conn.send_acks(_PUBACK, pubacks)
 
 
 def resolve_alias(conn: MQTTConnection, alias: int, topic: str) -> str:

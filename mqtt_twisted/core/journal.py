@@ -21,82 +21,10 @@ from mqtt_twisted.core.stats import LATENCY_SAMPLE
 from mqtt_twisted.errors import StorageError, StoreUnavailable
 from mqtt_twisted.interfaces import ISessionInfoStore
 
+# Below both the core and the stores, which hand it out (the Redis store's batches).
+from mqtt_twisted.writes import SharedWrite
 
-class SharedWrite:
-    """A write several waiters share, with the part of a Deferred's interface that the
-    journal's callers use (``addCallbacks``, ``addBoth``, ``addCallback``,
-    ``addErrback``, ``called``, ``result``).  Unlike a Deferred's callbacks, which form
-    a chain, every waiter gets the write's own result (fan-out): one waiter handling
-    a failure does not hide it from the next.
-
-    Why not a Deferred: the core imports nothing of ``twisted.internet``, and a
-    Deferred per message was 5 Python calls of each crossing message's 35 at its
-    publisher's node (``bench/calls_per_message.py --cluster``); ``inbound.ack_after``
-    also recognises this class and queues a publisher's PUBACKs that wait for the same
-    write as one entry."""
-
-    log = Logger(namespace="mqtt_twisted.core.journal")
-
-    __slots__ = ("called", "result", "_waiters")
-
-    def __init__(self) -> None:
-        self.called = False
-        self.result: Any = None
-        self._waiters: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
-
-    def addBoth(self, f: Callable[..., Any], *args: Any, **kw: Any) -> SharedWrite:
-        if self.called:
-            self._call(f, self.result, args, kw)
-        else:
-            self._waiters.append((f, args, kw))
-        return self
-
-    def addCallbacks(self, callback: Callable[..., Any],
-                     errback: Callable[..., Any] | None = None,
-                     callbackArgs: tuple[Any, ...] = (),
-                     callbackKeywords: dict[str, Any] | None = None,
-                     errbackArgs: tuple[Any, ...] = (),
-                     errbackKeywords: dict[str, Any] | None = None) -> SharedWrite:
-        return self.addBoth(_either, callback, errback, callbackArgs, callbackKeywords or {},
-                            errbackArgs, errbackKeywords or {})
-
-    def addCallback(self, f: Callable[..., Any], *args: Any, **kw: Any) -> SharedWrite:
-        return self.addCallbacks(f, None, args, kw)
-
-    def addErrback(self, f: Callable[..., Any], *args: Any, **kw: Any) -> SharedWrite:
-        return self.addCallbacks(_passed, f, (), None, args, kw)
-
-    def fire(self, result: Any) -> None:
-        """The write is done (``result``) or failed (a Failure): tell every waiter."""
-        if self.called:
-            return
-        self.called = True
-        self.result = result
-        waiters, self._waiters = self._waiters, []
-        for f, args, kw in waiters:
-            self._call(f, result, args, kw)
-
-    def _call(self, f: Callable[..., Any], result: Any, args: tuple[Any, ...],
-              kw: dict[str, Any]) -> None:
-        try:
-            f(result, *args, **kw)
-        except Exception:
-            # As a Deferred would log an error nobody handled; the other waiters go on.
-            self.log.failure("A store write's waiter failed")
-
-
-def _either(result: Any, callback: Callable[..., Any], errback: Callable[..., Any] | None,
-            cargs: tuple[Any, ...], ckw: dict[str, Any], eargs: tuple[Any, ...],
-            ekw: dict[str, Any]) -> None:
-    if isinstance(result, Failure):
-        if errback is not None:
-            errback(result, *eargs, **ekw)
-    else:
-        callback(result, *cargs, **ckw)
-
-
-def _passed(result: Any) -> None:
-    """``addErrback``'s callback: a success needs nothing."""
+__all__ = ["Journal", "SharedWrite"]
 
 
 class Journal:
@@ -105,7 +33,7 @@ class Journal:
     log = Logger(namespace="mqtt_twisted.core.broker.Broker")
 
     __slots__ = ("store", "stats", "clock", "durable", "_collecting", "failures",
-                 "incremental")
+                 "incremental", "_watched")
 
     def __init__(self, store: Any, stats: Any, clock: Any = None) -> None:
         self.store = store
@@ -119,6 +47,9 @@ class Journal:
         self.failures = 0
         #: Whether CONNECT and DISCONNECT may save a session's own fields alone.
         self.incremental = self.durable and ISessionInfoStore.providedBy(store)
+        #: The last fire-and-forget write given store_failed: a batch that many writes
+        #: share (the Redis store's outbound records of a turn) gets it once.
+        self._watched: Any = None
 
     def writes_of(self, action: Callable[..., Any], *args: Any) -> tuple[Any, list[Any]]:
         """Run ``action`` and return its result with the store writes it left pending:
@@ -142,17 +73,25 @@ class Journal:
 
     def persist(self, result: Any) -> None:
         """A store write: fire-and-forget (failures logged), or collected for an ack."""
-        if not hasattr(result, "addErrback"):
+        if type(result) is SharedWrite:  # (a batch's: no hasattr, getattr per message)
+            if result.called and not isinstance(result.result, Failure):
+                return
+        elif not hasattr(result, "addErrback"):
             return
-        if getattr(result, "called", False) and not isinstance(result.result, Failure):
+        elif getattr(result, "called", False) and not isinstance(result.result, Failure):
             return  # stored already (the memory store): nothing to wait for
         stats = self.stats
         stats.store_writes += 1
         if not stats.store_writes & (LATENCY_SAMPLE - 1) and self.clock is not None:
             result.addBoth(self._timed, self.clock.seconds())
-        if self._collecting is not None:
-            self._collecting.append(result)
-        else:
+        collecting = self._collecting
+        if collecting is not None:
+            if not collecting or collecting[-1] is not result:  # a batch's next write
+                collecting.append(result)
+        elif result is not self._watched:
+            # A shared write (a batch) is watched once: its failure counts once, not
+            # once per write it carries, and costs no waiter per message.
+            self._watched = result
             result.addErrback(self.store_failed)
 
     def save_session(self, session: Any) -> None:

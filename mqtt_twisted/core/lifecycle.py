@@ -155,7 +155,7 @@ class Lifecycle:
         if state.subscriptions:
             session.subscriptions = dict(state.subscriptions)
             broker.index(session.clientId, list(state.subscriptions.items()))
-        session.restore_outbound(list(state.outbound))
+        session.restore_outbound(list(state.outbound), getattr(state, "nextSeq", 0))
         broker.offline.away(session)
         broker.refresh_read_check(session)
         broker.sessions[session.clientId] = session

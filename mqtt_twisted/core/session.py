@@ -45,7 +45,7 @@ class Session:
 
     __slots__ = (
         "clientId", "subscriptions", "expiryInterval", "inflight", "queue", "inboundQoS2",
-        "connection", "identity", "_next_pid", "max_inflight", "max_queued", "_next_seq",
+        "connection", "identity", "max_inflight", "max_queued", "_next_seq",
         "queued_bytes", "max_queued_bytes", "inflight_bytes", "max_inflight_bytes",
         "read_check", "retained_backlog", "owner", "will", "willDelay", "stored_epoch",
         "_rare",
@@ -69,7 +69,6 @@ class Session:
         self.identity: Any = None
         #: The user it belongs to (``records.owner_of`` of the identity that created it).
         self.owner: str | None = None
-        self._next_pid = 1
         self.max_inflight = max_inflight
         self.max_queued = max_queued
         #: What the queued messages hold: payload and topic bytes (see queued_size).
@@ -100,9 +99,11 @@ class Session:
         self._next_seq = seq + 1
         return seq
 
-    def restore_outbound(self, outbound: list[Outbound]) -> None:
+    def restore_outbound(self, outbound: list[Outbound], next_seq: int = 0) -> None:
         """Put stored messages back: in-flight ones (with a packet id) first, each in
-        sequence order."""
+        sequence order.  Sequence numbers go on after the last one held, and at least
+        from ``next_seq`` (a store's ``nextSeq``: those it has seen sent, also after
+        every record went)."""
         ordered = sorted(outbound, key=lambda o: o.seq)
         for out in ordered:
             if out.packet_id is None:
@@ -115,8 +116,7 @@ class Session:
                     self.inflight = {}
                 self.inflight[out.packet_id] = out
                 self.inflight_bytes += queued_size(out.message)
-        if ordered:
-            self._next_seq = ordered[-1].seq + 1
+        self._next_seq = max(ordered[-1].seq + 1 if ordered else 1, next_seq)
 
     @property
     def outbound(self) -> list[Outbound]:
@@ -130,13 +130,14 @@ class Session:
         """Whether anything of the session outlives its connection."""
         return self.expiryInterval is None or self.expiryInterval > 0
 
-    def allocate_packet_id(self) -> int:
-        """The next packet id not in flight [MQTT-2.3.1-2]."""
-        pid = self._next_pid
+    def allocate_packet_id(self, seq: int) -> int:
+        """The packet id of the message ``seq``: ``records.packet_id_for(seq)``, or the
+        next one after it not in flight [MQTT-2.3.1-2].  Derived from the sequence
+        number, so that a store need not write it (see ``packet_id_for``)."""
+        pid = (seq - 1) % 65535 + 1  # packet_id_for(seq), inline: once per message
         inflight = self.inflight
         while pid in inflight:
             pid = pid + 1 if pid < 65535 else 1
-        self._next_pid = pid + 1 if pid < 65535 else 1
         return pid
 
     def enqueue(self, item: Outbound) -> list[Outbound]:

@@ -18,7 +18,7 @@ import msgpack
 from mqtt_twisted.constants import PropertyId
 from mqtt_twisted.errors import StorageError
 from mqtt_twisted.message import Message
-from mqtt_twisted.records import Outbound, SubscriptionOptions
+from mqtt_twisted.records import Outbound, SubscriptionOptions, packet_id_for
 from mqtt_twisted.store.memory import StoredSession
 
 #: Version of the stored format, first in every record; readers refuse others.
@@ -26,6 +26,8 @@ FORMAT = 1
 
 _PROPERTY_IDS = {int(p): p for p in PropertyId}
 _pack = msgpack.Packer(use_bin_type=True).pack
+#: The packer of every record (``_redisbatch`` writes records with it inline).
+PACK = _pack
 _unpackb = msgpack.unpackb
 _new = object.__new__
 
@@ -162,6 +164,17 @@ def decode_session(client_id: str, data: bytes) -> StoredSession:
     state.owner = owner.decode("utf-8") if owner is not None else None
     state.subscriptions = {f.decode(): decode_options(o) for f, o in zip(subs[::2], subs[1::2])}
     state.outbound = sorted((decode_outbound(o) for o in outbound[1::2]), key=lambda o: o.seq)
+    sent = info.get(b"sent")
+    if sent:
+        # The highest seq sent (_redisbatch.py): every record up to it without a packet
+        # id went in flight with the one its seq gives, and seqs go on above it.
+        mark = int(sent)
+        for out in state.outbound:
+            if out.seq > mark:
+                break
+            if out.packet_id is None:
+                out.packet_id = packet_id_for(out.seq)
+        state.nextSeq = mark + 1
     state.inboundQoS2 = {int(pid) for pid in qos2}
     # A cluster's marks: stream -> the last of its entries delivered into the session.
     state.marks = {k[2:]: v for k, v in info.items() if k[:2] == b"m:"}

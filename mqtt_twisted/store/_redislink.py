@@ -76,16 +76,19 @@ PROGRESS_CHECK = 0.5
 
 class _Call:
     """One command: its arguments, the caller's Deferred, when it gives up, and whether
-    it writes (for the outage's count of failed writes)."""
+    it writes (for the outage's count of failed writes).  A batch's call has the batch
+    instead of arguments: its command is built when the turn's commands are written."""
 
-    __slots__ = ("args", "deferred", "deadline", "done", "write")
+    __slots__ = ("args", "deferred", "deadline", "done", "write", "batch")
 
-    def __init__(self, args: tuple[Any, ...], deadline: float, write: bool | None) -> None:
+    def __init__(self, args: tuple[Any, ...] | None, deadline: float, write: bool | None,
+                 batch: Any = None) -> None:
         self.args = args
         self.deferred: Deferred[Any] = Deferred()
         self.deadline = deadline
         self.done = False
         self.write = write
+        self.batch = batch
 
 
 class _Protocol(txredisapi.RedisProtocol):
@@ -209,8 +212,11 @@ class Link:
         self.ready: Deferred[None] | None = Deferred()
         self._timer: Any = None
         self._flush_call: Any = None
-        #: Commands encoded this turn, written together by _flush.
-        self._out: list[bytes] = []
+        #: Commands encoded this turn, written together by _flush (a batch: encoded then).
+        self._out: list[Any] = []
+        #: The batches open on this link (``_redisbatch``), by client id when fenced
+        #: (else under None): the record writes made now join them.
+        self.batches: dict[bytes | None, Any] = {}
         self.stopped = False
         self._drained: list[Deferred[None]] = []
         self._checked_reads = -1
@@ -276,6 +282,7 @@ class Link:
             self._flush_call.cancel()
             self._flush_call = None
             self._out = []
+        self.close_batches()
         sent, self.sent = self.sent, deque()
         outage = self.store.outage
         for call in sent:
@@ -310,6 +317,8 @@ class Link:
     # --- calls ---
 
     def call(self, args: tuple[Any, ...], write: bool = True) -> Deferred[Any]:
+        if self.batches:
+            self.close_batches()  # the record writes after this command go after it
         store = self.store
         call = _Call(args, store.reactor.seconds() + store.options.timeout, write)
         protocol = self.protocol
@@ -323,6 +332,31 @@ class Link:
             return self._replicas.gate(call.deferred)
         return call.deferred
 
+    def open_batch(self, key: bytes | None, batch: Any) -> None:
+        """Open ``batch`` (``_redisbatch.Batch``) here, in the order of this link's
+        commands: its writes' SharedWrite fires with the script's reply (after the
+        turn's WAIT, with ``?wait=N``)."""
+        store = self.store
+        call = _Call(None, store.reactor.seconds() + store.options.timeout, True, batch)
+        protocol = self.protocol
+        if protocol is not None:
+            self._send(protocol, call)
+        else:
+            self.waiting.append(call)
+        if self._timer is None:
+            self._arm()
+        d = call.deferred
+        if self._replicas is not None:
+            d = self._replicas.gate(d)
+        d.addBoth(batch.write.fire)
+        self.batches[key] = batch
+
+    def close_batches(self) -> None:
+        """The open batches take no more writes: the next ones open new batches."""
+        for batch in self.batches.values():
+            batch.open = False
+        self.batches = {}
+
     def _send_wait(self, replicas: int, milliseconds: int) -> Deferred[Any]:
         return self.call((b"WAIT", replicas, milliseconds), write=False)
 
@@ -330,15 +364,18 @@ class Link:
         """Encode the command; the turn's commands are written together by _flush (one
         transport write, one round trip)."""
         self.sent.append(call)
-        self._out.append(encode_command(call.args))
+        self._out.append(encode_command(call.args) if call.batch is None else call.batch)
         if self._flush_call is None:
             self._flush_call = self.store.reactor.callLater(0, self._flush, protocol)
 
     def _flush(self, protocol: Any) -> None:
         self._flush_call = None
         out, self._out = self._out, []
+        self.close_batches()  # written now: the next writes open new ones
         if out and protocol.connected and protocol.transport is not None:
-            protocol.transport.write(b"".join(out))
+            protocol.transport.write(b"".join([
+                item if type(item) is bytes else encode_command(item.command())
+                for item in out]))
 
     def answered(self, protocol: Any, replies: list[Any]) -> None:
         """Replies read from ``protocol``: each answers the oldest call sent on it."""
@@ -394,6 +431,7 @@ class Link:
         waiting = self.waiting
         while waiting and (waiting[0].done or waiting[0].deadline <= now):
             call = waiting.popleft()
+            self.close_batches()  # a batch that failed takes no more writes
             if not call.done:
                 call.done = True
                 call.deferred.errback(store.outage.error(f"Redis unreachable for {timeout}s",
@@ -408,6 +446,7 @@ class Link:
         if sent and sent[0].deadline <= now:
             # A hung or partitioned server: an outage, declared before its calls fail.
             store.outage.down(self.index, f"no reply in {timeout}s")
+            self.close_batches()
             while sent:
                 call = sent.popleft()
                 if not call.done:
@@ -431,6 +470,7 @@ class Link:
         return True
 
     def _fail(self, calls: deque[_Call], error: Exception) -> None:
+        self.close_batches()
         while calls:
             call = calls.popleft()
             if not call.done:

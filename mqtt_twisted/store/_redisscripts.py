@@ -68,6 +68,40 @@ redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
 return 1
 """
 
+#: A batch of outbound-record writes (``_redisbatch``): per client, KEYS its session
+#: and outbound hashes; ARGV its sent mark (empty: none) and a msgpack map of seq to
+#: record (an empty record: remove it).  A client's part applies only while its session
+#: exists, as a single guarded write would.
+_BATCH = """
+local function apply(cmd, key, list)
+  local j = 1
+  while j <= #list do
+    local upto = math.min(j + 999, #list)
+    redis.call(cmd, key, unpack(list, j, upto))
+    j = upto + 1
+  end
+end
+for k = 1, #KEYS, 2 do
+  local a = k
+  if redis.call('EXISTS', KEYS[k]) == 1 then
+    local puts, removed = {}, {}
+    for seq, record in pairs(cmsgpack.unpack(ARGV[a + 1])) do
+      seq = string.format('%d', seq)
+      if record == '' then
+        removed[#removed + 1] = seq
+      else
+        puts[#puts + 1] = seq
+        puts[#puts + 1] = record
+      end
+    end
+    apply('HSET', KEYS[k + 1], puts)
+    apply('HDEL', KEYS[k + 1], removed)
+    if ARGV[a] ~= '' then redis.call('HSET', KEYS[k], 'sent', ARGV[a]) end
+  end
+end
+return 1
+"""
+
 _DELETE = """
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 return redis.call('SREM', KEYS[5], ARGV[1])
@@ -213,13 +247,14 @@ SCRIPTS = {
     "guarded": _GUARDED, "save": _SAVE, "info": _INFO, "delete": _DELETE, "load": _LOAD, "list": _LIST,
     "set_retained": _SET_RETAINED, "delete_retained": _DELETE_RETAINED,
     "match_retained": _MATCH_RETAINED, "release": _RELEASE, "marked": _MARKED,
+    "batch": _BATCH,
 }
 #: The fenced variants of the session writes (``RedisStore.fence``).
 FENCED = {name: "fenced_" + name for name in ("guarded", "save", "info", "delete", "plain",
-                                              "marked")}
+                                              "marked", "batch")}
 SCRIPTS.update({FENCED[name]: _FENCE + body for name, body in (
     ("guarded", _GUARDED), ("save", _SAVE), ("info", _INFO), ("delete", _DELETE),
-    ("plain", _PLAIN), ("marked", _MARKED))})
+    ("plain", _PLAIN), ("marked", _MARKED), ("batch", _BATCH))})
 SHAS = {name: hashlib.sha1(body.encode()).hexdigest().encode()
          for name, body in SCRIPTS.items()}
 

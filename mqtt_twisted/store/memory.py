@@ -35,6 +35,9 @@ class StoredSession:
         self.outbound: list[Any] = []
         self.inboundQoS2: set[int] = set()
         self.owner: str | None = None
+        #: Sequence numbers for new messages start at least here (0: after the last
+        #: record's); the Redis store's ``sent`` mark can say more than its records.
+        self.nextSeq = 0
 
     @classmethod
     def copy_of(cls, state: Any) -> StoredSession:

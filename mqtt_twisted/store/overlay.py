@@ -18,7 +18,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from zope.interface import alsoProvides, implementer
 
-from mqtt_twisted.interfaces import ISessionInfoStore, IStore
+from mqtt_twisted.interfaces import IBatchedOutboundStore, ISessionInfoStore, IStore
 from mqtt_twisted.message import Message
 from mqtt_twisted.store.retained_index import RetainedIndex
 
@@ -50,6 +50,10 @@ class SysRetainedOverlay:
         if ISessionInfoStore.providedBy(store):
             self.saveSessionInfo = store.saveSessionInfo
             alsoProvides(self, ISessionInfoStore)
+        if IBatchedOutboundStore.providedBy(store):
+            for name in IBatchedOutboundStore.names():
+                setattr(self, name, getattr(store, name))
+            alsoProvides(self, IBatchedOutboundStore)
 
     def __repr__(self) -> str:
         return f"<SysRetainedOverlay over {self.store!r}>"

@@ -8,7 +8,8 @@ Redis hash tags, so that every key of one client lands in one Redis Cluster slot
 
     P:sessions            set   client ids of the stored sessions
     P:session:{cid}       hash  v (format), expiry, willDelay, disconnectedAt, will, owner
-                                (a cluster's m:STREAM marks too: kept by saveSession)
+                                (a cluster's m:STREAM marks too: kept by saveSession),
+                                sent (the highest seq sent: _redisbatch.py)
     P:subs:{cid}          hash  topic filter -> subscription options
     P:out:{cid}           hash  seq -> outbound record (queued or in flight) with its message
     P:qos2:{cid}          set   packet ids of inbound QoS 2 PUBLISHes awaiting PUBREL
@@ -17,8 +18,10 @@ Redis hash tags, so that every key of one client lands in one Redis Cluster slot
     P:rtrie:<path>        set   the retained-topic index: the child levels of a topic prefix
 
 Every store call is one Redis command, either a plain one or a Lua script, so each
-is atomic; another broker node on the same Redis sees a session, its
-subscriptions, its queue and every retained message as soon as the call answers.
+is atomic, but for the outbound-record writes: those of one reactor turn on one
+connection are one script call (``_redisbatch.py``).  Another broker node on the
+same Redis sees a session, its subscriptions, its queue and every retained message
+as soon as the call answers.
 Retained messages are matched by walking the ``rtrie`` index inside Redis (a Lua
 script), so a SUBSCRIBE visits only the topic levels that can match, on every
 node, with no copy of the index in the broker.
@@ -52,8 +55,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mqtt_twisted.errors import StorageError
-from mqtt_twisted.interfaces import ILock, ISessionInfoStore, IStore
+from mqtt_twisted.interfaces import IBatchedOutboundStore, ILock, ISessionInfoStore, IStore
 from mqtt_twisted.message import Message
+from mqtt_twisted.store._redisbatch import OutboundBatches
 from mqtt_twisted.store._redisformat import (
     FORMAT,
     decode_message,
@@ -203,13 +207,14 @@ def _checked(options: RedisOptions) -> RedisOptions:
 # --- the store ------------------------------------------------------------------------------
 
 
-@implementer(IStore, ISessionInfoStore)
-class RedisStore:
+@implementer(IStore, ISessionInfoStore, IBatchedOutboundStore)
+class RedisStore(OutboundBatches):
     """Sessions, retained messages and client locks in Redis (see the module docstring).
 
     Its helpers, in private modules: the key names (``_rediskeys.KeyLayout``), the
-    connections (``_redislink.Link``), the Lua scripts (``_redisscripts``) and the
-    client locks ``acquireLock`` hands out (``_redislock.RedisLocks``).
+    connections (``_redislink.Link``), the Lua scripts (``_redisscripts``), the
+    batches of outbound-record writes (``_redisbatch``) and the client locks
+    ``acquireLock`` hands out (``_redislock.RedisLocks``).
     """
 
     name = "redis"
@@ -382,26 +387,7 @@ class RedisStore:
         cid = self._keys.cid(clientId)
         return self._plain(cid, b"HDEL", self._keys.key(b"subs", cid), topicFilter.encode("utf-8"))
 
-    def storeOutbound(self, clientId: str, outbound: Any) -> Deferred[None]:
-        cid = self._keys.cid(clientId)
-        message = outbound.message
-        # A message fanned out to many sessions is serialized once: the broker stores
-        # its copies one after the other.
-        if message is not self._last_message:
-            self._last_message = message
-            self._last_blob = encode_message(message)
-        if self.mark is not None:
-            keys = self._keys
-            return self._write(cid, "marked", (keys.key(b"session", cid),
-                                               keys.key(b"out", cid)),
-                               (str(outbound.seq).encode(),
-                                encode_outbound(outbound, self._last_blob), *self.mark))
-        return _guarded(self, cid, b"out", b"HSET", str(outbound.seq).encode(),
-                             encode_outbound(outbound, self._last_blob))
-
-    def removeOutbound(self, clientId: str, seq: int) -> Deferred[None]:
-        cid = self._keys.cid(clientId)
-        return self._plain(cid, b"HDEL", self._keys.key(b"out", cid), str(seq).encode())
+    # storeOutbound, removeOutbound and the batched record writes: _redisbatch.py.
 
     def addInboundQoS2(self, clientId: str, packetId: int) -> Deferred[None]:
         cid = self._keys.cid(clientId)
