@@ -36,6 +36,16 @@ class Cork:
         self.scheduled = True
         self.reactor.callLater(0, self.flush)
 
+    def read(self, receive: Any, data: bytes) -> None:
+        """``receive(data)``, then, once no read is left on the stack, the flush."""
+        self.reading += 1
+        try:
+            receive(data)
+        finally:
+            self.reading -= 1
+            if not self.reading and self.protocols:
+                self.flush()
+
     def flush(self) -> None:
         self.scheduled = False
         protocols = self.protocols
@@ -58,3 +68,33 @@ def cork_for(reactor: Any) -> Cork:
     if cork is None:
         cork = _corks[reactor] = Cork(reactor)
     return cork
+
+
+class CorkedWriter:
+    """``write`` and ``flush`` for what a sans-IO connection writes to: the bytes kept
+    until the read (or the reactor turn) ends, then handed to ``send_joined`` as one.
+    The class using it has the slots ``factory`` (whose ``cork`` it is) and ``_out``."""
+
+    __slots__ = ()
+    factory: Any
+    _out: list[bytes] | None
+
+    def write(self, data: bytes) -> None:
+        out = self._out
+        if out is not None:
+            out.append(data)
+            return
+        self._out = [data]
+        cork = self.factory.cork
+        cork.protocols.append(self)
+        if not cork.reading and not cork.scheduled:
+            cork.schedule()
+
+    def flush(self) -> None:
+        out = self._out
+        if out is not None:
+            self._out = None
+            self.send_joined(out[0] if len(out) == 1 else b"".join(out))
+
+    def send_joined(self, data: bytes) -> None:
+        raise NotImplementedError

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mqtt_twisted.adapters import _leanserver, tls
-from mqtt_twisted.adapters._cork import cork_for
+from mqtt_twisted.adapters._cork import CorkedWriter, cork_for
 from mqtt_twisted.adapters.kit import ConnectionLimit, origin_of
 from mqtt_twisted.interfaces import IListenerChecker, IStreamAdapter
 
@@ -133,7 +133,7 @@ _GONE = _Gone()
 
 
 @implementer(IProtocol, IPushProducer, IHandshakeListener)
-class MQTTStreamProtocol:
+class MQTTStreamProtocol(CorkedWriter):
     """Moves bytes and connection events between a transport and the broker.
 
     It is also what the sans-IO connection writes to (its ``transport``): ``write``
@@ -154,25 +154,9 @@ class MQTTStreamProtocol:
         self._out: list[bytes] | None = None
         self._handshake_deadline: Any = None
 
-    def write(self, data: bytes) -> None:
-        """What the sans-IO connection writes to: kept until the read (or the reactor
-        turn) ends, then written as one (``adapters/_cork.py``)."""
-        out = self._out
-        if out is not None:
-            out.append(data)
-            return
-        self._out = [data]
-        cork = self.factory.cork
-        cork.protocols.append(self)
-        if not cork.reading and not cork.scheduled:
-            cork.schedule()
-
-    def flush(self) -> None:
-        """Hand what was written since the last flush to the transport, as one write."""
-        out = self._out
-        if out is not None:
-            self._out = None
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+    def send_joined(self, data: bytes) -> None:
+        """What a read wrote, as one write (``CorkedWriter``)."""
+        self.transport.write(data)
 
     def makeConnection(self, transport: Any) -> None:
         self.connected = 1
@@ -259,14 +243,7 @@ class MQTTStreamProtocol:
         self.transport.resumeProducing()
 
     def dataReceived(self, data: bytes) -> None:
-        cork = self.factory.cork
-        cork.reading += 1
-        try:
-            self.connection.dataReceived(data)
-        finally:
-            cork.reading -= 1
-            if not cork.reading and cork.protocols:
-                cork.flush()
+        self.factory.cork.read(self.connection.dataReceived, data)
 
     def connectionLost(self, reason: Any = None) -> None:
         self._out = None

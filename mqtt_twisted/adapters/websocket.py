@@ -34,7 +34,7 @@ from zope.interface import implementer
 
 from mqtt_twisted._wsframes import BinaryFramesOnly
 from mqtt_twisted.adapters import tls
-from mqtt_twisted.adapters._cork import cork_for
+from mqtt_twisted.adapters._cork import CorkedWriter, cork_for
 from mqtt_twisted.adapters._deadline import DeadlineChannel, SafeRequest
 from mqtt_twisted.adapters.kit import ConnectionLimit, access_log, origin_of
 from mqtt_twisted.adapters.options import AdapterOption, declare, integer, number, option_values
@@ -101,35 +101,22 @@ class WebSocketOptions:
         urlsplit(self.path)  # a path Twisted can route
 
 
-class _WebSocketShim:
+class _WebSocketShim(CorkedWriter):
     """The ``IConnectionTransport`` the broker writes to: binary messages on one socket.
 
     What one read (or one reactor turn) writes goes as one message (``adapters/
     _cork.py``): a message per packet was a frame built by Autobahn and a transport
     write each. MQTT packets need not be aligned on messages [MQTT-6.0.0-2]."""
 
-    __slots__ = ("_protocol", "_out")
+    __slots__ = ("_protocol", "factory", "_out")
 
     def __init__(self, protocol: MQTTWebSocketProtocol) -> None:
         self._protocol = protocol
+        self.factory = protocol.factory
         self._out: list[bytes] | None = None
 
-    def write(self, data: bytes) -> None:
-        out = self._out
-        if out is not None:
-            out.append(data)
-            return
-        self._out = [data]
-        cork = self._protocol.factory.cork
-        cork.protocols.append(self)
-        if not cork.reading and not cork.scheduled:
-            cork.schedule()
-
-    def flush(self) -> None:
-        out = self._out
-        if out is not None:
-            self._out = None
-            self._protocol.send_bytes(out[0] if len(out) == 1 else b"".join(out))
+    def send_joined(self, data: bytes) -> None:
+        self._protocol.send_bytes(data)
 
     def loseConnection(self) -> None:
         self.flush()
@@ -179,14 +166,7 @@ class MQTTWebSocketProtocol(BinaryFramesOnly, WebSocketServerProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         # The frames of one read answered together (adapters/_cork.py).
-        cork = self.factory.cork
-        cork.reading += 1
-        try:
-            super().dataReceived(data)
-        finally:
-            cork.reading -= 1
-            if not cork.reading and cork.protocols:
-                cork.flush()
+        self.factory.cork.read(super().dataReceived, data)
 
     def onMessageFrameData(self, payload: bytes) -> None:
         # Straight into the MQTT stream: nothing is buffered per message.
