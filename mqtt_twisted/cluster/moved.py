@@ -116,7 +116,7 @@ class Moved:
         # forwarded to them (``forward_share``) instead of going to nobody.
         shares = {f for f in subscriptions if f.startswith(SHARE_PREFIX)}
         for key in shares:
-            router.hold_share(key)
+            router.hold(key, share=True)
         departure = self.leaving[client_id] = _Departure(to, dict(subscriptions), filters,
                                                          shares)
         departure.call = self.node.reactor.callLater(GRACE, self._quiet, client_id)
@@ -146,7 +146,7 @@ class Moved:
             self.node.router.unhold(key)
             self._filters.remove(key, client_id)
         for key in departure.shares:
-            self.node.router.unhold_share(key)
+            self.node.router.unhold(key, share=True)
         # Behind every forward: the new node holds nothing more for it (barrier.py).
         d = self.node.link.barrier(departure.to, client_id, b"e", "")
         d.addErrback(self.node._failed, "ending a handover window")

@@ -159,34 +159,28 @@ class ClusterRouter:
             if key not in self.held:
                 self.link.unregister(key)
 
-    def hold(self, key: str) -> None:
-        """Keep ``key`` registered even once no local subscriber has it."""
-        self.held[key] = self.held.get(key, 0) + 1
-        if key not in self.subscribers and self.held[key] == 1:
+    def hold(self, key: str, share: bool = False) -> None:
+        """Keep ``key`` registered even once nothing here has it: a filter without a
+        local subscriber, or with ``share`` a share group (weight 0) without a member
+        here, its members moving to another node (``moved.py``)."""
+        held = self.held_shares if share else self.held
+        held[key] = held.get(key, 0) + 1
+        if share:
+            self._weigh(key)
+        elif key not in self.subscribers and held[key] == 1:
             self.link.register(key)
 
-    def unhold(self, key: str) -> None:
-        count = self.held.get(key, 0) - 1
+    def unhold(self, key: str, share: bool = False) -> None:
+        held = self.held_shares if share else self.held
+        count = held.get(key, 0) - 1
         if count > 0:
-            self.held[key] = count
+            held[key] = count
             return
-        self.held.pop(key, None)
-        if key not in self.subscribers:
+        held.pop(key, None)
+        if share:
+            self._weigh(key)
+        elif key not in self.subscribers:
             self.link.unregister(key)
-
-    def hold_share(self, key: str) -> None:
-        """Keep share group ``key`` registered (weight 0) even once no member is here:
-        its members are moving to another node (``moved.py``)."""
-        self.held_shares[key] = self.held_shares.get(key, 0) + 1
-        self._weigh(key)
-
-    def unhold_share(self, key: str) -> None:
-        count = self.held_shares.get(key, 0) - 1
-        if count > 0:
-            self.held_shares[key] = count
-            return
-        self.held_shares.pop(key, None)
-        self._weigh(key)
 
     def count(self) -> int:
         return self.local.count()

@@ -293,13 +293,6 @@ class MQTTConnection:
         if self.state != CLOSED and (not self.max_send_size or self.max_send_size >= 4):
             self.transport.write(bytes((first_byte, 2, packet_id >> 8, packet_id & 0xFF)))
 
-    def send_acks(self, first_byte: int, packet_ids: list[int]) -> None:
-        """Write success acks of one kind in one write: the PUBACKs that waited for one
-        store write (``inbound.flush_acks``)."""
-        if self.state != CLOSED and (not self.max_send_size or self.max_send_size >= 4):
-            self.transport.write(b"".join([b"%c\x02%c%c" % (first_byte, pid >> 8, pid & 0xFF)
-                                           for pid in packet_ids]))
-
     def send_publish(self, message: Message, qos: int, retain: bool, packet_id: int | None,
                      subscription_ids: tuple[int, ...] | None, dup: bool = False) -> bool:
         """Write one PUBLISH; False if it exceeds the client's maximum packet size."""

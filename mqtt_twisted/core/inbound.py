@@ -184,7 +184,7 @@ def publish(conn: MQTTConnection, message: Message, allowed: bool) -> None:
     elif writes or conn._acks:
         conn._unacked_qos1 += 1  # counts towards the receive maximum until PUBACK
         # A success PUBACK waits as its packet id alone: flush_acks writes a run of
-        # them at once (conn.send_acks), with no packet object or encoder each.
+        # them at once (send_acks), with no packet object or encoder each.
         ack_after(conn, PubAck(pid, code) if code else pid, writes, qos1_acked)
     elif code:
         conn.send(PubAck(pid, code))
@@ -334,13 +334,21 @@ def flush_acks(conn: MQTTConnection) -> None:
                     pubacks.append(ack)
                     continue
             if pubacks:  # the success PUBACKs before it, first
-                conn.send_acks(_PUBACK, pubacks)
+                send_acks(conn, _PUBACK, pubacks)
                 pubacks = []
             conn.send(ack)
             if then is not None and then is not qos1_acked:
                 then()
         if pubacks:
-            conn.send_acks(_PUBACK, pubacks)
+            send_acks(conn, _PUBACK, pubacks)
+
+
+def send_acks(conn: MQTTConnection, first_byte: int, packet_ids: list[int]) -> None:
+    """Success acks of one kind in one write: the PUBACKs that waited for one store
+    write (``flush_acks``), each its four bytes, as ``MQTTConnection.send_ack``."""
+    if conn.state != CLOSED and (not conn.max_send_size or conn.max_send_size >= 4):
+        conn.transport.write(b"".join([b"%c\x02%c%c" % (first_byte, pid >> 8, pid & 0xFF)
+                                       for pid in packet_ids]))
 
 
 def resolve_alias(conn: MQTTConnection, alias: int, topic: str) -> str:
