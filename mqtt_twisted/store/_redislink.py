@@ -321,13 +321,7 @@ class Link:
             self.close_batches()  # the record writes after this command go after it
         store = self.store
         call = _Call(args, store.reactor.seconds() + store.options.timeout, write)
-        protocol = self.protocol
-        if protocol is not None:
-            self._send(protocol, call)
-        else:
-            self.waiting.append(call)
-        if self._timer is None:
-            self._arm()
+        _enqueue(self, call)
         if write and self._replicas is not None:
             return self._replicas.gate(call.deferred)
         return call.deferred
@@ -338,13 +332,7 @@ class Link:
         turn's WAIT, with ``?wait=N``)."""
         store = self.store
         call = _Call(None, store.reactor.seconds() + store.options.timeout, True, batch)
-        protocol = self.protocol
-        if protocol is not None:
-            self._send(protocol, call)
-        else:
-            self.waiting.append(call)
-        if self._timer is None:
-            self._arm()
+        _enqueue(self, call)
         d = call.deferred
         if self._replicas is not None:
             d = self._replicas.gate(d)
@@ -489,3 +477,16 @@ class Link:
         waiters, self._drained = self._drained, []
         for d in waiters:
             d.callback(None)
+
+
+def _enqueue(link: Link, call: _Call) -> None:
+    """Send ``call`` on ``link`` now, or once connected; its timeout runs either way
+    (a command and a record batch go the same way: a function, as the class is at its
+    method limit)."""
+    protocol = link.protocol
+    if protocol is not None:
+        link._send(protocol, call)
+    else:
+        link.waiting.append(call)
+    if link._timer is None:
+        link._arm()
