@@ -18,7 +18,8 @@ an HTTP request head trickled a byte every 4 s (ours only: ``http=``), and a flo
 and a new ``#`` subscriber over 100,000 retained messages of 10 KB (``--retained``);
 they are in ``bench/hostile_attacks.py``, this is the harness.
 
-    python bench/hostile.py --attack retained_wildcard -- --max-retained-bytes 0
+    python bench/hostile.py --attack retained_wildcard -- --max-retained-bytes 0 \
+        --max-retained-bytes-per-client 0
     python bench/hostile.py --attack retained_wildcard --broker mosquitto
 """
 

@@ -372,7 +372,7 @@ def retained_wildcard(broker: Broker) -> str:
     """A new ``#`` subscriber over ``RETAINED`` retained messages of ``RETAINED_SIZE``
     bytes (loaded before the bystander's figures start): how long until it has them all,
     and what the bystander saw meanwhile.  Ours needs ``--max-retained-bytes 0`` (or
-    more than 512 MiB) for the issue's 1 GB."""
+    more than 512 MiB) and ``--max-retained-bytes-per-client 0`` for the issue's 1 GB."""
     sock = _open(broker.port, connect("wildcard"))
     sock.settimeout(60)
     started = time.monotonic()

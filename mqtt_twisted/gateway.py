@@ -232,7 +232,8 @@ class Gateway:
         if is_reserved_topic(message.topic):
             return fail(AuthorizationError(f"{message.topic!r} is reserved for the broker"))
         broker = self.broker
-        if message.retain and not broker.retained_quota.allows(message.topic, message.payload):
+        if message.retain and not broker.retained_quota.allows(message.topic, message.payload,
+                                                               clientId):
             broker.stats.limit_hit("retained")
             return fail(QuotaExceeded("retained messages are over their quota"))
         if message.received_at == 0.0:

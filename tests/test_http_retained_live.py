@@ -30,7 +30,9 @@ def test_get_retained_over_20000_large_messages_is_paged(tmp_path: Path) -> None
     a page of 100 with "next", the whole set comes back once, RSS grows by less than
     64 MiB while it is read, and the bystander's p99 stays under 50 ms."""
     http_port = free_port()
-    broker = LiveBroker(tmp_path, listen=(f"http=tcp:{http_port}:interface=127.0.0.1",))
+    # 200 MB from one loader: over the default share of one client (128 MiB).
+    broker = LiveBroker(tmp_path, "--max-retained-bytes-per-client", "0",
+                        listen=(f"http=tcp:{http_port}:interface=127.0.0.1",))
     try:
         loader = connect(broker.port, "loader")
         body = b"x" * SIZE

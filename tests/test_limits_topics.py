@@ -30,6 +30,7 @@ def test_defaults() -> None:
     s = BrokerSettings()
     assert (s.max_topic_levels, s.max_topic_length, s.max_subscriptions) == (128, 4096, 1000)
     assert (s.max_retained_messages, s.max_retained_bytes) == (1_000_000, 512 << 20)
+    assert (s.max_retained_per_client, s.max_retained_bytes_per_client) == (100_000, 128 << 20)
 
 
 def test_topic_refusal_counts_levels_and_utf8_bytes() -> None:
@@ -197,6 +198,74 @@ def test_retained_quota_accounting() -> None:
     assert (quota.count, quota.bytes, quota.sizes) == (0, 0, {})
 
 
+def test_one_client_cannot_take_the_whole_retained_quota() -> None:
+    """Past its own share a client's retained PUBLISH gets PUBACK 0x97 (and is not
+    routed) while another client still retains; replacing its own message is no new
+    one, and a message it set that someone else deletes no longer counts to it."""
+    broker, _ = make_broker(BrokerSettings(max_retained_per_client=2))
+    sub, hog, other = FakeClient(broker, 5), FakeClient(broker, 5), FakeClient(broker, 5)
+    sub.connect("s")
+    sub.subscribe("r/#")
+    hog.connect("hog")
+    other.connect("other")
+    assert hog.publish("r/1", b"a", qos=1, retain=True)[0].reason_code == 0
+    assert hog.publish("r/2", b"b", qos=1, retain=True)[0].reason_code == 0
+    refused = hog.publish("r/3", b"c", qos=1, retain=True)
+    assert isinstance(refused[0], PubAck) and refused[0].reason_code == RC.QUOTA_EXCEEDED
+    assert not hog.transport.closed
+    assert other.publish("r/3", b"c", qos=1, retain=True)[0].reason_code == 0
+    assert hog.publish("r/2", b"B", qos=1, retain=True)[0].reason_code == 0  # its own
+    assert hog.publish("r/3", b"C", qos=1, retain=True)[0].reason_code == RC.QUOTA_EXCEEDED
+    other.publish("r/1", b"", retain=True)  # deletes hog's r/1: it counts no more
+    assert hog.publish("r/3", b"C", qos=1, retain=True)[0].reason_code == 0  # takes r/3
+    assert [p.topic for p in publishes(sub.received())] == ["r/1", "r/2", "r/3", "r/2",
+                                                              "r/1", "r/3"]
+    quota = broker.retained_quota
+    assert (quota.held_by("hog"), quota.held_by("other")[0]) == (
+        (2, retained_cost("r/2", b"B") + retained_cost("r/3", b"C")), 0)
+    assert broker.stats.limit_hits["retained"] == 2
+    assert broker.store.countRetained().result == 2
+
+
+def test_per_client_retained_bytes() -> None:
+    """The bytes a client's retained messages cost are bounded too (v3: dropped)."""
+    broker, _ = make_broker(BrokerSettings(
+        max_retained_bytes_per_client=retained_cost("t", bytes(100))))
+    hog, other = FakeClient(broker, 4), FakeClient(broker, 4)
+    hog.connect("hog")
+    other.connect("other")
+    assert hog.publish("t", bytes(100), qos=1, retain=True) == [PubAck(1)]
+    assert hog.publish("u", bytes(1), qos=1, retain=True) == [PubAck(2)]  # dropped
+    assert other.publish("u", bytes(100), qos=1, retain=True) == [PubAck(1)]
+    assert broker.store.countRetained().result == 2
+    assert broker.stats.limit_hits["retained"] == 1
+
+
+def test_per_client_accounting_keeps_nothing_for_a_client_that_holds_nothing() -> None:
+    """Deleting or expiring a client's last retained message drops its entry; a message
+    without a sender (the broker's own, a restored one) counts to nobody."""
+    quota = RetainedQuota(BrokerSettings(max_retained_per_client=1))
+    assert quota.admit(Message("a", b"1", 0, True, sender="c1"))
+    assert not quota.allows("b", b"1", "c1") and quota.allows("b", b"1", "c2")
+    assert not quota.admit(Message("b", b"1", 0, True, sender="c1"))
+    assert quota.admit(Message("a", b"22", 0, True, sender="c1"))  # a replacement
+    assert quota.admit(Message("b", b"1", 0, True))  # nobody's
+    assert quota.held_by("c1") == (1, retained_cost("a", b"22"))
+    quota.forget("a")
+    assert (quota.clients, quota.owners) == ({}, {})
+    assert quota.admit(Message("b", b"1", 0, True, sender="c2"))
+    assert quota.admit(Message("b", b"", 0, True, sender="c3"))  # c3 deletes c2's
+    assert (quota.clients, quota.owners, quota.count, quota.bytes) == ({}, {}, 0, 0)
+
+
+def test_per_client_zero_means_no_limit() -> None:
+    quota = RetainedQuota(BrokerSettings(max_retained_per_client=0,
+                                         max_retained_bytes_per_client=0))
+    for i in range(5):
+        assert quota.admit(Message(f"t/{i}", bytes(1000), 0, True, sender="c"))
+    assert quota.held_by("c") == (5, 5 * retained_cost("t/0", bytes(1000)))
+
+
 class GatewayLimitTests(TestCase):
     """The same limits hold for adapters (HTTP, CoAP) through the gateway."""
 
@@ -216,6 +285,16 @@ class GatewayLimitTests(TestCase):
         failure = self.failureResultOf(self.gateway.publish(Message("b", b"x", 0, True)))
         failure.trap(QuotaExceeded)
         self.assertEqual(failure.value.reason_code, RC.QUOTA_EXCEEDED)
+
+    def test_retained_over_a_clients_quota_fails(self) -> None:
+        """An adapter's client (HTTP, CoAP) has its own share of the retained quota."""
+        broker, _ = make_broker(BrokerSettings(max_retained_per_client=1))
+        gateway = Gateway(broker)
+        self.successResultOf(gateway.publish(Message("a", b"x", 0, True), clientId="h1"))
+        failure = self.failureResultOf(
+            gateway.publish(Message("b", b"x", 0, True), clientId="h1"))
+        failure.trap(QuotaExceeded)
+        self.successResultOf(gateway.publish(Message("b", b"x", 0, True), clientId="h2"))
 
     def test_subscription_quota(self) -> None:
         """An adapter session's second filter gets 0x97, a deep one 0x8F."""

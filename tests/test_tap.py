@@ -328,8 +328,12 @@ class MakeServiceTests(SynchronousTestCase):
                                 "--max-topic-length", "99", "--max-subscriptions", "5",
                                 "--max-retained", "6", "--max-retained-bytes", "7000",
                                 "--max-queued-bytes", "8000", "--max-client-rate", "50",
-                                "--max-client-bytes-rate", "4096.5")
+                                "--max-client-bytes-rate", "4096.5",
+                                "--max-retained-per-client", "9",
+                                "--max-retained-bytes-per-client", "9000")
         s = service.broker.settings
+        self.assertEqual((s.max_retained_per_client, s.max_retained_bytes_per_client),
+                         (9, 9000))
         self.assertEqual((s.connect_packet_size, s.max_user_properties,
                           s.max_user_property_bytes, s.max_topic_levels, s.max_topic_length,
                           s.max_subscriptions, s.max_retained_messages, s.max_retained_bytes,

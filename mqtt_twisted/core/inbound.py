@@ -81,7 +81,7 @@ def on_publish(conn: MQTTConnection, packet: Publish) -> None:
     if packet.retain:
         if not broker.settings.retain_available:
             raise ProtocolError("retain not supported", ReasonCode.RETAIN_NOT_SUPPORTED)
-        if not broker.retained_quota.allows(topic, packet.payload):
+        if not broker.retained_quota.allows(topic, packet.payload, conn.client_id):
             broker.stats.limit_hit("retained")
             refuse_publish(conn, packet, "retained messages are over their quota",
                            ReasonCode.QUOTA_EXCEEDED)

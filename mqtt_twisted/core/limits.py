@@ -75,47 +75,73 @@ def retained_cost(topic: str, payload: bytes) -> int:
 
 
 class RetainedQuota:
-    """The retained messages set through this broker, in number and bytes.
+    """The retained messages set through this broker, in number and bytes, in all and
+    per client (issue 14: one client must not be able to take the whole quota and
+    leave every other client refused).
 
     A refused message is not retained (nor routed: the publisher is told, v5 0x97).
     What a store already held at start-up is not counted: the quota bounds what
-    clients can add while the broker runs.
+    clients can add while the broker runs.  A retained message counts to the client
+    that set it last (``Message.sender``), until it is replaced, deleted or expires;
+    a client's count outlives its connection, as its messages do.
     """
 
-    __slots__ = ("settings", "sizes", "count", "bytes")
+    __slots__ = ("settings", "sizes", "count", "bytes", "owners", "clients")
 
     def __init__(self, settings: BrokerSettings) -> None:
         self.settings = settings
         self.sizes: dict[str, int] = {}
         self.count = 0
         self.bytes = 0
+        #: topic -> the client that set it; client -> [count, bytes] (no entry at 0).
+        self.owners: dict[str, str] = {}
+        self.clients: dict[str, list[int]] = {}
 
-    def allows(self, topic: str, payload: bytes) -> bool:
-        """Whether retaining ``payload`` on ``topic`` stays within both limits (a
-        deletion, an empty payload, always does)."""
+    def allows(self, topic: str, payload: bytes, client_id: str | None = None) -> bool:
+        """Whether retaining ``payload`` on ``topic`` (set by ``client_id``) stays within
+        the limits (a deletion, an empty payload, always does)."""
         if not payload:
             return True
         old = self.sizes.get(topic)
         count = self.count + (old is None)
         # retained_cost inline: this runs for every retained PUBLISH.
-        size = (self.bytes - (old or 0) + len(payload) + len(topic)
-                + LEVEL_COST * (topic.count("/") + 1))
-        max_count = self.settings.max_retained_messages  # 0: no limit
-        max_bytes = self.settings.max_retained_bytes
+        cost = len(payload) + len(topic) + LEVEL_COST * (topic.count("/") + 1)
+        size = self.bytes - (old or 0) + cost
+        settings = self.settings
+        max_count = settings.max_retained_messages  # 0: no limit
+        max_bytes = settings.max_retained_bytes
+        if (max_count and count > max_count) or (max_bytes and size > max_bytes):
+            return False
+        if client_id is None or not (settings.max_retained_per_client
+                                     or settings.max_retained_bytes_per_client):
+            return True
+        return self._client_allows(topic, client_id, cost)
+
+    def _client_allows(self, topic: str, client_id: str, cost: int) -> bool:
+        settings = self.settings
+        max_count = settings.max_retained_per_client
+        max_bytes = settings.max_retained_bytes_per_client
+        used = self.clients.get(client_id)
+        if used is None:
+            return not max_bytes or cost <= max_bytes
+        if self.owners.get(topic) == client_id:  # a replacement of its own
+            count = used[0]
+            size = used[1] - self.sizes[topic] + cost
+        else:
+            count = used[0] + 1
+            size = used[1] + cost
         return (not max_count or count <= max_count) and (not max_bytes or size <= max_bytes)
 
     def admit(self, message: Message) -> bool:
-        """``allows`` and ``note`` in one: count ``message`` (or its topic's deletion)
-        if it stays within both limits; False (nothing counted) if it does not."""
+        """``allows`` and the counting in one: count ``message`` (or its topic's
+        deletion) if it stays within the limits; False (nothing counted) if not."""
         topic = message.topic
         payload = message.payload
         sizes = self.sizes
         old = sizes.get(topic)
         if not payload:
             if old is not None:
-                del sizes[topic]
-                self.count -= 1
-                self.bytes -= old
+                self.forget(topic)
             return True
         size = len(payload) + len(topic) + LEVEL_COST * (topic.count("/") + 1)
         count = self.count + (old is None)
@@ -124,14 +150,47 @@ class RetainedQuota:
         if ((settings.max_retained_messages and count > settings.max_retained_messages)
                 or (settings.max_retained_bytes and total > settings.max_retained_bytes)):
             return False
+        sender = message.sender
+        if (sender is not None and (settings.max_retained_per_client
+                                    or settings.max_retained_bytes_per_client)
+                and not self._client_allows(topic, sender, size)):
+            return False
+        if old is not None:
+            self._release(topic, old)
         sizes[topic] = size
         self.count = count
         self.bytes = total
+        if sender is not None:
+            self.owners[topic] = sender
+            used = self.clients.get(sender)
+            if used is None:
+                self.clients[sender] = [1, size]
+            else:
+                used[0] += 1
+                used[1] += size
         return True
 
     def forget(self, topic: str) -> None:
-        """A retained message went another way (expired)."""
+        """A retained message went another way (deleted, expired)."""
         old = self.sizes.pop(topic, None)
         if old is not None:
             self.count -= 1
             self.bytes -= old
+            self._release(topic, old)
+
+    def _release(self, topic: str, size: int) -> None:
+        """``topic``'s message (``size``) no longer counts to the client that set it."""
+        owner = self.owners.pop(topic, None)
+        if owner is None:
+            return
+        used = self.clients[owner]
+        if used[0] == 1:
+            del self.clients[owner]  # nothing kept for a client that holds nothing
+        else:
+            used[0] -= 1
+            used[1] -= size
+
+    def held_by(self, client_id: str) -> tuple[int, int]:
+        """(count, bytes) of the retained messages ``client_id`` set that are held."""
+        used = self.clients.get(client_id)
+        return (used[0], used[1]) if used is not None else (0, 0)

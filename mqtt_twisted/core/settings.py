@@ -63,6 +63,10 @@ class BrokerSettings:
     #: 256 bytes per topic level for the index); more are refused (v5 0x97, v3 dropped).
     max_retained_messages: int = 1_000_000
     max_retained_bytes: int = 512 << 20
+    #: The same, per client (the one that set a message last): no single client can
+    #: take the whole quota from the others (0: no limit).
+    max_retained_per_client: int = 100_000
+    max_retained_bytes_per_client: int = 128 << 20
     #: Largest keep alive granted; 0 means no limit.  v5 clients get SERVER_KEEP_ALIVE.
     max_keepalive: int = 0
     #: Seconds a v3.1.1 persistent session (clean session 0) outlives its connection;
