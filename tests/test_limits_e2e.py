@@ -136,10 +136,17 @@ def test_flood_of_tiny_publishes() -> None:
 @pytest.mark.slow
 @pytest.mark.timing
 def test_unread_sse_streams_are_cut_off() -> None:
-    """100 SSE streams that never read, flooded: all cut off within 40 s (the 30 s
-    stallTimeout after their 64 KiB send buffers fill; before, 37 s here and only 52 of
-    500 within 55 s in the issue)."""
-    for result in attacked("unread_sse"):
-        check(result, "all cut off in", peak_mib=48, after_mib=48, p99_ms=P99_MS)
-        seconds = float(result.outcome.split("in ")[1].split(" s")[0])  # type: ignore[attr-defined]
-        assert seconds <= 40, result.line()  # type: ignore[attr-defined]
+    """500 SSE streams that never read (the issue's figure), flooded: all cut off within
+    40 s (the 30 s stallTimeout after their 64 KiB send buffers fill; in the issue only
+    52 of 500 within 55 s, publishing capped near 1,000 msg/s), the bystander's p99
+    under 50 ms (quiet machine: 6.8 ms, RSS +47 MB: their backlogs and twisted.web's
+    requests, handed back to the collector once they are cut off)."""
+    streams = hostile.attacks.SSE_STREAMS
+    hostile.attacks.SSE_STREAMS = 500
+    try:
+        for result in attacked("unread_sse"):
+            check(result, "all cut off in", peak_mib=80, after_mib=80, p99_ms=P99_MS)
+            seconds = float(result.outcome.split("in ")[1].split(" s")[0])  # type: ignore[attr-defined]
+            assert seconds <= 40, result.line()  # type: ignore[attr-defined]
+    finally:
+        hostile.attacks.SSE_STREAMS = streams
