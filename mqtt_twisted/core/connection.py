@@ -74,7 +74,7 @@ class MQTTConnection:
     virtual = False
 
     __slots__ = (
-        "broker", "transport", "peer", "listener", "certificate_identity", "decoder", "state",
+        "broker", "transport", "_peer", "listener", "certificate_identity", "decoder", "state",
         "version", "session", "client_id", "keep_alive", "last_rx", "paused", "clean_exit",
         "send_quota", "max_send_size", "_backlog", "_blocked", "due", "_aliases_out",
         "_acks", "throttles", "_unacked_qos1", "lost", "publish_grants", "_resume_call",
@@ -89,13 +89,13 @@ class MQTTConnection:
         self,
         broker: Broker,
         transport: Any,
-        peer: str = "",
+        peer: str | tuple = "",
         listener: Any = None,
         certificate_identity: str | None = None,
     ) -> None:
         self.broker = broker
         self.transport = transport
-        self.peer = peer
+        self._peer = peer  # (the ``peer`` property: text, or an address to make it from)
         self.listener = listener
         self.certificate_identity = certificate_identity
         settings = broker.settings
@@ -349,6 +349,10 @@ class MQTTConnection:
         """The transport is full: hold publishers back, then queue (see Delivery.deliver)."""
         self.paused = True
 
+    #: The names a transport calls its push producer by: the lean TCP transport's
+    #: producer is this connection itself (``adapters/_leanmqtt.py``).
+    pauseProducing = pauseWriting
+
     def throttle(self) -> None:
         """A subscriber this client publishes to is full: stop reading from it."""
         self.throttles += 1
@@ -370,6 +374,8 @@ class MQTTConnection:
         self.paused = False
         if self.session is not None and self.state == CONNECTED:
             self.broker.pump(self.session)
+
+    resumeProducing = resumeWriting
 
     # --- closing ------------------------------------------------------------------------
 
@@ -525,6 +531,18 @@ class MQTTConnection:
         self.broker.pump(session)
         self.unblock()
 
+
+def _peer_text(conn: MQTTConnection) -> str:
+    """``host:port``: given as text, or made when asked from the ``(host, port, ...)``
+    address the lean TCP transport holds anyway (64 bytes of text less per idle
+    connection; only a CONNECT and a log line ask)."""
+    peer = conn._peer
+    return peer if type(peer) is str else f"{peer[0]}:{peer[1]}"
+
+
+#: The client's address as text (a property outside the class body: the class is at
+#: its size limit).
+MQTTConnection.peer = property(_peer_text)  # type: ignore[attr-defined]
 
 for _name, _field in rare_fields("MQTTConnection", {
         "auth_method": None, "auth_pending": None, "auth_final_data": None,
