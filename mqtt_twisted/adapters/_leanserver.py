@@ -102,7 +102,12 @@ class LeanServer(tcp.Server):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:  # pragma: no cover  (not TCP)
             pass
-        self._fd = sock.detach()
+        self._setup(sock.detach(), protocol, client, reactor)
+        self.startReading()
+
+    def _setup(self, fd: int, protocol: Any, client: tuple, reactor: Any) -> None:
+        """The connection's state, in slots, on a non-blocking descriptor."""
+        self._fd = fd
         self.reactor = reactor
         self.protocol = protocol
         self.client = _shared_host(client)
@@ -114,7 +119,6 @@ class LeanServer(tcp.Server):
         self._tempDataBuffer: list[bytes] | None = None  # a list while bytes wait in it
         self.producer = None
         self.streamingProducer = self.producerPaused = False
-        self.startReading()
 
     # --- the write buffer list, made when first needed --------------------------------
 
