@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python import failure
 
 from mqtt_twisted.adapters._accepts import ACCEPT_SLICE
-from mqtt_twisted.adapters._leanserver import LeanServer
+from mqtt_twisted.adapters._leanserver import LeanServer, setup
 
 try:  # FIONREAD, FIONBIO: POSIX only; elsewhere nothing is drained, nothing served lean
     import fcntl
@@ -110,7 +110,7 @@ class MQTTServer(LeanServer):
 
     def __init__(self, fd: int, client: tuple, reactor: Any) -> None:
         fcntl.ioctl(fd, termios.FIONBIO, _ON)
-        self._setup(fd, None, client, reactor)
+        setup(self, fd, None, client, reactor)
 
     def serve(self, connection: Any) -> None:
         """Start reading for ``connection`` (what ``makeConnection`` would do)."""
