@@ -7,8 +7,8 @@ into a half-close, and passes the transport's producer calls on.  On a plain TCP
 listener the lean transport (``adapters/_leanserver.py``) already holds a turn's
 writes and sends them after it, so that shell's remaining work moves into the
 transport (:class:`MQTTServer`), and the connection is the transport's protocol and
-push producer: one object per connection less (the protocol, 80 bytes, and its bound
-``write``, 64; ``bench/conn_memory.py --trace``).
+push producer: one object per connection less (the protocol, 80 bytes;
+``bench/conn_memory.py --trace``).
 
 The port accepts for itself too (:func:`serve`): the descriptor from ``accept``
 without a socket object, no address object, protocol, log-buffering context or
