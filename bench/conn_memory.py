@@ -7,7 +7,8 @@ Two figures that, unlike throughput, do not depend on how busy the machine is:
   divided by N.
 * **CPU per connection cycle**: the broker's own CPU time (``/proc/PID/schedstat``,
   nanoseconds on CPU, so other processes' load does not count) over M cycles of TCP
-  connect, CONNECT, CONNACK, DISCONNECT and close, divided by M.
+  connect, CONNECT, CONNACK, DISCONNECT and close, divided by M; and the same split
+  into user and kernel time (``/proc/PID/stat``, in 10 ms ticks).
 
 It also gives the rate at which the N idle connections were opened (32 handshakes in
 flight, as ``loadgen``'s connections scenario) and the cycles' rate: both depend on the
@@ -108,6 +109,16 @@ def cpu_ns(pid: int) -> int:
     return total
 
 
+def user_sys_us(pid: int) -> tuple[float, float]:
+    """Microseconds the process has spent in user mode and in the kernel
+    (``/proc/PID/stat`` utime and stime, in clock ticks: 10 ms each, so give it
+    thousands of cycles)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    tick = 1e6 / os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) * tick, int(fields[12]) * tick
+
+
 def hold(port: int, n: int, tag: str, keepalive: int = 0) -> list[socket.socket]:
     """Open ``n`` idle MQTT connections (CONNACK received on each)."""
     held: list[socket.socket] = []
@@ -195,10 +206,12 @@ def measure(broker: compare.Broker, args: argparse.Namespace, logdir: Path) -> d
         close_all(held)
         time.sleep(1.0)
         if args.cycles:
-            c0, t0 = cpu_ns(pid), time.monotonic()
+            c0, t0, us0 = cpu_ns(pid), time.monotonic(), user_sys_us(pid)
             cycles(port, args.cycles, "c")
-            c1, t1 = cpu_ns(pid), time.monotonic()
+            c1, t1, us1 = cpu_ns(pid), time.monotonic(), user_sys_us(pid)
             result.update(cycle_cpu_us=round((c1 - c0) / 1000 / args.cycles, 1),
+                          cycle_user_us=round((us1[0] - us0[0]) / args.cycles, 1),
+                          cycle_sys_us=round((us1[1] - us0[1]) / args.cycles, 1),
                           cycles_per_s=round(args.cycles / (t1 - t0)))
         return result
     finally:

@@ -58,6 +58,12 @@ PUBLISH, SUBSCRIBE = "publish", "subscribe"
 class Gateway:
     """One per broker; every adapter's only door into it."""
 
+    #: What :meth:`buildConnection` returns can be its transport's protocol and push
+    #: producer itself (``dataReceived``, ``connectionLost``, ``pauseProducing``,
+    #: ``resumeProducing``, ``ended``): the MQTT adapter's plain TCP listeners rely on
+    #: it (``adapters/_leanmqtt.py``); with another gateway they keep a protocol object.
+    leanConnections = True
+
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         #: Metrics and the admin API's questions (IBrokerAdmin).

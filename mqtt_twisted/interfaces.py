@@ -193,7 +193,8 @@ class IBrokerService(Interface):
         """Return an :class:`IBrokerConnection` for a new byte-stream (MQTT) client.
 
         :param transport: an :class:`IConnectionTransport`.
-        :param peer: a string naming the remote address, for logs.
+        :param peer: a string naming the remote address, for logs, or the address as a
+            ``(host, port)`` tuple (made into ``host:port`` when a log line asks).
         :param listener: the :class:`IListenerSettings` it arrived on.
         :param certificateIdentity: the TLS client certificate's identity, if any.
         """

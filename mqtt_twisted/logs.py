@@ -61,7 +61,13 @@ _RANK = {level: rank for rank, level in enumerate(LogLevel.iterconstants())}
 
 
 class _RankedPredicate(LogLevelFilterPredicate):
-    """``LogLevelFilterPredicate`` comparing levels by their rank (same answers)."""
+    """``LogLevelFilterPredicate`` comparing levels by their rank (same answers), each
+    namespace's lowest rank remembered (Twisted walks the namespace's parents for
+    every event) until the levels change."""
+
+    def __init__(self, defaultLogLevel: LogLevel = LogLevel.info) -> None:
+        self._floors: dict[str, int] = {}
+        super().__init__(defaultLogLevel)
 
     def __call__(self, event: Any) -> Any:
         level = event.get("log_level", None)
@@ -70,9 +76,20 @@ class _RankedPredicate(LogLevelFilterPredicate):
         namespace = event.get("log_namespace", "")
         if not namespace:
             return PredicateResult.no
-        if _RANK.get(level, -1) < _RANK[self.logLevelForNamespace(namespace)]:
+        floor = self._floors.get(namespace)
+        if floor is None:
+            floor = self._floors[namespace] = _RANK[self.logLevelForNamespace(namespace)]
+        if _RANK.get(level, -1) < floor:
             return PredicateResult.no
         return PredicateResult.maybe
+
+    def setLogLevelForNamespace(self, namespace: str, level: LogLevel) -> None:
+        self._floors.clear()
+        super().setLogLevelForNamespace(namespace, level)
+
+    def clearLogLevels(self) -> None:
+        self._floors.clear()
+        super().clearLogLevels()
 
 
 _predicate = _RankedPredicate(LogLevel.info)

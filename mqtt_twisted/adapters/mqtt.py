@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 from twisted.application.service import IService
@@ -17,41 +16,16 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mqtt_twisted.adapters import _leanserver, tls
+from mqtt_twisted.adapters import _leanmqtt, _leanserver, tls
 from mqtt_twisted.adapters._cork import CorkedWriter, cork_for
+from mqtt_twisted.adapters._leanmqtt import CLIENT_LEFT, GONE, drain
 from mqtt_twisted.adapters.kit import ConnectionLimit, origin_of
 from mqtt_twisted.interfaces import IListenerChecker, IStreamAdapter
-
-try:  # FIONREAD: POSIX only; elsewhere nothing is drained
-    import fcntl
-    import termios
-except ImportError:  # pragma: no cover
-    pass
-
-
-def _pending_bytes(transport: Any) -> int:
-    """How many bytes the kernel holds unread for the transport's socket (FIONREAD);
-    0 when it cannot tell (no socket any more, not POSIX), so that the caller reads
-    nothing rather than guessing."""
-    try:
-        fileno = getattr(transport, "fileno", None)  # (the lean transport has no socket)
-        fd = fileno() if fileno is not None else transport.socket.fileno()
-        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
-    except (AttributeError, OSError, ValueError, NameError):
-        return 0
 
 
 def _drain_then_lose(transport: Any, reason: Any) -> None:
     """``connectionLost`` of a transport class made by :func:`_read_before_reset`."""
-    if transport.connected and not transport.disconnecting:
-        for _ in range(1 << 12):  # at most 4096 reads of bufferSize each
-            if _pending_bytes(transport) <= 0:
-                break
-            try:
-                if transport.doRead() is not None:
-                    break
-            except Exception:
-                break
+    drain(transport)
     type(transport).__bases__[0].connectionLost(transport, reason)
 
 
@@ -98,38 +72,14 @@ def _read_before_reset(transport: Any) -> None:
 
 
 def lean_transport(port: Any) -> Any:
-    """Have a listening TCP port build :data:`DrainingServer` transports (what
-    :meth:`MQTTAdapter.buildListener` does for a plain TCP listener)."""
+    """What :meth:`MQTTAdapter.buildListener` does to a plain TCP listener's port:
+    connections that are their transport's protocol (``_leanmqtt.serve``) when it
+    listens with an :class:`MQTTStreamFactory` of a broker that allows it, else
+    :data:`DrainingServer` transports (also what Twisted's accept builds there, after
+    running out of descriptors)."""
+    if isinstance(getattr(port, "factory", None), MQTTStreamFactory):
+        _leanmqtt.serve(port, port.factory)
     return _leanserver.install(port, DrainingServer)
-
-
-#: ``MQTTConnection.ended`` reasons of a client that sent DISCONNECT (core/clientlog.py).
-_CLIENT_LEFT = ("normal", "client DISCONNECT")
-
-
-class _Gone:
-    """A lost connection's transport: what the sans-IO connection may still call on
-    it (a late close, a write after a timer) does nothing."""
-
-    __slots__ = ()
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    def loseConnection(self) -> None:
-        pass
-
-    def abortConnection(self) -> None:
-        pass
-
-    def pauseReading(self) -> None:
-        pass
-
-    def resumeReading(self) -> None:
-        pass
-
-
-_GONE = _Gone()
 
 
 @implementer(IProtocol, IPushProducer, IHandshakeListener)
@@ -219,7 +169,7 @@ class MQTTStreamProtocol(CorkedWriter):
         transport = self.transport
         transport.unregisterProducer()
         ended = self.connection.ended if self.connection is not None else None
-        if ended is not None and ended[0] in _CLIENT_LEFT:
+        if ended is not None and ended[0] in CLIENT_LEFT:
             # The client said DISCONNECT: it sends nothing more and we answer nothing,
             # so no reset can hurt; a plain close spares the half-close's shutdown and
             # the reactor turn that waits for the client's FIN.
@@ -255,7 +205,7 @@ class MQTTStreamProtocol(CorkedWriter):
             # connection was a reference cycle (8 objects) that only the cyclic collector
             # frees, a few of them promoted to the oldest generation at every young
             # collection under a flood of short connections (issue 14: the live fuzz).
-            connection.transport = _GONE
+            connection.transport = GONE
             return
         if self._handshake_deadline is not None and self._handshake_deadline.active():
             self._handshake_deadline.cancel()
@@ -330,7 +280,9 @@ class MQTTAdapter:
         factory = self.buildFactory(reactor, broker, settings)
         service = tls.stream_listener(reactor, endpointDescription, factory, settings.extra)
         # (TLS reads through its own protocol: its transport does not drain.)
-        lean = _leanserver.LeanServer if service.tls is not None else DrainingServer
-        service.whenListening().addCallback(_leanserver.install, lean)
+        if service.tls is not None:
+            service.whenListening().addCallback(_leanserver.install, _leanserver.LeanServer)
+        else:
+            service.whenListening().addCallback(lean_transport)
         service.mqtt_factory = factory  # (service.factory is what listens: TLS around it)
         return service

@@ -74,29 +74,31 @@ class MQTTConnection:
     virtual = False
 
     __slots__ = (
-        "broker", "transport", "peer", "listener", "certificate_identity", "decoder", "state",
+        "broker", "transport", "_peer", "listener", "decoder", "state",
         "version", "session", "client_id", "keep_alive", "last_rx", "paused", "clean_exit",
         "send_quota", "max_send_size", "_backlog", "_blocked", "due", "_aliases_out",
-        "_acks", "throttles", "_unacked_qos1", "lost", "publish_grants", "_resume_call",
+        "_acks", "throttles", "_unacked_qos1", "lost", "publish_grants",
         "_rate", "_budget", "username", "ended", "_rare",
         "__weakref__",
     )
     # And, in a record made on first use (core/_rare.py), what few clients need: v5
     # enhanced authentication (auth_method, auth_pending, auth_final_data), inbound
-    # topic aliases (_aliases_in), the outbound alias limit and the one-line refusal log.
+    # topic aliases (_aliases_in), the outbound alias limit, the one-line refusal log,
+    # a TLS client certificate's identity and the pending next share of a long read.
 
     def __init__(
         self,
         broker: Broker,
         transport: Any,
-        peer: str = "",
+        peer: str | tuple = "",
         listener: Any = None,
         certificate_identity: str | None = None,
     ) -> None:
         self.broker = broker
         self.transport = transport
-        self.peer = peer
+        self._peer = peer  # (the ``peer`` property: text, or an address to make it from)
         self.listener = listener
+        self._rare: Any = None
         self.certificate_identity = certificate_identity
         settings = broker.settings
         self.decoder = StreamDecoder(None, settings.max_packet_size,
@@ -117,12 +119,10 @@ class MQTTConnection:
         self._aliases_out: OrderedDict[str, int] | None = None  # v5, when a policy is on
         self._acks: deque[list[Any]] | None = None  # acks waiting for store writes
         self.throttles = 0  # subscribers holding this client back (flow control)
-        self._rare: Any = None
         self._unacked_qos1 = 0  # QoS 1 PUBLISHes whose PUBACK waits for the store
         self.username: str | None = None  # the CONNECT's (for the log: never the password)
         #: Why the connection ends, for its disconnect line: (why, reason code, detail).
         self.ended: tuple[str, int | None, str | None] | None = None
-        self._resume_call: Any = None  # the next turn's share of a read past READ_BUDGET
         self._budget = READ_BUDGET  # packets of the next share (cut for fan-out)
         self._rate = rates.ClientRate.of(settings, broker.clock.seconds())  # None: off
         #: The authorizer's answers to this client's PUBLISH topics, when its answers
@@ -371,6 +371,8 @@ class MQTTConnection:
         if self.session is not None and self.state == CONNECTED:
             self.broker.pump(self.session)
 
+    pauseProducing, resumeProducing = pauseWriting, resumeWriting  # (_leanmqtt.py)
+
     # --- closing ------------------------------------------------------------------------
 
     def violation(self, error: MQTTError) -> None:
@@ -526,9 +528,16 @@ class MQTTConnection:
         self.unblock()
 
 
+#: ``host:port``, as given or made when asked from the ``(host, port, ...)`` address the
+#: lean TCP transport holds anyway (64 bytes less per idle connection); outside the
+#: class body, which is at its size limit.
+MQTTConnection.peer = property(  # type: ignore[attr-defined]
+    lambda conn: p if type(p := conn._peer) is str else f"{p[0]}:{p[1]}")
+
 for _name, _field in rare_fields("MQTTConnection", {
         "auth_method": None, "auth_pending": None, "auth_final_data": None,
-        "_aliases_in": None, "_alias_limit": 0, "_refused_logged": False}).items():
+        "_aliases_in": None, "_alias_limit": 0, "_refused_logged": False,
+        "certificate_identity": None, "_resume_call": None}).items():
     setattr(MQTTConnection, _name, _field)
 
 

@@ -47,13 +47,14 @@ class Session:
         "clientId", "subscriptions", "expiryInterval", "inflight", "queue", "inboundQoS2",
         "connection", "identity", "max_inflight", "max_queued", "_next_seq",
         "queued_bytes", "max_queued_bytes", "inflight_bytes", "max_inflight_bytes",
-        "read_check", "retained_backlog", "owner", "will", "willDelay", "stored_epoch",
+        "read_check", "retained_backlog", "owner", "will", "stored_epoch",
         "_rare",
     )
     # And, in a record made on first use (core/_rare.py), what a connected session
     # leaves at its default: the expiry and will timers, when it went offline and its
-    # offline charge, drops.  (A will and the stored epoch stay slots: many real
-    # clients have a will, and every persistent session has a stored epoch.)
+    # offline charge, drops, a will's delay (MQTT 5 only).  (A will and the stored epoch
+    # stay slots: many real clients have a will, and every persistent session has a
+    # stored epoch.)
 
     def __init__(self, client_id: str, max_inflight: int = 20, max_queued: int = 1000,
                  max_queued_bytes: int = 16 << 20, max_inflight_bytes: int = 0) -> None:
@@ -86,7 +87,6 @@ class Session:
         #: (A shared empty tuple until first used, as ``queue``.)
         self.retained_backlog: list[tuple[Any, SubscriptionOptions]] | tuple[()] = ()
         self.will: Message | None = None
-        self.willDelay: float = 0
         #: The journal's failure count when the store last got the whole session (-1:
         #: never from this process): while it is current, the store has every change
         #: since, and a CONNECT or DISCONNECT saves only the session's own fields.
@@ -171,7 +171,7 @@ class Session:
 #: while its client is away (``core/offline.py``); 0 while it is connected.
 for _name, _field in rare_fields("Session", {
         "disconnectedAt": None, "expiry_call": None, "will_call": None, "dropped": 0,
-        "offline_charge": 0}).items():
+        "offline_charge": 0, "willDelay": 0}).items():
     setattr(Session, _name, _field)
 
 

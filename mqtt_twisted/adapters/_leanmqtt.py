@@ -1,0 +1,272 @@
+"""MQTT on a plain TCP listener: the sans-IO connection is its transport's protocol.
+
+On any other stream (TLS, UNIX sockets, one-port detection, the PROXY protocol) a thin
+protocol, ``adapters/mqtt.py``'s ``MQTTStreamProtocol``, stands between the transport
+and the connection: it keeps a read's writes together, turns the connection's close
+into a half-close, and passes the transport's producer calls on.  On a plain TCP
+listener the lean transport (``adapters/_leanserver.py``) already holds a turn's
+writes and sends them after it, so that shell's remaining work moves into the
+transport (:class:`MQTTServer`), and the connection is the transport's protocol and
+push producer: one object per connection less (the protocol, 80 bytes;
+``bench/conn_memory.py --trace``).
+
+The port accepts for itself too (:func:`serve`): the descriptor from ``accept``
+without a socket object, no address object, protocol, log-buffering context or
+generator per connection, Nagle off through the listening socket (Linux hands its
+``TCP_NODELAY`` to the sockets it accepts).  What it does not handle, running out of
+descriptors above all, it leaves to Twisted's own accept, which builds the thin shell
+(its ``EMFILE`` recovery closes the waiting clients through a reserved descriptor).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from typing import Any
+
+from twisted.internet import main, tcp
+from twisted.logger import Logger
+from twisted.python import failure
+
+from mqtt_twisted.adapters._accepts import ACCEPT_SLICE
+from mqtt_twisted.adapters._leanserver import LeanServer, setup
+
+try:  # FIONREAD, FIONBIO: POSIX only; elsewhere nothing is drained, nothing served lean
+    import fcntl
+    import termios
+except ImportError:  # pragma: no cover
+    fcntl = termios = None  # type: ignore[assignment]
+
+_log = Logger()
+
+#: ``MQTTConnection.ended`` reasons of a client that sent DISCONNECT (core/clientlog.py).
+CLIENT_LEFT = ("normal", "client DISCONNECT")
+#: FIONBIO's argument: one ``ioctl`` makes a descriptor non-blocking (``os.set_blocking``
+#: is two ``fcntl`` calls).
+_ON = struct.pack("i", 1)
+
+
+def pending_bytes(transport: Any) -> int:
+    """How many bytes the kernel holds unread for the transport's socket (FIONREAD);
+    0 when it cannot tell (no socket any more, not POSIX), so that the caller reads
+    nothing rather than guessing."""
+    try:
+        fileno = getattr(transport, "fileno", None)  # (the lean transport has no socket)
+        fd = fileno() if fileno is not None else transport.socket.fileno()
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+    except (AttributeError, OSError, ValueError):
+        return 0
+
+
+def drain(transport: Any) -> None:
+    """Read what the kernel holds for ``transport`` before it is let go (see
+    ``adapters/mqtt.py``'s ``_read_before_reset``): only what FIONREAD says is there."""
+    if transport.connected and not transport.disconnecting:
+        for _ in range(1 << 12):  # at most 4096 reads of bufferSize each
+            if pending_bytes(transport) <= 0:
+                break
+            try:
+                if transport.doRead() is not None:
+                    break
+            except Exception:
+                break
+
+
+class _Gone:
+    """A lost connection's transport: what the sans-IO connection may still call on
+    it (a late close, a write after a timer) does nothing."""
+
+    __slots__ = ()
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def loseConnection(self) -> None:
+        pass
+
+    def abortConnection(self) -> None:
+        pass
+
+    def pauseReading(self) -> None:
+        pass
+
+    def resumeReading(self) -> None:
+        pass
+
+
+GONE = _Gone()
+
+
+class MQTTServer(LeanServer):
+    """The lean transport of a plain TCP MQTT listener, whose protocol and producer is
+    the sans-IO connection itself; what ``MQTTStreamProtocol`` did for it is here:
+    ``pauseReading``/``resumeReading``, the close rules, the drain before a reset, the
+    listener's connection count.  A subclass per port holds that port's ``limit``."""
+
+    __slots__ = ()
+    #: The listener's ``ConnectionLimit`` (``kit.py``), released when the connection goes.
+    limit: Any = None
+
+    def __init__(self, fd: int, client: tuple, reactor: Any) -> None:
+        fcntl.ioctl(fd, termios.FIONBIO, _ON)
+        setup(self, fd, None, client, reactor)
+
+    def serve(self, connection: Any) -> None:
+        """Start reading for ``connection`` (what ``makeConnection`` would do)."""
+        self.protocol = self.producer = connection
+        self.streamingProducer = True
+        self.startReading()
+
+    #: Flow control: a subscriber this client feeds is full, then caught up.
+    pauseReading = LeanServer.pauseProducing
+    resumeReading = LeanServer.resumeProducing
+
+    def loseConnection(self, *_: Any) -> None:
+        """Flush, then close: as ``MQTTStreamProtocol.loseConnection`` says why, a plain
+        close after the client's DISCONNECT, else a half-close that reads and drops
+        what the client still sends (the connection aborts it after its close grace)."""
+        self.unregisterProducer()  # (a paused producer would keep the socket open)
+        ended = getattr(getattr(self, "protocol", None), "ended", None)
+        if ended is not None and ended[0] in CLIENT_LEFT:
+            if self._tempDataBuffer or self.dataBuffer or self.disconnecting:
+                LeanServer.loseConnection(self)  # (the reactor closes it once it is sent)
+            elif self.connected:
+                # Nothing to send: closed once this turn's events are handled, rather
+                # than registered for a write event only to find nothing to write (two
+                # epoll_ctl calls and a reactor event less per connection).
+                self.stopReading()
+                self.disconnecting = 1
+                _close_later(self)
+        else:
+            self.loseWriteConnection()
+            self.resumeProducing()  # (flow control may have paused reading)
+
+    def abortConnection(self) -> None:
+        self.unregisterProducer()
+        LeanServer.abortConnection(self)
+
+    def connectionLost(self, reason: Any) -> None:
+        """Read what the client sent last, count the connection out, tell the
+        connection, and cut its link back here (no reference cycle left to the
+        collector: ``tests/test_conn_cycles.py``)."""
+        if self._fd < 0:
+            return
+        drain(self)
+        connection = self.protocol
+        self.producer = None  # (it hears of the end from connectionLost, not stopProducing)
+        self.limit.release()
+        try:
+            LeanServer.connectionLost(self, reason)
+        finally:
+            connection.transport = GONE
+
+
+#: Reactor -> transports to close once its turn's events are handled.
+_CLOSING: dict[Any, list[MQTTServer]] = {}
+_DONE = failure.Failure(main.CONNECTION_DONE)
+
+
+def _close_later(transport: MQTTServer) -> None:
+    reactor = transport.reactor
+    closing = _CLOSING.get(reactor)
+    if closing is None:
+        closing = _CLOSING[reactor] = []
+        reactor.callLater(0, _close, reactor)
+    closing.append(transport)
+
+
+def _close(reactor: Any) -> None:
+    for transport in _CLOSING.pop(reactor, ()):
+        if transport._fd < 0:
+            continue  # (lost meanwhile)
+        if transport._tempDataBuffer or transport.dataBuffer:
+            transport.startWriting()  # written to since: the reactor closes it once sent
+            continue
+        try:
+            transport.connectionLost(_DONE)
+        except Exception:
+            _log.failure("Closing {transport!r} failed", transport=transport)
+
+
+#: Port class -> its subclass accepting for itself (one per class).
+_LEAN_PORTS: dict[type, type] = {}
+
+
+def serve(port: Any, factory: Any) -> bool:
+    """Have ``port`` accept ``factory``'s connections itself, each connection the
+    protocol of an :class:`MQTTServer` (True); False, and ``port`` left as it is, unless
+    it is a plain TCP port listening with ``factory`` itself (no TLS or PROXY wrapper
+    in between) for a broker whose connections can be their transport's protocol."""
+    if not (fcntl is not None and isinstance(port, tcp.Port)
+            and getattr(port, "transport", None) is tcp.Server
+            and port.factory is factory
+            and getattr(factory.broker, "leanConnections", False)):
+        return False
+    try:
+        port.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:  # pragma: no cover  (not TCP)
+        return False
+    cls = type(port)
+    lean = _LEAN_PORTS.get(cls)
+    if lean is None:
+        lean = _LEAN_PORTS[cls] = type(cls.__name__, (cls,), {
+            "doRead": _accept, "__module__": cls.__module__})
+    port.lean_server = type("MQTTServer", (MQTTServer,), {
+        "__slots__": (), "limit": factory.limit, "__module__": __name__})
+    port.__class__ = lean
+    return True
+
+
+def _accept(port: Any) -> None:
+    """A lean port's ``doRead``: up to ``numberAccepts`` connections (adapting as
+    Twisted's does, within the port's ``accept_slice``), each served at once."""
+    cap = getattr(port, "accept_slice", None) or ACCEPT_SLICE
+    limit = min(port.numberAccepts, cap)
+    accept = port.socket._accept
+    accepted = tries = 0
+    while tries < limit:
+        tries += 1
+        try:
+            fd, addr = accept()
+        except BlockingIOError:
+            break
+        except OSError as e:
+            if e.errno == errno.EPERM:  # (netfilter refused it: Twisted goes on too)
+                continue
+            # Out of descriptors, buffers or memory: Twisted's accept logs it, and on
+            # EMFILE closes the waiting clients through its reserved descriptor.
+            tcp.Port.doRead(port)
+            return
+        accepted += 1
+        try:
+            _serve_one(port, fd, addr)
+        except Exception:
+            _log.failure("Serving a new connection on {port!r} failed", port=port)
+    port.numberAccepts = min(limit + 20, cap) if accepted == limit else max(1, accepted)
+
+
+def _serve_one(port: Any, fd: int, addr: tuple) -> None:
+    factory = port.factory
+    if len(addr) == 4:  # IPv6: the scope id in the host, as Twisted's accept does
+        host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
+        addr = (host[0], *addr[1:])
+    if not factory.limit.admit(f"{addr[0]}:{addr[1]}"):
+        _close_fd(fd)
+        return
+    try:
+        transport = port.lean_server(fd, addr, port.reactor)
+        connection = factory.broker.buildConnection(transport, transport.client,
+                                                    factory.listener, None)
+    except BaseException:
+        factory.limit.release()
+        _close_fd(fd)
+        raise
+    transport.serve(connection)
+
+
+def _close_fd(fd: int) -> None:
+    try:
+        socket.close(fd)
+    except OSError:
+        pass
