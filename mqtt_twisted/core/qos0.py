@@ -25,7 +25,7 @@ What each message checks (all attribute reads, no call):
   maximum packet size, and no no-local subscription of the publisher's own that would
   drop only some of its subscriptions.
 
-The receivers of a topic are cached per router (``LocalRouter.routes``): the client
+The receivers of a topic are cached per router (``LocalRouter.qos0_routes``): the client
 ids with the merged no-local and subscription-identifier state of their
 subscriptions, keyed by topic and tied to the very list the topic tree's match cache
 holds for it.  The tree makes a new list after any change to the subscriptions
@@ -83,7 +83,7 @@ def on_publish(conn: "MQTTConnection", packet: "Publish") -> None:
     matches = tree._cache.get(topic)  # (TopicTree.match's own cache, without the call)
     if matches is None:
         matches = tree.match(topic)
-    routes = router.routes
+    routes = router.qos0_routes
     entry = routes.get(topic)
     if entry is None or entry[0] is not matches:
         entry = receivers_of(routes, topic, matches)
