@@ -52,7 +52,8 @@ def extensions() -> list[Extension]:
         print("warning: Cython not installed: the pure-Python codec is used", file=sys.stderr)
         return []
     return cythonize(
-        [Extension("mqtt_twisted.codec._speedups", ["mqtt_twisted/codec/_speedups.pyx"])],
+        [Extension("mqtt_twisted.codec._speedups", ["mqtt_twisted/codec/_speedups.pyx"]),
+         Extension("mqtt_twisted.core._qos0", ["mqtt_twisted/core/_qos0.pyx"])],
         language_level=3, quiet=True)
 
 

@@ -10,7 +10,8 @@ load disturbs much less than a rate:
     python bench/speedups.py --in-process [--runs 7]
 
 ``--in-process`` drives the sans-IO broker instead (``mqtt_twisted.testing``: no sockets,
-no reactor), switching the codec with ``_accel.use`` between rounds: fan-in is 10
+no reactor), switching the codec with ``_accel.use`` and the QoS 0 PUBLISH handler
+(``core/fastpath.py``) between rounds: fan-in is 10
 publishers sending 50 QoS 0 PUBLISHes (64-byte payloads) a read to one ``bench/+``
 subscriber, fan-out one publisher sending 10 a read to 20 subscribers of one topic.
 
@@ -60,6 +61,15 @@ def one_run(impl: str, scenario: str, quick: bool, logdir: Path) -> dict:
     return {"impl": impl, "scenario": scenario, "rate": line.get("delivered_per_s", 0),
             "delivered": delivered, "lost_pct": round(100 - line.get("delivered_pct", 0), 3),
             "cpu_us": 1e6 * cpu / delivered if delivered else float("nan")}
+
+
+def _use_qos0(compiled: bool) -> None:
+    """The QoS 0 PUBLISH handler of the same kind (core/fastpath.py), where it exists."""
+    try:
+        from mqtt_twisted.core import connection, fastpath
+    except ImportError:  # a checkout from before core/qos0.py
+        return
+    connection._HANDLERS[3] = fastpath.handler(compiled)
 
 
 def in_process(runs: int) -> None:
@@ -113,6 +123,7 @@ def in_process(runs: int) -> None:
         for r in range(runs):
             for compiled in ((True, False) if r % 2 == 0 else (False, True)):
                 _accel.use(compiled)
+                _use_qos0(compiled)
                 run(50)  # warm
                 t = time.process_time()
                 n = run(1000)

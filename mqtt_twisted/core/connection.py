@@ -25,7 +25,7 @@ from mqtt_twisted.codec.packets import (
 )
 from mqtt_twisted.codec.stream import StreamDecoder
 from mqtt_twisted.constants import PacketType, PropertyId, ReasonCode
-from mqtt_twisted.core import clientlog, control, inbound, rates
+from mqtt_twisted.core import clientlog, control, fastpath, inbound, rates
 from mqtt_twisted.core._rare import rare_fields
 from mqtt_twisted.core.keepalive import check_keepalive
 from mqtt_twisted.core.session import Session
@@ -575,7 +575,7 @@ _HANDLERS: dict[int, Callable[[MQTTConnection, Any], None]] = {
     PacketType.UNSUBACK: _server_only,
     PacketType.PINGRESP: _server_only,
     PacketType.CONNECT: MQTTConnection._on_connect,
-    PacketType.PUBLISH: inbound.on_publish,
+    PacketType.PUBLISH: fastpath.handler(),  # core/qos0.py, else inbound.on_publish
     PacketType.PUBACK: inbound.on_puback,
     PacketType.PUBREC: inbound.on_pubrec,
     PacketType.PUBREL: inbound.on_pubrel,

@@ -36,7 +36,7 @@ class LocalRouter:
     """Subscriptions of this node's sessions, and the deliveries a topic gets."""
 
     __slots__ = ("sessions", "deliver", "tree", "shared_tree", "shared_groups",
-                 "shared_strategy")
+                 "shared_strategy", "qos0_routes")
 
     def __init__(self, sessions: Mapping[str, Session], deliver: Deliver) -> None:
         self.sessions = sessions
@@ -45,6 +45,8 @@ class LocalRouter:
         self.shared_tree: TopicTree[SharedGroup] = TopicTree()
         self.shared_groups: dict[str, SharedGroup] = {}
         self.shared_strategy: Strategy = round_robin
+        #: Topic -> its plain QoS 0 receivers, tied to the tree's match (core/qos0.py).
+        self.qos0_routes: dict[str, Any] = {}
 
     # --- the index ----------------------------------------------------------------------
 

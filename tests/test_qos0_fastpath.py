@@ -1,0 +1,363 @@
+"""The plain QoS 0 path (core/qos0.py) against the general one (inbound.on_publish).
+
+Each scenario runs twice on fresh sans-IO brokers, once with the general PUBLISH
+handler and once with the fast one (pure, then compiled where built): every client
+must get the same bytes in the same order, and the broker the same counters and
+retained messages.  The reads mix what the fast path must leave to the general one
+(retained, QoS 1 in the middle, v5 properties and aliases, ``$`` topics, queued and
+paused receivers, share groups, subscription ids, no-local) with what it takes, and
+subscriptions change between reads.  Other tests check that it is taken, or not, as
+its conditions say.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from mqtt_twisted.codec import Publish, Subscribe, Subscription, _accel, encode
+from mqtt_twisted.constants import PacketType, PropertyId
+from mqtt_twisted.core import connection, fastpath, inbound, qos0
+from mqtt_twisted.core.router import LocalRouter
+from mqtt_twisted.core.settings import BrokerSettings
+from mqtt_twisted.testing import FakeClient, make_broker
+
+_P = PropertyId
+IMPLS = ["pure", "compiled"]
+
+
+def handler_of(impl: str) -> Callable[..., None]:
+    if impl == "general":
+        return inbound.on_publish
+    if impl == "compiled" and fastpath.compiled is None:
+        pytest.skip("core/_qos0.pyx is not built here")
+    return fastpath.handler(impl == "compiled")
+
+
+@contextmanager
+def handling(impl: str) -> Iterator[Any]:
+    """PUBLISHes handled by ``impl``'s handler; yields the module whose fallback counts."""
+    handler = handler_of(impl)
+    module = (fastpath.compiled if impl == "compiled" else qos0)
+    saved = connection._HANDLERS[PacketType.PUBLISH]
+    connection._HANDLERS[PacketType.PUBLISH] = handler
+    try:
+        yield module
+    finally:
+        connection._HANDLERS[PacketType.PUBLISH] = saved
+
+
+def pub(topic: str, payload: bytes = b"x", qos: int = 0, retain: bool = False,
+        pid: int | None = None, props: dict | None = None) -> Publish:
+    return Publish(topic, payload, qos, retain, False, pid if qos else None, props or {})
+
+
+def subscribe_with_id(client: FakeClient, topic_filter: str, sid: int) -> None:
+    client.send(Subscribe(client.pid(), [Subscription(topic_filter, 0)],
+                          {_P.SUBSCRIPTION_IDENTIFIER: sid}))
+    client.received()
+
+
+def read(client: FakeClient, *packets: Publish) -> None:
+    """One read holding all of ``packets``."""
+    client.send_bytes(b"".join(encode(p, client.version) for p in packets))
+
+
+COUNTERS = ("messages_received", "messages_sent", "bytes_sent", "deliveries",
+            "dropped_too_large", "messages_dropped", "received_qos1", "sent_qos1",
+            "protocol_errors")
+
+
+def outcome(broker: Any, clients: dict[str, FakeClient]) -> dict[str, Any]:
+    stats = broker.stats
+    return {
+        "bytes": {name: bytes(c.transport.written) for name, c in clients.items()},
+        "stats": {name: getattr(stats, name) for name in COUNTERS},
+        "topics": dict(stats.topics.counts),
+        "retained": sorted((m.topic, m.payload) for m in broker.store._retained),
+        "queued": {cid: len(s.queue) for cid, s in broker.sessions.items()},
+    }
+
+
+def scenario_v4(broker: Any) -> dict[str, FakeClient]:
+    a, b, c, p = (FakeClient(broker, 4) for _ in range(4))
+    a.connect("a")
+    a.subscribe("s/#")
+    b.connect("b")
+    b.subscribe("s/t", "s/+", qos=1)  # overlapping: one copy, the higher QoS
+    p.connect("p")
+    p.subscribe("s/self")  # its own subscription (v3: no no-local)
+    c.connect("c")
+    for i in range(3):
+        read(p, pub("s/t", b"%d" % i), pub("s/t", b"r", retain=True), pub("s/t", b"q1", 1, pid=1),
+             pub("s/u"), pub("$SYS/x"), pub("s/self", b"me"), pub("s/none/deep"),
+             pub("nobody"), pub("s/t", b"z" * 300))
+        if i == 0:
+            c.subscribe("s/t")  # a subscribe between two reads
+        if i == 1:
+            b.unsubscribe("s/+")
+    for x in (a, b):
+        for packet in x.received():
+            if packet.qos:
+                x.ack(packet)
+    return {"a": a, "b": b, "c": c, "p": p}
+
+
+def scenario_v5(broker: Any) -> dict[str, FakeClient]:
+    clients = {}
+    for name, version, props in [("v5", 5, {}), ("v4", 4, {}),
+                                 ("ids", 5, {}), ("small", 5, {_P.MAXIMUM_PACKET_SIZE: 40}),
+                                 ("alias", 5, {_P.TOPIC_ALIAS_MAXIMUM: 4}), ("p", 5, {})]:
+        clients[name] = FakeClient(broker, version)
+        clients[name].connect(name, properties=props)
+    clients["v5"].subscribe("t/#")
+    clients["v4"].subscribe("t/v4/#")
+    subscribe_with_id(clients["ids"], "t/ids/#", 7)
+    clients["small"].subscribe("t/#")
+    clients["alias"].subscribe("t/alias")
+    clients["p"].subscribe("t/nl", no_local=True)
+    clients["p"].subscribe("t/half/#", no_local=True)
+    clients["p"].subscribe("t/half/+")
+    p = clients["p"]
+    for i in range(2):
+        read(p, pub("t/a", b"%d" % i), pub("t/a", b"big" * 20), pub("t/v4/x"), pub("t/nl"),
+             pub("t/ids/x"),
+             pub("t/half/x"), pub("t/alias"), pub("t/a", props={_P.CONTENT_TYPE: "x"}),
+             pub("t/al", props={_P.TOPIC_ALIAS: 2}), pub("", props={_P.TOPIC_ALIAS: 2}),
+             pub("t/a", b"q", 1, pid=3 + i), pub("t/a", b"end"))
+    return clients
+
+
+def scenario_flow(broker: Any) -> dict[str, FakeClient]:
+    """A paused receiver, then one with a queue, then resumed; a share group later."""
+    a, b, p, q = (FakeClient(broker, 4) for _ in range(4))
+    a.connect("a")
+    a.subscribe("f/#")
+    b.connect("b")
+    b.subscribe("f/x")
+    q.connect("q")
+    q.subscribe("f/q", qos=1)
+    q.connection.send_quota = 1  # a second QoS 1 copy waits in its queue
+    p.connect("p")
+    read(p, pub("f/x", b"1"), pub("f/q", b"q1", 1, pid=1), pub("f/q", b"q2", 1, pid=2),
+         pub("f/q", b"q3"), pub("f/x", b"2"))
+    for packet in q.received():
+        if packet.qos:
+            q.ack(packet)
+    read(p, pub("f/q", b"q4"))
+    a.connection.pauseWriting()
+    read(p, pub("f/x", b"3"), pub("f/y", b"4"))
+    a.connection.resumeWriting()
+    read(p, pub("f/x", b"5"))
+    b.subscribe("$share/g/f/#")
+    read(p, pub("f/x", b"6"), pub("f/z", b"7"))
+    b.unsubscribe("$share/g/f/#")
+    read(p, pub("f/x", b"8"))
+    b.drop()
+    read(p, pub("f/x", b"9"))
+    return {"a": a, "b": b, "p": p, "q": q}
+
+
+SCENARIOS = {"v4": scenario_v4, "v5": scenario_v5, "flow": scenario_flow}
+
+
+def run(impl: str, scenario: str, settings: BrokerSettings | None = None,
+        **kwargs: Any) -> dict[str, Any]:
+    with handling(impl):
+        broker, _ = make_broker(settings, **kwargs)
+        clients = SCENARIOS[scenario](broker)
+        return outcome(broker, clients)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_same_bytes_as_the_general_path(impl: str, scenario: str) -> None:
+    """Every client gets the same bytes in the same order, the counters agree."""
+    expected = run("general", scenario)
+    got = run(impl, scenario)
+    assert got == expected
+    assert any(expected["bytes"].values())
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_same_bytes_with_aliases_on(impl: str) -> None:
+    """Outbound topic aliases on: an aliasing receiver gets the general path's bytes."""
+    settings = BrokerSettings(outbound_topic_aliases="lru")
+    assert run(impl, "v5", settings) == run("general", "v5", settings)
+
+
+class SubRouter(LocalRouter):
+    __slots__ = ()
+
+
+class Counting:
+    """An ACL that answers the same every time (``stableAnswers``): grants are kept."""
+
+    stableAnswers = True
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def mayPublish(self, identity: Any, clientId: Any, topic: str) -> bool:
+        self.asked.append(topic)
+        return topic != "s/u"
+
+    def maySubscribe(self, identity: Any, clientId: Any, topicFilter: str) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_same_bytes_with_an_authorizer(impl: str) -> None:
+    """With an authorizer whose answers are kept, refusals and grants are the same."""
+    expected = run("general", "v4", authorizer=Counting())
+    assert run(impl, "v4", authorizer=Counting()) == expected
+
+
+@pytest.fixture(params=IMPLS)
+def fast(request: pytest.FixtureRequest) -> Iterator[list[str]]:
+    """The fast handler bound; yields the topics it handed to the general path."""
+    general: list[str] = []
+    with handling(request.param) as module:
+        saved = module._general
+
+        def counting(conn: Any, packet: Publish) -> None:
+            general.append(packet.topic)
+            saved(conn, packet)
+
+        module._general = counting
+        try:
+            yield general
+        finally:
+            module._general = saved
+
+
+def test_taken_for_plain_messages(fast: list[str]) -> None:
+    """Plain QoS 0 to ready MQTT receivers never reaches the general path."""
+    broker, _ = make_broker()
+    a, b, p = FakeClient(broker, 4), FakeClient(broker, 4), FakeClient(broker, 4)
+    a.connect("a")
+    a.subscribe("x/#")
+    b.connect("b")
+    b.subscribe("x/y", "x/+")
+    p.connect("p")
+    read(p, *(pub("x/y", b"%d" % i) for i in range(50)), pub("x/z"), pub("nobody"))
+    assert fast == []
+    assert broker.stats.messages_received == 52
+    assert [m.payload for m in b.received()][:3] == [b"0", b"1", b"2"]
+    assert len(a.received()) == 51
+
+
+@pytest.mark.parametrize("case", [
+    "retain", "qos1", "props", "dollar", "long-topic", "v4-receiver", "paused", "queued",
+    "share", "sub-id", "no-local-some", "too-large", "cluster", "debug", "grant-unknown",
+    "alias-out", "read-check"])
+def test_not_taken_when_a_condition_fails(fast: list[str], case: str) -> None:
+    """Each condition, failing alone, sends the message down the general path."""
+    settings = (BrokerSettings(max_topic_length=100) if case == "long-topic"
+                else BrokerSettings(outbound_topic_aliases="first") if case == "alias-out"
+                else None)
+    authorizer = Counting() if case == "grant-unknown" else None
+    broker, _ = make_broker(settings, authorizer=authorizer)
+    version = 5
+    sub = FakeClient(broker, 4 if case == "v4-receiver" else version)
+    sub.connect("sub", properties={_P.MAXIMUM_PACKET_SIZE: 30} if case == "too-large"
+                else {_P.TOPIC_ALIAS_MAXIMUM: 3} if case == "alias-out" else {})
+    topic = "a/" + "b" * 30 if case == "long-topic" else "t/x"
+    if case == "sub-id":
+        subscribe_with_id(sub, "t/#", 9)
+    else:
+        sub.subscribe("$share/g/t/#" if case == "share" else "t/#",
+                      qos=1 if case == "queued" else 0)
+    p = FakeClient(broker, version)
+    p.connect("p")
+    if case == "no-local-some":
+        p.subscribe("t/#", no_local=True)
+        p.subscribe("t/+")
+    packet = pub(topic, b"y" * 40 if case == "too-large" else b"y",
+                 1 if case == "qos1" else 0, case == "retain", 1,
+                 {_P.CONTENT_TYPE: "x"} if case == "props" else None)
+    if case == "dollar":
+        packet.topic = "$x/y"
+        sub.subscribe("$x/#")
+    if case == "paused":
+        sub.connection.pauseWriting()
+    if case == "read-check":  # (an ACL granting the wildcard filter only in part)
+        sub.connection.session.read_check = lambda topic: topic != "t/x"
+    if case == "queued":  # a full in-flight window: the next QoS 1 copy waits in the queue
+        sub.connection.send_quota = 1
+        read(p, pub("t/x", b"1", 1, pid=5), pub("t/x", b"2", 1, pid=6))
+        assert len(sub.connection.session.queue) == 1
+    if case == "cluster":  # any router but this node's own (a cluster's wraps it)
+        broker.router.__class__ = SubRouter
+    if case == "debug":
+        from mqtt_twisted.logs import DEBUG
+        DEBUG.on = True
+        try:
+            read(p, packet)
+        finally:
+            DEBUG.on = False
+    else:
+        read(p, packet)
+    assert fast and fast[-1] == packet.topic
+
+
+def test_routes_follow_subscriptions(fast: list[str]) -> None:
+    """A route entry is tied to the tree's match: a new or dropped subscription, a
+    reconnect, a new session under the same id are seen by the next message."""
+    broker, _ = make_broker()
+    a, p = FakeClient(broker, 4), FakeClient(broker, 4)
+    a.connect("a")
+    a.subscribe("r/#")
+    p.connect("p")
+    read(p, pub("r/1", b"1"))
+    b = FakeClient(broker, 4)
+    b.connect("b")
+    b.subscribe("r/1")
+    read(p, pub("r/1", b"2"))
+    got_a = [m.payload for m in a.received()]
+    a.unsubscribe("r/#")
+    read(p, pub("r/1", b"3"))
+    got_b = [m.payload for m in b.received()]
+    b.drop()
+    b2 = FakeClient(broker, 4)
+    b2.connect("b", clean=False)
+    b2.subscribe("r/1")
+    read(p, pub("r/1", b"4"))
+    assert got_a + [m.payload for m in a.received()] == [b"1", b"2"]
+    assert got_b == [b"2", b"3"]
+    assert [m.payload for m in b2.received()] == [b"4"]
+    assert fast == []
+
+
+def _choice(env_extra: dict[str, str], block: bool = False) -> subprocess.CompletedProcess:
+    program = ("import sys\n"
+               + ("sys.modules['mqtt_twisted.core._qos0'] = None\n" if block else "")
+               + "from mqtt_twisted.core import connection, fastpath, qos0\n"
+               "h = connection._HANDLERS[3]\n"
+               "print('pure' if h is qos0.on_publish else 'compiled'"
+               " if fastpath.compiled and h is fastpath.compiled.on_publish else h)")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MQTT_TWISTED_PURE", "MQTT_TWISTED_REQUIRE_EXT")}
+    return subprocess.run([sys.executable, "-c", program], env={**env, **env_extra},
+                          capture_output=True, text=True)
+
+
+def test_choice_at_import() -> None:
+    """Compiled where built, pure with MQTT_TWISTED_PURE=1 or where it is missing; a
+    missing build with MQTT_TWISTED_REQUIRE_EXT=1 is a one-line ImportError."""
+    default = _choice({})
+    assert default.returncode == 0, default.stderr
+    assert default.stdout.split() == ["compiled" if fastpath.compiled else "pure"]
+    assert _choice({"MQTT_TWISTED_PURE": "1"}).stdout.split() == ["pure"]
+    assert _choice({}, block=True).stdout.split() == ["pure"]
+    required = _choice({"MQTT_TWISTED_REQUIRE_EXT": "1"}, block=True)
+    assert required.returncode != 0
+    # (Where the codec is not built either, its own ImportError comes first.)
+    module = "mqtt_twisted.core._qos0" if _accel.speedups else ""
+    assert f"({module}" in required.stderr and "is not importable" in required.stderr
