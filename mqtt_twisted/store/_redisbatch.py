@@ -8,7 +8,9 @@ in the broker, and a script run in Redis.  Here a connection gathers the record 
 made during a turn into a :class:`Batch`: per client, the records put and removed
 (``seq -> record``, or None to remove: a later write of one seq replaces the earlier,
 so a record stored, sent and acknowledged in one turn costs one HDEL) and the highest
-sequence number sent.  At the end of the turn the batch is one ``EVALSHA`` of the
+sequence number sent.  At the end of the turn (or, while the connection's earlier
+commands are unanswered, of the turn that reads the last reply: ``_redislink``'s group
+commit, the batch taking the writes of the turns between) the batch is one ``EVALSHA`` of the
 ``batch`` script (``_redisscripts``), applied to each client's keys only while its
 session exists, as the single writes were.  Every write of the batch returns the
 batch's one :class:`~mqtt_twisted.writes.SharedWrite`, which fires when Redis has
@@ -25,7 +27,7 @@ loading keeps sequence numbers above the mark once every record is gone.
 
 **Order.**  A batch takes its place among its connection's commands when it opens;
 any other command on that connection closes it (the writes after that command open a
-new batch behind it), as does the end of the turn, so a client's writes keep the order
+new batch behind it), as does its being written, so a client's writes keep the order
 they were made in.  With a cluster's fence (``RedisStore.fence``) a batch holds one
 client's writes, since the fence is checked, and fails, per client.
 """
