@@ -29,6 +29,11 @@ built on our codec:
 * **reconnect**: a persistent session with ``--queued`` QoS 1 messages waiting for it
   (published while it was offline); the subscriber reconnects and acknowledges them
   all.  Figures: seconds to CONNACK, and to the last message.
+* **pairs** (``--pairs N``, alone): the qos1 figures of the memory and Redis stores,
+  one right after the other (the order alternating), ``N`` times: each pair's rates,
+  their ratio (issue 19: Redis at least half the memory store's) and the load average.
+  On a shared machine the rate of one run moves by 2x; a pair's two runs share most of
+  their conditions, so its ratio is the figure to read.
 * **connacks** (``--connacks N``, alone): the same session reconnecting ``N`` times in a
   row without acknowledging anything, so that each CONNACK finds the whole queue.
   Figures: min, median and max ms to CONNACK.
@@ -38,6 +43,7 @@ Usage::
     python bench/bench_store.py [--messages 20000] [--window 100] [--queued 10000]
                                 [--connects 200] [--stores memory,redis,etcd] [--runs 3]
     python bench/bench_store.py --connacks 10 --stores redis
+    python bench/bench_store.py --pairs 5
 
 It prints one table; the median of ``--runs`` runs is shown.
 """
@@ -46,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import platform
 import selectors
@@ -57,6 +64,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -74,6 +82,8 @@ from mqtt_twisted.codec import (  # noqa: E402
     encode,
 )
 
+#: The checkout whose broker runs (``--root``: another one, e.g. main's, to compare).
+BROKER_ROOT = ROOT
 HOST = "127.0.0.1"
 TIMEOUT = 120.0
 
@@ -104,8 +114,12 @@ class Services:
     """A broker (and a redis-server or an etcd for their stores) in child processes;
     ``broker=False``: the store's server only, its URL in ``store_url``."""
 
-    def __init__(self, store: str, max_queued: int, broker: bool = True) -> None:
+    def __init__(self, store: str, max_queued: int, broker: bool = True,
+                 calls: bool = False) -> None:
         self.dir = tempfile.mkdtemp(prefix="bench-store-")
+        self.redis_port = 0
+        #: --calls: the broker's call counts are written here (bench/node_calls.py).
+        self.calls = os.path.join(self.dir, "calls.json") if calls else ""
         self.redis = None
         if store == "etcd":
             cport, pport = free_port(), free_port()
@@ -120,7 +134,7 @@ class Services:
             wait_port(cport, self.redis, "etcd")
             store = f"etcd://{HOST}:{cport}/bench"
         elif store == "redis":
-            rport = free_port()
+            rport = self.redis_port = free_port()
             self.redis = subprocess.Popen(
                 ["redis-server", "--port", str(rport), "--bind", HOST, "--save", "",
                  "--appendonly", "yes", "--appendfsync", "everysec", "--dir", self.dir],
@@ -133,9 +147,11 @@ class Services:
         if not broker:
             return
         self.port = free_port()
-        env = dict(os.environ, PYTHONPATH=ROOT)
+        env = dict(os.environ, PYTHONPATH=BROKER_ROOT)
+        run = ([os.path.join(BROKER_ROOT, "bench", "node_calls.py"), self.calls, "twistd"]
+               if calls else ["-c", "from twisted.scripts.twistd import run; run()"])
         self.broker = subprocess.Popen(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
+            [sys.executable, *run, "-n",
              "--pidfile=", "mqttbroker", "--listen", f"tcp:{self.port}:interface={HOST}",
              "--store", store, "--sys-interval", "0", "--max-queued", str(max_queued)],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=self.dir)
@@ -250,20 +266,58 @@ def cpu_seconds(process: subprocess.Popen | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bench_qos1(store: str, n: int, window: int) -> tuple[float, float, float]:
+def bench_qos1(store: str, n: int, window: int,
+               calls: dict[str, Any] | None = None) -> tuple[float, float, float]:
     """(msg/s, broker CPU µs per message, store server CPU µs per message): the CPU
-    figures hold on a loaded machine, where the rate does not."""
-    services = Services(store, max(n, 1000))
+    figures hold on a loaded machine, where the rate does not.  ``calls`` (a dict):
+    the broker runs under bench/node_calls.py, and ``calls`` gets its Python calls
+    per message (``calls``, by group and by function) and, Redis store, the Redis
+    commands per message (``commands``)."""
+    services = Services(store, max(n, 1000), calls=calls is not None)
     try:
         sub = subscribe(services.port, "bench-sub")
+        if calls is not None:
+            redis_cli(services, "CONFIG", "RESETSTAT")
+            services.broker.send_signal(signal.SIGUSR1)  # type: ignore[union-attr]
         broker, server = cpu_seconds(services.broker), cpu_seconds(services.redis)
         elapsed = publish_all(services.port, n, window, sub)
         broker = cpu_seconds(services.broker) - broker
         server = cpu_seconds(services.redis) - server
+        if calls is not None:
+            services.broker.send_signal(signal.SIGUSR2)  # type: ignore[union-attr]
+            calls.update(call_counts(services, n))
         sub.close()
         return n / elapsed, broker * 1e6 / n, server * 1e6 / n
     finally:
         services.close()
+
+
+def redis_cli(services: Services, *args: str) -> str:
+    if not services.redis_port:
+        return ""
+    return subprocess.run([shutil.which("redis-cli") or "redis-cli", "-p",
+                           str(services.redis_port), *args], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def call_counts(services: Services, n: int) -> dict[str, Any]:
+    """--calls: the broker's counts (once bench/node_calls.py wrote them) per message,
+    and Redis's commands per message (INFO commandstats)."""
+    deadline = time.monotonic() + 30
+    while not os.path.exists(services.calls):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the broker never wrote its call counts")
+        time.sleep(0.1)
+    with open(services.calls) as f:
+        counts = json.load(f)
+    commands = {}
+    for line in redis_cli(services, "INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_"):
+            name, rest = line[len("cmdstat_"):].split(":", 1)
+            commands[name] = int(rest.split("calls=", 1)[1].split(",", 1)[0]) / n
+    return {"calls": counts["calls"] / n, "c_calls": counts["c_calls"] / n,
+            "groups": {k: v / n for k, v in counts["modules"].items()},
+            "functions": counts["functions"], "commands": commands}
 
 
 def bench_connects(store: str, n: int) -> float:
@@ -401,6 +455,35 @@ def bench_ops(stores: list[str], n: int) -> dict[str, dict[str, float]]:
     return results
 
 
+def bench_pairs(pairs: int, n: int, window: int, calls: bool = False) -> None:
+    """``--pairs``: memory and Redis QoS 1 runs side by side (module docstring);
+    ``calls``: under bench/node_calls.py, with Python calls per message."""
+    print(f"{'pair':>4} {'load':>5} {'memory msg/s':>13} {'µs':>6} {'redis msg/s':>12} "
+          f"{'µs':>6} {'server µs':>10} {'redis/memory':>13}")
+    ratios = []
+    for i in range(pairs):
+        load = os.getloadavg()[0]
+        order = ("memory", "redis") if i % 2 == 0 else ("redis", "memory")
+        counts: dict[str, dict[str, Any]] = {"memory": {}, "redis": {}}
+        got = {store: bench_qos1(store, n, window, counts[store] if calls else None)
+               for store in order}
+        (mem, mem_us, _), (red, red_us, server_us) = got["memory"], got["redis"]
+        ratios.append(red / mem)
+        print(f"{i + 1:4} {load:5.1f} {mem:13.0f} {mem_us:6.1f} {red:12.0f} {red_us:6.1f} "
+              f"{server_us:10.1f} {red / mem:13.2f}", flush=True)
+        if calls:
+            for store, c in counts.items():
+                groups = ", ".join(f"{k} {v:.1f}" for k, v in sorted(c["groups"].items()))
+                commands = ", ".join(f"{k} {v:.3f}" for k, v in sorted(c["commands"].items()))
+                print(f"     {store}: {c['calls']:.1f} Python calls per message ({groups}); "
+                      f"C calls {c['c_calls']:.1f}; Redis commands per message: "
+                      f"{commands or '-'}")
+                top = sorted(c["functions"].items(), key=lambda kv: -kv[1])[:25]
+                print("       " + "; ".join(f"{k} {v / n:.2f}" for k, v in top))
+    print(f"redis/memory: median {statistics.median(ratios):.2f}, min {min(ratios):.2f}, "
+          f"max {max(ratios):.2f}; load average now {os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=20000)
@@ -412,9 +495,19 @@ def main() -> None:
     parser.add_argument("--connacks", type=int, default=0,
                         help="only the CONNACK of a session with --queued messages, this "
                         "many reconnects per store (min, median, max)")
+    parser.add_argument("--pairs", type=int, default=0,
+                        help="only QoS 1, memory then Redis store (alternating order), "
+                        "this many pairs: rates, ratio, CPU per message")
+    parser.add_argument("--calls", action="store_true",
+                        help="--pairs: the broker under bench/node_calls.py, Python calls "
+                        "per message by group and function, Redis commands per message")
     parser.add_argument("--stores", default="memory,redis,etcd")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--root", default=ROOT,
+                        help="the checkout whose broker runs (default: this one)")
     args = parser.parse_args()
+    global BROKER_ROOT
+    BROKER_ROOT = os.path.abspath(args.root)
     stores = args.stores.split(",")
     cpu = "?"
     try:
@@ -439,6 +532,9 @@ def main() -> None:
             print(f"{store:8} CONNACK ms, {args.connacks} reconnects with {args.queued} "
                   f"queued: min {times[0]:.1f} median {statistics.median(times):.1f} "
                   f"max {times[-1]:.1f}", flush=True)
+        return
+    if args.pairs:
+        bench_pairs(args.pairs, args.messages, args.window, args.calls)
         return
     if args.ops:
         ops = bench_ops(stores, args.ops)

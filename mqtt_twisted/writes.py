@@ -56,7 +56,7 @@ class SharedWrite:
         return self.addCallbacks(f, None, args, kw)
 
     def addErrback(self, f: Callable[..., Any], *args: Any, **kw: Any) -> SharedWrite:
-        return self.addCallbacks(_passed, f, (), None, args, kw)
+        return self.addBoth(_failed_only, f, args, kw)
 
     def fire(self, result: Any) -> None:
         """The write is done (``result``) or failed (a Failure): tell every waiter."""
@@ -66,7 +66,18 @@ class SharedWrite:
         self.result = result
         waiters, self._waiters = self._waiters, []
         for f, args, kw in waiters:
-            self._call(f, result, args, kw)
+            try:  # (_call inline: a batch's waiters, every turn)
+                f(result, *args, **kw)
+            except Exception:
+                self.log.failure("A store write's waiter failed")
+
+    #: As a Deferred's: the Redis store's link answers a batch's call through these
+    #: directly, with no Deferred in between (``store/_redislink.py``).
+    callback = fire
+
+    def errback(self, error: Any) -> None:
+        """The write failed with ``error`` (an exception or a Failure)."""
+        self.fire(error if isinstance(error, Failure) else Failure(error))
 
     def _call(self, f: Callable[..., Any], result: Any, args: tuple[Any, ...],
               kw: dict[str, Any]) -> None:
@@ -87,5 +98,8 @@ def _either(result: Any, callback: Callable[..., Any], errback: Callable[..., An
         callback(result, *cargs, **ckw)
 
 
-def _passed(result: Any) -> None:
-    """``addErrback``'s callback: a success needs nothing."""
+def _failed_only(result: Any, errback: Callable[..., Any], args: tuple[Any, ...],
+                 kw: dict[str, Any]) -> None:
+    """``addErrback``'s waiter: a success needs nothing."""
+    if isinstance(result, Failure):
+        errback(result, *args, **kw)

@@ -123,7 +123,9 @@ class Delivery:
             self._dropped(session, dropped)
             if dropped[0] is out:
                 return  # larger than the whole queue: never held, so never stored
-        if qos and self.durable and session.persistent:
+        # (expiryInterval != 0: Session.persistent without its property call, on the
+        # three per-message writes: here, _send_inflight and outbound_done.)
+        if qos and self.durable and session.expiryInterval != 0:
             self.journal.persist(self.put_outbound(session.clientId, out))
 
     def _dropped(self, session: Session, dropped: list[Outbound]) -> None:
@@ -153,7 +155,7 @@ class Delivery:
             inflight = session.inflight = {}
         inflight[pid] = out
         session.inflight_bytes += len(out.message.payload) + len(out.message.topic)
-        if self.durable and session.persistent:
+        if self.durable and session.expiryInterval != 0:
             # Stored before it is sent, so that a crash cannot lose track of it; a queued
             # one is stored already, and only its going in flight is new.
             self.journal.persist((self.sent_outbound if queued else self.put_outbound)(
@@ -219,7 +221,7 @@ class Delivery:
         if out.held is not None:
             release_held(out)
         session.inflight_bytes -= len(out.message.payload) + len(out.message.topic)
-        if self.durable and session.persistent:
+        if self.durable and session.expiryInterval != 0:
             self.journal.persist(self.drop_outbound(session.clientId, out.seq))
         if session.queue:
             self.pump(session)

@@ -8,7 +8,9 @@ in the broker, and a script run in Redis.  Here a connection gathers the record 
 made during a turn into a :class:`Batch`: per client, the records put and removed
 (``seq -> record``, or None to remove: a later write of one seq replaces the earlier,
 so a record stored, sent and acknowledged in one turn costs one HDEL) and the highest
-sequence number sent.  At the end of the turn the batch is one ``EVALSHA`` of the
+sequence number sent.  At the end of the turn (or, while the connection's earlier
+commands are unanswered, of the turn that reads the last reply: ``_redislink``'s group
+commit, the batch taking the writes of the turns between) the batch is one ``EVALSHA`` of the
 ``batch`` script (``_redisscripts``), applied to each client's keys only while its
 session exists, as the single writes were.  Every write of the batch returns the
 batch's one :class:`~mqtt_twisted.writes.SharedWrite`, which fires when Redis has
@@ -25,7 +27,7 @@ loading keeps sequence numbers above the mark once every record is gone.
 
 **Order.**  A batch takes its place among its connection's commands when it opens;
 any other command on that connection closes it (the writes after that command open a
-new batch behind it), as does the end of the turn, so a client's writes keep the order
+new batch behind it), as does its being written, so a client's writes keep the order
 they were made in.  With a cluster's fence (``RedisStore.fence``) a batch holds one
 client's writes, since the fence is checked, and fails, per client.
 """
@@ -39,6 +41,7 @@ import msgpack
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from mqtt_twisted.cluster.resp import encode_command
 from mqtt_twisted.store._redisformat import FORMAT, PACK
 from mqtt_twisted.store._redisscripts import FENCED, SHAS
 from mqtt_twisted.writes import SharedWrite
@@ -48,27 +51,40 @@ from mqtt_twisted.writes import SharedWrite
 _PACK_MAP = msgpack.Packer(use_bin_type=False).pack
 _BATCH = SHAS["batch"]
 _FENCED_BATCH = SHAS[FENCED["batch"]]
+#: The ``EVALSHA`` of the batch script and its SHA1, in RESP.
+_BATCH_HEAD = b"$7\r\nEVALSHA\r\n$%d\r\n%s\r\n" % (len(_BATCH), _BATCH)
 
 
 class Batch:
-    """The writes one connection gathers during a turn (module docstring)."""
+    """The writes one connection gathers during a turn (module docstring).  It is its
+    own call on the link (``_redislink``: ``deadline``, ``done``, ``deferred``), so a
+    batch costs no Deferred and no call object: the reply fires its SharedWrite."""
 
-    __slots__ = ("sections", "write", "fence", "cid", "open")
+    __slots__ = ("sections", "write", "fence", "cid", "open", "deadline", "done",
+                 "deferred")
+
+    #: As a link call's (``_redislink._Call``): no arguments (the command is encoded
+    #: when the turn's commands are written), a write, and itself the item to encode.
+    args = None
+    is_write = True
+    batch = None
 
     def __init__(self, fence: tuple[bytes, bytes, bytes, bytes] | None, cid: bytes) -> None:
         self.sections: dict[bytes, Section] = {}
         #: What every write of the batch returns; fired by the script's reply.
-        self.write = SharedWrite()
+        self.write = self.deferred = SharedWrite()
         #: The store's fence when the batch opened (then it holds ``cid``'s writes only).
         self.fence = fence
         self.cid = cid
         #: Until the link closes it (``Link.close_batches``): it takes writes.
         self.open = True
+        self.deadline = 0.0
+        self.done = False
 
     def command(self) -> tuple[Any, ...]:
-        """The ``EVALSHA`` (built once, when the turn's commands are written): KEYS a
-        session hash and an outbound hash per client; ARGV per client its sent mark
-        (empty: none) and its records, a msgpack map of seq to record (empty: remove)."""
+        """The ``EVALSHA``: KEYS a session hash and an outbound hash per client; ARGV
+        per client its sent mark (empty: none) and its records, a msgpack map of seq
+        to record (empty: remove)."""
         keys: list[bytes] = []
         args: list[Any] = []
         for section in self.sections.values():
@@ -80,6 +96,28 @@ class Batch:
         home, epoch_key, node, epoch = fence
         return (b"EVALSHA", _FENCED_BATCH, len(keys) + 2, home, epoch_key, *keys,
                 self.cid, node, epoch, *args)
+
+    def encode(self) -> bytes:
+        """:meth:`command` in RESP, built once when the turn's commands are written:
+        unfenced, in one bytes join, with no tuple of arguments in between."""
+        if self.fence is not None:
+            return encode_command(*self.command())
+        sections = self.sections
+        parts = [b"*%d\r\n%s$%d\r\n%d\r\n" % (3 + 4 * len(sections), _BATCH_HEAD,
+                                                 len(str(2 * len(sections))),
+                                                 2 * len(sections))]
+        args = []
+        for section in sections.values():
+            session, out = section.session, section.out
+            parts.append(b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(session), session,
+                                                           len(out), out))
+            sent = b"%d" % section.sent if section.sent else b""
+            ops = _PACK_MAP(section.ops)
+            args.append(b"$%d\r\n%s\r\n$%d\r\n" % (len(sent), sent, len(ops)))
+            args.append(ops)
+            args.append(b"\r\n")
+        parts += args
+        return b"".join(parts)
 
 
 class Section:

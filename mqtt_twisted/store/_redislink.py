@@ -16,6 +16,7 @@ from typing import Any
 
 import txredisapi
 from twisted.application.internet import ClientService
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -76,10 +77,12 @@ PROGRESS_CHECK = 0.5
 
 class _Call:
     """One command: its arguments, the caller's Deferred, when it gives up, and whether
-    it writes (for the outage's count of failed writes).  A batch's call has the batch
-    instead of arguments: its command is built when the turn's commands are written."""
+    it writes (for the outage's count of failed writes).  A record batch
+    (``_redisbatch.Batch``) is a call of its own, with the same fields; behind a WAIT
+    (``?wait=N``) its call is one of these with the batch instead of arguments.  Either
+    way its command is built when the turn's commands are written."""
 
-    __slots__ = ("args", "deferred", "deadline", "done", "write", "batch")
+    __slots__ = ("args", "deferred", "deadline", "done", "is_write", "batch")
 
     def __init__(self, args: tuple[Any, ...] | None, deadline: float, write: bool | None,
                  batch: Any = None) -> None:
@@ -87,7 +90,7 @@ class _Call:
         self.deferred: Deferred[Any] = Deferred()
         self.deadline = deadline
         self.done = False
-        self.write = write
+        self.is_write = write
         self.batch = batch
 
 
@@ -139,6 +142,25 @@ def encode_command(args: tuple[Any, ...]) -> bytes:
             arg = b"%d" % arg if type(arg) is int else str(arg).encode("utf-8")
         parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
     return b"".join(parts)
+
+
+def send_now(transport: Any, data: bytes) -> None:
+    """Write ``data`` (the turn's commands, at its end) with one ``send`` when nothing
+    waits in the transport's buffers: ``transport.write`` would register the socket
+    for writing and send on the next turn's write event (two ``epoll_ctl`` calls and a
+    reactor event per turn).  What the socket does not take, a TLS transport and a
+    connection closing go the reactor's way, which also sees any error."""
+    if (type(transport) is tcp.Client and not transport.dataBuffer
+            and not transport._tempDataBuffer and transport.connected
+            and not transport.disconnecting and not transport._writeDisconnected):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:  # full (EAGAIN), or broken: the reactor's write finds out
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
 
 
 class _QuietClientService(ClientService):
@@ -212,6 +234,9 @@ class Link:
         self.ready: Deferred[None] | None = Deferred()
         self._timer: Any = None
         self._flush_call: Any = None
+        #: Commands written and not yet answered: while any are, the next ones are held
+        #: and leave together when the last reply arrives (group commit, see _send).
+        self._unanswered = 0
         #: Commands encoded this turn, written together by _flush (a batch: encoded then).
         self._out: list[Any] = []
         #: The batches open on this link (``_redisbatch``), by client id when fenced
@@ -252,6 +277,7 @@ class Link:
 
     def connected(self, protocol: Any) -> None:
         self.protocol = protocol
+        self._unanswered = 0
         protocol.take_over(self)
         self._load_scripts(protocol)  # ahead of anything waiting: Redis keeps the order
         waiting, self.waiting = self.waiting, deque()
@@ -282,13 +308,16 @@ class Link:
             self._flush_call.cancel()
             self._flush_call = None
             self._out = []
+        if self.protocol is None:  # (the usual case: disconnected() came first)
+            self._out = []  # held for the lost connection: they fail below
+            self._unanswered = 0
         self.close_batches()
         sent, self.sent = self.sent, deque()
         outage = self.store.outage
         for call in sent:
             if not call.done:
                 call.done = True
-                call.deferred.errback(outage.error("Redis: Lost connection", call.write))
+                call.deferred.errback(outage.error("Redis: Lost connection", call.is_write))
         if self._drained and not self.waiting:
             self._fire_drained()
 
@@ -329,14 +358,17 @@ class Link:
     def open_batch(self, key: bytes | None, batch: Any) -> None:
         """Open ``batch`` (``_redisbatch.Batch``) here, in the order of this link's
         commands: its writes' SharedWrite fires with the script's reply (after the
-        turn's WAIT, with ``?wait=N``)."""
+        turn's WAIT, with ``?wait=N``).  The batch is its own call, answered straight
+        into its SharedWrite: no Deferred, unless a WAIT gates it."""
         store = self.store
-        call = _Call(None, store.reactor.seconds() + store.options.timeout, True, batch)
-        _enqueue(self, call)
-        d = call.deferred
-        if self._replicas is not None:
-            d = self._replicas.gate(d)
-        d.addBoth(batch.write.fire)
+        deadline = store.reactor.seconds() + store.options.timeout
+        if self._replicas is None:
+            batch.deadline = deadline
+            _enqueue(self, batch)
+        else:
+            call = _Call(None, deadline, True, batch)
+            _enqueue(self, call)
+            self._replicas.gate(call.deferred).addBoth(batch.write.fire)
         self.batches[key] = batch
 
     def close_batches(self) -> None:
@@ -350,10 +382,17 @@ class Link:
 
     def _send(self, protocol: Any, call: _Call) -> None:
         """Encode the command; the turn's commands are written together by _flush (one
-        transport write, one round trip)."""
+        transport write, one round trip).  While earlier commands are unanswered they
+        are held instead, and written with the last reply (``answered``): one write
+        and one script call per round trip rather than per turn, the open batch
+        taking every record write meanwhile.  A busy broker's turns are short and
+        many; each write and each reply was a system call and a reactor event, and
+        each batch a script run in Redis.  Nothing waits longer than one round trip
+        more, and an acknowledgement still waits for the reply to its write."""
         self.sent.append(call)
-        self._out.append(encode_command(call.args) if call.batch is None else call.batch)
-        if self._flush_call is None:
+        args = call.args  # (None: a batch, itself the call or behind a WAIT's call)
+        self._out.append(encode_command(args) if args is not None else call.batch or call)
+        if self._flush_call is None and not self._unanswered:
             self._flush_call = self.store.reactor.callLater(0, self._flush, protocol)
 
     def _flush(self, protocol: Any) -> None:
@@ -361,20 +400,24 @@ class Link:
         out, self._out = self._out, []
         self.close_batches()  # written now: the next writes open new ones
         if out and protocol.connected and protocol.transport is not None:
-            protocol.transport.write(b"".join([
-                item if type(item) is bytes else encode_command(item.command())
-                for item in out]))
+            self._unanswered += len(out)
+            send_now(protocol.transport, b"".join([
+                item if type(item) is bytes else item.encode() for item in out]))
 
     def answered(self, protocol: Any, replies: list[Any]) -> None:
         """Replies read from ``protocol``: each answers the oldest call sent on it."""
         if protocol is not self.protocol:
             return  # a connection already given up (its calls failed)
+        if len(replies) > self._unanswered:
+            log.warn("Redis answered more than was asked: reconnecting")
+            protocol.transport.abortConnection()
+            return
+        self._unanswered -= len(replies)
+        if self._out and not self._unanswered and self._flush_call is None:
+            # The held commands leave at the end of this turn, with what it adds.
+            self._flush_call = self.store.reactor.callLater(0, self._flush, protocol)
         sent = self.sent
         for value in replies:
-            if not sent:
-                log.warn("Redis answered more than was asked: reconnecting")
-                protocol.transport.abortConnection()
-                return
             call = sent.popleft()
             if call.done:
                 continue  # it timed out before; the late reply has nowhere to go
@@ -423,7 +466,7 @@ class Link:
             if not call.done:
                 call.done = True
                 call.deferred.errback(store.outage.error(f"Redis unreachable for {timeout}s",
-                                                         call.write))
+                                                         call.is_write))
         sent = self.sent
         if sent and sent[0].deadline <= now and self._progressed():
             # Overdue, but replies are arriving: this broker is behind in reading them
@@ -440,7 +483,7 @@ class Link:
                 if not call.done:
                     call.done = True
                     call.deferred.errback(store.outage.error(
-                        f"no reply from Redis in {timeout}s", call.write))
+                        f"no reply from Redis in {timeout}s", call.is_write))
             protocol = self.protocol
             if protocol is not None and protocol.transport is not None:
                 protocol.transport.abortConnection()
