@@ -74,7 +74,7 @@ def test_not_keeping_up_lines_one_a_second() -> None:
     next line says how many were left out."""
     from twisted.logger import globalLogPublisher
 
-    from mqtt_twisted.adapters._httpstream import DROP_LOG_INTERVAL, DropLog
+    from mqtt_twisted.adapters._ssewriter import DROP_LOG_INTERVAL, DropLog
 
     clock, lines = Clock(), []
 
@@ -96,3 +96,36 @@ def test_not_keeping_up_lines_one_a_second() -> None:
         assert lines[1:] == [("c2", 4, 500)]
     finally:
         globalLogPublisher.removeObserver(observe)
+
+
+def test_openings_a_slice_of_cpu_time_per_turn() -> None:
+    """New streams are opened OPEN_TIME of CPU a turn, in order, none in the turn of
+    their request; each one's Deferred fires as its open() does (its error too)."""
+    from twisted.internet.defer import fail, succeed
+
+    from mqtt_twisted.adapters._httpstream import OPEN_TIME, Openings
+
+    clock, cpu, opened = Clock(), CPU(), []
+
+    class Opening:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def open(self):  # type: ignore[no-untyped-def]
+            opened.append(self.n)
+            cpu.now += 300e-6
+            return fail(ValueError("refused")) if self.n == 3 else succeed(self.n)
+
+    openings = Openings(clock, cpu=cpu)
+    results: list = []
+    for n in range(8):
+        openings.add(Opening(n)).addBoth(results.append)
+    assert opened == [] and len(clock.getDelayedCalls()) == 1
+    per_turn = int(-(-OPEN_TIME // 300e-6))
+    run_turn(clock)
+    assert opened == list(range(per_turn))
+    while clock.getDelayedCalls():
+        run_turn(clock)
+    assert opened == list(range(8))
+    assert [r for r in results if isinstance(r, int)] == [0, 1, 2, 4, 5, 6, 7]
+    assert str(results[3].value) == "refused"

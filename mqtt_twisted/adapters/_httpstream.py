@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -19,6 +19,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from mqtt_twisted.adapters import _httpapi as api
+from mqtt_twisted.adapters._ssewriter import Paced
 from mqtt_twisted.constants import ReasonCode
 from mqtt_twisted.interfaces import IMessageSink
 
@@ -51,34 +52,35 @@ CUT_TIME = 0.001
 LOST_TIME = 50e-6
 
 
-class CutOffs:
+#: CPU seconds of stream openings per reactor turn (at least one a turn): 500 SSE
+#: requests accepted 32 a turn were opened as they came, 10-18 ms turns for a second
+#: (authentication, a virtual session, its subscriptions, the head; session 8).
+OPEN_TIME = 0.001
+
+
+class CutOffs(Paced):
     """Stalled streams waiting to be cut off, :data:`CUT_TIME` of CPU a reactor turn."""
 
     def __init__(self, reactor: Any, budget: float = CUT_TIME,
                  cpu: Callable[[], float] = time.thread_time) -> None:
-        self.reactor = reactor
-        self.budget = budget
-        self.cpu = cpu
-        self.waiting: deque[Subscription] = deque()
-        self.call: Any = None
+        super().__init__(reactor, budget, cpu, LOST_TIME)
 
     def add(self, subscription: Subscription) -> None:
-        self.waiting.append(subscription)
-        if self.call is None:
-            self.call = self.reactor.callLater(0, self._cut)
+        self.run_later(subscription.cut_off)
 
-    def _cut(self) -> None:
-        self.call = None
-        waiting, cpu = self.waiting, self.cpu
-        deadline = cpu() + self.budget
-        lost = 0.0
-        while waiting:
-            waiting.popleft().cut_off()
-            lost += LOST_TIME
-            if cpu() + lost >= deadline:
-                break
-        if waiting:
-            self.call = self.reactor.callLater(0, self._cut)
+
+class Openings(Paced):
+    """New ``/subscribe`` requests waiting to be opened, :data:`OPEN_TIME` a turn."""
+
+    def __init__(self, reactor: Any, budget: float = OPEN_TIME,
+                 cpu: Callable[[], float] = time.thread_time) -> None:
+        super().__init__(reactor, budget, cpu)
+
+    def add(self, subscription: Subscription) -> Deferred[Any]:
+        """Fires as ``subscription.open()`` does, once it has had its turn."""
+        done: Deferred[Any] = Deferred()
+        self.run_later(lambda: subscription.open().chainDeferred(done))
+        return done
 
 
 def _shrink_send_buffer(request: Request) -> None:
@@ -112,37 +114,6 @@ def respond(request: Request, status: int, body: bytes | None = None,
         request.setHeader(b"content-length", b"%d" % len(body))
         request.write(body)
     request.finish()
-
-
-class DropLog:
-    """The "not keeping up" log lines of the listener's streams, at most one every
-    :data:`DROP_LOG_INTERVAL` seconds, naming how many others there were meanwhile.
-    500 streams that stopped reading together drop in step, each logging at its 1st,
-    2nd, 4th... drop: 500 lines in one reactor turn, 7-10 ms of CPU (py-spy; 13 such
-    turns in ``bench/hostile.py --attack unread_sse --sse-streams 500``)."""
-
-    __slots__ = ("clock", "last", "quiet")
-
-    def __init__(self, clock: Any) -> None:
-        self.clock = clock
-        self.last = -DROP_LOG_INTERVAL
-        #: Lines left out since the last one.
-        self.quiet = 0
-
-    def note(self, client: str, dropped: int) -> None:
-        now = self.clock.seconds()
-        if now - self.last < DROP_LOG_INTERVAL:
-            self.quiet += 1
-            return
-        self.last = now
-        log.info("SSE client {client} is not keeping up: {n} messages dropped so far "
-                 "(oldest first); {others} more such lines left out", client=client,
-                 n=dropped, others=self.quiet)
-        self.quiet = 0
-
-
-#: Seconds between two "not keeping up" lines of a listener's SSE streams.
-DROP_LOG_INTERVAL = 1.0
 
 
 class LiveResponse:
@@ -296,8 +267,8 @@ class Subscription:
     @inlineCallbacks
     def open(self) -> Any:
         bridge = self.bridge
-        # One Deferred for the listener's count of streams and for the client leaving.
-        self.request.notifyFinish().addBoth(self._finished)
+        if self.state == DONE:  # the client left while the opening waited its turn
+            return
         if self.persistent:
             self.log = bridge.replay_log(self.client_id)
             replay_before = self.log.next  # what the session delivers from now on is new
@@ -335,6 +306,11 @@ class Subscription:
                                 for n, e in replayed])
         else:
             self._start_poll([e for _, e in replayed])
+
+    def watch(self) -> None:
+        """Hear of the request's end (one Deferred for the listener's count of streams
+        and for the client leaving), from the start: the opening waits its turn."""
+        self.request.notifyFinish().addBoth(self._finished)
 
     def _finished(self, result: Any) -> None:
         """The request is done with: no longer one of the listener's streams; a client

@@ -17,6 +17,11 @@ writer reads the thread's CPU clock after each stream's chunk (at most
 made (the ``send`` and epoll changes the reactor makes for it later in the same
 turn) reaches :data:`WRITE_TIME`.
 
+Also here, for the bridge's other work that fans out over its streams: one
+:class:`Heartbeat` timer for their keep-alive lines, :class:`Paced` work (openings,
+cut-offs) a slice of CPU time a turn, and :class:`DropLog`, their "not keeping up"
+lines at most one a second.
+
 Sans-IO: the reactor clock and the CPU clock are injected (``task.Clock`` and a fake
 counter in tests); a stream is anything with ``flush(limit) -> (written, more)``.
 """
@@ -24,8 +29,13 @@ counter in tests); a stream is anything with ``flush(limit) -> (written, more)``
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
+
+from twisted.logger import Logger
+
+_log = Logger(namespace="mqtt_twisted.adapters.http")
 
 #: CPU seconds a writer turn may take, the sends it causes included (estimated).
 WRITE_TIME = 0.001
@@ -150,3 +160,68 @@ class Heartbeat:
         if self.call is not None and self.call.active():
             self.call.cancel()
         self.call = None
+
+
+class Paced:
+    """Work waiting for the reactor: run :attr:`budget` seconds of CPU of it a turn, in
+    order, at least one item a turn; ``after`` is counted per item for what it leaves
+    to the next turn (a lost connection's handling)."""
+
+    def __init__(self, reactor: Any, budget: float, cpu: Callable[[], float] = time.thread_time,
+                 after: float = 0.0) -> None:
+        self.reactor = reactor
+        self.budget = budget
+        self.cpu = cpu
+        self.after = after
+        self.waiting: deque[Callable[[], Any]] = deque()
+        self.call: Any = None
+
+    def run_later(self, work: Callable[[], Any]) -> None:
+        self.waiting.append(work)
+        if self.call is None:
+            self.call = self.reactor.callLater(0, self._run)
+
+    def _run(self) -> None:
+        self.call = None
+        waiting, cpu, after = self.waiting, self.cpu, self.after
+        deadline = cpu() + self.budget
+        extra = 0.0
+        while waiting:
+            waiting.popleft()()
+            extra += after
+            if cpu() + extra >= deadline:
+                break
+        if waiting:
+            self.call = self.reactor.callLater(0, self._run)
+
+
+#: Seconds between two "not keeping up" lines of a listener's SSE streams.
+DROP_LOG_INTERVAL = 1.0
+
+
+class DropLog:
+    """The "not keeping up" log lines of the listener's streams, at most one every
+    :data:`DROP_LOG_INTERVAL` seconds, naming how many others there were meanwhile.
+    500 streams that stopped reading together drop in step, each logging at its 1st,
+    2nd, 4th... drop: 500 lines in one reactor turn, 7-10 ms of CPU (py-spy; 13 such
+    turns in ``bench/hostile.py --attack unread_sse --sse-streams 500``)."""
+
+    __slots__ = ("clock", "last", "quiet")
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self.last = -DROP_LOG_INTERVAL
+        #: Lines left out since the last one.
+        self.quiet = 0
+
+    def note(self, client: str, dropped: int) -> None:
+        now = self.clock.seconds()
+        if now - self.last < DROP_LOG_INTERVAL:
+            self.quiet += 1
+            return
+        self.last = now
+        _log.info("SSE client {client} is not keeping up: {n} messages dropped so far "
+                 "(oldest first); {others} more such lines left out", client=client,
+                 n=dropped, others=self.quiet)
+        self.quiet = 0
+

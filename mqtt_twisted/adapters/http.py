@@ -30,8 +30,14 @@ from mqtt_twisted.adapters import tls
 from mqtt_twisted.adapters._deadline import DeadlineChannel, SafeRequest
 from mqtt_twisted.adapters._httpapi import ApiError
 from mqtt_twisted.adapters._httpretained import paced_answer, paced_page
-from mqtt_twisted.adapters._httpstream import CutOffs, DropLog, Subscription, gone, respond
-from mqtt_twisted.adapters._ssewriter import Heartbeat, StreamWriter
+from mqtt_twisted.adapters._httpstream import (
+    CutOffs,
+    Openings,
+    Subscription,
+    gone,
+    respond,
+)
+from mqtt_twisted.adapters._ssewriter import DropLog, Heartbeat, StreamWriter
 from mqtt_twisted.adapters.kit import ConnectionLimit, access_log, origin_of
 from mqtt_twisted.adapters.options import AdapterOption, declare, integer, number, option_values
 from mqtt_twisted.constants import ReasonCode
@@ -292,7 +298,8 @@ class SubscribeResource(_Endpoint):
                                ReasonCode.SERVER_BUSY, {"Retry-After": "5"})
         stream = Subscription(bridge, request, sub, username, password)
         streams.add(stream)  # until it ends (Subscription._finished, .end)
-        return stream.open()
+        stream.watch()
+        return bridge.openings.add(stream)  # a slice of openings a reactor turn
 
 
 # --- the bridge ---------------------------------------------------------------------------------
@@ -316,6 +323,8 @@ class Bridge(Resource):
         self.replay_logs = _REPLAY_LOGS.setdefault(service, {})
         #: Streams that went unread for stallTimeout, cut off a few a reactor turn.
         self.cutoffs = CutOffs(reactor)
+        #: New streams and polls, opened a slice a reactor turn.
+        self.openings = Openings(reactor)
         #: Their "not keeping up" lines, one a second at most.
         self.drop_log = DropLog(reactor)
         #: Live SSE streams' events, written a slice per reactor turn.
