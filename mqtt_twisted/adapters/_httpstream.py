@@ -48,7 +48,7 @@ STREAM_SEND_BUFFER = 64 << 10
 #: --sse-streams 500).  A count a turn (4) did not follow what a cut-off costs.
 CUT_TIME = 0.001
 #: CPU seconds of a cut-off stream's ``connectionLost`` (twisted.web's channel and
-#: request, the listener's count), in the turn after its cut-off (measured, session 8).
+#: request, the listener's count), in the turn after its cut-off (an estimate).
 LOST_TIME = 50e-6
 
 
