@@ -129,3 +129,14 @@ def test_openings_a_slice_of_cpu_time_per_turn() -> None:
     assert opened == list(range(8))
     assert [r for r in results if isinstance(r, int)] == [0, 1, 2, 4, 5, 6, 7]
     assert str(results[3].value) == "refused"
+
+
+def test_stop_drops_what_waits() -> None:
+    """The listener stopped: nothing waiting is run, no call is left behind."""
+    clock, cut, cpu = Clock(), [], CPU()
+    cutoffs = CutOffs(clock, cpu=cpu)
+    cutoffs.add(Stream(cut, cpu))
+    cutoffs.stop()
+    assert clock.getDelayedCalls() == [] and cutoffs.call is None
+    clock.advance(1)
+    assert cut == []

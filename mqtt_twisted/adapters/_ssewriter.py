@@ -194,6 +194,13 @@ class Paced:
         if waiting:
             self.call = self.reactor.callLater(0, self._run)
 
+    def stop(self) -> None:
+        """Drop what waits (the listener stopped: its connections are being closed)."""
+        self.waiting.clear()
+        if self.call is not None and self.call.active():
+            self.call.cancel()
+        self.call = None
+
 
 #: Seconds between two "not keeping up" lines of a listener's SSE streams.
 DROP_LOG_INTERVAL = 1.0

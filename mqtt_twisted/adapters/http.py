@@ -369,6 +369,7 @@ class Bridge(Resource):
             stream.end(reason)
         self.writer.stop()
         self.heartbeat.stop()
+        self.openings.stop()  # not opened yet: their connections are closed with the rest
 
     # --- authentication and authorization ------------------------------------------------
 
