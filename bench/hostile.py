@@ -83,8 +83,12 @@ class Broker:
                        "--listen", f"http=tcp:{self.http_port}:interface=127.0.0.1",
                        "--sys-interval", "0", *self.extra]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
+        # Under the probe, its log and any stacks it dumps (SIGQUIT) go to PROBE.log.
+        output = open(self.probe + ".log", "wb") if self.probe else subprocess.DEVNULL
         self.process = subprocess.Popen(command, cwd=self.directory, env=env,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                        stdout=output, stderr=subprocess.STDOUT)
+        if self.probe:
+            output.close()  # type: ignore[union-attr]
         deadline = time.monotonic() + 60  # a loaded machine: twistd took over 20 s
         while time.monotonic() < deadline:
             try:
@@ -265,10 +269,11 @@ def probe_line(path: str, window: tuple[float, float]) -> str:
     s = probe.summary(path, *window)
     gc = "  ".join(f"gen{g} {s[f'gc{g}']['n']} x p50 {s[f'gc{g}']['p50']:.1f} max "
                    f"{s[f'gc{g}']['max']:.1f}" for g in range(3))
+    stacks = " STOPPED: stacks in .stacks" if os.path.exists(path + ".stacks") else ""
     return (f"{'':20} broker CPU: {s['turns']} turns p50 {s['turn_p50']:.2f} p99 "
             f"{s['turn_p99']:.2f} p999 {s['turn_p999']:.1f} max {s['turn_max']:.1f} ms "
             f"({s['turns_over_20ms']} over 20 ms; without GC p99 {s['work_p99']:.2f} max "
-            f"{s['work_max']:.1f} ms, {s['work_over_20ms']} over 20 ms); GC {gc} ms")
+            f"{s['work_max']:.1f} ms, {s['work_over_20ms']} over 20 ms); GC {gc} ms{stacks}")
 
 
 def main() -> None:

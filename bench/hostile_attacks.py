@@ -11,9 +11,11 @@ messages of ``RETAINED_SIZE`` bytes.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -312,10 +314,45 @@ SSE_STREAMS = 100
 RETAINED, RETAINED_SIZE = 100_000, 10_000
 
 
+#: The publisher's rate before the streams open (``unread_sse.prepare``), msg/s.
+_UNSUBSCRIBED_RATE = [0.0]
+
+
+def _publish_for(pub: socket.socket, seconds: float, topic: str = "s/x",
+                 until: Callable[[int], bool] | None = None) -> tuple[int, list[int]]:
+    """Publish 200-byte messages to ``topic`` as fast as the broker reads them, for
+    ``seconds`` (or until ``until(sent)``, asked every 10,000): how many, and how many
+    in each second (a publisher held back shows as slow seconds)."""
+    burst = publish(topic, b"y" * 200) * 100
+    started = time.monotonic()
+    sent, seconds_sent = 0, [0]
+    while time.monotonic() - started < seconds:
+        if not _send(pub, burst):
+            break
+        sent += 100
+        second = int(time.monotonic() - started)
+        seconds_sent.extend([0] * (second + 1 - len(seconds_sent)))
+        seconds_sent[second] += 100
+        if until is not None and sent % 10_000 == 0 and until(sent):
+            break
+    return sent, seconds_sent
+
+
+def _unsubscribed_rate(broker: Broker) -> None:
+    """The same publisher with nobody subscribed, before the attack's window."""
+    if broker.kind != "ours":
+        return
+    pub = _open(broker.port, connect("sse-publisher-alone"))
+    sent, _ = _publish_for(pub, 3.0)
+    pub.close()
+    _UNSUBSCRIBED_RATE[0] = sent / 3.0
+
+
 def unread_sse(broker: Broker) -> str:
     """``SSE_STREAMS`` SSE streams on ``http=`` that never read (4 KB receive buffers)
     while a publisher sends 200-byte messages to them as fast as it can, for up to 60 s:
-    when were they all cut off, and how fast could it publish meanwhile (ours only)."""
+    when were they all cut off, and how fast could it publish meanwhile (overall; the
+    slowest whole second; and alone, before the streams opened: ours only)."""
     if broker.kind != "ours":
         return "n/a"
     streams = []
@@ -327,25 +364,60 @@ def unread_sse(broker: Broker) -> str:
                      b"Accept: text/event-stream\r\n\r\n")
         streams.append(sock)
     time.sleep(1.0)
+    # A subscriber that reads: what the broker routes each second, as it handles it (the
+    # publisher's own count moves by whole kernel buffers, megabytes on loopback).
+    size = len(publish("s/x", b"y" * 200))
+    routed: list[int] = [0]
+    reader = _open(broker.port, connect("sse-counter"))
+    reader.recv(4)
+    _send(reader, subscribe("s/#"))
+    stop = threading.Event()
+
+    def count() -> None:
+        reader.settimeout(0.2)
+        first = time.monotonic()
+        while not stop.is_set():
+            try:
+                n = len(reader.recv(1 << 20))
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            second = int(time.monotonic() - first)
+            routed.extend([0] * (second + 1 - len(routed)))
+            routed[second] += n
+
+    counter = threading.Thread(target=count, daemon=True)
     pub = _open(broker.port, connect("sse-publisher"))
-    burst = publish("s/x", b"y" * 200) * 100
     started = time.monotonic()
-    sent, all_cut = 0, None
-    while time.monotonic() - started < 60 and all_cut is None:
-        if not _send(pub, burst):
-            break
-        sent += 100
-        if sent % 10_000 == 0:
-            cut = sum(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] != 1
-                      for s in streams)  # no longer ESTABLISHED
-            if cut == len(streams):
-                all_cut = time.monotonic() - started
+    counter.start()
+    all_cut: list[float] = []
+
+    def cut_off(sent: int) -> bool:
+        cut = sum(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] != 1
+                  for s in streams)  # no longer ESTABLISHED
+        if cut == len(streams):
+            all_cut.append(time.monotonic() - started)
+        return bool(all_cut)
+
+    sent, _ = _publish_for(pub, 60.0, until=cut_off)
     rate = sent / (time.monotonic() - started)
     for sock in streams:
         sock.close()
     pub.close()
-    when = f"all cut off in {all_cut:.0f} s" if all_cut is not None else "not all cut off"
-    return f"{when}, {rate / 1000:.1f}k msg/s"
+    stop.set()
+    counter.join()
+    reader.close()
+    when = f"all cut off in {all_cut[0]:.0f} s" if all_cut else "not all cut off"
+    whole = [n // size for n in routed[:-1] or routed]
+    if os.environ.get("HOSTILE_SECONDS"):  # each second's count, for a closer look
+        print("unread_sse: msg/s routed each second:", whole, flush=True)
+    return (f"{when}, {rate / 1000:.1f}k msg/s (routed each second: median "
+            f"{sorted(whole)[len(whole) // 2]}, slowest {min(whole)}, {whole.count(0)} s "
+            f"at 0; alone {_UNSUBSCRIBED_RATE[0] / 1000:.1f}k)")
+
+
+unread_sse.prepare = _unsubscribed_rate  # type: ignore[attr-defined]
 
 
 def _load_retained(broker: Broker) -> None:

@@ -12,6 +12,9 @@ attack's window (CLOCK_MONOTONIC is the same in every process).  ``SIGUSR1`` wri
 ``SIGUSR2`` unfreezes and collects everything, and writes ``OUT.json.leaks``: the
 cyclic garbage that frozen objects held, and that collection's CPU time.
 ``PROBE_PROFILE=FILE`` also writes a cProfile of the run (which slows it).
+``PROBE_WATCH=SECONDS``: when no reactor turn has ended for that long (while the
+process is up), every thread's stack is appended to ``OUT.json.stacks`` (a stopped
+broker: what it is stuck in), once per stop.
 
 ``bench/hostile.py --probe`` uses it; ``summary(path, start, end)`` reads the figures.
 """
@@ -95,6 +98,29 @@ def install(out: str) -> None:
     epollreactor.EPollReactor.doPoll = doPoll  # type: ignore[method-assign]
     epollreactor.EPollReactor.doIteration = doPoll  # type: ignore[method-assign]
     gc.callbacks.append(_on_gc)
+
+
+def watch(path: str, seconds: float) -> None:
+    """A thread that writes every thread's stack to ``path`` when no turn has ended for
+    ``seconds`` (a broker that stopped turning: a blocking call, a loop)."""
+    import threading
+
+    def run() -> None:
+        seen, since, dumped = -1, _now(), False
+        while True:
+            time.sleep(seconds / 4)
+            n = len(turn_cpu)
+            if n != seen or not _state.get("armed"):
+                seen, since, dumped = n, _now(), False
+            elif not dumped and _now() - since >= seconds:
+                dumped = True
+                with open(path, "a") as f:
+                    f.write(f"--- no turn for {_now() - since:.1f} s after {n} turns, "
+                            f"at {_now():.3f}\n")
+                    f.flush()
+                    faulthandler.dump_traceback(f, all_threads=True)
+
+    threading.Thread(target=run, name="probe-watch", daemon=True).start()
 
 
 def census(path: str) -> None:
@@ -181,6 +207,8 @@ def main() -> None:
     signal.signal(signal.SIGUSR1, lambda *_: census(out + ".census"))
     signal.signal(signal.SIGUSR2, lambda *_: leaks(out + ".leaks"))
     faulthandler.register(signal.SIGQUIT, all_threads=True)  # a stuck broker's stack
+    if os.environ.get("PROBE_WATCH"):
+        watch(out + ".stacks", float(os.environ["PROBE_WATCH"]))
     from twisted.scripts.twistd import run
 
     run()

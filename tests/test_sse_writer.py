@@ -7,16 +7,40 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from mqtt_twisted.adapters._ssewriter import WRITE_COST, WRITE_SLICE, StreamWriter
+from mqtt_twisted.adapters._ssewriter import (
+    CHUNK,
+    SEND_TIME,
+    WRITE_TIME,
+    Heartbeat,
+    StreamWriter,
+)
+
+#: What the fake CPU clock advances per event written (a real one: 2-4 us).
+EVENT = 10e-6
+
+
+class CPU:
+    """A fake thread CPU clock: the streams' flushes advance it; counts its reads."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return self.now
 
 
 class Stream:
     """A stream with ``waiting`` events; ``room`` events more before its client's
-    buffer is full (then it reports no more, as a paused stream)."""
+    buffer is full (then it reports no more, as a paused stream).  Writing costs
+    EVENT of the fake CPU per event."""
 
-    def __init__(self, log: list, name: int, waiting: int = 0, room: int = 1 << 30) -> None:
+    def __init__(self, log: list, name: int, waiting: int = 0, room: int = 1 << 30,
+                 cpu: CPU | None = None) -> None:
         self.log, self.name = log, name
         self.waiting, self.room = waiting, room
+        self.cpu = cpu
         self.next = 0  # the next event's number: written in order
         self.chunks: list[list[int]] = []
 
@@ -29,6 +53,8 @@ class Stream:
         self.room -= n
         self.chunks.append(chunk)
         self.log.append((self.name, n))
+        if self.cpu is not None:
+            self.cpu.now += n * EVENT
         return n, self.waiting > 0 and self.room > 0
 
 
@@ -39,10 +65,6 @@ def turn(clock: Clock) -> int:
         clock.calls.remove(call)
         call.func(*call.args, **call.kw)
     return len(calls)
-
-
-def work(log: list) -> int:
-    return sum(n + WRITE_COST for _, n in log)
 
 
 def test_nothing_written_in_the_turn_that_delivers() -> None:
@@ -61,50 +83,65 @@ def test_nothing_written_in_the_turn_that_delivers() -> None:
     assert writer.ready == {} and writer.call is None and clock.getDelayedCalls() == []
 
 
-def test_a_slice_per_turn_round_robin() -> None:
-    """500 streams with 5 events each: no turn does more than WRITE_SLICE units of work
-    (events plus WRITE_COST a write), the streams are first served in the order they
-    were wanted, a turn goes on where the last one stopped, and each stream's events
-    go in order (one whose chunk was cut by a turn's end gets the rest behind the
-    others)."""
-    clock, log = Clock(), []
-    writer = StreamWriter(clock)
-    streams = [Stream(log, n, waiting=5) for n in range(500)]
+def test_a_slice_of_cpu_time_per_turn_round_robin() -> None:
+    """500 streams with 5 events each: a turn stops once its CPU time plus SEND_TIME a
+    write reaches WRITE_TIME (it may pass it by the last chunk only); the streams are
+    first served in the order they were wanted, and each stream's events go in
+    order; the CPU clock is read once per chunk, not per event."""
+    clock, log, cpu = Clock(), [], CPU()
+    writer = StreamWriter(clock, cpu=cpu)
+    streams = [Stream(log, n, waiting=5, cpu=cpu) for n in range(500)]
     for stream in streams:
         writer.want(stream)
     turns, served = 0, []
     while clock.getDelayedCalls():
-        before = len(log)
+        before, started = len(log), cpu.now
         turn(clock)
         turns += 1
         this = log[before:]
-        assert work(this) <= WRITE_SLICE
+        spent = cpu.now - started + len(this) * SEND_TIME
+        last = this[-1][1] * EVENT + SEND_TIME
+        assert spent < WRITE_TIME + last
+        if clock.getDelayedCalls():  # not the last turn: the budget was used
+            assert spent >= WRITE_TIME
         served.extend(name for name, _ in this)
     assert list(dict.fromkeys(served)) == list(range(500))
-    cut = [name for name, chunks in enumerate(s.chunks for s in streams) if len(chunks) > 1]
-    assert 0 < len(cut) <= turns  # at most one cut a turn
-    # As few turns as the work needs (the cut chunks' second writes cost WRITE_COST more).
-    assert turns <= -(-(500 * (5 + WRITE_COST) + len(cut) * WRITE_COST) // WRITE_SLICE) + 1
+    assert served == list(range(500))  # five events fit a chunk: one write each
+    per_write = 5 * EVENT + SEND_TIME
+    assert turns == -(-500 // -(-WRITE_TIME // per_write))
+    assert cpu.reads == 500 + turns  # one read a chunk, one at each turn's start
     assert all([n for c in s.chunks for n in c] == [0, 1, 2, 3, 4] for s in streams)
+
+
+def test_a_turn_writes_one_chunk_whatever_its_budget() -> None:
+    """A budget spent at once (a slow machine, a huge event) still writes one chunk a
+    turn: the writer always makes progress."""
+    clock, log, cpu = Clock(), [], CPU()
+    writer = StreamWriter(clock, budget=0.0, cpu=cpu)
+    streams = [Stream(log, n, waiting=2, cpu=cpu) for n in range(3)]
+    for stream in streams:
+        writer.want(stream)
+    for expected in ([(0, 2)], [(0, 2), (1, 2)], [(0, 2), (1, 2), (2, 2)]):
+        turn(clock)
+        assert log == expected
+    assert clock.getDelayedCalls() == []
 
 
 def test_a_long_backlog_goes_in_chunks_behind_the_others() -> None:
     """One stream with 5,000 events waiting and two with one each: the long one writes
-    a slice-sized chunk, then the others get their turn before its next chunk."""
-    clock, log = Clock(), []
-    writer = StreamWriter(clock)
-    long, a, b = Stream(log, 0, waiting=5000), Stream(log, 1, waiting=1), Stream(log, 2, 1)
+    a CHUNK-sized chunk, then the others get theirs before its next chunk."""
+    clock, log, cpu = Clock(), [], CPU()
+    writer = StreamWriter(clock, cpu=cpu)
+    long = Stream(log, 0, waiting=5000, cpu=cpu)
+    a, b = Stream(log, 1, waiting=1, cpu=cpu), Stream(log, 2, waiting=1, cpu=cpu)
     for stream in (long, a, b):
         writer.want(stream)
     turn(clock)
-    assert log[0] == (0, WRITE_SLICE - WRITE_COST)
-    assert log[1:] == []  # the slice is spent: a and b are next, before the long one
-    turn(clock)
-    assert log[1:3] == [(1, 1), (2, 1)] and log[3][0] == 0
+    assert log[:4] == [(0, CHUNK), (1, 1), (2, 1), (0, CHUNK)]
     while clock.getDelayedCalls():
         turn(clock)
     assert [n for c in long.chunks for n in c] == list(range(5000))
-    assert max(n for name, n in log) <= WRITE_SLICE - WRITE_COST
+    assert max(n for name, n in log) == CHUNK
 
 
 def test_a_full_stream_waits_until_wanted_again() -> None:
@@ -119,7 +156,7 @@ def test_a_full_stream_waits_until_wanted_again() -> None:
     stuck.room = 1 << 30  # the client read
     writer.want(stuck)
     turn(clock)
-    assert log == [(0, 10), (0, 90)] and stuck.next == 100
+    assert log == [(0, 10), (0, CHUNK), (0, 90 - CHUNK)] and stuck.next == 100
 
 
 def test_forget_and_stop() -> None:
@@ -135,3 +172,60 @@ def test_forget_and_stop() -> None:
     writer.want(Stream(log, 2, waiting=1))
     writer.stop()
     assert writer.ready == {} and writer.call is None and clock.getDelayedCalls() == []
+
+
+class Idle:
+    """A stream for the heartbeat: writes a ping when the writer serves it."""
+
+    def __init__(self, pings: list, name: int, paused: bool = False) -> None:
+        self.pings, self.name, self.paused = pings, name, paused
+        self.idle = False
+        self.ping = False
+
+    def want_ping(self) -> bool:
+        if self.paused:
+            return False
+        self.ping = True
+        return True
+
+    def flush(self, limit: int) -> tuple[int, bool]:
+        if self.ping:
+            self.ping = self.idle = False
+            self.pings.append((self.name, self.clock.seconds()))
+            return 1, False
+        return 0, False
+
+
+def test_one_heartbeat_timer_pings_idle_streams_through_the_writer() -> None:
+    """Every idle stream gets a ping every ``interval`` (written by the writer: only its
+    ``flush`` writes); a stream that wrote since the last tick gets none at the next; a
+    paused one none; one timer for all, gone with the last stream."""
+    clock, pings = Clock(), []
+    writer = StreamWriter(clock)
+    heartbeat = Heartbeat(clock, 10.0, writer)
+    streams = [Idle(pings, n) for n in range(3)]
+    paused = Idle(pings, 3, paused=True)
+    for stream in [*streams, paused]:
+        stream.clock = clock
+        heartbeat.add(stream)
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(5.0)  # the first tick: all idle since added (the writer's turn after)
+    assert pings == [(0, 5.0), (1, 5.0), (2, 5.0)]
+    clock.advance(5.0)  # they wrote their pings since the last tick: none now
+    assert len(pings) == 3
+    streams[1].idle = False  # it writes an event before the next tick
+    clock.advance(5.0)
+    assert pings[3:] == [(0, 15.0), (2, 15.0)]
+    clock.advance(5.0)
+    assert pings[5:] == [(1, 20.0)]
+    for stream in [*streams, paused]:
+        heartbeat.discard(stream)
+    clock.advance(5.0)
+    assert clock.getDelayedCalls() == [] and heartbeat.call is None
+
+
+def test_no_heartbeat_when_its_interval_is_zero() -> None:
+    clock = Clock()
+    heartbeat = Heartbeat(clock, 0.0, StreamWriter(clock))
+    heartbeat.add(Idle([], 0))
+    assert clock.getDelayedCalls() == [] and not heartbeat.streams

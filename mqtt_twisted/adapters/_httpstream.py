@@ -6,17 +6,20 @@ helpers the resources share (:mod:`mqtt_twisted.adapters.http` is the rest).
 from __future__ import annotations
 
 import socket
+import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
 from mqtt_twisted.adapters import _httpapi as api
+from mqtt_twisted.adapters._ssewriter import Paced
 from mqtt_twisted.constants import ReasonCode
 from mqtt_twisted.interfaces import IMessageSink
 
@@ -36,34 +39,48 @@ _PENDING_LIMIT = 100
 STREAM_SEND_BUFFER = 64 << 10
 
 
-#: Stalled streams cut off per reactor turn.  Each ends a session whose queue may hold
-#: 1,000 messages, 1-2 ms to let go of: 500 streams that stopped reading together
-#: stalled together 30 s later, 0.8 s of CPU in one turn (py-spy), and a bystander's
-#: round trip took up to 2.5 s on a loaded machine (bench/hostile.py --attack
-#: unread_sse --sse-streams 500).
-CUT_SLICE = 4
+#: CPU seconds of cut-offs per reactor turn (at least one cut-off a turn).  Each ends
+#: a session and lets go of its stream's backlog (up to 1,000 messages), and its
+#: connection's loss is handled a turn later (:data:`LOST_TIME`, counted in advance):
+#: 500 streams that stopped reading together stalled together 30 s later, 0.8 s of
+#: CPU in one turn when they were cut at once (py-spy), and a bystander's round trip
+#: took up to 2.5 s on a loaded machine (bench/hostile.py --attack unread_sse
+#: --sse-streams 500).  A count a turn (4) did not follow what a cut-off costs.
+CUT_TIME = 0.001
+#: CPU seconds of a cut-off stream's ``connectionLost`` (twisted.web's channel and
+#: request, the listener's count), in the turn after its cut-off (an estimate).
+LOST_TIME = 50e-6
 
 
-class CutOffs:
-    """Stalled streams waiting to be cut off, :data:`CUT_SLICE` a reactor turn."""
+#: CPU seconds of stream openings per reactor turn (at least one a turn): 500 SSE
+#: requests accepted 32 a turn were opened as they came, 10-18 ms turns for a second
+#: (authentication, a virtual session, its subscriptions, the head; session 8).
+OPEN_TIME = 0.001
 
-    def __init__(self, reactor: Any) -> None:
-        self.reactor = reactor
-        self.waiting: deque[Subscription] = deque()
-        self.call: Any = None
+
+class CutOffs(Paced):
+    """Stalled streams waiting to be cut off, :data:`CUT_TIME` of CPU a reactor turn."""
+
+    def __init__(self, reactor: Any, budget: float = CUT_TIME,
+                 cpu: Callable[[], float] = time.thread_time) -> None:
+        super().__init__(reactor, budget, cpu, LOST_TIME)
 
     def add(self, subscription: Subscription) -> None:
-        self.waiting.append(subscription)
-        if self.call is None:
-            self.call = self.reactor.callLater(0, self._cut)
+        self.run_later(subscription.cut_off)
 
-    def _cut(self) -> None:
-        self.call = None
-        waiting = self.waiting
-        for _ in range(min(CUT_SLICE, len(waiting))):
-            waiting.popleft().cut_off()
-        if waiting:
-            self.call = self.reactor.callLater(0, self._cut)
+
+class Openings(Paced):
+    """New ``/subscribe`` requests waiting to be opened, :data:`OPEN_TIME` a turn."""
+
+    def __init__(self, reactor: Any, budget: float = OPEN_TIME,
+                 cpu: Callable[[], float] = time.thread_time) -> None:
+        super().__init__(reactor, budget, cpu)
+
+    def add(self, subscription: Subscription) -> Deferred[Any]:
+        """Fires as ``subscription.open()`` does, once it has had its turn."""
+        done: Deferred[Any] = Deferred()
+        self.run_later(lambda: subscription.open().chainDeferred(done))
+        return done
 
 
 def _shrink_send_buffer(request: Request) -> None:
@@ -97,6 +114,64 @@ def respond(request: Request, status: int, body: bytes | None = None,
         request.setHeader(b"content-length", b"%d" % len(body))
         request.write(body)
     request.finish()
+
+
+class LiveResponse:
+    """A live SSE stream's response once its head is written: what the stream still
+    needs of twisted.web's ``Request`` (write a chunk, unregister its producer, finish,
+    ``channel`` to abort), without the ``Request``: its headers, arguments, addresses,
+    cookies and Deferreds were about a third of the ~90 objects an open stream held,
+    which full collections walk (500 streams: 48,000; issue 14).
+
+    The channel stays the transport's protocol and producer: it forwards its
+    transport's pause and resume to the stream (its request producer still), and the
+    connection's loss as ``stopProducing``.  The request leaves the channel's queue, so
+    the connection ends with the stream (closed after the last chunk, not kept alive
+    for another request: an SSE client opens a new one anyway)."""
+
+    __slots__ = ("channel", "chunked", "producer", "finished", "_disconnected")
+
+    def __init__(self, channel: Any, chunked: bool, producer: Any) -> None:
+        self.channel = channel
+        self.chunked = chunked
+        self.producer = producer
+        self.finished = False
+        self._disconnected = False
+
+    @classmethod
+    def take(cls, request: Request) -> Any:
+        """The response of ``request`` (written to already) without the request; the
+        request itself where that cannot be done (HTTP/2, another request queued)."""
+        channel = request.channel
+        if (channel is None or getattr(channel, "requests", None) != [request]
+                or request.finished or request._disconnected or not request.startedWriting):
+            return request
+        channel.requests.remove(request)
+        site = getattr(channel, "factory", None) or getattr(channel, "site", None)
+        if site is not None:
+            site.log(request)  # the access log's line, as finish() would write it
+        return cls(channel, bool(request.chunked), request.producer)
+
+    def write(self, data: bytes) -> None:
+        if self.finished or self._disconnected or not data:
+            return
+        if self.chunked:
+            self.channel.writeSequence((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            self.channel.write(data)
+
+    def unregisterProducer(self) -> None:
+        self.channel.unregisterProducer()
+        self.producer = None
+
+    def finish(self) -> None:
+        """The last chunk, then the connection closes (after what is buffered)."""
+        if self.finished or self._disconnected:
+            return
+        if self.chunked:
+            self.channel.write(b"0\r\n\r\n")
+        self.finished = True
+        self.channel.loseConnection()
 
 
 class Backlog:
@@ -180,7 +255,9 @@ class Subscription:
         self.state = OPENING
         self.producer_paused = False
         self.timer: Any = None
-        self.heartbeat: LoopingCall | None = None
+        #: Nothing written since the heartbeat's last tick; a ping asked for.
+        self.idle = False
+        self.ping = False
         self.granted: list[dict[str, Any]] = []
         #: Messages routed while the stream could not take them (SSE, LIVE).
         self.backlog: Backlog | None = None
@@ -190,7 +267,8 @@ class Subscription:
     @inlineCallbacks
     def open(self) -> Any:
         bridge = self.bridge
-        self.request.notifyFinish().addErrback(lambda _: self.end(None, client_left=True))
+        if self.state == DONE:  # the client left while the opening waited its turn
+            return
         if self.persistent:
             self.log = bridge.replay_log(self.client_id)
             replay_before = self.log.next  # what the session delivers from now on is new
@@ -229,6 +307,18 @@ class Subscription:
         else:
             self._start_poll([e for _, e in replayed])
 
+    def watch(self) -> None:
+        """Hear of the request's end (one Deferred for the listener's count of streams
+        and for the client leaving), from the start: the opening waits its turn."""
+        self.request.notifyFinish().addBoth(self._finished)
+
+    def _finished(self, result: Any) -> None:
+        """The request is done with: no longer one of the listener's streams; a client
+        that left (a Failure) ends the session."""
+        self.bridge.streams.discard(self)
+        if isinstance(result, Failure):
+            self.end(None, client_left=True)
+
     @inlineCallbacks
     def _configure(self, session: Any) -> Any:
         """The session's subscriptions become those of the request."""
@@ -260,6 +350,7 @@ class Subscription:
         if self.state == LIVE and self.sub.stream:
             backlog = self.backlog
             if backlog is None:  # a persistent session's stream: it queues
+                self.idle = False
                 self.request.write(api.sse(*self._encode(message, qos)))
                 return not self.producer_paused
             # Written by the bridge's writer in a later turn, a slice at a time
@@ -283,13 +374,12 @@ class Subscription:
 
     def _dropped(self, backlog: Backlog) -> None:
         """Count what the backlog dropped where the broker counts what a queue drops
-        (``$SYS/broker/messages/dropped``); log at the 1st, 2nd, 4th, 8th..."""
+        (``$SYS/broker/messages/dropped``); log at the 1st, 2nd, 4th, 8th... (DropLog)."""
         stats = getattr(self.bridge.service, "stats", None)
         if stats is not None:
             stats.messages_dropped += backlog.dropped - backlog.counted
         if backlog.counted.bit_length() != backlog.dropped.bit_length():
-            log.info("SSE client {client} is not keeping up: {n} messages dropped "
-                     "so far (oldest first)", client=self.client_id, n=backlog.dropped)
+            self.bridge.drop_log.note(self.client_id, backlog.dropped)
         backlog.counted = backlog.dropped
 
     def _encode(self, message: Any, qos: int) -> tuple[bytes, str]:
@@ -311,9 +401,16 @@ class Subscription:
         up to ``limit`` events of the backlog in one chunk; how many, and whether more
         wait (twisted.web pauses the stream from inside ``write`` once its buffer is
         full: then the writer leaves it until ``resumeProducing``)."""
-        backlog = self.backlog
-        if not backlog or self.producer_paused or self.state != LIVE:
+        if self.producer_paused or self.state != LIVE:
             return 0, False
+        backlog = self.backlog
+        if not backlog:
+            if not self.ping:
+                return 0, False
+            self.ping = self.idle = False
+            self.request.write(b": ping\n\n")
+            return 1, False
+        self.ping = self.idle = False
         encode = self._encode
         frames = []
         for _ in range(min(limit, len(backlog))):
@@ -343,17 +440,18 @@ class Subscription:
         _shrink_send_buffer(request)
         request.write(b"".join(frames))
         request.registerProducer(self, True)
-        interval = self.bridge.config.heartbeat
-        if interval:
-            self.heartbeat = LoopingCall(self._ping)
-            self.heartbeat.clock = self.bridge.reactor
-            self.heartbeat.start(interval, now=False)
+        self.request = LiveResponse.take(request)  # the head is out: no Request needed
+        self.bridge.heartbeat.add(self)
         if self.conn.paused and not self.producer_paused:
             self.conn.resumeWriting()
 
-    def _ping(self) -> None:
-        if self.state == LIVE and not self.producer_paused:
-            self.request.write(b": ping\n\n")
+    def want_ping(self) -> bool:
+        """The heartbeat's tick found the stream idle: a ``: ping`` line at the writer's
+        next turn (unless the client is not reading: it would only wait)."""
+        if self.state != LIVE or self.producer_paused:
+            return False
+        self.ping = True
+        return True
 
     def pauseProducing(self) -> None:
         """The client reads slower than messages come: the stream's backlog takes them
@@ -377,6 +475,9 @@ class Subscription:
                 self.conn.resumeWriting()  # what the session queued (opening, persistent)
 
     def stopProducing(self) -> None:
+        """The connection was lost (or is being closed)."""
+        if isinstance(self.request, LiveResponse):
+            self.request._disconnected = True
         self.end(None, client_left=True)
 
     def _stalled(self) -> None:
@@ -408,12 +509,12 @@ class Subscription:
         was_live = self.state == LIVE
         self.state = DONE
         self.bridge.subscriptions.discard(self)
+        self.bridge.streams.discard(self)  # (a LiveResponse's request is not finished)
         self.bridge.writer.forget(self)
+        self.bridge.heartbeat.discard(self)
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None
-        if self.heartbeat is not None and self.heartbeat.running:
-            self.heartbeat.stop()
         if self.conn is not None:
             self.conn.pauseWriting()  # what arrives from now on stays with the session
         request = self.request

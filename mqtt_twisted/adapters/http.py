@@ -30,8 +30,14 @@ from mqtt_twisted.adapters import tls
 from mqtt_twisted.adapters._deadline import DeadlineChannel, SafeRequest
 from mqtt_twisted.adapters._httpapi import ApiError
 from mqtt_twisted.adapters._httpretained import paced_answer, paced_page
-from mqtt_twisted.adapters._httpstream import CutOffs, Subscription, gone, respond
-from mqtt_twisted.adapters._ssewriter import StreamWriter
+from mqtt_twisted.adapters._httpstream import (
+    CutOffs,
+    Openings,
+    Subscription,
+    gone,
+    respond,
+)
+from mqtt_twisted.adapters._ssewriter import DropLog, Heartbeat, StreamWriter
 from mqtt_twisted.adapters.kit import ConnectionLimit, access_log, origin_of
 from mqtt_twisted.adapters.options import AdapterOption, declare, integer, number, option_values
 from mqtt_twisted.constants import ReasonCode
@@ -290,10 +296,10 @@ class SubscribeResource(_Endpoint):
             # Each holds a socket and a virtual session for as long as it lasts.
             raise api.ApiError(503, f"{limit} streams open on this listener; try again later",
                                ReasonCode.SERVER_BUSY, {"Retry-After": "5"})
-        streams.add(request)
-        request.notifyFinish().addBoth(lambda _: streams.discard(request))
         stream = Subscription(bridge, request, sub, username, password)
-        return stream.open()
+        streams.add(stream)  # until it ends (Subscription._finished, .end)
+        stream.watch()
+        return bridge.openings.add(stream)  # a slice of openings a reactor turn
 
 
 # --- the bridge ---------------------------------------------------------------------------------
@@ -311,13 +317,20 @@ class Bridge(Resource):
         self.service = service  # the gateway (IBrokerService): all the bridge uses
         self.config = config
         self.subscriptions: set[Subscription] = set()
-        #: The /subscribe requests not finished yet (maxStreams), opening ones included.
-        self.streams: set[Request] = set()
+        #: The /subscribe streams and polls not ended yet (maxStreams), opening ones
+        #: included, and /admin/events requests.
+        self.streams: set[Any] = set()
         self.replay_logs = _REPLAY_LOGS.setdefault(service, {})
         #: Streams that went unread for stallTimeout, cut off a few a reactor turn.
         self.cutoffs = CutOffs(reactor)
+        #: New streams and polls, opened a slice a reactor turn.
+        self.openings = Openings(reactor)
+        #: Their "not keeping up" lines, one a second at most.
+        self.drop_log = DropLog(reactor)
         #: Live SSE streams' events, written a slice per reactor turn.
         self.writer = StreamWriter(reactor)
+        #: Their keep-alive comment lines, one timer for all.
+        self.heartbeat = Heartbeat(reactor, config.heartbeat, self.writer)
         self.putChild(b"publish", PublishResource(self))
         self.putChild(b"subscribe", SubscribeResource(self))
         self.putChild(b"retained", RetainedResource(self))
@@ -355,6 +368,8 @@ class Bridge(Resource):
         for stream in list(self.subscriptions):
             stream.end(reason)
         self.writer.stop()
+        self.heartbeat.stop()
+        self.openings.stop()  # not opened yet: their connections are closed with the rest
 
     # --- authentication and authorization ------------------------------------------------
 
@@ -405,12 +420,29 @@ class Bridge(Resource):
         return self.service.mayRemoveSession(identity, client_id).addCallback(check)
 
 
+class BridgeChannel(DeadlineChannel):
+    """A connection of the bridge's site: its site counts it while it is open (the
+    listener's connection limit; the connections its stop closes).  Methods of a class,
+    not two closures set on each channel: those were about ten objects more per open
+    connection (an SSE stream's lifetime) for every full collection to walk."""
+
+    def makeConnection(self, transport: Any) -> None:
+        self.site.channels[self] = transport
+        super().makeConnection(transport)
+
+    def connectionLost(self, reason: Any) -> None:
+        site = self.site
+        if site.channels.pop(self, False) is not False:
+            site.limit.release()
+        super().connectionLost(reason)
+
+
 class BridgeSite(Site):
     """The bridge's site: bounded bodies, a connection limit, an idle deadline, and the
     connections it holds closed when the listener stops."""
 
     requestFactory = BridgeRequest
-    protocol = DeadlineChannel
+    protocol = BridgeChannel
     noisy = False
     log = staticmethod(access_log)  # debug lines, not twisted.web's info line a request
 
@@ -424,29 +456,13 @@ class BridgeSite(Site):
         self.bridge = bridge
         self.config = config
         self.limit = ConnectionLimit(bridge.service, config.listener)
-        #: Each connection's channel and transport (None until connected).
+        #: Each open connection's channel and its transport (BridgeChannel).
         self.channels: dict[Any, Any] = {}
 
     def buildProtocol(self, addr: Any) -> Any:
         if not self.limit.admit(addr, "an HTTP connection"):
             return None
-        channel = super().buildProtocol(addr)
-        channels = self.channels
-        channels[channel] = None
-        made, lost = channel.makeConnection, channel.connectionLost
-
-        def makeConnection(transport: Any) -> None:
-            channels[channel] = transport
-            made(transport)
-
-        def connectionLost(reason: Any) -> None:
-            if channels.pop(channel, False) is not False:
-                self.limit.release()
-            lost(reason)
-
-        channel.makeConnection = makeConnection
-        channel.connectionLost = connectionLost
-        return channel
+        return super().buildProtocol(addr)
 
     def stopFactory(self) -> None:
         """The listener stopped: end every stream and poll (SSE clients get ``event:
