@@ -6,7 +6,9 @@ ports of 127.0.0.1, then per scenario one raw-socket publisher and one subscribe
 ``--lag`` messages ahead of the subscriber, so nothing is dropped for overload) and
 QoS 1 (a window of ``--window`` unacknowledged PUBLISHes; the subscriber acknowledges
 each one).  Scenarios: ``single`` (publisher and subscriber on one node, no
-``--cluster``, the same Redis store), ``cross`` (publisher on node A, subscriber on
+``--cluster``, the same Redis store), ``local`` (the same on one node with
+``--cluster``: with ``--share``, a share group's clean member served through the
+node's own stream), ``cross`` (publisher on node A, subscriber on
 node B of a two-node cluster), ``spread`` (1, 2 or 3 clustered nodes, a QoS 1
 publisher and a subscriber on each; every publisher spreads its messages over every
 subscriber's topic, so (n-1)/n of them cross nodes).  Prints one JSON line per run: messages per second at
@@ -15,6 +17,7 @@ the subscriber and the CPU seconds each process (nodes, Redis) spent per message
     python bench/cluster.py [--count 20000] [--qos 0 --qos 1] [--scenario cross ...]
     python bench/cluster.py --scenario spread [--nodes 1 --nodes 2 --nodes 3]
     python bench/cluster.py --share   # the subscriber is a $share group's only member
+    python bench/cluster.py --scenario local --share --qos 1   # ... on the publisher's node
     python bench/cluster.py --qos 1 --scenario cross --wait 1   # a replica, ?wait=1
     python bench/cluster.py --scenario spread --calls   # Python calls per message
 
@@ -417,13 +420,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--qos", type=int, action="append", choices=[0, 1])
-    parser.add_argument("--scenario", action="append", choices=["single", "cross", "spread"])
+    parser.add_argument("--scenario", action="append",
+                        choices=["single", "local", "cross", "spread"])
     parser.add_argument("--nodes", type=int, action="append", choices=[1, 2, 3],
                         help="spread: cluster sizes (default 1, 2 and 3)")
     parser.add_argument("--lag", type=int, default=2000, help="QoS 0: most messages ahead")
     parser.add_argument("--window", type=int, default=100, help="QoS 1: PUBLISHes in flight")
     parser.add_argument("--share", action="store_true",
-                        help="single/cross: the subscriber is a $share group's member")
+                        help="single/local/cross: the subscriber is a $share group's "
+                        "member")
     parser.add_argument("--wait", type=int, default=0,
                         help="start N Redis replicas; writes wait for them (?wait=N)")
     parser.add_argument("--calls", action="store_true",
@@ -466,7 +471,7 @@ def main() -> None:
                 finally:
                     cluster.stop()
             continue
-        cluster = Cluster(1 if scenario == "single" else 2, scenario == "cross", args.wait)
+        cluster = Cluster(2 if scenario == "cross" else 1, scenario != "single", args.wait)
         try:
             for qos in args.qos or [0, 1]:
                 before = cluster.cpu()

@@ -40,9 +40,11 @@ class JudgingTests(RedisTestCase):
         options = parse_url(self.server.url())
         self.node = node = ClusterNode(self.clock, options, "A", broker)
         node.install()
-        # The commands connection on the real reactor; the lease ticks on the Clock.
-        node.commands = RedisClient(self.reactor, endpoint(self.reactor, options),
-                                    timeout=30.0, name="cluster A commands")
+        # The commands connection on the real reactor, the lease's too (one here, written
+        # at once as the lease's is); the lease ticks on the Clock.
+        node.commands = node.lease = RedisClient(
+            self.reactor, endpoint(self.reactor, options), timeout=30.0,
+            name="cluster A commands", urgent=True)
         node.commands.start()
         self.addCleanup(node.commands.stop)
         yield node.commands.ready()

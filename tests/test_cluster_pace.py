@@ -94,7 +94,7 @@ def adopter(sessions: int = SESSIONS) -> tuple[ClusterNode, Clock, FakeRedis]:
     node = ClusterNode(clock, parse_url("redis://127.0.0.1:1/0"), "B", broker)
     node.install()
     redis = FakeRedis(ids)
-    node.commands = node.reader = redis  # type: ignore[assignment]
+    node.commands = node.reader = node.lease = redis  # type: ignore[assignment]
     return node, clock, redis
 
 

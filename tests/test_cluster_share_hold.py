@@ -20,6 +20,7 @@ from mqtt_twisted.cluster.inbox import InboxReader
 from mqtt_twisted.cluster.link import NodeLink
 from mqtt_twisted.cluster.router import ClusterRouter
 from mqtt_twisted.cluster.routes import SHARE
+from mqtt_twisted.cluster.shared import OWN
 from mqtt_twisted.codec.packets import Publish, PubRec
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.errors import StorageError
@@ -347,3 +348,77 @@ class DrainHoldTests(SynchronousTestCase):
         self.assertEqual(sent[2], (b"XACK", b"s:Z", b"Z", b"1-0"))
         replies[2].callback(1)
         self.assertEqual(self.successResultOf(done), 1)
+
+
+class OwnStreamTests(SynchronousTestCase):
+    """A QoS 1/2 message published here that this node serves a group with, whose
+    members here include a clean one, goes through this node's own stream (issue 16:
+    the copy, in this node's memory only, was lost with the node): the publisher waits
+    for the entry, the group's copy comes when the entry is read back, and the entry
+    is held until the copy is done with, as a peer's copy is."""
+
+    def setUp(self) -> None:
+        self.broker, self.clock = make_broker()
+        self.link = RecordingLink()
+        self.router = ClusterRouter(self.broker.router, "A", self.link,
+                                    self.broker.journal.persist)
+        self.broker.router = self.router
+        self.broker.delivery.hold = self.router.hold_copy
+        self.member = FakeClient(self.broker)
+        self.member.connect("member")
+        self.member.subscribe(KEY, qos=1)
+        self.plain = FakeClient(self.broker)
+        self.plain.connect("plain")
+        self.plain.subscribe("s/#", qos=1)
+        self.publisher = FakeClient(self.broker)
+        self.publisher.connect("pub")
+
+    def publish(self, qos: int = 1) -> list[Any]:
+        """A publish here: the writes its acknowledgement waits for."""
+        return self.broker.journal.writes_of(self.publisher.publish, "s/1", b"x", qos)[1]
+
+    def read_back(self) -> list[Any]:
+        """The entry as this node's inbox delivers it: the writes its XACK waits for."""
+        return self.broker.journal.writes_of(
+            self.router.receive, Message("s/1", b"x", 1, False), "A", [KEY], OWN)[1]
+
+    def test_through_own_stream_and_held(self) -> None:
+        """Into A's own stream naming the group (kind OWN); the PUBACK waits for it; the
+        plain subscriber has its copy at once and not again when the entry is read back;
+        the member has its copy from the entry, which waits for its PUBACK."""
+        writes = self.publish()
+        self.assertEqual(self.link.of("append"), [("append", "A", "s/1", (KEY,), OWN)])
+        self.assertEqual(writes, self.link.appends)
+        self.assertEqual(publishes(self.member), [])
+        self.assertEqual(len(publishes(self.plain)), 1)
+        [held] = self.read_back()
+        [copy] = publishes(self.member)
+        self.assertEqual(publishes(self.plain), [])  # (none since)
+        self.assertFalse(held.called)
+        self.member.ack(copy)
+        self.assertTrue(held.called)
+
+    def test_persistent_members_and_qos0_served_at_once(self) -> None:
+        """Nothing goes through the stream for QoS 0 (at most once) nor for a group of
+        persistent members only (their copies are stored)."""
+        self.assertEqual(self.publish(qos=0), [])
+        self.assertEqual(len(publishes(self.member)), 1)
+        self.member.unsubscribe(KEY)
+        durable = FakeClient(self.broker)
+        durable.connect("durable", clean=False)
+        durable.subscribe(KEY, qos=1)
+        self.publish()
+        self.assertEqual(len(publishes(durable)), 1)
+        self.assertEqual(self.link.of("append"), [])
+
+    def test_sent_on_once_when_the_member_is_gone(self) -> None:
+        """The member left before the entry was read back (or the node died and its
+        adopter has no member): the copy goes to a node with one, as a copy sent on
+        (not sent on again), and reaches no plain subscriber."""
+        self.publish()
+        self.router.routes.apply(SHARE, "C", KEY, 1)
+        self.member.drop()
+        self.assertEqual(len(publishes(self.plain)), 1)
+        self.read_back()
+        self.assertEqual(self.link.of("append")[1:], [("append", "C", "s/1", (KEY,), True)])
+        self.assertEqual(publishes(self.plain), [])

@@ -189,7 +189,7 @@ class Outbox:
         self.transactions = 0
 
     def append(self, to: str, message: Message, destinations: bytes = b"",
-               groups: list[str] | None = None, resent: bool = False,
+               groups: list[str] | None = None, resent: int = 0,
                seq: int = 0) -> SharedWrite:
         """A QoS 1/2 copy for ``to`` (``NodeLink.append``'s arguments): the batch's
         write, which fires with its entry's id once Redis has it (shared by every

@@ -12,6 +12,11 @@ that has been sent and is unanswered, longer than ``timeout`` fails with
 :class:`~mqtt_twisted.errors.StorageError`, and an unanswered one also drops the
 connection (a hung server), which then reconnects with backoff.
 
+The replies of one read are handed to their callbacks a slice per reactor turn
+(``pace.Paced``): in a reconnect storm one read brings thousands, each resuming a
+session.  An ``urgent`` client (the lease's) sends each command at once
+(:func:`write_now`) instead of when the reactor next polls.
+
 A connection in pub/sub mode gets messages it did not ask for: ``on_push`` takes
 every ``message``/``smessage`` array; the replies to ``SUBSCRIBE`` come back in
 order as for any command (subscribe one channel per command).  ``on_connect(client)``
@@ -32,6 +37,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mqtt_twisted.cluster.pace import Paced
 from mqtt_twisted.cluster.resp import Parser, ReplyError, RespProtocolError, encode_command
 from mqtt_twisted.errors import StorageError
 
@@ -69,10 +75,13 @@ class RedisProtocol(Protocol):
         self.client = client
         self.parser = Parser()
         self.sent: deque[_Pending] = deque()
-        #: Reads so far, and as of the last sweep that found a command overdue: a
-        #: connection that still reads is behind (this node is busy), not hung.
+        #: Reads (and slices of replies handed) so far, and as of the last sweep that
+        #: found a command overdue: a connection that still reads is behind (this node
+        #: is busy), not hung.
         self.reads = 0
         self.checked_reads = -1
+        #: Replies handed to their callbacks a slice per reactor turn (``pace.Paced``).
+        self.paced = Paced(client.reactor, self._replies)
 
     def connectionMade(self) -> None:
         set_nodelay = getattr(self.transport, "setTcpNoDelay", None)
@@ -86,6 +95,8 @@ class RedisProtocol(Protocol):
             self.sent.extend([_Unheard(pending.deadline) for _ in range(unheard)])
         self.sent.append(pending)
         self.transport.write(data)
+        if self.client.urgent:
+            write_now(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         self.reads += 1
@@ -93,8 +104,16 @@ class RedisProtocol(Protocol):
             replies = self.parser.feed(data)
         except RespProtocolError as e:
             log.warn("Redis sent bytes that are not RESP ({error}): reconnecting", error=e)
+            self.paced.flush()  # (what came before answers its commands)
             self.transport.abortConnection()
             return
+        if replies:
+            self.paced.feed(replies)
+
+    def _replies(self, replies: list[Any]) -> None:
+        """Replies (and pub/sub messages) read, in order: each answers the oldest
+        command sent (``Paced`` calls this a chunk at a time)."""
+        self.reads += 1
         sent = self.sent
         push = self.client.on_push
         for reply in replies:
@@ -103,6 +122,7 @@ class RedisProtocol(Protocol):
                 continue
             if not sent:
                 log.warn("Redis sent a reply to no command: reconnecting")
+                self.paced.clear()
                 self.transport.abortConnection()
                 return
             d = sent.popleft().deferred
@@ -117,6 +137,7 @@ class RedisProtocol(Protocol):
                 d.callback(reply)
 
     def connectionLost(self, reason: Any = None) -> None:
+        self.paced.flush()  # what was read answers its commands; the rest fail
         sent, self.sent = self.sent, deque()
         self.client._disconnected(self)
         error = StorageError(f"Redis connection lost: {reason.getErrorMessage()}"
@@ -148,8 +169,11 @@ class RedisClient:
     def __init__(self, reactor: Any, endpoint: Any, *, timeout: float = 5.0,
                  on_connect: Callable[[RedisClient], Any] | None = None,
                  on_push: Callable[[list[Any]], None] | None = None,
-                 name: str = "redis") -> None:
+                 name: str = "redis", urgent: bool = False) -> None:
         self.reactor = reactor
+        #: Each command written to the socket at once (``write_now``), not when the
+        #: reactor next polls: the lease's renewals (``node.py``).
+        self.urgent = urgent
         self.endpoint = endpoint
         self.timeout = timeout
         self.on_connect = on_connect
@@ -279,6 +303,23 @@ class RedisClient:
         for pending, _, _ in waiting:
             if not pending.deferred.called:
                 pending.deferred.errback(error)
+
+
+def write_now(transport: Any) -> None:
+    """Send what ``transport`` has buffered now.  A Twisted transport writes when the
+    reactor next polls, and then after the sockets that poll found readable: in a
+    reconnect storm, after thousands of CONNECTs were read and handled, up to a second
+    or more later.  A lease renewal written behind them left late, and two such turns
+    in a row let the lease lapse (docs/cluster.md, "Reconnect storm").  Under TLS the
+    TCP transport underneath is the one with the buffer."""
+    for _ in range(3):
+        do_write = getattr(transport, "doWrite", None)
+        if do_write is not None:
+            do_write()  # (an error is the reactor's to find on its next poll)
+            return
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            return
 
 
 def _backoff(attempt: int) -> float:

@@ -144,7 +144,7 @@ class Failover:
         #: Since when every renewal of this node's lease succeeded (None: the last failed).
         self._healthy_since: float | None = None
         self._renewing = False
-        #: The commands connection the renewals went on since ``_healthy_since``: a
+        #: The lease's connection the renewals went on since ``_healthy_since``: a
         #: loss of it, even with nothing waiting on it, is an outage (``_connected``).
         self._connection: Any = None
         #: Nodes this node is adopting: the Deferred that fires when it is done, and
@@ -170,7 +170,7 @@ class Failover:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         node = self.node
-        return node.commands.command(b"DEL", self.alive_prefix + node.group)
+        return node.lease.command(b"DEL", self.alive_prefix + node.group)
 
     def _renew(self) -> Deferred[Any]:
         """Renew the lease, unless this node's epoch is over (``fence.py``)."""
@@ -189,13 +189,13 @@ class Failover:
         since = self._healthy_since
         return (since is not None and self.node.reactor.seconds() - since >= TRUST
                 and self._connection is not None
-                and getattr(self.node.commands, "protocol", None) is self._connection)
+                and getattr(self.node.lease, "protocol", None) is self._connection)
 
     def _connected(self) -> bool:
-        """Whether the commands connection is up and the one of the last look; notes
+        """Whether the lease's connection is up and the one of the last look; notes
         the current one.  A tick that comes while it is down would queue its look for
         dead nodes until Redis is back, when every lease has run out."""
-        connection = getattr(self.node.commands, "protocol", None)
+        connection = getattr(self.node.lease, "protocol", None)
         same = connection is not None and connection is self._connection
         self._connection = connection
         return same
@@ -208,7 +208,7 @@ class Failover:
         if self.judging():
             # Before this tick's renewal: Redis judges by this node's lease as the last
             # renewal left it (_CHECK refuses a look that runs late, FRESH).
-            d = node.commands.command(b"EVAL", _CHECK, 2, node.keys.nodes,
+            d = node.lease.command(b"EVAL", _CHECK, 2, node.keys.nodes,
                                       self.alive_prefix + node.group, node.group,
                                       self.alive_prefix, self.adopt_prefix, ADOPT_TTL,
                                       self.epoch_prefix, FRESH)
@@ -237,7 +237,7 @@ class Failover:
         # A node that starts judges after a lease and a tick (every live node has
         # renewed by then), not after the whole TRUST an outage calls for.
         self._healthy_since = self.node.reactor.seconds() - TRUST + LEASE * 4 / 3
-        self._connection = getattr(self.node.commands, "protocol", None)
+        self._connection = getattr(self.node.lease, "protocol", None)
 
     def _not_renewed(self, failure: Any) -> None:
         self._renewing = False

@@ -99,7 +99,7 @@ class Fence:
     def renewal(self, lease_ms: int, alive_key: bytes) -> Deferred[Any]:
         """Renew the lease; fires with ``(answer, the epoch it was sent for)``."""
         epoch = self.epoch
-        d = self.node.commands.command(b"EVAL", RENEW, 2, self.key, alive_key, epoch,
+        d = self.node.lease.command(b"EVAL", RENEW, 2, self.key, alive_key, epoch,
                                        lease_ms)
         d.addCallback(lambda reply: (reply, epoch))
         return d

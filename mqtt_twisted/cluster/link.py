@@ -117,12 +117,13 @@ class NodeLink:
         self.outbox.publish(to, message, groups, resent)
 
     def append(self, to: str, message: Message, destinations: bytes = b"",
-               groups: list[str] | None = None, resent: bool = False,
+               groups: list[str] | None = None, resent: int = 0,
                seq: int = 0) -> SharedWrite:
         """QoS 1/2, in this turn's stream entry for ``to``: fires once the entry is in
         node ``to``'s stream.  ``destinations``: every node the message was sent to
-        (``moved.py`` reads it); the share groups ``to`` gives it to and whether it was
-        sent on, only when there are some (``router.py``); ``seq`` its number at this
+        (``moved.py`` reads it); the share groups ``to`` gives it to and the copy's kind
+        (sent on, or ``to`` is this node: ``shared.OWN``), only when there are some
+        (``router.py``); ``seq`` its number at this
         node (its identity, with this node's name: ``barrier.py``)."""
         return self.outbox.append(to, message, destinations, groups, resent, seq)
 

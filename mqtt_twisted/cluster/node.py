@@ -14,9 +14,10 @@ in the channel names because pub/sub ignores databases)::
     P:cluster:ctl:{node}@D     channel a node's requests and answers (session handover)
     P:cluster:alive:{node}     string  a node's lease; P:cluster:adopt:{node} its adopter
 
-Three connections (``client.RedisClient``): commands (registrations, XADD,
-PUBLISH, XACK), a subscriber (route changes, the QoS 0 inbox) and a reader (the
-blocking XREADGROUP on this node's stream).
+Four connections (``client.RedisClient``): commands (registrations, XADD,
+PUBLISH, XACK), a subscriber (route changes, the QoS 0 inbox), a reader (the
+blocking XREADGROUP on this node's stream) and the lease's (its renewals and the
+looks for dead nodes, each written at once: ``failover.py``).
 
 A CONNECT for a client id whose home is another node (``locate_session``, called by
 the core's Connector with the client id's lock held) asks that node to let the
@@ -194,6 +195,10 @@ class ClusterNode:
         self.commands = self._client("commands", self._prepare)
         self.subscriber = self._client("subscriber", self._subscribe, self._pushed)
         self.reader = self._client("reader", self._prepare)
+        #: The lease's renewals and the looks for dead nodes (``failover.py``), on a
+        #: connection of their own, each written at once: not behind a busy turn's
+        #: other commands, nor their replies (a reconnect storm's thousands).
+        self.lease = self._client("lease", self._prepare, urgent=True)
         self._origin = name.encode()
         #: The consumer group (and consumer) reading this node's stream: its name.
         self.group = self._origin
@@ -229,10 +234,12 @@ class ClusterNode:
         #: SPUBLISH once the server has taken this node's SSUBSCRIBE (Redis >= 7.0).
         self.publish_command = b"PUBLISH"
 
-    def _client(self, role: str, on_connect: Any, on_push: Any = None) -> RedisClient:
+    def _client(self, role: str, on_connect: Any, on_push: Any = None,
+                urgent: bool = False) -> RedisClient:
         return RedisClient(self.reactor, endpoint(self.reactor, self.options),
                            timeout=self.options.timeout, on_connect=on_connect,
-                           on_push=on_push, name=f"cluster {self.name} {role}")
+                           on_push=on_push, name=f"cluster {self.name} {role}",
+                           urgent=urgent)
 
     # --- lifecycle ---
 
@@ -258,10 +265,10 @@ class ClusterNode:
         hold = getattr(self._to_redis, "hold", None)
         if hold is not None:
             hold()  # Sentinel: watch for a new master while the node runs
-        for client in (self.commands, self.subscriber, self.reader):
+        clients = (self.commands, self.subscriber, self.reader, self.lease)
+        for client in clients:
             client.start()
-        ready = gatherResults([c.ready() for c in (self.commands, self.subscriber,
-                                                   self.reader)], consumeErrors=True)
+        ready = gatherResults([c.ready() for c in clients], consumeErrors=True)
         ready.addTimeout(self.options.connect_timeout, self.reactor)
         try:
             yield ready
@@ -342,8 +349,8 @@ class ClusterNode:
             yield self.failover.stop()  # the lease goes: a survivor adopts at once
         except Exception:
             pass
-        yield gatherResults([c.stop() for c in (self.reader, self.subscriber, self.commands)],
-                            consumeErrors=True)
+        yield gatherResults([c.stop() for c in (self.reader, self.subscriber, self.commands,
+                                                self.lease)], consumeErrors=True)
         to_redis, self._to_redis = self._to_redis, None
         release = getattr(to_redis, "release", None)
         if release is not None:

@@ -37,7 +37,7 @@ from typing import Any
 from zope.interface import implementer
 
 from mqtt_twisted.cluster.routes import RouteTable
-from mqtt_twisted.cluster.shared import HeldCopies, online_members
+from mqtt_twisted.cluster.shared import OWN, HeldCopies, has_clean_member, online_members
 from mqtt_twisted.codec.topics import SHARE_PREFIX, topic_matches
 from mqtt_twisted.core.router import LOCAL, LocalRouter
 from mqtt_twisted.core.shared import Strategy
@@ -282,11 +282,18 @@ class ClusterRouter:
                                                                  message.topic):
                 candidates.setdefault(key, {})[self.name] = 0
         mine: list[str] = []
+        own: list[str] = []  # for a clean member here: through this node's stream
         picks: dict[str, list[str]] = {}
         for key, nodes in candidates.items():
             node = routes.shared.choose(key, nodes)
             if node == self.name:
-                mine.append(key)
+                # A copy for a clean member here would be in this node's memory only:
+                # it goes through this node's own stream (shared.has_clean_member).
+                group = local.shared_groups.get(key)
+                if message.qos and group is not None and has_clean_member(group, local.sessions):
+                    own.append(key)
+                else:
+                    mine.append(key)
             elif node is not None:
                 picks.setdefault(node, []).append(key)
         dests = routes.nodes_for(message.topic) if routes.by_node else set()
@@ -296,6 +303,8 @@ class ClusterRouter:
             self.seq = seq = self.seq + 1
         if dests:
             self._forward(message, dests, picks, False, seq)
+        if own:
+            self.persist(self.link.append(self.name, message, b"", own, OWN, seq))
         if self.leaving and seq:
             self.moved.forward(message, dests, self.name, seq)
         self.ident = seq
@@ -309,7 +318,7 @@ class ClusterRouter:
                 delivered += local.deliver_shared(key, group, message)
             elif message.qos and self.moved.forward_share(key, message):
                 delivered += 1  # held: its members left for another node
-        return delivered + len(dests)
+        return delivered + len(dests) + len(own)
 
     def _forward(self, message: Message, nodes: set[str],
                  picks: dict[str, list[str]] | None = None, resent: bool = False,
@@ -335,22 +344,29 @@ class ClusterRouter:
             self.persist(write)
 
     def receive(self, message: Message, origin: str, groups: list[str] | None = None,
-                resent: bool = False, destinations: bytes = b"", seq: int = 0) -> int:
+                resent: int = 0, destinations: bytes = b"", seq: int = 0) -> int:
         """A peer's message: delivered to the local plain subscriptions, and to one
         member of each share group it names (another node's if none is left here);
         forwarded to a session that left lately, unless its new node got it too
-        (``moved.py``).  ``seq``: its number at ``origin`` (0: unknown)."""
-        self.received += 1
-        if self.leaving and message.qos:
-            self.moved.forward(message, destinations.decode("utf-8").split(","), origin,
-                               seq)
+        (``moved.py``).  ``seq``: its number at ``origin`` (0: unknown).  ``resent``:
+        sent on (1), or (:data:`~mqtt_twisted.cluster.shared.OWN`) this node's own
+        copy for its groups, or a dead node's drained here, which the plain subscribers
+        had already and the sessions that left were forwarded already."""
+        own = resent == OWN
+        if own:
+            resent = False  # (it may be sent on, once)
+        else:
+            self.received += 1
+            if self.leaving and message.qos:
+                self.moved.forward(message, destinations.decode("utf-8").split(","),
+                                   origin, seq)
         local = self.local
         if not groups:
             return local.dispatch_plain(message) if local.shared_groups else \
                 local.dispatch(message, origin)
-        # A copy sent on (``_send_on``) is for the groups it names only: this node's
-        # plain subscribers had the message's own copy, if they match.
-        delivered = 0 if resent else local.dispatch_plain(message)
+        # A copy sent on (``_send_on``), or one of this node's own, is for the groups it
+        # names only: the plain subscribers had the message's own copy, if they match.
+        delivered = 0 if resent or own else local.dispatch_plain(message)
         # A copy given to a clean member is in this node's memory only: its stream
         # entry waits for it (``hold_copy``), so that this node's adopter finds it pending.
         self.holding = message.qos > 0

@@ -37,17 +37,28 @@ from mqtt_twisted.core.shared import SharedGroup
 from mqtt_twisted.core.topic_tree import TopicTree
 from mqtt_twisted.errors import InvalidTopicFilter
 
+#: A copy's kind, the first byte of its groups field: an ordinary copy (for the plain
+#: subscriptions too), one sent on (``SENT_ON``: for the groups it names only, never sent
+#: on again), or one a node wrote into its *own* stream for its own clean members
+#: (``OWN``: for the groups only, the plain subscribers here had theirs; sent on once
+#: if the member is gone), so that its adopter finds it there if it dies
+#: (``has_clean_member``).
+SENT_ON = 1
+OWN = 2
 
-def encode_groups(groups: list[str], resent: bool) -> bytes:
-    """A stream entry's ``g`` field: ``1`` if sent on (else ``0``), then the group keys
-    NUL-separated (no topic filter has a NUL [MQTT-1.5.4-2]); cheaper to make and read
-    than msgpack, and one field instead of two."""
-    return (b"1" if resent else b"0") + "\0".join(groups).encode("utf-8")
+
+def encode_groups(groups: list[str], resent: int) -> bytes:
+    """A stream entry's ``g`` field: the copy's kind (``0``, ``1``: sent on, ``2``: this
+    node's own, see :data:`OWN`), then the group keys NUL-separated (no topic filter
+    has a NUL [MQTT-1.5.4-2]); cheaper to make and read than msgpack, and one field
+    instead of two."""
+    return (b"2" if resent == OWN else b"1" if resent else b"0") + \
+        "\0".join(groups).encode("utf-8")
 
 
-def decode_groups(value: bytes) -> tuple[list[str], bool]:
-    """``(group keys, sent on)`` from :func:`encode_groups`' bytes."""
-    return value[1:].decode("utf-8").split("\0"), value[:1] == b"1"
+def decode_groups(value: bytes) -> tuple[list[str], int]:
+    """``(group keys, kind)`` from :func:`encode_groups`' bytes (kind 0, 1 or 2)."""
+    return value[1:].decode("utf-8").split("\0"), value[0] - 48
 
 
 def online_members(group: SharedGroup, sessions: Any) -> int:
@@ -58,6 +69,22 @@ def online_members(group: SharedGroup, sessions: Any) -> int:
         if session is not None and session.connection is not None:
             count += 1
     return count
+
+
+def has_clean_member(group: SharedGroup, sessions: Any) -> bool:
+    """Whether ``group`` has a clean member here at QoS 1/2: a copy given to it would be
+    in this node's memory only.  A QoS 1/2 message published here that this node serves
+    such a group with goes through its own stream (an entry naming the group, kind
+    :data:`OWN`), as a peer's copy does: the publisher is acknowledged once Redis has
+    the entry, the entry once the member's copy is done with
+    (``ClusterRouter.hold_copy``), and if this node dies its adopter finds the entry
+    and gives it to a live member.  A group of persistent members only is served at
+    once: their copies are stored."""
+    for client_id, options in group.members.items():
+        session = sessions.get(client_id)
+        if session is not None and not session.persistent and options.qos:
+            return True
+    return False
 
 
 class HeldCopies:

@@ -4,7 +4,9 @@ one deadline timer per link, and the store's OutageLog told when a link goes dow
 txredisapi connects, authenticates, selects the database and reconnects with backoff;
 once a connection is ready its link takes its byte stream over: commands are encoded
 here and written once per reactor turn, replies are parsed by the cluster's sans-IO
-RESP parser and answer the link's calls in order.  txredisapi's own per-command path
+RESP parser and answer the link's calls in order, a slice per reactor turn when one
+read brings many (``cluster.pace.Paced``: a reconnect storm's sessions loaded by the
+thousand).  txredisapi's own per-command path
 (three Deferreds, a reply queue and a line parser per command) was most of the
 broker's CPU for a stored QoS 1 message.
 """
@@ -22,6 +24,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mqtt_twisted.cluster.pace import Paced
 from mqtt_twisted.cluster.resp import Parser, ReplyError, RespProtocolError
 from mqtt_twisted.errors import StorageError, StoreUnavailable
 from mqtt_twisted.store._redisscripts import SCRIPTS
@@ -99,17 +102,26 @@ class _Protocol(txredisapi.RedisProtocol):
     (see the module's docstring): replies parsed by :class:`Parser`, handed to the link.
     """
 
-    #: Reads from the server so far: a connection whose oldest call is overdue is hung
-    #: only if nothing arrives across a whole check (Link._sweep), not if this broker was
-    #: too busy to read the replies waiting for it.
+    #: Reads from the server (and slices of replies handed) so far: a connection whose
+    #: oldest call is overdue is hung only if nothing arrives across a whole check
+    #: (Link._sweep), not if this broker was too busy to read the replies waiting for it.
     reads = 0
     #: The link that took the connection over (None: txredisapi still reads it).
     link: Link | None = None
     parser: Parser | None = None
+    #: Replies handed to the link a slice per reactor turn (``cluster.pace.Paced``).
+    paced: Paced | None = None
 
     def take_over(self, link: Link) -> None:
         self.link = link
         self.parser = Parser()
+        self.paced = Paced(link.store.reactor, self._answer)
+
+    def _answer(self, replies: list[Any]) -> None:
+        self.reads += 1  # (progress: see ``reads``)
+        link = self.link
+        if link is not None:
+            link.answered(self, replies)
 
     def dataReceived(self, data: bytes, unpause: bool = False) -> None:
         self.reads += 1
@@ -122,12 +134,15 @@ class _Protocol(txredisapi.RedisProtocol):
         except RespProtocolError as error:
             log.warn("Redis sent bytes that are not RESP ({error}): reconnecting",
                      error=error)
+            self.paced.flush()  # type: ignore[union-attr]  # (what came before answers)
             self.transport.abortConnection()
             return
         if replies:
-            link.answered(self, replies)
+            self.paced.feed(replies)  # type: ignore[union-attr]
 
     def connectionLost(self, why: Any) -> None:
+        if self.paced is not None:
+            self.paced.flush()  # what was read answers its calls; the rest fail
         super().connectionLost(why)  # the link hears of it first (factory.delConnection)
         link, self.link = self.link, None
         if link is not None:
@@ -410,6 +425,8 @@ class Link:
             return  # a connection already given up (its calls failed)
         if len(replies) > self._unanswered:
             log.warn("Redis answered more than was asked: reconnecting")
+            if protocol.paced is not None:
+                protocol.paced.clear()  # (what else it read answers nothing)
             protocol.transport.abortConnection()
             return
         self._unanswered -= len(replies)
