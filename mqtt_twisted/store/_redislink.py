@@ -425,8 +425,9 @@ class Link:
             return  # a connection already given up (its calls failed)
         if len(replies) > self._unanswered:
             log.warn("Redis answered more than was asked: reconnecting")
-            if protocol.paced is not None:
-                protocol.paced.clear()  # (what else it read answers nothing)
+            paced = getattr(protocol, "paced", None)  # (a test's fake has none)
+            if paced is not None:
+                paced.clear()  # (what else it read answers nothing)
             protocol.transport.abortConnection()
             return
         self._unanswered -= len(replies)
