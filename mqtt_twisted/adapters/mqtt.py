@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mqtt_twisted.adapters import _leanserver, tls
+from mqtt_twisted.adapters._accepts import accept_behind
 from mqtt_twisted.adapters._cork import CorkedWriter, cork_for
 from mqtt_twisted.adapters.kit import ConnectionLimit, origin_of
 from mqtt_twisted.interfaces import IListenerChecker, IStreamAdapter
@@ -332,5 +333,9 @@ class MQTTAdapter:
         # (TLS reads through its own protocol: its transport does not drain.)
         lean = _leanserver.LeanServer if service.tls is not None else DrainingServer
         service.whenListening().addCallback(_leanserver.install, lean)
+        # New connections wait in the kernel's backlog while CONNECTs wait at the gate.
+        gate = getattr(broker, "connect_gate", None)
+        if gate is not None:
+            service.whenListening().addCallback(accept_behind, gate.__len__)
         service.mqtt_factory = factory  # (service.factory is what listens: TLS around it)
         return service
