@@ -269,7 +269,7 @@ def probe_line(path: str, window: tuple[float, float]) -> str:
     s = probe.summary(path, *window)
     gc = "  ".join(f"gen{g} {s[f'gc{g}']['n']} x p50 {s[f'gc{g}']['p50']:.1f} max "
                    f"{s[f'gc{g}']['max']:.1f}" for g in range(3))
-    stacks = " STOPPED: stacks in .stacks" if os.path.exists(path + ".stacks") else ""
+    stacks = " STOPPED: stacks in .stopped" if os.path.exists(path + ".stopped") else ""
     return (f"{'':20} broker CPU: {s['turns']} turns p50 {s['turn_p50']:.2f} p99 "
             f"{s['turn_p99']:.2f} p999 {s['turn_p999']:.1f} max {s['turn_max']:.1f} ms "
             f"({s['turns_over_20ms']} over 20 ms; without GC p99 {s['work_p99']:.2f} max "

@@ -13,8 +13,13 @@ attack's window (CLOCK_MONOTONIC is the same in every process).  ``SIGUSR1`` wri
 cyclic garbage that frozen objects held, and that collection's CPU time.
 ``PROBE_PROFILE=FILE`` also writes a cProfile of the run (which slows it).
 ``PROBE_WATCH=SECONDS``: when no reactor turn has ended for that long (while the
-process is up), every thread's stack is appended to ``OUT.json.stacks`` (a stopped
+process is up), every thread's stack is appended to ``OUT.json.stopped`` (a stopped
 broker: what it is stuck in), once per stop.
+``PROBE_STACKS=MS`` samples the Python stack every millisecond of the process's CPU
+(``ITIMER_PROF``) and keeps the samples of the turns whose CPU without collections
+passed MS: ``OUT.json.stacks`` has them as folded stacks (``frame;frame;... count``, a
+flame graph's input), with how many turns they came from; ``python bench/probe.py --top
+OUT.json.stacks`` lists the functions those turns spent their samples in.
 
 ``bench/hostile.py --probe`` uses it; ``summary(path, start, end)`` reads the figures.
 """
@@ -44,6 +49,37 @@ gc_gen, gc_cpu, gc_at = array("b"), array("d"), array("d")
 #: Each collection's unreachable objects found, and (full ones) the objects it walked.
 gc_found, gc_walked = array("l"), array("l")
 _state = {"turn": 0.0, "gc": 0.0, "turn_gc": 0.0, "events": 0}
+#: PROBE_STACKS: the running turn's stack samples, those of the long turns (folded
+#: stack -> samples), and how many long turns they are.
+_samples: list[str] = []
+_long_stacks: Counter[str] = Counter()
+_stack_state = {"over": 0.0, "turns": 0}
+
+
+def _sample(signum: int, frame: Any) -> None:
+    """SIGPROF: the interrupted stack, outermost first, as ``file:function`` names."""
+    names = []
+    while frame is not None:
+        code = frame.f_code
+        names.append(f"{os.path.basename(code.co_filename)[:-3]}:{code.co_name}")
+        frame = frame.f_back
+    names.reverse()
+    _samples.append(";".join(names))
+
+
+def _turn_ended(cpu: float, gc_cpu: float) -> None:
+    """Keep the turn's samples if its own work (without collections) was long."""
+    if cpu - gc_cpu > _stack_state["over"]:
+        _long_stacks.update(_samples)
+        _stack_state["turns"] += 1
+    _samples.clear()
+
+
+def sample_stacks(over_ms: float, interval: float = 0.001) -> None:
+    """Sample the stack every ``interval`` s of process CPU; keep long turns' samples."""
+    _stack_state["over"] = over_ms / 1000
+    signal.signal(signal.SIGPROF, _sample)
+    signal.setitimer(signal.ITIMER_PROF, interval, interval)
 
 
 def _on_gc(phase: str, info: dict[str, Any]) -> None:
@@ -83,6 +119,8 @@ def install(out: str) -> None:
         finally:
             turn_cpu.append(_cpu() - _state["turn"])
             turn_gc.append(_state["turn_gc"])
+            if _stack_state["over"]:
+                _turn_ended(turn_cpu[-1], turn_gc[-1])
             turn_events.append(int(_state["events"]))
             _state["turn_gc"] = 0.0
             _state["events"] = 0
@@ -154,6 +192,36 @@ def dump(path: str) -> None:
                    "turn_gc": list(turn_gc[:n]), "turn_events": list(turn_events[:n]),
                    "gc_gen": list(gc_gen), "gc_cpu": list(gc_cpu), "gc_at": list(gc_at),
                    "gc_found": list(gc_found), "gc_walked": list(gc_walked)}, f)
+    if _stack_state["over"]:
+        signal.setitimer(signal.ITIMER_PROF, 0, 0)
+        with open(path + ".stacks", "w") as f:
+            f.write(f"# {_stack_state['turns']} turns over "
+                    f"{_stack_state['over'] * 1000:g} ms of CPU without collections\n")
+            for stack, count in _long_stacks.most_common():
+                f.write(f"{stack} {count}\n")
+
+
+def top(path: str, lines: int = 40) -> None:
+    """The functions the long turns' samples were in: inclusive (anywhere on the
+    stack) and own (the innermost frame), as shares of all the samples."""
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    total = 0
+    with open(path) as f:
+        print(f.readline().strip())
+        for line in f:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            frames = stack.split(";")
+            n = int(count)
+            total += n
+            own[frames[-1]] += n
+            for name in set(frames):
+                inclusive[name] += n
+    print(f"{total} samples (1 ms of CPU each)")
+    for title, counts in (("inclusive", inclusive), ("own", own)):
+        print(f"--- {title}")
+        for name, n in counts.most_common(lines):
+            print(f"{100 * n / total:6.1f}%  {name}")
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -186,9 +254,14 @@ def summary(path: str, start: float = 0.0, end: float = float("inf")) -> dict[st
 
 
 def main() -> None:
+    if sys.argv[1] == "--top":
+        top(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 40)
+        return
     out = sys.argv[1]
     sys.argv = ["twistd", *sys.argv[2:]]
     install(out)
+    if os.environ.get("PROBE_STACKS"):
+        sample_stacks(float(os.environ["PROBE_STACKS"]))
     profile = os.environ.get("PROBE_PROFILE")
     if profile:  # a cProfile of the whole run as well (it slows the broker: no timings)
         import cProfile
@@ -208,7 +281,7 @@ def main() -> None:
     signal.signal(signal.SIGUSR2, lambda *_: leaks(out + ".leaks"))
     faulthandler.register(signal.SIGQUIT, all_threads=True)  # a stuck broker's stack
     if os.environ.get("PROBE_WATCH"):
-        watch(out + ".stacks", float(os.environ["PROBE_WATCH"]))
+        watch(out + ".stopped", float(os.environ["PROBE_WATCH"]))
     from twisted.scripts.twistd import run
 
     run()

@@ -70,6 +70,9 @@ class Gateway:
         self.admin = BrokerAdmin(broker, self)
         #: Where the listeners' connection limits register (adapters/kit.py).
         self.listener_limits = self.admin.listener_limits
+        #: New connections whose first read waits for a later reactor turn
+        #: (``core/admission.py``; ``len()``): MQTT listeners accept fewer meanwhile.
+        self.connect_gate = broker.gate
 
     @property
     def stats(self) -> Any:

@@ -11,7 +11,7 @@ from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 
-from mqtt_twisted.adapters._accepts import ACCEPT_SLICE, cap_accepts
+from mqtt_twisted.adapters._accepts import ACCEPT_SLICE, accept_behind, cap_accepts
 
 
 class Counting(Factory):
@@ -51,6 +51,29 @@ class AcceptSliceTests(TestCase):
             port.doRead()  # what the reactor calls once per turn the socket is readable
             counts.append(factory.built - before)
         self.assertEqual(counts, [ACCEPT_SLICE] * 3 + [5, 0])
+        self.addCleanup(self.close_accepted, port)
+
+    def test_fewer_while_connections_wait_to_be_served(self) -> None:
+        """Tied to a count of accepted connections not yet served (the MQTT listeners:
+        CONNECTs waiting at the broker's gate), a port accepts only what brings them
+        to a slice, and none while a slice or more wait: the rest stay in the kernel's
+        backlog, where they cost nothing and are not yet under a CONNECT deadline."""
+        factory = Counting()
+        port = self.listen(factory)
+        cap_accepts(port)
+        waiting = [ACCEPT_SLICE - 5]
+        self.assertIs(accept_behind(port, lambda: waiting[0]), port)
+        self.flood(port, ACCEPT_SLICE * 2)
+        port.doRead()
+        self.assertEqual(factory.built, 5)
+        waiting[0] = ACCEPT_SLICE + 3
+        port.doRead()
+        self.assertEqual(factory.built, 5)
+        waiting[0] = 0
+        port.doRead()  # (Twisted's own count grows back by 20 a turn, within the slice)
+        self.assertEqual(factory.built, 5 + 5 + 20)
+        port.doRead()
+        self.assertEqual(factory.built, 30 + ACCEPT_SLICE)
         self.addCleanup(self.close_accepted, port)
 
     def test_twisted_alone_takes_a_hundred(self) -> None:

@@ -222,6 +222,11 @@ def _accept(port: Any) -> None:
     """A lean port's ``doRead``: up to ``numberAccepts`` connections (adapting as
     Twisted's does, within the port's ``accept_slice``), each served at once."""
     cap = getattr(port, "accept_slice", None) or ACCEPT_SLICE
+    waiting = getattr(port, "accept_waiting", None)
+    if waiting is not None:  # (_accepts.accept_behind: CONNECTs waiting at the gate)
+        cap -= waiting()
+        if cap <= 0:
+            return  # (still readable: the next turns come back)
     limit = min(port.numberAccepts, cap)
     accept = port.socket._accept
     accepted = tries = 0

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mqtt_twisted.adapters import _leanmqtt, _leanserver, tls
+from mqtt_twisted.adapters._accepts import accept_behind
 from mqtt_twisted.adapters._cork import CorkedWriter, cork_for
 from mqtt_twisted.adapters._leanmqtt import CLIENT_LEFT, GONE, drain
 from mqtt_twisted.adapters.kit import ConnectionLimit, origin_of
@@ -284,5 +285,9 @@ class MQTTAdapter:
             service.whenListening().addCallback(_leanserver.install, _leanserver.LeanServer)
         else:
             service.whenListening().addCallback(lean_transport)
+        # New connections wait in the kernel's backlog while CONNECTs wait at the gate.
+        gate = getattr(broker, "connect_gate", None)
+        if gate is not None:
+            service.whenListening().addCallback(accept_behind, gate.__len__)
         service.mqtt_factory = factory  # (service.factory is what listens: TLS around it)
         return service

@@ -22,6 +22,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from mqtt_twisted.core.admission import TURN_BUDGET, ConnectGate
 from mqtt_twisted.core.connect import Connector, Credentials
 from mqtt_twisted.core.connection import MQTTConnection
 from mqtt_twisted.core.deadlines import Deadlines
@@ -56,6 +57,7 @@ class Broker:
         authenticator: Any = None,
         authorizer: Any = None,
         connect_timeout: float = 10.0,
+        connect_budget: float = TURN_BUDGET,
     ) -> None:
         self.clock = clock
         self.store = store
@@ -72,6 +74,8 @@ class Broker:
         #: Every connection's CONNECT deadline, keep alive check and close grace: one
         #: timer for all of them, not a DelayedCall each.
         self.deadlines = Deadlines(clock)
+        #: The reads of connections that have not sent CONNECT: a CPU budget per turn.
+        self.gate = ConnectGate(clock, connect_budget)
         #: The connection whose PUBLISH is being routed, for flow control.
         self.publisher: MQTTConnection | None = None
         self.journal = Journal(store, self.stats, clock)

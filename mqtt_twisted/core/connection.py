@@ -150,8 +150,10 @@ class MQTTConnection:
         goes on (:func:`_next_share`): a client's flood delays others by one share,
         not by its whole read.
         """
-        if self.state == CLOSED:
-            return
+        if self.state != CONNECTED:
+            if self.state == CLOSED or (self.state == AWAIT_CONNECT
+                                        and self.broker.gate.takes(self, data)):
+                return  # (a new connection's read: core/admission.py)
         self.last_rx = self.broker.clock.seconds() if self.keep_alive else 0.0
         stats = self.broker.stats
         stats.bytes_received += len(data)

@@ -67,7 +67,10 @@ class FakeTransport:
 
 def make_broker(settings: BrokerSettings | None = None, store: Any = None,
                 **kwargs: Any) -> tuple[Broker, Clock]:
-    """A sans-IO broker on a fake clock with a memory store."""
+    """A sans-IO broker on a fake clock with a memory store.  Its turns are the test's
+    ``clock.advance``, so new connections' reads are not gated per turn unless the
+    test asks (``connect_budget=SECONDS``: core/admission.py)."""
+    kwargs.setdefault("connect_budget", 0)
     clock = Clock()
     broker = Broker(clock, store if store is not None else MemoryStore(clock), settings,
                     **kwargs)

@@ -1,0 +1,107 @@
+"""New connections' first reads, a slice of CPU per reactor turn across all connections
+(issue 14).
+
+Under a flood of new connections (the live fuzz: two processes connecting as fast as
+they can) one reactor turn handled every socket that was ready at once: dozens of
+first reads, each a CONNECT (a session, a CONNACK, a log line) and mostly the rest of
+that client's packets, a PUBLISH to every session left behind with a ``#``
+subscription, its protocol error and its close: 40-67 events and 5-20 ms of CPU a
+turn (``bench/fuzz_probe.py``), while a connected client's PUBLISH waited behind them.
+
+:class:`ConnectGate` handles the reads of connections that have not sent CONNECT
+within :data:`TURN_BUDGET` of CPU per turn, all connections together (CPU, not a
+count: a first read may be a bare CONNECT or a CONNECT and a PUBLISH to thousands).
+A connection that comes once the turn's budget is spent keeps its bytes here, stops
+reading (one more count on the counter flow control and the per-read share use) and
+goes on at a later turn, in arrival order; at least one waits no longer than a turn.
+Connected clients' reads are not gated: their shares are bounded per read already
+(``core/connection.py``), so a turn holds at most one budget of CONNECTs.
+
+Sans-IO: the turns are the injected clock's ``callLater(0)``, the CPU clock is
+injected too (``time.thread_time``: the machine's load does not stretch it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from mqtt_twisted.core.states import CLOSED
+
+#: CPU seconds per reactor turn for the first reads of new connections, all together.
+#: A fuzz stream's first read (its CONNECT, protocol error or session, log lines, and
+#: often its close) is 0.1-0.5 ms, so a turn admits a few of them: with 2 ms the fuzz's
+#: turn CPU p999 was 5.6-6.3 ms, with 1 ms 4.1-4.4 ms (main: 7.3-12.9; docs/limits.md).
+TURN_BUDGET = 0.001
+
+
+class ConnectGate:
+    """Admits the reads of connections that have not sent CONNECT, a budget a turn."""
+
+    __slots__ = ("clock", "cpu", "budget", "spent", "waiting", "_call", "_admitting")
+
+    def __init__(self, clock: Any, budget: float = TURN_BUDGET,
+                 cpu: Callable[[], float] = time.thread_time) -> None:
+        self.clock = clock
+        self.cpu = cpu
+        #: CPU seconds of first reads per turn (0: no gate).
+        self.budget = budget
+        #: What this turn's first reads have cost so far.
+        self.spent = 0.0
+        #: Connection -> the bytes it read while it waited, in arrival order.
+        self.waiting: OrderedDict[Any, list[bytes]] = OrderedDict()
+        self._call: Any = None
+        self._admitting: Any = None  # (the connection being handled: not gated again)
+
+    def __len__(self) -> int:
+        """Connections waiting for a later turn."""
+        return len(self.waiting)
+
+    def takes(self, conn: Any, data: bytes) -> bool:
+        """Take ``conn``'s read: handle it now (within the turn's budget) or keep it
+        for a later turn (True); False: the caller handles it (no gate, or the gate
+        is handling it right now)."""
+        if conn is self._admitting or not self.budget:
+            return False
+        held = self.waiting.get(conn)
+        if held is not None:  # (read before the pause took: a drain at close, say)
+            held.append(data)
+        elif self.waiting or self.spent >= self.budget:  # (those waiting go first)
+            self.waiting[conn] = [data]
+            conn.throttle()
+            self._schedule()
+        else:
+            self._handle(conn, data)
+        return True
+
+    def _handle(self, conn: Any, data: bytes) -> None:
+        start = self.cpu()
+        outer, self._admitting = self._admitting, conn
+        try:
+            conn.dataReceived(data)
+        finally:
+            self._admitting = outer
+            self.spent += self.cpu() - start
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if self._call is None:
+            self._call = self.clock.callLater(0, self._turn)
+
+    def _turn(self) -> None:
+        """A new turn, a new budget: first for the connections that waited."""
+        self._call = None
+        self.spent = 0.0
+        waiting = self.waiting
+        try:
+            while waiting and self.spent < self.budget:
+                conn, held = waiting.popitem(last=False)
+                if conn.state == CLOSED:  # (its CONNECT deadline passed, or shutdown)
+                    continue
+                self._handle(conn, held[0] if len(held) == 1 else b"".join(held))
+                conn.unthrottle()
+        finally:
+            if waiting:
+                self._schedule()
