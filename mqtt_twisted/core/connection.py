@@ -143,17 +143,15 @@ class MQTTConnection:
 
     def dataReceived(self, data: bytes) -> None:
         """Feed bytes; handle the packets they complete, a share at a time (at most
-        READ_BUDGET packets, fewer when they fan out: WORK_BUDGET).
-
-        Past the share the decoder keeps the rest of the bytes in order, reading
-        stops (one more ``throttle``, as flow control's) and the next reactor turn
-        goes on (:func:`_next_share`): a client's flood delays others by one share,
-        not by its whole read.
+        READ_BUDGET packets, fewer when they fan out: WORK_BUDGET).  Past the share
+        the decoder keeps the rest of the bytes in order, reading stops (one more
+        ``throttle``, as flow control's) and the next reactor turn goes on
+        (:func:`_next_share`): a flood delays others by one share, not by its read.
         """
         if self.state != CONNECTED:
-            if self.state == CLOSED or (self.state == AWAIT_CONNECT
+            if self.state == CLOSED or (self.state == AWAIT_CONNECT  # core/admission.py
                                         and self.broker.gate.takes(self, data)):
-                return  # (a new connection's read: core/admission.py)
+                return
         self.last_rx = self.broker.clock.seconds() if self.keep_alive else 0.0
         stats = self.broker.stats
         stats.bytes_received += len(data)
