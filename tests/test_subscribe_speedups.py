@@ -252,3 +252,18 @@ def test_missing_extension_falls_back_unless_required() -> None:
                               capture_output=True, text=True)
     assert required.returncode != 0
     assert "the compiled SUBSCRIBE loops" in required.stderr
+
+
+@needs_ext
+def test_subscriptions_read_and_written_by_slot() -> None:
+    """Both extensions reach a Subscription's fields by their slots (a change to the
+    dataclass that moves them makes them use attribute lookups, and fails here); the
+    compiled decoder's Subscriptions, atoms only, are off the collector's lists."""
+    assert ext.SUBSCRIPTION_SLOTS_KNOWN
+    if _accel.speedups is None:
+        pytest.skip("the compiled codec is not built here")
+    data = encode(Subscribe(3, [Subscription("a/+", 1, True, False, 2)]), 5)
+    packet = _accel.speedups.decode_subscribe(0x02, data, 2, len(data), 5)
+    (sub,) = packet.subscriptions
+    assert sub == Subscription("a/+", 1, True, False, 2) and not gc.is_tracked(sub)
+    assert ext.topic_filters(packet.subscriptions) == ["a/+"]
