@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
-from mqtt_twisted.codec import _accel
+from mqtt_twisted.codec import also_switch
 from mqtt_twisted.core import control, delivery, topic_tree
 
 #: The names bound to one implementation or the other: module, global, pure function.
@@ -53,4 +53,4 @@ def compiled_in_use() -> bool:
     return speedups is not None and control._grant is speedups.grant
 
 
-_accel.also_switch(use)
+also_switch(use)
