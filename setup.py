@@ -1,8 +1,8 @@
 """Optional compiled speedups (docs/speedups.md); metadata is in pyproject.toml.
 
-``pip install .`` compiles ``mqtt_twisted/codec/_speedups.pyx`` with Cython when a C
-compiler works, and installs the pure-Python package when it does not: the build never
-fails for want of a compiler.  ``MQTT_TWISTED_NO_EXT=1`` skips the extension;
+``pip install .`` compiles ``mqtt_twisted/codec/_speedups.pyx`` and
+``mqtt_twisted/core/_subscribe.pyx`` with Cython when a C compiler works, and installs
+the pure-Python package when it does not: the build never fails for want of a compiler.  ``MQTT_TWISTED_NO_EXT=1`` skips the extension;
 ``MQTT_TWISTED_REQUIRE_EXT=1`` makes a failed build an error (CI, where gcc exists).
 """
 
@@ -51,10 +51,19 @@ def extensions() -> list[Extension]:
             raise
         print("warning: Cython not installed: the pure-Python codec is used", file=sys.stderr)
         return []
-    return cythonize(
-        [Extension("mqtt_twisted.codec._speedups", ["mqtt_twisted/codec/_speedups.pyx"]),
-         Extension("mqtt_twisted.core._qos0", ["mqtt_twisted/core/_qos0.pyx"])],
-        language_level=3, quiet=True)
+    modules = [("mqtt_twisted.codec._speedups", "mqtt_twisted/codec/_speedups.pyx"),
+               ("mqtt_twisted.core._qos0", "mqtt_twisted/core/_qos0.pyx"),
+               ("mqtt_twisted.core._subscribe", "mqtt_twisted/core/_subscribe.pyx")]
+    built = []
+    for name, source in modules:  # one at a time: one that Cython refuses leaves the others
+        try:
+            built += cythonize([Extension(name, [source])], language_level=3, quiet=True)
+        except Exception as e:
+            if _flag("MQTT_TWISTED_REQUIRE_EXT"):
+                raise
+            print(f"warning: {source} not translated ({e}); its pure-Python twin is used",
+                  file=sys.stderr)
+    return built
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -53,6 +53,8 @@ from mqtt_twisted.codec.topics import (
 # Bind the compiled twins of the hot functions where they were built, unless
 # MQTT_TWISTED_PURE=1 (this module's encode_publish and topic_matches too): _accel.py.
 _accel.use_default()
+#: Another layer's compiled twins switched with these (core/_compiled.py).
+also_switch = _accel.also_switch
 
 
 def decode(data: bytes, version: int | None = None) -> Packet:

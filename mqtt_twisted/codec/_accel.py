@@ -11,6 +11,7 @@ silently fell back cannot pass for a compiled one).  See docs/speedups.md.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from types import ModuleType
 
 from mqtt_twisted.codec import _decode, _encode, stream, topics
@@ -50,6 +51,19 @@ def _load() -> ModuleType | None:
 
 #: The compiled module when it was built, whether or not it is in use.
 speedups = _load()
+#: What the last :func:`use` asked for (compiled, where built).
+_chosen = False
+
+
+#: Other layers' compiled twins switched with these (core/_compiled.py), each called
+#: with the choice: one switch for every compiled function, and no import upwards.
+_SWITCHES: list[Callable[[bool], object]] = []
+
+
+def also_switch(switch: Callable[[bool], object]) -> None:
+    """Call ``switch(compiled)`` now, with the choice in force, and at every :func:`use`."""
+    _SWITCHES.append(switch)
+    switch(_chosen)
 
 
 def compiled_in_use() -> bool:
@@ -73,6 +87,10 @@ def use(compiled: bool) -> bool:
     _encode.ENCODERS[Publish] = chosen["encode_publish"]
     _encode.encode_publishes = codec.encode_publishes = chosen["encode_publishes"]
     topics.topic_matches = codec.topic_matches = chosen["topic_matches"]
+    global _chosen
+    _chosen = compiled
+    for switch in _SWITCHES:
+        switch(compiled)
     return impl is not None
 
 

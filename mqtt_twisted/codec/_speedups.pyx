@@ -15,6 +15,7 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.string cimport memchr, memcpy
 
 from dataclasses import fields as _fields
+from types import MemberDescriptorType
 
 from mqtt_twisted.codec._decode import decode_body
 from mqtt_twisted.codec.packets import Connect, Publish, Subscribe, Subscription
@@ -32,6 +33,14 @@ from mqtt_twisted.errors import (
 cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object o)
     const char* PyUnicode_AsUTF8AndSize(object o, Py_ssize_t* size) except NULL
+    void PyObject_GC_UnTrack(void* op)
+    void Py_INCREF(object o)
+    void Py_XDECREF(PyObject* o)
+    ctypedef struct PyObject
+    ctypedef struct PyMemberDef:
+        Py_ssize_t offset
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef* d_member
 
 cdef object _new = object.__new__
 #: Whether Publish has exactly the fields _decode_publish sets itself and no __post_init__
@@ -47,6 +56,33 @@ cdef bint _SUBSCRIBE_KNOWN = (
     and [f.name for f in _fields(Subscription)] == [
         "topic_filter", "qos", "no_local", "retain_as_published", "retain_handling"])
 SUBSCRIBE_FIELDS_KNOWN = _SUBSCRIBE_KNOWN
+
+
+cdef Py_ssize_t _offset(cls, str name):
+    """Where ``cls``'s slot ``name`` sits in its instances (0: not a plain slot)."""
+    descr = cls.__dict__.get(name)
+    if type(descr) is not MemberDescriptorType:
+        return 0
+    return (<PyMemberDescrObject*><PyObject*>descr).d_member.offset
+
+
+# A Subscription's fields written into its slots, not through attribute lookups.
+cdef Py_ssize_t _S_FILTER = _offset(Subscription, "topic_filter")
+cdef Py_ssize_t _S_QOS = _offset(Subscription, "qos")
+cdef Py_ssize_t _S_NO_LOCAL = _offset(Subscription, "no_local")
+cdef Py_ssize_t _S_RAP = _offset(Subscription, "retain_as_published")
+cdef Py_ssize_t _S_HANDLING = _offset(Subscription, "retain_handling")
+cdef bint _SUB_SLOTS = (_SUBSCRIBE_KNOWN and _S_FILTER and _S_QOS and _S_NO_LOCAL and _S_RAP
+                        and _S_HANDLING)
+
+
+cdef inline void _put(object o, Py_ssize_t offset, object value):
+    """``o``'s slot at ``offset`` set to ``value`` (what a member descriptor's set does)."""
+    cdef PyObject** slot = <PyObject**>((<char*><PyObject*>o) + offset)
+    cdef PyObject* old = slot[0]
+    Py_INCREF(value)
+    slot[0] = <PyObject*>value
+    Py_XDECREF(old)
 cdef int _SUBSCRIBE = int(PacketType.SUBSCRIBE)
 cdef int _PUBLISH = int(PacketType.PUBLISH)
 cdef object _TOPIC_ALIAS = int(PropertyId.TOPIC_ALIAS)
@@ -172,7 +208,17 @@ cdef object _decode_subscribe(object data, const unsigned char* buf, Py_ssize_t 
                 raise MalformedPacket("SUBSCRIBE QoS byte reserved bits set or QoS 3")
             handling = 0
             no_local = rap = False
-        if _SUBSCRIBE_KNOWN:
+        if _SUB_SLOTS:
+            # Its fields are atoms: off the collector's lists, like the broker's
+            # options records (core/_subscribe.pyx).
+            sub = _new(Subscription)
+            _put(sub, _S_FILTER, text)
+            _put(sub, _S_QOS, qos)
+            _put(sub, _S_NO_LOCAL, no_local)
+            _put(sub, _S_RAP, rap)
+            _put(sub, _S_HANDLING, handling)
+            PyObject_GC_UnTrack(<void*>sub)
+        elif _SUBSCRIBE_KNOWN:
             sub = _new(Subscription)
             sub.topic_filter = text
             sub.qos = qos

@@ -22,6 +22,8 @@ from typing import Any
 
 from twisted.logger import Logger
 
+# Binds the SUBSCRIBE path's compiled loops where built (core/_subscribe.pyx).
+from mqtt_twisted.core import _compiled  # noqa: F401
 from mqtt_twisted.core.admission import TURN_BUDGET, ConnectGate
 from mqtt_twisted.core.connect import Connector, Credentials
 from mqtt_twisted.core.connection import MQTTConnection

@@ -7,6 +7,7 @@ the same for every adapter.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from mqtt_twisted.codec import (
@@ -15,6 +16,7 @@ from mqtt_twisted.codec import (
     PingResp,
     SubAck,
     Subscribe,
+    Subscription,
     UnsubAck,
     Unsubscribe,
     encode,
@@ -70,27 +72,44 @@ def subscribe(conn: MQTTConnection, packet: Subscribe,
     """Grant what the SUBSCRIBE asks for (``allowed``: the authorizer's answers, or
     None for no authorizer); return the SUBACK codes and the granted filters.
 
-    One pass over the packet, then one change to the index, the session and the store:
-    a SUBSCRIBE of 100 filters costs per packet what one of one filter does, plus a
-    loop turn per filter with no call in the usual case (``grant.check_filters``)."""
+    One pass over the packet (:func:`grant`, compiled where built), then one change to
+    the index, the session and the store: a SUBSCRIBE of 100 filters costs per packet
+    what one of one filter does, plus a loop turn per filter."""
     session = conn.session
     broker = conn.broker
     v5 = conn.version == 5
     sub_id = packet.properties.get(_P.SUBSCRIPTION_IDENTIFIER) if v5 else None
+    settings = broker.settings
+    subs = packet.subscriptions
+    checks = check_filters(settings, _topic_filters(subs), sub_id, broker.stats)
+    codes, added, granted = _grant(
+        subs, checks, allowed, session.subscriptions,  # type: ignore[union-attr]
+        settings.max_subscriptions, settings.maximum_qos, v5, sub_id, broker.stats.limit_hit)
+    if added:
+        broker.subscribe_many(session, added)  # type: ignore[arg-type]
+    return codes, granted
+
+
+def grant(subs: list[Subscription], checks: list[tuple[int, Any]],
+          allowed: list[Any] | None, held: Mapping[str, SubscriptionOptions], limit: int,
+          maximum_qos: int, v5: bool, sub_id: int | None,
+          limit_hit: Callable[[str], None],
+          ) -> tuple[list[int], dict[str, SubscriptionOptions],
+                     list[tuple[str, SubscriptionOptions, bool]]]:
+    """The loop over one SUBSCRIBE's filters: ``(SUBACK codes, {filter: options}
+    to add in order, [(plain filter, options, is new)] granted)``.  ``checks`` are
+    ``grant.check_filters``' answers, ``allowed`` the authorizer's (None: no
+    authorizer), ``held`` the session's subscriptions, ``limit`` the subscriptions a
+    session may hold (0: no limit; a replacement always passes).  The specification of
+    its compiled twin (core/_subscribe.pyx)."""
     codes: list[int] = []
     granted: list[tuple[str, SubscriptionOptions, bool]] = []
-    settings = broker.settings
-    held = session.subscriptions  # type: ignore[union-attr]
-    limit = settings.max_subscriptions  # 0: no limit
-    maximum_qos = settings.maximum_qos
     added: dict[str, SubscriptionOptions] = {}
     fresh = 0  # filters of ``added`` that the session does not hold
     # One options record per distinct (QoS, no local, retain as published, retain
     # handling) in the packet, shared by its subscriptions (nothing changes a record):
     # no __init__ call per filter, and 72 bytes less per subscription.
     records: dict[tuple[int, bool, bool, int], SubscriptionOptions] = {}
-    subs = packet.subscriptions
-    checks = check_filters(settings, [s.topic_filter for s in subs], sub_id, broker.stats)
     for i, sub in enumerate(subs):
         refusal, shared = checks[i]
         topic_filter = sub.topic_filter
@@ -106,7 +125,7 @@ def subscribe(conn: MQTTConnection, packet: Subscribe,
         if is_new:
             # Replacing a subscription it holds is always allowed.
             if limit and len(held) + fresh >= limit:
-                broker.stats.limit_hit("subscriptions")
+                limit_hit("subscriptions")
                 codes.append(ReasonCode.QUOTA_EXCEEDED if v5 else 0x80)
                 continue
             fresh += 1
@@ -119,9 +138,18 @@ def subscribe(conn: MQTTConnection, packet: Subscribe,
         codes.append(qos)
         if shared is None:
             granted.append((topic_filter, options, is_new))
-    if added:
-        broker.subscribe_many(session, added)  # type: ignore[arg-type]
-    return codes, granted
+    return codes, added, granted
+
+
+def topic_filters(subs: list[Subscription]) -> list[str]:
+    """The filters of a SUBSCRIBE's subscriptions, in order."""
+    return [s.topic_filter for s in subs]
+
+
+#: :func:`grant` and :func:`topic_filters`, or their compiled twins (core/_compiled.py
+#: binds them).
+_grant = grant
+_topic_filters = topic_filters
 
 
 def on_unsubscribe(conn: MQTTConnection, packet: Unsubscribe) -> None:

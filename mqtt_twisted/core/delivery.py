@@ -256,21 +256,10 @@ class Delivery:
         none (``mayHaveRetained``) is asked twice a packet, for the filters under
         ``#`` and those under ``$SYS/#``, not searched once per filter."""
         may = getattr(self.store, "mayHaveRetained", None)
+        plain = sys = True
         if may is not None:
             plain, sys = may("#"), may("$SYS/#")
-        for topic_filter, options, is_new in granted:
-            handling = options.retain_handling
-            if handling and (handling == 2 or not is_new):
-                continue
-            if may is not None:
-                if topic_filter[:1] != "$":
-                    if not plain:
-                        continue
-                elif topic_filter == "$SYS" or topic_filter.startswith("$SYS/"):
-                    if not sys:
-                        continue
-                elif not may(topic_filter):
-                    continue
+        for topic_filter, options in _wanted(granted, may, plain, sys):
             self.send_retained(session, topic_filter, options)
 
     def send_retained(self, session: Session, topic_filter: str,
@@ -283,3 +272,32 @@ class Delivery:
                             options: SubscriptionOptions) -> None:
         """The next slice of a new subscription's retained messages."""
         send_slice(self, session, messages, options)
+
+
+def wanted(granted: list[tuple[str, SubscriptionOptions, bool]], may: Any,
+           plain: bool, sys: bool) -> list[tuple[str, SubscriptionOptions]]:
+    """The granted ``(filter, options, is new)`` whose retained messages are looked up:
+    retain handling 0, or 1 on a new subscription; and, where the store can tell
+    (``may``, its ``mayHaveRetained``; ``plain`` and ``sys`` its answers for ``#``
+    and ``$SYS/#``), only those under a part of the tree that holds any.  The
+    specification of its compiled twin (core/_subscribe.pyx)."""
+    result = []
+    for topic_filter, options, is_new in granted:
+        handling = options.retain_handling
+        if handling and (handling == 2 or not is_new):
+            continue
+        if may is not None:
+            if topic_filter[:1] != "$":
+                if not plain:
+                    continue
+            elif topic_filter == "$SYS" or topic_filter.startswith("$SYS/"):
+                if not sys:
+                    continue
+            elif not may(topic_filter):
+                continue
+        result.append((topic_filter, options))
+    return result
+
+
+#: :func:`wanted` or its compiled twin (core/_compiled.py binds it).
+_wanted = wanted

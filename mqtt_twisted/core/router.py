@@ -65,13 +65,12 @@ class LocalRouter:
     def add_many(self, clientId: str,
                  items: Sequence[tuple[str, SubscriptionOptions]]) -> None:
         """:meth:`add` for each ``(filter, options)`` of ``items`` in order (one
-        SUBSCRIBE's): the plain filters go into the tree in one pass."""
-        plain = [item for item in items if not item[0].startswith(SHARE_PREFIX)]
-        if len(plain) != len(items):
-            for topicFilter, options in items:
-                if topicFilter.startswith(SHARE_PREFIX):
-                    self.add(clientId, topicFilter, options)
-        self.tree.add_many(clientId, plain)
+        SUBSCRIBE's): the plain filters go into the tree in one pass, which hands the
+        shared ones back."""
+        shared: list[tuple[str, SubscriptionOptions]] = []
+        self.tree.add_many(clientId, items, shared)
+        for topicFilter, options in shared:
+            self.add(clientId, topicFilter, options)
 
     def remove(self, clientId: str, topicFilter: str) -> None:
         if topicFilter.startswith(SHARE_PREFIX):

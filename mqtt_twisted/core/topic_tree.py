@@ -36,6 +36,49 @@ _VALUES = None
 _EMPTY: dict[Any, Any] = {}
 
 
+def insert(root: dict[Any, Any], owner: object, items: Iterable[tuple[str, Any]],
+           skipped: list[tuple[str, Any]] | None = None) -> int:
+    """Set ``owner``'s value for each ``(topic_filter, value)`` of ``items`` in the
+    tree at ``root``, in order; return how many are new.  No call per filter or per
+    new level.  With a ``skipped`` list, a ``$share/`` filter is appended to it
+    instead (the router's other tree takes it).  The compiled twin
+    (core/_subscribe.pyx) builds the same tree; it also takes each new leaf off the
+    cyclic collector's lists while it is empty, which Python cannot (the leaf goes
+    back on them as soon as a value that is on them goes in).  See docs/speedups.md."""
+    new = 0
+    for topic_filter, value in items:
+        if skipped is not None and topic_filter.startswith("$share/"):
+            skipped.append((topic_filter, value))
+            continue
+        levels = topic_filter.split("/")
+        tail = levels.pop()
+        node = root
+        for level in levels:
+            child = node.get(level)
+            if child is None:
+                child = node[level] = {}
+            elif type(child) is _Leaf:  # a filter ends here: now a node holding it
+                child = node[level] = {_VALUES: child}
+            node = child
+        entry = node.get(tail)
+        if entry is None:
+            values = node[tail] = _Leaf()
+        elif type(entry) is _Leaf:
+            values = entry
+        else:
+            values = entry.get(_VALUES)
+            if values is None:
+                values = entry[_VALUES] = _Leaf()
+        if owner not in values:
+            new += 1
+        values[owner] = value
+    return new
+
+
+#: :func:`insert` or its compiled twin (core/_compiled.py binds it).
+_insert = insert
+
+
 def _values_of(entry: dict[Any, Any]) -> dict[Any, Any] | None:
     """The values held by a node's entry (a leaf, or a node's own)."""
     return entry if type(entry) is _Leaf else entry.get(_VALUES)
@@ -63,36 +106,14 @@ class TopicTree(Generic[V]):
         """Set ``owner``'s value for ``topic_filter``; True if it is new."""
         return self.add_many(owner, ((topic_filter, value),)) == 1
 
-    def add_many(self, owner: object, items: Iterable[tuple[str, V]]) -> int:
+    def add_many(self, owner: object, items: Iterable[tuple[str, V]],
+                 skipped: list[tuple[str, V]] | None = None) -> int:
         """Set ``owner``'s value for each ``(topic_filter, value)`` of ``items``, in
         order (a later one replaces an earlier one of the same filter); return how many
-        are new.  One SUBSCRIBE's filters in one pass: no call per filter or per new
-        level, the match cache cleared once."""
-        root = self._root
-        new = 0
-        for topic_filter, value in items:
-            levels = topic_filter.split("/")
-            tail = levels.pop()
-            node = root
-            for level in levels:
-                child = node.get(level)
-                if child is None:
-                    child = node[level] = {}
-                elif type(child) is _Leaf:  # a filter ends here: now a node holding it
-                    child = node[level] = {_VALUES: child}
-                node = child
-            entry = node.get(tail)
-            if entry is None:
-                values = node[tail] = _Leaf()
-            elif type(entry) is _Leaf:
-                values = entry
-            else:
-                values = entry.get(_VALUES)
-                if values is None:
-                    values = entry[_VALUES] = _Leaf()
-            if owner not in values:
-                new += 1
-            values[owner] = value
+        are new.  One SUBSCRIBE's filters in one pass (:func:`insert`, compiled where
+        built), the match cache cleared once.  With a ``skipped`` list, the
+        ``$share/`` filters go there instead of into the tree."""
+        new = _insert(self._root, owner, items, skipped)
         self._count += new
         if self._cache:
             self._cache.clear()

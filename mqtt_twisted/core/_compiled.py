@@ -1,0 +1,56 @@
+"""Which implementation of the SUBSCRIBE path's loops runs: compiled or pure Python.
+
+``mqtt_twisted/core/_subscribe.pyx`` (Cython) is built by ``pip install`` beside the
+codec's extension (setup.py); the pure functions (``topic_tree.insert``,
+``control.grant`` and ``topic_filters``, ``delivery.wanted``) stay the specification and the fallback.  The
+choice follows the codec's: ``MQTT_TWISTED_PURE=1`` at run time, and
+``codec._accel.use(...)`` (tests) switches both; ``MQTT_TWISTED_REQUIRE_EXT=1`` turns
+a missing extension into an ImportError.  See docs/speedups.md.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+from mqtt_twisted.codec import also_switch
+from mqtt_twisted.core import control, delivery, topic_tree
+
+#: The names bound to one implementation or the other: module, global, pure function.
+PURE = {
+    "insert": (topic_tree, "_insert", topic_tree.insert),
+    "grant": (control, "_grant", control.grant),
+    "topic_filters": (control, "_topic_filters", control.topic_filters),
+    "wanted": (delivery, "_wanted", delivery.wanted),
+}
+
+
+def _load() -> ModuleType | None:
+    try:
+        from mqtt_twisted.core import _subscribe  # type: ignore[attr-defined]
+    except ImportError as e:
+        if os.environ.get("MQTT_TWISTED_REQUIRE_EXT", "") not in ("", "0"):
+            raise ImportError(f"MQTT_TWISTED_REQUIRE_EXT is set but the compiled SUBSCRIBE "
+                              f"loops (mqtt_twisted.core._subscribe) are not importable: "
+                              f"{e}") from e
+        return None
+    return _subscribe
+
+
+#: The compiled module when it was built, whether or not it is in use.
+speedups = _load()
+
+
+def use(compiled: bool) -> bool:
+    """Bind the compiled loops (when built) or the pure ones; True for compiled."""
+    for name, (module, attribute, pure) in PURE.items():
+        setattr(module, attribute, getattr(speedups, name) if compiled and speedups else pure)
+    return bool(compiled and speedups)
+
+
+def compiled_in_use() -> bool:
+    """Whether the compiled loops are the ones bound now."""
+    return speedups is not None and control._grant is speedups.grant
+
+
+also_switch(use)
