@@ -10,6 +10,7 @@ silently fell back cannot pass for a compiled one).  See docs/speedups.md.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from types import ModuleType
@@ -31,13 +32,22 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "") not in ("", "0")
 
 
-def _load() -> ModuleType | None:
+def load_compiled(module: str, what: str) -> ModuleType | None:
+    """The optional compiled ``module`` (a dotted name), or None when it was not built;
+    with ``MQTT_TWISTED_REQUIRE_EXT=1`` its absence is an ImportError naming ``what``.
+    One rule for every compiled twin (the codec's, core/fastpath.py, core/_compiled.py)."""
     try:
-        from mqtt_twisted.codec import _speedups  # type: ignore[attr-defined]
+        return importlib.import_module(module)
     except ImportError as e:
         if _flag("MQTT_TWISTED_REQUIRE_EXT"):
-            raise ImportError(f"MQTT_TWISTED_REQUIRE_EXT is set but the compiled codec "
-                              f"(mqtt_twisted.codec._speedups) is not importable: {e}") from e
+            raise ImportError(f"MQTT_TWISTED_REQUIRE_EXT is set but {what} ({module}) is "
+                              f"not importable: {e}") from e
+        return None
+
+
+def _load() -> ModuleType | None:
+    _speedups = load_compiled("mqtt_twisted.codec._speedups", "the compiled codec")
+    if _speedups is None:
         return None
     _speedups._pure_feed = PURE["feed"]
     _speedups._pure_decode_publish = PURE["decode_publish"]

@@ -10,10 +10,9 @@ a missing extension into an ImportError.  See docs/speedups.md.
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
 
-from mqtt_twisted.codec import also_switch
+from mqtt_twisted.codec import also_switch, load_compiled
 from mqtt_twisted.core import control, delivery, topic_tree
 
 #: The names bound to one implementation or the other: module, global, pure function.
@@ -25,20 +24,9 @@ PURE = {
 }
 
 
-def _load() -> ModuleType | None:
-    try:
-        from mqtt_twisted.core import _subscribe  # type: ignore[attr-defined]
-    except ImportError as e:
-        if os.environ.get("MQTT_TWISTED_REQUIRE_EXT", "") not in ("", "0"):
-            raise ImportError(f"MQTT_TWISTED_REQUIRE_EXT is set but the compiled SUBSCRIBE "
-                              f"loops (mqtt_twisted.core._subscribe) are not importable: "
-                              f"{e}") from e
-        return None
-    return _subscribe
-
-
 #: The compiled module when it was built, whether or not it is in use.
-speedups = _load()
+speedups: ModuleType | None = load_compiled("mqtt_twisted.core._subscribe",
+                                            "the compiled SUBSCRIBE loops")
 
 
 def use(compiled: bool) -> bool:

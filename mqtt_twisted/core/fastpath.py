@@ -13,6 +13,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from mqtt_twisted.codec import load_compiled
 from mqtt_twisted.core import qos0
 
 
@@ -20,19 +21,8 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "") not in ("", "0")
 
 
-def _load() -> ModuleType | None:
-    try:
-        from mqtt_twisted.core import _qos0  # type: ignore[attr-defined]
-    except ImportError as e:
-        if _flag("MQTT_TWISTED_REQUIRE_EXT"):
-            raise ImportError(f"MQTT_TWISTED_REQUIRE_EXT is set but the compiled QoS 0 "
-                              f"path (mqtt_twisted.core._qos0) is not importable: {e}") from e
-        return None
-    return _qos0
-
-
 #: The compiled module when it was built, whether or not it is in use.
-compiled = _load()
+compiled: ModuleType | None = load_compiled("mqtt_twisted.core._qos0", "the compiled QoS 0 path")
 
 
 def handler(use_compiled: bool | None = None) -> Callable[[Any, Any], None]:
