@@ -229,7 +229,10 @@ def test_bystander_round_trips_while_retained_flow(tmp_path: Path) -> None:
     pings back to back: the flow lasts about a second (50,000 messages and a 1 ms pause
     between pings gave fewer than the 100 round trips a p99 needs)."""
     retained, size = 100_000, 1024
-    broker = LiveBroker(tmp_path, "--max-queued", "100000")
+    # 155 MB of retained messages from one loader: over one client's default share
+    # (--max-retained-bytes-per-client, 128 MiB), which would refuse the last 13,000.
+    broker = LiveBroker(tmp_path, "--max-queued", "100000",
+                        "--max-retained-bytes-per-client", "0")
     try:
         loader = connect(broker.port, "loader")
         body = b"x" * size
