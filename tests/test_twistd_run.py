@@ -130,6 +130,18 @@ class TwistdTestCase(TestCase):
         raise AssertionError(f"twistd did not listen on {port}:\n{proc.text}")
 
     @defer.inlineCallbacks
+    def wait_serving(self, port: int, proc: ChildProcess) -> Any:
+        """Until the broker answers a CONNECT: its reactor runs, its SIGTERM handler is
+        in place.  A port that merely accepts is not enough: the listeners listen before
+        ``reactor.run()``, and a SIGTERM then has its default action (no shutdown, the
+        pidfile left: the flaky CI failure of test_explicit_pidfile_in_foreground)."""
+        yield self.wait_for_port(port, proc)
+        client = yield self.raw(port, 4)
+        self.assertEqual((yield client.connect("serving")).reason_code, 0)
+        client.transport.loseConnection()
+        yield client.wait_closed()
+
+    @defer.inlineCallbacks
     def raw(self, port: int, version: int) -> Any:
         client = yield TCP4ClientEndpoint(self.reactor, "127.0.0.1", port).connect(
             protocol.Factory.forProtocol(lambda: _Raw(version)))
@@ -359,7 +371,7 @@ class TrapTests(TwistdTestCase):
         brokers = [self.twistd("-n", "mqttbroker", "--listen", _listen(port), cwd=cwd)
                    for port in ports]
         for port, broker in zip(ports, brokers):
-            yield self.wait_for_port(port, broker)
+            yield self.wait_serving(port, broker)
         self.assertEqual(sorted(os.listdir(cwd)), [])
         for broker in brokers:
             yield self.stop(broker)
@@ -371,7 +383,7 @@ class TrapTests(TwistdTestCase):
         port = free_port()
         broker = self.twistd("-n", "--pidfile=mqtt.pid", "mqttbroker", "--listen", _listen(port),
                              cwd=cwd)
-        yield self.wait_for_port(port, broker)
+        yield self.wait_serving(port, broker)
         self.assertEqual(int((cwd / "mqtt.pid").read_text()),
                          broker.transport.pid)  # type: ignore[attr-defined]
         yield self.stop(broker)
