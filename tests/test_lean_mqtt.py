@@ -104,8 +104,7 @@ class LeanConnectionTests(BrokerTestCase):
 
 class ProxyProtocolTests(unittest.TestCase):
     """A ``haproxy:`` listener keeps the thin protocol: its transport is the PROXY
-    wrapper.  (Its peer is still the proxy's address, not the one the header
-    declares: the connection is built before the header is read; as on main.)"""
+    wrapper (whose peer is the header's address: ``tests/test_proxy_header.py``)."""
 
     @inlineCallbacks
     def test_proxy_listener_serves_mqtt_through_the_thin_protocol(self) -> Any:

@@ -291,6 +291,7 @@ class CoapAdapter:
 
         factory = CoapTCPFactory(reactor, broker, config)
         service = tls.stream_listener(reactor, endpointDescription, factory, settings.extra,
-                                      alpn=(b"coap",))  # RFC 8323 section 8.2
+                                      alpn=(b"coap",),  # RFC 8323 section 8.2
+                                      header_timeout=settings.connectTimeout)
         service.site = factory  # type: ignore[attr-defined]
         return service

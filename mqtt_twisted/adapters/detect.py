@@ -239,7 +239,8 @@ class DetectAdapter:
                       settings: Any) -> IService:
         factory = self.buildFactory(reactor, broker, settings)
         # TLS (ssl:) in front of the detection, with the same keys and reload as elsewhere.
-        return tls.stream_listener(reactor, endpointDescription, factory, settings.extra)
+        return tls.stream_listener(reactor, endpointDescription, factory, settings.extra,
+                                   header_timeout=settings.connectTimeout)
 
     def factories(self, reactor: Any, broker: Any, endpointDescription: str,
                   settings: Any) -> dict[str, Any]:

@@ -501,6 +501,7 @@ class HTTPAdapter:
     def buildListener(self, reactor: Any, broker: Any, endpointDescription: str,
                       settings: Any) -> IService:
         site = self.buildFactory(reactor, broker, settings)
-        service = tls.stream_listener(reactor, endpointDescription, site, settings.extra)
+        service = tls.stream_listener(reactor, endpointDescription, site, settings.extra,
+                                   header_timeout=settings.connectTimeout)
         service.site = site  # (service.factory is what listens: TLS around it, for ssl:)
         return service

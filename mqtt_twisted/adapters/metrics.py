@@ -190,6 +190,7 @@ class MetricsAdapter:
     def buildListener(self, reactor: Any, broker: Any, endpointDescription: str,
                       settings: Any) -> IService:
         site = self.buildFactory(reactor, broker, settings)
-        service = tls.stream_listener(reactor, endpointDescription, site, settings.extra)
+        service = tls.stream_listener(reactor, endpointDescription, site, settings.extra,
+                                   header_timeout=settings.connectTimeout)
         service.site = site
         return service

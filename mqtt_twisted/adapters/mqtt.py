@@ -279,7 +279,8 @@ class MQTTAdapter:
     def buildListener(self, reactor: Any, broker: Any, endpointDescription: str,
                       settings: Any) -> IService:
         factory = self.buildFactory(reactor, broker, settings)
-        service = tls.stream_listener(reactor, endpointDescription, factory, settings.extra)
+        service = tls.stream_listener(reactor, endpointDescription, factory, settings.extra,
+                                   header_timeout=settings.connectTimeout)
         # (TLS reads through its own protocol: its transport does not drain.)
         if service.tls is not None:
             service.whenListening().addCallback(_leanserver.install, _leanserver.LeanServer)

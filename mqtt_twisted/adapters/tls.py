@@ -37,6 +37,7 @@ from zope.interface import implementer
 from mqtt_twisted.adapters._accepts import cap_accepts
 from mqtt_twisted.adapters.listener import _split_unescaped
 from mqtt_twisted.adapters.options import AdapterOption, choice, declare, option_values, yes_no
+from mqtt_twisted.adapters.proxyheader import ProxyHeaderEndpoint, split_proxied
 from mqtt_twisted.interfaces import IReloadableListener
 
 CLIENT_CERT_MODES = ("none", "optional", "required")
@@ -370,13 +371,18 @@ def with_backlog(description: str) -> str:
 
 
 def stream_listener(reactor: Any, description: str, factory: Any, extra: Mapping[str, str],
-                    alpn: tuple[bytes, ...] = ()) -> StreamListener:
+                    alpn: tuple[bytes, ...] = (), header_timeout: float = 10.0
+                    ) -> StreamListener:
     """The service listening on ``description`` for ``factory``; TLS if it is ``ssl:``
-    (agreeing to the ALPN ids ``alpn``, if any)."""
+    (agreeing to the ALPN ids ``alpn``, if any); behind a PROXY header if it starts with
+    ``haproxy:`` (read within ``header_timeout`` seconds, before TLS: ``proxyheader.py``)."""
+    proxied, description = split_proxied(description)
     config, plain = parse_tls(description, extra)
     if config is not None and alpn:
         config = replace(config, alpn=alpn)
     endpoint = serverFromString(reactor, with_backlog(plain))
+    if proxied:
+        endpoint = ProxyHeaderEndpoint(endpoint, reactor, header_timeout)
     if config is None:
         return StreamListener(endpoint, factory)
     tls = ServerTLS(config)

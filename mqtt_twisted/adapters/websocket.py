@@ -390,7 +390,8 @@ class WebSocketAdapter:
     def buildListener(self, reactor: Any, broker: Any, endpointDescription: str,
                       settings: Any) -> IService:
         site = self.buildFactory(reactor, broker, settings)
-        service = tls.stream_listener(reactor, endpointDescription, site, settings.extra)
+        service = tls.stream_listener(reactor, endpointDescription, site, settings.extra,
+                                   header_timeout=settings.connectTimeout)
         # For adapters that share the port (an HTTP API beside /mqtt) and for tests.
         service.site, service.root, service.ws_factory = site, site.root, site.ws_factory
         return service
