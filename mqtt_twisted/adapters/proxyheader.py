@@ -28,6 +28,8 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
+from mqtt_twisted.adapters.kit import peer_text
+
 __all__ = ["PREFIX", "ProxyHeader", "ProxyHeaderEndpoint", "ProxyHeaderFactory",
            "ProxyHeaderReader", "parse_header", "split_proxied"]
 
@@ -161,7 +163,7 @@ class ProxyHeaderReader(ProtocolWrapper):
             self._head = b""
             self._serve(info, head[size:])
 
-    def _serve(self, info: Any, rest: bytes) -> None:
+    def _serve(self, info: ProxyHeader, rest: bytes) -> None:
         self._cancel()
         self._info = info
         protocol = self.factory.wrappedFactory.buildProtocol(self.getPeer())
@@ -176,13 +178,13 @@ class ProxyHeaderReader(ProtocolWrapper):
     def _refuse(self, what: str) -> None:
         self._cancel()
         log.info("Closing a connection from {peer}: {what}",
-                 peer=_text(self.transport.getPeer()), what=what)
+                 peer=peer_text(self.transport.getPeer()), what=what)
         self.loseConnection()
 
     def _too_late(self) -> None:
         self._deadline = None
         log.info("No whole PROXY header from {peer} in time; closing",
-                 peer=_text(self.transport.getPeer()))
+                 peer=peer_text(self.transport.getPeer()))
         self.disconnecting = 1
         self.transport.abortConnection()
 
@@ -215,11 +217,6 @@ class ProxyHeaderReader(ProtocolWrapper):
             super().connectionLost(reason)
         else:
             self.factory.unregisterProtocol(self)
-
-
-def _text(address: Any) -> str:
-    host = getattr(address, "host", None)
-    return f"{host}:{address.port}" if host is not None else str(address)
 
 
 class ProxyHeaderFactory(WrappingFactory):
