@@ -299,15 +299,14 @@ class Link:
         for call in waiting:
             if not call.done:
                 self._send(protocol, call)
-        self.store.outage.up(self.index)
-        self._resolve_ready(None)
+        self._resolve_ready(None)  # (a Redis that is loading: the store starts, in an outage)
 
     def _load_scripts(self, protocol: Any) -> None:
         deadline = self.store.reactor.seconds() + self.store.options.timeout
-        for name, body in SCRIPTS.items():
+        for index, (name, body) in enumerate(SCRIPTS.items()):
             # write=None: an outage does not count them among the broker's failed calls.
             call = _Call((b"SCRIPT", b"LOAD", body.encode("utf-8")), deadline, None)
-            call.deferred.addErrback(self._script_load_failed, name)
+            call.deferred.addBoth(self._script_answered, name, protocol, index == 0)
             self._send(protocol, call)
 
     def disconnected(self, protocol: Any) -> None:
@@ -336,7 +335,22 @@ class Link:
         if self._drained and not self.waiting:
             self._fire_drained()
 
-    def _script_load_failed(self, failure: Failure, name: str) -> None:
+    def _script_answered(self, result: Any, name: str, protocol: Any, first: bool) -> None:
+        """A script's load answered.  The first one's success ends the outage, if any: a
+        Redis still loading its data accepts connections and answers -LOADING."""
+        if not isinstance(result, Failure):
+            if first and self.protocol is protocol:
+                self.store.outage.up(self.index)
+            return
+        failure = result
+        if failure.getErrorMessage().startswith("Redis: LOADING"):
+            # Redis restarted and reads its data: the outage goes on; this connection
+            # is dropped and the next one, after the backoff, loads the scripts again.
+            if self.protocol is protocol and protocol.transport is not None:
+                self.protocol = None
+                self.store.outage.down(self.index, "Redis is loading its data")
+                protocol.transport.abortConnection()
+            return
         if failure.check(StoreUnavailable) or "Lost connection" in failure.getErrorMessage():
             return  # the connection's loss is the outage; the next one loads them again
         log.warn("Loading Redis script {name} failed: {error}", name=name,
@@ -446,6 +460,10 @@ class Link:
                     self._load_scripts(protocol)  # Redis lost its scripts: load them again
                 elif text.startswith("READONLY"):
                     self._demoted()
+                elif text.startswith("LOADING"):  # not serving yet: part of the outage
+                    call.deferred.errback(self.store.outage.error(f"Redis: {text}",
+                                                                  call.is_write))
+                    continue
                 elif text.startswith("ERR "):
                     text = text[4:]
                 call.deferred.errback(StorageError(f"Redis: {text}"))
