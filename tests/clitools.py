@@ -20,6 +20,7 @@ from typing import Any
 
 from tests.certs import CA
 from tests.livebroker import LiveBroker
+from tests.redisserver import free_port
 from tests.test_twistd_run import _env
 
 CLI = [sys.executable, "-m", "mqtt_twisted.cli"]
@@ -86,12 +87,6 @@ class Subscriber:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.communicate()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Mosquitto:

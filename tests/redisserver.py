@@ -33,11 +33,21 @@ def temp_dir(testcase: Any) -> str:
     return path
 
 
+#: Every port free_port has handed out in this process: the kernel may hand the same
+#: one out again as soon as the probing socket is closed, before its taker has bound it.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on right now, never one this test
+    run was given before (a broker given ``tcp:P`` and ``ssl:P`` cannot start)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 class _Output(ProcessProtocol):

@@ -24,6 +24,7 @@ from mqtt_twisted.client import ConnectError, MQTTClientProtocol, Will, connect_
 from mqtt_twisted.constants import PropertyId as P
 from mqtt_twisted.testing import start_broker, stop_broker
 from tests.certs import CA
+from tests.redisserver import free_port
 
 TIMEOUT = 10.0
 USER, PASSWORD = "alice", "pw-alice"
@@ -39,12 +40,6 @@ def write_passwd(directory: str) -> str:
     subprocess.run([MOSQUITTO_PASSWD, "-c", "-b", path, USER, PASSWORD], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ClientTestsMixin:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -31,6 +30,7 @@ from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.service import BrokerService
 from mqtt_twisted.store.memory import MemoryStore
 from tests.certs import CA
+from tests.redisserver import free_port
 from tests.securebroker import listener_settings, port_of
 
 TIMEOUT = 10.0
@@ -39,18 +39,6 @@ ROOT = Path(__file__).resolve().parent.parent
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 #: The receive maximum both brokers are configured to announce.
 SERVER_RECEIVE_MAXIMUM = 3
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports: held open together, so none is handed out twice."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 class WireRecorder:
@@ -397,7 +385,7 @@ class MosquittoFeatureTests(FeatureTestsMixin, TestCase):
         self.addCleanup(shutil.rmtree, directory, True)
         self.ca = CA(directory)
         server = self.ca.issue("broker", server=True)
-        self.port, self.ws_port, self.wss_port = free_ports(3)
+        self.port, self.ws_port, self.wss_port = (free_port(), free_port(), free_port())
         conf = Path(directory) / "mosquitto.conf"
         user = "user root\n" if os.geteuid() == 0 else ""
         self.log = Path(directory) / "mosquitto.log"
