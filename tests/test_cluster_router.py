@@ -315,6 +315,59 @@ class HandoverTests(SynchronousTestCase):
         self.assertEqual([p.topic for p in client.received() if isinstance(p, Publish)],
                          ["m/x"])
 
+    def _retried(self) -> tuple[Deferred[Any], Any, FakeClient]:
+        """A client's CONNECT that waits for its session from another node is cut off
+        by the CONNECT deadline (10 s); its retry comes 1.03 s later."""
+        from mqtt_twisted.store.memory import StoredSession
+
+        answer: Deferred[Any] = Deferred()
+        asked: list[str] = []
+        self.broker.locate_session = lambda client_id: asked.append(client_id) or answer
+        first = FakeClient(self.broker)
+        self.assertEqual(first.connect("mover", clean=False), [])
+        self.clock.advance(10.0)
+        self.assertTrue(first.transport.closed)
+        self.clock.advance(1.03)
+        retry = FakeClient(self.broker)
+        self.assertEqual(retry.connect("mover", clean=False), [])
+        self.assertEqual(asked, ["mover"])  # the session is asked for once
+        state = StoredSession("mover")
+        state.expiryInterval = None
+        state.disconnectedAt = 0.0
+        return answer, state, retry
+
+    def test_retry_waits_for_the_session_on_its_way(self) -> None:
+        """The retry waits for the earlier CONNECT's session, not for the client id's
+        lock: that wait ran out (connect_store_timeout, 10 s) just before the retry's
+        own CONNECT deadline and answered "server unavailable" (v3 0x03) to a client
+        whose session was on its way (a reconnect storm, docs/cluster.md)."""
+        from mqtt_twisted.codec.packets import ConnAck
+
+        answer, state, retry = self._retried()
+        self.clock.advance(10.0)  # past the retry's lock wait: nothing refused
+        self.assertEqual(retry.received(), [])
+        self.clock.advance(0.1)  # the retry's CONNECT deadline: cut off, no CONNACK
+        self.assertEqual(retry.received(), [])
+        answer.callback(state)  # the session arrives: the next retry gets it at once
+        again = FakeClient(self.broker)
+        [connack] = again.connect("mover", clean=False)
+        self.assertIsInstance(connack, ConnAck)
+        self.assertEqual(connack.reason_code, 0)
+        self.assertTrue(connack.session_present)
+
+    def test_retry_admitted_when_the_session_arrives(self) -> None:
+        """The session arrives while the retry waits: the retry gets it (CONNACK,
+        session present)."""
+        from mqtt_twisted.codec.packets import ConnAck
+
+        answer, state, retry = self._retried()
+        self.clock.advance(5.0)
+        answer.callback(state)
+        [connack] = retry.received()
+        self.assertIsInstance(connack, ConnAck)
+        self.assertEqual(connack.reason_code, 0)
+        self.assertTrue(connack.session_present)
+
     def test_nothing_located_starts_fresh(self) -> None:
         """None from locate_session: a fresh session, as on one node."""
         from mqtt_twisted.codec.packets import ConnAck
