@@ -135,15 +135,17 @@ def connect_deadline_passed(conn: Any) -> bool:
     """The CONNECT deadline of ``conn`` passed: whether to cut it off.
 
     The deadline is for the client: a socket that has not sent its CONNECT in time is
-    closed (slowloris).  One whose CONNECT has come — being answered, or waiting here
-    for a turn's budget — gets :data:`ANSWER_WAIT` seconds more, once: a node resuming
-    thousands of sessions in a reconnect storm is slow, not its clients, and cutting
-    them off made them connect again at the back of the queue, adding their work
-    again (on a survivor of a 15,000-client storm: 5,091 cut off, 3,111 of them with
-    their CONNECT being answered and 1,980 with it waiting here).
+    closed (slowloris), as is one that has not answered an MQTT 5 AUTH challenge.  One
+    whose CONNECT has come (being answered, or waiting here for a turn's budget) gets
+    :data:`ANSWER_WAIT` seconds more, once: a node resuming thousands of sessions in a
+    reconnect storm is slow, not its clients, and cutting them off made them connect
+    again at the back of the queue, adding their work again (on a survivor of a
+    15,000-client storm: 5,091 cut off, 3,111 of them with their CONNECT being
+    answered and 1,980 with it waiting here).
     """
     broker = conn.broker
-    if conn.answer_due or not (conn.state == CONNECTING or broker.gate.holds_connect(conn)):
+    answering = conn.state == CONNECTING and conn.auth_pending is None  # (not its AUTH)
+    if conn.answer_due or not (answering or broker.gate.holds_connect(conn)):
         return True
     conn.answer_due = True
     return not broker.deadlines.arm(conn, broker.clock.seconds() + ANSWER_WAIT)
