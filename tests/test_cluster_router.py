@@ -315,6 +315,65 @@ class HandoverTests(SynchronousTestCase):
         self.assertEqual([p.topic for p in client.received() if isinstance(p, Publish)],
                          ["m/x"])
 
+    def _retried(self) -> tuple[Deferred[Any], Any, FakeClient]:
+        """A client's CONNECT waits for its session from another node; the client gives
+        up after 10 s and connects again 1.03 s later."""
+        from mqtt_twisted.store.memory import StoredSession
+
+        answer: Deferred[Any] = Deferred()
+        asked: list[str] = []
+        self.broker.locate_session = lambda client_id: asked.append(client_id) or answer
+        first = FakeClient(self.broker)
+        self.assertEqual(first.connect("mover", clean=False), [])
+        self.clock.advance(10.0)
+        first.drop()
+        self.clock.advance(1.03)
+        retry = FakeClient(self.broker)
+        self.assertEqual(retry.connect("mover", clean=False), [])
+        self.assertEqual(asked, ["mover"])  # the session is asked for once
+        state = StoredSession("mover")
+        state.expiryInterval = None
+        state.disconnectedAt = 0.0
+        return answer, state, retry
+
+    def test_retry_waits_for_the_session_on_its_way(self) -> None:
+        """The retry waits for the earlier CONNECT's session, not for the client id's
+        lock: that wait ran out (connect_store_timeout, 10 s) and answered "server
+        unavailable" (v3 0x03) to a client whose session was on its way (a reconnect
+        storm, docs/cluster.md).  Once the session is here the retry gets it."""
+        from mqtt_twisted.codec.packets import ConnAck
+
+        answer, state, retry = self._retried()
+        self.clock.pump([10.0, 10.0])  # past the lock's wait and the retry's deadline
+        self.assertEqual(retry.received(), [])
+        self.assertFalse(retry.transport.closed)
+        answer.callback(state)
+        [connack] = retry.received()
+        self.assertIsInstance(connack, ConnAck)
+        self.assertEqual(connack.reason_code, 0)
+        self.assertTrue(connack.session_present)
+
+    def test_a_connect_being_answered_is_not_cut_off(self) -> None:
+        """The CONNECT deadline (10 s) is the client's: a CONNECT that has come waits
+        for its answer up to ANSWER_WAIT more (core/admission.py), then is cut off."""
+        from mqtt_twisted.codec.packets import ConnAck
+        from mqtt_twisted.core.admission import ANSWER_WAIT
+
+        answers: list[Deferred[Any]] = []
+        self.broker.locate_session = lambda client_id: answers.append(Deferred()) or answers[-1]
+        slow, stuck = FakeClient(self.broker), FakeClient(self.broker)
+        slow.connect("slow", clean=False)
+        stuck.connect("stuck", clean=False)
+        self.clock.pump([10.0, 20.0])  # (a Clock runs what is due at the end of a step)
+        self.assertFalse(slow.transport.closed or stuck.transport.closed)
+        answers[0].callback(None)
+        [connack] = slow.received()
+        self.assertIsInstance(connack, ConnAck)
+        self.clock.advance(10.0 + ANSWER_WAIT - 30.0 + 0.1)
+        self.assertTrue(stuck.transport.closed)
+        self.assertFalse(slow.transport.closed)
+        self.assertEqual(self.broker.stats.connect_timeouts, 1)
+
     def test_nothing_located_starts_fresh(self) -> None:
         """None from locate_session: a fresh session, as on one node."""
         from mqtt_twisted.codec.packets import ConnAck

@@ -171,3 +171,21 @@ def test_the_gate_alone_on_a_clock() -> None:
     clock.advance(0)
     assert [c.got for c in conns[3:]] == [[b"3"], [b"4+"]]
     assert [c.paused for c in conns] == [0] * 5
+
+
+def test_a_connect_waiting_for_its_turn_is_not_cut_off() -> None:
+    """A whole CONNECT waiting here when its CONNECT deadline passes gets time for its
+    answer (it was read; the broker is slow, not the client); a socket that sent part
+    of one is cut off as before."""
+    broker, clock = gated()
+    clients = [FakeClient(broker) for _ in range(5)]
+    for i, client in enumerate(clients[:4]):
+        client.send_bytes(connect_bytes(f"c{i}"))
+    clients[4].send_bytes(connect_bytes("c4")[:3])  # a CONNECT's first bytes only
+    assert len(broker.gate) == 2
+    for client in clients[3:]:  # (their deadline, before the gate's next turn)
+        client.connection.deadline_passed()
+    assert not clients[3].transport.closed
+    assert clients[4].transport.closed
+    clock.advance(0)
+    assert connack(clients[3])

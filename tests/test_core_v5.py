@@ -651,6 +651,22 @@ def test_scram_wrong_password_refused_0x86() -> None:
     assert ack.reason_code == RC.BAD_USER_NAME_OR_PASSWORD and c.transport.closed
 
 
+def test_an_unanswered_auth_challenge_is_cut_off_at_the_connect_deadline() -> None:
+    """A client that never answers the AUTH challenge is the slow one: closed at the
+    CONNECT deadline (10 s), not given the time a CONNECT being answered gets."""
+    auth = ScramAuthenticator({"alice": "secret"})
+    broker, clock = make_broker(authenticator=auth, authorizer=auth)
+    c = FakeClient(broker, 5)
+    c.send(Connect("c-alice", 5, True, 0, properties={
+        P.AUTHENTICATION_METHOD: "SCRAM-SHA-256",
+        P.AUTHENTICATION_DATA: ScramClient(["SCRAM-SHA-256"], "alice",
+                                           "secret").get_client_first().encode()}))
+    (challenge,) = c.received()
+    assert isinstance(challenge, Auth)
+    clock.advance(10.1)
+    assert c.transport.closed
+
+
 def test_unknown_auth_method_refused_0x8c() -> None:
     """An authentication method nobody supports gets CONNACK 0x8C."""
     auth = ScramAuthenticator({"alice": "secret"})

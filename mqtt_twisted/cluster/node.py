@@ -71,6 +71,13 @@ log = Logger()
 RELEASE_TIMEOUT = 3.0
 #: ... up to this long in all.
 RELEASE_PATIENCE = 60.0
+#: Times a CONNECT looks for its session's home: each time the home moved on while
+#: it was asked (its node adopted), the adopter is asked in turn.
+LOOKS = 4
+#: What became of asking a node to let a session go (``_ask_release``): it did; it
+#: did not within RELEASE_PATIENCE (the stored state is taken); nobody listens on its
+#: control channel (dead); its epoch ended while it was asked (adopted).
+_ANSWERED, _LATE, _NOBODY, _ADOPTED = "answered", "late", "nobody", "adopted"
 
 #: Every node's filters: [node, [filter, ...], node, ...] (one Redis, not Redis Cluster).
 _SNAPSHOT = b"""
@@ -438,34 +445,41 @@ class ClusterNode:
     @inlineCallbacks
     def locate_session(self, client_id: str) -> Any:
         """The stored state of ``client_id``'s session if another node had it (that
-        node has let it go), else None; this node is its home from now on."""
+        node has let it go), else None; this node is its home from now on.
+
+        The home can move while this node asks it: the node asked is adopted meanwhile
+        (paused, or too busy to renew its lease), and its adopter takes the home.  Then
+        the adopter is asked in turn (``LOOKS``): refusing the CONNECT there ("moved
+        to another node meanwhile", v3 0x03) refused a client the cluster could serve.
+        """
         cid = client_id.encode("utf-8")
-        fence = self.fence
         self.moved.stop_forwarding(client_id)  # it comes back: no more forwarding
-        home = yield self._owner_script(_CLAIM, cid, self._origin, fence.epoch)
-        if home is None:  # nobody else's: this node's now
-            return None
-        if home == 1:  # this node's already, and not in memory
-            state = yield self._home_here(client_id)
-            return state
-        self.moved.expect(client_id)  # what its old node forwards, until it is here
         try:
-            answered = yield self._ask_release(home.decode("utf-8"), client_id)
-            if not answered and (yield self.failover.gone(home.decode("utf-8"), client_id)):
-                # Its node is gone and has been adopted (here or elsewhere): look again.
-                state = yield self.locate_session(client_id)
+            for _ in range(LOOKS):
+                fence = self.fence
+                home = yield self._owner_script(_CLAIM, cid, self._origin, fence.epoch)
+                if home is None:  # nobody else's: this node's now
+                    return None
+                if home == 1:  # this node's already, and not in memory
+                    state = yield self._home_here(client_id)
+                    return state
+                old = home.decode("utf-8")
+                self.moved.expect(client_id)  # what its old node forwards, until it is here
+                answer = yield self._ask_release(old, client_id)
+                if answer in (_NOBODY, _ADOPTED) and (yield self.failover.gone(old, client_id)):
+                    continue  # its node is gone and adopted (here or elsewhere): look again
+                moved = yield self._owner_script(_MOVE, cid, home, self._origin, fence.epoch)
+                if not moved:  # adopted meanwhile: its adopter has the home now
+                    continue
+                state = yield self.broker.store.loadSession(client_id)
+                if state is not None and client_id not in self.broker.sessions:
+                    self.broker.restore_session(state)  # here, so that the forwarded follow
+                    if answer in (_ANSWERED, _LATE):
+                        # Its old node forwards its backlog: keep it in order.
+                        self.barriers.open(client_id, old, self._released.get(client_id))
                 return state
-            moved = yield self._owner_script(_MOVE, cid, home, self._origin, fence.epoch)
-            if not moved:
-                raise ConnectError(f"the session of {client_id!r} moved to another node "
-                                   "meanwhile", ReasonCode.SERVER_BUSY)
-            state = yield self.broker.store.loadSession(client_id)
-            if state is not None and client_id not in self.broker.sessions:
-                self.broker.restore_session(state)  # here, so that the forwarded follow
-                if answered:  # its old node forwards its backlog: keep it in order
-                    self.barriers.open(client_id, home.decode("utf-8"),
-                                       self._released.get(client_id))
-            return state
+            raise ConnectError(f"the session of {client_id!r} moved between nodes {LOOKS} "
+                               "times while this node asked for it", ReasonCode.SERVER_BUSY)
         finally:
             self._released.pop(client_id, None)
             self.moved.arrived(client_id)
@@ -510,7 +524,7 @@ class ClusterNode:
                 b"PUBLISH", self.keys.ctl(node),
                 msgpack.packb(["release", client_id, self.name, request]))
             if not listeners:
-                return False  # nobody listens: the node is gone (failover.gone)
+                return _NOBODY  # the node is gone (failover.gone)
             # Waited for as long as the node owns its clients (its epoch is current:
             # not adopted, even if a long turn let its lease lapse), up to
             # RELEASE_PATIENCE: a busy node (adopting thousands of sessions in a
@@ -528,12 +542,17 @@ class ClusterNode:
                 except Exception:
                     waited += RELEASE_TIMEOUT
                 alive = yield self.commands.command(b"EXISTS", alive_key)
-                if not alive or waited >= RELEASE_PATIENCE:
+                if not alive:  # adopted: its adopter has (or is taking) the session
+                    log.info("cluster: node {node} was adopted while {client}'s session "
+                             "was asked of it; asking its adopter", node=node,
+                             client=client_id)
+                    return _ADOPTED
+                if waited >= RELEASE_PATIENCE:
                     log.warn("cluster: node {node} did not let {client}'s session go in "
                              "{seconds}s; taking it as it was stored", node=node,
                              client=client_id, seconds=waited)
-                    break
-            return True
+                    return _LATE
+            return _ANSWERED
         finally:
             self._releases.pop(request, None)
 

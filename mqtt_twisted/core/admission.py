@@ -28,13 +28,17 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from mqtt_twisted.core.states import CLOSED
+from mqtt_twisted.core.states import CLOSED, CONNECTING
 
 #: CPU seconds per reactor turn for the first reads of new connections, all together.
 #: A fuzz stream's first read (its CONNECT, protocol error or session, log lines, and
 #: often its close) is 0.1-0.5 ms, so a turn admits a few of them: with 2 ms the fuzz's
 #: turn CPU p999 was 5.6-6.3 ms, with 1 ms 4.1-4.4 ms (main: 7.3-12.9; docs/limits.md).
 TURN_BUDGET = 0.001
+#: Seconds past its CONNECT deadline a connection whose CONNECT has come waits for the
+#: answer (:func:`connect_deadline_passed`): the cluster's patience with a node that is
+#: slow to let a session go (``cluster/node.py``, 60 s from the CONNECT at most).
+ANSWER_WAIT = 50.0
 
 
 class ConnectGate:
@@ -105,3 +109,43 @@ class ConnectGate:
         finally:
             if waiting:
                 self._schedule()
+
+    def holds_connect(self, conn: Any) -> bool:
+        """Whether ``conn``'s bytes waiting here hold a whole CONNECT (its client has
+        done its part; the broker has not had the turn to read it yet)."""
+        held = self.waiting.get(conn)
+        return held is not None and _whole_connect(b"".join(held))
+
+
+def _whole_connect(data: bytes) -> bool:
+    """Whether ``data`` begins with a whole CONNECT packet (type 1, its length read)."""
+    if len(data) < 2 or data[0] >> 4 != 1:
+        return False
+    length = shift = 0
+    for at in range(1, min(len(data), 5)):
+        byte = data[at]
+        length |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return len(data) >= at + 1 + length
+        shift += 7
+    return False
+
+
+def connect_deadline_passed(conn: Any) -> bool:
+    """The CONNECT deadline of ``conn`` passed: whether to cut it off.
+
+    The deadline is for the client: a socket that has not sent its CONNECT in time is
+    closed (slowloris), as is one that has not answered an MQTT 5 AUTH challenge.  One
+    whose CONNECT has come (being answered, or waiting here for a turn's budget) gets
+    :data:`ANSWER_WAIT` seconds more, once: a node resuming thousands of sessions in a
+    reconnect storm is slow, not its clients, and cutting them off made them connect
+    again at the back of the queue, adding their work again (on a survivor of a
+    15,000-client storm: 5,091 cut off, 3,111 of them with their CONNECT being
+    answered and 1,980 with it waiting here).
+    """
+    broker = conn.broker
+    answering = conn.state == CONNECTING and conn.auth_pending is None  # (not its AUTH)
+    if conn.answer_due or not (answering or broker.gate.holds_connect(conn)):
+        return True
+    conn.answer_due = True
+    return not broker.deadlines.arm(conn, broker.clock.seconds() + ANSWER_WAIT)

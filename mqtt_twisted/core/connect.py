@@ -56,6 +56,9 @@ class Connector:
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
+        #: Client ids whose session a CONNECT here is bringing from another node of a
+        #: cluster (``_locate``), and what later CONNECTs of theirs do once it is here.
+        self._locating: dict[str, list[Callable[[], None]]] = {}
 
     def handle_connect(self, conn: MQTTConnection, packet: Connect) -> None:
         """Authenticate, lock the client id, take over or resume the session, CONNACK."""
@@ -228,6 +231,16 @@ class Connector:
         if conn.state == CLOSED:
             return
         client_id = conn.client_id
+        waiting = self._locating.get(client_id)  # type: ignore[arg-type]
+        if waiting is not None:
+            # An earlier CONNECT of this client is bringing its session here (a client
+            # retrying after the CONNECT deadline cut it off while a busy cluster moved
+            # its session).  Wait for that rather than for the lock it holds: the lock's
+            # wait ran out (connect_store_timeout) just before this connection's own
+            # deadline, and said "server unavailable" of a session on its way.
+            waiting.append(lambda: self._connect_authenticated(conn, packet, assigned,
+                                                               identity))
+            return
         when(self.broker.store.acquireLock(client_id, self.broker.settings.connect_store_timeout),
              lambda lock: self._locate(conn, packet, assigned, identity, lock),
              lambda f: self._connect_failed(conn, f))
@@ -243,18 +256,30 @@ class Connector:
             self._connect_locked(conn, packet, assigned, identity, held)
             return
         lock = _ReleaseOnce(held)
+        client_id: str = conn.client_id  # type: ignore[assignment]
+        self._locating[client_id] = []
 
         def located(state: Any) -> None:
-            if state is not None and conn.client_id not in self.broker.sessions:
-                self.broker.restore_session(state)
-            self._connect_locked(conn, packet, assigned, identity, lock)
+            waiting = self._locating.pop(client_id, ())
+            try:
+                if state is not None and client_id not in self.broker.sessions:
+                    self.broker.restore_session(state)
+                self._connect_locked(conn, packet, assigned, identity, lock)
+            finally:
+                for retry in waiting:  # (each asks for the lock, behind this CONNECT)
+                    retry()
 
         def failed(failure: Failure) -> None:
+            waiting = self._locating.pop(client_id, ())
             lock.release()
-            self._connect_failed(conn, failure)
+            try:
+                self._connect_failed(conn, failure)
+            finally:
+                for retry in waiting:
+                    retry()
 
         try:
-            answer = locate(conn.client_id)
+            answer = locate(client_id)
         except Exception:
             failed(Failure())
             return

@@ -27,6 +27,7 @@ from mqtt_twisted.codec.stream import StreamDecoder
 from mqtt_twisted.constants import PacketType, PropertyId, ReasonCode
 from mqtt_twisted.core import clientlog, control, fastpath, inbound, rates
 from mqtt_twisted.core._rare import rare_fields
+from mqtt_twisted.core.admission import connect_deadline_passed
 from mqtt_twisted.core.keepalive import check_keepalive
 from mqtt_twisted.core.session import Session
 from mqtt_twisted.core.states import AWAIT_CONNECT, CLOSE_GRACE, CLOSED, CONNECTED, CONNECTING
@@ -84,14 +85,11 @@ class MQTTConnection:
     # And, in a record made on first use (core/_rare.py), what few clients need: v5
     # enhanced authentication (auth_method, auth_pending, auth_final_data), inbound
     # topic aliases (_aliases_in), the outbound alias limit, the one-line refusal log,
-    # a TLS client certificate's identity and the pending next share of a long read.
+    # a TLS client certificate's identity, the pending next share of a long read and
+    # whether its CONNECT has been given time for its answer (answer_due).
 
     def __init__(
-        self,
-        broker: Broker,
-        transport: Any,
-        peer: str | tuple = "",
-        listener: Any = None,
+        self, broker: Broker, transport: Any, peer: str | tuple = "", listener: Any = None,
         certificate_identity: str | None = None,
     ) -> None:
         self.broker = broker
@@ -439,15 +437,15 @@ class MQTTConnection:
 
     def deadline_passed(self) -> None:
         """The deadline wheel's call: what it means depends on the state.  No CONNECT
-        answered in time; the keep alive check (lazy: it re-arms while packets come);
-        a closing peer that has not let go within CLOSE_GRACE is cut off."""
+        answered in time (core/admission.py); the keep alive check (lazy: it re-arms
+        while packets come); a closing peer that has not let go in CLOSE_GRACE is cut off."""
         state = self.state
         if state == CONNECTED:
             check_keepalive(self)
         elif state == CLOSED:
             if not self.lost:
                 self.transport.abortConnection()
-        else:
+        elif connect_deadline_passed(self):
             self.log.info("No CONNECT from {peer} in time; closing", peer=self.peer)
             self.broker.stats.connect_timeouts += 1
             self.state = CLOSED
@@ -537,7 +535,7 @@ MQTTConnection.peer = property(  # type: ignore[attr-defined]
 for _name, _field in rare_fields("MQTTConnection", {
         "auth_method": None, "auth_pending": None, "auth_final_data": None,
         "_aliases_in": None, "_alias_limit": 0, "_refused_logged": False,
-        "certificate_identity": None, "_resume_call": None}).items():
+        "certificate_identity": None, "_resume_call": None, "answer_due": False}).items():
     setattr(MQTTConnection, _name, _field)
 
 
