@@ -550,3 +550,33 @@ def test_compiled_scans_match_the_pure_ones() -> None:
                 for limit, left, stop in ((300, 5, n), (60, 2, pos + 1), (10_000, 1, pos)):
                     assert (compiled._scan_run(data, pos, n, name, v5, limit, left, stop)
                             == pure_scan(data, pos, n, name, v5, limit, left, stop))
+
+
+def _held_read(impl: str, max_queued_bytes: int) -> dict[str, Any]:
+    with handling(impl):
+        broker, clock = make_broker(BrokerSettings(max_queued_bytes=max_queued_bytes))
+        a, b, p = FakeClient(broker, 4), FakeClient(broker, 4), FakeClient(broker, 4)
+        a.connect("a")
+        a.subscribe("h/#")
+        b.connect("b")
+        b.subscribe("h/#")
+        p.connect("p")
+        a.connection.pauseWriting()  # full: the publisher is held back, written through
+        read(p, *(pub(f"h/{i % 3}", b"%d" % i + b"." * (i % 200)) for i in range(120)))
+        for _ in range(5):  # (the general path's next shares)
+            clock.advance(0)
+        state = broker.flow.congested[a.connection]
+        return {**outcome(broker, {"a": a, "b": b, "p": p}), "written": state.written,
+                "waiters": len(state.waiters), "reading": p.transport.reading}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("max_queued_bytes", [0, 3000])
+def test_a_paused_receiver_is_written_through_as_the_general_path_does(
+        impl: str, max_queued_bytes: int) -> None:
+    """A paused receiver while flow control holds the publisher back: the batch writes
+    through to it and counts the bytes as ``Delivery.deliver`` does; past the queued
+    bytes limit the rest queue, as on the general path."""
+    expected = _held_read("general", max_queued_bytes)
+    assert _held_read(impl, max_queued_bytes) == expected
+    assert expected["written"] and expected["reading"] is False

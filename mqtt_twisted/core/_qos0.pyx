@@ -33,7 +33,8 @@ def c_scan_run(bytes data, Py_ssize_t pos, Py_ssize_t n, bytes name, int v5,
     """``_scan_run`` in C: a run of 1,000 PUBLISHes is one loop, no Python object."""
     cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef const char* topic = PyBytes_AS_STRING(name)
-    cdef Py_ssize_t size = PyBytes_GET_SIZE(name), packets = 0, length, header, body, end
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(name), packets = 0, longer = 0, length, header
+    cdef Py_ssize_t body, end
     while packets < left and n - pos >= 2 and buf[pos] == 0x30 and (pos < stop or not packets):
         length = buf[pos + 1]
         header = 2
@@ -51,7 +52,8 @@ def c_scan_run(bytes data, Py_ssize_t pos, Py_ssize_t n, bytes name, int v5,
             break
         pos = end
         packets += 1
-    return pos, packets
+        longer += header - 2
+    return pos, packets, longer
 
 
 def c_packet_end(bytes data, Py_ssize_t pos, Py_ssize_t n):

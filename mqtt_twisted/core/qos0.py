@@ -80,9 +80,12 @@ def on_publish(conn: "MQTTConnection", packet: "Publish") -> None:
         link.transport.write(raw)
 
 
-def receivers(conn: "MQTTConnection", topic: str, size: int) -> "list[Any] | None":
+def receivers(conn: "MQTTConnection", topic: str, size: int,
+              held: bool = False) -> "list[Any] | None":
     """The connections to write a plain QoS 0 PUBLISH of ``size`` bytes (0: any size)
-    on ``topic`` from ``conn`` to, or None if the general path must route it."""
+    on ``topic`` from ``conn`` to, or None if the general path must route it.  With
+    ``held``, a paused receiver too while flow control holds ``conn`` back for it
+    (:func:`_holding`: the general path would write through to it)."""
     broker = conn.broker
     router = broker.router
     if (router.__class__ is not LocalRouter or router.shared_groups
@@ -113,13 +116,38 @@ def receivers(conn: "MQTTConnection", topic: str, size: int) -> "list[Any] | Non
             return None
         session = sessions[client_id]
         link = session.connection
-        if (link is None or link.__class__ is not cls or session.queue or link.paused
+        if (link is None or link.__class__ is not cls or session.queue
+                or (link.paused and not (held and _holding(broker, link, conn)))
                 or session.read_check is not None or link._aliases_out is not None
                 or (link.version == 5) is not v5 or (ids and v5)
                 or (size and link.max_send_size and size > link.max_send_size)):
             return None
         targets.append(link)
     return targets
+
+
+def _holding(broker: Any, link: Any, conn: Any) -> bool:
+    """Whether flow control holds ``conn`` back for the full ``link`` and is within its
+    grace: ``FlowControl.hold_back_publisher`` then only counts the bytes written through
+    (up to the queued-bytes limit, checked per run by :func:`_written_through`)."""
+    state = broker.flow.congested.get(link)
+    return (state is not None and conn in state.waiters
+            and broker.clock.seconds() - state.since <= broker.settings.slow_consumer_grace)
+
+
+def _written_through(broker: Any, links: list[Any], size: int) -> bool:
+    """Count ``size`` bytes (payloads and topics, as ``Delivery.deliver`` counts them)
+    written through to each paused link of ``links``; False, nothing counted, if one
+    would pass the queued-bytes limit (the general path then queues)."""
+    congested = broker.flow.congested
+    limit = broker.settings.max_queued_bytes or 1 << 62
+    for link in links:
+        if link.paused and congested[link].written + size > limit:
+            return False
+    for link in links:
+        if link.paused:
+            congested[link].written += size
+    return True
 
 
 def _count(stats: Any, topic: str, messages: int, receivers: int, size: int) -> None:
@@ -191,10 +219,12 @@ def read_share(conn: "MQTTConnection", data: bytes, handlers: Any) -> int:
         return 0
     data = bytes(whole) if type(whole) is not bytes else whole
     n = len(data)
-    stats = conn.broker.stats
+    broker = conn.broker
+    stats = broker.stats
     limit = decoder.max_packet_size
     v5 = 1 if conn.version == 5 else 0
     pos = count = work = 0
+    held = False  # a receiver of the run is paused: flow control's bytes counted
     run: Any = None  # the receivers of the run gathered from run_start to pos
     run_start = run_limit = 0
     known: dict[bytes, Any] = {}  # topic bytes -> (topic, receivers) until a run is written
@@ -207,7 +237,7 @@ def read_share(conn: "MQTTConnection", data: bytes, handlers: Any) -> int:
             if found is None and name is not None:
                 topic = _NAMES.get(name) or _topic_of(name)
                 found = known[name] = (
-                    topic, None if topic is None else receivers(conn, topic, 0))
+                    topic, None if topic is None else receivers(conn, topic, 0, True))
             if found is not None and found[1] is not None:
                 topic, targets = found
                 if run is not None and (targets != run or pos - run_start >= RUN_BYTES):
@@ -219,13 +249,17 @@ def read_share(conn: "MQTTConnection", data: bytes, handlers: Any) -> int:
                 cost = PACKET_COST * len(targets) if fresh else 0
                 if fresh:
                     run_limit = limit
+                    held = False
                     for link in targets:
                         if link.max_send_size and link.max_send_size < run_limit:
                             run_limit = link.max_send_size
-                end, packets = _scan_run(data, pos, n, name, v5, run_limit,  # type: ignore[arg-type]
-                                         max(1, SHARE_WORK - work - cost),
-                                         (pos if fresh else run_start) + RUN_BYTES)
-                if packets:
+                        held = held or link.paused
+                end, packets, longer = _scan_run(
+                    data, pos, n, name, v5, run_limit, max(1, SHARE_WORK - work - cost),
+                    (pos if fresh else run_start) + RUN_BYTES)  # type: ignore[arg-type]
+                if packets and (not held or _written_through(
+                        broker, targets, end - pos - longer - packets * (
+                            4 + len(name) + v5 - len(topic)))):  # type: ignore[arg-type]
                     if fresh:
                         run, run_start = targets, pos
                     _count(stats, topic, packets, len(targets), end - pos)
@@ -300,13 +334,13 @@ def _plain_topic(data: bytes, pos: int, n: int, v5: int) -> "bytes | None":
 
 
 def _scan_run(data: bytes, pos: int, n: int, name: bytes, v5: int, limit: int,
-              left: int, stop: int) -> tuple[int, int]:
-    """``(end, packets)`` of the PUBLISHes from ``pos`` on that go with the first: whole,
-    plain QoS 0 on topic ``name`` without properties, each at most ``limit`` bytes, at
-    most ``left`` of them, none starting at or past ``stop`` but the first
-    (``_qos0.pyx`` has a compiled twin)."""
+              left: int, stop: int) -> tuple[int, int, int]:
+    """``(end, packets, longer)`` of the PUBLISHes from ``pos`` on that go with the
+    first: whole, plain QoS 0 on topic ``name`` without properties, each at most
+    ``limit`` bytes, at most ``left`` of them, none starting at or past ``stop`` but the
+    first; ``longer``: how many have a 2-byte length (``_qos0.pyx`` has a C twin)."""
     size = len(name)
-    packets = 0
+    packets = longer = 0
     while packets < left and n - pos >= 2 and data[pos] == 0x30 and (pos < stop or not packets):
         length = data[pos + 1]
         header = 2
@@ -324,7 +358,8 @@ def _scan_run(data: bytes, pos: int, n: int, name: bytes, v5: int, limit: int,
             break
         pos = end
         packets += 1
-    return pos, packets
+        longer += header - 2
+    return pos, packets, longer
 
 
 def _packet_end(data: bytes, pos: int, n: int) -> int:
