@@ -1,13 +1,28 @@
 """Fairness per read (issue 14): one client's read is handled READ_BUDGET packets per
 reactor turn, with its reads paused meanwhile, so a flood delays the others by one
-share, not by a whole 64 KB read; nothing is reordered or lost."""
+share, not by a whole 64 KB read; nothing is reordered or lost.
+
+These pin the shares of the general path (``inbound.on_publish`` bound, so no batch);
+the batched shares of plain QoS 0 PUBLISHes (``core/qos0.read_share``, ``SHARE_WORK``)
+are tested in tests/test_qos0_batch.py."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
+
 from mqtt_twisted.codec import PubAck, Publish, encode
-from mqtt_twisted.core import connection
+from mqtt_twisted.constants import PacketType
+from mqtt_twisted.core import connection, inbound
 from mqtt_twisted.core.connection import READ_BUDGET, WORK_BUDGET
 from mqtt_twisted.testing import FakeClient, make_broker
+
+
+@pytest.fixture(autouse=True)
+def general_path(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setitem(connection._HANDLERS, PacketType.PUBLISH, inbound.on_publish)
+    yield
 
 
 def setup():

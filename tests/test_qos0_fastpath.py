@@ -361,3 +361,222 @@ def test_choice_at_import() -> None:
     # (Where the codec is not built either, its own ImportError comes first.)
     module = "mqtt_twisted.core._qos0" if _accel.speedups else ""
     assert f"({module}" in required.stderr and "is not importable" in required.stderr
+
+
+# --- the batch over a whole read (qos0.read_share) -------------------------------------
+
+
+def scenario_batch(broker: Any) -> dict[str, FakeClient]:
+    """Long reads: runs over several topics with the same receivers, runs that change
+    receivers, a QoS 1, a retained PUBLISH and the publisher's own SUBSCRIBE in the
+    middle (what follows it comes back to it), a packet cut across two reads, PUBLISHes
+    framed by a 3-byte length, v5 receivers next to v3 ones."""
+    a, b, p = FakeClient(broker, 4), FakeClient(broker, 4), FakeClient(broker, 4)
+    a.connect("a")
+    a.subscribe("m/#")
+    b.connect("b")
+    b.subscribe("m/b/+")
+    p.connect("p")
+    big = b"B" * 20000  # (a 3-byte remaining length: the general path's)
+    packets = ([pub(f"m/{i % 7}", b"%d" % i) for i in range(40)]
+               + [pub("m/b/x", b"b%d" % i) for i in range(30)]
+               + [pub("m/1", b"q", 1, pid=9), pub("m/b/y", b"r", retain=True)]
+               + [pub(f"m/b/{i % 3}", b"c%d" % i) for i in range(20)]
+               + [Subscribe(9, [Subscription("m/b/#", 0)], {})]
+               + [pub("m/b/z", b"self%d" % i) for i in range(5)] + [pub("m/big", big)]
+               + [pub("m/b/z", b"after")])
+    data = b"".join(encode(x, 4) for x in packets)
+    cut = len(data) - 7  # (the last PUBLISH arrives in two reads)
+    p.send_bytes(data[:cut])
+    p.send_bytes(data[cut:])
+    for packet in a.received():
+        if packet.qos:
+            a.ack(packet)
+    return {"a": a, "b": b, "p": p}
+
+
+SCENARIOS["batch"] = scenario_batch
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_batched_read_gives_the_general_paths_bytes(impl: str) -> None:
+    """The batch scenario: every client gets the general path's bytes, in its order,
+    and the counters (top topics included) agree."""
+    expected = run("general", "batch")
+    assert run(impl, "batch") == expected
+    assert expected["bytes"]["p"]  # (the publisher's own SUBSCRIBE took effect mid-read)
+
+
+@pytest.fixture(params=IMPLS)
+def batched(request: pytest.FixtureRequest) -> Iterator[str]:
+    with handling(request.param):
+        yield request.param
+
+
+def writes_to(client: FakeClient) -> list[bytes]:
+    """Record each write to ``client``'s transport from now on."""
+    writes: list[bytes] = []
+    transport = client.transport
+    original = transport.write
+
+    def write(data: bytes) -> None:
+        writes.append(bytes(data))
+        original(data)
+
+    transport.write = write  # type: ignore[method-assign]
+    return writes
+
+
+def test_a_read_is_one_write_per_receiver(batched: str) -> None:
+    """200 plain PUBLISHes on four topics to the same two receivers: one write each,
+    the publisher's order kept; the counters of 200 messages and 400 deliveries."""
+    broker, _ = make_broker()
+    a, b, p = FakeClient(broker, 4), FakeClient(broker, 4), FakeClient(broker, 4)
+    for name, client in (("a", a), ("b", b)):
+        client.connect(name)
+        client.subscribe("w/#")
+    p.connect("p")
+    wa, wb = writes_to(a), writes_to(b)
+    read(p, *(pub(f"w/{i % 4}", b"%d" % i) for i in range(200)))
+    assert len(wa) == len(wb) == 1 and wa == wb
+    assert [m.payload for m in a.received()] == [b"%d" % i for i in range(200)]
+    stats = broker.stats
+    assert (stats.messages_received, stats.deliveries, stats.messages_sent) == (200, 400, 400)
+    assert stats.bytes_sent == 2 * len(wa[0])
+
+
+def test_the_share_is_bounded_and_the_rest_follows(batched: str) -> None:
+    """A read of 3,000 plain PUBLISHes: one share of at most SHARE_WORK units this turn
+    (the publisher not read meanwhile), the rest at the next turns, in order."""
+    broker, clock = make_broker()
+    sub, p = FakeClient(broker, 4), FakeClient(broker, 4)
+    sub.connect("s")
+    sub.subscribe("f")
+    p.connect("p")
+    read(p, *(pub("f", b"%d" % i) for i in range(3000)))
+    first = [m.payload for m in sub.received()]
+    assert 0 < len(first) <= qos0.SHARE_WORK
+    assert p.transport.reading is False and p.connection.decoder.more
+    for _ in range(20):  # (the next shares: one a turn)
+        clock.advance(0)
+    assert first + [m.payload for m in sub.received()] == [b"%d" % i for i in range(3000)]
+    assert p.transport.reading is True and broker.stats.messages_received == 3000
+
+
+def test_a_full_receiver_pauses_within_a_run(batched: str) -> None:
+    """A receiver whose transport says full after 1 KiB: the batch writes at most
+    RUN_BYTES to it before it is paused, then flow control holds the publisher back
+    as the general path does; every message arrives, in order."""
+    broker, clock = make_broker()
+    sub, p = FakeClient(broker, 4), FakeClient(broker, 4)
+    sub.connect("s")
+    sub.subscribe("f")
+    p.connect("p")
+    writes = writes_to(sub)
+    inner = sub.transport.write
+
+    def write(data: bytes) -> None:
+        inner(data)
+        if len(sub.transport.written) > 1024 and not sub.connection.paused:
+            sub.connection.pauseWriting()
+
+    sub.transport.write = write  # type: ignore[method-assign]
+    read(p, *(pub("f", b"x" * 60 + b"%04d" % i) for i in range(600)))
+    assert sub.connection.paused
+    assert len(writes[0]) <= qos0.RUN_BYTES + 100  # (one PUBLISH past it at most)
+    assert p.transport.reading is False  # held back by the full receiver
+    got = [m.payload for m in sub.received()]
+    sub.connection.resumeWriting()
+    for _ in range(20):  # (the next shares: one a turn)
+        clock.advance(0)
+    got += [m.payload for m in sub.received()]
+    assert got == [b"x" * 60 + b"%04d" % i for i in range(600)]
+
+
+def test_a_packet_over_the_limit_closes_after_the_run_before_it(batched: str) -> None:
+    """A PUBLISH over max_packet_size in the middle of a run: the ones before it are
+    delivered, the publisher is closed for it, the ones after are not handled."""
+    broker, _ = make_broker(BrokerSettings(max_packet_size=200))
+    sub, p = FakeClient(broker, 4), FakeClient(broker, 4)
+    sub.connect("s")
+    sub.subscribe("f")
+    p.connect("p")
+    read(p, *(pub("f", b"%d" % i) for i in range(10)), pub("f", b"L" * 300),
+         pub("f", b"late"))
+    assert [m.payload for m in sub.received()] == [b"%d" % i for i in range(10)]
+    assert p.transport.closed
+    assert broker.stats.messages_received == 10 and broker.stats.protocol_errors == 1
+
+
+def test_the_rate_limit_counts_a_batched_read(batched: str) -> None:
+    """max_client_rate: a batched read of 300 is charged 300 messages, as the general
+    path's (the publisher paused, one rate pause)."""
+    settings = BrokerSettings(max_client_rate=100)
+    broker, _ = make_broker(settings)
+    sub, p = FakeClient(broker, 4), FakeClient(broker, 4)
+    sub.connect("s")
+    sub.subscribe("f")
+    p.connect("p")
+    read(p, *(pub("f", b"%d" % i) for i in range(300)))
+    assert broker.stats.messages_received == 300 and broker.stats.rate_pauses == 1
+    assert p.transport.reading is False
+
+
+def test_compiled_scans_match_the_pure_ones() -> None:
+    """_plain_topic, _scan_run and _packet_end of _qos0.pyx against qos0.py's on random
+    cuts of valid, mangled and truncated streams."""
+    compiled = fastpath.compiled
+    if compiled is None or not hasattr(compiled, "PURE_SCANS"):
+        pytest.skip("core/_qos0.pyx is not built here")
+    import random
+    rng = random.Random(19)
+    pure_topic, pure_scan, pure_end = qos0._plain_topic, qos0._scan_run, qos0._packet_end
+    for _ in range(400):
+        v5 = rng.choice((0, 1))
+        parts = [encode(pub(rng.choice(("a", "a/b", "c")), bytes(rng.choice((1, 50, 200)))),
+                        5 if v5 else 4) for _ in range(rng.randrange(1, 6))]
+        data = bytearray(b"".join(parts))
+        for _ in range(rng.randrange(3)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        data = bytes(data[: rng.randrange(2, len(data) + 1)])
+        n = len(data)
+        for pos in range(n - 1):
+            assert compiled._packet_end(data, pos, n) == pure_end(data, pos, n)
+            if data[pos] != 0x30:
+                continue
+            name = pure_topic(data, pos, n, v5)
+            assert compiled._plain_topic(data, pos, n, v5) == name
+            if name is not None:
+                for limit, left, stop in ((300, 5, n), (60, 2, pos + 1), (10_000, 1, pos)):
+                    assert (compiled._scan_run(data, pos, n, name, v5, limit, left, stop)
+                            == pure_scan(data, pos, n, name, v5, limit, left, stop))
+
+
+def _held_read(impl: str, max_queued_bytes: int) -> dict[str, Any]:
+    with handling(impl):
+        broker, clock = make_broker(BrokerSettings(max_queued_bytes=max_queued_bytes))
+        a, b, p = FakeClient(broker, 4), FakeClient(broker, 4), FakeClient(broker, 4)
+        a.connect("a")
+        a.subscribe("h/#")
+        b.connect("b")
+        b.subscribe("h/#")
+        p.connect("p")
+        a.connection.pauseWriting()  # full: the publisher is held back, written through
+        read(p, *(pub(f"h/{i % 3}", b"%d" % i + b"." * (i % 200)) for i in range(120)))
+        for _ in range(5):  # (the general path's next shares)
+            clock.advance(0)
+        state = broker.flow.congested[a.connection]
+        return {**outcome(broker, {"a": a, "b": b, "p": p}), "written": state.written,
+                "waiters": len(state.waiters), "reading": p.transport.reading}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("max_queued_bytes", [0, 3000])
+def test_a_paused_receiver_is_written_through_as_the_general_path_does(
+        impl: str, max_queued_bytes: int) -> None:
+    """A paused receiver while flow control holds the publisher back: the batch writes
+    through to it and counts the bytes as ``Delivery.deliver`` does; past the queued
+    bytes limit the rest queue, as on the general path."""
+    expected = _held_read("general", max_queued_bytes)
+    assert _held_read(impl, max_queued_bytes) == expected
+    assert expected["written"] and expected["reading"] is False

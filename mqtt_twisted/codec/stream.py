@@ -59,6 +59,33 @@ class StreamDecoder:
         """How many bytes wait for the rest of their packet."""
         return self._pending_size
 
+    def take(self, data: bytes) -> bytes | None:
+        """The buffered bytes and ``data`` as one, the buffer emptied, for a caller that
+        frames them itself (``core/qos0.py``'s batch); None, ``data`` buffered, while a
+        partial packet still lacks bytes (a large packet is joined once, as by feed)."""
+        self.more = False
+        pending = self._pending
+        if not pending:
+            return data
+        size = self._pending_size + len(data)
+        if size < self._need or size < 2:
+            pending.append(data)  # type: ignore[union-attr]
+            self._pending_size = size
+            return None
+        self._pending = ()
+        self._pending_size = self._need = 0
+        if len(pending) == 1 and not data:
+            return pending[0]
+        return b"".join([*pending, data])
+
+    def keep(self, rest: bytes, more: bool = True) -> None:
+        """Buffer ``rest`` (:attr:`more`: whole packets first), what :meth:`take`'s
+        caller left for the next share."""
+        self._pending = [rest]
+        self._pending_size = len(rest)
+        self._need = 0
+        self.more = more
+
     def feed(self, data: bytes, budget: int = 0) -> list[Packet]:
         """Take the next piece of the stream; return the packets it completes.
 

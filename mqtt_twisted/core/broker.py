@@ -98,12 +98,13 @@ class Broker:
         #: Callables adding values to $SYS (a bridge's state: ``Gateway.addSysValues``).
         self.sys_sources: list[Any] = []
         #: Subscriptions and dispatch: the seam a cluster router wraps.
-        self.router: Any = LocalRouter(self.sessions, self.delivery.deliver)
+        self._bind_parts()
+        # The very ``deliver`` the broker holds: core/qos0.py tells a swapped one by identity.
+        self.router: Any = LocalRouter(self.sessions, self.deliver)
         local = self.router
         # The index itself, for $SYS counts and white-box tests.
         self.tree, self.shared_tree = local.tree, local.shared_tree
         self.shared_groups = local.shared_groups
-        self._bind_parts()
 
     def _bind_parts(self) -> None:
         """The parts' methods that connections, adapters and the service call, bound

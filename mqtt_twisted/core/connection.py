@@ -158,12 +158,15 @@ class MQTTConnection:
         sent = stats.deliveries
         size = len(data)
         budget = self._budget
-        # One packet first: what it fans out to sizes the rest of the share, so a
-        # fan-out that grew since the last read (500 SSE streams subscribed) cannot
-        # make one share 256 x 500 deliveries (1.6 s of CPU in one turn, measured).
+        # One packet first: what it fans out sizes the rest of the share (500 SSE streams
+        # subscribed since: not 256 x 500 deliveries, 1.6 s of CPU in one turn, measured).
         step = min(budget, _PROBE)
         count = 0
-        while True:
+        batch = (fastpath.BATCHES.get(_HANDLERS[3])  # core/qos0.py: plain QoS 0 in runs
+                 if self.state == CONNECTED and not self._blocked else None)
+        if batch is not None:
+            count, data = batch(self, data, _HANDLERS), b""
+        while batch is None or (self._blocked and self.decoder.more):
             try:
                 packets = self.decoder.feed(data, step)
             except MQTTError as e:
@@ -568,10 +571,8 @@ def _server_only(conn: MQTTConnection, packet: Packet) -> None:
 
 #: Packet type -> handler; one table for all connections (no bound methods per connection).
 _HANDLERS: dict[int, Callable[[MQTTConnection, Any], None]] = {
-    PacketType.CONNACK: _server_only,
-    PacketType.SUBACK: _server_only,
-    PacketType.UNSUBACK: _server_only,
-    PacketType.PINGRESP: _server_only,
+    **dict.fromkeys((PacketType.CONNACK, PacketType.SUBACK, PacketType.UNSUBACK,
+                     PacketType.PINGRESP), _server_only),
     PacketType.CONNECT: MQTTConnection._on_connect,
     PacketType.PUBLISH: fastpath.handler(),  # core/qos0.py, else inbound.on_publish
     PacketType.PUBACK: inbound.on_puback,
@@ -588,9 +589,8 @@ _HANDLERS = {int(k): v for k, v in _HANDLERS.items()}
 
 
 def _next_share(conn: MQTTConnection) -> None:
-    """The next READ_BUDGET packets of what ``conn`` read; reading resumes after the last
-    (unless flow control still holds it back: one counter for both).  A function, not a
-    method: the class is at its size limit."""
+    """The next share of what ``conn`` read; reading resumes after the last (unless flow
+    control still holds it back: one counter for both).  (The class is at its limit.)"""
     conn._resume_call = None
     if conn.state == CLOSED:
         return

@@ -32,3 +32,10 @@ def handler(use_compiled: bool | None = None) -> Callable[[Any, Any], None]:
         use_compiled = not _flag("MQTT_TWISTED_PURE")
     module = compiled if use_compiled and compiled is not None else qos0
     return module.on_publish  # type: ignore[no-any-return]
+
+
+#: Each PUBLISH handler's batch over a whole read (``read_share``, same module):
+#: ``MQTTConnection.dataReceived`` batches when the bound handler has one.
+BATCHES: dict[Any, Callable[[Any, bytes, Any], int]] = {qos0.on_publish: qos0.read_share}
+if compiled is not None and hasattr(compiled, "read_share"):  # (a build older than it: none)
+    BATCHES[compiled.on_publish] = compiled.read_share

@@ -45,7 +45,9 @@ from typing import TYPE_CHECKING, Any
 
 from mqtt_twisted.core import inbound
 from mqtt_twisted.core.router import LocalRouter
+from mqtt_twisted.core.states import CLOSED
 from mqtt_twisted.core.stats import TOPIC_SAMPLE
+from mqtt_twisted.errors import MQTTError
 from mqtt_twisted.logs import DEBUG
 
 if TYPE_CHECKING:
@@ -65,20 +67,35 @@ def on_publish(conn: "MQTTConnection", packet: "Publish") -> None:
     """A client's PUBLISH: the plain QoS 0 kind written to its receivers here, any other
     handed to ``inbound.on_publish``."""
     raw = packet.raw
-    broker = conn.broker
-    router = broker.router
-    topic = packet.topic
-    if (raw is None or packet.properties or router.__class__ is not LocalRouter
-            or router.shared_groups or router.deliver != broker.deliver
-            or len(topic) > broker.short_topic
-            or topic[:1] == "$" or DEBUG.on):
+    if raw is None or packet.properties:
         _general(conn, packet)
         return
+    size = len(raw)
+    targets = receivers(conn, packet.topic, size)
+    if targets is None:
+        _general(conn, packet)
+        return
+    _count(conn.broker.stats, packet.topic, 1, len(targets), size)
+    for link in targets:
+        link.transport.write(raw)
+
+
+def receivers(conn: "MQTTConnection", topic: str, size: int,
+              held: bool = False) -> "list[Any] | None":
+    """The connections to write a plain QoS 0 PUBLISH of ``size`` bytes (0: any size)
+    on ``topic`` from ``conn`` to, or None if the general path must route it.  With
+    ``held``, a paused receiver too while flow control holds ``conn`` back for it
+    (:func:`_holding`: the general path would write through to it)."""
+    broker = conn.broker
+    router = broker.router
+    if (router.__class__ is not LocalRouter or router.shared_groups
+            or router.deliver is not broker.deliver or len(topic) > broker.short_topic
+            or topic[:1] == "$" or DEBUG.on):
+        return None
     if broker.authorizer is not None:
         grants = conn.publish_grants
         if grants is None or grants.get(topic) is not True:
-            _general(conn, packet)
-            return
+            return None
     tree = router.tree
     matches = tree._cache.get(topic)  # (TopicTree.match's own cache, without the call)
     if matches is None:
@@ -87,7 +104,6 @@ def on_publish(conn: "MQTTConnection", packet: "Publish") -> None:
     entry = routes.get(topic)
     if entry is None or entry[0] is not matches:
         entry = receivers_of(routes, topic, matches)
-    size = len(raw)
     v5 = conn.version == 5
     sender = conn.client_id
     sessions = router.sessions
@@ -97,28 +113,54 @@ def on_publish(conn: "MQTTConnection", packet: "Publish") -> None:
         if no_local and client_id == sender:
             if no_local == NL_ALL:
                 continue  # [MQTT-3.8.3-3] not back to its publisher
-            _general(conn, packet)
-            return
+            return None
         session = sessions[client_id]
         link = session.connection
-        if (link is None or link.__class__ is not cls or session.queue or link.paused
+        if (link is None or link.__class__ is not cls or session.queue
+                or (link.paused and not (held and _holding(broker, link, conn)))
                 or session.read_check is not None or link._aliases_out is not None
                 or (link.version == 5) is not v5 or (ids and v5)
-                or (link.max_send_size and size > link.max_send_size)):
-            _general(conn, packet)
-            return
+                or (size and link.max_send_size and size > link.max_send_size)):
+            return None
         targets.append(link)
-    stats = broker.stats
-    stats.messages_received += 1
-    if not stats.messages_received & (TOPIC_SAMPLE - 1):  # 1 in 16: top topics
+    return targets
+
+
+def _holding(broker: Any, link: Any, conn: Any) -> bool:
+    """Whether flow control holds ``conn`` back for the full ``link`` and is within its
+    grace: ``FlowControl.hold_back_publisher`` then only counts the bytes written through
+    (up to the queued-bytes limit, checked per run by :func:`_written_through`)."""
+    state = broker.flow.congested.get(link)
+    return (state is not None and conn in state.waiters
+            and broker.clock.seconds() - state.since <= broker.settings.slow_consumer_grace)
+
+
+def _written_through(broker: Any, links: list[Any], size: int) -> bool:
+    """Count ``size`` bytes (payloads and topics, as ``Delivery.deliver`` counts them)
+    written through to each paused link of ``links``; False, nothing counted, if one
+    would pass the queued-bytes limit (the general path then queues)."""
+    congested = broker.flow.congested
+    limit = broker.settings.max_queued_bytes or 1 << 62
+    for link in links:
+        if link.paused and congested[link].written + size > limit:
+            return False
+    for link in links:
+        if link.paused:
+            congested[link].written += size
+    return True
+
+
+def _count(stats: Any, topic: str, messages: int, receivers: int, size: int) -> None:
+    """The general path's counters for ``messages`` PUBLISHes of ``size`` bytes in all,
+    each written to ``receivers`` connections (the top-topics sample: 1 in 16)."""
+    before = stats.messages_received
+    stats.messages_received = before + messages
+    for _ in range((before + messages) // TOPIC_SAMPLE - before // TOPIC_SAMPLE):
         stats.topics.note(topic)
-    count = len(targets)
-    if count:
-        stats.deliveries += count
-        stats.messages_sent += count
-        stats.bytes_sent += count * size
-        for link in targets:
-            link.transport.write(raw)
+    if receivers:
+        stats.deliveries += messages * receivers
+        stats.messages_sent += messages * receivers
+        stats.bytes_sent += receivers * size
 
 
 def receivers_of(routes: dict[str, Any], topic: str,
@@ -142,3 +184,215 @@ def receivers_of(routes: dict[str, Any], topic: str,
         routes.clear()
     routes[topic] = entry
     return entry
+
+
+# --- a whole read at once -------------------------------------------------------------
+
+#: The work of one share of a batched read (:func:`read_share`), in units where a plain
+#: PUBLISH of a run is one and a write to a run's receiver, or any other packet and each
+#: of its deliveries, is ``PACKET_COST``: a share of other packets only is the general
+#: path's (``connection.WORK_BUDGET``, 256), one of plain PUBLISHes four times as many.
+SHARE_WORK = 1024
+PACKET_COST = 4
+#: A run's bytes written at once, at most: a receiver whose transport fills up pauses
+#: (``pauseWriting``) after at most this much more than one PUBLISH would have added,
+#: and the next run sees it and leaves the rest to flow control (core/flow.py).
+RUN_BYTES = 16384
+#: Topic bytes -> the topic, checked as the decoder checks it (as many as ROUTES_CACHED).
+_NAMES: dict[bytes, str] = {}
+
+
+def read_share(conn: "MQTTConnection", data: bytes, handlers: Any) -> int:
+    """One share of a connected client's read (with the bytes its decoder kept): plain
+    QoS 0 PUBLISHes gathered into runs, each run's bytes written as one slice to each of
+    its receivers (a run: consecutive PUBLISHes whose topics have the same receivers),
+    every other packet decoded alone and handed to its handler after the run before it
+    is written: the order of the read holds for every receiver.  Returns the packets
+    handled.
+
+    A share ends at ``SHARE_WORK``, when the connection blocks or closes, or at a packet
+    not yet whole; what is left stays in the decoder (``decoder.more``: whole packets).
+    Errors are the decoder's and the handlers', handled as ``dataReceived`` does."""
+    decoder = conn.decoder
+    whole = decoder.take(data)
+    if whole is None:
+        return 0
+    data = bytes(whole) if type(whole) is not bytes else whole
+    n = len(data)
+    broker = conn.broker
+    stats = broker.stats
+    limit = decoder.max_packet_size
+    v5 = 1 if conn.version == 5 else 0
+    pos = count = work = 0
+    held = False  # a receiver of the run is paused: flow control's bytes counted
+    run: Any = None  # the receivers of the run gathered from run_start to pos
+    run_start = run_limit = 0
+    known: dict[bytes, Any] = {}  # topic bytes -> (topic, receivers) until a run is written
+    while n - pos >= 2:
+        if work >= SHARE_WORK:
+            break
+        if data[pos] == 0x30:
+            name = _plain_topic(data, pos, n, v5)
+            found = known.get(name) if name is not None else None
+            if found is None and name is not None:
+                topic = _NAMES.get(name) or _topic_of(name)
+                found = known[name] = (
+                    topic, None if topic is None else receivers(conn, topic, 0, True))
+            if found is not None and found[1] is not None:
+                topic, targets = found
+                if run is not None and (targets != run or pos - run_start >= RUN_BYTES):
+                    _write(run, data, run_start, pos)
+                    run = None
+                    known.clear()
+                    continue  # (the write may have paused a receiver: looked up again)
+                fresh = run is None
+                cost = PACKET_COST * len(targets) if fresh else 0
+                if fresh:
+                    run_limit = limit
+                    held = False
+                    for link in targets:
+                        if link.max_send_size and link.max_send_size < run_limit:
+                            run_limit = link.max_send_size
+                        held = held or link.paused
+                end, packets, longer = _scan_run(
+                    data, pos, n, name, v5, run_limit, max(1, SHARE_WORK - work - cost),
+                    (pos if fresh else run_start) + RUN_BYTES)  # type: ignore[arg-type]
+                if packets and (not held or _written_through(
+                        broker, targets, end - pos - longer - packets * (
+                            4 + len(name) + v5 - len(topic)))):  # type: ignore[arg-type]
+                    if fresh:
+                        run, run_start = targets, pos
+                    _count(stats, topic, packets, len(targets), end - pos)
+                    count += packets
+                    work += packets + cost
+                    pos = end
+                    continue
+        if run is not None:  # (a packet for the general path: the run goes first)
+            _write(run, data, run_start, pos)
+            run = None
+        known.clear()  # (what it does may change any receiver)
+        end = _packet_end(data, pos, n)
+        try:
+            packets_ = decoder.feed(data[pos:end] if end > 0 else data[pos:], 1)
+        except MQTTError as e:
+            conn.violation(e)
+            return count
+        if not packets_:
+            return count  # (a packet not yet whole: the decoder keeps it)
+        if end > 0:
+            pos = end
+        else:  # (the decoder framed it: the rest is in it)
+            rest = decoder.take(b"")
+            data = rest if rest is not None else b""
+            pos, n = 0, len(data)
+        packet = packets_[0]
+        before = stats.deliveries
+        try:
+            handlers[packet.type](conn, packet)
+        except MQTTError as e:
+            conn.violation(e)
+            return count
+        count += 1
+        work += PACKET_COST * (1 + stats.deliveries - before)
+        if conn.state == CLOSED:
+            return count
+        if conn._blocked:
+            if pos < n:
+                decoder.keep(data[pos:] if pos else data)
+            return count
+    if run is not None:
+        _write(run, data, run_start, pos)
+    if pos < n:
+        decoder.keep(data[pos:] if pos else data, n - pos >= 2)
+    return count
+
+
+def _write(links: list[Any], data: bytes, start: int, end: int) -> None:
+    """A run's bytes to each of its receivers: one write each."""
+    chunk = data[start:end] if start or end != len(data) else data
+    for link in links:
+        link.transport.write(chunk)
+
+
+def _plain_topic(data: bytes, pos: int, n: int, v5: int) -> "bytes | None":
+    """The topic bytes of the plain QoS 0 PUBLISH at ``pos`` if it is whole, framed by
+    a length of at most two bytes, with a topic and (v5) no properties; else None."""
+    length = data[pos + 1]
+    header = 2
+    if length & 0x80:
+        if pos + 2 >= n or data[pos + 2] & 0x80 or not data[pos + 2]:
+            return None
+        length = (length & 0x7F) | (data[pos + 2] << 7)
+        header = 3
+    body = pos + header
+    if length < 3 + v5 or body + length > n:
+        return None
+    size = (data[body] << 8) | data[body + 1]
+    if not size or 2 + size + v5 > length or (v5 and data[body + 2 + size]):
+        return None
+    return data[body + 2 : body + 2 + size]
+
+
+def _scan_run(data: bytes, pos: int, n: int, name: bytes, v5: int, limit: int,
+              left: int, stop: int) -> tuple[int, int, int]:
+    """``(end, packets, longer)`` of the PUBLISHes from ``pos`` on that go with the
+    first: whole, plain QoS 0 on topic ``name`` without properties, each at most
+    ``limit`` bytes, at most ``left`` of them, none starting at or past ``stop`` but the
+    first; ``longer``: how many have a 2-byte length (``_qos0.pyx`` has a C twin)."""
+    size = len(name)
+    packets = longer = 0
+    while packets < left and n - pos >= 2 and data[pos] == 0x30 and (pos < stop or not packets):
+        length = data[pos + 1]
+        header = 2
+        if length & 0x80:
+            if pos + 2 >= n or data[pos + 2] & 0x80 or not data[pos + 2]:
+                break
+            length = (length & 0x7F) | (data[pos + 2] << 7)
+            header = 3
+        body = pos + header
+        end = body + length
+        if (end > n or header + length > limit or length < 2 + size + v5
+                or data[body] != size >> 8 or data[body + 1] != size & 0xFF
+                or data[body + 2 : body + 2 + size] != name
+                or (v5 and data[body + 2 + size])):
+            break
+        pos = end
+        packets += 1
+        longer += header - 2
+    return pos, packets, longer
+
+
+def _packet_end(data: bytes, pos: int, n: int) -> int:
+    """Where the packet at ``pos`` ends if it is whole with a well-formed length, else -1
+    (then the decoder frames it, keeps it or says what is wrong with it)."""
+    length = 0
+    shift = 0
+    header = 1
+    while header < 5:
+        if pos + header >= n:
+            return -1
+        byte = data[pos + header]
+        header += 1
+        length |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            if not byte and header > 2:
+                return -1
+            end = pos + header + length
+            return end if end <= n else -1
+        shift += 7
+    return -1
+
+
+def _topic_of(name: bytes) -> "str | None":
+    """``name`` as a PUBLISH topic if the decoder would take it (UTF-8, no wildcard or
+    U+0000; kept in _NAMES), else None."""
+    try:
+        topic = name.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if "+" in topic or "#" in topic or "\x00" in topic:
+        return None
+    if len(_NAMES) >= ROUTES_CACHED:
+        _NAMES.clear()
+    _NAMES[name] = topic
+    return topic
