@@ -261,8 +261,8 @@ def _serve_one(port: Any, fd: int, addr: tuple) -> None:
         return
     try:
         transport = port.lean_server(fd, addr, port.reactor)
-        connection = factory.broker.buildConnection(transport, transport.client,
-                                                    factory.listener, None)
+        connection = factory.broker.buildConnection(transport, transport, factory.listener,
+                                                    None)  # (its peer: the transport's)
     except BaseException:
         factory.limit.release()
         _close_fd(fd)

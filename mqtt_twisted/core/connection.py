@@ -90,7 +90,7 @@ class MQTTConnection:
         self,
         broker: Broker,
         transport: Any,
-        peer: str | tuple = "",
+        peer: Any = "",
         listener: Any = None,
         certificate_identity: str | None = None,
     ) -> None:
@@ -528,11 +528,11 @@ class MQTTConnection:
         self.unblock()
 
 
-#: ``host:port``, as given or made when asked from the ``(host, port, ...)`` address the
-#: lean TCP transport holds anyway (64 bytes less per idle connection); outside the
-#: class body, which is at its size limit.
-MQTTConnection.peer = property(  # type: ignore[attr-defined]
-    lambda conn: p if type(p := conn._peer) is str else f"{p[0]}:{p[1]}")
+#: ``host:port``, as given, or made when asked from a ``(host, port, ...)`` address or
+#: from the lean TCP transport that holds it (its ``peer_text``; 64 bytes less per idle
+#: connection).  Outside the class body, which is at its size limit.
+MQTTConnection.peer = property(lambda conn: p if type(p := conn._peer) is str else (  # type: ignore[attr-defined]
+    f"{p[0]}:{p[1]}" if type(p) is tuple else p.peer_text()))
 
 for _name, _field in rare_fields("MQTTConnection", {
         "auth_method": None, "auth_pending": None, "auth_final_data": None,
