@@ -251,13 +251,25 @@ def json_line(event: dict) -> str:
     return _encoder.encode(line) + "\n"
 
 
+#: Namespace -> its short form (:func:`short_namespace`): a process logs under a few
+#: dozen namespaces, and a connection's two lines under one.
+_SHORT: dict[str, str] = {}
+#: Level -> its name as a text line pads it.
+_PADDED = {level: f"{level.name:<5}" for level in LogLevel.iterconstants()}
+
+
 def text_line(event: dict) -> str:
     """``TIMESTAMP LEVEL [NAMESPACE] TEXT`` and a newline (a failure's traceback after)."""
     namespace = event.get("log_namespace") or ""
     if namespace == "log_legacy":
         namespace = event.get("log_system") or event.get("system") or "-"
-    return (f"{timestamp(event.get('log_time') or 0.0)} {_level_name(event):<5} "
-            f"[{short_namespace(namespace)}] {_text(event)}\n")
+    short = _SHORT.get(namespace)
+    if short is None:
+        short = short_namespace(namespace)
+        if len(_SHORT) < 4096:
+            _SHORT[namespace] = short
+    padded = _PADDED.get(event.get("log_level")) or f"{_level_name(event):<5}"
+    return f"{timestamp(event.get('log_time') or 0.0)} {padded} [{short}] {_text(event)}\n"
 
 
 class LineFormat:

@@ -42,7 +42,10 @@ class StreamDecoder:
         self.version = version
         #: The packet sizes are the limits object's (shared by a broker's connections:
         #: the broker's is already sized, ``BrokerSettings.decode_limits``).
-        self.limits = limits.sized(max_packet_size, connect_packet_size)
+        if (max_packet_size != limits.max_packet_size
+                or (connect_packet_size or max_packet_size) != limits.connect_packet_size):
+            limits = limits.sized(max_packet_size, connect_packet_size)  # (else: as given)
+        self.limits = limits
         #: Bytes of an incomplete packet: an empty tuple (shared, no allocation per
         #: idle connection) until a read ends inside a packet.
         self._pending: list[bytes] | tuple[()] = ()

@@ -60,17 +60,21 @@ def _level(conn: Any) -> LogLevel:
     return LogLevel.debug if conn.virtual else LogLevel.info
 
 
+#: The connect line's format, by (session resumed, user name given).
+_CONNECTED = {(resumed, named): "{client_id} connected from {peer} (MQTT {protocol} over "
+              "{adapter}, {session} session" + (", resumed" if resumed else "") + ", keep "
+              "alive {keep_alive} s" + (", user {user})" if named else ")")
+              for resumed in (False, True) for named in (False, True)}
+
+
 def connected(conn: Any, clean: bool, session_present: bool, keep_alive: int) -> None:
     """A client's CONNECT was accepted (CONNACK sent)."""
     level = _level(conn)
     if not enabled(level):  # not built when it would not be written
         return
     user = getattr(conn, "username", None)
-    _emit(level,
-          "{client_id} connected from {peer} (MQTT {protocol} over {adapter}, {session} "
-          "session" + (", resumed" if session_present else "") + ", keep alive "
-          "{keep_alive} s" + (", user {user})" if user is not None else ")"),
-          action="connect", client_id=conn.client_id, peer=conn.peer,
+    _emit(level, _CONNECTED[bool(session_present), user is not None], action="connect",
+          client_id=conn.client_id, peer=conn.peer,
           protocol=PROTOCOLS.get(conn.version, str(conn.version)), adapter=_adapter(conn),
           clean=clean, session="clean" if clean else "persistent",
           session_present=session_present, keep_alive=keep_alive, user=user)
