@@ -41,6 +41,8 @@ from twisted.logger import (
     formatEvent,
 )
 
+from mqtt_twisted.turns import after_turn
+
 #: ``--log-level`` values, quietest last.
 LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
           "error": LogLevel.error}
@@ -306,7 +308,7 @@ class TurnFlushedLogObserver(FileLogObserver):
 
     A connection cycle writes two info lines, each a flushed write (a system call) of
     its own; here a turn's lines are kept and written together, with one flush, when
-    the turn's events are handled (``callLater(0)``).  A warning or an error is
+    the turn's events are handled (``turns.after_turn``).  A warning or an error is
     written at once (after the lines before it); so is every line while the reactor is
     not running (start-up, shutdown, no reactor given), and what is left at shutdown
     goes then.  A process killed outright loses at most its last turn's info lines."""
@@ -329,7 +331,7 @@ class TurnFlushedLogObserver(FileLogObserver):
                 or _RANK.get(event.get("log_level"), _FLUSH_AT_ONCE) >= _FLUSH_AT_ONCE):
             self.flush()
         elif len(lines) == 1:  # (the turn's first: its flush is not due yet)
-            reactor.callLater(0, self.flush)
+            after_turn(reactor, TurnFlushedLogObserver.flush, self)
 
     def flush(self) -> None:
         """Write and flush the lines kept (in one write; nothing if there are none)."""

@@ -31,6 +31,7 @@ from twisted.python import failure
 
 from mqtt_twisted.adapters._accepts import ACCEPT_SLICE
 from mqtt_twisted.adapters._leanserver import LeanServer, setup
+from mqtt_twisted.turns import after_turn
 
 try:  # FIONREAD, FIONBIO: POSIX only; elsewhere nothing is drained, nothing served lean
     import fcntl
@@ -172,7 +173,7 @@ def _close_later(transport: MQTTServer) -> None:
     closing = _CLOSING.get(reactor)
     if closing is None:
         closing = _CLOSING[reactor] = []
-        reactor.callLater(0, _close, reactor)
+        after_turn(reactor, _close, reactor)
     closing.append(transport)
 
 

@@ -30,13 +30,15 @@ import errno
 import os
 import socket
 import struct
-from types import MethodType
+from operator import attrgetter
 from typing import Any
 
 from twisted.internet import abstract, address, error, main, tcp
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
 from twisted.python import failure
+
+from mqtt_twisted.turns import after_turn
 
 #: Address strings of recent peers, shared by their connections (a host's clients, or
 #: a load balancer's, then hold one string, not one each); bounded, emptied when full.
@@ -54,24 +56,15 @@ def _shared_host(host: str) -> str:
     return shared
 
 
-def _fd_of(self: LeanServer) -> int:
-    return self._fd
+def _ignored(self: Any, value: Any = None) -> None:
+    """Twisted assigns and deletes ``fileno`` per connection: both are ignored here."""
 
 
-class _Fileno:
-    """``fileno``: the descriptor number kept since accept, -1 once it is closed
-    (Twisted assigns and deletes ``fileno`` per connection: both are ignored here)."""
-
-    def __get__(self, obj: Any, cls: Any = None) -> Any:
-        if obj is None:
-            return self
-        return MethodType(_fd_of, obj)
-
-    def __set__(self, obj: Any, value: Any) -> None:
-        pass
-
-    def __delete__(self, obj: Any) -> None:
-        pass
+#: ``fileno``: the descriptor number kept since accept, -1 once it is closed.  The
+#: reactor asks for it several times per connection (each register, unregister and
+#: event): a C getter returning the int's own ``__index__``, whose call gives the very
+#: int object back, costs no Python frame (a method built per call cost two).
+_FILENO = property(attrgetter("_fd.__index__"), _ignored, _ignored)
 
 
 class LeanServer(tcp.Server):
@@ -90,7 +83,7 @@ class LeanServer(tcp.Server):
     # rather than Twisted's ``client`` tuple (a tuple and 40 bytes less): ``client`` is
     # made when asked.  An IPv6 peer's port slot holds (port, flow info, scope id).
 
-    fileno = _Fileno()  # type: ignore[assignment]
+    fileno = _FILENO  # type: ignore[assignment]
     #: close() alone ends the connection in order (FIN after what is buffered): no
     #: shutdown(2) first, one system call less per connection (Twisted's own comment
     #: in ``_SocketCloser`` says it "isn't really necessary").
@@ -348,7 +341,7 @@ def _flush_later(transport: LeanServer) -> None:
     due = _DUE.get(reactor)
     if due is None:
         due = _DUE[reactor] = []
-        reactor.callLater(0, _flush, reactor)
+        after_turn(reactor, _flush, reactor)  # (one callLater(0) a turn for all such work)
     due.append(transport)
 
 

@@ -36,13 +36,15 @@ class StreamDecoder:
 
     __slots__ = ("version", "limits", "_pending", "_pending_size", "_need", "more")
 
-    def __init__(self, version: int | None = None, max_packet_size: int = MAX_PACKET_SIZE,
+    def __init__(self, version: int | None = None, max_packet_size: int | None = MAX_PACKET_SIZE,
                  connect_packet_size: int | None = None,
                  limits: DecodeLimits = NO_LIMITS) -> None:
         self.version = version
         #: The packet sizes are the limits object's (shared by a broker's connections:
-        #: the broker's is already sized, ``BrokerSettings.decode_limits``).
-        if (max_packet_size != limits.max_packet_size
+        #: the broker's is already sized, ``BrokerSettings.decode_limits``); a
+        #: ``max_packet_size`` of None takes the limits' sizes as they are.
+        if max_packet_size is not None and (
+                max_packet_size != limits.max_packet_size
                 or (connect_packet_size or max_packet_size) != limits.connect_packet_size):
             limits = limits.sized(max_packet_size, connect_packet_size)  # (else: as given)
         self.limits = limits

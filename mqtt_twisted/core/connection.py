@@ -99,10 +99,10 @@ class MQTTConnection:
         self._peer = peer  # (the ``peer`` property: text, or an address to make it from)
         self.listener = listener
         self._rare: Any = None
-        self.certificate_identity = certificate_identity
+        if certificate_identity is not None:  # (a rare field: no call to set its default)
+            self.certificate_identity = certificate_identity
         settings = broker.settings
-        self.decoder = StreamDecoder(None, settings.max_packet_size,
-                                     settings.connect_packet_size, settings.decode_limits())
+        self.decoder = StreamDecoder(None, None, None, settings.decode_limits())  # (sized)
         self.state = AWAIT_CONNECT
         self.version = 4
         self.session: Session | None = None
@@ -422,9 +422,9 @@ class MQTTConnection:
         self.lost = True
         if self.due is not None:
             self.broker.deadlines.cancel(self)
-        if self._resume_call is not None and self._resume_call.active():
-            self._resume_call.cancel()
-        self._resume_call = None
+        if self._rare is not None and self._resume_call is not None:  # (rare: no record)
+            self._resume_call.active() and self._resume_call.cancel()
+            self._resume_call = None
         if self._rate is not None:
             self._rate.cancel()
         self._backlog = None
