@@ -40,6 +40,7 @@ from twisted.logger import (
     PredicateResult,
     formatEvent,
 )
+from zope.interface import implementer
 
 from mqtt_twisted.turns import after_turn
 
@@ -345,6 +346,26 @@ class TurnFlushedLogObserver(FileLogObserver):
         out.flush()
 
 
+@implementer(ILogObserver)
+class LevelFilteredObserver:
+    """``FilteringLogObserver(observer, [the level predicate])``, the predicate called
+    directly: Twisted's goes through a ``partial`` and a loop over its predicates (three
+    Python calls more per line written).  The same answer: an event the predicate says
+    ``no`` to is dropped, any other goes on."""
+
+    __slots__ = ("observer",)
+
+    def __init__(self, observer: ILogObserver) -> None:
+        self.observer = observer
+
+    def __call__(self, event: Any) -> None:
+        if _predicate(event) is PredicateResult.no:
+            return
+        if "log_trace" in event:
+            event["log_trace"].append((self, self.observer))
+        self.observer(event)
+
+
 #: The reactor whose turns the twistd observer flushes with (:func:`flush_per_turn`).
 _reactor: list[Any] = [None]
 
@@ -362,8 +383,7 @@ def observer(out: IO[Any], level: str | LogLevel = "info", fmt: str = "text",
     ``reactor``, flushed once per turn of it (:class:`TurnFlushedLogObserver`)."""
     set_log_level(level)
     set_log_format(fmt)
-    return FilteringLogObserver(TurnFlushedLogObserver(out, line_format, reactor),
-                                [_predicate])
+    return LevelFilteredObserver(TurnFlushedLogObserver(out, line_format, reactor))
 
 
 # --- twistd -------------------------------------------------------------------------------
