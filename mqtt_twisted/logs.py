@@ -272,7 +272,16 @@ def text_line(event: dict) -> str:
         if len(_SHORT) < 4096:
             _SHORT[namespace] = short
     padded = _PADDED.get(event.get("log_level")) or f"{_level_name(event):<5}"
-    return f"{timestamp(event.get('log_time') or 0.0)} {padded} [{short}] {_text(event)}\n"
+    fmt = event.get("log_format")
+    text = None
+    if fmt is not None and "()" not in fmt and "log_failure" not in event:
+        try:  # (message's usual case, inline: a client's lines are all this)
+            text = fmt.format_map(event)
+        except Exception:
+            pass
+    if text is None:
+        text = _text(event)
+    return f"{timestamp(event.get('log_time') or 0.0)} {padded} [{short}] {text}\n"
 
 
 class LineFormat:
