@@ -40,6 +40,9 @@ from twisted.logger import (
     PredicateResult,
     formatEvent,
 )
+from zope.interface import implementer
+
+from mqtt_twisted.turns import after_turn
 
 #: ``--log-level`` values, quietest last.
 LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
@@ -251,13 +254,34 @@ def json_line(event: dict) -> str:
     return _encoder.encode(line) + "\n"
 
 
+#: Namespace -> its short form (:func:`short_namespace`): a process logs under a few
+#: dozen namespaces, and a connection's two lines under one.
+_SHORT: dict[str, str] = {}
+#: Level -> its name as a text line pads it.
+_PADDED = {level: f"{level.name:<5}" for level in LogLevel.iterconstants()}
+
+
 def text_line(event: dict) -> str:
     """``TIMESTAMP LEVEL [NAMESPACE] TEXT`` and a newline (a failure's traceback after)."""
     namespace = event.get("log_namespace") or ""
     if namespace == "log_legacy":
         namespace = event.get("log_system") or event.get("system") or "-"
-    return (f"{timestamp(event.get('log_time') or 0.0)} {_level_name(event):<5} "
-            f"[{short_namespace(namespace)}] {_text(event)}\n")
+    short = _SHORT.get(namespace)
+    if short is None:
+        short = short_namespace(namespace)
+        if len(_SHORT) < 4096:
+            _SHORT[namespace] = short
+    padded = _PADDED.get(event.get("log_level")) or f"{_level_name(event):<5}"
+    fmt = event.get("log_format")
+    text = None
+    if fmt is not None and "()" not in fmt and "log_failure" not in event:
+        try:  # (message's usual case, inline: a client's lines are all this)
+            text = fmt.format_map(event)
+        except Exception:
+            pass
+    if text is None:
+        text = _text(event)
+    return f"{timestamp(event.get('log_time') or 0.0)} {padded} [{short}] {text}\n"
 
 
 class LineFormat:
@@ -284,12 +308,91 @@ def set_log_format(fmt: str) -> str:
     return old
 
 
-def observer(out: IO[Any], level: str | LogLevel = "info", fmt: str = "text") -> ILogObserver:
+#: Lines below this rank are flushed with the rest of their reactor turn's lines; a
+#: warning or an error is flushed at once (with what came before it).
+_FLUSH_AT_ONCE = _RANK[LogLevel.warn]
+
+
+class TurnFlushedLogObserver(FileLogObserver):
+    """``FileLogObserver`` that writes a reactor turn's lines at once, not each alone.
+
+    A connection cycle writes two info lines, each a flushed write (a system call) of
+    its own; here a turn's lines are kept and written together, with one flush, when
+    the turn's events are handled (``turns.after_turn``).  A warning or an error is
+    written at once (after the lines before it); so is every line while the reactor is
+    not running (start-up, shutdown, no reactor given), and what is left at shutdown
+    goes then.  A process killed outright loses at most its last turn's info lines."""
+
+    def __init__(self, out: IO[Any], formatEvent: Any, reactor: Any = None) -> None:
+        super().__init__(out, formatEvent)
+        self.reactor = reactor
+        self._lines: list[str] = []
+        if reactor is not None:
+            reactor.addSystemEventTrigger("after", "shutdown", self.flush)
+
+    def __call__(self, event: Any) -> None:
+        text = self.formatEvent(event)
+        if not text:
+            return
+        lines = self._lines
+        lines.append(text)
+        reactor = self.reactor
+        if (reactor is None or not reactor.running
+                or _RANK.get(event.get("log_level"), _FLUSH_AT_ONCE) >= _FLUSH_AT_ONCE):
+            self.flush()
+        elif len(lines) == 1:  # (the turn's first: its flush is not due yet)
+            after_turn(reactor, TurnFlushedLogObserver.flush, self)
+
+    def flush(self) -> None:
+        """Write and flush the lines kept (in one write; nothing if there are none)."""
+        lines = self._lines
+        if not lines:
+            return
+        text = lines[0] if len(lines) == 1 else "".join(lines)
+        lines.clear()
+        out = self._outFile
+        out.write(text if self._encoding is None else text.encode(self._encoding))
+        out.flush()
+
+
+@implementer(ILogObserver)
+class LevelFilteredObserver:
+    """``FilteringLogObserver(observer, [the level predicate])``, the predicate called
+    directly: Twisted's goes through a ``partial`` and a loop over its predicates (three
+    Python calls more per line written).  The same answer: an event the predicate says
+    ``no`` to is dropped, any other goes on."""
+
+    __slots__ = ("observer",)
+
+    def __init__(self, observer: ILogObserver) -> None:
+        self.observer = observer
+
+    def __call__(self, event: Any) -> None:
+        if _predicate(event) is PredicateResult.no:
+            return
+        if "log_trace" in event:
+            event["log_trace"].append((self, self.observer))
+        self.observer(event)
+
+
+#: The reactor whose turns the twistd observer flushes with (:func:`flush_per_turn`).
+_reactor: list[Any] = [None]
+
+
+def flush_per_turn(reactor: Any) -> None:
+    """Have the observer twistd asks for (made after the service: ``tap.makeService``
+    calls this) flush its lines once per turn of ``reactor``."""
+    _reactor[0] = reactor
+
+
+def observer(out: IO[Any], level: str | LogLevel = "info", fmt: str = "text",
+             reactor: Any = None) -> ILogObserver:
     """A filtered observer writing one line per event to ``out`` (sets the shared
-    level and format: the last call wins, as for one broker per process)."""
+    level and format: the last call wins, as for one broker per process); with a
+    ``reactor``, flushed once per turn of it (:class:`TurnFlushedLogObserver`)."""
     set_log_level(level)
     set_log_format(fmt)
-    return FilteringLogObserver(FileLogObserver(out, line_format), [_predicate])
+    return LevelFilteredObserver(TurnFlushedLogObserver(out, line_format, reactor))
 
 
 # --- twistd -------------------------------------------------------------------------------
@@ -337,12 +440,12 @@ def twistd_observer(config: Any, level: str, fmt: str) -> ILogObserver:
         return FilteringLogObserver(legacy, [_predicate])
     name = config.get("logfile") or ""
     if name == "-" or (config.get("nodaemon") and not name):
-        return observer(sys.stdout, level, fmt)
+        return observer(sys.stdout, level, fmt, _reactor[0])
     from twisted.python.logfile import LogFile
 
     out = LogFile.fromFullPath(name or "twistd.log")
     _rotate_on_sigusr1(out)
-    return observer(out, level, fmt)
+    return observer(out, level, fmt, _reactor[0])
 
 
 def _rotate_on_sigusr1(out: Any) -> None:

@@ -473,6 +473,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
+    logs.flush_per_turn(reactor)  # (twistd makes its log observer after this)
     from mqtt_twisted.service import BrokerService
 
     store_plugin, store_arg = options["store-plugin"]

@@ -34,7 +34,8 @@ class LeanConnectionTests(BrokerTestCase):
     def test_the_connection_is_the_transports_protocol_and_producer(self) -> Any:
         """No protocol object between a plain TCP transport and its connection: the
         connection is the transport's protocol and push producer, writes to it, and
-        keeps its peer as the transport's own address tuple (text made when asked)."""
+        keeps its peer as the transport, whose host and port slots make the text when
+        asked (no address tuple kept)."""
         client = yield connect_raw(self.reactor, self.port)
         yield client.connect("lean-1")
         [conn] = [c for c in self.broker.connections if c.client_id == "lean-1"]
@@ -43,8 +44,10 @@ class LeanConnectionTests(BrokerTestCase):
         self.assertIs(server.protocol, conn)
         self.assertIs(server.producer, conn)
         self.assertIs(server.limit, self.service.test_factory.limit)
-        self.assertIs(conn._peer, server.client)
-        self.assertEqual(conn.peer, f"127.0.0.1:{server.client[1]}")
+        self.assertIs(conn._peer, server)
+        self.assertEqual(server.client, ("127.0.0.1", server.peer_port))
+        self.assertEqual(conn.peer, f"127.0.0.1:{server.peer_port}")
+        self.assertEqual(server.getPeer().port, server.peer_port)
         self.assertEqual(vars(server), {})
         shells = [o for o in gc.get_objects() if isinstance(o, MQTTStreamProtocol)
                   and o.factory is self.service.test_factory]
@@ -54,6 +57,7 @@ class LeanConnectionTests(BrokerTestCase):
         yield self.wait_until(lambda: self.service.test_factory.active == 0)
         self.assertEqual(server.fileno(), -1)
         self.assertIs(conn.transport, _leanmqtt.GONE)  # no cycle left behind
+        self.assertEqual(conn.peer, f"127.0.0.1:{server.peer_port}")  # (for late log lines)
 
     @inlineCallbacks
     def test_flow_control_pauses_and_resumes_reading(self) -> Any:
@@ -186,3 +190,21 @@ class LeanAcceptTests(SynchronousTestCase):
         port, factory = self.port(_Listening(), FakeBrokerService())
         self.assertFalse(_leanmqtt.serve(port, factory))
         self.assertIs(type(port), tcp.Port)
+
+
+class PeerAddressTests(SynchronousTestCase):
+    def test_the_address_is_two_slots_made_into_twisteds_tuple_when_asked(self) -> None:
+        """The lean transport keeps its peer as a shared host string and a port (no
+        tuple), and gives Twisted's ``client``, ``getPeer`` and the peer text from them,
+        IPv6 flow info and scope id included."""
+        v4 = object.__new__(MQTTServer)
+        v4.client = ("127.0.0.7", 40001)
+        other = object.__new__(MQTTServer)
+        other.client = ("".join(["127.0.0.", "7"]), 40002)
+        self.assertIs(other.peer_host, v4.peer_host)  # one string per host
+        self.assertEqual((v4.client, v4.peer_text()), (("127.0.0.7", 40001), "127.0.0.7:40001"))
+        self.assertEqual(v4.getPeer().port, 40001)
+        v6 = object.__new__(MQTTServer)
+        v6.client = ("::1", 40003, 0, 2)
+        self.assertEqual((v6.client, v6.peer_text()), (("::1", 40003, 0, 2), "::1:40003"))
+        self.assertEqual((v6.getPeer().host, v6.getPeer().scopeID), ("::1", 2))

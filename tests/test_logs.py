@@ -124,6 +124,51 @@ class LevelTests(SynchronousTestCase):
         log.error("now text")
         self.assertIn("error [test] now text", out.getvalue().splitlines()[-1])
 
+    def test_a_turns_lines_are_written_together(self) -> None:
+        """With a running reactor, a turn's info lines are one write and one flush
+        when the turn ends; a warning goes at once with the lines before it; without
+        a running reactor every line goes at once; shutdown writes what is left."""
+
+        class Out(io.StringIO):
+            writes = 0
+
+            def write(self, text: str) -> int:
+                self.writes += 1
+                return super().write(text)
+
+        class Reactor(task.Clock):
+            running = True
+            triggers: list[Any] = []
+
+            def addSystemEventTrigger(self, phase: str, event: str, f: Any) -> None:
+                self.triggers.append((phase, event, f))
+
+        out, reactor = Out(), Reactor()
+        log = Logger(namespace="mqtt_twisted.test",
+                     observer=logs.observer(out, "info", "text", reactor))
+        log.info("one")
+        log.info("two")
+        self.assertEqual((out.getvalue(), out.writes), ("", 0))
+        reactor.advance(0)
+        self.assertEqual([line.split()[-1] for line in out.getvalue().splitlines()],
+                         ["one", "two"])
+        self.assertEqual(out.writes, 1)
+        log.info("three")
+        log.warn("four")
+        self.assertEqual([line.split()[-1] for line in out.getvalue().splitlines()[-2:]],
+                         ["three", "four"])
+        self.assertEqual(out.writes, 2)
+        reactor.advance(0)  # (nothing left for the turn's flush)
+        self.assertEqual(out.writes, 2)
+        log.info("five")
+        [(phase, event, flush)] = reactor.triggers
+        self.assertEqual((phase, event), ("after", "shutdown"))
+        reactor.running = False
+        flush()
+        self.assertEqual((out.getvalue().split()[-1], out.writes), ("five", 3))
+        log.info("six")  # not running: at once
+        self.assertEqual((out.getvalue().split()[-1], out.writes), ("six", 4))
+
     def test_bad_values(self) -> None:
         """A level or format that does not exist is a ValueError naming the choices."""
         self.assertIn("debug, info, warn, error", str(self.assertRaises(

@@ -31,6 +31,7 @@ from twisted.python import failure
 
 from mqtt_twisted.adapters._accepts import ACCEPT_SLICE
 from mqtt_twisted.adapters._leanserver import LeanServer, setup
+from mqtt_twisted.turns import after_turn
 
 try:  # FIONREAD, FIONBIO: POSIX only; elsewhere nothing is drained, nothing served lean
     import fcntl
@@ -172,7 +173,7 @@ def _close_later(transport: MQTTServer) -> None:
     closing = _CLOSING.get(reactor)
     if closing is None:
         closing = _CLOSING[reactor] = []
-        reactor.callLater(0, _close, reactor)
+        after_turn(reactor, _close, reactor)
     closing.append(transport)
 
 
@@ -261,8 +262,8 @@ def _serve_one(port: Any, fd: int, addr: tuple) -> None:
         return
     try:
         transport = port.lean_server(fd, addr, port.reactor)
-        connection = factory.broker.buildConnection(transport, transport.client,
-                                                    factory.listener, None)
+        connection = factory.broker.buildConnection(transport, transport, factory.listener,
+                                                    None)  # (its peer: the transport's)
     except BaseException:
         factory.limit.release()
         _close_fd(fd)

@@ -30,7 +30,7 @@ import errno
 import os
 import socket
 import struct
-from types import MethodType
+from operator import attrgetter
 from typing import Any
 
 from twisted.internet import abstract, address, error, main, tcp
@@ -38,49 +38,40 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
 from twisted.python import failure
 
+from mqtt_twisted.turns import after_turn
+
 #: Address strings of recent peers, shared by their connections (a host's clients, or
 #: a load balancer's, then hold one string, not one each); bounded, emptied when full.
 _HOSTS: dict[str, str] = {}
 _HOSTS_MAX = 4096
 
 
-def _shared_host(client: tuple) -> tuple:
-    """``client`` with its host string shared with earlier connections from that host."""
-    host = client[0]
+def _shared_host(host: str) -> str:
+    """``host``, or the equal string of an earlier connection from that host."""
     shared = _HOSTS.get(host)
     if shared is None:
         if len(_HOSTS) >= _HOSTS_MAX:
             _HOSTS.clear()
-        _HOSTS[host] = host
-        return client
-    return (shared, *client[1:])
+        _HOSTS[host] = shared = host
+    return shared
 
 
-def _fd_of(self: LeanServer) -> int:
-    return self._fd
+def _ignored(self: Any, value: Any = None) -> None:
+    """Twisted assigns and deletes ``fileno`` per connection: both are ignored here."""
 
 
-class _Fileno:
-    """``fileno``: the descriptor number kept since accept, -1 once it is closed
-    (Twisted assigns and deletes ``fileno`` per connection: both are ignored here)."""
-
-    def __get__(self, obj: Any, cls: Any = None) -> Any:
-        if obj is None:
-            return self
-        return MethodType(_fd_of, obj)
-
-    def __set__(self, obj: Any, value: Any) -> None:
-        pass
-
-    def __delete__(self, obj: Any) -> None:
-        pass
+#: ``fileno``: the descriptor number kept since accept, -1 once it is closed.  The
+#: reactor asks for it several times per connection (each register, unregister and
+#: event): a C getter returning the int's own ``__index__``, whose call gives the very
+#: int object back, costs no Python frame (a method built per call cost two).
+_FILENO = property(attrgetter("_fd.__index__"), _ignored, _ignored)
 
 
 class LeanServer(tcp.Server):
     """``tcp.Server`` with a slot for each attribute and nothing stored for logs."""
 
     __slots__ = (
-        "reactor", "protocol", "client", "_fd", "connected", "dataBuffer", "offset",
+        "reactor", "protocol", "peer_host", "peer_port", "_fd", "connected", "dataBuffer", "offset",
         "_tempDataBuffer", "_tempDataLen", "producer", "streamingProducer",
         "producerPaused",
     )
@@ -88,8 +79,11 @@ class LeanServer(tcp.Server):
     # ``disconnected``, ``_writeDisconnecting``, ``_writeDisconnected``, ``_aborting``).
     # They read Twisted's class defaults until then, and setting one makes the instance
     # dict a connection that is going has anyway (40 bytes less per idle connection).
+    # The peer's address is two slots, its host (shared, :func:`_shared_host`) and port,
+    # rather than Twisted's ``client`` tuple (a tuple and 40 bytes less): ``client`` is
+    # made when asked.  An IPv6 peer's port slot holds (port, flow info, scope id).
 
-    fileno = _Fileno()  # type: ignore[assignment]
+    fileno = _FILENO  # type: ignore[assignment]
     #: close() alone ends the connection in order (FIN after what is buffered): no
     #: shutdown(2) first, one system call less per connection (Twisted's own comment
     #: in ``_SocketCloser`` says it "isn't really necessary").
@@ -228,7 +222,7 @@ class LeanServer(tcp.Server):
     def _borrowed(self) -> socket.socket:
         """A socket object on a duplicate of the descriptor, for the rare calls that
         need one (options, names, half-close): closing it leaves ours open."""
-        family = socket.AF_INET6 if len(self.client) == 4 else socket.AF_INET
+        family = socket.AF_INET if type(self.peer_port) is int else socket.AF_INET6
         return socket.socket(family, socket.SOCK_STREAM, 0, os.dup(self._fd))
 
     def getHandle(self) -> socket.socket:
@@ -258,18 +252,18 @@ class LeanServer(tcp.Server):
     def peer_text(self) -> str:
         """``host:port`` of the client, as ``kit.peer_text(self.getPeer())`` says it
         without building the address object."""
-        client = self.client
-        return f"{client[0]}:{client[1]}"
+        port = self.peer_port
+        return f"{self.peer_host}:{port if type(port) is int else port[0]}"
 
     # --- worked out when asked --------------------------------------------------------
 
     @property
     def hostname(self) -> str:
-        return self.client[0]
+        return self.peer_host
 
     @property
     def _addressType(self) -> Any:  # type: ignore[override]
-        return address.IPv6Address if len(self.client) == 4 else address.IPv4Address
+        return address.IPv4Address if type(self.peer_port) is int else address.IPv6Address
 
     def logPrefix(self) -> str:
         """The protocol's class name.  The reactor asks for it on every read and write
@@ -301,13 +295,29 @@ class LeanServer(tcp.Server):
         pass
 
 
+def _client(self: LeanServer) -> tuple:
+    """The peer's address as the socket gave it (Twisted's ``client``), from the two
+    slots that hold it."""
+    port = self.peer_port
+    return (self.peer_host, port) if type(port) is int else (self.peer_host, *port)
+
+
+def _set_client(self: LeanServer, client: tuple) -> None:
+    self.peer_host = _shared_host(client[0])
+    self.peer_port = client[1] if len(client) == 2 else tuple(client[1:])
+
+
+#: (Outside the class body: the class is at its size limit.)
+LeanServer.client = property(_client, _set_client)  # type: ignore[assignment]
+
+
 def setup(self: LeanServer, fd: int, protocol: Any, client: tuple, reactor: Any) -> None:
     """A lean transport's state, in slots, on a non-blocking descriptor (a function:
     the class is at its size limit)."""
     self._fd = fd
     self.reactor = reactor
     self.protocol = protocol
-    self.client = _shared_host(client)
+    self.client = client  # (as host and port slots)
     self.connected = 1
     self.dataBuffer = b""
     self.offset = self._tempDataLen = 0
@@ -331,7 +341,7 @@ def _flush_later(transport: LeanServer) -> None:
     due = _DUE.get(reactor)
     if due is None:
         due = _DUE[reactor] = []
-        reactor.callLater(0, _flush, reactor)
+        after_turn(reactor, _flush, reactor)  # (one callLater(0) a turn for all such work)
     due.append(transport)
 
 

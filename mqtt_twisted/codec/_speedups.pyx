@@ -282,8 +282,8 @@ def feed(self, data, budget=0):
     buf = <const unsigned char*>PyBytes_AS_STRING(data)
     version = self.version
     ver = -1 if version is None else version
-    limit = self.max_packet_size if version is not None else self.connect_packet_size
     limits = self.limits
+    limit = limits.max_packet_size if version is not None else limits.connect_packet_size
     left = budget or -1
     try:
         while n - pos >= 2:
@@ -335,7 +335,7 @@ def feed(self, data, budget=0):
                 if ver == -1 and type(packet) is Connect:
                     self.version = version = packet.protocol_level
                     ver = version
-                    limit = self.max_packet_size
+                    limit = limits.max_packet_size
             packets.append(packet)
             pos = end
     except MQTTError as e:

@@ -19,7 +19,12 @@ from mqtt_twisted.codec._wire import (
     encode_string,
     encode_vbi,
 )
-from mqtt_twisted.constants import WILL_PROPERTIES, PacketType, PropertyId
+from mqtt_twisted.constants import (
+    MAX_REMAINING_LENGTH,
+    WILL_PROPERTIES,
+    PacketType,
+    PropertyId,
+)
 from mqtt_twisted.errors import MalformedPacket, PacketTooLarge, ProtocolError, ValidationError
 
 Properties = dict[int, Any]
@@ -87,14 +92,31 @@ _ID_ENUM = {int(p): p for p in PropertyId}
 class DecodeLimits:
     """What one packet may carry beyond the protocol's own limits, checked while it is
     decoded, before the objects are built: a CONNECT or PUBLISH of a million user
-    properties is refused at the 129th, not after a million tuples were made."""
+    properties is refused at the 129th, not after a million tuples were made.  And the
+    stream's packet sizes (``StreamDecoder``): the largest packet, and the largest
+    while the stream still waits for its CONNECT.  One object for every connection of
+    a broker, not two numbers in each decoder."""
 
-    __slots__ = ("max_user_properties", "max_user_property_bytes")
+    __slots__ = ("max_user_properties", "max_user_property_bytes", "max_packet_size",
+                 "connect_packet_size")
 
     def __init__(self, max_user_properties: int = 1 << 31,
-                 max_user_property_bytes: int = 1 << 31) -> None:
+                 max_user_property_bytes: int = 1 << 31,
+                 max_packet_size: int = MAX_REMAINING_LENGTH + 5,
+                 connect_packet_size: int | None = None) -> None:
         self.max_user_properties = max_user_properties
         self.max_user_property_bytes = max_user_property_bytes
+        self.max_packet_size = max_packet_size
+        self.connect_packet_size = min(connect_packet_size or max_packet_size,
+                                       max_packet_size)
+
+    def sized(self, max_packet_size: int, connect_packet_size: int | None) -> DecodeLimits:
+        """These limits with the given packet sizes (itself when they are its own)."""
+        connect = min(connect_packet_size or max_packet_size, max_packet_size)
+        if max_packet_size == self.max_packet_size and connect == self.connect_packet_size:
+            return self
+        return DecodeLimits(self.max_user_properties, self.max_user_property_bytes,
+                            max_packet_size, connect)
 
 
 #: The protocol's limits only (clients, tests, tools).

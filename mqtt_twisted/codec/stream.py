@@ -34,16 +34,19 @@ class StreamDecoder:
     caller handles those packets, then closes the connection.
     """
 
-    __slots__ = ("version", "max_packet_size", "connect_packet_size", "limits", "_pending",
-                 "_pending_size", "_need", "more")
+    __slots__ = ("version", "limits", "_pending", "_pending_size", "_need", "more")
 
-    def __init__(self, version: int | None = None, max_packet_size: int = MAX_PACKET_SIZE,
+    def __init__(self, version: int | None = None, max_packet_size: int | None = MAX_PACKET_SIZE,
                  connect_packet_size: int | None = None,
                  limits: DecodeLimits = NO_LIMITS) -> None:
         self.version = version
-        self.max_packet_size = max_packet_size
-        #: The limit while the stream still waits for its CONNECT (server side).
-        self.connect_packet_size = min(connect_packet_size or max_packet_size, max_packet_size)
+        #: The packet sizes are the limits object's (shared by a broker's connections:
+        #: the broker's is already sized, ``BrokerSettings.decode_limits``); a
+        #: ``max_packet_size`` of None takes the limits' sizes as they are.
+        if max_packet_size is not None and (
+                max_packet_size != limits.max_packet_size
+                or (connect_packet_size or max_packet_size) != limits.connect_packet_size):
+            limits = limits.sized(max_packet_size, connect_packet_size)  # (else: as given)
         self.limits = limits
         #: Bytes of an incomplete packet: an empty tuple (shared, no allocation per
         #: idle connection) until a read ends inside a packet.
@@ -53,6 +56,16 @@ class StreamDecoder:
         #: True when the last :meth:`feed` stopped at its ``budget`` with whole
         #: packets still buffered: ``feed(b"")`` returns the next ones.
         self.more = False
+
+    @property
+    def max_packet_size(self) -> int:
+        """The largest packet this stream takes."""
+        return self.limits.max_packet_size
+
+    @property
+    def connect_packet_size(self) -> int:
+        """The largest while the stream still waits for its CONNECT (server side)."""
+        return self.limits.connect_packet_size
 
     @property
     def buffered(self) -> int:
@@ -106,8 +119,8 @@ class StreamDecoder:
         pos = 0
         n = len(data)
         version = self.version
-        limit = self.max_packet_size if version is not None else self.connect_packet_size
         limits = self.limits
+        limit = limits.max_packet_size if version is not None else limits.connect_packet_size
         need = 0
         left = budget or -1
         try:
@@ -158,7 +171,7 @@ class StreamDecoder:
                     packet.raw = data[pos:end] if pos or end != n else data  # type: ignore[union-attr]
                 elif version is None and type(packet) is Connect:
                     self.version = version = packet.protocol_level
-                    limit = self.max_packet_size
+                    limit = limits.max_packet_size
                 packets.append(packet)
                 pos = end
         except MQTTError as e:

@@ -60,18 +60,23 @@ def _level(conn: Any) -> LogLevel:
     return LogLevel.debug if conn.virtual else LogLevel.info
 
 
+#: The connect line's format, by (session resumed, user name given).
+_CONNECTED = {(resumed, named): "{client_id} connected from {peer} (MQTT {protocol} over "
+              "{adapter}, {session} session" + (", resumed" if resumed else "") + ", keep "
+              "alive {keep_alive} s" + (", user {user})" if named else ")")
+              for resumed in (False, True) for named in (False, True)}
+
+
 def connected(conn: Any, clean: bool, session_present: bool, keep_alive: int) -> None:
     """A client's CONNECT was accepted (CONNACK sent)."""
-    level = _level(conn)
+    level = LogLevel.debug if conn.virtual else LogLevel.info  # (_level, inline)
     if not enabled(level):  # not built when it would not be written
         return
     user = getattr(conn, "username", None)
-    _emit(level,
-          "{client_id} connected from {peer} (MQTT {protocol} over {adapter}, {session} "
-          "session" + (", resumed" if session_present else "") + ", keep alive "
-          "{keep_alive} s" + (", user {user})" if user is not None else ")"),
-          action="connect", client_id=conn.client_id, peer=conn.peer,
-          protocol=PROTOCOLS.get(conn.version, str(conn.version)), adapter=_adapter(conn),
+    _emit(level, _CONNECTED[bool(session_present), user is not None], action="connect",
+          client_id=conn.client_id, peer=conn.peer,
+          protocol=PROTOCOLS.get(conn.version, str(conn.version)),
+          adapter=getattr(conn.listener, "adapter", None) or "mqtt",  # (_adapter, inline)
           clean=clean, session="clean" if clean else "persistent",
           session_present=session_present, keep_alive=keep_alive, user=user)
 
@@ -108,7 +113,7 @@ def disconnected(conn: Any) -> None:
     """A connected client's connection ended (logged once: the broker calls this when
     it detaches the connection from its session)."""
     reason, code, detail = getattr(conn, "ended", None) or ("closed", None, None)
-    level = LogLevel.debug if reason == STORE_OUTAGE else _level(conn)
+    level = LogLevel.debug if reason == STORE_OUTAGE or conn.virtual else LogLevel.info
     if not enabled(level):
         return
     fmt = "{client_id} from {peer} disconnected: {reason}"
@@ -116,8 +121,8 @@ def disconnected(conn: Any) -> None:
         fmt += " (0x{reason_code:02X})"
     if detail:
         fmt += ": {detail}"
-    _emit(level, fmt, action="disconnect", client_id=conn.client_id,
-          peer=conn.peer, adapter=_adapter(conn), reason=reason,
+    _emit(level, fmt, action="disconnect", client_id=conn.client_id, peer=conn.peer,
+          adapter=getattr(conn.listener, "adapter", None) or "mqtt", reason=reason,
           reason_code=None if code is None else int(code), detail=detail)
 
 

@@ -105,10 +105,13 @@ class Connector:
                                                              "identityAsUsername", False):
             username = conn.certificate_identity  # Mosquitto's use_identity_as_username
         conn.username = username
+        method = packet.properties.get(_P.AUTHENTICATION_METHOD) if packet.properties else None
+        if method is None and self.broker.authenticator is None:  # (no credentials asked)
+            self._connect_authenticated(conn, packet, assigned, username)
+            return
         creds = Credentials(client_id, username, packet.password,
                             conn.certificate_identity, conn.peer,
                             getattr(conn.listener, "adapter", "mqtt"))
-        method = packet.properties.get(_P.AUTHENTICATION_METHOD) if packet.properties else None
         if method is not None:
             self._start_exchange(conn, creds, method, packet.properties.get(
                 _P.AUTHENTICATION_DATA), lambda identity: self._connect_authenticated(

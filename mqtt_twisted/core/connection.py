@@ -89,7 +89,11 @@ class MQTTConnection:
     # whether its CONNECT has been given time for its answer (answer_due).
 
     def __init__(
-        self, broker: Broker, transport: Any, peer: str | tuple = "", listener: Any = None,
+        self,
+        broker: Broker,
+        transport: Any,
+        peer: Any = "",
+        listener: Any = None,
         certificate_identity: str | None = None,
     ) -> None:
         self.broker = broker
@@ -97,10 +101,10 @@ class MQTTConnection:
         self._peer = peer  # (the ``peer`` property: text, or an address to make it from)
         self.listener = listener
         self._rare: Any = None
-        self.certificate_identity = certificate_identity
+        if certificate_identity is not None:  # (a rare field: no call to set its default)
+            self.certificate_identity = certificate_identity
         settings = broker.settings
-        self.decoder = StreamDecoder(None, settings.max_packet_size,
-                                     settings.connect_packet_size, settings.decode_limits())
+        self.decoder = StreamDecoder(None, None, None, settings.decode_limits())  # (sized)
         self.state = AWAIT_CONNECT
         self.version = 4
         self.session: Session | None = None
@@ -423,9 +427,9 @@ class MQTTConnection:
         self.lost = True
         if self.due is not None:
             self.broker.deadlines.cancel(self)
-        if self._resume_call is not None and self._resume_call.active():
-            self._resume_call.cancel()
-        self._resume_call = None
+        if self._rare is not None and self._resume_call is not None:  # (rare: no record)
+            self._resume_call.active() and self._resume_call.cancel()
+            self._resume_call = None
         if self._rate is not None:
             self._rate.cancel()
         self._backlog = None
@@ -529,11 +533,11 @@ class MQTTConnection:
         self.unblock()
 
 
-#: ``host:port``, as given or made when asked from the ``(host, port, ...)`` address the
-#: lean TCP transport holds anyway (64 bytes less per idle connection); outside the
-#: class body, which is at its size limit.
-MQTTConnection.peer = property(  # type: ignore[attr-defined]
-    lambda conn: p if type(p := conn._peer) is str else f"{p[0]}:{p[1]}")
+#: ``host:port``, as given, or made when asked from a ``(host, port, ...)`` address or
+#: from the lean TCP transport that holds it (its ``peer_text``; 64 bytes less per idle
+#: connection).  Outside the class body, which is at its size limit.
+MQTTConnection.peer = property(lambda conn: p if type(p := conn._peer) is str else (  # type: ignore[attr-defined]
+    f"{p[0]}:{p[1]}" if type(p) is tuple else p.peer_text()))
 
 for _name, _field in rare_fields("MQTTConnection", {
         "auth_method": None, "auth_pending": None, "auth_final_data": None,

@@ -106,12 +106,14 @@ class Lifecycle:
         """End a session: a delayed will goes out now [MQTT-3.1.3-9]; then forget its
         subscriptions, queue and stored state."""
         broker = self.broker
-        will_call = session.will_call
+        rare = session._rare is not None  # (else no timers and no offline charge)
+        will_call = session.will_call if rare else None
         if will_call is not None and will_call.active():
             will = will_call.args[1]  # (a cancelled DelayedCall forgets its arguments)
             will_call.cancel()
             self.publish_will(session, will)
-        session.will_call = None
+        if rare:
+            session.will_call = None
         if broker.sessions.get(session.clientId) is session:
             del broker.sessions[session.clientId]
         for topic_filter in session.subscriptions:
@@ -124,9 +126,10 @@ class Lifecycle:
         session.inflight = NO_ENTRIES
         session.inflight_bytes = 0
         session.clear_queue()
-        broker.offline.back(session)
-        if session.expiry_call is not None and session.expiry_call.active():
-            session.expiry_call.cancel()
+        if rare or session._rare is not None:  # (publish_will may have made the record)
+            broker.offline.back(session)
+            if session.expiry_call is not None and session.expiry_call.active():
+                session.expiry_call.cancel()
         broker.journal.persist(broker.store.deleteSession(session.clientId))
 
     def set_session_expiry(self, session: Session, expiry: float | None) -> None:

@@ -9,8 +9,9 @@ from mqtt_twisted.codec.stream import DecodeLimits
 
 
 @lru_cache(maxsize=16)
-def _decode_limits(properties: int, property_bytes: int) -> DecodeLimits:
-    return DecodeLimits(properties, property_bytes)
+def _decode_limits(properties: int, property_bytes: int, packet_size: int,
+                   connect_size: int) -> DecodeLimits:
+    return DecodeLimits(properties, property_bytes, packet_size, connect_size)
 
 
 @dataclass(slots=True)
@@ -115,7 +116,8 @@ class BrokerSettings:
     admin_users: frozenset[str] = frozenset()
 
     def decode_limits(self) -> DecodeLimits:
-        """The limits every connection's decoder checks (one object for all of them, not
-        48 bytes more per connection)."""
+        """The limits every connection's decoder checks, packet sizes included (one
+        object for all of them, not 64 bytes more per connection)."""
         return _decode_limits(self.max_user_properties or 1 << 31,
-                              self.max_user_property_bytes or 1 << 31)
+                              self.max_user_property_bytes or 1 << 31,
+                              self.max_packet_size, self.connect_packet_size)
