@@ -18,7 +18,16 @@ from dataclasses import fields as _fields
 from types import MemberDescriptorType
 
 from mqtt_twisted.codec._decode import decode_body
-from mqtt_twisted.codec.packets import Connect, Publish, Subscribe, Subscription
+from mqtt_twisted.codec.packets import (
+    Connect,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    Subscribe,
+    Subscription,
+)
 from mqtt_twisted.codec.properties import NO_LIMITS, decode_properties, encode_properties
 from mqtt_twisted.constants import MAX_REMAINING_LENGTH, PacketType, PropertyId
 from mqtt_twisted.errors import (
@@ -56,6 +65,12 @@ cdef bint _SUBSCRIBE_KNOWN = (
     and [f.name for f in _fields(Subscription)] == [
         "topic_filter", "qos", "no_local", "retain_as_published", "retain_handling"])
 SUBSCRIBE_FIELDS_KNOWN = _SUBSCRIBE_KNOWN
+#: The same for the four acks (``_ack``): a QoS 1 message has one to decode, QoS 2 three.
+cdef bint _ACKS_KNOWN = all(
+    not hasattr(cls, "__post_init__")
+    and [f.name for f in _fields(cls)] == ["packet_id", "reason_code", "properties"]
+    for cls in (PubAck, PubRec, PubRel, PubComp))
+ACK_FIELDS_KNOWN = _ACKS_KNOWN
 
 
 cdef Py_ssize_t _offset(cls, str name):
@@ -155,6 +170,18 @@ cdef object _decode_publish(int flags, object data, const unsigned char* buf,
     packet.properties = properties
     packet.raw = None
     return packet
+
+
+cdef object _ack(int first, int packet_id):
+    """The usual ack, a packet id alone (``_decode.decode_ack``'s first case), without
+    the Python frames of ``decode_body``, ``decode_ack`` and the dataclass's __init__."""
+    cls = PubAck if first == 0x40 else PubRec if first == 0x50 else (
+        PubRel if first == 0x62 else PubComp)
+    ack = _new(cls)
+    ack.packet_id = packet_id
+    ack.reason_code = 0
+    ack.properties = {}
+    return ack
 
 
 cdef object _decode_subscribe(object data, const unsigned char* buf, Py_ssize_t pos,
@@ -328,6 +355,10 @@ def feed(self, data, budget=0):
                 packet = _decode_publish(first & 0x0F, data, buf, pos + header, end, ver, limits)
                 if first == 0x30:
                     packet.raw = data[pos:end] if pos or end != n else data
+            elif (total == 4 and _ACKS_KNOWN and (first == 0x40 or first == 0x50
+                                                   or first == 0x62 or first == 0x70)
+                  and (buf[pos + 2] or buf[pos + 3])):
+                packet = _ack(first, (buf[pos + 2] << 8) | buf[pos + 3])
             elif first == 0x82 and ver != -1:
                 packet = _decode_subscribe(data, buf, pos + header, end, ver, limits)
             else:

@@ -15,7 +15,26 @@ from mqtt_twisted.message import NO_WIRE, Message, forward_properties
 
 
 def _template(message: Message, version: int, qos: int, retain: bool) -> tuple[bytes, int]:
-    """Encode with a placeholder packet id; return (bytes, offset of the packet id)."""
+    """Encode with a placeholder packet id; return (bytes, offset of the packet id).
+
+    A v3/v4 PUBLISH under 128 bytes (no properties: its bytes follow from the topic and
+    the payload alone) is put together here, without a ``Publish`` to encode: a QoS 1/2
+    message is a new template for every message it goes to a subscriber at all."""
+    if version != 5:
+        try:
+            topic = message.topic.encode("utf-8")
+        except UnicodeEncodeError:
+            topic = b"\x00"  # (encode_publish below says what is wrong with it)
+        size = len(topic)
+        payload = message.payload
+        length = size + len(payload) + (4 if qos else 2)
+        if length < 128 and b"\x00" not in topic:
+            first = 0x30 | (qos << 1) | (1 if retain else 0)
+            if qos:
+                return (b"".join((bytes((first, length, size >> 8, size & 0xFF)), topic,
+                                  b"\x00\x01", payload)), size + 4)
+            return b"".join((bytes((first, length, size >> 8, size & 0xFF)), topic,
+                             payload)), size + 4
     packet = Publish(message.topic, message.payload, qos, retain, False, 1 if qos else None,
                      {})
     data = encode_publish(packet, version)
