@@ -104,7 +104,7 @@ cdef object _TOPIC_ALIAS = int(PropertyId.TOPIC_ALIAS)
 cdef Py_ssize_t _MAX_REMAINING = MAX_REMAINING_LENGTH
 # The pure functions, set by _accel.py: what the compiled ones hand unusual input to.
 _pure_feed = _pure_decode_publish = _pure_encode_publish = None
-_pure_decode_subscribe = _pure_encode_publishes = None
+_pure_decode_subscribe = _pure_encode_publishes = _pure_encode_publish_plain = None
 
 
 cdef object _decode_publish(int flags, object data, const unsigned char* buf,
@@ -402,31 +402,43 @@ def encode_publish(p, version):
             or type(p.payload) is not bytes
             or (q and type(p.packet_id) is not int)):
         return _pure_encode_publish(p, version)
-    cdef int qos = q
+    return _encode_publish(p.topic, p.payload, q, p.dup, p.retain, p.packet_id, version,
+                           p.properties)
+
+
+def encode_publish_plain(topic, payload, qos, retain, packet_id):
+    """``_encode.encode_publish_plain``, compiled: ``encode_publish``'s bytes without a
+    ``Publish`` object to read them from."""
+    if (type(qos) is not int or not 1 <= qos <= 2 or type(topic) is not str
+            or type(payload) is not bytes or type(packet_id) is not int):
+        return _pure_encode_publish_plain(topic, payload, qos, retain, packet_id)
+    return _encode_publish(topic, payload, qos, False, retain, packet_id, 4, None)
+
+
+cdef object _encode_publish(str text, bytes payload, int qos, dup, retain, packet_id,
+                            int version, properties):
     cdef int first
     cdef Py_ssize_t n, length, size, i, pid = 0
     cdef char* out
-    cdef bytes topic, payload, props = b""
+    cdef bytes topic, props = b""
     try:
-        topic = p.topic.encode("utf-8")
+        topic = text.encode("utf-8")
     except UnicodeEncodeError:
         raise ValidationError("topic holds a lone surrogate") from None
     n = PyBytes_GET_SIZE(topic)
     if n > 0xFFFF or memchr(PyBytes_AS_STRING(topic), 0, n) != NULL:
         raise ValidationError("topic longer than 65,535 bytes or holding U+0000")
-    payload = p.payload
     length = 2 + n
     if qos:
-        packet_id = p.packet_id
         if packet_id is None or not 0 < packet_id <= 0xFFFF:
             raise ValidationError(f"packet identifier must be 1..65535, not {packet_id!r}")
         pid = packet_id
         length += 2
-        first = 0x30 | (qos << 1) | (0x08 if p.dup else 0) | (1 if p.retain else 0)
+        first = 0x30 | (qos << 1) | (0x08 if dup else 0) | (1 if retain else 0)
     else:
-        first = 0x31 if p.retain else 0x30
+        first = 0x31 if retain else 0x30
     if version == 5:
-        props = encode_properties(p.properties, _PUBLISH) if p.properties else b"\x00"
+        props = encode_properties(properties, _PUBLISH) if properties else b"\x00"
         length += PyBytes_GET_SIZE(props)
     length += PyBytes_GET_SIZE(payload)
     if length > _MAX_REMAINING:

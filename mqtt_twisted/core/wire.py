@@ -1,40 +1,22 @@
 """Outbound PUBLISH bytes, encoded once per variant and shared across subscribers.
 
 A message fanned out to many subscribers is encoded at most once per
-(protocol version, QoS, retain) variant; QoS 1/2 copies differ only in their
-packet id, which is patched into the shared template.  Messages whose v5
+(protocol version, QoS, retain) variant; v5 QoS 1/2 copies differ only in their
+packet id, which is patched into the shared template.  A v3/v4 QoS 1/2 copy is
+encoded whole (``encode_publish_plain``): as cheap as the patch, compiled.  Messages whose v5
 properties differ per subscriber (subscription identifiers, an aged expiry
 interval) are encoded individually.
 """
 
 from __future__ import annotations
 
-from mqtt_twisted.codec import encode_publish
+from mqtt_twisted.codec import encode_publish, encode_publish_plain
 from mqtt_twisted.codec.packets import Publish
 from mqtt_twisted.message import NO_WIRE, Message, forward_properties
 
 
 def _template(message: Message, version: int, qos: int, retain: bool) -> tuple[bytes, int]:
-    """Encode with a placeholder packet id; return (bytes, offset of the packet id).
-
-    A v3/v4 PUBLISH under 128 bytes (no properties: its bytes follow from the topic and
-    the payload alone) is put together here, without a ``Publish`` to encode: a QoS 1/2
-    message is a new template for every message it goes to a subscriber at all."""
-    if version != 5:
-        try:
-            topic = message.topic.encode("utf-8")
-        except UnicodeEncodeError:
-            topic = b"\x00"  # (encode_publish below says what is wrong with it)
-        size = len(topic)
-        payload = message.payload
-        length = size + len(payload) + (4 if qos else 2)
-        if length < 128 and b"\x00" not in topic:
-            first = 0x30 | (qos << 1) | (1 if retain else 0)
-            if qos:
-                return (b"".join((bytes((first, length, size >> 8, size & 0xFF)), topic,
-                                  b"\x00\x01", payload)), size + 4)
-            return b"".join((bytes((first, length, size >> 8, size & 0xFF)), topic,
-                             payload)), size + 4
+    """Encode with a placeholder packet id; return (bytes, offset of the packet id)."""
     packet = Publish(message.topic, message.payload, qos, retain, False, 1 if qos else None,
                      {})
     data = encode_publish(packet, version)
@@ -57,6 +39,10 @@ def publish_bytes(
         return encode_publish(
             Publish(message.topic, message.payload, qos, retain, False, packet_id, props), version
         )
+    if qos and version != 5:
+        # One subscriber is the usual case: its copy encoded whole (compiled: one
+        # allocation), not a template made and then patched with the packet id.
+        return encode_publish_plain(message.topic, message.payload, qos, retain, packet_id)
     wire = message.wire
     if wire is None:
         wire = message.wire = {}
