@@ -2,7 +2,7 @@
 
 With a store that keeps no per-message writes (the memory store), a plain QoS 1
 PUBLISH is routed and acknowledged inline in ``inbound.on_publish``, a subscriber's
-copy goes in flight without ``Delivery._send_inflight`` and is encoded whole
+copy goes in flight inline in ``Delivery.deliver`` or ``pump`` and is encoded whole
 (``encode_publish_plain``), and the compiled feed builds the usual PUBACK itself.
 These tests hold what that path must keep: acks in order, the in-flight window in
 count and bytes, the queue behind it drained in order as PUBACKs come, packet ids

@@ -97,10 +97,7 @@ class Delivery:
                                        group, seq)
                         if group is not None and self.hold is not None:
                             self.hold(session, out)
-                        if self.durable:
-                            self._send_inflight(session, conn, out)
-                            return
-                        # _send_inflight, inline for a store without per-message writes
+                        # In flight now (as pump does for a queued one, inline: per message).
                         inflight = session.inflight
                         if inflight is NO_ENTRIES:
                             inflight = session.inflight = {}
@@ -110,6 +107,9 @@ class Delivery:
                         out.packet_id = pid
                         inflight[pid] = out
                         session.inflight_bytes += len(message.payload) + len(message.topic)
+                        if self.durable and session.expiryInterval != 0:
+                            # Stored before it is sent: a crash cannot lose track of it.
+                            self.journal.persist(self.put_outbound(session.clientId, out))
                         if not conn.send_publish(message, qos, retain, pid, subscription_ids):
                             self.outbound_done(session, pid)
                         return
@@ -141,7 +141,7 @@ class Delivery:
             if dropped[0] is out:
                 return  # larger than the whole queue: never held, so never stored
         # (expiryInterval != 0: Session.persistent without its property call, on the
-        # three per-message writes: here, _send_inflight and outbound_done.)
+        # three per-message writes: here, in flight (here or in pump) and outbound_done.)
         if qos and self.durable and session.expiryInterval != 0:
             self.journal.persist(self.put_outbound(session.clientId, out))
 
@@ -163,26 +163,6 @@ class Delivery:
                           client=session.clientId, size=self.settings.max_queued,
                           bytes=self.settings.max_queued_bytes,
                           topic=dropped[-1].message.topic, n=session.dropped)
-
-    def _send_inflight(self, session: Session, conn: Any, out: Outbound,
-                       queued: bool = False) -> None:
-        inflight = session.inflight
-        if inflight is NO_ENTRIES:
-            inflight = session.inflight = {}
-        # Session.allocate_packet_id, inline: packet_id_for(seq), or the next id free.
-        pid = (out.seq - 1) % 65535 + 1
-        while pid in inflight:
-            pid = pid + 1 if pid < 65535 else 1
-        out.packet_id = pid
-        inflight[pid] = out
-        session.inflight_bytes += len(out.message.payload) + len(out.message.topic)
-        if self.durable and session.expiryInterval != 0:
-            # Stored before it is sent, so that a crash cannot lose track of it; a queued
-            # one is stored already, and only its going in flight is new.
-            self.journal.persist((self.sent_outbound if queued else self.put_outbound)(
-                session.clientId, out))
-        if not conn.send_publish(out.message, out.qos, out.retain, pid, out.subscription_ids):
-            self.outbound_done(session, pid)
 
     def resend(self, session: Session, conn: Any) -> None:
         """A client reconnected to its session: resend its unacknowledged PUBLISHes
@@ -224,9 +204,7 @@ class Delivery:
                 continue
             if not out.qos:
                 conn.send_publish(out.message, 0, out.retain, None, out.subscription_ids)
-            elif self.durable:
-                self._send_inflight(session, conn, out, True)
-            else:  # _send_inflight, inline for a store without per-message writes
+            else:  # in flight now, inline (deliver does the same for one not queued)
                 inflight = session.inflight
                 if inflight is NO_ENTRIES:
                     inflight = session.inflight = {}
@@ -237,6 +215,10 @@ class Delivery:
                 inflight[pid] = out
                 message = out.message
                 session.inflight_bytes += len(message.payload) + len(message.topic)
+                if self.durable and session.expiryInterval != 0:
+                    # Stored queued already: only its going in flight is new (a batching
+                    # store's sent mark, when the packet id is the derived one).
+                    self.journal.persist(self.sent_outbound(session.clientId, out))
                 if not conn.send_publish(message, out.qos, out.retain, pid,
                                          out.subscription_ids):
                     self.outbound_done(session, pid)
