@@ -174,6 +174,39 @@ def test_encode_publish_matches_pure(topic, payload, qos, packet_id, retain, dup
 
 
 @needs_ext
+@settings(max_examples=400, deadline=None)
+@given(topic=st.text(max_size=8) | st.sampled_from(["a\ud800", "x\x00", "é" * 30000, ""]),
+       payload=st.binary(max_size=200) | st.just(bytearray(b"ba")),
+       qos=st.sampled_from([1, 2, 0, 3, None, True]),
+       packet_id=st.sampled_from([1, 0xFFFF, None, 0, 0x10000, -1, 1.5]),
+       retain=st.booleans())
+def test_encode_publish_plain_matches_pure_and_encode_publish(topic, payload, qos,
+                                                             packet_id, retain):
+    """A subscriber's QoS 1/2 copy (core/wire.py): the same bytes or error from both, and
+    for QoS 1/2 those ``encode_publish`` gives the same fields in a v4 ``Publish``."""
+    compiled = outcome(lambda: ext.encode_publish_plain(topic, payload, qos, retain, packet_id))
+    assert compiled == outcome(
+        lambda: PURE["encode_publish_plain"](topic, payload, qos, retain, packet_id))
+    if qos in (1, 2) and type(qos) is int:
+        packet = Publish(topic, payload, qos, retain, False, packet_id, {})
+        assert compiled == outcome(lambda: PURE["encode_publish"](packet, 4))
+
+
+@needs_ext
+def test_plain_acks_decode_alike_and_without_their_init():
+    """The four acks of a packet id alone are built in the compiled feed (no frame of
+    ``decode_body``, ``decode_ack`` or the dataclass's __init__); longer or unusual ones
+    (packet id 0, a reason code, bad flags) go to the pure decoder, as the feed tests
+    check on random streams too."""
+    assert ext.ACK_FIELDS_KNOWN
+    for first in (0x40, 0x50, 0x62, 0x70, 0x60, 0x42):
+        for body in (b"\x00\x01", b"\xff\xff", b"\x00\x00", b"\x00\x07\x10", b"\x00"):
+            for version in (3, 4, 5):
+                data = bytes((first, len(body))) + body
+                assert_same_stream([data, data[:3], data[3:]], version, 1 << 20)
+
+
+@needs_ext
 def test_encode_publish_at_every_length_boundary():
     """Remaining lengths on both sides of each VBI size (127/128, 16383/16384, ...)."""
     for size in (0, 1, 120, 121, 122, 16375, 16376, 16377, 2097140, 2097145):

@@ -6,7 +6,12 @@ Bytes in, packets out, and back; no I/O and nothing from Twisted.  See
 
 from mqtt_twisted.codec import _accel
 from mqtt_twisted.codec._decode import decode_body
-from mqtt_twisted.codec._encode import encode, encode_publish, encode_publishes
+from mqtt_twisted.codec._encode import (
+    encode,
+    encode_publish,
+    encode_publish_plain,
+    encode_publishes,
+)
 from mqtt_twisted.codec._wire import (
     decode_binary,
     decode_string,
@@ -76,6 +81,6 @@ __all__ = [
     "Publish", "SharedFilter", "StreamDecoder", "SubAck", "Subscribe", "Subscription",
     "UnsubAck", "Unsubscribe", "Will", "decode", "decode_binary", "decode_body",
     "decode_properties", "decode_string", "decode_vbi", "encode", "encode_binary",
-    "encode_properties", "encode_publish", "encode_publishes", "encode_string", "encode_vbi", "parse_shared_filter",
+    "encode_properties", "encode_publish", "encode_publish_plain", "encode_publishes", "encode_string", "encode_vbi", "parse_shared_filter",
     "topic_matches", "validate_topic_filter", "validate_topic_name",
 ]

@@ -24,6 +24,7 @@ PURE = {
     "decode_publish": _decode.decode_publish,
     "encode_publish": _encode.encode_publish,
     "encode_publishes": _encode.encode_publishes,
+    "encode_publish_plain": _encode.encode_publish_plain,
     "topic_matches": topics.topic_matches,
 }
 
@@ -56,6 +57,7 @@ def _load() -> ModuleType | None:
     # the pure decoder, so that comparing the two feeds compares the two decoders.
     _speedups._pure_decode_subscribe = _decode.decode_subscribe
     _speedups._pure_encode_publishes = PURE["encode_publishes"]
+    _speedups._pure_encode_publish_plain = PURE["encode_publish_plain"]
     return _speedups
 
 
@@ -96,6 +98,7 @@ def use(compiled: bool) -> bool:
     _encode.encode_publish = codec.encode_publish = chosen["encode_publish"]
     _encode.ENCODERS[Publish] = chosen["encode_publish"]
     _encode.encode_publishes = codec.encode_publishes = chosen["encode_publishes"]
+    _encode.encode_publish_plain = codec.encode_publish_plain = chosen["encode_publish_plain"]
     topics.topic_matches = codec.topic_matches = chosen["topic_matches"]
     global _chosen
     _chosen = compiled

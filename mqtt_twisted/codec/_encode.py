@@ -109,6 +109,25 @@ def encode_publish(p: Publish, version: int) -> bytes:
     return b"".join((bytes((first,)), encode_vbi(length), head, p.payload))
 
 
+def encode_publish_plain(topic: str, payload: bytes, qos: int, retain: bool,
+                         packet_id: int) -> bytes:
+    """A v3/v4 QoS 1/2 PUBLISH, not DUP: ``encode_publish``'s bytes without a ``Publish``
+    to build first.  A QoS 1/2 message's copy for each subscriber differs in its packet
+    id alone, and one subscriber is the usual case: encoded whole, not as a template
+    and a patch (core/wire.py)."""
+    try:
+        name = topic.encode("utf-8")
+    except UnicodeEncodeError:
+        name = b"\x00"  # (encode_publish says what is wrong with it)
+    n = len(name)
+    length = n + len(payload) + 4
+    if (length < 128 and b"\x00" not in name and type(qos) is int and 0 < qos <= 2
+            and type(packet_id) is int and 0 < packet_id <= 0xFFFF):
+        return b"".join((bytes((0x30 | (qos << 1) | (1 if retain else 0), length, n >> 8,
+                                n & 0xFF)), name, packet_id.to_bytes(2, "big"), payload))
+    return encode_publish(Publish(topic, payload, qos, retain, False, packet_id, {}), 4)
+
+
 def encode_publishes(topics: list[str], payloads: list[bytes], version: int,
                      retain: bool = True) -> bytes:
     """QoS 0 PUBLISHes without properties, one per topic and payload, in one buffer.

@@ -18,7 +18,16 @@ from dataclasses import fields as _fields
 from types import MemberDescriptorType
 
 from mqtt_twisted.codec._decode import decode_body
-from mqtt_twisted.codec.packets import Connect, Publish, Subscribe, Subscription
+from mqtt_twisted.codec.packets import (
+    Connect,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    Subscribe,
+    Subscription,
+)
 from mqtt_twisted.codec.properties import NO_LIMITS, decode_properties, encode_properties
 from mqtt_twisted.constants import MAX_REMAINING_LENGTH, PacketType, PropertyId
 from mqtt_twisted.errors import (
@@ -56,6 +65,12 @@ cdef bint _SUBSCRIBE_KNOWN = (
     and [f.name for f in _fields(Subscription)] == [
         "topic_filter", "qos", "no_local", "retain_as_published", "retain_handling"])
 SUBSCRIBE_FIELDS_KNOWN = _SUBSCRIBE_KNOWN
+#: The same for the four acks (``_ack``): a QoS 1 message has one to decode, QoS 2 three.
+cdef bint _ACKS_KNOWN = all(
+    not hasattr(cls, "__post_init__")
+    and [f.name for f in _fields(cls)] == ["packet_id", "reason_code", "properties"]
+    for cls in (PubAck, PubRec, PubRel, PubComp))
+ACK_FIELDS_KNOWN = _ACKS_KNOWN
 
 
 cdef Py_ssize_t _offset(cls, str name):
@@ -89,7 +104,7 @@ cdef object _TOPIC_ALIAS = int(PropertyId.TOPIC_ALIAS)
 cdef Py_ssize_t _MAX_REMAINING = MAX_REMAINING_LENGTH
 # The pure functions, set by _accel.py: what the compiled ones hand unusual input to.
 _pure_feed = _pure_decode_publish = _pure_encode_publish = None
-_pure_decode_subscribe = _pure_encode_publishes = None
+_pure_decode_subscribe = _pure_encode_publishes = _pure_encode_publish_plain = None
 
 
 cdef object _decode_publish(int flags, object data, const unsigned char* buf,
@@ -155,6 +170,18 @@ cdef object _decode_publish(int flags, object data, const unsigned char* buf,
     packet.properties = properties
     packet.raw = None
     return packet
+
+
+cdef object _ack(int first, int packet_id):
+    """The usual ack, a packet id alone (``_decode.decode_ack``'s first case), without
+    the Python frames of ``decode_body``, ``decode_ack`` and the dataclass's __init__."""
+    cls = PubAck if first == 0x40 else PubRec if first == 0x50 else (
+        PubRel if first == 0x62 else PubComp)
+    ack = _new(cls)
+    ack.packet_id = packet_id
+    ack.reason_code = 0
+    ack.properties = {}
+    return ack
 
 
 cdef object _decode_subscribe(object data, const unsigned char* buf, Py_ssize_t pos,
@@ -328,6 +355,10 @@ def feed(self, data, budget=0):
                 packet = _decode_publish(first & 0x0F, data, buf, pos + header, end, ver, limits)
                 if first == 0x30:
                     packet.raw = data[pos:end] if pos or end != n else data
+            elif (total == 4 and _ACKS_KNOWN and (first == 0x40 or first == 0x50
+                                                   or first == 0x62 or first == 0x70)
+                  and (buf[pos + 2] or buf[pos + 3])):
+                packet = _ack(first, (buf[pos + 2] << 8) | buf[pos + 3])
             elif first == 0x82 and ver != -1:
                 packet = _decode_subscribe(data, buf, pos + header, end, ver, limits)
             else:
@@ -371,31 +402,43 @@ def encode_publish(p, version):
             or type(p.payload) is not bytes
             or (q and type(p.packet_id) is not int)):
         return _pure_encode_publish(p, version)
-    cdef int qos = q
+    return _encode_publish(p.topic, p.payload, q, p.dup, p.retain, p.packet_id, version,
+                           p.properties)
+
+
+def encode_publish_plain(topic, payload, qos, retain, packet_id):
+    """``_encode.encode_publish_plain``, compiled: ``encode_publish``'s bytes without a
+    ``Publish`` object to read them from."""
+    if (type(qos) is not int or not 1 <= qos <= 2 or type(topic) is not str
+            or type(payload) is not bytes or type(packet_id) is not int):
+        return _pure_encode_publish_plain(topic, payload, qos, retain, packet_id)
+    return _encode_publish(topic, payload, qos, False, retain, packet_id, 4, None)
+
+
+cdef object _encode_publish(str text, bytes payload, int qos, dup, retain, packet_id,
+                            int version, properties):
     cdef int first
     cdef Py_ssize_t n, length, size, i, pid = 0
     cdef char* out
-    cdef bytes topic, payload, props = b""
+    cdef bytes topic, props = b""
     try:
-        topic = p.topic.encode("utf-8")
+        topic = text.encode("utf-8")
     except UnicodeEncodeError:
         raise ValidationError("topic holds a lone surrogate") from None
     n = PyBytes_GET_SIZE(topic)
     if n > 0xFFFF or memchr(PyBytes_AS_STRING(topic), 0, n) != NULL:
         raise ValidationError("topic longer than 65,535 bytes or holding U+0000")
-    payload = p.payload
     length = 2 + n
     if qos:
-        packet_id = p.packet_id
         if packet_id is None or not 0 < packet_id <= 0xFFFF:
             raise ValidationError(f"packet identifier must be 1..65535, not {packet_id!r}")
         pid = packet_id
         length += 2
-        first = 0x30 | (qos << 1) | (0x08 if p.dup else 0) | (1 if p.retain else 0)
+        first = 0x30 | (qos << 1) | (0x08 if dup else 0) | (1 if retain else 0)
     else:
-        first = 0x31 if p.retain else 0x30
+        first = 0x31 if retain else 0x30
     if version == 5:
-        props = encode_properties(p.properties, _PUBLISH) if p.properties else b"\x00"
+        props = encode_properties(properties, _PUBLISH) if properties else b"\x00"
         length += PyBytes_GET_SIZE(props)
     length += PyBytes_GET_SIZE(payload)
     if length > _MAX_REMAINING:

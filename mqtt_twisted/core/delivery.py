@@ -91,11 +91,27 @@ class Delivery:
                         return
                     if (len(session.inflight) < conn.send_quota
                             and session.inflight_bytes < session.max_inflight_bytes):
+                        seq = session._next_seq  # Session.next_seq, inline (per message)
+                        session._next_seq = seq + 1
                         out = Outbound(message, qos, retain, subscription_ids, None, 0,
-                                       group, session.next_seq())
+                                       group, seq)
                         if group is not None and self.hold is not None:
                             self.hold(session, out)
-                        self._send_inflight(session, conn, out)
+                        # In flight now (as pump does for a queued one, inline: per message).
+                        inflight = session.inflight
+                        if inflight is NO_ENTRIES:
+                            inflight = session.inflight = {}
+                        pid = (seq - 1) % 65535 + 1  # Session.allocate_packet_id's
+                        while pid in inflight:
+                            pid = pid + 1 if pid < 65535 else 1
+                        out.packet_id = pid
+                        inflight[pid] = out
+                        session.inflight_bytes += len(message.payload) + len(message.topic)
+                        if self.durable and session.expiryInterval != 0:
+                            # Stored before it is sent: a crash cannot lose track of it.
+                            self.journal.persist(self.put_outbound(session.clientId, out))
+                        if not conn.send_publish(message, qos, retain, pid, subscription_ids):
+                            self.outbound_done(session, pid)
                         return
                 elif not qos and self.flow.hold_back_publisher(
                         conn, len(message.payload) + len(message.topic)):
@@ -107,8 +123,9 @@ class Delivery:
                 self.flow.hold_back_publisher(conn)
         elif not session.persistent or (not qos and not self.settings.queue_qos0_offline):
             return
-        out = Outbound(message, qos, retain, subscription_ids, None, 0, group,
-                       session.next_seq())
+        seq = session._next_seq  # Session.next_seq, inline (per message)
+        session._next_seq = seq + 1
+        out = Outbound(message, qos, retain, subscription_ids, None, 0, group, seq)
         if group is not None and self.hold is not None:
             self.hold(session, out)
         if conn is None:  # held for a client that is away: the broker-wide bound too
@@ -124,7 +141,7 @@ class Delivery:
             if dropped[0] is out:
                 return  # larger than the whole queue: never held, so never stored
         # (expiryInterval != 0: Session.persistent without its property call, on the
-        # three per-message writes: here, _send_inflight and outbound_done.)
+        # three per-message writes: here, in flight (here or in pump) and outbound_done.)
         if qos and self.durable and session.expiryInterval != 0:
             self.journal.persist(self.put_outbound(session.clientId, out))
 
@@ -147,22 +164,6 @@ class Delivery:
                           bytes=self.settings.max_queued_bytes,
                           topic=dropped[-1].message.topic, n=session.dropped)
 
-    def _send_inflight(self, session: Session, conn: Any, out: Outbound,
-                       queued: bool = False) -> None:
-        pid = out.packet_id = session.allocate_packet_id(out.seq)
-        inflight = session.inflight
-        if inflight is NO_ENTRIES:
-            inflight = session.inflight = {}
-        inflight[pid] = out
-        session.inflight_bytes += len(out.message.payload) + len(out.message.topic)
-        if self.durable and session.expiryInterval != 0:
-            # Stored before it is sent, so that a crash cannot lose track of it; a queued
-            # one is stored already, and only its going in flight is new.
-            self.journal.persist((self.sent_outbound if queued else self.put_outbound)(
-                session.clientId, out))
-        if not conn.send_publish(out.message, out.qos, out.retain, pid, out.subscription_ids):
-            self.outbound_done(session, pid)
-
     def resend(self, session: Session, conn: Any) -> None:
         """A client reconnected to its session: resend its unacknowledged PUBLISHes
         (DUP=1) and PUBRELs, in their order [MQTT-4.4.0-1]."""
@@ -184,7 +185,7 @@ class Delivery:
         queue = session.queue
         if conn is None:
             return
-        now = self.clock.seconds()
+        now = None  # (the clock read once, if a message has properties)
         while queue and not conn.paused and conn.state != CLOSED:
             out = queue[0]
             if out.qos and (len(session.inflight) >= conn.send_quota
@@ -192,7 +193,8 @@ class Delivery:
                 return
             queue.popleft()
             session.queued_bytes -= len(out.message.payload) + len(out.message.topic)
-            if out.message.properties and expired(out.message, now):
+            if out.message.properties and expired(
+                    out.message, now if now is not None else (now := self.clock.seconds())):
                 # [MQTT-3.3.2-5] not yet sent onward: the copy for this subscriber goes.
                 self.stats.messages_expired += 1
                 if out.held is not None:
@@ -200,10 +202,26 @@ class Delivery:
                 if out.qos and self.durable and session.persistent:
                     self.journal.persist(self.drop_outbound(session.clientId, out.seq))
                 continue
-            if out.qos:
-                self._send_inflight(session, conn, out, True)
-            else:
+            if not out.qos:
                 conn.send_publish(out.message, 0, out.retain, None, out.subscription_ids)
+            else:  # in flight now, inline (deliver does the same for one not queued)
+                inflight = session.inflight
+                if inflight is NO_ENTRIES:
+                    inflight = session.inflight = {}
+                pid = (out.seq - 1) % 65535 + 1  # Session.allocate_packet_id's
+                while pid in inflight:
+                    pid = pid + 1 if pid < 65535 else 1
+                out.packet_id = pid
+                inflight[pid] = out
+                message = out.message
+                session.inflight_bytes += len(message.payload) + len(message.topic)
+                if self.durable and session.expiryInterval != 0:
+                    # Stored queued already: only its going in flight is new (a batching
+                    # store's sent mark, when the packet id is the derived one).
+                    self.journal.persist(self.sent_outbound(session.clientId, out))
+                if not conn.send_publish(message, out.qos, out.retain, pid,
+                                         out.subscription_ids):
+                    self.outbound_done(session, pid)
         congested = self.flow.congested
         if congested and conn in congested and not queue and not conn.paused:
             self.flow.release(conn)

@@ -118,7 +118,10 @@ class LocalRouter:
     def dispatch(self, message: Message, origin: str = LOCAL) -> int:
         """Deliver ``message`` to every matching session; return how many it reached."""
         shared = self._dispatch_shared(message) if self.shared_groups else 0
-        matches = self.tree.match(message.topic)
+        tree = self.tree
+        matches = tree._cache.get(message.topic)  # (TopicTree.match's cache, no call)
+        if matches is None:
+            matches = tree.match(message.topic)
         if not matches:
             return shared
         sessions = self.sessions

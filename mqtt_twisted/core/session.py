@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from mqtt_twisted.core.connection import MQTTConnection
 
 _NO_IDS: frozenset[int] = frozenset()
+#: What ``Session.enqueue`` returns when it dropped nothing (shared: never written to).
+_NONE_DROPPED: list[Outbound] = []
 #: What ``subscriptions`` and ``inflight`` hold until their first entry: one shared,
 #: read-only empty mapping instead of two empty dicts (128 bytes) per session.  Code
 #: that adds an entry replaces it with a dict first (``if x is NO_ENTRIES``); removals
@@ -165,10 +167,17 @@ class Session:
         queue = self.queue
         if not queue:
             queue = self.queue = deque()
-        size = queued_size(item.message)
+        message = item.message
+        size = len(message.payload) + len(message.topic)  # queued_size, inline
         if size > self.max_queued_bytes or not self.max_queued:
             self.dropped += 1
             return [item]
+        if len(queue) < self.max_queued and self.queued_bytes + size <= self.max_queued_bytes:
+            # Room: the usual case, with no list of what was dropped and no update of
+            # ``dropped`` (a rare field: a descriptor's two calls).
+            queue.append(item)
+            self.queued_bytes += size
+            return _NONE_DROPPED
         dropped = []
         while queue and (len(queue) >= self.max_queued
                          or self.queued_bytes + size > self.max_queued_bytes):

@@ -1,15 +1,16 @@
 """Outbound PUBLISH bytes, encoded once per variant and shared across subscribers.
 
 A message fanned out to many subscribers is encoded at most once per
-(protocol version, QoS, retain) variant; QoS 1/2 copies differ only in their
-packet id, which is patched into the shared template.  Messages whose v5
+(protocol version, QoS, retain) variant; v5 QoS 1/2 copies differ only in their
+packet id, which is patched into the shared template.  A v3/v4 QoS 1/2 copy is
+encoded whole (``encode_publish_plain``): as cheap as the patch, compiled.  Messages whose v5
 properties differ per subscriber (subscription identifiers, an aged expiry
 interval) are encoded individually.
 """
 
 from __future__ import annotations
 
-from mqtt_twisted.codec import encode_publish
+from mqtt_twisted.codec import encode_publish, encode_publish_plain
 from mqtt_twisted.codec.packets import Publish
 from mqtt_twisted.message import NO_WIRE, Message, forward_properties
 
@@ -38,6 +39,10 @@ def publish_bytes(
         return encode_publish(
             Publish(message.topic, message.payload, qos, retain, False, packet_id, props), version
         )
+    if qos and version != 5:
+        # One subscriber is the usual case: its copy encoded whole (compiled: one
+        # allocation), not a template made and then patched with the packet id.
+        return encode_publish_plain(message.topic, message.payload, qos, retain, packet_id)
     wire = message.wire
     if wire is None:
         wire = message.wire = {}
