@@ -88,14 +88,8 @@ class MQTTConnection:
     # a TLS client certificate's identity, the pending next share of a long read and
     # whether its CONNECT has been given time for its answer (answer_due).
 
-    def __init__(
-        self,
-        broker: Broker,
-        transport: Any,
-        peer: Any = "",
-        listener: Any = None,
-        certificate_identity: str | None = None,
-    ) -> None:
+    def __init__(self, broker: Broker, transport: Any, peer: Any = "", listener: Any = None,
+                 certificate_identity: str | None = None) -> None:
         self.broker = broker
         self.transport = transport
         self._peer = peer  # (the ``peer`` property: text, or an address to make it from)
