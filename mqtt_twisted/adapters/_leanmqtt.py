@@ -21,6 +21,7 @@ descriptors above all, it leaves to Twisted's own accept, which builds the thin 
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 from typing import Any
@@ -29,6 +30,7 @@ from twisted.internet import main, tcp
 from twisted.logger import Logger
 from twisted.python import failure
 
+from mqtt_twisted.adapters import _leanpoll
 from mqtt_twisted.adapters._accepts import ACCEPT_SLICE
 from mqtt_twisted.adapters._leanserver import LeanServer, setup
 from mqtt_twisted.turns import after_turn
@@ -163,6 +165,8 @@ class MQTTServer(LeanServer):
             connection.transport = GONE
 
 
+_leanpoll.dispatch_directly(MQTTServer)  # (and so each listener's subclass of it)
+
 #: Reactor -> transports to close once its turn's events are handled.
 _CLOSING: dict[Any, list[MQTTServer]] = {}
 _DONE = failure.Failure(main.CONNECTION_DONE)
@@ -178,16 +182,44 @@ def _close_later(transport: MQTTServer) -> None:
 
 
 def _close(reactor: Any) -> None:
+    watched = getattr(reactor, "_selectables", None)  # (epoll and poll: fd -> selectable)
     for transport in _CLOSING.pop(reactor, ()):
-        if transport._fd < 0:
+        fd = transport._fd
+        if fd < 0:
             continue  # (lost meanwhile)
         if transport._tempDataBuffer or transport.dataBuffer:
             transport.startWriting()  # written to since: the reactor closes it once sent
             continue
         try:
-            transport.connectionLost(_DONE)
+            if watched is None or fd in watched:
+                transport.connectionLost(_DONE)
+            else:
+                _closed(transport, fd)
         except Exception:
             _log.failure("Closing {transport!r} failed", transport=transport)
+
+
+def _closed(transport: MQTTServer, fd: int) -> None:
+    """``MQTTServer.connectionLost`` for a transport closing after its client's
+    DISCONNECT that the reactor no longer watches (it stopped reading, has nothing to
+    write, and is disconnecting: nothing to drain, no producer to stop): without the
+    ``stopReading`` and ``stopWriting`` that would find nothing to unregister (six
+    Python calls), straight to the close."""
+    connection = transport.protocol
+    transport.producer = None
+    transport.limit.release()
+    transport.disconnected = 1
+    transport.connected = 0
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    transport._fd = -1
+    del transport.protocol
+    try:
+        connection.connectionLost(_DONE)
+    finally:
+        connection.transport = GONE
 
 
 #: Port class -> its subclass accepting for itself (one per class).
@@ -211,11 +243,12 @@ def serve(port: Any, factory: Any) -> bool:
     cls = type(port)
     lean = _LEAN_PORTS.get(cls)
     if lean is None:
-        lean = _LEAN_PORTS[cls] = type(cls.__name__, (cls,), {
-            "doRead": _accept, "__module__": cls.__module__})
+        lean = _LEAN_PORTS[cls] = _leanpoll.dispatch_directly(type(cls.__name__, (cls,), {
+            "doRead": _accept, "__module__": cls.__module__}))
     port.lean_server = type("MQTTServer", (MQTTServer,), {
         "__slots__": (), "limit": factory.limit, "__module__": __name__})
     port.__class__ = lean
+    _leanpoll.install(port.reactor)
     return True
 
 

@@ -352,17 +352,37 @@ def _flush(reactor: Any) -> None:
         if (not transport.connected or transport.disconnecting or transport._aborting
                 or transport._writeDisconnecting):
             continue  # (gone, or closing: the reactor's writes and close see to it)
-        if transport._tempDataBuffer:  # (unless sent meanwhile)
+        buffered = transport._tempDataBuffer
+        if not buffered:
+            continue  # (sent meanwhile)
+        if not transport.dataBuffer and not transport.producerPaused and (
+                transport.producer is None or transport.streamingProducer):
+            # What doWrite does here, inline: nothing else waits for the socket and no
+            # producer is to be resumed, and the reactor is not watching the descriptor
+            # for writing, so there is no stopWriting to make (doWrite makes it: three
+            # calls through the reactor's maps, and doWrite is three calls itself).
+            data = buffered[0] if len(buffered) == 1 else b"".join(buffered)
+            transport._tempDataBuffer = None
+            transport._tempDataLen = 0
             try:
-                result = transport.doWrite()
-            except Exception:  # (a producer resumed by it failed): the others still go
-                _log.failure("Sending on {transport!r} failed", transport=transport)
-                transport.connectionLost(failure.Failure())
-                continue
-            if result is not None or transport._tempDataBuffer or transport.dataBuffer:
-                # The socket's buffer is full, or it failed: the reactor goes on when
-                # it is writable (or sees the error again and ends the connection).
+                sent = os.write(transport._fd, data)
+            except OSError:  # (full, or failed: the reactor's doWrite sees it again)
+                sent = 0
+            if sent != len(data):  # the rest when the socket is writable
+                transport.dataBuffer = data
+                transport.offset = sent
                 transport.startWriting()
+            continue
+        try:  # bytes already wait for the socket, or a producer is to be resumed
+            result = transport.doWrite()
+        except Exception:  # (a producer resumed by it failed): the others still go
+            _log.failure("Sending on {transport!r} failed", transport=transport)
+            transport.connectionLost(failure.Failure())
+            continue
+        if result is not None or transport._tempDataBuffer or transport.dataBuffer:
+            # The socket's buffer is full, or it failed: the reactor goes on when
+            # it is writable (or sees the error again and ends the connection).
+            transport.startWriting()
 
 
 def install(port: Any, transport: type) -> Any:

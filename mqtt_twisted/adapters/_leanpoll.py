@@ -1,0 +1,83 @@
+"""The epoll reactor's loop, dispatching to the lean MQTT transports directly.
+
+Twisted's ``EPollReactor.doPoll`` hands every event to ``log.callWithLogger``: the
+selectable's ``logPrefix``, a context dict, and three nested ``callWithContext`` calls
+(getting and copying the context stack) before ``_doReadOrWrite`` runs; five to seven
+Python calls per event, two or three events per connection cycle (accept, CONNECT,
+DISCONNECT).  That context only names the ``system`` of lines logged through the
+legacy ``twisted.python.log`` during the event; nothing the lean transports or the
+broker log goes that way (``twisted.logger`` events do not read it), and
+``_doReadOrWrite`` catches and logs what a handler raises by itself.
+
+:func:`install` replaces a running epoll reactor's ``doIteration`` with
+:func:`_poll`: the same loop, which calls ``_doReadOrWrite`` directly for the classes
+registered with :func:`dispatch_directly` (the lean MQTT transports and their
+accepting ports) and through ``callWithLogger`` as before for everything else.  Any
+other reactor (poll, select, a test's fake) is left alone.
+"""
+
+from __future__ import annotations
+
+import errno
+import types
+from typing import Any
+
+from twisted.python import log
+
+try:
+    from twisted.internet.epollreactor import EPollReactor
+except ImportError:  # pragma: no cover  (no epoll: nothing installed)
+    EPollReactor = None  # type: ignore[assignment,misc]
+
+#: Selectable classes whose events skip ``callWithLogger``.
+_DIRECT: set[type] = set()
+
+
+def dispatch_directly(cls: type) -> type:
+    """Have :func:`_poll` hand the events of ``cls`` and its direct subclasses (a
+    listener's own ``MQTTServer`` class) to ``_doReadOrWrite`` directly."""
+    _DIRECT.add(cls)
+    return cls
+
+
+def install(reactor: Any) -> bool:
+    """Run ``reactor``'s iterations with :func:`_poll` (True), if it is Twisted's
+    epoll reactor with its own ``doPoll``; once per reactor."""
+    if EPollReactor is None or not isinstance(reactor, EPollReactor):
+        return False
+    current = getattr(reactor.doIteration, "__func__", None)
+    if current is _poll:
+        return True
+    if current is not EPollReactor.doPoll:
+        return False  # (someone else's loop: left as it is)
+    reactor.doIteration = reactor.doPoll = types.MethodType(_poll, reactor)
+    return True
+
+
+def _poll(self: Any, timeout: float | None) -> None:
+    """``EPollReactor.doPoll``, without the log context for :data:`_DIRECT` classes."""
+    if timeout is None:
+        timeout = -1
+    try:
+        events = self._poller.poll(timeout, len(self._selectables))
+    except OSError as err:
+        if err.errno == errno.EINTR:
+            return
+        raise
+    selectables = self._selectables
+    direct = _DIRECT
+    drdw = self._doReadOrWrite
+    for fd, event in events:
+        selectable = selectables.get(fd)
+        if selectable is None:
+            continue
+        cls = selectable.__class__
+        if cls in direct or cls.__base__ in direct:
+            try:
+                drdw(selectable, fd, event)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:  # (as callWithLogger: logged, the loop goes on)
+                log.err(system=selectable.__class__.__name__)
+        else:
+            log.callWithLogger(selectable, drdw, selectable, fd, event)
