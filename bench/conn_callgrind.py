@@ -10,7 +10,7 @@ per cycle (``Ir``; the kernel's work is not counted).  Valgrind slows the broker
 about fifty times, so more of the client's cycles meet in one reactor turn than on a
 normal run: work done once per turn weighs less here.
 
-    python bench/conn_callgrind.py [--cycles 2000] [--checkout DIR] [--runs 1]
+    python bench/conn_callgrind.py [--cycles 2000] [--checkout DIR] [--runs 1] [--window 16]
 
 Needs ``valgrind`` (with ``callgrind_control``).  A run of 2,000 cycles takes about
 half a minute.
@@ -35,7 +35,7 @@ import compare  # noqa: E402  (bench/ is not a package)
 import conn_memory  # noqa: E402
 
 
-def instructions_per_cycle(checkout: Path, cycles: int) -> float:
+def instructions_per_cycle(checkout: Path, cycles: int, window: int = 16) -> float:
     """Start our broker from ``checkout`` under callgrind; count ``cycles`` cycles."""
     ours = conn_memory.OursAt("ours", "mqtt-twisted")
     ours.checkout = checkout.resolve()
@@ -62,7 +62,7 @@ def instructions_per_cycle(checkout: Path, cycles: int) -> float:
         conn_memory.cycles(port, 300, "w")
         control = ["callgrind_control"]
         subprocess.run([*control, "-i", "on", str(proc.pid)], check=True, capture_output=True)
-        conn_memory.cycles(port, cycles, "c")
+        conn_memory.cycles(port, cycles, "c", window)
         subprocess.run([*control, "-i", "off", str(proc.pid)], check=True, capture_output=True)
         subprocess.run([*control, "-d", str(proc.pid)], check=True, capture_output=True)
         time.sleep(1)
@@ -85,10 +85,14 @@ def main() -> None:
     parser.add_argument("--checkout", type=Path, default=BENCH.parent,
                         help="run our broker from this tree (default: this one)")
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--window", type=int, default=16,
+                        help="cycles in flight at once (1: every event a reactor turn of "
+                             "its own, so that per-turn work counts in full)")
     args = parser.parse_args()
     for run in range(args.runs):
-        ir = instructions_per_cycle(args.checkout, args.cycles)
+        ir = instructions_per_cycle(args.checkout, args.cycles, args.window)
         print(f'{{"run": {run}, "checkout": "{args.checkout}", "cycles": {args.cycles}, '
+              f'"window": {args.window}, '
               f'"instructions_per_cycle": {ir:.0f}}}', flush=True)
 
 

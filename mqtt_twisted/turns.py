@@ -6,6 +6,12 @@ are written once the turn's events are handled (``adapters/_leanserver.py``,
 ``DelayedCall``, a push into the reactor's heap and a pop out of it (Python comparisons
 both ways), three times in a turn of connects and disconnects.  Here the first piece of
 work in a turn schedules one call that runs them all, in the order they came.
+
+While a reactor's events are being handled by a loop that runs the work itself once
+they are (:func:`handling_events`, ``adapters/_leanpoll.py``), nothing is scheduled at
+all: no ``DelayedCall``, and no second ``epoll_wait`` that a due ``callLater(0)`` makes
+the reactor's next iteration poll with no wait.  Work that comes from a timed call or
+anywhere else outside that loop still gets its ``callLater(0)``.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from twisted.logger import Logger
 _log = Logger()
 #: Reactor -> what is left for the end of its current turn: (function, argument).
 _DUE: dict[Any, list[tuple[Callable[[Any], Any], Any]]] = {}
+#: Reactors whose events are being handled by a loop that calls :func:`run_due` after.
+_HANDLING: set[Any] = set()
 
 
 def after_turn(reactor: Any, f: Callable[[Any], Any], arg: Any) -> None:
@@ -25,8 +33,30 @@ def after_turn(reactor: Any, f: Callable[[Any], Any], arg: Any) -> None:
     due = _DUE.get(reactor)
     if due is None:
         due = _DUE[reactor] = []
-        reactor.callLater(0, _run, reactor)
+        if reactor not in _HANDLING:
+            reactor.callLater(0, _run, reactor)
     due.append((f, arg))
+
+
+def handling_events(reactor: Any) -> None:
+    """``reactor``'s loop is handling events and calls :func:`run_due` when done: what
+    is left for the end of the turn meanwhile is not scheduled."""
+    _HANDLING.add(reactor)
+
+
+def run_due(reactor: Any) -> None:
+    """The events are handled: run what was left for the end of the turn, and what that
+    work leaves in turn (a close's disconnect line, to be written), a few rounds at
+    most; anything left after them gets its ``callLater(0)``."""
+    try:
+        for _ in range(4):
+            if reactor not in _DUE:
+                return
+            _run(reactor)
+    finally:
+        _HANDLING.discard(reactor)
+        if reactor in _DUE:
+            reactor.callLater(0, _run, reactor)
 
 
 def _run(reactor: Any) -> None:

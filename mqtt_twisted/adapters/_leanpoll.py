@@ -14,6 +14,12 @@ broker log goes that way (``twisted.logger`` events do not read it), and
 registered with :func:`dispatch_directly` (the lean MQTT transports and their
 accepting ports) and through ``callWithLogger`` as before for everything else.  Any
 other reactor (poll, select, a test's fake) is left alone.
+
+It also runs the turn's end-of-turn work (``turns.after_turn``: the lean transports'
+sends and closes, the turn's log lines) itself once the events are handled, instead of
+the ``callLater(0)`` that work would otherwise schedule: no ``DelayedCall`` through the
+reactor's heap, and no extra ``epoll_wait`` with no wait that a due call costs the
+next iteration.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import types
 from typing import Any
 
 from twisted.python import log
+
+from mqtt_twisted.turns import handling_events, run_due
 
 try:
     from twisted.internet.epollreactor import EPollReactor
@@ -64,20 +72,26 @@ def _poll(self: Any, timeout: float | None) -> None:
         if err.errno == errno.EINTR:
             return
         raise
+    if not events:
+        return
     selectables = self._selectables
     direct = _DIRECT
     drdw = self._doReadOrWrite
-    for fd, event in events:
-        selectable = selectables.get(fd)
-        if selectable is None:
-            continue
-        cls = selectable.__class__
-        if cls in direct or cls.__base__ in direct:
-            try:
-                drdw(selectable, fd, event)
-            except KeyboardInterrupt:
-                raise
-            except BaseException:  # (as callWithLogger: logged, the loop goes on)
-                log.err(system=selectable.__class__.__name__)
-        else:
-            log.callWithLogger(selectable, drdw, selectable, fd, event)
+    handling_events(self)
+    try:
+        for fd, event in events:
+            selectable = selectables.get(fd)
+            if selectable is None:
+                continue
+            cls = selectable.__class__
+            if cls in direct or cls.__base__ in direct:
+                try:
+                    drdw(selectable, fd, event)
+                except KeyboardInterrupt:
+                    raise
+                except BaseException:  # (as callWithLogger: logged, the loop goes on)
+                    log.err(system=cls.__name__)
+            else:
+                log.callWithLogger(selectable, drdw, selectable, fd, event)
+    finally:
+        run_due(self)  # (the turn's sends, closes and log lines: turns.after_turn)

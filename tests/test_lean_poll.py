@@ -1,0 +1,105 @@
+"""The epoll loop of the lean MQTT listeners (``adapters/_leanpoll.py``) and the end of
+a reactor turn it runs itself (``turns.py``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from mqtt_twisted import turns
+from mqtt_twisted.adapters import _leanpoll
+from mqtt_twisted.codec import Disconnect, Publish
+from mqtt_twisted.core.settings import BrokerSettings
+from tests.pahoclient import BrokerTestCase, connect_raw
+
+
+class EndOfTurnTests(SynchronousTestCase):
+    """``turns.after_turn`` with and without a loop that runs the work itself."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.done: list[Any] = []
+
+    def test_outside_the_loop_the_work_gets_one_call_later(self) -> None:
+        turns.after_turn(self.clock, self.done.append, 1)
+        turns.after_turn(self.clock, self.done.append, 2)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(0)
+        self.assertEqual(self.done, [1, 2])
+
+    def test_inside_the_loop_nothing_is_scheduled(self) -> None:
+        """While the loop handles events, the work waits for it, not for a
+        ``callLater(0)``; what the work leaves (a close's log line) runs in the
+        same pass."""
+        turns.handling_events(self.clock)
+        turns.after_turn(self.clock, lambda _: turns.after_turn(
+            self.clock, self.done.append, "left by the work"), None)
+        turns.after_turn(self.clock, self.done.append, "work")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.done, [])
+        turns.run_due(self.clock)
+        self.assertEqual(self.done, ["work", "left by the work"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        turns.after_turn(self.clock, self.done.append, "after the loop")  # (scheduled)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def test_work_that_keeps_leaving_work_goes_on_at_the_next_turn(self) -> None:
+        """A few rounds in the pass at most; the rest is given a ``callLater(0)``."""
+        def again(n: int) -> None:
+            self.done.append(n)
+            if n < 4:
+                turns.after_turn(self.clock, again, n + 1)
+
+        turns.handling_events(self.clock)
+        turns.after_turn(self.clock, again, 0)
+        turns.run_due(self.clock)
+        self.assertEqual(self.done, [0, 1, 2, 3])
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(0)
+        self.assertEqual(self.done, [0, 1, 2, 3, 4])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class LeanPollTests(BrokerTestCase):
+    settings = BrokerSettings()
+
+    @inlineCallbacks
+    def test_lean_events_are_handled_without_a_log_context(self) -> Any:
+        """The reactor runs the lean loop once a plain TCP MQTT listener serves: a
+        connection's events reach it without ``callWithLogger`` (which asks the
+        transport for its ``logPrefix`` on every event), and packets still flow."""
+        if not _leanpoll.install(self.reactor):
+            self.skipTest("not Twisted's epoll reactor")
+        self.assertIs(self.reactor.doIteration.__func__, _leanpoll._poll)
+        client = yield connect_raw(self.reactor, self.port)
+        yield client.connect("poll-1")
+        [conn] = [c for c in self.broker.connections if c.client_id == "poll-1"]
+        asked = []
+        self.patch(type(conn.transport), "logPrefix", lambda t: asked.append(t) or "x")
+        client.send(Publish("poll/t", b"1", 0))
+        yield self.wait_until(lambda: self.broker.stats.messages_received >= 1)
+        self.assertEqual(asked, [])
+        yield client.abort()
+
+    @inlineCallbacks
+    def test_a_disconnect_unregisters_the_descriptor_once(self) -> Any:
+        """After DISCONNECT the transport stops reading once; its close asks the
+        reactor for nothing more (no second removeReader, no removeWriter)."""
+        client = yield connect_raw(self.reactor, self.port)
+        yield client.connect("poll-2")
+        [conn] = [c for c in self.broker.connections if c.client_id == "poll-2"]
+        server = conn.transport
+        removed: list[str] = []
+        for name in ("removeReader", "removeWriter"):
+            original = getattr(self.reactor, name)
+            self.patch(self.reactor, name, lambda s, n=name, o=original: (
+                s is server and removed.append(n), o(s))[1])
+        client.send(Disconnect())
+        yield client.wait_closed()
+        yield self.wait_until(lambda: server.fileno() == -1)
+        self.assertEqual(removed, ["removeReader"])
+        self.assertNotIn(server, self.reactor.getReaders())
+        self.assertEqual(self.service.test_factory.active, 0)
