@@ -6,6 +6,11 @@ are written once the turn's events are handled (``adapters/_leanserver.py``,
 ``DelayedCall``, a push into the reactor's heap and a pop out of it (Python comparisons
 both ways), three times in a turn of connects and disconnects.  Here the first piece of
 work in a turn schedules one call that runs them all, in the order they came.
+
+Work added while that call runs (a cluster node's batch flush writes Redis commands,
+which are sent at the end of the turn too: ``cluster/client.py``) runs in the same
+call, after the rest: not a reactor iteration later.  So no piece of work may add
+itself again unconditionally (none does: each adds what it has just made).
 """
 
 from __future__ import annotations
@@ -30,8 +35,17 @@ def after_turn(reactor: Any, f: Callable[[Any], Any], arg: Any) -> None:
 
 
 def _run(reactor: Any) -> None:
-    for f, arg in _DUE.pop(reactor, ()):
-        try:
-            f(arg)
-        except Exception:  # (one failing piece of work does not cost the others theirs)
-            _log.failure("End-of-turn work {f!r} failed", f=f)
+    due = _DUE.get(reactor)
+    if due is None:
+        return
+    at = 0
+    try:
+        while at < len(due):  # (work added meanwhile joins this list: see above)
+            f, arg = due[at]
+            at += 1
+            try:
+                f(arg)
+            except Exception:  # (one failing piece of work does not cost the others theirs)
+                _log.failure("End-of-turn work {f!r} failed", f=f)
+    finally:
+        del _DUE[reactor]
