@@ -46,6 +46,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 _PROGRAM = r"""
 import sys
+if __import__("os").environ.get("CALLS_PER_MESSAGE_PLAIN"):  # --plain
+    sys.setprofile = lambda f: None
 from mqtt_twisted.codec import PubAck, Publish, encode
 from mqtt_twisted.testing import FakeClient, make_broker
 
@@ -157,6 +159,8 @@ if "--more" in sys.argv:
 
 _CLUSTER = r"""
 import sys
+if __import__("os").environ.get("CALLS_PER_MESSAGE_PLAIN"):  # --plain
+    sys.setprofile = lambda f: None
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from mqtt_twisted.cluster.node import ClusterNode
@@ -323,6 +327,8 @@ print(f"QoS 1 across nodes, {TURN} a turn{more}: {on_a / N:.1f} Python calls per
 
 _REDIS = r"""
 import sys
+if __import__("os").environ.get("CALLS_PER_MESSAGE_PLAIN"):  # --plain
+    sys.setprofile = lambda f: None
 from twisted.internet.task import Clock
 from mqtt_twisted.cluster.resp import Parser
 from mqtt_twisted.codec import Connect, PubAck, Publish, encode
@@ -460,9 +466,16 @@ def main() -> None:
     parser.add_argument("--share", action="store_true",
                         help="--cluster: B's subscriber is the only member of a share group "
                         "($share/g/x/t), not a plain subscriber")
+    parser.add_argument("--plain", action="store_true",
+                        help="run the scenarios without the call counter (the figures "
+                        "printed are then 0): for valgrind --tool=callgrind "
+                        "--trace-children=yes to count their instructions")
     args = parser.parse_args()
     print(f"checkout: {args.checkout}")
     env = {"PYTHONPATH": str(args.checkout)}
+    if args.plain:
+        # The programs' sys.setprofile(count) and sys.setprofile(None) become no-ops.
+        env["CALLS_PER_MESSAGE_PLAIN"] = "1"
     # The compiled codec (docs/speedups.md) makes fewer Python calls than the pure one:
     # MQTT_TWISTED_PURE=1 counts the pure path, the figure to compare across checkouts.
     env.update((k, v) for k, v in os.environ.items() if k.startswith("MQTT_TWISTED_"))

@@ -12,6 +12,11 @@ they are (:func:`handling_events`, ``adapters/_leanpoll.py``), nothing is schedu
 all: no ``DelayedCall``, and no second ``epoll_wait`` that a due ``callLater(0)`` makes
 the reactor's next iteration poll with no wait.  Work that comes from a timed call or
 anywhere else outside that loop still gets its ``callLater(0)``.
+
+Work added while that call runs (a cluster node's batch flush writes Redis commands,
+which are sent at the end of the turn too: ``cluster/client.py``) runs in the same
+call, after the rest: not a reactor iteration later.  So no piece of work may add
+itself again unconditionally (none does: each adds what it has just made).
 """
 
 from __future__ import annotations
@@ -60,8 +65,17 @@ def run_due(reactor: Any) -> None:
 
 
 def _run(reactor: Any) -> None:
-    for f, arg in _DUE.pop(reactor, ()):
-        try:
-            f(arg)
-        except Exception:  # (one failing piece of work does not cost the others theirs)
-            _log.failure("End-of-turn work {f!r} failed", f=f)
+    due = _DUE.get(reactor)
+    if due is None:
+        return
+    at = 0
+    try:
+        while at < len(due):  # (work added meanwhile joins this list: see above)
+            f, arg = due[at]
+            at += 1
+            try:
+                f(arg)
+            except Exception:  # (one failing piece of work does not cost the others theirs)
+                _log.failure("End-of-turn work {f!r} failed", f=f)
+    finally:
+        del _DUE[reactor]

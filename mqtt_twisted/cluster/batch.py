@@ -54,8 +54,9 @@ transaction succeeded): a publisher spreading its messages over two peers would
 otherwise alternate between two writes, and ``ack_after`` joins only acks that wait
 for the same one (with three nodes that was four calls a crossing message).
 
-Sans-IO apart from the injected reactor's ``callLater(0, ...)``: the flush is the
-next reactor iteration, after every socket read of this one.
+Sans-IO apart from the injected reactor's ``callLater(0, ...)``: the flush is end-of-turn
+work (``mqtt_twisted.turns.after_turn``), after every socket read of this turn, and the
+commands it makes leave in the same pass (``client.py``): no reactor iteration between.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ from mqtt_twisted.core.journal import SharedWrite
 from mqtt_twisted.errors import StorageError
 from mqtt_twisted.message import Message
 from mqtt_twisted.store.redis import decode_message, message_from_record, with_records
+from mqtt_twisted.turns import after_turn
 
 #: A stream entry's batch field ("records"), and the one before it ("packed"; not
 #: ``b``, which a handover's barrier entries use).
@@ -181,7 +183,8 @@ class Outbox:
         self._write: SharedWrite | None = None
         self._entries: dict[str, _Batch] = {}
         self._pushes: dict[str, list[list[Any]]] = {}
-        self._call: Any = None
+        #: Whether a flush is due at the end of this turn.
+        self._due = False
         #: Entries and pub/sub messages sent, and the messages in them (for tests and
         #: the benchmark's notes); MULTI/EXEC transactions sent.
         self.batches = 0
@@ -221,14 +224,13 @@ class Outbox:
             self._send_push(to, self._pushes.pop(to))
 
     def _schedule(self) -> None:
-        if self._call is None:
-            self._call = self.reactor.callLater(0, self.flush)
+        if not self._due:
+            self._due = True
+            after_turn(self.reactor, _flush_due, self)
 
     def flush(self) -> None:
         """Send everything gathered (the end of the turn; a node stopping)."""
-        call, self._call = self._call, None
-        if call is not None and call.active():
-            call.cancel()
+        self._due = False
         self.flush_entries()
         pushes, self._pushes = self._pushes, {}
         for to, items in pushes.items():
@@ -272,6 +274,11 @@ class Outbox:
         self.messages += len(items)
         self._push(to, _pack([self.origin, with_records(items)]))
 
+
+def _flush_due(outbox: Outbox) -> None:
+    """The end of the turn: ``outbox.flush``, unless it was flushed meanwhile."""
+    if outbox._due:
+        outbox.flush()
 
 
 def _all_in(result: Any, write: SharedWrite) -> None:

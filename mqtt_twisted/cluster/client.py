@@ -6,8 +6,12 @@ the transport sends every command of a reactor turn in one write, so a burst of
 ``XADD``\\ s costs one round trip, not one each.  ``pipeline([args, ...])`` writes
 several as one and returns one Deferred, of the last one's reply (a ``MULTI`` ...
 ``EXEC``: only ``EXEC``'s reply says anything), which saves a Deferred and its
-callbacks per command.  While the connection is down,
-commands wait (in order) and are written when it is back; a command that waits, or
+callbacks per command.  On a plain TCP connection the turn's commands are sent by this
+module at the end of the turn (``mqtt_twisted.turns.after_turn``), in one ``send``
+straight to the socket: the reactor's way (``startWriting``) is an ``epoll_ctl`` to
+watch the socket, a poll that finds it writable, the write, and another ``epoll_ctl``,
+for every batch a node sends (``adapters/_leanserver.py`` does the same for clients).
+While the connection is down, commands wait (in order) and are written when it is back; a command that waits, or
 that has been sent and is unanswered, longer than ``timeout`` fails with
 :class:`~mqtt_twisted.errors.StorageError`, and an unanswered one also drops the
 connection (a hung server), which then reconnects with backoff.
@@ -34,12 +38,14 @@ from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
+from twisted.internet.tcp import Connection
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mqtt_twisted.cluster.pace import Paced
 from mqtt_twisted.cluster.resp import Parser, ReplyError, RespProtocolError, encode_command
 from mqtt_twisted.errors import StorageError
+from mqtt_twisted.turns import after_turn
 
 log = Logger()
 
@@ -82,11 +88,16 @@ class RedisProtocol(Protocol):
         self.checked_reads = -1
         #: Replies handed to their callbacks a slice per reactor turn (``pace.Paced``).
         self.paced = Paced(client.reactor, self._replies)
+        #: The turn's commands, sent at its end (``send_out``); None: each written to
+        #: the transport (not a TCP connection of the reactor's, or an urgent client).
+        self.out: list[bytes] | None = None
 
     def connectionMade(self) -> None:
         set_nodelay = getattr(self.transport, "setTcpNoDelay", None)
         if set_nodelay is not None:
             set_nodelay(True)
+        if isinstance(self.transport, Connection) and not self.client.urgent:
+            self.out = []
         self.client._connected(self)
 
     def send(self, pending: _Pending, data: bytes, unheard: int = 0) -> None:
@@ -94,6 +105,12 @@ class RedisProtocol(Protocol):
         if unheard:
             self.sent.extend([_Unheard(pending.deadline) for _ in range(unheard)])
         self.sent.append(pending)
+        out = self.out
+        if out is not None:
+            out.append(data)
+            if len(out) == 1:
+                after_turn(self.client.reactor, send_out, self)
+            return
         self.transport.write(data)
         if self.client.urgent:
             write_now(self.transport)
@@ -320,6 +337,29 @@ def write_now(transport: Any) -> None:
         transport = getattr(transport, "transport", None)
         if transport is None:
             return
+
+
+def send_out(protocol: RedisProtocol) -> None:
+    """The end of the turn: send ``protocol``'s commands in one ``send`` to its socket
+    (module docstring); what the socket does not take, and anything under TLS or behind
+    bytes the transport still holds, goes through the transport as usual."""
+    out = protocol.out
+    if not out:
+        return
+    data = out[0] if len(out) == 1 else b"".join(out)
+    out.clear()
+    transport: Any = protocol.transport
+    if not transport.connected or transport.disconnecting:
+        return  # (its commands fail with the connection: RedisProtocol.connectionLost)
+    if not transport.TLS and not transport.dataBuffer and not transport._tempDataBuffer:
+        try:
+            sent = transport.socket.send(data)
+        except OSError:  # full (EAGAIN), or failed: the reactor sees to it when it polls
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
 
 
 def _backoff(attempt: int) -> float:

@@ -33,12 +33,14 @@ from mqtt_twisted.cluster.batch import Item, read_entry
 from mqtt_twisted.cluster.resp import ReplyError
 from mqtt_twisted.cluster.shared import decode_groups
 from mqtt_twisted.core.states import CONNECTED
-from mqtt_twisted.store.redis import decode_message, message_from_record
+from mqtt_twisted.message import Message
+from mqtt_twisted.store.redis import FORMAT, decode_message, message_from_record
 
 if TYPE_CHECKING:
     from mqtt_twisted.cluster.node import ClusterNode
 
 log = Logger()
+new_message = object.__new__
 
 #: Stream entries read at once (each up to ``batch.MAX_BATCH`` messages), and how long
 #: one XREADGROUP waits for them.
@@ -98,8 +100,18 @@ def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int 
                 index += 1
                 try:
                     stored = item[0]  # (batch.item_message, inline)
-                    message = (message_from_record(stored) if type(stored) is list
-                               else decode_message(stored))
+                    if type(stored) is list and stored[0] == FORMAT and not stored[5]:
+                        # The usual record, without properties: message_from_record
+                        # inline (a call less on every message from a peer).
+                        message = new_message(Message)
+                        (_, message.topic, message.payload, message.qos, message.retain, _,
+                         message.received_at, message.sender) = stored
+                        message.packet_id = None
+                        message.properties = {}
+                        message.wire = None
+                    else:
+                        message = (message_from_record(stored) if type(stored) is list
+                                   else decode_message(stored))
                     groups, resent = decode_groups(item[2]) if item[2] else (None, False)
                     n = len(item)
                     to = item[4].decode("utf-8") if n > 4 else None
