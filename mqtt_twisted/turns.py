@@ -13,10 +13,11 @@ all: no ``DelayedCall``, and no second ``epoll_wait`` that a due ``callLater(0)`
 the reactor's next iteration poll with no wait.  Work that comes from a timed call or
 anywhere else outside that loop still gets its ``callLater(0)``.
 
-Work added while that call runs (a cluster node's batch flush writes Redis commands,
+Work added while that work runs (a cluster node's batch flush writes Redis commands,
 which are sent at the end of the turn too: ``cluster/client.py``) runs in the same
-call, after the rest: not a reactor iteration later.  So no piece of work may add
-itself again unconditionally (none does: each adds what it has just made).
+pass, in a round after the rest: not a reactor iteration later.  After ``ROUNDS``
+rounds what is left waits for the next turn, so work that keeps leaving work cannot
+hold the reactor.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ _log = Logger()
 _DUE: dict[Any, list[tuple[Callable[[Any], Any], Any]]] = {}
 #: Reactors whose events are being handled by a loop that calls :func:`run_due` after.
 _HANDLING: set[Any] = set()
+#: Rounds of end-of-turn work run in one pass: work, the work it left, and so on.
+ROUNDS = 4
 
 
 def after_turn(reactor: Any, f: Callable[[Any], Any], arg: Any) -> None:
@@ -51,13 +54,19 @@ def handling_events(reactor: Any) -> None:
 
 def run_due(reactor: Any) -> None:
     """The events are handled: run what was left for the end of the turn, and what that
-    work leaves in turn (a close's disconnect line, to be written), a few rounds at
-    most; anything left after them gets its ``callLater(0)``."""
+    work leaves in turn (a close's disconnect line, to be written; a cluster batch's
+    Redis commands, to be sent), a few rounds at most; anything left after them gets
+    its ``callLater(0)``, so that work which keeps leaving work cannot hold the reactor."""
     try:
-        for _ in range(4):
-            if reactor not in _DUE:
+        for _ in range(ROUNDS):
+            due = _DUE.pop(reactor, None)
+            if due is None:
                 return
-            _run(reactor)
+            for f, arg in due:
+                try:
+                    f(arg)
+                except Exception:  # (one failing piece of work does not cost the others theirs)
+                    _log.failure("End-of-turn work {f!r} failed", f=f)
     finally:
         _HANDLING.discard(reactor)
         if reactor in _DUE:
@@ -65,17 +74,7 @@ def run_due(reactor: Any) -> None:
 
 
 def _run(reactor: Any) -> None:
-    due = _DUE.get(reactor)
-    if due is None:
-        return
-    at = 0
-    try:
-        while at < len(due):  # (work added meanwhile joins this list: see above)
-            f, arg = due[at]
-            at += 1
-            try:
-                f(arg)
-            except Exception:  # (one failing piece of work does not cost the others theirs)
-                _log.failure("End-of-turn work {f!r} failed", f=f)
-    finally:
-        del _DUE[reactor]
+    """The ``callLater(0)`` of a turn whose loop does not call :func:`run_due` itself:
+    the same rounds, and work left meanwhile joins them rather than scheduling again."""
+    _HANDLING.add(reactor)
+    run_due(reactor)
