@@ -155,6 +155,13 @@ class Ours(Broker):
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True,
                                  capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(self.source)], input=archive, check=True)
+        # The compiled modules are build output, not in the archive: without this the
+        # revision ran on its pure-Python fallback (as `pip install .` would build them).
+        built = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "-q"],
+                               cwd=self.source, capture_output=True)
+        if built.returncode != 0:
+            log(f"{rev}: the optional compiled modules did not build; pure Python: "
+                f"{built.stderr.decode(errors='replace').strip().splitlines()[-1:]}")
         return self.source
 
     def command(self, port: int, workdir: Path) -> list[str]:
