@@ -118,6 +118,23 @@ class DeadlineChannelTests(TestCase):
         self.assertNotEqual(h.status(), 408)
         self.assertIsNone(h.channel._deadline)
 
+    def test_idle_keep_alive_connection_is_closed(self) -> None:
+        """A kept-alive connection that sends nothing after its answer is closed after the
+        idle timeout (10 s, the listener's connectTimeout): an idle socket cannot hold a connection place for ever."""
+        h = self.http()
+        h.channel.dataReceived(HEAD + b"Content-Length: 2\r\n\r\nhi")
+        self.assertIsNotNone(h.status())
+        h.reactor.advance(9.5)
+        self.assertFalse(h.closed())
+        h.reactor.advance(1.0)
+        self.assertTrue(h.closed())
+        reactor = MemoryReactorClock()  # connectTimeout=3 (--connect-timeout 3)
+        h = _Harness(http.build_site(reactor, FakeBrokerService(reactor),
+                                     ListenerSettings("http", "tcp:0", 0, 3.0)), reactor)
+        h.channel.dataReceived(HEAD + b"Content-Length: 2\r\n\r\nhi")
+        h.reactor.advance(3.5)
+        self.assertTrue(h.closed())
+
     def test_websocket_upgrade_request_has_a_deadline(self) -> None:
         """A ws= listener's upgrade request trickled in is cut off at requestTimeout."""
         reactor = MemoryReactorClock()
