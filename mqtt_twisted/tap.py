@@ -201,6 +201,9 @@ class Options(BridgeOptions, usage.Options):
         ["log-format", None, "text",
          "Log lines as text (short, for people) or json (one object a line, for a "
          "log shipper).", _choice("log-format", logs.parse_format)],
+        ["queue-full", None, "drop",
+         "When a connected client's queue is full: drop the oldest messages (drop) or "
+         "also disconnect the client (disconnect; v5: DISCONNECT 0x97)."],
         ["session-owner", None, "refuse",
          "With --auth, a CONNECT naming another user's client id is refused (refuse: "
          "CONNACK 0x87/5) or gets a fresh session of its own (fresh)."],
@@ -284,6 +287,9 @@ class Options(BridgeOptions, usage.Options):
         if self["topic-aliases"] not in ("off", "first", "lru"):
             raise usage.UsageError(
                 f"--topic-aliases: {self['topic-aliases']!r} must be off, first or lru")
+        if self["queue-full"] not in ("drop", "disconnect"):
+            raise usage.UsageError(
+                f"--queue-full: {self['queue-full']!r} must be drop or disconnect")
         if self["session-owner"] not in OWNER_MODES:
             raise usage.UsageError(
                 f"--session-owner: {self['session-owner']!r} must be refuse or fresh")
@@ -396,6 +402,7 @@ def broker_settings(options: Options) -> BrokerSettings:
                             else options["max-session-expiry"]),
         max_sessions=options["max-sessions"],
         queue_qos0_offline=bool(options["queue-qos0"]),
+        queue_full=options["queue-full"],
         outbound_topic_aliases=options["topic-aliases"],
         validate_utf8_payload=bool(options["validate-utf8"]),
         response_information=options["response-information"],

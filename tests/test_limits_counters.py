@@ -53,7 +53,7 @@ def test_limit_hits_by_kind() -> None:
     c.publish("a/b/c/d/e/f")  # topic: closes c
     assert broker.stats.limit_hits == {"packet_size": 1, "topic": 2, "subscriptions": 1,
                                        "retained": 1, "sessions": 1, "listener_full": 0,
-                                       "offline_queue": 0}
+                                       "offline_queue": 0, "queue_full": 0}
     values = SysTopics(broker).values(clock.seconds())
     assert (values["limits/topic"], values["limits/sessions"]) == ("2", "1")
 

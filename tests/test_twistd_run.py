@@ -449,6 +449,8 @@ class UsageErrorTests(TwistdTestCase):
             ([], ["--persistent-session-expiry", "-1"], ["--persistent-session-expiry: '-1'"]),
             ([], ["--max-session-expiry", "-1"], ["--max-session-expiry: '-1'"]),
             ([], ["--max-inflight"], ["--max-inflight", "argument"]),
+            ([], ["--queue-full", "sometimes"],
+             ["--queue-full: 'sometimes' must be drop or disconnect"]),
             ([], ["--listen", "tcp:notaport"], ["--listen 'tcp:notaport'", "notaport"]),
             ([], ["--listen", "mqtt="], ["--listen 'mqtt='", "no endpoint"]),
             ([], ["--listen", f"ws={spare}:origins="], ["--listen 'ws=", "origins="]),

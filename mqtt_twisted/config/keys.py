@@ -58,6 +58,8 @@ KEYS: tuple[Key, ...] = (
         live="max_offline_queued_bytes"),
     Key("session.queue_qos0", "queue-qos0", "queue_qos0_messages", "mqtt.mqueue_store_qos0",
         live="queue_qos0_offline"),
+    Key("session.queue_full", "queue-full", "", "", live="queue_full",
+        schema=_enum("drop", "disconnect")),
     Key("session.max_inflight", "max-inflight", "max_inflight_messages", "mqtt.max_inflight",
         live="max_inflight"),
     Key("session.max_inflight_bytes", "max-inflight-bytes", "max_inflight_bytes", "",

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 
 from mqtt_twisted.codec import PubRel
+from mqtt_twisted.constants import ReasonCode
+from mqtt_twisted.core import clientlog
 from mqtt_twisted.core.retained import send_retained, send_slice
 from mqtt_twisted.core.session import NO_ENTRIES
 from mqtt_twisted.core.states import CLOSED
@@ -44,7 +46,7 @@ class Delivery:
 
     __slots__ = ("broker", "clock", "settings", "stats", "store", "journal", "durable", "flow",
                  "high_water", "offline", "hold", "put_outbound", "sent_outbound",
-                 "drop_outbound")
+                 "drop_outbound", "closing_full")
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
@@ -56,6 +58,8 @@ class Delivery:
         #: Whether per-message writes are made (the journal's, read once: it never changes).
         self.durable = broker.journal.durable
         self.flow = broker.flow
+        #: Connections to close at the turn's end for a full queue (``_close_full``).
+        self.closing_full: set[Any] = set()
         self.offline = broker.offline
         #: Queue length at which a session's publishers are held back (flow control).
         self.high_water = max(1, min(1000, self.settings.max_queued // 2))
@@ -138,6 +142,8 @@ class Delivery:
             dropped = session.enqueue(out)
         if dropped:
             self._dropped(session, dropped)
+            if conn is not None and self.settings.queue_full == "disconnect":
+                self._close_full(conn)
             if dropped[0] is out:
                 return  # larger than the whole queue: never held, so never stored
         # (expiryInterval != 0: Session.persistent without its property call, on the
@@ -163,6 +169,22 @@ class Delivery:
                           client=session.clientId, size=self.settings.max_queued,
                           bytes=self.settings.max_queued_bytes,
                           topic=dropped[-1].message.topic, n=session.dropped)
+
+    def _close_full(self, conn: Any) -> None:
+        """``--queue-full disconnect``: close ``conn`` at the turn's end, once (not in the
+        middle of a publisher's routing, which a clean session's end would change)."""
+        closing = self.closing_full
+        if conn not in closing:
+            closing.add(conn)
+            self.clock.callLater(0, self._closed_full, conn)
+
+    def _closed_full(self, conn: Any) -> None:
+        self.closing_full.discard(conn)
+        if conn.state != CLOSED:
+            self.stats.limit_hit("queue_full")
+            clientlog.closing(conn, ReasonCode.QUOTA_EXCEEDED, "its queue is full",
+                              why="queue full")
+            conn.close(ReasonCode.QUOTA_EXCEEDED)
 
     def resend(self, session: Session, conn: Any) -> None:
         """A client reconnected to its session: resend its unacknowledged PUBLISHes

@@ -152,6 +152,7 @@ def broker_families(broker: Broker, now: float) -> list[Family]:
         .add(s.limit_hits["retained"], "retained").add(s.limit_hits["sessions"], "sessions")
         .add(s.limit_hits["listener_full"], "listener_full")
         .add(s.limit_hits["offline_queue"], "offline_queue")
+        .add(s.limit_hits["queue_full"], "queue_full")
         .add(s.connection_rate_refusals, "connection_rate"),
         Family("mqtt_client_rate_limited", COUNTER, "Clients over their message or byte rate "
                "(--max-client-rate): paused, or (MQTT 5) disconnected.", ("action",))

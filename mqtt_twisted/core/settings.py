@@ -84,6 +84,10 @@ class BrokerSettings:
     #: Seconds a subscriber that cannot keep up may hold back the publishers feeding it
     #: (flow control); after that its messages queue within max_queued, oldest dropped.
     slow_consumer_grace: float = 2.0
+    #: What a connected client's full queue costs it: "drop" (the oldest messages,
+    #: counted) or "disconnect" (also closed, v5 DISCONNECT 0x97: a reader that cannot keep
+    #: up learns it; a persistent session keeps its bounded queue for the reconnect).
+    queue_full: str = "drop"
     #: Queue QoS 0 messages for offline persistent sessions (Mosquitto: queue_qos0_messages).
     queue_qos0_offline: bool = False
     #: Whether clients may send retained messages.

@@ -81,9 +81,10 @@ class TopicSample:
 #: the level or length limits, SUBSCRIBEs over the subscriptions per session,
 #: retained messages over their quota, new persistent sessions over max_sessions,
 #: connections refused by a full listener, messages not queued for an offline session
-#: because all offline queues together are full.
+#: because all offline queues together are full, clients disconnected because their
+#: queue was full (``--queue-full disconnect``).
 LIMIT_KINDS = ("packet_size", "topic", "subscriptions", "retained", "sessions",
-               "listener_full", "offline_queue")
+               "listener_full", "offline_queue", "queue_full")
 
 
 class BrokerStats:
