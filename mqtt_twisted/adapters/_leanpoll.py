@@ -7,7 +7,9 @@ Python calls per event, two or three events per connection cycle (accept, CONNEC
 DISCONNECT).  That context only names the ``system`` of lines logged through the
 legacy ``twisted.python.log`` during the event; nothing the lean transports or the
 broker log goes that way (``twisted.logger`` events do not read it), and
-``_doReadOrWrite`` catches and logs what a handler raises by itself.
+``_doReadOrWrite`` catches and logs what a handler raises by itself.  An event that
+is a plain read (``EPOLLIN`` alone: a message arriving) is handled as
+``_doReadOrWrite`` handles it, inline: one Python call less on every message's way.
 
 :func:`install` replaces a running epoll reactor's ``doIteration`` with
 :func:`_poll`: the same loop, which calls ``_doReadOrWrite`` directly for the classes
@@ -25,9 +27,12 @@ next iteration.
 from __future__ import annotations
 
 import errno
+import select
+import sys
 import types
 from typing import Any
 
+from twisted.internet.error import ConnectionFdescWentAway
 from twisted.python import log
 
 from mqtt_twisted.turns import handling_events, run_due
@@ -37,6 +42,10 @@ try:
 except ImportError:  # pragma: no cover  (no epoll: nothing installed)
     EPollReactor = None  # type: ignore[assignment,misc]
 
+#: ``EPOLLIN``: an event that is only that is a read, handled without ``_doReadOrWrite``.
+_IN = select.EPOLLIN if hasattr(select, "EPOLLIN") else 1
+#: What ``_doReadOrWrite`` gives a selectable whose descriptor is -1 when it is to read.
+_GONE = ConnectionFdescWentAway("File descriptor lost")
 #: Selectable classes whose events skip ``callWithLogger``.
 _DIRECT: set[type] = set()
 
@@ -85,6 +94,20 @@ def _poll(self: Any, timeout: float | None) -> None:
                 continue
             cls = selectable.__class__
             if cls in direct or cls.__base__ in direct:
+                if event == _IN:  # _doReadOrWrite's read, inline: a call less per read
+                    try:
+                        why = _GONE if selectable.fileno() == -1 else selectable.doRead()
+                    except BaseException:
+                        why = sys.exc_info()[1]
+                        log.err()
+                    if why:
+                        try:
+                            self._disconnectSelectable(selectable, why, True)
+                        except KeyboardInterrupt:
+                            raise
+                        except BaseException:
+                            log.err(system=cls.__name__)
+                    continue
                 try:
                     drdw(selectable, fd, event)
                 except KeyboardInterrupt:
