@@ -3,9 +3,10 @@ a reactor turn it runs itself (``turns.py``)."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -129,3 +130,18 @@ class LeanPollTests(BrokerTestCase):
         yield self.wait_until(lambda: self.broker.stats.messages_received >= 1)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         yield good.abort()
+
+    @inlineCallbacks
+    def test_timed_and_thread_calls_still_run_between_passes(self) -> Any:
+        """The lean loop skips ``runUntilCurrent`` only when nothing is due: a timed
+        call, one moved later, and a call from a thread all still run."""
+        if not _leanpoll.install(self.reactor):
+            self.skipTest("not Twisted's epoll reactor")
+        self.assertIs(self.reactor.runUntilCurrent.__func__, _leanpoll._run_until_current)
+        timed, later, threaded = Deferred(), Deferred(), Deferred()
+        self.reactor.callLater(0.01, timed.callback, "timed")
+        self.reactor.callLater(0.01, later.callback, "later").delay(0.02)
+        threading.Thread(target=self.reactor.callFromThread,
+                         args=(threaded.callback, "thread")).start()
+        results = yield gatherResults([timed, later, threaded])
+        self.assertEqual(results, ["timed", "later", "thread"])

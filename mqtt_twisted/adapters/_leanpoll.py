@@ -17,6 +17,10 @@ registered with :func:`dispatch_directly` (the lean MQTT transports and their
 accepting ports) and through ``callWithLogger`` as before for everything else.  Any
 other reactor (poll, select, a test's fake) is left alone.
 
+Between passes the reactor's ``runUntilCurrent`` runs only when a timed call is new or
+due (or a thread's call, a stop, cancelled calls to sweep wait), and ``timeout`` does not
+look for new timed calls when there are none: two Python calls less a pass.
+
 It also runs the turn's end-of-turn work (``turns.after_turn``: the lean transports'
 sends and closes, the turn's log lines) itself once the events are handled, instead of
 the ``callLater(0)`` that work would otherwise schedule: no ``DelayedCall`` through the
@@ -68,7 +72,35 @@ def install(reactor: Any) -> bool:
     if current is not EPollReactor.doPoll:
         return False  # (someone else's loop: left as it is)
     reactor.doIteration = reactor.doPoll = types.MethodType(_poll, reactor)
+    reactor.runUntilCurrent = types.MethodType(_run_until_current, reactor)
+    reactor.timeout = types.MethodType(_timeout, reactor)
     return True
+
+
+#: The longest ``epoll_wait`` timeout, in seconds (Twisted's ``timeout`` caps at it).
+_LONGEST = 2147483
+
+
+def _run_until_current(self: Any) -> None:
+    """``runUntilCurrent``, called only when it has something to do: a thread's call,
+    new or due timed calls, cancelled ones to sweep, a stop.  Each pass of the loop
+    called it (and the ``_insertNewDelayedCalls`` it starts with) to find nothing,
+    between every message's write and the next ``epoll_wait``."""
+    pending = self._pendingTimedCalls
+    if (self.threadCallQueue or self._newTimedCalls or self._justStopped
+            or self._cancellations > 50 or (pending and pending[0].time <= self.seconds())):
+        EPollReactor.runUntilCurrent(self)
+
+
+def _timeout(self: Any) -> float | None:
+    """``timeout``, without its ``_insertNewDelayedCalls`` call when there are none."""
+    if self._newTimedCalls:
+        return EPollReactor.timeout(self)  # type: ignore[no-any-return]
+    pending = self._pendingTimedCalls
+    if not pending:
+        return None
+    delay = pending[0].time - self.seconds()
+    return 0 if delay < 0 else delay if delay < _LONGEST else _LONGEST
 
 
 def _poll(self: Any, timeout: float | None) -> None:
