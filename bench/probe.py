@@ -128,14 +128,59 @@ def install(out: str) -> None:
     do_read_or_write = epollreactor.EPollReactor._doReadOrWrite
 
     def _doReadOrWrite(self: Any, selectable: Any, fd: int, event: int) -> None:
-        _state["events"] += 1
+        if not _state.get("lean"):  # (the lean loop's poller counts its events)
+            _state["events"] += 1
         do_read_or_write(self, selectable, fd, event)
 
     epollreactor.EPollReactor._doReadOrWrite = _doReadOrWrite  # type: ignore[method-assign]
     base.ReactorBase.runUntilCurrent = runUntilCurrent  # type: ignore[method-assign]
     epollreactor.EPollReactor.doPoll = doPoll  # type: ignore[method-assign]
     epollreactor.EPollReactor.doIteration = doPoll  # type: ignore[method-assign]
+    # A plain TCP MQTT listener replaces the reactor's doIteration with the lean loop
+    # (adapters/_leanpoll.py), which bypassed the wrapper above: every turn after the
+    # listener started went untimed.  The lean loop is timed the same way; its plain
+    # reads do not go through _doReadOrWrite, so they are counted here.
+    from mqtt_twisted.adapters import _leanpoll
+
+    lean_poll = _leanpoll._poll
+
+    def do_poll_lean(self: Any, timeout: Any) -> None:
+        poller = self._poller
+        if type(poller) is not _CountingPoller:
+            self._poller = _CountingPoller(poller)
+        _state["lean"] = 1.0
+        try:
+            lean_poll(self, timeout)
+        finally:
+            _state["lean"] = 0.0
+            turn_cpu.append(_cpu() - _state["turn"])
+            turn_gc.append(_state["turn_gc"])
+            if _stack_state["over"]:
+                _turn_ended(turn_cpu[-1], turn_gc[-1])
+            turn_events.append(int(_state["events"]))
+            _state["turn_gc"] = 0.0
+            _state["events"] = 0
+
+    _leanpoll._poll = do_poll_lean  # type: ignore[assignment]
     gc.callbacks.append(_on_gc)
+
+
+class _CountingPoller:
+    """The reactor's epoll object, counting the events each poll returns (the lean
+    loop's reads are not ``_doReadOrWrite`` calls)."""
+
+    __slots__ = ("real",)
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def poll(self, timeout: float = -1, maxevents: int = -1) -> list:
+        events = self.real.poll(timeout, maxevents)
+        _state["events"] += len(events)
+        return events
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
 
 
 def watch(path: str, seconds: float) -> None:

@@ -3,9 +3,10 @@ a reactor turn it runs itself (``turns.py``)."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -103,3 +104,44 @@ class LeanPollTests(BrokerTestCase):
         self.assertEqual(removed, ["removeReader"])
         self.assertNotIn(server, self.reactor.getReaders())
         self.assertEqual(self.service.test_factory.active, 0)
+
+    @inlineCallbacks
+    def test_a_read_that_raises_is_logged_and_ends_its_connection(self) -> Any:
+        """A plain read event is handled inline as ``_doReadOrWrite`` handles it: what
+        the read raises is logged, that connection is lost, and the others go on."""
+        if not _leanpoll.install(self.reactor):
+            self.skipTest("not Twisted's epoll reactor")
+        bad = yield connect_raw(self.reactor, self.port)
+        yield bad.connect("poll-3")
+        good = yield connect_raw(self.reactor, self.port)
+        yield good.connect("poll-4")
+        [conn] = [c for c in self.broker.connections if c.client_id == "poll-3"]
+        received = type(conn).dataReceived
+
+        def failing(self: Any, data: bytes) -> None:
+            if self is conn:
+                raise ZeroDivisionError("a bug in a handler")
+            received(self, data)
+
+        self.patch(type(conn), "dataReceived", failing)
+        bad.send(Publish("poll/t", b"1", 0))
+        yield bad.wait_closed()
+        good.send(Publish("poll/t", b"2", 0))
+        yield self.wait_until(lambda: self.broker.stats.messages_received >= 1)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        yield good.abort()
+
+    @inlineCallbacks
+    def test_timed_and_thread_calls_still_run_between_passes(self) -> Any:
+        """The lean loop skips ``runUntilCurrent`` only when nothing is due: a timed
+        call, one moved later, and a call from a thread all still run."""
+        if not _leanpoll.install(self.reactor):
+            self.skipTest("not Twisted's epoll reactor")
+        self.assertIs(self.reactor.runUntilCurrent.__func__, _leanpoll._run_until_current)
+        timed, later, threaded = Deferred(), Deferred(), Deferred()
+        self.reactor.callLater(0.01, timed.callback, "timed")
+        self.reactor.callLater(0.01, later.callback, "later").delay(0.02)
+        threading.Thread(target=self.reactor.callFromThread,
+                         args=(threaded.callback, "thread")).start()
+        results = yield gatherResults([timed, later, threaded])
+        self.assertEqual(results, ["timed", "later", "thread"])

@@ -221,7 +221,7 @@ def read_share(conn: "MQTTConnection", data: bytes, handlers: Any) -> int:
     n = len(data)
     broker = conn.broker
     stats = broker.stats
-    limit = decoder.max_packet_size
+    limit = decoder.limits.max_packet_size  # (the property, without its call)
     v5 = 1 if conn.version == 5 else 0
     pos = count = work = 0
     held = False  # a receiver of the run is paused: flow control's bytes counted
