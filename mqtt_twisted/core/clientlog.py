@@ -18,7 +18,7 @@ from twisted.logger import Logger, LogLevel
 
 from mqtt_twisted.constants import ReasonCode
 from mqtt_twisted.errors import AuthenticationError, AuthorizationError, MQTTError
-from mqtt_twisted.logs import enabled
+from mqtt_twisted.logs import enabled, write_direct
 
 log = Logger(namespace="mqtt_twisted.clients")
 
@@ -46,7 +46,10 @@ def _emit(level: LogLevel, fmt: str, **event: Any) -> None:
     """``log.emit(level, fmt, **event)`` without its check that ``level`` is a LogLevel
     (it sorts every level on each call: a sixth of a connect line's cost, py-spy on
     bench/conn_memory.py's cycles); the levels given here are.  The event is the
-    same, to the same observers."""
+    same, to the same observers; or its line, written straight to the only observer
+    when that is ours (``logs.write_direct``)."""
+    if write_direct(log, level, fmt, event):
+        return
     event.update(log_logger=log, log_level=level, log_namespace=log.namespace,
                  log_source=log.source, log_format=fmt, log_time=time())
     log.observer(event)
