@@ -130,7 +130,11 @@ class Lifecycle:
             broker.offline.back(session)
             if session.expiry_call is not None and session.expiry_call.active():
                 session.expiry_call.cancel()
-        broker.journal.persist(broker.store.deleteSession(session.clientId))
+        delete_now = getattr(broker.store, "deleteSessionNow", None)  # (optional)
+        if delete_now is not None:
+            delete_now(session.clientId)  # (no Deferred to make and look at)
+        else:
+            broker.journal.persist(broker.store.deleteSession(session.clientId))
 
     def set_session_expiry(self, session: Session, expiry: float | None) -> None:
         """A session expiry interval (None or 0xFFFFFFFF: never), capped by the
