@@ -69,11 +69,17 @@ class TwinTests(SynchronousTestCase):
         broker, _ = make_broker()
         calls: list[str] = []
         store = broker.store
-        for name in ("acquireLock", "deleteSession"):
-            def deferred(*args: Any, name: str = name, real: Any = getattr(store, name)) -> Any:
+
+        def counted(name: str) -> Any:
+            real = getattr(store, name)
+
+            def deferred(*args: Any) -> Any:
                 calls.append(name)
                 return real(*args)
-            setattr(store, name, deferred)
+            return deferred
+
+        for name in ("acquireLock", "deleteSession"):
+            setattr(store, name, counted(name))
         client = FakeClient(broker)
         client.connect("clean")
         client.disconnect()
