@@ -303,7 +303,7 @@ def _serve_one(port: Any, fd: int, addr: tuple) -> None:
     if len(addr) == 4:  # IPv6: the scope id in the host, as Twisted's accept does
         host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
         addr = (host[0], *addr[1:])
-    if not factory.limit.admit(f"{addr[0]}:{addr[1]}"):
+    if not factory.limit.admit_address(addr[0], addr[1]):
         _close_fd(fd)
         return
     try:
