@@ -189,3 +189,28 @@ def test_a_connect_waiting_for_its_turn_is_not_cut_off() -> None:
     assert clients[4].transport.closed
     clock.advance(0)
     assert connack(clients[3])
+
+
+def test_a_turn_within_its_budget_renews_it_at_its_end_without_a_call() -> None:
+    """Under a loop that runs the turn's end itself (``turns.handling_events``, the
+    lean epoll loop), CONNECTs that fit the budget schedule nothing on the clock; the
+    turn's end gives the next turn a whole budget."""
+    from mqtt_twisted import turns
+
+    broker, clock = gated()
+    turns.handling_events(clock)
+    try:
+        clients = [FakeClient(broker) for _ in range(2)]
+        for i, client in enumerate(clients):
+            client.send_bytes(connect_bytes(f"r{i}"))
+        assert all(connack(c) for c in clients)
+        assert broker.gate._call is None
+        assert not [c for c in clock.getDelayedCalls() if c.func is turns._run]
+        assert broker.gate.spent > 0
+    finally:
+        turns.run_due(clock)  # (the turn's end)
+    assert broker.gate.spent == 0
+    later = [FakeClient(broker) for _ in range(3)]  # a whole budget again: three
+    for i, client in enumerate(later):
+        client.send_bytes(connect_bytes(f"s{i}"))
+    assert [connack(c) for c in later] == [True] * 3

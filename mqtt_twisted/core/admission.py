@@ -18,7 +18,11 @@ Connected clients' reads are not gated: their shares are bounded per read alread
 (``core/connection.py``), so a turn holds at most one budget of CONNECTs.
 
 Sans-IO: the turns are the injected clock's ``callLater(0)``, the CPU clock is
-injected too (``time.thread_time``: the machine's load does not stretch it).
+injected too (``time.thread_time``: the machine's load does not stretch it).  A turn
+whose first reads all fit its budget starts the next turn's budget at its end
+(``turns.after_turn``: run by the lean loop without a ``DelayedCall``, and without
+the extra ``epoll_wait`` a due call costs the next iteration); only connections left
+waiting get the ``callLater(0)`` that handles them at the next turn.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mqtt_twisted.core.states import CLOSED, CONNECTING
+from mqtt_twisted.turns import after_turn
 
 #: CPU seconds per reactor turn for the first reads of new connections, all together.
 #: A fuzz stream's first read (its CONNECT, protocol error or session, log lines, and
@@ -44,7 +49,8 @@ ANSWER_WAIT = 50.0
 class ConnectGate:
     """Admits the reads of connections that have not sent CONNECT, a budget a turn."""
 
-    __slots__ = ("clock", "cpu", "budget", "spent", "waiting", "_call", "_admitting")
+    __slots__ = ("clock", "cpu", "budget", "spent", "waiting", "_call", "_admitting",
+                 "_renewing")
 
     def __init__(self, clock: Any, budget: float = TURN_BUDGET,
                  cpu: Callable[[], float] = time.thread_time) -> None:
@@ -58,6 +64,7 @@ class ConnectGate:
         self.waiting: OrderedDict[Any, list[bytes]] = OrderedDict()
         self._call: Any = None
         self._admitting: Any = None  # (the connection being handled: not gated again)
+        self._renewing = False  # (the turn's end renews the budget: _renew)
 
     def __len__(self) -> int:
         """Connections waiting for a later turn."""
@@ -88,11 +95,23 @@ class ConnectGate:
         finally:
             self._admitting = outer
             self.spent += self.cpu() - start
-            self._schedule()
+            if self.waiting:
+                self._schedule()
+            elif not self._renewing:
+                self._renewing = True
+                after_turn(self.clock, ConnectGate._renew, self)
 
     def _schedule(self) -> None:
         if self._call is None:
             self._call = self.clock.callLater(0, self._turn)
+
+    def _renew(self) -> None:
+        """The turn's end, none waiting: the next turn's first reads have a whole budget.
+        (Run once the turn's events are handled: the end-of-turn work after it reads
+        no new connection's first bytes, so no turn gets a second budget.)"""
+        self._renewing = False
+        if self._call is None:  # (else _turn renews it, and first serves those waiting)
+            self.spent = 0.0
 
     def _turn(self) -> None:
         """A new turn, a new budget: first for the connections that waited."""
