@@ -26,7 +26,7 @@ class FakeCPU:
 
 def gated():
     broker, clock = make_broker(connect_budget=BUDGET)
-    broker.gate.cpu = FakeCPU()
+    broker.gate.cpu = broker.gate.wall = FakeCPU()  # (either clock: a read costs COST)
     return broker, clock
 
 
@@ -106,7 +106,7 @@ def test_connected_clients_are_not_gated() -> None:
 def test_at_least_one_read_a_turn_however_costly() -> None:
     """A read that costs more than a whole budget is still handled, one a turn."""
     broker, _ = make_broker(connect_budget=BUDGET)
-    broker.gate.cpu = iter(x * 0.01 for x in range(1000)).__next__  # 10 ms a read
+    broker.gate.cpu = broker.gate.wall = iter(x * 0.01 for x in range(1000)).__next__  # 10 ms
     clients = [FakeClient(broker) for _ in range(3)]
     for i, client in enumerate(clients):
         client.send_bytes(connect_bytes(f"big{i}"))
@@ -161,7 +161,8 @@ def test_the_gate_alone_on_a_clock() -> None:
             self.paused -= 1
 
     clock = Clock()
-    gate = ConnectGate(clock, BUDGET, FakeCPU())
+    cpu = FakeCPU()
+    gate = ConnectGate(clock, BUDGET, cpu, cpu)
     conns = [Conn(gate) for _ in range(5)]
     for i, conn in enumerate(conns):
         conn.dataReceived(b"%d" % i)
@@ -214,3 +215,47 @@ def test_a_turn_within_its_budget_renews_it_at_its_end_without_a_call() -> None:
     for i, client in enumerate(later):
         client.send_bytes(connect_bytes(f"s{i}"))
     assert [connack(c) for c in later] == [True] * 3
+
+
+def test_the_wall_clock_times_the_first_half_of_a_budget() -> None:
+    """The CPU clock (a system call a reading) is read only once the turn's first reads
+    have taken half the budget by the wall clock, which never runs slower; a turn whose
+    wall time stretches (a loaded machine) admits fewer, never more."""
+    from twisted.internet.task import Clock
+
+    class Counted(FakeCPU):
+        def __init__(self, cost: float) -> None:
+            super().__init__()
+            self.readings, self.cost = 0, cost
+
+        def __call__(self) -> float:
+            self.readings += 1
+            self.now += self.cost
+            return self.now
+
+    class Conn:
+        state = 0
+
+        def __init__(self) -> None:
+            self.got = 0
+
+        def dataReceived(self, data: bytes) -> None:
+            if not gate.takes(self, data):
+                self.got += 1
+
+        def throttle(self) -> None:
+            pass
+
+    cpu, wall = Counted(COST), Counted(COST)
+    gate = ConnectGate(Clock(), BUDGET, cpu, wall)
+    conns = [Conn() for _ in range(5)]
+    for conn in conns:
+        conn.dataReceived(b"x")
+    assert [c.got for c in conns] == [1, 1, 1, 0, 0]
+    assert (wall.readings, cpu.readings) == (4, 2)  # (two reads by the wall, one by CPU)
+    cpu, slow_wall = Counted(COST), Counted(2 * COST)  # (wall time stretched twice)
+    gate = ConnectGate(Clock(), BUDGET, cpu, slow_wall)
+    conns = [Conn() for _ in range(5)]
+    for conn in conns:
+        conn.dataReceived(b"x")
+    assert [c.got for c in conns] == [1, 1, 0, 0, 0]
