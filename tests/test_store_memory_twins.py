@@ -33,6 +33,10 @@ class TwinTests(SynchronousTestCase):
         second = self.successResultOf(waiting)
         self.assertIsNone(store.takeLockNow("c1"))
         second.release()
+        third = store.takeLockNow("c1")
+        self.assertIsNotNone(third)
+        third.releaseNow()  # (release without its Deferred: free at once)
+        third.releaseNow()  # (once only)
         self.assertIsNotNone(store.takeLockNow("c1"))
         self.assertIsNotNone(store.takeLockNow("c2"))  # (one lock per client id)
 

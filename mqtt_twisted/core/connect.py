@@ -472,7 +472,8 @@ class Connector:
 
 
 class _ReleaseOnce:
-    """A client id's lock, released exactly once whichever path the CONNECT ends on."""
+    """A client id's lock, released exactly once whichever path the CONNECT ends on
+    (without a Deferred where the lock has ``releaseNow``: the memory store's)."""
 
     __slots__ = ("_lock",)
 
@@ -482,4 +483,4 @@ class _ReleaseOnce:
     def release(self) -> None:
         lock, self._lock = self._lock, None
         if lock is not None:
-            lock.release()
+            (getattr(lock, "releaseNow", None) or lock.release)()

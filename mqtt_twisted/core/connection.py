@@ -522,8 +522,9 @@ class MQTTConnection:
         elif self.due is not None:
             self.broker.deadlines.cancel(self)  # the CONNECT deadline
         clientlog.connected(self, connect.clean_start, session_present, self.keep_alive)
-        self.broker.delivery.resend(session, self)
-        self.broker.pump(session)
+        if session_present:  # (a new session has nothing in flight or queued)
+            self.broker.delivery.resend(session, self)
+            self.broker.pump(session)
         self.unblock()
 
 

@@ -72,13 +72,18 @@ class _HeldLock:
         self._lock: DeferredLock | None = lock
 
     def release(self) -> Deferred[None]:
+        self.releaseNow()
+        return succeed(None)
+
+    def releaseNow(self) -> None:
+        """``release`` without the Deferred (done when it returns), for a caller that
+        knows this lock: the broker's CONNECT (``core/connect.py``)."""
         lock = self._lock
         if lock is not None:
             self._lock = None
             lock.release()
             if not lock.locked and not lock.waiting and self._locks.get(self._clientId) is lock:
                 del self._locks[self._clientId]
-        return succeed(None)
 
 
 @implementer(IStore)
