@@ -68,7 +68,8 @@ class Lifecycle:
             else:
                 self.publish_will(session, will)
         if not session.persistent:
-            self._hand_over_shared(session)
+            if session.inflight or session.queue:  # (else nothing held to hand over)
+                self._hand_over_shared(session)
             self.discard_session(session)
             return
         broker.offline.away(session)  # (a will just routed to it is counted again here)
