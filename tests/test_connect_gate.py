@@ -39,15 +39,15 @@ def connect_bytes(client_id: str) -> bytes:
 
 
 def test_a_turn_handles_first_reads_within_its_budget_the_rest_later_in_order() -> None:
-    """Three CONNECTs fit the turn; the others wait, their reading paused, and are
-    answered at the next turns, three a turn, in the order they came."""
+    """Three CONNECTs fit the turn; the others wait (still reading: they sent nothing
+    more) and are answered at the next turns, three a turn, in the order they came."""
     broker, clock = gated()
     clients = [FakeClient(broker) for _ in range(8)]
     for i, client in enumerate(clients):
         client.send_bytes(connect_bytes(f"c{i}"))
     answered = [connack(c) for c in clients]
     assert answered == [True] * 3 + [False] * 5
-    assert [c.transport.reading for c in clients] == [True] * 3 + [False] * 5
+    assert all(c.transport.reading for c in clients)
     assert len(broker.gate) == 5
     clock.advance(0)  # (a Clock runs the calls each turn schedules for now as well)
     assert all(connack(c) for c in clients[3:])
@@ -73,17 +73,21 @@ def test_waiting_connections_go_before_new_ones() -> None:
 
 
 def test_bytes_read_while_waiting_are_kept_in_order() -> None:
-    """A read that comes before the pause took (a drain at close) joins the held bytes."""
+    """A second read while waiting (the rest of the CONNECT, a PUBLISH) joins the held
+    bytes, and the connection stops reading until its turn."""
     broker, clock = gated()
     for i in range(3):
         FakeClient(broker).send_bytes(connect_bytes(f"x{i}"))
     sub = FakeClient(broker)
     data = connect_bytes("late") + encode(Publish("t", b"1"))
     sub.send_bytes(data[:5])
+    assert sub.transport.reading
     sub.send_bytes(data[5:])
     assert not sub.received()
+    assert not sub.transport.reading
     clock.advance(0)
     assert connack(sub)
+    assert sub.transport.reading
     assert sub.connection.client_id == "late"
     assert broker.stats.messages_received == 1
 
@@ -167,8 +171,9 @@ def test_the_gate_alone_on_a_clock() -> None:
     for i, conn in enumerate(conns):
         conn.dataReceived(b"%d" % i)
     assert [c.got for c in conns] == [[b"0"], [b"1"], [b"2"], [], []]
-    assert [c.paused for c in conns] == [0, 0, 0, 1, 1]
+    assert [c.paused for c in conns] == [0] * 5  # (waiting, but nothing more came)
     conns[4].dataReceived(b"+")
+    assert [c.paused for c in conns] == [0, 0, 0, 0, 1]
     clock.advance(0)
     assert [c.got for c in conns[3:]] == [[b"3"], [b"4+"]]
     assert [c.paused for c in conns] == [0] * 5

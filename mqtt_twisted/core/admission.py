@@ -11,9 +11,12 @@ turn (``bench/fuzz_probe.py``), while a connected client's PUBLISH waited behind
 :class:`ConnectGate` handles the reads of connections that have not sent CONNECT
 within :data:`TURN_BUDGET` of CPU per turn, all connections together (CPU, not a
 count: a first read may be a bare CONNECT or a CONNECT and a PUBLISH to thousands).
-A connection that comes once the turn's budget is spent keeps its bytes here, stops
-reading (one more count on the counter flow control and the per-read share use) and
-goes on at a later turn, in arrival order; at least one waits no longer than a turn.
+A connection that comes once the turn's budget is spent keeps its bytes here and goes
+on at a later turn, in arrival order; at least one waits no longer than a turn.  If
+it sends more meanwhile, that is kept too and it stops reading until its turn (one
+more count on the counter flow control and the per-read share use); one that sent its
+CONNECT and waits for the answer, the usual case, is not paused at all (a pause and
+its end were an ``epoll_ctl`` and three Python calls each way).
 Connected clients' reads are not gated: their shares are bounded per read already
 (``core/connection.py``), so a turn holds at most one budget of CONNECTs.
 
@@ -55,7 +58,7 @@ ANSWER_WAIT = 50.0
 class ConnectGate:
     """Admits the reads of connections that have not sent CONNECT, a budget a turn."""
 
-    __slots__ = ("clock", "cpu", "wall", "budget", "spent", "waiting", "_call",
+    __slots__ = ("clock", "cpu", "wall", "budget", "spent", "waiting", "_paused", "_call",
                  "_admitting", "_renewing")
 
     def __init__(self, clock: Any, budget: float = TURN_BUDGET,
@@ -70,6 +73,8 @@ class ConnectGate:
         self.spent = 0.0
         #: Connection -> the bytes it read while it waited, in arrival order.
         self.waiting: OrderedDict[Any, list[bytes]] = OrderedDict()
+        #: Those of them that sent more while waiting: not reading until their turn.
+        self._paused: set[Any] = set()
         self._call: Any = None
         self._admitting: Any = None  # (the connection being handled: not gated again)
         self._renewing = False  # (the turn's end renews the budget: _renew)
@@ -85,11 +90,13 @@ class ConnectGate:
         if conn is self._admitting or not self.budget:
             return False
         held = self.waiting.get(conn)
-        if held is not None:  # (read before the pause took: a drain at close, say)
+        if held is not None:  # (more from it: kept, and no more read until its turn)
             held.append(data)
+            if conn not in self._paused:
+                self._paused.add(conn)
+                conn.throttle()
         elif self.waiting or self.spent >= self.budget:  # (those waiting go first)
             self.waiting[conn] = [data]
-            conn.throttle()
             self._schedule()
         else:
             self._handle(conn, data)
@@ -130,10 +137,14 @@ class ConnectGate:
         try:
             while waiting and self.spent < self.budget:
                 conn, held = waiting.popitem(last=False)
+                paused = conn in self._paused
+                if paused:
+                    self._paused.discard(conn)
                 if conn.state == CLOSED:  # (its CONNECT deadline passed, or shutdown)
                     continue
                 self._handle(conn, held[0] if len(held) == 1 else b"".join(held))
-                conn.unthrottle()
+                if paused:
+                    conn.unthrottle()
         finally:
             if waiting:
                 self._schedule()
