@@ -34,6 +34,7 @@ from twisted.python import failure
 from mqtt_twisted.adapters import _leanpoll
 from mqtt_twisted.adapters._accepts import ACCEPT_SLICE
 from mqtt_twisted.adapters._leanserver import _HOSTS, LeanServer, _shared_host
+from mqtt_twisted.core.states import CLOSE_GRACE
 from mqtt_twisted.turns import after_turn
 
 try:  # FIONREAD, FIONBIO: POSIX only; elsewhere nothing is drained, nothing served lean
@@ -151,10 +152,12 @@ class MQTTServer(LeanServer):
     pauseReading = LeanServer.pauseProducing
     resumeReading = LeanServer.resumeProducing
 
-    def loseConnection(self, *_: Any) -> None:
+    def loseConnection(self, *_: Any) -> bool | None:
         """Flush, then close: as ``MQTTStreamProtocol.loseConnection`` says why, a plain
         close after the client's DISCONNECT, else a half-close that reads and drops
-        what the client still sends (the connection aborts it after its close grace)."""
+        what the client still sends (the connection aborts it after its close grace).
+        True when it closes at the end of this turn, with nothing to send: no close
+        grace to wait for (the connection arms none)."""
         self.unregisterProducer()  # (a paused producer would keep the socket open)
         ended = getattr(getattr(self, "protocol", None), "ended", None)
         if ended is not None and ended[0] in CLIENT_LEFT:
@@ -174,6 +177,7 @@ class MQTTServer(LeanServer):
                     self.stopReading()
                 self.disconnecting = 1
                 _close_later(self)
+                return True
         else:
             self.loseWriteConnection()
             self.resumeProducing()  # (flow control may have paused reading)
@@ -221,7 +225,9 @@ def _close(reactor: Any) -> None:
         if fd < 0:
             continue  # (lost meanwhile)
         if transport._tempDataBuffer or transport.dataBuffer:
-            transport.startWriting()  # written to since: the reactor closes it once sent
+            transport.startWriting()  # written to since: the reactor closes it once sent,
+            conn = transport.protocol  # within the grace its loseConnection skipped
+            conn.broker.deadlines.arm(conn, conn.broker.clock.seconds() + CLOSE_GRACE)
             continue
         try:
             if watched is None or fd in watched:
