@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime
+from time import time
 from typing import IO, Any
 
 from twisted.logger import (
@@ -332,13 +333,15 @@ class TurnFlushedLogObserver(FileLogObserver):
 
     def __call__(self, event: Any) -> None:
         text = self.formatEvent(event)
-        if not text:
-            return
+        if text:
+            self.keep(text, _RANK.get(event.get("log_level"), _FLUSH_AT_ONCE))
+
+    def keep(self, text: str, rank: int) -> None:
+        """Keep a line of level ``rank`` for the turn's write (at once: see above)."""
         lines = self._lines
         lines.append(text)
         reactor = self.reactor
-        if (reactor is None or not reactor.running
-                or _RANK.get(event.get("log_level"), _FLUSH_AT_ONCE) >= _FLUSH_AT_ONCE):
+        if reactor is None or not reactor.running or rank >= _FLUSH_AT_ONCE:
             self.flush()
         elif len(lines) == 1:  # (the turn's first: its flush is not due yet)
             after_turn(reactor, TurnFlushedLogObserver.flush, self)
@@ -373,6 +376,40 @@ class LevelFilteredObserver:
         if "log_trace" in event:
             event["log_trace"].append((self, self.observer))
         self.observer(event)
+
+
+def write_direct(logger: Logger, level: LogLevel, fmt: str, fields: dict) -> bool:
+    """Write ``fmt`` filled from ``fields`` as a text line straight into the turn's lines
+    of the observer made here (True), when that is all ``logger.emit`` would come to:
+    ``logger`` publishes to a publisher whose only observer is one made here, writing
+    text (twistd's, as ``tap.py`` sets it up).  The same line, without the event dict's
+    twisted keys, the publisher, the filter and the formatter (about seven Python calls
+    of a client's connect or disconnect line: ``core/clientlog.py``).  False: emit the
+    event instead (another observer, JSON, a namespace not seen yet)."""
+    observers = getattr(logger.observer, "_observers", None)
+    if observers is None or len(observers) != 1:
+        return False
+    sole = observers[0]
+    if type(sole) is not LevelFilteredObserver:
+        return False
+    out = sole.observer
+    if (type(out) is not TurnFlushedLogObserver or out.formatEvent is not line_format
+            or line_format.format != "text"):
+        return False
+    namespace = logger.namespace
+    floor = _predicate._floors.get(namespace)
+    short = _SHORT.get(namespace)
+    if floor is None or short is None:  # (the event's way learns both, once)
+        return False
+    rank = _RANK[level]
+    if rank < floor:
+        return True  # (filtered out: nothing to write)
+    try:
+        text = fmt.format_map(fields)
+    except Exception:  # (text_line's fallback: the event's way)
+        return False
+    out.keep(f"{timestamp(time())} {_PADDED[level]} [{short}] {text}\n", rank)
+    return True
 
 
 #: The reactor whose turns the twistd observer flushes with (:func:`flush_per_turn`).

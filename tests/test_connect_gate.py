@@ -26,7 +26,7 @@ class FakeCPU:
 
 def gated():
     broker, clock = make_broker(connect_budget=BUDGET)
-    broker.gate.cpu = FakeCPU()
+    broker.gate.cpu = broker.gate.wall = FakeCPU()  # (either clock: a read costs COST)
     return broker, clock
 
 
@@ -39,15 +39,15 @@ def connect_bytes(client_id: str) -> bytes:
 
 
 def test_a_turn_handles_first_reads_within_its_budget_the_rest_later_in_order() -> None:
-    """Three CONNECTs fit the turn; the others wait, their reading paused, and are
-    answered at the next turns, three a turn, in the order they came."""
+    """Three CONNECTs fit the turn; the others wait (still reading: they sent nothing
+    more) and are answered at the next turns, three a turn, in the order they came."""
     broker, clock = gated()
     clients = [FakeClient(broker) for _ in range(8)]
     for i, client in enumerate(clients):
         client.send_bytes(connect_bytes(f"c{i}"))
     answered = [connack(c) for c in clients]
     assert answered == [True] * 3 + [False] * 5
-    assert [c.transport.reading for c in clients] == [True] * 3 + [False] * 5
+    assert all(c.transport.reading for c in clients)
     assert len(broker.gate) == 5
     clock.advance(0)  # (a Clock runs the calls each turn schedules for now as well)
     assert all(connack(c) for c in clients[3:])
@@ -73,17 +73,21 @@ def test_waiting_connections_go_before_new_ones() -> None:
 
 
 def test_bytes_read_while_waiting_are_kept_in_order() -> None:
-    """A read that comes before the pause took (a drain at close) joins the held bytes."""
+    """A second read while waiting (the rest of the CONNECT, a PUBLISH) joins the held
+    bytes, and the connection stops reading until its turn."""
     broker, clock = gated()
     for i in range(3):
         FakeClient(broker).send_bytes(connect_bytes(f"x{i}"))
     sub = FakeClient(broker)
     data = connect_bytes("late") + encode(Publish("t", b"1"))
     sub.send_bytes(data[:5])
+    assert sub.transport.reading
     sub.send_bytes(data[5:])
     assert not sub.received()
+    assert not sub.transport.reading
     clock.advance(0)
     assert connack(sub)
+    assert sub.transport.reading
     assert sub.connection.client_id == "late"
     assert broker.stats.messages_received == 1
 
@@ -106,7 +110,7 @@ def test_connected_clients_are_not_gated() -> None:
 def test_at_least_one_read_a_turn_however_costly() -> None:
     """A read that costs more than a whole budget is still handled, one a turn."""
     broker, _ = make_broker(connect_budget=BUDGET)
-    broker.gate.cpu = iter(x * 0.01 for x in range(1000)).__next__  # 10 ms a read
+    broker.gate.cpu = broker.gate.wall = iter(x * 0.01 for x in range(1000)).__next__  # 10 ms
     clients = [FakeClient(broker) for _ in range(3)]
     for i, client in enumerate(clients):
         client.send_bytes(connect_bytes(f"big{i}"))
@@ -161,13 +165,15 @@ def test_the_gate_alone_on_a_clock() -> None:
             self.paused -= 1
 
     clock = Clock()
-    gate = ConnectGate(clock, BUDGET, FakeCPU())
+    cpu = FakeCPU()
+    gate = ConnectGate(clock, BUDGET, cpu, cpu)
     conns = [Conn(gate) for _ in range(5)]
     for i, conn in enumerate(conns):
         conn.dataReceived(b"%d" % i)
     assert [c.got for c in conns] == [[b"0"], [b"1"], [b"2"], [], []]
-    assert [c.paused for c in conns] == [0, 0, 0, 1, 1]
+    assert [c.paused for c in conns] == [0] * 5  # (waiting, but nothing more came)
     conns[4].dataReceived(b"+")
+    assert [c.paused for c in conns] == [0, 0, 0, 0, 1]
     clock.advance(0)
     assert [c.got for c in conns[3:]] == [[b"3"], [b"4+"]]
     assert [c.paused for c in conns] == [0] * 5
@@ -189,3 +195,72 @@ def test_a_connect_waiting_for_its_turn_is_not_cut_off() -> None:
     assert clients[4].transport.closed
     clock.advance(0)
     assert connack(clients[3])
+
+
+def test_a_turn_within_its_budget_renews_it_at_its_end_without_a_call() -> None:
+    """Under a loop that runs the turn's end itself (``turns.handling_events``, the
+    lean epoll loop), CONNECTs that fit the budget schedule nothing on the clock; the
+    turn's end gives the next turn a whole budget."""
+    from mqtt_twisted import turns
+
+    broker, clock = gated()
+    turns.handling_events(clock)
+    try:
+        clients = [FakeClient(broker) for _ in range(2)]
+        for i, client in enumerate(clients):
+            client.send_bytes(connect_bytes(f"r{i}"))
+        assert all(connack(c) for c in clients)
+        assert broker.gate._call is None
+        assert not [c for c in clock.getDelayedCalls() if c.func is turns._run]
+        assert broker.gate.spent > 0
+    finally:
+        turns.run_due(clock)  # (the turn's end)
+    assert broker.gate.spent == 0
+    later = [FakeClient(broker) for _ in range(3)]  # a whole budget again: three
+    for i, client in enumerate(later):
+        client.send_bytes(connect_bytes(f"s{i}"))
+    assert [connack(c) for c in later] == [True] * 3
+
+
+def test_the_wall_clock_times_the_first_half_of_a_budget() -> None:
+    """The CPU clock (a system call a reading) is read only once the turn's first reads
+    have taken half the budget by the wall clock, which never runs slower; a turn whose
+    wall time stretches (a loaded machine) admits fewer, never more."""
+    from twisted.internet.task import Clock
+
+    class Counted(FakeCPU):
+        def __init__(self, cost: float) -> None:
+            super().__init__()
+            self.readings, self.cost = 0, cost
+
+        def __call__(self) -> float:
+            self.readings += 1
+            self.now += self.cost
+            return self.now
+
+    class Conn:
+        state = 0
+
+        def __init__(self) -> None:
+            self.got = 0
+
+        def dataReceived(self, data: bytes) -> None:
+            if not gate.takes(self, data):
+                self.got += 1
+
+        def throttle(self) -> None:
+            pass
+
+    cpu, wall = Counted(COST), Counted(COST)
+    gate = ConnectGate(Clock(), BUDGET, cpu, wall)
+    conns = [Conn() for _ in range(5)]
+    for conn in conns:
+        conn.dataReceived(b"x")
+    assert [c.got for c in conns] == [1, 1, 1, 0, 0]
+    assert (wall.readings, cpu.readings) == (4, 2)  # (two reads by the wall, one by CPU)
+    cpu, slow_wall = Counted(COST), Counted(2 * COST)  # (wall time stretched twice)
+    gate = ConnectGate(Clock(), BUDGET, cpu, slow_wall)
+    conns = [Conn() for _ in range(5)]
+    for conn in conns:
+        conn.dataReceived(b"x")
+    assert [c.got for c in conns] == [1, 1, 0, 0, 0]

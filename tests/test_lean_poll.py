@@ -87,21 +87,40 @@ class LeanPollTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_a_disconnect_unregisters_the_descriptor_once(self) -> Any:
-        """After DISCONNECT the transport stops reading once; its close asks the
-        reactor for nothing more (no second removeReader, no removeWriter)."""
+        """After DISCONNECT the descriptor leaves epoll once, by what the reactor's
+        removeReader does, inline (no removeReader call); its close asks the reactor
+        for nothing more (no removeReader, no removeWriter), and no close grace is
+        armed for a socket closed at the end of that turn."""
         client = yield connect_raw(self.reactor, self.port)
         yield client.connect("poll-2")
         [conn] = [c for c in self.broker.connections if c.client_id == "poll-2"]
         server = conn.transport
-        removed: list[str] = []
+        fd, poller = server.fileno(), self.reactor._poller
+        removed: list[Any] = []
         for name in ("removeReader", "removeWriter"):
             original = getattr(self.reactor, name)
             self.patch(self.reactor, name, lambda s, n=name, o=original: (
                 s is server and removed.append(n), o(s))[1])
+
+        class Watched:  # (epoll's own object: its methods cannot be patched)
+            def __getattr__(self, name: str) -> Any:
+                return getattr(poller, name)
+
+            def unregister(self, n: int) -> None:
+                if n == fd:  # (not the client's, in this process too)
+                    removed.append(("unregister", n))
+                poller.unregister(n)
+
+        self.patch(self.reactor, "_poller", Watched())
+        deadlines = self.broker.deadlines
+        armed = deadlines.arm
+        self.patch(deadlines, "arm", lambda item, when: (
+            item is conn and removed.append("close grace"), armed(item, when))[1])
         client.send(Disconnect())
         yield client.wait_closed()
         yield self.wait_until(lambda: server.fileno() == -1)
-        self.assertEqual(removed, ["removeReader"])
+        # (closed at the end of that turn: no close grace armed for it either)
+        self.assertEqual(removed, [("unregister", fd)])
         self.assertNotIn(server, self.reactor.getReaders())
         self.assertEqual(self.service.test_factory.active, 0)
 

@@ -69,6 +69,22 @@ class ConnectionRateTests(SynchronousTestCase):
         self.assertEqual((limit.active, limit.refused, service.stats.connections_refused),
                          (2, 2, 2))
 
+    def test_an_accepted_address_is_admitted_as_its_text(self) -> None:
+        """``admit_address`` (the lean accept's one call) answers as ``admit``: the
+        rate for another host, loopback exempt, and the listener's limit for all."""
+        clock = Clock()
+        service = BrokerService(clock, MemoryStore(clock))
+        listener = ListenerSettings("mqtt", "tcp:0", 4, 10.0, maxConnectionRate=2)
+        limit = ConnectionLimit(service, listener)
+        self.assertEqual([limit.admit_address("10.0.0.9", 4242) for _ in range(3)],
+                         [True, True, False])
+        self.assertEqual([limit.admit_address("127.0.0.1", p) for p in range(3)],
+                         [True, True, False])  # (no rate; the limit of 4 reached)
+        self.assertEqual((limit.active, limit.refused, limit.rate_refused), (4, 2, 1))
+        unlimited = ConnectionLimit(service, ListenerSettings("mqtt", "tcp:0", 0, 10.0))
+        self.assertTrue(all(unlimited.admit_address("10.0.0.9", p) for p in range(10)))
+        self.assertEqual(unlimited.active, 10)
+
     def test_off_without_the_key(self) -> None:
         limit = ConnectionLimit(None, ListenerSettings("mqtt", "tcp:0", 0, 10.0))
         self.assertIsNone(limit.rate)

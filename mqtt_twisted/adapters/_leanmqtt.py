@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 import struct
 from typing import Any
@@ -33,6 +34,7 @@ from twisted.python import failure
 from mqtt_twisted.adapters import _leanpoll
 from mqtt_twisted.adapters._accepts import ACCEPT_SLICE
 from mqtt_twisted.adapters._leanserver import _HOSTS, LeanServer, _shared_host
+from mqtt_twisted.core.states import CLOSE_GRACE
 from mqtt_twisted.turns import after_turn
 
 try:  # FIONREAD, FIONBIO: POSIX only; elsewhere nothing is drained, nothing served lean
@@ -110,6 +112,11 @@ class MQTTServer(LeanServer):
     __slots__ = ()
     #: The listener's ``ConnectionLimit`` (``kit.py``), released when the connection goes.
     limit: Any = None
+    #: Whether the reactor is Twisted's epoll reactor running the lean loop: then a
+    #: new connection is watched for reading, and a DISCONNECT's is no longer, by
+    #: what ``addReader`` and ``removeReader`` do, inline (three Python calls less
+    #: each: ``startReading``, ``addReader``, ``_add``, and their ``remove`` twins).
+    epoll_inline = False
 
     def __init__(self, fd: int, client: tuple, reactor: Any) -> None:
         fcntl.ioctl(fd, termios.FIONBIO, _ON)
@@ -132,16 +139,25 @@ class MQTTServer(LeanServer):
         """Start reading for ``connection`` (what ``makeConnection`` would do)."""
         self.protocol = self.producer = connection
         self.streamingProducer = True
-        self.startReading()
+        fd = self._fd
+        reactor = self.reactor
+        if self.epoll_inline and fd not in reactor._writes and fd not in reactor._reads:
+            reactor._poller.register(fd, select.EPOLLIN)  # (EPollReactor._add, a new fd)
+            reactor._reads.add(fd)
+            reactor._selectables[fd] = self
+        else:
+            self.startReading()
 
     #: Flow control: a subscriber this client feeds is full, then caught up.
     pauseReading = LeanServer.pauseProducing
     resumeReading = LeanServer.resumeProducing
 
-    def loseConnection(self, *_: Any) -> None:
+    def loseConnection(self, *_: Any) -> bool | None:
         """Flush, then close: as ``MQTTStreamProtocol.loseConnection`` says why, a plain
         close after the client's DISCONNECT, else a half-close that reads and drops
-        what the client still sends (the connection aborts it after its close grace)."""
+        what the client still sends (the connection aborts it after its close grace).
+        True when it closes at the end of this turn, with nothing to send: no close
+        grace to wait for (the connection arms none)."""
         self.unregisterProducer()  # (a paused producer would keep the socket open)
         ended = getattr(getattr(self, "protocol", None), "ended", None)
         if ended is not None and ended[0] in CLIENT_LEFT:
@@ -151,9 +167,17 @@ class MQTTServer(LeanServer):
                 # Nothing to send: closed once this turn's events are handled, rather
                 # than registered for a write event only to find nothing to write (two
                 # epoll_ctl calls and a reactor event less per connection).
-                self.stopReading()
+                fd = self._fd
+                reads = self.reactor._reads if self.epoll_inline else ()
+                if fd in reads and fd not in self.reactor._writes:
+                    del self.reactor._selectables[fd]  # (EPollReactor._remove, inline)
+                    self.reactor._poller.unregister(fd)
+                    reads.remove(fd)
+                else:
+                    self.stopReading()
                 self.disconnecting = 1
                 _close_later(self)
+                return True
         else:
             self.loseWriteConnection()
             self.resumeProducing()  # (flow control may have paused reading)
@@ -201,7 +225,9 @@ def _close(reactor: Any) -> None:
         if fd < 0:
             continue  # (lost meanwhile)
         if transport._tempDataBuffer or transport.dataBuffer:
-            transport.startWriting()  # written to since: the reactor closes it once sent
+            transport.startWriting()  # written to since: the reactor closes it once sent,
+            conn = transport.protocol  # within the grace its loseConnection skipped
+            conn.broker.deadlines.arm(conn, conn.broker.clock.seconds() + CLOSE_GRACE)
             continue
         try:
             if watched is None or fd in watched:
@@ -258,10 +284,11 @@ def serve(port: Any, factory: Any) -> bool:
     if lean is None:
         lean = _LEAN_PORTS[cls] = _leanpoll.dispatch_directly(type(cls.__name__, (cls,), {
             "doRead": _accept, "__module__": cls.__module__}))
+    epoll = _leanpoll.install(port.reactor)
     port.lean_server = type("MQTTServer", (MQTTServer,), {
-        "__slots__": (), "limit": factory.limit, "__module__": __name__})
+        "__slots__": (), "limit": factory.limit, "epoll_inline": epoll,
+        "__module__": __name__})
     port.__class__ = lean
-    _leanpoll.install(port.reactor)
     return True
 
 
@@ -303,7 +330,7 @@ def _serve_one(port: Any, fd: int, addr: tuple) -> None:
     if len(addr) == 4:  # IPv6: the scope id in the host, as Twisted's accept does
         host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
         addr = (host[0], *addr[1:])
-    if not factory.limit.admit(f"{addr[0]}:{addr[1]}"):
+    if not factory.limit.admit_address(addr[0], addr[1]):
         _close_fd(fd)
         return
     try:

@@ -168,6 +168,17 @@ class ConnectionLimit:
         self.active += 1
         return True
 
+    def admit_address(self, host: str, port: Any) -> bool:
+        """``admit`` for an accepted ``(host, port)``, in one call while the listener is
+        under its limit and the rate does not apply (none set, or a loopback client):
+        the usual accept makes no peer text and no further calls."""
+        maximum = self.listener.maxConnections
+        if (maximum and self.active >= maximum) or (self.rate is not None
+                                                    and not _loopback(host)):
+            return self.admit(f"{host}:{port}")
+        self.active += 1
+        return True
+
     def within_rate(self, peer: Any, what: str = "a connection") -> bool:
         """Take one new connection from ``peer``'s address; False (counted, logged) when
         it is over ``maxConnectionRate``.  An adapter that admits a connection only

@@ -141,6 +141,9 @@ class _HomeKeeper:
         self._store = store
         self._node = node
 
+    #: No synchronous twin of deleteSession (it would skip the node's part below).
+    deleteSessionNow = None
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 

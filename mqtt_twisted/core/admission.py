@@ -11,14 +11,27 @@ turn (``bench/fuzz_probe.py``), while a connected client's PUBLISH waited behind
 :class:`ConnectGate` handles the reads of connections that have not sent CONNECT
 within :data:`TURN_BUDGET` of CPU per turn, all connections together (CPU, not a
 count: a first read may be a bare CONNECT or a CONNECT and a PUBLISH to thousands).
-A connection that comes once the turn's budget is spent keeps its bytes here, stops
-reading (one more count on the counter flow control and the per-read share use) and
-goes on at a later turn, in arrival order; at least one waits no longer than a turn.
+A connection that comes once the turn's budget is spent keeps its bytes here and goes
+on at a later turn, in arrival order; at least one waits no longer than a turn.  If
+it sends more meanwhile, that is kept too and it stops reading until its turn (one
+more count on the counter flow control and the per-read share use); one that sent its
+CONNECT and waits for the answer, the usual case, is not paused at all (a pause and
+its end were an ``epoll_ctl`` and three Python calls each way).
 Connected clients' reads are not gated: their shares are bounded per read already
 (``core/connection.py``), so a turn holds at most one budget of CONNECTs.
 
 Sans-IO: the turns are the injected clock's ``callLater(0)``, the CPU clock is
-injected too (``time.thread_time``: the machine's load does not stretch it).
+injected too (``time.thread_time``: the machine's load does not stretch it).  Reading
+it is a system call (no vDSO for a thread's CPU clock: 0.7 µs here, two per CONNECT),
+so a turn's first reads are timed by the wall clock (``time.perf_counter``, 0.1 µs)
+until they have taken half the budget by it, and by the CPU clock after that: a
+thread's CPU time never exceeds the wall time that passed, so the sum is never less
+than their CPU time, and a turn admits no more than the CPU budget allows (on a loaded
+machine, where wall time stretches, a few less).  A turn
+whose first reads all fit its budget starts the next turn's budget at its end
+(``turns.after_turn``: run by the lean loop without a ``DelayedCall``, and without
+the extra ``epoll_wait`` a due call costs the next iteration); only connections left
+waiting get the ``callLater(0)`` that handles them at the next turn.
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mqtt_twisted.core.states import CLOSED, CONNECTING
+from mqtt_twisted.turns import after_turn
 
 #: CPU seconds per reactor turn for the first reads of new connections, all together.
 #: A fuzz stream's first read (its CONNECT, protocol error or session, log lines, and
@@ -44,20 +58,26 @@ ANSWER_WAIT = 50.0
 class ConnectGate:
     """Admits the reads of connections that have not sent CONNECT, a budget a turn."""
 
-    __slots__ = ("clock", "cpu", "budget", "spent", "waiting", "_call", "_admitting")
+    __slots__ = ("clock", "cpu", "wall", "budget", "spent", "waiting", "_paused", "_call",
+                 "_admitting", "_renewing")
 
     def __init__(self, clock: Any, budget: float = TURN_BUDGET,
-                 cpu: Callable[[], float] = time.thread_time) -> None:
+                 cpu: Callable[[], float] = time.thread_time,
+                 wall: Callable[[], float] = time.perf_counter) -> None:
         self.clock = clock
         self.cpu = cpu
+        self.wall = wall  # (the first half of a budget: see the module's docstring)
         #: CPU seconds of first reads per turn (0: no gate).
         self.budget = budget
         #: What this turn's first reads have cost so far.
         self.spent = 0.0
         #: Connection -> the bytes it read while it waited, in arrival order.
         self.waiting: OrderedDict[Any, list[bytes]] = OrderedDict()
+        #: Those of them that sent more while waiting: not reading until their turn.
+        self._paused: set[Any] = set()
         self._call: Any = None
         self._admitting: Any = None  # (the connection being handled: not gated again)
+        self._renewing = False  # (the turn's end renews the budget: _renew)
 
     def __len__(self) -> int:
         """Connections waiting for a later turn."""
@@ -70,29 +90,44 @@ class ConnectGate:
         if conn is self._admitting or not self.budget:
             return False
         held = self.waiting.get(conn)
-        if held is not None:  # (read before the pause took: a drain at close, say)
+        if held is not None:  # (more from it: kept, and no more read until its turn)
             held.append(data)
+            if conn not in self._paused:
+                self._paused.add(conn)
+                conn.throttle()
         elif self.waiting or self.spent >= self.budget:  # (those waiting go first)
             self.waiting[conn] = [data]
-            conn.throttle()
             self._schedule()
         else:
             self._handle(conn, data)
         return True
 
     def _handle(self, conn: Any, data: bytes) -> None:
-        start = self.cpu()
+        clock = self.cpu if self.spent * 2 >= self.budget else self.wall
+        start = clock()
         outer, self._admitting = self._admitting, conn
         try:
             conn.dataReceived(data)
         finally:
             self._admitting = outer
-            self.spent += self.cpu() - start
-            self._schedule()
+            self.spent += clock() - start
+            if self.waiting:
+                self._schedule()
+            elif not self._renewing:
+                self._renewing = True
+                after_turn(self.clock, ConnectGate._renew, self)
 
     def _schedule(self) -> None:
         if self._call is None:
             self._call = self.clock.callLater(0, self._turn)
+
+    def _renew(self) -> None:
+        """The turn's end, none waiting: the next turn's first reads have a whole budget.
+        (Run once the turn's events are handled: the end-of-turn work after it reads
+        no new connection's first bytes, so no turn gets a second budget.)"""
+        self._renewing = False
+        if self._call is None:  # (else _turn renews it, and first serves those waiting)
+            self.spent = 0.0
 
     def _turn(self) -> None:
         """A new turn, a new budget: first for the connections that waited."""
@@ -102,10 +137,14 @@ class ConnectGate:
         try:
             while waiting and self.spent < self.budget:
                 conn, held = waiting.popitem(last=False)
+                paused = conn in self._paused
+                if paused:
+                    self._paused.discard(conn)
                 if conn.state == CLOSED:  # (its CONNECT deadline passed, or shutdown)
                     continue
                 self._handle(conn, held[0] if len(held) == 1 else b"".join(held))
-                conn.unthrottle()
+                if paused:
+                    conn.unthrottle()
         finally:
             if waiting:
                 self._schedule()

@@ -18,7 +18,7 @@ from twisted.logger import Logger, LogLevel
 
 from mqtt_twisted.constants import ReasonCode
 from mqtt_twisted.errors import AuthenticationError, AuthorizationError, MQTTError
-from mqtt_twisted.logs import enabled
+from mqtt_twisted.logs import enabled, write_direct
 
 log = Logger(namespace="mqtt_twisted.clients")
 
@@ -46,7 +46,8 @@ def _emit(level: LogLevel, fmt: str, **event: Any) -> None:
     """``log.emit(level, fmt, **event)`` without its check that ``level`` is a LogLevel
     (it sorts every level on each call: a sixth of a connect line's cost, py-spy on
     bench/conn_memory.py's cycles); the levels given here are.  The event is the
-    same, to the same observers."""
+    same, to the same observers.  (The connect and disconnect lines try
+    ``logs.write_direct`` first: their line straight to the only observer, ours.)"""
     event.update(log_logger=log, log_level=level, log_namespace=log.namespace,
                  log_source=log.source, log_format=fmt, log_time=time())
     log.observer(event)
@@ -73,12 +74,14 @@ def connected(conn: Any, clean: bool, session_present: bool, keep_alive: int) ->
     if not enabled(level):  # not built when it would not be written
         return
     user = getattr(conn, "username", None)
-    _emit(level, _CONNECTED[bool(session_present), user is not None], action="connect",
-          client_id=conn.client_id, peer=conn.peer,
-          protocol=PROTOCOLS.get(conn.version, str(conn.version)),
-          adapter=getattr(conn.listener, "adapter", None) or "mqtt",  # (_adapter, inline)
-          clean=clean, session="clean" if clean else "persistent",
-          session_present=session_present, keep_alive=keep_alive, user=user)
+    fmt = _CONNECTED[bool(session_present), user is not None]
+    fields = dict(action="connect", client_id=conn.client_id, peer=conn.peer,
+                  protocol=PROTOCOLS.get(conn.version, str(conn.version)),
+                  adapter=getattr(conn.listener, "adapter", None) or "mqtt",  # (_adapter)
+                  clean=clean, session="clean" if clean else "persistent",
+                  session_present=session_present, keep_alive=keep_alive, user=user)
+    if not write_direct(log, level, fmt, fields):
+        _emit(level, fmt, **fields)
 
 
 def closing(conn: Any, reason_code: int | None, detail: str | None = None,
@@ -121,9 +124,11 @@ def disconnected(conn: Any) -> None:
         fmt += " (0x{reason_code:02X})"
     if detail:
         fmt += ": {detail}"
-    _emit(level, fmt, action="disconnect", client_id=conn.client_id, peer=conn.peer,
-          adapter=getattr(conn.listener, "adapter", None) or "mqtt", reason=reason,
-          reason_code=None if code is None else int(code), detail=detail)
+    fields = dict(action="disconnect", client_id=conn.client_id, peer=conn.peer,
+                  adapter=getattr(conn.listener, "adapter", None) or "mqtt", reason=reason,
+                  reason_code=None if code is None else int(code), detail=detail)
+    if not write_direct(log, level, fmt, fields):
+        _emit(level, fmt, **fields)
 
 
 def refused(conn: Any, error: MQTTError) -> None:

@@ -244,7 +244,16 @@ class Connector:
             waiting.append(lambda: self._connect_authenticated(conn, packet, assigned,
                                                                identity))
             return
-        when(self.broker.store.acquireLock(client_id, self.broker.settings.connect_store_timeout),
+        store = self.broker.store
+        take_now = getattr(store, "takeLockNow", None)  # (optional: the memory store's)
+        held = take_now(client_id) if take_now is not None else None
+        if held is not None:  # (nobody held it: no Deferred and no callbacks for it)
+            try:
+                self._locate(conn, packet, assigned, identity, held)
+            except Exception:  # (as ``when`` would)
+                self._connect_failed(conn, Failure())
+            return
+        when(store.acquireLock(client_id, self.broker.settings.connect_store_timeout),
              lambda lock: self._locate(conn, packet, assigned, identity, lock),
              lambda f: self._connect_failed(conn, f))
 
@@ -463,7 +472,8 @@ class Connector:
 
 
 class _ReleaseOnce:
-    """A client id's lock, released exactly once whichever path the CONNECT ends on."""
+    """A client id's lock, released exactly once whichever path the CONNECT ends on
+    (without a Deferred where the lock has ``releaseNow``: the memory store's)."""
 
     __slots__ = ("_lock",)
 
@@ -473,4 +483,4 @@ class _ReleaseOnce:
     def release(self) -> None:
         lock, self._lock = self._lock, None
         if lock is not None:
-            lock.release()
+            (getattr(lock, "releaseNow", None) or lock.release)()

@@ -409,9 +409,8 @@ class MQTTConnection:
         The session is detached now, not when the socket finally goes: the will
         goes out and a new connection can take the session at once.
         """
-        self.state = CLOSED
-        self.transport.loseConnection()
-        if not self.lost:  # (the grace: see deadline_passed)
+        self.state = CLOSED  # (True from loseConnection: closed this turn, no grace needed)
+        if self.transport.loseConnection() is not True and not self.lost:
             self.broker.deadlines.arm(self, self.broker.clock.seconds() + CLOSE_GRACE)
         self.broker.connection_ended(self, send_will=not self.clean_exit)
 
@@ -522,8 +521,9 @@ class MQTTConnection:
         elif self.due is not None:
             self.broker.deadlines.cancel(self)  # the CONNECT deadline
         clientlog.connected(self, connect.clean_start, session_present, self.keep_alive)
-        self.broker.delivery.resend(session, self)
-        self.broker.pump(session)
+        if session_present:  # (a new session has nothing in flight or queued)
+            self.broker.delivery.resend(session, self)
+            self.broker.pump(session)
         self.unblock()
 
 

@@ -68,7 +68,8 @@ class Lifecycle:
             else:
                 self.publish_will(session, will)
         if not session.persistent:
-            self._hand_over_shared(session)
+            if session.inflight or session.queue:  # (else nothing held to hand over)
+                self._hand_over_shared(session)
             self.discard_session(session)
             return
         broker.offline.away(session)  # (a will just routed to it is counted again here)
@@ -130,7 +131,11 @@ class Lifecycle:
             broker.offline.back(session)
             if session.expiry_call is not None and session.expiry_call.active():
                 session.expiry_call.cancel()
-        broker.journal.persist(broker.store.deleteSession(session.clientId))
+        delete_now = getattr(broker.store, "deleteSessionNow", None)  # (optional)
+        if delete_now is not None:
+            delete_now(session.clientId)  # (no Deferred to make and look at)
+        else:
+            broker.journal.persist(broker.store.deleteSession(session.clientId))
 
     def set_session_expiry(self, session: Session, expiry: float | None) -> None:
         """A session expiry interval (None or 0xFFFFFFFF: never), capped by the

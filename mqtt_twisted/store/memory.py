@@ -72,13 +72,18 @@ class _HeldLock:
         self._lock: DeferredLock | None = lock
 
     def release(self) -> Deferred[None]:
+        self.releaseNow()
+        return succeed(None)
+
+    def releaseNow(self) -> None:
+        """``release`` without the Deferred (done when it returns), for a caller that
+        knows this lock: the broker's CONNECT (``core/connect.py``)."""
         lock = self._lock
         if lock is not None:
             self._lock = None
             lock.release()
             if not lock.locked and not lock.waiting and self._locks.get(self._clientId) is lock:
                 del self._locks[self._clientId]
-        return succeed(None)
 
 
 @implementer(IStore)
@@ -94,10 +99,15 @@ class MemoryStore:
         self._outbound: dict[str, dict[int, Any]] = {}
         self._retained = RetainedIndex()
         self._locks: dict[str, DeferredLock] = {}
-        if type(self).setRetained is not MemoryStore.setRetained:
-            # A subclass that changes setRetained (holds or fails the write) must be
-            # asked through it: no synchronous twin then.
+        # A subclass that changes a call with a synchronous twin (holds or fails the
+        # write, waits for the lock) must be asked through it: no twin then.
+        cls = type(self)
+        if cls.setRetained is not MemoryStore.setRetained:
             self.setRetainedNow = None  # type: ignore[assignment]
+        if cls.deleteSession is not MemoryStore.deleteSession:
+            self.deleteSessionNow = None  # type: ignore[assignment]
+        if cls.acquireLock is not MemoryStore.acquireLock:
+            self.takeLockNow = None  # type: ignore[assignment]
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -125,9 +135,14 @@ class MemoryStore:
         return succeed(None)
 
     def deleteSession(self, clientId: str) -> Deferred[None]:
+        MemoryStore.deleteSessionNow(self, clientId)
+        return succeed(None)
+
+    def deleteSessionNow(self, clientId: str) -> None:
+        """``deleteSession`` without the Deferred, which the broker calls where a store
+        has it (optional, as ``setRetainedNow``): every clean session's end."""
         self._sessions.pop(clientId, None)
         self._outbound.pop(clientId, None)
-        return succeed(None)
 
     def listSessions(self) -> Deferred[list[str]]:
         return succeed(list(self._sessions))
@@ -234,15 +249,25 @@ class MemoryStore:
 
     # --- locks ------------------------------------------------------------------------------
 
+    def takeLockNow(self, clientId: str) -> ILock | None:
+        """The client's lock when nobody holds it or waits for it (the usual CONNECT),
+        taken at once; None otherwise: ask ``acquireLock`` and wait.  Optional, as
+        ``setRetainedNow``: the broker's CONNECT takes it without a Deferred, ``when``
+        and its callbacks where a store has it (None on a subclass that overrides
+        ``acquireLock``)."""
+        if clientId in self._locks:
+            return None
+        lock = self._locks[clientId] = DeferredLock()
+        lock.locked = True
+        return _HeldLock(self._locks, clientId, lock)
+
     def acquireLock(self, clientId: str, timeout: float) -> Deferred[ILock]:
         """A per-client lock; waiters queue in order, and give up after ``timeout``."""
         lock = self._locks.get(clientId)
         if lock is None:
-            # Nobody holds it or waits (the usual CONNECT): taken at once, without the
-            # acquire Deferred and its callbacks (a dozen calls per connection).
-            lock = self._locks[clientId] = DeferredLock()
-            lock.locked = True
-            return succeed(_HeldLock(self._locks, clientId, lock))
+            # Nobody holds it or waits: taken at once, without the acquire Deferred and
+            # its callbacks (a dozen calls per connection).
+            return succeed(MemoryStore.takeLockNow(self, clientId))
         d = lock.acquire()
         if not d.called and self._clock is not None and timeout:
             call = self._clock.callLater(timeout, d.cancel)

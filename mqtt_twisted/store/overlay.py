@@ -47,6 +47,9 @@ class SysRetainedOverlay:
             self.addSubscriptions = store.addSubscriptions
         if getattr(store, "setRetainedNow", None) is not None:  # (optional: MemoryStore)
             self.setRetainedNow = self._set_retained_now
+        for twin in ("deleteSessionNow", "takeLockNow"):  # (optional too: no $SYS in them)
+            if getattr(store, twin, None) is not None:
+                setattr(self, twin, getattr(store, twin))
         if ISessionInfoStore.providedBy(store):
             self.saveSessionInfo = store.saveSessionInfo
             alsoProvides(self, ISessionInfoStore)
