@@ -43,6 +43,8 @@ from mqtt_twisted.errors import (
 cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object o)
     object PyType_GenericAlloc(PyTypeObject* type, Py_ssize_t nitems)
+    object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
+    void* PyUnicode_DATA(object s)
     const char* PyUnicode_AsUTF8AndSize(object o, Py_ssize_t* size) except NULL
     void PyObject_GC_UnTrack(void* op)
     void Py_INCREF(object o)
@@ -193,6 +195,20 @@ cdef object _ack(int first, int packet_id):
     return ack
 
 
+cdef inline object _ascii(const unsigned char* data, Py_ssize_t size):
+    """``data[:size]`` as a str when it is all ASCII (None otherwise): copied into a
+    new one-byte str, without the general UTF-8 decoder's set-up (a topic filter is
+    almost always ASCII; it was a third of the decoder's work per filter)."""
+    cdef Py_ssize_t i
+    for i in range(size):
+        if data[i] & 0x80:
+            return None
+    text = PyUnicode_New(size, 127)
+    if size:
+        memcpy(PyUnicode_DATA(text), data, size)
+    return text
+
+
 cdef object _decode_subscribe(object data, const unsigned char* buf, Py_ssize_t pos,
                               Py_ssize_t end, int version, object limits):
     """``_decode.decode_subscribe`` for a body in ``buf[pos:end]``: the filters of a
@@ -217,10 +233,12 @@ cdef object _decode_subscribe(object data, const unsigned char* buf, Py_ssize_t 
         stop = pos + 2 + ((buf[pos] << 8) | buf[pos + 1])
         if stop > end:
             raise MalformedPacket("string runs past the packet")
-        try:
-            text = PyUnicode_DecodeUTF8(<const char*>buf + pos + 2, stop - pos - 2, NULL)
-        except UnicodeDecodeError as e:
-            raise MalformedPacket(f"string is not well-formed UTF-8: {e.reason}") from None
+        text = _ascii(buf + pos + 2, stop - pos - 2)
+        if text is None:  # not ASCII: UTF-8 checked by the decoder
+            try:
+                text = PyUnicode_DecodeUTF8(<const char*>buf + pos + 2, stop - pos - 2, NULL)
+            except UnicodeDecodeError as e:
+                raise MalformedPacket(f"string is not well-formed UTF-8: {e.reason}") from None
         if memchr(buf + pos + 2, 0, stop - pos - 2) != NULL:
             raise MalformedPacket("string contains U+0000")
         pos = stop

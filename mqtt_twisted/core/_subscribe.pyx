@@ -21,7 +21,7 @@ container holds untracked things only when it is untracked, so no cycle the coll
 could have freed is hidden from it; and nothing under a tree refers back into it.
 """
 
-from cpython.dict cimport PyDict_Contains, PyDict_SetItem
+from cpython.dict cimport PyDict_Contains, PyDict_Next, PyDict_SetItem
 from cpython.list cimport PyList_Append
 from cpython.object cimport PyObject, PyTypeObject, newfunc
 
@@ -43,6 +43,8 @@ cdef extern from "Python.h":
     void* PyUnicode_DATA(object s)
     Py_UCS4 PyUnicode_READ(int kind, void* data, Py_ssize_t index)
     Py_UCS4 PyUnicode_READ_CHAR(object s, Py_ssize_t index)
+    ctypedef struct _PyDictViewObject:
+        PyObject* dv_dict
     ctypedef struct PyMemberDef:
         Py_ssize_t offset
     ctypedef struct PyMemberDescrObject:
@@ -141,6 +143,76 @@ cdef inline Py_ssize_t _common(str a, str b, Py_ssize_t limit):
     return i
 
 
+cdef struct _Walk:
+    # The previous filter's walk: the filter (borrowed: the caller holds it), the
+    # levels remembered, where each ends (its '/') and the node reached past it.
+    PyObject* prev
+    Py_ssize_t kept
+    Py_ssize_t ends[_DEPTH]
+    PyObject* below[_DEPTH]
+
+
+cdef Py_ssize_t _add(dict root, object owner, str text, object value, _Walk* walk) except -1:
+    """Set ``owner``'s ``value`` for the filter ``text`` (1 if it is new, else 0),
+    going on from ``walk``'s node for the levels ``text`` shares with the previous
+    filter, and leaving its own walk there for the next."""
+    cdef Py_ssize_t start = 0, stop, depth = 0, common, n = len(text)
+    cdef dict node = root
+    if walk.kept:
+        common = _common(<str>walk.prev, text, walk.ends[walk.kept - 1] + 1)
+        while depth < walk.kept and walk.ends[depth] < common:
+            depth += 1
+        if depth:
+            node = <dict>walk.below[depth - 1]
+            start = walk.ends[depth - 1] + 1
+    while True:
+        stop = PyUnicode_FindChar(text, 0x2F, start, n, 1)
+        if stop < 0:
+            break
+        level = text[start:stop]
+        child = _get(node, level)
+        if child is None:
+            child = {}
+            _set(node, level, child)
+        elif type(child) is Leaf:  # a filter ends here: now a node holding it
+            leaf = child
+            child = {}
+            _set(<dict>child, None, leaf)
+            _set(node, level, child)
+        node = <dict>child
+        start = stop + 1
+        if depth < _DEPTH:
+            walk.ends[depth] = stop
+            walk.below[depth] = <PyObject*>node
+            depth += 1
+    walk.prev = <PyObject*>text
+    walk.kept = depth
+    tail = text[start:] if start else text
+    entry = _get(node, tail)
+    if entry is None:
+        values = _new_leaf()
+        _set(node, tail, values)
+    elif type(entry) is Leaf:
+        values = entry
+    else:
+        values = _get(<dict>entry, None)
+        if values is None:
+            values = _new_leaf()
+            _set(<dict>entry, None, values)
+    new = not PyDict_Contains(values, owner)
+    _set(<dict>values, owner, value)
+    return new
+
+
+cdef inline bint _shared(str text):
+    """Whether ``text`` is a ``$share/`` filter."""
+    return (len(text) > 6 and PyUnicode_READ_CHAR(text, 0) == 0x24
+            and text.startswith("$share/"))
+
+
+cdef object _DICT_ITEMS = type({}.items())
+
+
 def insert(dict root, owner, items, list skipped=None):
     """``topic_tree.insert``, compiled: the levels found and cut without a list, and
     those a filter shares with the one before it (a packet's filters usually start
@@ -149,66 +221,33 @@ def insert(dict root, owner, items, list skipped=None):
     node on a walked path stays that node: the insert only adds, and the one thing it
     replaces is a leaf, by a node holding it; so the node of a path of levels is the
     same for every filter of the call.  The nodes are borrowed: the tree holds them,
-    and nothing is removed from it meanwhile.)"""
-    cdef Py_ssize_t new = 0, start, stop, n, depth = 0, kept = 0, common
-    cdef Py_ssize_t ends[_DEPTH]  # where the previous filter's level k ends (its '/')
-    cdef PyObject* below[_DEPTH]  # the node that previous filter reached past level k
-    cdef dict node
-    cdef str text, prev = None
+    and nothing is removed from it meanwhile.)  A dict's ``items()`` (a SUBSCRIBE's
+    ``{filter: options}``) is read in place, without a pair made per filter."""
+    cdef Py_ssize_t new = 0, pos = 0
+    cdef PyObject* key
+    cdef PyObject* val
+    cdef _Walk walk
+    cdef str text
+    walk.kept = 0
+    walk.prev = NULL
+    if type(items) is _DICT_ITEMS:
+        # (The dict is not changed meanwhile: only the tree's dicts are.)
+        added = <object>(<_PyDictViewObject*>items).dv_dict
+        while PyDict_Next(added, &pos, &key, &val):
+            text = <object>key
+            if skipped is not None and _shared(text):
+                PyList_Append(skipped, (text, <object>val))
+                continue
+            new += _add(root, owner, text, <object>val, &walk)
+        return new
+    held = None  # the filter the walk's ``prev`` borrows
     for topic_filter, value in items:
         text = topic_filter
-        n = len(text)
-        if (skipped is not None and n > 6 and PyUnicode_READ_CHAR(text, 0) == 0x24
-                and text.startswith("$share/")):
+        if skipped is not None and _shared(text):
             PyList_Append(skipped, (topic_filter, value))
             continue
-        node = root
-        start = 0
-        depth = 0
-        if kept:
-            common = _common(prev, text, ends[kept - 1] + 1)
-            while depth < kept and ends[depth] < common:
-                depth += 1
-            if depth:
-                node = <dict>below[depth - 1]
-                start = ends[depth - 1] + 1
-        while True:
-            stop = PyUnicode_FindChar(text, 0x2F, start, n, 1)
-            if stop < 0:
-                break
-            level = text[start:stop]
-            child = _get(node, level)
-            if child is None:
-                child = {}
-                _set(node, level, child)
-            elif type(child) is Leaf:  # a filter ends here: now a node holding it
-                leaf = child
-                child = {}
-                _set(<dict>child, None, leaf)
-                _set(node, level, child)
-            node = <dict>child
-            start = stop + 1
-            if depth < _DEPTH:
-                ends[depth] = stop
-                below[depth] = <PyObject*>node
-                depth += 1
-        prev = text
-        kept = depth
-        tail = text[start:] if start else text
-        entry = _get(node, tail)
-        if entry is None:
-            values = _new_leaf()
-            _set(node, tail, values)
-        elif type(entry) is Leaf:
-            values = entry
-        else:
-            values = _get(<dict>entry, None)
-            if values is None:
-                values = _new_leaf()
-                _set(<dict>entry, None, values)
-        if not PyDict_Contains(values, owner):
-            new += 1
-        _set(<dict>values, owner, value)
+        new += _add(root, owner, text, value, &walk)
+        held = text
     return new
 
 
