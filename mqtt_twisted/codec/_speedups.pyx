@@ -265,7 +265,8 @@ cdef object _decode_subscribe(object data, const unsigned char* buf, Py_ssize_t 
         if _SUB_SLOTS:
             # Its fields are atoms: off the collector's lists, like the broker's
             # options records (core/_subscribe.pyx).
-            sub = PyType_GenericAlloc(<PyTypeObject*>_SUBSCRIPTION, 0) if _SUB_ALLOC else _new(Subscription)
+            sub = (PyType_GenericAlloc(<PyTypeObject*>_SUBSCRIPTION, 0) if _SUB_ALLOC
+                   else _new(Subscription))
             _put(sub, _S_FILTER, text)
             _put(sub, _S_QOS, qos)
             _put(sub, _S_NO_LOCAL, no_local)
