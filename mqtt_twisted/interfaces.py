@@ -315,8 +315,9 @@ class IRouter(Interface):
     def add(clientId, topicFilter, options):
         """Index ``clientId``'s subscription (a ``$share/...`` one joins its group),
         replacing its earlier options for the same filter.  (A router may also have
-        ``add_many(clientId, [(filter, options), ...])``, the same for one SUBSCRIBE's
-        filters in order; the broker calls it when present, ``add`` each otherwise.)"""
+        ``add_many(clientId, items)``, the same for one SUBSCRIBE's ``(filter,
+        options)`` pairs in order, a list or a dict's ``items()``, iterated once; the
+        broker calls it when present, ``add`` each otherwise.)"""
 
     def remove(clientId, topicFilter):
         """Drop ``clientId``'s subscription to ``topicFilter`` from the index."""

@@ -18,7 +18,7 @@ import pytest
 
 from mqtt_twisted.codec import Subscribe, Subscription, _accel, encode
 from mqtt_twisted.constants import PropertyId
-from mqtt_twisted.core import _compiled, control, delivery, topic_tree
+from mqtt_twisted.core import _compiled, control, delivery, grant, topic_tree
 from mqtt_twisted.core.grant import check_filters
 from mqtt_twisted.core.settings import BrokerSettings
 from mqtt_twisted.core.topic_tree import TopicTree, _Leaf
@@ -64,6 +64,62 @@ def test_insert_builds_the_same_tree() -> None:
                 results.append((insert(root, owner, iter(items), skipped), skipped))
             assert results[0] == results[1], items
             assert shape(roots[0]) == shape(roots[1]), items
+
+
+def packet_like(rng: random.Random) -> list[str]:
+    """A SUBSCRIBE's filters as clients send them: runs sharing their first levels
+    (the compiled insert goes on from the level two filters last share), some
+    ending where another goes on or above it, some deeper than the levels it
+    remembers, in 1-, 2- and 4-byte characters."""
+    heads = ["dev/17", "dev/17/x", "dev/1", "dev", "d€v/17", "dev/\U0001F600", "", "a" * 3,
+             "/".join("l" * rng.randint(0, 2) for _ in range(40))]
+    tails = ["a", "b", "+", "#", "", "a/b", "+/c", "€", "x/\U0001F600"]
+    filters = []
+    for _ in range(rng.randint(1, 30)):
+        head = rng.choice(heads)
+        filters.append(f"{head}/{rng.choice(tails)}" if head else rng.choice(tails))
+    return filters
+
+
+@needs_ext
+def test_insert_going_on_from_the_previous_filter() -> None:
+    """Filters sharing levels with the one before (or not, or only some characters of
+    a level: "dev/1" and "dev/17"), deeper than the levels remembered, of mixed
+    widths: the compiled insert builds the pure one's tree, count and leaves."""
+    rng = random.Random(23)
+    for _ in range(300):
+        roots: list[dict[Any, Any]] = [{}, {}]
+        for _ in range(rng.randint(1, 4)):
+            owner = rng.choice(["x", "y"])
+            items: Any = [(f, rng.randint(0, 9)) for f in packet_like(rng)]
+            if rng.random() < 0.5:  # as the broker passes them: read in place
+                items = dict(items).items()
+            if rng.random() < 0.3:
+                items = [*items, ("$share/g/dev/17/a", 1)]
+            results = []
+            for root, insert in zip(roots, (topic_tree.insert, ext.insert)):
+                skipped: list[Any] = []
+                results.append((insert(root, owner, items, skipped), skipped))
+            assert results[0] == results[1], items
+            assert shape(roots[0]) == shape(roots[1]), items
+
+
+@needs_ext
+def test_usual_filters_matches_pure() -> None:
+    """Whether a packet's filters are all the usual ones: '+' and '#' in and out of
+    place, shared filters, U+0000 and line feeds, empty and long filters, any
+    character width: the compiled scan answers as the pure joined-string one."""
+    rng = random.Random(29)
+    parts = ["a", "+", "#", "", "a+", "#b", "$share", "$share/g", "\x00", "\n", "€",
+             "\U0001F600", "bb/+", "+/#"]
+    for _ in range(5000):
+        filters = ["/".join(rng.choice(parts) for _ in range(rng.randint(1, 4)))
+                   for _ in range(rng.randint(0, 4))]
+        short = rng.choice([0, 3, 8, 127])
+        assert ext.usual_filters(filters, short) == grant.usual_filters(filters, short), (
+            filters, short)
+        for f in filters:
+            assert ext.usual_filters([f], short) == grant.usual_filters([f], short), f
 
 
 @needs_ext

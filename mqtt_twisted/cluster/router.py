@@ -31,7 +31,7 @@ the store writes of local deliveries (``core/journal.py``, ``writes_of``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection
 from typing import Any
 
 from zope.interface import implementer
@@ -112,7 +112,7 @@ class ClusterRouter:
                 self.link.register(key)
         members.add((clientId, topicFilter))
 
-    def add_many(self, clientId: str, items: Sequence[tuple[str, Any]]) -> None:
+    def add_many(self, clientId: str, items: Collection[tuple[str, Any]]) -> None:
         """:meth:`add` for one SUBSCRIBE's ``(filter, options)``: the filters that are
         new on this node are registered together, one Redis write (the link's
         ``register_many``; ``register`` each with a link that has none)."""

@@ -2,7 +2,8 @@
 
 ``mqtt_twisted/core/_subscribe.pyx`` (Cython) is built by ``pip install`` beside the
 codec's extension (setup.py); the pure functions (``topic_tree.insert``,
-``control.grant`` and ``topic_filters``, ``delivery.wanted``) stay the specification and the fallback.  The
+``control.grant`` and ``topic_filters``, ``delivery.wanted``,
+``grant.usual_filters``) stay the specification and the fallback.  The
 choice follows the codec's: ``MQTT_TWISTED_PURE=1`` at run time, and
 ``codec._accel.use(...)`` (tests) switches both; ``MQTT_TWISTED_REQUIRE_EXT=1`` turns
 a missing extension into an ImportError.  See docs/speedups.md.
@@ -13,7 +14,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from mqtt_twisted.codec import also_switch, load_compiled
-from mqtt_twisted.core import control, delivery, topic_tree
+from mqtt_twisted.core import control, delivery, grant, topic_tree
 
 #: The names bound to one implementation or the other: module, global, pure function.
 PURE = {
@@ -21,6 +22,7 @@ PURE = {
     "grant": (control, "_grant", control.grant),
     "topic_filters": (control, "_topic_filters", control.topic_filters),
     "wanted": (delivery, "_wanted", delivery.wanted),
+    "usual_filters": (grant, "_usual_filters", grant.usual_filters),
 }
 
 

@@ -18,6 +18,7 @@ time comes from the injected clock.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from twisted.logger import Logger
@@ -220,7 +221,7 @@ class Broker:
         if subscriptions is NO_ENTRIES:
             subscriptions = session.subscriptions = {}
         subscriptions.update(added)
-        self.index(session.clientId, list(added.items()))
+        self.index(session.clientId, added.items())  # (read in place by the compiled insert)
         if (self.authorizer is not None and session.read_check is None
                 and needs_check(self.authorizer, session, added)):
             session.read_check = read_check_for(self.authorizer, session)
@@ -234,8 +235,10 @@ class Broker:
                     self.journal.persist(store.addSubscription(session.clientId,
                                                                topic_filter, options))
 
-    def index(self, client_id: str, items: list[tuple[str, SubscriptionOptions]]) -> None:
-        """Put ``client_id``'s ``(filter, options)`` into the router's index in order:
+    def index(self, client_id: str,
+              items: Collection[tuple[str, SubscriptionOptions]]) -> None:
+        """Put ``client_id``'s ``(filter, options)`` into the router's index in order
+        (a list, or a dict's ``items()``):
         its ``add_many`` (one pass; a cluster registers the new filters in one write),
         or ``add`` each for a router without it."""
         router = self.router

@@ -12,7 +12,7 @@ local messages on to its peers and never sends a peer's message back out.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from zope.interface import implementer
@@ -63,10 +63,10 @@ class LocalRouter:
             self.tree.add(topicFilter, clientId, options)
 
     def add_many(self, clientId: str,
-                 items: Sequence[tuple[str, SubscriptionOptions]]) -> None:
+                 items: Collection[tuple[str, SubscriptionOptions]]) -> None:
         """:meth:`add` for each ``(filter, options)`` of ``items`` in order (one
-        SUBSCRIBE's): the plain filters go into the tree in one pass, which hands the
-        shared ones back."""
+        SUBSCRIBE's; a list, or a dict's ``items()``): the plain filters go into the
+        tree in one pass, which hands the shared ones back."""
         shared: list[tuple[str, SubscriptionOptions]] = []
         self.tree.add_many(clientId, items, shared)
         for topicFilter, options in shared:
