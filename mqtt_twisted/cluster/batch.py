@@ -69,10 +69,11 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from mqtt_twisted.cluster.shared import encode_groups
+from mqtt_twisted.codec import also_switch, load_compiled
 from mqtt_twisted.core.journal import SharedWrite
 from mqtt_twisted.errors import StorageError
 from mqtt_twisted.message import Message
-from mqtt_twisted.store.redis import decode_message, message_from_record, with_records
+from mqtt_twisted.store.redis import FORMAT, decode_message, message_from_record, with_records
 from mqtt_twisted.turns import after_turn
 
 #: A stream entry's batch field ("records"), and the one before it ("packed"; not
@@ -91,6 +92,37 @@ _pack = msgpack.Packer(use_bin_type=True).pack
 def _unpack(data: bytes) -> Any:
     # (strict_map_key off: a message's properties are a map of property ids.)
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def pack_records(items: list[list[Any]], prefix: bytes = b"") -> bytes:
+    """``prefix``, then ``items`` (``[message, ...]`` lists) packed with each message in
+    its stored form (``with_records``): a stream entry's ``r`` field, or a QoS 0 push's
+    records after its origin.  The specification of its compiled twin
+    (``cluster/_entries.pyx``: the same bytes without a list per message)."""
+    return prefix + _pack(with_records(items))
+
+
+#: The compiled twin of :func:`pack_records`, when it was built (setup.py).
+_entries = load_compiled("mqtt_twisted.cluster._entries", "the compiled stream entries")
+#: The implementation in use (``use``): compiled where built, unless
+#: ``MQTT_TWISTED_PURE=1``; switched with the codec's (``codec._accel.use``).
+_pack_records = pack_records
+
+
+def _compiled_pack_records(items: list[list[Any]], prefix: bytes = b"") -> bytes:
+    return _entries.pack_records(items, _pack, FORMAT, prefix)  # type: ignore[union-attr]
+
+
+def use(compiled: bool) -> bool:
+    """Bind the compiled :func:`pack_records` (when built) or the pure one; True for
+    compiled."""
+    global _pack_records
+    chosen = bool(compiled and _entries is not None)
+    _pack_records = _compiled_pack_records if chosen else pack_records
+    return chosen
+
+
+also_switch(use)
 
 
 #: One message of a stream entry as read, still encoded (lists, as msgpack unpacks
@@ -253,12 +285,12 @@ class Outbox:
             self.messages += len(batch.items)
         try:
             if len(batches) == 1 or self._transaction is None:
-                replies = [self._add(dest, RECORDS, _pack(with_records(batch.items)))
+                replies = [self._add(dest, RECORDS, _pack_records(batch.items))
                            for dest, batch in batches]
             else:
                 self.transactions += 1
                 self._transaction([
-                    (dest, (RECORDS, _pack(with_records(batch.items))))
+                    (dest, (RECORDS, _pack_records(batch.items)))
                     for dest, batch in batches]).addBoth(_all_in, batches[0][1].write)
                 return
         except Exception:
@@ -272,7 +304,8 @@ class Outbox:
     def _send_push(self, to: str, items: list[list[Any]]) -> None:
         self.batches += 1
         self.messages += len(items)
-        self._push(to, _pack([self.origin, with_records(items)]))
+        # (``[origin, records]``: an array of two, the origin, then the records.)
+        self._push(to, _pack_records(items, b"\x92" + _pack(self.origin)))
 
 
 def _flush_due(outbox: Outbox) -> None:
