@@ -128,3 +128,134 @@ def test_switched_with_the_codec() -> None:
         assert (batch._pack_records is batch._compiled_pack_records) == (ext is not None)
     finally:
         _accel.use_default()
+
+
+# --- reading: cluster/_entries.pyx's read_records against batch.read_records ----------
+
+
+def normal(items: Any) -> Any:
+    """A batch as the pure reader gives it: each message object as its stored form."""
+    if type(items) is not list:
+        return items
+    out = []
+    for item in items:
+        if type(item) is list and item and type(item[0]) is Message:
+            m = item[0]
+            item = [[FORMAT, m.topic, m.payload, m.qos, m.retain, m.properties,
+                     m.received_at, m.sender], *item[1:]]
+            assert m.packet_id is None and m.wire is None
+        out.append(item)
+    return out
+
+
+def read_alike(data: bytes) -> Any:
+    pure = outcome(batch.read_records, data)
+    compiled = outcome(batch._compiled_read_records, data)
+    if compiled[0] == "ok":
+        compiled = ("ok", normal(compiled[1]))
+    # (repr: a NaN equals itself, and -0.0, 1 and True stay apart from 0.0, 1.0, 1)
+    assert repr(pure) == repr(compiled), data[:80]
+    return compiled
+
+
+def plain_message(rng: random.Random) -> Message:
+    """A message without properties: the compiled reader makes it itself."""
+    m = message(rng)
+    m.properties = {}
+    return m
+
+
+def batches(rng: random.Random, count: int) -> list[bytes]:
+    out = []
+    for _ in range(count):
+        items = [[plain_message(rng) if rng.random() < 0.9 else message(rng),
+                  *(value(rng) for _ in range(rng.randint(0, 4)))]
+                 for _ in range(rng.choice([0, 1, 2, 15, 16, 17, rng.randint(0, 30)]))]
+        try:
+            out.append(pack_records(items))
+        except Exception:  # (a value msgpack refuses: nothing to read)
+            pass
+    return out
+
+
+@needs_ext
+def test_read_as_the_pure_reader_reads() -> None:
+    """Valid batches: the same items, messages made without their __init__."""
+    rng = random.Random(3)
+    made = 0
+    for data in batches(rng, 300):
+        result = outcome(batch._compiled_read_records, data)
+        made += result[0] == "ok" and any(type(i[0]) is Message for i in result[1])
+        read_alike(data)
+    assert made > 30  # (the rest hold a value it leaves to msgpack: read by the pure one)
+
+
+@needs_ext
+def test_cut_anywhere_and_mutated() -> None:
+    """Every prefix of some batches, and random byte changes, insertions and deletions:
+    the same items or the same error class as the pure reader."""
+    rng = random.Random(8)
+    for data in batches(rng, 40):
+        for cut in range(0, len(data), max(1, len(data) // 200)):
+            read_alike(data[:cut])
+        for _ in range(100):
+            mutated = bytearray(data)
+            for _ in range(rng.randint(1, 4)):
+                at = rng.randrange(len(mutated) + 1)
+                kind = rng.random()
+                if kind < 0.5 and at < len(mutated):
+                    mutated[at] = rng.randrange(256)
+                elif kind < 0.75:
+                    mutated[at:at] = bytes([rng.randrange(256)])
+                else:
+                    del mutated[at:at + rng.randint(1, 3)]
+            read_alike(bytes(mutated))
+
+
+@needs_ext
+def test_random_bytes() -> None:
+    rng = random.Random(21)
+    for _ in range(3000):
+        read_alike(bytes(rng.randrange(256) for _ in range(rng.randint(0, 40))))
+        read_alike(b"\x91\x94\x98\x01" + rng.randbytes(rng.randint(0, 30)))
+
+
+@needs_ext
+def test_messages_made_in_c_are_whole_objects() -> None:
+    """Made by tp_alloc and written into their slots: collected, copied, compared."""
+    import gc
+    import sys
+
+    m = Message("t/é", b"p" * 300, 1, True, None, None, 1.5, "s")
+    data = pack_records([[m, b"B", None, 7]])
+    [[made, d, g, s]] = batch._compiled_read_records(data)
+    assert type(made) is Message and (d, g, s) == (b"B", None, 7)
+    assert (made.topic, made.payload, made.qos, made.retain, made.properties,
+            made.received_at, made.sender, made.packet_id, made.wire) == \
+        ("t/é", b"p" * 300, 1, True, {}, 1.5, "s", None, None)
+    assert sys.getrefcount(made) == 2  # (the name and the call's argument: no leak)
+    assert gc.is_tracked(made)
+    copy = made.copy() if hasattr(made, "copy") else made
+    assert copy.topic == "t/é"
+    del made, copy
+    gc.collect()
+
+
+def test_read_entry_reads_either_way() -> None:
+    """An ``r`` entry gives the same messages (``item_message``) with either reader."""
+    from mqtt_twisted.cluster.batch import item_message
+
+    rng = random.Random(2)
+    messages = [plain_message(rng) for _ in range(20)] + [message(rng)]
+    data = pack_records([[m, b"B", None, i] for i, m in enumerate(messages)])
+    for compiled in (False, True):
+        _accel.use(compiled)
+        try:
+            for payload in (data, pack_records([[m, b"B", None, 1] for m in messages[:20]])):
+                _, items = read_entry([b"o", b"A", b"r", payload])  # type: ignore[misc]
+                for item, m in zip(items, messages):
+                    got = item_message(item)
+                    assert (got.topic, got.payload, got.qos, got.sender) == \
+                        (m.topic, m.payload, m.qos, m.sender)
+        finally:
+            _accel.use_default()

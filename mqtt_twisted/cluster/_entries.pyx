@@ -190,3 +190,199 @@ def pack_records(list items, object pack, int fmt, bytes prefix=b""):
         return PyBytes_FromStringAndSize(buf.data, buf.size)
     finally:
         PyMem_Free(buf.data)
+
+
+# --- reading a batch (the receiving node) --------------------------------------------
+
+from cpython.object cimport PyObject, PyTypeObject
+from cpython.ref cimport Py_DECREF, Py_INCREF
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+
+
+cdef extern from "Python.h":
+    ctypedef struct PyMemberDef:
+        const char *name
+        int type
+        Py_ssize_t offset
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef *d_member
+    ctypedef PyObject *(*allocfunc)(PyTypeObject *, Py_ssize_t)
+    ctypedef struct PyTypeObjectAlloc "PyTypeObject":
+        allocfunc tp_alloc
+
+
+class _Unusual(Exception):
+    """Something this reader leaves to msgpack (the whole batch is read by it)."""
+
+
+cdef struct Reader:
+    const unsigned char *data
+    Py_ssize_t pos
+    Py_ssize_t end
+
+
+cdef inline uint64_t _uint(Reader *r, int width) except? 0xFFFFFFFFFFFFFFFF:
+    cdef uint64_t value = 0
+    cdef int i
+    if r.pos + width > r.end:
+        raise _Unusual()
+    for i in range(width):
+        value = (value << 8) | r.data[r.pos + i]
+    r.pos += width
+    return value
+
+
+cdef object _scalar(Reader *r):
+    """One value among nil, booleans, integers, float64, str and bin; anything else
+    (arrays, maps, float32, extensions), or bytes cut short: _Unusual."""
+    cdef unsigned char head
+    cdef Py_ssize_t length
+    cdef uint64_t bits
+    cdef double number
+    if r.pos >= r.end:
+        raise _Unusual()
+    head = r.data[r.pos]
+    r.pos += 1
+    if head < 0x80:
+        return <long>head
+    if head >= 0xE0:
+        return <long>(<signed char>head)
+    if head == 0xC0:
+        return None
+    if head == 0xC2:
+        return False
+    if head == 0xC3:
+        return True
+    if 0xA0 <= head <= 0xBF or head == 0xD9 or head == 0xDA or head == 0xDB:
+        length = (head & 0x1F) if head <= 0xBF else <Py_ssize_t>_uint(r, 1 << (head - 0xD9))
+        if r.pos + length > r.end:
+            raise _Unusual()
+        try:
+            value = PyUnicode_DecodeUTF8(<const char *>r.data + r.pos, length, NULL)
+        except UnicodeDecodeError:
+            raise _Unusual()
+        r.pos += length
+        return value
+    if head == 0xC4 or head == 0xC5 or head == 0xC6:
+        length = <Py_ssize_t>_uint(r, 1 << (head - 0xC4))
+        if r.pos + length > r.end:
+            raise _Unusual()
+        value = PyBytes_FromStringAndSize(<const char *>r.data + r.pos, length)
+        r.pos += length
+        return value
+    if 0xCC <= head <= 0xCF:
+        return _uint(r, 1 << (head - 0xCC))
+    if 0xD0 <= head <= 0xD3:
+        bits = _uint(r, 1 << (head - 0xD0))
+        if head == 0xD0:
+            return <long long>(<signed char>bits)
+        if head == 0xD1:
+            return <long long>(<short>bits)
+        if head == 0xD2:
+            return <long long>(<int>bits)
+        return <long long>bits
+    if head == 0xCB:
+        bits = _uint(r, 8)
+        memcpy(&number, &bits, 8)
+        return number
+    raise _Unusual()
+
+
+cdef Py_ssize_t _array(Reader *r) except -1:
+    """An array header's length (another value: _Unusual)."""
+    cdef unsigned char head
+    if r.pos >= r.end:
+        raise _Unusual()
+    head = r.data[r.pos]
+    r.pos += 1
+    if 0x90 <= head <= 0x9F:
+        return head & 0x0F
+    if head == 0xDC:
+        return <Py_ssize_t>_uint(r, 2)
+    if head == 0xDD:
+        return <Py_ssize_t>_uint(r, 4)
+    raise _Unusual()
+
+
+#: Where each slot of the message class lives in its objects (``use_message_type``).
+cdef Py_ssize_t _slots[9]
+cdef object _message_type = None
+_SLOTS = ("topic", "payload", "qos", "retain", "packet_id", "properties", "received_at",
+          "sender", "wire")
+
+
+def use_message_type(cls):
+    """Learn where ``cls``' slots are (``mqtt_twisted.message.Message``'s, at import)."""
+    global _message_type
+    for i, name in enumerate(_SLOTS):
+        descriptor = cls.__dict__[name]
+        if type(descriptor).__name__ != "member_descriptor":
+            raise TypeError(f"{cls.__name__}.{name} is not a slot")
+        _slots[i] = (<PyMemberDescrObject *>descriptor).d_member.offset
+    _message_type = cls
+
+
+cdef inline void _set(object obj, int slot, object value):
+    Py_INCREF(value)
+    (<PyObject **>((<char *><PyObject *>obj) + _slots[slot]))[0] = <PyObject *>value
+
+
+cdef object _message(Reader *r, long fmt):
+    """A stored message (an array of 8) without properties, as a new message object
+    (``message_from_record``'s fields, written into its slots)."""
+    if _array(r) != 8 or _scalar(r) != fmt:
+        raise _Unusual()
+    topic = _scalar(r)
+    payload = _scalar(r)
+    qos = _scalar(r)
+    retain = _scalar(r)
+    if r.pos >= r.end or r.data[r.pos] != 0x80:
+        raise _Unusual()  # properties: message_from_record's work
+    r.pos += 1
+    received_at = _scalar(r)
+    sender = _scalar(r)
+    cdef PyTypeObject *kind = <PyTypeObject *>_message_type
+    cdef PyObject *made = (<PyTypeObjectAlloc *>kind).tp_alloc(kind, 0)
+    if made == NULL:
+        raise MemoryError()
+    message = <object>made
+    Py_DECREF(message)  # (tp_alloc's reference: ``message`` holds its own)
+    _set(message, 0, topic)
+    _set(message, 1, payload)
+    _set(message, 2, qos)
+    _set(message, 3, retain)
+    _set(message, 4, None)
+    _set(message, 5, {})
+    _set(message, 6, received_at)
+    _set(message, 7, sender)
+    _set(message, 8, None)
+    return message
+
+
+def read_records(bytes data, long fmt, object fallback):
+    """A stream entry's ``r`` field read: its items, each message (the first of an item)
+    made here as a message object when it has no properties; ``fallback(data)`` (the
+    pure reader) for anything else, or for bytes that are not such a batch."""
+    cdef Reader r
+    cdef Py_ssize_t n, i, k, width
+    if _message_type is None:
+        return fallback(data)
+    r.data = <const unsigned char *>PyBytes_AS_STRING(data)
+    r.pos = 0
+    r.end = PyBytes_GET_SIZE(data)
+    try:
+        n = _array(&r)
+        items = []
+        for i in range(n):
+            width = _array(&r)
+            if width < 1:
+                raise _Unusual()
+            item = [_message(&r, fmt)]
+            for k in range(1, width):
+                item.append(_scalar(&r))
+            items.append(item)
+        if r.pos != r.end:
+            raise _Unusual()
+        return items
+    except _Unusual:
+        return fallback(data)

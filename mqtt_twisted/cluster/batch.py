@@ -102,23 +102,40 @@ def pack_records(items: list[list[Any]], prefix: bytes = b"") -> bytes:
     return prefix + _pack(with_records(items))
 
 
-#: The compiled twin of :func:`pack_records`, when it was built (setup.py).
+def read_records(data: bytes) -> Any:
+    """An ``r`` field's items (``[message, ...]``, each message its stored form as a
+    list).  The specification of its compiled twin, whose items hold the message
+    object itself where it has no properties (one made in C, no list in between):
+    :func:`item_message` and ``inbox.deliver_items`` take either."""
+    return _unpack(data)
+
+
+#: The compiled twins of :func:`pack_records` and :func:`read_records`, when built
+#: (setup.py).
 _entries = load_compiled("mqtt_twisted.cluster._entries", "the compiled stream entries")
-#: The implementation in use (``use``): compiled where built, unless
+if _entries is not None:
+    _entries.use_message_type(Message)
+#: The implementations in use (``use``): compiled where built, unless
 #: ``MQTT_TWISTED_PURE=1``; switched with the codec's (``codec._accel.use``).
 _pack_records = pack_records
+_read_records = read_records
 
 
 def _compiled_pack_records(items: list[list[Any]], prefix: bytes = b"") -> bytes:
     return _entries.pack_records(items, _pack, FORMAT, prefix)  # type: ignore[union-attr]
 
 
+def _compiled_read_records(data: bytes) -> Any:
+    return _entries.read_records(data, FORMAT, read_records)  # type: ignore[union-attr]
+
+
 def use(compiled: bool) -> bool:
-    """Bind the compiled :func:`pack_records` (when built) or the pure one; True for
-    compiled."""
-    global _pack_records
+    """Bind the compiled :func:`pack_records` and :func:`read_records` (when built) or
+    the pure ones; True for compiled."""
+    global _pack_records, _read_records
     chosen = bool(compiled and _entries is not None)
     _pack_records = _compiled_pack_records if chosen else pack_records
+    _read_records = _compiled_read_records if chosen else read_records
     return chosen
 
 
@@ -145,6 +162,8 @@ def directed(item: Item) -> bytes | None:
 def item_message(item: Item) -> Message:
     """The message of an item (of a stream entry or a QoS 0 push), in either form."""
     stored = item[0]
+    if type(stored) is Message:  # (read by the compiled read_records)
+        return stored
     return message_from_record(stored) if type(stored) is list else decode_message(stored)
 
 
@@ -157,9 +176,13 @@ def read_entry(fields: list[Any] | None) -> tuple[str, list[Item]] | None:
         return None
     record = dict(zip(fields[::2], fields[1::2]))
     origin = record[b"o"].decode("utf-8")
-    batch = record.get(RECORDS) or record.get(BATCH)
+    batch = record.get(RECORDS)
+    if batch:
+        items = _read_records(batch)
+    else:
+        batch = record.get(BATCH)
+        items = _unpack(batch) if batch is not None else None
     if batch is not None:
-        items = _unpack(batch)
         if type(items) is not list:  # (an item that is not ours: skipped as it is read)
             raise ValueError("a batch is a list of [message, destinations, groups]")
         return origin, items
