@@ -69,10 +69,11 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from mqtt_twisted.cluster.shared import encode_groups
+from mqtt_twisted.codec import also_switch, load_compiled
 from mqtt_twisted.core.journal import SharedWrite
 from mqtt_twisted.errors import StorageError
 from mqtt_twisted.message import Message
-from mqtt_twisted.store.redis import decode_message, message_from_record, with_records
+from mqtt_twisted.store.redis import FORMAT, decode_message, message_from_record, with_records
 from mqtt_twisted.turns import after_turn
 
 #: A stream entry's batch field ("records"), and the one before it ("packed"; not
@@ -91,6 +92,54 @@ _pack = msgpack.Packer(use_bin_type=True).pack
 def _unpack(data: bytes) -> Any:
     # (strict_map_key off: a message's properties are a map of property ids.)
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def pack_records(items: list[list[Any]], prefix: bytes = b"") -> bytes:
+    """``prefix``, then ``items`` (``[message, ...]`` lists) packed with each message in
+    its stored form (``with_records``): a stream entry's ``r`` field, or a QoS 0 push's
+    records after its origin.  The specification of its compiled twin
+    (``cluster/_entries.pyx``: the same bytes without a list per message)."""
+    return prefix + _pack(with_records(items))
+
+
+def read_records(data: bytes) -> Any:
+    """An ``r`` field's items (``[message, ...]``, each message its stored form as a
+    list).  The specification of its compiled twin, whose items hold the message
+    object itself where it has no properties (one made in C, no list in between):
+    :func:`item_message` and ``inbox.deliver_items`` take either."""
+    return _unpack(data)
+
+
+#: The compiled twins of :func:`pack_records` and :func:`read_records`, when built
+#: (setup.py).
+_entries = load_compiled("mqtt_twisted.cluster._entries", "the compiled stream entries")
+if _entries is not None:
+    _entries.use_message_type(Message)
+#: The implementations in use (``use``): compiled where built, unless
+#: ``MQTT_TWISTED_PURE=1``; switched with the codec's (``codec._accel.use``).
+_pack_records = pack_records
+_read_records = read_records
+
+
+def _compiled_pack_records(items: list[list[Any]], prefix: bytes = b"") -> bytes:
+    return _entries.pack_records(items, _pack, FORMAT, prefix)  # type: ignore[union-attr]
+
+
+def _compiled_read_records(data: bytes) -> Any:
+    return _entries.read_records(data, FORMAT, read_records)  # type: ignore[union-attr]
+
+
+def use(compiled: bool) -> bool:
+    """Bind the compiled :func:`pack_records` and :func:`read_records` (when built) or
+    the pure ones; True for compiled."""
+    global _pack_records, _read_records
+    chosen = bool(compiled and _entries is not None)
+    _pack_records = _compiled_pack_records if chosen else pack_records
+    _read_records = _compiled_read_records if chosen else read_records
+    return chosen
+
+
+also_switch(use)
 
 
 #: One message of a stream entry as read, still encoded (lists, as msgpack unpacks
@@ -113,6 +162,8 @@ def directed(item: Item) -> bytes | None:
 def item_message(item: Item) -> Message:
     """The message of an item (of a stream entry or a QoS 0 push), in either form."""
     stored = item[0]
+    if type(stored) is Message:  # (read by the compiled read_records)
+        return stored
     return message_from_record(stored) if type(stored) is list else decode_message(stored)
 
 
@@ -125,9 +176,13 @@ def read_entry(fields: list[Any] | None) -> tuple[str, list[Item]] | None:
         return None
     record = dict(zip(fields[::2], fields[1::2]))
     origin = record[b"o"].decode("utf-8")
-    batch = record.get(RECORDS) or record.get(BATCH)
+    batch = record.get(RECORDS)
+    if batch:
+        items = _read_records(batch)
+    else:
+        batch = record.get(BATCH)
+        items = _unpack(batch) if batch is not None else None
     if batch is not None:
-        items = _unpack(batch)
         if type(items) is not list:  # (an item that is not ours: skipped as it is read)
             raise ValueError("a batch is a list of [message, destinations, groups]")
         return origin, items
@@ -253,12 +308,12 @@ class Outbox:
             self.messages += len(batch.items)
         try:
             if len(batches) == 1 or self._transaction is None:
-                replies = [self._add(dest, RECORDS, _pack(with_records(batch.items)))
+                replies = [self._add(dest, RECORDS, _pack_records(batch.items))
                            for dest, batch in batches]
             else:
                 self.transactions += 1
                 self._transaction([
-                    (dest, (RECORDS, _pack(with_records(batch.items))))
+                    (dest, (RECORDS, _pack_records(batch.items)))
                     for dest, batch in batches]).addBoth(_all_in, batches[0][1].write)
                 return
         except Exception:
@@ -272,7 +327,8 @@ class Outbox:
     def _send_push(self, to: str, items: list[list[Any]]) -> None:
         self.batches += 1
         self.messages += len(items)
-        self._push(to, _pack([self.origin, with_records(items)]))
+        # (``[origin, records]``: an array of two, the origin, then the records.)
+        self._push(to, _pack_records(items, b"\x92" + _pack(self.origin)))
 
 
 def _flush_due(outbox: Outbox) -> None:

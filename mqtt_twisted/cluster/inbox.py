@@ -100,7 +100,9 @@ def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int 
                 index += 1
                 try:
                     stored = item[0]  # (batch.item_message, inline)
-                    if type(stored) is list and stored[0] == FORMAT and not stored[5]:
+                    if type(stored) is Message:  # made by batch.read_records, compiled
+                        message = stored
+                    elif type(stored) is list and stored[0] == FORMAT and not stored[5]:
                         # The usual record, without properties: message_from_record
                         # inline (a call less on every message from a peer).
                         message = new_message(Message)
