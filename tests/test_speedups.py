@@ -319,8 +319,7 @@ def test_wheel_builds_without_a_working_compiler():
         (wheel,) = work.glob("mqtt_twisted-*.whl")
         names = zipfile.ZipFile(wheel).namelist()
         assert "mqtt_twisted/codec/_accel.py" in names
-        assert not [n for n in names if ("_speedups" in n or "_qos0" in n or "_subscribe" in n)
-                    and n.endswith((".so", ".pyd"))]
+        assert not [n for n in names if n.endswith((".so", ".pyd"))]  # no module compiled
         assert not [n for n in names if n.endswith((".c", ".pyx"))]  # sources stay out
     finally:
         shutil.rmtree(work, ignore_errors=True)
