@@ -102,12 +102,36 @@ def test_bad_packet_after_the_budget_closes_after_the_good_ones() -> None:
     assert pub.transport.closed
 
 
+def test_lost_connection_handles_its_last_read_then_ends() -> None:
+    """A client gone with a read's shares still to handle (a reset right after a burst)
+    sent them before it went: they are handled, a share a turn, then the connection
+    ends (its will, its session detached), and nothing is left behind (trial's clean
+    reactor).  Before, the transport's loss dropped them with the pending share."""
+    broker, clock, sub, pub = setup()
+    count = READ_BUDGET * 2
+    pub.send_bytes(flood(count))
+    first = len(payloads(sub.received()))
+    assert 0 < first < count
+    pub.drop()
+    assert pub.connection in broker.connections  # not ended yet: input left
+    for _ in range(10):
+        clock.advance(0)
+    assert first + len(payloads(sub.received())) == count
+    assert pub.connection not in broker.connections
+    assert not clock.getDelayedCalls()
+
+
 def test_closed_connection_cancels_its_next_share() -> None:
+    """A connection the broker closes (here a protocol error after the flood) drops what
+    it had not handled: no later share is handled, none is left scheduled."""
     _, clock, sub, pub = setup()
     pub.send_bytes(flood(READ_BUDGET * 2))
-    pub.drop()
-    assert not clock.getDelayedCalls()  # nothing left behind (trial's clean reactor)
-    sub.received()
+    first = len(payloads(sub.received()))
+    pub.connection.close()
+    clock.advance(0)
+    assert not payloads(sub.received())
+    assert first < READ_BUDGET * 2
+    assert pub.connection._resume_call is None  # (its close grace is the one call left)
 
 
 def test_budget_bounds_the_decoding_too(monkeypatch) -> None:

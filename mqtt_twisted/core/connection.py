@@ -25,7 +25,7 @@ from mqtt_twisted.codec.packets import (
 )
 from mqtt_twisted.codec.stream import StreamDecoder
 from mqtt_twisted.constants import PacketType, PropertyId, ReasonCode
-from mqtt_twisted.core import clientlog, control, fastpath, inbound, rates
+from mqtt_twisted.core import clientlog, control, fastpath, inbound, rates, shares
 from mqtt_twisted.core._rare import rare_fields
 from mqtt_twisted.core.admission import connect_deadline_passed
 from mqtt_twisted.core.keepalive import check_keepalive
@@ -142,7 +142,7 @@ class MQTTConnection:
         READ_BUDGET packets, fewer when they fan out: WORK_BUDGET).  Past the share
         the decoder keeps the rest of the bytes in order, reading stops (one more
         ``throttle``, as flow control's) and the next reactor turn goes on
-        (:func:`_next_share`): a flood delays others by one share, not by its read.
+        (``shares.next_share``): a flood delays others by one share, not by its read.
         """
         if self.state != CONNECTED:
             if self.state == CLOSED or (self.state == AWAIT_CONNECT  # core/admission.py
@@ -193,7 +193,7 @@ class MQTTConnection:
             self._budget = budget if 0 < budget < READ_BUDGET else READ_BUDGET if budget else 1
         if self.decoder.more and self._resume_call is None and self.state != CLOSED:
             self.throttle()
-            self._resume_call = self.broker.clock.callLater(0, _next_share, self)
+            self._resume_call = self.broker.clock.callLater(0, shares.next_share, self)
 
     def _handle(self, packets: list[Packet]) -> None:
         """Handle decoded packets in order; past WORK_BUDGET deliveries the rest is held
@@ -215,7 +215,7 @@ class MQTTConnection:
                 return
             if stats.deliveries > limit and i + 1 < len(packets):
                 self._blocked, self._backlog = True, packets[i + 1 :]
-                _pace_backlog(self)
+                shares.pace_backlog(self)
                 return
 
     def block(self) -> None:
@@ -250,7 +250,7 @@ class MQTTConnection:
         while backlog and self.state != CLOSED and not self._blocked:
             if handled and handled + stats.deliveries - start >= WORK_BUDGET:
                 self._blocked, self._backlog = True, backlog
-                _pace_backlog(self)
+                shares.pace_backlog(self)
                 return
             packet = backlog.pop(0)
             try:
@@ -261,6 +261,8 @@ class MQTTConnection:
             handled += 1
         if self._blocked and backlog:
             self._backlog = backlog + (self._backlog or [])
+        elif self.lost:
+            shares.end_when_read(self)  # (an asynchronous step held a lost client's input)
 
     # --- output -----------------------------------------------------------------------
 
@@ -415,7 +417,11 @@ class MQTTConnection:
         self.broker.connection_ended(self, send_will=not self.clean_exit)
 
     def connectionLost(self, reason: Any = None) -> None:
-        """The transport is gone: let the broker end the session's connection."""
+        """The transport is gone: let the broker end the session's connection, once
+        what the client sent before it went is handled (``core/shares.py``)."""
+        if not self.lost and shares.input_left(self):
+            shares.put_off_end(self, reason)
+            return
         self.state = CLOSED
         self.lost = True
         if self.due is not None:
@@ -536,30 +542,9 @@ MQTTConnection.peer = property(lambda conn: p if type(p := conn._peer) is str el
 for _name, _field in rare_fields("MQTTConnection", {
         "auth_method": None, "auth_pending": None, "auth_final_data": None,
         "_aliases_in": None, "_alias_limit": 0, "_refused_logged": False,
-        "certificate_identity": None, "_resume_call": None, "answer_due": False}).items():
+        "certificate_identity": None, "_resume_call": None, "answer_due": False,
+        "_lost_reason": None}).items():
     setattr(MQTTConnection, _name, _field)
-
-
-def _pace_backlog(conn: MQTTConnection) -> None:
-    """The rest of a held backlog goes on at the next turn, reads paused meanwhile; a
-    pending :func:`_next_share` is folded into it (it goes on after the backlog)."""
-    conn.throttle()
-    call = conn._resume_call
-    if call is not None and call.active():
-        call.cancel()
-        conn.unthrottle()  # the share's own pause: the backlog's covers it
-    conn._resume_call = conn.broker.clock.callLater(0, _resume_backlog, conn)
-
-
-def _resume_backlog(conn: MQTTConnection) -> None:
-    conn._resume_call = None
-    if conn.state == CLOSED:
-        return
-    conn.unblock()  # may pace again
-    if (conn._resume_call is None and not conn._blocked and conn.decoder.more
-            and conn.state != CLOSED):
-        conn.dataReceived(b"")  # the read's next share, as _next_share would
-    conn.unthrottle()
 
 
 def _server_only(conn: MQTTConnection, packet: Packet) -> None:
@@ -584,13 +569,3 @@ _HANDLERS: dict[int, Callable[[MQTTConnection, Any], None]] = {
     PacketType.AUTH: control.on_auth,
 }
 _HANDLERS = {int(k): v for k, v in _HANDLERS.items()}
-
-
-def _next_share(conn: MQTTConnection) -> None:
-    """The next share of what ``conn`` read; reading resumes after the last (unless flow
-    control still holds it back: one counter for both).  (The class is at its limit.)"""
-    conn._resume_call = None
-    if conn.state == CLOSED:
-        return
-    conn.dataReceived(b"")  # throttles again if there is still more
-    conn.unthrottle()
