@@ -10,6 +10,11 @@ Starts ``twistd -n mqttbroker`` as ``bench/compare.py`` does (the working tree, 
 scenario, and writes ``docs/img/flame-SCENARIO-LABEL.svg``:
 
     python bench/flame.py --scenario fan-in --label before [--rev HEAD] [--quick]
+    python bench/flame.py --scenario all --label after --rev main   # one build, each scenario
+    python bench/flame.py --widest docs/img/flame-qos1-after.svg    # what a flame shows
+
+After each SVG it prints the widest frames by self time (the samples in a function itself,
+not in what it calls), summed over the graph: what limits the scenario, in one look.
 
 py-spy must be on PATH or in this Python's environment (``pip install py-spy``); it
 samples with ``--nonblocking`` (no ptrace stops of the broker), so it needs no root
@@ -19,6 +24,10 @@ when the kernel lets a process read its children's memory.
 from __future__ import annotations
 
 import argparse
+import bisect
+import html
+import itertools
+import re
 import shutil
 import signal
 import subprocess
@@ -43,22 +52,42 @@ def py_spy() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenario", default="fan-in", choices=loadgen.BROKER_SCENARIOS)
+    parser.add_argument("--scenario", action="append", choices=[*loadgen.BROKER_SCENARIOS, "all"],
+                        help="repeatable; all: every broker scenario (default fan-in)")
     parser.add_argument("--label", default="now", help="file name suffix (before, after...)")
     parser.add_argument("--rev", help="profile this git revision instead of the working tree")
     parser.add_argument("--rate", type=int, default=200, help="samples per second")
     parser.add_argument("--quick", action="store_true", help="loadgen's short sizes")
     parser.add_argument("--ours-args", default="--max-inflight 100")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
+    parser.add_argument("--widest", type=Path, metavar="SVG",
+                        help="only print the widest frames of a py-spy SVG")
     args = parser.parse_args()
+    if args.widest:
+        print(widest_text(args.widest))
+        return
+    scenarios = args.scenario or ["fan-in"]
+    if "all" in scenarios:
+        scenarios = list(loadgen.BROKER_SCENARIOS)
     spy = py_spy()
     loadgen.raise_fd_limit()
     ours = compare.BROKER_TYPES["ours"]
     ours.extra = tuple(args.ours_args.split())
     if args.rev:
-        ours.use_revision(args.rev)
+        ours.use_revision(args.rev)  # built once (its compiled modules too) for every scenario
+    print(ours.version(), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    svg = args.out / f"flame-{args.scenario}-{args.label}.svg"
+    try:
+        for scenario in scenarios:
+            record(spy, ours, scenario, args)
+    finally:
+        if ours.source:
+            shutil.rmtree(ours.source, ignore_errors=True)
+
+
+def record(spy: str, ours: compare.Ours, scenario: str, args: argparse.Namespace) -> None:
+    """One scenario under py-spy: the SVG, loadgen's line and the widest frames."""
+    svg = args.out / f"flame-{scenario}-{args.label}.svg"
     running = compare.start(ours, Path(tempfile.mkdtemp(prefix="flame-")))
     try:
         recorder = subprocess.Popen(
@@ -68,20 +97,65 @@ def main() -> None:
         time.sleep(1.0)  # py-spy attached
         cfg = loadgen.QUICK if args.quick else loadgen.FULL
         line = compare.run_loadgen(
-            ["--port", str(running.port), "--scenario", args.scenario, "--broker", "ours",
+            ["--port", str(running.port), "--scenario", scenario, "--broker", "ours",
              "--broker-pid", str(running.proc.pid)] + (["--quick"] if args.quick else []),
             cfg.scenario_timeout_s + 30)[0]
         recorder.send_signal(signal.SIGINT)
         out, _ = recorder.communicate(timeout=60)
     finally:
         compare.stop(running)
-        if ours.source:
-            shutil.rmtree(ours.source, ignore_errors=True)
     print(report_line(line))
     print(out.strip().splitlines()[-1] if out.strip() else "py-spy printed nothing")
     if not svg.exists():
         raise SystemExit(f"py-spy wrote no {svg}")
-    print(f"wrote {svg.relative_to(ROOT) if svg.is_relative_to(ROOT) else svg}")
+    size = svg.stat().st_size
+    print(f"wrote {svg.relative_to(ROOT) if svg.is_relative_to(ROOT) else svg} "
+          f"({size / 1024:.0f} KiB{'; over 1 MiB: shorten the run' * (size > 2**20)})")
+    print(widest_text(svg), flush=True)
+
+
+Frame = tuple[str, int, int]  # name, first sample, samples
+
+
+def frames(svg: Path) -> dict[int, list[Frame]]:
+    """A py-spy flame graph's frames by depth (its ``y``), each sorted by position."""
+    pattern = re.compile(r'<title>(.*?) \((?:[\d,]+) samples?, [\d.]+%\)</title>'
+                         r'<rect [^>]*?y="(\d+)"[^>]*?fg:x="(\d+)" fg:w="(\d+)"')
+    levels: dict[int, list[Frame]] = {}
+    for name, y, x, w in pattern.findall(svg.read_text()):
+        levels.setdefault(int(y), []).append((html.unescape(name), int(x), int(w)))
+    for level in levels.values():
+        level.sort(key=lambda f: f[1])
+    return levels
+
+
+def self_samples(svg: Path) -> tuple[dict[str, int], int]:
+    """Samples in each function itself (its frames' width less their callees'), summed
+    over the graph by function (all its lines), and all samples."""
+    levels = frames(svg)
+    ys = sorted(levels)
+    step = min((b - a for a, b in itertools.pairwise(ys)), default=16)
+    own: dict[str, int] = {}
+    for y in ys:
+        below = levels.get(y + step, [])  # py-spy draws callees below their caller
+        starts = [f[1] for f in below]
+        for name, x, w in levels[y]:
+            i = bisect.bisect_left(starts, x)
+            inner = 0
+            while i < len(below) and below[i][1] < x + w:
+                inner += below[i][2]
+                i += 1
+            function = re.sub(r":\d+\)$", ")", name)  # py-spy names frames by line
+            own[function] = own.get(function, 0) + w - inner
+    total = sum(w for _, _, w in levels[ys[0]]) if ys else 0
+    return own, total
+
+
+def widest_text(svg: Path, n: int = 8) -> str:
+    own, total = self_samples(svg)
+    top = sorted(own.items(), key=lambda kv: -kv[1])[:n]
+    return (f"{svg.name}: {total} samples; widest by self time: "
+            + "; ".join(f"{name} {100 * k / max(1, total):.1f}%" for name, k in top))
 
 
 def report_line(line: dict) -> str:

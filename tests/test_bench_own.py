@@ -1,0 +1,185 @@
+"""bench/compare.py's own scenarios (bench/ourscen.py): the Redis store, the cluster, CoAP.
+
+Issue 19's targets for these are ratios of our broker against itself in the same run; the
+report gives them a table with the target beside each figure.  The end-to-end test runs
+``compare.py --quick`` on them against a real redis-server and real brokers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.test_bench import NoMatplotlib, load
+
+INFO = {"runs": 3, "settings": {}, "versions": {}, "redis": "Redis server v=7"}
+
+
+def own_lines() -> list[dict]:
+    """Three runs of two own scenarios and a CoAP row not measurable yet."""
+    lines = []
+    for run, (ratio, connack) in enumerate(((0.6, 12.0), (0.4, 8.0), (0.55, 14.0))):
+        lines.append({"broker": "ours", "scenario": "redis-qos1", "ok": True, "run": run,
+                      "redis_ratio": ratio, "memory_per_s": 40000, "redis_per_s": 40000 * ratio})
+        lines.append({"broker": "ours", "scenario": "redis-connack", "ok": True, "run": run,
+                      "connack_ms": connack, "queued": 10000, "reconnects": 5})
+        lines.append({"broker": "ours", "scenario": "coap-non", "ok": True, "run": run,
+                      "skipped": "not in yet"})
+    return lines
+
+
+def row(section: str, start: str) -> list[str]:
+    found = [ln for ln in section.splitlines() if ln.startswith("| " + start)]
+    assert len(found) == 1, (start, found)
+    return [c.strip() for c in found[0].strip("|").split("|")]
+
+
+class OwnReportTests(SynchronousTestCase):
+    """report.markdown(): our own scenarios' table, the target and a verdict beside each."""
+
+    def markdown(self, lines: list[dict]) -> str:
+        report = load("report")
+        with NoMatplotlib():
+            return report.markdown(lines, INFO, ["ours"], Path(self.mktemp()))
+
+    def test_ratios_with_their_targets(self) -> None:
+        """The median of the runs' own ratios, its range, the target, met or not."""
+        section = self.markdown(own_lines())
+        self.assertIn("### Our own scenarios", section)
+        self.assertEqual(row(section, "QoS 1 (window 100): Redis store"),
+                         ["QoS 1 (window 100): Redis store ÷ memory store, msg/s",
+                          "0.55 (0.40-0.60)", "≥ 0.5", "yes"])
+        connack = row(section, "Redis store: ms to CONNACK")
+        self.assertIn("10,000 queued", connack[0])
+        self.assertEqual(connack[1:], ["12 (8-14)", "< 10", "**no**"])
+        self.assertEqual(row(section, "CoAP NON")[1:], ["not measured", "≥ 0.5", ""])
+        self.assertIn("- redis-qos1 (ours only)", section)
+        self.assertIn("Redis server v=7", section)
+
+    def test_failed_runs_marked(self) -> None:
+        """A failed run of a scenario: ✗n/m on its first row, and a failure note."""
+        lines = own_lines()
+        lines.append({"broker": "ours", "scenario": "redis-qos1", "ok": False, "run": 3,
+                      "error": "RuntimeError: stuck"})
+        section = self.markdown(lines)
+        self.assertTrue(row(section, "QoS 1 (window 100): Redis")[1].endswith("✗1/4"))
+        self.assertIn("- mqtt-twisted, redis-qos1: run 4: RuntimeError: stuck", section)
+
+    def test_no_table_without_own_scenarios(self) -> None:
+        section = self.markdown([{"broker": "ours", "scenario": "qos1", "ok": True, "run": 0,
+                                  "delivered_per_s": 1000.0}])
+        self.assertNotIn("Our own scenarios", section)
+        self.assertNotIn("ours only", section)
+
+
+class OwnCommandTests(SynchronousTestCase):
+    """A scenario measured by a command of its own (the CoAP row's way in)."""
+
+    def setUp(self) -> None:
+        self.ourscen = load("ourscen")
+
+    def command(self, code: str) -> dict:
+        spec = self.ourscen.Command(argv=(sys.executable, "-c", code), key="coap_non_ratio")
+        self.patch(self.ourscen, "COAP", spec)
+        return self.ourscen.run("coap-non", quick=True)
+
+    def test_reads_its_json_line(self) -> None:
+        line = self.command("print('warming up'); print('{\"coap_non_ratio\": 0.7, "
+                            "\"non_per_s\": 7000}')")
+        self.assertEqual((line["ok"], line["coap_non_ratio"], line["non_per_s"]),
+                         (True, 0.7, 7000))
+
+    def test_no_figure_is_a_failure(self) -> None:
+        line = self.command("import sys; print('{\"other\": 1}'); sys.exit(3)")
+        self.assertFalse(line["ok"])
+        self.assertIn("coap_non_ratio", line["error"])
+        self.assertIn("exit 3", line["error"])
+
+    def test_not_measurable_yet(self) -> None:
+        """No command yet: skipped with the reason, not failed."""
+        line = self.ourscen.run("coap-non", quick=True)
+        self.assertTrue(line["ok"])
+        self.assertIn("coap_publish.py", line["skipped"])
+
+
+class CompareOwnTests(SynchronousTestCase):
+    """compare.py: ``--scenarios`` selects our own scenarios; they run for ours only."""
+
+    def setUp(self) -> None:
+        self.compare = load("compare")
+
+    def test_scenarios_option(self) -> None:
+        args = self.compare.parse_args(["--scenarios", "fan-in,redis-qos1,cluster-spread"])
+        self.assertEqual(args.scenarios, ["fan-in", "redis-qos1", "cluster-spread"])
+        default = self.compare.parse_args([]).scenarios
+        self.assertTrue({"redis-qos1", "redis-connack", "cluster-spread", "cluster-cross",
+                         "coap-non", "qos2", "retained"} <= set(default))
+        self.assertRaises(SystemExit, self.compare.parse_args, ["--scenarios", "redis-qos3"])
+
+    def test_own_scenarios_for_ours_only(self) -> None:
+        """Once per run with ours among the brokers; never without it."""
+        measured = []
+        self.patch(self.compare, "ceiling", lambda quick: {"scenario": "ceiling"})
+        self.patch(self.compare, "background_cpu", lambda: 0.0)
+        self.patch(self.compare, "measure_own", lambda s, q, r: measured.append((s, r)) or {})
+        self.patch(self.compare, "measure_steady", lambda *a: {})
+        recorded = []
+        for brokers in (["mosquitto"], ["mosquitto", "ours"]):
+            self.compare.run_all(brokers, ["redis-qos1", "qos1"], 2, True, Path("."),
+                                 lambda line, run: recorded.append(line))
+        self.assertEqual(measured, [("redis-qos1", 0), ("redis-qos1", 1)])
+
+    def test_compiled_modules(self) -> None:
+        """Which optional compiled modules a checkout has built (a revision's snapshot)."""
+        tree = Path(self.mktemp())
+        (tree / "mqtt_twisted" / "codec").mkdir(parents=True)
+        (tree / "mqtt_twisted" / "core").mkdir()
+        for name in ("codec/_speedups.pyx", "codec/_speedups.cpython-311-x86_64-linux-gnu.so",
+                     "core/_qos0.pyx", "core/_qos0.c"):
+            (tree / "mqtt_twisted" / name).write_text("")
+        self.assertEqual(self.compare.compiled_modules(tree),
+                         (["mqtt_twisted.codec._speedups"], ["mqtt_twisted.core._qos0"]))
+
+
+class OwnEndToEndTests(SynchronousTestCase):
+    """``compare.py --quick`` on our own scenarios: real brokers, a real redis-server."""
+
+    def run_compare(self, scenarios: str) -> list[dict]:
+        if not shutil.which("redis-server"):
+            raise self.skipTest("redis-server is not installed")
+        compare = load("compare")
+        results = Path(self.mktemp())
+        self.patch(compare, "RESULTS", results)
+        handler = signal.getsignal(signal.SIGTERM)
+        self.addCleanup(signal.signal, signal.SIGTERM, handler)
+        self.assertEqual(compare.main(["--quick", "--runs", "1", "--brokers", "ours",
+                                       "--scenarios", scenarios, "--no-docs"]), 0)
+        (stamp,) = results.iterdir()
+        return [json.loads(x) for x in (stamp / "results.jsonl").read_text().splitlines()]
+
+    def test_redis_store_scenarios(self) -> None:
+        lines = {ln["scenario"]: ln for ln in self.run_compare("redis-qos1,redis-connack")}
+        qos1, connack = lines["redis-qos1"], lines["redis-connack"]
+        self.assertTrue(qos1["ok"], qos1)
+        self.assertGreater(qos1["redis_per_s"], 0)
+        self.assertEqual(qos1["redis_ratio"],
+                         round(qos1["redis_per_s"] / qos1["memory_per_s"], 3))
+        self.assertTrue(connack["ok"], connack)
+        self.assertEqual((connack["queued"], connack["reconnects"]), (1000, 2))
+        self.assertGreater(connack["connack_ms"], 0)
+
+    @pytest.mark.slow
+    def test_cluster_scenarios(self) -> None:
+        lines = {ln["scenario"]: ln for ln in self.run_compare("cluster-spread,cluster-cross")}
+        spread, cross = lines["cluster-spread"], lines["cluster-cross"]
+        self.assertTrue(spread["ok"], spread)
+        self.assertEqual(spread["lost"], 0)
+        self.assertEqual({k for k in spread if k.startswith("linear_")}, {"linear_2", "linear_3"})
+        self.assertTrue(cross["ok"], cross)
+        self.assertGreater(cross["cross_ratio"], 0)
