@@ -228,7 +228,8 @@ def build_compiled(source: Path) -> tuple[list[str], list[str]]:
         errors.append(f"{python}: {done.stderr.decode(errors='replace').strip()[-300:]}")
     if missing:
         log(f"{source}: not built, pure Python: {', '.join(missing)} ({'; '.join(errors)})")
-    log(f"{source}: compiled modules {', '.join(built) or 'none'}")
+    log(f"{source}: compiled modules {', '.join(built) or 'none'} (built by {python}"
+        f"{'; ' + sys.executable + ' could not' if errors and not missing else ''})")
     return built, missing
 
 
