@@ -541,6 +541,9 @@ def measure_own(scenario: str, quick: bool, run: int) -> dict:
     """One of our own scenarios (bench/ourscen.py), with ``measure``'s machine figures:
     ``background_pct`` and ``foreign_cpu_pct`` (every process it starts is waited for
     before it returns, so its CPU is in our children's)."""
+    why = ourscen.unavailable(scenario)
+    if why:
+        return {"broker": "ours", "scenario": scenario, "ok": True, "skipped": why}
     quiet = wait_for_quiet()
     total0, busy0 = cpu_ticks()
     ours0 = children_ticks() + self_ticks()

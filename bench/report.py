@@ -54,6 +54,8 @@ METRICS = [
 OWN: list[tuple[str, str, str, str, str, Any]] = [
     ("redis-qos1", "redis_ratio", "QoS 1 (window 100): Redis store ÷ memory store, msg/s",
      "ratio", "≥ 0.5", lambda v: v >= 0.5),
+    ("redis-qos1", "redis_cpu_ratio", "… the same by CPU per message: memory store's broker "
+     "÷ Redis store's broker + redis-server", "ratio", "≥ 0.5", lambda v: v >= 0.5),
     ("redis-qos1", "memory_per_s", "memory store: QoS 1 msg/s", "rate", "", None),
     ("redis-qos1", "redis_per_s", "Redis store: QoS 1 msg/s", "rate", "", None),
     ("redis-qos1", "memory_broker_us", "memory store: broker CPU µs/msg", "us", "", None),
@@ -76,6 +78,8 @@ OWN: list[tuple[str, str, str, str, str, Any]] = [
      lambda v: v == 0),
     ("cluster-cross", "cross_ratio", "QoS 0: across 2 nodes ÷ on 1 node, msg/s", "ratio",
      "≥ 0.8", lambda v: v >= 0.8),
+    ("cluster-cross", "cross_cpu_ratio", "… the same by node CPU per message: 1 node's ÷ "
+     "both nodes'", "ratio", "≥ 0.8", lambda v: v >= 0.8),
     ("cluster-cross", "single_per_s", "QoS 0, 1 node: msg/s", "rate", "", None),
     ("cluster-cross", "cross_per_s", "QoS 0, node A → node B: msg/s", "rate", "", None),
     ("cluster-cross", "single_cpu_us", "QoS 0, 1 node: node CPU µs/msg", "us", "", None),

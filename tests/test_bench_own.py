@@ -135,6 +135,13 @@ class CompareOwnTests(SynchronousTestCase):
                                  lambda line, run: recorded.append(line))
         self.assertEqual(measured, [("redis-qos1", 0), ("redis-qos1", 1)])
 
+    def test_unmeasurable_skipped_at_once(self) -> None:
+        """No quiet wait and no machine figures for a row that cannot run (CoAP, for now)."""
+        self.patch(self.compare, "wait_for_quiet", lambda: self.fail("waited"))
+        line = self.compare.measure_own("coap-non", True, 0)
+        self.assertEqual((line["ok"], "foreign_cpu_pct" in line), (True, False))
+        self.assertIn("coap_publish.py", line["skipped"])
+
     def test_compiled_modules(self) -> None:
         """Which optional compiled modules a checkout has built (a revision's snapshot)."""
         tree = Path(self.mktemp())
@@ -170,6 +177,7 @@ class OwnEndToEndTests(SynchronousTestCase):
         self.assertGreater(qos1["redis_per_s"], 0)
         self.assertEqual(qos1["redis_ratio"],
                          round(qos1["redis_per_s"] / qos1["memory_per_s"], 3))
+        self.assertIn("redis_cpu_ratio", qos1)
         self.assertTrue(connack["ok"], connack)
         self.assertEqual((connack["queued"], connack["reconnects"]), (1000, 2))
         self.assertGreater(connack["connack_ms"], 0)
