@@ -541,7 +541,7 @@ def measure_own(scenario: str, quick: bool, run: int) -> dict:
     """One of our own scenarios (bench/ourscen.py), with ``measure``'s machine figures:
     ``background_pct`` and ``foreign_cpu_pct`` (every process it starts is waited for
     before it returns, so its CPU is in our children's)."""
-    why = ourscen.unavailable(scenario)
+    why = ourscen.unavailable(scenario, BROKER_TYPES["ours"].source)
     if why:
         return {"broker": "ours", "scenario": scenario, "ok": True, "skipped": why}
     quiet = wait_for_quiet()

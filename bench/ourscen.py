@@ -21,8 +21,9 @@ line for report.py's "our own scenarios" table:
 * ``cluster-cross``: bench/cluster.py's QoS 0 run, publisher and subscriber on one node
   (no ``--cluster``) and then on two nodes of a cluster (the publisher on A, the
   subscriber on B); the figure is the rates' ratio (target: at least 0.8).
-* ``coap-non``: a command that prints one JSON line with the CoAP NON publish rate over
-  MQTT QoS 0's, measured in one run by the command itself (``COAP``, below).
+* ``coap-non``: bench/coap_non.py (CoAP NON POSTs beside MQTT QoS 0 through one broker
+  into one subscriber, in one run), its printed ratios read off its output (``COAP``,
+  below); skipped in a checkout without that script.
 
 The machine may be shared: read the ratios of a run, not its rates.
 """
@@ -32,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -66,24 +68,34 @@ QUICK = Sizes(qos1_messages=2_000, queued=1_000, connacks=2, spread_messages=3_0
 
 @dataclass(frozen=True)
 class Command:
-    """A scenario measured by a command of its own: it prints one JSON line (``{...}``)
-    holding ``key``, which becomes the result line's figure of that name (with every other
-    key of that line).  ``argv`` None: not measurable yet, ``why`` says so."""
+    """A scenario measured by a script of its own, in the broker's checkout: its printed
+    figures become the result line's, each read by a regular expression (its first group,
+    commas dropped) from the script's output.  The script absent from the checkout: not
+    measurable there, ``why`` says so; none of the figures printed: a failed run."""
 
-    argv: tuple[str, ...] | None
-    quick_args: tuple[str, ...] = ()
-    key: str = ""
+    script: str  # relative to the checkout, run with this Python
+    args: tuple[str, ...] = ()
+    quick_args: tuple[str, ...] = ()  # appended with --quick (argparse keeps the last value)
+    figures: tuple[tuple[str, str], ...] = ()  # (result key, pattern), re.MULTILINE
     why: str = ""
 
 
-#: The CoAP row.  Its benchmark (a NON publish flood into an MQTT subscriber beside MQTT
-#: QoS 0 in the same run) is being added to bench/coap_publish.py by another change; once
-#: that prints a JSON line with ``coap_non_ratio`` (CoAP NON msg/s over MQTT QoS 0 msg/s,
-#: or the ratio of broker CPU per message it judges the target by), set ``argv`` to the
-#: command, e.g. ``(sys.executable, "bench/coap_publish.py", "--non-ratio", "--json")``.
-COAP = Command(argv=None, key="coap_non_ratio",
-               why="the CoAP NON scenario of bench/coap_publish.py is not in yet "
-                   "(ourscen.COAP names its command once it prints a JSON line)")
+_RATIO = r"coap-non / {}: by broker CPU per message ([\d.]+) \([^)]*\), by delivered rate "
+#: The CoAP row: bench/coap_non.py (the coapnon change: CoAP NON POSTs from a C sender and
+#: MQTT QoS 0 from one connection, one PUBLISH a send and in 64 KiB sends, interleaved in
+#: rounds through one broker into one MQTT subscriber), read from its summary lines.
+COAP = Command(
+    script="bench/coap_non.py",
+    args=("--rounds", "3", "--seconds", "3", "--scenarios", "coap-non,mqtt-each,mqtt-batch",
+          "--paced"),  # --paced with no fractions: no paced runs
+    quick_args=("--rounds", "1", "--seconds", "1", "--warmup", "0.3"),
+    figures=(("coap_each_cpu_ratio", _RATIO.format("mqtt-each")),
+             ("coap_each_rate_ratio", _RATIO.format("mqtt-each") + r"([\d.]+)"),
+             ("coap_batch_cpu_ratio", _RATIO.format("mqtt-batch")),
+             ("coap_batch_rate_ratio", _RATIO.format("mqtt-batch") + r"([\d.]+)"),
+             ("coap_non_per_s", r"^coap-non +([\d,]+) \("),
+             ("coap_broker_us", r"^coap-non +[\d,]+ \([^)]*\) +([\d.]+) \(")),
+    why="bench/coap_non.py is not in this checkout yet (the coapnon change adds it)")
 
 SCENARIOS = ["redis-qos1", "redis-connack", "cluster-spread", "cluster-cross", "coap-non"]
 
@@ -104,9 +116,11 @@ def run(scenario: str, quick: bool, run_index: int = 0, source: Path | None = No
     return line
 
 
-def unavailable(scenario: str) -> str | None:
-    """Why a scenario cannot be measured here at all (None: it can)."""
-    return COAP.why if scenario == "coap-non" and COAP.argv is None else None
+def unavailable(scenario: str, source: Path | None = None) -> str | None:
+    """Why a scenario cannot be measured in ``source`` at all (None: it can)."""
+    if scenario == "coap-non" and not ((source or ROOT) / COAP.script).exists():
+        return COAP.why
+    return None
 
 
 def _bench_store(source: Path) -> Any:
@@ -199,11 +213,11 @@ def cluster_cross(sizes: Sizes, run_index: int, source: Path) -> dict:
 
 
 def command(spec: Command, quick: bool, timeout: float, source: Path = ROOT) -> dict:
-    """Run a scenario's own command in the broker's checkout and take its last JSON line
-    holding ``spec.key`` (see ``Command``)."""
-    if spec.argv is None:
+    """Run a scenario's own script in the broker's checkout and read its figures (see
+    ``Command``)."""
+    if not (source / spec.script).exists():
         return {"skipped": spec.why}
-    argv = [*spec.argv, *(spec.quick_args if quick else ())]
+    argv = [sys.executable, spec.script, *spec.args, *(spec.quick_args if quick else ())]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(source), *filter(None, [os.environ.get("PYTHONPATH")])])}
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -215,12 +229,15 @@ def command(spec: Command, quick: bool, timeout: float, source: Path = ROOT) -> 
             os.killpg(proc.pid, signal.SIGKILL)
         if proc.poll() is None:
             proc.communicate()
-    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
-    found = [x for x in lines if spec.key in x]
-    if not found:
-        raise RuntimeError(f"{' '.join(argv)} (exit {proc.returncode}) printed no JSON line "
-                           f"with {spec.key!r}: {(err or out)[-400:]}")
-    return {**found[-1], "ok": found[-1].get("ok", proc.returncode == 0)}
+    figures: dict[str, Any] = {}
+    for key, pattern in spec.figures:
+        found = re.search(pattern, out, re.MULTILINE)
+        if found:
+            figures[key] = float(found.group(found.lastindex or 1).replace(",", ""))
+    if not figures:
+        raise RuntimeError(f"{' '.join(argv[1:])} (exit {proc.returncode}) printed none of "
+                           f"{', '.join(k for k, _ in spec.figures)}: {(err or out)[-400:]}")
+    return {**figures, "ok": proc.returncode == 0}
 
 
 def coap_non(sizes: Sizes, run_index: int, source: Path) -> dict:

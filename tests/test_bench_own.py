@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -58,7 +57,8 @@ class OwnReportTests(SynchronousTestCase):
         connack = row(section, "Redis store: ms to CONNACK")
         self.assertIn("10,000 queued", connack[0])
         self.assertEqual(connack[1:], ["12 (8-14)", "< 10", "**no**"])
-        self.assertEqual(row(section, "CoAP NON")[1:], ["not measured", "≥ 0.5", ""])
+        self.assertEqual(row(section, "CoAP NON POST ÷ MQTT QoS 0 one")[1:],
+                         ["not measured", "≥ 0.5", ""])
         self.assertIn("- redis-qos1 (ours only)", section)
         self.assertIn("Redis server v=7", section)
 
@@ -79,33 +79,51 @@ class OwnReportTests(SynchronousTestCase):
 
 
 class OwnCommandTests(SynchronousTestCase):
-    """A scenario measured by a command of its own (the CoAP row's way in)."""
+    """A scenario measured by a script of its own (the CoAP row): its printed figures."""
 
     def setUp(self) -> None:
         self.ourscen = load("ourscen")
+        self.checkout = Path(self.mktemp())
+        (self.checkout / "bench").mkdir(parents=True)
 
     def command(self, code: str) -> dict:
-        spec = self.ourscen.Command(argv=(sys.executable, "-c", code), key="coap_non_ratio")
-        self.patch(self.ourscen, "COAP", spec)
-        return self.ourscen.run("coap-non", quick=True)
+        (self.checkout / "bench" / "coap_non.py").write_text(code)
+        return self.ourscen.run("coap-non", quick=True, source=self.checkout)
 
-    def test_reads_its_json_line(self) -> None:
-        line = self.command("print('warming up'); print('{\"coap_non_ratio\": 0.7, "
-                            "\"non_per_s\": 7000}')")
-        self.assertEqual((line["ok"], line["coap_non_ratio"], line["non_per_s"]),
-                         (True, 0.7, 7000))
+    def test_reads_its_printed_figures(self) -> None:
+        """bench/coap_non.py's summary lines, as it prints them."""
+        line = self.command("""import sys
+assert sys.argv[1:] == ["--rounds", "3", "--seconds", "3", "--scenarios",
+    "coap-non,mqtt-each,mqtt-batch", "--paced", "--rounds", "1", "--seconds", "1",
+    "--warmup", "0.3"], sys.argv
+print("[this] medians (range) over 1 rounds")
+print("scenario      delivered/s  broker us/msg")
+print("coap-non         41,234 (41,234-41,234)       22.95 (22.95-22.95)         0.95")
+print("mqtt-each       102,345 (102,345-102,345)       8.10 (8.10-8.10)         0.83")
+print("  coap-non / mqtt-each: by broker CPU per message 0.353 (0.353-0.353), "
+      "by delivered rate 0.403 (0.403-0.403)")
+print("  coap-non / mqtt-batch: by broker CPU per message 0.005 (0.005-0.005), "
+      "by delivered rate 0.021 (0.021-0.021)")
+""")
+        self.assertEqual(line["ok"], True, line)
+        self.assertEqual({k: line[k] for k in line if k.startswith("coap_")},
+                         {"coap_each_cpu_ratio": 0.353, "coap_each_rate_ratio": 0.403,
+                          "coap_batch_cpu_ratio": 0.005, "coap_batch_rate_ratio": 0.021,
+                          "coap_non_per_s": 41234.0, "coap_broker_us": 22.95})
 
     def test_no_figure_is_a_failure(self) -> None:
-        line = self.command("import sys; print('{\"other\": 1}'); sys.exit(3)")
+        line = self.command("import sys; print('something else'); sys.exit(3)")
         self.assertFalse(line["ok"])
-        self.assertIn("coap_non_ratio", line["error"])
+        self.assertIn("coap_each_cpu_ratio", line["error"])
         self.assertIn("exit 3", line["error"])
 
-    def test_not_measurable_yet(self) -> None:
-        """No command yet: skipped with the reason, not failed."""
-        line = self.ourscen.run("coap-non", quick=True)
+    def test_not_in_the_checkout(self) -> None:
+        """No script in the checkout: skipped with the reason, not failed."""
+        line = self.ourscen.run("coap-non", quick=True, source=self.checkout)
         self.assertTrue(line["ok"])
-        self.assertIn("coap_publish.py", line["skipped"])
+        self.assertIn("coap_non.py", line["skipped"])
+        self.assertEqual(self.ourscen.unavailable("coap-non", self.checkout), line["skipped"])
+        self.assertIsNone(self.ourscen.unavailable("redis-qos1", self.checkout))
 
 
 class CompareOwnTests(SynchronousTestCase):
@@ -136,11 +154,12 @@ class CompareOwnTests(SynchronousTestCase):
         self.assertEqual(measured, [("redis-qos1", 0), ("redis-qos1", 1)])
 
     def test_unmeasurable_skipped_at_once(self) -> None:
-        """No quiet wait and no machine figures for a row that cannot run (CoAP, for now)."""
+        """No quiet wait and no machine figures for a row that cannot run in the checkout."""
         self.patch(self.compare, "wait_for_quiet", lambda: self.fail("waited"))
+        self.patch(self.compare.BROKER_TYPES["ours"], "source", Path(self.mktemp()))
         line = self.compare.measure_own("coap-non", True, 0)
         self.assertEqual((line["ok"], "foreign_cpu_pct" in line), (True, False))
-        self.assertIn("coap_publish.py", line["skipped"])
+        self.assertIn("coap_non.py", line["skipped"])
 
     def test_compiled_modules(self) -> None:
         """Which optional compiled modules a checkout has built (a revision's snapshot)."""
