@@ -173,6 +173,35 @@ class CompareOwnTests(SynchronousTestCase):
                          (["mqtt_twisted.codec._speedups"], ["mqtt_twisted.core._qos0"]))
 
 
+class DocsRunTests(SynchronousTestCase):
+    """compare.py without --quick or --no-docs writes our own table into the page."""
+
+    def test_docs_run_writes_the_own_table(self) -> None:
+        compare = load("compare")
+        root = Path(self.mktemp()).resolve()  # main logs it relative to the checkout
+        doc = root / "benchmarks.md"
+        root.mkdir()
+        doc.write_text("# Benchmarks\n\n## Kept\n\nother sections stay\n")
+        self.patch(compare, "RESULTS", root / "results")
+        self.patch(compare, "DOC", doc)
+        self.patch(compare, "IMG", root / "img")
+        self.patch(compare, "ceiling", lambda quick: {"broker": "none", "scenario": "ceiling",
+                                                       "ok": True})
+        self.patch(compare, "wait_for_quiet", lambda: 0.0)
+        self.patch(compare.ourscen, "run", lambda scenario, quick, run, source: {
+            "broker": "ours", "scenario": scenario, "ok": True, "quick": quick,
+            "connack_ms": 3.0 + run, "queued": 10000, "reconnects": 5})
+        handler = signal.getsignal(signal.SIGTERM)
+        self.addCleanup(signal.signal, signal.SIGTERM, handler)
+        with NoMatplotlib():
+            self.assertEqual(compare.main(["--runs", "2", "--brokers", "ours",
+                                           "--scenarios", "redis-connack"]), 0)
+        text = doc.read_text()
+        self.assertIn("other sections stay", text)
+        self.assertEqual(row(text, "Redis store: ms to CONNACK")[1:],
+                         ["3.5 (3-4)", "< 10", "yes"])
+
+
 class OwnEndToEndTests(SynchronousTestCase):
     """``compare.py --quick`` on our own scenarios: real brokers, a real redis-server."""
 
