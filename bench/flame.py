@@ -12,6 +12,12 @@ scenario, and writes ``docs/img/flame-SCENARIO-LABEL.svg``:
     python bench/flame.py --scenario fan-in --label before [--rev HEAD] [--quick]
     python bench/flame.py --scenario all --label after --rev main   # one build, each scenario
     python bench/flame.py --widest docs/img/flame-qos1-after.svg    # what a flame shows
+    python bench/flame.py --scenario redis-qos1 --scenario cluster-cross --label after
+
+``redis-qos1`` and ``cluster-cross`` are two of bench/ourscen.py's own scenarios, their
+halves that compare.py sets against the memory store and one node: the Redis store's
+QoS 1 run (bench_store.py) and a QoS 0 stream from node A to node B (cluster.py, an SVG
+per node).
 
 After each SVG it prints the widest frames by self time (the samples in a function itself,
 not in what it calls), summed over the graph: what limits the scenario, in one look.
@@ -41,6 +47,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 import compare  # noqa: E402  (bench/ is not a package)
 import loadgen  # noqa: E402
+import ourscen  # noqa: E402
 
 
 def py_spy() -> str:
@@ -52,8 +59,10 @@ def py_spy() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenario", action="append", choices=[*loadgen.BROKER_SCENARIOS, "all"],
-                        help="repeatable; all: every broker scenario (default fan-in)")
+    parser.add_argument("--scenario", action="append",
+                        choices=[*loadgen.BROKER_SCENARIOS, *OWN, "all"],
+                        help="repeatable; all: every loadgen scenario (default fan-in); "
+                             f"{', '.join(OWN)}: our own (bench/ourscen.py's brokers)")
     parser.add_argument("--label", default="now", help="file name suffix (before, after...)")
     parser.add_argument("--rev", help="profile this git revision instead of the working tree")
     parser.add_argument("--rate", type=int, default=200, help="samples per second")
@@ -79,7 +88,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         for scenario in scenarios:
-            record(spy, ours, scenario, args)
+            if scenario in OWN:
+                OWN[scenario](spy, ours.source or ROOT, args)
+            else:
+                record(spy, ours, scenario, args)
     finally:
         if ours.source:
             shutil.rmtree(ours.source, ignore_errors=True)
@@ -113,6 +125,61 @@ def record(spy: str, ours: compare.Ours, scenario: str, args: argparse.Namespace
           f"({size / 1024:.0f} KiB{'; over 1 MiB: shorten the run' * (size > 2**20)})")
     print(widest_text(svg), flush=True)
 
+
+def spy_on(spy: str, pid: int, svg: Path, rate: int) -> subprocess.Popen:
+    recorder = subprocess.Popen(
+        [spy, "record", "--nonblocking", "--rate", str(rate), "--format", "flamegraph",
+         "--output", str(svg), "--pid", str(pid)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(1.0)  # py-spy attached
+    return recorder
+
+
+def spied(recorders: list[tuple[subprocess.Popen, Path]]) -> None:
+    """Stop the recorders; print each SVG's size and widest frames."""
+    for recorder, svg in recorders:
+        recorder.send_signal(signal.SIGINT)
+        recorder.communicate(timeout=60)
+        if not svg.exists():
+            raise SystemExit(f"py-spy wrote no {svg}")
+        print(f"wrote {svg.name} ({svg.stat().st_size / 1024:.0f} KiB)")
+        print(widest_text(svg), flush=True)
+
+
+def own_redis_qos1(spy: str, source: Path, args: argparse.Namespace) -> None:
+    """ourscen's redis-qos1, its Redis-store half, longer: bench_store's QoS 1 run."""
+    store = ourscen._bench_store(source)
+    n = 20_000 if args.quick else 200_000
+    services = store.Services("redis", n)
+    try:
+        sub = store.subscribe(services.port, "bench-sub")
+        svg = args.out / f"flame-redis-qos1-{args.label}.svg"
+        recorder = spy_on(spy, services.broker.pid, svg, args.rate)
+        elapsed = store.publish_all(services.port, n, 100, sub)
+        print(f"redis-qos1: {n / elapsed:,.0f} msg/s")
+        spied([(recorder, svg)])
+    finally:
+        services.close()
+
+
+def own_cluster_cross(spy: str, source: Path, args: argparse.Namespace) -> None:
+    """ourscen's cluster-cross, its two-node half: node A (publisher's) and node B
+    (subscriber's), one SVG each."""
+    cluster = ourscen._cluster(source)
+    n = 30_000 if args.quick else 300_000
+    c = cluster.Cluster(2, True)
+    try:
+        recorders = [(spy_on(spy, proc.pid, svg, args.rate), svg) for proc, svg in zip(
+            c.procs, [args.out / f"flame-cluster-cross-{node}-{args.label}.svg"
+                      for node in ("a", "b")])]
+        rate = cluster.run(c.ports[0], c.ports[1], 0, n, 2000, 100, f"flame{args.label}")
+        print(f"cluster-cross: {rate:,.0f} msg/s, node A to node B, QoS 0")
+        spied(recorders)
+    finally:
+        c.stop()
+
+
+OWN = {"redis-qos1": own_redis_qos1, "cluster-cross": own_cluster_cross}
 
 Frame = tuple[str, int, int]  # name, first sample, samples
 
