@@ -148,7 +148,7 @@ def spied(recorders: list[tuple[subprocess.Popen, Path]]) -> None:
 
 def own_redis_qos1(spy: str, source: Path, args: argparse.Namespace) -> None:
     """ourscen's redis-qos1, its Redis-store half, longer: bench_store's QoS 1 run."""
-    store = ourscen._bench_store(source)
+    store = ourscen.bench_store_for(source)
     n = 20_000 if args.quick else 200_000
     services = store.Services("redis", n)
     try:
@@ -165,7 +165,7 @@ def own_redis_qos1(spy: str, source: Path, args: argparse.Namespace) -> None:
 def own_cluster_cross(spy: str, source: Path, args: argparse.Namespace) -> None:
     """ourscen's cluster-cross, its two-node half: node A (publisher's) and node B
     (subscriber's), one SVG each."""
-    cluster = ourscen._cluster(source)
+    cluster = ourscen.cluster_for(source)
     n = 30_000 if args.quick else 300_000
     c = cluster.Cluster(2, True)
     try:

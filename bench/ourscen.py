@@ -69,7 +69,7 @@ QUICK = Sizes(qos1_messages=2_000, queued=1_000, connacks=2, spread_messages=3_0
 @dataclass(frozen=True)
 class Command:
     """A scenario measured by a script of its own, in the broker's checkout: its printed
-    figures become the result line's, each read by a regular expression (its first group,
+    figures become the result line's, each read by a regular expression (its last group,
     commas dropped) from the script's output.  The script absent from the checkout: not
     measurable there, ``why`` says so; none of the figures printed: a failed run."""
 
@@ -123,15 +123,19 @@ def unavailable(scenario: str, source: Path | None = None) -> str | None:
     return None
 
 
-def _bench_store(source: Path) -> Any:
-    sys.path.insert(0, str(BENCH))
+def bench_store_for(source: Path) -> Any:
+    """bench/bench_store.py, its brokers run from ``source``."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
     import bench_store
     bench_store.BROKER_ROOT = str(source)
     return bench_store
 
 
-def _cluster(source: Path) -> Any:
-    sys.path.insert(0, str(BENCH))
+def cluster_for(source: Path) -> Any:
+    """bench/cluster.py, its nodes run from ``source``."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
     import cluster
     cluster.ROOT = source  # the nodes' PYTHONPATH
     return cluster
@@ -139,7 +143,7 @@ def _cluster(source: Path) -> Any:
 
 def redis_qos1(sizes: Sizes, run_index: int, source: Path) -> dict:
     """QoS 1 on the memory store and on the Redis store, one after the other."""
-    store = _bench_store(source)
+    store = bench_store_for(source)
     order = ("memory", "redis") if run_index % 2 == 0 else ("redis", "memory")
     got = {name: store.bench_qos1(name, sizes.qos1_messages, sizes.window) for name in order}
     (memory, memory_us, _), (redis, redis_us, server_us) = got["memory"], got["redis"]
@@ -156,7 +160,7 @@ def redis_qos1(sizes: Sizes, run_index: int, source: Path) -> dict:
 
 def redis_connack(sizes: Sizes, run_index: int, source: Path) -> dict:
     """CONNACK of a Redis-stored session with ``queued`` messages, several reconnects."""
-    store = _bench_store(source)
+    store = bench_store_for(source)
     times = [t * 1000 for t in store.bench_connacks("redis", sizes.queued, sizes.window,
                                                     sizes.connacks)]
     return {"queued": sizes.queued, "reconnects": len(times),
@@ -167,7 +171,7 @@ def redis_connack(sizes: Sizes, run_index: int, source: Path) -> dict:
 def cluster_spread(sizes: Sizes, run_index: int, source: Path) -> dict:
     """Spread on 1, 2, 3 nodes (the order reversed every other run): node CPU µs per
     message at each size, and the fraction of linear scaling against one node."""
-    cluster = _cluster(source)
+    cluster = cluster_for(source)
     nodes = sizes.spread_nodes if run_index % 2 == 0 else sizes.spread_nodes[::-1]
     line: dict[str, Any] = {"messages": sizes.spread_messages, "lost": 0}
     for n in nodes:
@@ -192,7 +196,7 @@ def cluster_spread(sizes: Sizes, run_index: int, source: Path) -> dict:
 
 def cluster_cross(sizes: Sizes, run_index: int, source: Path) -> dict:
     """QoS 0 publisher to subscriber on one node, then across two nodes of a cluster."""
-    cluster = _cluster(source)
+    cluster = cluster_for(source)
     kinds = ("single", "cross") if run_index % 2 == 0 else ("cross", "single")
     line: dict[str, Any] = {"messages": sizes.cross_messages}
     for kind in kinds:
