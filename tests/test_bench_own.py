@@ -153,6 +153,13 @@ class CompareOwnTests(SynchronousTestCase):
                                  lambda line, run: recorded.append(line))
         self.assertEqual(measured, [("redis-qos1", 0), ("redis-qos1", 1)])
 
+    def test_disturbed_measured_again(self) -> None:
+        """The less disturbed of two measurements, as for the shared scenarios."""
+        lines = iter([{"foreign_cpu_pct": 60.0, "x": 1}, {"foreign_cpu_pct": 30.0, "x": 2}])
+        self.patch(self.compare, "measure_own", lambda s, q, r: next(lines))
+        line = self.compare.measure_own_steady("redis-qos1", True, 0)
+        self.assertEqual((line["x"], line["retried"]), (2, True))
+
     def test_unmeasurable_skipped_at_once(self) -> None:
         """No quiet wait and no machine figures for a row that cannot run in the checkout."""
         self.patch(self.compare, "wait_for_quiet", lambda: self.fail("waited"))
