@@ -116,8 +116,8 @@ def fmt(value: float | None, kind: str) -> str:
             if abs(value) >= div:
                 return f"{value / div:.3g}{suffix}"
         return f"{value:.3g}"
-    if kind == "ratio":
-        return f"{value:.2f}"
+    if kind == "ratio":  # 0.64, 0.02, 0.0042: two digits that mean something
+        return f"{value:.2f}" if abs(value) >= 0.1 else f"{value:.2g}"
     if kind == "pct":
         return f"{value:.4g}"
     if kind == "int":
