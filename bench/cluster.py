@@ -127,6 +127,8 @@ class Cluster:
             time.sleep(0.1)
         query = f"?wait={wait}" if wait else ""
         twistd = Path(sys.executable).with_name("twistd")
+        if not twistd.exists():  # a venv made with --system-site-packages has none of its own
+            twistd = Path(shutil.which("twistd") or twistd)
         self.ports: list[int] = []
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         for i in range(nodes):

@@ -17,6 +17,11 @@ Raw lines and broker logs stay under ``bench/results/<timestamp>/``.
 
 A broker is not measured in a scenario it cannot do (nats-server's MQTT listener has no
 QoS 2): the table shows "—" there and the notes say why.
+
+Our own scenarios (``bench/ourscen.py``: the Redis store, the cluster, CoAP), which no peer
+does comparably, run when ``ours`` is among the brokers, after the shared ones in every run;
+the report gives them a table of their own, ratios against ourselves with issue 19's
+targets.  ``--scenarios`` selects among both kinds.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ BROKERS = ["ours", "mosquitto", "aedes", "amqtt", "nats"]
 
 sys.path.insert(0, str(BENCH))
 import loadgen  # noqa: E402  (after the path tweak: bench/ is not a package)
+import ourscen  # noqa: E402
 import report  # noqa: E402
 
 from mqtt_twisted.loadgen.workers import open_client  # noqa: E402
@@ -136,6 +142,7 @@ class Broker:
 class Ours(Broker):
     source: Path | None = None  # a snapshot of a git revision; None: the working tree
     rev: str | None = None
+    compiled: tuple[list[str], list[str]] | None = None  # the snapshot's (built, not built)
     extra: tuple[str, ...] = ()  # --ours-args
 
     def cwd(self) -> Path:
@@ -157,11 +164,7 @@ class Ours(Broker):
         subprocess.run(["tar", "-x", "-C", str(self.source)], input=archive, check=True)
         # The compiled modules are build output, not in the archive: without this the
         # revision ran on its pure-Python fallback (as `pip install .` would build them).
-        built = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "-q"],
-                               cwd=self.source, capture_output=True)
-        if built.returncode != 0:
-            log(f"{rev}: the optional compiled modules did not build; pure Python: "
-                f"{built.stderr.decode(errors='replace').strip().splitlines()[-1:]}")
+        self.compiled = build_compiled(self.source)
         return self.source
 
     def command(self, port: int, workdir: Path) -> list[str]:
@@ -186,7 +189,48 @@ class Ours(Broker):
             dirty = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--",
                                     "mqtt_twisted"], capture_output=True).returncode
             where = f"working tree at {commit}{' with local changes' * dirty}"
-        return f"mqtt-twisted {mqtt_twisted.__version__} ({where}), Twisted {twisted.__version__}"
+        built, missing = self.compiled or compiled_modules(ROOT)
+        compiled = ("pure Python (MQTT_TWISTED_PURE=1)" if os.environ.get("MQTT_TWISTED_PURE")
+                    else f"compiled: {', '.join(n.rsplit('.', 1)[-1] for n in built) or 'none'}"
+                    + (f", pure: {', '.join(n.rsplit('.', 1)[-1] for n in missing)}"
+                       if missing else ""))
+        return (f"mqtt-twisted {mqtt_twisted.__version__} ({where}; {compiled}), "
+                f"Twisted {twisted.__version__}")
+
+
+def compiled_modules(source: Path) -> tuple[list[str], list[str]]:
+    """The optional compiled modules of a checkout: (built, not built), by dotted name."""
+    built, missing = [], []
+    for pyx in sorted((source / "mqtt_twisted").rglob("*.pyx")):
+        name = ".".join(pyx.relative_to(source).with_suffix("").parts)
+        (built if list(pyx.parent.glob(pyx.stem + ".*.so")) else missing).append(name)
+    return built, missing
+
+
+def build_compiled(source: Path) -> tuple[list[str], list[str]]:
+    """``setup.py build_ext --inplace`` in ``source``, as ``pip install .`` would.
+
+    The build may not fail loudly when it does not build: a venv's own setuptools (65.5
+    in Python 3.11's) rejects pyproject's ``project.license`` and the modules are simply
+    not there.  So: check for the ``.so`` files, and if some are missing, try again with
+    the interpreter the venv was made from (same Python, so the same ABI)."""
+    pythons = [sys.executable]
+    base = Path(sys.base_prefix) / "bin" / Path(sys.executable).name
+    if Path(sys.prefix) != Path(sys.base_prefix) and base.exists():
+        pythons.append(str(base))
+    errors = []
+    for python in pythons:
+        done = subprocess.run([python, "setup.py", "build_ext", "--inplace", "-q"],
+                              cwd=source, capture_output=True)
+        built, missing = compiled_modules(source)
+        if not missing:
+            break
+        errors.append(f"{python}: {done.stderr.decode(errors='replace').strip()[-300:]}")
+    if missing:
+        log(f"{source}: not built, pure Python: {', '.join(missing)} ({'; '.join(errors)})")
+    log(f"{source}: compiled modules {', '.join(built) or 'none'} (built by {python}"
+        f"{'; ' + sys.executable + ' could not' if errors and not missing else ''})")
+    return built, missing
 
 
 class Mosquitto(Broker):
@@ -473,6 +517,7 @@ def machine(brokers: list[str]) -> dict:
         "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
         "versions": {b: BROKER_TYPES[b].version() for b in brokers},
         "settings": {b: BROKER_TYPES[b].settings() for b in brokers},
+        "redis": output("redis-server", "--version") if "ours" in brokers else "?",
     }
 
 
@@ -490,6 +535,44 @@ def measure_steady(broker: Broker, scenario: str, quick: bool, logdir: Path) -> 
         line = min(line, again, key=lambda ln: ln.get("foreign_cpu_pct", 0))
         line["retried"] = True
     return line
+
+
+def measure_own(scenario: str, quick: bool, run: int) -> dict:
+    """One of our own scenarios (bench/ourscen.py), with ``measure``'s machine figures:
+    ``background_pct`` and ``foreign_cpu_pct`` (every process it starts is waited for
+    before it returns, so its CPU is in our children's)."""
+    why = ourscen.unavailable(scenario, BROKER_TYPES["ours"].source)
+    if why:
+        return {"broker": "ours", "scenario": scenario, "ok": True, "skipped": why}
+    quiet = wait_for_quiet()
+    total0, busy0 = cpu_ticks()
+    ours0 = children_ticks() + self_ticks()
+    line = ourscen.run(scenario, quick, run, BROKER_TYPES["ours"].source)
+    total1, busy1 = cpu_ticks()
+    ours = children_ticks() + self_ticks() - ours0
+    line["background_pct"] = quiet
+    line["foreign_cpu_pct"] = round(
+        max(0.0, 100.0 * (busy1 - busy0 - ours) / max(1, total1 - total0)), 1)
+    return line
+
+
+def measure_own_steady(scenario: str, quick: bool, run: int) -> dict:
+    """``measure_own``, again if other processes took much of the machine meanwhile, as
+    ``measure_steady`` does for the shared scenarios."""
+    line = measure_own(scenario, quick, run)
+    if line.get("foreign_cpu_pct", 0) > DISTURBED_PCT:
+        log(f"ours {scenario}: other processes took {line['foreign_cpu_pct']} % of the "
+            "machine; measuring again")
+        again = measure_own(scenario, quick, run)
+        line = min(line, again, key=lambda ln: ln.get("foreign_cpu_pct", 0))
+        line["retried"] = True
+    return line
+
+
+def self_ticks() -> int:
+    """CPU of this process (bench/ourscen.py's clients run in it), in ticks."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return round((usage.ru_utime + usage.ru_stime) * os.sysconf("SC_CLK_TCK"))
 
 
 def ceiling(quick: bool) -> dict:
@@ -511,6 +594,10 @@ def run_all(brokers: list[str], scenarios: list[str], runs: int, quick: bool, ou
         record(ceiling(quick), run)
         order = brokers[run % len(brokers):] + brokers[:run % len(brokers)]
         for scenario in scenarios:
+            if scenario in ourscen.SCENARIOS:  # ours only, against itself
+                if "ours" in brokers:
+                    record(measure_own_steady(scenario, quick, run), run)
+                continue
             for name in order:
                 broker = BROKER_TYPES[name]
                 if scenario in broker.unsupported:
@@ -527,8 +614,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"comma-separated subset of {','.join(BROKERS)}")
     parser.add_argument("--runs", type=int, default=3, help="runs of every scenario (default 3)")
     parser.add_argument("--quick", action="store_true", help="smoke test: small sizes, seconds")
-    parser.add_argument("--scenarios", default=",".join(loadgen.BROKER_SCENARIOS),
-                        help="comma-separated subset of the scenarios")
+    parser.add_argument("--scenarios",
+                        default=",".join([*loadgen.BROKER_SCENARIOS, *ourscen.SCENARIOS]),
+                        help="comma-separated subset of the scenarios (ours only: "
+                             f"{', '.join(ourscen.SCENARIOS)})")
     parser.add_argument("--no-docs", action="store_true",
                         help="do not write docs/ (the default with --quick)")
     # The same in-flight window Mosquitto is configured with (max_inflight_messages 100):
@@ -542,8 +631,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = (set(args.brokers) - set(BROKERS)) | (set(args.scenarios)
-                                                    - set(loadgen.BROKER_SCENARIOS))
+    unknown = (set(args.brokers) - set(BROKERS)) | (
+        set(args.scenarios) - set(loadgen.BROKER_SCENARIOS) - set(ourscen.SCENARIOS))
     if unknown:
         parser.error(f"unknown broker or scenario: {', '.join(sorted(unknown))}")
     return args

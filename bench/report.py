@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
 DISTURBED_PCT = 25.0  # % of the machine used by other processes during a measurement
@@ -45,6 +47,58 @@ METRICS = [
     ("retained", "fetch_s", "100k retained: seconds until # has all", "s", False),
     ("publisher-disconnect", "lost", "publisher closes at once: messages lost", "int", False),
 ]
+#: Our own scenarios (bench/ourscen.py: no peer does them comparably), each a ratio against
+#: ourselves in the same run: (scenario, key, row label, unit kind, issue 19's target, met);
+#: ``met`` None: a figure shown beside the target's, with none of its own.  A label may name
+#: fields of the scenario's first line ("{queued:,}").
+OWN: list[tuple[str, str, str, str, str, Any]] = [
+    ("redis-qos1", "redis_ratio", "QoS 1 (window 100): Redis store ÷ memory store, msg/s",
+     "ratio", "≥ 0.5", lambda v: v >= 0.5),
+    ("redis-qos1", "redis_cpu_ratio", "… the same by CPU per message: memory store's broker "
+     "÷ Redis store's broker + redis-server", "ratio", "≥ 0.5", lambda v: v >= 0.5),
+    ("redis-qos1", "memory_per_s", "memory store: QoS 1 msg/s", "rate", "", None),
+    ("redis-qos1", "redis_per_s", "Redis store: QoS 1 msg/s", "rate", "", None),
+    ("redis-qos1", "memory_broker_us", "memory store: broker CPU µs/msg", "us", "", None),
+    ("redis-qos1", "redis_broker_us", "Redis store: broker CPU µs/msg", "us", "", None),
+    ("redis-qos1", "redis_server_us", "Redis store: redis-server CPU µs/msg", "us", "", None),
+    ("redis-connack", "connack_ms", "Redis store: ms to CONNACK, a session with {queued:,} "
+     "queued QoS 1 messages (median of {reconnects} reconnects)", "ms", "< 10",
+     lambda v: v < 10),
+    ("redis-connack", "connack_max_ms", "… slowest of the reconnects, ms", "ms", "", None),
+    ("cluster-spread", "linear_2", "spread, 2 nodes: fraction of linear (node CPU/msg of "
+     "1 node ÷ of 2)", "ratio", "≥ 0.8", lambda v: v >= 0.8),
+    ("cluster-spread", "linear_3", "spread, 3 nodes: fraction of linear", "ratio", "≥ 0.8",
+     lambda v: v >= 0.8),
+    ("cluster-spread", "cpu_us_1", "spread, 1 node: node CPU µs/msg (QoS 1)", "us", "", None),
+    ("cluster-spread", "cpu_us_2", "spread, 2 nodes: node CPU µs/msg, both nodes", "us", "",
+     None),
+    ("cluster-spread", "cpu_us_3", "spread, 3 nodes: node CPU µs/msg, all nodes", "us", "",
+     None),
+    ("cluster-spread", "lost", "spread: messages lost ({messages:,} a size)", "int", "0",
+     lambda v: v == 0),
+    ("cluster-cross", "cross_ratio", "QoS 0: across 2 nodes ÷ on 1 node, msg/s", "ratio",
+     "≥ 0.8", lambda v: v >= 0.8),
+    ("cluster-cross", "cross_cpu_ratio", "… the same by node CPU per message: 1 node's ÷ "
+     "both nodes'", "ratio", "≥ 0.8", lambda v: v >= 0.8),
+    ("cluster-cross", "single_per_s", "QoS 0, 1 node: msg/s", "rate", "", None),
+    ("cluster-cross", "cross_per_s", "QoS 0, node A → node B: msg/s", "rate", "", None),
+    ("cluster-cross", "single_cpu_us", "QoS 0, 1 node: node CPU µs/msg", "us", "", None),
+    ("cluster-cross", "cross_cpu_us", "QoS 0, A → B: node CPU µs/msg, both nodes", "us", "",
+     None),
+    ("coap-non", "coap_each_cpu_ratio", "CoAP NON POST ÷ MQTT QoS 0 one PUBLISH a send, by "
+     "broker CPU per message", "ratio", "≥ 0.5", lambda v: v >= 0.5),
+    ("coap-non", "coap_each_rate_ratio", "… by delivered rate", "ratio", "≥ 0.5",
+     lambda v: v >= 0.5),
+    ("coap-non", "coap_batch_cpu_ratio", "CoAP NON POST ÷ MQTT QoS 0 in 64 KiB sends (as "
+     "fan-in), by broker CPU per message", "ratio", "≥ 0.5", lambda v: v >= 0.5),
+    ("coap-non", "coap_batch_rate_ratio", "… by delivered rate", "ratio", "≥ 0.5",
+     lambda v: v >= 0.5),
+    ("coap-non", "coap_non_per_s", "CoAP NON POSTs delivered/s (unpaced, C sender)", "rate", "",
+     None),
+    ("coap-non", "coap_broker_us", "CoAP NON: broker CPU µs per delivered message", "us", "",
+     None),
+]
+
 # The throughput plot: (scenario, key, label)
 PLOTTED = [("fan-in", "delivered_per_s", "fan-in\nmsg/s"),
            ("fan-out", "delivered_per_s", "fan-out\ndeliveries/s"),
@@ -62,6 +116,8 @@ def fmt(value: float | None, kind: str) -> str:
             if abs(value) >= div:
                 return f"{value / div:.3g}{suffix}"
         return f"{value:.3g}"
+    if kind == "ratio":  # 0.64, 0.02, 0.0042: two digits that mean something
+        return f"{value:.2f}" if abs(value) >= 0.1 else f"{value:.2g}"
     if kind == "pct":
         return f"{value:.4g}"
     if kind == "int":
@@ -77,7 +133,7 @@ def summary(line: dict) -> str:
     if line.get("skipped"):
         return (f"{line.get('broker', '?'):9} {line.get('scenario', '?'):21} skip "
                 f"{line['skipped']}")
-    keys = [k for s, k, *_ in METRICS if s == line.get("scenario")]
+    keys = [k for s, k, *_ in [*METRICS, *OWN] if s == line.get("scenario")]
     if line.get("scenario") == "ceiling":
         keys = ["fanin_per_s", "fanout_deliveries_per_s"]
     figures = " ".join(f"{k}={line[k]}" for k in keys if line.get(k) is not None)
@@ -153,6 +209,35 @@ def ratio(mine: float | None, theirs: float | None) -> str:
     return f"{r:,.0f}x" if abs(r) >= 100 else f"{r:.2f}x"
 
 
+def own_table(lines: list[dict]) -> list[str]:
+    """Our own scenarios' figures, the target beside each (scenarios not run: no rows)."""
+    ran = {ln.get("scenario") for ln in lines if ln.get("broker") == "ours"}
+    rows = [r for r in OWN if r[0] in ran]
+    if not rows:
+        return []
+    out = ["| figure (ours) | median (min-max) | target | met |", "|---|---|---|---|"]
+    first_row = {}
+    for scenario, key, label, kind, target, met in rows:
+        first_row.setdefault(scenario, key)
+        runs = [ln for ln in lines if ln.get("broker") == "ours"
+                and ln.get("scenario") == scenario]
+        vals = values(lines, "ours", scenario, key)
+        text = cell(vals, kind)
+        bad = sum(1 for ln in runs if not ln.get("ok"))
+        if bad and first_row[scenario] == key:
+            text += f" ✗{bad}/{len(runs)}"
+        done = [ln for ln in runs if not ln.get("skipped")]
+        if not done:
+            text = "not measured"
+        verdict = "" if met is None or not vals else ("yes" if met(median(vals)) else "**no**")
+        try:
+            label = label.format(**done[0])
+        except (KeyError, ValueError, IndexError):  # not run: its sizes unknown
+            label = re.sub(r"\{[^}]*\}", "N", label)
+        out.append(f"| {label} | {text} | {target} | {verdict} |")
+    return out
+
+
 def disturbed_notes(lines: list[dict]) -> list[str]:
     """Measurements during which other processes used much of the (shared) machine."""
     hits = [f"{LABELS.get(ln['broker'], ln['broker'])} {ln['scenario']} (run {ln['run'] + 1}: "
@@ -177,7 +262,8 @@ def why_failed(ln: dict) -> str:
                  for v in ("disconnect", "reset") for q in (0, 1) if ln.get(f"lost_qos{q}_{v}")]
         return "lost " + ", ".join(parts)
     if ln.get("lost"):
-        return f"lost {ln['lost']:,} of {ln.get('sent', 0) * (10 if ln['scenario'] == 'fan-out' else 1):,}"
+        sent = ln.get("sent", 0) * (10 if ln["scenario"] == "fan-out" else 1)
+        return f"lost {ln['lost']:,} of {sent or ln.get('messages', 0):,}"
     if "held" in ln:
         return f"held {ln['held']:,} of {ln.get('target'):,} connections"
     return "failed"
@@ -284,6 +370,13 @@ def markdown(lines: list[dict], info: dict, brokers: list[str], imgdir: Path) ->
     ratios = ratio_table(lines, brokers)
     if ratios:
         out += ["### Ours relative to the others (ratio of medians)", "", *ratios, ""]
+    own = own_table(lines)
+    if own:
+        out += ["### Our own scenarios: ratios against ourselves in the same run", "",
+                "No peer has a Redis store, a cluster or a CoAP gateway that compares, so "
+                "issue 19's targets for these are ratios of our broker against itself, "
+                "measured side by side in each run (bench/ourscen.py; the scenarios are "
+                "described below). Medians of the runs' own ratios.", "", *own, ""]
     notes = failure_notes(lines)
     if notes:
         out += ["### Failures and losses", "", *notes, ""]
@@ -324,8 +417,40 @@ def markdown(lines: list[dict], info: dict, brokers: list[str], imgdir: Path) ->
             "- publisher disconnect: 10,000 QoS 0 + 10,000 QoS 1 messages, then (a) DISCONNECT "
             "and close, (b) close with PUBACKs unread (the kernel sends a reset; every byte "
             "stays readable by the broker); a broker that drops any fails.",
+            *own_scenarios(lines, info),
             END]
     return "\n".join(out) + "\n"
+
+
+def own_scenarios(lines: list[dict], info: dict) -> list[str]:
+    """The Scenarios list's lines for our own scenarios that ran."""
+    ran = {ln.get("scenario") for ln in lines if ln.get("broker") == "ours"}
+    text = {
+        "redis-qos1": "redis-qos1 (ours only): bench/bench_store.py's QoS 1 run, a persistent "
+        "subscriber acknowledging each message and a publisher keeping 100 unacknowledged, on "
+        "the memory store and then on the Redis store (a redis-server of its own, "
+        "`appendonly yes`, `appendfsync everysec`), the order alternating between runs.",
+        "redis-connack": "redis-connack (ours only): bench_store.py's `--connacks`: a "
+        "persistent session with that many QoS 1 messages queued on the Redis store "
+        "reconnects without acknowledging, so that every CONNACK finds the whole queue.",
+        "cluster-spread": "cluster-spread (ours only): bench/cluster.py's spread on 1, 2 and 3 "
+        "clustered nodes (one redis-server), a QoS 1 publisher (window 100) and a subscriber "
+        "on each node, every publisher spreading its messages over every subscriber, so "
+        "(n-1)/n cross nodes; node CPU per message from /proc, and 1 node's over n nodes' is "
+        "the fraction of linear scaling (issue 16's measure).",
+        "cluster-cross": "cluster-cross (ours only): bench/cluster.py's QoS 0 run (the "
+        "publisher at most 2,000 messages ahead of the subscriber), publisher and subscriber "
+        "on one node without `--cluster`, then publisher on node A and subscriber on node B "
+        "of a two-node cluster; both on the Redis store.",
+        "coap-non": "coap-non (ours only): bench/coap_non.py: CoAP NON POSTs (a C sender, "
+        "unpaced; UDP drops what the broker does not read) and MQTT QoS 0 from one "
+        "connection, one PUBLISH a send and in 64 KiB sends, interleaved in rounds through "
+        "one broker into one MQTT subscriber; its printed ratios (bench/ourscen.py's `COAP`).",
+    }
+    out = [f"- {text[s]}" for s in text if s in ran]
+    if out and info.get("redis"):
+        out.append(f"- Our own scenarios' Redis: {info['redis']}.")
+    return out
 
 
 def write_section(doc: Path, section: str) -> None:
