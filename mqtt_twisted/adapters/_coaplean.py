@@ -39,9 +39,9 @@ _ACK_CHANGED = 0x60, m.CHANGED
 
 def at_once(d: Deferred[Any]) -> Any:
     """The value ``d`` has already (a Deferred that fired with one), else PENDING."""
-    if d.called:
+    if d.called and not d.paused:  # (paused: its result is a Deferred it waits for)
         result = d.result
-        if not isinstance(result, (Failure, Deferred)):
+        if not isinstance(result, Failure):
             return result
     return PENDING
 
