@@ -26,6 +26,11 @@ at a fraction of its unpaced median and counts what UDP lost: the rate with no l
 
     python bench/coap_non.py --rounds 5 --seconds 3
     python bench/coap_non.py --rounds 5 --checkout /tmp/main-tree   # before/after
+
+``--in-process N`` measures instead the listener's own cost, without sockets or other
+processes: N NON POSTs handed to ``CoapServer.datagramReceived`` of a broker whose one
+subscriber is a virtual session (a sink that counts), process CPU time per POST, each
+tree in its own process, interleaved over the rounds.
 """
 
 from __future__ import annotations
@@ -88,6 +93,15 @@ def non_post(no_response: bool) -> bytes:
 
 def proc_cpu(pid: int) -> float:
     return broker_cpu_s(pid) or 0.0
+
+
+def proc_stime(pid: int) -> float:
+    """A process's CPU time in the kernel (stime), seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[12]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError):
+        return 0.0
 
 
 # --- the processes ---------------------------------------------------------------------------
@@ -188,7 +202,8 @@ def run(broker: Broker, lib_path: str, scenario: str, warmup: float, seconds: fl
 
     def sample() -> tuple[float, ...]:
         return (time.perf_counter(), broker.count.value, sent.value, proc_cpu(broker.proc.pid),
-                proc_cpu(proc.pid or 0), proc_cpu(broker.sub.pid or 0))
+                proc_cpu(proc.pid or 0), proc_cpu(broker.sub.pid or 0),
+                proc_stime(broker.proc.pid))
 
     a = sample()
     time.sleep(seconds)
@@ -204,7 +219,75 @@ def run(broker: Broker, lib_path: str, scenario: str, warmup: float, seconds: fl
             "sender_us": (b[4] - a[4]) / max(put, 1) * 1e6,
             "broker_core": (b[3] - a[3]) / wall, "sender_core": (b[4] - a[4]) / wall,
             "sub_core": (b[5] - a[5]) / wall,
+            "broker_sys": (b[6] - a[6]) / max(b[3] - a[3], 1e-9),
             "sent": sent.value, "lost": sent.value - (broker.count.value - base)}
+
+
+# --- in process --------------------------------------------------------------------------
+
+IN_PROCESS = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from twisted.internet import reactor
+from zope.interface import implementer
+from mqtt_twisted.adapters._coaprequests import CoapConfig
+from mqtt_twisted.adapters.coap import CoapServer
+from mqtt_twisted.gateway import Gateway
+from mqtt_twisted.interfaces import IMessageSink
+from mqtt_twisted.service import BrokerService
+from mqtt_twisted.store.memory import MemoryStore
+
+@implementer(IMessageSink)
+class Sink:
+    got = 0
+    def deliver(self, message, qos):
+        self.got += 1
+
+class Dropped:
+    def write(self, data, addr=None):
+        pass
+
+def main():
+    service = BrokerService(reactor, MemoryStore(reactor), None, None, None, 10.0, 0)
+    service.startService()
+    gateway, sink = Gateway(service.broker), Sink()
+    gateway.openSession("sub", sink, True)
+    gateway.subscribe("sub", "bench/t", 0)
+    server = CoapServer(reactor, gateway, CoapConfig(max_request_rate=0))
+    server.transport = Dropped()
+    n = int(sys.argv[2])
+    datagrams = [bytes.fromhex(h) for h in sys.argv[3:]]
+    for data in datagrams:
+        batch = [data[:2] + (i & 0xFFFF).to_bytes(2, "big") + data[4:] for i in range(n)]
+        server.dedup.seen.clear()
+        before, start = sink.got, time.process_time()
+        for d in batch:
+            server.datagramReceived(d, ("127.0.0.1", 40000))
+        print((time.process_time() - start) / n * 1e6, sink.got - before)
+    reactor.stop()
+
+reactor.callWhenRunning(main)
+reactor.run()
+"""
+
+
+def in_process(trees: list[tuple[str, Path]], rounds: int, count: int) -> None:
+    """Process CPU per NON POST (without and with No-Response) in each tree."""
+    datagrams = [non_post(False).hex(), non_post(True).hex()]
+    got: dict[str, list[list[float]]] = {name: [[], []] for name, _ in trees}
+    for r in range(rounds):
+        for name, root in trees if r % 2 == 0 else trees[::-1]:
+            out = subprocess.run([sys.executable, "-c", IN_PROCESS, str(root), str(count),
+                                  *datagrams], capture_output=True, text=True, check=True,
+                                 env=dict(os.environ, PYTHONPATH=str(root)))
+            for i, line in enumerate(out.stdout.split("\n")[:2]):
+                us, delivered = line.split()
+                if int(delivered) != count:
+                    raise SystemExit(f"{name}: {delivered} of {count} delivered")
+                got[name][i].append(float(us))
+    for name, (plain, quiet) in got.items():
+        print(f"[{name}] in process, us per NON POST over {rounds} rounds: "
+              f"{spread(plain, '.2f')}; with No-Response {spread(quiet, '.2f')}")
 
 
 # --- the report ------------------------------------------------------------------------------
@@ -218,7 +301,8 @@ def spread(values: list[float], fmt: str = ",.0f") -> str:
 def report(name: str, results: dict[str, list[dict[str, float]]]) -> None:
     print(f"\n[{name}] medians (range) over {len(next(iter(results.values())))} rounds")
     print(f"{'scenario':12} {'delivered/s':>24} {'broker us/msg':>18} {'broker core':>12} "
-          f"{'sender us/msg':>15} {'sender core':>12} {'sub core':>9} {'lost':>9}")
+          f"{'kernel':>7} {'sender us/msg':>15} {'sender core':>12} {'sub core':>9} "
+          f"{'lost':>9}")
     for scenario, rows in results.items():
         def col(key: str, rows: list[dict[str, float]] = rows) -> list[float]:
             return [r[key] for r in rows]
@@ -226,6 +310,7 @@ def report(name: str, results: dict[str, list[dict[str, float]]]) -> None:
         lost = sum(r["lost"] for r in rows) / max(1, sum(r["sent"] for r in rows))
         print(f"{scenario:12} {spread(col('rate')):>24} {spread(col('broker_us'), '.2f'):>18} "
               f"{statistics.median(col('broker_core')):>12.2f} "
+              f"{statistics.median(col('broker_sys')):>7.0%} "
               f"{statistics.median(col('sender_us')):>15.2f} "
               f"{statistics.median(col('sender_core')):>12.2f} "
               f"{statistics.median(col('sub_core')):>9.2f} {lost:>9.1%}")
@@ -271,6 +356,8 @@ def main() -> None:
                         help="another tree whose broker is measured too, interleaved")
     parser.add_argument("--paced", type=float, nargs="*", default=[0.5, 0.8],
                         help="fractions of the unpaced coap-non median to pace it at")
+    parser.add_argument("--in-process", type=int, metavar="N", help="instead: N NON POSTs "
+                        "handed to the listener in process, per tree and round")
     parser.add_argument("--profile", metavar="OUT", help="instead: py-spy record the "
                         "broker (this tree) under the first scenario for --seconds; writes "
                         "OUT.svg and OUT.txt (collapsed stacks)")
@@ -279,6 +366,9 @@ def main() -> None:
     trees = [("this", ROOT)] + [(str(p), p.resolve()) for p in args.checkout]
     print(f"python {sys.version.split()[0]}, nproc {os.cpu_count()}, 64-byte payloads, "
           f"load average {open('/proc/loadavg').read().split()[:3]}")
+    if args.in_process:
+        in_process(trees, args.rounds, args.in_process)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         build_sender(tmp)
         lib_path = os.path.join(tmp, "sendblast.so")
@@ -300,7 +390,8 @@ def main() -> None:
                         results[broker.name][scenario].append(row)
                         print(f"round {r + 1} {broker.name} {scenario}: {row['rate']:,.0f}/s "
                               f"broker {row['broker_us']:.2f} us/msg "
-                              f"({row['broker_core']:.2f} core), sender "
+                              f"({row['broker_core']:.2f} core, "
+                              f"{row['broker_sys']:.0%} in the kernel), sender "
                               f"{row['sender_core']:.2f} core, lost {row['lost']:,}",
                               flush=True)
             for broker in brokers:

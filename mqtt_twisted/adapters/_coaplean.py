@@ -33,8 +33,11 @@ log = Logger(namespace="mqtt_twisted.adapters.coap")
 
 #: What :func:`at_once` says of a Deferred with no value yet (or a failure).
 PENDING: Any = object()
-_NON_CHANGED = 0x50, m.CHANGED  # first byte (without the token length), code
-_ACK_CHANGED = 0x60, m.CHANGED
+#: The first two bytes of a NON 2.04 and of an ACK 2.04, by token length.
+_NON_CHANGED = tuple(bytes((0x50 | tkl, m.CHANGED)) for tkl in range(m.MAX_TOKEN + 1))
+_ACK_CHANGED = tuple(bytes((0x60 | tkl, m.CHANGED)) for tkl in range(m.MAX_TOKEN + 1))
+#: Endpoints whose ``host:port`` text is kept (all forgotten when full).
+PEERS_KEPT = 4096
 
 
 def at_once(d: Deferred[Any]) -> Any:
@@ -53,11 +56,12 @@ def _log_failure(failure: Failure, topic: str) -> None:
 class LeanPublisher:
     """One listener's lean path: ``take`` a datagram, or leave it (False)."""
 
-    __slots__ = ("server", "plans")
+    __slots__ = ("server", "plans", "peers")
 
     def __init__(self, server: Any) -> None:
         self.server = server  # the CoapServer: dedup, send, mids, requests, follow
         self.plans = PlanCache()
+        self.peers: dict[Any, str] = {}  # address -> its text (a device sends again)
 
     def take(self, data: bytes, addr: Any) -> bool:
         """Serve ``data`` (a CON or NON within the rate) if a plan covers it."""
@@ -79,7 +83,11 @@ class LeanPublisher:
                 server.send(seen, addr)  # the same answer again, not a second publish
             return True
         ps = plan.ps
-        peer = f"{addr[0]}:{addr[1]}"
+        peer = self.peers.get(addr)
+        if peer is None:
+            if len(self.peers) >= PEERS_KEPT:
+                self.peers.clear()
+            peer = self.peers[addr] = f"{addr[0]}:{addr[1]}"
         client_id = ps.client_id or "coap-" + peer
         credentials = Credentials(client_id, ps.username, ps.password, None, peer, "coap")
         d = service.authenticate(credentials)
@@ -104,12 +112,11 @@ class LeanPublisher:
         if data[0] & 0x30:  # NON: a NON 2.04 of our own, unless it asked for none
             if plan.quiet:
                 return True
-            answer = bytes((_NON_CHANGED[0] | tkl, _NON_CHANGED[1])) \
-                + server.mids().to_bytes(2, "big") + token
+            answer = _NON_CHANGED[tkl] + server.mids().to_bytes(2, "big") + token
         elif plan.quiet:  # CON: the ACK it needs, empty when it wants no 2.04
             answer = m.empty_ack(mid)
         else:
-            answer = bytes((_ACK_CHANGED[0] | tkl, _ACK_CHANGED[1], data[2], data[3])) + token
+            answer = _ACK_CHANGED[tkl] + data[2:4 + tkl]
         server.send(answer, addr)
         dedup.answered(addr, mid, answer)
         return True
