@@ -22,9 +22,9 @@ from mqtt_twisted.coap.lean import PlanCache, plan_of
 from mqtt_twisted.interfaces import IAuthorizer
 
 try:
-    from tests.coapbroker import CoapBrokerTestCase, request
+    from tests.coapbroker import NO_LIBCOAP, CoapBrokerTestCase, request
 except ImportError:  # pytest's rootdir-relative import of tests/ as a plain directory
-    from coapbroker import CoapBrokerTestCase, request  # type: ignore[no-redef]
+    from coapbroker import NO_LIBCOAP, CoapBrokerTestCase, request  # type: ignore[no-redef]
 
 OPEN = SimpleNamespace(maximum_qos=2, retain_available=True)
 
@@ -198,3 +198,21 @@ class LateAuthorizerTests(LeanUDPTests):
     callbacks take over and answer alike."""
 
     authorizer = LateAuthorizer()
+
+
+class LibcoapNoResponseTests(CoapBrokerTestCase):
+    """libcoap's client with No-Response 2 (``-O 258,0x02``), as docs/coap.md shows it."""
+
+    skip = NO_LIBCOAP
+
+    @inlineCallbacks
+    def test_quiet_non_post_reaches_paho(self) -> Any:
+        sub = yield self.paho("sub")
+        yield sub.subscribe(("sensors/#", 0))
+        # (-B 1: libcoap waits that long for the answer it asked not to get.)
+        _, err, code = yield self.coap_client("-B", "1", "-N", "-m", "post", "-O",
+                                              "258,0x02", "-e", "21.5",
+                                              self.url("/ps/sensors/t"))
+        self.assertEqual(code, 0, err)
+        message = yield sub.next_message()
+        self.assertEqual((message.topic, message.payload), ("sensors/t", b"21.5"))
