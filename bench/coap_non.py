@@ -332,7 +332,7 @@ def profile(broker: Broker, lib_path: str, scenario: str, args: argparse.Namespa
         raise SystemExit("py-spy not found: pip install py-spy")
     seconds = args.warmup + args.seconds + 1
     cmd = [spy, "record", "--nonblocking", "--pid", str(broker.proc.pid), "--duration",
-           str(int(seconds + 1)), "--rate", "250"]
+           str(int(seconds + 1)), "--rate", "250", *(["--gil"] if args.gil else [])]
     recorders = [subprocess.Popen([*cmd, "--format", fmt, "--output", out],
                                   stdout=subprocess.DEVNULL)
                  for fmt, out in (("flamegraph", f"{args.profile}.svg"),
@@ -358,6 +358,8 @@ def main() -> None:
                         help="fractions of the unpaced coap-non median to pace it at")
     parser.add_argument("--in-process", type=int, metavar="N", help="instead: N NON POSTs "
                         "handed to the listener in process, per tree and round")
+    parser.add_argument("--gil", action="store_true", help="with --profile: only samples "
+                        "holding the GIL (Python's own time, no system calls)")
     parser.add_argument("--profile", metavar="OUT", help="instead: py-spy record the "
                         "broker (this tree) under the first scenario for --seconds; writes "
                         "OUT.svg and OUT.txt (collapsed stacks)")
