@@ -52,6 +52,29 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def start_broker(workdir: str, mqtt_port: int, coap: str, root: Path = ROOT,
+                 extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    """``twistd -n mqttbroker`` from the checkout at ``root`` with an MQTT listener on
+    ``mqtt_port`` and a CoAP one on ``udp:{coap}``, once it accepts MQTT clients."""
+    broker = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.argv[0] = 'twistd'; "
+         "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+         "--logfile", os.path.join(workdir, "broker.log"), "mqttbroker",
+         "--listen", f"tcp:{mqtt_port}:interface=127.0.0.1",
+         "--listen", f"coap=udp:{coap}", "--sys-interval", "0", *extra],
+        cwd=workdir, env=dict(os.environ, PYTHONPATH=str(root)))
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", mqtt_port), timeout=0.2).close()
+            return broker
+        except OSError:
+            if time.monotonic() > deadline or broker.poll() is not None:
+                broker.kill()
+                raise SystemExit("the broker did not start") from None
+            time.sleep(0.05)
+
+
 def post(mid: int, topic: str, qos: int, payload: bytes, mtype: int = m.CON) -> bytes:
     msg = m.CoapMessage(mtype, m.POST, mid, mid.to_bytes(2, "big"), [], payload)
     msg.add(opt.URI_PATH, "ps")
@@ -211,25 +234,9 @@ def main() -> None:
     args = parser.parse_args()
     mqtt_port, coap_port = free_port(), free_port(socket.SOCK_DGRAM)
     with tempfile.TemporaryDirectory() as tmp:
-        broker = subprocess.Popen(
-            [sys.executable, "-c", "import sys; sys.argv[0] = 'twistd'; "
-             "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-             "--logfile", os.path.join(tmp, "broker.log"), "mqttbroker",
-             "--listen", f"tcp:{mqtt_port}:interface=127.0.0.1",
-             "--listen", f"coap=udp:{coap_port}:interface=127.0.0.1:maxObservations=4"
-             ":maxRequestRate=0",
-             "--sys-interval", "0"],
-            cwd=tmp, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        broker = start_broker(tmp, mqtt_port, f"{coap_port}:interface=127.0.0.1"
+                              ":maxObservations=4:maxRequestRate=0")
         try:
-            deadline = time.monotonic() + 15
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", mqtt_port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise SystemExit("the broker did not start") from None
-                    time.sleep(0.05)
             sub = Subscriber(mqtt_port, "bench/#", "bench-all")  # every publish has a subscriber
             sub.start()
             # Interleaved 1-second slices, medians: the machine's load drifts, and this

@@ -170,9 +170,10 @@ class CoapRequests:
 
     def answer(self, request: m.CoapMessage, link: Any) -> Deferred[Answer]:
         """The answer to ``request``, failures included (never fails)."""
-        return maybeDeferred(self.handle, request, link).addErrback(self._failed, request)
+        return maybeDeferred(self.handle, request, link).addErrback(self.failed, request)
 
-    def _failed(self, failure: Failure, request: m.CoapMessage) -> Answer:
+    def failed(self, failure: Failure, request: m.CoapMessage) -> Answer:
+        """The answer to a request whose handling failed (an error answer, or 5.00)."""
         error = error_of(failure.value)
         if error is None:
             log.failure("CoAP {code} request failed", failure, code=m.code_text(request.code))
@@ -300,6 +301,14 @@ class CoapRequests:
                 identity: Any) -> Deferred[Answer]:
         """Authorize, then publish; 2.04 at once at QoS 0, once the broker holds the
         message at QoS 1/2.  (Plain callbacks: the busiest request.)"""
+        return self.publish_if(
+            self.service.authorize(PUBLISH, identity, client_id, ps.topic), ps, request,
+            client_id)
+
+    def publish_if(self, authorized: Deferred[bool], ps: PsRequest, request: m.CoapMessage,
+                   client_id: str) -> Deferred[Answer]:
+        """:meth:`publish` once ``authorized`` (the authorizer's answer) says yes; the
+        lean path (``adapters/_coaplean.py``) hands over here when it is not there yet."""
 
         def allowed(yes: bool) -> Any:
             if not yes:
@@ -311,8 +320,7 @@ class CoapRequests:
                 return _changed()
             return d.addCallback(lambda _: _changed())
 
-        return self.service.authorize(PUBLISH, identity, client_id, ps.topic).addCallback(
-            allowed)
+        return authorized.addCallback(allowed)
 
     @inlineCallbacks
     def read(self, ps: PsRequest, client_id: str, identity: Any) -> Any:

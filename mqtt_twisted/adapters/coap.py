@@ -16,11 +16,13 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet import udp
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from mqtt_twisted.adapters import tls
+from mqtt_twisted.adapters._coaplean import LeanPublisher
 from mqtt_twisted.adapters._coapobserve import CoapClient, Observation
 from mqtt_twisted.adapters._coaprequests import OPTIONS, Answer, CoapConfig, CoapRequests
 from mqtt_twisted.adapters.kit import DatagramListener, parse_udp
@@ -98,6 +100,13 @@ class _Exchange:
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         server, request = self.server, self.request
+        if mapping.no_response(request.option(opt.NO_RESPONSE), answer.code):
+            # RFC 7967: not wanted.  A CON still gets the ACK that ends its resending.
+            if request.type == m.CON and not self.acked:
+                data = m.empty_ack(request.mid)
+                server.send(data, self.peer)
+                server.dedup.answered(self.peer, request.mid, data)
+            return
         if self.acked:  # a separate response, confirmable
             mid = server.mids()
             data = m.encode(m.CoapMessage(m.CON, answer.code, mid, request.token,
@@ -124,6 +133,11 @@ class CoapServer(DatagramProtocol):
         #: The 4.29 answers to an address over the rate, themselves limited to as many.
         self.refusals = RateLimiter(reactor, config.max_request_rate)
         self.notes: OrderedDict[tuple[Any, int], tuple[CoapClient, Observation]] = OrderedDict()
+        self.lean = LeanPublisher(self)
+        #: The socket's own sendto on a plain UDP port (not under DTLS): Twisted's
+        #: ``write`` checks the address's form on every datagram, and ours come
+        #: from ``recvfrom``.
+        self.sendto: Any = None
 
     def startProtocol(self) -> None:
         """A receive buffer for bursts: the kernel's default drops datagrams that come
@@ -134,24 +148,41 @@ class CoapServer(DatagramProtocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
             except OSError:
                 pass
+            if isinstance(self.transport, udp.Port):
+                self.sendto = sock.sendto
 
     def send(self, data: bytes, peer: Any) -> None:
+        sendto = self.sendto
+        if sendto is not None:
+            try:
+                sendto(data, peer)
+                return
+            except OSError:
+                pass  # Twisted's write deals with it (EINTR again, ECONNREFUSED ignored)
         if self.transport is not None:
             self.transport.write(data, peer)
 
+    def link(self, addr: Any) -> UdpPeer:
+        """The link (``_coaprequests``) of the endpoint at ``addr``."""
+        return UdpPeer(addr, self)
+
     def stopProtocol(self) -> None:
+        self.sendto = None
         self.retransmitter.stop()
         self.requests.close_all()
 
     # --- datagrams in -------------------------------------------------------------------
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
-        if data and data[0] & 0x20 == 0 and not self.rate.allow(addr[0]):
-            # A CON or NON (type bits 00/01; ACKs and RSTs are never refused) from an
-            # address over maxRequestRate: refused before it is even decoded, so that
-            # a flood costs the broker little more than reading it.
-            self.refuse(data, addr)
-            return
+        if data and data[0] & 0x20 == 0:  # a CON or NON (type bits 00/01)
+            if not self.rate.allow(addr[0]):
+                # From an address over maxRequestRate (ACKs and RSTs are never
+                # refused): refused before it is even decoded, so that a flood costs
+                # the broker little more than reading it.
+                self.refuse(data, addr)
+                return
+            if self.lean.take(data, addr):  # a plain QoS 0 publish (_coaplean.py)
+                return
         try:
             msg = m.decode(data)
         except m.CoapFormatError as e:
@@ -172,9 +203,13 @@ class CoapServer(DatagramProtocol):
             if seen:
                 self.send(seen, addr)  # the same answer again, not a second action
             return
+        self.follow(self.requests.answer(msg, UdpPeer(addr, self)), msg, addr)
+
+    def follow(self, answer: Any, msg: m.CoapMessage, addr: Any) -> None:
+        """Send ``answer`` (a Deferred Answer that does not fail) to request ``msg``
+        from ``addr`` when it comes: piggybacked if quick, else after an empty ACK."""
         exchange = _Exchange(self, msg, addr)
-        d = self.requests.answer(msg, UdpPeer(addr, self))
-        d.addCallback(self._answer, exchange)
+        answer.addCallback(self._answer, exchange)
         if not exchange.done and msg.type == m.CON:
             exchange.timer = self.reactor.callLater(SEPARATE_AFTER, exchange.ack_now)
 

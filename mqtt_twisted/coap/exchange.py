@@ -139,6 +139,8 @@ class Deduplicator:
         self.lifetime = lifetime
         self.limit = limit
         self.seen: OrderedDict[tuple[Peer, int], tuple[float, bytes]] = OrderedDict()
+        #: Nothing is older than the lifetime before this time (the oldest entry's).
+        self.purge_at = 0.0
 
     def __len__(self) -> int:
         return len(self.seen)
@@ -165,12 +167,16 @@ class Deduplicator:
             self.seen[key] = (found[0], response)
 
     def _purge(self, now: float) -> None:
+        if now < self.purge_at:  # (every request asks: mostly nothing to do)
+            return
         seen, horizon = self.seen, now - self.lifetime
         while seen:
             key, (when, _) = next(iter(seen.items()))
             if when > horizon:
-                break
+                self.purge_at = when + self.lifetime
+                return
             del seen[key]
+        self.purge_at = now + self.lifetime
 
 
 class RateLimiter:

@@ -235,5 +235,17 @@ def reply(request: m.CoapMessage, code: int, payload: bytes = b"",
     return m.CoapMessage(m.NON, code, mid, request.token, options or [], payload)
 
 
+#: RFC 7967 No-Response bits by response class: no interest in 2.xx, 4.xx, 5.xx.
+NO_RESPONSE_BITS = {2: 2, 4: 8, 5: 16}
+
+
+def no_response(value: bytes | None, code: int) -> bool:
+    """Whether a request's No-Response option value (RFC 7967) asks that an answer
+    of ``code``'s class not be sent (the device publishes and listens to nothing)."""
+    if not value:
+        return False
+    return bool(opt.decode_uint(value) & NO_RESPONSE_BITS.get(code >> 5, 0))
+
+
 def error_reply(request: m.CoapMessage, error: CoapError, mid: int = 0) -> m.CoapMessage:
     return reply(request, error.code, error.text.encode("utf-8"), error.options, mid)

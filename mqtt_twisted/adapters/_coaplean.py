@@ -1,0 +1,122 @@
+"""The lean path of the CoAP/UDP listener for its commonest request: a NON or CON POST
+(or PUT) of ``/ps/{topic}`` publishing at QoS 0, which ``mqtt_twisted/coap/lean.py``
+recognises from its bytes.
+
+The same steps as the general path of ``adapters/coap.py`` and
+``adapters/_coaprequests.py``, in the same order: duplicate detection (RFC 7252 §4.5:
+a NON's id is remembered too), authentication, authorization, the gateway's publish,
+the 2.04 (piggybacked on a CON's ACK, a NON of its own to a NON, none when the
+request's No-Response asks for none).  What it leaves out is the cost: no CoapMessage
+decoded, no PsRequest parsed, no Deferred chain when the gateway's answers are there
+at once (no authenticator, no authorizer, or ones that answer synchronously).  When
+one is not there yet, or is a refusal, the request goes on down the general path's
+callbacks from that point, which produce the answer or the error as before.
+
+Measured with ``python bench/coap_non.py`` (docs/benchmarks.md, "CoAP next to MQTT").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mqtt_twisted.coap import message as m
+from mqtt_twisted.coap.lean import PlanCache
+from mqtt_twisted.gateway import PUBLISH
+from mqtt_twisted.message import Message
+from mqtt_twisted.records import Credentials
+
+log = Logger(namespace="mqtt_twisted.adapters.coap")
+
+#: What :func:`at_once` says of a Deferred with no value yet (or a failure).
+PENDING: Any = object()
+#: The first two bytes of a NON 2.04 and of an ACK 2.04, by token length.
+_NON_CHANGED = tuple(bytes((0x50 | tkl, m.CHANGED)) for tkl in range(m.MAX_TOKEN + 1))
+_ACK_CHANGED = tuple(bytes((0x60 | tkl, m.CHANGED)) for tkl in range(m.MAX_TOKEN + 1))
+#: Endpoints whose ``host:port`` text is kept (all forgotten when full).
+PEERS_KEPT = 4096
+
+
+def at_once(d: Deferred[Any]) -> Any:
+    """The value ``d`` has already (a Deferred that fired with one), else PENDING."""
+    if d.called and not d.paused:  # (paused: its result is a Deferred it waits for)
+        result = d.result
+        if not isinstance(result, Failure):
+            return result
+    return PENDING
+
+
+def _log_failure(failure: Failure, topic: str) -> None:
+    log.failure("CoAP QoS 0 publish to {topic} failed", failure, topic=topic)
+
+
+class LeanPublisher:
+    """One listener's lean path: ``take`` a datagram, or leave it (False)."""
+
+    __slots__ = ("server", "plans", "peers")
+
+    def __init__(self, server: Any) -> None:
+        self.server = server  # the CoapServer: dedup, send, mids, requests, follow
+        self.plans = PlanCache()
+        self.peers: dict[Any, str] = {}  # address -> its text (a device sends again)
+
+    def take(self, data: bytes, addr: Any) -> bool:
+        """Serve ``data`` (a CON or NON within the rate) if a plan covers it."""
+        server = self.server
+        requests = server.requests
+        config = requests.config
+        if config.connection_required:
+            return False
+        service = requests.service
+        found = self.plans.lookup(data, service.settings, config.max_payload)
+        if found is None:
+            return False
+        plan, tkl, payload = found
+        mid = data[2] << 8 | data[3]
+        dedup = server.dedup
+        seen = dedup.check(addr, mid)
+        if seen is not None:
+            if seen:
+                server.send(seen, addr)  # the same answer again, not a second publish
+            return True
+        ps = plan.ps
+        peer = self.peers.get(addr)
+        if peer is None:
+            if len(self.peers) >= PEERS_KEPT:
+                self.peers.clear()
+            peer = self.peers[addr] = f"{addr[0]}:{addr[1]}"
+        client_id = ps.client_id or "coap-" + peer
+        credentials = Credentials(client_id, ps.username, ps.password, None, peer, "coap")
+        d = service.authenticate(credentials)
+        identity = at_once(d)
+        if identity is PENDING:
+            request = m.decode(data)
+            d.addCallback(requests.act_as, ps, request, server.link(addr), client_id,
+                          credentials)
+            server.follow(d.addErrback(requests.failed, request), request, addr)
+            return True
+        allowed = service.authorize(PUBLISH, identity, client_id, ps.topic)
+        if at_once(allowed) is not True:  # not yet, or no: the general path answers
+            request = m.decode(data)
+            answer = requests.publish_if(allowed, ps, request, client_id)
+            server.follow(answer.addErrback(requests.failed, request), request, addr)
+            return True
+        published = service.publish(Message(ps.topic, payload, 0, ps.retain, None,
+                                            dict(plan.properties)), client_id)
+        if at_once(published) is PENDING:  # at most once: a store failure is only logged
+            published.addErrback(_log_failure, ps.topic)
+        token = data[4:4 + tkl]
+        if data[0] & 0x30:  # NON: a NON 2.04 of our own, unless it asked for none
+            if plan.quiet:
+                return True
+            answer = _NON_CHANGED[tkl] + server.mids().to_bytes(2, "big") + token
+        elif plan.quiet:  # CON: the ACK it needs, empty when it wants no 2.04
+            answer = m.empty_ack(mid)
+        else:
+            answer = _ACK_CHANGED[tkl] + data[2:4 + tkl]
+        server.send(answer, addr)
+        dedup.answered(addr, mid, answer)
+        return True
