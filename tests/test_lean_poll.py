@@ -113,8 +113,8 @@ class LeanMainLoopTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
 
     def test_replaced_steps_are_still_called(self) -> None:
-        """A ``runUntilCurrent`` or ``timeout`` replaced after the install (a probe, a
-        test) is called each pass rather than tested inline."""
+        """A ``runUntilCurrent`` or ``timeout`` replaced after the install and before
+        ``run`` (a probe, a test) is called each pass rather than tested inline."""
         reactor = self.reactor
         passes: list[str] = []
         run, timeout = reactor.runUntilCurrent, reactor.timeout
