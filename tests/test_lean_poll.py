@@ -8,7 +8,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from mqtt_twisted import turns
 from mqtt_twisted.adapters import _leanpoll
@@ -62,6 +62,68 @@ class EndOfTurnTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(self.done, [0, 1, 2, 3, 4])
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class LeanMainLoopTests(SynchronousTestCase):
+    """The loop of a reactor the lean loop was installed in before it ran (as twistd's
+    listeners start before ``run``): ``_leanpoll._main_loop``."""
+
+    def setUp(self) -> None:
+        if _leanpoll.EPollReactor is None:
+            raise SkipTest("no epoll")
+        self.reactor = _leanpoll.EPollReactor()  # (its own, not the tests' reactor)
+        self.addCleanup(self._close)
+        self.assertTrue(_leanpoll.install(self.reactor))
+
+    def _close(self) -> None:
+        reactor = self.reactor
+        for reader in list(getattr(reactor, "_internalReaders", ())):
+            reactor.removeReader(reader)
+            reader.connectionLost(None)
+        for call in reactor.getDelayedCalls():
+            call.cancel()
+        reactor._poller.close()
+
+    def test_timed_and_thread_calls_run_and_an_error_is_logged(self) -> None:
+        """Timed calls (one moved later), a thread's call and a stop all run; what a
+        pass raises is logged and the loop goes on, as ``with _topHandler`` did."""
+        reactor = self.reactor
+        self.assertIs(reactor.mainLoop.__func__, _leanpoll._main_loop)
+        ran: list[str] = []
+        iteration = reactor.doIteration
+
+        def failing_once(timeout: Any) -> None:
+            reactor.doIteration = iteration
+            raise ZeroDivisionError("a bug in a pass")
+
+        def note(what: str) -> None:
+            ran.append(what)
+            if len(ran) == 3:
+                reactor.stop()
+
+        reactor.callLater(0, setattr, reactor, "doIteration", failing_once)
+        reactor.callLater(0.01, note, "timed")
+        reactor.callLater(0.01, note, "later").delay(0.02)
+        reactor.callLater(0.01, lambda: threading.Thread(
+            target=reactor.callFromThread, args=(note, "thread")).start())
+        stuck = reactor.callLater(10, reactor.stop)
+        reactor.run(installSignalHandlers=False)
+        self.assertTrue(stuck.active())
+        self.assertEqual(sorted(ran), ["later", "thread", "timed"])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_replaced_steps_are_still_called(self) -> None:
+        """A ``runUntilCurrent`` or ``timeout`` replaced after the install and before
+        ``run`` (a probe, a test) is called each pass rather than tested inline."""
+        reactor = self.reactor
+        passes: list[str] = []
+        run, timeout = reactor.runUntilCurrent, reactor.timeout
+        reactor.runUntilCurrent = lambda: (passes.append("run"), run())[1]
+        reactor.timeout = lambda: (passes.append("timeout"), timeout())[1]
+        reactor.callLater(0.01, reactor.stop)
+        reactor.run(installSignalHandlers=False)
+        self.assertIn("run", passes)
+        self.assertIn("timeout", passes)
 
 
 class LeanPollTests(BrokerTestCase):

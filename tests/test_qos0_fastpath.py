@@ -580,3 +580,19 @@ def test_a_paused_receiver_is_written_through_as_the_general_path_does(
     expected = _held_read("general", max_queued_bytes)
     assert _held_read(impl, max_queued_bytes) == expected
     assert expected["written"] and expected["reading"] is False
+
+
+def test_the_pure_module_runs_without_cython_installed() -> None:
+    """``qos0.py`` uses Cython's pure-mode decorators; where Cython is not installed it
+    runs with ``_nocython``'s, which change nothing (the counters as before)."""
+    code = ("import sys; sys.modules['cython'] = None\n"
+            "from mqtt_twisted.core import qos0, _nocython\n"
+            "from mqtt_twisted.core.stats import BrokerStats\n"
+            "assert qos0.cython is _nocython\n"
+            "stats = BrokerStats()\n"
+            "qos0._count(stats, 't', 40, 3, 400)\n"
+            "print(stats.messages_received, stats.deliveries, stats.messages_sent,"
+            " stats.bytes_sent)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["40", "120", "120", "1200"]

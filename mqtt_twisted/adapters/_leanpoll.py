@@ -19,7 +19,10 @@ other reactor (poll, select, a test's fake) is left alone.
 
 Between passes the reactor's ``runUntilCurrent`` runs only when a timed call is new or
 due (or a thread's call, a stop, cancelled calls to sweep wait), and ``timeout`` does not
-look for new timed calls when there are none: two Python calls less a pass.
+look for new timed calls when there are none: two Python calls less a pass.  When the
+reactor has not entered its loop yet (a listener started before ``run``, as twistd's
+are), the loop is ours too (:func:`_main_loop`): those two tests inline, and a ``try``
+for the ``with _topHandler`` around each pass, four Python calls less a pass.
 
 It also runs the turn's end-of-turn work (``turns.after_turn``: the lean transports'
 sends and closes, the turn's log lines) itself once the events are handled, instead of
@@ -37,6 +40,7 @@ import types
 from typing import Any
 
 from twisted.internet.error import ConnectionFdescWentAway
+from twisted.logger import Logger, LogLevel
 from twisted.python import log
 
 from mqtt_twisted.turns import handling_events, run_due
@@ -74,6 +78,8 @@ def install(reactor: Any) -> bool:
     reactor.doIteration = reactor.doPoll = types.MethodType(_poll, reactor)
     reactor.runUntilCurrent = types.MethodType(_run_until_current, reactor)
     reactor.timeout = types.MethodType(_timeout, reactor)
+    if getattr(reactor.mainLoop, "__func__", None) is EPollReactor.mainLoop:
+        reactor.mainLoop = types.MethodType(_main_loop, reactor)  # (run() calls it next)
     return True
 
 
@@ -101,6 +107,64 @@ def _timeout(self: Any) -> float | None:
         return None
     delay = pending[0].time - self.seconds()
     return 0 if delay < 0 else delay if delay < _LONGEST else _LONGEST
+
+
+_log = Logger()
+
+
+def _main_loop(self: Any) -> None:
+    """``ReactorBase.mainLoop``: :func:`_passes`, then the line Twisted logs."""
+    _passes(self)
+    _log.info("Main loop terminated.")
+
+
+def _passes(self: Any) -> None:
+    """The reactor's passes while it runs, each with :func:`_run_until_current`'s and
+    :func:`_timeout`'s tests inline (when those are still the reactor's as the loop
+    starts: a replacement made before ``run`` is called each pass instead), and an
+    ``except`` that logs and goes on as ``with _topHandler`` did: what ran between a
+    message's write and the next ``epoll_wait`` was four Python calls, now none."""
+    run_inline = getattr(self.runUntilCurrent, "__func__", None) is _run_until_current
+    timeout_inline = getattr(self.timeout, "__func__", None) is _timeout
+    while self._started:
+        try:
+            while self._started:
+                if run_inline:
+                    pending = self._pendingTimedCalls
+                    if (self.threadCallQueue or self._newTimedCalls or self._justStopped
+                            or self._cancellations > 50
+                            or (pending and pending[0].time <= self.seconds())):
+                        EPollReactor.runUntilCurrent(self)
+                else:
+                    self.runUntilCurrent()
+                if not timeout_inline or self._newTimedCalls:
+                    t2 = self.timeout()
+                else:
+                    pending = self._pendingTimedCalls
+                    if not pending:
+                        t2 = None
+                    else:
+                        t2 = pending[0].time - self.seconds()
+                        t2 = 0 if t2 < 0 else t2 if t2 < _LONGEST else _LONGEST
+                self.doIteration(self.running and t2)
+        except BaseException:
+            _log.failure("Unexpected error in main loop", level=LogLevel.critical)
+
+
+class _NotRunning:
+    """A reactor that is not running, as :func:`_passes` sees it: it returns at once."""
+
+    _started = False
+    runUntilCurrent = timeout = None
+
+
+# CPython 3.11 specializes a function's attribute reads (quickens its code) only once it
+# has been entered a few times: _passes, entered once per run(), read every attribute
+# through the generic lookup for ever (measured: ~0.8k instructions a pass more than
+# the calls it saves).  Entered here a few times first, its reads are specialized as
+# the reactor's loop runs.  (3.12 and later quicken code when it is made.)
+for _ in range(16):
+    _passes(_NotRunning())
 
 
 def _poll(self: Any, timeout: float | None) -> None:

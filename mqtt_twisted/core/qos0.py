@@ -34,7 +34,11 @@ Sessions and their connections are looked up per message, so a reconnect, a
 takeover or a session's end is seen at once.
 
 ``core/_qos0.pyx`` compiles this very file (``include``) where a C compiler works;
-``core/fastpath.py`` chooses.  The counters are those of the general path:
+``core/fastpath.py`` chooses.  Compiled, the helpers a lone message goes through
+(``receivers``, ``_count``, ``_write``) are C functions called directly (``@cython.ccall``)
+and the batch's positions and counts C integers (``@cython.locals``): the generic Python
+arithmetic, the ``range`` of the top-topics sample and a call protocol each less
+(``docs/benchmarks.md``, session 12); run as Python the decorators change nothing.  The counters are those of the general path:
 ``messages_received`` (and the top-topics sample), ``deliveries``, ``messages_sent``
 and ``bytes_sent``.
 """
@@ -44,6 +48,11 @@ and ``bytes_sent``.
 from typing import TYPE_CHECKING, Any
 
 from mqtt_twisted.core import inbound
+
+try:  # compiled (core/_qos0.pyx): Cython's own, whose decorators make C functions
+    import cython
+except ImportError:  # run as Python without Cython installed: they change nothing
+    from mqtt_twisted.core import _nocython as cython  # type: ignore[no-redef]
 from mqtt_twisted.core.router import LocalRouter
 from mqtt_twisted.core.states import CLOSED
 from mqtt_twisted.core.stats import TOPIC_SAMPLE
@@ -80,6 +89,8 @@ def on_publish(conn: "MQTTConnection", packet: "Publish") -> None:
         link.transport.write(raw)
 
 
+@cython.ccall
+@cython.locals(topic=str, size=cython.Py_ssize_t, v5=cython.bint)
 def receivers(conn: "MQTTConnection", topic: str, size: int,
               held: bool = False) -> "list[Any] | None":
     """The connections to write a plain QoS 0 PUBLISH of ``size`` bytes (0: any size)
@@ -88,9 +99,9 @@ def receivers(conn: "MQTTConnection", topic: str, size: int,
     (:func:`_holding`: the general path would write through to it)."""
     broker = conn.broker
     router = broker.router
-    if (router.__class__ is not LocalRouter or router.shared_groups
+    if (type(router) is not LocalRouter or router.shared_groups
             or router.deliver is not broker.deliver or len(topic) > broker.short_topic
-            or topic[:1] == "$" or DEBUG.on):
+            or topic.startswith("$") or DEBUG.on):
         return None
     if broker.authorizer is not None:
         grants = conn.publish_grants
@@ -107,7 +118,7 @@ def receivers(conn: "MQTTConnection", topic: str, size: int,
     v5 = conn.version == 5
     sender = conn.client_id
     sessions = router.sessions
-    cls = conn.__class__
+    cls = type(conn)
     targets: list[Any] = []
     for client_id, no_local, ids in entry[1]:
         if no_local and client_id == sender:
@@ -116,10 +127,10 @@ def receivers(conn: "MQTTConnection", topic: str, size: int,
             return None
         session = sessions[client_id]
         link = session.connection
-        if (link is None or link.__class__ is not cls or session.queue
+        if (link is None or type(link) is not cls or session.queue
                 or (link.paused and not (held and _holding(broker, link, conn)))
                 or session.read_check is not None or link._aliases_out is not None
-                or (link.version == 5) is not v5 or (ids and v5)
+                or (link.version == 5) != v5 or (ids and v5)
                 or (size and link.max_send_size and size > link.max_send_size)):
             return None
         targets.append(link)
@@ -150,16 +161,25 @@ def _written_through(broker: Any, links: list[Any], size: int) -> bool:
     return True
 
 
+@cython.ccall
+@cython.locals(messages=cython.Py_ssize_t, receivers=cython.Py_ssize_t,
+               size=cython.Py_ssize_t, before=cython.Py_ssize_t, after=cython.Py_ssize_t,
+               sample=cython.Py_ssize_t, notes=cython.Py_ssize_t, sent=cython.Py_ssize_t)
 def _count(stats: Any, topic: str, messages: int, receivers: int, size: int) -> None:
     """The general path's counters for ``messages`` PUBLISHes of ``size`` bytes in all,
     each written to ``receivers`` connections (the top-topics sample: 1 in 16)."""
     before = stats.messages_received
-    stats.messages_received = before + messages
-    for _ in range((before + messages) // TOPIC_SAMPLE - before // TOPIC_SAMPLE):
+    after = before + messages
+    stats.messages_received = after
+    sample = TOPIC_SAMPLE
+    notes = after // sample - before // sample
+    while notes > 0:  # (compiled: a C loop, no range object)
         stats.topics.note(topic)
+        notes -= 1
     if receivers:
-        stats.deliveries += messages * receivers
-        stats.messages_sent += messages * receivers
+        sent = messages * receivers
+        stats.deliveries += sent
+        stats.messages_sent += sent
         stats.bytes_sent += receivers * size
 
 
@@ -202,6 +222,10 @@ RUN_BYTES = 16384
 _NAMES: dict[bytes, str] = {}
 
 
+@cython.locals(n=cython.Py_ssize_t, v5=cython.Py_ssize_t, pos=cython.Py_ssize_t,
+               count=cython.Py_ssize_t, work=cython.Py_ssize_t, run_start=cython.Py_ssize_t,
+               cost=cython.Py_ssize_t, end=cython.Py_ssize_t, packets=cython.Py_ssize_t,
+               longer=cython.Py_ssize_t, fresh=cython.bint)
 def read_share(conn: "MQTTConnection", data: bytes, handlers: Any) -> int:
     """One share of a connected client's read (with the bytes its decoder kept): plain
     QoS 0 PUBLISHes gathered into runs, each run's bytes written as one slice to each of
@@ -307,6 +331,8 @@ def read_share(conn: "MQTTConnection", data: bytes, handlers: Any) -> int:
     return count
 
 
+@cython.ccall
+@cython.locals(start=cython.Py_ssize_t, end=cython.Py_ssize_t)
 def _write(links: list[Any], data: bytes, start: int, end: int) -> None:
     """A run's bytes to each of its receivers: one write each."""
     chunk = data[start:end] if start or end != len(data) else data
