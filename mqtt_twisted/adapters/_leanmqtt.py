@@ -159,7 +159,11 @@ class MQTTServer(LeanServer):
         what the client still sends (the connection aborts it after its close grace).
         True when it closes at the end of this turn, with nothing to send: no close
         grace to wait for (the connection arms none)."""
-        self.unregisterProducer()  # (a paused producer would keep the socket open)
+        # unregisterProducer (a paused producer would keep the socket open), inline:
+        # a lean transport has no TLS to pass it to (two calls less a close).
+        self.producer = None
+        if self.connected and self.disconnecting:
+            self.startWriting()
         ended = getattr(getattr(self, "protocol", None), "ended", None)
         if ended is not None and ended[0] in CLIENT_LEFT:
             if self._tempDataBuffer or self.dataBuffer or self.disconnecting:
