@@ -371,3 +371,19 @@ def test_connect_is_built_without_its_init():
     """As Publish: a field added to Connect makes the compiled CONNECT call the pure
     decoder instead (correct, slower), and this test says so."""
     assert ext.CONNECT_FIELDS_KNOWN
+
+
+@needs_ext
+@settings(max_examples=200, deadline=None)
+@given(version=st.sampled_from([3, 4, 5]), body=st.sampled_from(
+    [b"", b"\x00", b"\x04", b"\x8e", b"\x01", b"\x04\x00", b"\x04\x03\x11\x00\x00"])
+    | st.binary(max_size=8))
+def test_disconnect_bodies_decode_alike(version, body):
+    """The compiled DISCONNECT decoder (an empty body built in C) and the pure one give
+    the same packet or the same error for every body, in every version."""
+    data = b"\xe0" + bytes([len(body)]) + body
+    want = outcome(lambda: PURE["decode_disconnect"](0, data, 2, len(data), version))
+    got = outcome(lambda: ext.decode_disconnect(0, data, 2, len(data), version))
+    assert got == want
+    assert _decode.DECODERS[14] is (ext.decode_disconnect if _accel.compiled_in_use()
+                                    else PURE["decode_disconnect"])

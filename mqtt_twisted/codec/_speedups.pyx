@@ -21,6 +21,7 @@ from types import MemberDescriptorType
 from mqtt_twisted.codec._decode import decode_body
 from mqtt_twisted.codec.packets import (
     Connect,
+    Disconnect,
     PubAck,
     PubComp,
     Publish,
@@ -81,6 +82,9 @@ cdef bint _CONNECT_KNOWN = not hasattr(Connect, "__post_init__") and [
     "client_id", "protocol_level", "clean_start", "keep_alive", "will", "username",
     "password", "properties", "protocol_name"]
 CONNECT_FIELDS_KNOWN = _CONNECT_KNOWN
+#: The same for Disconnect (``decode_disconnect``): every clean close's packet.
+cdef bint _DISCONNECT_KNOWN = not hasattr(Disconnect, "__post_init__") and [
+    f.name for f in _fields(Disconnect)] == ["reason_code", "properties"]
 
 
 cdef Py_ssize_t _offset(cls, str name):
@@ -122,6 +126,7 @@ cdef Py_ssize_t _MAX_REMAINING = MAX_REMAINING_LENGTH
 # The pure functions, set by _accel.py: what the compiled ones hand unusual input to.
 _pure_feed = _pure_decode_publish = _pure_encode_publish = None
 _pure_decode_subscribe = _pure_encode_publishes = _pure_encode_publish_plain = None
+_pure_decode_disconnect = None
 
 
 cdef object _decode_publish(int flags, object data, const unsigned char* buf,
@@ -366,6 +371,18 @@ cdef object _decode_subscribe(object data, const unsigned char* buf, Py_ssize_t 
     packet.packet_id = packet_id
     packet.subscriptions = subscriptions
     packet.properties = properties
+    return packet
+
+
+def decode_disconnect(flags, buf, pos, end, version, limits=NO_LIMITS):
+    """``_decode``'s DISCONNECT decoder, compiled for the usual one, an empty body (a
+    reason code 0 without properties): built without the Python frames of the decoder,
+    ``_no_trailing`` and the dataclass's __init__; any other body goes there."""
+    if pos != end or not _DISCONNECT_KNOWN:
+        return _pure_decode_disconnect(flags, buf, pos, end, version, limits)
+    packet = _new(Disconnect)
+    packet.reason_code = 0
+    packet.properties = {}
     return packet
 
 
