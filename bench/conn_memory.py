@@ -24,6 +24,7 @@ and adds its own bookkeeping to the RSS, so the RSS figure of a traced run is no
     python bench/conn_memory.py [--connections 5000] [--cycles 3000] [--brokers ours,mosquitto]
     python bench/conn_memory.py --trace --connections 2000 --brokers ours
     python bench/conn_memory.py --checkout /path/to/older/checkout --brokers ours
+    python bench/conn_memory.py --cold --cycles 0   # counted as bench/compare.py counts
 """
 
 from __future__ import annotations
@@ -181,9 +182,10 @@ def measure(broker: compare.Broker, args: argparse.Namespace, logdir: Path) -> d
     running = compare.start(broker, logdir)
     pid, port = running.proc.pid, running.port
     try:
-        cycles(port, 300, "w")  # warm up: lazy imports, allocator pools, first-time paths
-        close_all(hold(port, 300, "w"))
-        time.sleep(0.5)
+        if not args.cold:  # warm up: lazy imports, allocator pools, first-time paths
+            cycles(port, 300, "w")
+            close_all(hold(port, 300, "w"))
+            time.sleep(0.5)
         result: dict = {"broker": broker.name}
         traced = isinstance(broker, OursAt) and broker.trace_to
         if traced:
@@ -255,6 +257,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--keepalive", type=int, default=0,
                         help="the idle clients' keep alive in seconds (paho's default: 60)")
+    parser.add_argument("--cold", action="store_true",
+                        help="no warm-up, as bench/compare.py's connections scenario: the "
+                             "idle connections are the broker's first (a warm-up's closes "
+                             "leave the per-connection sets elsewhere in their resizes)")
     parser.add_argument("--trace", action="store_true",
                         help="run ours under tracemalloc and show where the memory went")
     parser.add_argument("--top", type=int, default=20)

@@ -344,3 +344,46 @@ def test_seeded_run_of_30k_streams_decodes_alike():
         data = mutate(rng, wire, rng.randint(0, 6))
         assert_same_stream(random_chunks(rng, data), version, rng.choice([16, 100, 512, 1 << 28]),
                            rng.choice([0, 0, 1, 2]))
+
+
+@needs_ext
+@settings(max_examples=400, deadline=None)
+@given(name=st.sampled_from([b"MQTT", b"MQIsdp", b"MQTX", b"MQT"]),
+       level=st.sampled_from([3, 4, 5, 6]), cflags=st.integers(0, 255),
+       keep_alive=st.integers(0, 65535), props=st.sampled_from([b"", b"\x00", b"\x05\x11\x00\x00\x00\x0a"]),
+       fields=st.lists(st.binary(max_size=8) | st.sampled_from(
+           [b"abc", b"", b"a\x00b", "é".encode(), b"\xc0\xaf"]), max_size=4),
+       tail=st.sampled_from([b"", b"x"]), cut=st.integers(0, 60))
+def test_connect_bodies_decode_alike(name, level, cflags, keep_alive, props, fields, tail, cut):
+    """The compiled feed's CONNECT (the usual one: "MQTT" 4 or 5, no will, ASCII ids)
+    gives the pure decoder's packet, and leaves every other one to it: a server-side
+    stream's first packet, well-formed or not, whole or cut."""
+    body = len(name).to_bytes(2, "big") + name + bytes([level, cflags]) + keep_alive.to_bytes(
+        2, "big") + (props if level == 5 else b"")
+    body += b"".join(len(f).to_bytes(2, "big") + f for f in fields) + tail
+    wire = b"\x10" + (bytes([len(body)]) if len(body) < 128 else
+                      bytes([len(body) & 0x7F | 0x80, len(body) >> 7])) + body
+    assert_same_stream([wire[:cut], wire[cut:]], None, 512)
+
+
+@needs_ext
+def test_connect_is_built_without_its_init():
+    """As Publish: a field added to Connect makes the compiled CONNECT call the pure
+    decoder instead (correct, slower), and this test says so."""
+    assert ext.CONNECT_FIELDS_KNOWN
+
+
+@needs_ext
+@settings(max_examples=200, deadline=None)
+@given(version=st.sampled_from([3, 4, 5]), body=st.sampled_from(
+    [b"", b"\x00", b"\x04", b"\x8e", b"\x01", b"\x04\x00", b"\x04\x03\x11\x00\x00"])
+    | st.binary(max_size=8))
+def test_disconnect_bodies_decode_alike(version, body):
+    """The compiled DISCONNECT decoder (an empty body built in C) and the pure one give
+    the same packet or the same error for every body, in every version."""
+    data = b"\xe0" + bytes([len(body)]) + body
+    want = outcome(lambda: PURE["decode_disconnect"](0, data, 2, len(data), version))
+    got = outcome(lambda: ext.decode_disconnect(0, data, 2, len(data), version))
+    assert got == want
+    assert _decode.DECODERS[14] is (ext.decode_disconnect if _accel.compiled_in_use()
+                                    else PURE["decode_disconnect"])

@@ -34,6 +34,7 @@ from twisted.python import failure
 from mqtt_twisted.adapters import _leanpoll
 from mqtt_twisted.adapters._accepts import ACCEPT_SLICE
 from mqtt_twisted.adapters._leanserver import _HOSTS, LeanServer, _shared_host
+from mqtt_twisted.core.keyset import KeySet
 from mqtt_twisted.core.states import CLOSE_GRACE
 from mqtt_twisted.turns import after_turn
 
@@ -158,7 +159,11 @@ class MQTTServer(LeanServer):
         what the client still sends (the connection aborts it after its close grace).
         True when it closes at the end of this turn, with nothing to send: no close
         grace to wait for (the connection arms none)."""
-        self.unregisterProducer()  # (a paused producer would keep the socket open)
+        # unregisterProducer (a paused producer would keep the socket open), inline:
+        # a lean transport has no TLS to pass it to (two calls less a close).
+        self.producer = None
+        if self.connected and self.disconnecting:
+            self.startWriting()
         ended = getattr(getattr(self, "protocol", None), "ended", None)
         if ended is not None and ended[0] in CLIENT_LEFT:
             if self._tempDataBuffer or self.dataBuffer or self.disconnecting:
@@ -285,11 +290,25 @@ def serve(port: Any, factory: Any) -> bool:
         lean = _LEAN_PORTS[cls] = _leanpoll.dispatch_directly(type(cls.__name__, (cls,), {
             "doRead": _accept, "__module__": cls.__module__}))
     epoll = _leanpoll.install(port.reactor)
+    if epoll:
+        compact_fd_sets(port.reactor)
     port.lean_server = type("MQTTServer", (MQTTServer,), {
         "__slots__": (), "limit": factory.limit, "epoll_inline": epoll,
         "__module__": __name__})
     port.__class__ = lean
     return True
+
+
+def compact_fd_sets(reactor: Any) -> None:
+    """The epoll reactor's sets of the descriptors it reads and writes as
+    ``KeySet`` objects (once): one member per connection, at a third of a set's memory
+    (the read set was about 105 bytes of an idle connection's 1,070 at 5,000 and at
+    19,900 connections: core/keyset.py).  Twisted only adds, removes, tests, iterates
+    and copies them, which a KeySet does as a set."""
+    for name in ("_reads", "_writes"):
+        fds = getattr(reactor, name, None)
+        if type(fds) is set:
+            setattr(reactor, name, KeySet.fromkeys(fds))
 
 
 def _accept(port: Any) -> None:

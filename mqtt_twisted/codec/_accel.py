@@ -18,6 +18,7 @@ from types import ModuleType
 from mqtt_twisted.codec import _decode, _encode, stream, topics
 from mqtt_twisted.codec.packets import Publish
 
+_DISCONNECT = 14  # (PacketType.DISCONNECT: the decoders' table is keyed by plain ints)
 #: The names bound to one implementation or the other, and their pure functions.
 PURE = {
     "feed": stream.StreamDecoder.feed,
@@ -26,6 +27,7 @@ PURE = {
     "encode_publishes": _encode.encode_publishes,
     "encode_publish_plain": _encode.encode_publish_plain,
     "topic_matches": topics.topic_matches,
+    "decode_disconnect": _decode.DECODERS[_DISCONNECT],
 }
 
 
@@ -56,6 +58,7 @@ def _load() -> ModuleType | None:
     # The compiled feed decodes SUBSCRIBE itself; decode_body (the pure feed's) keeps
     # the pure decoder, so that comparing the two feeds compares the two decoders.
     _speedups._pure_decode_subscribe = _decode.decode_subscribe
+    _speedups._pure_decode_disconnect = PURE["decode_disconnect"]
     _speedups._pure_encode_publishes = PURE["encode_publishes"]
     _speedups._pure_encode_publish_plain = PURE["encode_publish_plain"]
     return _speedups
@@ -100,6 +103,7 @@ def use(compiled: bool) -> bool:
     _encode.encode_publishes = codec.encode_publishes = chosen["encode_publishes"]
     _encode.encode_publish_plain = codec.encode_publish_plain = chosen["encode_publish_plain"]
     topics.topic_matches = codec.topic_matches = chosen["topic_matches"]
+    _decode.DECODERS[_DISCONNECT] = chosen["decode_disconnect"]
     global _chosen
     _chosen = compiled
     for switch in _SWITCHES:

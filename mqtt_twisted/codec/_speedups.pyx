@@ -21,6 +21,7 @@ from types import MemberDescriptorType
 from mqtt_twisted.codec._decode import decode_body
 from mqtt_twisted.codec.packets import (
     Connect,
+    Disconnect,
     PubAck,
     PubComp,
     Publish,
@@ -75,6 +76,15 @@ cdef bint _ACKS_KNOWN = all(
     and [f.name for f in _fields(cls)] == ["packet_id", "reason_code", "properties"]
     for cls in (PubAck, PubRec, PubRel, PubComp))
 ACK_FIELDS_KNOWN = _ACKS_KNOWN
+#: The same for Connect (``_connect``): every connection's first packet.
+cdef bint _CONNECT_KNOWN = not hasattr(Connect, "__post_init__") and [
+    f.name for f in _fields(Connect)] == [
+    "client_id", "protocol_level", "clean_start", "keep_alive", "will", "username",
+    "password", "properties", "protocol_name"]
+CONNECT_FIELDS_KNOWN = _CONNECT_KNOWN
+#: The same for Disconnect (``decode_disconnect``): every clean close's packet.
+cdef bint _DISCONNECT_KNOWN = not hasattr(Disconnect, "__post_init__") and [
+    f.name for f in _fields(Disconnect)] == ["reason_code", "properties"]
 
 
 cdef Py_ssize_t _offset(cls, str name):
@@ -116,6 +126,7 @@ cdef Py_ssize_t _MAX_REMAINING = MAX_REMAINING_LENGTH
 # The pure functions, set by _accel.py: what the compiled ones hand unusual input to.
 _pure_feed = _pure_decode_publish = _pure_encode_publish = None
 _pure_decode_subscribe = _pure_encode_publishes = _pure_encode_publish_plain = None
+_pure_decode_disconnect = None
 
 
 cdef object _decode_publish(int flags, object data, const unsigned char* buf,
@@ -209,6 +220,75 @@ cdef inline object _ascii(const unsigned char* data, Py_ssize_t size):
     return text
 
 
+cdef object _plain_text(const unsigned char* buf, Py_ssize_t* at, Py_ssize_t end):
+    """The string at ``at[0]`` when it is ASCII without U+0000 and within ``end``
+    (``at[0]`` moved past it); None otherwise, ``at[0]`` left as it was."""
+    cdef Py_ssize_t pos = at[0], stop
+    if pos + 2 > end:
+        return None
+    stop = pos + 2 + ((buf[pos] << 8) | buf[pos + 1])
+    if stop > end or memchr(buf + pos + 2, 0, stop - pos - 2) != NULL:
+        return None
+    text = _ascii(buf + pos + 2, stop - pos - 2)
+    if text is not None:
+        at[0] = stop
+    return text
+
+
+cdef object _connect(const unsigned char* buf, Py_ssize_t pos, Py_ssize_t end):
+    """``_decode.decode_connect`` for the usual CONNECT: "MQTT" at level 4, or 5 with
+    an empty property block, no will, an ASCII client id and user name without U+0000,
+    nothing after.  None for anything else, which ``decode_body`` decodes (or refuses)
+    as before; here without its Python frames (``decode_body``, ``decode_connect``,
+    ``decode_string`` twice, ``_no_trailing``, the dataclass's __init__)."""
+    cdef int level, cflags
+    cdef Py_ssize_t stop
+    if not _CONNECT_KNOWN or end - pos < 12 or not (
+            buf[pos] == 0 and buf[pos + 1] == 4 and buf[pos + 2] == 77  # \0\4 "MQTT"
+            and buf[pos + 3] == 81 and buf[pos + 4] == 84 and buf[pos + 5] == 84):
+        return None
+    level = buf[pos + 6]
+    cflags = buf[pos + 7]
+    # Reserved bit, a will (flag, QoS, retain), or a password without a user name.
+    if (level != 4 and level != 5) or cflags & 0x3D or (cflags & 0xC0) == 0x40:
+        return None
+    keep_alive = (buf[pos + 8] << 8) | buf[pos + 9]
+    pos += 10
+    if level == 5:
+        if buf[pos]:  # (properties: the pure decoder's)
+            return None
+        pos += 1
+    client_id = _plain_text(buf, &pos, end)
+    if client_id is None:
+        return None
+    username = password = None
+    if cflags & 0x80:
+        username = _plain_text(buf, &pos, end)
+        if username is None:
+            return None
+    if cflags & 0x40:
+        if pos + 2 > end:
+            return None
+        stop = pos + 2 + ((buf[pos] << 8) | buf[pos + 1])
+        if stop > end:
+            return None
+        password = PyBytes_FromStringAndSize(<const char*>buf + pos + 2, stop - pos - 2)
+        pos = stop
+    if pos != end:
+        return None
+    packet = _new(Connect)
+    packet.client_id = client_id
+    packet.protocol_level = level
+    packet.clean_start = bool(cflags & 0x02)
+    packet.keep_alive = keep_alive
+    packet.will = None
+    packet.username = username
+    packet.password = password
+    packet.properties = {}
+    packet.protocol_name = ""
+    return packet
+
+
 cdef object _decode_subscribe(object data, const unsigned char* buf, Py_ssize_t pos,
                               Py_ssize_t end, int version, object limits):
     """``_decode.decode_subscribe`` for a body in ``buf[pos:end]``: the filters of a
@@ -291,6 +371,18 @@ cdef object _decode_subscribe(object data, const unsigned char* buf, Py_ssize_t 
     packet.packet_id = packet_id
     packet.subscriptions = subscriptions
     packet.properties = properties
+    return packet
+
+
+def decode_disconnect(flags, buf, pos, end, version, limits=NO_LIMITS):
+    """``_decode``'s DISCONNECT decoder, compiled for the usual one, an empty body (a
+    reason code 0 without properties): built without the Python frames of the decoder,
+    ``_no_trailing`` and the dataclass's __init__; any other body goes there."""
+    if pos != end or not _DISCONNECT_KNOWN:
+        return _pure_decode_disconnect(flags, buf, pos, end, version, limits)
+    packet = _new(Disconnect)
+    packet.reason_code = 0
+    packet.properties = {}
     return packet
 
 
@@ -390,7 +482,9 @@ def feed(self, data, budget=0):
             elif first == 0x82 and ver != -1:
                 packet = _decode_subscribe(data, buf, pos + header, end, ver, limits)
             else:
-                packet = decode_body(first, data, pos + header, end, version, limits)
+                packet = _connect(buf, pos + header, end) if first == 0x10 and ver == -1 else None
+                if packet is None:
+                    packet = decode_body(first, data, pos + header, end, version, limits)
                 if ver == -1 and type(packet) is Connect:
                     self.version = version = packet.protocol_level
                     ver = version

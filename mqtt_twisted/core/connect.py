@@ -419,7 +419,8 @@ class Connector:
         else:  # v3.1.1 cannot be told, but its session is bounded alike
             self.broker.set_session_expiry(session, settings.persistent_session_expiry)
         session.will = None
-        session.willDelay = 0
+        if session._rare is not None:  # (else it reads 0 already: no descriptor call)
+            session.willDelay = 0
         will = packet.will
         if will is not None:
             props = dict(will.properties)

@@ -31,7 +31,7 @@ from mqtt_twisted.core.admission import connect_deadline_passed
 from mqtt_twisted.core.keepalive import check_keepalive
 from mqtt_twisted.core.session import Session
 from mqtt_twisted.core.states import AWAIT_CONNECT, CLOSE_GRACE, CLOSED, CONNECTED, CONNECTING
-from mqtt_twisted.core.wire import publish_bytes, with_dup
+from mqtt_twisted.core.wire import CONNACKS, publish_bytes, with_dup
 from mqtt_twisted.errors import (
     MQTTError,
     PacketTooLarge,
@@ -83,10 +83,8 @@ class MQTTConnection:
         "__weakref__",
     )
     # And, in a record made on first use (core/_rare.py), what few clients need: v5
-    # enhanced authentication (auth_method, auth_pending, auth_final_data), inbound
-    # topic aliases (_aliases_in), the outbound alias limit, the one-line refusal log,
-    # a TLS client certificate's identity, the pending next share of a long read and
-    # whether its CONNECT has been given time for its answer (answer_due).
+    # enhanced authentication, inbound topic aliases, the outbound alias limit, the
+    # refusal log flag, a TLS certificate's identity, a long read's next share, answer_due.
 
     def __init__(self, broker: Broker, transport: Any, peer: Any = "", listener: Any = None,
                  certificate_identity: str | None = None) -> None:
@@ -435,7 +433,9 @@ class MQTTConnection:
         self._acks = None
         if self.ended is None:
             clientlog.lost(self, reason)
-        self.broker.connection_ended(self, send_will=not self.clean_exit)
+        broker = self.broker  # (else _shut ended it: nothing left for connection_ended)
+        if self.session is not None or self in broker.connections or broker.flow.congested:
+            broker.connection_ended(self, send_will=not self.clean_exit)
 
     def taken_over(self) -> None:
         """Another connection took this client id [MQTT-3.1.4-3]."""
@@ -506,12 +506,16 @@ class MQTTConnection:
             if alias_max and self.broker.settings.outbound_topic_aliases != "off":
                 self._aliases_out = OrderedDict()
                 self._alias_limit = alias_max
-        if self.auth_method is not None:
+        if self._rare is not None and self.auth_method is not None:  # (no record: None)
             properties[_P.AUTHENTICATION_METHOD] = self.auth_method  # MQTT 5 §3.2.2.3.17
             if self.auth_final_data is not None:
                 properties[_P.AUTHENTICATION_DATA] = self.auth_final_data
             self.auth_final_data = None
-        if not self.send(ConnAck(session_present, 0, properties)):
+        # Without properties (v3; v5 with nothing to say): bytes made once (core/wire.py).
+        known = None if properties else CONNACKS.get((self.version, session_present))
+        if known is not None and (not self.max_send_size or len(known) <= self.max_send_size):
+            self.transport.write(known)
+        elif not self.send(ConnAck(session_present, 0, properties)):
             # Not even without its optional properties: the client cannot be told it is
             # connected, so it is not [MQTT-3.1.2-24].
             self.log.info("Closing {client} from {peer}: CONNACK exceeds the client's "

@@ -46,7 +46,7 @@ class Lifecycle:
     def connection_ended(self, conn: Any, send_will: bool) -> None:
         """A connection closed (any reason): will, then keep or drop its session."""
         broker = self.broker
-        broker.connections.discard(conn)
+        broker.connections.pop(conn, None)
         if broker.flow.congested:
             broker.flow.release(conn)
         session = conn.session

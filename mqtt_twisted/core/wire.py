@@ -10,8 +10,8 @@ interval) are encoded individually.
 
 from __future__ import annotations
 
-from mqtt_twisted.codec import encode_publish, encode_publish_plain
-from mqtt_twisted.codec.packets import Publish
+from mqtt_twisted.codec import encode, encode_publish, encode_publish_plain
+from mqtt_twisted.codec.packets import ConnAck, Publish
 from mqtt_twisted.message import NO_WIRE, Message, forward_properties
 
 
@@ -61,3 +61,9 @@ def publish_bytes(
 def with_dup(data: bytes) -> bytes:
     """The same PUBLISH with DUP=1, for a resend [MQTT-3.3.1-1]."""
     return bytes((data[0] | 0x08,)) + data[1:]
+
+
+#: (protocol level, session present) -> the CONNACK accepting a CONNECT without
+#: properties (every v3 one; v5 when the broker has nothing to say), made once.
+CONNACKS = {(level, present): encode(ConnAck(present, 0, {}), level)
+            for level in (3, 4, 5) for present in (False, True)}
