@@ -320,7 +320,7 @@ def test_wheel_builds_without_a_working_compiler():
         names = zipfile.ZipFile(wheel).namelist()
         assert "mqtt_twisted/codec/_accel.py" in names
         assert not [n for n in names if n.endswith((".so", ".pyd"))]  # no module compiled
-        assert not [n for n in names if n.endswith((".c", ".pyx"))]  # sources stay out
+        assert not [n for n in names if n.endswith((".c", ".pyx", ".pxi"))]  # sources stay out
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -387,3 +387,19 @@ def test_disconnect_bodies_decode_alike(version, body):
     assert got == want
     assert _decode.DECODERS[14] is (ext.decode_disconnect if _accel.compiled_in_use()
                                     else PURE["decode_disconnect"])
+
+
+def test_a_stale_compiled_codec_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compiled module built from an older source (a tree updated without build_ext)
+    lacks a function the switch binds: the pure codec is used, with a warning, rather
+    than an AttributeError at import."""
+    import types
+
+    stale = types.SimpleNamespace(**{name: object() for name in list(_accel.PURE)[:-1]})
+    monkeypatch.setattr(_accel, "load_compiled", lambda module, what: stale)
+    monkeypatch.delenv("MQTT_TWISTED_REQUIRE_EXT", raising=False)
+    with pytest.warns(RuntimeWarning, match="older than its source"):
+        assert _accel._load() is None
+    monkeypatch.setenv("MQTT_TWISTED_REQUIRE_EXT", "1")
+    with pytest.raises(ImportError, match="stale"):
+        _accel._load()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from collections.abc import Callable
 from types import ModuleType
 
@@ -51,6 +52,16 @@ def load_compiled(module: str, what: str) -> ModuleType | None:
 def _load() -> ModuleType | None:
     _speedups = load_compiled("mqtt_twisted.codec._speedups", "the compiled codec")
     if _speedups is None:
+        return None
+    missing = [name for name in PURE if not hasattr(_speedups, name)]
+    if missing:  # built from an older source (a tree updated without build_ext again)
+        if _flag("MQTT_TWISTED_REQUIRE_EXT"):
+            raise ImportError(f"the compiled codec is stale: no {', '.join(missing)}; "
+                              "rebuild it (python setup.py build_ext --inplace)")
+        warnings.warn(f"mqtt_twisted.codec._speedups is older than its source (no "
+                      f"{', '.join(missing)}): using the pure-Python codec; rebuild it "
+                      "with `python setup.py build_ext --inplace`", RuntimeWarning,
+                      stacklevel=2)
         return None
     _speedups._pure_feed = PURE["feed"]
     _speedups._pure_decode_publish = PURE["decode_publish"]
