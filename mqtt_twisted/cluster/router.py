@@ -94,18 +94,6 @@ class ClusterRouter:
         self.copies: HeldCopies | None = None
         self.journal: Any = getattr(persist, "__self__", None)
 
-    @property
-    def link(self) -> Any:
-        return self._link
-
-    @link.setter
-    def link(self, link: Any) -> None:
-        self._link = link
-        #: ``link.append``, or straight its outbox's (``NodeLink.append`` only passes
-        #: its arguments on: a Python call less on every crossing message).
-        outbox = getattr(link, "outbox", None)
-        self.append = outbox.append if outbox is not None else link.append
-
     # --- the index: the local router's, and the registrations in Redis ---
 
     def add(self, clientId: str, topicFilter: str, options: Any) -> None:
@@ -269,11 +257,11 @@ class ClusterRouter:
         if nodes:
             # _forward inline (no share groups, nothing resent): on every crossing message.
             self.forwarded += len(nodes)
-            append = self.append
+            link = self.link
             persist = self.persist
             for node in nodes:
                 # Collected by the journal when a publisher waits for its PUBACK.
-                persist(append(node, message, destinations, None, False, seq))
+                persist(link.append(node, message, destinations, None, False, seq))
         if self.leaving:
             self.moved.forward(message, nodes, self.name, seq)
         local = self.local
