@@ -69,7 +69,7 @@ class NodeLink:
         #: number at this node (its identity, with this node's name: ``barrier.py``).
         #: The outbox's own method, an attribute: no call in between, and no method of
         #: the class under the same name, which kept CPython 3.11 from specializing the
-        #: router's ``link.append`` lookup (0.55k instructions a crossing message,
+        #: router's ``link.append`` lookup (0.38k instructions a crossing message,
         #: ``bench/crossing_callgrind.py``).
         self.append = self.outbox.append
 
