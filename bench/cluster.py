@@ -27,8 +27,14 @@ read, the batch sizes the per-batch cost is divided by.  ``--calls`` runs each n
 under ``bench/node_calls.py`` (``cProfile``'s call counts over the run) and prints
 each node's Python calls per message, by module group: counts that the machine's load
 does not change (their batches are those of the counted run; counting slows a node).
-(Instruction counts were tried, each node under ``valgrind --tool=callgrind``: 75
-times slower, a cluster node misses its lease renewals and the run stalls.)
+``--callgrind`` runs each node under ``valgrind --tool=callgrind --instr-atstart=no``
+and switches the counting on (``callgrind_control -i on``) only while the publishers
+run: the instructions per message of real nodes, user space only (not the kernel's),
+about 50 times slower, so with a small ``--count`` (6,000: a minute and a half for
+1, 2 and 3 nodes); the batches are those of the slowed run (Redis prints them).
+Every spread run prints the nodes' CPU per message twice: from before the clients
+connect (``node_cpu_us_per_msg``, as sessions 5-11 reported it) and from the
+publishers' start (``node_cpu_run_us_per_msg``).
 ``BENCH_KEEP=1`` keeps each run's directory (node logs, call counts) in /tmp.
 
 On a 2-core machine the two nodes, Redis and this tool share the cores: read the
@@ -76,8 +82,8 @@ def user_system(pid: int) -> tuple[float, float]:
     return int(fields[11]) / TICK, int(fields[12]) / TICK
 
 
-def wait_port(port: int, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 30
+def wait_port(port: int, proc: subprocess.Popen, log: Path, patience: float = 30) -> None:
+    deadline = time.monotonic() + patience
     while True:
         if proc.poll() is not None:
             raise SystemExit(f"process exited:\n{log.read_text(errors='replace')}")
@@ -94,10 +100,13 @@ class Cluster:
     """redis-server and ``nodes`` twistd processes (clustered when more than one)."""
 
     def __init__(self, nodes: int, clustered: bool, wait: int = 0,
-                 calls: bool = False) -> None:
+                 calls: bool = False, callgrind: bool = False) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="mqtt-cluster-bench-"))
         #: --calls: each node's call counts are written here (bench/node_calls.py).
         self.calls = [self.dir / f"calls{i}.json" for i in range(nodes)] if calls else []
+        #: --callgrind: each node's callgrind output, written when it stops.
+        self.callgrind = ([self.dir / f"callgrind{i}.out" for i in range(nodes)]
+                          if callgrind else [])
         self.redis_port = free_port()
         self.procs: list[subprocess.Popen] = []
         redis_log = self.dir / "redis.log"
@@ -145,9 +154,15 @@ class Cluster:
                 args += ["--max-queued", "1000000"]
                 args = [sys.executable, str(ROOT / "bench" / "node_calls.py"),
                         str(self.calls[i]), *args]
+            elif callgrind:
+                # Instrumented only while the publishers run (``instrument``): the start
+                # runs at valgrind's uninstrumented speed, the run about 50 times slower.
+                args += ["--max-queued", "1000000"]
+                args = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                        f"--callgrind-out-file={self.callgrind[i]}", *args]
             proc = subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                                     env=env, cwd=self.dir)
-            wait_port(port, proc, log)
+            wait_port(port, proc, log, 300 if callgrind else 30)
             self.procs.append(proc)
             self.ports.append(port)
 
@@ -170,6 +185,21 @@ class Cluster:
         """--calls: start (``on``) or stop the nodes' counting."""
         for proc in self.procs:
             proc.send_signal(signal.SIGUSR1 if on else signal.SIGUSR2)
+
+    def instrument(self, on: bool) -> None:
+        """--callgrind: start (``on``) or stop counting the nodes' instructions."""
+        for proc in self.procs:
+            subprocess.run(["callgrind_control", "-i", "on" if on else "off",
+                            str(proc.pid)], capture_output=True, check=True)
+
+    def instructions(self) -> list[int]:
+        """--callgrind: each node's instructions counted (once the nodes stopped)."""
+        counts = []
+        for path in self.callgrind:
+            totals = [line for line in path.read_text(errors="replace").splitlines()
+                      if line.startswith(("totals:", "summary:"))]
+            counts.append(int(totals[-1].split()[1]) if totals else 0)
+        return counts
 
     def call_counts(self) -> list[dict]:
         """--calls: each node's counts (bench/node_calls.py), once written."""
@@ -197,14 +227,18 @@ class Cluster:
                              if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt")))
         return total
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Stop the processes (a node writes its --callgrind file then)."""
         for proc in (*self.procs, self.redis, *self.replicas):
             proc.terminate()
         for proc in (*self.procs, self.redis, *self.replicas):
             try:
-                proc.wait(10)
+                proc.wait(120 if self.callgrind else 10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+    def stop(self) -> None:
+        self.halt()
         if not os.environ.get("BENCH_KEEP"):
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -418,6 +452,63 @@ def calls(counts: list[dict], messages: int) -> dict[str, Any]:
     }
 
 
+def spread_run(args: argparse.Namespace, n: int) -> dict[str, Any]:
+    """One spread run of ``n`` nodes, and what it measured.  ``node_cpu_us_per_msg``
+    counts the nodes' CPU from before the clients connect (as sessions 5-11 did):
+    the start (connections, subscriptions, routes, 1.5 s of waiting for them) too;
+    ``node_cpu_run_us_per_msg`` only from the publishers' start to the last delivery
+    (and ``node_start_cpu_ms`` what the start cost, all nodes)."""
+    cluster = Cluster(n, True, calls=args.calls, callgrind=args.callgrind)
+    mark: dict[str, Any] = {}
+    try:
+        before = cluster.cpu()
+        system = cluster.system()
+        switches = cluster.switches()
+
+        def started() -> None:
+            cluster.command_counts()  # from here on
+            if args.calls:
+                cluster.count_calls(True)
+            if args.callgrind:
+                cluster.instrument(True)
+            mark.update(cpu=cluster.cpu(), system=cluster.system())
+
+        rate, count, delivered = spread(cluster, args.count, args.window, started)
+        after = cluster.cpu()
+        if args.callgrind:
+            cluster.instrument(False)
+        spent = [a - b for a, b in zip(after, before)]
+        run = [a - b for a, b in zip(after, mark["cpu"])]
+        if args.calls:
+            cluster.count_calls(False)
+        result = {
+            "scenario": "spread", "qos": 1, "nodes": n, "messages": count,
+            "delivered": delivered,
+            "msgs_per_s": round(rate),
+            "node_cpu_us_per_msg": round(sum(spent[:-1]) / count * 1e6, 1),
+            "node_cpu_run_us_per_msg": round(sum(run[:-1]) / count * 1e6, 1),
+            "node_start_cpu_ms": round((sum(spent[:-1]) - sum(run[:-1])) * 1e3),
+            "node_sys_us_per_msg": round((cluster.system() - system) / count * 1e6, 1),
+            "node_sys_run_us_per_msg": round((cluster.system() - mark["system"]) / count
+                                             * 1e6, 1),
+            "redis_cpu_us_per_msg": round(spent[-1] / count * 1e6, 1),
+            "node_switches_per_msg": round((cluster.switches() - switches) / count, 3),
+            **batches(cluster.command_counts(), count - count // n),
+        }
+        if args.calls:
+            result.update(calls(cluster.call_counts(), count))
+        if args.callgrind:
+            cluster.halt()
+        if args.callgrind:
+            counted = cluster.instructions()
+            result["instructions_per_msg"] = round(sum(counted) / count)
+            result["instructions_by_node"] = [round(c / count) for c in counted]
+            result["callgrind_files"] = [str(path) for path in cluster.callgrind]
+        return result
+    finally:
+        cluster.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=20000)
@@ -435,43 +526,15 @@ def main() -> None:
                         help="start N Redis replicas; writes wait for them (?wait=N)")
     parser.add_argument("--calls", action="store_true",
                         help="spread: count each node's Python calls (bench/node_calls.py)")
+    parser.add_argument("--callgrind", action="store_true",
+                        help="spread: each node's instructions while the publishers "
+                        "run (valgrind; slow: use a small --count; BENCH_KEEP=1 keeps "
+                        "the callgrind files)")
     args = parser.parse_args()
     for scenario in args.scenario or ["single", "cross"]:
         if scenario == "spread":
             for n in args.nodes or [1, 2, 3]:
-                cluster = Cluster(n, True, calls=args.calls)
-                try:
-                    before = cluster.cpu()
-                    system = cluster.system()
-                    switches = cluster.switches()
-
-                    def started(cluster: Cluster = cluster) -> None:
-                        cluster.command_counts()  # from here on
-                        if args.calls:
-                            cluster.count_calls(True)
-
-                    rate, count, delivered = spread(cluster, args.count, args.window,
-                                                    started)
-                    spent = [a - b for a, b in zip(cluster.cpu(), before)]
-                    if args.calls:
-                        cluster.count_calls(False)
-                    result = {
-                        "scenario": "spread", "qos": 1, "nodes": n, "messages": count,
-                        "delivered": delivered,
-                        "msgs_per_s": round(rate),
-                        "node_cpu_us_per_msg": round(sum(spent[:-1]) / count * 1e6, 1),
-                        "node_sys_us_per_msg": round((cluster.system() - system) / count * 1e6,
-                                                     1),
-                        "redis_cpu_us_per_msg": round(spent[-1] / count * 1e6, 1),
-                        "node_switches_per_msg": round((cluster.switches() - switches) / count,
-                                                       3),
-                        **batches(cluster.command_counts(), count - count // n),
-                    }
-                    if args.calls:
-                        result.update(calls(cluster.call_counts(), count))
-                    print(json.dumps(result), flush=True)
-                finally:
-                    cluster.stop()
+                print(json.dumps(spread_run(args, n)), flush=True)
             continue
         cluster = Cluster(2 if scenario == "cross" else 1, scenario != "single", args.wait)
         try:

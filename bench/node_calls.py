@@ -52,18 +52,23 @@ def summary(profile: cProfile.Profile) -> dict[str, Any]:
     python = c_calls = 0
     modules: dict[str, int] = {}
     functions: dict[str, int] = {}
-    for (filename, line, name), (_, ncalls, *_rest) in stats.items():
+    #: Each function's own time (cProfile's tottime, seconds): where a counted run's
+    #: time went, inflated by the count's own cost, which falls on every call alike.
+    own: dict[str, float] = {}
+    for (filename, line, name), (_, ncalls, tottime, *_rest) in stats.items():
         if filename == "~":  # a C function (msgpack, a socket call, a builtin)
             c_calls += ncalls
             functions[f"C:{name}"] = functions.get(f"C:{name}", 0) + ncalls
+            own[f"C:{name}"] = own.get(f"C:{name}", 0.0) + tottime
             continue
         python += ncalls
         key = group(filename)
         modules[key] = modules.get(key, 0) + ncalls
         short = filename.split("site-packages/")[-1].split("/work/")[-1]
         functions[f"{short}:{line}({name})"] = ncalls
+        own[f"{short}:{line}({name})"] = tottime
     return {"calls": python, "c_calls": c_calls, "modules": modules,
-            "functions": functions}
+            "functions": functions, "own_time": own}
 
 
 def main() -> None:

@@ -360,6 +360,16 @@ class FakeCommands:
         return self.command(*args)
 
 
+def mark_of(store: Any) -> tuple[bytes, bytes] | None:
+    """The mark a record written now would carry (``RedisStore.mark`` and
+    ``.mark_index``, as ``_redisbatch`` writes them): ``entry id[.INDEX]``."""
+    if store.mark is None:
+        return None
+    field, entry_id = store.mark
+    index = store.mark_index
+    return field, entry_id if not index else b"%s.%d" % (entry_id, index)
+
+
 def fake_node(broker: Any, clock: Any) -> SimpleNamespace:
     """What the inbox, the drain and the link use of a ClusterNode."""
     node = SimpleNamespace(
@@ -386,7 +396,7 @@ class InboxTests(SynchronousTestCase):
 
         def receive(message: Message, origin: str, groups: Any, resent: bool,
                     destinations: bytes, seq: int = 0) -> int:
-            self.got.append((message.topic, self.node.store.mark))
+            self.got.append((message.topic, mark_of(self.node.store)))
             if len(self.got) == 2:
                 reader.publisher.throttle()  # a subscriber here cannot take more
             return 1
@@ -563,7 +573,7 @@ class DrainMarkTests(SynchronousTestCase):
         real_deliver = node.router.local.deliver
 
         def deliver(*args: Any) -> None:
-            marks.append(node.store.mark)
+            marks.append(mark_of(node.store))
             real_deliver(*args)
 
         node.router.local.deliver = deliver

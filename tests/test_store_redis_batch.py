@@ -107,6 +107,25 @@ class BatchTests(RedisTestCase):
         self.assertEqual(state.nextSeq, 0)
 
     @inlineCallbacks
+    def test_marked_records_carry_the_entry_and_index(self) -> Any:
+        """While a cluster node delivers a stream entry (``mark``, ``mark_index``), a
+        record written carries the entry's id, ``ID.INDEX`` past its first message,
+        in the session's hash under the mark's field (what a drain reads)."""
+        store = yield self.store()
+        yield store.saveSession(session("c1", expiryInterval=60))
+        key = store._keys.key(b"session", b"c1")
+        store.mark, store.mark_index = (b"m:s", b"5-0"), 0
+        yield store.storeOutbound("c1", outbound(1))
+        first = yield self.raw("HGET", key, b"m:s")
+        store.mark_index = 2
+        yield store.storeOutbound("c1", outbound(2))
+        third = yield self.raw("HGET", key, b"m:s")
+        store.mark = None
+        self.assertEqual((first, third), (b"5-0", b"5-0.2"))
+        state = yield store.loadSession("c1")
+        self.assertEqual([o.seq for o in state.outbound], [1, 2])
+
+    @inlineCallbacks
     def test_writes_to_a_session_not_stored_are_ignored(self) -> Any:
         """A batch's part for a client without a stored session writes nothing, the
         other clients' parts apply."""

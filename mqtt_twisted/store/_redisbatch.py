@@ -140,12 +140,13 @@ class OutboundBatches:
     """:class:`~mqtt_twisted.interfaces.IBatchedOutboundStore` for the Redis store, and
     its ``storeOutbound``/``removeOutbound`` on top (a Deferred each, for callers other
     than the broker).  Mixed into ``RedisStore``, whose ``_links``, ``_keys``,
-    ``fence``, ``mark`` and ``_write`` it uses."""
+    ``fence``, ``mark``, ``mark_index`` and ``_write`` it uses."""
 
     _links: list[Any]
     _keys: Any
     fence: tuple[bytes, bytes, bytes, bytes] | None
     mark: tuple[bytes, bytes] | None
+    mark_index: int
     _write: Any
     #: The last message serialized, and its stored form (a message fanned out to many
     #: sessions is serialized once: the broker stores its copies one after the other).
@@ -231,8 +232,11 @@ class OutboundBatches:
         record = PACK([FORMAT, outbound.seq, outbound.qos, outbound.retain,
                        list(ids) if ids else None, outbound.packet_id, outbound.state,
                        outbound.group, self._last_blob])
+        field, entry_id = self.mark  # type: ignore[misc]  # (set: see the caller)
+        index = self.mark_index
         return self._write(cid, "marked", (keys.key(b"session", cid), keys.key(b"out", cid)),
-                           (str(outbound.seq).encode(), record, *self.mark))
+                           (str(outbound.seq).encode(), record, field,
+                            entry_id if not index else b"%s.%d" % (entry_id, index)))
 
 
 def _deferred(write: Any) -> Deferred[None]:

@@ -237,9 +237,13 @@ class RedisStore(OutboundBatches):
         #: client's home is that node and the node's epoch is current.  None alone.
         self.fence: tuple[bytes, bytes, bytes, bytes] | None = None
         #: While a cluster node delivers one entry of its stream: ``(b"m:" + stream,
-        #: entry id)``, written with each outbound record it makes, so that the node
-        #: adopting it does not deliver that entry into that session again.
+        #: entry id)``, and the index of the message in it, written with each outbound
+        #: record it makes (as ``entry id`` or ``entry id.INDEX``), so that the node
+        #: adopting it does not deliver that entry into that session again.  The mark
+        #: is made from these two only for a record written (a persistent session's),
+        #: not for every message delivered.
         self.mark: tuple[bytes, bytes] | None = None
+        self.mark_index = 0
 
     @classmethod
     def fromURL(cls, reactor: Any, url: str) -> RedisStore:
