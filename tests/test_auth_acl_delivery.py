@@ -172,6 +172,9 @@ class BrokerTests(SynchronousTestCase):
         acl = AclAuthorizer.from_file(path)
         reactor = MemoryReactorClock()
         service = BrokerService(reactor, MemoryStore(reactor), None, None, acl)
+        # As make_broker: this clock ends no turn, so a CONNECT past the turn's gate budget
+        # (time-based: a slow moment on a loaded machine) would wait forever.
+        service.broker.gate.budget = 0
         carol = FakeClient(service.broker)
         carol.connect("carol-1", username="carol")
         carol.subscribe("c/#")
@@ -221,6 +224,9 @@ class PublishGrantTests(SynchronousTestCase):
         acl = AclAuthorizer.from_file(path)
         reactor = MemoryReactorClock()
         service = BrokerService(reactor, MemoryStore(reactor), None, None, acl)
+        # As make_broker: this clock ends no turn, so a CONNECT past the turn's gate budget
+        # (time-based: a slow moment on a loaded machine) would wait forever.
+        service.broker.gate.budget = 0
         sub = FakeClient(service.broker)
         sub.connect("sub")
         sub.subscribe("t/#")
