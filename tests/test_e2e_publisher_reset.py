@@ -29,14 +29,19 @@ class PublisherResetTests(BrokerTestCase):
 
     @inlineCallbacks
     def reset_after(self, count: int, qos: int) -> Any:
-        """Publish ``count`` messages without reading the acks, wait until the broker's
-        kernel has every byte, then close: unread PUBACKs make the kernel send a reset."""
-        pub = yield self.raw("resetting-publisher")
-        pub.transport.pauseProducing()  # never reads its PUBACKs
+        """Publish ``count`` messages without reading the acks, then reset."""
         data = b"".join(
             encode(Publish("reset/t", b"%06d" % i + PAD, qos, False, False, (i % 65535) + 1 if qos
                            else None), 4)
             for i in range(count))
+        yield self.write_then_reset("resetting-publisher", data)
+
+    @inlineCallbacks
+    def write_then_reset(self, client_id: str, data: bytes) -> Any:
+        """Write ``data`` as a client that never reads its PUBACKs, wait until the broker's
+        kernel has every byte, then close: unread PUBACKs make the kernel send a reset."""
+        pub = yield self.raw(client_id)
+        pub.transport.pauseProducing()  # never reads its PUBACKs
         pub.transport.write(data)
         handle = pub.transport.getHandle()
         for _ in range(500):
@@ -68,23 +73,12 @@ class PublisherResetTests(BrokerTestCase):
         sub = yield self.paho("reset-small-sub")
         yield sub.subscribe(("reset/s", 1))
         count = 5000
-        pub = yield self.raw("resetting-small-publisher")
-        pub.transport.pauseProducing()
         pad = b"." * 58
         data = b"".join(
             encode(Publish("reset/s", b"%06d" % i + pad, i % 2, False, False,
                            (i // 2) % 65535 + 1 if i % 2 else None), 4)
             for i in range(2 * count))
-        pub.transport.write(data)
-        handle = pub.transport.getHandle()
-        for _ in range(500):
-            yield deferLater(self.reactor, 0.01, lambda: None)
-            if not pub.transport.dataBuffer and not pub.transport._tempDataBuffer:
-                unsent = struct.unpack("i", fcntl.ioctl(handle.fileno(), SIOCOUTQ, b"\0" * 4))
-                if not unsent[0]:
-                    break
-        handle.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        pub.transport.abortConnection()
+        yield self.write_then_reset("resetting-small-publisher", data)
         got = yield sub.collect(2 * count, timeout=20)
         self.assertEqual(sorted(m.payload[:6] for m in got),
                          [b"%06d" % i for i in range(2 * count)])
