@@ -68,6 +68,8 @@ import msgpack
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from mqtt_twisted.cluster.rawlane import RawLane, RawLanes
+from mqtt_twisted.cluster.rawlane import encode as encode_raw
 from mqtt_twisted.cluster.shared import encode_groups
 from mqtt_twisted.codec import also_switch, load_compiled
 from mqtt_twisted.core.journal import SharedWrite
@@ -237,7 +239,10 @@ class Outbox:
         #: shares (the module's docstring, "Order").
         self._write: SharedWrite | None = None
         self._entries: dict[str, _Batch] = {}
-        self._pushes: dict[str, list[list[Any]]] = {}
+        #: node -> this turn's QoS 0 copies for it, in order: ``[message, groups,
+        #: resent]`` lists and plain PUBLISHes' lanes (``rawlane.py``).
+        self._pushes: dict[str, list[Any]] = {}
+        self.lanes = RawLanes(self)
         #: Whether a flush is due at the end of this turn.
         self._due = False
         #: Entries and pub/sub messages sent, and the messages in them (for tests and
@@ -274,9 +279,26 @@ class Outbox:
         if items is None:
             items = self._pushes[to] = []
             self._schedule()
+        elif self.lanes.open:
+            self.lanes.close(to)  # (the publisher's next plain ones come after this)
         items.append([message, groups, resent])
         if len(items) >= MAX_BATCH:
-            self._send_push(to, self._pushes.pop(to))
+            self.send_pushes(to)
+
+    def queue(self, to: str, lane: RawLane) -> None:
+        """A lane of plain PUBLISHes for ``to``, after what the turn has for it."""
+        items = self._pushes.get(to)
+        if items is None:
+            items = self._pushes[to] = []
+            self._schedule()
+        items.append(lane)
+
+    def send_pushes(self, to: str) -> None:
+        """Send what this turn has for ``to`` now (a full batch or lane)."""
+        self.lanes.close(to)
+        items = self._pushes.pop(to, None)
+        if items:
+            self._send_push(to, items)
 
     def _schedule(self) -> None:
         if not self._due:
@@ -287,6 +309,7 @@ class Outbox:
         """Send everything gathered (the end of the turn; a node stopping)."""
         self._due = False
         self.flush_entries()
+        self.lanes.close()
         pushes, self._pushes = self._pushes, {}
         for to, items in pushes.items():
             self._send_push(to, items)
@@ -324,11 +347,24 @@ class Outbox:
         for d, (_, batch) in zip(replies, batches):
             d.addBoth(batch.write.fire)
 
-    def _send_push(self, to: str, items: list[list[Any]]) -> None:
-        self.batches += 1
-        self.messages += len(items)
-        # (``[origin, records]``: an array of two, the origin, then the records.)
-        self._push(to, _pack_records(items, b"\x92" + _pack(self.origin)))
+    def _send_push(self, to: str, items: list[Any]) -> None:
+        """``items`` for ``to``, in order: one pub/sub message per stretch of messages
+        or of lanes."""
+        start = 0
+        for i in range(len(items) + 1):
+            if i < len(items) and type(items[i]) is type(items[start]):
+                continue
+            part = items[start:i] if start or i < len(items) else items
+            start = i
+            self.batches += 1
+            if type(part[0]) is RawLane:
+                data = encode_raw(self.origin, part)
+                if data is not None:
+                    self._push(to, data)
+                continue
+            self.messages += len(part)
+            # (``[origin, records]``: an array of two, the origin, then the records.)
+            self._push(to, _pack_records(part, b"\x92" + _pack(self.origin)))
 
 
 def _flush_due(outbox: Outbox) -> None:

@@ -45,11 +45,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mqtt_twisted.cluster.barrier import Barriers
-from mqtt_twisted.cluster.batch import item_message, read_push
 from mqtt_twisted.cluster.client import RedisClient
 from mqtt_twisted.cluster.failover import LEASE, Failover
 from mqtt_twisted.cluster.fence import Fence
 from mqtt_twisted.cluster.inbox import InboxReader
+from mqtt_twisted.cluster.inbox0 import receive_push
 from mqtt_twisted.cluster.link import NodeLink
 from mqtt_twisted.cluster.moved import Moved
 from mqtt_twisted.cluster.releases import Releases
@@ -421,20 +421,7 @@ class ClusterNode:
         if channel == self.keys.ctl(self.name):
             self._control(data)
             return
-        try:
-            origin, items = read_push(data)
-        except Exception as e:
-            log.warn("cluster: an inbox message could not be read: {error}", error=e)
-            return
-        receive = self.router.receive
-        for item in items:
-            try:
-                message = item_message(item)
-                _, groups, resent = item
-            except Exception as e:
-                log.warn("cluster: an inbox message could not be read: {error}", error=e)
-                continue
-            receive(message, origin, groups, resent)
+        receive_push(self.broker, self.router, data)
 
     def _failed(self, failure: Failure, what: str) -> None:
         if failure.check(FirstError):  # a gathered write: its own error says it

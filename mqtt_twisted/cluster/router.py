@@ -60,6 +60,9 @@ class ClusterRouter:
         #: Deferred-like write fired once Redis has it).
         self.link = link
         self.persist = persist
+        #: The plain QoS 0 PUBLISHes' lanes to peer nodes (``rawlane.py``; None: a link
+        #: without them, every message takes :meth:`dispatch`).
+        self.raw_lanes = getattr(getattr(link, "outbox", None), "lanes", None)
         self.routes = RouteTable(name)
         #: routed filter -> the (client id, filter) pairs of local subscribers behind it.
         self.subscribers: dict[str, set[tuple[str, str]]] = {}

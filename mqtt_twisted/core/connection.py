@@ -73,6 +73,9 @@ class MQTTConnection:
     log = Logger()
     #: A real MQTT client (an adapter's session is a VirtualConnection).
     virtual = False
+    #: A client here, not a peer node's lane (``cluster/rawlane.py``): the QoS 0 batch
+    #: counts a write to a lane as forwarded, not sent (``core/qos0.py``).
+    remote = 0
 
     __slots__ = (
         "broker", "transport", "_peer", "listener", "decoder", "state",

@@ -58,6 +58,7 @@ from mqtt_twisted.core.states import CLOSED
 from mqtt_twisted.core.stats import TOPIC_SAMPLE
 from mqtt_twisted.errors import MQTTError
 from mqtt_twisted.logs import DEBUG
+from mqtt_twisted.message import Message
 
 if TYPE_CHECKING:
     from mqtt_twisted.codec.packets import Publish
@@ -70,6 +71,8 @@ NL_NONE, NL_ALL, NL_SOME = 0, 1, 2
 ROUTES_CACHED = 4096
 
 _general = inbound.on_publish
+#: The holder of a peer node's PUBLISHes (``deliver_raw``): nobody here.
+REMOTE = object()
 
 
 def on_publish(conn: "MQTTConnection", packet: "Publish") -> None:
@@ -84,13 +87,17 @@ def on_publish(conn: "MQTTConnection", packet: "Publish") -> None:
     if targets is None:
         _general(conn, packet)
         return
-    _count(conn.broker.stats, packet.topic, 1, len(targets), size)
+    remote = 0
     for link in targets:
         link.transport.write(raw)
+        remote += link.remote
+    _count(conn.broker.stats, packet.topic, 1, len(targets) - remote, size)
+    if remote:
+        conn.broker.router.forwarded += remote
 
 
 @cython.ccall
-@cython.locals(topic=str, size=cython.Py_ssize_t, v5=cython.bint)
+@cython.locals(topic=str, size=cython.Py_ssize_t)
 def receivers(conn: "MQTTConnection", topic: str, size: int,
               held: bool = False) -> "list[Any] | None":
     """The connections to write a plain QoS 0 PUBLISH of ``size`` bytes (0: any size)
@@ -99,14 +106,43 @@ def receivers(conn: "MQTTConnection", topic: str, size: int,
     (:func:`_holding`: the general path would write through to it)."""
     broker = conn.broker
     router = broker.router
-    if (type(router) is not LocalRouter or router.shared_groups
-            or router.deliver is not broker.deliver or len(topic) > broker.short_topic
-            or topic.startswith("$") or DEBUG.on):
-        return None
+    cluster: Any = None
+    lanes: Any = None
+    if type(router) is not LocalRouter:
+        # A cluster node's (cluster/rawlane.py): the peers with a match get the run's
+        # bytes through a lane each, while no share group or departing session is about.
+        cluster = router
+        lanes = getattr(cluster, "raw_lanes", None)
+        if (lanes is None or cluster.shared_weights or cluster.routes.shared.groups
+                or cluster.leaving):
+            return None
+        router = cluster.local
     if broker.authorizer is not None:
         grants = conn.publish_grants
         if grants is None or grants.get(topic) is not True:
             return None
+    targets = local_targets(broker, router, topic, size, conn.client_id, conn.version == 5,
+                            type(conn), conn if held else None)
+    if cluster is not None and targets is not None:
+        routes = cluster.routes
+        hit = routes.cache.get(topic) or routes.route(topic)
+        for node in hit[0]:
+            targets.append(lanes.lane(node, conn))
+    return targets
+
+
+@cython.ccall
+@cython.locals(topic=str, size=cython.Py_ssize_t, v5=cython.bint)
+def local_targets(broker: Any, router: Any, topic: str, size: int, sender: str, v5: bool,
+                  cls: Any, holder: Any) -> "list[Any] | None":
+    """The local connections (``router``: this node's ``LocalRouter``) to write a plain
+    QoS 0 PUBLISH of ``size`` bytes on ``topic`` from client ``sender`` to, each of
+    class ``cls`` and v5 or not as ``v5``; None if the general path must route it.  A
+    paused receiver counts only while flow control holds ``holder`` back for it, or
+    (``holder`` :data:`REMOTE`) always: the caller asks flow control per run."""
+    if (router.shared_groups or router.deliver is not broker.deliver
+            or len(topic) > broker.short_topic or topic.startswith("$") or DEBUG.on):
+        return None
     tree = router.tree
     matches = tree._cache.get(topic)  # (TopicTree.match's own cache, without the call)
     if matches is None:
@@ -115,10 +151,7 @@ def receivers(conn: "MQTTConnection", topic: str, size: int,
     entry = routes.get(topic)
     if entry is None or entry[0] is not matches:
         entry = receivers_of(routes, topic, matches)
-    v5 = conn.version == 5
-    sender = conn.client_id
     sessions = router.sessions
-    cls = type(conn)
     targets: list[Any] = []
     for client_id, no_local, ids in entry[1]:
         if no_local and client_id == sender:
@@ -128,7 +161,8 @@ def receivers(conn: "MQTTConnection", topic: str, size: int,
         session = sessions[client_id]
         link = session.connection
         if (link is None or type(link) is not cls or session.queue
-                or (link.paused and not (held and _holding(broker, link, conn)))
+                or (link.paused and not (holder is not None and (
+                    holder is REMOTE or _holding(broker, link, holder))))
                 or session.read_check is not None or link._aliases_out is not None
                 or (link.version == 5) != v5 or (ids and v5)
                 or (size and link.max_send_size and size > link.max_send_size)):
@@ -158,6 +192,16 @@ def _written_through(broker: Any, links: list[Any], size: int) -> bool:
     for link in links:
         if link.paused:
             congested[link].written += size
+    return True
+
+
+def _taken_through(broker: Any, links: list[Any], size: int) -> bool:
+    """A peer's run of ``size`` bytes (payloads and topics) to ``links``: each paused one
+    takes them through (``FlowControl.take_through``), or False, and the run queues."""
+    flow = broker.flow
+    for link in links:
+        if link.paused and not flow.take_through(link, size):
+            return False
     return True
 
 
@@ -225,7 +269,7 @@ _NAMES: dict[bytes, str] = {}
 @cython.locals(n=cython.Py_ssize_t, v5=cython.Py_ssize_t, pos=cython.Py_ssize_t,
                count=cython.Py_ssize_t, work=cython.Py_ssize_t, run_start=cython.Py_ssize_t,
                cost=cython.Py_ssize_t, end=cython.Py_ssize_t, packets=cython.Py_ssize_t,
-               longer=cython.Py_ssize_t, fresh=cython.bint)
+               longer=cython.Py_ssize_t, fresh=cython.bint, remote=cython.Py_ssize_t)
 def read_share(conn: "MQTTConnection", data: bytes, handlers: Any) -> int:
     """One share of a connected client's read (with the bytes its decoder kept): plain
     QoS 0 PUBLISHes gathered into runs, each run's bytes written as one slice to each of
@@ -250,7 +294,7 @@ def read_share(conn: "MQTTConnection", data: bytes, handlers: Any) -> int:
     pos = count = work = 0
     held = False  # a receiver of the run is paused: flow control's bytes counted
     run: Any = None  # the receivers of the run gathered from run_start to pos
-    run_start = run_limit = 0
+    run_start = run_limit = remote = 0
     known: dict[bytes, Any] = {}  # topic bytes -> (topic, receivers) until a run is written
     while n - pos >= 2:
         if work >= SHARE_WORK:
@@ -274,7 +318,9 @@ def read_share(conn: "MQTTConnection", data: bytes, handlers: Any) -> int:
                 if fresh:
                     run_limit = limit
                     held = False
+                    remote = 0
                     for link in targets:
+                        remote += link.remote  # (a peer node's lane: cluster/rawlane.py)
                         if link.max_send_size and link.max_send_size < run_limit:
                             run_limit = link.max_send_size
                         held = held or link.paused
@@ -286,7 +332,9 @@ def read_share(conn: "MQTTConnection", data: bytes, handlers: Any) -> int:
                             4 + len(name) + v5 - len(topic)))):  # type: ignore[arg-type]
                     if fresh:
                         run, run_start = targets, pos
-                    _count(stats, topic, packets, len(targets), end - pos)
+                    _count(stats, topic, packets, len(targets) - remote, end - pos)
+                    if remote:
+                        broker.router.forwarded += packets * remote
                     count += packets
                     work += packets + cost
                     pos = end
@@ -329,6 +377,90 @@ def read_share(conn: "MQTTConnection", data: bytes, handlers: Any) -> int:
     if pos < n:
         decoder.keep(data[pos:] if pos else data, n - pos >= 2)
     return count
+
+
+@cython.locals(n=cython.Py_ssize_t, v5=cython.Py_ssize_t, pos=cython.Py_ssize_t,
+               end=cython.Py_ssize_t, packets=cython.Py_ssize_t, longer=cython.Py_ssize_t,
+               run_start=cython.Py_ssize_t, run_limit=cython.Py_ssize_t,
+               written=cython.Py_ssize_t, fresh=cython.bint, receivers=cython.Py_ssize_t,
+               held=cython.bint)
+def deliver_raw(broker: Any, router: Any, sender: str, v5: int, data: bytes, cls: Any,
+                general: Any) -> int:
+    """A peer node's plain QoS 0 PUBLISHes from client ``sender`` (``v5``: MQTT 5's
+    wire format), the bytes their publisher sent (``cluster/rawlane.py``): written in
+    runs to this node's receivers (``router``: its LocalRouter; connections of class
+    ``cls``) as :func:`read_share` writes them, and each PUBLISH whose receivers need
+    the general path handed to ``general`` as a ``Message``.  Returns the PUBLISHes
+    written here; raises ValueError at bytes that are not such a PUBLISH (those before
+    it are delivered)."""
+    n = len(data)
+    stats = broker.stats
+    pos = written = run_start = run_limit = 0
+    run: Any = None
+    held = False  # a receiver of the run is paused: its bytes taken through, counted
+    known: dict[bytes, Any] = {}
+    while pos < n:
+        name = _plain_topic(data, pos, n, v5) if n - pos >= 2 and data[pos] == 0x30 else None
+        topic = None if name is None else _NAMES.get(name) or _topic_of(name)
+        if topic is None:
+            if run is not None:  # (what came before is delivered)
+                _write(run, data, run_start, pos)
+            raise ValueError(f"not a plain QoS 0 PUBLISH at byte {pos}")
+        found = known.get(name)
+        if found is None:
+            found = known[name] = (topic, local_targets(broker, router, topic, 0, sender,
+                                                        v5 == 1, cls, REMOTE))
+        topic, targets = found
+        if targets is not None:
+            if run is not None and (targets != run or pos - run_start >= RUN_BYTES):
+                _write(run, data, run_start, pos)
+                run = None
+                known.clear()
+                continue  # (the write may have paused a receiver: looked up again)
+            fresh = run is None
+            if fresh:
+                run_limit = 1 << 30
+                held = False
+                for link in targets:
+                    if link.max_send_size and link.max_send_size < run_limit:
+                        run_limit = link.max_send_size
+                    held = held or link.paused
+            end, packets, longer = _scan_run(
+                data, pos, n, name, v5, run_limit, n,
+                (pos if fresh else run_start) + RUN_BYTES)  # type: ignore[arg-type]
+            if packets and (not held or _taken_through(
+                    broker, targets, end - pos - longer - packets * (
+                        4 + len(name) + v5 - len(topic)))):  # type: ignore[arg-type]
+                if fresh:
+                    run, run_start = targets, pos
+                receivers = len(targets)
+                if receivers:
+                    stats.deliveries += packets * receivers
+                    stats.messages_sent += packets * receivers
+                    stats.bytes_sent += receivers * (end - pos)
+                written += packets
+                pos = end
+                continue
+        if run is not None:  # (a PUBLISH for the general path: the run goes first)
+            _write(run, data, run_start, pos)
+            run = None
+        known.clear()  # (what it does may change any receiver)
+        end = _packet_end(data, pos, n)
+        general(_message_at(data, pos, end, name, topic, v5, sender))
+        pos = end
+    if run is not None:
+        _write(run, data, run_start, pos)
+    return written
+
+
+def _message_at(data: bytes, pos: int, end: int, name: bytes, topic: str, v5: int,
+                sender: str) -> Message:
+    """The whole plain QoS 0 PUBLISH from ``pos`` to ``end`` (topic bytes ``name``) as a
+    ``Message`` from ``sender``, with its bytes for receivers of its wire format."""
+    start = pos + (3 if data[pos + 1] & 0x80 else 2) + 2 + len(name) + v5
+    message = Message(topic, data[start:end], 0, False, None, None, 0.0, sender)
+    message.wire = {(5 if v5 else 4, 0, False): (data[pos:end], 0)}
+    return message
 
 
 @cython.ccall
