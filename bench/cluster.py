@@ -548,7 +548,7 @@ def main() -> None:
                     "scenario": scenario + ("+share" if args.share else ""), "qos": qos,
                     "messages": args.count,
                     "msgs_per_s": round(rate),
-                    "cpu_us_per_msg": {n: round(s / args.count * 1e6, 1)
+                    "cpu_us_per_msg": {n: round(s / args.count * 1e6, 2)
                                        for n, s in zip(names, spent)},
                 }), flush=True)
         finally:

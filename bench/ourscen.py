@@ -209,7 +209,7 @@ def cluster_cross(sizes: Sizes, run_index: int, source: Path) -> dict:
         finally:
             c.stop()
         line[f"{kind}_per_s"] = round(rate)
-        line[f"{kind}_cpu_us"] = round(sum(spent[:-1]) / sizes.cross_messages * 1e6, 1)
+        line[f"{kind}_cpu_us"] = round(sum(spent[:-1]) / sizes.cross_messages * 1e6, 2)
     line["cross_ratio"] = round(line["cross_per_s"] / line["single_per_s"], 3)
     if line["cross_cpu_us"] > 0:  # by node CPU per message, as spread's fraction of linear
         line["cross_cpu_ratio"] = round(line["single_cpu_us"] / line["cross_cpu_us"], 3)
