@@ -49,8 +49,10 @@ _log = Logger()
 #: ``MQTTConnection.ended`` reasons of a client that sent DISCONNECT (core/clientlog.py).
 CLIENT_LEFT = ("normal", "client DISCONNECT")
 #: FIONBIO's argument: one ``ioctl`` makes a descriptor non-blocking (``os.set_blocking``
-#: is two ``fcntl`` calls).
-_ON = struct.pack("i", 1)
+#: is two ``fcntl`` calls).  A bytearray: ``ioctl`` tries its argument as a writable
+#: buffer first, and for ``bytes`` formats that attempt's error message and drops it
+#: (5.3k of its 5.4k instructions, callgrind; 1.34 -> 0.53 µs a call, system call included).
+_ON = bytearray(struct.pack("i", 1))
 
 
 def pending_bytes(transport: Any) -> int:
