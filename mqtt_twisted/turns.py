@@ -52,6 +52,17 @@ def handling_events(reactor: Any) -> None:
     _HANDLING.add(reactor)
 
 
+def own_turn(reactor: Any) -> bool:
+    """Handle ``reactor``'s events here, as its loop would (True: call :func:`run_due`
+    when done), unless a loop already is or work is already left for the turn's end (a
+    timed call that does a turn's work, ``core/admission.py``'s: what it leaves runs as
+    it ends, not in a ``callLater(0)`` of its own a reactor pass later)."""
+    if reactor in _HANDLING or reactor in _DUE:
+        return False
+    _HANDLING.add(reactor)
+    return True
+
+
 def run_due(reactor: Any) -> None:
     """The events are handled: run what was left for the end of the turn, and what that
     work leaves in turn (a close's disconnect line, to be written; a cluster batch's

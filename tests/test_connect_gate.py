@@ -264,3 +264,39 @@ def test_the_wall_clock_times_the_first_half_of_a_budget() -> None:
     for conn in conns:
         conn.dataReceived(b"x")
     assert [c.got for c in conns] == [1, 1, 0, 0, 0]
+
+
+def test_a_gate_turn_runs_the_work_its_connects_leave_as_it_ends() -> None:
+    """What the CONNECTs of a gate's turn leave for the turn's end (CONNACKs, log lines:
+    ``turns.after_turn``) runs as that turn ends: no ``callLater(0)`` of its own, a
+    reactor pass later; the budget's renewal still waits for the next turn's end."""
+    from twisted.internet.task import Clock
+
+    from mqtt_twisted import turns
+
+    clock = Clock()
+    cpu = FakeCPU()
+    gate = ConnectGate(clock, BUDGET, cpu, cpu)
+    done: list[bytes] = []
+
+    class Conn:
+        state = 0
+
+        def dataReceived(self, data: bytes) -> None:
+            if not gate.takes(self, data):
+                turns.after_turn(clock, done.append, data)
+
+    turns.handling_events(clock)  # (a poll's events: three fit, five wait)
+    for i in range(8):
+        Conn().dataReceived(b"%d" % i)
+    turns.run_due(clock)
+    assert done == [b"0", b"1", b"2"]
+    call = gate._call
+    func, args = call.func, call.args
+    call.cancel()
+    func(*args)  # (the reactor's next pass: the gate's turn, three more)
+    assert done == [b"0", b"1", b"2", b"3", b"4", b"5"]
+    assert not [c for c in clock.getDelayedCalls() if c.func is turns._run]
+    assert gate._call is not None and len(gate) == 2
+    clock.advance(0)  # (the last two, then the renewal at the end of a turn after)
+    assert len(done) == 8 and len(gate) == 0 and not gate._renewing and gate.spent == 0

@@ -15,6 +15,17 @@ from mqtt_twisted.core import clientlog
 from mqtt_twisted.testing import FakeClient, make_broker
 
 
+class _Conn:
+    """What the two lines read of a connection."""
+
+    virtual = False
+
+    def __init__(self, version: int, user: str | None, ended: Any, adapter: Any) -> None:
+        self.client_id, self.peer, self.version = "c-1", "127.0.0.1:40000", version
+        self.username, self.ended = user, ended
+        self.listener = type("Listener", (), {"adapter": adapter})()
+
+
 def _cycle(client_id: str, user: str | None = "alice") -> None:
     """Connect (v5, persistent, a user name: the connect line's longest form), publish
     nothing, disconnect with a reason code (the disconnect line's code and detail)."""
@@ -73,3 +84,41 @@ class DirectLineTests(SynchronousTestCase):
         self.assertFalse(logs.write_direct(two, LogLevel.info, "{x}", fields))
         logs.set_log_format("json")
         self.assertFalse(logs.write_direct(log, LogLevel.info, "{x}", fields))
+
+    def test_every_form_of_the_two_lines(self) -> None:
+        """Each form of the connect line (protocol, session, resumed, user, adapter) and
+        of the disconnect line (reason code, detail), written directly (an f-string) and
+        through the event (its format): the same text."""
+        forms = [(_Conn(version, user, ended, adapter), clean, present, keep_alive)
+                 for version in (3, 4, 5, 6) for user in (None, "alice", "")
+                 for ended in (None, ("normal", None, None), ("kicked", 0x98, None),
+                               ("client DISCONNECT", 4, "disconnect with will message"),
+                               ("connection lost", None, "Connection was closed cleanly."))
+                 for adapter in (None, "ws") for clean, present, keep_alive in (
+                     (True, False, 60), (False, True, 0), (False, False, 65535))]
+
+        def lines(*extra: Any) -> list[str]:
+            out = io.StringIO()
+            clientlog.log.observer = LogPublisher(logs.observer(out, "info"), *extra)
+            clientlog.log.info("primes the namespace")
+            start = len(out.getvalue())
+            for conn, clean, present, keep_alive in forms:
+                clientlog.connected(conn, clean, present, keep_alive)
+                clientlog.disconnected(conn)
+            return [line.partition(" ")[2] for line in out.getvalue()[start:].splitlines()]
+
+        direct, evented = lines(), lines(lambda event: None)
+        self.assertEqual(len(direct), 2 * len(forms))
+        self.assertEqual(direct, evented)
+        self.assertIn("info  [clients] c-1 connected from 127.0.0.1:40000 (MQTT 5.0 over ws, "
+                      "persistent session, resumed, keep alive 0 s, user alice)", direct)
+        self.assertIn("info  [clients] c-1 from 127.0.0.1:40000 disconnected: client "
+                      "DISCONNECT (0x04): disconnect with will message", direct)
+
+    def test_timestamp_tail(self) -> None:
+        """The milliseconds from the table, as the format made them; rounded up into
+        the next second."""
+        self.assertEqual(logs.timestamp(1.0005), "1970-01-01T00:00:01.000Z")
+        self.assertEqual(logs.timestamp(1.0123456), "1970-01-01T00:00:01.012Z")
+        self.assertEqual(logs.timestamp(1.9999996), "1970-01-01T00:00:02.000Z")
+        self.assertEqual(logs.timestamp(1764728745.999), "2025-12-03T02:25:45.999Z")

@@ -49,8 +49,10 @@ _log = Logger()
 #: ``MQTTConnection.ended`` reasons of a client that sent DISCONNECT (core/clientlog.py).
 CLIENT_LEFT = ("normal", "client DISCONNECT")
 #: FIONBIO's argument: one ``ioctl`` makes a descriptor non-blocking (``os.set_blocking``
-#: is two ``fcntl`` calls).
-_ON = struct.pack("i", 1)
+#: is two ``fcntl`` calls).  A bytearray: ``ioctl`` tries its argument as a writable
+#: buffer first, and for ``bytes`` formats that attempt's error message and drops it
+#: (5.3k of its 5.4k instructions, callgrind; 1.34 -> 0.53 µs a call, system call included).
+_ON = bytearray(struct.pack("i", 1))
 
 
 def pending_bytes(transport: Any) -> int:
@@ -320,7 +322,9 @@ def _accept(port: Any) -> None:
         cap -= waiting()
         if cap <= 0:
             return  # (still readable: the next turns come back)
-    limit = min(port.numberAccepts, cap)
+    limit = port.numberAccepts
+    if limit > cap:  # (min(), max() below: builtin calls, ~0.8k instructions each)
+        limit = cap
     accept = port.socket._accept
     accepted = tries = 0
     while tries < limit:
@@ -341,7 +345,10 @@ def _accept(port: Any) -> None:
             _serve_one(port, fd, addr)
         except Exception:
             _log.failure("Serving a new connection on {port!r} failed", port=port)
-    port.numberAccepts = min(limit + 20, cap) if accepted == limit else max(1, accepted)
+    if accepted == limit:
+        port.numberAccepts = limit + 20 if limit + 20 < cap else cap
+    else:
+        port.numberAccepts = accepted if accepted > 1 else 1
 
 
 def _serve_one(port: Any, fd: int, addr: tuple) -> None:

@@ -42,7 +42,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mqtt_twisted.core.states import CLOSED, CONNECTING
-from mqtt_twisted.turns import after_turn
+from mqtt_twisted.turns import after_turn, own_turn, run_due
 
 #: CPU seconds per reactor turn for the first reads of new connections, all together.
 #: A fuzz stream's first read (its CONNECT, protocol error or session, log lines, and
@@ -130,10 +130,19 @@ class ConnectGate:
             self.spent = 0.0
 
     def _turn(self) -> None:
-        """A new turn, a new budget: first for the connections that waited."""
+        """A new turn, a new budget: first for the connections that waited.  What their
+        CONNECTs leave for the turn's end (CONNACKs, log lines: ``turns.after_turn``)
+        runs as this call ends (``turns.own_turn``), not in a ``callLater(0)`` of its
+        own, a reactor pass later: one ``DelayedCall`` less a turn of a CONNECT storm.
+        The budget's renewal is not part of that: it comes after the next turn's
+        events, as it did (no turn gets a second budget)."""
         self._call = None
         self.spent = 0.0
         waiting = self.waiting
+        clock = self.clock
+        own = own_turn(clock)
+        renewing, self._renewing = self._renewing, True  # (_handle: no renewal yet)
+        handled = False
         try:
             while waiting and self.spent < self.budget:
                 conn, held = waiting.popitem(last=False)
@@ -142,12 +151,19 @@ class ConnectGate:
                     self._paused.discard(conn)
                 if conn.state == CLOSED:  # (its CONNECT deadline passed, or shutdown)
                     continue
+                handled = True
                 self._handle(conn, held[0] if len(held) == 1 else b"".join(held))
                 if paused:
                     conn.unthrottle()
         finally:
             if waiting:
                 self._schedule()
+            if own:
+                run_due(clock)
+            self._renewing = renewing
+            if handled and not waiting and not renewing:  # (as _handle would have)
+                self._renewing = True
+                after_turn(clock, ConnectGate._renew, self)
 
     def holds_connect(self, conn: Any) -> bool:
         """Whether ``conn``'s bytes waiting here hold a whole CONNECT (its client has

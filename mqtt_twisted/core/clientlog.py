@@ -18,7 +18,7 @@ from twisted.logger import Logger, LogLevel
 
 from mqtt_twisted.constants import ReasonCode
 from mqtt_twisted.errors import AuthenticationError, AuthorizationError, MQTTError
-from mqtt_twisted.logs import enabled, write_direct
+from mqtt_twisted.logs import enabled, write_line
 
 log = Logger(namespace="mqtt_twisted.clients")
 
@@ -47,7 +47,7 @@ def _emit(level: LogLevel, fmt: str, **event: Any) -> None:
     (it sorts every level on each call: a sixth of a connect line's cost, py-spy on
     bench/conn_memory.py's cycles); the levels given here are.  The event is the
     same, to the same observers.  (The connect and disconnect lines try
-    ``logs.write_direct`` first: their line straight to the only observer, ours.)"""
+    ``logs.write_line`` first: their line straight to the only observer, ours.)"""
     event.update(log_logger=log, log_level=level, log_namespace=log.namespace,
                  log_source=log.source, log_format=fmt, log_time=time())
     log.observer(event)
@@ -69,19 +69,25 @@ _CONNECTED = {(resumed, named): "{client_id} connected from {peer} (MQTT {protoc
 
 
 def connected(conn: Any, clean: bool, session_present: bool, keep_alive: int) -> None:
-    """A client's CONNECT was accepted (CONNACK sent)."""
+    """A client's CONNECT was accepted (CONNACK sent).  The line is an f-string of the
+    format's text (``_CONNECTED``: the same line), its fields made into an event only
+    when the line cannot be written directly (``logs.write_line``)."""
     level = LogLevel.debug if conn.virtual else LogLevel.info  # (_level, inline)
     if not enabled(level):  # not built when it would not be written
         return
     user = getattr(conn, "username", None)
-    fmt = _CONNECTED[bool(session_present), user is not None]
-    fields = dict(action="connect", client_id=conn.client_id, peer=conn.peer,
-                  protocol=PROTOCOLS.get(conn.version, str(conn.version)),
-                  adapter=getattr(conn.listener, "adapter", None) or "mqtt",  # (_adapter)
-                  clean=clean, session="clean" if clean else "persistent",
-                  session_present=session_present, keep_alive=keep_alive, user=user)
-    if not write_direct(log, level, fmt, fields):
-        _emit(level, fmt, **fields)
+    client_id, peer, version = conn.client_id, conn.peer, conn.version
+    protocol = PROTOCOLS.get(version) or str(version)
+    adapter = getattr(conn.listener, "adapter", None) or "mqtt"  # (_adapter)
+    session = "clean" if clean else "persistent"
+    if write_line(log, level, f"{client_id} connected from {peer} (MQTT {protocol} over "
+                  f"{adapter}, {session} session{', resumed' if session_present else ''}"
+                  f", keep alive {keep_alive} s{')' if user is None else f', user {user})'}"):
+        return
+    _emit(level, _CONNECTED[bool(session_present), user is not None], action="connect",
+          client_id=client_id, peer=peer, protocol=protocol, adapter=adapter, clean=clean,
+          session=session, session_present=session_present, keep_alive=keep_alive,
+          user=user)
 
 
 def closing(conn: Any, reason_code: int | None, detail: str | None = None,
@@ -114,21 +120,29 @@ def lost(conn: Any, reason: Any) -> None:
 
 def disconnected(conn: Any) -> None:
     """A connected client's connection ended (logged once: the broker calls this when
-    it detaches the connection from its session)."""
+    it detaches the connection from its session).  An f-string of the format, as the
+    connect line's."""
     reason, code, detail = getattr(conn, "ended", None) or ("closed", None, None)
     level = LogLevel.debug if reason == STORE_OUTAGE or conn.virtual else LogLevel.info
     if not enabled(level):
+        return
+    client_id, peer = conn.client_id, conn.peer
+    reason_code = None if code is None else int(code)
+    text = f"{client_id} from {peer} disconnected: {reason}"
+    if reason_code is not None:
+        text += f" (0x{reason_code:02X})"
+    if detail:
+        text += f": {detail}"
+    if write_line(log, level, text):
         return
     fmt = "{client_id} from {peer} disconnected: {reason}"
     if code is not None:
         fmt += " (0x{reason_code:02X})"
     if detail:
         fmt += ": {detail}"
-    fields = dict(action="disconnect", client_id=conn.client_id, peer=conn.peer,
-                  adapter=getattr(conn.listener, "adapter", None) or "mqtt", reason=reason,
-                  reason_code=None if code is None else int(code), detail=detail)
-    if not write_direct(log, level, fmt, fields):
-        _emit(level, fmt, **fields)
+    _emit(level, fmt, action="disconnect", client_id=client_id, peer=peer,
+          adapter=getattr(conn.listener, "adapter", None) or "mqtt", reason=reason,
+          reason_code=reason_code, detail=detail)
 
 
 def refused(conn: Any, error: MQTTError) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
@@ -109,7 +110,14 @@ class Connector:
         if method is None and self.broker.authenticator is None:  # (no credentials asked)
             self._connect_authenticated(conn, packet, assigned, username)
             return
-        creds = Credentials(client_id, username, packet.password,
+        self._authenticate(conn, packet, assigned, username, method)
+
+    def _authenticate(self, conn: MQTTConnection, packet: Connect, assigned: str | None,
+                      username: str | None, method: str | None) -> None:
+        """Ask the authenticator (or run the v5 exchange ``method`` names), then go on.
+        (Apart from ``handle_connect``: its lambdas would make cells of its arguments
+        on every CONNECT, asked or not; CPython makes a function's cells as it starts.)"""
+        creds = Credentials(conn.client_id, username, packet.password,
                             conn.certificate_identity, conn.peer,
                             getattr(conn.listener, "adapter", "mqtt"))
         if method is not None:
@@ -241,8 +249,8 @@ class Connector:
             # its session).  Wait for that rather than for the lock it holds: the lock's
             # wait ran out (connect_store_timeout) just before this connection's own
             # deadline, and said "server unavailable" of a session on its way.
-            waiting.append(lambda: self._connect_authenticated(conn, packet, assigned,
-                                                               identity))
+            waiting.append(partial(self._connect_authenticated, conn, packet, assigned,
+                                   identity))
             return
         store = self.broker.store
         take_now = getattr(store, "takeLockNow", None)  # (optional: the memory store's)
@@ -254,8 +262,8 @@ class Connector:
                 self._connect_failed(conn, Failure())
             return
         when(store.acquireLock(client_id, self.broker.settings.connect_store_timeout),
-             lambda lock: self._locate(conn, packet, assigned, identity, lock),
-             lambda f: self._connect_failed(conn, f))
+             partial(self._locate, conn, packet, assigned, identity),
+             partial(self._connect_failed, conn))  # (partials: no cells, see _authenticate)
 
     def _locate(self, conn: MQTTConnection, packet: Connect, assigned: str | None,
                 identity: Any, held: Any) -> None:
@@ -267,6 +275,11 @@ class Connector:
         if locate is None or conn.client_id in self.broker.sessions or conn.state == CLOSED:
             self._connect_locked(conn, packet, assigned, identity, held)
             return
+        self._locate_elsewhere(conn, packet, assigned, identity, held, locate)
+
+    def _locate_elsewhere(self, conn: MQTTConnection, packet: Connect, assigned: str | None,
+                          identity: Any, held: Any, locate: Callable[[str], Any]) -> None:
+        """``_locate``'s cluster case (its closures' cells made only here)."""
         lock = _ReleaseOnce(held)
         client_id: str = conn.client_id  # type: ignore[assignment]
         self._locating[client_id] = []
@@ -315,8 +328,13 @@ class Connector:
         if not present:
             self._open(conn, packet, assigned, identity, session, False, lock)
             return
-        # A resumed session: the authorizer may have changed its mind about its
-        # subscriptions since they were granted (ACL reloaded, new token claims).
+        self._recheck(conn, packet, assigned, identity, session, lock)
+
+    def _recheck(self, conn: MQTTConnection, packet: Connect, assigned: str | None,
+                 identity: Any, session: Session, lock: _ReleaseOnce) -> None:
+        """A resumed session: the authorizer may have changed its mind about its
+        subscriptions since they were granted (ACL reloaded, new token claims).
+        (Apart from ``_connect_locked``: its closures' cells made only here.)"""
 
         def rechecked(_: Any) -> None:
             if conn.state == CLOSED:
@@ -371,9 +389,11 @@ class Connector:
                 conn.refuse(QuotaExceeded(
                     f"{len(broker.sessions)} sessions held: no new persistent session"))
                 return None
-            session = Session(client_id, min(broker.settings.max_inflight, conn.send_quota),
-                              broker.settings.max_queued, broker.settings.max_queued_bytes,
-                              broker.settings.max_inflight_bytes)
+            settings = broker.settings
+            inflight, quota = settings.max_inflight, conn.send_quota
+            session = Session(client_id, inflight if inflight < quota else quota,  # (min())
+                              settings.max_queued, settings.max_queued_bytes,
+                              settings.max_inflight_bytes)
             broker.sessions[client_id] = session
         return session, present
 
