@@ -172,7 +172,7 @@ class Ours(Broker):
         return [str(twistd if twistd.exists() else shutil.which("twistd")), "-n", "--pidfile=",
                 "mqttbroker", "--listen", f"tcp:{port}:interface={HOST}", "--sys-interval", "0",
                 "--max-queued", "100000", "--max-queued-bytes", "0",
-                "--max-connections", "0", *self.extra]
+                "--max-connections", "0", *LOG_PARITY, *self.extra]
 
     def settings(self) -> str:
         cmd = " ".join(self.command(0, ROOT)[1:]).replace("tcp:0:", "tcp:PORT:")
@@ -231,6 +231,14 @@ def build_compiled(source: Path) -> tuple[list[str], list[str]]:
     log(f"{source}: compiled modules {', '.join(built) or 'none'} (built by {python}"
         f"{'; ' + sys.executable + ' could not' if errors and not missing else ''})")
     return built, missing
+
+
+#: Ours logs what Mosquitto is configured to log below (errors and warnings, no
+#: connection lines: ``log_type``, ``connection_messages false``): the connect and
+#: disconnect lines are 40k of a connect cycle's 251k instructions (session 13,
+#: bench/conn_callgrind.py), work Mosquitto is not asked to do.  ``--log-parity off``
+#: runs ours at its default (info: a line per connect and disconnect).
+LOG_PARITY = ["--log-level", "warn"]
 
 
 class Mosquitto(Broker):
@@ -628,6 +636,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ours-rev", metavar="REV",
                         help="benchmark our broker at this git revision (e.g. HEAD) instead of "
                              "the working tree, which others may be editing during the run")
+    parser.add_argument("--log-parity", choices=["on", "off"], default="on",
+                        help="on (default): ours logs warnings and errors, as Mosquitto is "
+                             "configured here; off: ours at its default, a line per connect")
     args = parser.parse_args(argv)
     args.brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
@@ -645,6 +656,8 @@ def main(argv: list[str] | None = None) -> int:
     install(args.brokers)
     ours = BROKER_TYPES["ours"]
     ours.extra = tuple(args.ours_args.split())
+    if args.log_parity == "off":
+        LOG_PARITY.clear()
     if args.ours_rev:
         log(f"our broker from {args.ours_rev}: {ours.use_revision(args.ours_rev)}")
     outdir = RESULTS / time.strftime("%Y%m%d-%H%M%S")
