@@ -277,3 +277,27 @@ def test_bytes_that_are_not_plain_publishes_are_logged_and_skipped(impl: str) ->
                      RAW + _pack(["A", ["p", False, good[:-1], 7, False, b"x"]])):
             receive_push(pair.b, pair.router_b, data)
     assert [p.payload for p in sub.received()] == [b"ok", b"ok"]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_run_one_receiver_refuses_counts_for_none(impl: str) -> None:
+    """Two paused receivers, the second at its byte limit: the run is refused, and the
+    first has nothing counted for it (it would queue earlier for bytes never written)."""
+    from mqtt_twisted.core import qos0
+
+    module = fastpath.compiled if impl == "compiled" else qos0
+    if module is None:
+        pytest.skip("core/_qos0.pyx is not built here")
+    broker, _ = make_broker(BrokerSettings(max_queued_bytes=1000))
+    first, second = FakeClient(broker, 4), FakeClient(broker, 4)
+    for name, client in (("first", first), ("second", second)):
+        client.connect(name)
+        client.connection.pauseWriting()
+    links = [first.connection, second.connection]
+    assert broker.flow.take_through(second.connection, 900)
+    assert not module._taken_through(broker, links, 200)
+    assert broker.flow.congested.get(first.connection) is None or (
+        broker.flow.congested[first.connection].written == 0)
+    assert module._taken_through(broker, links, 100)
+    assert broker.flow.congested[first.connection].written == 100
+    assert broker.flow.congested[second.connection].written == 1000

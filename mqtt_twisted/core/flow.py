@@ -98,12 +98,13 @@ class FlowControl:
             return True
         return False
 
-    def take_through(self, conn: Any, size: int) -> bool:
+    def take_through(self, conn: Any, size: int, count: bool = True) -> bool:
         """A peer node's plain QoS 0 bytes for the full ``conn`` (``qos0.deliver_raw``):
         written through to its transport, as a held-back publisher's last read is, within
         the grace and up to the queue's byte limit; False after (they queue).  Nobody can
         be held back for it: its publisher is on another node, and the pub/sub lane it
-        came in carries every node's messages for this one."""
+        came in carries every node's messages for this one.  ``count`` False: only
+        whether it would (a run's other receivers are asked before any counts)."""
         broker = self.broker
         now = broker.clock.seconds()
         state = self.congested.get(conn)
@@ -113,7 +114,8 @@ class FlowControl:
             return False
         if state.written + size > (broker.settings.max_queued_bytes or 1 << 62):
             return False
-        state.written += size
+        if count:
+            state.written += size
         return True
 
     def owed(self, publisher: Any) -> float:

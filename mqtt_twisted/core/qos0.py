@@ -197,11 +197,15 @@ def _written_through(broker: Any, links: list[Any], size: int) -> bool:
 
 def _taken_through(broker: Any, links: list[Any], size: int) -> bool:
     """A peer's run of ``size`` bytes (payloads and topics) to ``links``: each paused one
-    takes them through (``FlowControl.take_through``), or False, and the run queues."""
+    takes them through (``FlowControl.take_through``), or False, nothing counted, and
+    the run queues."""
     flow = broker.flow
     for link in links:
-        if link.paused and not flow.take_through(link, size):
+        if link.paused and not flow.take_through(link, size, False):
             return False
+    for link in links:
+        if link.paused:
+            flow.take_through(link, size)
     return True
 
 
