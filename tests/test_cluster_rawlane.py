@@ -148,6 +148,15 @@ def scenario(pair: Pair) -> dict[str, FakeClient]:
     return subs
 
 
+def ends(pair: Pair) -> tuple[FakeClient, FakeClient]:
+    """A subscriber to ``t/#`` on B and a publisher on A (both MQTT 3.1.1)."""
+    sub, publisher = FakeClient(pair.b, 4), FakeClient(pair.a, 4)
+    sub.connect("s")
+    sub.subscribe("t/#")
+    publisher.connect("p")
+    return sub, publisher
+
+
 def outcome(pair: Pair, subs: dict[str, FakeClient]) -> dict[str, Any]:
     stats = pair.b.stats
     return {
@@ -176,14 +185,10 @@ def test_a_turn_is_one_raw_message_per_node(impl: str) -> None:
     publisher's very bytes; counted as forwarded on A, sent on B."""
     with handling(impl):
         pair = Pair(lanes=True)
-        sub = FakeClient(pair.b, 4)
-        sub.connect("s")
-        sub.subscribe("t/#")
+        sub, publisher = ends(pair)
         local = FakeClient(pair.a, 4)
         local.connect("local")
         local.subscribe("t/#")
-        publisher = FakeClient(pair.a, 4)
-        publisher.connect("p")
         packets = [pub("t/x", b"%d" % i) for i in range(100)]
         data = b"".join(encode(p, 4) for p in packets)
         publisher.send_bytes(data)
@@ -203,11 +208,7 @@ def test_records_between_runs_keep_the_order(impl: str) -> None:
     of its own between the two lanes': B's subscriber gets all three in order."""
     with handling(impl):
         pair = Pair(lanes=True)
-        sub = FakeClient(pair.b, 4)
-        sub.connect("s")
-        sub.subscribe("t/#")
-        publisher = FakeClient(pair.a, 4)
-        publisher.connect("p")
+        sub, publisher = ends(pair)
         read(publisher, pub("t/x", b"1"), pub("t/x", b"2", retain=True), pub("t/x", b"3"))
         pushed = pair.turn()
     assert [data[:1] == RAW for data in pushed] == [True, False, True]
@@ -218,11 +219,7 @@ def test_records_between_runs_keep_the_order(impl: str) -> None:
 def test_a_full_lane_leaves_before_the_turn_ends(impl: str) -> None:
     with handling(impl):
         pair = Pair(lanes=True)
-        sub = FakeClient(pair.b, 4)
-        sub.connect("s")
-        sub.subscribe("t/#")
-        publisher = FakeClient(pair.a, 4)
-        publisher.connect("p")
+        sub, publisher = ends(pair)
         count = 3 * RAW_MAX // 1000
         for i in range(count):
             read(publisher, pub("t/x", b"%06d" % i + b"." * 990))

@@ -320,20 +320,13 @@ def read_share(conn: "MQTTConnection", data: bytes, handlers: Any) -> int:
                 fresh = run is None
                 cost = PACKET_COST * len(targets) if fresh else 0
                 if fresh:
-                    run_limit = limit
-                    held = False
-                    remote = 0
-                    for link in targets:
-                        remote += link.remote  # (a peer node's lane: cluster/rawlane.py)
-                        if link.max_send_size and link.max_send_size < run_limit:
-                            run_limit = link.max_send_size
-                        held = held or link.paused
+                    run_limit, held, remote = _run_limits(targets, limit)
                 end, packets, longer = _scan_run(
                     data, pos, n, name, v5, run_limit, max(1, SHARE_WORK - work - cost),
                     (pos if fresh else run_start) + RUN_BYTES)  # type: ignore[arg-type]
                 if packets and (not held or _written_through(
-                        broker, targets, end - pos - longer - packets * (
-                            4 + len(name) + v5 - len(topic)))):  # type: ignore[arg-type]
+                        broker, targets, _counted(end - pos, longer, packets, name,
+                                                  topic, v5))):  # type: ignore[arg-type]
                     if fresh:
                         run, run_start = targets, pos
                     _count(stats, topic, packets, len(targets) - remote, end - pos)
@@ -423,18 +416,13 @@ def deliver_raw(broker: Any, router: Any, sender: str, v5: int, data: bytes, cls
                 continue  # (the write may have paused a receiver: looked up again)
             fresh = run is None
             if fresh:
-                run_limit = 1 << 30
-                held = False
-                for link in targets:
-                    if link.max_send_size and link.max_send_size < run_limit:
-                        run_limit = link.max_send_size
-                    held = held or link.paused
+                run_limit, held, _ = _run_limits(targets, 1 << 30)
             end, packets, longer = _scan_run(
                 data, pos, n, name, v5, run_limit, n,
                 (pos if fresh else run_start) + RUN_BYTES)  # type: ignore[arg-type]
             if packets and (not held or _taken_through(
-                    broker, targets, end - pos - longer - packets * (
-                        4 + len(name) + v5 - len(topic)))):  # type: ignore[arg-type]
+                    broker, targets, _counted(end - pos, longer, packets, name, topic,
+                                              v5))):  # type: ignore[arg-type]
                 if fresh:
                     run, run_start = targets, pos
                 receivers = len(targets)
@@ -465,6 +453,31 @@ def _message_at(data: bytes, pos: int, end: int, name: bytes, topic: str, v5: in
     message = Message(topic, data[start:end], 0, False, None, None, 0.0, sender)
     message.wire = {(5 if v5 else 4, 0, False): (data[pos:end], 0)}
     return message
+
+
+def _run_limits(targets: list[Any], limit: int) -> tuple[int, bool, int]:
+    """A run's receivers: the smallest maximum packet size (``limit`` at most), whether
+    one is paused (flow control counts the run's bytes), and how many are peer nodes'
+    lanes (``cluster/rawlane.py``: counted as forwarded, not sent)."""
+    held = False
+    remote = 0
+    for link in targets:
+        remote += link.remote
+        if link.max_send_size and link.max_send_size < limit:
+            limit = link.max_send_size
+        held = held or link.paused
+    return limit, held, remote
+
+
+@cython.ccall
+@cython.locals(size=cython.Py_ssize_t, longer=cython.Py_ssize_t,
+               packets=cython.Py_ssize_t, v5=cython.Py_ssize_t)
+def _counted(size: int, longer: int, packets: int, name: bytes, topic: str,
+             v5: int) -> int:
+    """What the general path counts of a run of ``packets`` PUBLISHes in ``size`` bytes
+    on topic ``topic`` (``name`` encoded; ``longer`` with a 2-byte length): payloads and
+    topics, as ``Delivery.deliver`` counts them."""
+    return size - longer - packets * (4 + len(name) + v5 - len(topic))
 
 
 @cython.ccall
