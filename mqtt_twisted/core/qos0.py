@@ -455,6 +455,8 @@ def _message_at(data: bytes, pos: int, end: int, name: bytes, topic: str, v5: in
     return message
 
 
+@cython.ccall
+@cython.locals(limit=cython.Py_ssize_t, remote=cython.Py_ssize_t, held=cython.bint)
 def _run_limits(targets: list[Any], limit: int) -> tuple[int, bool, int]:
     """A run's receivers: the smallest maximum packet size (``limit`` at most), whether
     one is paused (flow control counts the run's bytes), and how many are peer nodes'
