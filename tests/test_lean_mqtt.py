@@ -19,8 +19,10 @@ from mqtt_twisted.adapters import _leanmqtt
 from mqtt_twisted.adapters._leanmqtt import MQTTServer
 from mqtt_twisted.adapters.listener import parse_listener
 from mqtt_twisted.adapters.mqtt import MQTTAdapter, MQTTStreamFactory, MQTTStreamProtocol
-from mqtt_twisted.codec import ConnAck, Connect, Disconnect, encode
+from mqtt_twisted.codec import ConnAck, Connect, Disconnect, Publish, encode
 from mqtt_twisted.core.settings import BrokerSettings
+from mqtt_twisted.core.states import CLOSED
+from mqtt_twisted.errors import PacketTooLarge
 from mqtt_twisted.service import BrokerService
 from mqtt_twisted.store.memory import MemoryStore
 from mqtt_twisted.testing.fake_service import FakeBrokerService
@@ -103,6 +105,42 @@ class LeanConnectionTests(BrokerTestCase):
         packet = yield client.next_packet()
         self.assertIsInstance(packet, Disconnect)
         self.assertEqual(packet.reason_code, 0x82)  # protocol error
+        yield client.abort()
+
+    @inlineCallbacks
+    def test_a_connection_closed_by_the_broker_is_not_drained_when_let_go(self) -> Any:
+        """What a peer still sends after the broker closed its connection is dropped,
+        so the read before the reset (``drain``) has nothing to read it for.  It read
+        up to 4,096 x 64 KiB in one turn: 8 sockets streaming zeros after a refused
+        CONNECT stalled a bystander 60-118 ms when their close grace ended (CI,
+        tests/test_limits_e2e.py::test_huge_packets_announced_before_connect)."""
+        client = yield connect_raw(self.reactor, self.port)
+        yield client.connect("lean-5")
+        [conn] = [c for c in self.broker.connections if c.client_id == "lean-5"]
+        server = conn.transport
+        conn.violation(PacketTooLarge("refused"))  # closed on our side: half-closed
+        self.assertEqual(conn.state, CLOSED)
+        client.transport.getHandle().send(bytes(1 << 15))  # (loopback: in at once)
+        waiting = _leanmqtt.pending_bytes(server)
+        self.assertGreater(waiting, 0)
+        _leanmqtt.drain(server)
+        self.assertEqual(_leanmqtt.pending_bytes(server), waiting)
+        yield client.abort()
+
+    @inlineCallbacks
+    def test_a_live_connection_is_drained_when_let_go(self) -> Any:
+        """The other side of the rule above: a connection still open on our side has
+        what its peer sent before it left read and handled."""
+        client = yield connect_raw(self.reactor, self.port)
+        yield client.connect("lean-6")
+        [conn] = [c for c in self.broker.connections if c.client_id == "lean-6"]
+        server = conn.transport
+        client.transport.getHandle().send(encode(Publish("lean/6", b"x", 0), 4))
+        self.assertGreater(_leanmqtt.pending_bytes(server), 0)
+        received = self.broker.stats.messages_received
+        _leanmqtt.drain(server)
+        self.assertEqual(_leanmqtt.pending_bytes(server), 0)
+        self.assertEqual(self.broker.stats.messages_received, received + 1)
         yield client.abort()
 
 

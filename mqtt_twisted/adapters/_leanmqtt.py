@@ -35,7 +35,7 @@ from mqtt_twisted.adapters import _leanpoll
 from mqtt_twisted.adapters._accepts import ACCEPT_SLICE
 from mqtt_twisted.adapters._leanserver import _HOSTS, LeanServer, _shared_host
 from mqtt_twisted.core.keyset import KeySet
-from mqtt_twisted.core.states import CLOSE_GRACE
+from mqtt_twisted.core.states import CLOSE_GRACE, CLOSED
 from mqtt_twisted.turns import after_turn
 
 try:  # FIONREAD, FIONBIO: POSIX only; elsewhere nothing is drained, nothing served lean
@@ -70,6 +70,10 @@ def pending_bytes(transport: Any) -> int:
 def drain(transport: Any) -> None:
     """Read what the kernel holds for ``transport`` before it is let go (see
     ``adapters/mqtt.py``'s ``_read_before_reset``): only what FIONREAD says is there."""
+    protocol = getattr(transport, "protocol", None)
+    connection = getattr(protocol, "connection", protocol)  # (MQTTStreamProtocol's)
+    if getattr(connection, "state", None) == CLOSED:
+        return
     if transport.connected and not transport.disconnecting:
         for _ in range(1 << 12):  # at most 4096 reads of bufferSize each
             if pending_bytes(transport) <= 0:
