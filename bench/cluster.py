@@ -438,11 +438,22 @@ def batches(commands: dict[str, int], crossing: int) -> dict[str, Any]:
 
 
 def calls(counts: list[dict], messages: int) -> dict[str, Any]:
-    """--calls: Python calls per message of all nodes, of each, and by module group."""
+    """--calls: Python calls per message of all nodes, of each, and by module group
+    (--opcodes: bytecodes, and the functions that run the most of them)."""
     groups: dict[str, int] = {}
+    functions: dict[str, int] = {}
     for c in counts:
         for name, n in c["modules"].items():
             groups[name] = groups.get(name, 0) + n
+        for name, n in c["functions"].items():
+            functions[name] = functions.get(name, 0) + n
+    if os.environ.get("NODE_CALLS_OPCODES"):
+        top = sorted(functions.items(), key=lambda i: -i[1])[:25]
+        return {
+            "bytecodes_per_msg": round(sum(c["calls"] for c in counts) / messages, 1),
+            "bytecodes_per_msg_by_node": [round(c["calls"] / messages, 1) for c in counts],
+            "bytecodes_per_msg_by_function": {k: round(v / messages, 1) for k, v in top},
+        }
     return {
         "calls_per_msg": round(sum(c["calls"] for c in counts) / messages, 1),
         "calls_per_msg_by_node": [round(c["calls"] / messages, 1) for c in counts],
@@ -530,7 +541,14 @@ def main() -> None:
                         help="spread: each node's instructions while the publishers "
                         "run (valgrind; slow: use a small --count; BENCH_KEEP=1 keeps "
                         "the callgrind files)")
+    parser.add_argument("--opcodes", action="store_true",
+                        help="spread: count each node's bytecodes, by function, instead "
+                        "of calls (--calls' counter with NODE_CALLS_OPCODES=1; slow: use a "
+                        "small --count; BENCH_KEEP=1 keeps each node's counts)")
     args = parser.parse_args()
+    if args.opcodes:
+        args.calls = True
+        os.environ["NODE_CALLS_OPCODES"] = "1"
     for scenario in args.scenario or ["single", "cross"]:
         if scenario == "spread":
             for n in args.nodes or [1, 2, 3]:

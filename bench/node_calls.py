@@ -15,12 +15,21 @@ of C functions (msgpack, socket, ...), "modules": {module: Python calls}, "funct
 its batches somewhat bigger than an uncounted node's: the calls per batch are exact,
 the batches per message are those of the counted run (``bench/cluster.py`` prints
 them from Redis's own command counts).
+
+With ``NODE_CALLS_OPCODES=1`` (``bench/cluster.py --opcodes``) it counts the bytecodes
+each Python function executes instead (``sys.settrace`` with opcode events; about 30
+times slower): ``"calls"`` is then every bytecode, ``"functions"`` each function's.
+Why: what a crossing message costs beyond a local one is mostly bytecode inside a few
+long functions (docs/cluster.md), which call counts do not see and callgrind, below
+the interpreter, cannot attribute to them.
 """
 
 from __future__ import annotations
 
+import collections
 import cProfile
 import json
+import os
 import pstats
 import signal
 import sys
@@ -71,6 +80,46 @@ def summary(profile: cProfile.Profile) -> dict[str, Any]:
             "functions": functions, "own_time": own}
 
 
+def _short(filename: str) -> str:
+    return filename.split("site-packages/")[-1].split("/work/")[-1]
+
+
+def count_opcodes(out: Path) -> tuple[Any, Any]:
+    """SIGUSR1 and SIGUSR2 handlers that count each function's bytecodes."""
+    counts: collections.Counter[Any] = collections.Counter()
+
+    def local(frame: Any, event: str, arg: Any) -> Any:
+        if event == "opcode":
+            counts[frame.f_code] += 1
+        return local
+
+    def called(frame: Any, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        return local
+
+    def start(signum: int, frame: Any) -> None:
+        while frame is not None:  # the frames running now (the reactor's loop) too
+            frame.f_trace, frame.f_trace_opcodes = local, True
+            frame = frame.f_back
+        sys.settrace(called)
+
+    def stop(signum: int, frame: Any) -> None:
+        sys.settrace(None)
+        while frame is not None:
+            frame.f_trace = None
+            frame = frame.f_back
+        functions: dict[str, int] = collections.Counter()
+        for code, n in counts.items():
+            functions[f"{_short(code.co_filename)}:{code.co_firstlineno}({code.co_name})"] += n
+        total = sum(counts.values())
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"calls": total, "c_calls": 0, "modules": {"bytecodes": total},
+                                   "functions": functions}))
+        tmp.rename(out)
+
+    return start, stop
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     profile = cProfile.Profile()
@@ -84,6 +133,8 @@ def main() -> None:
         tmp.write_text(json.dumps(summary(profile)))
         tmp.rename(out)  # whole or absent: the benchmark waits for it
 
+    if os.environ.get("NODE_CALLS_OPCODES"):
+        start, stop = count_opcodes(out)  # type: ignore[assignment]
     signal.signal(signal.SIGUSR1, start)
     signal.signal(signal.SIGUSR2, stop)
     sys.argv = sys.argv[2:]
