@@ -54,10 +54,7 @@ def extensions() -> list[Extension]:
     modules = [("mqtt_twisted.codec._speedups", "mqtt_twisted/codec/_speedups.pyx"),
                ("mqtt_twisted.core._qos0", "mqtt_twisted/core/_qos0.pyx"),
                ("mqtt_twisted.core._subscribe", "mqtt_twisted/core/_subscribe.pyx"),
-               ("mqtt_twisted.cluster._entries", "mqtt_twisted/cluster/_entries.pyx"),
-               ("mqtt_twisted.cluster._router", "mqtt_twisted/cluster/_router.pyx"),
-               ("mqtt_twisted.cluster._batch", "mqtt_twisted/cluster/_batch.pyx"),
-               ("mqtt_twisted.cluster._inbox", "mqtt_twisted/cluster/_inbox.pyx")]
+               ("mqtt_twisted.cluster._entries", "mqtt_twisted/cluster/_entries.pyx")]
     built = []
     for name, source in modules:  # one at a time: one that Cython refuses leaves the others
         try:

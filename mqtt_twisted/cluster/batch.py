@@ -59,8 +59,7 @@ work (``mqtt_twisted.turns.after_turn``), after every socket read of this turn, 
 commands it makes leave in the same pass (``client.py``): no reactor iteration between.
 """
 
-# (No ``from __future__ import annotations``: Cython's ``include`` (``_batch.pyx``)
-# wants none, so the names only a type checker sees, or defined later, are quoted.)
+from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
@@ -385,4 +384,3 @@ def _all_in(result: Any, write: SharedWrite) -> None:
                 result = Failure(reply)
                 break
     write.fire(result)
-

@@ -38,9 +38,13 @@ from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, suc
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from mqtt_twisted.cluster import inbox
 from mqtt_twisted.cluster.batch import Item, item_message
-from mqtt_twisted.cluster.inbox import READ_COUNT, TURN_MESSAGES
+from mqtt_twisted.cluster.inbox import (
+    READ_COUNT,
+    TURN_MESSAGES,
+    deliver_items,
+    entry_items,
+)
 from mqtt_twisted.cluster.pace import SLICE
 from mqtt_twisted.core.states import CONNECTED
 
@@ -157,7 +161,7 @@ class Drain:
         clock = self.node.reactor
         ends = clock.seconds() + SLICE
         for entry_id, fields in entries:
-            origin, items = inbox.entry_items(fields) or ("", [])
+            origin, items = entry_items(fields) or ("", [])
             for index, item in enumerate(items):
                 yield self._room(item)
                 writes += self._deliver_one(entry_id, origin, items, index)
@@ -197,7 +201,7 @@ class Drain:
                 self.marks = {}  # all behind now
         adopted = self.adopted if self._here_already(items[index], origin) else None
         if not done and adopted is None:
-            return inbox.deliver_items(node, origin, items, index, publisher, entry_id,
+            return deliver_items(node, origin, items, index, publisher, entry_id,
                                  index + 1, field)[1]
         local = self.node.router.local
         deliver = local.deliver
@@ -214,7 +218,7 @@ class Drain:
 
         local.deliver = unless_done
         try:
-            return inbox.deliver_items(node, origin, items, index, publisher, entry_id,
+            return deliver_items(node, origin, items, index, publisher, entry_id,
                                  index + 1, field)[1]
         finally:
             local.deliver = deliver

@@ -20,8 +20,7 @@ batch (of the entry too) then waits, read but unacknowledged, until the subscrib
 catches up.
 """
 
-# (No ``from __future__ import annotations``: Cython's ``include`` (``_inbox.pyx``)
-# wants none, so the names only a type checker sees, or defined later, are quoted.)
+from __future__ import annotations
 
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -53,7 +52,7 @@ READ_BLOCK = 1.0
 TURN_MESSAGES = 512
 
 
-def deliver_items(node: "ClusterNode", origin: str, items: list[Item], start: int = 0,
+def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int = 0,
                   publisher: Any = None, entry_id: bytes | None = None,
                   stop: int | None = None,
                   field: bytes | None = None) -> tuple[int, list[Any]]:
@@ -173,7 +172,7 @@ class StreamPublisher:
 
     state = CONNECTED
 
-    def __init__(self, reader: "InboxReader") -> None:
+    def __init__(self, reader: InboxReader) -> None:
         self.reader = reader
         self.client_id = f"cluster inbox of {reader.node.name}"
         self.paused = False
@@ -193,7 +192,7 @@ class StreamPublisher:
 class InboxReader:
     """Reads, delivers and acknowledges the entries of one node's stream."""
 
-    def __init__(self, node: "ClusterNode") -> None:
+    def __init__(self, node: ClusterNode) -> None:
         self.node = node
         self.publisher = StreamPublisher(self)
         #: Entries read and not yet delivered (flow control paused the delivery).
@@ -349,9 +348,3 @@ class InboxReader:
         self.node._failed(failure, "reading the inbox")
         self._cursor = b"0"  # entries delivered to a lost connection: read them again
         self.node.reactor.callLater(0.5, self._read)
-
-
-# The compiled twins bound in place of these functions where built (twins.py; not from
-# the compiled copy, _inbox.pyx, whose name is its own).
-if __name__ == "mqtt_twisted.cluster.inbox":
-    from mqtt_twisted.cluster import twins  # noqa: F401

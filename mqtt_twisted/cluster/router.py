@@ -29,8 +29,7 @@ publisher's PUBACK/PUBREC waits until Redis has the entry, exactly as it waits f
 the store writes of local deliveries (``core/journal.py``, ``writes_of``).
 """
 
-# (No ``from __future__ import annotations``: Cython's ``include`` (``_router.pyx``)
-# wants none, so the names only a type checker sees, or defined later, are quoted.)
+from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from typing import Any
@@ -487,9 +486,3 @@ def _passing(result: Any, held: Any) -> Any:
     """``held`` gets a write's result, which goes on to the write's next waiter."""
     held.fire(result)
     return result
-
-
-# The compiled twins bound in place of these functions where built (twins.py; not from
-# the compiled copy, _router.pyx, whose name is its own).
-if __name__ == "mqtt_twisted.cluster.router":
-    from mqtt_twisted.cluster import twins  # noqa: F401
