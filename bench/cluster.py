@@ -20,6 +20,7 @@ the subscriber and the CPU seconds each process (nodes, Redis) spent per message
     python bench/cluster.py --scenario local --share --qos 1   # ... on the publisher's node
     python bench/cluster.py --qos 1 --scenario cross --wait 1   # a replica, ?wait=1
     python bench/cluster.py --scenario spread --calls   # Python calls per message
+    python bench/cluster.py --scenario spread --count 6000 --opcodes   # bytecodes, by function
 
 Every spread run also prints what Redis counted (``INFO commandstats``): the ``XADD``
 entries, stream reads and ``XACK`` commands, and the crossing messages per entry and per
@@ -32,6 +33,10 @@ and switches the counting on (``callgrind_control -i on``) only while the publis
 run: the instructions per message of real nodes, user space only (not the kernel's),
 about 50 times slower, so with a small ``--count`` (6,000: a minute and a half for
 1, 2 and 3 nodes); the batches are those of the slowed run (Redis prints them).
+``--opcodes`` counts each node's bytecodes instead of its calls, per function
+(``NODE_CALLS_OPCODES=1``: ``sys.settrace`` opcode events; about 30 times slower): where
+the instructions a Python function's own lines cost go, which neither the call counts
+nor callgrind, below the interpreter, can say.
 Every spread run prints the nodes' CPU per message twice: from before the clients
 connect (``node_cpu_us_per_msg``, as sessions 5-11 reported it) and from the
 publishers' start (``node_cpu_run_us_per_msg``).
