@@ -54,7 +54,8 @@ def extensions() -> list[Extension]:
     modules = [("mqtt_twisted.codec._speedups", "mqtt_twisted/codec/_speedups.pyx"),
                ("mqtt_twisted.core._qos0", "mqtt_twisted/core/_qos0.pyx"),
                ("mqtt_twisted.core._subscribe", "mqtt_twisted/core/_subscribe.pyx"),
-               ("mqtt_twisted.cluster._entries", "mqtt_twisted/cluster/_entries.pyx")]
+               ("mqtt_twisted.cluster._entries", "mqtt_twisted/cluster/_entries.pyx"),
+               ("mqtt_twisted.cluster._resp", "mqtt_twisted/cluster/_resp.pyx")]
     built = []
     for name, source in modules:  # one at a time: one that Cython refuses leaves the others
         try:

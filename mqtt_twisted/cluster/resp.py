@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mqtt_twisted.codec import also_switch, load_compiled
 from mqtt_twisted.errors import StorageError
 
 #: The largest bulk string Redis sends (its proto-max-bulk-len default).
@@ -223,3 +224,23 @@ def _integer(line: bytes) -> int:
     if not -(1 << 63) <= value < (1 << 63):
         raise RespProtocolError(f"RESP integer {value} out of range")
     return value
+
+
+#: The pure ``Parser.feed`` (the specification), and its compiled twin where built
+#: (``cluster/_resp.pyx``, setup.py): bound in its place with the codec's switch
+#: (``MQTT_TWISTED_PURE=1``, ``codec._accel.use``; ``MQTT_TWISTED_REQUIRE_EXT=1`` makes a
+#: missing build an ImportError).  The twin hands any unusual token to the pure one.
+_pure_feed = Parser.feed
+_twin = load_compiled("mqtt_twisted.cluster._resp", "the compiled RESP parser")
+if _twin is not None:
+    _twin.use_pure(_pure_feed, Status, MAX_LINE, MAX_DEPTH)
+
+
+def use(compiled: bool) -> bool:
+    """Bind the compiled ``Parser.feed`` (when built) or the pure one; True for compiled."""
+    chosen = bool(compiled and _twin is not None)
+    Parser.feed = _twin.feed if chosen else _pure_feed  # type: ignore[method-assign,union-attr]
+    return chosen
+
+
+also_switch(use)
