@@ -54,13 +54,6 @@ def extensions() -> list[Extension]:
     modules = [("mqtt_twisted.codec._speedups", "mqtt_twisted/codec/_speedups.pyx"),
                ("mqtt_twisted.core._qos0", "mqtt_twisted/core/_qos0.pyx"),
                ("mqtt_twisted.core._subscribe", "mqtt_twisted/core/_subscribe.pyx"),
-               ("mqtt_twisted.core._inbound", "mqtt_twisted/core/_inbound.pyx"),
-               ("mqtt_twisted.core._delivery", "mqtt_twisted/core/_delivery.pyx"),
-               ("mqtt_twisted.core._router", "mqtt_twisted/core/_router.pyx"),
-               ("mqtt_twisted.core._connection", "mqtt_twisted/core/_connection.pyx"),
-               ("mqtt_twisted.core._session", "mqtt_twisted/core/_session.pyx"),
-               ("mqtt_twisted.core._journal", "mqtt_twisted/core/_journal.pyx"),
-               ("mqtt_twisted.core._wire", "mqtt_twisted/core/_wire.pyx"),
                ("mqtt_twisted.cluster._entries", "mqtt_twisted/cluster/_entries.pyx")]
     built = []
     for name, source in modules:  # one at a time: one that Cython refuses leaves the others

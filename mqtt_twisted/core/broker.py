@@ -23,9 +23,8 @@ from typing import Any
 
 from twisted.logger import Logger
 
-# Bind the SUBSCRIBE path's compiled loops (core/_subscribe.pyx) and the QoS 1/2 path's
-# compiled modules (core/_qos12.py) where built.
-from mqtt_twisted.core import _compiled, _qos12  # noqa: F401
+# Binds the SUBSCRIBE path's compiled loops where built (core/_subscribe.pyx).
+from mqtt_twisted.core import _compiled  # noqa: F401
 from mqtt_twisted.core.admission import TURN_BUDGET, ConnectGate
 from mqtt_twisted.core.connect import Connector, Credentials
 from mqtt_twisted.core.connection import MQTTConnection

@@ -6,8 +6,8 @@ transport's ``write``.  Session and routing decisions are the broker's; this
 class enforces the packet-level rules and the acknowledgement state machines.
 """
 
-# (No ``from __future__ import annotations``: Cython's ``include`` wants none
-# (core/_qos12.py), so the names only a type checker sees are quoted.)
+from __future__ import annotations
+
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -89,7 +89,7 @@ class MQTTConnection:
     # enhanced authentication, inbound topic aliases, the outbound alias limit, the
     # refusal log flag, a TLS certificate's identity, a long read's next share, answer_due.
 
-    def __init__(self, broker: "Broker", transport: Any, peer: Any = "", listener: Any = None,
+    def __init__(self, broker: Broker, transport: Any, peer: Any = "", listener: Any = None,
                  certificate_identity: str | None = None) -> None:
         self.broker = broker
         self.transport = transport

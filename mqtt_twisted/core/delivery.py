@@ -8,8 +8,8 @@ The link is the session's connection (MQTT or virtual): ``send_publish``,
 ``send_quota``, ``paused``, ``state``.
 """
 
-# (No ``from __future__ import annotations``: Cython's ``include`` wants none
-# (core/_qos12.py), so the names only a type checker sees are quoted.)
+from __future__ import annotations
+
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +48,7 @@ class Delivery:
                  "high_water", "offline", "hold", "put_outbound", "sent_outbound",
                  "drop_outbound", "closing_full")
 
-    def __init__(self, broker: "Broker") -> None:
+    def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.clock = broker.clock
         self.settings = broker.settings
@@ -79,7 +79,7 @@ class Delivery:
             self.put_outbound = self.sent_outbound = store.storeOutbound
             self.drop_outbound = store.removeOutbound
 
-    def deliver(self, session: "Session", message: Message, qos: int, retain: bool,
+    def deliver(self, session: Session, message: Message, qos: int, retain: bool,
                 subscription_ids: tuple[int, ...] | None, group: str | None = None) -> None:
         """Send now if the client is online and has room, else queue within bounds."""
         self.stats.deliveries += 1  # the work a PUBLISH makes (fairness per read)
@@ -151,7 +151,7 @@ class Delivery:
         if qos and self.durable and session.expiryInterval != 0:
             self.journal.persist(self.put_outbound(session.clientId, out))
 
-    def _dropped(self, session: "Session", dropped: list[Outbound]) -> None:
+    def _dropped(self, session: Session, dropped: list[Outbound]) -> None:
         for old in dropped:
             if old.held is not None:
                 release_held(old)
@@ -186,7 +186,7 @@ class Delivery:
                               why="queue full")
             conn.close(ReasonCode.QUOTA_EXCEEDED)
 
-    def resend(self, session: "Session", conn: Any) -> None:
+    def resend(self, session: Session, conn: Any) -> None:
         """A client reconnected to its session: resend its unacknowledged PUBLISHes
         (DUP=1) and PUBRELs, in their order [MQTT-4.4.0-1]."""
         for pid, out in list(session.inflight.items()):
@@ -201,7 +201,7 @@ class Delivery:
                 if self.durable and session.persistent:
                     self.journal.persist(self.drop_outbound(session.clientId, out.seq))
 
-    def pump(self, session: "Session") -> None:
+    def pump(self, session: Session) -> None:
         """Move queued messages to the wire while the client has room."""
         conn = session.connection
         queue = session.queue
@@ -251,7 +251,7 @@ class Delivery:
             messages, options = session.retained_backlog.pop(0)
             self.clock.callLater(0, self.send_retained_slice, session, messages, options)
 
-    def outbound_done(self, session: "Session", packet_id: int) -> None:
+    def outbound_done(self, session: Session, packet_id: int) -> None:
         """PUBACK or PUBCOMP: the flow for ``packet_id`` is complete."""
         inflight = session.inflight
         out = inflight.get(packet_id)  # (NO_ENTRIES has no pop)
@@ -266,7 +266,7 @@ class Delivery:
         if session.queue:
             self.pump(session)
 
-    def outbound_released(self, session: "Session", out: Outbound) -> None:
+    def outbound_released(self, session: Session, out: Outbound) -> None:
         """PUBREC: the message is delivered; only PUBREL/PUBCOMP remain [MQTT-4.3.3]."""
         out.state = AWAITING_PUBCOMP
         if out.held is not None:
@@ -274,7 +274,7 @@ class Delivery:
         if self.durable and session.persistent:
             self.journal.persist(self.put_outbound(session.clientId, out))
 
-    def add_inbound_qos2(self, session: "Session", packet_id: int) -> None:
+    def add_inbound_qos2(self, session: Session, packet_id: int) -> None:
         if session.inboundQoS2:
             session.inboundQoS2.add(packet_id)  # type: ignore[union-attr]
         else:
@@ -282,13 +282,13 @@ class Delivery:
         if self.durable and session.persistent:
             self.journal.persist(self.store.addInboundQoS2(session.clientId, packet_id))
 
-    def remove_inbound_qos2(self, session: "Session", packet_id: int) -> None:
+    def remove_inbound_qos2(self, session: Session, packet_id: int) -> None:
         if packet_id in session.inboundQoS2:
             session.inboundQoS2.discard(packet_id)  # type: ignore[union-attr]
         if self.durable and session.persistent:
             self.journal.persist(self.store.removeInboundQoS2(session.clientId, packet_id))
 
-    def send_retained_many(self, session: "Session",
+    def send_retained_many(self, session: Session,
                            granted: list[tuple[str, SubscriptionOptions, bool]]) -> None:
         """The retained messages for one SUBSCRIBE's granted plain filters ``(filter,
         options, is new)`` [MQTT-3.3.1-9], as v5's retain handling asks: 0 always, 1
@@ -302,13 +302,13 @@ class Delivery:
         for topic_filter, options in _wanted(granted, may, plain, sys):
             self.send_retained(session, topic_filter, options)
 
-    def send_retained(self, session: "Session", topic_filter: str,
+    def send_retained(self, session: Session, topic_filter: str,
                       options: SubscriptionOptions) -> None:
         """Deliver the retained messages matching a new subscription, in slices
         (core/retained.py)."""
         send_retained(self, session, topic_filter, options)
 
-    def send_retained_slice(self, session: "Session", messages: Iterator[Message | None],
+    def send_retained_slice(self, session: Session, messages: Iterator[Message | None],
                             options: SubscriptionOptions) -> None:
         """The next slice of a new subscription's retained messages."""
         send_slice(self, session, messages, options)

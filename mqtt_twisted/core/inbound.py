@@ -6,8 +6,8 @@ acknowledgements: an ack waits for the store writes of its packet and goes out i
 the order of the packets it answers [MQTT-4.6.0].
 """
 
-# (No ``from __future__ import annotations``: Cython's ``include`` wants none
-# (core/_qos12.py), so the names only a type checker sees are quoted.)
+from __future__ import annotations
+
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -47,7 +47,7 @@ _SUB_ID = PropertyId.SUBSCRIPTION_IDENTIFIER
 GRANTS_CACHED = 1024
 
 
-def on_publish(conn: "MQTTConnection", packet: Publish) -> None:
+def on_publish(conn: MQTTConnection, packet: Publish) -> None:
     session = conn.session
     qos = packet.qos
     topic = packet.topic
@@ -203,7 +203,7 @@ def on_publish(conn: "MQTTConnection", packet: Publish) -> None:
         publish(conn, message, bool(allowed))
 
 
-def refuse_publish(conn: "MQTTConnection", packet: Publish, why: str,
+def refuse_publish(conn: MQTTConnection, packet: Publish, why: str,
                    code: int = ReasonCode.NOT_AUTHORIZED) -> None:
     """Do not route a PUBLISH the client may not make: v5 QoS 1/2 get ``code`` (0x87,
     or 0x97 for a quota) in their acknowledgement and QoS 0 a DISCONNECT 0x87 (a quota
@@ -222,7 +222,7 @@ def refuse_publish(conn: "MQTTConnection", packet: Publish, why: str,
         reply(conn, PubRec(packet.packet_id, code), [])  # type: ignore[arg-type]
 
 
-def publish(conn: "MQTTConnection", message: Message, allowed: bool) -> None:
+def publish(conn: MQTTConnection, message: Message, allowed: bool) -> None:
     """Route an authorized PUBLISH and acknowledge it once what it needs is stored."""
     broker = conn.broker
     qos = message.qos
@@ -256,7 +256,7 @@ def qos1_acked() -> None:
     counts towards the receive maximum (done inline by ``flush_acks``: no call)."""
 
 
-def route_acked(conn: "MQTTConnection", message: Message, allowed: bool) -> int:
+def route_acked(conn: MQTTConnection, message: Message, allowed: bool) -> int:
     if not allowed:
         return ReasonCode.NOT_AUTHORIZED
     code = 0
@@ -282,7 +282,7 @@ def route_acked(conn: "MQTTConnection", message: Message, allowed: bool) -> int:
     return code
 
 
-def wait_for(conn: "MQTTConnection", answer: Any, then: Callable[[Any], None]) -> None:
+def wait_for(conn: MQTTConnection, answer: Any, then: Callable[[Any], None]) -> None:
     """Hold this client's later packets until an asynchronous answer (an authorizer's)
     arrives, so that they are still handled in order."""
     conn.block()
@@ -305,7 +305,7 @@ def wait_for(conn: "MQTTConnection", answer: Any, then: Callable[[Any], None]) -
     answer.addCallbacks(done, failed)
 
 
-def reply(conn: "MQTTConnection", packet: Packet, writes: list[Any],
+def reply(conn: MQTTConnection, packet: Packet, writes: list[Any],
            then: Callable[[], None] | None = None) -> None:
     """Send ``packet`` (then call ``then``) now, or once ``writes`` are stored."""
     if writes or conn._acks:
@@ -322,7 +322,7 @@ _PUBACK, _PUBREC, _PUBREL, _PUBCOMP = 0x40, 0x50, 0x62, 0x70
 _ACK = struct.Struct(">BBH")
 
 
-def reply_ack(conn: "MQTTConnection", first_byte: int, cls: type, packet_id: int,
+def reply_ack(conn: MQTTConnection, first_byte: int, cls: type, packet_id: int,
               writes: list[Any]) -> None:
     """``reply`` with a success ack, built as an object only when it has to wait."""
     if writes or conn._acks:
@@ -331,7 +331,7 @@ def reply_ack(conn: "MQTTConnection", first_byte: int, cls: type, packet_id: int
         conn.send_ack(first_byte, packet_id)
 
 
-def ack_after(conn: "MQTTConnection", ack: Packet | int, writes: list[Any],
+def ack_after(conn: MQTTConnection, ack: Packet | int, writes: list[Any],
                then: Callable[[], None] | None = None) -> None:
     """Send ``ack`` (then call ``then``) once ``writes`` are stored, keeping acks in
     the order of the packets they answer.  An int ``ack`` is the packet id of a success
@@ -362,7 +362,7 @@ def ack_after(conn: "MQTTConnection", ack: Packet | int, writes: list[Any],
         flush_acks(conn)
 
 
-def write_done(result: Any, conn: "MQTTConnection", entry: list[Any]) -> None:
+def write_done(result: Any, conn: MQTTConnection, entry: list[Any]) -> None:
     if isinstance(result, Failure):
         conn.broker.store_failed(result)
         entry[2] = entry[2] or result
@@ -371,7 +371,7 @@ def write_done(result: Any, conn: "MQTTConnection", entry: list[Any]) -> None:
         flush_acks(conn)
 
 
-def flush_acks(conn: "MQTTConnection") -> None:
+def flush_acks(conn: MQTTConnection) -> None:
     acks = conn._acks
     while acks and not acks[0][0]:
         _, packets, failed, thens, _ = acks.popleft()
@@ -404,7 +404,7 @@ def flush_acks(conn: "MQTTConnection") -> None:
             send_acks(conn, _PUBACK, pubacks)
 
 
-def send_acks(conn: "MQTTConnection", first_byte: int, packet_ids: list[int]) -> None:
+def send_acks(conn: MQTTConnection, first_byte: int, packet_ids: list[int]) -> None:
     """Success acks of one kind in one write: the PUBACKs that waited for one store
     write (``flush_acks``), each its four bytes, as ``MQTTConnection.send_ack``."""
     if conn.state != CLOSED and (not conn.max_send_size or conn.max_send_size >= 4):
@@ -414,7 +414,7 @@ def send_acks(conn: "MQTTConnection", first_byte: int, packet_ids: list[int]) ->
         conn.transport.write(b"".join([pack(first_byte, 2, pid) for pid in packet_ids]))
 
 
-def resolve_alias(conn: "MQTTConnection", alias: int, topic: str) -> str:
+def resolve_alias(conn: MQTTConnection, alias: int, topic: str) -> str:
     """Map a v5 topic alias to its topic [MQTT-3.3.2-10..12]."""
     if alias > conn.broker.settings.topic_alias_maximum:
         raise ProtocolError("topic alias out of range", ReasonCode.TOPIC_ALIAS_INVALID)
@@ -430,14 +430,14 @@ def resolve_alias(conn: "MQTTConnection", alias: int, topic: str) -> str:
     return known
 
 
-def on_puback(conn: "MQTTConnection", packet: PubAck) -> None:
+def on_puback(conn: MQTTConnection, packet: PubAck) -> None:
     session = conn.session
     out = session.inflight.get(packet.packet_id)  # type: ignore[union-attr]
     if out is not None and out.qos == 1:
         conn.broker.outbound_done(session, packet.packet_id)  # type: ignore[arg-type]
 
 
-def on_pubrec(conn: "MQTTConnection", packet: PubRec) -> None:
+def on_pubrec(conn: MQTTConnection, packet: PubRec) -> None:
     session = conn.session
     pid = packet.packet_id
     out = session.inflight.get(pid)  # type: ignore[union-attr]
@@ -459,7 +459,7 @@ def on_pubrec(conn: "MQTTConnection", packet: PubRec) -> None:
     reply_ack(conn, _PUBREL, PubRel, pid, writes)
 
 
-def on_pubrel(conn: "MQTTConnection", packet: PubRel) -> None:
+def on_pubrel(conn: MQTTConnection, packet: PubRel) -> None:
     session = conn.session
     pid = packet.packet_id
     if pid in session.inboundQoS2:  # type: ignore[union-attr]
@@ -473,7 +473,7 @@ def on_pubrel(conn: "MQTTConnection", packet: PubRel) -> None:
         conn.send(PubComp(pid))
 
 
-def on_pubcomp(conn: "MQTTConnection", packet: PubComp) -> None:
+def on_pubcomp(conn: MQTTConnection, packet: PubComp) -> None:
     session = conn.session
     out = session.inflight.get(packet.packet_id)  # type: ignore[union-attr]
     if out is not None and out.qos == 2:

@@ -9,8 +9,8 @@ since the live sessions are the copy of record; it still gets sessions and retai
 messages.
 """
 
-# (No ``from __future__ import annotations``: Cython's ``include`` wants none
-# (core/_qos12.py), so the names only a type checker sees are quoted.)
+from __future__ import annotations
+
 from collections.abc import Callable
 from typing import Any
 

@@ -10,8 +10,8 @@ from otherwise.  The local router treats both alike; a cluster router wraps it, 
 local messages on to its peers and never sends a peer's message back out.
 """
 
-# (No ``from __future__ import annotations``: Cython's ``include`` wants none
-# (core/_qos12.py), so the names only a type checker sees are quoted.)
+from __future__ import annotations
+
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 

@@ -5,8 +5,8 @@ id order, plus a bounded queue behind them) and the inbound QoS 2 packet ids.
 Delivery decisions live here; the wire format lives in the connection.
 """
 
-# (No ``from __future__ import annotations``: Cython's ``include`` wants none
-# (core/_qos12.py), so the names only a type checker sees are quoted.)
+from __future__ import annotations
+
 from collections import deque
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -67,7 +67,7 @@ class Session:
     max_inflight_bytes: int
 
     def __new__(cls, client_id: str, max_inflight: int = 20, max_queued: int = 1000,
-                max_queued_bytes: int = 16 << 20, max_inflight_bytes: int = 0) -> "Session":
+                max_queued_bytes: int = 16 << 20, max_inflight_bytes: int = 0) -> Session:
         key = (max_queued, max_queued_bytes or 1 << 62, max_inflight_bytes or 1 << 62)
         limited = _LIMITED.get(key)
         if limited is None:

@@ -8,8 +8,8 @@ properties differ per subscriber (subscription identifiers, an aged expiry
 interval) are encoded individually.
 """
 
-# (No ``from __future__ import annotations``: Cython's ``include`` wants none
-# (core/_qos12.py), so the names only a type checker sees are quoted.)
+from __future__ import annotations
+
 from mqtt_twisted.codec import encode, encode_publish, encode_publish_plain
 from mqtt_twisted.codec.packets import ConnAck, Publish
 from mqtt_twisted.message import NO_WIRE, Message, forward_properties
