@@ -70,11 +70,11 @@ def pending_bytes(transport: Any) -> int:
 def drain(transport: Any) -> None:
     """Read what the kernel holds for ``transport`` before it is let go (see
     ``adapters/mqtt.py``'s ``_read_before_reset``): only what FIONREAD says is there."""
-    protocol = getattr(transport, "protocol", None)
-    connection = getattr(protocol, "connection", protocol)  # (MQTTStreamProtocol's)
-    if getattr(connection, "state", None) == CLOSED:
-        return
     if transport.connected and not transport.disconnecting:
+        protocol = getattr(transport, "protocol", None)
+        connection = getattr(protocol, "connection", protocol)  # (MQTTStreamProtocol's)
+        if getattr(connection, "state", None) == CLOSED:
+            return  # closed on our side: what its peer still sends is dropped anyway
         for _ in range(1 << 12):  # at most 4096 reads of bufferSize each
             if pending_bytes(transport) <= 0:
                 break
