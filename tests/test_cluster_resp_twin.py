@@ -1,11 +1,14 @@
-"""The RESP parser's compiled twin (cluster/_resp.pyx) against the pure one.
+"""The RESP parser's and encoders' compiled twins (cluster/_resp.pyx) against the pure
+ones.
 
 The pure ``Parser.feed`` is the specification: fed the same bytes in the same pieces,
 the twin must give the same replies (``Status`` kept apart from bulk strings), keep
 the same buffer and array stack between pieces, and raise the same error for bytes
 that are not RESP.  Streams: random replies (nested arrays, nulls, errors, signed and
 large integers, long and empty strings, the integer 1 runs of the pure shortcut), cut
-anywhere, and mangled.
+anywhere, and mangled.  The encoders: the same bytes for the same arguments (bytes of
+every length around a digit boundary, text, integers, floats, bytes-like), the same error
+for an argument Redis cannot take or a command with no name.
 """
 
 from __future__ import annotations
@@ -104,13 +107,85 @@ def test_a_long_header_line() -> None:
         assert run(twin.feed, [data]) == run(resp._pure_feed, [data])  # type: ignore[union-attr]
 
 
+def random_argument(rng: random.Random) -> Any:
+    kind = rng.randrange(10)
+    if kind < 5:  # bytes, the usual argument: lengths either side of 10, 100, 1000, 10000
+        return rng.randbytes(rng.choice([0, 1, 9, 10, 11, 99, 100, 101, 999, 1000, 10000]))
+    if kind == 5:
+        return rng.choice(["", "inbox", "é-ß-中", "x" * 300])
+    if kind == 6:
+        return rng.choice([0, 7, -1, 10, 99, 100, 2**63, -(2**70), 10**30])
+    if kind == 7:
+        return rng.choice([0.5, -1e300, 3.0, float("inf")])
+    if kind == 8:
+        return bytearray(rng.randbytes(rng.randrange(20)))
+    return memoryview(rng.randbytes(rng.randrange(20)))
+
+
+def outcome(encode: Any, *args: Any) -> Any:
+    try:
+        return encode(*args)
+    except Exception as e:
+        return type(e), str(e)
+
+
+@needs_build
+def test_commands_encode_as_the_pure_encoder_does() -> None:
+    rng = random.Random(7)
+    for _ in range(3000):
+        args = [rng.choice([b"XADD", b"EVALSHA", "SET"])]
+        args += [random_argument(rng) for _ in range(rng.choice([0, 1, 2, 9, 10, 11, 120]))]
+        want = resp._pure_encode_command(*args)
+        assert twin.encode_command(*args) == want  # type: ignore[union-attr]
+        # (the pure encoder's output is a RESP array of bulk strings: parsed back, it
+        # gives every argument's bytes)
+        assert Parser().feed(want) == [[resp._data(a) for a in args]]
+    for _ in range(300):
+        commands = [tuple([b"XACK"] + [random_argument(rng) for _ in range(rng.randrange(6))])
+                    for _ in range(rng.choice([0, 1, 2, 25]))]
+        assert (twin.encode_commands(commands)  # type: ignore[union-attr]
+                == resp._pure_encode_commands(commands)
+                == b"".join(resp._pure_encode_command(*c) for c in commands))
+
+
+@needs_build
+@pytest.mark.parametrize("args", [(), (b"SET", True), (b"SET", None), (b"SET", object()),
+                                  (b"SET", [b"a"]), (True,)])
+def test_arguments_redis_cannot_take(args: tuple[Any, ...]) -> None:
+    """No name, a bool, None or another object: the pure encoder's error, from both."""
+    want = outcome(resp._pure_encode_command, *args)
+    assert isinstance(want, tuple) and want[0] in (ValueError, TypeError)
+    assert outcome(twin.encode_command, *args) == want  # type: ignore[union-attr]
+    commands = [(b"PING",), args]
+    assert (outcome(twin.encode_commands, commands)  # type: ignore[union-attr]
+            == outcome(resp._pure_encode_commands, commands))
+
+
 def test_the_switch(restore_codec: None) -> None:
-    """Compiled where built (by default), pure when the codec's switch says so."""
+    """Compiled where built (by default), pure when the codec's switch says so; the
+    encoders are switched with the parser, where the Redis clients call them."""
     _accel.use(True)
     assert (Parser.feed is twin.feed) if twin is not None else (Parser.feed is resp._pure_feed)
+    if twin is not None:
+        assert resp.encode_command is twin.encode_command
+        assert resp.encode_commands is twin.encode_commands
     _accel.use(False)
     assert Parser.feed is resp._pure_feed
+    assert resp.encode_command is resp._pure_encode_command
+    assert resp.encode_commands is resp._pure_encode_commands
     assert Parser().feed(b"+OK\r\n$2\r\nab\r\n") == [Status(b"OK"), b"ab"]
+
+
+def test_the_clients_call_the_switched_encoders() -> None:
+    """The cluster's client, the Sentinel probe and the store's batches reach the
+    encoders through ``resp``, so the switch reaches them (no copy of the name)."""
+    from mqtt_twisted.cluster import client
+    from mqtt_twisted.store import _redisbatch, sentinel
+
+    for module in (client, sentinel, _redisbatch):
+        assert not hasattr(module, "encode_command"), module.__name__
+        assert not hasattr(module, "encode_commands"), module.__name__
+        assert module.resp is resp
 
 
 @pytest.fixture
@@ -141,3 +216,25 @@ def test_choice_at_import() -> None:
     assert _choice({}, block=True).stdout.split() == ["pure"]
     required = _choice({"MQTT_TWISTED_REQUIRE_EXT": "1"}, block=True)
     assert required.returncode != 0 and "is not importable" in required.stderr
+
+
+def test_a_stale_build_is_not_used() -> None:
+    """A ``_resp`` built from an older source (a parser, no encoders) is not bound: the
+    pure code runs, with a warning; with MQTT_TWISTED_REQUIRE_EXT=1 it is an ImportError."""
+    program = ("import sys, types, warnings\n"
+               "sys.modules['mqtt_twisted.cluster._resp'] = types.SimpleNamespace(\n"
+               "    feed=None, use_pure=lambda *a: None)\n"
+               "warnings.simplefilter('always')\n"
+               "from mqtt_twisted.cluster import resp\n"
+               "print('pure' if resp.encode_command is resp._pure_encode_command\n"
+               "      and resp.Parser.feed is resp._pure_feed else 'compiled')")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MQTT_TWISTED_PURE", "MQTT_TWISTED_REQUIRE_EXT")}
+    done = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["pure"]
+    assert "older than its source (no encode_commands)" in done.stderr
+    required = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                              env={**env, "MQTT_TWISTED_REQUIRE_EXT": "1"})
+    assert required.returncode != 0 and "is stale: no encode_commands" in required.stderr

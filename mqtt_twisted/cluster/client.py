@@ -43,7 +43,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mqtt_twisted.cluster.pace import Paced
-from mqtt_twisted.cluster.resp import Parser, ReplyError, RespProtocolError, encode_command
+from mqtt_twisted.cluster import resp
+from mqtt_twisted.cluster.resp import Parser, ReplyError, RespProtocolError
 from mqtt_twisted.errors import StorageError
 from mqtt_twisted.turns import after_turn
 
@@ -262,7 +263,7 @@ class RedisClient:
         if self._service is None:  # not started, or stopped: nothing would ever send it
             pending.deferred.errback(StorageError(f"{self.name}: not connected"))
             return pending.deferred
-        data = encode_command(*args)
+        data = resp.encode_command(*args)
         protocol = self.protocol
         if protocol is not None:
             protocol.send(pending, data)
@@ -279,7 +280,7 @@ class RedisClient:
         if self._service is None:
             pending.deferred.errback(StorageError(f"{self.name}: not connected"))
             return pending.deferred
-        data = b"".join([encode_command(*args) for args in commands])
+        data = resp.encode_commands(commands)
         protocol = self.protocol
         if protocol is not None:
             protocol.send(pending, data, len(commands) - 1)

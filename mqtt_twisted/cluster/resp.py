@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from mqtt_twisted.codec import also_switch, load_compiled
+from mqtt_twisted.codec._accel import stale_compiled
 from mqtt_twisted.errors import StorageError
 
 #: The largest bulk string Redis sends (its proto-max-bulk-len default).
@@ -57,19 +58,23 @@ class RespProtocolError(StorageError):
 Reply = bytes | int | None | list | ReplyError
 
 
-def _bulk(arg: Any) -> bytes:
+def _data(arg: Any) -> bytes:
+    """An argument's bytes: bytes-like as they are, text in UTF-8, a number as its digits."""
     if type(arg) is bytes:
-        data = arg
-    elif isinstance(arg, (bytes, bytearray, memoryview)):
-        data = bytes(arg)
-    elif isinstance(arg, str):
-        data = arg.encode("utf-8")
-    elif isinstance(arg, int) and not isinstance(arg, bool):
-        data = b"%d" % arg
-    elif isinstance(arg, float):
-        data = repr(arg).encode()
-    else:
-        raise TypeError(f"a Redis command argument is bytes, str, int or float, not {arg!r}")
+        return arg
+    if isinstance(arg, (bytes, bytearray, memoryview)):
+        return bytes(arg)
+    if isinstance(arg, str):
+        return arg.encode("utf-8")
+    if isinstance(arg, int) and not isinstance(arg, bool):
+        return b"%d" % arg
+    if isinstance(arg, float):
+        return repr(arg).encode()
+    raise TypeError(f"a Redis command argument is bytes, str, int or float, not {arg!r}")
+
+
+def _bulk(arg: Any) -> bytes:
+    data = _data(arg)
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
@@ -89,6 +94,11 @@ def encode_command(*args: Any) -> bytes:
         else:
             append(_bulk(arg))
     return b"".join(parts)
+
+
+def encode_commands(commands: list[tuple[Any, ...]]) -> bytes:
+    """Several commands (each a tuple of its arguments) in one bytes: a pipeline's write."""
+    return b"".join([encode_command(*args) for args in commands])
 
 
 def encode_reply(value: Reply) -> bytes:
@@ -226,20 +236,36 @@ def _integer(line: bytes) -> int:
     return value
 
 
-#: The pure ``Parser.feed`` (the specification), and its compiled twin where built
-#: (``cluster/_resp.pyx``, setup.py): bound in its place with the codec's switch
-#: (``MQTT_TWISTED_PURE=1``, ``codec._accel.use``; ``MQTT_TWISTED_REQUIRE_EXT=1`` makes a
-#: missing build an ImportError).  The twin hands any unusual token to the pure one.
+#: The pure ``Parser.feed``, ``encode_command`` and ``encode_commands`` (the
+#: specification), and their compiled twins where built (``cluster/_resp.pyx``,
+#: setup.py): bound in their place with the codec's switch (``MQTT_TWISTED_PURE=1``,
+#: ``codec._accel.use``; ``MQTT_TWISTED_REQUIRE_EXT=1`` makes a missing build an
+#: ImportError).  The parser's twin hands any unusual token to the pure one; the
+#: encoders' twins make a non-``bytes`` argument bytes with the pure ``_data``.  Callers
+#: use ``resp.encode_command``, not a copy of the name, so that the switch reaches them.
 _pure_feed = Parser.feed
+_pure_encode_command = encode_command
+_pure_encode_commands = encode_commands
 _twin = load_compiled("mqtt_twisted.cluster._resp", "the compiled RESP parser")
+if _twin is not None and not hasattr(_twin, "encode_commands"):
+    _twin = stale_compiled("mqtt_twisted.cluster._resp", "encode_commands")
 if _twin is not None:
-    _twin.use_pure(_pure_feed, Status, MAX_LINE, MAX_DEPTH)
+    _twin.use_pure(_pure_feed, Status, MAX_LINE, MAX_DEPTH, _data)
 
 
 def use(compiled: bool) -> bool:
-    """Bind the compiled ``Parser.feed`` (when built) or the pure one; True for compiled."""
+    """Bind the compiled parser and encoders (when built) or the pure ones; True for
+    compiled."""
+    global encode_command, encode_commands
     chosen = bool(compiled and _twin is not None)
-    Parser.feed = _twin.feed if chosen else _pure_feed  # type: ignore[method-assign,union-attr]
+    if chosen:
+        Parser.feed = _twin.feed  # type: ignore[method-assign,union-attr]
+        encode_command = _twin.encode_command  # type: ignore[union-attr]
+        encode_commands = _twin.encode_commands  # type: ignore[union-attr]
+    else:
+        Parser.feed = _pure_feed  # type: ignore[method-assign]
+        encode_command = _pure_encode_command
+        encode_commands = _pure_encode_commands
     return chosen
 
 

@@ -49,20 +49,25 @@ def load_compiled(module: str, what: str) -> ModuleType | None:
         return None
 
 
+def stale_compiled(module: str, missing: str) -> None:
+    """For a compiled ``module`` built from an older source (no ``missing``): None, the
+    pure functions, with a warning; with ``MQTT_TWISTED_REQUIRE_EXT=1`` an ImportError."""
+    if _flag("MQTT_TWISTED_REQUIRE_EXT"):
+        raise ImportError(f"{module} is stale: no {missing}; rebuild it "
+                          "(python setup.py build_ext --inplace)")
+    warnings.warn(f"{module} is older than its source (no {missing}): using the "
+                  "pure-Python code; rebuild it with `python setup.py build_ext --inplace`",
+                  RuntimeWarning, stacklevel=3)
+    return None
+
+
 def _load() -> ModuleType | None:
     _speedups = load_compiled("mqtt_twisted.codec._speedups", "the compiled codec")
     if _speedups is None:
         return None
     missing = [name for name in PURE if not hasattr(_speedups, name)]
     if missing:  # built from an older source (a tree updated without build_ext again)
-        if _flag("MQTT_TWISTED_REQUIRE_EXT"):
-            raise ImportError(f"the compiled codec is stale: no {', '.join(missing)}; "
-                              "rebuild it (python setup.py build_ext --inplace)")
-        warnings.warn(f"mqtt_twisted.codec._speedups is older than its source (no "
-                      f"{', '.join(missing)}): using the pure-Python codec; rebuild it "
-                      "with `python setup.py build_ext --inplace`", RuntimeWarning,
-                      stacklevel=2)
-        return None
+        return stale_compiled("mqtt_twisted.codec._speedups", ", ".join(missing))
     _speedups._pure_feed = PURE["feed"]
     _speedups._pure_decode_publish = PURE["decode_publish"]
     _speedups._pure_encode_publish = PURE["encode_publish"]

@@ -41,7 +41,7 @@ import msgpack
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from mqtt_twisted.cluster.resp import encode_command
+from mqtt_twisted.cluster import resp
 from mqtt_twisted.store._redisformat import FORMAT, PACK
 from mqtt_twisted.store._redisscripts import FENCED, SHAS
 from mqtt_twisted.writes import SharedWrite
@@ -101,7 +101,7 @@ class Batch:
         """:meth:`command` in RESP, built once when the turn's commands are written:
         unfenced, in one bytes join, with no tuple of arguments in between."""
         if self.fence is not None:
-            return encode_command(*self.command())
+            return resp.encode_command(*self.command())
         sections = self.sections
         parts = [b"*%d\r\n%s$%d\r\n%d\r\n" % (3 + 4 * len(sections), _BATCH_HEAD,
                                                  len(str(2 * len(sections))),

@@ -40,7 +40,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mqtt_twisted.cluster.resp import Parser, ReplyError, RespProtocolError, encode_command
+from mqtt_twisted.cluster import resp
+from mqtt_twisted.cluster.resp import Parser, ReplyError, RespProtocolError
 from mqtt_twisted.errors import StorageError
 
 log = Logger()
@@ -133,7 +134,7 @@ class _Ask(Protocol):
             self.transport.abortConnection()
 
     def connectionMade(self) -> None:
-        self.transport.write(b"".join(encode_command(*c) for c in self.commands))
+        self.transport.write(resp.encode_commands(self.commands))
 
     def dataReceived(self, data: bytes) -> None:
         try:
