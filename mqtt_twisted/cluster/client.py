@@ -42,8 +42,8 @@ from twisted.internet.tcp import Connection
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mqtt_twisted.cluster.pace import Paced
 from mqtt_twisted.cluster import resp
+from mqtt_twisted.cluster.pace import Paced
 from mqtt_twisted.cluster.resp import Parser, ReplyError, RespProtocolError
 from mqtt_twisted.errors import StorageError
 from mqtt_twisted.turns import after_turn
