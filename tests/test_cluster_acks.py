@@ -312,3 +312,73 @@ class InboxAckTests(SynchronousTestCase):
         self.assertEqual(self.node.commands.sent, [])
         write.callback(None)
         self.assertEqual(self.node.commands.sent, [(b"XACK", b"s:A", b"A", b"1-0")])
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+
+def _conn(**fields: Any) -> Any:
+    from collections import deque
+
+    from mqtt_twisted.core.states import CONNECTED
+
+    return SimpleNamespace(state=CONNECTED, max_send_size=0, transport=_Transport(),
+                           _acks=deque(), _unacked_qos1=0, **fields)
+
+
+class SendAcksTests(SynchronousTestCase):
+    """``inbound.send_acks`` and ``flush_acks``' run of success PUBACKs, by the bytes
+    written: as many as the ids, four bytes each, in order, in one write."""
+
+    def test_any_number_of_acks_of_any_kind(self) -> None:
+        import random
+        import struct
+
+        from mqtt_twisted.core.inbound import send_acks
+
+        rng = random.Random(3)
+        for first in (0x40, 0x50, 0x62, 0x70):
+            for n in [*range(0, 20), 63, 64, 200]:
+                ids = [rng.choice([1, 255, 256, 0x1234, 0xFFFF, rng.randrange(1, 65536)])
+                       for _ in range(n)]
+                conn = _conn()
+                send_acks(conn, first, ids)
+                self.assertEqual(conn.transport.writes,
+                                 [b"".join(struct.pack(">BBH", first, 2, i) for i in ids)])
+
+    def test_a_run_of_success_pubacks_is_one_write(self) -> None:
+        from mqtt_twisted.core.inbound import flush_acks, qos1_acked
+
+        conn = _conn()
+        ids = list(range(1, 31))
+        conn._acks.append([0, list(ids), False, [qos1_acked] * 30, None])
+        conn._unacked_qos1 = 30
+        flush_acks(conn)
+        self.assertEqual(conn.transport.writes,
+                         [b"".join(bytes((0x40, 2, 0, i)) for i in ids)])
+        self.assertEqual((conn._unacked_qos1, len(conn._acks)), (0, 0))
+
+    def test_a_run_with_another_ack_in_it_keeps_the_order(self) -> None:
+        """An ack with a reason code (or another waiter) among them: each in its place,
+        the success PUBACKs around it written as runs."""
+        from mqtt_twisted.core.inbound import flush_acks, qos1_acked
+
+        sent: list[Any] = []
+        called: list[str] = []
+        conn = _conn(send=sent.append)
+        coded = PubAck(5, 0x10)
+        other = PubAck(7)
+        conn._acks.append([0, [1, 2, coded, other, 8], False,
+                           [qos1_acked, qos1_acked, qos1_acked, lambda: called.append("x"),
+                            qos1_acked], None])
+        conn._unacked_qos1 = 4
+        flush_acks(conn)
+        self.assertEqual(conn.transport.writes[0], bytes((0x40, 2, 0, 1, 0x40, 2, 0, 2)))
+        self.assertEqual(sent, [coded, other])
+        self.assertEqual(conn.transport.writes[1:], [bytes((0x40, 2, 0, 8))])
+        self.assertEqual((called, conn._unacked_qos1), (["x"], 0))

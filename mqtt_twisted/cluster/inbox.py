@@ -102,6 +102,17 @@ def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int 
                     store.mark = mark
                     store.mark_index = index
                 index += 1
+                if (type(item) is list and len(item) == 4 and type(item[0]) is Message
+                        and not item[2] and dispatch is not None):
+                    # The usual message (made by the compiled batch.read_records, for
+                    # plain subscriptions, no directed session): the branch below with
+                    # nothing to decode or test (docs/cluster.md, "Benchmarks").
+                    barriers.seq = item[3] if own else 0  # barrier.py
+                    plain += 1
+                    dispatch(item[0], origin)
+                    if publisher is not None and publisher.paused:
+                        break
+                    continue
                 try:
                     stored = item[0]  # (batch.item_message, inline)
                     if type(stored) is Message:  # made by batch.read_records, compiled
