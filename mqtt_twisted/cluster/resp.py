@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mqtt_twisted.codec import also_switch, load_compiled
-from mqtt_twisted.codec._accel import stale_compiled
+from mqtt_twisted.codec import also_switch, load_compiled, stale_compiled
 from mqtt_twisted.errors import StorageError
 
 #: The largest bulk string Redis sends (its proto-max-bulk-len default).

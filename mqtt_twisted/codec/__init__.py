@@ -61,6 +61,7 @@ _accel.use_default()
 #: Another layer's compiled twins switched with these (core/_compiled.py).
 also_switch = _accel.also_switch
 load_compiled = _accel.load_compiled
+stale_compiled = _accel.stale_compiled
 
 
 def decode(data: bytes, version: int | None = None) -> Packet:
