@@ -234,8 +234,10 @@ class OwnEndToEndTests(SynchronousTestCase):
         qos1, connack = lines["redis-qos1"], lines["redis-connack"]
         self.assertTrue(qos1["ok"], qos1)
         self.assertGreater(qos1["redis_per_s"], 0)
-        self.assertEqual(qos1["redis_ratio"],
-                         round(qos1["redis_per_s"] / qos1["memory_per_s"], 3))
+        # The ratio is of the unrounded rates, the printed rates are rounded: one unit
+        # in the third decimal apart at most (CI saw 0.601 against 28180 / 46928 = 0.6).
+        self.assertLessEqual(
+            abs(qos1["redis_ratio"] - qos1["redis_per_s"] / qos1["memory_per_s"]), 0.0015)
         self.assertIn("redis_cpu_ratio", qos1)
         self.assertTrue(connack["ok"], connack)
         self.assertEqual((connack["queued"], connack["reconnects"]), (1000, 2))
