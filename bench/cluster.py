@@ -40,6 +40,10 @@ nor callgrind, below the interpreter, can say.
 Every spread run prints the nodes' CPU per message twice: from before the clients
 connect (``node_cpu_us_per_msg``, as sessions 5-11 reported it) and from the
 publishers' start (``node_cpu_run_us_per_msg``).
+``--syscalls`` attaches ``perf stat`` to the nodes while the publishers run and counts
+their system calls by kind (the ``syscalls:sys_enter_*`` tracepoints; no slowdown worth
+the name): the kernel's share of a message as a count that the machine's load changes
+little, where the system time beside it swings with it.
 ``BENCH_KEEP=1`` keeps each run's directory (node logs, call counts) in /tmp.
 
 On a 2-core machine the two nodes, Redis and this tool share the cores: read the
@@ -183,6 +187,10 @@ class Cluster:
             if line.startswith("cmdstat_"):
                 name, rest = line[len("cmdstat_"):].split(":", 1)
                 counts[name] = int(rest.split("calls=", 1)[1].split(",", 1)[0])
+        for line in self.redis_cli("INFO", "stats").splitlines():
+            if line.startswith(("total_net_input_bytes:", "total_net_output_bytes:")):
+                name, value = line.split(":", 1)
+                counts[name] = int(value)
         self.redis_cli("CONFIG", "RESETSTAT")
         return counts
 
@@ -222,14 +230,14 @@ class Cluster:
         """The nodes' CPU seconds in the kernel so far."""
         return sum(user_system(p.pid)[1] for p in self.procs)
 
-    def switches(self) -> int:
+    def switches(self, kind: tuple[str, ...] = ("voluntary_ctxt", "nonvoluntary_ctxt")
+                 ) -> int:
         """The nodes' context switches so far (voluntary: a node waiting for work,
         woken for each batch; involuntary: preempted by other processes)."""
         total = 0
         for proc in self.procs:
             with open(f"/proc/{proc.pid}/status") as f:
-                total += sum(int(line.split()[1]) for line in f
-                             if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt")))
+                total += sum(int(line.split()[1]) for line in f if line.startswith(kind))
         return total
 
     def halt(self) -> None:
@@ -428,6 +436,38 @@ def spread(cluster: Cluster, count: int, window: int,
     return received / elapsed, count, received
 
 
+#: --syscalls: the kinds counted (the rest are in the total).
+SYSCALLS = ("sendto", "recvfrom", "epoll_wait", "epoll_ctl", "write", "read", "sendmsg",
+            "recvmsg")
+
+
+class SyscallCounter:
+    """--syscalls: ``perf stat`` on the nodes, from ``start`` to ``stop``."""
+
+    def __init__(self, pids: list[int], out: Path) -> None:
+        events = ["raw_syscalls:sys_enter",
+                  *(f"syscalls:sys_enter_{name}" for name in SYSCALLS)]
+        self.out = out
+        self.proc = subprocess.Popen(
+            ["perf", "stat", "-x,", "-o", str(out), "-e", ",".join(events),
+             "-p", ",".join(map(str, pids))],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self, messages: int) -> dict[str, Any]:
+        """System calls per message, all nodes: the total and by kind."""
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(10)
+        counts: dict[str, int] = {}
+        for line in self.out.read_text().splitlines():
+            fields = line.split(",")
+            if len(fields) > 2 and fields[0].isdigit():
+                counts[fields[2].rsplit("_", 1)[-1] if "sys_enter_" in fields[2]
+                       else "total"] = int(fields[0])
+        per = {name: round(counts.get(name, 0) / messages, 3) for name in SYSCALLS}
+        return {"syscalls_per_msg": round(counts.get("total", 0) / messages, 3),
+                "syscalls_per_msg_by_kind": {k: v for k, v in per.items() if v}}
+
+
 def batches(commands: dict[str, int], crossing: int) -> dict[str, Any]:
     """What Redis counted in a spread run, and the crossing messages per stream entry
     (``XADD``) and per stream read (``XREADGROUP``)."""
@@ -439,6 +479,11 @@ def batches(commands: dict[str, int], crossing: int) -> dict[str, Any]:
                             "spublish")},
         "msgs_per_entry": round(crossing / xadd, 1) if xadd else None,
         "msgs_per_read": round(crossing / reads, 1) if reads else None,
+        # What the nodes' traffic with Redis costs in bytes, the kernel's copying.
+        "redis_bytes_in_per_crossing_msg":
+            round(commands.get("total_net_input_bytes", 0) / crossing, 1) if crossing else None,
+        "redis_bytes_out_per_crossing_msg":
+            round(commands.get("total_net_output_bytes", 0) / crossing, 1) if crossing else None,
     }
 
 
@@ -476,10 +521,12 @@ def spread_run(args: argparse.Namespace, n: int) -> dict[str, Any]:
     (and ``node_start_cpu_ms`` what the start cost, all nodes)."""
     cluster = Cluster(n, True, calls=args.calls, callgrind=args.callgrind)
     mark: dict[str, Any] = {}
+    counter: SyscallCounter | None = None
     try:
         before = cluster.cpu()
         system = cluster.system()
         switches = cluster.switches()
+        preempted = cluster.switches(("nonvoluntary_ctxt",))
 
         def started() -> None:
             cluster.command_counts()  # from here on
@@ -487,6 +534,11 @@ def spread_run(args: argparse.Namespace, n: int) -> dict[str, Any]:
                 cluster.count_calls(True)
             if args.callgrind:
                 cluster.instrument(True)
+            if args.syscalls:
+                nonlocal counter
+                counter = SyscallCounter([p.pid for p in cluster.procs],
+                                         cluster.dir / "syscalls.csv")
+                time.sleep(0.3)  # perf attached before the first message
             mark.update(cpu=cluster.cpu(), system=cluster.system())
 
         rate, count, delivered = spread(cluster, args.count, args.window, started)
@@ -509,8 +561,12 @@ def spread_run(args: argparse.Namespace, n: int) -> dict[str, Any]:
                                              * 1e6, 1),
             "redis_cpu_us_per_msg": round(spent[-1] / count * 1e6, 1),
             "node_switches_per_msg": round((cluster.switches() - switches) / count, 3),
+            "node_preempted_per_msg": round(
+                (cluster.switches(("nonvoluntary_ctxt",)) - preempted) / count, 3),
             **batches(cluster.command_counts(), count - count // n),
         }
+        if counter is not None:
+            result.update(counter.stop(count))
         if args.calls:
             result.update(calls(cluster.call_counts(), count))
         if args.callgrind:
@@ -550,6 +606,9 @@ def main() -> None:
                         help="spread: count each node's bytecodes, by function, instead "
                         "of calls (--calls' counter with NODE_CALLS_OPCODES=1; slow: use a "
                         "small --count; BENCH_KEEP=1 keeps each node's counts)")
+    parser.add_argument("--syscalls", action="store_true",
+                        help="spread: count the nodes' system calls by kind while the "
+                        "publishers run (perf stat on the syscall tracepoints)")
     args = parser.parse_args()
     if args.opcodes:
         args.calls = True

@@ -19,6 +19,7 @@ from mqtt_twisted.cluster.router import ClusterRouter
 from mqtt_twisted.cluster.routes import ADD
 from mqtt_twisted.codec.packets import PubAck, PubRec
 from mqtt_twisted.core.journal import SharedWrite
+from mqtt_twisted.core.stats import LATENCY_SAMPLE
 from mqtt_twisted.errors import StorageError
 from mqtt_twisted.testing import FakeClient, make_broker
 
@@ -83,16 +84,25 @@ class Redis:
 
 
 class GroupedAckTests(SynchronousTestCase):
-    """The PUBACKs of a publisher's messages in one stream entry."""
+    """The PUBACKs of a publisher's messages in one stream entry, the router given the
+    journal (as a node gives it: ``Journal.persist``'s usual case done inline)."""
+
+    #: Whether the router is given the journal, or only its ``persist``.
+    inline = True
 
     def setUp(self) -> None:
-        self.broker, _ = make_broker()
+        self.broker, self.broker_clock = make_broker()
         self.clock = Clock()
         self.redis = Redis()
         self.outbox = Outbox(self.clock, "A", self.redis.add, lambda to, data: None)
         link = SimpleNamespace(append=self.outbox.append, publish=self.outbox.publish,
                                register=lambda f: None, unregister=lambda f: None)
-        router = ClusterRouter(self.broker.router, "A", link, self.broker.journal.persist)
+        journal = self.broker.journal
+        # (The router takes the journal from a bound Journal.persist: a function that
+        # calls it hides it.)
+        router = ClusterRouter(self.broker.router, "A", link,
+                               journal.persist if self.inline else lambda w: journal.persist(w))
+        self.assertIs(router.journal, journal if self.inline else None)
         router.routes.apply(ADD, "B", "b/#")
         router.routes.apply(ADD, "C", "c/#")
         self.broker.router = router
@@ -247,6 +257,33 @@ class GroupedAckTests(SynchronousTestCase):
         self.assertNotIn(PubRec, [type(p) for p in received])
         self.assertTrue(pub.transport.closed)
         self.flushLoggedErrors(StorageError)
+
+
+    def test_every_crossing_write_counted_and_one_in_sample_timed(self) -> None:
+        """Each crossing message counts as a store write, and the one write in
+        LATENCY_SAMPLE is timed into the store latency histogram when it lands."""
+        stats = self.broker.stats
+        stats.store_writes = 0
+        pub = FakeClient(self.broker)
+        pub.connect("pub")
+        for i in range(LATENCY_SAMPLE):
+            pub.publish("b/t", b"%d" % i, qos=1)
+        self.assertEqual(stats.store_writes, LATENCY_SAMPLE)
+        self.assertEqual(stats.store_latency.count, 0)
+        self.clock.advance(0)
+        self.broker_clock.advance(0.004)
+        for _, reply in self.redis.added:
+            reply.callback(b"1-0")
+        self.assertEqual(stats.store_latency.count, 1)
+        self.assertAlmostEqual(stats.store_latency.total, 0.004)
+        self.assertEqual([type(a) for a in pub.received()], [PubAck] * LATENCY_SAMPLE)
+
+
+class GroupedAckPersistOnlyTests(GroupedAckTests):
+    """The same, the router given a function that calls ``persist`` (every write
+    through it)."""
+
+    inline = False
 
 
 class InboxAckTests(SynchronousTestCase):

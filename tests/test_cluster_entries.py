@@ -7,6 +7,7 @@ built (CI sets ``MQTT_TWISTED_REQUIRE_EXT=1``, which makes that an import error)
 from __future__ import annotations
 
 import enum
+import itertools
 import random
 from typing import Any
 
@@ -259,3 +260,49 @@ def test_read_entry_reads_either_way() -> None:
                         (m.topic, m.payload, m.qos, m.sender)
         finally:
             _accel.use_default()
+
+
+@needs_ext
+def test_repeated_fields_read_as_one_object() -> None:
+    """A topic, a sender and a destinations field repeated through a batch (a
+    publisher's entry) are read once and shared; near misses (the same length, one
+    byte apart; a str after a bin of the same bytes; nil between) are read apart, and
+    everything reads as the pure reader reads it, cut anywhere too."""
+    rng = random.Random(5)
+    topics = ["a/b", "a/c", "a/b", "a/b", "a/bb", "", "a/b"]
+    senders = ["pub", "pub", None, "pub", "puc", "pub", "pub"]
+    destinations = [b"B", b"B", b"C", "B", None, b"B", b"B"]
+    for _ in range(60):
+        items = [[Message(rng.choice(topics), rng.choice([b"a/b", b"x"]), 1, False, None,
+                          {}, 0.0, rng.choice(senders)),
+                  rng.choice(destinations), None, rng.randint(0, 300)]
+                 for _ in range(rng.randint(1, 40))]
+        data = pack_records(items)
+        got = read_alike(data)[1]
+        for cut in range(0, len(data), 7):
+            read_alike(data[:cut])
+        read = batch._compiled_read_records(data)
+        for before, item in itertools.pairwise(read):
+            # The same value as the item before, in the same field: the same object.
+            for old, new in ((before[0].topic, item[0].topic),
+                             (before[0].sender, item[0].sender), (before[1], item[1])):
+                if type(old) is type(new) and type(new) in (str, bytes) and old == new:
+                    assert old is new
+        assert len(got) == len(items)
+    same = [[Message("t/x", b"p", 1, False, None, {}, 0.0, "pub"), b"B", None, i]
+            for i in range(5)]
+    read = batch._compiled_read_records(pack_records(same))
+    assert len({id(item[0].topic) for item in read}) == 1
+    assert len({id(item[0].sender) for item in read}) == 1
+    assert len({id(item[1]) for item in read}) == 1
+
+
+@needs_ext
+def test_a_message_with_an_unset_slot_fails_alike() -> None:
+    """Packed from its slots: one that was never set raises as getattr would."""
+    m = Message.__new__(Message)
+    m.topic = "t"
+    with pytest.raises(AttributeError):
+        batch.pack_records([[m, b"B", None, 1]])
+    with pytest.raises(AttributeError):
+        batch._compiled_pack_records([[m, b"B", None, 1]])

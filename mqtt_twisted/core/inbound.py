@@ -141,64 +141,65 @@ def on_publish(conn: MQTTConnection, packet: Publish) -> None:
         # clients are never told a limit, so none is held against them.
         raise ProtocolError("receive maximum exceeded",
                             ReasonCode.RECEIVE_MAXIMUM_EXCEEDED)
-    if (qos == 1 and allowed is True and not packet.retain and not conn._acks
-            and not broker.journal.durable and broker.router.__class__ is LocalRouter
-            and broker.router.deliver == broker.deliver):
-        # A QoS 1 PUBLISH no store write can hold up (no per-message writes, no retained
-        # message, no cluster stream or barrier, no earlier ack waiting): ``publish`` and
-        # ``route_acked`` inline, the PUBACK written now (bench/calls_per_message.py).
-        broker.publisher = conn
-        stats = broker.stats
-        try:
-            stats.messages_received += 1
-            if not stats.messages_received & (TOPIC_SAMPLE - 1):
-                stats.topics.note(topic)
-            routed = broker.router.dispatch(message, LOCAL)
-        finally:
-            broker.publisher = None
-        stats.received_qos1 += 1
-        pid = packet.packet_id
-        if not routed and conn.version == 5:
-            conn.send(PubAck(pid, ReasonCode.NO_MATCHING_SUBSCRIBERS))
-        elif conn.state != CLOSED and (not conn.max_send_size or conn.max_send_size >= 4):
-            conn.transport.write(bytes((_PUBACK, 2, pid >> 8, pid & 0xFF)))  # send_ack's
-        return
     journal = broker.journal
-    if qos == 1 and allowed is True and not packet.retain and journal._collecting is None:
-        # A QoS 1 PUBLISH whose PUBACK may wait for writes (a store with per-message
-        # writes, a cluster's stream entry): ``publish``, ``writes_of``, ``route_acked``
-        # and ``ack_after``'s joining an ack to the one before it, inline: on every
-        # message of a cluster node, local or crossing (docs/cluster.md, "Benchmarks").
-        writes: list[Any] = []
-        journal._collecting = writes
-        broker.publisher = conn
-        stats = broker.stats
-        try:
-            stats.messages_received += 1
-            if not stats.messages_received & (TOPIC_SAMPLE - 1):
-                stats.topics.note(topic)
-            routed = broker.router.dispatch(message, LOCAL)
-        finally:
-            broker.publisher = None
-            journal._collecting = None
-        stats.received_qos1 += 1
-        pid = packet.packet_id
-        code = ReasonCode.NO_MATCHING_SUBSCRIBERS if not routed and conn.version == 5 else 0
-        acks = conn._acks
-        if writes or acks:
-            conn._unacked_qos1 += 1  # counts towards the receive maximum until PUBACK
-            if acks and not code:
-                last = acks[-1]
-                if not writes or (len(writes) == 1 and last[4] is writes[0] and last[0]):
-                    last[1].append(pid)  # (ack_after's join: the same write, or none)
-                    last[3].append(qos1_acked)
-                    return
-            ack_after(conn, PubAck(pid, code) if code else pid, writes, qos1_acked)
-        elif code:
-            conn.send(PubAck(pid, code))
-        else:
-            conn.send_ack(_PUBACK, pid)
-        return
+    if qos == 1 and allowed is True and not packet.retain:
+        # (One test of the three for both paths below: a cluster node takes the second.)
+        if (not conn._acks and not journal.durable and broker.router.__class__ is LocalRouter
+                and broker.router.deliver == broker.deliver):
+            # A QoS 1 PUBLISH no store write can hold up (no per-message writes, no retained
+            # message, no cluster stream or barrier, no earlier ack waiting): ``publish`` and
+            # ``route_acked`` inline, the PUBACK written now (bench/calls_per_message.py).
+            broker.publisher = conn
+            stats = broker.stats
+            try:
+                stats.messages_received += 1
+                if not stats.messages_received & (TOPIC_SAMPLE - 1):
+                    stats.topics.note(topic)
+                routed = broker.router.dispatch(message, LOCAL)
+            finally:
+                broker.publisher = None
+            stats.received_qos1 += 1
+            pid = packet.packet_id
+            if not routed and conn.version == 5:
+                conn.send(PubAck(pid, ReasonCode.NO_MATCHING_SUBSCRIBERS))
+            elif conn.state != CLOSED and (not conn.max_send_size or conn.max_send_size >= 4):
+                conn.transport.write(bytes((_PUBACK, 2, pid >> 8, pid & 0xFF)))  # send_ack's
+            return
+        if journal._collecting is None:
+            # A QoS 1 PUBLISH whose PUBACK may wait for writes (a store with per-message
+            # writes, a cluster's stream entry): ``publish``, ``writes_of``, ``route_acked``
+            # and ``ack_after``'s joining an ack to the one before it, inline: on every
+            # message of a cluster node, local or crossing (docs/cluster.md, "Benchmarks").
+            writes: list[Any] = []
+            journal._collecting = writes
+            broker.publisher = conn
+            stats = broker.stats
+            try:
+                stats.messages_received += 1
+                if not stats.messages_received & (TOPIC_SAMPLE - 1):
+                    stats.topics.note(topic)
+                routed = broker.router.dispatch(message, LOCAL)
+            finally:
+                broker.publisher = None
+                journal._collecting = None
+            stats.received_qos1 += 1
+            pid = packet.packet_id
+            code = ReasonCode.NO_MATCHING_SUBSCRIBERS if not routed and conn.version == 5 else 0
+            acks = conn._acks
+            if writes or acks:
+                conn._unacked_qos1 += 1  # counts towards the receive maximum until PUBACK
+                if acks and not code:
+                    last = acks[-1]
+                    if not writes or (len(writes) == 1 and last[4] is writes[0] and last[0]):
+                        last[1].append(pid)  # (ack_after's join: the same write, or none)
+                        last[3].append(qos1_acked)
+                        return
+                ack_after(conn, PubAck(pid, code) if code else pid, writes, qos1_acked)
+            elif code:
+                conn.send(PubAck(pid, code))
+            else:
+                conn.send_ack(_PUBACK, pid)
+            return
     if hasattr(allowed, "addCallbacks"):
         wait_for(conn, allowed, lambda ok: publish(conn, message, bool(ok)))
     else:
