@@ -498,7 +498,7 @@ def calls(counts: list[dict], messages: int) -> dict[str, Any]:
         for name, n in c["functions"].items():
             functions[name] = functions.get(name, 0) + n
     if os.environ.get("NODE_CALLS_OPCODES"):
-        top = sorted(functions.items(), key=lambda i: -i[1])[:25]
+        top = sorted(functions.items(), key=lambda i: -i[1])[:25 if os.environ.get("NODE_CALLS_LINES") != "1" else 1000]
         return {
             "bytecodes_per_msg": round(sum(c["calls"] for c in counts) / messages, 1),
             "bytecodes_per_msg_by_node": [round(c["calls"] / messages, 1) for c in counts],

@@ -18,7 +18,8 @@ them from Redis's own command counts).
 
 With ``NODE_CALLS_OPCODES=1`` (``bench/cluster.py --opcodes``) it counts the bytecodes
 each Python function executes instead (``sys.settrace`` with opcode events; about 30
-times slower): ``"calls"`` is then every bytecode, ``"functions"`` each function's.
+times slower): ``"calls"`` is then every bytecode, ``"functions"`` each function's
+(with ``NODE_CALLS_LINES=1`` too, each line's: ``FILE:FIRSTLINE(NAME):LINE``).
 Why: what a crossing message costs beyond a local one is mostly bytecode inside a few
 long functions (docs/cluster.md), which call counts do not see and callgrind, below
 the interpreter, cannot attribute to them.
@@ -88,9 +89,11 @@ def count_opcodes(out: Path) -> tuple[Any, Any]:
     """SIGUSR1 and SIGUSR2 handlers that count each function's bytecodes."""
     counts: collections.Counter[Any] = collections.Counter()
 
+    by_line = os.environ.get("NODE_CALLS_LINES") == "1"
+
     def local(frame: Any, event: str, arg: Any) -> Any:
         if event == "opcode":
-            counts[frame.f_code] += 1
+            counts[(frame.f_code, frame.f_lineno) if by_line else frame.f_code] += 1
         return local
 
     def called(frame: Any, event: str, arg: Any) -> Any:
@@ -109,8 +112,10 @@ def count_opcodes(out: Path) -> tuple[Any, Any]:
             frame.f_trace = None
             frame = frame.f_back
         functions: dict[str, int] = collections.Counter()
-        for code, n in counts.items():
-            functions[f"{_short(code.co_filename)}:{code.co_firstlineno}({code.co_name})"] += n
+        for key, n in counts.items():
+            code, line = key if by_line else (key, None)
+            name = f"{_short(code.co_filename)}:{code.co_firstlineno}({code.co_name})"
+            functions[name if line is None else f"{name}:{line}"] += n
         total = sum(counts.values())
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps({"calls": total, "c_calls": 0, "modules": {"bytecodes": total},

@@ -245,11 +245,14 @@ class ClusterRouter:
     def dispatch(self, message: Message, origin: str = LOCAL) -> int:
         """Forward a local message to each peer node with a match, then deliver it here;
         how many sessions here and nodes elsewhere it went to."""
-        if origin != LOCAL or (message.topic[:1] == "$"
-                               and message.topic.startswith("$SYS")):  # (no call usually)
+        if origin != LOCAL:
             return self.local.dispatch(message, origin)
+        # A $SYS topic stays here: the route table routes it to no node (route), and
+        # it is no share group's below.  (The broker publishes them at QoS 0.)
         routes = self.routes
         if self.shared_weights or routes.shared.groups:
+            if message.topic.startswith("$SYS"):
+                return self.local.dispatch(message, origin)
             return self._dispatch_groups(message)
         if not routes.by_node and not self.leaving:
             return self.local.dispatch(message, origin)
@@ -279,7 +282,7 @@ class ClusterRouter:
                 stats = journal.stats
                 for node in nodes:
                     write = append(node, message, destinations, None, False, seq)
-                    if (collecting is not None and type(write) is SharedWrite
+                    if (type(write) is SharedWrite and collecting is not None
                             and not write.called
                             and (stats.store_writes + 1) & (LATENCY_SAMPLE - 1)):
                         stats.store_writes += 1

@@ -73,16 +73,18 @@ class RouteTable:
         return len(self.tree)
 
     def route(self, topic: str) -> tuple[tuple[str, ...], bytes]:
-        """The peer nodes with a filter that matches ``topic`` (sorted, a tuple: the
-        router iterates it for every message, cheaper than a set's iterator), and
-        their names comma-separated (a stream entry's ``d`` field, ``moved.py``),
-        cached."""
+        """The peer nodes with a filter that matches ``topic`` (none for a ``$SYS``
+        topic; sorted, a tuple: the router iterates it for every message, cheaper
+        than a set's iterator), and their names comma-separated (a stream entry's
+        ``d`` field, ``moved.py``), cached."""
         hit = self.cache.get(topic)
         if hit is None:
             cache = self.cache
             if len(cache) >= CACHED_TOPICS:
                 cache.clear()
-            nodes = tuple(sorted({n for n, _ in self.tree.match(topic)}))
+            # (A $SYS topic is this node's: never routed, whoever subscribed to it.)
+            nodes = () if topic.startswith("$SYS") else tuple(
+                sorted({n for n, _ in self.tree.match(topic)}))
             hit = cache[topic] = (nodes, ",".join(nodes).encode("utf-8"))
         return hit
 
