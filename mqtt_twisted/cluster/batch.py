@@ -265,10 +265,11 @@ class Outbox:
                     self._write = SharedWrite()
                 batch.write = self._write
             self._schedule()
-        batch.items.append([message, destinations,
-                            encode_groups(groups, resent) if groups else None, seq])
+        items = batch.items
+        items.append([message, destinations,
+                      encode_groups(groups, resent) if groups else None, seq])
         batch.size += len(message.payload)
-        if len(batch.items) >= MAX_BATCH or batch.size >= MAX_BATCH_BYTES:
+        if len(items) >= MAX_BATCH or batch.size >= MAX_BATCH_BYTES:
             self.flush_entries(to)
         return batch.write
 

@@ -93,6 +93,7 @@ def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int 
         # One writes_of for the lot: it collects every store write made meanwhile.
         index = start
         plain = 0
+        usual = dispatch is not None
         try:
             while index < end:
                 item = items[index]
@@ -102,14 +103,14 @@ def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int 
                     store.mark = mark
                     store.mark_index = index
                 index += 1
-                if (type(item) is list and len(item) == 4 and type(item[0]) is Message
-                        and not item[2] and dispatch is not None):
+                if (usual and type(item) is list and len(item) == 4
+                        and type(message := item[0]) is Message and not item[2]):
                     # The usual message (made by the compiled batch.read_records, for
                     # plain subscriptions, no directed session): the branch below with
                     # nothing to decode or test (docs/cluster.md, "Benchmarks").
                     barriers.seq = item[3] if own else 0  # barrier.py
                     plain += 1
-                    dispatch(item[0], origin)
+                    dispatch(message, origin)
                     if publisher is not None and publisher.paused:
                         break
                     continue
