@@ -21,6 +21,7 @@ the subscriber and the CPU seconds each process (nodes, Redis) spent per message
     python bench/cluster.py --qos 1 --scenario cross --wait 1   # a replica, ?wait=1
     python bench/cluster.py --scenario spread --calls   # Python calls per message
     python bench/cluster.py --scenario spread --count 6000 --opcodes   # bytecodes, by function
+    python bench/cluster.py --scenario spread --syscalls   # system calls, by kind
 
 Every spread run also prints what Redis counted (``INFO commandstats``): the ``XADD``
 entries, stream reads and ``XACK`` commands, and the crossing messages per entry and per
@@ -40,10 +41,9 @@ nor callgrind, below the interpreter, can say.
 Every spread run prints the nodes' CPU per message twice: from before the clients
 connect (``node_cpu_us_per_msg``, as sessions 5-11 reported it) and from the
 publishers' start (``node_cpu_run_us_per_msg``).
-``--syscalls`` attaches ``perf stat`` to the nodes while the publishers run and counts
-their system calls by kind (the ``syscalls:sys_enter_*`` tracepoints; no slowdown worth
-the name): the kernel's share of a message as a count that the machine's load changes
-little, where the system time beside it swings with it.
+``--syscalls`` counts the nodes' system calls by kind while the publishers run
+(``bench/syscalls.py``); ``bench/spread_linear.py`` turns both counts into issue 16's
+fraction of linear scaling per node.
 ``BENCH_KEEP=1`` keeps each run's directory (node logs, call counts) in /tmp.
 
 On a 2-core machine the two nodes, Redis and this tool share the cores: read the
@@ -67,6 +67,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from node_calls import per_message as calls  # (bench/ is not a package)
+from syscalls import SyscallCounter
+
 from mqtt_twisted.loadgen import wire as w
 
 HOST = "127.0.0.1"
@@ -436,38 +440,6 @@ def spread(cluster: Cluster, count: int, window: int,
     return received / elapsed, count, received
 
 
-#: --syscalls: the kinds counted (the rest are in the total).
-SYSCALLS = ("sendto", "recvfrom", "epoll_wait", "epoll_ctl", "write", "read", "sendmsg",
-            "recvmsg")
-
-
-class SyscallCounter:
-    """--syscalls: ``perf stat`` on the nodes, from ``start`` to ``stop``."""
-
-    def __init__(self, pids: list[int], out: Path) -> None:
-        events = ["raw_syscalls:sys_enter",
-                  *(f"syscalls:sys_enter_{name}" for name in SYSCALLS)]
-        self.out = out
-        self.proc = subprocess.Popen(
-            ["perf", "stat", "-x,", "-o", str(out), "-e", ",".join(events),
-             "-p", ",".join(map(str, pids))],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def stop(self, messages: int) -> dict[str, Any]:
-        """System calls per message, all nodes: the total and by kind."""
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(10)
-        counts: dict[str, int] = {}
-        for line in self.out.read_text().splitlines():
-            fields = line.split(",")
-            if len(fields) > 2 and fields[0].isdigit():
-                counts[fields[2].rsplit("_", 1)[-1] if "sys_enter_" in fields[2]
-                       else "total"] = int(fields[0])
-        per = {name: round(counts.get(name, 0) / messages, 3) for name in SYSCALLS}
-        return {"syscalls_per_msg": round(counts.get("total", 0) / messages, 3),
-                "syscalls_per_msg_by_kind": {k: v for k, v in per.items() if v}}
-
-
 def batches(commands: dict[str, int], crossing: int) -> dict[str, Any]:
     """What Redis counted in a spread run, and the crossing messages per stream entry
     (``XADD``) and per stream read (``XREADGROUP``)."""
@@ -484,32 +456,6 @@ def batches(commands: dict[str, int], crossing: int) -> dict[str, Any]:
             round(commands.get("total_net_input_bytes", 0) / crossing, 1) if crossing else None,
         "redis_bytes_out_per_crossing_msg":
             round(commands.get("total_net_output_bytes", 0) / crossing, 1) if crossing else None,
-    }
-
-
-def calls(counts: list[dict], messages: int) -> dict[str, Any]:
-    """--calls: Python calls per message of all nodes, of each, and by module group
-    (--opcodes: bytecodes, and the functions that run the most of them)."""
-    groups: dict[str, int] = {}
-    functions: dict[str, int] = {}
-    for c in counts:
-        for name, n in c["modules"].items():
-            groups[name] = groups.get(name, 0) + n
-        for name, n in c["functions"].items():
-            functions[name] = functions.get(name, 0) + n
-    if os.environ.get("NODE_CALLS_OPCODES"):
-        top = sorted(functions.items(), key=lambda i: -i[1])[:25 if os.environ.get("NODE_CALLS_LINES") != "1" else 1000]
-        return {
-            "bytecodes_per_msg": round(sum(c["calls"] for c in counts) / messages, 1),
-            "bytecodes_per_msg_by_node": [round(c["calls"] / messages, 1) for c in counts],
-            "bytecodes_per_msg_by_function": {k: round(v / messages, 1) for k, v in top},
-        }
-    return {
-        "calls_per_msg": round(sum(c["calls"] for c in counts) / messages, 1),
-        "calls_per_msg_by_node": [round(c["calls"] / messages, 1) for c in counts],
-        "c_calls_per_msg": round(sum(c["c_calls"] for c in counts) / messages, 1),
-        "calls_per_msg_by_group": {k: round(v / messages, 2)
-                                   for k, v in sorted(groups.items(), key=lambda i: -i[1])},
     }
 
 

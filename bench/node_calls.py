@@ -125,6 +125,33 @@ def count_opcodes(out: Path) -> tuple[Any, Any]:
     return start, stop
 
 
+def per_message(counts: list[dict], messages: int) -> dict[str, Any]:
+    """``bench/cluster.py --calls``: the nodes' counts (``counts``, each node's file)
+    as Python calls per message of all nodes, of each, and by module group (with
+    ``NODE_CALLS_OPCODES=1``: bytecodes, and the functions that run the most)."""
+    groups: dict[str, int] = {}
+    functions: dict[str, int] = {}
+    for c in counts:
+        for name, n in c["modules"].items():
+            groups[name] = groups.get(name, 0) + n
+        for name, n in c["functions"].items():
+            functions[name] = functions.get(name, 0) + n
+    if os.environ.get("NODE_CALLS_OPCODES"):
+        top = sorted(functions.items(), key=lambda i: -i[1])[:25 if os.environ.get("NODE_CALLS_LINES") != "1" else 1000]
+        return {
+            "bytecodes_per_msg": round(sum(c["calls"] for c in counts) / messages, 1),
+            "bytecodes_per_msg_by_node": [round(c["calls"] / messages, 1) for c in counts],
+            "bytecodes_per_msg_by_function": {k: round(v / messages, 1) for k, v in top},
+        }
+    return {
+        "calls_per_msg": round(sum(c["calls"] for c in counts) / messages, 1),
+        "calls_per_msg_by_node": [round(c["calls"] / messages, 1) for c in counts],
+        "c_calls_per_msg": round(sum(c["c_calls"] for c in counts) / messages, 1),
+        "calls_per_msg_by_group": {k: round(v / messages, 2)
+                                   for k, v in sorted(groups.items(), key=lambda i: -i[1])},
+    }
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     profile = cProfile.Profile()
