@@ -55,7 +55,8 @@ def extensions() -> list[Extension]:
                ("mqtt_twisted.core._qos0", "mqtt_twisted/core/_qos0.pyx"),
                ("mqtt_twisted.core._subscribe", "mqtt_twisted/core/_subscribe.pyx"),
                ("mqtt_twisted.cluster._entries", "mqtt_twisted/cluster/_entries.pyx"),
-               ("mqtt_twisted.cluster._resp", "mqtt_twisted/cluster/_resp.pyx")]
+               ("mqtt_twisted.cluster._resp", "mqtt_twisted/cluster/_resp.pyx"),
+               ("mqtt_twisted.adapters._mmsg", "mqtt_twisted/adapters/_mmsg.pyx")]
     built = []
     for name, source in modules:  # one at a time: one that Cython refuses leaves the others
         try:

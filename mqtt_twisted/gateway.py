@@ -253,6 +253,26 @@ class Gateway:
             return succeed(count)
         return DeferredList(writes, consumeErrors=True).addCallback(self._stored, count)
 
+    def publish_checked(self, message: Message, clientId: str | None) -> Any:
+        """:meth:`publish` for an adapter's lean path (``adapters/_coaplean.py``): a
+        message that is not retained, whose topic the adapter has found valid, within
+        the limits and not the broker's own.  The count at once (an int) when the store
+        has nothing to wait for, else :meth:`publish`'s Deferred."""
+        broker = self.broker
+        message.received_at = broker.clock.seconds()
+        message.sender = clientId
+        count, writes = broker.writes_of(broker.route, message)
+        if not writes:
+            return count
+        return DeferredList(writes, consumeErrors=True).addCallback(self._stored, count)
+
+    @property
+    def open_to_all(self) -> bool:
+        """Whether every client may publish wherever clients may: no authenticator
+        (the identity is the user name) and no authorizer."""
+        broker = self.broker
+        return broker.authenticator is None and broker.authorizer is None
+
     def _stored(self, results: list[tuple[bool, Any]], count: int) -> int:
         failures = [result for ok, result in results if not ok]
         for failure in failures:

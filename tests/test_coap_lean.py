@@ -216,3 +216,83 @@ class LibcoapNoResponseTests(CoapBrokerTestCase):
         self.assertEqual(code, 0, err)
         message = yield sub.next_message()
         self.assertEqual((message.topic, message.payload), ("sensors/t", b"21.5"))
+
+
+class OpenBrokerLeanTests(CoapBrokerTestCase):
+    """No authenticator and no authorizer: the lean path publishes through
+    ``Gateway.publish_checked`` without asking anyone, and still answers what the
+    general path answers for a topic over the limits, the broker's own, or retained."""
+
+    def setUp(self) -> Any:
+        d = super().setUp()
+
+        def spy(_: Any) -> None:
+            gateway = self.server.requests.service
+            self.checked: list[str] = []
+            publish_checked = gateway.publish_checked
+
+            def counted(message: Any, client_id: Any) -> Any:
+                self.checked.append(message.topic)
+                return publish_checked(message, client_id)
+
+            gateway.publish_checked = counted
+
+        return d.addCallback(spy)
+
+    test_duplicate_non_publishes_once = LeanUDPTests.test_duplicate_non_publishes_once
+
+    @inlineCallbacks
+    def test_plain_publish_is_checked_once_then_at_once(self) -> Any:
+        sub = yield self.paho("sub")
+        yield sub.subscribe(("a/#", 0))
+        client = self.udp()
+        for mid in (1, 2):  # the second from the plan the first made
+            client.transport.write(post(mid=mid, payload=b"p%d" % mid))
+            answer = yield self.next(client)
+            self.assertEqual((answer.type, m.code_text(answer.code)), (m.NON, "2.04"))
+            message = yield sub.next_message()
+            self.assertEqual((message.topic, message.payload), ("a/b", b"p%d" % mid))
+        self.assertEqual(self.checked, ["a/b", "a/b"])
+
+    @inlineCallbacks
+    def test_limits_changed_live_apply_to_a_known_plan(self) -> Any:
+        sub = yield self.paho("sub")
+        yield sub.subscribe(("a/#", 0))
+        client = self.udp()
+        client.transport.write(post(mid=1))
+        yield self.next(client)
+        yield sub.next_message()
+        self.broker.settings.max_topic_levels = 1  # as a reload sets it
+        client.transport.write(post(mid=2))
+        answer = yield self.next(client)
+        self.assertEqual(m.code_text(answer.code)[0], "4")
+        self.broker.settings.max_topic_levels = 2
+        self.broker.settings.max_topic_length = 2
+        client.transport.write(post(mid=3))
+        answer = yield self.next(client)
+        self.assertEqual(m.code_text(answer.code)[0], "4")
+        yield sub.no_message(0.3)
+        self.assertEqual(self.checked, ["a/b"])
+
+    @inlineCallbacks
+    def test_broker_topics_refused(self) -> Any:
+        client = self.udp()
+        client.transport.write(request(m.POST, "/ps/$SYS/x", payload=b"1", mid=5,
+                                       mtype=m.NON))
+        answer = yield self.next(client)
+        self.assertEqual(m.code_text(answer.code), "4.03")
+        self.assertEqual(self.checked, [])
+
+    @inlineCallbacks
+    def test_retained_takes_the_general_path(self) -> Any:
+        client = self.udp()
+        client.transport.write(request(m.POST, "/ps/kept/x", "retain=true", payload=b"r",
+                                       mid=6, mtype=m.CON))
+        answer = yield self.next(client)
+        self.assertEqual((answer.type, m.code_text(answer.code)), (m.ACK, "2.04"))
+        sub = yield self.paho("late")
+        yield sub.subscribe(("kept/#", 0))
+        message = yield sub.next_message()
+        self.assertEqual((message.topic, message.payload, message.retain),
+                         ("kept/x", b"r", True))
+        self.assertEqual(self.checked, [])

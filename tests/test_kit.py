@@ -341,6 +341,15 @@ class EndpointCheckTests(SynchronousTestCase):
         self.assertEqual(parse_udp("udp:0"), (0, ""))
         self.assertEqual(parse_udp("udp:port=5683:interface=\\:\\:1"), (5683, "::1"))
 
+    def test_parse_udp_unescaped_ipv6(self) -> None:
+        """An IPv6 interface with its colons unescaped is an error that says so, not
+        port 1 on every interface (the pieces after ``interface=`` taken as ports)."""
+        for bad in ("udp:0:interface=::1", "udp:5683:5684", "udp:port=1:2"):
+            e = self.assertRaises(ValueError, parse_udp, bad)
+            self.assertIn("port", str(e))
+        e = self.assertRaises(ValueError, parse_udp, "udp:0:interface=::1")
+        self.assertIn("\\:", str(e))
+
     def test_own_check_endpoint(self) -> None:
         """An adapter's checkEndpoint replaces the default check; checkListener follows it."""
         calls: list[str] = []

@@ -24,7 +24,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mqtt_twisted.coap import message as m
-from mqtt_twisted.coap.lean import PlanCache
+from mqtt_twisted.coap.exchange import IN_PROGRESS
+from mqtt_twisted.coap.lean import PlanCache, PublishPlan
 from mqtt_twisted.gateway import PUBLISH
 from mqtt_twisted.message import Message
 from mqtt_twisted.records import Credentials
@@ -71,24 +72,64 @@ class LeanPublisher:
         if config.connection_required:
             return False
         service = requests.service
-        found = self.plans.lookup(data, service.settings, config.max_payload)
+        settings = service.settings
+        found = self.plans.lookup(data, settings, config.max_payload)
         if found is None:
             return False
         plan, tkl, payload = found
-        mid = data[2] << 8 | data[3]
-        dedup = server.dedup
-        seen = dedup.check(addr, mid)
-        if seen is not None:
-            if seen:
-                server.send(seen, addr)  # the same answer again, not a second publish
-            return True
         ps = plan.ps
+        if not plan.plain or ps.retain or plan.levels > settings.max_topic_levels \
+                or plan.size > settings.max_topic_length:
+            return False  # a refusal, or a retained message's quota: the general path's
+        dedup = server.dedup
+        now = dedup.clock.seconds()
+        if now >= dedup.purge_at:
+            dedup.purge(now)
+        key = (addr, data[2] << 8 | data[3])
+        seen = dedup.seen.get(key)
+        if seen is not None:
+            if seen[1]:
+                server.send(seen[1], addr)  # the same answer again, not a second publish
+            return True
         peer = self.peers.get(addr)
         if peer is None:
             if len(self.peers) >= PEERS_KEPT:
                 self.peers.clear()
             peer = self.peers[addr] = f"{addr[0]}:{addr[1]}"
         client_id = ps.client_id or "coap-" + peer
+        if service.open_to_all:  # nobody to ask: what they would answer at once
+            self._publish(ps.topic, payload, plan, client_id)
+        else:
+            dedup.remember(key, now, IN_PROGRESS)
+            if not self._asked(data, addr, plan, payload, client_id, peer):
+                return True  # the general path's callbacks answer it
+        answer = self._answer(data, tkl, plan)
+        if answer is not None:
+            server.send(answer, addr)
+        dedup.remember(key, now, answer or IN_PROGRESS)
+        return True
+
+    def _answer(self, data: bytes, tkl: int, plan: PublishPlan) -> bytes | None:
+        """The answer to a request published at once: a NON 2.04 of our own to a NON
+        (none when it asked for none), the ACK a CON needs (with its 2.04 piggybacked
+        unless it asked for none)."""
+        if data[0] & 0x30:  # NON
+            if plan.quiet:
+                return None
+            return _NON_CHANGED[tkl] + self.server.mids().to_bytes(2, "big") + data[4:4 + tkl]
+        if plan.quiet:
+            return m.empty_ack(data[2] << 8 | data[3])
+        return _ACK_CHANGED[tkl] + data[2:4 + tkl]
+
+    def _asked(self, data: bytes, addr: Any, plan: PublishPlan, payload: bytes,
+               client_id: str, peer: str) -> bool:
+        """Authenticate and authorize as the general path does, and publish if both
+        answer yes at once (True); else hand the request to the general path's
+        callbacks from the step that is not there yet (False)."""
+        server = self.server
+        requests = server.requests
+        service = requests.service
+        ps = plan.ps
         credentials = Credentials(client_id, ps.username, ps.password, None, peer, "coap")
         d = service.authenticate(credentials)
         identity = at_once(d)
@@ -97,26 +138,20 @@ class LeanPublisher:
             d.addCallback(requests.act_as, ps, request, server.link(addr), client_id,
                           credentials)
             server.follow(d.addErrback(requests.failed, request), request, addr)
-            return True
+            return False
         allowed = service.authorize(PUBLISH, identity, client_id, ps.topic)
         if at_once(allowed) is not True:  # not yet, or no: the general path answers
             request = m.decode(data)
             answer = requests.publish_if(allowed, ps, request, client_id)
             server.follow(answer.addErrback(requests.failed, request), request, addr)
-            return True
-        published = service.publish(Message(ps.topic, payload, 0, ps.retain, None,
-                                            dict(plan.properties)), client_id)
-        if at_once(published) is PENDING:  # at most once: a store failure is only logged
-            published.addErrback(_log_failure, ps.topic)
-        token = data[4:4 + tkl]
-        if data[0] & 0x30:  # NON: a NON 2.04 of our own, unless it asked for none
-            if plan.quiet:
-                return True
-            answer = _NON_CHANGED[tkl] + server.mids().to_bytes(2, "big") + token
-        elif plan.quiet:  # CON: the ACK it needs, empty when it wants no 2.04
-            answer = m.empty_ack(mid)
-        else:
-            answer = _ACK_CHANGED[tkl] + data[2:4 + tkl]
-        server.send(answer, addr)
-        dedup.answered(addr, mid, answer)
+            return False
+        self._publish(ps.topic, payload, plan, client_id)
         return True
+
+    def _publish(self, topic: str, payload: bytes, plan: PublishPlan, client_id: str) -> None:
+        """Publish at QoS 0, not retained, to a topic the plan found valid and
+        :meth:`take` within the limits; at most once: a store failure is only logged."""
+        published = self.server.requests.service.publish_checked(
+            Message(topic, payload, 0, False, None, dict(plan.properties)), client_id)
+        if type(published) is not int:
+            published.addErrback(_log_failure, topic)

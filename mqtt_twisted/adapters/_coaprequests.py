@@ -315,6 +315,8 @@ class CoapRequests:
                 raise CoapError(m.FORBIDDEN, f"not authorized to publish to {ps.topic!r}")
             d = self.service.publish(mapping.publish_message(ps, request), client_id)
             if ps.qos == 0:  # at most once: answered at once, a store failure only logged
+                if d.called and isinstance(d.result, Failure):
+                    return d  # refused at once (a topic over the limits, a quota): say so
                 d.addErrback(lambda f: log.failure("CoAP QoS 0 publish to {topic} failed",
                                                    f, topic=ps.topic))
                 return _changed()

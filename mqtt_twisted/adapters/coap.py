@@ -28,6 +28,7 @@ from mqtt_twisted.adapters._coaprequests import OPTIONS, Answer, CoapConfig, Coa
 from mqtt_twisted.adapters.kit import DatagramListener, parse_udp
 from mqtt_twisted.adapters.listener import check_endpoint
 from mqtt_twisted.adapters.options import AdapterOption, declare, option_values
+from mqtt_twisted.adapters.udpbatch import BatchedPort
 from mqtt_twisted.coap import mapping
 from mqtt_twisted.coap import message as m
 from mqtt_twisted.coap import options as opt
@@ -148,7 +149,9 @@ class CoapServer(DatagramProtocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
             except OSError:
                 pass
-            if isinstance(self.transport, udp.Port):
+            if isinstance(self.transport, BatchedPort):  # a read's answers go together
+                self.sendto = self.transport.send_datagram
+            elif isinstance(self.transport, udp.Port):
                 self.sendto = sock.sendto
 
     def send(self, data: bytes, peer: Any) -> None:

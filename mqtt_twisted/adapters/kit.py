@@ -31,6 +31,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -38,6 +39,7 @@ from mqtt_twisted import logs
 from mqtt_twisted._strings import split_colons
 from mqtt_twisted.adapters.listener import check_endpoint
 from mqtt_twisted.adapters.options import AdapterOption, declare, option_values
+from mqtt_twisted.adapters.udpbatch import BatchedPort
 from mqtt_twisted.interfaces import IReloadableListener
 
 __all__ = ["AdapterOption", "ConnectionLimit", "access_log", "ConnectionRate", "DatagramListener", "Origin", "check_listener",
@@ -282,6 +284,9 @@ def parse_udp(description: str) -> tuple[int, str]:
     for part in parts[1:]:
         key, eq, value = part.partition("=")
         if not eq or key == "port":
+            if port is not None:
+                raise ValueError(f"bad endpoint {description!r}: the port is given twice "
+                                 "(escape an IPv6 address's colons: interface=\\:\\:1)")
             port = value if eq else part
         elif key == "interface":
             interface = value
@@ -320,7 +325,11 @@ class DatagramListener(Service):
         """Bind before privileges are shed (port 5683 needs none, 683 would); a port in
         use fails start-up loudly, as a stream listener does."""
         port, interface = self.address
-        self.port = self.reactor.listenUDP(port, self.protocol, interface=interface)
+        if isinstance(self.reactor, PosixReactorBase):  # (a test's fake reactor: its own)
+            self.port = BatchedPort(port, self.protocol, interface, reactor=self.reactor)
+            self.port.startListening()
+        else:
+            self.port = self.reactor.listenUDP(port, self.protocol, interface=interface)
         if hasattr(self.port, "maxThroughput"):
             self.port.maxThroughput = DATAGRAM_BYTES_PER_TURN
         waiters, self._waiters = self._waiters, []

@@ -149,15 +149,24 @@ class Deduplicator:
         """None for a new request (now remembered as in progress); else the response
         sent to it before (:data:`IN_PROGRESS`, empty, while it is being processed)."""
         now = self.clock.seconds()
-        self._purge(now)
+        if now >= self.purge_at:
+            self.purge(now)
         key = (peer, mid)
         found = self.seen.get(key)
         if found is not None:
             return found[1]
-        self.seen[key] = (now, IN_PROGRESS)
-        while len(self.seen) > self.limit:
-            self.seen.popitem(last=False)
+        self.remember(key, now, IN_PROGRESS)
         return None
+
+    def remember(self, key: tuple[Peer, int], now: float, response: bytes) -> None:
+        """Remember the response to the request ``key`` (peer, message id) that
+        :meth:`check` did not know, received at ``now`` (:data:`IN_PROGRESS` while it
+        is processed): how a caller that has checked ``seen`` itself, after
+        :meth:`purge`, records it in one step."""
+        seen = self.seen
+        seen[key] = (now, response)
+        if len(seen) > self.limit:
+            seen.popitem(last=False)
 
     def answered(self, peer: Peer, mid: int, response: bytes) -> None:
         """Remember the response to request ``mid`` (if it is still remembered)."""
@@ -166,9 +175,9 @@ class Deduplicator:
         if found is not None:
             self.seen[key] = (found[0], response)
 
-    def _purge(self, now: float) -> None:
-        if now < self.purge_at:  # (every request asks: mostly nothing to do)
-            return
+    def purge(self, now: float) -> None:
+        """Forget what is older than the lifetime (call when ``now >= purge_at``:
+        every request asks, and mostly there is nothing to do)."""
         seen, horizon = self.seen, now - self.lifetime
         while seen:
             key, (when, _) = next(iter(seen.items()))

@@ -32,6 +32,8 @@ from mqtt_twisted.coap import blockwise, mapping
 from mqtt_twisted.coap import message as m
 from mqtt_twisted.coap import options as opt
 from mqtt_twisted.coap.mapping import CoapError, PsRequest
+from mqtt_twisted.codec.topics import is_reserved_topic, validate_topic_name
+from mqtt_twisted.errors import MQTTError
 
 #: Option bytes remembered at most (all of them forgotten when full: a device sends
 #: a handful of distinct requests, a scan of random ones gains nothing from a cache).
@@ -50,6 +52,12 @@ class PublishPlan:
     ps: PsRequest
     properties: dict[int, Any]
     quiet: bool
+    #: The topic's levels and UTF-8 bytes, for the broker's limits (which may change).
+    levels: int = 0
+    size: int = 0
+    #: Whether the topic may be published to at all (a valid name, not the broker's
+    #: own): the gateway need not check it again (``Gateway.publish_checked``).
+    plain: bool = False
 
 
 #: A key whose request the plans do not cover.
@@ -118,5 +126,11 @@ def plan_of(key: bytes) -> PublishPlan | None:
     if ps.action != mapping.PUBLISH or ps.token is not None:
         return None
     properties = mapping.publish_message(ps, request).properties or {}
+    try:
+        validate_topic_name(ps.topic)
+        plain = not is_reserved_topic(ps.topic)
+    except MQTTError:
+        plain = False
     return PublishPlan(ps, properties,
-                       mapping.no_response(request.option(opt.NO_RESPONSE), m.CHANGED))
+                       mapping.no_response(request.option(opt.NO_RESPONSE), m.CHANGED),
+                       ps.topic.count("/") + 1, len(ps.topic.encode("utf-8")), plain)
