@@ -30,6 +30,7 @@ from mqtt_twisted.core.broker import expired
 from mqtt_twisted.core.grant import check_filter, granted_qos
 from mqtt_twisted.core.limits import over_subscription_quota, topic_refusal
 from mqtt_twisted.core.ownership import connecting_owner, is_foreign
+from mqtt_twisted.core.plain import publish_plain, qos0_in_use
 from mqtt_twisted.core.session import SubscriptionOptions
 from mqtt_twisted.core.states import CLOSED
 from mqtt_twisted.core.virtual import VirtualConnection
@@ -73,6 +74,8 @@ class Gateway:
         #: New connections whose first read waits for a later reactor turn
         #: (``core/admission.py``; ``len()``): MQTT listeners accept fewer meanwhile.
         self.connect_gate = broker.gate
+        #: ``core/qos0.py`` or its compiled twin: the one the PUBLISH handler uses.
+        self._qos0 = qos0_in_use()
 
     @property
     def stats(self) -> Any:
@@ -253,12 +256,20 @@ class Gateway:
             return succeed(count)
         return DeferredList(writes, consumeErrors=True).addCallback(self._stored, count)
 
-    def publish_checked(self, message: Message, clientId: str | None) -> Any:
+    def publish_plain(self, topic: str, payload: bytes, properties: dict[int, Any],
+                      clientId: str | None) -> Any:
         """:meth:`publish` for an adapter's lean path (``adapters/_coaplean.py``): a
-        message that is not retained, whose topic the adapter has found valid, within
-        the limits and not the broker's own.  The count at once (an int) when the store
-        has nothing to wait for, else :meth:`publish`'s Deferred."""
+        QoS 0 message that is not retained, whose topic the adapter has found valid,
+        within the limits and not the broker's own.  Without properties it is written
+        as one PUBLISH's bytes where it can be (``core/plain.py``).  The count at once
+        (an int) when the store has nothing to wait for, else :meth:`publish`'s
+        Deferred."""
         broker = self.broker
+        if not properties:
+            count = publish_plain(broker, topic, payload, clientId or "", self._qos0)
+            if count is not None:
+                return count
+        message = Message(topic, payload, 0, False, None, dict(properties))
         message.received_at = broker.clock.seconds()
         message.sender = clientId
         count, writes = broker.writes_of(broker.route, message)

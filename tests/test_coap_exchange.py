@@ -92,6 +92,25 @@ class DeduplicatorTests(SynchronousTestCase):
         self.assertEqual(len(d), 3)
         self.assertIsNone(d.check(PEER, 0))  # the oldest went first
 
+    def test_answered_keeps_its_place(self) -> None:
+        """An answer (or a second remember) does not make a request newer: the oldest
+        still goes first, by count and by time, and nothing is remembered twice."""
+        clock = Clock()
+        d = ex.Deduplicator(clock, lifetime=10, limit=3)
+        for mid in range(3):
+            d.check(PEER, mid)
+            clock.advance(1)
+        d.answered(PEER, 0, b"a0")
+        d.remember((PEER, 1), clock.seconds(), b"a1")
+        self.assertEqual(list(d.order), [(PEER, 0), (PEER, 1), (PEER, 2)])
+        d.check(PEER, 3)  # over the limit: 0 goes, answered or not
+        self.assertEqual(sorted(mid for _, mid in d.seen), [1, 2, 3])
+        self.assertEqual(d.check(PEER, 1), b"a1")
+        clock.advance(8)  # 1 was first seen 10 s ago, 2 at 9 s
+        self.assertIsNone(d.check(PEER, 1))
+        self.assertEqual(d.check(PEER, 2), ex.IN_PROGRESS)
+        self.assertEqual(len(d.order), len(d.seen))
+
     def test_constants(self) -> None:
         self.assertEqual(ex.MAX_TRANSMIT_SPAN, 45)
         self.assertEqual(ex.EXCHANGE_LIFETIME, 247)

@@ -220,7 +220,7 @@ class LibcoapNoResponseTests(CoapBrokerTestCase):
 
 class OpenBrokerLeanTests(CoapBrokerTestCase):
     """No authenticator and no authorizer: the lean path publishes through
-    ``Gateway.publish_checked`` without asking anyone, and still answers what the
+    ``Gateway.publish_plain`` without asking anyone, and still answers what the
     general path answers for a topic over the limits, the broker's own, or retained."""
 
     def setUp(self) -> Any:
@@ -229,13 +229,13 @@ class OpenBrokerLeanTests(CoapBrokerTestCase):
         def spy(_: Any) -> None:
             gateway = self.server.requests.service
             self.checked: list[str] = []
-            publish_checked = gateway.publish_checked
+            publish_plain = gateway.publish_plain
 
-            def counted(message: Any, client_id: Any) -> Any:
-                self.checked.append(message.topic)
-                return publish_checked(message, client_id)
+            def counted(topic: str, *args: Any) -> Any:
+                self.checked.append(topic)
+                return publish_plain(topic, *args)
 
-            gateway.publish_checked = counted
+            gateway.publish_plain = counted
 
         return d.addCallback(spy)
 

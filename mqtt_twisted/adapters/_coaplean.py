@@ -27,7 +27,6 @@ from mqtt_twisted.coap import message as m
 from mqtt_twisted.coap.exchange import IN_PROGRESS
 from mqtt_twisted.coap.lean import PlanCache, PublishPlan
 from mqtt_twisted.gateway import PUBLISH
-from mqtt_twisted.message import Message
 from mqtt_twisted.records import Credentials
 
 log = Logger(namespace="mqtt_twisted.adapters.coap")
@@ -151,7 +150,7 @@ class LeanPublisher:
     def _publish(self, topic: str, payload: bytes, plan: PublishPlan, client_id: str) -> None:
         """Publish at QoS 0, not retained, to a topic the plan found valid and
         :meth:`take` within the limits; at most once: a store failure is only logged."""
-        published = self.server.requests.service.publish_checked(
-            Message(topic, payload, 0, False, None, dict(plan.properties)), client_id)
+        published = self.server.requests.service.publish_plain(topic, payload,
+                                                               plan.properties, client_id)
         if type(published) is not int:
             published.addErrback(_log_failure, topic)

@@ -56,7 +56,7 @@ class PublishPlan:
     levels: int = 0
     size: int = 0
     #: Whether the topic may be published to at all (a valid name, not the broker's
-    #: own): the gateway need not check it again (``Gateway.publish_checked``).
+    #: own): the gateway need not check it again (``Gateway.publish_plain``).
     plain: bool = False
 
 

@@ -1,0 +1,71 @@
+"""An adapter's plain QoS 0 message written as one PUBLISH's bytes (sans-IO).
+
+``core/qos0.py`` writes a client's plain QoS 0 PUBLISH to its receivers as the bytes it
+came in, without a ``Message``, the router's dispatch or a delivery.  A message an
+adapter publishes (a CoAP NON POST, ``adapters/_coaplean.py``, through
+``Gateway.publish_plain``) has no PUBLISH of its own, but once it is known to be the
+plain kind (QoS 0, not retained, no properties, a topic valid and within the limits)
+the same holds: :func:`publish_plain` encodes it once and writes it to the receivers
+``qos0.local_targets`` finds, with the same checks and counters, or says None and the
+general path routes it.  The receivers must be MQTT connections of one class and one
+wire format (v5 or not), as a client's must be of its own.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+from mqtt_twisted.codec import encode_vbi
+from mqtt_twisted.constants import PacketType
+from mqtt_twisted.core import connection, fastpath, qos0
+from mqtt_twisted.core.connection import MQTTConnection
+from mqtt_twisted.core.router import LocalRouter
+
+_V5_NO_PROPERTIES = b"\x00"
+
+
+def qos0_in_use() -> ModuleType:
+    """``core/qos0.py`` or its compiled twin: the module whose ``on_publish`` is the
+    PUBLISH handler bound now (``core/fastpath.py``), as ``cluster/inbox0.py`` asks."""
+    compiled = fastpath.compiled
+    if compiled is not None and connection._HANDLERS[PacketType.PUBLISH] is compiled.on_publish:
+        return compiled
+    return qos0
+
+
+def publish_plain(broker: Any, topic: str, payload: bytes, sender: str,
+                  module: ModuleType = qos0) -> int | None:
+    """Write a plain QoS 0 message from client id ``sender`` to every receiver (their
+    number), or None if the general path must route it: a cluster node's router,
+    receivers of more than one kind, or any check of ``module.local_targets``
+    (``module``: ``core/qos0.py`` or its compiled twin, the one in use)."""
+    router = broker.router
+    if type(router) is not LocalRouter:
+        return None
+    tree = router.tree
+    matches = tree._cache.get(topic)  # (TopicTree.match's own cache, without the call)
+    if matches is None:
+        matches = tree.match(topic)
+    routes = router.qos0_routes
+    entry = routes.get(topic)
+    if entry is None or entry[0] is not matches:
+        entry = module.receivers_of(routes, topic, matches)
+    cls: Any = None
+    v5 = False
+    if entry[1]:
+        first = router.sessions[entry[1][0][0]].connection
+        if not isinstance(first, MQTTConnection):
+            return None  # offline, or an adapter's virtual session: the general path
+        cls, v5 = type(first), first.version == 5
+    name = topic.encode("utf-8")
+    body = b"".join((len(name).to_bytes(2, "big"), name,
+                     _V5_NO_PROPERTIES if v5 else b"", payload))
+    data = b"\x30" + encode_vbi(len(body)) + body
+    targets = module.local_targets(broker, router, topic, len(data), sender, v5, cls, None)
+    if targets is None:
+        return None
+    for link in targets:
+        link.transport.write(data)
+    module._count(broker.stats, topic, 1, len(targets), len(data))
+    return len(targets)
