@@ -256,26 +256,28 @@ class Gateway:
             return succeed(count)
         return DeferredList(writes, consumeErrors=True).addCallback(self._stored, count)
 
-    def publish_plain(self, topic: str, payload: bytes, properties: dict[int, Any],
-                      clientId: str | None) -> Any:
-        """:meth:`publish` for an adapter's lean path (``adapters/_coaplean.py``): a
-        QoS 0 message that is not retained, whose topic the adapter has found valid,
-        within the limits and not the broker's own.  Without properties it is written
-        as one PUBLISH's bytes where it can be (``core/plain.py``).  The count at once
-        (an int) when the store has nothing to wait for, else :meth:`publish`'s
-        Deferred."""
+    def publish_plain(self, topic: str, payloads: list[bytes], properties: dict[int, Any],
+                      clientId: str | None) -> list[Deferred[int]]:
+        """:meth:`publish` for an adapter's lean path (``adapters/_coaplean.py``): QoS 0
+        messages (``payloads``, in order) that are not retained, on a topic the adapter
+        has found valid, within the limits and not the broker's own.  Without properties
+        they are written as PUBLISHes' bytes where they can be (``core/plain.py``).  The
+        Deferreds of those whose store writes are pending (none, usually), as
+        :meth:`publish`'s."""
         broker = self.broker
-        if not properties:
-            count = publish_plain(broker, topic, payload, clientId or "", self._qos0)
-            if count is not None:
-                return count
-        message = Message(topic, payload, 0, False, None, dict(properties))
-        message.received_at = broker.clock.seconds()
-        message.sender = clientId
-        count, writes = broker.writes_of(broker.route, message)
-        if not writes:
-            return count
-        return DeferredList(writes, consumeErrors=True).addCallback(self._stored, count)
+        if not properties and publish_plain(broker, topic, payloads, clientId or "",
+                                            self._qos0) is not None:
+            return []
+        pending = []
+        for payload in payloads:
+            message = Message(topic, payload, 0, False, None, dict(properties))
+            message.received_at = broker.clock.seconds()
+            message.sender = clientId
+            count, writes = broker.writes_of(broker.route, message)
+            if writes:
+                pending.append(DeferredList(writes, consumeErrors=True)
+                               .addCallback(self._stored, count))
+        return pending
 
     @property
     def open_to_all(self) -> bool:

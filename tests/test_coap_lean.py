@@ -229,11 +229,13 @@ class OpenBrokerLeanTests(CoapBrokerTestCase):
         def spy(_: Any) -> None:
             gateway = self.server.requests.service
             self.checked: list[str] = []
+            self.runs: list[int] = []
             publish_plain = gateway.publish_plain
 
-            def counted(topic: str, *args: Any) -> Any:
+            def counted(topic: str, payloads: list[bytes], *args: Any) -> Any:
                 self.checked.append(topic)
-                return publish_plain(topic, *args)
+                self.runs.append(len(payloads))
+                return publish_plain(topic, payloads, *args)
 
             gateway.publish_plain = counted
 
@@ -253,6 +255,40 @@ class OpenBrokerLeanTests(CoapBrokerTestCase):
             message = yield sub.next_message()
             self.assertEqual((message.topic, message.payload), ("a/b", b"p%d" % mid))
         self.assertEqual(self.checked, ["a/b", "a/b"])
+
+    @inlineCallbacks
+    def test_a_read_keeps_its_order(self) -> Any:
+        """Datagrams read together: the plain ones in runs, written when the topic
+        changes, another request (a QoS 1 POST, the general path) comes, or the read
+        ends; the subscriber gets them all in the order they were sent."""
+        sub = yield self.paho("sub")
+        yield sub.subscribe(("a/#", 1))
+        client = self.udp()
+        sent = []
+        mid = 100
+
+        def send(path: str, payload: bytes, *queries: str) -> None:
+            nonlocal mid
+            mid += 1
+            mtype = m.CON if queries else m.NON
+            client.transport.write(request(m.POST, path, *queries, payload=payload, mid=mid,
+                                           mtype=mtype))
+            sent.append((path[4:], payload))
+
+        for i in range(5):
+            send("/ps/a/b", b"p%d" % i)
+        send("/ps/a/b", b"q", "qos=1")
+        for i in range(5, 8):
+            send("/ps/a/b", b"p%d" % i)
+        send("/ps/a/c", b"c")
+        send("/ps/a/b", b"p8")
+        got = []
+        for _ in sent:
+            message = yield sub.next_message()
+            got.append((message.topic, message.payload))
+        self.assertEqual(got, sent)
+        self.assertEqual(sum(self.runs), len(sent) - 1)
+        self.assertGreater(max(self.runs), 1)  # (one read: recvmmsg took them together)
 
     @inlineCallbacks
     def test_limits_changed_live_apply_to_a_known_plan(self) -> Any:

@@ -38,6 +38,9 @@ _NON_CHANGED = tuple(bytes((0x50 | tkl, m.CHANGED)) for tkl in range(m.MAX_TOKEN
 _ACK_CHANGED = tuple(bytes((0x60 | tkl, m.CHANGED)) for tkl in range(m.MAX_TOKEN + 1))
 #: Endpoints whose ``host:port`` text is kept (all forgotten when full).
 PEERS_KEPT = 4096
+#: Payload bytes a run holds before it is written (as core/qos0.py's RUN_BYTES: a
+#: receiver that fills up is paused after at most this much more).
+RUN_BYTES = 16384
 
 
 def at_once(d: Deferred[Any]) -> Any:
@@ -56,12 +59,23 @@ def _log_failure(failure: Failure, topic: str) -> None:
 class LeanPublisher:
     """One listener's lean path: ``take`` a datagram, or leave it (False)."""
 
-    __slots__ = ("server", "plans", "peers")
+    __slots__ = ("server", "plans", "peers", "port", "run", "run_topic", "run_sender",
+                 "run_properties", "run_bytes")
 
     def __init__(self, server: Any) -> None:
         self.server = server  # the CoapServer: dedup, send, mids, requests, follow
         self.plans = PlanCache()
         self.peers: dict[Any, str] = {}  # address -> its text (a device sends again)
+        #: The listener's BatchedPort (None: another transport, DTLS's, a test's).
+        self.port: Any = None
+        #: Payloads published during the port's read, on one topic from one sender,
+        #: written together when the topic or sender changes, another request is
+        #: handled, the run reaches RUN_BYTES, or the read ends (``datagramsRead``).
+        self.run: list[bytes] = []
+        self.run_topic = ""
+        self.run_sender = ""
+        self.run_properties: dict[int, Any] = {}
+        self.run_bytes = 0
 
     def take(self, data: bytes, addr: Any) -> bool:
         """Serve ``data`` (a CON or NON within the rate) if a plan covers it."""
@@ -149,8 +163,33 @@ class LeanPublisher:
 
     def _publish(self, topic: str, payload: bytes, plan: PublishPlan, client_id: str) -> None:
         """Publish at QoS 0, not retained, to a topic the plan found valid and
-        :meth:`take` within the limits; at most once: a store failure is only logged."""
-        published = self.server.requests.service.publish_plain(topic, payload,
-                                                               plan.properties, client_id)
-        if type(published) is not int:
-            published.addErrback(_log_failure, topic)
+        :meth:`take` within the limits: at once, or in the run of the port's read under
+        way; at most once: a store failure is only logged."""
+        port = self.port
+        if port is None or port.pending is None:  # not within a BatchedPort's read
+            self._published(topic, [payload], plan.properties, client_id)
+            return
+        run = self.run
+        if run and (topic != self.run_topic or client_id != self.run_sender
+                    or plan.properties is not self.run_properties
+                    or self.run_bytes > RUN_BYTES):
+            self.flush()
+        if not run:
+            self.run_topic, self.run_sender = topic, client_id
+            self.run_properties, self.run_bytes = plan.properties, 0
+        run.append(payload)
+        self.run_bytes += len(payload)
+
+    def flush(self) -> None:
+        """Publish the run held so far (see ``run``)."""
+        run = self.run
+        if run:
+            payloads = run[:]
+            run.clear()
+            self._published(self.run_topic, payloads, self.run_properties, self.run_sender)
+
+    def _published(self, topic: str, payloads: list[bytes], properties: dict[int, Any],
+                   client_id: str) -> None:
+        for pending in self.server.requests.service.publish_plain(topic, payloads,
+                                                                  properties, client_id):
+            pending.addErrback(_log_failure, topic)

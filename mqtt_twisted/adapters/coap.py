@@ -151,6 +151,7 @@ class CoapServer(DatagramProtocol):
                 pass
             if isinstance(self.transport, BatchedPort):  # a read's answers go together
                 self.sendto = self.transport.send_datagram
+                self.lean.port = self.transport
             elif isinstance(self.transport, udp.Port):
                 self.sendto = sock.sendto
 
@@ -169,7 +170,13 @@ class CoapServer(DatagramProtocol):
         """The link (``_coaprequests``) of the endpoint at ``addr``."""
         return UdpPeer(addr, self)
 
+    def datagramsRead(self) -> None:
+        """A read's datagrams are handled (``BatchedPort``): its run of publishes goes."""
+        self.lean.flush()
+
     def stopProtocol(self) -> None:
+        self.lean.flush()
+        self.lean.port = None
         self.sendto = None
         self.retransmitter.stop()
         self.requests.close_all()
@@ -186,6 +193,8 @@ class CoapServer(DatagramProtocol):
                 return
             if self.lean.take(data, addr):  # a plain QoS 0 publish (_coaplean.py)
                 return
+        if self.lean.run:
+            self.lean.flush()  # what the lean path holds goes before anything else does
         try:
             msg = m.decode(data)
         except m.CoapFormatError as e:

@@ -6,7 +6,10 @@ Twisted's ``udp.Port`` makes one ``recvfrom`` per datagram, and a CoAP listener 
 (docs/benchmarks.md, "CoAP next to MQTT").  :class:`BatchedPort` reads with
 ``recvmmsg(2)`` and, while it handles a read, holds what its protocol sends through
 :meth:`BatchedPort.send_datagram` to send it with ``sendmmsg(2)`` once the read is
-handled (answers keep their order; what is sent at other times goes at once).
+handled (answers keep their order; what is sent at other times goes at once); a
+protocol with a ``datagramsRead()`` method is told when a read's datagrams are all
+handled, before their answers go (the CoAP listener writes its runs of QoS 0
+publishes then).
 
 Both calls come from the compiled ``adapters/_mmsg.pyx`` (IPv4 ports only);
 :class:`PureBatch`, a ``recvfrom``/``sendto`` loop with the same methods, is the
@@ -116,10 +119,14 @@ class BatchedPort(udp.Port):
     batch: Any = None
     #: What :meth:`send_datagram` holds during a read (None: not reading).
     pending: list[tuple[bytes, Any]] | None = None
+    #: The protocol's ``datagramsRead()``, if it has one: called once a read's datagrams
+    #: are handled, before their answers go (work it gathered over the read).
+    read_done: Any = None
 
     def _bindSocket(self) -> None:
         super()._bindSocket()
         self.batch = batch_for(self.socket, self.maxPacketSize)
+        self.read_done = getattr(self.protocol, "datagramsRead", None)
 
     def doRead(self) -> None:
         batch, handler = self.batch, self.protocol.datagramReceived
@@ -139,6 +146,11 @@ class BatchedPort(udp.Port):
                 if n < BATCH:
                     break  # nothing more waiting now
         finally:
+            if self.read_done is not None:
+                try:
+                    self.read_done()
+                except BaseException:
+                    log.err()
             self.pending = None
             if pending:
                 batch.send(pending)

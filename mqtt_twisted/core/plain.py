@@ -5,7 +5,8 @@ came in, without a ``Message``, the router's dispatch or a delivery.  A message 
 adapter publishes (a CoAP NON POST, ``adapters/_coaplean.py``, through
 ``Gateway.publish_plain``) has no PUBLISH of its own, but once it is known to be the
 plain kind (QoS 0, not retained, no properties, a topic valid and within the limits)
-the same holds: :func:`publish_plain` encodes it once and writes it to the receivers
+the same holds: :func:`publish_plain` encodes it once (a run of them on one topic
+from one sender, one buffer) and writes it to the receivers
 ``qos0.local_targets`` finds, with the same checks and counters, or says None and the
 general path routes it.  The receivers must be MQTT connections of one class and one
 wire format (v5 or not), as a client's must be of its own.
@@ -23,6 +24,8 @@ from mqtt_twisted.core.connection import MQTTConnection
 from mqtt_twisted.core.router import LocalRouter
 
 _V5_NO_PROPERTIES = b"\x00"
+#: A PUBLISH's fixed header (QoS 0, no flags) for each remaining length under 128.
+_SHORT = [bytes((0x30, n)) for n in range(128)]
 
 
 def qos0_in_use() -> ModuleType:
@@ -34,12 +37,14 @@ def qos0_in_use() -> ModuleType:
     return qos0
 
 
-def publish_plain(broker: Any, topic: str, payload: bytes, sender: str,
+def publish_plain(broker: Any, topic: str, payloads: list[bytes], sender: str,
                   module: ModuleType = qos0) -> int | None:
-    """Write a plain QoS 0 message from client id ``sender`` to every receiver (their
-    number), or None if the general path must route it: a cluster node's router,
-    receivers of more than one kind, or any check of ``module.local_targets``
-    (``module``: ``core/qos0.py`` or its compiled twin, the one in use)."""
+    """Write plain QoS 0 messages (``payloads``, one message each, in order) on ``topic``
+    from client id ``sender`` to every receiver, all of them in one buffer a receiver
+    (the number of receivers), or None if the general path must route them: a cluster
+    node's router, receivers of more than one kind, or any check of
+    ``module.local_targets`` (``module``: ``core/qos0.py`` or its compiled twin, the
+    one in use)."""
     router = broker.router
     if type(router) is not LocalRouter:
         return None
@@ -59,13 +64,20 @@ def publish_plain(broker: Any, topic: str, payload: bytes, sender: str,
             return None  # offline, or an adapter's virtual session: the general path
         cls, v5 = type(first), first.version == 5
     name = topic.encode("utf-8")
-    body = b"".join((len(name).to_bytes(2, "big"), name,
-                     _V5_NO_PROPERTIES if v5 else b"", payload))
-    data = b"\x30" + encode_vbi(len(body)) + body
-    targets = module.local_targets(broker, router, topic, len(data), sender, v5, cls, None)
+    head = len(name).to_bytes(2, "big") + name + (_V5_NO_PROPERTIES if v5 else b"")
+    parts: list[bytes] = []
+    largest = 0
+    for payload in payloads:
+        length = len(head) + len(payload)
+        fixed = _SHORT[length] if length < 128 else b"\x30" + encode_vbi(length)
+        parts += (fixed, head, payload)
+        if length + len(fixed) > largest:
+            largest = length + len(fixed)
+    data = b"".join(parts)
+    targets = module.local_targets(broker, router, topic, largest, sender, v5, cls, None)
     if targets is None:
         return None
     for link in targets:
         link.transport.write(data)
-    module._count(broker.stats, topic, 1, len(targets), len(data))
+    module._count(broker.stats, topic, len(payloads), len(targets), len(data))
     return len(targets)
