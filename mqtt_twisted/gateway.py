@@ -55,6 +55,13 @@ if TYPE_CHECKING:
 PUBLISH, SUBSCRIBE = "publish", "subscribe"
 
 
+def _auth_failed(failure: Any, credentials: Any) -> Any:
+    """One log line per refused request (info: who, from where; never the password)."""
+    if failure.check(AuthenticationError, AuthorizationError):
+        clientlog.auth_failed(credentials, failure.value)
+    return failure
+
+
 @implementer(IBrokerService)
 class Gateway:
     """One per broker; every adapter's only door into it."""
@@ -119,14 +126,7 @@ class Gateway:
             return succeed(getattr(credentials, "username", None))
         d = maybeDeferred(authenticator.authenticate, credentials)
         d.addCallback(self._not_foreign, getattr(credentials, "clientId", None))
-        return d.addErrback(self._auth_failed, credentials)
-
-    @staticmethod
-    def _auth_failed(failure: Any, credentials: Any) -> Any:
-        """One log line per refused request (info: who, from where; never the password)."""
-        if failure.check(AuthenticationError, AuthorizationError):
-            clientlog.auth_failed(credentials, failure.value)
-        return failure
+        return d.addErrback(_auth_failed, credentials)
 
     def _not_foreign(self, identity: Any, clientId: str | None) -> Any:
         session = self.broker.sessions.get(clientId) if clientId else None
