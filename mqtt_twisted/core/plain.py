@@ -32,7 +32,8 @@ def qos0_in_use() -> ModuleType:
     """``core/qos0.py`` or its compiled twin: the module whose ``on_publish`` is the
     PUBLISH handler bound now (``core/fastpath.py``), as ``cluster/inbox0.py`` asks."""
     compiled = fastpath.compiled
-    if compiled is not None and connection._HANDLERS[PacketType.PUBLISH] is compiled.on_publish:
+    if (compiled is not None and hasattr(compiled, "route_entry")  # (else an older build)
+            and connection._HANDLERS[PacketType.PUBLISH] is compiled.on_publish):
         return compiled
     return qos0
 
@@ -48,14 +49,7 @@ def publish_plain(broker: Any, topic: str, payloads: list[bytes], sender: str,
     router = broker.router
     if type(router) is not LocalRouter:
         return None
-    tree = router.tree
-    matches = tree._cache.get(topic)  # (TopicTree.match's own cache, without the call)
-    if matches is None:
-        matches = tree.match(topic)
-    routes = router.qos0_routes
-    entry = routes.get(topic)
-    if entry is None or entry[0] is not matches:
-        entry = module.receivers_of(routes, topic, matches)
+    entry = module.route_entry(router, topic)
     cls: Any = None
     v5 = False
     if entry[1]:

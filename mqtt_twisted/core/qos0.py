@@ -143,14 +143,7 @@ def local_targets(broker: Any, router: Any, topic: str, size: int, sender: str, 
     if (router.shared_groups or router.deliver is not broker.deliver
             or len(topic) > broker.short_topic or topic.startswith("$") or DEBUG.on):
         return None
-    tree = router.tree
-    matches = tree._cache.get(topic)  # (TopicTree.match's own cache, without the call)
-    if matches is None:
-        matches = tree.match(topic)
-    routes = router.qos0_routes
-    entry = routes.get(topic)
-    if entry is None or entry[0] is not matches:
-        entry = receivers_of(routes, topic, matches)
+    entry = route_entry(router, topic)
     sessions = router.sessions
     targets: list[Any] = []
     for client_id, no_local, ids in entry[1]:
@@ -169,6 +162,22 @@ def local_targets(broker: Any, router: Any, topic: str, size: int, sender: str, 
             return None
         targets.append(link)
     return targets
+
+
+@cython.ccall
+@cython.locals(topic=str)
+def route_entry(router: Any, topic: str) -> "tuple[list[Any], tuple[Any, ...]]":
+    """``router.qos0_routes``' entry for ``topic`` (:func:`receivers_of`), made again
+    when the topic tree's match for it is not the one it was made from."""
+    tree = router.tree
+    matches = tree._cache.get(topic)  # (TopicTree.match's own cache, without the call)
+    if matches is None:
+        matches = tree.match(topic)
+    routes = router.qos0_routes
+    entry = routes.get(topic)
+    if entry is None or entry[0] is not matches:
+        entry = receivers_of(routes, topic, matches)
+    return entry
 
 
 def _holding(broker: Any, link: Any, conn: Any) -> bool:
