@@ -291,6 +291,35 @@ class OpenBrokerLeanTests(CoapBrokerTestCase):
         self.assertGreater(max(self.runs), 1)  # (one read: recvmmsg took them together)
 
     @inlineCallbacks
+    def test_a_datagram_longer_than_the_listener_reads(self) -> Any:
+        """Not published cut short and answered 2.04: 4.13 with Size1, the payload that
+        would have fit with these options (a CON's on its ACK, a NON's on a NON; the
+        same answer again for a duplicate), and the subscriber gets nothing."""
+        sub = yield self.paho("sub")
+        yield sub.subscribe(("a/#", 0))
+        client = self.udp()
+        big = request(m.POST, "/ps/a/big", payload=b"x" * 20000, mid=41, mtype=m.CON)
+        limit = self.server.transport.maxPacketSize
+        for _ in range(2):
+            client.transport.write(big)
+            answer = yield self.next(client)
+            self.assertEqual((answer.type, m.code_text(answer.code), answer.mid),
+                             (m.ACK, "4.13", 41))
+            self.assertEqual(answer.uint(opt.SIZE1), limit - (big.index(b"\xff") + 1))
+        client.transport.write(request(m.POST, "/ps/a/big", payload=b"y" * 9000, mid=42,
+                                       mtype=m.NON))
+        answer = yield self.next(client)
+        self.assertEqual((answer.type, m.code_text(answer.code)), (m.NON, "4.13"))
+        fits = request(m.POST, "/ps/a/big", payload=b"z" * 8000, mid=43, mtype=m.CON)
+        client.transport.write(fits)
+        answer = yield self.next(client)
+        self.assertEqual(m.code_text(answer.code), "2.04")
+        message = yield sub.next_message()
+        self.assertEqual(message.payload, b"z" * 8000)
+        yield sub.no_message(0.3)
+        self.assertEqual(self.checked, ["a/big"])
+
+    @inlineCallbacks
     def test_limits_changed_live_apply_to_a_known_plan(self) -> Any:
         sub = yield self.paho("sub")
         yield sub.subscribe(("a/#", 0))

@@ -74,11 +74,22 @@ class BatchTests(unittest.SynchronousTestCase):
         self.assertEqual(self.batch.read(3, lambda d, p: self.got.append(d), None), (2, 2))
         self.assertEqual(self.got, [b"0", b"1", b"2", b"3", b"4"])
 
-    def test_longer_datagram_cut_to_the_size(self) -> None:
-        self.client().sendto(b"x" * 100, self.server.getsockname())
+    def test_longer_datagram_reported_not_handled(self) -> None:
+        """A datagram longer than the size is not handed over cut short as if whole: its
+        first ``size`` bytes go to ``too_long`` (without one, it is dropped); all are counted."""
+        a = self.client()
+        for data in (b"x" * 100, b"ok", b"y" * 64, b"z" * 65):
+            a.sendto(data, self.server.getsockname())
+        _waiting(self.server)
+        long: list[tuple[bytes, Any]] = []
+        self.assertEqual(self.batch.read(8, lambda d, p: self.got.append(d), None,
+                                         lambda d, p: long.append((d, p))), (4, 64 * 3 + 2))
+        self.assertEqual(self.got, [b"ok", b"y" * 64])
+        self.assertEqual(long, [(b"x" * 64, a.getsockname()), (b"z" * 64, a.getsockname())])
+        a.sendto(b"w" * 70, self.server.getsockname())
         _waiting(self.server)
         self.assertEqual(self.batch.read(8, lambda d, p: self.got.append(d), None), (1, 64))
-        self.assertEqual(self.got, [b"x" * 64])
+        self.assertEqual((self.got[-1], self.batch.truncated), (b"y" * 64, 3))
 
     def test_a_raising_handler_costs_the_others_nothing(self) -> None:
         a = self.client()

@@ -50,6 +50,7 @@ cdef extern from *:
     int recvmmsg(int fd, mmsghdr *msgs, unsigned int vlen, int flags, void *timeout) nogil
     int sendmmsg(int fd, mmsghdr *msgs, unsigned int vlen, int flags) nogil
     const int MSG_DONTWAIT
+    const int MSG_TRUNC
     const int AF_INET
     const int INET_ADDRSTRLEN
     unsigned short ntohs(unsigned short) nogil
@@ -75,6 +76,7 @@ cdef class Batch:
     cdef sockaddr_in *addrs
     cdef dict peers
     cdef public Py_ssize_t dropped
+    cdef public Py_ssize_t truncated
 
     def __cinit__(self, sock, Py_ssize_t size):
         self.fd = sock.fileno()
@@ -87,6 +89,7 @@ cdef class Batch:
             raise MemoryError()
         self.peers = {}
         self.dropped = 0
+        self.truncated = 0
 
     def __dealloc__(self):
         free(self.buffer)
@@ -109,10 +112,12 @@ cdef class Batch:
         self.peers[key] = peer
         return peer
 
-    def read(self, unsigned int count, handler, on_error):
+    def read(self, unsigned int count, handler, on_error, too_long=None):
         """Read up to ``count`` datagrams, ``handler(data, (host, port))`` each (a handler
-        that raises: ``on_error()`` inside the ``except``); ``(datagrams, bytes)`` read,
-        ``(0, 0)`` when none is waiting.  OSError for the socket's other errors."""
+        that raises: ``on_error()`` inside the ``except``); a datagram longer than the
+        size goes to ``too_long(first bytes, peer)`` instead (none: dropped; counted in
+        ``truncated`` either way).  ``(datagrams, bytes)`` read, ``(0, 0)`` when none is waiting;
+        OSError for the socket's other errors."""
         cdef int n, i, err
         cdef Py_ssize_t total = 0
         if count > MMSG_BATCH:
@@ -135,7 +140,12 @@ cdef class Batch:
             data = PyBytes_FromStringAndSize(self.buffer + i * self.size, self.msgs[i].msg_len)
             total += self.msgs[i].msg_len
             try:
-                handler(data, self._peer(&self.addrs[i]))
+                if self.msgs[i].msg_hdr.msg_flags & MSG_TRUNC:
+                    self.truncated += 1
+                    if too_long is not None:
+                        too_long(data, self._peer(&self.addrs[i]))
+                else:
+                    handler(data, self._peer(&self.addrs[i]))
             except BaseException:
                 on_error()
         return n, total

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import udp
+from twisted.internet.defer import succeed
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -216,6 +217,30 @@ class CoapServer(DatagramProtocol):
                 self.send(seen, addr)  # the same answer again, not a second action
             return
         self.follow(self.requests.answer(msg, UdpPeer(addr, self)), msg, addr)
+
+    def datagramTooLong(self, head: bytes, addr: Any) -> None:
+        """A datagram longer than the listener reads (``head``: its first bytes, as many
+        as it reads): never acted on cut short.  A request gets 4.13 with Size1, the
+        payload that would have fit with its options (RFC 7959 §2.9.3: Block1 carries
+        more); anything else, or what does not decode, is dropped."""
+        try:
+            msg = m.decode(head)
+        except m.CoapFormatError:
+            return
+        if msg.type not in (m.CON, m.NON) or not m.is_request(msg.code):
+            return
+        seen = self.dedup.check(addr, msg.mid)
+        if seen is not None:
+            if seen:
+                self.send(seen, addr)  # a retransmission: the same answer again
+            return
+        marker = head.find(b"\xff", 4 + (head[0] & 15))
+        room = min(len(head) - marker - 1 if marker >= 0 else 0,
+                   self.requests.config.max_payload)
+        self.follow(succeed((m.CoapMessage(
+            m.ACK, m.REQUEST_ENTITY_TOO_LARGE, 0, b"", [(opt.SIZE1, opt.encode_uint(room))],
+            f"larger than the {len(head)} bytes a datagram may have here: "
+            "send the payload in Block1 pieces".encode()), None)), msg, addr)
 
     def follow(self, answer: Any, msg: m.CoapMessage, addr: Any) -> None:
         """Send ``answer`` (a Deferred Answer that does not fail) to request ``msg``

@@ -48,23 +48,27 @@ class PureBatch:
     """A UDP socket's reads and writes one system call a datagram: the twin of
     ``_mmsg.Batch``."""
 
-    __slots__ = ("sock", "size", "six", "dropped")
+    __slots__ = ("sock", "size", "six", "dropped", "truncated")
 
     def __init__(self, sock: socket.socket, size: int) -> None:
         self.sock = sock
         self.size = size
         self.six = sock.family == socket.AF_INET6
         self.dropped = 0
+        self.truncated = 0
 
-    def read(self, count: int, handler: Any, on_error: Any) -> tuple[int, int]:
+    def read(self, count: int, handler: Any, on_error: Any,
+             too_long: Any = None) -> tuple[int, int]:
         """Read up to ``count`` datagrams, ``handler(data, (host, port))`` each (one
-        that raises: ``on_error()`` inside the ``except``); ``(datagrams, bytes)``,
-        ``(0, 0)`` when none is waiting; OSError for the socket's other errors."""
-        recvfrom, size, six = self.sock.recvfrom, self.size, self.six
+        that raises: ``on_error()`` inside the ``except``); a datagram longer than the
+        size goes to ``too_long(first bytes, peer)`` instead (none: dropped; counted in
+        ``truncated`` either way).  ``(datagrams, bytes)``, ``(0, 0)`` when none is waiting;
+        OSError for the socket's other errors."""
+        recvmsg, size, six = self.sock.recvmsg, self.size, self.six
         n = total = 0
         while n < count:
             try:
-                data, addr = recvfrom(size)
+                data, _, flags, addr = recvmsg(size)
             except OSError as e:
                 if e.args[0] in _AGAIN:
                     break
@@ -76,7 +80,12 @@ class PureBatch:
             n += 1
             total += len(data)
             try:
-                handler(data, addr)
+                if flags & socket.MSG_TRUNC:
+                    self.truncated += 1
+                    if too_long is not None:
+                        too_long(data, addr)
+                else:
+                    handler(data, addr)
             except BaseException:
                 on_error()
         return n, total
@@ -122,20 +131,25 @@ class BatchedPort(udp.Port):
     #: The protocol's ``datagramsRead()``, if it has one: called once a read's datagrams
     #: are handled, before their answers go (work it gathered over the read).
     read_done: Any = None
+    #: The protocol's ``datagramTooLong(first bytes, addr)``, if it has one: told of a
+    #: datagram longer than ``maxPacketSize`` (else it is dropped: never handed over
+    #: cut short as if it were whole, as ``udp.Port`` does).
+    too_long: Any = None
 
     def _bindSocket(self) -> None:
         super()._bindSocket()
         self.batch = batch_for(self.socket, self.maxPacketSize)
         self.read_done = getattr(self.protocol, "datagramsRead", None)
+        self.too_long = getattr(self.protocol, "datagramTooLong", None)
 
     def doRead(self) -> None:
-        batch, handler = self.batch, self.protocol.datagramReceived
+        batch, handler, too_long = self.batch, self.protocol.datagramReceived, self.too_long
         self.pending = pending = []
         read = datagrams = 0
         try:
             while read < self.maxThroughput and datagrams < DATAGRAMS_PER_TURN:
                 try:
-                    n, size = batch.read(BATCH, handler, log.err)
+                    n, size = batch.read(BATCH, handler, log.err, too_long)
                 except OSError as e:
                     if e.args[0] == ECONNREFUSED:  # an ICMP error for an earlier send
                         datagrams += 1
