@@ -318,6 +318,12 @@ class OpenBrokerLeanTests(CoapBrokerTestCase):
         self.assertEqual(message.payload, b"z" * 8000)
         yield sub.no_message(0.3)
         self.assertEqual(self.checked, ["a/big"])
+        self.assertEqual(self.broker.stats.datagrams_dropped, {"too_long": 3, "unsent": 0})
+        from mqtt_twisted.core.metrics import broker_families
+
+        family = {f.name: f for f in broker_families(self.broker, 0.0)}[
+            "mqtt_datagrams_dropped"]
+        self.assertEqual(dict(family.samples), {("too_long",): 3, ("unsent",): 0})
 
     @inlineCallbacks
     def test_limits_changed_live_apply_to_a_known_plan(self) -> Any:

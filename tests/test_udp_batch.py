@@ -8,11 +8,13 @@ from __future__ import annotations
 import select
 import socket
 import sys
+from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from mqtt_twisted.adapters import udpbatch
@@ -202,6 +204,29 @@ class BatchedPortTests(unittest.TestCase):
         self.assertEqual(port.batch.dropped, 0)
         port.send_datagram(b"later", client.getsockname()[:2])  # no read under way: now
         return port
+
+    @inlineCallbacks
+    def test_drops_counted_in_the_brokers_stats(self) -> Any:
+        """What the port drops reaches the broker's counters (``mqtt_datagrams_dropped``):
+        a datagram longer than it reads, and one the kernel would not send."""
+        stats = SimpleNamespace(datagrams_dropped={"too_long": 0, "unsent": 0})
+        self.echo = Echo()
+        listener = DatagramListener(reactor, "udp:0:interface=127.0.0.1", self.echo, stats)
+        listener.startService()
+        self.addCleanup(listener.stopService)
+        port = yield listener.whenListening()
+        port.send_datagram(b"x", ("::1", 5))  # (not an address this IPv4 port can send to)
+        self.assertEqual(stats.datagrams_dropped, {"too_long": 0, "unsent": 1})
+        client = _udp()
+        self.addCleanup(client.close)
+        client.sendto(b"x" * (port.maxPacketSize + 1), ("127.0.0.1", port.getHost().port))
+        client.sendto(b"ok", ("127.0.0.1", port.getHost().port))
+        for _ in range(500):
+            if self.echo.held:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(stats.datagrams_dropped, {"too_long": 1, "unsent": 1})
+        self.assertEqual(len(self.echo.held), 1)  # the long one never reached the protocol
 
     @inlineCallbacks
     def test_ipv4(self) -> Any:

@@ -356,7 +356,8 @@ class CoapAdapter:
                 from mqtt_twisted.adapters.coap_dtls import DtlsServer
 
                 protocol = DtlsServer(reactor, server, context)
-            listener = DatagramListener(reactor, endpointDescription, protocol)
+            listener = DatagramListener(reactor, endpointDescription, protocol,
+                                        getattr(broker, "stats", None))
             listener.server = server  # type: ignore[attr-defined]
             return listener
         from mqtt_twisted.adapters.coap_tcp import CoapTCPFactory

@@ -314,10 +314,13 @@ DATAGRAM_BYTES_PER_TURN = 8 * 1024
 class DatagramListener(Service):
     """A datagram adapter's listener: ``protocol`` on a UDP port while it runs."""
 
-    def __init__(self, reactor: Any, description: str, protocol: Any) -> None:
+    def __init__(self, reactor: Any, description: str, protocol: Any,
+                 stats: Any = None) -> None:
         self.reactor = reactor
         self.address = parse_udp(description)
         self.protocol = protocol
+        #: The broker's counters (``Gateway.stats``): the datagrams the port drops.
+        self.stats = stats
         self.port: Any = None
         self._waiters: list[Deferred[Any]] = []
 
@@ -327,6 +330,7 @@ class DatagramListener(Service):
         port, interface = self.address
         if isinstance(self.reactor, PosixReactorBase):  # (a test's fake reactor: its own)
             self.port = BatchedPort(port, self.protocol, interface, reactor=self.reactor)
+            self.port.stats = self.stats
             self.port.startListening()
         else:
             self.port = self.reactor.listenUDP(port, self.protocol, interface=interface)

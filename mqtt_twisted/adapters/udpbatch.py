@@ -135,6 +135,9 @@ class BatchedPort(udp.Port):
     #: datagram longer than ``maxPacketSize`` (else it is dropped: never handed over
     #: cut short as if it were whole, as ``udp.Port`` does).
     too_long: Any = None
+    #: The broker's counters (``datagrams_dropped``), if the listener has them.
+    stats: Any = None
+    _counted = (0, 0)  # the batch's (truncated, dropped) already counted in stats
 
     def _bindSocket(self) -> None:
         super()._bindSocket()
@@ -168,6 +171,8 @@ class BatchedPort(udp.Port):
             self.pending = None
             if pending:
                 batch.send(pending)
+            if (batch.truncated, batch.dropped) != self._counted:
+                self._count_drops()
 
     def send_datagram(self, data: bytes, addr: Any) -> None:
         """Send ``data`` to ``addr``: after the read under way, else now.  Never raises:
@@ -177,3 +182,15 @@ class BatchedPort(udp.Port):
             pending.append((data, addr))
         elif self.batch is not None:
             self.batch.send([(data, addr)])
+            if self.batch.dropped != self._counted[1]:
+                self._count_drops()
+
+    def _count_drops(self) -> None:
+        """Add what the batch dropped since the last time to the broker's counters."""
+        batch = self.batch
+        truncated, dropped = self._counted
+        self._counted = (batch.truncated, batch.dropped)
+        if self.stats is not None:
+            counts = self.stats.datagrams_dropped
+            counts["too_long"] += batch.truncated - truncated
+            counts["unsent"] += batch.dropped - dropped

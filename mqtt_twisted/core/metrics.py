@@ -154,6 +154,11 @@ def broker_families(broker: Broker, now: float) -> list[Family]:
         .add(s.limit_hits["offline_queue"], "offline_queue")
         .add(s.limit_hits["queue_full"], "queue_full")
         .add(s.connection_rate_refusals, "connection_rate"),
+        Family("mqtt_datagrams_dropped", COUNTER, "Datagrams a UDP listener dropped, by "
+               "reason: too_long (longer than it reads; a CoAP request gets 4.13), unsent "
+               "(an answer the kernel would not send).", ("reason",))
+        .add(s.datagrams_dropped["too_long"], "too_long")
+        .add(s.datagrams_dropped["unsent"], "unsent"),
         Family("mqtt_client_rate_limited", COUNTER, "Clients over their message or byte rate "
                "(--max-client-rate): paused, or (MQTT 5) disconnected.", ("action",))
         .add(s.rate_pauses, "pause").add(s.rate_disconnects, "disconnect"),

@@ -98,7 +98,7 @@ class BrokerStats:
         "bytes_received", "bytes_sent", "ownership_refusals", "rate_pauses", "rate_disconnects", "deliveries",
         "received_qos1", "received_qos2", "sent_qos1", "sent_qos2", "refusals", "store_writes",
         "store_latency", "topics",
-        "connection_rate_refusals", "limit_hits",
+        "connection_rate_refusals", "limit_hits", "datagrams_dropped",
     )
 
     def __init__(self, started_at: float = 0.0) -> None:
@@ -131,6 +131,10 @@ class BrokerStats:
         #: What each limit refused, by kind (LIMIT_KINDS): only refusals count, so
         #: the hot path never touches it.
         self.limit_hits = dict.fromkeys(LIMIT_KINDS, 0)
+        #: Datagrams a UDP listener dropped (adapters/udpbatch.py), by reason:
+        #: ``too_long``, longer than it reads (a CoAP request got 4.13); ``unsent``, one
+        #: the kernel would not send (a full buffer, an unreachable peer).
+        self.datagrams_dropped = {"too_long": 0, "unsent": 0}
         #: Messages routed to a session, sent or queued: the work publishes make.
         self.deliveries = 0
         #: Of messages_received and messages_sent, those at QoS 1 and 2 (the rest: QoS 0,
