@@ -19,6 +19,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mqtt_twisted.admin import BrokerAdmin
@@ -264,20 +265,12 @@ class Gateway:
         they are written as PUBLISHes' bytes where they can be (``core/plain.py``).  The
         Deferreds of those whose store writes are pending (none, usually), as
         :meth:`publish`'s."""
-        broker = self.broker
-        if not properties and publish_plain(broker, topic, payloads, clientId or "",
+        if not properties and publish_plain(self.broker, topic, payloads, clientId or "",
                                             self._qos0) is not None:
             return []
-        pending = []
-        for payload in payloads:
-            message = Message(topic, payload, 0, False, None, dict(properties))
-            message.received_at = broker.clock.seconds()
-            message.sender = clientId
-            count, writes = broker.writes_of(broker.route, message)
-            if writes:
-                pending.append(DeferredList(writes, consumeErrors=True)
-                               .addCallback(self._stored, count))
-        return pending
+        published = (self.publish(Message(topic, payload, 0, False, None, dict(properties)),
+                                  clientId) for payload in payloads)
+        return [d for d in published if not d.called or isinstance(d.result, Failure)]
 
     @property
     def open_to_all(self) -> bool:

@@ -95,11 +95,8 @@ class LeanPublisher:
                 or plan.size > settings.max_topic_length:
             return False  # a refusal, or a retained message's quota: the general path's
         dedup = server.dedup
-        now = dedup.clock.seconds()
-        if now >= dedup.purge_at:
-            dedup.purge(now)
         key = (addr, data[2] << 8 | data[3])
-        seen = dedup.seen.get(key)
+        now, seen = dedup.look(key)
         if seen is not None:
             if seen[1]:
                 server.send(seen[1], addr)  # the same answer again, not a second publish
@@ -174,6 +171,7 @@ class LeanPublisher:
                     or plan.properties is not self.run_properties
                     or self.run_bytes > RUN_BYTES):
             self.flush()
+            run = self.run
         if not run:
             self.run_topic, self.run_sender = topic, client_id
             self.run_properties, self.run_bytes = plan.properties, 0
@@ -182,10 +180,8 @@ class LeanPublisher:
 
     def flush(self) -> None:
         """Publish the run held so far (see ``run``)."""
-        run = self.run
-        if run:
-            payloads = run[:]
-            run.clear()
+        if self.run:
+            payloads, self.run = self.run, []
             self._published(self.run_topic, payloads, self.run_properties, self.run_sender)
 
     def _published(self, topic: str, payloads: list[bytes], properties: dict[int, Any],

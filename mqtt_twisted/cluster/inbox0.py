@@ -13,9 +13,8 @@ from twisted.logger import Logger
 
 from mqtt_twisted.cluster.batch import item_message, read_push
 from mqtt_twisted.cluster.rawlane import RAW, decode
-from mqtt_twisted.codec.packets import PacketType
-from mqtt_twisted.core import connection, fastpath
 from mqtt_twisted.core.connection import MQTTConnection
+from mqtt_twisted.core.plain import qos0_in_use
 
 log = Logger()
 
@@ -77,9 +76,4 @@ def _general(router: Any, origin: str, message: Any) -> None:
 def _delivery() -> Any:
     """``deliver_raw`` of the QoS 0 module in use (compiled or not, as the PUBLISH
     handler bound now: ``core/fastpath.py``)."""
-    handler = connection._HANDLERS[PacketType.PUBLISH]
-    compiled = fastpath.compiled
-    if compiled is not None and handler is compiled.on_publish:
-        return compiled.deliver_raw
-    from mqtt_twisted.core import qos0
-    return qos0.deliver_raw
+    return qos0_in_use().deliver_raw

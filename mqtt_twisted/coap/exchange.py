@@ -155,20 +155,26 @@ class Deduplicator:
     def check(self, peer: Peer, mid: int) -> bytes | None:
         """None for a new request (now remembered as in progress); else the response
         sent to it before (:data:`IN_PROGRESS`, empty, while it is being processed)."""
-        now = self.clock.seconds()
-        if now >= self.purge_at:
-            self.purge(now)
         key = (peer, mid)
-        found = self.seen.get(key)
+        now, found = self.look(key)
         if found is not None:
             return found[1]
         self.remember(key, now, IN_PROGRESS)
         return None
 
+    def look(self, key: tuple[Peer, int]) -> tuple[float, tuple[float, bytes] | None]:
+        """The time now, and what is remembered of request ``key`` (peer, message id):
+        ``(first seen, response)``, or None; what is past its lifetime is forgotten
+        first.  A caller that finds None records the request with :meth:`remember`."""
+        now = self.clock.seconds()
+        if now >= self.purge_at:
+            self.purge(now)
+        return now, self.seen.get(key)
+
     def remember(self, key: tuple[Peer, int], now: float, response: bytes) -> None:
         """Remember the response to the request ``key`` (peer, message id), first seen
-        at ``now`` (:data:`IN_PROGRESS` while it is processed): how a caller that has
-        looked in ``seen`` itself, after :meth:`purge`, records it in one step."""
+        at ``now`` (:data:`IN_PROGRESS` while it is processed), or the response to one
+        remembered already."""
         seen = self.seen
         found = seen.get(key)
         if found is not None:

@@ -30,7 +30,8 @@ _SHORT = [bytes((0x30, n)) for n in range(128)]
 
 def qos0_in_use() -> ModuleType:
     """``core/qos0.py`` or its compiled twin: the module whose ``on_publish`` is the
-    PUBLISH handler bound now (``core/fastpath.py``), as ``cluster/inbox0.py`` asks."""
+    PUBLISH handler bound now (``core/fastpath.py``); ``cluster/inbox0.py`` delivers
+    with it too."""
     compiled = fastpath.compiled
     if (compiled is not None and hasattr(compiled, "route_entry")  # (else an older build)
             and connection._HANDLERS[PacketType.PUBLISH] is compiled.on_publish):
