@@ -88,17 +88,32 @@ class TwistdRun(MultiService):
     store answered and every listener listens, and a broker that could not start ends
     the process with a non-zero exit status, so that a supervisor sees it."""
 
-    def __init__(self, broker: Any, config: Any) -> None:
+    def __init__(self, broker: Any, config: Any, supervisor: Any = None,
+                 worker: Any = None) -> None:
         super().__init__()
         self.broker = broker
         self._config = config
         self._pipe: int | None = None
+        #: ``--workers``: the supervisor of the other workers (in worker 0), or what this
+        #: process is as a worker (``workers.Worker``: it reports its start on a pipe).
+        self.supervisor = supervisor
+        self.worker = worker
         broker.setServiceParent(self)
+        if supervisor is not None:
+            supervisor.setServiceParent(self)
 
     def startService(self) -> None:
         # twistd writes "started" to its status pipe when startService returns: too early.
         self._pipe = self._config.get("statusPipe")
         self._config["statusPipe"] = None
+        if self.worker is not None:
+            from mqtt_twisted.workers import Lifeline
+
+            self._pipe = self.worker.ready_fd
+            self.broker.log.info("Worker {index} (pid {pid}) of the supervisor pid {parent}",
+                                 index=self.worker.index, pid=os.getpid(),
+                                 parent=os.getppid(), action="worker_start")
+            Lifeline(self.broker.reactor, self.worker.lifeline_fd, self.worker.index).start()
         try:
             super().startService()
         except Exception as e:
@@ -114,6 +129,21 @@ class TwistdRun(MultiService):
         self.broker.reactor.callWhenRunning(self._running)
 
     def _running(self) -> None:
+        if self.supervisor is None:
+            self._listening()
+            return
+        self.supervisor.start_workers().addCallbacks(
+            lambda _: self._listening(), self._workers_failed)
+
+    def _workers_failed(self, failure: Failure) -> None:
+        self.broker.log.critical("The broker could not start: a worker did not: {error}",
+                                 error=failure.getErrorMessage(), action="start_failed")
+        self._report(b"1 a worker did not start: " + failure.getErrorMessage().encode(
+            "ascii", "backslashreplace"))
+        exit_after_twistd(START_FAILED)
+        self.broker.reactor.stop()
+
+    def _listening(self) -> None:
         from mqtt_twisted import gctune
 
         self._report(b"0")

@@ -74,6 +74,8 @@ class BrokerService(MultiService):
         #: Called on SIGHUP after the files below are re-read (``tap.py`` adds the
         #: configuration file's reloader, ``config/reload.py``).
         self.reloaders: list[Callable[[], Any]] = []
+        #: Called on SIGHUP too: processes that re-read their own (``--workers``).
+        self.sighup_followers: list[Callable[[], Any]] = []
 
     @property
     def stats(self) -> Any:
@@ -259,6 +261,8 @@ class BrokerService(MultiService):
                 reload()
         for reloader in self.reloaders:
             reloader()
+        for follower in self.sighup_followers:
+            follower()
 
     def _install_sighup(self) -> None:
         if not hasattr(signal, "SIGHUP") or threading.current_thread() is not \

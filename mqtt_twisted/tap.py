@@ -10,7 +10,7 @@ from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python import usage
 
-from mqtt_twisted import __version__, logs
+from mqtt_twisted import __version__, logs, workers
 from mqtt_twisted._twistd import TwistdRun, check_twistd_options, is_twistd, usage_exit
 from mqtt_twisted.adapters.kit import check_listener
 from mqtt_twisted.adapters.listener import (
@@ -20,6 +20,7 @@ from mqtt_twisted.adapters.listener import (
     parse_listener,
 )
 from mqtt_twisted.adapters.options import keys_help, normalize
+from mqtt_twisted.adapters.reuseport import share_ports
 from mqtt_twisted.bridge.config import BridgeOptions, check_bridges
 from mqtt_twisted.core.ownership import MODES as OWNER_MODES
 from mqtt_twisted.core.settings import BrokerSettings
@@ -196,6 +197,10 @@ class Options(BridgeOptions, usage.Options):
         ["cluster", None, None,
          "Join a cluster as node NAME (auto: host:pid) on the Redis of --store redis://...: "
          "a client on any node gets what is published on every node."],
+        ["workers", None, 1,
+         "Broker processes sharing the listeners (SO_REUSEPORT), nodes of a cluster on "
+         "the Redis of --store (--cluster NAME names them NAME-w0..., else host:pid).",
+         _number("workers", int, 1, 256)],
         ["log-level", None, "info", "Least level logged: debug, info, warn or error.",
          _choice("log-level", logs.parse_level)],
         ["log-format", None, "text",
@@ -315,6 +320,12 @@ class Options(BridgeOptions, usage.Options):
         self["listeners"] = listeners
         check_bridges(self.setdefault("bridges", []))
         self["store-plugin"] = self._choose(IStorePlugin, "store")
+        try:
+            workers.check(self["workers"], self["store"], listeners)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        if self["workers"] > 1 and self["cluster"] is None:
+            self["cluster"] = "auto"  # (the workers are a cluster's nodes)
         self["cluster-name"] = self._cluster_name()
         self["auth"] = self["auth"] or ["anonymous"]
         self["auth-plugins"] = [(*self._choose(IAuthPlugin, "auth", value), value)
@@ -501,14 +512,20 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         options["connect-timeout"],
         options["sys-interval"],
     )
+    worker = workers.this_worker()
+    count = options.get("workers") or 1
+    if count > 1:
+        share_ports()  # every listener, in every worker
     if options.get("cluster-name"):
-        service.joinCluster(options["cluster-name"])
+        service.joinCluster(workers.node_name(options["cluster-name"], options.get("cluster"),
+                                              worker.index if worker else 0)
+                            if count > 1 else options["cluster-name"])
     for listener in options["listeners"]:
         adapter = options["adapters"][listener.adapter]
         # An adapter refuses a bad listener key of its own (http=tcp:8081:replay=x) here.
         _from_plugin("listen", listener.describe(),
                      lambda a=adapter, s=listener: service.addListener(a, s), options)
-    if options.get("bridges"):
+    if options.get("bridges") and worker is None:  # (worker 0's, not every worker's)
         from mqtt_twisted.bridge import add_bridges
 
         _from_plugin("bridge", ", ".join(b.endpoint for b in options["bridges"]),
@@ -520,5 +537,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         service.reloaders.append(ConfigReloader(service, options))  # and the file
     config = getattr(options, "parent", None)
     if is_twistd(config):
-        return TwistdRun(service, config)
+        supervisor = None
+        if count > 1 and worker is None:
+            argv = list(getattr(options, "argv", []))
+            supervisor = workers.Supervisor(
+                reactor, count, lambda index: workers.worker_command(argv, config, index))
+            service.sighup_followers.append(supervisor.reload)
+        return TwistdRun(service, config, supervisor, worker)
     return service

@@ -38,6 +38,7 @@ from mqtt_twisted.adapters._accepts import cap_accepts
 from mqtt_twisted.adapters.listener import _split_unescaped
 from mqtt_twisted.adapters.options import AdapterOption, choice, declare, option_values, yes_no
 from mqtt_twisted.adapters.proxyheader import ProxyHeaderEndpoint, split_proxied
+from mqtt_twisted.adapters.reuseport import stream_reactor
 from mqtt_twisted.interfaces import IReloadableListener
 
 CLIENT_CERT_MODES = ("none", "optional", "required")
@@ -380,7 +381,7 @@ def stream_listener(reactor: Any, description: str, factory: Any, extra: Mapping
     config, plain = parse_tls(description, extra)
     if config is not None and alpn:
         config = replace(config, alpn=alpn)
-    endpoint = serverFromString(reactor, with_backlog(plain))
+    endpoint = serverFromString(stream_reactor(reactor), with_backlog(plain))
     if proxied:
         endpoint = ProxyHeaderEndpoint(endpoint, reactor, header_timeout)
     if config is None:

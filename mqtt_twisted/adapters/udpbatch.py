@@ -30,6 +30,7 @@ from twisted.internet import udp
 from twisted.python import log
 
 from mqtt_twisted.adapters import _leanpoll
+from mqtt_twisted.adapters.reuseport import reuse_port
 from mqtt_twisted.codec import load_compiled
 
 #: Datagrams a turn reads at most, whatever their size (a flood of small ones must
@@ -138,6 +139,9 @@ class BatchedPort(udp.Port):
     #: The broker's counters (``datagrams_dropped``), if the listener has them.
     stats: Any = None
     _counted = (0, 0)  # the batch's (truncated, dropped) already counted in stats
+
+    def createInternetSocket(self) -> socket.socket:
+        return reuse_port(super().createInternetSocket())  # (--workers: shared)
 
     def _bindSocket(self) -> None:
         super()._bindSocket()

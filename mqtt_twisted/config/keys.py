@@ -119,6 +119,7 @@ KEYS: tuple[Key, ...] = (
         live="validate_utf8_payload"),
     # cluster
     Key("cluster.node", "cluster", "", "node.name, cluster.discovery_strategy"),
+    Key("cluster.workers", "workers"),
     # bridges: each item of the list is one --bridge and its --bridge-* options
     Key("bridges.endpoint", "bridge", "connection NAME + address HOST:PORT",
         "bridges.mqtt.NAME.server", kind=BRIDGES,

@@ -1,0 +1,74 @@
+"""Listening sockets bound with ``SO_REUSEPORT``, for ``--workers`` (``mqtt_twisted/workers.py``).
+
+Why: N broker processes on one host take the same listeners.  Each binds its own
+socket with ``SO_REUSEPORT`` and the kernel spreads new TCP connections over them (a
+hash of the peer's address and port), and a UDP peer's datagrams always to the same
+one, so a CoAP exchange stays with the worker that began it.  A socket bound without
+the option (another program on the port) still makes the bind fail, as it should.
+
+The switch is per process (:func:`share_ports`, set by ``tap.makeService`` for
+``--workers`` N > 1): every listener of a worker shares, so the adapters need no
+option of their own.  The stream listeners' ``tcp:``/``tcp6:`` endpoints get it
+through :func:`stream_reactor` (``tls.stream_listener``), datagram listeners through
+:func:`reuse_port` (``udpbatch.BatchedPort``).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import tcp
+
+_sharing = False
+
+
+def share_ports(on: bool = True) -> None:
+    """From now on this process binds its listeners with ``SO_REUSEPORT`` (or, with
+    ``on`` false, no longer does: tests)."""
+    global _sharing
+    _sharing = on
+
+
+def sharing_ports() -> bool:
+    """Whether this process's listeners are shared with other workers."""
+    return _sharing
+
+
+def reuse_port(skt: socket.socket) -> socket.socket:
+    """``skt`` with ``SO_REUSEPORT`` set if this process shares its ports."""
+    if _sharing:
+        skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    return skt
+
+
+class ReusePort(tcp.Port):
+    """A TCP listening port bound with ``SO_REUSEPORT``."""
+
+    def createInternetSocket(self) -> socket.socket:
+        skt = super().createInternetSocket()
+        skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        return skt
+
+
+class _ReusingReactor:
+    """The reactor as Twisted's ``tcp:`` endpoints see it: ``listenTCP`` makes a
+    :class:`ReusePort`; everything else is the reactor's own."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50,
+                  interface: str = "") -> ReusePort:
+        listening = ReusePort(port, factory, backlog, interface, self._reactor)
+        listening.startListening()
+        return listening
+
+
+def stream_reactor(reactor: Any) -> Any:
+    """What to build a stream listener's endpoint with: ``reactor`` itself, or, when
+    this process shares its ports, a view of it whose TCP ports share theirs."""
+    return _ReusingReactor(reactor) if _sharing else reactor

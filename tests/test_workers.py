@@ -1,0 +1,470 @@
+"""``--workers N``: several broker processes on one port, nodes of one cluster.
+
+The option checks and the workers' command lines in-process; the supervisor with
+stand-in workers (small real processes that report on the start pipe as a worker does)
+in the test's reactor, its timers on a ``Clock``; and real ``twistd --workers``
+processes on a real redis-server, driven from outside with blocking sockets: the
+connections spread over the workers, a message crosses them, SIGTERM stops them all
+(their MQTT 5 clients hear DISCONNECT 0x8B), a killed worker is started again, a killed
+supervisor takes its workers with it, and a worker that cannot start fails the start.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.python import usage
+from twisted.trial.unittest import TestCase
+
+from mqtt_twisted import workers
+from mqtt_twisted.adapters.reuseport import share_ports, stream_reactor
+from mqtt_twisted.adapters.udpbatch import BatchedPort
+from mqtt_twisted.codec import (
+    Connect,
+    Disconnect,
+    Publish,
+    StreamDecoder,
+    Subscribe,
+    Subscription,
+    encode,
+)
+from mqtt_twisted.tap import Options
+from tests.redisserver import free_port
+from tests.test_cluster_e2e import Redis
+from tests.test_plugins import twistd_command
+from tests.test_twistd_run import _env
+
+WAIT = 20.0
+
+
+# --- the options -----------------------------------------------------------------------
+
+
+def _parse(*args: str) -> Options:
+    options = Options()
+    options.parseOptions(list(args))
+    return options
+
+
+def test_workers_need_a_cluster_store() -> None:
+    with pytest.raises(usage.UsageError, match="--workers 2 needs --store redis://"):
+        _parse("--workers", "2", "--listen", "tcp:1883")
+
+
+@pytest.mark.parametrize("listen, why", [
+    ("unix:/tmp/mqtt.sock", "TCP and UDP ports only"),
+    ("tcp:0", "give one"),
+    ("ws=tcp:0:interface=127.0.0.1", "give one"),
+    ("coap=udp:0", "give one"),
+])
+def test_workers_need_fixed_tcp_or_udp_ports(listen: str, why: str) -> None:
+    with pytest.raises(usage.UsageError, match=why):
+        _parse("--workers", "2", "--store", "redis://127.0.0.1:6379/0", "--listen", listen)
+
+
+def test_workers_are_at_least_one() -> None:
+    with pytest.raises(usage.UsageError, match="workers"):
+        _parse("--workers", "0")
+
+
+def test_workers_join_a_cluster_named_by_pid_unless_named() -> None:
+    options = _parse("--workers", "3", "--store", "redis://127.0.0.1:6379/0",
+                     "--listen", "tcp:1883", "--listen", "coap=udp:5683")
+    assert options["cluster-name"].endswith(f":{os.getpid()}")
+    assert workers.node_name(options["cluster-name"], "auto", 2) == options["cluster-name"]
+    assert workers.node_name("east", "east", 2) == "east-w2"
+    one = _parse("--store", "redis://127.0.0.1:6379/0")
+    assert one["cluster-name"] is None  # one process: no cluster unless asked for
+
+
+def test_a_worker_is_told_by_its_environment() -> None:
+    assert workers.this_worker({}) is None
+    assert workers.this_worker({workers.WORKER_ENV: "2,3,4"}) == workers.Worker(2, 3, 4)
+
+
+def test_a_worker_logs_where_its_supervisor_logs() -> None:
+    argv = ["--workers", "2", "--listen", "tcp:1883"]
+    foreground = workers.worker_command(argv, {"nodaemon": True}, 1)
+    assert foreground[foreground.index("--nodaemon"):] == [
+        "--nodaemon", "--pidfile=", "mqttbroker", *argv]
+    to_file = workers.worker_command(argv, {"nodaemon": True, "logfile": "/var/log/b.log"}, 2)
+    assert "--logfile=/var/log/b.log.w2" in to_file
+    daemon = workers.worker_command(argv, {"nodaemon": False}, 1)
+    assert "--logfile=twistd.log.w1" in daemon
+    syslog = workers.worker_command(argv, {"nodaemon": True, "syslog": True,
+                                           "prefix": "mqtt"}, 3)
+    assert ["--syslog", "--prefix=mqtt-w3"] == syslog[5:7]
+
+
+# --- the shared listening sockets ------------------------------------------------------
+
+
+class ReusePortTests(TestCase):
+    """``adapters/reuseport.py``: a worker's listeners bind with SO_REUSEPORT."""
+
+    def setUp(self) -> None:
+        self.addCleanup(share_ports, False)
+
+    def _listen(self, port: int) -> Any:
+        endpoint = serverFromString(stream_reactor(global_reactor),
+                                    f"tcp:{port}:interface=127.0.0.1")
+        return endpoint.listen(Factory.forProtocol(Protocol))
+
+    async def test_stream_listeners_share_a_port_only_when_told(self) -> None:
+        port = free_port()
+        first = await self._listen(port)
+        self.addCleanup(first.stopListening)
+        with pytest.raises(CannotListenError):
+            await self._listen(port)  # one process, or another program: the port is taken
+        await first.stopListening()
+        share_ports()
+        shared = [await self._listen(port), await self._listen(port)]
+        for listening in shared:
+            self.addCleanup(listening.stopListening)
+            assert listening.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+            assert listening.getHost().port == port
+
+    def test_datagram_listeners_share_a_port_only_when_told(self) -> None:
+        port = free_port()
+        plain = BatchedPort(port, DatagramProtocol(), "127.0.0.1", reactor=global_reactor)
+        plain.startListening()
+        self.addCleanup(plain.stopListening)
+        assert not plain.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+        share_ports()
+        port = free_port()
+        shared = [BatchedPort(port, DatagramProtocol(), "127.0.0.1", reactor=global_reactor)
+                  for _ in range(2)]
+        for listening in shared:
+            listening.startListening()
+            self.addCleanup(listening.stopListening)
+            assert listening.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+
+
+# --- the supervisor, with stand-in workers ----------------------------------------------
+
+#: A stand-in worker: reports on the start pipe as a worker does, then behaves as told.
+_STAND_IN = """
+import os, sys, signal, time
+how = sys.argv[1]
+if how == "silent-exit":
+    sys.exit(3)
+os.write(3, b"0" if how != "refuse" else b"1 the store said no")
+os.close(3)
+if how in ("refuse", "exit"):
+    sys.exit(0)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+while os.read(4, 1):  # (the lifeline: returns b"" when the supervisor is gone)
+    pass
+"""
+
+
+class SupervisorTests(TestCase):
+    """:class:`workers.Supervisor` with real child processes that stand in for workers."""
+
+    def _supervisor(self, count: int, *how: str) -> workers.Supervisor:
+        self.clock = Clock()
+        ways = list(how)
+        supervisor = workers.Supervisor(
+            global_reactor, count,
+            lambda index: [sys.executable, "-c", _STAND_IN,
+                           ways.pop(0) if ways else "serve"], clock=self.clock)
+        self.addCleanup(self._stop, supervisor)
+        return supervisor
+
+    def _stop(self, supervisor: workers.Supervisor) -> Deferred[Any]:
+        return supervisor.stopService()
+
+    async def test_start_fires_when_every_worker_listens_and_stop_ends_them(self) -> None:
+        supervisor = self._supervisor(3)
+        supervisor.startService()
+        await supervisor.start_workers()
+        pids = [p.transport.pid for p in supervisor.workers.values()]
+        assert sorted(supervisor.workers) == [1, 2] and all(pids)
+        await supervisor.stopService()
+        assert supervisor.workers == {}
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+
+    async def test_a_worker_that_refuses_fails_the_start_with_its_reason(self) -> None:
+        supervisor = self._supervisor(2, "refuse")
+        with pytest.raises(workers.WorkerFailed, match="the store said no"):
+            await supervisor.start_workers()
+
+    async def test_a_worker_that_ends_without_a_word_fails_the_start(self) -> None:
+        supervisor = self._supervisor(2, "silent-exit")
+        with pytest.raises(workers.WorkerFailed, match=r"ended before it listened \(exit "
+                                                       r"status 3\)"):
+            await supervisor.start_workers()
+
+    async def test_a_worker_that_dies_is_started_again_later_each_time(self) -> None:
+        supervisor = self._supervisor(2, "exit", "exit", "serve")
+        await supervisor.start_workers()
+        first = supervisor.workers[1]
+        await first.ended
+        assert 1 not in supervisor.workers  # waiting for its restart
+        self.clock.advance(workers.RESTART_FIRST - 0.01)
+        assert 1 not in supervisor.workers
+        self.clock.advance(0.01)
+        second = supervisor.workers[1]
+        assert second is not first
+        await second.ended  # it died young again: twice as long now
+        self.clock.advance(workers.RESTART_FIRST * 2 - 0.01)
+        assert 1 not in supervisor.workers
+        self.clock.advance(0.01)
+        await supervisor.workers[1].ready  # the third one serves
+
+    async def test_a_stopping_supervisor_starts_nobody_again(self) -> None:
+        supervisor = self._supervisor(2, "exit")
+        await supervisor.start_workers()
+        await supervisor.workers[1].ended
+        await supervisor.stopService()
+        self.clock.advance(workers.RESTART_MAX)
+        assert supervisor.workers == {}
+
+
+# --- real twistd --workers on a real redis-server ---------------------------------------
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[Redis]:
+    server = Redis(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+class Broker:
+    """``twistd -n mqttbroker --workers N`` on ``port`` (127.0.0.1) and its workers."""
+
+    def __init__(self, directory: Path, redis: Redis, count: int, *extra: str) -> None:
+        self.port = free_port()
+        self.log_path = directory / "twistd.log"
+        self.proc = subprocess.Popen(
+            [*twistd_command(), "-n", "--pidfile=", "mqttbroker", "--listen",
+             f"tcp:{self.port}:interface=127.0.0.1", "--store", redis.url, "--workers",
+             str(count), "--sys-interval", "0", *extra],
+            env=_env(), cwd=directory, stdout=open(self.log_path, "wb"),
+            stderr=subprocess.STDOUT)
+        self.count = count
+
+    def wait_started(self) -> None:
+        deadline = time.monotonic() + WAIT
+        while len(self.workers()) < self.count - 1 or b"workers listen" not in self.log_bytes():
+            assert self.proc.poll() is None, f"twistd exited:\n{self.log()}"
+            assert time.monotonic() < deadline, f"not started:\n{self.log()}"
+            time.sleep(0.1)
+        while True:  # every worker reported: the supervisor says the broker started
+            try:
+                connect(self.port, "probe").close()
+                return
+            except OSError:
+                assert time.monotonic() < deadline, self.log()
+                time.sleep(0.1)
+
+    def log_bytes(self) -> bytes:
+        return self.log_path.read_bytes()
+
+    def log(self) -> str:
+        return self.log_bytes().decode("utf-8", "replace")
+
+    def workers(self) -> list[int]:
+        """The pids of the supervisor's children (its workers)."""
+        return children(self.proc.pid)
+
+    def stop(self) -> None:
+        for pid in [*self.workers(), self.proc.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+def owners(port: int) -> dict[int, int]:
+    """pid -> how many established connections it holds whose local port is ``port``."""
+    inodes = set()
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            parts = line.split()
+            if int(parts[1].split(":")[1], 16) == port and parts[3] == "01":
+                inodes.add(parts[9])
+    held: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{entry}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{entry}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                held[int(entry)] = held.get(int(entry), 0) + 1
+    return held
+
+
+def connect(port: int, client_id: str, version: int = 4) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    sock.sendall(encode(Connect(client_id, version, True, 0), version))
+    assert read_packets(sock, 1, version)[0].__class__.__name__ == "ConnAck"
+    return sock
+
+
+def read_packets(sock: socket.socket, count: int, version: int = 4) -> list[Any]:
+    decoder = StreamDecoder(version=version)
+    packets: list[Any] = []
+    deadline = time.monotonic() + WAIT
+    while len(packets) < count:
+        assert time.monotonic() < deadline, f"{len(packets)} of {count} packets"
+        data = sock.recv(65536)
+        if not data:
+            break
+        packets += decoder.feed(data)
+    return packets
+
+
+def test_workers_share_the_port_and_the_messages(tmp_path: Path, redis: Redis) -> None:
+    broker = Broker(tmp_path, redis, 3)
+    try:
+        broker.wait_started()
+        assert len(broker.workers()) == 2
+        subscribers = []
+        for i in range(24):
+            sock = connect(broker.port, f"sub-{i}")
+            sock.sendall(encode(Subscribe(1, [Subscription("w/t", 0)]), 4))
+            assert read_packets(sock, 1)[0].__class__.__name__ == "SubAck"
+            subscribers.append(sock)
+        held = owners(broker.port)
+        serving = {pid for pid in held if pid in [broker.proc.pid, *broker.workers()]}
+        assert len(serving) >= 2, held  # the kernel spread them (24 on one of 3: 1e-11)
+        time.sleep(1.0)  # the subscriptions' routes reach every worker
+        publisher = connect(broker.port, "pub")
+        publisher.sendall(encode(Publish("w/t", b"across", 0), 4))
+        for sock in subscribers:
+            (message,) = read_packets(sock, 1)
+            assert (message.topic, message.payload) == ("w/t", b"across")
+    finally:
+        broker.stop()
+    assert b"Traceback" not in broker.log_bytes()
+
+
+def test_sigterm_stops_every_worker_and_tells_their_clients(tmp_path: Path,
+                                                             redis: Redis) -> None:
+    broker = Broker(tmp_path, redis, 2)
+    try:
+        broker.wait_started()
+        pids = broker.workers()
+        clients = [connect(broker.port, f"v5-{i}", 5) for i in range(12)]
+        held = owners(broker.port)
+        assert any(held.get(pid) for pid in pids), held  # some on the worker
+        broker.proc.send_signal(signal.SIGTERM)
+        assert broker.proc.wait(WAIT) == -signal.SIGTERM, broker.log()  # (as twistd ends)
+        for sock in clients:
+            (disconnect,) = read_packets(sock, 1, 5)
+            assert isinstance(disconnect, Disconnect) and disconnect.reason_code == 0x8B
+        assert broker.workers() == []
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        broker.stop()
+
+
+def test_a_killed_worker_is_started_again(tmp_path: Path, redis: Redis) -> None:
+    broker = Broker(tmp_path, redis, 2)
+    try:
+        broker.wait_started()
+        (worker,) = broker.workers()
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + WAIT
+        while broker.log_bytes().count(b"listens again") < 1:
+            assert time.monotonic() < deadline, broker.log()
+            time.sleep(0.1)
+        (again,) = broker.workers()
+        assert again != worker
+        assert b"Worker 1 ended (killed by signal 9)" in broker.log_bytes()
+        for i in range(16):  # whichever process the kernel picks answers
+            connect(broker.port, f"after-{i}").close()
+    finally:
+        broker.stop()
+
+
+def test_a_killed_supervisor_takes_its_workers_with_it(tmp_path: Path,
+                                                       redis: Redis) -> None:
+    broker = Broker(tmp_path, redis, 3)
+    try:
+        broker.wait_started()
+        pids = broker.workers()
+        assert len(pids) == 2
+        os.kill(broker.proc.pid, signal.SIGKILL)
+        broker.proc.wait()
+        deadline = time.monotonic() + WAIT
+        alive = pids
+        while alive:
+            assert time.monotonic() < deadline, f"still running: {alive}"
+            time.sleep(0.1)
+            alive = [pid for pid in pids if _running(pid)]
+        assert broker.log_bytes().count(b"the supervisor is gone; stopping") == 2
+    finally:
+        broker.stop()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)  # (not ours: ChildProcessError)
+    except ChildProcessError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_port_another_program_holds_fails_the_start(tmp_path: Path, redis: Redis) -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        done = subprocess.run(
+            [*twistd_command(), "-n", "--pidfile=", "mqttbroker", "--listen",
+             f"tcp:{port}:interface=127.0.0.1", "--store", redis.url, "--workers", "2"],
+            env=_env(), cwd=tmp_path, capture_output=True, timeout=60)
+    finally:
+        holder.close()
+    assert done.returncode == 1, done
+    assert b"could not start" in done.stdout + done.stderr
+    assert b"Started worker" not in done.stdout + done.stderr
