@@ -8,7 +8,9 @@ no peer; ``w2`` two workers, whose messages between a publisher and a subscriber
 different workers cross through Redis).  Per run it prints the rate and the CPU per
 message of all the broker's processes together (the supervisor and its workers,
 ``/proc/PID/stat``) and of redis-server, and at the end the medians and each
-configuration's rate against the memory store's.
+configuration's rate against the memory store's.  Redis runs without its pub/sub
+output limit (``--redis-default-limit`` keeps it): with it, the fan-in's QoS 0 flood
+across workers loses what Redis drops (docs/cluster.md, "Guarantees").
 
     python bench/workers.py [--workers 1 --workers 2] [--scenario fan-in --scenario qos1]
                             [--rounds 3] [--quick]
@@ -60,6 +62,14 @@ def tree_ticks(pid: int) -> int:
     return total
 
 
+def listening_sockets(port: int) -> int:
+    """Sockets listening on TCP ``port`` (each worker binds one of its own)."""
+    with open("/proc/net/tcp") as f:
+        return sum(1 for line in f.readlines()[1:]
+                   if int(line.split()[1].split(":")[1], 16) == port
+                   and line.split()[3] == "0A")
+
+
 class Configured(compare.Ours):
     """Our broker with extra options (the store, --workers)."""
 
@@ -69,11 +79,14 @@ class Configured(compare.Ours):
         self.workers = workers
 
 
-def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_redis(directory: Path, default_limit: bool) -> tuple[subprocess.Popen[bytes], int]:
+    """redis-server on a free port; its pub/sub output limit off unless
+    ``default_limit`` (docs/cluster.md, "QoS 0 between nodes is not held back")."""
     port = compare.free_port()
     proc = subprocess.Popen(
         [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port),
-         "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(directory)],
+         "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(directory),
+         *([] if default_limit else ["--client-output-buffer-limit", "pubsub 0 0 0"])],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 15
     while True:
@@ -94,7 +107,7 @@ def measure(broker: Configured, scenario: str, quick: bool, redis_pid: int,
     running = compare.start(broker, logdir)
     try:
         deadline = time.monotonic() + 60
-        while broker.workers > 1 and b"workers listen" not in running.log_path.read_bytes():
+        while listening_sockets(running.port) < broker.workers:
             if time.monotonic() > deadline or not running.alive():
                 raise SystemExit(f"{broker.name} did not start: {running.log_tail()}")
             time.sleep(0.1)
@@ -121,11 +134,14 @@ def main() -> None:
     parser.add_argument("--scenario", action="append")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--redis-default-limit", action="store_true",
+                        help="keep Redis's client-output-buffer-limit pubsub (32 MB): a "
+                             "QoS 0 flood across workers then loses messages")
     args = parser.parse_args()
     counts = args.workers or [1, 2]
     scenarios = args.scenario or ["fan-in", "qos1"]
     directory = Path(tempfile.mkdtemp(prefix="bench-workers-"))
-    redis, redis_port = start_redis(directory)
+    redis, redis_port = start_redis(directory, args.redis_default_limit)
     url = f"redis://127.0.0.1:{redis_port}/0"
     brokers = [Configured("memory", (), 1)] + [
         Configured(f"w{n}", ("--store", url, "--workers", str(n)), n) for n in counts]

@@ -129,6 +129,7 @@ class TwistdRun(MultiService):
         self.broker.reactor.callWhenRunning(self._running)
 
     def _running(self) -> None:
+        take_stop_signals_once()
         if self.supervisor is None:
             self._listening()
             return
@@ -169,6 +170,27 @@ class TwistdRun(MultiService):
         if pipe is not None:
             untilConcludes(os.write, pipe, status[:100])
             untilConcludes(os.close, pipe)
+
+
+def take_stop_signals_once() -> None:
+    """After the first SIGTERM or SIGINT, the next are ignored: the reactor is stopping
+    already, and twistd's handler would stop it again and log ``ReactorNotRunning``'s
+    traceback.  Two come together whenever a process group is signalled and a parent
+    passes the signal on too (``--workers`` under systemd's stop, or Ctrl-C)."""
+    import signal
+
+    taken: list[int] = []
+    for number in (signal.SIGTERM, signal.SIGINT):
+        handler = signal.getsignal(number)
+        if not callable(handler):
+            continue
+
+        def once(signum: int, frame: Any, handler: Any = handler) -> None:
+            if not taken:
+                taken.append(signum)
+                handler(signum, frame)
+
+        signal.signal(number, once)
 
 
 def sd_notify(state: str, environ: Any = None) -> bool:

@@ -19,6 +19,7 @@ even killed with SIGKILL, the worker stops itself (:class:`Lifeline`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import fdesc
 from twisted.internet.defer import Deferred, DeferredList, FirstError
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import ProcessProtocol
@@ -323,7 +325,7 @@ class Lifeline:
         os.close(self.fd)
         log.warn("Worker {index}: the supervisor is gone; stopping", index=self.index,
                  action="worker_orphaned")
-        if self.reactor.running:
+        with contextlib.suppress(ReactorNotRunning):  # (stopping already)
             self.reactor.stop()
 
     def logPrefix(self) -> str:

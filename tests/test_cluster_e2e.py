@@ -222,6 +222,26 @@ def test_cross_node_delivery_at_each_qos(nodes: dict[str, LiveBroker],
                 s for s in sent if s[0] == qos], (name, qos)
 
 
+def test_a_lost_inbox_connection_is_told(nodes: dict[str, LiveBroker], redis: Redis,
+                                         clients: list[Client]) -> None:
+    """Redis closes a node's pub/sub connection (what it does when the node's QoS 0 inbox
+    outgrows ``client-output-buffer-limit pubsub``): QoS 0 sent meanwhile is lost, so
+    the node says so when the connection is back, once per loss, and delivers again."""
+    pub = Client(nodes["A"].port, "pub")
+    sub = Client(nodes["B"].port, "sub")
+    clients += [pub, sub]
+    sub.subscribe("lost/#", 0)
+    routed(pub, "lost/probe", sub)
+    assert int(redis.cli("CLIENT", "KILL", "TYPE", "pubsub")) >= 3  # every node's
+    deadline = time.monotonic() + WAIT
+    warning = "pub/sub connection to Redis was lost"
+    while any(warning not in nodes[n].log() for n in "ABC"):
+        assert time.monotonic() < deadline, nodes["B"].log()
+        time.sleep(0.1)
+    assert nodes["B"].log().count(warning) == 1
+    routed(pub, "lost/again", sub)  # the lane works again
+
+
 def test_filter_on_c_is_not_sent_to_b(nodes: dict[str, LiveBroker], redis: Redis,
                                       clients: list[Client]) -> None:
     """A publish is sent only to the nodes with a matching filter: 50 QoS 1 messages

@@ -44,6 +44,7 @@ from mqtt_twisted.codec import (
     encode,
 )
 from mqtt_twisted.tap import Options
+from tests.livebroker import LiveBroker
 from tests.redisserver import free_port
 from tests.test_cluster_e2e import Redis
 from tests.test_plugins import twistd_command
@@ -259,7 +260,7 @@ class Broker:
              f"tcp:{self.port}:interface=127.0.0.1", "--store", redis.url, "--workers",
              str(count), "--sys-interval", "0", *extra],
             env=_env(), cwd=directory, stdout=open(self.log_path, "wb"),
-            stderr=subprocess.STDOUT)
+            stderr=subprocess.STDOUT, start_new_session=True)
         self.count = count
 
     def wait_started(self) -> None:
@@ -400,6 +401,40 @@ def test_sigterm_stops_every_worker_and_tells_their_clients(tmp_path: Path,
                 os.kill(pid, 0)
     finally:
         broker.stop()
+
+
+def test_a_stop_signal_to_the_whole_group_is_taken_once(tmp_path: Path,
+                                                        redis: Redis) -> None:
+    """systemd's stop (KillMode=control-group) and Ctrl-C signal every worker at once, and
+    the supervisor then signals them again: each stops once, with no error."""
+    for number in (signal.SIGTERM, signal.SIGINT):
+        broker = Broker(tmp_path, redis, 3)
+        try:
+            broker.wait_started()
+            pids = broker.workers()
+            os.killpg(broker.proc.pid, number)
+            assert broker.proc.wait(WAIT) == -number, broker.log()
+            assert not [pid for pid in pids if _running(pid)]
+            log = broker.log()
+            assert "Traceback" not in log and "Unhandled" not in log, log
+            assert log.count("Main loop terminated") == 3
+        finally:
+            broker.stop()
+
+
+def test_one_broker_signalled_twice_stops_once(tmp_path: Path) -> None:
+    """The same without workers: a second SIGTERM while stopping is not an error."""
+    broker = LiveBroker(tmp_path)
+    try:
+        clients = [connect(broker.port, f"v5-{i}", 5) for i in range(300)]  # (a slower stop)
+        broker.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.01)  # (two at once would be one: signals of a kind do not queue)
+        broker.proc.send_signal(signal.SIGTERM)
+        assert broker.proc.wait(WAIT) == -signal.SIGTERM
+        assert "Traceback" not in broker.log() and "Unhandled" not in broker.log()
+    finally:
+        broker.stop()
+    assert len(clients) == 300
 
 
 def test_a_killed_worker_is_started_again(tmp_path: Path, redis: Redis) -> None:

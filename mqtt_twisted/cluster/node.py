@@ -243,6 +243,7 @@ class ClusterNode:
                                      self._send_wait) if options.wait else None
         #: SPUBLISH once the server has taken this node's SSUBSCRIBE (Redis >= 7.0).
         self.publish_command = b"PUBLISH"
+        self._subscribed = False  # (the pub/sub connection was up before)
 
     def _client(self, role: str, on_connect: Any, on_push: Any = None,
                 urgent: bool = False) -> RedisClient:
@@ -378,6 +379,12 @@ class ClusterNode:
 
     def _subscribe(self, client: RedisClient) -> None:
         """Every (re)connection: listen for changes, then read the whole table."""
+        if self._subscribed:  # (Redis closed it: a flood over its pubsub output limit)
+            log.warn("cluster {name}: the pub/sub connection to Redis was lost and is back; "
+                     "QoS 0 messages sent to this node meanwhile are lost (Redis closes it "
+                     "when the node's inbox outgrows client-output-buffer-limit pubsub)",
+                     name=self.name, action="cluster_inbox_lost")
+        self._subscribed = True
         self._prepare(client, select=False)
         for channel in (self.keys.inbox0(self.name), self.keys.ctl(self.name)):
             client.command(b"SUBSCRIBE", channel).addErrback(self._failed, "SUBSCRIBE")
