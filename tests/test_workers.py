@@ -437,6 +437,42 @@ def test_one_broker_signalled_twice_stops_once(tmp_path: Path) -> None:
     assert len(clients) == 300
 
 
+def test_daemonized_the_parent_returns_once_every_worker_listens(tmp_path: Path,
+                                                                 redis: Redis) -> None:
+    """``twistd mqttbroker --workers 2`` (no -n): exit status 0 once both listen, each
+    worker's log in a file of its own, SIGTERM through the pid file stops both."""
+    port = free_port()
+    done = subprocess.run(
+        [*twistd_command(), "--pidfile=mqtt.pid", "mqttbroker", "--listen",
+         f"tcp:{port}:interface=127.0.0.1", "--store", redis.url, "--workers", "2"],
+        env=_env(), cwd=tmp_path, capture_output=True, timeout=60)
+    assert done.returncode == 0, done
+    supervisor = int((tmp_path / "mqtt.pid").read_text())
+    try:
+        (worker,) = children(supervisor)
+        assert len(owners_listening(port)) == 2  # both listen already: no waiting here
+        assert b"Worker 1 (pid" in (tmp_path / "twistd.log.w1").read_bytes()
+        connect(port, "daemon-client").close()
+        os.kill(supervisor, signal.SIGTERM)
+        deadline = time.monotonic() + WAIT
+        while _running(supervisor) or _running(worker):
+            assert time.monotonic() < deadline, (tmp_path / "twistd.log").read_text()
+            time.sleep(0.1)
+    finally:
+        for pid in (supervisor, *children(supervisor)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def owners_listening(port: int) -> list[str]:
+    """The inodes of the sockets listening on TCP ``port`` (one per worker)."""
+    with open("/proc/net/tcp") as f:
+        return [line.split()[9] for line in f.readlines()[1:]
+                if int(line.split()[1].split(":")[1], 16) == port and line.split()[3] == "0A"]
+
+
 def test_a_killed_worker_is_started_again(tmp_path: Path, redis: Redis) -> None:
     broker = Broker(tmp_path, redis, 2)
     try:
