@@ -44,7 +44,8 @@ from mqtt_twisted.codec import (
     encode,
 )
 from mqtt_twisted.tap import Options
-from tests.livebroker import LiveBroker
+from tests.coapbroker import COAP_CLIENT, NO_LIBCOAP
+from tests.livebroker import LiveBroker, free_udp_port
 from tests.redisserver import free_port
 from tests.test_cluster_e2e import Redis
 from tests.test_plugins import twistd_command
@@ -379,6 +380,35 @@ def test_workers_share_the_port_and_the_messages(tmp_path: Path, redis: Redis) -
     finally:
         broker.stop()
     assert b"Traceback" not in broker.log_bytes()
+
+
+@pytest.mark.skipif(COAP_CLIENT is None, reason=str(NO_LIBCOAP))
+def test_coap_datagrams_reach_a_subscriber_of_any_worker(tmp_path: Path,
+                                                         redis: Redis) -> None:
+    """A UDP listener is shared too: libcoap's client POSTs from 12 source ports (the
+    kernel picks a worker for each) and an MQTT subscriber gets every one."""
+    udp_port = free_udp_port()
+    broker = Broker(tmp_path, redis, 2, "--listen", f"coap=udp:{udp_port}:interface=127.0.0.1")
+    try:
+        broker.wait_started()
+        with open("/proc/net/udp") as f:
+            bound = [line for line in f.readlines()[1:]
+                     if int(line.split()[1].split(":")[1], 16) == udp_port]
+        assert len(bound) == 2  # one socket a worker
+        sub = connect(broker.port, "coap-sub")
+        sub.sendall(encode(Subscribe(1, [Subscription("dev/#", 0)]), 4))
+        assert read_packets(sub, 1)[0].__class__.__name__ == "SubAck"
+        time.sleep(1.0)  # the subscription's route reaches the other worker
+        for i in range(12):
+            done = subprocess.run(
+                [COAP_CLIENT, "-B", "10", "-m", "post", "-t", "0", "-e", f"m{i}",
+                 f"coap://127.0.0.1:{udp_port}/ps/dev/{i}"], capture_output=True, timeout=30)
+            assert done.returncode == 0, done
+        got = read_packets(sub, 12)
+        assert sorted((m.topic, m.payload) for m in got) == sorted(
+            (f"dev/{i}", f"m{i}".encode()) for i in range(12))
+    finally:
+        broker.stop()
 
 
 def test_sigterm_stops_every_worker_and_tells_their_clients(tmp_path: Path,
