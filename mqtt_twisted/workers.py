@@ -148,6 +148,8 @@ class _WorkerProcess(ProcessProtocol):
         self.ended: Deferred[None] = Deferred()
         self.report = b""
         self.exited = False
+        self.listening = False  # (reported its start: its signal handlers are in place)
+        self.how = ""  # how it ended, in words
         self.timeout: Any = None
         self.kill: Any = None
 
@@ -165,8 +167,9 @@ class _WorkerProcess(ProcessProtocol):
 
     def processEnded(self, reason: Failure) -> None:
         self.exited = True
+        self.how = _how(reason)
         if not self.ready.called:
-            self._settle(WorkerFailed(f"it ended before it listened ({_how(reason)})"))
+            self._settle(WorkerFailed(f"it ended before it listened ({self.how})"))
         for call in (self.timeout, self.kill):
             if call is not None and call.active():
                 call.cancel()
@@ -177,6 +180,7 @@ class _WorkerProcess(ProcessProtocol):
         if self.timeout is not None and self.timeout.active():
             self.timeout.cancel()
         if error is None:
+            self.listening = True
             self.ready.callback(None)
         else:
             self.ready.errback(error)
@@ -252,7 +256,7 @@ class Supervisor(Service):
             RESTART_MAX, self._delays.get(process.index, RESTART_FIRST / 2) * 2)
         self._delays[process.index] = delay
         log.warn("Worker {index} ended ({how}) after {ran:.1f} s; starting it again in "
-                 "{delay:g} s", index=process.index, how=_how(reason), ran=ran, delay=delay,
+                 "{delay:g} s", index=process.index, how=process.how, ran=ran, delay=delay,
                  action="worker_end")
         self._restarts[process.index] = self.clock.callLater(delay, self._restart,
                                                              process.index)
@@ -268,9 +272,11 @@ class Supervisor(Service):
                                error=f.getErrorMessage(), action="worker_start_failed"))
 
     def reload(self) -> None:
-        """SIGHUP: every worker re-reads its files too."""
+        """SIGHUP: every worker re-reads its files too (one still starting reads them
+        anyway, and SIGHUP's default action would end it)."""
         for process in list(self.workers.values()):
-            process.signal("HUP")
+            if process.listening:
+                process.signal("HUP")
 
     def stopService(self) -> Deferred[Any]:
         """SIGTERM every worker; fires when all have ended (SIGKILL after STOP_TIMEOUT)."""

@@ -165,6 +165,9 @@ import os, sys, signal, time
 how = sys.argv[1]
 if how == "silent-exit":
     sys.exit(3)
+if how == "late":  # SIGHUP's default action (ending it) until it reports
+    time.sleep(1.0)
+signal.signal(signal.SIGHUP, lambda *_: os._exit(7))  # (told: reloaded)
 os.write(3, b"0" if how != "refuse" else b"1 the store said no")
 os.close(3)
 if how in ("refuse", "exit"):
@@ -230,6 +233,16 @@ class SupervisorTests(TestCase):
         assert 1 not in supervisor.workers
         self.clock.advance(0.01)
         await supervisor.workers[1].ready  # the third one serves
+
+    async def test_sighup_reaches_workers_that_listen_only(self) -> None:
+        supervisor = self._supervisor(2, "late")
+        starting = supervisor.start_workers()
+        supervisor.reload()  # while it starts: not passed on (it would end it)
+        await starting
+        worker = supervisor.workers[1]
+        supervisor.reload()
+        await worker.ended
+        assert worker.how == "exit status 7"  # it got this one
 
     async def test_a_stopping_supervisor_starts_nobody_again(self) -> None:
         supervisor = self._supervisor(2, "exit")
