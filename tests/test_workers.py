@@ -430,7 +430,7 @@ def test_sigterm_stops_every_worker_and_tells_their_clients(tmp_path: Path,
     try:
         broker.wait_started()
         pids = broker.workers()
-        clients = [connect(broker.port, f"v5-{i}", 5) for i in range(12)]
+        clients = [connect(broker.port, f"v5-{i}", 5) for i in range(24)]  # (all on worker 0: 6e-8)
         held = owners(broker.port)
         assert any(held.get(pid) for pid in pids), held  # some on the worker
         broker.proc.send_signal(signal.SIGTERM)
