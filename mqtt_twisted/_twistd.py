@@ -11,6 +11,7 @@ only ``tap.py`` uses them.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import re
 import socket
@@ -18,6 +19,7 @@ import sys
 from typing import Any, NoReturn
 
 from twisted.application.service import MultiService
+from twisted.internet.error import ReactorNotRunning
 from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 from twisted.python.util import untilConcludes
@@ -35,10 +37,22 @@ def usage_exit(message: str) -> NoReturn:
     """Print one line naming the mistake and a hint (not twistd's 46 lines of help),
     and exit with status 2."""
     sys.stdout.flush()
+    _tell_supervisor(message)
     sys.stderr.write(f"{PROGRAM}: error: {message}\n"
                      f"Try '{PROGRAM} --help' for more information.\n")
     sys.stderr.flush()
     raise SystemExit(USAGE_ERROR)
+
+
+def _tell_supervisor(message: str) -> None:
+    """A worker's usage error (its configuration file changed, say) on its start pipe,
+    for its supervisor's log: a daemon's workers write their standard error nowhere."""
+    from mqtt_twisted.workers import this_worker
+
+    worker = this_worker()
+    if worker is not None:
+        with contextlib.suppress(OSError):
+            os.write(worker.ready_fd, b"1 " + message.encode("utf-8", "replace")[:190])
 
 
 def is_twistd(config: Any) -> bool:
@@ -114,6 +128,7 @@ class TwistdRun(MultiService):
                                  index=self.worker.index, pid=os.getpid(),
                                  parent=os.getppid(), action="worker_start")
             Lifeline(self.broker.reactor, self.worker.lifeline_fd, self.worker.index).start()
+        self.broker.reactor.callWhenRunning(take_stop_signals_once)  # (handlers in place)
         try:
             super().startService()
         except Exception as e:
@@ -129,7 +144,6 @@ class TwistdRun(MultiService):
         self.broker.reactor.callWhenRunning(self._running)
 
     def _running(self) -> None:
-        take_stop_signals_once()
         if self.supervisor is None:
             self._listening()
             return
@@ -137,12 +151,15 @@ class TwistdRun(MultiService):
             lambda _: self._listening(), self._workers_failed)
 
     def _workers_failed(self, failure: Failure) -> None:
+        if self.supervisor.stopping:  # (stopped meanwhile: SIGTERM during the start)
+            return
         self.broker.log.critical("The broker could not start: a worker did not: {error}",
                                  error=failure.getErrorMessage(), action="start_failed")
         self._report(b"1 a worker did not start: " + failure.getErrorMessage().encode(
             "ascii", "backslashreplace"))
         exit_after_twistd(START_FAILED)
-        self.broker.reactor.stop()
+        with contextlib.suppress(ReactorNotRunning):
+            self.broker.reactor.stop()
 
     def _listening(self) -> None:
         from mqtt_twisted import gctune

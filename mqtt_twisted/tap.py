@@ -258,11 +258,13 @@ class Options(BridgeOptions, usage.Options):
     def parseOptions(self, options: list[str] | None = None) -> None:
         """Under twistd a usage error is one line and exit status 2: twistd itself would
         print its whole --help before it."""
+        import os
         import sys
 
         from mqtt_twisted.config.args import with_config
 
         self.argv = list(sys.argv[1:] if options is None else options)
+        self.directory = os.getcwd()  # (before twistd's --rundir: where --workers start)
         try:
             super().parseOptions(with_config(self, self.argv))
         except usage.UsageError as e:
@@ -515,7 +517,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     worker = workers.this_worker()
     count = options.get("workers") or 1
     if count > 1:
-        share_ports()  # every listener, in every worker
+        share_ports(probe=worker is None)  # every listener, in every worker
+    if worker is not None:
+        workers.ignore_interrupts()
     if options.get("cluster-name"):
         service.joinCluster(workers.node_name(options["cluster-name"], options.get("cluster"),
                                               worker.index if worker else 0)
@@ -540,8 +544,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         supervisor = None
         if count > 1 and worker is None:
             argv = list(getattr(options, "argv", []))
+            directory = getattr(options, "directory", None)
             supervisor = workers.Supervisor(
-                reactor, count, lambda index: workers.worker_command(argv, config, index))
+                reactor, count,
+                lambda index: workers.worker_command(argv, config, index, directory),
+                directory=directory)
             service.sighup_followers.append(supervisor.reload)
         return TwistdRun(service, config, supervisor, worker)
     return service

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,29 +100,47 @@ def check(count: int, store: str, listeners: list[Any]) -> None:
                              f"ports only (tcp:, tcp6:, ssl:, udp:), not {kind or endpoint}:")
         positional = [p for p in parts[1:] if "=" not in p]
         keyed = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
-        port = keyed.get("port", positional[0] if positional else "")
-        if port.strip() in ("", "0"):
+        port = keyed.get("port", positional[0] if positional else "").strip()
+        if not port.isdigit() or int(port) == 0:
             raise ValueError(f"--listen {settings.describe()}: with --workers every worker "
                              f"listens on the same port, so give one (port 0 would be a "
                              f"different one in each)")
 
 
-def node_name(name: str, given: str | None, index: int) -> str:
-    """Worker ``index``'s node name: ``--cluster NAME`` as ``NAME-wINDEX``; ``auto``
-    (``host:pid``) is already a name of its own in each process."""
-    return name if given in (None, "auto") else f"{name}-w{index}"
+def node_name(name: str, given: str | None, index: int, pid: int | None = None) -> str:
+    """Worker ``index``'s node name: ``--cluster NAME`` as ``NAME-wINDEX-PID``; ``auto``
+    (``host:pid``) is already a name of its own in each process.  A name of its own in
+    each run: a worker started again under its dead predecessor's name, within the
+    predecessor's lease, would keep the cluster from adopting its sessions and stream."""
+    if given in (None, "auto"):
+        return name
+    return f"{name}-w{index}-{os.getpid() if pid is None else pid}"
 
 
-def worker_command(argv: list[str], config: Any, index: int) -> list[str]:
+def ignore_interrupts() -> None:
+    """A worker ignores SIGINT (before twistd's reactor would handle it): Ctrl-C and a
+    script's ``kill -INT`` of the process group stop the supervisor, which stops the
+    workers with SIGTERM; a supervisor started with SIGINT ignored (``cmd &`` in a
+    script) keeps its workers, whose ignored signals a spawn resets to the default."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def worker_command(argv: list[str], config: Any, index: int,
+                   directory: str | None = None) -> list[str]:
     """The command line of worker ``index``: twistd in the foreground, without a pid
-    file, logging where the supervisor logs (a log file of its own: ``FILE.wINDEX``,
-    since each twistd rotates its file), then ``mqttbroker`` and our own arguments."""
+    file, in the supervisor's run directory, logging where the supervisor logs (syslog,
+    or a log file of its own: ``FILE.wINDEX``, since each twistd rotates its file), then
+    ``mqttbroker`` and our own arguments (relative paths in them are the supervisor's:
+    the worker starts in ``directory``, where the supervisor was started)."""
     twistd = ["--nodaemon", "--pidfile="]
+    rundir = config.get("rundir")
+    if rundir and rundir != ".":
+        twistd.append(f"--rundir={os.path.join(directory or os.getcwd(), rundir)}")
     logfile = config.get("logfile") or (None if config.get("nodaemon") else "twistd.log")
-    if logfile and logfile != "-":
-        twistd.append(f"--logfile={logfile}.w{index}")
-    elif config.get("syslog"):
+    if config.get("syslog"):
         twistd += ["--syslog", f"--prefix={config.get('prefix') or 'twisted'}-w{index}"]
+    elif logfile and logfile != "-":
+        twistd.append(f"--logfile={logfile}.w{index}")
     run = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
     return [sys.executable, "-c", run, *twistd, "mqttbroker", *argv]
 
@@ -204,8 +223,11 @@ class Supervisor(Service):
     name = "workers"
 
     def __init__(self, reactor: Any, count: int, command: Callable[[int], list[str]],
-                 clock: Any = None) -> None:
+                 clock: Any = None, directory: str | None = None) -> None:
         self.reactor = reactor
+        #: Where workers start: where the supervisor was started (before twistd went to
+        #: its --rundir), so that relative paths on the command line mean the same.
+        self.directory = directory or os.getcwd()
         self.clock = clock if clock is not None else reactor
         self.count = count
         #: Worker index -> its command line (``worker_command``; a test's stand-in).
@@ -236,16 +258,23 @@ class Supervisor(Service):
                    if key != "NOTIFY_SOCKET"}  # (systemd hears from worker 0 only)
         environ[WORKER_ENV] = f"{index},{READY_FD},{LIFELINE_FD}"
         command = self.command(index)
-        self.reactor.spawnProcess(
-            process, command[0], command, env=environ, path=os.getcwd(),
-            childFDs={0: "w", 1: 1, 2: 2, READY_FD: "r", LIFELINE_FD: "w"})
-        process.timeout = self.clock.callLater(START_TIMEOUT, process.timed_out)
         self.workers[index] = process
+        try:
+            self.reactor.spawnProcess(
+                process, command[0], command, env=environ, path=self.directory,
+                childFDs={0: "w", 1: 1, 2: 2, READY_FD: "r", LIFELINE_FD: "w"})
+        except Exception as e:  # (the interpreter gone in a deploy, no descriptors left)
+            process.exited = True
+            process.how = f"could not be started: {e}"
+            process.ready.errback(WorkerFailed(process.how))  # (for start_workers or _restart)
+            self.clock.callLater(0, self.ended, process, None)
+            return process
+        process.timeout = self.clock.callLater(START_TIMEOUT, process.timed_out)
         log.info("Started worker {index} of {count} (pid {pid})", index=index,
                  count=self.count, pid=process.transport.pid, action="worker_start")
         return process
 
-    def ended(self, process: _WorkerProcess, reason: Failure) -> None:
+    def ended(self, process: _WorkerProcess, reason: Failure | None) -> None:
         """A worker's process ended: expected when stopping, else started again."""
         if self.workers.get(process.index) is process:
             del self.workers[process.index]
@@ -271,6 +300,11 @@ class Supervisor(Service):
             lambda f: log.warn("Worker {index} did not start: {error}", index=index,
                                error=f.getErrorMessage(), action="worker_start_failed"))
 
+    def _kill(self, process: _WorkerProcess) -> None:
+        log.warn("Worker {index} did not stop within {timeout:g} s of SIGTERM: SIGKILL",
+                 index=process.index, timeout=STOP_TIMEOUT, action="worker_killed")
+        process.signal("KILL")
+
     def reload(self) -> None:
         """SIGHUP: every worker re-reads its files too (one still starting reads them
         anyway, and SIGHUP's default action would end it)."""
@@ -291,7 +325,7 @@ class Supervisor(Service):
             if process.exited:
                 continue
             process.signal("TERM")
-            process.kill = self.clock.callLater(STOP_TIMEOUT, process.signal, "KILL")
+            process.kill = self.clock.callLater(STOP_TIMEOUT, self._kill, process)
             ending.append(process.ended)
         return DeferredList(ending)
 

@@ -32,6 +32,7 @@ from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
 from mqtt_twisted import workers
+from mqtt_twisted._twistd import usage_exit
 from mqtt_twisted.adapters.reuseport import share_ports, stream_reactor
 from mqtt_twisted.adapters.udpbatch import BatchedPort
 from mqtt_twisted.codec import (
@@ -73,6 +74,7 @@ def test_workers_need_a_cluster_store() -> None:
     ("tcp:0", "give one"),
     ("ws=tcp:0:interface=127.0.0.1", "give one"),
     ("coap=udp:0", "give one"),
+    ("tcp:port=00", "give one"),
 ])
 def test_workers_need_fixed_tcp_or_udp_ports(listen: str, why: str) -> None:
     with pytest.raises(usage.UsageError, match=why):
@@ -89,7 +91,9 @@ def test_workers_join_a_cluster_named_by_pid_unless_named() -> None:
                      "--listen", "tcp:1883", "--listen", "coap=udp:5683")
     assert options["cluster-name"].endswith(f":{os.getpid()}")
     assert workers.node_name(options["cluster-name"], "auto", 2) == options["cluster-name"]
-    assert workers.node_name("east", "east", 2) == "east-w2"
+    assert workers.node_name("east", "east", 2, pid=41) == "east-w2-41"
+    # (a worker started again is a node of another name: its predecessor is adopted)
+    assert workers.node_name("east", "east", 2, pid=42) != "east-w2-41"
     one = _parse("--store", "redis://127.0.0.1:6379/0")
     assert one["cluster-name"] is None  # one process: no cluster unless asked for
 
@@ -111,6 +115,23 @@ def test_a_worker_logs_where_its_supervisor_logs() -> None:
     syslog = workers.worker_command(argv, {"nodaemon": True, "syslog": True,
                                            "prefix": "mqtt"}, 3)
     assert ["--syslog", "--prefix=mqtt-w3"] == syslog[5:7]
+    daemon_syslog = workers.worker_command(argv, {"syslog": True}, 1)  # (not twistd.log)
+    assert "--syslog" in daemon_syslog and not any(
+        a.startswith("--logfile") for a in daemon_syslog)
+    rundir = workers.worker_command(argv, {"nodaemon": True, "rundir": "run/here"}, 1, "/srv")
+    assert "--rundir=/srv/run/here" in rundir  # (from where the supervisor was started)
+
+
+def test_a_workers_usage_error_reaches_its_supervisor(monkeypatch: Any) -> None:
+    """A worker's one-line usage error goes on its start pipe too (a daemon's workers
+    have no standard error to write it to)."""
+    read, write = os.pipe()
+    monkeypatch.setenv(workers.WORKER_ENV, f"1,{write},99")
+    with pytest.raises(SystemExit):
+        usage_exit("--config broker.yaml: cannot read the configuration file")
+    os.close(write)
+    assert os.read(read, 300) == b"1 --config broker.yaml: cannot read the configuration file"
+    os.close(read)
 
 
 # --- the shared listening sockets ------------------------------------------------------
@@ -140,6 +161,25 @@ class ReusePortTests(TestCase):
             self.addCleanup(listening.stopListening)
             assert listening.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
             assert listening.getHost().port == port
+
+    async def test_the_supervisor_refuses_a_port_another_broker_shares(self) -> None:
+        port = free_port()
+        share_ports()
+        other = await self._listen(port)  # another --workers broker's worker
+        self.addCleanup(other.stopListening)
+        share_ports(probe=True)
+        with pytest.raises(CannotListenError):
+            await self._listen(port)
+        held = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # (the same for UDP)
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        held.bind(("127.0.0.1", port))
+        self.addCleanup(held.close)
+        with pytest.raises(CannotListenError):
+            BatchedPort(port, DatagramProtocol(), "127.0.0.1",
+                        reactor=global_reactor).startListening()
+        await other.stopListening()
+        mine = await self._listen(port)  # free now: the probe passes
+        self.addCleanup(mine.stopListening)
 
     def test_datagram_listeners_share_a_port_only_when_told(self) -> None:
         port = free_port()
@@ -217,6 +257,23 @@ class SupervisorTests(TestCase):
                                                        r"status 3\)"):
             await supervisor.start_workers()
 
+    async def test_a_worker_that_cannot_be_spawned_fails_the_start(self) -> None:
+        self.clock = Clock()
+        tries: list[int] = []
+
+        def command(index: int) -> list[str]:
+            tries.append(index)
+            return ["/nonexistent/python"]
+
+        supervisor = workers.Supervisor(global_reactor, 2, command, clock=self.clock)
+        self.addCleanup(self._stop, supervisor)
+        with pytest.raises(workers.WorkerFailed, match="could not be started"):
+            await supervisor.start_workers()
+        self.clock.advance(0)
+        assert supervisor.workers == {} and tries == [1]
+        self.clock.advance(workers.RESTART_FIRST)  # tried again later, as one that died
+        assert tries == [1, 1]
+
     async def test_a_worker_that_dies_is_started_again_later_each_time(self) -> None:
         supervisor = self._supervisor(2, "exit", "exit", "serve")
         await supervisor.start_workers()
@@ -266,15 +323,17 @@ def redis(tmp_path: Path) -> Iterator[Redis]:
 class Broker:
     """``twistd -n mqttbroker --workers N`` on ``port`` (127.0.0.1) and its workers."""
 
-    def __init__(self, directory: Path, redis: Redis, count: int, *extra: str) -> None:
-        self.port = free_port()
-        self.log_path = directory / "twistd.log"
+    def __init__(self, directory: Path, redis: Redis, count: int, *extra: str,
+                 port: int | None = None, twistd: tuple[str, ...] = (),
+                 preexec_fn: Any = None, log: str = "twistd.log") -> None:
+        self.port = port or free_port()
+        self.log_path = directory / log
         self.proc = subprocess.Popen(
-            [*twistd_command(), "-n", "--pidfile=", "mqttbroker", "--listen",
+            [*twistd_command(), "-n", "--pidfile=", *twistd, "mqttbroker", "--listen",
              f"tcp:{self.port}:interface=127.0.0.1", "--store", redis.url, "--workers",
              str(count), "--sys-interval", "0", *extra],
             env=_env(), cwd=directory, stdout=open(self.log_path, "wb"),
-            stderr=subprocess.STDOUT, start_new_session=True)
+            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec_fn)
         self.count = count
 
     def wait_started(self) -> None:
@@ -514,6 +573,59 @@ def owners_listening(port: int) -> list[str]:
     with open("/proc/net/tcp") as f:
         return [line.split()[9] for line in f.readlines()[1:]
                 if int(line.split()[1].split(":")[1], 16) == port and line.split()[3] == "0A"]
+
+
+def test_a_second_workers_broker_on_the_port_is_refused(tmp_path: Path,
+                                                       redis: Redis) -> None:
+    """Every worker binds with SO_REUSEPORT, so another ``--workers`` broker of the same
+    user could bind the port too and split the clients: its supervisor looks first."""
+    first = Broker(tmp_path, redis, 2)
+    try:
+        first.wait_started()
+        second = Broker(tmp_path, redis, 2, port=first.port, log="second.log")
+        try:
+            assert second.proc.wait(WAIT) == 1, second.log()
+            assert "Address already in use" in second.log()
+            assert second.workers() == []
+        finally:
+            second.stop()
+        connect(first.port, "still-served").close()
+    finally:
+        first.stop()
+
+
+def test_interrupts_stop_the_supervisor_not_its_workers(tmp_path: Path,
+                                                        redis: Redis) -> None:
+    """A supervisor started with SIGINT ignored (``cmd &`` in a script) ignores a
+    SIGINT to its process group, and so do its workers (a spawn would otherwise give
+    them SIGINT's default handling back): nobody stops, nobody is started again."""
+    broker = Broker(tmp_path, redis, 3,
+                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        broker.wait_started()
+        pids = sorted(broker.workers())
+        os.killpg(broker.proc.pid, signal.SIGINT)
+        time.sleep(1.5)  # (a worker that had stopped would be started again after 1 s)
+        assert broker.proc.poll() is None
+        assert sorted(broker.workers()) == pids
+        assert b"ended" not in broker.log_bytes()
+    finally:
+        broker.stop()
+
+
+def test_workers_start_where_the_supervisor_was_started(tmp_path: Path,
+                                                        redis: Redis) -> None:
+    """``--rundir`` moves twistd before the workers start: a relative path given to
+    the supervisor (an ACL file here) still means the same file to every worker."""
+    (tmp_path / "acl.txt").write_text("topic readwrite #\n")
+    (tmp_path / "run").mkdir()
+    broker = Broker(tmp_path, redis, 2, "--acl", "acl.txt", twistd=("--rundir=run",))
+    try:
+        broker.wait_started()
+        connect(broker.port, "acl-client").close()
+        assert b"cannot" not in broker.log_bytes()
+    finally:
+        broker.stop()
 
 
 def test_a_killed_worker_is_started_again(tmp_path: Path, redis: Redis) -> None:

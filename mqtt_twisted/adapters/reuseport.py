@@ -19,15 +19,32 @@ import socket
 from typing import Any
 
 from twisted.internet import tcp
+from twisted.internet.error import CannotListenError
 
 _sharing = False
+_probing = False
 
 
-def share_ports(on: bool = True) -> None:
+def share_ports(on: bool = True, probe: bool = False) -> None:
     """From now on this process binds its listeners with ``SO_REUSEPORT`` (or, with
-    ``on`` false, no longer does: tests)."""
-    global _sharing
-    _sharing = on
+    ``on`` false, no longer does: tests).  ``probe``: first make sure nobody holds the
+    port, not even with ``SO_REUSEPORT`` (the supervisor, whose workers bind after it):
+    a second ``--workers`` broker of the same user would otherwise share it silently."""
+    global _sharing, _probing
+    _sharing, _probing = on, on and probe
+
+
+def probe_free(kind: int, interface: str, port: int) -> None:
+    """Raise CannotListenError if something listens on ``port`` (probing only)."""
+    if not _probing:
+        return
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    with socket.socket(family, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (not TIME_WAITs)
+        try:
+            probe.bind((interface, port))
+        except OSError as e:
+            raise CannotListenError(interface, port, e) from None
 
 
 def sharing_ports() -> bool:
@@ -63,6 +80,7 @@ class _ReusingReactor:
 
     def listenTCP(self, port: int, factory: Any, backlog: int = 50,
                   interface: str = "") -> ReusePort:
+        probe_free(socket.SOCK_STREAM, interface, port)
         listening = ReusePort(port, factory, backlog, interface, self._reactor)
         listening.startListening()
         return listening

@@ -30,7 +30,7 @@ from twisted.internet import udp
 from twisted.python import log
 
 from mqtt_twisted.adapters import _leanpoll
-from mqtt_twisted.adapters.reuseport import reuse_port
+from mqtt_twisted.adapters.reuseport import probe_free, reuse_port
 from mqtt_twisted.codec import load_compiled
 
 #: Datagrams a turn reads at most, whatever their size (a flood of small ones must
@@ -144,6 +144,7 @@ class BatchedPort(udp.Port):
         return reuse_port(super().createInternetSocket())  # (--workers: shared)
 
     def _bindSocket(self) -> None:
+        probe_free(socket.SOCK_DGRAM, self.interface, self.port)  # (--workers' supervisor)
         super()._bindSocket()
         self.batch = batch_for(self.socket, self.maxPacketSize)
         self.read_done = getattr(self.protocol, "datagramsRead", None)
