@@ -128,7 +128,8 @@ class TwistdRun(MultiService):
                                  index=self.worker.index, pid=os.getpid(),
                                  parent=os.getppid(), action="worker_start")
             Lifeline(self.broker.reactor, self.worker.lifeline_fd, self.worker.index).start()
-        self.broker.reactor.callWhenRunning(take_stop_signals_once)  # (handlers in place)
+        reactor = self.broker.reactor
+        reactor.callWhenRunning(take_stop_signals_once, reactor)  # (handlers in place)
         try:
             super().startService()
         except Exception as e:
@@ -189,14 +190,16 @@ class TwistdRun(MultiService):
             untilConcludes(os.close, pipe)
 
 
-def take_stop_signals_once() -> None:
-    """After the first SIGTERM or SIGINT, the next are ignored: the reactor is stopping
-    already, and twistd's handler would stop it again and log ``ReactorNotRunning``'s
-    traceback.  Two come together whenever a process group is signalled and a parent
-    passes the signal on too (``--workers`` under systemd's stop, or Ctrl-C)."""
+def take_stop_signals_once(reactor: Any) -> None:
+    """Once the reactor is stopping (a first SIGTERM or SIGINT, or a failed start), a
+    SIGTERM or SIGINT is ignored: twistd's handler would stop it again and log
+    ``ReactorNotRunning``'s traceback.  Two come together whenever a process group is
+    signalled and a parent passes the signal on too (``--workers`` under systemd's
+    stop, or Ctrl-C)."""
     import signal
 
     taken: list[int] = []
+    reactor.addSystemEventTrigger("before", "shutdown", taken.append, 0)
     for number in (signal.SIGTERM, signal.SIGINT):
         handler = signal.getsignal(number)
         if not callable(handler):
