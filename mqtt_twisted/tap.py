@@ -199,7 +199,7 @@ class Options(BridgeOptions, usage.Options):
          "a client on any node gets what is published on every node."],
         ["workers", None, 1,
          "Broker processes sharing the listeners (SO_REUSEPORT), nodes of a cluster on "
-         "the Redis of --store (--cluster NAME names them NAME-w0..., else host:pid).",
+         "the Redis of --store (--cluster NAME names them NAME-w0-PID..., else host:pid).",
          _number("workers", int, 1, 256)],
         ["log-level", None, "info", "Least level logged: debug, info, warn or error.",
          _choice("log-level", logs.parse_level)],
