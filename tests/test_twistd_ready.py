@@ -66,6 +66,8 @@ class ReadyTests(SynchronousTestCase):
         """The status pipe gets "0" after the reactor started (its signal handlers are
         installed by then), not when the listeners listen before ``reactor.run()``."""
         self.patch(_twistd, "sd_notify", lambda state, environ=None: False)
+        once: list[Any] = []  # (the process's own signal handlers stay as they are)
+        self.patch(_twistd, "take_stop_signals_once", once.append)
         settled: list[bool] = []
         from mqtt_twisted import gctune
         self.patch(gctune, "settle", lambda: settled.append(True))
@@ -79,6 +81,8 @@ class ReadyTests(SynchronousTestCase):
         os.set_blocking(read, False)
         self.assertRaises(BlockingIOError, os.read, read, 100)
         self.assertEqual(settled, [])
+        self.assertEqual(once, [])  # (twistd's handlers are not there yet)
         reactor.start()
         self.assertEqual(os.read(read, 100), b"0")
         self.assertEqual(settled, [True])
+        self.assertEqual(once, [reactor])
