@@ -30,7 +30,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import fdesc
 from twisted.internet.defer import Deferred, DeferredList, FirstError
-from twisted.internet.error import ReactorNotRunning
+from twisted.internet.error import ProcessExitedAlready, ReactorNotRunning
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import ProcessProtocol
@@ -209,12 +209,10 @@ class _WorkerProcess(ProcessProtocol):
         self._settle(WorkerFailed(f"it did not start within {START_TIMEOUT:g} s"))
         self.signal("KILL")
 
-    def signal(self, name: str) -> None:
+    def signal(self, name: str | int) -> None:
         if not self.exited:
-            try:
+            with contextlib.suppress(ProcessExitedAlready):  # (ended meanwhile)
                 self.transport.signalProcess(name)
-            except Exception:  # (ended meanwhile: ProcessExitedAlready)
-                pass
 
 
 class Supervisor(Service):
@@ -240,6 +238,7 @@ class Supervisor(Service):
     def start_workers(self) -> Deferred[None]:
         """Start every worker; fires when all listen, fails with the first that did not
         (a :class:`WorkerFailed` naming it)."""
+        self._pass_on_log_rotation()
         starting = [self._spawn(index).ready for index in range(1, self.count)]
         done = DeferredList(starting, fireOnOneErrback=True, consumeErrors=True)
 
@@ -308,9 +307,27 @@ class Supervisor(Service):
     def reload(self) -> None:
         """SIGHUP: every worker re-reads its files too (one still starting reads them
         anyway, and SIGHUP's default action would end it)."""
+        self._signal_listening("HUP")
+
+    def _signal_listening(self, name: str | int) -> None:
+        """Signal ``name`` (Twisted's names: HUP, INT, KILL, STOP, TERM; else a number)
+        to every worker that has reported its start."""
         for process in list(self.workers.values()):
             if process.listening:
-                process.signal("HUP")
+                process.signal(name)
+
+    def _pass_on_log_rotation(self) -> None:
+        """twistd with ``--logfile`` rotates its file on SIGUSR1: each worker's file
+        too (``FILE.wINDEX``).  Without a handler of twistd's, SIGUSR1 is left alone."""
+        rotate = signal.getsignal(signal.SIGUSR1)
+        if not callable(rotate):
+            return
+
+        def rotate_all(signum: int, frame: Any) -> None:
+            rotate(signum, frame)
+            self.reactor.callFromThread(self._signal_listening, int(signal.SIGUSR1))
+
+        signal.signal(signal.SIGUSR1, rotate_all)
 
     def stopService(self) -> Deferred[Any]:
         """SIGTERM every worker; fires when all have ended (SIGKILL after STOP_TIMEOUT)."""

@@ -298,6 +298,30 @@ def test_daemonized_the_parent_returns_once_every_worker_listens(tmp_path: Path,
                 pass
 
 
+def test_sigusr1_rotates_every_workers_log_file(tmp_path: Path, redis: Redis) -> None:
+    """twistd --logfile rotates its file on SIGUSR1: the workers' files rotate too."""
+    port = free_port()
+    done = subprocess.run(
+        [*twistd_command(), "--pidfile=mqtt.pid", "--logfile=b.log", "mqttbroker",
+         "--listen", f"tcp:{port}:interface=127.0.0.1", "--store", redis.url,
+         "--workers", "2"], env=_env(), cwd=tmp_path, capture_output=True, timeout=60)
+    assert done.returncode == 0, done
+    supervisor = int((tmp_path / "mqtt.pid").read_text())
+    try:
+        os.kill(supervisor, signal.SIGUSR1)
+        deadline = time.monotonic() + WAIT
+        while not ((tmp_path / "b.log.1").exists() and (tmp_path / "b.log.w1.1").exists()):
+            assert time.monotonic() < deadline, sorted(p.name for p in tmp_path.iterdir())
+            time.sleep(0.1)
+        assert _running(supervisor) and len(children(supervisor)) == 1
+    finally:
+        for pid in (supervisor, *children(supervisor)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def owners_listening(port: int) -> list[str]:
     """The inodes of the sockets listening on TCP ``port`` (one per worker)."""
     with open("/proc/net/tcp") as f:
