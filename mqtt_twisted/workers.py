@@ -192,7 +192,7 @@ class _WorkerProcess(ProcessProtocol):
         for call in (self.timeout, self.kill):
             if call is not None and call.active():
                 call.cancel()
-        self.supervisor.ended(self, reason)  # (before those waiting on it go on)
+        self.supervisor.ended(self)  # (before those waiting on it go on)
         self.ended.callback(None)
 
     def _settle(self, error: Exception | None) -> None:
@@ -266,14 +266,14 @@ class Supervisor(Service):
             process.exited = True
             process.how = f"could not be started: {e}"
             process.ready.errback(WorkerFailed(process.how))  # (for start_workers or _restart)
-            self.clock.callLater(0, self.ended, process, None)
+            self.clock.callLater(0, self.ended, process)
             return process
         process.timeout = self.clock.callLater(START_TIMEOUT, process.timed_out)
         log.info("Started worker {index} of {count} (pid {pid})", index=index,
                  count=self.count, pid=process.transport.pid, action="worker_start")
         return process
 
-    def ended(self, process: _WorkerProcess, reason: Failure | None) -> None:
+    def ended(self, process: _WorkerProcess) -> None:
         """A worker's process ended: expected when stopping, else started again."""
         if self.workers.get(process.index) is process:
             del self.workers[process.index]

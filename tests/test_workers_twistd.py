@@ -91,12 +91,28 @@ class Broker:
         return children(self.proc.pid)
 
     def stop(self) -> None:
-        for pid in [*self.workers(), self.proc.pid]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_all(self.proc.pid)
         self.proc.wait()
+
+
+def kill_all(supervisor: int) -> None:
+    """SIGKILL a supervisor and its workers (whatever is left of them)."""
+    for pid in (*children(supervisor), supervisor):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def start_daemon(directory: Path, redis: Redis, port: int, *twistd: str) -> int:
+    """``twistd --pidfile=mqtt.pid TWISTD mqttbroker --workers 2`` daemonized, its
+    exit status 0 (both workers listen); the supervisor's pid."""
+    done = subprocess.run(
+        [*twistd_command(), "--pidfile=mqtt.pid", *twistd, "mqttbroker", "--listen",
+         f"tcp:{port}:interface=127.0.0.1", "--store", redis.url, "--workers", "2"],
+        env=_env(), cwd=directory, capture_output=True, timeout=60)
+    assert done.returncode == 0, done
+    return int((directory / "mqtt.pid").read_text())
 
 
 def children(pid: int) -> list[int]:
@@ -274,12 +290,7 @@ def test_daemonized_the_parent_returns_once_every_worker_listens(tmp_path: Path,
     """``twistd mqttbroker --workers 2`` (no -n): exit status 0 once both listen, each
     worker's log in a file of its own, SIGTERM through the pid file stops both."""
     port = free_port()
-    done = subprocess.run(
-        [*twistd_command(), "--pidfile=mqtt.pid", "mqttbroker", "--listen",
-         f"tcp:{port}:interface=127.0.0.1", "--store", redis.url, "--workers", "2"],
-        env=_env(), cwd=tmp_path, capture_output=True, timeout=60)
-    assert done.returncode == 0, done
-    supervisor = int((tmp_path / "mqtt.pid").read_text())
+    supervisor = start_daemon(tmp_path, redis, port)
     try:
         (worker,) = children(supervisor)
         assert len(owners_listening(port)) == 2  # both listen already: no waiting here
@@ -291,22 +302,12 @@ def test_daemonized_the_parent_returns_once_every_worker_listens(tmp_path: Path,
             assert time.monotonic() < deadline, (tmp_path / "twistd.log").read_text()
             time.sleep(0.1)
     finally:
-        for pid in (supervisor, *children(supervisor)):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_all(supervisor)
 
 
 def test_sigusr1_rotates_every_workers_log_file(tmp_path: Path, redis: Redis) -> None:
     """twistd --logfile rotates its file on SIGUSR1: the workers' files rotate too."""
-    port = free_port()
-    done = subprocess.run(
-        [*twistd_command(), "--pidfile=mqtt.pid", "--logfile=b.log", "mqttbroker",
-         "--listen", f"tcp:{port}:interface=127.0.0.1", "--store", redis.url,
-         "--workers", "2"], env=_env(), cwd=tmp_path, capture_output=True, timeout=60)
-    assert done.returncode == 0, done
-    supervisor = int((tmp_path / "mqtt.pid").read_text())
+    supervisor = start_daemon(tmp_path, redis, free_port(), "--logfile=b.log")
     try:
         os.kill(supervisor, signal.SIGUSR1)
         deadline = time.monotonic() + WAIT
@@ -315,11 +316,7 @@ def test_sigusr1_rotates_every_workers_log_file(tmp_path: Path, redis: Redis) ->
             time.sleep(0.1)
         assert _running(supervisor) and len(children(supervisor)) == 1
     finally:
-        for pid in (supervisor, *children(supervisor)):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_all(supervisor)
 
 
 def owners_listening(port: int) -> list[str]:

@@ -47,11 +47,6 @@ def probe_free(kind: int, interface: str, port: int) -> None:
             raise CannotListenError(interface, port, e) from None
 
 
-def sharing_ports() -> bool:
-    """Whether this process's listeners are shared with other workers."""
-    return _sharing
-
-
 def reuse_port(skt: socket.socket) -> socket.socket:
     """``skt`` with ``SO_REUSEPORT`` set if this process shares its ports."""
     if _sharing:
