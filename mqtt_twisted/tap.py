@@ -550,5 +550,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
                 lambda index: workers.worker_command(argv, config, index, directory),
                 directory=directory)
             service.sighup_followers.append(supervisor.reload)
-        return TwistdRun(service, config, supervisor, worker)
+        run = TwistdRun(service, config, supervisor, worker)
+        if count > 1:  # (a scrape of the shared /metrics answers for every worker)
+            from mqtt_twisted.adapters.workermetrics import share
+
+            share(reactor, service, worker.index if worker else 0, count).setServiceParent(run)
+        return run
     return service

@@ -10,11 +10,15 @@ workers: tests/test_workers.py.)
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,14 +59,16 @@ class Broker:
 
     def __init__(self, directory: Path, redis: Redis, count: int, *extra: str,
                  port: int | None = None, twistd: tuple[str, ...] = (),
-                 preexec_fn: Any = None, log: str = "twistd.log") -> None:
+                 preexec_fn: Any = None, log: str = "twistd.log",
+                 environ: dict[str, str] | None = None) -> None:
         self.port = port or free_port()
         self.log_path = directory / log
         self.proc = subprocess.Popen(
             [*twistd_command(), "-n", "--pidfile=", *twistd, "mqttbroker", "--listen",
              f"tcp:{self.port}:interface=127.0.0.1", "--store", redis.url, "--workers",
              str(count), "--sys-interval", "0", *extra],
-            env=_env(), cwd=directory, stdout=open(self.log_path, "wb"),
+            env={**_env(), **(environ or {})}, cwd=directory,
+            stdout=open(self.log_path, "wb"),
             stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec_fn)
         self.count = count
 
@@ -201,6 +207,56 @@ def test_workers_share_the_port_and_the_messages(tmp_path: Path, redis: Redis) -
 
 
 @pytest.mark.skipif(COAP_CLIENT is None, reason=str(NO_LIBCOAP))
+def scrape(port: int) -> dict[tuple[str, str], float]:
+    """``GET /metrics`` on ``port``: (sample name, its worker) -> value, for the samples
+    that have no other label."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=WAIT) as r:
+        text = r.read().decode()
+    found = {}
+    for name, worker, value in re.findall(r'^(\w+)\{worker="(\d+)"\} (\S+)$', text, re.M):
+        found[name, worker] = float(value)
+    return found
+
+
+def test_every_scrape_of_the_shared_metrics_port_has_every_worker(tmp_path: Path,
+                                                                  redis: Redis) -> None:
+    """Before: each scrape of the shared port read whichever worker the kernel picked,
+    so ``mqtt_connects_total`` jumped between workers' counts (a reset to Prometheus)."""
+    metrics = free_port()
+    tmpdir = Path(tempfile.mkdtemp())  # (tmp_path is too deep for a unix socket's path)
+    broker = Broker(tmp_path, redis, 3, "--listen", f"metrics=tcp:{metrics}:interface=127.0.0.1",
+                    environ={"TMPDIR": str(tmpdir)})
+    try:
+        broker.wait_started()
+        clients = [connect(broker.port, f"c-{i}") for i in range(12)]
+        for _ in range(12):  # (the kernel spreads the scrapes' connections too)
+            found = scrape(metrics)
+            assert {w: found["mqtt_worker_up", w] for w in "012"} == dict.fromkeys("012", 1.0)
+            # 12 clients and the start's probe, wherever each landed
+            assert sum(found["mqtt_connects_total", w] for w in "012") == 13, found
+            assert all(("process_cpu_seconds_total", w) in found for w in "012")
+        shared = [p for p in tmpdir.iterdir() if p.name.startswith("mqtt-twisted-workers-")]
+        assert len(shared) == 1 and sorted(os.listdir(shared[0])) == [
+            "w0.sock", "w1.sock", "w2.sock"]
+        os.kill(broker.workers()[0], signal.SIGKILL)  # the others answer without it
+        deadline = time.monotonic() + WAIT
+        found = {}
+        while 0.0 not in found.values():
+            assert time.monotonic() < deadline, found
+            with contextlib.suppress(OSError):  # (queued on the dead worker's socket: reset)
+                found = scrape(metrics)
+        assert sorted(found[("mqtt_worker_up", w)] for w in "012") == [0.0, 1.0, 1.0]
+        for sock in clients:
+            sock.close()
+        broker.proc.send_signal(signal.SIGTERM)
+        assert broker.proc.wait(WAIT) == -signal.SIGTERM, broker.log()  # (as twistd ends)
+    finally:
+        broker.stop()
+    assert not shared[0].exists()  # worker 0 removes the sockets' directory
+    tmpdir.rmdir()
+    assert b"Traceback" not in broker.log_bytes()
+
+
 def test_coap_datagrams_reach_a_subscriber_of_any_worker(tmp_path: Path,
                                                          redis: Redis) -> None:
     """A UDP listener is shared too: libcoap's client POSTs from 12 source ports (the

@@ -22,7 +22,7 @@ from mqtt_twisted.adapters import _httpapi as api
 from mqtt_twisted.adapters._httpapi import ApiError
 from mqtt_twisted.adapters._httpstream import gone, respond
 from mqtt_twisted.adapters.http import _Endpoint, _NotFound, not_found
-from mqtt_twisted.adapters.metrics import exposition
+from mqtt_twisted.adapters.metrics import broker_metrics, render
 from mqtt_twisted.codec.topics import validate_topic_name
 from mqtt_twisted.constants import ReasonCode
 from mqtt_twisted.errors import MQTTError
@@ -56,9 +56,9 @@ class MetricsEndpoint(_Endpoint):
     @inlineCallbacks
     def get(self, request: Request) -> Any:
         yield admin_params(self.bridge, request)
-        families = yield self.bridge.service.admin.metrics()
+        metrics = yield broker_metrics(self.bridge.service.admin)
         accept = request.getHeader(b"accept")
-        body, content_type = exposition(families, accept.decode("latin-1") if accept else None)
+        body, content_type = render(metrics, accept.decode("latin-1") if accept else None)
         request.setHeader(b"cache-control", b"no-store")
         respond(request, 200, body, content_type=content_type.encode())
 

@@ -32,6 +32,7 @@ from zope.interface import implementer
 from mqtt_twisted.adapters import tls
 from mqtt_twisted.adapters._deadline import DeadlineChannel, SafeRequest
 from mqtt_twisted.adapters.kit import ConnectionLimit
+from mqtt_twisted.adapters.workermetrics import sharing
 from mqtt_twisted.core.metrics import COUNTER, GAUGE, HISTOGRAM, INFO, Family
 from mqtt_twisted.interfaces import IListenerChecker, IStreamAdapter
 
@@ -64,32 +65,51 @@ def _le(bound: float) -> str:
 
 
 class _Snapshot:
-    """A collector over one scrape's families (read from the broker just before)."""
+    """A collector over one scrape's metric families (read from the broker just before)."""
 
-    def __init__(self, families: list[Family]) -> None:
-        self.families = families
+    def __init__(self, metrics: list[Metric]) -> None:
+        self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        for family in self.families:
-            yield to_prometheus(family)
-        yield from ProcessCollector(registry=None).collect()
+        return iter(self.metrics)
+
+
+def local_metrics(families: list[Family]) -> list[Metric]:
+    """This process's metric families: the broker's ``families``, and the process's own."""
+    return [*map(to_prometheus, families), *ProcessCollector(registry=None).collect()]
+
+
+def render(metrics: list[Metric], accept: str | None) -> tuple[bytes, str]:
+    """The body and content type for a scraper that sent ``Accept: accept``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(metrics))
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry), content_type
 
 
 def exposition(families: list[Family], accept: str | None) -> tuple[bytes, str]:
-    """The body and content type for a scraper that sent ``Accept: accept``."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(families))
-    encoder, content_type = choose_encoder(accept or "")
-    return encoder(registry), content_type
+    """This process's metrics alone, rendered (see :func:`render`)."""
+    return render(local_metrics(families), accept)
+
+
+def broker_metrics(admin: Any) -> Deferred[list[Metric]]:
+    """What a scrape answers: this process's metrics, or, under ``--workers``, every
+    worker's, each labelled with its worker (``workermetrics.py``)."""
+    d: Deferred[Any] = admin.metrics()
+    d.addCallback(local_metrics)
+    workers = sharing()
+    if workers is not None:
+        d.addCallback(workers.gather)
+    return d
 
 
 def scrape(admin: Any, request: Request) -> Any:
     """Answer ``request`` with the metrics ``admin`` (an IBrokerAdmin) reads now."""
     accept = request.getHeader(b"accept")
-    d: Deferred[Any] = admin.metrics()
+    d = broker_metrics(admin)
 
-    def write(families: list[Family]) -> None:
-        body, content_type = exposition(families, accept.decode("latin-1") if accept else None)
+    def write(metrics: list[Metric]) -> None:
+        body, content_type = render(metrics, accept.decode("latin-1") if accept else None)
         if request.finished or request._disconnected:
             return
         request.setHeader(b"content-type", content_type.encode())
