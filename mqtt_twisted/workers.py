@@ -39,6 +39,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mqtt_twisted._strings import split_colons
+from mqtt_twisted.logs import TWISTD_LOGGER, twistd_logger
 
 log = Logger(namespace="mqtt_twisted.workers")
 
@@ -131,8 +132,17 @@ def worker_command(argv: list[str], config: Any, index: int,
     file, in the supervisor's run directory, logging where the supervisor logs (syslog,
     or a log file of its own: ``FILE.wINDEX``, since each twistd rotates its file), then
     ``mqttbroker`` and our own arguments (relative paths in them are the supervisor's:
-    the worker starts in ``directory``, where the supervisor was started)."""
+    the worker starts in ``directory``, where the supervisor was started).  twistd's
+    ``--reactor``, ``--umask`` and a ``--logger`` of the user's are the supervisor's too."""
     twistd = ["--nodaemon", "--pidfile="]
+    if config.get("reactor"):
+        twistd.append(f"--reactor={config['reactor']}")
+    if config.get("umask") is not None:
+        twistd.append(f"--umask={config['umask']:04o}")
+    logger = config.get("logger")  # (twistd has made a name into the callable by now)
+    if logger is not None and logger is not twistd_logger and logger != TWISTD_LOGGER:
+        name = logger if isinstance(logger, str) else f"{logger.__module__}.{logger.__qualname__}"
+        twistd.append(f"--logger={name}")  # (else each worker makes ours from its options)
     rundir = config.get("rundir")
     if rundir and rundir != ".":
         twistd.append(f"--rundir={os.path.join(directory or os.getcwd(), rundir)}")

@@ -20,6 +20,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.logger import textFileLogObserver
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
@@ -27,6 +28,7 @@ from mqtt_twisted import workers
 from mqtt_twisted._twistd import usage_exit
 from mqtt_twisted.adapters.reuseport import share_ports, stream_reactor
 from mqtt_twisted.adapters.udpbatch import BatchedPort
+from mqtt_twisted.logs import TWISTD_LOGGER, twistd_logger
 from mqtt_twisted.tap import Options
 from tests.redisserver import free_port
 
@@ -78,7 +80,7 @@ def test_a_worker_is_told_by_its_environment() -> None:
     assert workers.this_worker({workers.WORKER_ENV: "2,3,4"}) == workers.Worker(2, 3, 4)
 
 
-def test_a_worker_logs_where_its_supervisor_logs() -> None:
+def test_a_worker_logs_where_its_supervisor_logs_and_runs_its_reactor() -> None:
     argv = ["--workers", "2", "--listen", "tcp:1883"]
     foreground = workers.worker_command(argv, {"nodaemon": True}, 1)
     assert foreground[foreground.index("--nodaemon"):] == [
@@ -95,6 +97,14 @@ def test_a_worker_logs_where_its_supervisor_logs() -> None:
         a.startswith("--logfile") for a in daemon_syslog)
     rundir = workers.worker_command(argv, {"nodaemon": True, "rundir": "run/here"}, 1, "/srv")
     assert "--rundir=/srv/run/here" in rundir  # (from where the supervisor was started)
+    chosen = workers.worker_command(argv, {"nodaemon": True, "reactor": "poll", "umask": 0o27,
+                                           "logger": textFileLogObserver}, 1)
+    assert {"--reactor=poll", "--umask=0027",
+            "--logger=twisted.logger._file.textFileLogObserver"} <= set(chosen)
+    assert chosen.index("--reactor=poll") < chosen.index("mqttbroker")
+    for ours in (twistd_logger, TWISTD_LOGGER):  # (each worker makes its own from its options)
+        assert not any(a.startswith("--logger") for a in workers.worker_command(
+            argv, {"nodaemon": True, "logger": ours}, 1))
 
 
 def test_a_workers_usage_error_reaches_its_supervisor(monkeypatch: Any) -> None:

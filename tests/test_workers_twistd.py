@@ -257,6 +257,16 @@ def test_every_scrape_of_the_shared_metrics_port_has_every_worker(tmp_path: Path
     assert b"Traceback" not in broker.log_bytes()
 
 
+def test_workers_run_the_reactor_the_supervisor_was_given(tmp_path: Path,
+                                                          redis: Redis) -> None:
+    broker = Broker(tmp_path, redis, 2, twistd=("--reactor", "poll"))
+    try:
+        broker.wait_started()
+        assert broker.log().count("reactor class: twisted.internet.pollreactor.PollReactor") == 2
+    finally:
+        broker.stop()
+
+
 def test_coap_datagrams_reach_a_subscriber_of_any_worker(tmp_path: Path,
                                                          redis: Redis) -> None:
     """A UDP listener is shared too: libcoap's client POSTs from 12 source ports (the
