@@ -121,13 +121,15 @@ class TwistdRun(MultiService):
         self._pipe = self._config.get("statusPipe")
         self._config["statusPipe"] = None
         if self.worker is not None:
-            from mqtt_twisted.workers import Lifeline
+            from mqtt_twisted.workers import Heartbeat, Lifeline
 
             self._pipe = self.worker.ready_fd
             self.broker.log.info("Worker {index} (pid {pid}) of the supervisor pid {parent}",
                                  index=self.worker.index, pid=os.getpid(),
                                  parent=os.getppid(), action="worker_start")
             Lifeline(self.broker.reactor, self.worker.lifeline_fd, self.worker.index).start()
+            if self.worker.heartbeat_fd is not None:
+                Heartbeat(self.broker.reactor, self.worker.heartbeat_fd).start()
         reactor = self.broker.reactor
         reactor.callWhenRunning(take_stop_signals_once, reactor)  # (handlers in place)
         try:

@@ -201,6 +201,10 @@ class Options(BridgeOptions, usage.Options):
          "Broker processes sharing the listeners (SO_REUSEPORT), nodes of a cluster on "
          "the Redis of --store (--cluster NAME names them NAME-w0-PID..., else host:pid).",
          _number("workers", int, 1, 256)],
+        ["worker-timeout", None, workers.WORKER_TIMEOUT,
+         "--workers: seconds a worker may send no heartbeat (stopped, or a reactor turn "
+         "that does not end) before it is killed and started again (0: never).",
+         _number("worker-timeout", float, 0)],
         ["log-level", None, "info", "Least level logged: debug, info, warn or error.",
          _choice("log-level", logs.parse_level)],
         ["log-format", None, "text",
@@ -548,7 +552,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             supervisor = workers.Supervisor(
                 reactor, count,
                 lambda index: workers.worker_command(argv, config, index, directory),
-                directory=directory)
+                directory=directory, timeout=options["worker-timeout"])
             service.sighup_followers.append(supervisor.reload)
         run = TwistdRun(service, config, supervisor, worker)
         if count > 1:  # (a scrape of the shared /metrics answers for every worker)

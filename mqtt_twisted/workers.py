@@ -34,6 +34,7 @@ from twisted.internet.error import ProcessExitedAlready, ReactorNotRunning
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -44,9 +45,16 @@ from mqtt_twisted.logs import TWISTD_LOGGER, twistd_logger
 log = Logger(namespace="mqtt_twisted.workers")
 
 #: The environment variable that makes a broker process worker INDEX of a supervisor:
-#: ``"INDEX,READY_FD,LIFELINE_FD"``.
+#: ``"INDEX,READY_FD,LIFELINE_FD,HEARTBEAT_FD"``.
 WORKER_ENV = "MQTT_TWISTED_WORKER"
-READY_FD, LIFELINE_FD = 3, 4
+READY_FD, LIFELINE_FD, HEARTBEAT_FD = 3, 4, 5
+#: Seconds between a worker's heartbeats (a byte its reactor writes to its supervisor),
+#: and between the supervisor's looks at when it last heard from each.
+HEARTBEAT = 1.0
+#: Seconds a listening worker may send no heartbeat before it is killed and started
+#: again (``--worker-timeout``; gunicorn's ``--timeout`` is 30 s too): a reactor turn
+#: that never ends, or a stopped process, would keep its share of new connections.
+WORKER_TIMEOUT = 30.0
 #: Seconds a worker may take to start (store, cluster, listeners) before the start fails.
 START_TIMEOUT = 60.0
 #: Seconds a stopping worker gets (its clients' DISCONNECTs, leaving the cluster) before
@@ -70,6 +78,7 @@ class Worker:
     index: int
     ready_fd: int
     lifeline_fd: int
+    heartbeat_fd: int | None = None
 
 
 def this_worker(environ: Any = None) -> Worker | None:
@@ -77,8 +86,7 @@ def this_worker(environ: Any = None) -> Worker | None:
     value = (os.environ if environ is None else environ).get(WORKER_ENV)
     if not value:
         return None
-    index, ready, lifeline = (int(part) for part in value.split(","))
-    return Worker(index, ready, lifeline)
+    return Worker(*(int(part) for part in value.split(",")))
 
 
 def check(count: int, store: str, listeners: list[Any]) -> None:
@@ -181,9 +189,15 @@ class _WorkerProcess(ProcessProtocol):
         self.how = ""  # how it ended, in words
         self.timeout: Any = None
         self.kill: Any = None
+        #: When its last heartbeat came (the supervisor's clock); None once it is killed
+        #: for want of them.
+        self.heard: float | None = started_at
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
-        if childFD == READY_FD:
+        if childFD == HEARTBEAT_FD:
+            if self.heard is not None:
+                self.heard = self.supervisor.clock.seconds()
+        elif childFD == READY_FD:
             self.report = (self.report + data)[:200]
 
     def childConnectionLost(self, childFD: int) -> None:
@@ -210,6 +224,7 @@ class _WorkerProcess(ProcessProtocol):
             self.timeout.cancel()
         if error is None:
             self.listening = True
+            self.heard = self.supervisor.clock.seconds()
             self.ready.callback(None)
         else:
             self.ready.errback(error)
@@ -231,8 +246,13 @@ class Supervisor(Service):
     name = "workers"
 
     def __init__(self, reactor: Any, count: int, command: Callable[[int], list[str]],
-                 clock: Any = None, directory: str | None = None) -> None:
+                 clock: Any = None, directory: str | None = None,
+                 timeout: float = WORKER_TIMEOUT) -> None:
         self.reactor = reactor
+        #: Seconds without a heartbeat before a listening worker is killed (0: never).
+        self.timeout = timeout
+        self._watch: LoopingCall | None = None
+        self._last_look: float | None = None
         #: Where workers start: where the supervisor was started (before twistd went to
         #: its --rundir), so that relative paths on the command line mean the same.
         self.directory = directory or os.getcwd()
@@ -249,6 +269,10 @@ class Supervisor(Service):
         """Start every worker; fires when all listen, fails with the first that did not
         (a :class:`WorkerFailed` naming it)."""
         self._pass_on_log_rotation()
+        if self.timeout:
+            self._watch = LoopingCall(self._look)
+            self._watch.clock = self.clock
+            self._watch.start(HEARTBEAT, now=False)
         starting = [self._spawn(index).ready for index in range(1, self.count)]
         done = DeferredList(starting, fireOnOneErrback=True, consumeErrors=True)
 
@@ -265,13 +289,14 @@ class Supervisor(Service):
         process = _WorkerProcess(self, index, self.clock.seconds())
         environ = {key: value for key, value in os.environ.items()
                    if key != "NOTIFY_SOCKET"}  # (systemd hears from worker 0 only)
-        environ[WORKER_ENV] = f"{index},{READY_FD},{LIFELINE_FD}"
+        environ[WORKER_ENV] = f"{index},{READY_FD},{LIFELINE_FD},{HEARTBEAT_FD}"
         command = self.command(index)
         self.workers[index] = process
         try:
             self.reactor.spawnProcess(
                 process, command[0], command, env=environ, path=self.directory,
-                childFDs={0: "w", 1: 1, 2: 2, READY_FD: "r", LIFELINE_FD: "w"})
+                childFDs={0: "w", 1: 1, 2: 2, READY_FD: "r", LIFELINE_FD: "w",
+                          HEARTBEAT_FD: "r"})
         except Exception as e:  # (the interpreter gone in a deploy, no descriptors left)
             process.exited = True
             process.how = f"could not be started: {e}"
@@ -309,6 +334,25 @@ class Supervisor(Service):
             lambda f: log.warn("Worker {index} did not start: {error}", index=index,
                                error=f.getErrorMessage(), action="worker_start_failed"))
 
+    def _look(self) -> None:
+        """Kill a listening worker not heard from for ``timeout`` seconds (its restart
+        follows, and the cluster adopts what it had)."""
+        now = self.clock.seconds()
+        late = self._last_look is not None and now - self._last_look > 3 * HEARTBEAT
+        self._last_look = now
+        for process in list(self.workers.values()):
+            if late and process.heard is not None:
+                process.heard = now  # (this process's own turn was late: pipes unread)
+            elif (process.listening and not process.exited and process.heard is not None
+                  and now - process.heard > self.timeout):
+                log.error("Worker {index} (pid {pid}) sent no heartbeat for {silent:.0f} s "
+                          "(stopped, or a reactor turn that does not end): SIGKILL",
+                          index=process.index, pid=getattr(process.transport, "pid", None),
+                          silent=now - process.heard,
+                          action="worker_hung")
+                process.heard = None
+                process.signal("KILL")
+
     def _kill(self, process: _WorkerProcess) -> None:
         log.warn("Worker {index} did not stop within {timeout:g} s of SIGTERM: SIGKILL",
                  index=process.index, timeout=STOP_TIMEOUT, action="worker_killed")
@@ -343,6 +387,8 @@ class Supervisor(Service):
         """SIGTERM every worker; fires when all have ended (SIGKILL after STOP_TIMEOUT)."""
         super().stopService()
         self.stopping = True
+        if self._watch is not None and self._watch.running:
+            self._watch.stop()
         for call in self._restarts.values():
             if call.active():
                 call.cancel()
@@ -355,6 +401,29 @@ class Supervisor(Service):
             process.kill = self.clock.callLater(STOP_TIMEOUT, self._kill, process)
             ending.append(process.ended)
         return DeferredList(ending)
+
+
+class Heartbeat:
+    """A worker's heartbeat: a byte to its supervisor every :data:`HEARTBEAT` seconds,
+    written by its reactor, so that a turn that never ends (or a stopped process)
+    goes silent and the supervisor's ``--worker-timeout`` kills it."""
+
+    def __init__(self, reactor: Any, fd: int) -> None:
+        self.fd = fd
+        fdesc.setNonBlocking(fd)
+        self.loop = LoopingCall(self.beat)
+        self.loop.clock = reactor
+
+    def start(self) -> None:
+        self.loop.start(HEARTBEAT, now=True)
+
+    def beat(self) -> None:
+        try:
+            os.write(self.fd, b".")
+        except BlockingIOError:
+            pass  # (the supervisor is behind; a beat is as good as many)
+        except OSError:
+            self.loop.stop()  # (the supervisor is gone: the lifeline stops this worker)
 
 
 @implementer(IReadDescriptor)

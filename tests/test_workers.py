@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import textFileLogObserver
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
@@ -198,6 +198,10 @@ os.close(3)
 if how in ("refuse", "exit"):
     sys.exit(0)
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+if how == "beat":  # a live worker's heartbeats, every 20 ms of real time
+    while True:
+        os.write(5, b".")
+        time.sleep(0.02)
 while os.read(4, 1):  # (the lifeline: returns b"" when the supervisor is gone)
     pass
 """
@@ -206,13 +210,14 @@ while os.read(4, 1):  # (the lifeline: returns b"" when the supervisor is gone)
 class SupervisorTests(TestCase):
     """:class:`workers.Supervisor` with real child processes that stand in for workers."""
 
-    def _supervisor(self, count: int, *how: str) -> workers.Supervisor:
+    def _supervisor(self, count: int, *how: str, timeout: float = 0) -> workers.Supervisor:
         self.clock = Clock()
         ways = list(how)
         supervisor = workers.Supervisor(
             global_reactor, count,
             lambda index: [sys.executable, "-c", _STAND_IN,
-                           ways.pop(0) if ways else "serve"], clock=self.clock)
+                           ways.pop(0) if ways else "serve"], clock=self.clock,
+            timeout=timeout)
         self.addCleanup(self._stop, supervisor)
         return supervisor
 
@@ -293,3 +298,44 @@ class SupervisorTests(TestCase):
         await supervisor.stopService()
         self.clock.advance(workers.RESTART_MAX)
         assert supervisor.workers == {}
+
+    async def _advance(self, seconds: int) -> None:
+        """The supervisor's clock ``seconds`` on, a second at a time, each after a real
+        50 ms in which the workers' heartbeats are read."""
+        for _ in range(seconds):
+            await deferLater(global_reactor, 0.05, lambda: None)
+            self.clock.advance(workers.HEARTBEAT)
+
+    async def test_a_worker_without_heartbeats_is_killed_and_started_again(self) -> None:
+        supervisor = self._supervisor(3, "beat", "serve", timeout=5)
+        await supervisor.start_workers()
+        beating, silent = supervisor.workers[1], supervisor.workers[2]
+        await self._advance(4)
+        assert not silent.exited  # (within its timeout)
+        await self._advance(3)
+        await silent.ended
+        assert silent.how == "killed by signal 9"
+        assert supervisor.workers[1] is beating and not beating.exited
+        self.clock.advance(workers.RESTART_FIRST)  # started again, as a worker that died
+        assert supervisor.workers[2] is not silent
+        await supervisor.workers[2].ready
+
+    async def test_the_supervisors_own_late_turn_kills_nobody(self) -> None:
+        supervisor = self._supervisor(2, "serve", timeout=5)
+        await supervisor.start_workers()
+        worker = supervisor.workers[1]
+        self.clock.advance(workers.HEARTBEAT)
+        self.clock.advance(20)  # one look 20 s late: its pipes were not read meanwhile
+        await self._advance(4)
+        assert not worker.exited
+        await self._advance(2)
+        await worker.ended
+        assert worker.how == "killed by signal 9"
+
+    async def test_no_timeout_no_watch(self) -> None:
+        supervisor = self._supervisor(2, "serve", timeout=0)
+        await supervisor.start_workers()
+        await self._advance(3)
+        self.clock.advance(1000)
+        await deferLater(global_reactor, 0.05, lambda: None)
+        assert not supervisor.workers[1].exited

@@ -464,6 +464,32 @@ def test_a_killed_worker_is_started_again(tmp_path: Path, redis: Redis) -> None:
         broker.stop()
 
 
+def test_a_stopped_worker_is_killed_and_started_again(tmp_path: Path, redis: Redis) -> None:
+    """A worker that sends no heartbeat for --worker-timeout (here stopped with SIGSTOP,
+    as a reactor turn that never ends would be) no longer keeps its share of the new
+    connections: killed, and started again.  Before, nothing watched it."""
+    broker = Broker(tmp_path, redis, 2, "--worker-timeout", "2")
+    try:
+        broker.wait_started()
+        (worker,) = broker.workers()
+        time.sleep(3)  # (a live worker's heartbeats keep it: nothing happens)
+        assert broker.workers() == [worker]
+        os.kill(worker, signal.SIGSTOP)
+        deadline = time.monotonic() + WAIT
+        while broker.log_bytes().count(b"listens again") < 1:
+            assert time.monotonic() < deadline, broker.log()
+            time.sleep(0.1)
+        (again,) = broker.workers()
+        assert again != worker
+        assert b"sent no heartbeat for 2 s" in broker.log_bytes() or \
+            b"sent no heartbeat for 3 s" in broker.log_bytes(), broker.log()
+        assert b"Worker 1 ended (killed by signal 9)" in broker.log_bytes()
+        for i in range(16):  # whichever process the kernel picks answers
+            connect(broker.port, f"after-{i}").close()
+    finally:
+        broker.stop()
+
+
 def test_a_killed_supervisor_takes_its_workers_with_it(tmp_path: Path,
                                                        redis: Redis) -> None:
     broker = Broker(tmp_path, redis, 3)

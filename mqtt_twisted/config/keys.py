@@ -120,6 +120,7 @@ KEYS: tuple[Key, ...] = (
     # cluster
     Key("cluster.node", "cluster", "", "node.name, cluster.discovery_strategy"),
     Key("cluster.workers", "workers"),
+    Key("cluster.worker_timeout", "worker-timeout"),
     # bridges: each item of the list is one --bridge and its --bridge-* options
     Key("bridges.endpoint", "bridge", "connection NAME + address HOST:PORT",
         "bridges.mqtt.NAME.server", kind=BRIDGES,
