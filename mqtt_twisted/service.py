@@ -189,6 +189,8 @@ class BrokerService(MultiService):
             for client_id, state in zip(batch, states):
                 if state is not None and client_id not in self.broker.sessions:
                     self.broker.restore_session(state)
+                    if self.cluster is not None:  # how far its stream was delivered
+                        self.cluster.restart.loaded(state)
         if client_ids:
             self.log.info("Restored {n} stored sessions", n=len(client_ids))
 

@@ -27,7 +27,12 @@ sessions it adopted from the dead node and to the share groups it names only (a
 group's copy comes only from the node picked for it, so it is not skipped).
 
 It runs in the background: the adoption is over (and a client of the dead node may
-connect again) before it ends.
+connect again) before it ends.  The dead node may be started again meanwhile under its
+name: its new run puts a marker entry into the stream as it joins (``fence.JOIN``).
+What follows the marker is the new run's (its own sessions' messages), so the drain
+stops there, gives the marker and what it read after it back to the node's own
+consumer (``XCLAIM``), where the new run reads them, and ends; the new run reads its
+stream only once no drain lists it (``restart.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from twisted.logger import Logger
 
 from mqtt_twisted.cluster.batch import Item, item_message
 from mqtt_twisted.cluster.inbox import (
+    MARKER,
     READ_COUNT,
     TURN_MESSAGES,
     deliver_items,
@@ -128,21 +134,22 @@ class Drain:
     def run(self) -> Any:
         node = self.node
         cursor = b"0-0"
-        while True:
+        marked = False
+        while not marked:
             reply = yield node.commands.command(b"XAUTOCLAIM", self.stream, self.group,
                                                 node.group, 0, cursor, b"COUNT", READ_COUNT)
             cursor, entries = reply[0], reply[1]
-            yield self._deliver(entries)
+            marked = yield self._deliver_before_marker(entries)
             if cursor == b"0-0":
                 break
-        while True:
+        while not marked:
             reply = yield node.commands.command(b"XREADGROUP", b"GROUP", self.group,
                                                 node.group, b"COUNT", READ_COUNT,
                                                 b"STREAMS", self.stream, b">")
             entries = reply[0][1] if reply else []
             if not entries:
                 break
-            yield self._deliver(entries)
+            marked = yield self._deliver_before_marker(entries)
         # Done once every entry is acknowledged: until then the stream stays in this
         # node's drains (its own adopter would deliver what is left).
         yield gatherResults(self._acks, consumeErrors=True)
@@ -152,6 +159,21 @@ class Drain:
                  name=node.name, n=self.delivered, dead=self.dead, w=self.waited,
                  s=self.skipped, ms=node.turns.longest * 1000)
         return self.delivered
+
+    @inlineCallbacks
+    def _deliver_before_marker(self, entries: list[Any]) -> Any:
+        """Deliver the entries up to a new run's marker, if any; the marker and what
+        follows go back to the node's own consumer.  True when there was one."""
+        at = next((i for i, (_, fields) in enumerate(entries)
+                   if fields and fields[0] == MARKER), None)
+        yield self._deliver(entries if at is None else entries[:at])
+        if at is None:
+            return False
+        yield self.node.commands.command(b"XCLAIM", self.stream, self.group, self.group,
+                                         0, *[entry_id for entry_id, _ in entries[at:]])
+        log.info("cluster {name}: node {dead} was started again: the rest of its stream "
+                 "is its own", name=self.node.name, dead=self.dead)
+        return True
 
     @inlineCallbacks
     def _deliver(self, entries: list[Any]) -> Any:
@@ -189,6 +211,12 @@ class Drain:
         marks = self.marks
         node = self.node
         publisher = self.publisher
+        item = items[index]
+        if type(item) is list and len(item) > 1 and item[1] and self.group in item[1]:
+            # The dead node is among its destinations, but never got it (it is here, in
+            # its stream): a session that left this node for the dead node's new run
+            # (restart.py) has it forwarded, not taken as had directly (moved.py).
+            item[1] = b",".join(d for d in item[1].split(b",") if d != self.group)
         # Each copy delivered into a session is marked with the entry and its index
         # (RedisStore.mark, ``ms-seq.INDEX``): if this node dies in turn, the next
         # adopter skips it there.
@@ -217,11 +245,13 @@ class Drain:
             deliver(session, *args)
 
         local.deliver = unless_done
+        node.moved.skip = done  # nor forwarded to them, if they left (moved.py)
         try:
             return deliver_items(node, origin, items, index, publisher, entry_id,
                                  index + 1, field)[1]
         finally:
             local.deliver = deliver
+            node.moved.skip = set()
 
     def _here_already(self, item: Item, origin: str) -> bool:
         """Whether this node's own subscribers had the message: it was published (or

@@ -29,7 +29,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from mqtt_twisted.constants import ReasonCode
@@ -42,16 +43,33 @@ log = Logger()
 #: Seconds after a renewal was sent during which its success proves the node is not
 #: adopted: its lease (failover.LEASE, 3 s) less a margin for clocks and the send.
 TRUST_WINDOW = 2.5
+#: Seconds between a node's attempts to join while a survivor adopts its previous run.
+JOIN_POLL = 0.2
 
 #: A new epoch for this node, its lease and its place in the set of nodes, at once
-#: (a node in the set without a lease is adopted).  KEYS: the counter, the node's
-#: epoch key, its lease, the set of nodes; ARGV: the node, the lease in ms.
+#: (a node in the set without a lease is adopted).  Refused while a survivor adopts
+#: this node's previous run (the adopt key lives at most ``failover.ADOPT_TTL``).
+#: When a survivor is still to deliver the previous run's stream (a ``drains:NODE``
+#: set names it), a marker entry (``j``) goes into the stream: the drain stops there
+#: and leaves the rest, this run's, to it (``drain.py``, ``restart.py``).  KEYS: the
+#: counter, the node's epoch key, its lease, the set of nodes, its adopt key, its
+#: stream; ARGV: the node, the lease in ms, the drains prefix.  ``{0}`` when refused,
+#: else ``{epoch, the previous run's epoch if it is still current (not adopted) or
+#: "", the ms its lease had left, the node delivering its stream or ""}``.
 JOIN = b"""
+if redis.call('EXISTS', KEYS[5]) == 1 then return {0} end
+local drainer = ''
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+  if redis.call('SISMEMBER', ARGV[3] .. node, ARGV[1]) == 1 then drainer = node end
+end
+local previous = redis.call('GET', KEYS[2]) or ''
+local left = redis.call('PTTL', KEYS[3])
 local epoch = redis.call('INCR', KEYS[1])
 redis.call('SET', KEYS[2], epoch)
 redis.call('SET', KEYS[3], epoch, 'PX', ARGV[2])
 redis.call('SADD', KEYS[4], ARGV[1])
-return epoch
+if drainer ~= '' then redis.call('XADD', KEYS[6], '*', 'j', epoch) end
+return {epoch, previous, left, drainer}
 """
 #: KEYS[1] the node's epoch key, KEYS[2] its lease; ARGV: epoch, lease in ms.
 #: 1: renewed; 0: the epoch moved on (the node was adopted): fenced.
@@ -78,16 +96,32 @@ class Fence:
         self._waiting: list[Callable[[], Any]] = []
         self._rejoining = False
 
-    def join(self) -> Deferred[Any]:
-        """Take a new epoch; the store's writes carry it from now on."""
+    @inlineCallbacks
+    def join(self) -> Any:
+        """Take a new epoch, once no survivor adopts this node's previous run; the
+        store's writes carry it from now on.  Fires with ``(the previous run's epoch if
+        it was still current, else b"", the ms its lease had left, the node delivering
+        its stream or b"")``."""
         node = self.node
         failover = node.failover
-        sent_at = node.reactor.seconds()
-        d = node.commands.command(b"EVAL", JOIN, 4, self.counter, self.key,
-                                  failover.alive_prefix + node.group, node.keys.nodes,
-                                  node.group, failover.lease_ms)
-        d.addCallback(self._joined, sent_at)
-        return d
+        told = False
+        while True:
+            sent_at = node.reactor.seconds()
+            reply = yield node.commands.command(
+                b"EVAL", JOIN, 6, self.counter, self.key,
+                failover.alive_prefix + node.group, node.keys.nodes,
+                failover.adopt_prefix + node.group, node.keys.inbox(node.name),
+                node.group, failover.lease_ms, failover.drains_prefix)
+            if reply[0]:
+                break
+            if not told:
+                told = True
+                log.info("cluster {name}: its previous run is being adopted: joining once "
+                         "that is over", name=node.name)
+            yield deferLater(node.reactor, JOIN_POLL, lambda: None)
+        epoch, previous, left, drainer = reply
+        self._joined(epoch, sent_at)
+        return previous, left, drainer
 
     def _joined(self, epoch: Any, sent_at: float) -> None:
         node = self.node

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -46,6 +46,9 @@ new_message = object.__new__
 #: one XREADGROUP waits for them.
 READ_COUNT = 512
 READ_BLOCK = 1.0
+#: The field of the entry a new run of a node adds to its stream when it joins while
+#: a survivor still delivers its previous run's (``fence.JOIN``, ``drain.py``).
+MARKER = b"j"
 #: Messages delivered in one reactor turn at most (an entry holds up to
 #: ``batch.MAX_BATCH``): a long turn would hold up everything else, the lease renewal
 #: among them (``failover.py``).
@@ -171,6 +174,8 @@ def deliver_items(node: ClusterNode, origin: str, items: list[Item], start: int 
 
 def entry_items(fields: list[Any] | None) -> tuple[str, list[Item]] | None:
     """``batch.read_entry``, an entry that is not ours logged (and skipped: None)."""
+    if fields and fields[0] == MARKER:
+        return None  # where a new run of the node joined (restart.py): no message
     try:
         return read_entry(fields)
     except Exception as e:
@@ -226,6 +231,12 @@ class InboxReader:
         #: copies in clean sessions: ``ClusterRouter.hold_copy``), until Redis has it: a
         #: read from the start (a lost connection) returns them and skips them.
         self._waiting: set[bytes] = set()
+        #: How an entry's messages are delivered: ``restart.py`` puts its own while
+        #: what an earlier run of this node left is delivered (skipping the sessions
+        #: that run had delivered it into).
+        self.deliver = deliver_items
+        #: Fired once what an earlier run left unacknowledged has been delivered.
+        self.caught_up: Deferred[None] = Deferred()
 
     def start(self) -> None:
         self._read()
@@ -266,6 +277,8 @@ class InboxReader:
         if self._cursor != b">":
             # Going through what an earlier run left unacknowledged, then new entries.
             self._cursor = entries[-1][0] if entries else b">"
+            if not entries and not self.caught_up.called:
+                self.caught_up.callback(None)  # (each page was delivered before the next)
             if self._waiting:  # delivered here, their XACK to come: not again
                 entries = [e for e in entries if e[0] not in self._waiting]
         self.backlog.extend(entries)
@@ -300,8 +313,8 @@ class InboxReader:
             origin, items = read
             if items:
                 start = self._next
-                self._next, done = deliver_items(node, origin, items, start, publisher,
-                                                 entry_id, min(len(items), start + budget))
+                self._next, done = self.deliver(node, origin, items, start, publisher,
+                                                entry_id, min(len(items), start + budget))
                 budget -= self._next - start
                 self._writes += done
                 if self._next < len(items):

@@ -99,6 +99,9 @@ class Moved:
         #: client id -> what waits for its session to be here (N's side).
         self.pending: dict[str, list[Callable[[], Any]]] = {}
         self.forwarded = 0
+        #: Client ids not forwarded the message being delivered: a drain's, for the
+        #: sessions the dead node had delivered it into (their marks: ``drain.py``).
+        self.skip: set[str] = set()
 
     # --- the old node ---
 
@@ -165,6 +168,8 @@ class Moved:
         node = self.node
         leaving = self.leaving
         for client_id in {c for c, _ in self._filters.match(message.topic)}:
+            if client_id in self.skip:
+                continue
             departure = leaving[client_id]  # type: ignore[index]
             if departure.to in destinations and (not seq or origin in departure.direct):
                 continue

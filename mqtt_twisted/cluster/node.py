@@ -27,7 +27,8 @@ answers; a node that does not answer (not subscribed: dead; or not within
 skipped, and the stored state is used as it is once the dead node has been adopted
 (``failover.py``).  The QoS 1/2 stream is read by
 ``inbox.InboxReader``; an entry is acknowledged (XACK) only once its local deliveries
-are stored, so a node that dies before that leaves it to its adopter.
+are stored, so a node that dies before that leaves it to its adopter (or to its own
+next run, when nobody adopted it: ``restart.py``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from mqtt_twisted.cluster.link import NodeLink
 from mqtt_twisted.cluster.moved import Moved
 from mqtt_twisted.cluster.releases import Releases
 from mqtt_twisted.cluster.resp import ReplyError
+from mqtt_twisted.cluster.restart import Restart
 from mqtt_twisted.cluster.router import ClusterRouter
 from mqtt_twisted.cluster.routes import decode_change
 from mqtt_twisted.cluster.sysstats import ClusterStats
@@ -223,6 +225,7 @@ class ClusterNode:
         self.wills = WillKeeper(self)
         self.failover = Failover(self)
         self.releases = Releases(self)
+        self.restart = Restart(self)  # what a previous run of this name left (restart.py)
         self.turns = TurnProbe(reactor, name, LEASE / 3)
         self.stats = ClusterStats(self)
         self.router.totals = self.stats.sys_values
@@ -277,6 +280,7 @@ class ClusterNode:
         if hold is not None:
             hold()  # Sentinel: watch for a new master while the node runs
         clients = (self.commands, self.subscriber, self.reader, self.lease)
+        self.restart.begin()
         for client in clients:
             client.start()
         ready = gatherResults([c.ready() for c in clients], consumeErrors=True)
@@ -294,7 +298,7 @@ class ClusterNode:
         except ReplyError as e:
             if not str(e).startswith("BUSYGROUP"):
                 raise
-        yield self.fence.join()
+        self.restart.joined(*(yield self.fence.join()))
         old = yield self.commands.command(b"SMEMBERS", k.filters(self.name))
         self._stale = {f.decode("utf-8") for f in old}
         old = yield self.commands.command(b"HKEYS", k.shared(self.name))
@@ -304,14 +308,13 @@ class ClusterNode:
         yield self.failover.start()
         self.turns.start()
         self.stats.start()
-        self.inbox.start()
 
     @inlineCallbacks
     def rejoin(self) -> Any:
         """After being fenced (``fence.py``; its sessions are dropped): a new epoch, the
         node back in the set of nodes, its stream read afresh."""
         self.inbox.stop()
-        yield self.fence.join()
+        _, _, drainer = yield self.fence.join()
         try:
             yield self.commands.command(b"XGROUP", b"CREATE", self.keys.inbox(self.name),
                                         self._origin, b"0", b"MKSTREAM")
@@ -321,7 +324,7 @@ class ClusterNode:
         self.failover.rejoined()
         if not self._stopped:
             self.inbox = InboxReader(self)
-            self.inbox.start()
+            self.restart.read(self.inbox, drainer)  # once its adopter's drain is over
         log.info("cluster {name}: rejoined", name=self.name)
 
     def restored(self) -> Any:
@@ -335,6 +338,7 @@ class ClusterNode:
         self._stale_shared = set()
         for key in stale_shared:
             self.link.unshare(key)
+        self.restart.restored()  # the stream is read from now on
         return self.wills.take(self.name)
 
     def restorable(self, client_ids: list[str]) -> Deferred[list[str]]:
@@ -355,6 +359,7 @@ class ClusterNode:
         self._stopped = True
         self.turns.stop()
         self.inbox.stop()
+        self.restart.end()
         try:
             yield self.stats.stop()
             yield self.failover.stop()  # the lease goes: a survivor adopts at once
@@ -463,8 +468,11 @@ class ClusterNode:
                 old = home.decode("utf-8")
                 self.moved.expect(client_id)  # what its old node forwards, until it is here
                 answer = yield self._ask_release(old, client_id)
-                if answer in (_NOBODY, _ADOPTED) and (yield self.failover.gone(old, client_id)):
-                    continue  # its node is gone and adopted (here or elsewhere): look again
+                if answer in (_NOBODY, _ADOPTED) and (
+                        (yield self.failover.gone(old, client_id)) or answer == _NOBODY):
+                    # Gone and adopted (here or elsewhere), or nobody listened with its
+                    # lease held: a new run of it starts (restart.py). Look again.
+                    continue
                 moved = yield self._owner_script(_MOVE, cid, home, self._origin, fence.epoch)
                 if not moved:  # adopted meanwhile: its adopter has the home now
                     continue
@@ -475,8 +483,9 @@ class ClusterNode:
                         # Its old node forwards its backlog: keep it in order.
                         self.barriers.open(client_id, old, self._released.get(client_id))
                 return state
-            raise ConnectError(f"the session of {client_id!r} moved between nodes {LOOKS} "
-                               "times while this node asked for it", ReasonCode.SERVER_BUSY)
+            raise ConnectError(f"the session of {client_id!r} was not let go by its node in "
+                               f"{LOOKS} looks (it moved on, or nobody answered)",
+                               ReasonCode.SERVER_BUSY)
         finally:
             self._released.pop(client_id, None)
             self.moved.arrived(client_id)
