@@ -50,6 +50,19 @@ def unread(redis: Redis) -> bool:
     return group[group.index(b"last-delivered-id") + 1] != last
 
 
+def stop_all(clients: list[Client], nodes: dict[str, LiveBroker]) -> None:
+    """Close ``clients``, stop ``nodes``."""
+    for client in clients:
+        client.close()
+    for broker in nodes.values():
+        broker.stop()
+
+
+def assert_no_traceback(nodes: dict[str, LiveBroker]) -> None:
+    for name in ("A", "B1"):
+        assert nodes[name].unhandled() == [], nodes[name].log()
+
+
 def held_back(redis: Redis) -> bool:
     """Whether B's reader came to be held back by its stalled subscriber (waiting up to
     WAIT): entries it read and did not acknowledge (its delivery stopped within an
@@ -198,12 +211,8 @@ def test_killed_and_started_again_within_its_lease(tmp_path: Path, redis: Redis,
         time.sleep(1)
         assert "FENCED" not in nodes["B1"].log(), nodes["B1"].log()[-3000:]
     finally:
-        for client in made:
-            client.close()
-        for broker in nodes.values():
-            broker.stop()
-    for name in ("A", "B1"):
-        assert nodes[name].unhandled() == [], nodes[name].log()
+        stop_all(made, nodes)
+    assert_no_traceback(nodes)
 
 
 @pytest.mark.slow
@@ -247,9 +256,5 @@ def test_started_again_while_its_adopter_drains(tmp_path: Path, redis: Redis,
         assert len(got) == len(expected + more), "a QoS 2 message came twice"
         assert "its stream is being delivered by A" in nodes["B1"].log()
     finally:
-        for client in made:
-            client.close()
-        for broker in nodes.values():
-            broker.stop()
-    for name in ("A", "B1"):
-        assert nodes[name].unhandled() == [], nodes[name].log()
+        stop_all(made, nodes)
+    assert_no_traceback(nodes)

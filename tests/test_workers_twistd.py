@@ -451,17 +451,23 @@ def test_a_killed_worker_is_started_again(tmp_path: Path, redis: Redis) -> None:
         broker.wait_started()
         (worker,) = broker.workers()
         os.kill(worker, signal.SIGKILL)
-        deadline = time.monotonic() + WAIT
-        while broker.log_bytes().count(b"listens again") < 1:
-            assert time.monotonic() < deadline, broker.log()
-            time.sleep(0.1)
-        (again,) = broker.workers()
-        assert again != worker
-        assert b"Worker 1 ended (killed by signal 9)" in broker.log_bytes()
-        for i in range(16):  # whichever process the kernel picks answers
-            connect(broker.port, f"after-{i}").close()
+        started_again(broker, worker)
     finally:
         broker.stop()
+
+
+def started_again(broker: Broker, worker: int) -> None:
+    """Until the supervisor has started worker 1 (``worker``, killed) again; then every
+    process the kernel picks answers."""
+    deadline = time.monotonic() + WAIT
+    while broker.log_bytes().count(b"listens again") < 1:
+        assert time.monotonic() < deadline, broker.log()
+        time.sleep(0.1)
+    (again,) = broker.workers()
+    assert again != worker
+    assert b"Worker 1 ended (killed by signal 9)" in broker.log_bytes()
+    for i in range(16):
+        connect(broker.port, f"after-{i}").close()
 
 
 def test_a_stopped_worker_is_killed_and_started_again(tmp_path: Path, redis: Redis) -> None:
@@ -475,17 +481,9 @@ def test_a_stopped_worker_is_killed_and_started_again(tmp_path: Path, redis: Red
         time.sleep(3)  # (a live worker's heartbeats keep it: nothing happens)
         assert broker.workers() == [worker]
         os.kill(worker, signal.SIGSTOP)
-        deadline = time.monotonic() + WAIT
-        while broker.log_bytes().count(b"listens again") < 1:
-            assert time.monotonic() < deadline, broker.log()
-            time.sleep(0.1)
-        (again,) = broker.workers()
-        assert again != worker
+        started_again(broker, worker)
         assert b"sent no heartbeat for 2 s" in broker.log_bytes() or \
             b"sent no heartbeat for 3 s" in broker.log_bytes(), broker.log()
-        assert b"Worker 1 ended (killed by signal 9)" in broker.log_bytes()
-        for i in range(16):  # whichever process the kernel picks answers
-            connect(broker.port, f"after-{i}").close()
     finally:
         broker.stop()
 
