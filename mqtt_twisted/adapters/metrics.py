@@ -87,11 +87,6 @@ def render(metrics: list[Metric], accept: str | None) -> tuple[bytes, str]:
     return encoder(registry), content_type
 
 
-def exposition(families: list[Family], accept: str | None) -> tuple[bytes, str]:
-    """This process's metrics alone, rendered (see :func:`render`)."""
-    return render(local_metrics(families), accept)
-
-
 def broker_metrics(admin: Any) -> Deferred[list[Metric]]:
     """What a scrape answers: this process's metrics, or, under ``--workers``, every
     worker's, each labelled with its worker (``workermetrics.py``)."""

@@ -97,7 +97,7 @@ def share(reactor: Any, broker: Any, index: int, count: int,
           directory: str | None = None) -> WorkerMetrics:
     """Make this process worker ``index`` of ``count`` for ``/metrics``: worker 0 makes
     the directory and puts it in the environment its workers inherit; the others read
-    it there.  Returns the service that answers the others (the broker's child)."""
+    it there.  Returns the service that answers the others (a child of ``TwistdRun``)."""
     global _share
     if directory is None:
         directory = os.environ.get(DIRECTORY_ENV) if index else None
