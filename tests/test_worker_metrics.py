@@ -7,6 +7,11 @@ scrape is answered without a worker that is dead, hung or answers too much.  (Re
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -142,3 +147,32 @@ class GatherTests(TestCase):
         found = yield self.scrape()
         self.assertEqual(found[UP, (("worker", "1"),)], 0)
         self.assertEqual(found[UP, (("worker", "2"),)], 1)
+
+
+def test_directories_of_supervisors_that_are_gone_are_removed(monkeypatch: Any) -> None:
+    """A supervisor killed with SIGKILL leaves its directory of sockets; the next one
+    made in the same place removes it, and leaves a live supervisor's alone."""
+    tmp_path = Path(tempfile.mkdtemp(dir="/tmp"))  # (pytest's are too deep for sockets)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv(workermetrics.DIRECTORY_ENV, raising=False)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gone = tmp_path / f"{workermetrics.PREFIX}{dead.pid}-abc"
+    gone.mkdir()
+    (gone / "w0.sock").touch()
+    alive = tmp_path / f"{workermetrics.PREFIX}{os.getppid()}-def"
+    alive.mkdir()
+    other = tmp_path / "mqtt-twisted-workers-notapid"
+    other.mkdir()
+    try:
+        share = workermetrics.share(reactor, broker(0), 0, 2)
+        made = share.directory
+    finally:
+        workermetrics.unshare()
+        os.environ.pop(workermetrics.DIRECTORY_ENV, None)
+    assert made.startswith(str(tmp_path / f"{workermetrics.PREFIX}{os.getpid()}-"))
+    try:
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            [alive.name, other.name, os.path.basename(made)])
+    finally:
+        shutil.rmtree(tmp_path)

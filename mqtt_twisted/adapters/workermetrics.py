@@ -18,6 +18,7 @@ is answered as before.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -40,6 +41,8 @@ DIRECTORY_ENV = "MQTT_TWISTED_WORKERS_DIR"
 ASK_TIMEOUT = 3.0
 #: Bytes an answer may have: a worker's metrics are some tens of KiB.
 MAX_ANSWER = 16 * 1024 * 1024
+#: The name of a supervisor's directory of sockets, before its pid.
+PREFIX = "mqtt-twisted-workers-"
 #: Bytes a unix socket's path may have (``sun_path``: 108 with its NUL, less on BSDs).
 MAX_PATH = 100
 #: The family that says whose answer a scrape holds.
@@ -102,13 +105,31 @@ def share(reactor: Any, broker: Any, index: int, count: int,
     if directory is None:
         directory = os.environ.get(DIRECTORY_ENV) if index else None
     if directory is None:
-        directory = tempfile.mkdtemp(prefix="mqtt-twisted-workers-")  # (mode 0700)
+        prefix = f"{PREFIX}{os.getpid()}-"  # (whose it is: see remove_stale)
+        directory = tempfile.mkdtemp(prefix=prefix)  # (mode 0700)
         if len(os.path.join(directory, f"w{count}.sock")) > MAX_PATH:
             os.rmdir(directory)  # ($TMPDIR too deep for a socket's address)
-            directory = tempfile.mkdtemp(prefix="mqtt-twisted-workers-", dir="/tmp")
+            directory = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+        remove_stale(os.path.dirname(directory))
         os.environ[DIRECTORY_ENV] = directory
     _share = WorkerMetrics(reactor, broker, index, count, directory)
     return _share
+
+
+def remove_stale(parent: str) -> None:
+    """Remove the directories in ``parent`` of supervisors that are gone without
+    removing theirs (killed with SIGKILL): each is named after its supervisor's pid.
+    One whose pid is alive again (another process) stays."""
+    for path in glob.glob(os.path.join(glob.escape(parent), f"{PREFIX}*-*")):
+        pid = os.path.basename(path)[len(PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or os.stat(path).st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass  # (alive, somebody else's)
 
 
 def unshare() -> None:
