@@ -210,6 +210,10 @@ class Options(BridgeOptions, usage.Options):
         ["log-format", None, "text",
          "Log lines as text (short, for people) or json (one object a line, for a "
          "log shipper).", _choice("log-format", logs.parse_format)],
+        ["slow-consumer-grace", None, 2.0,
+         "Seconds a subscriber that cannot keep up may hold back the publishers (and "
+         "cluster inbox) feeding it; after that its queue fills and drops the oldest.",
+         _number("slow-consumer-grace", float, 0.1)],
         ["queue-full", None, "drop",
          "When a connected client's queue is full: drop the oldest messages (drop) or "
          "also disconnect the client (disconnect; v5: DISCONNECT 0x97)."],
@@ -420,6 +424,7 @@ def broker_settings(options: Options) -> BrokerSettings:
         max_sessions=options["max-sessions"],
         queue_qos0_offline=bool(options["queue-qos0"]),
         queue_full=options["queue-full"],
+        slow_consumer_grace=options["slow-consumer-grace"],
         outbound_topic_aliases=options["topic-aliases"],
         validate_utf8_payload=bool(options["validate-utf8"]),
         response_information=options["response-information"],

@@ -6,6 +6,7 @@ from __future__ import annotations
 from mqtt_twisted.codec import Publish
 from mqtt_twisted.core import inspection
 from mqtt_twisted.core.settings import BrokerSettings
+from mqtt_twisted.tap import Options, broker_settings
 from mqtt_twisted.testing import FakeClient, make_broker
 
 
@@ -51,6 +52,21 @@ def test_dead_subscriber_releases_publisher_after_grace() -> None:
     assert pub.transport.reading is True
     assert inspection.session_info(broker, "sub").queued == 3
     assert broker.stats.messages_dropped == 7
+
+
+def test_the_grace_is_the_operators() -> None:
+    """``--slow-consumer-grace 5``: a subscriber that cannot keep up holds its publisher
+    back for 5 s, not the default 2 (a cluster inbox the same: tests/test_cluster_handover
+    lengthens it, so a client slowed by a loaded machine is not what is tested)."""
+    options = Options()
+    options.parseOptions(["--slow-consumer-grace", "5", "--max-queued", "3"])
+    _, clock, sub, pub = setup(broker_settings(options))
+    sub.connection.pauseWriting()
+    pub.publish("t", b"first")
+    clock.advance(4.9)
+    assert pub.transport.reading is False
+    clock.advance(0.2)
+    assert pub.transport.reading is True
 
 
 def test_qos1_queue_past_high_water_holds_publisher_back() -> None:

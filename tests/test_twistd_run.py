@@ -449,6 +449,8 @@ class UsageErrorTests(TwistdTestCase):
             ([], ["--persistent-session-expiry", "-1"], ["--persistent-session-expiry: '-1'"]),
             ([], ["--max-session-expiry", "-1"], ["--max-session-expiry: '-1'"]),
             ([], ["--max-inflight"], ["--max-inflight", "argument"]),
+            ([], ["--slow-consumer-grace", "0"],
+             ["--slow-consumer-grace: '0' must be at least 0.1"]),
             ([], ["--queue-full", "sometimes"],
              ["--queue-full: 'sometimes' must be drop or disconnect"]),
             ([], ["--listen", "tcp:notaport"], ["--listen 'tcp:notaport'", "notaport"]),

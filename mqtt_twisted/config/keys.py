@@ -64,6 +64,8 @@ KEYS: tuple[Key, ...] = (
         live="max_inflight"),
     Key("session.max_inflight_bytes", "max-inflight-bytes", "max_inflight_bytes", "",
         live="max_inflight_bytes"),
+    Key("session.slow_consumer_grace", "slow-consumer-grace", "", "",
+        live="slow_consumer_grace"),
     Key("session.owner", "session-owner", "", "", live="session_owner",
         schema=_enum("refuse", "fresh")),
     # storage
