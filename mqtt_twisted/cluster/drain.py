@@ -65,6 +65,37 @@ PATIENCE = 120.0
 POLL = 0.1
 
 
+def deliver_one_unless(owner: Any, done: set[str], adopted: set[str] | None,
+                       node: ClusterNode, origin: str, items: list[Item], index: int,
+                       publisher: Any, entry_id: bytes | None,
+                       field: bytes | None = None) -> tuple[int, list[Any]]:
+    """``deliver_items`` for the message at ``index`` alone, except into the sessions of
+    ``done`` (they had it: their marks are at or past it), nor forwarded to them if they
+    left (``moved.py``); with ``adopted``, a plain copy only into adopted sessions (this
+    node's own had it from its own stream; a share group's copy comes only from the node
+    picked for it).  What is not delivered counts in ``owner.skipped``.  (A drain's,
+    and a new run's for what its previous run left: ``restart.py``.)"""
+    local = node.router.local
+    deliver = local.deliver
+
+    def unless_done(session: Any, *args: Any) -> None:
+        client_id = session.clientId
+        if client_id in done or (
+                adopted is not None and args[-1] is None and client_id not in adopted):
+            owner.skipped += 1
+            return
+        deliver(session, *args)
+
+    local.deliver = unless_done
+    node.moved.skip = done
+    try:
+        return deliver_items(node, origin, items, index, publisher, entry_id, index + 1,
+                             field)
+    finally:
+        local.deliver = deliver
+        node.moved.skip = set()
+
+
 def entry_key(entry_id: bytes, index: int = 0) -> tuple[int, int, int]:
     """A stream entry id (``ms-seq``), or a mark (``ms-seq.INDEX``: the message at
     INDEX of a batch entry, ``batch.py``), as something that compares in stream order."""
@@ -231,27 +262,8 @@ class Drain:
         if not done and adopted is None:
             return deliver_items(node, origin, items, index, publisher, entry_id,
                                  index + 1, field)[1]
-        local = self.node.router.local
-        deliver = local.deliver
-
-        def unless_done(session: Any, *args: Any) -> None:
-            client_id = session.clientId
-            if client_id in done or (
-                    adopted is not None and args[-1] is None and client_id not in adopted):
-                # Had it from the dead node, or from this node's own stream (a plain
-                # copy: a share group's comes only from the node picked for it).
-                self.skipped += 1
-                return
-            deliver(session, *args)
-
-        local.deliver = unless_done
-        node.moved.skip = done  # nor forwarded to them, if they left (moved.py)
-        try:
-            return deliver_items(node, origin, items, index, publisher, entry_id,
-                                 index + 1, field)[1]
-        finally:
-            local.deliver = deliver
-            node.moved.skip = set()
+        return deliver_one_unless(self, done, adopted, node, origin, items, index,
+                                  publisher, entry_id, field)[1]
 
     def _here_already(self, item: Item, origin: str) -> bool:
         """Whether this node's own subscribers had the message: it was published (or

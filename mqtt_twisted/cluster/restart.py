@@ -42,7 +42,7 @@ from twisted.logger import Logger
 
 from mqtt_twisted.cluster.adoption import Adoption
 from mqtt_twisted.cluster.batch import Item
-from mqtt_twisted.cluster.drain import PATIENCE, entry_key
+from mqtt_twisted.cluster.drain import PATIENCE, deliver_one_unless, entry_key
 from mqtt_twisted.cluster.inbox import deliver_items
 
 if TYPE_CHECKING:
@@ -178,7 +178,6 @@ class Restart:
         end = len(items) if stop is None else stop
         index = start
         writes: list[Any] = []
-        local = node.router.local
         while index < end:
             key = entry_key(entry_id, index) if entry_id is not None else None
             done = {c for c, m in self.marks.items() if key is not None and m >= key}
@@ -188,25 +187,9 @@ class Restart:
                 at, more = deliver_items(node, origin, items, index, publisher, entry_id,
                                          end)
                 return at, writes + more
-            deliver = local.deliver
-            local.deliver = self._unless(done, deliver)
-            try:
-                index, more = deliver_items(node, origin, items, index, publisher,
-                                            entry_id, index + 1)
-            finally:
-                local.deliver = deliver
+            index, more = deliver_one_unless(self, done, None, node, origin, items,
+                                             index, publisher, entry_id)
             writes += more
             if publisher is not None and publisher.paused:
                 break
         return index, writes
-
-    def _unless(self, done: set[str], deliver: Any) -> Any:
-        """The local router's ``deliver``, except into the sessions of ``done``."""
-
-        def unless_done(session: Any, *args: Any) -> None:
-            if session.clientId in done:
-                self.skipped += 1
-                return
-            deliver(session, *args)
-
-        return unless_done
