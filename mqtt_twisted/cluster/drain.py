@@ -11,8 +11,10 @@ subscribers, and so is this one —
 - a restored session whose client has not reconnected yet takes entries only up to
   its queue's high-water mark (half of ``--max-queued``): the drain waits, the
   entries in Redis, until its client is back and catches up, the session has gone
-  elsewhere, or :data:`PATIENCE` seconds have passed (then the session queues as an
-  offline session does, the oldest dropped beyond ``--max-queued``).
+  elsewhere, or it has waited :data:`PATIENCE` seconds for that session in all (then
+  the session queues as an offline session does, the oldest dropped beyond
+  ``--max-queued``: a client that never comes back holds the drain up once, not once
+  a message).
 
 An entry the dead node had delivered into a persistent session before it died, but
 not acknowledged, is not delivered into that session again: each outbound record the
@@ -59,7 +61,7 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-#: Seconds the drain waits for an offline session at its high-water mark.
+#: Seconds the drain waits in all for an offline session at its high-water mark.
 PATIENCE = 120.0
 #: Seconds between looks at such a session.
 POLL = 0.1
@@ -158,6 +160,8 @@ class Drain:
         self.publisher = DrainPublisher(node, dead)
         self.delivered = 0
         self.waited = 0.0
+        #: Client id -> seconds waited for its session (offline, at its high-water mark).
+        self.waiting: dict[str, float] = {}
         #: The XACKs of the batches delivered, each once its copies are done with.
         self._acks: list[Deferred[Any]] = []
 
@@ -283,14 +287,20 @@ class Drain:
         if publisher.paused:
             yield publisher.resumed()
         full = self._full_offline(item)
-        waited = 0.0
-        while full is not None and waited < PATIENCE:
+        waiting = self.waiting
+        while full is not None:
+            client_id = full.clientId
             yield deferLater(self.node.reactor, POLL, lambda: None)
-            waited += POLL
+            self.waited += POLL
+            waiting[client_id] = waited = waiting.get(client_id, 0.0) + POLL
+            if waited >= PATIENCE:
+                log.info("cluster {name}: {client} did not come back for {s:.0f} s: the "
+                         "rest of node {dead}'s stream queues for it (the oldest dropped "
+                         "beyond --max-queued)", name=self.node.name, client=client_id,
+                         s=waited, dead=self.dead)
             if publisher.paused:
                 yield publisher.resumed()
             full = self._full_offline(item)
-        self.waited += waited
 
     def _full_offline(self, item: Item) -> Any:
         """A session this message goes to whose client is away and whose queue is at
@@ -307,7 +317,10 @@ class Drain:
             return None  # deliver_items says what is wrong with it
         broker = self.node.broker
         high_water = broker.delivery.high_water
+        waiting = self.waiting
         for client_id in client_ids:
+            if waiting.get(client_id, 0.0) >= PATIENCE:
+                continue  # waited for long enough: it queues, as an offline session does
             session = broker.sessions.get(client_id)
             if (session is not None and session.persistent and session.queue
                     and len(session.queue) >= high_water
