@@ -1,7 +1,8 @@
-"""The drain's patience with a client that does not come back (``cluster/drain.py``):
-an adopter waits for a restored session at its high-water mark so that its client,
-back soon, gets every message; one that never comes back holds the drain (and every
-other session's messages in the dead node's stream) up once, not once a message.
+"""The drain's patience (``cluster/drain.py``) with a client that does not come back,
+and with Redis: an adopter waits for a restored session at its high-water mark so that
+its client, back soon, gets every message; one that never comes back holds the drain
+(and every other session's messages in the dead node's stream) up once, not once a
+message.  A drain that fails runs again.
 
 Sans-IO: a fake clock, a recording Redis link, a sans-IO broker with FakeClients
 (``tests/test_cluster_drain.py`` runs real nodes, with a client that comes back).
@@ -9,9 +10,12 @@ Sans-IO: a fake clock, a recording Redis link, a sans-IO broker with FakeClients
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+from twisted.internet.error import ConnectionLost
 from twisted.trial.unittest import SynchronousTestCase
 
-from mqtt_twisted.cluster.drain import PATIENCE, POLL, Drain
+from mqtt_twisted.cluster.drain import PATIENCE, POLL, RETRY, Drain
 from mqtt_twisted.cluster.link import NodeLink
 from mqtt_twisted.cluster.router import ClusterRouter
 from mqtt_twisted.codec.packets import Publish
@@ -67,3 +71,61 @@ class PatienceTests(SynchronousTestCase):
         session = self.broker.sessions["away"]
         self.assertEqual([o.message.topic for o in session.queue],
                          ["t/6", "t/7", "t/8", "t/9"])
+
+
+class RetryTests(SynchronousTestCase):
+    """A drain that fails (Redis lost under it) runs again: what it had delivered
+    is acknowledged, not delivered again, and the rest is delivered.  Before, the
+    entries stayed pending in the dead node's stream while this node lived."""
+
+    def setUp(self) -> None:
+        self.broker, self.clock = make_broker()
+        node = self.node = fake_node(self.broker, self.clock)
+        node._stopped = False
+        node.turns = SimpleNamespace(longest=0.0)
+        node.router = ClusterRouter(self.broker.router, "A", NodeLink(node),  # type: ignore[arg-type]
+                                    self.broker.journal.persist)
+        self.broker.router = node.router
+        self.here = FakeClient(self.broker)
+        self.here.connect("here")
+        self.here.subscribe("t/#", qos=1)
+        self.drain = Drain(node, "Z")  # type: ignore[arg-type]
+        self.entries = [(b"5-%d" % i, [b"o", b"B", b"m", blob(f"t/{i}"), b"d", b"A"])
+                        for i in range(3)]
+
+    def reply(self, verb: bytes, value: object, at: int = -1) -> tuple:
+        """Answer the command sent ``at`` (the last), which must be ``verb``."""
+        sent = self.node.commands
+        command = sent.sent[at]
+        self.assertEqual(command[0], verb)
+        sent.replies[at].callback(value)
+        self.clock.advance(0)
+        return command
+
+    def test_a_failed_drain_runs_again(self) -> None:
+        done = self.drain.run_until_done()
+        self.reply(b"XAUTOCLAIM", [b"0-0", self.entries[:2]])
+        self.reply(b"XREADGROUP", [[b"s:Z", self.entries[2:]]])
+        first, second = [d for c, d in zip(self.node.commands.sent,
+                                           self.node.commands.replies, strict=True)
+                         if c[0] == b"XACK"]
+        first.errback(ConnectionLost("redis went away"))
+        second.callback(1)
+        self.reply(b"XREADGROUP", [])
+        self.assertNoResult(done)
+        self.clock.advance(RETRY)
+        # The 1st batch, still pending: acknowledged, not delivered again.
+        self.reply(b"XAUTOCLAIM", [b"0-0", self.entries[:2]])
+        xack = self.reply(b"XACK", 2, at=-2)
+        self.assertEqual(xack[3:], (b"5-0", b"5-1"))
+        self.reply(b"XREADGROUP", [])
+        self.assertEqual(self.successResultOf(done), 3)
+        got = [p.topic for p in self.here.received() if isinstance(p, Publish)]
+        self.assertEqual(got, ["t/0", "t/1", "t/2"])
+        self.assertEqual(self.drain.unstored, set())
+
+    def test_a_stopping_node_stops_trying(self) -> None:
+        done = self.drain.run_until_done()
+        self.node._stopped = True
+        self.node.commands.replies[-1].errback(ConnectionLost("stopping"))
+        self.failureResultOf(done, ConnectionLost)

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mqtt_twisted.cluster.batch import Item, item_message
 from mqtt_twisted.cluster.inbox import (
@@ -65,6 +66,9 @@ log = Logger()
 PATIENCE = 120.0
 #: Seconds between looks at such a session.
 POLL = 0.1
+#: Seconds before a drain that failed (Redis lost, say) runs again, doubled each time
+#: up to RETRY_MAX.
+RETRY, RETRY_MAX = 1.0, 30.0
 
 
 def deliver_one_unless(owner: Any, done: set[str], adopted: set[str] | None,
@@ -164,10 +168,38 @@ class Drain:
         self.waiting: dict[str, float] = {}
         #: The XACKs of the batches delivered, each once its copies are done with.
         self._acks: list[Deferred[Any]] = []
+        #: Entries delivered here (a run again after a failure only acknowledges them),
+        #: and those whose store writes failed (left pending: see run_until_done).
+        self._had: set[bytes] = set()
+        self.unstored: set[bytes] = set()
+
+    @inlineCallbacks
+    def run_until_done(self) -> Any:
+        """:meth:`run`, again after a failure (a lost connection to Redis, a store
+        write that failed) until it succeeds or the node stops: the entries it could
+        not acknowledge are still pending in the dead node's stream, and nobody else
+        would deliver them while this node lives.  Those delivered here already are
+        not delivered again, only acknowledged (unless their store writes failed:
+        left pending, for this node's own adopter)."""
+        delay = RETRY
+        while True:
+            try:
+                delivered = yield self.run()
+            except Exception as e:
+                if self.node._stopped:
+                    raise
+                log.warn("cluster {name}: delivering node {dead}'s stream failed ({error}); "
+                         "again in {delay:.0f} s", name=self.node.name, dead=self.dead,
+                         error=e, delay=delay)
+                yield deferLater(self.node.reactor, delay, lambda: None)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            return delivered
 
     @inlineCallbacks
     def run(self) -> Any:
         node = self.node
+        self._acks = []
         cursor = b"0-0"
         marked = False
         while not marked:
@@ -217,7 +249,14 @@ class Drain:
         delivered = 0
         clock = self.node.reactor
         ends = clock.seconds() + SLICE
+        had = self._had
         for entry_id, fields in entries:
+            if entry_id in had:  # delivered by a run that failed before its XACK
+                if entry_id not in self.unstored:
+                    ids.append(entry_id)
+                continue
+            had.add(entry_id)
+            self.delivered += 1
             origin, items = entry_items(fields) or ("", [])
             for index, item in enumerate(items):
                 yield self._room(item)
@@ -233,10 +272,15 @@ class Drain:
             # member, done with (``ClusterRouter.hold_copy``); not waited for before the
             # next batch: a member that is slow to acknowledge must not stop the drain
             # for every other session (flow control paces it, as before).
-            self.delivered += len(ids)
             d = gatherResults(writes, consumeErrors=True) if writes else succeed(None)
-            d.addCallback(lambda _: self.node.commands.command(
-                b"XACK", self.stream, self.group, *ids))
+            unstored = self.unstored
+
+            def not_stored(failure: Failure) -> Failure:
+                unstored.update(ids)  # pending: this node's adopter delivers them
+                return failure
+
+            d.addCallbacks(lambda _: self.node.commands.command(
+                b"XACK", self.stream, self.group, *ids), not_stored)
             self._acks.append(d)
 
     def _deliver_one(self, entry_id: bytes, origin: str, items: list[Item],

@@ -407,9 +407,11 @@ class Failover:
             owner = stream.decode("utf-8")
             drain = Drain(node, owner, marks.get(keys.inbox(owner)), set(client_ids))
             self.drains += 1
-            d = deferLater(node.reactor, ADOPT_GRACE, drain.run)
-            d.addCallback(lambda _, s=stream: node.commands.command(
-                b"SREM", self.drains_prefix + node.group, s))
+            d = deferLater(node.reactor, ADOPT_GRACE, drain.run_until_done)
+            # (Entries whose store writes failed stay pending, and the stream in this
+            # node's drains: its adopter delivers them, as its own stream's.)
+            d.addCallback(lambda _, s=stream, drain=drain: None if drain.unstored else
+                          node.commands.command(b"SREM", self.drains_prefix + node.group, s))
             d.addErrback(node._failed, f"delivering node {owner}'s stream")
             d.addBoth(self._drained)
 
