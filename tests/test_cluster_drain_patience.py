@@ -13,6 +13,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from twisted.internet.error import ConnectionLost
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from mqtt_twisted.cluster.drain import PATIENCE, POLL, RETRY, Drain
@@ -111,8 +112,12 @@ class RetryTests(SynchronousTestCase):
                          if c[0] == b"XACK"]
         first.errback(ConnectionLost("redis went away"))
         second.callback(1)
-        self.reply(b"XREADGROUP", [])
+        with capturedLogs() as events:
+            self.reply(b"XREADGROUP", [])
         self.assertNoResult(done)
+        [warned] = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+        self.assertIn("delivering node Z's stream failed (ConnectionLost(", warned)
+        self.assertIn("again in 1 s", warned)
         self.clock.advance(RETRY)
         # The 1st batch, still pending: acknowledged, not delivered again.
         self.reply(b"XAUTOCLAIM", [b"0-0", self.entries[:2]])

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, FirstError, gatherResults, inlineCallbacks, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -188,9 +188,11 @@ class Drain:
             except Exception as e:
                 if self.node._stopped:
                     raise
+                if isinstance(e, FirstError):  # (an XACK's or a store write's, gathered)
+                    e = e.subFailure.value
                 log.warn("cluster {name}: delivering node {dead}'s stream failed ({error}); "
                          "again in {delay:.0f} s", name=self.node.name, dead=self.dead,
-                         error=e, delay=delay)
+                         error=repr(e), delay=delay)
                 yield deferLater(self.node.reactor, delay, lambda: None)
                 delay = min(delay * 2, RETRY_MAX)
                 continue
