@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from twisted.internet.defer import fail
 from twisted.internet.error import ConnectionLost
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
@@ -21,6 +22,7 @@ from mqtt_twisted.cluster.link import NodeLink
 from mqtt_twisted.cluster.router import ClusterRouter
 from mqtt_twisted.codec.packets import Publish
 from mqtt_twisted.core.settings import BrokerSettings
+from mqtt_twisted.errors import StorageError
 from mqtt_twisted.testing import FakeClient, make_broker
 from tests.test_cluster_batch import blob, fake_node
 
@@ -134,3 +136,32 @@ class RetryTests(SynchronousTestCase):
         self.node._stopped = True
         self.node.commands.replies[-1].errback(ConnectionLost("stopping"))
         self.failureResultOf(done, ConnectionLost)
+
+    def test_what_could_not_be_stored_stays_pending(self) -> None:
+        """A batch whose store writes failed (copies in persistent sessions that are
+        not in Redis; one write of the batch is enough) is neither acknowledged nor
+        delivered again: it stays pending in the dead node's stream, and ``unstored``
+        keeps the stream in this node's drains (failover.py), for this node's own
+        adopter."""
+        deliver_one = self.drain._deliver_one
+
+        def refused(entry_id: bytes, *args: object) -> list:
+            deliver_one(entry_id, *args)  # type: ignore[arg-type]
+            return [fail(StorageError("refused"))] if entry_id == b"5-1" else []
+
+        self.drain._deliver_one = refused  # type: ignore[method-assign]
+        done = self.drain.run_until_done()
+        self.reply(b"XAUTOCLAIM", [b"0-0", self.entries[:2]])
+        self.reply(b"XREADGROUP", [[b"s:Z", self.entries[2:]]])
+        xack = self.reply(b"XACK", 1, at=-2)  # the 2nd batch's
+        self.assertEqual(xack[3:], (b"5-2",))
+        self.reply(b"XREADGROUP", [])
+        self.assertNoResult(done)
+        self.clock.advance(RETRY)
+        self.reply(b"XAUTOCLAIM", [b"0-0", self.entries[:2]])  # still pending
+        self.assertEqual(self.node.commands.sent[-2][0], b"XAUTOCLAIM")  # no XACK
+        self.reply(b"XREADGROUP", [])
+        self.assertEqual(self.successResultOf(done), 3)
+        self.assertEqual(self.drain.unstored, {b"5-0", b"5-1"})
+        got = [p.topic for p in self.here.received() if isinstance(p, Publish)]
+        self.assertEqual(got, ["t/0", "t/1", "t/2"])
