@@ -439,7 +439,8 @@ def own_scenarios(lines: list[dict], info: dict) -> list[str]:
         "(n-1)/n cross nodes; node CPU per message from /proc, and 1 node's over n nodes' is "
         "the fraction of linear scaling (issue 16's measure).",
         "cluster-cross": "cluster-cross (ours only): bench/cluster.py's QoS 0 run (the "
-        "publisher at most 2,000 messages ahead of the subscriber), publisher and subscriber "
+        "publisher at most 20,000 messages ahead of the subscriber, 2,000,000 sent), "
+        "publisher and subscriber "
         "on one node without `--cluster`, then publisher on node A and subscriber on node B "
         "of a two-node cluster; both on the Redis store.",
         "coap-non": "coap-non (ours only): bench/coap_non.py: CoAP NON POSTs (a C sender, "
