@@ -11,6 +11,7 @@ Sans-IO: a fake clock, a recording Redis link, a sans-IO broker with FakeClients
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Any
 
 from twisted.internet.defer import fail
 from twisted.internet.error import ConnectionLost
@@ -27,25 +28,34 @@ from mqtt_twisted.testing import FakeClient, make_broker
 from tests.test_cluster_batch import blob, fake_node
 
 
+def adopter(test: Any, count: int, settings: BrokerSettings | None = None) -> None:
+    """On ``test``: a node's broker and clock, a connected QoS 1 subscriber of ``t/#``
+    (``here``), a drain of node Z's stream, and ``count`` entries of one message each
+    (``t/0``...) for it."""
+    test.broker, test.clock = make_broker(settings)
+    node = test.node = fake_node(test.broker, test.clock)
+    node._stopped = False
+    node.turns = SimpleNamespace(longest=0.0)
+    node.router = ClusterRouter(test.broker.router, "A", NodeLink(node),  # type: ignore[arg-type]
+                                test.broker.journal.persist)
+    test.broker.router = node.router
+    test.here = FakeClient(test.broker)
+    test.here.connect("here")
+    test.here.subscribe("t/#", qos=1)
+    test.drain = Drain(node, "Z")  # type: ignore[arg-type]
+    test.entries = [(b"5-%d" % i, [b"o", b"B", b"m", blob(f"t/{i}"), b"d", b"A"])
+                    for i in range(count)]
+
+
 class PatienceTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         # Queues of 4, high-water mark 2.
-        self.broker, self.clock = make_broker(BrokerSettings(max_queued=4))
-        node = self.node = fake_node(self.broker, self.clock)
-        node.router = ClusterRouter(self.broker.router, "A", NodeLink(node),  # type: ignore[arg-type]
-                                    self.broker.journal.persist)
-        self.broker.router = node.router
+        adopter(self, 10, BrokerSettings(max_queued=4))
         away = FakeClient(self.broker)
         away.connect("away", clean=False)
         away.subscribe("t/#", qos=1)
         away.disconnect()
-        self.here = FakeClient(self.broker)
-        self.here.connect("here")
-        self.here.subscribe("t/#", qos=1)
-        self.drain = Drain(node, "Z")  # type: ignore[arg-type]
-        self.entries = [(b"5-%d" % i, [b"o", b"B", b"m", blob(f"t/{i}"), b"d", b"A"])
-                        for i in range(10)]
 
     def wait(self, seconds: float) -> None:
         for _ in range(round(seconds / POLL)):
@@ -82,19 +92,7 @@ class RetryTests(SynchronousTestCase):
     entries stayed pending in the dead node's stream while this node lived."""
 
     def setUp(self) -> None:
-        self.broker, self.clock = make_broker()
-        node = self.node = fake_node(self.broker, self.clock)
-        node._stopped = False
-        node.turns = SimpleNamespace(longest=0.0)
-        node.router = ClusterRouter(self.broker.router, "A", NodeLink(node),  # type: ignore[arg-type]
-                                    self.broker.journal.persist)
-        self.broker.router = node.router
-        self.here = FakeClient(self.broker)
-        self.here.connect("here")
-        self.here.subscribe("t/#", qos=1)
-        self.drain = Drain(node, "Z")  # type: ignore[arg-type]
-        self.entries = [(b"5-%d" % i, [b"o", b"B", b"m", blob(f"t/{i}"), b"d", b"A"])
-                        for i in range(3)]
+        adopter(self, 3)
 
     def reply(self, verb: bytes, value: object, at: int = -1) -> tuple:
         """Answer the command sent ``at`` (the last), which must be ``verb``."""
