@@ -139,6 +139,9 @@ class Failover:
         self.epoch_prefix = keys.prefix + b"epoch:"
         #: P:cluster:drains:NODE: the dead nodes' streams NODE is delivering.
         self.drains_prefix = keys.prefix + b"drains:"
+        #: P:cluster:adopted:NODE:DEAD: the sessions NODE took with DEAD's stream, while
+        #: it delivers it (a new run of NODE that goes on with it: ``restart.py``).
+        self.adopted_prefix = keys.prefix + b"adopted:"
         self.lease_ms = int(LEASE * 1000)
         self._loop: LoopingCall | None = None
         #: Since when every renewal of this node's lease succeeded (None: the last failed).
@@ -405,15 +408,49 @@ class Failover:
         yield node.commands.command(b"DEL", self.adopt_prefix + dead.encode())
         for stream in streams:
             owner = stream.decode("utf-8")
-            drain = Drain(node, owner, marks.get(keys.inbox(owner)), set(client_ids))
-            self.drains += 1
-            d = deferLater(node.reactor, ADOPT_GRACE, drain.run_until_done)
-            # (Entries whose store writes failed stay pending, and the stream in this
-            # node's drains: its adopter delivers them, as its own stream's.)
-            d.addCallback(lambda _, s=stream, drain=drain: None if drain.unstored else
-                          node.commands.command(b"SREM", self.drains_prefix + node.group, s))
-            d.addErrback(node._failed, f"delivering node {owner}'s stream")
-            d.addBoth(self._drained)
+            self._record_adopted(owner, dead, client_ids)
+            self.drain(owner, marks.get(keys.inbox(owner)), set(client_ids))
+
+    def adopted_key(self, owner: str, node: bytes | None = None) -> bytes:
+        """The key of the sessions ``node`` (this one) took with ``owner``'s stream."""
+        return (self.adopted_prefix + (node or self.node.group) + b":"
+                + owner.encode("utf-8"))
+
+    def _record_adopted(self, owner: str, dead: str, client_ids: list[str]) -> None:
+        """Keep in Redis, while the drain runs, which sessions came with ``owner``'s
+        stream: a new run of this node that goes on with the drain gives a message
+        that reached this node's own sessions through its own stream only to those
+        (``Drain.adopted``).  ``""`` (never a session's id) marks the set as known."""
+        commands = self.node.commands
+        keys = [self.adopted_key(owner), self.adopted_key(owner, dead.encode("utf-8"))]
+        d = commands.command(b"DEL", *keys)
+        members = [b""] + [c.encode("utf-8") for c in client_ids]
+        for at in range(0, len(members), BATCH):
+            d = commands.command(b"SADD", keys[0], *members[at:at + BATCH])
+        d.addErrback(self.node._failed, f"recording the sessions taken from {owner}")
+
+    def drain(self, owner: str, marks: dict[str, bytes] | None,
+              adopted: set[str] | None) -> Deferred[Any]:
+        """Deliver node ``owner``'s stream here (``drain.py``), ADOPT_GRACE seconds from
+        now; then it leaves this node's drains (unless what it could not store keeps
+        it there: the entries stay pending for this node's own adopter)."""
+        node = self.node
+        drain = Drain(node, owner, marks, adopted)
+        self.drains += 1
+        d = deferLater(node.reactor, ADOPT_GRACE, drain.run_until_done)
+
+        def done(_: Any) -> Any:
+            if drain.unstored:
+                return None
+            d = node.commands.command(b"SREM", self.drains_prefix + node.group,
+                                      owner.encode("utf-8"))
+            return d.addCallback(lambda _: node.commands.command(
+                b"DEL", self.adopted_key(owner)))
+
+        d.addCallback(done)
+        d.addErrback(node._failed, f"delivering node {owner}'s stream")
+        d.addBoth(self._drained)
+        return d
 
     def _drained(self, _: Any) -> None:
         self.drains -= 1

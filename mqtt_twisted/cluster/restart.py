@@ -22,6 +22,11 @@ previous run's place itself, as an adopter would (``failover.py``):
   request let go of nothing and the session's messages still in the stream went to
   nobody.
 
+The dead nodes' streams the previous run was delivering (its ``drains``, ``drain.py``)
+are this run's to go on with, with the marks of those streams in the restored sessions
+and the sessions the previous run took with each (``P:cluster:adopted:NODE:DEAD``, so
+that a message this node's own sessions had from its own stream does not come twice).
+
 A previous run that *was* adopted (its epoch gone) is the adopter's: ``JOIN`` waits
 while the adoption is under way, and the new run begins empty, as before.  While the
 adopter still delivers the previous run's stream (``drain.py``, which reads it with
@@ -78,6 +83,9 @@ class Restart:
         #: client id -> the last entry of this node's stream its previous run delivered
         #: into the session (``drain.entry_key``).
         self.marks: dict[str, tuple[int, int, int]] = {}
+        #: stream -> client id -> its mark of that stream (the dead nodes' streams the
+        #: previous run delivered: :meth:`resume_drains`).
+        self.others: dict[bytes, dict[str, bytes]] = {}
         self.skipped = 0
         self._stream = node.keys.inbox(node.name)
         #: The survivor delivering the previous run's stream when this run joined.
@@ -112,9 +120,11 @@ class Restart:
     def loaded(self, state: Any) -> None:
         """A stored session restored here at start: how far the previous run
         delivered this node's stream into it."""
-        mark = getattr(state, "marks", {}).get(self._stream)
-        if mark is not None:
-            self.marks[state.clientId] = entry_key(mark)
+        for stream, mark in getattr(state, "marks", {}).items():
+            if stream == self._stream:
+                self.marks[state.clientId] = entry_key(mark)
+            else:
+                self.others.setdefault(stream, {})[state.clientId] = mark
 
     def restored(self) -> None:
         """The sessions are restored: read the stream, what the previous run left first
@@ -126,6 +136,27 @@ class Restart:
         if self.drainer:
             self.end()  # nothing of the previous run is here: nothing to wait for
         self.read(reader, self.drainer)
+        d = self.resume_drains()
+        d.addErrback(self.node._failed, "going on with its previous run's drains")
+
+    @inlineCallbacks
+    def resume_drains(self) -> Any:
+        """The dead nodes' streams the previous run was delivering when it died, if
+        nobody adopted it (then they would be the adopter's): this run goes on with
+        them.  Before, they waited in this node's drains for its next death."""
+        node = self.node
+        failover = node.failover
+        owners = yield node.commands.command(b"SMEMBERS",
+                                             failover.drains_prefix + node.group)
+        for raw in owners:
+            owner = raw.decode("utf-8")
+            members = yield node.commands.command(b"SMEMBERS", failover.adopted_key(owner))
+            # Unknown (none recorded): every session here is given what matches.
+            adopted = {m.decode("utf-8") for m in members if m} if members else None
+            log.info("cluster {name}: its previous run was delivering node {owner}'s "
+                     "stream: this run goes on with it", name=node.name, owner=owner)
+            failover.drain(owner, self.others.get(node.keys.inbox(owner)), adopted)
+        self.others = {}
 
     def read(self, reader: Any, drainer: bytes) -> None:
         """Start ``reader`` (this node's stream), once ``drainer`` (if any) no longer
