@@ -30,6 +30,17 @@ from tests.test_cluster_e2e import LEASE_WAIT, WAIT, Client, Redis, redis, route
 __all__ = ["redis"]  # the fixture, used by name
 
 
+def small_queue_nodes(tmp_path: Path, redis: Redis, names: str,
+                      nodes: dict[str, LiveBroker]) -> None:
+    """Start cluster nodes ``names`` into ``nodes``, each session queueing at most 50
+    messages (high-water mark 25: a drain waits for an offline client early)."""
+    for name in names:
+        directory = tmp_path / name
+        directory.mkdir()
+        nodes[name] = LiveBroker(directory, "--store", redis.url, "--cluster", name,
+                                 "--max-queued", "50")
+
+
 @pytest.mark.slow
 def test_adopter_drains_under_flow_control(tmp_path: Path, redis: Redis) -> None:
     """Nodes queue at most 50 messages a session.  A persistent QoS 1 subscriber on B
@@ -40,11 +51,7 @@ def test_adopter_drains_under_flow_control(tmp_path: Path, redis: Redis) -> None
     nodes: dict[str, LiveBroker] = {}
     made: list[Client] = []
     try:
-        for name in "ABC":
-            directory = tmp_path / name
-            directory.mkdir()
-            nodes[name] = LiveBroker(directory, "--store", redis.url, "--cluster", name,
-                                     "--max-queued", "50")
+        small_queue_nodes(tmp_path, redis, "ABC", nodes)
         pub = Client(nodes["A"].port, "pub")
         slow = Client(nodes["B"].port, "slow", clean=False)
         made += [pub, slow]
@@ -94,11 +101,7 @@ def test_adopter_killed_while_draining(tmp_path: Path, redis: Redis) -> None:
     nodes: dict[str, LiveBroker] = {}
     made: list[Client] = []
     try:
-        for name in "ABC":
-            directory = tmp_path / name
-            directory.mkdir()
-            nodes[name] = LiveBroker(directory, "--store", redis.url, "--cluster", name,
-                                     "--max-queued", "50")
+        small_queue_nodes(tmp_path, redis, "ABC", nodes)
         pub = Client(nodes["A"].port, "pub")
         slow = Client(nodes["B"].port, "slow", clean=False)
         made += [pub, slow]

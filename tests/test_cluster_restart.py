@@ -27,7 +27,7 @@ from mqtt_twisted.store.redis import (
     session_fields,
 )
 from tests.livebroker import LiveBroker
-from tests.test_cluster_drain import redis_command
+from tests.test_cluster_drain import redis_command, small_queue_nodes
 from tests.test_cluster_e2e import LEASE_WAIT, WAIT, Client, Redis, redis, routed
 
 __all__ = ["redis"]  # the fixture, used by name
@@ -274,11 +274,7 @@ def test_started_again_while_it_drains_goes_on_with_the_drain(tmp_path: Path,
     nodes: dict[str, LiveBroker] = {}
     made: list[Client] = []
     try:
-        for name in "AB":
-            directory = tmp_path / name
-            directory.mkdir()
-            nodes[name] = LiveBroker(directory, "--store", redis.url, "--cluster", name,
-                                     "--max-queued", "50")
+        small_queue_nodes(tmp_path, redis, "AB", nodes)
         pub = Client(nodes["A"].port, "pub")
         slow = Client(nodes["B"].port, "slow", clean=False)
         bystander = Client(nodes["A"].port, "bystander", clean=False)
@@ -331,8 +327,5 @@ def test_started_again_while_it_drains_goes_on_with_the_drain(tmp_path: Path,
             time.sleep(0.2)
         assert redis.cli("EXISTS", "mqtt:cluster:adopted:A:B") == "0"
     finally:
-        for client in made:
-            client.close()
-        for broker in nodes.values():
-            broker.stop()
+        stop_all(made, nodes)
     assert nodes["A1"].unhandled() == [], nodes["A1"].log()
