@@ -119,7 +119,8 @@ class Restart:
 
     def loaded(self, state: Any) -> None:
         """A stored session restored here at start: how far the previous run
-        delivered this node's stream into it."""
+        delivered this node's stream into it, and the dead nodes' streams it was
+        delivering (:meth:`resume_drains`)."""
         for stream, mark in getattr(state, "marks", {}).items():
             if stream == self._stream:
                 self.marks[state.clientId] = entry_key(mark)
