@@ -122,10 +122,12 @@ def remove_stale(parent: str) -> None:
     One whose pid is alive again (another process) stays."""
     for path in glob.glob(os.path.join(glob.escape(parent), f"{PREFIX}*-*")):
         pid = os.path.basename(path)[len(PREFIX):].split("-", 1)[0]
-        if not pid.isdigit() or os.stat(path).st_uid != os.getuid():
-            continue
         try:
+            if not pid.isdigit() or os.stat(path).st_uid != os.getuid():
+                continue
             os.kill(int(pid), 0)
+        except FileNotFoundError:
+            pass  # (another supervisor starting beside this one removed it first)
         except ProcessLookupError:
             shutil.rmtree(path, ignore_errors=True)
         except PermissionError:
